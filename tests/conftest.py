@@ -1,0 +1,8 @@
+"""Test-session set-up shared by every test: quiet, offline, nothing written outside tmp dirs."""
+import os
+
+# Must be set before prefect or mlflow are imported anywhere (PITFALLS.md).
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

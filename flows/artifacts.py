@@ -1,0 +1,100 @@
+"""Prefect artifacts: what the Prefect UI shows about a step and about the whole pipeline.
+
+Per step: a link to its MLflow run and a table of its final metrics and checkpoint. Per pipeline: a summary table and a
+progress bar updated as steps finish. Keys are stable so that each key's history in the UI's Artifacts page is the
+history of one pipeline (named after its output directory) across runs; Prefect allows only lowercase letters, digits
+and dashes in keys.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+from uuid import UUID
+
+from prefect.artifacts import (
+    create_link_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+# Where `mlflow ui` serves a local (sqlite) store by default; override when it runs elsewhere.
+DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
+
+
+def artifact_key(*parts: str) -> str:
+    """'Quickstart', 'vae_gan', 'result' -> 'quickstart-vae-gan-result'."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]", "-", "-".join(parts).lower())).strip("-")
+
+
+def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of a run: the tracking server itself when it is one, else `FLUXFLOW_MLFLOW_UI_URL`."""
+    if tracking_uri.startswith(("http://", "https://")):
+        base = tracking_uri
+    else:
+        base = os.environ.get("FLUXFLOW_MLFLOW_UI_URL", DEFAULT_MLFLOW_UI)
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def publish_step(pipeline: str, ref: dict, result: dict, run_url: str | None) -> None:
+    """The step's link to MLflow (when it has a run) and its result table."""
+    step = result["step_name"]
+    if run_url:
+        create_link_artifact(
+            link=run_url,
+            link_text=f"MLflow run of step {step}",
+            key=artifact_key(pipeline, step, "mlflow"),
+            description=f"Parameters, metrics and samples of step `{step}` in MLflow.",
+        )
+    rows = [{"field": name, "value": _fmt(value)} for name, value in sorted(result["final_metrics"].items())]
+    rows += [
+        {"field": "outcome", "value": result["outcome"]},
+        {"field": "epochs_done", "value": str(result["epochs_done"])},
+        {"field": "trained", "value": str(result["trained"])},
+        {"field": "global_step", "value": str(ref["global_step"])},
+        {"field": "checkpoint", "value": ref["uri"]},
+        {"field": "sha256", "value": ref["sha256"]},
+    ]
+    create_table_artifact(
+        rows, key=artifact_key(pipeline, step, "result"), description=f"Final metrics and checkpoint of step `{step}`."
+    )
+
+
+def summary_rows(outcomes: list[dict], skipped: dict[str, str]) -> list[dict[str, str]]:
+    """One row per step: the flow's outcomes (each {"ref", "result", "run_url"}) then steps that did not run."""
+    rows = []
+    for outcome in outcomes:
+        result, ref = outcome["result"], outcome["ref"]
+        metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(result["final_metrics"].items()))
+        rows.append(
+            {
+                "step": result["step_name"],
+                "outcome": result["outcome"] + ("" if result["trained"] else " (already complete)"),
+                "epochs": str(result["epochs_done"]),
+                "final metrics": metrics,
+                "checkpoint": ref["uri"],
+                "mlflow run": outcome.get("run_url") or "",
+            }
+        )
+    for step, why in skipped.items():
+        rows.append({"step": step, "outcome": why, "epochs": "", "final metrics": "", "checkpoint": "", "mlflow run": ""})
+    return rows
+
+
+def publish_summary(pipeline: str, rows: list[dict[str, str]]) -> None:
+    create_table_artifact(rows, key=artifact_key(pipeline, "summary"), description="Pipeline steps and their results.")
+
+
+def start_progress(pipeline: str, n_steps: int) -> UUID:
+    return create_progress_artifact(
+        0.0, key=artifact_key(pipeline, "progress"), description=f"Steps finished out of {n_steps}."
+    )
+
+
+def update_progress(artifact_id: UUID, finished: int, n_steps: int) -> None:
+    update_progress_artifact(artifact_id, 100.0 * finished / max(n_steps, 1))

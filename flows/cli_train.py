@@ -1,0 +1,98 @@
+"""`fluxflow-train`: validate a pipeline config, or run it as the Prefect flow `fluxflow-pipeline`.
+
+Exit codes: 0 done (or config valid), 1 a step failed, 2 invalid config / missing file / broken YAML / bad arguments,
+130 interrupted. Validation imports neither torch nor Prefect; only the parameter counts of a valid config need torch.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from fluxflow.config import ConfigError, PipelineConfig, load_config
+from fluxflow.config.summary import format_parameters, format_summary
+from fluxflow.modes import COMPONENTS
+
+EXIT_OK, EXIT_STEP_FAILED, EXIT_INVALID_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fluxflow-train",
+        description="Train a text-to-image model in the stages declared by a YAML config: each step runs as a task "
+                    "of the Prefect flow 'fluxflow-pipeline' and is recorded as a nested MLflow run.",
+        epilog="Exit codes: 0 done (or the config is valid), 1 a step failed, 2 invalid config, missing file, "
+               "broken YAML or bad arguments, 130 interrupted. Config reference: docs/CONFIG.md.",
+    )
+    parser.add_argument("--config", required=True, metavar="FILE",
+                        help="pipeline config (YAML); see configs/ for examples")
+    parser.add_argument("--validate-pipeline", action="store_true",
+                        help="check the config and print the pipeline summary (steps, modes, freezes, transitions, "
+                             "datasets, parameter counts) without training; exit 0 if valid, 2 if not")
+    parser.add_argument("--output-dir", metavar="DIR",
+                        help="where checkpoints, samples and metrics go (overrides output.output_path)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                        help="device to train on (overrides training.device; auto = CUDA when present)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print only problems: no summary and no warnings about keys of the original tool")
+    return parser
+
+
+def parameter_counts(config: PipelineConfig) -> tuple[dict[str, int] | None, str | None]:
+    """Parameters per component, built on the meta device (no memory, no init cost). (None, why) if impossible."""
+    try:
+        import torch
+
+        from fluxflow.models import build_component, count_parameters
+    except Exception as exc:  # noqa: BLE001 - the summary must not crash on a broken model package
+        return None, f"fluxflow.models cannot be imported: {exc}"
+    counts = {}
+    try:
+        with torch.device("meta"):
+            for name in COMPONENTS:
+                counts[name] = count_parameters(build_component(name, config.model, config.data.channels))
+    except Exception as exc:  # noqa: BLE001
+        return None, f"building {name} failed: {exc}"
+    return counts, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        print(f"❌ Invalid config: {exc}", file=sys.stderr)
+        return EXIT_INVALID_CONFIG
+    config = loaded.config
+    if args.output_dir:
+        config.output.output_path = args.output_dir
+    if args.device:
+        config.training.device = args.device
+    if not args.quiet:
+        for warning in loaded.warnings:
+            print(f"⚠️  {warning}", file=sys.stderr)
+
+    if args.validate_pipeline:
+        if not args.quiet:
+            print(format_summary(config), flush=True)  # before the counts, which need a torch import
+            print()
+            print(format_parameters(*parameter_counts(config)))
+        return EXIT_OK
+
+    # Quiet and offline before Prefect or MLflow is imported (PITFALLS.md).
+    for key, value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+                       ("MLFLOW_DISABLE_TELEMETRY", "true")):
+        os.environ.setdefault(key, value)
+    from flows.pipeline_flow import run_pipeline_flow
+
+    try:
+        return int(run_pipeline_flow(config_source=str(Path(args.config).resolve()), output_dir=args.output_dir,
+                                     device=args.device))
+    except KeyboardInterrupt:
+        print("Interrupted: run the same command again to resume from the latest checkpoint.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""`fluxflow-compare`: the hypotheses of an MLflow experiment side by side.
+
+A hypothesis is a leaf step of a pipeline (nothing starts from it), e.g. `spade_off` and `spade_on` trained from the
+same warm-up. For every leaf step run (the newest run per pipeline and step name) this prints the configuration values
+that differ between them and their final smoothed metrics, and writes the same table as CSV and as a PNG bar chart.
+"""
+from __future__ import annotations
+
+from flows import env  # noqa: F401  (must precede mlflow)
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from flows.mlflow_tracker import (
+    FINAL_PREFIX,
+    PARENT_RUN_ID,
+    TAG_KIND,
+    TAG_PARENT_STEP,
+    TAG_STEP_NAME,
+    resolve_tracking_uri,
+)
+
+
+@dataclass
+class Comparison:
+    labels: list[str]  # one column per leaf run
+    run_ids: list[str]
+    config: dict[str, list[str]] = field(default_factory=dict)  # only the params whose values differ
+    metrics: dict[str, list[float | None]] = field(default_factory=dict)
+
+
+def leaf_step_runs(client: MlflowClient, experiment_id: str) -> list:
+    """The newest run of each leaf step of each pipeline (parent run) in the experiment, oldest pipeline first."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{TAG_KIND}` = 'step'", order_by=["attributes.start_time DESC"]
+    )
+    newest: dict[tuple[str, str], object] = {}
+    for run in runs:
+        key = (run.data.tags.get(PARENT_RUN_ID, ""), run.data.tags.get(TAG_STEP_NAME, run.info.run_name))
+        newest.setdefault(key, run)
+    parents_of_steps = {(pipeline, run.data.tags.get(TAG_PARENT_STEP, "")) for (pipeline, _), run in newest.items()}
+    leaves = [run for (pipeline, step), run in newest.items() if (pipeline, step) not in parents_of_steps]
+    return sorted(leaves, key=lambda run: run.info.start_time)
+
+
+def final_metrics(run) -> dict[str, float]:
+    """The step's final smoothed metrics; a run that never finished falls back to its last logged values."""
+    finals = {k[len(FINAL_PREFIX):]: v for k, v in run.data.metrics.items() if k.startswith(FINAL_PREFIX)}
+    return finals or {k: v for k, v in run.data.metrics.items() if k not in ("epoch", "sec_per_batch")}
+
+
+def compare_runs(client: MlflowClient, runs: list) -> Comparison:
+    pipelines = {run.data.tags.get(PARENT_RUN_ID) for run in runs}
+    names = {p: client.get_run(p).info.run_name for p in pipelines if p} if len(pipelines) > 1 else {}
+    labels = []
+    for run in runs:
+        step = run.data.tags.get(TAG_STEP_NAME, run.info.run_name)
+        pipeline = names.get(run.data.tags.get(PARENT_RUN_ID))
+        labels.append(f"{pipeline}/{step}" if pipeline else step)
+    comparison = Comparison(labels=labels, run_ids=[run.info.run_id for run in runs])
+    keys = sorted({key for run in runs for key in run.data.params})
+    for key in keys:
+        values = [run.data.params.get(key, "") for run in runs]
+        if len(set(values)) > 1:
+            comparison.config[key] = values
+    finals = [final_metrics(run) for run in runs]
+    for key in sorted({key for metrics in finals for key in metrics}):
+        comparison.metrics[key] = [metrics.get(key) for metrics in finals]
+    return comparison
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def table_rows(comparison: Comparison) -> list[list[str]]:
+    rows = [["", *comparison.labels]]
+    rows += [[f"config: {key}", *values] for key, values in comparison.config.items()]
+    rows += [[f"metric: {key}", *map(_cell, values)] for key, values in comparison.metrics.items()]
+    return rows
+
+
+def format_table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[list[str]], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+def write_chart(comparison: Comparison, path: Path, title: str) -> None:
+    """One bar panel per final metric, one bar per hypothesis; the config differences as the figure's footnote."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    names = list(comparison.metrics) or ["(no metrics)"]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 1, 3.6), squeeze=False)
+    colors = [f"C{i % 10}" for i in range(len(comparison.labels))]
+    for ax, name in zip(axes[0], names):
+        values = [v if v is not None else 0.0 for v in comparison.metrics.get(name, [])]
+        if values:
+            ax.bar(range(len(values)), values, color=colors)
+            ax.set_xticks(range(len(values)), comparison.labels, rotation=20, ha="right", fontsize=8)
+        ax.set_title(name, fontsize=10)
+    differences = "; ".join(
+        f"{key}: " + " vs ".join(values) for key, values in list(comparison.config.items())[:6]
+    )
+    fig.suptitle(title, fontsize=11)
+    if differences:
+        fig.text(0.01, 0.01, differences, fontsize=7, wrap=True)
+    fig.tight_layout(rect=(0, 0.08 if differences else 0, 1, 0.95))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fluxflow-compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiment", required=True, help="MLflow experiment name")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    parser.add_argument("--output", default=".", help="folder for compare_<experiment>.csv/.png (default: .)")
+    args = parser.parse_args(argv)
+
+    client = MlflowClient(args.tracking_uri or resolve_tracking_uri())
+    experiment = client.get_experiment_by_name(args.experiment)
+    if experiment is None:
+        print(f"fluxflow-compare: no experiment named {args.experiment!r} at {client.tracking_uri}", file=sys.stderr)
+        return 2
+    runs = leaf_step_runs(client, experiment.experiment_id)
+    if not runs:
+        print(f"fluxflow-compare: experiment {args.experiment!r} has no pipeline step runs", file=sys.stderr)
+        return 2
+    comparison = compare_runs(client, runs)
+    rows = table_rows(comparison)
+    print(format_table(rows))
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "compare_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in args.experiment)
+    write_csv(rows, out / f"{stem}.csv")
+    write_chart(comparison, out / f"{stem}.png", f"{args.experiment}: final metrics of {len(runs)} hypotheses")
+    print(f"\nWrote {out / (stem + '.csv')} and {out / (stem + '.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

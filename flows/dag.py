@@ -1,0 +1,53 @@
+"""The pipeline as a tree: which step starts from which.
+
+A resolved step names its `parent` (the step given by `after:`, or the previous step in file order); steps that share
+a parent are branches, i.e. competing hypotheses trained from the same checkpoint. Validation (fluxflow.config) has
+already rejected unknown parents and cycles, so these functions only read the tree. They take anything with `.name`
+and `.parent`, which keeps them free of torch and of the config module.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+
+class StepNode(Protocol):
+    name: str
+    parent: str | None
+
+
+def children_of(steps: Sequence[StepNode]) -> dict[str | None, list[str]]:
+    """Parent name (None for the roots) -> its child steps, in file order."""
+    children: dict[str | None, list[str]] = {}
+    for step in steps:
+        children.setdefault(step.parent, []).append(step.name)
+    return children
+
+
+def branch_groups(steps: Sequence[StepNode]) -> dict[str | None, list[str]]:
+    """Only the parents with more than one child: each group is a set of hypotheses to compare."""
+    return {parent: names for parent, names in children_of(steps).items() if len(names) > 1}
+
+
+def branch_names(steps: Sequence[StepNode]) -> list[str]:
+    """Names of every step that has a sibling, in file order."""
+    grouped = {name for names in branch_groups(steps).values() for name in names}
+    return [step.name for step in steps if step.name in grouped]
+
+
+def leaf_names(steps: Sequence[StepNode]) -> list[str]:
+    """Steps nothing starts from: the end of each hypothesis."""
+    parents = {step.parent for step in steps}
+    return [step.name for step in steps if step.name not in parents]
+
+
+def descendants(steps: Sequence[StepNode], names: Iterable[str]) -> list[str]:
+    """Every step below the given ones (not including them), in file order."""
+    below: set[str] = set()
+    frontier = set(names)
+    children = children_of(steps)
+    while frontier:
+        found = {child for name in frontier for child in children.get(name, [])}
+        frontier = found - below
+        below |= found
+    return [step.name for step in steps if step.name in below]

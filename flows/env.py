@@ -1,0 +1,18 @@
+"""Quiet, offline defaults for Prefect and MLflow.
+
+Import this module first in every `flows` entry point, before prefect or mlflow: both read these variables at import
+time. `setdefault` keeps whatever the user (or a deployment's job variables) already set.
+"""
+import os
+
+_DEFAULTS = {
+    # No telemetry, no network.
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    # A cold start of the embedded Prefect API takes 12-15 s on 2 cores; the default timeout is 20 s.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
+for _name, _value in _DEFAULTS.items():
+    os.environ.setdefault(_name, _value)

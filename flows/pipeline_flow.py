@@ -1,0 +1,146 @@
+"""The flow `fluxflow-pipeline`: every step of the YAML one task, each receiving its parent's checkpoint reference.
+
+Steps whose parent has finished are submitted at once, so branches (steps sharing a parent) run concurrently unless
+a `gpu` tag concurrency limit serialises them. A step's outcome decides what runs next: `max_epochs_reached` on a
+step with `on_missed: fail` stops its subtree and fails the flow; a failed task (after its retries) stops its subtree.
+Other branches carry on either way, and the summary lists every step.
+"""
+from __future__ import annotations
+
+from flows import env  # noqa: F401  (must precede prefect and mlflow)
+
+import hashlib
+import json
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+from prefect import flow, get_run_logger
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.settings import PREFECT_UI_URL
+
+from flows import artifacts
+from flows.dag import branch_names, children_of, descendants
+from flows.mlflow_tracker import experiment_id_for, open_pipeline_run, resolve_tracking_uri
+from flows.step_task import TrackingTarget, load_pipeline_config, output_dir_of, step_task
+from fluxflow.config import ConfigError, PipelineConfig
+
+DEFAULT_EXPERIMENT = "fluxflow"
+
+
+class PipelineFailed(RuntimeError):
+    """Some step failed or missed its threshold with `on_missed: fail`; the message names them."""
+
+
+def config_hash(config: PipelineConfig) -> str:
+    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def open_tracking(config: PipelineConfig, steps: list) -> tuple[MlflowClient, TrackingTarget]:
+    """The pipeline's MLflow parent run, tagged with what links it to this flow run."""
+    uri = resolve_tracking_uri(getattr(config.tracking, "tracking_uri", None))
+    client = MlflowClient(uri)
+    experiment_id = experiment_id_for(client, getattr(config.tracking, "experiment_name", None) or DEFAULT_EXPERIMENT)
+    output_dir = output_dir_of(config)
+    pipeline = Path(output_dir.rstrip("/")).name or "pipeline"
+    tags = {
+        "fluxflow.config_hash": config_hash(config),
+        "fluxflow.steps": ",".join(step.name for step in steps),
+        "fluxflow.branches": ",".join(branch_names(steps)),
+        "prefect.flow_run_id": str(flow_run.id or ""),
+        "prefect.flow_run_name": str(flow_run.name or ""),
+    }
+    if PREFECT_UI_URL.value():  # only set when a Prefect server (not the embedded API) serves a UI
+        tags["prefect.flow_run_url"] = str(flow_run.ui_url)
+    run_id = open_pipeline_run(client, experiment_id, output_dir, pipeline, tags)
+    client.log_dict(run_id, config.model_dump(mode="json"), "config.json")
+    target = TrackingTarget(uri, experiment_id, run_id, str(flow_run.id or ""), artifacts.artifact_key(pipeline))
+    return client, target
+
+
+def missed_threshold_message(step, result: dict) -> str:
+    t = step.transition_on
+    return (
+        f"Step {step.name}: {t.metric} did not fall below {t.threshold} within {t.max_epochs} epochs "
+        f"(max_epochs reached); on_missed: {step.on_missed}"
+    )
+
+
+@flow(name="fluxflow-pipeline")
+def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str | None = None) -> list[dict]:
+    """Train the pipeline declared by `config` (a YAML path or the config itself); returns each step's outcome."""
+    logger = get_run_logger()
+    cfg = load_pipeline_config(config, output_dir)
+    steps = cfg.resolved_steps()
+    by_name = {step.name: step for step in steps}
+    children = children_of(steps)
+    client, target = open_tracking(cfg, steps)
+    progress = artifacts.start_progress(target.pipeline, len(steps))
+    task = step_task.with_options(retries=cfg.training.pipeline.retries)
+
+    running: dict[str, object] = {}
+
+    def submit(name: str, parent_ref: dict | None) -> None:
+        running[name] = task.submit(config, output_dir, device, name, parent_ref, target.to_dict())
+
+    outcomes: list[dict] = []
+    not_run: dict[str, str] = {}
+    problems: list[str] = []
+    status = "FAILED"
+    try:
+        for root in children.get(None, []):
+            submit(root, None)
+        while running:
+            future = next(as_completed(list(running.values())))
+            name = next(n for n, f in running.items() if f is future)
+            del running[name]
+            try:
+                outcome = future.result()
+            except Exception as exc:  # the task failed after its retries: stop this subtree only
+                problems.append(f"step {name} failed: {exc}")
+                not_run.update({d: f"not run: {name} failed" for d in descendants(steps, [name])})
+                continue
+            outcomes.append(outcome)
+            artifacts.update_progress(progress, len(outcomes), len(steps))
+            if outcome["result"]["outcome"] == "max_epochs_reached":
+                message = missed_threshold_message(by_name[name], outcome["result"])
+                logger.warning(message)
+                if by_name[name].on_missed == "fail":
+                    problems.append(message)
+                    not_run.update({d: f"not run: {name} missed its threshold" for d in descendants(steps, [name])})
+                    continue
+            for child in children.get(name, []):
+                submit(child, outcome["ref"])
+        status = "FAILED" if problems else "FINISHED"
+    finally:
+        artifacts.publish_summary(target.pipeline, artifacts.summary_rows(outcomes, not_run))
+        client.set_terminated(target.parent_run_id, status)
+    if problems:
+        raise PipelineFailed("; ".join(problems))
+    return outcomes
+
+
+def print_summary(outcomes: list[dict]) -> None:
+    for outcome in outcomes:
+        result, ref = outcome["result"], outcome["ref"]
+        trained = "" if result["trained"] else " (already complete, skipped)"
+        print(f"  {result['step_name']}: {result['outcome']}{trained}, {result['epochs_done']} epochs, {ref['uri']}")
+
+
+def run_pipeline_flow(config_source: str | Path | dict, output_dir: str | None = None, device: str | None = None) -> int:
+    """Run the flow on the current Prefect API (the embedded one by default). Exit code: 0 done, 1 failed, 2 bad
+    config."""
+    source = str(config_source) if isinstance(config_source, Path) else config_source
+    try:
+        load_pipeline_config(source, output_dir)  # fail fast, before Prefect starts
+    except ConfigError as exc:
+        print(exc)
+        return 2
+    state = pipeline_flow(source, output_dir, device, return_state=True)
+    if not state.is_completed():
+        print(f"Pipeline {state.name.lower()}: {state.message}")
+        return 1
+    print("Pipeline finished:")
+    print_summary(state.result())
+    return 0

@@ -1,0 +1,108 @@
+"""One pipeline step as one Prefect task: resolve the input, call the runner, publish the outputs.
+
+Only JSON goes in and out (the config source, the parent's checkpoint reference as a dict, the tracking target; the
+step's reference and result as dicts): no tensors or modules between tasks, so a task can run in another process or
+on another machine. A retry is a fresh call of the same function: the runner finds the step's `latest.pt` and resumes
+mid-step, and the MLflow tracker reopens the same nested run.
+"""
+from __future__ import annotations
+
+from flows import env  # noqa: F401  (must precede prefect and mlflow)
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from flows.artifacts import mlflow_run_url, publish_step
+from flows.mlflow_tracker import MlflowTracker
+from fluxflow.checkpoint_ref import CheckpointRef
+from fluxflow.config import PipelineConfig, load_config
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """Where a step's MLflow run goes; built once by the flow, passed to every task as a dict."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    session: str  # the Prefect flow-run id: retries within one session continue the same run
+    pipeline: str  # short pipeline name for Prefect artifact keys
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def load_pipeline_config(source: str | Path | dict, output_dir: str | None = None) -> PipelineConfig:
+    """The config as the flow and every task see it: `load_config` plus the flow's output-directory override."""
+    config = load_config(source).config
+    if output_dir:
+        output = config.output.model_copy(update={"output_path": str(output_dir)})
+        config = config.model_copy(update={"output": output})
+    return config
+
+
+def output_dir_of(config: PipelineConfig) -> str:
+    """Absolute local path (or the URI as given) of the pipeline's output directory: the key of its MLflow runs."""
+    path = str(config.output.output_path)
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def make_tracker(config: PipelineConfig, target: TrackingTarget):
+    """The step's trackers: the core's console + JSONL one and the MLflow one. Returns (tracker, mlflow_tracker)."""
+    from fluxflow.tracking import ConsoleJsonlTracker, MultiTracker
+
+    mlflow_tracker = MlflowTracker(
+        MlflowClient(target.tracking_uri),
+        target.experiment_id,
+        target.parent_run_id,
+        output_dir_of(config),
+        session=target.session,
+    )
+    console = ConsoleJsonlTracker(Path(config.output.output_path))
+    return MultiTracker([console, mlflow_tracker]), mlflow_tracker
+
+
+def train_step(
+    config_source: str | dict,
+    output_dir: str | None,
+    device: str | None,
+    step_name: str,
+    parent_ref: dict | None,
+    tracking: dict,
+) -> dict[str, Any]:
+    """The task body as a plain function: {"ref": ..., "result": ..., "run_id": ..., "run_url": ...}."""
+    from fluxflow.runner import run_step
+
+    config = load_pipeline_config(config_source, output_dir)
+    target = TrackingTarget(**tracking)
+    parent = CheckpointRef.from_dict(parent_ref) if parent_ref else None
+    tracker, mlflow_tracker = make_tracker(config, target)
+    try:
+        ref, result = run_step(config, step_name, parent, tracker=tracker, device=device)
+    except BaseException:
+        mlflow_tracker.step_failed()
+        raise
+    run_id = mlflow_tracker.run_id if result.trained else mlflow_tracker.link_completed(ref.step_key)
+    run_url = mlflow_run_url(target.tracking_uri, target.experiment_id, run_id) if run_id else None
+    outcome = {"ref": ref.to_dict(), "result": result.to_dict(), "run_id": run_id, "run_url": run_url}
+    publish_step(target.pipeline, outcome["ref"], outcome["result"], run_url)
+    return outcome
+
+
+# Results stay in memory (NO_CACHE, not persisted): resuming is the runner's job, keyed by the checkpoint files, and a
+# Prefect cache would return a stale reference after the files change. Retries are set per pipeline by the flow.
+@task(name="pipeline-step", task_run_name="{step_name}", tags=["gpu"], cache_policy=NO_CACHE, persist_result=False)
+def step_task(
+    config_source: str | dict,
+    output_dir: str | None,
+    device: str | None,
+    step_name: str,
+    parent_ref: dict | None,
+    tracking: dict,
+) -> dict[str, Any]:
+    return train_step(config_source, output_dir, device, step_name, parent_ref, tracking)

@@ -1,0 +1,319 @@
+"""Checkpoint files: atomic writes, safe loads, content hashes, the immutable final.pt, and RNG state.
+
+A checkpoint is a plain dict in the seed's layout (see docs/ARCHITECTURE.md):
+
+    epoch, global_step, models {name: state_dict}, optimizers {group: state_dict}, schedulers {group: state_dict},
+    ema {name: state_dict}, pipeline_metadata {current_step, current_step_name, step_start_epoch,
+    current_step_epoch, batch, step_metrics, step_key, seed, rng, sampler, completed, ...}
+
+Why the rules below:
+- A crash (kill -9, power loss, full disk) while saving must never cost the last good checkpoint, so every write goes
+  to a temp file in the same directory, is flushed and fsynced, then renamed over the target (rename is atomic on
+  POSIX) and the directory is fsynced so the rename itself survives a power loss.
+- Loading never unpickles arbitrary objects (`torch.load(weights_only=True)`): a checkpoint is data, not code. So a
+  checkpoint may hold only tensors, dicts, lists, tuples, str, bytes, int, float, bool and None. `save_checkpoint`
+  checks that before writing, so an unloadable checkpoint fails at save time, not hours later at resume time.
+- Paths may be local or any fsspec URI (s3://, gs://, memory://). Remote writes go to a temp name and are moved into
+  place; how atomic that move is depends on the store (best effort).
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import pickle
+import random
+import re
+import tempfile
+import uuid
+from contextlib import suppress
+from pathlib import Path
+from typing import IO, Any, Callable
+
+import numpy as np
+import torch
+
+PathLike = str | os.PathLike
+
+_CHUNK = 1 << 20  # 1 MiB: streamed hashing and copying never hold a whole checkpoint in memory
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be written, read, or trusted; the message names the file and says why."""
+
+
+# ----------------------------------------------------------------------------------------------- local or fsspec
+
+def _local_path(path: PathLike) -> Path | None:
+    """The local path behind `path`, or None when it is a non-local fsspec URI."""
+    if isinstance(path, os.PathLike):
+        return Path(path)
+    text = str(path)
+    if text.startswith("file://"):
+        return Path(text[len("file://"):])
+    if "://" in text:
+        return None
+    return Path(text)
+
+
+def _fs(uri: str):
+    import fsspec  # only needed for remote URIs
+
+    return fsspec.core.url_to_fs(uri)  # (filesystem, path within it)
+
+
+def _open_read(path: PathLike) -> IO[bytes]:
+    local = _local_path(path)
+    if local is not None:
+        return open(local, "rb")
+    fs, inner = _fs(str(path))
+    return fs.open(inner, "rb")
+
+
+def _exists(path: PathLike) -> bool:
+    local = _local_path(path)
+    if local is not None:
+        return local.exists()
+    fs, inner = _fs(str(path))
+    return fs.exists(inner)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename durable. Some filesystems refuse O_RDONLY fsync on a directory; durability there is theirs.
+    with suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None], *, durable: bool = True) -> None:
+    """Call `write(file)` on a temp file next to `path`, then move it over `path`.
+
+    Readers see either the old file or the complete new one, never a partial one. If `write` raises, the temp file
+    is removed and `path` is untouched. `durable=False` skips the fsyncs (sample images: losing one to a power cut
+    is harmless, and fsync is slow on network storage).
+    """
+    local = _local_path(path)
+    if local is None:
+        _atomic_write_remote(str(path), write)
+        return
+    local.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".tmp", dir=local.parent)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a checkpoint on shared storage should be readable by the team
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, local)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        _fsync_dir(local.parent)
+
+
+def _atomic_write_remote(uri: str, write: Callable[[IO[bytes]], None]) -> None:
+    fs, inner = _fs(uri)
+    parent = inner.rsplit("/", 1)[0] if "/" in inner else ""
+    if parent:
+        with suppress(Exception):  # object stores have no directories; makedirs may be a no-op or refuse
+            fs.makedirs(parent, exist_ok=True)
+    tmp = f"{inner}.tmp-{uuid.uuid4().hex}"
+    try:
+        with fs.open(tmp, "wb") as f:
+            write(f)
+        fs.mv(tmp, inner)
+    except BaseException:
+        with suppress(Exception):
+            fs.rm(tmp)
+        raise
+
+
+# ------------------------------------------------------------------------------------------------ save and load
+
+_PLAIN = (str, bytes, int, float, bool, type(None), torch.device, torch.dtype)  # exact types, see _check_loadable
+_CONTAINERS = (dict, collections.OrderedDict)
+_SEQUENCES = (list, tuple, set, torch.Size)
+
+
+def _check_loadable(value: Any, where: str) -> None:
+    """Raise TypeError naming the first value that `torch.load(weights_only=True)` would refuse.
+
+    Exact type checks on purpose: numpy.float64 *is* a float subclass but pickles as a numpy object that
+    weights_only refuses, and a defaultdict pickles its factory function.
+    """
+    if isinstance(value, torch.Tensor):
+        return
+    kind = type(value)
+    if kind in _PLAIN:
+        return
+    if kind in _CONTAINERS:
+        for key, item in value.items():
+            _check_loadable(key, f"{where} key {key!r}")
+            _check_loadable(item, f"{where}[{key!r}]")
+        return
+    if kind in _SEQUENCES:
+        for i, item in enumerate(value):
+            _check_loadable(item, f"{where}[{i}]")
+        return
+    raise TypeError(
+        f"{where} is a {kind.__module__}.{kind.__qualname__}; a checkpoint may hold only tensors, dicts, lists, "
+        "tuples, str, bytes, int, float, bool and None (it is loaded with torch.load(weights_only=True))"
+    )
+
+
+def save_checkpoint(state: dict[str, Any], path: PathLike) -> None:
+    """Write `state` to `path` atomically (temp file, flush, fsync, rename, fsync dir); local path or fsspec URI."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"cannot save checkpoint {path}: state must be a dict, got {type(state).__name__}")
+    try:
+        _check_loadable(state, "state")
+    except TypeError as e:
+        raise CheckpointError(f"cannot save checkpoint {path}: {e}") from None
+    try:
+        atomic_write(path, lambda f: torch.save(state, f))
+    except OSError as e:
+        raise CheckpointError(f"could not write checkpoint {path}: {e}") from e
+
+
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+
+
+def load_checkpoint(
+    path: PathLike, map_location: str | torch.device = "cpu", expected_sha256: str | None = None
+) -> dict[str, Any]:
+    """Load a checkpoint dict with `torch.load(weights_only=True)`.
+
+    Raises CheckpointError naming the file when it is missing, corrupt or truncated, needs arbitrary unpickling,
+    is not a dict, or (with `expected_sha256`, e.g. from a CheckpointRef) has different content than expected.
+    """
+    if expected_sha256 is not None:
+        try:
+            actual = sha256_file(path)
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint not found: {path}") from None
+        if actual != expected_sha256:
+            raise CheckpointError(
+                f"checkpoint {path} has sha256 {actual[:16]}…, expected {expected_sha256[:16]}…: "
+                "the file changed after it was referenced"
+            )
+    try:
+        with _open_read(path) as f:
+            state = torch.load(f, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    except pickle.UnpicklingError as e:
+        unsafe = _UNSAFE_GLOBAL.search(str(e))
+        if unsafe:
+            raise CheckpointError(
+                f"refusing to load checkpoint {path}: it contains a pickled object ({unsafe.group(1)}) that only "
+                "arbitrary unpickling could restore; checkpoints are loaded with torch.load(weights_only=True) and "
+                "may hold only tensors, dicts, lists and plain values"
+            ) from None
+        raise CheckpointError(_corrupt_message(path, e)) from e
+    except Exception as e:  # zip reader RuntimeError, EOFError on an empty file, ...: all mean "unreadable"
+        raise CheckpointError(_corrupt_message(path, e)) from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint dict")
+    return state
+
+
+def _corrupt_message(path: PathLike, error: BaseException) -> str:
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if len(detail) > 160:
+        detail = detail[:160] + "…"
+    return f"checkpoint {path} is corrupt, truncated or not a torch checkpoint ({detail})"
+
+
+def sha256_file(path: PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks (local path or fsspec URI)."""
+    digest = hashlib.sha256()
+    with _open_read(path) as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def finalize(latest: PathLike, final: PathLike) -> str:
+    """Copy `latest` to `final` atomically and return the sha256 of `final`.
+
+    final.pt is immutable: when it already exists with the same bytes this is a no-op (so a runner that crashed
+    right after finalizing can call it again); with different bytes it raises CheckpointError rather than replace a
+    checkpoint that later steps may have been trained from. A step that re-runs because its configuration changed
+    must move the old final.pt aside first. Only one process writes a given final.pt (the output dir's RunLock), so
+    the exists-then-write below does not race.
+    """
+    if not _exists(latest):
+        raise CheckpointError(f"cannot finalize: {latest} does not exist")
+    if _exists(final):
+        existing, wanted = sha256_file(final), sha256_file(latest)
+        if existing != wanted:
+            raise CheckpointError(
+                f"refusing to overwrite {final}: it exists with different content (sha256 {existing[:16]}… vs "
+                f"{wanted[:16]}… of {latest}); final checkpoints are immutable, move the old one aside to re-run"
+            )
+        return existing
+
+    digest = hashlib.sha256()
+
+    def copy(out: IO[bytes]) -> None:
+        with _open_read(latest) as src:
+            while chunk := src.read(_CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+
+    try:
+        atomic_write(final, copy)
+    except OSError as e:
+        raise CheckpointError(f"could not write {final}: {e}") from e
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------------ RNG state
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every RNG a training step draws from, encoded as tensors and plain values (weights_only-loadable).
+
+    torch CPU (uint8 tensor), each CUDA device when CUDA is available, Python `random` and numpy's global RNG
+    (their Mersenne-Twister words as int64 tensors, which is what lets weights_only accept them).
+    """
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    version, words, gauss_next = random.getstate()
+    state["python"] = {
+        "version": int(version),
+        "state": torch.tensor(words, dtype=torch.int64),
+        "gauss_next": None if gauss_next is None else float(gauss_next),
+    }
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state["numpy"] = {
+        "name": str(name),
+        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64).copy()),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Put back what `capture_rng_state` captured. Parts absent from `state` are left as they are; CUDA states are
+    restored for as many devices as both the checkpoint and this machine have."""
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
+    if state.get("cuda") and torch.cuda.is_available():
+        for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state.cpu().to(torch.uint8), device)
+    if "python" in state:
+        py = state["python"]
+        random.setstate((int(py["version"]), tuple(int(w) for w in py["state"].tolist()), py["gauss_next"]))
+    if "numpy" in state:
+        npy = state["numpy"]
+        keys = npy["keys"].cpu().numpy().astype(np.uint32)
+        np.random.set_state((npy["name"], keys, int(npy["pos"]), int(npy["has_gauss"]), float(npy["cached_gaussian"])))

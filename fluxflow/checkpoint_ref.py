@@ -1,0 +1,116 @@
+"""What one pipeline step hands to the next: a reference to its checkpoint and a small result.
+
+No torch here: Prefect tasks pass these between processes (and machines) as plain JSON, and the flow layer must be
+able to read them without importing the training core. `to_dict()` gives JSON-able values only; `from_dict()`
+accepts exactly what `to_dict()` wrote and names any missing or unknown key.
+"""
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Literal, NamedTuple
+
+Outcome = Literal["met", "epochs_done", "max_epochs_reached"]
+OUTCOMES: tuple[str, ...] = ("met", "epochs_done", "max_epochs_reached")
+
+
+def _check_keys(cls: type, data: dict[str, Any]) -> None:
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__}.from_dict expects a dict, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}
+    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+    missing = sorted(n for n in required if n not in data)
+    unknown = sorted(set(data) - names)
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing)}")
+        if unknown:
+            parts.append(f"unknown {', '.join(unknown)}")
+        raise ValueError(f"{cls.__name__}.from_dict: {'; '.join(parts)}")
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A finished step's checkpoint: where it is (local path or fsspec URI), its content hash, and its position."""
+
+    uri: str
+    sha256: str
+    step_name: str
+    step_key: str
+    global_step: int
+    epoch: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckpointRef:
+        _check_keys(cls, data)
+        return cls(
+            uri=str(data["uri"]),
+            sha256=str(data["sha256"]),
+            step_name=str(data["step_name"]),
+            step_key=str(data["step_key"]),
+            global_step=int(data["global_step"]),
+            epoch=int(data["epoch"]),
+        )
+
+
+@dataclass
+class StepResult:
+    """How a step ended.
+
+    outcome: "met" (loss_threshold reached), "epochs_done" (epoch transition after n_epochs) or
+    "max_epochs_reached" (loss_threshold never met within max_epochs). trained is False when the step was skipped
+    because its final.pt already existed for the same step key. resumed_from is (epoch, batch) when the step
+    continued an interrupted run from latest.pt, else None.
+    """
+
+    step_name: str
+    outcome: Outcome
+    epochs_done: int
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    trained: bool = True
+    resumed_from: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"StepResult.outcome must be one of {', '.join(OUTCOMES)}; got {self.outcome!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step_name": self.step_name,
+            "outcome": self.outcome,
+            "epochs_done": int(self.epochs_done),
+            "final_metrics": {str(k): float(v) for k, v in self.final_metrics.items()},
+            "trained": bool(self.trained),
+            # JSON has no tuples: a two-element list on the wire, a tuple again after from_dict.
+            "resumed_from": list(self.resumed_from) if self.resumed_from is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepResult:
+        _check_keys(cls, data)
+        resumed = data.get("resumed_from")
+        return cls(
+            step_name=str(data["step_name"]),
+            outcome=data["outcome"],
+            epochs_done=int(data["epochs_done"]),
+            final_metrics={str(k): float(v) for k, v in (data.get("final_metrics") or {}).items()},
+            trained=bool(data.get("trained", True)),
+            resumed_from=(int(resumed[0]), int(resumed[1])) if resumed is not None else None,
+        )
+
+
+class StepOutcome(NamedTuple):
+    """What `run_step` returns; unpacks as `ref, result = run_step(...)`."""
+
+    ref: CheckpointRef
+    result: StepResult
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ref": self.ref.to_dict(), "result": self.result.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepOutcome:
+        return cls(CheckpointRef.from_dict(data["ref"]), StepResult.from_dict(data["result"]))

@@ -1,0 +1,282 @@
+"""Rules that span fields: step names, the step DAG, modes vs freeze lists, metrics, datasets, sizes, LPIPS.
+
+Types and ranges of single fields are the schema's job. These checks run on whatever parts of the file parsed, so
+that one broken step does not hide the problems of the others; every problem names its path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from fluxflow import modes
+from fluxflow.config.assets import missing_lpips_backbone_message
+from fluxflow.config.errors import ConfigIssue, did_you_mean, format_path
+from fluxflow.config.optim import Optimization, optimizer_issues, scheduler_issues
+from fluxflow.config.schema import DATASET_FIELDS, DATASET_REQUIRED, DataConfig, DatasetConfig, ModelConfig, \
+    OutputConfig
+from fluxflow.config.steps import MissingStepValue, ResolvedStep, StepConfig, StepDefaults, StepGlobals, \
+    merged_step_fields, resolve_step
+
+# Step and dataset names become parts of file names and MLflow keys.
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NAME_RULE = "must be 1-64 letters, digits, '_' or '-' (it is used in file names)"
+STEPS = ("training", "pipeline", "steps")
+
+
+@dataclass
+class Pieces:
+    """The parts of a config that parsed; None where a part did not (its own errors are already reported)."""
+
+    raw_steps: list[Any]
+    steps: list[StepConfig | None]
+    defaults: StepDefaults | None
+    globals_: StepGlobals
+    datasets: dict[str, DatasetConfig] | None
+    default_dataset: str | None
+    model: ModelConfig | None
+    data: DataConfig | None
+    output: OutputConfig | None
+
+
+def semantic_issues(p: Pieces) -> list[ConfigIssue]:
+    names = [s.get("name") if isinstance(s, dict) and isinstance(s.get("name"), str) else None for s in p.raw_steps]
+    afters = [s.get("after") if isinstance(s, dict) and isinstance(s.get("after"), str) else None
+              for s in p.raw_steps]
+    issues = _name_issues(names) + _dag_issues(names, afters) + _dataset_issues(p) + _size_issues(p)
+    issues += defaults_optimization_issues(p.defaults)
+    lpips_first: int | None = None
+    for i, step in enumerate(p.steps):
+        if step is None or p.defaults is None:
+            continue
+        step_issues, uses_lpips = _step_issues(i, step, p)
+        issues += step_issues
+        if uses_lpips:
+            message = missing_lpips_backbone_message()
+            if message and lpips_first is not None:
+                message = f"the LPIPS backbone file is missing (see {format_path((*STEPS, lpips_first))}.use_lpips)"
+            if message:
+                issues.append(ConfigIssue(format_path((*STEPS, i, "use_lpips")), message))
+                lpips_first = i if lpips_first is None else lpips_first
+    return issues
+
+
+def _name_issues(names: list[str | None]) -> list[ConfigIssue]:
+    issues, seen = [], {}
+    for i, name in enumerate(names):
+        if name is None:
+            continue
+        if not NAME_RE.match(name):
+            issues.append(ConfigIssue(format_path((*STEPS, i, "name")), f"{name!r} {NAME_RULE}"))
+        if name in seen:
+            issues.append(ConfigIssue(format_path((*STEPS, i, "name")),
+                                      f"duplicate step name {name!r} (also steps[{seen[name]}])"))
+        seen.setdefault(name, i)
+    return issues
+
+
+def _dag_issues(names: list[str | None], afters: list[str | None]) -> list[ConfigIssue]:
+    """`after:` names a known, other step; following parents never comes back to a step (no cycles)."""
+    issues, index = [], {n: i for i, n in reversed(list(enumerate(names))) if n is not None}
+    parent: dict[int, int | None] = {}
+    for i, after in enumerate(afters):
+        path = format_path((*STEPS, i, "after"))
+        if after is None:
+            parent[i] = i - 1 if i > 0 else None
+        elif after == names[i]:
+            issues.append(ConfigIssue(path, "a step cannot start from itself"))
+        elif after not in index:
+            issues.append(ConfigIssue(path, f"no step is named {after!r}{did_you_mean(after, index)}"))
+        else:
+            parent[i] = index[after]
+    reported: set[frozenset[int]] = set()
+    for start in parent:
+        chain, node = [start], parent.get(start)
+        while node is not None and node not in chain:
+            chain.append(node)
+            node = parent.get(node)
+        if node == start and frozenset(chain) not in reported:
+            reported.add(frozenset(chain))
+            first = min(i for i in chain if afters[i] is not None)
+            loop = " -> ".join(str(names[i]) for i in [*chain, start])
+            issues.append(ConfigIssue(format_path((*STEPS, first, "after")), f"steps start from each other in a "
+                                      f"cycle ({loop}, following 'after' and file order)"))
+    return issues
+
+
+def _dataset_issues(p: Pieces) -> list[ConfigIssue]:
+    if p.datasets is None:
+        return []
+    issues = []
+    for name, ds in p.datasets.items():
+        loc = ("training", "pipeline", "datasets", name)
+        if not NAME_RE.match(name):
+            issues.append(ConfigIssue(format_path(loc), f"dataset name {name!r} {NAME_RULE}"))
+        takes = DATASET_FIELDS[ds.type]
+        for field in sorted(ds.model_fields_set - {"type", "holdout"} - set(takes)):
+            issues.append(ConfigIssue(format_path((*loc, field)),
+                                      f"not a field of a {ds.type} dataset (it takes: {', '.join(takes)}, holdout)"))
+        for field in DATASET_REQUIRED[ds.type]:
+            if not getattr(ds, field):
+                issues.append(ConfigIssue(format_path((*loc, field)), f"required for a {ds.type} dataset"))
+        if ds.type == "shapes" and ds.holdout >= ds.size:
+            issues.append(ConfigIssue(format_path((*loc, "holdout")), f"must be smaller than size ({ds.size})"))
+    if p.default_dataset is not None and p.default_dataset not in p.datasets:
+        issues.append(ConfigIssue("training.pipeline.default_dataset",
+                                  f"no dataset is named {p.default_dataset!r}{did_you_mean(p.default_dataset, p.datasets)}"
+                                  f" (datasets: {', '.join(p.datasets)})"))
+    return issues
+
+
+def _size_issues(p: Pieces) -> list[ConfigIssue]:
+    if p.model is None:
+        return []
+    m, issues = p.model, []
+    if m.feature_maps_dim % 4 or m.feature_maps_dim % m.flow_heads:  # 2-D position embedding: 4 parts
+        issues.append(ConfigIssue("model.feature_maps_dim", f"{m.feature_maps_dim} must be divisible by 4 and by "
+                                                            f"model.flow_heads ({m.flow_heads})"))
+    unit = m.downscale * m.patch_size
+    why = f"a multiple of {unit} (model.downscale {m.downscale} x model.patch_size {m.patch_size})"
+    if p.data is not None and p.data.img_size % unit:
+        issues.append(ConfigIssue("data.img_size", f"{p.data.img_size} must be {why}"))
+    for i, size in enumerate((p.output.sample_sizes or []) if p.output else []):
+        if size % unit:
+            issues.append(ConfigIssue(format_path(("output", "sample_sizes", i)), f"{size} must be {why}"))
+    return issues
+
+
+def _inherited(step: StepConfig, *keys: str) -> str:
+    """' (inherited from training.pipeline.defaults)' when the step itself does not set keys."""
+    node: Any = step
+    for key in keys:
+        if node is None or key not in node.model_fields_set or getattr(node, key) is None:
+            return " (inherited from training.pipeline.defaults)"
+        node = getattr(node, key)
+    return ""
+
+
+def _step_issues(i: int, step: StepConfig, p: Pieces) -> tuple[list[ConfigIssue], bool]:
+    """Issues of one step, and whether it uses LPIPS."""
+    at = lambda *keys: format_path((*STEPS, i, *keys))  # noqa: E731 - short path builder
+    issues: list[ConfigIssue] = []
+    globals_ = p.globals_
+    try:
+        resolved = resolve_step(i, step, p.defaults, globals_, None)
+    except MissingStepValue as missing:
+        if missing.field != "dataset" or p.datasets is not None:
+            issues.append(ConfigIssue(at(missing.field), missing.message))
+        # Go on with placeholders so that the step's other problems are reported too.
+        placeholders = dataclasses.replace(globals_, n_epochs=globals_.n_epochs or 1, dataset=globals_.dataset or "")
+        resolved = resolve_step(i, step, p.defaults, placeholders, None)
+    more, uses_lpips = _step_issues_resolved(i, step, p, resolved, at)
+    return issues + more, uses_lpips
+
+
+def _step_issues_resolved(i, step, p, s: ResolvedStep, at) -> tuple[list[ConfigIssue], bool]:
+    issues: list[ConfigIssue] = []
+    if not any(getattr(s, m) for m in modes.PRIMARY_MODES):
+        extra = " (train_spade and use_lpips only modify a VAE/GAN step)" if s.train_spade or s.use_lpips else ""
+        issues.append(ConfigIssue(at(), f"no training mode: enable at least one of "
+                                        f"{', '.join(modes.PRIMARY_MODES)}{extra}"))
+    if s.train_spade and not modes.has_vae_mode(s):
+        issues.append(ConfigIssue(at("train_spade"), "needs train_vae or gan_training (SPADE is part of the "
+                                                     "expander)" + _inherited(step, "train_spade")))
+    if s.use_lpips and not s.train_vae:
+        issues.append(ConfigIssue(at("use_lpips"), "needs train_vae (LPIPS is a reconstruction loss)"
+                                  + _inherited(step, "use_lpips")))
+    given = merged_step_fields(step, p.defaults)
+    issues += _freeze_issues(step, s, given, at)
+    issues += _optimization_issues(step, s, given, at)
+    issues += _transition_issues(step, s, given, at)
+    if p.datasets is not None and s.dataset and s.dataset not in p.datasets and "dataset" in given:
+        issues.append(ConfigIssue(at("dataset"), f"no dataset is named {s.dataset!r}"
+                                  f"{did_you_mean(s.dataset, p.datasets)} (datasets: {', '.join(p.datasets)})"
+                                  + _inherited(step, "dataset")))
+    return issues, bool(s.use_lpips and s.train_vae)
+
+
+def _freeze_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigIssue]:
+    issues = []
+    by_modes, trainable = modes.mode_trained_components(s), _trainable(s)
+    freeze, unfreeze = given.get("freeze", []), given.get("unfreeze", [])
+    for field, names in (("freeze", freeze), ("unfreeze", unfreeze)):
+        note = _inherited(step, field)
+        for j, name in enumerate(names):
+            if name not in modes.COMPONENTS:
+                issues.append(ConfigIssue(at(field, j), f"unknown component {name!r}{did_you_mean(name, modes.COMPONENTS)}"
+                                          f" (components: {', '.join(modes.COMPONENTS)}){note}"))
+            elif field == "freeze" and name in by_modes:
+                issues.append(ConfigIssue(at(field, j), f"{name} is trained by this step's modes "
+                                          f"({', '.join(modes.mode_labels(s))}); remove it from freeze or turn "
+                                          f"that mode off{note}"))
+            elif field == "unfreeze" and name in freeze:
+                issues.append(ConfigIssue(at(field, j), f"{name} is in both freeze and unfreeze{note}"))
+            elif field == "unfreeze" and name not in trainable:
+                issues.append(ConfigIssue(at(field, j), f"{name} gets no gradient in this step, so unfreezing it "
+                                          f"trains nothing (it can train: {', '.join(sorted(trainable)) or 'none'})"
+                                          f"{note}"))
+    return issues
+
+
+def _trainable(s: ResolvedStep) -> set[str]:
+    """Components that receive a gradient from this step's losses: its modes' plus the text encoder of a flow step."""
+    return modes.mode_trained_components(s) | ({"text_encoder"} if modes.has_flow_mode(s) else set())
+
+
+def _optimization_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigIssue]:
+    """The step's own optimizer/scheduler entries (merged over the defaults' entry of the same group)."""
+    if step.optimization is None:
+        return []
+    issues, used = [], modes.optimizer_groups(s)
+    merged = Optimization(**given.get("optimization", {}))
+    for kind in ("optimizers", "schedulers"):
+        if kind not in step.optimization.model_fields_set:
+            continue
+        for group in getattr(step.optimization, kind):
+            loc = (*STEPS, s.index, "optimization", kind, group)
+            issues += _group_issues(group, getattr(merged, kind)[group], kind, loc)
+            if group in modes.OPTIMIZER_GROUPS and group not in used:
+                members = ", ".join(modes.OPTIMIZER_GROUPS[group])
+                issues.append(ConfigIssue(format_path(loc), f"this step does not train {members} (it trains: "
+                                          f"{', '.join(sorted(modes.trained_components(s))) or 'nothing'})"))
+    return issues
+
+
+def defaults_optimization_issues(defaults: StepDefaults | None) -> list[ConfigIssue]:
+    """Entries of pipeline.defaults.optimization, checked once (a step uses only the groups it trains)."""
+    if defaults is None or defaults.optimization is None:
+        return []
+    issues = []
+    for kind in ("optimizers", "schedulers"):
+        for group, cfg in getattr(defaults.optimization, kind).items():
+            issues += _group_issues(group, cfg, kind, ("training", "pipeline", "defaults", "optimization", kind, group))
+    return issues
+
+
+def _group_issues(group: str, cfg, kind: str, loc: tuple) -> list[ConfigIssue]:
+    if group not in modes.OPTIMIZER_GROUPS:
+        return [ConfigIssue(format_path(loc), f"unknown optimizer group {group!r}"
+                            f"{did_you_mean(group, modes.OPTIMIZER_GROUPS)} (groups: {', '.join(modes.OPTIMIZER_GROUPS)})")]
+    return (optimizer_issues if kind == "optimizers" else scheduler_issues)(cfg, loc)
+
+
+def _transition_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigIssue]:
+    t, written = s.transition_on, given.get("transition_on", {})
+    if t.mode == "epoch":
+        return [ConfigIssue(at("transition_on", key), "only used with mode: loss_threshold (mode epoch runs "
+                                                      f"n_epochs){_inherited(step, 'transition_on', key)}")
+                for key in ("metric", "threshold", "max_epochs") if key in written]
+    issues = []
+    for key in ("metric", "threshold"):
+        if written.get(key) is None:
+            issues.append(ConfigIssue(at("transition_on", key), "required for mode: loss_threshold"))
+    metric = written.get("metric")
+    if metric is not None and metric not in modes.ALL_METRICS:
+        issues.append(ConfigIssue(at("transition_on", "metric"), f"unknown metric {metric!r}"
+                                  f"{did_you_mean(metric, modes.ALL_METRICS)} (metrics: {', '.join(modes.ALL_METRICS)})"))
+    elif metric is not None and metric not in modes.threshold_metrics(s):
+        why = " (vae_loss is always 0 in GAN-only mode)" if metric == "vae_loss" and s.gan_training else ""
+        issues.append(ConfigIssue(at("transition_on", "metric"), f"{metric!r} is not produced by this step{why}; "
+                                  f"it can watch: {', '.join(modes.threshold_metrics(s)) or 'nothing'}"))
+    return issues

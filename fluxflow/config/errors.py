@@ -1,0 +1,49 @@
+"""Config problems: each one names the field it is about, and all of them are reported together."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a config file. `path` is dotted and indexed: `training.pipeline.steps[1].name`."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path or '(top level)'}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The config cannot be used. `.issues` holds every problem found, not just the first."""
+
+    def __init__(self, issues: Sequence[ConfigIssue], source: str | None = None):
+        self.issues = list(issues)
+        self.source = source
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        n = len(self.issues)
+        where = f" in {self.source}" if self.source else ""
+        head = f"{n} problem{'s' if n != 1 else ''}{where}:"
+        return "\n".join([head, *(f"  - {issue}" for issue in self.issues)])
+
+
+def format_path(loc: Iterable[str | int]) -> str:
+    """('training', 'pipeline', 'steps', 1, 'name') -> 'training.pipeline.steps[1].name'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'train_vae'?)' for a near miss, '' when nothing is close."""
+    close = difflib.get_close_matches(str(word), sorted(set(choices)), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

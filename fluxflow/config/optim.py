@@ -1,0 +1,129 @@
+"""Per-step optimizer and scheduler settings (`optimization:` of a step), without torch.
+
+Every type is the class of `torch.optim` / `torch.optim.lr_scheduler` of the same name, and every parameter is its
+keyword argument (except `eta_min_factor`); `fluxflow.optim` builds them from a resolved config.
+
+`type` is optional in the file (None until resolved) so that a step can change one value of an optimizer inherited from
+`pipeline.defaults` without restating its type; resolution fills the type and its torch defaults in.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fluxflow.config.errors import ConfigIssue, format_path
+
+OptimizerType = Literal["AdamW", "Adam", "SGD", "RMSprop"]
+SchedulerType = Literal["CosineAnnealingLR", "StepLR", "ExponentialLR", "ReduceLROnPlateau", "LinearLR", "ConstantLR"]
+UnitFloat = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+# The parameters each optimizer type takes (besides lr), with the value used when a file leaves one out.
+OPTIMIZER_PARAMS: dict[str, dict[str, Any]] = {
+    "AdamW": {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": False},
+    "Adam": {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False},
+    "SGD": {"momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False},
+    "RMSprop": {"alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0, "centered": False},
+}
+
+# The parameters each scheduler type takes; None = no fixed default (see SchedulerConfig.torch_kwargs).
+SCHEDULER_PARAMS: dict[str, dict[str, Any]] = {
+    "CosineAnnealingLR": {"eta_min_factor": 0.1},
+    "StepLR": {"step_size": None, "gamma": 0.1},
+    "ExponentialLR": {"gamma": 0.9},
+    "ReduceLROnPlateau": {"mode": "min", "factor": 0.1, "patience": 10, "threshold": 1e-4, "cooldown": 0,
+                          "min_lr": 0.0},
+    "LinearLR": {"start_factor": 1.0, "end_factor": 0.1, "total_iters": None},
+    "ConstantLR": {"factor": 0.5, "total_iters": None},
+}
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors (a typo must never be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class OptimizerConfig(StrictModel):
+    type: OptimizerType | None = None
+    lr: float | None = Field(None, gt=0.0, le=1.0)
+    betas: tuple[UnitFloat, UnitFloat] | None = None
+    eps: float | None = Field(None, gt=0.0)
+    weight_decay: float | None = Field(None, ge=0.0)
+    momentum: UnitFloat | None = None
+    dampening: float | None = Field(None, ge=0.0, le=1.0)
+    nesterov: bool | None = None
+    alpha: float | None = Field(None, gt=0.0, lt=1.0)
+    centered: bool | None = None
+    amsgrad: bool | None = None
+
+    def resolved(self, default_lr: float) -> "OptimizerConfig":
+        """The same settings with type, lr and the type's defaults filled in."""
+        kind = self.type or "AdamW"
+        values = {**OPTIMIZER_PARAMS[kind], **self.model_dump(exclude_none=True)}
+        values.update(type=kind, lr=self.lr if self.lr is not None else default_lr)
+        return OptimizerConfig(**{k: v for k, v in values.items() if k in OPTIMIZER_PARAMS[kind] or k in ("type", "lr")})
+
+
+class SchedulerConfig(StrictModel):
+    """Schedulers step once per epoch of the step; `step_size`, `total_iters` and `patience` count epochs.
+
+    CosineAnnealingLR anneals over the step's epochs to `eta_min_factor` x the start lr. `total_iters` of LinearLR and
+    ConstantLR defaults to the step's epochs. ReduceLROnPlateau watches the step's smoothed loss.
+    """
+
+    type: SchedulerType | None = None
+    eta_min_factor: float | None = Field(None, ge=0.0, le=1.0)
+    step_size: int | None = Field(None, ge=1)
+    gamma: float | None = Field(None, gt=0.0, le=1.0)
+    start_factor: float | None = Field(None, gt=0.0, le=1.0)
+    end_factor: float | None = Field(None, ge=0.0, le=1.0)
+    total_iters: int | None = Field(None, ge=1)
+    factor: float | None = Field(None, gt=0.0, le=1.0)
+    mode: Literal["min", "max"] | None = None
+    patience: int | None = Field(None, ge=0)
+    threshold: float | None = Field(None, ge=0.0)
+    cooldown: int | None = Field(None, ge=0)
+    min_lr: float | None = Field(None, ge=0.0)
+
+    def resolved(self, step_epochs: int) -> "SchedulerConfig":
+        """Type and defaults filled in; `step_epochs` is the default `total_iters`."""
+        kind = self.type or "CosineAnnealingLR"
+        values = {**SCHEDULER_PARAMS[kind], **self.model_dump(exclude_none=True), "type": kind}
+        if "total_iters" in SCHEDULER_PARAMS[kind] and values["total_iters"] is None:
+            values["total_iters"] = step_epochs
+        return SchedulerConfig(**{k: v for k, v in values.items() if k in SCHEDULER_PARAMS[kind] or k == "type"})
+
+
+class Optimization(StrictModel):
+    """Optimizers and schedulers by group (vae, discriminator, flow, text_encoder)."""
+
+    optimizers: dict[str, OptimizerConfig] = Field(default_factory=dict)
+    schedulers: dict[str, SchedulerConfig] = Field(default_factory=dict)
+
+
+def optimizer_issues(cfg: OptimizerConfig, loc: tuple) -> list[ConfigIssue]:
+    """Parameters that the optimizer type does not take, and combinations torch refuses."""
+    kind = cfg.type or "AdamW"
+    takes = OPTIMIZER_PARAMS[kind]
+    issues = [ConfigIssue(format_path((*loc, name)),
+                          f"'{name}' is not a parameter of {kind} (it takes: lr, {', '.join(takes)})")
+              for name in sorted(cfg.model_fields_set - {"type", "lr"} - set(takes))
+              if getattr(cfg, name) is not None]
+    if kind == "SGD" and cfg.nesterov and ((cfg.momentum or 0.0) <= 0.0 or (cfg.dampening or 0.0) != 0.0):
+        issues.append(ConfigIssue(format_path((*loc, "nesterov")), "nesterov needs momentum > 0 and dampening 0"))
+    return issues
+
+
+def scheduler_issues(cfg: SchedulerConfig, loc: tuple) -> list[ConfigIssue]:
+    kind = cfg.type or "CosineAnnealingLR"
+    takes = SCHEDULER_PARAMS[kind]
+    issues = [ConfigIssue(format_path((*loc, name)),
+                          f"'{name}' is not a parameter of {kind} (it takes: {', '.join(takes)})")
+              for name in sorted(cfg.model_fields_set - {"type"} - set(takes))
+              if getattr(cfg, name) is not None]
+    if kind == "StepLR" and cfg.step_size is None:
+        issues.append(ConfigIssue(format_path((*loc, "step_size")), "required for StepLR (in epochs)"))
+    if kind == "ReduceLROnPlateau" and cfg.factor is not None and cfg.factor >= 1.0:
+        issues.append(ConfigIssue(format_path((*loc, "factor")), "must be < 1 for ReduceLROnPlateau"))
+    return issues

@@ -1,0 +1,150 @@
+"""The whole config file: model, data, training (with the pipeline), output, tracking.
+
+Defaults are small enough to train on a CPU. Keys of the original tool that are accepted for compatibility are not
+fields here: `legacy.py` maps or reports them before these models see the file.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from fluxflow.config.optim import StrictModel
+from fluxflow.config.steps import ResolvedStep, StepConfig, StepDefaults, StepGlobals, resolve_step
+
+DEFAULT_SAMPLE_CAPTIONS = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
+
+
+class ModelConfig(StrictModel):
+    vae_dim: int = Field(32, ge=1, description="base conv width of compressor/expander")
+    latent_channels: int = Field(4, ge=1)
+    downscale: Literal[2, 4, 8] = 4
+    feature_maps_dim: int = Field(128, ge=1, description="flow transformer width")
+    flow_depth: int = Field(4, ge=1)
+    flow_heads: int = Field(4, ge=1)
+    patch_size: Literal[1, 2] = 2
+    text_embedding_dim: int = Field(64, ge=1)
+    text_encoder_depth: int = Field(2, ge=1)
+    text_max_len: int = Field(64, ge=1)
+    feature_maps_dim_disc: int = Field(32, ge=1)
+
+
+class DataConfig(StrictModel):
+    img_size: int = Field(32, ge=8)
+    channels: int = Field(3, ge=1)
+
+
+class DatasetConfig(StrictModel):
+    """One named dataset. shapes: built-in procedural images (size, seed); folder: images + `filename<TAB>caption`
+    file (path, captions_file); webdataset: tar shards (urls: a brace pattern, a list, fsspec URLs; length).
+    `holdout` images are kept out of training for samples and evaluation."""
+
+    type: Literal["shapes", "folder", "webdataset"]
+    size: int = Field(2048, ge=1)
+    seed: int = 0
+    path: str | None = None
+    captions_file: str | None = None
+    urls: str | list[str] | None = None
+    length: int | None = Field(None, ge=1)
+    holdout: int = Field(16, ge=0)
+
+
+# The fields each dataset type takes (besides type and holdout); also its required ones.
+DATASET_FIELDS: dict[str, tuple[str, ...]] = {
+    "shapes": ("size", "seed"),
+    "folder": ("path", "captions_file"),
+    "webdataset": ("urls", "length"),
+}
+DATASET_REQUIRED: dict[str, tuple[str, ...]] = {"shapes": (), "folder": ("path", "captions_file"),
+                                                "webdataset": ("urls",)}
+BUILTIN_DATASET = "shapes"
+
+
+class PipelineSection(StrictModel):
+    defaults: StepDefaults = Field(default_factory=StepDefaults)
+    steps: list[StepConfig] = Field(min_length=1)
+    datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
+    default_dataset: str | None = None
+    retries: int = Field(1, ge=0, description="Prefect task retries; a retry resumes from the latest checkpoint")
+
+    @model_validator(mode="after")
+    def _builtin_dataset(self) -> "PipelineSection":
+        # No dataset declared anywhere: the built-in procedural one, so that nothing needs a download.
+        if not self.datasets:
+            self.datasets = {BUILTIN_DATASET: DatasetConfig(type="shapes")}
+        if self.default_dataset is None and len(self.datasets) == 1:
+            self.default_dataset = next(iter(self.datasets))
+        return self
+
+
+class DistributedConfig(StrictModel):
+    nproc_per_node: int = Field(1, ge=1, description="processes (GPUs) per step; > 1 runs the step under torchrun")
+
+
+class TrainingConfig(StrictModel):
+    batch_size: int = Field(8, ge=1)
+    workers: int = Field(0, ge=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    n_epochs: int | None = Field(None, ge=1, description="default n_epochs of steps")
+    lr: float = Field(1e-4, gt=0.0, le=1.0, description="default lr of steps and their optimizers")
+    max_steps: int | None = Field(None, ge=1, description="default max batches per epoch of steps")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    pipeline: PipelineSection
+
+
+class OutputConfig(StrictModel):
+    output_path: str = "outputs/run"
+    log_interval: int = Field(10, ge=1)
+    checkpoint_save_interval: int = Field(50, ge=1)
+    sample_captions: list[str] = Field(default_factory=lambda: list(DEFAULT_SAMPLE_CAPTIONS))
+    sample_sizes: list[int] | None = None  # None: [data.img_size]
+    no_samples: bool = False
+
+
+class TrackingConfig(StrictModel):
+    experiment_name: str = "fluxflow"
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else MLflow's default (./mlflow.db)
+
+
+class PipelineConfig(StrictModel):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    training: TrainingConfig
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    model_checkpoint: str | None = None  # starting checkpoint of the first step(s): a path or fsspec URI
+
+    @model_validator(mode="after")
+    def _sample_sizes(self) -> "PipelineConfig":
+        if self.output.sample_sizes is None:
+            self.output.sample_sizes = [self.data.img_size]
+        return self
+
+    @property
+    def pipeline(self) -> PipelineSection:
+        return self.training.pipeline
+
+    def step_globals(self) -> StepGlobals:
+        t = self.training
+        return StepGlobals(batch_size=t.batch_size, workers=t.workers, lr=t.lr, n_epochs=t.n_epochs,
+                           max_steps=t.max_steps, dataset=t.pipeline.default_dataset)
+
+    def resolved_steps(self) -> list[ResolvedStep]:
+        """Every step with defaults, globals and parent filled in, in file order."""
+        pipe, globals_ = self.training.pipeline, self.step_globals()
+        resolved, previous = [], None
+        for index, step in enumerate(pipe.steps):
+            resolved.append(resolve_step(index, step, pipe.defaults, globals_, previous))
+            previous = step.name
+        return resolved
+
+    def step(self, name: str) -> ResolvedStep:
+        for step in self.resolved_steps():
+            if step.name == name:
+                return step
+        raise KeyError(f"no step named {name!r}")
+
+    def dataset_for(self, step: ResolvedStep) -> DatasetConfig:
+        return self.training.pipeline.datasets[step.dataset]

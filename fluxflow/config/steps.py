@@ -1,0 +1,222 @@
+"""Pipeline steps: what a step may say in the file, and the fully resolved step the trainer runs.
+
+A step's value comes from, highest first: the step itself, `training.pipeline.defaults` (deep-merged under it),
+the globals of `training` (batch_size, workers, lr, n_epochs, max_steps; the pipeline's default dataset), and
+STEP_DEFAULTS below. In the file every field is optional and None means "inherit"; `ResolvedStep` is concrete.
+
+Deep merge: mappings merge key by key, lists and scalars of the step replace those of the defaults. A block whose
+`type` (optimizer, scheduler) or `mode` (transition_on) differs from the inherited one replaces it whole, so that
+parameters of another type are not inherited.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Literal
+
+from pydantic import Field
+
+from fluxflow import modes
+from fluxflow.config.optim import Optimization, OptimizerConfig, StrictModel
+
+TransitionMode = Literal["epoch", "loss_threshold"]
+OnMissed = Literal["continue", "fail"]
+
+# Built-in step defaults (lowest precedence).
+STEP_DEFAULTS: dict[str, Any] = {
+    "train_vae": False, "train_spade": False, "gan_training": False, "use_lpips": False,
+    "train_diff": False, "train_diff_full": False,
+    "kl_beta": 1e-4, "kl_warmup_steps": 0, "kl_free_bits": 0.0,
+    "lambda_adv": 0.5, "lambda_lpips": 0.1, "recon_l1_weight": 1.0, "recon_mse_weight": 1.0,
+    "r1_gamma": 1.0, "r1_interval": 16, "adaptive_adv_weight": False,
+    "cfg_dropout": 0.1, "ema_decay": 0.999, "on_missed": "continue",
+}
+# Moving-average window (in batches) over which a loss_threshold metric is smoothed before comparing.
+TRANSITION_WINDOW = 20
+
+
+class Transition(StrictModel):
+    """When a step ends. `epoch`: after n_epochs. `loss_threshold`: when the moving average of `metric` over the last
+    `window` batches is below `threshold` (checked at each epoch end), or after `max_epochs` (default n_epochs)."""
+
+    mode: TransitionMode | None = None
+    metric: str | None = None
+    threshold: float | None = None
+    max_epochs: int | None = Field(None, ge=1)
+    window: int | None = Field(None, ge=1)
+
+
+class StepFields(StrictModel):
+    """Fields a step and `pipeline.defaults` share. None = not given here (inherit)."""
+
+    n_epochs: int | None = Field(None, ge=1)
+    train_vae: bool | None = None
+    train_spade: bool | None = None
+    gan_training: bool | None = None
+    use_lpips: bool | None = None
+    train_diff: bool | None = None
+    train_diff_full: bool | None = None
+    freeze: list[str] | None = None
+    unfreeze: list[str] | None = None
+    kl_beta: float | None = Field(None, ge=0.0)
+    kl_warmup_steps: int | None = Field(None, ge=0)
+    kl_free_bits: float | None = Field(None, ge=0.0)
+    lambda_adv: float | None = Field(None, ge=0.0)
+    lambda_lpips: float | None = Field(None, ge=0.0)
+    recon_l1_weight: float | None = Field(None, ge=0.0)
+    recon_mse_weight: float | None = Field(None, ge=0.0)
+    r1_gamma: float | None = Field(None, ge=0.0)
+    r1_interval: int | None = Field(None, ge=1)
+    adaptive_adv_weight: bool | None = None
+    cfg_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    ema_decay: float | None = Field(None, ge=0.0, lt=1.0)
+    optimization: Optimization | None = None
+    transition_on: Transition | None = None
+    on_missed: OnMissed | None = None
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    workers: int | None = Field(None, ge=0)
+    lr: float | None = Field(None, gt=0.0, le=1.0)
+    dataset: str | None = None
+    eval_interval: int | None = Field(None, ge=1)
+
+
+class StepDefaults(StepFields):
+    """`training.pipeline.defaults`: merged under every step."""
+
+
+class StepConfig(StepFields):
+    """One entry of `training.pipeline.steps` as written."""
+
+    name: str
+    after: str | None = None
+    description: str | None = None
+
+
+class ResolvedStep(StrictModel):
+    """A step with every default applied: what the trainer runs. `model_dump()` is the step's resolved config."""
+
+    index: int
+    name: str
+    parent: str | None
+    n_epochs: int
+    train_vae: bool
+    train_spade: bool
+    gan_training: bool
+    use_lpips: bool
+    train_diff: bool
+    train_diff_full: bool
+    freeze: list[str]
+    unfreeze: list[str]
+    kl_beta: float
+    kl_warmup_steps: int
+    kl_free_bits: float
+    lambda_adv: float
+    lambda_lpips: float
+    recon_l1_weight: float
+    recon_mse_weight: float
+    r1_gamma: float
+    r1_interval: int
+    adaptive_adv_weight: bool
+    cfg_dropout: float
+    ema_decay: float
+    optimization: Optimization
+    transition_on: Transition
+    on_missed: OnMissed
+    max_steps: int | None
+    batch_size: int
+    workers: int
+    lr: float
+    dataset: str
+    eval_interval: int | None
+
+
+@dataclass(frozen=True)
+class StepGlobals:
+    """Values from outside the pipeline block that steps inherit."""
+
+    batch_size: int
+    workers: int
+    lr: float
+    n_epochs: int | None
+    max_steps: int | None
+    dataset: str | None
+
+
+class MissingStepValue(Exception):
+    """A required step value is given nowhere (step, defaults, globals)."""
+
+    def __init__(self, field: str, message: str):
+        self.field, self.message = field, message
+        super().__init__(f"{field}: {message}")
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`; see the module docstring for the rules."""
+    for key in ("type", "mode"):
+        if key in base and key in override and base[key] != override[key]:
+            return dict(override)
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def merged_step_fields(step: StepConfig, defaults: StepDefaults) -> dict[str, Any]:
+    """The step's own values over the pipeline defaults (no globals, no built-ins): what the user wrote for it."""
+    return deep_merge(defaults.model_dump(exclude_none=True), step.model_dump(exclude_none=True))
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_: StepGlobals,
+                 previous: str | None) -> ResolvedStep:
+    """The concrete step. Raises MissingStepValue when n_epochs or the dataset is given nowhere."""
+    given = merged_step_fields(step, defaults)
+    values: dict[str, Any] = dict(STEP_DEFAULTS)
+    values.update(batch_size=globals_.batch_size, workers=globals_.workers, lr=globals_.lr,
+                  max_steps=globals_.max_steps, eval_interval=None)
+    for key in ("n_epochs", "dataset"):
+        if getattr(globals_, key) is not None:
+            values[key] = getattr(globals_, key)
+    values.update({k: v for k, v in given.items() if k not in ("name", "after", "description")})
+
+    if values.get("n_epochs") is None:
+        raise MissingStepValue("n_epochs", "required: set it on the step, in training.pipeline.defaults "
+                                           "or as training.n_epochs")
+    if values.get("dataset") is None:
+        raise MissingStepValue("dataset", "required: training.pipeline.datasets has several entries and no "
+                                          "default_dataset; name one here or set training.pipeline.default_dataset")
+
+    values["freeze"] = _unique(values.get("freeze", []))
+    values["unfreeze"] = _unique(values.get("unfreeze", []))
+    transition = dict(values.get("transition_on", {}))
+    mode = transition.get("mode") or "epoch"
+    values["transition_on"] = Transition(
+        mode=mode,
+        metric=transition.get("metric") if mode == "loss_threshold" else None,
+        threshold=transition.get("threshold") if mode == "loss_threshold" else None,
+        max_epochs=transition.get("max_epochs") or values["n_epochs"],
+        window=transition.get("window") or TRANSITION_WINDOW,
+    )
+    values["optimization"] = _resolve_optimization(values, values.get("optimization", {}))
+    return ResolvedStep(index=index, name=step.name, parent=step.after if step.after is not None else previous,
+                        **values)
+
+
+def _resolve_optimization(values: dict[str, Any], given: dict[str, Any]) -> Optimization:
+    """One optimizer per group the step trains (AdamW at the step's lr unless configured); schedulers only where
+    configured (none = constant lr). Groups the step does not train are left out."""
+    written = Optimization(**given)
+    groups = modes.optimizer_groups(SimpleNamespace(**values))
+    ordered = [g for g in modes.OPTIMIZER_GROUPS if g in groups]
+    return Optimization(
+        optimizers={g: written.optimizers.get(g, OptimizerConfig()).resolved(values["lr"]) for g in ordered},
+        schedulers={g: written.schedulers[g].resolved(values["transition_on"].max_epochs)
+                    for g in ordered if g in written.schedulers},
+    )

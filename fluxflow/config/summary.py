@@ -1,0 +1,79 @@
+"""The `--validate-pipeline` summary, in the seed document's format, plus datasets and parameter counts."""
+from __future__ import annotations
+
+from collections import Counter
+
+from fluxflow import modes
+from fluxflow.config.schema import DatasetConfig, PipelineConfig
+from fluxflow.config.steps import ResolvedStep
+
+
+def describe_dataset(ds: DatasetConfig) -> str:
+    if ds.type == "shapes":
+        detail = f"{ds.size} procedural images, seed {ds.seed}"
+    elif ds.type == "folder":
+        detail = f"{ds.path}, captions {ds.captions_file}"
+    else:
+        detail = f"{ds.urls}" + (f", {ds.length} samples" if ds.length else "")
+    return f"{ds.type} ({detail}; {ds.holdout} held out)"
+
+
+def describe_transition(step: ResolvedStep) -> str:
+    t = step.transition_on
+    if t.mode == "epoch":
+        return f"epoch (after {step.n_epochs} epoch{'s' if step.n_epochs != 1 else ''})"
+    return (f"loss_threshold ({t.metric} < {t.threshold} averaged over {t.window} batches, "
+            f"max {t.max_epochs} epochs, then {step.on_missed})")
+
+
+def format_summary(config: PipelineConfig) -> str:
+    steps = config.resolved_steps()
+    children = Counter(s.parent for s in steps)
+    bounded = any(s.transition_on.mode == "loss_threshold" for s in steps)
+    total = sum(s.transition_on.max_epochs for s in steps)
+    pipe = config.training.pipeline
+    lines = [
+        "✅ Pipeline validation passed!",
+        "",
+        "Pipeline Summary:",
+        f"  Total steps: {len(steps)}",
+        f"  Total epochs: {total}" + (" (at most: loss_threshold steps may end sooner)" if bounded else ""),
+        f"  Image size: {config.data.img_size}x{config.data.img_size}, {config.data.channels} channels",
+        f"  Output: {config.output.output_path}",
+    ]
+    if config.training.distributed.nproc_per_node > 1:
+        lines.append(f"  Processes per step: {config.training.distributed.nproc_per_node} (torchrun)")
+    lines.append("  Datasets:")
+    lines += [f"    {name}: {describe_dataset(ds)}" for name, ds in pipe.datasets.items()]
+    for step in steps:
+        epochs = f"{step.n_epochs} epoch{'s' if step.n_epochs != 1 else ''}"
+        limit = f", max {step.max_steps} batches/epoch" if step.max_steps else ""
+        lines += ["", f"Step {step.index + 1}: {step.name} ({epochs}{limit})"]
+        previous = steps[step.index - 1].name if step.index > 0 else None
+        if step.parent is not None and (step.parent != previous or children[step.parent] > 1):
+            lines.append(f"  After: {step.parent} (branch)")
+        lines.append(f"  Training: {', '.join(modes.mode_labels(step))}")
+        lines.append(f"  Trains: {', '.join(c for c in modes.COMPONENTS if c in modes.trained_components(step))}")
+        if step.freeze:
+            lines.append(f"  Freeze: {', '.join(step.freeze)}")
+        if step.unfreeze:
+            lines.append(f"  Unfreeze: {', '.join(step.unfreeze)}")
+        lines.append(f"  Transition: {describe_transition(step)}")
+        lines.append(f"  Dataset: {step.dataset}, batch {step.batch_size}")
+        optimizers = ", ".join(f"{g} {o.type} lr={o.lr:g}" for g, o in step.optimization.optimizers.items())
+        lines.append(f"  Optimizers: {optimizers}")
+        if step.optimization.schedulers:
+            lines.append("  Schedulers: " + ", ".join(f"{g} {s.type}"
+                                                       for g, s in step.optimization.schedulers.items()))
+    return "\n".join(lines)
+
+
+def format_parameters(counts: dict[str, int] | None, note: str | None = None) -> str:
+    """Parameter counts per component (built from the model section), or why they are unavailable."""
+    lines = ["Parameters:"]
+    if not counts:
+        return "\n".join(lines + [f"  parameter counts unavailable{f' ({note})' if note else ''}"])
+    width = max(len(name) for name in [*counts, "total"])
+    lines += [f"  {name:<{width}}  {count:>12,}" for name, count in counts.items()]
+    lines.append(f"  {'total':<{width}}  {sum(counts.values()):>12,}")
+    return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""`folder`: a directory of images and a captions file with one `filename<TAB>caption` line per image.
+
+Filenames are relative to the folder (subdirectories allowed). Blank lines and lines starting with `#` are ignored.
+Lines without a tab and files that do not exist are skipped when the dataset is built; files that cannot be decoded
+are skipped when first read (the next readable item takes their place, so batches keep their size and the epoch its
+length). All of them are counted in `dataset.skipped`, and the first one is logged as a warning.
+
+Held-out split: the entries are put in a fixed order by a hash of their filename and the last `holdout` of that
+order are held out. Hashing rather than sorting by name keeps the held-out images a fair sample when names are
+grouped (`cat_001.jpg`, ..., `zebra_999.jpg`). Train and holdout are disjoint and both are deterministic.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from fluxflow.data.skips import SkipCounter
+from fluxflow.data.transforms import load_image, pil_mode
+
+DEFAULT_CAPTIONS_FILE = "captions.txt"
+
+
+def read_captions(captions_path: Path) -> tuple[dict[str, str], list[str]]:
+    """{filename: caption} in file order (a later line for the same file wins), and the malformed lines."""
+    captions: dict[str, str] = {}
+    malformed: list[str] = []
+    with open(captions_path, encoding="utf-8") as f:
+        for line in f:
+            line = line.rstrip("\r\n")
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            name, sep, caption = line.partition("\t")
+            if not sep or not name.strip():
+                malformed.append(line)
+                continue
+            captions[name.strip()] = caption.strip()
+    return captions, malformed
+
+
+def resolve_captions_path(root: Path, captions_file: str | os.PathLike | None) -> Path:
+    """An absolute or existing path is used as given; otherwise it is looked up inside the image folder."""
+    if captions_file is None:
+        return root / DEFAULT_CAPTIONS_FILE
+    p = Path(captions_file).expanduser()
+    return p if p.is_absolute() or p.exists() else root / p
+
+
+def holdout_names(names: list[str], holdout: int) -> set[str]:
+    """The `holdout` names last in the order of their SHA-1: a fixed, name-independent choice."""
+    if holdout <= 0:
+        return set()
+    by_hash = sorted(names, key=lambda n: (hashlib.sha1(n.encode("utf-8")).hexdigest(), n))
+    return set(by_hash[-holdout:])
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    def __init__(self, path: str | os.PathLike, captions_file: str | os.PathLike | None, img_size: int,
+                 channels: int = 3, split: str = "train", holdout: int = 0):
+        if split not in ("train", "holdout"):
+            raise ValueError(f"split must be 'train' or 'holdout', got {split!r}")
+        pil_mode(channels)  # fail at build time, not in a worker, on an unsupported channel count
+        self.root = Path(path).expanduser()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder {self.root} does not exist")
+        captions_path = resolve_captions_path(self.root, captions_file)
+        if not captions_path.is_file():
+            raise FileNotFoundError(f"captions file {captions_path} does not exist (one 'filename<TAB>caption' "
+                                    f"line per image)")
+        self.img_size, self.channels, self.split = img_size, channels, split
+
+        captions, malformed = read_captions(captions_path)
+        present = {n: c for n, c in captions.items() if (self.root / n).is_file()}
+        missing = [n for n in captions if n not in present]
+        names = sorted(present)
+        if holdout >= len(names) > 0:
+            raise ValueError(f"folder {self.root}: holdout={holdout} leaves no training images "
+                             f"({len(names)} readable entries)")
+        held = holdout_names(names, holdout)
+        self.items: list[tuple[str, str]] = [(n, present[n]) for n in names if (n in held) == (split == "holdout")]
+
+        self._skips = SkipCounter(f"unreadable entries of {self.root}", len(self.items))
+        if malformed:
+            self._skips.add(len(malformed), f"{len(malformed)} line(s) of {captions_path} without a tab, first: "
+                                            f"{malformed[0]!r}")
+        if missing:
+            self._skips.add(len(missing), f"{len(missing)} file(s) listed in {captions_path.name} not found, "
+                                          f"first: {missing[0]!r}")
+
+    @property
+    def skipped(self) -> int:
+        """Malformed caption lines + listed files that are missing + files that failed to decode so far."""
+        return self._skips.count
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        n = len(self.items)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} items")
+        for k in range(n):  # a corrupt file is replaced by the next readable one, deterministically
+            i = (index + k) % n
+            if self._skips.is_marked(i):
+                continue
+            name, caption = self.items[i]
+            try:
+                with Image.open(self.root / name) as img:
+                    return load_image(img, self.img_size, self.channels), caption
+            except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+                self._skips.mark(i, f"{name}: {type(exc).__name__}: {exc}")
+        raise RuntimeError(f"no readable image among the {n} files of {self.root}")

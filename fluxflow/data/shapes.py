@@ -1,0 +1,205 @@
+"""`shapes`: the built-in procedural dataset — one coloured shape on a plain background, with a caption that says so.
+
+Item `i` is a pure function of `(seed, stream, i)`: nothing is stored, any index is O(1), and two processes (or a
+resumed run) see the same pixels. The training split is stream 0; the held-out split is stream 1, a disjoint random
+stream, so evaluation images are never trained on.
+
+Captions have one canonical, parseable form (`parse_caption` inverts it):
+
+    "a red circle on a dark blue background, top left"
+    "an orange star on a black background, center"
+
+Shapes are drawn with PIL at 2-4x the output size and box-downsampled, so edges are anti-aliased by exact area
+coverage. Sizes (40-50 % of the image side) keep colour and shape recognisable at 32x32 and still readable at 16x16.
+The analyser in `fluxflow.evaluation.shapes_analyser` reads these images back with the same geometry.
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass
+
+import torch
+from PIL import Image, ImageDraw
+
+from fluxflow.data.transforms import to_tensor
+
+# Foreground colours: saturated and pairwise far apart in RGB (nearest-colour classification stays unambiguous).
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (225, 30, 35),
+    "orange": (250, 135, 10),
+    "yellow": (245, 225, 40),
+    "green": (40, 195, 60),
+    "cyan": (20, 215, 225),
+    "blue": (40, 90, 250),
+    "purple": (165, 60, 225),
+    "white": (245, 245, 245),
+}
+# Backgrounds: dark or muted, disjoint from the foreground palette, so the shape always stands out.
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "black": (15, 15, 20),
+    "gray": (105, 105, 110),
+    "dark blue": (20, 30, 95),
+    "dark red": (95, 20, 30),
+    "dark green": (20, 75, 35),
+    "brown": (95, 60, 30),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
+# 3x3 grid of shape centres, in image-side units; the analyser classifies a centre to the nearest of these.
+GRID: tuple[float, float, float] = (0.3, 0.5, 0.7)
+_ROWS, _COLS = ("top", "middle", "bottom"), ("left", "center", "right")
+POSITIONS: tuple[str, ...] = tuple(
+    "center" if (r, c) == ("middle", "center") else f"{r} {c}" for r in _ROWS for c in _COLS
+)  # row-major: index = 3 * row + col
+SIZE_RANGE = (0.40, 0.50)  # shape extent as a fraction of the image side
+CENTER_JITTER = 0.02  # keeps positions well inside their grid cell (boundaries at 0.4 / 0.6)
+COLOR_JITTER = 10  # per-channel +-, so no two images share exact colours
+
+STREAM_TRAIN, STREAM_HOLDOUT = 0, 1
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Everything needed to draw one item. Geometry is in units of the image side (0..1)."""
+
+    color: str
+    shape: str
+    background: str
+    position: str
+    cx: float
+    cy: float
+    size: float
+    fg: tuple[int, int, int]
+    bg: tuple[int, int, int]
+
+    @property
+    def caption(self) -> str:
+        return caption_for(self.color, self.shape, self.background, self.position)
+
+
+def scene(seed: int, index: int, stream: int = STREAM_TRAIN) -> Scene:
+    """The scene of item `index`: a pure function of (seed, stream, index)."""
+    if seed < 0 or index < 0 or not 0 <= stream < 256:
+        raise ValueError(f"seed and index must be >= 0 and stream in [0, 256), got {seed}, {index}, {stream}")
+    # One integer key per item: Random(int) seeds Mersenne Twister from all of its bits (fast, platform-independent).
+    rng = random.Random((seed << 64) | (stream << 56) | index)
+    shape = rng.choice(SHAPES)
+    color = rng.choice(tuple(COLORS))
+    background = rng.choice(tuple(BACKGROUNDS))
+    row, col = rng.randrange(3), rng.randrange(3)
+    size = rng.uniform(*SIZE_RANGE)
+    cx = GRID[col] + rng.uniform(-CENTER_JITTER, CENTER_JITTER)
+    cy = GRID[row] + rng.uniform(-CENTER_JITTER, CENTER_JITTER)
+    fg = tuple(_clip(v + rng.randint(-COLOR_JITTER, COLOR_JITTER)) for v in COLORS[color])
+    bg = tuple(_clip(v + rng.randint(-COLOR_JITTER, COLOR_JITTER)) for v in BACKGROUNDS[background])
+    return Scene(color, shape, background, POSITIONS[3 * row + col], cx, cy, size, fg, bg)
+
+
+def shape_attributes(seed: int, index: int, stream: int = STREAM_TRAIN) -> dict[str, str]:
+    """The caption's attributes of item `index`: {"color", "shape", "background", "position"}."""
+    s = scene(seed, index, stream)
+    return {"color": s.color, "shape": s.shape, "background": s.background, "position": s.position}
+
+
+def caption_for(color: str, shape: str, background: str, position: str) -> str:
+    article = "an" if color[0] in "aeiou" else "a"
+    return f"{article} {color} {shape} on a {background} background, {position}"
+
+
+_CAPTION = re.compile(r"^an? (?P<color>[a-z]+) (?P<shape>[a-z]+) on a (?P<background>[a-z ]+) background, "
+                      r"(?P<position>[a-z ]+)$")
+
+
+def parse_caption(caption: str) -> dict[str, str] | None:
+    """Attributes of a canonical caption, or None when it is not one (e.g. a user's free-text prompt)."""
+    m = _CAPTION.match(caption.strip().lower())
+    if m is None:
+        return None
+    attrs = m.groupdict()
+    ok = (attrs["color"] in COLORS and attrs["shape"] in SHAPES and attrs["background"] in BACKGROUNDS
+          and attrs["position"] in POSITIONS)
+    return attrs if ok else None
+
+
+def shape_outline(shape: str, cx: float, cy: float, size: float) -> list[tuple[float, float]] | None:
+    """Polygon vertices of `shape` centred at (cx, cy) with extent `size` (any unit); None for the circle."""
+    h = size / 2
+    if shape == "square":
+        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    if shape == "triangle":  # upright, filling its size x size box
+        return [(cx, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    if shape == "cross":  # plus sign with arms 36 % of the extent thick
+        t = 0.18 * size
+        return [(cx - t, cy - h), (cx + t, cy - h), (cx + t, cy - t), (cx + h, cy - t), (cx + h, cy + t),
+                (cx + t, cy + t), (cx + t, cy + h), (cx - t, cy + h), (cx - t, cy + t), (cx - h, cy + t),
+                (cx - h, cy - t), (cx - t, cy - t)]
+    if shape == "star":  # five points, point up; a fat inner radius keeps the points visible at 32 px
+        pts = []
+        for k in range(10):
+            r = h if k % 2 == 0 else 0.45 * h
+            a = -math.pi / 2 + k * math.pi / 5
+            pts.append((cx + r * math.cos(a), cy + r * math.sin(a)))
+        return pts
+    if shape == "circle":
+        return None
+    raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, size: float, fill) -> None:
+    """Draw `shape` in pixel coordinates of `draw`'s image (the supersampled canvas)."""
+    outline = shape_outline(shape, cx, cy, size)
+    if outline is None:
+        h = size / 2
+        draw.ellipse([cx - h, cy - h, cx + h, cy + h], fill=fill)
+    else:
+        draw.polygon(outline, fill=fill)
+
+
+def supersampling(img_size: int) -> int:
+    """Canvas oversampling factor: 4x up to 64 px, 2x above (256 px images are drawn on 512 px)."""
+    return 4 if img_size <= 64 else 2
+
+
+def render_scene(s: Scene, img_size: int) -> Image.Image:
+    """The RGB image of a scene at `img_size` x `img_size`, anti-aliased by box downsampling."""
+    k = supersampling(img_size)
+    side = img_size * k
+    canvas = Image.new("RGB", (side, side), s.bg)
+    draw_shape(ImageDraw.Draw(canvas), s.shape, s.cx * side, s.cy * side, s.size * side, s.fg)
+    return canvas.reduce(k)  # box filter: each output pixel is the exact mean of its k x k block
+
+
+class ShapesDataset(torch.utils.data.Dataset):
+    """`size` procedural items of `stream` under `seed`: (image [C, H, W] in [-1, 1], caption)."""
+
+    def __init__(self, size: int, seed: int, img_size: int, channels: int = 3, stream: int = STREAM_TRAIN):
+        if size < 0:
+            raise ValueError(f"shapes dataset size must be >= 0, got {size}")
+        self.size, self.seed, self.img_size, self.channels, self.stream = int(size), int(seed), img_size, channels, stream
+        self.skipped = 0  # the dataset protocol's count of unreadable items; procedural items never fail
+
+    def __len__(self) -> int:
+        return self.size
+
+    def scene(self, index: int) -> Scene:
+        if not -self.size <= index < self.size:
+            raise IndexError(f"index {index} out of range for {self.size} items")
+        return scene(self.seed, index % self.size, self.stream)
+
+    def attributes(self, index: int) -> dict[str, str]:
+        s = self.scene(index)
+        return {"color": s.color, "shape": s.shape, "background": s.background, "position": s.position}
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        s = self.scene(index)
+        return to_tensor(render_scene(s, self.img_size), self.channels), s.caption
+
+
+def _clip(v: int) -> int:
+    return 0 if v < 0 else 255 if v > 255 else v
+
+
+__all__ = ["BACKGROUNDS", "COLORS", "GRID", "POSITIONS", "SHAPES", "Scene", "ShapesDataset", "caption_for",
+           "draw_shape", "parse_caption", "render_scene", "scene", "shape_attributes", "shape_outline",
+           "supersampling"]

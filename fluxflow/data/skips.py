@@ -1,0 +1,48 @@
+"""A count of unreadable items that DataLoader worker processes share with the main process.
+
+A corrupt file must never stop a run, but it must not go unnoticed either: every file-backed dataset counts what it
+skipped (`dataset.skipped`) and logs one warning, the first time, naming the item.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+
+log = logging.getLogger("fluxflow.data")
+
+
+class SkipCounter:
+    """`add` counts skips that have no index (build time, stream samples); `mark(i)` counts item i once, however
+    many epochs or workers meet it, and remembers it so that it is not decoded again."""
+
+    def __init__(self, what: str, n_items: int = 0):
+        self.what = what  # e.g. "unreadable images in /data/faces"
+        # Shared memory: workers (forked or spawned by the DataLoader) update the numbers the trainer reads.
+        self._count = multiprocessing.Value("q", 0)
+        self._flags = multiprocessing.RawArray("b", max(n_items, 1))
+
+    def add(self, n: int, reason: str) -> None:
+        if n <= 0:
+            return
+        with self._count.get_lock():
+            first = self._count.value == 0
+            self._count.value += n
+        if first:
+            log.warning("skipping %s: %s (further skips are counted, not logged)", self.what, reason)
+
+    def mark(self, index: int, reason: str) -> None:
+        with self._count.get_lock():
+            if self._flags[index]:
+                return
+            self._flags[index] = 1
+            first = self._count.value == 0
+            self._count.value += 1
+        if first:
+            log.warning("skipping %s: %s (further skips are counted, not logged)", self.what, reason)
+
+    def is_marked(self, index: int) -> bool:
+        return bool(self._flags[index])
+
+    @property
+    def count(self) -> int:
+        return int(self._count.value)

@@ -1,0 +1,31 @@
+"""Device and precision: CUDA with bf16 autocast when present, else CPU in fp32."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def resolve_device(requested: str | None) -> torch.device:
+    """`auto`/None picks CUDA when available; an explicit `cuda` without a GPU is a clear error."""
+    if requested in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+    return device
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """bf16 on CUDA by default (no GradScaler needed); fp32 on CPU unless bf16 is asked for explicitly."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16" or device.type == "cuda":
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

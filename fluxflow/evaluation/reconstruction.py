@@ -1,0 +1,79 @@
+"""Reconstruction quality of the VAE on held-out images: PSNR, SSIM (torchmetrics) and LPIPS when its backbone exists.
+
+The reconstruction is the decoder applied to the posterior mean (the `-nr_o` sample), clamped to [-1, 1]: no
+sampling noise, so the number is a function of the weights only.
+
+Both PSNR and SSIM are computed on images mapped from [-1, 1] to [0, 1], with a fixed `data_range=1.0` (never the
+batch's own min/max, which would make a dark batch score differently from a bright one). For PSNR the mapping changes
+nothing (it equals [-1, 1] with range 2), but SSIM's luminance term (2·μx·μy + C1) / (μx² + μy² + C1) is not
+invariant to a shift: on [-1, 1] dark images have negative means and score differently. [0, 1] with range 1 is the
+convention the published SSIM numbers use. Each metric is computed per image and then averaged over images (`reduction="none"`, then a mean), so the result does
+not depend on how the held-out set is cut into batches.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+DATA_RANGE = 1.0  # after mapping the [-1, 1] images to [0, 1]
+SSIM_KERNEL = 11  # torchmetrics' default Gaussian window; shrunk for images smaller than it
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] → [0, 1], in fp32."""
+    return (images.float() + 1) / 2
+
+
+def per_image_psnr(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of each pair of [-1, 1] images, `[B]` (inf where identical)."""
+    return peak_signal_noise_ratio(to_unit(x_hat), to_unit(x), data_range=DATA_RANGE, reduction="none",
+                                   dim=(1, 2, 3))
+
+
+def per_image_ssim(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """SSIM of each pair of [-1, 1] images, `[B]` (Gaussian window 11, σ 1.5; a smaller odd window, σ scaled with
+    it, for images smaller than 11 px)."""
+    side = min(x.shape[-2:])
+    kernel = min(SSIM_KERNEL, side if side % 2 else side - 1)
+    return structural_similarity_index_measure(to_unit(x_hat), to_unit(x), data_range=DATA_RANGE, reduction="none",
+                                               kernel_size=kernel, sigma=1.5 * kernel / SSIM_KERNEL)
+
+
+@torch.no_grad()
+def reconstruct(compressor: nn.Module, expander: nn.Module, images: torch.Tensor, spade: bool) -> torch.Tensor:
+    mean, _ = compressor(images)
+    return expander(mean, spade=spade).float().clamp(-1, 1)
+
+
+@torch.no_grad()
+def reconstruction_metrics(compressor: nn.Module, expander: nn.Module, images: torch.Tensor, *, spade: bool = False,
+                           batch_size: int = 32, lpips: nn.Module | None = None) -> dict[str, float]:
+    """{"psnr", "ssim"} (+ "lpips" when an `LPIPSLoss` is given), each the mean over the images `[N, C, H, W]`."""
+    if images.shape[0] == 0:
+        raise ValueError("reconstruction_metrics needs at least one held-out image")
+    psnr, ssim, lpips_sum = [], [], 0.0
+    for chunk in images.split(batch_size):
+        x_hat = reconstruct(compressor, expander, chunk, spade)
+        psnr.append(per_image_psnr(x_hat, chunk))
+        ssim.append(per_image_ssim(x_hat, chunk))
+        if lpips is not None:  # LPIPSLoss returns the batch mean: weight it by the batch size
+            lpips_sum += float(lpips(x_hat, chunk)) * chunk.shape[0]
+    out = {"psnr": float(torch.cat(psnr).mean()), "ssim": float(torch.cat(ssim).mean())}
+    if lpips is not None:
+        out["lpips"] = lpips_sum / images.shape[0]
+    return out
+
+
+def lpips_if_available(device: torch.device | str) -> nn.Module | None:
+    """The real LPIPS (AlexNet backbone from local disk) when `lpips_backbone_path()` exists, else None: never a
+    stand-in under the LPIPS name, never a download."""
+    from fluxflow.losses import LPIPSLoss, lpips_backbone_path
+
+    if not lpips_backbone_path().exists():
+        return None
+    return LPIPSLoss().to(device)
+
+
+__all__ = ["DATA_RANGE", "lpips_if_available", "per_image_psnr", "per_image_ssim", "reconstruct",
+           "reconstruction_metrics", "to_unit"]

@@ -1,0 +1,118 @@
+"""The one place that maps a step's training modes to components, optimizer groups and metrics.
+
+No torch here: validation and the CLI summary use it. A "step" is anything with the mode attributes of a
+`ResolvedStep` (train_vae, gan_training, train_spade, use_lpips, train_diff, train_diff_full, unfreeze).
+
+What each mode trains (the seed document's modes):
+- train_vae:        compressor + expander, reconstruction (L1/MSE) + KL loss.
+- gan_training:     discriminator (hinge + R1), and compressor + expander through the generator loss. With
+                    train_vae: false this is GAN-only mode: the encoder learns from KL + G loss (latent not detached).
+- train_spade:      SPADE conditioning in the expander; a modifier of a VAE/GAN step, not a mode of its own.
+- use_lpips:        LPIPS perceptual loss added to the reconstruction; a modifier of a train_vae step.
+- train_diff:       flow_processor on latents of the (frozen) VAE, text encoder frozen.
+- train_diff_full:  flow_processor and text_encoder together.
+`unfreeze` adds components the modes would not train (e.g. the text encoder in a train_diff step).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+COMPONENTS: tuple[str, ...] = ("compressor", "expander", "flow_processor", "text_encoder", "discriminator")
+
+# Optimizer group -> the components whose parameters it updates.
+OPTIMIZER_GROUPS: dict[str, tuple[str, ...]] = {
+    "vae": ("compressor", "expander"),
+    "discriminator": ("discriminator",),
+    "flow": ("flow_processor",),
+    "text_encoder": ("text_encoder",),
+}
+
+# Modes that make a step train something; train_spade and use_lpips only modify a VAE/GAN step.
+PRIMARY_MODES: tuple[str, ...] = ("train_vae", "gan_training", "train_diff", "train_diff_full")
+ALL_MODES: tuple[str, ...] = ("train_vae", "gan_training", "train_spade", "use_lpips", "train_diff", "train_diff_full")
+
+# Every metric a step can produce, with the seed's names.
+ALL_METRICS: tuple[str, ...] = ("vae_loss", "kl_loss", "g_loss", "d_loss", "lpips_loss", "flow_loss")
+
+
+def has_vae_mode(step: Any) -> bool:
+    """The step runs the VAE trainer (reconstruction and/or adversarial)."""
+    return bool(step.train_vae or step.gan_training)
+
+
+def has_flow_mode(step: Any) -> bool:
+    return bool(step.train_diff or step.train_diff_full)
+
+
+def mode_trained_components(step: Any) -> set[str]:
+    """Components the step's modes train, before `unfreeze` is applied."""
+    trained: set[str] = set()
+    if has_vae_mode(step):
+        trained |= {"compressor", "expander"}
+    if step.gan_training:
+        trained.add("discriminator")
+    if has_flow_mode(step):
+        trained.add("flow_processor")
+    if step.train_diff_full:
+        trained.add("text_encoder")
+    return trained
+
+
+def trained_components(step: Any) -> set[str]:
+    """Components whose parameters this step updates: those of its modes plus its `unfreeze` list."""
+    return mode_trained_components(step) | set(getattr(step, "unfreeze", None) or ())
+
+
+def required_components(step: Any) -> set[str]:
+    """Components that must exist for the step to run (trained or used frozen)."""
+    needed = set(mode_trained_components(step))
+    if has_flow_mode(step):
+        # Latents come from the compressor, samples go through the expander, prompts through the text encoder.
+        needed |= {"compressor", "expander", "text_encoder", "flow_processor"}
+    return needed
+
+
+def optimizer_groups(step: Any) -> set[str]:
+    """Optimizer groups the step needs: one for each group with at least one trained component."""
+    trained = trained_components(step)
+    return {group for group, members in OPTIMIZER_GROUPS.items() if trained & set(members)}
+
+
+def step_metrics(step: Any) -> list[str]:
+    """Metric names the step logs, in the seed's display order (VAE, KL, G, D, LPIPS, Flow).
+
+    GAN-only steps log vae_loss as 0.0 (the seed's table); `threshold_metrics` leaves it out.
+    """
+    metrics: list[str] = []
+    if has_vae_mode(step):
+        metrics += ["vae_loss", "kl_loss"]
+    if step.gan_training:
+        metrics += ["g_loss", "d_loss"]
+    if step.use_lpips and step.train_vae:
+        metrics.append("lpips_loss")
+    if has_flow_mode(step):
+        metrics.append("flow_loss")
+    return metrics
+
+
+def threshold_metrics(step: Any) -> list[str]:
+    """Metrics a loss_threshold transition may watch: those that actually vary in this step."""
+    return [m for m in step_metrics(step) if not (m == "vae_loss" and not step.train_vae)]
+
+
+def mode_labels(step: Any) -> list[str]:
+    """Short labels for the validation summary: VAE, GAN, SPADE, LPIPS, Flow, Flow+Text."""
+    labels: list[str] = []
+    if step.train_vae:
+        labels.append("VAE")
+    if step.gan_training:
+        labels.append("GAN")
+    if step.train_spade:
+        labels.append("SPADE")
+    if step.use_lpips:
+        labels.append("LPIPS")
+    if step.train_diff_full:
+        labels.append("Flow+Text")
+    elif step.train_diff:
+        labels.append("Flow")
+    return labels

@@ -1,0 +1,36 @@
+"""The whole pipeline without an orchestrator: every step in DAG order, in this process.
+
+The Prefect flow (flows/pipeline_flow.py) runs the same steps as tasks; this is the bare path used by benchmarks,
+by tests of the core, and by anyone who wants the trainer without Prefect or MLflow.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fluxflow.checkpoint_ref import StepOutcome
+from fluxflow.run_lock import RunLock
+from fluxflow.runner import run_step
+from fluxflow.step_files import execution_order, plan_step
+
+
+def completed_steps(config) -> list[str]:
+    """Steps whose final.pt exists for their current key (they will be skipped), in execution order."""
+    return [s.name for s in execution_order(config.resolved_steps())
+            if plan_step(config, s.name).completed() is not None]
+
+
+def run_pipeline(config, tracker=None, device: str | None = None) -> list[StepOutcome]:
+    out = Path(config.output.output_path)
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        skipping = completed_steps(config)
+        if skipping:
+            print(f"Skipping steps: {', '.join(skipping)}", flush=True)
+        outcomes: dict[str, StepOutcome] = {}
+        for step in execution_order(config.resolved_steps()):
+            parent = outcomes[step.parent].ref if step.parent else None
+            outcomes[step.name] = run_step(config, step.name, parent, tracker=tracker, device=device)
+            if outcomes[step.name].result.outcome == "max_epochs_reached" and step.on_missed == "fail":
+                raise RuntimeError(f"step {step.name} missed its transition threshold within max_epochs "
+                                   "(on_missed: fail)")
+        return list(outcomes.values())

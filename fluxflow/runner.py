@@ -1,0 +1,245 @@
+"""Run one pipeline step from its input checkpoint to its transition: the training loop, top to bottom.
+
+`run_step` is what a Prefect task calls (flows/) and what `run_pipeline` (fluxflow/pipeline.py) calls without any
+orchestrator. It returns a `StepOutcome(ref, result)`; nothing else crosses between steps.
+
+Files per step, under `<output>/checkpoints/<step>/`: `latest.pt` (mid-step, atomic, every
+`checkpoint_save_interval` batches and at each epoch end), `final.pt` (immutable, written once at the end) and
+`ref.json` (the returned reference, its result and the step's resolved config). A step whose `final.pt` exists for
+the same step key is skipped; an interrupted one resumes from `latest.pt` at the saved epoch and batch.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from fluxflow.checkpoint import capture_rng_state, finalize, load_checkpoint, restore_rng_state, save_checkpoint
+from fluxflow.checkpoint_ref import CheckpointRef, StepOutcome, StepResult
+from fluxflow.data import ResumableBatchSampler, build_dataset, make_loader
+from fluxflow.device import autocast_dtype, resolve_device
+from fluxflow.losses import LPIPSLoss
+from fluxflow.latents import measure_latent_norm
+from fluxflow.models import tokenize
+from fluxflow.modes import step_metrics, trained_components
+from fluxflow.optim import build_optimizers, build_schedulers, scheduler_step
+from fluxflow.run_lock import RunLock
+from fluxflow.samples import write_samples
+from fluxflow.step_files import StepFiles, plan_step
+from fluxflow.step_models import ema_components, prepare_emas, prepare_models, sampling_models
+from fluxflow.tracking import ConsoleJsonlTracker, Progress, batch_progress
+from fluxflow.train_step import StepContext, flow_step, vae_step
+from fluxflow.transition import TransitionMonitor
+
+log = logging.getLogger("fluxflow.runner")
+
+N_HOLDOUT_SAMPLES = 8
+
+
+def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracker=None,
+             device: str | None = None) -> StepOutcome:
+    files = plan_step(config, step_name)
+    tracker = tracker or ConsoleJsonlTracker(Path(config.output.output_path))
+    files.dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(files.dir):
+        done = files.completed()
+        if done is not None:
+            print(f"Skipping step {step_name}: already complete ({files.final})", flush=True)
+            ref, result = done
+            result.trained = False
+            return StepOutcome(ref, result)
+        files.set_aside_stale()
+        return _train(config, files, parent, tracker, resolve_device(device or config.training.device))
+
+
+def _input_state(config, files: StepFiles, parent: CheckpointRef | None) -> tuple[dict | None, bool]:
+    """(state to start from, whether it is this step's own latest.pt)."""
+    if files.latest.exists():
+        return load_checkpoint(files.latest), True
+    if parent is not None:
+        return load_checkpoint(parent.uri, expected_sha256=parent.sha256), False
+    if config.model_checkpoint:
+        return load_checkpoint(config.model_checkpoint), False
+    return None, False
+
+
+def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> StepOutcome:
+    step, out = files.step, Path(config.output.output_path)
+    seed = config.training.seed
+    state, resuming = _input_state(config, files, parent)
+    meta = (state or {}).get("pipeline_metadata", {})
+    amp = autocast_dtype(device, config.training.precision)
+
+    ds_cfg = config.dataset_for(step)
+    train_set = build_dataset(ds_cfg, config.data.img_size, config.data.channels, "train")
+    holdout_set = build_dataset(ds_cfg, config.data.img_size, config.data.channels, "holdout")
+    holdout = torch.stack([holdout_set[i][0] for i in range(min(N_HOLDOUT_SAMPLES, len(holdout_set)))]).to(device)
+    sampler = ResumableBatchSampler(len(train_set), step.batch_size, seed)
+    n_batches = min(len(sampler), step.max_steps or len(sampler))
+    if n_batches == 0:
+        raise ValueError(f"step {step.name}: dataset {step.dataset!r} has {len(train_set)} items, fewer than one "
+                         f"batch of {step.batch_size}")
+
+    trained = trained_components(step)
+    models = prepare_models(config, step, state, device)
+    emas = prepare_emas(step, models, state, trained)
+    ema_active = sorted(ema_components(step, trained))
+    optimizers, sched_cfg = build_optimizers(step, models, trained)
+    monitor = TransitionMonitor(step.transition_on, step.n_epochs, device)
+    schedulers = build_schedulers(sched_cfg, optimizers, monitor.max_epochs)
+    flow_mode = step.train_diff or step.train_diff_full
+    vae_mode = step.train_vae or step.gan_training or step.train_spade or step.use_lpips
+    latent_norm = (state or {}).get("latent_norm")
+    if flow_mode and latent_norm is None:
+        latent_norm = measure_latent_norm(models["compressor"], _first_batch(train_set, sampler, device))
+    latent_norm = {k: v.to(device) for k, v in latent_norm.items()} if latent_norm else None
+
+    global_step = int((state or {}).get("global_step", 0))
+    step_start_epoch = int(meta.get("step_start_epoch", 0)) if resuming else int((state or {}).get("epoch", 0))
+    epoch_in_step, start_batch = 0, 0
+    history: dict = dict(meta.get("step_metrics", {}))
+    history.setdefault(step.name, {})
+    resumed_from = None
+    if resuming:
+        epoch_in_step, start_batch = int(meta["current_step_epoch"]), int(meta["batch"])
+        for group, opt in optimizers.items():
+            opt.load_state_dict(state["optimizers"][group])
+        for group, sched in schedulers.items():
+            sched.load_state_dict(state["schedulers"][group])
+        monitor.load_state_dict(meta["monitor"])
+        restore_rng_state(meta["rng"])
+        resumed_from = (epoch_in_step, start_batch)
+        print(f"Resuming from checkpoint: step={step.index} ({step.name}), epoch={epoch_in_step + 1}, "
+              f"batch={start_batch}", flush=True)
+    else:
+        torch.manual_seed(seed)
+    print(f"Starting step: {step.name}, epoch {epoch_in_step + 1}, batch {start_batch}", flush=True)
+
+    ctx = StepContext(step=step, models=models, optimizers=optimizers, trained=trained, device=device,
+                      amp_dtype=amp, generator=torch.Generator(device=device),
+                      lpips=LPIPSLoss().to(device) if step.use_lpips and step.train_vae else None,
+                      latent_norm=latent_norm)
+    tracker.step_started(step, files.key, files.n_steps, resuming)
+
+    def checkpoint_state(epoch_in: int, batch: int, completed: bool = False) -> dict:
+        return {
+            "epoch": step_start_epoch + epoch_in, "global_step": global_step,
+            "models": {n: m.state_dict() for n, m in models.items()},
+            "optimizers": {g: o.state_dict() for g, o in optimizers.items()},
+            "schedulers": {g: s.state_dict() for g, s in schedulers.items()},
+            "ema": {n: e.state_dict() for n, e in emas.items()},
+            "latent_norm": {k: v.cpu() for k, v in latent_norm.items()} if latent_norm else None,
+            "pipeline_metadata": {
+                "current_step": step.index, "current_step_name": step.name, "step_start_epoch": step_start_epoch,
+                "current_step_epoch": epoch_in, "batch": batch, "step_metrics": history, "step_key": files.key,
+                "step_config": step.model_dump(mode="json"), "seed": seed, "rng": capture_rng_state(),
+                "sampler": {"epoch": step_start_epoch + epoch_in, "batch": batch, "seed": seed},
+                "monitor": monitor.state_dict(), "completed": completed,
+            },
+        }
+
+    def samples(epoch_in: int, batch: int | None) -> None:
+        if config.output.no_samples:
+            return
+        for path in write_samples(out / "samples", step=step, step_number=step.index + 1, epoch=epoch_in + 1,
+                                  batch=batch, tag=files.key[:6], models=sampling_models(models, emas),
+                                  holdout=holdout, captions=list(config.output.sample_captions),
+                                  latent_norm=latent_norm, config=config, seed=seed):
+            tracker.log_image(path)
+
+    shown = set(step_metrics(step))
+    last_means: dict[str, float] = {}
+    outcome = None
+    epochs_done = epoch_in_step
+    while outcome is None:
+        sampler.set_position(step_start_epoch + epoch_in_step, start_batch)
+        loader = make_loader(train_set, step.batch_size, step.workers, seed, step_start_epoch + epoch_in_step,
+                             start_batch)
+        sums: dict[str, torch.Tensor] = {}
+        count, tick = 0, time.perf_counter()
+        bar = batch_progress(n_batches, start_batch, f"{step.name} epoch {epoch_in_step + 1}")
+        for batch, (images, captions) in enumerate(loader, start=start_batch):
+            if batch >= n_batches:
+                break
+            images = images.to(device, non_blocking=True)
+            ctx.generator.manual_seed(seed * 1_000_003 + global_step)  # per-batch draws: exact on resume
+            metrics: dict[str, torch.Tensor] = {}
+            if vae_mode:
+                metrics.update(vae_step(ctx, images, global_step))
+            if flow_mode:
+                ids, mask = tokenize(list(captions), config.model.text_max_len)
+                flow_metrics = flow_step(ctx, images, ids.to(device, non_blocking=True),
+                                         mask.to(device, non_blocking=True))
+                if "skipped_updates" in metrics:
+                    flow_metrics["skipped_updates"] = flow_metrics["skipped_updates"] + metrics["skipped_updates"]
+                metrics.update(flow_metrics)
+            for name in ema_active:
+                emas[name].update(models[name])
+            monitor.observe(metrics)
+            for k, v in metrics.items():
+                sums[k] = sums[k] + v if k in sums else v.clone()
+            count += 1
+            global_step += 1
+            bar.update(1)
+            done_batches = batch + 1
+            if done_batches % config.output.log_interval == 0 or done_batches == n_batches:
+                last_means = _read_means(sums, count)  # the one host sync per log interval
+                for k, v in last_means.items():
+                    history[step.name].setdefault(k, []).append(v)
+                elapsed = time.perf_counter() - tick
+                tracker.log_metrics(last_means, Progress(
+                    step_name=step.name, step_index=step.index + 1, n_steps=files.n_steps,
+                    epoch=epoch_in_step + 1, n_epochs=monitor.max_epochs, batch=done_batches, n_batches=n_batches,
+                    global_step=global_step, sec_per_batch=elapsed / count))
+                sums, count, tick = {}, 0, time.perf_counter()
+            if done_batches % config.output.checkpoint_save_interval == 0 and done_batches < n_batches:
+                save_checkpoint(checkpoint_state(epoch_in_step, done_batches), files.latest)
+                samples(epoch_in_step, done_batches)
+        bar.close()
+        epochs_done = epoch_in_step + 1
+        smoothed = monitor.smoothed()
+        for sched in schedulers.values():
+            scheduler_step(sched, smoothed if smoothed is not None else last_means.get(monitor.metric or ""))
+        outcome = monitor.outcome_after_epoch(epochs_done)
+        epoch_in_step, start_batch = epochs_done, 0
+        save_checkpoint(checkpoint_state(epoch_in_step, 0, completed=outcome is not None), files.latest)
+        samples(epochs_done - 1, None)
+
+    if outcome == "max_epochs_reached":
+        log.warning("Step %s: %s did not drop below %s within max_epochs=%d; moving on (smoothed value %.4g)",
+                    step.name, monitor.metric, monitor.threshold, monitor.max_epochs, monitor.smoothed())
+    final_metrics = {k: v for k, v in last_means.items() if k in shown or k == "skipped_updates"}
+    if monitor.smoothed() is not None:
+        final_metrics[f"smoothed_{monitor.metric}"] = monitor.smoothed()
+    sha = finalize(files.latest, files.final)
+    ref = CheckpointRef(uri=str(files.final), sha256=sha, step_name=step.name, step_key=files.key,
+                        global_step=global_step, epoch=step_start_epoch + epochs_done)
+    result = StepResult(step_name=step.name, outcome=outcome, epochs_done=epochs_done,
+                        final_metrics=final_metrics, trained=True, resumed_from=resumed_from)
+    files.write_ref(ref, result)
+    tracker.log_artifact(out / "graph" / f"training_metrics_{step.name}.jsonl")
+    tracker.step_finished(ref, result)
+    print(f"[{datetime.now():%H:%M:%S}] Finished step {step.name}: {outcome} after {epochs_done} epoch(s), "
+          f"global_step={global_step}, checkpoint {files.final}", flush=True)
+    return StepOutcome(ref, result)
+
+
+def _read_means(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
+    if not sums:
+        return {}
+    names = sorted(sums)
+    values = torch.stack([sums[n].float() for n in names]).div_(count).tolist()
+    means = dict(zip(names, values))
+    if "skipped_updates" in means:
+        means["skipped_updates"] = means["skipped_updates"] * count  # a count, not a mean
+    return means
+
+
+def _first_batch(dataset, sampler: ResumableBatchSampler, device: torch.device) -> torch.Tensor:
+    """Images of the first training batch, to measure the latent normalisation of the first flow step."""
+    sampler.set_position(0, 0)
+    indices = next(iter(sampler))
+    return torch.stack([dataset[i][0] for i in indices]).to(device)

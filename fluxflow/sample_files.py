@@ -1,0 +1,90 @@
+"""Sample image files: the seed's names, and WebP grids written atomically.
+
+Names (seed's PIPELINE_ARCHITECTURE.md, "Sample Naming Convention"):
+
+    mid-epoch:     {step}_{step_number:03d}_{epoch:03d}_{batch:05d}_{hash}{suffix}.webp
+    end of epoch:  {step}_{step_number:03d}_{epoch:03d}_{hash}{suffix}.webp
+
+step_number and epoch are 1-based; batch is the number of batches done in the epoch. The suffix carries its own
+separator, because the seed mixes them: `-original` (or `_ns_i`), `-nr_o`, `_ns_o`, `-ctx`, `-nc`.
+e.g. vae_warmup_001_001_00010_abc123-original.webp, vae_gan_002_005_def456_ns_o.webp.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import unicodedata
+
+import torch
+
+from fluxflow.checkpoint import atomic_write
+
+ORIGINAL = "-original"  # the held-out input images
+ORIGINAL_ALT = "_ns_i"  # the seed's other name for the inputs
+RECONSTRUCTION = "-nr_o"  # VAE reconstruction from the posterior mean (no random sampling)
+SAMPLED_RECONSTRUCTION = "_ns_o"  # VAE reconstruction from a posterior sample
+CONTEXT = "-ctx"  # the latent (context) map as a picture
+NO_CONTEXT = "-nc"  # decoded without the SPADE context
+SEED_SUFFIXES = (ORIGINAL, ORIGINAL_ALT, RECONSTRUCTION, SAMPLED_RECONSTRUCTION, CONTEXT, NO_CONTEXT)
+
+_SUFFIX = re.compile(r"[-_][A-Za-z0-9_]+")  # seed suffixes and new ones in the same style (e.g. "-t2i")
+_HASH = re.compile(r"[A-Za-z0-9]+")
+
+
+def sample_name(step: str, step_number: int, epoch: int, batch: int | None, hash: str, suffix: str) -> str:
+    """The seed's sample file name; `batch=None` names an end-of-epoch sample."""
+    if not step or any(c in step for c in "/\\\0") or step.startswith("."):
+        raise ValueError(f"step name {step!r} cannot be part of a file name")
+    if step_number < 1 or epoch < 1:
+        raise ValueError(f"step_number and epoch are 1-based; got step_number={step_number}, epoch={epoch}")
+    if batch is not None and batch < 0:
+        raise ValueError(f"batch must be >= 0 or None (end of epoch); got {batch}")
+    if not _HASH.fullmatch(hash):
+        raise ValueError(f"sample hash must be letters and digits; got {hash!r}")
+    if not _SUFFIX.fullmatch(suffix):
+        raise ValueError(f"sample suffix must start with '-' or '_' like {', '.join(SEED_SUFFIXES)}; got {suffix!r}")
+    position = f"{step_number:03d}_{epoch:03d}" if batch is None else f"{step_number:03d}_{epoch:03d}_{batch:05d}"
+    return f"{step}_{position}_{hash}{suffix}.webp"
+
+
+def image_grid(images: torch.Tensor, nrow: int, padding: int = 2) -> torch.Tensor:
+    """[B, C, H, W] in [-1, 1] -> one uint8 [H', W', C] picture, `nrow` images per row (torchvision's layout)."""
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.dim() != 4 or images.shape[1] not in (1, 3, 4) or images.shape[0] == 0:
+        raise ValueError(f"expected images [B, C, H, W] with C in 1, 3, 4 and B >= 1; got {tuple(images.shape)}")
+    pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    b, c, h, w = pixels.shape
+    cols = max(1, min(nrow, b))
+    rows = math.ceil(b / cols)
+    grid = torch.zeros(c, rows * (h + padding) + padding, cols * (w + padding) + padding, dtype=torch.uint8)
+    for i in range(b):
+        top = padding + (i // cols) * (h + padding)
+        left = padding + (i % cols) * (w + padding)
+        grid[:, top:top + h, left:left + w] = pixels[i]
+    return grid.permute(1, 2, 0).contiguous()
+
+
+def save_image_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8) -> None:
+    """Write images in [-1, 1] as one lossless WebP grid, atomically (no half-written sample is ever visible)."""
+    from PIL import Image
+
+    grid = image_grid(images, nrow).numpy()
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[grid.shape[2]]
+    picture = Image.fromarray(grid[:, :, 0] if mode == "L" else grid, mode=mode)
+    # Samples are cheap to regenerate: atomic (rename) but without fsync, which is slow on network storage.
+    atomic_write(path, lambda f: picture.save(f, format="WEBP", lossless=True), durable=False)
+
+
+def prompt_file_name(prompt: str, seed: int, ext: str = "webp") -> str:
+    """A safe, readable file name for a generated image: `<slug>_<hash8>_seed<seed>.<ext>`.
+
+    The slug is the prompt folded to lowercase ASCII letters and digits joined by `_` (at most 48 characters); the
+    8 hex characters of the prompt's sha256 keep two prompts with the same slug (long, or non-Latin) apart.
+    """
+    ascii_text = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode("ascii").lower()
+    slug = re.sub(r"[^a-z0-9]+", "_", ascii_text).strip("_")[:48].rstrip("_") or "prompt"
+    digest = hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:8]
+    return f"{slug}_{digest}_seed{int(seed)}.{ext.lstrip('.')}"

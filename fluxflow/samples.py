@@ -1,0 +1,58 @@
+"""Sample images of a pipeline step, named by the seed's convention (fluxflow.sample_files), from EMA weights.
+
+VAE steps: `-original` (held-out inputs), `-nr_o` (reconstruction from the posterior mean), `_ns_o`
+(reconstruction from a posterior sample), `-ctx` (the latent map, first three channels, as an image) and, for SPADE
+steps, `-nc` (decoded without the SPADE context). Once a flow processor is trained: `-t2i`, one image per
+`output.sample_captions` entry.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fluxflow.sample_files import sample_name, save_image_grid
+from fluxflow.text_to_image import text_to_image
+
+
+def _latent_picture(z: torch.Tensor, size: int) -> torch.Tensor:
+    z = z[:, :3] if z.shape[1] >= 3 else z[:, :1].expand(-1, 3, -1, -1)
+    lo = z.amin(dim=(2, 3), keepdim=True)
+    hi = z.amax(dim=(2, 3), keepdim=True)
+    z = (z - lo) / (hi - lo).clamp_min(1e-6) * 2 - 1
+    return F.interpolate(z, size=(size, size), mode="nearest")
+
+
+@torch.no_grad()
+def write_samples(out_dir: Path, *, step, step_number: int, epoch: int, batch: int | None, tag: str,
+                  models: dict, holdout: torch.Tensor, captions: list[str], latent_norm: dict | None,
+                  config, seed: int) -> list[Path]:
+    """Writes this step's samples; returns the files. `batch` None means end of epoch."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = lambda suffix: out_dir / sample_name(step.name, step_number, epoch, batch, tag, suffix)  # noqa: E731
+    written: list[Path] = []
+
+    def save(images: torch.Tensor, suffix: str) -> None:
+        path = name(suffix)
+        save_image_grid(images.float().cpu(), path, nrow=min(8, images.shape[0]))
+        written.append(path)
+
+    vae_step = step.train_vae or step.gan_training or step.train_spade or step.use_lpips
+    if vae_step and "compressor" in models and "expander" in models:
+        compressor, expander = models["compressor"], models["expander"]
+        mean, logvar = compressor(holdout)
+        generator = torch.Generator(device=holdout.device).manual_seed(seed)
+        noise = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype, generator=generator)
+        save(holdout, "-original")
+        save(expander(mean, spade=step.train_spade).clamp(-1, 1), "-nr_o")
+        save(expander(mean + torch.exp(0.5 * logvar) * noise, spade=step.train_spade).clamp(-1, 1), "_ns_o")
+        save(_latent_picture(mean.float(), holdout.shape[-1]), "-ctx")
+        if step.train_spade:
+            save(expander(mean, spade=False).clamp(-1, 1), "-nc")
+    flow_step = step.train_diff or step.train_diff_full
+    if flow_step and captions and latent_norm is not None:
+        images = text_to_image(models, captions, latent_norm, latent_size=holdout.shape[-1] // config.model.downscale,
+                               seed=seed, max_len=config.model.text_max_len, spade=step.train_spade)
+        save(images, "-t2i")
+    return written

@@ -1,0 +1,126 @@
+"""Where a step's files live and whether they are still valid for the step's current configuration.
+
+A step's key hashes its resolved config, the model config, its dataset config and its parent's key, so it is known
+before anything runs: a changed step changes its key and every key below it. Files written for another key are
+moved aside to `checkpoints/<step>/superseded/<old key>/` (never deleted), with a line that says what changed.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from fluxflow.checkpoint_ref import CheckpointRef, StepResult
+from fluxflow.step_key import describe_change, step_key
+
+
+def execution_order(steps) -> list:
+    """Parents before children, file order otherwise (steps carry `.name` and `.parent`)."""
+    by_name = {s.name: s for s in steps}
+    ordered, placed = [], set()
+
+    def place(step) -> None:
+        if step.name in placed:
+            return
+        if step.parent is not None:
+            place(by_name[step.parent])
+        placed.add(step.name)
+        ordered.append(step)
+
+    for step in steps:
+        place(step)
+    return ordered
+
+
+def step_keys(config) -> dict[str, str]:
+    """Every step's key, parents first (the chain is what makes a parent change re-run its children)."""
+    keys: dict[str, str] = {}
+    root = {"model_checkpoint": config.model_checkpoint} if config.model_checkpoint else None
+    for step in execution_order(config.resolved_steps()):
+        parent_key = keys[step.parent] if step.parent else (json.dumps(root) if root else None)
+        keys[step.name] = step_key(step.model_dump(mode="json"), config.model.model_dump(mode="json"),
+                                   config.dataset_for(step).model_dump(mode="json"), parent_key)
+    return keys
+
+
+@dataclass
+class StepFiles:
+    step: object  # ResolvedStep
+    key: str
+    n_steps: int
+    dir: Path
+
+    @property
+    def latest(self) -> Path:
+        return self.dir / "latest.pt"
+
+    @property
+    def final(self) -> Path:
+        return self.dir / "final.pt"
+
+    @property
+    def ref_json(self) -> Path:
+        return self.dir / "ref.json"
+
+    def _recorded(self) -> dict | None:
+        try:
+            return json.loads(self.ref_json.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def completed(self) -> tuple[CheckpointRef, StepResult] | None:
+        """The finished step's (ref, result) when final.pt exists for this very key."""
+        recorded = self._recorded()
+        if recorded is None or not self.final.exists() or recorded["ref"]["step_key"] != self.key:
+            return None
+        return CheckpointRef.from_dict(recorded["ref"]), StepResult.from_dict(recorded["result"])
+
+    def set_aside_stale(self) -> None:
+        """Move files of another key (the step's config changed) aside, saying why; keep a same-key latest.pt."""
+        recorded = self._recorded()
+        old_key, old_config = None, None
+        if recorded is not None and recorded["ref"]["step_key"] != self.key:
+            old_key, old_config = recorded["ref"]["step_key"], recorded.get("step_config")
+        elif self.latest.exists() and not self.final.exists():
+            meta = _latest_metadata(self.latest)
+            if meta is not None and meta.get("step_key") != self.key:
+                old_key, old_config = meta.get("step_key"), meta.get("step_config")
+        if old_key is None and recorded is None and self.final.exists():
+            old_key = "unknown"
+        if old_key is None:
+            return
+        why = describe_change(old_config or {}, self.step.model_dump(mode="json")) if old_config else ""
+        target = self.dir / "superseded" / old_key
+        target.mkdir(parents=True, exist_ok=True)
+        for path in (self.latest, self.final, self.ref_json):
+            if path.exists():
+                shutil.move(str(path), target / path.name)
+        print(f"Re-running step {self.step.name}: its configuration or an earlier step changed"
+              f"{' (' + why + ')' if why else ''}; previous files moved to {target}", flush=True)
+
+    def write_ref(self, ref: CheckpointRef, result: StepResult) -> None:
+        payload = {"ref": ref.to_dict(), "result": result.to_dict(), "step_config": self.step.model_dump(mode="json")}
+        tmp = self.ref_json.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(payload, indent=2))
+        tmp.replace(self.ref_json)
+
+
+def _latest_metadata(path: Path) -> dict | None:
+    from fluxflow.checkpoint import CheckpointError, load_checkpoint  # torch only when there is a latest.pt
+
+    try:
+        return load_checkpoint(path).get("pipeline_metadata", {})
+    except CheckpointError:
+        return None
+
+
+def plan_step(config, step_name: str) -> StepFiles:
+    steps = config.resolved_steps()
+    names = [s.name for s in steps]
+    if step_name not in names:
+        raise ValueError(f"unknown step {step_name!r}; the pipeline has {', '.join(names)}")
+    step = steps[names.index(step_name)]
+    out = Path(config.output.output_path)
+    return StepFiles(step=step, key=step_keys(config)[step_name], n_steps=len(steps),
+                     dir=out / "checkpoints" / step_name)

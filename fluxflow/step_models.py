@@ -1,0 +1,73 @@
+"""The models of one pipeline step: built or loaded, placed, frozen or trained as the step declares, with EMA.
+
+Each step declares its own trained set (fluxflow.modes): every other component is frozen and in eval mode for this
+step only, so a freeze never leaks into a later step. Components the input checkpoint carries but this step does
+not use are kept and written back unchanged, so later steps still find them.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from fluxflow.ema import EMA
+from fluxflow.models import build_component
+from fluxflow.modes import required_components, trained_components
+
+log = logging.getLogger("fluxflow.runner")
+
+# EMA by the seed's rule: VAE components when any VAE mode is on; flow components when they train.
+_VAE_MODES = ("train_vae", "gan_training", "train_spade", "use_lpips")
+
+
+def ema_components(step, trained: set[str]) -> set[str]:
+    names = set()
+    if any(getattr(step, mode) for mode in _VAE_MODES):
+        names |= {"compressor", "expander"} & trained | ({"expander"} if step.train_spade else set())
+    names |= trained & {"flow_processor", "text_encoder"}
+    return names
+
+
+def prepare_models(config, step, state: dict | None, device: torch.device) -> dict[str, nn.Module]:
+    saved = (state or {}).get("models", {})
+    names = required_components(step) | set(saved)
+    models = {}
+    for name in sorted(names):
+        module = build_component(name, config.model, config.data.channels)
+        if name in saved:
+            module.load_state_dict(saved[name])
+        elif state is not None:
+            log.warning("Auto-created %s with default parameters from the model config (not in the input "
+                        "checkpoint)", name)
+        models[name] = module.to(device)
+    apply_trainable(models, trained_components(step))
+    return models
+
+
+def apply_trainable(models: dict[str, nn.Module], trained: set[str]) -> None:
+    for name, module in models.items():
+        is_trained = name in trained
+        module.requires_grad_(is_trained)
+        module.train(is_trained)
+
+
+def prepare_emas(step, models: dict[str, nn.Module], state: dict | None, trained: set[str]) -> dict[str, EMA]:
+    """EMAs of this step's components plus those the input checkpoint carries for other components.
+
+    Only `ema_components(step, trained)` are updated by the runner; the others are carried unchanged so that
+    samples and exports of later steps still decode with EMA weights.
+    """
+    saved = (state or {}).get("ema", {})
+    emas = {}
+    for name in sorted((ema_components(step, trained) | set(saved)) & set(models)):
+        ema = EMA(models[name], decay=step.ema_decay)
+        if name in saved:
+            ema.load_state_dict(saved[name])
+        emas[name] = ema
+    return emas
+
+
+def sampling_models(models: dict[str, nn.Module], emas: dict[str, EMA]) -> dict[str, nn.Module]:
+    """Models for samples and exports: the EMA weights where an EMA exists, else the raw module."""
+    return {name: (emas[name].shadow if name in emas else module) for name, module in models.items()}

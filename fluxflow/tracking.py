@@ -1,0 +1,217 @@
+"""How a running step reports: the Tracker protocol, and the core's console + JSONL implementation.
+
+The runner calls a Tracker; it never knows who listens. `ConsoleJsonlTracker` prints the seed's console line and
+appends the seed's JSONL metrics file; the Prefect/MLflow layer (flows/) supplies its own Tracker and combines the
+two with `MultiTracker`. No torch, no prefect, no mlflow here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Iterable, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from fluxflow.checkpoint_ref import CheckpointRef, StepResult
+
+# Console labels in the seed's order; metrics not listed here still go to the JSONL file and other trackers.
+CONSOLE_LABELS: dict[str, str] = {
+    "vae_loss": "VAE",
+    "kl_loss": "KL",
+    "g_loss": "G",
+    "d_loss": "D",
+    "lpips_loss": "LPIPS",
+    "flow_loss": "Flow",
+}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a step is, as the console shows it: step_index, epoch and batch are 1-based.
+
+    step_index: position of the step in the pipeline (ResolvedStep.index + 1) out of n_steps. epoch: epoch within
+    the step out of n_epochs (max_epochs for loss_threshold steps). batch: batches done in this epoch out of
+    n_batches. global_step: optimizer steps since the pipeline began. sec_per_batch: mean over the log interval.
+    """
+
+    step_name: str
+    step_index: int
+    n_steps: int
+    epoch: int
+    n_epochs: int
+    batch: int
+    n_batches: int
+    global_step: int
+    sec_per_batch: float
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    def step_started(self, step: Any, step_key: str, n_steps: int, resumed: bool) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float], progress: Progress) -> None: ...
+
+    def log_image(self, path: Path) -> None: ...
+
+    def log_artifact(self, path: Path) -> None: ...
+
+    def step_finished(self, ref: CheckpointRef, result: StepResult) -> None: ...
+
+
+def _significant(value: float) -> str:
+    return f"{value:.4g}"  # 4 significant digits: 0.0234, 12.45, 0.156
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f}" if value >= 1 else f"{value:.2g}"  # 3.2s/batch, 0.041s/batch
+
+
+def console_line(metrics: dict[str, float], progress: Progress, now: datetime | None = None) -> str:
+    """The seed's console line, showing exactly those of `metrics` that have a console label, in the seed's order:
+    `[HH:MM:SS] Step vae_gan (2/4) | Epoch 5/20 | Batch 127/500 | VAE: 0.0234 | KL: 12.45 | ... | 3.2s/batch`."""
+    now = now or datetime.now()
+    parts = [
+        f"[{now:%H:%M:%S}] Step {progress.step_name} ({progress.step_index}/{progress.n_steps})",
+        f"Epoch {progress.epoch}/{progress.n_epochs}",
+        f"Batch {progress.batch}/{progress.n_batches}",
+    ]
+    shown = [(label, metrics[key]) for key, label in CONSOLE_LABELS.items() if key in metrics]
+    parts += [f"{label}: {_significant(float(value))}" for label, value in shown]
+    parts.append(f"{_seconds(progress.sec_per_batch)}s/batch")
+    return " | ".join(parts)
+
+
+def jsonl_record(metrics: dict[str, float], progress: Progress, session_id: str, now: datetime | None = None) -> dict:
+    """One line of the seed's training_metrics_<step>.jsonl. Non-finite values are written as null (strict JSON)."""
+    values = {}
+    for key, value in metrics.items():
+        value = float(value)
+        values[key] = value if math.isfinite(value) else None
+    return {
+        "timestamp": (now or datetime.now()).isoformat(),
+        "session_id": session_id,
+        "epoch": progress.epoch,
+        "batch": progress.batch,
+        "global_step": progress.global_step,
+        "metrics": values,
+    }
+
+
+def metrics_file(output_dir: str | Path, step_name: str) -> Path:
+    return Path(output_dir) / "graph" / f"training_metrics_{step_name}.jsonl"
+
+
+class ConsoleJsonlTracker:
+    """Prints the seed's console line and appends `<output>/graph/training_metrics_<step>.jsonl`.
+
+    The JSONL file is opened in append mode for every line and closed again: a resumed step continues its file,
+    each line is on disk as soon as it is logged, and several steps (branches) can share one tracker. `stream`
+    defaults to whatever sys.stdout is at the time of writing. Images and artifacts are already files under the
+    output directory, so this tracker has nothing more to do with them.
+    """
+
+    def __init__(self, output_dir: str | Path, session_id: str | None = None, stream: IO[str] | None = None):
+        self.output_dir = Path(output_dir)
+        self.session_id = session_id or datetime.now().strftime("%Y%m%d_%H%M%S")
+        self._stream = stream
+        self._lock = threading.Lock()  # one line at a time when branches log from threads
+
+    def _print(self, line: str) -> None:
+        stream = self._stream or sys.stdout
+        if _is_tty(stream):
+            from tqdm import tqdm
+
+            tqdm.write(line, file=stream)  # clears and redraws a progress bar instead of breaking it
+        else:
+            stream.write(line + "\n")
+        stream.flush()
+
+    def step_started(self, step: Any, step_key: str, n_steps: int, resumed: bool) -> None:
+        pass  # the runner prints the seed's "Starting step" / "Resuming from checkpoint" lines itself
+
+    def log_metrics(self, metrics: dict[str, float], progress: Progress) -> None:
+        now = datetime.now()
+        record = json.dumps(jsonl_record(metrics, progress, self.session_id, now))
+        path = metrics_file(self.output_dir, progress.step_name)
+        with self._lock:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(record + "\n")
+            self._print(console_line(metrics, progress, now))
+
+    def log_image(self, path: Path) -> None:
+        pass
+
+    def log_artifact(self, path: Path) -> None:
+        pass
+
+    def step_finished(self, ref: CheckpointRef, result: StepResult) -> None:
+        pass  # the runner prints the "Finished step" line; every JSONL line is already closed and on disk
+
+
+class MultiTracker:
+    """Sends every call to each tracker in turn (e.g. console + JSONL and MLflow)."""
+
+    def __init__(self, trackers: Iterable[Tracker]):
+        self.trackers = list(trackers)
+
+    def step_started(self, step: Any, step_key: str, n_steps: int, resumed: bool) -> None:
+        for t in self.trackers:
+            t.step_started(step, step_key, n_steps, resumed)
+
+    def log_metrics(self, metrics: dict[str, float], progress: Progress) -> None:
+        for t in self.trackers:
+            t.log_metrics(metrics, progress)
+
+    def log_image(self, path: Path) -> None:
+        for t in self.trackers:
+            t.log_image(path)
+
+    def log_artifact(self, path: Path) -> None:
+        for t in self.trackers:
+            t.log_artifact(path)
+
+    def step_finished(self, ref: CheckpointRef, result: StepResult) -> None:
+        for t in self.trackers:
+            t.step_finished(ref, result)
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+class _NoBar:
+    """What batch_progress returns when nobody is watching a terminal: accepts the calls, draws nothing."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def batch_progress(total: int, initial: int = 0, desc: str = "") -> Any:
+    """A tqdm bar over the batches of one epoch when stdout is a terminal, else a no-op with the same methods
+    (update(n), set_postfix(...), close()): logs and CI output stay free of carriage-return noise."""
+    if not _is_tty(sys.stdout):
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
+                file=sys.stdout)

@@ -1,0 +1,134 @@
+"""Per-batch training steps. Each takes the models, optimizers and one batch and returns 0-dim metric tensors.
+
+No `.item()` and no host sync in here: metrics stay on the device until the runner reads them at a log interval,
+and a non-finite loss skips its update on the device (see `optim.optimizer_step`) and is counted in
+`skipped_updates`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fluxflow.device import autocast
+from fluxflow.latents import encode_latents
+from fluxflow.losses import (adaptive_weight, hinge_d_loss, hinge_g_loss, kl_loss, kl_weight, r1_penalty,
+                             rectified_flow_loss, reconstruction_loss)
+from fluxflow.models import cfg_drop_mask
+from fluxflow.optim import optimizer_step
+
+
+@dataclass
+class StepContext:
+    """What the per-batch steps need besides the batch; built once per pipeline step by the runner."""
+    step: Any  # fluxflow.config.ResolvedStep
+    models: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    trained: set[str]
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    generator: torch.Generator
+    lpips: nn.Module | None = None
+    latent_norm: dict[str, torch.Tensor] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _set_requires_grad(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def _gaussian(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(like.shape, device=like.device, dtype=like.dtype, generator=generator)
+
+
+def vae_step(ctx: StepContext, images: torch.Tensor, global_step: int) -> dict[str, torch.Tensor]:
+    """Reconstruction (`train_vae`), GAN (`gan_training`) or both; LPIPS and SPADE as the step says.
+
+    GAN-only mode (train_vae false): the encoder learns from KL + G loss, the latent is not detached.
+    """
+    step, m = ctx.step, ctx.models
+    compressor, expander = m["compressor"], m["expander"]
+    discriminator = m.get("discriminator") if step.gan_training else None
+    zero = images.new_zeros(())
+    metrics: dict[str, torch.Tensor] = {}
+
+    if discriminator is not None:
+        _set_requires_grad(discriminator, False)  # G pass: no D grads
+    with autocast(ctx.device, ctx.amp_dtype):
+        mean, logvar = compressor(images)
+        z = mean + torch.exp(0.5 * logvar) * _gaussian(mean, ctx.generator)
+        recon = expander(z, spade=step.train_spade)
+    kl_raw, kl_clamped = kl_loss(mean.float(), logvar.float(), step.kl_free_bits)
+    loss = kl_weight(global_step, step.kl_beta, step.kl_warmup_steps) * kl_clamped
+    rec = zero
+    if step.train_vae:
+        rec = reconstruction_loss(recon.float(), images, step.recon_l1_weight, step.recon_mse_weight)
+        loss = loss + rec
+        if ctx.lpips is not None:
+            with autocast(ctx.device, ctx.amp_dtype):
+                lp = ctx.lpips(recon, images).float().mean()
+            loss = loss + step.lambda_lpips * lp
+            metrics["lpips_loss"] = lp.detach()
+    if discriminator is not None:
+        with autocast(ctx.device, ctx.amp_dtype):
+            g = hinge_g_loss(discriminator(recon).float())
+        weight = step.lambda_adv
+        if step.adaptive_adv_weight and step.train_vae and ctx.trained.intersection({"expander"}):
+            weight = weight * adaptive_weight(rec, g, expander.last_layer_weight)
+        loss = loss + weight * g
+        metrics["g_loss"] = g.detach()
+
+    finite = torch.isfinite(loss)
+    loss.backward()
+    skipped = (~finite).float()
+    if "vae" in ctx.optimizers:
+        optimizer_step(ctx.optimizers["vae"], finite)
+
+    if discriminator is not None:
+        _set_requires_grad(discriminator, True)
+        metrics.update(discriminator_step(ctx, images, recon.detach(), global_step))
+        skipped = skipped + metrics.pop("_d_skipped")
+    metrics.update(vae_loss=rec.detach(), kl_loss=kl_raw.detach(), kl_clamped=kl_clamped.detach(),
+                   skipped_updates=skipped)
+    return metrics
+
+
+def discriminator_step(ctx: StepContext, real: torch.Tensor, fake: torch.Tensor,
+                       global_step: int) -> dict[str, torch.Tensor]:
+    """Hinge D loss, plus lazy R1 every `r1_interval` steps scaled by interval (so its average strength is γ/2)."""
+    step, disc = ctx.step, ctx.models["discriminator"]
+    with autocast(ctx.device, ctx.amp_dtype):
+        d_loss = hinge_d_loss(disc(real).float(), disc(fake).float())
+    total = d_loss
+    out = {"d_loss": d_loss.detach()}
+    if step.r1_gamma > 0 and global_step % step.r1_interval == 0:
+        r1 = r1_penalty(disc, real)  # fp32, eager: double backward
+        total = total + 0.5 * step.r1_gamma * step.r1_interval * r1
+        out["r1_penalty"] = r1.detach()
+    finite = torch.isfinite(total)
+    total.backward()
+    if "discriminator" in ctx.optimizers:
+        optimizer_step(ctx.optimizers["discriminator"], finite)
+    out["_d_skipped"] = (~finite).float()
+    return out
+
+
+def flow_step(ctx: StepContext, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rectified flow on frozen-VAE latents (t = 1 is noise). The text encoder trains only in `train_diff_full`."""
+    m = ctx.models
+    latents = encode_latents(m["compressor"], images, ctx.latent_norm)
+    train_text = "text_encoder" in ctx.trained
+    with torch.set_grad_enabled(train_text), autocast(ctx.device, ctx.amp_dtype):
+        tokens, pooled = m["text_encoder"](ids, mask)
+    drop = cfg_drop_mask(images.shape[0], ctx.step.cfg_dropout, images.device, ctx.generator)
+    with autocast(ctx.device, ctx.amp_dtype):
+        loss = rectified_flow_loss(m["flow_processor"], latents, tokens, mask, pooled, drop, ctx.generator).float()
+    finite = torch.isfinite(loss)
+    loss.backward()
+    for group in ("flow", "text_encoder"):
+        if group in ctx.optimizers:
+            optimizer_step(ctx.optimizers[group], finite)
+    return {"flow_loss": loss.detach(), "skipped_updates": (~finite).float()}

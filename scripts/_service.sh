@@ -1,0 +1,103 @@
+# Shared by server.sh, mlflow_ui.sh, worker.sh and deploy.sh (sourced, not run).
+#
+# Each long-running component is started detached in its own session (setsid), so its pid is also its process-group
+# id: `kill -- -PID` stops it together with every child it spawned (uvicorn workers, flow-run processes, torch
+# children). A worker started with `&` from a non-interactive script would ignore Ctrl-C (PITFALLS.md), which is why
+# nothing here relies on signals reaching it through a terminal.
+#
+# Environment (all optional):
+#   FLUXFLOW_RUN_DIR       where pid and log files go            (default: <repo>/.run)
+#   FLUXFLOW_VENV_BIN      the virtualenv's bin directory         (default: <repo>/.venv/bin)
+#   FLUXFLOW_PREFECT_PORT  Prefect server port on 127.0.0.1       (default: 4200)
+#   FLUXFLOW_MLFLOW_PORT   MLflow UI port on 127.0.0.1            (default: 5000)
+#   FLUXFLOW_GPU_SLOTS     tasks tagged `gpu` allowed at a time   (default: 1, one GPU host with one GPU)
+#   PREFECT_API_URL        the server the worker/deploy talk to   (default: http://127.0.0.1:$FLUXFLOW_PREFECT_PORT/api)
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RUN_DIR="${FLUXFLOW_RUN_DIR:-$REPO_ROOT/.run}"
+VENV_BIN="${FLUXFLOW_VENV_BIN:-$REPO_ROOT/.venv/bin}"
+PREFECT_PORT="${FLUXFLOW_PREFECT_PORT:-4200}"
+MLFLOW_PORT="${FLUXFLOW_MLFLOW_PORT:-5000}"
+GPU_SLOTS="${FLUXFLOW_GPU_SLOTS:-1}"
+POOL_NAME="gpu"
+
+# Quiet and offline, whatever the caller's shell has.
+export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true
+# The checkout the deployments' pull step changes into (deployments/prefect.yaml reads it at run time).
+export FLUXFLOW_HOME="${FLUXFLOW_HOME:-$REPO_ROOT}"
+
+PREFECT="$VENV_BIN/prefect"
+
+_DETACH='import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])'
+
+# start_service NAME COMMAND...: run COMMAND detached, log to $RUN_DIR/NAME.log, pid in $RUN_DIR/NAME.pid.
+# Returns 0 without starting anything when the recorded pid is still alive.
+start_service() {
+    local name="$1"; shift
+    local pidfile="$RUN_DIR/$name.pid" logfile="$RUN_DIR/$name.log"
+    mkdir -p "$RUN_DIR"
+    if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        echo "$name is already running (pid $(cat "$pidfile")); stop it with: kill -- -$(cat "$pidfile")"
+        return 0
+    fi
+    # A non-interactive shell starts `&` children with SIGINT ignored, and Prefect's worker turns SIGTERM into a
+    # SIGINT to itself, so it would never stop: reset SIGINT, start a new session (pid == process-group id) and exec.
+    # Without job control the child is not a group leader, so setsid() succeeds and $! is the session leader.
+    "$VENV_BIN/python" -c "$_DETACH" "$@" >"$logfile" 2>&1 </dev/null &
+    local pid=$!
+    echo "$pid" >"$pidfile"
+    echo "started $name (pid $pid, log $logfile)"
+}
+
+# stop_hint NAME: how to stop what start_service started.
+stop_hint() {
+    local pid; pid="$(cat "$RUN_DIR/$1.pid")"
+    echo "stop it with: kill -- -$pid    # TERM to the whole process group; pid file: $RUN_DIR/$1.pid"
+}
+
+# http_ok URL: true when URL answers 2xx within 3 s (Python, not curl: the worker image has no curl).
+http_ok() {
+    "$VENV_BIN/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)' "$1" 2>/dev/null
+}
+
+# wait_http NAME URL SECONDS: wait until URL answers 200, failing early (with the log's tail) if the process died.
+wait_http() {
+    local name="$1" url="$2" limit="$3" pid
+    pid="$(cat "$RUN_DIR/$name.pid")"
+    for ((i = 0; i < limit * 4; i++)); do
+        if http_ok "$url"; then
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "$name exited before answering on $url; last lines of $RUN_DIR/$name.log:" >&2
+            tail -n 30 "$RUN_DIR/$name.log" >&2
+            rm -f "$RUN_DIR/$name.pid"
+            return 1
+        fi
+        sleep 0.25
+    done
+    echo "$name did not answer on $url within ${limit}s (still running as pid $pid; see $RUN_DIR/$name.log)" >&2
+    return 1
+}
+
+# use_local_server: point the Prefect CLI at the loopback server (unless PREFECT_API_URL says otherwise) and check
+# that it answers.
+use_local_server() {
+    export PREFECT_API_URL="${PREFECT_API_URL:-http://127.0.0.1:$PREFECT_PORT/api}"
+    if ! http_ok "$PREFECT_API_URL/health"; then
+        echo "no Prefect server answers at $PREFECT_API_URL; start one with: make server" >&2
+        return 1
+    fi
+}
+
+# ensure_pool_and_limit: the `gpu` work pool (type process) and the `gpu` task-tag concurrency limit, created only
+# when missing. The limit is on the task tag, not on the pool: a pool concurrency of 1 would let a flow run hold the
+# only slot while the work it waits on queues behind it (PITFALLS.md); the tag limit only serialises the GPU steps.
+ensure_pool_and_limit() {
+    if ! "$PREFECT" work-pool inspect "$POOL_NAME" >/dev/null 2>&1; then
+        "$PREFECT" work-pool create "$POOL_NAME" --type process
+    fi
+    if ! "$PREFECT" concurrency-limit inspect gpu >/dev/null 2>&1; then
+        "$PREFECT" concurrency-limit create gpu "$GPU_SLOTS"
+    fi
+}

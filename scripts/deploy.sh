@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# `make deploy`: registers every deployment in deployments/prefect.yaml (fluxflow-pipeline/manual and
+# fluxflow-pipeline/nightly-retrain) with the server at PREFECT_API_URL (default the loopback one of `make server`).
+# Re-running it updates them in place. Creates the `gpu` pool and limit first when missing.
+set -euo pipefail
+source "$(dirname "$0")/_service.sh"
+# Entrypoints in prefect.yaml are relative to the repository root.
+cd "$REPO_ROOT"
+
+use_local_server
+ensure_pool_and_limit
+"$PREFECT" --no-prompt deploy --all --prefect-file deployments/prefect.yaml
+echo "deployed; run one with:"
+echo "  $PREFECT deployment run fluxflow-pipeline/manual --param config=configs/quickstart.yaml --watch"
+echo "and start a worker to execute it: make worker"

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# `make worker`: a Prefect process worker on the `gpu` work pool, in the background. Creates the pool and the `gpu`
+# task-tag concurrency limit first when they are missing. Needs a server (`make server`, or PREFECT_API_URL).
+#
+#   bash scripts/worker.sh               # background, pid in .run/prefect-worker.pid (what `make worker` does)
+#   bash scripts/worker.sh --foreground  # in this terminal, Ctrl-C stops it (the Docker image's command)
+#
+# The worker starts each flow run as a child process in its process group, with the worker's environment, in the
+# checkout named by FLUXFLOW_HOME (read by the deployments' pull step). Set MLFLOW_TRACKING_URI before starting the
+# worker to send the runs' MLflow records elsewhere than ./mlflow.db of the checkout.
+set -euo pipefail
+source "$(dirname "$0")/_service.sh"
+cd "$REPO_ROOT"
+
+use_local_server
+ensure_pool_and_limit
+WORKER=("$PREFECT" worker start --pool "$POOL_NAME" --type process --name "gpu-$(hostname)")
+
+if [[ "${1:-}" == "--foreground" ]]; then
+    exec "${WORKER[@]}"
+fi
+
+start_service prefect-worker "${WORKER[@]}"
+# The worker has no port to poll; it prints "Worker '<name>' started!" once it polls the pool.
+pidfile="$RUN_DIR/prefect-worker.pid"
+for ((i = 0; i < 120; i++)); do
+    grep -q "started!" "$RUN_DIR/prefect-worker.log" 2>/dev/null && break
+    if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        echo "the worker exited; last lines of $RUN_DIR/prefect-worker.log:" >&2
+        tail -n 30 "$RUN_DIR/prefect-worker.log" >&2
+        rm -f "$pidfile"
+        exit 1
+    fi
+    sleep 1
+done
+echo "worker polling pool '$POOL_NAME' on $PREFECT_API_URL (flow runs start in $FLUXFLOW_HOME)"
+stop_hint prefect-worker

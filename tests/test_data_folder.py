@@ -1,0 +1,118 @@
+"""`folder` datasets: images + `filename<TAB>caption`, fitted to img_size; bad files skipped and counted, never fatal."""
+import logging
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from fluxflow.data import build_dataset, make_loader
+
+GREEN = (0, 200, 0)
+
+
+def striped(width, height):
+    """Red | green | blue thirds, left to right: a centre crop of a wide image is all green."""
+    img = Image.new("RGB", (width, height), GREEN)
+    img.paste((255, 0, 0), (0, 0, width // 3, height))
+    img.paste((0, 0, 255), (width - width // 3, 0, width, height))
+    return img
+
+
+@pytest.fixture
+def folder(tmp_path):
+    striped(96, 32).save(tmp_path / "wide.png")
+    striped(90, 30).convert("RGB").save(tmp_path / "wide.jpg", quality=95)
+    (tmp_path / "sub").mkdir()
+    Image.new("L", (20, 40), 128).save(tmp_path / "sub" / "gray.png")
+    rgba = Image.new("RGBA", (16, 16), (255, 0, 0, 0))  # fully transparent red
+    rgba.save(tmp_path / "clear.png")
+    for i in range(6):
+        Image.new("RGB", (24, 24), (10 * i, 0, 0)).save(tmp_path / f"plain_{i}.png")
+    (tmp_path / "garbage.jpg").write_bytes(b"this is not a jpeg")
+    data = (tmp_path / "wide.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    lines = ["# comment line", "", "wide.png\ta wide striped image", "wide.jpg\ta wide striped jpeg",
+             "sub/gray.png\ta gray image", "clear.png\ttransparent", "garbage.jpg\tnot an image",
+             "truncated.png\thalf a file", "missing.png\tno such file", "no tab on this line"]
+    lines += [f"plain_{i}.png\tplain {i}" for i in range(6)]
+    (tmp_path / "captions.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return tmp_path
+
+
+def cfg(path, holdout=0, captions_file="captions.txt"):
+    return SimpleNamespace(type="folder", path=str(path), captions_file=captions_file, holdout=holdout)
+
+
+def by_caption(ds):
+    return {ds.items[i][1]: i for i in range(len(ds))}
+
+
+def test_images_are_fitted_by_shorter_side_and_centre_crop(folder):
+    ds = build_dataset(cfg(folder), 16, 3, "train")
+    index = by_caption(ds)
+    for caption in ("a wide striped image", "a wide striped jpeg"):
+        image, got = ds[index[caption]]
+        assert got == caption and image.shape == (3, 16, 16)
+        pixels = ((image + 1) * 127.5).reshape(3, -1)
+        assert (pixels[1] > 150).all() and (pixels[0] < 60).all() and (pixels[2] < 60).all(), "not a centre crop"
+
+
+def test_gray_and_transparent_images_become_rgb_and_white(folder):
+    ds = build_dataset(cfg(folder), 16, 3, "train")
+    index = by_caption(ds)
+    gray = ds[index["a gray image"]][0]
+    assert gray.shape == (3, 16, 16) and torch.allclose(gray, torch.full_like(gray, 128 / 127.5 - 1), atol=1e-6)
+    clear = ds[index["transparent"]][0]
+    assert torch.allclose(clear, torch.ones_like(clear)), "transparent pixels must become white"
+    single = build_dataset(cfg(folder), 16, 1, "train")
+    assert single[index["a wide striped image"]][0].shape == (1, 16, 16)
+
+
+def test_bad_entries_are_skipped_counted_and_warned_once(folder, caplog):
+    caplog.set_level(logging.WARNING, logger="fluxflow.data")
+    ds = build_dataset(cfg(folder), 16, 3, "train")
+    assert ds.skipped == 2  # at build: the line without a tab and the missing file
+    assert len(ds) == 12  # every existing listed file, readable or not (decoding is lazy)
+    index = by_caption(ds)
+    for caption in ("not an image", "half a file"):
+        image, got = ds[index[caption]]  # never raises: the next readable item takes its place
+        assert got != caption and image.shape == (3, 16, 16)
+    assert ds.skipped == 4
+    for _ in range(2):  # a whole epoch, twice: each bad file is counted once
+        for images, captions in make_loader(ds, 4, workers=0, seed=0):
+            assert images.shape == (4, 3, 16, 16) and "not an image" not in captions
+    assert ds.skipped == 4
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "without a tab" in warnings[0].getMessage()
+
+
+def test_skips_in_worker_processes_are_counted_in_the_main_process(folder):
+    ds = build_dataset(cfg(folder), 16, 3, "train")
+    assert ds.skipped == 2
+    for _ in make_loader(ds, 4, workers=2, seed=0):
+        pass
+    assert ds.skipped == 4
+
+
+def test_holdout_is_a_fixed_disjoint_part(folder):
+    train = build_dataset(cfg(folder, holdout=3), 16, 3, "train")
+    holdout = build_dataset(cfg(folder, holdout=3), 16, 3, "holdout")
+    again = build_dataset(cfg(folder, holdout=3), 16, 3, "holdout")
+    train_names = {name for name, _ in train.items}
+    held_names = {name for name, _ in holdout.items}
+    assert len(held_names) == 3 and len(train_names) == 9 and not train_names & held_names
+    assert [n for n, _ in again.items] == [n for n, _ in holdout.items]
+    with pytest.raises(ValueError, match="holdout"):
+        build_dataset(cfg(folder, holdout=12), 16, 3, "train")
+
+
+def test_captions_file_outside_the_folder_and_missing_paths(folder, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("meta") / "caps.tsv"
+    elsewhere.write_text("plain_0.png\tonly one\n", encoding="utf-8")
+    ds = build_dataset(cfg(folder, captions_file=str(elsewhere)), 8, 3, "train")
+    assert len(ds) == 1 and ds[0][1] == "only one"
+    with pytest.raises(FileNotFoundError, match="captions file"):
+        build_dataset(cfg(folder, captions_file="nope.txt"), 8, 3, "train")
+    with pytest.raises(FileNotFoundError, match="image folder"):
+        build_dataset(cfg(folder / "nowhere"), 8, 3, "train")

@@ -1,0 +1,263 @@
+"""The deployment files and operator scripts: what they start, where they bind, how they stop; fast, no real server.
+
+The real server / worker / deploy cycle is tests/test_e2e_deployment.py. Here the scripts run against stand-in
+`prefect` and `mlflow` executables that record how they were called and answer HTTP, which is enough to check the
+scripts' own logic (loopback binding, pid files, process groups, stop hints) in about a second.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PREFECT_YAML = REPO / "deployments" / "prefect.yaml"
+COMPOSE = REPO / "docker" / "compose.yaml"
+DOCKERFILE = REPO / "docker" / "Dockerfile.worker"
+
+# Records argv and a few environment variables, then answers 200 to every HTTP request on --port (if given).
+FAKE_TOOL = textwrap.dedent(
+    """\
+    #!{python}
+    import http.server, json, os, sys
+    with open(os.environ["FAKE_RECORD"], "a") as f:
+        f.write(json.dumps({{"argv": sys.argv, "cwd": os.getcwd(), "env": {{k: os.environ.get(k) for k in
+                   ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "DO_NOT_TRACK", "FLUXFLOW_HOME")}}}}) + "\\n")
+    if "--port" in sys.argv:
+        port = int(sys.argv[sys.argv.index("--port") + 1])
+        class Ok(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+            def log_message(self, *args):
+                pass
+        http.server.HTTPServer(("127.0.0.1", port), Ok).serve_forever()
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def fake_env(tmp_path):
+    """Environment for running a script with stand-in tools: its own run dir, ports and a record file."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    os.symlink(sys.executable, bin_dir / "python")
+    for tool in ("prefect", "mlflow"):
+        path = bin_dir / tool
+        path.write_text(FAKE_TOOL.format(python=sys.executable))
+        path.chmod(0o755)
+    env = dict(os.environ)
+    env.update(
+        FLUXFLOW_VENV_BIN=str(bin_dir),
+        FLUXFLOW_RUN_DIR=str(tmp_path / "run"),
+        FLUXFLOW_PREFECT_PORT=str(free_port()),
+        FLUXFLOW_MLFLOW_PORT=str(free_port()),
+        FAKE_RECORD=str(tmp_path / "calls.jsonl"),
+    )
+    env.pop("PREFECT_API_URL", None)
+    yield env
+    for pidfile in (tmp_path / "run").glob("*.pid"):  # never leave a stand-in running
+        try:
+            os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def run_script(name: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "scripts" / name), *args], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def recorded_calls(env: dict) -> list[dict]:
+    return [json.loads(line) for line in Path(env["FAKE_RECORD"]).read_text().splitlines()]
+
+
+def wait_gone(pid: int, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# --- scripts ---------------------------------------------------------------------------------------------------------
+
+def test_server_script_starts_prefect_on_loopback_in_its_own_process_group(fake_env):
+    done = run_script("server.sh", fake_env)
+    assert done.returncode == 0, done.stderr
+    port = fake_env["FLUXFLOW_PREFECT_PORT"]
+    (call,) = recorded_calls(fake_env)
+    assert call["argv"][1:] == ["server", "start", "--host", "127.0.0.1", "--port", port, "--analytics-off"]
+    pid = int((Path(fake_env["FLUXFLOW_RUN_DIR"]) / "prefect-server.pid").read_text())
+    assert os.getpgid(pid) == pid, "the server must lead its own process group so that one kill stops it all"
+    assert f"kill -- -{pid}" in done.stdout
+    assert f"http://127.0.0.1:{port}" in done.stdout
+
+    again = run_script("server.sh", fake_env)  # a second `make server` must not start a second server
+    assert again.returncode == 0 and "already running" in again.stdout
+    assert len(recorded_calls(fake_env)) == 1
+
+    os.killpg(pid, signal.SIGTERM)  # the stop command the script prints
+    assert wait_gone(pid)
+
+
+def test_mlflow_ui_script_serves_the_checkout_store_on_loopback_without_job_runners(fake_env):
+    done = run_script("mlflow_ui.sh", fake_env)
+    assert done.returncode == 0, done.stderr
+    (call,) = recorded_calls(fake_env)
+    assert call["argv"][1:] == ["ui", "--host", "127.0.0.1", "--port", fake_env["FLUXFLOW_MLFLOW_PORT"],
+                                "--backend-store-uri", "sqlite:///mlflow.db"]
+    assert Path(call["cwd"]) == REPO  # so sqlite:///mlflow.db is the default store the flow writes to
+    assert call["env"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert call["env"]["DO_NOT_TRACK"] == "1"
+    assert "kill -- -" in done.stdout
+
+
+def test_server_script_reports_a_server_that_dies_at_start(fake_env, tmp_path):
+    (tmp_path / "bin" / "prefect").write_text("#!/bin/sh\necho 'port already in use' >&2\nexit 3\n")
+    done = run_script("server.sh", fake_env)
+    assert done.returncode != 0
+    assert "port already in use" in done.stderr  # the log's tail, so the user sees why
+    assert not (Path(fake_env["FLUXFLOW_RUN_DIR"]) / "prefect-server.pid").exists()
+
+
+@pytest.mark.parametrize("script", ["worker.sh", "deploy.sh"])
+def test_worker_and_deploy_refuse_to_run_without_a_server(fake_env, script):
+    done = run_script(script, fake_env)  # nothing listens on FLUXFLOW_PREFECT_PORT
+    assert done.returncode != 0
+    assert "make server" in done.stderr
+    assert not Path(fake_env["FAKE_RECORD"]).exists()  # no pool, limit or worker was attempted
+
+
+# --- deployments/prefect.yaml ----------------------------------------------------------------------------------------
+
+def flow_function(path: Path, flow_name: str) -> ast.FunctionDef:
+    """The function in `path` decorated with @flow(name=flow_name)."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef):
+            for dec in node.decorator_list:
+                if isinstance(dec, ast.Call) and getattr(dec.func, "id", None) == "flow":
+                    names = [k.value.value for k in dec.keywords if k.arg == "name"]
+                    if names == [flow_name]:
+                        return node
+    raise AssertionError(f"no @flow(name={flow_name!r}) in {path}")
+
+
+@pytest.fixture(scope="module")
+def deployments() -> dict[str, dict]:
+    spec = yaml.safe_load(PREFECT_YAML.read_text())
+    return {d["name"]: d for d in spec["deployments"]}
+
+
+def test_deployments_run_the_pipeline_flow_on_the_gpu_process_pool(deployments):
+    assert set(deployments) == {"manual", "nightly-retrain"}
+    for d in deployments.values():
+        file, function = d["entrypoint"].split(":")
+        flow = flow_function(REPO / file, "fluxflow-pipeline")
+        assert flow.name == function
+        flow_params = [a.arg for a in flow.args.args]
+        assert set(d["parameters"]) <= set(flow_params), f"{d['name']}: parameters the flow does not take"
+        assert "config" in d["parameters"]
+        assert d["work_pool"]["name"] == "gpu"
+        assert "concurrency_limit" not in d  # the limit is on the `gpu` task tag, see the file's header
+
+
+def test_manual_is_unscheduled_and_nightly_retrain_runs_once_a_day(deployments):
+    from prefect.client.schemas.schedules import CronSchedule
+
+    assert not deployments["manual"].get("schedules")
+    (schedule,) = deployments["nightly-retrain"]["schedules"]
+    cron = CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])  # raises on an invalid line
+    minute, hour, dom, month, dow = cron.cron.split()
+    assert (dom, month, dow) == ("*", "*", "*") and minute.isdigit() and hour.isdigit()
+
+
+def test_pull_steps_enter_the_checkout_named_by_the_worker_environment(tmp_path, monkeypatch):
+    from prefect.utilities.templating import apply_values
+
+    pull = yaml.safe_load(PREFECT_YAML.read_text())["pull"]
+    guard, chdir = pull
+    check = guard["prefect.deployments.steps.run_shell_script"]["script"]
+    assert subprocess.run(check, shell=True, env={"FLUXFLOW_HOME": str(tmp_path)}).returncode == 0
+    unset = subprocess.run(check, shell=True, env={}, capture_output=True, text=True)
+    assert unset.returncode != 0 and "FLUXFLOW_HOME" in unset.stderr
+
+    monkeypatch.setenv("FLUXFLOW_HOME", str(tmp_path))  # what scripts/_service.sh exports for the worker
+    resolved = apply_values(chdir["prefect.deployments.steps.set_working_directory"], {})
+    assert resolved == {"directory": str(tmp_path)}
+
+
+# --- docker/ ---------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_compose_publishes_every_port_on_loopback_only(compose):
+    published = [p for svc in compose["services"].values() for p in svc.get("ports", [])]
+    assert published == ["127.0.0.1:4200:4200", "127.0.0.1:5000:5000"]
+
+
+def test_compose_mlflow_is_sqlite_backed_with_artifacts_on_a_volume_and_no_job_runners(compose):
+    mlflow = compose["services"]["mlflow"]
+    args = " ".join(mlflow["command"])
+    assert "--backend-store-uri=sqlite:////mlflow/" in args
+    assert "--artifacts-destination=/mlflow/" in args
+    assert mlflow["volumes"] == ["mlflow-data:/mlflow"]
+    assert mlflow["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert "mlflow:5000" in args  # workers reach it by service name: that Host header must be allowed
+
+
+def test_compose_gpu_worker_reaches_both_servers_and_shares_the_checkpoint_volume(compose):
+    worker = compose["services"]["worker"]
+    assert (REPO / "docker" / worker["build"]["dockerfile"].split("/")[-1]).exists()
+    assert worker["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+    assert worker["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert "checkpoints:/app/outputs" in worker["volumes"]
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["capabilities"] == ["gpu"]
+    assert set(compose["volumes"]) == {"prefect-data", "mlflow-data", "checkpoints"}
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (v1) not installed")
+def test_compose_file_passes_docker_compose_config(tmp_path):
+    # docker-compose 1.29 (Debian's) validates against a 2021 Compose Specification that predates the top-level
+    # `name:` key; everything else in the file is checked as is.
+    text = "\n".join(line for line in COMPOSE.read_text().splitlines() if not line.startswith("name:"))
+    (tmp_path / "compose.yaml").write_text(text)
+    done = subprocess.run(["docker-compose", "-f", str(tmp_path / "compose.yaml"), "--project-directory",
+                           str(REPO / "docker"), "config", "-q"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_worker_image_is_cuda_pytorch_with_the_project_installed_running_as_non_root():
+    instructions = [line.split(None, 1) for line in DOCKERFILE.read_text().splitlines()
+                    if line.strip() and not line.lstrip().startswith("#") and not line.startswith((" ", "\t"))]
+    keyword = [i[0].upper() for i in instructions]
+    base_arg = next(i[1] for i in instructions if i[0] == "ARG" and i[1].startswith("BASE_IMAGE="))
+    assert base_arg.startswith("BASE_IMAGE=pytorch/pytorch:") and "-cuda" in base_arg
+    assert "pip install ." in DOCKERFILE.read_text()
+    users = [i[1].strip() for i in instructions if i[0] == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    assert keyword.index("CMD") > len(keyword) - 1 - keyword[::-1].index("USER")  # CMD runs as that user
+    assert json.loads(instructions[keyword.index("CMD")][1]) == ["bash", "scripts/worker.sh", "--foreground"]

@@ -1,0 +1,166 @@
+"""End to end, as an operator runs it: a real Prefect server, the `gpu` pool, the deployments of deployments/prefect.yaml,
+a process worker, and `prefect deployment run fluxflow-pipeline/manual --watch` on a tiny config.
+
+Everything is started through the same scripts as `make server`, `make worker` and `make deploy`, on a free loopback
+port, with its own PREFECT_HOME, run directory (pid files, logs) and MLflow store under tmp. Every process started
+is stopped in `finally`, by process group, including flow-run processes (Prefect 3.9 starts those in a session of
+their own, so they are found as descendants of the worker). Takes about a minute on 2 cores.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = "configs/tiny_test.yaml"  # relative to the checkout the worker runs in, as a user would pass it
+EXPERIMENT = "fluxflow"  # the flow's default experiment name (config `tracking.experiment_name` unset)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(args: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """Run a command in its own session; on timeout kill its whole group, not only the direct child."""
+    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"{' '.join(args)} did not finish within {timeout}s:\n{out[-4000:]}")
+    return subprocess.CompletedProcess(args, proc.returncode, out, None)
+
+
+def descendants(pid: int) -> list[int]:
+    """All live descendants of pid, from /proc (children started in a new session keep their parent pid)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stop_everything(run_dir: Path) -> None:
+    """TERM then KILL every process group the scripts recorded, and the groups of their descendants."""
+    leaders = [int(p.read_text()) for p in run_dir.glob("*.pid")]
+    groups = set(leaders)
+    for pid in leaders:
+        for child in descendants(pid):
+            try:
+                groups.add(os.getpgid(child))
+            except ProcessLookupError:
+                pass
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for group in groups:
+            try:
+                os.killpg(group, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while sig == signal.SIGTERM and time.monotonic() < deadline and any(_alive(g) for g in groups):
+            time.sleep(0.2)
+
+
+def _alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+async def flow_run_and_task_runs(api_url: str, run_name: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        async with get_client() as client:
+            (flow_run,) = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_name]))
+            )
+            deployment = await client.read_deployment(flow_run.deployment_id)
+            task_runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id={"any_": [flow_run.id]})
+            )
+            return flow_run, deployment, task_runs
+
+
+def test_manual_deployment_runs_each_step_as_a_task_and_records_nested_mlflow_runs(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from fluxflow.config import load_config
+
+    steps = [s.name for s in load_config(REPO / TINY_CONFIG).config.resolved_steps()]
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    run_dir = tmp_path / "run"
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = dict(os.environ)
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PREFECT_API_URL=api_url,
+        FLUXFLOW_PREFECT_PORT=str(port),
+        FLUXFLOW_RUN_DIR=str(run_dir),
+        # Reaches the flow-run processes through the worker's environment.
+        MLFLOW_TRACKING_URI=tracking_uri,
+        PREFECT_WORKER_QUERY_SECONDS="1",  # pick the run up at once instead of within 10 s
+    )
+    # The experiment exists before the run, with its artifacts under tmp: created by the flow, its artifact root would
+    # be ./mlruns of the worker's checkout (this repository).
+    MlflowClient(tracking_uri).create_experiment(EXPERIMENT, artifact_location=str(tmp_path / "mlartifacts"))
+
+    prefect = str(REPO / ".venv" / "bin" / "prefect")
+    run_name = f"e2e-{uuid.uuid4().hex[:8]}"
+    try:
+        for script in ("server.sh", "worker.sh", "deploy.sh"):
+            done = run_cli(["bash", f"scripts/{script}"], env, timeout=240)
+            assert done.returncode == 0, f"{script} failed:\n{done.stdout}"
+        watched = run_cli(
+            [prefect, "deployment", "run", "fluxflow-pipeline/manual",
+             "--param", f"config={TINY_CONFIG}", "--param", f"output_dir={tmp_path / 'out'}",
+             "--flow-run-name", run_name, "--watch", "--watch-interval", "2"],
+            env, timeout=420,
+        )
+        worker_log = (run_dir / "prefect-worker.log").read_text()
+        assert watched.returncode == 0, f"{watched.stdout[-3000:]}\n--- worker log ---\n{worker_log[-6000:]}"
+
+        flow_run, deployment, task_runs = asyncio.run(flow_run_and_task_runs(api_url, run_name))
+        assert deployment.name == "manual" and deployment.work_pool_name == "gpu"
+        assert flow_run.state.is_completed(), flow_run.state
+        assert sorted(t.name for t in task_runs) == sorted(steps)  # one task run per step, named after it
+        assert all(t.state.is_completed() for t in task_runs)
+        assert all("gpu" in t.tags for t in task_runs)  # what the `gpu` concurrency limit counts
+    finally:
+        stop_everything(run_dir)
+
+    mlflow = MlflowClient(tracking_uri)
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    runs = mlflow.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("prefect.flow_run_id") == str(flow_run.id)]
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in nested) == sorted(steps)
+    assert all(r.data.metrics for r in nested), "every step logged metrics"
+    assert all(r.info.status == "FINISHED" for r in [parent, *nested])

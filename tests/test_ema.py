@@ -1,0 +1,73 @@
+"""EMA: lerp arithmetic, buffers copied, raw-module keys, state round trip, copy_to."""
+import pytest
+import torch
+
+from fluxflow.ema import EMA
+
+
+def tiny():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+
+
+def test_update_is_decay_weighted_average_by_hand():
+    model = tiny()
+    ema = EMA(model, decay=0.9)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.copy_(start + 1.0)
+    ema.update(model)
+    torch.testing.assert_close(ema.shadow[0].weight, 0.9 * start + 0.1 * (start + 1.0))
+    ema.update(model)  # 0.9·(start + 0.1) + 0.1·(start + 1) = start + 0.19
+    torch.testing.assert_close(ema.shadow[0].weight, start + 0.19)
+    assert not any(p.requires_grad for p in ema.shadow.parameters()) and not ema.shadow.training
+
+
+def test_buffers_are_copied_not_averaged():
+    model = tiny()
+    ema = EMA(model, decay=0.99)
+    model.train()
+    model(torch.randn(8, 3) * 5 + 2)  # moves BatchNorm running stats and counter
+    ema.update(model)
+    torch.testing.assert_close(ema.shadow[1].running_mean, model[1].running_mean)
+    assert ema.shadow[1].num_batches_tracked.item() == 1
+
+
+def test_shadow_is_independent_of_the_live_module():
+    model = tiny()
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model[0].bias.add_(10.0)
+    assert not torch.allclose(ema.shadow[0].bias, model[0].bias)
+
+
+def test_compiled_module_is_unwrapped_to_raw_keys():
+    model = tiny()
+    wrapper = torch.compile(model)  # lazy: nothing compiles until a forward, which this test never runs
+    assert all(k.startswith("_orig_mod.") for k in wrapper.state_dict())
+    ema = EMA(wrapper, decay=0.9)
+    assert set(ema.shadow.state_dict()) == set(model.state_dict())
+    assert not any(k.startswith("_orig_mod") for k in ema.state_dict()["shadow"])
+    ema.update(wrapper)
+
+
+def test_state_dict_round_trip_and_copy_to(tmp_path):
+    model = tiny()
+    ema = EMA(model, decay=0.8)
+    with torch.no_grad():
+        model[0].weight.mul_(3)
+    ema.update(model)
+    torch.save(ema.state_dict(), tmp_path / "ema.pt")
+    restored = EMA(tiny(), decay=0.1)
+    restored.load_state_dict(torch.load(tmp_path / "ema.pt", weights_only=True))
+    assert restored.decay == 0.8
+    torch.testing.assert_close(restored.shadow[0].weight, ema.shadow[0].weight)
+    target = tiny()
+    restored.copy_to(target)
+    torch.testing.assert_close(target[0].weight, ema.shadow[0].weight)
+    assert target[0].weight.requires_grad  # copy_to changes values, not the module's trainability
+
+
+def test_decay_out_of_range_is_rejected():
+    with pytest.raises(ValueError):
+        EMA(tiny(), decay=1.5)

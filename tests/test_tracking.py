@@ -1,0 +1,132 @@
+"""Console line and JSONL metrics file in the seed's formats; MultiTracker; the terminal-only progress bar."""
+import io
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+
+from fluxflow import tracking
+from fluxflow.checkpoint_ref import CheckpointRef, StepResult
+from fluxflow.tracking import (
+    ConsoleJsonlTracker,
+    MultiTracker,
+    Progress,
+    Tracker,
+    batch_progress,
+    console_line,
+)
+
+PROGRESS = Progress(step_name="vae_gan", step_index=2, n_steps=4, epoch=5, n_epochs=20, batch=127, n_batches=500,
+                    global_step=2847, sec_per_batch=3.2)
+SEED_METRICS = {"vae_loss": 0.0234, "kl_loss": 12.45, "g_loss": 0.156, "d_loss": 0.089, "lpips_loss": 0.0812}
+
+
+def test_console_line_matches_the_seed_example_exactly():
+    line = console_line(SEED_METRICS, PROGRESS, now=datetime(2025, 12, 9, 0, 15, 23))
+    assert line == ("[00:15:23] Step vae_gan (2/4) | Epoch 5/20 | Batch 127/500 | VAE: 0.0234 | KL: 12.45 | "
+                    "G: 0.156 | D: 0.089 | LPIPS: 0.0812 | 3.2s/batch")
+
+
+def test_console_line_shows_only_labelled_metrics_in_seed_order_with_four_significant_digits():
+    metrics = {"flow_loss": 0.123456, "skipped_updates": 0.0, "kl_loss": 1234.5678, "vae_loss": 0.000123456}
+    line = console_line(metrics, PROGRESS, now=datetime(2025, 1, 1, 9, 5, 7))
+    assert line.endswith("| VAE: 0.0001235 | KL: 1235 | Flow: 0.1235 | 3.2s/batch")
+    assert "skipped" not in line and "G:" not in line and "LPIPS" not in line
+
+
+def test_console_line_shows_sub_second_batches_readably():
+    fast = Progress("flow", 3, 3, 1, 1, 10, 10, 30, sec_per_batch=0.0412)
+    assert console_line({"flow_loss": 0.5}, fast).endswith("| Flow: 0.5 | 0.041s/batch")
+
+
+def test_tracker_appends_seed_jsonl_and_prints_console_line(tmp_path):
+    out = io.StringIO()
+    tracker = ConsoleJsonlTracker(tmp_path, session_id="20251209_173000", stream=out)
+    assert isinstance(tracker, Tracker)
+    tracker.log_metrics({**SEED_METRICS, "skipped_updates": 0.0}, PROGRESS)
+    tracker.log_metrics({"vae_loss": float("nan")}, PROGRESS)
+
+    lines = (tmp_path / "graph" / "training_metrics_vae_gan.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    first = json.loads(lines[0])
+    assert list(first) == ["timestamp", "session_id", "epoch", "batch", "global_step", "metrics"]
+    assert first["session_id"] == "20251209_173000"
+    assert (first["epoch"], first["batch"], first["global_step"]) == (5, 127, 2847)
+    assert first["metrics"] == {**SEED_METRICS, "skipped_updates": 0.0}  # every metric, not only the console ones
+    datetime.fromisoformat(first["timestamp"])
+    assert json.loads(lines[1])["metrics"] == {"vae_loss": None}  # strict JSON: a NaN loss is null, not NaN
+
+    console = out.getvalue().splitlines()
+    assert len(console) == 2
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] Step vae_gan \(2/4\) \| .* \| LPIPS: 0\.0812 \| 3\.2s/batch", console[0])
+    assert "VAE: nan" in console[1]
+
+
+def test_resumed_step_continues_the_same_jsonl_file(tmp_path):
+    ConsoleJsonlTracker(tmp_path, stream=io.StringIO()).log_metrics({"vae_loss": 1.0}, PROGRESS)
+    resumed = ConsoleJsonlTracker(tmp_path, session_id="20260101_000000", stream=io.StringIO())
+    resumed.log_metrics({"vae_loss": 0.5}, PROGRESS)
+    records = [json.loads(x) for x in (tmp_path / "graph" / "training_metrics_vae_gan.jsonl").open()]
+    assert [r["metrics"]["vae_loss"] for r in records] == [1.0, 0.5]
+    assert records[1]["session_id"] == "20260101_000000"
+    assert re.fullmatch(r"\d{8}_\d{6}", records[0]["session_id"])
+
+
+def test_default_session_id_has_the_seed_format(tmp_path):
+    assert re.fullmatch(r"\d{8}_\d{6}", ConsoleJsonlTracker(tmp_path).session_id)
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def step_started(self, step, step_key, n_steps, resumed):
+        self.calls.append(("started", step, step_key, n_steps, resumed))
+
+    def log_metrics(self, metrics, progress):
+        self.calls.append(("metrics", metrics, progress))
+
+    def log_image(self, path):
+        self.calls.append(("image", path))
+
+    def log_artifact(self, path):
+        self.calls.append(("artifact", path))
+
+    def step_finished(self, ref, result):
+        self.calls.append(("finished", ref, result))
+
+
+def test_multi_tracker_fans_out_every_call_in_order():
+    a, b = Recorder(), Recorder()
+    multi = MultiTracker([a, b])
+    ref = CheckpointRef("/x/final.pt", "0" * 64, "vae", "k", 10, 1)
+    result = StepResult("vae", "epochs_done", 1)
+    multi.step_started("step", "k", 2, False)
+    multi.log_metrics({"vae_loss": 1.0}, PROGRESS)
+    multi.log_image(Path("a.webp"))
+    multi.log_artifact(Path("m.jsonl"))
+    multi.step_finished(ref, result)
+    assert a.calls == b.calls
+    assert [c[0] for c in a.calls] == ["started", "metrics", "image", "artifact", "finished"]
+    assert a.calls[4] == ("finished", ref, result)
+
+
+class FakeTty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    monkeypatch.setattr(tracking.sys, "stdout", io.StringIO())
+    bar = batch_progress(10, 3, "vae epoch 1")
+    bar.update(1)
+    bar.close()
+    assert tracking.sys.stdout.getvalue() == ""
+
+    tty = FakeTty()
+    monkeypatch.setattr(tracking.sys, "stdout", tty)
+    bar = batch_progress(10, 3, "vae epoch 1")
+    bar.update(2)
+    assert bar.n == 5  # counts from the resumed batch
+    bar.close()
+    assert "vae epoch 1" in tty.getvalue() and "3/10" in tty.getvalue()

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fluxflow import distributed
+
 GROUP_COMPONENTS: dict[str, tuple[str, ...]] = {
     "vae": ("compressor", "expander"),
     "discriminator": ("discriminator",),
@@ -95,7 +97,11 @@ def build_schedulers(sched_cfg: dict, optimizers: dict[str, torch.optim.Optimize
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
-    """Apply the update only when the loss was finite. Fused optimizers skip on the device (no sync)."""
+    """Apply the update only when the loss was finite. Fused optimizers skip on the device (no sync).
+
+    Under torchrun the gradients are averaged over ranks first, and all ranks agree on skipping."""
+    if distributed.active():
+        finite = distributed.average_gradients(optimizer, finite)
     if optimizer.defaults.get("fused"):
         optimizer.found_inf = (~finite).to(torch.float32)
         optimizer.step()

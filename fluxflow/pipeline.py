@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fluxflow.checkpoint_ref import StepOutcome
+from fluxflow.launch import run_step_distributed
 from fluxflow.run_lock import RunLock
 from fluxflow.runner import run_step
 from fluxflow.step_files import execution_order, plan_step
@@ -29,7 +30,11 @@ def run_pipeline(config, tracker=None, device: str | None = None) -> list[StepOu
         outcomes: dict[str, StepOutcome] = {}
         for step in execution_order(config.resolved_steps()):
             parent = outcomes[step.parent].ref if step.parent else None
-            outcomes[step.name] = run_step(config, step.name, parent, tracker=tracker, device=device)
+            nproc = config.training.distributed.nproc_per_node
+            if nproc > 1:
+                outcomes[step.name] = run_step_distributed(config, step.name, parent, nproc, device=device)
+            else:
+                outcomes[step.name] = run_step(config, step.name, parent, tracker=tracker, device=device)
             if outcomes[step.name].result.outcome == "max_epochs_reached" and step.on_missed == "fail":
                 raise RuntimeError(f"step {step.name} missed its transition threshold within max_epochs "
                                    "(on_missed: fail)")

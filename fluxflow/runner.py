@@ -10,13 +10,17 @@ the same step key is skipped; an interrupted one resumes from `latest.pt` at the
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
 from datetime import datetime
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
+from fluxflow import distributed
 from fluxflow.checkpoint import capture_rng_state, finalize, load_checkpoint, restore_rng_state, save_checkpoint
 from fluxflow.checkpoint_ref import CheckpointRef, StepOutcome, StepResult
 from fluxflow.data import ResumableBatchSampler, build_dataset, make_loader
@@ -30,7 +34,7 @@ from fluxflow.run_lock import RunLock
 from fluxflow.samples import write_samples
 from fluxflow.step_files import StepFiles, plan_step
 from fluxflow.step_models import ema_components, prepare_emas, prepare_models, sampling_models
-from fluxflow.tracking import ConsoleJsonlTracker, Progress, batch_progress
+from fluxflow.tracking import ConsoleJsonlTracker, NullTracker, Progress, batch_progress
 from fluxflow.train_step import StepContext, flow_step, vae_step
 from fluxflow.transition import TransitionMonitor
 
@@ -42,17 +46,24 @@ N_HOLDOUT_SAMPLES = 8
 def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracker=None,
              device: str | None = None) -> StepOutcome:
     files = plan_step(config, step_name)
-    tracker = tracker or ConsoleJsonlTracker(Path(config.output.output_path))
+    device_ = resolve_device(device or config.training.device)
+    distributed.init_from_env(device_)  # a no-op unless started by torchrun
+    main = distributed.is_main()
+    tracker = (tracker or ConsoleJsonlTracker(Path(config.output.output_path))) if main else NullTracker()
     files.dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(files.dir):
+    with RunLock(files.dir) if main else contextlib.nullcontext():
         done = files.completed()
         if done is not None:
-            print(f"Skipping step {step_name}: already complete ({files.final})", flush=True)
+            if main:
+                print(f"Skipping step {step_name}: already complete ({files.final})", flush=True)
             ref, result = done
             result.trained = False
             return StepOutcome(ref, result)
-        files.set_aside_stale()
-        return _train(config, files, parent, tracker, resolve_device(device or config.training.device))
+        if main:
+            files.set_aside_stale()
+        if distributed.active():
+            dist.barrier()
+        return _train(config, files, parent, tracker, distributed.local_device(device_))
 
 
 def _input_state(config, files: StepFiles, parent: CheckpointRef | None) -> tuple[dict | None, bool]:
@@ -76,15 +87,23 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
     ds_cfg = config.dataset_for(step)
     train_set = build_dataset(ds_cfg, config.data.img_size, config.data.channels, "train")
     holdout_set = build_dataset(ds_cfg, config.data.img_size, config.data.channels, "holdout")
-    holdout = torch.stack([holdout_set[i][0] for i in range(min(N_HOLDOUT_SAMPLES, len(holdout_set)))]).to(device)
-    sampler = ResumableBatchSampler(len(train_set), step.batch_size, seed)
-    n_batches = min(len(sampler), step.max_steps or len(sampler))
+    n_holdout = min(N_HOLDOUT_SAMPLES, len(holdout_set))
+    holdout = torch.stack([holdout_set[i][0] for i in range(n_holdout)]).to(device) if n_holdout else None
+    per_epoch = len(ResumableBatchSampler(len(train_set), step.batch_size, seed))
+    n_batches = min(per_epoch, step.max_steps or per_epoch)
     if n_batches == 0:
         raise ValueError(f"step {step.name}: dataset {step.dataset!r} has {len(train_set)} items, fewer than one "
                          f"batch of {step.batch_size}")
 
     trained = trained_components(step)
     models = prepare_models(config, step, state, device)
+    main, world, rank = distributed.is_main(), distributed.world_size(), distributed.rank()
+    say = functools.partial(print, flush=True) if main else (lambda *_: None)  # rank 0 speaks for all ranks
+    if world > 1:
+        if step.batch_size % world:
+            raise ValueError(f"step {step.name}: batch_size {step.batch_size} is not divisible by "
+                             f"nproc_per_node {world}")
+        distributed.broadcast_modules(models.values())  # fresh components start from rank 0's weights
     emas = prepare_emas(step, models, state, trained)
     ema_active = sorted(ema_components(step, trained))
     optimizers, sched_cfg = build_optimizers(step, models, trained)
@@ -94,7 +113,7 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
     vae_mode = step.train_vae or step.gan_training or step.train_spade or step.use_lpips
     latent_norm = (state or {}).get("latent_norm")
     if flow_mode and latent_norm is None:
-        latent_norm = measure_latent_norm(models["compressor"], _first_batch(train_set, sampler, device))
+        latent_norm = measure_latent_norm(models["compressor"], _first_batch(train_set, step.batch_size, seed, device))
     latent_norm = {k: v.to(device) for k, v in latent_norm.items()} if latent_norm else None
 
     global_step = int((state or {}).get("global_step", 0))
@@ -112,11 +131,11 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
         monitor.load_state_dict(meta["monitor"])
         restore_rng_state(meta["rng"])
         resumed_from = (epoch_in_step, start_batch)
-        print(f"Resuming from checkpoint: step={step.index} ({step.name}), epoch={epoch_in_step + 1}, "
-              f"batch={start_batch}", flush=True)
+        say(f"Resuming from checkpoint: step={step.index} ({step.name}), epoch={epoch_in_step + 1}, "
+              f"batch={start_batch}")
     else:
         torch.manual_seed(seed)
-    print(f"Starting step: {step.name}, epoch {epoch_in_step + 1}, batch {start_batch}", flush=True)
+    say(f"Starting step: {step.name}, epoch {epoch_in_step + 1}, batch {start_batch}")
 
     ctx = StepContext(step=step, models=models, optimizers=optimizers, trained=trained, device=device,
                       amp_dtype=amp, generator=torch.Generator(device=device),
@@ -141,8 +160,12 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
             },
         }
 
+    def save(epoch_in: int, batch: int, completed: bool = False) -> None:
+        if main:  # only rank 0 writes checkpoints (all ranks hold the same weights)
+            save_checkpoint(checkpoint_state(epoch_in, batch, completed), files.latest)
+
     def samples(epoch_in: int, batch: int | None) -> None:
-        if config.output.no_samples:
+        if config.output.no_samples or not main:
             return
         for path in write_samples(out / "samples", step=step, step_number=step.index + 1, epoch=epoch_in + 1,
                                   batch=batch, tag=files.key[:6], models=sampling_models(models, emas),
@@ -155,9 +178,9 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
     outcome = None
     epochs_done = epoch_in_step
     while outcome is None:
-        sampler.set_position(step_start_epoch + epoch_in_step, start_batch)
+        # Under torchrun each rank loads only its slice of every global batch.
         loader = make_loader(train_set, step.batch_size, step.workers, seed, step_start_epoch + epoch_in_step,
-                             start_batch)
+                             start_batch, rank=rank, world=world)
         sums: dict[str, torch.Tensor] = {}
         count, tick = 0, time.perf_counter()
         bar = batch_progress(n_batches, start_batch, f"{step.name} epoch {epoch_in_step + 1}")
@@ -196,7 +219,7 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
                     global_step=global_step, sec_per_batch=elapsed / count))
                 sums, count, tick = {}, 0, time.perf_counter()
             if done_batches % config.output.checkpoint_save_interval == 0 and done_batches < n_batches:
-                save_checkpoint(checkpoint_state(epoch_in_step, done_batches), files.latest)
+                save(epoch_in_step, done_batches)
                 samples(epoch_in_step, done_batches)
         bar.close()
         epochs_done = epoch_in_step + 1
@@ -205,7 +228,7 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
             scheduler_step(sched, smoothed if smoothed is not None else last_means.get(monitor.metric or ""))
         outcome = monitor.outcome_after_epoch(epochs_done)
         epoch_in_step, start_batch = epochs_done, 0
-        save_checkpoint(checkpoint_state(epoch_in_step, 0, completed=outcome is not None), files.latest)
+        save(epoch_in_step, 0, completed=outcome is not None)
         samples(epochs_done - 1, None)
 
     if outcome == "max_epochs_reached":
@@ -214,16 +237,23 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
     final_metrics = {k: v for k, v in last_means.items() if k in shown or k == "skipped_updates"}
     if monitor.smoothed() is not None:
         final_metrics[f"smoothed_{monitor.metric}"] = monitor.smoothed()
-    sha = finalize(files.latest, files.final)
+    if world > 1:
+        checksum = distributed.assert_in_sync(models[name] for name in sorted(trained))
+        if main:
+            say(f"All {world} ranks hold the same weights (parameter checksum {checksum:.6f})")
+    sha = finalize(files.latest, files.final) if main else ""
+    if world > 1:
+        sha = distributed.broadcast_object(sha)
     ref = CheckpointRef(uri=str(files.final), sha256=sha, step_name=step.name, step_key=files.key,
                         global_step=global_step, epoch=step_start_epoch + epochs_done)
     result = StepResult(step_name=step.name, outcome=outcome, epochs_done=epochs_done,
                         final_metrics=final_metrics, trained=True, resumed_from=resumed_from)
-    files.write_ref(ref, result)
+    if main:
+        files.write_ref(ref, result)
     tracker.log_artifact(out / "graph" / f"training_metrics_{step.name}.jsonl")
     tracker.step_finished(ref, result)
-    print(f"[{datetime.now():%H:%M:%S}] Finished step {step.name}: {outcome} after {epochs_done} epoch(s), "
-          f"global_step={global_step}, checkpoint {files.final}", flush=True)
+    say(f"[{datetime.now():%H:%M:%S}] Finished step {step.name}: {outcome} after {epochs_done} epoch(s), "
+          f"global_step={global_step}, checkpoint {files.final}")
     return StepOutcome(ref, result)
 
 
@@ -231,15 +261,13 @@ def _read_means(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
     if not sums:
         return {}
     names = sorted(sums)
-    values = torch.stack([sums[n].float() for n in names]).div_(count).tolist()
+    values = distributed.mean_across_ranks(torch.stack([sums[n].float() for n in names]).div_(count)).tolist()
     means = dict(zip(names, values))
     if "skipped_updates" in means:
         means["skipped_updates"] = means["skipped_updates"] * count  # a count, not a mean
     return means
 
 
-def _first_batch(dataset, sampler: ResumableBatchSampler, device: torch.device) -> torch.Tensor:
+def _first_batch(dataset, batch_size: int, seed: int, device: torch.device) -> torch.Tensor:
     """Images of the first training batch, to measure the latent normalisation of the first flow step."""
-    sampler.set_position(0, 0)
-    indices = next(iter(sampler))
-    return torch.stack([dataset[i][0] for i in indices]).to(device)
+    return next(iter(make_loader(dataset, batch_size, 0, seed, 0, 0)))[0].to(device)

@@ -39,7 +39,7 @@ def write_samples(out_dir: Path, *, step, step_number: int, epoch: int, batch: i
         written.append(path)
 
     vae_step = step.train_vae or step.gan_training or step.train_spade or step.use_lpips
-    if vae_step and "compressor" in models and "expander" in models:
+    if vae_step and holdout is not None and "compressor" in models and "expander" in models:
         compressor, expander = models["compressor"], models["expander"]
         mean, logvar = compressor(holdout)
         generator = torch.Generator(device=holdout.device).manual_seed(seed)
@@ -52,7 +52,7 @@ def write_samples(out_dir: Path, *, step, step_number: int, epoch: int, batch: i
             save(expander(mean, spade=False).clamp(-1, 1), "-nc")
     flow_step = step.train_diff or step.train_diff_full
     if flow_step and captions and latent_norm is not None:
-        images = text_to_image(models, captions, latent_norm, latent_size=holdout.shape[-1] // config.model.downscale,
+        images = text_to_image(models, captions, latent_norm, latent_size=config.data.img_size // config.model.downscale,
                                seed=seed, max_len=config.model.text_max_len, spade=step.train_spade)
         save(images, "-t2i")
     return written

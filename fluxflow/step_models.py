@@ -11,6 +11,7 @@ import logging
 import torch
 from torch import nn
 
+from fluxflow import distributed
 from fluxflow.ema import EMA
 from fluxflow.models import build_component
 from fluxflow.modes import required_components, trained_components
@@ -37,7 +38,7 @@ def prepare_models(config, step, state: dict | None, device: torch.device) -> di
         module = build_component(name, config.model, config.data.channels)
         if name in saved:
             module.load_state_dict(saved[name])
-        elif state is not None:
+        elif state is not None and distributed.is_main():
             log.warning("Auto-created %s with default parameters from the model config (not in the input "
                         "checkpoint)", name)
         models[name] = module.to(device)

@@ -215,3 +215,10 @@ def batch_progress(total: int, initial: int = 0, desc: str = "") -> Any:
 
     return tqdm(total=total, initial=initial, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
                 file=sys.stdout)
+
+
+class NullTracker(MultiTracker):
+    """Records nothing: what ranks other than 0 use under torchrun (rank 0 alone reports)."""
+
+    def __init__(self) -> None:
+        super().__init__([])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from fluxflow import distributed
+
 
 class TransitionMonitor:
     def __init__(self, transition, n_epochs: int, device: torch.device):
@@ -29,7 +31,8 @@ class TransitionMonitor:
     def smoothed(self) -> float | None:
         if self.mode != "loss_threshold" or self.seen == 0:
             return None
-        return float(self.values[: min(self.seen, self.window)].mean())  # one sync per epoch
+        # One sync per epoch; under torchrun the ranks average their windows so they all take the same decision.
+        return float(distributed.mean_across_ranks(self.values[: min(self.seen, self.window)].mean()))
 
     def outcome_after_epoch(self, epochs_done: int) -> str | None:
         """None while the step should go on, else its outcome."""

@@ -115,6 +115,8 @@ def _dataset_issues(p: Pieces) -> list[ConfigIssue]:
             issues.append(ConfigIssue(format_path(loc), f"dataset name {name!r} {NAME_RULE}"))
         takes = DATASET_FIELDS[ds.type]
         for field in sorted(ds.model_fields_set - {"type", "holdout"} - set(takes)):
+            if getattr(ds, field) is None:
+                continue
             issues.append(ConfigIssue(format_path((*loc, field)),
                                       f"not a field of a {ds.type} dataset (it takes: {', '.join(takes)}, holdout)"))
         for field in DATASET_REQUIRED[ds.type]:

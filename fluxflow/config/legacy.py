@@ -33,15 +33,15 @@ DATA_NO_EFFECT = {
     "reduced_min_sizes": "images are trained at data.img_size only",
 }
 TRAINING_NO_EFFECT = {
-    "lr_min": "give a step a scheduler instead (optimization.schedulers.<group>.eta_min_factor)",
+    "lr_min": "give a step a scheduler instead: optimization.schedulers.<group>.eta_min_factor",
     "preserve_lr": "optimizer and scheduler state are always restored on resume",
     "training_steps": "each batch is one optimizer step",
     "initial_clipping_norm": NO_EFFECT,
     "spade_training_mode": "SPADE is on for the whole step when train_spade is true",
 }
 OUTPUT_NO_EFFECT = {
-    "samples_per_checkpoint": "samples are written every checkpoint_save_interval batches and at epoch end "
-                              "(no_samples: true turns them off)",
+    "samples_per_checkpoint": "samples are written every checkpoint_save_interval batches and at epoch end; "
+                              "no_samples: true turns them off",
     "test_image_address": "VAE samples reconstruct held-out images of the step's dataset",
     "generate_diagrams": "metrics go to MLflow and to graph/training_metrics_<step>.jsonl",
     "log_level": "the console shows progress lines; metrics go to MLflow and graph/*.jsonl",
@@ -65,12 +65,22 @@ LEGACY_STEP_NAME = "train"
 
 class _Notes:
     def __init__(self) -> None:
+        self.dropped: dict[tuple[str, str], list[str]] = {}  # (path, reason) -> keys, for one line per reason
         self.warnings: list[str] = []
         self.issues: list[ConfigIssue] = []
 
     def drop(self, section: dict, key: str, path: str, reason: str) -> None:
-        section.pop(key)
-        self.warnings.append(f"{path}.{key}: {NO_EFFECT}" + ("" if reason == NO_EFFECT else f" ({reason})"))
+        """Remove a key with no effect here; reported unless its value asks for nothing (null or false)."""
+        value = section.pop(key)
+        if value is not None and value is not False:
+            self.dropped.setdefault((path, reason), []).append(key)
+
+    def all_warnings(self) -> list[str]:
+        lines = []
+        for (path, reason), keys in self.dropped.items():
+            names = f"{path}.{keys[0]}: has" if len(keys) == 1 else f"{path}.{{{', '.join(keys)}}}: have"
+            lines.append(f"{names} no effect here" + ("" if reason == NO_EFFECT else f" ({reason})"))
+        return lines + self.warnings
 
 
 def _dict(parent: Any, key: str) -> dict | None:
@@ -93,7 +103,7 @@ def apply_legacy(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[C
         _pipeline(training, notes)
     _folder_dataset(raw, notes)  # after _pipeline, which may have built the pipeline block
     _sample_sizes(raw, notes)
-    return raw, notes.warnings, notes.issues
+    return raw, notes.all_warnings(), notes.issues
 
 
 def _top_level_optimization(raw: dict, notes: _Notes) -> None:
@@ -103,8 +113,9 @@ def _top_level_optimization(raw: dict, notes: _Notes) -> None:
     raw.pop("optimization")
     for key in body:
         if key == "optim_sched_config":
-            notes.warnings.append("optimization.optim_sched_config: has no effect here (give each step an "
-                                  "optimization block, or one in training.pipeline.defaults)")
+            if body[key] is not None:
+                notes.warnings.append("optimization.optim_sched_config: has no effect here (give each step an "
+                                      "optimization block, or one in training.pipeline.defaults)")
         else:
             notes.issues.append(ConfigIssue(f"optimization.{key}", "unknown key: optimizers and schedulers are set "
                                             "per step (training.pipeline.steps[i].optimization) or in "

@@ -101,6 +101,8 @@ def issues_from_validation(exc: ValidationError, root: type[BaseModel], raw: Any
         else:
             got = err.get("input")
             shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            if kind == "string_type" and isinstance(got, bool):
+                shown += "; YAML reads unquoted yes/no/on/off as true/false: quote the value"
             issues.append(ConfigIssue(path, f"{err['msg']}{shown}"))
     return issues
 

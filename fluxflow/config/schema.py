@@ -40,13 +40,20 @@ class DatasetConfig(StrictModel):
     `holdout` images are kept out of training for samples and evaluation."""
 
     type: Literal["shapes", "folder", "webdataset"]
-    size: int = Field(2048, ge=1)
-    seed: int = 0
+    size: int | None = Field(None, ge=1)  # shapes: 2048
+    seed: int | None = None  # shapes: 0
     path: str | None = None
     captions_file: str | None = None
     urls: str | list[str] | None = None
     length: int | None = Field(None, ge=1)
     holdout: int = Field(16, ge=0)
+
+    @model_validator(mode="after")
+    def _shapes_defaults(self) -> "DatasetConfig":
+        if self.type == "shapes":
+            self.size = 2048 if self.size is None else self.size
+            self.seed = 0 if self.seed is None else self.seed
+        return self
 
 
 # The fields each dataset type takes (besides type and holdout); also its required ones.

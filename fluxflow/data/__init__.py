@@ -54,7 +54,7 @@ def collate_images_captions(batch: list[tuple[torch.Tensor, str]]) -> tuple[torc
 
 
 def make_loader(dataset, batch_size: int, workers: int, seed: int, epoch: int = 0, start_batch: int = 0,
-                pin_memory: bool | None = None) -> torch.utils.data.DataLoader:
+                pin_memory: bool | None = None, rank: int = 0, world: int = 1) -> torch.utils.data.DataLoader:
     """A DataLoader over epoch `epoch` of `dataset`, starting at batch `start_batch`. Full batches only (the last
     partial batch is dropped), so every step sees the same batch shape. `pin_memory` defaults to CUDA presence."""
     if pin_memory is None:
@@ -62,10 +62,13 @@ def make_loader(dataset, batch_size: int, workers: int, seed: int, epoch: int = 
     common = dict(num_workers=workers, collate_fn=collate_images_captions, pin_memory=pin_memory,
                   worker_init_fn=_one_thread_per_worker if workers > 0 else None)
     if isinstance(dataset, torch.utils.data.IterableDataset):
+        if world > 1:
+            raise ValueError("webdataset streams are not sharded across torchrun ranks; use a folder or shapes "
+                             "dataset with training.distributed.nproc_per_node > 1")
         dataset.set_position(seed, epoch, start_batch, batch_size)
         # Not persistent: each pass must hand the workers the dataset's current position.
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, drop_last=True, **common)
-    sampler = ResumableBatchSampler(len(dataset), batch_size, seed, drop_last=True)
+    sampler = ResumableBatchSampler(len(dataset), batch_size, seed, drop_last=True, rank=rank, world=world)
     sampler.set_position(epoch, start_batch)
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, persistent_workers=workers > 0, **common)
 

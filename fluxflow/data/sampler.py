@@ -28,10 +28,12 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
-    def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool = True):
+    def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool = True, rank: int = 0, world: int = 1):
+        """`batch_size` is the global batch; under torchrun rank r of `world` gets items r, r+world, ... of it."""
         if n < 0 or batch_size < 1:
             raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
         self.n, self.batch_size, self.seed, self.drop_last = n, batch_size, seed, drop_last
+        self.rank, self.world = rank, world
         self.epoch, self.start_batch = 0, 0
 
     def set_position(self, epoch: int, start_batch: int = 0) -> None:
@@ -52,7 +54,7 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
         if remaining.numel() == 0:
             return
         for batch in remaining.split(self.batch_size):
-            yield batch.tolist()
+            yield batch[self.rank::self.world].tolist()
 
     def state_dict(self) -> dict[str, int]:
         return {"seed": self.seed, "epoch": self.epoch, "batch": self.start_batch}

@@ -2,7 +2,7 @@
 
 Item `i` is a pure function of `(seed, stream, i)`: nothing is stored, any index is O(1), and two processes (or a
 resumed run) see the same pixels. The training split is stream 0; the held-out split is stream 1, a disjoint random
-stream, so evaluation images are never trained on.
+stream, so evaluation images are never trained on; stream 2 is for validating the analyser.
 
 Captions have one canonical, parseable form (`parse_caption` inverts it):
 
@@ -56,7 +56,7 @@ SIZE_RANGE = (0.40, 0.50)  # shape extent as a fraction of the image side
 CENTER_JITTER = 0.02  # keeps positions well inside their grid cell (boundaries at 0.4 / 0.6)
 COLOR_JITTER = 10  # per-channel +-, so no two images share exact colours
 
-STREAM_TRAIN, STREAM_HOLDOUT = 0, 1
+STREAM_TRAIN, STREAM_HOLDOUT, STREAM_VALIDATION = 0, 1, 2  # validation: the analyser's own accuracy check
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,7 @@ class _ShardIndex:
             if before >= self.holdout:
                 return 0
             before += self.count(j)
-        return max(0, min(self.holdout - before, self.count(k))) if before < self.holdout else 0
+        return 0 if before >= self.holdout else min(self.holdout - before, self.count(k))
 
     def total(self) -> int:
         return sum(self.count(k) for k in range(len(self.shards)))
@@ -140,6 +140,7 @@ class WebDatasetSource(torch.utils.data.IterableDataset):
         self.shards = expand_shards(urls)
         self.img_size, self.channels, self.holdout = img_size, channels, max(0, int(holdout))
         self.index = _ShardIndex(self.shards, self.holdout)
+        self.index.reserved(len(self.shards) - 1)  # count the head shards the holdout spans once, before any fork
         total = int(length) if length is not None else self.index.total()
         self.length = total - self.holdout
         if self.length <= 0:
@@ -150,6 +151,13 @@ class WebDatasetSource(torch.utils.data.IterableDataset):
     def set_position(self, seed: int, epoch: int, start_batch: int, batch_size: int) -> None:
         """Fix the next pass: epoch `epoch` of `seed`, starting at batch `start_batch` of size `batch_size`."""
         self.seed, self.epoch, self.start_batch, self.batch_size = seed, epoch, start_batch, batch_size
+        # Count the shards a resume skips here, once, so that every worker inherits the counts instead of re-reading.
+        skip = start_batch * batch_size
+        for k in epoch_permutation(len(self.shards), seed, epoch).tolist():
+            available = self.index.count(k) - self.index.reserved(k)
+            if skip < available:
+                break
+            skip -= available
 
     @property
     def skipped(self) -> int:

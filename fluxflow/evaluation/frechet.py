@@ -7,8 +7,7 @@ background, or the words of a folder dataset's captions). Numbers are comparable
 config (the cache key below), not across datasets, and not with published FIDs.
 
 The feature network:
-- input: images resized to at most FEATURE_SIZE pixels; three stride-2 convs, global average pooling →
-  a FEATURE_DIM vector;
+- input: images resized to at most FEATURE_SIZE pixels; three stride-2 convs, a 4x4 map, a FEATURE_DIM vector;
 - objective: multi-label prediction of the VOCAB_SIZE most frequent caption words that are not in every caption
   (a bag of words; for `shapes` these are its colours, shapes, backgrounds and positions);
 - training: N_TRAIN training images, fixed seed, on the CPU in fp32, in seconds; the global RNG is left untouched;
@@ -36,27 +35,34 @@ RECIPE_VERSION = 1  # bump when anything below changes what the cached network c
 FEATURE_SIZE = 64
 FEATURE_DIM = 32  # small D keeps the covariance estimate usable with a few dozen held-out images
 VOCAB_SIZE = 64
-N_TRAIN = 1024
+N_TRAIN = 2048
 EPOCHS = 5
 BATCH = 64
-LR = 2e-3
+LR = 3e-3
 SEED = 1234
 
 
 class FeatureNet(nn.Module):
-    """Three stride-2 convs (GroupNorm, SiLU), global average pooling; a linear head over the vocabulary."""
+    """Three stride-2 convs (BatchNorm, SiLU), pooled to a 4x4 map, flattened, a FEATURE_DIM layer (the features),
+    and a linear head over the vocabulary.
+
+    Why this shape: the 4x4 map keeps where things are (position is in the captions; global pooling lost it and
+    learned half as well), and it trains to >99 % per-word accuracy on held-out `shapes` in seconds. BatchNorm, not
+    GroupNorm: GroupNorm's CPU kernels made training 4x slower, and in eval mode (the only mode features are taken
+    in) BatchNorm is a fixed affine map, so an image's features do not depend on its batch.
+    """
 
     def __init__(self, channels: int, vocab_size: int, dim: int = FEATURE_DIM):
         super().__init__()
         layers, c_in = [], channels
-        for c_out in (16, 32, dim):
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(8, c_out), nn.SiLU()]
+        for c_out in (16, 32, 32):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.SiLU()]
             c_in = c_out
-        self.trunk = nn.Sequential(*layers)
-        self.head = nn.Linear(dim, vocab_size)
+        self.trunk = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(c_in * 16, dim))
+        self.head = nn.Sequential(nn.SiLU(), nn.Linear(dim, vocab_size))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.trunk(fit_size(images.float())).mean(dim=(2, 3))
+        return self.trunk(fit_size(images.float()))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
@@ -107,7 +113,7 @@ def first_items(dataset, n: int) -> tuple[torch.Tensor, list[str]]:
             images.append(image)
             captions.append(caption)
     if not images:
-        raise ValueError("the training set is empty: nothing to train the fd_ours feature network on")
+        raise ValueError("the dataset is empty: no images to take")
     return torch.stack(images), captions
 
 
@@ -119,21 +125,34 @@ def train_feature_net(images: torch.Tensor, captions: list[str], *, epochs: int 
         raise ValueError("the training captions have no informative words (every caption is identical)")
     targets = word_targets(captions, vocab)
     images = fit_size(images.float().cpu())
-    with torch.random.fork_rng(devices=[]):
+    threads = torch.get_num_threads()
+    # One thread: the same float reduction order on any machine (so the same network), and for convs this small
+    # it is also the fastest (2 threads took 3-10x longer per batch on a 2-core machine).
+    torch.set_num_threads(1)
+    try:
+        net = _fit(images, targets, epochs, seed)
+    finally:
+        torch.set_num_threads(threads)
+    return net, vocab
+
+
+def _fit(images: torch.Tensor, targets: torch.Tensor, epochs: int, seed: int) -> FeatureNet:
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():  # callers may hold no_grad (evaluation does)
         torch.manual_seed(seed)
-        net = FeatureNet(images.shape[1], len(vocab))
+        net = FeatureNet(images.shape[1], targets.shape[1])
         opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
         g = torch.Generator().manual_seed(seed)
         net.train()
         for _ in range(epochs):
             order = torch.randperm(images.shape[0], generator=g)
             for idx in order.split(BATCH):
+                if idx.numel() < 2:  # BatchNorm needs two samples
+                    continue
                 loss = F.binary_cross_entropy_with_logits(net(images[idx]), targets[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-    net.eval().requires_grad_(False)
-    return net, vocab
+    return net.eval().requires_grad_(False)
 
 
 def cache_key(ds_cfg, img_size: int, channels: int) -> str:
@@ -182,7 +201,7 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
     if a.shape[0] < 2 or b.shape[0] < 2:
         raise ValueError("the Fréchet distance needs at least 2 feature vectors on each side")
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)  # D = 1: [1, 1]
     root_a = _sqrt_psd(cov_a)
     cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
     fd = (mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross

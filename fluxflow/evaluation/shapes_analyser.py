@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from fluxflow.data.shapes import (BACKGROUNDS, COLORS, GRID, POSITIONS, SHAPES, ShapesDataset, draw_shape,
-                                  parse_caption, render_scene, scene)
+from fluxflow.data.shapes import (BACKGROUNDS, COLORS, GRID, POSITIONS, SHAPES, STREAM_VALIDATION, ShapesDataset,
+                                  draw_shape, parse_caption)
 
 ATTRIBUTES = ("color", "shape", "background", "position")
 MIN_CONTRAST = 0.12  # foreground-background distance (RGB in [0, 1]) below which we say "no shape found"
@@ -138,15 +138,14 @@ def analyse_shape_image(img) -> dict[str, str | None]:
 
 
 def analyser_accuracy(n: int = 500, img_size: int = 32, seed: int = 20240607) -> dict:
-    """Accuracy of `analyse_shape_image` per attribute on `n` fresh `shapes` images (stream 2: neither the training
-    nor the held-out stream of any seed), plus the first few misreads for inspection."""
-    dataset = ShapesDataset(n, seed, img_size, channels=3, stream=2)
+    """Accuracy of `analyse_shape_image` per attribute on `n` fresh `shapes` images (the validation stream: neither
+    the training nor the held-out images of any seed), plus the first few misreads for inspection."""
+    dataset = ShapesDataset(n, seed, img_size, channels=3, stream=STREAM_VALIDATION)
     correct = dict.fromkeys(ATTRIBUTES, 0)
     misreads = []
     for i in range(n):
-        s = dataset.scene(i)
-        truth = {"color": s.color, "shape": s.shape, "background": s.background, "position": s.position}
-        read = analyse_shape_image(render_scene(s, img_size))
+        truth = dataset.attributes(i)
+        read = analyse_shape_image(dataset[i][0])  # the very tensor training would see
         for a in ATTRIBUTES:
             correct[a] += read[a] == truth[a]
         if read != truth and len(misreads) < 10:
@@ -158,6 +157,8 @@ def analyser_accuracy(n: int = 500, img_size: int = 32, seed: int = 20240607) ->
 def prompt_adherence(images, captions: list[str]) -> dict[str, float]:
     """Fraction of images whose colour / shape / both match their caption, over the canonical `shapes` captions
     (free-text captions are left out; `n` says how many counted). `images`: [B, 3, H, W] in [-1, 1] or a list."""
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
     hits = {"color": 0, "shape": 0, "color_and_shape": 0}
     n = 0
     for img, caption in zip(images, captions):
@@ -172,4 +173,4 @@ def prompt_adherence(images, captions: list[str]) -> dict[str, float]:
     return {"n": n, **{k: v / n if n else float("nan") for k, v in hits.items()}}
 
 
-__all__ = ["analyse_shape_image", "analyser_accuracy", "image_array", "match_shape", "prompt_adherence", "scene"]
+__all__ = ["ATTRIBUTES", "analyse_shape_image", "analyser_accuracy", "image_array", "match_shape", "prompt_adherence"]

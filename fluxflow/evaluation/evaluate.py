@@ -1,0 +1,100 @@
+"""Evaluation of a pipeline step on its held-out split: what the runner logs at the end of a step (and every
+`eval_interval` epochs).
+
+    metrics = evaluate_step(step, models, holdout_set, train_set, config, latent_norm, device, cache_dir)
+
+- VAE steps (any of train_vae, gan_training, train_spade, use_lpips): `psnr`, `ssim` of posterior-mean
+  reconstructions, and `lpips` when the LPIPS backbone is on disk (reconstruction.py).
+- Flow steps: `fd_ours_cfg` and `fd_ours_nocfg` (frechet.py), generated from the held-out captions with guidance
+  EVAL_GUIDANCE and 1.0; on a `shapes` dataset also `adherence_color`, `adherence_shape`, `adherence_both` of the
+  CFG images and `analyser_accuracy_holdout`, the analyser's own colour-and-shape accuracy on the real held-out
+  images (adherence.py).
+
+Evaluation is a pure function of the weights, the data and fixed seeds: models are switched to eval mode and back,
+and the global RNG state is restored afterwards, so evaluating never changes what training does next (exact resume
+stays exact). Pass the weights you want measured; the runner passes the EMA weights it samples with.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fluxflow.evaluation.adherence import adherence_of, analyser_ceiling, generate
+from fluxflow.evaluation.frechet import fd_ours, feature_net_for, first_items
+from fluxflow.evaluation.reconstruction import lpips_if_available, reconstruction_metrics
+from fluxflow.modes import has_flow_mode
+
+log = logging.getLogger("fluxflow.evaluation")
+
+MAX_EVAL_IMAGES = 256  # held-out images used at most (time grows linearly; fd_ours needs a few dozen at least)
+EVAL_SAMPLER_STEPS = 25
+EVAL_GUIDANCE = 3.0
+EVAL_SEED = 0
+_VAE_MODES = ("train_vae", "gan_training", "train_spade", "use_lpips")
+
+
+def is_vae_step(step) -> bool:
+    return any(getattr(step, mode) for mode in _VAE_MODES)
+
+
+def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, config,
+                  latent_norm: dict[str, torch.Tensor] | None, device: torch.device | str,
+                  cache_dir: str | Path) -> dict[str, float]:
+    """The step's evaluation metrics on (at most MAX_EVAL_IMAGES of) `holdout_set`; {} when nothing applies."""
+    device = torch.device(device)
+    if _is_empty(holdout_set):
+        log.warning("Step %s: the held-out split is empty (dataset holdout: 0); no evaluation metrics", step.name)
+        return {}
+    images, captions = first_items(holdout_set, MAX_EVAL_IMAGES)
+    images = images.to(device)
+    was_training = {name: m.training for name, m in models.items()}
+    rng_devices = [device] if device.type == "cuda" else []
+    try:
+        for m in models.values():
+            m.eval()
+        with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
+            metrics: dict[str, float] = {}
+            if is_vae_step(step) and {"compressor", "expander"} <= set(models):
+                metrics.update(reconstruction_metrics(models["compressor"], models["expander"], images,
+                                                      spade=step.train_spade, lpips=lpips_if_available(device)))
+            if has_flow_mode(step):
+                metrics.update(_flow_metrics(step, models, images, captions, train_set, config, latent_norm,
+                                             device, cache_dir))
+            return metrics
+    finally:
+        for name, m in models.items():
+            m.train(was_training[name])
+
+
+def _flow_metrics(step, models, images, captions, train_set, config, latent_norm, device, cache_dir):
+    if latent_norm is None:
+        log.warning("Step %s: no latent normalisation yet; flow metrics skipped", step.name)
+        return {}
+    ds_cfg = config.dataset_for(step)
+    sample = dict(latent_size=config.data.img_size // config.model.downscale, steps=EVAL_SAMPLER_STEPS,
+                  seed=EVAL_SEED, max_len=config.model.text_max_len, spade=step.train_spade)
+    norm = {k: v.to(device) for k, v in latent_norm.items()}
+    with_cfg = generate(models, captions, norm, guidance=EVAL_GUIDANCE, **sample)
+    without_cfg = generate(models, captions, norm, guidance=1.0, **sample)
+    metrics: dict[str, float] = {}
+    if ds_cfg.type == "shapes":
+        metrics.update(adherence_of(with_cfg, captions))
+        metrics["analyser_accuracy_holdout"] = analyser_ceiling(images.cpu(), captions)
+    if images.shape[0] >= 2:
+        net = feature_net_for(train_set, ds_cfg, config.data.img_size, config.data.channels, cache_dir)
+        metrics["fd_ours_cfg"] = fd_ours(net, images, with_cfg)
+        metrics["fd_ours_nocfg"] = fd_ours(net, images, without_cfg)
+    return metrics
+
+
+def _is_empty(dataset) -> bool:
+    try:
+        return len(dataset) == 0
+    except TypeError:  # a stream without a length: first_items finds out
+        return False
+
+
+__all__ = ["EVAL_GUIDANCE", "EVAL_SAMPLER_STEPS", "MAX_EVAL_IMAGES", "evaluate_step", "is_vae_step"]

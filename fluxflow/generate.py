@@ -1,0 +1,110 @@
+"""Images from a trained checkpoint: EMA weights where the checkpoint has them, the trained text encoder, and the same
+text → flow sampler → expander composition the training samples use (fluxflow.text_to_image).
+
+Every image depends only on (checkpoint, prompt, seed, steps, guidance, size): it is drawn on its own with a generator
+seeded by its seed, so the file `prompt_file_name(prompt, seed)` can be made again, alone, with the same result.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fluxflow.checkpoint import load_checkpoint
+from fluxflow.device import resolve_device
+from fluxflow.models import build_component
+from fluxflow.sample_files import image_grid, prompt_file_name
+from fluxflow.text_to_image import text_to_image
+
+GENERATION_COMPONENTS = ("text_encoder", "flow_processor", "expander")
+
+
+class GenerationError(Exception):
+    """The checkpoint cannot generate images (no trained flow processor, unknown model sizes, bad size)."""
+
+
+@dataclass
+class TextToImageModel:
+    models: dict[str, nn.Module]
+    latent_norm: dict[str, torch.Tensor]
+    model_config: Any  # fluxflow.config.ModelConfig
+    img_size: int  # the training image size: the default output size
+    spade: bool  # decode as the checkpoint's step sampled (with SPADE when that step trained it)
+
+
+def load_text_to_image(checkpoint: str | Path, model_config: Any = None, img_size: int | None = None,
+                       device: str | None = None) -> TextToImageModel:
+    """The generation components of `checkpoint` on `device`, EMA weights preferred, in eval mode.
+
+    `model_config`/`img_size` come from the checkpoint when it records them (`model_config`, `data`), else from the
+    caller (the pipeline's config file).
+    """
+    from fluxflow.config import ModelConfig
+
+    state = load_checkpoint(checkpoint)
+    missing = [name for name in GENERATION_COMPONENTS if name not in state.get("models", {})]
+    if missing or not state.get("latent_norm"):
+        raise GenerationError(f"checkpoint {checkpoint} has no trained text-to-image model (missing: "
+                              f"{', '.join(missing) or 'latent_norm'}); use the checkpoint of a flow step")
+    recorded = state.get("model_config")
+    if recorded is not None:
+        model_config = ModelConfig.model_validate(recorded)
+    if model_config is None:
+        raise GenerationError(f"checkpoint {checkpoint} does not record its model sizes: pass the pipeline's "
+                              "config file (--config)")
+    data = state.get("data") or {}
+    img_size = int(data.get("img_size") or img_size or 0)
+    channels = int(data.get("channels") or 3)
+    target = resolve_device(device)
+    models = {}
+    for name in GENERATION_COMPONENTS:
+        module = build_component(name, model_config, channels)
+        ema = state.get("ema", {}).get(name)
+        module.load_state_dict(ema["shadow"] if ema else state["models"][name])
+        models[name] = module.to(target).eval().requires_grad_(False)
+    step_config = state.get("pipeline_metadata", {}).get("step_config", {})
+    return TextToImageModel(models, {k: v.to(target) for k, v in state["latent_norm"].items()}, model_config,
+                            img_size, bool(step_config.get("train_spade", False)))
+
+
+def generate(model: TextToImageModel, prompt: str, seed: int, *, steps: int = 25, guidance: float = 3.0,
+             size: int | None = None, shift: float = 1.0) -> torch.Tensor:
+    """One image `[C, H, W]` in [-1, 1] for `prompt`, drawn with `seed`."""
+    size = size or model.img_size
+    cfg = model.model_config
+    multiple = cfg.downscale * cfg.patch_size
+    if not size or size % multiple:
+        raise GenerationError(f"image size must be a positive multiple of {multiple} (downscale × patch_size); "
+                              f"got {size}")
+    images = text_to_image(model.models, [prompt], model.latent_norm, latent_size=size // cfg.downscale,
+                           steps=steps, guidance=guidance, shift=shift, seed=seed, max_len=cfg.text_max_len,
+                           spade=model.spade)
+    return images[0]
+
+
+def save_image(image: torch.Tensor, path: Path) -> None:
+    """`[C, H, W]` in [-1, 1] → a lossless WebP or a PNG, by the file's extension."""
+    from PIL import Image
+
+    pixels = image_grid(image.unsqueeze(0), nrow=1, padding=0).numpy()
+    picture = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+    fmt = "PNG" if path.suffix.lower() == ".png" else "WEBP"
+    picture.save(path, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+
+
+def generate_files(model: TextToImageModel, prompts: list[str], output_dir: str | Path, *, n: int = 1,
+                   seed: int = 0, steps: int = 25, guidance: float = 3.0, size: int | None = None,
+                   ext: str = "webp") -> list[Path]:
+    """`n` images per prompt (seeds seed, seed+1, ...), named by `prompt_file_name`; returns the files written."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for prompt in prompts:
+        for image_seed in range(seed, seed + n):
+            path = out / prompt_file_name(prompt, image_seed, ext)
+            save_image(generate(model, prompt, image_seed, steps=steps, guidance=guidance, size=size), path)
+            written.append(path)
+    return written

@@ -1,0 +1,52 @@
+"""Run one step under `torchrun --nproc_per_node=N` in a child process group, and read back its outcome.
+
+Used when `training.distributed.nproc_per_node > 1`, by the bare pipeline and by the Prefect task alike. The child
+is started in a new session so that, whatever happens to the caller (task timeout, Ctrl-C, an exception), the whole
+process group — torchrun and every rank — is killed in `finally`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from fluxflow.checkpoint_ref import CheckpointRef, StepOutcome
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
+
+
+def run_step_distributed(config, step_name: str, parent: CheckpointRef | None, nproc: int,
+                         device: str | None = None, timeout: float | None = None) -> StepOutcome:
+    with tempfile.TemporaryDirectory(prefix="fluxflow-ddp-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "config.json").write_text(json.dumps(config.model_dump(mode="json", exclude_none=True)))
+        (tmp / "parent.json").write_text(json.dumps(parent.to_dict() if parent else None))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "fluxflow.distributed_step", "--config", str(tmp / "config.json"), "--step", step_name,
+               "--parent", str(tmp / "parent.json"), "--result", str(tmp / "result.json")]
+        if device:
+            cmd += ["--device", device]
+        proc = subprocess.Popen(cmd, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        finally:
+            _kill_group(proc)
+        if rc != 0:
+            raise RuntimeError(f"step {step_name}: torchrun with {nproc} processes exited with code {rc}")
+        return StepOutcome.from_dict(json.loads((tmp / "result.json").read_text()))

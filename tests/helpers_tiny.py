@@ -1,0 +1,117 @@
+"""Tiny configs and model set-ups shared by the training-step and runner tests.
+
+Everything here builds the real objects the runner builds (load_config, prepare_models, build_optimizers) at sizes
+that train in milliseconds on a CPU: 16x16 images, a VAE of width 8, a flow transformer of width 32, batches of 4.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TINY_MODEL: dict[str, Any] = {
+    "vae_dim": 8, "latent_channels": 4, "downscale": 4,
+    "feature_maps_dim": 32, "flow_depth": 1, "flow_heads": 2, "patch_size": 2,
+    "text_embedding_dim": 32, "text_encoder_depth": 1, "text_max_len": 32,
+    "feature_maps_dim_disc": 8,
+}
+
+# A step that only trains the VAE, the usual first step.
+VAE_STEP: dict[str, Any] = {"name": "warm", "n_epochs": 1, "max_steps": 2, "train_vae": True}
+
+
+def tiny_raw(output: str | Path, steps: list[dict[str, Any]] | None = None, *, dataset_size: int = 32,
+             batch_size: int = 4, log_interval: int = 1, checkpoint_save_interval: int = 1,
+             no_samples: bool = False, seed: int = 0, **top: Any) -> dict[str, Any]:
+    """A whole config as the YAML file would hold it (a dict), for `load_config`.
+
+    `top` entries replace top-level sections (e.g. model_checkpoint="...").
+    """
+    raw: dict[str, Any] = {
+        "data": {"img_size": 16, "channels": 3},
+        "model": dict(TINY_MODEL),
+        "training": {
+            "batch_size": batch_size, "workers": 0, "seed": seed, "device": "cpu", "precision": "fp32",
+            "pipeline": {
+                "datasets": {"shapes": {"type": "shapes", "size": dataset_size, "seed": 0, "holdout": 4}},
+                "default_dataset": "shapes",
+                "steps": copy.deepcopy(steps if steps is not None else [VAE_STEP]),
+            },
+        },
+        "output": {"output_path": str(output), "log_interval": log_interval,
+                   "checkpoint_save_interval": checkpoint_save_interval, "no_samples": no_samples,
+                   "sample_captions": ["a red circle"]},
+    }
+    raw.update(top)
+    return raw
+
+
+def tiny_config(output: str | Path, steps: list[dict[str, Any]] | None = None, **kwargs: Any):
+    """The validated PipelineConfig of `tiny_raw(...)`."""
+    from fluxflow.config import load_config
+
+    return load_config(tiny_raw(output, steps, **kwargs)).config
+
+
+def single_step_config(step: dict[str, Any], output: str | Path = "unused", **kwargs: Any):
+    """(config, resolved step) for a pipeline of this one step."""
+    config = tiny_config(output, [dict({"name": "s", "n_epochs": 1}, **step)], **kwargs)
+    return config, config.resolved_steps()[0]
+
+
+def step_context(step: dict[str, Any], *, state: dict | None = None, seed: int = 0, **kwargs: Any):
+    """(StepContext, config) built the way the runner builds it: models, trainable flags, optimizers (CPU, fp32)."""
+    from fluxflow.modes import trained_components
+    from fluxflow.optim import build_optimizers
+    from fluxflow.step_models import prepare_models
+    from fluxflow.train_step import StepContext
+
+    config, resolved = single_step_config(step, **kwargs)
+    torch.manual_seed(seed)
+    device = torch.device("cpu")
+    trained = trained_components(resolved)
+    models = prepare_models(config, resolved, state, device)
+    optimizers, _ = build_optimizers(resolved, models, trained)
+    ctx = StepContext(step=resolved, models=models, optimizers=optimizers, trained=trained, device=device,
+                      amp_dtype=None, generator=torch.Generator().manual_seed(seed))
+    return ctx, config
+
+
+def shapes_batches(config, n: int, epoch: int = 0) -> list[tuple[torch.Tensor, list[str]]]:
+    """The first `n` training batches of the config's `shapes` dataset (cycling epochs), as the runner loads them."""
+    from fluxflow.data import build_dataset, make_loader
+
+    step = config.resolved_steps()[0]
+    dataset = build_dataset(config.dataset_for(step), config.data.img_size, config.data.channels, "train")
+    batches: list[tuple[torch.Tensor, list[str]]] = []
+    while len(batches) < n:
+        for images, captions in make_loader(dataset, step.batch_size, 0, config.training.seed, epoch):
+            batches.append((images, captions))
+            if len(batches) == n:
+                break
+        epoch += 1
+    return batches
+
+
+def snapshot(models: dict[str, torch.nn.Module]) -> dict[str, dict[str, torch.Tensor]]:
+    """A detached copy of every component's parameters and buffers."""
+    return {name: {k: v.detach().clone() for k, v in m.state_dict().items()} for name, m in models.items()}
+
+
+def changed_tensors(before: dict[str, dict[str, torch.Tensor]], models: dict[str, torch.nn.Module]) -> set[str]:
+    """`component.tensor` names whose values differ from the snapshot."""
+    after = snapshot(models)
+    return {f"{comp}.{key}" for comp, tensors in before.items() for key, value in tensors.items()
+            if not torch.equal(value, after[comp][key])}
+
+
+def changed_components(before: dict[str, dict[str, torch.Tensor]], models: dict[str, torch.nn.Module]) -> set[str]:
+    return {name.split(".", 1)[0] for name in changed_tensors(before, models)}
+
+
+def load_weights(path: str | Path) -> dict[str, Any]:
+    from fluxflow.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)

@@ -1,0 +1,81 @@
+"""fd_ours: the Fréchet distance itself, the caption-supervised feature network, and its on-disk cache."""
+import pytest
+import torch
+
+from fluxflow.data import build_dataset
+from fluxflow.evaluation import frechet
+from fluxflow.evaluation.frechet import (cache_key, caption_vocabulary, fd_ours, feature_net_for, first_items,
+                                         frechet_distance, train_feature_net)
+
+SHAPES = {"type": "shapes", "size": 256, "seed": 3, "holdout": 48}
+
+
+def gaussian(n, d, seed):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_frechet_distance_matches_the_closed_form():
+    a = gaussian(200, 1, 0)
+    b = gaussian(200, 1, 1) * 3 + 2
+    # 1-D: (mu_a - mu_b)^2 + (sigma_a - sigma_b)^2 with the sample statistics.
+    expected = float((a.mean() - b.mean()) ** 2 + (a.std() - b.std()) ** 2)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+    # b = 2a + 3 in D dims: FD = 9 D + tr(S) + 4 tr(S) - 2 * 2 tr(S) = 9 D + tr(S).
+    a = gaussian(100, 5, 2)
+    expected = 9 * 5 + float(torch.cov(a.T).trace())
+    assert frechet_distance(a, 2 * a + 3) == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_distance_is_zero_for_identical_sets_and_symmetric():
+    a, b = gaussian(30, 8, 0), gaussian(30, 8, 1)  # fewer samples than dims + 1 would make it singular: still fine
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-6)
+    with pytest.raises(ValueError):
+        frechet_distance(a[:1], b)
+
+
+def test_vocabulary_keeps_informative_words_in_a_fixed_order():
+    captions = ["a red circle", "a blue circle", "a red square", "a red star"]
+    # "a" is in every caption (no information); ties are broken alphabetically.
+    assert caption_vocabulary(captions) == ["red", "circle", "blue", "square", "star"]
+    assert caption_vocabulary(list(reversed(captions))) == caption_vocabulary(captions)
+
+
+def test_feature_net_training_is_deterministic_and_leaves_the_global_rng_alone():
+    images, captions = first_items(build_dataset(SHAPES, 16, 3, "train"), 64)
+    torch.manual_seed(7)
+    expected_next = torch.rand(3)
+    torch.manual_seed(7)
+    net_a, vocab = train_feature_net(images, captions, epochs=1)
+    assert torch.equal(torch.rand(3), expected_next)
+    net_b, _ = train_feature_net(images, captions, epochs=1)
+    for (name, p), q in zip(net_a.state_dict().items(), net_b.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert set(vocab) >= {"red", "circle", "left"}
+
+
+def test_trained_features_tell_real_images_from_noise(tmp_path):
+    train = build_dataset(SHAPES, 16, 3, "train")
+    net = feature_net_for(train, SHAPES, 16, 3, tmp_path)
+    real_a = first_items(build_dataset(SHAPES, 16, 3, "holdout"), 48)[0]
+    real_b = first_items(build_dataset({**SHAPES, "seed": 4}, 16, 3, "holdout"), 48)[0]
+    noise = torch.rand(real_a.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    same_distribution = fd_ours(net, real_a, real_b)
+    assert fd_ours(net, real_a, noise) > 5 * same_distribution
+    assert fd_ours(net, real_a, real_a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_feature_net_is_cached_per_dataset_config(tmp_path, monkeypatch):
+    train = build_dataset(SHAPES, 16, 3, "train")
+    first = feature_net_for(train, SHAPES, 16, 3, tmp_path)
+    assert len(list(tmp_path.glob("feature_net_*.pt"))) == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("retrained although a cached network exists")
+
+    monkeypatch.setattr(frechet, "train_feature_net", no_training)
+    again = feature_net_for(train, SHAPES, 16, 3, tmp_path)
+    x = first_items(build_dataset(SHAPES, 16, 3, "holdout"), 4)[0]
+    assert torch.equal(first.features(x), again.features(x))
+    assert cache_key({**SHAPES, "seed": 4}, 16, 3) != cache_key(SHAPES, 16, 3)
+    assert cache_key(SHAPES, 32, 3) != cache_key(SHAPES, 16, 3)

@@ -1,0 +1,139 @@
+"""The MLflow tracker on its own (no Prefect, no training): which run a step writes to, and how it writes."""
+from pathlib import Path
+
+import pytest
+from helpers_tiny import tiny_raw
+from mlflow.tracking import MlflowClient
+
+from flows.mlflow_tracker import (
+    MlflowTracker,
+    experiment_id_for,
+    flatten_params,
+    open_pipeline_run,
+    resolve_tracking_uri,
+)
+from fluxflow.checkpoint_ref import CheckpointRef, StepResult
+from fluxflow.config import load_config
+from fluxflow.tracking import Progress
+
+STEPS = [{"name": "warm", "n_epochs": 1, "train_vae": True, "kl_beta": 0.25},
+         {"name": "gan", "n_epochs": 2, "train_vae": True, "gan_training": True}]
+
+
+@pytest.fixture
+def setup(mlflow_store, tmp_path):
+    client = MlflowClient(mlflow_store)
+    experiment = experiment_id_for(client, "unit")
+    out = str(tmp_path / "out")
+    parent = open_pipeline_run(client, experiment, out, "out", {"fluxflow.config_hash": "abc"})
+    steps = load_config(tiny_raw(out, STEPS)).config.resolved_steps()
+    return client, experiment, parent, out, steps
+
+
+def tracker(setup, session="s1"):
+    client, experiment, parent, out, _ = setup
+    return MlflowTracker(client, experiment, parent, out, session=session)
+
+
+def progress(step, global_step, epoch=1):
+    return Progress(step, 1, 2, epoch, 2, global_step, 10, global_step, 0.5)
+
+
+def finish(t, name, key, global_step, trained=True):
+    ref = CheckpointRef(f"/ckpt/{name}/final.pt", "0" * 64, name, key, global_step, 1)
+    t.step_finished(ref, StepResult(name, "epochs_done", 1, {"vae_loss": 0.5}, trained=trained))
+
+
+def step_runs(client, experiment):
+    return client.search_runs([experiment], "tags.`fluxflow.kind` = 'step'")
+
+
+def test_tracking_uri_prefers_the_environment_then_the_config(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///from-env.db")
+    assert resolve_tracking_uri("http://from-config:5000") == "sqlite:///from-env.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert resolve_tracking_uri("http://from-config:5000") == "http://from-config:5000"
+    assert resolve_tracking_uri(None).endswith("mlflow.db")  # MLflow's own default
+
+
+def test_flatten_params_gives_dotted_keys_and_string_values():
+    flat = flatten_params({"lr": 1e-4, "optimization": {"optimizers": {"vae": {"betas": [0.9, 0.99]}}}, "x": None})
+    assert flat == {"lr": "0.0001", "optimization.optimizers.vae.betas": "[0.9, 0.99]", "x": "None"}
+
+
+def test_a_step_is_a_nested_run_with_its_resolved_config_and_metrics_at_the_global_step(setup):
+    client, experiment, parent, _, steps = setup
+    t = tracker(setup)
+    calls = []
+    log_batch = client.log_batch
+    client.log_batch = lambda *a, **k: (calls.append(k), log_batch(*a, **k))[1]
+    t.step_started(steps[0], "key-warm", 2, resumed=False)
+    for global_step in (1, 2, 3):
+        t.log_metrics({"vae_loss": 1.0 / global_step, "kl_loss": 0.1}, progress("warm", global_step))
+    metric_calls = [c for c in calls if c.get("metrics")]
+    assert len(metric_calls) == 3  # one call per log interval, never one per metric
+    finish(t, "warm", "key-warm", 3)
+
+    run = client.get_run(t.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert run.info.run_name == "warm" and run.info.status == "FINISHED"
+    assert run.data.params["kl_beta"] == "0.25"
+    assert run.data.params["name"] == "warm"
+    assert [(m.step, m.value) for m in client.get_metric_history(t.run_id, "vae_loss")] == [(1, 1.0), (2, 0.5),
+                                                                                          (3, 1.0 / 3)]
+    assert run.data.metrics["final/vae_loss"] == 0.5
+    assert run.data.tags["fluxflow.outcome"] == "epochs_done"
+    assert [a.path for a in client.list_artifacts(t.run_id)] == ["checkpoint_ref.json"]
+
+
+def test_images_go_under_samples(setup, tmp_path):
+    client, _, _, _, steps = setup
+    image = tmp_path / "warm_001_001_abc123-nr_o.webp"
+    image.write_bytes(b"RIFF0000WEBP")
+    t = tracker(setup)
+    t.step_started(steps[0], "k", 2, resumed=False)
+    t.log_image(image)
+    assert [a.path for a in client.list_artifacts(t.run_id, "samples")] == [f"samples/{image.name}"]
+
+
+def test_a_skipped_step_opens_no_run_but_links_the_one_that_trained_it(setup):
+    client, experiment, _, _, steps = setup
+    first = tracker(setup)
+    first.step_started(steps[0], "key-warm", 2, resumed=False)
+    first.log_metrics({"vae_loss": 1.0}, progress("warm", 1))
+    finish(first, "warm", "key-warm", 1)
+
+    again = tracker(setup, session="s2")  # the runner reports nothing for a skipped step
+    assert again.link_completed("key-warm") == first.run_id
+    assert again.link_completed("key-never-trained") is None
+    assert len(step_runs(client, experiment)) == 1
+
+
+@pytest.mark.parametrize("resumed, session, same_run", [
+    (True, "s2", True),  # resumed from latest.pt in a later flow run: continue the run
+    (False, "s1", True),  # retried within the same flow run (even from scratch): continue the run
+    (False, "s2", False),  # trained from scratch again (output wiped): a fresh run, no overlapping history
+])
+def test_which_run_a_restarted_step_continues(setup, resumed, session, same_run):
+    client, experiment, _, _, steps = setup
+    first = tracker(setup, session="s1")
+    first.step_started(steps[1], "key-gan", 2, resumed=False)
+    first.log_metrics({"vae_loss": 1.0}, progress("gan", 4))
+    first.step_failed()
+    assert client.get_run(first.run_id).info.status == "FAILED"
+
+    second = tracker(setup, session=session)
+    second.step_started(steps[1], "key-gan", 2, resumed=resumed)
+    second.log_metrics({"vae_loss": 0.5}, progress("gan", 5))
+    finish(second, "gan", "key-gan", 6)
+    assert (second.run_id == first.run_id) is same_run
+    assert len(step_runs(client, experiment)) == (1 if same_run else 2)
+    assert client.get_run(second.run_id).info.status == "FINISHED"
+
+
+def test_the_pipeline_run_of_an_output_directory_is_reused(setup):
+    client, experiment, parent, out, _ = setup
+    assert open_pipeline_run(client, experiment, out, "out", {"fluxflow.config_hash": "def"}) == parent
+    assert client.get_run(parent).data.tags["fluxflow.config_hash"] == "def"
+    other = open_pipeline_run(client, experiment, str(Path(out).parent / "elsewhere"), "elsewhere", {})
+    assert other != parent

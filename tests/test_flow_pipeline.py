@@ -1,0 +1,234 @@
+"""The Prefect flow end to end on the real runner: tasks named after steps, MLflow runs, branches, retries, re-runs.
+
+Tiny pipelines (16x16 images, 2-3 batches per epoch) on the session's temporary Prefect API and a temporary MLflow
+sqlite store. Each flow run takes a few seconds, most of it Prefect and MLflow bookkeeping.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from helpers_tiny import tiny_raw
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+VAE = {"n_epochs": 1, "max_steps": 2, "train_vae": True}
+
+
+@pytest.fixture(autouse=True)
+def _prefect(prefect_api):
+    """Every test here talks to the session's Prefect test API."""
+
+
+def config(tmp_path: Path, experiment: str, steps: list[dict], retries: int = 1, **output) -> dict:
+    raw = tiny_raw(tmp_path / "out", steps, dataset_size=16, **output)
+    raw["training"]["pipeline"]["retries"] = retries
+    raw["tracking"] = {"experiment_name": experiment}
+    return raw
+
+
+def run_flow(raw: dict):
+    from flows.pipeline_flow import pipeline_flow
+
+    state = pipeline_flow(raw, return_state=True)
+    return state, state.state_details.flow_run_id
+
+
+def task_runs(flow_run_id) -> dict:
+    """Task runs of one flow run, by name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name: run for run in runs}
+
+
+def artifact_keys(flow_run_id) -> set[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+            any_=[flow_run_id])))
+    return {artifact.key for artifact in found}
+
+
+def mlflow_runs(experiment: str) -> tuple[list, list]:
+    """(pipeline runs, step runs) of an experiment."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    return ([r for r in runs if r.data.tags.get("fluxflow.kind") == "pipeline"],
+            [r for r in runs if r.data.tags.get("fluxflow.kind") == "step"])
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, mlflow_store_module):
+    """A 3-step pipeline (VAE warm-up -> VAE+GAN -> flow), run once for the tests that look at its records."""
+    tmp = tmp_path_factory.mktemp("chain")
+    raw = config(tmp, "chain", [
+        {"name": "vae_warmup", **VAE},
+        {"name": "vae_gan", **VAE, "gan_training": True},
+        {"name": "flow", "n_epochs": 1, "max_steps": 2, "train_diff": True},
+    ])
+    state, flow_run_id = run_flow(raw)
+    assert state.is_completed(), state.message
+    return raw, state.result(), flow_run_id
+
+
+def test_three_steps_are_three_tasks_named_after_them_and_three_nested_mlflow_runs(chain):
+    raw, outcomes, flow_run_id = chain
+    tasks = task_runs(flow_run_id)
+    assert sorted(tasks) == ["flow", "vae_gan", "vae_warmup"]
+    assert all(t.state.is_completed() and "gpu" in t.tags for t in tasks.values())
+    assert [o["result"]["step_name"] for o in outcomes] == ["vae_warmup", "vae_gan", "flow"]
+    assert [o["ref"]["global_step"] for o in outcomes] == [2, 4, 6]  # each step starts where its parent ended
+
+    pipelines, steps = mlflow_runs("chain")
+    assert len(pipelines) == 1 and len(steps) == 3
+    parent = pipelines[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["prefect.flow_run_id"] == str(flow_run_id)
+    assert len(parent.data.tags["fluxflow.config_hash"]) == 16
+    client = MlflowClient()
+    for run in steps:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED" and run.data.tags["fluxflow.outcome"] == "epochs_done"
+        assert run.data.params["name"] == run.info.run_name
+        loss = "flow_loss" if run.info.run_name == "flow" else "vae_loss"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, loss)] in ([1, 2], [3, 4], [5, 6])
+        samples = client.list_artifacts(run.info.run_id, "samples")
+        assert samples and all(a.path.endswith(".webp") for a in samples)
+        ref = json.loads(Path(client.download_artifacts(run.info.run_id, "checkpoint_ref.json")).read_text())
+        assert ref["ref"]["uri"].endswith(f"checkpoints/{run.info.run_name}/final.pt")
+
+    keys = artifact_keys(flow_run_id)
+    assert {"out-vae-warmup-mlflow", "out-vae-warmup-result", "out-flow-result", "out-summary",
+            "out-progress"} <= keys
+
+
+def test_rerunning_a_finished_pipeline_trains_nothing_and_opens_no_step_runs(chain):
+    raw, first, _ = chain
+    before = {r.info.run_id for r in mlflow_runs("chain")[1]}
+    state, flow_run_id = run_flow(raw)
+    assert state.is_completed()
+    outcomes = state.result()
+    assert [o["result"]["trained"] for o in outcomes] == [False, False, False]
+    assert [o["ref"] for o in outcomes] == [o["ref"] for o in first]
+    assert {r.info.run_id for r in mlflow_runs("chain")[1]} == before
+    assert [o["run_id"] for o in outcomes] == [o["run_id"] for o in first]  # linked to the runs that trained them
+    assert sorted(task_runs(flow_run_id)) == ["flow", "vae_gan", "vae_warmup"]
+
+
+def test_branches_start_from_the_same_parent_checkpoint_and_compare_reports_both(
+        tmp_path, mlflow_store_module, monkeypatch, capsys):
+    import fluxflow.runner
+    from flows import compare
+
+    received = {}
+    real_run_step = fluxflow.runner.run_step
+
+    def recording_run_step(config, step_name, parent, **kwargs):
+        received[step_name] = parent
+        return real_run_step(config, step_name, parent, **kwargs)
+
+    monkeypatch.setattr(fluxflow.runner, "run_step", recording_run_step)
+    raw = config(tmp_path, "branches", [
+        {"name": "warm", **VAE},
+        {"name": "spade_off", **VAE, "gan_training": True},
+        {"name": "spade_on", **VAE, "gan_training": True, "train_spade": True, "after": "warm"},
+    ])
+    state, _ = run_flow(raw)
+    assert state.is_completed(), state.message
+    warm = next(o["ref"] for o in state.result() if o["result"]["step_name"] == "warm")
+    assert received["warm"] is None
+    assert received["spade_off"].sha256 == received["spade_on"].sha256 == warm["sha256"]
+    pipelines, _ = mlflow_runs("branches")
+    assert pipelines[0].data.tags["fluxflow.branches"] == "spade_off,spade_on"
+
+    capsys.readouterr()
+    assert compare.main(["--experiment", "branches", "--output", str(tmp_path / "cmp")]) == 0
+    printed = capsys.readouterr().out
+    assert "spade_off" in printed and "spade_on" in printed and "warm" not in printed.split("\n")[0]
+    rows = list(csv.reader(open(tmp_path / "cmp" / "compare_branches.csv")))
+    assert rows[0] == ["", "spade_off", "spade_on"]
+    by_field = {row[0]: row[1:] for row in rows}
+    assert by_field["config: train_spade"] == ["False", "True"]
+    assert len(by_field["metric: vae_loss"]) == 2
+    from PIL import Image
+
+    assert Image.open(tmp_path / "cmp" / "compare_branches.png").size[0] > 100
+
+
+class FailOnce:
+    """Wraps the step's tracker: raises once, at the n-th metrics call of one step, then behaves."""
+
+    raised = False
+
+    def __init__(self, inner, step: str, at_call: int):
+        self.inner, self.step, self.at_call, self.calls = inner, step, at_call, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def log_metrics(self, metrics, progress):
+        if progress.step_name == self.step:
+            self.calls += 1
+            if self.calls == self.at_call and not FailOnce.raised:
+                FailOnce.raised = True
+                raise RuntimeError("injected failure")
+        self.inner.log_metrics(metrics, progress)
+
+
+def test_a_failed_task_is_retried_and_resumes_mid_step_in_the_same_mlflow_run(tmp_path, mlflow_store_module,
+                                                                                 monkeypatch):
+    from flows import step_task
+
+    real_make_tracker = step_task.make_tracker
+
+    def failing_make_tracker(cfg, target):
+        tracker, mlflow_tracker = real_make_tracker(cfg, target)
+        return FailOnce(tracker, "gan", at_call=5), mlflow_tracker
+
+    monkeypatch.setattr(step_task, "make_tracker", failing_make_tracker)
+    FailOnce.raised = False
+    # gan: 2 epochs x 3 batches, a checkpoint after every batch; the 5th batch's log raises, after the checkpoint
+    # of batch 4 (epoch 2, batch 1).
+    raw = config(tmp_path, "retry", [
+        {"name": "warm", "n_epochs": 1, "max_steps": 3, "train_vae": True},
+        {"name": "gan", "n_epochs": 2, "max_steps": 3, "train_vae": True, "gan_training": True},
+    ], retries=1, no_samples=True)
+    state, flow_run_id = run_flow(raw)
+    assert FailOnce.raised
+    assert state.is_completed(), state.message
+    gan = state.result()[1]
+    assert gan["result"]["resumed_from"] == [1, 1]
+    assert gan["ref"]["global_step"] == 3 + 6  # the same bookkeeping as a run that never failed
+    assert task_runs(flow_run_id)["gan"].run_count == 2
+
+    _, steps = mlflow_runs("retry")
+    gan_runs = [r for r in steps if r.info.run_name == "gan"]
+    assert len(gan_runs) == 1 and gan_runs[0].info.status == "FINISHED"
+    history = MlflowClient().get_metric_history(gan_runs[0].info.run_id, "vae_loss")
+    assert sorted(m.step for m in history) == [4, 5, 6, 7, 8, 9]  # continues at 8: no restart, no batch twice
+
+
+def test_a_missed_threshold_with_on_missed_fail_fails_the_flow_and_stops_its_subtree(tmp_path, mlflow_store_module):
+    from flows.pipeline_flow import run_pipeline_flow
+
+    raw = config(tmp_path, "missed", [
+        {"name": "warm", **VAE, "on_missed": "fail",
+         "transition_on": {"mode": "loss_threshold", "metric": "vae_loss", "threshold": 1e-9, "max_epochs": 1}},
+        {"name": "after_warm", **VAE},
+    ], no_samples=True)
+    assert run_pipeline_flow(raw) == 1
+    out = Path(raw["output"]["output_path"])
+    assert (out / "checkpoints" / "warm" / "final.pt").exists()
+    assert not (out / "checkpoints" / "after_warm").exists()
+    pipelines, steps = mlflow_runs("missed")
+    assert pipelines[0].info.status == "FAILED"
+    assert [r.data.tags["fluxflow.outcome"] for r in steps] == ["max_epochs_reached"]

@@ -12,6 +12,8 @@ import re
 from typing import Any
 from uuid import UUID
 
+from flows import env  # noqa: F401  (must precede prefect)
+
 from prefect.artifacts import (
     create_link_artifact,
     create_progress_artifact,

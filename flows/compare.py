@@ -26,6 +26,10 @@ from flows.mlflow_tracker import (
 )
 
 
+# A step's position and name are its identity (the column labels), not part of the hypothesis.
+IDENTITY_PARAMS = ("index", "name")
+
+
 @dataclass
 class Comparison:
     labels: list[str]  # one column per leaf run
@@ -35,7 +39,8 @@ class Comparison:
 
 
 def leaf_step_runs(client: MlflowClient, experiment_id: str) -> list:
-    """The newest run of each leaf step of each pipeline (parent run) in the experiment, oldest pipeline first."""
+    """The newest run of each leaf step of each pipeline (parent run) in the experiment: oldest pipeline first, then
+    in the pipeline's file order."""
     runs = client.search_runs(
         [experiment_id], filter_string=f"tags.`{TAG_KIND}` = 'step'", order_by=["attributes.start_time DESC"]
     )
@@ -45,7 +50,11 @@ def leaf_step_runs(client: MlflowClient, experiment_id: str) -> list:
         newest.setdefault(key, run)
     parents_of_steps = {(pipeline, run.data.tags.get(TAG_PARENT_STEP, "")) for (pipeline, _), run in newest.items()}
     leaves = [run for (pipeline, step), run in newest.items() if (pipeline, step) not in parents_of_steps]
-    return sorted(leaves, key=lambda run: run.info.start_time)
+    started: dict[str, int] = {}  # pipelines in the order they began, steps in file order within one
+    for (pipeline, _), run in newest.items():
+        started[pipeline] = min(started.get(pipeline, run.info.start_time), run.info.start_time)
+    return sorted(leaves, key=lambda run: (started[run.data.tags.get(PARENT_RUN_ID, "")],
+                                           int(run.data.params.get("index", 0))))
 
 
 def final_metrics(run) -> dict[str, float]:
@@ -63,7 +72,7 @@ def compare_runs(client: MlflowClient, runs: list) -> Comparison:
         pipeline = names.get(run.data.tags.get(PARENT_RUN_ID))
         labels.append(f"{pipeline}/{step}" if pipeline else step)
     comparison = Comparison(labels=labels, run_ids=[run.info.run_id for run in runs])
-    keys = sorted({key for run in runs for key in run.data.params})
+    keys = sorted({key for run in runs for key in run.data.params} - set(IDENTITY_PARAMS))
     for key in keys:
         values = [run.data.params.get(key, "") for run in runs]
         if len(set(values)) > 1:
@@ -110,13 +119,14 @@ def write_chart(comparison: Comparison, path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 1, 3.6), squeeze=False)
     colors = [f"C{i % 10}" for i in range(len(comparison.labels))]
     for ax, name in zip(axes[0], names):
-        values = [v if v is not None else 0.0 for v in comparison.metrics.get(name, [])]
+        values = [v if v is not None else float("nan") for v in comparison.metrics.get(name, [])]  # nan: no bar
         if values:
             ax.bar(range(len(values)), values, color=colors)
             ax.set_xticks(range(len(values)), comparison.labels, rotation=20, ha="right", fontsize=8)
         ax.set_title(name, fontsize=10)
     differences = "; ".join(
-        f"{key}: " + " vs ".join(values) for key, values in list(comparison.config.items())[:6]
+        f"{key}: " + ", ".join(f"{label}={value}" for label, value in zip(comparison.labels, values))
+        for key, values in list(comparison.config.items())[:6]
     )
     fig.suptitle(title, fontsize=11)
     if differences:

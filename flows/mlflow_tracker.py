@@ -17,8 +17,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from flows import env  # noqa: F401  (must precede mlflow)
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -177,6 +180,27 @@ class MlflowTracker:
         self._step_key = step_key
         self.run_id = self._existing_run_id()
         return self.run_id
+
+    def record_from_files(self, step, step_key: str, ref: CheckpointRef, result: StepResult) -> None:
+        """Record a step that ran where no tracker could reach it (torchrun ranks in a child process) from the files
+        rank 0 wrote: the metrics JSONL (one batched call, MLflow splits it into 1000-metric requests), this step's
+        samples, and the result. Same run rules as live tracking."""
+        self.step_started(step, step_key, 0, resumed=result.resumed_from is not None)
+        out = Path(self.output_dir)
+        metrics_file = out / "graph" / f"training_metrics_{step.name}.jsonl"
+        points = []
+        if metrics_file.is_file():
+            for line in metrics_file.read_text(encoding="utf-8").splitlines():
+                record = json.loads(line)
+                stamp = int(datetime.fromisoformat(record["timestamp"]).timestamp() * 1000)
+                points += [Metric(k, float(v), stamp, int(record["global_step"]))
+                           for k, v in record["metrics"].items() if v is not None]
+        if points:
+            self.client.log_batch(self._ensure_run(), metrics=points)
+        for image in sorted((out / "samples").glob(f"{step.name}_{step.index + 1:03d}_*")):
+            self.log_image(image)
+        self.log_artifact(metrics_file)
+        self.step_finished(ref, result)
 
     # -- internals ----------------------------------------------------------------------------------------------
 

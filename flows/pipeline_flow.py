@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from flows import env  # noqa: F401  (must precede prefect and mlflow)
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -18,14 +19,21 @@ from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_UI_URL
+from prefect.utilities.urls import url_for
 
 from flows import artifacts
 from flows.dag import branch_names, children_of, descendants
-from flows.mlflow_tracker import experiment_id_for, open_pipeline_run, resolve_tracking_uri
+from flows.mlflow_tracker import (
+    TAG_KIND,
+    TAG_OUTPUT_DIR,
+    experiment_id_for,
+    find_runs,
+    open_pipeline_run,
+    resolve_tracking_uri,
+)
 from flows.step_task import TrackingTarget, load_pipeline_config, output_dir_of, step_task
 from fluxflow.config import ConfigError, PipelineConfig
-
-DEFAULT_EXPERIMENT = "fluxflow"
+from fluxflow.run_lock import RunLock
 
 
 class PipelineFailed(RuntimeError):
@@ -39,9 +47,9 @@ def config_hash(config: PipelineConfig) -> str:
 
 def open_tracking(config: PipelineConfig, steps: list) -> tuple[MlflowClient, TrackingTarget]:
     """The pipeline's MLflow parent run, tagged with what links it to this flow run."""
-    uri = resolve_tracking_uri(getattr(config.tracking, "tracking_uri", None))
+    uri = resolve_tracking_uri(config.tracking.tracking_uri)
     client = MlflowClient(uri)
-    experiment_id = experiment_id_for(client, getattr(config.tracking, "experiment_name", None) or DEFAULT_EXPERIMENT)
+    experiment_id = experiment_id_for(client, config.tracking.experiment_name)
     output_dir = output_dir_of(config)
     pipeline = Path(output_dir.rstrip("/")).name or "pipeline"
     tags = {
@@ -51,15 +59,16 @@ def open_tracking(config: PipelineConfig, steps: list) -> tuple[MlflowClient, Tr
         "prefect.flow_run_id": str(flow_run.id or ""),
         "prefect.flow_run_name": str(flow_run.name or ""),
     }
-    if PREFECT_UI_URL.value():  # only set when a Prefect server (not the embedded API) serves a UI
-        tags["prefect.flow_run_url"] = str(flow_run.ui_url)
+    ui_url = url_for("flow-run", obj_id=flow_run.id) if flow_run.id else None  # None on the embedded API
+    if ui_url:
+        tags["prefect.flow_run_url"] = ui_url
     run_id = open_pipeline_run(client, experiment_id, output_dir, pipeline, tags)
     client.log_dict(run_id, config.model_dump(mode="json"), "config.json")
     target = TrackingTarget(uri, experiment_id, run_id, str(flow_run.id or ""), artifacts.artifact_key(pipeline))
     return client, target
 
 
-def missed_threshold_message(step, result: dict) -> str:
+def missed_threshold_message(step) -> str:
     t = step.transition_on
     return (
         f"Step {step.name}: {t.metric} did not fall below {t.threshold} within {t.max_epochs} epochs "
@@ -70,8 +79,20 @@ def missed_threshold_message(step, result: dict) -> str:
 @flow(name="fluxflow-pipeline")
 def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str | None = None) -> list[dict]:
     """Train the pipeline declared by `config` (a YAML path or the config itself); returns each step's outcome."""
-    logger = get_run_logger()
     cfg = load_pipeline_config(config, output_dir)
+    with output_lock(cfg):  # one run per output directory: a second one fails at once, as with run_pipeline
+        return run_steps(cfg, config, output_dir, device)
+
+
+def output_lock(config: PipelineConfig):
+    """The output directory's RunLock (fcntl, local paths only; remote outputs have no lock)."""
+    out = output_dir_of(config)
+    return contextlib.nullcontext() if "://" in out else RunLock(out)
+
+
+def run_steps(cfg: PipelineConfig, config: str | dict, output_dir: str | None, device: str | None) -> list[dict]:
+    """Submit each step once its parent has finished; the outcome of each decides whether its children run."""
+    logger = get_run_logger()
     steps = cfg.resolved_steps()
     by_name = {step.name: step for step in steps}
     children = children_of(steps)
@@ -104,7 +125,7 @@ def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str
             outcomes.append(outcome)
             artifacts.update_progress(progress, len(outcomes), len(steps))
             if outcome["result"]["outcome"] == "max_epochs_reached":
-                message = missed_threshold_message(by_name[name], outcome["result"])
+                message = missed_threshold_message(by_name[name])
                 logger.warning(message)
                 if by_name[name].on_missed == "fail":
                     problems.append(message)
@@ -113,6 +134,9 @@ def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str
             for child in children.get(name, []):
                 submit(child, outcome["ref"])
         status = "FAILED" if problems else "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
         artifacts.publish_summary(target.pipeline, artifacts.summary_rows(outcomes, not_run))
         client.set_terminated(target.parent_run_id, status)
@@ -128,19 +152,38 @@ def print_summary(outcomes: list[dict]) -> None:
         print(f"  {result['step_name']}: {result['outcome']}{trained}, {result['epochs_done']} epochs, {ref['uri']}")
 
 
+def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
+    """Where the samples are, and the commands that show this run in the MLflow UI and the Prefect UI."""
+    out = output_dir_of(config)
+    uri = resolve_tracking_uri(config.tracking.tracking_uri)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(config.tracking.experiment_name)
+    runs = find_runs(client, experiment.experiment_id, {TAG_KIND: "pipeline", TAG_OUTPUT_DIR: out}) if experiment else []
+    print(f"Samples:     {out}/samples")
+    print(f"Checkpoints: {out}/checkpoints")
+    if runs:
+        run_url = artifacts.mlflow_run_url(uri, experiment.experiment_id, runs[0].info.run_id)
+        start = "" if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}   then open "
+        print(f"MLflow UI:   {start}{run_url}")
+    flow_run_url = url_for("flow-run", obj_id=flow_run_id, default_base_url="http://127.0.0.1:4200")
+    start = "" if PREFECT_UI_URL.value() else "prefect server start   then open "
+    print(f"Prefect UI:  {start}{flow_run_url}")
+
+
 def run_pipeline_flow(config_source: str | Path | dict, output_dir: str | None = None, device: str | None = None) -> int:
     """Run the flow on the current Prefect API (the embedded one by default). Exit code: 0 done, 1 failed, 2 bad
     config."""
     source = str(config_source) if isinstance(config_source, Path) else config_source
     try:
-        load_pipeline_config(source, output_dir)  # fail fast, before Prefect starts
+        config = load_pipeline_config(source, output_dir)  # fail fast, before Prefect starts
     except ConfigError as exc:
         print(exc)
         return 2
     state = pipeline_flow(source, output_dir, device, return_state=True)
-    if not state.is_completed():
+    if state.is_completed():
+        print("Pipeline finished:")
+        print_summary(state.result())
+    else:
         print(f"Pipeline {state.name.lower()}: {state.message}")
-        return 1
-    print("Pipeline finished:")
-    print_summary(state.result())
-    return 0
+    print_where_to_look(config, state.state_details.flow_run_id)
+    return 0 if state.is_completed() else 1

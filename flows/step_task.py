@@ -67,6 +67,17 @@ def make_tracker(config: PipelineConfig, target: TrackingTarget):
     return MultiTracker([console, mlflow_tracker]), mlflow_tracker
 
 
+def run_step_on_ranks(config, step_name: str, parent, nproc: int, device: str | None, mlflow_tracker):
+    """`nproc` torchrun ranks in a child process group (killed whatever happens here); MLflow gets rank 0's files
+    once the step is done, since the ranks cannot reach this process's tracker."""
+    from fluxflow.launch import run_step_distributed
+
+    ref, result = run_step_distributed(config, step_name, parent, nproc, device=device)
+    if result.trained:
+        mlflow_tracker.record_from_files(config.step(step_name), ref.step_key, ref, result)
+    return ref, result
+
+
 def train_step(
     config_source: str | dict,
     output_dir: str | None,
@@ -82,8 +93,12 @@ def train_step(
     target = TrackingTarget(**tracking)
     parent = CheckpointRef.from_dict(parent_ref) if parent_ref else None
     tracker, mlflow_tracker = make_tracker(config, target)
+    nproc = config.training.distributed.nproc_per_node
     try:
-        ref, result = run_step(config, step_name, parent, tracker=tracker, device=device)
+        if nproc > 1:
+            ref, result = run_step_on_ranks(config, step_name, parent, nproc, device, mlflow_tracker)
+        else:
+            ref, result = run_step(config, step_name, parent, tracker=tracker, device=device)
     except BaseException:
         mlflow_tracker.step_failed()
         raise

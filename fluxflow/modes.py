@@ -58,6 +58,12 @@ def mode_trained_components(step: Any) -> set[str]:
     return trained
 
 
+def trainable_components(step: Any) -> set[str]:
+    """Components that get a gradient from the step's losses: those its modes train, plus the text encoder of a flow
+    step (the flow loss reaches it through the conditioning). `unfreeze` may only name these."""
+    return mode_trained_components(step) | ({"text_encoder"} if has_flow_mode(step) else set())
+
+
 def trained_components(step: Any) -> set[str]:
     """Components whose parameters this step updates: those of its modes plus its `unfreeze` list."""
     return mode_trained_components(step) | set(getattr(step, "unfreeze", None) or ())

@@ -13,12 +13,7 @@ from torch import nn
 
 from fluxflow import distributed
 
-GROUP_COMPONENTS: dict[str, tuple[str, ...]] = {
-    "vae": ("compressor", "expander"),
-    "discriminator": ("discriminator",),
-    "flow": ("flow_processor",),
-    "text_encoder": ("text_encoder",),
-}
+from fluxflow.modes import OPTIMIZER_GROUPS as GROUP_COMPONENTS
 
 # Adam/AdamW/SGD have fused kernels on CPU and CUDA; they can skip a non-finite update on the device
 # (`found_inf`), with no host sync. RMSprop (and Lion) fall back to a synchronising check.

@@ -52,7 +52,8 @@ def write_samples(out_dir: Path, *, step, step_number: int, epoch: int, batch: i
             save(expander(mean, spade=False).clamp(-1, 1), "-nc")
     flow_step = step.train_diff or step.train_diff_full
     if flow_step and captions and latent_norm is not None:
-        images = text_to_image(models, captions, latent_norm, latent_size=config.data.img_size // config.model.downscale,
-                               seed=seed, max_len=config.model.text_max_len, spade=step.train_spade)
-        save(images, "-t2i")
+        for size in config.output.sample_sizes:  # the transformer's sin-cos positions let it sample other sizes
+            images = text_to_image(models, captions, latent_norm, latent_size=size // config.model.downscale,
+                                   seed=seed, max_len=config.model.text_max_len, spade=step.train_spade)
+            save(images, "-t2i" if size == config.data.img_size else f"-t2i_{size}px")
     return written

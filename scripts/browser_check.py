@@ -32,7 +32,7 @@ FLOW_NAME = "fluxflow-pipeline"
 # The flags the task asks for: no GPU, no network chatter (QUIC, component updates, sync), a fresh profile.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1600,1000", "--hide-scrollbars"]
+                  "--window-size=1600,1300", "--hide-scrollbars"]
 
 
 @dataclass
@@ -42,6 +42,8 @@ class RunFacts:
     step_names: list[str]
     experiment_id: str
     experiment_name: str
+    pipeline_run_id: str  # the MLflow parent run; its nested runs are the steps
+    pipeline_run_name: str
     metric_names: list[str]
 
 
@@ -70,8 +72,9 @@ async def prefect_facts(api_url: str, flow_run_id: str | None) -> tuple[str, str
     return str(run.id), run.name, sorted({t.name for t in tasks})
 
 
-def mlflow_facts(mlflow_url: str, flow_run_id: str) -> tuple[str, str, list[str]]:
-    """(experiment id, experiment name, metric names of its step runs) of the pipeline run tagged with the flow run."""
+def mlflow_facts(mlflow_url: str, flow_run_id: str) -> tuple[str, str, str, str, list[str]]:
+    """(experiment id and name, pipeline run id and name, metric names of its step runs) of the MLflow run tagged
+    with the flow run."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(mlflow_url)
@@ -85,7 +88,7 @@ def mlflow_facts(mlflow_url: str, flow_run_id: str) -> tuple[str, str, list[str]
                                filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     metrics = sorted({name for run in steps for name in run.data.metrics})
     experiment = client.get_experiment(parent.info.experiment_id)
-    return experiment.experiment_id, experiment.name, metrics
+    return experiment.experiment_id, experiment.name, parent.info.run_id, parent.info.run_name, metrics
 
 
 def make_driver(user_data_dir: str):
@@ -119,21 +122,59 @@ def wait_for_texts(driver, texts: list[str], timeout: float) -> list[str]:
         time.sleep(0.5)
 
 
+# Scroll the nearest scrollable ancestor of arguments[0] to its end.
+SCROLL_TO_END = """
+let el = arguments[0];
+while (el && el.scrollHeight <= el.clientHeight) { el = el.parentElement; }
+if (el) { el.scrollTop = el.scrollHeight; }
+"""
+
+
+def click(driver, xpath: str, timeout: float) -> None:
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(ec.element_to_be_clickable(("xpath", xpath))).click()
+
+
 def check_prefect_page(driver, prefect_url: str, facts: RunFacts, out: Path, timeout: float) -> list[str]:
+    """The flow run page: its run graph (screenshot), then its "Task Runs" tab, which must list every step."""
     driver.get(f"{prefect_url}/runs/flow-run/{facts.flow_run_id}")
-    missing = wait_for_texts(driver, [facts.flow_run_name, *facts.step_names], timeout)
-    time.sleep(2)  # let the run graph finish drawing before the screenshot
+    missing = wait_for_texts(driver, [facts.flow_run_name, "Task Runs"], timeout)
+    time.sleep(3)  # the run graph is drawn on a canvas after the data arrives
     driver.save_screenshot(str(out / "prefect_flow_run.png"))
+    if not missing:
+        click(driver, "//*[(@role='tab' or self::li or self::button or self::a) and normalize-space()='Task Runs']", timeout)
+        missing = wait_for_texts(driver, facts.step_names, timeout)
     return [f"Prefect page lacks {t!r}" for t in missing]
 
 
 def check_mlflow_page(driver, mlflow_url: str, facts: RunFacts, out: Path, timeout: float) -> list[str]:
-    # The chart view of the experiment: one chart per metric, titled with the metric's name.
-    driver.get(f"{mlflow_url}/#/experiments/{facts.experiment_id}?compareRunsMode=CHART")
-    missing = wait_for_texts(driver, [facts.experiment_name, *facts.metric_names], timeout)
-    time.sleep(2)
+    """The experiment's runs in chart view, the pipeline run expanded to its step runs: one chart per metric."""
+    driver.get(f"{mlflow_url}/#/experiments/{facts.experiment_id}/runs?compareRunsMode=CHART")
+    missing = wait_for_texts(driver, [facts.experiment_name, facts.pipeline_run_name], timeout)
+    if missing:
+        return [f"MLflow page lacks {t!r}" for t in missing]
+    # Step runs are nested under the pipeline run and collapsed: the button in its name cell expands them.
+    click(driver, f"//div[@role='gridcell'][.//a[contains(@href, '/runs/{facts.pipeline_run_id}')]]//button",
+          timeout)
+    for close in driver.find_elements("css selector", "button[aria-label='Close']"):  # the assistant side panel
+        close.click()
+    # Charts are grouped in sections by name prefix (`final/...` first, then "Model metrics") and drawn only once
+    # scrolled into view: read the first screen, then scroll the "Model metrics" section to the top and read again.
+    wanted = [*facts.step_names, *facts.metric_names]
+    seen = {t for t in wanted if t in page_text(driver)}
+    wait_for_texts(driver, ["Model metrics"], timeout)
+    header = driver.find_element("xpath", "//*[normalize-space()='Model metrics']")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", header)
+    seen |= set(wanted) - set(wait_for_texts(driver, [t for t in wanted if t not in seen], timeout / 2))
+    if not seen >= set(wanted):  # more rows than the window holds: scroll the chart area to its end
+        driver.execute_script(SCROLL_TO_END, header)
+        seen |= set(wanted) - set(wait_for_texts(driver, [t for t in wanted if t not in seen], timeout / 2))
+        driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", header)
+    time.sleep(2)  # chart lines are drawn after their titles
     driver.save_screenshot(str(out / "mlflow_experiment.png"))
-    return [f"MLflow page lacks {t!r}" for t in missing]
+    return [f"MLflow page lacks {t!r}" for t in wanted if t not in seen]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     run_id, run_name, steps = asyncio.run(prefect_facts(f"{args.prefect_url}/api", args.flow_run_id))
-    experiment_id, experiment_name, metrics = mlflow_facts(args.mlflow_url, run_id)
-    facts = RunFacts(run_id, run_name, steps, experiment_id, experiment_name, metrics)
+    experiment_id, experiment_name, parent_id, parent_name, metrics = mlflow_facts(args.mlflow_url, run_id)
+    facts = RunFacts(run_id, run_name, steps, experiment_id, experiment_name, parent_id, parent_name, metrics)
     print(f"flow run {facts.flow_run_name} ({facts.flow_run_id}): steps {', '.join(steps)}")
     print(f"MLflow experiment {experiment_name} ({experiment_id}): metrics {', '.join(metrics)}")
 

@@ -9,6 +9,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 TINY_MODEL: dict[str, Any] = {
@@ -20,6 +21,19 @@ TINY_MODEL: dict[str, Any] = {
 
 # A step that only trains the VAE, the usual first step.
 VAE_STEP: dict[str, Any] = {"name": "warm", "n_epochs": 1, "max_steps": 2, "train_vae": True}
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run torch on one intra-op thread for the test, then restore the setting.
+
+    Measured on the 2-core CI machine while other processes compete for it: a tiny VAE step took ~25 ms on one
+    thread and ~600 ms on two (OpenMP threads spin-waiting for a core). Import this into a test module and use it.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def tiny_raw(output: str | Path, steps: list[dict[str, Any]] | None = None, *, dataset_size: int = 32,

@@ -1,5 +1,6 @@
 """Loading valid configs: defaults, deep merge of pipeline.defaults, globals, per-step overrides, resolution."""
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -106,6 +107,31 @@ def test_an_optimizer_of_another_type_replaces_the_inherited_one_whole(tmp_path)
     """)
     vae = steps["sgd"].optimization.optimizers["vae"]
     assert (vae.type, vae.momentum, vae.betas) == ("SGD", 0.9, None)
+
+
+def test_a_transition_of_another_mode_replaces_the_inherited_one_but_scheduler_mode_merges(tmp_path):
+    steps = steps_of(tmp_path, """
+        training:
+          pipeline:
+            defaults:
+              train_vae: true
+              transition_on: {mode: loss_threshold, metric: vae_loss, threshold: 0.1, window: 5}
+              optimization:
+                schedulers: {vae: {type: ReduceLROnPlateau, mode: min, patience: 3}}
+            steps:
+              - {name: epochs, n_epochs: 2, transition_on: {mode: epoch},
+                 optimization: {schedulers: {vae: {type: CosineAnnealingLR}}}}
+              - {name: tighter, n_epochs: 2, transition_on: {threshold: 0.01},
+                 optimization: {schedulers: {vae: {mode: max}}}}
+    """)
+    assert steps["epochs"].transition_on.mode == "epoch"
+    assert steps["epochs"].optimization.schedulers["vae"].model_dump(exclude_none=True) == {
+        "type": "CosineAnnealingLR", "eta_min_factor": 0.1}  # nothing of the plateau scheduler inherited
+    tighter = steps["tighter"]
+    assert (tighter.transition_on.metric, tighter.transition_on.threshold, tighter.transition_on.window) == (
+        "vae_loss", 0.01, 5)
+    plateau = tighter.optimization.schedulers["vae"]
+    assert (plateau.type, plateau.mode, plateau.patience) == ("ReduceLROnPlateau", "max", 3)
 
 
 def test_per_step_batch_size_workers_lr_max_steps_and_dataset_override_the_globals(tmp_path):
@@ -218,3 +244,17 @@ def test_importing_the_config_package_does_not_import_torch_prefect_or_mlflow():
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'prefect', 'mlflow'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_config_reference_documents_every_field():
+    from fluxflow.config import (DatasetConfig, DataConfig, DistributedConfig, ModelConfig, OptimizerConfig,
+                                 OutputConfig, PipelineSection, SchedulerConfig, StepConfig, TrackingConfig,
+                                 TrainingConfig, Transition)
+
+    doc = (REPO / "docs" / "CONFIG.md").read_text()
+    models = (ModelConfig, DataConfig, TrainingConfig, DistributedConfig, PipelineSection, DatasetConfig, StepConfig,
+              Transition, OptimizerConfig, SchedulerConfig, OutputConfig, TrackingConfig)
+    documented = set(re.findall(r"`([a-z0-9_]+(?:\.[a-z0-9_]+)*)`", doc))
+    words = {part for name in documented for part in name.split(".")}
+    missing = [f"{m.__name__}.{f}" for m in models for f in m.model_fields if f not in words]
+    assert missing == []

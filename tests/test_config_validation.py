@@ -3,6 +3,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fluxflow.config import ConfigError, load_config
 from fluxflow.config.assets import LPIPS_BACKBONE_FILE
@@ -17,105 +18,128 @@ def problems(tmp_path: Path, text: str) -> dict[str, str]:
     return {issue.path: issue.message for issue in caught.value.issues}
 
 
-def steps_yaml(*steps: str, extra: str = "") -> str:
-    """A config whose pipeline has these steps (each a YAML flow mapping), plus extra top-level YAML."""
-    body = "\n".join(f"      - {s}" for s in steps)
-    return f"training:\n  pipeline:\n    steps:\n{body}\n{extra}"
+def cfg(*steps: dict, pipeline: dict | None = None, training: dict | None = None, **sections) -> str:
+    """A config YAML with these steps, extra keys for training.pipeline and training, and other sections."""
+    body = {**sections, "training": {**(training or {}), "pipeline": {"steps": list(steps), **(pipeline or {})}}}
+    return yaml.safe_dump(body, sort_keys=False)
+
+
+def vae(**fields) -> dict:
+    """A valid VAE step named 'a', with fields added or replaced (None removes one)."""
+    step = {"name": "a", "n_epochs": 1, "train_vae": True, **fields}
+    return {k: v for k, v in step.items() if v is not None}
+
+
+def opt(group: str = "vae", **params) -> dict:
+    return {"optimizers": {group: params}}
+
+
+def sched(**params) -> dict:
+    return {"schedulers": {"vae": params}}
+
+
+def threshold(**fields) -> dict:
+    return {"mode": "loss_threshold", "metric": "vae_loss", "threshold": 0.1, **fields}
 
 
 S = "training.pipeline.steps"
-VAE = "train_vae: true"
+ONLY = {"train_vae": None}  # a step with no mode of its own
 
 CASES = {
-    "name required": (steps_yaml(f"{{n_epochs: 1, {VAE}}}"), f"{S}[0].name", "required"),
-    "n_epochs required": (steps_yaml(f"{{name: a, {VAE}}}"), f"{S}[0].n_epochs", "required"),
-    "n_epochs positive": (steps_yaml(f"{{name: a, n_epochs: 0, {VAE}}}"), f"{S}[0].n_epochs", "greater than or equal to 1"),
-    "duplicate names": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}}}", f"{{name: a, n_epochs: 1, {VAE}}}"),
-                        f"{S}[1].name", "duplicate step name 'a'"),
-    "path separator in name": (steps_yaml(f"{{name: x/y, n_epochs: 1, {VAE}}}"), f"{S}[0].name", "file names"),
-    "no training mode": (steps_yaml("{name: a, n_epochs: 1, freeze: [text_encoder]}"), f"{S}[0]", "no training mode"),
-    "spade alone": (steps_yaml("{name: a, n_epochs: 1, train_spade: true}"), f"{S}[0].train_spade",
-                    "needs train_vae or gan_training"),
-    "lpips without reconstruction": (steps_yaml("{name: a, n_epochs: 1, gan_training: true, use_lpips: true}"),
-                                     f"{S}[0].use_lpips", "needs train_vae"),
-    "freeze a trained component": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, freeze: [flow_processor, expander]}}"),
-                                   f"{S}[0].freeze[1]", "expander is trained by this step"),
-    "freeze and unfreeze": (steps_yaml("{name: a, n_epochs: 1, train_diff: true, freeze: [text_encoder], "
-                                       "unfreeze: [text_encoder]}"), f"{S}[0].unfreeze[0]", "in both freeze and unfreeze"),
-    "unfreeze without gradient": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, unfreeze: [discriminator]}}"),
-                                  f"{S}[0].unfreeze[0]", "gets no gradient"),
-    "unknown component": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, freeze: [text_encodr]}}"),
-                          f"{S}[0].freeze[0]", "did you mean 'text_encoder'?"),
-    "unknown optimizer type": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, optimization: {{optimizers: {{vae: {{type: Adamw}}}}}}}}"),
-                               f"{S}[0].optimization.optimizers.vae.type", "'AdamW', 'Adam', 'SGD' or 'RMSprop'"),
-    "optimizer lr range": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, optimization: {{optimizers: {{vae: {{lr: -1}}}}}}}}"),
-                           f"{S}[0].optimization.optimizers.vae.lr", "greater than 0"),
-    "optimizer betas range": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, optimization: {{optimizers: {{vae: {{betas: [0.9, 1.5]}}}}}}}}"),
+    "name required": (cfg(vae(name=None)), f"{S}[0].name", "required"),
+    "n_epochs required": (cfg(vae(n_epochs=None)), f"{S}[0].n_epochs", "required"),
+    "n_epochs positive": (cfg(vae(n_epochs=0)), f"{S}[0].n_epochs", "greater than or equal to 1"),
+    "duplicate names": (cfg(vae(), vae()), f"{S}[1].name", "duplicate step name 'a'"),
+    "path separator in name": (cfg(vae(name="x/y")), f"{S}[0].name", "file names"),
+    "no training mode": (cfg(vae(**ONLY, freeze=["text_encoder"])), f"{S}[0]", "no training mode"),
+    "spade alone": (cfg(vae(**ONLY, train_spade=True)), f"{S}[0].train_spade", "needs train_vae or gan_training"),
+    "lpips without reconstruction": (cfg(vae(**ONLY, gan_training=True, use_lpips=True)), f"{S}[0].use_lpips",
+                                     "needs train_vae"),
+    "freeze a trained component": (cfg(vae(freeze=["flow_processor", "expander"])), f"{S}[0].freeze[1]",
+                                   "expander is trained by this step"),
+    "freeze and unfreeze": (cfg(vae(**ONLY, train_diff=True, freeze=["text_encoder"], unfreeze=["text_encoder"])),
+                            f"{S}[0].unfreeze[0]", "in both freeze and unfreeze"),
+    "unfreeze without gradient": (cfg(vae(unfreeze=["discriminator"])), f"{S}[0].unfreeze[0]", "gets no gradient"),
+    "unknown component": (cfg(vae(freeze=["text_encodr"])), f"{S}[0].freeze[0]", "did you mean 'text_encoder'?"),
+    "unknown optimizer type": (cfg(vae(optimization=opt(type="Adamw"))), f"{S}[0].optimization.optimizers.vae.type",
+                               "'AdamW', 'Adam', 'SGD' or 'RMSprop'"),
+    "optimizer lr range": (cfg(vae(optimization=opt(lr=-1))), f"{S}[0].optimization.optimizers.vae.lr",
+                           "greater than 0"),
+    "optimizer betas range": (cfg(vae(optimization=opt(betas=[0.9, 1.5]))),
                               f"{S}[0].optimization.optimizers.vae.betas[1]", "less than 1"),
-    "parameter of another optimizer": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, optimization: {{optimizers: {{vae: {{type: AdamW, momentum: 0.9}}}}}}}}"),
+    "parameter of another optimizer": (cfg(vae(optimization=opt(type="AdamW", momentum=0.9))),
                                        f"{S}[0].optimization.optimizers.vae.momentum", "not a parameter of AdamW"),
-    "unknown optimizer group": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, optimization: {{optimizers: {{vea: {{lr: 0.1}}}}}}}}"),
-                                f"{S}[0].optimization.optimizers.vea", "did you mean 'vae'?"),
-    "optimizer for an untrained group": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, optimization: {{optimizers: {{flow: {{lr: 0.1}}}}}}}}"),
+    "nesterov without momentum": (cfg(vae(optimization=opt(type="SGD", nesterov=True))),
+                                  f"{S}[0].optimization.optimizers.vae.nesterov", "needs momentum > 0"),
+    "unknown optimizer group": (cfg(vae(optimization=opt("vea", lr=0.1))), f"{S}[0].optimization.optimizers.vea",
+                                "no optimizer group is named 'vea' (did you mean 'vae'?)"),
+    "optimizer for an untrained group": (cfg(vae(optimization=opt("flow", lr=0.1))),
                                          f"{S}[0].optimization.optimizers.flow", "does not train flow_processor"),
-    "unknown scheduler type": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, optimization: {{schedulers: {{vae: {{type: OneCycleLR}}}}}}}}"),
+    "unknown scheduler type": (cfg(vae(optimization=sched(type="OneCycleLR"))),
                                f"{S}[0].optimization.schedulers.vae.type", "CosineAnnealingLR"),
-    "StepLR without step_size": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, optimization: {{schedulers: {{vae: {{type: StepLR}}}}}}}}"),
+    "StepLR without step_size": (cfg(vae(optimization=sched(type="StepLR"))),
                                  f"{S}[0].optimization.schedulers.vae.step_size", "required for StepLR"),
-    "scheduler gamma range": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, optimization: {{schedulers: {{vae: {{type: ExponentialLR, gamma: 2}}}}}}}}"),
+    "scheduler gamma range": (cfg(vae(optimization=sched(type="ExponentialLR", gamma=2))),
                               f"{S}[0].optimization.schedulers.vae.gamma", "less than or equal to 1"),
-    "plateau factor below one": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, optimization: {{schedulers: {{vae: {{type: ReduceLROnPlateau, factor: 1.0}}}}}}}}"),
+    "parameter of another scheduler": (cfg(vae(optimization=sched(type="StepLR", step_size=2, eta_min_factor=0.1))),
+                                       f"{S}[0].optimization.schedulers.vae.eta_min_factor", "not a parameter"),
+    "plateau factor below one": (cfg(vae(optimization=sched(type="ReduceLROnPlateau", factor=1.0))),
                                  f"{S}[0].optimization.schedulers.vae.factor", "must be < 1"),
-    "unknown transition mode": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, transition_on: {{mode: plateau}}}}"),
-                                f"{S}[0].transition_on.mode", "'epoch' or 'loss_threshold'"),
-    "threshold metric required": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, transition_on: {{mode: loss_threshold, threshold: 0.1}}}}"),
-                                  f"{S}[0].transition_on.metric", "required for mode: loss_threshold"),
-    "threshold value required": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, transition_on: {{mode: loss_threshold, metric: vae_loss}}}}"),
+    "plateau without a metric": (cfg(vae(optimization=sched(type="ReduceLROnPlateau"))),
+                                 f"{S}[0].optimization.schedulers.vae.type", "needs mode: loss_threshold"),
+    "unknown transition mode": (cfg(vae(transition_on={"mode": "plateau"})), f"{S}[0].transition_on.mode",
+                                "'epoch' or 'loss_threshold'"),
+    "threshold metric required": (cfg(vae(transition_on=threshold(metric=None))), f"{S}[0].transition_on.metric",
+                                  "required for mode: loss_threshold"),
+    "threshold value required": (cfg(vae(transition_on=threshold(threshold=None))),
                                  f"{S}[0].transition_on.threshold", "required for mode: loss_threshold"),
-    "metric the step does not produce": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, transition_on: {{mode: loss_threshold, metric: flow_loss, threshold: 0.1}}}}"),
+    "metric the step does not produce": (cfg(vae(transition_on=threshold(metric="flow_loss"))),
                                          f"{S}[0].transition_on.metric", "not produced by this step"),
-    "vae_loss in GAN-only mode": (steps_yaml("{name: a, n_epochs: 1, gan_training: true, transition_on: {mode: loss_threshold, metric: vae_loss, threshold: 0.1}}"),
+    "vae_loss in GAN-only mode": (cfg(vae(**ONLY, gan_training=True, transition_on=threshold())),
                                   f"{S}[0].transition_on.metric", "always 0 in GAN-only mode"),
-    "unknown metric": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, transition_on: {{mode: loss_threshold, metric: vae_los, threshold: 0.1}}}}"),
-                       f"{S}[0].transition_on.metric", "did you mean 'vae_loss'?"),
-    "max_epochs at least one": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, transition_on: {{mode: loss_threshold, metric: vae_loss, threshold: 0.1, max_epochs: 0}}}}"),
-                                f"{S}[0].transition_on.max_epochs", "greater than or equal to 1"),
-    "threshold in epoch mode": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, transition_on: {{threshold: 0.1}}}}"),
-                                f"{S}[0].transition_on.threshold", "only used with mode: loss_threshold"),
-    "on_missed values": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, on_missed: stop}}"), f"{S}[0].on_missed", "'continue' or 'fail'"),
-    "max_steps positive": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, max_steps: 0}}"), f"{S}[0].max_steps", "greater than or equal to 1"),
-    "unknown dataset": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, dataset: shape}}"), f"{S}[0].dataset", "did you mean 'shapes'?"),
-    "unknown default dataset": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}}}", extra="    datasets: {s: {type: shapes}}\n    default_dataset: t\n"),
+    "unknown metric": (cfg(vae(transition_on=threshold(metric="vae_los"))), f"{S}[0].transition_on.metric",
+                       "did you mean 'vae_loss'?"),
+    "max_epochs at least one": (cfg(vae(transition_on=threshold(max_epochs=0))), f"{S}[0].transition_on.max_epochs",
+                                "greater than or equal to 1"),
+    "threshold in epoch mode": (cfg(vae(transition_on={"threshold": 0.1})), f"{S}[0].transition_on.threshold",
+                                "only used with mode: loss_threshold"),
+    "on_missed values": (cfg(vae(on_missed="stop")), f"{S}[0].on_missed", "'continue' or 'fail'"),
+    "max_steps positive": (cfg(vae(max_steps=0)), f"{S}[0].max_steps", "greater than or equal to 1"),
+    "unknown dataset": (cfg(vae(dataset="shape")), f"{S}[0].dataset", "did you mean 'shapes'?"),
+    "unknown default dataset": (cfg(vae(), pipeline={"datasets": {"s": {"type": "shapes"}}, "default_dataset": "t"}),
                                 "training.pipeline.default_dataset", "no dataset is named 't'"),
-    "folder dataset needs a path": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}}}", extra="    datasets: {f: {type: folder, captions_file: c.txt}}\n"),
+    "folder dataset needs a path": (cfg(vae(), pipeline={"datasets": {"f": {"type": "folder", "captions_file": "c"}}}),
                                     "training.pipeline.datasets.f.path", "required for a folder dataset"),
-    "field of another dataset type": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}}}", extra="    datasets: {f: {type: shapes, urls: x.tar}}\n"),
+    "field of another dataset type": (cfg(vae(), pipeline={"datasets": {"f": {"type": "shapes", "urls": "x.tar"}}}),
                                       "training.pipeline.datasets.f.urls", "not a field of a shapes dataset"),
-    "unknown parent": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}}}", f"{{name: b, n_epochs: 1, {VAE}, after: aa}}"),
-                       f"{S}[1].after", "no step is named 'aa' (did you mean 'a'?)"),
-    "parent is itself": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, after: a}}"), f"{S}[0].after", "cannot start from itself"),
-    "after cycle": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, after: b}}", f"{{name: b, n_epochs: 1, {VAE}, after: a}}"),
-                    f"{S}[0].after", "cycle (a -> b -> a"),
-    "cycle through file order": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, after: c}}", f"{{name: b, n_epochs: 1, {VAE}}}",
-                                            f"{{name: c, n_epochs: 1, {VAE}}}"), f"{S}[0].after", "cycle"),
-    "unknown step key": (steps_yaml(f"{{name: a, n_epochs: 1, trian_vae: true}}"), f"{S}[0].trian_vae", "did you mean 'train_vae'?"),
-    "unknown section key": ("modle: {vae_dim: 8}\n" + steps_yaml(f"{{name: a, n_epochs: 1, {VAE}}}"), "modle", "did you mean 'model'?"),
-    "unknown nested key": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}, transition_on: {{mod: epoch}}}}"),
-                           f"{S}[0].transition_on.mod", "did you mean 'mode'?"),
-    "unknown dataset key": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}}}", extra="    datasets: {s: {type: shapes, szie: 3}}\n"),
+    "unknown parent": (cfg(vae(), vae(name="b", after="aa")), f"{S}[1].after",
+                       "no step is named 'aa' (did you mean 'a'?)"),
+    "parent is itself": (cfg(vae(after="a")), f"{S}[0].after", "cannot start from itself"),
+    "after cycle": (cfg(vae(after="b"), vae(name="b", after="a")), f"{S}[0].after", "cycle (a -> b -> a"),
+    "cycle through file order": (cfg(vae(after="c"), vae(name="b"), vae(name="c")), f"{S}[0].after", "cycle"),
+    "unknown step key": (cfg(vae(**ONLY, trian_vae=True)), f"{S}[0].trian_vae", "did you mean 'train_vae'?"),
+    "unknown section key": (cfg(vae(), modle={"vae_dim": 8}), "modle", "did you mean 'model'?"),
+    "unknown nested key": (cfg(vae(transition_on={"mod": "epoch"})), f"{S}[0].transition_on.mod",
+                           "did you mean 'mode'?"),
+    "unknown dataset key": (cfg(vae(), pipeline={"datasets": {"s": {"type": "shapes", "szie": 3}}}),
                             "training.pipeline.datasets.s.szie", "did you mean 'size'?"),
-    "yes as a name": (steps_yaml(f"{{name: yes, n_epochs: 1, {VAE}}}"), f"{S}[0].name", "quote the value"),
-    "image size vs downscale and patch": ("data: {img_size: 36}\n" + steps_yaml(f"{{name: a, n_epochs: 1, {VAE}}}"),
-                                          "data.img_size", "multiple of 8"),
-    "flow width vs heads": ("model: {feature_maps_dim: 130, flow_heads: 4}\n" + steps_yaml(f"{{name: a, n_epochs: 1, {VAE}}}"),
-                            "model.feature_maps_dim", "divisible by 4 and by model.flow_heads"),
-    "downscale values": ("model: {downscale: 3}\n" + steps_yaml(f"{{name: a, n_epochs: 1, {VAE}}}"), "model.downscale", "2, 4 or 8"),
-    "device values": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}}}").replace("training:\n", "training:\n  device: gpu\n"),
-                      "training.device", "'auto', 'cpu' or 'cuda'"),
-    "nproc at least one": (steps_yaml(f"{{name: a, n_epochs: 1, {VAE}}}").replace("training:\n", "training:\n  distributed: {nproc_per_node: 0}\n"),
+    "yes as a name": ("training:\n  pipeline:\n    steps: [{name: yes, n_epochs: 1, train_vae: true}]\n",
+                      f"{S}[0].name", "quote the value"),
+    "image size vs downscale and patch": (cfg(vae(), data={"img_size": 36}), "data.img_size", "multiple of 8"),
+    "sample size vs downscale and patch": (cfg(vae(), output={"sample_sizes": [32, 20]}), "output.sample_sizes[1]",
+                                           "multiple of 8"),
+    "flow width vs heads": (cfg(vae(), model={"feature_maps_dim": 130, "flow_heads": 4}), "model.feature_maps_dim",
+                            "divisible by 4 and by model.flow_heads"),
+    "downscale values": (cfg(vae(), model={"downscale": 3}), "model.downscale", "2, 4 or 8"),
+    "device values": (cfg(vae(), training={"device": "gpu"}), "training.device", "'auto', 'cpu' or 'cuda'"),
+    "nproc at least one": (cfg(vae(), training={"distributed": {"nproc_per_node": 0}}),
                            "training.distributed.nproc_per_node", "greater than or equal to 1"),
-    "no steps": ("training:\n  pipeline:\n    steps: []\n", "training.pipeline.steps", "at least one step"),
-    "no pipeline": ("training: {batch_size: 2}\n", "training.pipeline", "declare the steps under training.pipeline.steps"),
+    "missing starting checkpoint": (cfg(vae(), model_checkpoint="nowhere/start.pt"), "model_checkpoint",
+                                    "file not found"),
+    "step-only key in defaults": (cfg(vae(), pipeline={"defaults": {"after": "a"}}), "training.pipeline.defaults.after",
+                                  "is set per step"),
+    "no steps": (cfg(), "training.pipeline.steps", "at least one step"),
+    "no pipeline": ("training: {batch_size: 2}\n", "training.pipeline", "declare the steps under training.pipeline"),
 }
 
 
@@ -136,7 +160,8 @@ def test_all_problems_are_reported_together_in_file_order(tmp_path):
             steps:
               - {name: a, n_epochs: 1, train_vae: true, freeze: [compressor]}
               - {name: b, n_epochs: x, train_vae: true}
-              - {name: c, n_epochs: 1, train_diff: true, transition_on: {mode: loss_threshold, metric: vae_loss, threshold: 1}}
+              - {name: c, n_epochs: 1, train_diff: true,
+                 transition_on: {mode: loss_threshold, metric: vae_loss, threshold: 1}}
     """
     path = tmp_path / "c.yaml"
     path.write_text(textwrap.dedent(text))
@@ -150,8 +175,7 @@ def test_all_problems_are_reported_together_in_file_order(tmp_path):
 
 
 def test_a_broken_step_does_not_hide_the_problems_of_the_others(tmp_path):
-    found = problems(tmp_path, steps_yaml("{name: a, n_epochs: one, train_vae: true}",
-                                          "{name: b, n_epochs: 1, train_vae: true, freeze: [expander]}"))
+    found = problems(tmp_path, cfg(vae(n_epochs="one"), vae(name="b", freeze=["expander"])))
     assert set(found) == {f"{S}[0].n_epochs", f"{S}[1].freeze[0]"}
 
 
@@ -192,8 +216,7 @@ def test_missing_file_broken_yaml_duplicate_keys_and_empty_file_are_config_error
 
 def test_lpips_without_its_backbone_file_names_the_file_and_where_it_must_be(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    config = steps_yaml("{name: a, n_epochs: 1, train_vae: true, use_lpips: true}",
-                        "{name: b, n_epochs: 1, train_vae: true, use_lpips: true}")
+    config = cfg(vae(use_lpips=True), vae(name="b", use_lpips=True))
     found = problems(tmp_path, config)
     expected = tmp_path / "torch_home" / "hub" / "checkpoints" / LPIPS_BACKBONE_FILE
     assert LPIPS_BACKBONE_FILE in found[f"{S}[0].use_lpips"] and str(expected) in found[f"{S}[0].use_lpips"]
@@ -204,3 +227,21 @@ def test_lpips_without_its_backbone_file_names_the_file_and_where_it_must_be(tmp
     expected.write_bytes(b"placeholder")
     (tmp_path / "ok.yaml").write_text(config)
     assert load_config(tmp_path / "ok.yaml").config.resolved_steps()[0].use_lpips
+
+
+def test_dataset_and_step_problems_are_found_even_when_another_section_is_broken(tmp_path):
+    found = problems(tmp_path, """
+        output: {log_interval: 0}
+        training:
+          batch_size: many
+          pipeline:
+            datasets:
+              a: {type: shapes}
+              b: {type: folder, path: imgs}
+            steps:
+              - {name: s1, n_epochs: 1, train_vae: true}
+              - {name: s2, n_epochs: 1, train_vae: true, dataset: c}
+    """)
+    assert set(found) == {"output.log_interval", "training.batch_size", "training.pipeline.datasets.b.captions_file",
+                          f"{S}[0].dataset", f"{S}[1].dataset"}
+    assert "several entries and no default_dataset" in found[f"{S}[0].dataset"]

@@ -10,9 +10,23 @@ def tiny():
     return torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
 
 
+def test_decay_warms_up_from_the_first_updates():
+    model = tiny()
+    ema = EMA(model, decay=0.999)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.copy_(start + 1.0)
+    ema.update(model)  # d = min(0.999, 1/10) = 0.1: the shadow moves 90 % of the way at once
+    torch.testing.assert_close(ema.shadow[0].weight, 0.1 * start + 0.9 * (start + 1.0))
+    assert [EMA(model, 0.999).current_decay()] == [0.1]
+    ema.updates = 10_000
+    assert ema.current_decay() == 0.999
+
+
 def test_update_is_decay_weighted_average_by_hand():
     model = tiny()
     ema = EMA(model, decay=0.9)
+    ema.updates = 1_000  # past the warm-up: d = decay
     start = model[0].weight.detach().clone()
     with torch.no_grad():
         model[0].weight.copy_(start + 1.0)

@@ -1,4 +1,5 @@
 """The MLflow tracker on its own (no Prefect, no training): which run a step writes to, and how it writes."""
+import json
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,23 @@ def test_the_pipeline_run_of_an_output_directory_is_reused(setup):
     assert client.get_run(parent).data.tags["fluxflow.config_hash"] == "def"
     other = open_pipeline_run(client, experiment, str(Path(out).parent / "elsewhere"), "elsewhere", {})
     assert other != parent
+
+
+def test_a_step_run_on_torchrun_ranks_is_recorded_from_the_files_rank_0_wrote(setup):
+    client, experiment, _, out, steps = setup
+    gan = steps[1]
+    (Path(out) / "graph").mkdir(parents=True)
+    (Path(out) / "samples").mkdir()
+    lines = [{"timestamp": f"2025-12-09T17:30:0{i}", "session_id": "x", "epoch": 1, "batch": i, "global_step": 3 + i,
+              "metrics": {"vae_loss": 1.0 / i, "d_loss": None}} for i in (1, 2)]
+    (Path(out) / "graph" / "training_metrics_gan.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    for name in ("gan_002_001_abc123-nr_o.webp", "warm_001_001_abc123-nr_o.webp"):
+        (Path(out) / "samples" / name).write_bytes(b"RIFF0000WEBP")
+
+    t = tracker(setup)
+    ref = CheckpointRef(f"{out}/checkpoints/gan/final.pt", "0" * 64, "gan", "key-gan", 5, 2)
+    t.record_from_files(gan, "key-gan", ref, StepResult("gan", "epochs_done", 1, {"vae_loss": 0.5}))
+    assert [(m.step, m.value) for m in client.get_metric_history(t.run_id, "vae_loss")] == [(4, 1.0), (5, 0.5)]
+    assert [a.path for a in client.list_artifacts(t.run_id, "samples")] == ["samples/gan_002_001_abc123-nr_o.webp"]
+    assert {a.path for a in client.list_artifacts(t.run_id)} >= {"checkpoint_ref.json", "training_metrics_gan.jsonl"}
+    assert client.get_run(t.run_id).info.status == "FINISHED"

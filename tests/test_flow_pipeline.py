@@ -5,6 +5,7 @@ sqlite store. Each flow run takes a few seconds, most of it Prefect and MLflow b
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from pathlib import Path
@@ -57,6 +58,20 @@ def artifact_keys(flow_run_id) -> set[str]:
     return {artifact.key for artifact in found}
 
 
+@contextlib.contextmanager
+def gpu_concurrency_limit(limit: int):
+    """A `gpu` tag concurrency limit on the test API for the duration of the block."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag="gpu", concurrency_limit=limit)
+    try:
+        yield
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_concurrency_limit_by_tag("gpu")
+
+
 def mlflow_runs(experiment: str) -> tuple[list, list]:
     """(pipeline runs, step runs) of an experiment."""
     client = MlflowClient()
@@ -93,6 +108,7 @@ def test_three_steps_are_three_tasks_named_after_them_and_three_nested_mlflow_ru
     parent = pipelines[0]
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["prefect.flow_run_id"] == str(flow_run_id)
+    assert parent.data.tags["prefect.flow_run_url"].endswith(f"/runs/flow-run/{flow_run_id}")
     assert len(parent.data.tags["fluxflow.config_hash"]) == 16
     client = MlflowClient()
     for run in steps:
@@ -142,8 +158,12 @@ def test_branches_start_from_the_same_parent_checkpoint_and_compare_reports_both
         {"name": "spade_off", **VAE, "gan_training": True},
         {"name": "spade_on", **VAE, "gan_training": True, "train_spade": True, "after": "warm"},
     ])
-    state, _ = run_flow(raw)
+    with gpu_concurrency_limit(1):  # one GPU: the two branches must take turns
+        state, flow_run_id = run_flow(raw)
     assert state.is_completed(), state.message
+    tasks = task_runs(flow_run_id)
+    first, second = sorted((tasks["spade_off"], tasks["spade_on"]), key=lambda t: t.start_time)
+    assert first.end_time <= second.start_time
     warm = next(o["ref"] for o in state.result() if o["result"]["step_name"] == "warm")
     assert received["warm"] is None
     assert received["spade_off"].sha256 == received["spade_on"].sha256 == warm["sha256"]
@@ -217,7 +237,8 @@ def test_a_failed_task_is_retried_and_resumes_mid_step_in_the_same_mlflow_run(tm
     assert sorted(m.step for m in history) == [4, 5, 6, 7, 8, 9]  # continues at 8: no restart, no batch twice
 
 
-def test_a_missed_threshold_with_on_missed_fail_fails_the_flow_and_stops_its_subtree(tmp_path, mlflow_store_module):
+def test_a_missed_threshold_with_on_missed_fail_fails_the_flow_and_stops_its_subtree(tmp_path, mlflow_store_module,
+                                                                                     capsys):
     from flows.pipeline_flow import run_pipeline_flow
 
     raw = config(tmp_path, "missed", [
@@ -226,9 +247,24 @@ def test_a_missed_threshold_with_on_missed_fail_fails_the_flow_and_stops_its_sub
         {"name": "after_warm", **VAE},
     ], no_samples=True)
     assert run_pipeline_flow(raw) == 1
+    printed = capsys.readouterr().out
+    assert "Step warm: vae_loss did not fall below 1e-09 within 1 epochs" in printed
     out = Path(raw["output"]["output_path"])
+    assert f"Samples:     {out}/samples" in printed
+    assert "MLflow UI:   mlflow ui --backend-store-uri sqlite:///" in printed and "Prefect UI:" in printed
     assert (out / "checkpoints" / "warm" / "final.pt").exists()
     assert not (out / "checkpoints" / "after_warm").exists()
     pipelines, steps = mlflow_runs("missed")
     assert pipelines[0].info.status == "FAILED"
     assert [r.data.tags["fluxflow.outcome"] for r in steps] == ["max_epochs_reached"]
+
+
+def test_a_second_run_on_a_busy_output_directory_fails_at_once(tmp_path, mlflow_store_module, capsys):
+    from flows.pipeline_flow import run_pipeline_flow
+    from fluxflow.run_lock import RunLock
+
+    raw = config(tmp_path, "busy", [{"name": "warm", **VAE}])
+    with RunLock(raw["output"]["output_path"]):
+        assert run_pipeline_flow(raw) == 1
+    assert "is in use by another run" in capsys.readouterr().out
+    assert not (Path(raw["output"]["output_path"]) / "checkpoints").exists()

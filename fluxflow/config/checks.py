@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fluxflow import modes
@@ -38,6 +39,7 @@ class Pieces:
     model: ModelConfig | None
     data: DataConfig | None
     output: OutputConfig | None
+    model_checkpoint: str | None = None
 
 
 def semantic_issues(p: Pieces) -> list[ConfigIssue]:
@@ -45,21 +47,38 @@ def semantic_issues(p: Pieces) -> list[ConfigIssue]:
     afters = [s.get("after") if isinstance(s, dict) and isinstance(s.get("after"), str) else None
               for s in p.raw_steps]
     issues = _name_issues(names) + _dag_issues(names, afters) + _dataset_issues(p) + _size_issues(p)
-    issues += defaults_optimization_issues(p.defaults)
-    lpips_first: int | None = None
+    issues += defaults_optimization_issues(p.defaults) + _checkpoint_issues(p.model_checkpoint)
+    lpips_steps = []
     for i, step in enumerate(p.steps):
         if step is None or p.defaults is None:
             continue
         step_issues, uses_lpips = _step_issues(i, step, p)
         issues += step_issues
-        if uses_lpips:
-            message = missing_lpips_backbone_message()
-            if message and lpips_first is not None:
-                message = f"the LPIPS backbone file is missing (see {format_path((*STEPS, lpips_first))}.use_lpips)"
-            if message:
-                issues.append(ConfigIssue(format_path((*STEPS, i, "use_lpips")), message))
-                lpips_first = i if lpips_first is None else lpips_first
-    return issues
+        lpips_steps += [i] if uses_lpips else []
+    return issues + _lpips_issues(lpips_steps)
+
+
+def _lpips_issues(indexes: list[int]) -> list[ConfigIssue]:
+    """The missing backbone explained once, at the first step that needs it."""
+    message = missing_lpips_backbone_message() if indexes else None
+    if message is None:
+        return []
+    first = format_path((*STEPS, indexes[0], "use_lpips"))
+    return [ConfigIssue(first, message)] + [
+        ConfigIssue(format_path((*STEPS, i, "use_lpips")), f"the LPIPS backbone file is missing (see {first})")
+        for i in indexes[1:]]
+
+
+def _checkpoint_issues(uri: str | None) -> list[ConfigIssue]:
+    """A local starting checkpoint must exist (URIs like s3://... are checked when the step opens them)."""
+    if uri is None or "://" in uri or Path(uri).expanduser().is_file():
+        return []
+    return [ConfigIssue("model_checkpoint", f"file not found: {uri}")]
+
+
+def _unknown(kind: str, value: str, known) -> str:
+    """E.g. no dataset is named 'shape' (did you mean 'shapes'?); datasets: shapes."""
+    return f"no {kind} is named {value!r}{did_you_mean(value, known)}; {kind}s: {', '.join(known)}"
 
 
 def _name_issues(names: list[str | None]) -> list[ConfigIssue]:
@@ -126,8 +145,7 @@ def _dataset_issues(p: Pieces) -> list[ConfigIssue]:
             issues.append(ConfigIssue(format_path((*loc, "holdout")), f"must be smaller than size ({ds.size})"))
     if p.default_dataset is not None and p.default_dataset not in p.datasets:
         issues.append(ConfigIssue("training.pipeline.default_dataset",
-                                  f"no dataset is named {p.default_dataset!r}{did_you_mean(p.default_dataset, p.datasets)}"
-                                  f" (datasets: {', '.join(p.datasets)})"))
+                                  _unknown("dataset", p.default_dataset, p.datasets)))
     return issues
 
 
@@ -171,11 +189,11 @@ def _step_issues(i: int, step: StepConfig, p: Pieces) -> tuple[list[ConfigIssue]
         # Go on with placeholders so that the step's other problems are reported too.
         placeholders = dataclasses.replace(globals_, n_epochs=globals_.n_epochs or 1, dataset=globals_.dataset or "")
         resolved = resolve_step(i, step, p.defaults, placeholders, None)
-    more, uses_lpips = _step_issues_resolved(i, step, p, resolved, at)
+    more, uses_lpips = _step_issues_resolved(step, p, resolved, at)
     return issues + more, uses_lpips
 
 
-def _step_issues_resolved(i, step, p, s: ResolvedStep, at) -> tuple[list[ConfigIssue], bool]:
+def _step_issues_resolved(step: StepConfig, p: Pieces, s: ResolvedStep, at) -> tuple[list[ConfigIssue], bool]:
     issues: list[ConfigIssue] = []
     if not any(getattr(s, m) for m in modes.PRIMARY_MODES):
         extra = " (train_spade and use_lpips only modify a VAE/GAN step)" if s.train_spade or s.use_lpips else ""
@@ -191,23 +209,26 @@ def _step_issues_resolved(i, step, p, s: ResolvedStep, at) -> tuple[list[ConfigI
     issues += _freeze_issues(step, s, given, at)
     issues += _optimization_issues(step, s, given, at)
     issues += _transition_issues(step, s, given, at)
+    for group, scheduler in s.optimization.schedulers.items():
+        if scheduler.type == "ReduceLROnPlateau" and s.transition_on.mode != "loss_threshold":
+            issues.append(ConfigIssue(at("optimization", "schedulers", group, "type"), "ReduceLROnPlateau watches "
+                                      "transition_on.metric, so it needs mode: loss_threshold (here it would never "
+                                      "change the lr)" + _inherited(step, "optimization")))
     if p.datasets is not None and s.dataset and s.dataset not in p.datasets and "dataset" in given:
-        issues.append(ConfigIssue(at("dataset"), f"no dataset is named {s.dataset!r}"
-                                  f"{did_you_mean(s.dataset, p.datasets)} (datasets: {', '.join(p.datasets)})"
+        issues.append(ConfigIssue(at("dataset"), _unknown("dataset", s.dataset, p.datasets)
                                   + _inherited(step, "dataset")))
     return issues, bool(s.use_lpips and s.train_vae)
 
 
 def _freeze_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigIssue]:
     issues = []
-    by_modes, trainable = modes.mode_trained_components(s), _trainable(s)
+    by_modes, trainable = modes.mode_trained_components(s), modes.trainable_components(s)
     freeze, unfreeze = given.get("freeze", []), given.get("unfreeze", [])
     for field, names in (("freeze", freeze), ("unfreeze", unfreeze)):
         note = _inherited(step, field)
         for j, name in enumerate(names):
             if name not in modes.COMPONENTS:
-                issues.append(ConfigIssue(at(field, j), f"unknown component {name!r}{did_you_mean(name, modes.COMPONENTS)}"
-                                          f" (components: {', '.join(modes.COMPONENTS)}){note}"))
+                issues.append(ConfigIssue(at(field, j), _unknown("component", name, modes.COMPONENTS) + note))
             elif field == "freeze" and name in by_modes:
                 issues.append(ConfigIssue(at(field, j), f"{name} is trained by this step's modes "
                                           f"({', '.join(modes.mode_labels(s))}); remove it from freeze or turn "
@@ -219,11 +240,6 @@ def _freeze_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigIssue]:
                                           f"trains nothing (it can train: {', '.join(sorted(trainable)) or 'none'})"
                                           f"{note}"))
     return issues
-
-
-def _trainable(s: ResolvedStep) -> set[str]:
-    """Components that receive a gradient from this step's losses: its modes' plus the text encoder of a flow step."""
-    return modes.mode_trained_components(s) | ({"text_encoder"} if modes.has_flow_mode(s) else set())
 
 
 def _optimization_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigIssue]:
@@ -258,8 +274,7 @@ def defaults_optimization_issues(defaults: StepDefaults | None) -> list[ConfigIs
 
 def _group_issues(group: str, cfg, kind: str, loc: tuple) -> list[ConfigIssue]:
     if group not in modes.OPTIMIZER_GROUPS:
-        return [ConfigIssue(format_path(loc), f"unknown optimizer group {group!r}"
-                            f"{did_you_mean(group, modes.OPTIMIZER_GROUPS)} (groups: {', '.join(modes.OPTIMIZER_GROUPS)})")]
+        return [ConfigIssue(format_path(loc), _unknown("optimizer group", group, modes.OPTIMIZER_GROUPS))]
     return (optimizer_issues if kind == "optimizers" else scheduler_issues)(cfg, loc)
 
 
@@ -275,8 +290,7 @@ def _transition_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigIss
             issues.append(ConfigIssue(at("transition_on", key), "required for mode: loss_threshold"))
     metric = written.get("metric")
     if metric is not None and metric not in modes.ALL_METRICS:
-        issues.append(ConfigIssue(at("transition_on", "metric"), f"unknown metric {metric!r}"
-                                  f"{did_you_mean(metric, modes.ALL_METRICS)} (metrics: {', '.join(modes.ALL_METRICS)})"))
+        issues.append(ConfigIssue(at("transition_on", "metric"), _unknown("metric", metric, modes.ALL_METRICS)))
     elif metric is not None and metric not in modes.threshold_metrics(s):
         why = " (vae_loss is always 0 in GAN-only mode)" if metric == "vae_loss" and s.gan_training else ""
         issues.append(ConfigIssue(at("transition_on", "metric"), f"{metric!r} is not produced by this step{why}; "

@@ -148,7 +148,9 @@ def _precision(training: dict, notes: _Notes) -> None:
     if "use_fp16" not in training:
         return
     fp16 = training.pop("use_fp16")
-    if "precision" in training:
+    if not isinstance(fp16, bool):
+        notes.issues.append(ConfigIssue("training.use_fp16", f"must be true or false (got {fp16!r})"))
+    elif "precision" in training:
         notes.warnings.append("training.use_fp16: has no effect here because training.precision is given")
     elif fp16:
         training["precision"] = "auto"
@@ -170,13 +172,15 @@ def _pipeline(training: dict, notes: _Notes) -> None:
     if implicit and any(modes.values()):
         # A single-mode config of the original tool: its modes and loss weights become one step.
         pipeline = pipeline if isinstance(pipeline, dict) else {}
-        pipeline["steps"] = [{"name": LEGACY_STEP_NAME, **modes, **losses}]
+        # The original's n_epochs defaulted to 1.
+        epochs = {} if "n_epochs" in training else {"n_epochs": 1}
+        pipeline["steps"] = [{"name": LEGACY_STEP_NAME, **epochs, **modes, **losses}]
         training["pipeline"] = pipeline
         notes.warnings.append(f"training: no pipeline steps given; the training modes "
                               f"({', '.join(k for k, v in modes.items() if v)}) run as one step "
                               f"named '{LEGACY_STEP_NAME}'")
         return
-    for key in modes:
+    for key in [k for k, v in modes.items() if v]:
         notes.warnings.append(f"training.{key}: has no effect here (each step of training.pipeline.steps "
                               f"sets its own training modes)")
     if isinstance(pipeline, dict):

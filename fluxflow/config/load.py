@@ -14,7 +14,8 @@ from pydantic import BaseModel, ValidationError
 from fluxflow.config.checks import Pieces, semantic_issues
 from fluxflow.config.errors import ConfigError, ConfigIssue, did_you_mean, format_path
 from fluxflow.config.legacy import apply_legacy
-from fluxflow.config.schema import DatasetConfig, PipelineConfig, TrainingConfig
+from fluxflow.config.schema import (DataConfig, DatasetConfig, ModelConfig, OutputConfig, PipelineConfig,
+                                    TrainingConfig, implicit_datasets)
 from fluxflow.config.steps import StepConfig, StepDefaults, StepGlobals
 
 
@@ -79,19 +80,22 @@ def load_config(source: str | Path | dict[str, Any]) -> LoadedConfig:
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        issues += issues_from_validation(exc, PipelineConfig, raw)
+        issues += issues_from_validation(exc, PipelineConfig)
     issues += semantic_issues(_pieces(raw, config))
     if issues:
         raise ConfigError(_dedupe(issues), label)
     return LoadedConfig(config=config, warnings=warnings, source=path)
 
 
-def issues_from_validation(exc: ValidationError, root: type[BaseModel], raw: Any) -> list[ConfigIssue]:
+def issues_from_validation(exc: ValidationError, root: type[BaseModel]) -> list[ConfigIssue]:
+    """pydantic's errors as issues: dotted paths, 'did you mean' for unknown keys."""
     issues = []
     for err in exc.errors():
         loc, kind = tuple(err["loc"]), err["type"]
         path = format_path(loc)
-        if kind == "extra_forbidden":
+        if kind == "extra_forbidden" and loc[-2:-1] == ("defaults",) and loc[-1] in ("name", "after", "description"):
+            issues.append(ConfigIssue(path, "is set per step, not in training.pipeline.defaults"))
+        elif kind == "extra_forbidden":
             known = _fields_at(root, loc[:-1])
             issues.append(ConfigIssue(path, f"unknown key{did_you_mean(str(loc[-1]), known)}"))
         elif kind == "missing":
@@ -149,16 +153,13 @@ def _pieces(raw: dict, config: PipelineConfig | None) -> Pieces:
     if config is not None:
         pipe = config.training.pipeline
         return Pieces(raw_steps, list(pipe.steps), pipe.defaults, config.step_globals(), pipe.datasets,
-                      pipe.default_dataset, config.model, config.data, config.output)
-    from fluxflow.config.schema import DataConfig, ModelConfig, OutputConfig, PipelineSection
-
+                      pipe.default_dataset, config.model, config.data, config.output, config.model_checkpoint)
     defaults = _parse(StepDefaults, _get(raw, "training", "pipeline", "defaults") or {})
     datasets = _parse_datasets(_get(raw, "training", "pipeline", "datasets"))
     default_dataset = _get(raw, "training", "pipeline", "default_dataset")
     if datasets is not None:
-        section = PipelineSection.model_construct(datasets=dict(datasets), default_dataset=default_dataset)
-        PipelineSection._builtin_dataset(section)
-        datasets, default_dataset = section.datasets, section.default_dataset
+        datasets, default_dataset = implicit_datasets(datasets, default_dataset if isinstance(default_dataset, str)
+                                                      else None)
     output = _parse(OutputConfig, _get(raw, "output") or {})
     data = _parse(DataConfig, _get(raw, "data") or {})
     if output is not None and output.sample_sizes is None and data is not None:
@@ -166,7 +167,8 @@ def _pieces(raw: dict, config: PipelineConfig | None) -> Pieces:
     return Pieces(raw_steps, [_parse(StepConfig, s) for s in raw_steps], defaults,
                   _lenient_globals(_get(raw, "training"), default_dataset), datasets,
                   default_dataset if isinstance(default_dataset, str) else None,
-                  _parse(ModelConfig, _get(raw, "model") or {}), data, output)
+                  _parse(ModelConfig, _get(raw, "model") or {}), data, output,
+                  raw.get("model_checkpoint") if isinstance(raw.get("model_checkpoint"), str) else None)
 
 
 def _lenient_globals(training: Any, dataset: Any) -> StepGlobals:

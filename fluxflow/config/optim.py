@@ -62,14 +62,16 @@ class OptimizerConfig(StrictModel):
         kind = self.type or "AdamW"
         values = {**OPTIMIZER_PARAMS[kind], **self.model_dump(exclude_none=True)}
         values.update(type=kind, lr=self.lr if self.lr is not None else default_lr)
-        return OptimizerConfig(**{k: v for k, v in values.items() if k in OPTIMIZER_PARAMS[kind] or k in ("type", "lr")})
+        takes = {"type", "lr", *OPTIMIZER_PARAMS[kind]}
+        return OptimizerConfig(**{k: v for k, v in values.items() if k in takes})
 
 
 class SchedulerConfig(StrictModel):
     """Schedulers step once per epoch of the step; `step_size`, `total_iters` and `patience` count epochs.
 
     CosineAnnealingLR anneals over the step's epochs to `eta_min_factor` x the start lr. `total_iters` of LinearLR and
-    ConstantLR defaults to the step's epochs. ReduceLROnPlateau watches the step's smoothed loss.
+    ConstantLR defaults to the step's epochs. ReduceLROnPlateau watches the smoothed `transition_on.metric`, so it
+    needs a loss_threshold step.
     """
 
     type: SchedulerType | None = None

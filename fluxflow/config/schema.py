@@ -25,7 +25,7 @@ class ModelConfig(StrictModel):
     patch_size: Literal[1, 2] = 2
     text_embedding_dim: int = Field(64, ge=1)
     text_encoder_depth: int = Field(2, ge=1)
-    text_max_len: int = Field(64, ge=1)
+    text_max_len: int = Field(64, ge=2)
     feature_maps_dim_disc: int = Field(32, ge=1)
 
 
@@ -75,13 +75,19 @@ class PipelineSection(StrictModel):
     retries: int = Field(1, ge=0, description="Prefect task retries; a retry resumes from the latest checkpoint")
 
     @model_validator(mode="after")
-    def _builtin_dataset(self) -> "PipelineSection":
-        # No dataset declared anywhere: the built-in procedural one, so that nothing needs a download.
-        if not self.datasets:
-            self.datasets = {BUILTIN_DATASET: DatasetConfig(type="shapes")}
-        if self.default_dataset is None and len(self.datasets) == 1:
-            self.default_dataset = next(iter(self.datasets))
+    def _implicit_datasets(self) -> "PipelineSection":
+        self.datasets, self.default_dataset = implicit_datasets(self.datasets, self.default_dataset)
         return self
+
+
+def implicit_datasets(datasets: dict[str, DatasetConfig],
+                      default: str | None) -> tuple[dict[str, DatasetConfig], str | None]:
+    """No dataset declared: the built-in procedural one, so that nothing needs a download. One dataset: the default."""
+    if not datasets:
+        datasets = {BUILTIN_DATASET: DatasetConfig(type="shapes")}
+    if default is None and len(datasets) == 1:
+        default = next(iter(datasets))
+    return datasets, default
 
 
 class DistributedConfig(StrictModel):

@@ -151,11 +151,10 @@ class MissingStepValue(Exception):
         super().__init__(f"{field}: {message}")
 
 
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """`override` on top of `base`; see the module docstring for the rules."""
-    for key in ("type", "mode"):
-        if key in base and key in override and base[key] != override[key]:
-            return dict(override)
+def deep_merge(base: dict[str, Any], override: dict[str, Any], kind_key: str = "type") -> dict[str, Any]:
+    """`override` on top of `base`; when both name a different `kind_key`, `override` replaces `base` whole."""
+    if kind_key in base and kind_key in override and base[kind_key] != override[kind_key]:
+        return dict(override)
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
@@ -167,7 +166,11 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 def merged_step_fields(step: StepConfig, defaults: StepDefaults) -> dict[str, Any]:
     """The step's own values over the pipeline defaults (no globals, no built-ins): what the user wrote for it."""
-    return deep_merge(defaults.model_dump(exclude_none=True), step.model_dump(exclude_none=True))
+    base, own = defaults.model_dump(exclude_none=True), step.model_dump(exclude_none=True)
+    merged = deep_merge(base, own)
+    if "transition_on" in base and "transition_on" in own:  # a transition of another mode replaces the inherited one
+        merged["transition_on"] = deep_merge(base["transition_on"], own["transition_on"], kind_key="mode")
+    return merged
 
 
 def _unique(items: list[str]) -> list[str]:

@@ -1,0 +1,97 @@
+"""overhead: the same tiny 2-step pipeline through the Prefect + MLflow flow and through the bare runner.
+
+Both arms run in this one process, alternating (flow, bare), (bare, flow), ... so that drift (a warming disk cache,
+another process on the machine) hits both alike; each run gets a fresh output directory, so nothing is skipped as
+already complete. One warm-up run of each arm comes first and is not counted: the first flow call starts Prefect's
+embedded API server (12-15 s with a fresh database) and creates the MLflow SQLite store, costs a long-lived
+deployment does not pay per run. Reported: median wall time of each arm and the median of the per-pair ratios
+flow / bare.
+
+What the flow arm adds: the flow and task runs in Prefect's database, the MLflow parent and nested runs with params,
+batched metrics and the sample images as artifacts, and the Prefect table/progress artifacts.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from bench.common import Stopwatch, device_label, machine, median, print_table, tiny_pipeline, write_result
+
+Runner = Callable[[Path, int], None]  # (fresh output directory, batches per step)
+
+
+def flow_runner(path: Path, batches: int) -> None:
+    """Run the tiny pipeline through `flows.pipeline_flow.run_pipeline_flow` (Prefect + MLflow)."""
+    from flows.pipeline_flow import run_pipeline_flow
+
+    code = run_pipeline_flow(tiny_pipeline(path, batches=batches, samples=True), output_dir=str(path), device="cpu")
+    if code != 0:
+        raise RuntimeError(f"the flow run in {path} exited with code {code}")
+
+
+def bare_runner(path: Path, batches: int) -> None:
+    """Run the tiny pipeline through `fluxflow.pipeline.run_pipeline` (console + JSONL tracking only)."""
+    from fluxflow.config import load_config
+    from fluxflow.pipeline import run_pipeline
+
+    run_pipeline(load_config(tiny_pipeline(path, batches=batches, samples=True)).config, device="cpu")
+
+
+def measure_pairs(runners: dict[str, Runner], pairs: int, batches: int, workdir: Path, log) -> dict[str, Any]:
+    """Warm-up once per arm, then `pairs` alternating pairs; returns the per-run seconds and the summary."""
+    names = ("flow", "bare")
+    for name in names:
+        with _quiet(log):
+            runners[name](workdir / f"warmup-{name}", batches)
+    seconds: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(pairs):
+        order = names if i % 2 == 0 else names[::-1]
+        for name in order:
+            with _quiet(log), Stopwatch() as sw:
+                runners[name](workdir / f"{name}-{i}", batches)
+            seconds[name].append(sw.seconds)
+    ratios = [f / b for f, b in zip(seconds["flow"], seconds["bare"])]
+    return {"seconds": seconds, "ratios": ratios, "median_flow_s": median(seconds["flow"]),
+            "median_bare_s": median(seconds["bare"]), "median_ratio": median(ratios),
+            "median_added_s": median([f - b for f, b in zip(seconds["flow"], seconds["bare"])])}
+
+
+@contextlib.contextmanager
+def _quiet(log):
+    """Training prints go to the log file, not into the benchmark's table."""
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        yield
+
+
+def run(args) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="fluxflow-bench-overhead-"))
+    # A private MLflow store, so the benchmark neither reads nor grows the user's ./mlflow.db.
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
+    runners = getattr(args, "runners", None) or {"flow": flow_runner, "bare": bare_runner}
+    try:
+        with open(workdir / "runs.log", "w") as log:
+            result = measure_pairs(runners, args.pairs, args.batches, workdir, log)
+    except BaseException:
+        print(f"overhead: a run failed; its output is in {workdir / 'runs.log'}", flush=True)
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
+    info = machine()
+    rows = [["bare `run_pipeline`", result["median_bare_s"], 1.0],
+            ["Prefect + MLflow flow", result["median_flow_s"], result["median_ratio"]]]
+    table = print_table(
+        f"overhead — tiny 2-step pipeline ({args.batches} batches per step), median of {args.pairs} alternating "
+        f"pairs, {device_label(info)}",
+        ["path", "wall s (median)", "ratio to bare (median of pairs)"], rows)
+    payload = {"benchmark": "overhead", "machine": info, "pairs": args.pairs, "batches_per_step": args.batches,
+               **result, "table": table}
+    write_result("overhead", payload, args.results_dir)
+    return payload
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--pairs", type=int, default=3, help="alternating (flow, bare) pairs after warm-up (>= 3)")
+    parser.add_argument("--batches", type=int, default=2, help="batches per step of the tiny pipeline")

@@ -1,0 +1,58 @@
+"""`python -m bench.run [name ...] [options]` — run all benchmarks (the default) or the named ones.
+
+    python -m bench.run                      # all four, CPU-sized (a few minutes on 2 cores)
+    python -m bench.run overhead --pairs 5
+    python -m bench.run throughput --sizes 64 --batch-sizes 8 16 32 64 --kinds flow
+    python -m bench.run resume checkpoint
+
+Each prints one markdown table and writes `bench/results/<name>.json` (machine, date, raw timings, the table).
+"""
+from __future__ import annotations
+
+import os
+
+# Quiet and offline before anything imports prefect or mlflow (the overhead benchmark does).
+for _name, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                      "MLFLOW_DISABLE_TELEMETRY": "true"}.items():
+    os.environ.setdefault(_name, _value)
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from bench import checkpoint, overhead, resume, throughput  # noqa: E402
+from bench.common import RESULTS_DIR  # noqa: E402
+
+BENCHMARKS = {"overhead": overhead, "throughput": throughput, "resume": resume, "checkpoint": checkpoint}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("names", nargs="*", metavar="name",
+                   help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON results go")
+    for module in BENCHMARKS.values():
+        module.add_arguments(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        p.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    names = args.names or list(BENCHMARKS)
+    start = time.perf_counter()
+    for name in names:
+        t = time.perf_counter()
+        BENCHMARKS[name].run(args)
+        print(f"({name}: {time.perf_counter() - t:.0f} s)\n", flush=True)
+    print(f"bench: {', '.join(names)} in {time.perf_counter() - start:.0f} s; results in {args.results_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

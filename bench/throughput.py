@@ -1,0 +1,234 @@
+"""throughput: images/s of the per-batch training steps, exactly as the runner calls them, and the data loader.
+
+For each step kind (`vae`, `vae_gan_r1`: VAE + GAN with R1 on every step, the worst case of lazy R1, and `flow`:
+rectified flow on frozen-VAE latents, text encoder frozen) the models, optimizers (fused AdamW), EMA and
+`StepContext` are built by the same functions the runner uses, and `vae_step` / `flow_step` run on a fixed batch of
+real `shapes` images (per-batch caption tokenization and EMA updates included, data loading excluded: the `data` rows
+time the shapes loader on its own). After warm-up, steps are timed until MIN_SECONDS have passed (at least
+MIN_ITERS steps); on CUDA the clock stops after a device synchronize.
+
+FLOPs of one step are counted with `torch.utils.flop_counter.FlopCounterMode` (matmuls and convolutions, forward
+and backward, including the frozen encoder's forward in the flow step). On CUDA the model FLOP utilisation (MFU) is
+achieved FLOP/s over the GPU's dense bf16 peak; on CPU we report achieved FLOP/s only.
+
+CPU runs a small subset (documented in docs/PERFORMANCE.md) to stay within a couple of minutes on 2 cores. CUDA runs
+64 and 256 px at batch sizes 8-64 under bf16 autocast, eager and with `torch.compile` (R1's double backward does not
+compile: with R1 on, the discriminator stays eager). The `seed-size` rows (VAE ≈ 6.9 M parameters, flow ≈ 1.7 M,
+batch 4, 64 px) are the comparison with the original tool's figures.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from bench.common import device_label, machine, print_table, write_result
+
+KINDS = ("vae", "vae_gan_r1", "flow")
+STEP_FLAGS = {
+    "vae": {"train_vae": True},
+    "vae_gan_r1": {"train_vae": True, "gan_training": True, "r1_gamma": 1.0, "r1_interval": 1},
+    "flow": {"train_diff": True},
+}
+CPU_CASES = [(64, 8), (64, 32), (256, 8)]  # (img_size, batch): the subset a 2-core CPU can run in ~2 minutes
+GPU_CASES = [(size, batch) for size in (64, 256) for batch in (8, 16, 32, 64)]
+SEED_SIZE_MODEL = {"vae_dim": 114}  # VAE 6.89 M parameters (the original's ≈ 6.8 M); flow 1.74 M (≈ 1.8 M)
+SEED_SIZE_CASE = (64, 4)
+# The original tool on this machine (docs: shared/PITFALLS.md), seconds per batch at batch 4, 64 px, CPU.
+ORIGINAL_S_PER_BATCH = {"vae": 0.91, "vae_gan_r1": 1.80, "flow": 0.40}
+MIN_SECONDS, MIN_ITERS = 1.0, 2
+# Dense bf16 peak FLOP/s by GPU name (vendor data sheets); an unknown GPU gets no MFU rather than a guess.
+PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "A100": 312e12,
+             "L40S": 362e12, "L4": 121e12}
+
+
+def peak_flops(gpu_name: str | None) -> float | None:
+    if not gpu_name:
+        return None
+    for key, value in PEAK_BF16.items():  # most specific names first
+        if key in gpu_name:
+            return value
+    return None
+
+
+def step_config(kind: str, img_size: int, batch: int, model: dict | None = None):
+    from fluxflow.config import load_config
+
+    step = {"name": kind, "n_epochs": 1, **STEP_FLAGS[kind]}
+    config = load_config({"model": model or {}, "data": {"img_size": img_size},
+                          "training": {"batch_size": batch, "pipeline": {"steps": [step]}}}).config
+    return config, config.step(kind)
+
+
+class StepBench:
+    """One step kind at one size, built the way the runner builds it; `run(i)` is one training batch."""
+
+    def __init__(self, kind: str, img_size: int, batch: int, device: torch.device, *, compile: bool = False,
+                 model: dict | None = None):
+        from fluxflow.data import ShapesDataset
+        from fluxflow.device import autocast_dtype
+        from fluxflow.latents import measure_latent_norm
+        from fluxflow.modes import trained_components
+        from fluxflow.optim import build_optimizers
+        from fluxflow.step_models import ema_components, prepare_emas, prepare_models
+        from fluxflow.train_step import StepContext
+
+        config, step = step_config(kind, img_size, batch, model)
+        self.kind, self.device, self.config = kind, device, config
+        torch.manual_seed(0)
+        data = ShapesDataset(batch, 0, img_size)
+        self.images = torch.stack([data[i][0] for i in range(batch)]).to(device)
+        self.captions = [data[i][1] for i in range(batch)]
+        trained = trained_components(step)
+        self.models = prepare_models(config, step, None, device)
+        self.emas = prepare_emas(step, self.models, None, trained)
+        self.ema_active = sorted(ema_components(step, trained))
+        optimizers, _ = build_optimizers(step, self.models, trained)
+        norm = measure_latent_norm(self.models["compressor"], self.images) if kind == "flow" else None
+        if compile:
+            for name, module in self.models.items():
+                if name == "discriminator" and step.r1_gamma > 0:
+                    continue  # R1's double backward does not compile (PITFALLS.md): D stays eager
+                module.compile()  # in place: state_dict keys unchanged (EMA and checkpoints see the raw module)
+        self.ctx = StepContext(step=step, models=self.models, optimizers=optimizers, trained=trained, device=device,
+                               amp_dtype=autocast_dtype(device, config.training.precision),
+                               generator=torch.Generator(device=device), latent_norm=norm)
+
+    def run(self, i: int) -> dict[str, torch.Tensor]:
+        from fluxflow.models import tokenize
+        from fluxflow.train_step import flow_step, vae_step
+
+        self.ctx.generator.manual_seed(i)
+        if self.kind == "flow":
+            ids, mask = tokenize(self.captions, self.config.model.text_max_len)
+            out = flow_step(self.ctx, self.images, ids.to(self.device, non_blocking=True),
+                            mask.to(self.device, non_blocking=True))
+        else:
+            out = vae_step(self.ctx, self.images, global_step=i)
+        for name in self.ema_active:
+            self.emas[name].update(self.models[name])
+        return out
+
+    def parameters(self) -> dict[str, int]:
+        from fluxflow.models import count_parameters
+
+        return {name: count_parameters(m) for name, m in self.models.items()}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(bench: StepBench, warmup: int) -> tuple[float, int]:
+    """(seconds per batch, batches timed) after `warmup` untimed batches."""
+    for i in range(warmup):
+        bench.run(i)
+    _sync(bench.device)
+    n, start = 0, time.perf_counter()
+    while True:
+        bench.run(warmup + n)
+        n += 1
+        if n >= MIN_ITERS and time.perf_counter() - start >= MIN_SECONDS:
+            break
+    _sync(bench.device)
+    return (time.perf_counter() - start) / n, n
+
+
+def count_flops(bench: StepBench) -> int | None:
+    """FLOPs of one step; None for R1 steps (FlopCounterMode's hooks reject autograd.grad's double backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if bench.ctx.step.gan_training and bench.ctx.step.r1_gamma > 0:
+        return None
+    counter = FlopCounterMode(display=False)
+    with counter:
+        bench.run(10_000)
+    return int(counter.get_total_flops())
+
+
+def measure_step(kind: str, img_size: int, batch: int, device: torch.device, *, compile: bool = False,
+                 model: dict | None = None, flops: bool = True, label: str = "default") -> dict[str, Any]:
+    bench = StepBench(kind, img_size, batch, device, compile=compile, model=model)
+    warmup = 1 if device.type == "cpu" else (4 if compile else 2)
+    s_per_batch, iters = time_steps(bench, warmup)
+    n_flops = count_flops(bench) if flops and not compile else None  # the counter would trace into compiled code
+    achieved = n_flops / s_per_batch if n_flops else None
+    peak = peak_flops(torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+    return {"kind": kind, "model": label, "img_size": img_size, "batch": batch, "device": device.type,
+            "precision": "bf16" if bench.ctx.amp_dtype == torch.bfloat16 else "fp32", "compile": compile,
+            "s_per_batch": s_per_batch, "images_per_s": batch / s_per_batch, "iters": iters,
+            "flops_per_step": n_flops, "flops_per_s": achieved,
+            "mfu": achieved / peak if achieved and peak else None, "parameters": bench.parameters()}
+
+
+def measure_loader(img_size: int, batch: int, batches: int = 4) -> dict[str, Any]:
+    """images/s of the shapes loader (rendering + collation, workers=0) on its own."""
+    from fluxflow.data import ShapesDataset, make_loader
+
+    loader = make_loader(ShapesDataset(batch * batches, 0, img_size), batch, workers=0, seed=0, pin_memory=False)
+    start = time.perf_counter()
+    n = sum(images.shape[0] for images, _ in loader)
+    seconds = time.perf_counter() - start
+    return {"kind": "data", "model": "shapes loader", "img_size": img_size, "batch": batch, "device": "cpu",
+            "precision": "—", "compile": False, "s_per_batch": seconds / batches, "images_per_s": n / seconds,
+            "iters": batches, "flops_per_step": None, "flops_per_s": None, "mfu": None}
+
+
+def plan(args, cuda: bool) -> list[dict[str, Any]]:
+    """The measurements to take: (kind, size, batch, device, compile, model) dicts."""
+    kinds = args.kinds or list(KINDS)
+    cases = [(s, b) for s in args.sizes for b in args.batch_sizes] if args.sizes or args.batch_sizes else None
+    if cases is None:
+        cases = GPU_CASES if cuda else CPU_CASES
+    elif not (args.sizes and args.batch_sizes):
+        raise SystemExit("throughput: give both --sizes and --batch-sizes, or neither")
+    device = "cuda" if cuda else "cpu"
+    compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile] if cuda else [False]
+    todo = [dict(kind=k, img_size=s, batch=b, device=device, compile=c)
+            for c in compiles for (s, b) in cases for k in kinds]
+    if not args.no_seed_size:
+        todo += [dict(kind=k, img_size=SEED_SIZE_CASE[0], batch=SEED_SIZE_CASE[1], device="cpu", compile=False,
+                      model=SEED_SIZE_MODEL, label="seed-size") for k in kinds]
+    return todo
+
+
+def run(args) -> dict[str, Any]:
+    cuda = torch.cuda.is_available() and not args.cpu
+    rows_data = []
+    for size in sorted({t["img_size"] for t in plan(args, cuda)}):
+        rows_data.append(measure_loader(size, 32))
+    for item in plan(args, cuda):
+        item = dict(item)
+        device = torch.device(item.pop("device"))
+        rows_data.append(measure_step(device=device, **item))
+    info = machine()
+    rows = []
+    for r in rows_data:
+        original = ORIGINAL_S_PER_BATCH.get(r["kind"]) if r["model"] == "seed-size" else None
+        rows.append([r["kind"], r["model"], r["device"], r["precision"], "yes" if r["compile"] else "no",
+                     r["img_size"], r["batch"], r["s_per_batch"], r["images_per_s"],
+                     r["flops_per_step"] / 1e9 if r["flops_per_step"] else None,
+                     r["flops_per_s"] / 1e12 if r["flops_per_s"] else None,
+                     f"{100 * r['mfu']:.1f} %" if r["mfu"] else None,
+                     f"{original / r['s_per_batch']:.1f}x" if original else None])
+    table = print_table(
+        f"throughput — {device_label(info)}",
+        ["step", "model", "device", "precision", "compile", "px", "batch", "s/batch", "images/s", "GFLOP/step",
+         "TFLOP/s", "MFU", "vs original"], rows)
+    payload = {"benchmark": "throughput", "machine": info, "min_seconds": MIN_SECONDS, "rows": rows_data,
+               "original_s_per_batch": ORIGINAL_S_PER_BATCH, "table": table}
+    write_result("throughput", payload, args.results_dir)
+    return payload
+
+
+def add_arguments(parser) -> None:
+    g = parser.add_argument_group("throughput")
+    g.add_argument("--kinds", nargs="+", choices=KINDS, help="step kinds (default: all)")
+    g.add_argument("--sizes", nargs="+", type=int, help="image sizes (default: CPU subset or 64 256 on CUDA)")
+    g.add_argument("--batch-sizes", nargs="+", type=int, help="batch sizes (default: CPU subset or 8-64 on CUDA)")
+    g.add_argument("--compile", choices=("off", "on", "both"), default="both",
+                   help="CUDA only: torch.compile off, on, or both (default)")
+    g.add_argument("--cpu", action="store_true", help="measure on the CPU even when a GPU is present")
+    g.add_argument("--no-seed-size", action="store_true", help="skip the comparison rows with the original's sizes")

@@ -1,0 +1,75 @@
+"""`fluxflow-compare` on MLflow runs recorded by the tracker (no training): leaves, differences, files."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+from helpers_tiny import tiny_raw
+from mlflow.tracking import MlflowClient
+
+from flows import compare
+from flows.mlflow_tracker import MlflowTracker, experiment_id_for, open_pipeline_run
+from fluxflow.checkpoint_ref import CheckpointRef, StepResult
+from fluxflow.config import load_config
+from fluxflow.tracking import Progress
+
+WARM = {"name": "warm", "n_epochs": 1, "train_vae": True}
+
+
+def record_pipeline(client, experiment, out, steps, losses, session="s"):
+    """Record every step as the flow would: a nested run with params, one metric line and a final result."""
+    parent = open_pipeline_run(client, experiment, out, out.rsplit("/", 1)[-1], {})
+    for step in load_config(tiny_raw(out, steps)).config.resolved_steps():
+        tracker = MlflowTracker(client, experiment, parent, out, session=session)
+        tracker.step_started(step, f"key-{out}-{step.name}", len(steps), resumed=False)
+        loss = losses[step.name]
+        tracker.log_metrics({"vae_loss": loss}, Progress(step.name, 1, 1, 1, 1, 1, 1, 1, 0.1))
+        ref = CheckpointRef(f"{out}/{step.name}.pt", "0" * 64, step.name, "k", 1, 1)
+        tracker.step_finished(ref, StepResult(step.name, "epochs_done", 1, {"vae_loss": loss}))
+
+
+@pytest.fixture
+def experiment(mlflow_store):
+    client = MlflowClient(mlflow_store)
+    return client, experiment_id_for(client, "hypotheses")
+
+
+def test_leaf_steps_of_branches_are_compared_with_their_config_differences(experiment, tmp_path, capsys):
+    client, exp = experiment
+    record_pipeline(client, exp, f"{tmp_path}/spade", [
+        WARM,
+        {"name": "spade_off", "n_epochs": 1, "train_vae": True, "after": "warm"},
+        {"name": "spade_on", "n_epochs": 1, "train_vae": True, "train_spade": True, "after": "warm"},
+    ], {"warm": 0.9, "spade_off": 0.5, "spade_on": 0.25})
+
+    assert compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split() == ["spade_off", "spade_on"]
+    assert printed[2].split() == ["config:", "train_spade", "False", "True"]  # the one difference
+    assert ["metric:", "vae_loss", "0.5", "0.25"] in [line.split() for line in printed]
+    rows = list(csv.reader(open(tmp_path / "cmp" / "compare_hypotheses.csv")))
+    assert rows[0] == ["", "spade_off", "spade_on"]
+    assert ["metric: vae_loss", "0.5", "0.25"] in rows
+    assert all(not row[0].startswith("config: lr") for row in rows)  # equal values are not differences
+    assert (tmp_path / "cmp" / "compare_hypotheses.png").stat().st_size > 1000
+
+
+def test_two_pipelines_are_labelled_by_pipeline_and_only_the_newest_run_of_a_step_counts(experiment, tmp_path):
+    client, exp = experiment
+    record_pipeline(client, exp, f"{tmp_path}/lr_small", [WARM, {"name": "gan", "n_epochs": 1, "gan_training": True}],
+                    {"warm": 0.9, "gan": 0.7})
+    record_pipeline(client, exp, f"{tmp_path}/lr_big", [WARM, {"name": "gan", "n_epochs": 2, "gan_training": True}],
+                    {"warm": 0.9, "gan": 0.8})
+    # the second pipeline's gan step is trained again (e.g. after a config change): only the newer run counts
+    record_pipeline(client, exp, f"{tmp_path}/lr_big", [WARM, {"name": "gan", "n_epochs": 3, "gan_training": True}],
+                    {"warm": 0.9, "gan": 0.6}, session="later")
+
+    comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp))
+    assert comparison.labels == ["lr_small/gan", "lr_big/gan"]
+    assert comparison.config["n_epochs"] == ["1", "3"]
+    assert comparison.metrics["vae_loss"] == [0.7, 0.6]
+
+
+def test_an_unknown_experiment_is_an_error(mlflow_store, tmp_path, capsys):
+    assert compare.main(["--experiment", "nope", "--output", str(tmp_path)]) == 2
+    assert "no experiment named 'nope'" in capsys.readouterr().err

@@ -1,0 +1,209 @@
+"""Configs written for the original tool keep validating: keys with a meaning here are mapped, the others warned."""
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fluxflow.config import ConfigError, DatasetConfig, load_config
+
+# The original tool's config.example.yaml (fluxflow-training), without its comments.
+ORIGINAL_EXAMPLE = """
+model:
+  model_type: "bezier"
+  model_version: "0.7.0"
+  vae_dim: 128
+  feature_maps_dim: 128
+  feature_maps_dim_disc: 8
+  text_embedding_dim: 1024
+  pretrained_bert_model: null
+  baseline_activation: "silu"
+  baseline_flow_blocks: 17
+data:
+  data_path: "/path/to/your/images"
+  captions_file: "/path/to/your/captions.txt"
+  fixed_prompt_prefix: null
+  use_webdataset: false
+  webdataset_token: null
+  webdataset_url: "hf://datasets/jackyhate/text-to-image-2M/data_512_2M/*.tar"
+  webdataset_size: 2000000
+  dataloader_max_retries: 5
+  img_size: 1024
+  channels: 3
+  tokenizer_name: "distilbert-base-uncased"
+  reduced_min_sizes: null
+training:
+  n_epochs: 100
+  batch_size: 1
+  workers: 8
+  lr: 0.00001
+  lr_min: 0.01
+  training_steps: 1
+  use_fp16: false
+  initial_clipping_norm: 1.0
+  preserve_lr: true
+  train_vae: true
+  gan_training: true
+  use_lpips: false
+  train_spade: true
+  spade_training_mode: full
+  train_diff: false
+  train_diff_full: false
+  kl_beta: 0.001
+  kl_warmup_steps: 5000
+  kl_free_bits: 0.0
+  lambda_adv: 0.5
+  lambda_lpips: 0.1
+optimization:
+  optim_sched_config: null
+output:
+  output_path: "outputs/flux"
+  log_interval: 10
+  checkpoint_save_interval: 50
+  samples_per_checkpoint: 1
+  no_samples: false
+  test_image_address: ["template.png"]
+  sample_captions: ["an orange banana"]
+  sample_sizes: [256, 512, [768, 512], "1024x1024"]
+  generate_diagrams: true
+  log_level: "INFO"
+  log_file: null
+model_checkpoint: null
+"""
+
+
+def load_yaml(tmp_path: Path, text: str):
+    path = tmp_path / "legacy.yaml"
+    path.write_text(textwrap.dedent(text))
+    return load_config(path)
+
+
+def test_the_original_example_config_validates_and_maps_what_has_a_meaning(tmp_path):
+    loaded = load_yaml(tmp_path, ORIGINAL_EXAMPLE)
+    cfg = loaded.config
+    folder = DatasetConfig(type="folder", path="/path/to/your/images", captions_file="/path/to/your/captions.txt")
+    assert cfg.training.pipeline.datasets == {"default": folder}
+    assert cfg.training.precision == "fp32"  # use_fp16: false
+    assert cfg.output.sample_sizes == [256, 512, 1024]  # 768x512 dropped with a warning, "1024x1024" is square
+    (step,) = cfg.resolved_steps()
+    assert (step.name, step.n_epochs, step.batch_size, step.workers, step.lr, step.dataset) == (
+        "train", 100, 1, 8, 1e-5, "default")
+    assert (step.train_vae, step.gan_training, step.train_spade, step.kl_beta, step.kl_warmup_steps) == (
+        True, True, True, 0.001, 5000)
+
+
+def test_keys_with_no_effect_here_are_warned_about_with_the_reason(tmp_path):
+    warnings = "\n".join(load_yaml(tmp_path, ORIGINAL_EXAMPLE).warnings)
+    for key in ("model_type", "baseline_flow_blocks", "tokenizer_name", "webdataset_url", "lr_min", "preserve_lr",
+                "initial_clipping_norm", "samples_per_checkpoint", "test_image_address", "generate_diagrams",
+                "log_level", "768x512"):
+        assert key in warnings, key
+    assert "no tokenizer is downloaded" in warnings
+    # null / false values ask for nothing, so there is nothing to warn about
+    for key in ("pretrained_bert_model", "fixed_prompt_prefix", "reduced_min_sizes", "log_file", "use_webdataset",
+                "optim_sched_config"):
+        assert key not in warnings, key
+
+
+def test_use_fp16_true_is_bf16_on_cuda_via_auto_with_a_warning(tmp_path):
+    loaded = load_yaml(tmp_path, """
+        training:
+          use_fp16: true
+          pipeline:
+            steps: [{name: a, n_epochs: 1, train_vae: true}]
+    """)
+    assert loaded.config.training.precision == "auto"
+    assert any("use_fp16" in w and "bf16" in w for w in loaded.warnings)
+
+
+def test_original_loss_weights_become_defaults_of_steps_that_set_none(tmp_path):
+    steps = load_yaml(tmp_path, """
+        training:
+          kl_beta: 0.01
+          lambda_adv: 0.2
+          train_vae: true
+          pipeline:
+            steps:
+              - {name: a, n_epochs: 1, train_vae: true}
+              - {name: b, n_epochs: 1, train_vae: true, kl_beta: 0.5}
+    """)
+    a, b = steps.config.resolved_steps()
+    assert (a.kl_beta, a.lambda_adv, b.kl_beta, b.lambda_adv) == (0.01, 0.2, 0.5, 0.2)
+    assert any("training.train_vae" in w and "sets its own training modes" in w for w in steps.warnings)
+
+
+def test_data_path_is_ignored_with_a_warning_when_the_pipeline_declares_datasets(tmp_path):
+    loaded = load_yaml(tmp_path, """
+        data: {data_path: imgs, captions_file: caps.txt}
+        training:
+          pipeline:
+            datasets: {s: {type: shapes}}
+            steps: [{name: a, n_epochs: 1, train_vae: true}]
+    """)
+    assert list(loaded.config.training.pipeline.datasets) == ["s"]
+    assert any("data_path" in w for w in loaded.warnings)
+
+
+def test_data_path_without_captions_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_yaml(tmp_path, """
+            data: {data_path: imgs}
+            training:
+              pipeline:
+                steps: [{name: a, n_epochs: 1, train_vae: true}]
+        """)
+    assert [i.path for i in caught.value.issues] == ["data.captions_file"]
+
+
+def test_later_original_step_keys_are_mapped_or_warned(tmp_path):
+    loaded = load_yaml(tmp_path, """
+        training:
+          pipeline:
+            mode: sequential
+            steps:
+              - {name: a, n_epochs: 1, train_vae: true, gan_training: true, cfg_dropout_prob: 0.2,
+                 adaptive_weights: true, use_ema: true, gradient_accumulation_steps: 2,
+                 freeze: [flow, text_encoder], unfreeze: [D_img]}
+    """)
+    (step,) = loaded.config.resolved_steps()
+    assert (step.cfg_dropout, step.adaptive_adv_weight) == (0.2, True)
+    assert step.freeze == ["flow_processor", "text_encoder"] and step.unfreeze == ["discriminator"]
+    text = "\n".join(loaded.warnings)
+    for key in ("training.pipeline.mode", "use_ema", "gradient_accumulation_steps",
+                "'flow' is called 'flow_processor'"):
+        assert key in text, key
+
+
+def test_model_keys_of_the_original_warn_and_its_sizes_are_used(tmp_path):
+    loaded = load_yaml(tmp_path, """
+        model: {vae_dim: 64, text_embedding_dim: 128, pretrained_bert_model: bert.pt, use_gradient_checkpointing: true}
+        training:
+          pipeline:
+            steps: [{name: a, n_epochs: 1, train_vae: true}]
+    """)
+    assert (loaded.config.model.vae_dim, loaded.config.model.text_embedding_dim) == (64, 128)
+    text = "\n".join(loaded.warnings)
+    assert "model.pretrained_bert_model: has no effect here" in text
+    assert "model.use_gradient_checkpointing: has no effect here" in text
+
+
+def test_a_key_nobody_defines_is_still_an_error(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_yaml(tmp_path, """
+            output: {sample_caption: [x]}
+            training:
+              pipeline:
+                steps: [{name: a, n_epochs: 1, train_vae: true}]
+        """)
+    (issue,) = caught.value.issues
+    assert issue.path == "output.sample_caption" and "did you mean 'sample_captions'?" in issue.message
+
+
+def test_a_single_mode_config_without_n_epochs_trains_one_epoch_as_the_original_did(tmp_path):
+    (step,) = load_yaml(tmp_path, "training: {train_diff: true}\n").config.resolved_steps()
+    assert (step.name, step.n_epochs, step.train_diff) == ("train", 1, True)
+
+
+def test_use_fp16_must_be_a_boolean(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_yaml(tmp_path, "training: {use_fp16: maybe, train_vae: true}\n")
+    assert [i.path for i in caught.value.issues] == ["training.use_fp16"]

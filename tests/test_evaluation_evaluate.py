@@ -1,0 +1,92 @@
+"""evaluate_step: which metrics each kind of step gets, and that evaluating changes nothing about training."""
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from fluxflow.config import load_config
+from fluxflow.data import build_dataset
+from fluxflow.evaluation.evaluate import evaluate_step
+from fluxflow.latents import measure_latent_norm
+from fluxflow.models import build_component
+
+MODEL = {"vae_dim": 8, "feature_maps_dim": 32, "flow_depth": 1, "flow_heads": 2, "text_embedding_dim": 16,
+         "text_encoder_depth": 1, "text_max_len": 48}
+STEPS = [{"name": "vae", "n_epochs": 1, "train_vae": True}, {"name": "flow", "n_epochs": 1, "train_diff": True}]
+
+
+def config_for(dataset: dict):
+    return load_config({"model": MODEL, "data": {"img_size": 16},
+                        "training": {"batch_size": 4, "pipeline": {"datasets": {"d": dataset}, "steps": STEPS}}}).config
+
+
+def setup(dataset: dict):
+    config = config_for(dataset)
+    torch.manual_seed(0)
+    models = {n: build_component(n, config.model, 3)
+              for n in ("compressor", "expander", "flow_processor", "text_encoder")}
+    ds = config.dataset_for(config.step("vae"))
+    train = build_dataset(ds, 16, 3, "train")
+    holdout = build_dataset(ds, 16, 3, "holdout")
+    norm = measure_latent_norm(models["compressor"], torch.stack([train[i][0] for i in range(4)]))
+    return config, models, train, holdout, norm
+
+
+SHAPES = {"type": "shapes", "size": 64, "seed": 0, "holdout": 6}
+
+
+def test_vae_step_gets_reconstruction_metrics_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-lpips"))  # no backbone: no lpips key, no substitute
+    config, models, train, holdout, norm = setup(SHAPES)
+    out = evaluate_step(config.step("vae"), models, holdout, train, config, norm, "cpu", tmp_path)
+    assert set(out) == {"psnr", "ssim"}
+    assert all(math.isfinite(v) for v in out.values())
+    assert not list(tmp_path.glob("feature_net_*")), "a VAE step has no use for the fd_ours network"
+
+
+def test_flow_step_on_shapes_gets_adherence_and_fd_with_and_without_cfg(tmp_path):
+    config, models, train, holdout, norm = setup(SHAPES)
+    out = evaluate_step(config.step("flow"), models, holdout, train, config, norm, "cpu", tmp_path)
+    assert set(out) == {"adherence_color", "adherence_shape", "adherence_both", "analyser_accuracy_holdout",
+                        "fd_ours_cfg", "fd_ours_nocfg"}
+    assert 0.0 <= out["adherence_both"] <= min(out["adherence_color"], out["adherence_shape"])
+    assert out["analyser_accuracy_holdout"] >= 5 / 6  # the analyser reads the real 16 px held-out images
+    assert out["fd_ours_cfg"] >= 0 and out["fd_ours_nocfg"] >= 0
+    assert len(list(tmp_path.glob("feature_net_*.pt"))) == 1
+
+
+def test_evaluation_is_repeatable_and_leaves_training_state_alone(tmp_path):
+    config, models, train, holdout, norm = setup(SHAPES)
+    for name, m in models.items():
+        m.train(name == "flow_processor")
+    torch.manual_seed(123)
+    expected_next = torch.rand(4)
+    torch.manual_seed(123)
+    first = evaluate_step(config.step("flow"), models, holdout, train, config, norm, "cpu", tmp_path)
+    assert torch.equal(torch.rand(4), expected_next), "evaluation consumed the global RNG"
+    assert {n: m.training for n, m in models.items()} == {n: n == "flow_processor" for n in models}
+    again = evaluate_step(config.step("flow"), models, holdout, train, config, norm, "cpu", tmp_path)
+    assert again == pytest.approx(first)
+
+
+def folder_dataset(root):
+    lines = []
+    for i in range(12):
+        color = (i * 20, 255 - i * 20, 128)
+        Image.new("RGB", (16, 16), color).save(root / f"img{i}.png")
+        lines.append(f"img{i}.png\t{'a bright' if i % 2 else 'a dull'} square number {i % 3}")
+    (root / "captions.txt").write_text("\n".join(lines) + "\n")
+    return {"type": "folder", "path": str(root), "captions_file": "captions.txt", "holdout": 4}
+
+
+def test_flow_step_on_other_datasets_gets_fd_only(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    config, models, train, holdout, norm = setup(folder_dataset(tmp_path / "imgs"))
+    out = evaluate_step(config.step("flow"), models, holdout, train, config, norm, "cpu", tmp_path / "eval")
+    assert set(out) == {"fd_ours_cfg", "fd_ours_nocfg"}
+
+
+def test_empty_holdout_gives_no_metrics(tmp_path):
+    config, models, train, holdout, norm = setup({**SHAPES, "holdout": 0})
+    assert evaluate_step(config.step("vae"), models, holdout, train, config, norm, "cpu", tmp_path) == {}

@@ -1,0 +1,172 @@
+"""Per-batch training steps (fluxflow/train_step.py) on tiny real models: which components each training mode
+updates, GAN-only gradient flow, loss going down on `shapes`, and non-finite losses skipping the update.
+
+Models and optimizers are built the way the runner builds them (prepare_models, build_optimizers), starting from a
+checkpoint that carries all five components, so "frozen" is tested against components that are really there.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers_tiny import changed_components, changed_tensors, one_torch_thread, shapes_batches, snapshot, step_context
+
+from fluxflow.latents import encode_latents, measure_latent_norm
+from fluxflow.losses import rectified_flow_loss
+from fluxflow.models import COMPONENTS, build_component, tokenize
+from fluxflow.modes import step_metrics
+from fluxflow.train_step import flow_step, vae_step
+
+__all__ = ["one_torch_thread"]  # autouse fixture: tiny steps run ~20x faster on a busy CPU with one thread
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+VAE, VAE_GAN = {"compressor", "expander"}, {"compressor", "expander", "discriminator"}
+
+# mode name -> (step fields, components that must change after one batch)
+MODES = {
+    "train_vae": ({"train_vae": True}, VAE),
+    "gan_only": ({"train_vae": False, "gan_training": True}, VAE_GAN),
+    "vae_gan": ({"train_vae": True, "gan_training": True}, VAE_GAN),
+    "train_spade": ({"train_vae": True, "train_spade": True}, VAE),
+    "train_diff": ({"train_diff": True}, {"flow_processor"}),
+    "train_diff_full": ({"train_diff_full": True}, {"flow_processor", "text_encoder"}),
+}
+
+
+def all_components_state(seed: int = 1) -> dict:
+    """An input checkpoint that carries every component, as a later pipeline step receives it."""
+    from helpers_tiny import single_step_config
+
+    config, _ = single_step_config({"train_vae": True})
+    torch.manual_seed(seed)
+    return {"models": {name: build_component(name, config.model, config.data.channels).state_dict()
+                       for name in COMPONENTS}}
+
+
+def run_batch(ctx, config, images: torch.Tensor, captions: list[str], global_step: int = 0) -> dict:
+    """One batch, dispatched as the runner does: the VAE step for VAE/GAN modes, the flow step for flow modes."""
+    step, metrics = ctx.step, {}
+    if step.train_vae or step.gan_training:
+        metrics.update(vae_step(ctx, images, global_step))
+    if step.train_diff or step.train_diff_full:
+        if ctx.latent_norm is None:
+            ctx.latent_norm = measure_latent_norm(ctx.models["compressor"], images)
+        ids, mask = tokenize(captions, config.model.text_max_len)
+        metrics.update(flow_step(ctx, images, ids, mask))
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def batch():
+    from helpers_tiny import single_step_config
+
+    config, _ = single_step_config({"train_vae": True})
+    return shapes_batches(config, 1)[0]
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_each_mode_updates_exactly_its_components(mode, batch):
+    fields, expected = MODES[mode]
+    ctx, config = step_context(fields, state=all_components_state())
+    assert set(ctx.models) == set(COMPONENTS)
+    before = snapshot(ctx.models)
+
+    metrics = run_batch(ctx, config, *batch)
+
+    assert changed_components(before, ctx.models) == expected
+    for name, module in ctx.models.items():  # frozen: no grad and in eval mode (no dropout/norm updates)
+        trains = name in expected
+        assert module.training == trains, name
+        assert all(p.requires_grad == trains for p in module.parameters()), name
+    for name in step_metrics(ctx.step):  # the seed's metric names, as 0-dim tensors (read at log time)
+        assert metrics[name].dim() == 0 and torch.isfinite(metrics[name]), name
+    assert float(metrics["skipped_updates"]) == 0.0
+
+
+def test_spade_parameters_train_only_in_spade_steps(batch):
+    spade_changes = {}
+    for spade in (False, True):
+        ctx, config = step_context({"train_vae": True, "train_spade": spade}, state=all_components_state())
+        before = snapshot(ctx.models)
+        run_batch(ctx, config, *batch)
+        spade_changes[spade] = {n for n in changed_tensors(before, ctx.models) if n.startswith("expander.spade.")}
+    assert spade_changes[False] == set()
+    # γ and β of every modulation get a gradient at once (they start at zero, their input does not)
+    n_modulations = len(ctx.models["expander"].spade)
+    for i in range(n_modulations):
+        assert {f"expander.spade.{i}.gamma.weight", f"expander.spade.{i}.beta.weight"} <= spade_changes[True]
+
+
+def test_gan_only_mode_trains_the_encoder_through_the_generator_loss(batch):
+    """With no KL (kl_beta 0) and no weight decay, only the G loss can move the encoder: the latent is not detached."""
+    no_decay = {"type": "AdamW", "lr": 1e-3, "weight_decay": 0.0}
+    ctx, config = step_context({"train_vae": False, "gan_training": True, "kl_beta": 0.0,
+                                "optimization": {"optimizers": {"vae": no_decay, "discriminator": no_decay}}})
+    before = snapshot(ctx.models)
+    metrics = run_batch(ctx, config, *batch)
+    assert "compressor" in changed_components(before, ctx.models)
+    assert float(metrics["vae_loss"]) == 0.0  # the seed's table: VAE (0.0) in GAN-only mode
+
+
+def test_vae_loss_goes_down_over_50_steps_on_shapes():
+    ctx, config = step_context({"train_vae": True, "optimization": {"optimizers": {"vae": {"lr": 3e-3}}}},
+                               dataset_size=64)
+    losses = [float(vae_step(ctx, images, i)["vae_loss"]) for i, (images, _) in
+              enumerate(shapes_batches(config, 50))]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
+
+
+def _fixed_flow_loss(ctx, config, images: torch.Tensor, captions: list[str]) -> float:
+    """The flow loss of one batch averaged over 32 fixed (t, noise) draws: low variance, same draws every call."""
+    ids, mask = tokenize(captions, config.model.text_max_len)
+    with torch.no_grad():
+        tokens, pooled = ctx.models["text_encoder"](ids, mask)
+        x0 = encode_latents(ctx.models["compressor"], images, ctx.latent_norm).repeat(32, 1, 1, 1)
+        generator = torch.Generator().manual_seed(123)
+        return float(rectified_flow_loss(ctx.models["flow_processor"], x0, tokens.repeat(32, 1, 1), mask.repeat(32, 1),
+                                         pooled.repeat(32, 1), None, generator))
+
+
+def test_flow_loss_goes_down_over_50_steps_on_shapes():
+    """The per-batch flow loss is dominated by the random t of each sample (the mean of the first 5 and the last 5
+    batches overlap for some seeds), so progress is measured on one batch with fixed draws before and after."""
+    ctx, config = step_context({"train_diff": True, "optimization": {"optimizers": {"flow": {"lr": 3e-3}}}},
+                               dataset_size=64)
+    batches = shapes_batches(config, 50)
+    ctx.latent_norm = measure_latent_norm(ctx.models["compressor"], batches[0][0])
+    before = _fixed_flow_loss(ctx, config, *batches[0])
+    losses = [float(run_batch(ctx, config, images, captions)["flow_loss"]) for images, captions in batches]
+    after = _fixed_flow_loss(ctx, config, *batches[0])
+    assert all(math.isfinite(v) for v in losses)
+    assert after < 0.97 * before, (before, after)
+
+
+@pytest.mark.parametrize("mode", ["train_vae", "vae_gan", "train_diff_full"])
+def test_nan_loss_skips_the_update_and_is_counted(mode, batch):
+    fields, _ = MODES[mode]
+    ctx, config = step_context(fields, state=all_components_state())
+    images, captions = batch
+    if ctx.step.train_diff_full:  # measured on clean images, as the runner does before the first flow batch
+        ctx.latent_norm = measure_latent_norm(ctx.models["compressor"], images)
+    poisoned = images.clone()
+    poisoned[0, 0, 0, 0] = float("nan")
+    before = snapshot(ctx.models)
+
+    metrics = run_batch(ctx, config, poisoned, captions)
+
+    assert changed_components(before, ctx.models) == set(), "a non-finite loss must not move any weight"
+    expected_skips = 2.0 if ctx.step.gan_training else 1.0  # the generator update and the discriminator update
+    assert float(metrics["skipped_updates"]) == expected_skips
+
+    # The skipped update left the optimizer state clean: the next finite batch trains and everything stays finite.
+    metrics = run_batch(ctx, config, images, captions, global_step=1)
+    assert float(metrics["skipped_updates"]) == 0.0
+    assert changed_components(before, ctx.models) == MODES[mode][1]
+    for name, module in ctx.models.items():
+        assert all(torch.isfinite(p).all() for p in module.parameters()), name
+    for opt in ctx.optimizers.values():
+        for state in opt.state.values():
+            assert all(torch.isfinite(v).all() for v in state.values() if torch.is_tensor(v))

@@ -34,7 +34,7 @@ from fluxflow.run_lock import RunLock
 from fluxflow.samples import write_samples
 from fluxflow.step_files import StepFiles, plan_step
 from fluxflow.step_models import ema_components, prepare_emas, prepare_models, sampling_models
-from fluxflow.tracking import ConsoleJsonlTracker, NullTracker, Progress, batch_progress
+from fluxflow.tracking import ConsoleJsonlTracker, NullTracker, Progress, batch_progress, metrics_file, trim_jsonl
 from fluxflow.train_step import StepContext, flow_step, vae_step
 from fluxflow.transition import TransitionMonitor
 
@@ -96,6 +96,7 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
                          f"batch of {step.batch_size}")
 
     trained = trained_components(step)
+    torch.manual_seed(seed + step.index)  # fresh components start from the same weights in any process
     models = prepare_models(config, step, state, device)
     main, world, rank = distributed.is_main(), distributed.world_size(), distributed.rank()
     say = functools.partial(print, flush=True) if main else (lambda *_: None)  # rank 0 speaks for all ranks
@@ -133,14 +134,14 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
         resumed_from = (epoch_in_step, start_batch)
         say(f"Resuming from checkpoint: step={step.index} ({step.name}), epoch={epoch_in_step + 1}, "
               f"batch={start_batch}")
-    else:
-        torch.manual_seed(seed)
     say(f"Starting step: {step.name}, epoch {epoch_in_step + 1}, batch {start_batch}")
 
     ctx = StepContext(step=step, models=models, optimizers=optimizers, trained=trained, device=device,
                       amp_dtype=amp, generator=torch.Generator(device=device),
                       lpips=LPIPSLoss().to(device) if step.use_lpips and step.train_vae else None,
                       latent_norm=latent_norm)
+    if resuming and main:  # lines logged after the checkpoint we resume from will be logged again
+        trim_jsonl(metrics_file(out, step.name), max_global_step=global_step)
     tracker.step_started(step, files.key, files.n_steps, resuming)
 
     def checkpoint_state(epoch_in: int, batch: int, completed: bool = False) -> dict:
@@ -234,7 +235,8 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
     if outcome == "max_epochs_reached":
         log.warning("Step %s: %s did not drop below %s within max_epochs=%d; moving on (smoothed value %.4g)",
                     step.name, monitor.metric, monitor.threshold, monitor.max_epochs, monitor.smoothed())
-    final_metrics = {k: v for k, v in last_means.items() if k in shown or k == "skipped_updates"}
+    final_metrics = {k: v for k, v in last_means.items() if k in shown}
+    final_metrics["skipped_updates"] = float(sum(history[step.name].get("skipped_updates", [])))
     if monitor.smoothed() is not None:
         final_metrics[f"smoothed_{monitor.metric}"] = monitor.smoothed()
     if world > 1:
@@ -250,7 +252,7 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
                         final_metrics=final_metrics, trained=True, resumed_from=resumed_from)
     if main:
         files.write_ref(ref, result)
-    tracker.log_artifact(out / "graph" / f"training_metrics_{step.name}.jsonl")
+    tracker.log_artifact(metrics_file(out, step.name))
     tracker.step_finished(ref, result)
     say(f"[{datetime.now():%H:%M:%S}] Finished step {step.name}: {outcome} after {epochs_done} epoch(s), "
           f"global_step={global_step}, checkpoint {files.final}")

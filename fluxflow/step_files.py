@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fluxflow.checkpoint_ref import CheckpointRef, StepResult
 from fluxflow.step_key import describe_change, step_key
+from fluxflow.tracking import metrics_file
 
 
 def execution_order(steps) -> list:
@@ -50,6 +51,7 @@ class StepFiles:
     key: str
     n_steps: int
     dir: Path
+    output: Path
 
     @property
     def latest(self) -> Path:
@@ -58,6 +60,10 @@ class StepFiles:
     @property
     def final(self) -> Path:
         return self.dir / "final.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return metrics_file(self.output, self.step.name)
 
     @property
     def ref_json(self) -> Path:
@@ -93,7 +99,7 @@ class StepFiles:
         why = describe_change(old_config or {}, self.step.model_dump(mode="json")) if old_config else ""
         target = self.dir / "superseded" / old_key
         target.mkdir(parents=True, exist_ok=True)
-        for path in (self.latest, self.final, self.ref_json):
+        for path in (self.latest, self.final, self.ref_json, self.metrics):
             if path.exists():
                 shutil.move(str(path), target / path.name)
         print(f"Re-running step {self.step.name}: its configuration or an earlier step changed"
@@ -123,4 +129,4 @@ def plan_step(config, step_name: str) -> StepFiles:
     step = steps[names.index(step_name)]
     out = Path(config.output.output_path)
     return StepFiles(step=step, key=step_keys(config)[step_name], n_steps=len(steps),
-                     dir=out / "checkpoints" / step_name)
+                     dir=out / "checkpoints" / step_name, output=out)

@@ -105,6 +105,18 @@ def metrics_file(output_dir: str | Path, step_name: str) -> Path:
     return Path(output_dir) / "graph" / f"training_metrics_{step_name}.jsonl"
 
 
+def trim_jsonl(path: Path, max_global_step: int) -> None:
+    """Drop lines logged after `max_global_step` (a run killed after its last checkpoint logged them; the resumed
+    run logs those batches again). Rewritten atomically; a missing file is fine."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("global_step", 0) <= max_global_step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+
+
 class ConsoleJsonlTracker:
     """Prints the seed's console line and appends `<output>/graph/training_metrics_<step>.jsonl`.
 

@@ -23,7 +23,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = "configs/tiny_test.yaml"  # relative to the checkout the worker runs in, as a user would pass it
-EXPERIMENT = "fluxflow"  # the flow's default experiment name (config `tracking.experiment_name` unset)
 
 
 def free_port() -> int:
@@ -113,7 +112,9 @@ def test_manual_deployment_runs_each_step_as_a_task_and_records_nested_mlflow_ru
 
     from fluxflow.config import load_config
 
-    steps = [s.name for s in load_config(REPO / TINY_CONFIG).config.resolved_steps()]
+    config = load_config(REPO / TINY_CONFIG).config
+    steps = [s.name for s in config.resolved_steps()]
+    experiment_name = config.tracking.experiment_name
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     run_dir = tmp_path / "run"
@@ -130,7 +131,7 @@ def test_manual_deployment_runs_each_step_as_a_task_and_records_nested_mlflow_ru
     )
     # The experiment exists before the run, with its artifacts under tmp: created by the flow, its artifact root would
     # be ./mlruns of the worker's checkout (this repository).
-    MlflowClient(tracking_uri).create_experiment(EXPERIMENT, artifact_location=str(tmp_path / "mlartifacts"))
+    MlflowClient(tracking_uri).create_experiment(experiment_name, artifact_location=str(tmp_path / "mlartifacts"))
 
     prefect = str(REPO / ".venv" / "bin" / "prefect")
     run_name = f"e2e-{uuid.uuid4().hex[:8]}"
@@ -157,7 +158,7 @@ def test_manual_deployment_runs_each_step_as_a_task_and_records_nested_mlflow_ru
         stop_everything(run_dir)
 
     mlflow = MlflowClient(tracking_uri)
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    experiment = mlflow.get_experiment_by_name(experiment_name)
     runs = mlflow.search_runs([experiment.experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("prefect.flow_run_id") == str(flow_run.id)]
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]

@@ -307,8 +307,6 @@ def test_a_nan_batch_is_skipped_and_counted_by_the_runner(tmp_path, monkeypatch)
         assert all(torch.isfinite(t).all() for t in tensors.values()), name
 
 
-@pytest.mark.xfail(strict=True, reason="runner.py: final_metrics['skipped_updates'] is the count of the last log "
-                                       "interval only, not of the whole step")
 def test_step_result_counts_every_skipped_update_of_the_step(tmp_path, monkeypatch):
     import fluxflow.runner as runner
 
@@ -327,9 +325,6 @@ def test_step_result_counts_every_skipped_update_of_the_step(tmp_path, monkeypat
     assert outcome.result.final_metrics["skipped_updates"] == 3.0  # every batch of the step was skipped
 
 
-@pytest.mark.xfail(strict=True, reason="runner.py _train builds the models (prepare_models) before it calls "
-                                       "torch.manual_seed(training.seed), so fresh weights depend on the process's "
-                                       "random global RNG state, not on the config's seed")
 def test_the_same_config_trains_the_same_weights_in_any_process(tmp_path):
     """A fresh Python process seeds torch's global RNG at random; two runs of one config must still agree."""
     weights = []

@@ -171,15 +171,11 @@ def test_kill_9_mid_epoch_then_rerun_resumes_at_the_saved_batch_and_ends_like_an
         assert_same_tensors(a[part], b[part], part)
     assert a["pipeline_metadata"]["step_metrics"] == b["pipeline_metadata"]["step_metrics"]
 
-    # the metrics file continues: every batch logged once by the uninterrupted run is logged with the same values
-    # here; batches logged after the last checkpoint and before the kill appear twice, with identical values
-    def records(out: Path) -> dict:
-        seen: dict = {}
-        for line in (out / "graph" / "training_metrics_gan.jsonl").read_text().splitlines():
-            r = json.loads(line)
-            key = (r["epoch"], r["batch"], r["global_step"])
-            assert seen.setdefault(key, r["metrics"]) == r["metrics"], key
-        return seen
+    # the metrics file continues: lines logged after the last checkpoint and before the kill were dropped on resume,
+    # so every batch appears once, with the values of the uninterrupted run
+    def records(out: Path) -> list:
+        lines = (out / "graph" / "training_metrics_gan.jsonl").read_text().splitlines()
+        return [(r["epoch"], r["batch"], r["global_step"], r["metrics"]) for r in map(json.loads, lines)]
 
     assert records(killed_out) == records(reference_out)
 

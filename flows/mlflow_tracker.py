@@ -15,6 +15,7 @@ Which run a step writes to:
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from datetime import datetime
@@ -138,7 +139,9 @@ class MlflowTracker:
     def log_metrics(self, metrics: dict[str, float], progress: Progress) -> None:
         run_id = self._ensure_run()
         stamp, step = _now_ms(), int(progress.global_step)
-        values = {**metrics, "epoch": progress.epoch, "sec_per_batch": progress.sec_per_batch}
+        values = {**metrics, "epoch": progress.epoch}
+        if math.isfinite(progress.sec_per_batch):  # NaN for evaluation results, which are not timed batches
+            values["sec_per_batch"] = progress.sec_per_batch
         batch = [Metric(key, float(value), stamp, step) for key, value in values.items() if value is not None]
         self.client.log_batch(run_id, metrics=batch)
 

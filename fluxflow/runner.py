@@ -25,6 +25,7 @@ from fluxflow.checkpoint import capture_rng_state, finalize, load_checkpoint, re
 from fluxflow.checkpoint_ref import CheckpointRef, StepOutcome, StepResult
 from fluxflow.data import ResumableBatchSampler, build_dataset, make_loader
 from fluxflow.device import autocast_dtype, resolve_device
+from fluxflow.evaluation.evaluate import evaluate_step
 from fluxflow.losses import LPIPSLoss
 from fluxflow.latents import measure_latent_norm
 from fluxflow.models import tokenize
@@ -157,7 +158,7 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
                 "current_step_epoch": epoch_in, "batch": batch, "step_metrics": history, "step_key": files.key,
                 "step_config": step.model_dump(mode="json"), "seed": seed, "rng": capture_rng_state(),
                 "sampler": {"epoch": step_start_epoch + epoch_in, "batch": batch, "seed": seed},
-                "monitor": monitor.state_dict(), "completed": completed,
+                "monitor": monitor.state_dict(), "completed": completed, "outcome": outcome,
             },
         }
 
@@ -174,9 +175,26 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
                                   latent_norm=latent_norm, config=config, seed=seed):
             tracker.log_image(path)
 
+    def evaluate(epochs: int) -> dict[str, float]:
+        """Evaluation on the held-out split with the weights samples come from; logged at the epoch's global step."""
+        if not main:
+            return {}
+        found = evaluate_step(step, sampling_models(models, emas), holdout_set, train_set, config, latent_norm,
+                              device, out / "eval_cache")
+        found = {f"eval_{k}": v for k, v in found.items()}
+        if found:
+            tracker.log_metrics(found, Progress(
+                step_name=step.name, step_index=step.index + 1, n_steps=files.n_steps, epoch=epochs,
+                n_epochs=monitor.max_epochs, batch=n_batches, n_batches=n_batches, global_step=global_step,
+                sec_per_batch=float("nan")))
+            say(f"[{datetime.now():%H:%M:%S}] Evaluation of {step.name} after epoch {epochs}: "
+                + ", ".join(f"{k} {v:.4g}" for k, v in sorted(found.items())))
+        return found
+
     shown = set(step_metrics(step))
     last_means: dict[str, float] = {}
-    outcome = None
+    # A step killed after its last epoch was saved (before final.pt) has nothing left to train.
+    outcome = meta.get("outcome") if resuming and meta.get("completed") else None
     epochs_done = epoch_in_step
     while outcome is None:
         # Under torchrun each rank loads only its slice of every global batch.
@@ -231,11 +249,14 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
         epoch_in_step, start_batch = epochs_done, 0
         save(epoch_in_step, 0, completed=outcome is not None)
         samples(epochs_done - 1, None)
+        if outcome is None and step.eval_interval and epochs_done % step.eval_interval == 0:
+            evaluate(epochs_done)
 
     if outcome == "max_epochs_reached":
         log.warning("Step %s: %s did not drop below %s within max_epochs=%d; moving on (smoothed value %.4g)",
                     step.name, monitor.metric, monitor.threshold, monitor.max_epochs, monitor.smoothed())
-    final_metrics = {k: v for k, v in last_means.items() if k in shown}
+    final_metrics = {k: values[-1] for k, values in history[step.name].items() if k in shown and values}
+    final_metrics.update(evaluate(epochs_done))
     final_metrics["skipped_updates"] = float(sum(history[step.name].get("skipped_updates", [])))
     if monitor.smoothed() is not None:
         final_metrics[f"smoothed_{monitor.metric}"] = monitor.smoothed()

@@ -153,7 +153,8 @@ class ConsoleJsonlTracker:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "a", encoding="utf-8") as f:
                 f.write(record + "\n")
-            self._print(console_line(metrics, progress, now))
+            if any(key in metrics for key in CONSOLE_LABELS):  # evaluation results get their own line
+                self._print(console_line(metrics, progress, now))
 
     def log_image(self, path: Path) -> None:
         pass

@@ -38,8 +38,10 @@ def test_two_process_gloo_step_keeps_ranks_in_sync_and_rank0_alone_writes(tmp_pa
     result = json.loads(proc.stdout.split("RESULT ", 1)[1])
     assert result["ref"]["global_step"] == 4
     # One writer: exactly one JSONL line per logged batch (a second writer would double them), one final.pt.
-    lines = (out / "graph" / "training_metrics_vae_gan.jsonl").read_text().splitlines()
-    assert [json.loads(line)["batch"] for line in lines] == [1, 2, 3, 4]
+    records = [json.loads(line) for line in (out / "graph" / "training_metrics_vae_gan.jsonl").read_text().splitlines()]
+    assert [r["batch"] for r in records if "vae_loss" in r["metrics"]] == [1, 2, 3, 4]
+    evaluations = [r for r in records if "eval_psnr" in r["metrics"]]
+    assert len(evaluations) == 1 and evaluations[0]["global_step"] == 4  # end-of-step evaluation, once
     assert sorted(p.name for p in (out / "checkpoints" / "vae_gan").iterdir()
                   if p.suffix in (".pt", ".json")) == ["final.pt", "latest.pt", "ref.json"]
     assert proc.stdout.count("Starting step: vae_gan") == 1  # rank 1 stays quiet

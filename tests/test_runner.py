@@ -28,7 +28,8 @@ __all__ = ["one_torch_thread"]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 WARM = {"name": "warm", "n_epochs": 1, "max_steps": 3, "train_vae": True}
-GAN = {"name": "gan", "n_epochs": 2, "max_steps": 3, "train_vae": True, "gan_training": True, "train_spade": True}
+GAN = {"name": "gan", "n_epochs": 2, "max_steps": 3, "train_vae": True, "gan_training": True, "train_spade": True,
+       "eval_interval": 1}
 SEED_CHECKPOINT_KEYS = {"epoch", "global_step", "models", "optimizers", "schedulers", "ema", "pipeline_metadata"}
 SEED_METADATA_KEYS = {"current_step", "current_step_name", "step_start_epoch", "current_step_epoch", "batch",
                       "step_metrics"}
@@ -56,6 +57,14 @@ def sha256(path: Path) -> str:
 
 def jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def training_lines(records: list[dict]) -> list[dict]:
+    return [r for r in records if "vae_loss" in r["metrics"] or "flow_loss" in r["metrics"]]
+
+
+def evaluation_lines(records: list[dict]) -> list[dict]:
+    return [r for r in records if any(k.startswith("eval_") for k in r["metrics"])]
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +130,11 @@ def test_checkpoints_follow_the_seed_format_and_match_their_reference(two_step):
 
 def test_metrics_files_follow_the_seed_jsonl_format(two_step):
     _, _, _, out = two_step
-    warm = jsonl(out / "graph" / "training_metrics_warm.jsonl")
-    gan = jsonl(out / "graph" / "training_metrics_gan.jsonl")
+    warm_all = jsonl(out / "graph" / "training_metrics_warm.jsonl")
+    gan_all = jsonl(out / "graph" / "training_metrics_gan.jsonl")
+    warm, gan = training_lines(warm_all), training_lines(gan_all)
+    assert len(warm) + len(evaluation_lines(warm_all)) == len(warm_all)
+    assert len(gan) + len(evaluation_lines(gan_all)) == len(gan_all)
     # log_interval 2 over 3 batches: after batch 2 and at the end of the epoch
     assert [(r["epoch"], r["batch"], r["global_step"]) for r in warm] == [(1, 2, 2), (1, 3, 3)]
     assert [(r["epoch"], r["batch"], r["global_step"]) for r in gan] == [(1, 2, 5), (1, 3, 6), (2, 2, 8),
@@ -133,6 +145,22 @@ def test_metrics_files_follow_the_seed_jsonl_format(two_step):
         assert re.fullmatch(r"\d{8}_\d{6}", record["session_id"])
     assert all({"vae_loss", "kl_loss"} <= set(r["metrics"]) and "g_loss" not in r["metrics"] for r in warm)
     assert all({"vae_loss", "kl_loss", "g_loss", "d_loss"} <= set(r["metrics"]) for r in gan)
+
+
+def test_every_step_is_evaluated_at_its_end_and_every_eval_interval_epochs(two_step):
+    _, (warm, gan), printed, out = two_step
+    warm_eval = evaluation_lines(jsonl(out / "graph" / "training_metrics_warm.jsonl"))
+    gan_eval = evaluation_lines(jsonl(out / "graph" / "training_metrics_gan.jsonl"))
+    # warm: only at its end; gan (eval_interval 1, 2 epochs): after epoch 1 and at its end
+    assert [(r["epoch"], r["global_step"]) for r in warm_eval] == [(1, 3)]
+    assert [(r["epoch"], r["global_step"]) for r in gan_eval] == [(1, 6), (2, 9)]
+    for record in warm_eval + gan_eval:
+        assert set(record["metrics"]) == {"eval_psnr", "eval_ssim"}  # no LPIPS backbone on disk in tests
+        assert 0 < record["metrics"]["eval_psnr"] < 60 and -1 <= record["metrics"]["eval_ssim"] <= 1
+    # The end-of-step numbers are the step's final metrics, next to its training losses.
+    assert warm.result.final_metrics["eval_psnr"] == warm_eval[-1]["metrics"]["eval_psnr"]
+    assert gan.result.final_metrics["eval_ssim"] == gan_eval[-1]["metrics"]["eval_ssim"]
+    assert printed.count("Evaluation of gan after epoch") == 2
 
 
 def test_console_lines_show_exactly_the_seeds_metrics_for_the_mode(two_step):
@@ -299,7 +327,7 @@ def test_a_nan_batch_is_skipped_and_counted_by_the_runner(tmp_path, monkeypatch)
     monkeypatch.setattr(runner, "build_dataset", build)
     [outcome] = run_pipeline(config)
 
-    records = jsonl(tmp_path / "out" / "graph" / "training_metrics_warm.jsonl")  # log_interval 1
+    records = training_lines(jsonl(tmp_path / "out" / "graph" / "training_metrics_warm.jsonl"))  # log_interval 1
     assert [r["metrics"]["skipped_updates"] for r in records] == [0.0, 1.0, 0.0]
     assert records[1]["metrics"]["vae_loss"] is None  # NaN is written as null (strict JSON)
     state = load_weights(outcome.ref.uri)
@@ -335,3 +363,21 @@ def test_the_same_config_trains_the_same_weights_in_any_process(tmp_path):
         weights.append(load_weights(outcome.ref.uri)["models"])
     first, second = weights
     assert all(torch.equal(first[c][k], second[c][k]) for c in first for k in first[c])
+
+
+def test_a_step_killed_after_its_last_epoch_was_saved_finishes_without_training_more(tmp_path):
+    """latest.pt of the last epoch is written before final.pt: a kill in between must not add an epoch on resume."""
+    out = tmp_path / "out"
+    config = tiny_config(out, [WARM], log_interval=1, checkpoint_save_interval=2, no_samples=True)
+    [first] = run_pipeline(config)
+    folder = out / "checkpoints" / "warm"
+    (folder / "final.pt").unlink()
+    (folder / "ref.json").unlink()
+
+    [again], printed = run_captured(config)
+    assert again.result.trained and again.result.resumed_from == (1, 0)
+    assert "Resuming from checkpoint: step=0 (warm), epoch=2, batch=0" in printed
+    assert "Batch" not in printed  # no batch was trained again
+    assert (again.ref.global_step, again.ref.epoch, again.result.epochs_done) == (3, 1, 1)
+    assert again.ref.sha256 == first.ref.sha256  # the same weights, finalized
+    assert again.result.final_metrics["vae_loss"] == first.result.final_metrics["vae_loss"]

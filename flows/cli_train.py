@@ -73,11 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         for warning in loaded.warnings:
             print(f"⚠️  {warning}", file=sys.stderr)
 
+    if not args.quiet:  # the plan first, for a run as for --validate-pipeline
+        print(format_summary(config), flush=True)  # before the counts, which need a torch import
+        print()
+        print(format_parameters(*parameter_counts(config)), flush=True)
     if args.validate_pipeline:
-        if not args.quiet:
-            print(format_summary(config), flush=True)  # before the counts, which need a torch import
-            print()
-            print(format_parameters(*parameter_counts(config)))
         return EXIT_OK
 
     # Quiet and offline before Prefect or MLflow is imported (PITFALLS.md).

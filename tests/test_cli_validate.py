@@ -91,11 +91,13 @@ def fake_flow(monkeypatch):
 
 
 def test_training_hands_the_config_path_and_overrides_to_the_flow_and_returns_its_exit_code(tmp_path, fake_flow,
-                                                                                             monkeypatch):
+                                                                                             monkeypatch, capsys):
     module, calls = fake_flow
     (tmp_path / "c.yaml").write_text(VALID)
     monkeypatch.chdir(tmp_path)
     assert cli_train.main(["--config", "c.yaml", "--output-dir", "out", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "Step 1:" in printed and "Parameters:" in printed  # the plan comes first, as with --validate-pipeline
     assert calls == [dict(config_source=str(tmp_path / "c.yaml"), output_dir="out", device="cpu")]
     module.exit_code = 1  # a step failed
     assert cli_train.main(["--config", "c.yaml"]) == 1

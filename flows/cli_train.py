@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from fluxflow.config import ConfigError, PipelineConfig, load_config
+from fluxflow.config.schema import check_output_path
 from fluxflow.config.summary import format_parameters, format_summary
 from fluxflow.modes import COMPONENTS
 
@@ -66,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID_CONFIG
     config = loaded.config
     if args.output_dir:
-        config.output.output_path = args.output_dir
+        try:
+            config.output.output_path = check_output_path(args.output_dir)
+        except ValueError as exc:
+            print(f"❌ --output-dir {args.output_dir}: {exc}", file=sys.stderr)
+            return EXIT_INVALID_CONFIG
     if args.device:
         config.training.device = args.device
     if not args.quiet:

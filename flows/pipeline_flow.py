@@ -12,6 +12,7 @@ from flows import env  # noqa: F401  (must precede prefect and mlflow)
 import contextlib
 import hashlib
 import json
+from datetime import timezone
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -31,7 +32,7 @@ from flows.mlflow_tracker import (
     open_pipeline_run,
     resolve_tracking_uri,
 )
-from flows.step_task import TrackingTarget, load_pipeline_config, output_dir_of, step_task
+from flows.step_task import TrackingTarget, gpu_tag, load_pipeline_config, output_dir_of, step_task
 from fluxflow.config import ConfigError, PipelineConfig
 from fluxflow.run_lock import RunLock
 
@@ -76,9 +77,21 @@ def missed_threshold_message(step) -> str:
     )
 
 
+def dated(output_dir: str | None) -> str | None:
+    """`{date}` in an output directory becomes the flow run's scheduled start day (UTC, YYYY-MM-DD): each night of a
+    scheduled deployment trains into a directory of its own instead of finding last night's steps complete, and a
+    retry of that night's run resumes in it."""
+    if not output_dir or "{date}" not in output_dir:
+        return output_dir
+    day = flow_run.scheduled_start_time.astimezone(timezone.utc).strftime("%Y-%m-%d")
+    return output_dir.replace("{date}", day)
+
+
 @flow(name="fluxflow-pipeline")
 def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str | None = None) -> list[dict]:
-    """Train the pipeline declared by `config` (a YAML path or the config itself); returns each step's outcome."""
+    """Train the pipeline declared by `config` (a YAML path or the config itself); returns each step's outcome.
+    `output_dir` overrides the config's output directory; `{date}` in it is the run's scheduled day."""
+    output_dir = dated(output_dir)
     cfg = load_pipeline_config(config, output_dir)
     with output_lock(cfg):  # one run per output directory: a second one fails at once, as with run_pipeline
         return run_steps(cfg, config, output_dir, device)
@@ -98,7 +111,7 @@ def run_steps(cfg: PipelineConfig, config: str | dict, output_dir: str | None, d
     children = children_of(steps)
     client, target = open_tracking(cfg, steps)
     progress = artifacts.start_progress(target.pipeline, len(steps))
-    task = step_task.with_options(retries=cfg.training.pipeline.retries)
+    task = step_task.with_options(retries=cfg.training.pipeline.retries, tags=[gpu_tag()])
 
     running: dict[str, object] = {}
 

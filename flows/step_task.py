@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from flows import env  # noqa: F401  (must precede prefect and mlflow)
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from prefect.cache_policies import NO_CACHE
 from flows.artifacts import mlflow_run_url, publish_step
 from flows.mlflow_tracker import MlflowTracker
 from fluxflow.checkpoint_ref import CheckpointRef
-from fluxflow.config import PipelineConfig, load_config
+from fluxflow.config import ConfigError, ConfigIssue, PipelineConfig, load_config
+from fluxflow.config.schema import check_output_path
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,10 @@ def load_pipeline_config(source: str | Path | dict, output_dir: str | None = Non
     """The config as the flow and every task see it: `load_config` plus the flow's output-directory override."""
     config = load_config(source).config
     if output_dir:
+        try:
+            check_output_path(output_dir)
+        except ValueError as exc:
+            raise ConfigError([ConfigIssue("output_dir", str(exc))]) from None
         output = config.output.model_copy(update={"output_path": str(output_dir)})
         config = config.model_copy(update={"output": output})
     return config
@@ -107,6 +113,13 @@ def train_step(
     outcome = {"ref": ref.to_dict(), "result": result.to_dict(), "run_id": run_id, "run_url": run_url}
     publish_step(target.pipeline, outcome["ref"], outcome["result"], run_url)
     return outcome
+
+
+def gpu_tag() -> str:
+    """The tag on every step task, whose task concurrency limit lets one step at a time use this host's GPU(s): `gpu`,
+    or FLUXFLOW_GPU_TAG from the worker's environment where several GPU hosts share one Prefect server, so that each
+    host has a limit of its own (scripts/worker.sh creates it; docs/DISTRIBUTED.md)."""
+    return os.environ.get("FLUXFLOW_GPU_TAG") or "gpu"
 
 
 # Results stay in memory (NO_CACHE, not persisted): resuming is the runner's job, keyed by the checkpoint files, and a

@@ -10,7 +10,9 @@
 #   FLUXFLOW_VENV_BIN      the virtualenv's bin directory         (default: <repo>/.venv/bin)
 #   FLUXFLOW_PREFECT_PORT  Prefect server port on 127.0.0.1       (default: 4200)
 #   FLUXFLOW_MLFLOW_PORT   MLflow UI port on 127.0.0.1            (default: 5000)
-#   FLUXFLOW_GPU_SLOTS     tasks tagged `gpu` allowed at a time   (default: 1, one GPU host with one GPU)
+#   FLUXFLOW_GPU_TAG       the task tag (and limit) of this GPU host's steps (default: gpu; one per host when several
+#                          hosts share a server, e.g. gpu-$(hostname): docs/DISTRIBUTED.md)
+#   FLUXFLOW_GPU_SLOTS     that limit's value, steps at a time   (default: 1)
 #   PREFECT_API_URL        the server the worker/deploy talk to   (default: http://127.0.0.1:$FLUXFLOW_PREFECT_PORT/api)
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,6 +21,8 @@ VENV_BIN="${FLUXFLOW_VENV_BIN:-$REPO_ROOT/.venv/bin}"
 PREFECT_PORT="${FLUXFLOW_PREFECT_PORT:-4200}"
 MLFLOW_PORT="${FLUXFLOW_MLFLOW_PORT:-5000}"
 GPU_SLOTS="${FLUXFLOW_GPU_SLOTS:-1}"
+# Exported: the worker passes its environment to the flow runs it starts, whose step tasks carry this tag.
+export FLUXFLOW_GPU_TAG="${FLUXFLOW_GPU_TAG:-gpu}"
 POOL_NAME="gpu"
 
 # Quiet and offline, whatever the caller's shell has.
@@ -90,14 +94,15 @@ use_local_server() {
     fi
 }
 
-# ensure_pool_and_limit: the `gpu` work pool (type process) and the `gpu` task-tag concurrency limit, created only
-# when missing. The limit is on the task tag, not on the pool: a pool concurrency of 1 would let a flow run hold the
-# only slot while the work it waits on queues behind it (PITFALLS.md); the tag limit only serialises the GPU steps.
+# ensure_pool_and_limit: the `gpu` work pool (type process) and the task-tag concurrency limit $FLUXFLOW_GPU_TAG
+# (`gpu` unless set), created only when missing. The limit is on the task tag, not on the pool: a pool concurrency of 1
+# would let a flow run hold the only slot while the work it waits on queues behind it (PITFALLS.md); the tag limit
+# only serialises the GPU steps.
 ensure_pool_and_limit() {
     if ! "$PREFECT" work-pool inspect "$POOL_NAME" >/dev/null 2>&1; then
         "$PREFECT" work-pool create "$POOL_NAME" --type process
     fi
-    if ! "$PREFECT" concurrency-limit inspect gpu >/dev/null 2>&1; then
-        "$PREFECT" concurrency-limit create gpu "$GPU_SLOTS"
+    if ! "$PREFECT" concurrency-limit inspect "$FLUXFLOW_GPU_TAG" >/dev/null 2>&1; then
+        "$PREFECT" concurrency-limit create "$FLUXFLOW_GPU_TAG" "$GPU_SLOTS"
     fi
 }

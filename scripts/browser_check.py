@@ -10,7 +10,8 @@ fluxflow-pipeline), plus Chromium and its driver: `bash scripts/browser_check.sh
     bash scripts/browser_check.sh --flow-run-id <uuid> --prefect-url http://127.0.0.1:4200 \\
         --mlflow-url http://127.0.0.1:5000 --out docs/screenshots
 
-Exit status 0 when everything was found, 1 when something was missing (the screenshots are saved either way).
+Exit status 0 when everything was found, 1 when something was missing (each page is saved once it has loaded, found or
+not).
 """
 from __future__ import annotations
 
@@ -105,28 +106,42 @@ def make_driver(user_data_dir: str):
     return webdriver.Chrome(options=options, service=service)
 
 
-def page_text(driver) -> str:
-    from selenium.webdriver.common.by import By
+# The trimmed texts of the page's visible leaf elements: a metric name counts as shown when it is a chart's title or
+# a run's name, not when it is only part of a longer string (`vae_loss` inside `final/vae_loss`).
+LEAF_TEXTS = """
+const texts = new Set();
+for (const el of document.body.querySelectorAll('*')) {
+  if (el.childElementCount === 0 && el.offsetParent !== null) {
+    const t = el.textContent.trim();
+    if (t) texts.add(t);
+  }
+}
+return [...texts];
+"""
 
-    return driver.find_element(By.TAG_NAME, "body").text
+
+def shown(driver, texts: list[str]) -> set[str]:
+    return set(texts) & set(driver.execute_script(LEAF_TEXTS))
 
 
 def wait_for_texts(driver, texts: list[str], timeout: float) -> list[str]:
-    """Poll the rendered page until every text is visible; returns those still missing at the deadline."""
+    """Poll the rendered page until every text is shown as an element's whole text; returns those still missing at
+    the deadline."""
     deadline = time.monotonic() + timeout
     while True:
-        body = page_text(driver)
-        missing = [t for t in texts if t not in body]
+        missing = [t for t in texts if t not in shown(driver, texts)]
         if not missing or time.monotonic() > deadline:
             return missing
         time.sleep(0.5)
 
 
-# Scroll the nearest scrollable ancestor of arguments[0] to its end.
-SCROLL_TO_END = """
+# The nearest scrollable ancestor of arguments[0] (the chart area), or null.
+SCROLLER = """
 let el = arguments[0];
-while (el && el.scrollHeight <= el.clientHeight) { el = el.parentElement; }
-if (el) { el.scrollTop = el.scrollHeight; }
+while (el && !(el.scrollHeight > el.clientHeight + 2 && /auto|scroll/.test(getComputedStyle(el).overflowY))) {
+  el = el.parentElement;
+}
+return el;
 """
 
 
@@ -138,19 +153,37 @@ def click(driver, xpath: str, timeout: float) -> None:
 
 
 def check_prefect_page(driver, prefect_url: str, facts: RunFacts, out: Path, timeout: float) -> list[str]:
-    """The flow run page: its run graph (screenshot), then its "Task Runs" tab, which must list every step."""
+    """The flow run page: its run graph with one node per step (screenshot), then its "Task Runs" tab, which must
+    list every step."""
     driver.get(f"{prefect_url}/runs/flow-run/{facts.flow_run_id}")
     missing = wait_for_texts(driver, [facts.flow_run_name, "Task Runs"], timeout)
     time.sleep(3)  # the run graph is drawn on a canvas after the data arrives
     driver.save_screenshot(str(out / "prefect_flow_run.png"))
     if not missing:
-        click(driver, "//*[(@role='tab' or self::li or self::button or self::a) and normalize-space()='Task Runs']", timeout)
+        click(driver, "//*[(@role='tab' or self::li or self::button or self::a) and normalize-space()='Task Runs']",
+              timeout)
         missing = wait_for_texts(driver, facts.step_names, timeout)
     return [f"Prefect page lacks {t!r}" for t in missing]
 
 
+def scan_charts(driver, scroller, wanted: list[str], settle: float = 1.5) -> set[str]:
+    """Charts are drawn only once scrolled into view: scroll the chart area from top to bottom, a screen at a time,
+    and collect which of `wanted` appeared."""
+    seen: set[str] = set()
+    driver.execute_script("arguments[0].scrollTop = 0;", scroller)
+    while True:
+        time.sleep(settle)
+        seen |= shown(driver, wanted)
+        at_end = driver.execute_script(
+            "const e = arguments[0]; return e.scrollTop + e.clientHeight >= e.scrollHeight - 2;", scroller)
+        if seen >= set(wanted) or at_end:
+            return seen
+        driver.execute_script("arguments[0].scrollTop += arguments[0].clientHeight * 0.8;", scroller)
+
+
 def check_mlflow_page(driver, mlflow_url: str, facts: RunFacts, out: Path, timeout: float) -> list[str]:
-    """The experiment's runs in chart view, the pipeline run expanded to its step runs: one chart per metric."""
+    """The experiment's runs in chart view, the pipeline run expanded to its step runs: one chart per metric. The
+    screenshot shows the loss charts of the "Model metrics" section, one line per step run."""
     driver.get(f"{mlflow_url}/#/experiments/{facts.experiment_id}/runs?compareRunsMode=CHART")
     missing = wait_for_texts(driver, [facts.experiment_name, facts.pipeline_run_name], timeout)
     if missing:
@@ -160,21 +193,22 @@ def check_mlflow_page(driver, mlflow_url: str, facts: RunFacts, out: Path, timeo
           timeout)
     for close in driver.find_elements("css selector", "button[aria-label='Close']"):  # the assistant side panel
         close.click()
-    # Charts are grouped in sections by name prefix (`final/...` first, then "Model metrics") and drawn only once
-    # scrolled into view: read the first screen, then scroll the "Model metrics" section to the top and read again.
-    wanted = [*facts.step_names, *facts.metric_names]
-    seen = {t for t in wanted if t in page_text(driver)}
-    wait_for_texts(driver, ["Model metrics"], timeout)
+    problems = [f"MLflow page lacks step run {t!r}" for t in wait_for_texts(driver, facts.step_names, timeout)]
+    # Charts are grouped in sections by name prefix (`final/...`, then "Model metrics" for names without one).
+    if wait_for_texts(driver, ["Model metrics"], timeout):
+        return problems + ["MLflow page has no 'Model metrics' chart section"]
     header = driver.find_element("xpath", "//*[normalize-space()='Model metrics']")
+    scroller = driver.execute_script(SCROLLER, header)
+    seen = scan_charts(driver, scroller, facts.metric_names) if scroller else shown(driver, facts.metric_names)
+    problems += [f"MLflow page lacks a chart of {t!r}" for t in facts.metric_names if t not in seen]
+    # The screenshot: only the loss charts (the search box filters charts by name), "Model metrics" at the top.
+    search = driver.find_elements("xpath", "//input[@placeholder='Search metric charts']")
+    if search:
+        search[0].send_keys("loss")
     driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", header)
-    seen |= set(wanted) - set(wait_for_texts(driver, [t for t in wanted if t not in seen], timeout / 2))
-    if not seen >= set(wanted):  # more rows than the window holds: scroll the chart area to its end
-        driver.execute_script(SCROLL_TO_END, header)
-        seen |= set(wanted) - set(wait_for_texts(driver, [t for t in wanted if t not in seen], timeout / 2))
-        driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", header)
-    time.sleep(2)  # chart lines are drawn after their titles
+    time.sleep(3)  # chart lines are drawn after their titles
     driver.save_screenshot(str(out / "mlflow_experiment.png"))
-    return [f"MLflow page lacks {t!r}" for t in wanted if t not in seen]
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,5 +11,6 @@ use_local_server
 ensure_pool_and_limit
 "$PREFECT" --no-prompt deploy --all --prefect-file deployments/prefect.yaml
 echo "deployed; run one with:"
+echo "  export PREFECT_API_URL=$PREFECT_API_URL"
 echo "  $PREFECT deployment run fluxflow-pipeline/manual --param config=configs/quickstart.yaml --watch"
 echo "and start a worker to execute it: make worker"

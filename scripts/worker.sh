@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make worker`: a Prefect process worker on the `gpu` work pool, in the background. Creates the pool and the `gpu`
-# task-tag concurrency limit first when they are missing. Needs a server (`make server`, or PREFECT_API_URL).
+# task-tag concurrency limit (1 step at a time) first when they are missing. Needs a server (`make server`, or
+# PREFECT_API_URL). Where several GPU hosts share one server, give each host its own limit:
+#   FLUXFLOW_GPU_TAG=gpu-$(hostname) make worker     # creates the limit gpu-<host> = 1; this host's steps carry that tag
 #
 #   bash scripts/worker.sh               # background, pid in .run/prefect-worker.pid (what `make worker` does)
 #   bash scripts/worker.sh --foreground  # in this terminal, Ctrl-C stops it (the Docker image's command)
@@ -23,7 +25,7 @@ fi
 start_service prefect-worker "${WORKER[@]}"
 # The worker has no port to poll; it prints "Worker '<name>' started!" once it polls the pool.
 pidfile="$RUN_DIR/prefect-worker.pid"
-for ((i = 0; i < 120; i++)); do
+for ((i = 0; ; i++)); do
     grep -q "started!" "$RUN_DIR/prefect-worker.log" 2>/dev/null && break
     if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
         echo "the worker exited; last lines of $RUN_DIR/prefect-worker.log:" >&2
@@ -31,7 +33,13 @@ for ((i = 0; i < 120; i++)); do
         rm -f "$pidfile"
         exit 1
     fi
-    sleep 1
+    if ((i >= 480)); then
+        echo "the worker did not report 'started!' within 120 s (still running as pid $(cat "$pidfile"); see" \
+             "$RUN_DIR/prefect-worker.log)" >&2
+        exit 1
+    fi
+    sleep 0.25
 done
-echo "worker polling pool '$POOL_NAME' on $PREFECT_API_URL (flow runs start in $FLUXFLOW_HOME)"
+echo "worker polling pool '$POOL_NAME' on $PREFECT_API_URL (flow runs start in $FLUXFLOW_HOME; their steps are"
+echo "tasks tagged '$FLUXFLOW_GPU_TAG': see the limit with $PREFECT concurrency-limit inspect $FLUXFLOW_GPU_TAG)"
 stop_hint prefect-worker

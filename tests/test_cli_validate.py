@@ -109,3 +109,11 @@ def test_an_invalid_config_never_reaches_the_flow(tmp_path, fake_flow):
     (tmp_path / "c.yaml").write_text("training: {}\n")
     assert cli_train.main(["--config", str(tmp_path / "c.yaml")]) == 2
     assert calls == []
+
+
+def test_a_remote_output_dir_override_exits_2_naming_the_flag(tmp_path, fake_flow, capsys):
+    _, calls = fake_flow
+    (tmp_path / "c.yaml").write_text(VALID)
+    assert cli_train.main(["--config", str(tmp_path / "c.yaml"), "--output-dir", "memory://ff/out"]) == 2
+    assert "--output-dir memory://ff/out: must be a local or mounted directory" in capsys.readouterr().err
+    assert calls == []

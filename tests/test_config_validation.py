@@ -245,3 +245,8 @@ def test_dataset_and_step_problems_are_found_even_when_another_section_is_broken
     assert set(found) == {"output.log_interval", "training.batch_size", "training.pipeline.datasets.b.captions_file",
                           f"{S}[0].dataset", f"{S}[1].dataset"}
     assert "several entries and no default_dataset" in found[f"{S}[0].dataset"]
+
+
+def test_a_remote_output_path_is_refused_by_name(tmp_path):
+    found = problems(tmp_path, cfg(vae(), output={"output_path": "s3://bucket/run"}))
+    assert "fsspec URIs" in found["output.output_path"]

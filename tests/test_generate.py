@@ -105,3 +105,26 @@ def test_a_pipeline_checkpoint_alone_is_enough(trained, tmp_path, capsys):
     [written] = list(tmp_path.iterdir())
     with Image.open(written) as image:
         assert image.size == (16, 16)
+
+
+def test_the_quickstart_pipelines_checkpoint_generates_images(tmp_path, capsys):
+    """configs/quickstart.yaml at its real model sizes, each step cut to 2 batches, then fluxflow-generate on its
+    final checkpoint with nothing but the checkpoint."""
+    import yaml
+
+    raw = yaml.safe_load((Path(__file__).parents[1] / "configs" / "quickstart.yaml").read_text())
+    for step in raw["training"]["pipeline"]["steps"]:
+        step.update(n_epochs=1, max_steps=2)
+    raw["training"]["pipeline"]["datasets"]["shapes"].update(size=256, holdout=4)
+    raw["output"].update(output_path=str(tmp_path / "out"), no_samples=True)
+    raw["training"]["device"] = "cpu"
+    outcomes = run_pipeline(load_config(raw).config)
+    assert [o.result.step_name for o in outcomes] == ["vae_warmup", "vae_gan", "flow"]
+    images = tmp_path / "images"
+    code = generate_cli("--checkpoint", outcomes[-1].ref.uri, "--prompt", "a red circle on a black background, center",
+                        "--n", "2", "--output", str(images))
+    assert code == 0, capsys.readouterr()
+    written = sorted(p.name for p in images.iterdir())
+    assert written == [prompt_file_name("a red circle on a black background, center", seed) for seed in (0, 1)]
+    with Image.open(images / written[0]) as image:
+        assert image.size == (32, 32)

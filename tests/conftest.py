@@ -1,5 +1,10 @@
 """Test-session set-up shared by every test: quiet, offline, nothing written outside tmp dirs."""
 import os
+import sys
+from pathlib import Path
+
+# bench/ is not an installed package: make it importable however pytest is started.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Must be set before prefect or mlflow are imported anywhere (PITFALLS.md).
 os.environ.setdefault("DO_NOT_TRACK", "1")

@@ -61,11 +61,24 @@ def artifact_keys(flow_run_id) -> set[str]:
 
 @contextlib.contextmanager
 def gpu_concurrency_limit(limit: int):
-    """A `gpu` tag concurrency limit on the test API for the duration of the block."""
+    """A `gpu` tag concurrency limit on the test API for the duration of the block.
+
+    Prefect 3.9 remembers for 5 s, per process, that a set of tags had no limit (prefect/concurrency/services.py,
+    `_no_limits_cache`): tasks of an earlier test in this process would make a limit created right after them
+    ineffective. Forget that before the block (or wait the 5 s out where the cache is not there to clear).
+    """
+    import time
+
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         client.create_concurrency_limit(tag="gpu", concurrency_limit=limit)
+    try:
+        from prefect.concurrency.services import _no_limits_cache
+
+        _no_limits_cache.clear()
+    except ImportError:
+        time.sleep(5.5)
     try:
         yield
     finally:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from bench.common import device_label, machine, median, print_table, write_result
+from bench.common import MachineLoad, device_label, machine, median, print_table, write_result
 from bench.throughput import SEED_SIZE_MODEL
 
 # component set -> (components, trained components, optimizer groups with their components, EMA components)
@@ -104,16 +104,18 @@ def measure(set_name: str, model_label: str, trials: int, workdir: Path) -> dict
 
 
 def run(args) -> dict[str, Any]:
+    load = MachineLoad()
     workdir = Path(tempfile.mkdtemp(prefix="fluxflow-bench-checkpoint-"))
     try:
         results = [measure(s, m, args.checkpoint_trials, workdir) for m in MODELS for s in COMPONENT_SETS]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    info = machine()
+    info = machine(load.stop())
     rows = [[r["set"], r["model"], f"{r['parameters'] / 1e6:.2f} M", f"{r['bytes'] / 2**20:.1f} MiB", r["save_s"],
              r["finalize_s"], r["load_s"]] for r in results]
     table = print_table(
-        f"checkpoint — median of {args.checkpoint_trials}, {device_label(info)}, temp dir {Path(tempfile.gettempdir())}",
+        f"checkpoint — median of {args.checkpoint_trials}, files in {Path(tempfile.gettempdir())}, "
+        f"{device_label(info)}",
         ["components", "model", "parameters", "file size", "save s (atomic, fsync)", "finalize s (copy + sha256)",
          "load s (into modules)"], rows)
     payload = {"benchmark": "checkpoint", "machine": info, "rows": results, "table": table}

@@ -21,8 +21,77 @@ TINY_MODEL = {"vae_dim": 8, "feature_maps_dim": 32, "flow_depth": 1, "flow_heads
               "text_encoder_depth": 1, "text_max_len": 48, "feature_maps_dim_disc": 8}
 
 
-def machine() -> dict[str, Any]:
-    """Where and when a figure was measured (stored with every result)."""
+def load_average() -> list[float]:
+    """The 1-, 5- and 15-minute load averages (runnable processes, this benchmark's own included)."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+class MachineLoad:
+    """How much CPU other processes used while a benchmark ran: the machine's busy time (/proc/stat) minus the
+    CPU time of this process and all its descendants, live or waited for (/proc/<pid>/stat), over the wall time.
+
+    `other_cores` 0.0 means the benchmark had the machine to itself; 1.0 means another process kept one core busy
+    on average. The load averages are recorded as well (they count this benchmark's own threads too).
+    Linux only; elsewhere the CPU figures are None.
+    """
+
+    def __init__(self) -> None:
+        self.loadavg_start = load_average()
+        self.wall_start = time.monotonic()
+        self.busy_start, self.own_start = _machine_busy_jiffies(), _tree_jiffies(os.getpid())
+
+    def stop(self) -> dict[str, Any]:
+        wall = time.monotonic() - self.wall_start
+        busy, own = _machine_busy_jiffies(), _tree_jiffies(os.getpid())
+        result: dict[str, Any] = {"loadavg_start": self.loadavg_start, "loadavg_end": load_average(),
+                                  "wall_s": round(wall, 1), "own_cores": None, "other_cores": None}
+        if None not in (busy, own, self.busy_start, self.own_start) and wall > 0:
+            tick = os.sysconf("SC_CLK_TCK")
+            own_cores = (own - self.own_start) / tick / wall
+            result["own_cores"] = round(own_cores, 2)
+            result["other_cores"] = round(max(0.0, (busy - self.busy_start) / tick / wall - own_cores), 2)
+        return result
+
+
+def _machine_busy_jiffies() -> int | None:
+    """user + nice + system + irq + softirq of all CPUs since boot (steal and idle excluded)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
+    return user + nice + system + irq + softirq
+
+
+def _tree_jiffies(root: int) -> int | None:
+    """CPU time (utime + stime + waited-for children's) of `root` and every live descendant."""
+    procs: dict[int, tuple[int, int]] = {}  # pid -> (ppid, jiffies)
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        rest = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid ... utime stime cutime cstime
+        procs[int(entry)] = (int(rest[1]), sum(int(v) for v in rest[11:15]))
+    if root not in procs:
+        return None
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += procs[pid][1]
+        todo.extend(children.get(pid, []))
+    return total
+
+
+def machine(load: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Where and when a figure was measured (stored with every result); `load`: `MachineLoad.stop()`."""
     import torch
 
     info = {
@@ -34,8 +103,8 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cuda": torch.cuda.is_available(),
-        # Other processes compete for the same cores: the 1-minute load average says how much when a figure was taken.
-        "loadavg_1m": round(os.getloadavg()[0], 2),
+        # Other processes compete for the same cores: how much they did while the figures were taken.
+        "load": load or {"loadavg_end": load_average()},
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -53,7 +122,23 @@ def _cpu_name() -> str:
 
 
 def device_label(info: dict[str, Any]) -> str:
-    return info.get("gpu") or f"CPU ({info['cpu']}, {info['cpu_count']} cores, {info['torch_threads']} threads)"
+    """What the table's figures ran on, and how busy the machine was meanwhile."""
+    threads = info["torch_threads"]
+    where = info.get("gpu") or (f"CPU ({info['cpu']}, {info['cpu_count']} cores, {threads} torch "
+                                f"thread{'s' if threads != 1 else ''})")
+    return f"{where}; {load_label(info.get('load') or {})}"
+
+
+def load_label(load: dict[str, Any]) -> str:
+    """"load avg 0.4 → 1.9, other processes 0.02 cores" (+ a warning when others used a quarter core or more)."""
+    start, end = load.get("loadavg_start"), load.get("loadavg_end")
+    text = f"load avg (1 min) {start[0]:.2f} → {end[0]:.2f}" if start else f"load avg (1 min) {end[0]:.2f}"
+    other = load.get("other_cores")
+    if other is not None:
+        text += f", other processes used {other:.2f} cores"
+        if other >= 0.25:
+            text += " — BUSY MACHINE, figures are pessimistic"
+    return text
 
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> str:

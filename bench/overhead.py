@@ -2,10 +2,15 @@
 
 Both arms run in this one process, alternating (flow, bare), (bare, flow), ... so that drift (a warming disk cache,
 another process on the machine) hits both alike; each run gets a fresh output directory, so nothing is skipped as
-already complete. One warm-up run of each arm comes first and is not counted: the first flow call starts Prefect's
-embedded API server (12-15 s with a fresh database) and creates the MLflow SQLite store, costs a long-lived
-deployment does not pay per run. Reported: median wall time of each arm and the median of the per-pair ratios
-flow / bare.
+already complete. One warm-up run of each arm comes first and is not counted in the ratio: the first flow call
+starts Prefect's embedded API server (12-15 s with a fresh database) and creates the MLflow SQLite store, costs a
+long-lived deployment does not pay per run; its wall time is reported on a row of its own. Reported: median wall
+time of each arm and the median of the per-pair ratios flow / bare.
+
+Isolation: unless PREFECT_API_URL or PREFECT_HOME is set, Prefect's database lives in a temporary PREFECT_HOME, and
+MLflow writes to a temporary SQLite store with its artifacts under the temporary directory (the runs execute with
+that directory as the working directory), so the benchmark neither reads nor grows the user's `~/.prefect`,
+`./mlflow.db` or `./mlruns`.
 
 What the flow arm adds: the flow and task runs in Prefect's database, the MLflow parent and nested runs with params,
 batched metrics and the sample images as artifacts, and the Prefect table/progress artifacts.
@@ -15,11 +20,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.common import Stopwatch, device_label, machine, median, print_table, tiny_pipeline, write_result
+from bench.common import (MachineLoad, Stopwatch, device_label, machine, median, print_table, tiny_pipeline,
+                          write_result)
 
 Runner = Callable[[Path, int], None]  # (fresh output directory, batches per step)
 
@@ -44,9 +51,11 @@ def bare_runner(path: Path, batches: int) -> None:
 def measure_pairs(runners: dict[str, Runner], pairs: int, batches: int, workdir: Path, log) -> dict[str, Any]:
     """Warm-up once per arm, then `pairs` alternating pairs; returns the per-run seconds and the summary."""
     names = ("flow", "bare")
+    warmup: dict[str, float] = {}
     for name in names:
-        with _quiet(log):
+        with _quiet(log), Stopwatch() as sw:
             runners[name](workdir / f"warmup-{name}", batches)
+        warmup[name] = sw.seconds
     seconds: dict[str, list[float]] = {n: [] for n in names}
     for i in range(pairs):
         order = names if i % 2 == 0 else names[::-1]
@@ -55,7 +64,7 @@ def measure_pairs(runners: dict[str, Runner], pairs: int, batches: int, workdir:
                 runners[name](workdir / f"{name}-{i}", batches)
             seconds[name].append(sw.seconds)
     ratios = [f / b for f, b in zip(seconds["flow"], seconds["bare"])]
-    return {"seconds": seconds, "ratios": ratios, "median_flow_s": median(seconds["flow"]),
+    return {"warmup_seconds": warmup, "seconds": seconds, "ratios": ratios, "median_flow_s": median(seconds["flow"]),
             "median_bare_s": median(seconds["bare"]), "median_ratio": median(ratios),
             "median_added_s": median([f - b for f, b in zip(seconds["flow"], seconds["bare"])])}
 
@@ -68,24 +77,46 @@ def _quiet(log):
 
 
 def run(args) -> dict[str, Any]:
+    if args.pairs < 1:
+        raise SystemExit("overhead: --pairs must be >= 1 (the issue's figure is the median of >= 3)")
+    load = MachineLoad()
     workdir = Path(tempfile.mkdtemp(prefix="fluxflow-bench-overhead-"))
-    # A private MLflow store, so the benchmark neither reads nor grows the user's ./mlflow.db.
+    # A private MLflow store, so the benchmark neither reads nor grows the user's ./mlflow.db ...
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
     runners = getattr(args, "runners", None) or {"flow": flow_runner, "bare": bare_runner}
+    # ... and a private Prefect database (read when prefect is first imported: the flow arm imports it lazily).
+    if (runners["flow"] is flow_runner and not {"PREFECT_API_URL", "PREFECT_HOME"} & set(os.environ)
+            and "prefect" not in sys.modules):
+        os.environ["PREFECT_HOME"] = str(workdir / "prefect")
+    # Prefect's console log handler keeps the stream it was created with (the log file, while output is
+    # redirected) and writes to it again at interpreter exit, when the embedded API server stops: leave it open.
+    log = open(workdir / "runs.log", "w")  # noqa: SIM115
+    cwd = os.getcwd()
+    os.chdir(workdir)  # MLflow puts new experiments' artifacts in ./mlruns
     try:
-        with open(workdir / "runs.log", "w") as log:
-            result = measure_pairs(runners, args.pairs, args.batches, workdir, log)
+        result = measure_pairs(runners, args.pairs, args.batches, workdir, log)
     except BaseException:
+        log.flush()
         print(f"overhead: a run failed; its output is in {workdir / 'runs.log'}", flush=True)
         raise
+    finally:
+        os.chdir(cwd)
+        if user_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = user_uri
+    log.flush()
     shutil.rmtree(workdir, ignore_errors=True)
-    info = machine()
-    rows = [["bare `run_pipeline`", result["median_bare_s"], 1.0],
-            ["Prefect + MLflow flow", result["median_flow_s"], result["median_ratio"]]]
+    info = machine(load.stop())
+    rows = [["bare `run_pipeline`", result["median_bare_s"], 1.0, None],
+            ["Prefect + MLflow flow", result["median_flow_s"], result["median_ratio"], result["median_added_s"]],
+            ["first flow call of the process (warm-up, not in the ratio)", result["warmup_seconds"]["flow"], None,
+             result["warmup_seconds"]["flow"] - result["warmup_seconds"]["bare"]]]
     table = print_table(
         f"overhead — tiny 2-step pipeline ({args.batches} batches per step), median of {args.pairs} alternating "
         f"pairs, {device_label(info)}",
-        ["path", "wall s (median)", "ratio to bare (median of pairs)"], rows)
+        ["path", "wall s (median)", "ratio to bare (median of pairs)", "added s (median of pairs)"], rows)
     payload = {"benchmark": "overhead", "machine": info, "pairs": args.pairs, "batches_per_step": args.batches,
                **result, "table": table}
     write_result("overhead", payload, args.results_dir)

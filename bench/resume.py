@@ -13,7 +13,9 @@ step started → first batch) at both positions, and the difference.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import TINY_MODEL, device_label, machine, median, print_table, write_result
+from bench.common import TINY_MODEL, MachineLoad, device_label, machine, median, print_table, write_result
 
 STEP = "vae"
 
@@ -120,7 +122,8 @@ def trial(config_path: Path, copy: Path, latest: Path) -> dict[str, float]:
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESUME_TIMES ")), None)
     if done.returncode != 0 or line is None:
-        raise RuntimeError(f"resume child failed (exit {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"resume child failed (exit {done.returncode}):\n{done.stdout[-2000:]}\n"
+                           f"{done.stderr[-2000:]}")
     t = json.loads(line.split(" ", 1)[1])
     return {"imports_s": t["imports_done"] - start, "setup_s": t["step_started"] - t["imports_done"],
             "first_batch_s": t["first_batch"] - t["step_started"], "total_s": t["first_batch"] - start,
@@ -131,10 +134,12 @@ def run(args) -> dict[str, Any]:
     from fluxflow.config import load_config
     from fluxflow.step_files import plan_step
 
+    load = MachineLoad()
     positions = [0, args.resume_batch]
     workdir = Path(tempfile.mkdtemp(prefix="fluxflow-bench-resume-"))
     try:
-        config_path, copies = prepare(workdir, args.dataset_size, args.resume_batch_size, positions)
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # the runner's console lines
+            config_path, copies = prepare(workdir, args.dataset_size, args.resume_batch_size, positions)
         latest = plan_step(load_config(json.loads(config_path.read_text())).config, STEP).latest
         trials: dict[int, list[dict]] = {b: [] for b in positions}
         for _ in range(args.trials):
@@ -148,7 +153,7 @@ def run(args) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
     phases = ("imports_s", "setup_s", "first_batch_s", "total_s")
     medians = {b: {p: median([t[p] for t in trials[b]]) for p in phases} for b in positions}
-    info = machine()
+    info = machine(load.stop())
     rows = [[f"{b:,}", *(medians[b][p] for p in phases)] for b in positions]
     rows.append(["difference", *(medians[positions[1]][p] - medians[0][p] for p in phases)])
     table = print_table(

@@ -33,6 +33,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="name",
                    help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON results go")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads, here and in child processes (default: torch's, one per core)")
     for module in BENCHMARKS.values():
         module.add_arguments(p)
     return p
@@ -45,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     names = args.names or list(BENCHMARKS)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the resume benchmark's child processes
     start = time.perf_counter()
     for name in names:
         t = time.perf_counter()

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from bench.common import device_label, machine, print_table, write_result
+from bench.common import MachineLoad, device_label, machine, print_table, write_result
 
 KINDS = ("vae", "vae_gan_r1", "flow")
 STEP_FLAGS = {
@@ -32,12 +32,13 @@ STEP_FLAGS = {
     "flow": {"train_diff": True},
 }
 CPU_CASES = [(64, 8), (64, 32), (256, 8)]  # (img_size, batch): the subset a 2-core CPU can run in ~2 minutes
-GPU_CASES = [(size, batch) for size in (64, 256) for batch in (8, 16, 32, 64)]
+GRID_SIZES, GRID_BATCHES = (64, 256), (8, 16, 32, 64)
+GPU_CASES = [(size, batch) for size in GRID_SIZES for batch in GRID_BATCHES]  # the full grid
 SEED_SIZE_MODEL = {"vae_dim": 114}  # VAE 6.89 M parameters (the original's ≈ 6.8 M); flow 1.74 M (≈ 1.8 M)
 SEED_SIZE_CASE = (64, 4)
 # The original tool on this machine (docs: shared/PITFALLS.md), seconds per batch at batch 4, 64 px, CPU.
 ORIGINAL_S_PER_BATCH = {"vae": 0.91, "vae_gan_r1": 1.80, "flow": 0.40}
-MIN_SECONDS, MIN_ITERS = 1.0, 2
+MIN_SECONDS, MIN_ITERS, LONG_STEP_S = 1.0, 2, 3.0
 # Dense bf16 peak FLOP/s by GPU name (vendor data sheets); an unknown GPU gets no MFU rather than a guess.
 PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "A100": 312e12,
              "L40S": 362e12, "L4": 121e12}
@@ -121,46 +122,99 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(bench: StepBench, warmup: int) -> tuple[float, int]:
-    """(seconds per batch, batches timed) after `warmup` untimed batches."""
+def time_steps(bench: StepBench, warmup: int) -> tuple[float, list[float]]:
+    """(mean seconds per batch, each timed batch's seconds) after `warmup` untimed batches: batches until
+    MIN_SECONDS have passed and MIN_ITERS were run, or a single batch when it alone took LONG_STEP_S (the 256 px CPU
+    rows: a second 15 s batch would add time, not information). On CUDA the per-batch times are host times (the
+    queue runs ahead); the mean is exact (the clock stops after a synchronize)."""
     for i in range(warmup):
         bench.run(i)
     _sync(bench.device)
-    n, start = 0, time.perf_counter()
+    laps, start = [], time.perf_counter()
     while True:
-        bench.run(warmup + n)
-        n += 1
-        if n >= MIN_ITERS and time.perf_counter() - start >= MIN_SECONDS:
+        lap = time.perf_counter()
+        bench.run(warmup + len(laps))
+        laps.append(time.perf_counter() - lap)
+        elapsed = time.perf_counter() - start
+        if elapsed >= MIN_SECONDS and (len(laps) >= MIN_ITERS or elapsed >= LONG_STEP_S):
             break
     _sync(bench.device)
-    return (time.perf_counter() - start) / n, n
+    return (time.perf_counter() - start) / len(laps), laps
 
 
 def count_flops(bench: StepBench) -> int | None:
-    """FLOPs of one step; None for R1 steps (FlopCounterMode's hooks reject autograd.grad's double backward)."""
+    """FLOPs of one step at the bench's batch size; None for R1 steps (FlopCounterMode's hooks reject
+    autograd.grad's double backward).
+
+    Counted on a batch of one and multiplied by the batch size: every counted op (convolutions, matmuls, attention)
+    is linear in the batch (tests/test_bench.py checks that the two agree exactly), and one step at batch 1 costs
+    a fraction of a full step, which matters at 256 px on a CPU.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     if bench.ctx.step.gan_training and bench.ctx.step.r1_gamma > 0:
         return None
-    counter = FlopCounterMode(display=False)
-    with counter:
-        bench.run(10_000)
-    return int(counter.get_total_flops())
+    images, captions = bench.images, bench.captions
+    bench.images, bench.captions = images[:1], captions[:1]
+    try:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            bench.run(10_000)
+    finally:
+        bench.images, bench.captions = images, captions
+    return int(counter.get_total_flops()) * images.shape[0]
+
+
+def matmul_rate(device: torch.device, n: int = 1024, windows: int = 5, seconds: float = 0.15) -> dict[str, Any]:
+    """FLOP/s of an n×n fp32 (CPU) or bf16 (CUDA) matmul, the best of `windows` short windows: what this device
+    reaches on the easiest dense op when nothing else disturbs it.
+
+    On CPU it stands in for a peak: the steps' FLOP/s divided by it is the CPU's 'MFU' column.
+    """
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    rates, total = [], 0
+    for _ in range(windows):
+        iters, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or iters < 2:
+            a @ b
+            iters += 1
+            if device.type == "cuda" and iters % 50 == 0:
+                _sync(device)
+        _sync(device)
+        rates.append(2 * n ** 3 * iters / (time.perf_counter() - start))
+        total += iters
+    return {"kind": "matmul", "model": f"{n}×{n} reference", "img_size": None, "batch": None,
+            "device": device.type, "precision": "bf16" if dtype == torch.bfloat16 else "fp32", "compile": False,
+            "s_per_batch": None, "images_per_s": None, "iters": total, "flops_per_step": 2 * n ** 3,
+            "flops_per_s": max(rates), "window_flops_per_s": rates, "mfu": None}
 
 
 def measure_step(kind: str, img_size: int, batch: int, device: torch.device, *, compile: bool = False,
-                 model: dict | None = None, flops: bool = True, label: str = "default") -> dict[str, Any]:
+                 model: dict | None = None, flops: bool = True, label: str = "default",
+                 cpu_peak: float | None = None) -> dict[str, Any]:
+    """One row: s/batch, images/s, FLOPs and utilisation (GPU: of the datasheet bf16 peak; CPU: of `cpu_peak`, the
+    measured matmul rate)."""
     bench = StepBench(kind, img_size, batch, device, compile=compile, model=model)
     warmup = 1 if device.type == "cpu" else (4 if compile else 2)
-    s_per_batch, iters = time_steps(bench, warmup)
-    n_flops = count_flops(bench) if flops and not compile else None  # the counter would trace into compiled code
+    s_per_batch, laps = time_steps(bench, warmup)
+    # Compiled modules are counted eagerly-equivalent: the counter would trace into compiled code, so count on an
+    # eager twin (same FLOPs by construction: compile changes kernels, not math).
+    n_flops = count_flops(bench if not compile else StepBench(kind, img_size, batch, device, model=model)) \
+        if flops else None
     achieved = n_flops / s_per_batch if n_flops else None
-    peak = peak_flops(torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+    peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else cpu_peak
     return {"kind": kind, "model": label, "img_size": img_size, "batch": batch, "device": device.type,
             "precision": "bf16" if bench.ctx.amp_dtype == torch.bfloat16 else "fp32", "compile": compile,
-            "s_per_batch": s_per_batch, "images_per_s": batch / s_per_batch, "iters": iters,
+            "s_per_batch": s_per_batch, "images_per_s": batch / s_per_batch, "iters": len(laps), "laps_s": laps,
             "flops_per_step": n_flops, "flops_per_s": achieved,
-            "mfu": achieved / peak if achieved and peak else None, "parameters": bench.parameters()}
+            "mfu": achieved / peak if achieved and peak else None,
+            "mfu_basis": "datasheet bf16 dense peak" if device.type == "cuda" else "measured fp32 matmul rate",
+            "parameters": bench.parameters()}
 
 
 def measure_loader(img_size: int, batch: int, batches: int = 4) -> dict[str, Any]:
@@ -179,11 +233,10 @@ def measure_loader(img_size: int, batch: int, batches: int = 4) -> dict[str, Any
 def plan(args, cuda: bool) -> list[dict[str, Any]]:
     """The measurements to take: (kind, size, batch, device, compile, model) dicts."""
     kinds = args.kinds or list(KINDS)
-    cases = [(s, b) for s in args.sizes for b in args.batch_sizes] if args.sizes or args.batch_sizes else None
-    if cases is None:
+    if args.sizes or args.batch_sizes:  # a grid; the one not given takes the full grid's values
+        cases = [(s, b) for s in args.sizes or GRID_SIZES for b in args.batch_sizes or GRID_BATCHES]
+    else:
         cases = GPU_CASES if cuda else CPU_CASES
-    elif not (args.sizes and args.batch_sizes):
-        raise SystemExit("throughput: give both --sizes and --batch-sizes, or neither")
     device = "cuda" if cuda else "cpu"
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile] if cuda else [False]
     todo = [dict(kind=k, img_size=s, batch=b, device=device, compile=c)
@@ -195,28 +248,38 @@ def plan(args, cuda: bool) -> list[dict[str, Any]]:
 
 
 def run(args) -> dict[str, Any]:
+    load = MachineLoad()
     cuda = torch.cuda.is_available() and not args.cpu
+    todo = plan(args, cuda)
     rows_data = []
-    for size in sorted({t["img_size"] for t in plan(args, cuda)}):
+    peaks: dict[str, float] = {}
+    for device in sorted({t["device"] for t in todo}):
+        reference = matmul_rate(torch.device(device))
+        peaks[device] = reference["flops_per_s"]
+        rows_data.append(reference)
+    for size in sorted({t["img_size"] for t in todo}):
         rows_data.append(measure_loader(size, 32))
-    for item in plan(args, cuda):
+    for item in todo:
         item = dict(item)
         device = torch.device(item.pop("device"))
-        rows_data.append(measure_step(device=device, **item))
-    info = machine()
+        rows_data.append(measure_step(device=device, cpu_peak=peaks.get("cpu"), **item))
+    info = machine(load.stop())
     rows = []
     for r in rows_data:
         original = ORIGINAL_S_PER_BATCH.get(r["kind"]) if r["model"] == "seed-size" else None
         rows.append([r["kind"], r["model"], r["device"], r["precision"], "yes" if r["compile"] else "no",
                      r["img_size"], r["batch"], r["s_per_batch"], r["images_per_s"],
                      r["flops_per_step"] / 1e9 if r["flops_per_step"] else None,
-                     r["flops_per_s"] / 1e12 if r["flops_per_s"] else None,
+                     r["flops_per_s"] / 1e9 if r["flops_per_s"] else None,
                      f"{100 * r['mfu']:.1f} %" if r["mfu"] else None,
-                     f"{original / r['s_per_batch']:.1f}x" if original else None])
+                     f"{original / r['s_per_batch']:.2f}x" if original else None])
     table = print_table(
         f"throughput — {device_label(info)}",
         ["step", "model", "device", "precision", "compile", "px", "batch", "s/batch", "images/s", "GFLOP/step",
-         "TFLOP/s", "MFU", "vs original"], rows)
+         "GFLOP/s", "MFU¹", "speed vs original²"], rows)
+    print("¹ CUDA: of the GPU's dense bf16 datasheet peak; CPU: of the measured fp32 matmul row.\n"
+          "² original s/batch ÷ ours, same parameter counts, batch 4, 64 px, CPU (see docs/PERFORMANCE.md for why "
+          "equal parameter counts are not equal FLOPs).", flush=True)
     payload = {"benchmark": "throughput", "machine": info, "min_seconds": MIN_SECONDS, "rows": rows_data,
                "original_s_per_batch": ORIGINAL_S_PER_BATCH, "table": table}
     write_result("throughput", payload, args.results_dir)
@@ -226,8 +289,11 @@ def run(args) -> dict[str, Any]:
 def add_arguments(parser) -> None:
     g = parser.add_argument_group("throughput")
     g.add_argument("--kinds", nargs="+", choices=KINDS, help="step kinds (default: all)")
-    g.add_argument("--sizes", nargs="+", type=int, help="image sizes (default: CPU subset or 64 256 on CUDA)")
-    g.add_argument("--batch-sizes", nargs="+", type=int, help="batch sizes (default: CPU subset or 8-64 on CUDA)")
+    g.add_argument("--sizes", nargs="+", type=int,
+                   help="image sizes; with either option the plan is the grid sizes × batch sizes, the other one "
+                        "defaulting to 64 256 / 8 16 32 64 (default without both: the CPU subset, or that full "
+                        "grid on CUDA)")
+    g.add_argument("--batch-sizes", nargs="+", type=int, help="batch sizes (see --sizes)")
     g.add_argument("--compile", choices=("off", "on", "both"), default="both",
                    help="CUDA only: torch.compile off, on, or both (default)")
     g.add_argument("--cpu", action="store_true", help="measure on the CPU even when a GPU is present")

@@ -1,6 +1,6 @@
 """`python -m bench.run [name ...] [options]` — run all benchmarks (the default) or the named ones.
 
-    python -m bench.run                      # all four, CPU-sized (a few minutes on 2 cores)
+    python -m bench.run                      # all four, CPU-sized (about 2 minutes on 2 idle cores)
     python -m bench.run overhead --pairs 5
     python -m bench.run throughput --sizes 64 --batch-sizes 8 16 32 64 --kinds flow
     python -m bench.run resume checkpoint

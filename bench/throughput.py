@@ -5,13 +5,14 @@ rectified flow on frozen-VAE latents, text encoder frozen) the models, optimizer
 `StepContext` are built by the same functions the runner uses, and `vae_step` / `flow_step` run on a fixed batch of
 real `shapes` images (per-batch caption tokenization and EMA updates included, data loading excluded: the `data` rows
 time the shapes loader on its own). After warm-up, steps are timed until MIN_SECONDS have passed (at least
-MIN_ITERS steps); on CUDA the clock stops after a device synchronize.
+MIN_ITERS steps, or one step when it alone takes LONG_STEP_S); on CUDA the clock stops after a device synchronize.
 
 FLOPs of one step are counted with `torch.utils.flop_counter.FlopCounterMode` (matmuls and convolutions, forward
-and backward, including the frozen encoder's forward in the flow step). On CUDA the model FLOP utilisation (MFU) is
-achieved FLOP/s over the GPU's dense bf16 peak; on CPU we report achieved FLOP/s only.
+and backward, including the frozen encoder's forward in the flow step), on one image times the batch size. On CUDA
+the model FLOP utilisation (MFU) is achieved FLOP/s over the GPU's dense bf16 peak; on CPU it is achieved FLOP/s
+over the `matmul` row (the best n=1024 matmul rate measured in the same run, same precision).
 
-CPU runs a small subset (documented in docs/PERFORMANCE.md) to stay within a couple of minutes on 2 cores. CUDA runs
+CPU runs a small subset (documented in docs/PERFORMANCE.md: about a minute on 2 idle cores). CUDA runs
 64 and 256 px at batch sizes 8-64 under bf16 autocast, eager and with `torch.compile` (R1's double backward does not
 compile: with R1 on, the discriminator stays eager). The `seed-size` rows (VAE ≈ 6.9 M parameters, flow ≈ 1.7 M,
 batch 4, 64 px) are the comparison with the original tool's figures.
@@ -31,7 +32,7 @@ STEP_FLAGS = {
     "vae_gan_r1": {"train_vae": True, "gan_training": True, "r1_gamma": 1.0, "r1_interval": 1},
     "flow": {"train_diff": True},
 }
-CPU_CASES = [(64, 8), (64, 32), (256, 8)]  # (img_size, batch): the subset a 2-core CPU can run in ~2 minutes
+CPU_CASES = [(64, 8), (64, 32), (256, 8)]  # (img_size, batch): the CPU subset (~1 minute on 2 idle cores)
 GRID_SIZES, GRID_BATCHES = (64, 256), (8, 16, 32, 64)
 GPU_CASES = [(size, batch) for size in GRID_SIZES for batch in GRID_BATCHES]  # the full grid
 SEED_SIZE_MODEL = {"vae_dim": 114}  # VAE 6.89 M parameters (the original's ≈ 6.8 M); flow 1.74 M (≈ 1.8 M)
@@ -53,12 +54,13 @@ def peak_flops(gpu_name: str | None) -> float | None:
     return None
 
 
-def step_config(kind: str, img_size: int, batch: int, model: dict | None = None):
+def step_config(kind: str, img_size: int, batch: int, model: dict | None = None, precision: str = "auto"):
     from fluxflow.config import load_config
 
     step = {"name": kind, "n_epochs": 1, **STEP_FLAGS[kind]}
     config = load_config({"model": model or {}, "data": {"img_size": img_size},
-                          "training": {"batch_size": batch, "pipeline": {"steps": [step]}}}).config
+                          "training": {"batch_size": batch, "precision": precision,
+                                       "pipeline": {"steps": [step]}}}).config
     return config, config.step(kind)
 
 
@@ -66,7 +68,7 @@ class StepBench:
     """One step kind at one size, built the way the runner builds it; `run(i)` is one training batch."""
 
     def __init__(self, kind: str, img_size: int, batch: int, device: torch.device, *, compile: bool = False,
-                 model: dict | None = None):
+                 model: dict | None = None, precision: str = "auto"):
         from fluxflow.data import ShapesDataset
         from fluxflow.device import autocast_dtype
         from fluxflow.latents import measure_latent_norm
@@ -75,7 +77,7 @@ class StepBench:
         from fluxflow.step_models import ema_components, prepare_emas, prepare_models
         from fluxflow.train_step import StepContext
 
-        config, step = step_config(kind, img_size, batch, model)
+        config, step = step_config(kind, img_size, batch, model, precision)
         self.kind, self.device, self.config = kind, device, config
         torch.manual_seed(0)
         data = ShapesDataset(batch, 0, img_size)
@@ -165,13 +167,13 @@ def count_flops(bench: StepBench) -> int | None:
     return int(counter.get_total_flops()) * images.shape[0]
 
 
-def matmul_rate(device: torch.device, n: int = 1024, windows: int = 5, seconds: float = 0.15) -> dict[str, Any]:
-    """FLOP/s of an n×n fp32 (CPU) or bf16 (CUDA) matmul, the best of `windows` short windows: what this device
-    reaches on the easiest dense op when nothing else disturbs it.
+def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 1024, windows: int = 5,
+                seconds: float = 0.15) -> dict[str, Any]:
+    """FLOP/s of an n×n matmul in `dtype`, the best of `windows` short windows: what this device reaches on the
+    easiest dense op when nothing else disturbs it.
 
     On CPU it stands in for a peak: the steps' FLOP/s divided by it is the CPU's 'MFU' column.
     """
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
@@ -196,10 +198,10 @@ def matmul_rate(device: torch.device, n: int = 1024, windows: int = 5, seconds: 
 
 def measure_step(kind: str, img_size: int, batch: int, device: torch.device, *, compile: bool = False,
                  model: dict | None = None, flops: bool = True, label: str = "default",
-                 cpu_peak: float | None = None) -> dict[str, Any]:
+                 cpu_peak: float | None = None, precision: str = "auto") -> dict[str, Any]:
     """One row: s/batch, images/s, FLOPs and utilisation (GPU: of the datasheet bf16 peak; CPU: of `cpu_peak`, the
     measured matmul rate)."""
-    bench = StepBench(kind, img_size, batch, device, compile=compile, model=model)
+    bench = StepBench(kind, img_size, batch, device, compile=compile, model=model, precision=precision)
     warmup = 1 if device.type == "cpu" else (4 if compile else 2)
     s_per_batch, laps = time_steps(bench, warmup)
     # Compiled modules are counted eagerly-equivalent: the counter would trace into compiled code, so count on an
@@ -207,13 +209,15 @@ def measure_step(kind: str, img_size: int, batch: int, device: torch.device, *, 
     n_flops = count_flops(bench if not compile else StepBench(kind, img_size, batch, device, model=model)) \
         if flops else None
     achieved = n_flops / s_per_batch if n_flops else None
-    peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else cpu_peak
+    bf16 = bench.ctx.amp_dtype == torch.bfloat16
+    peak = (peak_flops(torch.cuda.get_device_name(device)) if bf16 else None) if device.type == "cuda" else cpu_peak
     return {"kind": kind, "model": label, "img_size": img_size, "batch": batch, "device": device.type,
-            "precision": "bf16" if bench.ctx.amp_dtype == torch.bfloat16 else "fp32", "compile": compile,
-            "s_per_batch": s_per_batch, "images_per_s": batch / s_per_batch, "iters": len(laps), "laps_s": laps,
+            "precision": "bf16" if bf16 else "fp32", "compile": compile, "s_per_batch": s_per_batch,
+            "images_per_s": batch / s_per_batch, "iters": len(laps), "laps_s": laps,
             "flops_per_step": n_flops, "flops_per_s": achieved,
             "mfu": achieved / peak if achieved and peak else None,
-            "mfu_basis": "datasheet bf16 dense peak" if device.type == "cuda" else "measured fp32 matmul rate",
+            "mfu_basis": "datasheet bf16 dense peak" if device.type == "cuda" else
+            f"measured {'bf16' if bf16 else 'fp32'} matmul rate",
             "parameters": bench.parameters()}
 
 
@@ -239,11 +243,11 @@ def plan(args, cuda: bool) -> list[dict[str, Any]]:
         cases = GPU_CASES if cuda else CPU_CASES
     device = "cuda" if cuda else "cpu"
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile] if cuda else [False]
-    todo = [dict(kind=k, img_size=s, batch=b, device=device, compile=c)
+    todo = [dict(kind=k, img_size=s, batch=b, device=device, compile=c, precision=args.precision)
             for c in compiles for (s, b) in cases for k in kinds]
     if not args.no_seed_size:
         todo += [dict(kind=k, img_size=SEED_SIZE_CASE[0], batch=SEED_SIZE_CASE[1], device="cpu", compile=False,
-                      model=SEED_SIZE_MODEL, label="seed-size") for k in kinds]
+                      model=SEED_SIZE_MODEL, label="seed-size", precision=args.precision) for k in kinds]
     return todo
 
 
@@ -254,7 +258,8 @@ def run(args) -> dict[str, Any]:
     rows_data = []
     peaks: dict[str, float] = {}
     for device in sorted({t["device"] for t in todo}):
-        reference = matmul_rate(torch.device(device))
+        bf16 = device == "cuda" and args.precision != "fp32" or args.precision == "bf16"
+        reference = matmul_rate(torch.device(device), torch.bfloat16 if bf16 else torch.float32)
         peaks[device] = reference["flops_per_s"]
         rows_data.append(reference)
     for size in sorted({t["img_size"] for t in todo}):
@@ -277,7 +282,8 @@ def run(args) -> dict[str, Any]:
         f"throughput — {device_label(info)}",
         ["step", "model", "device", "precision", "compile", "px", "batch", "s/batch", "images/s", "GFLOP/step",
          "GFLOP/s", "MFU¹", "speed vs original²"], rows)
-    print("¹ CUDA: of the GPU's dense bf16 datasheet peak; CPU: of the measured fp32 matmul row.\n"
+    print("¹ CUDA: of the GPU's dense bf16 datasheet peak (bf16 rows only); CPU: of the measured matmul row (same "
+          "precision).\n"
           "² original s/batch ÷ ours, same parameter counts, batch 4, 64 px, CPU (see docs/PERFORMANCE.md for why "
           "equal parameter counts are not equal FLOPs).", flush=True)
     payload = {"benchmark": "throughput", "machine": info, "min_seconds": MIN_SECONDS, "rows": rows_data,
@@ -296,5 +302,7 @@ def add_arguments(parser) -> None:
     g.add_argument("--batch-sizes", nargs="+", type=int, help="batch sizes (see --sizes)")
     g.add_argument("--compile", choices=("off", "on", "both"), default="both",
                    help="CUDA only: torch.compile off, on, or both (default)")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="training.precision of the measured steps (auto: bf16 autocast on CUDA, fp32 on CPU)")
     g.add_argument("--cpu", action="store_true", help="measure on the CPU even when a GPU is present")
     g.add_argument("--no-seed-size", action="store_true", help="skip the comparison rows with the original's sizes")

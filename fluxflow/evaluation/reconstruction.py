@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 DATA_RANGE = 1.0  # after mapping the [-1, 1] images to [0, 1]
 SSIM_KERNEL = 11  # torchmetrics' default Gaussian window; shrunk for images smaller than it
@@ -27,6 +26,9 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
 
 def per_image_psnr(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """PSNR in dB of each pair of [-1, 1] images, `[B]` (inf where identical)."""
+    # Imported here: torchmetrics pulls in torchvision and scipy, 1.4 s of every trainer's start-up otherwise.
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     return peak_signal_noise_ratio(to_unit(x_hat), to_unit(x), data_range=DATA_RANGE, reduction="none",
                                    dim=(1, 2, 3))
 
@@ -34,6 +36,8 @@ def per_image_psnr(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def per_image_ssim(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """SSIM of each pair of [-1, 1] images, `[B]` (Gaussian window 11, σ 1.5; a smaller odd window, σ scaled with
     it, for images smaller than 11 px)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     side = min(x.shape[-2:])
     kernel = min(SSIM_KERNEL, side if side % 2 else side - 1)
     return structural_similarity_index_measure(to_unit(x_hat), to_unit(x), data_range=DATA_RANGE, reduction="none",

@@ -1,0 +1,100 @@
+"""The benchmark harness (bench/): what it computes from timings, not the timings themselves. Fast: tiny models."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from bench import overhead, run as bench_run, throughput
+from bench.common import MachineLoad, load_label, print_table, write_result
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("kind", ["vae", "flow"])
+def test_flops_counted_on_one_image_equal_flops_of_the_whole_batch(kind):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    bench = throughput.StepBench(kind, 16, 3, CPU, model={"vae_dim": 8, "feature_maps_dim": 32, "flow_depth": 1})
+    counter = FlopCounterMode(display=False)
+    with counter:
+        bench.run(0)
+    assert throughput.count_flops(bench) == counter.get_total_flops() > 0
+    assert bench.images.shape[0] == 3 and len(bench.captions) == 3  # the batch is put back
+
+
+def test_flops_of_r1_steps_are_not_counted():
+    bench = throughput.StepBench("vae_gan_r1", 16, 2, CPU, model={"vae_dim": 8})
+    assert throughput.count_flops(bench) is None
+
+
+def test_cpu_default_plan_is_the_documented_subset_and_gpu_plan_the_full_grid():
+    args = bench_run.parser().parse_args([])
+    cpu = throughput.plan(args, cuda=False)
+    assert {(t["img_size"], t["batch"]) for t in cpu if "label" not in t} == set(throughput.CPU_CASES)
+    assert {t["device"] for t in cpu} == {"cpu"} and not any(t["compile"] for t in cpu)
+    gpu = throughput.plan(args, cuda=True)
+    grid = [t for t in gpu if t["device"] == "cuda"]
+    assert {(t["img_size"], t["batch"]) for t in grid} == {(s, b) for s in (64, 256) for b in (8, 16, 32, 64)}
+    assert {t["compile"] for t in grid} == {False, True}
+    assert len(grid) == 8 * 3 * 2
+
+
+def test_one_grid_option_takes_the_full_grid_values_of_the_other():
+    todo = throughput.plan(bench_run.parser().parse_args(["--sizes", "32", "--no-seed-size"]), cuda=False)
+    assert sorted({(t["img_size"], t["batch"]) for t in todo}) == [(32, 8), (32, 16), (32, 32), (32, 64)]
+
+
+def test_unknown_benchmark_name_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench_run.main(["nonsense"])
+    assert exc.value.code == 2
+    assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_overhead_alternates_arms_and_reports_the_median_ratio_without_the_warmup(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "untouched"))
+    calls = []
+    cost = {"flow": 0.03, "bare": 0.01}
+
+    def runner(name):
+        def go(path: Path, batches: int) -> None:
+            calls.append((name, path.name))
+            time.sleep(cost[name] + (0.2 if path.name.startswith("warmup") else 0.0))
+        return go
+
+    args = SimpleNamespace(pairs=3, batches=2, results_dir=tmp_path / "results",
+                           runners={"flow": runner("flow"), "bare": runner("bare")})
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    result = overhead.run(args)
+    assert [c[0] for c in calls] == ["flow", "bare", "flow", "bare", "bare", "flow", "flow", "bare"]
+    assert len({c[1] for c in calls}) == len(calls)  # a fresh output directory every run
+    assert len(result["ratios"]) == 3 and 1.5 < result["median_ratio"] < 6  # warm-up's extra 0.2 s not in it
+    assert result["warmup_seconds"]["flow"] > 0.2
+    assert os.environ.get("MLFLOW_TRACKING_URI") == uri  # the private store is not left behind
+    saved = json.loads((tmp_path / "results" / "overhead.json").read_text())
+    assert saved["median_ratio"] == result["median_ratio"] and "loadavg_start" in saved["machine"]["load"]
+
+
+def test_machine_load_sees_a_busy_child_process_as_own_cpu():
+    load = MachineLoad()
+    subprocess.run([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 0.5: pass"],
+                   check=True)
+    found = load.stop()
+    assert found["own_cores"] is not None and found["own_cores"] > 0.2
+    assert found["other_cores"] >= 0
+    assert "other processes used" in load_label(found)
+
+
+def test_table_is_github_markdown_and_result_json_holds_it(tmp_path, capsys):
+    text = print_table("t", ["a", "b"], [["x", 1.23456], ["y", None]])
+    assert text.splitlines()[2:] == ["| a | b    |", "|---|------|", "| x | 1.23 |", "| y | —    |"]
+    path = write_result("t", {"table": text}, tmp_path)
+    assert json.loads(path.read_text())["table"] == text

@@ -144,6 +144,16 @@ def test_three_steps_are_three_tasks_named_after_them_and_three_nested_mlflow_ru
     keys = artifact_keys(flow_run_id)
     assert {"out-vae-warmup-mlflow", "out-vae-warmup-result", "out-flow-result", "out-summary",
             "out-progress"} <= keys
+    # The step's Prefect table carries its evaluation next to its losses and checkpoint.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        [table] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["out-flow-result"])),
+                                        limit=1)
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    fields = {row["field"] for row in rows}
+    assert {"flow_loss", "eval_fd_ours_cfg", "eval_adherence_shape", "checkpoint", "outcome"} <= fields
 
 
 def test_rerunning_a_finished_pipeline_trains_nothing_and_opens_no_step_runs(chain):

@@ -156,10 +156,12 @@ def test_three_steps_are_three_tasks_named_after_them_and_three_nested_mlflow_ru
     assert {"flow_loss", "eval_fd_ours_cfg", "eval_adherence_shape", "checkpoint", "outcome"} <= fields
 
 
-def test_rerunning_a_finished_pipeline_trains_nothing_and_opens_no_step_runs(chain):
+def test_rerunning_a_finished_pipeline_trains_nothing_and_opens_no_step_runs(chain, capsys):
     raw, first, _ = chain
     before = {r.info.run_id for r in mlflow_runs("chain")[1]}
+    capsys.readouterr()
     state, flow_run_id = run_flow(raw)
+    assert "Skipping steps: vae_warmup, vae_gan, flow" in capsys.readouterr().out
     assert state.is_completed()
     outcomes = state.result()
     assert [o["result"]["trained"] for o in outcomes] == [False, False, False]

@@ -109,11 +109,9 @@ def run_steps(cfg: PipelineConfig, config: str | dict, output_dir: str | None, d
     steps = cfg.resolved_steps()
     by_name = {step.name: step for step in steps}
     children = children_of(steps)
-    from fluxflow.pipeline import completed_steps  # torch: only once a flow runs
+    from fluxflow.pipeline import announce_skipped  # torch: only once a flow runs
 
-    skipping = completed_steps(cfg)
-    if skipping:  # the seed's line; each task then says which checkpoint it found
-        print(f"Skipping steps: {', '.join(skipping)}", flush=True)
+    announce_skipped(cfg)
     client, target = open_tracking(cfg, steps)
     progress = artifacts.start_progress(target.pipeline, len(steps))
     task = step_task.with_options(retries=cfg.training.pipeline.retries, tags=[gpu_tag()])

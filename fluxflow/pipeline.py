@@ -20,13 +20,18 @@ def completed_steps(config) -> list[str]:
             if plan_step(config, s.name).completed() is not None]
 
 
+def announce_skipped(config) -> None:
+    """The seed's "Skipping steps: ..." line, when some steps are already complete (each then says where)."""
+    skipping = completed_steps(config)
+    if skipping:
+        print(f"Skipping steps: {', '.join(skipping)}", flush=True)
+
+
 def run_pipeline(config, tracker=None, device: str | None = None) -> list[StepOutcome]:
     out = Path(config.output.output_path)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
-        skipping = completed_steps(config)
-        if skipping:
-            print(f"Skipping steps: {', '.join(skipping)}", flush=True)
+        announce_skipped(config)
         outcomes: dict[str, StepOutcome] = {}
         for step in execution_order(config.resolved_steps()):
             parent = outcomes[step.parent].ref if step.parent else None

@@ -177,6 +177,11 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
                                   latent_norm=latent_norm, config=config, seed=seed):
             tracker.log_image(path)
 
+    def progress(epoch: int, batch: int, sec_per_batch: float) -> Progress:
+        return Progress(step_name=step.name, step_index=step.index + 1, n_steps=files.n_steps, epoch=epoch,
+                        n_epochs=monitor.max_epochs, batch=batch, n_batches=n_batches, global_step=global_step,
+                        sec_per_batch=sec_per_batch)
+
     def evaluate(epochs: int) -> dict[str, float]:
         """Evaluation on the held-out split with the weights samples come from; logged at the epoch's global step."""
         if not main:
@@ -185,10 +190,7 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
                               device, out / "eval_cache")
         found = {f"eval_{k}": v for k, v in found.items()}
         if found:
-            tracker.log_metrics(found, Progress(
-                step_name=step.name, step_index=step.index + 1, n_steps=files.n_steps, epoch=epochs,
-                n_epochs=monitor.max_epochs, batch=n_batches, n_batches=n_batches, global_step=global_step,
-                sec_per_batch=float("nan")))
+            tracker.log_metrics(found, progress(epochs, n_batches, float("nan")))  # NaN: not a timed batch
             say(f"[{datetime.now():%H:%M:%S}] Evaluation of {step.name} after epoch {epochs}: "
                 + ", ".join(f"{k} {v:.4g}" for k, v in sorted(found.items())))
         return found
@@ -234,10 +236,7 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
                 for k, v in last_means.items():
                     history[step.name].setdefault(k, []).append(v)
                 elapsed = time.perf_counter() - tick
-                tracker.log_metrics(last_means, Progress(
-                    step_name=step.name, step_index=step.index + 1, n_steps=files.n_steps,
-                    epoch=epoch_in_step + 1, n_epochs=monitor.max_epochs, batch=done_batches, n_batches=n_batches,
-                    global_step=global_step, sec_per_batch=elapsed / count))
+                tracker.log_metrics(last_means, progress(epoch_in_step + 1, done_batches, elapsed / count))
                 sums, count, tick = {}, 0, time.perf_counter()
             if done_batches % config.output.checkpoint_save_interval == 0 and done_batches < n_batches:
                 save(epoch_in_step, done_batches)

@@ -120,13 +120,13 @@ def check_output_path(value: str) -> str:
 
 class OutputConfig(StrictModel):
     output_path: str = "outputs/run"
-
-    _local_output = field_validator("output_path")(check_output_path)
     log_interval: int = Field(10, ge=1)
     checkpoint_save_interval: int = Field(50, ge=1)
     sample_captions: list[str] = Field(default_factory=lambda: list(DEFAULT_SAMPLE_CAPTIONS))
     sample_sizes: list[int] | None = None  # None: [data.img_size]
     no_samples: bool = False
+
+    _local_output = field_validator("output_path")(check_output_path)
 
 
 class TrackingConfig(StrictModel):

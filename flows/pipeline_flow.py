@@ -12,6 +12,8 @@ from flows import env  # noqa: F401  (must precede prefect and mlflow)
 import contextlib
 import hashlib
 import json
+import shutil
+import sys
 from datetime import timezone
 from pathlib import Path
 
@@ -168,6 +170,18 @@ def print_summary(outcomes: list[dict]) -> None:
         print(f"  {result['step_name']}: {result['outcome']}{trained}, {result['epochs_done']} epochs, {ref['uri']}")
 
 
+def _command(name: str) -> str:
+    """How to call a console script of this installation from the current directory: its bare name when PATH finds
+    this one (an activated venv), else its path (`.venv/bin/mlflow` after `make demo`, which does not activate)."""
+    script = Path(sys.executable).parent / name
+    if not script.exists() or shutil.which(name) == str(script):
+        return name
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
 def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
     """Where the samples are, and the commands that show this run in the MLflow UI and the Prefect UI."""
     out = output_dir_of(config)
@@ -179,10 +193,10 @@ def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
     print(f"Checkpoints: {out}/checkpoints")
     if runs:
         run_url = artifacts.mlflow_run_url(uri, experiment.experiment_id, runs[0].info.run_id)
-        start = "" if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}   then open "
+        start = "" if uri.startswith(("http://", "https://")) else f"{_command('mlflow')} ui --host 127.0.0.1 --backend-store-uri {uri}   then open "
         print(f"MLflow UI:   {start}{run_url}")
     flow_run_url = url_for("flow-run", obj_id=flow_run_id, default_base_url="http://127.0.0.1:4200")
-    start = "" if PREFECT_UI_URL.value() else "prefect server start   then open "
+    start = "" if PREFECT_UI_URL.value() else f"{_command('prefect')} server start --host 127.0.0.1   then open "
     print(f"Prefect UI:  {start}{flow_run_url}")
 
 

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a text-to-image model in the stages declared by a YAML config: each step runs as a task "
                     "of the Prefect flow 'fluxflow-pipeline' and is recorded as a nested MLflow run.",
         epilog="Exit codes: 0 done (or the config is valid), 1 a step failed, 2 invalid config, missing file, "
-               "broken YAML or bad arguments, 130 interrupted. Config reference: docs/CONFIG.md.",
+               "broken YAML, bad arguments or a device this machine lacks, 130 interrupted. Config reference: docs/CONFIG.md.",
     )
     parser.add_argument("--config", required=True, metavar="FILE",
                         help="pipeline config (YAML); see configs/ for examples")
@@ -84,6 +84,16 @@ def main(argv: list[str] | None = None) -> int:
         print(format_parameters(*parameter_counts(config)), flush=True)
     if args.validate_pipeline:
         return EXIT_OK
+
+    # A device this machine lacks is the caller's setting, not a training failure: say so before the flow starts
+    # (inside it, the step would fail and be retried for nothing).
+    from fluxflow.device import DeviceUnavailable, resolve_device
+
+    try:
+        resolve_device(config.training.device)
+    except DeviceUnavailable as exc:
+        print(f"❌ {exc}", file=sys.stderr)
+        return EXIT_INVALID_CONFIG
 
     # Quiet and offline before Prefect or MLflow is imported (PITFALLS.md).
     for key, value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),

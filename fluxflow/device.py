@@ -6,13 +6,17 @@ import contextlib
 import torch
 
 
+class DeviceUnavailable(RuntimeError):
+    """The configured device is not on this machine: a problem of the run's settings, not of training."""
+
+
 def resolve_device(requested: str | None) -> torch.device:
     """`auto`/None picks CUDA when available; an explicit `cuda` without a GPU is a clear error."""
     if requested in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("training.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+        raise DeviceUnavailable("training.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
     return device
 
 

@@ -111,6 +111,15 @@ def test_an_invalid_config_never_reaches_the_flow(tmp_path, fake_flow):
     assert calls == []
 
 
+def test_a_device_this_machine_lacks_exits_2_before_the_flow_starts(tmp_path, fake_flow, capsys, monkeypatch):
+    _, calls = fake_flow
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    (tmp_path / "c.yaml").write_text(VALID)
+    assert cli_train.main(["--config", str(tmp_path / "c.yaml"), "--device", "cuda"]) == 2
+    assert "training.device is 'cuda' but no CUDA device is available" in capsys.readouterr().err
+    assert calls == []
+
+
 def test_a_remote_output_dir_override_exits_2_naming_the_flag(tmp_path, fake_flow, capsys):
     _, calls = fake_flow
     (tmp_path / "c.yaml").write_text(VALID)

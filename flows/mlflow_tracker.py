@@ -174,9 +174,10 @@ class MlflowTracker:
 
     # -- beyond the protocol: called by the task around run_step -------------------------------------------------
 
-    def step_failed(self) -> None:
+    def step_failed(self, status: str = "FAILED") -> None:
+        """End the step's run as FAILED, or KILLED when it was interrupted (the next run continues it)."""
         if self.run_id is not None:
-            self.client.set_terminated(self.run_id, "FAILED")
+            self.client.set_terminated(self.run_id, status)
 
     def link_completed(self, step_key: str) -> str | None:
         """For a step the runner skipped (it reports nothing then): the run that trained it, if any. Opens nothing."""

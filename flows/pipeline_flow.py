@@ -37,6 +37,7 @@ from flows.mlflow_tracker import (
 from flows.step_task import TrackingTarget, gpu_tag, load_pipeline_config, output_dir_of, step_task
 from fluxflow.config import ConfigError, PipelineConfig
 from fluxflow.run_lock import RunLock
+from fluxflow.stop_request import clear_stop_request, request_stop
 
 
 class PipelineFailed(RuntimeError):
@@ -113,6 +114,7 @@ def run_steps(cfg: PipelineConfig, config: str | dict, output_dir: str | None, d
     children = children_of(steps)
     from fluxflow.pipeline import announce_skipped  # torch: only once a flow runs
 
+    clear_stop_request()
     announce_skipped(cfg)
     client, target = open_tracking(cfg, steps)
     progress = artifacts.start_progress(target.pipeline, len(steps))
@@ -152,7 +154,8 @@ def run_steps(cfg: PipelineConfig, config: str | dict, output_dir: str | None, d
             for child in children.get(name, []):
                 submit(child, outcome["ref"])
         status = "FAILED" if problems else "FINISHED"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C reaches this (main) thread; the steps train in task threads
+        request_stop()  # they save their position at the next batch and stop, instead of finishing the step
         status = "KILLED"
         raise
     finally:

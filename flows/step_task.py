@@ -105,6 +105,9 @@ def train_step(
             ref, result = run_step_on_ranks(config, step_name, parent, nproc, device, mlflow_tracker)
         else:
             ref, result = run_step(config, step_name, parent, tracker=tracker, device=device)
+    except KeyboardInterrupt:  # stopped on request (or Ctrl-C): resumable, not a failure of the step
+        mlflow_tracker.step_failed(status="KILLED")
+        raise
     except BaseException:
         mlflow_tracker.step_failed()
         raise

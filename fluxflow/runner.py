@@ -34,6 +34,7 @@ from fluxflow.optim import build_optimizers, build_schedulers, scheduler_step
 from fluxflow.run_lock import RunLock
 from fluxflow.samples import write_samples
 from fluxflow.step_files import StepFiles, plan_step
+from fluxflow.stop_request import StepInterrupted, stop_requested
 from fluxflow.step_models import ema_components, prepare_emas, prepare_models, sampling_models
 from fluxflow.tracking import ConsoleJsonlTracker, NullTracker, Progress, batch_progress, metrics_file, trim_jsonl
 from fluxflow.train_step import StepContext, flow_step, vae_step
@@ -60,6 +61,8 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
             ref, result = done
             result.trained = False
             return StepOutcome(ref, result)
+        if stop_requested():  # a step the interrupted run had queued: nothing loaded, nothing written
+            raise StepInterrupted(f"step {step_name} not started: the run was interrupted")
         if main:
             files.set_aside_stale()
         if distributed.active():
@@ -195,6 +198,14 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
                 + ", ".join(f"{k} {v:.4g}" for k, v in sorted(found.items())))
         return found
 
+    def interrupted(epoch_in: int, batch: int, saved: bool = False) -> None:
+        """Stop here on request (fluxflow/stop_request.py): save this position, so the next run resumes at it."""
+        if not saved:
+            save(epoch_in, batch)
+        say(f"[{datetime.now():%H:%M:%S}] Interrupted step {step.name} at epoch {epoch_in + 1}, batch {batch}: "
+            f"saved {files.latest}")
+        raise StepInterrupted(f"step {step.name} interrupted at epoch {epoch_in + 1}, batch {batch}")
+
     shown = set(step_metrics(step))
     last_means: dict[str, float] = {}
     # A step killed after its last epoch was saved (before final.pt) has nothing left to train.
@@ -241,6 +252,9 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
             if done_batches % config.output.checkpoint_save_interval == 0 and done_batches < n_batches:
                 save(epoch_in_step, done_batches)
                 samples(epoch_in_step, done_batches)
+            if done_batches < n_batches and stop_requested():  # the epoch's end below saves and checks again
+                bar.close()
+                interrupted(epoch_in_step, done_batches)
         bar.close()
         epochs_done = epoch_in_step + 1
         smoothed = monitor.smoothed()
@@ -250,6 +264,8 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
         epoch_in_step, start_batch = epochs_done, 0
         save(epoch_in_step, 0, completed=outcome is not None)
         samples(epochs_done - 1, None)
+        if outcome is None and stop_requested():
+            interrupted(epoch_in_step, 0, saved=True)
         if outcome is None and step.eval_interval and epochs_done % step.eval_interval == 0:
             evaluate(epochs_done)
 

@@ -4,13 +4,16 @@ The child runs `run_pipeline` on a tiny 2-step config (VAE warm-up -> VAE+GAN wi
 tracker that sleeps after each logged batch, so that the test can catch it mid-epoch: it watches the GAN step's
 latest.pt until one is saved in the middle of the second epoch, then sends SIGKILL. Re-running in this process must
 print the seed's resume line for that batch and end exactly where an uninterrupted run in another directory ends.
+A stop request (what the flow makes of Ctrl-C) saves the batch reached and resumes there just as exactly.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +27,9 @@ from helpers_tiny import load_weights, one_torch_thread, tiny_config, tiny_raw
 from fluxflow.checkpoint import CheckpointError
 from fluxflow.pipeline import run_pipeline
 from fluxflow.run_lock import RunLock, RunLockedError
+from fluxflow.runner import run_step
+from fluxflow.stop_request import StepInterrupted, clear_stop_request, request_stop
+from fluxflow.tracking import ConsoleJsonlTracker
 
 __all__ = ["one_torch_thread"]
 
@@ -195,3 +201,59 @@ def test_a_second_run_on_the_same_output_fails_at_once_with_the_lock_message(tmp
         kill(child)
     with RunLock(out):  # kill -9 leaves no stale lock behind
         pass
+
+
+class StopAt(ConsoleJsonlTracker):
+    """Requests a stop, as the flow does on Ctrl-C, once the given (step, epoch, batch) has been logged."""
+
+    def __init__(self, out: Path, step: str, epoch: int, batch: int):
+        super().__init__(out)
+        self.at, self.step = (step, epoch, batch), None
+
+    def step_started(self, step, step_key, n_steps, resumed):
+        super().step_started(step, step_key, n_steps, resumed)
+        self.step = step.name
+
+    def log_metrics(self, metrics, progress):
+        super().log_metrics(metrics, progress)
+        if (self.step, progress.epoch, progress.batch) == self.at:
+            request_stop()
+
+
+@pytest.fixture
+def stop_request_cleared():
+    clear_stop_request()
+    yield
+    clear_stop_request()
+
+
+def test_a_stop_request_saves_the_batch_reached_and_the_next_run_resumes_there_exactly(tmp_path, stop_request_cleared):
+    reference_out, stopped_out = tmp_path / "reference", tmp_path / "stopped"
+    config = functools.partial(tiny_config, steps=STEPS, log_interval=1, checkpoint_save_interval=2, no_samples=True)
+    torch.manual_seed(PROCESS_SEED)
+    reference = run_pipeline(config(reference_out))
+
+    # batch 5 of gan's second epoch: not a multiple of checkpoint_save_interval, so only the stop can have saved it
+    torch.manual_seed(PROCESS_SEED)
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), pytest.raises(StepInterrupted, match="gan interrupted at epoch 2, batch 5"):
+        run_pipeline(config(stopped_out), tracker=StopAt(stopped_out, "gan", 2, 5))
+    assert re.search(r"Interrupted step gan at epoch 2, batch 5: saved \S+/checkpoints/gan/latest.pt", buffer.getvalue())
+    meta = load_weights(stopped_out / "checkpoints" / "gan" / "latest.pt")["pipeline_metadata"]
+    assert (meta["current_step_epoch"], meta["batch"], meta["completed"]) == (1, 5, False)
+    assert not (stopped_out / "checkpoints" / "gan" / "final.pt").exists()
+
+    clear_stop_request()
+    resumed, printed = run_captured(config(stopped_out))
+    assert "Resuming from checkpoint: step=1 (gan), epoch=2, batch=5" in printed
+    a, b = load_weights(reference[1].ref.uri), load_weights(resumed[1].ref.uri)
+    assert (a["global_step"], a["epoch"]) == (b["global_step"], b["epoch"]) == (18, 3)
+    for part in ("models", "ema", "optimizers", "schedulers"):
+        assert_same_tensors(a[part], b[part], part)
+
+
+def test_a_step_queued_when_the_stop_was_requested_does_not_start(tmp_path, stop_request_cleared):
+    request_stop()
+    with pytest.raises(StepInterrupted, match="step warm not started"):
+        run_step(tiny_config(tmp_path / "out", STEPS, no_samples=True), "warm")
+    assert not (tmp_path / "out" / "checkpoints" / "warm" / "latest.pt").exists()

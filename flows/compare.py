@@ -28,6 +28,12 @@ from flows.mlflow_tracker import (
 
 # A step's position and name are its identity (the column labels), not part of the hypothesis.
 IDENTITY_PARAMS = ("index", "name")
+MISSING = "-"
+CHART_DIFFERENCES = 12  # lines of config differences under the chart; the CSV has them all
+
+
+def _unset_as_missing(value: str) -> str:
+    return MISSING if value in ("None", "") else value
 
 
 @dataclass
@@ -70,11 +76,15 @@ def compare_runs(client: MlflowClient, runs: list) -> Comparison:
     for run in runs:
         step = run.data.tags.get(TAG_STEP_NAME, run.info.run_name)
         pipeline = names.get(run.data.tags.get(PARENT_RUN_ID))
-        labels.append(f"{pipeline}/{step}" if pipeline else step)
+        label = f"{pipeline}/{step}" if pipeline else step
+        # An interrupted or still running step is shown with its last logged values, and says so.
+        labels.append(label if run.info.status == "FINISHED" else f"{label} ({run.info.status.lower()})")
     comparison = Comparison(labels=labels, run_ids=[run.info.run_id for run in runs])
     keys = sorted({key for run in runs for key in run.data.params} - set(IDENTITY_PARAMS))
     for key in keys:
-        values = [run.data.params.get(key, "") for run in runs]
+        # An unset option ("None") of one run and an option another run's optimizer type does not have are the same
+        # thing, not a difference.
+        values = [_unset_as_missing(run.data.params.get(key, MISSING)) for run in runs]
         if len(set(values)) > 1:
             comparison.config[key] = values
     finals = [final_metrics(run) for run in runs]
@@ -109,29 +119,41 @@ def write_csv(rows: list[list[str]], path: Path) -> None:
 
 
 def write_chart(comparison: Comparison, path: Path, title: str) -> None:
-    """One bar panel per final metric, one bar per hypothesis; the config differences as the figure's footnote."""
+    """One bar panel per final metric (four to a row), one bar per hypothesis; below them, the config differences."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display; must precede pyplot
     import matplotlib.pyplot as plt
 
     names = list(comparison.metrics) or ["(no metrics)"]
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 1, 3.6), squeeze=False)
+    ncols = min(4, len(names))
+    nrows = -(-len(names) // ncols)
+    differences = [
+        f"{key}: " + ", ".join(f"{label} = {value}" for label, value in zip(comparison.labels, values))
+        for key, values in comparison.config.items()
+    ]
+    shown = differences[:CHART_DIFFERENCES]
+    if len(differences) > len(shown):
+        shown.append(f"... and {len(differences) - len(shown)} more in the CSV")
+    text_height = 0.18 * len(shown) + (0.3 if shown else 0)  # inches
+    panels_height = 3.0 * nrows
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols + 0.6, panels_height + text_height + 0.6),
+                             squeeze=False)
     colors = [f"C{i % 10}" for i in range(len(comparison.labels))]
-    for ax, name in zip(axes[0], names):
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
         values = [v if v is not None else float("nan") for v in comparison.metrics.get(name, [])]  # nan: no bar
         if values:
             ax.bar(range(len(values)), values, color=colors)
             ax.set_xticks(range(len(values)), comparison.labels, rotation=20, ha="right", fontsize=8)
         ax.set_title(name, fontsize=10)
-    differences = "; ".join(
-        f"{key}: " + ", ".join(f"{label}={value}" for label, value in zip(comparison.labels, values))
-        for key, values in list(comparison.config.items())[:6]
-    )
     fig.suptitle(title, fontsize=11)
-    if differences:
-        fig.text(0.01, 0.01, differences, fontsize=7, wrap=True)
-    fig.tight_layout(rect=(0, 0.08 if differences else 0, 1, 0.95))
+    bottom = text_height / fig.get_figheight()
+    if shown:
+        fig.text(0.01, bottom - 0.1 / fig.get_figheight(), "Config differences:\n" + "\n".join(shown),
+                 fontsize=8, va="top", family="monospace")
+    fig.tight_layout(rect=(0, bottom, 1, 1 - 0.4 / fig.get_figheight()))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

@@ -16,14 +16,18 @@ from fluxflow.tracking import Progress
 WARM = {"name": "warm", "n_epochs": 1, "train_vae": True}
 
 
-def record_pipeline(client, experiment, out, steps, losses, session="s"):
-    """Record every step as the flow would: a nested run with params, one metric line and a final result."""
+def record_pipeline(client, experiment, out, steps, losses, session="s", interrupt_last=False):
+    """Record every step as the flow would: a nested run with params, one metric line and a final result (for the
+    last step, with `interrupt_last`, the end of an interrupted run instead)."""
     parent = open_pipeline_run(client, experiment, out, out.rsplit("/", 1)[-1], {})
     for step in load_config(tiny_raw(out, steps)).config.resolved_steps():
         tracker = MlflowTracker(client, experiment, parent, out, session=session)
         tracker.step_started(step, f"key-{out}-{step.name}", len(steps), resumed=False)
         loss = losses[step.name]
         tracker.log_metrics({"vae_loss": loss}, Progress(step.name, 1, 1, 1, 1, 1, 1, 1, 0.1))
+        if interrupt_last and step.name == steps[-1]["name"]:
+            tracker.step_failed(status="KILLED")
+            return
         ref = CheckpointRef(f"{out}/{step.name}.pt", "0" * 64, step.name, "k", 1, 1)
         tracker.step_finished(ref, StepResult(step.name, "epochs_done", 1, {"vae_loss": loss}))
 
@@ -73,3 +77,31 @@ def test_two_pipelines_are_labelled_by_pipeline_and_only_the_newest_run_of_a_ste
 def test_an_unknown_experiment_is_an_error(mlflow_store, tmp_path, capsys):
     assert compare.main(["--experiment", "nope", "--output", str(tmp_path)]) == 2
     assert "no experiment named 'nope'" in capsys.readouterr().err
+
+
+def test_unset_options_and_options_of_another_group_are_not_differences(experiment, tmp_path):
+    client, exp = experiment
+    record_pipeline(client, exp, f"{tmp_path}/kinds", [
+        WARM,
+        {"name": "vae_more", "n_epochs": 1, "train_vae": True, "after": "warm"},
+        {"name": "flow", "n_epochs": 1, "train_diff": True, "after": "warm"},
+    ], {"warm": 0.9, "vae_more": 0.5, "flow": 0.4})
+
+    comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp))
+    assert comparison.labels == ["vae_more", "flow"]
+    # AdamW has no `alpha`: "None" in the flow step's params, absent from the other step's
+    assert "optimization.optimizers.flow.alpha" not in comparison.config
+    assert comparison.config["optimization.optimizers.flow.type"] == ["-", "AdamW"]
+    assert comparison.config["train_diff"] == ["False", "True"]
+
+
+def test_an_interrupted_leaf_step_is_labelled_with_its_status_and_its_last_values(experiment, tmp_path):
+    client, exp = experiment
+    record_pipeline(client, exp, f"{tmp_path}/done", [WARM, {"name": "gan", "n_epochs": 1, "gan_training": True}],
+                    {"warm": 0.9, "gan": 0.7})
+    record_pipeline(client, exp, f"{tmp_path}/stopped", [WARM, {"name": "gan", "n_epochs": 2, "gan_training": True}],
+                    {"warm": 0.9, "gan": 0.8}, interrupt_last=True)
+
+    comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp))
+    assert comparison.labels == ["done/gan", "stopped/gan (killed)"]
+    assert comparison.metrics["vae_loss"] == [0.7, 0.8]

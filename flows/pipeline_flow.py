@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 from prefect import flow, get_run_logger
+from prefect.exceptions import TerminationSignal
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_UI_URL
@@ -37,8 +38,11 @@ from flows.mlflow_tracker import (
 from flows.step_task import TrackingTarget, gpu_tag, load_pipeline_config, output_dir_of, step_task
 from fluxflow.config import ConfigError, PipelineConfig
 from fluxflow.run_lock import RunLock
-from fluxflow.stop_request import clear_stop_request, request_stop
+from fluxflow.stop_request import StepInterrupted, clear_stop_request, request_stop
 
+# How long an interrupted run waits for its running steps to save the batch they reached (one batch and a checkpoint
+# write; docker stop allows 10 s by default, a Prefect worker's cancellation more).
+STOP_GRACE_S = 60.0
 
 class PipelineFailed(RuntimeError):
     """Some step failed or missed its threshold with `on_missed: fail`; the message names them."""
@@ -154,9 +158,12 @@ def run_steps(cfg: PipelineConfig, config: str | dict, output_dir: str | None, d
             for child in children.get(name, []):
                 submit(child, outcome["ref"])
         status = "FAILED" if problems else "FINISHED"
-    except KeyboardInterrupt:  # Ctrl-C reaches this (main) thread; the steps train in task threads
-        request_stop()  # they save their position at the next batch and stop, instead of finishing the step
+    except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C / SIGTERM reach this (main) thread, the steps train in
+        request_stop()  # task threads: they save their position at the next batch and stop, instead of finishing
         status = "KILLED"
+        for future in running.values():  # after SIGTERM Prefect ends the process as soon as this returns
+            with contextlib.suppress(StepInterrupted, Exception):  # how the step ended; a 2nd Ctrl-C still goes
+                future.wait(timeout=STOP_GRACE_S)
         raise
     finally:
         artifacts.publish_summary(target.pipeline, artifacts.summary_rows(outcomes, not_run))

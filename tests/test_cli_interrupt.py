@@ -1,4 +1,5 @@
-"""Ctrl-C on `fluxflow-train`: the step stops at the next batch and saves it, instead of training to its end.
+"""Ctrl-C or SIGTERM on `fluxflow-train`: the step stops at the next batch and saves it, instead of training to its
+end (Ctrl-C) or losing the batches since its last checkpoint (SIGTERM).
 
 The flow trains in Prefect task threads while Ctrl-C reaches the main thread; without a stop request the interrupted
 run would keep training until the step finished. The child here is the real CLI on the session's Prefect test API,
@@ -31,7 +32,9 @@ def logged_lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def test_ctrl_c_saves_the_batch_reached_exits_130_and_the_step_run_is_killed(tmp_path, prefect_api, mlflow_store):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_saves_the_batch_reached_and_the_step_run_is_killed(signum, tmp_path, prefect_api, mlflow_store):
+    """SIGINT is Ctrl-C (exit 130); SIGTERM is what `docker stop` and a Prefect worker's cancellation send."""
     from prefect.settings import PREFECT_API_URL
 
     out = tmp_path / "out"
@@ -54,15 +57,18 @@ def test_ctrl_c_saves_the_batch_reached_exits_130_and_the_step_run_is_killed(tmp
             time.sleep(0.05)
         assert child.poll() is None, child.communicate()[0].decode()
         assert logged_lines(metrics) >= 3, "the step did not start training in time"
-        os.kill(child.pid, signal.SIGINT)
+        os.kill(child.pid, signum)
         output = child.communicate(timeout=120)[0].decode(errors="replace")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)
         child.wait()
 
-    assert child.returncode == 130, output
-    assert "Interrupted: run the same command again to resume from the latest checkpoint." in output
+    if signum == signal.SIGINT:
+        assert child.returncode == 130, output
+        assert "Interrupted: run the same command again to resume from the latest checkpoint." in output
+    else:  # Prefect ends the process by the signal once the flow has stopped
+        assert child.returncode == -signal.SIGTERM, output
     found = re.search(r"Interrupted step warm at epoch 1, batch (\d+): saved", output)
     assert found, output
     stopped_at = int(found.group(1))

@@ -12,9 +12,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from fluxflow.checkpoint_ref import CheckpointRef, StepOutcome
+from fluxflow.stop_request import StepInterrupted, stop_requested
+
+POLL_S = 0.2  # how often the waiting task looks for a stop request
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -31,6 +35,21 @@ def _kill_group(proc: subprocess.Popen) -> None:
             return
 
 
+def _wait(proc: subprocess.Popen, step_name: str, timeout: float | None) -> int:
+    """The exit code of torchrun; on a stop request (Ctrl-C in the flow) StepInterrupted at once. The ranks do not
+    stop at a batch boundary then (they would have to agree on one): the group is killed, and the step resumes from
+    its last mid-step checkpoint."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while (rc := proc.poll()) is None:
+        if stop_requested():
+            raise StepInterrupted(f"step {step_name} interrupted: its torchrun processes are stopped; it resumes "
+                                  "from its last checkpoint")
+        if deadline is not None and time.monotonic() > deadline:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        time.sleep(POLL_S)
+    return rc
+
+
 def run_step_distributed(config, step_name: str, parent: CheckpointRef | None, nproc: int,
                          device: str | None = None, timeout: float | None = None) -> StepOutcome:
     with tempfile.TemporaryDirectory(prefix="fluxflow-ddp-") as tmp:
@@ -44,7 +63,7 @@ def run_step_distributed(config, step_name: str, parent: CheckpointRef | None, n
             cmd += ["--device", device]
         proc = subprocess.Popen(cmd, start_new_session=True)
         try:
-            rc = proc.wait(timeout=timeout)
+            rc = _wait(proc, step_name, timeout)
         finally:
             _kill_group(proc)
         if rc != 0:

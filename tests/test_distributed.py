@@ -1,5 +1,6 @@
 """A pipeline step under torchrun with 2 CPU processes (gloo): ranks stay in sync, only rank 0 writes."""
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -45,3 +46,55 @@ def test_two_process_gloo_step_keeps_ranks_in_sync_and_rank0_alone_writes(tmp_pa
     assert sorted(p.name for p in (out / "checkpoints" / "vae_gan").iterdir()
                   if p.suffix in (".pt", ".json")) == ["final.pt", "latest.pt", "ref.json"]
     assert proc.stdout.count("Starting step: vae_gan") == 1  # rank 1 stays quiet
+
+
+def test_a_stop_request_ends_the_torchrun_process_group_at_once(tmp_path, monkeypatch):
+    """Ctrl-C in the flow sets the stop request; the task waiting on torchrun must not wait for the step to end."""
+    import threading
+    import time
+
+    from fluxflow import launch
+    from fluxflow.config import load_config
+    from fluxflow.stop_request import StepInterrupted, clear_stop_request, request_stop
+
+    started: list[subprocess.Popen] = []
+
+    class RecordedPopen(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(launch.subprocess, "Popen", RecordedPopen)
+    out = tmp_path / "out"
+    cfg = tmp_path / "ddp.yaml"  # 1,000 batches: far more than the test waits for
+    cfg.write_text(CONFIG.replace("OUT", str(out)).replace("size: 32", "size: 4000").replace("max_steps: 4", "max_steps: 1000"))
+    config = load_config(str(cfg)).config
+    raised: list[BaseException] = []
+
+    def run():
+        try:
+            launch.run_step_distributed(config, "vae_gan", None, 2)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            raised.append(exc)
+
+    clear_stop_request()
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        metrics = out / "graph" / "training_metrics_vae_gan.jsonl"
+        deadline = time.monotonic() + 300
+        while not metrics.exists() and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert metrics.exists(), f"the ranks did not start training: {raised}"
+        request_stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "still waiting on torchrun after the stop request"
+    finally:
+        clear_stop_request()
+        for proc in started:
+            launch._kill_group(proc)
+    assert len(raised) == 1 and isinstance(raised[0], StepInterrupted), raised
+    assert started[0].poll() is not None  # torchrun is gone, and with it its process group (the ranks)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(started[0].pid, 0)
+    assert not (out / "checkpoints" / "vae_gan" / "final.pt").exists()

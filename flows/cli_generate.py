@@ -24,7 +24,10 @@ def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fluxflow-generate", description="Generate images from a trained checkpoint.")
+    p = argparse.ArgumentParser(
+        prog="fluxflow-generate", description="Generate images from a trained checkpoint.",
+        epilog="Exit codes: 0 images written; 2 bad input (no prompt, a missing prompts file, a checkpoint that is "
+               "missing, corrupt or has no text-to-image model, an invalid --config, a device this machine lacks).")
     p.add_argument("--checkpoint", required=True, help="a flow step's checkpoint (final.pt), path or fsspec URI")
     p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable)")
     p.add_argument("--prompts-file", help="a file with one prompt per line")
@@ -43,7 +46,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    prompts = read_prompts(args.prompt, args.prompts_file)
+    try:
+        prompts = read_prompts(args.prompt, args.prompts_file)
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"fluxflow-generate: cannot read --prompts-file {args.prompts_file}: {exc}", file=sys.stderr)
+        return 2
     if not prompts:
         print("fluxflow-generate: give at least one --prompt or a --prompts-file", file=sys.stderr)
         return 2
@@ -53,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fluxflow.checkpoint import CheckpointError
     from fluxflow.config import ConfigError, load_config
+    from fluxflow.device import DeviceUnavailable
     from fluxflow.generate import GenerationError, generate_files, load_text_to_image
 
     try:
@@ -61,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                                    config.data.img_size if config else None, args.device)
         files = generate_files(model, prompts, args.output, n=args.n, seed=args.seed, steps=args.steps,
                                guidance=args.guidance, size=args.size, ext=args.format)
-    except (CheckpointError, ConfigError, GenerationError) as exc:
+    except (CheckpointError, ConfigError, GenerationError, DeviceUnavailable) as exc:
         print(f"fluxflow-generate: {exc}", file=sys.stderr)
-        return 1
+        return 2
     for path in files:
         print(path)
     print(f"Wrote {len(files)} image(s) to {args.output}")

@@ -85,9 +85,21 @@ def test_refuses_a_checkpoint_without_a_text_to_image_model(trained, tmp_path, c
     config_file, _, vae_checkpoint = trained
     code = generate_cli("--checkpoint", vae_checkpoint, "--config", str(config_file), "--prompt", "x",
                         "--output", str(tmp_path))
-    assert code == 1
+    assert code == 2
     assert "use the checkpoint of a flow step" in capsys.readouterr().err
     assert list(Path(tmp_path).iterdir()) == []
+
+
+def test_unreadable_inputs_exit_2_naming_them_without_a_traceback(trained, tmp_path, capsys, monkeypatch):
+    _, checkpoint, _ = trained
+    missing = tmp_path / "prompts.txt"
+    assert generate_cli("--checkpoint", checkpoint, "--prompts-file", str(missing)) == 2
+    assert f"cannot read --prompts-file {missing}" in capsys.readouterr().err
+    assert generate_cli("--checkpoint", str(tmp_path / "nope.pt"), "--prompt", "x") == 2
+    assert "nope.pt" in capsys.readouterr().err
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert generate_cli("--checkpoint", checkpoint, "--prompt", "x", "--device", "cuda") == 2
+    assert "no CUDA device is available" in capsys.readouterr().err
 
 
 def test_asks_for_a_prompt(trained, capsys):

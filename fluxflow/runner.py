@@ -26,6 +26,7 @@ from fluxflow.checkpoint_ref import CheckpointRef, StepOutcome, StepResult
 from fluxflow.data import ResumableBatchSampler, build_dataset, make_loader
 from fluxflow.device import autocast_dtype, resolve_device
 from fluxflow.evaluation.evaluate import evaluate_step
+from fluxflow.gpu_claim import claimed_device
 from fluxflow.losses import LPIPSLoss
 from fluxflow.latents import measure_latent_norm
 from fluxflow.models import tokenize
@@ -67,7 +68,11 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
             files.set_aside_stale()
         if distributed.active():
             dist.barrier()
-        return _train(config, files, parent, tracker, distributed.local_device(device_))
+            return _train(config, files, parent, tracker, distributed.local_device(device_))
+        with claimed_device(device_, torch.cuda.device_count() if device_.type == "cuda" else 0) as device_:
+            if device_.index is not None:  # implicit "cuda" allocations of this thread go to the claimed GPU too
+                torch.cuda.set_device(device_)
+            return _train(config, files, parent, tracker, device_)
 
 
 def _input_state(config, files: StepFiles, parent: CheckpointRef | None) -> tuple[dict | None, bool]:

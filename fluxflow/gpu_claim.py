@@ -1,0 +1,57 @@
+"""Which GPU of a multi-GPU host a single-process step trains on.
+
+A step asks for `cuda` (or `auto` on a GPU host). When a host's `gpu` concurrency limit lets several steps run at
+once (branches of one flow run share a process; separate flow runs have processes of their own), each must get a GPU
+to itself. A step claims one with an exclusive `flock` on `<lock dir>/gpu<i>.lock`: flock conflicts between
+processes and between two opens in one process alike, and the kernel drops it when its holder dies, so a killed step
+never leaves a GPU claimed. When every GPU is claimed the step waits for one (the limit should not exceed the GPUs).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+POLL_S = 1.0
+
+
+def lock_dir() -> Path:
+    """FLUXFLOW_GPU_LOCK_DIR, else a folder in the system temp dir (one per host, as the GPUs are)."""
+    return Path(os.environ.get("FLUXFLOW_GPU_LOCK_DIR") or Path(tempfile.gettempdir()) / "fluxflow-gpus")
+
+
+@contextlib.contextmanager
+def claimed_device(device: torch.device, n_gpus: int, directory: Path | None = None,
+                   say: Callable[[str], None] = print) -> Iterator[torch.device]:
+    """`device` itself unless it is `cuda` without an index on a host with several GPUs; then `cuda:<i>` for a GPU
+    held by no other step, claimed until the block ends."""
+    if device.type != "cuda" or device.index is not None or n_gpus <= 1:
+        yield device
+        return
+    directory = directory or lock_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        for index in range(n_gpus):
+            handle = open(directory / f"gpu{index}.lock", "a")  # noqa: SIM115 - held for the whole block
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            try:
+                yield torch.device("cuda", index)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+            return
+        if not waited:
+            say(f"All {n_gpus} GPUs are in use by other steps (locks in {directory}); waiting for one")
+            waited = True
+        time.sleep(POLL_S)

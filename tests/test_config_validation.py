@@ -119,6 +119,8 @@ CASES = {
     "cycle through file order": (cfg(vae(after="c"), vae(name="b"), vae(name="c")), f"{S}[0].after", "cycle"),
     "unknown step key": (cfg(vae(**ONLY, trian_vae=True)), f"{S}[0].trian_vae", "did you mean 'train_vae'?"),
     "unknown section key": (cfg(vae(), modle={"vae_dim": 8}), "modle", "did you mean 'model'?"),
+    "another tool's name for a key": (cfg(vae(learning_rate=0.1)), f"{S}[0].learning_rate",
+                                      "did you mean 'lr'?"),
     "unknown nested key": (cfg(vae(transition_on={"mod": "epoch"})), f"{S}[0].transition_on.mod",
                            "did you mean 'mode'?"),
     "unknown dataset key": (cfg(vae(), pipeline={"datasets": {"s": {"type": "shapes", "szie": 3}}}),

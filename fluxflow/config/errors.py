@@ -43,7 +43,20 @@ def format_path(loc: Iterable[str | int]) -> str:
     return out
 
 
+# Names other training tools use for a field of ours, which spelling similarity would not find.
+SYNONYMS = {
+    "learning_rate": "lr", "lerning_rate": "lr", "epochs": "n_epochs", "num_epochs": "n_epochs",
+    "max_epoch": "n_epochs", "steps_per_epoch": "max_steps", "num_workers": "workers", "bs": "batch_size",
+    "image_size": "img_size", "resolution": "img_size", "output_dir": "output_path", "parent": "after",
+    "depends_on": "after", "frozen": "freeze", "precision_mode": "precision", "mixed_precision": "precision",
+}
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """' (did you mean 'train_vae'?)' for a near miss, '' when nothing is close."""
-    close = difflib.get_close_matches(str(word), sorted(set(choices)), n=1, cutoff=0.6)
+    """' (did you mean 'train_vae'?)' for a near miss or a known synonym, '' when nothing is close."""
+    choices = sorted(set(choices))
+    synonym = SYNONYMS.get(str(word).lower())
+    if synonym in choices:
+        return f" (did you mean '{synonym}'?)"
+    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,5 +1,6 @@
 """End to end, as an operator runs it: a real Prefect server, the `gpu` pool, the deployments of deployments/prefect.yaml,
-a process worker, and `prefect deployment run fluxflow-pipeline/manual --watch` on a tiny config.
+a process worker, and `prefect deployment run fluxflow-pipeline/manual --watch` on a tiny config; then a long run
+of the same deployment cancelled with `prefect flow-run cancel` once it trains.
 
 Everything is started through the same scripts as `make server`, `make worker` and `make deploy`, on a free loopback
 port, with its own PREFECT_HOME, run directory (pid files, logs) and MLflow store under tmp. Every process started
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -117,9 +119,53 @@ async def flow_run_and_task_runs(api_url: str, run_name: str):
             return flow_run, deployment, task_runs, nightly, limit
 
 
+def cancel_a_long_run(prefect: str, env: dict, api_url: str, tmp_path: Path):
+    """Start the manual deployment on a step far longer than the test, cancel it once it trains, and return the
+    cancelled flow run (in its final state) and its output directory."""
+    import yaml
+    from helpers_tiny import tiny_raw
+
+    out = tmp_path / "long-out"
+    config_file = tmp_path / "long.yaml"  # 4,000 batches of a tiny VAE: minutes, unless cancelled
+    config_file.write_text(yaml.safe_dump(tiny_raw(out, [{"name": "long", "n_epochs": 1, "train_vae": True}],
+                                                   dataset_size=16_000, checkpoint_save_interval=100_000,
+                                                   log_interval=10, no_samples=True)))
+    run_name = f"e2e-cancel-{uuid.uuid4().hex[:8]}"
+    started = run_cli([prefect, "deployment", "run", "fluxflow-pipeline/manual", "--param", f"config={config_file}",
+                       "--flow-run-name", run_name], env, timeout=120)
+    assert started.returncode == 0, started.stdout
+    metrics = out / "graph" / "training_metrics_long.jsonl"
+    deadline = time.monotonic() + 240
+    while not metrics.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert metrics.exists(), "the long run did not start training"
+    flow_run = asyncio.run(read_flow_run(api_url, run_name))
+    cancel = run_cli([prefect, "flow-run", "cancel", str(flow_run.id)], env, timeout=60)
+    assert cancel.returncode == 0, cancel.stdout
+    deadline = time.monotonic() + 120
+    while not flow_run.state.is_final() and time.monotonic() < deadline:
+        time.sleep(0.5)
+        flow_run = asyncio.run(read_flow_run(api_url, run_name))
+    return flow_run, out
+
+
+async def read_flow_run(api_url: str, run_name: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        async with get_client() as client:
+            (flow_run,) = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_name]))
+            )
+            return flow_run
+
+
 def test_manual_deployment_runs_each_step_as_a_task_and_records_nested_mlflow_runs(tmp_path):
     from mlflow.tracking import MlflowClient
 
+    from fluxflow.checkpoint import load_checkpoint
     from fluxflow.config import load_config
 
     config = load_config(REPO / TINY_CONFIG).config
@@ -167,8 +213,20 @@ def test_manual_deployment_runs_each_step_as_a_task_and_records_nested_mlflow_ru
         assert sorted(t.name for t in task_runs) == sorted(steps)  # one task run per step, named after it
         assert all(t.state.is_completed() for t in task_runs)
         assert all("gpu" in t.tags for t in task_runs)  # what the `gpu` concurrency limit counts
+
+        cancelled, stopped_out = cancel_a_long_run(prefect, env, api_url, tmp_path)
     finally:
         stop_everything(run_dir)
+
+    # A cancelled run (the worker sends SIGTERM to the flow-run process) stops its step at the next batch and saves
+    # that batch: a re-run resumes there instead of at the last periodic checkpoint.
+    assert cancelled.state.is_cancelled(), cancelled.state
+    found = re.search(r"Interrupted step long at epoch 1, batch (\d+): saved",
+                      (run_dir / "prefect-worker.log").read_text())
+    assert found, "the step did not save where it stopped"
+    meta = load_checkpoint(stopped_out / "checkpoints" / "long" / "latest.pt")["pipeline_metadata"]
+    assert (meta["batch"], meta["completed"]) == (int(found.group(1)), False)
+    assert not (stopped_out / "checkpoints" / "long" / "final.pt").exists()
 
     mlflow = MlflowClient(tracking_uri)
     experiment = mlflow.get_experiment_by_name(experiment_name)

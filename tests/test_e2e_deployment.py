@@ -126,9 +126,9 @@ def cancel_a_long_run(prefect: str, env: dict, api_url: str, tmp_path: Path):
     from helpers_tiny import tiny_raw
 
     out = tmp_path / "long-out"
-    config_file = tmp_path / "long.yaml"  # 4,000 batches of a tiny VAE: minutes, unless cancelled
+    config_file = tmp_path / "long.yaml"  # 16,000 batches of a tiny VAE: minutes, unless cancelled
     config_file.write_text(yaml.safe_dump(tiny_raw(out, [{"name": "long", "n_epochs": 1, "train_vae": True}],
-                                                   dataset_size=16_000, checkpoint_save_interval=100_000,
+                                                   dataset_size=64_000, checkpoint_save_interval=100_000,
                                                    log_interval=10, no_samples=True)))
     run_name = f"e2e-cancel-{uuid.uuid4().hex[:8]}"
     started = run_cli([prefect, "deployment", "run", "fluxflow-pipeline/manual", "--param", f"config={config_file}",

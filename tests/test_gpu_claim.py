@@ -74,7 +74,10 @@ def test_when_every_gpu_is_claimed_a_step_waits_for_the_first_one_released(tmp_p
 
     waiter = threading.Thread(target=wait_for_one)
     waiter.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while not said and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # a few more polls: still nothing free
     try:
         assert got == [] and said == [f"All 2 GPUs are in use by other steps (locks in {tmp_path}); waiting for one"]
         release[1].set()

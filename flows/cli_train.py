@@ -1,12 +1,13 @@
 """`fluxflow-train`: validate a pipeline config, or run it as the Prefect flow `fluxflow-pipeline`.
 
-Exit codes: 0 done (or config valid), 1 a step failed, 2 invalid config / missing file / broken YAML / bad arguments,
-130 interrupted. Validation imports neither torch nor Prefect; only the parameter counts of a valid config need torch.
+Exit codes: 0 done (or config valid), 1 a step failed, 2 invalid config / missing file / broken YAML / bad arguments /
+unavailable device, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Validation imports neither torch nor Prefect; only the parameter counts of a valid config need torch.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from fluxflow.config.schema import check_output_path
 from fluxflow.config.summary import format_parameters, format_summary
 from fluxflow.modes import COMPONENTS
 
-EXIT_OK, EXIT_STEP_FAILED, EXIT_INVALID_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_STEP_FAILED, EXIT_INVALID_CONFIG, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a text-to-image model in the stages declared by a YAML config: each step runs as a task "
                     "of the Prefect flow 'fluxflow-pipeline' and is recorded as a nested MLflow run.",
         epilog="Exit codes: 0 done (or the config is valid), 1 a step failed, 2 invalid config, missing file, "
-               "broken YAML, bad arguments or a device this machine lacks, 130 interrupted. Config reference: docs/CONFIG.md.",
+               "broken YAML, bad arguments or a device this machine lacks, 130 interrupted (Ctrl-C), 143 terminated "
+               "(SIGTERM). Config reference: docs/CONFIG.md.",
     )
     parser.add_argument("--config", required=True, metavar="FILE",
                         help="pipeline config (YAML); see configs/ for examples")
@@ -101,12 +103,27 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     from flows.pipeline_flow import run_pipeline_flow
 
+    # SIGTERM ends the process through Python's exit path, as Ctrl-C does: Prefect hands the signal back to this
+    # handler once the flow has stopped its steps, and the exit stops Prefect's temporary API server, which the
+    # default action (die at once) would leave running as an orphan.
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(run_pipeline_flow(config_source=str(Path(args.config).resolve()), output_dir=args.output_dir,
                                      device=args.device))
     except KeyboardInterrupt:
         print("Interrupted: run the same command again to resume from the latest checkpoint.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print("Terminated: run the same command again to resume from the latest checkpoint.", file=sys.stderr)
+        return EXIT_TERMINATED
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread (a BaseException, like KeyboardInterrupt: nothing may swallow it)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """`fluxflow-train`: validate a pipeline config, or run it as the Prefect flow `fluxflow-pipeline`.
 
 Exit codes: 0 done (or config valid), 1 a step failed, 2 invalid config / missing file / broken YAML / bad arguments /
-unavailable device, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Validation imports neither torch nor Prefect; only the parameter counts of a valid config need torch.
+unavailable device / output directory in use, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Validation imports
+neither torch nor Prefect; only the parameter counts of a valid config need torch.
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a text-to-image model in the stages declared by a YAML config: each step runs as a task "
                     "of the Prefect flow 'fluxflow-pipeline' and is recorded as a nested MLflow run.",
         epilog="Exit codes: 0 done (or the config is valid), 1 a step failed, 2 invalid config, missing file, "
-               "broken YAML, bad arguments or a device this machine lacks, 130 interrupted (Ctrl-C), 143 terminated "
-               "(SIGTERM). Config reference: docs/CONFIG.md.",
+               "broken YAML, bad arguments, a device this machine lacks or an output directory in use, 130 interrupted "
+               "(Ctrl-C), 143 terminated (SIGTERM). Config reference: docs/CONFIG.md.",
     )
     parser.add_argument("--config", required=True, metavar="FILE",
                         help="pipeline config (YAML); see configs/ for examples")
@@ -97,6 +98,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"❌ {exc}", file=sys.stderr)
         return EXIT_INVALID_CONFIG
 
+    # Another run on the same output directory: say so now, not after Prefect has started (the flow takes the lock
+    # itself for the whole run; this is only the early answer).
+    from fluxflow.run_lock import RunLock, RunLockedError
+
+    try:
+        with RunLock(config.output.output_path):
+            pass
+    except RunLockedError as exc:
+        print(f"❌ {exc}", file=sys.stderr)
+        return EXIT_INVALID_CONFIG
+
     # Quiet and offline before Prefect or MLflow is imported (PITFALLS.md).
     for key, value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
                        ("MLFLOW_DISABLE_TELEMETRY", "true")):
@@ -106,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM ends the process through Python's exit path, as Ctrl-C does: Prefect hands the signal back to this
     # handler once the flow has stopped its steps, and the exit stops Prefect's temporary API server, which the
     # default action (die at once) would leave running as an orphan.
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(run_pipeline_flow(config_source=str(Path(args.config).resolve()), output_dir=args.output_dir,
                                      device=args.device))
@@ -116,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print("Terminated: run the same command again to resume from the latest checkpoint.", file=sys.stderr)
         return EXIT_TERMINATED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class Terminated(BaseException):

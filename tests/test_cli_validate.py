@@ -120,6 +120,20 @@ def test_a_device_this_machine_lacks_exits_2_before_the_flow_starts(tmp_path, fa
     assert calls == []
 
 
+def test_an_output_directory_another_run_holds_exits_2_before_the_flow_starts(tmp_path, fake_flow, capsys):
+    from fluxflow.run_lock import RunLock
+
+    _, calls = fake_flow
+    (tmp_path / "c.yaml").write_text(VALID)
+    out = tmp_path / "busy"
+    with RunLock(out):  # what a running pipeline holds
+        assert cli_train.main(["--config", str(tmp_path / "c.yaml"), "--output-dir", str(out), "--quiet"]) == 2
+    assert f"{out} is in use by another run (pid " in capsys.readouterr().err
+    assert calls == []
+    assert cli_train.main(["--config", str(tmp_path / "c.yaml"), "--output-dir", str(out), "--quiet"]) == 0
+    assert len(calls) == 1  # free again: the check itself holds nothing
+
+
 def test_a_remote_output_dir_override_exits_2_naming_the_flag(tmp_path, fake_flow, capsys):
     _, calls = fake_flow
     (tmp_path / "c.yaml").write_text(VALID)

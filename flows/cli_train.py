@@ -77,11 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_INVALID_CONFIG
     if args.device:
         config.training.device = args.device
-    if not args.quiet:
+    if not args.quiet:  # the warnings, then the plan: for a run as for --validate-pipeline
         for warning in loaded.warnings:
             print(f"⚠️  {warning}", file=sys.stderr)
-
-    if not args.quiet:  # the plan first, for a run as for --validate-pipeline
         print(format_summary(config), flush=True)  # before the counts, which need a torch import
         print()
         print(format_parameters(*parameter_counts(config)), flush=True)

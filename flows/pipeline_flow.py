@@ -44,6 +44,7 @@ from fluxflow.stop_request import StepInterrupted, clear_stop_request, request_s
 # write; docker stop allows 10 s by default, a Prefect worker's cancellation more).
 STOP_GRACE_S = 60.0
 
+
 class PipelineFailed(RuntimeError):
     """Some step failed or missed its threshold with `on_missed: fail`; the message names them."""
 
@@ -203,7 +204,8 @@ def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
     print(f"Checkpoints: {out}/checkpoints")
     if runs:
         run_url = artifacts.mlflow_run_url(uri, experiment.experiment_id, runs[0].info.run_id)
-        start = "" if uri.startswith(("http://", "https://")) else f"{_command('mlflow')} ui --host 127.0.0.1 --backend-store-uri {uri}   then open "
+        start = "" if uri.startswith(("http://", "https://")) else (
+            f"{_command('mlflow')} ui --host 127.0.0.1 --backend-store-uri {uri}   then open ")
         print(f"MLflow UI:   {start}{run_url}")
     flow_run_url = url_for("flow-run", obj_id=flow_run_id, default_base_url="http://127.0.0.1:4200")
     start = "" if PREFECT_UI_URL.value() else f"{_command('prefect')} server start --host 127.0.0.1   then open "

@@ -21,19 +21,12 @@ import pytest
 import yaml
 from helpers_tiny import load_weights, tiny_raw
 from mlflow.tracking import MlflowClient
+from process_groups import group_alive
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 N_BATCHES = 1000
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def logged_lines(path: Path) -> int:

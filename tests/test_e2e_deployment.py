@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from process_groups import group_alive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -88,16 +89,8 @@ def stop_everything(run_dir: Path) -> None:
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + 10
-        while sig == signal.SIGTERM and time.monotonic() < deadline and any(_alive(g) for g in groups):
+        while sig == signal.SIGTERM and time.monotonic() < deadline and any(group_alive(g) for g in groups):
             time.sleep(0.2)
-
-
-def _alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 async def flow_run_and_task_runs(api_url: str, run_name: str):

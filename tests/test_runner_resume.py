@@ -236,9 +236,11 @@ def test_a_stop_request_saves_the_batch_reached_and_the_next_run_resumes_there_e
     # batch 5 of gan's second epoch: not a multiple of checkpoint_save_interval, so only the stop can have saved it
     torch.manual_seed(PROCESS_SEED)
     buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer), pytest.raises(StepInterrupted, match="gan interrupted at epoch 2, batch 5"):
+    stop = pytest.raises(StepInterrupted, match="gan interrupted at epoch 2, batch 5")
+    with contextlib.redirect_stdout(buffer), stop:
         run_pipeline(config(stopped_out), tracker=StopAt(stopped_out, "gan", 2, 5))
-    assert re.search(r"Interrupted step gan at epoch 2, batch 5: saved \S+/checkpoints/gan/latest.pt", buffer.getvalue())
+    saved = r"Interrupted step gan at epoch 2, batch 5: saved \S+/checkpoints/gan/latest.pt"
+    assert re.search(saved, buffer.getvalue())
     meta = load_weights(stopped_out / "checkpoints" / "gan" / "latest.pt")["pipeline_metadata"]
     assert (meta["current_step_epoch"], meta["batch"], meta["completed"]) == (1, 5, False)
     assert not (stopped_out / "checkpoints" / "gan" / "final.pt").exists()

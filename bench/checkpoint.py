@@ -42,9 +42,9 @@ MODELS = {"default": {}, "seed-size": SEED_SIZE_MODEL}
 
 def build(set_name: str, model: dict):
     from fluxflow.config.schema import ModelConfig
-    from fluxflow.ema import EMA
+    from fluxflow.train.ema import EMA
     from fluxflow.models import build_component
-    from fluxflow.optim import make_optimizer
+    from fluxflow.train.optim import make_optimizer
 
     spec, cfg = COMPONENT_SETS[set_name], ModelConfig(**model)
     torch.manual_seed(0)
@@ -63,7 +63,7 @@ def build(set_name: str, model: dict):
 
 
 def state_of(models, optimizers, emas) -> dict[str, Any]:
-    from fluxflow.checkpoint import capture_rng_state
+    from fluxflow.checkpoints.io import capture_rng_state
 
     return {"epoch": 1, "global_step": 1000,
             "models": {n: m.state_dict() for n, m in models.items()},
@@ -75,7 +75,7 @@ def state_of(models, optimizers, emas) -> dict[str, Any]:
 
 
 def measure(set_name: str, model_label: str, trials: int, workdir: Path) -> dict[str, Any]:
-    from fluxflow.checkpoint import finalize, load_checkpoint, save_checkpoint
+    from fluxflow.checkpoints.io import finalize, load_checkpoint, save_checkpoint
     from fluxflow.models import count_parameters
 
     models, optimizers, emas = build(set_name, MODELS[model_label])

@@ -41,9 +41,9 @@ def flow_runner(path: Path, batches: int) -> None:
 
 
 def bare_runner(path: Path, batches: int) -> None:
-    """Run the tiny pipeline through `fluxflow.pipeline.run_pipeline` (console + JSONL tracking only)."""
+    """Run the tiny pipeline through `fluxflow.train.pipeline.run_pipeline` (console + JSONL tracking only)."""
     from fluxflow.config import load_config
-    from fluxflow.pipeline import run_pipeline
+    from fluxflow.train.pipeline import run_pipeline
 
     run_pipeline(load_config(tiny_pipeline(path, batches=batches, samples=True)).config, device="cpu")
 

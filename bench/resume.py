@@ -74,7 +74,7 @@ class FirstBatchTracker:
 def run_until(config_dict: dict, stop_at: int) -> dict[str, Any]:
     """Run the step in this process until `stop_at` batches are logged; returns the tracker's times."""
     from fluxflow.config import load_config
-    from fluxflow.runner import run_step
+    from fluxflow.train.step_run import run_step
 
     tracker = FirstBatchTracker(stop_at)
     try:
@@ -86,7 +86,7 @@ def run_until(config_dict: dict, stop_at: int) -> dict[str, Any]:
 
 def child(config_path: str) -> None:
     """`python -m bench.resume --child CONFIG`: resume and print one JSON line of timestamps."""
-    from fluxflow.runner import run_step  # noqa: F401  (torch and the core: what any trainer process imports)
+    from fluxflow.train.step_run import run_step  # noqa: F401  (torch and the core: what any trainer process imports)
 
     imported = time.time()
     times = run_until(json.loads(Path(config_path).read_text()), stop_at=1)
@@ -95,8 +95,8 @@ def child(config_path: str) -> None:
 
 def prepare(workdir: Path, dataset_size: int, batch_size: int, positions: list[int]) -> tuple[Path, dict[int, Path]]:
     """Train to a real latest.pt, then write one copy per resume position."""
-    from fluxflow.checkpoint import load_checkpoint, save_checkpoint
-    from fluxflow.step_files import plan_step
+    from fluxflow.checkpoints.io import load_checkpoint, save_checkpoint
+    from fluxflow.checkpoints.step_files import plan_step
     from fluxflow.config import load_config
 
     config = resume_config(workdir / "run", dataset_size, batch_size)
@@ -132,7 +132,7 @@ def trial(config_path: Path, copy: Path, latest: Path) -> dict[str, float]:
 
 def run(args) -> dict[str, Any]:
     from fluxflow.config import load_config
-    from fluxflow.step_files import plan_step
+    from fluxflow.checkpoints.step_files import plan_step
 
     load = MachineLoad()
     positions = [0, args.resume_batch]

@@ -70,12 +70,12 @@ class StepBench:
     def __init__(self, kind: str, img_size: int, batch: int, device: torch.device, *, compile: bool = False,
                  model: dict | None = None, precision: str = "auto"):
         from fluxflow.data import ShapesDataset
-        from fluxflow.device import autocast_dtype
-        from fluxflow.latents import measure_latent_norm
-        from fluxflow.modes import trained_components
-        from fluxflow.optim import build_optimizers
-        from fluxflow.step_models import ema_components, prepare_emas, prepare_models
-        from fluxflow.train_step import StepContext
+        from fluxflow.runtime.device import autocast_dtype
+        from fluxflow.train.latents import measure_latent_norm
+        from fluxflow.config.modes import trained_components
+        from fluxflow.train.optim import build_optimizers
+        from fluxflow.train.step_models import ema_components, prepare_emas, prepare_models
+        from fluxflow.train.batch_step import StepContext
 
         config, step = step_config(kind, img_size, batch, model, precision)
         self.kind, self.device, self.config = kind, device, config
@@ -100,7 +100,7 @@ class StepBench:
 
     def run(self, i: int) -> dict[str, torch.Tensor]:
         from fluxflow.models import tokenize
-        from fluxflow.train_step import flow_step, vae_step
+        from fluxflow.train.batch_step import flow_step, vae_step
 
         self.ctx.generator.manual_seed(i)
         if self.kind == "flow":

@@ -3,7 +3,7 @@
     fluxflow-generate --checkpoint outputs/quickstart/checkpoints/flow/final.pt \
         --prompt "a red circle on a blue background" --n 4 --output generated/
 
-The generation itself is fluxflow.generate (EMA weights, the trained text encoder, the training samples' sampler).
+The generation itself is fluxflow.sampling.generate (EMA weights, the trained text encoder, the training samples' sampler).
 """
 from __future__ import annotations
 
@@ -58,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         print("fluxflow-generate: --n and --steps must be at least 1", file=sys.stderr)
         return 2
 
-    from fluxflow.checkpoint import CheckpointError
+    from fluxflow.checkpoints.io import CheckpointError
     from fluxflow.config import ConfigError, load_config
-    from fluxflow.device import DeviceUnavailable
-    from fluxflow.generate import GenerationError, generate_files, load_text_to_image
+    from fluxflow.runtime.device import DeviceUnavailable
+    from fluxflow.sampling.generate import GenerationError, generate_files, load_text_to_image
 
     try:
         config = load_config(args.config).config if args.config else None

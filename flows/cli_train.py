@@ -15,7 +15,7 @@ from pathlib import Path
 from fluxflow.config import ConfigError, PipelineConfig, load_config
 from fluxflow.config.schema import check_output_path
 from fluxflow.config.summary import format_parameters, format_summary
-from fluxflow.modes import COMPONENTS
+from fluxflow.config.modes import COMPONENTS
 
 EXIT_OK, EXIT_STEP_FAILED, EXIT_INVALID_CONFIG, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # A device this machine lacks is the caller's setting, not a training failure: say so before the flow starts
     # (inside it, the step would fail and be retried for nothing).
-    from fluxflow.device import DeviceUnavailable, resolve_device
+    from fluxflow.runtime.device import DeviceUnavailable, resolve_device
 
     try:
         resolve_device(config.training.device)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Another run on the same output directory: say so now, not after Prefect has started (the flow takes the lock
     # itself for the whole run; this is only the early answer).
-    from fluxflow.run_lock import RunLock, RunLockedError
+    from fluxflow.checkpoints.lock import RunLock, RunLockedError
 
     try:
         with RunLock(config.output.output_path):

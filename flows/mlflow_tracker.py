@@ -28,8 +28,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 if TYPE_CHECKING:  # only for annotations: this module must import without torch
-    from fluxflow.checkpoint_ref import CheckpointRef, StepResult
-    from fluxflow.tracking import Progress
+    from fluxflow.checkpoints.ref import CheckpointRef, StepResult
+    from fluxflow.train.tracking import Progress
 
 TAG_KIND = "fluxflow.kind"  # "pipeline" | "step"
 TAG_OUTPUT_DIR = "fluxflow.output_dir"
@@ -104,7 +104,7 @@ def _now_ms() -> int:
 
 
 class MlflowTracker:
-    """`fluxflow.tracking.Tracker` that records one pipeline step as a nested MLflow run.
+    """`fluxflow.train.tracking.Tracker` that records one pipeline step as a nested MLflow run.
 
     `session` identifies one execution of the pipeline (the Prefect flow-run id): a retried step of the same session
     continues its run even when it had to restart from scratch.

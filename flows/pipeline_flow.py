@@ -37,8 +37,8 @@ from flows.mlflow_tracker import (
 )
 from flows.step_task import TrackingTarget, gpu_tag, load_pipeline_config, output_dir_of, step_task
 from fluxflow.config import ConfigError, PipelineConfig
-from fluxflow.run_lock import RunLock
-from fluxflow.stop_request import StepInterrupted, clear_stop_request, request_stop
+from fluxflow.checkpoints.lock import RunLock
+from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
 
 # How long an interrupted run waits for its running steps to save the batch they reached (one batch and a checkpoint
 # write; docker stop allows 10 s by default, a Prefect worker's cancellation more).
@@ -117,7 +117,7 @@ def run_steps(cfg: PipelineConfig, config: str | dict, output_dir: str | None, d
     steps = cfg.resolved_steps()
     by_name = {step.name: step for step in steps}
     children = children_of(steps)
-    from fluxflow.pipeline import announce_skipped  # torch: only once a flow runs
+    from fluxflow.train.pipeline import announce_skipped  # torch: only once a flow runs
 
     clear_stop_request()
     announce_skipped(cfg)

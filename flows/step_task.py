@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import mlflow_run_url, publish_step
 from flows.mlflow_tracker import MlflowTracker
-from fluxflow.checkpoint_ref import CheckpointRef
+from fluxflow.checkpoints.ref import CheckpointRef
 from fluxflow.config import ConfigError, ConfigIssue, PipelineConfig, load_config
 from fluxflow.config.schema import check_output_path
 
@@ -60,7 +60,7 @@ def output_dir_of(config: PipelineConfig) -> str:
 
 def make_tracker(config: PipelineConfig, target: TrackingTarget):
     """The step's trackers: the core's console + JSONL one and the MLflow one. Returns (tracker, mlflow_tracker)."""
-    from fluxflow.tracking import ConsoleJsonlTracker, MultiTracker
+    from fluxflow.train.tracking import ConsoleJsonlTracker, MultiTracker
 
     mlflow_tracker = MlflowTracker(
         MlflowClient(target.tracking_uri),
@@ -76,7 +76,7 @@ def make_tracker(config: PipelineConfig, target: TrackingTarget):
 def run_step_on_ranks(config, step_name: str, parent, nproc: int, device: str | None, mlflow_tracker):
     """`nproc` torchrun ranks in a child process group (killed whatever happens here); MLflow gets rank 0's files
     once the step is done, since the ranks cannot reach this process's tracker."""
-    from fluxflow.launch import run_step_distributed
+    from fluxflow.runtime.launch import run_step_distributed
 
     ref, result = run_step_distributed(config, step_name, parent, nproc, device=device)
     if result.trained:
@@ -93,7 +93,7 @@ def train_step(
     tracking: dict,
 ) -> dict[str, Any]:
     """The task body as a plain function: {"ref": ..., "result": ..., "run_id": ..., "run_url": ...}."""
-    from fluxflow.runner import run_step
+    from fluxflow.train.step_run import run_step
 
     config = load_pipeline_config(config_source, output_dir)
     target = TrackingTarget(**tracking)

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from fluxflow.sample_files import prompt_file_name  # noqa: E402
+from fluxflow.sampling.sample_files import prompt_file_name  # noqa: E402
 
 
 def main(prompts_file: str, folder: str, output: str, n: int = 4) -> None:

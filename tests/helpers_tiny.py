@@ -77,10 +77,10 @@ def single_step_config(step: dict[str, Any], output: str | Path = "unused", **kw
 
 def step_context(step: dict[str, Any], *, state: dict | None = None, seed: int = 0, **kwargs: Any):
     """(StepContext, config) built the way the runner builds it: models, trainable flags, optimizers (CPU, fp32)."""
-    from fluxflow.modes import trained_components
-    from fluxflow.optim import build_optimizers
-    from fluxflow.step_models import prepare_models
-    from fluxflow.train_step import StepContext
+    from fluxflow.config.modes import trained_components
+    from fluxflow.train.optim import build_optimizers
+    from fluxflow.train.step_models import prepare_models
+    from fluxflow.train.batch_step import StepContext
 
     config, resolved = single_step_config(step, **kwargs)
     torch.manual_seed(seed)
@@ -126,6 +126,6 @@ def changed_components(before: dict[str, dict[str, torch.Tensor]], models: dict[
 
 
 def load_weights(path: str | Path) -> dict[str, Any]:
-    from fluxflow.checkpoint import load_checkpoint
+    from fluxflow.checkpoints.io import load_checkpoint
 
     return load_checkpoint(path)

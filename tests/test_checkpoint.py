@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from fluxflow import checkpoint as ckpt
-from fluxflow.checkpoint import (
+from fluxflow.checkpoints import io as ckpt
+from fluxflow.checkpoints.io import (
     CheckpointError,
     capture_rng_state,
     finalize,
@@ -17,7 +17,7 @@ from fluxflow.checkpoint import (
     save_checkpoint,
     sha256_file,
 )
-from fluxflow.checkpoint_ref import CheckpointRef, StepOutcome, StepResult
+from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome, StepResult
 
 
 def tiny_state(global_step: int = 7) -> dict:

@@ -121,7 +121,7 @@ def test_a_device_this_machine_lacks_exits_2_before_the_flow_starts(tmp_path, fa
 
 
 def test_an_output_directory_another_run_holds_exits_2_before_the_flow_starts(tmp_path, fake_flow, capsys):
-    from fluxflow.run_lock import RunLock
+    from fluxflow.checkpoints.lock import RunLock
 
     _, calls = fake_flow
     (tmp_path / "c.yaml").write_text(VALID)

@@ -9,9 +9,9 @@ from mlflow.tracking import MlflowClient
 
 from flows import compare
 from flows.mlflow_tracker import MlflowTracker, experiment_id_for, open_pipeline_run
-from fluxflow.checkpoint_ref import CheckpointRef, StepResult
+from fluxflow.checkpoints.ref import CheckpointRef, StepResult
 from fluxflow.config import load_config
-from fluxflow.tracking import Progress
+from fluxflow.train.tracking import Progress
 
 WARM = {"name": "warm", "n_epochs": 1, "train_vae": True}
 

@@ -240,7 +240,7 @@ def test_resolved_step_dump_is_json_and_concrete():
 
 
 def test_importing_the_config_package_does_not_import_torch_prefect_or_mlflow():
-    code = ("import sys, fluxflow.config, fluxflow.modes, fluxflow.config.summary; "
+    code = ("import sys, fluxflow.config, fluxflow.config.modes, fluxflow.config.summary; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'prefect', 'mlflow'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"

@@ -29,7 +29,7 @@ def test_two_process_gloo_step_keeps_ranks_in_sync_and_rank0_alone_writes(tmp_pa
     out = tmp_path / "out"
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text(CONFIG.replace("OUT", str(out)))
-    code = ("from fluxflow.config import load_config; from fluxflow.pipeline import run_pipeline; "
+    code = ("from fluxflow.config import load_config; from fluxflow.train.pipeline import run_pipeline; "
             f"import json; o = run_pipeline(load_config({str(cfg)!r}).config); "
             "print('RESULT', json.dumps(o[0].to_dict()))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
@@ -53,9 +53,9 @@ def test_a_stop_request_ends_the_torchrun_process_group_at_once(tmp_path, monkey
     import threading
     import time
 
-    from fluxflow import launch
+    from fluxflow.runtime import launch
     from fluxflow.config import load_config
-    from fluxflow.stop_request import StepInterrupted, clear_stop_request, request_stop
+    from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
 
     started: list[subprocess.Popen] = []
 

@@ -158,7 +158,7 @@ async def read_flow_run(api_url: str, run_name: str):
 def test_manual_deployment_runs_each_step_as_a_task_and_records_nested_mlflow_runs(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from fluxflow.checkpoint import load_checkpoint
+    from fluxflow.checkpoints.io import load_checkpoint
     from fluxflow.config import load_config
 
     config = load_config(REPO / TINY_CONFIG).config

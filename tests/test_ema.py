@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fluxflow.ema import EMA
+from fluxflow.train.ema import EMA
 
 
 def tiny():

@@ -13,9 +13,9 @@ from flows.mlflow_tracker import (
     open_pipeline_run,
     resolve_tracking_uri,
 )
-from fluxflow.checkpoint_ref import CheckpointRef, StepResult
+from fluxflow.checkpoints.ref import CheckpointRef, StepResult
 from fluxflow.config import load_config
-from fluxflow.tracking import Progress
+from fluxflow.train.tracking import Progress
 
 STEPS = [{"name": "warm", "n_epochs": 1, "train_vae": True, "kl_beta": 0.25},
          {"name": "gan", "n_epochs": 2, "train_vae": True, "gan_training": True}]

@@ -176,11 +176,11 @@ def test_rerunning_a_finished_pipeline_trains_nothing_and_opens_no_step_runs(cha
 
 def test_branches_start_from_the_same_parent_checkpoint_and_compare_reports_both(
         tmp_path, mlflow_store_module, monkeypatch, capsys):
-    import fluxflow.runner
+    import fluxflow.train.step_run
     from flows import compare
 
     received, ran = {}, {}
-    real_run_step = fluxflow.runner.run_step
+    real_run_step = fluxflow.train.step_run.run_step
 
     def recording_run_step(config, step_name, parent, **kwargs):
         received[step_name] = parent
@@ -190,7 +190,7 @@ def test_branches_start_from_the_same_parent_checkpoint_and_compare_reports_both
         finally:
             ran[step_name] = (start, time.monotonic())
 
-    monkeypatch.setattr(fluxflow.runner, "run_step", recording_run_step)
+    monkeypatch.setattr(fluxflow.train.step_run, "run_step", recording_run_step)
     raw = config(tmp_path, "branches", [
         {"name": "warm", **VAE},
         {"name": "spade_off", **VAE, "gan_training": True},
@@ -304,7 +304,7 @@ def test_a_missed_threshold_with_on_missed_fail_fails_the_flow_and_stops_its_sub
 
 def test_a_second_run_on_a_busy_output_directory_fails_at_once(tmp_path, mlflow_store_module, capsys):
     from flows.pipeline_flow import run_pipeline_flow
-    from fluxflow.run_lock import RunLock
+    from fluxflow.checkpoints.lock import RunLock
 
     raw = config(tmp_path, "busy", [{"name": "warm", **VAE}])
     with RunLock(raw["output"]["output_path"]):

@@ -9,11 +9,11 @@ from helpers_tiny import tiny_raw
 from PIL import Image
 
 from flows import cli_generate
-from fluxflow.checkpoint import load_checkpoint
+from fluxflow.checkpoints.io import load_checkpoint
 from fluxflow.config import load_config
-from fluxflow.generate import generate, load_text_to_image
-from fluxflow.pipeline import run_pipeline
-from fluxflow.sample_files import prompt_file_name
+from fluxflow.sampling.generate import generate, load_text_to_image
+from fluxflow.train.pipeline import run_pipeline
+from fluxflow.sampling.sample_files import prompt_file_name
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Steps that run at once on a multi-GPU host each claim a GPU of their own (fluxflow/gpu_claim.py).
+"""Steps that run at once on a multi-GPU host each claim a GPU of their own (fluxflow/runtime/gpu_claim.py).
 
 No GPU is needed: a claim is a lock file and a `torch.device("cuda", i)`, which exists without CUDA.
 """
@@ -11,8 +11,8 @@ import time
 
 import torch
 
-from fluxflow import gpu_claim
-from fluxflow.gpu_claim import claimed_device
+from fluxflow.runtime import gpu_claim
+from fluxflow.runtime.gpu_claim import claimed_device
 
 CUDA = torch.device("cuda")
 

@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from fluxflow import modes
+from fluxflow.config import modes
 
 
 def step(**on):

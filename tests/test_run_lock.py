@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from fluxflow.run_lock import RunLock, RunLockedError
+from fluxflow.checkpoints.lock import RunLock, RunLockedError
 
 REPO = Path(__file__).resolve().parents[1]
 HOLDER = (
     "import sys\n"
-    "from fluxflow.run_lock import RunLock\n"
+    "from fluxflow.checkpoints.lock import RunLock\n"
     "lock = RunLock(sys.argv[1]); lock.acquire()\n"
     "print('locked', flush=True)\n"
     "sys.stdin.read()\n"  # hold until the test closes stdin or kills us

@@ -20,8 +20,8 @@ import pytest
 import torch
 from helpers_tiny import load_weights, one_torch_thread, tiny_config
 
-from fluxflow.checkpoint import CheckpointError
-from fluxflow.pipeline import run_pipeline
+from fluxflow.checkpoints.io import CheckpointError
+from fluxflow.train.pipeline import run_pipeline
 
 __all__ = ["one_torch_thread"]
 
@@ -302,7 +302,7 @@ def test_freezes_do_not_leak_into_the_next_step(tmp_path):
 def test_a_nan_batch_is_skipped_and_counted_by_the_runner(tmp_path, monkeypatch):
     """Batch 2 of epoch 1 holds a NaN image: its update is skipped, logged as skipped_updates, and the weights that
     reach final.pt are finite."""
-    import fluxflow.runner as runner
+    import fluxflow.train.step_run as runner
     from fluxflow.data import epoch_permutation
 
     config = tiny_config(tmp_path / "out", [dict(WARM, max_steps=3)], no_samples=True)
@@ -336,7 +336,7 @@ def test_a_nan_batch_is_skipped_and_counted_by_the_runner(tmp_path, monkeypatch)
 
 
 def test_step_result_counts_every_skipped_update_of_the_step(tmp_path, monkeypatch):
-    import fluxflow.runner as runner
+    import fluxflow.train.step_run as runner
 
     config = tiny_config(tmp_path / "out", [dict(WARM, max_steps=3)], no_samples=True)
     real_build = runner.build_dataset

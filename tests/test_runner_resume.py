@@ -24,12 +24,12 @@ import pytest
 import torch
 from helpers_tiny import load_weights, one_torch_thread, tiny_config, tiny_raw
 
-from fluxflow.checkpoint import CheckpointError
-from fluxflow.pipeline import run_pipeline
-from fluxflow.run_lock import RunLock, RunLockedError
-from fluxflow.runner import run_step
-from fluxflow.stop_request import StepInterrupted, clear_stop_request, request_stop
-from fluxflow.tracking import ConsoleJsonlTracker
+from fluxflow.checkpoints.io import CheckpointError
+from fluxflow.train.pipeline import run_pipeline
+from fluxflow.checkpoints.lock import RunLock, RunLockedError
+from fluxflow.train.step_run import run_step
+from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
+from fluxflow.train.tracking import ConsoleJsonlTracker
 
 __all__ = ["one_torch_thread"]
 
@@ -53,8 +53,8 @@ import torch
 torch.set_num_threads(1)
 torch.manual_seed(PROCESS_SEED)  # the same global RNG state as the reference run in the test
 from fluxflow.config import load_config
-from fluxflow.pipeline import run_pipeline
-from fluxflow.tracking import ConsoleJsonlTracker
+from fluxflow.train.pipeline import run_pipeline
+from fluxflow.train.tracking import ConsoleJsonlTracker
 
 class SlowTracker(ConsoleJsonlTracker):
     def log_metrics(self, metrics, progress):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fluxflow.sample_files import (
+from fluxflow.sampling.sample_files import (
     CONTEXT,
     NO_CONTEXT,
     ORIGINAL,

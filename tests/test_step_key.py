@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from fluxflow.step_key import describe_change, step_key, step_key_inputs
+from fluxflow.checkpoints.step_key import describe_change, step_key, step_key_inputs
 
 STEP = {
     "name": "vae_gan",

@@ -5,9 +5,9 @@ import re
 from datetime import datetime
 from pathlib import Path
 
-from fluxflow import tracking
-from fluxflow.checkpoint_ref import CheckpointRef, StepResult
-from fluxflow.tracking import (
+from fluxflow.train import tracking
+from fluxflow.checkpoints.ref import CheckpointRef, StepResult
+from fluxflow.train.tracking import (
     ConsoleJsonlTracker,
     MultiTracker,
     Progress,

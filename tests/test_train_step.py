@@ -1,4 +1,4 @@
-"""Per-batch training steps (fluxflow/train_step.py) on tiny real models: which components each training mode
+"""Per-batch training steps (fluxflow/train/batch_step.py) on tiny real models: which components each training mode
 updates, GAN-only gradient flow, loss going down on `shapes`, and non-finite losses skipping the update.
 
 Models and optimizers are built the way the runner builds them (prepare_models, build_optimizers), starting from a
@@ -12,11 +12,11 @@ import pytest
 import torch
 from helpers_tiny import changed_components, changed_tensors, one_torch_thread, shapes_batches, snapshot, step_context
 
-from fluxflow.latents import encode_latents, measure_latent_norm
+from fluxflow.train.latents import encode_latents, measure_latent_norm
 from fluxflow.losses import rectified_flow_loss
 from fluxflow.models import COMPONENTS, build_component, tokenize
-from fluxflow.modes import step_metrics
-from fluxflow.train_step import flow_step, vae_step
+from fluxflow.config.modes import step_metrics
+from fluxflow.train.batch_step import flow_step, vae_step
 
 __all__ = ["one_torch_thread"]  # autouse fixture: tiny steps run ~20x faster on a busy CPU with one thread
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from helpers_tiny import one_torch_thread, tiny_config
 
-from fluxflow.modes import ALL_METRICS
-from fluxflow.pipeline import run_pipeline
-from fluxflow.transition import TransitionMonitor
+from fluxflow.config.modes import ALL_METRICS
+from fluxflow.train.pipeline import run_pipeline
+from fluxflow.train.transition import TransitionMonitor
 
 __all__ = ["one_torch_thread"]
 

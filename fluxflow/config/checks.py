@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fluxflow import modes
+from fluxflow.config import modes
 from fluxflow.config.assets import missing_lpips_backbone_message
 from fluxflow.config.errors import ConfigIssue, did_you_mean, format_path
 from fluxflow.config.optim import Optimization, optimizer_issues, scheduler_issues

@@ -1,7 +1,7 @@
 """Per-step optimizer and scheduler settings (`optimization:` of a step), without torch.
 
 Every type is the class of `torch.optim` / `torch.optim.lr_scheduler` of the same name, and every parameter is its
-keyword argument (except `eta_min_factor`); `fluxflow.optim` builds them from a resolved config.
+keyword argument (except `eta_min_factor`); `fluxflow.train.optim` builds them from a resolved config.
 
 `type` is optional in the file (None until resolved) so that a step can change one value of an optimizer inherited from
 `pipeline.defaults` without restating its type; resolution fills the type and its torch defaults in.

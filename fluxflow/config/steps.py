@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from fluxflow import modes
+from fluxflow.config import modes
 from fluxflow.config.optim import Optimization, OptimizerConfig, StrictModel
 
 TransitionMode = Literal["epoch", "loss_threshold"]

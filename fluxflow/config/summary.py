@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from fluxflow import modes
+from fluxflow.config import modes
 from fluxflow.config.schema import DatasetConfig, PipelineConfig
 from fluxflow.config.steps import ResolvedStep
 

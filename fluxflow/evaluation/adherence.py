@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fluxflow.evaluation.shapes_analyser import prompt_adherence
-from fluxflow.text_to_image import text_to_image
+from fluxflow.sampling.text_to_image import text_to_image
 
 # Keys in the evaluation dict ← keys of `shapes_analyser.prompt_adherence`.
 ADHERENCE_KEYS = {"adherence_color": "color", "adherence_shape": "shape", "adherence_both": "color_and_shape"}

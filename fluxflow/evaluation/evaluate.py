@@ -25,7 +25,7 @@ from torch import nn
 from fluxflow.evaluation.adherence import adherence_of, analyser_ceiling, generate
 from fluxflow.evaluation.frechet import fd_ours, feature_net_for, first_items
 from fluxflow.evaluation.reconstruction import lpips_if_available, reconstruction_metrics
-from fluxflow.modes import has_flow_mode
+from fluxflow.config.modes import has_flow_mode
 
 log = logging.getLogger("fluxflow.evaluation")
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fluxflow.checkpoint import load_checkpoint, save_checkpoint
+from fluxflow.checkpoints.io import load_checkpoint, save_checkpoint
 
 RECIPE_VERSION = 1  # bump when anything below changes what the cached network computes
 FEATURE_SIZE = 64

@@ -1,4 +1,4 @@
-"""Sample images of a pipeline step, named by the seed's convention (fluxflow.sample_files), from EMA weights.
+"""Sample images of a pipeline step, named by the seed's convention (fluxflow.sampling.sample_files), from EMA weights.
 
 VAE steps: `-original` (held-out inputs), `-nr_o` (reconstruction from the posterior mean), `_ns_o`
 (reconstruction from a posterior sample), `-ctx` (the latent map, first three channels, as an image) and, for SPADE
@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fluxflow.sample_files import sample_name, save_image_grid
-from fluxflow.text_to_image import text_to_image
+from fluxflow.sampling.sample_files import sample_name, save_image_grid
+from fluxflow.sampling.text_to_image import text_to_image
 
 
 def _latent_picture(z: torch.Tensor, size: int) -> torch.Tensor:

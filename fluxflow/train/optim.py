@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fluxflow import distributed
+from fluxflow.runtime import distributed
 
-from fluxflow.modes import OPTIMIZER_GROUPS as GROUP_COMPONENTS
+from fluxflow.config.modes import OPTIMIZER_GROUPS as GROUP_COMPONENTS
 
 # Adam/AdamW/SGD have fused kernels on CPU and CUDA; they can skip a non-finite update on the device
 # (`found_inf`), with no host sync. RMSprop (and Lion) fall back to a synchronising check.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from fluxflow import distributed
+from fluxflow.runtime import distributed
 
 
 class TransitionMonitor:

@@ -1,6 +1,6 @@
 """The models of one pipeline step: built or loaded, placed, frozen or trained as the step declares, with EMA.
 
-Each step declares its own trained set (fluxflow.modes): every other component is frozen and in eval mode for this
+Each step declares its own trained set (fluxflow.config.modes): every other component is frozen and in eval mode for this
 step only, so a freeze never leaks into a later step. Components the input checkpoint carries but this step does
 not use are kept and written back unchanged, so later steps still find them.
 """
@@ -11,12 +11,12 @@ import logging
 import torch
 from torch import nn
 
-from fluxflow import distributed
-from fluxflow.ema import EMA
+from fluxflow.runtime import distributed
+from fluxflow.train.ema import EMA
 from fluxflow.models import build_component
-from fluxflow.modes import required_components, trained_components
+from fluxflow.config.modes import required_components, trained_components
 
-log = logging.getLogger("fluxflow.runner")
+log = logging.getLogger("fluxflow.train.step_run")
 
 # EMA by the seed's rule: VAE components when any VAE mode is on; flow components when they train.
 _VAE_MODES = ("train_vae", "gan_training", "train_spade", "use_lpips")

@@ -1,4 +1,4 @@
-"""Entry point of each torchrun rank: `python -m torch.distributed.run ... -m fluxflow.distributed_step`.
+"""Entry point of each torchrun rank: `python -m torch.distributed.run ... -m fluxflow.runtime.distributed_step`.
 
 Every rank runs the same `run_step`; rank 0 alone writes checkpoints, samples, the metrics file and the result.
 """
@@ -8,10 +8,10 @@ import argparse
 import json
 import sys
 
-from fluxflow import distributed
-from fluxflow.checkpoint_ref import CheckpointRef
+from fluxflow.runtime import distributed
+from fluxflow.checkpoints.ref import CheckpointRef
 from fluxflow.config import load_config
-from fluxflow.runner import run_step
+from fluxflow.train.step_run import run_step
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from fluxflow.checkpoint_ref import CheckpointRef, StepResult
-from fluxflow.step_key import describe_change, step_key
-from fluxflow.tracking import metrics_file
+from fluxflow.checkpoints.ref import CheckpointRef, StepResult
+from fluxflow.checkpoints.step_key import describe_change, step_key
+from fluxflow.train.tracking import metrics_file
 
 
 def execution_order(steps) -> list:
@@ -113,7 +113,7 @@ class StepFiles:
 
 
 def _latest_metadata(path: Path) -> dict | None:
-    from fluxflow.checkpoint import CheckpointError, load_checkpoint  # torch only when there is a latest.pt
+    from fluxflow.checkpoints.io import CheckpointError, load_checkpoint  # torch only when there is a latest.pt
 
     try:
         return load_checkpoint(path).get("pipeline_metadata", {})

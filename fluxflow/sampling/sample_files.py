@@ -19,7 +19,7 @@ import unicodedata
 
 import torch
 
-from fluxflow.checkpoint import atomic_write
+from fluxflow.checkpoints.io import atomic_write
 
 ORIGINAL = "-original"  # the held-out input images
 ORIGINAL_ALT = "_ns_i"  # the seed's other name for the inputs

@@ -1,5 +1,5 @@
 """Images from a trained checkpoint: EMA weights where the checkpoint has them, the trained text encoder, and the same
-text → flow sampler → expander composition the training samples use (fluxflow.text_to_image).
+text → flow sampler → expander composition the training samples use (fluxflow.sampling.text_to_image).
 
 Every image depends only on (checkpoint, prompt, seed, steps, guidance, size): it is drawn on its own with a generator
 seeded by its seed, so the file `prompt_file_name(prompt, seed)` can be made again, alone, with the same result.
@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from fluxflow.checkpoint import load_checkpoint
-from fluxflow.device import resolve_device
+from fluxflow.checkpoints.io import load_checkpoint
+from fluxflow.runtime.device import resolve_device
 from fluxflow.models import build_component
-from fluxflow.sample_files import image_grid, prompt_file_name
-from fluxflow.text_to_image import text_to_image
+from fluxflow.sampling.sample_files import image_grid, prompt_file_name
+from fluxflow.sampling.text_to_image import text_to_image
 
 GENERATION_COMPONENTS = ("text_encoder", "flow_processor", "expander")
 

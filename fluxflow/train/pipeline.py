@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fluxflow.checkpoint_ref import StepOutcome
-from fluxflow.launch import run_step_distributed
-from fluxflow.run_lock import RunLock
-from fluxflow.runner import run_step
-from fluxflow.step_files import execution_order, plan_step
+from fluxflow.checkpoints.ref import StepOutcome
+from fluxflow.runtime.launch import run_step_distributed
+from fluxflow.checkpoints.lock import RunLock
+from fluxflow.train.step_run import run_step
+from fluxflow.checkpoints.step_files import execution_order, plan_step
 
 
 def completed_steps(config) -> list[str]:

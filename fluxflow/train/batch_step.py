@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from fluxflow.device import autocast
-from fluxflow.latents import encode_latents
+from fluxflow.runtime.device import autocast
+from fluxflow.train.latents import encode_latents
 from fluxflow.losses import (adaptive_weight, hinge_d_loss, hinge_g_loss, kl_loss, kl_weight, r1_penalty,
                              rectified_flow_loss, reconstruction_loss)
 from fluxflow.models import cfg_drop_mask
-from fluxflow.optim import optimizer_step
+from fluxflow.train.optim import optimizer_step
 
 
 @dataclass

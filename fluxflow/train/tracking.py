@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Iterable, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from fluxflow.checkpoint_ref import CheckpointRef, StepResult
+    from fluxflow.checkpoints.ref import CheckpointRef, StepResult
 
 # Console labels in the seed's order; metrics not listed here still go to the JSONL file and other trackers.
 CONSOLE_LABELS: dict[str, str] = {

@@ -1,6 +1,6 @@
 """Run one pipeline step from its input checkpoint to its transition: the training loop, top to bottom.
 
-`run_step` is what a Prefect task calls (flows/) and what `run_pipeline` (fluxflow/pipeline.py) calls without any
+`run_step` is what a Prefect task calls (flows/) and what `run_pipeline` (fluxflow/train/pipeline.py) calls without any
 orchestrator. It returns a `StepOutcome(ref, result)`; nothing else crosses between steps.
 
 Files per step, under `<output>/checkpoints/<step>/`: `latest.pt` (mid-step, atomic, every
@@ -20,28 +20,28 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from fluxflow import distributed
-from fluxflow.checkpoint import capture_rng_state, finalize, load_checkpoint, restore_rng_state, save_checkpoint
-from fluxflow.checkpoint_ref import CheckpointRef, StepOutcome, StepResult
+from fluxflow.runtime import distributed
+from fluxflow.checkpoints.io import capture_rng_state, finalize, load_checkpoint, restore_rng_state, save_checkpoint
+from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome, StepResult
 from fluxflow.data import ResumableBatchSampler, build_dataset, make_loader
-from fluxflow.device import autocast_dtype, resolve_device
+from fluxflow.runtime.device import autocast_dtype, resolve_device
 from fluxflow.evaluation.evaluate import evaluate_step
-from fluxflow.gpu_claim import claimed_device
+from fluxflow.runtime.gpu_claim import claimed_device
 from fluxflow.losses import LPIPSLoss
-from fluxflow.latents import measure_latent_norm
+from fluxflow.train.latents import measure_latent_norm
 from fluxflow.models import tokenize
-from fluxflow.modes import step_metrics, trained_components
-from fluxflow.optim import build_optimizers, build_schedulers, scheduler_step
-from fluxflow.run_lock import RunLock
-from fluxflow.samples import write_samples
-from fluxflow.step_files import StepFiles, plan_step
-from fluxflow.stop_request import StepInterrupted, stop_requested
-from fluxflow.step_models import ema_components, prepare_emas, prepare_models, sampling_models
-from fluxflow.tracking import ConsoleJsonlTracker, NullTracker, Progress, batch_progress, metrics_file, trim_jsonl
-from fluxflow.train_step import StepContext, flow_step, vae_step
-from fluxflow.transition import TransitionMonitor
+from fluxflow.config.modes import step_metrics, trained_components
+from fluxflow.train.optim import build_optimizers, build_schedulers, scheduler_step
+from fluxflow.checkpoints.lock import RunLock
+from fluxflow.sampling.samples import write_samples
+from fluxflow.checkpoints.step_files import StepFiles, plan_step
+from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
+from fluxflow.train.step_models import ema_components, prepare_emas, prepare_models, sampling_models
+from fluxflow.train.tracking import ConsoleJsonlTracker, NullTracker, Progress, batch_progress, metrics_file, trim_jsonl
+from fluxflow.train.batch_step import StepContext, flow_step, vae_step
+from fluxflow.train.transition import TransitionMonitor
 
-log = logging.getLogger("fluxflow.runner")
+log = logging.getLogger("fluxflow.train.step_run")
 
 N_HOLDOUT_SAMPLES = 8
 
@@ -204,7 +204,7 @@ def _train(config, files: StepFiles, parent, tracker, device: torch.device) -> S
         return found
 
     def interrupted(epoch_in: int, batch: int, saved: bool = False) -> None:
-        """Stop here on request (fluxflow/stop_request.py): save this position, so the next run resumes at it."""
+        """Stop here on request (fluxflow/runtime/stop_request.py): save this position, so the next run resumes at it."""
         if not saved:
             save(epoch_in, batch)
         say(f"[{datetime.now():%H:%M:%S}] Interrupted step {step.name} at epoch {epoch_in + 1}, batch {batch}: "

@@ -109,7 +109,6 @@ def prepare(workdir: Path, dataset_size: int, batch_size: int, positions: list[i
     for batch in positions:
         meta = state["pipeline_metadata"]
         meta["batch"] = batch
-        meta["sampler"] = {**meta["sampler"], "batch": batch}
         copies[batch] = workdir / f"latest_at_{batch}.pt"
         save_checkpoint(state, copies[batch])
     return config_path, copies

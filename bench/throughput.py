@@ -65,17 +65,13 @@ def step_config(kind: str, img_size: int, batch: int, model: dict | None = None,
 
 
 class StepBench:
-    """One step kind at one size, built the way the runner builds it; `run(i)` is one training batch."""
+    """One step kind at one size, built by the runner's own `build_trainer`; `run(i)` is one training batch."""
 
     def __init__(self, kind: str, img_size: int, batch: int, device: torch.device, *, compile: bool = False,
                  model: dict | None = None, precision: str = "auto"):
         from fluxflow.data import ShapesDataset
-        from fluxflow.runtime.device import autocast_dtype
         from fluxflow.train.latents import measure_latent_norm
-        from fluxflow.config.modes import trained_components
-        from fluxflow.train.optim import build_optimizers
-        from fluxflow.train.step_models import ema_components, prepare_emas, prepare_models
-        from fluxflow.train.batch_step import StepContext
+        from fluxflow.train.trainer import build_trainer
 
         config, step = step_config(kind, img_size, batch, model, precision)
         self.kind, self.device, self.config = kind, device, config
@@ -83,35 +79,18 @@ class StepBench:
         data = ShapesDataset(batch, 0, img_size)
         self.images = torch.stack([data[i][0] for i in range(batch)]).to(device)
         self.captions = [data[i][1] for i in range(batch)]
-        trained = trained_components(step)
-        self.models = prepare_models(config, step, None, device)
-        self.emas = prepare_emas(step, self.models, None, trained)
-        self.ema_active = sorted(ema_components(step, trained))
-        optimizers, _ = build_optimizers(step, self.models, trained)
-        norm = measure_latent_norm(self.models["compressor"], self.images) if kind == "flow" else None
+        self.trainer = build_trainer(config, step, None, device, max_epochs=step.n_epochs)
+        self.models, self.ctx = self.trainer.models, self.trainer.ctx
+        if kind == "flow":
+            self.trainer.set_latent_norm(measure_latent_norm(self.models["compressor"], self.images))
         if compile:
             for name, module in self.models.items():
                 if name == "discriminator" and step.r1_gamma > 0:
-                    continue  # R1's double backward does not compile (PITFALLS.md): D stays eager
+                    continue  # R1's double backward does not compile: D stays eager
                 module.compile()  # in place: state_dict keys unchanged (EMA and checkpoints see the raw module)
-        self.ctx = StepContext(step=step, models=self.models, optimizers=optimizers, trained=trained, device=device,
-                               amp_dtype=autocast_dtype(device, config.training.precision),
-                               generator=torch.Generator(device=device), latent_norm=norm)
 
     def run(self, i: int) -> dict[str, torch.Tensor]:
-        from fluxflow.models import tokenize
-        from fluxflow.train.batch_step import flow_step, vae_step
-
-        self.ctx.generator.manual_seed(i)
-        if self.kind == "flow":
-            ids, mask = tokenize(self.captions, self.config.model.text_max_len)
-            out = flow_step(self.ctx, self.images, ids.to(self.device, non_blocking=True),
-                            mask.to(self.device, non_blocking=True))
-        else:
-            out = vae_step(self.ctx, self.images, global_step=i)
-        for name in self.ema_active:
-            self.emas[name].update(self.models[name])
-        return out
+        return self.trainer.train_batch(self.images, self.captions, global_step=i)
 
     def parameters(self) -> dict[str, int]:
         from fluxflow.models import count_parameters

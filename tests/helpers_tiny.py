@@ -76,21 +76,13 @@ def single_step_config(step: dict[str, Any], output: str | Path = "unused", **kw
 
 
 def step_context(step: dict[str, Any], *, state: dict | None = None, seed: int = 0, **kwargs: Any):
-    """(StepContext, config) built the way the runner builds it: models, trainable flags, optimizers (CPU, fp32)."""
-    from fluxflow.config.modes import trained_components
-    from fluxflow.train.optim import build_optimizers
-    from fluxflow.train.step_models import prepare_models
-    from fluxflow.train.batch_step import StepContext
+    """(StepContext, config) of the `Trainer` the runner builds for this one step (CPU, fp32)."""
+    from fluxflow.train.trainer import build_trainer
 
-    config, resolved = single_step_config(step, **kwargs)
-    torch.manual_seed(seed)
-    device = torch.device("cpu")
-    trained = trained_components(resolved)
-    models = prepare_models(config, resolved, state, device)
-    optimizers, _ = build_optimizers(resolved, models, trained)
-    ctx = StepContext(step=resolved, models=models, optimizers=optimizers, trained=trained, device=device,
-                      amp_dtype=None, generator=torch.Generator().manual_seed(seed))
-    return ctx, config
+    config, resolved = single_step_config(step, seed=seed, **kwargs)
+    trainer = build_trainer(config, resolved, state, torch.device("cpu"), max_epochs=resolved.n_epochs)
+    trainer.ctx.generator.manual_seed(seed)
+    return trainer.ctx, config
 
 
 def shapes_batches(config, n: int, epoch: int = 0) -> list[tuple[torch.Tensor, list[str]]]:

@@ -45,7 +45,6 @@ def tiny_state(global_step: int = 7) -> dict:
             "step_key": "0123456789abcdef",
             "seed": 42,
             "rng": capture_rng_state(),
-            "sampler": {"epoch": 1, "batch": 3, "seed": 42},
             "smoothing": [0.5, 0.25],
             "completed": False,
         },

@@ -302,12 +302,12 @@ def test_freezes_do_not_leak_into_the_next_step(tmp_path):
 def test_a_nan_batch_is_skipped_and_counted_by_the_runner(tmp_path, monkeypatch):
     """Batch 2 of epoch 1 holds a NaN image: its update is skipped, logged as skipped_updates, and the weights that
     reach final.pt are finite."""
-    import fluxflow.train.step_run as runner
+    import fluxflow.train.step_data as step_data
     from fluxflow.data import epoch_permutation
 
     config = tiny_config(tmp_path / "out", [dict(WARM, max_steps=3)], no_samples=True)
     poisoned = set(epoch_permutation(32, config.training.seed, 0)[4:8].tolist())  # the second batch of epoch 0
-    real_build = runner.build_dataset
+    real_build = step_data.build_dataset
 
     class Poisoned(torch.utils.data.Dataset):
         def __init__(self, inner):
@@ -324,7 +324,7 @@ def test_a_nan_batch_is_skipped_and_counted_by_the_runner(tmp_path, monkeypatch)
         dataset = real_build(ds_cfg, img_size, channels, split)
         return Poisoned(dataset) if split == "train" else dataset
 
-    monkeypatch.setattr(runner, "build_dataset", build)
+    monkeypatch.setattr(step_data, "build_dataset", build)
     [outcome] = run_pipeline(config)
 
     records = training_lines(jsonl(tmp_path / "out" / "graph" / "training_metrics_warm.jsonl"))  # log_interval 1
@@ -336,10 +336,10 @@ def test_a_nan_batch_is_skipped_and_counted_by_the_runner(tmp_path, monkeypatch)
 
 
 def test_step_result_counts_every_skipped_update_of_the_step(tmp_path, monkeypatch):
-    import fluxflow.train.step_run as runner
+    import fluxflow.train.step_data as step_data
 
     config = tiny_config(tmp_path / "out", [dict(WARM, max_steps=3)], no_samples=True)
-    real_build = runner.build_dataset
+    real_build = step_data.build_dataset
 
     def build(ds_cfg, img_size, channels, split="train"):
         dataset = real_build(ds_cfg, img_size, channels, split)
@@ -348,7 +348,7 @@ def test_step_result_counts_every_skipped_update_of_the_step(tmp_path, monkeypat
         return [(torch.full_like(image, float("nan")), caption) for image, caption in
                 (dataset[i] for i in range(len(dataset)))]
 
-    monkeypatch.setattr(runner, "build_dataset", build)
+    monkeypatch.setattr(step_data, "build_dataset", build)
     [outcome] = run_pipeline(config)
     assert outcome.result.final_metrics["skipped_updates"] == 3.0  # every batch of the step was skipped
 

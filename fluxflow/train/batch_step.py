@@ -6,7 +6,7 @@ and a non-finite loss skips its update on the device (see `optim.optimizer_step`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,7 +32,6 @@ class StepContext:
     generator: torch.Generator
     lpips: nn.Module | None = None
     latent_norm: dict[str, torch.Tensor] | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def _set_requires_grad(module: nn.Module, flag: bool) -> None:

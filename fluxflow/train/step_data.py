@@ -1,0 +1,38 @@
+"""The data of one pipeline step: its training split, its held-out split, and how many batches make an epoch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fluxflow.data import ResumableBatchSampler, build_dataset, make_loader
+
+# Held-out images that the step's sample grids reconstruct (VAE steps); evaluation uses the whole held-out split.
+N_HOLDOUT_SAMPLES = 8
+
+
+@dataclass
+class StepData:
+    train_set: torch.utils.data.Dataset
+    holdout_set: torch.utils.data.Dataset
+    holdout_images: torch.Tensor | None  # the first N_HOLDOUT_SAMPLES held-out images, on the device
+    batches_per_epoch: int  # full batches, capped by the step's max_steps
+
+
+def load_step_data(config, step, device: torch.device) -> StepData:
+    ds_cfg = config.dataset_for(step)
+    train_set = build_dataset(ds_cfg, config.data.img_size, config.data.channels, "train")
+    holdout_set = build_dataset(ds_cfg, config.data.img_size, config.data.channels, "holdout")
+    n_holdout = min(N_HOLDOUT_SAMPLES, len(holdout_set))
+    holdout = torch.stack([holdout_set[i][0] for i in range(n_holdout)]).to(device) if n_holdout else None
+    per_epoch = len(ResumableBatchSampler(len(train_set), step.batch_size, config.training.seed))
+    n_batches = min(per_epoch, step.max_steps or per_epoch)
+    if n_batches == 0:
+        raise ValueError(f"step {step.name}: dataset {step.dataset!r} has {len(train_set)} items, fewer than one "
+                         f"batch of {step.batch_size}")
+    return StepData(train_set, holdout_set, holdout, n_batches)
+
+
+def first_batch_images(data: StepData, batch_size: int, seed: int, device: torch.device) -> torch.Tensor:
+    """Images of the first training batch, to measure the latent normalisation of the first flow step."""
+    return next(iter(make_loader(data.train_set, batch_size, 0, seed, 0, 0)))[0].to(device)

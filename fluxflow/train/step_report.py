@@ -1,0 +1,112 @@
+"""What a running step tells the world: metric means per log interval, sample images, held-out evaluation, and the
+step's final metrics. It reads the `StepRun`'s position and models and writes only to the tracker and samples/."""
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from fluxflow.config.modes import step_metrics
+from fluxflow.evaluation.evaluate import evaluate_step
+from fluxflow.runtime import distributed
+from fluxflow.sampling.samples import write_samples
+from fluxflow.train.tracking import Progress, metrics_file
+
+
+class StepReport:
+    def __init__(self, run, tracker):
+        self.run, self.tracker = run, tracker
+        self.output = Path(run.config.output.output_path)
+        self.last_means: dict[str, float] = {}  # the last log interval's means (ReduceLROnPlateau's fallback metric)
+        self._sums: dict[str, torch.Tensor] = {}
+        self._count, self._tick = 0, time.perf_counter()
+
+    def started(self, resumed: bool) -> None:
+        self.tracker.step_started(self.run.step, self.run.files.key, self.run.files.n_steps, resumed)
+
+    def epoch_started(self) -> None:
+        self._sums, self._count, self._tick = {}, 0, time.perf_counter()
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Accumulate one batch's metrics on the device (no host sync)."""
+        for k, v in metrics.items():
+            self._sums[k] = self._sums[k] + v if k in self._sums else v.clone()
+        self._count += 1
+
+    def log_interval(self) -> None:
+        """Means of the batches since the last log: the one host sync per log interval."""
+        self.last_means = mean_metrics(self._sums, self._count)
+        history = self.run.history[self.run.step.name]
+        for k, v in self.last_means.items():
+            history.setdefault(k, []).append(v)
+        elapsed = time.perf_counter() - self._tick
+        pos = self.run.position
+        self.tracker.log_metrics(self.last_means, self.progress(pos.epoch + 1, pos.batch, elapsed / self._count))
+        self._sums, self._count, self._tick = {}, 0, time.perf_counter()
+
+    def progress(self, epoch: int, batch: int, sec_per_batch: float) -> Progress:
+        run = self.run
+        return Progress(step_name=run.step.name, step_index=run.step.index + 1, n_steps=run.files.n_steps,
+                        epoch=epoch, n_epochs=run.monitor.max_epochs, batch=batch,
+                        n_batches=run.data.batches_per_epoch, global_step=run.position.global_step,
+                        sec_per_batch=sec_per_batch)
+
+    def samples(self, batch: int | None) -> None:
+        """Sample images of this position; `batch` None at an epoch's end (the epoch just completed)."""
+        run = self.run
+        if run.config.output.no_samples or not run.main:
+            return
+        epoch = run.position.epoch + 1 if batch is not None else run.position.epoch
+        for path in write_samples(self.output / "samples", step=run.step, step_number=run.step.index + 1,
+                                  epoch=epoch, batch=batch, tag=run.files.key[:6],
+                                  models=run.trainer.sampling_models(), holdout=run.data.holdout_images,
+                                  captions=list(run.config.output.sample_captions),
+                                  latent_norm=run.trainer.ctx.latent_norm, config=run.config,
+                                  seed=run.config.training.seed):
+            self.tracker.log_image(path)
+
+    def evaluate(self) -> dict[str, float]:
+        """Evaluation on the held-out split with the weights samples come from; logged at the epoch's global step."""
+        run = self.run
+        if not run.main:
+            return {}
+        found = evaluate_step(run.step, run.trainer.sampling_models(), run.data.holdout_set, run.data.train_set,
+                              run.config, run.trainer.ctx.latent_norm, run.device, self.output / "eval_cache")
+        found = {f"eval_{k}": v for k, v in found.items()}
+        epochs = run.position.epoch
+        if found:
+            self.tracker.log_metrics(found, self.progress(epochs, run.data.batches_per_epoch, float("nan")))
+            run.say(f"[{datetime.now():%H:%M:%S}] Evaluation of {run.step.name} after epoch {epochs}: "
+                    + ", ".join(f"{k} {v:.4g}" for k, v in sorted(found.items())))
+        return found
+
+    def final_metrics(self) -> dict[str, float]:
+        """The step's last logged losses, its final evaluation, its skipped updates and its smoothed metric."""
+        run = self.run
+        history = run.history[run.step.name]
+        shown = set(step_metrics(run.step))
+        final = {k: values[-1] for k, values in history.items() if k in shown and values}
+        final.update(self.evaluate())
+        final["skipped_updates"] = float(sum(history.get("skipped_updates", [])))
+        smoothed = run.monitor.smoothed()
+        if smoothed is not None:
+            final[f"smoothed_{run.monitor.metric}"] = smoothed
+        return final
+
+    def finished(self, ref, result) -> None:
+        self.tracker.log_artifact(metrics_file(self.output, self.run.step.name))
+        self.tracker.step_finished(ref, result)
+
+
+def mean_metrics(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
+    """Means over `count` batches, averaged across torchrun ranks; `skipped_updates` stays a count."""
+    if not sums:
+        return {}
+    names = sorted(sums)
+    values = distributed.mean_across_ranks(torch.stack([sums[n].float() for n in names]).div_(count)).tolist()
+    means = dict(zip(names, values))
+    if "skipped_updates" in means:
+        means["skipped_updates"] = means["skipped_updates"] * count  # a count, not a mean
+    return means

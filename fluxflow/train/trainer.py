@@ -1,0 +1,88 @@
+"""What trains one pipeline step, batch by batch: its models, EMAs, optimizers and schedulers, and `train_batch`.
+
+`build_trainer` is the one set-up of these objects: the step runner (fluxflow/train/step_run.py), the tests and the
+throughput benchmark all build them here, so what they exercise is what a pipeline step trains.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fluxflow.config.modes import has_flow_mode, trained_components
+from fluxflow.losses import LPIPSLoss
+from fluxflow.models import tokenize
+from fluxflow.runtime import distributed
+from fluxflow.runtime.device import autocast_dtype
+from fluxflow.train.batch_step import StepContext, flow_step, vae_step
+from fluxflow.train.ema import EMA
+from fluxflow.train.optim import build_optimizers, build_schedulers
+from fluxflow.train.step_models import ema_components, prepare_emas, prepare_models, sampling_models
+
+
+@dataclass
+class Trainer:
+    """The trained state of one step and the per-batch update that advances it."""
+    config: object  # fluxflow.config.PipelineConfig
+    step: object  # fluxflow.config.ResolvedStep
+    models: dict[str, nn.Module]
+    emas: dict[str, EMA]
+    ema_active: list[str]  # the EMAs this step updates; the others are carried unchanged
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, object]
+    ctx: StepContext
+
+    def train_batch(self, images: torch.Tensor, captions: list[str], global_step: int) -> dict[str, torch.Tensor]:
+        """One batch through the step's losses and optimizers; metrics stay on the device (no host sync)."""
+        ctx, step = self.ctx, self.step
+        ctx.generator.manual_seed(self.config.training.seed * 1_000_003 + global_step)  # exact on resume
+        metrics: dict[str, torch.Tensor] = {}
+        if updates_vae(step):
+            metrics.update(vae_step(ctx, images, global_step))
+        if has_flow_mode(step):
+            ids, mask = tokenize(list(captions), self.config.model.text_max_len)
+            flow_metrics = flow_step(ctx, images, ids.to(ctx.device, non_blocking=True),
+                                     mask.to(ctx.device, non_blocking=True))
+            if "skipped_updates" in metrics:
+                flow_metrics["skipped_updates"] = flow_metrics["skipped_updates"] + metrics["skipped_updates"]
+            metrics.update(flow_metrics)
+        for name in self.ema_active:
+            self.emas[name].update(self.models[name])
+        return metrics
+
+    def set_latent_norm(self, latent_norm: dict[str, torch.Tensor] | None) -> None:
+        """The per-channel latent shift/scale the flow step trains with (None for steps without the flow model)."""
+        self.ctx.latent_norm = {k: v.to(self.ctx.device) for k, v in latent_norm.items()} if latent_norm else None
+
+    def sampling_models(self) -> dict[str, nn.Module]:
+        """Models for samples, evaluation and exports: the EMA weights where an EMA exists, else the raw module."""
+        return sampling_models(self.models, self.emas)
+
+
+def updates_vae(step) -> bool:
+    """The step runs the VAE update (any VAE mode, including the SPADE and LPIPS modifiers)."""
+    return bool(step.train_vae or step.gan_training or step.train_spade or step.use_lpips)
+
+
+def build_trainer(config, step, state: dict | None, device: torch.device, *, max_epochs: int) -> Trainer:
+    """Models from `state` (or fresh), frozen/trained as the step declares, with EMAs, optimizers and schedulers.
+
+    Fresh components start from the seeded weights of `training.seed + step.index`, so every process (and every
+    torchrun rank, which then takes rank 0's weights anyway) builds the same ones.
+    """
+    trained = trained_components(step)
+    torch.manual_seed(config.training.seed + step.index)
+    models = prepare_models(config, step, state, device)
+    if distributed.world_size() > 1:
+        distributed.broadcast_modules(models.values())
+    emas = prepare_emas(step, models, state, trained)
+    optimizers, sched_cfg = build_optimizers(step, models, trained)
+    schedulers = build_schedulers(sched_cfg, optimizers, max_epochs)
+    lpips = LPIPSLoss().to(device) if step.use_lpips and step.train_vae else None
+    ctx = StepContext(step=step, models=models, optimizers=optimizers, trained=trained, device=device,
+                      amp_dtype=autocast_dtype(device, config.training.precision),
+                      generator=torch.Generator(device=device), lpips=lpips)
+    return Trainer(config=config, step=step, models=models, emas=emas,
+                   ema_active=sorted(ema_components(step, trained)), optimizers=optimizers, schedulers=schedulers,
+                   ctx=ctx)

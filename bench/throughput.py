@@ -82,7 +82,7 @@ class StepBench:
         self.trainer = build_trainer(config, step, None, device, max_epochs=step.n_epochs)
         self.models, self.ctx = self.trainer.models, self.trainer.ctx
         if kind == "flow":
-            self.trainer.set_latent_norm(measure_latent_norm(self.models["compressor"], self.images))
+            self.trainer.set_latent_norm(measure_latent_norm(self.ctx.latent_encoder, self.images))
         if compile:
             for name, module in self.models.items():
                 if name == "discriminator" and step.r1_gamma > 0:
@@ -90,7 +90,7 @@ class StepBench:
                 module.compile()  # in place: state_dict keys unchanged (EMA and checkpoints see the raw module)
 
     def run(self, i: int) -> dict[str, torch.Tensor]:
-        return self.trainer.train_batch(self.images, self.captions, global_step=i)
+        return self.trainer.train_batch(self.images, self.captions, global_step=i, update=i)
 
     def parameters(self) -> dict[str, int]:
         from fluxflow.models import count_parameters

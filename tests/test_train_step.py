@@ -52,7 +52,7 @@ def run_batch(ctx, config, images: torch.Tensor, captions: list[str], global_ste
         metrics.update(vae_step(ctx, images, global_step))
     if step.train_diff or step.train_diff_full:
         if ctx.latent_norm is None:
-            ctx.latent_norm = measure_latent_norm(ctx.models["compressor"], images)
+            ctx.latent_norm = measure_latent_norm(ctx.latent_encoder, images)
         ids, mask = tokenize(captions, config.model.text_max_len)
         metrics.update(flow_step(ctx, images, ids, mask))
     return metrics

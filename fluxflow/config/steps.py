@@ -29,7 +29,7 @@ STEP_DEFAULTS: dict[str, Any] = {
     "kl_beta": 1e-4, "kl_warmup_steps": 0, "kl_free_bits": 0.0,
     "lambda_adv": 0.5, "lambda_lpips": 0.1, "recon_l1_weight": 1.0, "recon_mse_weight": 1.0,
     "r1_gamma": 1.0, "r1_interval": 16, "adaptive_adv_weight": False,
-    "cfg_dropout": 0.1, "ema_decay": 0.999, "on_missed": "continue",
+    "cfg_dropout": 0.1, "ema_decay": 0.999, "on_missed": "continue", "uniform_t_share": 0.1,
 }
 # Moving-average window (in batches) over which a loss_threshold metric is smoothed before comparing.
 TRANSITION_WINDOW = 20
@@ -69,6 +69,7 @@ class StepFields(StrictModel):
     r1_interval: int | None = Field(None, ge=1)
     adaptive_adv_weight: bool | None = None
     cfg_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    uniform_t_share: float | None = Field(None, ge=0.0, le=1.0)
     ema_decay: float | None = Field(None, ge=0.0, lt=1.0)
     optimization: Optimization | None = None
     transition_on: Transition | None = None
@@ -119,6 +120,7 @@ class ResolvedStep(StrictModel):
     r1_interval: int
     adaptive_adv_weight: bool
     cfg_dropout: float
+    uniform_t_share: float
     ema_decay: float
     optimization: Optimization
     transition_on: Transition

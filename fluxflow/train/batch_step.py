@@ -32,6 +32,9 @@ class StepContext:
     generator: torch.Generator
     lpips: nn.Module | None = None
     latent_norm: dict[str, torch.Tensor] | None = None
+    # The compressor weights flow latents come from: the EMA ones where they exist, as samples decode with the EMA
+    # expander (fluxflow/train/latents.py).
+    latent_encoder: nn.Module | None = None
 
 
 def _set_requires_grad(module: nn.Module, flag: bool) -> None:
@@ -43,8 +46,11 @@ def _gaussian(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(like.shape, device=like.device, dtype=like.dtype, generator=generator)
 
 
-def vae_step(ctx: StepContext, images: torch.Tensor, global_step: int) -> dict[str, torch.Tensor]:
+def vae_step(ctx: StepContext, images: torch.Tensor, update: int) -> dict[str, torch.Tensor]:
     """Reconstruction (`train_vae`), GAN (`gan_training`) or both; LPIPS and SPADE as the step says.
+
+    `update` counts this pipeline step's optimizer updates so far: the KL warm-up and the lazy R1 interval run on it,
+    so a later step that declares a warm-up gets it from its own start.
 
     GAN-only mode (train_vae false): the encoder learns from KL + G loss, the latent is not detached.
     """
@@ -61,7 +67,7 @@ def vae_step(ctx: StepContext, images: torch.Tensor, global_step: int) -> dict[s
         z = mean + torch.exp(0.5 * logvar) * _gaussian(mean, ctx.generator)
         recon = expander(z, spade=step.train_spade)
     kl_raw, kl_clamped = kl_loss(mean.float(), logvar.float(), step.kl_free_bits)
-    loss = kl_weight(global_step, step.kl_beta, step.kl_warmup_steps) * kl_clamped
+    loss = kl_weight(update, step.kl_beta, step.kl_warmup_steps) * kl_clamped
     rec = zero
     if step.train_vae:
         rec = reconstruction_loss(recon.float(), images, step.recon_l1_weight, step.recon_mse_weight)
@@ -88,7 +94,7 @@ def vae_step(ctx: StepContext, images: torch.Tensor, global_step: int) -> dict[s
 
     if discriminator is not None:
         _set_requires_grad(discriminator, True)
-        metrics.update(discriminator_step(ctx, images, recon.detach(), global_step))
+        metrics.update(discriminator_step(ctx, images, recon.detach(), update))
         skipped = skipped + metrics.pop("_d_skipped")
     metrics.update(vae_loss=rec.detach(), kl_loss=kl_raw.detach(), kl_clamped=kl_clamped.detach(),
                    skipped_updates=skipped)
@@ -96,14 +102,14 @@ def vae_step(ctx: StepContext, images: torch.Tensor, global_step: int) -> dict[s
 
 
 def discriminator_step(ctx: StepContext, real: torch.Tensor, fake: torch.Tensor,
-                       global_step: int) -> dict[str, torch.Tensor]:
+                       update: int) -> dict[str, torch.Tensor]:
     """Hinge D loss, plus lazy R1 every `r1_interval` steps scaled by interval (so its average strength is γ/2)."""
     step, disc = ctx.step, ctx.models["discriminator"]
     with autocast(ctx.device, ctx.amp_dtype):
         d_loss = hinge_d_loss(disc(real).float(), disc(fake).float())
     total = d_loss
     out = {"d_loss": d_loss.detach()}
-    if step.r1_gamma > 0 and global_step % step.r1_interval == 0:
+    if step.r1_gamma > 0 and update % step.r1_interval == 0:
         r1 = r1_penalty(disc, real)  # fp32, eager: double backward
         total = total + 0.5 * step.r1_gamma * step.r1_interval * r1
         out["r1_penalty"] = r1.detach()
@@ -118,13 +124,14 @@ def discriminator_step(ctx: StepContext, real: torch.Tensor, fake: torch.Tensor,
 def flow_step(ctx: StepContext, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """Rectified flow on frozen-VAE latents (t = 1 is noise). The text encoder trains only in `train_diff_full`."""
     m = ctx.models
-    latents = encode_latents(m["compressor"], images, ctx.latent_norm)
+    latents = encode_latents(ctx.latent_encoder, images, ctx.latent_norm)
     train_text = "text_encoder" in ctx.trained
     with torch.set_grad_enabled(train_text), autocast(ctx.device, ctx.amp_dtype):
         tokens, pooled = m["text_encoder"](ids, mask)
     drop = cfg_drop_mask(images.shape[0], ctx.step.cfg_dropout, images.device, ctx.generator)
     with autocast(ctx.device, ctx.amp_dtype):
-        loss = rectified_flow_loss(m["flow_processor"], latents, tokens, mask, pooled, drop, ctx.generator).float()
+        loss = rectified_flow_loss(m["flow_processor"], latents, tokens, mask, pooled, drop, ctx.generator,
+                                   ctx.step.uniform_t_share).float()
     finite = torch.isfinite(loss)
     loss.backward()
     for group in ("flow", "text_encoder"):

@@ -1,21 +1,40 @@
 """The one way images become flow latents and back: the compressor's posterior mean, normalised per channel.
 
-The flow model trains on unit-scale latents; the per-channel shift/scale is measured once on the first batch of the
-first flow step and then travels in the checkpoint (`latent_norm`), so generation decodes with the same numbers.
+The flow model trains on unit-scale latents; the per-channel shift/scale is measured once, on the first
+LATENT_NORM_IMAGES training images of the first flow step, and then travels in the checkpoint (`latent_norm`), so
+generation decodes with the same numbers. Encoding and decoding use the same VAE weights: the EMA ones where the
+checkpoint has them (the weights samples and `fluxflow-generate` decode with).
 """
 from __future__ import annotations
+
+from typing import Iterable
 
 import torch
 from torch import nn
 
+# Enough images for per-channel statistics that hold on real data (one batch of 32 does not), cheap to encode once.
+LATENT_NORM_IMAGES = 1024
 
-def measure_latent_norm(compressor: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+
+def measure_latent_norm(encoder: nn.Module, batches: torch.Tensor | Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-channel mean (`shift`) and standard deviation (`scale`) of the encoder's posterior means over `batches`
+    (image batches; one tensor is one batch). Sums are taken in float64, so many batches add up without drift."""
+    if isinstance(batches, torch.Tensor):
+        batches = [batches]
+    sums, squares, count = None, None, 0
     with torch.no_grad():
-        mean, _ = compressor(images)
-        mean = mean.float()
-        shift = mean.mean(dim=(0, 2, 3))
-        scale = mean.std(dim=(0, 2, 3)).clamp_min(1e-3)
-    return {"shift": shift, "scale": scale}
+        for images in batches:
+            mean, _ = encoder(images)
+            mean = mean.double()
+            batch_sums, batch_squares = mean.sum(dim=(0, 2, 3)), mean.square().sum(dim=(0, 2, 3))
+            sums = batch_sums if sums is None else sums + batch_sums
+            squares = batch_squares if squares is None else squares + batch_squares
+            count += mean.numel() // mean.shape[1]
+    if count < 2:
+        raise ValueError("measuring the latent normalisation needs at least two latent positions")
+    shift = sums / count
+    variance = (squares / count - shift.square()).clamp_min(0) * count / (count - 1)  # unbiased, as torch.std
+    return {"shift": shift.float(), "scale": variance.sqrt().float().clamp_min(1e-3)}
 
 
 def encode_latents(compressor: nn.Module, images: torch.Tensor, norm: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """The data of one pipeline step: its training split, its held-out split, and how many batches make an epoch."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,12 @@ def load_step_data(config, step, device: torch.device) -> StepData:
     return StepData(train_set, holdout_set, holdout, n_batches)
 
 
-def first_batch_images(data: StepData, batch_size: int, seed: int, device: torch.device) -> torch.Tensor:
-    """Images of the first training batch, to measure the latent normalisation of the first flow step."""
-    return next(iter(make_loader(data.train_set, batch_size, 0, seed, 0, 0)))[0].to(device)
+def leading_images(data: StepData, batch_size: int, seed: int, n_images: int,
+                    device: torch.device) -> Iterator[torch.Tensor]:
+    """The first training batches of epoch 0 covering about `n_images` images, on the device, one batch at a time
+    (to measure the latent normalisation of the first flow step)."""
+    n_batches = max(1, -(-n_images // batch_size))
+    for i, (images, _) in enumerate(make_loader(data.train_set, batch_size, 0, seed, 0, 0)):
+        if i >= n_batches:
+            break
+        yield images.to(device)

@@ -53,7 +53,8 @@ def apply_trainable(models: dict[str, nn.Module], trained: set[str]) -> None:
         module.train(is_trained)
 
 
-def prepare_emas(step, models: dict[str, nn.Module], state: dict | None, trained: set[str]) -> dict[str, EMA]:
+def prepare_emas(step, models: dict[str, nn.Module], state: dict | None, trained: set[str],
+                 resuming: bool = False) -> dict[str, EMA]:
     """EMAs of this step's components plus those the input checkpoint carries for other components.
 
     Only `ema_components(step, trained)` are updated by the runner; the others are carried unchanged so that
@@ -65,6 +66,8 @@ def prepare_emas(step, models: dict[str, nn.Module], state: dict | None, trained
         ema = EMA(models[name], decay=step.ema_decay)
         if name in saved:
             ema.load_state_dict(saved[name])
+            if not resuming:  # a parent's EMA continues at this step's decay; only a resume keeps the saved one
+                ema.decay = float(step.ema_decay)
         emas[name] = ema
     return emas
 

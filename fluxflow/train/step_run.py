@@ -34,9 +34,9 @@ from fluxflow.runtime import distributed
 from fluxflow.runtime.device import resolve_device
 from fluxflow.runtime.gpu_claim import claimed_device
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
-from fluxflow.train.latents import measure_latent_norm
+from fluxflow.train.latents import LATENT_NORM_IMAGES, measure_latent_norm
 from fluxflow.train.optim import scheduler_step
-from fluxflow.train.step_data import first_batch_images, load_step_data
+from fluxflow.train.step_data import leading_images, load_step_data
 from fluxflow.train.step_report import StepReport
 from fluxflow.train.tracking import NullTracker, ConsoleJsonlTracker, batch_progress, metrics_file, trim_jsonl
 from fluxflow.train.trainer import build_trainer
@@ -90,9 +90,15 @@ class Position:
     """Where a step is. `epoch` counts the step's completed epochs (the running epoch's 0-based index), `batch` the
     completed batches of the running epoch, `global_step` the batches of the whole pipeline."""
     start_epoch: int  # the pipeline epoch at which this step began
+    start_global_step: int  # the pipeline's global step at which this step began
     epoch: int = 0
     batch: int = 0
     global_step: int = 0
+
+    @property
+    def step_batches(self) -> int:
+        """Batches this pipeline step has trained."""
+        return self.global_step - self.start_global_step
 
 
 class StepRun:
@@ -112,12 +118,14 @@ class StepRun:
             raise ValueError(f"step {self.step.name}: batch_size {self.step.batch_size} is not divisible by "
                              f"nproc_per_node {self.world}")
         self.monitor = TransitionMonitor(self.step.transition_on, self.step.n_epochs, device)
-        self.trainer = build_trainer(config, self.step, state, device, max_epochs=self.monitor.max_epochs)
+        self.trainer = build_trainer(config, self.step, state, device, max_epochs=self.monitor.max_epochs,
+                                     resuming=self.resuming)
         self.trainer.set_latent_norm(self._latent_norm(state))
         self.history: dict = dict(meta.get("step_metrics", {}))
         self.history.setdefault(self.step.name, {})
-        self.position = Position(start_epoch=int((state or {}).get("epoch", 0)),
-                                 global_step=int((state or {}).get("global_step", 0)))
+        global_step = int((state or {}).get("global_step", 0))
+        self.position = Position(start_epoch=int((state or {}).get("epoch", 0)), start_global_step=global_step,
+                                 global_step=global_step)
         # A step killed after its last epoch was saved (before final.pt) has nothing left to train.
         self.outcome: str | None = meta.get("outcome") if self.resuming and meta.get("completed") else None
         self.resumed_from = self._resume(state, meta) if self.resuming else None
@@ -129,17 +137,19 @@ class StepRun:
             print(line, flush=True)
 
     def _latent_norm(self, state: dict | None) -> dict[str, torch.Tensor] | None:
-        """The input checkpoint's latent normalisation, measured on the first batch by the first flow step."""
+        """The input checkpoint's latent normalisation; the first flow step measures it with the encoder it trains on."""
         latent_norm = (state or {}).get("latent_norm")
         if has_flow_mode(self.step) and latent_norm is None:
-            images = first_batch_images(self.data, self.step.batch_size, self.config.training.seed, self.device)
-            latent_norm = measure_latent_norm(self.trainer.models["compressor"], images)
+            images = leading_images(self.data, self.step.batch_size, self.config.training.seed, LATENT_NORM_IMAGES,
+                                    self.device)
+            latent_norm = measure_latent_norm(self.trainer.ctx.latent_encoder, images)
         return latent_norm
 
     def _resume(self, state: dict, meta: dict) -> tuple[int, int]:
         """Put back what latest.pt saved beyond the weights: position, optimizers, schedulers, monitor, RNG."""
         pos = self.position
         pos.start_epoch = int(meta.get("step_start_epoch", 0))
+        pos.start_global_step = int(meta.get("step_start_global_step", 0))
         pos.epoch, pos.batch = int(meta["current_step_epoch"]), int(meta["batch"])
         for group, opt in self.trainer.optimizers.items():
             opt.load_state_dict(state["optimizers"][group])
@@ -171,7 +181,7 @@ class StepRun:
                 if pos.batch >= n_batches:
                     break
                 metrics = self.trainer.train_batch(images.to(self.device, non_blocking=True), captions,
-                                                   pos.global_step)
+                                                   pos.global_step, update=pos.step_batches)
                 self.monitor.observe(metrics)
                 pos.batch, pos.global_step = pos.batch + 1, pos.global_step + 1
                 bar.update(1)
@@ -236,6 +246,7 @@ class StepRun:
             "data": self.config.data.model_dump(mode="json"),
             "pipeline_metadata": {
                 "current_step": step.index, "current_step_name": step.name, "step_start_epoch": pos.start_epoch,
+                "step_start_global_step": pos.start_global_step,
                 "current_step_epoch": pos.epoch, "batch": pos.batch, "step_metrics": self.history,
                 "step_key": self.files.key, "step_config": step.model_dump(mode="json"),
                 "seed": self.config.training.seed, "rng": capture_rng_state(),

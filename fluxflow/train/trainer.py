@@ -33,13 +33,18 @@ class Trainer:
     schedulers: dict[str, object]
     ctx: StepContext
 
-    def train_batch(self, images: torch.Tensor, captions: list[str], global_step: int) -> dict[str, torch.Tensor]:
-        """One batch through the step's losses and optimizers; metrics stay on the device (no host sync)."""
+    def train_batch(self, images: torch.Tensor, captions: list[str], global_step: int,
+                    update: int) -> dict[str, torch.Tensor]:
+        """One batch through the step's losses and optimizers; metrics stay on the device (no host sync).
+
+        `global_step` (batches of the whole pipeline) seeds this batch's random draws, so a resumed run draws the
+        same numbers; each torchrun rank draws its own. `update` counts this step's optimizer updates so far.
+        """
         ctx, step = self.ctx, self.step
-        ctx.generator.manual_seed(self.config.training.seed * 1_000_003 + global_step)  # exact on resume
+        ctx.generator.manual_seed(batch_seed(self.config.training.seed, global_step))
         metrics: dict[str, torch.Tensor] = {}
         if updates_vae(step):
-            metrics.update(vae_step(ctx, images, global_step))
+            metrics.update(vae_step(ctx, images, update))
         if has_flow_mode(step):
             ids, mask = tokenize(list(captions), self.config.model.text_max_len)
             flow_metrics = flow_step(ctx, images, ids.to(ctx.device, non_blocking=True),
@@ -60,13 +65,21 @@ class Trainer:
         return sampling_models(self.models, self.emas)
 
 
+def batch_seed(seed: int, global_step: int) -> int:
+    """The seed of one batch's noise, timesteps, CFG mask and posterior samples: a function of the run's seed, the
+    batch and the torchrun rank, so ranks draw different numbers for their slices and a resume draws the same."""
+    return (seed * 1_000_003 + global_step) * distributed.world_size() + distributed.rank()
+
+
 def updates_vae(step) -> bool:
     """The step runs the VAE update (any VAE mode, including the SPADE and LPIPS modifiers)."""
     return bool(step.train_vae or step.gan_training or step.train_spade or step.use_lpips)
 
 
-def build_trainer(config, step, state: dict | None, device: torch.device, *, max_epochs: int) -> Trainer:
+def build_trainer(config, step, state: dict | None, device: torch.device, *, max_epochs: int,
+                  resuming: bool = False) -> Trainer:
     """Models from `state` (or fresh), frozen/trained as the step declares, with EMAs, optimizers and schedulers.
+    `resuming`: `state` is this step's own latest.pt (its EMA decay is kept), not a parent's checkpoint.
 
     Fresh components start from the seeded weights of `training.seed + step.index`, so every process (and every
     torchrun rank, which then takes rank 0's weights anyway) builds the same ones.
@@ -76,13 +89,14 @@ def build_trainer(config, step, state: dict | None, device: torch.device, *, max
     models = prepare_models(config, step, state, device)
     if distributed.world_size() > 1:
         distributed.broadcast_modules(models.values())
-    emas = prepare_emas(step, models, state, trained)
+    emas = prepare_emas(step, models, state, trained, resuming)
     optimizers, sched_cfg = build_optimizers(step, models, trained)
     schedulers = build_schedulers(sched_cfg, optimizers, max_epochs)
     lpips = LPIPSLoss().to(device) if step.use_lpips and step.train_vae else None
     ctx = StepContext(step=step, models=models, optimizers=optimizers, trained=trained, device=device,
                       amp_dtype=autocast_dtype(device, config.training.precision),
-                      generator=torch.Generator(device=device), lpips=lpips)
+                      generator=torch.Generator(device=device), lpips=lpips,
+                      latent_encoder=sampling_models(models, emas).get("compressor"))
     return Trainer(config=config, step=step, models=models, emas=emas,
                    ema_active=sorted(ema_components(step, trained)), optimizers=optimizers, schedulers=schedulers,
                    ctx=ctx)

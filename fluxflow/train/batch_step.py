@@ -1,12 +1,13 @@
 """Per-batch training steps. Each takes the models, optimizers and one batch and returns 0-dim metric tensors.
 
 No `.item()` and no host sync in here: metrics stay on the device until the runner reads them at a log interval,
-and a non-finite loss skips its update on the device (see `optim.optimizer_step`) and is counted in
-`skipped_updates`.
+and a non-finite loss or gradient skips its update on the device (see `optim.optimizer_step`) and is counted in
+`skipped_updates`. With gradient accumulation each call is one micro-batch of a `Window`: gradients add up over the
+window and the optimizers step at its end.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,10 +32,46 @@ class StepContext:
     amp_dtype: torch.dtype | None
     generator: torch.Generator
     lpips: nn.Module | None = None
+    # Per loss: whether every micro-batch of the running accumulation window had a finite loss.
+    window_finite: dict[str, torch.Tensor] = field(default_factory=dict)
     latent_norm: dict[str, torch.Tensor] | None = None
     # The compressor weights flow latents come from: the EMA ones where they exist, as samples decode with the EMA
     # expander (fluxflow/train/latents.py).
     latent_encoder: nn.Module | None = None
+
+
+@dataclass(frozen=True)
+class Window:
+    """Where a batch stands in its gradient-accumulation window of `gradient_accumulation_steps` micro-batches."""
+    scale: float = 1.0  # 1 / the window's number of micro-batches: the window's gradient is their mean
+    last: bool = True  # this micro-batch ends the window: the optimizers step
+
+
+WHOLE_BATCH = Window()  # no accumulation: every batch is a window of its own
+
+
+def backward_and_update(ctx: StepContext, loss: torch.Tensor, key: str, groups: tuple[str, ...],
+                        window: Window) -> dict[str, torch.Tensor]:
+    """Backpropagate `loss` (scaled for the window) and, at the window's end, step the optimizers of `groups`.
+
+    A window with a non-finite loss (tracked under `key` across its micro-batches) or a non-finite gradient skips
+    its update on the device. Returns `skipped_updates` (1 for a skipped update, at the window's end) and
+    `grad_norm_<group>` (the norm before clipping, at the window's end).
+    """
+    finite = torch.isfinite(loss)
+    (loss * window.scale).backward()
+    earlier = ctx.window_finite.pop(key, None)
+    finite = finite if earlier is None else earlier & finite
+    if not window.last:
+        ctx.window_finite[key] = finite
+        return {"skipped_updates": loss.new_zeros(())}
+    out: dict[str, torch.Tensor] = {"skipped_updates": (~finite).float()}
+    for group in groups:
+        if group in ctx.optimizers:
+            norm, skipped = optimizer_step(ctx.optimizers[group], finite, ctx.step.grad_clip)
+            out[f"grad_norm_{group}"] = norm
+            out["skipped_updates"] = torch.maximum(out["skipped_updates"], skipped)
+    return out
 
 
 def _set_requires_grad(module: nn.Module, flag: bool) -> None:
@@ -46,7 +83,8 @@ def _gaussian(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(like.shape, device=like.device, dtype=like.dtype, generator=generator)
 
 
-def vae_step(ctx: StepContext, images: torch.Tensor, update: int) -> dict[str, torch.Tensor]:
+def vae_step(ctx: StepContext, images: torch.Tensor, update: int,
+             window: Window = WHOLE_BATCH) -> dict[str, torch.Tensor]:
     """Reconstruction (`train_vae`), GAN (`gan_training`) or both; LPIPS and SPADE as the step says.
 
     `update` counts this pipeline step's optimizer updates so far: the KL warm-up and the lazy R1 interval run on it,
@@ -86,23 +124,18 @@ def vae_step(ctx: StepContext, images: torch.Tensor, update: int) -> dict[str, t
         loss = loss + weight * g
         metrics["g_loss"] = g.detach()
 
-    finite = torch.isfinite(loss)
-    loss.backward()
-    skipped = (~finite).float()
-    if "vae" in ctx.optimizers:
-        optimizer_step(ctx.optimizers["vae"], finite)
-
+    metrics.update(backward_and_update(ctx, loss, "vae", ("vae",), window))
     if discriminator is not None:
         _set_requires_grad(discriminator, True)
-        metrics.update(discriminator_step(ctx, images, recon.detach(), update))
-        skipped = skipped + metrics.pop("_d_skipped")
-    metrics.update(vae_loss=rec.detach(), kl_loss=kl_raw.detach(), kl_clamped=kl_clamped.detach(),
-                   skipped_updates=skipped)
+        d_metrics = discriminator_step(ctx, images, recon.detach(), update, window)
+        d_metrics["skipped_updates"] = d_metrics["skipped_updates"] + metrics["skipped_updates"]
+        metrics.update(d_metrics)
+    metrics.update(vae_loss=rec.detach(), kl_loss=kl_raw.detach(), kl_clamped=kl_clamped.detach())
     return metrics
 
 
-def discriminator_step(ctx: StepContext, real: torch.Tensor, fake: torch.Tensor,
-                       update: int) -> dict[str, torch.Tensor]:
+def discriminator_step(ctx: StepContext, real: torch.Tensor, fake: torch.Tensor, update: int,
+                       window: Window = WHOLE_BATCH) -> dict[str, torch.Tensor]:
     """Hinge D loss, plus lazy R1 every `r1_interval` steps scaled by interval (so its average strength is γ/2)."""
     step, disc = ctx.step, ctx.models["discriminator"]
     with autocast(ctx.device, ctx.amp_dtype):
@@ -113,15 +146,12 @@ def discriminator_step(ctx: StepContext, real: torch.Tensor, fake: torch.Tensor,
         r1 = r1_penalty(disc, real)  # fp32, eager: double backward
         total = total + 0.5 * step.r1_gamma * step.r1_interval * r1
         out["r1_penalty"] = r1.detach()
-    finite = torch.isfinite(total)
-    total.backward()
-    if "discriminator" in ctx.optimizers:
-        optimizer_step(ctx.optimizers["discriminator"], finite)
-    out["_d_skipped"] = (~finite).float()
+    out.update(backward_and_update(ctx, total, "discriminator", ("discriminator",), window))
     return out
 
 
-def flow_step(ctx: StepContext, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+def flow_step(ctx: StepContext, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+              window: Window = WHOLE_BATCH) -> dict[str, torch.Tensor]:
     """Rectified flow on frozen-VAE latents (t = 1 is noise). The text encoder trains only in `train_diff_full`."""
     m = ctx.models
     latents = encode_latents(ctx.latent_encoder, images, ctx.latent_norm)
@@ -132,9 +162,4 @@ def flow_step(ctx: StepContext, images: torch.Tensor, ids: torch.Tensor, mask: t
     with autocast(ctx.device, ctx.amp_dtype):
         loss = rectified_flow_loss(m["flow_processor"], latents, tokens, mask, pooled, drop, ctx.generator,
                                    ctx.step.uniform_t_share).float()
-    finite = torch.isfinite(loss)
-    loss.backward()
-    for group in ("flow", "text_encoder"):
-        if group in ctx.optimizers:
-            optimizer_step(ctx.optimizers[group], finite)
-    return {"flow_loss": loss.detach(), "skipped_updates": (~finite).float()}
+    return {"flow_loss": loss.detach(), **backward_and_update(ctx, loss, "flow", ("flow", "text_encoder"), window)}

@@ -21,30 +21,32 @@ class StepReport:
         self.output = Path(run.config.output.output_path)
         self.last_means: dict[str, float] = {}  # the last log interval's means (ReduceLROnPlateau's fallback metric)
         self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = {}  # batches that reported each metric (grad norms: only window ends)
         self._count, self._tick = 0, time.perf_counter()
 
     def started(self, resumed: bool) -> None:
         self.tracker.step_started(self.run.step, self.run.files.key, self.run.files.n_steps, resumed)
 
     def epoch_started(self) -> None:
-        self._sums, self._count, self._tick = {}, 0, time.perf_counter()
+        self._sums, self._counts, self._count, self._tick = {}, {}, 0, time.perf_counter()
 
     def add(self, metrics: dict[str, torch.Tensor]) -> None:
         """Accumulate one batch's metrics on the device (no host sync)."""
         for k, v in metrics.items():
             self._sums[k] = self._sums[k] + v if k in self._sums else v.clone()
+            self._counts[k] = self._counts.get(k, 0) + 1
         self._count += 1
 
     def log_interval(self) -> None:
         """Means of the batches since the last log: the one host sync per log interval."""
-        self.last_means = mean_metrics(self._sums, self._count)
+        self.last_means = mean_metrics(self._sums, self._counts)
         history = self.run.history[self.run.step.name]
         for k, v in self.last_means.items():
             history.setdefault(k, []).append(v)
         elapsed = time.perf_counter() - self._tick
         pos = self.run.position
         self.tracker.log_metrics(self.last_means, self.progress(pos.epoch + 1, pos.batch, elapsed / self._count))
-        self._sums, self._count, self._tick = {}, 0, time.perf_counter()
+        self._sums, self._counts, self._count, self._tick = {}, {}, 0, time.perf_counter()
 
     def progress(self, epoch: int, batch: int, sec_per_batch: float) -> Progress:
         run = self.run
@@ -100,13 +102,12 @@ class StepReport:
         self.tracker.step_finished(ref, result)
 
 
-def mean_metrics(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
-    """Means over `count` batches, averaged across torchrun ranks; `skipped_updates` stays a count."""
+def mean_metrics(sums: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, float]:
+    """Each metric's mean over the batches that reported it, averaged across torchrun ranks; `skipped_updates`
+    stays a count (its sum)."""
     if not sums:
         return {}
     names = sorted(sums)
-    values = distributed.mean_across_ranks(torch.stack([sums[n].float() for n in names]).div_(count)).tolist()
-    means = dict(zip(names, values))
-    if "skipped_updates" in means:
-        means["skipped_updates"] = means["skipped_updates"] * count  # a count, not a mean
-    return means
+    divisors = torch.tensor([1 if n == "skipped_updates" else counts[n] for n in names], dtype=torch.float32)
+    stacked = torch.stack([sums[n].float() for n in names])
+    return dict(zip(names, distributed.mean_across_ranks(stacked / divisors.to(stacked.device)).tolist()))

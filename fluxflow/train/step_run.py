@@ -39,6 +39,7 @@ from fluxflow.train.optim import scheduler_step
 from fluxflow.train.step_data import leading_images, load_step_data
 from fluxflow.train.step_report import StepReport
 from fluxflow.train.tracking import NullTracker, ConsoleJsonlTracker, batch_progress, metrics_file, trim_jsonl
+from fluxflow.train.batch_step import Window
 from fluxflow.train.trainer import build_trainer
 from fluxflow.train.transition import TransitionMonitor
 
@@ -90,15 +91,9 @@ class Position:
     """Where a step is. `epoch` counts the step's completed epochs (the running epoch's 0-based index), `batch` the
     completed batches of the running epoch, `global_step` the batches of the whole pipeline."""
     start_epoch: int  # the pipeline epoch at which this step began
-    start_global_step: int  # the pipeline's global step at which this step began
     epoch: int = 0
     batch: int = 0
     global_step: int = 0
-
-    @property
-    def step_batches(self) -> int:
-        """Batches this pipeline step has trained."""
-        return self.global_step - self.start_global_step
 
 
 class StepRun:
@@ -124,8 +119,7 @@ class StepRun:
         self.history: dict = dict(meta.get("step_metrics", {}))
         self.history.setdefault(self.step.name, {})
         global_step = int((state or {}).get("global_step", 0))
-        self.position = Position(start_epoch=int((state or {}).get("epoch", 0)), start_global_step=global_step,
-                                 global_step=global_step)
+        self.position = Position(start_epoch=int((state or {}).get("epoch", 0)), global_step=global_step)
         # A step killed after its last epoch was saved (before final.pt) has nothing left to train.
         self.outcome: str | None = meta.get("outcome") if self.resuming and meta.get("completed") else None
         self.resumed_from = self._resume(state, meta) if self.resuming else None
@@ -149,7 +143,6 @@ class StepRun:
         """Put back what latest.pt saved beyond the weights: position, optimizers, schedulers, monitor, RNG."""
         pos = self.position
         pos.start_epoch = int(meta.get("step_start_epoch", 0))
-        pos.start_global_step = int(meta.get("step_start_global_step", 0))
         pos.epoch, pos.batch = int(meta["current_step_epoch"]), int(meta["batch"])
         for group, opt in self.trainer.optimizers.items():
             opt.load_state_dict(state["optimizers"][group])
@@ -181,21 +174,39 @@ class StepRun:
                 if pos.batch >= n_batches:
                     break
                 metrics = self.trainer.train_batch(images.to(self.device, non_blocking=True), captions,
-                                                   pos.global_step, update=pos.step_batches)
+                                                   pos.global_step, self.updates_done(), self.window())
                 self.monitor.observe(metrics)
                 pos.batch, pos.global_step = pos.batch + 1, pos.global_step + 1
                 bar.update(1)
                 self.after_batch(metrics)
         self.end_epoch()
 
+    def window(self) -> Window:
+        """The accumulation window of the next batch: windows of `gradient_accumulation_steps` batches from the
+        epoch's start; the epoch's last window may be shorter, so every epoch ends with an update."""
+        k, n = self.step.gradient_accumulation_steps, self.data.batches_per_epoch
+        start = self.position.batch // k * k
+        size = min(k, n - start)
+        return Window(scale=1.0 / size, last=self.position.batch + 1 == start + size)
+
+    def updates_done(self) -> int:
+        """Optimizer updates this step has made: the windows of its completed epochs and of the running one."""
+        k, n = self.step.gradient_accumulation_steps, self.data.batches_per_epoch
+        return self.position.epoch * -(-n // k) + self.position.batch // k
+
     def after_batch(self, metrics: dict[str, torch.Tensor]) -> None:
-        """Log, checkpoint and honour a stop request at the intervals the config sets."""
+        """Log, checkpoint and honour a stop request at the intervals the config sets.
+
+        Checkpoints and stops happen only between accumulation windows, where no gradient is pending, so a resume is
+        exact: the first window end at or after each multiple of `checkpoint_save_interval` saves.
+        """
         pos, n_batches = self.position, self.data.batches_per_epoch
+        k, interval = self.step.gradient_accumulation_steps, self.config.output.checkpoint_save_interval
         self.report.add(metrics)
         if pos.batch % self.config.output.log_interval == 0 or pos.batch == n_batches:
             self.report.log_interval()
-        if pos.batch < n_batches:  # the epoch's end saves, writes samples and checks for a stop itself
-            if pos.batch % self.config.output.checkpoint_save_interval == 0:
+        if pos.batch < n_batches and pos.batch % k == 0:  # the epoch's end saves and checks for a stop itself
+            if pos.batch // interval != (pos.batch - k) // interval:
                 self.save()
                 self.report.samples(batch=pos.batch)
             if stop_requested():
@@ -246,7 +257,6 @@ class StepRun:
             "data": self.config.data.model_dump(mode="json"),
             "pipeline_metadata": {
                 "current_step": step.index, "current_step_name": step.name, "step_start_epoch": pos.start_epoch,
-                "step_start_global_step": pos.start_global_step,
                 "current_step_epoch": pos.epoch, "batch": pos.batch, "step_metrics": self.history,
                 "step_key": self.files.key, "step_config": step.model_dump(mode="json"),
                 "seed": self.config.training.seed, "rng": capture_rng_state(),

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fluxflow.config.modes import has_flow_mode, trained_components
+from fluxflow.config.modes import has_flow_mode, touches_vae, trained_components
 from fluxflow.losses import LPIPSLoss
 from fluxflow.models import tokenize
 from fluxflow.runtime import distributed
 from fluxflow.runtime.device import autocast_dtype
-from fluxflow.train.batch_step import StepContext, flow_step, vae_step
+from fluxflow.train.batch_step import WHOLE_BATCH, StepContext, Window, flow_step, vae_step
 from fluxflow.train.ema import EMA
 from fluxflow.train.optim import build_optimizers, build_schedulers
 from fluxflow.train.step_models import ema_components, prepare_emas, prepare_models, sampling_models
@@ -33,9 +33,10 @@ class Trainer:
     schedulers: dict[str, object]
     ctx: StepContext
 
-    def train_batch(self, images: torch.Tensor, captions: list[str], global_step: int,
-                    update: int) -> dict[str, torch.Tensor]:
-        """One batch through the step's losses and optimizers; metrics stay on the device (no host sync).
+    def train_batch(self, images: torch.Tensor, captions: list[str], global_step: int, update: int,
+                    window: Window = WHOLE_BATCH) -> dict[str, torch.Tensor]:
+        """One (micro-)batch through the step's losses; at the end of its accumulation window the optimizers, the
+        EMAs and the per-update schedules advance. Metrics stay on the device (no host sync).
 
         `global_step` (batches of the whole pipeline) seeds this batch's random draws, so a resumed run draws the
         same numbers; each torchrun rank draws its own. `update` counts this step's optimizer updates so far.
@@ -43,17 +44,18 @@ class Trainer:
         ctx, step = self.ctx, self.step
         ctx.generator.manual_seed(batch_seed(self.config.training.seed, global_step))
         metrics: dict[str, torch.Tensor] = {}
-        if updates_vae(step):
-            metrics.update(vae_step(ctx, images, update))
+        if touches_vae(step):
+            metrics.update(vae_step(ctx, images, update, window))
         if has_flow_mode(step):
             ids, mask = tokenize(list(captions), self.config.model.text_max_len)
             flow_metrics = flow_step(ctx, images, ids.to(ctx.device, non_blocking=True),
-                                     mask.to(ctx.device, non_blocking=True))
+                                     mask.to(ctx.device, non_blocking=True), window)
             if "skipped_updates" in metrics:
                 flow_metrics["skipped_updates"] = flow_metrics["skipped_updates"] + metrics["skipped_updates"]
             metrics.update(flow_metrics)
-        for name in self.ema_active:
-            self.emas[name].update(self.models[name])
+        if window.last:
+            for name in self.ema_active:
+                self.emas[name].update(self.models[name])
         return metrics
 
     def set_latent_norm(self, latent_norm: dict[str, torch.Tensor] | None) -> None:
@@ -69,11 +71,6 @@ def batch_seed(seed: int, global_step: int) -> int:
     """The seed of one batch's noise, timesteps, CFG mask and posterior samples: a function of the run's seed, the
     batch and the torchrun rank, so ranks draw different numbers for their slices and a resume draws the same."""
     return (seed * 1_000_003 + global_step) * distributed.world_size() + distributed.rank()
-
-
-def updates_vae(step) -> bool:
-    """The step runs the VAE update (any VAE mode, including the SPADE and LPIPS modifiers)."""
-    return bool(step.train_vae or step.gan_training or step.train_spade or step.use_lpips)
 
 
 def build_trainer(config, step, state: dict | None, device: torch.device, *, max_epochs: int,

@@ -2,7 +2,7 @@
 
 Exit codes: 0 done (or config valid), 1 a step failed, 2 invalid config / missing file / broken YAML / bad arguments /
 unavailable device / output directory in use, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Validation imports
-neither torch nor Prefect; only the parameter counts of a valid config need torch.
+neither torch, Prefect nor MLflow: the parameter counts are computed from the model section (config/model_sizes.py).
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import signal
 import sys
 from pathlib import Path
 
-from fluxflow.config import ConfigError, PipelineConfig, load_config
+from fluxflow.config import ConfigError, load_config
+from fluxflow.config.model_sizes import parameter_counts
 from fluxflow.config.schema import check_output_path
 from fluxflow.config.summary import format_parameters, format_summary
-from fluxflow.config.modes import COMPONENTS
 
 EXIT_OK, EXIT_STEP_FAILED, EXIT_INVALID_CONFIG, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -43,24 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parameter_counts(config: PipelineConfig) -> tuple[dict[str, int] | None, str | None]:
-    """Parameters per component, built on the meta device (no memory, no init cost). (None, why) if impossible."""
-    try:
-        import torch
-
-        from fluxflow.models import build_component, count_parameters
-    except Exception as exc:  # noqa: BLE001 - the summary must not crash on a broken model package
-        return None, f"fluxflow.models cannot be imported: {exc}"
-    counts = {}
-    try:
-        with torch.device("meta"):
-            for name in COMPONENTS:
-                counts[name] = count_parameters(build_component(name, config.model, config.data.channels))
-    except Exception as exc:  # noqa: BLE001
-        return None, f"building {name} failed: {exc}"
-    return counts, None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -80,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:  # the warnings, then the plan: for a run as for --validate-pipeline
         for warning in loaded.warnings:
             print(f"⚠️  {warning}", file=sys.stderr)
-        print(format_summary(config), flush=True)  # before the counts, which need a torch import
+        print(format_summary(config))
         print()
-        print(format_parameters(*parameter_counts(config)), flush=True)
+        print(format_parameters(parameter_counts(config.model, config.data.channels)), flush=True)
     if args.validate_pipeline:
         return EXIT_OK
 

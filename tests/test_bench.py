@@ -18,6 +18,7 @@ from bench.common import MachineLoad, load_label, print_table, write_result
 CPU = torch.device("cpu")
 
 
+@pytest.mark.slow  # the first FlopCounterMode pass costs about 3 s
 @pytest.mark.parametrize("kind", ["vae", "flow"])
 def test_flops_counted_on_one_image_equal_flops_of_the_whole_batch(kind):
     from torch.utils.flop_counter import FlopCounterMode

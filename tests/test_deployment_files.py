@@ -110,6 +110,7 @@ def wait_gone(pid: int, seconds: float = 10) -> bool:
 
 # --- scripts ---------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # starts (a stand-in) server twice and waits for it: about 2 s
 def test_server_script_starts_prefect_on_loopback_in_its_own_process_group(fake_env):
     done = run_script("server.sh", fake_env)
     assert done.returncode == 0, done.stderr
@@ -149,6 +150,7 @@ def test_server_script_reports_a_server_that_dies_at_start(fake_env, tmp_path):
     assert not (Path(fake_env["FLUXFLOW_RUN_DIR"]) / "prefect-server.pid").exists()
 
 
+@pytest.mark.slow  # starts a stand-in server and worker and waits for both: about 2 s each
 @pytest.mark.parametrize("tag", [None, "gpu-host-a"])
 def test_worker_script_creates_the_pool_and_the_gpu_limit_then_starts_a_process_worker(fake_env, tag):
     assert run_script("server.sh", fake_env).returncode == 0  # something answers on the API port

@@ -119,6 +119,7 @@ def test_a_pipeline_checkpoint_alone_is_enough(trained, tmp_path, capsys):
         assert image.size == (16, 16)
 
 
+@pytest.mark.slow  # trains the quickstart model at its real size (about 15 s)
 def test_the_quickstart_pipelines_checkpoint_generates_images(tmp_path, capsys):
     """configs/quickstart.yaml at its real model sizes, each step cut to 2 batches, then fluxflow-generate on its
     final checkpoint with nothing but the checkpoint."""

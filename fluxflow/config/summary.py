@@ -68,12 +68,9 @@ def format_summary(config: PipelineConfig) -> str:
     return "\n".join(lines)
 
 
-def format_parameters(counts: dict[str, int] | None, note: str | None = None) -> str:
-    """Parameter counts per component (built from the model section), or why they are unavailable."""
-    lines = ["Parameters:"]
-    if not counts:
-        return "\n".join(lines + [f"  parameter counts unavailable{f' ({note})' if note else ''}"])
+def format_parameters(counts: dict[str, int]) -> str:
+    """Parameter counts per component (config/model_sizes.py) and their total."""
     width = max(len(name) for name in [*counts, "total"])
-    lines += [f"  {name:<{width}}  {count:>12,}" for name, count in counts.items()]
+    lines = ["Parameters:"] + [f"  {name:<{width}}  {count:>12,}" for name, count in counts.items()]
     lines.append(f"  {'total':<{width}}  {sum(counts.values()):>12,}")
     return "\n".join(lines)

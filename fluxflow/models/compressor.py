@@ -4,18 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fluxflow.config.model_sizes import level_widths  # torch-free: the parameter counts use it too
 from fluxflow.models.layers import ResBlock, group_norm
-
-# Widths per resolution level as multiples of vae_dim; level i works at H / 2**i.
-_WIDTH_MULT = (1, 2, 4)
-
-
-def level_widths(vae_dim: int, downscale: int) -> list[int]:
-    """Channel width of each resolution level for a downscale factor of 2, 4 or 8 (one level per halving)."""
-    if downscale not in (2, 4, 8):
-        raise ValueError(f"downscale must be 2, 4 or 8, got {downscale}")
-    levels = downscale.bit_length() - 1
-    return [vae_dim * _WIDTH_MULT[i] for i in range(levels)]
 
 
 class Compressor(nn.Module):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fluxflow.models.compressor import level_widths
+from fluxflow.config.model_sizes import level_widths
 from fluxflow.models.layers import ResBlock, group_norm
 
 

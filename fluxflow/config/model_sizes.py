@@ -95,21 +95,28 @@ def discriminator(channels: int, dim: int) -> int:
             + norm(4 * dim) + conv(4 * dim, 1, 3))
 
 
+def component_args(name: str, model_cfg: Any, channels: int) -> tuple:
+    """The constructor arguments of component `name` (the same for its torch class and its size function here)."""
+    m = model_cfg
+    args = {
+        "compressor": lambda: (channels, m.vae_dim, m.latent_channels, m.downscale),
+        "expander": lambda: (channels, m.vae_dim, m.latent_channels, m.downscale),
+        "flow_processor": lambda: (m.latent_channels, m.feature_maps_dim, m.flow_depth, m.flow_heads, m.patch_size,
+                                   m.text_embedding_dim, m.text_max_len),
+        "text_encoder": lambda: (m.text_embedding_dim, m.text_encoder_depth, m.text_max_len),
+        "discriminator": lambda: (channels, m.feature_maps_dim_disc),
+    }
+    if name not in args:
+        raise ValueError(f"unknown component {name!r}; expected one of {', '.join(COMPONENTS)}")
+    return args[name]()
+
+
 def component_parameters(name: str, model_cfg: Any, channels: int) -> int:
     """Parameters of component `name`, as `count_parameters(build_component(name, model_cfg, channels))`."""
-    m = model_cfg
-    if name == "compressor":
-        return compressor(channels, m.vae_dim, m.latent_channels, m.downscale)
-    if name == "expander":
-        return expander(channels, m.vae_dim, m.latent_channels, m.downscale)
-    if name == "flow_processor":
-        return flow_processor(m.latent_channels, m.feature_maps_dim, m.flow_depth, m.flow_heads, m.patch_size,
-                              m.text_embedding_dim, m.text_max_len)
-    if name == "text_encoder":
-        return text_encoder(m.text_embedding_dim, m.text_encoder_depth, m.text_max_len)
-    if name == "discriminator":
-        return discriminator(channels, m.feature_maps_dim_disc)
-    raise ValueError(f"unknown component {name!r}; expected one of {', '.join(COMPONENTS)}")
+    args = component_args(name, model_cfg, channels)  # an unknown name is refused here, with the known ones
+    sizes = {"compressor": compressor, "expander": expander, "flow_processor": flow_processor,
+             "text_encoder": text_encoder, "discriminator": discriminator}
+    return sizes[name](*args)
 
 
 def parameter_counts(model_cfg: Any, channels: int) -> dict[str, int]:

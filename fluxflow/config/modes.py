@@ -106,19 +106,14 @@ def threshold_metrics(step: Any) -> list[str]:
     return [m for m in step_metrics(step) if not (m == "vae_loss" and not step.train_vae)]
 
 
+# Labels of the validation summary, in its order; train_diff_full's "Flow+Text" replaces train_diff's "Flow".
+MODE_LABELS: tuple[tuple[str, str], ...] = (("train_vae", "VAE"), ("gan_training", "GAN"), ("train_spade", "SPADE"),
+                                            ("use_lpips", "LPIPS"), ("train_diff_full", "Flow+Text"))
+
+
 def mode_labels(step: Any) -> list[str]:
     """Short labels for the validation summary: VAE, GAN, SPADE, LPIPS, Flow, Flow+Text."""
-    labels: list[str] = []
-    if step.train_vae:
-        labels.append("VAE")
-    if step.gan_training:
-        labels.append("GAN")
-    if step.train_spade:
-        labels.append("SPADE")
-    if step.use_lpips:
-        labels.append("LPIPS")
-    if step.train_diff_full:
-        labels.append("Flow+Text")
-    elif step.train_diff:
+    labels = [label for mode, label in MODE_LABELS if getattr(step, mode)]
+    if step.train_diff and not step.train_diff_full:
         labels.append("Flow")
     return labels

@@ -1,4 +1,5 @@
 """Configs written for the original tool keep validating: keys with a meaning here are mapped, the others warned."""
+import re
 import textwrap
 from pathlib import Path
 
@@ -89,18 +90,19 @@ def test_the_original_example_config_validates_and_maps_what_has_a_meaning(tmp_p
         "train", 100, 1, 8, 1e-5, "default")
     assert (step.train_vae, step.gan_training, step.train_spade, step.kl_beta, step.kl_warmup_steps) == (
         True, True, True, 0.001, 5000)
+    assert step.grad_clip == 1.0  # training.initial_clipping_norm
 
 
 def test_keys_with_no_effect_here_are_warned_about_with_the_reason(tmp_path):
     warnings = "\n".join(load_yaml(tmp_path, ORIGINAL_EXAMPLE).warnings)
     for key in ("model_type", "baseline_flow_blocks", "tokenizer_name", "webdataset_url", "lr_min", "preserve_lr",
-                "initial_clipping_norm", "samples_per_checkpoint", "test_image_address", "generate_diagrams",
+                "samples_per_checkpoint", "test_image_address", "generate_diagrams",
                 "log_level", "768x512"):
         assert key in warnings, key
     assert "no tokenizer is downloaded" in warnings
     # null / false values ask for nothing, so there is nothing to warn about
     for key in ("pretrained_bert_model", "fixed_prompt_prefix", "reduced_min_sizes", "log_file", "use_webdataset",
-                "optim_sched_config"):
+                "optim_sched_config", "initial_clipping_norm"):  # the last one is mapped: grad_clip
         assert key not in warnings, key
 
 
@@ -161,15 +163,16 @@ def test_later_original_step_keys_are_mapped_or_warned(tmp_path):
             mode: sequential
             steps:
               - {name: a, n_epochs: 1, train_vae: true, gan_training: true, cfg_dropout_prob: 0.2,
-                 adaptive_weights: true, use_ema: true, gradient_accumulation_steps: 2,
+                 adaptive_weights: true, use_ema: true, gradient_accumulation_steps: 2, initial_clipping_norm: 0.5,
                  freeze: [flow, text_encoder], unfreeze: [D_img]}
     """)
     (step,) = loaded.config.resolved_steps()
     assert (step.cfg_dropout, step.adaptive_adv_weight) == (0.2, True)
+    assert (step.gradient_accumulation_steps, step.grad_clip) == (2, 0.5)
     assert step.freeze == ["flow_processor", "text_encoder"] and step.unfreeze == ["discriminator"]
     text = "\n".join(loaded.warnings)
-    for key in ("training.pipeline.mode", "use_ema", "gradient_accumulation_steps",
-                "'flow' is called 'flow_processor'"):
+    assert "gradient_accumulation_steps" not in text and "initial_clipping_norm" not in text  # both implemented
+    for key in ("training.pipeline.mode", "use_ema", "'flow' is called 'flow_processor'"):
         assert key in text, key
 
 
@@ -207,3 +210,89 @@ def test_use_fp16_must_be_a_boolean(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_yaml(tmp_path, "training: {use_fp16: maybe, train_vae: true}\n")
     assert [i.path for i in caught.value.issues] == ["training.use_fp16"]
+
+
+REPO = Path(__file__).resolve().parents[1]
+ORIGINAL_PIPELINE = REPO / "configs" / "original_tool_example.yaml"
+
+
+def keys_in(node) -> set[str]:
+    """Every mapping key anywhere in a parsed YAML document."""
+    if isinstance(node, dict):
+        return set(node) | {k for value in node.values() for k in keys_in(value)}
+    if isinstance(node, list):
+        return {k for value in node for k in keys_in(value)}
+    return set()
+
+
+def named_keys(warning: str) -> list[str]:
+    """The keys a warning names: `path.key: ...` or `path.{a, b}: ...`."""
+    path = warning.split(": ", 1)[0]
+    if path.endswith("}"):
+        return path[path.rindex("{") + 1:-1].split(", ")
+    return [re.sub(r"\[\d+\]$", "", path.rsplit(".", 1)[-1])]
+
+
+def test_the_original_tools_pipeline_example_validates_with_warnings_that_each_name_their_key():
+    import yaml
+
+    loaded = load_config(ORIGINAL_PIPELINE)
+    written = keys_in(yaml.safe_load(ORIGINAL_PIPELINE.read_text()))
+    assert loaded.warnings
+    for warning in loaded.warnings:
+        assert set(named_keys(warning)) <= written, warning
+    text = "\n".join(loaded.warnings)
+    for key in ("use_ema", "train_colorstats", "train_histogram", "train_contrast", "train_coarseness",
+                "spade_training_mode", "num_train_timesteps", "start_step", "instance_noise_std", "lr_min",
+                "transition_on.value", "train_kl: false", "dataset type noise", "optimizer type Lion"):
+        assert key in text, key
+
+
+def test_the_original_tools_item_10_keys_that_mean_something_here_are_implemented():
+    config = load_config(ORIGINAL_PIPELINE).config
+    warmup, gan, flow = config.resolved_steps()
+    assert (warmup.kl_beta, warmup.gradient_accumulation_steps, warmup.grad_clip) == (0.0, 4, 1.0)
+    assert (gan.grad_clip, gan.recon_mse_weight, gan.adaptive_adv_weight, flow.cfg_dropout) == (0.5, 0.1, True, 0.1)
+    assert warmup.optimization.optimizers["vae"].type == "Adagrad"
+    assert gan.optimization.optimizers["discriminator"].type == "Adadelta"
+    assert warmup.optimization.schedulers["vae"].milestones == [5, 8]
+    lion = flow.optimization.optimizers["flow"]
+    assert (lion.type, lion.lr, lion.weight_decay, lion.betas) == ("AdamW", 5e-5, 0.01, (0.9, 0.999))
+    # unfreeze overrides a freeze of the same step and one inherited from the defaults
+    assert gan.freeze == ["flow_processor", "text_encoder"] and flow.freeze == ["compressor", "expander"]
+    assert "text_encoder" in flow.unfreeze
+    datasets = config.training.pipeline.datasets
+    assert datasets["photos"] == DatasetConfig(type="folder", path="/path/to/your/images",
+                                               captions_file="/path/to/your/captions.txt")
+    assert (datasets["noise"].type, datasets["noise"].size, warmup.dataset) == ("shapes", 1000, "noise")
+
+
+def test_use_ema_false_is_reported_because_ema_is_always_kept(tmp_path):
+    loaded = load_yaml(tmp_path, """
+        training:
+          pipeline:
+            steps: [{name: a, n_epochs: 1, train_vae: true, use_ema: false, train_colorstats: false}]
+    """)
+    assert [w for w in loaded.warnings if "use_ema" in w]
+    assert not [w for w in loaded.warnings if "train_colorstats" in w]  # false asks for what happens here
+
+
+def test_original_metric_names_are_mapped(tmp_path):
+    (step,) = load_yaml(tmp_path, """
+        training:
+          pipeline:
+            steps:
+              - {name: a, n_epochs: 1, train_vae: true,
+                 transition_on: {mode: loss_threshold, metric: recon, threshold: 0.1, max_epochs: 3}}
+    """).config.resolved_steps()
+    assert step.transition_on.metric == "vae_loss"
+
+
+def test_train_kl_must_be_a_boolean(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_yaml(tmp_path, """
+            training:
+              pipeline:
+                steps: [{name: a, n_epochs: 1, train_vae: true, train_kl: maybe}]
+        """)
+    assert [i.path for i in caught.value.issues] == ["training.pipeline.steps[0].train_kl"]

@@ -26,7 +26,8 @@ def steps_of(tmp_path: Path, text: str):
 def test_every_shipped_config_is_valid(path):
     loaded = load_config(path)
     assert loaded.config.resolved_steps()
-    assert loaded.warnings == []  # our own examples use no legacy keys
+    if path.name != "original_tool_example.yaml":  # a config of the original tool: see test_config_legacy.py
+        assert loaded.warnings == []  # our own examples use no legacy keys
 
 
 def test_seed_examples_resolve_as_the_seed_document_describes():
@@ -59,6 +60,9 @@ def test_nothing_given_means_small_cpu_defaults_and_the_builtin_shapes_dataset(t
     assert (step.kl_beta, step.lambda_adv, step.r1_interval, step.cfg_dropout, step.ema_decay) == (
         1e-4, 0.5, 16, 0.1, 0.999)
     assert step.transition_on.window == 20 and step.on_missed == "continue"
+    assert (step.grad_clip, step.gradient_accumulation_steps) == (1.0, 1)
+    vae = step.optimization.optimizers["vae"]
+    assert (vae.type, vae.weight_decay) == ("AdamW", 0.1)  # nanoGPT's; only matrices and kernels decay
 
 
 def test_defaults_are_deep_merged_under_each_step(tmp_path):
@@ -124,12 +128,13 @@ def test_a_transition_of_another_mode_replaces_the_inherited_one_but_scheduler_m
     """)
     assert steps["epochs"].transition_on.mode == "epoch"
     assert steps["epochs"].optimization.schedulers["vae"].model_dump(exclude_none=True) == {
-        "type": "CosineAnnealingLR", "eta_min_factor": 0.1}  # nothing of the plateau scheduler inherited
+        "type": "CosineAnnealingLR", "eta_min_factor": 0.1, "interval": "step",
+        "warmup_steps": 0}  # nothing of the plateau scheduler inherited (its interval: epoch neither)
     tighter = steps["tighter"]
     assert (tighter.transition_on.metric, tighter.transition_on.threshold, tighter.transition_on.window) == (
         "vae_loss", 0.01, 5)
     plateau = tighter.optimization.schedulers["vae"]
-    assert (plateau.type, plateau.mode, plateau.patience) == ("ReduceLROnPlateau", "max", 3)
+    assert (plateau.type, plateau.mode, plateau.patience, plateau.interval) == ("ReduceLROnPlateau", "max", 3, "epoch")
 
 
 def test_per_step_batch_size_workers_lr_max_steps_and_dataset_override_the_globals(tmp_path):
@@ -197,15 +202,19 @@ def test_every_trained_group_gets_an_optimizer_and_only_configured_groups_a_sche
             steps:
               - {name: gan, n_epochs: 3, train_vae: true, gan_training: true}
               - {name: full, n_epochs: 4, train_diff_full: true,
-                 optimization: {schedulers: {flow: {type: LinearLR}}}}
+                 optimization: {schedulers: {flow: {type: LinearLR, interval: epoch},
+                                             text_encoder: {type: LinearLR, warmup_steps: 10}}}}
     """)
     gan, full = steps["gan"], steps["full"]
     assert list(gan.optimization.optimizers) == ["vae", "discriminator"]  # flow not trained: left out
     assert gan.optimization.schedulers["vae"].model_dump(exclude_none=True) == {
-        "type": "StepLR", "step_size": 2, "gamma": 0.1}
+        "type": "StepLR", "interval": "step", "warmup_steps": 0, "step_size": 2, "gamma": 0.1}
     assert list(full.optimization.optimizers) == ["flow", "text_encoder"]
     assert full.optimization.optimizers["flow"].lr == 0.0005
-    assert full.optimization.schedulers["flow"].total_iters == 4  # defaults to the step's epochs
+    assert full.optimization.schedulers["flow"].total_iters == 4  # interval epoch: defaults to the step's epochs
+    text_encoder = full.optimization.schedulers["text_encoder"]
+    # interval step: the step's optimizer steps after the warm-up, known when it runs (fluxflow/train/lr_schedule.py)
+    assert (text_encoder.interval, text_encoder.warmup_steps, text_encoder.total_iters) == ("step", 10, None)
     assert "vae" not in full.optimization.schedulers
 
 
@@ -249,3 +258,49 @@ def test_the_config_reference_documents_every_field():
     words = {part for name in documented for part in name.split(".")}
     missing = [f"{m.__name__}.{f}" for m in models for f in m.model_fields if f not in words]
     assert missing == []
+
+
+def test_grad_clip_and_accumulation_are_step_fields_with_defaults(tmp_path):
+    steps = steps_of(tmp_path, """
+        training:
+          pipeline:
+            defaults: {train_vae: true, n_epochs: 1, grad_clip: 0.5}
+            steps:
+              - {name: inherits}
+              - {name: unclipped, grad_clip: 0, gradient_accumulation_steps: 4}
+    """)
+    assert (steps["inherits"].grad_clip, steps["inherits"].gradient_accumulation_steps) == (0.5, 1)
+    assert (steps["unclipped"].grad_clip, steps["unclipped"].gradient_accumulation_steps) == (0.0, 4)
+
+
+def test_adagrad_adadelta_and_multisteplr_resolve_with_torch_defaults(tmp_path):
+    step = steps_of(tmp_path, """
+        training:
+          pipeline:
+            steps:
+              - {name: s, n_epochs: 2, train_vae: true, gan_training: true,
+                 optimization: {optimizers: {vae: {type: Adagrad, lr: 0.01}, discriminator: {type: Adadelta}},
+                                schedulers: {vae: {type: MultiStepLR, milestones: [100, 200], interval: step}}}}
+    """)["s"]
+    opt = step.optimization
+    assert opt.optimizers["vae"].model_dump(exclude_none=True) == {
+        "type": "Adagrad", "lr": 0.01, "lr_decay": 0.0, "weight_decay": 0.0, "initial_accumulator_value": 0.0,
+        "eps": 1e-10}
+    assert opt.optimizers["discriminator"].model_dump(exclude_none=True) == {
+        "type": "Adadelta", "lr": 1e-4, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0}
+    assert opt.schedulers["vae"].model_dump(exclude_none=True) == {
+        "type": "MultiStepLR", "interval": "step", "warmup_steps": 0, "milestones": [100, 200], "gamma": 0.1}
+
+
+def test_unfreeze_overrides_a_freeze_from_the_defaults_or_the_same_step(tmp_path):
+    steps = steps_of(tmp_path, """
+        training:
+          pipeline:
+            defaults: {freeze: [compressor, expander, text_encoder]}
+            steps:
+              - {name: flow, n_epochs: 1, train_diff: true, unfreeze: [text_encoder]}
+              - {name: own, n_epochs: 1, train_vae: true, freeze: [compressor, expander, flow_processor],
+                 unfreeze: [compressor, expander]}
+    """)
+    assert steps["flow"].freeze == ["compressor", "expander"] and steps["flow"].unfreeze == ["text_encoder"]
+    assert steps["own"].freeze == ["flow_processor"]

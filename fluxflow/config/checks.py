@@ -229,12 +229,10 @@ def _freeze_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigIssue]:
         for j, name in enumerate(names):
             if name not in modes.COMPONENTS:
                 issues.append(ConfigIssue(at(field, j), _unknown("component", name, modes.COMPONENTS) + note))
-            elif field == "freeze" and name in by_modes:
+            elif field == "freeze" and name in by_modes and name not in unfreeze:  # unfreeze overrides freeze
                 issues.append(ConfigIssue(at(field, j), f"{name} is trained by this step's modes "
                                           f"({', '.join(modes.mode_labels(s))}); remove it from freeze or turn "
                                           f"that mode off{note}"))
-            elif field == "unfreeze" and name in freeze:
-                issues.append(ConfigIssue(at(field, j), f"{name} is in both freeze and unfreeze{note}"))
             elif field == "unfreeze" and name not in trainable:
                 issues.append(ConfigIssue(at(field, j), f"{name} gets no gradient in this step, so unfreezing it "
                                           f"trains nothing (it can train: {', '.join(sorted(trainable)) or 'none'})"

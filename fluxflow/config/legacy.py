@@ -11,8 +11,10 @@ import copy
 from typing import Any
 
 from fluxflow.config.errors import ConfigIssue
+from fluxflow.config.legacy_notes import LegacyNotes as _Notes
+from fluxflow.config.legacy_notes import as_dict as _dict
+from fluxflow.config.legacy_pipeline import map_pipeline
 
-NO_EFFECT = "has no effect here"
 ARCH = "there is one model architecture here, sized by the model section"
 WDS = "declare shards as a dataset instead: training.pipeline.datasets.<name>: {type: webdataset, urls: ...}"
 
@@ -35,8 +37,7 @@ DATA_NO_EFFECT = {
 TRAINING_NO_EFFECT = {
     "lr_min": "give a step a scheduler instead: optimization.schedulers.<group>.eta_min_factor",
     "preserve_lr": "optimizer and scheduler state are always restored on resume",
-    "training_steps": "each batch is one optimizer step",
-    "initial_clipping_norm": NO_EFFECT,
+    "training_steps": "each batch is one optimizer step per optimizer group",
     "spade_training_mode": "SPADE is on for the whole step when train_spade is true",
 }
 OUTPUT_NO_EFFECT = {
@@ -47,45 +48,11 @@ OUTPUT_NO_EFFECT = {
     "log_level": "the console shows progress lines; metrics go to MLflow and graph/*.jsonl",
     "log_file": "the console shows progress lines; metrics go to MLflow and graph/*.jsonl",
 }
-# Step keys of later versions of the original tool.
-STEP_ALIASES = {"cfg_dropout_prob": "cfg_dropout", "mse_weight": "recon_mse_weight",
-                "adaptive_weights": "adaptive_adv_weight"}
-STEP_NO_EFFECT = {
-    "use_ema": "EMA weights are always kept (ema_decay) and used for samples",
-    "spade_training_mode": "SPADE is on for the whole step when train_spade is true",
-    "gradient_accumulation_steps": NO_EFFECT, "lr_min": NO_EFFECT, "use_fp16": "set training.precision",
-    "initial_clipping_norm": NO_EFFECT, "instance_noise_std": NO_EFFECT, "instance_noise_decay": NO_EFFECT,
-    "num_train_timesteps": "flow time is continuous in [0, 1]", "start_step": "flow time is continuous in [0, 1]",
-}
-COMPONENT_ALIASES = {"flow": "flow_processor", "D_img": "discriminator"}
 MODE_KEYS = ("train_vae", "gan_training", "use_lpips", "train_spade", "train_diff", "train_diff_full")
 LOSS_KEYS = ("kl_beta", "kl_warmup_steps", "kl_free_bits", "lambda_adv", "lambda_lpips")
+# training.<key> of the original that are step fields here under another name: defaults of every step.
+STEP_DEFAULT_ALIASES = {"initial_clipping_norm": "grad_clip"}
 LEGACY_STEP_NAME = "train"
-
-
-class _Notes:
-    def __init__(self) -> None:
-        self.dropped: dict[tuple[str, str], list[str]] = {}  # (path, reason) -> keys, for one line per reason
-        self.warnings: list[str] = []
-        self.issues: list[ConfigIssue] = []
-
-    def drop(self, section: dict, key: str, path: str, reason: str) -> None:
-        """Remove a key with no effect here; reported unless its value asks for nothing (null or false)."""
-        value = section.pop(key)
-        if value is not None and value is not False:
-            self.dropped.setdefault((path, reason), []).append(key)
-
-    def all_warnings(self) -> list[str]:
-        lines = []
-        for (path, reason), keys in self.dropped.items():
-            names = f"{path}.{keys[0]}: has" if len(keys) == 1 else f"{path}.{{{', '.join(keys)}}}: have"
-            lines.append(f"{names} no effect here" + ("" if reason == NO_EFFECT else f" ({reason})"))
-        return lines + self.warnings
-
-
-def _dict(parent: Any, key: str) -> dict | None:
-    value = parent.get(key) if isinstance(parent, dict) else None
-    return value if isinstance(value, dict) else None
 
 
 def apply_legacy(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[ConfigIssue]]:
@@ -169,6 +136,7 @@ def _pipeline(training: dict, notes: _Notes) -> None:
     implicit = pipeline is None or (isinstance(pipeline, dict) and "steps" not in pipeline)
     modes = {k: training.pop(k) for k in MODE_KEYS if k in training}
     losses = {k: training.pop(k) for k in LOSS_KEYS if k in training}
+    losses.update({new: training.pop(old) for old, new in STEP_DEFAULT_ALIASES.items() if old in training})
     if implicit and any(modes.values()):
         # A single-mode config of the original tool: its modes and loss weights become one step.
         pipeline = pipeline if isinstance(pipeline, dict) else {}
@@ -189,34 +157,7 @@ def _pipeline(training: dict, notes: _Notes) -> None:
             if isinstance(defaults, dict):
                 for key, value in losses.items():
                     defaults.setdefault(key, value)
-        if "mode" in pipeline:
-            notes.drop(pipeline, "mode", "training.pipeline", "steps run in file order, or after the step "
-                                                             "named by their `after:`")
-        blocks = [("training.pipeline.defaults", pipeline.get("defaults"))]
-        if isinstance(pipeline.get("steps"), list):
-            blocks += [(f"training.pipeline.steps[{i}]", s) for i, s in enumerate(pipeline["steps"])]
-        for path, block in blocks:
-            if isinstance(block, dict):
-                _step(block, path, notes)
-
-
-def _step(step: dict, path: str, notes: _Notes) -> None:
-    for old, new in STEP_ALIASES.items():
-        if old in step:
-            value = step.pop(old)
-            if new in step:
-                notes.warnings.append(f"{path}.{old}: has no effect here because {new} is given")
-            else:
-                step[new] = value
-    for key in [k for k in step if k in STEP_NO_EFFECT]:
-        notes.drop(step, key, path, STEP_NO_EFFECT[key])
-    for field in ("freeze", "unfreeze"):
-        names = step.get(field)
-        if isinstance(names, list):
-            for i, name in enumerate(names):
-                if name in COMPONENT_ALIASES:
-                    names[i] = COMPONENT_ALIASES[name]
-                    notes.warnings.append(f"{path}.{field}[{i}]: '{name}' is called '{names[i]}' here")
+        map_pipeline(pipeline, notes)
 
 
 def _sample_sizes(raw: dict, notes: _Notes) -> None:

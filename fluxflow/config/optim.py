@@ -1,7 +1,8 @@
 """Per-step optimizer and scheduler settings (`optimization:` of a step), without torch.
 
 Every type is the class of `torch.optim` / `torch.optim.lr_scheduler` of the same name, and every parameter is its
-keyword argument (except `eta_min_factor`); `fluxflow.train.optim` builds them from a resolved config.
+keyword argument (except `eta_min_factor`, and the `interval` and `warmup_steps` every scheduler takes);
+`fluxflow.train.optim` and `fluxflow.train.lr_schedule` build them from a resolved config.
 
 `type` is optional in the file (None until resolved) so that a step can change one value of an optimizer inherited from
 `pipeline.defaults` without restating its type; resolution fills the type and its torch defaults in.
@@ -14,28 +15,40 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fluxflow.config.errors import ConfigIssue, format_path
 
-OptimizerType = Literal["AdamW", "Adam", "SGD", "RMSprop"]
-SchedulerType = Literal["CosineAnnealingLR", "StepLR", "ExponentialLR", "ReduceLROnPlateau", "LinearLR", "ConstantLR"]
+OptimizerType = Literal["AdamW", "Adam", "SGD", "RMSprop", "Adagrad", "Adadelta"]
+SchedulerType = Literal["CosineAnnealingLR", "StepLR", "MultiStepLR", "ExponentialLR", "ReduceLROnPlateau", "LinearLR",
+                        "ConstantLR"]
+Interval = Literal["step", "epoch"]
 UnitFloat = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 # The parameters each optimizer type takes (besides lr), with the value used when a file leaves one out.
 OPTIMIZER_PARAMS: dict[str, dict[str, Any]] = {
-    "AdamW": {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": False},
+    # 0.1 is nanoGPT's value (DiT trains with 0): it goes with nanoGPT's split that decays only matrices and conv
+    # kernels (fluxflow/train/param_groups.py). Decoupled decay shrinks a weight by lr x 0.1 per step, 1e-5 at 1e-4.
+    "AdamW": {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.1, "amsgrad": False},
     "Adam": {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False},
     "SGD": {"momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False},
     "RMSprop": {"alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0, "centered": False},
+    "Adagrad": {"lr_decay": 0.0, "weight_decay": 0.0, "initial_accumulator_value": 0.0, "eps": 1e-10},
+    "Adadelta": {"rho": 0.9, "eps": 1e-6, "weight_decay": 0.0},
 }
 
-# The parameters each scheduler type takes; None = no fixed default (see SchedulerConfig.torch_kwargs).
+# The parameters each scheduler type takes; None = no fixed default (see SchedulerConfig.resolved). This is the one
+# place their defaults live: fluxflow/train/lr_schedule.py reads them from here.
 SCHEDULER_PARAMS: dict[str, dict[str, Any]] = {
     "CosineAnnealingLR": {"eta_min_factor": 0.1},
     "StepLR": {"step_size": None, "gamma": 0.1},
+    "MultiStepLR": {"milestones": None, "gamma": 0.1},
     "ExponentialLR": {"gamma": 0.9},
     "ReduceLROnPlateau": {"mode": "min", "factor": 0.1, "patience": 10, "threshold": 1e-4, "cooldown": 0,
                           "min_lr": 0.0},
     "LinearLR": {"start_factor": 1.0, "end_factor": 0.1, "total_iters": None},
     "ConstantLR": {"factor": 0.5, "total_iters": None},
 }
+# What every scheduler takes besides its own parameters: when it steps, and the linear warm-up before it.
+SCHEDULE_PARAMS: dict[str, Any] = {"interval": "step", "warmup_steps": 0}
+# ReduceLROnPlateau watches an epoch-end metric, so it always steps per epoch.
+EPOCH_ONLY = ("ReduceLROnPlateau",)
 
 
 class StrictModel(BaseModel):
@@ -56,6 +69,9 @@ class OptimizerConfig(StrictModel):
     alpha: float | None = Field(None, gt=0.0, lt=1.0)
     centered: bool | None = None
     amsgrad: bool | None = None
+    lr_decay: float | None = Field(None, ge=0.0)
+    initial_accumulator_value: float | None = Field(None, ge=0.0)
+    rho: float | None = Field(None, ge=0.0, le=1.0)
 
     def resolved(self, default_lr: float) -> "OptimizerConfig":
         """The same settings with type, lr and the type's defaults filled in."""
@@ -67,16 +83,22 @@ class OptimizerConfig(StrictModel):
 
 
 class SchedulerConfig(StrictModel):
-    """Schedulers step once per epoch of the step; `step_size`, `total_iters` and `patience` count epochs.
+    """An lr schedule of one optimizer group: `warmup_steps` optimizer steps of linear warm-up, then the scheduler.
 
-    CosineAnnealingLR anneals over the step's epochs to `eta_min_factor` x the start lr. `total_iters` of LinearLR and
-    ConstantLR defaults to the step's epochs. ReduceLROnPlateau watches the smoothed `transition_on.metric`, so it
+    `interval: step` (default) steps the scheduler after every optimizer step, so `step_size`, `milestones` and
+    `total_iters` count optimizer steps; `interval: epoch` steps it at each epoch end, and they count epochs.
+    CosineAnnealingLR anneals to `eta_min_factor` x the start lr over the step's optimizer steps after the warm-up
+    (interval step) or over its epochs (interval epoch). `total_iters` of LinearLR and ConstantLR defaults to the same
+    span. ReduceLROnPlateau watches the smoothed `transition_on.metric` at epoch ends (interval epoch only), so it
     needs a loss_threshold step.
     """
 
     type: SchedulerType | None = None
+    interval: Interval | None = None
+    warmup_steps: int | None = Field(None, ge=0)
     eta_min_factor: float | None = Field(None, ge=0.0, le=1.0)
     step_size: int | None = Field(None, ge=1)
+    milestones: list[Annotated[int, Field(ge=1)]] | None = None
     gamma: float | None = Field(None, gt=0.0, le=1.0)
     start_factor: float | None = Field(None, gt=0.0, le=1.0)
     end_factor: float | None = Field(None, ge=0.0, le=1.0)
@@ -89,12 +111,15 @@ class SchedulerConfig(StrictModel):
     min_lr: float | None = Field(None, ge=0.0)
 
     def resolved(self, step_epochs: int) -> "SchedulerConfig":
-        """Type and defaults filled in; `step_epochs` is the default `total_iters`."""
+        """Type and defaults filled in. `total_iters` defaults to `step_epochs` with interval epoch; with interval step
+        it stays None here and is the step's optimizer steps after the warm-up, known only when the step runs."""
         kind = self.type or "CosineAnnealingLR"
-        values = {**SCHEDULER_PARAMS[kind], **self.model_dump(exclude_none=True), "type": kind}
-        if "total_iters" in SCHEDULER_PARAMS[kind] and values["total_iters"] is None:
+        defaults = {**SCHEDULE_PARAMS, "interval": "epoch"} if kind in EPOCH_ONLY else SCHEDULE_PARAMS
+        values = {**defaults, **SCHEDULER_PARAMS[kind], **self.model_dump(exclude_none=True), "type": kind}
+        if "total_iters" in SCHEDULER_PARAMS[kind] and values["total_iters"] is None and values["interval"] == "epoch":
             values["total_iters"] = step_epochs
-        return SchedulerConfig(**{k: v for k, v in values.items() if k in SCHEDULER_PARAMS[kind] or k == "type"})
+        takes = {"type", *SCHEDULE_PARAMS, *SCHEDULER_PARAMS[kind]}
+        return SchedulerConfig(**{k: v for k, v in values.items() if k in takes})
 
 
 class Optimization(StrictModel):
@@ -120,12 +145,19 @@ def optimizer_issues(cfg: OptimizerConfig, loc: tuple) -> list[ConfigIssue]:
 def scheduler_issues(cfg: SchedulerConfig, loc: tuple) -> list[ConfigIssue]:
     kind = cfg.type or "CosineAnnealingLR"
     takes = SCHEDULER_PARAMS[kind]
-    issues = [ConfigIssue(format_path((*loc, name)),
-                          f"'{name}' is not a parameter of {kind} (it takes: {', '.join(takes)})")
-              for name in sorted(cfg.model_fields_set - {"type"} - set(takes))
+    issues = [ConfigIssue(format_path((*loc, name)), f"'{name}' is not a parameter of {kind} (it takes: "
+                          f"{', '.join([*takes, *SCHEDULE_PARAMS])})")
+              for name in sorted(cfg.model_fields_set - {"type"} - set(takes) - set(SCHEDULE_PARAMS))
               if getattr(cfg, name) is not None]
     if kind == "StepLR" and cfg.step_size is None:
-        issues.append(ConfigIssue(format_path((*loc, "step_size")), "required for StepLR (in epochs)"))
+        issues.append(ConfigIssue(format_path((*loc, "step_size")), "required for StepLR (in optimizer steps, or "
+                                                                    "epochs with interval: epoch)"))
+    if kind == "MultiStepLR" and not cfg.milestones:
+        issues.append(ConfigIssue(format_path((*loc, "milestones")), "required for MultiStepLR: a list of optimizer "
+                                  "steps (or epochs with interval: epoch) at which the lr is multiplied by gamma"))
+    if kind in EPOCH_ONLY and cfg.interval == "step":
+        issues.append(ConfigIssue(format_path((*loc, "interval")), f"{kind} steps at epoch ends with the watched "
+                                  "metric; use interval: epoch (or leave it out)"))
     if kind == "ReduceLROnPlateau" and cfg.factor is not None and cfg.factor >= 1.0:
         issues.append(ConfigIssue(format_path((*loc, "factor")), "must be < 1 for ReduceLROnPlateau"))
     return issues

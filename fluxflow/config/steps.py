@@ -30,6 +30,7 @@ STEP_DEFAULTS: dict[str, Any] = {
     "lambda_adv": 0.5, "lambda_lpips": 0.1, "recon_l1_weight": 1.0, "recon_mse_weight": 1.0,
     "r1_gamma": 1.0, "r1_interval": 16, "adaptive_adv_weight": False,
     "cfg_dropout": 0.1, "ema_decay": 0.999, "on_missed": "continue", "uniform_t_share": 0.1,
+    "grad_clip": 1.0, "gradient_accumulation_steps": 1,  # 1.0: the original tool's initial_clipping_norm
 }
 # Moving-average window (in batches) over which a loss_threshold metric is smoothed before comparing.
 TRANSITION_WINDOW = 20
@@ -71,6 +72,8 @@ class StepFields(StrictModel):
     cfg_dropout: float | None = Field(None, ge=0.0, lt=1.0)
     uniform_t_share: float | None = Field(None, ge=0.0, le=1.0)
     ema_decay: float | None = Field(None, ge=0.0, lt=1.0)
+    grad_clip: float | None = Field(None, ge=0.0)
+    gradient_accumulation_steps: int | None = Field(None, ge=1)
     optimization: Optimization | None = None
     transition_on: Transition | None = None
     on_missed: OnMissed | None = None
@@ -122,6 +125,8 @@ class ResolvedStep(StrictModel):
     cfg_dropout: float
     uniform_t_share: float
     ema_decay: float
+    grad_clip: float  # max total gradient norm per optimizer group; 0 = no clipping
+    gradient_accumulation_steps: int
     optimization: Optimization
     transition_on: Transition
     on_missed: OnMissed
@@ -198,8 +203,9 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
         raise MissingStepValue("dataset", "required: training.pipeline.datasets has several entries and no "
                                           "default_dataset; name one here or set training.pipeline.default_dataset")
 
-    values["freeze"] = _unique(values.get("freeze", []))
     values["unfreeze"] = _unique(values.get("unfreeze", []))
+    # `unfreeze` overrides `freeze`, whether that came from the defaults or from the step (the seed document).
+    values["freeze"] = [n for n in _unique(values.get("freeze", [])) if n not in values["unfreeze"]]
     transition = dict(values.get("transition_on", {}))
     mode = transition.get("mode") or "epoch"
     values["transition_on"] = Transition(

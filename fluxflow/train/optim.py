@@ -1,8 +1,9 @@
-"""Optimizers and schedulers from a step's `optimization` block, one per component group.
+"""Optimizers from a step's `optimization` block, one per component group, and the optimizer step itself.
 
 Groups: `vae` (compressor + expander), `discriminator`, `flow` (flow_processor), `text_encoder`. A group whose
 components are trained but which the step gives no optimizer for gets AdamW at the step's lr (a GAN step without a
-discriminator optimizer still trains D). A group without a scheduler trains at constant lr.
+discriminator optimizer still trains D). Each optimizer has two parameter groups: weights that decay and those that
+do not (fluxflow/train/param_groups.py). Learning-rate schedules: fluxflow/train/lr_schedule.py.
 """
 from __future__ import annotations
 
@@ -11,21 +12,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from fluxflow.runtime import distributed
-
 from fluxflow.config.modes import OPTIMIZER_GROUPS as GROUP_COMPONENTS
+from fluxflow.config.optim import OPTIMIZER_PARAMS
+from fluxflow.runtime import distributed
+from fluxflow.train.param_groups import param_groups, split_decay
+
+__all__ = ["build_optimizers", "make_optimizer", "optimizer_step", "trainable_params"]
 
 # Adam/AdamW/SGD have fused kernels on CPU and CUDA; they can skip a non-finite update on the device
-# (`found_inf`), with no host sync. RMSprop (and Lion) fall back to a synchronising check.
+# (`found_inf`), with no host sync. RMSprop, Adagrad and Adadelta fall back to a synchronising check.
 _FUSED = {"AdamW", "Adam", "SGD"}
-
-
-def _field(cfg: Any, name: str, default=None):
-    if cfg is None:
-        return default
-    if isinstance(cfg, dict):
-        return cfg.get(name, default)
-    return getattr(cfg, name, default)
 
 
 def _options(cfg: Any) -> dict[str, Any]:
@@ -36,31 +32,18 @@ def _options(cfg: Any) -> dict[str, Any]:
     return cfg.model_dump(exclude_none=True)
 
 
-def make_optimizer(cfg: Any, params: list[nn.Parameter], default_lr: float) -> torch.optim.Optimizer:
-    opts = _options(cfg)
-    kind = opts.pop("type", "AdamW")
-    lr = float(opts.pop("lr", None) or default_lr)
+def make_optimizer(cfg: Any, params: list[nn.Parameter] | list[dict[str, Any]],
+                   default_lr: float) -> torch.optim.Optimizer:
+    """`params`: parameters, or parameter groups (a group's own `weight_decay` wins over the config's). What `cfg`
+    leaves out takes the defaults of fluxflow/config/optim.py (OPTIMIZER_PARAMS), not torch's."""
+    given = _options(cfg)
+    kind = given.pop("type", "AdamW")
+    lr = float(given.pop("lr", None) or default_lr)
+    opts = {**OPTIMIZER_PARAMS[kind], **given}
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in opts.items()}
     if kind in _FUSED:
         kwargs.setdefault("fused", True)
-    if kind == "Lion":
-        raise ValueError("optimizer type Lion needs the optional 'lion-pytorch' package, which is not installed")
     return getattr(torch.optim, kind)(params, lr=lr, **kwargs)
-
-
-def make_scheduler(cfg: Any, optimizer: torch.optim.Optimizer, total_epochs: int):
-    """Schedulers step once per epoch (StepLR's `step_size` counts epochs); cosine spans the step's epochs."""
-    opts = _options(cfg)
-    if not opts:
-        return None
-    kind = opts.pop("type")
-    lr = optimizer.param_groups[0]["lr"]
-    if kind == "CosineAnnealingLR":
-        eta_min = lr * float(opts.pop("eta_min_factor", 0.0)) if "eta_min" not in opts else float(opts.pop("eta_min"))
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=int(opts.pop("T_max", max(total_epochs, 1))), eta_min=eta_min)
-    opts.pop("eta_min_factor", None)
-    return getattr(torch.optim.lr_scheduler, kind)(optimizer, **opts)
 
 
 def trainable_params(models: dict[str, nn.Module], group: str) -> list[nn.Parameter]:
@@ -69,45 +52,47 @@ def trainable_params(models: dict[str, nn.Module], group: str) -> list[nn.Parame
 
 
 def build_optimizers(step: Any, models: dict[str, nn.Module], trained: set[str]):
-    """Returns (optimizers, schedulers) keyed by group, for the groups that have trainable components."""
-    configured = _field(step.optimization, "optimizers", {}) or {}
-    sched_cfg = _field(step.optimization, "schedulers", {}) or {}
+    """Returns (optimizers, scheduler configs) keyed by group, for the groups that have trainable components."""
+    optimization = step.optimization
+    configured = (optimization.get("optimizers") if isinstance(optimization, dict)
+                  else getattr(optimization, "optimizers", None)) or {}
+    sched_cfg = (optimization.get("schedulers") if isinstance(optimization, dict)
+                 else getattr(optimization, "schedulers", None)) or {}
     optimizers: dict[str, torch.optim.Optimizer] = {}
     for group, comps in GROUP_COMPONENTS.items():
         if not trained.intersection(comps):
             continue
-        params = trainable_params(models, group)
-        if params:
-            optimizers[group] = make_optimizer(configured.get(group), params, step.lr)
+        decay, no_decay = split_decay(models[name] for name in comps if name in models)
+        if decay or no_decay:
+            optimizers[group] = make_optimizer(configured.get(group), param_groups(decay, no_decay), step.lr)
     return optimizers, sched_cfg
 
 
-def build_schedulers(sched_cfg: dict, optimizers: dict[str, torch.optim.Optimizer], total_epochs: int):
-    schedulers = {}
-    for group, opt in optimizers.items():
-        sched = make_scheduler(sched_cfg.get(group), opt, total_epochs)
-        if sched is not None:
-            schedulers[group] = sched
-    return schedulers
+def gradient_norm(params: list[nn.Parameter], max_norm: float | None) -> torch.Tensor:
+    """Total L2 norm of the gradients before clipping; clipped to `max_norm` unless it is 0/None. No host sync:
+    the clip factor min(1, max_norm / norm) is applied as a tensor (torch.nn.utils.clip_grad_norm_)."""
+    if max_norm:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+    return torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
-    """Apply the update only when the loss was finite. Fused optimizers skip on the device (no sync).
+def optimizer_step(optimizer: torch.optim.Optimizer, finite: torch.Tensor,
+                   max_norm: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clip and apply the update unless the loss (`finite`) or the gradient norm is not finite.
 
-    Under torchrun the gradients are averaged over ranks first, and all ranks agree on skipping."""
+    Returns (gradient norm before clipping, 1.0 if the update was skipped else 0.0), both 0-dim device tensors.
+    Fused optimizers skip on the device (`found_inf`, no sync); the others need one host sync. Under torchrun the
+    gradients are averaged over ranks first, so every rank clips the same gradient and agrees on skipping."""
     if distributed.active():
         finite = distributed.average_gradients(optimizer, finite)
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    norm = gradient_norm(params, max_norm)
+    finite = finite & torch.isfinite(norm).to(finite.device)
+    skipped = (~finite).to(torch.float32)
     if optimizer.defaults.get("fused"):
-        optimizer.found_inf = (~finite).to(torch.float32)
+        optimizer.found_inf = skipped
         optimizer.step()
-    elif bool(finite):  # host sync: only for optimizers without a fused kernel (RMSprop)
+    elif bool(finite):  # host sync: only for optimizers without a fused kernel
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-
-
-def scheduler_step(scheduler, metric: float | None = None) -> None:
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        if metric is not None:
-            scheduler.step(metric)
-    else:
-        scheduler.step()
+    return norm.detach(), skipped

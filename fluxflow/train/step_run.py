@@ -35,7 +35,6 @@ from fluxflow.runtime.device import resolve_device
 from fluxflow.runtime.gpu_claim import claimed_device
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
 from fluxflow.train.latents import LATENT_NORM_IMAGES, measure_latent_norm
-from fluxflow.train.optim import scheduler_step
 from fluxflow.train.step_data import leading_images, load_step_data
 from fluxflow.train.step_report import StepReport
 from fluxflow.train.tracking import NullTracker, ConsoleJsonlTracker, batch_progress, metrics_file, trim_jsonl
@@ -114,7 +113,7 @@ class StepRun:
                              f"nproc_per_node {self.world}")
         self.monitor = TransitionMonitor(self.step.transition_on, self.step.n_epochs, device)
         self.trainer = build_trainer(config, self.step, state, device, max_epochs=self.monitor.max_epochs,
-                                     resuming=self.resuming)
+                                     updates_per_epoch=self.updates_per_epoch(), resuming=self.resuming)
         self.trainer.set_latent_norm(self._latent_norm(state))
         self.history: dict = dict(meta.get("step_metrics", {}))
         self.history.setdefault(self.step.name, {})
@@ -189,10 +188,13 @@ class StepRun:
         size = min(k, n - start)
         return Window(scale=1.0 / size, last=self.position.batch + 1 == start + size)
 
+    def updates_per_epoch(self) -> int:
+        """Optimizer updates per epoch: one per accumulation window, the last one possibly short."""
+        return -(-self.data.batches_per_epoch // self.step.gradient_accumulation_steps)
+
     def updates_done(self) -> int:
         """Optimizer updates this step has made: the windows of its completed epochs and of the running one."""
-        k, n = self.step.gradient_accumulation_steps, self.data.batches_per_epoch
-        return self.position.epoch * -(-n // k) + self.position.batch // k
+        return self.position.epoch * self.updates_per_epoch() + self.position.batch // self.step.gradient_accumulation_steps
 
     def after_batch(self, metrics: dict[str, torch.Tensor]) -> None:
         """Log, checkpoint and honour a stop request at the intervals the config sets.
@@ -215,9 +217,9 @@ class StepRun:
     def end_epoch(self) -> None:
         pos = self.position
         smoothed = self.monitor.smoothed()
-        for sched in self.trainer.schedulers.values():
-            scheduler_step(sched, smoothed if smoothed is not None else self.report.last_means.get(
-                self.monitor.metric or ""))
+        metric = smoothed if smoothed is not None else self.report.last_means.get(self.monitor.metric or "")
+        for schedule in self.trainer.schedulers.values():
+            schedule.after_epoch(metric)
         pos.epoch, pos.batch = pos.epoch + 1, 0
         self.outcome = self.monitor.outcome_after_epoch(pos.epoch)
         self.save(completed=self.outcome is not None)

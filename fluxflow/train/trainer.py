@@ -17,7 +17,8 @@ from fluxflow.runtime import distributed
 from fluxflow.runtime.device import autocast_dtype
 from fluxflow.train.batch_step import WHOLE_BATCH, StepContext, Window, flow_step, vae_step
 from fluxflow.train.ema import EMA
-from fluxflow.train.optim import build_optimizers, build_schedulers
+from fluxflow.train.lr_schedule import LrSchedule, build_schedulers
+from fluxflow.train.optim import build_optimizers
 from fluxflow.train.step_models import ema_components, prepare_emas, prepare_models, sampling_models
 
 
@@ -30,7 +31,7 @@ class Trainer:
     emas: dict[str, EMA]
     ema_active: list[str]  # the EMAs this step updates; the others are carried unchanged
     optimizers: dict[str, torch.optim.Optimizer]
-    schedulers: dict[str, object]
+    schedulers: dict[str, LrSchedule]
     ctx: StepContext
 
     def train_batch(self, images: torch.Tensor, captions: list[str], global_step: int, update: int,
@@ -53,9 +54,11 @@ class Trainer:
             if "skipped_updates" in metrics:
                 flow_metrics["skipped_updates"] = flow_metrics["skipped_updates"] + metrics["skipped_updates"]
             metrics.update(flow_metrics)
-        if window.last:
+        if window.last:  # the optimizers stepped (or skipped a non-finite update): EMAs and lr schedules follow
             for name in self.ema_active:
                 self.emas[name].update(self.models[name])
+            for schedule in self.schedulers.values():
+                schedule.after_optimizer_step()
         return metrics
 
     def set_latent_norm(self, latent_norm: dict[str, torch.Tensor] | None) -> None:
@@ -74,9 +77,10 @@ def batch_seed(seed: int, global_step: int) -> int:
 
 
 def build_trainer(config, step, state: dict | None, device: torch.device, *, max_epochs: int,
-                  resuming: bool = False) -> Trainer:
+                  updates_per_epoch: int | None = None, resuming: bool = False) -> Trainer:
     """Models from `state` (or fresh), frozen/trained as the step declares, with EMAs, optimizers and schedulers.
     `resuming`: `state` is this step's own latest.pt (its EMA decay is kept), not a parent's checkpoint.
+    `updates_per_epoch`: optimizer updates per epoch, which per-update lr schedules span (None: per-epoch only).
 
     Fresh components start from the seeded weights of `training.seed + step.index`, so every process (and every
     torchrun rank, which then takes rank 0's weights anyway) builds the same ones.
@@ -88,7 +92,7 @@ def build_trainer(config, step, state: dict | None, device: torch.device, *, max
         distributed.broadcast_modules(models.values())
     emas = prepare_emas(step, models, state, trained, resuming)
     optimizers, sched_cfg = build_optimizers(step, models, trained)
-    schedulers = build_schedulers(sched_cfg, optimizers, max_epochs)
+    schedulers = build_schedulers(sched_cfg, optimizers, max_epochs, updates_per_epoch)
     lpips = LPIPSLoss().to(device) if step.use_lpips and step.train_vae else None
     ctx = StepContext(step=step, models=models, optimizers=optimizers, trained=trained, device=device,
                       amp_dtype=autocast_dtype(device, config.training.precision),

@@ -1,0 +1,117 @@
+"""Learning-rate schedules of one pipeline step: a linear warm-up, then a `torch.optim.lr_scheduler`.
+
+One `LrSchedule` per optimizer group that has a scheduler (`optimization.schedulers.<group>`, fluxflow/config/optim.py).
+The runner calls `after_optimizer_step()` after every optimizer step (a skipped non-finite update counts too, so the
+schedule never needs the host to know) and `after_epoch(metric)` at every epoch end; the one the schedule's
+`interval` does not use does nothing. `state_dict()` / `load_state_dict()` resume the exact lr sequence.
+
+Warm-up: the n-th optimizer step of the step (n = 1..warmup_steps) trains at n / warmup_steps x the start lr (the lr
+the scheduler starts from). The scheduler does not step before the warm-up is over: with interval `step` it takes
+over at update warmup_steps + 1, with interval `epoch` at the first epoch end after the warm-up.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler, ReduceLROnPlateau
+
+from fluxflow.config.optim import EPOCH_ONLY, SCHEDULE_PARAMS, SCHEDULER_PARAMS
+
+
+class LrSchedule:
+    """The lr of one optimizer: `warmup_steps` of linear warm-up, then `scheduler` every `interval`."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scheduler: LRScheduler | ReduceLROnPlateau,
+                 warmup_steps: int, interval: str):
+        self.optimizer, self.scheduler, self.interval = optimizer, scheduler, interval
+        self.warmup_steps, self.optimizer_steps = warmup_steps, 0
+        # Built after the scheduler, which has set the start lr: the warm-up ramps to that lr.
+        self.warmup = _linear_warmup(optimizer, warmup_steps) if warmup_steps > 1 else None
+
+    @property
+    def warming_up(self) -> bool:
+        return self.optimizer_steps < self.warmup_steps
+
+    def after_optimizer_step(self) -> None:
+        self.optimizer_steps += 1
+        if self.warming_up:
+            self.warmup.step()
+        elif self.interval == "step":
+            self.scheduler.step()
+
+    def after_epoch(self, metric: float | None = None) -> None:
+        """ReduceLROnPlateau steps only with a metric (the smoothed transition metric of a loss_threshold step)."""
+        if self.interval != "epoch" or self.warming_up:
+            return
+        if isinstance(self.scheduler, ReduceLROnPlateau):
+            if metric is not None:
+                self.scheduler.step(metric)
+        else:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer_steps": self.optimizer_steps, "scheduler": self.scheduler.state_dict(),
+                "warmup": self.warmup.state_dict() if self.warmup is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer_steps = int(state["optimizer_steps"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.warmup is not None:
+            self.warmup.load_state_dict(state["warmup"])
+
+
+def _linear_warmup(optimizer: torch.optim.Optimizer, steps: int) -> LambdaLR:
+    """LambdaLR from 1/steps to 1 x each group's current lr (the scheduler's start lr) over `steps` updates."""
+    ratios = [group["lr"] / group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+    return LambdaLR(optimizer, [lambda j, r=r: r * min(1.0, (j + 1) / steps) for r in ratios])
+
+
+def build_schedulers(sched_cfg: dict, optimizers: dict[str, torch.optim.Optimizer], max_epochs: int,
+                     steps_per_epoch: int | None = None) -> dict[str, LrSchedule]:
+    """An LrSchedule per optimizer group with a scheduler config (a resolved SchedulerConfig or a mapping).
+
+    `steps_per_epoch`: optimizer steps per epoch (batches per epoch / gradient_accumulation_steps). None means a
+    caller that only calls `after_epoch` (the runner before it counted optimizer steps): every schedule then steps
+    per epoch, without warm-up."""
+    schedules = {}
+    for group, optimizer in optimizers.items():
+        opts = _options(sched_cfg.get(group))
+        if opts:
+            schedules[group] = make_schedule(opts, optimizer, max_epochs, steps_per_epoch)
+    return schedules
+
+
+def make_schedule(opts: dict[str, Any], optimizer: torch.optim.Optimizer, max_epochs: int,
+                  steps_per_epoch: int | None) -> LrSchedule:
+    kind = opts.get("type") or "CosineAnnealingLR"
+    interval = "epoch" if kind in EPOCH_ONLY else opts.get("interval") or SCHEDULE_PARAMS["interval"]
+    warmup = int(opts.get("warmup_steps") or 0)
+    if steps_per_epoch is None:
+        interval, warmup, steps_per_epoch = "epoch", 0, 1
+    if interval == "step":  # the scheduler runs over the optimizer steps after the warm-up
+        span = steps_per_epoch * max_epochs - warmup
+    else:  # ... over the epoch ends from the first one after the warm-up
+        span = max_epochs - max(1, math.ceil(warmup / steps_per_epoch)) + 1
+    return LrSchedule(optimizer, make_scheduler(kind, opts, optimizer, max(span, 1)), warmup, interval)
+
+
+def make_scheduler(kind: str, opts: dict[str, Any], optimizer: torch.optim.Optimizer, span: int):
+    """The torch scheduler; `span` (its steps) is CosineAnnealingLR's T_max and the default `total_iters`."""
+    given = {k: v for k, v in opts.items() if v is not None and k not in ("type", *SCHEDULE_PARAMS)}
+    kwargs = {**SCHEDULER_PARAMS[kind], **given}
+    if kind == "CosineAnnealingLR":
+        eta_min = optimizer.param_groups[0]["lr"] * float(kwargs.pop("eta_min_factor"))
+        return CosineAnnealingLR(optimizer, T_max=span, eta_min=eta_min)
+    if "total_iters" in kwargs and kwargs["total_iters"] is None:
+        kwargs["total_iters"] = span
+    return getattr(torch.optim.lr_scheduler, kind)(optimizer, **kwargs)
+
+
+def _options(cfg: Any) -> dict[str, Any]:
+    if cfg is None:
+        return {}
+    if isinstance(cfg, dict):
+        return dict(cfg)
+    return cfg.model_dump(exclude_none=True)

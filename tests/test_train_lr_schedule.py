@@ -1,0 +1,131 @@
+"""Learning-rate schedules (fluxflow/train/lr_schedule.py): linear warm-up then the scheduler, per optimizer step by
+default, per epoch on request; the lr the n-th update uses is as documented, and resume continues it exactly."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fluxflow.config.optim import SchedulerConfig
+from fluxflow.train.lr_schedule import build_schedulers
+from fluxflow.train.optim import make_optimizer, optimizer_step
+from fluxflow.train.param_groups import param_groups
+
+LR = 0.1
+
+
+def optimizer() -> torch.optim.Optimizer:
+    """AdamW over a decay and a no-decay group, as build_optimizers makes them: both follow the schedule."""
+    torch.manual_seed(0)
+    matrix, bias = torch.nn.Parameter(torch.randn(3, 3)), torch.nn.Parameter(torch.randn(3))
+    return make_optimizer({"type": "AdamW", "lr": LR}, param_groups([matrix], [bias]), LR)
+
+
+def train(opt, schedule, steps_per_epoch: int, epochs: range, metric: float | None = None) -> list[float]:
+    """The lr each update used, calling the schedule where the runner does."""
+    used = []
+    for _ in epochs:
+        for _ in range(steps_per_epoch):
+            lrs = {group["lr"] for group in opt.param_groups}
+            assert len(lrs) == 1
+            used.append(lrs.pop())
+            loss = sum((p ** 2).sum() for group in opt.param_groups for p in group["params"])
+            loss.backward()
+            optimizer_step(opt, torch.isfinite(loss), 1.0)
+            schedule.after_optimizer_step()
+        schedule.after_epoch(metric)
+    return used
+
+
+def schedule_for(opt, max_epochs: int, steps_per_epoch: int | None, **cfg):
+    resolved = SchedulerConfig(**cfg).resolved(max_epochs)
+    return build_schedulers({"g": resolved}, {"g": opt}, max_epochs, steps_per_epoch)["g"]
+
+
+def test_warmup_then_cosine_per_optimizer_step_gives_the_documented_lr():
+    opt = optimizer()
+    schedule = schedule_for(opt, 2, 5, type="CosineAnnealingLR", eta_min_factor=0.1, warmup_steps=4)
+    used = train(opt, schedule, 5, range(2))
+    total, warmup, eta_min = 10, 4, 0.1 * LR
+    expected = [LR * n / warmup if n <= warmup else
+                eta_min + (LR - eta_min) * (1 + math.cos(math.pi * (n - warmup) / (total - warmup))) / 2
+                for n in range(1, total + 1)]
+    assert used == pytest.approx(expected, rel=1e-9)
+    assert used[-1] == pytest.approx(eta_min)  # the last update of the step reaches eta_min
+
+
+def test_interval_step_is_the_default_and_cosine_spans_the_steps_optimizer_steps():
+    opt = optimizer()
+    schedule = schedule_for(opt, 3, 4, type="CosineAnnealingLR", eta_min_factor=0.0)
+    assert schedule.interval == "step"
+    used = train(opt, schedule, 4, range(3))
+    assert used == pytest.approx([(1 + math.cos(math.pi * n / 12)) / 2 * LR for n in range(12)], abs=1e-12)
+
+
+def test_interval_epoch_keeps_per_epoch_stepping():
+    opt = optimizer()
+    schedule = schedule_for(opt, 3, 4, type="StepLR", step_size=1, gamma=0.5, interval="epoch")
+    assert train(opt, schedule, 4, range(3)) == pytest.approx([LR] * 4 + [LR / 2] * 4 + [LR / 4] * 4)
+
+
+def test_interval_epoch_cosine_spans_the_epochs_as_before():
+    opt = optimizer()
+    schedule = schedule_for(opt, 4, 2, type="CosineAnnealingLR", eta_min_factor=0.0, interval="epoch")
+    used = train(opt, schedule, 2, range(4))[::2]
+    assert used == pytest.approx([(1 + math.cos(math.pi * e / 4)) / 2 * LR for e in range(4)], abs=1e-12)
+
+
+def test_warmup_before_an_epoch_scheduler_holds_it_until_the_warmup_is_over():
+    opt = optimizer()
+    schedule = schedule_for(opt, 3, 2, type="StepLR", step_size=1, gamma=0.5, interval="epoch", warmup_steps=3)
+    # warm-up over updates 1-3; the first epoch end after it is the end of epoch 2
+    assert train(opt, schedule, 2, range(3)) == pytest.approx([LR / 3, 2 * LR / 3, LR, LR, LR / 2, LR / 2])
+
+
+def test_plateau_steps_per_epoch_with_the_metric_only():
+    opt = optimizer()
+    schedule = schedule_for(opt, 4, 2, type="ReduceLROnPlateau", patience=0, factor=0.5)
+    assert schedule.interval == "epoch"
+    used = train(opt, schedule, 2, range(3), metric=1.0)  # never improves after the first epoch
+    assert used == pytest.approx([LR, LR, LR, LR, LR / 2, LR / 2])
+    assert opt.param_groups[0]["lr"] == pytest.approx(LR / 4)  # after the third epoch end
+    train(opt, schedule, 1, range(1), metric=None)
+    assert opt.param_groups[0]["lr"] == pytest.approx(LR / 4)  # no metric, no step
+
+
+@pytest.mark.parametrize("cfg", [
+    {"type": "CosineAnnealingLR", "warmup_steps": 5},
+    {"type": "LinearLR", "start_factor": 0.5, "end_factor": 0.1, "warmup_steps": 3},
+    {"type": "MultiStepLR", "milestones": [2, 6], "gamma": 0.5, "warmup_steps": 2},
+    {"type": "StepLR", "step_size": 1, "gamma": 0.7, "interval": "epoch", "warmup_steps": 4},
+    {"type": "ConstantLR", "factor": 1.0, "warmup_steps": 7},
+], ids=lambda cfg: cfg["type"])
+def test_a_resumed_schedule_continues_the_exact_lr_sequence(cfg):
+    steps_per_epoch, epochs = 3, 4
+    opt = optimizer()
+    whole = train(opt, schedule_for(opt, epochs, steps_per_epoch, **cfg), steps_per_epoch, range(epochs))
+    first = optimizer()
+    schedule = schedule_for(first, epochs, steps_per_epoch, **cfg)
+    before = train(first, schedule, steps_per_epoch, range(2))
+    saved = {"optimizer": first.state_dict(), "schedule": schedule.state_dict()}
+    resumed = optimizer()
+    again = schedule_for(resumed, epochs, steps_per_epoch, **cfg)
+    resumed.load_state_dict(saved["optimizer"])  # in this order, as the runner does
+    again.load_state_dict(saved["schedule"])
+    after = train(resumed, again, steps_per_epoch, range(2, epochs))
+    assert before + after == whole  # bit for bit
+
+
+def test_linear_warmup_ramps_to_the_start_lr_of_linear_lr():
+    opt = optimizer()
+    schedule = schedule_for(opt, 1, 6, type="LinearLR", start_factor=0.5, end_factor=0.5, warmup_steps=2)
+    assert train(opt, schedule, 6, range(1)) == pytest.approx([LR / 4, LR / 2] + [LR / 2] * 4)
+
+
+def test_without_steps_per_epoch_every_schedule_steps_per_epoch_without_warmup():
+    """The runner that only calls after_epoch (fluxflow/train/step_run.py before it counts optimizer steps)."""
+    opt = optimizer()
+    schedule = schedule_for(opt, 2, None, type="CosineAnnealingLR", eta_min_factor=0.0, warmup_steps=10)
+    assert (schedule.interval, schedule.warmup_steps) == ("epoch", 0)
+    assert train(opt, schedule, 3, range(2)) == pytest.approx([LR] * 3 + [LR / 2] * 3)

@@ -10,8 +10,6 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (must precede prefect and mlflow)
 
 import contextlib
-import hashlib
-import json
 import shutil
 import sys
 from datetime import timezone
@@ -38,6 +36,7 @@ from flows.mlflow_tracker import (
 from flows.step_task import TrackingTarget, gpu_tag, load_pipeline_config, output_dir_of, step_task
 from fluxflow.config import ConfigError, PipelineConfig
 from fluxflow.checkpoints.lock import RunLock
+from fluxflow.checkpoints.step_key import json_sha256
 from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
 
 # How long an interrupted run waits for its running steps to save the batch they reached (one batch and a checkpoint
@@ -50,8 +49,7 @@ class PipelineFailed(RuntimeError):
 
 
 def config_hash(config: PipelineConfig) -> str:
-    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return json_sha256(config.model_dump(mode="json"), 16, compact=False)
 
 
 def open_tracking(config: PipelineConfig, steps: list) -> tuple[MlflowClient, TrackingTarget]:

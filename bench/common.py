@@ -13,12 +13,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # The smallest model that exercises every component: the overhead and resume benchmarks measure the machinery
-# around the math, so the math should be small.
-TINY_MODEL = {"vae_dim": 8, "feature_maps_dim": 32, "flow_depth": 1, "flow_heads": 2, "text_embedding_dim": 16,
-              "text_encoder_depth": 1, "text_max_len": 48, "feature_maps_dim_disc": 8}
+# around the math, so the math should be small. Its one definition is configs/tiny_test.yaml's (the tests use it).
+TINY_MODEL: dict[str, Any] = yaml.safe_load(
+    (Path(__file__).resolve().parents[1] / "configs" / "tiny_test.yaml").read_text())["model"]
 
 
 def load_average() -> list[float]:

@@ -239,6 +239,8 @@ def test_checkpoint_ref_and_step_result_survive_json():
     assert StepOutcome.from_dict(wire) == outcome
     ref_back, result_back = StepOutcome.from_dict(wire)
     assert result_back.resumed_from == (2, 17)
+    tracked = StepOutcome(ref, result, run_id="abc", run_url="http://mlflow/#/runs/abc")  # what the task returns
+    assert StepOutcome.from_dict(json.loads(json.dumps(tracked.to_dict()))) == tracked
 
 
 def test_checkpoint_ref_from_dict_names_missing_and_unknown_keys():

@@ -94,9 +94,8 @@ def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str
 
 
 def output_lock(config: PipelineConfig):
-    """The output directory's RunLock (fcntl, local paths only; remote outputs have no lock)."""
-    out = output_dir_of(config)
-    return contextlib.nullcontext() if "://" in out else RunLock(out)
+    """The output directory's RunLock (output directories are local: fluxflow/config/schema.py)."""
+    return RunLock(output_dir_of(config))
 
 
 def run_steps(cfg: PipelineConfig, config: str | dict, output_dir: str | None, device: str | None) -> list[dict]:

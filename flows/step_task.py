@@ -53,9 +53,9 @@ def load_pipeline_config(source: str | Path | dict, output_dir: str | None = Non
 
 
 def output_dir_of(config: PipelineConfig) -> str:
-    """Absolute local path (or the URI as given) of the pipeline's output directory: the key of its MLflow runs."""
-    path = str(config.output.output_path)
-    return path if "://" in path else str(Path(path).resolve())
+    """Absolute path of the pipeline's output directory (always local: fluxflow/config/schema.py): the key of its
+    MLflow runs."""
+    return str(Path(config.output.output_path).resolve())
 
 
 def make_tracker(config: PipelineConfig, target: TrackingTarget):

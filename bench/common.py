@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from flows.text_table import markdown_table
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # The smallest model that exercises every component: the overhead and resume benchmarks measure the machinery
@@ -145,11 +147,7 @@ def load_label(load: dict[str, Any]) -> str:
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> str:
     """A GitHub-markdown table (what docs/PERFORMANCE.md quotes), printed and returned."""
-    cells = [[_fmt(v) for v in row] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
-    line = lambda values: "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths)) + " |"  # noqa: E731
-    text = "\n".join([f"### {title}", "", line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-                      *(line(r) for r in cells)])
+    text = f"### {title}\n\n" + markdown_table([list(columns), *([_fmt(v) for v in row] for row in rows)])
     print(text, flush=True)
     return text
 

@@ -13,12 +13,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from flows.text_table import markdown_table
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # The smallest model that exercises every component: the overhead and resume benchmarks measure the machinery
-# around the math, so the math should be small.
-TINY_MODEL = {"vae_dim": 8, "feature_maps_dim": 32, "flow_depth": 1, "flow_heads": 2, "text_embedding_dim": 16,
-              "text_encoder_depth": 1, "text_max_len": 48, "feature_maps_dim_disc": 8}
+# around the math, so the math should be small. Its one definition is configs/tiny_test.yaml's (the tests use it).
+TINY_MODEL: dict[str, Any] = yaml.safe_load(
+    (Path(__file__).resolve().parents[1] / "configs" / "tiny_test.yaml").read_text())["model"]
 
 
 def load_average() -> list[float]:
@@ -143,11 +147,7 @@ def load_label(load: dict[str, Any]) -> str:
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> str:
     """A GitHub-markdown table (what docs/PERFORMANCE.md quotes), printed and returned."""
-    cells = [[_fmt(v) for v in row] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
-    line = lambda values: "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths)) + " |"  # noqa: E731
-    text = "\n".join([f"### {title}", "", line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-                      *(line(r) for r in cells)])
+    text = f"### {title}\n\n" + markdown_table([list(columns), *([_fmt(v) for v in row] for row in rows)])
     print(text, flush=True)
     return text
 

@@ -9,14 +9,11 @@ Each prints one markdown table and writes `bench/results/<name>.json` (machine, 
 """
 from __future__ import annotations
 
-import os
-
 # Quiet and offline before anything imports prefect or mlflow (the overhead benchmark does).
-for _name, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                      "MLFLOW_DISABLE_TELEMETRY": "true"}.items():
-    os.environ.setdefault(_name, _value)
+import flows.env  # noqa: F401
 
 import argparse  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -21,6 +21,8 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from fluxflow.checkpoints.ref import StepOutcome
+
 # Where `mlflow ui` serves a local (sqlite) store by default; override when it runs elsewhere.
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
 
@@ -43,44 +45,45 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def publish_step(pipeline: str, ref: dict, result: dict, run_url: str | None) -> None:
+def publish_step(pipeline: str, outcome: StepOutcome) -> None:
     """The step's link to MLflow (when it has a run) and its result table."""
-    step = result["step_name"]
-    if run_url:
+    ref, result = outcome
+    step = result.step_name
+    if outcome.run_url:
         create_link_artifact(
-            link=run_url,
+            link=outcome.run_url,
             link_text=f"MLflow run of step {step}",
             key=artifact_key(pipeline, step, "mlflow"),
             description=f"Parameters, metrics and samples of step `{step}` in MLflow.",
         )
-    rows = [{"field": name, "value": _fmt(value)} for name, value in sorted(result["final_metrics"].items())]
+    rows = [{"field": name, "value": _fmt(value)} for name, value in sorted(result.final_metrics.items())]
     rows += [
-        {"field": "outcome", "value": result["outcome"]},
-        {"field": "epochs_done", "value": str(result["epochs_done"])},
-        {"field": "trained", "value": str(result["trained"])},
-        {"field": "global_step", "value": str(ref["global_step"])},
-        {"field": "checkpoint", "value": ref["uri"]},
-        {"field": "sha256", "value": ref["sha256"]},
+        {"field": "outcome", "value": result.outcome},
+        {"field": "epochs_done", "value": str(result.epochs_done)},
+        {"field": "trained", "value": str(result.trained)},
+        {"field": "global_step", "value": str(ref.global_step)},
+        {"field": "checkpoint", "value": ref.uri},
+        {"field": "sha256", "value": ref.sha256},
     ]
     create_table_artifact(
         rows, key=artifact_key(pipeline, step, "result"), description=f"Final metrics and checkpoint of step `{step}`."
     )
 
 
-def summary_rows(outcomes: list[dict], skipped: dict[str, str]) -> list[dict[str, str]]:
-    """One row per step: the flow's outcomes (each {"ref", "result", "run_url"}) then steps that did not run."""
+def summary_rows(outcomes: list[StepOutcome], skipped: dict[str, str]) -> list[dict[str, str]]:
+    """One row per step: the flow's outcomes, then the steps that did not run."""
     rows = []
     for outcome in outcomes:
-        result, ref = outcome["result"], outcome["ref"]
-        metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(result["final_metrics"].items()))
+        ref, result = outcome
+        metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(result.final_metrics.items()))
         rows.append(
             {
-                "step": result["step_name"],
-                "outcome": result["outcome"] + ("" if result["trained"] else " (already complete)"),
-                "epochs": str(result["epochs_done"]),
+                "step": result.step_name,
+                "outcome": result.outcome + ("" if result.trained else " (already complete)"),
+                "epochs": str(result.epochs_done),
                 "final metrics": metrics,
-                "checkpoint": ref["uri"],
-                "mlflow run": outcome.get("run_url") or "",
+                "checkpoint": ref.uri,
+                "mlflow run": outcome.run_url or "",
             }
         )
     for step, why in skipped.items():

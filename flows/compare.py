@@ -24,6 +24,7 @@ from flows.mlflow_tracker import (
     TAG_STEP_NAME,
     resolve_tracking_uri,
 )
+from flows.text_table import plain_table
 
 
 # A step's position and name are its identity (the column labels), not part of the hypothesis.
@@ -106,13 +107,6 @@ def table_rows(comparison: Comparison) -> list[list[str]]:
     return rows
 
 
-def format_table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
 def write_csv(rows: list[list[str]], path: Path) -> None:
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows(rows)
@@ -176,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     comparison = compare_runs(client, runs)
     rows = table_rows(comparison)
-    print(format_table(rows))
+    print(plain_table(rows))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     stem = "compare_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in args.experiment)

@@ -117,14 +117,12 @@ class MlflowTracker:
         parent_run_id: str,
         output_dir: str | Path,
         session: str = "",
-        extra_tags: dict[str, str] | None = None,
     ):
         self.client = client
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.output_dir = str(output_dir)
         self.session = session
-        self.extra_tags = dict(extra_tags or {})
         self.run_id: str | None = None  # set once a run is open (or found, for a skipped step)
         self._step = None
         self._step_key = ""
@@ -252,5 +250,4 @@ class MlflowTracker:
             TAG_STEP_NAME: step.name,
             TAG_PARENT_STEP: step.parent or "",
             TAG_SESSION: self.session,
-            **self.extra_tags,
         }

@@ -10,8 +10,6 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (must precede prefect and mlflow)
 
 import contextlib
-import hashlib
-import json
 import shutil
 import sys
 from datetime import timezone
@@ -26,7 +24,6 @@ from prefect.settings import PREFECT_UI_URL
 from prefect.utilities.urls import url_for
 
 from flows import artifacts
-from flows.dag import branch_names, children_of, descendants
 from flows.mlflow_tracker import (
     TAG_KIND,
     TAG_OUTPUT_DIR,
@@ -35,23 +32,22 @@ from flows.mlflow_tracker import (
     open_pipeline_run,
     resolve_tracking_uri,
 )
-from flows.step_task import TrackingTarget, gpu_tag, load_pipeline_config, output_dir_of, step_task
-from fluxflow.config import ConfigError, PipelineConfig
+from flows.step_task import TrackingTarget, load_pipeline_config, output_dir_of, pipeline_step_task
 from fluxflow.checkpoints.lock import RunLock
+from fluxflow.checkpoints.ref import StepOutcome
+from fluxflow.checkpoints.step_key import json_sha256
+from fluxflow.config import ConfigError, PipelineConfig
+from fluxflow.config.dag import branch_names
 from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
+from fluxflow.train.pipeline_schedule import PipelineSchedule, missed_threshold_message
 
 # How long an interrupted run waits for its running steps to save the batch they reached (one batch and a checkpoint
 # write; docker stop allows 10 s by default, a Prefect worker's cancellation more).
 STOP_GRACE_S = 60.0
 
 
-class PipelineFailed(RuntimeError):
-    """Some step failed or missed its threshold with `on_missed: fail`; the message names them."""
-
-
 def config_hash(config: PipelineConfig) -> str:
-    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return json_sha256(config.model_dump(mode="json"), 16, compact=False)
 
 
 def open_tracking(config: PipelineConfig, steps: list) -> tuple[MlflowClient, TrackingTarget]:
@@ -77,14 +73,6 @@ def open_tracking(config: PipelineConfig, steps: list) -> tuple[MlflowClient, Tr
     return client, target
 
 
-def missed_threshold_message(step) -> str:
-    t = step.transition_on
-    return (
-        f"Step {step.name}: {t.metric} did not fall below {t.threshold} within {t.max_epochs} epochs "
-        f"(max_epochs reached); on_missed: {step.on_missed}"
-    )
-
-
 def dated(output_dir: str | None) -> str | None:
     """`{date}` in an output directory becomes the flow run's scheduled start day (UTC, YYYY-MM-DD): each night of a
     scheduled deployment trains into a directory of its own instead of finding last night's steps complete, and a
@@ -106,59 +94,49 @@ def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str
 
 
 def output_lock(config: PipelineConfig):
-    """The output directory's RunLock (fcntl, local paths only; remote outputs have no lock)."""
-    out = output_dir_of(config)
-    return contextlib.nullcontext() if "://" in out else RunLock(out)
+    """The output directory's RunLock (output directories are local: fluxflow/config/schema.py)."""
+    return RunLock(output_dir_of(config))
 
 
 def run_steps(cfg: PipelineConfig, config: str | dict, output_dir: str | None, device: str | None) -> list[dict]:
-    """Submit each step once its parent has finished; the outcome of each decides whether its children run."""
+    """Submit each step once its parent has finished; its outcome decides whether its children run
+    (fluxflow/train/pipeline_schedule.py). Returns each finished step's `StepOutcome.to_dict()`."""
     logger = get_run_logger()
     steps = cfg.resolved_steps()
-    by_name = {step.name: step for step in steps}
-    children = children_of(steps)
+    schedule = PipelineSchedule(steps)
     from fluxflow.train.pipeline import announce_skipped  # torch: only once a flow runs
 
     clear_stop_request()
     announce_skipped(cfg)
     client, target = open_tracking(cfg, steps)
     progress = artifacts.start_progress(target.pipeline, len(steps))
-    task = step_task.with_options(retries=cfg.training.pipeline.retries, tags=[gpu_tag()])
+    task = pipeline_step_task(cfg.training.pipeline.retries)
 
     running: dict[str, object] = {}
 
-    def submit(name: str, parent_ref: dict | None) -> None:
-        running[name] = task.submit(config, output_dir, device, name, parent_ref, target.to_dict())
+    def submit(names: list[str], parent_ref: dict | None) -> None:
+        for name in names:
+            running[name] = task.submit(config, output_dir, device, name, parent_ref, target.to_dict())
 
-    outcomes: list[dict] = []
-    not_run: dict[str, str] = {}
-    problems: list[str] = []
+    outcomes: list[StepOutcome] = []
     status = "FAILED"
     try:
-        for root in children.get(None, []):
-            submit(root, None)
+        submit(schedule.roots(), None)
         while running:
             future = next(as_completed(list(running.values())))
             name = next(n for n, f in running.items() if f is future)
             del running[name]
             try:
-                outcome = future.result()
+                outcome = StepOutcome.from_dict(future.result())
             except Exception as exc:  # the task failed after its retries: stop this subtree only
-                problems.append(f"step {name} failed: {exc}")
-                not_run.update({d: f"not run: {name} failed" for d in descendants(steps, [name])})
+                schedule.step_failed(name, exc)
                 continue
             outcomes.append(outcome)
             artifacts.update_progress(progress, len(outcomes), len(steps))
-            if outcome["result"]["outcome"] == "max_epochs_reached":
-                message = missed_threshold_message(by_name[name])
-                logger.warning(message)
-                if by_name[name].on_missed == "fail":
-                    problems.append(message)
-                    not_run.update({d: f"not run: {name} missed its threshold" for d in descendants(steps, [name])})
-                    continue
-            for child in children.get(name, []):
-                submit(child, outcome["ref"])
-        status = "FAILED" if problems else "FINISHED"
+            if outcome.result.outcome == "max_epochs_reached":
+                logger.warning(missed_threshold_message(schedule.by_name[name]))
+            submit(schedule.step_finished(name, outcome.result.outcome), outcome.ref.to_dict())
+        status = "FAILED" if schedule.problems else "FINISHED"
     except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C / SIGTERM reach this (main) thread, the steps train in
         request_stop()  # task threads: they save their position at the next batch and stop, instead of finishing
         status = "KILLED"
@@ -167,18 +145,17 @@ def run_steps(cfg: PipelineConfig, config: str | dict, output_dir: str | None, d
                 future.wait(timeout=STOP_GRACE_S)
         raise
     finally:
-        artifacts.publish_summary(target.pipeline, artifacts.summary_rows(outcomes, not_run))
+        artifacts.publish_summary(target.pipeline, artifacts.summary_rows(outcomes, schedule.not_run))
         client.set_terminated(target.parent_run_id, status)
-    if problems:
-        raise PipelineFailed("; ".join(problems))
-    return outcomes
+    schedule.raise_if_failed()
+    return [outcome.to_dict() for outcome in outcomes]
 
 
 def print_summary(outcomes: list[dict]) -> None:
-    for outcome in outcomes:
-        result, ref = outcome["result"], outcome["ref"]
-        trained = "" if result["trained"] else " (already complete, skipped)"
-        print(f"  {result['step_name']}: {result['outcome']}{trained}, {result['epochs_done']} epochs, {ref['uri']}")
+    """The flow's return value (each a `StepOutcome.to_dict()`), one line per step."""
+    for ref, result in map(StepOutcome.from_dict, outcomes):
+        trained = "" if result.trained else " (already complete, skipped)"
+        print(f"  {result.step_name}: {result.outcome}{trained}, {result.epochs_done} epochs, {ref.uri}")
 
 
 def _command(name: str) -> str:

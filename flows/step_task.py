@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import mlflow_run_url, publish_step
 from flows.mlflow_tracker import MlflowTracker
-from fluxflow.checkpoints.ref import CheckpointRef
+from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome
 from fluxflow.config import ConfigError, ConfigIssue, PipelineConfig, load_config
 from fluxflow.config.schema import check_output_path
 
@@ -53,9 +53,9 @@ def load_pipeline_config(source: str | Path | dict, output_dir: str | None = Non
 
 
 def output_dir_of(config: PipelineConfig) -> str:
-    """Absolute local path (or the URI as given) of the pipeline's output directory: the key of its MLflow runs."""
-    path = str(config.output.output_path)
-    return path if "://" in path else str(Path(path).resolve())
+    """Absolute path of the pipeline's output directory (always local: fluxflow/config/schema.py): the key of its
+    MLflow runs."""
+    return str(Path(config.output.output_path).resolve())
 
 
 def make_tracker(config: PipelineConfig, target: TrackingTarget):
@@ -92,7 +92,7 @@ def train_step(
     parent_ref: dict | None,
     tracking: dict,
 ) -> dict[str, Any]:
-    """The task body as a plain function: {"ref": ..., "result": ..., "run_id": ..., "run_url": ...}."""
+    """The task body as a plain function: the step's `StepOutcome.to_dict()`, its MLflow run filled in."""
     from fluxflow.train.step_run import run_step
 
     config = load_pipeline_config(config_source, output_dir)
@@ -113,9 +113,9 @@ def train_step(
         raise
     run_id = mlflow_tracker.run_id if result.trained else mlflow_tracker.link_completed(ref.step_key)
     run_url = mlflow_run_url(target.tracking_uri, target.experiment_id, run_id) if run_id else None
-    outcome = {"ref": ref.to_dict(), "result": result.to_dict(), "run_id": run_id, "run_url": run_url}
-    publish_step(target.pipeline, outcome["ref"], outcome["result"], run_url)
-    return outcome
+    outcome = StepOutcome(ref, result, run_id=run_id, run_url=run_url)
+    publish_step(target.pipeline, outcome)
+    return outcome.to_dict()
 
 
 def gpu_tag() -> str:
@@ -126,8 +126,8 @@ def gpu_tag() -> str:
 
 
 # Results stay in memory (NO_CACHE, not persisted): resuming is the runner's job, keyed by the checkpoint files, and a
-# Prefect cache would return a stale reference after the files change. Retries are set per pipeline by the flow.
-@task(name="pipeline-step", task_run_name="{step_name}", tags=["gpu"], cache_policy=NO_CACHE, persist_result=False)
+# Prefect cache would return a stale reference after the files change. Tags and retries: `pipeline_step_task`.
+@task(name="pipeline-step", task_run_name="{step_name}", cache_policy=NO_CACHE, persist_result=False)
 def step_task(
     config_source: str | dict,
     output_dir: str | None,
@@ -137,3 +137,9 @@ def step_task(
     tracking: dict,
 ) -> dict[str, Any]:
     return train_step(config_source, output_dir, device, step_name, parent_ref, tracking)
+
+
+def pipeline_step_task(retries: int):
+    """`step_task` as a pipeline submits it: its retries, and the GPU tag read when the flow runs (the worker's
+    environment may name a per-host tag)."""
+    return step_task.with_options(retries=retries, tags=[gpu_tag()])

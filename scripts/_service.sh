@@ -25,7 +25,8 @@ GPU_SLOTS="${FLUXFLOW_GPU_SLOTS:-1}"
 export FLUXFLOW_GPU_TAG="${FLUXFLOW_GPU_TAG:-gpu}"
 POOL_NAME="gpu"
 
-# Quiet and offline, whatever the caller's shell has.
+# Quiet and offline, whatever the caller's shell has. Repeats flows/env.py because the prefect and mlflow commands
+# started from here import nothing of this repository.
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true
 # The checkout the deployments' pull step changes into (deployments/prefect.yaml reads it at run time).
 export FLUXFLOW_HOME="${FLUXFLOW_HOME:-$REPO_ROOT}"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import sys
 import tempfile
@@ -25,8 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+import flows.env  # noqa: F401  (quiet, offline defaults before prefect or mlflow is imported)
 
 REPO = Path(__file__).resolve().parents[1]
 FLOW_NAME = "fluxflow-pipeline"

@@ -11,13 +11,11 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
-TINY_MODEL: dict[str, Any] = {
-    "vae_dim": 8, "latent_channels": 4, "downscale": 4,
-    "feature_maps_dim": 32, "flow_depth": 1, "flow_heads": 2, "patch_size": 2,
-    "text_embedding_dim": 32, "text_encoder_depth": 1, "text_max_len": 32,
-    "feature_maps_dim_disc": 8,
-}
+# The one definition of the tiny model is configs/tiny_test.yaml's `model:` (bench/common.py reads it too).
+TINY_MODEL: dict[str, Any] = yaml.safe_load(
+    (Path(__file__).resolve().parents[1] / "configs" / "tiny_test.yaml").read_text())["model"]
 
 # A step that only trains the VAE, the usual first step.
 VAE_STEP: dict[str, Any] = {"name": "warm", "n_epochs": 1, "max_steps": 2, "train_vae": True}

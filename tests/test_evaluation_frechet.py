@@ -79,3 +79,5 @@ def test_feature_net_is_cached_per_dataset_config(tmp_path, monkeypatch):
     assert torch.equal(first.features(x), again.features(x))
     assert cache_key({**SHAPES, "seed": 4}, 16, 3) != cache_key(SHAPES, 16, 3)
     assert cache_key(SHAPES, 32, 3) != cache_key(SHAPES, 16, 3)
+    # Pinned: a changed key would retrain every cached feature network.
+    assert cache_key({"kind": "shapes", "n": 8}, 32, 3) == "f7a0230452cad6fb"

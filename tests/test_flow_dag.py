@@ -1,7 +1,7 @@
 """The pipeline tree the flow schedules: branches are steps sharing a parent, leaves end a hypothesis."""
 from helpers_tiny import tiny_raw
 
-from flows.dag import branch_groups, branch_names, children_of, descendants, leaf_names
+from fluxflow.config.dag import branch_groups, branch_names, children_of, descendants, leaf_names
 from fluxflow.config import load_config
 
 

@@ -60,3 +60,16 @@ def test_groups_cover_each_component_once():
 def test_unfreeze_can_only_add_components_the_step_sends_a_gradient_to():
     assert modes.trainable_components(step(train_diff=True)) == {"flow_processor", "text_encoder"}
     assert modes.trainable_components(step(train_vae=True)) == {"compressor", "expander"}
+
+
+@pytest.mark.parametrize("on,vae_mode,touches", [
+    (dict(train_vae=True), True, True),
+    (dict(gan_training=True), True, True),
+    (dict(use_lpips=True, train_diff=True), False, True),  # a modifier alone: no VAE trainer, still VAE output
+    (dict(train_spade=True), False, True),
+    (dict(train_diff=True), False, False),
+])
+def test_a_vae_modifier_touches_the_vae_without_running_its_trainer(on, vae_mode, touches):
+    s = step(**on)
+    assert modes.has_vae_mode(s) is vae_mode
+    assert modes.touches_vae(s) is touches

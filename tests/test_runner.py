@@ -22,6 +22,7 @@ from helpers_tiny import load_weights, one_torch_thread, tiny_config
 
 from fluxflow.checkpoints.io import CheckpointError
 from fluxflow.train.pipeline import run_pipeline
+from fluxflow.train.pipeline_schedule import PipelineFailed
 
 __all__ = ["one_torch_thread"]
 
@@ -255,8 +256,10 @@ def test_pickle_bearing_model_checkpoint_is_refused(tmp_path):
     torch.save({"models": {}, "payload": _OpensAFile(marker)}, evil)
     config = tiny_config(tmp_path / "out", [WARM], model_checkpoint=str(evil), no_samples=True)
 
-    with pytest.raises(CheckpointError, match=r"refusing to load checkpoint .*evil\.pt.*pickled object") as info:
+    refused = r"step warm failed: refusing to load checkpoint .*evil\.pt.*pickled object"
+    with pytest.raises(PipelineFailed, match=refused) as info:
         run_pipeline(config)
+    assert isinstance(info.value.__cause__, CheckpointError)
     assert str(evil) in str(info.value)
     assert not marker.exists(), "loading the checkpoint ran code from it"
     assert not (tmp_path / "out" / "checkpoints" / "warm" / "final.pt").exists()
@@ -273,8 +276,9 @@ def test_corrupt_latest_checkpoint_gives_a_clear_error_naming_it(tmp_path):
     truncated = latest.read_bytes()[: latest.stat().st_size // 2]  # ...with a truncated latest.pt
     latest.write_bytes(truncated)
 
-    with pytest.raises(CheckpointError, match=r"corrupt|truncated") as info:
+    with pytest.raises(PipelineFailed, match=r"step warm failed: .*(corrupt|truncated)") as info:
         run_pipeline(config)
+    assert isinstance(info.value.__cause__, CheckpointError)
     assert str(latest) in str(info.value)
     assert latest.read_bytes() == truncated  # left as it was, for the user to inspect
     assert not (folder / "final.pt").exists()

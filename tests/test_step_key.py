@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from fluxflow.checkpoints.step_key import describe_change, step_key, step_key_inputs
+from fluxflow.checkpoints.step_key import describe_change, json_sha256, step_key, step_key_inputs
 
 STEP = {
     "name": "vae_gan",
@@ -22,6 +22,14 @@ def test_key_is_short_hex_and_stable_across_calls_and_key_order():
     assert step_key(reordered, dict(reversed(list(MODEL.items()))), DATA, "abcd") == key
     # Pinned: the key must not drift between releases, or every finished step would re-run after an upgrade.
     assert key == "19c3f2b5508a4637"
+
+
+def test_json_sha256_is_pinned_in_both_separator_styles():
+    # Pinned: compact is the step key's form; spaced is that of the config hash tag and the feature-net cache files.
+    value = {"b": [1, 2.5, "\u00e9"], "a": {"p": Path("x/y")}}
+    assert json_sha256(value, 16) == "d0d2a2e2c2a4dce9"
+    assert json_sha256(value, 16, compact=False) == "2fc2533fad5223ae"
+    assert json_sha256(value, 8) == "d0d2a2e2"
 
 
 @pytest.mark.parametrize(

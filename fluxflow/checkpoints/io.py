@@ -13,8 +13,9 @@ Why the rules below:
 - Loading never unpickles arbitrary objects (`torch.load(weights_only=True)`): a checkpoint is data, not code. So a
   checkpoint may hold only tensors, dicts, lists, tuples, str, bytes, int, float, bool and None. `save_checkpoint`
   checks that before writing, so an unloadable checkpoint fails at save time, not hours later at resume time.
-- Paths may be local or any fsspec URI (s3://, gs://, memory://). Remote writes go to a temp name and are moved into
-  place; how atomic that move is depends on the store (best effort).
+- Reads accept a local path or any fsspec URI (a `model_checkpoint` on s3://, gs://, ...). Writes are local only:
+  the schema refuses remote output directories (fluxflow/config/schema.py, check_output_path), and only a local
+  rename is atomic.
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ import pickle
 import random
 import re
 import tempfile
-import uuid
 from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -70,14 +70,6 @@ def _open_read(path: PathLike) -> IO[bytes]:
     return fs.open(inner, "rb")
 
 
-def _exists(path: PathLike) -> bool:
-    local = _local_path(path)
-    if local is not None:
-        return local.exists()
-    fs, inner = _fs(str(path))
-    return fs.exists(inner)
-
-
 def _fsync_dir(directory: Path) -> None:
     # Makes the rename durable. Some filesystems refuse O_RDONLY fsync on a directory; durability there is theirs.
     with suppress(OSError):
@@ -97,8 +89,7 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None], *, durable:
     """
     local = _local_path(path)
     if local is None:
-        _atomic_write_remote(str(path), write)
-        return
+        raise CheckpointError(f"cannot write {path}: files are written to local or mounted directories only")
     local.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".tmp", dir=local.parent)
     try:
@@ -115,23 +106,6 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None], *, durable:
         raise
     if durable:
         _fsync_dir(local.parent)
-
-
-def _atomic_write_remote(uri: str, write: Callable[[IO[bytes]], None]) -> None:
-    fs, inner = _fs(uri)
-    parent = inner.rsplit("/", 1)[0] if "/" in inner else ""
-    if parent:
-        with suppress(Exception):  # object stores have no directories; makedirs may be a no-op or refuse
-            fs.makedirs(parent, exist_ok=True)
-    tmp = f"{inner}.tmp-{uuid.uuid4().hex}"
-    try:
-        with fs.open(tmp, "wb") as f:
-            write(f)
-        fs.mv(tmp, inner)
-    except BaseException:
-        with suppress(Exception):
-            fs.rm(tmp)
-        raise
 
 
 # ------------------------------------------------------------------------------------------------ save and load
@@ -168,7 +142,7 @@ def _check_loadable(value: Any, where: str) -> None:
 
 
 def save_checkpoint(state: dict[str, Any], path: PathLike) -> None:
-    """Write `state` to `path` atomically (temp file, flush, fsync, rename, fsync dir); local path or fsspec URI."""
+    """Write `state` to the local `path` atomically (temp file, flush, fsync, rename, fsync dir)."""
     if not isinstance(state, dict):
         raise CheckpointError(f"cannot save checkpoint {path}: state must be a dict, got {type(state).__name__}")
     try:
@@ -248,9 +222,9 @@ def finalize(latest: PathLike, final: PathLike) -> str:
     must move the old final.pt aside first. Only one process writes a given final.pt (the output dir's RunLock), so
     the exists-then-write below does not race.
     """
-    if not _exists(latest):
+    if not Path(latest).exists():
         raise CheckpointError(f"cannot finalize: {latest} does not exist")
-    if _exists(final):
+    if Path(final).exists():
         existing, wanted = sha256_file(final), sha256_file(latest)
         if existing != wanted:
             raise CheckpointError(

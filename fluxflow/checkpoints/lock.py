@@ -1,15 +1,16 @@
 """One run per directory: a second run against the same output fails at once instead of corrupting the first.
 
-`fcntl.flock` on `<dir>/.lock`: the kernel drops the lock when the holder's file descriptor closes, including when
-the process is killed (kill -9, OOM), so there is never a stale lock to clean up by hand. The holder's pid is written
-into the file so the refusal can say who holds it. The lock file itself is left in place: deleting it on release
-would let a third process lock a fresh inode while a second still waits on the old one. POSIX only (fcntl).
+A `filelock.FileLock` (flock on POSIX) on `<dir>/.lock`: the kernel drops the lock when the holder's file descriptor
+closes, including when the process is killed (kill -9, OOM), so there is never a stale lock to clean up by hand. The
+holder's pid is written into the file so the refusal can say who holds it. The lock file stays in place on release
+(filelock keeps it, so that waiters share one inode).
 """
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 
 class RunLockedError(RuntimeError):
@@ -22,38 +23,32 @@ class RunLock:
     def __init__(self, output_dir: str | os.PathLike):
         self.directory = Path(output_dir)
         self.path = self.directory / ".lock"
-        self._fd: int | None = None
+        # thread_local=False: the lock belongs to this object, whichever thread releases it.
+        self._lock = FileLock(self.path, timeout=0, mode=0o644, thread_local=False)
 
     def acquire(self) -> None:
-        if self._fd is not None:
+        if self._lock.is_locked:
             raise RuntimeError(f"RunLock on {self.directory} is already held by this object")
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_pid(fd)
-            os.close(fd)
+            self._lock.acquire()
+        except Timeout:
+            holder = _read_pid(self.path)
             who = f"pid {holder}" if holder else "another process"
             raise RunLockedError(
                 f"{self.directory} is in use by another run ({who}, lock file {self.path}); wait for it to finish, "
                 "stop it, or choose another output directory"
             ) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
+        # Through a descriptor of its own: closing it leaves the lock (held by filelock's descriptor) in place.
+        self.path.write_text(f"{os.getpid()}\n")
 
     def release(self) -> None:
-        if self._fd is None:
+        if not self._lock.is_locked:
             return
-        fd, self._fd = self._fd, None
         try:
-            os.ftruncate(fd, 0)  # no pid left behind that could be mistaken for a live holder
+            self.path.write_text("")  # no pid left behind that could be mistaken for a live holder
         finally:
-            os.close(fd)  # closing the descriptor releases the flock
+            self._lock.release()
 
     def __enter__(self) -> RunLock:
         self.acquire()
@@ -63,9 +58,9 @@ class RunLock:
         self.release()
 
 
-def _read_pid(fd: int) -> int | None:
+def _read_pid(path: Path) -> int | None:
     try:
-        text = os.pread(fd, 32, 0).decode().strip()
+        text = path.read_text().strip()
         return int(text) if text else None
     except (OSError, ValueError):
         return None

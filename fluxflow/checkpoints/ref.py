@@ -7,7 +7,7 @@ accepts exactly what `to_dict()` wrote and names any missing or unknown key.
 from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, Literal, NamedTuple
+from typing import Any, Iterator, Literal
 
 Outcome = Literal["met", "epochs_done", "max_epochs_reached"]
 OUTCOMES: tuple[str, ...] = ("met", "epochs_done", "max_epochs_reached")
@@ -102,15 +102,28 @@ class StepResult:
         )
 
 
-class StepOutcome(NamedTuple):
-    """What `run_step` returns; unpacks as `ref, result = run_step(...)`."""
+@dataclass(frozen=True)
+class StepOutcome:
+    """What a finished step hands on: what `run_step` returns, and, with the MLflow run filled in by the Prefect
+    task, what the task returns as `to_dict()` and the flow reads back with `from_dict()`.
+
+    Unpacks as `ref, result = run_step(...)`: the run fields belong to the orchestrator, not to the step's result.
+    """
 
     ref: CheckpointRef
     result: StepResult
+    run_id: str | None = None  # the step's MLflow run (None without MLflow tracking)
+    run_url: str | None = None  # that run in the MLflow UI
+
+    def __iter__(self) -> Iterator[CheckpointRef | StepResult]:
+        return iter((self.ref, self.result))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ref": self.ref.to_dict(), "result": self.result.to_dict()}
+        return {"ref": self.ref.to_dict(), "result": self.result.to_dict(), "run_id": self.run_id,
+                "run_url": self.run_url}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StepOutcome:
-        return cls(CheckpointRef.from_dict(data["ref"]), StepResult.from_dict(data["result"]))
+        _check_keys(cls, data)
+        return cls(CheckpointRef.from_dict(data["ref"]), StepResult.from_dict(data["result"]),
+                   run_id=data.get("run_id"), run_url=data.get("run_url"))

@@ -12,26 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fluxflow.checkpoints.ref import CheckpointRef, StepResult
+from fluxflow.config.dag import execution_order
 from fluxflow.checkpoints.step_key import describe_change, step_key
 from fluxflow.train.tracking import metrics_file
-
-
-def execution_order(steps) -> list:
-    """Parents before children, file order otherwise (steps carry `.name` and `.parent`)."""
-    by_name = {s.name: s for s in steps}
-    ordered, placed = [], set()
-
-    def place(step) -> None:
-        if step.name in placed:
-            return
-        if step.parent is not None:
-            place(by_name[step.parent])
-        placed.add(step.name)
-        ordered.append(step)
-
-    for step in steps:
-        place(step)
-    return ordered
 
 
 def step_keys(config) -> dict[str, str]:

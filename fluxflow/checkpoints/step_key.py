@@ -55,16 +55,27 @@ def step_key_inputs(
     }
 
 
+def json_sha256(value: Any, length: int, *, compact: bool = True) -> str:
+    """The first `length` hex characters of sha256 over `value` as canonical JSON (sorted keys, ASCII; values JSON
+    cannot hold as their str()). The one content hash of the repository: step keys, the pipeline's config hash and
+    the evaluation feature network's cache key.
+
+    `compact=False` keeps json.dumps' spaced separators, with which the config hash and the feature-network cache
+    key were first computed: their values (MLflow tags, cache file names) stay the same.
+    """
+    text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":") if compact else None)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
 def step_key(
     step_config: dict[str, Any], model_config: dict[str, Any], dataset_config: dict[str, Any], parent_key: str | None
 ) -> str:
     """16 hex characters of sha256 over canonical JSON (sorted keys, no whitespace) of `step_key_inputs`."""
-    inputs = step_key_inputs(step_config, model_config, dataset_config, parent_key)
-    return hashlib.sha256(_canonical(inputs).encode()).hexdigest()[:KEY_LENGTH]
+    return json_sha256(step_key_inputs(step_config, model_config, dataset_config, parent_key), KEY_LENGTH)
 
 
 def _canonical(value: Any) -> str:
-    return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"))
 
 
 def _short(value: Any) -> str:

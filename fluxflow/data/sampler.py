@@ -57,6 +57,3 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
         items, size = remaining.tolist(), self.batch_size
         for start in range(0, len(items), size):
             yield items[start:start + size][self.rank::self.world]
-
-    def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "epoch": self.epoch, "batch": self.start_batch}

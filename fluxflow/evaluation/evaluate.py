@@ -3,7 +3,7 @@
 
     metrics = evaluate_step(step, models, holdout_set, train_set, config, latent_norm, device, cache_dir)
 
-- VAE steps (any of train_vae, gan_training, train_spade, use_lpips): `psnr`, `ssim` of posterior-mean
+- VAE steps (fluxflow.config.modes.touches_vae): `psnr`, `ssim` of posterior-mean
   reconstructions, and `lpips` when the LPIPS backbone is on disk (reconstruction.py).
 - Flow steps: `fd_ours_cfg` and `fd_ours_nocfg` (frechet.py), generated from the held-out captions with guidance
   EVAL_GUIDANCE and 1.0; on a `shapes` dataset also `adherence_color`, `adherence_shape`, `adherence_both` of the
@@ -25,7 +25,7 @@ from torch import nn
 from fluxflow.evaluation.adherence import adherence_of, analyser_ceiling, generate
 from fluxflow.evaluation.frechet import fd_ours, feature_net_for, first_items
 from fluxflow.evaluation.reconstruction import lpips_if_available, reconstruction_metrics
-from fluxflow.config.modes import has_flow_mode
+from fluxflow.config.modes import has_flow_mode, touches_vae
 
 log = logging.getLogger("fluxflow.evaluation")
 
@@ -33,12 +33,6 @@ MAX_EVAL_IMAGES = 256  # held-out images used at most (time grows linearly; fd_o
 EVAL_SAMPLER_STEPS = 25
 EVAL_GUIDANCE = 3.0
 EVAL_SEED = 0
-_VAE_MODES = ("train_vae", "gan_training", "train_spade", "use_lpips")
-
-
-def is_vae_step(step) -> bool:
-    return any(getattr(step, mode) for mode in _VAE_MODES)
-
 
 def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, config,
                   latent_norm: dict[str, torch.Tensor] | None, device: torch.device | str,
@@ -57,7 +51,7 @@ def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, co
             m.eval()
         with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
             metrics: dict[str, float] = {}
-            if is_vae_step(step) and {"compressor", "expander"} <= set(models):
+            if touches_vae(step) and {"compressor", "expander"} <= set(models):
                 metrics.update(reconstruction_metrics(models["compressor"], models["expander"], images,
                                                       spade=step.train_spade, lpips=lpips_if_available(device)))
             if has_flow_mode(step):
@@ -97,4 +91,4 @@ def _is_empty(dataset) -> bool:
         return False
 
 
-__all__ = ["EVAL_GUIDANCE", "EVAL_SAMPLER_STEPS", "MAX_EVAL_IMAGES", "evaluate_step", "is_vae_step"]
+__all__ = ["EVAL_GUIDANCE", "EVAL_SAMPLER_STEPS", "MAX_EVAL_IMAGES", "evaluate_step"]

@@ -19,8 +19,6 @@ of D = FEATURE_DIM features the estimate is biased upwards for small N; compare 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -30,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fluxflow.checkpoints.io import load_checkpoint, save_checkpoint
+from fluxflow.checkpoints.step_key import json_sha256
 
 RECIPE_VERSION = 1  # bump when anything below changes what the cached network computes
 FEATURE_SIZE = 64
@@ -161,9 +160,8 @@ def cache_key(ds_cfg, img_size: int, channels: int) -> str:
         ds_cfg = ds_cfg.model_dump(mode="json")
     recipe = {"version": RECIPE_VERSION, "feature_size": FEATURE_SIZE, "dim": FEATURE_DIM, "vocab": VOCAB_SIZE,
               "n_train": N_TRAIN, "epochs": EPOCHS, "batch": BATCH, "lr": LR, "seed": SEED}
-    blob = json.dumps({"dataset": ds_cfg, "img_size": img_size, "channels": channels, "recipe": recipe},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return json_sha256({"dataset": ds_cfg, "img_size": img_size, "channels": channels, "recipe": recipe}, 16,
+                       compact=False)
 
 
 def feature_net_for(train_set, ds_cfg, img_size: int, channels: int, cache_dir: str | Path) -> FeatureNet:

@@ -2,14 +2,13 @@
 
 A step asks for `cuda` (or `auto` on a GPU host). When a host's `gpu` concurrency limit lets several steps run at
 once (branches of one flow run share a process; separate flow runs have processes of their own), each must get a GPU
-to itself. A step claims one with an exclusive `flock` on `<lock dir>/gpu<i>.lock`: flock conflicts between
-processes and between two opens in one process alike, and the kernel drops it when its holder dies, so a killed step
-never leaves a GPU claimed. When every GPU is claimed the step waits for one (the limit should not exceed the GPUs).
+to itself. A step claims one with an exclusive `filelock.FileLock` (flock) on `<lock dir>/gpu<i>.lock`: it conflicts
+between processes and between two lock objects in one process alike, and the kernel drops it when its holder dies,
+so a killed step never leaves a GPU claimed. When every GPU is claimed the step waits for one (the limit should not exceed the GPUs).
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import tempfile
 import time
@@ -17,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 
 POLL_S = 1.0
 
@@ -39,17 +39,15 @@ def claimed_device(device: torch.device, n_gpus: int, directory: Path | None = N
     waited = False
     while True:
         for index in range(n_gpus):
-            handle = open(directory / f"gpu{index}.lock", "a")  # noqa: SIM115 - held for the whole block
+            lock = FileLock(directory / f"gpu{index}.lock", timeout=0, thread_local=False)
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
+                lock.acquire()
+            except Timeout:
                 continue
             try:
                 yield torch.device("cuda", index)
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                handle.close()
+                lock.release()
             return
         if not waited:
             say(f"All {n_gpus} GPUs are in use by other steps (locks in {directory}); waiting for one")

@@ -12,12 +12,12 @@ e.g. vae_warmup_001_001_00010_abc123-original.webp, vae_gan_002_005_def456_ns_o.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import re
 import unicodedata
 
 import torch
+import torch.nn.functional as F
 
 from fluxflow.checkpoints.io import atomic_write
 
@@ -50,20 +50,20 @@ def sample_name(step: str, step_number: int, epoch: int, batch: int | None, hash
 
 
 def image_grid(images: torch.Tensor, nrow: int, padding: int = 2) -> torch.Tensor:
-    """[B, C, H, W] in [-1, 1] -> one uint8 [H', W', C] picture, `nrow` images per row (torchvision's layout)."""
+    """[B, C, H, W] in [-1, 1] -> one uint8 [H', W', C] picture, `nrow` images per row (torchvision's make_grid)."""
     if images.dim() == 3:
         images = images.unsqueeze(0)
     if images.dim() != 4 or images.shape[1] not in (1, 3, 4) or images.shape[0] == 0:
         raise ValueError(f"expected images [B, C, H, W] with C in 1, 3, 4 and B >= 1; got {tuple(images.shape)}")
     pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    b, c, h, w = pixels.shape
-    cols = max(1, min(nrow, b))
-    rows = math.ceil(b / cols)
-    grid = torch.zeros(c, rows * (h + padding) + padding, cols * (w + padding) + padding, dtype=torch.uint8)
-    for i in range(b):
-        top = padding + (i // cols) * (h + padding)
-        left = padding + (i % cols) * (w + padding)
-        grid[:, top:top + h, left:left + w] = pixels[i]
+    if pixels.shape[0] == 1:  # make_grid returns a lone image without its border
+        grid = F.pad(pixels[0], (padding,) * 4)
+    else:
+        # Imported here: torchvision costs about a second of start-up (the evaluation at a step's end imports it
+        # anyway); make_grid turns one channel into three, [:C] undoes that.
+        from torchvision.utils import make_grid
+
+        grid = make_grid(pixels, nrow=max(1, nrow), padding=padding)[: pixels.shape[1]]
     return grid.permute(1, 2, 0).contiguous()
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from fluxflow.config.modes import has_flow_mode, touches_vae
 from fluxflow.sampling.sample_files import sample_name, save_image_grid
 from fluxflow.sampling.text_to_image import text_to_image
 
@@ -38,8 +39,7 @@ def write_samples(out_dir: Path, *, step, step_number: int, epoch: int, batch: i
         save_image_grid(images.float().cpu(), path, nrow=min(8, images.shape[0]))
         written.append(path)
 
-    vae_step = step.train_vae or step.gan_training or step.train_spade or step.use_lpips
-    if vae_step and holdout is not None and "compressor" in models and "expander" in models:
+    if touches_vae(step) and holdout is not None and "compressor" in models and "expander" in models:
         compressor, expander = models["compressor"], models["expander"]
         mean, logvar = compressor(holdout)
         generator = torch.Generator(device=holdout.device).manual_seed(seed)
@@ -50,8 +50,7 @@ def write_samples(out_dir: Path, *, step, step_number: int, epoch: int, batch: i
         save(_latent_picture(mean.float(), holdout.shape[-1]), "-ctx")
         if step.train_spade:
             save(expander(mean, spade=False).clamp(-1, 1), "-nc")
-    flow_step = step.train_diff or step.train_diff_full
-    if flow_step and captions and latent_norm is not None:
+    if has_flow_mode(step) and captions and latent_norm is not None:
         for size in config.output.sample_sizes:  # the transformer's sin-cos positions let it sample other sizes
             images = text_to_image(models, captions, latent_norm, latent_size=size // config.model.downscale,
                                    seed=seed, max_len=config.model.text_max_len, spade=step.train_spade)

@@ -5,13 +5,18 @@ by tests of the core, and by anyone who wants the trainer without Prefect or MLf
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from fluxflow.checkpoints.ref import StepOutcome
-from fluxflow.runtime.launch import run_step_distributed
 from fluxflow.checkpoints.lock import RunLock
+from fluxflow.checkpoints.ref import StepOutcome
+from fluxflow.checkpoints.step_files import plan_step
+from fluxflow.config.dag import execution_order
+from fluxflow.runtime.launch import run_step_distributed
+from fluxflow.train.pipeline_schedule import PipelineSchedule
 from fluxflow.train.step_run import run_step
-from fluxflow.checkpoints.step_files import execution_order, plan_step
+
+log = logging.getLogger("fluxflow.train.pipeline")
 
 
 def completed_steps(config) -> list[str]:
@@ -28,19 +33,33 @@ def announce_skipped(config) -> None:
 
 
 def run_pipeline(config, tracker=None, device: str | None = None) -> list[StepOutcome]:
+    """Every step in DAG order, in this process; returns their outcomes. A failing step stops only its subtree
+    (fluxflow/train/pipeline_schedule.py, the flow's rule): the other branches run, then PipelineFailed names every
+    problem. An interrupt stops everything at once."""
     out = Path(config.output.output_path)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         announce_skipped(config)
+        steps = config.resolved_steps()
+        schedule = PipelineSchedule(steps)
         outcomes: dict[str, StepOutcome] = {}
-        for step in execution_order(config.resolved_steps()):
+        for step in execution_order(steps):
+            if step.name in schedule.not_run:
+                continue
             parent = outcomes[step.parent].ref if step.parent else None
-            nproc = config.training.distributed.nproc_per_node
-            if nproc > 1:
-                outcomes[step.name] = run_step_distributed(config, step.name, parent, nproc, device=device)
-            else:
-                outcomes[step.name] = run_step(config, step.name, parent, tracker=tracker, device=device)
-            if outcomes[step.name].result.outcome == "max_epochs_reached" and step.on_missed == "fail":
-                raise RuntimeError(f"step {step.name} missed its transition threshold within max_epochs "
-                                   "(on_missed: fail)")
+            try:
+                outcomes[step.name] = _run_one(config, step.name, parent, tracker, device)
+            except Exception as exc:  # KeyboardInterrupt (and StepInterrupted) is no Exception: it stops the run
+                log.error("Step %s failed", step.name, exc_info=True)
+                schedule.step_failed(step.name, exc)
+                continue
+            schedule.step_finished(step.name, outcomes[step.name].result.outcome)
+        schedule.raise_if_failed()
         return list(outcomes.values())
+
+
+def _run_one(config, step_name: str, parent, tracker, device: str | None) -> StepOutcome:
+    nproc = config.training.distributed.nproc_per_node
+    if nproc > 1:
+        return run_step_distributed(config, step_name, parent, nproc, device=device)
+    return run_step(config, step_name, parent, tracker=tracker, device=device)

@@ -14,17 +14,15 @@ from torch import nn
 from fluxflow.runtime import distributed
 from fluxflow.train.ema import EMA
 from fluxflow.models import build_component
-from fluxflow.config.modes import required_components, trained_components
+from fluxflow.config.modes import required_components, touches_vae, trained_components
 
 log = logging.getLogger("fluxflow.train.step_run")
 
-# EMA by the seed's rule: VAE components when any VAE mode is on; flow components when they train.
-_VAE_MODES = ("train_vae", "gan_training", "train_spade", "use_lpips")
-
-
 def ema_components(step, trained: set[str]) -> set[str]:
+    """EMA by the seed's rule: VAE components when any VAE mode or modifier is on; flow components when they
+    train."""
     names = set()
-    if any(getattr(step, mode) for mode in _VAE_MODES):
+    if touches_vae(step):
         names |= {"compressor", "expander"} & trained | ({"expander"} if step.train_spade else set())
     names |= trained & {"flow_processor", "text_encoder"}
     return names

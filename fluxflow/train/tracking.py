@@ -15,6 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Iterable, Protocol, runtime_checkable
 
+from tqdm import tqdm
+
 if TYPE_CHECKING:
     from fluxflow.checkpoints.ref import CheckpointRef, StepResult
 
@@ -134,12 +136,7 @@ class ConsoleJsonlTracker:
 
     def _print(self, line: str) -> None:
         stream = self._stream or sys.stdout
-        if _is_tty(stream):
-            from tqdm import tqdm
-
-            tqdm.write(line, file=stream)  # clears and redraws a progress bar instead of breaking it
-        else:
-            stream.write(line + "\n")
+        tqdm.write(line, file=stream)  # clears and redraws a progress bar on a terminal instead of breaking it
         stream.flush()
 
     def step_started(self, step: Any, step_key: str, n_steps: int, resumed: bool) -> None:
@@ -193,41 +190,11 @@ class MultiTracker:
             t.step_finished(ref, result)
 
 
-def _is_tty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):  # no isatty, or a closed stream
-        return False
-
-
-class _NoBar:
-    """What batch_progress returns when nobody is watching a terminal: accepts the calls, draws nothing."""
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-def batch_progress(total: int, initial: int = 0, desc: str = "") -> Any:
-    """A tqdm bar over the batches of one epoch when stdout is a terminal, else a no-op with the same methods
-    (update(n), set_postfix(...), close()): logs and CI output stay free of carriage-return noise."""
-    if not _is_tty(sys.stdout):
-        return _NoBar()
-    from tqdm import tqdm
-
+def batch_progress(total: int, initial: int = 0, desc: str = "") -> tqdm:
+    """A tqdm bar over the batches of one epoch, drawn only when stdout is a terminal (`disable=None`): logs and CI
+    output stay free of carriage-return noise."""
     return tqdm(total=total, initial=initial, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
-                file=sys.stdout)
+                file=sys.stdout, disable=None)
 
 
 class NullTracker(MultiTracker):

@@ -3,7 +3,8 @@
 A resolved step names its `parent` (the step given by `after:`, or the previous step in file order); steps that share
 a parent are branches, i.e. competing hypotheses trained from the same checkpoint. Validation (fluxflow.config) has
 already rejected unknown parents and cycles, so these functions only read the tree. They take anything with `.name`
-and `.parent`, which keeps them free of torch and of the config module.
+and `.parent`, which keeps them free of torch and of the config schema. Both executors (fluxflow/train/pipeline.py
+and flows/pipeline_flow.py) schedule from them.
 """
 from __future__ import annotations
 
@@ -51,3 +52,21 @@ def descendants(steps: Sequence[StepNode], names: Iterable[str]) -> list[str]:
         frontier = found - below
         below |= found
     return [step.name for step in steps if step.name in below]
+
+
+def execution_order(steps: Sequence[StepNode]) -> list:
+    """Parents before children, file order otherwise."""
+    by_name = {s.name: s for s in steps}
+    ordered, placed = [], set()
+
+    def place(step) -> None:
+        if step.name in placed:
+            return
+        if step.parent is not None:
+            place(by_name[step.parent])
+        placed.add(step.name)
+        ordered.append(step)
+
+    for step in steps:
+        place(step)
+    return ordered

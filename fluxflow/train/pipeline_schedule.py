@@ -1,0 +1,65 @@
+"""What a pipeline step's end means for the others: the one failure rule of both executors (the bare
+`fluxflow/train/pipeline.py::run_pipeline` and the Prefect flow in `flows/pipeline_flow.py`).
+
+A step that fails, or that misses its loss threshold with `on_missed: fail`, stops its own subtree only: sibling
+branches are other hypotheses and still run. At the end the run fails with one error naming every problem. An
+interrupt (Ctrl-C, a stop request) is not a failure: the executors let it stop everything at once.
+
+No torch here: the flow imports this before any step runs.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fluxflow.config.dag import children_of, descendants
+
+
+class PipelineFailed(RuntimeError):
+    """Some step failed or missed its threshold with `on_missed: fail`; the message names them."""
+
+
+def missed_threshold_message(step) -> str:
+    t = step.transition_on
+    return (
+        f"Step {step.name}: {t.metric} did not fall below {t.threshold} within {t.max_epochs} epochs "
+        f"(max_epochs reached); on_missed: {step.on_missed}"
+    )
+
+
+class PipelineSchedule:
+    """Which steps may start, as steps finish or fail. Steps need `.name`, `.parent`, `.on_missed` and
+    `.transition_on` (a config's `resolved_steps()`)."""
+
+    def __init__(self, steps: Sequence) -> None:
+        self.steps = list(steps)
+        self.by_name = {step.name: step for step in self.steps}
+        self.children = children_of(self.steps)
+        self.problems: list[str] = []
+        self.not_run: dict[str, str] = {}  # step -> why it did not run (an ancestor failed or missed)
+        self.first_error: BaseException | None = None
+
+    def roots(self) -> list[str]:
+        return list(self.children.get(None, []))
+
+    def step_failed(self, name: str, error: BaseException) -> None:
+        """The step raised (after any retries): its subtree does not run."""
+        self.problems.append(f"step {name} failed: {error}")
+        self.first_error = self.first_error or error
+        self._stop_below(name, f"not run: {name} failed")
+
+    def step_finished(self, name: str, outcome: str) -> list[str]:
+        """The children to start now: none when the step missed its threshold with `on_missed: fail`."""
+        step = self.by_name[name]
+        if outcome == "max_epochs_reached" and step.on_missed == "fail":
+            self.problems.append(missed_threshold_message(step))
+            self._stop_below(name, f"not run: {name} missed its threshold")
+            return []
+        return list(self.children.get(name, []))
+
+    def raise_if_failed(self) -> None:
+        """One error naming every problem, chained to the first step's exception (its traceback)."""
+        if self.problems:
+            raise PipelineFailed("; ".join(self.problems)) from self.first_error
+
+    def _stop_below(self, name: str, why: str) -> None:
+        self.not_run.update({below: why for below in descendants(self.steps, [name])})

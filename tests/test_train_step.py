@@ -16,7 +16,7 @@ from fluxflow.train.latents import encode_latents, measure_latent_norm
 from fluxflow.losses import rectified_flow_loss
 from fluxflow.models import COMPONENTS, build_component, tokenize
 from fluxflow.config.modes import step_metrics
-from fluxflow.train.batch_step import flow_step, vae_step
+from fluxflow.train.batch_step import encode_text, flow_step, vae_step
 
 __all__ = ["one_torch_thread"]  # autouse fixture: tiny steps run ~20x faster on a busy CPU with one thread
 
@@ -54,7 +54,8 @@ def run_batch(ctx, config, images: torch.Tensor, captions: list[str], global_ste
         if ctx.latent_norm is None:
             ctx.latent_norm = measure_latent_norm(ctx.latent_encoder, images)
         ids, mask = tokenize(captions, config.model.text_max_len)
-        metrics.update(flow_step(ctx, images, ids, mask))
+        latents = encode_latents(ctx.latent_encoder, images, ctx.latent_norm)
+        metrics.update(flow_step(ctx, latents, encode_text(ctx, ids, mask)))
     return metrics
 
 

@@ -94,7 +94,7 @@ def test_timesteps_near_one_are_drawn_with_the_uniform_share():
 
 def test_latent_normalisation_over_several_batches_equals_the_statistics_of_all_their_images():
     encoder = torch.nn.Conv2d(3, 8, 3, padding=1)
-    with_logvar = lambda x: (encoder(x), None)  # noqa: E731
+    with_logvar = lambda x: (encoder(x), torch.zeros(()))  # noqa: E731 - (mean, logvar) as a compressor
     batches = [torch.randn(4, 3, 8, 8) * (i + 1) for i in range(5)]
     norm = measure_latent_norm(with_logvar, batches)
     with torch.no_grad():

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fluxflow.checkpoints.ref import CheckpointRef, StepResult
+from fluxflow.config.caching import CACHE_FIELDS
 from fluxflow.config.dag import execution_order
 from fluxflow.checkpoints.step_key import describe_change, step_key
 from fluxflow.train.tracking import metrics_file
@@ -23,7 +24,9 @@ def step_keys(config) -> dict[str, str]:
     root = {"model_checkpoint": config.model_checkpoint} if config.model_checkpoint else None
     for step in execution_order(config.resolved_steps()):
         parent_key = keys[step.parent] if step.parent else (json.dumps(root) if root else None)
-        keys[step.name] = step_key(step.model_dump(mode="json"), config.model.model_dump(mode="json"),
+        # Caches change no number, so switching them neither re-runs a step nor sets its files aside.
+        keys[step.name] = step_key(step.model_dump(mode="json", exclude=set(CACHE_FIELDS)),
+                                   config.model.model_dump(mode="json"),
                                    config.dataset_for(step).model_dump(mode="json"), parent_key)
     return keys
 

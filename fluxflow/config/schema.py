@@ -125,8 +125,10 @@ class OutputConfig(StrictModel):
     sample_captions: list[str] = Field(default_factory=lambda: list(DEFAULT_SAMPLE_CAPTIONS))
     sample_sizes: list[int] | None = None  # None: [data.img_size]
     no_samples: bool = False
+    # Where latent_cache/ and text_cache/ go (None: output_path); runs that share it share their caches.
+    cache_dir: str | None = None
 
-    _local_output = field_validator("output_path")(check_output_path)
+    _local_output = field_validator("output_path", "cache_dir")(check_output_path)
 
 
 class TrackingConfig(StrictModel):

@@ -83,6 +83,8 @@ class StepFields(StrictModel):
     lr: float | None = Field(None, gt=0.0, le=1.0)
     dataset: str | None = None
     eval_interval: int | None = Field(None, ge=1)
+    cache_latents: bool | None = None  # None: on where valid (fluxflow/config/caching.py)
+    cache_text: bool | None = None
 
 
 class StepDefaults(StepFields):
@@ -136,6 +138,10 @@ class ResolvedStep(StrictModel):
     lr: float
     dataset: str
     eval_interval: int | None
+    # What the step asked for (None: the default, on where valid); whether a cache is used is
+    # fluxflow/config/caching.py's answer. Caches change no number, so the step key leaves them out.
+    cache_latents: bool | None
+    cache_text: bool | None
 
 
 @dataclass(frozen=True)
@@ -190,7 +196,8 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
     given = merged_step_fields(step, defaults)
     values: dict[str, Any] = dict(STEP_DEFAULTS)
     values.update(batch_size=globals_.batch_size, workers=globals_.workers, lr=globals_.lr,
-                  max_steps=globals_.max_steps, eval_interval=None)
+                  max_steps=globals_.max_steps, eval_interval=None,
+                  cache_latents=None, cache_text=None)
     for key in ("n_epochs", "dataset"):
         if getattr(globals_, key) is not None:
             values[key] = getattr(globals_, key)

@@ -98,6 +98,24 @@ class FolderDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def caption(self, index: int) -> str:
+        """Item `index`'s caption without decoding its image (an unreadable image's stand-in has its own caption,
+        which is another item's)."""
+        return self.items[index][1]
+
+    def fingerprint(self) -> str:
+        """sha256 over every item's name, caption, file size and modification time: a replaced or edited image
+        changes it (what keys the latent cache besides the config, fluxflow/cache/fingerprint.py)."""
+        digest = hashlib.sha256()
+        for name, caption in self.items:
+            try:
+                st = (self.root / name).stat()
+                stat = f"{st.st_size}\t{st.st_mtime_ns}"
+            except OSError:  # gone since the dataset was built: it will be skipped as unreadable
+                stat = "missing"
+            digest.update(f"{name}\t{caption}\t{stat}\n".encode("utf-8"))
+        return digest.hexdigest()
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         n = len(self.items)
         if not -n <= index < n:

@@ -187,6 +187,10 @@ class ShapesDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {self.size} items")
         return scene(self.seed, index % self.size, self.stream)
 
+    def caption(self, index: int) -> str:
+        """Item `index`'s caption without drawing its image (what the text cache encodes)."""
+        return self.scene(index).caption
+
     def attributes(self, index: int) -> dict[str, str]:
         s = self.scene(index)
         return {"color": s.color, "shape": s.shape, "background": s.background, "position": s.position}

@@ -8,13 +8,12 @@ window and the optimizers step at its end.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from fluxflow.runtime.device import autocast
-from fluxflow.train.latents import encode_latents
 from fluxflow.losses import (adaptive_weight, hinge_d_loss, hinge_g_loss, kl_loss, kl_weight, r1_penalty,
                              rectified_flow_loss, reconstruction_loss)
 from fluxflow.models import cfg_drop_mask
@@ -150,16 +149,27 @@ def discriminator_step(ctx: StepContext, real: torch.Tensor, fake: torch.Tensor,
     return out
 
 
-def flow_step(ctx: StepContext, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+class TextFeatures(NamedTuple):
+    """The text encoder's outputs for a batch of captions: computed now (`encode_text`) or read from the text cache."""
+    tokens: torch.Tensor  # [B, L, D]
+    pooled: torch.Tensor  # [B, D]
+    mask: torch.Tensor  # [B, L] bool
+
+
+def encode_text(ctx: StepContext, ids: torch.Tensor, mask: torch.Tensor) -> TextFeatures:
+    """The text encoder on tokenized captions, with a graph only where it trains (`train_diff_full`, unfreeze)."""
+    with torch.set_grad_enabled("text_encoder" in ctx.trained), autocast(ctx.device, ctx.amp_dtype):
+        tokens, pooled = ctx.models["text_encoder"](ids, mask)
+    return TextFeatures(tokens, pooled, mask)
+
+
+def flow_step(ctx: StepContext, latents: torch.Tensor, text: TextFeatures,
               window: Window = WHOLE_BATCH) -> dict[str, torch.Tensor]:
-    """Rectified flow on frozen-VAE latents (t = 1 is noise). The text encoder trains only in `train_diff_full`."""
-    m = ctx.models
-    latents = encode_latents(ctx.latent_encoder, images, ctx.latent_norm)
-    train_text = "text_encoder" in ctx.trained
-    with torch.set_grad_enabled(train_text), autocast(ctx.device, ctx.amp_dtype):
-        tokens, pooled = m["text_encoder"](ids, mask)
-    drop = cfg_drop_mask(images.shape[0], ctx.step.cfg_dropout, images.device, ctx.generator)
+    """Rectified flow (t = 1 is noise) on normalised latents of the frozen VAE, conditioned on `text`; the text
+    encoder learns through `text` where it was encoded with a graph. The Trainer supplies both, encoded now or read
+    from the caches (fluxflow/train/trainer.py)."""
+    drop = cfg_drop_mask(latents.shape[0], ctx.step.cfg_dropout, latents.device, ctx.generator)
     with autocast(ctx.device, ctx.amp_dtype):
-        loss = rectified_flow_loss(m["flow_processor"], latents, tokens, mask, pooled, drop, ctx.generator,
-                                   ctx.step.uniform_t_share).float()
+        loss = rectified_flow_loss(ctx.models["flow_processor"], latents, text.tokens, text.mask, text.pooled, drop,
+                                   ctx.generator, ctx.step.uniform_t_share).float()
     return {"flow_loss": loss.detach(), **backward_and_update(ctx, loss, "flow", ("flow", "text_encoder"), window)}

@@ -18,18 +18,22 @@ LATENT_NORM_IMAGES = 1024
 
 def measure_latent_norm(encoder: nn.Module, batches: torch.Tensor | Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
     """Per-channel mean (`shift`) and standard deviation (`scale`) of the encoder's posterior means over `batches`
-    (image batches; one tensor is one batch). Sums are taken in float64, so many batches add up without drift."""
+    (image batches; one tensor is one batch)."""
     if isinstance(batches, torch.Tensor):
         batches = [batches]
+    return latent_norm_of_means(posterior(encoder, images)[0] for images in batches)
+
+
+def latent_norm_of_means(means: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`measure_latent_norm` on posterior means already computed (by the encoder or read from the latent cache).
+    Sums are taken in float64, so many batches add up without drift."""
     sums, squares, count = None, None, 0
-    with torch.no_grad():
-        for images in batches:
-            mean, _ = encoder(images)
-            mean = mean.double()
-            batch_sums, batch_squares = mean.sum(dim=(0, 2, 3)), mean.square().sum(dim=(0, 2, 3))
-            sums = batch_sums if sums is None else sums + batch_sums
-            squares = batch_squares if squares is None else squares + batch_squares
-            count += mean.numel() // mean.shape[1]
+    for mean in means:
+        mean = mean.double()
+        batch_sums, batch_squares = mean.sum(dim=(0, 2, 3)), mean.square().sum(dim=(0, 2, 3))
+        sums = batch_sums if sums is None else sums + batch_sums
+        squares = batch_squares if squares is None else squares + batch_squares
+        count += mean.numel() // mean.shape[1]
     if count < 2:
         raise ValueError("measuring the latent normalisation needs at least two latent positions")
     shift = sums / count
@@ -37,10 +41,21 @@ def measure_latent_norm(encoder: nn.Module, batches: torch.Tensor | Iterable[tor
     return {"shift": shift.float(), "scale": variance.sqrt().float().clamp_min(1e-3)}
 
 
-def encode_latents(compressor: nn.Module, images: torch.Tensor, norm: dict[str, torch.Tensor]) -> torch.Tensor:
+def posterior(compressor: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The compressor's posterior (mean, log-variance) of `images` in float32, without a graph: the one encode of
+    flow latents, on the fly and for the latent cache (fluxflow/cache/latent_cache.py)."""
     with torch.no_grad():
-        mean, _ = compressor(images)
+        mean, logvar = compressor(images)
+    return mean.float(), logvar.float()
+
+
+def normalise_latents(mean: torch.Tensor, norm: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Posterior means (on the fly or cached) -> the unit-scale latents the flow model trains on."""
     return (mean.float() - norm["shift"].view(1, -1, 1, 1)) / norm["scale"].view(1, -1, 1, 1)
+
+
+def encode_latents(compressor: nn.Module, images: torch.Tensor, norm: dict[str, torch.Tensor]) -> torch.Tensor:
+    return normalise_latents(posterior(compressor, images)[0], norm)
 
 
 def decode_latents(expander: nn.Module, latents: torch.Tensor, norm: dict[str, torch.Tensor],

@@ -18,6 +18,14 @@ class StepData:
     holdout_set: torch.utils.data.Dataset
     holdout_images: torch.Tensor | None  # the first N_HOLDOUT_SAMPLES held-out images, on the device
     batches_per_epoch: int  # full batches, capped by the step's max_steps
+    # The training split's cached posterior means, item for item (flow steps with a frozen compressor:
+    # fluxflow/train/step_cache.py); evaluation keeps using the images of `train_set`.
+    latent_cache: torch.utils.data.Dataset | None = None
+
+    @property
+    def batch_source(self) -> torch.utils.data.Dataset:
+        """What the training loop loads: the cached latents where there are any, else the images."""
+        return self.latent_cache if self.latent_cache is not None else self.train_set
 
 
 def load_step_data(config, step, device: torch.device) -> StepData:
@@ -34,12 +42,13 @@ def load_step_data(config, step, device: torch.device) -> StepData:
     return StepData(train_set, holdout_set, holdout, n_batches)
 
 
-def leading_images(data: StepData, batch_size: int, seed: int, n_images: int,
-                    device: torch.device) -> Iterator[torch.Tensor]:
-    """The first training batches of epoch 0 covering about `n_images` images, on the device, one batch at a time
-    (to measure the latent normalisation of the first flow step)."""
-    n_batches = max(1, -(-n_images // batch_size))
-    for i, (images, _) in enumerate(make_loader(data.train_set, batch_size, 0, seed, 0, 0)):
+def leading_inputs(data: StepData, batch_size: int, seed: int, n_items: int,
+                   device: torch.device) -> Iterator[torch.Tensor]:
+    """The first training batches of epoch 0 covering about `n_items` items of `data.batch_source` (images, or
+    cached posterior means), on the device, one batch at a time (to measure the latent normalisation of the first
+    flow step)."""
+    n_batches = max(1, -(-n_items // batch_size))
+    for i, (inputs, _) in enumerate(make_loader(data.batch_source, batch_size, 0, seed, 0, 0)):
         if i >= n_batches:
             break
-        yield images.to(device)
+        yield inputs.to(device)

@@ -34,8 +34,9 @@ from fluxflow.runtime import distributed
 from fluxflow.runtime.device import resolve_device
 from fluxflow.runtime.gpu_claim import claimed_device
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
-from fluxflow.train.latents import LATENT_NORM_IMAGES, measure_latent_norm
-from fluxflow.train.step_data import leading_images, load_step_data
+from fluxflow.train.latents import LATENT_NORM_IMAGES, latent_norm_of_means, measure_latent_norm
+from fluxflow.train.step_cache import attach_caches
+from fluxflow.train.step_data import leading_inputs, load_step_data
 from fluxflow.train.step_report import StepReport
 from fluxflow.train.tracking import NullTracker, ConsoleJsonlTracker, batch_progress, metrics_file, trim_jsonl
 from fluxflow.train.batch_step import Window
@@ -114,6 +115,7 @@ class StepRun:
         self.monitor = TransitionMonitor(self.step.transition_on, self.step.n_epochs, device)
         self.trainer = build_trainer(config, self.step, state, device, max_epochs=self.monitor.max_epochs,
                                      updates_per_epoch=self.updates_per_epoch(), resuming=self.resuming)
+        attach_caches(config, self.step, self.data, self.trainer, self.say)
         self.trainer.set_latent_norm(self._latent_norm(state))
         self.history: dict = dict(meta.get("step_metrics", {}))
         self.history.setdefault(self.step.name, {})
@@ -130,12 +132,14 @@ class StepRun:
             print(line, flush=True)
 
     def _latent_norm(self, state: dict | None) -> dict[str, torch.Tensor] | None:
-        """The input checkpoint's latent normalisation; the first flow step measures it with the encoder it trains on."""
+        """The input checkpoint's latent normalisation; the first flow step measures it with the encoder it trains on
+        (from the latent cache, which holds that encoder's posterior means, where the step has one)."""
         latent_norm = (state or {}).get("latent_norm")
         if has_flow_mode(self.step) and latent_norm is None:
-            images = leading_images(self.data, self.step.batch_size, self.config.training.seed, LATENT_NORM_IMAGES,
+            inputs = leading_inputs(self.data, self.step.batch_size, self.config.training.seed, LATENT_NORM_IMAGES,
                                     self.device)
-            latent_norm = measure_latent_norm(self.trainer.ctx.latent_encoder, images)
+            latent_norm = latent_norm_of_means(inputs) if self.trainer.cached_latents else \
+                measure_latent_norm(self.trainer.ctx.latent_encoder, inputs)
         return latent_norm
 
     def _resume(self, state: dict, meta: dict) -> tuple[int, int]:
@@ -165,14 +169,14 @@ class StepRun:
         """Train the rest of the running epoch from `position.batch`, then decide the transition."""
         pos, step, n_batches = self.position, self.step, self.data.batches_per_epoch
         # Under torchrun each rank loads only its slice of every global batch.
-        loader = make_loader(self.data.train_set, step.batch_size, step.workers, self.config.training.seed,
+        loader = make_loader(self.data.batch_source, step.batch_size, step.workers, self.config.training.seed,
                              pos.start_epoch + pos.epoch, pos.batch, rank=distributed.rank(), world=self.world)
         self.report.epoch_started()
         with batch_progress(n_batches, pos.batch, f"{step.name} epoch {pos.epoch + 1}") as bar:
-            for images, captions in loader:
+            for inputs, captions in loader:  # images, or their cached posterior means (self.data.batch_source)
                 if pos.batch >= n_batches:
                     break
-                metrics = self.trainer.train_batch(images.to(self.device, non_blocking=True), captions,
+                metrics = self.trainer.train_batch(inputs.to(self.device, non_blocking=True), captions,
                                                    pos.global_step, self.updates_done(), self.window())
                 self.monitor.observe(metrics)
                 pos.batch, pos.global_step = pos.batch + 1, pos.global_step + 1

@@ -190,10 +190,10 @@ class MultiTracker:
             t.step_finished(ref, result)
 
 
-def batch_progress(total: int, initial: int = 0, desc: str = "") -> tqdm:
-    """A tqdm bar over the batches of one epoch, drawn only when stdout is a terminal (`disable=None`): logs and CI
-    output stay free of carriage-return noise."""
-    return tqdm(total=total, initial=initial, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
+def batch_progress(total: int, initial: int = 0, desc: str = "", unit: str = "batch") -> tqdm:
+    """A tqdm bar over the batches of one epoch (or the items of a cache build), drawn only when stdout is a
+    terminal (`disable=None`): logs and CI output stay free of carriage-return noise."""
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
                 file=sys.stdout, disable=None)
 
 

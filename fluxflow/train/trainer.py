@@ -10,13 +10,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fluxflow.cache.text_cache import TextCache
 from fluxflow.config.modes import has_flow_mode, touches_vae, trained_components
 from fluxflow.losses import LPIPSLoss
 from fluxflow.models import tokenize
 from fluxflow.runtime import distributed
 from fluxflow.runtime.device import autocast_dtype
-from fluxflow.train.batch_step import WHOLE_BATCH, StepContext, Window, flow_step, vae_step
+from fluxflow.train.batch_step import WHOLE_BATCH, StepContext, TextFeatures, Window, encode_text, flow_step, vae_step
 from fluxflow.train.ema import EMA
+from fluxflow.train.latents import encode_latents, normalise_latents
 from fluxflow.train.lr_schedule import LrSchedule, build_schedulers
 from fluxflow.train.optim import build_optimizers
 from fluxflow.train.step_models import ema_components, prepare_emas, prepare_models, sampling_models
@@ -33,14 +35,20 @@ class Trainer:
     optimizers: dict[str, torch.optim.Optimizer]
     schedulers: dict[str, LrSchedule]
     ctx: StepContext
+    # The flow step's inputs from the caches (fluxflow/train/step_cache.py attaches them): with `cached_latents`,
+    # train_batch receives the cached posterior means instead of images; with a `text_cache`, captions are looked up.
+    cached_latents: bool = False
+    text_cache: TextCache | None = None
 
     def train_batch(self, images: torch.Tensor, captions: list[str], global_step: int, update: int,
                     window: Window = WHOLE_BATCH) -> dict[str, torch.Tensor]:
         """One (micro-)batch through the step's losses; at the end of its accumulation window the optimizers, the
         EMAs and the per-update schedules advance. Metrics stay on the device (no host sync).
 
-        `global_step` (batches of the whole pipeline) seeds this batch's random draws, so a resumed run draws the
-        same numbers; each torchrun rank draws its own. `update` counts this step's optimizer updates so far.
+        `images` are the batch's images [B, C, H, W], or, with `cached_latents`, their cached posterior means
+        [B, c, h, w] (the latent cache's items). `global_step` (batches of the whole pipeline) seeds this batch's
+        random draws, so a resumed run draws the same numbers; each torchrun rank draws its own. `update` counts
+        this step's optimizer updates so far.
         """
         ctx, step = self.ctx, self.step
         ctx.generator.manual_seed(batch_seed(self.config.training.seed, global_step))
@@ -48,9 +56,7 @@ class Trainer:
         if touches_vae(step):
             metrics.update(vae_step(ctx, images, update, window))
         if has_flow_mode(step):
-            ids, mask = tokenize(list(captions), self.config.model.text_max_len)
-            flow_metrics = flow_step(ctx, images, ids.to(ctx.device, non_blocking=True),
-                                     mask.to(ctx.device, non_blocking=True), window)
+            flow_metrics = flow_step(ctx, self.flow_latents(images), self.text_features(captions), window)
             if "skipped_updates" in metrics:
                 flow_metrics["skipped_updates"] = flow_metrics["skipped_updates"] + metrics["skipped_updates"]
             metrics.update(flow_metrics)
@@ -60,6 +66,23 @@ class Trainer:
             for schedule in self.schedulers.values():
                 schedule.after_optimizer_step()
         return metrics
+
+    def flow_latents(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Normalised flow latents of the batch: from its cached posterior means, or by encoding its images."""
+        if self.cached_latents:
+            return normalise_latents(inputs, self.ctx.latent_norm)
+        return encode_latents(self.ctx.latent_encoder, inputs, self.ctx.latent_norm)
+
+    def text_features(self, captions: list[str]) -> TextFeatures:
+        """The text encoder's outputs for the batch's captions: looked up in the text cache, or encoded now."""
+        if self.text_cache is not None:
+            return TextFeatures(*self.text_cache.features(captions, self.ctx.device))
+        return encode_text(self.ctx, *self.tokenize(captions))
+
+    def tokenize(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, mask) of the captions on the device: the one tokenization of training and of the text cache."""
+        ids, mask = tokenize(list(captions), self.config.model.text_max_len)
+        return ids.to(self.ctx.device, non_blocking=True), mask.to(self.ctx.device, non_blocking=True)
 
     def set_latent_norm(self, latent_norm: dict[str, torch.Tensor] | None) -> None:
         """The per-channel latent shift/scale the flow step trains with (None for steps without the flow model)."""

@@ -1,0 +1,96 @@
+"""The caches of one flow step: which it uses (fluxflow/config/caching.py), their keys, built or reused, attached.
+
+`attach_caches` runs in the step's set-up (fluxflow/train/step_run.py) after the Trainer exists, because the caches
+hold what the step's own frozen networks compute: the latent encoder `trainer.ctx.latent_encoder` (the EMA
+compressor where there is one) and the text encoder. It runs before the latent normalisation is measured, which
+then reads the cached means instead of encoding images again.
+
+Where: `<root>/latent_cache/<key>/` and `<root>/text_cache/<key>/`, the root being `output.cache_dir` or else the
+output directory, so every run and branch that would compute the same rows reads one copy. A key is 16 hex
+characters of sha256 over (json_sha256, fluxflow/checkpoints/step_key.py):
+- latents: the encoder's weights (every tensor, fluxflow/cache/fingerprint.py), the step's autocast precision, the
+  dataset's config and fingerprint (length, first and last item as loaded, a folder's file stats), image size and
+  channels;
+- text: the text encoder's weights, the model's text settings (`text_*`: length, width, depth), the precision, and
+  the distinct captions of the training split.
+Under torchrun every rank calls this: the first to take a cache's lock builds it, the others wait, then read it.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from fluxflow.cache.fingerprint import dataset_fingerprint, module_sha256
+from fluxflow.cache.latent_cache import LatentCacheDataset, build_latent_cache, latent_store
+from fluxflow.cache.store import CacheStore
+from fluxflow.cache.text_cache import TextCache, build_text_cache, text_store
+from fluxflow.checkpoints.step_key import KEY_LENGTH, json_sha256
+from fluxflow.config.caching import latent_cache_choice, text_cache_choice
+from fluxflow.train.latents import posterior
+from fluxflow.train.batch_step import encode_text
+
+CHUNK_ROWS = 1024  # rows between progress marks: an interrupted build redoes at most this many
+TEXT_BATCH = 256  # captions per text-encoder call while building (the encoder is small next to the flow model)
+
+
+def cache_root(config) -> Path:
+    return Path(config.output.cache_dir or config.output.output_path)
+
+
+def attach_caches(config, step, data, trainer, say: Callable[[str], None] = print) -> None:
+    """Build or reuse the step's caches and switch the data and the Trainer to them."""
+    kind = config.dataset_for(step).type
+    if latent_cache_choice(step, kind).on:
+        data.latent_cache = LatentCacheDataset(latent_cache(config, step, data.train_set, trainer, say))
+        trainer.cached_latents = True
+    if text_cache_choice(step, kind).on:
+        trainer.text_cache = TextCache(text_cache(config, step, distinct_captions(data.batch_source), trainer, say))
+
+
+def latent_cache(config, step, dataset, trainer, say: Callable[[str], None]) -> CacheStore:
+    encoder, device = trainer.ctx.latent_encoder, trainer.ctx.device
+    inputs = {"encoder": module_sha256(encoder), "precision": str(trainer.ctx.amp_dtype),
+              "dataset": config.dataset_for(step).model_dump(mode="json"), "fingerprint": dataset_fingerprint(dataset),
+              "img_size": config.data.img_size, "channels": config.data.channels}
+    directory = cache_root(config) / "latent_cache" / json_sha256(inputs, KEY_LENGTH)
+    probe, _ = posterior(encoder, dataset[0][0][None].to(device))
+    store = latent_store(directory, inputs, len(dataset), tuple(probe.shape[1:]))
+    _ensure(store, "Latent", step, say, lambda: build_latent_cache(
+        store, dataset, lambda images: posterior(encoder, images), device, batch_size=step.batch_size,
+        workers=step.workers, chunk_rows=CHUNK_ROWS, desc=f"{step.name} latent cache"))
+    return store
+
+
+def text_cache(config, step, captions: list[str], trainer, say: Callable[[str], None]) -> CacheStore:
+    text_settings = {k: v for k, v in config.model.model_dump(mode="json").items() if k.startswith("text")}
+    inputs = {"encoder": module_sha256(trainer.models["text_encoder"]), "model": text_settings,
+              "precision": str(trainer.ctx.amp_dtype), "captions": json_sha256(captions, 64)}
+    directory = cache_root(config) / "text_cache" / json_sha256(inputs, KEY_LENGTH)
+
+    def encode(batch: list[str]) -> dict:
+        return encode_text(trainer.ctx, *trainer.tokenize(batch))._asdict()
+
+    store = text_store(directory, inputs, len(captions), encode(captions[:1]), trainer.ctx.amp_dtype)
+    _ensure(store, "Text", step, say, lambda: build_text_cache(
+        store, captions, encode, batch_size=TEXT_BATCH, chunk_rows=CHUNK_ROWS, desc=f"{step.name} text cache"))
+    return store
+
+
+def _ensure(store: CacheStore, what: str, step, say: Callable[[str], None], build: Callable[[], None]) -> None:
+    """Build the cache unless it is complete, saying which it is and how long the build took."""
+    if store.complete:
+        say(f"{what} cache of step {step.name}: reusing {store.dir} ({store.rows:,} rows)")
+        return
+    done = store.rows_done
+    more = f", continuing at row {done:,}" if done else ""
+    say(f"{what} cache of step {step.name}: building {store.rows:,} rows in {store.dir}{more}")
+    start = time.perf_counter()
+    build()
+    say(f"{what} cache of step {step.name}: built in {time.perf_counter() - start:.1f} s")
+
+
+def distinct_captions(dataset) -> list[str]:
+    """The training split's distinct captions, sorted (without loading images where the dataset can say them)."""
+    caption = getattr(dataset, "caption", None) or (lambda i: dataset[i][1])
+    return sorted({caption(i) for i in range(len(dataset))})

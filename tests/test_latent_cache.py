@@ -1,0 +1,127 @@
+"""The latent cache: a flow step trains from it exactly as it trains by encoding on the fly, a changed VAE or dataset
+gets a new cache, and an interrupted build continues where it stopped."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from cache_fixtures import flow_setup, image_norm, train_losses, weights
+from helpers_tiny import one_torch_thread
+
+from fluxflow.train.latents import latent_norm_of_means, measure_latent_norm, posterior
+from fluxflow.train.step_data import leading_inputs
+
+__all__ = ["one_torch_thread"]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FULL = {"train_diff_full": True}  # the text encoder trains: latents from the cache, text encoded every batch
+
+
+def test_a_flow_step_trains_the_same_from_the_latent_cache_as_by_encoding_on_the_fly(tmp_path):
+    live, live_data, config, step = flow_setup(tmp_path / "live", FULL, caches=False, dataset_size=24)
+    cached, cached_data, _, _ = flow_setup(tmp_path / "cached", FULL, caches=True, dataset_size=24)
+    assert cached.cached_latents and cached.text_cache is None and not live.cached_latents
+    norm = image_norm(live, live_data, config, step)
+    live.set_latent_norm(norm)
+    cached.set_latent_norm(norm)
+
+    want = train_losses(live, live_data, config, step, 4)
+    got = train_losses(cached, cached_data, config, step, 4)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    for name, value in weights(live).items():
+        torch.testing.assert_close(weights(cached)[name], value, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_cached_rows_are_the_encoders_posterior_and_give_the_same_latent_normalisation(tmp_path):
+    trainer, data, config, step = flow_setup(tmp_path, FULL, caches=True, dataset_size=16)
+    encoder, cache = trainer.ctx.latent_encoder, data.latent_cache
+    images = torch.stack([data.train_set[i][0] for i in range(len(data.train_set))])
+    mean, logvar = posterior(encoder, images)  # one batch of 16; the cache was built in batches of 4
+    torch.testing.assert_close(torch.stack([cache[i][0] for i in range(len(cache))]), mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.stack([cache.logvar(i) for i in range(len(cache))]).float(), logvar,
+                               rtol=1e-3, atol=1e-3)  # float16 storage
+    assert [cache[i][1] for i in range(len(cache))] == [data.train_set[i][1] for i in range(len(cache))]
+
+    # The first flow step's measurement: the same items of epoch 0, read from the cache or encoded.
+    from_cache = latent_norm_of_means(leading_inputs(data, step.batch_size, 0, 12, trainer.ctx.device))
+    images_only = dataclasses.replace(data, latent_cache=None)
+    from_images = measure_latent_norm(encoder, leading_inputs(images_only, step.batch_size, 0, 12, trainer.ctx.device))
+    for part in ("shift", "scale"):
+        torch.testing.assert_close(from_cache[part], from_images[part], rtol=1e-6, atol=1e-7)
+
+
+def _changed(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    changed = {k: v.clone() for k, v in state_dict.items()}
+    first = next(k for k, v in changed.items() if v.is_floating_point())
+    changed[first] += 0.05
+    return changed
+
+
+def test_a_changed_vae_or_dataset_builds_a_new_cache_and_an_unchanged_one_is_reused(tmp_path):
+    said: list[str] = []
+    first, first_data, _, _ = flow_setup(tmp_path, FULL, caches=True, said=said)
+    flow_setup(tmp_path, FULL, caches=True, said=said)
+    state = {"models": {"compressor": _changed(first.models["compressor"].state_dict())}}
+    other_vae, other_data, _, _ = flow_setup(tmp_path, FULL, caches=True, said=said, state=state)
+    flow_setup(tmp_path, FULL, caches=True, said=said, dataset_size=20)
+
+    dirs = [d.name for d in sorted((tmp_path / "latent_cache").iterdir(), key=lambda d: d.stat().st_mtime_ns)]
+    assert len(dirs) == 3, said
+    assert [line.split(":")[1].split()[0] for line in said if "building" in line or "reusing" in line] == \
+        ["building", "reusing", "building", "building"]
+    # The new cache holds the new encoder's latents.
+    image = other_data.train_set[0][0][None]
+    torch.testing.assert_close(other_data.latent_cache[0][0], posterior(other_vae.ctx.latent_encoder, image)[0][0])
+    assert not torch.allclose(other_data.latent_cache[0][0], first_data.latent_cache[0][0])
+
+
+def test_an_interrupted_build_continues_where_it_stopped_and_ends_equal_to_a_build_in_one_go(tmp_path, monkeypatch):
+    import fluxflow.train.step_cache as step_cache
+
+    monkeypatch.setattr(step_cache, "CHUNK_ROWS", 4)  # a progress mark after every batch of 4
+    real, batches, interrupt = step_cache.posterior, [], [True]
+
+    def interrupted_at_the_third_batch(encoder, images):
+        if images.shape[0] > 1:  # not the one-image probe that sizes the cache
+            batches.append(images.shape[0])
+            if len(batches) == 3 and interrupt:
+                interrupt.clear()
+                raise KeyboardInterrupt
+        return real(encoder, images)
+
+    monkeypatch.setattr(step_cache, "posterior", interrupted_at_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        flow_setup(tmp_path / "resumed", FULL, caches=True)
+    (directory,) = (tmp_path / "resumed" / "latent_cache").iterdir()
+    assert json.loads((directory / "progress.json").read_text())["rows"] == 8
+
+    batches.clear()
+    said: list[str] = []
+    _, data, _, _ = flow_setup(tmp_path / "resumed", FULL, caches=True, said=said)
+    assert sum(batches) == len(data.train_set) - 8  # only the rest was encoded
+    assert "continuing at row 8" in said[0]
+
+    monkeypatch.setattr(step_cache, "posterior", real)
+    flow_setup(tmp_path / "one_go", FULL, caches=True)
+    (one_go,) = (tmp_path / "one_go" / "latent_cache").iterdir()
+    assert one_go.name == directory.name
+    for name in ("mean.npy", "logvar.npy"):
+        np.testing.assert_array_equal(np.load(directory / name), np.load(one_go / name))
+    assert (directory / "captions.jsonl").read_text() == (one_go / "captions.jsonl").read_text()
+
+
+def test_a_stop_request_ends_a_build_at_a_progress_mark(tmp_path, monkeypatch):
+    import fluxflow.train.step_cache as step_cache
+    from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
+
+    monkeypatch.setattr(step_cache, "CHUNK_ROWS", 4)
+    request_stop()
+    try:
+        with pytest.raises(StepInterrupted, match="stopped at 4/32 rows"):
+            flow_setup(tmp_path, FULL, caches=True)
+    finally:
+        clear_stop_request()

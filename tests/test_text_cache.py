@@ -1,0 +1,54 @@
+"""The text cache: a train_diff step (text encoder frozen) trains from cached text-encoder outputs exactly as it
+trains by encoding its captions every batch, and a changed text encoder gets a new cache."""
+from __future__ import annotations
+
+import pytest
+import torch
+from cache_fixtures import flow_setup, image_norm, train_losses, weights
+from helpers_tiny import one_torch_thread
+
+from fluxflow.train.step_cache import distinct_captions
+
+__all__ = ["one_torch_thread"]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FROZEN_TEXT = {"train_diff": True, "cfg_dropout": 0.5}  # many rows swapped for the null text: that path is covered
+
+
+def test_a_flow_step_trains_the_same_from_the_text_cache_as_by_encoding_captions(tmp_path):
+    live, live_data, config, step = flow_setup(tmp_path / "live", FROZEN_TEXT, caches=False, dataset_size=24)
+    cached, cached_data, _, _ = flow_setup(tmp_path / "cached", FROZEN_TEXT, caches=True, dataset_size=24)
+    assert cached.text_cache is not None and cached.cached_latents
+    norm = image_norm(live, live_data, config, step)
+    live.set_latent_norm(norm)
+    cached.set_latent_norm(norm)
+
+    want = train_losses(live, live_data, config, step, 4)
+    got = train_losses(cached, cached_data, config, step, 4)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    for name, value in weights(live).items():
+        torch.testing.assert_close(weights(cached)[name], value, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_the_text_cache_holds_each_distinct_caption_once_with_the_encoders_outputs(tmp_path):
+    trainer, data, _, _ = flow_setup(tmp_path, FROZEN_TEXT, caches=True, dataset_size=24)
+    captions = distinct_captions(data.train_set)
+    assert trainer.text_cache.store.rows == len(captions) == len(set(captions))
+    picked = [data.train_set[i][1] for i in (3, 0, 3)]
+    tokens, pooled, mask = trainer.text_cache.features(picked, trainer.ctx.device)
+    ids, want_mask = trainer.tokenize(picked)
+    want_tokens, want_pooled = trainer.models["text_encoder"](ids, want_mask)
+    assert torch.equal(mask, want_mask)
+    torch.testing.assert_close(tokens, want_tokens, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pooled, want_pooled, rtol=1e-5, atol=1e-6)
+
+
+def test_a_changed_text_encoder_builds_a_new_text_cache(tmp_path):
+    said: list[str] = []
+    first, _, _, _ = flow_setup(tmp_path, FROZEN_TEXT, caches=True, said=said)
+    text_encoder = {k: v.clone() for k, v in first.models["text_encoder"].state_dict().items()}
+    text_encoder["pos"] += 0.05
+    flow_setup(tmp_path, FROZEN_TEXT, caches=True, said=said, state={"models": {"text_encoder": text_encoder}})
+    assert len(list((tmp_path / "text_cache").iterdir())) == 2
+    assert sum(line.startswith("Text cache") and "building" in line for line in said) == 2

@@ -36,7 +36,7 @@ def one_torch_thread():
 
 def tiny_raw(output: str | Path, steps: list[dict[str, Any]] | None = None, *, dataset_size: int = 32,
              batch_size: int = 4, log_interval: int = 1, checkpoint_save_interval: int = 1,
-             no_samples: bool = False, seed: int = 0, **top: Any) -> dict[str, Any]:
+             no_samples: bool = False, seed: int = 0, precision: str = "fp32", **top: Any) -> dict[str, Any]:
     """A whole config as the YAML file would hold it (a dict), for `load_config`.
 
     `top` entries replace top-level sections (e.g. model_checkpoint="...").
@@ -45,7 +45,7 @@ def tiny_raw(output: str | Path, steps: list[dict[str, Any]] | None = None, *, d
         "data": {"img_size": 16, "channels": 3},
         "model": dict(TINY_MODEL),
         "training": {
-            "batch_size": batch_size, "workers": 0, "seed": seed, "device": "cpu", "precision": "fp32",
+            "batch_size": batch_size, "workers": 0, "seed": seed, "device": "cpu", "precision": precision,
             "pipeline": {
                 "datasets": {"shapes": {"type": "shapes", "size": dataset_size, "seed": 0, "holdout": 4}},
                 "default_dataset": "shapes",

@@ -16,10 +16,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 FROZEN_TEXT = {"train_diff": True, "cfg_dropout": 0.5}  # many rows swapped for the null text: that path is covered
 
 
-def test_a_flow_step_trains_the_same_from_the_text_cache_as_by_encoding_captions(tmp_path):
-    live, live_data, config, step = flow_setup(tmp_path / "live", FROZEN_TEXT, caches=False, dataset_size=24)
-    cached, cached_data, _, _ = flow_setup(tmp_path / "cached", FROZEN_TEXT, caches=True, dataset_size=24)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16 autocast: the features are stored in bfloat16
+def test_a_flow_step_trains_the_same_from_the_text_cache_as_by_encoding_captions(tmp_path, precision):
+    live, live_data, config, step = flow_setup(tmp_path / "live", FROZEN_TEXT, caches=False, dataset_size=24,
+                                               precision=precision)
+    cached, cached_data, _, _ = flow_setup(tmp_path / "cached", FROZEN_TEXT, caches=True, dataset_size=24,
+                                           precision=precision)
     assert cached.text_cache is not None and cached.cached_latents
+    assert cached.text_cache.store.fields["tokens"][1] == {"fp32": "float32", "bf16": "bfloat16"}[precision]
     norm = image_norm(live, live_data, config, step)
     live.set_latent_norm(norm)
     cached.set_latent_norm(norm)

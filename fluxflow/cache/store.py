@@ -124,7 +124,8 @@ class CacheWriter:
             raise ValueError(f"cache {self.store.dir}: {stop} rows exceed its {self.store.rows}")
         for name, (_, dtype) in self.store.fields.items():
             value = values[name].detach().cpu()
-            value = value.view(torch.int16) if dtype == "bfloat16" else value.to(getattr(torch, dtype))
+            value = value.to(getattr(torch, dtype))
+            value = value.view(torch.int16) if dtype == "bfloat16" else value
             self.maps[name][self.next_row:stop] = value.numpy()
         self.captions.write("".join(json.dumps(c) + "\n" for c in captions).encode("utf-8"))
         self.next_row = stop

@@ -99,3 +99,19 @@ def test_table_is_github_markdown_and_result_json_holds_it(tmp_path, capsys):
     assert text.splitlines()[2:] == ["| a | b    |", "|---|------|", "| x | 1.23 |", "| y | —    |"]
     path = write_result("t", {"table": text}, tmp_path)
     assert json.loads(path.read_text())["table"] == text
+
+
+@pytest.mark.slow  # builds three tiny flow steps with the quickstart's model (about 4 s)
+def test_cache_benchmark_times_each_arm_in_every_round_and_builds_only_the_cached_arms_caches(tmp_path, monkeypatch):
+    from bench import cache
+
+    monkeypatch.setattr(cache, "ITEMS_PER_BATCH", 3)
+    monkeypatch.setattr(cache, "ROUNDS", 2)
+    monkeypatch.setattr(cache, "MIN_SECONDS", 0.0)
+    rows = cache.measure_case("tiny", 16, 2, {"train_diff": True}, tmp_path)
+    assert [r["arm"] for r in rows] == ["on the fly", "latent cache", "latent + text cache"]
+    assert all(len(r["laps_s"]) == 2 and len(r["round_ratios"]) == 2 for r in rows)
+    assert rows[0]["ratio"] == 1.0 and rows[0]["build_s"] is None
+    assert all(r["build_s"] > 0 and r["build_items"] == 6 for r in rows[1:])
+    assert [len(list((tmp_path / arm / "latent_cache").glob("*"))) for arm in ("live", "latents", "both")] == [0, 1, 1]
+    assert (tmp_path / "both" / "text_cache").is_dir() and not (tmp_path / "latents" / "text_cache").exists()

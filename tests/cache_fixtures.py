@@ -46,3 +46,19 @@ def train_losses(trainer, data, config, step, n_batches: int) -> torch.Tensor:
 
 def weights(trainer) -> dict[str, torch.Tensor]:
     return {f"{n}.{k}": v.detach().clone() for n, m in trainer.models.items() for k, v in m.state_dict().items()}
+
+
+def assert_trains_the_same(output: Path, step: dict, n_batches: int = 4, **config_kwargs):
+    """Train the step's first batches without and with its caches (same weights, data order and draws) and check
+    that losses and weights agree; returns (live, cached) Trainers."""
+    live, live_data, config, resolved = flow_setup(output / "live", step, caches=False, **config_kwargs)
+    cached, cached_data, _, _ = flow_setup(output / "cached", step, caches=True, **config_kwargs)
+    norm = image_norm(live, live_data, config, resolved)
+    live.set_latent_norm(norm)
+    cached.set_latent_norm(norm)
+    want = train_losses(live, live_data, config, resolved, n_batches)
+    got = train_losses(cached, cached_data, config, resolved, n_batches)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    for name, value in weights(live).items():
+        torch.testing.assert_close(weights(cached)[name], value, rtol=1e-5, atol=1e-7, msg=name)
+    return live, cached

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cache_fixtures import flow_setup, image_norm, train_losses, weights
+from cache_fixtures import assert_trains_the_same, flow_setup
 from helpers_tiny import one_torch_thread
 
 from fluxflow.train.step_cache import distinct_captions
@@ -18,21 +18,9 @@ FROZEN_TEXT = {"train_diff": True, "cfg_dropout": 0.5}  # many rows swapped for 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16 autocast: the features are stored in bfloat16
 def test_a_flow_step_trains_the_same_from_the_text_cache_as_by_encoding_captions(tmp_path, precision):
-    live, live_data, config, step = flow_setup(tmp_path / "live", FROZEN_TEXT, caches=False, dataset_size=24,
-                                               precision=precision)
-    cached, cached_data, _, _ = flow_setup(tmp_path / "cached", FROZEN_TEXT, caches=True, dataset_size=24,
-                                           precision=precision)
-    assert cached.text_cache is not None and cached.cached_latents
+    live, cached = assert_trains_the_same(tmp_path, FROZEN_TEXT, dataset_size=24, precision=precision)
+    assert cached.text_cache is not None and cached.cached_latents and live.text_cache is None
     assert cached.text_cache.store.fields["tokens"][1] == {"fp32": "float32", "bf16": "bfloat16"}[precision]
-    norm = image_norm(live, live_data, config, step)
-    live.set_latent_norm(norm)
-    cached.set_latent_norm(norm)
-
-    want = train_losses(live, live_data, config, step, 4)
-    got = train_losses(cached, cached_data, config, step, 4)
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
-    for name, value in weights(live).items():
-        torch.testing.assert_close(weights(cached)[name], value, rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_the_text_cache_holds_each_distinct_caption_once_with_the_encoders_outputs(tmp_path):

@@ -29,7 +29,7 @@ def test_the_quickstart_flow_step_trains_from_cached_latents_by_default():
     assert latents.on and latents.requested is None
     assert not text.on and "train_diff_full" in text.why_off  # its text encoder trains
     summary = format_summary(config)
-    assert "Latent cache: on" in summary
+    assert "Latent cache: on (in outputs/quickstart/latent_cache)" in summary
     assert "Text cache: off (the text encoder trains in this step (train_diff_full)" in summary
     assert summary.count("Latent cache") == 1  # VAE steps do not mention caches they cannot use
 
@@ -53,7 +53,7 @@ def test_switched_off_and_invalid_requests_are_explained_in_the_summary():
     assert "Latent cache: off, although requested: only flow steps (train_diff, train_diff_full) train from " \
            "caches" in summary
     assert "Latent cache: off (cache_latents: false)" in summary
-    assert "Text cache: on" in summary
+    assert "Text cache: on (in outputs/run/text_cache)" in summary
 
 
 def test_webdataset_streams_are_encoded_on_the_fly():
@@ -70,3 +70,10 @@ def test_cache_switches_change_no_step_key():
     assert step_keys(default) == step_keys(switched)
     assert step_keys(default) != step_keys(config_of({"name": "a", "train_vae": True},
                                                      {"name": "b", "train_diff": True, "cfg_dropout": 0.2}))
+
+
+def test_output_cache_dir_moves_the_caches_out_of_the_output_directory(tmp_path):
+    config = load_config({"training": {"pipeline": {"steps": [{"name": "f", "n_epochs": 1, "train_diff": True}]}},
+                          "output": {"output_path": str(tmp_path / "run"),
+                                     "cache_dir": str(tmp_path / "shared")}}).config
+    assert f"Latent cache: on (in {tmp_path / 'shared' / 'latent_cache'})" in format_summary(config)

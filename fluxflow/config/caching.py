@@ -11,12 +11,18 @@ of the step key (fluxflow/checkpoints/step_files.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fluxflow.config import modes
 
 CACHE_FIELDS: tuple[str, ...] = ("cache_latents", "cache_text")
 INDEXED_DATASETS: tuple[str, ...] = ("shapes", "folder")
+
+
+def cache_root(config: Any) -> Path:
+    """Where latent_cache/ and text_cache/ live: `output.cache_dir`, else the output directory."""
+    return Path(config.output.cache_dir or config.output.output_path)
 
 
 @dataclass(frozen=True)
@@ -59,8 +65,9 @@ def _choice(requested: bool | None, blocker: str | None) -> CacheChoice:
     return CacheChoice(on=blocker is None, why_off=blocker or "", requested=requested)
 
 
-def describe_choice(choice: CacheChoice) -> str:
-    """'on', 'off (cache_latents: false)', or 'off, although requested: <why>' for the validation summary."""
+def describe_choice(choice: CacheChoice, where: Path | None = None) -> str:
+    """'on (in <where>)', 'off (cache_latents: false)', or 'off, although requested: <why>' for the validation
+    summary."""
     if choice.on:
-        return "on"
+        return f"on (in {where})" if where else "on"
     return f"off, although requested: {choice.why_off}" if choice.requested else f"off ({choice.why_off})"

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 from fluxflow.config import modes
-from fluxflow.config.caching import describe_choice, latent_cache_choice, text_cache_choice
+from fluxflow.config.caching import cache_root, describe_choice, latent_cache_choice, text_cache_choice
 from fluxflow.config.schema import DatasetConfig, PipelineConfig
 from fluxflow.config.steps import ResolvedStep
 
@@ -66,17 +67,17 @@ def format_summary(config: PipelineConfig) -> str:
         if step.optimization.schedulers:
             lines.append("  Schedulers: " + ", ".join(f"{g} {s.type}"
                                                        for g, s in step.optimization.schedulers.items()))
-        lines += cache_lines(step, config.dataset_for(step).type)
+        lines += cache_lines(step, config.dataset_for(step).type, cache_root(config))
     return "\n".join(lines)
 
 
-def cache_lines(step: ResolvedStep, dataset_type: str) -> list[str]:
+def cache_lines(step: ResolvedStep, dataset_type: str, root: Path) -> list[str]:
     """The latent and text caches of a flow step (fluxflow/config/caching.py), and of any step that asks for one."""
     lines = []
-    for label, choose, field in (("Latent cache", latent_cache_choice, "cache_latents"),
-                                 ("Text cache", text_cache_choice, "cache_text")):
+    for label, choose, field, folder in (("Latent cache", latent_cache_choice, "cache_latents", "latent_cache"),
+                                         ("Text cache", text_cache_choice, "cache_text", "text_cache")):
         if modes.has_flow_mode(step) or getattr(step, field):
-            lines.append(f"  {label}: {describe_choice(choose(step, dataset_type))}")
+            lines.append(f"  {label}: {describe_choice(choose(step, dataset_type), root / folder)}")
     return lines
 
 

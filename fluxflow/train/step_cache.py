@@ -19,23 +19,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from fluxflow.cache.fingerprint import dataset_fingerprint, module_sha256
 from fluxflow.cache.latent_cache import LatentCacheDataset, build_latent_cache, latent_store
 from fluxflow.cache.store import CacheStore
 from fluxflow.cache.text_cache import TextCache, build_text_cache, text_store
 from fluxflow.checkpoints.step_key import KEY_LENGTH, json_sha256
-from fluxflow.config.caching import latent_cache_choice, text_cache_choice
+from fluxflow.config.caching import cache_root, latent_cache_choice, text_cache_choice
 from fluxflow.train.latents import posterior
 from fluxflow.train.batch_step import encode_text
 
 CHUNK_ROWS = 1024  # rows between progress marks: an interrupted build redoes at most this many
 TEXT_BATCH = 256  # captions per text-encoder call while building (the encoder is small next to the flow model)
-
-
-def cache_root(config) -> Path:
-    return Path(config.output.cache_dir or config.output.output_path)
 
 
 def attach_caches(config, step, data, trainer, say: Callable[[str], None] = print) -> None:

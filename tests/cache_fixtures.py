@@ -16,14 +16,16 @@ CPU = torch.device("cpu")
 
 
 def flow_setup(output: Path, step: dict, *, caches: bool, state: dict | None = None, said: list | None = None,
-               **config_kwargs):
-    """(trainer, data, config, step) of a one-step flow pipeline; `caches`: attach them as the runner does."""
+               epochs: range | None = None, **config_kwargs):
+    """(trainer, data, config, step) of a one-step flow pipeline; `caches`: attach them as the runner does (with the
+    latent rows of `epochs`; None: all rows)."""
     config = tiny_config(output, [dict({"name": "flow", "n_epochs": 1}, **step)], no_samples=True, **config_kwargs)
     resolved = config.step("flow")
     data = load_step_data(config, resolved, CPU)
     trainer = build_trainer(config, resolved, state, CPU, max_epochs=1)
     if caches:
-        attach_caches(config, resolved, data, trainer, said.append if said is not None else (lambda line: None))
+        attach_caches(config, resolved, data, trainer, epochs,
+                      say=said.append if said is not None else (lambda line: None))
     return trainer, data, config, resolved
 
 

@@ -3,7 +3,6 @@ gets a new cache, and an interrupted build continues where it stopped."""
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest
@@ -61,8 +60,8 @@ def test_a_changed_vae_or_dataset_builds_a_new_cache_and_an_unchanged_one_is_reu
 
     dirs = [d.name for d in sorted((tmp_path / "latent_cache").iterdir(), key=lambda d: d.stat().st_mtime_ns)]
     assert len(dirs) == 3, said
-    assert [line.split(":")[1].split()[0] for line in said if "building" in line or "reusing" in line] == \
-        ["building", "reusing", "building", "building"]
+    assert [line.split(":")[1].split()[0] for line in said if "computing" in line or "reusing" in line] == \
+        ["computing", "reusing", "computing", "computing"]
     # The new cache holds the new encoder's latents.
     image = other_data.train_set[0][0][None]
     torch.testing.assert_close(other_data.latent_cache[0][0], posterior(other_vae.ctx.latent_encoder, image)[0][0])
@@ -87,13 +86,13 @@ def test_an_interrupted_build_continues_where_it_stopped_and_ends_equal_to_a_bui
     with pytest.raises(KeyboardInterrupt):
         flow_setup(tmp_path / "resumed", FULL, caches=True)
     (directory,) = (tmp_path / "resumed" / "latent_cache").iterdir()
-    assert json.loads((directory / "progress.json").read_text())["rows"] == 8
+    assert np.flatnonzero(np.load(directory / "filled.npy")).tolist() == list(range(8))
 
     batches.clear()
     said: list[str] = []
     _, data, _, _ = flow_setup(tmp_path / "resumed", FULL, caches=True, said=said)
     assert sum(batches) == len(data.train_set) - 8  # only the rest was encoded
-    assert "continuing at row 8" in said[0]
+    assert "computing 24 rows" in said[0] and "(8 of its 32 rows already there)" in said[0]
 
     monkeypatch.setattr(step_cache, "posterior", real)
     flow_setup(tmp_path / "one_go", FULL, caches=True)
@@ -111,7 +110,29 @@ def test_a_stop_request_ends_a_build_at_a_progress_mark(tmp_path, monkeypatch):
     monkeypatch.setattr(step_cache, "CHUNK_ROWS", 4)
     request_stop()
     try:
-        with pytest.raises(StepInterrupted, match="stopped at 4/32 rows"):
+        with pytest.raises(StepInterrupted, match="stopped after 4/32 rows"):
             flow_setup(tmp_path, FULL, caches=True)
     finally:
         clear_stop_request()
+
+
+def test_a_step_computes_the_latents_of_the_items_it_reads_and_a_longer_one_adds_the_rest(tmp_path, monkeypatch):
+    import fluxflow.train.step_cache as step_cache
+    from fluxflow.data import make_loader
+
+    monkeypatch.setattr(step_cache, "LATENT_NORM_IMAGES", 8)  # the normalisation reads epoch 0's first 2 batches
+    said: list[str] = []
+    step = {**FULL, "max_steps": 2}  # 2 batches of 4 per epoch out of 8
+    _, data, config, resolved = flow_setup(tmp_path, step, caches=True, said=said, epochs=range(3, 4),
+                                           dataset_size=32)
+    read = {i for e in (0, 3) for b in list(make_loader(data.train_set, 4, 0, 0, e).batch_sampler)[:2] for i in b}
+    filled = set(np.flatnonzero(data.latent_cache.store.filled()).tolist())
+    assert filled == read  # epoch 3's batches and the latent normalisation's epoch-0 batches, nothing else
+    for inputs, _ in make_loader(data.batch_source, 4, 0, 0, 3):  # the step's epoch loads only filled rows
+        assert inputs.shape == (4, *data.latent_cache.store.fields["mean"][0])
+        break
+    with pytest.raises(IndexError, match="was not computed"):
+        data.latent_cache[min(set(range(32)) - read)]
+
+    flow_setup(tmp_path, step, caches=True, said=said, epochs=range(3, 9), dataset_size=32)
+    assert f"({len(read)} of its" in said[-2]  # the rows already there are not computed again

@@ -43,4 +43,4 @@ def test_a_changed_text_encoder_builds_a_new_text_cache(tmp_path):
     text_encoder["pos"] += 0.05
     flow_setup(tmp_path, FROZEN_TEXT, caches=True, said=said, state={"models": {"text_encoder": text_encoder}})
     assert len(list((tmp_path / "text_cache").iterdir())) == 2
-    assert sum(line.startswith("Text cache") and "building" in line for line in said) == 2
+    assert sum(line.startswith("Text cache") and "computing" in line for line in said) == 2

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fluxflow.cache.store import CacheStore, fill
@@ -33,41 +34,44 @@ def latent_store(directory: Path, key_inputs: dict, rows: int, latent_shape: tup
                                   "rows": rows, "fields": fields})
 
 
-def build_latent_cache(store: CacheStore, dataset, encode: Encode, device: torch.device, *, batch_size: int,
-                       workers: int, chunk_rows: int, desc: str) -> None:
-    """Fill `store` with the posterior of every item of `dataset`, from where an earlier build stopped. Holds the
-    store's lock: a second builder of the same cache waits, then finds it complete."""
+def build_latent_cache(store: CacheStore, dataset, rows: np.ndarray | None, encode: Encode, device: torch.device, *,
+                       batch_size: int, workers: int, chunk_rows: int, desc: str) -> None:
+    """Fill the rows of `store` that `rows` (None: all) names and that hold nothing yet with the posterior of those
+    items of `dataset`. Holds the store's lock: a second builder of the same rows waits, then finds them filled."""
     with store.lock():
         store.prepare()
-        if store.complete:
+        missing = store.missing(rows)
+        if missing.size == 0:
             return
-        loader = sequential_loader(dataset, batch_size, workers, start=store.rows_done)
+        loader = sequential_loader(dataset, batch_size, workers, missing.tolist())
 
         def batches():
+            start = 0
             for images, captions in loader:
                 mean, logvar = encode(images.to(device, non_blocking=True))
-                yield {"mean": mean, "logvar": logvar}, captions
+                yield missing[start:start + len(captions)], {"mean": mean, "logvar": logvar}, captions
+                start += len(captions)
 
-        fill(store, batches(), chunk_rows=chunk_rows, desc=desc)
+        fill(store, batches(), missing.size, chunk_rows=chunk_rows, desc=desc)
 
 
 class LatentCacheDataset(torch.utils.data.Dataset):
-    """Item i: (posterior mean [c, h, w] float32, caption) of training item i, read from the memory-mapped cache."""
+    """Item i: (posterior mean [c, h, w] float32, caption) of training item i, read from the memory-mapped cache.
+    Only the rows filled when it was opened can be read (the step's own: fluxflow/train/step_cache.py)."""
 
     def __init__(self, store: CacheStore):
-        if not store.complete:
-            raise ValueError(f"latent cache {store.dir} is incomplete ({store.rows_done}/{store.rows} rows)")
         self.store = store
+        self._filled = store.filled()
         self._captions = store.captions()
 
     def __len__(self) -> int:
         return self.store.rows
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        if not self._filled[index]:
+            raise IndexError(f"row {index} of the latent cache {self.store.dir} was not computed: this step's rows "
+                             "were planned for other epochs or batches")
         return self.store.read("mean", index), self._captions[index]
-
-    def caption(self, index: int) -> str:
-        return self._captions[index]
 
     def logvar(self, index: int) -> torch.Tensor:
         return self.store.read("logvar", index)

@@ -1,21 +1,22 @@
-"""A table of per-item arrays and captions on disk, written in chunks, resumable, read through memory maps: what the
+"""A table of per-item arrays and captions on disk, filled in chunks, resumable, read through memory maps: what the
 latent and text caches (latent_cache.py, text_cache.py) are made of.
 
 One directory per cache key:
 
     meta.json      what the cache was computed from (its key inputs), its row count and each field's shape/dtype
     <field>.npy    one numpy .npy file per field, [rows, *shape], written in place through a memory map
-    captions.jsonl one JSON string per written row
-    progress.json  {"rows": n, "captions_bytes": b}: rows 0..n-1 and the first b bytes of captions.jsonl are written
-                   and flushed; rewritten atomically after every chunk, last, so it never claims unwritten rows
+    filled.npy     bool [rows], the progress marker: a row is marked only after its values were written and flushed
+    captions.jsonl one `[row, caption]` line per written row (the last line of a row wins)
     .lock          held while a process fills the cache: a second one (a sibling branch, a torchrun rank) waits
+
+Rows are filled on demand: a step asks for the rows it will read (fluxflow/train/step_cache.py), the missing ones are
+computed, and a later step or run that reads more rows adds them. An interrupted fill keeps every chunk it marked, so
+the next run computes only the rest.
 
 Why .npy memory maps rather than tar shards: training reads rows in a new random order every epoch, and a memory map
 reads any row in O(1) without decoding; the page cache shares it between DataLoader workers and processes; and rows
-are written in place, so an interrupted build keeps every chunk it flushed and the next run writes only the rest.
-Shards would suit a sequential stream, which the indexed datasets these caches serve are not.
-
-bfloat16 has no numpy dtype: such a field is stored as its raw 16 bits (int16) and viewed back as bfloat16.
+are written in place, in any order. Shards would suit a sequential stream, which the indexed datasets these caches
+serve are not. bfloat16 has no numpy dtype: such a field is stored as its raw 16 bits (int16) and viewed back.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ STORED_AS = {"float32": np.float32, "float16": np.float16, "bfloat16": np.int16,
 
 
 class CacheStore:
-    """Open (or create) the cache in `directory` for `meta` (key inputs, rows, fields: {name: [shape, dtype]})."""
+    """The cache in `directory` for `meta` (key inputs, rows, fields: {name: [shape, dtype]})."""
 
     def __init__(self, directory: str | os.PathLike, meta: dict):
         self.dir = Path(directory)
@@ -50,15 +51,14 @@ class CacheStore:
         """Create the empty files, or check that the existing ones were made for this meta (call under `lock()`)."""
         meta, meta_path = self.meta, self.dir / "meta.json"
         if meta_path.exists():
-            found = json.loads(meta_path.read_text())
-            if found != json.loads(json.dumps(meta)):
+            if json.loads(meta_path.read_text()) != json.loads(json.dumps(meta)):
                 raise ValueError(f"cache {self.dir} was made for other inputs than these (its meta.json differs); "
                                  "move it away")
-        else:
-            for name, (shape, dtype) in self.fields.items():  # sized once; rows are filled in place later
-                np.lib.format.open_memmap(self._path(name), mode="w+", dtype=STORED_AS[dtype],
-                                          shape=(self.rows, *shape)).flush()
-            atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()), durable=False)
+            return
+        for name, (shape, dtype) in {**self.fields, "filled": ((), "bool")}.items():  # sized once, filled later
+            np.lib.format.open_memmap(self._path(name), mode="w+", dtype=STORED_AS[dtype],
+                                      shape=(self.rows, *shape)).flush()
+        atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()), durable=False)
 
     def _path(self, name: str) -> Path:
         return self.dir / f"{name}.npy"
@@ -68,22 +68,15 @@ class CacheStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         return FileLock(self.dir / ".lock", thread_local=False)
 
-    def progress(self) -> dict:
-        try:
-            return json.loads((self.dir / "progress.json").read_text())
-        except FileNotFoundError:
-            return {"rows": 0, "captions_bytes": 0}
+    def filled(self) -> np.ndarray:
+        """bool [rows]: which rows hold values (read now: another process may be filling)."""
+        path = self._path("filled")
+        return np.load(path) if path.exists() else np.zeros(self.rows, dtype=bool)
 
-    @property
-    def rows_done(self) -> int:
-        return int(self.progress()["rows"])
-
-    @property
-    def complete(self) -> bool:
-        return self.rows_done == self.rows
-
-    def writer(self) -> "CacheWriter":
-        return CacheWriter(self)
+    def missing(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Those of `rows` (default: all) that hold no values yet, ascending."""
+        empty = ~self.filled()
+        return np.flatnonzero(empty) if rows is None else np.unique(rows)[empty[np.unique(rows)]]
 
     def array(self, name: str) -> np.ndarray:
         """The whole field, read-only and memory-mapped (opened once per process: DataLoader workers open their own)."""
@@ -96,72 +89,68 @@ class CacheStore:
         data = torch.from_numpy(np.array(self.array(name)[rows]))
         return data.view(torch.bfloat16) if self.fields[name][1] == "bfloat16" else data
 
-    def captions(self) -> list[str]:
-        with open(self.dir / "captions.jsonl", encoding="utf-8") as f:
-            return [json.loads(line) for line in f]
+    def captions(self) -> dict[int, str]:
+        """{row: caption} of the written rows (a line cut short by a killed process is not one of them)."""
+        found: dict[int, str] = {}
+        path = self.dir / "captions.jsonl"
+        for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else ():
+            try:
+                row, caption = json.loads(line)
+            except ValueError:
+                continue
+            found[int(row)] = caption
+        return found
 
     def __getstate__(self) -> dict:  # a DataLoader worker reopens the memory maps instead of pickling their data
         return {**self.__dict__, "_arrays": {}}
 
 
 class CacheWriter:
-    """Appends rows at the store's progress mark; `commit()` flushes them and moves the mark (one chunk)."""
+    """Writes rows in place; `commit()` flushes them and only then marks them filled (one chunk)."""
 
     def __init__(self, store: CacheStore):
-        self.store = store
-        progress = store.progress()
-        self.committed, self.next_row = int(progress["rows"]), int(progress["rows"])
-        self.maps = {name: np.lib.format.open_memmap(store._path(name), mode="r+") for name in store.fields}
-        captions = store.dir / "captions.jsonl"
-        captions.touch()
-        with open(captions, "r+b") as f:  # drop captions written after the last commit (an interrupted chunk)
-            f.truncate(int(progress["captions_bytes"]))
-        self.captions = open(captions, "ab")
+        self.store, self.pending = store, []
+        self.maps = {name: np.lib.format.open_memmap(store._path(name), mode="r+") for name in [*store.fields, "filled"]}
+        self.captions = open(store.dir / "captions.jsonl", "ab")
 
-    def append(self, values: dict[str, torch.Tensor], captions: list[str]) -> None:
-        stop = self.next_row + len(captions)
-        if stop > self.store.rows:
-            raise ValueError(f"cache {self.store.dir}: {stop} rows exceed its {self.store.rows}")
+    def write(self, rows: np.ndarray, values: dict[str, torch.Tensor], captions: list[str]) -> None:
         for name, (_, dtype) in self.store.fields.items():
-            value = values[name].detach().cpu()
-            value = value.to(getattr(torch, dtype))
-            value = value.view(torch.int16) if dtype == "bfloat16" else value
-            self.maps[name][self.next_row:stop] = value.numpy()
-        self.captions.write("".join(json.dumps(c) + "\n" for c in captions).encode("utf-8"))
-        self.next_row = stop
+            value = values[name].detach().cpu().to(getattr(torch, dtype))
+            self.maps[name][rows] = (value.view(torch.int16) if dtype == "bfloat16" else value).numpy()
+        self.captions.write("".join(json.dumps([int(r), c]) + "\n" for r, c in zip(rows, captions)).encode("utf-8"))
+        self.pending.extend(int(r) for r in rows)
 
     def commit(self) -> None:
-        if self.next_row == self.committed:
+        if not self.pending:
             return
-        for array in self.maps.values():
-            array.flush()
+        for name in self.store.fields:
+            self.maps[name].flush()
         self.captions.flush()
-        progress = {"rows": self.next_row, "captions_bytes": self.captions.tell()}
-        atomic_write(self.store.dir / "progress.json", lambda f: f.write(json.dumps(progress).encode()),
-                     durable=False)
-        self.committed = self.next_row
+        self.maps["filled"][self.pending] = True
+        self.maps["filled"].flush()
+        self.pending = []
 
     def close(self) -> None:
         self.captions.close()
         self.maps.clear()
 
 
-def fill(store: CacheStore, batches: Iterable[tuple[dict[str, torch.Tensor], list[str]]], *, chunk_rows: int,
-         desc: str) -> None:
-    """Write `batches` ((values, captions) for the rows from `store.rows_done` on, in order) into the store, moving
-    its progress mark every `chunk_rows` rows and at the end. Rows written after the last mark are lost if the build
-    stops; a stop request (Ctrl-C, SIGTERM: fluxflow/runtime/stop_request.py) is honoured at a mark."""
-    writer = store.writer()
+def fill(store: CacheStore, batches: Iterable[tuple[np.ndarray, dict[str, torch.Tensor], list[str]]], total: int,
+         *, chunk_rows: int, desc: str) -> None:
+    """Write `batches` ((rows, values, captions) for `total` rows in all) into the store, marking them filled every
+    `chunk_rows` rows and at the end. Rows written after the last mark are computed again if the fill stops; a stop
+    request (Ctrl-C, SIGTERM: fluxflow/runtime/stop_request.py) is honoured at a mark."""
+    writer, done = CacheWriter(store), 0
     try:
-        with batch_progress(store.rows, writer.committed, desc, unit="item") as bar:
-            for values, captions in batches:
-                writer.append(values, captions)
-                bar.update(len(captions))
-                if writer.next_row - writer.committed >= chunk_rows:
+        with batch_progress(total, 0, desc, unit="item") as bar:
+            for rows, values, captions in batches:
+                writer.write(rows, values, captions)
+                bar.update(len(rows))
+                if len(writer.pending) >= chunk_rows:
+                    done += len(writer.pending)
                     writer.commit()
-                    if stop_requested() and writer.committed < store.rows:
-                        raise StepInterrupted(f"{desc}: stopped at {writer.committed}/{store.rows} rows; the next "
-                                              "run continues there")
+                    if stop_requested() and done < total:
+                        raise StepInterrupted(f"{desc}: stopped after {done}/{total} rows; the next run continues")
             writer.commit()
     finally:
         writer.close()

@@ -36,31 +36,33 @@ def text_store(directory: Path, key_inputs: dict, rows: int, probe: dict[str, to
 
 def build_text_cache(store: CacheStore, captions: list[str], encode: Encode, *, batch_size: int, chunk_rows: int,
                      desc: str) -> None:
-    """Fill `store` with the encoder's outputs for `captions` (distinct, in a fixed order), from where an earlier
-    build stopped."""
+    """Fill `store` with the encoder's outputs for `captions` (distinct, in a fixed order: row i is captions[i]),
+    from where an earlier build stopped."""
     with store.lock():
         store.prepare()
-        if store.complete:
+        missing = store.missing()
+        if missing.size == 0:
             return
-        start = store.rows_done
 
         def batches():
-            for i in range(start, len(captions), batch_size):
-                chunk = captions[i:i + batch_size]
+            for i in range(0, missing.size, batch_size):
+                rows = missing[i:i + batch_size]
+                chunk = [captions[r] for r in rows]
                 with torch.no_grad():
-                    yield encode(chunk), chunk
+                    yield rows, encode(chunk), chunk
 
-        fill(store, batches(), chunk_rows=chunk_rows, desc=desc)
+        fill(store, batches(), missing.size, chunk_rows=chunk_rows, desc=desc)
 
 
 class TextCache:
     """`features(captions, device)`: the cached (tokens [B, L, D], pooled [B, D], mask [B, L]) of a batch."""
 
     def __init__(self, store: CacheStore):
-        if not store.complete:
-            raise ValueError(f"text cache {store.dir} is incomplete ({store.rows_done}/{store.rows} rows)")
+        if store.missing().size:
+            raise ValueError(f"text cache {store.dir} is incomplete ({store.missing().size} of {store.rows} rows "
+                             "missing)")
         self.store = store
-        self.row = {caption: i for i, caption in enumerate(store.captions())}
+        self.row = {caption: row for row, caption in store.captions().items()}
 
     def features(self, captions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         try:

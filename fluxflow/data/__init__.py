@@ -73,10 +73,10 @@ def make_loader(dataset, batch_size: int, workers: int, seed: int, epoch: int = 
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, persistent_workers=workers > 0, **common)
 
 
-def sequential_loader(dataset, batch_size: int, workers: int, start: int = 0) -> torch.utils.data.DataLoader:
-    """Items `start`, `start + 1`, ... of `dataset` in index order, in batches (the last one may be short): what the
-    latent cache is built from (fluxflow/cache/latent_cache.py)."""
-    part = torch.utils.data.Subset(dataset, range(start, len(dataset)))
+def sequential_loader(dataset, batch_size: int, workers: int, indices: list[int]) -> torch.utils.data.DataLoader:
+    """Items `indices` of `dataset` in that order, in batches (the last one may be short): what the latent cache is
+    built from (fluxflow/cache/latent_cache.py)."""
+    part = torch.utils.data.Subset(dataset, indices)
     return torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=workers,
                                        collate_fn=collate_images_captions,
                                        worker_init_fn=_one_thread_per_worker if workers > 0 else None)

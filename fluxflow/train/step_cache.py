@@ -20,30 +20,51 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 from fluxflow.cache.fingerprint import dataset_fingerprint, module_sha256
 from fluxflow.cache.latent_cache import LatentCacheDataset, build_latent_cache, latent_store
 from fluxflow.cache.store import CacheStore
 from fluxflow.cache.text_cache import TextCache, build_text_cache, text_store
 from fluxflow.checkpoints.step_key import KEY_LENGTH, json_sha256
 from fluxflow.config.caching import cache_root, latent_cache_choice, text_cache_choice
-from fluxflow.train.latents import posterior
+from fluxflow.data.sampler import epoch_permutation
+from fluxflow.train.latents import LATENT_NORM_IMAGES, posterior
 from fluxflow.train.batch_step import encode_text
 
 CHUNK_ROWS = 1024  # rows between progress marks: an interrupted build redoes at most this many
 TEXT_BATCH = 256  # captions per text-encoder call while building (the encoder is small next to the flow model)
 
 
-def attach_caches(config, step, data, trainer, say: Callable[[str], None] = print) -> None:
-    """Build or reuse the step's caches and switch the data and the Trainer to them."""
+def attach_caches(config, step, data, trainer, epochs: range | None = None,
+                  say: Callable[[str], None] = print) -> None:
+    """Build or reuse the step's caches and switch the data and the Trainer to them. `epochs`: the pipeline epochs
+    the step may train (its latent rows are those they read, see `rows_read`); None: every row."""
     kind = config.dataset_for(step).type
     if latent_cache_choice(step, kind).on:
-        data.latent_cache = LatentCacheDataset(latent_cache(config, step, data.train_set, trainer, say))
+        rows = None if epochs is None else rows_read(len(data.train_set), step, data.batches_per_epoch,
+                                                     config.training.seed, epochs)
+        data.latent_cache = LatentCacheDataset(latent_cache(config, step, data.train_set, rows, trainer, say))
         trainer.cached_latents = True
     if text_cache_choice(step, kind).on:
-        trainer.text_cache = TextCache(text_cache(config, step, distinct_captions(data.batch_source), trainer, say))
+        trainer.text_cache = TextCache(text_cache(config, step, distinct_captions(data.train_set), trainer, say))
 
 
-def latent_cache(config, step, dataset, trainer, say: Callable[[str], None]) -> CacheStore:
+def rows_read(n: int, step, batches_per_epoch: int, seed: int, epochs: range) -> np.ndarray:
+    """The items a step's loader can visit in `epochs` (each epoch's first `batches_per_epoch` batches of its order,
+    fluxflow/data/sampler.py) and the first flow step's latent-normalisation items (epoch 0's first batches,
+    fluxflow/train/step_data.py: leading_inputs). A step with `max_steps` reads a part of each epoch: only that part
+    is encoded, so a short step pays for the latents it uses, not for the whole dataset."""
+    used = np.zeros(n, dtype=bool)
+    norm_batches = -(-LATENT_NORM_IMAGES // step.batch_size)
+    for epoch, n_batches in [(0, norm_batches), *((e, batches_per_epoch) for e in epochs)]:
+        used[epoch_permutation(n, seed, epoch)[:n_batches * step.batch_size].numpy()] = True
+        if used.all():
+            break
+    return np.flatnonzero(used)
+
+
+def latent_cache(config, step, dataset, rows: np.ndarray | None, trainer, say: Callable[[str], None]) -> CacheStore:
     encoder, device = trainer.ctx.latent_encoder, trainer.ctx.device
     inputs = {"encoder": module_sha256(encoder), "precision": str(trainer.ctx.amp_dtype),
               "dataset": config.dataset_for(step).model_dump(mode="json"), "fingerprint": dataset_fingerprint(dataset),
@@ -51,8 +72,8 @@ def latent_cache(config, step, dataset, trainer, say: Callable[[str], None]) -> 
     directory = cache_root(config) / "latent_cache" / json_sha256(inputs, KEY_LENGTH)
     probe, _ = posterior(encoder, dataset[0][0][None].to(device))
     store = latent_store(directory, inputs, len(dataset), tuple(probe.shape[1:]))
-    _ensure(store, "Latent", step, say, lambda: build_latent_cache(
-        store, dataset, lambda images: posterior(encoder, images), device, batch_size=step.batch_size,
+    _ensure(store, rows, "Latent", step, say, lambda: build_latent_cache(
+        store, dataset, rows, lambda images: posterior(encoder, images), device, batch_size=step.batch_size,
         workers=step.workers, chunk_rows=CHUNK_ROWS, desc=f"{step.name} latent cache"))
     return store
 
@@ -67,19 +88,21 @@ def text_cache(config, step, captions: list[str], trainer, say: Callable[[str], 
         return encode_text(trainer.ctx, *trainer.tokenize(batch))._asdict()
 
     store = text_store(directory, inputs, len(captions), encode(captions[:1]), trainer.ctx.amp_dtype)
-    _ensure(store, "Text", step, say, lambda: build_text_cache(
+    _ensure(store, None, "Text", step, say, lambda: build_text_cache(
         store, captions, encode, batch_size=TEXT_BATCH, chunk_rows=CHUNK_ROWS, desc=f"{step.name} text cache"))
     return store
 
 
-def _ensure(store: CacheStore, what: str, step, say: Callable[[str], None], build: Callable[[], None]) -> None:
-    """Build the cache unless it is complete, saying which it is and how long the build took."""
-    if store.complete:
-        say(f"{what} cache of step {step.name}: reusing {store.dir} ({store.rows:,} rows)")
+def _ensure(store: CacheStore, rows: np.ndarray | None, what: str, step, say: Callable[[str], None],
+            build: Callable[[], None]) -> None:
+    """Fill the rows the step needs unless they are there, saying which it is and how long the build took."""
+    wanted = store.rows if rows is None else rows.size
+    missing = store.missing(rows).size
+    if missing == 0:
+        say(f"{what} cache of step {step.name}: reusing {store.dir} ({wanted:,} rows)")
         return
-    done = store.rows_done
-    more = f", continuing at row {done:,}" if done else ""
-    say(f"{what} cache of step {step.name}: building {store.rows:,} rows in {store.dir}{more}")
+    there = f" ({wanted - missing:,} of its {wanted:,} rows already there)" if missing < wanted else ""
+    say(f"{what} cache of step {step.name}: computing {missing:,} rows in {store.dir}{there}")
     start = time.perf_counter()
     build()
     say(f"{what} cache of step {step.name}: built in {time.perf_counter() - start:.1f} s")

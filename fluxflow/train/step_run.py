@@ -34,7 +34,7 @@ from fluxflow.runtime import distributed
 from fluxflow.runtime.device import resolve_device
 from fluxflow.runtime.gpu_claim import claimed_device
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
-from fluxflow.train.latents import LATENT_NORM_IMAGES, latent_norm_of_means, measure_latent_norm
+from fluxflow.train.latents import LATENT_NORM_IMAGES, latent_norm_of_means
 from fluxflow.train.step_cache import attach_caches
 from fluxflow.train.step_data import leading_inputs, load_step_data
 from fluxflow.train.step_report import StepReport
@@ -115,7 +115,7 @@ class StepRun:
         self.monitor = TransitionMonitor(self.step.transition_on, self.step.n_epochs, device)
         self.trainer = build_trainer(config, self.step, state, device, max_epochs=self.monitor.max_epochs,
                                      updates_per_epoch=self.updates_per_epoch(), resuming=self.resuming)
-        attach_caches(config, self.step, self.data, self.trainer, self.say)
+        attach_caches(config, self.step, self.data, self.trainer, self._epochs(state, meta), self.say)
         self.trainer.set_latent_norm(self._latent_norm(state))
         self.history: dict = dict(meta.get("step_metrics", {}))
         self.history.setdefault(self.step.name, {})
@@ -131,6 +131,11 @@ class StepRun:
         if self.main:  # rank 0 speaks for all ranks
             print(line, flush=True)
 
+    def _epochs(self, state: dict | None, meta: dict) -> range:
+        """The pipeline epochs this step may train, resumed or not (the rows its latent cache must hold)."""
+        first = int(meta.get("step_start_epoch", 0)) if self.resuming else int((state or {}).get("epoch", 0))
+        return range(first, first + self.monitor.max_epochs)
+
     def _latent_norm(self, state: dict | None) -> dict[str, torch.Tensor] | None:
         """The input checkpoint's latent normalisation; the first flow step measures it with the encoder it trains on
         (from the latent cache, which holds that encoder's posterior means, where the step has one)."""
@@ -138,8 +143,7 @@ class StepRun:
         if has_flow_mode(self.step) and latent_norm is None:
             inputs = leading_inputs(self.data, self.step.batch_size, self.config.training.seed, LATENT_NORM_IMAGES,
                                     self.device)
-            latent_norm = latent_norm_of_means(inputs) if self.trainer.cached_latents else \
-                measure_latent_norm(self.trainer.ctx.latent_encoder, inputs)
+            latent_norm = latent_norm_of_means(self.trainer.posterior_means(batch) for batch in inputs)
         return latent_norm
 
     def _resume(self, state: dict, meta: dict) -> tuple[int, int]:

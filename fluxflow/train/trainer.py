@@ -18,7 +18,7 @@ from fluxflow.runtime import distributed
 from fluxflow.runtime.device import autocast_dtype
 from fluxflow.train.batch_step import WHOLE_BATCH, StepContext, TextFeatures, Window, encode_text, flow_step, vae_step
 from fluxflow.train.ema import EMA
-from fluxflow.train.latents import encode_latents, normalise_latents
+from fluxflow.train.latents import normalise_latents, posterior
 from fluxflow.train.lr_schedule import LrSchedule, build_schedulers
 from fluxflow.train.optim import build_optimizers
 from fluxflow.train.step_models import ema_components, prepare_emas, prepare_models, sampling_models
@@ -67,11 +67,13 @@ class Trainer:
                 schedule.after_optimizer_step()
         return metrics
 
+    def posterior_means(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The batch's posterior means: cached ones as they come, or the latent encoder's of its images."""
+        return inputs if self.cached_latents else posterior(self.ctx.latent_encoder, inputs)[0]
+
     def flow_latents(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Normalised flow latents of the batch: from its cached posterior means, or by encoding its images."""
-        if self.cached_latents:
-            return normalise_latents(inputs, self.ctx.latent_norm)
-        return encode_latents(self.ctx.latent_encoder, inputs, self.ctx.latent_norm)
+        """The normalised flow latents of the batch (fluxflow/train/latents.py), from the cache or encoded now."""
+        return normalise_latents(self.posterior_means(inputs), self.ctx.latent_norm)
 
     def text_features(self, captions: list[str]) -> TextFeatures:
         """The text encoder's outputs for the batch's captions: looked up in the text cache, or encoded now."""

@@ -26,6 +26,6 @@ def test_vae_then_two_flow_branches_build_the_caches_once_and_train_from_them(tm
         assert math.isfinite(outcome.result.final_metrics["flow_loss"])
     assert len(list((tmp_path / "latent_cache").iterdir())) == 1  # one VAE, one dataset: one cache
     assert len(list((tmp_path / "text_cache").iterdir())) == 1  # only `flow` has a frozen text encoder
-    assert "Latent cache of step flow: building" in out
+    assert "Latent cache of step flow: computing" in out
     assert "Latent cache of step flow_full: reusing" in out
-    assert "Text cache of step flow: building" in out and "Text cache of step flow_full" not in out
+    assert "Text cache of step flow: computing" in out and "Text cache of step flow_full" not in out

@@ -1,15 +1,22 @@
-"""A tiny pipeline end to end with the caches on by default: VAE, then two flow branches on its frozen VAE. The
-first branch builds the latent and text caches, the second reuses the latent cache, and both train."""
+"""Tiny pipelines end to end with the caches on by default: VAE, then two flow branches on its frozen VAE (the first
+builds the latent and text caches, the second reuses the latent cache, and both train); and a flow step stopped
+mid-epoch that resumes from its caches exactly."""
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import math
 
 import pytest
-from helpers_tiny import one_torch_thread, tiny_config
+import torch
+from helpers_tiny import load_weights, one_torch_thread, tiny_config
+from test_runner_resume import PROCESS_SEED, StopAt, assert_same_tensors, run_captured, stop_request_cleared
 
+from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request
 from fluxflow.train.pipeline import run_pipeline
 
-__all__ = ["one_torch_thread"]
+__all__ = ["one_torch_thread", "stop_request_cleared"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -29,3 +36,23 @@ def test_vae_then_two_flow_branches_build_the_caches_once_and_train_from_them(tm
     assert "Latent cache of step flow: computing" in out
     assert "Latent cache of step flow_full: reusing" in out
     assert "Text cache of step flow: computing" in out and "Text cache of step flow_full" not in out
+
+
+def test_a_flow_step_stopped_mid_epoch_resumes_from_its_cache_exactly(tmp_path, stop_request_cleared):
+    steps = [{"name": "vae", "n_epochs": 1, "max_steps": 2, "train_vae": True},
+             {"name": "flow", "n_epochs": 2, "max_steps": 5, "train_diff": True}]
+    config = functools.partial(tiny_config, steps=steps, log_interval=1, checkpoint_save_interval=2, no_samples=True)
+    torch.manual_seed(PROCESS_SEED)
+    reference = run_pipeline(config(tmp_path / "reference"))
+
+    torch.manual_seed(PROCESS_SEED)
+    with contextlib.redirect_stdout(io.StringIO()), pytest.raises(StepInterrupted):
+        run_pipeline(config(tmp_path / "stopped"), tracker=StopAt(tmp_path / "stopped", "flow", 2, 3))
+    clear_stop_request()
+    resumed, printed = run_captured(config(tmp_path / "stopped"))
+
+    assert "Resuming from checkpoint: step=1 (flow), epoch=2, batch=3" in printed
+    assert "Latent cache of step flow: reusing" in printed and "Text cache of step flow: reusing" in printed
+    a, b = load_weights(reference[1].ref.uri), load_weights(resumed[1].ref.uri)
+    for part in ("models", "ema", "optimizers", "latent_norm"):
+        assert_same_tensors(a[part], b[part], part)

@@ -110,7 +110,8 @@ class CacheWriter:
 
     def __init__(self, store: CacheStore):
         self.store, self.pending = store, []
-        self.maps = {name: np.lib.format.open_memmap(store._path(name), mode="r+") for name in [*store.fields, "filled"]}
+        self.maps = {name: np.lib.format.open_memmap(store._path(name), mode="r+")
+                     for name in [*store.fields, "filled"]}
         self.captions = open(store.dir / "captions.jsonl", "ab")
 
     def write(self, rows: np.ndarray, values: dict[str, torch.Tensor], captions: list[str]) -> None:

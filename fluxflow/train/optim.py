@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fluxflow.config.modes import OPTIMIZER_GROUPS as GROUP_COMPONENTS
-from fluxflow.config.optim import OPTIMIZER_PARAMS
+from fluxflow.config.optim import OPTIMIZER_PARAMS, given_options
 from fluxflow.runtime import distributed
 from fluxflow.train.param_groups import param_groups, split_decay
 
@@ -24,19 +24,13 @@ __all__ = ["build_optimizers", "make_optimizer", "optimizer_step", "trainable_pa
 _FUSED = {"AdamW", "Adam", "SGD"}
 
 
-def _options(cfg: Any) -> dict[str, Any]:
-    if cfg is None:
-        return {}
-    if isinstance(cfg, dict):
-        return dict(cfg)
-    return cfg.model_dump(exclude_none=True)
 
 
 def make_optimizer(cfg: Any, params: list[nn.Parameter] | list[dict[str, Any]],
                    default_lr: float) -> torch.optim.Optimizer:
     """`params`: parameters, or parameter groups (a group's own `weight_decay` wins over the config's). What `cfg`
     leaves out takes the defaults of fluxflow/config/optim.py (OPTIMIZER_PARAMS), not torch's."""
-    given = _options(cfg)
+    given = given_options(cfg)
     kind = given.pop("type", "AdamW")
     lr = float(given.pop("lr", None) or default_lr)
     opts = {**OPTIMIZER_PARAMS[kind], **given}

@@ -50,7 +50,9 @@ def test_nothing_given_means_small_cpu_defaults_and_the_builtin_shapes_dataset(t
     """).config
     assert (cfg.data.img_size, cfg.data.channels, cfg.model.vae_dim, cfg.model.patch_size) == (32, 3, 32, 2)
     assert (cfg.training.batch_size, cfg.training.workers, cfg.training.device, cfg.training.precision) == (
-        8, 0, "auto", "auto")
+        8, "auto", "auto", "auto")
+    assert (cfg.training.compile, cfg.training.activation_checkpointing) == (False, False)
+    assert cfg.model.text_encoder.type == "byte" and "text_encoder" not in cfg.model.model_dump()
     assert cfg.training.pipeline.datasets == {"shapes": DatasetConfig(type="shapes", size=2048, seed=0, holdout=16)}
     assert cfg.training.pipeline.retries == 1 and cfg.training.distributed.nproc_per_node == 1
     assert cfg.output.sample_sizes == [32] and "a red circle" in cfg.output.sample_captions

@@ -30,8 +30,7 @@ def wrap_for_data_parallel(models: dict[str, nn.Module], step, trained: set[str]
     if not uses_ddp(step):
         return {}
     ids = [device.index] if device.type == "cuda" else None
-    return {name: DistributedDataParallel(models[name], device_ids=ids, broadcast_buffers=False)
-            for name in sorted(trained)}
+    return {name: DistributedDataParallel(models[name], device_ids=ids) for name in sorted(trained)}
 
 
 def synced_groups(runnable: dict[str, nn.Module]) -> frozenset[str]:

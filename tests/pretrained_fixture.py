@@ -7,6 +7,7 @@ tokenizer_config.json). `write_stub_pretrained` writes only what validation read
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,24 @@ def write_stub_pretrained(directory: Path, width: int = 48, model_type: str = "c
     (directory / "model.safetensors").write_bytes(b"")
     (directory / "tokenizer.json").write_text("{}")
     return directory
+
+
+# Stub encoder directories for the shipped configs, for the whole test process.
+_SHIPPED_STUBS = tempfile.TemporaryDirectory(prefix="fluxflow-stub-encoder-")
+# configs/real_256.yaml names CLIP-L's text encoder: width 768, 77 positions.
+SHIPPED_ENCODER = {"width": 768, "max_positions": 77}
+
+
+def shipped_config_raw(path: Path) -> dict:
+    """A shipped config file as a dict, with a pretrained text encoder's path (a directory no checkout has: the
+    user puts it there) pointed at a stub that passes validation."""
+    from fluxflow.config.load import read_yaml
+
+    raw = read_yaml(Path(path))
+    encoder = (raw.get("model") or {}).get("text_encoder") or {}
+    if encoder.get("type") == "pretrained":
+        encoder["path"] = str(write_stub_pretrained(Path(_SHIPPED_STUBS.name) / Path(path).stem, **SHIPPED_ENCODER))
+    return raw
 
 
 @pytest.fixture(scope="session")

@@ -88,7 +88,8 @@ def timed_pipeline(args, model: dict, img_size: int, nproc: int) -> dict[str, An
     return {"kind": "pipeline" if nproc == 1 else f"torchrun ×{nproc}", "model": "real_256", "img_size": img_size,
             "batch": config.training.batch_size, "device": config.training.device, "precision":
             config.training.precision, "compile": config.training.compile, "s_per_batch": seconds / batches,
-            "images_per_s": config.training.batch_size * batches / seconds, "wall_s": seconds, "steps": [o.ref.step_name for o in outcomes], "mfu": None,
+            "images_per_s": config.training.batch_size * batches / seconds, "wall_s": seconds,
+            "steps": [o.ref.step_name for o in outcomes], "mfu": None,
             "flops_per_step": None}
 
 

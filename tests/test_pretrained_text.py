@@ -71,7 +71,8 @@ def test_the_text_width_is_derived_from_the_encoder_and_must_fit(tmp_path):
 
 def test_a_pretrained_encoder_stays_frozen(tmp_path):
     directory = write_stub_pretrained(tmp_path / "enc", width=32)
-    steps = [dict(FLOW_STEP, train_diff=False, train_diff_full=True), dict(FLOW_STEP, name="b", unfreeze=["text_encoder"])]
+    steps = [dict(FLOW_STEP, train_diff=False, train_diff_full=True),
+             dict(FLOW_STEP, name="b", unfreeze=["text_encoder"])]
     issues = issues_of(tiny_raw(tmp_path, steps, model=pretrained_model(directory)))
     assert set(issues) == {"training.pipeline.steps[0].train_diff_full", "training.pipeline.steps[1].unfreeze[0]"}
     assert all("stays frozen" in message for message in issues.values())

@@ -18,7 +18,8 @@ from pathlib import Path
 # config.json `model_type` -> family (how the model is loaded and pooled).
 FAMILIES = {"clip_text_model": "clip", "clip": "clip", "t5": "t5", "mt5": "t5", "umt5": "t5"}
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "spiece.model", "tokenizer.model")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,7 @@ Order, ranks, resume and workers (what the resumable sampler means for a stream)
   is taken by a readable sample of its batch (fluxflow/data/skips.py fill_unreadable), so batch boundaries — and
   therefore resume — stay exact, whatever the number of workers. A shard
   that cannot be opened is an error: that is storage failing, not a bad image.
-- `length` (config) is the number of samples in all shards; without it (or with several ranks) the shards' headers
-  are scanned once.
+- `length` (config): samples in all shards; without it (or with several ranks) the tar headers are scanned once.
 """
 from __future__ import annotations
 
@@ -160,12 +159,12 @@ class WebDatasetSource(torch.utils.data.IterableDataset):
         self.index.reserved(len(self.shards) - 1)  # count the head shards the holdout spans once, before any fork
         if world > 1:  # every rank counts every shard (headers only) to split them evenly
             available = [self.index.count(k) - self.index.reserved(k) for k in range(len(self.shards))]
-            self.rank_shards = assign_shards(available, world)
-            per_rank = [sum(available[k] for k in shards) for shards in self.rank_shards]
-            self.rank_inputs, self.rank_length = per_rank[rank], min(per_rank)
+            ranks = assign_shards(available, world)
+            per_rank = [sum(available[k] for k in shards) for shards in ranks]
+            self.my_shards, self.rank_inputs, self.rank_length = set(ranks[rank]), per_rank[rank], min(per_rank)
         else:
             total = int(length) if length is not None else self.index.total()
-            self.rank_shards = [list(range(len(self.shards)))]
+            self.my_shards = set(range(len(self.shards)))
             self.rank_inputs = self.rank_length = total - self.holdout
         if self.rank_length <= 0:
             raise ValueError(f"webdataset {urls!r}: holdout={holdout} leaves no training samples for rank {rank}")
@@ -192,8 +191,7 @@ class WebDatasetSource(torch.utils.data.IterableDataset):
 
     def _shard_order(self) -> list[int]:
         """This rank's shards in the running epoch's order."""
-        mine = set(self.rank_shards[self.rank if self.world > 1 else 0])
-        return [k for k in epoch_permutation(len(self.shards), self.seed, self.epoch).tolist() if k in mine]
+        return [k for k in epoch_permutation(len(self.shards), self.seed, self.epoch).tolist() if k in self.my_shards]
 
     @property
     def skipped(self) -> int:

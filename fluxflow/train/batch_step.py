@@ -38,7 +38,7 @@ class StepContext:
     # The compressor weights flow latents come from: the EMA ones where they exist, as samples decode with the EMA
     # expander (fluxflow/train/latents.py).
     latent_encoder: nn.Module | None = None
-    # Optimizer groups whose gradients DistributedDataParallel averaged in the backward (fluxflow/train/data_parallel.py).
+    # Optimizer groups whose gradients DDP averaged in the backward (fluxflow/train/data_parallel.py).
     synced_groups: frozenset[str] = frozenset()
 
 

@@ -23,9 +23,7 @@ def step_keys(config) -> dict[str, str]:
     root = {"model_checkpoint": config.model_checkpoint} if config.model_checkpoint else None
     for step in execution_order(config.resolved_steps()):
         parent_key = keys[step.parent] if step.parent else (json.dumps(root) if root else None)
-        # DataLoader workers never change what is trained (the data order does not depend on them).
-        keys[step.name] = step_key(step.model_dump(mode="json", exclude={"workers"}),
-                                   config.model.model_dump(mode="json"),
+        keys[step.name] = step_key(step.model_dump(mode="json"), config.model.model_dump(mode="json"),
                                    config.dataset_for(step).model_dump(mode="json"), parent_key)
     return keys
 

@@ -25,8 +25,9 @@ CONV_COMPONENTS = ("compressor", "expander", "discriminator")
 
 def configure_backends(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.backends.cuda.matmul.fp32_precision = "tf32"
-        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        # TF32 matmuls (cuDNN convolutions use TF32 by default). This API, not the per-backend `fp32_precision`
+        # one: inductor reads it back with get_float32_matmul_precision(), which warns when the two are mixed.
+        torch.set_float32_matmul_precision("high")
         torch.backends.cudnn.benchmark = True
 
 

@@ -9,7 +9,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup demo test test-fast bench server mlflow-ui worker deploy clean
+.PHONY: setup demo test test-fast bench bench-gpu server mlflow-ui worker deploy clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+
+# On a CUDA machine, under 10 minutes: real-size flow step eager vs compiled (MFU), a 2-step pipeline, torchrun x2.
+bench-gpu: $(STAMP)
+	PYTHON=$(PY) bash bench/gpu_check.sh
 
 server: $(STAMP)
 	bash scripts/server.sh

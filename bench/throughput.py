@@ -54,12 +54,13 @@ def peak_flops(gpu_name: str | None) -> float | None:
     return None
 
 
-def step_config(kind: str, img_size: int, batch: int, model: dict | None = None, precision: str = "auto"):
+def step_config(kind: str, img_size: int, batch: int, model: dict | None = None, precision: str = "auto",
+                compile: bool = False):
     from fluxflow.config import load_config
 
     step = {"name": kind, "n_epochs": 1, **STEP_FLAGS[kind]}
     config = load_config({"model": model or {}, "data": {"img_size": img_size},
-                          "training": {"batch_size": batch, "precision": precision,
+                          "training": {"batch_size": batch, "precision": precision, "compile": compile,
                                        "pipeline": {"steps": [step]}}}).config
     return config, config.step(kind)
 
@@ -73,7 +74,8 @@ class StepBench:
         from fluxflow.train.latents import measure_latent_norm
         from fluxflow.train.trainer import build_trainer
 
-        config, step = step_config(kind, img_size, batch, model, precision)
+        # `compile`: training.compile, as a run sets it (fluxflow/train/speed.py; R1 keeps the discriminator eager).
+        config, step = step_config(kind, img_size, batch, model, precision, compile)
         self.kind, self.device, self.config = kind, device, config
         torch.manual_seed(0)
         data = ShapesDataset(batch, 0, img_size)
@@ -83,11 +85,6 @@ class StepBench:
         self.models, self.ctx = self.trainer.models, self.trainer.ctx
         if kind == "flow":
             self.trainer.set_latent_norm(measure_latent_norm(self.ctx.latent_encoder, self.images))
-        if compile:
-            for name, module in self.models.items():
-                if name == "discriminator" and step.r1_gamma > 0:
-                    continue  # R1's double backward does not compile: D stays eager
-                module.compile()  # in place: state_dict keys unchanged (EMA and checkpoints see the raw module)
 
     def run(self, i: int) -> dict[str, torch.Tensor]:
         return self.trainer.train_batch(self.images, self.captions, global_step=i, update=i)

@@ -108,3 +108,30 @@ def test_fsspec_urls(shard_dir):
     assert len(captions_of(make_loader(train, 4, workers=0, seed=0))) == 8
     local = build_dataset(cfg(f"file://{shard_dir}/shards-000.tar", holdout=0), 8, 3, "train")
     assert len(local) == PER_SHARD
+
+
+def test_two_ranks_read_disjoint_shards_and_together_every_sample(shard_dir):
+    urls = str(shard_dir / "shards-{000..003}.tar")
+    parts = [build_dataset(cfg(urls, holdout=0), 8, 3, "train", rank=r, world=2) for r in range(2)]
+    seen = [captions_of(make_loader(p, 4, workers=0, seed=1, rank=r, world=2)) for r, p in enumerate(parts)]
+    assert [len(s) for s in seen] == [10, 10] and {len(p) for p in parts} == {20}
+    shards = [{c.split()[1] for c in s} for s in seen]
+    assert not shards[0] & shards[1] and len(shards[0]) == len(shards[1]) == 2
+    everything = {f"shard {s} item {i}" for s in range(SHARDS) for i in range(PER_SHARD)}
+    assert set(seen[0]) | set(seen[1]) == everything - {"shard 2 item 3"}  # unreadable: a batch-mate stands in
+    with pytest.raises(ValueError, match="built for 2 rank"):
+        make_loader(parts[0], 4, workers=0, seed=1)
+
+
+def test_the_shuffle_buffer_mixes_within_its_size_and_the_shard_split_balances():
+    from fluxflow.data.stream_order import assign_shards, buffer_order
+
+    order = buffer_order(1000, 100, [0, 1, 0, 1])
+    assert sorted(order.tolist()) == list(range(1000)) and order.tolist() != list(range(1000))
+    assert all(order[p] <= p + 100 for p in range(1000))  # no sample is read more than 100 outputs ahead
+    assert (order == buffer_order(1000, 100, [0, 1, 0, 1])).all()
+    assert not (order == buffer_order(1000, 100, [0, 2, 0, 1])).all()  # another epoch, another order
+    assert buffer_order(5, 0, [0]).tolist() == [0, 1, 2, 3, 4]
+    assert assign_shards([5, 5, 5, 3], 2) == [[0, 2], [1, 3]]
+    with pytest.raises(ValueError, match="at least one shard per rank"):
+        assign_shards([5], 2)

@@ -324,8 +324,8 @@ def test_a_nan_batch_is_skipped_and_counted_by_the_runner(tmp_path, monkeypatch)
             image, caption = self.inner[i]
             return (torch.full_like(image, float("nan")) if i in poisoned else image), caption
 
-    def build(ds_cfg, img_size, channels, split="train"):
-        dataset = real_build(ds_cfg, img_size, channels, split)
+    def build(ds_cfg, img_size, channels, split="train", rank=0, world=1):
+        dataset = real_build(ds_cfg, img_size, channels, split, rank, world)
         return Poisoned(dataset) if split == "train" else dataset
 
     monkeypatch.setattr(step_data, "build_dataset", build)
@@ -345,8 +345,8 @@ def test_step_result_counts_every_skipped_update_of_the_step(tmp_path, monkeypat
     config = tiny_config(tmp_path / "out", [dict(WARM, max_steps=3)], no_samples=True)
     real_build = step_data.build_dataset
 
-    def build(ds_cfg, img_size, channels, split="train"):
-        dataset = real_build(ds_cfg, img_size, channels, split)
+    def build(ds_cfg, img_size, channels, split="train", rank=0, world=1):
+        dataset = real_build(ds_cfg, img_size, channels, split, rank, world)
         if split != "train":
             return dataset
         return [(torch.full_like(image, float("nan")), caption) for image, caption in

@@ -68,9 +68,13 @@ def format_summary(config: PipelineConfig) -> str:
     return "\n".join(lines)
 
 
-def format_parameters(counts: dict[str, int]) -> str:
-    """Parameter counts per component (config/model_sizes.py) and their total."""
+def format_parameters(counts: dict[str, int | None]) -> str:
+    """Parameter counts per component (config/model_sizes.py) and their total; None: a pretrained text encoder,
+    whose size its own directory decides (not in the total)."""
     width = max(len(name) for name in [*counts, "total"])
-    lines = ["Parameters:"] + [f"  {name:<{width}}  {count:>12,}" for name, count in counts.items()]
-    lines.append(f"  {'total':<{width}}  {sum(counts.values()):>12,}")
+    lines = ["Parameters:"] + [f"  {name:<{width}}  {count:>12,}" if count is not None else
+                               f"  {name:<{width}}  {'pretrained':>12} (frozen, not counted)"
+                               for name, count in counts.items()]
+    known = [count for count in counts.values() if count is not None]
+    lines.append(f"  {'total':<{width}}  {sum(known):>12,}")
     return "\n".join(lines)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+from collections.abc import Iterator
+from typing import TypeVar
 
 log = logging.getLogger("fluxflow.data")
+T = TypeVar("T")
 
 
 class SkipCounter:
@@ -46,3 +49,24 @@ class SkipCounter:
     @property
     def count(self) -> int:
         return int(self._count.value)
+
+
+def fill_unreadable(batches: Iterator[list[T | None]]) -> Iterator[T]:
+    """The samples of `batches` with each unreadable one (None) replaced, so that every batch keeps its size: by the
+    batch's previous readable sample (its first readable one when none comes before). A batch with nothing
+    readable repeats the last readable sample before it, or, at the very start, the first one after it."""
+    last, waiting = None, 0
+    for batch in batches:
+        readable = [s for s in batch if s is not None]
+        if not readable:
+            if last is None:
+                waiting += len(batch)
+            else:
+                yield from [last] * len(batch)
+            continue
+        yield from [readable[0]] * waiting
+        waiting, previous = 0, readable[0]
+        for sample in batch:
+            previous = sample if sample is not None else previous
+            yield previous
+        last = previous

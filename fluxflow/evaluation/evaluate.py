@@ -69,7 +69,7 @@ def _flow_metrics(step, models, images, captions, train_set, config, latent_norm
         return {}
     ds_cfg = config.dataset_for(step)
     sample = dict(latent_size=config.data.img_size // config.model.downscale, steps=EVAL_SAMPLER_STEPS,
-                  seed=EVAL_SEED, max_len=config.model.text_max_len, spade=step.train_spade)
+                  seed=EVAL_SEED, spade=step.train_spade)
     norm = {k: v.to(device) for k, v in latent_norm.items()}
     with_cfg = generate(models, captions, norm, guidance=EVAL_GUIDANCE, **sample)
     without_cfg = generate(models, captions, norm, guidance=1.0, **sample)

@@ -80,7 +80,7 @@ def generate(model: TextToImageModel, prompt: str, seed: int, *, steps: int = 25
         raise GenerationError(f"image size must be a positive multiple of {multiple} (downscale × patch_size); "
                               f"got {size}")
     images = text_to_image(model.models, [prompt], model.latent_norm, latent_size=size // cfg.downscale,
-                           steps=steps, guidance=guidance, shift=shift, seed=seed, max_len=cfg.text_max_len,
+                           steps=steps, guidance=guidance, shift=shift, seed=seed,
                            spade=model.spade)
     return images[0]
 

@@ -38,6 +38,8 @@ class StepContext:
     # The compressor weights flow latents come from: the EMA ones where they exist, as samples decode with the EMA
     # expander (fluxflow/train/latents.py).
     latent_encoder: nn.Module | None = None
+    # Optimizer groups whose gradients DDP averaged in the backward (fluxflow/train/data_parallel.py).
+    synced_groups: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,8 @@ def backward_and_update(ctx: StepContext, loss: torch.Tensor, key: str, groups: 
     out: dict[str, torch.Tensor] = {"skipped_updates": (~finite).float()}
     for group in groups:
         if group in ctx.optimizers:
-            norm, skipped = optimizer_step(ctx.optimizers[group], finite, ctx.step.grad_clip)
+            norm, skipped = optimizer_step(ctx.optimizers[group], finite, ctx.step.grad_clip,
+                                           group in ctx.synced_groups)
             out[f"grad_norm_{group}"] = norm
             out["skipped_updates"] = torch.maximum(out["skipped_updates"], skipped)
     return out
@@ -154,7 +157,7 @@ def flow_step(ctx: StepContext, images: torch.Tensor, ids: torch.Tensor, mask: t
               window: Window = WHOLE_BATCH) -> dict[str, torch.Tensor]:
     """Rectified flow on frozen-VAE latents (t = 1 is noise). The text encoder trains only in `train_diff_full`."""
     m = ctx.models
-    latents = encode_latents(ctx.latent_encoder, images, ctx.latent_norm)
+    latents = encode_latents(ctx.latent_encoder, images, ctx.latent_norm, ctx.amp_dtype)
     train_text = "text_encoder" in ctx.trained
     with torch.set_grad_enabled(train_text), autocast(ctx.device, ctx.amp_dtype):
         tokens, pooled = m["text_encoder"](ids, mask)

@@ -12,6 +12,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from fluxflow.runtime.device import autocast
+
 # Enough images for per-channel statistics that hold on real data (one batch of 32 does not), cheap to encode once.
 LATENT_NORM_IMAGES = 1024
 
@@ -37,8 +39,11 @@ def measure_latent_norm(encoder: nn.Module, batches: torch.Tensor | Iterable[tor
     return {"shift": shift.float(), "scale": variance.sqrt().float().clamp_min(1e-3)}
 
 
-def encode_latents(compressor: nn.Module, images: torch.Tensor, norm: dict[str, torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
+def encode_latents(compressor: nn.Module, images: torch.Tensor, norm: dict[str, torch.Tensor],
+                   amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Normalised posterior means of `images`; the frozen encoder runs under autocast in `amp_dtype` (bf16 on CUDA,
+    as the training step does), and the latents come back in fp32."""
+    with torch.no_grad(), autocast(images.device, amp_dtype):
         mean, _ = compressor(images)
     return (mean.float() - norm["shift"].view(1, -1, 1, 1)) / norm["scale"].view(1, -1, 1, 1)
 

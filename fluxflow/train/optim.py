@@ -70,15 +70,17 @@ def gradient_norm(params: list[nn.Parameter], max_norm: float | None) -> torch.T
     return torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, finite: torch.Tensor,
-                   max_norm: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def optimizer_step(optimizer: torch.optim.Optimizer, finite: torch.Tensor, max_norm: float | None = None,
+                   grads_averaged: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Clip and apply the update unless the loss (`finite`) or the gradient norm is not finite.
 
     Returns (gradient norm before clipping, 1.0 if the update was skipped else 0.0), both 0-dim device tensors.
     Fused optimizers skip on the device (`found_inf`, no sync); the others need one host sync. Under torchrun the
-    gradients are averaged over ranks first, so every rank clips the same gradient and agrees on skipping."""
+    gradients are averaged over ranks first (unless DDP did during the backward: `grads_averaged`), so every rank
+    clips the same gradient and agrees on skipping."""
     if distributed.active():
-        finite = distributed.average_gradients(optimizer, finite)
+        finite = (distributed.agree_finite(finite) if grads_averaged
+                  else distributed.average_gradients(optimizer, finite))
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     norm = gradient_norm(params, max_norm)
     finite = finite & torch.isfinite(norm).to(finite.device)

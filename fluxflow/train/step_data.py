@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from fluxflow.data import ResumableBatchSampler, build_dataset, make_loader
+from fluxflow.runtime import distributed
 
 # Held-out images that the step's sample grids reconstruct (VAE steps); evaluation uses the whole held-out split.
 N_HOLDOUT_SAMPLES = 8
@@ -21,8 +22,11 @@ class StepData:
 
 
 def load_step_data(config, step, device: torch.device) -> StepData:
+    """Under torchrun a webdataset's training split is this rank's part (its shards); `len()` then counts all ranks'
+    samples, so batches per epoch are the same on every rank."""
     ds_cfg = config.dataset_for(step)
-    train_set = build_dataset(ds_cfg, config.data.img_size, config.data.channels, "train")
+    train_set = build_dataset(ds_cfg, config.data.img_size, config.data.channels, "train", distributed.rank(),
+                              distributed.world_size())
     holdout_set = build_dataset(ds_cfg, config.data.img_size, config.data.channels, "holdout")
     n_holdout = min(N_HOLDOUT_SAMPLES, len(holdout_set))
     holdout = torch.stack([holdout_set[i][0] for i in range(n_holdout)]).to(device) if n_holdout else None
@@ -39,7 +43,8 @@ def leading_images(data: StepData, batch_size: int, seed: int, n_images: int,
     """The first training batches of epoch 0 covering about `n_images` images, on the device, one batch at a time
     (to measure the latent normalisation of the first flow step)."""
     n_batches = max(1, -(-n_images // batch_size))
-    for i, (images, _) in enumerate(make_loader(data.train_set, batch_size, 0, seed, 0, 0)):
+    world = getattr(data.train_set, "world", 1)  # a rank's webdataset part: its local batches (step_run broadcasts)
+    for i, (images, _) in enumerate(make_loader(data.train_set, batch_size, 0, seed, 0, 0, world=world)):
         if i >= n_batches:
             break
         yield images.to(device)

@@ -108,6 +108,7 @@ class StepRun:
         state, self.resuming = input_state(config, files, parent)
         meta = (state or {}).get("pipeline_metadata", {})
         self.data = load_step_data(config, self.step, device)
+        self.loader = None  # the training DataLoader, kept across epochs (its workers persist)
         if self.world > 1 and self.step.batch_size % self.world:
             raise ValueError(f"step {self.step.name}: batch_size {self.step.batch_size} is not divisible by "
                              f"nproc_per_node {self.world}")
@@ -136,6 +137,8 @@ class StepRun:
             images = leading_images(self.data, self.step.batch_size, self.config.training.seed, LATENT_NORM_IMAGES,
                                     self.device)
             latent_norm = measure_latent_norm(self.trainer.ctx.latent_encoder, images)
+            if self.world > 1:  # ranks reading their own webdataset shards measured different images: take rank 0's
+                latent_norm = distributed.broadcast_object({k: v.cpu() for k, v in latent_norm.items()})
         return latent_norm
 
     def _resume(self, state: dict, meta: dict) -> tuple[int, int]:
@@ -165,8 +168,9 @@ class StepRun:
         """Train the rest of the running epoch from `position.batch`, then decide the transition."""
         pos, step, n_batches = self.position, self.step, self.data.batches_per_epoch
         # Under torchrun each rank loads only its slice of every global batch.
-        loader = make_loader(self.data.train_set, step.batch_size, step.workers, self.config.training.seed,
-                             pos.start_epoch + pos.epoch, pos.batch, rank=distributed.rank(), world=self.world)
+        loader = self.loader = make_loader(self.data.train_set, step.batch_size, step.workers,
+                                           self.config.training.seed, pos.start_epoch + pos.epoch, pos.batch,
+                                           rank=distributed.rank(), world=self.world, reuse=self.loader)
         self.report.epoch_started()
         with batch_progress(n_batches, pos.batch, f"{step.name} epoch {pos.epoch + 1}") as bar:
             for images, captions in loader:

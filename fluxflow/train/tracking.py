@@ -74,7 +74,8 @@ def _seconds(value: float) -> str:
 
 def console_line(metrics: dict[str, float], progress: Progress, now: datetime | None = None) -> str:
     """The seed's console line, showing exactly those of `metrics` that have a console label, in the seed's order:
-    `[HH:MM:SS] Step vae_gan (2/4) | Epoch 5/20 | Batch 127/500 | VAE: 0.0234 | KL: 12.45 | ... | 3.2s/batch`."""
+    `[HH:MM:SS] Step vae_gan (2/4) | Epoch 5/20 | Batch 127/500 | VAE: 0.0234 | KL: 12.45 | ... | 3.2s/batch`,
+    and ` | skipped samples: N` at an epoch's end when the data had unreadable items (fluxflow/data/skips.py)."""
     now = now or datetime.now()
     parts = [
         f"[{now:%H:%M:%S}] Step {progress.step_name} ({progress.step_index}/{progress.n_steps})",
@@ -84,6 +85,8 @@ def console_line(metrics: dict[str, float], progress: Progress, now: datetime | 
     shown = [(label, metrics[key]) for key, label in CONSOLE_LABELS.items() if key in metrics]
     parts += [f"{label}: {_significant(float(value))}" for label, value in shown]
     parts.append(f"{_seconds(progress.sec_per_batch)}s/batch")
+    if metrics.get("skipped_samples"):  # the epoch's last line, when some data was skipped or repaired
+        parts.append(f"skipped samples: {int(metrics['skipped_samples'])}")
     return " | ".join(parts)
 
 

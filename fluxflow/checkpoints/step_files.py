@@ -82,9 +82,12 @@ class StepFiles:
 
     def set_aside_stale(self) -> None:
         """Move files of another key (the step's config changed) aside, saying why; keep a same-key latest.pt.
-        Also removes the temp files of writes that a kill interrupted (each may be as large as a checkpoint)."""
+        Also removes what a kill left behind: temp files of interrupted writes (each may be as large as a
+        checkpoint), and the metrics of a run killed before its first checkpoint (the step starts over)."""
         for temp in self.dir.glob(".*.tmp"):
             temp.unlink(missing_ok=True)
+        if not any(path.exists() for path in (self.latest, self.previous, self.final)):
+            self.metrics.unlink(missing_ok=True)
         recorded = self._recorded()
         old_key, old_config = None, None
         if recorded is not None and recorded["ref"]["step_key"] != self.key:

@@ -153,7 +153,8 @@ class StepRun:
         self.monitor.load_state_dict(meta["monitor"])
         restore_rng_state(meta["rng"])
         if self.main:  # lines logged after the checkpoint we resume from will be logged again
-            trim_jsonl(metrics_file(self.config.output.output_path, self.step.name), pos.global_step)
+            trim_jsonl(metrics_file(self.config.output.output_path, self.step.name), pos.global_step,
+                       keep_evaluation_at_end=not meta.get("completed"))
         self.say(f"Resuming from checkpoint: step={self.step.index} ({self.step.name}), epoch={pos.epoch + 1}, "
                  f"batch={pos.batch}")
         return pos.epoch, pos.batch

@@ -110,15 +110,22 @@ def metrics_file(output_dir: str | Path, step_name: str) -> Path:
     return Path(output_dir) / "graph" / f"training_metrics_{step_name}.jsonl"
 
 
-def trim_jsonl(path: Path, max_global_step: int) -> None:
+def trim_jsonl(path: Path, max_global_step: int, keep_evaluation_at_end: bool = True) -> None:
     """Drop lines logged after `max_global_step` (a run killed after its last checkpoint logged them; the resumed
-    run logs those batches again). Rewritten atomically; a missing file is fine."""
+    run logs those batches again). With `keep_evaluation_at_end=False` the evaluation lines at `max_global_step` go
+    too: a step resumed from its last epoch's checkpoint evaluates its final weights again. Rewritten atomically; a
+    missing file is fine."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("global_step", 0) <= max_global_step]
+
+    def kept(record: dict) -> bool:
+        step, metrics = record.get("global_step", 0), record.get("metrics") or {}
+        evaluation = bool(metrics) and all(key.startswith("eval_") for key in metrics)
+        return step < max_global_step or (step == max_global_step and (keep_evaluation_at_end or not evaluation))
+
+    lines = [line for line in path.read_text().splitlines() if line.strip() and kept(json.loads(line))]
     tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.write_text("".join(line + "\n" for line in lines))
     tmp.replace(path)
 
 

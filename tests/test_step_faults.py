@@ -6,7 +6,6 @@ import contextlib
 import errno
 import io
 import json
-import logging
 import os
 
 import pytest

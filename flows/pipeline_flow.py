@@ -24,6 +24,7 @@ from prefect.settings import PREFECT_UI_URL
 from prefect.utilities.urls import url_for
 
 from flows import artifacts
+from flows.fault_policy import failure_exit_code
 from flows.mlflow_tracker import (
     TAG_KIND,
     TAG_OUTPUT_DIR,
@@ -191,7 +192,7 @@ def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
 
 def run_pipeline_flow(config_source: str | Path | dict, output_dir: str | None = None, device: str | None = None) -> int:
     """Run the flow on the current Prefect API (the embedded one by default). Exit code: 0 done, 1 failed, 2 bad
-    config."""
+    config or a failure the user must fix first (flows/fault_policy.py)."""
     source = str(config_source) if isinstance(config_source, Path) else config_source
     try:
         config = load_pipeline_config(source, output_dir)  # fail fast, before Prefect starts
@@ -205,4 +206,4 @@ def run_pipeline_flow(config_source: str | Path | dict, output_dir: str | None =
     else:
         print(f"Pipeline {state.name.lower()}: {state.message}")
     print_where_to_look(config, state.state_details.flow_run_id)
-    return 0 if state.is_completed() else 1
+    return 0 if state.is_completed() else failure_exit_code(state)  # 2 when the user must fix something first

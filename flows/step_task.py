@@ -19,6 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import mlflow_run_url, publish_step
+from flows.fault_policy import quiet_non_retryable_tracebacks, retry_unless_non_retryable
 from flows.mlflow_tracker import MlflowTracker
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome
 from fluxflow.config import ConfigError, ConfigIssue, PipelineConfig, load_config
@@ -140,6 +141,8 @@ def step_task(
 
 
 def pipeline_step_task(retries: int):
-    """`step_task` as a pipeline submits it: its retries, and the GPU tag read when the flow runs (the worker's
-    environment may name a per-host tag)."""
-    return step_task.with_options(retries=retries, tags=[gpu_tag()])
+    """`step_task` as a pipeline submits it: its retries (none for a failure that would only repeat itself:
+    flows/fault_policy.py), and the GPU tag read when the flow runs (the worker's environment may name a per-host
+    tag)."""
+    quiet_non_retryable_tracebacks()
+    return step_task.with_options(retries=retries, retry_condition_fn=retry_unless_non_retryable, tags=[gpu_tag()])

@@ -256,7 +256,7 @@ def test_pickle_bearing_model_checkpoint_is_refused(tmp_path):
     torch.save({"models": {}, "payload": _OpensAFile(marker)}, evil)
     config = tiny_config(tmp_path / "out", [WARM], model_checkpoint=str(evil), no_samples=True)
 
-    refused = r"step warm failed: refusing to load checkpoint .*evil\.pt.*pickled object"
+    refused = r"step warm failed: checkpoint .*evil\.pt refused: contains Python objects that would run code when loaded"
     with pytest.raises(PipelineFailed, match=refused) as info:
         run_pipeline(config)
     assert isinstance(info.value.__cause__, CheckpointError)

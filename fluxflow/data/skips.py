@@ -1,7 +1,13 @@
 """A count of unreadable items that DataLoader worker processes share with the main process.
 
 A corrupt file must never stop a run, but it must not go unnoticed either: every file-backed dataset counts what it
-skipped (`dataset.skipped`) and logs one warning, the first time, naming the item.
+skipped or repaired (`dataset.skipped`) and logs one warning, the first time, naming the item. The runner reports the
+training split's count as `skipped_samples` at each epoch end (fluxflow/train/step_report.py). The count lives in
+shared memory (multiprocessing.Value), so the increments made in DataLoader worker processes, forked or spawned,
+are what the main process reads; no tensor and no host sync is involved.
+
+Text of any encoding: a caption is decoded as UTF-8 and, failing that, as Latin-1 (`decode_text`), which decodes
+every byte string and keeps the bytes recoverable: the caption is kept (repaired) and counted, never fatal.
 """
 from __future__ import annotations
 
@@ -12,6 +18,14 @@ from typing import TypeVar
 
 log = logging.getLogger("fluxflow.data")
 T = TypeVar("T")
+
+
+def decode_text(raw: bytes) -> tuple[str, bool]:
+    """(text, repaired): UTF-8, else Latin-1 with repaired=True."""
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return raw.decode("latin-1"), True
 
 
 class SkipCounter:

@@ -25,7 +25,8 @@ Order, ranks, resume and workers (what the resumable sampler means for a stream)
   dataset) and every training epoch leaves them out.
 - A sample whose image does not decode is counted in `dataset.skipped` (once per epoch that meets it) and its place
   is taken by a readable sample of its batch (fluxflow/data/skips.py fill_unreadable), so batch boundaries — and
-  therefore resume — stay exact, whatever the number of workers. A shard
+  therefore resume — stay exact, whatever the number of workers. A caption that is not UTF-8 is kept, decoded as
+  Latin-1, and counted too. A shard
   that cannot be opened is an error: that is storage failing, not a bad image.
 - `length` (config): samples in all shards; without it (or with several ranks) the tar headers are scanned once.
 """
@@ -44,9 +45,10 @@ import torch
 from PIL import Image
 
 from fluxflow.data.sampler import epoch_permutation
-from fluxflow.data.skips import SkipCounter, fill_unreadable
+from fluxflow.data.skips import SkipCounter, decode_text, fill_unreadable
 from fluxflow.data.stream_order import assign_shards, buffer_order
 from fluxflow.data.transforms import load_image, pil_mode
+from fluxflow.runtime.errors import DataError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff")
 CAPTION_EXTENSIONS = ("txt", "caption", "text")
@@ -100,19 +102,24 @@ def iter_shard(url: str, want: Callable[[int], bool] = lambda j: True) -> Iterat
                 yield key, files
 
 
-def decode_sample(files: dict[str, bytes], img_size: int, channels: int) -> tuple[torch.Tensor, str]:
+def decode_sample(files: dict[str, bytes], img_size: int, channels: int,
+                  on_repair: Callable[[], None] = lambda: None) -> tuple[torch.Tensor, str]:
+    """(image, caption); `on_repair()` is called when the caption was not UTF-8 (kept, decoded as Latin-1)."""
     ext = next((e for e in IMAGE_EXTENSIONS if e in files), None)
     if ext is None:
         raise ValueError(f"no image among {sorted(files)}")
     with Image.open(io.BytesIO(files[ext])) as img:
         image = load_image(img, img_size, channels)
-    return image, _caption(files)
+    return image, _caption(files, on_repair)
 
 
-def _caption(files: dict[str, bytes]) -> str:
+def _caption(files: dict[str, bytes], on_repair: Callable[[], None]) -> str:
     for ext in CAPTION_EXTENSIONS:
         if ext in files:
-            return files[ext].decode("utf-8", errors="replace").strip()
+            text, repaired = decode_text(files[ext])
+            if repaired:
+                on_repair()
+            return text.strip()
     if "json" in files:
         meta = json.loads(files["json"])
         if isinstance(meta, dict):
@@ -254,7 +261,8 @@ class WebDatasetSource(torch.utils.data.IterableDataset):
             while next_out is not None and next_out in pending:  # the buffer lets out samples in output order
                 shard_, key_, files_ = pending.pop(next_out)
                 try:
-                    batch.append(decode_sample(files_, self.img_size, self.channels))
+                    batch.append(decode_sample(files_, self.img_size, self.channels, on_repair=lambda s=shard_, k=key_: (
+                        self._skips.add(1, f"{s}:{k}: caption not UTF-8, decoded as Latin-1"))))
                 except Exception as exc:  # a bad image never stops training (see module docstring)
                     self._skips.add(1, f"{shard_}:{key_}: {type(exc).__name__}: {exc}")
                     batch.append(None)
@@ -294,7 +302,8 @@ class WebDatasetHoldout(torch.utils.data.Dataset):
         for k in range(n):  # like the folder dataset: a bad sample is replaced by the next readable one
             i = (index + k) % n
             try:
-                return decode_sample(self.samples[i], self.img_size, self.channels)
+                return decode_sample(self.samples[i], self.img_size, self.channels, on_repair=lambda i=i: (
+                    self._skips.add(1, f"held-out sample {i}: caption not UTF-8, decoded as Latin-1")))
             except Exception as exc:
                 self._skips.add(1, f"held-out sample {i}: {type(exc).__name__}: {exc}")
-        raise RuntimeError(f"no readable image among the {n} held-out samples")
+        raise DataError(f"no readable image among the {n} held-out samples")

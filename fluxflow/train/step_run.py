@@ -24,7 +24,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from fluxflow.checkpoints.io import capture_rng_state, finalize, load_checkpoint, restore_rng_state, save_checkpoint
+from fluxflow.checkpoints.io import load_checkpoint
+from fluxflow.checkpoints.latest import load_latest, save_latest
+from fluxflow.checkpoints.rng_state import capture_rng_state, restore_rng_state
 from fluxflow.checkpoints.lock import RunLock
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome, StepResult
 from fluxflow.checkpoints.step_files import StepFiles, plan_step
@@ -75,9 +77,10 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
 
 
 def input_state(config, files: StepFiles, parent: CheckpointRef | None) -> tuple[dict | None, bool]:
-    """(state to start from, whether it is this step's own latest.pt)."""
-    if files.latest.exists():
-        return load_checkpoint(files.latest), True
+    """(state to start from, whether it is this step's own latest.pt (or, when that is torn, latest.prev.pt))."""
+    own = load_latest(files.latest, say=print if distributed.is_main() else lambda line: None)
+    if own is not None:
+        return own, True
     if parent is not None:
         return load_checkpoint(parent.uri, expected_sha256=parent.sha256), False
     if config.model_checkpoint:
@@ -153,7 +156,8 @@ class StepRun:
         self.monitor.load_state_dict(meta["monitor"])
         restore_rng_state(meta["rng"])
         if self.main:  # lines logged after the checkpoint we resume from will be logged again
-            trim_jsonl(metrics_file(self.config.output.output_path, self.step.name), pos.global_step)
+            trim_jsonl(metrics_file(self.config.output.output_path, self.step.name), pos.global_step,
+                       keep_evaluation_at_end=not meta.get("completed"))
         self.say(f"Resuming from checkpoint: step={self.step.index} ({self.step.name}), epoch={pos.epoch + 1}, "
                  f"batch={pos.batch}")
         return pos.epoch, pos.batch
@@ -245,7 +249,7 @@ class StepRun:
 
     def save(self, completed: bool = False) -> None:
         if self.main:  # only rank 0 writes checkpoints (all ranks hold the same weights)
-            save_checkpoint(self.state_dict(completed), self.files.latest)
+            save_latest(self.state_dict(completed), self.files.latest)
 
     def state_dict(self, completed: bool = False) -> dict:
         """The checkpoint of this position: enough to resume exactly, and for fluxflow-generate on its own."""
@@ -281,7 +285,7 @@ class StepRun:
         if self.world > 1:
             checksum = distributed.assert_in_sync(self.trainer.models[name] for name in sorted(self.trainer.ctx.trained))
             self.say(f"All {self.world} ranks hold the same weights (parameter checksum {checksum:.6f})")
-        sha = finalize(self.files.latest, self.files.final) if self.main else ""
+        sha = self.files.finalize() if self.main else ""
         if self.world > 1:
             sha = distributed.broadcast_object(sha)
         ref = CheckpointRef(uri=str(self.files.final), sha256=sha, step_name=step.name, step_key=self.files.key,

@@ -32,9 +32,7 @@ Order, ranks, resume and workers (what the resumable sampler means for a stream)
 """
 from __future__ import annotations
 
-import io
 import itertools
-import json
 import os
 import tarfile
 from collections.abc import Callable, Iterator
@@ -42,16 +40,14 @@ from collections.abc import Callable, Iterator
 import fsspec
 import numpy as np
 import torch
-from PIL import Image
 
 from fluxflow.data.sampler import epoch_permutation
-from fluxflow.data.skips import SkipCounter, decode_text, fill_unreadable
+from fluxflow.data.skips import SkipCounter, fill_unreadable
 from fluxflow.data.stream_order import assign_shards, buffer_order
-from fluxflow.data.transforms import load_image, pil_mode
+from fluxflow.data.transforms import pil_mode
+from fluxflow.data.webdataset_sample import decode_sample, sample_key
 from fluxflow.runtime.errors import DataError
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff")
-CAPTION_EXTENSIONS = ("txt", "caption", "text")
 # Samples each rank's stream shuffles among: mixes neighbouring samples of a shard (and across shard boundaries).
 # Each worker holds the encoded bytes of at most about this many samples (its share of them).
 SHUFFLE_BUFFER = 1000
@@ -67,15 +63,6 @@ def expand_shards(urls: str | list[str]) -> list[str]:
     if not shards:
         raise ValueError(f"webdataset urls {urls!r} name no shard")
     return shards
-
-
-def sample_key(member_name: str) -> tuple[str, str] | None:
-    """(key, extension) by the WebDataset rule: the key is everything before the first dot of the basename."""
-    directory, _, base = member_name.rpartition("/")
-    stem, dot, ext = base.partition(".")
-    if not dot or not stem:
-        return None
-    return (f"{directory}/{stem}" if directory else stem), ext.lower()
 
 
 def iter_shard(url: str, want: Callable[[int], bool] = lambda j: True) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -100,31 +87,6 @@ def iter_shard(url: str, want: Callable[[int], bool] = lambda j: True) -> Iterat
                 tar.members = []  # headers are not needed again: memory stays flat on big shards
             if key is not None:
                 yield key, files
-
-
-def decode_sample(files: dict[str, bytes], img_size: int, channels: int,
-                  on_repair: Callable[[], None] = lambda: None) -> tuple[torch.Tensor, str]:
-    """(image, caption); `on_repair()` is called when the caption was not UTF-8 (kept, decoded as Latin-1)."""
-    ext = next((e for e in IMAGE_EXTENSIONS if e in files), None)
-    if ext is None:
-        raise ValueError(f"no image among {sorted(files)}")
-    with Image.open(io.BytesIO(files[ext])) as img:
-        image = load_image(img, img_size, channels)
-    return image, _caption(files, on_repair)
-
-
-def _caption(files: dict[str, bytes], on_repair: Callable[[], None]) -> str:
-    for ext in CAPTION_EXTENSIONS:
-        if ext in files:
-            text, repaired = decode_text(files[ext])
-            if repaired:
-                on_repair()
-            return text.strip()
-    if "json" in files:
-        meta = json.loads(files["json"])
-        if isinstance(meta, dict):
-            return str(meta.get("caption", meta.get("text", ""))).strip()
-    return ""
 
 
 class _ShardIndex:

@@ -14,9 +14,7 @@ counts batches over the whole pipeline.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path

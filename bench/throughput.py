@@ -37,7 +37,8 @@ GRID_SIZES, GRID_BATCHES = (64, 256), (8, 16, 32, 64)
 GPU_CASES = [(size, batch) for size in GRID_SIZES for batch in GRID_BATCHES]  # the full grid
 SEED_SIZE_MODEL = {"vae_dim": 114}  # VAE 6.89 M parameters (the original's ≈ 6.8 M); flow 1.74 M (≈ 1.8 M)
 SEED_SIZE_CASE = (64, 4)
-# The original tool on this machine (docs: shared/PITFALLS.md), seconds per batch at batch 4, 64 px, CPU.
+# The original tool (fluxflow-training 0.8.1) measured on this kind of 2-core machine, seconds per batch at batch 4,
+# 64 px, CPU (docs/PERFORMANCE.md).
 ORIGINAL_S_PER_BATCH = {"vae": 0.91, "vae_gan_r1": 1.80, "flow": 0.40}
 MIN_SECONDS, MIN_ITERS, LONG_STEP_S = 1.0, 2, 3.0
 # Dense bf16 peak FLOP/s by GPU name (vendor data sheets); an unknown GPU gets no MFU rather than a guess.

@@ -14,7 +14,7 @@ from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome, StepResult
 
 
 def tiny_state(global_step: int = 7) -> dict:
-    """A checkpoint in the seed's layout, with real optimizer and scheduler states of a tiny model."""
+    """A checkpoint in the original tool's layout, with real optimizer and scheduler states of a tiny model."""
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)

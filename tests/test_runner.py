@@ -1,6 +1,6 @@
 """The step runner through `run_pipeline` alone (no Prefect, no MLflow) on tiny configs: a 2-step pipeline (VAE
-warm-up -> VAE+GAN+SPADE) and the files it leaves (checkpoints in the seed's format, ref.json, JSONL metrics, console
-lines, samples named by the seed's convention); re-runs that skip finished steps or re-run a changed one; refusing
+warm-up -> VAE+GAN+SPADE) and the files it leaves (checkpoints in the original tool's format, ref.json, JSONL metrics, console
+lines, samples named by the original tool's convention); re-runs that skip finished steps or re-run a changed one; refusing
 pickle-bearing and corrupt checkpoints; freezes that stay within their step; a NaN batch that is skipped.
 
 Resume after a real `kill -9` and the run lock are in test_runner_resume.py; loss_threshold transitions in
@@ -192,7 +192,7 @@ def test_sample_files_follow_the_seed_naming_convention(two_step):
                 expected.add(f"{name}_{number:03d}_{epoch:03d}_{tag}{suffix}.webp")
     files = {p.name for p in (out / "samples").iterdir()}
     assert files == expected
-    assert "warm_001_001_00002_" + warm.ref.step_key[:6] + "-original.webp" in files  # the seed's own example form
+    assert "warm_001_001_00002_" + warm.ref.step_key[:6] + "-original.webp" in files  # the original tool's own example form
     with Image.open(out / "samples" / f"gan_002_002_{gan.ref.step_key[:6]}-nc.webp") as image:
         assert image.format == "WEBP" and min(image.size) > 16
 

@@ -1,6 +1,6 @@
 """Checkpoint files: atomic writes, safe loads, content hashes, the immutable final.pt, and RNG state.
 
-A checkpoint is a plain dict in the seed's layout (see docs/ARCHITECTURE.md):
+A checkpoint is a plain dict in the original tool's layout (see docs/ARCHITECTURE.md):
 
     epoch, global_step, models {name: state_dict}, optimizers {group: state_dict}, schedulers {group: state_dict},
     ema {name: state_dict}, pipeline_metadata {current_step, current_step_name, step_start_epoch,

@@ -214,7 +214,7 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
                                           "default_dataset; name one here or set training.pipeline.default_dataset")
 
     values["unfreeze"] = _unique(values.get("unfreeze", []))
-    # `unfreeze` overrides `freeze`, whether that came from the defaults or from the step (the seed document).
+    # `unfreeze` overrides `freeze`, whether that came from the defaults or from the step (the original tool's documentation).
     values["freeze"] = [n for n in _unique(values.get("freeze", [])) if n not in values["unfreeze"]]
     transition = dict(values.get("transition_on", {}))
     mode = transition.get("mode") or "epoch"

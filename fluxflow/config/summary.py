@@ -1,4 +1,4 @@
-"""The `--validate-pipeline` summary, in the seed document's format, plus datasets and parameter counts."""
+"""The `--validate-pipeline` summary, in the original tool's format, plus datasets and parameter counts."""
 from __future__ import annotations
 
 from collections import Counter

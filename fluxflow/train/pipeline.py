@@ -27,7 +27,7 @@ def completed_steps(config) -> list[str]:
 
 
 def announce_skipped(config) -> None:
-    """The seed's "Skipping steps: ..." line, when some steps are already complete (each then says where)."""
+    """The original tool's "Skipping steps: ..." line, when some steps are already complete (each then says where)."""
     skipping = completed_steps(config)
     if skipping:
         print(f"Skipping steps: {', '.join(skipping)}", flush=True)

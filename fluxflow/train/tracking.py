@@ -1,7 +1,7 @@
 """How a running step reports: the Tracker protocol, and the core's console + JSONL implementation.
 
-The runner calls a Tracker; it never knows who listens. `ConsoleJsonlTracker` prints the seed's console line and
-appends the seed's JSONL metrics file; the Prefect/MLflow layer (flows/) supplies its own Tracker and combines the
+The runner calls a Tracker; it never knows who listens. `ConsoleJsonlTracker` prints the original tool's console line and
+appends the original tool's JSONL metrics file; the Prefect/MLflow layer (flows/) supplies its own Tracker and combines the
 two with `MultiTracker`. No torch, no prefect, no mlflow here.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tqdm import tqdm
 if TYPE_CHECKING:
     from fluxflow.checkpoints.ref import CheckpointRef, StepResult
 
-# Console labels in the seed's order; metrics not listed here still go to the JSONL file and other trackers.
+# Console labels in the original tool's order; metrics not listed here still go to the JSONL file and other trackers.
 CONSOLE_LABELS: dict[str, str] = {
     "vae_loss": "VAE",
     "kl_loss": "KL",
@@ -73,7 +73,7 @@ def _seconds(value: float) -> str:
 
 
 def console_line(metrics: dict[str, float], progress: Progress, now: datetime | None = None) -> str:
-    """The seed's console line, showing exactly those of `metrics` that have a console label, in the seed's order:
+    """The original tool's console line, showing exactly those of `metrics` that have a console label, in the original tool's order:
     `[HH:MM:SS] Step vae_gan (2/4) | Epoch 5/20 | Batch 127/500 | VAE: 0.0234 | KL: 12.45 | ... | 3.2s/batch`,
     and ` | skipped samples: N` at an epoch's end when the data had unreadable items (fluxflow/data/skips.py)."""
     now = now or datetime.now()
@@ -91,7 +91,7 @@ def console_line(metrics: dict[str, float], progress: Progress, now: datetime | 
 
 
 def jsonl_record(metrics: dict[str, float], progress: Progress, session_id: str, now: datetime | None = None) -> dict:
-    """One line of the seed's training_metrics_<step>.jsonl. Non-finite values are written as null (strict JSON)."""
+    """One line of the original tool's training_metrics_<step>.jsonl. Non-finite values are written as null (strict JSON)."""
     values = {}
     for key, value in metrics.items():
         value = float(value)
@@ -130,7 +130,7 @@ def trim_jsonl(path: Path, max_global_step: int, keep_evaluation_at_end: bool = 
 
 
 class ConsoleJsonlTracker:
-    """Prints the seed's console line and appends `<output>/graph/training_metrics_<step>.jsonl`.
+    """Prints the original tool's console line and appends `<output>/graph/training_metrics_<step>.jsonl`.
 
     The JSONL file is opened in append mode for every line and closed again: a resumed step continues its file,
     each line is on disk as soon as it is logged, and several steps (branches) can share one tracker. `stream`
@@ -150,7 +150,7 @@ class ConsoleJsonlTracker:
         stream.flush()
 
     def step_started(self, step: Any, step_key: str, n_steps: int, resumed: bool) -> None:
-        pass  # the runner prints the seed's "Starting step" / "Resuming from checkpoint" lines itself
+        pass  # the runner prints the original tool's "Starting step" / "Resuming from checkpoint" lines itself
 
     def log_metrics(self, metrics: dict[str, float], progress: Progress) -> None:
         now = datetime.now()

@@ -32,6 +32,7 @@ from flows.mlflow_tracker import (
     open_pipeline_run,
     resolve_tracking_uri,
 )
+from flows.promotion import release_models
 from flows.step_task import TrackingTarget, load_pipeline_config, output_dir_of, pipeline_step_task
 from fluxflow.checkpoints.lock import RunLock
 from fluxflow.checkpoints.ref import StepOutcome
@@ -148,6 +149,7 @@ def run_steps(cfg: PipelineConfig, config: str | dict, output_dir: str | None, d
         artifacts.publish_summary(target.pipeline, artifacts.summary_rows(outcomes, schedule.not_run))
         client.set_terminated(target.parent_run_id, status)
     schedule.raise_if_failed()
+    release_models(cfg, config, output_dir, device, outcomes, target)  # register, then champion/challenger
     return [outcome.to_dict() for outcome in outcomes]
 
 

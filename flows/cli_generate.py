@@ -5,7 +5,8 @@ prompt and seed.
         --prompt "a red circle on a blue background" --n 4 --output generated/
     fluxflow-generate --model models:/fluxflow-quickstart@champion --prompt "a red circle on a blue background"
 
-The generation itself is fluxflow.sampling.generate (EMA weights, the trained text encoder, the training samples' sampler).
+The generation itself is fluxflow.sampling.generate (EMA weights, the trained text encoder, the training samples'
+sampler); a registered model (`--model`) is first resolved to its checkpoint file (flows/registry.py).
 """
 from __future__ import annotations
 

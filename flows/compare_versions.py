@@ -57,10 +57,11 @@ def info_rows(versions: list) -> list[list[str]]:
     def tag(key: str):
         return [v.tags.get(key, MISSING) for v in versions]
 
+    runs = [v.run_id or MISSING for v in versions]
     created = [datetime.fromtimestamp(v.creation_timestamp / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
                for v in versions]
     rows = [["step", *tag(TAG_STEP)], ["registered (UTC)", *created],
-            ["prefect flow run", *tag("prefect.flow_run_name")], ["mlflow run", *[v.run_id or MISSING for v in versions]],
+            ["prefect flow run", *tag("prefect.flow_run_name")], ["mlflow run", *runs],
             ["promotion", *tag(TAG_PROMOTION + "decision")], ["promotion reason", *tag(TAG_PROMOTION + "reason")]]
     metric = next((v.tags[TAG_PROMOTION + "metric"] for v in versions if TAG_PROMOTION + "metric" in v.tags), None)
     if metric:

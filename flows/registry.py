@@ -16,6 +16,7 @@ from flows import env  # noqa: F401  (must precede mlflow)
 
 import contextlib
 import json
+import os
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +31,7 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from flows.pyfunc_model import CHECKPOINT_ARTIFACT, CONFIG_ARTIFACT, PROMPT, SIGNATURE
 from fluxflow.checkpoints.ref import StepOutcome
 
+TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
 MODEL_IN_RUN = "model"  # the logged model's name within its run
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_code.py")
 TAG_SHA256 = "fluxflow.checkpoint_sha256"
@@ -53,9 +55,18 @@ class RegistryError(Exception):
 @contextlib.contextmanager
 def tracking_at(uri: str):
     """MLflow's model functions (logging a model, `models:/` URIs, downloads) read the process-wide tracking URI, not
-    a client's: point it at `uri` for the block. (`_use_tracking_uri` is MLflow 3.17's own helper for this.)"""
-    with _use_tracking_uri(uri):
-        yield
+    a client's: point it at `uri` for the block. `_use_tracking_uri` is MLflow 3.17's own helper for this, but on the
+    way out it deletes MLFLOW_TRACKING_URI from the environment (it sets the variable for subprocesses, then unsets
+    it): put the caller's value back."""
+    saved = os.environ.get(TRACKING_URI_VARIABLE)
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop(TRACKING_URI_VARIABLE, None)
+        else:
+            os.environ[TRACKING_URI_VARIABLE] = saved
 
 
 def pip_requirements() -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,8 @@ def loop(mlflow_store_module):
                      return_state=True)
         assert state.is_completed(), f"{name}: {state.message}"
         runs[name] = (state.state_details.flow_run_id, state.result())
+        # MLflow's model logging must not take the store's address away from the rest of the process.
+        assert os.environ["MLFLOW_TRACKING_URI"] == mlflow_store_module
     return runs
 
 

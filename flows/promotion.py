@@ -19,7 +19,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import artifact_key
-from flows.registry import TAG_PROMOTION, TAG_STEP, model_checkpoint, register_step, version_by_alias
+from flows.registry import (TAG_PROMOTION, TAG_STEP, model_checkpoint, register_step, version_by_alias,
+                            versions_of_output)
 from flows.step_task import TrackingTarget, gpu_tag, load_pipeline_config
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.config.promotion import evaluation_dataset, promotion_metric, registered_steps
@@ -63,9 +64,9 @@ def decide(value: float, champion_value: float | None, direction: str, min_impro
         return True, f"the champion's value {champion_value} is not a number"
     gain = improvement(value, champion_value, direction)
     if gain > min_improvement:
-        return True, f"better by {gain:.4g} (more than {min_improvement:g})"
+        return True, f"better by {gain:.4g}, more than the {min_improvement:g} required"
     if gain > 0:
-        return False, f"better by only {gain:.4g} (needs more than {min_improvement:g})"
+        return False, f"better by only {gain:.4g}, not more than the {min_improvement:g} required"
     return False, "not better" if gain == 0 else f"worse by {-gain:.4g}"
 
 
@@ -73,22 +74,18 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.6g}"
 
 
-def tag_versions(client: MlflowClient, decision: Decision, flow_run_id: str) -> None:
-    """The comparison on the new version, and what it did to the champion on the champion's version."""
+def tag_versions(client: MlflowClient, decision: Decision) -> None:
+    """The comparison on the new version, and on the champion's version what it did to the champion."""
     name, result = decision.model, "promoted" if decision.promoted else "not promoted"
-    mine = {"decision": result, "reason": decision.reason, "metric": decision.metric,
-            "direction": decision.direction, "min_improvement": f"{decision.min_improvement:g}",
-            "value": _fmt(decision.value), "champion": decision.champion or "none",
-            "champion_value": _fmt(decision.champion_value), "flow_run_id": flow_run_id}
+    mine = {"decision": result, "reason": decision.reason, "metric": decision.metric, "value": _fmt(decision.value),
+            "champion": decision.champion or "none", "champion_value": _fmt(decision.champion_value)}
     for key, value in mine.items():
         client.set_model_version_tag(name, decision.version, TAG_PROMOTION + key, value)
     if decision.champion and decision.champion != decision.version:
         outcome = "replaced" if decision.promoted else "kept the alias"
-        theirs = {"last_challenger": decision.version, "last_value": _fmt(decision.champion_value),
-                  "last_challenge": f"version {decision.version} scored {decision.metric} {_fmt(decision.value)} vs "
-                                    f"{_fmt(decision.champion_value)} here: {outcome} ({decision.reason})"}
-        for key, value in theirs.items():
-            client.set_model_version_tag(name, decision.champion, TAG_PROMOTION + key, value)
+        client.set_model_version_tag(name, decision.champion, TAG_PROMOTION + "last_challenge",
+                                     f"version {decision.version} scored {decision.metric} {_fmt(decision.value)} vs "
+                                     f"{_fmt(decision.champion_value)} here: {outcome} ({decision.reason})")
 
 
 def publish_decisions(client: MlflowClient, target: TrackingTarget, decisions: list[Decision], alias: str) -> None:
@@ -176,7 +173,7 @@ def promote_task(config_source: str | dict, output_dir: str | None, device: str 
     client = MlflowClient(target.tracking_uri)
     decisions = promote(config, client, versions, device)
     for decision in decisions:
-        tag_versions(client, decision, target.session)
+        tag_versions(client, decision)
         get_run_logger().info(decision.summary())
     publish_decisions(client, target, decisions, config.promotion.alias)
     return [asdict(d) for d in decisions]
@@ -195,3 +192,17 @@ def release_models(config, config_source: str | dict, output_dir: str | None, de
     promote_with = promote_task.with_options(tags=[gpu_tag()])  # evaluation uses the GPU like a step
     return promote_with(config_source, output_dir, device, versions, target.to_dict(),
                         model_name=config.tracking.model_name)
+
+
+def release_lines(client: MlflowClient, config, output_dir: str) -> list[str]:
+    """For the end of `fluxflow-train`: the versions this output directory registered, and which one is champion."""
+    if not registered_steps(config):
+        return []
+    name, alias = config.tracking.model_name, config.promotion.alias
+    lines = [f"Model:       {name} version {v.version} (step {v.tags.get(TAG_STEP)}): "
+             f"{v.tags.get(TAG_PROMOTION + 'decision', 'registered')}"
+             for v in versions_of_output(client, name, output_dir)]
+    holder = version_by_alias(client, name, alias)
+    if holder is not None:
+        lines.append(f"Champion:    models:/{name}@{alias} is version {holder.version}")
+    return lines

@@ -83,6 +83,14 @@ def find_version(client: MlflowClient, name: str, sha256: str):
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
+def versions_of_output(client: MlflowClient, name: str, output_dir: str) -> list:
+    """The versions of `name` registered from a pipeline that wrote to `output_dir`, oldest first ([] when the model
+    does not exist)."""
+    where = f"name = {_quoted(name)} and tags.`fluxflow.output_dir` = {_quoted(output_dir)}"
+    found = client.search_model_versions(where)
+    return sorted(found, key=lambda v: int(v.version))
+
+
 def version_by_alias(client: MlflowClient, name: str, alias: str):
     """The version holding `alias`, or None (no such model yet, or no version holds it)."""
     try:

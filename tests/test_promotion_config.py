@@ -93,7 +93,7 @@ def test_the_config_reference_documents_every_promotion_field():
     (0.4, 0.5, "maximize", 0.0, False, "worse by 0.1"),
     (0.4, 0.5, "minimize", 0.0, True, "better by 0.1"),
     (0.55, 0.5, "maximize", 0.1, False, "better by only 0.05"),
-    (0.65, 0.5, "maximize", 0.1, True, "more than 0.1"),
+    (0.65, 0.5, "maximize", 0.1, True, "more than the 0.1 required"),
     (math.nan, 0.5, "minimize", 0.0, False, "not a number"),
     (0.4, math.nan, "minimize", 0.0, True, "champion's value nan"),
 ])

@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +205,33 @@ def test_rerunning_a_finished_pipeline_registers_no_second_version_of_the_same_c
     out = capsys.readouterr().out
     assert "Model:       loop version 3 (step flow): not promoted" in out
     assert "Champion:    models:/loop@champion is version 2" in out
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
+                    reason="no Chromium and chromedriver here (scripts/browser_check.sh installs them)")
+def test_the_mlflow_ui_model_page_shows_every_version_and_the_champion(loop, tmp_path):
+    """The model's pages in a real headless browser (scripts/browser_model_page.py), over this module's store."""
+    pytest.importorskip("selenium")
+    sys.path.insert(0, str(REPO / "scripts"))
+    from browser_check import make_driver
+    from browser_model_page import check_model_page
+    from process_groups import group_alive
+    from test_e2e_deployment import free_port
+    from test_e2e_model_serve import start, stop, wait_until_answers
+
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    ui = start([str(Path(sys.executable).parent / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(port),
+                "--backend-store-uri", os.environ["MLFLOW_TRACKING_URI"]], env, Path.cwd(), tmp_path / "ui.log")
+    try:
+        wait_until_answers(f"http://127.0.0.1:{port}/health", ui, tmp_path / "ui.log", 120)
+        driver = make_driver(str(tmp_path / "profile"))
+        try:
+            problems = check_model_page(driver, f"http://127.0.0.1:{port}", MODEL, "champion", tmp_path, 60)
+        finally:
+            driver.quit()
+    finally:
+        stop([ui])
+    assert not group_alive(ui.pid)
+    assert problems == []
+    assert (tmp_path / "mlflow_model.png").stat().st_size > 10_000

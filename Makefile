@@ -9,7 +9,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup demo test test-fast bench bench-gpu server mlflow-ui worker deploy clean
+.PHONY: setup demo test test-fast bench bench-gpu server mlflow-ui worker deploy serve-model clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,9 @@ worker: $(STAMP)
 
 deploy: $(STAMP)
 	bash scripts/deploy.sh
+
+serve-model: $(STAMP)
+	bash scripts/serve_model.sh
 
 clean:
 	rm -rf outputs mlruns mlflow.db .pytest_cache

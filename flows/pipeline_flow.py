@@ -33,6 +33,7 @@ from flows.mlflow_tracker import (
     open_pipeline_run,
     resolve_tracking_uri,
 )
+from flows.promotion import release_lines, release_models
 from flows.step_task import TrackingTarget, load_pipeline_config, output_dir_of, pipeline_step_task
 from fluxflow.checkpoints.lock import RunLock
 from fluxflow.checkpoints.ref import StepOutcome
@@ -149,6 +150,7 @@ def run_steps(cfg: PipelineConfig, config: str | dict, output_dir: str | None, d
         artifacts.publish_summary(target.pipeline, artifacts.summary_rows(outcomes, schedule.not_run))
         client.set_terminated(target.parent_run_id, status)
     schedule.raise_if_failed()
+    release_models(cfg, config, output_dir, device, outcomes, target)  # register, then champion/challenger
     return [outcome.to_dict() for outcome in outcomes]
 
 
@@ -185,6 +187,8 @@ def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
         start = "" if uri.startswith(("http://", "https://")) else (
             f"{_command('mlflow')} ui --host 127.0.0.1 --backend-store-uri {uri}   then open ")
         print(f"MLflow UI:   {start}{run_url}")
+    for line in release_lines(client, config, out):  # registered versions and the champion (flows/promotion.py)
+        print(line)
     flow_run_url = url_for("flow-run", obj_id=flow_run_id, default_base_url="http://127.0.0.1:4200")
     start = "" if PREFECT_UI_URL.value() else f"{_command('prefect')} server start --host 127.0.0.1   then open "
     print(f"Prefect UI:  {start}{flow_run_url}")

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_serializer, model_validator
 
 from fluxflow.config.optim import StrictModel
 from fluxflow.config.pretrained_text import UnusablePretrained, inspect_pretrained
+from fluxflow.config.promotion import PromotionConfig
 from fluxflow.config.steps import ResolvedStep, Workers, StepConfig, StepDefaults, StepGlobals, resolve_step
 
 DEFAULT_SAMPLE_CAPTIONS = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
@@ -168,6 +169,13 @@ class OutputConfig(StrictModel):
 class TrackingConfig(StrictModel):
     experiment_name: str = "fluxflow"
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else MLflow's default (./mlflow.db)
+    registered_model: str | None = Field(None, min_length=1)  # None: the experiment name
+    register_steps: list[str] | None = None  # None: the text-to-image leaf steps (fluxflow/config/promotion.py)
+
+    @property
+    def model_name(self) -> str:
+        """The MLflow registered model that the pipeline's final checkpoints become versions of."""
+        return self.registered_model or self.experiment_name
 
 
 class PipelineConfig(StrictModel):
@@ -176,6 +184,7 @@ class PipelineConfig(StrictModel):
     training: TrainingConfig
     output: OutputConfig = Field(default_factory=OutputConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     model_checkpoint: str | None = None  # starting checkpoint of the first step(s): a path or fsspec URI
 
     @model_validator(mode="after")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections import Counter
 
 from fluxflow.config import modes
+from fluxflow.config.promotion import describe_release
 from fluxflow.config.schema import DatasetConfig, PipelineConfig
 from fluxflow.config.steps import ResolvedStep
 
@@ -41,6 +42,9 @@ def format_summary(config: PipelineConfig) -> str:
         f"  Image size: {config.data.img_size}x{config.data.img_size}, {config.data.channels} channels",
         f"  Output: {config.output.output_path}",
     ]
+    release = describe_release(config)
+    if release:
+        lines.append(f"  Registered model: {release}")
     if config.training.distributed.nproc_per_node > 1:
         lines.append(f"  Processes per step: {config.training.distributed.nproc_per_node} (torchrun)")
     lines.append("  Datasets:")

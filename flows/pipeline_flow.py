@@ -24,6 +24,7 @@ from prefect.settings import PREFECT_UI_URL
 from prefect.utilities.urls import url_for
 
 from flows import artifacts
+from flows.prefect_server import start_temporary_server
 from flows.mlflow_tracker import (
     TAG_KIND,
     TAG_OUTPUT_DIR,
@@ -198,6 +199,7 @@ def run_pipeline_flow(config_source: str | Path | dict, output_dir: str | None =
     except ConfigError as exc:
         print(exc)
         return 2
+    start_temporary_server()  # unless PREFECT_API_URL names a server; stopped at exit
     state = pipeline_flow(source, output_dir, device, return_state=True)
     if state.is_completed():
         print("Pipeline finished:")

@@ -91,7 +91,7 @@ def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str
     output_dir = dated(output_dir)
     cfg = load_pipeline_config(config, output_dir)
     with output_lock(cfg):  # one run per output directory: a second one fails at once, as with run_pipeline
-        return run_steps(cfg, config, output_dir, device)
+        return run_steps(cfg, output_dir, device)
 
 
 def output_lock(config: PipelineConfig):
@@ -99,7 +99,7 @@ def output_lock(config: PipelineConfig):
     return RunLock(output_dir_of(config))
 
 
-def run_steps(cfg: PipelineConfig, config: str | dict, output_dir: str | None, device: str | None) -> list[dict]:
+def run_steps(cfg: PipelineConfig, output_dir: str | None, device: str | None) -> list[dict]:
     """Submit each step once its parent has finished; its outcome decides whether its children run
     (fluxflow/train/pipeline_schedule.py). Returns each finished step's `StepOutcome.to_dict()`."""
     logger = get_run_logger()
@@ -112,12 +112,15 @@ def run_steps(cfg: PipelineConfig, config: str | dict, output_dir: str | None, d
     client, target = open_tracking(cfg, steps)
     progress = artifacts.start_progress(target.pipeline, len(steps))
     task = pipeline_step_task(cfg.training.pipeline.retries)
+    # Every task trains the config resolved here, at the flow's start, not the YAML file as it is when the task
+    # starts: an edit of the file during the run changes nothing the flow planned and logged.
+    resolved = cfg.model_dump(mode="json")
 
     running: dict[str, object] = {}
 
     def submit(names: list[str], parent_ref: dict | None) -> None:
         for name in names:
-            running[name] = task.submit(config, output_dir, device, name, parent_ref, target.to_dict())
+            running[name] = task.submit(resolved, output_dir, device, name, parent_ref, target.to_dict())
 
     outcomes: list[StepOutcome] = []
     status = "FAILED"

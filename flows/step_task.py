@@ -1,9 +1,10 @@
 """One pipeline step as one Prefect task: resolve the input, call the runner, publish the outputs.
 
-Only JSON goes in and out (the config source, the parent's checkpoint reference as a dict, the tracking target; the
-step's reference and result as dicts): no tensors or modules between tasks, so a task can run in another process or
-on another machine. A retry is a fresh call of the same function: the runner finds the step's `latest.pt` and resumes
-mid-step, and the MLflow tracker reopens the same nested run.
+Only JSON goes in and out (the config the flow resolved at its start, as a dict: never a path the task would read
+again; the parent's checkpoint reference as a dict, the tracking target; the step's reference and result as dicts):
+no tensors or modules between tasks, so a task can run in another process or on another machine. A retry is a fresh
+call of the same function: the runner finds the step's `latest.pt` and resumes mid-step, and the MLflow tracker
+reopens the same nested run.
 """
 from __future__ import annotations
 

@@ -24,8 +24,7 @@ from prefect.settings import PREFECT_UI_URL
 from prefect.utilities.urls import url_for
 
 from flows import artifacts
-from flows.prefect_server import start_temporary_server
-from flows.mlflow_tracker import (
+from flows.mlflow_runs import (
     TAG_KIND,
     TAG_OUTPUT_DIR,
     experiment_id_for,
@@ -33,7 +32,9 @@ from flows.mlflow_tracker import (
     open_pipeline_run,
     resolve_tracking_uri,
 )
+from flows.prefect_server import start_temporary_server
 from flows.step_task import TrackingTarget, load_pipeline_config, output_dir_of, pipeline_step_task
+from flows.tracking_queue import TRACKING
 from fluxflow.checkpoints.lock import RunLock
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.checkpoints.step_key import json_sha256
@@ -45,6 +46,10 @@ from fluxflow.train.pipeline_schedule import PipelineSchedule, missed_threshold_
 # How long an interrupted run waits for its running steps to save the batch they reached (one batch and a checkpoint
 # write; docker stop allows 10 s by default, a Prefect worker's cancellation more).
 STOP_GRACE_S = 60.0
+# How long the end of the flow waits for MLflow records still queued while none goes out (an unreachable server):
+# then the flow ends without them; re-running the same command completes the step runs from their files
+# (flows/mlflow_step_run.py).
+TRACKING_STALL_S = 30.0
 
 
 def config_hash(config: PipelineConfig) -> str:
@@ -150,9 +155,19 @@ def run_steps(cfg: PipelineConfig, output_dir: str | None, device: str | None) -
         raise
     finally:
         artifacts.publish_summary(target.pipeline, artifacts.summary_rows(outcomes, schedule.not_run))
-        client.set_terminated(target.parent_run_id, status)
+        finish_tracking(client, target, status)
     schedule.raise_if_failed()
     return [outcome.to_dict() for outcome in outcomes]
+
+
+def finish_tracking(client: MlflowClient, target: TrackingTarget, status: str) -> None:
+    """Close the pipeline's MLflow run after every record the steps queued (flows/tracking_queue.py)."""
+    last = TRACKING.put(lambda: client.set_terminated(target.parent_run_id, status))
+    if not TRACKING.wait(last, TRACKING_STALL_S):
+        get_run_logger().warning(
+            "MLflow (%s) did not answer for %.0f s: %d records not sent. The metrics are in graph/*.jsonl; run the "
+            "same command again once it answers to complete the step runs.", target.tracking_uri, TRACKING_STALL_S,
+            TRACKING.pending())
 
 
 def print_summary(outcomes: list[dict]) -> None:
@@ -179,7 +194,8 @@ def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
     out = output_dir_of(config)
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(config.tracking.experiment_name)
+    # Records still queued: the server does not answer, and a lookup would wait minutes in MLflow's retries.
+    experiment = None if TRACKING.pending() else client.get_experiment_by_name(config.tracking.experiment_name)
     runs = find_runs(client, experiment.experiment_id, {TAG_KIND: "pipeline", TAG_OUTPUT_DIR: out}) if experiment else []
     print(f"Samples:     {out}/samples")
     print(f"Checkpoints: {out}/checkpoints")

@@ -112,7 +112,10 @@ def train_step(
     except BaseException:
         mlflow_tracker.step_failed()
         raise
-    run_id = mlflow_tracker.run_id if result.trained else mlflow_tracker.link_completed(ref.step_key)
+    if not result.trained:
+        mlflow_tracker.step_skipped(config.step(step_name), ref, result)
+    mlflow_tracker.flush()  # bounded: an unreachable MLflow gets the records later, the step's outcome stands
+    run_id = mlflow_tracker.run_id
     run_url = mlflow_run_url(target.tracking_uri, target.experiment_id, run_id) if run_id else None
     outcome = StepOutcome(ref, result, run_id=run_id, run_url=run_url)
     publish_step(target.pipeline, outcome)

@@ -13,19 +13,17 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
-from helpers_tiny import load_weights, tiny_raw
+from helpers_tiny import load_weights
 from mlflow.tracking import MlflowClient
 from process_groups import alive, child_pids, group_alive, kill_all
+from train_cli import child_env, start_train, write_vae_pipeline
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 N_BATCHES = 1000
 
 
@@ -45,27 +43,16 @@ def test_an_interrupt_saves_the_batch_reached_and_the_step_run_is_killed(signum,
     end: the trainer then hung for minutes in Prefect's client retries (flows/prefect_server.py)."""
     from prefect.settings import PREFECT_API_URL
 
-    out = tmp_path / "out"
-    raw = tiny_raw(out, [{"name": "warm", "n_epochs": 1, "train_vae": True}], dataset_size=4 * N_BATCHES,
-                   checkpoint_save_interval=N_BATCHES, no_samples=True)
-    raw["tracking"] = {"experiment_name": "interrupt"}
-    config_file = tmp_path / "config.yaml"
-    config_file.write_text(yaml.safe_dump(raw))
+    config_file, out = write_vae_pipeline(tmp_path, N_BATCHES, N_BATCHES, "interrupt")
     log = tmp_path / "fluxflow-train.log"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = child_env()
     if signum == signal.SIGINT and not to_group:
         env["PREFECT_API_URL"] = PREFECT_API_URL.value()
     else:
         env.pop("PREFECT_API_URL", None)
         env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    # A file, not a pipe: a leftover process holding a pipe open would keep the test waiting for its end.
-    with open(log, "w") as sink:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli_train", "--config", str(config_file), "--quiet"], cwd=tmp_path,
-            env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-            # A shell that starts jobs in the background ignores SIGINT in them; a terminal's Ctrl-C does not.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
+    # A shell that starts jobs in the background ignores SIGINT in them; a terminal's Ctrl-C does not.
+    child = start_train(config_file, env, log, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     children: list[int] = []
     try:
         metrics = out / "graph" / "training_metrics_warm.jsonl"

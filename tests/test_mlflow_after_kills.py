@@ -7,24 +7,26 @@ test-only kill point (flows/kill_points.py) — after the step's `ref.json`, bef
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
-from helpers_tiny import tiny_raw
 from mlflow.tracking import MlflowClient
 from process_groups import alive, child_pids, kill_all
+from train_cli import (
+    child_env,
+    output_of_success,
+    running_train,
+    start_train,
+    training_records,
+    write_vae_pipeline,
+)
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 N_BATCHES, CHECKPOINT_EVERY = 300, 100
 
 
@@ -33,21 +35,8 @@ def pipeline(tmp_path, prefect_api, mlflow_store):
     """(config file, output directory, environment of a fluxflow-train child) for one VAE step of N_BATCHES."""
     from prefect.settings import PREFECT_API_URL
 
-    out = tmp_path / "out"
-    raw = tiny_raw(out, [{"name": "warm", "n_epochs": 1, "train_vae": True}], dataset_size=4 * N_BATCHES,
-                   checkpoint_save_interval=CHECKPOINT_EVERY, no_samples=True)
-    raw["tracking"] = {"experiment_name": "kills"}
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PREFECT_API_URL=PREFECT_API_URL.value())
-    return config, out, env
-
-
-def start(config: Path, env: dict, log: Path) -> subprocess.Popen:
-    with open(log, "w") as sink:  # a file, not a pipe: nothing left holding it open keeps the test waiting
-        return subprocess.Popen([sys.executable, "-m", "flows.cli_train", "--config", str(config), "--quiet"],
-                                cwd=config.parent, env=env, stdout=sink, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    config, out = write_vae_pipeline(tmp_path, N_BATCHES, CHECKPOINT_EVERY, "kills")
+    return config, out, child_env(PREFECT_API_URL=PREFECT_API_URL.value())
 
 
 def kill_group_when(child: subprocess.Popen, ready, what: str, timeout: float = 120) -> None:
@@ -66,15 +55,8 @@ def kill_group_when(child: subprocess.Popen, ready, what: str, timeout: float = 
 
 
 def run_to_end(config: Path, env: dict, log: Path) -> str:
-    child = start(config, env, log)
-    try:
-        child.wait(timeout=120)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
-    output = log.read_text(errors="replace")
-    assert child.returncode == 0, output[-3000:]
-    return output
+    with running_train(config, env, log) as child:
+        return output_of_success(child, log)
 
 
 def step_runs() -> list:
@@ -91,13 +73,6 @@ def logged_steps(key: str) -> list[int]:
     return sorted(m.step for run in step_runs() for m in client.get_metric_history(run.info.run_id, key))
 
 
-def jsonl_steps(out: Path) -> list[int]:
-    """Global steps of the training lines of the step's metrics file (evaluation lines have lines of their own)."""
-    path = out / "graph" / "training_metrics_warm.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    return [record["global_step"] for record in records if "vae_loss" in record["metrics"]]
-
-
 def assert_one_finished_run_without_duplicates(out: Path) -> None:
     [run] = step_runs()
     assert run.info.status == "FINISHED"
@@ -108,19 +83,19 @@ def assert_one_finished_run_without_duplicates(out: Path) -> None:
     assert logged_steps("vae_loss") == list(range(1, N_BATCHES + 1))
     assert logged_steps("epoch") == list(range(1, N_BATCHES + 1))  # once at the last step too
     assert "final/vae_loss" in run.data.metrics
-    assert jsonl_steps(out) == list(range(1, N_BATCHES + 1))  # the metrics file: every batch once
+    assert [r["global_step"] for r in training_records(out)] == list(range(1, N_BATCHES + 1))  # the metrics file: every batch once
 
 
 def test_kills_before_and_after_the_first_checkpoint_leave_one_run_and_no_point_twice(pipeline, tmp_path):
     config, out, env = pipeline
     latest = out / "checkpoints" / "warm" / "latest.pt"
 
-    first = start(config, env, tmp_path / "run1.log")
+    first = start_train(config, env, tmp_path / "run1.log")
     kill_group_when(first, lambda: len(logged_steps("vae_loss")) >= 10, "10 points in MLflow")
     assert not latest.exists(), "killed too late: the step had reached its first checkpoint"
     assert [r.info.status for r in step_runs()] == ["RUNNING"]  # what a kill -9 leaves
 
-    second = start(config, env, tmp_path / "run2.log")  # trains from batch 0 again, in the same run
+    second = start_train(config, env, tmp_path / "run2.log")  # trains from batch 0 again, in the same run
     kill_group_when(second, lambda: latest.exists() and max(logged_steps("vae_loss"), default=0) > CHECKPOINT_EVERY
                     + 20, "20 points logged beyond the first checkpoint")
     assert len(step_runs()) == 1
@@ -132,7 +107,7 @@ def test_kills_before_and_after_the_first_checkpoint_leave_one_run_and_no_point_
 
 def test_a_kill_after_ref_json_leaves_a_run_the_next_run_closes(pipeline, tmp_path):
     config, out, env = pipeline
-    killed = start(config, dict(env, FLUXFLOW_TEST_KILL_AT="step_finished"), tmp_path / "run1.log")
+    killed = start_train(config, dict(env, FLUXFLOW_TEST_KILL_AT="step_finished"), tmp_path / "run1.log")
     killed.wait(timeout=120)
     assert killed.returncode == -signal.SIGKILL, (tmp_path / "run1.log").read_text()[-3000:]
     assert (out / "checkpoints" / "warm" / "ref.json").exists()

@@ -7,25 +7,16 @@ of the metrics file, written for every batch.
 """
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from datetime import datetime
-from pathlib import Path
 
 import pytest
-import yaml
-from helpers_tiny import tiny_raw
 from mlflow.tracking import MlflowClient
 from mlflow_server import MlflowServer
+from train_cli import child_env, output_of_success, running_train, training_records, write_vae_pipeline
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 N_BATCHES = 1000
 
 
@@ -39,43 +30,23 @@ def mlflow_server(tmp_path, mlflow_template):
         server.kill()
 
 
-def training_lines(path: Path) -> list[dict]:
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    return [record for record in records if "vae_loss" in record["metrics"]]
-
-
 def test_training_does_not_stall_while_mlflow_is_down_and_every_point_arrives(tmp_path, prefect_api, mlflow_server):
     from prefect.settings import PREFECT_API_URL
 
-    out = tmp_path / "out"
-    raw = tiny_raw(out, [{"name": "warm", "n_epochs": 1, "train_vae": True}], dataset_size=4 * N_BATCHES,
-                   checkpoint_save_interval=N_BATCHES, no_samples=True)
-    raw["tracking"] = {"experiment_name": "outage"}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PREFECT_API_URL=PREFECT_API_URL.value(),
-               MLFLOW_TRACKING_URI=mlflow_server.uri)
-    metrics = out / "graph" / "training_metrics_warm.jsonl"
+    config, out = write_vae_pipeline(tmp_path, N_BATCHES, N_BATCHES, "outage")
+    env = child_env(PREFECT_API_URL=PREFECT_API_URL.value(), MLFLOW_TRACKING_URI=mlflow_server.uri)
     log = tmp_path / "fluxflow-train.log"
-    with open(log, "w") as sink:
-        child = subprocess.Popen([sys.executable, "-m", "flows.cli_train", "--config", "config.yaml", "--quiet"],
-                                 cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        while len(training_lines(metrics)) < 30 and child.poll() is None:
+    with running_train(config, env, log) as child:
+        while len(training_records(out)) < 30 and child.poll() is None:
             time.sleep(0.05)
         mlflow_server.kill()
         down = datetime.now()
         time.sleep(1)
         mlflow_server.start()  # the outage: the time it takes to start again
         up = datetime.now()
-        child.wait(timeout=180)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
-    output = log.read_text(errors="replace")
-    assert child.returncode == 0, output[-3000:]
+        output_of_success(child, log, timeout=180)
 
-    lines = training_lines(metrics)
-    stamps = [datetime.fromisoformat(line["timestamp"]) for line in lines]
+    stamps = [datetime.fromisoformat(record["timestamp"]) for record in training_records(out)]
     during = [s for s in stamps if down <= s <= up]
     assert len(during) > 50, f"{len(during)} batches trained during the outage: training waited on MLflow"
     stall = max((b - a).total_seconds() for a, b in zip(stamps, stamps[1:]))

@@ -5,8 +5,9 @@ the whole group — what `timeout`, systemd's stop, a closing terminal or a cont
 server together with the trainer, and the trainer, still reporting its flow's end, waits minutes in Prefect's client
 retries on a server that is gone. Started here instead, the server lives in a session of its own: a group signal
 reaches only the trainer, which saves its step, records the end of its flow on a server still there, and stops the
-server itself. The server also dies with the trainer (SIGTERM from the kernel when its parent dies), so a `kill -9`
-of the trainer leaves no orphan behind.
+server itself. The server also dies with the trainer (SIGTERM from the kernel when its parent dies; Linux), so a
+`kill -9` of the trainer leaves no orphan behind. "Its parent" is the thread that started it: start it from the
+main thread (`run_pipeline_flow` is called from there).
 
 Registered as Prefect's default temporary server (the `None` port), so every Prefect client of this process that
 would start one finds this one running (as `prefect.testing.utilities.prefect_test_harness` does).

@@ -20,7 +20,7 @@ import pytest
 from helpers_tiny import load_weights
 from mlflow.tracking import MlflowClient
 from process_groups import alive, child_pids, group_alive, kill_all
-from train_cli import child_env, start_train, write_vae_pipeline
+from train_cli import child_env, kill_group_when, start_train, training_records, write_vae_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -102,3 +102,14 @@ def test_an_interrupt_saves_the_batch_reached_and_the_step_run_is_killed(signum,
     runs = client.search_runs([client.get_experiment_by_name("interrupt").experiment_id])
     status = {r.data.tags["fluxflow.kind"]: r.info.status for r in runs}
     assert status == {"pipeline": "KILLED", "step": "KILLED"}
+
+
+def test_a_kill_9_of_the_group_leaves_no_temporary_prefect_server_behind(tmp_path, mlflow_store):
+    """The temporary Prefect server lives in a session of its own, out of reach of a group signal: it must die with
+    the trainer all the same (flows/prefect_server.py)."""
+    config_file, out = write_vae_pipeline(tmp_path, N_BATCHES, N_BATCHES, "kill-9")
+    env = child_env(PREFECT_HOME=str(tmp_path / "prefect-home"))
+    env.pop("PREFECT_API_URL", None)
+    child = start_train(config_file, env, tmp_path / "fluxflow-train.log")
+    children = kill_group_when(child, lambda: len(training_records(out)) >= 3, "training")
+    assert children, "no temporary Prefect server was started"

@@ -7,17 +7,14 @@ test-only kill point (flows/kill_points.py) — after the step's `ref.json`, bef
 """
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from process_groups import alive, child_pids, kill_all
 from train_cli import (
     child_env,
+    kill_group_when,
     output_of_success,
     running_train,
     start_train,
@@ -37,21 +34,6 @@ def pipeline(tmp_path, prefect_api, mlflow_store):
 
     config, out = write_vae_pipeline(tmp_path, N_BATCHES, CHECKPOINT_EVERY, "kills")
     return config, out, child_env(PREFECT_API_URL=PREFECT_API_URL.value())
-
-
-def kill_group_when(child: subprocess.Popen, ready, what: str, timeout: float = 120) -> None:
-    """SIGKILL the child's process group as soon as `ready()` holds."""
-    deadline = time.monotonic() + timeout
-    while not ready() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert child.poll() is None, f"the run ended before {what}"
-    assert ready(), f"not {what} within {timeout} s"
-    children = child_pids(child.pid)
-    os.killpg(child.pid, signal.SIGKILL)
-    child.wait()
-    time.sleep(0.5)
-    assert not any(map(alive, children)), "a child of the killed run outlived it"
-    kill_all(children)
 
 
 def run_to_end(config: Path, env: dict, log: Path) -> str:

@@ -8,10 +8,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
 from helpers_tiny import tiny_raw
+from process_groups import alive, child_pids, kill_all
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,6 +53,24 @@ def running_train(config: Path, env: dict, log: Path):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)
         child.wait()
+
+
+def kill_group_when(child: subprocess.Popen, ready, what: str, timeout: float = 120) -> list[int]:
+    """SIGKILL the child's process group as soon as `ready()` holds; assert that no child of it (in whatever
+    session: the temporary Prefect server) outlives it. Returns those children's pids."""
+    deadline = time.monotonic() + timeout
+    while not ready() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert child.poll() is None, f"the run ended before {what}"
+    assert ready(), f"not {what} within {timeout} s"
+    children = child_pids(child.pid)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    time.sleep(0.5)
+    outlived = [pid for pid in children if alive(pid)]
+    kill_all(outlived)
+    assert not outlived, "a child of the killed run outlived it"
+    return children
 
 
 def output_of_success(child: subprocess.Popen, log: Path, timeout: float = 120) -> str:

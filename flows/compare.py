@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from flows.mlflow_tracker import (
+from flows.mlflow_runs import (
     FINAL_PREFIX,
     PARENT_RUN_ID,
     TAG_KIND,

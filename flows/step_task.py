@@ -1,9 +1,10 @@
 """One pipeline step as one Prefect task: resolve the input, call the runner, publish the outputs.
 
-Only JSON goes in and out (the config source, the parent's checkpoint reference as a dict, the tracking target; the
-step's reference and result as dicts): no tensors or modules between tasks, so a task can run in another process or
-on another machine. A retry is a fresh call of the same function: the runner finds the step's `latest.pt` and resumes
-mid-step, and the MLflow tracker reopens the same nested run.
+Only JSON goes in and out (the config the flow resolved at its start, as a dict: never a path the task would read
+again; the parent's checkpoint reference as a dict, the tracking target; the step's reference and result as dicts):
+no tensors or modules between tasks, so a task can run in another process or on another machine. A retry is a fresh
+call of the same function: the runner finds the step's `latest.pt` and resumes mid-step, and the MLflow tracker
+reopens the same nested run.
 """
 from __future__ import annotations
 
@@ -112,7 +113,10 @@ def train_step(
     except BaseException:
         mlflow_tracker.step_failed()
         raise
-    run_id = mlflow_tracker.run_id if result.trained else mlflow_tracker.link_completed(ref.step_key)
+    if not result.trained:
+        mlflow_tracker.step_skipped(config.step(step_name), ref, result)
+    mlflow_tracker.flush()  # bounded: an unreachable MLflow gets the records later, the step's outcome stands
+    run_id = mlflow_tracker.run_id
     run_url = mlflow_run_url(target.tracking_uri, target.experiment_id, run_id) if run_id else None
     outcome = StepOutcome(ref, result, run_id=run_id, run_url=run_url)
     publish_step(target.pipeline, outcome)

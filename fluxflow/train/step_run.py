@@ -124,6 +124,9 @@ class StepRun:
         # A step killed after its last epoch was saved (before final.pt) has nothing left to train.
         self.outcome: str | None = meta.get("outcome") if self.resuming and meta.get("completed") else None
         self.resumed_from = self._resume(state, meta) if self.resuming else None
+        if self.main:  # lines a killed run logged after the position this one starts from will be logged again
+            trim_jsonl(metrics_file(config.output.output_path, self.step.name), self.position.global_step,
+                       keep_evaluation_at_end=not (self.resuming and meta.get("completed")))
         self.report = StepReport(self, tracker)
         self.say(f"Starting step: {self.step.name}, epoch {self.position.epoch + 1}, batch {self.position.batch}")
 
@@ -153,9 +156,6 @@ class StepRun:
             sched.load_state_dict(state["schedulers"][group])
         self.monitor.load_state_dict(meta["monitor"])
         restore_rng_state(meta["rng"])
-        if self.main:  # lines logged after the checkpoint we resume from will be logged again
-            trim_jsonl(metrics_file(self.config.output.output_path, self.step.name), pos.global_step,
-                       keep_evaluation_at_end=not meta.get("completed"))
         self.say(f"Resuming from checkpoint: step={self.step.index} ({self.step.name}), epoch={pos.epoch + 1}, "
                  f"batch={pos.batch}")
         return pos.epoch, pos.batch

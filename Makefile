@@ -9,7 +9,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup demo test test-fast bench server mlflow-ui worker deploy clean
+.PHONY: setup demo test test-fast bench bench-gpu server mlflow-ui worker deploy serve-model clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.run
 
+# On a CUDA machine, under 10 minutes: real-size flow step eager vs compiled (MFU), a 2-step pipeline, torchrun x2.
+bench-gpu: $(STAMP)
+	PYTHON=$(PY) bash bench/gpu_check.sh
+
 server: $(STAMP)
 	bash scripts/server.sh
 
@@ -47,6 +51,9 @@ worker: $(STAMP)
 
 deploy: $(STAMP)
 	bash scripts/deploy.sh
+
+serve-model: $(STAMP)
+	bash scripts/serve_model.sh
 
 clean:
 	rm -rf outputs mlruns mlflow.db .pytest_cache

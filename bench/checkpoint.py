@@ -63,7 +63,7 @@ def build(set_name: str, model: dict):
 
 
 def state_of(models, optimizers, emas) -> dict[str, Any]:
-    from fluxflow.checkpoints.io import capture_rng_state
+    from fluxflow.checkpoints.rng_state import capture_rng_state
 
     return {"epoch": 1, "global_step": 1000,
             "models": {n: m.state_dict() for n, m in models.items()},

@@ -37,7 +37,8 @@ GRID_SIZES, GRID_BATCHES = (64, 256), (8, 16, 32, 64)
 GPU_CASES = [(size, batch) for size in GRID_SIZES for batch in GRID_BATCHES]  # the full grid
 SEED_SIZE_MODEL = {"vae_dim": 114}  # VAE 6.89 M parameters (the original's ≈ 6.8 M); flow 1.74 M (≈ 1.8 M)
 SEED_SIZE_CASE = (64, 4)
-# The original tool on this machine (docs: shared/PITFALLS.md), seconds per batch at batch 4, 64 px, CPU.
+# The original tool (fluxflow-training 0.8.1) measured on this kind of 2-core machine, seconds per batch at batch 4,
+# 64 px, CPU (docs/PERFORMANCE.md).
 ORIGINAL_S_PER_BATCH = {"vae": 0.91, "vae_gan_r1": 1.80, "flow": 0.40}
 MIN_SECONDS, MIN_ITERS, LONG_STEP_S = 1.0, 2, 3.0
 # Dense bf16 peak FLOP/s by GPU name (vendor data sheets); an unknown GPU gets no MFU rather than a guess.
@@ -54,12 +55,13 @@ def peak_flops(gpu_name: str | None) -> float | None:
     return None
 
 
-def step_config(kind: str, img_size: int, batch: int, model: dict | None = None, precision: str = "auto"):
+def step_config(kind: str, img_size: int, batch: int, model: dict | None = None, precision: str = "auto",
+                compile: bool = False):
     from fluxflow.config import load_config
 
     step = {"name": kind, "n_epochs": 1, **STEP_FLAGS[kind]}
     config = load_config({"model": model or {}, "data": {"img_size": img_size},
-                          "training": {"batch_size": batch, "precision": precision,
+                          "training": {"batch_size": batch, "precision": precision, "compile": compile,
                                        "pipeline": {"steps": [step]}}}).config
     return config, config.step(kind)
 
@@ -73,7 +75,8 @@ class StepBench:
         from fluxflow.train.latents import measure_latent_norm
         from fluxflow.train.trainer import build_trainer
 
-        config, step = step_config(kind, img_size, batch, model, precision)
+        # `compile`: training.compile, as a run sets it (fluxflow/train/speed.py; R1 keeps the discriminator eager).
+        config, step = step_config(kind, img_size, batch, model, precision, compile)
         self.kind, self.device, self.config = kind, device, config
         torch.manual_seed(0)
         data = ShapesDataset(batch, 0, img_size)
@@ -83,11 +86,6 @@ class StepBench:
         self.models, self.ctx = self.trainer.models, self.trainer.ctx
         if kind == "flow":
             self.trainer.set_latent_norm(measure_latent_norm(self.ctx.latent_encoder, self.images))
-        if compile:
-            for name, module in self.models.items():
-                if name == "discriminator" and step.r1_gamma > 0:
-                    continue  # R1's double backward does not compile: D stays eager
-                module.compile()  # in place: state_dict keys unchanged (EMA and checkpoints see the raw module)
 
     def run(self, i: int) -> dict[str, torch.Tensor]:
         return self.trainer.train_batch(self.images, self.captions, global_step=i, update=i)

@@ -1,9 +1,12 @@
-"""`fluxflow-generate`: images from a trained checkpoint, named after their prompt and seed.
+"""`fluxflow-generate`: images from a trained checkpoint, or from a model registered in MLflow, named after their
+prompt and seed.
 
     fluxflow-generate --checkpoint outputs/quickstart/checkpoints/flow/final.pt \
         --prompt "a red circle on a blue background" --n 4 --output generated/
+    fluxflow-generate --model models:/fluxflow-quickstart@champion --prompt "a red circle on a blue background"
 
-The generation itself is fluxflow.sampling.generate (EMA weights, the trained text encoder, the training samples' sampler).
+The generation itself is fluxflow.sampling.generate (EMA weights, the trained text encoder, the training samples'
+sampler); a registered model (`--model`) is first resolved to its checkpoint file (flows/registry.py).
 """
 from __future__ import annotations
 
@@ -23,12 +26,34 @@ def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
     return found
 
 
+class ModelNotFound(Exception):
+    """--model names nothing usable (flows/registry.py RegistryError, raised without importing MLflow up front)."""
+
+
+def model_checkpoint_of(model_uri: str, tracking_uri: str | None) -> Path:
+    """The local checkpoint of a registered model version (downloaded from a remote store); MLflow is imported only
+    for --model."""
+    from flows.mlflow_tracker import resolve_tracking_uri
+    from flows.registry import RegistryError, model_checkpoint
+
+    try:
+        return model_checkpoint(model_uri, tracking_uri or resolve_tracking_uri())
+    except RegistryError as exc:
+        raise ModelNotFound(str(exc)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="fluxflow-generate", description="Generate images from a trained checkpoint.",
+        prog="fluxflow-generate", description="Generate images from a trained checkpoint or a registered model.",
         epilog="Exit codes: 0 images written; 2 bad input (no prompt, a missing prompts file, a checkpoint that is "
-               "missing, corrupt or has no text-to-image model, an invalid --config, a device this machine lacks).")
-    p.add_argument("--checkpoint", required=True, help="a flow step's checkpoint (final.pt), path or fsspec URI")
+               "missing, corrupt or has no text-to-image model, a --model that names no registered version, an "
+               "invalid --config, a device this machine lacks).")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a flow step's checkpoint (final.pt), path or fsspec URI")
+    source.add_argument("--model", help="a registered model in MLflow: models:/<name>@champion (an alias) or "
+                                        "models:/<name>/<version>")
+    p.add_argument("--tracking-uri", help="the MLflow store of --model (default: MLFLOW_TRACKING_URI, else "
+                                          "./mlflow.db)")
     p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable)")
     p.add_argument("--prompts-file", help="a file with one prompt per line")
     p.add_argument("--n", type=int, default=1, help="images per prompt, seeds seed..seed+n-1 (default 1)")
@@ -64,12 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     from fluxflow.sampling.generate import GenerationError, generate_files, load_text_to_image
 
     try:
+        checkpoint = args.checkpoint or model_checkpoint_of(args.model, args.tracking_uri)
         config = load_config(args.config).config if args.config else None
-        model = load_text_to_image(args.checkpoint, config.model if config else None,
+        model = load_text_to_image(checkpoint, config.model if config else None,
                                    config.data.img_size if config else None, args.device)
         files = generate_files(model, prompts, args.output, n=args.n, seed=args.seed, steps=args.steps,
                                guidance=args.guidance, size=args.size, ext=args.format)
-    except (CheckpointError, ConfigError, GenerationError, DeviceUnavailable) as exc:
+    except (CheckpointError, ConfigError, GenerationError, DeviceUnavailable, ModelNotFound) as exc:
         print(f"fluxflow-generate: {exc}", file=sys.stderr)
         return 2
     for path in files:

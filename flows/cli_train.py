@@ -6,8 +6,9 @@ neither torch, Prefect nor MLflow: the parameter counts are computed from the mo
 """
 from __future__ import annotations
 
+from flows import env  # noqa: F401  (quiet, offline defaults before Prefect or MLflow is imported)
+
 import argparse
-import os
 import signal
 import sys
 from pathlib import Path
@@ -46,17 +47,32 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        config = configured(args)
+        if args.validate_pipeline:
+            return EXIT_OK
+        check_can_run(config)
+    except Refused as exc:
+        print(f"❌ {exc}", file=sys.stderr)
+        return EXIT_INVALID_CONFIG
+    return train(args)
+
+
+class Refused(Exception):
+    """A config, an argument or the machine makes training impossible: the one line to print (exit 2)."""
+
+
+def configured(args: argparse.Namespace):
+    """The config with the command line's overrides; prints the warnings and the plan unless --quiet."""
+    try:
         loaded = load_config(args.config)
     except ConfigError as exc:
-        print(f"❌ Invalid config: {exc}", file=sys.stderr)
-        return EXIT_INVALID_CONFIG
+        raise Refused(f"Invalid config: {exc}") from None
     config = loaded.config
     if args.output_dir:
         try:
             config.output.output_path = check_output_path(args.output_dir)
         except ValueError as exc:
-            print(f"❌ --output-dir {args.output_dir}: {exc}", file=sys.stderr)
-            return EXIT_INVALID_CONFIG
+            raise Refused(f"--output-dir {args.output_dir}: {exc}") from None
     if args.device:
         config.training.device = args.device
     if not args.quiet:  # the warnings, then the plan: for a run as for --validate-pipeline
@@ -65,39 +81,31 @@ def main(argv: list[str] | None = None) -> int:
         print(format_summary(config))
         print()
         print(format_parameters(parameter_counts(config.model, config.data.channels)), flush=True)
-    if args.validate_pipeline:
-        return EXIT_OK
+    return config
 
-    # A device this machine lacks is the caller's setting, not a training failure: say so before the flow starts
-    # (inside it, the step would fail and be retried for nothing).
+
+def check_can_run(config) -> None:
+    """A device this machine lacks, or an output directory another run holds, is the caller's setting, not a
+    training failure: say so before the flow starts (inside it, the step would fail and be retried for nothing). The
+    flow takes the lock itself for the whole run; this is only the early answer."""
+    from fluxflow.checkpoints.lock import RunLock, RunLockedError
     from fluxflow.runtime.device import DeviceUnavailable, resolve_device
 
     try:
         resolve_device(config.training.device)
-    except DeviceUnavailable as exc:
-        print(f"❌ {exc}", file=sys.stderr)
-        return EXIT_INVALID_CONFIG
-
-    # Another run on the same output directory: say so now, not after Prefect has started (the flow takes the lock
-    # itself for the whole run; this is only the early answer).
-    from fluxflow.checkpoints.lock import RunLock, RunLockedError
-
-    try:
         with RunLock(config.output.output_path):
             pass
-    except RunLockedError as exc:
-        print(f"❌ {exc}", file=sys.stderr)
-        return EXIT_INVALID_CONFIG
+    except (DeviceUnavailable, RunLockedError) as exc:
+        raise Refused(str(exc)) from None
 
-    # Quiet and offline before Prefect or MLflow is imported (PITFALLS.md).
-    for key, value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
-                       ("MLFLOW_DISABLE_TELEMETRY", "true")):
-        os.environ.setdefault(key, value)
+
+def train(args: argparse.Namespace) -> int:
+    """Run the flow; Ctrl-C and SIGTERM end it with 130 / 143 once the running steps have saved their batch."""
     from flows.pipeline_flow import run_pipeline_flow
 
     # SIGTERM ends the process through Python's exit path, as Ctrl-C does: Prefect hands the signal back to this
-    # handler once the flow has stopped its steps, and the exit stops Prefect's temporary API server, which the
-    # default action (die at once) would leave running as an orphan.
+    # handler once the flow has stopped its steps, and the exit stops Prefect's temporary API server
+    # (flows/prefect_server.py), which the default action (die at once) would leave for its parent-death signal.
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(run_pipeline_flow(config_source=str(Path(args.config).resolve()), output_dir=args.output_dir,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from flows.mlflow_tracker import (
+from flows.mlflow_runs import (
     FINAL_PREFIX,
     PARENT_RUN_ID,
     TAG_KIND,
@@ -152,30 +152,46 @@ def write_chart(comparison: Comparison, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def experiment_comparison(client: MlflowClient, name: str) -> tuple[Comparison, list[list[str]], str] | str:
+    """(comparison, rows, chart title) of the experiment's hypotheses, or what is wrong."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return f"no experiment named {name!r} at {client.tracking_uri}"
+    runs = leaf_step_runs(client, experiment.experiment_id)
+    if not runs:
+        return f"experiment {name!r} has no pipeline step runs"
+    comparison = compare_runs(client, runs)
+    return comparison, table_rows(comparison), f"{name}: final metrics of {len(runs)} hypotheses"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fluxflow-compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--experiment", required=True, help="MLflow experiment name")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--experiment", help="MLflow experiment name: its hypotheses (leaf steps) side by side")
+    which.add_argument("--registered-model", metavar="NAME", help="MLflow registered model: its versions side by "
+                                                                  "side (flows/compare_versions.py)")
+    parser.add_argument("--alias", default="champion", help="the alias marked in --registered-model's columns")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
-    parser.add_argument("--output", default=".", help="folder for compare_<experiment>.csv/.png (default: .)")
+    parser.add_argument("--output", default=".", help="folder for compare_<name>.csv/.png (default: .)")
     args = parser.parse_args(argv)
 
     client = MlflowClient(args.tracking_uri or resolve_tracking_uri())
-    experiment = client.get_experiment_by_name(args.experiment)
-    if experiment is None:
-        print(f"fluxflow-compare: no experiment named {args.experiment!r} at {client.tracking_uri}", file=sys.stderr)
+    if args.registered_model:
+        from flows.compare_versions import model_comparison
+
+        found, name = model_comparison(client, args.registered_model, args.alias), args.registered_model
+    else:
+        found, name = experiment_comparison(client, args.experiment), args.experiment
+    if isinstance(found, str):
+        print(f"fluxflow-compare: {found}", file=sys.stderr)
         return 2
-    runs = leaf_step_runs(client, experiment.experiment_id)
-    if not runs:
-        print(f"fluxflow-compare: experiment {args.experiment!r} has no pipeline step runs", file=sys.stderr)
-        return 2
-    comparison = compare_runs(client, runs)
-    rows = table_rows(comparison)
+    comparison, rows, title = found
     print(plain_table(rows))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "compare_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in args.experiment)
+    stem = "compare_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
     write_csv(rows, out / f"{stem}.csv")
-    write_chart(comparison, out / f"{stem}.png", f"{args.experiment}: final metrics of {len(runs)} hypotheses")
+    write_chart(comparison, out / f"{stem}.png", title)
     print(f"\nWrote {out / (stem + '.csv')} and {out / (stem + '.png')}")
     return 0
 

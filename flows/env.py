@@ -10,6 +10,8 @@ _DEFAULTS = {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    # No progress bars in logs for every model artifact MLflow downloads (flows/registry.py).
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     # A cold start of the embedded Prefect API takes 12-15 s on 2 cores; the default timeout is 20 s.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }

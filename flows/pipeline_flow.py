@@ -24,7 +24,8 @@ from prefect.settings import PREFECT_UI_URL
 from prefect.utilities.urls import url_for
 
 from flows import artifacts
-from flows.mlflow_tracker import (
+from flows.fault_policy import failure_exit_code
+from flows.mlflow_runs import (
     TAG_KIND,
     TAG_OUTPUT_DIR,
     experiment_id_for,
@@ -32,7 +33,10 @@ from flows.mlflow_tracker import (
     open_pipeline_run,
     resolve_tracking_uri,
 )
+from flows.promotion import release_lines, release_models
+from flows.prefect_server import start_temporary_server
 from flows.step_task import TrackingTarget, load_pipeline_config, output_dir_of, pipeline_step_task
+from flows.tracking_queue import TRACKING
 from fluxflow.checkpoints.lock import RunLock
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.checkpoints.step_key import json_sha256
@@ -44,6 +48,10 @@ from fluxflow.train.pipeline_schedule import PipelineSchedule, missed_threshold_
 # How long an interrupted run waits for its running steps to save the batch they reached (one batch and a checkpoint
 # write; docker stop allows 10 s by default, a Prefect worker's cancellation more).
 STOP_GRACE_S = 60.0
+# How long the end of the flow waits for MLflow records still queued while none goes out (an unreachable server):
+# then the flow ends without them; re-running the same command completes the step runs from their files
+# (flows/mlflow_step_run.py).
+TRACKING_STALL_S = 30.0
 
 
 def config_hash(config: PipelineConfig) -> str:
@@ -90,7 +98,7 @@ def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str
     output_dir = dated(output_dir)
     cfg = load_pipeline_config(config, output_dir)
     with output_lock(cfg):  # one run per output directory: a second one fails at once, as with run_pipeline
-        return run_steps(cfg, config, output_dir, device)
+        return run_steps(cfg, output_dir, device)
 
 
 def output_lock(config: PipelineConfig):
@@ -98,7 +106,7 @@ def output_lock(config: PipelineConfig):
     return RunLock(output_dir_of(config))
 
 
-def run_steps(cfg: PipelineConfig, config: str | dict, output_dir: str | None, device: str | None) -> list[dict]:
+def run_steps(cfg: PipelineConfig, output_dir: str | None, device: str | None) -> list[dict]:
     """Submit each step once its parent has finished; its outcome decides whether its children run
     (fluxflow/train/pipeline_schedule.py). Returns each finished step's `StepOutcome.to_dict()`."""
     logger = get_run_logger()
@@ -111,12 +119,15 @@ def run_steps(cfg: PipelineConfig, config: str | dict, output_dir: str | None, d
     client, target = open_tracking(cfg, steps)
     progress = artifacts.start_progress(target.pipeline, len(steps))
     task = pipeline_step_task(cfg.training.pipeline.retries)
+    # Every task trains the config resolved here, at the flow's start, not the YAML file as it is when the task
+    # starts: an edit of the file during the run changes nothing the flow planned and logged.
+    resolved = cfg.model_dump(mode="json")
 
     running: dict[str, object] = {}
 
     def submit(names: list[str], parent_ref: dict | None) -> None:
         for name in names:
-            running[name] = task.submit(config, output_dir, device, name, parent_ref, target.to_dict())
+            running[name] = task.submit(resolved, output_dir, device, name, parent_ref, target.to_dict())
 
     outcomes: list[StepOutcome] = []
     status = "FAILED"
@@ -146,9 +157,20 @@ def run_steps(cfg: PipelineConfig, config: str | dict, output_dir: str | None, d
         raise
     finally:
         artifacts.publish_summary(target.pipeline, artifacts.summary_rows(outcomes, schedule.not_run))
-        client.set_terminated(target.parent_run_id, status)
+        finish_tracking(client, target, status)
     schedule.raise_if_failed()
+    release_models(cfg, resolved, output_dir, device, outcomes, target)  # register, then champion/challenger
     return [outcome.to_dict() for outcome in outcomes]
+
+
+def finish_tracking(client: MlflowClient, target: TrackingTarget, status: str) -> None:
+    """Close the pipeline's MLflow run after every record the steps queued (flows/tracking_queue.py)."""
+    last = TRACKING.put(lambda: client.set_terminated(target.parent_run_id, status))
+    if not TRACKING.wait(last, TRACKING_STALL_S):
+        get_run_logger().warning(
+            "MLflow (%s) did not answer for %.0f s: %d records not sent. The metrics are in graph/*.jsonl; run the "
+            "same command again once it answers to complete the step runs.", target.tracking_uri, TRACKING_STALL_S,
+            TRACKING.pending())
 
 
 def print_summary(outcomes: list[dict]) -> None:
@@ -175,7 +197,8 @@ def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
     out = output_dir_of(config)
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(config.tracking.experiment_name)
+    # Records still queued: the server does not answer, and a lookup would wait minutes in MLflow's retries.
+    experiment = None if TRACKING.pending() else client.get_experiment_by_name(config.tracking.experiment_name)
     runs = find_runs(client, experiment.experiment_id, {TAG_KIND: "pipeline", TAG_OUTPUT_DIR: out}) if experiment else []
     print(f"Samples:     {out}/samples")
     print(f"Checkpoints: {out}/checkpoints")
@@ -184,6 +207,8 @@ def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
         start = "" if uri.startswith(("http://", "https://")) else (
             f"{_command('mlflow')} ui --host 127.0.0.1 --backend-store-uri {uri}   then open ")
         print(f"MLflow UI:   {start}{run_url}")
+    for line in release_lines(client, config, out):  # registered versions and the champion (flows/promotion.py)
+        print(line)
     flow_run_url = url_for("flow-run", obj_id=flow_run_id, default_base_url="http://127.0.0.1:4200")
     start = "" if PREFECT_UI_URL.value() else f"{_command('prefect')} server start --host 127.0.0.1   then open "
     print(f"Prefect UI:  {start}{flow_run_url}")
@@ -191,13 +216,14 @@ def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
 
 def run_pipeline_flow(config_source: str | Path | dict, output_dir: str | None = None, device: str | None = None) -> int:
     """Run the flow on the current Prefect API (the embedded one by default). Exit code: 0 done, 1 failed, 2 bad
-    config."""
+    config or a failure the user must fix first (flows/fault_policy.py)."""
     source = str(config_source) if isinstance(config_source, Path) else config_source
     try:
         config = load_pipeline_config(source, output_dir)  # fail fast, before Prefect starts
     except ConfigError as exc:
         print(exc)
         return 2
+    start_temporary_server()  # unless PREFECT_API_URL names a server; stopped at exit
     state = pipeline_flow(source, output_dir, device, return_state=True)
     if state.is_completed():
         print("Pipeline finished:")
@@ -205,4 +231,4 @@ def run_pipeline_flow(config_source: str | Path | dict, output_dir: str | None =
     else:
         print(f"Pipeline {state.name.lower()}: {state.message}")
     print_where_to_look(config, state.state_details.flow_run_id)
-    return 0 if state.is_completed() else 1
+    return 0 if state.is_completed() else failure_exit_code(state)  # 2 when the user must fix something first

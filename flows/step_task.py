@@ -1,9 +1,10 @@
 """One pipeline step as one Prefect task: resolve the input, call the runner, publish the outputs.
 
-Only JSON goes in and out (the config source, the parent's checkpoint reference as a dict, the tracking target; the
-step's reference and result as dicts): no tensors or modules between tasks, so a task can run in another process or
-on another machine. A retry is a fresh call of the same function: the runner finds the step's `latest.pt` and resumes
-mid-step, and the MLflow tracker reopens the same nested run.
+Only JSON goes in and out (the config the flow resolved at its start, as a dict: never a path the task would read
+again; the parent's checkpoint reference as a dict, the tracking target; the step's reference and result as dicts):
+no tensors or modules between tasks, so a task can run in another process or on another machine. A retry is a fresh
+call of the same function: the runner finds the step's `latest.pt` and resumes mid-step, and the MLflow tracker
+reopens the same nested run.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import mlflow_run_url, publish_step
+from flows.fault_policy import quiet_non_retryable_tracebacks, retry_unless_non_retryable
 from flows.mlflow_tracker import MlflowTracker
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome
 from fluxflow.config import ConfigError, ConfigIssue, PipelineConfig, load_config
@@ -111,7 +113,10 @@ def train_step(
     except BaseException:
         mlflow_tracker.step_failed()
         raise
-    run_id = mlflow_tracker.run_id if result.trained else mlflow_tracker.link_completed(ref.step_key)
+    if not result.trained:
+        mlflow_tracker.step_skipped(config.step(step_name), ref, result)
+    mlflow_tracker.flush()  # bounded: an unreachable MLflow gets the records later, the step's outcome stands
+    run_id = mlflow_tracker.run_id
     run_url = mlflow_run_url(target.tracking_uri, target.experiment_id, run_id) if run_id else None
     outcome = StepOutcome(ref, result, run_id=run_id, run_url=run_url)
     publish_step(target.pipeline, outcome)
@@ -140,6 +145,8 @@ def step_task(
 
 
 def pipeline_step_task(retries: int):
-    """`step_task` as a pipeline submits it: its retries, and the GPU tag read when the flow runs (the worker's
-    environment may name a per-host tag)."""
-    return step_task.with_options(retries=retries, tags=[gpu_tag()])
+    """`step_task` as a pipeline submits it: its retries (none for a failure that would only repeat itself:
+    flows/fault_policy.py), and the GPU tag read when the flow runs (the worker's environment may name a per-host
+    tag)."""
+    quiet_non_retryable_tracebacks()
+    return step_task.with_options(retries=retries, retry_condition_fn=retry_unless_non_retryable, tags=[gpu_tag()])

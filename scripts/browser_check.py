@@ -9,6 +9,7 @@ fluxflow-pipeline), plus Chromium and its driver: `bash scripts/browser_check.sh
     bash scripts/browser_check.sh                        # latest completed fluxflow-pipeline run, default URLs
     bash scripts/browser_check.sh --flow-run-id <uuid> --prefect-url http://127.0.0.1:4200 \\
         --mlflow-url http://127.0.0.1:5000 --out docs/screenshots
+    bash scripts/browser_check.sh --registered-model NAME     # the model's pages instead (browser_model_page.py)
 
 Exit status 0 when everything was found, 1 when something was missing (each page is saved once it has loaded, found or
 not).
@@ -209,6 +210,29 @@ def check_mlflow_page(driver, mlflow_url: str, facts: RunFacts, out: Path, timeo
     return problems
 
 
+def check_registered_model(args) -> int:
+    from browser_model_page import check_model_page
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    profile = tempfile.mkdtemp(prefix="fluxflow-chromium-")
+    driver = make_driver(profile)
+    try:
+        problems = check_model_page(driver, args.mlflow_url, args.registered_model, args.alias, args.out,
+                                    args.timeout)
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+    return report(problems, [args.out / "mlflow_model.png", args.out / "mlflow_model_version.png"])
+
+
+def report(problems: list[str], screenshots: list[Path]) -> int:
+    print("screenshots: " + ", ".join(map(str, screenshots)))
+    for problem in problems:
+        print("MISSING:", problem)
+    print("browser check passed" if not problems else "browser check FAILED")
+    return 1 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prefect-url", default="http://127.0.0.1:4200")
@@ -216,7 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flow-run-id", help="default: the newest completed fluxflow-pipeline run")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each page's texts")
+    parser.add_argument("--registered-model", metavar="NAME", help="check this registered model's pages instead "
+                                                                   "(scripts/browser_model_page.py)")
+    parser.add_argument("--alias", default="champion", help="with --registered-model: the alias to look for")
     args = parser.parse_args(argv)
+    if args.registered_model:
+        return check_registered_model(args)
 
     run_id, run_name, steps = asyncio.run(prefect_facts(f"{args.prefect_url}/api", args.flow_run_id))
     experiment_id, experiment_name, parent_id, parent_name, metrics = mlflow_facts(args.mlflow_url, run_id)
@@ -233,11 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
-    print(f"screenshots: {args.out / 'prefect_flow_run.png'}, {args.out / 'mlflow_experiment.png'}")
-    for problem in problems:
-        print("MISSING:", problem)
-    print("browser check passed" if not problems else "browser check FAILED")
-    return 1 if problems else 0
+    return report(problems, [args.out / "prefect_flow_run.png", args.out / "mlflow_experiment.png"])
 
 
 if __name__ == "__main__":

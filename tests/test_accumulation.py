@@ -6,6 +6,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,6 +52,29 @@ def test_k_micro_batches_of_b_update_like_one_batch_of_k_times_b(monkeypatch):
         a, b = whole.models[name].state_dict(), split.models[name].state_dict()
         for key in a:
             assert torch.allclose(a[key], b[key], atol=1e-6, rtol=1e-5), f"{name}.{key}"
+
+
+@pytest.mark.slow
+def test_under_a_2_process_gloo_torchrun_accumulation_equals_one_batch_and_reduces_once(tmp_path, monkeypatch):
+    import fluxflow.train.batch_step as batch_step
+
+    out = tmp_path / "rank0.pt"
+    worker = Path(__file__).parent / "workers" / "accumulation_rank.py"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(worker), str(out)], capture_output=True, text=True, timeout=300,
+                          start_new_session=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    ranks = torch.load(out, weights_only=True)
+    assert ranks["reductions"] == 1  # one gradient all-reduce per optimizer step, not one per micro-batch
+
+    monkeypatch.setattr(batch_step, "_gaussian", lambda like, generator: torch.zeros_like(like))
+    whole, config = vae_trainer(batch_size=16, accumulation=1)
+    images = torch.cat([batch[0] for batch in shapes_batches(vae_trainer(batch_size=8, accumulation=2)[1], 2)])
+    whole.train_batch(images, [""] * 16, global_step=0, update=0)
+    for name, tensors in ranks["models"].items():
+        mine = whole.models[name].state_dict()
+        for key, value in tensors.items():
+            assert torch.allclose(mine[key], value, atol=1e-6, rtol=1e-5), f"{name}.{key}"
 
 
 def test_a_nan_gradient_under_a_finite_loss_moves_no_weight_and_is_counted():

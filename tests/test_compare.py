@@ -8,7 +8,8 @@ from helpers_tiny import tiny_raw
 from mlflow.tracking import MlflowClient
 
 from flows import compare
-from flows.mlflow_tracker import MlflowTracker, experiment_id_for, open_pipeline_run
+from flows.mlflow_runs import experiment_id_for, open_pipeline_run
+from flows.mlflow_tracker import MlflowTracker
 from fluxflow.checkpoints.ref import CheckpointRef, StepResult
 from fluxflow.config import load_config
 from fluxflow.train.tracking import Progress
@@ -27,9 +28,11 @@ def record_pipeline(client, experiment, out, steps, losses, session="s", interru
         tracker.log_metrics({"vae_loss": loss}, Progress(step.name, 1, 1, 1, 1, 1, 1, 1, 0.1))
         if interrupt_last and step.name == steps[-1]["name"]:
             tracker.step_failed(status="KILLED")
+            assert tracker.flush()
             return
         ref = CheckpointRef(f"{out}/{step.name}.pt", "0" * 64, step.name, "k", 1, 1)
         tracker.step_finished(ref, StepResult(step.name, "epochs_done", 1, {"vae_loss": loss}))
+        assert tracker.flush()  # the tracking thread has sent everything
 
 
 @pytest.fixture

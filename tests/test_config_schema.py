@@ -5,6 +5,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pretrained_fixture import shipped_config_raw
 
 from fluxflow.config import DatasetConfig, load_config
 
@@ -24,7 +25,7 @@ def steps_of(tmp_path: Path, text: str):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_is_valid(path):
-    loaded = load_config(path)
+    loaded = load_config(shipped_config_raw(path))  # with a stub where a config names a pretrained text encoder
     assert loaded.config.resolved_steps()
     if path.name != "original_tool_example.yaml":  # a config of the original tool: see test_config_legacy.py
         assert loaded.warnings == []  # our own examples use no legacy keys
@@ -50,7 +51,9 @@ def test_nothing_given_means_small_cpu_defaults_and_the_builtin_shapes_dataset(t
     """).config
     assert (cfg.data.img_size, cfg.data.channels, cfg.model.vae_dim, cfg.model.patch_size) == (32, 3, 32, 2)
     assert (cfg.training.batch_size, cfg.training.workers, cfg.training.device, cfg.training.precision) == (
-        8, 0, "auto", "auto")
+        8, "auto", "auto", "auto")
+    assert (cfg.training.compile, cfg.training.activation_checkpointing) == (False, False)
+    assert cfg.model.text_encoder.type == "byte" and "text_encoder" not in cfg.model.model_dump()
     assert cfg.training.pipeline.datasets == {"shapes": DatasetConfig(type="shapes", size=2048, seed=0, holdout=16)}
     assert cfg.training.pipeline.retries == 1 and cfg.training.distributed.nproc_per_node == 1
     assert cfg.output.sample_sizes == [32] and "a red circle" in cfg.output.sample_captions
@@ -233,7 +236,7 @@ def test_loss_threshold_max_epochs_defaults_to_n_epochs(tmp_path):
 def test_a_dumped_config_loads_back_to_the_same_config():
     """The flow can pass the config itself (JSON) instead of a path."""
     for path in CONFIGS:
-        config = load_config(path).config
+        config = load_config(shipped_config_raw(path)).config
         again = load_config(json.loads(json.dumps(config.model_dump(mode="json")))).config
         assert again == config
         assert [s.model_dump() for s in again.resolved_steps()] == [s.model_dump() for s in config.resolved_steps()]

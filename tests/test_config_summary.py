@@ -1,4 +1,4 @@
-"""The --validate-pipeline summary: the seed document's lines, branches, transitions, datasets, parameters."""
+"""The --validate-pipeline summary: the original tool's lines, branches, transitions, datasets, parameters."""
 from pathlib import Path
 
 from fluxflow.config import load_config

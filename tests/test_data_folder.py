@@ -116,3 +116,15 @@ def test_captions_file_outside_the_folder_and_missing_paths(folder, tmp_path_fac
         build_dataset(cfg(folder, captions_file="nope.txt"), 8, 3, "train")
     with pytest.raises(FileNotFoundError, match="image folder"):
         build_dataset(cfg(folder / "nowhere"), 8, 3, "train")
+
+
+def test_a_caption_line_that_is_not_utf8_is_kept_as_latin1_and_counted(tmp_path):
+    for i in range(3):
+        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(tmp_path / f"p{i}.png")
+    (tmp_path / "captions.txt").write_bytes(
+        "\ufeffp0.png\tplain zero\n".encode("utf-8")  # a byte-order mark is not part of the first filename
+        + "p1.png\tcafé crème\n".encode("latin-1")  # one line from another editor
+        + "p2.png\tnaïve, in UTF-8\n".encode("utf-8"))
+    ds = build_dataset(cfg(tmp_path), 16, 3, "train")
+    assert sorted(caption for _, caption in ds.items) == ["café crème", "naïve, in UTF-8", "plain zero"]
+    assert ds.skipped == 1  # the repaired line

@@ -87,3 +87,43 @@ def test_worker_processes_deliver_the_same_batches_in_the_same_order():
     loader.batch_sampler.set_position(1, 0)  # persistent workers, next epoch: the sampler moves, workers stay
     epoch_1 = [c for _, c in make_loader(ds, 4, workers=0, seed=1, epoch=1)]
     assert [c for _, c in loader] == epoch_1 and epoch_1[2:] != [c for _, c in single]
+
+
+class PidCaptions(torch.utils.data.Dataset):
+    """Items whose caption is the index and the id of the process that loaded it."""
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        import os
+
+        return torch.zeros(1), f"{i} {os.getpid()}"
+
+
+def test_a_reused_loader_keeps_its_worker_processes_and_moves_to_the_new_position():
+    data = PidCaptions()
+    first = make_loader(data, 4, 1, seed=5, epoch=0)
+    epoch0 = [c for _, captions in first for c in captions]
+    again = make_loader(data, 4, 1, seed=5, epoch=1, start_batch=1, reuse=first)
+    epoch1 = [c for _, captions in again for c in captions]
+    fresh = [c for _, captions in make_loader(data, 4, 0, seed=5, epoch=1, start_batch=1) for c in captions]
+    assert again is first and first.prefetch_factor == 4
+    assert [c.split()[0] for c in epoch1] == [c.split()[0] for c in fresh]  # the new epoch, from batch 1
+    assert {c.split()[1] for c in epoch0} == {c.split()[1] for c in epoch1}  # the same worker process throughout
+    assert make_loader(data, 4, 0, seed=5, reuse=first) is not first  # another worker count: a new loader
+
+
+def test_auto_workers_load_in_the_training_process_without_cuda(monkeypatch):
+    from fluxflow.data import resolve_workers
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_workers("auto") == 0 and resolve_workers(3) == 3
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert resolve_workers("auto") == min(8, cores - 1)  # a spare core each, the training process keeps one
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))  # one core per torchrun process: nothing to spare
+    assert resolve_workers("auto") == 0

@@ -20,12 +20,14 @@ def png_bytes(value):
     return buf.getvalue()
 
 
-def make_shard(fileobj, shard, corrupt=None):
+def make_shard(fileobj, shard, corrupt=None, latin1=None):
     with tarfile.open(fileobj=fileobj, mode="w") as tar:
         for i in range(PER_SHARD):
             key = f"s{shard}/{i:03d}"
             image = b"\x89PNG broken" if (shard, i) == corrupt else png_bytes(10 * shard + i)
-            for ext, data in (("png", image), ("txt", f"shard {shard} item {i}".encode())):
+            caption = f"shard {shard} item {i}" + (" café" if (shard, i) == latin1 else "")
+            encoding = "latin-1" if (shard, i) == latin1 else "utf-8"
+            for ext, data in (("png", image), ("txt", caption.encode(encoding))):
                 info = tarfile.TarInfo(f"{key}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
@@ -35,7 +37,7 @@ def make_shard(fileobj, shard, corrupt=None):
 def shard_dir(tmp_path):
     for s in range(SHARDS):
         with open(tmp_path / f"shards-{s:03d}.tar", "wb") as f:
-            make_shard(f, s, corrupt=(2, 3))
+            make_shard(f, s, corrupt=(2, 3), latin1=(1, 4))
     return tmp_path
 
 
@@ -57,7 +59,8 @@ def test_brace_pattern_holdout_and_length(shard_dir):
     assert image.shape == (3, 8, 8) and -1 <= image.min() <= image.max() <= 1
     seen = captions_of(make_loader(train, 1, workers=0, seed=0))
     assert len(seen) == len(train)
-    everything = {f"shard {s} item {i}" for s in range(SHARDS) for i in range(PER_SHARD)}
+    everything = {f"shard {s} item {i}" for s in range(SHARDS) for i in range(PER_SHARD)} - {"shard 1 item 4"}
+    everything.add("shard 1 item 4 café")
     held = {holdout[i][1] for i in range(3)}
     assert set(seen) == everything - held - {"shard 2 item 3"}, "a held-out sample was trained on, or one is lost"
 
@@ -66,7 +69,9 @@ def test_corrupt_sample_is_replaced_and_counted(shard_dir):
     train = build_dataset(cfg(str(shard_dir / "shards-{000..003}.tar"), holdout=0), 8, 3, "train")
     seen = captions_of(make_loader(train, 1, workers=0, seed=0))
     assert len(seen) == SHARDS * PER_SHARD  # its place is taken: batch boundaries (and resume) are unchanged
-    assert "shard 2 item 3" not in seen and len(set(seen)) == SHARDS * PER_SHARD - 1 and train.skipped == 1
+    assert "shard 2 item 3" not in seen and len(set(seen)) == SHARDS * PER_SHARD - 1
+    assert "shard 1 item 4 café" in seen  # a caption that is not UTF-8 is kept, decoded as Latin-1
+    assert train.skipped == 2  # the corrupt image and the repaired caption
 
 
 def test_epoch_order_is_deterministic_and_resume_matches(shard_dir):
@@ -108,3 +113,31 @@ def test_fsspec_urls(shard_dir):
     assert len(captions_of(make_loader(train, 4, workers=0, seed=0))) == 8
     local = build_dataset(cfg(f"file://{shard_dir}/shards-000.tar", holdout=0), 8, 3, "train")
     assert len(local) == PER_SHARD
+
+
+def test_two_ranks_read_disjoint_shards_and_together_every_sample(shard_dir):
+    urls = str(shard_dir / "shards-{000..003}.tar")
+    parts = [build_dataset(cfg(urls, holdout=0), 8, 3, "train", rank=r, world=2) for r in range(2)]
+    seen = [captions_of(make_loader(p, 4, workers=0, seed=1, rank=r, world=2)) for r, p in enumerate(parts)]
+    assert [len(s) for s in seen] == [10, 10] and {len(p) for p in parts} == {20}
+    shards = [{c.split()[1] for c in s} for s in seen]
+    assert not shards[0] & shards[1] and len(shards[0]) == len(shards[1]) == 2
+    everything = {f"shard {s} item {i}" + (" café" if (s, i) == (1, 4) else "")  # the Latin-1 caption, kept
+                  for s in range(SHARDS) for i in range(PER_SHARD)}
+    assert set(seen[0]) | set(seen[1]) == everything - {"shard 2 item 3"}  # unreadable: a batch-mate stands in
+    with pytest.raises(ValueError, match="built for 2 rank"):
+        make_loader(parts[0], 4, workers=0, seed=1)
+
+
+def test_the_shuffle_buffer_mixes_within_its_size_and_the_shard_split_balances():
+    from fluxflow.data.stream_order import assign_shards, buffer_order
+
+    order = buffer_order(1000, 100, [0, 1, 0, 1])
+    assert sorted(order.tolist()) == list(range(1000)) and order.tolist() != list(range(1000))
+    assert all(order[p] <= p + 100 for p in range(1000))  # no sample is read more than 100 outputs ahead
+    assert (order == buffer_order(1000, 100, [0, 1, 0, 1])).all()
+    assert not (order == buffer_order(1000, 100, [0, 2, 0, 1])).all()  # another epoch, another order
+    assert buffer_order(5, 0, [0]).tolist() == [0, 1, 2, 3, 4]
+    assert assign_shards([5, 5, 5, 3], 2) == [[0, 2], [1, 3]]
+    with pytest.raises(ValueError, match="at least one shard per rank"):
+        assign_shards([5], 2)

@@ -36,7 +36,7 @@ FAKE_TOOL = textwrap.dedent(
     with open(os.environ["FAKE_RECORD"], "a") as f:
         f.write(json.dumps({{"argv": sys.argv, "cwd": os.getcwd(), "env": {{k: os.environ.get(k) for k in
                    ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "DO_NOT_TRACK", "FLUXFLOW_HOME", "FLUXFLOW_GPU_TAG",
-                    "PREFECT_API_URL")}}}}) + "\\n")
+                    "PREFECT_API_URL", "MLFLOW_TRACKING_URI")}}}}) + "\\n")
     if "inspect" in sys.argv:
         sys.exit(1)
     if sys.argv[1:3] == ["worker", "start"]:
@@ -140,6 +140,19 @@ def test_mlflow_ui_script_serves_the_checkout_store_on_loopback_without_job_runn
     assert call["env"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert call["env"]["DO_NOT_TRACK"] == "1"
     assert "kill -- -" in done.stdout
+
+
+def test_serve_model_script_serves_the_champion_of_the_checkout_store_on_loopback(fake_env):
+    fake_env.pop("MLFLOW_TRACKING_URI", None)
+    fake_env["FLUXFLOW_SERVE_PORT"] = str(free_port())
+    done = run_script("serve_model.sh", fake_env)
+    assert done.returncode == 0, done.stderr
+    (call,) = recorded_calls(fake_env)
+    assert call["argv"][1:] == ["models", "serve", "-m", "models:/fluxflow-quickstart@champion", "--env-manager",
+                                "local", "--host", "127.0.0.1", "--port", fake_env["FLUXFLOW_SERVE_PORT"]]
+    assert Path(call["cwd"]) == REPO and call["env"]["MLFLOW_TRACKING_URI"] == "sqlite:///mlflow.db"
+    pid = int((Path(fake_env["FLUXFLOW_RUN_DIR"]) / "model-server.pid").read_text())
+    assert os.getpgid(pid) == pid and f"kill -- -{pid}" in done.stdout
 
 
 def test_server_script_reports_a_server_that_dies_at_start(fake_env, tmp_path):

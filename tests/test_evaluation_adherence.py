@@ -49,7 +49,7 @@ def tiny_models():
 def test_generation_is_one_image_per_caption_and_repeatable():
     models, norm = tiny_models()
     _, captions = real_holdout(5)
-    kwargs = dict(latent_size=4, guidance=3.0, steps=2, seed=0, max_len=32, spade=False, batch_size=2)
+    kwargs = dict(latent_size=4, guidance=3.0, steps=2, seed=0, spade=False, batch_size=2)
     a = generate(models, captions, norm, **kwargs)
     b = generate(models, captions, norm, **kwargs)
     assert a.shape == (5, 3, 16, 16)

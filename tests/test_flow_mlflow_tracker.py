@@ -6,13 +6,8 @@ import pytest
 from helpers_tiny import tiny_raw
 from mlflow.tracking import MlflowClient
 
-from flows.mlflow_tracker import (
-    MlflowTracker,
-    experiment_id_for,
-    flatten_params,
-    open_pipeline_run,
-    resolve_tracking_uri,
-)
+from flows.mlflow_runs import experiment_id_for, flatten_params, open_pipeline_run, resolve_tracking_uri
+from flows.mlflow_tracker import MlflowTracker
 from fluxflow.checkpoints.ref import CheckpointRef, StepResult
 from fluxflow.config import load_config
 from fluxflow.train.tracking import Progress
@@ -43,6 +38,7 @@ def progress(step, global_step, epoch=1):
 def finish(t, name, key, global_step, trained=True):
     ref = CheckpointRef(f"/ckpt/{name}/final.pt", "0" * 64, name, key, global_step, 1)
     t.step_finished(ref, StepResult(name, "epochs_done", 1, {"vae_loss": 0.5}, trained=trained))
+    assert t.flush()
 
 
 def step_runs(client, experiment):
@@ -71,6 +67,7 @@ def test_a_step_is_a_nested_run_with_its_resolved_config_and_metrics_at_the_glob
     t.step_started(steps[0], "key-warm", 2, resumed=False)
     for global_step in (1, 2, 3):
         t.log_metrics({"vae_loss": 1.0 / global_step, "kl_loss": 0.1}, progress("warm", global_step))
+        assert t.flush()
     metric_calls = [c for c in calls if c.get("metrics")]
     assert len(metric_calls) == 3  # one call per log interval, never one per metric
     finish(t, "warm", "key-warm", 3)
@@ -94,6 +91,7 @@ def test_images_go_under_samples(setup, tmp_path):
     t = tracker(setup)
     t.step_started(steps[0], "k", 2, resumed=False)
     t.log_image(image)
+    assert t.flush()
     assert [a.path for a in client.list_artifacts(t.run_id, "samples")] == [f"samples/{image.name}"]
 
 
@@ -105,23 +103,32 @@ def test_a_skipped_step_opens_no_run_but_links_the_one_that_trained_it(setup):
     finish(first, "warm", "key-warm", 1)
 
     again = tracker(setup, session="s2")  # the runner reports nothing for a skipped step
-    assert again.link_completed("key-warm") == first.run_id
-    assert again.link_completed("key-never-trained") is None
+    ref = CheckpointRef("/ckpt/warm/final.pt", "0" * 64, "warm", "key-warm", 1, 1)
+    again.step_skipped(steps[0], ref, StepResult("warm", "epochs_done", 1, {"vae_loss": 0.5}, trained=False))
+    assert again.flush() and again.run_id == first.run_id
+    never = tracker(setup, session="s2")
+    never.step_skipped(steps[0], CheckpointRef("/x.pt", "0" * 64, "warm", "key-never-trained", 1, 1),
+                       StepResult("warm", "epochs_done", 1, {}, trained=False))
+    assert never.flush() and never.run_id is None
     assert len(step_runs(client, experiment)) == 1
 
 
-@pytest.mark.parametrize("resumed, session, same_run", [
-    (True, "s2", True),  # resumed from latest.pt in a later flow run: continue the run
-    (False, "s1", True),  # retried within the same flow run (even from scratch): continue the run
-    (False, "s2", False),  # trained from scratch again (output wiped): a fresh run, no overlapping history
+@pytest.mark.parametrize("resumed, session, first_status, same_run", [
+    (True, "s2", "FAILED", True),  # resumed from latest.pt in a later flow run: continue the run
+    (False, "s1", "FAILED", True),  # retried within the same flow run (even from scratch): continue the run
+    (False, "s2", "KILLED", True),  # killed before its first checkpoint, trained again from batch 0: same run
+    (False, "s2", "RUNNING", True),  # the same after a kill -9, which left the run RUNNING
+    (False, "s2", "FINISHED", False),  # trained from scratch again (output wiped): a fresh run
 ])
-def test_which_run_a_restarted_step_continues(setup, resumed, session, same_run):
+def test_which_run_a_restarted_step_continues(setup, resumed, session, first_status, same_run):
     client, experiment, _, _, steps = setup
     first = tracker(setup, session="s1")
     first.step_started(steps[1], "key-gan", 2, resumed=False)
     first.log_metrics({"vae_loss": 1.0}, progress("gan", 4))
-    first.step_failed()
-    assert client.get_run(first.run_id).info.status == "FAILED"
+    if first_status != "RUNNING":
+        first.step_failed(status=first_status)
+    assert first.flush()
+    assert client.get_run(first.run_id).info.status == first_status
 
     second = tracker(setup, session=session)
     second.step_started(steps[1], "key-gan", 2, resumed=resumed)
@@ -154,7 +161,85 @@ def test_a_step_run_on_torchrun_ranks_is_recorded_from_the_files_rank_0_wrote(se
     t = tracker(setup)
     ref = CheckpointRef(f"{out}/checkpoints/gan/final.pt", "0" * 64, "gan", "key-gan", 5, 2)
     t.record_from_files(gan, "key-gan", ref, StepResult("gan", "epochs_done", 1, {"vae_loss": 0.5}))
+    assert t.flush()
     assert [(m.step, m.value) for m in client.get_metric_history(t.run_id, "vae_loss")] == [(4, 1.0), (5, 0.5)]
     assert [a.path for a in client.list_artifacts(t.run_id, "samples")] == ["samples/gan_002_001_abc123-nr_o.webp"]
     assert {a.path for a in client.list_artifacts(t.run_id)} >= {"checkpoint_ref.json", "training_metrics_gan.jsonl"}
     assert client.get_run(t.run_id).info.status == "FINISHED"
+
+
+def points(client, run_id) -> list[tuple[str, int]]:
+    """Every (key, step) point of a run, duplicates included."""
+    keys = client.get_run(run_id).data.metrics
+    return sorted((key, m.step) for key in keys for m in client.get_metric_history(run_id, key))
+
+
+def test_no_metric_point_is_logged_twice_for_the_same_key_and_step(setup):
+    """A resumed step trains and reports again the batches between its last checkpoint and the kill; an epoch's end
+    reports `epoch` with its last log interval and with its evaluation, at the same global step."""
+    client, _, _, _, steps = setup
+    first = tracker(setup, session="s1")
+    first.step_started(steps[1], "key-gan", 2, resumed=False)
+    for global_step in (1, 2, 3, 4):  # killed after 4; its last checkpoint was at 2
+        first.log_metrics({"vae_loss": 1.0 / global_step}, progress("gan", global_step))
+    assert first.flush()
+
+    resumed = tracker(setup, session="s2")
+    resumed.step_started(steps[1], "key-gan", 2, resumed=True)
+    for global_step in (3, 4, 5, 6):
+        resumed.log_metrics({"vae_loss": 1.0 / global_step}, progress("gan", global_step))
+    resumed.log_metrics({"eval_psnr": 20.0}, Progress("gan", 1, 2, 1, 2, 6, 10, 6, float("nan")))
+    finish(resumed, "gan", "key-gan", 6)
+    found = points(client, resumed.run_id)
+    assert len(found) == len(set(found)), found
+    assert [s for k, s in found if k == "vae_loss"] == [1, 2, 3, 4, 5, 6]
+    assert [s for k, s in found if k == "epoch"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_skipped_step_whose_run_a_kill_left_open_is_closed_with_its_files(setup):
+    """Killed after ref.json, before its run was closed: the re-run skips the step and closes the run FINISHED, with
+    its final metrics and the points of its metrics file the run had not received."""
+    client, _, _, out, steps = setup
+    killed = tracker(setup, session="s1")
+    killed.step_started(steps[0], "key-warm", 2, resumed=False)
+    killed.log_metrics({"vae_loss": 1.0}, progress("warm", 1))
+    assert killed.flush()
+    lines = [{"timestamp": f"2025-12-09T17:30:0{i}", "session_id": "x", "epoch": 1, "batch": i, "global_step": i,
+              "metrics": {"vae_loss": 1.0 / i}} for i in (1, 2, 3)]
+    (Path(out) / "graph").mkdir(parents=True)
+    (Path(out) / "graph" / "training_metrics_warm.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+    again = tracker(setup, session="s2")
+    ref = CheckpointRef(f"{out}/checkpoints/warm/final.pt", "0" * 64, "warm", "key-warm", 3, 1)
+    again.step_skipped(steps[0], ref, StepResult("warm", "epochs_done", 1, {"vae_loss": 0.25}, trained=False))
+    assert again.flush() and again.run_id == killed.run_id
+    run = client.get_run(again.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["final/vae_loss"] == 0.25
+    assert sorted(m.step for m in client.get_metric_history(again.run_id, "vae_loss")) == [1, 2, 3]
+
+
+def test_metric_batches_refused_by_a_full_queue_are_sent_from_the_metrics_file(setup, caplog):
+    import threading
+
+    from flows.tracking_queue import TrackingQueue
+
+    client, experiment, parent, out, steps = setup
+    queue = TrackingQueue(max_points=6)  # two batches of (vae_loss, epoch, sec_per_batch)
+    t = MlflowTracker(client, experiment, parent, out, session="s1", queue=queue)
+    gate = threading.Event()
+    queue.put(gate.wait)  # an unreachable server: nothing goes out
+    t.step_started(steps[0], "key-warm", 2, resumed=False)
+    graph = Path(out) / "graph"
+    graph.mkdir(parents=True)
+    for global_step in range(1, 7):  # the console tracker writes every line to the metrics file first
+        with open(graph / "training_metrics_warm.jsonl", "a") as f:
+            f.write(json.dumps({"timestamp": f"2025-12-09T17:30:0{global_step}", "session_id": "x", "epoch": 1,
+                                "batch": global_step, "global_step": global_step,
+                                "metrics": {"vae_loss": 1.0 / global_step}}) + "\n")
+        t.log_metrics({"vae_loss": 1.0 / global_step}, progress("warm", global_step))
+        if global_step == 5:  # batches 3-5 were refused; the server answers again
+            assert "metric points wait in memory" in caplog.text
+            gate.set()
+            assert queue.wait(queue.put(lambda: None), stall_s=10)
+    finish(t, "warm", "key-warm", 6)
+    assert sorted(m.step for m in client.get_metric_history(t.run_id, "vae_loss")) == [1, 2, 3, 4, 5, 6]

@@ -115,8 +115,10 @@ def chain(tmp_path_factory, mlflow_store_module):
 def test_three_steps_are_three_tasks_named_after_them_and_three_nested_mlflow_runs(chain):
     raw, outcomes, flow_run_id = chain
     tasks = task_runs(flow_run_id)
-    assert sorted(tasks) == ["flow", "vae_gan", "vae_warmup"]
-    assert all(t.state.is_completed() and "gpu" in t.tags for t in tasks.values())
+    # The leaf flow step's checkpoint is registered and promoted after the steps (flows/promotion.py).
+    assert sorted(tasks) == ["flow", "promote chain", "register flow", "vae_gan", "vae_warmup"]
+    assert all(t.state.is_completed() for t in tasks.values())
+    assert all("gpu" in tasks[name].tags for name in ("flow", "promote chain", "vae_gan", "vae_warmup"))
     assert [o["result"]["step_name"] for o in outcomes] == ["vae_warmup", "vae_gan", "flow"]
     assert [o["ref"]["global_step"] for o in outcomes] == [2, 4, 6]  # each step starts where its parent ended
 
@@ -171,7 +173,7 @@ def test_rerunning_a_finished_pipeline_trains_nothing_and_opens_no_step_runs(cha
     assert [o["ref"] for o in outcomes] == [o["ref"] for o in first]
     assert {r.info.run_id for r in mlflow_runs("chain")[1]} == before
     assert [o["run_id"] for o in outcomes] == [o["run_id"] for o in first]  # linked to the runs that trained them
-    assert sorted(task_runs(flow_run_id)) == ["flow", "vae_gan", "vae_warmup"]
+    assert sorted(task_runs(flow_run_id)) == ["flow", "promote chain", "register flow", "vae_gan", "vae_warmup"]
 
 
 def test_branches_start_from_the_same_parent_checkpoint_and_compare_reports_both(

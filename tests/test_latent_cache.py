@@ -74,13 +74,13 @@ def test_an_interrupted_build_continues_where_it_stopped_and_ends_equal_to_a_bui
     monkeypatch.setattr(step_cache, "CHUNK_ROWS", 4)  # a progress mark after every batch of 4
     real, batches, interrupt = step_cache.posterior, [], [True]
 
-    def interrupted_at_the_third_batch(encoder, images):
+    def interrupted_at_the_third_batch(encoder, images, amp_dtype=None):
         if images.shape[0] > 1:  # not the one-image probe that sizes the cache
             batches.append(images.shape[0])
             if len(batches) == 3 and interrupt:
                 interrupt.clear()
                 raise KeyboardInterrupt
-        return real(encoder, images)
+        return real(encoder, images, amp_dtype)
 
     monkeypatch.setattr(step_cache, "posterior", interrupted_at_the_third_batch)
     with pytest.raises(KeyboardInterrupt):

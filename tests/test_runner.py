@@ -1,6 +1,6 @@
 """The step runner through `run_pipeline` alone (no Prefect, no MLflow) on tiny configs: a 2-step pipeline (VAE
-warm-up -> VAE+GAN+SPADE) and the files it leaves (checkpoints in the seed's format, ref.json, JSONL metrics, console
-lines, samples named by the seed's convention); re-runs that skip finished steps or re-run a changed one; refusing
+warm-up -> VAE+GAN+SPADE) and the files it leaves (checkpoints in the original tool's format, ref.json, JSONL metrics, console
+lines, samples named by the original tool's convention); re-runs that skip finished steps or re-run a changed one; refusing
 pickle-bearing and corrupt checkpoints; freezes that stay within their step; a NaN batch that is skipped.
 
 Resume after a real `kill -9` and the run lock are in test_runner_resume.py; loss_threshold transitions in
@@ -192,7 +192,7 @@ def test_sample_files_follow_the_seed_naming_convention(two_step):
                 expected.add(f"{name}_{number:03d}_{epoch:03d}_{tag}{suffix}.webp")
     files = {p.name for p in (out / "samples").iterdir()}
     assert files == expected
-    assert "warm_001_001_00002_" + warm.ref.step_key[:6] + "-original.webp" in files  # the seed's own example form
+    assert "warm_001_001_00002_" + warm.ref.step_key[:6] + "-original.webp" in files  # the original tool's own example form
     with Image.open(out / "samples" / f"gan_002_002_{gan.ref.step_key[:6]}-nc.webp") as image:
         assert image.format == "WEBP" and min(image.size) > 16
 
@@ -256,7 +256,7 @@ def test_pickle_bearing_model_checkpoint_is_refused(tmp_path):
     torch.save({"models": {}, "payload": _OpensAFile(marker)}, evil)
     config = tiny_config(tmp_path / "out", [WARM], model_checkpoint=str(evil), no_samples=True)
 
-    refused = r"step warm failed: refusing to load checkpoint .*evil\.pt.*pickled object"
+    refused = r"step warm failed: checkpoint .*evil\.pt refused: contains Python objects that would run code when loaded"
     with pytest.raises(PipelineFailed, match=refused) as info:
         run_pipeline(config)
     assert isinstance(info.value.__cause__, CheckpointError)
@@ -324,8 +324,8 @@ def test_a_nan_batch_is_skipped_and_counted_by_the_runner(tmp_path, monkeypatch)
             image, caption = self.inner[i]
             return (torch.full_like(image, float("nan")) if i in poisoned else image), caption
 
-    def build(ds_cfg, img_size, channels, split="train"):
-        dataset = real_build(ds_cfg, img_size, channels, split)
+    def build(ds_cfg, img_size, channels, split="train", rank=0, world=1):
+        dataset = real_build(ds_cfg, img_size, channels, split, rank, world)
         return Poisoned(dataset) if split == "train" else dataset
 
     monkeypatch.setattr(step_data, "build_dataset", build)
@@ -345,8 +345,8 @@ def test_step_result_counts_every_skipped_update_of_the_step(tmp_path, monkeypat
     config = tiny_config(tmp_path / "out", [dict(WARM, max_steps=3)], no_samples=True)
     real_build = step_data.build_dataset
 
-    def build(ds_cfg, img_size, channels, split="train"):
-        dataset = real_build(ds_cfg, img_size, channels, split)
+    def build(ds_cfg, img_size, channels, split="train", rank=0, world=1):
+        dataset = real_build(ds_cfg, img_size, channels, split, rank, world)
         if split != "train":
             return dataset
         return [(torch.full_like(image, float("nan")), caption) for image, caption in

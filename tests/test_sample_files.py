@@ -1,4 +1,4 @@
-"""Sample file names follow the seed's convention; grids are WebP files with the right pixels."""
+"""Sample file names follow the original tool's convention; grids are WebP files with the right pixels."""
 import numpy as np
 import pytest
 import torch
@@ -20,7 +20,7 @@ from fluxflow.sampling.sample_files import (
 @pytest.mark.parametrize(
     "args, expected",
     [
-        # The seed's own examples.
+        # The original tool's own examples.
         (("vae_warmup", 1, 1, 10, "abc123", ORIGINAL), "vae_warmup_001_001_00010_abc123-original.webp"),
         (("vae_warmup", 1, 1, 20, "abc123", CONTEXT), "vae_warmup_001_001_00020_abc123-ctx.webp"),
         (("vae_warmup", 1, 1, None, "abc123", RECONSTRUCTION), "vae_warmup_001_001_abc123-nr_o.webp"),

@@ -1,4 +1,4 @@
-"""Console line and JSONL metrics file in the seed's formats; MultiTracker; the terminal-only progress bar."""
+"""Console line and JSONL metrics file in the original tool's formats; MultiTracker; the terminal-only progress bar."""
 import io
 import json
 import re

@@ -81,7 +81,7 @@ def test_each_mode_updates_exactly_its_components(mode, batch):
         trains = name in expected
         assert module.training == trains, name
         assert all(p.requires_grad == trains for p in module.parameters()), name
-    for name in step_metrics(ctx.step):  # the seed's metric names, as 0-dim tensors (read at log time)
+    for name in step_metrics(ctx.step):  # the original tool's metric names, as 0-dim tensors (read at log time)
         assert metrics[name].dim() == 0 and torch.isfinite(metrics[name]), name
     assert float(metrics["skipped_updates"]) == 0.0
 
@@ -108,7 +108,7 @@ def test_gan_only_mode_trains_the_encoder_through_the_generator_loss(batch):
     before = snapshot(ctx.models)
     metrics = run_batch(ctx, config, *batch)
     assert "compressor" in changed_components(before, ctx.models)
-    assert float(metrics["vae_loss"]) == 0.0  # the seed's table: VAE (0.0) in GAN-only mode
+    assert float(metrics["vae_loss"]) == 0.0  # the original tool's table: VAE (0.0) in GAN-only mode
 
 
 def test_vae_loss_goes_down_over_50_steps_on_shapes():

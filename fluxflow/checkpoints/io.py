@@ -1,6 +1,6 @@
 """Checkpoint files: atomic writes, safe loads, content hashes, the immutable final.pt, and RNG state.
 
-A checkpoint is a plain dict in the seed's layout (see docs/ARCHITECTURE.md):
+A checkpoint is a plain dict in the original tool's layout (see docs/ARCHITECTURE.md):
 
     epoch, global_step, models {name: state_dict}, optimizers {group: state_dict}, schedulers {group: state_dict},
     ema {name: state_dict}, pipeline_metadata {current_step, current_step_name, step_start_epoch,
@@ -9,7 +9,12 @@ A checkpoint is a plain dict in the seed's layout (see docs/ARCHITECTURE.md):
 Why the rules below:
 - A crash (kill -9, power loss, full disk) while saving must never cost the last good checkpoint, so every write goes
   to a temp file in the same directory, is flushed and fsynced, then renamed over the target (rename is atomic on
-  POSIX) and the directory is fsynced so the rename itself survives a power loss.
+  POSIX) and the directory is fsynced so the rename itself survives a power loss. A checkpoint is also checked after
+  the write and before the rename (fluxflow/checkpoints/verify.py), and `keep_previous` moves the checkpoint it
+  replaces aside instead of deleting it, for filesystems where a rename is not atomic
+  (fluxflow/checkpoints/latest.py).
+- A full disk is a `DiskFullError` naming the file and what to do, not torch's `[enforce fail at inline_container.cc]`
+  (fluxflow/checkpoints/disk_full.py).
 - Loading never unpickles arbitrary objects (`torch.load(weights_only=True)`): a checkpoint is data, not code. So a
   checkpoint may hold only tensors, dicts, lists, tuples, str, bytes, int, float, bool and None. `save_checkpoint`
   checks that before writing, so an unloadable checkpoint fails at save time, not hours later at resume time.
@@ -22,23 +27,23 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
-import pickle
-import random
-import re
 import tempfile
 from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any, Callable
 
-import numpy as np
 import torch
+
+from fluxflow.checkpoints.disk_full import Sink, disk_full_cause, disk_full_error
+from fluxflow.checkpoints.load_errors import describe_load_failure
+from fluxflow.runtime.errors import DiskFullError, NonRetryable
 
 PathLike = str | os.PathLike
 
 _CHUNK = 1 << 20  # 1 MiB: streamed hashing and copying never hold a whole checkpoint in memory
 
 
-class CheckpointError(Exception):
+class CheckpointError(NonRetryable):
     """A checkpoint could not be written, read, or trusted; the message names the file and says why."""
 
 
@@ -80,32 +85,61 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None], *, durable: bool = True) -> None:
+def _open_temp(fd: int) -> IO[bytes]:
+    """The temp file a write goes to (a seam: tests make it fail as a full disk does)."""
+    return os.fdopen(fd, "wb")
+
+
+def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None], *, durable: bool = True,
+                 verify: Callable[[Path, int], None] | None = None, keep_previous: Path | None = None) -> None:
     """Call `write(file)` on a temp file next to `path`, then move it over `path`.
 
     Readers see either the old file or the complete new one, never a partial one. If `write` raises, the temp file
     is removed and `path` is untouched. `durable=False` skips the fsyncs (sample images: losing one to a power cut
-    is harmless, and fsync is slow on network storage).
+    is harmless, and fsync is slow on network storage). `verify(temp, bytes_written)` checks the written file before
+    it replaces anything; with `keep_previous`, the file it replaces is first moved there (when `verify` accepts it).
+    A full disk raises DiskFullError.
     """
     local = _local_path(path)
     if local is None:
         raise CheckpointError(f"cannot write {path}: files are written to local or mounted directories only")
     local.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".tmp", dir=local.parent)
+    sink = None
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; a checkpoint on shared storage should be readable by the team
-        with os.fdopen(fd, "wb") as f:
-            write(f)
+        with _open_temp(fd) as f:
+            sink = Sink(f)
+            write(sink)
             f.flush()
             if durable:
                 os.fsync(f.fileno())
+        if verify is not None:
+            verify(Path(tmp), sink.written)
+        if keep_previous is not None and _still_good(local, verify):
+            os.replace(local, keep_previous)
         os.replace(tmp, local)
-    except BaseException:
+    except BaseException as e:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
+        full = disk_full_cause(e, sink)
+        if full is not None:
+            raise disk_full_error(local, full) from e
         raise
     if durable:
         _fsync_dir(local.parent)
+
+
+def _still_good(path: Path, verify: Callable[[Path, int], None] | None) -> bool:
+    """Whether `path` exists and is worth keeping as the previous version (a torn one is simply replaced)."""
+    if not path.exists():
+        return False
+    try:
+        if verify is not None:
+            verify(path, path.stat().st_size)
+    except Exception:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------------------------ save and load
@@ -141,8 +175,11 @@ def _check_loadable(value: Any, where: str) -> None:
     )
 
 
-def save_checkpoint(state: dict[str, Any], path: PathLike) -> None:
-    """Write `state` to the local `path` atomically (temp file, flush, fsync, rename, fsync dir)."""
+def save_checkpoint(state: dict[str, Any], path: PathLike, keep_previous: Path | None = None) -> None:
+    """Write `state` to the local `path` atomically (temp file, flush, fsync, check, rename, fsync dir); with
+    `keep_previous`, the checkpoint it replaces is moved there first (fluxflow/checkpoints/latest.py)."""
+    from fluxflow.checkpoints.verify import verify_torch_zip
+
     if not isinstance(state, dict):
         raise CheckpointError(f"cannot save checkpoint {path}: state must be a dict, got {type(state).__name__}")
     try:
@@ -150,12 +187,11 @@ def save_checkpoint(state: dict[str, Any], path: PathLike) -> None:
     except TypeError as e:
         raise CheckpointError(f"cannot save checkpoint {path}: {e}") from None
     try:
-        atomic_write(path, lambda f: torch.save(state, f))
-    except OSError as e:
+        atomic_write(path, lambda f: torch.save(state, f), verify=verify_torch_zip, keep_previous=keep_previous)
+    except DiskFullError:
+        raise
+    except (OSError, ValueError) as e:  # ValueError: the written file failed verification
         raise CheckpointError(f"could not write checkpoint {path}: {e}") from e
-
-
-_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
 
 def load_checkpoint(
@@ -163,8 +199,9 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Load a checkpoint dict with `torch.load(weights_only=True)`.
 
-    Raises CheckpointError naming the file when it is missing, corrupt or truncated, needs arbitrary unpickling,
-    is not a dict, or (with `expected_sha256`, e.g. from a CheckpointRef) has different content than expected.
+    Raises CheckpointError naming the file when it is missing, corrupt or truncated, would run code when unpickled
+    (refused), is not a dict, or (with `expected_sha256`, e.g. from a CheckpointRef) has different content than
+    expected.
     """
     if expected_sha256 is not None:
         try:
@@ -181,27 +218,11 @@ def load_checkpoint(
             state = torch.load(f, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
-    except pickle.UnpicklingError as e:
-        unsafe = _UNSAFE_GLOBAL.search(str(e))
-        if unsafe:
-            raise CheckpointError(
-                f"refusing to load checkpoint {path}: it contains a pickled object ({unsafe.group(1)}) that only "
-                "arbitrary unpickling could restore; checkpoints are loaded with torch.load(weights_only=True) and "
-                "may hold only tensors, dicts, lists and plain values"
-            ) from None
-        raise CheckpointError(_corrupt_message(path, e)) from e
-    except Exception as e:  # zip reader RuntimeError, EOFError on an empty file, ...: all mean "unreadable"
-        raise CheckpointError(_corrupt_message(path, e)) from e
+    except Exception as e:  # UnpicklingError (refused), zip reader RuntimeError, EOFError on an empty file, ...
+        raise CheckpointError(describe_load_failure(path, e)) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint dict")
     return state
-
-
-def _corrupt_message(path: PathLike, error: BaseException) -> str:
-    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if len(detail) > 160:
-        detail = detail[:160] + "…"
-    return f"checkpoint {path} is corrupt, truncated or not a torch checkpoint ({detail})"
 
 
 def sha256_file(path: PathLike) -> str:
@@ -243,51 +264,8 @@ def finalize(latest: PathLike, final: PathLike) -> str:
 
     try:
         atomic_write(final, copy)
+    except DiskFullError:
+        raise
     except OSError as e:
         raise CheckpointError(f"could not write {final}: {e}") from e
     return digest.hexdigest()
-
-
-# ------------------------------------------------------------------------------------------------------ RNG state
-
-def capture_rng_state() -> dict[str, Any]:
-    """Every RNG a training step draws from, encoded as tensors and plain values (weights_only-loadable).
-
-    torch CPU (uint8 tensor), each CUDA device when CUDA is available, Python `random` and numpy's global RNG
-    (their Mersenne-Twister words as int64 tensors, which is what lets weights_only accept them).
-    """
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
-    version, words, gauss_next = random.getstate()
-    state["python"] = {
-        "version": int(version),
-        "state": torch.tensor(words, dtype=torch.int64),
-        "gauss_next": None if gauss_next is None else float(gauss_next),
-    }
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state["numpy"] = {
-        "name": str(name),
-        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64).copy()),
-        "pos": int(pos),
-        "has_gauss": int(has_gauss),
-        "cached_gaussian": float(cached),
-    }
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Put back what `capture_rng_state` captured. Parts absent from `state` are left as they are; CUDA states are
-    restored for as many devices as both the checkpoint and this machine have."""
-    if "torch" in state:
-        torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
-    if state.get("cuda") and torch.cuda.is_available():
-        for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state.cpu().to(torch.uint8), device)
-    if "python" in state:
-        py = state["python"]
-        random.setstate((int(py["version"]), tuple(int(w) for w in py["state"].tolist()), py["gauss_next"]))
-    if "numpy" in state:
-        npy = state["numpy"]
-        keys = npy["keys"].cpu().numpy().astype(np.uint32)
-        np.random.set_state((npy["name"], keys, int(npy["pos"]), int(npy["has_gauss"]), float(npy["cached_gaussian"])))

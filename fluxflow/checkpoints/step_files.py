@@ -3,6 +3,9 @@
 A step's key hashes its resolved config, the model config, its dataset config and its parent's key, so it is known
 before anything runs: a changed step changes its key and every key below it. Files written for another key are
 moved aside to `checkpoints/<step>/superseded/<old key>/` (never deleted), with a line that says what changed.
+
+A kill can land between any two writes of a finishing step: after `final.pt` but before `ref.json`, the step is
+recognised by the key and `completed` flag inside `final.pt` and completed without retraining (not set aside).
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from fluxflow.checkpoints.latest import previous_of
 from fluxflow.checkpoints.ref import CheckpointRef, StepResult
 from fluxflow.config.caching import CACHE_FIELDS
 from fluxflow.config.dag import execution_order
@@ -44,6 +48,10 @@ class StepFiles:
         return self.dir / "latest.pt"
 
     @property
+    def previous(self) -> Path:
+        return previous_of(self.latest)
+
+    @property
     def final(self) -> Path:
         return self.dir / "final.pt"
 
@@ -68,28 +76,54 @@ class StepFiles:
             return None
         return CheckpointRef.from_dict(recorded["ref"]), StepResult.from_dict(recorded["result"])
 
+    def finished_without_ref(self) -> bool:
+        """final.pt of this very key exists, but not ref.json: the run was killed between the two writes."""
+        if self.ref_json.exists() or not self.final.exists():
+            return False
+        meta = _metadata(self.final)
+        return meta is not None and meta.get("step_key") == self.key and bool(meta.get("completed"))
+
     def set_aside_stale(self) -> None:
-        """Move files of another key (the step's config changed) aside, saying why; keep a same-key latest.pt."""
+        """Move files of another key (the step's config changed) aside, saying why; keep a same-key latest.pt.
+        Also removes what a kill left behind: temp files of interrupted writes (each may be as large as a
+        checkpoint), and the metrics of a run killed before its first checkpoint (the step starts over)."""
+        for temp in self.dir.glob(".*.tmp"):
+            temp.unlink(missing_ok=True)
+        if not any(path.exists() for path in (self.latest, self.previous, self.final)):
+            self.metrics.unlink(missing_ok=True)
         recorded = self._recorded()
         old_key, old_config = None, None
         if recorded is not None and recorded["ref"]["step_key"] != self.key:
             old_key, old_config = recorded["ref"]["step_key"], recorded.get("step_config")
-        elif self.latest.exists() and not self.final.exists():
-            meta = _latest_metadata(self.latest)
+        elif not self.final.exists():
+            meta = _metadata(self.latest) or _metadata(self.previous)
             if meta is not None and meta.get("step_key") != self.key:
                 old_key, old_config = meta.get("step_key"), meta.get("step_config")
         if old_key is None and recorded is None and self.final.exists():
+            if self.finished_without_ref():
+                print(f"Completing step {self.step.name}: {self.final} was written but the run stopped before "
+                      f"{self.ref_json.name}; finishing it without training again", flush=True)
+                return
             old_key = "unknown"
         if old_key is None:
             return
         why = describe_change(old_config or {}, self.step.model_dump(mode="json")) if old_config else ""
         target = self.dir / "superseded" / old_key
         target.mkdir(parents=True, exist_ok=True)
-        for path in (self.latest, self.final, self.ref_json, self.metrics):
+        for path in (self.latest, self.previous, self.final, self.ref_json, self.metrics):
             if path.exists():
                 shutil.move(str(path), target / path.name)
         print(f"Re-running step {self.step.name}: its configuration or an earlier step changed"
               f"{' (' + why + ')' if why else ''}; previous files moved to {target}", flush=True)
+
+    def finalize(self) -> str:
+        """final.pt from latest.pt (fluxflow/checkpoints/io.py, finalize); its sha256. latest.prev.pt has no use
+        once the step is final."""
+        from fluxflow.checkpoints.io import finalize
+
+        digest = finalize(self.latest, self.final)
+        self.previous.unlink(missing_ok=True)
+        return digest
 
     def write_ref(self, ref: CheckpointRef, result: StepResult) -> None:
         payload = {"ref": ref.to_dict(), "result": result.to_dict(), "step_config": self.step.model_dump(mode="json")}
@@ -98,9 +132,12 @@ class StepFiles:
         tmp.replace(self.ref_json)
 
 
-def _latest_metadata(path: Path) -> dict | None:
-    from fluxflow.checkpoints.io import CheckpointError, load_checkpoint  # torch only when there is a latest.pt
+def _metadata(path: Path) -> dict | None:
+    """The pipeline_metadata of a checkpoint; None when it is missing or unreadable."""
+    from fluxflow.checkpoints.io import CheckpointError, load_checkpoint  # torch only when there is a checkpoint
 
+    if not path.exists():
+        return None
     try:
         return load_checkpoint(path).get("pipeline_metadata", {})
     except CheckpointError:

@@ -7,6 +7,7 @@ from fluxflow.config.assets import LPIPS_BACKBONE_FILE, lpips_backbone_path
 from fluxflow.config.errors import ConfigError, ConfigIssue
 from fluxflow.config.load import LoadedConfig, load_config
 from fluxflow.config.optim import Optimization, OptimizerConfig, SchedulerConfig
+from fluxflow.config.promotion import PromotionConfig
 from fluxflow.config.schema import (DataConfig, DatasetConfig, DistributedConfig, ModelConfig, OutputConfig,
                                     PipelineConfig, PipelineSection, TrackingConfig, TrainingConfig)
 from fluxflow.config.steps import ResolvedStep, StepConfig, StepDefaults, Transition
@@ -14,6 +15,6 @@ from fluxflow.config.steps import ResolvedStep, StepConfig, StepDefaults, Transi
 __all__ = [
     "ConfigError", "ConfigIssue", "DataConfig", "DatasetConfig", "DistributedConfig", "LPIPS_BACKBONE_FILE",
     "LoadedConfig", "ModelConfig", "Optimization", "OptimizerConfig", "OutputConfig", "PipelineConfig",
-    "PipelineSection", "ResolvedStep", "SchedulerConfig", "StepConfig", "StepDefaults", "TrackingConfig",
-    "TrainingConfig", "Transition", "load_config", "lpips_backbone_path",
+    "PipelineSection", "PromotionConfig", "ResolvedStep", "SchedulerConfig", "StepConfig", "StepDefaults",
+    "TrackingConfig", "TrainingConfig", "Transition", "load_config", "lpips_backbone_path",
 ]

@@ -8,13 +8,13 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from fluxflow.config import modes
-from fluxflow.config.assets import missing_lpips_backbone_message
 from fluxflow.config.errors import ConfigIssue, did_you_mean, format_path
 from fluxflow.config.optim import Optimization, optimizer_issues, scheduler_issues
+from fluxflow.config.file_checks import checkpoint_issues, frozen_pretrained_issues, lpips_issues, \
+    text_encoder_issues
 from fluxflow.config.schema import DATASET_FIELDS, DATASET_REQUIRED, DataConfig, DatasetConfig, ModelConfig, \
     OutputConfig
 from fluxflow.config.steps import MissingStepValue, ResolvedStep, StepConfig, StepDefaults, StepGlobals, \
@@ -47,7 +47,8 @@ def semantic_issues(p: Pieces) -> list[ConfigIssue]:
     afters = [s.get("after") if isinstance(s, dict) and isinstance(s.get("after"), str) else None
               for s in p.raw_steps]
     issues = _name_issues(names) + _dag_issues(names, afters) + _dataset_issues(p) + _size_issues(p)
-    issues += defaults_optimization_issues(p.defaults) + _checkpoint_issues(p.model_checkpoint)
+    issues += text_encoder_issues(p.model)
+    issues += defaults_optimization_issues(p.defaults) + checkpoint_issues(p.model_checkpoint)
     lpips_steps = []
     for i, step in enumerate(p.steps):
         if step is None or p.defaults is None:
@@ -55,25 +56,7 @@ def semantic_issues(p: Pieces) -> list[ConfigIssue]:
         step_issues, uses_lpips = _step_issues(i, step, p)
         issues += step_issues
         lpips_steps += [i] if uses_lpips else []
-    return issues + _lpips_issues(lpips_steps)
-
-
-def _lpips_issues(indexes: list[int]) -> list[ConfigIssue]:
-    """The missing backbone explained once, at the first step that needs it."""
-    message = missing_lpips_backbone_message() if indexes else None
-    if message is None:
-        return []
-    first = format_path((*STEPS, indexes[0], "use_lpips"))
-    return [ConfigIssue(first, message)] + [
-        ConfigIssue(format_path((*STEPS, i, "use_lpips")), f"the LPIPS backbone file is missing (see {first})")
-        for i in indexes[1:]]
-
-
-def _checkpoint_issues(uri: str | None) -> list[ConfigIssue]:
-    """A local starting checkpoint must exist (URIs like s3://... are checked when the step opens them)."""
-    if uri is None or "://" in uri or Path(uri).expanduser().is_file():
-        return []
-    return [ConfigIssue("model_checkpoint", f"file not found: {uri}")]
+    return issues + lpips_issues(lpips_steps)
 
 
 def _unknown(kind: str, value: str, known) -> str:
@@ -206,6 +189,8 @@ def _step_issues_resolved(step: StepConfig, p: Pieces, s: ResolvedStep, at) -> t
         issues.append(ConfigIssue(at("use_lpips"), "needs train_vae (LPIPS is a reconstruction loss)"
                                   + _inherited(step, "use_lpips")))
     given = merged_step_fields(step, p.defaults)
+    if p.model is not None and p.model.text_encoder.type == "pretrained":
+        issues += frozen_pretrained_issues(s, at, lambda key: _inherited(step, key))
     issues += _freeze_issues(step, s, given, at)
     issues += _optimization_issues(step, s, given, at)
     issues += _transition_issues(step, s, given, at)

@@ -5,6 +5,8 @@ import difflib
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from fluxflow.runtime.errors import NonRetryable
+
 
 @dataclass(frozen=True)
 class ConfigIssue:
@@ -17,8 +19,9 @@ class ConfigIssue:
         return f"{self.path or '(top level)'}: {self.message}"
 
 
-class ConfigError(Exception):
-    """The config cannot be used. `.issues` holds every problem found, not just the first."""
+class ConfigError(NonRetryable):
+    """The config cannot be used. `.issues` holds every problem found, not just the first. Not retryable: the same
+    config fails the same way."""
 
     def __init__(self, issues: Sequence[ConfigIssue], source: str | None = None):
         self.issues = list(issues)

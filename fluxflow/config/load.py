@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from fluxflow.config.checks import Pieces, semantic_issues
 from fluxflow.config.errors import ConfigError, ConfigIssue, did_you_mean, format_path
 from fluxflow.config.legacy import apply_legacy
+from fluxflow.config.promotion import promotion_issues
 from fluxflow.config.schema import (DataConfig, DatasetConfig, ModelConfig, OutputConfig, PipelineConfig,
                                     TrainingConfig, implicit_datasets)
 from fluxflow.config.steps import StepConfig, StepDefaults, StepGlobals
@@ -82,6 +83,8 @@ def load_config(source: str | Path | dict[str, Any]) -> LoadedConfig:
     except ValidationError as exc:
         issues += issues_from_validation(exc, PipelineConfig)
     issues += semantic_issues(_pieces(raw, config))
+    if config is not None and not issues:  # cross-section rules need the whole config, and valid steps
+        issues += promotion_issues(config)
     if issues:
         raise ConfigError(_dedupe(issues), label)
     return LoadedConfig(config=config, warnings=warnings, source=path)
@@ -206,7 +209,7 @@ def _get(raw: Any, *keys: str) -> Any:
     return raw
 
 
-_SECTION_ORDER = ("(file)", "model", "data", "training", "output", "tracking", "model_checkpoint", "optimization")
+_SECTION_ORDER = ("(file)", "model", "data", "training", "output", "tracking", "promotion", "model_checkpoint", "optimization")
 
 
 def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:

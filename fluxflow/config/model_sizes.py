@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from fluxflow.config.modes import COMPONENTS
+from fluxflow.config.pretrained_text import pretrained_text_path
 
 # Widths per resolution level as multiples of vae_dim; level i works at H / 2**i (compressor and expander).
 _WIDTH_MULT = (1, 2, 4)
@@ -98,12 +99,14 @@ def discriminator(channels: int, dim: int) -> int:
 def component_args(name: str, model_cfg: Any, channels: int) -> tuple:
     """The constructor arguments of component `name` (the same for its torch class and its size function here)."""
     m = model_cfg
+    pretrained = pretrained_text_path(m)
     args = {
         "compressor": lambda: (channels, m.vae_dim, m.latent_channels, m.downscale),
         "expander": lambda: (channels, m.vae_dim, m.latent_channels, m.downscale),
         "flow_processor": lambda: (m.latent_channels, m.feature_maps_dim, m.flow_depth, m.flow_heads, m.patch_size,
                                    m.text_embedding_dim, m.text_max_len),
-        "text_encoder": lambda: (m.text_embedding_dim, m.text_encoder_depth, m.text_max_len),
+        "text_encoder": lambda: ((pretrained, m.text_max_len) if pretrained else
+                                 (m.text_embedding_dim, m.text_encoder_depth, m.text_max_len)),
         "discriminator": lambda: (channels, m.feature_maps_dim_disc),
     }
     if name not in args:
@@ -111,14 +114,18 @@ def component_args(name: str, model_cfg: Any, channels: int) -> tuple:
     return args[name]()
 
 
-def component_parameters(name: str, model_cfg: Any, channels: int) -> int:
-    """Parameters of component `name`, as `count_parameters(build_component(name, model_cfg, channels))`."""
+def component_parameters(name: str, model_cfg: Any, channels: int) -> int | None:
+    """Parameters of component `name`, as `count_parameters(build_component(name, model_cfg, channels))`; None for
+    a pretrained text encoder (its size is whatever its directory holds)."""
     args = component_args(name, model_cfg, channels)  # an unknown name is refused here, with the known ones
+    if name == "text_encoder" and pretrained_text_path(model_cfg):
+        return None
     sizes = {"compressor": compressor, "expander": expander, "flow_processor": flow_processor,
              "text_encoder": text_encoder, "discriminator": discriminator}
     return sizes[name](*args)
 
 
-def parameter_counts(model_cfg: Any, channels: int) -> dict[str, int]:
-    """Parameters per component, in the order of `COMPONENTS` (what the validation summary prints)."""
+def parameter_counts(model_cfg: Any, channels: int) -> dict[str, int | None]:
+    """Parameters per component, in the order of `COMPONENTS` (what the validation summary prints); None where
+    the size is not computed here (a pretrained text encoder)."""
     return {name: component_parameters(name, model_cfg, channels) for name in COMPONENTS}

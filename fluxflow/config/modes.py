@@ -3,7 +3,7 @@
 No torch here: validation and the CLI summary use it. A "step" is anything with the mode attributes of a
 `ResolvedStep` (train_vae, gan_training, train_spade, use_lpips, train_diff, train_diff_full, unfreeze).
 
-What each mode trains (the seed document's modes):
+What each mode trains (the original tool's modes):
 - train_vae:        compressor + expander, reconstruction (L1/MSE) + KL loss.
 - gan_training:     discriminator (hinge + R1), and compressor + expander through the generator loss. With
                     train_vae: false this is GAN-only mode: the encoder learns from KL + G loss (latent not detached).
@@ -31,7 +31,7 @@ OPTIMIZER_GROUPS: dict[str, tuple[str, ...]] = {
 PRIMARY_MODES: tuple[str, ...] = ("train_vae", "gan_training", "train_diff", "train_diff_full")
 ALL_MODES: tuple[str, ...] = ("train_vae", "gan_training", "train_spade", "use_lpips", "train_diff", "train_diff_full")
 
-# Every metric a step can produce, with the seed's names.
+# Every metric a step can produce, with the original tool's names.
 ALL_METRICS: tuple[str, ...] = ("vae_loss", "kl_loss", "g_loss", "d_loss", "lpips_loss", "flow_loss")
 
 
@@ -95,9 +95,9 @@ def optimizer_groups(step: Any) -> set[str]:
 
 
 def step_metrics(step: Any) -> list[str]:
-    """Metric names the step logs, in the seed's display order (VAE, KL, G, D, LPIPS, Flow).
+    """Metric names the step logs, in the original tool's display order (VAE, KL, G, D, LPIPS, Flow).
 
-    GAN-only steps log vae_loss as 0.0 (the seed's table); `threshold_metrics` leaves it out.
+    GAN-only steps log vae_loss as 0.0 (the original tool's table); `threshold_metrics` leaves it out.
     """
     metrics: list[str] = []
     if has_vae_mode(step):

@@ -129,6 +129,15 @@ class Optimization(StrictModel):
     schedulers: dict[str, SchedulerConfig] = Field(default_factory=dict)
 
 
+def given_options(cfg: OptimizerConfig | SchedulerConfig | dict | None) -> dict[str, Any]:
+    """The options an optimizer or scheduler config sets (a resolved model, or a plain mapping in tests)."""
+    if cfg is None:
+        return {}
+    if isinstance(cfg, dict):
+        return dict(cfg)
+    return cfg.model_dump(exclude_none=True)
+
+
 def optimizer_issues(cfg: OptimizerConfig, loc: tuple) -> list[ConfigIssue]:
     """Parameters that the optimizer type does not take, and combinations torch refuses."""
     kind = cfg.type or "AdamW"

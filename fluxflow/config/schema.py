@@ -7,12 +7,23 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from fluxflow.config.optim import StrictModel
-from fluxflow.config.steps import ResolvedStep, StepConfig, StepDefaults, StepGlobals, resolve_step
+from fluxflow.config.pretrained_text import UnusablePretrained, inspect_pretrained
+from fluxflow.config.promotion import PromotionConfig
+from fluxflow.config.steps import ResolvedStep, Workers, StepConfig, StepDefaults, StepGlobals, resolve_step
 
 DEFAULT_SAMPLE_CAPTIONS = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
+
+
+class TextEncoderConfig(StrictModel):
+    """`byte`: the byte-level encoder of fluxflow/models/text_encoder.py, trained here. `pretrained`: a frozen
+    Hugging Face text encoder (CLIP text or T5 encoder) loaded from the local directory `path`, never downloaded
+    (fluxflow/config/pretrained_text.py)."""
+
+    type: Literal["byte", "pretrained"] = "byte"
+    path: str | None = None
 
 
 class ModelConfig(StrictModel):
@@ -27,6 +38,28 @@ class ModelConfig(StrictModel):
     text_encoder_depth: int = Field(2, ge=1)
     text_max_len: int = Field(64, ge=2)
     feature_maps_dim_disc: int = Field(32, ge=1)
+    text_encoder: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
+
+    @model_validator(mode="after")
+    def _pretrained_text_width(self) -> "ModelConfig":
+        """A pretrained encoder fixes the text width: text_embedding_dim is derived from its config.json unless the
+        file sets it (a different value is reported by fluxflow/config/checks.py, as is an unusable directory)."""
+        te = self.text_encoder
+        if te.type == "pretrained" and te.path and "text_embedding_dim" not in self.model_fields_set:
+            try:
+                self.text_embedding_dim = inspect_pretrained(te.path).width
+            except UnusablePretrained:
+                pass
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_byte_text_encoder(self, handler):
+        """The default byte encoder is left out of dumps, so that step keys and checkpoints of configs written
+        before `text_encoder` existed stay the same (absent = byte, both ways)."""
+        data = handler(self)
+        if self.text_encoder == TextEncoderConfig():
+            data.pop("text_encoder", None)
+        return data
 
 
 class DataConfig(StrictModel):
@@ -94,9 +127,11 @@ class DistributedConfig(StrictModel):
     nproc_per_node: int = Field(1, ge=1, description="processes (GPUs) per step; > 1 runs the step under torchrun")
 
 
+
+
 class TrainingConfig(StrictModel):
     batch_size: int = Field(8, ge=1)
-    workers: int = Field(0, ge=0)
+    workers: Workers = Field("auto", description="DataLoader workers per process; auto: 0 on CPU, up to 8 on CUDA")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -104,6 +139,8 @@ class TrainingConfig(StrictModel):
     lr: float = Field(1e-4, gt=0.0, le=1.0, description="default lr of steps and their optimizers")
     max_steps: int | None = Field(None, ge=1, description="default max batches per epoch of steps")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    compile: bool = Field(False, description="torch.compile each trained component (fluxflow/train/speed.py)")
+    activation_checkpointing: bool = Field(False, description="recompute each flow transformer block in backward")
     pipeline: PipelineSection
 
 
@@ -134,6 +171,13 @@ class OutputConfig(StrictModel):
 class TrackingConfig(StrictModel):
     experiment_name: str = "fluxflow"
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else MLflow's default (./mlflow.db)
+    registered_model: str | None = Field(None, min_length=1)  # None: the experiment name
+    register_steps: list[str] | None = None  # None: the text-to-image leaf steps (fluxflow/config/promotion.py)
+
+    @property
+    def model_name(self) -> str:
+        """The MLflow registered model that the pipeline's final checkpoints become versions of."""
+        return self.registered_model or self.experiment_name
 
 
 class PipelineConfig(StrictModel):
@@ -142,6 +186,7 @@ class PipelineConfig(StrictModel):
     training: TrainingConfig
     output: OutputConfig = Field(default_factory=OutputConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     model_checkpoint: str | None = None  # starting checkpoint of the first step(s): a path or fsspec URI
 
     @model_validator(mode="after")

@@ -12,15 +12,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from fluxflow.config import modes
 from fluxflow.config.optim import Optimization, OptimizerConfig, StrictModel
 
 TransitionMode = Literal["epoch", "loss_threshold"]
 OnMissed = Literal["continue", "fail"]
+
+
+def _workers(value: Any) -> Any:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise ValueError("must be a number of worker processes (0 or more) or 'auto'")
+
+
+# DataLoader worker processes per training process; "auto": fluxflow/data/__init__.py resolve_workers.
+Workers = Annotated[int | Literal["auto"], BeforeValidator(_workers)]
 
 # Built-in step defaults (lowest precedence).
 STEP_DEFAULTS: dict[str, Any] = {
@@ -79,7 +89,7 @@ class StepFields(StrictModel):
     on_missed: OnMissed | None = None
     max_steps: int | None = Field(None, ge=1)
     batch_size: int | None = Field(None, ge=1)
-    workers: int | None = Field(None, ge=0)
+    workers: Workers | None = None
     lr: float | None = Field(None, gt=0.0, le=1.0)
     dataset: str | None = None
     eval_interval: int | None = Field(None, ge=1)
@@ -134,7 +144,7 @@ class ResolvedStep(StrictModel):
     on_missed: OnMissed
     max_steps: int | None
     batch_size: int
-    workers: int
+    workers: Workers
     lr: float
     dataset: str
     eval_interval: int | None
@@ -149,7 +159,7 @@ class StepGlobals:
     """Values from outside the pipeline block that steps inherit."""
 
     batch_size: int
-    workers: int
+    workers: Workers
     lr: float
     n_epochs: int | None
     max_steps: int | None
@@ -211,7 +221,7 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
                                           "default_dataset; name one here or set training.pipeline.default_dataset")
 
     values["unfreeze"] = _unique(values.get("unfreeze", []))
-    # `unfreeze` overrides `freeze`, whether that came from the defaults or from the step (the seed document).
+    # `unfreeze` overrides `freeze`, whether that came from the defaults or from the step (the original tool's documentation).
     values["freeze"] = [n for n in _unique(values.get("freeze", [])) if n not in values["unfreeze"]]
     transition = dict(values.get("transition_on", {}))
     mode = transition.get("mode") or "epoch"

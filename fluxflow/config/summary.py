@@ -1,4 +1,4 @@
-"""The `--validate-pipeline` summary, in the seed document's format, plus datasets and parameter counts."""
+"""The `--validate-pipeline` summary, in the original tool's format, plus datasets and parameter counts."""
 from __future__ import annotations
 
 from collections import Counter
@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fluxflow.config import modes
 from fluxflow.config.caching import cache_root, describe_choice, latent_cache_choice, text_cache_choice
+from fluxflow.config.promotion import describe_release
 from fluxflow.config.schema import DatasetConfig, PipelineConfig
 from fluxflow.config.steps import ResolvedStep
 
@@ -43,6 +44,9 @@ def format_summary(config: PipelineConfig) -> str:
         f"  Image size: {config.data.img_size}x{config.data.img_size}, {config.data.channels} channels",
         f"  Output: {config.output.output_path}",
     ]
+    release = describe_release(config)
+    if release:
+        lines.append(f"  Registered model: {release}")
     if config.training.distributed.nproc_per_node > 1:
         lines.append(f"  Processes per step: {config.training.distributed.nproc_per_node} (torchrun)")
     lines.append("  Datasets:")
@@ -81,9 +85,13 @@ def cache_lines(step: ResolvedStep, dataset_type: str, root: Path) -> list[str]:
     return lines
 
 
-def format_parameters(counts: dict[str, int]) -> str:
-    """Parameter counts per component (config/model_sizes.py) and their total."""
+def format_parameters(counts: dict[str, int | None]) -> str:
+    """Parameter counts per component (config/model_sizes.py) and their total; None: a pretrained text encoder,
+    whose size its own directory decides (not in the total)."""
     width = max(len(name) for name in [*counts, "total"])
-    lines = ["Parameters:"] + [f"  {name:<{width}}  {count:>12,}" for name, count in counts.items()]
-    lines.append(f"  {'total':<{width}}  {sum(counts.values()):>12,}")
+    lines = ["Parameters:"] + [f"  {name:<{width}}  {count:>12,}" if count is not None else
+                               f"  {name:<{width}}  {'pretrained':>12} (frozen, not counted)"
+                               for name, count in counts.items()]
+    known = [count for count in counts.values() if count is not None]
+    lines.append(f"  {'total':<{width}}  {sum(known):>12,}")
     return "\n".join(lines)

@@ -7,12 +7,14 @@ Three sources, picked by `ds_cfg.type`: `shapes` (procedural, built in), `folder
 `webdataset` (tar shards, local or fsspec). `split="holdout"` is the part training never sees. Every dataset has a
 `skipped` count of unreadable items (always 0 for `shapes`).
 
-`make_loader` is cheap: build one per epoch (or per resume point). For map-style datasets the loader's
-`batch_sampler` is a `ResumableBatchSampler`; for a WebDataset stream the position travels with the dataset
-(see webdataset_source.py for what resuming a stream costs).
+`make_loader` is cheap: call it per epoch (or per resume point), passing the previous loader as `reuse` to keep
+its worker processes. For map-style datasets the loader's `batch_sampler` is a `ResumableBatchSampler`; for a
+WebDataset stream the position travels with the dataset (see webdataset_source.py for what resuming a stream
+costs, and how it is split across torchrun ranks).
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from types import SimpleNamespace
 
@@ -24,10 +26,15 @@ from fluxflow.data.shapes import STREAM_HOLDOUT, STREAM_TRAIN, ShapesDataset, pa
 from fluxflow.data.webdataset_source import WebDatasetHoldout, WebDatasetSource
 
 SPLITS = ("train", "holdout")
+MAX_AUTO_WORKERS = 8  # enough to decode 256-512 px JPEGs ahead of one GPU's flow step
+PREFETCH_BATCHES = 4  # batches each worker keeps ready (torch's default is 2)
 
 
-def build_dataset(ds_cfg, img_size: int, channels: int, split: str = "train") -> torch.utils.data.Dataset:
-    """The `split` of the dataset that `ds_cfg` (a DatasetConfig, or any object/mapping with its fields) names."""
+def build_dataset(ds_cfg, img_size: int, channels: int, split: str = "train", rank: int = 0,
+                  world: int = 1) -> torch.utils.data.Dataset:
+    """The `split` of the dataset that `ds_cfg` (a DatasetConfig, or any object/mapping with its fields) names.
+    `rank`/`world`: a webdataset stream's training split is the part rank `rank` of `world` reads (its shards);
+    map-style datasets are whole on every rank (the loader's sampler takes each rank's slice)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     cfg = SimpleNamespace(**ds_cfg) if isinstance(ds_cfg, Mapping) else ds_cfg
@@ -43,7 +50,7 @@ def build_dataset(ds_cfg, img_size: int, channels: int, split: str = "train") ->
     if kind == "webdataset":
         if split == "holdout":
             return WebDatasetHoldout(cfg.urls, img_size, channels, holdout)
-        return WebDatasetSource(cfg.urls, img_size, channels, getattr(cfg, "length", None), holdout)
+        return WebDatasetSource(cfg.urls, img_size, channels, getattr(cfg, "length", None), holdout, rank, world)
     raise ValueError(f"unknown dataset type {kind!r}; expected 'shapes', 'folder' or 'webdataset'")
 
 
@@ -53,33 +60,59 @@ def collate_images_captions(batch: list[tuple[torch.Tensor, str]]) -> tuple[torc
     return torch.stack(images), list(captions)
 
 
-def make_loader(dataset, batch_size: int, workers: int, seed: int, epoch: int = 0, start_batch: int = 0,
-                pin_memory: bool | None = None, rank: int = 0, world: int = 1) -> torch.utils.data.DataLoader:
+def make_loader(dataset, batch_size: int, workers: int | str, seed: int, epoch: int = 0, start_batch: int = 0,
+                pin_memory: bool | None = None, rank: int = 0, world: int = 1,
+                reuse: torch.utils.data.DataLoader | None = None) -> torch.utils.data.DataLoader:
     """A DataLoader over epoch `epoch` of `dataset`, starting at batch `start_batch`. Full batches only (the last
-    partial batch is dropped), so every step sees the same batch shape. `pin_memory` defaults to CUDA presence."""
+    partial batch is dropped), so every step sees the same batch shape. `batch_size` is the global batch: under
+    torchrun each of the `world` ranks loads its 1/world of it. `workers`: a number or "auto" (`resolve_workers`).
+    `pin_memory` defaults to CUDA presence.
+
+    `reuse`: the loader of the previous epoch over the same map-style dataset; it is moved to the new position and
+    returned, so its persistent workers live on across epochs (a stream's workers must restart: they take the
+    position with them)."""
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
+    workers = resolve_workers(workers)
     common = dict(num_workers=workers, collate_fn=collate_images_captions, pin_memory=pin_memory,
-                  worker_init_fn=_one_thread_per_worker if workers > 0 else None)
+                  worker_init_fn=_one_thread_per_worker if workers > 0 else None,
+                  prefetch_factor=PREFETCH_BATCHES if workers > 0 else None)
     if isinstance(dataset, torch.utils.data.IterableDataset):
-        if world > 1:
-            raise ValueError("webdataset streams are not sharded across torchrun ranks; use a folder or shapes "
-                             "dataset with training.distributed.nproc_per_node > 1")
-        dataset.set_position(seed, epoch, start_batch, batch_size)
+        if world != dataset.world:
+            raise ValueError(f"this webdataset stream was built for {dataset.world} rank(s), not {world}")
+        dataset.set_position(seed, epoch, start_batch, batch_size // world)
         # Not persistent: each pass must hand the workers the dataset's current position.
-        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, drop_last=True, **common)
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size // world, drop_last=True, **common)
+    if reuse is not None and reuse.dataset is dataset and reuse.num_workers == workers:
+        reuse.batch_sampler.set_position(epoch, start_batch)  # sampled in this process: workers need not know
+        return reuse
     sampler = ResumableBatchSampler(len(dataset), batch_size, seed, drop_last=True, rank=rank, world=world)
     sampler.set_position(epoch, start_batch)
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, persistent_workers=workers > 0, **common)
 
 
-def sequential_loader(dataset, batch_size: int, workers: int, indices: list[int]) -> torch.utils.data.DataLoader:
+def sequential_loader(dataset, batch_size: int, workers: int | str,
+                      indices: list[int]) -> torch.utils.data.DataLoader:
     """Items `indices` of `dataset` in that order, in batches (the last one may be short): what the latent cache is
     built from (fluxflow/cache/latent_cache.py)."""
+    workers = resolve_workers(workers)
     part = torch.utils.data.Subset(dataset, indices)
     return torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=workers,
                                        collate_fn=collate_images_captions,
                                        worker_init_fn=_one_thread_per_worker if workers > 0 else None)
+
+
+def resolve_workers(workers: int | str) -> int:
+    """`auto`: 0 without CUDA (decoding in the training process; the built-in shapes render in microseconds), and on
+    CUDA one worker per spare core of this process's share of the machine (LOCAL_WORLD_SIZE under torchrun), at
+    most MAX_AUTO_WORKERS."""
+    if workers != "auto":
+        return int(workers)
+    if not torch.cuda.is_available():
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(MAX_AUTO_WORKERS, per_process - 1))
 
 
 def _one_thread_per_worker(_worker_id: int) -> None:
@@ -89,4 +122,4 @@ def _one_thread_per_worker(_worker_id: int) -> None:
 
 __all__ = ["FolderDataset", "ResumableBatchSampler", "ShapesDataset", "WebDatasetHoldout", "WebDatasetSource",
            "build_dataset", "collate_images_captions", "epoch_permutation", "make_loader", "parse_caption",
-           "sequential_loader", "shape_attributes"]
+           "resolve_workers", "sequential_loader", "shape_attributes"]

@@ -1,9 +1,10 @@
 """`folder`: a directory of images and a captions file with one `filename<TAB>caption` line per image.
 
 Filenames are relative to the folder (subdirectories allowed). Blank lines and lines starting with `#` are ignored.
-Lines without a tab and files that do not exist are skipped when the dataset is built; files that cannot be decoded
-are skipped when first read (the next readable item takes their place, so batches keep their size and the epoch its
-length). All of them are counted in `dataset.skipped`, and the first one is logged as a warning.
+Lines without a tab and files that do not exist are skipped when the dataset is built; lines that are not UTF-8 are
+kept, decoded as Latin-1; files that cannot be decoded are skipped when first read (the next readable item takes
+their place, so batches keep their size and the epoch its length). All of them are counted in `dataset.skipped`,
+and the first one is logged as a warning.
 
 Held-out split: the entries are put in a fixed order by a hash of their filename and the last `holdout` of that
 order are held out. Hashing rather than sorting by name keeps the held-out images a fair sample when names are
@@ -18,19 +19,25 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from fluxflow.data.skips import SkipCounter
+from fluxflow.data.skips import SkipCounter, decode_text
 from fluxflow.data.transforms import load_image, pil_mode
+from fluxflow.runtime.errors import DataError
 
 DEFAULT_CAPTIONS_FILE = "captions.txt"
 
 
-def read_captions(captions_path: Path) -> tuple[dict[str, str], list[str]]:
-    """{filename: caption} in file order (a later line for the same file wins), and the malformed lines."""
+def read_captions(captions_path: Path) -> tuple[dict[str, str], list[str], list[int]]:
+    """{filename: caption} in file order (a later line for the same file wins), the malformed lines, and the numbers
+    of the lines that were not UTF-8 (kept, decoded as Latin-1: fluxflow/data/skips.py, decode_text)."""
     captions: dict[str, str] = {}
     malformed: list[str] = []
-    with open(captions_path, encoding="utf-8") as f:
-        for line in f:
-            line = line.rstrip("\r\n")
+    repaired: list[int] = []
+    with open(captions_path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            line, was_repaired = decode_text(raw.rstrip(b"\r\n"))
+            line = line.removeprefix("\ufeff") if number == 1 else line  # a byte-order mark some editors write
+            if was_repaired:
+                repaired.append(number)
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
             name, sep, caption = line.partition("\t")
@@ -38,7 +45,7 @@ def read_captions(captions_path: Path) -> tuple[dict[str, str], list[str]]:
                 malformed.append(line)
                 continue
             captions[name.strip()] = caption.strip()
-    return captions, malformed
+    return captions, malformed, repaired
 
 
 def resolve_captions_path(root: Path, captions_file: str | os.PathLike | None) -> Path:
@@ -72,7 +79,7 @@ class FolderDataset(torch.utils.data.Dataset):
                                     f"line per image)")
         self.img_size, self.channels, self.split = img_size, channels, split
 
-        captions, malformed = read_captions(captions_path)
+        captions, malformed, repaired = read_captions(captions_path)
         present = {n: c for n, c in captions.items() if (self.root / n).is_file()}
         missing = [n for n in captions if n not in present]
         names = sorted(present)
@@ -86,6 +93,9 @@ class FolderDataset(torch.utils.data.Dataset):
         if malformed:
             self._skips.add(len(malformed), f"{len(malformed)} line(s) of {captions_path} without a tab, first: "
                                             f"{malformed[0]!r}")
+        if repaired:
+            self._skips.add(len(repaired), f"{len(repaired)} line(s) of {captions_path} not UTF-8, decoded as Latin-1, "
+                                           f"first: line {repaired[0]}")
         if missing:
             self._skips.add(len(missing), f"{len(missing)} file(s) listed in {captions_path.name} not found, "
                                           f"first: {missing[0]!r}")
@@ -130,4 +140,4 @@ class FolderDataset(torch.utils.data.Dataset):
                     return load_image(img, self.img_size, self.channels), caption
             except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
                 self._skips.mark(i, f"{name}: {type(exc).__name__}: {exc}")
-        raise RuntimeError(f"no readable image among the {n} files of {self.root}")
+        raise DataError(f"no readable image among the {n} files of {self.root}")

@@ -1,14 +1,31 @@
 """A count of unreadable items that DataLoader worker processes share with the main process.
 
 A corrupt file must never stop a run, but it must not go unnoticed either: every file-backed dataset counts what it
-skipped (`dataset.skipped`) and logs one warning, the first time, naming the item.
+skipped or repaired (`dataset.skipped`) and logs one warning, the first time, naming the item. The runner reports the
+training split's count as `skipped_samples` at each epoch end (fluxflow/train/step_report.py). The count lives in
+shared memory (multiprocessing.Value), so the increments made in DataLoader worker processes, forked or spawned,
+are what the main process reads; no tensor and no host sync is involved.
+
+Text of any encoding: a caption is decoded as UTF-8 and, failing that, as Latin-1 (`decode_text`), which decodes
+every byte string and keeps the bytes recoverable: the caption is kept (repaired) and counted, never fatal.
 """
 from __future__ import annotations
 
 import logging
 import multiprocessing
+from collections.abc import Iterator
+from typing import TypeVar
 
 log = logging.getLogger("fluxflow.data")
+T = TypeVar("T")
+
+
+def decode_text(raw: bytes) -> tuple[str, bool]:
+    """(text, repaired): UTF-8, else Latin-1 with repaired=True."""
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return raw.decode("latin-1"), True
 
 
 class SkipCounter:
@@ -46,3 +63,24 @@ class SkipCounter:
     @property
     def count(self) -> int:
         return int(self._count.value)
+
+
+def fill_unreadable(batches: Iterator[list[T | None]]) -> Iterator[T]:
+    """The samples of `batches` with each unreadable one (None) replaced, so that every batch keeps its size: by the
+    batch's previous readable sample (its first readable one when none comes before). A batch with nothing
+    readable repeats the last readable sample before it, or, at the very start, the first one after it."""
+    last, waiting = None, 0
+    for batch in batches:
+        readable = [s for s in batch if s is not None]
+        if not readable:
+            if last is None:
+                waiting += len(batch)
+            else:
+                yield from [last] * len(batch)
+            continue
+        yield from [readable[0]] * waiting
+        waiting, previous = 0, readable[0]
+        for sample in batch:
+            previous = sample if sample is not None else previous
+            yield previous
+        last = previous

@@ -6,39 +6,51 @@
 `dir/0001.txt` -> key `dir/0001`); its image is the first of jpg/jpeg/png/webp/... and its caption the `txt`
 (or `caption`, `text`, or a `json` with a "caption"/"text" field; none -> "").
 
-Order, resume and workers (this is what the resumable sampler means for a stream):
-- Epoch e visits the shards in `epoch_permutation(n_shards, seed, e)` order, and each shard in file order (shuffle
-  samples when you write shards). The global sample sequence of an epoch is therefore a function of (seed, e).
-- Resuming at batch b skips b * batch_size samples: whole shards by their sample counts (read from tar headers
-  only, never decoded), then the remainder of the next shard, again without decoding. The cost grows with the
-  number of *shards* skipped, not with decoding; it is documented, not O(1).
-- With W DataLoader workers, worker w decodes only global batches b, b+W, b+2W...; the DataLoader takes one batch
-  from each worker in turn, so the batches come out in exactly the single-process order for any W.
+Order, ranks, resume and workers (what the resumable sampler means for a stream):
+- Ranks (torchrun): each rank reads its own shards, split once for the whole run and balanced by sample count
+  (fluxflow/data/stream_order.py assign_shards; every rank reads every shard's tar headers once to count). All ranks
+  yield the same number of samples per epoch, the smallest rank's: a rank with more drops the last ones of its
+  epoch's order (at most about one shard's worth; other ones each epoch). No sample is seen twice in an epoch.
+- Epoch e visits a rank's shards in `epoch_permutation(n_shards, seed, e)` order, each in file order, through a
+  shuffle buffer of SHUFFLE_BUFFER samples seeded by (seed, e, rank, world). The order is computed from the sample
+  counts before anything is read, so an epoch's sequence is a function of (seed, e, rank, world).
+- Resuming at batch b is exact (same nproc_per_node): the inputs the remaining outputs need are known from the order;
+  whole shards before the first of them are skipped by their sample counts (read from tar headers only, never
+  decoded), the rest of the stream is read but only the needed samples are decoded. The cost grows with the number
+  of shards skipped, not with decoding; it is documented, not O(1).
+- With W DataLoader workers, worker w decodes only this rank's batches b, b+W, b+2W...; the DataLoader takes one
+  batch from each worker in turn, so the batches come out in exactly the single-process order for any W (each worker
+  reads its rank's shards, decoding only its own samples, and holds at most about its share of the buffer).
 - Held-out split: the first `holdout` samples in url order. They are read once into memory (a small map-style
   dataset) and every training epoch leaves them out.
 - A sample whose image does not decode is counted in `dataset.skipped` (once per epoch that meets it) and its place
-  is taken by the worker's previous good sample, so batch boundaries — and therefore resume — stay exact. A shard
+  is taken by a readable sample of its batch (fluxflow/data/skips.py fill_unreadable), so batch boundaries — and
+  therefore resume — stay exact, whatever the number of workers. A caption that is not UTF-8 is kept, decoded as
+  Latin-1, and counted too. A shard
   that cannot be opened is an error: that is storage failing, not a bad image.
-- `length` (config) is the number of samples in all shards; without it the shards' headers are scanned once.
+- `length` (config): samples in all shards; without it (or with several ranks) the tar headers are scanned once.
 """
 from __future__ import annotations
 
-import io
-import json
+import itertools
 import os
 import tarfile
 from collections.abc import Callable, Iterator
 
 import fsspec
+import numpy as np
 import torch
-from PIL import Image
 
 from fluxflow.data.sampler import epoch_permutation
-from fluxflow.data.skips import SkipCounter
-from fluxflow.data.transforms import load_image, pil_mode
+from fluxflow.data.skips import SkipCounter, fill_unreadable
+from fluxflow.data.stream_order import assign_shards, buffer_order
+from fluxflow.data.transforms import pil_mode
+from fluxflow.data.webdataset_sample import decode_sample, sample_key
+from fluxflow.runtime.errors import DataError
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff")
-CAPTION_EXTENSIONS = ("txt", "caption", "text")
+# Samples each rank's stream shuffles among: mixes neighbouring samples of a shard (and across shard boundaries).
+# Each worker holds the encoded bytes of at most about this many samples (its share of them).
+SHUFFLE_BUFFER = 1000
 
 
 def expand_shards(urls: str | list[str]) -> list[str]:
@@ -51,15 +63,6 @@ def expand_shards(urls: str | list[str]) -> list[str]:
     if not shards:
         raise ValueError(f"webdataset urls {urls!r} name no shard")
     return shards
-
-
-def sample_key(member_name: str) -> tuple[str, str] | None:
-    """(key, extension) by the WebDataset rule: the key is everything before the first dot of the basename."""
-    directory, _, base = member_name.rpartition("/")
-    stem, dot, ext = base.partition(".")
-    if not dot or not stem:
-        return None
-    return (f"{directory}/{stem}" if directory else stem), ext.lower()
 
 
 def iter_shard(url: str, want: Callable[[int], bool] = lambda j: True) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -84,26 +87,6 @@ def iter_shard(url: str, want: Callable[[int], bool] = lambda j: True) -> Iterat
                 tar.members = []  # headers are not needed again: memory stays flat on big shards
             if key is not None:
                 yield key, files
-
-
-def decode_sample(files: dict[str, bytes], img_size: int, channels: int) -> tuple[torch.Tensor, str]:
-    ext = next((e for e in IMAGE_EXTENSIONS if e in files), None)
-    if ext is None:
-        raise ValueError(f"no image among {sorted(files)}")
-    with Image.open(io.BytesIO(files[ext])) as img:
-        image = load_image(img, img_size, channels)
-    return image, _caption(files)
-
-
-def _caption(files: dict[str, bytes]) -> str:
-    for ext in CAPTION_EXTENSIONS:
-        if ext in files:
-            return files[ext].decode("utf-8", errors="replace").strip()
-    if "json" in files:
-        meta = json.loads(files["json"])
-        if isinstance(meta, dict):
-            return str(meta.get("caption", meta.get("text", ""))).strip()
-    return ""
 
 
 class _ShardIndex:
@@ -132,32 +115,52 @@ class _ShardIndex:
 
 
 class WebDatasetSource(torch.utils.data.IterableDataset):
-    """Training split of a set of shards: an IterableDataset whose pass is fixed by `set_position`."""
+    """Training split of a set of shards, as rank `rank` of `world` reads it: an IterableDataset whose pass is fixed
+    by `set_position`. `len()` is `world` × the samples each rank yields per epoch."""
 
     def __init__(self, urls: str | list[str], img_size: int, channels: int = 3, length: int | None = None,
-                 holdout: int = 0):
+                 holdout: int = 0, rank: int = 0, world: int = 1, shuffle_buffer: int = SHUFFLE_BUFFER):
         pil_mode(channels)
         self.shards = expand_shards(urls)
         self.img_size, self.channels, self.holdout = img_size, channels, max(0, int(holdout))
+        self.rank, self.world, self.shuffle_buffer = rank, world, shuffle_buffer
         self.index = _ShardIndex(self.shards, self.holdout)
         self.index.reserved(len(self.shards) - 1)  # count the head shards the holdout spans once, before any fork
-        total = int(length) if length is not None else self.index.total()
-        self.length = total - self.holdout
-        if self.length <= 0:
-            raise ValueError(f"webdataset {urls!r}: holdout={holdout} leaves no training samples of {total}")
+        if world > 1:  # every rank counts every shard (headers only) to split them evenly
+            available = [self.index.count(k) - self.index.reserved(k) for k in range(len(self.shards))]
+            ranks = assign_shards(available, world)
+            per_rank = [sum(available[k] for k in shards) for shards in ranks]
+            self.my_shards, self.rank_inputs, self.rank_length = set(ranks[rank]), per_rank[rank], min(per_rank)
+        else:
+            total = int(length) if length is not None else self.index.total()
+            self.my_shards = set(range(len(self.shards)))
+            self.rank_inputs = self.rank_length = total - self.holdout
+        if self.rank_length <= 0:
+            raise ValueError(f"webdataset {urls!r}: holdout={holdout} leaves no training samples for rank {rank}")
+        self.length = world * self.rank_length
         self._skips = SkipCounter(f"unreadable samples in {urls!r}")
-        self.seed, self.epoch, self.start_batch, self.batch_size = 0, 0, 0, 1
+        self.set_position(0, 0, 0, 1)
 
     def set_position(self, seed: int, epoch: int, start_batch: int, batch_size: int) -> None:
-        """Fix the next pass: epoch `epoch` of `seed`, starting at batch `start_batch` of size `batch_size`."""
+        """Fix the next pass: epoch `epoch` of `seed`, starting at batch `start_batch` of this rank's batches of
+        `batch_size` samples. The pass's order is computed here, before the DataLoader forks its workers."""
         self.seed, self.epoch, self.start_batch, self.batch_size = seed, epoch, start_batch, batch_size
+        order = buffer_order(self.rank_inputs, self.shuffle_buffer, [seed, epoch, self.rank, self.world])
+        self._output_of = np.empty_like(order)
+        self._output_of[order] = np.arange(order.size)  # input position -> output position
+        wanted = order[start_batch * batch_size:self.rank_length]
+        self._first_input = int(wanted.min()) if wanted.size else self.rank_inputs
         # Count the shards a resume skips here, once, so that every worker inherits the counts instead of re-reading.
-        skip = start_batch * batch_size
-        for k in epoch_permutation(len(self.shards), seed, epoch).tolist():
+        skip = self._first_input
+        for k in self._shard_order() if skip > 0 else []:
             available = self.index.count(k) - self.index.reserved(k)
             if skip < available:
                 break
             skip -= available
+
+    def _shard_order(self) -> list[int]:
+        """This rank's shards in the running epoch's order."""
+        return [k for k in epoch_permutation(len(self.shards), self.seed, self.epoch).tolist() if k in self.my_shards]
 
     @property
     def skipped(self) -> int:
@@ -166,41 +169,69 @@ class WebDatasetSource(torch.utils.data.IterableDataset):
     def __len__(self) -> int:
         return self.length
 
+    def _my_outputs(self, worker: int, n_workers: int) -> Iterator[int]:
+        """Output positions this worker yields, in order: those of the batches start + w, start + w + W, ... (the
+        DataLoader takes one batch from each worker in turn: the single-process order for any W)."""
+        bs = self.batch_size
+        for batch in itertools.count(self.start_batch + worker, n_workers):
+            if batch * bs >= self.rank_length:
+                return
+            yield from range(batch * bs, min((batch + 1) * bs, self.rank_length))
+
+    def _is_mine(self, output: int, worker: int, n_workers: int) -> bool:
+        batch = output // self.batch_size
+        return (self.start_batch <= batch and output < self.rank_length
+                and (batch - self.start_batch) % n_workers == worker)
+
+    def _inputs(self, is_mine) -> Iterator[tuple[int, str, str, dict[str, bytes]]]:
+        """(input position, shard, key, files) of this rank's stream; only inputs with is_mine(position) have their
+        bytes read, and whole shards before the first needed input are skipped by their counts (no data read)."""
+        position = 0
+        for k in self._shard_order():
+            reserved = self.index.reserved(k)
+            if position < self._first_input:
+                available = self.index.count(k) - reserved
+                if position + available <= self._first_input:
+                    position += available
+                    continue
+            first = position
+
+            def mine(j: int, first=first, reserved=reserved) -> bool:
+                p = first + j - reserved
+                return j >= reserved and p < self.rank_inputs and is_mine(p)
+
+            for j, (key, files) in enumerate(iter_shard(self.shards[k], want=mine)):
+                if j >= reserved:
+                    position = first + j - reserved + 1
+                    if mine(j):
+                        yield position - 1, self.shards[k], key, files
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, str]]:
         info = torch.utils.data.get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        bs, skip = self.batch_size, self.start_batch * self.batch_size
-        g = skip  # global position, in samples, within the epoch's sequence
-        last_good, owed = None, 0
-        for k in epoch_permutation(len(self.shards), self.seed, self.epoch).tolist():
-            reserved = self.index.reserved(k)
-            if skip > 0:
-                available = self.index.count(k) - reserved
-                if skip >= available:  # skip the whole shard by its count: no data read
-                    skip -= available
-                    continue
-            first, g0, skip = reserved + skip, g, 0  # sample `first` of this shard is at global position g0
+        return fill_unreadable(self._batches(worker, n_workers))
 
-            def mine(j: int, first=first, g0=g0) -> bool:
-                return j >= first and ((g0 + j - first) // bs - self.start_batch) % n_workers == worker
-
-            for j, (key, files) in enumerate(iter_shard(self.shards[k], want=mine)):
-                if j >= first:
-                    g = g0 + j - first + 1
-                if not mine(j):
-                    continue
+    def _batches(self, worker: int, n_workers: int) -> Iterator[list[tuple[torch.Tensor, str] | None]]:
+        """This worker's batches, in order; None for a sample whose image does not decode."""
+        outputs, output_of = self._my_outputs(worker, n_workers), self._output_of
+        pending: dict[int, tuple[str, str, dict[str, bytes]]] = {}  # read, waiting for their turn
+        batch: list[tuple[torch.Tensor, str] | None] = []
+        next_out = next(outputs, None)
+        for position, shard, key, files in self._inputs(
+                lambda p: self._is_mine(int(output_of[p]), worker, n_workers)):
+            pending[int(output_of[position])] = (shard, key, files)
+            while next_out is not None and next_out in pending:  # the buffer lets out samples in output order
+                shard_, key_, files_ = pending.pop(next_out)
                 try:
-                    sample = decode_sample(files, self.img_size, self.channels)
+                    batch.append(decode_sample(files_, self.img_size, self.channels, on_repair=lambda s=shard_, k=key_: (
+                        self._skips.add(1, f"{s}:{k}: caption not UTF-8, decoded as Latin-1"))))
                 except Exception as exc:  # a bad image never stops training (see module docstring)
-                    self._skips.add(1, f"{self.shards[k]}:{key}: {type(exc).__name__}: {exc}")
-                    if last_good is None:
-                        owed += 1
-                    else:
-                        yield last_good
-                    continue
-                for _ in range(owed + 1):
-                    yield sample
-                last_good, owed = sample, 0
+                    self._skips.add(1, f"{shard_}:{key_}: {type(exc).__name__}: {exc}")
+                    batch.append(None)
+                if (next_out + 1) % self.batch_size == 0 or next_out + 1 == self.rank_length:
+                    yield batch
+                    batch = []
+                next_out = next(outputs, None)
 
 
 class WebDatasetHoldout(torch.utils.data.Dataset):
@@ -233,7 +264,8 @@ class WebDatasetHoldout(torch.utils.data.Dataset):
         for k in range(n):  # like the folder dataset: a bad sample is replaced by the next readable one
             i = (index + k) % n
             try:
-                return decode_sample(self.samples[i], self.img_size, self.channels)
+                return decode_sample(self.samples[i], self.img_size, self.channels, on_repair=lambda i=i: (
+                    self._skips.add(1, f"held-out sample {i}: caption not UTF-8, decoded as Latin-1")))
             except Exception as exc:
                 self._skips.add(1, f"held-out sample {i}: {type(exc).__name__}: {exc}")
-        raise RuntimeError(f"no readable image among the {n} held-out samples")
+        raise DataError(f"no readable image among the {n} held-out samples")

@@ -18,7 +18,7 @@ ADHERENCE_KEYS = {"adherence_color": "color", "adherence_shape": "shape", "adher
 
 
 def generate(models: dict[str, nn.Module], captions: list[str], latent_norm: dict[str, torch.Tensor], *,
-             latent_size: int, guidance: float, steps: int, seed: int, max_len: int, spade: bool,
+             latent_size: int, guidance: float, steps: int, seed: int, spade: bool,
              batch_size: int = 64) -> torch.Tensor:
     """One image per caption `[N, C, H, W]` in [-1, 1], in batches; batch k uses seed `seed + k`, so the images do
     not depend on anything but the captions, the weights and the seed."""
@@ -26,7 +26,7 @@ def generate(models: dict[str, nn.Module], captions: list[str], latent_norm: dic
     for k, start in enumerate(range(0, len(captions), batch_size)):
         images.append(text_to_image(models, captions[start:start + batch_size], latent_norm,
                                     latent_size=latent_size, steps=steps, guidance=guidance, seed=seed + k,
-                                    max_len=max_len, spade=spade).cpu())
+                                    spade=spade).cpu())
     return torch.cat(images)
 
 

@@ -69,16 +69,26 @@ def _flow_metrics(step, models, images, captions, train_set, config, latent_norm
         return {}
     ds_cfg = config.dataset_for(step)
     sample = dict(latent_size=config.data.img_size // config.model.downscale, steps=EVAL_SAMPLER_STEPS,
-                  seed=EVAL_SEED, max_len=config.model.text_max_len, spade=step.train_spade)
-    norm = {k: v.to(device) for k, v in latent_norm.items()}
-    with_cfg = generate(models, captions, norm, guidance=EVAL_GUIDANCE, **sample)
-    without_cfg = generate(models, captions, norm, guidance=1.0, **sample)
-    metrics: dict[str, float] = {}
-    if ds_cfg.type == "shapes":
-        metrics.update(adherence_of(with_cfg, captions))
-        metrics["analyser_accuracy_holdout"] = analyser_ceiling(images.cpu(), captions)
+                  seed=EVAL_SEED, spade=step.train_spade)
+    net = None
     if images.shape[0] >= 2:
         net = feature_net_for(train_set, ds_cfg, config.data.img_size, config.data.channels, cache_dir)
+    norm = {k: v.to(device) for k, v in latent_norm.items()}
+    return flow_metrics(models, images, captions, norm, sample, net, shapes=ds_cfg.type == "shapes")
+
+
+def flow_metrics(models: dict[str, nn.Module], images: torch.Tensor, captions: list[str],
+                 latent_norm: dict[str, torch.Tensor], sample: dict, net=None, *, shapes: bool) -> dict[str, float]:
+    """The text-to-image metrics of `models` on real `images` and their `captions`: images generated with `sample`
+    (latent_size, steps, seed, spade of adherence.generate) with guidance EVAL_GUIDANCE and 1.0, scored by
+    the feature network `net` (fd_ours; none: skipped) and, on `shapes`, by the analyser."""
+    with_cfg = generate(models, captions, latent_norm, guidance=EVAL_GUIDANCE, **sample)
+    without_cfg = generate(models, captions, latent_norm, guidance=1.0, **sample)
+    metrics: dict[str, float] = {}
+    if shapes:
+        metrics.update(adherence_of(with_cfg, captions))
+        metrics["analyser_accuracy_holdout"] = analyser_ceiling(images.cpu(), captions)
+    if net is not None and images.shape[0] >= 2:
         metrics["fd_ours_cfg"] = fd_ours(net, images, with_cfg)
         metrics["fd_ours_nocfg"] = fd_ours(net, images, without_cfg)
     return metrics
@@ -91,4 +101,4 @@ def _is_empty(dataset) -> bool:
         return False
 
 
-__all__ = ["EVAL_GUIDANCE", "EVAL_SAMPLER_STEPS", "MAX_EVAL_IMAGES", "evaluate_step"]
+__all__ = ["EVAL_GUIDANCE", "EVAL_SAMPLER_STEPS", "MAX_EVAL_IMAGES", "evaluate_step", "flow_metrics"]

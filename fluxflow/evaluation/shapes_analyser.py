@@ -10,7 +10,7 @@ How it reads an image:
    dataset anti-aliases by exact area averaging, alpha is the fraction of the pixel the shape covers.
 4. Clean-up for generated (noisy, blurry) images: alpha is smoothed with a 3x3 binomial filter and its values
    stretched so that < 0.25 counts as background and > 0.75 as shape. Templates get the same treatment, so a clean
-   image is compared exactly as before; on noisy ones, background speckle no longer inflates the area.
+   image matches its template exactly; on noisy ones, background speckle does not inflate the area.
 5. Shape = template matching: for each candidate shape, the template with the same area and centroid as the cleaned
    alpha is drawn with the dataset's own geometry and renderer; the smallest L1 difference wins. Position is the
    matched template's centre, snapped to the dataset's 3x3 grid.
@@ -126,7 +126,7 @@ def analyse_shape_image(img) -> dict[str, str | None]:
         return result
     fg = np.median(rgb[dist > 0.5 * dist.max()], axis=0)
     inside = _coverage(rgb, bg, fg) > 0.9
-    if inside.any():  # refine on pixels fully inside the shape: anti-aliased edges no longer pull the median
+    if inside.any():  # refine on pixels fully inside the shape, so anti-aliased edges do not pull the median
         fg = np.median(rgb[inside], axis=0)
     alpha = _coverage(rgb, bg, fg)
     shape, cx, cy, _ = match_shape(alpha)

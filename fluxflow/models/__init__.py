@@ -7,22 +7,25 @@ from torch import nn
 
 from fluxflow.config.model_sizes import component_args
 from fluxflow.config.modes import COMPONENTS
+from fluxflow.config.pretrained_text import pretrained_text_path
 from fluxflow.models.compressor import Compressor, sample_latent
 from fluxflow.models.discriminator import Discriminator
 from fluxflow.models.expander import Expander
 from fluxflow.models.flow_processor import FlowProcessor, cfg_drop_mask
 from fluxflow.models.flow_sampler import sample_flow, sigma_schedule
+from fluxflow.models.pretrained_text import PretrainedTextEncoder
 from fluxflow.models.text_encoder import TextEncoder, tokenize
-
-
 
 CLASSES: dict[str, type[nn.Module]] = {"compressor": Compressor, "expander": Expander, "flow_processor": FlowProcessor,
                                       "text_encoder": TextEncoder, "discriminator": Discriminator}
 
 
 def build_component(name: str, model_cfg: Any, channels: int) -> nn.Module:
-    """Build component `name` sized from `model_cfg` (any object with the ModelConfig attributes)."""
+    """Build component `name` sized from `model_cfg` (any object with the ModelConfig attributes). The text encoder
+    is the pretrained one of `model.text_encoder` when it names one (loaded from its directory, frozen)."""
     args = component_args(name, model_cfg, channels)  # an unknown name is refused here, with the known ones
+    if name == "text_encoder" and pretrained_text_path(model_cfg):
+        return PretrainedTextEncoder(*args)
     return CLASSES[name](*args)
 
 
@@ -32,6 +35,7 @@ def count_parameters(module: nn.Module) -> int:
 
 
 __all__ = [
-    "COMPONENTS", "Compressor", "Discriminator", "Expander", "FlowProcessor", "TextEncoder", "build_component",
+    "COMPONENTS", "Compressor", "Discriminator", "Expander", "FlowProcessor", "PretrainedTextEncoder", "TextEncoder",
+    "build_component",
     "cfg_drop_mask", "count_parameters", "sample_flow", "sample_latent", "sigma_schedule", "tokenize",
 ]

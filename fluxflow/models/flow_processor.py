@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from fluxflow.models.layers import MLP, Attention
 
@@ -94,6 +95,8 @@ class FlowProcessor(nn.Module):
         for layer in (self.ada_out, self.proj_out):  # zero velocity at init (DiT)
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        # Recompute each block in backward instead of keeping its activations (training.activation_checkpointing).
+        self.activation_checkpointing = False
 
     def apply_null_text(self, tokens: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor,
                         drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -121,7 +124,10 @@ class FlowProcessor(nn.Module):
         cond = self.t_embed(timestep_embedding(t, x.shape[-1])) + self.pooled_proj(pooled)
         text = self.text_proj(tokens)
         for block in self.blocks:
-            x = block(x, cond, text, mask)
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, cond, text, mask, use_reentrant=False)
+            else:
+                x = block(x, cond, text, mask)
         shift, scale = self.ada_out(F.silu(cond)).unsqueeze(1).chunk(2, dim=-1)
         x = self.proj_out(modulate(self.norm_out(x), shift, scale))
         # [B, h·w, p·p·c] → [B, c, H, W]

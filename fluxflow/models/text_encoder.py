@@ -63,6 +63,11 @@ class TextEncoder(nn.Module):
         self.blocks = nn.ModuleList([TextBlock(dim, heads) for _ in range(depth)])
         self.norm_out = nn.LayerNorm(dim)
 
+    def tokenize(self, texts: list[str] | tuple[str, ...],
+                 device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """This encoder's tokenization (every text encoder has one; see fluxflow/models/pretrained_text.py)."""
+        return tokenize(texts, self.max_len, device)
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         length = ids.shape[1]
         if length > self.max_len:

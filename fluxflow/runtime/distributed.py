@@ -4,10 +4,11 @@ The few distributed lines live here (torchtitan style): rank and world from the 
 process group, gradients averaged across ranks before every optimizer step, and the helpers the runner uses so that
 only rank 0 writes checkpoints, samples and tracking records.
 
-Why an explicit gradient all-reduce rather than wrapping modules in `DistributedDataParallel`: the GAN step switches
-the discriminator's `requires_grad` between its G and D passes and runs R1's double backward, which DDP's reducer
-does not support. Averaging `.grad` once per optimizer step is the same algorithm (synchronous data parallelism),
-one flat all-reduce per optimizer.
+VAE and GAN steps average gradients with an explicit all-reduce after the backward rather than through
+`DistributedDataParallel`: the GAN step switches the discriminator's `requires_grad` between its G and D passes and
+runs R1's double backward, which DDP's reducer does not support. Averaging `.grad` once per optimizer step is the
+same algorithm (synchronous data parallelism), one flat all-reduce per optimizer, without overlap. Flow steps use DDP
+(fluxflow/train/data_parallel.py), which overlaps the all-reduce with the backward.
 """
 from __future__ import annotations
 
@@ -61,6 +62,11 @@ def average_gradients(optimizer: torch.optim.Optimizer, finite: torch.Tensor) ->
         flat.div_(world_size())
         for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
             grad.copy_(synced)
+    return agree_finite(finite)
+
+
+def agree_finite(finite: torch.Tensor) -> torch.Tensor:
+    """True on every rank only if it is True on all of them (a 0-dim all-reduce, no host sync)."""
     agreed = finite.to(torch.int32).clone()
     dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
     return agreed.bool()

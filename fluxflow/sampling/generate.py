@@ -80,19 +80,23 @@ def generate(model: TextToImageModel, prompt: str, seed: int, *, steps: int = 25
         raise GenerationError(f"image size must be a positive multiple of {multiple} (downscale × patch_size); "
                               f"got {size}")
     images = text_to_image(model.models, [prompt], model.latent_norm, latent_size=size // cfg.downscale,
-                           steps=steps, guidance=guidance, shift=shift, seed=seed, max_len=cfg.text_max_len,
+                           steps=steps, guidance=guidance, shift=shift, seed=seed,
                            spade=model.spade)
     return images[0]
 
 
-def save_image(image: torch.Tensor, path: Path) -> None:
-    """`[C, H, W]` in [-1, 1] → a lossless WebP or a PNG, by the file's extension."""
+def to_picture(image: torch.Tensor):
+    """`[C, H, W]` in [-1, 1] → a PIL image of its 8-bit pixels."""
     from PIL import Image
 
     pixels = image_grid(image.unsqueeze(0), nrow=1, padding=0).numpy()
-    picture = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+    return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+
+
+def save_image(image: torch.Tensor, path: Path) -> None:
+    """`[C, H, W]` in [-1, 1] → a lossless WebP or a PNG, by the file's extension."""
     fmt = "PNG" if path.suffix.lower() == ".png" else "WEBP"
-    picture.save(path, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    to_picture(image).save(path, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
 
 
 def generate_files(model: TextToImageModel, prompts: list[str], output_dir: str | Path, *, n: int = 1,

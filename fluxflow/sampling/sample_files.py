@@ -1,12 +1,12 @@
-"""Sample image files: the seed's names, and WebP grids written atomically.
+"""Sample image files: the original tool's names, and WebP grids written atomically.
 
-Names (seed's PIPELINE_ARCHITECTURE.md, "Sample Naming Convention"):
+Names (the original tool's documentation, "Sample Naming Convention"):
 
     mid-epoch:     {step}_{step_number:03d}_{epoch:03d}_{batch:05d}_{hash}{suffix}.webp
     end of epoch:  {step}_{step_number:03d}_{epoch:03d}_{hash}{suffix}.webp
 
 step_number and epoch are 1-based; batch is the number of batches done in the epoch. The suffix carries its own
-separator, because the seed mixes them: `-original` (or `_ns_i`), `-nr_o`, `_ns_o`, `-ctx`, `-nc`.
+separator, because the original tool mixes them: `-original` (or `_ns_i`), `-nr_o`, `_ns_o`, `-ctx`, `-nc`.
 e.g. vae_warmup_001_001_00010_abc123-original.webp, vae_gan_002_005_def456_ns_o.webp.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from fluxflow.checkpoints.io import atomic_write
 
 ORIGINAL = "-original"  # the held-out input images
-ORIGINAL_ALT = "_ns_i"  # the seed's other name for the inputs
+ORIGINAL_ALT = "_ns_i"  # the original tool's other name for the inputs
 RECONSTRUCTION = "-nr_o"  # VAE reconstruction from the posterior mean (no random sampling)
 SAMPLED_RECONSTRUCTION = "_ns_o"  # VAE reconstruction from a posterior sample
 CONTEXT = "-ctx"  # the latent (context) map as a picture
@@ -34,7 +34,7 @@ _HASH = re.compile(r"[A-Za-z0-9]+")
 
 
 def sample_name(step: str, step_number: int, epoch: int, batch: int | None, hash: str, suffix: str) -> str:
-    """The seed's sample file name; `batch=None` names an end-of-epoch sample."""
+    """The original tool's sample file name; `batch=None` names an end-of-epoch sample."""
     if not step or any(c in step for c in "/\\\0") or step.startswith("."):
         raise ValueError(f"step name {step!r} cannot be part of a file name")
     if step_number < 1 or epoch < 1:

@@ -1,4 +1,4 @@
-"""Sample images of a pipeline step, named by the seed's convention (fluxflow.sampling.sample_files), from EMA weights.
+"""Sample images of a pipeline step, named by the original tool's convention (fluxflow.sampling.sample_files), from EMA weights.
 
 VAE steps: `-original` (held-out inputs), `-nr_o` (reconstruction from the posterior mean), `_ns_o`
 (reconstruction from a posterior sample), `-ctx` (the latent map, first three channels, as an image) and, for SPADE
@@ -53,6 +53,6 @@ def write_samples(out_dir: Path, *, step, step_number: int, epoch: int, batch: i
     if has_flow_mode(step) and captions and latent_norm is not None:
         for size in config.output.sample_sizes:  # the transformer's sin-cos positions let it sample other sizes
             images = text_to_image(models, captions, latent_norm, latent_size=size // config.model.downscale,
-                                   seed=seed, max_len=config.model.text_max_len, spade=step.train_spade)
+                                   seed=seed, spade=step.train_spade)
             save(images, "-t2i" if size == config.data.img_size else f"-t2i_{size}px")
     return written

@@ -6,18 +6,17 @@ import torch
 from torch import nn
 
 from fluxflow.train.latents import decode_latents
-from fluxflow.models import sample_flow, tokenize
+from fluxflow.models import sample_flow
 
 
 @torch.no_grad()
 def text_to_image(models: dict[str, nn.Module], captions: list[str], latent_norm: dict[str, torch.Tensor],
                   *, latent_size: int, steps: int = 25, guidance: float = 3.0, shift: float = 1.0,
-                  seed: int = 0, max_len: int = 64, spade: bool = False) -> torch.Tensor:
+                  seed: int = 0, spade: bool = False) -> torch.Tensor:
     """Images `[len(captions), C, H, W]` in [-1, 1]. `latent_size` is the latent's side (img_size / downscale)."""
     flow, text_encoder = models["flow_processor"], models["text_encoder"]
     device = next(flow.parameters()).device
-    ids, mask = tokenize(captions, max_len)
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = text_encoder.tokenize(captions, device)
     tokens, pooled = text_encoder(ids, mask)
     channels = latent_norm["shift"].numel()
     generator = torch.Generator(device=device).manual_seed(seed)

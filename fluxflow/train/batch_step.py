@@ -37,6 +37,8 @@ class StepContext:
     # The compressor weights flow latents come from: the EMA ones where they exist, as samples decode with the EMA
     # expander (fluxflow/train/latents.py).
     latent_encoder: nn.Module | None = None
+    # Optimizer groups whose gradients DDP averaged in the backward (fluxflow/train/data_parallel.py).
+    synced_groups: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,8 @@ def backward_and_update(ctx: StepContext, loss: torch.Tensor, key: str, groups: 
     out: dict[str, torch.Tensor] = {"skipped_updates": (~finite).float()}
     for group in groups:
         if group in ctx.optimizers:
-            norm, skipped = optimizer_step(ctx.optimizers[group], finite, ctx.step.grad_clip)
+            norm, skipped = optimizer_step(ctx.optimizers[group], finite, ctx.step.grad_clip,
+                                           group in ctx.synced_groups)
             out[f"grad_norm_{group}"] = norm
             out["skipped_updates"] = torch.maximum(out["skipped_updates"], skipped)
     return out

@@ -12,16 +12,19 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from fluxflow.runtime.device import autocast
+
 # Enough images for per-channel statistics that hold on real data (one batch of 32 does not), cheap to encode once.
 LATENT_NORM_IMAGES = 1024
 
 
-def measure_latent_norm(encoder: nn.Module, batches: torch.Tensor | Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
+def measure_latent_norm(encoder: nn.Module, batches: torch.Tensor | Iterable[torch.Tensor],
+                        amp_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Per-channel mean (`shift`) and standard deviation (`scale`) of the encoder's posterior means over `batches`
     (image batches; one tensor is one batch)."""
     if isinstance(batches, torch.Tensor):
         batches = [batches]
-    return latent_norm_of_means(posterior(encoder, images)[0] for images in batches)
+    return latent_norm_of_means(posterior(encoder, images, amp_dtype)[0] for images in batches)
 
 
 def latent_norm_of_means(means: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -41,10 +44,12 @@ def latent_norm_of_means(means: Iterable[torch.Tensor]) -> dict[str, torch.Tenso
     return {"shift": shift.float(), "scale": variance.sqrt().float().clamp_min(1e-3)}
 
 
-def posterior(compressor: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def posterior(compressor: nn.Module, images: torch.Tensor,
+              amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The compressor's posterior (mean, log-variance) of `images` in float32, without a graph: the one encode of
-    flow latents, on the fly and for the latent cache (fluxflow/cache/latent_cache.py)."""
-    with torch.no_grad():
+    flow latents, on the fly and for the latent cache (fluxflow/cache/latent_cache.py). The frozen encoder runs
+    under autocast in `amp_dtype` (bf16 on CUDA, as the training step does)."""
+    with torch.no_grad(), autocast(images.device, amp_dtype):
         mean, logvar = compressor(images)
     return mean.float(), logvar.float()
 
@@ -54,8 +59,9 @@ def normalise_latents(mean: torch.Tensor, norm: dict[str, torch.Tensor]) -> torc
     return (mean.float() - norm["shift"].view(1, -1, 1, 1)) / norm["scale"].view(1, -1, 1, 1)
 
 
-def encode_latents(compressor: nn.Module, images: torch.Tensor, norm: dict[str, torch.Tensor]) -> torch.Tensor:
-    return normalise_latents(posterior(compressor, images)[0], norm)
+def encode_latents(compressor: nn.Module, images: torch.Tensor, norm: dict[str, torch.Tensor],
+                   amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    return normalise_latents(posterior(compressor, images, amp_dtype)[0], norm)
 
 
 def decode_latents(expander: nn.Module, latents: torch.Tensor, norm: dict[str, torch.Tensor],

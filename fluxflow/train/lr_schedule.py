@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler, ReduceLROnPlateau
 
-from fluxflow.config.optim import EPOCH_ONLY, SCHEDULE_PARAMS, SCHEDULER_PARAMS
+from fluxflow.config.optim import EPOCH_ONLY, SCHEDULE_PARAMS, SCHEDULER_PARAMS, given_options
 
 
 class LrSchedule:
@@ -77,7 +77,7 @@ def build_schedulers(sched_cfg: dict, optimizers: dict[str, torch.optim.Optimize
     per epoch, without warm-up."""
     schedules = {}
     for group, optimizer in optimizers.items():
-        opts = _options(sched_cfg.get(group))
+        opts = given_options(sched_cfg.get(group))
         if opts:
             schedules[group] = make_schedule(opts, optimizer, max_epochs, steps_per_epoch)
     return schedules
@@ -107,11 +107,3 @@ def make_scheduler(kind: str, opts: dict[str, Any], optimizer: torch.optim.Optim
     if "total_iters" in kwargs and kwargs["total_iters"] is None:
         kwargs["total_iters"] = span
     return getattr(torch.optim.lr_scheduler, kind)(optimizer, **kwargs)
-
-
-def _options(cfg: Any) -> dict[str, Any]:
-    if cfg is None:
-        return {}
-    if isinstance(cfg, dict):
-        return dict(cfg)
-    return cfg.model_dump(exclude_none=True)

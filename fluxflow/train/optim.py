@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fluxflow.config.modes import OPTIMIZER_GROUPS as GROUP_COMPONENTS
-from fluxflow.config.optim import OPTIMIZER_PARAMS
+from fluxflow.config.optim import OPTIMIZER_PARAMS, given_options
 from fluxflow.runtime import distributed
 from fluxflow.train.param_groups import param_groups, split_decay
 
@@ -24,19 +24,13 @@ __all__ = ["build_optimizers", "make_optimizer", "optimizer_step", "trainable_pa
 _FUSED = {"AdamW", "Adam", "SGD"}
 
 
-def _options(cfg: Any) -> dict[str, Any]:
-    if cfg is None:
-        return {}
-    if isinstance(cfg, dict):
-        return dict(cfg)
-    return cfg.model_dump(exclude_none=True)
 
 
 def make_optimizer(cfg: Any, params: list[nn.Parameter] | list[dict[str, Any]],
                    default_lr: float) -> torch.optim.Optimizer:
     """`params`: parameters, or parameter groups (a group's own `weight_decay` wins over the config's). What `cfg`
     leaves out takes the defaults of fluxflow/config/optim.py (OPTIMIZER_PARAMS), not torch's."""
-    given = _options(cfg)
+    given = given_options(cfg)
     kind = given.pop("type", "AdamW")
     lr = float(given.pop("lr", None) or default_lr)
     opts = {**OPTIMIZER_PARAMS[kind], **given}
@@ -76,15 +70,17 @@ def gradient_norm(params: list[nn.Parameter], max_norm: float | None) -> torch.T
     return torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, finite: torch.Tensor,
-                   max_norm: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def optimizer_step(optimizer: torch.optim.Optimizer, finite: torch.Tensor, max_norm: float | None = None,
+                   grads_averaged: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Clip and apply the update unless the loss (`finite`) or the gradient norm is not finite.
 
     Returns (gradient norm before clipping, 1.0 if the update was skipped else 0.0), both 0-dim device tensors.
     Fused optimizers skip on the device (`found_inf`, no sync); the others need one host sync. Under torchrun the
-    gradients are averaged over ranks first, so every rank clips the same gradient and agrees on skipping."""
+    gradients are averaged over ranks first (unless DDP did during the backward: `grads_averaged`), so every rank
+    clips the same gradient and agrees on skipping."""
     if distributed.active():
-        finite = distributed.average_gradients(optimizer, finite)
+        finite = (distributed.agree_finite(finite) if grads_averaged
+                  else distributed.average_gradients(optimizer, finite))
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     norm = gradient_norm(params, max_norm)
     finite = finite & torch.isfinite(norm).to(finite.device)

@@ -12,6 +12,7 @@ from fluxflow.checkpoints.lock import RunLock
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.checkpoints.step_files import plan_step
 from fluxflow.config.dag import execution_order
+from fluxflow.runtime.errors import is_retryable
 from fluxflow.runtime.launch import run_step_distributed
 from fluxflow.train.pipeline_schedule import PipelineSchedule
 from fluxflow.train.step_run import run_step
@@ -26,7 +27,7 @@ def completed_steps(config) -> list[str]:
 
 
 def announce_skipped(config) -> None:
-    """The seed's "Skipping steps: ..." line, when some steps are already complete (each then says where)."""
+    """The original tool's "Skipping steps: ..." line, when some steps are already complete (each then says where)."""
     skipping = completed_steps(config)
     if skipping:
         print(f"Skipping steps: {', '.join(skipping)}", flush=True)
@@ -50,7 +51,8 @@ def run_pipeline(config, tracker=None, device: str | None = None) -> list[StepOu
             try:
                 outcomes[step.name] = _run_one(config, step.name, parent, tracker, device)
             except Exception as exc:  # KeyboardInterrupt (and StepInterrupted) is no Exception: it stops the run
-                log.error("Step %s failed", step.name, exc_info=True)
+                # A non-retryable error's message names the file and what to do: no traceback to bury it.
+                log.error("Step %s failed: %s", step.name, exc, exc_info=is_retryable(exc))
                 schedule.step_failed(step.name, exc)
                 continue
             schedule.step_finished(step.name, outcomes[step.name].result.outcome)

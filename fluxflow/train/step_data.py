@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from fluxflow.data import ResumableBatchSampler, build_dataset, make_loader
+from fluxflow.runtime import distributed
+from fluxflow.runtime.errors import DataError
 
 # Held-out images that the step's sample grids reconstruct (VAE steps); evaluation uses the whole held-out split.
 N_HOLDOUT_SAMPLES = 8
@@ -29,15 +31,18 @@ class StepData:
 
 
 def load_step_data(config, step, device: torch.device) -> StepData:
+    """Under torchrun a webdataset's training split is this rank's part (its shards); `len()` then counts all ranks'
+    samples, so batches per epoch are the same on every rank."""
     ds_cfg = config.dataset_for(step)
-    train_set = build_dataset(ds_cfg, config.data.img_size, config.data.channels, "train")
+    train_set = build_dataset(ds_cfg, config.data.img_size, config.data.channels, "train", distributed.rank(),
+                              distributed.world_size())
     holdout_set = build_dataset(ds_cfg, config.data.img_size, config.data.channels, "holdout")
     n_holdout = min(N_HOLDOUT_SAMPLES, len(holdout_set))
     holdout = torch.stack([holdout_set[i][0] for i in range(n_holdout)]).to(device) if n_holdout else None
     per_epoch = len(ResumableBatchSampler(len(train_set), step.batch_size, config.training.seed))
     n_batches = min(per_epoch, step.max_steps or per_epoch)
     if n_batches == 0:
-        raise ValueError(f"step {step.name}: dataset {step.dataset!r} has {len(train_set)} items, fewer than one "
+        raise DataError(f"step {step.name}: dataset {step.dataset!r} has {len(train_set)} items, fewer than one "
                          f"batch of {step.batch_size}")
     return StepData(train_set, holdout_set, holdout, n_batches)
 
@@ -48,7 +53,8 @@ def leading_inputs(data: StepData, batch_size: int, seed: int, n_items: int,
     cached posterior means), on the device, one batch at a time (to measure the latent normalisation of the first
     flow step)."""
     n_batches = max(1, -(-n_items // batch_size))
-    for i, (inputs, _) in enumerate(make_loader(data.batch_source, batch_size, 0, seed, 0, 0)):
+    world = getattr(data.batch_source, "world", 1)  # a rank's webdataset part: its local batches (step_run broadcasts)
+    for i, (inputs, _) in enumerate(make_loader(data.batch_source, batch_size, 0, seed, 0, 0, world=world)):
         if i >= n_batches:
             break
         yield inputs.to(device)

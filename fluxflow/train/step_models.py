@@ -19,7 +19,7 @@ from fluxflow.config.modes import required_components, touches_vae, trained_comp
 log = logging.getLogger("fluxflow.train.step_run")
 
 def ema_components(step, trained: set[str]) -> set[str]:
-    """EMA by the seed's rule: VAE components when any VAE mode or modifier is on; flow components when they
+    """EMA by the original tool's rule: VAE components when any VAE mode or modifier is on; flow components when they
     train."""
     names = set()
     if touches_vae(step):

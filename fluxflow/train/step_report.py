@@ -38,15 +38,23 @@ class StepReport:
         self._count += 1
 
     def log_interval(self) -> None:
-        """Means of the batches since the last log: the one host sync per log interval."""
+        """Means of the batches since the last log: the one host sync per log interval. The epoch's last line also
+        carries `skipped_samples`, the training data's count of skipped or repaired items (a CPU counter)."""
         self.last_means = mean_metrics(self._sums, self._counts)
         history = self.run.history[self.run.step.name]
         for k, v in self.last_means.items():
             history.setdefault(k, []).append(v)
         elapsed = time.perf_counter() - self._tick
         pos = self.run.position
-        self.tracker.log_metrics(self.last_means, self.progress(pos.epoch + 1, pos.batch, elapsed / self._count))
+        logged = dict(self.last_means)
+        if pos.batch == self.run.data.batches_per_epoch:
+            logged["skipped_samples"] = float(self.skipped_samples())
+        self.tracker.log_metrics(logged, self.progress(pos.epoch + 1, pos.batch, elapsed / self._count))
         self._sums, self._counts, self._count, self._tick = {}, {}, 0, time.perf_counter()
+
+    def skipped_samples(self) -> int:
+        """Items of the step's training data skipped or repaired so far (fluxflow/data/skips.py)."""
+        return int(getattr(self.run.data.train_set, "skipped", 0))
 
     def progress(self, epoch: int, batch: int, sec_per_batch: float) -> Progress:
         run = self.run
@@ -85,13 +93,15 @@ class StepReport:
         return found
 
     def final_metrics(self) -> dict[str, float]:
-        """The step's last logged losses, its final evaluation, its skipped updates and its smoothed metric."""
+        """The step's last logged losses, its final evaluation, its skipped updates and samples, and its smoothed
+        metric."""
         run = self.run
         history = run.history[run.step.name]
         shown = set(step_metrics(run.step))
         final = {k: values[-1] for k, values in history.items() if k in shown and values}
         final.update(self.evaluate())
         final["skipped_updates"] = float(sum(history.get("skipped_updates", [])))
+        final["skipped_samples"] = float(self.skipped_samples())
         smoothed = run.monitor.smoothed()
         if smoothed is not None:
             final[f"smoothed_{run.monitor.metric}"] = smoothed

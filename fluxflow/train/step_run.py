@@ -14,9 +14,7 @@ counts batches over the whole pipeline.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +22,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from fluxflow.checkpoints.io import capture_rng_state, finalize, load_checkpoint, restore_rng_state, save_checkpoint
+from fluxflow.checkpoints.io import load_checkpoint
+from fluxflow.checkpoints.latest import load_latest, save_latest
+from fluxflow.checkpoints.rng_state import restore_rng_state
 from fluxflow.checkpoints.lock import RunLock
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome, StepResult
 from fluxflow.checkpoints.step_files import StepFiles, plan_step
@@ -36,6 +36,7 @@ from fluxflow.runtime.gpu_claim import claimed_device
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
 from fluxflow.train.latents import LATENT_NORM_IMAGES, latent_norm_of_means
 from fluxflow.train.step_cache import attach_caches
+from fluxflow.train.step_checkpoint import checkpoint_state
 from fluxflow.train.step_data import leading_inputs, load_step_data
 from fluxflow.train.step_report import StepReport
 from fluxflow.train.tracking import NullTracker, ConsoleJsonlTracker, batch_progress, metrics_file, trim_jsonl
@@ -76,9 +77,10 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
 
 
 def input_state(config, files: StepFiles, parent: CheckpointRef | None) -> tuple[dict | None, bool]:
-    """(state to start from, whether it is this step's own latest.pt)."""
-    if files.latest.exists():
-        return load_checkpoint(files.latest), True
+    """(state to start from, whether it is this step's own latest.pt (or, when that is torn, latest.prev.pt))."""
+    own = load_latest(files.latest, say=print if distributed.is_main() else lambda line: None)
+    if own is not None:
+        return own, True
     if parent is not None:
         return load_checkpoint(parent.uri, expected_sha256=parent.sha256), False
     if config.model_checkpoint:
@@ -109,6 +111,7 @@ class StepRun:
         state, self.resuming = input_state(config, files, parent)
         meta = (state or {}).get("pipeline_metadata", {})
         self.data = load_step_data(config, self.step, device)
+        self.loader = None  # the training DataLoader, kept across epochs (its workers persist)
         if self.world > 1 and self.step.batch_size % self.world:
             raise ValueError(f"step {self.step.name}: batch_size {self.step.batch_size} is not divisible by "
                              f"nproc_per_node {self.world}")
@@ -124,6 +127,9 @@ class StepRun:
         # A step killed after its last epoch was saved (before final.pt) has nothing left to train.
         self.outcome: str | None = meta.get("outcome") if self.resuming and meta.get("completed") else None
         self.resumed_from = self._resume(state, meta) if self.resuming else None
+        if self.main:  # lines a killed run logged after the position this one starts from will be logged again
+            trim_jsonl(metrics_file(config.output.output_path, self.step.name), self.position.global_step,
+                       keep_evaluation_at_end=not (self.resuming and meta.get("completed")))
         self.report = StepReport(self, tracker)
         self.say(f"Starting step: {self.step.name}, epoch {self.position.epoch + 1}, batch {self.position.batch}")
 
@@ -144,6 +150,8 @@ class StepRun:
             inputs = leading_inputs(self.data, self.step.batch_size, self.config.training.seed, LATENT_NORM_IMAGES,
                                     self.device)
             latent_norm = latent_norm_of_means(self.trainer.posterior_means(batch) for batch in inputs)
+            if self.world > 1:  # ranks reading their own webdataset shards measured different images: take rank 0's
+                latent_norm = distributed.broadcast_object({k: v.cpu() for k, v in latent_norm.items()})
         return latent_norm
 
     def _resume(self, state: dict, meta: dict) -> tuple[int, int]:
@@ -157,8 +165,6 @@ class StepRun:
             sched.load_state_dict(state["schedulers"][group])
         self.monitor.load_state_dict(meta["monitor"])
         restore_rng_state(meta["rng"])
-        if self.main:  # lines logged after the checkpoint we resume from will be logged again
-            trim_jsonl(metrics_file(self.config.output.output_path, self.step.name), pos.global_step)
         self.say(f"Resuming from checkpoint: step={self.step.index} ({self.step.name}), epoch={pos.epoch + 1}, "
                  f"batch={pos.batch}")
         return pos.epoch, pos.batch
@@ -173,8 +179,9 @@ class StepRun:
         """Train the rest of the running epoch from `position.batch`, then decide the transition."""
         pos, step, n_batches = self.position, self.step, self.data.batches_per_epoch
         # Under torchrun each rank loads only its slice of every global batch.
-        loader = make_loader(self.data.batch_source, step.batch_size, step.workers, self.config.training.seed,
-                             pos.start_epoch + pos.epoch, pos.batch, rank=distributed.rank(), world=self.world)
+        loader = self.loader = make_loader(self.data.batch_source, step.batch_size, step.workers,
+                                           self.config.training.seed, pos.start_epoch + pos.epoch, pos.batch,
+                                           rank=distributed.rank(), world=self.world, reuse=self.loader)
         self.report.epoch_started()
         with batch_progress(n_batches, pos.batch, f"{step.name} epoch {pos.epoch + 1}") as bar:
             for inputs, captions in loader:  # images, or their cached posterior means (self.data.batch_source)
@@ -249,30 +256,10 @@ class StepRun:
 
     def save(self, completed: bool = False) -> None:
         if self.main:  # only rank 0 writes checkpoints (all ranks hold the same weights)
-            save_checkpoint(self.state_dict(completed), self.files.latest)
+            save_latest(self.state_dict(completed), self.files.latest)
 
     def state_dict(self, completed: bool = False) -> dict:
-        """The checkpoint of this position: enough to resume exactly, and for fluxflow-generate on its own."""
-        t, pos, step = self.trainer, self.position, self.step
-        latent_norm = t.ctx.latent_norm
-        return {
-            "epoch": pos.start_epoch + pos.epoch, "global_step": pos.global_step,
-            "models": {n: m.state_dict() for n, m in t.models.items()},
-            "optimizers": {g: o.state_dict() for g, o in t.optimizers.items()},
-            "schedulers": {g: s.state_dict() for g, s in t.schedulers.items()},
-            "ema": {n: e.state_dict() for n, e in t.emas.items()},
-            "latent_norm": {k: v.cpu() for k, v in latent_norm.items()} if latent_norm else None,
-            # The sizes the weights were built with: a checkpoint alone is enough for fluxflow-generate.
-            "model_config": self.config.model.model_dump(mode="json"),
-            "data": self.config.data.model_dump(mode="json"),
-            "pipeline_metadata": {
-                "current_step": step.index, "current_step_name": step.name, "step_start_epoch": pos.start_epoch,
-                "current_step_epoch": pos.epoch, "batch": pos.batch, "step_metrics": self.history,
-                "step_key": self.files.key, "step_config": step.model_dump(mode="json"),
-                "seed": self.config.training.seed, "rng": capture_rng_state(),
-                "monitor": self.monitor.state_dict(), "completed": completed, "outcome": self.outcome,
-            },
-        }
+        return checkpoint_state(self, completed)
 
     def finish(self) -> StepOutcome:
         """Final evaluation, `final.pt` (the last latest.pt, made immutable) and the reference for the next step."""
@@ -285,7 +272,7 @@ class StepRun:
         if self.world > 1:
             checksum = distributed.assert_in_sync(self.trainer.models[name] for name in sorted(self.trainer.ctx.trained))
             self.say(f"All {self.world} ranks hold the same weights (parameter checksum {checksum:.6f})")
-        sha = finalize(self.files.latest, self.files.final) if self.main else ""
+        sha = self.files.finalize() if self.main else ""
         if self.world > 1:
             sha = distributed.broadcast_object(sha)
         ref = CheckpointRef(uri=str(self.files.final), sha256=sha, step_name=step.name, step_key=self.files.key,

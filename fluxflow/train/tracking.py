@@ -1,7 +1,7 @@
 """How a running step reports: the Tracker protocol, and the core's console + JSONL implementation.
 
-The runner calls a Tracker; it never knows who listens. `ConsoleJsonlTracker` prints the seed's console line and
-appends the seed's JSONL metrics file; the Prefect/MLflow layer (flows/) supplies its own Tracker and combines the
+The runner calls a Tracker; it never knows who listens. `ConsoleJsonlTracker` prints the original tool's console line and
+appends the original tool's JSONL metrics file; the Prefect/MLflow layer (flows/) supplies its own Tracker and combines the
 two with `MultiTracker`. No torch, no prefect, no mlflow here.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tqdm import tqdm
 if TYPE_CHECKING:
     from fluxflow.checkpoints.ref import CheckpointRef, StepResult
 
-# Console labels in the seed's order; metrics not listed here still go to the JSONL file and other trackers.
+# Console labels in the original tool's order; metrics not listed here still go to the JSONL file and other trackers.
 CONSOLE_LABELS: dict[str, str] = {
     "vae_loss": "VAE",
     "kl_loss": "KL",
@@ -73,8 +73,9 @@ def _seconds(value: float) -> str:
 
 
 def console_line(metrics: dict[str, float], progress: Progress, now: datetime | None = None) -> str:
-    """The seed's console line, showing exactly those of `metrics` that have a console label, in the seed's order:
-    `[HH:MM:SS] Step vae_gan (2/4) | Epoch 5/20 | Batch 127/500 | VAE: 0.0234 | KL: 12.45 | ... | 3.2s/batch`."""
+    """The original tool's console line, showing exactly those of `metrics` that have a console label, in the original tool's order:
+    `[HH:MM:SS] Step vae_gan (2/4) | Epoch 5/20 | Batch 127/500 | VAE: 0.0234 | KL: 12.45 | ... | 3.2s/batch`,
+    and ` | skipped samples: N` at an epoch's end when the data had unreadable items (fluxflow/data/skips.py)."""
     now = now or datetime.now()
     parts = [
         f"[{now:%H:%M:%S}] Step {progress.step_name} ({progress.step_index}/{progress.n_steps})",
@@ -84,11 +85,13 @@ def console_line(metrics: dict[str, float], progress: Progress, now: datetime | 
     shown = [(label, metrics[key]) for key, label in CONSOLE_LABELS.items() if key in metrics]
     parts += [f"{label}: {_significant(float(value))}" for label, value in shown]
     parts.append(f"{_seconds(progress.sec_per_batch)}s/batch")
+    if metrics.get("skipped_samples"):  # the epoch's last line, when some data was skipped or repaired
+        parts.append(f"skipped samples: {int(metrics['skipped_samples'])}")
     return " | ".join(parts)
 
 
 def jsonl_record(metrics: dict[str, float], progress: Progress, session_id: str, now: datetime | None = None) -> dict:
-    """One line of the seed's training_metrics_<step>.jsonl. Non-finite values are written as null (strict JSON)."""
+    """One line of the original tool's training_metrics_<step>.jsonl. Non-finite values are written as null (strict JSON)."""
     values = {}
     for key, value in metrics.items():
         value = float(value)
@@ -107,20 +110,27 @@ def metrics_file(output_dir: str | Path, step_name: str) -> Path:
     return Path(output_dir) / "graph" / f"training_metrics_{step_name}.jsonl"
 
 
-def trim_jsonl(path: Path, max_global_step: int) -> None:
+def trim_jsonl(path: Path, max_global_step: int, keep_evaluation_at_end: bool = True) -> None:
     """Drop lines logged after `max_global_step` (a run killed after its last checkpoint logged them; the resumed
-    run logs those batches again). Rewritten atomically; a missing file is fine."""
+    run logs those batches again). With `keep_evaluation_at_end=False` the evaluation lines at `max_global_step` go
+    too: a step resumed from its last epoch's checkpoint evaluates its final weights again. Rewritten atomically; a
+    missing file is fine."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("global_step", 0) <= max_global_step]
+
+    def kept(record: dict) -> bool:
+        step, metrics = record.get("global_step", 0), record.get("metrics") or {}
+        evaluation = bool(metrics) and all(key.startswith("eval_") for key in metrics)
+        return step < max_global_step or (step == max_global_step and (keep_evaluation_at_end or not evaluation))
+
+    lines = [line for line in path.read_text().splitlines() if line.strip() and kept(json.loads(line))]
     tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.write_text("".join(line + "\n" for line in lines))
     tmp.replace(path)
 
 
 class ConsoleJsonlTracker:
-    """Prints the seed's console line and appends `<output>/graph/training_metrics_<step>.jsonl`.
+    """Prints the original tool's console line and appends `<output>/graph/training_metrics_<step>.jsonl`.
 
     The JSONL file is opened in append mode for every line and closed again: a resumed step continues its file,
     each line is on disk as soon as it is logged, and several steps (branches) can share one tracker. `stream`
@@ -140,7 +150,7 @@ class ConsoleJsonlTracker:
         stream.flush()
 
     def step_started(self, step: Any, step_key: str, n_steps: int, resumed: bool) -> None:
-        pass  # the runner prints the seed's "Starting step" / "Resuming from checkpoint" lines itself
+        pass  # the runner prints the original tool's "Starting step" / "Resuming from checkpoint" lines itself
 
     def log_metrics(self, metrics: dict[str, float], progress: Progress) -> None:
         now = datetime.now()

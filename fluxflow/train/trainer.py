@@ -13,14 +13,15 @@ from torch import nn
 from fluxflow.cache.text_cache import TextCache
 from fluxflow.config.modes import has_flow_mode, touches_vae, trained_components
 from fluxflow.losses import LPIPSLoss
-from fluxflow.models import tokenize
 from fluxflow.runtime import distributed
 from fluxflow.runtime.device import autocast_dtype
 from fluxflow.train.batch_step import WHOLE_BATCH, StepContext, TextFeatures, Window, encode_text, flow_step, vae_step
+from fluxflow.train.data_parallel import gradient_sync, synced_groups
 from fluxflow.train.ema import EMA
 from fluxflow.train.latents import normalise_latents, posterior
 from fluxflow.train.lr_schedule import LrSchedule, build_schedulers
 from fluxflow.train.optim import build_optimizers
+from fluxflow.train.speed import runnable_models
 from fluxflow.train.step_models import ema_components, prepare_emas, prepare_models, sampling_models
 
 
@@ -56,7 +57,8 @@ class Trainer:
         if touches_vae(step):
             metrics.update(vae_step(ctx, images, update, window))
         if has_flow_mode(step):
-            flow_metrics = flow_step(ctx, self.flow_latents(images), self.text_features(captions), window)
+            with gradient_sync(ctx.models, window.last):  # DDP (flow steps under torchrun): all-reduce at window end
+                flow_metrics = flow_step(ctx, self.flow_latents(images), self.text_features(captions), window)
             if "skipped_updates" in metrics:
                 flow_metrics["skipped_updates"] = flow_metrics["skipped_updates"] + metrics["skipped_updates"]
             metrics.update(flow_metrics)
@@ -69,7 +71,7 @@ class Trainer:
 
     def posterior_means(self, inputs: torch.Tensor) -> torch.Tensor:
         """The batch's posterior means: cached ones as they come, or the latent encoder's of its images."""
-        return inputs if self.cached_latents else posterior(self.ctx.latent_encoder, inputs)[0]
+        return inputs if self.cached_latents else posterior(self.ctx.latent_encoder, inputs, self.ctx.amp_dtype)[0]
 
     def flow_latents(self, inputs: torch.Tensor) -> torch.Tensor:
         """The normalised flow latents of the batch (fluxflow/train/latents.py), from the cache or encoded now."""
@@ -83,7 +85,7 @@ class Trainer:
 
     def tokenize(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids, mask) of the captions on the device: the one tokenization of training and of the text cache."""
-        ids, mask = tokenize(list(captions), self.config.model.text_max_len)
+        ids, mask = self.models["text_encoder"].tokenize(list(captions))  # the configured encoder's own tokenizer
         return ids.to(self.ctx.device, non_blocking=True), mask.to(self.ctx.device, non_blocking=True)
 
     def set_latent_norm(self, latent_norm: dict[str, torch.Tensor] | None) -> None:
@@ -119,10 +121,13 @@ def build_trainer(config, step, state: dict | None, device: torch.device, *, max
     optimizers, sched_cfg = build_optimizers(step, models, trained)
     schedulers = build_schedulers(sched_cfg, optimizers, max_epochs, updates_per_epoch)
     lpips = LPIPSLoss().to(device) if step.use_lpips and step.train_vae else None
-    ctx = StepContext(step=step, models=models, optimizers=optimizers, trained=trained, device=device,
+    # Speed switches (compile, channels-last, DDP for flow steps): the per-batch steps call these modules.
+    runnable = runnable_models(models, step, config.training, device, trained)
+    ctx = StepContext(step=step, models=runnable, optimizers=optimizers, trained=trained, device=device,
                       amp_dtype=autocast_dtype(device, config.training.precision),
                       generator=torch.Generator(device=device), lpips=lpips,
-                      latent_encoder=sampling_models(models, emas).get("compressor"))
+                      latent_encoder=sampling_models(models, emas).get("compressor"),
+                      synced_groups=synced_groups(runnable))
     return Trainer(config=config, step=step, models=models, emas=emas,
                    ema_active=sorted(ema_components(step, trained)), optimizers=optimizers, schedulers=schedulers,
                    ctx=ctx)

@@ -1,0 +1,95 @@
+"""`fluxflow-compare --registered-model NAME`: the versions of a registered model side by side, oldest first, the one
+holding `champion` marked: where each came from (step, Prefect flow run, date), how its promotion went, the config
+values that differ between versions and each version's final metrics. Same table, CSV and chart as the hypotheses
+comparison (flows/compare.py), one column per version.
+"""
+from __future__ import annotations
+
+from flows import env  # noqa: F401  (must precede mlflow)
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from flows.compare import MISSING, Comparison, _unset_as_missing, table_rows
+from flows.mlflow_tracker import FINAL_PREFIX, flatten_params
+from flows.registry import TAG_PROMOTION, TAG_STEP, tracking_at
+
+CONFIG_FILE = "artifacts/config.json"  # the resolved config, an artifact of every version (flows/registry.py)
+# Differences that every pair of nights has and that say nothing about the model.
+NOT_DIFFERENCES = ("output.output_path",)
+
+
+def versions_of(client: MlflowClient, name: str) -> list:
+    return sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+
+
+def _model_id(version) -> str | None:
+    """The logged model behind a version (search results leave `model_id` empty; the source is `models:/<id>`)."""
+    if version.model_id:
+        return version.model_id
+    source = version.source or ""
+    return source.split("/", 1)[1] if source.startswith("models:/") else None
+
+
+def version_metrics(client: MlflowClient, version) -> dict[str, float]:
+    """The version's final smoothed metrics (its step's `final/*`, linked to the model at registration)."""
+    model_id = _model_id(version)
+    metrics = client.get_logged_model(model_id).metrics if model_id else []
+    return {m.key[len(FINAL_PREFIX):]: m.value for m in metrics or [] if m.key.startswith(FINAL_PREFIX)}
+
+
+def version_config(client: MlflowClient, name: str, version) -> dict[str, str]:
+    """The config the version was trained with, flattened like run params, each step under its name
+    (`steps.flow.lr`) rather than as one list."""
+    with tracking_at(client.tracking_uri):
+        path = mlflow.artifacts.download_artifacts(f"models:/{name}/{version.version}/{CONFIG_FILE}")
+    config = json.loads(Path(path).read_text())
+    steps = config["training"]["pipeline"].pop("steps")
+    return {**flatten_params(config), **flatten_params({step["name"]: step for step in steps}, prefix="steps.")}
+
+
+def info_rows(versions: list) -> list[list[str]]:
+    """Where each version came from and what its promotion decided."""
+    def tag(key: str):
+        return [v.tags.get(key, MISSING) for v in versions]
+
+    runs = [v.run_id or MISSING for v in versions]
+    created = [datetime.fromtimestamp(v.creation_timestamp / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
+               for v in versions]
+    rows = [["step", *tag(TAG_STEP)], ["registered (UTC)", *created],
+            ["prefect flow run", *tag("prefect.flow_run_name")], ["mlflow run", *runs],
+            ["promotion", *tag(TAG_PROMOTION + "decision")], ["promotion reason", *tag(TAG_PROMOTION + "reason")]]
+    metric = next((v.tags[TAG_PROMOTION + "metric"] for v in versions if TAG_PROMOTION + "metric" in v.tags), None)
+    if metric:
+        rows.append([f"promotion {metric}", *tag(TAG_PROMOTION + "value")])
+    return rows
+
+
+def compare_versions(client: MlflowClient, name: str, alias: str = "champion") -> tuple[Comparison, list[list[str]]]:
+    """(the comparison of every version of `name`, the rows about their origin and promotion)."""
+    versions = versions_of(client, name)
+    holder = str(client.get_registered_model(name).aliases.get(alias, ""))  # search results carry no aliases
+    labels = [f"v{v.version}" + (f" ({alias})" if str(v.version) == holder else "") for v in versions]
+    comparison = Comparison(labels=labels, run_ids=[v.run_id for v in versions])
+    configs = [version_config(client, name, v) for v in versions]
+    for key in sorted({key for config in configs for key in config} - set(NOT_DIFFERENCES)):
+        values = [_unset_as_missing(config.get(key, MISSING)) for config in configs]
+        if len(set(values)) > 1:
+            comparison.config[key] = values
+    finals = [version_metrics(client, v) for v in versions]
+    for key in sorted({key for metrics in finals for key in metrics}):
+        comparison.metrics[key] = [metrics.get(key) for metrics in finals]
+    return comparison, info_rows(versions)
+
+
+def model_comparison(client: MlflowClient, name: str, alias: str) -> tuple[Comparison, list[list[str]], str] | str:
+    """(comparison, rows, chart title) of the registered model's versions, or what is wrong."""
+    if not client.search_registered_models(f"name = '{name}'"):
+        return f"no registered model named {name!r} at {client.tracking_uri}"
+    comparison, info = compare_versions(client, name, alias)
+    rows = table_rows(comparison)
+    return comparison, [rows[0], *info, *rows[1:]], f"{name}: final metrics of {len(comparison.labels)} versions"

@@ -1,0 +1,66 @@
+"""What a step's failure means to Prefect and to the command line: retry it or not, and how it is shown.
+
+The core marks the failures that running again cannot fix (fluxflow/runtime/errors.py: a full disk, invalid data, a
+refused or unreadable checkpoint, a wrong config). For those:
+- the step task is not retried (`retry_unless_non_retryable`, the task's `retry_condition_fn`): a retry would train
+  into the same full disk or load the same refused file again;
+- Prefect logs their one-line message without a traceback (`QuietNonRetryable`): the message already names the file
+  and what to do, and the stack of Prefect's engine would only bury it;
+- `fluxflow-train` exits with 2 after printing that line (`failure_exit_code`), as for any other input the user
+  must fix, instead of 1 (a step failed).
+Every other failure (a lost worker, a transient tracking or network error, a bug) keeps Prefect's retries and its
+traceback.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from fluxflow.runtime.errors import is_retryable, non_retryable_cause
+
+EXIT_STEP_FAILED, EXIT_FIX_INPUT = 1, 2  # flows/cli_train.py's exit codes
+
+
+def state_exception(state) -> BaseException | None:
+    """The exception a failed Prefect state holds (in this process), or None."""
+    data = getattr(state, "data", None)
+    if isinstance(data, BaseException):
+        return data
+    try:
+        found = state.result(raise_on_failure=False)
+    except Exception:  # a result that cannot be read back says nothing about the cause
+        return None
+    return found if isinstance(found, BaseException) else None
+
+
+def retry_unless_non_retryable(task, task_run, state) -> bool:
+    """Prefect's `retry_condition_fn` for the step task: retry everything but a non-retryable failure."""
+    error = state_exception(state)
+    return error is None or is_retryable(error)
+
+
+class QuietNonRetryable(logging.Filter):
+    """Drops the traceback from log records about a non-retryable failure; the record's message stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and not is_retryable(error):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_non_retryable_tracebacks() -> None:
+    """Install the filter on the loggers of Prefect's task and flow engines (where their records are created)."""
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, QuietNonRetryable) for f in logger.filters):
+            logger.addFilter(QuietNonRetryable())
+
+
+def failure_exit_code(state) -> int:
+    """2 with the cause's line on stderr when a non-retryable error failed the run, else 1."""
+    cause = non_retryable_cause(state_exception(state))
+    if cause is None:
+        return EXIT_STEP_FAILED
+    print(f"❌ {cause}", file=sys.stderr, flush=True)
+    return EXIT_FIX_INPUT

@@ -1,0 +1,171 @@
+"""The nested MLflow run of one pipeline step, written synchronously: what `MlflowTracker` (flows/mlflow_tracker.py)
+has the tracking thread (flows/tracking_queue.py) do.
+
+Which run a step writes to: the newest run found by (`fluxflow.output_dir`, `fluxflow.step_key`,
+`fluxflow.step_name`) is continued when the step resumes from a mid-step checkpoint, when it is retried in the same
+session, or when it was never closed (RUNNING after a kill, KILLED, FAILED): a step killed before its first checkpoint
+trains again from batch 0 in the same run. Only a FINISHED run is left alone, for a step trained from scratch again
+(its output wiped), which gets a fresh run.
+
+No metric point is logged twice for the same key and step: a reopened run's last logged step of each metric is read
+once, and every point at or below it is dropped (the batches between a step's last checkpoint and a kill are trained
+and reported again on resume; `epoch` comes with both the last log interval and the evaluation of an epoch's end).
+A reopened run then gets what its metrics file holds beyond those steps, and the samples it lacks: whatever a killed
+process had not sent yet.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flows import env  # noqa: F401  (must precede mlflow)
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from flows.mlflow_runs import (
+    FINAL_PREFIX,
+    PARENT_RUN_ID,
+    TAG_KIND,
+    TAG_OUTCOME,
+    TAG_OUTPUT_DIR,
+    TAG_PARENT_STEP,
+    TAG_SESSION,
+    TAG_STEP_KEY,
+    TAG_STEP_NAME,
+    find_runs,
+    flatten_params,
+)
+from fluxflow.train.tracking import metrics_file
+
+if TYPE_CHECKING:  # only for annotations: this module must import without torch
+    from fluxflow.checkpoints.ref import CheckpointRef, StepResult
+
+
+def file_points(path: Path, after: dict[str, int]) -> list[Metric]:
+    """The points of a metrics JSONL file (fluxflow/train/tracking.py) logged after `after[key]` for each key,
+    `epoch` included."""
+    points = []
+    if not path.is_file():
+        return points
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        stamp, step = int(datetime.fromisoformat(record["timestamp"]).timestamp() * 1000), int(record["global_step"])
+        values = {**record["metrics"], "epoch": record["epoch"]}
+        points += [Metric(k, float(v), stamp, step) for k, v in values.items()
+                   if v is not None and step > after.get(k, -1)]
+    return points
+
+
+class StepRunRecorder:
+    """One step's nested run: opened (or reopened), fed metric points, samples and artifacts, then closed."""
+
+    def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str, output_dir: str, session: str):
+        self.client, self.experiment_id, self.parent_run_id = client, experiment_id, parent_run_id
+        self.output_dir, self.session = output_dir, session
+        self.run_id: str | None = None
+        self.step = None
+        self.step_key = ""
+        self.last_step: dict[str, int] = {}  # per metric key, the last step the run holds
+
+    def open(self, step, step_key: str, resumed: bool) -> None:
+        self.step, self.step_key = step, step_key
+        found = self._runs_of_step()
+        newest = found[0] if found else None
+        if newest is not None and (resumed or newest.info.status != "FINISHED"
+                                   or (self.session and newest.data.tags.get(TAG_SESSION) == self.session)):
+            self.run_id = newest.info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self._tags().items()])
+            self.sync_from_files()
+            return
+        self.run_id = self.client.create_run(self.experiment_id, tags=self._tags(), run_name=step.name).info.run_id
+        self.last_step = {}
+        params = flatten_params(step.model_dump(mode="json"))
+        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
+
+    def log_points(self, points: list[Metric]) -> None:
+        fresh = [p for p in points if p.step > self.last_step.get(p.key, -1)]
+        if fresh and self.run_id is not None:
+            self.client.log_batch(self.run_id, metrics=fresh)
+            for p in fresh:
+                self.last_step[p.key] = max(p.step, self.last_step.get(p.key, -1))
+
+    def log_image(self, path: Path) -> None:
+        if self.run_id is not None:
+            self.client.log_artifact(self.run_id, str(path), artifact_path="samples")
+
+    def log_artifact(self, path: Path) -> None:
+        if self.run_id is not None and Path(path).is_file():  # e.g. the metrics JSONL, absent when nothing was logged
+            self.client.log_artifact(self.run_id, str(path))
+
+    def finish(self, ref: CheckpointRef, result: StepResult) -> None:
+        if self.run_id is None:
+            return
+        stamp = int(datetime.now().timestamp() * 1000)
+        self.log_points([Metric(FINAL_PREFIX + k, float(v), stamp, ref.global_step)
+                         for k, v in result.final_metrics.items()])
+        tags = {
+            TAG_OUTCOME: result.outcome,
+            "fluxflow.epochs_done": result.epochs_done,
+            "fluxflow.global_step": ref.global_step,
+            "fluxflow.checkpoint_uri": ref.uri,
+            "fluxflow.checkpoint_sha256": ref.sha256,
+            "fluxflow.resumed_from": result.resumed_from,
+        }
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_dict(self.run_id, {"ref": ref.to_dict(), "result": result.to_dict()}, "checkpoint_ref.json")
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+    def failed(self, status: str) -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status)
+
+    def complete_skipped(self, step, ref: CheckpointRef, result: StepResult) -> None:
+        """A step the runner skipped as complete: link the run that trained it, and close it FINISHED with what its
+        files hold if a kill left it open (after ref.json was written). Opens nothing."""
+        self.step, self.step_key = step, ref.step_key
+        found = self._runs_of_step()
+        if not found:
+            return
+        self.run_id = found[0].info.run_id
+        if found[0].info.status != "FINISHED":
+            self.sync_from_files()
+            self.log_artifact(self.metrics_file())
+            self.finish(ref, result)
+
+    def sync_from_files(self) -> None:
+        """Send what the step's files hold and the run lacks: the metric points after the run's last logged step
+        of each key, and the samples it does not list."""
+        self.last_step = self._last_steps()
+        self.log_points(file_points(self.metrics_file(), self.last_step))
+        listed = {a.path for a in self.client.list_artifacts(self.run_id, "samples")}
+        for image in sorted((Path(self.output_dir) / "samples").glob(f"{self.step.name}_{self.step.index + 1:03d}_*")):
+            if f"samples/{image.name}" not in listed:
+                self.log_image(image)
+
+    def metrics_file(self) -> Path:
+        return metrics_file(self.output_dir, self.step.name)
+
+    def _last_steps(self) -> dict[str, int]:
+        keys = self.client.get_run(self.run_id).data.metrics
+        return {key: max(m.step for m in self.client.get_metric_history(self.run_id, key)) for key in keys}
+
+    def _runs_of_step(self) -> list:
+        return find_runs(self.client, self.experiment_id, {TAG_KIND: "step", TAG_OUTPUT_DIR: self.output_dir,
+                                                           TAG_STEP_KEY: self.step_key, TAG_STEP_NAME: self.step.name})
+
+    def _tags(self) -> dict[str, str]:
+        return {
+            PARENT_RUN_ID: self.parent_run_id,
+            TAG_KIND: "step",
+            TAG_OUTPUT_DIR: self.output_dir,
+            TAG_STEP_KEY: self.step_key,
+            TAG_STEP_NAME: self.step.name,
+            TAG_PARENT_STEP: self.step.parent or "",
+            TAG_SESSION: self.session,
+        }

@@ -1,0 +1,208 @@
+"""Champion/challenger: a newly registered version takes the `champion` alias only when it beats the version that
+holds it, both evaluated now on the same held-out images and seeds (fluxflow/evaluation/checkpoint_eval.py).
+
+The pipeline flow calls `release_models` after its leaf steps: one `register-model` task per registered step
+(flows/registry.py), then one `promote-model` task that compares each new version with the champion, moves the alias
+or not, tags both versions with the comparison, tags the pipeline's MLflow run with the decision and publishes it as
+the Prefect artifact `<pipeline>-promotion`. The first version of a model (no champion yet) is promoted.
+"""
+from __future__ import annotations
+
+from flows import env  # noqa: F401  (must precede prefect and mlflow)
+
+import math
+from dataclasses import asdict, dataclass
+
+from mlflow.tracking import MlflowClient
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.artifacts import artifact_key
+from flows.registry import (TAG_PROMOTION, TAG_STEP, model_checkpoint, register_step, version_by_alias,
+                            versions_of_output)
+from flows.step_task import TrackingTarget, gpu_tag, load_pipeline_config
+from fluxflow.checkpoints.ref import StepOutcome
+from fluxflow.config.promotion import evaluation_dataset, promotion_metric, registered_steps
+
+TAG_DECISION_OF_RUN = "fluxflow.promotion"  # on the pipeline's MLflow run: one line per decision
+
+
+@dataclass
+class Decision:
+    """The comparison of one new version with the champion, and what was done."""
+
+    model: str
+    version: str
+    step: str
+    metric: str
+    direction: str
+    min_improvement: float
+    value: float
+    champion: str | None  # the version that held the alias before, None when no version did
+    champion_value: float | None
+    promoted: bool
+    reason: str
+
+    def summary(self) -> str:
+        return f"{self.model} version {self.version}: {'promoted' if self.promoted else 'not promoted'} ({self.reason})"
+
+
+def improvement(value: float, champion_value: float, direction: str) -> float:
+    """How much better `value` is than the champion's (negative: worse)."""
+    return value - champion_value if direction == "maximize" else champion_value - value
+
+
+def decide(value: float, champion_value: float | None, direction: str, min_improvement: float) -> tuple[bool, str]:
+    """(promote?, why). A new version needs a finite value and must be better than the champion's by more than
+    `min_improvement`; with no champion (or one that scores no number) it is promoted."""
+    if champion_value is None:
+        return True, "no champion yet"
+    if not math.isfinite(value):
+        return False, f"its value {value} is not a number"
+    if not math.isfinite(champion_value):
+        return True, f"the champion's value {champion_value} is not a number"
+    gain = improvement(value, champion_value, direction)
+    if gain > min_improvement:
+        return True, f"better by {gain:.4g}, more than the {min_improvement:g} required"
+    if gain > 0:
+        return False, f"better by only {gain:.4g}, not more than the {min_improvement:g} required"
+    return False, "not better" if gain == 0 else f"worse by {-gain:.4g}"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def tag_versions(client: MlflowClient, decision: Decision) -> None:
+    """The comparison on the new version, and on the champion's version what it did to the champion."""
+    name, result = decision.model, "promoted" if decision.promoted else "not promoted"
+    mine = {"decision": result, "reason": decision.reason, "metric": decision.metric, "value": _fmt(decision.value),
+            "champion": decision.champion or "none", "champion_value": _fmt(decision.champion_value)}
+    for key, value in mine.items():
+        client.set_model_version_tag(name, decision.version, TAG_PROMOTION + key, value)
+    if decision.champion and decision.champion != decision.version:
+        outcome = "replaced" if decision.promoted else "kept the alias"
+        client.set_model_version_tag(name, decision.champion, TAG_PROMOTION + "last_challenge",
+                                     f"version {decision.version} scored {decision.metric} {_fmt(decision.value)} vs "
+                                     f"{_fmt(decision.champion_value)} here: {outcome} ({decision.reason})")
+
+
+def publish_decisions(client: MlflowClient, target: TrackingTarget, decisions: list[Decision], alias: str) -> None:
+    """The decisions as the pipeline run's MLflow tag and as the Prefect markdown artifact `<pipeline>-promotion`."""
+    if not decisions:
+        return
+    client.set_tag(target.parent_run_id, TAG_DECISION_OF_RUN, "; ".join(d.summary() for d in decisions))
+    lines = [f"| version | step | {decisions[0].metric} | champion before | its {decisions[0].metric} | decision |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {d.model} v{d.version} | {d.step} | {_fmt(d.value)} | {'v' + d.champion if d.champion else '-'} "
+              f"| {_fmt(d.champion_value)} | {'**promoted**' if d.promoted else 'not promoted'}: {d.reason} |"
+              for d in decisions]
+    holder = next((d.version for d in reversed(decisions) if d.promoted), decisions[0].champion)
+    lines += ["", f"`models:/{decisions[0].model}@{alias}` is version {holder}." if holder else ""]
+    create_markdown_artifact("\n".join(lines), key=artifact_key(target.pipeline, "promotion"),
+                             description=f"Champion/challenger decision on {decisions[0].metric}.")
+
+
+def _evaluator(config, client: MlflowClient, device: str | None):
+    """Evaluate a version once per evaluation set: returns metrics(version, step) -> {eval_*: value}."""
+    from fluxflow.evaluation.checkpoint_eval import evaluate_checkpoint
+
+    promotion, found = config.promotion, {}
+
+    def metrics(version: str, step: str) -> dict[str, float]:
+        dataset = evaluation_dataset(config, step)
+        if (version, dataset) not in found:
+            checkpoint = model_checkpoint(f"models:/{config.tracking.model_name}/{version}", client.tracking_uri)
+            found[version, dataset] = evaluate_checkpoint(
+                checkpoint, config, dataset, seeds=promotion.seeds, n_images=promotion.n_images,
+                sampler_steps=promotion.sampler_steps, device=device)
+        return found[version, dataset]
+
+    return metrics
+
+
+def promote(config, client: MlflowClient, versions: list[str], device: str | None = None) -> list[Decision]:
+    """Compare each new version (in order) with the version holding the alias, moving it when the new one wins."""
+    name, alias = config.tracking.model_name, config.promotion.alias
+    metrics, decisions = _evaluator(config, client, device), []
+    for version in versions:
+        step = client.get_model_version(name, version).tags.get(TAG_STEP, "")
+        metric, direction = promotion_metric(config, step)
+        holder = version_by_alias(client, name, alias)
+        champion = str(holder.version) if holder else None
+        value = metrics(version, step).get(metric, math.nan)
+        if champion == version:
+            promoted, reason, champion_value = False, f"already the {alias}", value
+        else:
+            try:
+                champion_value = metrics(champion, step).get(metric, math.nan) if champion else None
+            except Exception as exc:  # its files are gone, or it cannot make this evaluation's images
+                champion_value, promoted = None, False
+                reason = f"the {alias} (version {champion}) could not be evaluated: {exc}"
+            else:
+                promoted, reason = decide(value, champion_value, direction, config.promotion.min_improvement)
+        decision = Decision(name, version, step, metric, direction, config.promotion.min_improvement, value,
+                            champion, champion_value, promoted, reason)
+        if promoted:
+            client.set_registered_model_alias(name, alias, version)
+        decisions.append(decision)
+    return decisions
+
+
+@task(name="register-model", task_run_name="register {step_name}", cache_policy=NO_CACHE, persist_result=False)
+def register_task(config_source: str | dict, output_dir: str | None, outcome: dict, tracking: dict,
+                  step_name: str) -> str:
+    """Register one step's final checkpoint; returns the version."""
+    config = load_pipeline_config(config_source, output_dir)
+    target = TrackingTarget(**tracking)
+    client = MlflowClient(target.tracking_uri)
+    version = register_step(client, config.tracking.model_name, StepOutcome.from_dict(outcome), config,
+                            target.parent_run_id)
+    get_run_logger().info("Step %s is version %s of registered model %s", step_name, version.version,
+                          config.tracking.model_name)
+    return str(version.version)
+
+
+@task(name="promote-model", task_run_name="promote {model_name}", cache_policy=NO_CACHE, persist_result=False)
+def promote_task(config_source: str | dict, output_dir: str | None, device: str | None, versions: list[str],
+                 tracking: dict, model_name: str) -> list[dict]:
+    """Evaluate, decide, move the alias, tag and publish; returns each decision as a dict."""
+    config = load_pipeline_config(config_source, output_dir)
+    target = TrackingTarget(**tracking)
+    client = MlflowClient(target.tracking_uri)
+    decisions = promote(config, client, versions, device)
+    for decision in decisions:
+        tag_versions(client, decision)
+        get_run_logger().info(decision.summary())
+    publish_decisions(client, target, decisions, config.promotion.alias)
+    return [asdict(d) for d in decisions]
+
+
+def release_models(config, config_source: str | dict, output_dir: str | None, device: str | None,
+                   outcomes: list[StepOutcome], target: TrackingTarget) -> list[dict]:
+    """After the leaf steps: register each registered step's checkpoint, then promote (unless promotion is off).
+    Returns the decisions as dicts ([] when nothing is registered)."""
+    wanted = registered_steps(config)
+    finished = [o for o in outcomes if o.result.step_name in wanted and o.run_id]
+    versions = [register_task(config_source, output_dir, o.to_dict(), target.to_dict(), step_name=o.result.step_name)
+                for o in finished]
+    if not versions or not config.promotion.enabled:
+        return []
+    promote_with = promote_task.with_options(tags=[gpu_tag()])  # evaluation uses the GPU like a step
+    return promote_with(config_source, output_dir, device, versions, target.to_dict(),
+                        model_name=config.tracking.model_name)
+
+
+def release_lines(client: MlflowClient, config, output_dir: str) -> list[str]:
+    """For the end of `fluxflow-train`: the versions this output directory registered, and which one is champion."""
+    if not registered_steps(config):
+        return []
+    name, alias = config.tracking.model_name, config.promotion.alias
+    lines = [f"Model:       {name} version {v.version} (step {v.tags.get(TAG_STEP)}): "
+             f"{v.tags.get(TAG_PROMOTION + 'decision', 'registered')}"
+             for v in versions_of_output(client, name, output_dir)]
+    holder = version_by_alias(client, name, alias)
+    if holder is not None:
+        lines.append(f"Champion:    models:/{name}@{alias} is version {holder.version}")
+    return lines

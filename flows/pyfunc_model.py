@@ -1,0 +1,92 @@
+"""The MLflow model of a registered pipeline step: a pyfunc whose `predict` turns prompts into images.
+
+    model = mlflow.pyfunc.load_model("models:/fluxflow-quickstart@champion", model_config={"device": "cpu"})
+    frame = model.predict(pd.DataFrame({"prompt": ["a red circle on a black background, center"]}),
+                          params={"seed": 0, "n": 2, "steps": 25, "guidance": 3.0, "size": 0})
+    # columns prompt, seed, image (a base64 PNG: decode_image(frame.image[0]) gives the picture)
+
+Over REST (`mlflow models serve -m models:/<name>@champion --env-manager local`), POST /invocations with
+`{"dataframe_split": {"columns": ["prompt"], "data": [["a red circle"]]}, "params": {"seed": 0}}` answers
+`{"predictions": [{"prompt": ..., "seed": 0, "image": "<base64 PNG>"}]}`.
+
+Each image is `fluxflow-generate`'s for the same checkpoint, prompt and seed (fluxflow.sampling.generate: EMA weights,
+the trained text encoder), so a served image equals the file `fluxflow-generate --format png` writes, pixel for pixel
+on the same device. The checkpoint travels with the model as its artifact `checkpoint`; `model_config["device"]`
+(default `auto`: CUDA when present) says where it runs.
+
+MLflow loads it through flows/pyfunc_code.py, the code logged with every version ("models from code"): the project
+must be importable where the model is loaded or served (this checkout's environment: `--env-manager local`).
+"""
+from __future__ import annotations
+
+import base64
+import io
+
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.pyfunc import PythonModel
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+CHECKPOINT_ARTIFACT = "checkpoint"
+CONFIG_ARTIFACT = "config"
+PROMPT = "prompt"
+
+# The parameters of one request, with fluxflow-generate's defaults; size 0 means the checkpoint's training size.
+PARAMS = ParamSchema([
+    ParamSpec("seed", "long", 0),
+    ParamSpec("n", "long", 1),
+    ParamSpec("steps", "long", 25),
+    ParamSpec("guidance", "double", 3.0),
+    ParamSpec("size", "long", 0),
+])
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", PROMPT)]),
+    outputs=Schema([ColSpec("string", PROMPT), ColSpec("long", "seed"), ColSpec("string", "image")]),
+    params=PARAMS,
+)
+
+
+def png_base64(image) -> str:
+    """An image tensor `[C, H, W]` in [-1, 1] as the base64 text of a PNG file."""
+    from fluxflow.sampling.generate import to_picture
+
+    buffer = io.BytesIO()
+    to_picture(image).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_image(text: str):
+    """A base64 PNG of `predict` (or of a REST answer) as a PIL image."""
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(text)))
+
+
+def prompts_of(model_input) -> list[str]:
+    """The prompts of a request: the `prompt` column of a DataFrame, or a list of strings."""
+    if isinstance(model_input, pd.DataFrame):
+        return [str(p) for p in model_input[PROMPT]]
+    return [str(p) for p in model_input]
+
+
+class TextToImageModel(PythonModel):
+    """Prompts in, images out, with the EMA weights of the step's final checkpoint."""
+
+    def load_context(self, context) -> None:
+        from fluxflow.sampling.generate import load_text_to_image
+
+        device = (context.model_config or {}).get("device") or "auto"
+        self.model = load_text_to_image(context.artifacts[CHECKPOINT_ARTIFACT], device=device)
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        from fluxflow.sampling.generate import generate
+
+        p = {spec.name: spec.default for spec in PARAMS.params} | (params or {})
+        rows = []
+        for prompt in prompts_of(model_input):
+            for seed in range(int(p["seed"]), int(p["seed"]) + int(p["n"])):
+                image = generate(self.model, prompt, seed, steps=int(p["steps"]), guidance=float(p["guidance"]),
+                                 size=int(p["size"]) or None)
+                rows.append({PROMPT: prompt, "seed": seed, "image": png_base64(image)})
+        return pd.DataFrame(rows, columns=[PROMPT, "seed", "image"])
+

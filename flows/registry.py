@@ -1,0 +1,166 @@
+"""MLflow Model Registry: a pipeline step's final checkpoint as a version of a registered model, and back to a file.
+
+A version is an MLflow model logged to the step's MLflow run (a pyfunc: flows/pyfunc_model.py) with the checkpoint and
+the resolved config as its artifacts, the checkpoint reference (URI + sha256) and final metrics as its metadata, the
+step's final metrics linked to it, and tags that lead back to where it came from:
+
+    model version --run_id--> the step's MLflow run --mlflow.parentRunId--> the pipeline's run
+                  --prefect.flow_run_id / prefect.flow_run_url--> the Prefect flow run that trained it
+
+A checkpoint is registered once per model name: registering the same file again (a re-run that found the step
+complete) returns the version it already is.
+"""
+from __future__ import annotations
+
+from flows import env  # noqa: F401  (must precede mlflow)
+
+import contextlib
+import json
+import os
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+from flows.pyfunc_model import CHECKPOINT_ARTIFACT, CONFIG_ARTIFACT, PROMPT, SIGNATURE
+from fluxflow.checkpoints.ref import StepOutcome
+
+TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
+MODEL_IN_RUN = "model"  # the logged model's name within its run
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_code.py")
+TAG_SHA256 = "fluxflow.checkpoint_sha256"
+TAG_URI = "fluxflow.checkpoint_uri"
+TAG_STEP = "fluxflow.step_name"
+TAG_PIPELINE_RUN = "fluxflow.pipeline_run_id"
+TAG_VERSION_OF_RUN = "fluxflow.registered_model_version"  # on the step's run: "<name>/<version>"
+TAG_PROMOTION = "fluxflow.promotion."  # + decision, reason, metric, value, champion, ...: flows/promotion.py
+# Tags of the pipeline's MLflow run that every version of it carries too.
+LINEAGE_TAGS = ("prefect.flow_run_id", "prefect.flow_run_name", "prefect.flow_run_url", "fluxflow.config_hash",
+                "fluxflow.output_dir")
+# What the model's code imports, pinned to this environment's versions (the model's requirements.txt). Serving with
+# `--env-manager local` uses this environment as it is; the list says what another environment would need.
+REQUIREMENTS = ("torch", "torchvision", "numpy", "pillow", "pandas", "pydantic", "pyyaml", "fsspec", "mlflow")
+
+
+class RegistryError(Exception):
+    """A model URI that names no registered model, version or alias, or a model that is not a fluxflow checkpoint."""
+
+
+@contextlib.contextmanager
+def tracking_at(uri: str):
+    """MLflow's model functions (logging a model, `models:/` URIs, downloads) read the process-wide tracking URI, not
+    a client's: point it at `uri` for the block. `_use_tracking_uri` is MLflow 3.17's own helper for this, but on the
+    way out it deletes MLFLOW_TRACKING_URI from the environment (it sets the variable for subprocesses, then unsets
+    it): put the caller's value back."""
+    saved = os.environ.get(TRACKING_URI_VARIABLE)
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop(TRACKING_URI_VARIABLE, None)
+        else:
+            os.environ[TRACKING_URI_VARIABLE] = saved
+
+
+def pip_requirements() -> list[str]:
+    return [f"{name}=={metadata.version(name)}" for name in REQUIREMENTS]
+
+
+def _quoted(value: str) -> str:
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def find_version(client: MlflowClient, name: str, sha256: str):
+    """The version of `name` registered from the checkpoint with this content hash, or None."""
+    found = client.search_model_versions(f"name = {_quoted(name)} and tags.`{TAG_SHA256}` = {_quoted(sha256)}")
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def versions_of_output(client: MlflowClient, name: str, output_dir: str) -> list:
+    """The versions of `name` registered from a pipeline that wrote to `output_dir`, oldest first ([] when the model
+    does not exist)."""
+    where = f"name = {_quoted(name)} and tags.`fluxflow.output_dir` = {_quoted(output_dir)}"
+    found = client.search_model_versions(where)
+    return sorted(found, key=lambda v: int(v.version))
+
+
+def version_by_alias(client: MlflowClient, name: str, alias: str):
+    """The version holding `alias`, or None (no such model yet, or no version holds it)."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        with contextlib.suppress(MlflowException):  # another process created it between the two calls
+            client.create_registered_model(name, description="Text-to-image models trained by FluxFlow pipelines: "
+                                                             "each version is one step's final checkpoint.")
+
+
+def register_step(client: MlflowClient, name: str, outcome: StepOutcome, config, pipeline_run_id: str):
+    """The version of `name` holding this step's final checkpoint: logged to the step's run and registered, or the
+    version it already is."""
+    ref, result = outcome
+    existing = find_version(client, name, ref.sha256)
+    if existing is not None:
+        return existing
+    run = client.get_run(outcome.run_id)
+    pipeline_tags = client.get_run(pipeline_run_id).data.tags
+    tags = {TAG_STEP: ref.step_name, TAG_URI: ref.uri, TAG_SHA256: ref.sha256, TAG_PIPELINE_RUN: pipeline_run_id,
+            "fluxflow.global_step": str(ref.global_step),
+            **{key: pipeline_tags[key] for key in LINEAGE_TAGS if pipeline_tags.get(key)}}
+    described = {"checkpoint": ref.to_dict(), "final_metrics": result.final_metrics, "lineage": tags}
+    with tempfile.TemporaryDirectory() as tmp, tracking_at(client.tracking_uri):
+        config_file = Path(tmp) / "config.json"
+        config_file.write_text(json.dumps(config.model_dump(mode="json"), indent=2))
+        # Created here, in the run's experiment: left to Model.log it would land in the default experiment.
+        logged = client.create_logged_model(run.info.experiment_id, MODEL_IN_RUN, run.info.run_id,
+                                            params=run.data.params, model_type="text-to-image")
+        info = Model.log(
+            None, name=MODEL_IN_RUN, flavor=mlflow.pyfunc, run_id=run.info.run_id, model_id=logged.model_id,
+            python_model=str(PYFUNC_CODE),
+            artifacts={CHECKPOINT_ARTIFACT: ref.uri, CONFIG_ARTIFACT: str(config_file)},
+            signature=SIGNATURE, input_example=pd.DataFrame({PROMPT: list(config.output.sample_captions[:1])}),
+            pip_requirements=pip_requirements(), metadata={"fluxflow": described}, model_config={"device": "auto"},
+            step=ref.global_step,  # links the step's final metrics (logged at its last global step) to the model
+        )
+        ensure_registered_model(client, name)
+        version = client.create_model_version(name, source=info.model_uri, run_id=outcome.run_id, tags=tags,
+                                              model_id=info.model_id,
+                                              description=f"Step {ref.step_name}, {ref.uri} (sha256 {ref.sha256[:12]})")
+    client.set_tag(outcome.run_id, TAG_VERSION_OF_RUN, f"{name}/{version.version}")
+    return version
+
+
+def model_checkpoint(model_uri: str, tracking_uri: str) -> Path:
+    """The checkpoint file of a registered model (`models:/<name>@<alias>`, `models:/<name>/<version>`) or any
+    other MLflow model URI of a fluxflow pyfunc: downloaded when the store is remote, checked against the sha256
+    recorded at registration."""
+    from fluxflow.checkpoints.io import sha256_file
+
+    try:
+        with tracking_at(tracking_uri):
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    except MlflowException as exc:
+        raise RegistryError(f"{model_uri}: {exc.message} (tracking URI {tracking_uri})") from None
+    model = Model.load(str(local))
+    artifacts = model.flavors.get("python_function", {}).get("artifacts") or {}
+    if CHECKPOINT_ARTIFACT not in artifacts:
+        raise RegistryError(f"{model_uri} is not a fluxflow text-to-image model (no '{CHECKPOINT_ARTIFACT}' artifact)")
+    path = local / artifacts[CHECKPOINT_ARTIFACT]["path"]
+    expected = ((model.metadata or {}).get("fluxflow") or {}).get("checkpoint", {}).get("sha256")
+    if expected and sha256_file(path) != expected:
+        raise RegistryError(f"{model_uri}: the checkpoint {path} does not match the sha256 recorded at registration "
+                            f"({expected}): the copy is damaged")
+    return path

@@ -1,0 +1,74 @@
+"""Checks of the files a config names: the LPIPS backbone, the starting checkpoint, a pretrained text encoder.
+
+Nothing is ever downloaded, so a file that is not there is a validation error that says where it should be. No
+torch and no transformers here: `--validate-pipeline` reads at most a small config.json.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from fluxflow.config.assets import missing_lpips_backbone_message
+from fluxflow.config.errors import ConfigIssue, format_path
+from fluxflow.config.pretrained_text import UnusablePretrained, inspect_pretrained
+
+STEPS = ("training", "pipeline", "steps")
+TEXT_PATH = "model.text_encoder.path"
+
+
+def lpips_issues(indexes: list[int]) -> list[ConfigIssue]:
+    """The missing backbone explained once, at the first step that needs it."""
+    message = missing_lpips_backbone_message() if indexes else None
+    if message is None:
+        return []
+    first = format_path((*STEPS, indexes[0], "use_lpips"))
+    return [ConfigIssue(first, message)] + [
+        ConfigIssue(format_path((*STEPS, i, "use_lpips")), f"the LPIPS backbone file is missing (see {first})")
+        for i in indexes[1:]]
+
+
+def checkpoint_issues(uri: str | None) -> list[ConfigIssue]:
+    """A local starting checkpoint must exist (URIs like s3://... are checked when the step opens them)."""
+    if uri is None or "://" in uri or Path(uri).expanduser().is_file():
+        return []
+    return [ConfigIssue("model_checkpoint", f"file not found: {uri}")]
+
+
+def text_encoder_issues(model) -> list[ConfigIssue]:
+    """A pretrained encoder's directory exists and holds a supported model whose sizes fit the flow model.
+    `model`: the ModelConfig, or None when it did not parse."""
+    te = model.text_encoder if model is not None else None
+    if te is None or te.type == "byte":
+        return [ConfigIssue(TEXT_PATH, "only read with type: pretrained (the byte encoder has no files)")] \
+            if te is not None and te.path else []
+    if not te.path:
+        return [ConfigIssue(TEXT_PATH, "required for type: pretrained (a local Hugging Face model directory)")]
+    if "://" in te.path:
+        return [ConfigIssue(TEXT_PATH, f"must be a local directory (nothing is downloaded): {te.path}")]
+    try:
+        info = inspect_pretrained(te.path)
+    except UnusablePretrained as exc:
+        return [ConfigIssue(TEXT_PATH, str(exc))]
+    issues = []
+    if model.text_embedding_dim != info.width:
+        issues.append(ConfigIssue("model.text_embedding_dim", f"{model.text_embedding_dim} differs from the "
+                                  f"pretrained text encoder's width {info.width} ({te.path}); leave it out: it is "
+                                  "derived from the encoder"))
+    if info.max_positions is not None and model.text_max_len > info.max_positions:
+        issues.append(ConfigIssue("model.text_max_len", f"{model.text_max_len} exceeds the {info.max_positions} "
+                                  f"positions of the pretrained text encoder ({te.path})"))
+    return issues
+
+
+def frozen_pretrained_issues(step, at: Callable[..., str], inherited: Callable[[str], str]) -> list[ConfigIssue]:
+    """A pretrained text encoder stays frozen: its weights stay in its directory and are not in checkpoints.
+    `step`: the resolved step; `at(*keys)`: the step's path of a field; `inherited(key)`: where a value came from."""
+    why = ("a pretrained text encoder (model.text_encoder) stays frozen: its weights are read from its directory, "
+           "never trained or written to checkpoints")
+    issues = []
+    if step.train_diff_full:
+        issues.append(ConfigIssue(at("train_diff_full"), f"{why}; use train_diff{inherited('train_diff_full')}"))
+    if "text_encoder" in step.unfreeze:
+        issues.append(ConfigIssue(at("unfreeze", step.unfreeze.index("text_encoder")),
+                                  why + inherited("unfreeze")))
+    return issues

@@ -1,0 +1,70 @@
+"""A pretrained text encoder's local Hugging Face directory, read without torch or transformers.
+
+`model.text_encoder: {type: pretrained, path: DIR}` names a directory written by `save_pretrained` (or a snapshot of
+a hub repository): `config.json`, the weights, and the tokenizer's files. Validation reads `config.json` only, so it
+stays fast; fluxflow/models/pretrained_text.py loads the model with transformers (`local_files_only=True`: nothing
+is ever downloaded).
+
+Supported: CLIP text models (`clip_text_model`, or a whole `clip` model whose text tower is used) and T5-family
+encoders (`t5`, `mt5`, `umt5`; the encoder half is used). The width of their token embeddings (`hidden_size` or
+`d_model`) is the flow model's text width: `model.text_embedding_dim` is derived from it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+# config.json `model_type` -> family (how the model is loaded and pooled).
+FAMILIES = {"clip_text_model": "clip", "clip": "clip", "t5": "t5", "mt5": "t5", "umt5": "t5"}
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "spiece.model", "tokenizer.model")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+@dataclass(frozen=True)
+class PretrainedText:
+    family: str  # "clip" or "t5"
+    width: int  # embedding width of the encoder's output tokens
+    max_positions: int | None  # longest token sequence (CLIP's learned positions); None: no fixed limit (T5)
+
+
+def pretrained_text_path(model_cfg) -> str | None:
+    """The directory of `model_cfg`'s pretrained text encoder; None for the byte encoder (or an object, such as an
+    older checkpoint's model_config, that has no `text_encoder`)."""
+    te = getattr(model_cfg, "text_encoder", None)
+    return te.path if te is not None and te.type == "pretrained" else None
+
+
+class UnusablePretrained(ValueError):
+    """The directory is missing or does not hold a supported text encoder; the message says what is wrong."""
+
+
+def inspect_pretrained(path: str | Path) -> PretrainedText:
+    """What the flow model needs to know about the encoder in `path`; UnusablePretrained if it cannot be used."""
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise UnusablePretrained(f"directory not found: {path} (nothing is downloaded: put a save_pretrained "
+                                 "directory there, see docs/CONFIG.md)")
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UnusablePretrained(f"no config.json in {path}: not a Hugging Face model directory") from None
+    except (OSError, ValueError) as exc:
+        raise UnusablePretrained(f"cannot read {directory / 'config.json'}: {exc}") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise UnusablePretrained(f"{path}: model_type {model_type!r} is not a supported text encoder (supported: "
+                                 f"{', '.join(FAMILIES)})")
+    if not any((directory / name).is_file() for name in WEIGHT_FILES):
+        raise UnusablePretrained(f"{path}: no weights ({' or '.join(WEIGHT_FILES)})")
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise UnusablePretrained(f"{path}: no tokenizer ({' or '.join(TOKENIZER_FILES)}); the tokenizer is loaded "
+                                 "from the model's directory")
+    section = config.get("text_config", config) if model_type == "clip" else config
+    width = section.get("hidden_size" if family == "clip" else "d_model")
+    if not isinstance(width, int) or width < 1:
+        raise UnusablePretrained(f"{directory / 'config.json'}: no embedding width (hidden_size / d_model)")
+    positions = section.get("max_position_embeddings") if family == "clip" else None
+    return PretrainedText(family, width, positions if isinstance(positions, int) else None)

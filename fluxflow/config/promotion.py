@@ -1,0 +1,156 @@
+"""The retraining loop's settings: which steps become versions of a registered model, and when a new version takes
+the `champion` alias from the one people use.
+
+    promotion:
+      metric: eval_adherence_both     # default: eval_adherence_both on a `shapes` evaluation set, else eval_fd_ours_cfg
+      direction: maximize             # default: the metric's own (adherence up, Fréchet distance down)
+      min_improvement: 0.01           # the new version must beat the champion by at least this much
+      dataset: shapes                 # held-out split evaluated (default: the registered step's dataset)
+      n_images: 256
+      seeds: [0, 1]                   # the metric is the mean over these sampler seeds
+
+No torch here (validation stays fast). The evaluation itself is fluxflow/evaluation/checkpoint_eval.py; the Prefect
+task that registers, evaluates and moves the alias is flows/promotion.py.
+"""
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field
+
+from fluxflow.config.errors import ConfigIssue, did_you_mean, format_path
+from fluxflow.config.modes import has_flow_mode
+from fluxflow.config.optim import StrictModel
+
+Direction = Literal["maximize", "minimize"]
+
+# Metrics of a text-to-image checkpoint (checkpoint_eval.py) that can decide a promotion, and which way is better.
+PROMOTION_METRICS: dict[str, Direction] = {
+    "eval_adherence_both": "maximize",
+    "eval_adherence_color": "maximize",
+    "eval_adherence_shape": "maximize",
+    "eval_fd_ours_cfg": "minimize",
+    "eval_fd_ours_nocfg": "minimize",
+}
+SHAPES_ONLY = ("eval_adherence_both", "eval_adherence_color", "eval_adherence_shape")
+DEFAULT_METRIC = {"shapes": "eval_adherence_both"}  # any other dataset type: FALLBACK_METRIC
+FALLBACK_METRIC = "eval_fd_ours_cfg"
+# MLflow's rule for alias names (letters, digits, '_' and '-'; not `latest`, not a version like `v3`).
+ALIAS_RE = re.compile(r"^(?!latest$)(?!v\d+$)[A-Za-z0-9_-]{1,255}$")
+
+
+class PromotionConfig(StrictModel):
+    enabled: bool = Field(True, description="false: register new versions, never move the alias")
+    alias: str = "champion"
+    metric: str | None = None  # None: DEFAULT_METRIC of the evaluation dataset's type
+    direction: Direction | None = None  # None: the metric's own (PROMOTION_METRICS)
+    min_improvement: float = Field(0.0, ge=0.0, description="how much better than the champion a new version must be")
+    dataset: str | None = None  # None: the registered step's dataset
+    n_images: int = Field(256, ge=2, description="held-out images evaluated (at most the held-out split)")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    sampler_steps: int = Field(25, ge=1)
+
+
+def text_to_image_steps(steps) -> list[str]:
+    """Steps whose final checkpoint can make images from text: a flow step, or any step below one (the flow model
+    and text encoder travel on in every later checkpoint)."""
+    by_name = {step.name: step for step in steps}
+
+    def trained_flow(step) -> bool:
+        while step is not None:
+            if has_flow_mode(step):
+                return True
+            step = by_name.get(step.parent)
+        return False
+
+    return [step.name for step in steps if trained_flow(step)]
+
+
+def registered_steps(config) -> list[str]:
+    """The steps whose final checkpoint is registered: `tracking.register_steps`, else every leaf step (nothing
+    starts from it) that makes images from text."""
+    from fluxflow.config.dag import leaf_names
+
+    steps = config.resolved_steps()
+    if config.tracking.register_steps is not None:
+        return list(config.tracking.register_steps)
+    capable = set(text_to_image_steps(steps))
+    return [name for name in leaf_names(steps) if name in capable]
+
+
+def evaluation_dataset(config, step_name: str) -> str:
+    return config.promotion.dataset or config.step(step_name).dataset
+
+
+def promotion_metric(config, step_name: str) -> tuple[str, Direction]:
+    """(metric, direction) a new version of `step_name` is compared on."""
+    promotion = config.promotion
+    dataset = config.training.pipeline.datasets[evaluation_dataset(config, step_name)]
+    metric = promotion.metric or DEFAULT_METRIC.get(dataset.type, FALLBACK_METRIC)
+    return metric, promotion.direction or PROMOTION_METRICS[metric]
+
+
+def promotion_issues(config) -> list[ConfigIssue]:
+    """Cross-field rules of `tracking.register_steps` and `promotion` (on a config that parsed)."""
+    steps = config.resolved_steps()
+    names = [step.name for step in steps]
+    capable = set(text_to_image_steps(steps))
+    issues = []
+    for i, name in enumerate(config.tracking.register_steps or []):
+        path = format_path(("tracking", "register_steps", i))
+        if name not in names:
+            issues.append(ConfigIssue(path, f"no step is named {name!r}{did_you_mean(name, names)}"))
+        elif name not in capable:
+            issues.append(ConfigIssue(path, f"step {name!r} trains no text-to-image model (neither it nor a step "
+                                            "before it has train_diff or train_diff_full): nothing to register"))
+    promotion = config.promotion
+    if not ALIAS_RE.match(promotion.alias):
+        issues.append(ConfigIssue("promotion.alias", f"{promotion.alias!r} must be letters, digits, '_' or '-', and "
+                                                     "not 'latest' or a version such as 'v3'"))
+    datasets = config.training.pipeline.datasets
+    if promotion.dataset is not None and promotion.dataset not in datasets:
+        issues.append(ConfigIssue("promotion.dataset", f"no dataset is named {promotion.dataset!r}"
+                                                       f"{did_you_mean(promotion.dataset, datasets)}"))
+        return issues
+    if promotion.metric is not None and promotion.metric not in PROMOTION_METRICS:
+        issues.append(ConfigIssue("promotion.metric", f"{promotion.metric!r} is not a metric of a text-to-image "
+                                                      f"model{did_you_mean(promotion.metric, PROMOTION_METRICS)}; "
+                                                      f"metrics: {', '.join(PROMOTION_METRICS)}"))
+        return issues
+    return issues + _metric_issues(config)
+
+
+def _metric_issues(config) -> list[ConfigIssue]:
+    """The metric exists on every registered step's evaluation set, and the direction is the metric's own."""
+    issues = []
+    for name in registered_steps(config):
+        if name not in set(text_to_image_steps(config.resolved_steps())):
+            continue  # reported above
+        metric, direction = promotion_metric(config, name)
+        dataset = evaluation_dataset(config, name)
+        if metric in SHAPES_ONLY and config.training.pipeline.datasets[dataset].type != "shapes":
+            issues.append(ConfigIssue("promotion.metric", f"{metric} is measured on `shapes` datasets only; the "
+                                                          f"evaluation set of step {name!r} is {dataset!r}: use "
+                                                          f"{FALLBACK_METRIC}"))
+        if direction != PROMOTION_METRICS[metric]:
+            better = "higher" if PROMOTION_METRICS[metric] == "maximize" else "lower"
+            issues.append(ConfigIssue("promotion.direction", f"{metric} is better when {better}; direction "
+                                                             f"{direction} would promote worse models"))
+    return list(dict.fromkeys(issues))
+
+
+def describe_release(config) -> str | None:
+    """One line for the pipeline summary: what is registered and when it becomes the champion; None when nothing
+    is registered."""
+    steps = registered_steps(config)
+    if not steps:
+        return None
+    line = f"{config.tracking.model_name} (step{'s' if len(steps) > 1 else ''} {', '.join(steps)})"
+    promotion = config.promotion
+    if not promotion.enabled:
+        return line + f"; promotion off, the '{promotion.alias}' alias is never moved"
+    metric, direction = promotion_metric(config, steps[0])
+    better = "higher" if direction == "maximize" else "lower"
+    return (line + f"; a new version becomes '{promotion.alias}' when its {metric} is {better} by more than "
+                   f"{promotion.min_improvement:g}")

@@ -1,0 +1,55 @@
+"""Evaluation of a finished text-to-image checkpoint on a pipeline's held-out data: how a new model version and the
+current champion are compared (flows/promotion.py), both measured here with the same images, captions and seeds.
+
+    metrics = evaluate_checkpoint("outputs/run/checkpoints/flow/final.pt", config, "shapes", seeds=[0, 1])
+
+The weights are the ones `fluxflow-generate` uses (EMA where the checkpoint has them: sampling/generate.py), the
+metrics those of a flow step's evaluation (evaluate.flow_metrics), named as in MLflow (`eval_fd_ours_cfg`, ...) and
+averaged over the seeds. The images are generated at the evaluation data's size, so checkpoints trained at another
+size are measured on the same footing (or refused, when their model cannot make that size).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fluxflow.data import build_dataset
+from fluxflow.evaluation.evaluate import EVAL_SAMPLER_STEPS, MAX_EVAL_IMAGES, flow_metrics
+from fluxflow.evaluation.frechet import feature_net_for, first_items
+from fluxflow.runtime.device import resolve_device
+from fluxflow.sampling.generate import GenerationError, load_text_to_image
+
+
+def evaluate_checkpoint(checkpoint: str | Path, config, dataset: str, *, seeds: list[int] = (0,),
+                        n_images: int = MAX_EVAL_IMAGES, sampler_steps: int = EVAL_SAMPLER_STEPS,
+                        device: str | None = None, cache_dir: str | Path | None = None) -> dict[str, float]:
+    """`eval_*` metrics of `checkpoint` on the first `n_images` of the held-out split of `config`'s `dataset`, each
+    the mean over `seeds`. `cache_dir` holds the fd_ours feature network (default: the pipeline's eval_cache/, where
+    the flow step's own evaluation already trained it)."""
+    target = resolve_device(device or config.training.device)
+    model = load_text_to_image(checkpoint, config.model, config.data.img_size, str(target))
+    size, cfg = config.data.img_size, model.model_config
+    if size % (cfg.downscale * cfg.patch_size):
+        raise GenerationError(f"checkpoint {checkpoint} cannot make {size}x{size} images (its model needs a multiple "
+                              f"of {cfg.downscale * cfg.patch_size}): it is not comparable on this evaluation set")
+    ds_cfg = config.training.pipeline.datasets[dataset]
+    channels = config.data.channels
+    images, captions = first_items(build_dataset(ds_cfg, size, channels, "holdout"), n_images)
+    if not captions:
+        raise ValueError(f"dataset {dataset!r} has no held-out images (holdout: 0): nothing to evaluate on")
+    images = images.to(target)
+    net = None
+    if images.shape[0] >= 2:
+        cache = Path(cache_dir) if cache_dir else Path(config.output.output_path) / "eval_cache"
+        net = feature_net_for(build_dataset(ds_cfg, size, channels, "train"), ds_cfg, size, channels, cache)
+    totals: dict[str, float] = {}
+    for seed in seeds:
+        sample = dict(latent_size=size // cfg.downscale, steps=sampler_steps, seed=seed,
+                      spade=model.spade)
+        with torch.random.fork_rng(devices=[target] if target.type == "cuda" else []), torch.no_grad():
+            found = flow_metrics(model.models, images, captions, model.latent_norm, sample, net,
+                                 shapes=ds_cfg.type == "shapes")
+        for key, value in found.items():
+            totals[key] = totals.get(key, 0.0) + value
+    return {f"eval_{key}": value / len(seeds) for key, value in totals.items()}

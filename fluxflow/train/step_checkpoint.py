@@ -1,0 +1,28 @@
+"""What a step's `latest.pt` holds: the original tool's checkpoint layout, plus what an exact resume needs."""
+from __future__ import annotations
+
+from fluxflow.checkpoints.rng_state import capture_rng_state
+
+
+def checkpoint_state(run, completed: bool = False) -> dict:
+    """The checkpoint of a `StepRun` at its position: enough to resume exactly, and for fluxflow-generate on its
+    own (the model sizes travel with the weights)."""
+    t, pos, step, config = run.trainer, run.position, run.step, run.config
+    latent_norm = t.ctx.latent_norm
+    return {
+        "epoch": pos.start_epoch + pos.epoch, "global_step": pos.global_step,
+        "models": {n: m.state_dict() for n, m in t.models.items()},
+        "optimizers": {g: o.state_dict() for g, o in t.optimizers.items()},
+        "schedulers": {g: s.state_dict() for g, s in t.schedulers.items()},
+        "ema": {n: e.state_dict() for n, e in t.emas.items()},
+        "latent_norm": {k: v.cpu() for k, v in latent_norm.items()} if latent_norm else None,
+        "model_config": config.model.model_dump(mode="json"),
+        "data": config.data.model_dump(mode="json"),
+        "pipeline_metadata": {
+            "current_step": step.index, "current_step_name": step.name, "step_start_epoch": pos.start_epoch,
+            "current_step_epoch": pos.epoch, "batch": pos.batch, "step_metrics": run.history,
+            "step_key": run.files.key, "step_config": step.model_dump(mode="json"),
+            "seed": config.training.seed, "rng": capture_rng_state(),
+            "monitor": run.monitor.state_dict(), "completed": completed, "outcome": run.outcome,
+        },
+    }

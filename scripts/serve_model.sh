@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# `make serve-model`: a registered model over REST on http://127.0.0.1:5001, by default the champion of the
+# quickstart's model, with `mlflow models serve` in this checkout's environment (--env-manager local: nothing is
+# installed or downloaded), started in the background. Ask it for an image:
+#   curl -s -X POST http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' \
+#     -d '{"dataframe_split": {"columns": ["prompt"], "data": [["a red circle"]]}, "params": {"seed": 0}}'
+# Environment (all optional, besides those of _service.sh):
+#   FLUXFLOW_MODEL_URI    the model to serve          (default: models:/fluxflow-quickstart@champion)
+#   FLUXFLOW_SERVE_PORT   its port on 127.0.0.1        (default: 5001)
+#   MLFLOW_TRACKING_URI   the store that holds it      (default: $FLUXFLOW_MLFLOW_STORE, else sqlite:///mlflow.db here)
+set -euo pipefail
+source "$(dirname "$0")/_service.sh"
+cd "$REPO_ROOT"
+
+export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-${FLUXFLOW_MLFLOW_STORE:-sqlite:///mlflow.db}}"
+# `mlflow models serve` starts `uvicorn` by name: this environment's must be the one found.
+export PATH="$VENV_BIN:$PATH"
+MODEL_URI="${FLUXFLOW_MODEL_URI:-models:/fluxflow-quickstart@champion}"
+SERVE_PORT="${FLUXFLOW_SERVE_PORT:-5001}"
+
+start_service model-server "$VENV_BIN/mlflow" models serve -m "$MODEL_URI" --env-manager local \
+    --host 127.0.0.1 --port "$SERVE_PORT"
+wait_http model-server "http://127.0.0.1:$SERVE_PORT/ping" 180
+echo "Model $MODEL_URI (store: $MLFLOW_TRACKING_URI): POST http://127.0.0.1:$SERVE_PORT/invocations"
+stop_hint model-server

@@ -1,0 +1,186 @@
+"""Checkpoint writes and reads under faults: a torn latest.pt, a full disk, a write that loses its tail, a pickle
+that would run code. The runs that resume through these are in tests/test_runner_resume.py and
+tests/test_step_faults.py."""
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+import torch
+
+from fluxflow.checkpoints import io as ckpt
+from fluxflow.checkpoints.io import CheckpointError, load_checkpoint, sha256_file
+from fluxflow.checkpoints.latest import load_latest, previous_of, save_latest
+from fluxflow.runtime.errors import DataError, DiskFullError, is_retryable
+
+
+def state(step: int) -> dict:
+    return {"global_step": step, "models": {"m": {"w": torch.full((64, 64), float(step))}}}
+
+
+def tear(path) -> None:
+    """Cut a file to half its size, as a filesystem without atomic rename can leave it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_save_keeps_the_checkpoint_it_replaces_as_latest_prev(tmp_path):
+    latest = tmp_path / "latest.pt"
+    save_latest(state(1), latest)
+    assert not previous_of(latest).exists()
+    save_latest(state(2), latest)
+    assert previous_of(latest).name == "latest.prev.pt"
+    assert load_checkpoint(latest)["global_step"] == 2
+    assert load_checkpoint(previous_of(latest))["global_step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.prev.pt", "latest.pt"]
+
+
+def test_a_torn_latest_falls_back_to_the_previous_one_saying_so(tmp_path):
+    latest = tmp_path / "latest.pt"
+    save_latest(state(1), latest)
+    save_latest(state(2), latest)
+    tear(latest)
+    said: list[str] = []
+    assert load_latest(latest, say=said.append)["global_step"] == 1
+    assert len(said) == 1
+    assert "latest.pt cannot be used" in said[0] and str(previous_of(latest)) in said[0]
+    assert "truncated" in said[0]
+
+
+def test_a_torn_latest_is_replaced_not_kept_as_the_previous_one(tmp_path):
+    latest = tmp_path / "latest.pt"
+    save_latest(state(1), latest)
+    save_latest(state(2), latest)
+    tear(latest)
+    save_latest(state(3), latest)  # the good step-1 checkpoint stays the fallback
+    assert load_checkpoint(previous_of(latest))["global_step"] == 1
+
+
+def test_when_neither_checkpoint_can_be_read_one_line_names_both_and_what_to_do(tmp_path):
+    latest = tmp_path / "latest.pt"
+    save_latest(state(1), latest)
+    save_latest(state(2), latest)
+    tear(latest)
+    tear(previous_of(latest))
+    with pytest.raises(CheckpointError) as err:
+        load_latest(latest, say=lambda line: None)
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(latest) in message and str(previous_of(latest)) in message
+    assert "to train this step again from its start" in message
+    assert not is_retryable(err.value)
+
+
+def test_no_checkpoint_at_all_is_a_fresh_start(tmp_path):
+    assert load_latest(tmp_path / "latest.pt") is None
+
+
+def full_disk_after(n_bytes: int):
+    """A temp-file opener whose writes fail with ENOSPC once `n_bytes` were written, as on a filling disk."""
+
+    class FillingFile:
+        def __init__(self, fd):
+            self.file, self.left = os.fdopen(fd, "wb"), n_bytes
+
+        def write(self, data):
+            if len(data) > self.left:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.left -= len(data)
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    return FillingFile
+
+
+def test_a_full_disk_during_a_save_is_one_line_naming_the_file_and_the_previous_stays(tmp_path, monkeypatch):
+    latest = tmp_path / "latest.pt"
+    save_latest(state(1), latest)
+    good = sha256_file(latest)
+    monkeypatch.setattr(ckpt, "_open_temp", full_disk_after(1000))
+    with pytest.raises(DiskFullError) as err:
+        save_latest(state(2), latest)
+    message = str(err.value)
+    assert message == (f"cannot write {latest}: the disk is full (No space left on device on the filesystem of "
+                       f"{tmp_path}); the previous file is intact: free space there, then run the same command again")
+    assert "enforce fail" not in message
+    assert not is_retryable(err.value)
+    assert sha256_file(latest) == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt"]  # no temp file, nothing rotated
+
+
+def test_a_write_that_loses_its_tail_is_caught_before_it_replaces_anything(tmp_path, monkeypatch):
+    latest = tmp_path / "latest.pt"
+    save_latest(state(1), latest)
+    good = sha256_file(latest)
+
+    def short_file(fd):  # reports every byte as written but keeps only the first 2 KiB
+        file = os.fdopen(fd, "wb")
+        real_write, kept = file.write, [0]
+
+        def write(data):
+            room = max(0, 2048 - kept[0])
+            kept[0] += min(room, len(data))
+            real_write(bytes(data[:room]))
+            return len(data)
+
+        file.write = write
+        return file
+
+    monkeypatch.setattr(ckpt, "_open_temp", short_file)
+    with pytest.raises(CheckpointError, match="could not write checkpoint .*latest.pt"):
+        save_latest(state(2), latest)
+    assert sha256_file(latest) == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt"]
+
+
+class RunsCode:
+    """A `__reduce__` payload: unpickling it calls a function (here: creates a file)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_pickle_that_would_run_code_is_refused_with_the_projects_message_and_never_runs(tmp_path):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"models": {}, "payload": RunsCode(marker)}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {path} refused: contains Python objects that would run code when loaded")
+    assert "posix.mkdir" in message  # names the object
+    assert "corrupt" not in message and "weights_only" not in message
+    assert not marker.exists()
+    assert not is_retryable(err.value)
+
+
+@pytest.mark.parametrize("error, retryable", [
+    (RuntimeError("a bug, or a lost worker"), True),
+    (ConnectionError("tracking server unreachable"), True),
+    (OSError(errno.ENOSPC, "No space left on device"), False),
+    (DataError("fewer items than one batch"), False),
+    (CheckpointError("refused"), False),
+])
+def test_which_failures_a_retry_could_fix(error, retryable):
+    assert is_retryable(error) is retryable
+    wrapped = RuntimeError("step x failed")
+    wrapped.__cause__ = error
+    assert is_retryable(wrapped) is retryable  # a PipelineFailed wraps the step's error
+
+
+def test_a_config_error_is_not_retryable():
+    from fluxflow.config import ConfigError, ConfigIssue
+
+    assert not is_retryable(ConfigError([ConfigIssue("x", "wrong")]))

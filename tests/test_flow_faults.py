@@ -1,0 +1,66 @@
+"""Which step failures Prefect retries (flows/fault_policy.py): not a full disk, which would only fill again; yes a
+transient error (a tracking server that did not answer once). Real flow runs on the session's Prefect test API."""
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+from test_flow_pipeline import config, run_flow, task_runs
+
+pytestmark = pytest.mark.slow
+
+STEPS = [{"name": "warm", "n_epochs": 1, "max_steps": 3, "train_vae": True}]
+
+
+@pytest.fixture(autouse=True)
+def _prefect(prefect_api):
+    """Every test here talks to the session's Prefect test API."""
+
+
+def test_a_full_disk_is_attempted_once_not_retried(tmp_path, mlflow_store, monkeypatch):
+    from fluxflow.checkpoints import io as ckpt
+
+    def full_disk(fd):
+        os.close(fd)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ckpt, "_open_temp", full_disk)
+    state, flow_run_id = run_flow(config(tmp_path, "disk-full", STEPS, retries=2, no_samples=True))
+    assert state.is_failed()
+    assert "the disk is full" in state.message
+    warm = task_runs(flow_run_id)["warm"]
+    assert warm.state.is_failed() and warm.run_count == 1
+
+
+class FailsOnceLikeATrackingServer:
+    """Wraps the step's tracker: its second metrics call raises ConnectionError once, as a tracking server that did
+    not answer; then it behaves."""
+
+    raised = False
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def log_metrics(self, metrics, progress):
+        self.calls += 1
+        if self.calls == 2 and not FailsOnceLikeATrackingServer.raised:
+            FailsOnceLikeATrackingServer.raised = True
+            raise ConnectionError("tracking server at http://127.0.0.1:5000 did not answer")
+        self.inner.log_metrics(metrics, progress)
+
+
+def test_a_transient_error_is_retried_and_the_step_completes(tmp_path, mlflow_store, monkeypatch):
+    from flows import step_task
+
+    real_make_tracker = step_task.make_tracker
+    monkeypatch.setattr(step_task, "make_tracker", lambda cfg, target: (
+        lambda pair: (FailsOnceLikeATrackingServer(pair[0]), pair[1]))(real_make_tracker(cfg, target)))
+    FailsOnceLikeATrackingServer.raised = False
+    state, flow_run_id = run_flow(config(tmp_path, "transient", STEPS, retries=2, no_samples=True))
+    assert FailsOnceLikeATrackingServer.raised
+    assert state.is_completed(), state.message
+    assert task_runs(flow_run_id)["warm"].run_count == 2

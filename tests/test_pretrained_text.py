@@ -1,0 +1,136 @@
+"""A pretrained frozen text encoder (`model.text_encoder: {type: pretrained, path}`): validated without torch or
+transformers, loaded offline from a local directory, frozen, out of checkpoints, and trained through by a flow step
+whose checkpoint fluxflow-generate uses on its own."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from helpers_tiny import TINY_MODEL, VAE_STEP, one_torch_thread, tiny_config, tiny_raw
+from pretrained_fixture import tiny_clip_dir, write_stub_pretrained
+
+from fluxflow.config import ConfigError, load_config
+
+__all__ = ["one_torch_thread", "tiny_clip_dir"]
+
+FLOW_STEP = {"name": "flow", "n_epochs": 1, "max_steps": 2, "train_diff": True, "cfg_dropout": 0.5}
+
+
+def pretrained_model(path, **sizes) -> dict:
+    model = {k: v for k, v in TINY_MODEL.items() if k != "text_embedding_dim"}
+    return dict(model, text_encoder={"type": "pretrained", "path": str(path)}, **sizes)
+
+
+def issues_of(raw: dict) -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(raw)
+    return {issue.path: issue.message for issue in info.value.issues}
+
+
+def test_a_missing_directory_is_a_validation_error_without_torch_or_transformers(tmp_path):
+    missing = tmp_path / "no-such-encoder"
+    raw = tiny_raw(tmp_path, [FLOW_STEP], model=pretrained_model(missing))
+    code = ("import json, sys, time; from fluxflow.config import ConfigError, load_config\n"
+            f"raw = json.loads({json.dumps(json.dumps(raw))}); start = time.perf_counter()\n"
+            "try:\n    load_config(raw); issues = []\n"
+            "except ConfigError as e:\n    issues = [[i.path, i.message] for i in e.issues]\n"
+            "print(json.dumps({'issues': issues, 'seconds': time.perf_counter() - start,\n"
+            "                  'imported': [m for m in ('torch', 'transformers') if m in sys.modules]}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [path for path, _ in out["issues"]] == ["model.text_encoder.path"]
+    assert str(missing) in out["issues"][0][1] and "not found" in out["issues"][0][1]
+    assert out["imported"] == [] and out["seconds"] < 1.0
+
+
+@pytest.mark.parametrize("damage,expected", [
+    ("no_config", "no config.json"), ("bert", "model_type 'bert' is not a supported text encoder"),
+    ("no_tokenizer", "no tokenizer"), ("no_weights", "no weights")])
+def test_unusable_directory_contents_name_the_field_and_the_path(tmp_path, damage, expected):
+    directory = write_stub_pretrained(tmp_path / "enc", model_type="bert" if damage == "bert" else "clip_text_model")
+    removed = {"no_config": "config.json", "no_tokenizer": "tokenizer.json", "no_weights": "model.safetensors"}
+    if damage in removed:
+        (directory / removed[damage]).unlink()
+    issues = issues_of(tiny_raw(tmp_path, [FLOW_STEP], model=pretrained_model(directory)))
+    assert list(issues) == ["model.text_encoder.path"]
+    assert expected in issues["model.text_encoder.path"] and str(directory) in issues["model.text_encoder.path"]
+
+
+def test_the_text_width_is_derived_from_the_encoder_and_must_fit(tmp_path):
+    directory = write_stub_pretrained(tmp_path / "enc", width=48, max_positions=40)
+    config = tiny_config(tmp_path, [FLOW_STEP], model=pretrained_model(directory))
+    assert config.model.text_embedding_dim == 48
+    assert config.model.model_dump()["text_encoder"] == {"type": "pretrained", "path": str(directory)}
+    issues = issues_of(tiny_raw(tmp_path, [FLOW_STEP], model=pretrained_model(directory, text_embedding_dim=64,
+                                                                                text_max_len=41)))
+    assert "width 48" in issues["model.text_embedding_dim"]
+    assert "40 positions" in issues["model.text_max_len"]
+
+
+def test_a_pretrained_encoder_stays_frozen(tmp_path):
+    directory = write_stub_pretrained(tmp_path / "enc", width=32)
+    steps = [dict(FLOW_STEP, train_diff=False, train_diff_full=True),
+             dict(FLOW_STEP, name="b", unfreeze=["text_encoder"])]
+    issues = issues_of(tiny_raw(tmp_path, steps, model=pretrained_model(directory)))
+    assert set(issues) == {"training.pipeline.steps[0].train_diff_full", "training.pipeline.steps[1].unfreeze[0]"}
+    assert all("stays frozen" in message for message in issues.values())
+
+
+def test_the_byte_encoder_stays_the_default_and_out_of_the_dumps(tmp_path):
+    plain = tiny_config(tmp_path, [VAE_STEP])
+    explicit = tiny_config(tmp_path, [VAE_STEP], model=dict(TINY_MODEL, text_encoder={"type": "byte"}))
+    assert plain.model.text_encoder.type == "byte"
+    assert "text_encoder" not in plain.model.model_dump()  # step keys of existing configs do not change
+    assert explicit.model.model_dump() == plain.model.model_dump()
+    issues = issues_of(tiny_raw(tmp_path, [VAE_STEP], model=dict(TINY_MODEL, text_encoder={"type": "byte",
+                                                                                            "path": "x"})))
+    assert list(issues) == ["model.text_encoder.path"]
+
+
+@pytest.mark.slow  # imports transformers (~4 s)
+def test_the_pretrained_encoder_loads_offline_frozen_and_out_of_state_dicts(tiny_clip_dir):
+    import torch
+
+    from fluxflow.models import PretrainedTextEncoder, build_component
+
+    config = tiny_config("unused", [FLOW_STEP], model=pretrained_model(tiny_clip_dir))
+    encoder = build_component("text_encoder", config.model, 3)
+    assert isinstance(encoder, PretrainedTextEncoder)
+    ids, mask = encoder.tokenize(["a red circle", "a blue square on a gray background", ""])
+    assert ids.shape == mask.shape == (3, config.model.text_max_len) and mask.dtype == torch.bool
+    assert mask.sum(1).tolist() == [5, 9, 2]  # <s> words </s>; the empty caption keeps <s> </s>
+    tokens, pooled = encoder(ids, mask)
+    assert tokens.shape == (3, config.model.text_max_len, 32) and pooled.shape == (3, 32)
+    assert torch.all(tokens[~mask] == 0) and torch.isfinite(tokens).all()
+    assert not any(p.requires_grad for p in encoder.parameters())
+    encoder.train()
+    assert not encoder.training and not encoder.model.training  # dropout never switches on
+    assert encoder.state_dict() == {}
+    byte_weights = build_component("text_encoder", tiny_config("unused").model, 3).state_dict()
+    with pytest.raises(ValueError, match="pretrained one"):
+        encoder.load_state_dict(byte_weights)
+
+
+@pytest.mark.slow
+def test_a_flow_step_trains_with_it_and_generate_uses_the_checkpoint_alone(tmp_path, tiny_clip_dir):
+    import torch
+
+    from fluxflow.checkpoints.io import load_checkpoint
+    from fluxflow.sampling.generate import generate, load_text_to_image
+    from fluxflow.train.pipeline import run_pipeline
+
+    config = tiny_config(tmp_path / "out", [VAE_STEP, FLOW_STEP], model=pretrained_model(tiny_clip_dir),
+                         no_samples=True)
+    outcomes = run_pipeline(config)
+    assert [o.result.outcome for o in outcomes] == ["epochs_done", "epochs_done"]
+    flow = outcomes[1].result.final_metrics
+    assert torch.isfinite(torch.tensor(flow["flow_loss"]))
+    state = load_checkpoint(outcomes[1].ref.uri)
+    assert state["model_config"]["text_encoder"] == {"type": "pretrained", "path": str(tiny_clip_dir)}
+    assert state["models"]["text_encoder"] == {} and "text_encoder" not in state["ema"]
+    assert state["models"]["flow_processor"]["proj_out.weight"].abs().sum() > 0  # zero at init: it trained
+    model = load_text_to_image(outcomes[1].ref.uri)  # no config: the checkpoint names the encoder's directory
+    image = generate(model, "a red circle", seed=0, steps=2)
+    assert image.shape == (3, 16, 16) and torch.isfinite(image).all()

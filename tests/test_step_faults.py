@@ -1,0 +1,151 @@
+"""Faults injected into real pipeline runs (`run_pipeline`, no orchestrator): a disk that fills up during a checkpoint
+save, and a folder dataset with undecodable images and a caption line in Latin-1."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import os
+
+import pytest
+import torch
+from helpers_tiny import load_weights, one_torch_thread, tiny_config, tiny_raw
+from PIL import Image
+
+from fluxflow.checkpoints import io as ckpt
+from fluxflow.checkpoints.io import sha256_file
+from fluxflow.config import load_config
+from fluxflow.data.folder import holdout_names
+from fluxflow.runtime.errors import DiskFullError
+from fluxflow.train.pipeline import run_pipeline
+from fluxflow.train.pipeline_schedule import PipelineFailed
+from fluxflow.train.tracking import ConsoleJsonlTracker
+
+__all__ = ["one_torch_thread"]
+
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
+
+STEP = {"name": "warm", "n_epochs": 1, "max_steps": 4, "train_vae": True}
+
+
+def disk_full_from_open(n: int):
+    """A temp-file opener for fluxflow/checkpoints/io.py whose n-th file (counting from 1) fills the disk after 1 KiB:
+    writes then fail with ENOSPC, as on a real full filesystem."""
+    opened = [0]
+
+    def open_temp(fd: int):
+        opened[0] += 1
+        file = os.fdopen(fd, "wb")
+        if opened[0] == n:
+            real_write, room = file.write, [1024]
+
+            def write(data):
+                if len(data) > room[0]:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                room[0] -= len(data)
+                return real_write(data)
+
+            file.write = write
+        return file
+
+    return open_temp
+
+
+def test_a_full_disk_during_a_checkpoint_save_is_one_clear_line_and_the_same_command_then_completes(
+        tmp_path, monkeypatch, caplog):
+    out = tmp_path / "out"
+    config = lambda: tiny_config(out, [STEP], checkpoint_save_interval=1, no_samples=True)  # noqa: E731
+    latest = out / "checkpoints" / "warm" / "latest.pt"
+    saved: list[str] = []
+    real_save = ckpt.save_checkpoint
+
+    def remember(state, path, keep_previous=None):  # the bytes of every checkpoint that reached latest.pt
+        real_save(state, path, keep_previous)
+        saved.append(sha256_file(path))
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", remember)
+    monkeypatch.setattr(ckpt, "_open_temp", disk_full_from_open(3))  # the third save (batch 3) meets a full disk
+    with pytest.raises(PipelineFailed) as err, contextlib.redirect_stdout(io.StringIO()):
+        run_pipeline(config())
+    cause = err.value.__cause__
+    assert isinstance(cause, DiskFullError)
+    assert str(cause) == (f"cannot write {latest}: the disk is full (No space left on device on the filesystem of "
+                          f"{latest.parent}); the previous file is intact: free space there, then run the same "
+                          "command again")
+    assert "inline_container" not in str(err.value)
+    failure = next(r for r in caplog.records if r.getMessage().startswith("Step warm failed"))
+    assert not failure.exc_info  # no traceback around the line
+    assert len(saved) == 2 and sha256_file(latest) == saved[-1]  # the previous checkpoint is intact
+    assert load_weights(latest)["pipeline_metadata"]["batch"] == 2
+    assert sorted(p.name for p in latest.parent.iterdir() if p.name.endswith(".tmp")) == []
+
+    monkeypatch.undo()  # space was freed
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        outcomes = run_pipeline(config())
+    assert "Resuming from checkpoint: step=0 (warm), epoch=1, batch=2" in buffer.getvalue()
+    assert outcomes[0].result.outcome == "epochs_done"
+
+
+N_IMAGES, CORRUPT = 40, 4
+
+
+def folder_with_bad_data(root, holdout: int):
+    """40 tiny PNGs; 4 of the training split are corrupt and one caption line is Latin-1."""
+    root.mkdir()
+    names = [f"img_{i:02d}.png" for i in range(N_IMAGES)]
+    held = holdout_names(names, holdout)
+    training = [n for n in names if n not in held]
+    corrupt, latin1 = training[:CORRUPT], training[CORRUPT]
+    for i, name in enumerate(names):
+        if name in corrupt:
+            (root / name).write_bytes(b"\x89PNG\r\n\x1a\n but then nothing an image decoder can read")
+        else:
+            Image.new("RGB", (20, 20), (6 * i, 255 - 6 * i, 90)).save(root / name)
+    lines = b"".join((f"{name}\ta red square, number {i}\n".encode("utf-8") if name != latin1 else
+                      f"{name}\tun carré rouge, numéro {i}\n".encode("latin-1")) for i, name in enumerate(names))
+    (root / "captions.txt").write_bytes(lines)
+    return corrupt
+
+
+class RecordingTracker(ConsoleJsonlTracker):
+    """The console + JSONL tracker, remembering every metrics call (what the MLflow tracker would log)."""
+
+    def __init__(self, out):
+        super().__init__(out)
+        self.calls: list[tuple[dict, object]] = []
+
+    def log_metrics(self, metrics, progress):
+        self.calls.append((dict(metrics), progress))
+        super().log_metrics(metrics, progress)
+
+
+def test_corrupt_images_and_a_latin1_caption_are_counted_as_skipped_samples_and_the_run_completes(tmp_path):
+    folder_with_bad_data(tmp_path / "photos", holdout=4)
+    out = tmp_path / "out"
+    raw = tiny_raw(out, [{"name": "warm", "n_epochs": 2, "train_vae": True}], no_samples=True)
+    raw["training"]["workers"] = 2  # the counts are made in DataLoader worker processes
+    raw["training"]["pipeline"]["datasets"] = {"photos": {"type": "folder", "path": str(tmp_path / "photos"),
+                                                          "captions_file": "captions.txt", "holdout": 4}}
+    raw["training"]["pipeline"]["default_dataset"] = "photos"
+    tracker = RecordingTracker(out)
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        outcomes = run_pipeline(load_config(raw).config, tracker=tracker)
+
+    expected = CORRUPT + 1  # the 4 undecodable images and the repaired caption line
+    batches = (N_IMAGES - 4) // 4
+    epoch_ends = [line for line in buffer.getvalue().splitlines() if f"| Batch {batches}/{batches} |" in line]
+    assert len(epoch_ends) == 2 and all(line.endswith(f"s/batch | skipped samples: {expected}")
+                                        for line in epoch_ends), buffer.getvalue()
+    mid_epoch = [line for line in buffer.getvalue().splitlines() if "| Batch 1/" in line]
+    assert mid_epoch and not any("skipped samples" in line for line in mid_epoch)
+
+    lines = [json.loads(line) for line in (out / "graph" / "training_metrics_warm.jsonl").read_text().splitlines()]
+    at_epoch_end = [r["metrics"]["skipped_samples"] for r in lines if r["batch"] == batches and "vae_loss" in r["metrics"]]
+    assert at_epoch_end == [expected, expected]
+    tracked = [m["skipped_samples"] for m, p in tracker.calls if "skipped_samples" in m]
+    assert tracked == [expected, expected]
+    assert outcomes[0].result.final_metrics["skipped_samples"] == expected
+    assert torch.isfinite(torch.tensor(outcomes[0].result.final_metrics["vae_loss"]))

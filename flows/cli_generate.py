@@ -33,7 +33,7 @@ class ModelNotFound(Exception):
 def model_checkpoint_of(model_uri: str, tracking_uri: str | None) -> Path:
     """The local checkpoint of a registered model version (downloaded from a remote store); MLflow is imported only
     for --model."""
-    from flows.mlflow_tracker import resolve_tracking_uri
+    from flows.mlflow_runs import resolve_tracking_uri
     from flows.registry import RegistryError, model_checkpoint
 
     try:

@@ -15,7 +15,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from flows.compare import MISSING, Comparison, _unset_as_missing, table_rows
-from flows.mlflow_tracker import FINAL_PREFIX, flatten_params
+from flows.mlflow_runs import FINAL_PREFIX, flatten_params
 from flows.registry import TAG_PROMOTION, TAG_STEP, tracking_at
 
 CONFIG_FILE = "artifacts/config.json"  # the resolved config, an artifact of every version (flows/registry.py)

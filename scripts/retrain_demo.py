@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     from mlflow.tracking import MlflowClient
 
-    from flows.mlflow_tracker import resolve_tracking_uri
+    from flows.mlflow_runs import resolve_tracking_uri
 
     client = MlflowClient(resolve_tracking_uri())
     for version in sorted(client.search_model_versions(f"name = '{MODEL}'"), key=lambda v: int(v.version)):

@@ -86,7 +86,7 @@ def run_step_on_ranks(config, step_name: str, parent, nproc: int, device: str | 
     return ref, result
 
 
-def train_step(
+def run_step_task(
     config_source: str | dict,
     output_dir: str | None,
     device: str | None,
@@ -94,7 +94,8 @@ def train_step(
     parent_ref: dict | None,
     tracking: dict,
 ) -> dict[str, Any]:
-    """The task body as a plain function: the step's `StepOutcome.to_dict()`, its MLflow run filled in."""
+    """The body of `step_task` as a plain function (callable without Prefect): the step's `StepOutcome.to_dict()`,
+    its MLflow run filled in."""
     from fluxflow.train.step_run import run_step
 
     config = load_pipeline_config(config_source, output_dir)
@@ -132,16 +133,8 @@ def gpu_tag() -> str:
 
 # Results stay in memory (NO_CACHE, not persisted): resuming is the runner's job, keyed by the checkpoint files, and a
 # Prefect cache would return a stale reference after the files change. Tags and retries: `pipeline_step_task`.
-@task(name="pipeline-step", task_run_name="{step_name}", cache_policy=NO_CACHE, persist_result=False)
-def step_task(
-    config_source: str | dict,
-    output_dir: str | None,
-    device: str | None,
-    step_name: str,
-    parent_ref: dict | None,
-    tracking: dict,
-) -> dict[str, Any]:
-    return train_step(config_source, output_dir, device, step_name, parent_ref, tracking)
+step_task = task(name="pipeline-step", task_run_name="{step_name}", cache_policy=NO_CACHE,
+                 persist_result=False)(run_step_task)
 
 
 def pipeline_step_task(retries: int):

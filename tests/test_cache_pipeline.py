@@ -56,3 +56,18 @@ def test_a_flow_step_stopped_mid_epoch_resumes_from_its_cache_exactly(tmp_path, 
     a, b = load_weights(reference[1].ref.uri), load_weights(resumed[1].ref.uri)
     for part in ("models", "ema", "optimizers", "latent_norm"):
         assert_same_tensors(a[part], b[part], part)
+
+
+def test_a_cache_of_part_of_the_dataset_measures_the_latent_normalisation_on_its_own_rows(tmp_path, monkeypatch):
+    """A short flow step caches only the rows it reads: the latent-normalisation batches of epoch 0 and its own
+    epochs' batches. Measuring the normalisation must not load one batch more than it uses (that row is not cached;
+    `make demo` failed on exactly this)."""
+    import fluxflow.train.step_cache as step_cache
+    import fluxflow.train.step_run as step_run
+
+    monkeypatch.setattr(step_cache, "LATENT_NORM_IMAGES", 8)  # 2 batches of 4 out of 64 images
+    monkeypatch.setattr(step_run, "LATENT_NORM_IMAGES", 8)
+    steps = [{"name": "vae", "n_epochs": 1, "max_steps": 2, "train_vae": True},
+             {"name": "flow", "n_epochs": 1, "max_steps": 2, "train_diff": True}]
+    outcomes = run_pipeline(tiny_config(tmp_path, steps, dataset_size=64, no_samples=True))
+    assert math.isfinite(outcomes[1].result.final_metrics["flow_loss"])

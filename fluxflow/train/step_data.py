@@ -1,6 +1,7 @@
 """The data of one pipeline step: its training split, its held-out split, and how many batches make an epoch."""
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -54,7 +55,6 @@ def leading_inputs(data: StepData, batch_size: int, seed: int, n_items: int,
     flow step)."""
     n_batches = max(1, -(-n_items // batch_size))
     world = getattr(data.batch_source, "world", 1)  # a rank's webdataset part: its local batches (step_run broadcasts)
-    for i, (inputs, _) in enumerate(make_loader(data.batch_source, batch_size, 0, seed, 0, 0, world=world)):
-        if i >= n_batches:
-            break
+    loader = make_loader(data.batch_source, batch_size, 0, seed, 0, 0, world=world)
+    for inputs, _ in itertools.islice(loader, n_batches):  # stops before loading batch n_batches (not cached)
         yield inputs.to(device)

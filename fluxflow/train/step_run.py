@@ -14,6 +14,7 @@ counts batches over the whole pipeline.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -184,9 +185,9 @@ class StepRun:
                                            rank=distributed.rank(), world=self.world, reuse=self.loader)
         self.report.epoch_started()
         with batch_progress(n_batches, pos.batch, f"{step.name} epoch {pos.epoch + 1}") as bar:
-            for inputs, captions in loader:  # images, or their cached posterior means (self.data.batch_source)
-                if pos.batch >= n_batches:
-                    break
+            # islice: a step capped by max_steps stops before loading the batch after its last (a latent cache holds
+            # only the rows the step reads); `inputs` are images, or their cached posterior means.
+            for inputs, captions in itertools.islice(loader, max(0, n_batches - pos.batch)):
                 metrics = self.trainer.train_batch(inputs.to(self.device, non_blocking=True), captions,
                                                    pos.global_step, self.updates_done(), self.window())
                 self.monitor.observe(metrics)

@@ -119,12 +119,15 @@ class StepRun:
         self.monitor = TransitionMonitor(self.step.transition_on, self.step.n_epochs, device)
         self.trainer = build_trainer(config, self.step, state, device, max_epochs=self.monitor.max_epochs,
                                      updates_per_epoch=self.updates_per_epoch(), resuming=self.resuming)
-        attach_caches(config, self.step, self.data, self.trainer, self._epochs(state, meta), self.say)
+        # The pipeline epoch this step began at: its own latest.pt records it, a parent's checkpoint ends at it.
+        start_epoch = int(meta.get("step_start_epoch", 0)) if self.resuming else int((state or {}).get("epoch", 0))
+        attach_caches(config, self.step, self.data, self.trainer,
+                      range(start_epoch, start_epoch + self.monitor.max_epochs), self.say)
         self.trainer.set_latent_norm(self._latent_norm(state))
         self.history: dict = dict(meta.get("step_metrics", {}))
         self.history.setdefault(self.step.name, {})
         global_step = int((state or {}).get("global_step", 0))
-        self.position = Position(start_epoch=int((state or {}).get("epoch", 0)), global_step=global_step)
+        self.position = Position(start_epoch=start_epoch, global_step=global_step)
         # A step killed after its last epoch was saved (before final.pt) has nothing left to train.
         self.outcome: str | None = meta.get("outcome") if self.resuming and meta.get("completed") else None
         self.resumed_from = self._resume(state, meta) if self.resuming else None
@@ -137,11 +140,6 @@ class StepRun:
     def say(self, line: str) -> None:
         if self.main:  # rank 0 speaks for all ranks
             print(line, flush=True)
-
-    def _epochs(self, state: dict | None, meta: dict) -> range:
-        """The pipeline epochs this step may train, resumed or not (the rows its latent cache must hold)."""
-        first = int(meta.get("step_start_epoch", 0)) if self.resuming else int((state or {}).get("epoch", 0))
-        return range(first, first + self.monitor.max_epochs)
 
     def _latent_norm(self, state: dict | None) -> dict[str, torch.Tensor] | None:
         """The input checkpoint's latent normalisation; the first flow step measures it with the encoder it trains on
@@ -158,7 +156,6 @@ class StepRun:
     def _resume(self, state: dict, meta: dict) -> tuple[int, int]:
         """Put back what latest.pt saved beyond the weights: position, optimizers, schedulers, monitor, RNG."""
         pos = self.position
-        pos.start_epoch = int(meta.get("step_start_epoch", 0))
         pos.epoch, pos.batch = int(meta["current_step_epoch"]), int(meta["batch"])
         for group, opt in self.trainer.optimizers.items():
             opt.load_state_dict(state["optimizers"][group])
@@ -257,10 +254,7 @@ class StepRun:
 
     def save(self, completed: bool = False) -> None:
         if self.main:  # only rank 0 writes checkpoints (all ranks hold the same weights)
-            save_latest(self.state_dict(completed), self.files.latest)
-
-    def state_dict(self, completed: bool = False) -> dict:
-        return checkpoint_state(self, completed)
+            save_latest(checkpoint_state(self, completed), self.files.latest)
 
     def finish(self) -> StepOutcome:
         """Final evaluation, `final.pt` (the last latest.pt, made immutable) and the reference for the next step."""

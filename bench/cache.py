@@ -18,7 +18,6 @@ timed, over ITEMS_PER_BATCH batches' worth of items.
 """
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 import yaml
 
-from bench.common import MachineLoad, device_label, machine, print_table, write_result
+from bench.common import MachineLoad, device_label, machine, median, print_table, write_result
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 # (label, img_size, batch, step flags): the quickstart's flow step, its size and two larger ones, and train_diff.
@@ -109,10 +108,11 @@ def measure_case(label: str, img_size: int, batch: int, flags: dict, root: Path)
     for arm in arms:
         ratios = [base / own for base, own in zip(live.laps, arm.laps)]
         cpu_ratios = [base / own for base, own in zip(live.cpu_laps, arm.cpu_laps)]
+        s_per_batch = median(arm.laps)
         rows.append({"case": label, "img_size": img_size, "batch": batch, "arm": arm.name,
-                     "s_per_batch": statistics.median(arm.laps), "laps_s": arm.laps, "cpu_laps_s": arm.cpu_laps,
-                     "images_per_s": batch / statistics.median(arm.laps), "ratio": statistics.median(ratios),
-                     "round_ratios": ratios, "cpu_ratio": statistics.median(cpu_ratios),
+                     "s_per_batch": s_per_batch, "laps_s": arm.laps, "cpu_laps_s": arm.cpu_laps,
+                     "images_per_s": batch / s_per_batch, "ratio": median(ratios),
+                     "round_ratios": ratios, "cpu_ratio": median(cpu_ratios),
                      "build_s": arm.build_s, "build_items": len(arm.data.train_set)})
     return rows
 

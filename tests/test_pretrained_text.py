@@ -113,6 +113,24 @@ def test_the_pretrained_encoder_loads_offline_frozen_and_out_of_state_dicts(tiny
         encoder.load_state_dict(byte_weights)
 
 
+@pytest.mark.slow  # three CLIP directories written and loaded: ~3 s
+def test_the_cache_key_of_a_pretrained_encoder_changes_with_its_weights(tmp_path):
+    """Its state_dict is empty (the weights stay in the directory), but the text cache's key must see them: other
+    weights saved under the same directory name must not reuse a stale cache."""
+    from fluxflow.cache.fingerprint import module_sha256
+    from fluxflow.models import build_component
+    from pretrained_fixture import write_tiny_clip
+
+    def key(seed: int, where: str) -> str:
+        directory = write_tiny_clip(tmp_path / where / "encoder", seed=seed)
+        config = tiny_config("unused", [FLOW_STEP], model=pretrained_model(directory))
+        return module_sha256(build_component("text_encoder", config.model, 3))
+
+    first = key(0, "first")
+    assert key(0, "again") == first
+    assert key(1, "other") != first
+
+
 @pytest.mark.slow
 def test_a_flow_step_trains_with_it_and_generate_uses_the_checkpoint_alone(tmp_path, tiny_clip_dir):
     import torch

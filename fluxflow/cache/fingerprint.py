@@ -12,9 +12,12 @@ from torch import nn
 
 
 def module_sha256(module: nn.Module) -> str:
-    """sha256 over the module's state dict: every tensor's name, dtype, shape and bytes, in name order."""
+    """sha256 over the module's state dict: every tensor's name, dtype, shape and bytes, in name order.
+
+    torch's own `nn.Module.state_dict`, not the module's override: the pretrained text encoder leaves its weights
+    out of checkpoints (its `state_dict` is empty), but a cache of its outputs depends on them all the same."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(nn.Module.state_dict(module).items()):
         flat = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(flat.view(torch.uint8).numpy().tobytes())

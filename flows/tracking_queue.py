@@ -15,6 +15,7 @@ everything behind it.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -94,7 +95,7 @@ class TrackingQueue:
         if points is None:
             return call, None, 1
         merged, count = list(points), 1
-        for _, other, more in list(self._items)[1:]:
+        for _, other, more in itertools.islice(self._items, 1, None):  # the lock is held: no copy needed
             if other != call or more is None or len(merged) + len(more) > MAX_BATCH_POINTS:
                 break
             merged += more

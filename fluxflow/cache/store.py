@@ -76,7 +76,10 @@ class CacheStore:
     def missing(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Those of `rows` (default: all) that hold no values yet, ascending."""
         empty = ~self.filled()
-        return np.flatnonzero(empty) if rows is None else np.unique(rows)[empty[np.unique(rows)]]
+        if rows is None:
+            return np.flatnonzero(empty)
+        wanted = np.unique(rows)
+        return wanted[empty[wanted]]
 
     def array(self, name: str) -> np.ndarray:
         """The whole field, read-only and memory-mapped (opened once per process: DataLoader workers open their own)."""

@@ -58,9 +58,9 @@ class TextCache:
     """`features(captions, device)`: the cached (tokens [B, L, D], pooled [B, D], mask [B, L]) of a batch."""
 
     def __init__(self, store: CacheStore):
-        if store.missing().size:
-            raise ValueError(f"text cache {store.dir} is incomplete ({store.missing().size} of {store.rows} rows "
-                             "missing)")
+        missing = store.missing().size
+        if missing:
+            raise ValueError(f"text cache {store.dir} is incomplete ({missing} of {store.rows} rows missing)")
         self.store = store
         self.row = {caption: row for row, caption in store.captions().items()}
 

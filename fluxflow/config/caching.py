@@ -20,6 +20,10 @@ CACHE_FIELDS: tuple[str, ...] = ("cache_latents", "cache_text")
 INDEXED_DATASETS: tuple[str, ...] = ("shapes", "folder")
 
 
+# The caches' folders under cache_root: what step_cache.py builds and what --validate-pipeline names.
+LATENT_CACHE_DIR, TEXT_CACHE_DIR = "latent_cache", "text_cache"
+
+
 def cache_root(config: Any) -> Path:
     """Where latent_cache/ and text_cache/ live: `output.cache_dir`, else the output directory."""
     return Path(config.output.cache_dir or config.output.output_path)

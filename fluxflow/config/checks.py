@@ -13,7 +13,7 @@ from typing import Any
 from fluxflow.config import modes
 from fluxflow.config.errors import ConfigIssue, did_you_mean, format_path
 from fluxflow.config.optim import Optimization, optimizer_issues, scheduler_issues
-from fluxflow.config.file_checks import checkpoint_issues, frozen_pretrained_issues, lpips_issues, \
+from fluxflow.config.file_checks import STEPS, checkpoint_issues, frozen_pretrained_issues, lpips_issues, \
     text_encoder_issues
 from fluxflow.config.schema import DATASET_FIELDS, DATASET_REQUIRED, DataConfig, DatasetConfig, ModelConfig, \
     OutputConfig
@@ -23,7 +23,6 @@ from fluxflow.config.steps import MissingStepValue, ResolvedStep, StepConfig, St
 # Step and dataset names become parts of file names and MLflow keys.
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 NAME_RULE = "must be 1-64 letters, digits, '_' or '-' (it is used in file names)"
-STEPS = ("training", "pipeline", "steps")
 
 
 @dataclass

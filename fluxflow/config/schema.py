@@ -127,8 +127,6 @@ class DistributedConfig(StrictModel):
     nproc_per_node: int = Field(1, ge=1, description="processes (GPUs) per step; > 1 runs the step under torchrun")
 
 
-
-
 class TrainingConfig(StrictModel):
     batch_size: int = Field(8, ge=1)
     workers: Workers = Field("auto", description="DataLoader workers per process; auto: 0 on CPU, up to 8 on CUDA")

@@ -5,7 +5,8 @@ from collections import Counter
 from pathlib import Path
 
 from fluxflow.config import modes
-from fluxflow.config.caching import cache_root, describe_choice, latent_cache_choice, text_cache_choice
+from fluxflow.config.caching import (LATENT_CACHE_DIR, TEXT_CACHE_DIR, cache_root, describe_choice,
+                                     latent_cache_choice, text_cache_choice)
 from fluxflow.config.promotion import describe_release
 from fluxflow.config.schema import DatasetConfig, PipelineConfig
 from fluxflow.config.steps import ResolvedStep
@@ -78,8 +79,8 @@ def format_summary(config: PipelineConfig) -> str:
 def cache_lines(step: ResolvedStep, dataset_type: str, root: Path) -> list[str]:
     """The latent and text caches of a flow step (fluxflow/config/caching.py), and of any step that asks for one."""
     lines = []
-    for label, choose, field, folder in (("Latent cache", latent_cache_choice, "cache_latents", "latent_cache"),
-                                         ("Text cache", text_cache_choice, "cache_text", "text_cache")):
+    for label, choose, field, folder in (("Latent cache", latent_cache_choice, "cache_latents", LATENT_CACHE_DIR),
+                                         ("Text cache", text_cache_choice, "cache_text", TEXT_CACHE_DIR)):
         if modes.has_flow_mode(step) or getattr(step, field):
             lines.append(f"  {label}: {describe_choice(choose(step, dataset_type), root / folder)}")
     return lines

@@ -24,8 +24,6 @@ __all__ = ["build_optimizers", "make_optimizer", "optimizer_step", "trainable_pa
 _FUSED = {"AdamW", "Adam", "SGD"}
 
 
-
-
 def make_optimizer(cfg: Any, params: list[nn.Parameter] | list[dict[str, Any]],
                    default_lr: float) -> torch.optim.Optimizer:
     """`params`: parameters, or parameter groups (a group's own `weight_decay` wins over the config's). What `cfg`

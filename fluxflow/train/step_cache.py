@@ -27,7 +27,7 @@ from fluxflow.cache.latent_cache import LatentCacheDataset, build_latent_cache, 
 from fluxflow.cache.store import CacheStore
 from fluxflow.cache.text_cache import TextCache, build_text_cache, text_store
 from fluxflow.checkpoints.step_key import KEY_LENGTH, json_sha256
-from fluxflow.config.caching import cache_root, latent_cache_choice, text_cache_choice
+from fluxflow.config.caching import LATENT_CACHE_DIR, TEXT_CACHE_DIR, cache_root, latent_cache_choice, text_cache_choice
 from fluxflow.data.sampler import epoch_permutation
 from fluxflow.train.latents import LATENT_NORM_IMAGES, posterior
 from fluxflow.train.batch_step import encode_text
@@ -69,7 +69,7 @@ def latent_cache(config, step, dataset, rows: np.ndarray | None, trainer, say: C
     inputs = {"encoder": module_sha256(encoder), "precision": str(trainer.ctx.amp_dtype),
               "dataset": config.dataset_for(step).model_dump(mode="json"), "fingerprint": dataset_fingerprint(dataset),
               "img_size": config.data.img_size, "channels": config.data.channels}
-    directory = cache_root(config) / "latent_cache" / json_sha256(inputs, KEY_LENGTH)
+    directory = cache_root(config) / LATENT_CACHE_DIR / json_sha256(inputs, KEY_LENGTH)
     probe, _ = posterior(encoder, dataset[0][0][None].to(device), trainer.ctx.amp_dtype)
     store = latent_store(directory, inputs, len(dataset), tuple(probe.shape[1:]))
     _ensure(store, rows, "Latent", step, say, lambda: build_latent_cache(
@@ -82,7 +82,7 @@ def text_cache(config, step, captions: list[str], trainer, say: Callable[[str], 
     text_settings = {k: v for k, v in config.model.model_dump(mode="json").items() if k.startswith("text")}
     inputs = {"encoder": module_sha256(trainer.models["text_encoder"]), "model": text_settings,
               "precision": str(trainer.ctx.amp_dtype), "captions": json_sha256(captions, 64)}
-    directory = cache_root(config) / "text_cache" / json_sha256(inputs, KEY_LENGTH)
+    directory = cache_root(config) / TEXT_CACHE_DIR / json_sha256(inputs, KEY_LENGTH)
 
     def encode(batch: list[str]) -> dict:
         return encode_text(trainer.ctx, *trainer.tokenize(batch))._asdict()

@@ -85,8 +85,7 @@ class Trainer:
 
     def tokenize(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids, mask) of the captions on the device: the one tokenization of training and of the text cache."""
-        ids, mask = self.models["text_encoder"].tokenize(list(captions))  # the configured encoder's own tokenizer
-        return ids.to(self.ctx.device, non_blocking=True), mask.to(self.ctx.device, non_blocking=True)
+        return self.models["text_encoder"].tokenize(list(captions), self.ctx.device)  # the encoder's own tokenizer
 
     def set_latent_norm(self, latent_norm: dict[str, torch.Tensor] | None) -> None:
         """The per-channel latent shift/scale the flow step trains with (None for steps without the flow model)."""

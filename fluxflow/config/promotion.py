@@ -118,14 +118,15 @@ def promotion_issues(config) -> list[ConfigIssue]:
                                                       f"model{did_you_mean(promotion.metric, PROMOTION_METRICS)}; "
                                                       f"metrics: {', '.join(PROMOTION_METRICS)}"))
         return issues
-    return issues + _metric_issues(config)
+    return issues + _metric_issues(config, capable)
 
 
-def _metric_issues(config) -> list[ConfigIssue]:
-    """The metric exists on every registered step's evaluation set, and the direction is the metric's own."""
+def _metric_issues(config, capable: set[str]) -> list[ConfigIssue]:
+    """The metric exists on every registered step's evaluation set, and the direction is the metric's own.
+    `capable`: the steps that train a text-to-image model (the others are reported by promotion_issues)."""
     issues = []
     for name in registered_steps(config):
-        if name not in set(text_to_image_steps(config.resolved_steps())):
+        if name not in capable:
             continue  # reported above
         metric, direction = promotion_metric(config, name)
         dataset = evaluation_dataset(config, name)

@@ -81,17 +81,21 @@ def compare_runs(client: MlflowClient, runs: list) -> Comparison:
         # An interrupted or still running step is shown with its last logged values, and says so.
         labels.append(label if run.info.status == "FINISHED" else f"{label} ({run.info.status.lower()})")
     comparison = Comparison(labels=labels, run_ids=[run.info.run_id for run in runs])
-    keys = sorted({key for run in runs for key in run.data.params} - set(IDENTITY_PARAMS))
-    for key in keys:
-        # An unset option ("None") of one run and an option another run's optimizer type does not have are the same
-        # thing, not a difference.
-        values = [_unset_as_missing(run.data.params.get(key, MISSING)) for run in runs]
+    fill_comparison(comparison, [run.data.params for run in runs], [final_metrics(run) for run in runs],
+                    IDENTITY_PARAMS)
+    return comparison
+
+
+def fill_comparison(comparison: Comparison, configs: list[dict], finals: list[dict], ignore) -> None:
+    """Add to `comparison` the config keys (but `ignore`) whose values differ between the columns, and every final
+    metric. An unset option ("None") of one column and an option another column's optimizer type does not have
+    are the same thing, not a difference."""
+    for key in sorted({key for config in configs for key in config} - set(ignore)):
+        values = [_unset_as_missing(config.get(key, MISSING)) for config in configs]
         if len(set(values)) > 1:
             comparison.config[key] = values
-    finals = [final_metrics(run) for run in runs]
     for key in sorted({key for metrics in finals for key in metrics}):
         comparison.metrics[key] = [metrics.get(key) for metrics in finals]
-    return comparison
 
 
 def _cell(value) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from flows.compare import MISSING, Comparison, _unset_as_missing, table_rows
+from flows.compare import MISSING, Comparison, fill_comparison, table_rows
 from flows.mlflow_runs import FINAL_PREFIX, flatten_params
 from flows.registry import TAG_PROMOTION, TAG_STEP, tracking_at
 
@@ -75,14 +75,8 @@ def compare_versions(client: MlflowClient, name: str, alias: str = "champion") -
     holder = str(client.get_registered_model(name).aliases.get(alias, ""))  # search results carry no aliases
     labels = [f"v{v.version}" + (f" ({alias})" if str(v.version) == holder else "") for v in versions]
     comparison = Comparison(labels=labels, run_ids=[v.run_id for v in versions])
-    configs = [version_config(client, name, v) for v in versions]
-    for key in sorted({key for config in configs for key in config} - set(NOT_DIFFERENCES)):
-        values = [_unset_as_missing(config.get(key, MISSING)) for config in configs]
-        if len(set(values)) > 1:
-            comparison.config[key] = values
-    finals = [version_metrics(client, v) for v in versions]
-    for key in sorted({key for metrics in finals for key in metrics}):
-        comparison.metrics[key] = [metrics.get(key) for metrics in finals]
+    fill_comparison(comparison, [version_config(client, name, v) for v in versions],
+                    [version_metrics(client, v) for v in versions], NOT_DIFFERENCES)
     return comparison, info_rows(versions)
 
 

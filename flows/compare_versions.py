@@ -16,15 +16,11 @@ from mlflow.tracking import MlflowClient
 
 from flows.compare import MISSING, Comparison, fill_comparison, table_rows
 from flows.mlflow_runs import FINAL_PREFIX, flatten_params
-from flows.registry import TAG_PROMOTION, TAG_STEP, tracking_at
+from flows.registry import TAG_PROMOTION, TAG_STEP, tracking_at, version_by_alias, versions_of
 
 CONFIG_FILE = "artifacts/config.json"  # the resolved config, an artifact of every version (flows/registry.py)
 # Differences that every pair of nights has and that say nothing about the model.
 NOT_DIFFERENCES = ("output.output_path",)
-
-
-def versions_of(client: MlflowClient, name: str) -> list:
-    return sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
 
 
 def _model_id(version) -> str | None:
@@ -72,7 +68,8 @@ def info_rows(versions: list) -> list[list[str]]:
 def compare_versions(client: MlflowClient, name: str, alias: str = "champion") -> tuple[Comparison, list[list[str]]]:
     """(the comparison of every version of `name`, the rows about their origin and promotion)."""
     versions = versions_of(client, name)
-    holder = str(client.get_registered_model(name).aliases.get(alias, ""))  # search results carry no aliases
+    champion = version_by_alias(client, name, alias)  # search results carry no aliases
+    holder = str(champion.version) if champion is not None else ""
     labels = [f"v{v.version}" + (f" ({alias})" if str(v.version) == holder else "") for v in versions]
     comparison = Comparison(labels=labels, run_ids=[v.run_id for v in versions])
     fill_comparison(comparison, [version_config(client, name, v) for v in versions],

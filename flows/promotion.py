@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import artifact_key
 from flows.registry import (TAG_PROMOTION, TAG_STEP, model_checkpoint, register_step, version_by_alias,
-                            versions_of_output)
+                            versions_of)
 from flows.step_task import TrackingTarget, gpu_tag, load_pipeline_config
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.config.promotion import evaluation_dataset, promotion_metric, registered_steps
@@ -201,7 +201,7 @@ def release_lines(client: MlflowClient, config, output_dir: str) -> list[str]:
     name, alias = config.tracking.model_name, config.promotion.alias
     lines = [f"Model:       {name} version {v.version} (step {v.tags.get(TAG_STEP)}): "
              f"{v.tags.get(TAG_PROMOTION + 'decision', 'registered')}"
-             for v in versions_of_output(client, name, output_dir)]
+             for v in versions_of(client, name, output_dir)]
     holder = version_by_alias(client, name, alias)
     if holder is not None:
         lines.append(f"Champion:    models:/{name}@{alias} is version {holder.version}")

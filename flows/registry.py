@@ -83,10 +83,12 @@ def find_version(client: MlflowClient, name: str, sha256: str):
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
-def versions_of_output(client: MlflowClient, name: str, output_dir: str) -> list:
-    """The versions of `name` registered from a pipeline that wrote to `output_dir`, oldest first ([] when the model
-    does not exist)."""
-    where = f"name = {_quoted(name)} and tags.`fluxflow.output_dir` = {_quoted(output_dir)}"
+def versions_of(client: MlflowClient, name: str, output_dir: str | None = None) -> list:
+    """The versions of `name`, oldest first ([] when the model does not exist); with `output_dir`, only those
+    registered from a pipeline that wrote to it."""
+    where = f"name = {_quoted(name)}"
+    if output_dir is not None:
+        where += f" and tags.`fluxflow.output_dir` = {_quoted(output_dir)}"
     found = client.search_model_versions(where)
     return sorted(found, key=lambda v: int(v.version))
 

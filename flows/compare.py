@@ -1,4 +1,4 @@
-"""`fluxflow-compare`: the hypotheses of an MLflow experiment side by side.
+"""The hypotheses of an MLflow experiment side by side (the library of `fluxflow-compare`, flows/cli_compare.py).
 
 A hypothesis is a leaf step of a pipeline (nothing starts from it), e.g. `spade_off` and `spade_on` trained from the
 same warm-up. For every leaf step run (the newest run per pipeline and step name) this prints the configuration values
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from flows import env  # noqa: F401  (must precede mlflow)
 
-import argparse
 import csv
 import sys
 from dataclasses import dataclass, field
@@ -168,17 +167,8 @@ def experiment_comparison(client: MlflowClient, name: str) -> tuple[Comparison, 
     return comparison, table_rows(comparison), f"{name}: final metrics of {len(runs)} hypotheses"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fluxflow-compare", description=__doc__.split("\n\n")[0])
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--experiment", help="MLflow experiment name: its hypotheses (leaf steps) side by side")
-    which.add_argument("--registered-model", metavar="NAME", help="MLflow registered model: its versions side by "
-                                                                  "side (flows/compare_versions.py)")
-    parser.add_argument("--alias", default="champion", help="the alias marked in --registered-model's columns")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
-    parser.add_argument("--output", default=".", help="folder for compare_<name>.csv/.png (default: .)")
-    args = parser.parse_args(argv)
-
+def run(args) -> int:
+    """`fluxflow-compare` once its arguments are parsed (flows/cli_compare.py): print the table, write CSV and PNG."""
     client = MlflowClient(args.tracking_uri or resolve_tracking_uri())
     if args.registered_model:
         from flows.compare_versions import model_comparison
@@ -198,7 +188,3 @@ def main(argv: list[str] | None = None) -> int:
     write_chart(comparison, out / f"{stem}.png", title)
     print(f"\nWrote {out / (stem + '.csv')} and {out / (stem + '.png')}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -179,7 +179,7 @@ def test_rerunning_a_finished_pipeline_trains_nothing_and_opens_no_step_runs(cha
 def test_branches_start_from_the_same_parent_checkpoint_and_compare_reports_both(
         tmp_path, mlflow_store_module, monkeypatch, capsys):
     import fluxflow.train.step_run
-    from flows import compare
+    from flows import cli_compare
 
     received, ran = {}, {}
     real_run_step = fluxflow.train.step_run.run_step
@@ -213,7 +213,7 @@ def test_branches_start_from_the_same_parent_checkpoint_and_compare_reports_both
     assert pipelines[0].data.tags["fluxflow.branches"] == "spade_off,spade_on"
 
     capsys.readouterr()
-    assert compare.main(["--experiment", "branches", "--output", str(tmp_path / "cmp")]) == 0
+    assert cli_compare.main(["--experiment", "branches", "--output", str(tmp_path / "cmp")]) == 0
     printed = capsys.readouterr().out
     assert "spade_off" in printed and "spade_on" in printed and "warm" not in printed.split("\n")[0]
     rows = list(csv.reader(open(tmp_path / "cmp" / "compare_branches.csv")))

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="device to train on (overrides training.device; auto = CUDA when present)")
     parser.add_argument("--quiet", action="store_true",
                         help="print only problems: no summary and no warnings about keys of the original tool")
+    parser.add_argument("--keep-server", action="store_true",
+                        help="leave the temporary Prefect server running after the run, for later runs to reuse "
+                             "(saves its start; it prints its pid; without PREFECT_API_URL set)")
     add_version_argument(parser)
     return parser
 
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         # The temporary Prefect server (unless one is configured) starts now, so that its start overlaps the imports
         # of torch, Prefect and MLflow that follow (flows/prefect_server.py).
-        server = start_temporary_server()
+        server = start_temporary_server(keep=args.keep_server)
         check_can_run(config)
     except Refused as exc:
         if server:

@@ -21,6 +21,7 @@ import atexit
 import contextlib
 import ctypes
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -32,6 +33,7 @@ import urllib.request
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+KEPT_SERVER_FILE = "fluxflow-prefect-server.json"  # beside Prefect's database: the server a run kept (--keep-server)
 _PORT_IN_USE = 3  # uvicorn's exit code when the port is taken (another process bound it since we picked it)
 # What Prefect's own temporary server sets (prefect 3.9's `SubprocessASGIServer._run_uvicorn_command`, pinned in
 # pyproject.toml): no UI, the server's services in their ephemeral configuration.
@@ -59,10 +61,14 @@ def _free_port() -> int:
 
 
 class TemporaryServer:
-    """A Prefect API server (uvicorn on 127.0.0.1, the default database under PREFECT_HOME) owned by this process."""
+    """A Prefect API server (uvicorn on 127.0.0.1, the default database under PREFECT_HOME) started by fluxflow-train:
+    stopped at the end of the run, or, when the user asks (`keep`), left running for later runs, which find it through
+    a file beside Prefect's database (`kept()`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = False) -> None:
+        self.keep = keep
         self.port = 0
+        self.pid: int | None = None
         self.process: subprocess.Popen | None = None
         self._ready = False
 
@@ -78,10 +84,26 @@ class TemporaryServer:
             [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
              "--log-level", "error", "--lifespan", "on"],
-            env={**os.environ, **_SERVER_ENV}, start_new_session=True, preexec_fn=lambda: _die_with_parent(parent),
+            env={**os.environ, **_SERVER_ENV}, start_new_session=True,
+            preexec_fn=None if self.keep else lambda: _die_with_parent(parent),
+            stdout=subprocess.DEVNULL if self.keep else None, stderr=subprocess.DEVNULL if self.keep else None,
         )
+        self.pid = self.process.pid
         atexit.register(self.stop)
         return self
+
+    @classmethod
+    def kept(cls) -> "TemporaryServer | None":
+        """The server an earlier run kept for this PREFECT_HOME, if it still answers."""
+        try:
+            found = json.loads(_kept_file().read_text())
+            server = cls(keep=True)
+            server.port, server.pid = int(found["port"]), int(found["pid"])
+            os.kill(server.pid, 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        server._ready = server._healthy()
+        return server if server._ready else None
 
     def wait_ready(self, timeout_s: float) -> str:
         """Block until the server answers its health check; returns its API URL. A taken port (another process bound
@@ -99,6 +121,9 @@ class TemporaryServer:
             self._ready = self._healthy()
             if not self._ready:
                 time.sleep(0.05)
+        if self.keep and self.process is not None:
+            _kept_file().parent.mkdir(parents=True, exist_ok=True)
+            _kept_file().write_text(json.dumps({"pid": self.pid, "port": self.port}))
         return self.api_url
 
     def _healthy(self) -> bool:
@@ -109,6 +134,13 @@ class TemporaryServer:
             return False
 
     def stop(self) -> None:
+        """At the end of the run: stop it, or say where it is kept and how to stop it."""
+        if self.keep:
+            if self.pid is not None:
+                print(f"Prefect server kept running on http://127.0.0.1:{self.port} for later runs (pid {self.pid}; "
+                      f"stop it with: kill {self.pid})", file=sys.stderr, flush=True)
+                self.pid = None
+            return
         if self.process is None:
             return
         process, self.process = self.process, None
@@ -122,20 +154,29 @@ class TemporaryServer:
                 process.wait()
 
 
+def _kept_file() -> Path:
+    return Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser() / KEPT_SERVER_FILE
+
+
 _started: TemporaryServer | None = None
 
 
-def start_temporary_server() -> TemporaryServer | None:
-    """Start the temporary server the flow will use, unless the environment names a server (PREFECT_API_URL); calling
-    it again returns the one already started. It is stopped at exit (or with `.stop()`). A server named in the Prefect
-    profile rather than the environment is only known once Prefect is imported: `api_url_for_run` then stops this one
-    unused."""
+def start_temporary_server(keep: bool = False) -> TemporaryServer | None:
+    """The server the flow will use, unless the environment names one (PREFECT_API_URL): the one an earlier run kept
+    (`keep=True` there), else a new one, stopped at exit unless `keep`. Calling it again returns the same one. A
+    server named in the Prefect profile rather than the environment is only known once Prefect is imported:
+    `api_url_for_run` then stops this one unused."""
     global _started
-    if _started is not None and _started.process is not None:
+    if _started is not None and (_started.process is not None or _started.keep):
         return _started
     if os.environ.get("PREFECT_API_URL"):
         return None
-    _started = TemporaryServer().start()
+    _started = TemporaryServer.kept()
+    if _started is not None:
+        print(f"Using the Prefect server an earlier run kept on http://127.0.0.1:{_started.port} (pid {_started.pid})",
+              file=sys.stderr, flush=True)
+        return _started
+    _started = TemporaryServer(keep).start()
     return _started
 
 

@@ -1,8 +1,9 @@
 """What `fluxflow-train` pays to start must not be bought with missing records: the temporary Prefect server started
-before the heavy imports (flows/prefect_server.py), a new MLflow store copied from a template (flows/mlflow_store.py),
+before the heavy imports or kept from an earlier run (flows/prefect_server.py), a new MLflow store copied from a template (flows/mlflow_store.py),
 no heartbeats on the temporary server. And `--help` / `--version` answer without importing torch, Prefect or MLflow."""
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -14,20 +15,22 @@ import pytest
 import yaml
 from helpers_tiny import tiny_raw
 from mlflow.tracking import MlflowClient
+from process_groups import alive, kill_all
 
 from flows.cli_version import package_version
 from flows.mlflow_store import prepare_store
+from flows.prefect_server import KEPT_SERVER_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ["warm", "gan"]
 CLIS = ["flows.cli_train", "flows.cli_generate", "flows.cli_compare"]
 
 
-def _train(config: Path, out: Path, cwd: Path, prefect_home: Path) -> str:
+def _train(config: Path, out: Path, cwd: Path, prefect_home: Path, *flags: str) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PREFECT_HOME=str(prefect_home))
     done = subprocess.run([sys.executable, "-m", "flows.cli_train", "--config", str(config), "--output-dir", str(out),
-                           "--quiet"], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+                           "--quiet", *flags], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     return output
@@ -45,9 +48,10 @@ def _prefect_records(prefect_home: Path) -> list[tuple[str, str, list[tuple[str,
 
 @pytest.mark.slow
 def test_a_run_on_the_temporary_server_records_every_flow_task_and_mlflow_run(tmp_path):
-    """Two runs in one working directory: the first makes its MLflow store (./mlflow.db, new), the second finds it.
-    Each leaves a COMPLETED flow run with one COMPLETED task run per step in Prefect's database, and an MLflow parent
-    run FINISHED with one FINISHED nested run per step, their params and metrics, linked to that flow run."""
+    """Two runs in one working directory: the first makes its MLflow store (./mlflow.db, new) and keeps its Prefect
+    server (--keep-server); the second finds both. Each leaves a COMPLETED flow run with one COMPLETED task run per
+    step in Prefect's database, and an MLflow parent run FINISHED with one FINISHED nested run per step, their params
+    and metrics, linked to that flow run."""
     steps = [{"name": "warm", "n_epochs": 1, "train_vae": True},
              {"name": "gan", "n_epochs": 1, "train_vae": True, "gan_training": True}]
     raw = tiny_raw(tmp_path / "unused", steps, dataset_size=16, no_samples=True)
@@ -56,9 +60,18 @@ def test_a_run_on_the_temporary_server_records_every_flow_task_and_mlflow_run(tm
     config.write_text(yaml.safe_dump(raw))
     prefect_home = tmp_path / "prefect-home"
     outputs = [tmp_path / "first", tmp_path / "second"]
-    for out in outputs:
-        output = _train(config, out, tmp_path, prefect_home)
-        assert "Stopping temporary server" in output
+    kept = None
+    try:
+        first = _train(config, outputs[0], tmp_path, prefect_home, "--keep-server")
+        kept = json.loads((prefect_home / KEPT_SERVER_FILE).read_text())["pid"]
+        assert f"kill {kept}" in first
+        second = _train(config, outputs[1], tmp_path, prefect_home)
+        assert "Using the Prefect server an earlier run kept on http://127.0.0.1:" in second
+        assert "Stopping temporary server" not in second
+        assert alive(kept)
+    finally:
+        if kept:
+            kill_all([kept])
 
     flow_runs = _prefect_records(prefect_home)
     assert [(state, tasks) for _, state, tasks in flow_runs] == [

@@ -220,8 +220,8 @@ def run_pipeline_flow(config_source: str | Path | dict, output_dir: str | None =
     source = str(config_source) if isinstance(config_source, Path) else config_source
     try:
         config = load_pipeline_config(source, output_dir)  # fail fast, before Prefect starts
-    except ConfigError as exc:
-        print(exc)
+    except ConfigError as exc:  # e.g. a data folder that is not there (flows/step_task.py)
+        print(f"❌ {exc}", file=sys.stderr)
         return 2
     start_temporary_server()  # unless PREFECT_API_URL names a server; stopped at exit
     state = pipeline_flow(source, output_dir, device, return_state=True)

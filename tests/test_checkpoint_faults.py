@@ -166,6 +166,51 @@ def test_a_pickle_that_would_run_code_is_refused_with_the_projects_message_and_n
     assert not is_retryable(err.value)
 
 
+def _raw_pickle(payload, path):
+    import pickle
+
+    with open(path, "wb") as f:
+        pickle.dump(payload, f, protocol=4)
+
+
+def _legacy_torch(payload, path):
+    torch.save(payload, path, _use_new_zipfile_serialization=False, pickle_protocol=4)
+
+
+@pytest.mark.parametrize("write", [_raw_pickle, _legacy_torch])
+def test_a_raw_pickle_that_would_run_code_is_named_as_such_and_never_runs(tmp_path, write):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "old.pt"
+    write({"models": {"m": {"w": torch.zeros(2)}}, "payload": RunsCode(marker)}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {path} refused: it is a raw pickle (not torch's zip format) that imports "
+                              "Python objects, so loading it could run code (posix.mkdir)")
+    assert "corrupt" not in message and "Unsupported operand" not in message and "weights_only" not in message
+    assert not marker.exists()
+    assert not is_retryable(err.value)
+
+
+def test_a_legacy_format_checkpoint_of_plain_tensors_is_named_and_told_how_to_resave(tmp_path):
+    path = tmp_path / "old.pt"
+    _legacy_torch({"models": {"m": {"w": torch.zeros(2)}}}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {path} is a raw pickle (not torch's zip format) that the safe loader "
+                              "cannot read")
+    assert message.endswith("re-save it with torch.save in torch's default (zip) format")
+
+
+def test_a_torn_zip_checkpoint_is_still_called_corrupt(tmp_path):
+    path = tmp_path / "latest.pt"
+    torch.save(state(1), path)
+    tear(path)
+    with pytest.raises(CheckpointError, match=r"is corrupt, truncated or not a torch checkpoint"):
+        load_checkpoint(path)
+
+
 @pytest.mark.parametrize("error, retryable", [
     (RuntimeError("a bug, or a lost worker"), True),
     (ConnectionError("tracking server unreachable"), True),

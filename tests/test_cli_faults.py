@@ -84,6 +84,29 @@ def test_train_refuses_a_model_checkpoint_that_would_run_code(tmp_path, prefect_
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("captions, holdout, field, says", [
+    (None, 0, "path", "image folder {folder} does not exist"),
+    ("a.png\tone\nb.png\ttwo\n", 2, "holdout",
+     "folder {folder}: holdout=2 leaves no training images (2 entries in captions.txt); lower holdout or add images"),
+])
+def test_train_with_a_missing_or_too_small_data_folder_exits_2_at_start(tmp_path, captions, holdout, field, says):
+    folder = tmp_path / "photos"
+    if captions is not None:
+        folder.mkdir()
+        (folder / "captions.txt").write_text(captions)
+    raw = tiny_raw(tmp_path / "out", STEPS, no_samples=True)
+    raw["training"]["pipeline"]["datasets"] = {"photos": {"type": "folder", "path": str(folder),
+                                                          "captions_file": "captions.txt", "holdout": holdout}}
+    raw["training"]["pipeline"]["default_dataset"] = "photos"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    code, output = run_cli("flows.cli_train", "--config", str(tmp_path / "config.yaml"), "--quiet", cwd=tmp_path)
+    assert code == 2, output
+    assert the_one_line(output) == f"❌ 1 problem in {tmp_path / 'config.yaml'}:"
+    assert f"  - training.pipeline.datasets.photos.{field}: {says.format(folder=folder)}" in output.splitlines()
+    assert_no_traceback_and_no_retry(output)
+    assert "Flow run" not in output  # refused before the flow started
+
+
 def test_generate_refuses_a_checkpoint_that_would_run_code(tmp_path):
     evil, marker = payload_checkpoint(tmp_path)
     code, output = run_cli("flows.cli_generate", "--checkpoint", str(evil), "--prompt", "a red circle",

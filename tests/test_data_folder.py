@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from fluxflow.data import build_dataset, make_loader
+from fluxflow.runtime.errors import DataError
 
 GREEN = (0, 200, 0)
 
@@ -103,7 +104,7 @@ def test_holdout_is_a_fixed_disjoint_part(folder):
     held_names = {name for name, _ in holdout.items}
     assert len(held_names) == 3 and len(train_names) == 9 and not train_names & held_names
     assert [n for n, _ in again.items] == [n for n, _ in holdout.items]
-    with pytest.raises(ValueError, match="holdout"):
+    with pytest.raises(DataError, match="holdout=12 leaves no training images"):
         build_dataset(cfg(folder, holdout=12), 16, 3, "train")
 
 
@@ -112,9 +113,10 @@ def test_captions_file_outside_the_folder_and_missing_paths(folder, tmp_path_fac
     elsewhere.write_text("plain_0.png\tonly one\n", encoding="utf-8")
     ds = build_dataset(cfg(folder, captions_file=str(elsewhere)), 8, 3, "train")
     assert len(ds) == 1 and ds[0][1] == "only one"
-    with pytest.raises(FileNotFoundError, match="captions file"):
+    # DataError: not retryable, one line (a step is never retried into a folder that is not there)
+    with pytest.raises(DataError, match="captions file .*nope.txt does not exist"):
         build_dataset(cfg(folder, captions_file="nope.txt"), 8, 3, "train")
-    with pytest.raises(FileNotFoundError, match="image folder"):
+    with pytest.raises(DataError, match="image folder .*nowhere does not exist"):
         build_dataset(cfg(folder / "nowhere"), 8, 3, "train")
 
 

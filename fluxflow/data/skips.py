@@ -6,8 +6,8 @@ training split's count as `skipped_samples` at each epoch end (fluxflow/train/st
 shared memory (multiprocessing.Value), so the increments made in DataLoader worker processes, forked or spawned,
 are what the main process reads; no tensor and no host sync is involved.
 
-Text of any encoding: a caption is decoded as UTF-8 and, failing that, as Latin-1 (`decode_text`), which decodes
-every byte string and keeps the bytes recoverable: the caption is kept (repaired) and counted, never fatal.
+Text of any encoding: a caption is decoded as UTF-8 and, failing that, as Latin-1
+(fluxflow/config/captions_file.py, `decode_text`): the caption is kept (repaired) and counted, never fatal.
 """
 from __future__ import annotations
 
@@ -18,14 +18,6 @@ from typing import TypeVar
 
 log = logging.getLogger("fluxflow.data")
 T = TypeVar("T")
-
-
-def decode_text(raw: bytes) -> tuple[str, bool]:
-    """(text, repaired): UTF-8, else Latin-1 with repaired=True."""
-    try:
-        return raw.decode("utf-8"), False
-    except UnicodeDecodeError:
-        return raw.decode("latin-1"), True
 
 
 class SkipCounter:

@@ -88,6 +88,20 @@ def test_bad_entries_are_skipped_counted_and_warned_once(folder, caplog):
     assert len(warnings) == 1 and "without a tab" in warnings[0].getMessage()
 
 
+def test_a_restored_skip_count_continues_and_counts_no_item_twice(folder):
+    killed = build_dataset(cfg(folder), 16, 3, "train")
+    killed[by_caption(killed)["not an image"]]  # met before the checkpoint
+    saved = killed.skips.state_dict()
+    assert saved["count"] == 3  # the line without a tab, the missing file, the broken jpeg
+
+    resumed = build_dataset(cfg(folder), 16, 3, "train")  # counts its build-time skips again: 2
+    resumed.skips.load_state_dict(saved)
+    assert resumed.skipped == 3  # not 5: build-time skips are not added twice
+    resumed[by_caption(resumed)["not an image"]]  # met again after the resume: already counted
+    resumed[by_caption(resumed)["half a file"]]  # met for the first time
+    assert resumed.skipped == 4
+
+
 def test_skips_in_worker_processes_are_counted_in_the_main_process(folder):
     ds = build_dataset(cfg(folder), 16, 3, "train")
     assert ds.skipped == 2

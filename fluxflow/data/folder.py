@@ -60,21 +60,22 @@ class FolderDataset(torch.utils.data.Dataset):
         held = holdout_names(names, holdout)
         self.items: list[tuple[str, str]] = [(n, present[n]) for n in names if (n in held) == (split == "holdout")]
 
-        self._skips = SkipCounter(f"unreadable entries of {self.root}", len(self.items))
+        # Public: its state travels in a step's checkpoint (fluxflow/train/step_report.py).
+        self.skips = SkipCounter(f"unreadable entries of {self.root}", len(self.items))
         if malformed:
-            self._skips.add(len(malformed), f"{len(malformed)} line(s) of {captions_path} without a tab, first: "
+            self.skips.add(len(malformed), f"{len(malformed)} line(s) of {captions_path} without a tab, first: "
                                             f"{malformed[0]!r}")
         if repaired:
-            self._skips.add(len(repaired), f"{len(repaired)} line(s) of {captions_path} not UTF-8, decoded as Latin-1, "
+            self.skips.add(len(repaired), f"{len(repaired)} line(s) of {captions_path} not UTF-8, decoded as Latin-1, "
                                            f"first: line {repaired[0]}")
         if missing:
-            self._skips.add(len(missing), f"{len(missing)} file(s) listed in {captions_path.name} not found, "
+            self.skips.add(len(missing), f"{len(missing)} file(s) listed in {captions_path.name} not found, "
                                           f"first: {missing[0]!r}")
 
     @property
     def skipped(self) -> int:
         """Malformed caption lines + listed files that are missing + files that failed to decode so far."""
-        return self._skips.count
+        return self.skips.count
 
     def __len__(self) -> int:
         return len(self.items)
@@ -103,12 +104,12 @@ class FolderDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {n} items")
         for k in range(n):  # a corrupt file is replaced by the next readable one, deterministically
             i = (index + k) % n
-            if self._skips.is_marked(i):
+            if self.skips.is_marked(i):
                 continue
             name, caption = self.items[i]
             try:
                 with Image.open(self.root / name) as img:
                     return load_image(img, self.img_size, self.channels), caption
             except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-                self._skips.mark(i, f"{name}: {type(exc).__name__}: {exc}")
+                self.skips.mark(i, f"{name}: {type(exc).__name__}: {exc}")
         raise DataError(f"no readable image among the {n} files of {self.root}")

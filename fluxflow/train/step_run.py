@@ -135,6 +135,8 @@ class StepRun:
             trim_jsonl(metrics_file(config.output.output_path, self.step.name), self.position.global_step,
                        keep_evaluation_at_end=not (self.resuming and meta.get("completed")))
         self.report = StepReport(self, tracker)
+        if self.resuming:  # the counts it reports continue: skipped samples, skipped updates, the log interval
+            self.report.load_state_dict(meta.get("report"))
         self.say(f"Starting step: {self.step.name}, epoch {self.position.epoch + 1}, batch {self.position.batch}")
 
     def say(self, line: str) -> None:

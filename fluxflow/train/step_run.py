@@ -78,8 +78,10 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
 
 
 def input_state(config, files: StepFiles, parent: CheckpointRef | None) -> tuple[dict | None, bool]:
-    """(state to start from, whether it is this step's own latest.pt (or, when that is torn, latest.prev.pt))."""
-    own = load_latest(files.latest, say=print if distributed.is_main() else lambda line: None)
+    """(state to start from, whether it is this step's own latest.pt (or, when that is torn, latest.prev.pt)). When
+    neither can be read they are set aside and the step starts from its input (fluxflow/checkpoints/latest.py)."""
+    main = distributed.is_main()
+    own = load_latest(files.latest, say=print if main else lambda line: None, set_aside=main)
     if own is not None:
         return own, True
     if parent is not None:

@@ -223,8 +223,8 @@ def run_pipeline_flow(config_source: str | Path | dict, output_dir: str | None =
     source = str(config_source) if isinstance(config_source, Path) else config_source
     try:
         config = load_pipeline_config(source, output_dir)  # fail fast, before Prefect starts
-    except ConfigError as exc:
-        print(exc)
+    except ConfigError as exc:  # e.g. a data folder that is not there (flows/step_task.py)
+        print(f"❌ {exc}", file=sys.stderr)
         return 2
     try:
         api_url = api_url_for_run()  # the temporary server's, unless Prefect's settings name a server

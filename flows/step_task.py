@@ -24,6 +24,7 @@ from flows.fault_policy import quiet_non_retryable_tracebacks, retry_unless_non_
 from flows.mlflow_tracker import MlflowTracker
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome
 from fluxflow.config import ConfigError, ConfigIssue, PipelineConfig, load_config
+from fluxflow.config.file_checks import data_folder_issues
 from fluxflow.config.schema import check_output_path
 
 
@@ -42,8 +43,12 @@ class TrackingTarget:
 
 
 def load_pipeline_config(source: str | Path | dict, output_dir: str | None = None) -> PipelineConfig:
-    """The config as the flow and every task see it: `load_config` plus the flow's output-directory override."""
+    """The config as the flow and every task see it: `load_config` plus the flow's output-directory override, and its
+    data folders checked (a run cannot start without them; validation alone does not need them)."""
     config = load_config(source).config
+    missing = data_folder_issues(config)
+    if missing:
+        raise ConfigError(missing, str(source) if not isinstance(source, dict) else None)
     if output_dir:
         try:
             check_output_path(output_dir)

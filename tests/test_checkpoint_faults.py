@@ -57,19 +57,35 @@ def test_a_torn_latest_is_replaced_not_kept_as_the_previous_one(tmp_path):
     assert load_checkpoint(previous_of(latest))["global_step"] == 1
 
 
-def test_when_neither_checkpoint_can_be_read_one_line_names_both_and_what_to_do(tmp_path):
+@pytest.mark.parametrize("checkpoints", [1, 2])  # a torn first checkpoint (nothing before it); both torn
+def test_when_no_checkpoint_can_be_read_they_are_kept_aside_and_the_step_starts_over(tmp_path, checkpoints):
+    latest = tmp_path / "latest.pt"
+    for step in range(1, checkpoints + 1):
+        save_latest(state(step), latest)
+    torn = [latest, previous_of(latest)][:checkpoints]
+    for path in torn:
+        tear(path)
+    contents = {path.name: path.read_bytes() for path in torn}
+    said: list[str] = []
+    assert load_latest(latest, say=said.append) is None  # the step starts from its input
+    assert not latest.exists() and not previous_of(latest).exists()
+    [kept] = (tmp_path / "corrupt").iterdir()
+    assert {path.name: path.read_bytes() for path in kept.iterdir()} == contents  # the evidence, unchanged
+    assert len(said) == 1 and "\n" not in said[0]
+    assert said[0].startswith(f"No checkpoint of this step can be used (checkpoint {latest} is corrupt, truncated")
+    assert (f"checkpoint {previous_of(latest)} is corrupt" if checkpoints == 2 else "latest.prev.pt is missing") \
+        in said[0]
+    assert said[0].endswith(f"moved to {kept} as evidence. Lost: the batches trained since the step's start, which "
+                            "it trains again from its input")
+    assert load_latest(latest) is None  # and the next run finds nothing to resume: a fresh start
+
+
+def test_a_rank_that_may_not_move_files_leaves_them_where_they_are(tmp_path):
     latest = tmp_path / "latest.pt"
     save_latest(state(1), latest)
-    save_latest(state(2), latest)
     tear(latest)
-    tear(previous_of(latest))
-    with pytest.raises(CheckpointError) as err:
-        load_latest(latest, say=lambda line: None)
-    message = str(err.value)
-    assert "\n" not in message
-    assert str(latest) in message and str(previous_of(latest)) in message
-    assert "to train this step again from its start" in message
-    assert not is_retryable(err.value)
+    assert load_latest(latest, say=lambda line: None, set_aside=False) is None
+    assert latest.exists() and not (tmp_path / "corrupt").exists()
 
 
 def test_no_checkpoint_at_all_is_a_fresh_start(tmp_path):
@@ -164,6 +180,51 @@ def test_a_pickle_that_would_run_code_is_refused_with_the_projects_message_and_n
     assert "corrupt" not in message and "weights_only" not in message
     assert not marker.exists()
     assert not is_retryable(err.value)
+
+
+def _raw_pickle(payload, path):
+    import pickle
+
+    with open(path, "wb") as f:
+        pickle.dump(payload, f, protocol=4)
+
+
+def _legacy_torch(payload, path):
+    torch.save(payload, path, _use_new_zipfile_serialization=False, pickle_protocol=4)
+
+
+@pytest.mark.parametrize("write", [_raw_pickle, _legacy_torch])
+def test_a_raw_pickle_that_would_run_code_is_named_as_such_and_never_runs(tmp_path, write):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "old.pt"
+    write({"models": {"m": {"w": torch.zeros(2)}}, "payload": RunsCode(marker)}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {path} refused: it is a raw pickle (not torch's zip format) that imports "
+                              "Python objects, so loading it could run code (posix.mkdir)")
+    assert "corrupt" not in message and "Unsupported operand" not in message and "weights_only" not in message
+    assert not marker.exists()
+    assert not is_retryable(err.value)
+
+
+def test_a_legacy_format_checkpoint_of_plain_tensors_is_named_and_told_how_to_resave(tmp_path):
+    path = tmp_path / "old.pt"
+    _legacy_torch({"models": {"m": {"w": torch.zeros(2)}}}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {path} is a raw pickle (not torch's zip format) that the safe loader "
+                              "cannot read")
+    assert message.endswith("re-save it with torch.save in torch's default (zip) format")
+
+
+def test_a_torn_zip_checkpoint_is_still_called_corrupt(tmp_path):
+    path = tmp_path / "latest.pt"
+    torch.save(state(1), path)
+    tear(path)
+    with pytest.raises(CheckpointError, match=r"is corrupt, truncated or not a torch checkpoint"):
+        load_checkpoint(path)
 
 
 @pytest.mark.parametrize("error, retryable", [

@@ -1,10 +1,9 @@
 """Faults the user must fix, through the real command lines in child processes: `fluxflow-train` on the session's
 Prefect test API and `fluxflow-generate`. Each ends in exit code 2 and one line (❌ for fluxflow-train) that names the
-file and says what to do: no traceback, no retry, and a pickle's payload never runs."""
+file and says what to do: no traceback, no retry, and a pickle's payload never runs. And one the same command gets
+past by itself: a torn checkpoint with no good one before it."""
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -13,11 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers_tiny import tiny_config, tiny_raw
+from helpers_tiny import tiny_raw
+from train_cli import child_env, kill_group_when, output_of_success, running_train, start_train
 
 from fluxflow.checkpoints.latest import previous_of
-from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request
-from fluxflow.train.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -84,6 +82,29 @@ def test_train_refuses_a_model_checkpoint_that_would_run_code(tmp_path, prefect_
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("captions, holdout, field, says", [
+    (None, 0, "path", "image folder {folder} does not exist"),
+    ("a.png\tone\nb.png\ttwo\n", 2, "holdout",
+     "folder {folder}: holdout=2 leaves no training images (2 entries in captions.txt); lower holdout or add images"),
+])
+def test_train_with_a_missing_or_too_small_data_folder_exits_2_at_start(tmp_path, captions, holdout, field, says):
+    folder = tmp_path / "photos"
+    if captions is not None:
+        folder.mkdir()
+        (folder / "captions.txt").write_text(captions)
+    raw = tiny_raw(tmp_path / "out", STEPS, no_samples=True)
+    raw["training"]["pipeline"]["datasets"] = {"photos": {"type": "folder", "path": str(folder),
+                                                          "captions_file": "captions.txt", "holdout": holdout}}
+    raw["training"]["pipeline"]["default_dataset"] = "photos"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    code, output = run_cli("flows.cli_train", "--config", str(tmp_path / "config.yaml"), "--quiet", cwd=tmp_path)
+    assert code == 2, output
+    assert the_one_line(output) == f"❌ 1 problem in {tmp_path / 'config.yaml'}:"
+    assert f"  - training.pipeline.datasets.photos.{field}: {says.format(folder=folder)}" in output.splitlines()
+    assert_no_traceback_and_no_retry(output)
+    assert "Flow run" not in output  # refused before the flow started
+
+
 def test_generate_refuses_a_checkpoint_that_would_run_code(tmp_path):
     evil, marker = payload_checkpoint(tmp_path)
     code, output = run_cli("flows.cli_generate", "--checkpoint", str(evil), "--prompt", "a red circle",
@@ -96,36 +117,46 @@ def test_generate_refuses_a_checkpoint_that_would_run_code(tmp_path):
     assert not marker.exists()
 
 
-def test_train_with_both_mid_step_checkpoints_torn_exits_2_saying_what_to_do(tmp_path, prefect_api, mlflow_store):
-    out = tmp_path / "out"
-    raw = tiny_raw(out, STEPS, checkpoint_save_interval=1, no_samples=True)
-    raw["training"]["pipeline"]["retries"] = 2
+def test_a_kill_after_the_first_checkpoint_then_a_torn_one_restarts_the_step_from_its_parent(
+        tmp_path, prefect_api, mlflow_store):
+    """Killed right after step `more`'s first checkpoint, whose latest.pt is then torn (and latest.prev.pt too, when
+    a second checkpoint came before the kill): the same command sets them aside and trains `more` again from
+    `warm`'s final.pt, as after a kill before the first checkpoint."""
+    from mlflow.tracking import MlflowClient
+    from prefect.settings import PREFECT_API_URL
 
-    class StopAtBatch3:  # the flow's Ctrl-C, in process: latest.pt holds batch 3, latest.prev.pt batch 2
-        def __getattr__(self, name):
-            return lambda *args: None
+    out, n_batches, every = tmp_path / "out", 200, 40
+    steps = [{"name": "warm", "n_epochs": 1, "max_steps": 2, "train_vae": True},
+             {"name": "more", "n_epochs": 1, "train_vae": True}]
+    raw = tiny_raw(out, steps, dataset_size=4 * n_batches, checkpoint_save_interval=every, no_samples=True)
+    raw["tracking"] = {"experiment_name": "torn"}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    env = child_env(PREFECT_API_URL=PREFECT_API_URL.value())
+    latest = out / "checkpoints" / "more" / "latest.pt"
 
-        def log_metrics(self, metrics, progress):
-            if progress.batch == 3:
-                from fluxflow.runtime.stop_request import request_stop
-
-                request_stop()
-
-    clear_stop_request()
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), pytest.raises(StepInterrupted):
-            run_pipeline(tiny_config(out, STEPS, checkpoint_save_interval=1, no_samples=True), tracker=StopAtBatch3())
-    finally:
-        clear_stop_request()
-    latest = out / "checkpoints" / "warm" / "latest.pt"
-    for path in (latest, previous_of(latest)):
+    kill_group_when(start_train(config, env, tmp_path / "run1.log"), latest.exists, "more's first checkpoint")
+    torn = [path for path in (latest, previous_of(latest)) if path.exists()]
+    for path in torn:
         path.write_bytes(path.read_bytes()[:200])
+    evidence = {path.name: path.read_bytes() for path in torn}
 
-    code, output = train_cli(raw, tmp_path)
-    assert code == 2, output
-    line = the_one_line(output)
-    assert line.startswith(f"❌ cannot resume: checkpoint {latest} is corrupt, truncated or not a torch checkpoint")
-    assert f"checkpoint {previous_of(latest)} is corrupt" in line
-    assert line.endswith(f"Move latest.pt and latest.prev.pt out of {latest.parent} to train this step again from "
-                         "its start (or put back a good copy)")
-    assert_no_traceback_and_no_retry(output)
+    with running_train(config, env, tmp_path / "run2.log") as child:
+        output = output_of_success(child, tmp_path / "run2.log", timeout=240)  # exit 0
+    assert (out / "checkpoints" / "warm" / "final.pt").exists() and (out / "checkpoints" / "more" / "final.pt").exists()
+    [kept] = (latest.parent / "corrupt").iterdir()
+    assert {path.name: path.read_bytes() for path in kept.iterdir()} == evidence
+    [line] = [line for line in output.splitlines() if "No checkpoint of this step can be used" in line]
+    assert line.startswith(f"No checkpoint of this step can be used (checkpoint {latest} is corrupt, truncated"), line
+    assert line.endswith(f"moved to {kept} as evidence. Lost: the batches trained since the step's start, which it "
+                         "trains again from its input")
+    assert "Starting step: more, epoch 1, batch 0" in output and "Resuming from checkpoint" not in output
+    assert "Skipping step warm: already complete" in output  # restarted from its parent's final.pt
+
+    client = MlflowClient()  # one FINISHED run for the step, no point logged twice, as after any kill
+    experiment = client.get_experiment_by_name("torn")
+    runs = client.search_runs([experiment.experiment_id], "tags.`fluxflow.kind` = 'step'")
+    [run] = [run for run in runs if run.info.run_name == "more"]
+    assert run.info.status == "FINISHED"
+    points = [m.step for m in client.get_metric_history(run.info.run_id, "vae_loss")]
+    assert len(points) == len(set(points)) == n_batches

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from fluxflow.data import build_dataset, make_loader
+from fluxflow.runtime.errors import DataError
 
 GREEN = (0, 200, 0)
 
@@ -87,6 +88,20 @@ def test_bad_entries_are_skipped_counted_and_warned_once(folder, caplog):
     assert len(warnings) == 1 and "without a tab" in warnings[0].getMessage()
 
 
+def test_a_restored_skip_count_continues_and_counts_no_item_twice(folder):
+    killed = build_dataset(cfg(folder), 16, 3, "train")
+    killed[by_caption(killed)["not an image"]]  # met before the checkpoint
+    saved = killed.skips.state_dict()
+    assert saved["count"] == 3  # the line without a tab, the missing file, the broken jpeg
+
+    resumed = build_dataset(cfg(folder), 16, 3, "train")  # counts its build-time skips again: 2
+    resumed.skips.load_state_dict(saved)
+    assert resumed.skipped == 3  # not 5: build-time skips are not added twice
+    resumed[by_caption(resumed)["not an image"]]  # met again after the resume: already counted
+    resumed[by_caption(resumed)["half a file"]]  # met for the first time
+    assert resumed.skipped == 4
+
+
 def test_skips_in_worker_processes_are_counted_in_the_main_process(folder):
     ds = build_dataset(cfg(folder), 16, 3, "train")
     assert ds.skipped == 2
@@ -103,7 +118,7 @@ def test_holdout_is_a_fixed_disjoint_part(folder):
     held_names = {name for name, _ in holdout.items}
     assert len(held_names) == 3 and len(train_names) == 9 and not train_names & held_names
     assert [n for n, _ in again.items] == [n for n, _ in holdout.items]
-    with pytest.raises(ValueError, match="holdout"):
+    with pytest.raises(DataError, match="holdout=12 leaves no training images"):
         build_dataset(cfg(folder, holdout=12), 16, 3, "train")
 
 
@@ -112,9 +127,10 @@ def test_captions_file_outside_the_folder_and_missing_paths(folder, tmp_path_fac
     elsewhere.write_text("plain_0.png\tonly one\n", encoding="utf-8")
     ds = build_dataset(cfg(folder, captions_file=str(elsewhere)), 8, 3, "train")
     assert len(ds) == 1 and ds[0][1] == "only one"
-    with pytest.raises(FileNotFoundError, match="captions file"):
+    # DataError: not retryable, one line (a step is never retried into a folder that is not there)
+    with pytest.raises(DataError, match="captions file .*nope.txt does not exist"):
         build_dataset(cfg(folder, captions_file="nope.txt"), 8, 3, "train")
-    with pytest.raises(FileNotFoundError, match="image folder"):
+    with pytest.raises(DataError, match="image folder .*nowhere does not exist"):
         build_dataset(cfg(folder / "nowhere"), 8, 3, "train")
 
 

@@ -33,7 +33,6 @@ from fluxflow.checkpoints.latest import load_latest, previous_of
 from fluxflow.train.pipeline import run_pipeline
 from fluxflow.checkpoints.lock import RunLock, RunLockedError
 from fluxflow.train.step_run import run_step
-from fluxflow.runtime.errors import is_retryable
 from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
 from fluxflow.train.tracking import ConsoleJsonlTracker
 
@@ -408,18 +407,22 @@ def test_a_torn_latest_pt_falls_back_to_the_previous_checkpoint_and_ends_bit_ide
     assert not previous_of(latest).exists()  # no use once the step is final
 
 
-def test_when_both_checkpoints_are_torn_the_step_fails_with_one_line_saying_what_to_do(tmp_path, stop_request_cleared):
+def test_when_both_checkpoints_are_torn_the_step_trains_again_from_its_parent_and_ends_bit_identical(
+        tmp_path, uninterrupted, stop_request_cleared):
+    reference, _ = uninterrupted
     out = tmp_path / "torn"
     config = functools.partial(tiny_config, steps=STEPS, log_interval=1, checkpoint_save_interval=2, no_samples=True)
+    torch.manual_seed(PROCESS_SEED)
     with contextlib.redirect_stdout(io.StringIO()), pytest.raises(StepInterrupted):
         run_pipeline(config(out), tracker=StopAt(out, "gan", 1, 5))
     latest = out / "checkpoints" / "gan" / "latest.pt"
     for path in (latest, previous_of(latest)):
         path.write_bytes(path.read_bytes()[:100])
     clear_stop_request()
-    with pytest.raises(Exception, match=r"step gan failed: cannot resume: checkpoint \S+latest.pt is corrupt.*; and "
-                                        r"checkpoint \S+latest.prev.pt is corrupt.*Move latest.pt and latest.prev.pt"
-                                        r" out of \S+ to train this step again from its start") as err:
-        run_captured(config(out))
-    assert not is_retryable(err.value)
-    assert latest.exists()  # nothing was moved or overwritten: the user decides
+    resumed, printed = run_captured(config(out))
+    [kept] = (latest.parent / "corrupt").iterdir()
+    assert sorted(p.name for p in kept.iterdir()) == ["latest.prev.pt", "latest.pt"]
+    assert re.search(rf"No checkpoint of this step can be used \(checkpoint {latest} is corrupt.*; and checkpoint "
+                     rf"{previous_of(latest)} is corrupt.*\): moved to {kept} as evidence\. Lost: ", printed), printed
+    assert "Starting step: gan, epoch 1, batch 0" in printed
+    assert_same_final_weights(reference[1].ref.uri, resumed[1].ref.uri)

@@ -91,13 +91,16 @@ def test_a_full_disk_during_a_checkpoint_save_is_one_clear_line_and_the_same_com
 N_IMAGES, CORRUPT = 40, 4
 
 
-def folder_with_bad_data(root, holdout: int):
-    """40 tiny PNGs; 4 of the training split are corrupt and one caption line is Latin-1."""
+def folder_with_bad_data(root, holdout: int, spread: bool = False):
+    """40 tiny PNGs; 4 of the training split are corrupt and one caption line is Latin-1. The corrupt ones are the
+    first four in name order, or with `spread` every ninth: then reading one never walks on to the next (a broken
+    item's stand-in is the next readable one, fluxflow/data/folder.py), and each is met in a batch of its own."""
     root.mkdir()
     names = [f"img_{i:02d}.png" for i in range(N_IMAGES)]
     held = holdout_names(names, holdout)
     training = [n for n in names if n not in held]
-    corrupt, latin1 = training[:CORRUPT], training[CORRUPT]
+    corrupt = training[::9][:CORRUPT] if spread else training[:CORRUPT]
+    latin1 = next(n for n in training if n not in corrupt)
     for i, name in enumerate(names):
         if name in corrupt:
             (root / name).write_bytes(b"\x89PNG\r\n\x1a\n but then nothing an image decoder can read")
@@ -149,3 +152,65 @@ def test_corrupt_images_and_a_latin1_caption_are_counted_as_skipped_samples_and_
     assert tracked == [expected, expected]
     assert outcomes[0].result.final_metrics["skipped_samples"] == expected
     assert torch.isfinite(torch.tensor(outcomes[0].result.final_metrics["vae_loss"]))
+
+
+class Killed(Exception):
+    """What the test raises where a kill -9 would stop the run."""
+
+
+def poison_and_die(monkeypatch, poisoned: set[int], die_at: int | None):
+    """Make the trainer see NaN images at the batches of global step `poisoned` (their updates are skipped as
+    non-finite) and stop the run before the batch of global step `die_at`, as a kill would."""
+    from fluxflow.train.trainer import Trainer
+
+    real = getattr(Trainer.train_batch, "__wrapped__", Trainer.train_batch)  # not an earlier call's wrapper
+
+    def train_batch(self, images, captions, global_step, *args):
+        if global_step == die_at:
+            raise Killed(f"killed before global step {global_step}")
+        if global_step in poisoned:
+            images = images * float("nan")
+        return real(self, images, captions, global_step, *args)
+
+    train_batch.__wrapped__ = real
+    monkeypatch.setattr(Trainer, "train_batch", train_batch)
+
+
+def test_a_resumed_step_reports_the_skipped_samples_and_updates_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    folder_with_bad_data(tmp_path / "photos", holdout=4, spread=True)
+
+    def config(out):  # one epoch: what the killed run met before its checkpoint is not met again after the resume
+        raw = tiny_raw(out, [{"name": "warm", "n_epochs": 1, "train_vae": True}], no_samples=True, log_interval=3,
+                       checkpoint_save_interval=1)
+        raw["training"]["pipeline"]["datasets"] = {"photos": {"type": "folder", "path": str(tmp_path / "photos"),
+                                                              "captions_file": "captions.txt", "holdout": 4}}
+        raw["training"]["pipeline"]["default_dataset"] = "photos"
+        return load_config(raw).config
+
+    def final_counts(outcomes):
+        final = outcomes[0].result.final_metrics
+        return final["skipped_samples"], final["skipped_updates"]
+
+    poison_and_die(monkeypatch, poisoned={3, 4}, die_at=None)
+    with contextlib.redirect_stdout(io.StringIO()):
+        whole = final_counts(run_pipeline(config(tmp_path / "whole")))
+    assert whole == (CORRUPT + 1, 2.0)
+
+    out = tmp_path / "killed"
+    poison_and_die(monkeypatch, poisoned={3, 4}, die_at=5)  # latest.pt holds batch 5, inside the log interval 4-6
+    with contextlib.redirect_stdout(io.StringIO()), pytest.raises(PipelineFailed, match="killed before global step 5"):
+        run_pipeline(config(out))
+    saved = load_weights(out / "checkpoints" / "warm" / "latest.pt")["pipeline_metadata"]
+    assert saved["batch"] == 5 and saved["report"]["skips"]["count"] > 1  # corrupt images met before the kill
+    poison_and_die(monkeypatch, poisoned={3, 4}, die_at=None)
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        resumed = run_pipeline(config(out))
+    assert "Resuming from checkpoint: step=0 (warm), epoch=1, batch=5" in buffer.getvalue()
+    assert final_counts(resumed) == whole
+
+    def interval_lines(directory):  # the metrics file's line of each log interval: the same numbers in both runs
+        lines = (directory / "graph" / "training_metrics_warm.jsonl").read_text().splitlines()
+        return [(r["batch"], r["metrics"].get("skipped_updates")) for r in map(json.loads, lines)]
+
+    assert interval_lines(out) == interval_lines(tmp_path / "whole")

@@ -219,10 +219,22 @@ def load_checkpoint(
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
     except Exception as e:  # UnpicklingError (refused), zip reader RuntimeError, EOFError on an empty file, ...
-        raise CheckpointError(describe_load_failure(path, e)) from None
+        raise CheckpointError(describe_load_failure(path, e, _head(path))) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint dict")
     return state
+
+
+_HEAD_BYTES = 16 << 20  # enough for the pickles of a legacy-format checkpoint, which come before its storages
+
+
+def _head(path: PathLike) -> bytes:
+    """The first bytes of a file that failed to load, for describe_load_failure to tell a raw pickle apart."""
+    try:
+        with _open_read(path) as f:
+            return f.read(_HEAD_BYTES)
+    except OSError:
+        return b""
 
 
 def sha256_file(path: PathLike) -> str:

@@ -1,4 +1,5 @@
-"""Checks of the files a config names: the LPIPS backbone, the starting checkpoint, a pretrained text encoder.
+"""Checks of the files a config names: the LPIPS backbone, the starting checkpoint, a pretrained text encoder, the
+image folder of a `folder` dataset.
 
 Nothing is ever downloaded, so a file that is not there is a validation error that says where it should be. No
 torch and no transformers here: `--validate-pipeline` reads at most a small config.json.
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fluxflow.config.assets import missing_lpips_backbone_message
+from fluxflow.config.captions_file import folder_problem, holdout_problem, read_captions, resolve_captions_path
 from fluxflow.config.errors import ConfigIssue, format_path
 from fluxflow.config.pretrained_text import UnusablePretrained, inspect_pretrained
 
@@ -32,6 +34,31 @@ def checkpoint_issues(uri: str | None) -> list[ConfigIssue]:
     if uri is None or "://" in uri or Path(uri).expanduser().is_file():
         return []
     return [ConfigIssue("model_checkpoint", f"file not found: {uri}")]
+
+
+def data_folder_issues(config) -> list[ConfigIssue]:
+    """Every `folder` dataset of the (valid) PipelineConfig `config` has its folder and captions file, and lists more
+    images than its hold-out takes: checked when a run starts (flows/step_task.py, load_pipeline_config), not by
+    validation, which accepts a config written before its data is in place (configs/original_tool_example.yaml)."""
+    return [issue for name, ds in config.training.pipeline.datasets.items() if ds.type == "folder"
+            for issue in folder_issues(("training", "pipeline", "datasets", name), ds)]
+
+
+def folder_issues(loc: tuple, ds) -> list[ConfigIssue]:
+    """A `folder` dataset (`ds`, at config path `loc`) has its folder and captions file, and lists more images than
+    its hold-out takes. Only the captions file is read here: whether each listed image exists (and decodes) is the
+    dataset's to find when a step builds it (fluxflow/data/folder.py), so this stays one read of one file."""
+    root = Path(ds.path).expanduser()
+    captions_path = resolve_captions_path(root, ds.captions_file)
+    problem = folder_problem(root, captions_path)
+    if problem:
+        return [ConfigIssue(format_path((*loc, "path" if not root.is_dir() else "captions_file")), problem)]
+    try:
+        captions, _, _ = read_captions(captions_path)
+    except OSError as exc:
+        return [ConfigIssue(format_path((*loc, "captions_file")), f"cannot read {captions_path}: {exc}")]
+    problem = holdout_problem(root, len(captions), ds.holdout, f"entries in {captions_path.name}")
+    return [ConfigIssue(format_path((*loc, "holdout")), problem)] if problem else []
 
 
 def text_encoder_issues(model) -> list[ConfigIssue]:

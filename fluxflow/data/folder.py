@@ -9,6 +9,10 @@ and the first one is logged as a warning.
 Held-out split: the entries are put in a fixed order by a hash of their filename and the last `holdout` of that
 order are held out. Hashing rather than sorting by name keeps the held-out images a fair sample when names are
 grouped (`cat_001.jpg`, ..., `zebra_999.jpg`). Train and holdout are disjoint and both are deterministic.
+
+Reading the captions file and the rules for a missing folder or a hold-out that leaves nothing to train on are in
+fluxflow/config/captions_file.py, which validation applies before any step starts; here they are applied again to the
+files actually found, as a DataError (which no retry repeats).
 """
 from __future__ import annotations
 
@@ -19,41 +23,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from fluxflow.data.skips import SkipCounter, decode_text
+from fluxflow.config.captions_file import folder_problem, holdout_problem, read_captions, resolve_captions_path
+from fluxflow.data.skips import SkipCounter
 from fluxflow.data.transforms import load_image, pil_mode
 from fluxflow.runtime.errors import DataError
-
-DEFAULT_CAPTIONS_FILE = "captions.txt"
-
-
-def read_captions(captions_path: Path) -> tuple[dict[str, str], list[str], list[int]]:
-    """{filename: caption} in file order (a later line for the same file wins), the malformed lines, and the numbers
-    of the lines that were not UTF-8 (kept, decoded as Latin-1: fluxflow/data/skips.py, decode_text)."""
-    captions: dict[str, str] = {}
-    malformed: list[str] = []
-    repaired: list[int] = []
-    with open(captions_path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            line, was_repaired = decode_text(raw.rstrip(b"\r\n"))
-            line = line.removeprefix("\ufeff") if number == 1 else line  # a byte-order mark some editors write
-            if was_repaired:
-                repaired.append(number)
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            name, sep, caption = line.partition("\t")
-            if not sep or not name.strip():
-                malformed.append(line)
-                continue
-            captions[name.strip()] = caption.strip()
-    return captions, malformed, repaired
-
-
-def resolve_captions_path(root: Path, captions_file: str | os.PathLike | None) -> Path:
-    """An absolute or existing path is used as given; otherwise it is looked up inside the image folder."""
-    if captions_file is None:
-        return root / DEFAULT_CAPTIONS_FILE
-    p = Path(captions_file).expanduser()
-    return p if p.is_absolute() or p.exists() else root / p
 
 
 def holdout_names(names: list[str], holdout: int) -> set[str]:
@@ -71,39 +44,38 @@ class FolderDataset(torch.utils.data.Dataset):
             raise ValueError(f"split must be 'train' or 'holdout', got {split!r}")
         pil_mode(channels)  # fail at build time, not in a worker, on an unsupported channel count
         self.root = Path(path).expanduser()
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {self.root} does not exist")
         captions_path = resolve_captions_path(self.root, captions_file)
-        if not captions_path.is_file():
-            raise FileNotFoundError(f"captions file {captions_path} does not exist (one 'filename<TAB>caption' "
-                                    f"line per image)")
+        problem = folder_problem(self.root, captions_path)  # validation said so at start; the folder may have gone
+        if problem:
+            raise DataError(problem)
         self.img_size, self.channels, self.split = img_size, channels, split
 
         captions, malformed, repaired = read_captions(captions_path)
         present = {n: c for n, c in captions.items() if (self.root / n).is_file()}
         missing = [n for n in captions if n not in present]
         names = sorted(present)
-        if holdout >= len(names) > 0:
-            raise ValueError(f"folder {self.root}: holdout={holdout} leaves no training images "
-                             f"({len(names)} readable entries)")
+        problem = holdout_problem(self.root, len(names), holdout, "listed images found")
+        if problem:
+            raise DataError(problem)
         held = holdout_names(names, holdout)
         self.items: list[tuple[str, str]] = [(n, present[n]) for n in names if (n in held) == (split == "holdout")]
 
-        self._skips = SkipCounter(f"unreadable entries of {self.root}", len(self.items))
+        # Public: its state travels in a step's checkpoint (fluxflow/train/step_report.py).
+        self.skips = SkipCounter(f"unreadable entries of {self.root}", len(self.items))
         if malformed:
-            self._skips.add(len(malformed), f"{len(malformed)} line(s) of {captions_path} without a tab, first: "
+            self.skips.add(len(malformed), f"{len(malformed)} line(s) of {captions_path} without a tab, first: "
                                             f"{malformed[0]!r}")
         if repaired:
-            self._skips.add(len(repaired), f"{len(repaired)} line(s) of {captions_path} not UTF-8, decoded as Latin-1, "
+            self.skips.add(len(repaired), f"{len(repaired)} line(s) of {captions_path} not UTF-8, decoded as Latin-1, "
                                            f"first: line {repaired[0]}")
         if missing:
-            self._skips.add(len(missing), f"{len(missing)} file(s) listed in {captions_path.name} not found, "
+            self.skips.add(len(missing), f"{len(missing)} file(s) listed in {captions_path.name} not found, "
                                           f"first: {missing[0]!r}")
 
     @property
     def skipped(self) -> int:
         """Malformed caption lines + listed files that are missing + files that failed to decode so far."""
-        return self._skips.count
+        return self.skips.count
 
     def __len__(self) -> int:
         return len(self.items)
@@ -132,12 +104,12 @@ class FolderDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {n} items")
         for k in range(n):  # a corrupt file is replaced by the next readable one, deterministically
             i = (index + k) % n
-            if self._skips.is_marked(i):
+            if self.skips.is_marked(i):
                 continue
             name, caption = self.items[i]
             try:
                 with Image.open(self.root / name) as img:
                     return load_image(img, self.img_size, self.channels), caption
             except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-                self._skips.mark(i, f"{name}: {type(exc).__name__}: {exc}")
+                self.skips.mark(i, f"{name}: {type(exc).__name__}: {exc}")
         raise DataError(f"no readable image among the {n} files of {self.root}")

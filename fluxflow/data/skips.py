@@ -1,13 +1,14 @@
 """A count of unreadable items that DataLoader worker processes share with the main process.
 
 A corrupt file must never stop a run, but it must not go unnoticed either: every file-backed dataset counts what it
-skipped or repaired (`dataset.skipped`) and logs one warning, the first time, naming the item. The runner reports the
+skipped or repaired (`dataset.skipped`, backed by its `dataset.skips` counter) and logs one warning, the first time,
+naming the item. The counter's state travels in the step's checkpoint, so a resumed step continues its count. The runner reports the
 training split's count as `skipped_samples` at each epoch end (fluxflow/train/step_report.py). The count lives in
 shared memory (multiprocessing.Value), so the increments made in DataLoader worker processes, forked or spawned,
 are what the main process reads; no tensor and no host sync is involved.
 
-Text of any encoding: a caption is decoded as UTF-8 and, failing that, as Latin-1 (`decode_text`), which decodes
-every byte string and keeps the bytes recoverable: the caption is kept (repaired) and counted, never fatal.
+Text of any encoding: a caption is decoded as UTF-8 and, failing that, as Latin-1
+(fluxflow/config/captions_file.py, `decode_text`): the caption is kept (repaired) and counted, never fatal.
 """
 from __future__ import annotations
 
@@ -18,14 +19,6 @@ from typing import TypeVar
 
 log = logging.getLogger("fluxflow.data")
 T = TypeVar("T")
-
-
-def decode_text(raw: bytes) -> tuple[str, bool]:
-    """(text, repaired): UTF-8, else Latin-1 with repaired=True."""
-    try:
-        return raw.decode("utf-8"), False
-    except UnicodeDecodeError:
-        return raw.decode("latin-1"), True
 
 
 class SkipCounter:
@@ -63,6 +56,27 @@ class SkipCounter:
     @property
     def count(self) -> int:
         return int(self._count.value)
+
+    def state_dict(self) -> dict:
+        """The count and the marked items, for a step's checkpoint: a resumed step continues the count instead of
+        starting again from what its own process meets (fluxflow/train/step_report.py)."""
+        with self._count.get_lock():
+            marked = [i for i, flag in enumerate(bytes(self._flags)) if flag]
+            return {"count": int(self._count.value), "marked": marked}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Merge a checkpoint's counts into this counter, which may already hold what this process met before the
+        resume (the items a dataset skips when it is built, a cache built from the data): the saved marked items are
+        marked (each counted once), and the skips without an item (build-time lines, stream samples) are raised to
+        the saved number, never added twice."""
+        with self._count.get_lock():
+            for i in state["marked"]:
+                if 0 <= i < len(self._flags) and not self._flags[i]:
+                    self._flags[i] = 1
+                    self._count.value += 1
+            unindexed_now = self._count.value - sum(bytes(self._flags))
+            unindexed_saved = int(state["count"]) - len(state["marked"])
+            self._count.value += max(0, unindexed_saved - unindexed_now)
 
 
 def fill_unreadable(batches: Iterator[list[T | None]]) -> Iterator[T]:

@@ -138,7 +138,8 @@ class WebDatasetSource(torch.utils.data.IterableDataset):
         if self.rank_length <= 0:
             raise ValueError(f"webdataset {urls!r}: holdout={holdout} leaves no training samples for rank {rank}")
         self.length = world * self.rank_length
-        self._skips = SkipCounter(f"unreadable samples in {urls!r}")
+        # Public: its state travels in a step's checkpoint (fluxflow/train/step_report.py).
+        self.skips = SkipCounter(f"unreadable samples in {urls!r}")
         self.set_position(0, 0, 0, 1)
 
     def set_position(self, seed: int, epoch: int, start_batch: int, batch_size: int) -> None:
@@ -164,7 +165,7 @@ class WebDatasetSource(torch.utils.data.IterableDataset):
 
     @property
     def skipped(self) -> int:
-        return self._skips.count
+        return self.skips.count
 
     def __len__(self) -> int:
         return self.length
@@ -224,9 +225,9 @@ class WebDatasetSource(torch.utils.data.IterableDataset):
                 shard_, key_, files_ = pending.pop(next_out)
                 try:
                     batch.append(decode_sample(files_, self.img_size, self.channels, on_repair=lambda s=shard_, k=key_: (
-                        self._skips.add(1, f"{s}:{k}: caption not UTF-8, decoded as Latin-1"))))
+                        self.skips.add(1, f"{s}:{k}: caption not UTF-8, decoded as Latin-1"))))
                 except Exception as exc:  # a bad image never stops training (see module docstring)
-                    self._skips.add(1, f"{shard_}:{key_}: {type(exc).__name__}: {exc}")
+                    self.skips.add(1, f"{shard_}:{key_}: {type(exc).__name__}: {exc}")
                     batch.append(None)
                 if (next_out + 1) % self.batch_size == 0 or next_out + 1 == self.rank_length:
                     yield batch
@@ -240,7 +241,7 @@ class WebDatasetHoldout(torch.utils.data.Dataset):
     def __init__(self, urls: str | list[str], img_size: int, channels: int = 3, holdout: int = 0):
         pil_mode(channels)
         self.img_size, self.channels = img_size, channels
-        self._skips = SkipCounter(f"unreadable held-out samples in {urls!r}")
+        self.skips = SkipCounter(f"unreadable held-out samples in {urls!r}")
         self.samples: list[dict[str, bytes]] = []
         for shard in expand_shards(urls) if holdout > 0 else []:
             for _, files in iter_shard(shard):
@@ -252,7 +253,7 @@ class WebDatasetHoldout(torch.utils.data.Dataset):
 
     @property
     def skipped(self) -> int:
-        return self._skips.count
+        return self.skips.count
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -265,7 +266,7 @@ class WebDatasetHoldout(torch.utils.data.Dataset):
             i = (index + k) % n
             try:
                 return decode_sample(self.samples[i], self.img_size, self.channels, on_repair=lambda i=i: (
-                    self._skips.add(1, f"held-out sample {i}: caption not UTF-8, decoded as Latin-1")))
+                    self.skips.add(1, f"held-out sample {i}: caption not UTF-8, decoded as Latin-1")))
             except Exception as exc:
-                self._skips.add(1, f"held-out sample {i}: {type(exc).__name__}: {exc}")
+                self.skips.add(1, f"held-out sample {i}: {type(exc).__name__}: {exc}")
         raise DataError(f"no readable image among the {n} held-out samples")

@@ -23,6 +23,7 @@ def checkpoint_state(run, completed: bool = False) -> dict:
             "current_step_epoch": pos.epoch, "batch": pos.batch, "step_metrics": run.history,
             "step_key": run.files.key, "step_config": step.model_dump(mode="json"),
             "seed": config.training.seed, "rng": capture_rng_state(),
-            "monitor": run.monitor.state_dict(), "completed": completed, "outcome": run.outcome,
+            "monitor": run.monitor.state_dict(), "report": run.report.state_dict(), "completed": completed,
+            "outcome": run.outcome,
         },
     }

@@ -22,13 +22,35 @@ class StepReport:
         self.last_means: dict[str, float] = {}  # the last log interval's means (ReduceLROnPlateau's fallback metric)
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}  # batches that reported each metric (grad norms: only window ends)
-        self._count, self._tick = 0, time.perf_counter()
+        self._count, self._tick = 0, time.perf_counter()  # batches timed since `_tick` (by this process)
 
     def started(self, resumed: bool) -> None:
         self.tracker.step_started(self.run.step, self.run.files.key, self.run.files.n_steps, resumed)
 
     def epoch_started(self) -> None:
-        self._sums, self._counts, self._count, self._tick = {}, {}, 0, time.perf_counter()
+        if self.run.position.batch == 0:  # a resumed epoch keeps the log interval its checkpoint carried
+            self._sums, self._counts = {}, {}
+        self._count, self._tick = 0, time.perf_counter()
+
+    def state_dict(self) -> dict:
+        """What a resumed step needs to report the numbers an uninterrupted one does, for its checkpoint: the running
+        log interval's sums (its means and its `skipped_updates` then cover the batches before the checkpoint too) and
+        the training data's skip counter (`skipped_samples`). Under torchrun this is rank 0's, which every rank
+        takes back. The sums go to the host here: a checkpoint save waits for the device anyway."""
+        skips = getattr(self.run.data.train_set, "skips", None)
+        return {"sums": {k: v.detach().cpu() for k, v in self._sums.items()}, "counts": dict(self._counts),
+                "skips": skips.state_dict() if skips is not None else None}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Take back `state_dict()`; None (a checkpoint written before these counts were saved) keeps the fresh
+        counts."""
+        if not state:
+            return
+        self._sums = {k: v.to(self.run.device) for k, v in state["sums"].items()}
+        self._counts = dict(state["counts"])
+        skips = getattr(self.run.data.train_set, "skips", None)
+        if skips is not None and state.get("skips") is not None:
+            skips.load_state_dict(state["skips"])
 
     def add(self, metrics: dict[str, torch.Tensor]) -> None:
         """Accumulate one batch's metrics on the device (no host sync)."""

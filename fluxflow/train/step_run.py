@@ -78,8 +78,10 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
 
 
 def input_state(config, files: StepFiles, parent: CheckpointRef | None) -> tuple[dict | None, bool]:
-    """(state to start from, whether it is this step's own latest.pt (or, when that is torn, latest.prev.pt))."""
-    own = load_latest(files.latest, say=print if distributed.is_main() else lambda line: None)
+    """(state to start from, whether it is this step's own latest.pt (or, when that is torn, latest.prev.pt)). When
+    neither can be read they are set aside and the step starts from its input (fluxflow/checkpoints/latest.py)."""
+    main = distributed.is_main()
+    own = load_latest(files.latest, say=print if main else lambda line: None, set_aside=main)
     if own is not None:
         return own, True
     if parent is not None:
@@ -135,6 +137,8 @@ class StepRun:
             trim_jsonl(metrics_file(config.output.output_path, self.step.name), self.position.global_step,
                        keep_evaluation_at_end=not (self.resuming and meta.get("completed")))
         self.report = StepReport(self, tracker)
+        if self.resuming:  # the counts it reports continue: skipped samples, skipped updates, the log interval
+            self.report.load_state_dict(meta.get("report"))
         self.say(f"Starting step: {self.step.name}, epoch {self.position.epoch + 1}, batch {self.position.batch}")
 
     def say(self, line: str) -> None:

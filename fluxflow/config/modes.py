@@ -11,7 +11,10 @@ What each mode trains (the original tool's modes):
 - use_lpips:        LPIPS perceptual loss added to the reconstruction; a modifier of a train_vae step.
 - train_diff:       flow_processor on latents of the (frozen) VAE, text encoder frozen.
 - train_diff_full:  flow_processor and text_encoder together.
-`unfreeze` adds components the modes would not train (e.g. the text encoder in a train_diff step).
+`unfreeze` adds components the modes would not train (e.g. the text encoder in a train_diff step); `freeze` takes
+away components they would (e.g. the compressor of a decoder-only VAE/GAN fine-tune): a frozen component gets no
+gradient and no optimizer state, and the step trains the rest. The resolved `freeze` list no longer holds what
+`unfreeze` names (fluxflow/config/steps.py), so unfreeze wins.
 """
 from __future__ import annotations
 
@@ -75,8 +78,10 @@ def trainable_components(step: Any) -> set[str]:
 
 
 def trained_components(step: Any) -> set[str]:
-    """Components whose parameters this step updates: those of its modes plus its `unfreeze` list."""
-    return mode_trained_components(step) | set(getattr(step, "unfreeze", None) or ())
+    """Components whose parameters this step updates: those of its modes plus its `unfreeze` list, less its
+    `freeze` list."""
+    added, frozen = set(getattr(step, "unfreeze", None) or ()), set(getattr(step, "freeze", None) or ())
+    return (mode_trained_components(step) | added) - frozen
 
 
 def required_components(step: Any) -> set[str]:
@@ -102,8 +107,8 @@ def step_metrics(step: Any) -> list[str]:
     metrics: list[str] = []
     if has_vae_mode(step):
         metrics += ["vae_loss", "kl_loss"]
-    if step.gan_training:
-        metrics += ["g_loss", "d_loss"]
+    if step.gan_training:  # a frozen discriminator is only the generator's critic: no D loss to log
+        metrics += ["g_loss", "d_loss"] if "discriminator" in trained_components(step) else ["g_loss"]
     if step.use_lpips and step.train_vae:
         metrics.append("lpips_loss")
     if has_flow_mode(step):

@@ -97,10 +97,14 @@ def vae_step(ctx: StepContext, images: torch.Tensor, update: int,
     step, m = ctx.step, ctx.models
     compressor, expander = m["compressor"], m["expander"]
     discriminator = m.get("discriminator") if step.gan_training else None
+    # `freeze` may take any of these away (a decoder-only fine-tune freezes the compressor): a frozen one is used,
+    # never updated, and a pass with nothing to update is not run.
+    trains_vae = bool(ctx.trained & {"compressor", "expander"})
+    trains_d = discriminator is not None and "discriminator" in ctx.trained
     zero = images.new_zeros(())
     metrics: dict[str, torch.Tensor] = {}
 
-    if discriminator is not None:
+    if trains_d:
         _set_requires_grad(discriminator, False)  # G pass: no D grads
     with autocast(ctx.device, ctx.amp_dtype):
         mean, logvar = compressor(images)
@@ -126,8 +130,10 @@ def vae_step(ctx: StepContext, images: torch.Tensor, update: int,
         loss = loss + weight * g
         metrics["g_loss"] = g.detach()
 
-    metrics.update(backward_and_update(ctx, loss, "vae", ("vae",), window))
-    if discriminator is not None:
+    metrics["skipped_updates"] = zero
+    if trains_vae:
+        metrics.update(backward_and_update(ctx, loss, "vae", ("vae",), window))
+    if trains_d:
         _set_requires_grad(discriminator, True)
         d_metrics = discriminator_step(ctx, images, recon.detach(), update, window)
         d_metrics["skipped_updates"] = d_metrics["skipped_updates"] + metrics["skipped_updates"]

@@ -171,3 +171,48 @@ def test_nan_loss_skips_the_update_and_is_counted(mode, batch):
     for opt in ctx.optimizers.values():
         for state in opt.state.values():
             assert all(torch.isfinite(v).all() for v in state.values() if torch.is_tensor(v))
+
+
+SGD_BOTH = {"optimization": {"optimizers": {"flow": {"type": "SGD", "lr": 0.1},
+                                            "text_encoder": {"type": "SGD", "lr": 0.1}}}}
+
+
+def flow_full_context(batch, grad_clip: float = 1.0):
+    ctx, config = step_context({"train_diff_full": True, "grad_clip": grad_clip, **SGD_BOTH},
+                               state=all_components_state())
+    ctx.latent_norm = measure_latent_norm(ctx.models["compressor"], batch[0])
+    return ctx, config
+
+
+def set_text_encoder_gradient(ctx, value: float) -> None:
+    """Replace the text encoder's gradient in the backward by `value` everywhere (NaN poisons only it; 1.0 makes it
+    dominate the global norm, as the flow model's zero-initialised conditioning passes it almost none at first)."""
+    for p in ctx.models["text_encoder"].parameters():
+        p.register_hook(lambda grad: torch.full_like(grad, value))
+
+
+def test_train_diff_full_skips_the_whole_update_when_only_the_text_encoders_gradient_is_not_finite(batch):
+    ctx, config = flow_full_context(batch)
+    set_text_encoder_gradient(ctx, float("nan"))
+    before = snapshot(ctx.models)
+    metrics = run_batch(ctx, config, *batch)
+    assert changed_components(before, ctx.models) == set()  # the flow model does not step on its own either
+    assert float(metrics["skipped_updates"]) == 1.0
+
+
+def test_train_diff_full_clips_flow_and_text_encoder_by_one_global_norm(batch):
+    ctx, config = flow_full_context(batch, grad_clip=1.0)
+    set_text_encoder_gradient(ctx, 1.0)
+    before = {n: [p.detach().clone() for p in ctx.models[n].parameters()] for n in ("flow_processor", "text_encoder")}
+    metrics = run_batch(ctx, config, *batch)
+    moved = {n: torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.detach() - b) for p, b in
+                                                      zip(ctx.models[n].parameters(), before[n])]))
+             for n in before}
+    norms = {n: float(metrics[f"grad_norm_{g}"]) for n, g in (("flow_processor", "flow"),
+                                                            ("text_encoder", "text_encoder"))}
+    total = math.hypot(*norms.values())
+    assert norms["text_encoder"] > 10 * norms["flow_processor"] > 0
+    # SGD without momentum: each group moves lr x its gradient x one shared factor max_norm / global norm
+    for name in moved:
+        assert math.isclose(float(moved[name]), 0.1 * norms[name] / total, rel_tol=1e-3), name
+    assert float(math.hypot(*(float(m) for m in moved.values()))) <= 0.1 * (1 + 1e-3)

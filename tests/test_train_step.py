@@ -13,7 +13,7 @@ import torch
 from helpers_tiny import changed_components, changed_tensors, one_torch_thread, shapes_batches, snapshot, step_context
 
 from fluxflow.train.latents import encode_latents, measure_latent_norm
-from fluxflow.losses import rectified_flow_loss
+from fluxflow.losses import adaptive_weight, rectified_flow_loss
 from fluxflow.models import COMPONENTS, build_component, tokenize
 from fluxflow.config.modes import step_metrics
 from fluxflow.train.batch_step import encode_text, flow_step, vae_step
@@ -216,3 +216,29 @@ def test_train_diff_full_clips_flow_and_text_encoder_by_one_global_norm(batch):
     for name in moved:
         assert math.isclose(float(moved[name]), 0.1 * norms[name] / total, rel_tol=1e-3), name
     assert float(math.hypot(*(float(m) for m in moved.values()))) <= 0.1 * (1 + 1e-3)
+
+
+class PerceptualStandIn(torch.nn.Module):
+    """A differentiable image distance in LPIPS's place (the real one needs the AlexNet file): only what the step does
+    with its value matters here."""
+
+    def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return (x_hat - x).square().mean(dim=(1, 2, 3)) * 10.0
+
+
+def test_the_adaptive_gan_weight_balances_against_the_whole_reconstruction_loss_lpips_included(batch, monkeypatch):
+    import fluxflow.train.batch_step as batch_step
+
+    seen = []
+
+    def spy(rec_loss, g_loss, last_layer_weight, **kwargs):
+        seen.append(rec_loss.detach())
+        return adaptive_weight(rec_loss, g_loss, last_layer_weight, **kwargs)
+
+    monkeypatch.setattr(batch_step, "adaptive_weight", spy)
+    ctx, config = step_context({"train_vae": True, "gan_training": True, "adaptive_adv_weight": True,
+                                "lambda_lpips": 0.5})
+    ctx.lpips = PerceptualStandIn()
+    metrics = vae_step(ctx, batch[0], 0)
+    expected = metrics["vae_loss"] + 0.5 * metrics["lpips_loss"]
+    assert float(metrics["lpips_loss"]) > 0 and torch.allclose(seen[0], expected)

@@ -114,21 +114,22 @@ def vae_step(ctx: StepContext, images: torch.Tensor, update: int,
         recon = expander(z, spade=step.train_spade)
     kl_raw, kl_clamped = kl_loss(mean.float(), logvar.float(), step.kl_free_bits)
     loss = kl_weight(update, step.kl_beta, step.kl_warmup_steps) * kl_clamped
-    rec = zero
+    rec = nll = zero  # the pixel reconstruction loss (logged as vae_loss); with LPIPS added, VQGAN's "nll"
     if step.train_vae:
-        rec = reconstruction_loss(recon.float(), images, step.recon_l1_weight, step.recon_mse_weight)
-        loss = loss + rec
+        rec = nll = reconstruction_loss(recon.float(), images, step.recon_l1_weight, step.recon_mse_weight)
         if ctx.lpips is not None:
             with autocast(ctx.device, ctx.amp_dtype):
                 lp = ctx.lpips(recon, images).float().mean()
-            loss = loss + step.lambda_lpips * lp
+            nll = rec + step.lambda_lpips * lp
             metrics["lpips_loss"] = lp.detach()
+        loss = loss + nll
     if discriminator is not None:
         with autocast(ctx.device, ctx.amp_dtype):
             g = hinge_g_loss(discriminator(recon).float())
         weight = step.lambda_adv
         if step.adaptive_adv_weight and step.train_vae and ctx.trained.intersection({"expander"}):
-            weight = weight * adaptive_weight(rec, g, expander.last_layer_weight)
+            # balanced against the whole reconstruction loss, LPIPS included (as VQGAN's nll)
+            weight = weight * adaptive_weight(nll, g, expander.last_layer_weight)
         loss = loss + weight * g
         metrics["g_loss"] = g.detach()
 

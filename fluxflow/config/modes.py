@@ -84,6 +84,14 @@ def trained_components(step: Any) -> set[str]:
     return (mode_trained_components(step) | added) - frozen
 
 
+def expander_spade(step: Any, inherited: bool) -> bool:
+    """Whether the expander decodes with SPADE after this step: as this step trains it (`train_spade`) where the step
+    trains the expander, else as the step that last trained it did (`inherited`, carried in the checkpoint). Every
+    decode (samples, evaluation, generation, the served model) follows it, not the decoding step's own train_spade:
+    a flow step cannot set train_spade."""
+    return bool(step.train_spade) if "expander" in trained_components(step) else bool(inherited)
+
+
 def required_components(step: Any) -> set[str]:
     """Components that must exist for the step to run (trained or used frozen)."""
     needed = set(mode_trained_components(step))

@@ -39,6 +39,8 @@ class StepContext:
     latent_encoder: nn.Module | None = None
     # Optimizer groups whose gradients DDP averaged in the backward (fluxflow/train/data_parallel.py).
     synced_groups: frozenset[str] = frozenset()
+    # The expander decodes with SPADE (fluxflow.config.modes.expander_spade): in training, samples and evaluation.
+    spade: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ def vae_step(ctx: StepContext, images: torch.Tensor, update: int,
     with autocast(ctx.device, ctx.amp_dtype):
         mean, logvar = compressor(images)
         z = mean + torch.exp(0.5 * logvar) * _gaussian(mean, ctx.generator)
-        recon = expander(z, spade=step.train_spade)
+        recon = expander(z, spade=ctx.spade)
     kl_raw, kl_clamped = kl_loss(mean.float(), logvar.float(), step.kl_free_bits)
     loss = kl_weight(update, step.kl_beta, step.kl_warmup_steps) * kl_clamped
     rec = nll = zero  # the pixel reconstruction loss (logged as vae_loss); with LPIPS added, VQGAN's "nll"

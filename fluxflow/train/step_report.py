@@ -74,7 +74,7 @@ class StepReport:
                                   models=run.trainer.sampling_models(), holdout=run.data.holdout_images,
                                   captions=list(run.config.output.sample_captions),
                                   latent_norm=run.trainer.ctx.latent_norm, config=run.config,
-                                  seed=run.config.training.seed):
+                                  seed=run.config.training.seed, spade=run.trainer.ctx.spade):
             self.tracker.log_image(path)
 
     def evaluate(self) -> dict[str, float]:
@@ -83,7 +83,8 @@ class StepReport:
         if not run.main:
             return {}
         found = evaluate_step(run.step, run.trainer.sampling_models(), run.data.holdout_set, run.data.train_set,
-                              run.config, run.trainer.ctx.latent_norm, run.device, self.output / "eval_cache")
+                              run.config, run.trainer.ctx.latent_norm, run.device, self.output / "eval_cache",
+                              spade=run.trainer.ctx.spade)
         found = {f"eval_{k}": v for k, v in found.items()}
         epochs = run.position.epoch
         if found:

@@ -123,6 +123,10 @@ def build_trainer(config, step, state: dict | None, device: torch.device, *, max
     lpips = LPIPSLoss().to(device) if step.use_lpips and step.train_vae else None
     # Speed switches (compile, channels-last, DDP for flow steps): the per-batch steps call these modules.
     runnable = runnable_models(models, step, config.training, device, trained)
+    # A frozen component with an EMA is used as its EMA weights, as samples and exports use it: the frozen text
+    # encoder a flow step trains on, keys its text cache on and samples with is one network (the latent side does the
+    # same with the EMA compressor, `latent_encoder`).
+    runnable.update({name: emas[name].shadow for name in set(emas) - trained})
     ctx = StepContext(step=step, models=runnable, optimizers=optimizers, trained=trained, device=device,
                       amp_dtype=autocast_dtype(device, config.training.precision),
                       generator=torch.Generator(device=device), lpips=lpips,

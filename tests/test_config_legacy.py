@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from fluxflow.config import ConfigError, DatasetConfig, load_config
+from fluxflow.config.modes import step_metrics
 
 # The original tool's config.example.yaml (fluxflow-training), without its comments.
 ORIGINAL_EXAMPLE = """
@@ -242,8 +243,7 @@ def test_the_original_tools_pipeline_example_validates_with_warnings_that_each_n
     for warning in loaded.warnings:
         assert set(named_keys(warning)) <= written, warning
     text = "\n".join(loaded.warnings)
-    for key in ("use_ema", "train_colorstats", "train_histogram", "train_contrast", "train_coarseness",
-                "spade_training_mode", "num_train_timesteps", "start_step", "instance_noise_std", "lr_min",
+    for key in ("use_ema", "spade_training_mode", "num_train_timesteps", "start_step", "instance_noise_std", "lr_min",
                 "transition_on.value", "train_kl: false", "dataset type noise", "optimizer type Lion"):
         assert key in text, key
 
@@ -334,3 +334,13 @@ def test_an_interval_written_in_an_original_tool_config_is_kept(tmp_path):
     schedulers = loaded.config.resolved_steps()[0].optimization.schedulers
     assert schedulers["vae"].interval == "step" and schedulers["discriminator"].interval == "step"
     assert not any("interval: epoch" in w for w in loaded.warnings)
+
+
+def test_the_original_tools_image_statistics_switches_turn_on_its_regularisers_in_vae_steps():
+    loaded = load_config(ORIGINAL_PIPELINE)
+    warmup, gan, flow = loaded.config.resolved_steps()
+    terms = ("colorstats", "histogram", "contrast", "coarseness")
+    assert all(getattr(warmup, f"train_{t}") for t in terms)  # from the defaults, in train_vae steps
+    assert [m for m in step_metrics(warmup) if m.split("_")[0] in terms] == [f"{t}_loss" for t in terms]
+    assert not [m for m in step_metrics(flow) if m.split("_")[0] in terms]  # no effect in a flow step
+    assert not any("train_colorstats" in w for w in loaded.warnings)

@@ -57,6 +57,8 @@ CASES = {
                                      "needs train_vae"),
     "freeze everything a step trains": (cfg(vae(freeze=["flow_processor", "expander", "compressor"])),
                                         f"{S}[0].freeze", "nothing is left to train"),
+    "image statistics without reconstruction": (cfg(vae(**ONLY, train_diff=True, train_histogram=True)),
+                                                f"{S}[0].train_histogram", "needs train_vae"),
     "unfreeze without gradient": (cfg(vae(unfreeze=["discriminator"])), f"{S}[0].unfreeze[0]", "gets no gradient"),
     "unknown component": (cfg(vae(freeze=["text_encodr"])), f"{S}[0].freeze[0]", "did you mean 'text_encoder'?"),
     "unknown optimizer type": (cfg(vae(optimization=opt(type="Adamw"))), f"{S}[0].optimization.optimizers.vae.type",

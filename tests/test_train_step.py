@@ -242,3 +242,17 @@ def test_the_adaptive_gan_weight_balances_against_the_whole_reconstruction_loss_
     metrics = vae_step(ctx, batch[0], 0)
     expected = metrics["vae_loss"] + 0.5 * metrics["lpips_loss"]
     assert float(metrics["lpips_loss"]) > 0 and torch.allclose(seen[0], expected)
+
+
+def test_a_vae_step_with_the_image_statistics_terms_logs_them_and_trains_on_them(batch):
+    terms = ("colorstats", "histogram", "contrast", "coarseness")
+    on = {f"train_{t}": True for t in terms}
+    ctx, _ = step_context({"train_vae": True, **on})
+    plain, _ = step_context({"train_vae": True})
+    before = snapshot(ctx.models)
+    metrics = vae_step(ctx, batch[0], 0)
+    assert all(float(metrics[f"{t}_loss"]) > 0 for t in terms)
+    assert [m for m in step_metrics(ctx.step) if m.split("_")[0] in terms] == [f"{t}_loss" for t in terms]
+    vae_step(plain, batch[0], 0)  # the same weights and draws without the terms: another update
+    assert changed_components(before, ctx.models) == VAE
+    assert not torch.equal(next(ctx.models["expander"].parameters()), next(plain.models["expander"].parameters()))

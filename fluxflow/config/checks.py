@@ -184,6 +184,10 @@ def _step_issues_resolved(step: StepConfig, p: Pieces, s: ResolvedStep, at) -> t
     if s.train_spade and not modes.has_vae_mode(s):
         issues.append(ConfigIssue(at("train_spade"), "needs train_vae or gan_training (SPADE is part of the "
                                                      "expander)" + _inherited(step, "train_spade")))
+    for term in modes.IMAGE_STAT_TERMS:  # inherited from `defaults` by a step without train_vae: no effect there
+        key = f"train_{term}"
+        if not s.train_vae and getattr(step, key):  # written on this step
+            issues.append(ConfigIssue(at(key), f"needs train_vae (the {term} term is a reconstruction loss)"))
     if s.use_lpips and not s.train_vae:
         issues.append(ConfigIssue(at("use_lpips"), "needs train_vae (LPIPS is a reconstruction loss)"
                                   + _inherited(step, "use_lpips")))

@@ -12,13 +12,10 @@ from fluxflow.config.optim import EPOCH_ONLY
 STEP_ALIASES = {"cfg_dropout_prob": "cfg_dropout", "mse_weight": "recon_mse_weight",
                 "adaptive_weights": "adaptive_adv_weight", "initial_clipping_norm": "grad_clip"}
 FLOW_TIME = "flow time is continuous in [0, 1]"
-LOSS_TERMS = "there are no colour-statistics, histogram, contrast or coarseness losses here"
 INSTANCE_NOISE = "the discriminator gets no instance noise here; R1 (r1_gamma) regularises it"
 STEP_NO_EFFECT = {
     "use_ema": "EMA weights are always kept, with decay ema_decay, and used for samples",
     "spade_training_mode": "SPADE is on for the whole step when train_spade is true",
-    "train_colorstats": LOSS_TERMS, "train_histogram": LOSS_TERMS, "train_contrast": LOSS_TERMS,
-    "train_coarseness": LOSS_TERMS,
     "lr_min": "give the step a scheduler instead: optimization.schedulers.<group>.eta_min_factor",
     "use_fp16": "set training.precision",
     "instance_noise_std": INSTANCE_NOISE, "instance_noise_decay": INSTANCE_NOISE,

@@ -34,8 +34,13 @@ OPTIMIZER_GROUPS: dict[str, tuple[str, ...]] = {
 PRIMARY_MODES: tuple[str, ...] = ("train_vae", "gan_training", "train_diff", "train_diff_full")
 ALL_MODES: tuple[str, ...] = ("train_vae", "gan_training", "train_spade", "use_lpips", "train_diff", "train_diff_full")
 
+# The original tool's image-statistics regularisers (fluxflow/losses/image_stats.py): modifiers of a train_vae step,
+# each switched on by `train_<term>`, weighted by `lambda_<term>` and logged as `<term>_loss`.
+IMAGE_STAT_TERMS: tuple[str, ...] = ("colorstats", "histogram", "contrast", "coarseness")
+
 # Every metric a step can produce, with the original tool's names.
-ALL_METRICS: tuple[str, ...] = ("vae_loss", "kl_loss", "g_loss", "d_loss", "lpips_loss", "flow_loss")
+ALL_METRICS: tuple[str, ...] = ("vae_loss", "kl_loss", "g_loss", "d_loss", "lpips_loss", "flow_loss",
+                                *(f"{term}_loss" for term in IMAGE_STAT_TERMS))
 
 
 def has_vae_mode(step: Any) -> bool:
@@ -55,6 +60,19 @@ def touches_vae(step: Any) -> bool:
 
 def has_flow_mode(step: Any) -> bool:
     return bool(step.train_diff or step.train_diff_full)
+
+
+def image_stat_terms(step: Any) -> list[str]:
+    """The image-statistics terms the step adds to its reconstruction loss: those switched on, in a train_vae step
+    (switched on through `defaults` in a step without train_vae, they have no effect there)."""
+    return [t for t in IMAGE_STAT_TERMS if step.train_vae and getattr(step, f"train_{t}", False)]
+
+
+def unused_image_stat_fields(step: Any) -> set[str]:
+    """`train_<term>`/`lambda_<term>` of the terms the step does not use: they change nothing it trains, so they are
+    left out of its step key (and steps written before the terms existed keep their keys)."""
+    used = set(image_stat_terms(step))
+    return {f"{prefix}_{t}" for t in IMAGE_STAT_TERMS if t not in used for prefix in ("train", "lambda")}
 
 
 def mode_trained_components(step: Any) -> set[str]:
@@ -119,6 +137,7 @@ def step_metrics(step: Any) -> list[str]:
         metrics += ["g_loss", "d_loss"] if "discriminator" in trained_components(step) else ["g_loss"]
     if step.use_lpips and step.train_vae:
         metrics.append("lpips_loss")
+    metrics += [f"{term}_loss" for term in image_stat_terms(step)]
     if has_flow_mode(step):
         metrics.append("flow_loss")
     return metrics

@@ -16,6 +16,8 @@ from torch import nn
 from fluxflow.runtime.device import autocast
 from fluxflow.losses import (adaptive_weight, hinge_d_loss, hinge_g_loss, kl_loss, kl_weight, r1_penalty,
                              rectified_flow_loss, reconstruction_loss)
+from fluxflow.config.modes import image_stat_terms
+from fluxflow.losses.image_stats import IMAGE_STAT_LOSSES
 from fluxflow.models import cfg_drop_mask
 from fluxflow.train.optim import optimizer_step
 
@@ -124,6 +126,10 @@ def vae_step(ctx: StepContext, images: torch.Tensor, update: int,
                 lp = ctx.lpips(recon, images).float().mean()
             nll = rec + step.lambda_lpips * lp
             metrics["lpips_loss"] = lp.detach()
+        for term in image_stat_terms(step):  # the original tool's image-statistics regularisers
+            value = IMAGE_STAT_LOSSES[term](recon, images)
+            nll = nll + getattr(step, f"lambda_{term}") * value
+            metrics[f"{term}_loss"] = value.detach()
         loss = loss + nll
     if discriminator is not None:
         with autocast(ctx.device, ctx.amp_dtype):

@@ -158,9 +158,12 @@ def discriminator_step(ctx: StepContext, real: torch.Tensor, fake: torch.Tensor,
     """Hinge D loss, plus lazy R1 every `r1_interval` steps scaled by interval (so its average strength is γ/2)."""
     step, disc = ctx.step, ctx.models["discriminator"]
     with autocast(ctx.device, ctx.amp_dtype):
-        d_loss = hinge_d_loss(disc(real).float(), disc(fake).float())
+        real_logits, fake_logits = disc(real).float(), disc(fake).float()
+    d_loss = hinge_d_loss(real_logits, fake_logits)
     total = d_loss
-    out = {"d_loss": d_loss.detach()}
+    # D's mean logits: a D that tells real from fake holds them apart; a flat one has both near 0 (d_loss ~2)
+    out = {"d_loss": d_loss.detach(), "d_logit_real": real_logits.mean().detach(),
+           "d_logit_fake": fake_logits.mean().detach()}
     if step.r1_gamma > 0 and update % step.r1_interval == 0:
         r1 = r1_penalty(disc, real)  # fp32, eager: double backward
         total = total + 0.5 * step.r1_gamma * step.r1_interval * r1

@@ -18,6 +18,7 @@ from fluxflow.checkpoints.latest import previous_of
 from fluxflow.checkpoints.ref import CheckpointRef, StepResult
 from fluxflow.config.caching import CACHE_FIELDS
 from fluxflow.config.dag import execution_order
+from fluxflow.config.modes import unused_image_stat_fields
 from fluxflow.checkpoints.step_key import describe_change, step_key
 from fluxflow.train.tracking import metrics_file
 
@@ -29,7 +30,9 @@ def step_keys(config) -> dict[str, str]:
     for step in execution_order(config.resolved_steps()):
         parent_key = keys[step.parent] if step.parent else (json.dumps(root) if root else None)
         # Caches change no number, so switching them neither re-runs a step nor sets its files aside.
-        keys[step.name] = step_key(step.model_dump(mode="json", exclude=set(CACHE_FIELDS)),
+        # Image-statistics fields of terms the step does not use change nothing either (config/modes.py).
+        unused = set(CACHE_FIELDS) | unused_image_stat_fields(step)
+        keys[step.name] = step_key(step.model_dump(mode="json", exclude=unused),
                                    config.model.model_dump(mode="json"),
                                    config.dataset_for(step).model_dump(mode="json"), parent_key)
     return keys

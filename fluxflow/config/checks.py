@@ -184,6 +184,10 @@ def _step_issues_resolved(step: StepConfig, p: Pieces, s: ResolvedStep, at) -> t
     if s.train_spade and not modes.has_vae_mode(s):
         issues.append(ConfigIssue(at("train_spade"), "needs train_vae or gan_training (SPADE is part of the "
                                                      "expander)" + _inherited(step, "train_spade")))
+    for term in modes.IMAGE_STAT_TERMS:  # inherited from `defaults` by a step without train_vae: no effect there
+        key = f"train_{term}"
+        if not s.train_vae and getattr(step, key):  # written on this step
+            issues.append(ConfigIssue(at(key), f"needs train_vae (the {term} term is a reconstruction loss)"))
     if s.use_lpips and not s.train_vae:
         issues.append(ConfigIssue(at("use_lpips"), "needs train_vae (LPIPS is a reconstruction loss)"
                                   + _inherited(step, "use_lpips")))
@@ -205,22 +209,26 @@ def _step_issues_resolved(step: StepConfig, p: Pieces, s: ResolvedStep, at) -> t
 
 
 def _freeze_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigIssue]:
+    """Names must be components; `unfreeze` only what gets a gradient. Freezing what a mode trains is allowed (the
+    step trains the rest), unless it leaves nothing to train."""
     issues = []
-    by_modes, trainable = modes.mode_trained_components(s), modes.trainable_components(s)
+    trainable = modes.trainable_components(s)
     freeze, unfreeze = given.get("freeze", []), given.get("unfreeze", [])
     for field, names in (("freeze", freeze), ("unfreeze", unfreeze)):
         note = _inherited(step, field)
         for j, name in enumerate(names):
             if name not in modes.COMPONENTS:
                 issues.append(ConfigIssue(at(field, j), _unknown("component", name, modes.COMPONENTS) + note))
-            elif field == "freeze" and name in by_modes and name not in unfreeze:  # unfreeze overrides freeze
-                issues.append(ConfigIssue(at(field, j), f"{name} is trained by this step's modes "
-                                          f"({', '.join(modes.mode_labels(s))}); remove it from freeze or turn "
-                                          f"that mode off{note}"))
             elif field == "unfreeze" and name not in trainable:
                 issues.append(ConfigIssue(at(field, j), f"{name} gets no gradient in this step, so unfreezing it "
                                           f"trains nothing (it can train: {', '.join(sorted(trainable)) or 'none'})"
                                           f"{note}"))
+    by_modes = modes.mode_trained_components(s)
+    if by_modes and not modes.trained_components(s) and not issues:
+        issues.append(ConfigIssue(at("freeze"), f"freezes everything this step's modes "
+                                  f"({', '.join(modes.mode_labels(s))}) train ({', '.join(sorted(by_modes))}), so "
+                                  f"nothing is left to train; unfreeze one of them or turn the mode off"
+                                  f"{_inherited(step, 'freeze')}"))
     return issues
 
 

@@ -160,6 +160,9 @@ class OutputConfig(StrictModel):
     sample_captions: list[str] = Field(default_factory=lambda: list(DEFAULT_SAMPLE_CAPTIONS))
     sample_sizes: list[int] | None = None  # None: [data.img_size]
     no_samples: bool = False
+    # GAN steps: warn (console line, MLflow tag) once D has been flat this many updates; 0: never
+    # (fluxflow/train/gan_health.py).
+    d_flat_warn_updates: int = Field(200, ge=0)
     # Where latent_cache/ and text_cache/ go (None: output_path); runs that share it share their caches.
     cache_dir: str | None = None
 

@@ -41,6 +41,9 @@ STEP_DEFAULTS: dict[str, Any] = {
     "r1_gamma": 1.0, "r1_interval": 16, "adaptive_adv_weight": False,
     "cfg_dropout": 0.1, "ema_decay": 0.999, "on_missed": "continue", "uniform_t_share": 0.1,
     "grad_clip": 1.0, "gradient_accumulation_steps": 1,  # 1.0: the original tool's initial_clipping_norm
+    # The image-statistics regularisers (fluxflow/losses/image_stats.py): off; the weights apply once switched on.
+    "train_colorstats": False, "train_histogram": False, "train_contrast": False, "train_coarseness": False,
+    "lambda_colorstats": 0.1, "lambda_histogram": 0.1, "lambda_contrast": 0.05, "lambda_coarseness": 1.0,
 }
 # Moving-average window (in batches) over which a loss_threshold metric is smoothed before comparing.
 TRANSITION_WINDOW = 20
@@ -79,6 +82,14 @@ class StepFields(StrictModel):
     r1_gamma: float | None = Field(None, ge=0.0)
     r1_interval: int | None = Field(None, ge=1)
     adaptive_adv_weight: bool | None = None
+    train_colorstats: bool | None = None
+    train_histogram: bool | None = None
+    train_contrast: bool | None = None
+    train_coarseness: bool | None = None
+    lambda_colorstats: float | None = Field(None, ge=0.0)
+    lambda_histogram: float | None = Field(None, ge=0.0)
+    lambda_contrast: float | None = Field(None, ge=0.0)
+    lambda_coarseness: float | None = Field(None, ge=0.0)
     cfg_dropout: float | None = Field(None, ge=0.0, lt=1.0)
     uniform_t_share: float | None = Field(None, ge=0.0, le=1.0)
     ema_decay: float | None = Field(None, ge=0.0, lt=1.0)
@@ -134,10 +145,18 @@ class ResolvedStep(StrictModel):
     r1_gamma: float
     r1_interval: int
     adaptive_adv_weight: bool
+    train_colorstats: bool
+    train_histogram: bool
+    train_contrast: bool
+    train_coarseness: bool
+    lambda_colorstats: float
+    lambda_histogram: float
+    lambda_contrast: float
+    lambda_coarseness: float
     cfg_dropout: float
     uniform_t_share: float
     ema_decay: float
-    grad_clip: float  # max total gradient norm per optimizer group; 0 = no clipping
+    grad_clip: float  # max total gradient norm of one update (all its optimizer groups); 0 = no clipping
     gradient_accumulation_steps: int
     optimization: Optimization
     transition_on: Transition

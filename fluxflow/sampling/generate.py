@@ -18,6 +18,7 @@ from fluxflow.runtime.device import resolve_device
 from fluxflow.models import build_component
 from fluxflow.sampling.sample_files import image_grid, prompt_file_name
 from fluxflow.sampling.text_to_image import text_to_image
+from fluxflow.train.step_models import saved_expander_spade
 
 GENERATION_COMPONENTS = ("text_encoder", "flow_processor", "expander")
 
@@ -32,7 +33,7 @@ class TextToImageModel:
     latent_norm: dict[str, torch.Tensor]
     model_config: Any  # fluxflow.config.ModelConfig
     img_size: int  # the training image size: the default output size
-    spade: bool  # decode as the checkpoint's step sampled (with SPADE when that step trained it)
+    spade: bool  # decode as the expander was trained: with SPADE when the step that last trained it used SPADE
 
 
 def load_text_to_image(checkpoint: str | Path, model_config: Any = None, img_size: int | None = None,
@@ -65,9 +66,8 @@ def load_text_to_image(checkpoint: str | Path, model_config: Any = None, img_siz
         ema = state.get("ema", {}).get(name)
         module.load_state_dict(ema["shadow"] if ema else state["models"][name])
         models[name] = module.to(target).eval().requires_grad_(False)
-    step_config = state.get("pipeline_metadata", {}).get("step_config", {})
     return TextToImageModel(models, {k: v.to(target) for k, v in state["latent_norm"].items()}, model_config,
-                            img_size, bool(step_config.get("train_spade", False)))
+                            img_size, saved_expander_spade(state))
 
 
 def generate(model: TextToImageModel, prompt: str, seed: int, *, steps: int = 25, guidance: float = 3.0,

@@ -11,7 +11,8 @@ characters of sha256 over (json_sha256, fluxflow/checkpoints/step_key.py):
 - latents: the encoder's weights (every tensor, fluxflow/cache/fingerprint.py), the step's autocast precision, the
   dataset's config and fingerprint (length, first and last item as loaded, a folder's file stats), image size and
   channels;
-- text: the text encoder's weights, the model's text settings (`text_*`: length, width, depth), the precision, and
+- text: the weights the step encodes captions with (the EMA ones of a frozen encoder that has them, as
+  `build_trainer` runs it), the model's text settings (`text_*`: length, width, depth), the precision, and
   the distinct captions of the training split.
 Under torchrun every rank calls this: the first to take a cache's lock builds it, the others wait, then read it.
 """
@@ -80,7 +81,7 @@ def latent_cache(config, step, dataset, rows: np.ndarray | None, trainer, say: C
 
 def text_cache(config, step, captions: list[str], trainer, say: Callable[[str], None]) -> CacheStore:
     text_settings = {k: v for k, v in config.model.model_dump(mode="json").items() if k.startswith("text")}
-    inputs = {"encoder": module_sha256(trainer.models["text_encoder"]), "model": text_settings,
+    inputs = {"encoder": module_sha256(trainer.ctx.models["text_encoder"]), "model": text_settings,
               "precision": str(trainer.ctx.amp_dtype), "captions": json_sha256(captions, 64)}
     directory = cache_root(config) / TEXT_CACHE_DIR / json_sha256(inputs, KEY_LENGTH)
 

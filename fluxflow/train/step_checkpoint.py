@@ -16,6 +16,7 @@ def checkpoint_state(run, completed: bool = False) -> dict:
         "schedulers": {g: s.state_dict() for g, s in t.schedulers.items()},
         "ema": {n: e.state_dict() for n, e in t.emas.items()},
         "latent_norm": {k: v.cpu() for k, v in latent_norm.items()} if latent_norm else None,
+        "expander_spade": t.ctx.spade,  # how every later decode runs the expander (config/modes.expander_spade)
         "model_config": config.model.model_dump(mode="json"),
         "data": config.data.model_dump(mode="json"),
         "pipeline_metadata": {

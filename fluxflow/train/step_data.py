@@ -52,9 +52,10 @@ def leading_inputs(data: StepData, batch_size: int, seed: int, n_items: int,
                    device: torch.device) -> Iterator[torch.Tensor]:
     """The first training batches of epoch 0 covering about `n_items` items of `data.batch_source` (images, or
     cached posterior means), on the device, one batch at a time (to measure the latent normalisation of the first
-    flow step)."""
-    n_batches = max(1, -(-n_items // batch_size))
-    world = getattr(data.batch_source, "world", 1)  # a rank's webdataset part: its local batches (step_run broadcasts)
+    flow step). Under torchrun a rank's webdataset part loads batches of batch_size / world: this rank reads as many
+    more of them, so it covers `n_items` on every rank count (step_run broadcasts rank 0's measurement)."""
+    world = getattr(data.batch_source, "world", 1)
+    n_batches = max(1, -(-n_items // (batch_size // world)))
     loader = make_loader(data.batch_source, batch_size, 0, seed, 0, 0, world=world)
     for inputs, _ in itertools.islice(loader, n_batches):  # stops before loading batch n_batches (not cached)
         yield inputs.to(device)

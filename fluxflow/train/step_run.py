@@ -146,9 +146,13 @@ class StepRun:
             print(line, flush=True)
 
     def _latent_norm(self, state: dict | None) -> dict[str, torch.Tensor] | None:
-        """The input checkpoint's latent normalisation; the first flow step measures it with the encoder it trains on
-        (from the latent cache, which holds that encoder's posterior means, where the step has one)."""
+        """The input checkpoint's latent normalisation; a flow step without one measures it with the encoder it trains
+        on (from the latent cache, which holds that encoder's posterior means, where the step has one). A step that
+        trains the compressor drops the one it inherits: it was measured on a compressor this step changes, so the
+        next flow step measures again (flow -> VAE -> flow)."""
         latent_norm = (state or {}).get("latent_norm")
+        if not self.resuming and "compressor" in self.trainer.ctx.trained:
+            latent_norm = None
         if has_flow_mode(self.step) and latent_norm is None:
             inputs = leading_inputs(self.data, self.step.batch_size, self.config.training.seed, LATENT_NORM_IMAGES,
                                     self.device)

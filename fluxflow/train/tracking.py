@@ -63,6 +63,10 @@ class Tracker(Protocol):
 
     def step_finished(self, ref: CheckpointRef, result: StepResult) -> None: ...
 
+    def warn(self, key: str, message: str) -> None:
+        """A training-health warning (e.g. a flat discriminator): a console line, an MLflow run tag
+        `fluxflow.warning.<key>`."""
+
 
 def _significant(value: float) -> str:
     return f"{value:.4g}"  # 4 significant digits: 0.0234, 12.45, 0.156
@@ -172,6 +176,10 @@ class ConsoleJsonlTracker:
     def step_finished(self, ref: CheckpointRef, result: StepResult) -> None:
         pass  # the runner prints the "Finished step" line; every JSONL line is already closed and on disk
 
+    def warn(self, key: str, message: str) -> None:
+        with self._lock:
+            self._print(f"⚠️  {message}")
+
 
 class MultiTracker:
     """Sends every call to each tracker in turn (e.g. console + JSONL and MLflow)."""
@@ -198,6 +206,10 @@ class MultiTracker:
     def step_finished(self, ref: CheckpointRef, result: StepResult) -> None:
         for t in self.trackers:
             t.step_finished(ref, result)
+
+    def warn(self, key: str, message: str) -> None:
+        for t in self.trackers:
+            t.warn(key, message)
 
 
 def batch_progress(total: int, initial: int = 0, desc: str = "", unit: str = "batch") -> tqdm:

@@ -22,7 +22,8 @@ from fluxflow.train.latents import normalise_latents, posterior
 from fluxflow.train.lr_schedule import LrSchedule, build_schedulers
 from fluxflow.train.optim import build_optimizers
 from fluxflow.train.speed import runnable_models
-from fluxflow.train.step_models import ema_components, prepare_emas, prepare_models, sampling_models
+from fluxflow.train.step_models import (ema_components, expander_spade, prepare_emas, prepare_models,
+                                        sampling_models, saved_expander_spade)
 
 
 @dataclass
@@ -122,11 +123,16 @@ def build_trainer(config, step, state: dict | None, device: torch.device, *, max
     lpips = LPIPSLoss().to(device) if step.use_lpips and step.train_vae else None
     # Speed switches (compile, channels-last, DDP for flow steps): the per-batch steps call these modules.
     runnable = runnable_models(models, step, config.training, device, trained)
+    # A frozen component with an EMA is used as its EMA weights, as samples and exports use it: the frozen text
+    # encoder a flow step trains on, keys its text cache on and samples with is one network (the latent side does the
+    # same with the EMA compressor, `latent_encoder`).
+    runnable.update({name: emas[name].shadow for name in set(emas) - trained})
     ctx = StepContext(step=step, models=runnable, optimizers=optimizers, trained=trained, device=device,
                       amp_dtype=autocast_dtype(device, config.training.precision),
                       generator=torch.Generator(device=device), lpips=lpips,
                       latent_encoder=sampling_models(models, emas).get("compressor"),
-                      synced_groups=synced_groups(runnable))
+                      synced_groups=synced_groups(runnable),
+                      spade=expander_spade(step, saved_expander_spade(state)))
     return Trainer(config=config, step=step, models=models, emas=emas,
                    ema_active=sorted(ema_components(step, trained)), optimizers=optimizers, schedulers=schedulers,
                    ctx=ctx)

@@ -33,6 +33,23 @@ class TextToImageModel:
     model_config: Any  # fluxflow.config.ModelConfig
     img_size: int  # the training image size: the default output size
     spade: bool  # decode as the checkpoint's step sampled (with SPADE when that step trained it)
+    channels: int = 3  # image channels the expander writes
+
+
+def build_text_to_image(weights: dict[str, dict[str, torch.Tensor]], latent_norm: dict[str, torch.Tensor],
+                        model_config: Any, img_size: int, channels: int, spade: bool,
+                        device: str | None = None) -> TextToImageModel:
+    """The generation components built from `model_config` with `weights` (a state dict per component) on `device`,
+    in eval mode: the one assembly behind a checkpoint (`load_text_to_image`) and an export
+    (fluxflow/sampling/export.py)."""
+    target = resolve_device(device)
+    models = {}
+    for name in GENERATION_COMPONENTS:
+        module = build_component(name, model_config, channels)
+        module.load_state_dict(weights[name])
+        models[name] = module.to(target).eval().requires_grad_(False)
+    return TextToImageModel(models, {k: v.to(target) for k, v in latent_norm.items()}, model_config, img_size, spade,
+                            channels)
 
 
 def load_text_to_image(checkpoint: str | Path, model_config: Any = None, img_size: int | None = None,
@@ -58,16 +75,16 @@ def load_text_to_image(checkpoint: str | Path, model_config: Any = None, img_siz
     data = state.get("data") or {}
     img_size = int(data.get("img_size") or img_size or 0)
     channels = int(data.get("channels") or 3)
-    target = resolve_device(device)
-    models = {}
-    for name in GENERATION_COMPONENTS:
-        module = build_component(name, model_config, channels)
-        ema = state.get("ema", {}).get(name)
-        module.load_state_dict(ema["shadow"] if ema else state["models"][name])
-        models[name] = module.to(target).eval().requires_grad_(False)
+    weights = {name: sampling_weights(state, name) for name in GENERATION_COMPONENTS}
     step_config = state.get("pipeline_metadata", {}).get("step_config", {})
-    return TextToImageModel(models, {k: v.to(target) for k, v in state["latent_norm"].items()}, model_config,
-                            img_size, bool(step_config.get("train_spade", False)))
+    return build_text_to_image(weights, state["latent_norm"], model_config, img_size, channels,
+                               bool(step_config.get("train_spade", False)), device)
+
+
+def sampling_weights(state: dict[str, Any], name: str) -> dict[str, torch.Tensor]:
+    """Component `name`'s weights that samples use: its EMA shadow where the checkpoint keeps one, else the raw."""
+    ema = state.get("ema", {}).get(name)
+    return ema["shadow"] if ema else state["models"][name]
 
 
 def generate(model: TextToImageModel, prompt: str, seed: int, *, steps: int = 25, guidance: float = 3.0,

@@ -130,6 +130,19 @@ def test_bad_inputs_exit_2_naming_them_without_a_traceback(byte_checkpoint, tmp_
     assert "model.safetensors" in capsys.readouterr().err
 
 
+def test_without_transformers_a_pretrained_encoder_model_names_the_extra(pretrained_checkpoint, tmp_path,
+                                                                        monkeypatch, capsys):
+    export(pretrained_checkpoint, tmp_path / "export")
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as when the `pretrained` extra is not installed
+    prompt = ["--prompt", "x", "--device", "cpu", "--output", str(tmp_path / "images")]
+    for main, args in [(cli_export.main, ["--checkpoint", pretrained_checkpoint, "--output", str(tmp_path / "again")]),
+                       (cli_generate.main, ["--checkpoint", pretrained_checkpoint, *prompt]),
+                       (cli_generate.main, ["--weights", str(tmp_path / "export"), *prompt])]:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert "pip install 'fluxflow-pipelines[pretrained]'" in err and "Traceback" not in err, args
+
+
 def test_help_answers_without_importing_torch():
     done = subprocess.run([sys.executable, "-c", "import sys; sys.argv = ['fluxflow-export', '--help']\n"
                            "import flows.cli_export as c\ntry:\n    c.main()\nexcept SystemExit:\n    pass\n"

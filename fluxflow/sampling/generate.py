@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fluxflow.checkpoints.io import load_checkpoint
+from fluxflow.config.pretrained_text import UnusablePretrained
 from fluxflow.runtime.device import resolve_device
 from fluxflow.models import build_component
 from fluxflow.sampling.sample_files import image_grid, prompt_file_name
@@ -45,7 +46,10 @@ def build_text_to_image(weights: dict[str, dict[str, torch.Tensor]], latent_norm
     target = resolve_device(device)
     models = {}
     for name in GENERATION_COMPONENTS:
-        module = build_component(name, model_config, channels)
+        try:
+            module = build_component(name, model_config, channels)
+        except UnusablePretrained as exc:  # its directory is gone, or transformers is not installed
+            raise GenerationError(f"cannot load the text encoder: {exc}") from None
         module.load_state_dict(weights[name])
         models[name] = module.to(target).eval().requires_grad_(False)
     return TextToImageModel(models, {k: v.to(target) for k, v in latent_norm.items()}, model_config, img_size, spade,

@@ -1,6 +1,7 @@
 """A registered model loads where this repository is not: an environment that holds only the packages the model's
 requirements.txt declares (and what they depend on) loads `models:/NAME@champion` and draws the same pixels as
-`fluxflow-generate --checkpoint`, for a byte-level and a pretrained text encoder (whose directory is gone by then).
+`fluxflow-generate --checkpoint`, for a byte-level and a pretrained text encoder (whose directory is gone by then);
+so does the folder `fluxflow-export --model` writes of it.
 
 The environment is a new virtualenv whose site-packages links, file by file from this test environment, exactly the
 distributions the declared requirements resolve to: no pip, no network and no 5 GB torch copy, and nothing else of
@@ -100,11 +101,12 @@ def train_and_register(tmp: Path, name: str, model: dict) -> str:
     return state.result()[-1]["ref"]["uri"]
 
 
-def pixels_by_checkpoint(checkpoint: str, out: Path) -> np.ndarray:
+def pixels_of(source: list[str], out: Path) -> np.ndarray:
+    """`fluxflow-generate`'s image of PROMPT from `source` (--checkpoint FILE, --weights DIR)."""
     from flows import cli_generate
 
-    assert cli_generate.main(["--checkpoint", checkpoint, "--prompt", PROMPT, "--seed", str(SEED), "--steps",
-                              str(STEPS), "--format", "png", "--device", "cpu", "--output", str(out)]) == 0
+    assert cli_generate.main([*source, "--prompt", PROMPT, "--seed", str(SEED), "--steps", str(STEPS), "--format",
+                              "png", "--device", "cpu", "--output", str(out)]) == 0
     [image] = out.iterdir()
     return np.asarray(Image.open(image))
 
@@ -119,13 +121,16 @@ def test_the_champion_loads_without_this_repository_and_draws_the_checkpoints_pi
         clip = shutil.copytree(tiny_clip_dir, tmp_path / "clip")
         model = {k: v for k, v in TINY_MODEL.items() if k != "text_embedding_dim"}
         model["text_encoder"] = {"type": "pretrained", "path": str(clip)}
-    name = f"travels-{encoder}"
+    name, uri = f"travels-{encoder}", f"models:/travels-{encoder}@champion"
     checkpoint = train_and_register(tmp_path, name, model)
-    expected = pixels_by_checkpoint(checkpoint, tmp_path / "by-checkpoint")
+    expected = pixels_of(["--checkpoint", checkpoint], tmp_path / "by-checkpoint")
+    from flows import cli_export
+
+    assert cli_export.main(["--model", uri, "--output", str(tmp_path / "exported")]) == 0  # fluxflow-export --model
     if encoder == "pretrained":
         shutil.rmtree(tmp_path / "clip")
+    assert np.array_equal(pixels_of(["--weights", str(tmp_path / "exported")], tmp_path / "by-export"), expected)
 
-    uri = f"models:/{name}@champion"
     requirements = [line.strip() for line in
                     Path(download_artifacts(artifact_uri=f"{uri}/requirements.txt")).read_text().splitlines()
                     if line.strip() and not line.startswith("#")]

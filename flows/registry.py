@@ -143,7 +143,8 @@ def register_step(client: MlflowClient, name: str, outcome: StepOutcome, config,
         config_file = Path(tmp) / "config.json"
         config_file.write_text(json.dumps(config.model_dump(mode="json"), indent=2))
         model = load_text_to_image(ref.uri, device="cpu")
-        weights = export_weights(model, Path(tmp) / WEIGHTS_ARTIFACT, source={"checkpoint": ref.uri, "sha256": ref.sha256})
+        weights = export_weights(model, Path(tmp) / WEIGHTS_ARTIFACT,
+                                 source={"checkpoint": ref.uri, "sha256": ref.sha256})
         # Created here, in the run's experiment: left to Model.log it would land in the default experiment.
         logged = client.create_logged_model(run.info.experiment_id, MODEL_IN_RUN, run.info.run_id,
                                             params=run.data.params, model_type="text-to-image")

@@ -66,7 +66,8 @@ def test_an_export_generates_the_same_pixels_as_its_checkpoint(case, request, tm
     common = ["--prompt", "a red circle", "--prompt", "a blue square", "--n", "2", "--steps", "3", "--device", "cpu",
               "--format", "png"]
     assert cli_generate.main(["--checkpoint", checkpoint, *common, "--output", str(tmp_path / "from-ckpt")]) == 0
-    assert cli_generate.main(["--weights", str(tmp_path / "export"), *common, "--output", str(tmp_path / "from-export")]) == 0
+    assert cli_generate.main(["--weights", str(tmp_path / "export"), *common,
+                              "--output", str(tmp_path / "from-export")]) == 0
     names = sorted(p.name for p in (tmp_path / "from-ckpt").iterdir())
     assert len(names) == 4 and names == sorted(p.name for p in (tmp_path / "from-export").iterdir())
     for name in names:

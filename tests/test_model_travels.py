@@ -38,7 +38,8 @@ import base64, importlib.util, json, sys
 assert importlib.util.find_spec("fluxflow") is None, "the project is importable without the model"
 import mlflow, pandas as pd
 model = mlflow.pyfunc.load_model(sys.argv[1], model_config={"device": "cpu"})
-frame = model.predict(pd.DataFrame({"prompt": [sys.argv[3]]}), params={"seed": int(sys.argv[4]), "steps": int(sys.argv[5])})
+params = {"seed": int(sys.argv[4]), "steps": int(sys.argv[5])}
+frame = model.predict(pd.DataFrame({"prompt": [sys.argv[3]]}), params=params)
 open(sys.argv[2], "wb").write(base64.b64decode(frame.image[0]))
 import fluxflow
 print(json.dumps({"fluxflow": fluxflow.__file__}))

@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.artifacts import mlflow_run_url, publish_step
 from flows.fault_policy import quiet_non_retryable_tracebacks, retry_unless_non_retryable
 from flows.mlflow_tracker import MlflowTracker
+from flows.prefect_log_tracker import PrefectLogTracker
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome
 from fluxflow.config import ConfigError, ConfigIssue, PipelineConfig, load_config
 from fluxflow.config.file_checks import data_folder_issues
@@ -66,7 +67,8 @@ def output_dir_of(config: PipelineConfig) -> str:
 
 
 def make_tracker(config: PipelineConfig, target: TrackingTarget):
-    """The step's trackers: the core's console + JSONL one and the MLflow one. Returns (tracker, mlflow_tracker)."""
+    """The step's trackers: the core's console + JSONL one, the MLflow one, and, in a Prefect task run, the one that
+    puts the console lines in the run's log. Returns (tracker, mlflow_tracker)."""
     from fluxflow.train.tracking import ConsoleJsonlTracker, MultiTracker
 
     mlflow_tracker = MlflowTracker(
@@ -77,7 +79,8 @@ def make_tracker(config: PipelineConfig, target: TrackingTarget):
         session=target.session,
     )
     console = ConsoleJsonlTracker(Path(config.output.output_path))
-    return MultiTracker([console, mlflow_tracker]), mlflow_tracker
+    prefect_log = PrefectLogTracker.for_current_task_run()
+    return MultiTracker([console, mlflow_tracker, *([prefect_log] if prefect_log else [])]), mlflow_tracker
 
 
 def run_step_on_ranks(config, step_name: str, parent, nproc: int, device: str | None, mlflow_tracker):

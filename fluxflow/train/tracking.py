@@ -76,6 +76,12 @@ def _seconds(value: float) -> str:
     return f"{value:.1f}" if value >= 1 else f"{value:.2g}"  # 3.2s/batch, 0.041s/batch
 
 
+def has_console_line(metrics: dict[str, float]) -> bool:
+    """Whether `metrics` get a console line: a training log interval's do; evaluation results (eval_*) do not (the
+    runner prints them on a line of its own)."""
+    return any(key in metrics for key in CONSOLE_LABELS)
+
+
 def console_line(metrics: dict[str, float], progress: Progress, now: datetime | None = None) -> str:
     """The original tool's console line, showing exactly those of `metrics` that have a console label, in the original tool's order:
     `[HH:MM:SS] Step vae_gan (2/4) | Epoch 5/20 | Batch 127/500 | VAE: 0.0234 | KL: 12.45 | ... | 3.2s/batch`,
@@ -164,7 +170,7 @@ class ConsoleJsonlTracker:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "a", encoding="utf-8") as f:
                 f.write(record + "\n")
-            if any(key in metrics for key in CONSOLE_LABELS):  # evaluation results get their own line
+            if has_console_line(metrics):
                 self._print(console_line(metrics, progress, now))
 
     def log_image(self, path: Path) -> None:

@@ -28,7 +28,7 @@ from bench.common import MachineLoad, device_label, machine, median, print_table
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "tiny_test.yaml"
-CLIS = ("fluxflow-train", "fluxflow-generate", "fluxflow-compare")
+CLIS = ("fluxflow-train", "fluxflow-generate", "fluxflow-compare", "fluxflow-export")
 BARE = ("import sys\nfrom fluxflow.config import load_config\nfrom fluxflow.train.pipeline import run_pipeline\n"
         "config = load_config(sys.argv[1]).config\nconfig.output.output_path = sys.argv[2]\nrun_pipeline(config)\n")
 

@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from flows.cli_generate import ModelNotFound, model_checkpoint_of
+from flows.cli_version import add_version_argument
 
 
 def parser() -> argparse.ArgumentParser:
@@ -34,6 +35,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="the folder to write (new or empty)")
     p.add_argument("--config", help="the pipeline's config file, for a checkpoint that does not record its model "
                                     "sizes")
+    add_version_argument(p)
     return p
 
 

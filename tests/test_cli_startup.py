@@ -23,7 +23,7 @@ from flows.prefect_server import KEPT_SERVER_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ["warm", "gan"]
-CLIS = ["flows.cli_train", "flows.cli_generate", "flows.cli_compare"]
+CLIS = ["flows.cli_train", "flows.cli_generate", "flows.cli_compare", "flows.cli_export"]
 
 
 def _train(config: Path, out: Path, cwd: Path, prefect_home: Path, *flags: str) -> str:

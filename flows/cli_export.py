@@ -14,7 +14,7 @@ from flows import env  # noqa: F401  (every flows entry point: quiet and offline
 import argparse
 import sys
 
-from flows.cli_generate import ModelNotFound, model_checkpoint_of
+from flows.cli_generate import ModelNotFound, checkpoint_model
 from flows.cli_version import add_version_argument
 
 
@@ -43,15 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
     from fluxflow.checkpoints.io import CheckpointError, sha256_file
-    from fluxflow.config import ConfigError, load_config
+    from fluxflow.config import ConfigError
     from fluxflow.sampling.export import export_weights
-    from fluxflow.sampling.generate import GenerationError, load_text_to_image
+    from fluxflow.sampling.generate import GenerationError
 
     try:
-        checkpoint = args.checkpoint or model_checkpoint_of(args.model, args.tracking_uri)
-        config = load_config(args.config).config if args.config else None
-        model = load_text_to_image(checkpoint, config.model if config else None,
-                                   config.data.img_size if config else None, "cpu")
+        model, checkpoint = checkpoint_model(args, "cpu")
         source = {"checkpoint": str(checkpoint), "sha256": sha256_file(checkpoint)}
         if args.model:
             source["model"] = args.model

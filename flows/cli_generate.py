@@ -46,6 +46,19 @@ def model_checkpoint_of(model_uri: str, tracking_uri: str | None) -> Path:
         raise ModelNotFound(str(exc)) from None
 
 
+def checkpoint_model(args: argparse.Namespace, device: str | None):
+    """(the text-to-image model, its checkpoint file) of --checkpoint or --model, sized by --config where the
+    checkpoint does not record its model sizes (fluxflow-generate, fluxflow-export)."""
+    from fluxflow.config import load_config
+    from fluxflow.sampling.generate import load_text_to_image
+
+    checkpoint = args.checkpoint or model_checkpoint_of(args.model, args.tracking_uri)
+    config = load_config(args.config).config if args.config else None
+    model = load_text_to_image(checkpoint, config.model if config else None,
+                               config.data.img_size if config else None, device)
+    return model, checkpoint
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fluxflow-generate", description="Generate images from a trained checkpoint or a registered model.",
@@ -90,19 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from fluxflow.checkpoints.io import CheckpointError
-    from fluxflow.config import ConfigError, load_config
+    from fluxflow.config import ConfigError
     from fluxflow.runtime.device import DeviceUnavailable
     from fluxflow.sampling.export import load_exported
-    from fluxflow.sampling.generate import GenerationError, generate_files, load_text_to_image
+    from fluxflow.sampling.generate import GenerationError, generate_files
 
     try:
         if args.weights:
             model = load_exported(args.weights, args.device)
         else:
-            checkpoint = args.checkpoint or model_checkpoint_of(args.model, args.tracking_uri)
-            config = load_config(args.config).config if args.config else None
-            model = load_text_to_image(checkpoint, config.model if config else None,
-                                       config.data.img_size if config else None, args.device)
+            model, _ = checkpoint_model(args, args.device)
         files = generate_files(model, prompts, args.output, n=args.n, seed=args.seed, steps=args.steps,
                                guidance=args.guidance, size=args.size, ext=args.format)
     except (CheckpointError, ConfigError, GenerationError, DeviceUnavailable, ModelNotFound) as exc:

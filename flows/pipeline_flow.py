@@ -10,6 +10,7 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (must precede prefect and mlflow)
 
 import contextlib
+import json
 import shutil
 import sys
 from datetime import timezone
@@ -28,6 +29,7 @@ from flows.fault_policy import failure_exit_code
 from flows.mlflow_runs import (
     TAG_KIND,
     TAG_OUTPUT_DIR,
+    TAG_OVERRIDES,
     experiment_id_for,
     find_runs,
     open_pipeline_run,
@@ -58,8 +60,10 @@ def config_hash(config: PipelineConfig) -> str:
     return json_sha256(config.model_dump(mode="json"), 16, compact=False)
 
 
-def open_tracking(config: PipelineConfig, steps: list) -> tuple[MlflowClient, TrackingTarget]:
-    """The pipeline's MLflow parent run, tagged with what links it to this flow run."""
+def open_tracking(config: PipelineConfig, steps: list,
+                  overrides: list[str] | None = None) -> tuple[MlflowClient, TrackingTarget]:
+    """The pipeline's MLflow parent run, tagged with what links it to this flow run (and the `--set` overrides the
+    run's config was given: each step run's params hold the resulting values)."""
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
     client = MlflowClient(uri)
     experiment_id = experiment_id_for(client, config.tracking.experiment_name)
@@ -71,6 +75,7 @@ def open_tracking(config: PipelineConfig, steps: list) -> tuple[MlflowClient, Tr
         "fluxflow.branches": ",".join(branch_names(steps)),
         "prefect.flow_run_id": str(flow_run.id or ""),
         "prefect.flow_run_name": str(flow_run.name or ""),
+        TAG_OVERRIDES: json.dumps(list(overrides or [])),
     }
     ui_url = url_for("flow-run", obj_id=flow_run.id) if flow_run.id else None  # None on the embedded API
     if ui_url:
@@ -92,13 +97,15 @@ def dated(output_dir: str | None) -> str | None:
 
 
 @flow(name="fluxflow-pipeline")
-def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str | None = None) -> list[dict]:
+def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str | None = None,
+                  overrides: list[str] | None = None) -> list[dict]:
     """Train the pipeline declared by `config` (a YAML path or the config itself); returns each step's outcome.
-    `output_dir` overrides the config's output directory; `{date}` in it is the run's scheduled day."""
+    `output_dir` overrides the config's output directory; `{date}` in it is the run's scheduled day. `overrides`:
+    `KEY=VALUE` changes of the config, as `fluxflow-train --set` (fluxflow/config/overrides.py)."""
     output_dir = dated(output_dir)
-    cfg = load_pipeline_config(config, output_dir)
+    cfg = load_pipeline_config(config, output_dir, overrides)
     with output_lock(cfg):  # one run per output directory: a second one fails at once, as with run_pipeline
-        return run_steps(cfg, output_dir, device)
+        return run_steps(cfg, output_dir, device, overrides)
 
 
 def output_lock(config: PipelineConfig):
@@ -106,7 +113,8 @@ def output_lock(config: PipelineConfig):
     return RunLock(output_dir_of(config))
 
 
-def run_steps(cfg: PipelineConfig, output_dir: str | None, device: str | None) -> list[dict]:
+def run_steps(cfg: PipelineConfig, output_dir: str | None, device: str | None,
+              overrides: list[str] | None = None) -> list[dict]:
     """Submit each step once its parent has finished; its outcome decides whether its children run
     (fluxflow/train/pipeline_schedule.py). Returns each finished step's `StepOutcome.to_dict()`."""
     logger = get_run_logger()
@@ -116,7 +124,7 @@ def run_steps(cfg: PipelineConfig, output_dir: str | None, device: str | None) -
 
     clear_stop_request()
     announce_skipped(cfg)
-    client, target = open_tracking(cfg, steps)
+    client, target = open_tracking(cfg, steps, overrides)
     progress = artifacts.start_progress(target.pipeline, len(steps))
     task = pipeline_step_task(cfg.training.pipeline.retries)
     # Every task trains the config resolved here, at the flow's start, not the YAML file as it is when the task
@@ -214,17 +222,18 @@ def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
     print(f"Prefect UI:  {start}{flow_run_url}")
 
 
-def run_pipeline_flow(config_source: str | Path | dict, output_dir: str | None = None, device: str | None = None) -> int:
+def run_pipeline_flow(config_source: str | Path | dict, output_dir: str | None = None, device: str | None = None,
+                      overrides: list[str] | None = None) -> int:
     """Run the flow on the current Prefect API (the embedded one by default). Exit code: 0 done, 1 failed, 2 bad
     config or a failure the user must fix first (flows/fault_policy.py)."""
     source = str(config_source) if isinstance(config_source, Path) else config_source
     try:
-        config = load_pipeline_config(source, output_dir)  # fail fast, before Prefect starts
+        config = load_pipeline_config(source, output_dir, overrides)  # fail fast, before Prefect starts
     except ConfigError as exc:
         print(exc)
         return 2
     start_temporary_server()  # unless PREFECT_API_URL names a server; stopped at exit
-    state = pipeline_flow(source, output_dir, device, return_state=True)
+    state = pipeline_flow(source, output_dir, device, overrides or None, return_state=True)
     if state.is_completed():
         print("Pipeline finished:")
         print_summary(state.result())

@@ -41,9 +41,11 @@ class TrackingTarget:
         return asdict(self)
 
 
-def load_pipeline_config(source: str | Path | dict, output_dir: str | None = None) -> PipelineConfig:
-    """The config as the flow and every task see it: `load_config` plus the flow's output-directory override."""
-    config = load_config(source).config
+def load_pipeline_config(source: str | Path | dict, output_dir: str | None = None,
+                         overrides: list[str] | None = None) -> PipelineConfig:
+    """The config as the flow and every task see it: `load_config` with the `--set` overrides, plus the flow's
+    output-directory override."""
+    config = load_config(source, overrides or ()).config
     if output_dir:
         try:
             check_output_path(output_dir)

@@ -313,3 +313,15 @@ def test_a_second_run_on_a_busy_output_directory_fails_at_once(tmp_path, mlflow_
         assert run_pipeline_flow(raw) == 1
     assert "is in use by another run" in capsys.readouterr().out
     assert not (Path(raw["output"]["output_path"]) / "checkpoints").exists()
+
+
+def test_overrides_as_a_flow_parameter_reach_the_steps_and_the_mlflow_runs(tmp_path, mlflow_store_module):
+    from flows.pipeline_flow import pipeline_flow
+
+    raw = config(tmp_path, "overrides", [{"name": "warm", **VAE}])
+    overrides = ["training.seed=3", "training.pipeline.steps.warm.kl_beta=0.5"]
+    state = pipeline_flow(raw, overrides=overrides, return_state=True)
+    assert state.is_completed(), state.message
+    pipelines, steps = mlflow_runs("overrides")
+    assert json.loads(pipelines[0].data.tags["fluxflow.overrides"]) == overrides
+    assert (steps[0].data.params["seed"], steps[0].data.params["kl_beta"]) == ("3", "0.5")

@@ -28,8 +28,10 @@ def step_keys(config) -> dict[str, str]:
     root = {"model_checkpoint": config.model_checkpoint} if config.model_checkpoint else None
     for step in execution_order(config.resolved_steps()):
         parent_key = keys[step.parent] if step.parent else (json.dumps(root) if root else None)
-        # Caches change no number, so switching them neither re-runs a step nor sets its files aside.
-        keys[step.name] = step_key(step.model_dump(mode="json", exclude=set(CACHE_FIELDS)),
+        # Caches change no number, so switching them neither re-runs a step nor sets its files aside. The seed does:
+        # it is in the key, except the default 0, so that steps trained before it was keep their keys.
+        ignored = set(CACHE_FIELDS) | ({"seed"} if step.seed == 0 else set())
+        keys[step.name] = step_key(step.model_dump(mode="json", exclude=ignored),
                                    config.model.model_dump(mode="json"),
                                    config.dataset_for(step).model_dump(mode="json"), parent_key)
     return keys

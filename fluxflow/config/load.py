@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from fluxflow.config.checks import Pieces, semantic_issues
 from fluxflow.config.errors import ConfigError, ConfigIssue, did_you_mean, format_path
 from fluxflow.config.legacy import apply_legacy
+from fluxflow.config.overrides import apply_overrides
 from fluxflow.config.promotion import promotion_issues
 from fluxflow.config.schema import (DataConfig, DatasetConfig, ModelConfig, OutputConfig, PipelineConfig,
                                     TrainingConfig, implicit_datasets)
@@ -66,8 +67,9 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError([ConfigIssue("(file)", f"broken YAML: {' '.join(str(exc).split())}")], str(path)) from None
 
 
-def load_config(source: str | Path | dict[str, Any]) -> LoadedConfig:
-    """Validate a config file (path) or an already-parsed config (dict, e.g. a Prefect parameter)."""
+def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> LoadedConfig:
+    """Validate a config file (path) or an already-parsed config (dict, e.g. a Prefect parameter), with the
+    `--set KEY=VALUE` overrides applied first (fluxflow/config/overrides.py)."""
     path = None if isinstance(source, dict) else Path(source)
     raw = source if isinstance(source, dict) else read_yaml(path)
     label = str(path) if path else None
@@ -75,6 +77,11 @@ def load_config(source: str | Path | dict[str, Any]) -> LoadedConfig:
         raise ConfigError([ConfigIssue("(file)", "is empty; a config needs at least training.pipeline.steps")], label)
     if not isinstance(raw, dict):
         raise ConfigError([ConfigIssue("(file)", f"must be a mapping of sections, not {type(raw).__name__}")], label)
+    if overrides:
+        try:
+            raw = apply_overrides(raw, list(overrides), _Loader)
+        except ConfigError as exc:
+            raise ConfigError(exc.issues, label) from None
 
     raw, warnings, issues = apply_legacy(raw)
     config: PipelineConfig | None = None

@@ -200,7 +200,7 @@ class PipelineConfig(StrictModel):
     def step_globals(self) -> StepGlobals:
         t = self.training
         return StepGlobals(batch_size=t.batch_size, workers=t.workers, lr=t.lr, n_epochs=t.n_epochs,
-                           max_steps=t.max_steps, dataset=t.pipeline.default_dataset)
+                           max_steps=t.max_steps, dataset=t.pipeline.default_dataset, seed=t.seed)
 
     def resolved_steps(self) -> list[ResolvedStep]:
         """Every step with defaults, globals and parent filled in, in file order."""

@@ -1,7 +1,7 @@
 """Pipeline steps: what a step may say in the file, and the fully resolved step the trainer runs.
 
 A step's value comes from, highest first: the step itself, `training.pipeline.defaults` (deep-merged under it),
-the globals of `training` (batch_size, workers, lr, n_epochs, max_steps; the pipeline's default dataset), and
+the globals of `training` (batch_size, workers, lr, n_epochs, max_steps, seed; the pipeline's default dataset), and
 STEP_DEFAULTS below. In the file every field is optional and None means "inherit"; `ResolvedStep` is concrete.
 
 Deep merge: mappings merge key by key, lists and scalars of the step replace those of the defaults. A block whose
@@ -95,6 +95,7 @@ class StepFields(StrictModel):
     eval_interval: int | None = Field(None, ge=1)
     cache_latents: bool | None = None  # None: on where valid (fluxflow/config/caching.py)
     cache_text: bool | None = None
+    seed: int | None = None  # data order, fresh weights and noise of the step (None: training.seed)
 
 
 class StepDefaults(StepFields):
@@ -152,6 +153,7 @@ class ResolvedStep(StrictModel):
     # fluxflow/config/caching.py's answer. Caches change no number, so the step key leaves them out.
     cache_latents: bool | None
     cache_text: bool | None
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,7 @@ class StepGlobals:
     n_epochs: int | None
     max_steps: int | None
     dataset: str | None
+    seed: int = 0
 
 
 class MissingStepValue(Exception):
@@ -206,7 +209,7 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
     given = merged_step_fields(step, defaults)
     values: dict[str, Any] = dict(STEP_DEFAULTS)
     values.update(batch_size=globals_.batch_size, workers=globals_.workers, lr=globals_.lr,
-                  max_steps=globals_.max_steps, eval_interval=None,
+                  max_steps=globals_.max_steps, seed=globals_.seed, eval_interval=None,
                   cache_latents=None, cache_text=None)
     for key in ("n_epochs", "dataset"):
         if getattr(globals_, key) is not None:

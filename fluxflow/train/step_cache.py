@@ -43,7 +43,7 @@ def attach_caches(config, step, data, trainer, epochs: range | None = None,
     kind = config.dataset_for(step).type
     if latent_cache_choice(step, kind).on:
         rows = None if epochs is None else rows_read(len(data.train_set), step, data.batches_per_epoch,
-                                                     config.training.seed, epochs)
+                                                     step.seed, epochs)
         data.latent_cache = LatentCacheDataset(latent_cache(config, step, data.train_set, rows, trainer, say))
         trainer.cached_latents = True
     if text_cache_choice(step, kind).on:

@@ -22,7 +22,7 @@ def checkpoint_state(run, completed: bool = False) -> dict:
             "current_step": step.index, "current_step_name": step.name, "step_start_epoch": pos.start_epoch,
             "current_step_epoch": pos.epoch, "batch": pos.batch, "step_metrics": run.history,
             "step_key": run.files.key, "step_config": step.model_dump(mode="json"),
-            "seed": config.training.seed, "rng": capture_rng_state(),
+            "seed": step.seed, "rng": capture_rng_state(),
             "monitor": run.monitor.state_dict(), "completed": completed, "outcome": run.outcome,
         },
     }

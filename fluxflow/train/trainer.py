@@ -52,7 +52,7 @@ class Trainer:
         this step's optimizer updates so far.
         """
         ctx, step = self.ctx, self.step
-        ctx.generator.manual_seed(batch_seed(self.config.training.seed, global_step))
+        ctx.generator.manual_seed(batch_seed(step.seed, global_step))
         metrics: dict[str, torch.Tensor] = {}
         if touches_vae(step):
             metrics.update(vae_step(ctx, images, update, window))
@@ -108,11 +108,12 @@ def build_trainer(config, step, state: dict | None, device: torch.device, *, max
     `resuming`: `state` is this step's own latest.pt (its EMA decay is kept), not a parent's checkpoint.
     `updates_per_epoch`: optimizer updates per epoch, which per-update lr schedules span (None: per-epoch only).
 
-    Fresh components start from the seeded weights of `training.seed + step.index`, so every process (and every
-    torchrun rank, which then takes rank 0's weights anyway) builds the same ones.
+    Fresh components start from the seeded weights of the step's `seed` (training.seed unless the step sets one)
+    + `step.index`, so every process (and every torchrun rank, which then takes rank 0's weights anyway) builds the
+    same ones.
     """
     trained = trained_components(step)
-    torch.manual_seed(config.training.seed + step.index)
+    torch.manual_seed(step.seed + step.index)
     models = prepare_models(config, step, state, device)
     if distributed.world_size() > 1:
         distributed.broadcast_modules(models.values())

@@ -18,6 +18,7 @@ from fluxflow.checkpoints.latest import previous_of
 from fluxflow.checkpoints.ref import CheckpointRef, StepResult
 from fluxflow.config.caching import CACHE_FIELDS
 from fluxflow.config.dag import execution_order
+from fluxflow.config.steps import KEY_NEUTRAL_VALUES
 from fluxflow.checkpoints.step_key import describe_change, step_key
 from fluxflow.train.tracking import metrics_file
 
@@ -28,9 +29,9 @@ def step_keys(config) -> dict[str, str]:
     root = {"model_checkpoint": config.model_checkpoint} if config.model_checkpoint else None
     for step in execution_order(config.resolved_steps()):
         parent_key = keys[step.parent] if step.parent else (json.dumps(root) if root else None)
-        # Caches change no number, so switching them neither re-runs a step nor sets its files aside. The seed does:
-        # it is in the key, except the default 0, so that steps trained before it was keep their keys.
-        ignored = set(CACHE_FIELDS) | ({"seed"} if step.seed == 0 else set())
+        # Caches change no number, so switching them neither re-runs a step nor sets its files aside. Fields added
+        # since keys exist are left out at the value that trains as before them (steps.KEY_NEUTRAL_VALUES).
+        ignored = set(CACHE_FIELDS) | {k for k, v in KEY_NEUTRAL_VALUES.items() if getattr(step, k) == v}
         keys[step.name] = step_key(step.model_dump(mode="json", exclude=ignored),
                                    config.model.model_dump(mode="json"),
                                    config.dataset_for(step).model_dump(mode="json"), parent_key)

@@ -20,6 +20,7 @@ from fluxflow.config import modes
 from fluxflow.config.optim import Optimization, OptimizerConfig, StrictModel
 
 TransitionMode = Literal["epoch", "loss_threshold"]
+LossWeighting = Literal["none", "min_snr"]
 OnMissed = Literal["continue", "fail"]
 
 
@@ -40,7 +41,16 @@ STEP_DEFAULTS: dict[str, Any] = {
     "lambda_adv": 0.5, "lambda_lpips": 0.1, "recon_l1_weight": 1.0, "recon_mse_weight": 1.0,
     "r1_gamma": 1.0, "r1_interval": 16, "adaptive_adv_weight": False,
     "cfg_dropout": 0.1, "ema_decay": 0.999, "on_missed": "continue", "uniform_t_share": 0.1,
+    "t_logit_mean": 0.0, "t_logit_std": 1.0, "t_shift": 1.0, "t_shift_base_size": None,
+    "loss_weighting": "none", "min_snr_gamma": 5.0,
     "grad_clip": 1.0, "gradient_accumulation_steps": 1,  # 1.0: the original tool's initial_clipping_norm
+}
+# Step fields added after steps were first keyed, at the value that trains as before they existed: at that value a
+# field is left out of the step key (fluxflow/checkpoints/step_files.py), so that steps trained before it keep their
+# keys instead of retraining.
+KEY_NEUTRAL_VALUES: dict[str, Any] = {
+    "seed": 0, "t_logit_mean": 0.0, "t_logit_std": 1.0, "t_shift": 1.0, "t_shift_base_size": None,
+    "loss_weighting": "none", "min_snr_gamma": 5.0,
 }
 # Moving-average window (in batches) over which a loss_threshold metric is smoothed before comparing.
 TRANSITION_WINDOW = 20
@@ -81,6 +91,12 @@ class StepFields(StrictModel):
     adaptive_adv_weight: bool | None = None
     cfg_dropout: float | None = Field(None, ge=0.0, lt=1.0)
     uniform_t_share: float | None = Field(None, ge=0.0, le=1.0)
+    t_logit_mean: float | None = None
+    t_logit_std: float | None = Field(None, gt=0.0)
+    t_shift: float | None = Field(None, gt=0.0)
+    t_shift_base_size: int | None = Field(None, ge=1)
+    loss_weighting: LossWeighting | None = None
+    min_snr_gamma: float | None = Field(None, gt=0.0)
     ema_decay: float | None = Field(None, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(None, ge=0.0)
     gradient_accumulation_steps: int | None = Field(None, ge=1)
@@ -137,6 +153,13 @@ class ResolvedStep(StrictModel):
     adaptive_adv_weight: bool
     cfg_dropout: float
     uniform_t_share: float
+    # The flow objective's timestep draw and loss weighting (fluxflow/losses/flow.py FlowObjective).
+    t_logit_mean: float
+    t_logit_std: float
+    t_shift: float
+    t_shift_base_size: int | None  # set: t_shift is scaled by data.img_size / t_shift_base_size (SD3)
+    loss_weighting: LossWeighting
+    min_snr_gamma: float
     ema_decay: float
     grad_clip: float  # max total gradient norm per optimizer group; 0 = no clipping
     gradient_accumulation_steps: int

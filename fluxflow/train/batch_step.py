@@ -16,6 +16,7 @@ from torch import nn
 from fluxflow.runtime.device import autocast
 from fluxflow.losses import (adaptive_weight, hinge_d_loss, hinge_g_loss, kl_loss, kl_weight, r1_penalty,
                              rectified_flow_loss, reconstruction_loss)
+from fluxflow.losses.flow import DEFAULT_OBJECTIVE, FlowObjective
 from fluxflow.models import cfg_drop_mask
 from fluxflow.train.optim import optimizer_step
 
@@ -39,6 +40,8 @@ class StepContext:
     latent_encoder: nn.Module | None = None
     # Optimizer groups whose gradients DDP averaged in the backward (fluxflow/train/data_parallel.py).
     synced_groups: frozenset[str] = frozenset()
+    # The step's timestep draw and loss weighting for flow training (trainer.flow_objective).
+    flow_objective: FlowObjective = DEFAULT_OBJECTIVE
 
 
 @dataclass(frozen=True)
@@ -174,5 +177,5 @@ def flow_step(ctx: StepContext, latents: torch.Tensor, text: TextFeatures,
     drop = cfg_drop_mask(latents.shape[0], ctx.step.cfg_dropout, latents.device, ctx.generator)
     with autocast(ctx.device, ctx.amp_dtype):
         loss = rectified_flow_loss(ctx.models["flow_processor"], latents, text.tokens, text.mask, text.pooled, drop,
-                                   ctx.generator, ctx.step.uniform_t_share).float()
+                                   ctx.generator, ctx.flow_objective).float()
     return {"flow_loss": loss.detach(), **backward_and_update(ctx, loss, "flow", ("flow", "text_encoder"), window)}

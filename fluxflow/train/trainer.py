@@ -13,6 +13,7 @@ from torch import nn
 from fluxflow.cache.text_cache import TextCache
 from fluxflow.config.modes import has_flow_mode, touches_vae, trained_components
 from fluxflow.losses import LPIPSLoss
+from fluxflow.losses.flow import FlowObjective, resolution_shift
 from fluxflow.runtime import distributed
 from fluxflow.runtime.device import autocast_dtype
 from fluxflow.train.batch_step import WHOLE_BATCH, StepContext, TextFeatures, Window, encode_text, flow_step, vae_step
@@ -102,6 +103,14 @@ def batch_seed(seed: int, global_step: int) -> int:
     return (seed * 1_000_003 + global_step) * distributed.world_size() + distributed.rank()
 
 
+def flow_objective(step, img_size: int) -> FlowObjective:
+    """The step's timestep draw and loss weighting, with its shift scaled to the images it trains on."""
+    return FlowObjective(logit_mean=step.t_logit_mean, logit_std=step.t_logit_std,
+                         shift=resolution_shift(step.t_shift, img_size, step.t_shift_base_size),
+                         uniform_share=step.uniform_t_share, weighting=step.loss_weighting,
+                         min_snr_gamma=step.min_snr_gamma)
+
+
 def build_trainer(config, step, state: dict | None, device: torch.device, *, max_epochs: int,
                   updates_per_epoch: int | None = None, resuming: bool = False) -> Trainer:
     """Models from `state` (or fresh), frozen/trained as the step declares, with EMAs, optimizers and schedulers.
@@ -127,7 +136,8 @@ def build_trainer(config, step, state: dict | None, device: torch.device, *, max
                       amp_dtype=autocast_dtype(device, config.training.precision),
                       generator=torch.Generator(device=device), lpips=lpips,
                       latent_encoder=sampling_models(models, emas).get("compressor"),
-                      synced_groups=synced_groups(runnable))
+                      synced_groups=synced_groups(runnable),
+                      flow_objective=flow_objective(step, config.data.img_size))
     return Trainer(config=config, step=step, models=models, emas=emas,
                    ema_active=sorted(ema_components(step, trained)), optimizers=optimizers, schedulers=schedulers,
                    ctx=ctx)

@@ -26,6 +26,7 @@ from prefect.utilities.urls import url_for
 
 from flows import artifacts
 from flows.fault_policy import failure_exit_code
+from flows.hypotheses import summarize
 from flows.mlflow_runs import (
     TAG_KIND,
     TAG_OUTPUT_DIR,
@@ -43,7 +44,7 @@ from fluxflow.checkpoints.lock import RunLock
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.checkpoints.step_key import json_sha256
 from fluxflow.config import ConfigError, PipelineConfig
-from fluxflow.config.dag import branch_names
+from fluxflow.config.dag import branch_names, leaf_names
 from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
 from fluxflow.train.pipeline_schedule import PipelineSchedule, missed_threshold_message
 
@@ -165,10 +166,27 @@ def run_steps(cfg: PipelineConfig, output_dir: str | None, device: str | None,
         raise
     finally:
         artifacts.publish_summary(target.pipeline, artifacts.summary_rows(outcomes, schedule.not_run))
+        log_hypotheses(client, target, steps, outcomes)
         finish_tracking(client, target, status)
     schedule.raise_if_failed()
     release_models(cfg, resolved, output_dir, device, outcomes, target)  # register, then champion/challenger
     return [outcome.to_dict() for outcome in outcomes]
+
+
+def log_hypotheses(client: MlflowClient, target: TrackingTarget, steps: list, outcomes: list[StepOutcome]) -> None:
+    """The leaf steps' final metrics per hypothesis, with replicate spreads and pairwise differences
+    (flows/hypotheses.py), on the pipeline's MLflow run: hypotheses.json and hypotheses.txt."""
+    finished = {outcome.result.step_name: outcome.result.final_metrics for outcome in outcomes}
+    leaves = set(leaf_names(steps))
+    groups: dict[str, list[str]] = {}
+    for step in steps:
+        if step.name in leaves and step.name in finished:
+            groups.setdefault(step.hypothesis, []).append(step.name)
+    if not groups:
+        return
+    summary = summarize(groups, {h: [finished[name] for name in names] for h, names in groups.items()})
+    TRACKING.put(lambda: client.log_dict(target.parent_run_id, summary.to_dict(), "hypotheses.json"))
+    TRACKING.put(lambda: client.log_text(target.parent_run_id, summary.text(), "hypotheses.txt"))
 
 
 def finish_tracking(client: MlflowClient, target: TrackingTarget, status: str) -> None:

@@ -29,9 +29,10 @@ def step_keys(config) -> dict[str, str]:
     root = {"model_checkpoint": config.model_checkpoint} if config.model_checkpoint else None
     for step in execution_order(config.resolved_steps()):
         parent_key = keys[step.parent] if step.parent else (json.dumps(root) if root else None)
-        # Caches change no number, so switching them neither re-runs a step nor sets its files aside. Fields added
-        # since keys exist are left out at the value that trains as before them (steps.KEY_NEUTRAL_VALUES).
-        ignored = set(CACHE_FIELDS) | {k for k, v in KEY_NEUTRAL_VALUES.items() if getattr(step, k) == v}
+        # Caches change no number, so switching them neither re-runs a step nor sets its files aside; nor does the
+        # hypothesis label. Fields added since keys exist are left out at the value that trains as before them
+        # (steps.KEY_NEUTRAL_VALUES).
+        ignored = {*CACHE_FIELDS, "hypothesis"} | {k for k, v in KEY_NEUTRAL_VALUES.items() if getattr(step, k) == v}
         keys[step.name] = step_key(step.model_dump(mode="json", exclude=ignored),
                                    config.model.model_dump(mode="json"),
                                    config.dataset_for(step).model_dump(mode="json"), parent_key)

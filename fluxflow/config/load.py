@@ -16,6 +16,7 @@ from fluxflow.config.errors import ConfigError, ConfigIssue, did_you_mean, forma
 from fluxflow.config.legacy import apply_legacy
 from fluxflow.config.overrides import apply_overrides
 from fluxflow.config.promotion import promotion_issues
+from fluxflow.config.replicates import replicate_issues
 from fluxflow.config.schema import (DataConfig, DatasetConfig, ModelConfig, OutputConfig, PipelineConfig,
                                     TrainingConfig, implicit_datasets)
 from fluxflow.config.steps import StepConfig, StepDefaults, StepGlobals
@@ -91,6 +92,8 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
         issues += issues_from_validation(exc, PipelineConfig)
     issues += semantic_issues(_pieces(raw, config))
     if config is not None and not issues:  # cross-section rules need the whole config, and valid steps
+        issues += replicate_issues(config.written_steps(), config.training.replicates)
+    if config is not None and not issues:
         issues += promotion_issues(config)
     if issues:
         raise ConfigError(_dedupe(issues), label)

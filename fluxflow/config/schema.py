@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_serializer, model_validator
 from fluxflow.config.optim import StrictModel
 from fluxflow.config.pretrained_text import UnusablePretrained, inspect_pretrained
 from fluxflow.config.promotion import PromotionConfig
+from fluxflow.config.replicates import ReplicatesConfig, replicate_steps
 from fluxflow.config.steps import ResolvedStep, Workers, StepConfig, StepDefaults, StepGlobals, resolve_step
 
 DEFAULT_SAMPLE_CAPTIONS = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
@@ -139,6 +140,7 @@ class TrainingConfig(StrictModel):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     compile: bool = Field(False, description="torch.compile each trained component (fluxflow/train/speed.py)")
     activation_checkpointing: bool = Field(False, description="recompute each flow transformer block in backward")
+    replicates: ReplicatesConfig | None = None  # seed replicates (fluxflow/config/replicates.py)
     pipeline: PipelineSection
 
 
@@ -202,14 +204,18 @@ class PipelineConfig(StrictModel):
         return StepGlobals(batch_size=t.batch_size, workers=t.workers, lr=t.lr, n_epochs=t.n_epochs,
                            max_steps=t.max_steps, dataset=t.pipeline.default_dataset, seed=t.seed)
 
-    def resolved_steps(self) -> list[ResolvedStep]:
-        """Every step with defaults, globals and parent filled in, in file order."""
+    def written_steps(self) -> list[ResolvedStep]:
+        """Every step of the file with defaults, globals and parent filled in, in file order."""
         pipe, globals_ = self.training.pipeline, self.step_globals()
         resolved, previous = [], None
         for index, step in enumerate(pipe.steps):
             resolved.append(resolve_step(index, step, pipe.defaults, globals_, previous))
             previous = step.name
         return resolved
+
+    def resolved_steps(self) -> list[ResolvedStep]:
+        """The steps that run: the written ones, each replicated step as one step per seed (`training.replicates`)."""
+        return replicate_steps(self.written_steps(), self.training.replicates)
 
     def step(self, name: str) -> ResolvedStep:
         for step in self.resolved_steps():

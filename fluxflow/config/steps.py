@@ -177,6 +177,9 @@ class ResolvedStep(StrictModel):
     cache_latents: bool | None
     cache_text: bool | None
     seed: int
+    # The written step this one trains: its own name, or for a seed replicate the step it replicates
+    # (fluxflow/config/replicates.py). A label: not part of the step key.
+    hypothesis: str
 
 
 @dataclass(frozen=True)
@@ -260,7 +263,7 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
     )
     values["optimization"] = _resolve_optimization(values, values.get("optimization", {}))
     return ResolvedStep(index=index, name=step.name, parent=step.after if step.after is not None else previous,
-                        **values)
+                        hypothesis=step.name, **values)
 
 
 def _resolve_optimization(values: dict[str, Any], given: dict[str, Any]) -> Optimization:

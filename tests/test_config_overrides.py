@@ -114,3 +114,9 @@ def test_the_cli_validates_with_the_overrides_and_refuses_a_bad_one(tmp_path, ca
     err = capsys.readouterr().err
     assert "training.pipeline.steps[1].n_epohcs: unknown key (did you mean 'n_epochs'?)" in err
     assert "Traceback" not in err
+
+
+def test_a_mapping_value_adds_a_section_such_as_seed_replicates(tmp_path):
+    config = loaded(tmp_path, ["training.replicates={seeds: [0, 1], from_steps: [flow]}"])
+    assert [(s.name, s.seed, s.hypothesis) for s in config.resolved_steps()] == [
+        ("warm", 0, "warm"), ("flow-seed0", 0, "flow"), ("flow-seed1", 1, "flow")]

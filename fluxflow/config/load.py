@@ -175,8 +175,6 @@ def _pieces(raw: dict, config: PipelineConfig | None) -> Pieces:
                                                       else None)
     output = _parse(OutputConfig, _get(raw, "output") or {})
     data = _parse(DataConfig, _get(raw, "data") or {})
-    if output is not None and output.sample_sizes is None and data is not None:
-        output.sample_sizes = [data.img_size]
     return Pieces(raw_steps, [_parse(StepConfig, s) for s in raw_steps], defaults,
                   _lenient_globals(_get(raw, "training"), default_dataset), datasets,
                   default_dataset if isinstance(default_dataset, str) else None,

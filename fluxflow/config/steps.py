@@ -112,6 +112,7 @@ class StepFields(StrictModel):
     cache_latents: bool | None = None  # None: on where valid (fluxflow/config/caching.py)
     cache_text: bool | None = None
     seed: int | None = None  # data order, fresh weights and noise of the step (None: training.seed)
+    img_size: int | None = Field(None, ge=8)  # None: the dataset's img_size, else data.img_size
 
 
 class StepDefaults(StepFields):
@@ -177,6 +178,7 @@ class ResolvedStep(StrictModel):
     cache_latents: bool | None
     cache_text: bool | None
     seed: int
+    img_size: int  # the side of the images the step trains, evaluates and samples at
     # The written step this one trains: its own name, or for a seed replicate the step it replicates
     # (fluxflow/config/replicates.py). A label: not part of the step key.
     hypothesis: str
@@ -193,6 +195,7 @@ class StepGlobals:
     max_steps: int | None
     dataset: str | None
     seed: int = 0
+    img_size: int = 32  # data.img_size; a dataset's own img_size applies in PipelineConfig.written_steps
 
 
 class MissingStepValue(Exception):
@@ -235,7 +238,7 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
     given = merged_step_fields(step, defaults)
     values: dict[str, Any] = dict(STEP_DEFAULTS)
     values.update(batch_size=globals_.batch_size, workers=globals_.workers, lr=globals_.lr,
-                  max_steps=globals_.max_steps, seed=globals_.seed, eval_interval=None,
+                  max_steps=globals_.max_steps, seed=globals_.seed, img_size=globals_.img_size, eval_interval=None,
                   cache_latents=None, cache_text=None)
     for key in ("n_epochs", "dataset"):
         if getattr(globals_, key) is not None:

@@ -68,7 +68,7 @@ def latent_cache(config, step, dataset, rows: np.ndarray | None, trainer, say: C
     encoder, device = trainer.ctx.latent_encoder, trainer.ctx.device
     inputs = {"encoder": module_sha256(encoder), "precision": str(trainer.ctx.amp_dtype),
               "dataset": config.dataset_for(step).model_dump(mode="json"), "fingerprint": dataset_fingerprint(dataset),
-              "img_size": config.data.img_size, "channels": config.data.channels}
+              "img_size": step.img_size, "channels": config.data.channels}
     directory = cache_root(config) / LATENT_CACHE_DIR / json_sha256(inputs, KEY_LENGTH)
     probe, _ = posterior(encoder, dataset[0][0][None].to(device), trainer.ctx.amp_dtype)
     store = latent_store(directory, inputs, len(dataset), tuple(probe.shape[1:]))

@@ -17,7 +17,8 @@ def checkpoint_state(run, completed: bool = False) -> dict:
         "ema": {n: e.state_dict() for n, e in t.emas.items()},
         "latent_norm": {k: v.cpu() for k, v in latent_norm.items()} if latent_norm else None,
         "model_config": config.model.model_dump(mode="json"),
-        "data": config.data.model_dump(mode="json"),
+        # The step's image size: generation from this checkpoint defaults to it (fluxflow/sampling/generate.py).
+        "data": {**config.data.model_dump(mode="json"), "img_size": step.img_size},
         "pipeline_metadata": {
             "current_step": step.index, "current_step_name": step.name, "step_start_epoch": pos.start_epoch,
             "current_step_epoch": pos.epoch, "batch": pos.batch, "step_metrics": run.history,

@@ -137,7 +137,7 @@ def build_trainer(config, step, state: dict | None, device: torch.device, *, max
                       generator=torch.Generator(device=device), lpips=lpips,
                       latent_encoder=sampling_models(models, emas).get("compressor"),
                       synced_groups=synced_groups(runnable),
-                      flow_objective=flow_objective(step, config.data.img_size))
+                      flow_objective=flow_objective(step, step.img_size))
     return Trainer(config=config, step=step, models=models, emas=emas,
                    ema_active=sorted(ema_components(step, trained)), optimizers=optimizers, schedulers=schedulers,
                    ctx=ctx)

@@ -80,7 +80,8 @@ DIFFERENCE_HEADER = ["metric", "hypotheses", "difference", "95 % interval", "p",
 def welch(a: list[float], b: list[float], metric: str = "", names: tuple[str, str] = ("A", "B")) -> Difference:
     """mean(b) − mean(a) with Welch's interval and test; no interval when either side has one replicate."""
     sa, sb = spread(a), spread(b)
-    diff = sb.mean - sa.mean
+    # Equal means computed in another order differ in the last bit: that is no difference (not -2.2e-16).
+    diff = 0.0 if math.isclose(sa.mean, sb.mean, rel_tol=1e-12) else sb.mean - sa.mean
     single = [name for name, s in zip(names, (sa, sb)) if s.n < 2]
     if single:
         return Difference(metric, *names, diff, None, None, None,

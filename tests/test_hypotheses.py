@@ -57,3 +57,10 @@ def test_summary_has_every_hypothesis_metric_and_pair_and_is_json():
                      ("loss", "b", "c", BEYOND)]
     assert summary.metric_rows()[0] == ["replicates", "3", "3", "3"]
     assert json.loads(json.dumps(summary.to_dict()))["differences"][1]["verdict"] == BEYOND
+
+
+def test_equal_means_are_a_difference_of_exactly_zero():
+    # Measured: these means differ by 2.2e-16 when computed directly.
+    assert sum([1.00, 0.93, 0.93]) / 3 - sum([0.95, 0.99, 0.92]) / 3 != 0
+    d = welch([0.95, 0.99, 0.92], [1.00, 0.93, 0.93])
+    assert d.difference == 0.0 and d.row()[2] == "+0" and d.verdict == WITHIN

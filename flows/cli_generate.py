@@ -16,6 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from flows.cli_version import add_version_argument
+
 
 def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
     """--prompt values, then the file's lines (blank lines and lines starting with # are skipped)."""
@@ -66,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda or auto (default: auto)")
     p.add_argument("--config", help="the pipeline's config file, for a checkpoint that does not record its model "
                                     "sizes")
+    add_version_argument(p)
     return p
 
 

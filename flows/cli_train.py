@@ -17,6 +17,8 @@ from fluxflow.config import ConfigError, load_config
 from fluxflow.config.model_sizes import parameter_counts
 from fluxflow.config.schema import check_output_path
 from fluxflow.config.summary import format_parameters, format_summary
+from flows.cli_version import add_version_argument
+from flows.prefect_server import start_temporary_server
 
 EXIT_OK, EXIT_STEP_FAILED, EXIT_INVALID_CONFIG, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -45,17 +47,27 @@ def build_parser() -> argparse.ArgumentParser:
                              "VALUE is YAML: lists [0, 1], mappings {type: AdamW}); validated like the file")
     parser.add_argument("--quiet", action="store_true",
                         help="print only problems: no summary and no warnings about keys of the original tool")
+    parser.add_argument("--keep-server", action="store_true",
+                        help="leave the temporary Prefect server running after the run, for later runs to reuse "
+                             "(saves its start; it prints its pid; without PREFECT_API_URL set)")
+    add_version_argument(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    server = None
     try:
         config = configured(args)
         if args.validate_pipeline:
             return EXIT_OK
+        # The temporary Prefect server (unless one is configured) starts now, so that its start overlaps the imports
+        # of torch, Prefect and MLflow that follow (flows/prefect_server.py).
+        server = start_temporary_server(keep=args.keep_server)
         check_can_run(config)
     except Refused as exc:
+        if server:
+            server.stop()
         print(f"❌ {exc}", file=sys.stderr)
         return EXIT_INVALID_CONFIG
     return train(args)

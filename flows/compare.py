@@ -1,4 +1,5 @@
-"""`fluxflow-compare`: the hypotheses of an MLflow experiment side by side, with their uncertainty.
+"""The hypotheses of an MLflow experiment side by side, with their uncertainty (the library of `fluxflow-compare`,
+flows/cli_compare.py).
 
 A hypothesis is a leaf step of a pipeline (nothing starts from it), e.g. `spade_off` and `spade_on` trained from the
 same warm-up; its seed replicates (`training.replicates`) are the leaf runs of that written step, one per seed. For
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 from flows import env  # noqa: F401  (must precede mlflow)
 
-import argparse
 import csv
 import json
 import sys
@@ -210,17 +210,8 @@ def experiment_comparison(client: MlflowClient, name: str) -> tuple[Comparison, 
     return comparison, table_rows(comparison), f"{name}: final metrics of {n} hypotheses{replicated}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fluxflow-compare", description=__doc__.split("\n\n")[0])
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--experiment", help="MLflow experiment name: its hypotheses (leaf steps) side by side")
-    which.add_argument("--registered-model", metavar="NAME", help="MLflow registered model: its versions side by "
-                                                                  "side (flows/compare_versions.py)")
-    parser.add_argument("--alias", default="champion", help="the alias marked in --registered-model's columns")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
-    parser.add_argument("--output", default=".", help="folder for compare_<name>.csv/.png (default: .)")
-    args = parser.parse_args(argv)
-
+def run(args) -> int:
+    """`fluxflow-compare` once its arguments are parsed (flows/cli_compare.py): print the table, write CSV and PNG."""
     client = MlflowClient(args.tracking_uri or resolve_tracking_uri())
     if args.registered_model:
         from flows.compare_versions import model_comparison
@@ -254,7 +245,3 @@ def main(argv: list[str] | None = None) -> int:
         written[-1].write_text(json.dumps(summary.to_dict(), indent=1) + "\n")
     print(f"\nWrote {', '.join(map(str, written))}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

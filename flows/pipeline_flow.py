@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger
 from prefect.exceptions import TerminationSignal
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
-from prefect.settings import PREFECT_UI_URL
+from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_UI_URL, temporary_settings
 from prefect.utilities.urls import url_for
 
 from flows import artifacts
@@ -36,8 +36,9 @@ from flows.mlflow_runs import (
     open_pipeline_run,
     resolve_tracking_uri,
 )
+from flows.mlflow_store import prepare_store
 from flows.promotion import release_lines, release_models
-from flows.prefect_server import start_temporary_server
+from flows.prefect_server import ServerNotReady, api_url_for_run, is_temporary
 from flows.step_task import TrackingTarget, load_pipeline_config, output_dir_of, pipeline_step_task
 from flows.tracking_queue import TRACKING
 from fluxflow.checkpoints.lock import RunLock
@@ -66,6 +67,7 @@ def open_tracking(config: PipelineConfig, steps: list,
     """The pipeline's MLflow parent run, tagged with what links it to this flow run (and the `--set` overrides the
     run's config was given: each step run's params hold the resulting values)."""
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
+    prepare_store(uri)  # a new local store: a copy of an empty one, not MLflow's migrations (flows/mlflow_store.py)
     client = MlflowClient(uri)
     experiment_id = experiment_id_for(client, config.tracking.experiment_name)
     output_dir = output_dir_of(config)
@@ -78,7 +80,8 @@ def open_tracking(config: PipelineConfig, steps: list,
         "prefect.flow_run_name": str(flow_run.name or ""),
         TAG_OVERRIDES: json.dumps(list(overrides or [])),
     }
-    ui_url = url_for("flow-run", obj_id=flow_run.id) if flow_run.id else None  # None on the embedded API
+    on_a_server = flow_run.id and not is_temporary(PREFECT_API_URL.value())  # the temporary one has no UI
+    ui_url = url_for("flow-run", obj_id=flow_run.id) if on_a_server else None
     if ui_url:
         tags["prefect.flow_run_url"] = ui_url
     run_id = open_pipeline_run(client, experiment_id, output_dir, pipeline, tags)
@@ -250,12 +253,20 @@ def run_pipeline_flow(config_source: str | Path | dict, output_dir: str | None =
     except ConfigError as exc:
         print(exc)
         return 2
-    start_temporary_server()  # unless PREFECT_API_URL names a server; stopped at exit
-    state = pipeline_flow(source, output_dir, device, overrides or None, return_state=True)
-    if state.is_completed():
-        print("Pipeline finished:")
-        print_summary(state.result())
-    else:
-        print(f"Pipeline {state.name.lower()}: {state.message}")
+    try:
+        api_url = api_url_for_run()  # the temporary server's, unless Prefect's settings name a server
+    except ServerNotReady as exc:
+        print(f"Cannot start the flow: {exc}", file=sys.stderr)
+        return 1
+    # Heartbeats let a lasting server mark crashed runs; the temporary one ends with this process, and the heartbeat
+    # thread's join costs up to 1 s per run.
+    temporary = {PREFECT_API_URL: api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    with temporary_settings(temporary) if api_url else contextlib.nullcontext():
+        state = pipeline_flow(source, output_dir, device, overrides or None, return_state=True)
+        if state.is_completed():
+            print("Pipeline finished:")
+            print_summary(state.result())
+        else:
+            print(f"Pipeline {state.name.lower()}: {state.message}")
     print_where_to_look(config, state.state_details.flow_run_id)
     return 0 if state.is_completed() else failure_exit_code(state)  # 2 when the user must fix something first

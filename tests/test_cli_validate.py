@@ -88,6 +88,7 @@ def fake_flow(monkeypatch):
 
     module.run_pipeline_flow = run_pipeline_flow
     monkeypatch.setitem(sys.modules, "flows.pipeline_flow", module)
+    monkeypatch.setattr(cli_train, "start_temporary_server", lambda keep=False: None)  # no Prefect server for a stand-in flow
     return module, calls
 
 

@@ -8,7 +8,7 @@ import pytest
 from helpers_tiny import tiny_raw
 from mlflow.tracking import MlflowClient
 
-from flows import compare
+from flows import cli_compare, compare
 from flows.mlflow_runs import experiment_id_for, open_pipeline_run
 from flows.mlflow_tracker import MlflowTracker
 from fluxflow.checkpoints.ref import CheckpointRef, StepResult
@@ -53,7 +53,7 @@ def test_leaf_steps_of_branches_are_compared_with_their_config_differences(exper
         {"name": "spade_on", "n_epochs": 1, "train_vae": True, "train_spade": True, "after": "warm"},
     ], {"warm": 0.9, "spade_off": 0.5, "spade_on": 0.25})
 
-    assert compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 0
+    assert cli_compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].split() == ["spade_off", "spade_on"]
     assert printed[2].split() == ["config:", "train_spade", "False", "True"]  # the one difference
@@ -82,7 +82,7 @@ def test_two_pipelines_are_labelled_by_pipeline_and_only_the_newest_run_of_a_ste
 
 
 def test_an_unknown_experiment_is_an_error(mlflow_store, tmp_path, capsys):
-    assert compare.main(["--experiment", "nope", "--output", str(tmp_path)]) == 2
+    assert cli_compare.main(["--experiment", "nope", "--output", str(tmp_path)]) == 2
     assert "no experiment named 'nope'" in capsys.readouterr().err
 
 
@@ -124,7 +124,7 @@ def test_replicates_are_one_column_per_hypothesis_with_intervals_and_a_verdict_p
         WARM, *({"name": name, "n_epochs": 1, "train_vae": True, "after": "warm"} for name in ("a", "b", "planted"))
     ], losses, replicates={"seeds": [0, 1, 2], "from_steps": ["a", "b", "planted"]})
 
-    assert compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 0
+    assert cli_compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 0
     printed = capsys.readouterr().out
     lines = [line.split() for line in printed.splitlines()]
     assert lines[0] == ["a", "b", "planted"] and ["replicates", "3", "3", "3"] in lines
@@ -142,7 +142,7 @@ def test_one_run_per_hypothesis_says_that_no_interval_can_be_given(experiment, t
         WARM, {"name": "off", "n_epochs": 1, "train_vae": True}, {"name": "on", "n_epochs": 1, "train_vae": True,
                                                                 "train_spade": True, "after": "warm"},
     ], {"warm": 0.9, "off": 0.5, "on": 0.25})
-    assert compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 0
+    assert cli_compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 0
     printed = capsys.readouterr().out
     assert "no interval can be given: off and on have one replicate" in printed
     assert "off, on: one replicate, so no interval can be given" in printed

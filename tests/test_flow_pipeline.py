@@ -179,7 +179,7 @@ def test_rerunning_a_finished_pipeline_trains_nothing_and_opens_no_step_runs(cha
 def test_branches_start_from_the_same_parent_checkpoint_and_compare_reports_both(
         tmp_path, mlflow_store_module, monkeypatch, capsys):
     import fluxflow.train.step_run
-    from flows import compare
+    from flows import cli_compare
 
     received, ran = {}, {}
     real_run_step = fluxflow.train.step_run.run_step
@@ -213,7 +213,7 @@ def test_branches_start_from_the_same_parent_checkpoint_and_compare_reports_both
     assert pipelines[0].data.tags["fluxflow.branches"] == "spade_off,spade_on"
 
     capsys.readouterr()
-    assert compare.main(["--experiment", "branches", "--output", str(tmp_path / "cmp")]) == 0
+    assert cli_compare.main(["--experiment", "branches", "--output", str(tmp_path / "cmp")]) == 0
     printed = capsys.readouterr().out
     assert "spade_off" in printed and "spade_on" in printed and "warm" not in printed.split("\n")[0]
     rows = list(csv.reader(open(tmp_path / "cmp" / "compare_branches.csv")))
@@ -332,7 +332,7 @@ def test_seed_replicates_are_grouped_per_hypothesis_and_compared_with_their_spre
     """Three hypotheses x 3 seed replicates after a shared warm-up: `same` is `a` again (it differs only in its fresh
     flow weights), `planted` logs a known smaller flow_loss (its min-SNR weights are at most 0.5). Measured: a 2.31,
     1.95, 2.02; planted 0.79, 1.17, 0.77."""
-    from flows import compare
+    from flows import cli_compare
     from flows.hypotheses import BEYOND, WITHIN
 
     flow = {"n_epochs": 1, "max_steps": 6, "train_diff": True, "lr": 3e-3, "after": "warm"}
@@ -361,7 +361,7 @@ def test_seed_replicates_are_grouped_per_hypothesis_and_compared_with_their_spre
     assert verdicts == {("a", "same"): WITHIN, ("a", "planted"): BEYOND, ("same", "planted"): BEYOND}
 
     capsys.readouterr()
-    assert compare.main(["--experiment", "replicates", "--output", str(tmp_path / "cmp")]) == 0
+    assert cli_compare.main(["--experiment", "replicates", "--output", str(tmp_path / "cmp")]) == 0
     printed = capsys.readouterr().out
     lines = [line.split() for line in printed.splitlines()]
     assert lines[0] == ["a", "same", "planted"]

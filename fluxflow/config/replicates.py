@@ -83,9 +83,8 @@ def replicate_issues(written: list, replicates: ReplicatesConfig | None) -> list
             if replica in names:
                 issues.append(ConfigIssue("training.replicates", f"replica {replica!r} of step {name!r} has the "
                                                                  "name of a step of the file: rename that step"))
-            elif len(replica) > NAME_LIMIT or seed < 0:
+            elif len(replica) > NAME_LIMIT:  # the step name passed its own checks: only the length can fail
                 issues.append(ConfigIssue("training.replicates", f"replica name {replica!r} of step {name!r} is "
-                                                                 f"not a step name (1-{NAME_LIMIT} letters, digits, "
-                                                                 "'_' or '-'): shorten the step name or use seeds "
-                                                                 ">= 0"))
+                                                                 f"longer than {NAME_LIMIT} characters: shorten the "
+                                                                 "step name"))
     return issues

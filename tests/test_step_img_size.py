@@ -44,12 +44,16 @@ def test_a_size_that_does_not_fit_the_model_is_reported_at_its_field(tmp_path, w
         (path, f"{value} must be a multiple of 8 (model.downscale 4 x model.patch_size 2)")]
 
 
-def test_the_step_key_holds_a_size_other_than_data_img_size(tmp_path):
+def test_a_change_of_a_steps_size_changes_its_key_whether_its_own_or_data_img_size(tmp_path):
     plain = step_keys(tiny_config(tmp_path, [WARM, dict(FLOW_32, img_size=None)]))
     same = step_keys(tiny_config(tmp_path, [WARM, dict(FLOW_32, img_size=16)]))  # data.img_size, written out
     bigger = step_keys(tiny_config(tmp_path, [WARM, FLOW_32]))
     assert same == plain
     assert bigger["warm"] == plain["warm"] and bigger["flow"] != plain["flow"]
+    raw = tiny_raw(tmp_path, [WARM, dict(FLOW_32, img_size=None)])
+    raw["data"]["img_size"] = 24
+    inherited = step_keys(load_config(raw).config)
+    assert inherited["warm"] != plain["warm"] and inherited["flow"] != plain["flow"]
 
 
 class StopAt:

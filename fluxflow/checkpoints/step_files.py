@@ -33,8 +33,6 @@ def step_keys(config) -> dict[str, str]:
         # hypothesis label. Fields added since keys exist are left out at the value that trains as before them
         # (steps.KEY_NEUTRAL_VALUES).
         ignored = {*CACHE_FIELDS, "hypothesis"} | {k for k, v in KEY_NEUTRAL_VALUES.items() if getattr(step, k) == v}
-        if step.img_size == config.data.img_size:  # the size every step trained at before steps had their own
-            ignored.add("img_size")
         keys[step.name] = step_key(step.model_dump(mode="json", exclude=ignored),
                                    config.model.model_dump(mode="json"),
                                    config.dataset_for(step).model_dump(mode="json"), parent_key)

@@ -48,9 +48,11 @@ STEP_DEFAULTS: dict[str, Any] = {
 # Step fields added after steps were first keyed, at the value that trains as before they existed: at that value a
 # field is left out of the step key (fluxflow/checkpoints/step_files.py), so that steps trained before it keep their
 # keys instead of retraining.
+# img_size: steps trained at data.img_size, which no key held; at the default 32 they keep their keys, at another
+# size they retrain once, and from then on any change of a step's size (its own or data.img_size) retrains it.
 KEY_NEUTRAL_VALUES: dict[str, Any] = {
     "seed": 0, "t_logit_mean": 0.0, "t_logit_std": 1.0, "t_shift": 1.0, "t_shift_base_size": None,
-    "loss_weighting": "none", "min_snr_gamma": 5.0,
+    "loss_weighting": "none", "min_snr_gamma": 5.0, "img_size": 32,
 }
 # Moving-average window (in batches) over which a loss_threshold metric is smoothed before comparing.
 TRANSITION_WINDOW = 20

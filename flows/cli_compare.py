@@ -16,15 +16,17 @@ from flows.cli_version import add_version_argument
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fluxflow-compare",
-        description="The hypotheses of an MLflow experiment side by side: for every leaf step run, the config values "
-                    "that differ and the final smoothed metrics, as a table, a CSV and a PNG bar chart.")
+        description="The hypotheses of an MLflow experiment side by side: for every leaf step (its seed replicates "
+                    "grouped), the config values that differ and the final smoothed metrics with their 95 % "
+                    "interval, and per pair of hypotheses the difference and Welch's t-test verdict; as tables, "
+                    "CSV, JSON and a PNG bar chart.")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--experiment", help="MLflow experiment name: its hypotheses (leaf steps) side by side")
     which.add_argument("--registered-model", metavar="NAME", help="MLflow registered model: its versions side by "
                                                                   "side (flows/compare_versions.py)")
     parser.add_argument("--alias", default="champion", help="the alias marked in --registered-model's columns")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
-    parser.add_argument("--output", default=".", help="folder for compare_<name>.csv/.png (default: .)")
+    parser.add_argument("--output", default=".", help="folder for compare_<name>.csv/.png/.json (default: .)")
     add_version_argument(parser)
     return parser
 

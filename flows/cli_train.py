@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where checkpoints, samples and metrics go (overrides output.output_path)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"),
                         help="device to train on (overrides training.device; auto = CUDA when present)")
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                        help="change one value of the config without editing it (repeatable), e.g. "
+                             "--set training.seed=1 --set training.pipeline.steps.flow.lr=3e-4 (a step by its name; "
+                             "VALUE is YAML: lists [0, 1], mappings {type: AdamW}); validated like the file")
     parser.add_argument("--quiet", action="store_true",
                         help="print only problems: no summary and no warnings about keys of the original tool")
     parser.add_argument("--keep-server", action="store_true",
@@ -76,7 +80,7 @@ class Refused(Exception):
 def configured(args: argparse.Namespace):
     """The config with the command line's overrides; prints the warnings and the plan unless --quiet."""
     try:
-        loaded = load_config(args.config)
+        loaded = load_config(args.config, args.overrides)
     except ConfigError as exc:
         raise Refused(f"Invalid config: {exc}") from None
     config = loaded.config
@@ -121,7 +125,7 @@ def train(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(run_pipeline_flow(config_source=str(Path(args.config).resolve()), output_dir=args.output_dir,
-                                     device=args.device))
+                                     device=args.device, overrides=args.overrides))
     except KeyboardInterrupt:
         print("Interrupted: run the same command again to resume from the latest checkpoint.", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -10,6 +10,7 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (must precede prefect and mlflow)
 
 import contextlib
+import json
 import shutil
 import sys
 from datetime import timezone
@@ -25,9 +26,11 @@ from prefect.utilities.urls import url_for
 
 from flows import artifacts
 from flows.fault_policy import failure_exit_code
+from flows.hypotheses import summarize
 from flows.mlflow_runs import (
     TAG_KIND,
     TAG_OUTPUT_DIR,
+    TAG_OVERRIDES,
     experiment_id_for,
     find_runs,
     open_pipeline_run,
@@ -42,7 +45,7 @@ from fluxflow.checkpoints.lock import RunLock
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.checkpoints.step_key import json_sha256
 from fluxflow.config import ConfigError, PipelineConfig
-from fluxflow.config.dag import branch_names
+from fluxflow.config.dag import branch_names, leaf_names
 from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
 from fluxflow.train.pipeline_schedule import PipelineSchedule, missed_threshold_message
 
@@ -59,8 +62,10 @@ def config_hash(config: PipelineConfig) -> str:
     return json_sha256(config.model_dump(mode="json"), 16, compact=False)
 
 
-def open_tracking(config: PipelineConfig, steps: list) -> tuple[MlflowClient, TrackingTarget]:
-    """The pipeline's MLflow parent run, tagged with what links it to this flow run."""
+def open_tracking(config: PipelineConfig, steps: list,
+                  overrides: list[str] | None = None) -> tuple[MlflowClient, TrackingTarget]:
+    """The pipeline's MLflow parent run, tagged with what links it to this flow run (and the `--set` overrides the
+    run's config was given: each step run's params hold the resulting values)."""
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
     prepare_store(uri)  # a new local store: a copy of an empty one, not MLflow's migrations (flows/mlflow_store.py)
     client = MlflowClient(uri)
@@ -73,6 +78,7 @@ def open_tracking(config: PipelineConfig, steps: list) -> tuple[MlflowClient, Tr
         "fluxflow.branches": ",".join(branch_names(steps)),
         "prefect.flow_run_id": str(flow_run.id or ""),
         "prefect.flow_run_name": str(flow_run.name or ""),
+        TAG_OVERRIDES: json.dumps(list(overrides or [])),
     }
     on_a_server = flow_run.id and not is_temporary(PREFECT_API_URL.value())  # the temporary one has no UI
     ui_url = url_for("flow-run", obj_id=flow_run.id) if on_a_server else None
@@ -95,13 +101,15 @@ def dated(output_dir: str | None) -> str | None:
 
 
 @flow(name="fluxflow-pipeline")
-def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str | None = None) -> list[dict]:
+def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str | None = None,
+                  overrides: list[str] | None = None) -> list[dict]:
     """Train the pipeline declared by `config` (a YAML path or the config itself); returns each step's outcome.
-    `output_dir` overrides the config's output directory; `{date}` in it is the run's scheduled day."""
+    `output_dir` overrides the config's output directory; `{date}` in it is the run's scheduled day. `overrides`:
+    `KEY=VALUE` changes of the config, as `fluxflow-train --set` (fluxflow/config/overrides.py)."""
     output_dir = dated(output_dir)
-    cfg = load_pipeline_config(config, output_dir)
+    cfg = load_pipeline_config(config, output_dir, overrides)
     with output_lock(cfg):  # one run per output directory: a second one fails at once, as with run_pipeline
-        return run_steps(cfg, output_dir, device)
+        return run_steps(cfg, output_dir, device, overrides)
 
 
 def output_lock(config: PipelineConfig):
@@ -109,7 +117,8 @@ def output_lock(config: PipelineConfig):
     return RunLock(output_dir_of(config))
 
 
-def run_steps(cfg: PipelineConfig, output_dir: str | None, device: str | None) -> list[dict]:
+def run_steps(cfg: PipelineConfig, output_dir: str | None, device: str | None,
+              overrides: list[str] | None = None) -> list[dict]:
     """Submit each step once its parent has finished; its outcome decides whether its children run
     (fluxflow/train/pipeline_schedule.py). Returns each finished step's `StepOutcome.to_dict()`."""
     logger = get_run_logger()
@@ -119,7 +128,7 @@ def run_steps(cfg: PipelineConfig, output_dir: str | None, device: str | None) -
 
     clear_stop_request()
     announce_skipped(cfg)
-    client, target = open_tracking(cfg, steps)
+    client, target = open_tracking(cfg, steps, overrides)
     progress = artifacts.start_progress(target.pipeline, len(steps))
     task = pipeline_step_task(cfg.training.pipeline.retries)
     # Every task trains the config resolved here, at the flow's start, not the YAML file as it is when the task
@@ -160,10 +169,27 @@ def run_steps(cfg: PipelineConfig, output_dir: str | None, device: str | None) -
         raise
     finally:
         artifacts.publish_summary(target.pipeline, artifacts.summary_rows(outcomes, schedule.not_run))
+        log_hypotheses(client, target, steps, outcomes)
         finish_tracking(client, target, status)
     schedule.raise_if_failed()
     release_models(cfg, resolved, output_dir, device, outcomes, target)  # register, then champion/challenger
     return [outcome.to_dict() for outcome in outcomes]
+
+
+def log_hypotheses(client: MlflowClient, target: TrackingTarget, steps: list, outcomes: list[StepOutcome]) -> None:
+    """The leaf steps' final metrics per hypothesis, with replicate spreads and pairwise differences
+    (flows/hypotheses.py), on the pipeline's MLflow run: hypotheses.json and hypotheses.txt."""
+    finished = {outcome.result.step_name: outcome.result.final_metrics for outcome in outcomes}
+    leaves = set(leaf_names(steps))
+    groups: dict[str, list[str]] = {}
+    for step in steps:
+        if step.name in leaves and step.name in finished:
+            groups.setdefault(step.hypothesis, []).append(step.name)
+    if not groups:
+        return
+    summary = summarize(groups, {h: [finished[name] for name in names] for h, names in groups.items()})
+    TRACKING.put(lambda: client.log_dict(target.parent_run_id, summary.to_dict(), "hypotheses.json"))
+    TRACKING.put(lambda: client.log_text(target.parent_run_id, summary.text(), "hypotheses.txt"))
 
 
 def finish_tracking(client: MlflowClient, target: TrackingTarget, status: str) -> None:
@@ -217,12 +243,13 @@ def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
     print(f"Prefect UI:  {start}{flow_run_url}")
 
 
-def run_pipeline_flow(config_source: str | Path | dict, output_dir: str | None = None, device: str | None = None) -> int:
+def run_pipeline_flow(config_source: str | Path | dict, output_dir: str | None = None, device: str | None = None,
+                      overrides: list[str] | None = None) -> int:
     """Run the flow on the current Prefect API (the embedded one by default). Exit code: 0 done, 1 failed, 2 bad
     config or a failure the user must fix first (flows/fault_policy.py)."""
     source = str(config_source) if isinstance(config_source, Path) else config_source
     try:
-        config = load_pipeline_config(source, output_dir)  # fail fast, before Prefect starts
+        config = load_pipeline_config(source, output_dir, overrides)  # fail fast, before Prefect starts
     except ConfigError as exc:  # e.g. a data folder that is not there (flows/step_task.py)
         print(f"❌ {exc}", file=sys.stderr)
         return 2
@@ -235,7 +262,7 @@ def run_pipeline_flow(config_source: str | Path | dict, output_dir: str | None =
     # thread's join costs up to 1 s per run.
     temporary = {PREFECT_API_URL: api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
     with temporary_settings(temporary) if api_url else contextlib.nullcontext():
-        state = pipeline_flow(source, output_dir, device, return_state=True)
+        state = pipeline_flow(source, output_dir, device, overrides or None, return_state=True)
         if state.is_completed():
             print("Pipeline finished:")
             print_summary(state.result())

@@ -43,10 +43,12 @@ class TrackingTarget:
         return asdict(self)
 
 
-def load_pipeline_config(source: str | Path | dict, output_dir: str | None = None) -> PipelineConfig:
-    """The config as the flow and every task see it: `load_config` plus the flow's output-directory override, and its
-    data folders checked (a run cannot start without them; validation alone does not need them)."""
-    config = load_config(source).config
+def load_pipeline_config(source: str | Path | dict, output_dir: str | None = None,
+                         overrides: list[str] | None = None) -> PipelineConfig:
+    """The config as the flow and every task see it: `load_config` with the `--set` overrides, plus the flow's
+    output-directory override, and its data folders checked (a run cannot start without them; validation alone does
+    not need them)."""
+    config = load_config(source, overrides or ()).config
     missing = data_folder_issues(config)
     if missing:
         raise ConfigError(missing, str(source) if not isinstance(source, dict) else None)

@@ -115,11 +115,11 @@ def _dataset_issues(p: Pieces) -> list[ConfigIssue]:
         if not NAME_RE.match(name):
             issues.append(ConfigIssue(format_path(loc), f"dataset name {name!r} {NAME_RULE}"))
         takes = DATASET_FIELDS[ds.type]
-        for field in sorted(ds.model_fields_set - {"type", "holdout"} - set(takes)):
+        for field in sorted(ds.model_fields_set - {"type", "holdout", "img_size"} - set(takes)):
             if getattr(ds, field) is None:
                 continue
-            issues.append(ConfigIssue(format_path((*loc, field)),
-                                      f"not a field of a {ds.type} dataset (it takes: {', '.join(takes)}, holdout)"))
+            issues.append(ConfigIssue(format_path((*loc, field)), f"not a field of a {ds.type} dataset (it takes: "
+                                                                  f"{', '.join(takes)}, holdout, img_size)"))
         for field in DATASET_REQUIRED[ds.type]:
             if not getattr(ds, field):
                 issues.append(ConfigIssue(format_path((*loc, field)), f"required for a {ds.type} dataset"))
@@ -145,6 +145,15 @@ def _size_issues(p: Pieces) -> list[ConfigIssue]:
     for i, size in enumerate((p.output.sample_sizes or []) if p.output else []):
         if size % unit:
             issues.append(ConfigIssue(format_path(("output", "sample_sizes", i)), f"{size} must be {why}"))
+    for i, step in enumerate(p.steps):
+        if step is not None and step.img_size is not None and step.img_size % unit:
+            issues.append(ConfigIssue(format_path((*STEPS, i, "img_size")), f"{step.img_size} must be {why}"))
+    if p.defaults is not None and p.defaults.img_size is not None and p.defaults.img_size % unit:
+        issues.append(ConfigIssue("training.pipeline.defaults.img_size", f"{p.defaults.img_size} must be {why}"))
+    for name, ds in (p.datasets or {}).items():
+        if ds is not None and ds.img_size is not None and ds.img_size % unit:
+            issues.append(ConfigIssue(format_path(("training", "pipeline", "datasets", name, "img_size")),
+                                      f"{ds.img_size} must be {why}"))
     return issues
 
 

@@ -52,8 +52,10 @@ def write_samples(out_dir: Path, *, step, step_number: int, epoch: int, batch: i
         if spade:
             save(expander(mean, spade=False).clamp(-1, 1), "-nc")
     if has_flow_mode(step) and captions and latent_norm is not None:
-        for size in config.output.sample_sizes:  # the transformer's sin-cos positions let it sample other sizes
+        # The step's own size unless output.sample_sizes names others: the transformer's sin-cos positions are
+        # computed for any grid, so one model samples every size.
+        for size in config.output.sample_sizes or [step.img_size]:
             images = text_to_image(models, captions, latent_norm, latent_size=size // config.model.downscale,
                                    seed=seed, spade=spade)
-            save(images, "-t2i" if size == config.data.img_size else f"-t2i_{size}px")
+            save(images, "-t2i" if size == step.img_size else f"-t2i_{size}px")
     return written

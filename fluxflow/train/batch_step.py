@@ -18,6 +18,7 @@ from fluxflow.losses import (adaptive_weight, hinge_d_loss, hinge_g_loss, kl_los
                              rectified_flow_loss, reconstruction_loss)
 from fluxflow.config.modes import image_stat_terms
 from fluxflow.losses.image_stats import IMAGE_STAT_LOSSES
+from fluxflow.losses.flow import DEFAULT_OBJECTIVE, FlowObjective
 from fluxflow.models import cfg_drop_mask
 from fluxflow.train.optim import optimizer_step
 
@@ -43,6 +44,8 @@ class StepContext:
     synced_groups: frozenset[str] = frozenset()
     # The expander decodes with SPADE (fluxflow.config.modes.expander_spade): in training, samples and evaluation.
     spade: bool = False
+    # The step's timestep draw and loss weighting for flow training (trainer.flow_objective).
+    flow_objective: FlowObjective = DEFAULT_OBJECTIVE
 
 
 @dataclass(frozen=True)
@@ -194,5 +197,5 @@ def flow_step(ctx: StepContext, latents: torch.Tensor, text: TextFeatures,
     drop = cfg_drop_mask(latents.shape[0], ctx.step.cfg_dropout, latents.device, ctx.generator)
     with autocast(ctx.device, ctx.amp_dtype):
         loss = rectified_flow_loss(ctx.models["flow_processor"], latents, text.tokens, text.mask, text.pooled, drop,
-                                   ctx.generator, ctx.step.uniform_t_share).float()
+                                   ctx.generator, ctx.flow_objective).float()
     return {"flow_loss": loss.detach(), **backward_and_update(ctx, loss, "flow", ("flow", "text_encoder"), window)}

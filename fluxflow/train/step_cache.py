@@ -44,7 +44,7 @@ def attach_caches(config, step, data, trainer, epochs: range | None = None,
     kind = config.dataset_for(step).type
     if latent_cache_choice(step, kind).on:
         rows = None if epochs is None else rows_read(len(data.train_set), step, data.batches_per_epoch,
-                                                     config.training.seed, epochs)
+                                                     step.seed, epochs)
         data.latent_cache = LatentCacheDataset(latent_cache(config, step, data.train_set, rows, trainer, say))
         trainer.cached_latents = True
     if text_cache_choice(step, kind).on:
@@ -69,7 +69,7 @@ def latent_cache(config, step, dataset, rows: np.ndarray | None, trainer, say: C
     encoder, device = trainer.ctx.latent_encoder, trainer.ctx.device
     inputs = {"encoder": module_sha256(encoder), "precision": str(trainer.ctx.amp_dtype),
               "dataset": config.dataset_for(step).model_dump(mode="json"), "fingerprint": dataset_fingerprint(dataset),
-              "img_size": config.data.img_size, "channels": config.data.channels}
+              "img_size": step.img_size, "channels": config.data.channels}
     directory = cache_root(config) / LATENT_CACHE_DIR / json_sha256(inputs, KEY_LENGTH)
     probe, _ = posterior(encoder, dataset[0][0][None].to(device), trainer.ctx.amp_dtype)
     store = latent_store(directory, inputs, len(dataset), tuple(probe.shape[1:]))

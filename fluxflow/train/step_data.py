@@ -35,12 +35,12 @@ def load_step_data(config, step, device: torch.device) -> StepData:
     """Under torchrun a webdataset's training split is this rank's part (its shards); `len()` then counts all ranks'
     samples, so batches per epoch are the same on every rank."""
     ds_cfg = config.dataset_for(step)
-    train_set = build_dataset(ds_cfg, config.data.img_size, config.data.channels, "train", distributed.rank(),
+    train_set = build_dataset(ds_cfg, step.img_size, config.data.channels, "train", distributed.rank(),
                               distributed.world_size())
-    holdout_set = build_dataset(ds_cfg, config.data.img_size, config.data.channels, "holdout")
+    holdout_set = build_dataset(ds_cfg, step.img_size, config.data.channels, "holdout")
     n_holdout = min(N_HOLDOUT_SAMPLES, len(holdout_set))
     holdout = torch.stack([holdout_set[i][0] for i in range(n_holdout)]).to(device) if n_holdout else None
-    per_epoch = len(ResumableBatchSampler(len(train_set), step.batch_size, config.training.seed))
+    per_epoch = len(ResumableBatchSampler(len(train_set), step.batch_size, step.seed))
     n_batches = min(per_epoch, step.max_steps or per_epoch)
     if n_batches == 0:
         raise DataError(f"step {step.name}: dataset {step.dataset!r} has {len(train_set)} items, fewer than one "

@@ -101,7 +101,7 @@ class StepReport:
                                   models=run.trainer.sampling_models(), holdout=run.data.holdout_images,
                                   captions=list(run.config.output.sample_captions),
                                   latent_norm=run.trainer.ctx.latent_norm, config=run.config,
-                                  seed=run.config.training.seed, spade=run.trainer.ctx.spade):
+                                  seed=run.step.seed, spade=run.trainer.ctx.spade):
             self.tracker.log_image(path)
 
     def evaluate(self) -> dict[str, float]:

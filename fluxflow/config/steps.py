@@ -297,7 +297,7 @@ def _resolve_optimization(values: dict[str, Any], given: dict[str, Any]) -> Opti
     groups = modes.optimizer_groups(SimpleNamespace(**values))
     ordered = [g for g in modes.OPTIMIZER_GROUPS if g in groups]
     return Optimization(
-        optimizers={g: written.optimizers.get(g, OptimizerConfig()).resolved(values["lr"]) for g in ordered},
+        optimizers={g: written.optimizers.get(g, OptimizerConfig()).resolved(values["lr"], g) for g in ordered},
         schedulers={g: written.schedulers[g].resolved(values["transition_on"].max_epochs)
                     for g in ordered if g in written.schedulers},
     )

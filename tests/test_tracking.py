@@ -112,7 +112,7 @@ def test_multi_tracker_fans_out_every_call_in_order():
     multi.step_finished(ref, result)
     assert a.calls == b.calls
     assert [c[0] for c in a.calls] == ["started", "metrics", "image", "artifact", "warning", "finished"]
-    assert a.calls[4] == ("finished", ref, result)
+    assert a.calls[5] == ("finished", ref, result)
 
 
 class FakeTty(io.StringIO):

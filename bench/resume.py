@@ -70,6 +70,9 @@ class FirstBatchTracker:
     def step_finished(self, ref, result) -> None:
         pass
 
+    def warn(self, key, message) -> None:
+        pass
+
 
 def run_until(config_dict: dict, stop_at: int) -> dict[str, Any]:
     """Run the step in this process until `stop_at` batches are logged; returns the tracker's times."""

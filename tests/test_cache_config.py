@@ -77,3 +77,8 @@ def test_output_cache_dir_moves_the_caches_out_of_the_output_directory(tmp_path)
                           "output": {"output_path": str(tmp_path / "run"),
                                      "cache_dir": str(tmp_path / "shared")}}).config
     assert f"Latent cache: on (in {tmp_path / 'shared' / 'latent_cache'})" in format_summary(config)
+
+
+def test_a_step_that_trains_the_vae_beside_the_flow_reads_images_even_with_the_compressor_frozen():
+    latents, _ = choices({"train_diff": True, "train_vae": True, "freeze": ["compressor"]})
+    assert not latents.on and "VAE trains in this step" in latents.why_off

@@ -87,3 +87,17 @@ def test_a_frozen_discriminator_is_the_generators_fixed_critic(tmp_path, one_tor
     saved = load_weights(out / "checkpoints" / "decoder" / "final.pt")
     assert "discriminator" not in saved["optimizers"]
     assert not same(before["expander"], saved["models"]["expander"])
+
+
+def test_a_vae_step_with_its_compressor_frozen_trains_the_expander_alone(tmp_path, one_torch_thread):
+    out = tmp_path / "out"
+    raw = pipeline_raw(out, WARM, {"name": "decoder", "n_epochs": 1, "max_steps": 2, "train_vae": True,
+                                   "freeze": ["compressor"]})
+    run_pipeline(load_config(raw).config)
+    before = load_weights(out / "checkpoints" / "warm" / "final.pt")["models"]
+    saved = load_weights(out / "checkpoints" / "decoder" / "final.pt")
+    assert same(before["compressor"], saved["models"]["compressor"])
+    changed = {name for name in ("compressor", "expander", "flow_processor", "text_encoder")
+               if name in before and not same(before[name], saved["models"][name])}
+    assert changed == {"expander"}
+    assert set(saved["optimizers"]) == {"vae"}

@@ -200,7 +200,7 @@ def test_each_image_statistics_term_is_zero_on_the_image_itself_and_pulls_a_chan
                "coarseness": F.avg_pool2d(x, 2).repeat_interleave(2, -1).repeat_interleave(2, -2)}[name]
     x_hat = changed.clone().requires_grad_(True)
     value = loss(x_hat, x)
-    assert float(value) > 0.01
+    assert float(value.detach()) > 0.01
     value.backward()
     stepped = (x_hat - 0.5 * x_hat.grad / x_hat.grad.abs().max()).detach()  # a small step down the gradient
     assert float(loss(stepped, x)) < float(value)

@@ -95,6 +95,9 @@ class Recorder:
     def step_finished(self, ref, result):
         self.calls.append(("finished", ref, result))
 
+    def warn(self, key, message):
+        self.calls.append(("warning", key, message))
+
 
 def test_multi_tracker_fans_out_every_call_in_order():
     a, b = Recorder(), Recorder()
@@ -105,10 +108,11 @@ def test_multi_tracker_fans_out_every_call_in_order():
     multi.log_metrics({"vae_loss": 1.0}, PROGRESS)
     multi.log_image(Path("a.webp"))
     multi.log_artifact(Path("m.jsonl"))
+    multi.warn("flat_discriminator", "D is flat")
     multi.step_finished(ref, result)
     assert a.calls == b.calls
-    assert [c[0] for c in a.calls] == ["started", "metrics", "image", "artifact", "finished"]
-    assert a.calls[4] == ("finished", ref, result)
+    assert [c[0] for c in a.calls] == ["started", "metrics", "image", "artifact", "warning", "finished"]
+    assert a.calls[5] == ("finished", ref, result)
 
 
 class FakeTty(io.StringIO):

@@ -41,6 +41,8 @@ def latent_cache_choice(step: Any, dataset_type: str) -> CacheChoice:
     blocker = _common_blocker(step, "cache_latents", dataset_type)
     if blocker is None and "compressor" in modes.trained_components(step):
         blocker = "the compressor trains in this step, so its latents change with every update"
+    if blocker is None and modes.touches_vae(step):  # e.g. a decoder-only fine-tune beside the flow (freeze)
+        blocker = "the VAE trains in this step on the images themselves"
     return _choice(step.cache_latents, blocker)
 
 

@@ -82,7 +82,8 @@ def open_tracking(config: PipelineConfig, steps: list) -> tuple[PipelineRun, Tra
     ui_url = url_for("flow-run", obj_id=flow_run.id) if flow_run.id else None  # None on the embedded API
     if ui_url:
         tags["prefect.flow_run_url"] = ui_url
-    run = PipelineRun(client, config.tracking.experiment_name, output_dir, pipeline, tags, config.model_dump(mode="json"))
+    run = PipelineRun(client, config.tracking.experiment_name, output_dir, pipeline, tags,
+                      config.model_dump(mode="json"))
     problem = unreachable_reason(uri)
     if problem:  # before the first call, which would otherwise sit in MLflow's retries (flows/tracking_queue.py)
         TRACKING.mark_unreachable(f"{uri}: {problem}", f"{output_dir}/graph and {output_dir}/samples, during this "

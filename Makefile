@@ -1,5 +1,5 @@
 # Two commands on a fresh clone: `make demo` and `make test` (`make test-fast` while developing). All create .venv
-# when missing (idempotent: the install re-runs only when pyproject.toml changes).
+# when missing (idempotent: the install re-runs only when pyproject.toml or constraints.txt changes).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -11,10 +11,11 @@ export MLFLOW_DISABLE_TELEMETRY := true
 
 .PHONY: setup demo test test-fast bench bench-gpu server mlflow-ui worker deploy serve-model clean
 
-$(STAMP): pyproject.toml
+# The exact tested set (constraints.txt, pinned) within pyproject.toml's ranges; dev includes the pretrained extra.
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,10 +1,11 @@
 """`python -m bench.run [name ...] [options]` — run all benchmarks (the default) or the named ones.
 
-    python -m bench.run                      # all five, CPU-sized
+    python -m bench.run                      # all six, CPU-sized
     python -m bench.run overhead --pairs 5
     python -m bench.run throughput --sizes 64 --batch-sizes 8 16 32 64 --kinds flow
     python -m bench.run resume checkpoint
     python -m bench.run cache --cache-sizes 32
+    python -m bench.run startup --startup-pairs 3
 
 Each prints one markdown table and writes `bench/results/<name>.json` (machine, date, raw timings, the table).
 """
@@ -19,11 +20,11 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from bench import cache, checkpoint, overhead, resume, throughput  # noqa: E402
+from bench import cache, checkpoint, overhead, resume, startup, throughput  # noqa: E402
 from bench.common import RESULTS_DIR  # noqa: E402
 
 BENCHMARKS = {"overhead": overhead, "throughput": throughput, "cache": cache, "resume": resume,
-              "checkpoint": checkpoint}
+              "checkpoint": checkpoint, "startup": startup}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -4,9 +4,11 @@ prompt and seed.
     fluxflow-generate --checkpoint outputs/quickstart/checkpoints/flow/final.pt \
         --prompt "a red circle on a blue background" --n 4 --output generated/
     fluxflow-generate --model models:/fluxflow-quickstart@champion --prompt "a red circle on a blue background"
+    fluxflow-generate --weights exported/quickstart --prompt "a red circle on a blue background"
 
 The generation itself is fluxflow.sampling.generate (EMA weights, the trained text encoder, the training samples'
-sampler); a registered model (`--model`) is first resolved to its checkpoint file (flows/registry.py).
+sampler); a registered model (`--model`) is first resolved to its checkpoint file (flows/registry.py); `--weights` is a
+folder written by `fluxflow-export` (fluxflow/sampling/export.py), which gives the same pixels as its checkpoint.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from flows import env  # noqa: F401  (every flows entry point: quiet and offline
 import argparse
 import sys
 from pathlib import Path
+
+from flows.cli_version import add_version_argument
 
 
 def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
@@ -42,16 +46,30 @@ def model_checkpoint_of(model_uri: str, tracking_uri: str | None) -> Path:
         raise ModelNotFound(str(exc)) from None
 
 
+def checkpoint_model(args: argparse.Namespace, device: str | None):
+    """(the text-to-image model, its checkpoint file) of --checkpoint or --model, sized by --config where the
+    checkpoint does not record its model sizes (fluxflow-generate, fluxflow-export)."""
+    from fluxflow.config import load_config
+    from fluxflow.sampling.generate import load_text_to_image
+
+    checkpoint = args.checkpoint or model_checkpoint_of(args.model, args.tracking_uri)
+    config = load_config(args.config).config if args.config else None
+    model = load_text_to_image(checkpoint, config.model if config else None,
+                               config.data.img_size if config else None, device)
+    return model, checkpoint
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fluxflow-generate", description="Generate images from a trained checkpoint or a registered model.",
         epilog="Exit codes: 0 images written; 2 bad input (no prompt, a missing prompts file, a checkpoint that is "
-               "missing, corrupt or has no text-to-image model, a --model that names no registered version, an "
-               "invalid --config, a device this machine lacks).")
+               "missing, corrupt or has no text-to-image model, a --model that names no registered version, a "
+               "--weights folder that is not an export, an invalid --config, a device this machine lacks).")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a flow step's checkpoint (final.pt), path or fsspec URI")
     source.add_argument("--model", help="a registered model in MLflow: models:/<name>@champion (an alias) or "
                                         "models:/<name>/<version>")
+    source.add_argument("--weights", help="a folder written by fluxflow-export (config.json, model.safetensors)")
     p.add_argument("--tracking-uri", help="the MLflow store of --model (default: MLFLOW_TRACKING_URI, else "
                                           "./mlflow.db)")
     p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable)")
@@ -66,6 +84,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda or auto (default: auto)")
     p.add_argument("--config", help="the pipeline's config file, for a checkpoint that does not record its model "
                                     "sizes")
+    add_version_argument(p)
     return p
 
 
@@ -84,15 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from fluxflow.checkpoints.io import CheckpointError
-    from fluxflow.config import ConfigError, load_config
+    from fluxflow.config import ConfigError
     from fluxflow.runtime.device import DeviceUnavailable
-    from fluxflow.sampling.generate import GenerationError, generate_files, load_text_to_image
+    from fluxflow.sampling.export import load_exported
+    from fluxflow.sampling.generate import GenerationError, generate_files
 
     try:
-        checkpoint = args.checkpoint or model_checkpoint_of(args.model, args.tracking_uri)
-        config = load_config(args.config).config if args.config else None
-        model = load_text_to_image(checkpoint, config.model if config else None,
-                                   config.data.img_size if config else None, args.device)
+        if args.weights:
+            model = load_exported(args.weights, args.device)
+        else:
+            model, _ = checkpoint_model(args, args.device)
         files = generate_files(model, prompts, args.output, n=args.n, seed=args.seed, steps=args.steps,
                                guidance=args.guidance, size=args.size, ext=args.format)
     except (CheckpointError, ConfigError, GenerationError, DeviceUnavailable, ModelNotFound) as exc:

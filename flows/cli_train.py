@@ -17,6 +17,8 @@ from fluxflow.config import ConfigError, load_config
 from fluxflow.config.model_sizes import parameter_counts
 from fluxflow.config.schema import check_output_path
 from fluxflow.config.summary import format_parameters, format_summary
+from flows.cli_version import add_version_argument
+from flows.prefect_server import start_temporary_server
 
 EXIT_OK, EXIT_STEP_FAILED, EXIT_INVALID_CONFIG, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -39,19 +41,33 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where checkpoints, samples and metrics go (overrides output.output_path)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"),
                         help="device to train on (overrides training.device; auto = CUDA when present)")
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                        help="change one value of the config without editing it (repeatable), e.g. "
+                             "--set training.seed=1 --set training.pipeline.steps.flow.lr=3e-4 (a step by its name; "
+                             "VALUE is YAML: lists [0, 1], mappings {type: AdamW}); validated like the file")
     parser.add_argument("--quiet", action="store_true",
                         help="print only problems: no summary and no warnings about keys of the original tool")
+    parser.add_argument("--keep-server", action="store_true",
+                        help="leave the temporary Prefect server running after the run, for later runs to reuse "
+                             "(saves its start; it prints its pid; without PREFECT_API_URL set)")
+    add_version_argument(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    server = None
     try:
         config = configured(args)
         if args.validate_pipeline:
             return EXIT_OK
+        # The temporary Prefect server (unless one is configured) starts now, so that its start overlaps the imports
+        # of torch, Prefect and MLflow that follow (flows/prefect_server.py).
+        server = start_temporary_server(keep=args.keep_server)
         check_can_run(config)
     except Refused as exc:
+        if server:
+            server.stop()
         print(f"❌ {exc}", file=sys.stderr)
         return EXIT_INVALID_CONFIG
     return train(args)
@@ -64,7 +80,7 @@ class Refused(Exception):
 def configured(args: argparse.Namespace):
     """The config with the command line's overrides; prints the warnings and the plan unless --quiet."""
     try:
-        loaded = load_config(args.config)
+        loaded = load_config(args.config, args.overrides)
     except ConfigError as exc:
         raise Refused(f"Invalid config: {exc}") from None
     config = loaded.config
@@ -109,7 +125,7 @@ def train(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(run_pipeline_flow(config_source=str(Path(args.config).resolve()), output_dir=args.output_dir,
-                                     device=args.device))
+                                     device=args.device, overrides=args.overrides))
     except KeyboardInterrupt:
         print("Interrupted: run the same command again to resume from the latest checkpoint.", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -1,15 +1,20 @@
-"""`fluxflow-compare`: the hypotheses of an MLflow experiment side by side.
+"""The hypotheses of an MLflow experiment side by side, with their uncertainty (the library of `fluxflow-compare`,
+flows/cli_compare.py).
 
 A hypothesis is a leaf step of a pipeline (nothing starts from it), e.g. `spade_off` and `spade_on` trained from the
-same warm-up. For every leaf step run (the newest run per pipeline and step name) this prints the configuration values
-that differ between them and their final smoothed metrics, and writes the same table as CSV and as a PNG bar chart.
+same warm-up; its seed replicates (`training.replicates`) are the leaf runs of that written step, one per seed. For
+every hypothesis (the newest run per pipeline and step name, grouped by the written step) this prints the
+configuration values that differ between them, the number of replicates and each final smoothed metric: the value,
+or with several replicates mean ± standard deviation [95 % interval]; then for every pair of hypotheses and metric
+the difference, its interval and whether it is beyond the replicate spread (Welch's t-test, flows/hypotheses.py).
+It writes the same as CSV, as JSON and as a PNG bar chart with the intervals as error bars.
 """
 from __future__ import annotations
 
 from flows import env  # noqa: F401  (must precede mlflow)
 
-import argparse
 import csv
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +29,12 @@ from flows.mlflow_runs import (
     TAG_STEP_NAME,
     resolve_tracking_uri,
 )
+from flows.hypotheses import HypothesisSummary, summarize
 from flows.text_table import plain_table
 
 
-# A step's position and name are its identity (the column labels), not part of the hypothesis.
-IDENTITY_PARAMS = ("index", "name")
+# A step's position, name and hypothesis label are its identity (the column labels), not part of the hypothesis.
+IDENTITY_PARAMS = ("index", "name", "hypothesis")
 MISSING = "-"
 CHART_DIFFERENCES = 12  # lines of config differences under the chart; the CSV has them all
 
@@ -39,10 +45,11 @@ def _unset_as_missing(value: str) -> str:
 
 @dataclass
 class Comparison:
-    labels: list[str]  # one column per leaf run
-    run_ids: list[str]
+    labels: list[str]  # one column per hypothesis (leaf step) or registered version
+    run_ids: list[str]  # per column: its (first replicate's) run
     config: dict[str, list[str]] = field(default_factory=dict)  # only the params whose values differ
-    metrics: dict[str, list[float | None]] = field(default_factory=dict)
+    metrics: dict[str, list[float | None]] = field(default_factory=dict)  # per column: the mean over replicates
+    summary: HypothesisSummary | None = None  # replicates, spreads and pairwise differences of hypotheses
 
 
 def leaf_step_runs(client: MlflowClient, experiment_id: str) -> list:
@@ -70,19 +77,41 @@ def final_metrics(run) -> dict[str, float]:
     return finals or {k: v for k, v in run.data.metrics.items() if k not in ("epoch", "sec_per_batch")}
 
 
-def compare_runs(client: MlflowClient, runs: list) -> Comparison:
+def hypothesis_of(run) -> str:
+    """The written step a leaf run trains (runs recorded before replicates existed: their step name)."""
+    return run.data.params.get("hypothesis") or run.data.tags.get(TAG_STEP_NAME, run.info.run_name)
+
+
+def group_by_hypothesis(client: MlflowClient, runs: list) -> dict[str, list]:
+    """Column label -> the leaf runs (replicates) of that hypothesis, in the order of `runs`; the label is
+    `pipeline/hypothesis` when the runs come from several pipelines."""
     pipelines = {run.data.tags.get(PARENT_RUN_ID) for run in runs}
     names = {p: client.get_run(p).info.run_name for p in pipelines if p} if len(pipelines) > 1 else {}
-    labels = []
+    groups: dict[str, list] = {}
     for run in runs:
-        step = run.data.tags.get(TAG_STEP_NAME, run.info.run_name)
         pipeline = names.get(run.data.tags.get(PARENT_RUN_ID))
-        label = f"{pipeline}/{step}" if pipeline else step
+        groups.setdefault(f"{pipeline}/{hypothesis_of(run)}" if pipeline else hypothesis_of(run), []).append(run)
+    return groups
+
+
+def compare_runs(client: MlflowClient, runs: list) -> Comparison:
+    groups = group_by_hypothesis(client, runs)
+    labels = []
+    for label, group in groups.items():
         # An interrupted or still running step is shown with its last logged values, and says so.
-        labels.append(label if run.info.status == "FINISHED" else f"{label} ({run.info.status.lower()})")
-    comparison = Comparison(labels=labels, run_ids=[run.info.run_id for run in runs])
-    fill_comparison(comparison, [run.data.params for run in runs], [final_metrics(run) for run in runs],
+        unfinished = [run.info.status.lower() for run in group if run.info.status != "FINISHED"]
+        labels.append(f"{label} ({', '.join(sorted(set(unfinished)))})" if unfinished else label)
+    firsts = [group[0] for group in groups.values()]
+    comparison = Comparison(labels=labels, run_ids=[run.info.run_id for run in firsts])
+    # Config differences between hypotheses, from one replicate of each (replicates differ only in their seed).
+    fill_comparison(comparison, [run.data.params for run in firsts], [final_metrics(run) for run in firsts],
                     IDENTITY_PARAMS)
+    summary = summarize({label: [run.data.tags.get(TAG_STEP_NAME, run.info.run_name) for run in group]
+                         for label, group in groups.items()},
+                        {label: [final_metrics(run) for run in group] for label, group in groups.items()})
+    comparison.summary = summary
+    comparison.metrics = {metric: [by_label[label].mean if label in by_label else None for label in groups]
+                          for metric, by_label in summary.spreads.items()}
     return comparison
 
 
@@ -105,10 +134,15 @@ def _cell(value) -> str:
 
 
 def table_rows(comparison: Comparison) -> list[list[str]]:
+    """Header, config differences, (for hypotheses) the replicate counts, then the metrics: a value, or with several
+    replicates mean ± standard deviation [95 % interval]."""
     rows = [["", *comparison.labels]]
     rows += [[f"config: {key}", *values] for key, values in comparison.config.items()]
-    rows += [[f"metric: {key}", *map(_cell, values)] for key, values in comparison.metrics.items()]
-    return rows
+    summary = comparison.summary
+    if summary is None:
+        rows += [[f"metric: {key}", *map(_cell, values)] for key, values in comparison.metrics.items()]
+        return rows
+    return rows + summary.metric_rows()
 
 
 def write_csv(rows: list[list[str]], path: Path) -> None:
@@ -124,6 +158,7 @@ def write_chart(comparison: Comparison, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     names = list(comparison.metrics) or ["(no metrics)"]
+    spreads = comparison.summary.spreads if comparison.summary else {}
     ncols = min(4, len(names))
     nrows = -(-len(names) // ncols)
     differences = [
@@ -143,7 +178,12 @@ def write_chart(comparison: Comparison, path: Path, title: str) -> None:
     for ax, name in zip(axes.flat, names):
         values = [v if v is not None else float("nan") for v in comparison.metrics.get(name, [])]  # nan: no bar
         if values:
-            ax.bar(range(len(values)), values, color=colors)
+            by_label = spreads.get(name, {})
+            labels = list(comparison.summary.replicates) if comparison.summary else []
+            # Error bars: the 95 % interval of the mean where a hypothesis has replicates (none with one).
+            errors = [(by_label[label].high - by_label[label].mean)
+                      if label in by_label and by_label[label].high is not None else 0.0 for label in labels]
+            ax.bar(range(len(values)), values, color=colors, yerr=errors if any(errors) else None, capsize=4)
             ax.set_xticks(range(len(values)), comparison.labels, rotation=20, ha="right", fontsize=8)
         ax.set_title(name, fontsize=10)
     fig.suptitle(title, fontsize=11)
@@ -165,20 +205,13 @@ def experiment_comparison(client: MlflowClient, name: str) -> tuple[Comparison, 
     if not runs:
         return f"experiment {name!r} has no pipeline step runs"
     comparison = compare_runs(client, runs)
-    return comparison, table_rows(comparison), f"{name}: final metrics of {len(runs)} hypotheses"
+    n = len(comparison.labels)
+    replicated = " (mean, 95 % interval)" if any(len(r) > 1 for r in comparison.summary.replicates.values()) else ""
+    return comparison, table_rows(comparison), f"{name}: final metrics of {n} hypotheses{replicated}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fluxflow-compare", description=__doc__.split("\n\n")[0])
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--experiment", help="MLflow experiment name: its hypotheses (leaf steps) side by side")
-    which.add_argument("--registered-model", metavar="NAME", help="MLflow registered model: its versions side by "
-                                                                  "side (flows/compare_versions.py)")
-    parser.add_argument("--alias", default="champion", help="the alias marked in --registered-model's columns")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
-    parser.add_argument("--output", default=".", help="folder for compare_<name>.csv/.png (default: .)")
-    args = parser.parse_args(argv)
-
+def run(args) -> int:
+    """`fluxflow-compare` once its arguments are parsed (flows/cli_compare.py): print the table, write CSV and PNG."""
     client = MlflowClient(args.tracking_uri or resolve_tracking_uri())
     if args.registered_model:
         from flows.compare_versions import model_comparison
@@ -191,14 +224,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     comparison, rows, title = found
     print(plain_table(rows))
+    summary = comparison.summary
+    if summary is not None and summary.differences:
+        print()
+        print(plain_table(summary.difference_rows()))
+    if summary is not None:
+        print()
+        print(summary.note())
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     stem = "compare_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
-    write_csv(rows, out / f"{stem}.csv")
-    write_chart(comparison, out / f"{stem}.png", title)
-    print(f"\nWrote {out / (stem + '.csv')} and {out / (stem + '.png')}")
+    written = [out / f"{stem}.csv", out / f"{stem}.png"]
+    write_csv(rows, written[0])
+    write_chart(comparison, written[1], title)
+    if summary is not None and summary.differences:
+        written.append(out / f"{stem}_differences.csv")
+        write_csv(summary.difference_rows(), written[-1])
+    if summary is not None:
+        written.append(out / f"{stem}.json")
+        written[-1].write_text(json.dumps(summary.to_dict(), indent=1) + "\n")
+    print(f"\nWrote {', '.join(map(str, written))}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -27,6 +27,7 @@ TAG_STEP_NAME = "fluxflow.step_name"
 TAG_PARENT_STEP = "fluxflow.parent_step"
 TAG_SESSION = "fluxflow.session"
 TAG_OUTCOME = "fluxflow.outcome"
+TAG_OVERRIDES = "fluxflow.overrides"  # the pipeline run's `--set KEY=VALUE` list, as JSON
 PARENT_RUN_ID = "mlflow.parentRunId"
 FINAL_PREFIX = "final/"
 

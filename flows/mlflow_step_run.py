@@ -127,6 +127,10 @@ class StepRunRecorder:
         if self.run_id is not None and Path(path).is_file():  # e.g. the metrics JSONL, absent when nothing was logged
             self.client.log_artifact(self.run_id, str(path))
 
+    def set_tag(self, key: str, value: str) -> None:
+        if self.run_id is not None:
+            self.client.set_tag(self.run_id, key, value)
+
     def finish(self, ref: CheckpointRef, result: StepResult) -> None:
         if self.run_id is None:
             return

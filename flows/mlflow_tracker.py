@@ -98,6 +98,9 @@ class MlflowTracker:
         kill_points.reached("step_finished")  # test-only: ref.json is written, the run not closed
         self._put(partial(self.recorder.finish, ref, result))
 
+    def warn(self, key: str, message: str) -> None:
+        self._put(partial(self.recorder.set_tag, f"fluxflow.warning.{key}", message))
+
     # -- beyond the protocol: called by the task around run_step -------------------------------------------------
 
     def step_failed(self, status: str = "FAILED") -> None:

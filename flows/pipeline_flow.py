@@ -10,6 +10,7 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (must precede prefect and mlflow)
 
 import contextlib
+import json
 import shutil
 import sys
 from dataclasses import replace
@@ -21,29 +22,32 @@ from prefect import flow, get_run_logger
 from prefect.exceptions import TerminationSignal
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
-from prefect.settings import PREFECT_UI_URL
+from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_UI_URL, temporary_settings
 from prefect.utilities.urls import url_for
 
 from flows import artifacts
 from flows.fault_policy import failure_exit_code
+from flows.hypotheses import summarize
 from flows.mlflow_runs import (
     TAG_KIND,
     TAG_OUTPUT_DIR,
     PipelineRun,
+    TAG_OVERRIDES,
     find_runs,
     find_step_runs,
     resolve_tracking_uri,
     unreachable_reason,
 )
+from flows.mlflow_store import prepare_store
 from flows.promotion import release_lines, release_models
-from flows.prefect_server import start_temporary_server
+from flows.prefect_server import ServerNotReady, api_url_for_run, is_temporary
 from flows.step_task import TrackingTarget, load_pipeline_config, output_dir_of, pipeline_step_task
 from flows.tracking_queue import TRACKING
 from fluxflow.checkpoints.lock import RunLock
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.checkpoints.step_key import json_sha256
 from fluxflow.config import ConfigError, PipelineConfig
-from fluxflow.config.dag import branch_names
+from fluxflow.config.dag import branch_names, leaf_names
 from fluxflow.config.promotion import registered_steps
 from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
 from fluxflow.train.pipeline_schedule import PipelineSchedule, missed_threshold_message
@@ -64,11 +68,14 @@ def config_hash(config: PipelineConfig) -> str:
     return json_sha256(config.model_dump(mode="json"), 16, compact=False)
 
 
-def open_tracking(config: PipelineConfig, steps: list) -> tuple[PipelineRun, TrackingTarget]:
-    """The pipeline's MLflow parent run, tagged with what links it to this flow run. Opened through the tracking
-    queue: a server that does not answer is said once, with where the records wait, and the run trains on; the
-    target then has no ids yet (the steps' trackers find them when the server answers)."""
+def open_tracking(config: PipelineConfig, steps: list,
+                  overrides: list[str] | None = None) -> tuple[PipelineRun, TrackingTarget]:
+    """The pipeline's MLflow parent run, tagged with what links it to this flow run (and the `--set` overrides the
+    run's config was given: each step run's params hold the resulting values). Opened through the tracking queue: a
+    server that does not answer is said once, with where the records wait, and the run trains on; the target then
+    has no ids yet (the steps' trackers find them when the server answers)."""
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
+    prepare_store(uri)  # a new local store: a copy of an empty one, not MLflow's migrations (flows/mlflow_store.py)
     client = MlflowClient(uri)
     output_dir = output_dir_of(config)
     pipeline = Path(output_dir.rstrip("/")).name or "pipeline"
@@ -78,8 +85,10 @@ def open_tracking(config: PipelineConfig, steps: list) -> tuple[PipelineRun, Tra
         "fluxflow.branches": ",".join(branch_names(steps)),
         "prefect.flow_run_id": str(flow_run.id or ""),
         "prefect.flow_run_name": str(flow_run.name or ""),
+        TAG_OVERRIDES: json.dumps(list(overrides or [])),
     }
-    ui_url = url_for("flow-run", obj_id=flow_run.id) if flow_run.id else None  # None on the embedded API
+    on_a_server = flow_run.id and not is_temporary(PREFECT_API_URL.value())  # the temporary one has no UI
+    ui_url = url_for("flow-run", obj_id=flow_run.id) if on_a_server else None
     if ui_url:
         tags["prefect.flow_run_url"] = ui_url
     run = PipelineRun(client, config.tracking.experiment_name, output_dir, pipeline, tags,
@@ -124,13 +133,15 @@ def dated(output_dir: str | None) -> str | None:
 
 
 @flow(name="fluxflow-pipeline")
-def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str | None = None) -> list[dict]:
+def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str | None = None,
+                  overrides: list[str] | None = None) -> list[dict]:
     """Train the pipeline declared by `config` (a YAML path or the config itself); returns each step's outcome.
-    `output_dir` overrides the config's output directory; `{date}` in it is the run's scheduled day."""
+    `output_dir` overrides the config's output directory; `{date}` in it is the run's scheduled day. `overrides`:
+    `KEY=VALUE` changes of the config, as `fluxflow-train --set` (fluxflow/config/overrides.py)."""
     output_dir = dated(output_dir)
-    cfg = load_pipeline_config(config, output_dir)
+    cfg = load_pipeline_config(config, output_dir, overrides)
     with output_lock(cfg):  # one run per output directory: a second one fails at once, as with run_pipeline
-        return run_steps(cfg, output_dir, device)
+        return run_steps(cfg, output_dir, device, overrides)
 
 
 def output_lock(config: PipelineConfig):
@@ -138,7 +149,8 @@ def output_lock(config: PipelineConfig):
     return RunLock(output_dir_of(config))
 
 
-def run_steps(cfg: PipelineConfig, output_dir: str | None, device: str | None) -> list[dict]:
+def run_steps(cfg: PipelineConfig, output_dir: str | None, device: str | None,
+              overrides: list[str] | None = None) -> list[dict]:
     """Submit each step once its parent has finished; its outcome decides whether its children run
     (fluxflow/train/pipeline_schedule.py). Returns each finished step's `StepOutcome.to_dict()`."""
     logger = get_run_logger()
@@ -148,7 +160,7 @@ def run_steps(cfg: PipelineConfig, output_dir: str | None, device: str | None) -
 
     clear_stop_request()
     announce_skipped(cfg)
-    pipeline_run, target = open_tracking(cfg, steps)
+    pipeline_run, target = open_tracking(cfg, steps, overrides)
     progress = artifacts.start_progress(target.pipeline, len(steps))
     task = pipeline_step_task(cfg.training.pipeline.retries)
     # Every task trains the config resolved here, at the flow's start, not the YAML file as it is when the task
@@ -189,6 +201,7 @@ def run_steps(cfg: PipelineConfig, output_dir: str | None, device: str | None) -
         raise
     finally:
         artifacts.publish_summary(target.pipeline, artifacts.summary_rows(outcomes, schedule.not_run))
+        log_hypotheses(pipeline_run, steps, outcomes)
         finish_tracking(pipeline_run, target, status)
     schedule.raise_if_failed()
     tracked = caught_up(pipeline_run, target, outcomes)
@@ -199,6 +212,22 @@ def run_steps(cfg: PipelineConfig, output_dir: str | None, device: str | None) -
     else:
         release_models(cfg, resolved, output_dir, device, tracked[1], tracked[0])  # register, then promote
     return [outcome.to_dict() for outcome in outcomes]
+
+
+def log_hypotheses(run: PipelineRun, steps: list, outcomes: list[StepOutcome]) -> None:
+    """The leaf steps' final metrics per hypothesis, with replicate spreads and pairwise differences
+    (flows/hypotheses.py), on the pipeline's MLflow run: hypotheses.json and hypotheses.txt."""
+    finished = {outcome.result.step_name: outcome.result.final_metrics for outcome in outcomes}
+    leaves = set(leaf_names(steps))
+    groups: dict[str, list[str]] = {}
+    for step in steps:
+        if step.name in leaves and step.name in finished:
+            groups.setdefault(step.hypothesis, []).append(step.name)
+    if not groups:
+        return
+    summary = summarize(groups, {h: [finished[name] for name in names] for h, names in groups.items()})
+    TRACKING.put(lambda: run.client.log_dict(run.run_id, summary.to_dict(), "hypotheses.json"))
+    TRACKING.put(lambda: run.client.log_text(run.run_id, summary.text(), "hypotheses.txt"))
 
 
 def finish_tracking(run: PipelineRun, target: TrackingTarget, status: str) -> None:
@@ -252,21 +281,30 @@ def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
     print(f"Prefect UI:  {start}{flow_run_url}")
 
 
-def run_pipeline_flow(config_source: str | Path | dict, output_dir: str | None = None, device: str | None = None) -> int:
+def run_pipeline_flow(config_source: str | Path | dict, output_dir: str | None = None, device: str | None = None,
+                      overrides: list[str] | None = None) -> int:
     """Run the flow on the current Prefect API (the embedded one by default). Exit code: 0 done, 1 failed, 2 bad
     config or a failure the user must fix first (flows/fault_policy.py)."""
     source = str(config_source) if isinstance(config_source, Path) else config_source
     try:
-        config = load_pipeline_config(source, output_dir)  # fail fast, before Prefect starts
+        config = load_pipeline_config(source, output_dir, overrides)  # fail fast, before Prefect starts
     except ConfigError as exc:  # e.g. a data folder that is not there (flows/step_task.py)
         print(f"❌ {exc}", file=sys.stderr)
         return 2
-    start_temporary_server()  # unless PREFECT_API_URL names a server; stopped at exit
-    state = pipeline_flow(source, output_dir, device, return_state=True)
-    if state.is_completed():
-        print("Pipeline finished:")
-        print_summary(state.result())
-    else:
-        print(f"Pipeline {state.name.lower()}: {state.message}")
+    try:
+        api_url = api_url_for_run()  # the temporary server's, unless Prefect's settings name a server
+    except ServerNotReady as exc:
+        print(f"Cannot start the flow: {exc}", file=sys.stderr)
+        return 1
+    # Heartbeats let a lasting server mark crashed runs; the temporary one ends with this process, and the heartbeat
+    # thread's join costs up to 1 s per run.
+    temporary = {PREFECT_API_URL: api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    with temporary_settings(temporary) if api_url else contextlib.nullcontext():
+        state = pipeline_flow(source, output_dir, device, overrides or None, return_state=True)
+        if state.is_completed():
+            print("Pipeline finished:")
+            print_summary(state.result())
+        else:
+            print(f"Pipeline {state.name.lower()}: {state.message}")
     print_where_to_look(config, state.state_details.flow_run_id)
     return 0 if state.is_completed() else failure_exit_code(state)  # 2 when the user must fix something first

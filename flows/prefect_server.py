@@ -1,33 +1,47 @@
 """The temporary Prefect API server that `fluxflow-train` runs its flow on when no PREFECT_API_URL is set.
 
-Prefect starts one by itself (`SubprocessASGIServer`) as a plain child, in the trainer's process group. A signal to
-the whole group — what `timeout`, systemd's stop, a closing terminal or a container runtime send — then kills the
-server together with the trainer, and the trainer, still reporting its flow's end, waits minutes in Prefect's client
-retries on a server that is gone. Started here instead, the server lives in a session of its own: a group signal
-reaches only the trainer, which saves its step, records the end of its flow on a server still there, and stops the
-server itself. The server also dies with the trainer (SIGTERM from the kernel when its parent dies; Linux), so a
-`kill -9` of the trainer leaves no orphan behind. "Its parent" is the thread that started it: start it from the
-main thread (`run_pipeline_flow` is called from there).
+Started by us rather than by Prefect, for two reasons.
 
-Registered as Prefect's default temporary server (the `None` port), so every Prefect client of this process that
-would start one finds this one running (as `prefect.testing.utilities.prefect_test_harness` does).
+Speed: it is started first thing, before this process imports torch, Prefect and MLflow, so that its start (3 s with an
+existing database, 12-15 s with a new one, on 2 cores) overlaps those imports instead of following them. This module
+therefore imports nothing of Prefect; the flow then talks to the server as to any other (PREFECT_API_URL for the run),
+and Prefect's own server package (`prefect.server.api.server`, about 1 s of imports) is never loaded in this process.
+
+Signals: Prefect would start it as a plain child, in the trainer's process group. A signal to the whole group — what
+`timeout`, systemd's stop, a closing terminal or a container runtime send — then kills the server together with the
+trainer, and the trainer, still reporting its flow's end, waits minutes in Prefect's client retries on a server that is
+gone. Here the server lives in a session of its own: a group signal reaches only the trainer, which saves its step,
+records the end of its flow on a server still there, and stops the server itself. The server also dies with the
+trainer (SIGTERM from the kernel when its parent dies; Linux), so a `kill -9` of the trainer leaves no orphan behind.
+"Its parent" is the thread that started it: start it from the main thread.
 """
 from __future__ import annotations
 
-from flows import env  # noqa: F401  (must precede prefect)
-
+import atexit
+import contextlib
 import ctypes
+import importlib.util
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
-from typing import Any
-
-import prefect
-from prefect.server.api.server import SubprocessASGIServer
-from prefect.settings import PREFECT_API_URL, get_current_settings
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+KEPT_SERVER_FILE = "fluxflow-prefect-server.json"  # beside Prefect's database: the server a run kept (--keep-server)
+_PORT_IN_USE = 3  # uvicorn's exit code when the port is taken (another process bound it since we picked it)
+# What Prefect's own temporary server sets (prefect 3.9's `SubprocessASGIServer._run_uvicorn_command`, pinned in
+# pyproject.toml): no UI, the server's services in their ephemeral configuration.
+_SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+
+
+class ServerNotReady(RuntimeError):
+    """The temporary server did not answer its health check in time, or exited."""
 
 
 def _die_with_parent(parent: int) -> None:
@@ -40,28 +54,147 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-class OwnSessionServer(SubprocessASGIServer):
-    """`SubprocessASGIServer`, started in a session of its own and tied to this process's life."""
+def _free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-    def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
-        # The command and environment of prefect 3.9's `SubprocessASGIServer._run_uvicorn_command` (pinned in
-        # pyproject.toml); only the process's session and parent-death signal differ.
-        server_env = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+
+class TemporaryServer:
+    """A Prefect API server (uvicorn on 127.0.0.1, the default database under PREFECT_HOME) started by fluxflow-train:
+    stopped at the end of the run, or, when the user asks (`keep`), left running for later runs, which find it through
+    a file beside Prefect's database (`kept()`)."""
+
+    def __init__(self, keep: bool = False) -> None:
+        self.keep = keep
+        self.port = 0
+        self.pid: int | None = None
+        self.process: subprocess.Popen | None = None
+        self._ready = False
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def start(self) -> "TemporaryServer":
+        self.port = _free_port()
+        prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent  # without importing it
         parent = os.getpid()
-        return subprocess.Popen(
-            args=[sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
-                  "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-                  "--log-level", "error", "--lifespan", "on"],
-            env={**os.environ, **server_env, **get_current_settings().to_environment_variables(exclude_unset=True)},
-            start_new_session=True, preexec_fn=lambda: _die_with_parent(parent),
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
+             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+             "--log-level", "error", "--lifespan", "on"],
+            env={**os.environ, **_SERVER_ENV}, start_new_session=True,
+            preexec_fn=None if self.keep else lambda: _die_with_parent(parent),
+            stdout=subprocess.DEVNULL if self.keep else None, stderr=subprocess.DEVNULL if self.keep else None,
         )
+        self.pid = self.process.pid
+        atexit.register(self.stop)
+        return self
+
+    @classmethod
+    def kept(cls) -> "TemporaryServer | None":
+        """The server an earlier run kept for this PREFECT_HOME, if it still answers."""
+        try:
+            found = json.loads(_kept_file().read_text())
+            server = cls(keep=True)
+            server.port, server.pid = int(found["port"]), int(found["pid"])
+            os.kill(server.pid, 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        server._ready = server._healthy()
+        return server if server._ready else None
+
+    def wait_ready(self, timeout_s: float) -> str:
+        """Block until the server answers its health check; returns its API URL. A taken port (another process bound
+        it after we picked it) starts it again on another one, as Prefect does."""
+        deadline = time.monotonic() + timeout_s
+        while not self._ready:
+            code = self.process.poll() if self.process else None
+            if code == _PORT_IN_USE:
+                self.start()
+            elif code is not None:
+                raise ServerNotReady(f"the temporary Prefect server exited with code {code} before it answered")
+            if time.monotonic() > deadline:
+                raise ServerNotReady(f"the temporary Prefect server did not answer within {timeout_s:.0f} s "
+                                     "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
+            self._ready = self._healthy()
+            if not self._ready:
+                time.sleep(0.05)
+        if self.keep and self.process is not None:
+            _kept_file().parent.mkdir(parents=True, exist_ok=True)
+            _kept_file().write_text(json.dumps({"pid": self.pid, "port": self.port}))
+        return self.api_url
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def stop(self) -> None:
+        """At the end of the run: stop it, or say where it is kept and how to stop it."""
+        if self.keep:
+            if self.pid is not None:
+                print(f"Prefect server kept running on http://127.0.0.1:{self.port} for later runs (pid {self.pid}; "
+                      f"stop it with: kill {self.pid})", file=sys.stderr, flush=True)
+                self.pid = None
+            return
+        if self.process is None:
+            return
+        process, self.process = self.process, None
+        if process.poll() is None:
+            print(f"Stopping temporary server on http://127.0.0.1:{self.port}", file=sys.stderr, flush=True)
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
-def start_temporary_server() -> OwnSessionServer | None:
-    """Start the temporary server the flow will use, unless PREFECT_API_URL names a server. Stop it with `.stop()`
-    (also registered at exit)."""
-    if PREFECT_API_URL.value():
+def _kept_file() -> Path:
+    return Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser() / KEPT_SERVER_FILE
+
+
+_started: TemporaryServer | None = None
+
+
+def start_temporary_server(keep: bool = False) -> TemporaryServer | None:
+    """The server the flow will use, unless the environment names one (PREFECT_API_URL): the one an earlier run kept
+    (`keep=True` there), else a new one, stopped at exit unless `keep`. Calling it again returns the same one. A
+    server named in the Prefect profile rather than the environment is only known once Prefect is imported:
+    `api_url_for_run` then stops this one unused."""
+    global _started
+    if _started is not None and (_started.process is not None or _started.keep):
+        return _started
+    if os.environ.get("PREFECT_API_URL"):
         return None
-    server = OwnSessionServer()
-    server.start()
-    return server
+    _started = TemporaryServer.kept()
+    if _started is not None:
+        print(f"Using the Prefect server an earlier run kept on http://127.0.0.1:{_started.port} (pid {_started.pid})",
+              file=sys.stderr, flush=True)
+        return _started
+    _started = TemporaryServer(keep).start()
+    return _started
+
+
+def api_url_for_run() -> str | None:
+    """The API URL the flow must use: the temporary server's (started now if it was not), once it answers; None when
+    Prefect's settings name a server (PREFECT_API_URL in the environment or the profile): the flow uses that one."""
+    from flows import env  # noqa: F401  (must precede prefect)
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    if PREFECT_API_URL.value():
+        if _started is not None:
+            _started.stop()
+        return None
+    server = start_temporary_server()
+    return server.wait_ready(float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+
+
+def is_temporary(api_url: str | None) -> bool:
+    """Whether `api_url` is the temporary server of this process: it has no UI and ends with the run, so no link to
+    it is worth recording."""
+    return _started is not None and api_url == _started.api_url

@@ -19,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import artifact_key
+from flows.hypotheses import spread
 from flows.registry import (TAG_PROMOTION, TAG_STEP, model_checkpoint, register_step, version_by_alias,
                             versions_of)
 from flows.step_task import TrackingTarget, gpu_tag, load_pipeline_config
@@ -68,6 +69,19 @@ def decide(value: float, champion_value: float | None, direction: str, min_impro
     if gain > 0:
         return False, f"better by only {gain:.4g}, not more than the {min_improvement:g} required"
     return False, "not better" if gain == 0 else f"worse by {-gain:.4g}"
+
+
+def decide_beyond_spread(values: list[float], champion_value: float | None, direction: str,
+                         min_improvement: float) -> tuple[bool, str]:
+    """(promote?, why) for a hypothesis trained as seed replicates: the end of its 95 % interval over `values`
+    (flows/hypotheses.py) nearest the champion must beat the champion's value as `decide` requires, so that a lucky
+    replicate alone does not take the alias. One replicate gives no interval, so no promotion."""
+    s = spread(values)
+    if s.low is None:
+        return False, "one replicate: no interval can be given, so no improvement beyond the spread"
+    end, which = (s.low, "lower") if direction == "maximize" else (s.high, "upper")
+    promoted, reason = decide(end, champion_value, direction, min_improvement)
+    return promoted, f"95 % interval over {s.n} replicates [{s.low:.4g}, {s.high:.4g}], its {which} end: {reason}"
 
 
 def _fmt(value: float | None) -> str:
@@ -123,11 +137,15 @@ def _evaluator(config, client: MlflowClient, device: str | None):
 
 
 def promote(config, client: MlflowClient, versions: list[str], device: str | None = None) -> list[Decision]:
-    """Compare each new version (in order) with the version holding the alias, moving it when the new one wins."""
+    """Compare each new version (in order) with the version holding the alias, moving it when the new one wins.
+    With `promotion.beyond_spread`, the replicates of one hypothesis are decided together: only the best of them can
+    take the alias, and only when the hypothesis beats the champion beyond its replicate spread."""
     name, alias = config.tracking.model_name, config.promotion.alias
     metrics, decisions = _evaluator(config, client, device), []
+    steps = {v: client.get_model_version(name, v).tags.get(TAG_STEP, "") for v in versions}
+    replicates = _replicates_of(config, steps)
     for version in versions:
-        step = client.get_model_version(name, version).tags.get(TAG_STEP, "")
+        step = steps[version]
         metric, direction = promotion_metric(config, step)
         holder = version_by_alias(client, name, alias)
         champion = str(holder.version) if holder else None
@@ -141,13 +159,30 @@ def promote(config, client: MlflowClient, versions: list[str], device: str | Non
                 champion_value, promoted = None, False
                 reason = f"the {alias} (version {champion}) could not be evaluated: {exc}"
             else:
-                promoted, reason = decide(value, champion_value, direction, config.promotion.min_improvement)
+                if config.promotion.beyond_spread:
+                    group = {v: metrics(v, steps[v]).get(metric, math.nan) for v in replicates[version]}
+                    best = (max if direction == "maximize" else min)(group, key=group.get)
+                    if best != version:
+                        promoted, reason = False, f"a replicate of its hypothesis: version {best}, the best, decides"
+                    else:
+                        promoted, reason = decide_beyond_spread(list(group.values()), champion_value, direction,
+                                                                config.promotion.min_improvement)
+                else:
+                    promoted, reason = decide(value, champion_value, direction, config.promotion.min_improvement)
         decision = Decision(name, version, step, metric, direction, config.promotion.min_improvement, value,
                             champion, champion_value, promoted, reason)
         if promoted:
             client.set_registered_model_alias(name, alias, version)
         decisions.append(decision)
     return decisions
+
+
+def _replicates_of(config, steps: dict[str, str]) -> dict[str, list[str]]:
+    """Each version -> the versions (itself included) whose steps replicate the same hypothesis
+    (fluxflow/config/replicates.py); a step the config no longer has is a hypothesis of its own."""
+    known = {step.name: step.hypothesis for step in config.resolved_steps()}
+    hypothesis = {v: known.get(step, step) for v, step in steps.items()}
+    return {v: [w for w in steps if hypothesis[w] == hypothesis[v]] for v in steps}
 
 
 @task(name="register-model", task_run_name="register {step_name}", cache_policy=NO_CACHE, persist_result=False)

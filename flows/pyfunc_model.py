@@ -11,11 +11,13 @@ Over REST (`mlflow models serve -m models:/<name>@champion --env-manager local`)
 
 Each image is `fluxflow-generate`'s for the same checkpoint, prompt and seed (fluxflow.sampling.generate: EMA weights,
 the trained text encoder), so a served image equals the file `fluxflow-generate --format png` writes, pixel for pixel
-on the same device. The checkpoint travels with the model as its artifact `checkpoint`; `model_config["device"]`
-(default `auto`: CUDA when present) says where it runs.
+on the same device. The model is read from its artifact `weights`, the checkpoint's export (fluxflow/sampling/export.py,
+which gives the same pixels and holds a pretrained text encoder's directory); the checkpoint travels too, as the
+artifact `checkpoint` (what `fluxflow-generate --model` uses), and versions registered before `weights` existed load
+from it. `model_config["device"]` (default `auto`: CUDA when present) says where it runs.
 
-MLflow loads it through flows/pyfunc_code.py, the code logged with every version ("models from code"): the project
-must be importable where the model is loaded or served (this checkout's environment: `--env-manager local`).
+MLflow loads it through flows/pyfunc_code.py ("models from code"), with the project's code logged next to it as code
+paths: where it is loaded or served, the packages of its requirements.txt are all it needs (flows/registry.py).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 CONFIG_ARTIFACT = "config"
+WEIGHTS_ARTIFACT = "weights"
 PROMPT = "prompt"
 
 # The parameters of one request, with fluxflow-generate's defaults; size 0 means the checkpoint's training size.
@@ -73,10 +76,14 @@ class TextToImageModel(PythonModel):
     """Prompts in, images out, with the EMA weights of the step's final checkpoint."""
 
     def load_context(self, context) -> None:
+        from fluxflow.sampling.export import load_exported
         from fluxflow.sampling.generate import load_text_to_image
 
         device = (context.model_config or {}).get("device") or "auto"
-        self.model = load_text_to_image(context.artifacts[CHECKPOINT_ARTIFACT], device=device)
+        if WEIGHTS_ARTIFACT in context.artifacts:
+            self.model = load_exported(context.artifacts[WEIGHTS_ARTIFACT], device)
+        else:  # a version registered before the export was logged with every version
+            self.model = load_text_to_image(context.artifacts[CHECKPOINT_ARTIFACT], device=device)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from fluxflow.sampling.generate import generate

@@ -1,14 +1,20 @@
 """MLflow Model Registry: a pipeline step's final checkpoint as a version of a registered model, and back to a file.
 
-A version is an MLflow model logged to the step's MLflow run (a pyfunc: flows/pyfunc_model.py) with the checkpoint and
-the resolved config as its artifacts, the checkpoint reference (URI + sha256) and final metrics as its metadata, the
-step's final metrics linked to it, and tags that lead back to where it came from:
+A version is an MLflow model logged to the step's MLflow run (a pyfunc: flows/pyfunc_model.py) with the checkpoint, its
+export (fluxflow/sampling/export.py: the sampling weights, and a pretrained text encoder's directory) and the resolved
+config as its artifacts, the checkpoint reference (URI + sha256) and final metrics as its metadata, the step's final
+metrics linked to it, and tags that lead back to where it came from:
 
     model version --run_id--> the step's MLflow run --mlflow.parentRunId--> the pipeline's run
                   --prefect.flow_run_id / prefect.flow_run_url--> the Prefect flow run that trained it
 
 A checkpoint is registered once per model name: registering the same file again (a re-run that found the step
 complete) returns the version it already is.
+
+A version loads anywhere: the project's code (fluxflow/ and flows/) travels with it as MLflow code paths, its
+requirements name every package the model imports (pinned to this environment's versions, transformers too for a
+pretrained text encoder), and the export holds every file the model reads. The loading environment needs those
+requirements only, not this repository (tests/test_model_travels.py loads one in an environment without it).
 """
 from __future__ import annotations
 
@@ -28,8 +34,9 @@ from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-from flows.pyfunc_model import CHECKPOINT_ARTIFACT, CONFIG_ARTIFACT, PROMPT, SIGNATURE
+from flows.pyfunc_model import CHECKPOINT_ARTIFACT, CONFIG_ARTIFACT, PROMPT, SIGNATURE, WEIGHTS_ARTIFACT
 from fluxflow.checkpoints.ref import StepOutcome
+from fluxflow.config.pretrained_text import pretrained_text_path
 
 TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
 MODEL_IN_RUN = "model"  # the logged model's name within its run
@@ -43,9 +50,14 @@ TAG_PROMOTION = "fluxflow.promotion."  # + decision, reason, metric, value, cham
 # Tags of the pipeline's MLflow run that every version of it carries too.
 LINEAGE_TAGS = ("prefect.flow_run_id", "prefect.flow_run_name", "prefect.flow_run_url", "fluxflow.config_hash",
                 "fluxflow.output_dir")
-# What the model's code imports, pinned to this environment's versions (the model's requirements.txt). Serving with
-# `--env-manager local` uses this environment as it is; the list says what another environment would need.
-REQUIREMENTS = ("torch", "torchvision", "numpy", "pillow", "pandas", "pydantic", "pyyaml", "fsspec", "mlflow")
+# What the model's code imports, pinned to this environment's versions (the model's requirements.txt): with these
+# installed, and nothing of this repository, the model loads and predicts. Serving with `--env-manager local` uses
+# this environment as it is; the list says what another environment needs.
+REQUIREMENTS = ("torch", "torchvision", "numpy", "pillow", "pandas", "pydantic", "pyyaml", "fsspec", "tqdm",
+                "safetensors", "mlflow")
+PRETRAINED_REQUIREMENTS = ("transformers",)  # the `pretrained` extra, for a model with a pretrained text encoder
+# The project's code, logged with every version (MLflow puts it on sys.path where the model is loaded).
+PROJECT_CODE = [str(Path(__file__).resolve().parents[1] / package) for package in ("fluxflow", "flows")]
 
 
 class RegistryError(Exception):
@@ -69,8 +81,9 @@ def tracking_at(uri: str):
             os.environ[TRACKING_URI_VARIABLE] = saved
 
 
-def pip_requirements() -> list[str]:
-    return [f"{name}=={metadata.version(name)}" for name in REQUIREMENTS]
+def pip_requirements(pretrained: bool = False) -> list[str]:
+    names = REQUIREMENTS + (PRETRAINED_REQUIREMENTS if pretrained else ())
+    return [f"{name}=={metadata.version(name)}" for name in names]
 
 
 def _quoted(value: str) -> str:
@@ -113,6 +126,9 @@ def ensure_registered_model(client: MlflowClient, name: str) -> None:
 def register_step(client: MlflowClient, name: str, outcome: StepOutcome, config, pipeline_run_id: str):
     """The version of `name` holding this step's final checkpoint: logged to the step's run and registered, or the
     version it already is."""
+    from fluxflow.sampling.export import export_weights  # torch: only when registering
+    from fluxflow.sampling.generate import load_text_to_image
+
     ref, result = outcome
     existing = find_version(client, name, ref.sha256)
     if existing is not None:
@@ -126,15 +142,20 @@ def register_step(client: MlflowClient, name: str, outcome: StepOutcome, config,
     with tempfile.TemporaryDirectory() as tmp, tracking_at(client.tracking_uri):
         config_file = Path(tmp) / "config.json"
         config_file.write_text(json.dumps(config.model_dump(mode="json"), indent=2))
+        model = load_text_to_image(ref.uri, device="cpu")
+        weights = export_weights(model, Path(tmp) / WEIGHTS_ARTIFACT,
+                                 source={"checkpoint": ref.uri, "sha256": ref.sha256})
         # Created here, in the run's experiment: left to Model.log it would land in the default experiment.
         logged = client.create_logged_model(run.info.experiment_id, MODEL_IN_RUN, run.info.run_id,
                                             params=run.data.params, model_type="text-to-image")
         info = Model.log(
             None, name=MODEL_IN_RUN, flavor=mlflow.pyfunc, run_id=run.info.run_id, model_id=logged.model_id,
             python_model=str(PYFUNC_CODE),
-            artifacts={CHECKPOINT_ARTIFACT: ref.uri, CONFIG_ARTIFACT: str(config_file)},
+            artifacts={CHECKPOINT_ARTIFACT: ref.uri, CONFIG_ARTIFACT: str(config_file), WEIGHTS_ARTIFACT: str(weights)},
+            code_paths=PROJECT_CODE,
             signature=SIGNATURE, input_example=pd.DataFrame({PROMPT: list(config.output.sample_captions[:1])}),
-            pip_requirements=pip_requirements(), metadata={"fluxflow": described}, model_config={"device": "auto"},
+            pip_requirements=pip_requirements(pretrained_text_path(model.model_config) is not None),
+            metadata={"fluxflow": described}, model_config={"device": "auto"},
             step=ref.global_step,  # links the step's final metrics (logged at its last global step) to the model
         )
         ensure_registered_model(client, name)

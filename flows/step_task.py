@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.artifacts import mlflow_run_url, publish_step
 from flows.fault_policy import quiet_non_retryable_tracebacks, retry_unless_non_retryable
 from flows.mlflow_tracker import MlflowTracker
+from flows.prefect_log_tracker import PrefectLogTracker
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome
 from fluxflow.config import ConfigError, ConfigIssue, PipelineConfig, load_config
 from fluxflow.config.file_checks import data_folder_issues
@@ -43,10 +44,12 @@ class TrackingTarget:
         return asdict(self)
 
 
-def load_pipeline_config(source: str | Path | dict, output_dir: str | None = None) -> PipelineConfig:
-    """The config as the flow and every task see it: `load_config` plus the flow's output-directory override, and its
-    data folders checked (a run cannot start without them; validation alone does not need them)."""
-    config = load_config(source).config
+def load_pipeline_config(source: str | Path | dict, output_dir: str | None = None,
+                         overrides: list[str] | None = None) -> PipelineConfig:
+    """The config as the flow and every task see it: `load_config` with the `--set` overrides, plus the flow's
+    output-directory override, and its data folders checked (a run cannot start without them; validation alone does
+    not need them)."""
+    config = load_config(source, overrides or ()).config
     missing = data_folder_issues(config)
     if missing:
         raise ConfigError(missing, str(source) if not isinstance(source, dict) else None)
@@ -67,7 +70,8 @@ def output_dir_of(config: PipelineConfig) -> str:
 
 
 def make_tracker(config: PipelineConfig, target: TrackingTarget):
-    """The step's trackers: the core's console + JSONL one and the MLflow one. Returns (tracker, mlflow_tracker)."""
+    """The step's trackers: the core's console + JSONL one, the MLflow one, and, in a Prefect task run, the one that
+    puts the console lines in the run's log. Returns (tracker, mlflow_tracker)."""
     from fluxflow.train.tracking import ConsoleJsonlTracker, MultiTracker
 
     mlflow_tracker = MlflowTracker(
@@ -79,7 +83,8 @@ def make_tracker(config: PipelineConfig, target: TrackingTarget):
         experiment_name=target.experiment_name or config.tracking.experiment_name,
     )
     console = ConsoleJsonlTracker(Path(config.output.output_path))
-    return MultiTracker([console, mlflow_tracker]), mlflow_tracker
+    prefect_log = PrefectLogTracker.for_current_task_run()
+    return MultiTracker([console, mlflow_tracker, *([prefect_log] if prefect_log else [])]), mlflow_tracker
 
 
 def run_step_on_ranks(config, step_name: str, parent, nproc: int, device: str | None, mlflow_tracker):

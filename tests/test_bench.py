@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -115,3 +116,28 @@ def test_cache_benchmark_times_each_arm_in_every_round_and_builds_only_the_cache
     assert all(r["build_s"] > 0 and r["build_items"] == 6 for r in rows[1:])
     assert [len(list((tmp_path / arm / "latent_cache").glob("*"))) for arm in ("live", "latents", "both")] == [0, 1, 1]
     assert (tmp_path / "both" / "text_cache").is_dir() and not (tmp_path / "latents" / "text_cache").exists()
+
+
+def test_startup_alternates_whole_processes_with_a_new_or_the_same_mlflow_store(tmp_path, monkeypatch):
+    from bench import startup
+
+    runs = []
+
+    def timed(command, cwd, env, log):
+        if "--help" in command:
+            return 0.1
+        arm = "flow" if "--config" in command else "bare"
+        runs.append((arm, Path(cwd), command[command.index("--output-dir") + 1] if arm == "flow" else command[-1]))
+        assert env["PREFECT_HOME"].startswith(tempfile.gettempdir()) and "PREFECT_API_URL" not in env
+        return 3.0 if arm == "flow" else 1.0
+
+    monkeypatch.setattr(startup, "_timed", timed)
+    result = startup.run(SimpleNamespace(startup_pairs=2, results_dir=tmp_path))
+    arms = [arm for arm, _, _ in runs]
+    assert arms == ["flow", "bare"] + ["flow", "bare", "bare", "flow"] * 2  # warm-up, then alternating pairs
+    empty, existing = runs[2:6], runs[6:]
+    assert len({cwd for _, cwd, _ in empty}) == 4  # a new working directory (a new ./mlflow.db) for every run
+    assert len({cwd for _, cwd, _ in existing} | {runs[0][1]}) == 1  # the warm-up's store, for every run
+    assert len({out for _, _, out in runs}) == len(runs)  # a fresh output directory every run
+    assert result["empty"]["median_added_s"] == 2.0 and result["existing"]["median_ratio"] == 3.0
+    assert set(result["help_seconds"]) == set(startup.CLIS)

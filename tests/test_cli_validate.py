@@ -82,12 +82,13 @@ def fake_flow(monkeypatch):
     module = types.ModuleType("flows.pipeline_flow")
     module.exit_code = 0
 
-    def run_pipeline_flow(config_source, output_dir=None, device=None):
-        calls.append(dict(config_source=config_source, output_dir=output_dir, device=device))
+    def run_pipeline_flow(config_source, output_dir=None, device=None, overrides=None):
+        calls.append(dict(config_source=config_source, output_dir=output_dir, device=device, overrides=overrides))
         return module.exit_code
 
     module.run_pipeline_flow = run_pipeline_flow
     monkeypatch.setitem(sys.modules, "flows.pipeline_flow", module)
+    monkeypatch.setattr(cli_train, "start_temporary_server", lambda keep=False: None)  # no Prefect server for a stand-in flow
     return module, calls
 
 
@@ -96,13 +97,15 @@ def test_training_hands_the_config_path_and_overrides_to_the_flow_and_returns_it
     module, calls = fake_flow
     (tmp_path / "c.yaml").write_text(VALID)
     monkeypatch.chdir(tmp_path)
-    assert cli_train.main(["--config", "c.yaml", "--output-dir", "out", "--device", "cpu"]) == 0
+    assert cli_train.main(["--config", "c.yaml", "--output-dir", "out", "--device", "cpu",
+                           "--set", "training.pipeline.steps.a.n_epochs=2"]) == 0
     printed = capsys.readouterr().out
-    assert "Step 1:" in printed and "Parameters:" in printed  # the plan comes first, as with --validate-pipeline
-    assert calls == [dict(config_source=str(tmp_path / "c.yaml"), output_dir="out", device="cpu")]
+    assert "Step 1: a (2 epochs)" in printed and "Parameters:" in printed  # the plan (with the overrides) first
+    assert calls == [dict(config_source=str(tmp_path / "c.yaml"), output_dir="out", device="cpu",
+                          overrides=["training.pipeline.steps.a.n_epochs=2"])]
     module.exit_code = 1  # a step failed
     assert cli_train.main(["--config", "c.yaml"]) == 1
-    assert calls[-1] == dict(config_source=str(tmp_path / "c.yaml"), output_dir=None, device=None)
+    assert calls[-1] == dict(config_source=str(tmp_path / "c.yaml"), output_dir=None, device=None, overrides=[])
 
 
 def test_an_invalid_config_never_reaches_the_flow(tmp_path, fake_flow):

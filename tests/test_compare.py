@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 from helpers_tiny import tiny_raw
 from mlflow.tracking import MlflowClient
 
-from flows import compare
+from flows import cli_compare, compare
 from flows.mlflow_runs import experiment_id_for, open_pipeline_run
 from flows.mlflow_tracker import MlflowTracker
 from fluxflow.checkpoints.ref import CheckpointRef, StepResult
@@ -17,11 +18,14 @@ from fluxflow.train.tracking import Progress
 WARM = {"name": "warm", "n_epochs": 1, "train_vae": True}
 
 
-def record_pipeline(client, experiment, out, steps, losses, session="s", interrupt_last=False):
+def record_pipeline(client, experiment, out, steps, losses, session="s", interrupt_last=False, replicates=None):
     """Record every step as the flow would: a nested run with params, one metric line and a final result (for the
     last step, with `interrupt_last`, the end of an interrupted run instead)."""
     parent = open_pipeline_run(client, experiment, out, out.rsplit("/", 1)[-1], {})
-    for step in load_config(tiny_raw(out, steps)).config.resolved_steps():
+    raw = tiny_raw(out, steps)
+    if replicates:
+        raw["training"]["replicates"] = replicates
+    for step in load_config(raw).config.resolved_steps():
         tracker = MlflowTracker(client, experiment, parent, out, session=session)
         tracker.step_started(step, f"key-{out}-{step.name}", len(steps), resumed=False)
         loss = losses[step.name]
@@ -49,7 +53,7 @@ def test_leaf_steps_of_branches_are_compared_with_their_config_differences(exper
         {"name": "spade_on", "n_epochs": 1, "train_vae": True, "train_spade": True, "after": "warm"},
     ], {"warm": 0.9, "spade_off": 0.5, "spade_on": 0.25})
 
-    assert compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 0
+    assert cli_compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].split() == ["spade_off", "spade_on"]
     assert printed[2].split() == ["config:", "train_spade", "False", "True"]  # the one difference
@@ -78,7 +82,7 @@ def test_two_pipelines_are_labelled_by_pipeline_and_only_the_newest_run_of_a_ste
 
 
 def test_an_unknown_experiment_is_an_error(mlflow_store, tmp_path, capsys):
-    assert compare.main(["--experiment", "nope", "--output", str(tmp_path)]) == 2
+    assert cli_compare.main(["--experiment", "nope", "--output", str(tmp_path)]) == 2
     assert "no experiment named 'nope'" in capsys.readouterr().err
 
 
@@ -108,3 +112,37 @@ def test_an_interrupted_leaf_step_is_labelled_with_its_status_and_its_last_value
     comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp))
     assert comparison.labels == ["done/gan", "stopped/gan (killed)"]
     assert comparison.metrics["vae_loss"] == [0.7, 0.8]
+
+
+def test_replicates_are_one_column_per_hypothesis_with_intervals_and_a_verdict_per_pair(experiment, tmp_path,
+                                                                                           capsys):
+    client, exp = experiment
+    losses = {"warm": 0.9, **{f"a-seed{i}": v for i, v in enumerate([0.50, 0.55, 0.45])},
+              **{f"b-seed{i}": v for i, v in enumerate([0.51, 0.56, 0.44])},
+              **{f"planted-seed{i}": v for i, v in enumerate([0.20, 0.24, 0.18])}}
+    record_pipeline(client, exp, f"{tmp_path}/reps", [
+        WARM, *({"name": name, "n_epochs": 1, "train_vae": True, "after": "warm"} for name in ("a", "b", "planted"))
+    ], losses, replicates={"seeds": [0, 1, 2], "from_steps": ["a", "b", "planted"]})
+
+    assert cli_compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 0
+    printed = capsys.readouterr().out
+    lines = [line.split() for line in printed.splitlines()]
+    assert lines[0] == ["a", "b", "planted"] and ["replicates", "3", "3", "3"] in lines
+    vae_loss = next(line for line in lines if line[:2] == ["metric:", "vae_loss"])
+    assert vae_loss[2:7] == ["0.5", "±", "0.05", "[0.3758,", "0.6242]"]  # 0.5 ± 4.303 (t, 2 df) × 0.05 / √3
+    verdicts = {tuple(line[1:4]): " ".join(line[-3:]) for line in lines if line[:1] == ["vae_loss"]}
+    assert verdicts == {("b", "−", "a"): "within the spread", ("planted", "−", "a"): "beyond the spread",
+                        ("planted", "−", "b"): "beyond the spread"}
+    assert json.loads((tmp_path / "cmp" / "compare_hypotheses.json").read_text())["test"].startswith("Welch")
+
+
+def test_one_run_per_hypothesis_says_that_no_interval_can_be_given(experiment, tmp_path, capsys):
+    client, exp = experiment
+    record_pipeline(client, exp, f"{tmp_path}/single", [
+        WARM, {"name": "off", "n_epochs": 1, "train_vae": True}, {"name": "on", "n_epochs": 1, "train_vae": True,
+                                                                "train_spade": True, "after": "warm"},
+    ], {"warm": 0.9, "off": 0.5, "on": 0.25})
+    assert cli_compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 0
+    printed = capsys.readouterr().out
+    assert "no interval can be given: off and on have one replicate" in printed
+    assert "off, on: one replicate, so no interval can be given" in printed

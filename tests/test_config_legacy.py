@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from fluxflow.config import ConfigError, DatasetConfig, load_config
+from fluxflow.config.modes import step_metrics
 
 # The original tool's config.example.yaml (fluxflow-training), without its comments.
 ORIGINAL_EXAMPLE = """
@@ -242,8 +243,7 @@ def test_the_original_tools_pipeline_example_validates_with_warnings_that_each_n
     for warning in loaded.warnings:
         assert set(named_keys(warning)) <= written, warning
     text = "\n".join(loaded.warnings)
-    for key in ("use_ema", "train_colorstats", "train_histogram", "train_contrast", "train_coarseness",
-                "spade_training_mode", "num_train_timesteps", "start_step", "instance_noise_std", "lr_min",
+    for key in ("use_ema", "spade_training_mode", "num_train_timesteps", "start_step", "instance_noise_std", "lr_min",
                 "transition_on.value", "train_kl: false", "dataset type noise", "optimizer type Lion"):
         assert key in text, key
 
@@ -296,3 +296,51 @@ def test_train_kl_must_be_a_boolean(tmp_path):
                 steps: [{name: a, n_epochs: 1, train_vae: true, train_kl: maybe}]
         """)
     assert [i.path for i in caught.value.issues] == ["training.pipeline.steps[0].train_kl"]
+
+
+def test_the_original_tools_schedulers_step_per_epoch_with_a_warning_and_new_configs_per_update(tmp_path):
+    loaded = load_config(ORIGINAL_PIPELINE)
+    warmup, gan, flow = loaded.config.resolved_steps()
+    # StepLR(step_size=10) halves D's lr every 10 epochs, as in the original tool, not every 10 updates
+    assert gan.optimization.schedulers["discriminator"].interval == "epoch"
+    assert [s.interval for s in (warmup.optimization.schedulers["vae"], gan.optimization.schedulers["vae"],
+                                 flow.optimization.schedulers["flow"])] == ["epoch"] * 3
+    said = [w for w in loaded.warnings if "interval: epoch, as the original tool" in w]
+    assert any(w.startswith("training.pipeline.steps[1].optimization.schedulers.discriminator:") for w in said)
+    assert len(said) == 4
+
+    new = load_yaml(tmp_path, """
+        training:
+          pipeline:
+            steps:
+              - {name: a, n_epochs: 1, train_vae: true, gan_training: true,
+                 optimization: {schedulers: {discriminator: {type: StepLR, step_size: 10}}}}
+    """)
+    assert new.config.resolved_steps()[0].optimization.schedulers["discriminator"].interval == "step"
+    assert not any("interval" in w for w in new.warnings)
+
+
+def test_an_interval_written_in_an_original_tool_config_is_kept(tmp_path):
+    loaded = load_yaml(tmp_path, """
+        training:
+          lr_min: 0.1
+          pipeline:
+            defaults: {optimization: {schedulers: {vae: {interval: step}}}}
+            steps:
+              - {name: a, n_epochs: 1, train_vae: true, gan_training: true,
+                 optimization: {schedulers: {vae: {type: StepLR, step_size: 3},
+                                             discriminator: {type: StepLR, step_size: 3, interval: step}}}}
+    """)
+    schedulers = loaded.config.resolved_steps()[0].optimization.schedulers
+    assert schedulers["vae"].interval == "step" and schedulers["discriminator"].interval == "step"
+    assert not any("interval: epoch" in w for w in loaded.warnings)
+
+
+def test_the_original_tools_image_statistics_switches_turn_on_its_regularisers_in_vae_steps():
+    loaded = load_config(ORIGINAL_PIPELINE)
+    warmup, gan, flow = loaded.config.resolved_steps()
+    terms = ("colorstats", "histogram", "contrast", "coarseness")
+    assert all(getattr(warmup, f"train_{t}") for t in terms)  # from the defaults, in train_vae steps
+    assert [m for m in step_metrics(warmup) if m.split("_")[0] in terms] == [f"{t}_loss" for t in terms]
+    assert not [m for m in step_metrics(flow) if m.split("_")[0] in terms]  # no effect in a flow step
+    assert not any("train_colorstats" in w for w in loaded.warnings)

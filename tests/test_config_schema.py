@@ -56,7 +56,7 @@ def test_nothing_given_means_small_cpu_defaults_and_the_builtin_shapes_dataset(t
     assert cfg.model.text_encoder.type == "byte" and "text_encoder" not in cfg.model.model_dump()
     assert cfg.training.pipeline.datasets == {"shapes": DatasetConfig(type="shapes", size=2048, seed=0, holdout=16)}
     assert cfg.training.pipeline.retries == 1 and cfg.training.distributed.nproc_per_node == 1
-    assert cfg.output.sample_sizes == [32] and "a red circle" in cfg.output.sample_captions
+    assert cfg.output.sample_sizes is None and "a red circle" in cfg.output.sample_captions  # None: each step's size
     assert (cfg.tracking.experiment_name, cfg.tracking.tracking_uri) == ("fluxflow", None)
     step = cfg.resolved_steps()[0]
     assert step.dataset == "shapes" and step.parent is None

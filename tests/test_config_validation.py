@@ -55,10 +55,10 @@ CASES = {
     "spade alone": (cfg(vae(**ONLY, train_spade=True)), f"{S}[0].train_spade", "needs train_vae or gan_training"),
     "lpips without reconstruction": (cfg(vae(**ONLY, gan_training=True, use_lpips=True)), f"{S}[0].use_lpips",
                                      "needs train_vae"),
-    "freeze a trained component": (cfg(vae(freeze=["flow_processor", "expander"])), f"{S}[0].freeze[1]",
-                                   "expander is trained by this step"),
-    "unfreeze overrides freeze, not a mode": (cfg(vae(freeze=["expander"], unfreeze=["discriminator"])),
-                                              f"{S}[0].freeze[0]", "expander is trained by this step"),
+    "freeze everything a step trains": (cfg(vae(freeze=["flow_processor", "expander", "compressor"])),
+                                        f"{S}[0].freeze", "nothing is left to train"),
+    "image statistics without reconstruction": (cfg(vae(**ONLY, train_diff=True, train_histogram=True)),
+                                                f"{S}[0].train_histogram", "needs train_vae"),
     "unfreeze without gradient": (cfg(vae(unfreeze=["discriminator"])), f"{S}[0].unfreeze[0]", "gets no gradient"),
     "unknown component": (cfg(vae(freeze=["text_encodr"])), f"{S}[0].freeze[0]", "did you mean 'text_encoder'?"),
     "unknown optimizer type": (cfg(vae(optimization=opt(type="Adamw"))), f"{S}[0].optimization.optimizers.vae.type",
@@ -177,7 +177,7 @@ def test_all_problems_are_reported_together_in_file_order(tmp_path):
           batch_size: 0
           pipeline:
             steps:
-              - {name: a, n_epochs: 1, train_vae: true, freeze: [compressor]}
+              - {name: a, n_epochs: 1, train_vae: true, freeze: [compressor, expander]}
               - {name: b, n_epochs: x, train_vae: true}
               - {name: c, n_epochs: 1, train_diff: true,
                  transition_on: {mode: loss_threshold, metric: vae_loss, threshold: 1}}
@@ -187,14 +187,14 @@ def test_all_problems_are_reported_together_in_file_order(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     paths = [issue.path for issue in caught.value.issues]
-    assert paths == ["model.vae_dimm", "training.batch_size", f"{S}[0].freeze[0]", f"{S}[1].n_epochs",
+    assert paths == ["model.vae_dimm", "training.batch_size", f"{S}[0].freeze", f"{S}[1].n_epochs",
                      f"{S}[2].transition_on.metric"]
     text = str(caught.value)
     assert text.startswith(f"5 problems in {path}:") and all(p in text for p in paths)
 
 
 def test_a_broken_step_does_not_hide_the_problems_of_the_others(tmp_path):
-    found = problems(tmp_path, cfg(vae(n_epochs="one"), vae(name="b", freeze=["expander"])))
+    found = problems(tmp_path, cfg(vae(n_epochs="one"), vae(name="b", freeze=["expandr"])))
     assert set(found) == {f"{S}[0].n_epochs", f"{S}[1].freeze[0]"}
 
 
@@ -202,7 +202,7 @@ def test_problems_inherited_from_defaults_say_so(tmp_path):
     found = problems(tmp_path, """
         training:
           pipeline:
-            defaults: {freeze: [compressor]}
+            defaults: {freeze: [compresor]}
             steps: [{name: a, n_epochs: 1, train_vae: true}]
     """)
     assert "inherited from training.pipeline.defaults" in found[f"{S}[0].freeze[0]"]

@@ -112,6 +112,23 @@ async def flow_run_and_task_runs(api_url: str, run_name: str):
             return flow_run, deployment, task_runs, nightly, limit
 
 
+async def flow_run_log(api_url: str, flow_run_id) -> list[str]:
+    """The messages the Prefect API holds for one flow run (what its page in the UI shows under Logs)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    messages, page = [], 200  # the API answers at most 200 logs a request
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        async with get_client() as client:
+            while True:
+                logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                              limit=page, offset=len(messages))
+                messages += [log.message for log in logs]
+                if len(logs) < page:
+                    return messages
+
+
 def cancel_a_long_run(prefect: str, env: dict, api_url: str, tmp_path: Path):
     """Start the manual deployment on a step far longer than the test, cancel it once it trains, and return the
     cancelled flow run (in its final state) and its output directory."""
@@ -206,6 +223,12 @@ def test_manual_deployment_runs_each_step_as_a_task_and_records_nested_mlflow_ru
         assert sorted(t.name for t in task_runs) == sorted(steps)  # one task run per step, named after it
         assert all(t.state.is_completed() for t in task_runs)
         assert all("gpu" in t.tags for t in task_runs)  # what the `gpu` concurrency limit counts
+        # The UI's log of the run shows each step train: its console lines, as the worker's terminal printed them.
+        log = asyncio.run(flow_run_log(api_url, flow_run.id))
+        for index, name in enumerate(steps, start=1):
+            line = re.compile(rf"^\[\d\d:\d\d:\d\d\] Step {name} \({index}/{len(steps)}\) \| Epoch .* \| Batch ")
+            assert any(line.match(message) for message in log), f"no console line of step {name} in {log}"
+            assert any(line.match(text) for text in worker_log.splitlines()), f"step {name} printed no console line"
 
         cancelled, stopped_out = cancel_a_long_run(prefect, env, api_url, tmp_path)
     finally:

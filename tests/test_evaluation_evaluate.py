@@ -39,7 +39,7 @@ SHAPES = {"type": "shapes", "size": 64, "seed": 0, "holdout": 6}
 def test_vae_step_gets_reconstruction_metrics_only(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-lpips"))  # no backbone: no lpips key, no substitute
     config, models, train, holdout, norm = setup(SHAPES)
-    out = evaluate_step(config.step("vae"), models, holdout, train, config, norm, "cpu", tmp_path)
+    out = evaluate_step(config.step("vae"), models, holdout, train, config, norm, "cpu", tmp_path, spade=False)
     assert set(out) == {"psnr", "ssim"}
     assert all(math.isfinite(v) for v in out.values())
     assert not list(tmp_path.glob("feature_net_*")), "a VAE step has no use for the fd_ours network"
@@ -47,7 +47,7 @@ def test_vae_step_gets_reconstruction_metrics_only(tmp_path, monkeypatch):
 
 def test_flow_step_on_shapes_gets_adherence_and_fd_with_and_without_cfg(tmp_path):
     config, models, train, holdout, norm = setup(SHAPES)
-    out = evaluate_step(config.step("flow"), models, holdout, train, config, norm, "cpu", tmp_path)
+    out = evaluate_step(config.step("flow"), models, holdout, train, config, norm, "cpu", tmp_path, spade=False)
     assert set(out) == {"adherence_color", "adherence_shape", "adherence_both", "analyser_accuracy_holdout",
                         "fd_ours_cfg", "fd_ours_nocfg"}
     assert 0.0 <= out["adherence_both"] <= min(out["adherence_color"], out["adherence_shape"])
@@ -63,10 +63,10 @@ def test_evaluation_is_repeatable_and_leaves_training_state_alone(tmp_path):
     torch.manual_seed(123)
     expected_next = torch.rand(4)
     torch.manual_seed(123)
-    first = evaluate_step(config.step("flow"), models, holdout, train, config, norm, "cpu", tmp_path)
+    first = evaluate_step(config.step("flow"), models, holdout, train, config, norm, "cpu", tmp_path, spade=False)
     assert torch.equal(torch.rand(4), expected_next), "evaluation consumed the global RNG"
     assert {n: m.training for n, m in models.items()} == {n: n == "flow_processor" for n in models}
-    again = evaluate_step(config.step("flow"), models, holdout, train, config, norm, "cpu", tmp_path)
+    again = evaluate_step(config.step("flow"), models, holdout, train, config, norm, "cpu", tmp_path, spade=False)
     assert again == pytest.approx(first)
 
 
@@ -83,10 +83,11 @@ def folder_dataset(root):
 def test_flow_step_on_other_datasets_gets_fd_only(tmp_path):
     (tmp_path / "imgs").mkdir()
     config, models, train, holdout, norm = setup(folder_dataset(tmp_path / "imgs"))
-    out = evaluate_step(config.step("flow"), models, holdout, train, config, norm, "cpu", tmp_path / "eval")
+    out = evaluate_step(config.step("flow"), models, holdout, train, config, norm, "cpu", tmp_path / "eval",
+                        spade=False)
     assert set(out) == {"fd_ours_cfg", "fd_ours_nocfg"}
 
 
 def test_empty_holdout_gives_no_metrics(tmp_path):
     config, models, train, holdout, norm = setup({**SHAPES, "holdout": 0})
-    assert evaluate_step(config.step("vae"), models, holdout, train, config, norm, "cpu", tmp_path) == {}
+    assert evaluate_step(config.step("vae"), models, holdout, train, config, norm, "cpu", tmp_path, spade=False) == {}

@@ -271,3 +271,13 @@ def test_metric_batches_refused_by_a_full_queue_are_sent_from_the_metrics_file(s
             assert queue.wait(queue.put(lambda: None), stall_s=10)
     finish(t, "warm", "key-warm", 6)
     assert sorted(m.step for m in client.get_metric_history(t.run_id, "vae_loss")) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_training_health_warning_becomes_a_tag_of_the_step_run(setup):
+    client, _, _, _, steps = setup
+    t = tracker(setup)
+    t.step_started(steps[1], "key-gan", 2, resumed=False)
+    t.warn("flat_discriminator", "Step gan: the discriminator has been flat for 200 updates")
+    assert t.flush()
+    tags = client.get_run(t.run_id).data.tags
+    assert tags["fluxflow.warning.flat_discriminator"] == "Step gan: the discriminator has been flat for 200 updates"

@@ -179,7 +179,7 @@ def test_rerunning_a_finished_pipeline_trains_nothing_and_opens_no_step_runs(cha
 def test_branches_start_from_the_same_parent_checkpoint_and_compare_reports_both(
         tmp_path, mlflow_store_module, monkeypatch, capsys):
     import fluxflow.train.step_run
-    from flows import compare
+    from flows import cli_compare
 
     received, ran = {}, {}
     real_run_step = fluxflow.train.step_run.run_step
@@ -213,7 +213,7 @@ def test_branches_start_from_the_same_parent_checkpoint_and_compare_reports_both
     assert pipelines[0].data.tags["fluxflow.branches"] == "spade_off,spade_on"
 
     capsys.readouterr()
-    assert compare.main(["--experiment", "branches", "--output", str(tmp_path / "cmp")]) == 0
+    assert cli_compare.main(["--experiment", "branches", "--output", str(tmp_path / "cmp")]) == 0
     printed = capsys.readouterr().out
     assert "spade_off" in printed and "spade_on" in printed and "warm" not in printed.split("\n")[0]
     rows = list(csv.reader(open(tmp_path / "cmp" / "compare_branches.csv")))
@@ -313,3 +313,64 @@ def test_a_second_run_on_a_busy_output_directory_fails_at_once(tmp_path, mlflow_
         assert run_pipeline_flow(raw) == 1
     assert "is in use by another run" in capsys.readouterr().out
     assert not (Path(raw["output"]["output_path"]) / "checkpoints").exists()
+
+
+def test_overrides_as_a_flow_parameter_reach_the_steps_and_the_mlflow_runs(tmp_path, mlflow_store_module):
+    from flows.pipeline_flow import pipeline_flow
+
+    raw = config(tmp_path, "overrides", [{"name": "warm", **VAE}])
+    overrides = ["training.seed=3", "training.pipeline.steps.warm.kl_beta=0.5"]
+    state = pipeline_flow(raw, overrides=overrides, return_state=True)
+    assert state.is_completed(), state.message
+    pipelines, steps = mlflow_runs("overrides")
+    assert json.loads(pipelines[0].data.tags["fluxflow.overrides"]) == overrides
+    assert (steps[0].data.params["seed"], steps[0].data.params["kl_beta"]) == ("3", "0.5")
+
+
+def test_seed_replicates_are_grouped_per_hypothesis_and_compared_with_their_spread(tmp_path, mlflow_store_module,
+                                                                                    capsys):
+    """Three hypotheses x 3 seed replicates after a shared warm-up: `same` is `a` again (it differs only in its fresh
+    flow weights), `planted` logs a known smaller flow_loss (its min-SNR weights are at most 0.5). Measured: a 2.31,
+    1.95, 2.02; planted 0.79, 1.17, 0.77."""
+    from flows import cli_compare
+    from flows.hypotheses import BEYOND, WITHIN
+
+    flow = {"n_epochs": 1, "max_steps": 6, "train_diff": True, "lr": 3e-3, "after": "warm"}
+    raw = config(tmp_path, "replicates", [{"name": "warm", **VAE}, {"name": "a", **flow}, {"name": "same", **flow},
+                                          {"name": "planted", **flow, "loss_weighting": "min_snr"}],
+                 no_samples=True)
+    raw["training"]["pipeline"]["datasets"]["shapes"]["size"] = 48
+    raw["training"]["replicates"] = {"seeds": [0, 1, 2], "from_steps": ["a", "same", "planted"]}
+    raw["tracking"]["register_steps"] = []
+    state, _ = run_flow(raw)
+    assert state.is_completed(), state.message
+
+    pipelines, steps = mlflow_runs("replicates")
+    leaves = [r for r in steps if r.data.params["hypothesis"] != "warm"]
+    grouped = {}
+    for run in leaves:
+        grouped.setdefault(run.data.params["hypothesis"], set()).add((run.data.tags["fluxflow.step_name"],
+                                                                      run.data.params["seed"]))
+    assert grouped == {h: {(f"{h}-seed{s}", str(s)) for s in (0, 1, 2)} for h in ("a", "same", "planted")}
+    assert {r.data.tags["mlflow.parentRunId"] for r in steps} == {pipelines[0].info.run_id}
+
+    import mlflow
+
+    logged = mlflow.artifacts.load_dict(f"runs:/{pipelines[0].info.run_id}/hypotheses.json")  # on the parent run
+    verdicts = {(d["a"], d["b"]): d["verdict"] for d in logged["differences"] if d["metric"] == "flow_loss"}
+    assert verdicts == {("a", "same"): WITHIN, ("a", "planted"): BEYOND, ("same", "planted"): BEYOND}
+
+    capsys.readouterr()
+    assert cli_compare.main(["--experiment", "replicates", "--output", str(tmp_path / "cmp")]) == 0
+    printed = capsys.readouterr().out
+    lines = [line.split() for line in printed.splitlines()]
+    assert lines[0] == ["a", "same", "planted"]
+    assert ["replicates", "3", "3", "3"] in lines
+    flow_loss = next(line for line in printed.splitlines() if line.startswith("metric: flow_loss"))
+    assert flow_loss.count("±") == 3 and flow_loss.count("[") == 3
+    print(printed)  # shown with -s: the table quoted in README.md
+    differences = {tuple(line.split()[1:4]): line for line in printed.splitlines() if line.startswith("flow_loss ")}
+    assert WITHIN in differences[("same", "−", "a")] and BEYOND in differences[("planted", "−", "a")]
+    assert "Welch's t-test" in printed
+    assert json.loads((tmp_path / "cmp" / "compare_replicates.json").read_text())["replicates"]["a"] == [
+        "a-seed0", "a-seed1", "a-seed2"]

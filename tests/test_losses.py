@@ -3,7 +3,9 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from fluxflow.losses.image_stats import IMAGE_STAT_LOSSES, soft_histogram
 from fluxflow.losses import (adaptive_weight, hinge_d_loss, hinge_g_loss, kl_loss, kl_weight, r1_loss,
                              r1_penalty, reconstruction_loss, rectified_flow_loss)
 from fluxflow.models import Discriminator
@@ -186,3 +188,27 @@ def test_lpips_loads_backbone_from_disk_frozen_and_pinned_to_eval(torch_home, no
     d.backward()
     assert b.grad.abs().sum() > 0  # gradients reach the images
     torch.testing.assert_close(loss(b, a), d)  # deterministic: no dropout
+
+
+@pytest.mark.parametrize("name", sorted(IMAGE_STAT_LOSSES))
+def test_each_image_statistics_term_is_zero_on_the_image_itself_and_pulls_a_changed_one_back(name):
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    loss = IMAGE_STAT_LOSSES[name]
+    assert float(loss(x, x)) == pytest.approx(0.0, abs=1e-6)
+    changed = {"colorstats": x * 0.5 + 0.3, "histogram": (x * 0.5 + 0.3), "contrast": x * 0.3,
+               "coarseness": F.avg_pool2d(x, 2).repeat_interleave(2, -1).repeat_interleave(2, -2)}[name]
+    x_hat = changed.clone().requires_grad_(True)
+    value = loss(x_hat, x)
+    assert float(value) > 0.01
+    value.backward()
+    stepped = (x_hat - 0.5 * x_hat.grad / x_hat.grad.abs().max()).detach()  # a small step down the gradient
+    assert float(loss(stepped, x)) < float(value)
+
+
+def test_the_soft_histogram_sums_to_one_and_has_a_gradient_where_a_hard_one_has_none():
+    x = torch.tensor([[[[-1.0, -0.2, 0.31, 1.0]]]], requires_grad=True)
+    hist = soft_histogram(x, bins=5)
+    assert torch.allclose(hist.sum(-1), torch.ones(1, 1))
+    (hist * torch.arange(5.0)).sum().backward()  # the histogram's mean bin moves with the values
+    assert x.grad.abs().sum() > 0

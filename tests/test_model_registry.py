@@ -179,9 +179,9 @@ def test_a_model_uri_that_names_nothing_exits_2_saying_so(loop, capsys):
 
 
 def test_compare_lists_the_versions_with_the_champion_and_their_differences(loop, tmp_path, capsys):
-    from flows import compare
+    from flows import cli_compare
 
-    assert compare.main(["--registered-model", MODEL, "--output", str(tmp_path)]) == 0
+    assert cli_compare.main(["--registered-model", MODEL, "--output", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     header, _, *rows = out.splitlines()
     assert header.split() == ["v1", "v2", "(champion)", "v3"]

@@ -45,6 +45,34 @@ def test_a_missing_directory_is_a_validation_error_without_torch_or_transformers
     assert out["imported"] == [] and out["seconds"] < 1.0
 
 
+def test_without_transformers_a_pretrained_encoder_is_refused_naming_the_extra(tmp_path, monkeypatch, capsys):
+    """transformers is the `pretrained` extra: validation (fluxflow-train) refuses the config before any training."""
+    import yaml
+
+    from flows import cli_train
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # what `import transformers` finds when it is not installed
+    directory = write_stub_pretrained(tmp_path / "enc", width=32)
+    issues = issues_of(tiny_raw(tmp_path, [FLOW_STEP], model=pretrained_model(directory)))
+    assert "pip install 'fluxflow-pipelines[pretrained]'" in issues["model.text_encoder.type"]
+    config_file = tmp_path / "pipeline.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_raw(tmp_path, [FLOW_STEP], model=pretrained_model(directory))))
+    assert cli_train.main(["--config", str(config_file), "--validate-pipeline"]) == 2
+    err = capsys.readouterr().err
+    assert "model.text_encoder.type" in err and "fluxflow-pipelines[pretrained]" in err and "Traceback" not in err
+    # The byte encoder needs no transformers.
+    assert load_config(tiny_raw(tmp_path, [FLOW_STEP])).config.model.text_encoder.type == "byte"
+
+
+def test_loading_a_pretrained_encoder_without_transformers_names_the_extra(tiny_clip_dir, monkeypatch):
+    from fluxflow.config.pretrained_text import UnusablePretrained
+    from fluxflow.models import PretrainedTextEncoder
+
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(UnusablePretrained, match=r"fluxflow-pipelines\[pretrained\]"):
+        PretrainedTextEncoder(str(tiny_clip_dir), 8)
+
+
 @pytest.mark.parametrize("damage,expected", [
     ("no_config", "no config.json"), ("bert", "model_type 'bert' is not a supported text encoder"),
     ("no_tokenizer", "no tokenizer"), ("no_weights", "no weights")])

@@ -111,3 +111,47 @@ def test_the_promotion_section_round_trips_through_yaml(tmp_path):
     cfg = load_config(tmp_path / "c.yaml").config
     assert (cfg.promotion.seeds, cfg.promotion.n_images, cfg.promotion.sampler_steps) == ([0, 1], 32, 10)
     assert "promotion off" in format_summary(cfg)
+
+
+@pytest.mark.parametrize("values, champion, direction, promoted, why", [
+    ([0.58, 0.62, 0.60], 0.5, "maximize", True, "[0.5503, 0.6497], its lower end: better by 0.05032"),
+    ([0.45, 0.70, 0.60], 0.5, "maximize", False, "its lower end: worse by 0.2292"),  # 0.70 alone would win
+    ([0.40, 0.42, 0.41], 0.5, "minimize", True, "its upper end: better by 0.06516"),
+    ([0.70], 0.5, "maximize", False, "one replicate: no interval can be given"),
+    ([0.58, 0.62, 0.60], None, "maximize", True, "no champion yet"),
+])
+def test_beyond_the_spread_the_replicates_interval_must_beat_the_champion(values, champion, direction, promoted, why):
+    from flows.promotion import decide_beyond_spread
+
+    decided, reason = decide_beyond_spread(values, champion, direction, 0.0)
+    assert decided is promoted and why in reason, reason
+
+
+def test_promotion_beyond_the_spread_moves_the_alias_to_the_best_replicate_only_when_the_hypothesis_wins(
+        mlflow_store, monkeypatch, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from flows import promotion
+    from flows.registry import TAG_STEP
+
+    client = MlflowClient(mlflow_store)
+    raw = config({**FLOW, "after": "warm"}, {"name": "lucky", "n_epochs": 1, "train_diff": True, "after": "warm"},
+                 promotion={"beyond_spread": True, "metric": "eval_adherence_both"},
+                 tracking={"registered_model": "m"})
+    raw["training"]["replicates"] = {"seeds": [0, 1, 2], "from_steps": ["flow", "lucky"]}
+    cfg = load_config(raw).config
+    client.create_registered_model("m")
+    steps = ["old", "flow-seed0", "flow-seed1", "flow-seed2", "lucky-seed0", "lucky-seed1", "lucky-seed2"]
+    scores = [0.50, 0.58, 0.62, 0.60, 0.45, 0.75, 0.40]  # version 1 is the champion
+    versions = [client.create_model_version("m", str(tmp_path), tags={TAG_STEP: s}).version for s in steps]
+    client.set_registered_model_alias("m", "champion", versions[0])
+    by_version = dict(zip(map(str, versions), scores))
+    monkeypatch.setattr(promotion, "_evaluator", lambda config, client, device: (
+        lambda version, step: {"eval_adherence_both": by_version[str(version)]}))
+
+    decisions = {d.step: d for d in promotion.promote(cfg, client, [str(v) for v in versions[1:]])}
+    assert [s for s, d in decisions.items() if d.promoted] == ["flow-seed1"]  # the best replicate of `flow`
+    assert "a replicate of its hypothesis" in decisions["flow-seed0"].reason
+    # lucky's best replicate (0.75) beats the new champion's 0.62, but not beyond its spread: the alias stays
+    assert not decisions["lucky-seed1"].promoted and "its lower end: worse" in decisions["lucky-seed1"].reason
+    assert client.get_model_version_by_alias("m", "champion").version == versions[2]

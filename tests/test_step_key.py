@@ -73,3 +73,17 @@ def test_describe_change_reports_removed_keys_list_items_and_nothing_when_equal(
     assert describe_change({"a": {"b": 1}}, {"a": {}}) == "a.b: removed (was 1)"
     assert describe_change({"f": ["x", "y"]}, {"f": ["x", "z"]}) == "f[1]: 'y' -> 'z'"
     assert describe_change(step_key_inputs(STEP, MODEL, DATA, None), step_key_inputs(STEP, MODEL, DATA, None)) == ""
+
+
+def test_image_statistics_fields_enter_a_steps_key_only_where_the_step_uses_the_term(tmp_path):
+    from helpers_tiny import tiny_config
+
+    from fluxflow.checkpoints.step_files import step_keys
+
+    def key(**fields):
+        return step_keys(tiny_config(tmp_path, [{"name": "a", "n_epochs": 1, "train_vae": True, **fields}]))["a"]
+
+    plain = key()
+    assert key(lambda_histogram=0.5) == plain  # a weight of a term that is off changes nothing trained
+    assert key(train_histogram=True) != plain
+    assert key(train_histogram=True, lambda_histogram=0.5) != key(train_histogram=True)

@@ -32,7 +32,7 @@ def train(opt, schedule, steps_per_epoch: int, epochs: range, metric: float | No
             used.append(lrs.pop())
             loss = sum((p ** 2).sum() for group in opt.param_groups for p in group["params"])
             loss.backward()
-            optimizer_step(opt, torch.isfinite(loss), 1.0)
+            optimizer_step([opt], torch.isfinite(loss), 1.0)
             schedule.after_optimizer_step()
         schedule.after_epoch(metric)
     return used

@@ -31,7 +31,7 @@ def test_a_huge_gradient_moves_the_weights_by_at_most_lr_times_max_norm(max_norm
     before = w.detach().clone()
     finite = backward(w, 1e6)
     expected_norm = 1e6 * torch.linspace(-1.0, 1.0, 16).norm()
-    norm, skipped = optimizer_step(optimizer, finite, max_norm)
+    (norm,), skipped = optimizer_step([optimizer], finite, max_norm)
     moved = (w.detach() - before).norm()
     assert float(skipped) == 0.0
     assert math.isclose(float(norm), float(expected_norm), rel_tol=1e-5)  # the norm before clipping
@@ -47,7 +47,7 @@ def test_without_max_norm_the_gradient_is_not_clipped_but_its_norm_is_returned()
     for off in (None, 0.0):
         if off == 0.0:  # a second batch with clipping turned off by 0
             before, finite = w.detach().clone(), backward(w, 10.0)
-        norm, skipped = optimizer_step(optimizer, finite, off)
+        (norm,), skipped = optimizer_step([optimizer], finite, off)
         assert torch.allclose(w.detach(), before - 0.1 * gradient)
         assert math.isclose(float(norm), float(gradient.norm()), rel_tol=1e-6) and float(skipped) == 0.0
 
@@ -60,7 +60,7 @@ def test_a_finite_loss_with_nan_gradients_leaves_the_weights_unchanged_and_is_sk
     assert bool(finite)
     w.grad[3] = float("nan")  # e.g. an overflow inside the backward pass of a finite loss
     before = w.detach().clone()
-    norm, skipped = optimizer_step(optimizer, finite, max_norm)
+    (norm,), skipped = optimizer_step([optimizer], finite, max_norm)
     assert torch.equal(w.detach(), before)
     assert float(skipped) == 1.0 and not math.isfinite(float(norm))
     assert w.grad is None  # gradients are cleared either way
@@ -72,16 +72,16 @@ def test_a_skipped_fused_adamw_update_leaves_its_state_as_if_it_never_happened()
     w_ref, reference = weights_and_optimizer("AdamW")
     backward(w, 1.0)
     w.grad[0] = float("inf")
-    optimizer_step(optimizer, torch.tensor(True), 1.0)
+    optimizer_step([optimizer], torch.tensor(True), 1.0)
     for weights, opt in ((w, optimizer), (w_ref, reference)):
-        optimizer_step(opt, backward(weights, 1.0), 1.0)
+        optimizer_step([opt], backward(weights, 1.0), 1.0)
     assert torch.equal(w.detach(), w_ref.detach())
 
 
 def test_a_non_finite_loss_is_skipped_as_before_with_the_old_call():
-    """batch_step.py calls optimizer_step(optimizer, finite): no clipping argument, same skipping."""
+    """optimizer_step(optimizers, finite): no clipping argument, same skipping."""
     w, optimizer = weights_and_optimizer("AdamW")
     backward(w, 1.0)
     before = w.detach().clone()
-    norm, skipped = optimizer_step(optimizer, torch.tensor(False))
+    (norm,), skipped = optimizer_step([optimizer], torch.tensor(False))
     assert torch.equal(w.detach(), before) and float(skipped) == 1.0 and math.isfinite(float(norm))

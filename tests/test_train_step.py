@@ -13,7 +13,7 @@ import torch
 from helpers_tiny import changed_components, changed_tensors, one_torch_thread, shapes_batches, snapshot, step_context
 
 from fluxflow.train.latents import encode_latents, measure_latent_norm
-from fluxflow.losses import rectified_flow_loss
+from fluxflow.losses import adaptive_weight, rectified_flow_loss
 from fluxflow.models import COMPONENTS, build_component, tokenize
 from fluxflow.config.modes import step_metrics
 from fluxflow.train.batch_step import encode_text, flow_step, vae_step
@@ -171,3 +171,88 @@ def test_nan_loss_skips_the_update_and_is_counted(mode, batch):
     for opt in ctx.optimizers.values():
         for state in opt.state.values():
             assert all(torch.isfinite(v).all() for v in state.values() if torch.is_tensor(v))
+
+
+SGD_BOTH = {"optimization": {"optimizers": {"flow": {"type": "SGD", "lr": 0.1},
+                                            "text_encoder": {"type": "SGD", "lr": 0.1}}}}
+
+
+def flow_full_context(batch, grad_clip: float = 1.0):
+    ctx, config = step_context({"train_diff_full": True, "grad_clip": grad_clip, **SGD_BOTH},
+                               state=all_components_state())
+    ctx.latent_norm = measure_latent_norm(ctx.models["compressor"], batch[0])
+    return ctx, config
+
+
+def set_text_encoder_gradient(ctx, value: float) -> None:
+    """Replace the text encoder's gradient in the backward by `value` everywhere (NaN poisons only it; 1.0 makes it
+    dominate the global norm, as the flow model's zero-initialised conditioning passes it almost none at first)."""
+    for p in ctx.models["text_encoder"].parameters():
+        p.register_hook(lambda grad: torch.full_like(grad, value))
+
+
+def test_train_diff_full_skips_the_whole_update_when_only_the_text_encoders_gradient_is_not_finite(batch):
+    ctx, config = flow_full_context(batch)
+    set_text_encoder_gradient(ctx, float("nan"))
+    before = snapshot(ctx.models)
+    metrics = run_batch(ctx, config, *batch)
+    assert changed_components(before, ctx.models) == set()  # the flow model does not step on its own either
+    assert float(metrics["skipped_updates"]) == 1.0
+
+
+def test_train_diff_full_clips_flow_and_text_encoder_by_one_global_norm(batch):
+    ctx, config = flow_full_context(batch, grad_clip=1.0)
+    set_text_encoder_gradient(ctx, 1.0)
+    before = {n: [p.detach().clone() for p in ctx.models[n].parameters()] for n in ("flow_processor", "text_encoder")}
+    metrics = run_batch(ctx, config, *batch)
+    moved = {n: torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.detach() - b) for p, b in
+                                                      zip(ctx.models[n].parameters(), before[n])]))
+             for n in before}
+    norms = {n: float(metrics[f"grad_norm_{g}"]) for n, g in (("flow_processor", "flow"),
+                                                            ("text_encoder", "text_encoder"))}
+    total = math.hypot(*norms.values())
+    assert norms["text_encoder"] > 10 * norms["flow_processor"] > 0
+    # SGD without momentum: each group moves lr x its gradient x one shared factor max_norm / global norm
+    for name in moved:
+        assert math.isclose(float(moved[name]), 0.1 * norms[name] / total, rel_tol=1e-3), name
+    assert float(math.hypot(*(float(m) for m in moved.values()))) <= 0.1 * (1 + 1e-3)
+
+
+class PerceptualStandIn(torch.nn.Module):
+    """A differentiable image distance in LPIPS's place (the real one needs the AlexNet file): only what the step does
+    with its value matters here."""
+
+    def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return (x_hat - x).square().mean(dim=(1, 2, 3)) * 10.0
+
+
+def test_the_adaptive_gan_weight_balances_against_the_whole_reconstruction_loss_lpips_included(batch, monkeypatch):
+    import fluxflow.train.batch_step as batch_step
+
+    seen = []
+
+    def spy(rec_loss, g_loss, last_layer_weight, **kwargs):
+        seen.append(rec_loss.detach())
+        return adaptive_weight(rec_loss, g_loss, last_layer_weight, **kwargs)
+
+    monkeypatch.setattr(batch_step, "adaptive_weight", spy)
+    ctx, config = step_context({"train_vae": True, "gan_training": True, "adaptive_adv_weight": True,
+                                "lambda_lpips": 0.5})
+    ctx.lpips = PerceptualStandIn()
+    metrics = vae_step(ctx, batch[0], 0)
+    expected = metrics["vae_loss"] + 0.5 * metrics["lpips_loss"]
+    assert float(metrics["lpips_loss"]) > 0 and torch.allclose(seen[0], expected)
+
+
+def test_a_vae_step_with_the_image_statistics_terms_logs_them_and_trains_on_them(batch):
+    terms = ("colorstats", "histogram", "contrast", "coarseness")
+    on = {f"train_{t}": True for t in terms}
+    ctx, _ = step_context({"train_vae": True, **on})
+    plain, _ = step_context({"train_vae": True})
+    before = snapshot(ctx.models)
+    metrics = vae_step(ctx, batch[0], 0)
+    assert all(float(metrics[f"{t}_loss"]) > 0 for t in terms)
+    assert [m for m in step_metrics(ctx.step) if m.split("_")[0] in terms] == [f"{t}_loss" for t in terms]
+    vae_step(plain, batch[0], 0)  # the same weights and draws without the terms: another update
+    assert changed_components(before, ctx.models) == VAE
+    assert not torch.equal(next(ctx.models["expander"].parameters()), next(plain.models["expander"].parameters()))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers_tiny import load_weights, one_torch_thread, tiny_config
 
-from fluxflow.losses.flow import draw_timesteps
+from fluxflow.losses.flow import FlowObjective, draw_timesteps
 from fluxflow.train.latents import measure_latent_norm
 from fluxflow.train.pipeline import run_pipeline
 
@@ -84,8 +84,8 @@ def test_two_ranks_draw_different_noise_for_the_same_batch(monkeypatch):
 
 def test_timesteps_near_one_are_drawn_with_the_uniform_share():
     generator = torch.Generator().manual_seed(0)
-    with_share = draw_timesteps(200_000, torch.device("cpu"), generator, uniform_share=0.1)
-    logit_normal = draw_timesteps(200_000, torch.device("cpu"), generator, uniform_share=0.0)
+    with_share = draw_timesteps(200_000, torch.device("cpu"), generator, FlowObjective(uniform_share=0.1))
+    logit_normal = draw_timesteps(200_000, torch.device("cpu"), generator, FlowObjective(uniform_share=0.0))
     near_one = lambda t: float((t > 0.98).float().mean())  # noqa: E731
     assert near_one(logit_normal) < 2e-4
     assert 0.0015 < near_one(with_share) < 0.0025  # ≈ 0.1 × 0.02

@@ -115,11 +115,11 @@ def _dataset_issues(p: Pieces) -> list[ConfigIssue]:
         if not NAME_RE.match(name):
             issues.append(ConfigIssue(format_path(loc), f"dataset name {name!r} {NAME_RULE}"))
         takes = DATASET_FIELDS[ds.type]
-        for field in sorted(ds.model_fields_set - {"type", "holdout"} - set(takes)):
+        for field in sorted(ds.model_fields_set - {"type", "holdout", "img_size"} - set(takes)):
             if getattr(ds, field) is None:
                 continue
-            issues.append(ConfigIssue(format_path((*loc, field)),
-                                      f"not a field of a {ds.type} dataset (it takes: {', '.join(takes)}, holdout)"))
+            issues.append(ConfigIssue(format_path((*loc, field)), f"not a field of a {ds.type} dataset (it takes: "
+                                                                  f"{', '.join(takes)}, holdout, img_size)"))
         for field in DATASET_REQUIRED[ds.type]:
             if not getattr(ds, field):
                 issues.append(ConfigIssue(format_path((*loc, field)), f"required for a {ds.type} dataset"))
@@ -145,6 +145,15 @@ def _size_issues(p: Pieces) -> list[ConfigIssue]:
     for i, size in enumerate((p.output.sample_sizes or []) if p.output else []):
         if size % unit:
             issues.append(ConfigIssue(format_path(("output", "sample_sizes", i)), f"{size} must be {why}"))
+    for i, step in enumerate(p.steps):
+        if step is not None and step.img_size is not None and step.img_size % unit:
+            issues.append(ConfigIssue(format_path((*STEPS, i, "img_size")), f"{step.img_size} must be {why}"))
+    if p.defaults is not None and p.defaults.img_size is not None and p.defaults.img_size % unit:
+        issues.append(ConfigIssue("training.pipeline.defaults.img_size", f"{p.defaults.img_size} must be {why}"))
+    for name, ds in (p.datasets or {}).items():
+        if ds is not None and ds.img_size is not None and ds.img_size % unit:
+            issues.append(ConfigIssue(format_path(("training", "pipeline", "datasets", name, "img_size")),
+                                      f"{ds.img_size} must be {why}"))
     return issues
 
 
@@ -184,6 +193,10 @@ def _step_issues_resolved(step: StepConfig, p: Pieces, s: ResolvedStep, at) -> t
     if s.train_spade and not modes.has_vae_mode(s):
         issues.append(ConfigIssue(at("train_spade"), "needs train_vae or gan_training (SPADE is part of the "
                                                      "expander)" + _inherited(step, "train_spade")))
+    for term in modes.IMAGE_STAT_TERMS:  # inherited from `defaults` by a step without train_vae: no effect there
+        key = f"train_{term}"
+        if not s.train_vae and getattr(step, key):  # written on this step
+            issues.append(ConfigIssue(at(key), f"needs train_vae (the {term} term is a reconstruction loss)"))
     if s.use_lpips and not s.train_vae:
         issues.append(ConfigIssue(at("use_lpips"), "needs train_vae (LPIPS is a reconstruction loss)"
                                   + _inherited(step, "use_lpips")))
@@ -205,22 +218,26 @@ def _step_issues_resolved(step: StepConfig, p: Pieces, s: ResolvedStep, at) -> t
 
 
 def _freeze_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigIssue]:
+    """Names must be components; `unfreeze` only what gets a gradient. Freezing what a mode trains is allowed (the
+    step trains the rest), unless it leaves nothing to train."""
     issues = []
-    by_modes, trainable = modes.mode_trained_components(s), modes.trainable_components(s)
+    trainable = modes.trainable_components(s)
     freeze, unfreeze = given.get("freeze", []), given.get("unfreeze", [])
     for field, names in (("freeze", freeze), ("unfreeze", unfreeze)):
         note = _inherited(step, field)
         for j, name in enumerate(names):
             if name not in modes.COMPONENTS:
                 issues.append(ConfigIssue(at(field, j), _unknown("component", name, modes.COMPONENTS) + note))
-            elif field == "freeze" and name in by_modes and name not in unfreeze:  # unfreeze overrides freeze
-                issues.append(ConfigIssue(at(field, j), f"{name} is trained by this step's modes "
-                                          f"({', '.join(modes.mode_labels(s))}); remove it from freeze or turn "
-                                          f"that mode off{note}"))
             elif field == "unfreeze" and name not in trainable:
                 issues.append(ConfigIssue(at(field, j), f"{name} gets no gradient in this step, so unfreezing it "
                                           f"trains nothing (it can train: {', '.join(sorted(trainable)) or 'none'})"
                                           f"{note}"))
+    by_modes = modes.mode_trained_components(s)
+    if by_modes and not modes.trained_components(s) and not issues:
+        issues.append(ConfigIssue(at("freeze"), f"freezes everything this step's modes "
+                                  f"({', '.join(modes.mode_labels(s))}) train ({', '.join(sorted(by_modes))}), so "
+                                  f"nothing is left to train; unfreeze one of them or turn the mode off"
+                                  f"{_inherited(step, 'freeze')}"))
     return issues
 
 

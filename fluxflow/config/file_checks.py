@@ -12,7 +12,7 @@ from pathlib import Path
 from fluxflow.config.assets import missing_lpips_backbone_message
 from fluxflow.config.captions_file import folder_problem, holdout_problem, read_captions, resolve_captions_path
 from fluxflow.config.errors import ConfigIssue, format_path
-from fluxflow.config.pretrained_text import UnusablePretrained, inspect_pretrained
+from fluxflow.config.pretrained_text import UnusablePretrained, inspect_pretrained, require_transformers
 
 STEPS = ("training", "pipeline", "steps")
 TEXT_PATH = "model.text_encoder.path"
@@ -72,6 +72,10 @@ def text_encoder_issues(model) -> list[ConfigIssue]:
         return [ConfigIssue(TEXT_PATH, "required for type: pretrained (a local Hugging Face model directory)")]
     if "://" in te.path:
         return [ConfigIssue(TEXT_PATH, f"must be a local directory (nothing is downloaded): {te.path}")]
+    try:
+        require_transformers()
+    except UnusablePretrained as exc:
+        return [ConfigIssue("model.text_encoder.type", str(exc))]
     try:
         info = inspect_pretrained(te.path)
     except UnusablePretrained as exc:

@@ -13,7 +13,7 @@ from typing import Any
 from fluxflow.config.errors import ConfigIssue
 from fluxflow.config.legacy_notes import LegacyNotes as _Notes
 from fluxflow.config.legacy_notes import as_dict as _dict
-from fluxflow.config.legacy_pipeline import map_pipeline
+from fluxflow.config.legacy_pipeline import map_pipeline, per_epoch_schedulers
 
 ARCH = "there is one model architecture here, sized by the model section"
 WDS = "declare shards as a dataset instead: training.pipeline.datasets.<name>: {type: webdataset, urls: ...}"
@@ -57,7 +57,7 @@ LEGACY_STEP_NAME = "train"
 
 def apply_legacy(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[ConfigIssue]]:
     """(rewritten copy of raw, warnings, issues) for the original tool's keys."""
-    raw, notes = copy.deepcopy(raw), _Notes()
+    original, raw, notes = raw, copy.deepcopy(raw), _Notes()
     for section, table in (("model", MODEL_NO_EFFECT), ("data", DATA_NO_EFFECT),
                            ("training", TRAINING_NO_EFFECT), ("output", OUTPUT_NO_EFFECT)):
         body = _dict(raw, section)
@@ -70,6 +70,9 @@ def apply_legacy(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[C
         _pipeline(training, notes)
     _folder_dataset(raw, notes)  # after _pipeline, which may have built the pipeline block
     _sample_sizes(raw, notes)
+    pipeline = _dict(_dict(raw, "training"), "pipeline")
+    if pipeline is not None and (raw != original or notes.dropped or notes.warnings):
+        per_epoch_schedulers(pipeline, notes)  # a file with keys of the original tool is one of its configs
     return raw, notes.all_warnings(), notes.issues
 
 

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 from fluxflow.config.errors import ConfigIssue
 from fluxflow.config.legacy_notes import LegacyNotes, as_dict
+from fluxflow.config.optim import EPOCH_ONLY
 
 STEP_ALIASES = {"cfg_dropout_prob": "cfg_dropout", "mse_weight": "recon_mse_weight",
                 "adaptive_weights": "adaptive_adv_weight", "initial_clipping_norm": "grad_clip"}
 FLOW_TIME = "flow time is continuous in [0, 1]"
-LOSS_TERMS = "there are no colour-statistics, histogram, contrast or coarseness losses here"
 INSTANCE_NOISE = "the discriminator gets no instance noise here; R1 (r1_gamma) regularises it"
 STEP_NO_EFFECT = {
     "use_ema": "EMA weights are always kept, with decay ema_decay, and used for samples",
     "spade_training_mode": "SPADE is on for the whole step when train_spade is true",
-    "train_colorstats": LOSS_TERMS, "train_histogram": LOSS_TERMS, "train_contrast": LOSS_TERMS,
-    "train_coarseness": LOSS_TERMS,
     "lr_min": "give the step a scheduler instead: optimization.schedulers.<group>.eta_min_factor",
     "use_fp16": "set training.precision",
     "instance_noise_std": INSTANCE_NOISE, "instance_noise_decay": INSTANCE_NOISE,
@@ -142,3 +140,25 @@ def map_dataset(dataset: dict, path: str, notes: LegacyNotes) -> None:
             value = dataset.pop(old)
             dataset.setdefault(new, value)
     dataset["type"] = {"local": "folder", "noise": "shapes"}.get(kind, kind)
+
+
+def per_epoch_schedulers(pipeline: dict, notes: LegacyNotes) -> None:
+    """The original tool stepped its schedulers once per epoch (a StepLR step_size counted epochs); here the default
+    is per optimizer update. In a config of the original tool, a scheduler without `interval` gets `interval: epoch`,
+    with a warning. A step's scheduler inherits the interval its defaults' entry of the same group sets."""
+    defaults = as_dict(as_dict(as_dict(pipeline, "defaults"), "optimization"), "schedulers") or {}
+    blocks = [("training.pipeline.defaults", defaults, {})]
+    if isinstance(pipeline.get("steps"), list):
+        blocks += [(f"training.pipeline.steps[{i}]", as_dict(as_dict(step, "optimization"), "schedulers") or {},
+                    defaults) for i, step in enumerate(pipeline["steps"])]
+    for path, schedulers, inherited in blocks:
+        for group, scheduler in schedulers.items():
+            parent = inherited.get(group) if isinstance(inherited.get(group), dict) else {}
+            if not isinstance(scheduler, dict) or "interval" in scheduler or "interval" in parent:
+                continue
+            if (scheduler.get("type") or parent.get("type")) in EPOCH_ONLY:
+                continue  # always per epoch anyway
+            scheduler["interval"] = "epoch"
+            notes.warnings.append(f"{path}.optimization.schedulers.{group}: interval: epoch, as the original tool "
+                                  "stepped its schedulers once per epoch (new configs default to interval: step, "
+                                  "once per optimizer update; write the interval to choose)")

@@ -14,7 +14,9 @@ from pydantic import BaseModel, ValidationError
 from fluxflow.config.checks import Pieces, semantic_issues
 from fluxflow.config.errors import ConfigError, ConfigIssue, did_you_mean, format_path
 from fluxflow.config.legacy import apply_legacy
+from fluxflow.config.overrides import apply_overrides
 from fluxflow.config.promotion import promotion_issues
+from fluxflow.config.replicates import replicate_issues
 from fluxflow.config.schema import (DataConfig, DatasetConfig, ModelConfig, OutputConfig, PipelineConfig,
                                     TrainingConfig, implicit_datasets)
 from fluxflow.config.steps import StepConfig, StepDefaults, StepGlobals
@@ -66,8 +68,9 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError([ConfigIssue("(file)", f"broken YAML: {' '.join(str(exc).split())}")], str(path)) from None
 
 
-def load_config(source: str | Path | dict[str, Any]) -> LoadedConfig:
-    """Validate a config file (path) or an already-parsed config (dict, e.g. a Prefect parameter)."""
+def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> LoadedConfig:
+    """Validate a config file (path) or an already-parsed config (dict, e.g. a Prefect parameter), with the
+    `--set KEY=VALUE` overrides applied first (fluxflow/config/overrides.py)."""
     path = None if isinstance(source, dict) else Path(source)
     raw = source if isinstance(source, dict) else read_yaml(path)
     label = str(path) if path else None
@@ -75,6 +78,11 @@ def load_config(source: str | Path | dict[str, Any]) -> LoadedConfig:
         raise ConfigError([ConfigIssue("(file)", "is empty; a config needs at least training.pipeline.steps")], label)
     if not isinstance(raw, dict):
         raise ConfigError([ConfigIssue("(file)", f"must be a mapping of sections, not {type(raw).__name__}")], label)
+    if overrides:
+        try:
+            raw = apply_overrides(raw, list(overrides), _Loader)
+        except ConfigError as exc:
+            raise ConfigError(exc.issues, label) from None
 
     raw, warnings, issues = apply_legacy(raw)
     config: PipelineConfig | None = None
@@ -84,6 +92,8 @@ def load_config(source: str | Path | dict[str, Any]) -> LoadedConfig:
         issues += issues_from_validation(exc, PipelineConfig)
     issues += semantic_issues(_pieces(raw, config))
     if config is not None and not issues:  # cross-section rules need the whole config, and valid steps
+        issues += replicate_issues(config.written_steps(), config.training.replicates)
+    if config is not None and not issues:
         issues += promotion_issues(config)
     if issues:
         raise ConfigError(_dedupe(issues), label)
@@ -165,8 +175,6 @@ def _pieces(raw: dict, config: PipelineConfig | None) -> Pieces:
                                                       else None)
     output = _parse(OutputConfig, _get(raw, "output") or {})
     data = _parse(DataConfig, _get(raw, "data") or {})
-    if output is not None and output.sample_sizes is None and data is not None:
-        output.sample_sizes = [data.img_size]
     return Pieces(raw_steps, [_parse(StepConfig, s) for s in raw_steps], defaults,
                   _lenient_globals(_get(raw, "training"), default_dataset), datasets,
                   default_dataset if isinstance(default_dataset, str) else None,

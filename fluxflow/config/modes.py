@@ -11,7 +11,10 @@ What each mode trains (the original tool's modes):
 - use_lpips:        LPIPS perceptual loss added to the reconstruction; a modifier of a train_vae step.
 - train_diff:       flow_processor on latents of the (frozen) VAE, text encoder frozen.
 - train_diff_full:  flow_processor and text_encoder together.
-`unfreeze` adds components the modes would not train (e.g. the text encoder in a train_diff step).
+`unfreeze` adds components the modes would not train (e.g. the text encoder in a train_diff step); `freeze` takes
+away components they would (e.g. the compressor of a decoder-only VAE/GAN fine-tune): a frozen component gets no
+gradient and no optimizer state, and the step trains the rest. The resolved `freeze` list no longer holds what
+`unfreeze` names (fluxflow/config/steps.py), so unfreeze wins.
 """
 from __future__ import annotations
 
@@ -31,8 +34,13 @@ OPTIMIZER_GROUPS: dict[str, tuple[str, ...]] = {
 PRIMARY_MODES: tuple[str, ...] = ("train_vae", "gan_training", "train_diff", "train_diff_full")
 ALL_MODES: tuple[str, ...] = ("train_vae", "gan_training", "train_spade", "use_lpips", "train_diff", "train_diff_full")
 
+# The original tool's image-statistics regularisers (fluxflow/losses/image_stats.py): modifiers of a train_vae step,
+# each switched on by `train_<term>`, weighted by `lambda_<term>` and logged as `<term>_loss`.
+IMAGE_STAT_TERMS: tuple[str, ...] = ("colorstats", "histogram", "contrast", "coarseness")
+
 # Every metric a step can produce, with the original tool's names.
-ALL_METRICS: tuple[str, ...] = ("vae_loss", "kl_loss", "g_loss", "d_loss", "lpips_loss", "flow_loss")
+ALL_METRICS: tuple[str, ...] = ("vae_loss", "kl_loss", "g_loss", "d_loss", "lpips_loss", "flow_loss",
+                                *(f"{term}_loss" for term in IMAGE_STAT_TERMS))
 
 
 def has_vae_mode(step: Any) -> bool:
@@ -52,6 +60,19 @@ def touches_vae(step: Any) -> bool:
 
 def has_flow_mode(step: Any) -> bool:
     return bool(step.train_diff or step.train_diff_full)
+
+
+def image_stat_terms(step: Any) -> list[str]:
+    """The image-statistics terms the step adds to its reconstruction loss: those switched on, in a train_vae step
+    (switched on through `defaults` in a step without train_vae, they have no effect there)."""
+    return [t for t in IMAGE_STAT_TERMS if step.train_vae and getattr(step, f"train_{t}", False)]
+
+
+def unused_image_stat_fields(step: Any) -> set[str]:
+    """`train_<term>`/`lambda_<term>` of the terms the step does not use: they change nothing it trains, so they are
+    left out of its step key (and steps written before the terms existed keep their keys)."""
+    used = set(image_stat_terms(step))
+    return {f"{prefix}_{t}" for t in IMAGE_STAT_TERMS if t not in used for prefix in ("train", "lambda")}
 
 
 def mode_trained_components(step: Any) -> set[str]:
@@ -75,8 +96,18 @@ def trainable_components(step: Any) -> set[str]:
 
 
 def trained_components(step: Any) -> set[str]:
-    """Components whose parameters this step updates: those of its modes plus its `unfreeze` list."""
-    return mode_trained_components(step) | set(getattr(step, "unfreeze", None) or ())
+    """Components whose parameters this step updates: those of its modes plus its `unfreeze` list, less its
+    `freeze` list."""
+    added, frozen = set(getattr(step, "unfreeze", None) or ()), set(getattr(step, "freeze", None) or ())
+    return (mode_trained_components(step) | added) - frozen
+
+
+def expander_spade(step: Any, inherited: bool) -> bool:
+    """Whether the expander decodes with SPADE after this step: as this step trains it (`train_spade`) where the step
+    trains the expander, else as the step that last trained it did (`inherited`, carried in the checkpoint). Every
+    decode (samples, evaluation, generation, the served model) follows it, not the decoding step's own train_spade:
+    a flow step cannot set train_spade."""
+    return bool(step.train_spade) if "expander" in trained_components(step) else bool(inherited)
 
 
 def required_components(step: Any) -> set[str]:
@@ -102,10 +133,11 @@ def step_metrics(step: Any) -> list[str]:
     metrics: list[str] = []
     if has_vae_mode(step):
         metrics += ["vae_loss", "kl_loss"]
-    if step.gan_training:
-        metrics += ["g_loss", "d_loss"]
+    if step.gan_training:  # a frozen discriminator is only the generator's critic: no D loss to log
+        metrics += ["g_loss", "d_loss"] if "discriminator" in trained_components(step) else ["g_loss"]
     if step.use_lpips and step.train_vae:
         metrics.append("lpips_loss")
+    metrics += [f"{term}_loss" for term in image_stat_terms(step)]
     if has_flow_mode(step):
         metrics.append("flow_loss")
     return metrics

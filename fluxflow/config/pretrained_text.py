@@ -8,9 +8,13 @@ is ever downloaded).
 Supported: CLIP text models (`clip_text_model`, or a whole `clip` model whose text tower is used) and T5-family
 encoders (`t5`, `mt5`, `umt5`; the encoder half is used). The width of their token embeddings (`hidden_size` or
 `d_model`) is the flow model's text width: `model.text_embedding_dim` is derived from it.
+
+transformers is an optional dependency (the `pretrained` extra of pyproject.toml): a config that names a pretrained
+encoder where it is not installed is refused by validation, and loading one says which extra to install.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +41,16 @@ def pretrained_text_path(model_cfg) -> str | None:
 
 
 class UnusablePretrained(ValueError):
-    """The directory is missing or does not hold a supported text encoder; the message says what is wrong."""
+    """The directory is missing or does not hold a supported text encoder, or transformers is not installed; the
+    message says what is wrong."""
+
+
+def require_transformers() -> None:
+    """UnusablePretrained naming the extra to install when transformers is missing (found without importing it:
+    validation stays fast)."""
+    if importlib.util.find_spec("transformers") is None:
+        raise UnusablePretrained("a pretrained text encoder needs the transformers package, which is not installed: "
+                                 "pip install 'fluxflow-pipelines[pretrained]'")
 
 
 def inspect_pretrained(path: str | Path) -> PretrainedText:

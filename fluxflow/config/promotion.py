@@ -46,6 +46,9 @@ class PromotionConfig(StrictModel):
     metric: str | None = None  # None: DEFAULT_METRIC of the evaluation dataset's type
     direction: Direction | None = None  # None: the metric's own (PROMOTION_METRICS)
     min_improvement: float = Field(0.0, ge=0.0, description="how much better than the champion a new version must be")
+    # With seed replicates (training.replicates): the hypothesis is promoted (its best replica takes the alias) only
+    # when the end of its 95 % interval over the replicates nearest the champion beats the champion (flows/promotion.py).
+    beyond_spread: bool = False
     dataset: str | None = None  # None: the registered step's dataset
     n_images: int = Field(256, ge=2, description="held-out images evaluated (at most the held-out split)")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -153,5 +156,6 @@ def describe_release(config) -> str | None:
         return line + f"; promotion off, the '{promotion.alias}' alias is never moved"
     metric, direction = promotion_metric(config, steps[0])
     better = "higher" if direction == "maximize" else "lower"
-    return (line + f"; a new version becomes '{promotion.alias}' when its {metric} is {better} by more than "
+    spread = " (the end of its replicates' 95 % interval nearest the champion)" if promotion.beyond_spread else ""
+    return (line + f"; a new version becomes '{promotion.alias}' when its {metric}{spread} is {better} by more than "
                    f"{promotion.min_improvement:g}")

@@ -12,7 +12,9 @@ from pydantic import Field, field_validator, model_serializer, model_validator
 from fluxflow.config.optim import StrictModel
 from fluxflow.config.pretrained_text import UnusablePretrained, inspect_pretrained
 from fluxflow.config.promotion import PromotionConfig
-from fluxflow.config.steps import ResolvedStep, Workers, StepConfig, StepDefaults, StepGlobals, resolve_step
+from fluxflow.config.replicates import ReplicatesConfig, replicate_steps
+from fluxflow.config.steps import (ResolvedStep, Workers, StepConfig, StepDefaults, StepGlobals, merged_step_fields,
+                                   resolve_step)
 
 DEFAULT_SAMPLE_CAPTIONS = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
 
@@ -80,6 +82,7 @@ class DatasetConfig(StrictModel):
     urls: str | list[str] | None = None
     length: int | None = Field(None, ge=1)
     holdout: int = Field(16, ge=0)
+    img_size: int | None = Field(None, ge=8)  # the steps on this dataset train at this size (None: data.img_size)
 
     @model_validator(mode="after")
     def _shapes_defaults(self) -> "DatasetConfig":
@@ -88,8 +91,17 @@ class DatasetConfig(StrictModel):
             self.seed = 0 if self.seed is None else self.seed
         return self
 
+    @model_serializer(mode="wrap")
+    def _omit_unset_img_size(self, handler):
+        """No img_size of its own is left out of dumps, so that the step keys of datasets written before the field
+        existed stay the same (absent = data.img_size, both ways)."""
+        data = handler(self)
+        if self.img_size is None:
+            data.pop("img_size", None)
+        return data
 
-# The fields each dataset type takes (besides type and holdout); also its required ones.
+
+# The fields each dataset type takes (besides type, holdout and img_size); also its required ones.
 DATASET_FIELDS: dict[str, tuple[str, ...]] = {
     "shapes": ("size", "seed"),
     "folder": ("path", "captions_file"),
@@ -139,6 +151,7 @@ class TrainingConfig(StrictModel):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     compile: bool = Field(False, description="torch.compile each trained component (fluxflow/train/speed.py)")
     activation_checkpointing: bool = Field(False, description="recompute each flow transformer block in backward")
+    replicates: ReplicatesConfig | None = None  # seed replicates (fluxflow/config/replicates.py)
     pipeline: PipelineSection
 
 
@@ -158,8 +171,11 @@ class OutputConfig(StrictModel):
     log_interval: int = Field(10, ge=1)
     checkpoint_save_interval: int = Field(50, ge=1)
     sample_captions: list[str] = Field(default_factory=lambda: list(DEFAULT_SAMPLE_CAPTIONS))
-    sample_sizes: list[int] | None = None  # None: [data.img_size]
+    sample_sizes: list[int] | None = None  # None: each step's img_size
     no_samples: bool = False
+    # GAN steps: warn (console line, MLflow tag) once D has been flat this many updates; 0: never
+    # (fluxflow/train/gan_health.py).
+    d_flat_warn_updates: int = Field(200, ge=0)
     # Where latent_cache/ and text_cache/ go (None: output_path); runs that share it share their caches.
     cache_dir: str | None = None
 
@@ -187,12 +203,6 @@ class PipelineConfig(StrictModel):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     model_checkpoint: str | None = None  # starting checkpoint of the first step(s): a path or fsspec URI
 
-    @model_validator(mode="after")
-    def _sample_sizes(self) -> "PipelineConfig":
-        if self.output.sample_sizes is None:
-            self.output.sample_sizes = [self.data.img_size]
-        return self
-
     @property
     def pipeline(self) -> PipelineSection:
         return self.training.pipeline
@@ -200,16 +210,25 @@ class PipelineConfig(StrictModel):
     def step_globals(self) -> StepGlobals:
         t = self.training
         return StepGlobals(batch_size=t.batch_size, workers=t.workers, lr=t.lr, n_epochs=t.n_epochs,
-                           max_steps=t.max_steps, dataset=t.pipeline.default_dataset)
+                           max_steps=t.max_steps, dataset=t.pipeline.default_dataset, seed=t.seed,
+                           img_size=self.data.img_size)
 
-    def resolved_steps(self) -> list[ResolvedStep]:
-        """Every step with defaults, globals and parent filled in, in file order."""
+    def written_steps(self) -> list[ResolvedStep]:
+        """Every step of the file with defaults, globals and parent filled in, in file order."""
         pipe, globals_ = self.training.pipeline, self.step_globals()
         resolved, previous = [], None
         for index, step in enumerate(pipe.steps):
-            resolved.append(resolve_step(index, step, pipe.defaults, globals_, previous))
+            one = resolve_step(index, step, pipe.defaults, globals_, previous)
+            dataset_size = pipe.datasets[one.dataset].img_size if one.dataset in pipe.datasets else None
+            if dataset_size is not None and "img_size" not in merged_step_fields(step, pipe.defaults):
+                one = one.model_copy(update={"img_size": dataset_size})  # the dataset's size under the step's own
+            resolved.append(one)
             previous = step.name
         return resolved
+
+    def resolved_steps(self) -> list[ResolvedStep]:
+        """The steps that run: the written ones, each replicated step as one step per seed (`training.replicates`)."""
+        return replicate_steps(self.written_steps(), self.training.replicates)
 
     def step(self, name: str) -> ResolvedStep:
         for step in self.resolved_steps():

@@ -1,7 +1,7 @@
 """Pipeline steps: what a step may say in the file, and the fully resolved step the trainer runs.
 
 A step's value comes from, highest first: the step itself, `training.pipeline.defaults` (deep-merged under it),
-the globals of `training` (batch_size, workers, lr, n_epochs, max_steps; the pipeline's default dataset), and
+the globals of `training` (batch_size, workers, lr, n_epochs, max_steps, seed; the pipeline's default dataset), and
 STEP_DEFAULTS below. In the file every field is optional and None means "inherit"; `ResolvedStep` is concrete.
 
 Deep merge: mappings merge key by key, lists and scalars of the step replace those of the defaults. A block whose
@@ -20,6 +20,7 @@ from fluxflow.config import modes
 from fluxflow.config.optim import Optimization, OptimizerConfig, StrictModel
 
 TransitionMode = Literal["epoch", "loss_threshold"]
+LossWeighting = Literal["none", "min_snr"]
 OnMissed = Literal["continue", "fail"]
 
 
@@ -40,7 +41,21 @@ STEP_DEFAULTS: dict[str, Any] = {
     "lambda_adv": 0.5, "lambda_lpips": 0.1, "recon_l1_weight": 1.0, "recon_mse_weight": 1.0,
     "r1_gamma": 1.0, "r1_interval": 16, "adaptive_adv_weight": False,
     "cfg_dropout": 0.1, "ema_decay": 0.999, "on_missed": "continue", "uniform_t_share": 0.1,
+    "t_logit_mean": 0.0, "t_logit_std": 1.0, "t_shift": 1.0, "t_shift_base_size": None,
+    "loss_weighting": "none", "min_snr_gamma": 5.0,
     "grad_clip": 1.0, "gradient_accumulation_steps": 1,  # 1.0: the original tool's initial_clipping_norm
+    # The image-statistics regularisers (fluxflow/losses/image_stats.py): off; the weights apply once switched on.
+    "train_colorstats": False, "train_histogram": False, "train_contrast": False, "train_coarseness": False,
+    "lambda_colorstats": 0.1, "lambda_histogram": 0.1, "lambda_contrast": 0.05, "lambda_coarseness": 1.0,
+}
+# Step fields added after steps were first keyed, at the value that trains as before they existed: at that value a
+# field is left out of the step key (fluxflow/checkpoints/step_files.py), so that steps trained before it keep their
+# keys instead of retraining.
+# img_size: steps trained at data.img_size, which no key held; at the default 32 they keep their keys, at another
+# size they retrain once, and from then on any change of a step's size (its own or data.img_size) retrains it.
+KEY_NEUTRAL_VALUES: dict[str, Any] = {
+    "seed": 0, "t_logit_mean": 0.0, "t_logit_std": 1.0, "t_shift": 1.0, "t_shift_base_size": None,
+    "loss_weighting": "none", "min_snr_gamma": 5.0, "img_size": 32,
 }
 # Moving-average window (in batches) over which a loss_threshold metric is smoothed before comparing.
 TRANSITION_WINDOW = 20
@@ -79,8 +94,22 @@ class StepFields(StrictModel):
     r1_gamma: float | None = Field(None, ge=0.0)
     r1_interval: int | None = Field(None, ge=1)
     adaptive_adv_weight: bool | None = None
+    train_colorstats: bool | None = None
+    train_histogram: bool | None = None
+    train_contrast: bool | None = None
+    train_coarseness: bool | None = None
+    lambda_colorstats: float | None = Field(None, ge=0.0)
+    lambda_histogram: float | None = Field(None, ge=0.0)
+    lambda_contrast: float | None = Field(None, ge=0.0)
+    lambda_coarseness: float | None = Field(None, ge=0.0)
     cfg_dropout: float | None = Field(None, ge=0.0, lt=1.0)
     uniform_t_share: float | None = Field(None, ge=0.0, le=1.0)
+    t_logit_mean: float | None = None
+    t_logit_std: float | None = Field(None, gt=0.0)
+    t_shift: float | None = Field(None, gt=0.0)
+    t_shift_base_size: int | None = Field(None, ge=1)
+    loss_weighting: LossWeighting | None = None
+    min_snr_gamma: float | None = Field(None, gt=0.0)
     ema_decay: float | None = Field(None, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(None, ge=0.0)
     gradient_accumulation_steps: int | None = Field(None, ge=1)
@@ -95,6 +124,8 @@ class StepFields(StrictModel):
     eval_interval: int | None = Field(None, ge=1)
     cache_latents: bool | None = None  # None: on where valid (fluxflow/config/caching.py)
     cache_text: bool | None = None
+    seed: int | None = None  # data order, fresh weights and noise of the step (None: training.seed)
+    img_size: int | None = Field(None, ge=8)  # None: the dataset's img_size, else data.img_size
 
 
 class StepDefaults(StepFields):
@@ -134,10 +165,25 @@ class ResolvedStep(StrictModel):
     r1_gamma: float
     r1_interval: int
     adaptive_adv_weight: bool
+    train_colorstats: bool
+    train_histogram: bool
+    train_contrast: bool
+    train_coarseness: bool
+    lambda_colorstats: float
+    lambda_histogram: float
+    lambda_contrast: float
+    lambda_coarseness: float
     cfg_dropout: float
     uniform_t_share: float
+    # The flow objective's timestep draw and loss weighting (fluxflow/losses/flow.py FlowObjective).
+    t_logit_mean: float
+    t_logit_std: float
+    t_shift: float
+    t_shift_base_size: int | None  # set: t_shift is scaled by data.img_size / t_shift_base_size (SD3)
+    loss_weighting: LossWeighting
+    min_snr_gamma: float
     ema_decay: float
-    grad_clip: float  # max total gradient norm per optimizer group; 0 = no clipping
+    grad_clip: float  # max total gradient norm of one update (all its optimizer groups); 0 = no clipping
     gradient_accumulation_steps: int
     optimization: Optimization
     transition_on: Transition
@@ -152,6 +198,11 @@ class ResolvedStep(StrictModel):
     # fluxflow/config/caching.py's answer. Caches change no number, so the step key leaves them out.
     cache_latents: bool | None
     cache_text: bool | None
+    seed: int
+    img_size: int  # the side of the images the step trains, evaluates and samples at
+    # The written step this one trains: its own name, or for a seed replicate the step it replicates
+    # (fluxflow/config/replicates.py). A label: not part of the step key.
+    hypothesis: str
 
 
 @dataclass(frozen=True)
@@ -164,6 +215,8 @@ class StepGlobals:
     n_epochs: int | None
     max_steps: int | None
     dataset: str | None
+    seed: int = 0
+    img_size: int = 32  # data.img_size; a dataset's own img_size applies in PipelineConfig.written_steps
 
 
 class MissingStepValue(Exception):
@@ -206,7 +259,7 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
     given = merged_step_fields(step, defaults)
     values: dict[str, Any] = dict(STEP_DEFAULTS)
     values.update(batch_size=globals_.batch_size, workers=globals_.workers, lr=globals_.lr,
-                  max_steps=globals_.max_steps, eval_interval=None,
+                  max_steps=globals_.max_steps, seed=globals_.seed, img_size=globals_.img_size, eval_interval=None,
                   cache_latents=None, cache_text=None)
     for key in ("n_epochs", "dataset"):
         if getattr(globals_, key) is not None:
@@ -234,7 +287,7 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
     )
     values["optimization"] = _resolve_optimization(values, values.get("optimization", {}))
     return ResolvedStep(index=index, name=step.name, parent=step.after if step.after is not None else previous,
-                        **values)
+                        hypothesis=step.name, **values)
 
 
 def _resolve_optimization(values: dict[str, Any], given: dict[str, Any]) -> Optimization:
@@ -244,7 +297,7 @@ def _resolve_optimization(values: dict[str, Any], given: dict[str, Any]) -> Opti
     groups = modes.optimizer_groups(SimpleNamespace(**values))
     ordered = [g for g in modes.OPTIMIZER_GROUPS if g in groups]
     return Optimization(
-        optimizers={g: written.optimizers.get(g, OptimizerConfig()).resolved(values["lr"]) for g in ordered},
+        optimizers={g: written.optimizers.get(g, OptimizerConfig()).resolved(values["lr"], g) for g in ordered},
         schedulers={g: written.schedulers[g].resolved(values["transition_on"].max_epochs)
                     for g in ordered if g in written.schedulers},
     )

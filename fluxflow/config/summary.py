@@ -65,8 +65,12 @@ def format_summary(config: PipelineConfig) -> str:
             lines.append(f"  Freeze: {', '.join(step.freeze)}")
         if step.unfreeze:
             lines.append(f"  Unfreeze: {', '.join(step.unfreeze)}")
+        terms = modes.image_stat_terms(step)
+        if terms:
+            lines.append("  Image statistics: " + ", ".join(f"{t} {getattr(step, f'lambda_{t}'):g}" for t in terms))
         lines.append(f"  Transition: {describe_transition(step)}")
-        lines.append(f"  Dataset: {step.dataset}, batch {step.batch_size}")
+        size = f", {step.img_size}x{step.img_size}" if step.img_size != config.data.img_size else ""
+        lines.append(f"  Dataset: {step.dataset}, batch {step.batch_size}{size}")
         optimizers = ", ".join(f"{g} {o.type} lr={o.lr:g}" for g, o in step.optimization.optimizers.items())
         lines.append(f"  Optimizers: {optimizers}")
         if step.optimization.schedulers:

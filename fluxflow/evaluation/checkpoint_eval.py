@@ -29,7 +29,7 @@ def evaluate_checkpoint(checkpoint: str | Path, config, dataset: str, *, seeds: 
     the flow step's own evaluation already trained it)."""
     target = resolve_device(device or config.training.device)
     model = load_text_to_image(checkpoint, config.model, config.data.img_size, str(target))
-    size, cfg = config.data.img_size, model.model_config
+    size, cfg = model.img_size, model.model_config  # the size its step trained at (recorded in the checkpoint)
     if size % (cfg.downscale * cfg.patch_size):
         raise GenerationError(f"checkpoint {checkpoint} cannot make {size}x{size} images (its model needs a multiple "
                               f"of {cfg.downscale * cfg.patch_size}): it is not comparable on this evaluation set")

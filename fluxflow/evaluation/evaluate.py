@@ -1,7 +1,7 @@
 """Evaluation of a pipeline step on its held-out split: what the runner logs at the end of a step (and every
 `eval_interval` epochs).
 
-    metrics = evaluate_step(step, models, holdout_set, train_set, config, latent_norm, device, cache_dir)
+    metrics = evaluate_step(step, models, holdout_set, train_set, config, latent_norm, device, cache_dir, spade=...)
 
 - VAE steps (fluxflow.config.modes.touches_vae): `psnr`, `ssim` of posterior-mean
   reconstructions, and `lpips` when the LPIPS backbone is on disk (reconstruction.py).
@@ -36,8 +36,9 @@ EVAL_SEED = 0
 
 def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, config,
                   latent_norm: dict[str, torch.Tensor] | None, device: torch.device | str,
-                  cache_dir: str | Path) -> dict[str, float]:
-    """The step's evaluation metrics on (at most MAX_EVAL_IMAGES of) `holdout_set`; {} when nothing applies."""
+                  cache_dir: str | Path, *, spade: bool) -> dict[str, float]:
+    """The step's evaluation metrics on (at most MAX_EVAL_IMAGES of) `holdout_set`; {} when nothing applies.
+    `spade`: the expander decodes with SPADE (fluxflow.config.modes.expander_spade)."""
     device = torch.device(device)
     if _is_empty(holdout_set):
         log.warning("Step %s: the held-out split is empty (dataset holdout: 0); no evaluation metrics", step.name)
@@ -53,26 +54,26 @@ def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, co
             metrics: dict[str, float] = {}
             if touches_vae(step) and {"compressor", "expander"} <= set(models):
                 metrics.update(reconstruction_metrics(models["compressor"], models["expander"], images,
-                                                      spade=step.train_spade, lpips=lpips_if_available(device)))
+                                                      spade=spade, lpips=lpips_if_available(device)))
             if has_flow_mode(step):
                 metrics.update(_flow_metrics(step, models, images, captions, train_set, config, latent_norm,
-                                             device, cache_dir))
+                                             device, cache_dir, spade))
             return metrics
     finally:
         for name, m in models.items():
             m.train(was_training[name])
 
 
-def _flow_metrics(step, models, images, captions, train_set, config, latent_norm, device, cache_dir):
+def _flow_metrics(step, models, images, captions, train_set, config, latent_norm, device, cache_dir, spade):
     if latent_norm is None:
         log.warning("Step %s: no latent normalisation yet; flow metrics skipped", step.name)
         return {}
     ds_cfg = config.dataset_for(step)
-    sample = dict(latent_size=config.data.img_size // config.model.downscale, steps=EVAL_SAMPLER_STEPS,
-                  seed=EVAL_SEED, spade=step.train_spade)
+    sample = dict(latent_size=step.img_size // config.model.downscale, steps=EVAL_SAMPLER_STEPS,
+                  seed=EVAL_SEED, spade=spade)
     net = None
     if images.shape[0] >= 2:
-        net = feature_net_for(train_set, ds_cfg, config.data.img_size, config.data.channels, cache_dir)
+        net = feature_net_for(train_set, ds_cfg, step.img_size, config.data.channels, cache_dir)
     norm = {k: v.to(device) for k, v in latent_norm.items()}
     return flow_metrics(models, images, captions, norm, sample, net, shapes=ds_cfg.type == "shapes")
 

@@ -20,13 +20,14 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from fluxflow.config.pretrained_text import inspect_pretrained
+from fluxflow.config.pretrained_text import inspect_pretrained, require_transformers
 
 
 class PretrainedTextEncoder(nn.Module):
     def __init__(self, path: str, max_len: int):
         super().__init__()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: local_files_only below already never downloads
+        require_transformers()  # an optional dependency: say which extra installs it
         from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel  # ~4 s: only when configured
 
         info = inspect_pretrained(path)

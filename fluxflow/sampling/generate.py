@@ -14,10 +14,12 @@ import torch
 from torch import nn
 
 from fluxflow.checkpoints.io import load_checkpoint
+from fluxflow.config.pretrained_text import UnusablePretrained
 from fluxflow.runtime.device import resolve_device
 from fluxflow.models import build_component
 from fluxflow.sampling.sample_files import image_grid, prompt_file_name
 from fluxflow.sampling.text_to_image import text_to_image
+from fluxflow.train.step_models import saved_expander_spade
 
 GENERATION_COMPONENTS = ("text_encoder", "flow_processor", "expander")
 
@@ -32,7 +34,27 @@ class TextToImageModel:
     latent_norm: dict[str, torch.Tensor]
     model_config: Any  # fluxflow.config.ModelConfig
     img_size: int  # the training image size: the default output size
-    spade: bool  # decode as the checkpoint's step sampled (with SPADE when that step trained it)
+    spade: bool  # decode as the expander was trained: with SPADE when the step that last trained it used SPADE
+    channels: int = 3  # image channels the expander writes
+
+
+def build_text_to_image(weights: dict[str, dict[str, torch.Tensor]], latent_norm: dict[str, torch.Tensor],
+                        model_config: Any, img_size: int, channels: int, spade: bool,
+                        device: str | None = None) -> TextToImageModel:
+    """The generation components built from `model_config` with `weights` (a state dict per component) on `device`,
+    in eval mode: the one assembly behind a checkpoint (`load_text_to_image`) and an export
+    (fluxflow/sampling/export.py)."""
+    target = resolve_device(device)
+    models = {}
+    for name in GENERATION_COMPONENTS:
+        try:
+            module = build_component(name, model_config, channels)
+        except UnusablePretrained as exc:  # its directory is gone, or transformers is not installed
+            raise GenerationError(f"cannot load the text encoder: {exc}") from None
+        module.load_state_dict(weights[name])
+        models[name] = module.to(target).eval().requires_grad_(False)
+    return TextToImageModel(models, {k: v.to(target) for k, v in latent_norm.items()}, model_config, img_size, spade,
+                            channels)
 
 
 def load_text_to_image(checkpoint: str | Path, model_config: Any = None, img_size: int | None = None,
@@ -58,16 +80,15 @@ def load_text_to_image(checkpoint: str | Path, model_config: Any = None, img_siz
     data = state.get("data") or {}
     img_size = int(data.get("img_size") or img_size or 0)
     channels = int(data.get("channels") or 3)
-    target = resolve_device(device)
-    models = {}
-    for name in GENERATION_COMPONENTS:
-        module = build_component(name, model_config, channels)
-        ema = state.get("ema", {}).get(name)
-        module.load_state_dict(ema["shadow"] if ema else state["models"][name])
-        models[name] = module.to(target).eval().requires_grad_(False)
-    step_config = state.get("pipeline_metadata", {}).get("step_config", {})
-    return TextToImageModel(models, {k: v.to(target) for k, v in state["latent_norm"].items()}, model_config,
-                            img_size, bool(step_config.get("train_spade", False)))
+    weights = {name: sampling_weights(state, name) for name in GENERATION_COMPONENTS}
+    return build_text_to_image(weights, state["latent_norm"], model_config, img_size, channels,
+                               saved_expander_spade(state), device)
+
+
+def sampling_weights(state: dict[str, Any], name: str) -> dict[str, torch.Tensor]:
+    """Component `name`'s weights that samples use: its EMA shadow where the checkpoint keeps one, else the raw."""
+    ema = state.get("ema", {}).get(name)
+    return ema["shadow"] if ema else state["models"][name]
 
 
 def generate(model: TextToImageModel, prompt: str, seed: int, *, steps: int = 25, guidance: float = 3.0,

@@ -28,8 +28,9 @@ def _latent_picture(z: torch.Tensor, size: int) -> torch.Tensor:
 @torch.no_grad()
 def write_samples(out_dir: Path, *, step, step_number: int, epoch: int, batch: int | None, tag: str,
                   models: dict, holdout: torch.Tensor, captions: list[str], latent_norm: dict | None,
-                  config, seed: int) -> list[Path]:
-    """Writes this step's samples; returns the files. `batch` None means end of epoch."""
+                  config, seed: int, spade: bool) -> list[Path]:
+    """Writes this step's samples; returns the files. `batch` None means end of epoch. `spade`: the expander decodes
+    with SPADE (fluxflow.config.modes.expander_spade)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     name = lambda suffix: out_dir / sample_name(step.name, step_number, epoch, batch, tag, suffix)  # noqa: E731
     written: list[Path] = []
@@ -45,14 +46,16 @@ def write_samples(out_dir: Path, *, step, step_number: int, epoch: int, batch: i
         generator = torch.Generator(device=holdout.device).manual_seed(seed)
         noise = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype, generator=generator)
         save(holdout, "-original")
-        save(expander(mean, spade=step.train_spade).clamp(-1, 1), "-nr_o")
-        save(expander(mean + torch.exp(0.5 * logvar) * noise, spade=step.train_spade).clamp(-1, 1), "_ns_o")
+        save(expander(mean, spade=spade).clamp(-1, 1), "-nr_o")
+        save(expander(mean + torch.exp(0.5 * logvar) * noise, spade=spade).clamp(-1, 1), "_ns_o")
         save(_latent_picture(mean.float(), holdout.shape[-1]), "-ctx")
-        if step.train_spade:
+        if spade:
             save(expander(mean, spade=False).clamp(-1, 1), "-nc")
     if has_flow_mode(step) and captions and latent_norm is not None:
-        for size in config.output.sample_sizes:  # the transformer's sin-cos positions let it sample other sizes
+        # The step's own size unless output.sample_sizes names others: the transformer's sin-cos positions are
+        # computed for any grid, so one model samples every size.
+        for size in config.output.sample_sizes or [step.img_size]:
             images = text_to_image(models, captions, latent_norm, latent_size=size // config.model.downscale,
-                                   seed=seed, spade=step.train_spade)
-            save(images, "-t2i" if size == config.data.img_size else f"-t2i_{size}px")
+                                   seed=seed, spade=spade)
+            save(images, "-t2i" if size == step.img_size else f"-t2i_{size}px")
     return written

@@ -16,6 +16,9 @@ from torch import nn
 from fluxflow.runtime.device import autocast
 from fluxflow.losses import (adaptive_weight, hinge_d_loss, hinge_g_loss, kl_loss, kl_weight, r1_penalty,
                              rectified_flow_loss, reconstruction_loss)
+from fluxflow.config.modes import image_stat_terms
+from fluxflow.losses.image_stats import IMAGE_STAT_LOSSES
+from fluxflow.losses.flow import DEFAULT_OBJECTIVE, FlowObjective
 from fluxflow.models import cfg_drop_mask
 from fluxflow.train.optim import optimizer_step
 
@@ -39,6 +42,10 @@ class StepContext:
     latent_encoder: nn.Module | None = None
     # Optimizer groups whose gradients DDP averaged in the backward (fluxflow/train/data_parallel.py).
     synced_groups: frozenset[str] = frozenset()
+    # The expander decodes with SPADE (fluxflow.config.modes.expander_spade): in training, samples and evaluation.
+    spade: bool = False
+    # The step's timestep draw and loss weighting for flow training (trainer.flow_objective).
+    flow_objective: FlowObjective = DEFAULT_OBJECTIVE
 
 
 @dataclass(frozen=True)
@@ -56,8 +63,10 @@ def backward_and_update(ctx: StepContext, loss: torch.Tensor, key: str, groups: 
     """Backpropagate `loss` (scaled for the window) and, at the window's end, step the optimizers of `groups`.
 
     A window with a non-finite loss (tracked under `key` across its micro-batches) or a non-finite gradient skips
-    its update on the device. Returns `skipped_updates` (1 for a skipped update, at the window's end) and
-    `grad_norm_<group>` (the norm before clipping, at the window's end).
+    its update on the device. The groups are one update (train_diff_full's flow and text encoder): one global
+    gradient norm clips them all, and they are applied or skipped together. Returns `skipped_updates` (1 for a
+    skipped update, at the window's end) and `grad_norm_<group>` (each group's norm before clipping, at the
+    window's end).
     """
     finite = torch.isfinite(loss)
     (loss * window.scale).backward()
@@ -67,12 +76,12 @@ def backward_and_update(ctx: StepContext, loss: torch.Tensor, key: str, groups: 
         ctx.window_finite[key] = finite
         return {"skipped_updates": loss.new_zeros(())}
     out: dict[str, torch.Tensor] = {"skipped_updates": (~finite).float()}
-    for group in groups:
-        if group in ctx.optimizers:
-            norm, skipped = optimizer_step(ctx.optimizers[group], finite, ctx.step.grad_clip,
-                                           group in ctx.synced_groups)
-            out[f"grad_norm_{group}"] = norm
-            out["skipped_updates"] = torch.maximum(out["skipped_updates"], skipped)
+    present = [group for group in groups if group in ctx.optimizers]
+    if present:  # one update: one global clip over all its groups, applied or skipped together
+        norms, skipped = optimizer_step([ctx.optimizers[g] for g in present], finite, ctx.step.grad_clip,
+                                        present[0] in ctx.synced_groups)
+        out.update({f"grad_norm_{group}": norm for group, norm in zip(present, norms)})
+        out["skipped_updates"] = torch.maximum(out["skipped_updates"], skipped)
     return out
 
 
@@ -97,37 +106,48 @@ def vae_step(ctx: StepContext, images: torch.Tensor, update: int,
     step, m = ctx.step, ctx.models
     compressor, expander = m["compressor"], m["expander"]
     discriminator = m.get("discriminator") if step.gan_training else None
+    # `freeze` may take any of these away (a decoder-only fine-tune freezes the compressor): a frozen one is used,
+    # never updated, and a pass with nothing to update is not run.
+    trains_vae = bool(ctx.trained & {"compressor", "expander"})
+    trains_d = discriminator is not None and "discriminator" in ctx.trained
     zero = images.new_zeros(())
     metrics: dict[str, torch.Tensor] = {}
 
-    if discriminator is not None:
+    if trains_d:
         _set_requires_grad(discriminator, False)  # G pass: no D grads
     with autocast(ctx.device, ctx.amp_dtype):
         mean, logvar = compressor(images)
         z = mean + torch.exp(0.5 * logvar) * _gaussian(mean, ctx.generator)
-        recon = expander(z, spade=step.train_spade)
+        recon = expander(z, spade=ctx.spade)
     kl_raw, kl_clamped = kl_loss(mean.float(), logvar.float(), step.kl_free_bits)
     loss = kl_weight(update, step.kl_beta, step.kl_warmup_steps) * kl_clamped
-    rec = zero
+    rec = nll = zero  # the pixel reconstruction loss (logged as vae_loss); with LPIPS added, VQGAN's "nll"
     if step.train_vae:
-        rec = reconstruction_loss(recon.float(), images, step.recon_l1_weight, step.recon_mse_weight)
-        loss = loss + rec
+        rec = nll = reconstruction_loss(recon.float(), images, step.recon_l1_weight, step.recon_mse_weight)
         if ctx.lpips is not None:
             with autocast(ctx.device, ctx.amp_dtype):
                 lp = ctx.lpips(recon, images).float().mean()
-            loss = loss + step.lambda_lpips * lp
+            nll = rec + step.lambda_lpips * lp
             metrics["lpips_loss"] = lp.detach()
+        for term in image_stat_terms(step):  # the original tool's image-statistics regularisers
+            value = IMAGE_STAT_LOSSES[term](recon, images)
+            nll = nll + getattr(step, f"lambda_{term}") * value
+            metrics[f"{term}_loss"] = value.detach()
+        loss = loss + nll
     if discriminator is not None:
         with autocast(ctx.device, ctx.amp_dtype):
             g = hinge_g_loss(discriminator(recon).float())
         weight = step.lambda_adv
         if step.adaptive_adv_weight and step.train_vae and ctx.trained.intersection({"expander"}):
-            weight = weight * adaptive_weight(rec, g, expander.last_layer_weight)
+            # balanced against the whole reconstruction loss, LPIPS included (as VQGAN's nll)
+            weight = weight * adaptive_weight(nll, g, expander.last_layer_weight)
         loss = loss + weight * g
         metrics["g_loss"] = g.detach()
 
-    metrics.update(backward_and_update(ctx, loss, "vae", ("vae",), window))
-    if discriminator is not None:
+    metrics["skipped_updates"] = zero
+    if trains_vae:
+        metrics.update(backward_and_update(ctx, loss, "vae", ("vae",), window))
+    if trains_d:
         _set_requires_grad(discriminator, True)
         d_metrics = discriminator_step(ctx, images, recon.detach(), update, window)
         d_metrics["skipped_updates"] = d_metrics["skipped_updates"] + metrics["skipped_updates"]
@@ -141,9 +161,12 @@ def discriminator_step(ctx: StepContext, real: torch.Tensor, fake: torch.Tensor,
     """Hinge D loss, plus lazy R1 every `r1_interval` steps scaled by interval (so its average strength is γ/2)."""
     step, disc = ctx.step, ctx.models["discriminator"]
     with autocast(ctx.device, ctx.amp_dtype):
-        d_loss = hinge_d_loss(disc(real).float(), disc(fake).float())
+        real_logits, fake_logits = disc(real).float(), disc(fake).float()
+    d_loss = hinge_d_loss(real_logits, fake_logits)
     total = d_loss
-    out = {"d_loss": d_loss.detach()}
+    # D's mean logits: a D that tells real from fake holds them apart; a flat one has both near 0 (d_loss ~2)
+    out = {"d_loss": d_loss.detach(), "d_logit_real": real_logits.mean().detach(),
+           "d_logit_fake": fake_logits.mean().detach()}
     if step.r1_gamma > 0 and update % step.r1_interval == 0:
         r1 = r1_penalty(disc, real)  # fp32, eager: double backward
         total = total + 0.5 * step.r1_gamma * step.r1_interval * r1
@@ -174,5 +197,5 @@ def flow_step(ctx: StepContext, latents: torch.Tensor, text: TextFeatures,
     drop = cfg_drop_mask(latents.shape[0], ctx.step.cfg_dropout, latents.device, ctx.generator)
     with autocast(ctx.device, ctx.amp_dtype):
         loss = rectified_flow_loss(ctx.models["flow_processor"], latents, text.tokens, text.mask, text.pooled, drop,
-                                   ctx.generator, ctx.step.uniform_t_share).float()
+                                   ctx.generator, ctx.flow_objective).float()
     return {"flow_loss": loss.detach(), **backward_and_update(ctx, loss, "flow", ("flow", "text_encoder"), window)}

@@ -7,6 +7,7 @@ do not (fluxflow/train/param_groups.py). Learning-rate schedules: fluxflow/train
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -60,33 +61,34 @@ def build_optimizers(step: Any, models: dict[str, nn.Module], trained: set[str])
     return optimizers, sched_cfg
 
 
-def gradient_norm(params: list[nn.Parameter], max_norm: float | None) -> torch.Tensor:
-    """Total L2 norm of the gradients before clipping; clipped to `max_norm` unless it is 0/None. No host sync:
-    the clip factor min(1, max_norm / norm) is applied as a tensor (torch.nn.utils.clip_grad_norm_)."""
-    if max_norm:
-        return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-    return torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+def optimizer_step(optimizers: Sequence[torch.optim.Optimizer], finite: torch.Tensor, max_norm: float | None = None,
+                   grads_averaged: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One update of `optimizers` (the groups one loss trains: train_diff_full's flow and text encoder together):
+    clip all their gradients by one global norm and apply the update, or skip it for all of them when the loss
+    (`finite`) or any gradient is not finite.
 
-
-def optimizer_step(optimizer: torch.optim.Optimizer, finite: torch.Tensor, max_norm: float | None = None,
-                   grads_averaged: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clip and apply the update unless the loss (`finite`) or the gradient norm is not finite.
-
-    Returns (gradient norm before clipping, 1.0 if the update was skipped else 0.0), both 0-dim device tensors.
-    Fused optimizers skip on the device (`found_inf`, no sync); the others need one host sync. Under torchrun the
-    gradients are averaged over ranks first (unless DDP did during the backward: `grads_averaged`), so every rank
-    clips the same gradient and agrees on skipping."""
+    Returns (each optimizer's gradient norm before clipping, 1.0 if the update was skipped else 0.0), 0-dim device
+    tensors. The clip factor min(1, max_norm / global norm) is applied as a tensor (no host sync; 0/None: no
+    clipping). Fused optimizers skip on the device (`found_inf`, no sync); the others need one host sync. Under
+    torchrun the gradients are averaged over ranks first (unless DDP did during the backward: `grads_averaged`, true
+    for all or none of one update's groups), so every rank clips the same gradient and agrees on skipping."""
     if distributed.active():
-        finite = (distributed.agree_finite(finite) if grads_averaged
-                  else distributed.average_gradients(optimizer, finite))
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    norm = gradient_norm(params, max_norm)
-    finite = finite & torch.isfinite(norm).to(finite.device)
+        for optimizer in optimizers:
+            finite = (distributed.agree_finite(finite) if grads_averaged
+                      else distributed.average_gradients(optimizer, finite))
+    params = [[p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+              for optimizer in optimizers]
+    norms = [torch.nn.utils.get_total_norm([p.grad for p in group], foreach=True) for group in params]
+    total = torch.linalg.vector_norm(torch.stack(norms)) if len(norms) > 1 else norms[0]
+    if max_norm:
+        torch.nn.utils.clip_grads_with_norm_([p for group in params for p in group], max_norm, total, foreach=True)
+    finite = finite & torch.isfinite(total).to(finite.device)
     skipped = (~finite).to(torch.float32)
-    if optimizer.defaults.get("fused"):
-        optimizer.found_inf = skipped
-        optimizer.step()
-    elif bool(finite):  # host sync: only for optimizers without a fused kernel
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return norm.detach(), skipped
+    for optimizer in optimizers:
+        if optimizer.defaults.get("fused"):
+            optimizer.found_inf = skipped
+            optimizer.step()
+        elif bool(finite):  # host sync: only for optimizers without a fused kernel
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return [norm.detach() for norm in norms], skipped

@@ -11,7 +11,8 @@ characters of sha256 over (json_sha256, fluxflow/checkpoints/step_key.py):
 - latents: the encoder's weights (every tensor, fluxflow/cache/fingerprint.py), the step's autocast precision, the
   dataset's config and fingerprint (length, first and last item as loaded, a folder's file stats), image size and
   channels;
-- text: the text encoder's weights, the model's text settings (`text_*`: length, width, depth), the precision, and
+- text: the weights the step encodes captions with (the EMA ones of a frozen encoder that has them, as
+  `build_trainer` runs it), the model's text settings (`text_*`: length, width, depth), the precision, and
   the distinct captions of the training split.
 Under torchrun every rank calls this: the first to take a cache's lock builds it, the others wait, then read it.
 """
@@ -43,7 +44,7 @@ def attach_caches(config, step, data, trainer, epochs: range | None = None,
     kind = config.dataset_for(step).type
     if latent_cache_choice(step, kind).on:
         rows = None if epochs is None else rows_read(len(data.train_set), step, data.batches_per_epoch,
-                                                     config.training.seed, epochs)
+                                                     step.seed, epochs)
         data.latent_cache = LatentCacheDataset(latent_cache(config, step, data.train_set, rows, trainer, say))
         trainer.cached_latents = True
     if text_cache_choice(step, kind).on:
@@ -68,7 +69,7 @@ def latent_cache(config, step, dataset, rows: np.ndarray | None, trainer, say: C
     encoder, device = trainer.ctx.latent_encoder, trainer.ctx.device
     inputs = {"encoder": module_sha256(encoder), "precision": str(trainer.ctx.amp_dtype),
               "dataset": config.dataset_for(step).model_dump(mode="json"), "fingerprint": dataset_fingerprint(dataset),
-              "img_size": config.data.img_size, "channels": config.data.channels}
+              "img_size": step.img_size, "channels": config.data.channels}
     directory = cache_root(config) / LATENT_CACHE_DIR / json_sha256(inputs, KEY_LENGTH)
     probe, _ = posterior(encoder, dataset[0][0][None].to(device), trainer.ctx.amp_dtype)
     store = latent_store(directory, inputs, len(dataset), tuple(probe.shape[1:]))
@@ -80,7 +81,7 @@ def latent_cache(config, step, dataset, rows: np.ndarray | None, trainer, say: C
 
 def text_cache(config, step, captions: list[str], trainer, say: Callable[[str], None]) -> CacheStore:
     text_settings = {k: v for k, v in config.model.model_dump(mode="json").items() if k.startswith("text")}
-    inputs = {"encoder": module_sha256(trainer.models["text_encoder"]), "model": text_settings,
+    inputs = {"encoder": module_sha256(trainer.ctx.models["text_encoder"]), "model": text_settings,
               "precision": str(trainer.ctx.amp_dtype), "captions": json_sha256(captions, 64)}
     directory = cache_root(config) / TEXT_CACHE_DIR / json_sha256(inputs, KEY_LENGTH)
 

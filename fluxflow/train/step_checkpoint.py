@@ -16,13 +16,15 @@ def checkpoint_state(run, completed: bool = False) -> dict:
         "schedulers": {g: s.state_dict() for g, s in t.schedulers.items()},
         "ema": {n: e.state_dict() for n, e in t.emas.items()},
         "latent_norm": {k: v.cpu() for k, v in latent_norm.items()} if latent_norm else None,
+        "expander_spade": t.ctx.spade,  # how every later decode runs the expander (config/modes.expander_spade)
         "model_config": config.model.model_dump(mode="json"),
-        "data": config.data.model_dump(mode="json"),
+        # The step's image size: generation from this checkpoint defaults to it (fluxflow/sampling/generate.py).
+        "data": {**config.data.model_dump(mode="json"), "img_size": step.img_size},
         "pipeline_metadata": {
             "current_step": step.index, "current_step_name": step.name, "step_start_epoch": pos.start_epoch,
             "current_step_epoch": pos.epoch, "batch": pos.batch, "step_metrics": run.history,
             "step_key": run.files.key, "step_config": step.model_dump(mode="json"),
-            "seed": config.training.seed, "rng": capture_rng_state(),
+            "seed": step.seed, "rng": capture_rng_state(),
             "monitor": run.monitor.state_dict(), "report": run.report.state_dict(), "completed": completed,
             "outcome": run.outcome,
         },

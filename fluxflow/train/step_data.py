@@ -35,12 +35,12 @@ def load_step_data(config, step, device: torch.device) -> StepData:
     """Under torchrun a webdataset's training split is this rank's part (its shards); `len()` then counts all ranks'
     samples, so batches per epoch are the same on every rank."""
     ds_cfg = config.dataset_for(step)
-    train_set = build_dataset(ds_cfg, config.data.img_size, config.data.channels, "train", distributed.rank(),
+    train_set = build_dataset(ds_cfg, step.img_size, config.data.channels, "train", distributed.rank(),
                               distributed.world_size())
-    holdout_set = build_dataset(ds_cfg, config.data.img_size, config.data.channels, "holdout")
+    holdout_set = build_dataset(ds_cfg, step.img_size, config.data.channels, "holdout")
     n_holdout = min(N_HOLDOUT_SAMPLES, len(holdout_set))
     holdout = torch.stack([holdout_set[i][0] for i in range(n_holdout)]).to(device) if n_holdout else None
-    per_epoch = len(ResumableBatchSampler(len(train_set), step.batch_size, config.training.seed))
+    per_epoch = len(ResumableBatchSampler(len(train_set), step.batch_size, step.seed))
     n_batches = min(per_epoch, step.max_steps or per_epoch)
     if n_batches == 0:
         raise DataError(f"step {step.name}: dataset {step.dataset!r} has {len(train_set)} items, fewer than one "
@@ -52,9 +52,10 @@ def leading_inputs(data: StepData, batch_size: int, seed: int, n_items: int,
                    device: torch.device) -> Iterator[torch.Tensor]:
     """The first training batches of epoch 0 covering about `n_items` items of `data.batch_source` (images, or
     cached posterior means), on the device, one batch at a time (to measure the latent normalisation of the first
-    flow step)."""
-    n_batches = max(1, -(-n_items // batch_size))
-    world = getattr(data.batch_source, "world", 1)  # a rank's webdataset part: its local batches (step_run broadcasts)
+    flow step). Under torchrun a rank's webdataset part loads batches of batch_size / world: this rank reads as many
+    more of them, so it covers `n_items` on every rank count (step_run broadcasts rank 0's measurement)."""
+    world = getattr(data.batch_source, "world", 1)
+    n_batches = max(1, -(-n_items // (batch_size // world)))
     loader = make_loader(data.batch_source, batch_size, 0, seed, 0, 0, world=world)
     for inputs, _ in itertools.islice(loader, n_batches):  # stops before loading batch n_batches (not cached)
         yield inputs.to(device)

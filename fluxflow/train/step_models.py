@@ -14,7 +14,7 @@ from torch import nn
 from fluxflow.runtime import distributed
 from fluxflow.train.ema import EMA
 from fluxflow.models import build_component
-from fluxflow.config.modes import required_components, touches_vae, trained_components
+from fluxflow.config.modes import expander_spade, required_components, touches_vae, trained_components
 
 log = logging.getLogger("fluxflow.train.step_run")
 
@@ -26,6 +26,15 @@ def ema_components(step, trained: set[str]) -> set[str]:
         names |= {"compressor", "expander"} & trained | ({"expander"} if step.train_spade else set())
     names |= trained & {"flow_processor", "text_encoder"}
     return names
+
+
+def saved_expander_spade(state: dict | None) -> bool:
+    """Whether the checkpoint's expander decodes with SPADE (`expander_spade`, fluxflow.config.modes.expander_spade).
+    Checkpoints written before it was carried say it through their own step's train_spade."""
+    state = state or {}
+    if "expander_spade" in state:
+        return bool(state["expander_spade"])
+    return bool(state.get("pipeline_metadata", {}).get("step_config", {}).get("train_spade", False))
 
 
 def prepare_models(config, step, state: dict | None, device: torch.device) -> dict[str, nn.Module]:

@@ -10,6 +10,7 @@ import torch
 
 from fluxflow.config.modes import step_metrics
 from fluxflow.evaluation.evaluate import evaluate_step
+from fluxflow.train.gan_health import FlatDiscriminatorWatch
 from fluxflow.runtime import distributed
 from fluxflow.sampling.samples import write_samples
 from fluxflow.train.tracking import Progress, metrics_file
@@ -23,6 +24,7 @@ class StepReport:
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}  # batches that reported each metric (grad norms: only window ends)
         self._count, self._tick = 0, time.perf_counter()  # batches timed since `_tick` (by this process)
+        self.flat_d = FlatDiscriminatorWatch(run.config.output.d_flat_warn_updates)
 
     def started(self, resumed: bool) -> None:
         self.tracker.step_started(self.run.step, self.run.files.key, self.run.files.n_steps, resumed)
@@ -72,6 +74,9 @@ class StepReport:
         if pos.batch == self.run.data.batches_per_epoch:
             logged["skipped_samples"] = float(self.skipped_samples())
         self.tracker.log_metrics(logged, self.progress(pos.epoch + 1, pos.batch, elapsed / self._count))
+        warning = self.flat_d.observe(self.last_means, self._counts.get("d_logit_real", 0))
+        if warning:
+            self.tracker.warn("flat_discriminator", f"Step {self.run.step.name}: {warning}")
         self._sums, self._counts, self._count, self._tick = {}, {}, 0, time.perf_counter()
 
     def skipped_samples(self) -> int:
@@ -96,7 +101,7 @@ class StepReport:
                                   models=run.trainer.sampling_models(), holdout=run.data.holdout_images,
                                   captions=list(run.config.output.sample_captions),
                                   latent_norm=run.trainer.ctx.latent_norm, config=run.config,
-                                  seed=run.config.training.seed):
+                                  seed=run.step.seed, spade=run.trainer.ctx.spade):
             self.tracker.log_image(path)
 
     def evaluate(self) -> dict[str, float]:
@@ -105,7 +110,8 @@ class StepReport:
         if not run.main:
             return {}
         found = evaluate_step(run.step, run.trainer.sampling_models(), run.data.holdout_set, run.data.train_set,
-                              run.config, run.trainer.ctx.latent_norm, run.device, self.output / "eval_cache")
+                              run.config, run.trainer.ctx.latent_norm, run.device, self.output / "eval_cache",
+                              spade=run.trainer.ctx.spade)
         found = {f"eval_{k}": v for k, v in found.items()}
         epochs = run.position.epoch
         if found:

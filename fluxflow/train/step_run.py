@@ -146,11 +146,15 @@ class StepRun:
             print(line, flush=True)
 
     def _latent_norm(self, state: dict | None) -> dict[str, torch.Tensor] | None:
-        """The input checkpoint's latent normalisation; the first flow step measures it with the encoder it trains on
-        (from the latent cache, which holds that encoder's posterior means, where the step has one)."""
+        """The input checkpoint's latent normalisation; a flow step without one measures it with the encoder it trains
+        on (from the latent cache, which holds that encoder's posterior means, where the step has one). A step that
+        trains the compressor drops the one it inherits: it was measured on a compressor this step changes, so the
+        next flow step measures again (flow -> VAE -> flow)."""
         latent_norm = (state or {}).get("latent_norm")
+        if not self.resuming and "compressor" in self.trainer.ctx.trained:
+            latent_norm = None
         if has_flow_mode(self.step) and latent_norm is None:
-            inputs = leading_inputs(self.data, self.step.batch_size, self.config.training.seed, LATENT_NORM_IMAGES,
+            inputs = leading_inputs(self.data, self.step.batch_size, self.step.seed, LATENT_NORM_IMAGES,
                                     self.device)
             latent_norm = latent_norm_of_means(self.trainer.posterior_means(batch) for batch in inputs)
             if self.world > 1:  # ranks reading their own webdataset shards measured different images: take rank 0's
@@ -182,7 +186,7 @@ class StepRun:
         pos, step, n_batches = self.position, self.step, self.data.batches_per_epoch
         # Under torchrun each rank loads only its slice of every global batch.
         loader = self.loader = make_loader(self.data.batch_source, step.batch_size, step.workers,
-                                           self.config.training.seed, pos.start_epoch + pos.epoch, pos.batch,
+                                           step.seed, pos.start_epoch + pos.epoch, pos.batch,
                                            rank=distributed.rank(), world=self.world, reuse=self.loader)
         self.report.epoch_started()
         with batch_progress(n_batches, pos.batch, f"{step.name} epoch {pos.epoch + 1}") as bar:

@@ -63,6 +63,10 @@ class Tracker(Protocol):
 
     def step_finished(self, ref: CheckpointRef, result: StepResult) -> None: ...
 
+    def warn(self, key: str, message: str) -> None:
+        """A training-health warning (e.g. a flat discriminator): a console line, an MLflow run tag
+        `fluxflow.warning.<key>`."""
+
 
 def _significant(value: float) -> str:
     return f"{value:.4g}"  # 4 significant digits: 0.0234, 12.45, 0.156
@@ -70,6 +74,12 @@ def _significant(value: float) -> str:
 
 def _seconds(value: float) -> str:
     return f"{value:.1f}" if value >= 1 else f"{value:.2g}"  # 3.2s/batch, 0.041s/batch
+
+
+def has_console_line(metrics: dict[str, float]) -> bool:
+    """Whether `metrics` get a console line: a training log interval's do; evaluation results (eval_*) do not (the
+    runner prints them on a line of its own)."""
+    return any(key in metrics for key in CONSOLE_LABELS)
 
 
 def console_line(metrics: dict[str, float], progress: Progress, now: datetime | None = None) -> str:
@@ -160,7 +170,7 @@ class ConsoleJsonlTracker:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "a", encoding="utf-8") as f:
                 f.write(record + "\n")
-            if any(key in metrics for key in CONSOLE_LABELS):  # evaluation results get their own line
+            if has_console_line(metrics):
                 self._print(console_line(metrics, progress, now))
 
     def log_image(self, path: Path) -> None:
@@ -171,6 +181,10 @@ class ConsoleJsonlTracker:
 
     def step_finished(self, ref: CheckpointRef, result: StepResult) -> None:
         pass  # the runner prints the "Finished step" line; every JSONL line is already closed and on disk
+
+    def warn(self, key: str, message: str) -> None:
+        with self._lock:
+            self._print(f"⚠️  {message}")
 
 
 class MultiTracker:
@@ -198,6 +212,10 @@ class MultiTracker:
     def step_finished(self, ref: CheckpointRef, result: StepResult) -> None:
         for t in self.trackers:
             t.step_finished(ref, result)
+
+    def warn(self, key: str, message: str) -> None:
+        for t in self.trackers:
+            t.warn(key, message)
 
 
 def batch_progress(total: int, initial: int = 0, desc: str = "", unit: str = "batch") -> tqdm:

@@ -13,6 +13,7 @@ from torch import nn
 from fluxflow.cache.text_cache import TextCache
 from fluxflow.config.modes import has_flow_mode, touches_vae, trained_components
 from fluxflow.losses import LPIPSLoss
+from fluxflow.losses.flow import FlowObjective, resolution_shift
 from fluxflow.runtime import distributed
 from fluxflow.runtime.device import autocast_dtype
 from fluxflow.train.batch_step import WHOLE_BATCH, StepContext, TextFeatures, Window, encode_text, flow_step, vae_step
@@ -22,7 +23,8 @@ from fluxflow.train.latents import normalise_latents, posterior
 from fluxflow.train.lr_schedule import LrSchedule, build_schedulers
 from fluxflow.train.optim import build_optimizers
 from fluxflow.train.speed import runnable_models
-from fluxflow.train.step_models import ema_components, prepare_emas, prepare_models, sampling_models
+from fluxflow.train.step_models import (ema_components, expander_spade, prepare_emas, prepare_models,
+                                        sampling_models, saved_expander_spade)
 
 
 @dataclass
@@ -52,7 +54,7 @@ class Trainer:
         this step's optimizer updates so far.
         """
         ctx, step = self.ctx, self.step
-        ctx.generator.manual_seed(batch_seed(self.config.training.seed, global_step))
+        ctx.generator.manual_seed(batch_seed(step.seed, global_step))
         metrics: dict[str, torch.Tensor] = {}
         if touches_vae(step):
             metrics.update(vae_step(ctx, images, update, window))
@@ -102,17 +104,26 @@ def batch_seed(seed: int, global_step: int) -> int:
     return (seed * 1_000_003 + global_step) * distributed.world_size() + distributed.rank()
 
 
+def flow_objective(step, img_size: int) -> FlowObjective:
+    """The step's timestep draw and loss weighting, with its shift scaled to the images it trains on."""
+    return FlowObjective(logit_mean=step.t_logit_mean, logit_std=step.t_logit_std,
+                         shift=resolution_shift(step.t_shift, img_size, step.t_shift_base_size),
+                         uniform_share=step.uniform_t_share, weighting=step.loss_weighting,
+                         min_snr_gamma=step.min_snr_gamma)
+
+
 def build_trainer(config, step, state: dict | None, device: torch.device, *, max_epochs: int,
                   updates_per_epoch: int | None = None, resuming: bool = False) -> Trainer:
     """Models from `state` (or fresh), frozen/trained as the step declares, with EMAs, optimizers and schedulers.
     `resuming`: `state` is this step's own latest.pt (its EMA decay is kept), not a parent's checkpoint.
     `updates_per_epoch`: optimizer updates per epoch, which per-update lr schedules span (None: per-epoch only).
 
-    Fresh components start from the seeded weights of `training.seed + step.index`, so every process (and every
-    torchrun rank, which then takes rank 0's weights anyway) builds the same ones.
+    Fresh components start from the seeded weights of the step's `seed` (training.seed unless the step sets one)
+    + `step.index`, so every process (and every torchrun rank, which then takes rank 0's weights anyway) builds the
+    same ones.
     """
     trained = trained_components(step)
-    torch.manual_seed(config.training.seed + step.index)
+    torch.manual_seed(step.seed + step.index)
     models = prepare_models(config, step, state, device)
     if distributed.world_size() > 1:
         distributed.broadcast_modules(models.values())
@@ -122,11 +133,17 @@ def build_trainer(config, step, state: dict | None, device: torch.device, *, max
     lpips = LPIPSLoss().to(device) if step.use_lpips and step.train_vae else None
     # Speed switches (compile, channels-last, DDP for flow steps): the per-batch steps call these modules.
     runnable = runnable_models(models, step, config.training, device, trained)
+    # A frozen component with an EMA is used as its EMA weights, as samples and exports use it: the frozen text
+    # encoder a flow step trains on, keys its text cache on and samples with is one network (the latent side does the
+    # same with the EMA compressor, `latent_encoder`).
+    runnable.update({name: emas[name].shadow for name in set(emas) - trained})
     ctx = StepContext(step=step, models=runnable, optimizers=optimizers, trained=trained, device=device,
                       amp_dtype=autocast_dtype(device, config.training.precision),
                       generator=torch.Generator(device=device), lpips=lpips,
                       latent_encoder=sampling_models(models, emas).get("compressor"),
-                      synced_groups=synced_groups(runnable))
+                      synced_groups=synced_groups(runnable),
+                      spade=expander_spade(step, saved_expander_spade(state)),
+                      flow_objective=flow_objective(step, step.img_size))
     return Trainer(config=config, step=step, models=models, emas=emas,
                    ema_active=sorted(ema_components(step, trained)), optimizers=optimizers, schedulers=schedulers,
                    ctx=ctx)

@@ -1,0 +1,71 @@
+"""The Tracker that puts a step's console lines in its Prefect task run's log, so the UI shows the run train.
+
+In a deployment run the console lines (fluxflow.train.tracking.console_line, one per `log_interval`) go to the
+worker's stdout, which Prefect does not capture: the run's log in the UI showed none of them. This tracker sends the
+same lines to the Prefect API as logs of the step's task run; the progress bar is not sent (it is drawn only on a
+terminal anyway). It sends them to the API only: the terminal already has each line from ConsoleJsonlTracker, and
+Prefect's run logger would print it a second time through its console handler.
+
+Sending costs no wait: Prefect's APILogHandler queues the record for its background log worker.
+"""
+from __future__ import annotations
+
+from flows import env  # noqa: F401  (must precede prefect)
+
+import logging
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from fluxflow.train.tracking import Progress, console_line, has_console_line
+
+LOGGER_NAME = "flows.training_log"
+
+
+def api_only_logger() -> logging.Logger:
+    """A logger whose records go to the Prefect API and nowhere else (not to the console, not to the root logger)."""
+    from prefect.logging.handlers import APILogHandler
+
+    logger = logging.getLogger(LOGGER_NAME)
+    if not any(isinstance(h, APILogHandler) for h in logger.handlers):
+        logger.addHandler(APILogHandler())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+class PrefectLogTracker:
+    """`fluxflow.train.tracking.Tracker` that logs each console line to one Prefect task run.
+
+    The run ids are taken when the tracker is made (in the task), so lines logged from any thread land in that run.
+    """
+
+    def __init__(self, flow_run_id: UUID, task_run_id: UUID):
+        self.ids = {"flow_run_id": flow_run_id, "task_run_id": task_run_id}
+        self.logger = api_only_logger()
+
+    @classmethod
+    def for_current_task_run(cls) -> PrefectLogTracker | None:
+        """A tracker for the task run this is called in; None outside one (the step called without Prefect)."""
+        from prefect.context import TaskRunContext
+
+        context = TaskRunContext.get()
+        if context is None or context.task_run.flow_run_id is None:
+            return None
+        return cls(context.task_run.flow_run_id, context.task_run.id)
+
+    def step_started(self, step: Any, step_key: str, n_steps: int, resumed: bool) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], progress: Progress) -> None:
+        if has_console_line(metrics):
+            self.logger.info(console_line(metrics, progress), extra=self.ids)
+
+    def log_image(self, path: Path) -> None:
+        pass
+
+    def log_artifact(self, path: Path) -> None:
+        pass
+
+    def step_finished(self, ref, result) -> None:
+        pass

@@ -1,0 +1,135 @@
+"""A trained text-to-image model as plain files: safetensors weights and a JSON file that says how to build it.
+
+    <folder>/config.json        how to build and run the models (below)
+    <folder>/model.safetensors  the sampling weights (EMA where the checkpoint kept them), keys `<component>.<name>`
+    <folder>/text_encoder/      a pretrained text encoder's directory, copied as it is (only for one)
+
+config.json:
+
+    format, format_version   "fluxflow-text-to-image", 1
+    weights                  the safetensors file's name
+    model                    the `model:` sizes the components are built from (fluxflow/config/schema.py
+                             ModelConfig, without its text_encoder)
+    text_encoder             {"kind": "byte"} (trained, its weights in the safetensors file) or
+                             {"kind": "pretrained", "family": "clip" | "t5", "directory": "text_encoder"} (frozen, its
+                             weights in that sub-folder, loaded with transformers)
+    image                    {"size", "channels"}: the training image size (the default output size) and channels
+    latent_norm              {"shift": [...], "scale": [...]}: per latent channel, latent = (mean - shift) / scale
+    spade                    whether the expander decodes with SPADE (as the step that last trained it did)
+    source                   where the weights came from (the checkpoint and its sha256), for the record
+
+Why these files: safetensors holds only a JSON header and raw tensor bytes, so loading it runs no code, and any
+framework or model hub reads it; the folder can be pushed to a hub as it is. The training checkpoint (final.pt)
+stays the format to resume from: it also holds optimizer, scheduler and RNG state that an exported model does not.
+Latent normalisation values are float32 written as JSON numbers, which read back to the same float32 bits.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fluxflow.checkpoints.io import atomic_write
+from fluxflow.config.pretrained_text import inspect_pretrained, pretrained_text_path
+from fluxflow.sampling.generate import (GENERATION_COMPONENTS, GenerationError, TextToImageModel,
+                                        build_text_to_image)
+
+FORMAT, FORMAT_VERSION = "fluxflow-text-to-image", 1
+CONFIG_FILE, WEIGHTS_FILE, TEXT_ENCODER_DIR = "config.json", "model.safetensors", "text_encoder"
+
+
+def export_config(model: TextToImageModel, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config.json of `model` (see the module docstring)."""
+    sizes = model.model_config.model_dump()
+    sizes.pop("text_encoder", None)
+    pretrained = pretrained_text_path(model.model_config)
+    text_encoder = ({"kind": "pretrained", "family": inspect_pretrained(pretrained).family,
+                     "directory": TEXT_ENCODER_DIR} if pretrained else {"kind": "byte"})
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "weights": WEIGHTS_FILE,
+        "model": sizes, "text_encoder": text_encoder,
+        "image": {"size": model.img_size, "channels": model.channels},
+        "latent_norm": {key: model.latent_norm[key].float().cpu().tolist() for key in ("shift", "scale")},
+        "spade": model.spade,
+        "source": source or {},
+    }
+
+
+def export_weights(model: TextToImageModel, folder: str | Path, source: dict[str, Any] | None = None) -> Path:
+    """Write `model` (as `load_text_to_image` gives it: the sampling weights) to the new or empty `folder`; returns
+    the folder. config.json is written last, so a folder that has it is complete."""
+    from safetensors.torch import save
+
+    out = Path(folder)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise GenerationError(f"export folder {out} exists and is not empty: choose a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {f"{name}.{key}": value.detach().cpu().contiguous()
+               for name in GENERATION_COMPONENTS for key, value in model.models[name].state_dict().items()}
+    data = save(tensors, metadata={"format": "pt"})  # "pt": how Hugging Face tools tell torch weights apart
+    atomic_write(out / WEIGHTS_FILE, lambda f: f.write(data))
+    pretrained = pretrained_text_path(model.model_config)
+    if pretrained:  # frozen: its weights are its directory's, not the safetensors file's
+        shutil.copytree(Path(pretrained).expanduser(), out / TEXT_ENCODER_DIR)
+    text = json.dumps(export_config(model, source), indent=2) + "\n"
+    atomic_write(out / CONFIG_FILE, lambda f: f.write(text.encode("utf-8")))
+    return out
+
+
+def read_export_config(folder: str | Path) -> dict[str, Any]:
+    """config.json of an exported folder; GenerationError naming the file when it is missing or not one."""
+    path = Path(folder) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GenerationError(f"{folder} is not an exported model: no {CONFIG_FILE} (write one with "
+                              "fluxflow-export)") from None
+    except (OSError, ValueError) as exc:
+        raise GenerationError(f"cannot read {path}: {exc}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise GenerationError(f"{path} is not a fluxflow export (its format is not {FORMAT!r})")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise GenerationError(f"{path} has format_version {config.get('format_version')!r}; this version reads "
+                              f"{FORMAT_VERSION}")
+    return config
+
+
+def load_exported(folder: str | Path, device: str | None = None) -> TextToImageModel:
+    """The model `export_weights` wrote to `folder`, on `device`, in eval mode: the same pixels as its checkpoint."""
+    from pydantic import ValidationError
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from fluxflow.config import ModelConfig
+
+    folder = Path(folder)
+    config = read_export_config(folder)
+    try:
+        sizes = dict(config["model"])
+        encoder = config["text_encoder"]
+        if encoder["kind"] == "pretrained":
+            sizes["text_encoder"] = {"type": "pretrained", "path": str(folder / encoder["directory"])}
+        model_config = ModelConfig.model_validate(sizes)
+        latent_norm = {key: torch.tensor(config["latent_norm"][key], dtype=torch.float32)
+                       for key in ("shift", "scale")}
+        img_size, channels = int(config["image"]["size"]), int(config["image"]["channels"])
+        spade, weights_file = bool(config["spade"]), folder / config["weights"]
+    except (KeyError, TypeError, ValueError, ValidationError) as exc:
+        raise GenerationError(f"{folder / CONFIG_FILE} is incomplete or invalid: {exc}") from None
+    try:
+        tensors = load_file(weights_file)
+    except (OSError, SafetensorError) as exc:
+        raise GenerationError(f"cannot read {weights_file}: {exc}") from None
+    weights: dict[str, dict[str, torch.Tensor]] = {name: {} for name in GENERATION_COMPONENTS}
+    for key, value in tensors.items():
+        component, _, name = key.partition(".")
+        if component not in weights:
+            raise GenerationError(f"{weights_file} holds {key!r}, not a weight of {', '.join(GENERATION_COMPONENTS)}")
+        weights[component][name] = value
+    try:
+        return build_text_to_image(weights, latent_norm, model_config, img_size, channels, spade, device)
+    except RuntimeError as exc:  # load_state_dict: missing or unexpected keys, wrong shapes
+        raise GenerationError(f"{weights_file} does not fit {folder / CONFIG_FILE}: {exc}") from None

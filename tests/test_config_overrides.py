@@ -1,0 +1,122 @@
+"""`--set KEY=VALUE` overrides (fluxflow/config/overrides.py): scalars, lists, steps by name, the file's validation
+messages, and the step keys (a changed value retrains, an unchanged one reuses)."""
+from __future__ import annotations
+
+import pytest
+from helpers_tiny import VAE_STEP, one_torch_thread, tiny_raw  # noqa: F401
+
+from flows import cli_train
+from fluxflow.checkpoints.step_files import step_keys
+from fluxflow.config import ConfigError, load_config
+
+STEPS = [dict(VAE_STEP), {"name": "flow", "n_epochs": 1, "max_steps": 2, "train_diff_full": True}]
+
+
+def loaded(tmp_path, overrides, steps=STEPS):
+    return load_config(tiny_raw(tmp_path, steps), overrides).config
+
+
+def problems(tmp_path, overrides=(), steps=STEPS) -> list[str]:
+    with pytest.raises(ConfigError) as raised:
+        loaded(tmp_path, overrides, steps)
+    return [str(issue) for issue in raised.value.issues]
+
+
+def test_a_scalar_override_sets_the_value_and_the_steps_inherit_it(tmp_path):
+    config = loaded(tmp_path, ["training.seed=7", "training.lr=2e-4"])
+    assert config.training.seed == 7
+    assert [(s.seed, s.lr) for s in config.resolved_steps()] == [(7, 2e-4), (7, 2e-4)]  # 2e-4 is a number
+
+
+def test_a_list_value_is_read_as_yaml(tmp_path):
+    config = loaded(tmp_path, ["output.sample_captions=[a cat, 'a dog: sitting']", "output.sample_sizes=[16, 32]"])
+    assert config.output.sample_captions == ["a cat", "a dog: sitting"]
+    assert config.output.sample_sizes == [16, 32]
+
+
+def test_a_step_is_addressed_by_its_name_and_only_that_step_changes(tmp_path):
+    config = loaded(tmp_path, ["training.pipeline.steps.flow.lr=3e-4",
+                               "training.pipeline.steps.flow.optimization={optimizers: {flow: {type: AdamW, "
+                               "weight_decay: 0.05}}}"])
+    warm, flow = config.resolved_steps()
+    assert (warm.lr, flow.lr) == (1e-4, 3e-4)
+    assert flow.optimization.optimizers["flow"].weight_decay == 0.05
+    assert flow.optimization.optimizers["flow"].lr == 3e-4
+
+
+def test_overrides_create_missing_sections_and_apply_in_order(tmp_path):
+    config = loaded(tmp_path, ["training.pipeline.defaults.kl_beta=0.5", "training.pipeline.defaults.kl_beta=0.25"])
+    assert [s.kl_beta for s in config.resolved_steps()] == [0.25, 0.25]
+
+
+def test_an_unknown_key_gets_the_same_message_as_in_the_file(tmp_path):
+    in_file = [dict(VAE_STEP), dict(STEPS[1], lrr=1e-3)]
+    assert problems(tmp_path, ["training.pipeline.steps.flow.lrr=1e-3"]) == problems(tmp_path, steps=in_file) == [
+        "training.pipeline.steps[1].lrr: unknown key (did you mean 'lr'?)"]
+    assert problems(tmp_path, ["training.seeed=1"]) == ["training.seeed: unknown key (did you mean 'seed'?)"]
+
+
+def test_an_invalid_value_is_reported_like_the_file(tmp_path):
+    assert problems(tmp_path, ["training.pipeline.steps.flow.lr=2"]) == [
+        "training.pipeline.steps[1].lr: Input should be less than or equal to 1 (got 2)"]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("training.pipeline.steps.flw.lr=1", "--set training.pipeline.steps.flw.lr: no step named 'flw' (did you mean "
+                                         "'flow'?) (steps: warm, flow)"),
+    ("training.seed.x=1", "--set training.seed.x: training.seed is 0, not a section"),
+    ("training.seed", "--set training.seed: expected KEY=VALUE with a dotted KEY, e.g. training.seed=1 or "
+                      "training.pipeline.steps.flow.lr=3e-4"),
+    ("training..seed=1", "--set training..seed=1: expected KEY=VALUE with a dotted KEY, e.g. training.seed=1 or "
+                         "training.pipeline.steps.flow.lr=3e-4"),
+    ("training.seed=[1", "--set training.seed: the value is broken YAML"),
+])
+def test_an_override_that_cannot_be_placed_names_itself(tmp_path, override, message):
+    found = problems(tmp_path, [override])
+    assert len(found) == 1 and found[0].startswith(message), found
+
+
+def test_a_changed_value_changes_the_step_keys_and_an_unchanged_one_keeps_them(tmp_path):
+    plain = step_keys(loaded(tmp_path, []))
+    assert step_keys(loaded(tmp_path, ["training.pipeline.steps.flow.lr=1e-4"])) == plain  # the value it had
+    assert step_keys(loaded(tmp_path, ["training.seed=0"])) == plain
+    flow_lr = step_keys(loaded(tmp_path, ["training.pipeline.steps.flow.lr=3e-4"]))
+    assert flow_lr["warm"] == plain["warm"] and flow_lr["flow"] != plain["flow"]
+    seeded = step_keys(loaded(tmp_path, ["training.seed=1"]))
+    assert seeded["warm"] != plain["warm"] and seeded["flow"] != plain["flow"]
+
+
+def test_a_changed_override_retrains_and_an_unchanged_one_reuses(tmp_path, one_torch_thread):  # noqa: F811
+    from fluxflow.train.pipeline import run_pipeline
+
+    def trained(overrides) -> bool:
+        config = load_config(tiny_raw(tmp_path, [dict(VAE_STEP, max_steps=1)], no_samples=True,
+                                      dataset_size=8), overrides).config
+        [(_, result)] = run_pipeline(config)
+        return result.trained
+
+    assert trained(["training.seed=1"])
+    assert not trained(["training.seed=1"])
+    assert trained(["training.seed=2"])
+    assert trained(["training.pipeline.steps.warm.kl_beta=0.5"])
+    assert not trained(["training.pipeline.steps.warm.kl_beta=0.5", "training.seed=0"])
+
+
+def test_the_cli_validates_with_the_overrides_and_refuses_a_bad_one(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(tiny_raw(tmp_path / "out", STEPS)))
+    assert cli_train.main(["--config", str(path), "--validate-pipeline", "--quiet",
+                           "--set", "training.pipeline.steps.flow.n_epochs=3"]) == 0
+    assert cli_train.main(["--config", str(path), "--validate-pipeline", "--quiet",
+                           "--set", "training.pipeline.steps.flow.n_epohcs=3"]) == 2
+    err = capsys.readouterr().err
+    assert "training.pipeline.steps[1].n_epohcs: unknown key (did you mean 'n_epochs'?)" in err
+    assert "Traceback" not in err
+
+
+def test_a_mapping_value_adds_a_section_such_as_seed_replicates(tmp_path):
+    config = loaded(tmp_path, ["training.replicates={seeds: [0, 1], from_steps: [flow]}"])
+    assert [(s.name, s.seed, s.hypothesis) for s in config.resolved_steps()] == [
+        ("warm", 0, "warm"), ("flow-seed0", 0, "flow"), ("flow-seed1", 1, "flow")]

@@ -1,0 +1,153 @@
+"""`fluxflow-export`: a checkpoint's sampling weights as safetensors + config.json that `fluxflow-generate --weights`
+loads back to the same pixels (a trained byte-level text encoder and a pretrained one)."""
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from helpers_tiny import VAE_STEP, tiny_raw
+from pretrained_fixture import tiny_clip_dir
+
+from flows import cli_export, cli_generate
+from fluxflow.checkpoints.io import load_checkpoint
+from fluxflow.config import load_config
+from fluxflow.sampling.export import load_exported
+from fluxflow.sampling.generate import generate, load_text_to_image
+from fluxflow.train.pipeline import run_pipeline
+
+__all__ = ["tiny_clip_dir"]
+
+FLOW_STEP = {"name": "flow", "n_epochs": 1, "max_steps": 3, "train_diff_full": True, "ema_decay": 0.5}
+PRETRAINED_FLOW_STEP = {"name": "flow", "n_epochs": 1, "max_steps": 2, "train_diff": True, "ema_decay": 0.5}
+
+
+def trained_checkpoint(tmp, steps, **top) -> str:
+    raw = tiny_raw(tmp / "out", steps, dataset_size=16, no_samples=True, **top)
+    (tmp / "pipeline.yaml").write_text(yaml.safe_dump(raw))
+    return run_pipeline(load_config(tmp / "pipeline.yaml").config, device="cpu")[-1].ref.uri
+
+
+@pytest.fixture(scope="module")
+def byte_checkpoint(tmp_path_factory) -> str:
+    """A flow checkpoint with a trained byte-level text encoder and EMA weights."""
+    return trained_checkpoint(tmp_path_factory.mktemp("export-byte"), [VAE_STEP, FLOW_STEP])
+
+
+@pytest.fixture(scope="module")
+def pretrained_checkpoint(tmp_path_factory, tiny_clip_dir) -> str:
+    """A flow checkpoint whose text encoder is the frozen tiny CLIP of tests/pretrained_fixture.py."""
+    from helpers_tiny import TINY_MODEL
+
+    model = {k: v for k, v in TINY_MODEL.items() if k != "text_embedding_dim"}
+    model["text_encoder"] = {"type": "pretrained", "path": str(tiny_clip_dir)}
+    return trained_checkpoint(tmp_path_factory.mktemp("export-clip"), [VAE_STEP, PRETRAINED_FLOW_STEP], model=model)
+
+
+def export(checkpoint: str, folder) -> None:
+    assert cli_export.main(["--checkpoint", checkpoint, "--output", str(folder)]) == 0
+
+
+def safetensors_layout(path) -> tuple[dict, int]:
+    """(header, bytes after it) of a safetensors file: an 8-byte little-endian length, a JSON header, raw data."""
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + length]), len(data) - 8 - length
+
+
+@pytest.mark.parametrize("case", ["byte", "pretrained"])
+def test_an_export_generates_the_same_pixels_as_its_checkpoint(case, request, tmp_path):
+    checkpoint = request.getfixturevalue(f"{case}_checkpoint")
+    export(checkpoint, tmp_path / "export")
+    common = ["--prompt", "a red circle", "--prompt", "a blue square", "--n", "2", "--steps", "3", "--device", "cpu",
+              "--format", "png"]
+    assert cli_generate.main(["--checkpoint", checkpoint, *common, "--output", str(tmp_path / "from-ckpt")]) == 0
+    assert cli_generate.main(["--weights", str(tmp_path / "export"), *common,
+                              "--output", str(tmp_path / "from-export")]) == 0
+    names = sorted(p.name for p in (tmp_path / "from-ckpt").iterdir())
+    assert len(names) == 4 and names == sorted(p.name for p in (tmp_path / "from-export").iterdir())
+    for name in names:
+        assert (tmp_path / "from-ckpt" / name).read_bytes() == (tmp_path / "from-export" / name).read_bytes()
+    # Bit for bit in the tensors too, not only after 8-bit rounding.
+    original, exported = load_text_to_image(checkpoint, device="cpu"), load_exported(tmp_path / "export", "cpu")
+    assert torch.equal(generate(original, "a red circle", 5, steps=3), generate(exported, "a red circle", 5, steps=3))
+
+
+def test_the_export_holds_the_ema_weights_as_plain_tensors_and_says_how_to_build_them(byte_checkpoint, tmp_path):
+    from safetensors.torch import load_file
+
+    export(byte_checkpoint, tmp_path / "export")
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["config.json", "model.safetensors"]
+    header, data_bytes = safetensors_layout(tmp_path / "export" / "model.safetensors")
+    entries = {key: value for key, value in header.items() if key != "__metadata__"}
+    # Nothing but the header and raw tensor bytes: the entries' byte ranges tile the data exactly, so there is no
+    # room for a pickled object, and every entry is a plain dtype.
+    ranges = sorted(tuple(entry["data_offsets"]) for entry in entries.values())
+    assert ranges[0][0] == 0 and ranges[-1][1] == data_bytes
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert {entry["dtype"] for entry in entries.values()} <= {"F32", "F16", "BF16", "I64", "BOOL"}
+    assert header["__metadata__"] == {"format": "pt"}
+    state = load_checkpoint(byte_checkpoint)
+    tensors = load_file(tmp_path / "export" / "model.safetensors")
+    for name in ("flow_processor", "text_encoder", "expander"):
+        ema = state["ema"][name]["shadow"]
+        assert all(torch.equal(tensors[f"{name}.{key}"], value) for key, value in ema.items())
+        assert any(not torch.equal(ema[key], state["models"][name][key]) for key in ema)  # EMA, not the raw weights
+    assert not any(key.startswith(("compressor.", "discriminator.")) for key in tensors)
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert config["format"] == "fluxflow-text-to-image" and config["text_encoder"] == {"kind": "byte"}
+    assert config["image"] == {"size": 16, "channels": 3} and config["spade"] is False
+    assert config["model"] == {k: v for k, v in state["model_config"].items() if k != "text_encoder"}
+    assert torch.equal(torch.tensor(config["latent_norm"]["scale"]), state["latent_norm"]["scale"])
+
+
+def test_a_pretrained_encoder_travels_in_the_folder(pretrained_checkpoint, tiny_clip_dir, tmp_path):
+    export(pretrained_checkpoint, tmp_path / "export")
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert config["text_encoder"] == {"kind": "pretrained", "family": "clip", "directory": "text_encoder"}
+    copied = tmp_path / "export" / "text_encoder"
+    assert {p.name for p in tiny_clip_dir.iterdir()} == {p.name for p in copied.iterdir()}
+    model = load_exported(tmp_path / "export", "cpu")
+    assert model.models["text_encoder"].path == str(copied)  # not the training machine's directory
+
+
+def test_bad_inputs_exit_2_naming_them_without_a_traceback(byte_checkpoint, tmp_path, capsys):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "other.txt").write_text("x")
+    assert cli_export.main(["--checkpoint", byte_checkpoint, "--output", str(tmp_path / "full")]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert cli_export.main(["--checkpoint", str(tmp_path / "nope.pt"), "--output", str(tmp_path / "o")]) == 2
+    assert "nope.pt" in capsys.readouterr().err
+    assert cli_generate.main(["--weights", str(tmp_path / "full"), "--prompt", "x", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "no config.json" in err and "Traceback" not in err
+    export(byte_checkpoint, tmp_path / "export")
+    (tmp_path / "export" / "model.safetensors").write_bytes(b"\x80\x04not a tensor file")
+    assert cli_generate.main(["--weights", str(tmp_path / "export"), "--prompt", "x", "--device", "cpu"]) == 2
+    assert "model.safetensors" in capsys.readouterr().err
+
+
+def test_without_transformers_a_pretrained_encoder_model_names_the_extra(pretrained_checkpoint, tmp_path,
+                                                                        monkeypatch, capsys):
+    export(pretrained_checkpoint, tmp_path / "export")
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as when the `pretrained` extra is not installed
+    prompt = ["--prompt", "x", "--device", "cpu", "--output", str(tmp_path / "images")]
+    for main, args in [(cli_export.main, ["--checkpoint", pretrained_checkpoint, "--output", str(tmp_path / "again")]),
+                       (cli_generate.main, ["--checkpoint", pretrained_checkpoint, *prompt]),
+                       (cli_generate.main, ["--weights", str(tmp_path / "export"), *prompt])]:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert "pip install 'fluxflow-pipelines[pretrained]'" in err and "Traceback" not in err, args
+
+
+def test_help_answers_without_importing_torch():
+    done = subprocess.run([sys.executable, "-c", "import sys; sys.argv = ['fluxflow-export', '--help']\n"
+                           "import flows.cli_export as c\ntry:\n    c.main()\nexcept SystemExit:\n    pass\n"
+                           "assert 'torch' not in sys.modules, 'torch imported'"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--checkpoint" in done.stdout

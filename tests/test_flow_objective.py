@@ -1,0 +1,124 @@
+"""The flow objective's knobs per step (fluxflow/losses/flow.py): logit-normal mean and std, the SD3 shift (fixed or
+resolution-dependent), the uniform share, min-SNR loss weighting. Statistical checks on many draws, then each option
+trains a tiny flow step."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from helpers_tiny import one_torch_thread, single_step_config, tiny_config  # noqa: F401
+
+from fluxflow.checkpoints.step_files import step_keys
+from fluxflow.config import ConfigError
+from fluxflow.losses.flow import FlowObjective, draw_timesteps, min_snr_weight, rectified_flow_loss
+from fluxflow.train.trainer import flow_objective
+
+N = 200_000  # draws per check: the standard error of a mean of N(0, 1) draws is 0.0022
+
+
+def draws(objective: FlowObjective, seed: int = 0) -> torch.Tensor:
+    return draw_timesteps(N, torch.device("cpu"), torch.Generator().manual_seed(seed), objective)
+
+
+def test_the_default_objective_draws_exactly_the_standard_logit_normal():
+    expected = torch.sigmoid(torch.randn(N, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(draws(FlowObjective()), expected)
+
+
+@pytest.mark.parametrize("mean,std", [(0.0, 1.0), (0.5, 1.0), (-1.0, 0.6), (0.0, 2.0)])
+def test_logit_mean_and_std_set_the_moments_of_logit_t(mean, std):
+    z = torch.logit(draws(FlowObjective(logit_mean=mean, logit_std=std)).double())
+    assert abs(float(z.mean()) - mean) < 0.01
+    assert abs(float(z.std()) - std) < 0.01 * std
+
+
+def test_a_positive_logit_mean_moves_t_towards_noise():
+    assert float(draws(FlowObjective(logit_mean=1.0)).median()) == pytest.approx(1 / (1 + math.exp(-1.0)), abs=0.005)
+
+
+@pytest.mark.parametrize("shift", [0.5, 3.0])
+def test_the_shift_maps_each_draw_as_sd3_does(shift):
+    plain, shifted = draws(FlowObjective()), draws(FlowObjective(shift=shift))
+    torch.testing.assert_close(shifted, shift * plain / (1 + (shift - 1) * plain))
+    # The median of the logit-normal, 0.5, goes to s / (1 + s): 0.75 for s = 3, moving weight towards noise.
+    assert float(shifted.median()) == pytest.approx(shift / (1 + shift), abs=0.005)
+
+
+def test_the_resolution_dependent_shift_scales_with_the_image_size():
+    _, step = single_step_config({"train_diff_full": True, "t_shift": 1.5, "t_shift_base_size": 16})
+    assert flow_objective(step, 16).shift == 1.5
+    assert flow_objective(step, 32).shift == 3.0  # twice the side: sqrt(4 × the pixels)
+    t = draws(flow_objective(step, 32))
+    assert float(t.median()) == pytest.approx(0.75, abs=0.005)
+    _, fixed = single_step_config({"train_diff_full": True, "t_shift": 1.5})
+    assert flow_objective(fixed, 32).shift == 1.5
+
+
+def test_the_uniform_share_is_drawn_before_the_shift():
+    t = draws(FlowObjective(uniform_share=1.0, shift=3.0))
+    # Uniform u shifted: P(t <= x) = P(u <= x / (s − (s − 1)·x)); at x = 0.5 that is 0.25.
+    assert float((t <= 0.5).double().mean()) == pytest.approx(0.25, abs=0.005)
+
+
+def test_min_snr_weight_is_the_velocity_form_of_min_snr_gamma():
+    t = torch.tensor([0.5, 0.05, 0.9, 0.0], dtype=torch.float64)
+    # SNR = ((1 − t)/t)²: 1, 361 (clamped to γ = 5), 1/81, inf.
+    assert min_snr_weight(t, 5.0).tolist() == pytest.approx([0.5, 5 / 362, 1 / 82, 0.0])
+    assert min_snr_weight(t, 0.5)[0] == pytest.approx(0.25)  # SNR 1 above γ = 0.5: clamped
+
+
+def test_min_snr_weighting_weights_each_sample_error():
+    x0 = torch.randn(64, 2, 4, 4)
+    zero = lambda *a: torch.zeros_like(x0)  # noqa: E731 - predicts v = 0: the error is the whole velocity
+    weighted = rectified_flow_loss(zero, x0, None, None, None, None, torch.Generator().manual_seed(1),
+                                   FlowObjective(weighting="min_snr", min_snr_gamma=2.0))
+    gen = torch.Generator().manual_seed(1)
+    t = torch.sigmoid(torch.randn(64, generator=gen))
+    noise = torch.randn(x0.shape, generator=gen)
+    per_sample = (noise - x0).square().mean(dim=(1, 2, 3))
+    torch.testing.assert_close(weighted, (min_snr_weight(t, 2.0) * per_sample).mean())
+    plain = rectified_flow_loss(zero, x0, None, None, None, None, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(plain, per_sample.mean())
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("t_logit_std", 0, "Input should be greater than 0"),
+    ("loss_weighting", "snr", "Input should be 'none' or 'min_snr'"),
+    ("t_shift_base_size", 0, "Input should be greater than or equal to 1"),
+])
+def test_invalid_knobs_are_reported_with_their_field(tmp_path, field, value, message):
+    with pytest.raises(ConfigError) as raised:
+        tiny_config(tmp_path, [{"name": "flow", "n_epochs": 1, "train_diff_full": True, field: value}])
+    assert [i.path for i in raised.value.issues] == [f"training.pipeline.steps[0].{field}"]
+    assert message in raised.value.issues[0].message
+
+
+OPTIONS = {"default": {}, "logit_normal": {"t_logit_mean": 0.5, "t_logit_std": 1.5},
+           "shift": {"t_shift": 3.0}, "resolution_shift": {"t_shift_base_size": 8},
+           "uniform": {"uniform_t_share": 0.5}, "min_snr": {"loss_weighting": "min_snr", "min_snr_gamma": 1.0}}
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_each_option_trains_a_flow_step_and_has_a_step_key_of_its_own(tmp_path, option, one_torch_thread):  # noqa: F811
+    from fluxflow.train.pipeline import run_pipeline
+    from fluxflow.train.tracking import metrics_file
+
+    step = {"name": "flow", "n_epochs": 1, "max_steps": 2, "train_diff_full": True, **OPTIONS[option]}
+    config = tiny_config(tmp_path, [step], no_samples=True, dataset_size=12)
+    [(ref, result)] = run_pipeline(config)
+    assert result.trained and result.epochs_done == 1
+    losses = [json.loads(line)["metrics"].get("flow_loss") for line in metrics_file(tmp_path, "flow").open()]
+    assert [loss for loss in losses if loss is not None] and all(math.isfinite(x) for x in losses if x is not None)
+    without = dict(step, **{k: None for k in OPTIONS[option]})  # None: inherit the default
+    default_key = step_keys(tiny_config(tmp_path, [without], no_samples=True, dataset_size=12))["flow"]
+    assert (ref.step_key == default_key) == (option == "default")
+
+
+def test_steps_at_the_default_knobs_keep_the_keys_they_had_before_the_knobs_existed(tmp_path):
+    """Measured on main (2f53829) before the seed, the objective's knobs and img_size were step fields: finished steps
+    at the defaults (data.img_size 32) are reused."""
+    steps = [{"name": "warm", "n_epochs": 1, "train_vae": True}, {"name": "flow", "n_epochs": 1, "train_diff_full": True}]
+    assert step_keys(tiny_config("out", steps, data={"img_size": 32, "channels": 3})) == {
+        "warm": "417abcc4d840266f", "flow": "7592289705a73713"}

@@ -1,0 +1,58 @@
+"""The training log in the Prefect UI: a step's console lines reach the Prefect API as logs of its task run, at the
+step's log_interval, while the terminal keeps exactly today's output (each line once, on stdout)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from helpers_tiny import tiny_raw
+
+pytestmark = pytest.mark.slow
+
+# [HH:MM:SS] Step warm (1/1) | Epoch 1/2 | Batch 2/4 | VAE: ... | 0.041s/batch
+CONSOLE_LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] (Step .*\| Batch \d+/\d+ \| VAE: .*s/batch.*)$")
+
+
+@pytest.fixture(autouse=True)
+def _prefect(prefect_api):
+    """The session's Prefect test API."""
+
+
+def run_logs(flow_run_id) -> list:
+    """Every log the Prefect API holds for one flow run, oldest first, once the log worker has sent its queue."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        return client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
+
+
+def bodies(lines) -> list[str]:
+    """The console lines among `lines`, without their clock time (printed and sent a moment apart)."""
+    return [m.group(1) for m in map(CONSOLE_LINE.match, lines) if m]
+
+
+def test_the_steps_console_lines_reach_the_prefect_run_log_at_their_log_interval(tmp_path, mlflow_store, capfd):
+    from flows.pipeline_flow import pipeline_flow  # the deployments' entrypoint (deployments/prefect.yaml)
+
+    # 16 training images in batches of 4: 4 batches per epoch, 2 epochs; a line every 2 batches.
+    raw = tiny_raw(tmp_path / "out", [{"name": "warm", "n_epochs": 2, "train_vae": True}], dataset_size=16,
+                   log_interval=2, no_samples=True)
+    raw["tracking"] = {"experiment_name": "prefect-logs"}
+    state = pipeline_flow(raw, return_state=True)
+    assert state.is_completed(), state.message
+    captured = capfd.readouterr()
+
+    logs = run_logs(state.state_details.flow_run_id)
+    task_run_ids = {log.task_run_id for log in logs if CONSOLE_LINE.match(log.message)}
+    sent = bodies(log.message for log in logs)
+    printed = bodies(captured.out.splitlines())
+    assert [line.split(" | VAE")[0] for line in sent] == [
+        "Step warm (1/1) | Epoch 1/2 | Batch 2/4", "Step warm (1/1) | Epoch 1/2 | Batch 4/4",
+        "Step warm (1/1) | Epoch 2/2 | Batch 2/4", "Step warm (1/1) | Epoch 2/2 | Batch 4/4"]
+    assert sent == printed  # the same lines, losses and timings as the terminal shows
+    assert len(task_run_ids) == 1 and None not in task_run_ids  # in the step's task run
+    # The terminal keeps today's output: each line once, on stdout; Prefect's console handler does not repeat it.
+    assert not bodies(captured.err.splitlines()) and not any(line in captured.err for line in sent)

@@ -3,11 +3,16 @@
 The parent run is found by the output directory (`fluxflow.output_dir` tag): re-running a pipeline continues its parent
 run, so that its steps stay one tree in the MLflow UI. A step's nested run is found by output directory, step key and
 step name (flows/mlflow_step_run.py).
+
+A tracking server may be down when a run starts: the parent run is then opened by the tracking thread once the server
+answers (`PipelineRun`, flows/tracking_queue.py), and whoever needs its ids before that finds them by these tags.
 """
 from __future__ import annotations
 
 import json
 import os
+import urllib.error
+import urllib.request
 from typing import Any
 
 from flows import env  # noqa: F401  (must precede mlflow)
@@ -68,6 +73,52 @@ def find_runs(client: MlflowClient, experiment_id: str, tags: dict[str, str]) ->
     """Runs carrying all the given tags, newest first."""
     where = " and ".join(f"tags.`{key}` = {_quoted(value)}" for key, value in tags.items())
     return list(client.search_runs([experiment_id], filter_string=where, order_by=["attributes.start_time DESC"]))
+
+
+def find_step_runs(client: MlflowClient, experiment_id: str, output_dir: str, step_key: str, step_name: str) -> list:
+    """The runs of one step (this output directory, step key and name), newest first."""
+    return find_runs(client, experiment_id, {TAG_KIND: "step", TAG_OUTPUT_DIR: output_dir, TAG_STEP_KEY: step_key,
+                                             TAG_STEP_NAME: step_name})
+
+
+PROBE_TIMEOUT_S = 3.0  # one request, no retries: MLflow's own client retries a refused connection for minutes
+
+
+def unreachable_reason(uri: str) -> str | None:
+    """Why the tracking server at `uri` does not answer, or None when it does (any HTTP answer counts: a proxy
+    without /health, a server asking for credentials). Stores that are not servers (sqlite, a path) are None."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except (OSError, ValueError) as exc:  # URLError (refused, no route, DNS) is an OSError; a timeout too
+        return str(getattr(exc, "reason", exc))
+
+
+class PipelineRun:
+    """The pipeline's parent run, opened by a call on the tracking queue (`open`: find or create it, log the
+    resolved config) so that a server that does not answer at the start delays only the record, not the run.
+    `experiment_id` and `run_id` are None until `open` has run."""
+
+    def __init__(self, client: MlflowClient, experiment_name: str, output_dir: str, run_name: str,
+                 tags: dict[str, str], config: dict):
+        self.client, self.experiment_name, self.output_dir = client, experiment_name, output_dir
+        self.run_name, self.tags, self.config = run_name, tags, config
+        self.experiment_id: str | None = None
+        self.run_id: str | None = None
+
+    def open(self) -> None:
+        experiment_id = experiment_id_for(self.client, self.experiment_name)
+        run_id = open_pipeline_run(self.client, experiment_id, self.output_dir, self.run_name, self.tags)
+        self.client.log_dict(run_id, self.config, "config.json")
+        self.experiment_id, self.run_id = experiment_id, run_id
+
+    def terminate(self, status: str) -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status)
 
 
 def open_pipeline_run(

@@ -11,7 +11,12 @@ No metric point is logged twice for the same key and step: a reopened run's last
 once, and every point at or below it is dropped (the batches between a step's last checkpoint and a kill are trained
 and reported again on resume; `epoch` comes with both the last log interval and the evaluation of an epoch's end).
 A reopened run then gets what its metrics file holds beyond those steps, and the samples it lacks: whatever a killed
-process had not sent yet.
+process had not sent yet. A step found complete whose run was never opened (it trained while the tracking server was
+down, and its process ended before the server answered) gets its run from its files the same way.
+
+Where the flow could not reach MLflow when it started, the experiment and the pipeline's run are not known yet when
+a step is submitted: the recorder finds them by name and output directory when it first writes (by then, in the
+flow's process, the flow's own queued call has opened them: flows/mlflow_runs.py, PipelineRun).
 """
 from __future__ import annotations
 
@@ -35,8 +40,10 @@ from flows.mlflow_runs import (
     TAG_SESSION,
     TAG_STEP_KEY,
     TAG_STEP_NAME,
-    find_runs,
+    experiment_id_for,
+    find_step_runs,
     flatten_params,
+    open_pipeline_run,
 )
 from fluxflow.train.tracking import metrics_file
 
@@ -46,8 +53,9 @@ if TYPE_CHECKING:  # only for annotations: this module must import without torch
 
 def file_points(path: Path, after: dict[str, int]) -> list[Metric]:
     """The points of a metrics JSONL file (fluxflow/train/tracking.py) logged after `after[key]` for each key,
-    `epoch` included."""
-    points = []
+    `epoch` included, one per key and step (an epoch's last line and its evaluation line share a step and both
+    carry `epoch`)."""
+    points, last = [], dict(after)
     if not path.is_file():
         return points
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -56,17 +64,20 @@ def file_points(path: Path, after: dict[str, int]) -> list[Metric]:
         record = json.loads(line)
         stamp, step = int(datetime.fromisoformat(record["timestamp"]).timestamp() * 1000), int(record["global_step"])
         values = {**record["metrics"], "epoch": record["epoch"]}
-        points += [Metric(k, float(v), stamp, step) for k, v in values.items()
-                   if v is not None and step > after.get(k, -1)]
+        for key, value in values.items():
+            if value is not None and step > last.get(key, -1):
+                points.append(Metric(key, float(value), stamp, step))
+                last[key] = step
     return points
 
 
 class StepRunRecorder:
     """One step's nested run: opened (or reopened), fed metric points, samples and artifacts, then closed."""
 
-    def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str, output_dir: str, session: str):
+    def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str, output_dir: str, session: str,
+                 experiment_name: str = ""):
         self.client, self.experiment_id, self.parent_run_id = client, experiment_id, parent_run_id
-        self.output_dir, self.session = output_dir, session
+        self.output_dir, self.session, self.experiment_name = output_dir, session, experiment_name
         self.run_id: str | None = None
         self.step = None
         self.step_key = ""
@@ -74,6 +85,7 @@ class StepRunRecorder:
 
     def open(self, step, step_key: str, resumed: bool) -> None:
         self.step, self.step_key = step, step_key
+        self._find_pipeline()
         found = self._runs_of_step()
         newest = found[0] if found else None
         if newest is not None and (resumed or newest.info.status != "FINISHED"
@@ -83,10 +95,22 @@ class StepRunRecorder:
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self._tags().items()])
             self.sync_from_files()
             return
-        self.run_id = self.client.create_run(self.experiment_id, tags=self._tags(), run_name=step.name).info.run_id
+        self._create()
+
+    def _create(self) -> None:
+        """A fresh run for the step, with its resolved config as params."""
+        self.run_id = self.client.create_run(self.experiment_id, tags=self._tags(), run_name=self.step.name).info.run_id
         self.last_step = {}
-        params = flatten_params(step.model_dump(mode="json"))
+        params = flatten_params(self.step.model_dump(mode="json"))
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
+
+    def _find_pipeline(self) -> None:
+        """The experiment and the pipeline's run, where the flow could not tell them (MLflow down at its start)."""
+        if not self.experiment_id:
+            self.experiment_id = experiment_id_for(self.client, self.experiment_name)
+        if not self.parent_run_id:  # found, as the flow opened it; created when this process is not the flow's
+            name = Path(self.output_dir.rstrip("/")).name or "pipeline"
+            self.parent_run_id = open_pipeline_run(self.client, self.experiment_id, self.output_dir, name, {})
 
     def log_points(self, points: list[Metric]) -> None:
         fresh = [p for p in points if p.step > self.last_step.get(p.key, -1)]
@@ -131,16 +155,21 @@ class StepRunRecorder:
 
     def complete_skipped(self, step, ref: CheckpointRef, result: StepResult) -> None:
         """A step the runner skipped as complete: link the run that trained it, and close it FINISHED with what its
-        files hold if a kill left it open (after ref.json was written). Opens nothing."""
+        files hold if a kill left it open (after ref.json was written), or make it from them if it was never opened
+        (the step trained while the tracking server was down, and its process ended before it answered)."""
         self.step, self.step_key = step, ref.step_key
+        self._find_pipeline()
         found = self._runs_of_step()
-        if not found:
+        if found and found[0].info.status == "FINISHED":
+            self.run_id = found[0].info.run_id
             return
-        self.run_id = found[0].info.run_id
-        if found[0].info.status != "FINISHED":
-            self.sync_from_files()
-            self.log_artifact(self.metrics_file())
-            self.finish(ref, result)
+        if found:
+            self.run_id = found[0].info.run_id
+        else:
+            self._create()
+        self.sync_from_files()
+        self.log_artifact(self.metrics_file())
+        self.finish(ref, result)
 
     def sync_from_files(self) -> None:
         """Send what the step's files hold and the run lacks: the metric points after the run's last logged step
@@ -160,8 +189,7 @@ class StepRunRecorder:
         return {key: max(m.step for m in self.client.get_metric_history(self.run_id, key)) for key in keys}
 
     def _runs_of_step(self) -> list:
-        return find_runs(self.client, self.experiment_id, {TAG_KIND: "step", TAG_OUTPUT_DIR: self.output_dir,
-                                                           TAG_STEP_KEY: self.step_key, TAG_STEP_NAME: self.step.name})
+        return find_step_runs(self.client, self.experiment_id, self.output_dir, self.step_key, self.step.name)
 
     def _tags(self) -> dict[str, str]:
         return {

@@ -44,8 +44,10 @@ class MlflowTracker:
     """
 
     def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str, output_dir: str | Path,
-                 session: str = "", queue: TrackingQueue | None = None):
-        self.recorder = StepRunRecorder(client, experiment_id, parent_run_id, str(output_dir), session)
+                 session: str = "", queue: TrackingQueue | None = None, experiment_name: str = ""):
+        # Empty ids (MLflow was down when the flow started): the recorder finds them by `experiment_name`.
+        self.recorder = StepRunRecorder(client, experiment_id, parent_run_id, str(output_dir), session,
+                                        experiment_name)
         self.queue = queue or TRACKING
         self._last = 0  # sequence number of this tracker's last queued call
         self._behind = False  # a metric batch found the queue full: the metrics file has what MLflow missed
@@ -54,6 +56,11 @@ class MlflowTracker:
     def run_id(self) -> str | None:
         """The step's run once the tracking thread has opened (or found) it."""
         return self.recorder.run_id
+
+    @property
+    def experiment_id(self) -> str:
+        """The experiment of that run (found by name when the flow could not reach MLflow at its start)."""
+        return self.recorder.experiment_id
 
     def _put(self, call, points: list | None = None) -> bool:
         seq = self.queue.put(call, points)
@@ -101,8 +108,8 @@ class MlflowTracker:
         self._put(partial(self.recorder.failed, status))
 
     def step_skipped(self, step, ref: CheckpointRef, result: StepResult) -> None:
-        """For a step the runner skipped as complete (it reports nothing then): link the run that trained it, and
-        close that run if a kill left it open. Opens nothing."""
+        """For a step the runner skipped as complete (it reports nothing then): link the run that trained it, close
+        that run if a kill left it open, or make it from the step's files if no run was ever opened for it."""
         self._put(partial(self.recorder.complete_skipped, step, ref, result))
 
     def record_from_files(self, step, step_key: str, ref: CheckpointRef, result: StepResult) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import json
 import shutil
 import sys
+from dataclasses import replace
 from datetime import timezone
 from pathlib import Path
 
@@ -30,11 +31,12 @@ from flows.hypotheses import summarize
 from flows.mlflow_runs import (
     TAG_KIND,
     TAG_OUTPUT_DIR,
+    PipelineRun,
     TAG_OVERRIDES,
-    experiment_id_for,
     find_runs,
-    open_pipeline_run,
+    find_step_runs,
     resolve_tracking_uri,
+    unreachable_reason,
 )
 from flows.mlflow_store import prepare_store
 from flows.promotion import release_lines, release_models
@@ -46,6 +48,7 @@ from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.checkpoints.step_key import json_sha256
 from fluxflow.config import ConfigError, PipelineConfig
 from fluxflow.config.dag import branch_names, leaf_names
+from fluxflow.config.promotion import registered_steps
 from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
 from fluxflow.train.pipeline_schedule import PipelineSchedule, missed_threshold_message
 
@@ -56,6 +59,9 @@ STOP_GRACE_S = 60.0
 # then the flow ends without them; re-running the same command completes the step runs from their files
 # (flows/mlflow_step_run.py).
 TRACKING_STALL_S = 30.0
+# How long the flow's start waits for MLflow to open the pipeline's run when the server answered the probe (it then
+# takes well under a second); past that the run trains on and the run is opened when the server answers.
+OPEN_STALL_S = 15.0
 
 
 def config_hash(config: PipelineConfig) -> str:
@@ -63,13 +69,14 @@ def config_hash(config: PipelineConfig) -> str:
 
 
 def open_tracking(config: PipelineConfig, steps: list,
-                  overrides: list[str] | None = None) -> tuple[MlflowClient, TrackingTarget]:
+                  overrides: list[str] | None = None) -> tuple[PipelineRun, TrackingTarget]:
     """The pipeline's MLflow parent run, tagged with what links it to this flow run (and the `--set` overrides the
-    run's config was given: each step run's params hold the resulting values)."""
+    run's config was given: each step run's params hold the resulting values). Opened through the tracking queue: a
+    server that does not answer is said once, with where the records wait, and the run trains on; the target then
+    has no ids yet (the steps' trackers find them when the server answers)."""
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
     prepare_store(uri)  # a new local store: a copy of an empty one, not MLflow's migrations (flows/mlflow_store.py)
     client = MlflowClient(uri)
-    experiment_id = experiment_id_for(client, config.tracking.experiment_name)
     output_dir = output_dir_of(config)
     pipeline = Path(output_dir.rstrip("/")).name or "pipeline"
     tags = {
@@ -84,10 +91,35 @@ def open_tracking(config: PipelineConfig, steps: list,
     ui_url = url_for("flow-run", obj_id=flow_run.id) if on_a_server else None
     if ui_url:
         tags["prefect.flow_run_url"] = ui_url
-    run_id = open_pipeline_run(client, experiment_id, output_dir, pipeline, tags)
-    client.log_dict(run_id, config.model_dump(mode="json"), "config.json")
-    target = TrackingTarget(uri, experiment_id, run_id, str(flow_run.id or ""), artifacts.artifact_key(pipeline))
-    return client, target
+    run = PipelineRun(client, config.tracking.experiment_name, output_dir, pipeline, tags,
+                      config.model_dump(mode="json"))
+    problem = unreachable_reason(uri)
+    if problem:  # before the first call, which would otherwise sit in MLflow's retries (flows/tracking_queue.py)
+        TRACKING.mark_unreachable(f"{uri}: {problem}", f"{output_dir}/graph and {output_dir}/samples, during this "
+                                  "run or, if it ends first, for the next run of the same command to send",
+                                  answers=lambda: unreachable_reason(uri) is None)
+    opened = TRACKING.put(run.open)
+    if not problem:
+        TRACKING.wait(opened, OPEN_STALL_S)
+    target = TrackingTarget(uri, run.experiment_id or "", run.run_id or "", str(flow_run.id or ""),
+                            artifacts.artifact_key(pipeline), config.tracking.experiment_name)
+    return run, target
+
+
+def caught_up(run: PipelineRun, target: TrackingTarget, outcomes: list[StepOutcome]):
+    """(target, outcomes) with the MLflow ids that were not known when they were made (the server did not answer at
+    the flow's start or at a step's end, and has since); None while records still wait for the server."""
+    if TRACKING.pending() or run.run_id is None:
+        return None
+    target = replace(target, experiment_id=run.experiment_id, parent_run_id=run.run_id)
+    found = []
+    for outcome in outcomes:
+        if outcome.run_id is None:
+            runs = find_step_runs(run.client, run.experiment_id, run.output_dir, outcome.ref.step_key,
+                                  outcome.result.step_name)
+            outcome = replace(outcome, run_id=runs[0].info.run_id if runs else None)
+        found.append(outcome)
+    return target, found
 
 
 def dated(output_dir: str | None) -> str | None:
@@ -128,7 +160,7 @@ def run_steps(cfg: PipelineConfig, output_dir: str | None, device: str | None,
 
     clear_stop_request()
     announce_skipped(cfg)
-    client, target = open_tracking(cfg, steps, overrides)
+    pipeline_run, target = open_tracking(cfg, steps, overrides)
     progress = artifacts.start_progress(target.pipeline, len(steps))
     task = pipeline_step_task(cfg.training.pipeline.retries)
     # Every task trains the config resolved here, at the flow's start, not the YAML file as it is when the task
@@ -169,14 +201,20 @@ def run_steps(cfg: PipelineConfig, output_dir: str | None, device: str | None,
         raise
     finally:
         artifacts.publish_summary(target.pipeline, artifacts.summary_rows(outcomes, schedule.not_run))
-        log_hypotheses(client, target, steps, outcomes)
-        finish_tracking(client, target, status)
+        log_hypotheses(pipeline_run, steps, outcomes)
+        finish_tracking(pipeline_run, target, status)
     schedule.raise_if_failed()
-    release_models(cfg, resolved, output_dir, device, outcomes, target)  # register, then champion/challenger
+    tracked = caught_up(pipeline_run, target, outcomes)
+    if tracked is None:
+        if registered_steps(cfg):
+            logger.warning("MLflow has not answered: registering the models and the champion/challenger decision "
+                           "wait for the next run of the same command, which finds the steps complete and does them")
+    else:
+        release_models(cfg, resolved, output_dir, device, tracked[1], tracked[0])  # register, then promote
     return [outcome.to_dict() for outcome in outcomes]
 
 
-def log_hypotheses(client: MlflowClient, target: TrackingTarget, steps: list, outcomes: list[StepOutcome]) -> None:
+def log_hypotheses(run: PipelineRun, steps: list, outcomes: list[StepOutcome]) -> None:
     """The leaf steps' final metrics per hypothesis, with replicate spreads and pairwise differences
     (flows/hypotheses.py), on the pipeline's MLflow run: hypotheses.json and hypotheses.txt."""
     finished = {outcome.result.step_name: outcome.result.final_metrics for outcome in outcomes}
@@ -188,13 +226,13 @@ def log_hypotheses(client: MlflowClient, target: TrackingTarget, steps: list, ou
     if not groups:
         return
     summary = summarize(groups, {h: [finished[name] for name in names] for h, names in groups.items()})
-    TRACKING.put(lambda: client.log_dict(target.parent_run_id, summary.to_dict(), "hypotheses.json"))
-    TRACKING.put(lambda: client.log_text(target.parent_run_id, summary.text(), "hypotheses.txt"))
+    TRACKING.put(lambda: run.client.log_dict(run.run_id, summary.to_dict(), "hypotheses.json"))
+    TRACKING.put(lambda: run.client.log_text(run.run_id, summary.text(), "hypotheses.txt"))
 
 
-def finish_tracking(client: MlflowClient, target: TrackingTarget, status: str) -> None:
+def finish_tracking(run: PipelineRun, target: TrackingTarget, status: str) -> None:
     """Close the pipeline's MLflow run after every record the steps queued (flows/tracking_queue.py)."""
-    last = TRACKING.put(lambda: client.set_terminated(target.parent_run_id, status))
+    last = TRACKING.put(lambda: run.terminate(status))
     if not TRACKING.wait(last, TRACKING_STALL_S):
         get_run_logger().warning(
             "MLflow (%s) did not answer for %.0f s: %d records not sent. The metrics are in graph/*.jsonl; run the "
@@ -236,7 +274,7 @@ def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
         start = "" if uri.startswith(("http://", "https://")) else (
             f"{_command('mlflow')} ui --host 127.0.0.1 --backend-store-uri {uri}   then open ")
         print(f"MLflow UI:   {start}{run_url}")
-    for line in release_lines(client, config, out):  # registered versions and the champion (flows/promotion.py)
+    for line in release_lines(client, config, out) if experiment else []:  # versions and champion (flows/promotion.py)
         print(line)
     flow_run_url = url_for("flow-run", obj_id=flow_run_id, default_base_url="http://127.0.0.1:4200")
     start = "" if PREFECT_UI_URL.value() else f"{_command('prefect')} server start --host 127.0.0.1   then open "

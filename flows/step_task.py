@@ -34,10 +34,11 @@ class TrackingTarget:
     """Where a step's MLflow run goes; built once by the flow, passed to every task as a dict."""
 
     tracking_uri: str
-    experiment_id: str
+    experiment_id: str  # "" (and parent_run_id "") when MLflow did not answer at the flow's start: found by name later
     parent_run_id: str
     session: str  # the Prefect flow-run id: retries within one session continue the same run
     pipeline: str  # short pipeline name for Prefect artifact keys
+    experiment_name: str = ""
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -79,6 +80,7 @@ def make_tracker(config: PipelineConfig, target: TrackingTarget):
         target.parent_run_id,
         output_dir_of(config),
         session=target.session,
+        experiment_name=target.experiment_name or config.tracking.experiment_name,
     )
     console = ConsoleJsonlTracker(Path(config.output.output_path))
     prefect_log = PrefectLogTracker.for_current_task_run()
@@ -128,7 +130,7 @@ def run_step_task(
         mlflow_tracker.step_skipped(config.step(step_name), ref, result)
     mlflow_tracker.flush()  # bounded: an unreachable MLflow gets the records later, the step's outcome stands
     run_id = mlflow_tracker.run_id
-    run_url = mlflow_run_url(target.tracking_uri, target.experiment_id, run_id) if run_id else None
+    run_url = mlflow_run_url(target.tracking_uri, mlflow_tracker.experiment_id, run_id) if run_id else None
     outcome = StepOutcome(ref, result, run_id=run_id, run_url=run_url)
     publish_step(target.pipeline, outcome)
     return outcome.to_dict()

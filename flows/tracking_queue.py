@@ -26,6 +26,7 @@ log = logging.getLogger("flows.tracking_queue")
 MAX_QUEUED_POINTS = 100_000  # ~20 MB of metric points: hours of a real run's log intervals
 MAX_BATCH_POINTS = 1000  # MLflow's limit of metrics per log_batch request
 RETRY_PAUSE_S = (1.0, 30.0)  # first and longest pause between two attempts of a failing call
+PROBE_PAUSE_S = 2.0  # between two checks of a server known to be down (mark_unreachable)
 
 
 def retryable(exc: BaseException) -> bool:
@@ -51,6 +52,7 @@ class TrackingQueue:
         self._seq = self._done = self._points = 0
         self._thread: threading.Thread | None = None
         self.unreachable_since: float | None = None  # monotonic time of the first failure of the current outage
+        self._answers: Callable[[], bool] | None = None  # a quick check of the server, while it is unreachable
 
     def put(self, call: Callable, points: list | None = None) -> int | None:
         with self._cond:
@@ -109,6 +111,9 @@ class TrackingQueue:
                 while not self._items:
                     self._cond.wait()
                 call, points, count = self._head()
+            if self.unreachable_since is not None and self._answers is not None and not self._answers():
+                time.sleep(PROBE_PAUSE_S)
+                continue
             try:
                 call() if points is None else call(points)
             except Exception as exc:  # noqa: BLE001  (whatever MLflow raises: retried or dropped, never fatal)
@@ -127,11 +132,20 @@ class TrackingQueue:
                     self._done += 1
                 self._cond.notify_all()
 
-    def _failing(self, exc: Exception) -> None:
+    def mark_unreachable(self, reason: str, where: str, answers: Callable[[], bool]) -> None:
+        """The server is known not to answer before any call failed (the flow's probe at its start): say so now,
+        once, with `where` the records also wait, instead of when MLflow's client gives up its first call. Until
+        `answers()` (one quick request) says it is back, the thread asks that every `PROBE_PAUSE_S` instead of
+        sending: a call to a server that does not answer sits in MLflow's own retries for minutes and would notice
+        the server's return only at its next retry, up to a minute later."""
+        self._answers = answers
+        self._failing(reason, where)
+
+    def _failing(self, reason: Exception | str, where: str = "") -> None:
         if self.unreachable_since is None:
             self.unreachable_since = time.monotonic()
-            log.warning("MLflow unreachable (%s): training goes on, its records wait in memory and are sent when the "
-                        "server answers again", _first_line(exc))
+            log.warning("MLflow unreachable (%s): training goes on, its records wait in memory%s and are sent when "
+                        "the server answers again", _first_line(reason), f" and in {where}" if where else "")
 
     def _reached(self) -> None:
         if self.unreachable_since is not None:
@@ -140,7 +154,7 @@ class TrackingQueue:
             self.unreachable_since = None
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException | str) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:300]
 

@@ -1,5 +1,6 @@
 """The MLflow tracker on its own (no Prefect, no training): which run a step writes to, and how it writes."""
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from flows.mlflow_runs import experiment_id_for, flatten_params, open_pipeline_r
 from flows.mlflow_tracker import MlflowTracker
 from fluxflow.checkpoints.ref import CheckpointRef, StepResult
 from fluxflow.config import load_config
-from fluxflow.train.tracking import Progress
+from fluxflow.train.tracking import Progress, jsonl_record, metrics_file
 
 STEPS = [{"name": "warm", "n_epochs": 1, "train_vae": True, "kl_beta": 0.25},
          {"name": "gan", "n_epochs": 2, "train_vae": True, "gan_training": True}]
@@ -51,6 +52,17 @@ def test_tracking_uri_prefers_the_environment_then_the_config(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert resolve_tracking_uri("http://from-config:5000") == "http://from-config:5000"
     assert resolve_tracking_uri(None).endswith("mlflow.db")  # MLflow's own default
+
+
+def test_a_tracking_server_that_does_not_answer_is_told_apart_in_one_quick_request():
+    from mlflow_server import free_port
+
+    from flows.mlflow_runs import unreachable_reason
+
+    started = time.monotonic()
+    assert "refused" in unreachable_reason(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    assert time.monotonic() - started < 2  # not MLflow's retries, which take minutes
+    assert unreachable_reason("sqlite:///mlflow.db") is None  # a local store always "answers"
 
 
 def test_flatten_params_gives_dotted_keys_and_string_values():
@@ -95,7 +107,7 @@ def test_images_go_under_samples(setup, tmp_path):
     assert [a.path for a in client.list_artifacts(t.run_id, "samples")] == [f"samples/{image.name}"]
 
 
-def test_a_skipped_step_opens_no_run_but_links_the_one_that_trained_it(setup):
+def test_a_skipped_step_links_the_run_that_trained_it(setup):
     client, experiment, _, _, steps = setup
     first = tracker(setup)
     first.step_started(steps[0], "key-warm", 2, resumed=False)
@@ -106,11 +118,27 @@ def test_a_skipped_step_opens_no_run_but_links_the_one_that_trained_it(setup):
     ref = CheckpointRef("/ckpt/warm/final.pt", "0" * 64, "warm", "key-warm", 1, 1)
     again.step_skipped(steps[0], ref, StepResult("warm", "epochs_done", 1, {"vae_loss": 0.5}, trained=False))
     assert again.flush() and again.run_id == first.run_id
-    never = tracker(setup, session="s2")
-    never.step_skipped(steps[0], CheckpointRef("/x.pt", "0" * 64, "warm", "key-never-trained", 1, 1),
-                       StepResult("warm", "epochs_done", 1, {}, trained=False))
-    assert never.flush() and never.run_id is None
     assert len(step_runs(client, experiment)) == 1
+
+
+def test_a_skipped_step_that_no_run_recorded_gets_one_from_its_files(setup):
+    """It trained while MLflow was down and its process ended before the server answered: the next run of the same
+    command, which finds it complete, records it from its metrics file."""
+    client, experiment, parent, out, steps = setup
+    lines = [jsonl_record({"vae_loss": 1.0 / s}, progress("warm", s), "killed-session") for s in (1, 2, 3)]
+    lines.append(jsonl_record({"eval_psnr": 20.0}, progress("warm", 3), "killed-session"))  # the epoch's evaluation
+    metrics_file(out, "warm").parent.mkdir(parents=True)
+    metrics_file(out, "warm").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    later = tracker(setup, session="s2")
+    ref = CheckpointRef("/ckpt/warm/final.pt", "0" * 64, "warm", "key-warm", 3, 1)
+    later.step_skipped(steps[0], ref, StepResult("warm", "epochs_done", 1, {"vae_loss": 1 / 3}, trained=False))
+    assert later.flush()
+    [run] = step_runs(client, experiment)
+    assert run.info.run_id == later.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.data.params["name"] == "warm"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "vae_loss")] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch")] == [1, 2, 3]  # not 3 twice
+    assert run.data.metrics["final/vae_loss"] == 1 / 3
 
 
 @pytest.mark.parametrize("resumed, session, first_status, same_run", [

@@ -265,6 +265,28 @@ def test_pickle_bearing_model_checkpoint_is_refused(tmp_path):
     assert not (tmp_path / "out" / "checkpoints" / "warm" / "final.pt").exists()
 
 
+def test_a_corrupt_latest_checkpoint_with_none_before_it_is_kept_aside_named_and_the_step_trains_again(tmp_path):
+    out = tmp_path / "out"
+    config = tiny_config(out, [WARM], no_samples=True)
+    first = run_pipeline(config)
+    folder = out / "checkpoints" / "warm"
+    (folder / "final.pt").unlink()  # as if killed before the step finished...
+    (folder / "ref.json").unlink()
+    latest = folder / "latest.pt"
+    truncated = latest.read_bytes()[: latest.stat().st_size // 2]  # ...with a truncated latest.pt
+    latest.write_bytes(truncated)
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        again = run_pipeline(config)
+    [kept] = (folder / "corrupt").iterdir()
+    assert (kept / "latest.pt").read_bytes() == truncated  # kept, as it was, for the user to inspect
+    [line] = [line for line in buffer.getvalue().splitlines() if line.startswith("No checkpoint of this step")]
+    assert str(latest) in line and "corrupt" in line and str(kept) in line
+    assert "Starting step: warm, epoch 1, batch 0" in buffer.getvalue()
+    assert again[0].ref.global_step == first[0].ref.global_step and (folder / "final.pt").exists()
+
+
 def test_freezes_do_not_leak_into_the_next_step(tmp_path):
     out = tmp_path / "out"
     steps = [{"name": "vae", "n_epochs": 1, "max_steps": 2, "train_vae": True},

@@ -47,6 +47,23 @@ def test_an_unreachable_server_delays_the_calls_in_order_and_never_the_caller():
     assert server.received == list(range(50)) and queue.unreachable_since is None
 
 
+def test_a_server_known_to_be_down_is_asked_until_it_answers_and_sent_nothing_before(monkeypatch, caplog):
+    monkeypatch.setattr(tracking_queue, "PROBE_PAUSE_S", 0.01)
+    server, queue = Server(), TrackingQueue()
+    server.down.set()
+    attempts = []
+    queue.mark_unreachable("http://x: refused", "out/graph", answers=lambda: not server.down.is_set())
+    last = queue.put(lambda: (attempts.append(1), server.call("open"))[1])
+    assert not queue.wait(last, stall_s=0.3)
+    assert attempts == []  # no call went out, to sit in MLflow's own retries, while the server did not answer
+    server.down.clear()
+    assert queue.wait(last, stall_s=5)
+    assert attempts == [1] and server.received == ["open"] and queue.unreachable_since is None
+    said = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert said == ["MLflow unreachable (http://x: refused): training goes on, its records wait in memory and in "
+                    "out/graph and are sent when the server answers again"]
+
+
 def test_a_rejected_call_is_dropped_and_the_others_go_on():
     server, queue = Server(), TrackingQueue()
 

@@ -14,7 +14,7 @@ from flows import env  # noqa: F401  (every flows entry point: quiet and offline
 import argparse
 import sys
 
-from flows.cli_generate import ModelNotFound, checkpoint_model
+from flows.cli_generate import ModelNotFound, add_checkpoint_arguments, checkpoint_model
 from flows.cli_version import add_version_argument
 
 
@@ -26,15 +26,8 @@ def parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 written; 2 bad input (a checkpoint that is missing, corrupt or has no text-to-image "
                "model, a --model that names no registered version, an invalid --config, an output folder that is "
                "not empty).")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a flow step's checkpoint (final.pt), path or fsspec URI")
-    source.add_argument("--model", help="a registered model in MLflow: models:/<name>@champion or "
-                                        "models:/<name>/<version>")
-    p.add_argument("--tracking-uri", help="the MLflow store of --model (default: MLFLOW_TRACKING_URI, else "
-                                          "./mlflow.db)")
+    add_checkpoint_arguments(p)
     p.add_argument("--output", required=True, help="the folder to write (new or empty)")
-    p.add_argument("--config", help="the pipeline's config file, for a checkpoint that does not record its model "
-                                    "sizes")
     add_version_argument(p)
     return p
 

@@ -46,6 +46,20 @@ def model_checkpoint_of(model_uri: str, tracking_uri: str | None) -> Path:
         raise ModelNotFound(str(exc)) from None
 
 
+def add_checkpoint_arguments(p: argparse.ArgumentParser):
+    """Where a model comes from (fluxflow-generate, fluxflow-export): --checkpoint or --model (the returned group, for
+    more sources), --tracking-uri and --config. Read by `checkpoint_model`."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a flow step's checkpoint (final.pt), path or fsspec URI")
+    source.add_argument("--model", help="a registered model in MLflow: models:/<name>@champion (an alias) or "
+                                        "models:/<name>/<version>")
+    p.add_argument("--tracking-uri", help="the MLflow store of --model (default: MLFLOW_TRACKING_URI, else "
+                                          "./mlflow.db)")
+    p.add_argument("--config", help="the pipeline's config file, for a checkpoint that does not record its model "
+                                    "sizes")
+    return source
+
+
 def checkpoint_model(args: argparse.Namespace, device: str | None):
     """(the text-to-image model, its checkpoint file) of --checkpoint or --model, sized by --config where the
     checkpoint does not record its model sizes (fluxflow-generate, fluxflow-export)."""
@@ -65,13 +79,8 @@ def parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 images written; 2 bad input (no prompt, a missing prompts file, a checkpoint that is "
                "missing, corrupt or has no text-to-image model, a --model that names no registered version, a "
                "--weights folder that is not an export, an invalid --config, a device this machine lacks).")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a flow step's checkpoint (final.pt), path or fsspec URI")
-    source.add_argument("--model", help="a registered model in MLflow: models:/<name>@champion (an alias) or "
-                                        "models:/<name>/<version>")
+    source = add_checkpoint_arguments(p)
     source.add_argument("--weights", help="a folder written by fluxflow-export (config.json, model.safetensors)")
-    p.add_argument("--tracking-uri", help="the MLflow store of --model (default: MLFLOW_TRACKING_URI, else "
-                                          "./mlflow.db)")
     p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable)")
     p.add_argument("--prompts-file", help="a file with one prompt per line")
     p.add_argument("--n", type=int, default=1, help="images per prompt, seeds seed..seed+n-1 (default 1)")
@@ -82,8 +91,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="generated", help="output folder (default: ./generated)")
     p.add_argument("--format", choices=("webp", "png"), default="webp", help="file format (default webp)")
     p.add_argument("--device", help="cpu, cuda or auto (default: auto)")
-    p.add_argument("--config", help="the pipeline's config file, for a checkpoint that does not record its model "
-                                    "sizes")
     add_version_argument(p)
     return p
 

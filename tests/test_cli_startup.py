@@ -1,6 +1,7 @@
 """What `fluxflow-train` pays to start must not be bought with missing records: the temporary Prefect server started
-before the heavy imports or kept from an earlier run (flows/prefect_server.py), a new MLflow store copied from a template (flows/mlflow_store.py),
-no heartbeats on the temporary server. And `--help` / `--version` answer without importing torch, Prefect or MLflow."""
+before the heavy imports or kept from an earlier run (flows/prefect_server.py), a new MLflow store copied from a
+template (flows/mlflow_store.py), no heartbeats on the temporary server, the exit without the interpreter's teardown.
+And `--help` / `--version` answer without importing torch, Prefect or MLflow."""
 from __future__ import annotations
 
 import json
@@ -39,8 +40,8 @@ def _train(config: Path, out: Path, cwd: Path, prefect_home: Path, *flags: str) 
 def _prefect_records(prefect_home: Path) -> list[tuple[str, str, list[tuple[str, str]]]]:
     """(flow run id, state, [(task run name, state)]) of every flow run in the temporary server's database."""
     with sqlite3.connect(prefect_home / "prefect.db") as db:
-        flows = db.execute("SELECT flow_run.id, flow_run.state_type FROM flow_run JOIN flow ON flow.id = "
-                           "flow_run.flow_id WHERE flow.name = 'fluxflow-pipeline' ORDER BY flow_run.created").fetchall()
+        flows = db.execute("SELECT flow_run.id, flow_run.state_type FROM flow_run JOIN flow ON flow.id = flow_run.flow_id "
+                           "WHERE flow.name = 'fluxflow-pipeline' ORDER BY flow_run.created").fetchall()
         return [(run_id, state, sorted(db.execute("SELECT name, state_type FROM task_run WHERE flow_run_id = ?",
                                                   (run_id,)).fetchall()))
                 for run_id, state in flows]

@@ -80,6 +80,8 @@ class TemporaryServer:
         self.port = _free_port()
         prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent  # without importing it
         parent = os.getpid()
+        if self.process is None:  # not again for a restart on another port (wait_ready)
+            atexit.register(self.stop)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
@@ -89,7 +91,9 @@ class TemporaryServer:
             stdout=subprocess.DEVNULL if self.keep else None, stderr=subprocess.DEVNULL if self.keep else None,
         )
         self.pid = self.process.pid
-        atexit.register(self.stop)
+        if self.keep:  # at once, so that a run refused after this point still leaves it findable
+            _kept_file().parent.mkdir(parents=True, exist_ok=True)
+            _kept_file().write_text(json.dumps({"pid": self.pid, "port": self.port}))
         return self
 
     @classmethod
@@ -121,9 +125,6 @@ class TemporaryServer:
             self._ready = self._healthy()
             if not self._ready:
                 time.sleep(0.05)
-        if self.keep and self.process is not None:
-            _kept_file().parent.mkdir(parents=True, exist_ok=True)
-            _kept_file().write_text(json.dumps({"pid": self.pid, "port": self.port}))
         return self.api_url
 
     def _healthy(self) -> bool:

@@ -128,3 +128,29 @@ def test_help_and_version_answer_without_importing_torch_prefect_or_mlflow(modul
     assert "HEAVY []" in done.stdout, done.stdout[-500:]
     if flag == "--version":
         assert package_version() in done.stdout
+
+
+def test_a_refused_run_with_keep_server_leaves_its_server_findable(tmp_path):
+    """--keep-server starts the server before the run's last checks: a run refused after it (here: the output
+    directory is another run's) must still leave the server where later runs look for it, not an orphan."""
+    from fluxflow.checkpoints.lock import RunLock
+
+    raw = tiny_raw(tmp_path / "unused", [{"name": "warm", "n_epochs": 1, "train_vae": True}], dataset_size=16)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    prefect_home, out = tmp_path / "prefect-home", tmp_path / "busy"
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    env.update(PYTHONPATH=str(REPO), PREFECT_HOME=str(prefect_home))
+    kept = None
+    try:
+        with RunLock(out):
+            done = subprocess.run([sys.executable, "-m", "flows.cli_train", "--config", str(config), "--output-dir",
+                                   str(out), "--quiet", "--keep-server"], cwd=tmp_path, env=env, capture_output=True,
+                                  text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert "is in use by another run" in done.stderr
+        kept = json.loads((prefect_home / KEPT_SERVER_FILE).read_text())["pid"]
+        assert alive(kept) and f"kill {kept}" in done.stderr
+    finally:
+        if kept:
+            kill_all([kept])

@@ -21,7 +21,7 @@ from flows import env  # noqa: F401  (must precede mlflow)
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from flows import kill_points
+from fluxflow.runtime import kill_points
 from flows.mlflow_step_run import StepRunRecorder
 from flows.tracking_queue import TRACKING, TrackingQueue
 from fluxflow.train.tracking import Progress, metrics_file

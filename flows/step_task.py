@@ -87,12 +87,13 @@ def make_tracker(config: PipelineConfig, target: TrackingTarget):
     return MultiTracker([console, mlflow_tracker, *([prefect_log] if prefect_log else [])]), mlflow_tracker
 
 
-def run_step_on_ranks(config, step_name: str, parent, nproc: int, device: str | None, mlflow_tracker):
-    """`nproc` torchrun ranks in a child process group (killed whatever happens here); MLflow gets rank 0's files
-    once the step is done, since the ranks cannot reach this process's tracker."""
-    from fluxflow.runtime.launch import run_step_distributed
+def run_step_on_ranks(config, step_name: str, parent, device: str | None, mlflow_tracker):
+    """The step's ranks (torchrun on one node, Ray Train across nodes: fluxflow/runtime/launch.py), stopped whatever
+    happens here; MLflow gets rank 0's files once the step is done, since the ranks cannot reach this process's
+    tracker."""
+    from fluxflow.runtime.launch import run_step_on_processes
 
-    ref, result = run_step_distributed(config, step_name, parent, nproc, device=device)
+    ref, result = run_step_on_processes(config, step_name, parent, device=device)
     if result.trained:
         mlflow_tracker.record_from_files(config.step(step_name), ref.step_key, ref, result)
     return ref, result
@@ -114,10 +115,9 @@ def run_step_task(
     target = TrackingTarget(**tracking)
     parent = CheckpointRef.from_dict(parent_ref) if parent_ref else None
     tracker, mlflow_tracker = make_tracker(config, target)
-    nproc = config.training.distributed.nproc_per_node
     try:
-        if nproc > 1:
-            ref, result = run_step_on_ranks(config, step_name, parent, nproc, device, mlflow_tracker)
+        if config.training.distributed.processes > 1:
+            ref, result = run_step_on_ranks(config, step_name, parent, device, mlflow_tracker)
         else:
             ref, result = run_step(config, step_name, parent, tracker=tracker, device=device)
     except KeyboardInterrupt:  # stopped on request (or Ctrl-C): resumable, not a failure of the step

@@ -15,6 +15,7 @@ from fluxflow.config.checks import Pieces, semantic_issues
 from fluxflow.config.errors import ConfigError, ConfigIssue, did_you_mean, format_path
 from fluxflow.config.legacy import apply_legacy
 from fluxflow.config.overrides import apply_overrides
+from fluxflow.config.processes import process_issues
 from fluxflow.config.promotion import promotion_issues
 from fluxflow.config.replicates import replicate_issues
 from fluxflow.config.schema import (DataConfig, DatasetConfig, ModelConfig, OutputConfig, PipelineConfig,
@@ -94,7 +95,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
     if config is not None and not issues:  # cross-section rules need the whole config, and valid steps
         issues += replicate_issues(config.written_steps(), config.training.replicates)
     if config is not None and not issues:
-        issues += promotion_issues(config)
+        issues += promotion_issues(config) + process_issues(config)
     if issues:
         raise ConfigError(_dedupe(issues), label)
     return LoadedConfig(config=config, warnings=warnings, source=path)

@@ -48,8 +48,11 @@ def format_summary(config: PipelineConfig) -> str:
     release = describe_release(config)
     if release:
         lines.append(f"  Registered model: {release}")
-    if config.training.distributed.nproc_per_node > 1:
-        lines.append(f"  Processes per step: {config.training.distributed.nproc_per_node} (torchrun)")
+    dist = config.training.distributed
+    if dist.uses_ray_train:
+        lines.append(f"  Processes per step: {dist.processes} ({dist.nodes} nodes × {dist.nproc_per_node}, Ray Train)")
+    elif dist.processes > 1:
+        lines.append(f"  Processes per step: {dist.processes} (torchrun)")
     lines.append("  Datasets:")
     lines += [f"    {name}: {describe_dataset(ds)}" for name, ds in pipe.datasets.items()]
     for step in steps:

@@ -47,7 +47,9 @@ def init_from_env(device: torch.device) -> bool:
 
 
 def local_device(device: torch.device) -> torch.device:
-    if device.type == "cuda" and active():
+    """cuda:LOCAL_RANK under torchrun. An explicit index is kept: Ray Train names each worker's own GPU, whose index
+    among the visible ones need not be its local rank."""
+    if device.type == "cuda" and device.index is None and active():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
 

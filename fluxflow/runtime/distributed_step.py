@@ -1,6 +1,8 @@
-"""Entry point of each torchrun rank: `python -m torch.distributed.run ... -m fluxflow.runtime.distributed_step`.
+"""One rank of a step on several processes: `run_rank`, whatever started the process.
 
-Every rank runs the same `run_step`; rank 0 alone writes checkpoints, samples, the metrics file and the result.
+Under torchrun each rank is `python -m torch.distributed.run ... -m fluxflow.runtime.distributed_step` (`main`);
+under Ray Train each rank is a Ray Train worker calling `run_rank` (fluxflow/runtime/ray_train_launch.py). Every rank
+runs the same `run_step`; rank 0 alone writes checkpoints, samples, the metrics file and the result.
 """
 from __future__ import annotations
 
@@ -14,6 +16,18 @@ from fluxflow.config import load_config
 from fluxflow.train.step_run import run_step
 
 
+def run_rank(config: dict, step_name: str, parent: dict | None, device: str | None) -> dict | None:
+    """Train this rank's share of the step from the resolved config and parent reference (as JSON). Returns the
+    `StepOutcome` as a dict on rank 0, None on the others; the ranks leave together (a barrier)."""
+    config_ = load_config(config).config
+    outcome = run_step(config_, step_name, CheckpointRef.from_dict(parent) if parent else None, device=device)
+    if distributed.active():
+        import torch.distributed as dist
+
+        dist.barrier()
+    return outcome.to_dict() if distributed.is_main() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="One pipeline step on one torchrun rank (internal).")
     parser.add_argument("--config", required=True, help="JSON file with the resolved pipeline config")
@@ -23,17 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
     with open(args.config) as f:
-        config = load_config(json.load(f)).config
+        config = json.load(f)
     with open(args.parent) as f:
         parent = json.load(f)
-    outcome = run_step(config, args.step, CheckpointRef.from_dict(parent) if parent else None, device=args.device)
-    if distributed.is_main():
+    outcome = run_rank(config, args.step, parent, args.device)
+    if outcome is not None:
         with open(args.result, "w") as f:
-            json.dump(outcome.to_dict(), f)
-    if distributed.active():
+            json.dump(outcome, f)
+    if distributed.active():  # torchrun's process group is ours to end (Ray Train ends its own)
         import torch.distributed as dist
 
-        dist.barrier()
         dist.destroy_process_group()
     return 0
 

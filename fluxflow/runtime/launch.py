@@ -1,6 +1,7 @@
-"""Run one step under `torchrun --nproc_per_node=N` in a child process group, and read back its outcome.
+"""Run one step on several processes: `run_step_on_processes`, the one call of the bare pipeline and the Prefect task.
 
-Used when `training.distributed.nproc_per_node > 1`, by the bare pipeline and by the Prefect task alike. The child
+On one node (`training.distributed.nodes` 1) the step runs under `torchrun --nproc_per_node=N` in a child process
+group (`run_step_distributed`, below); across nodes through Ray Train (fluxflow/runtime/ray_train_launch.py). The child
 is started in a new session so that, whatever happens to the caller (task timeout, Ctrl-C, an exception), the whole
 process group — torchrun and every rank — is killed in `finally`.
 """
@@ -69,3 +70,15 @@ def run_step_distributed(config, step_name: str, parent: CheckpointRef | None, n
         if rc != 0:
             raise RuntimeError(f"step {step_name}: torchrun with {nproc} processes exited with code {rc}")
         return StepOutcome.from_dict(json.loads((tmp / "result.json").read_text()))
+
+
+def run_step_on_processes(config, step_name: str, parent: CheckpointRef | None, device: str | None = None,
+                          timeout: float | None = None) -> StepOutcome:
+    """The step on its `training.distributed.processes` (nodes × nproc_per_node, more than one): torchrun on one
+    node, Ray Train's TorchTrainer across nodes; every process runs fluxflow/runtime/distributed_step.py `run_rank`."""
+    dist = config.training.distributed
+    if dist.uses_ray_train:
+        from fluxflow.runtime.ray_train_launch import run_step_on_ray  # Ray only where a step asks for it
+
+        return run_step_on_ray(config, step_name, parent, dist.processes, device=device, timeout=timeout)
+    return run_step_distributed(config, step_name, parent, dist.nproc_per_node, device=device, timeout=timeout)

@@ -13,7 +13,7 @@ from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.checkpoints.step_files import plan_step
 from fluxflow.config.dag import execution_order
 from fluxflow.runtime.errors import is_retryable
-from fluxflow.runtime.launch import run_step_distributed
+from fluxflow.runtime.launch import run_step_on_processes
 from fluxflow.train.pipeline_schedule import PipelineSchedule
 from fluxflow.train.step_run import run_step
 
@@ -61,7 +61,6 @@ def run_pipeline(config, tracker=None, device: str | None = None) -> list[StepOu
 
 
 def _run_one(config, step_name: str, parent, tracker, device: str | None) -> StepOutcome:
-    nproc = config.training.distributed.nproc_per_node
-    if nproc > 1:
-        return run_step_distributed(config, step_name, parent, nproc, device=device)
+    if config.training.distributed.processes > 1:
+        return run_step_on_processes(config, step_name, parent, device=device)
     return run_step(config, step_name, parent, tracker=tracker, device=device)

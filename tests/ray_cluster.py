@@ -38,13 +38,15 @@ def local_ray_cluster(nodes: int = 2, env: dict[str, str] | None = None):
     os.makedirs(os.path.join(tmp, "ray"))
     saved, saved_mode = dict(os.environ), ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False  # in case Ray was imported before this module set the variable
-    os.environ.update({"RAY_TMPDIR": tmp, **LOOPBACK_ENV, **(env or {})})
-    os.environ.pop("RAY_ADDRESS", None)  # never another cluster of this machine
+    gcs_port = free_port()
+    # RAY_ADDRESS: Ray's own processes that look for "the" cluster (Ray Train's placement-group cleaner) find this
+    # one, not another one of this machine's.
+    os.environ.update({"RAY_TMPDIR": tmp, "RAY_ADDRESS": f"127.0.0.1:{gcs_port}", **LOOPBACK_ENV, **(env or {})})
     cluster = Cluster()
     try:
         try:
             args = {**NODE, "temp_dir": os.path.join(tmp, "ray")}
-            cluster.add_node(**args, include_dashboard=False, dashboard_port=free_port(),
+            cluster.add_node(**args, include_dashboard=False, dashboard_port=free_port(), gcs_server_port=gcs_port,
                              dashboard_agent_listen_port=free_port())  # the head
             for _ in range(nodes - 1):
                 cluster.add_node(**args)
@@ -52,7 +54,7 @@ def local_ray_cluster(nodes: int = 2, env: dict[str, str] | None = None):
         finally:
             os.environ.clear()
             os.environ.update(saved)  # the nodes keep the environment they started with; this process its own
-        ray.init(address=cluster.address, log_to_driver=True)
+        ray.init(address=f"127.0.0.1:{gcs_port}", log_to_driver=True)
         yield cluster
     finally:
         ray.shutdown()

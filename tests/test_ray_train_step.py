@@ -7,7 +7,7 @@ and a worker killed mid-step must cost nothing but time: Ray Train restarts the 
 """
 import json
 import textwrap
-import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -59,7 +59,17 @@ def final_models(outcome) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def torchrun(tmp_path_factory):
+    """The torchrun step, started first and in a thread: it trains while the Ray cluster starts (a future)."""
+    from fluxflow.runtime.launch import run_step_on_processes
+
+    tmp = tmp_path_factory.mktemp("torchrun")
+    with ThreadPoolExecutor(1) as pool:
+        yield pool.submit(run_step_on_processes, config_for(tmp, "out", TORCHRUN), "vae_gan", None)
+
+
+@pytest.fixture(scope="module")
+def cluster(torchrun, tmp_path_factory):
     """Two nodes whose workers die at KILL_POINT once the kill is armed (its `once` file removed); disarmed at start."""
     once = tmp_path_factory.mktemp("kill") / "killed"
     once.touch()
@@ -73,16 +83,12 @@ def uninterrupted(cluster, tmp_path_factory):
     from fluxflow.runtime.launch import run_step_on_processes
 
     tmp = tmp_path_factory.mktemp("ray")
-    started = time.monotonic()
-    outcome = run_step_on_processes(config_for(tmp, "out", RAY), "vae_gan", None)
-    return outcome, tmp / "out", time.monotonic() - started
+    return run_step_on_processes(config_for(tmp, "out", RAY), "vae_gan", None), tmp / "out"
 
 
-def test_two_worker_ray_train_step_equals_the_two_process_torchrun_step(uninterrupted, tmp_path):
-    from fluxflow.runtime.launch import run_step_on_processes
-
-    ray_outcome, out, _ = uninterrupted
-    torchrun_outcome = run_step_on_processes(config_for(tmp_path, "torchrun", TORCHRUN), "vae_gan", None)
+def test_two_worker_ray_train_step_equals_the_two_process_torchrun_step(uninterrupted, torchrun):
+    ray_outcome, out = uninterrupted
+    torchrun_outcome = torchrun.result(timeout=600)
     assert ray_outcome.result.trained and ray_outcome.ref.global_step == torchrun_outcome.ref.global_step == 4
     ray_w, torchrun_w = final_models(ray_outcome), final_models(torchrun_outcome)
     assert ray_w.keys() == torchrun_w.keys()

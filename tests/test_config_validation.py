@@ -153,6 +153,11 @@ CASES = {
     "device values": (cfg(vae(), training={"device": "gpu"}), "training.device", "'auto', 'cpu' or 'cuda'"),
     "nproc at least one": (cfg(vae(), training={"distributed": {"nproc_per_node": 0}}),
                            "training.distributed.nproc_per_node", "greater than or equal to 1"),
+    "nodes at least one": (cfg(vae(), training={"distributed": {"nodes": 0}}), "training.distributed.nodes",
+                           "greater than or equal to 1"),
+    "batch split over the processes": (cfg(vae(batch_size=6), training={"distributed": {"nodes": 2,
+                                                                                       "nproc_per_node": 2}}),
+                                       f"{S}[0].batch_size", "not divisible by the step's 4 processes"),
     "missing starting checkpoint": (cfg(vae(), model_checkpoint="nowhere/start.pt"), "model_checkpoint",
                                     "file not found"),
     "step-only key in defaults": (cfg(vae(), pipeline={"defaults": {"after": "a"}}), "training.pipeline.defaults.after",
@@ -269,3 +274,14 @@ def test_dataset_and_step_problems_are_found_even_when_another_section_is_broken
 def test_a_remote_output_path_is_refused_by_name(tmp_path):
     found = problems(tmp_path, cfg(vae(), output={"output_path": "s3://bucket/run"}))
     assert "fsspec URIs" in found["output.output_path"]
+
+
+def test_a_multi_node_config_without_ray_names_the_field(tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
+    found = problems(tmp_path, cfg(vae(), training={"distributed": {"nodes": 2}}))
+    assert "Ray Train, which is not installed" in found["training.distributed.nodes"]
+    monkeypatch.undo()
+    load_config(yaml.safe_load(cfg(vae(), training={"distributed": {"nodes": 2}})))  # with Ray: valid

@@ -28,6 +28,9 @@ from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
 
 POLL_S = 0.2  # how often the waiting driver looks for a stop request
+# Ray Train sends a worker's print() to its logger and, where stdout is redirected (a Ray worker's is), to stdout as
+# well: rank 0's console lines would reach the driver twice. Plain prints, forwarded once.
+WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
 
 def train_worker(loop_config: dict) -> dict | None:
@@ -91,7 +94,8 @@ def run_step_on_ray(config, step_name: str, parent: CheckpointRef | None, nproc:
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=nproc, use_gpu=use_gpu),
         run_config=RunConfig(name=f"{step_name}-{uuid.uuid4().hex[:8]}", storage_path=str(output / "ray_train"),
-                             failure_config=FailureConfig(max_failures=config.training.pipeline.retries)),
+                             failure_config=FailureConfig(max_failures=config.training.pipeline.retries),
+                             worker_runtime_env={"env_vars": WORKER_ENV}),
     )
     fit = ray.remote(num_cpus=0)(_fit).remote(trainer)
     try:

@@ -99,9 +99,17 @@ def run_step_on_ray(config, step_name: str, parent: CheckpointRef | None, nproc:
     )
     fit = ray.remote(num_cpus=0)(_fit).remote(trainer)
     try:
-        outcome = _wait(ray, fit, step_name, timeout)
-    finally:
-        ray.cancel(fit, force=True)  # a no-op once it has finished; otherwise it ends the controller and workers
+        _wait(ray, fit, step_name, timeout)
+    except BaseException:
+        # Still running: end it, and with it the controller and workers it owns. Never a finished task: Ray 2.60's
+        # driver aborts ("Tried to complete task that was not pending") when a force-cancel meets its completion.
+        ray.cancel(fit, force=True)
+        raise
+    try:
+        outcome = ray.get(fit)
+    except ray.exceptions.RayTaskError as exc:  # the Train error (its workers' tracebacks are in the log above)
+        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+        raise RuntimeError(f"step {step_name}: Ray Train failed: {cause}") from None
     if outcome is None:
         raise RuntimeError(f"step {step_name}: Ray Train with {nproc} workers returned no outcome from rank 0")
     return StepOutcome.from_dict(outcome)
@@ -112,9 +120,9 @@ def _fit(trainer) -> dict | None:
     return trainer.fit().return_value
 
 
-def _wait(ray, fit, step_name: str, timeout: float | None) -> dict | None:
-    """Rank 0's outcome; on a stop request StepInterrupted at once (the ranks are killed, the step resumes from its
-    last mid-step checkpoint), on a timeout TimeoutError. A run that failed past its restarts raises RuntimeError."""
+def _wait(ray, fit, step_name: str, timeout: float | None) -> None:
+    """Until the Train run ends; on a stop request StepInterrupted at once (the ranks are killed, the step resumes
+    from its last mid-step checkpoint), on a timeout TimeoutError."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while not ray.wait([fit], timeout=POLL_S)[0]:
         if stop_requested():
@@ -122,9 +130,3 @@ def _wait(ray, fit, step_name: str, timeout: float | None) -> dict | None:
                                   "from its last checkpoint")
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"step {step_name}: Ray Train did not finish within {timeout} s")
-    try:
-        return ray.get(fit)
-    except ray.exceptions.RayTaskError as exc:  # the Train error (its workers' tracebacks are in the log above)
-        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-        raise RuntimeError(f"step {step_name}: Ray Train failed: {cause}") from None
-

@@ -60,6 +60,15 @@ def _wants_gpu(device: str | None, config, ray) -> bool:
     return requested.startswith("cuda")
 
 
+def check_capacity(offered: dict, nproc: int, use_gpu: bool, step_name: str) -> None:
+    """Fail at once when the whole cluster has fewer GPUs (CPUs) than the step has workers: Ray Train would wait
+    for them, time out and try again, for ever."""
+    kind = "GPU" if use_gpu else "CPU"
+    if offered.get(kind, 0) < nproc:
+        raise RuntimeError(f"step {step_name}: training.distributed asks for {nproc} workers with one {kind} each; "
+                           f"the Ray cluster has {offered.get(kind, 0):g} {kind}s in all")
+
+
 def _connect(ray, address: str | None, step_name: str) -> None:
     """Join the Ray cluster: the one this process is already part of (a Ray task, a test), else `address`,
     RAY_ADDRESS, or the local cluster `ray start` left (`auto`)."""
@@ -83,6 +92,7 @@ def run_step_on_ray(config, step_name: str, parent: CheckpointRef | None, nproc:
 
     _connect(ray, address, step_name)
     use_gpu = _wants_gpu(device, config, ray)
+    check_capacity(ray.cluster_resources(), nproc, use_gpu, step_name)
     output = Path(config.output.output_path).resolve()
     # The workers may run where the driver's relative paths mean nothing: send an absolute output directory.
     config = config.model_copy(update={"output": config.output.model_copy(update={"output_path": str(output)})})

@@ -27,9 +27,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def local_ray_cluster(nodes: int = 2, env: dict[str, str] | None = None):
+def local_ray_cluster(nodes: int = 2, env: dict[str, str] | None = None, head_cpus: int = 1):
     """Yields the `ray.cluster_utils.Cluster`, with this process connected to it as a driver. `env` is the
-    environment of the cluster's processes (and so of every Ray worker) on top of this one's."""
+    environment of the cluster's processes (and so of every Ray worker) on top of this one's; `head_cpus` 0 keeps
+    training workers off the head (whose loss would end the cluster), so that a test can remove the others."""
     import ray
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
@@ -46,7 +47,7 @@ def local_ray_cluster(nodes: int = 2, env: dict[str, str] | None = None):
     try:
         try:
             args = {**NODE, "temp_dir": os.path.join(tmp, "ray")}
-            cluster.add_node(**args, include_dashboard=False, dashboard_port=free_port(), gcs_server_port=gcs_port,
+            cluster.add_node(**{**args, "num_cpus": head_cpus}, include_dashboard=False, dashboard_port=free_port(), gcs_server_port=gcs_port,
                              dashboard_agent_listen_port=free_port())  # the head
             for _ in range(nodes - 1):
                 cluster.add_node(**args)

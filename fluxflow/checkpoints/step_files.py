@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fluxflow.checkpoints.latest import previous_of
 from fluxflow.checkpoints.ref import CheckpointRef, StepResult
+from fluxflow.checkpoints.step_state import StepState
 from fluxflow.config.caching import CACHE_FIELDS
 from fluxflow.config.dag import execution_order
 from fluxflow.config.modes import unused_image_stat_fields
@@ -87,7 +88,7 @@ class StepFiles:
         if self.ref_json.exists() or not self.final.exists():
             return False
         meta = _metadata(self.final)
-        return meta is not None and meta.get("step_key") == self.key and bool(meta.get("completed"))
+        return meta is not None and meta.step_key == self.key and meta.completed
 
     def set_aside_stale(self) -> None:
         """Move files of another key (the step's config changed) aside, saying why; keep a same-key latest.pt.
@@ -103,8 +104,8 @@ class StepFiles:
             old_key, old_config = recorded["ref"]["step_key"], recorded.get("step_config")
         elif not self.final.exists():
             meta = _metadata(self.latest) or _metadata(self.previous)
-            if meta is not None and meta.get("step_key") != self.key:
-                old_key, old_config = meta.get("step_key"), meta.get("step_config")
+            if meta is not None and meta.step_key != self.key:
+                old_key, old_config = meta.step_key, meta.step_config
         if old_key is None and recorded is None and self.final.exists():
             if self.finished_without_ref():
                 print(f"Completing step {self.step.name}: {self.final} was written but the run stopped before "
@@ -138,14 +139,14 @@ class StepFiles:
         tmp.replace(self.ref_json)
 
 
-def _metadata(path: Path) -> dict | None:
-    """The pipeline_metadata of a checkpoint; None when it is missing or unreadable."""
+def _metadata(path: Path) -> StepState | None:
+    """The step state of a checkpoint; None when it is missing or unreadable."""
     from fluxflow.checkpoints.io import CheckpointError, load_checkpoint  # torch only when there is a checkpoint
 
     if not path.exists():
         return None
     try:
-        return load_checkpoint(path).get("pipeline_metadata", {})
+        return StepState.of_checkpoint(load_checkpoint(path))
     except CheckpointError:
         return None
 

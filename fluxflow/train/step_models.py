@@ -11,6 +11,7 @@ import logging
 import torch
 from torch import nn
 
+from fluxflow.checkpoints.step_state import StepState
 from fluxflow.runtime import distributed
 from fluxflow.train.ema import EMA
 from fluxflow.models import build_component
@@ -34,7 +35,7 @@ def saved_expander_spade(state: dict | None) -> bool:
     state = state or {}
     if "expander_spade" in state:
         return bool(state["expander_spade"])
-    return bool(state.get("pipeline_metadata", {}).get("step_config", {}).get("train_spade", False))
+    return bool(StepState.of_checkpoint(state).step_config.get("train_spade", False))
 
 
 def prepare_models(config, step, state: dict | None, device: torch.device) -> dict[str, nn.Module]:

@@ -29,6 +29,7 @@ from fluxflow.checkpoints.rng_state import restore_rng_state
 from fluxflow.checkpoints.lock import RunLock
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome, StepResult
 from fluxflow.checkpoints.step_files import StepFiles, plan_step
+from fluxflow.checkpoints.step_state import StepState
 from fluxflow.config.modes import has_flow_mode
 from fluxflow.data import make_loader
 from fluxflow.runtime import distributed
@@ -112,7 +113,7 @@ class StepRun:
         self.config, self.files, self.step, self.device = config, files, files.step, device
         self.main, self.world = distributed.is_main(), distributed.world_size()
         state, self.resuming = input_state(config, files, parent)
-        meta = (state or {}).get("pipeline_metadata", {})
+        meta = StepState.of_checkpoint(state)
         self.data = load_step_data(config, self.step, device)
         self.loader = None  # the training DataLoader, kept across epochs (its workers persist)
         if self.world > 1 and self.step.batch_size % self.world:
@@ -122,23 +123,23 @@ class StepRun:
         self.trainer = build_trainer(config, self.step, state, device, max_epochs=self.monitor.max_epochs,
                                      updates_per_epoch=self.updates_per_epoch(), resuming=self.resuming)
         # The pipeline epoch this step began at: its own latest.pt records it, a parent's checkpoint ends at it.
-        start_epoch = int(meta.get("step_start_epoch", 0)) if self.resuming else int((state or {}).get("epoch", 0))
+        start_epoch = meta.step_start_epoch if self.resuming else int((state or {}).get("epoch", 0))
         attach_caches(config, self.step, self.data, self.trainer,
                       range(start_epoch, start_epoch + self.monitor.max_epochs), self.say)
         self.trainer.set_latent_norm(self._latent_norm(state))
-        self.history: dict = dict(meta.get("step_metrics", {}))
+        self.history: dict = dict(meta.step_metrics)
         self.history.setdefault(self.step.name, {})
         global_step = int((state or {}).get("global_step", 0))
         self.position = Position(start_epoch=start_epoch, global_step=global_step)
         # A step killed after its last epoch was saved (before final.pt) has nothing left to train.
-        self.outcome: str | None = meta.get("outcome") if self.resuming and meta.get("completed") else None
+        self.outcome: str | None = meta.outcome if self.resuming and meta.completed else None
         self.resumed_from = self._resume(state, meta) if self.resuming else None
         if self.main:  # lines a killed run logged after the position this one starts from will be logged again
             trim_jsonl(metrics_file(config.output.output_path, self.step.name), self.position.global_step,
-                       keep_evaluation_at_end=not (self.resuming and meta.get("completed")))
+                       keep_evaluation_at_end=not (self.resuming and meta.completed))
         self.report = StepReport(self, tracker)
         if self.resuming:  # the counts it reports continue: skipped samples, skipped updates, the log interval
-            self.report.load_state_dict(meta.get("report"))
+            self.report.load_state_dict(meta.report)
         self.say(f"Starting step: {self.step.name}, epoch {self.position.epoch + 1}, batch {self.position.batch}")
 
     def say(self, line: str) -> None:
@@ -161,16 +162,16 @@ class StepRun:
                 latent_norm = distributed.broadcast_object({k: v.cpu() for k, v in latent_norm.items()})
         return latent_norm
 
-    def _resume(self, state: dict, meta: dict) -> tuple[int, int]:
+    def _resume(self, state: dict, meta: StepState) -> tuple[int, int]:
         """Put back what latest.pt saved beyond the weights: position, optimizers, schedulers, monitor, RNG."""
         pos = self.position
-        pos.epoch, pos.batch = int(meta["current_step_epoch"]), int(meta["batch"])
+        pos.epoch, pos.batch = meta.current_step_epoch, meta.batch
         for group, opt in self.trainer.optimizers.items():
             opt.load_state_dict(state["optimizers"][group])
         for group, sched in self.trainer.schedulers.items():
             sched.load_state_dict(state["schedulers"][group])
-        self.monitor.load_state_dict(meta["monitor"])
-        restore_rng_state(meta["rng"])
+        self.monitor.load_state_dict(meta.monitor)
+        restore_rng_state(meta.rng)
         self.say(f"Resuming from checkpoint: step={self.step.index} ({self.step.name}), epoch={pos.epoch + 1}, "
                  f"batch={pos.batch}")
         return pos.epoch, pos.batch

@@ -72,7 +72,7 @@ class StepBench:
     def __init__(self, kind: str, img_size: int, batch: int, device: torch.device, *, compile: bool = False,
                  model: dict | None = None, precision: str = "auto"):
         from fluxflow.data import ShapesDataset
-        from fluxflow.train.latents import measure_latent_norm
+        from fluxflow.models.latents import measure_latent_norm
         from fluxflow.train.trainer import build_trainer
 
         # `compile`: training.compile, as a run sets it (fluxflow/train/speed.py; R1 keeps the discriminator eager).

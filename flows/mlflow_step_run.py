@@ -45,7 +45,7 @@ from flows.mlflow_runs import (
     flatten_params,
     open_pipeline_run,
 )
-from fluxflow.train.tracking import metrics_file
+from fluxflow.output_layout import metrics_file, samples_dir
 
 if TYPE_CHECKING:  # only for annotations: this module must import without torch
     from fluxflow.checkpoints.ref import CheckpointRef, StepResult
@@ -177,7 +177,7 @@ class StepRunRecorder:
         self.last_step = self._last_steps()
         self.log_points(file_points(self.metrics_file(), self.last_step))
         listed = {a.path for a in self.client.list_artifacts(self.run_id, "samples")}
-        for image in sorted((Path(self.output_dir) / "samples").glob(f"{self.step.name}_{self.step.index + 1:03d}_*")):
+        for image in sorted(samples_dir(self.output_dir).glob(f"{self.step.name}_{self.step.index + 1:03d}_*")):
             if f"samples/{image.name}" not in listed:
                 self.log_image(image)
 

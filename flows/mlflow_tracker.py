@@ -24,7 +24,8 @@ from mlflow.tracking import MlflowClient
 from flows import kill_points
 from flows.mlflow_step_run import StepRunRecorder
 from flows.tracking_queue import TRACKING, TrackingQueue
-from fluxflow.train.tracking import Progress, metrics_file
+from fluxflow.output_layout import metrics_file
+from fluxflow.train.tracking import Progress
 
 if TYPE_CHECKING:  # only for annotations: this module must import without torch
     from fluxflow.checkpoints.ref import CheckpointRef, StepResult

@@ -45,7 +45,7 @@ def torchrun(*args: str, timeout: float = 300) -> None:
 def single_process_window(monkeypatch) -> dict[str, torch.nn.Module]:
     """The same window in one process: the 4 half batches, each with the seed of the rank that trained it."""
     from fluxflow.train.batch_step import Window, encode_text, flow_step
-    from fluxflow.train.latents import measure_latent_norm
+    from fluxflow.models.latents import measure_latent_norm
     from fluxflow.train.trainer import batch_seed, build_trainer
 
     config = tiny_config("unused", [FLOW_STEP])

@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers_tiny import changed_components, changed_tensors, one_torch_thread, shapes_batches, snapshot, step_context
 
-from fluxflow.train.latents import encode_latents, measure_latent_norm
+from fluxflow.models.latents import encode_latents, measure_latent_norm
 from fluxflow.losses import adaptive_weight, rectified_flow_loss
 from fluxflow.models import COMPONENTS, build_component, tokenize
 from fluxflow.config.modes import step_metrics

@@ -22,7 +22,7 @@ from fluxflow.config.dag import execution_order
 from fluxflow.config.modes import unused_image_stat_fields
 from fluxflow.config.steps import KEY_NEUTRAL_VALUES
 from fluxflow.checkpoints.step_key import describe_change, step_key
-from fluxflow.train.tracking import metrics_file
+from fluxflow.output_layout import metrics_file, step_dir
 
 
 def step_keys(config) -> dict[str, str]:
@@ -159,4 +159,4 @@ def plan_step(config, step_name: str) -> StepFiles:
     step = steps[names.index(step_name)]
     out = Path(config.output.output_path)
     return StepFiles(step=step, key=step_keys(config)[step_name], n_steps=len(steps),
-                     dir=out / "checkpoints" / step_name, output=out)
+                     dir=step_dir(out, step_name), output=out)

@@ -41,3 +41,12 @@ class StepState:
     def of_checkpoint(cls, state: dict | None) -> StepState:
         """The step state of a loaded checkpoint (empty for none)."""
         return cls.from_dict((state or {}).get("pipeline_metadata"))
+
+
+def saved_expander_spade(state: dict | None) -> bool:
+    """Whether the checkpoint's expander decodes with SPADE (`expander_spade`, fluxflow.config.modes.expander_spade).
+    Checkpoints written before it was carried say it through their own step's train_spade."""
+    state = state or {}
+    if "expander_spade" in state:
+        return bool(state["expander_spade"])
+    return bool(StepState.of_checkpoint(state).step_config.get("train_spade", False))

@@ -57,7 +57,7 @@ def run_step_distributed(config, step_name: str, parent: CheckpointRef | None, n
         (tmp / "config.json").write_text(json.dumps(config.model_dump(mode="json", exclude_none=True)))
         (tmp / "parent.json").write_text(json.dumps(parent.to_dict() if parent else None))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "fluxflow.runtime.distributed_step", "--config", str(tmp / "config.json"), "--step", step_name,
+               "-m", "fluxflow.train.distributed_step", "--config", str(tmp / "config.json"), "--step", step_name,
                "--parent", str(tmp / "parent.json"), "--result", str(tmp / "result.json")]
         if device:
             cmd += ["--device", device]

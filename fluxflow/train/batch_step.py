@@ -38,7 +38,7 @@ class StepContext:
     window_finite: dict[str, torch.Tensor] = field(default_factory=dict)
     latent_norm: dict[str, torch.Tensor] | None = None
     # The compressor weights flow latents come from: the EMA ones where they exist, as samples decode with the EMA
-    # expander (fluxflow/train/latents.py).
+    # expander (fluxflow/models/latents.py).
     latent_encoder: nn.Module | None = None
     # Optimizer groups whose gradients DDP averaged in the backward (fluxflow/train/data_parallel.py).
     synced_groups: frozenset[str] = frozenset()

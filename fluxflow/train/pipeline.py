@@ -12,7 +12,7 @@ from fluxflow.checkpoints.lock import RunLock
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.checkpoints.step_files import plan_step
 from fluxflow.config.dag import execution_order
-from fluxflow.runtime.errors import is_retryable
+from fluxflow.errors import is_retryable
 from fluxflow.runtime.launch import run_step_distributed
 from fluxflow.train.pipeline_schedule import PipelineSchedule
 from fluxflow.train.step_run import run_step

@@ -11,7 +11,6 @@ import logging
 import torch
 from torch import nn
 
-from fluxflow.checkpoints.step_state import StepState
 from fluxflow.runtime import distributed
 from fluxflow.train.ema import EMA
 from fluxflow.models import build_component
@@ -27,15 +26,6 @@ def ema_components(step, trained: set[str]) -> set[str]:
         names |= {"compressor", "expander"} & trained | ({"expander"} if step.train_spade else set())
     names |= trained & {"flow_processor", "text_encoder"}
     return names
-
-
-def saved_expander_spade(state: dict | None) -> bool:
-    """Whether the checkpoint's expander decodes with SPADE (`expander_spade`, fluxflow.config.modes.expander_spade).
-    Checkpoints written before it was carried say it through their own step's train_spade."""
-    state = state or {}
-    if "expander_spade" in state:
-        return bool(state["expander_spade"])
-    return bool(StepState.of_checkpoint(state).step_config.get("train_spade", False))
 
 
 def prepare_models(config, step, state: dict | None, device: torch.device) -> dict[str, nn.Module]:

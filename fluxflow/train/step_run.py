@@ -36,12 +36,14 @@ from fluxflow.runtime import distributed
 from fluxflow.runtime.device import resolve_device
 from fluxflow.runtime.gpu_claim import claimed_device
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
-from fluxflow.train.latents import LATENT_NORM_IMAGES, latent_norm_of_means
+from fluxflow.models.latents import LATENT_NORM_IMAGES, latent_norm_of_means
 from fluxflow.train.step_cache import attach_caches
 from fluxflow.train.step_checkpoint import checkpoint_state
 from fluxflow.train.step_data import leading_inputs, load_step_data
 from fluxflow.train.step_report import StepReport
-from fluxflow.train.tracking import NullTracker, ConsoleJsonlTracker, batch_progress, metrics_file, trim_jsonl
+from fluxflow.output_layout import metrics_file
+from fluxflow.progress_bar import batch_progress
+from fluxflow.train.tracking import NullTracker, ConsoleJsonlTracker, trim_jsonl
 from fluxflow.train.batch_step import Window
 from fluxflow.train.trainer import Trainer, build_trainer
 from fluxflow.train.transition import TransitionMonitor

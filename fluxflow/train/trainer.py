@@ -19,12 +19,13 @@ from fluxflow.runtime.device import autocast_dtype
 from fluxflow.train.batch_step import WHOLE_BATCH, StepContext, TextFeatures, Window, encode_text, flow_step, vae_step
 from fluxflow.train.data_parallel import gradient_sync, synced_groups
 from fluxflow.train.ema import EMA
-from fluxflow.train.latents import normalise_latents, posterior
+from fluxflow.models.latents import normalise_latents, posterior
 from fluxflow.train.lr_schedule import LrSchedule, build_schedulers
 from fluxflow.train.optim import build_optimizers
 from fluxflow.train.speed import runnable_models
 from fluxflow.train.step_models import (ema_components, expander_spade, prepare_emas, prepare_models,
-                                        sampling_models, saved_expander_spade)
+                                        sampling_models)
+from fluxflow.checkpoints.step_state import saved_expander_spade
 
 
 @dataclass
@@ -76,7 +77,7 @@ class Trainer:
         return inputs if self.cached_latents else posterior(self.ctx.latent_encoder, inputs, self.ctx.amp_dtype)[0]
 
     def flow_latents(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The normalised flow latents of the batch (fluxflow/train/latents.py), from the cache or encoded now."""
+        """The normalised flow latents of the batch (fluxflow/models/latents.py), from the cache or encoded now."""
         return normalise_latents(self.posterior_means(inputs), self.ctx.latent_norm)
 
     def text_features(self, captions: list[str]) -> TextFeatures:

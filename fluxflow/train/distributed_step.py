@@ -1,4 +1,4 @@
-"""Entry point of each torchrun rank: `python -m torch.distributed.run ... -m fluxflow.runtime.distributed_step`.
+"""Entry point of each torchrun rank: `python -m torch.distributed.run ... -m fluxflow.train.distributed_step`.
 
 Every rank runs the same `run_step`; rank 0 alone writes checkpoints, samples, the metrics file and the result.
 """

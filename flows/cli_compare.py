@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OK
 from flows.cli_version import add_version_argument
 
 
@@ -53,7 +54,7 @@ def run(args) -> int:
         found, name = experiment_comparison(client, args.experiment), args.experiment
     if isinstance(found, str):
         print(f"fluxflow-compare: {found}", file=sys.stderr)
-        return 2
+        return EXIT_FIX_INPUT
     comparison, rows, title = found
     print(plain_table(rows))
     summary = comparison.summary
@@ -76,7 +77,7 @@ def run(args) -> int:
         written.append(out / f"{stem}.json")
         written[-1].write_text(json.dumps(summary.to_dict(), indent=1) + "\n")
     print(f"\nWrote {', '.join(map(str, written))}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ from fluxflow.config.model_sizes import parameter_counts
 from fluxflow.config.schema import check_output_path
 from fluxflow.config.summary import format_parameters, format_summary
 from flows.cli_version import add_version_argument
+from flows.exit_codes import EXIT_FIX_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
 from flows.prefect_server import start_temporary_server
 
-EXIT_OK, EXIT_STEP_FAILED, EXIT_INVALID_CONFIG, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if server:
             server.stop()
         print(f"❌ {exc}", file=sys.stderr)
-        return EXIT_INVALID_CONFIG
+        return EXIT_FIX_INPUT
     return train(args)
 
 

@@ -19,13 +19,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from flows.mlflow_runs import (
-    FINAL_PREFIX,
-    PARENT_RUN_ID,
-    TAG_KIND,
-    TAG_PARENT_STEP,
-    TAG_STEP_NAME,
-)
+from flows.mlflow_names import FINAL_PREFIX, PARENT_RUN_ID, TAG_KIND, TAG_PARENT_STEP, TAG_STEP_NAME, tags_filter
 from flows.hypotheses import HypothesisSummary, summarize
 
 
@@ -52,7 +46,7 @@ def leaf_step_runs(client: MlflowClient, experiment_id: str) -> list:
     """The newest run of each leaf step of each pipeline (parent run) in the experiment: oldest pipeline first, then
     in the pipeline's file order."""
     runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{TAG_KIND}` = 'step'", order_by=["attributes.start_time DESC"]
+        [experiment_id], filter_string=tags_filter({TAG_KIND: "step"}), order_by=["attributes.start_time DESC"]
     )
     newest: dict[tuple[str, str], object] = {}
     for run in runs:

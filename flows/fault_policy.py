@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 import sys
 
+from flows.exit_codes import EXIT_FIX_INPUT, EXIT_STEP_FAILED
 from fluxflow.errors import is_retryable, non_retryable_cause
 
-EXIT_STEP_FAILED, EXIT_FIX_INPUT = 1, 2  # flows/cli_train.py's exit codes
 
 
 def state_exception(state) -> BaseException | None:

@@ -22,6 +22,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from flows import kill_points
+from flows.mlflow_names import TAG_WARNING
 from flows.mlflow_step_run import StepRunRecorder
 from flows.tracking_queue import TRACKING, TrackingQueue
 from fluxflow.output_layout import metrics_file
@@ -100,7 +101,7 @@ class MlflowTracker:
         self._put(partial(self.recorder.finish, ref, result))
 
     def warn(self, key: str, message: str) -> None:
-        self._put(partial(self.recorder.set_tag, f"fluxflow.warning.{key}", message))
+        self._put(partial(self.recorder.set_tag, TAG_WARNING + key, message))
 
     # -- beyond the protocol: called by the task around run_step -------------------------------------------------
 

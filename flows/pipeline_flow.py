@@ -26,13 +26,12 @@ from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
 from prefect.utilities.urls import url_for
 
 from flows import artifacts
+from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OK, EXIT_STEP_FAILED
 from flows.fault_policy import failure_exit_code
 from flows.hypotheses import summarize
+from flows.mlflow_names import TAG_BRANCHES, TAG_CONFIG_HASH, TAG_KIND, TAG_OUTPUT_DIR, TAG_OVERRIDES, TAG_STEPS
 from flows.mlflow_runs import (
-    TAG_KIND,
-    TAG_OUTPUT_DIR,
     PipelineRun,
-    TAG_OVERRIDES,
     find_runs,
     find_step_runs,
     resolve_tracking_uri,
@@ -80,9 +79,9 @@ def open_tracking(config: PipelineConfig, steps: list,
     output_dir = output_dir_of(config)
     pipeline = Path(output_dir.rstrip("/")).name or "pipeline"
     tags = {
-        "fluxflow.config_hash": config_hash(config),
-        "fluxflow.steps": ",".join(step.name for step in steps),
-        "fluxflow.branches": ",".join(branch_names(steps)),
+        TAG_CONFIG_HASH: config_hash(config),
+        TAG_STEPS: ",".join(step.name for step in steps),
+        TAG_BRANCHES: ",".join(branch_names(steps)),
         "prefect.flow_run_id": str(flow_run.id or ""),
         "prefect.flow_run_name": str(flow_run.name or ""),
         TAG_OVERRIDES: json.dumps(list(overrides or [])),
@@ -290,12 +289,12 @@ def run_pipeline_flow(config_source: str | Path | dict, output_dir: str | None =
         config = load_pipeline_config(source, output_dir, overrides)  # fail fast, before Prefect starts
     except ConfigError as exc:  # e.g. a data folder that is not there (flows/step_task.py)
         print(f"❌ {exc}", file=sys.stderr)
-        return 2
+        return EXIT_FIX_INPUT
     try:
         api_url = api_url_for_run()  # the temporary server's, unless Prefect's settings name a server
     except ServerNotReady as exc:
         print(f"Cannot start the flow: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_STEP_FAILED
     # Heartbeats let a lasting server mark crashed runs; the temporary one ends with this process, and the heartbeat
     # thread's join costs up to 1 s per run.
     temporary = {PREFECT_API_URL: api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
@@ -307,4 +306,4 @@ def run_pipeline_flow(config_source: str | Path | dict, output_dir: str | None =
         else:
             print(f"Pipeline {state.name.lower()}: {state.message}")
     print_where_to_look(config, state.state_details.flow_run_id)
-    return 0 if state.is_completed() else failure_exit_code(state)  # 2 when the user must fix something first
+    return EXIT_OK if state.is_completed() else failure_exit_code(state)  # 2 when the user must fix something first

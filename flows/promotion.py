@@ -20,13 +20,12 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import artifact_key
 from flows.hypotheses import spread
-from flows.registry import (TAG_PROMOTION, TAG_STEP, model_checkpoint, register_step, version_by_alias,
-                            versions_of)
+from flows.mlflow_names import TAG_DECISION_OF_RUN, TAG_PROMOTION, TAG_STEP_NAME
+from flows.registry import model_checkpoint, register_step, version_by_alias, versions_of
 from flows.step_task import TrackingTarget, gpu_tag, load_pipeline_config
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.config.promotion import evaluation_dataset, promotion_metric, registered_steps
 
-TAG_DECISION_OF_RUN = "fluxflow.promotion"  # on the pipeline's MLflow run: one line per decision
 
 
 @dataclass
@@ -142,7 +141,7 @@ def promote(config, client: MlflowClient, versions: list[str], device: str | Non
     take the alias, and only when the hypothesis beats the champion beyond its replicate spread."""
     name, alias = config.tracking.model_name, config.promotion.alias
     metrics, decisions = _evaluator(config, client, device), []
-    steps = {v: client.get_model_version(name, v).tags.get(TAG_STEP, "") for v in versions}
+    steps = {v: client.get_model_version(name, v).tags.get(TAG_STEP_NAME, "") for v in versions}
     replicates = _replicates_of(config, steps)
     for version in versions:
         step = steps[version]
@@ -234,7 +233,7 @@ def release_lines(client: MlflowClient, config, output_dir: str) -> list[str]:
     if not registered_steps(config):
         return []
     name, alias = config.tracking.model_name, config.promotion.alias
-    lines = [f"Model:       {name} version {v.version} (step {v.tags.get(TAG_STEP)}): "
+    lines = [f"Model:       {name} version {v.version} (step {v.tags.get(TAG_STEP_NAME)}): "
              f"{v.tags.get(TAG_PROMOTION + 'decision', 'registered')}"
              for v in versions_of(client, name, output_dir)]
     holder = version_by_alias(client, name, alias)

@@ -55,7 +55,7 @@ def prepare_emas(step, models: dict[str, nn.Module], state: dict | None, trained
                  resuming: bool = False) -> dict[str, EMA]:
     """EMAs of this step's components plus those the input checkpoint carries for other components.
 
-    Only `ema_components(step, trained)` are updated by the runner; the others are carried unchanged so that
+    Only `ema_components(step, trained)` are updated by the step runner; the others are carried unchanged so that
     samples and exports of later steps still decode with EMA weights.
     """
     saved = (state or {}).get("ema", {})

@@ -18,6 +18,12 @@ from fluxflow.train.tracking import Progress
 
 
 class StepReport:
+    """Everything a step reports, to its tracker (console, JSONL, MLflow) and samples/: log-interval means (the one
+    host sync per interval), sample images, held-out evaluation, the final metrics. It reads the StepRun it reports
+    on (position, models, data, monitor) and never changes it; its own state (the running interval's sums, the data's
+    skip counter) goes into the checkpoint through `state_dict()`, so a resumed step reports what an uninterrupted one
+    would."""
+
     def __init__(self, run, tracker):
         self.run, self.tracker = run, tracker
         self.output = Path(run.config.output.output_path)

@@ -53,6 +53,15 @@ log = logging.getLogger("fluxflow.train.step_run")
 
 def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracker=None,
              device: str | None = None) -> StepOutcome:
+    """Train step `step_name` of `config` from `parent` (the previous step's checkpoint; None for a root step, which
+    starts from `model_checkpoint` or fresh weights) to its transition, and return its `StepOutcome`.
+
+    What a reader must know: it is idempotent per step key: a step whose final.pt and ref.json exist returns at once
+    (`trained` False); one with a `latest.pt` of its key resumes from it exactly; files of another key are set aside
+    first. It holds the step directory's lock while it runs. Under torchrun (started by fluxflow/runtime/launch.py)
+    every rank calls it and rank 0 alone writes and reports; otherwise it claims a GPU of the host
+    (fluxflow/runtime/gpu_claim.py) for the step. A stop request ends it with `StepInterrupted` after saving.
+    """
     files = plan_step(config, step_name)
     device_ = resolve_device(device or config.training.device)
     distributed.init_from_env(device_)  # a no-op unless started by torchrun
@@ -251,6 +260,10 @@ class StepRun:
                 self.interrupted()
 
     def end_epoch(self) -> None:
+        """The epoch's end, in this order: the per-epoch lr schedules step (on the smoothed transition metric, or the
+        last log interval's mean), the transition is decided, latest.pt is saved (marked completed when the step is
+        done, so a kill before final.pt finishes without training again), samples are drawn, a stop request is
+        honoured, and the held-out evaluation runs every `eval_interval` epochs (the final one runs in `finish`)."""
         pos = self.position
         smoothed = self.monitor.smoothed()
         metric = smoothed if smoothed is not None else self.report.last_means.get(self.monitor.metric or "")

@@ -16,7 +16,8 @@ from fluxflow.losses import LPIPSLoss
 from fluxflow.losses.flow import FlowObjective, resolution_shift
 from fluxflow.runtime import distributed
 from fluxflow.runtime.device import autocast_dtype
-from fluxflow.train.batch_step import WHOLE_BATCH, StepContext, TextFeatures, Window, encode_text, flow_step, vae_step
+from fluxflow.train.batch_step import (WHOLE_BATCH, StepContext, TextFeatures, Window, encode_text, train_flow_batch,
+                                       train_vae_batch)
 from fluxflow.train.data_parallel import gradient_sync, synced_groups
 from fluxflow.train.ema import EMA
 from fluxflow.models.latents import normalise_latents, posterior
@@ -58,10 +59,10 @@ class Trainer:
         ctx.generator.manual_seed(batch_seed(step.seed, global_step))
         metrics: dict[str, torch.Tensor] = {}
         if touches_vae(step):
-            metrics.update(vae_step(ctx, images, update, window))
+            metrics.update(train_vae_batch(ctx, images, update, window))
         if has_flow_mode(step):
             with gradient_sync(ctx.models, window.last):  # DDP (flow steps under torchrun): all-reduce at window end
-                flow_metrics = flow_step(ctx, self.flow_latents(images), self.text_features(captions), window)
+                flow_metrics = train_flow_batch(ctx, self.flow_latents(images), self.text_features(captions), window)
             if "skipped_updates" in metrics:
                 flow_metrics["skipped_updates"] = flow_metrics["skipped_updates"] + metrics["skipped_updates"]
             metrics.update(flow_metrics)

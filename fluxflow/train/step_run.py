@@ -51,10 +51,10 @@ from fluxflow.train.transition import TransitionMonitor
 log = logging.getLogger("fluxflow.train.step_run")
 
 
-def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracker=None,
-             device: str | None = None) -> StepOutcome:
+def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracker=None) -> StepOutcome:
     """Train step `step_name` of `config` from `parent` (the previous step's checkpoint; None for a root step, which
-    starts from `model_checkpoint` or fresh weights) to its transition, and return its `StepOutcome`.
+    starts from `model_checkpoint` or fresh weights) to its transition, and return its `StepOutcome`. `config` is
+    the run's resolved config (fluxflow/config/run_config.py): its device is `training.device`.
 
     What a reader must know: it is idempotent per step key: a step whose final.pt and ref.json exist returns at once
     (`trained` False); one with a `latest.pt` of its key resumes from it exactly; files of another key are set aside
@@ -63,7 +63,7 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
     (fluxflow/runtime/gpu_claim.py) for the step. A stop request ends it with `StepInterrupted` after saving.
     """
     files = plan_step(config, step_name)
-    device_ = resolve_device(device or config.training.device)
+    device_ = resolve_device(config.training.device)
     distributed.init_from_env(device_)  # a no-op unless started by torchrun
     main = distributed.is_main()
     tracker = (tracker or ConsoleJsonlTracker(Path(config.output.output_path))) if main else NullTracker()

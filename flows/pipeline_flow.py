@@ -29,11 +29,12 @@ from flows import artifacts
 from flows.exit_codes import EXIT_OK, EXIT_STEP_FAILED
 from flows.fault_policy import failure_exit_code
 from flows.hypotheses import summarize
-from flows.mlflow_names import TAG_BRANCHES, TAG_CONFIG_HASH, TAG_KIND, TAG_OUTPUT_DIR, TAG_OVERRIDES, TAG_STEPS
+from flows.mlflow_names import TAG_BRANCHES, TAG_CONFIG_HASH, TAG_OVERRIDES, TAG_STEPS
 from flows.mlflow_runs import (
     PipelineRun,
     find_runs,
     find_step_runs,
+    pipeline_run_tags,
     resolve_tracking_uri,
     unreachable_reason,
 )
@@ -263,7 +264,7 @@ def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
     client = MlflowClient(uri)
     # Records still queued: the server does not answer, and a lookup would wait minutes in MLflow's retries.
     experiment = None if TRACKING.pending() else client.get_experiment_by_name(config.tracking.experiment_name)
-    runs = find_runs(client, experiment.experiment_id, {TAG_KIND: "pipeline", TAG_OUTPUT_DIR: out}) if experiment else []
+    runs = find_runs(client, experiment.experiment_id, pipeline_run_tags(out)) if experiment else []
     print(f"Samples:     {out}/samples")
     print(f"Checkpoints: {out}/checkpoints")
     if runs:

@@ -26,6 +26,7 @@ from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
 from prefect.utilities.urls import url_for
 
 from flows import artifacts
+from flows.credentials import CredentialsError, mlflow_refusal
 from flows.fault_policy import failure_exit_code
 from flows.hypotheses import summarize
 from flows.mlflow_runs import (
@@ -94,6 +95,9 @@ def open_tracking(config: PipelineConfig, steps: list,
     run = PipelineRun(client, config.tracking.experiment_name, output_dir, pipeline, tags,
                       config.model_dump(mode="json"))
     problem = unreachable_reason(uri)
+    refused = None if problem else mlflow_refusal(uri)
+    if refused:  # every call would be rejected (4xx) and dropped: a run without records is not what was asked for
+        raise CredentialsError(refused)
     if problem:  # before the first call, which would otherwise sit in MLflow's retries (flows/tracking_queue.py)
         TRACKING.mark_unreachable(f"{uri}: {problem}", f"{output_dir}/graph and {output_dir}/samples, during this "
                                   "run or, if it ends first, for the next run of the same command to send",

@@ -63,9 +63,16 @@ def servers(tmp_path_factory, mlflow_template):
         started = [subprocess.Popen(["bash", f"scripts/{script}"], env=env, cwd=REPO, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
                    for script in ("server.sh", "mlflow_ui.sh")]  # at once: their start-ups overlap
+        starting: set[str] = set()  # the scripts read the secret files: sample what they run meanwhile
+        deadline = time.monotonic() + 240
+        while any(p.poll() is None for p in started) and time.monotonic() < deadline:
+            starting |= command_lines()
+            time.sleep(0.2)
         for process in started:
-            out, _ = process.communicate(timeout=240)
+            out, _ = process.communicate(timeout=10)
             assert process.returncode == 0, out
+        assert any("mlflow_auth.py" in c for c in starting)
+        assert not any(secret in c for c in starting for secret in (PREFECT_SECRET, MLFLOW_SECRET))
         yield env, home
     finally:
         stop_everything(home / "run")

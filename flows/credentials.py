@@ -23,14 +23,18 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from fluxflow.runtime.errors import NonRetryable
+
 PREFECT_FILE, MLFLOW_FILE = "FLUXFLOW_PREFECT_AUTH_FILE", "FLUXFLOW_MLFLOW_AUTH_FILE"
 PREFECT_AUTH, MLFLOW_USER, MLFLOW_PASSWORD = "PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_USERNAME", \
     "MLFLOW_TRACKING_PASSWORD"
 PROBE_TIMEOUT_S = 5.0
 
 
-class CredentialsError(ValueError):
-    """A secret file that cannot be used, or a server that refuses the credentials: the one line to print."""
+class CredentialsError(NonRetryable, ValueError):
+    """A secret file that cannot be used, or a server that refuses the credentials: the one line to print. Running
+    again without a change fails the same way, so a flow run that meets it fails at once with that line (and
+    `fluxflow-train` exits 2, flows/fault_policy.py)."""
 
 
 def read_secret_file(variable: str) -> tuple[str, str] | None:
@@ -78,11 +82,6 @@ def apply_secret_files() -> None:
         found = read_secret_file(MLFLOW_FILE)
         if found:
             os.environ[MLFLOW_USER], os.environ[MLFLOW_PASSWORD] = found
-
-
-def has_userinfo(uri: str) -> bool:
-    """Whether `uri` carries a password (`scheme://user:password@host`)."""
-    return bool(urllib.parse.urlsplit(uri).password)
 
 
 def _answers_401(url: str, user_password: str | None, method: str = "GET") -> bool:

@@ -268,8 +268,10 @@ def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
     out = output_dir_of(config)
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
     client = MlflowClient(uri)
-    # Records still queued: the server does not answer, and a lookup would wait minutes in MLflow's retries.
-    experiment = None if TRACKING.pending() else client.get_experiment_by_name(config.tracking.experiment_name)
+    # Records still queued: the server does not answer, and a lookup would wait minutes in MLflow's retries. Refused
+    # credentials: the run failed saying so, and the lookup would only raise the same 401.
+    skip = TRACKING.pending() or mlflow_refusal(uri)
+    experiment = None if skip else client.get_experiment_by_name(config.tracking.experiment_name)
     runs = find_runs(client, experiment.experiment_id, {TAG_KIND: "pipeline", TAG_OUTPUT_DIR: out}) if experiment else []
     print(f"Samples:     {out}/samples")
     print(f"Checkpoints: {out}/checkpoints")

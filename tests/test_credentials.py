@@ -2,7 +2,9 @@
 anything the run logs (flows/credentials.py, the config's tracking_uri)."""
 from __future__ import annotations
 
+import http.server
 import os
+import threading
 
 import pytest
 from helpers_tiny import tiny_raw
@@ -80,3 +82,36 @@ def test_a_password_in_the_configs_tracking_uri_is_refused_without_echoing_it(tm
     assert "hunter2" not in str(raised.value)
     raw["tracking"] = {"tracking_uri": "http://mlflow.example:5000"}
     assert load_config(raw).config.tracking.tracking_uri == "http://mlflow.example:5000"
+
+
+class AsksForCredentials(http.server.BaseHTTPRequestHandler):
+    """A tracking server that answers its health check and 401 to everything else (wrong credentials)."""
+
+    def do_GET(self):  # noqa: N802  (http.server's naming)
+        self.send_response(200 if self.path == "/health" else 401)
+        self.end_headers()
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.slow  # a Prefect flow on the session's test API: a few seconds
+def test_a_flow_run_whose_tracking_server_refuses_its_credentials_fails_at_once_with_one_line(
+        tmp_path, prefect_api, monkeypatch, capsys):
+    from flows.pipeline_flow import run_pipeline_flow
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AsksForCredentials)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "tracker")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
+    try:
+        assert run_pipeline_flow(tiny_raw(tmp_path / "out")) == 2  # as a worker's flow run: not retried, exit 2
+    finally:
+        server.shutdown()
+    printed = capsys.readouterr()
+    assert "refused the credentials of MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (401" in printed.err
+    assert "not-the-password" not in printed.out + printed.err
+    assert not (tmp_path / "out" / "checkpoints").exists()  # nothing trained without its records

@@ -21,10 +21,12 @@ from flows import env  # noqa: F401  (must precede mlflow)
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from fluxflow.runtime import kill_points
+from flows.mlflow_names import TAG_WARNING
 from flows.mlflow_step_run import StepRunRecorder
 from flows.tracking_queue import TRACKING, TrackingQueue
-from fluxflow.train.tracking import Progress, metrics_file
+from fluxflow.output_layout import metrics_file
+from fluxflow.runtime import kill_points
+from fluxflow.train.tracking import Progress
 
 if TYPE_CHECKING:  # only for annotations: this module must import without torch
     from fluxflow.checkpoints.ref import CheckpointRef, StepResult
@@ -99,7 +101,7 @@ class MlflowTracker:
         self._put(partial(self.recorder.finish, ref, result))
 
     def warn(self, key: str, message: str) -> None:
-        self._put(partial(self.recorder.set_tag, f"fluxflow.warning.{key}", message))
+        self._put(partial(self.recorder.set_tag, TAG_WARNING + key, message))
 
     # -- beyond the protocol: called by the task around run_step -------------------------------------------------
 

@@ -47,8 +47,8 @@ def local_ray_cluster(nodes: int = 2, env: dict[str, str] | None = None, head_cp
     try:
         try:
             args = {**NODE, "temp_dir": os.path.join(tmp, "ray")}
-            cluster.add_node(**{**args, "num_cpus": head_cpus}, include_dashboard=False, dashboard_port=free_port(), gcs_server_port=gcs_port,
-                             dashboard_agent_listen_port=free_port())  # the head
+            cluster.add_node(**{**args, "num_cpus": head_cpus}, include_dashboard=False, gcs_server_port=gcs_port,
+                             dashboard_port=free_port(), dashboard_agent_listen_port=free_port())  # the head
             for _ in range(nodes - 1):
                 cluster.add_node(**args)
             cluster.wait_for_nodes()

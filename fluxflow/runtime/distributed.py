@@ -1,7 +1,7 @@
 """Data-parallel training of one step under `torchrun` (gloo on CPU, nccl on CUDA).
 
 The few distributed lines live here (torchtitan style): rank and world from the environment torchrun sets, one
-process group, gradients averaged across ranks before every optimizer step, and the helpers the runner uses so that
+process group, gradients averaged across ranks before every optimizer step, and the helpers the step runner uses so that
 only rank 0 writes checkpoints, samples and tracking records.
 
 VAE and GAN steps average gradients with an explicit all-reduce after the backward rather than through
@@ -47,9 +47,7 @@ def init_from_env(device: torch.device) -> bool:
 
 
 def local_device(device: torch.device) -> torch.device:
-    """cuda:LOCAL_RANK under torchrun. An explicit index is kept: Ray Train names each worker's own GPU, whose index
-    among the visible ones need not be its local rank."""
-    if device.type == "cuda" and device.index is None and active():
+    if device.type == "cuda" and active():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
 

@@ -17,9 +17,12 @@ import time
 from pathlib import Path
 
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome
+from fluxflow.config.run_config import run_dict
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
 
 POLL_S = 0.2  # how often the waiting task looks for a stop request
+# Every rank's code, named, not imported (processes sit under training): `main` under torchrun, `run_rank` under Ray.
+RANK_ENTRY = "fluxflow.train.distributed_step"
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -52,16 +55,14 @@ def _wait(proc: subprocess.Popen, step_name: str, timeout: float | None) -> int:
 
 
 def run_step_distributed(config, step_name: str, parent: CheckpointRef | None, nproc: int,
-                         device: str | None = None, timeout: float | None = None) -> StepOutcome:
+                         timeout: float | None = None) -> StepOutcome:
     with tempfile.TemporaryDirectory(prefix="fluxflow-ddp-") as tmp:
         tmp = Path(tmp)
-        (tmp / "config.json").write_text(json.dumps(config.model_dump(mode="json", exclude_none=True)))
+        (tmp / "config.json").write_text(json.dumps(run_dict(config)))
         (tmp / "parent.json").write_text(json.dumps(parent.to_dict() if parent else None))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "fluxflow.runtime.distributed_step", "--config", str(tmp / "config.json"), "--step", step_name,
+               "-m", RANK_ENTRY, "--config", str(tmp / "config.json"), "--step", step_name,
                "--parent", str(tmp / "parent.json"), "--result", str(tmp / "result.json")]
-        if device:
-            cmd += ["--device", device]
         proc = subprocess.Popen(cmd, start_new_session=True)
         try:
             rc = _wait(proc, step_name, timeout)
@@ -72,13 +73,13 @@ def run_step_distributed(config, step_name: str, parent: CheckpointRef | None, n
         return StepOutcome.from_dict(json.loads((tmp / "result.json").read_text()))
 
 
-def run_step_on_processes(config, step_name: str, parent: CheckpointRef | None, device: str | None = None,
+def run_step_on_processes(config, step_name: str, parent: CheckpointRef | None,
                           timeout: float | None = None) -> StepOutcome:
     """The step on its `training.distributed.processes` (nodes × nproc_per_node, more than one): torchrun on one
-    node, Ray Train's TorchTrainer across nodes; every process runs fluxflow/runtime/distributed_step.py `run_rank`."""
+    node, Ray Train's TorchTrainer across nodes; every process runs `RANK_ENTRY`."""
     dist = config.training.distributed
     if dist.uses_ray_train:
         from fluxflow.runtime.ray_train_launch import run_step_on_ray  # Ray only where a step asks for it
 
-        return run_step_on_ray(config, step_name, parent, dist.processes, device=device, timeout=timeout)
-    return run_step_distributed(config, step_name, parent, dist.nproc_per_node, device=device, timeout=timeout)
+        return run_step_on_ray(config, step_name, parent, dist.processes, entry=RANK_ENTRY, timeout=timeout)
+    return run_step_distributed(config, step_name, parent, dist.nproc_per_node, timeout=timeout)

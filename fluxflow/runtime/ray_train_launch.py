@@ -19,12 +19,14 @@ Ray is imported lazily, here only: the local path never imports it.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import time
 import uuid
 from pathlib import Path
 
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome
+from fluxflow.config.run_config import run_dict
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
 
 POLL_S = 0.2  # how often the waiting driver looks for a stop request
@@ -34,30 +36,29 @@ WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
 
 def train_worker(loop_config: dict) -> dict | None:
-    """One Ray Train worker: one rank of the step (fluxflow/runtime/distributed_step.py `run_rank`)."""
+    """One Ray Train worker: one rank of the step (`run_rank` of the rank entry, whose `main` a torchrun rank runs)."""
     import torch
     import ray.train.torch
-
-    from fluxflow.runtime.distributed_step import run_rank
 
     # Ray Train starts workers in its own run directory; relative paths in the config mean what they mean to the
     # driver (as under torchrun, whose ranks inherit its working directory) where that directory exists.
     if os.path.isdir(loop_config["cwd"]):
         os.chdir(loop_config["cwd"])
-    device = "cpu"
     if loop_config["use_gpu"]:
-        gpu = ray.train.torch.get_device()  # this worker's own GPU (not necessarily cuda:LOCAL_RANK)
+        # A rank trains on cuda:LOCAL_RANK (fluxflow/runtime/distributed.py); the GPU Ray Train gave this worker is
+        # ray.train.torch.get_device(), whose index among the visible ones need not be its local rank.
+        gpu = ray.train.torch.get_device()
         torch.cuda.set_device(gpu)
-        device = str(gpu)
-    return run_rank(loop_config["config"], loop_config["step"], loop_config["parent"], device)
+        os.environ["LOCAL_RANK"] = str(gpu.index)
+    rank_entry = importlib.import_module(loop_config["entry"])
+    return rank_entry.run_rank(loop_config["config"], loop_config["step"], loop_config["parent"])
 
 
-def _wants_gpu(device: str | None, config, ray) -> bool:
-    """CUDA where the config or caller asks for it; `auto`: where the cluster has GPUs (the driver may not)."""
-    requested = device or config.training.device
-    if requested in (None, "auto"):
+def _wants_gpu(config, ray) -> bool:
+    """CUDA where the config asks for it; `auto`: where the cluster has GPUs (the driver may have none)."""
+    if config.training.device == "auto":
         return ray.cluster_resources().get("GPU", 0) >= 1
-    return requested.startswith("cuda")
+    return config.training.device == "cuda"
 
 
 def check_capacity(offered: dict, nproc: int, use_gpu: bool, step_name: str) -> None:
@@ -82,21 +83,21 @@ def _connect(ray, address: str | None, step_name: str) -> None:
                            f"at {target!r} ({exc})") from None
 
 
-def run_step_on_ray(config, step_name: str, parent: CheckpointRef | None, nproc: int,
-                    device: str | None = None, timeout: float | None = None,
-                    address: str | None = None) -> StepOutcome:
-    """The step on `nproc` Ray Train workers (nodes × nproc_per_node); the same shape as `run_step_distributed`."""
+def run_step_on_ray(config, step_name: str, parent: CheckpointRef | None, nproc: int, *, entry: str,
+                    timeout: float | None = None, address: str | None = None) -> StepOutcome:
+    """The step on `nproc` Ray Train workers (nodes × nproc_per_node); the shape of `run_step_distributed`. `entry`:
+    the module every rank runs (fluxflow/runtime/launch.py RANK_ENTRY, named: processes sit under training)."""
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     _connect(ray, address, step_name)
-    use_gpu = _wants_gpu(device, config, ray)
+    use_gpu = _wants_gpu(config, ray)
     check_capacity(ray.cluster_resources(), nproc, use_gpu, step_name)
     output = Path(config.output.output_path).resolve()
     # The workers may run where the driver's relative paths mean nothing: send an absolute output directory.
     config = config.model_copy(update={"output": config.output.model_copy(update={"output_path": str(output)})})
-    loop_config = {"config": config.model_dump(mode="json", exclude_none=True), "step": step_name,
+    loop_config = {"config": run_dict(config), "step": step_name, "entry": entry,
                    "parent": parent.to_dict() if parent else None, "use_gpu": use_gpu, "cwd": os.getcwd()}
     trainer = TorchTrainer(
         train_worker,

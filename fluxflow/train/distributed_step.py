@@ -1,8 +1,9 @@
 """One rank of a step on several processes: `run_rank`, whatever started the process.
 
-Under torchrun each rank is `python -m torch.distributed.run ... -m fluxflow.runtime.distributed_step` (`main`);
-under Ray Train each rank is a Ray Train worker calling `run_rank` (fluxflow/runtime/ray_train_launch.py). Every rank
-runs the same `run_step`; rank 0 alone writes checkpoints, samples, the metrics file and the result.
+Under torchrun each rank is `python -m torch.distributed.run ... -m fluxflow.train.distributed_step` (`main`); under
+Ray Train each rank is a Ray Train worker calling `run_rank` (fluxflow/runtime/ray_train_launch.py). Both launchers
+(fluxflow/runtime/launch.py) name this module, never import it: processes sit under training. Every rank runs the same
+`run_step`; rank 0 alone writes checkpoints, samples, the metrics file and the result.
 """
 from __future__ import annotations
 
@@ -12,15 +13,14 @@ import sys
 
 from fluxflow.runtime import distributed
 from fluxflow.checkpoints.ref import CheckpointRef
-from fluxflow.config import load_config
+from fluxflow.config.run_config import run_config_of
 from fluxflow.train.step_run import run_step
 
 
-def run_rank(config: dict, step_name: str, parent: dict | None, device: str | None) -> dict | None:
-    """Train this rank's share of the step from the resolved config and parent reference (as JSON). Returns the
-    `StepOutcome` as a dict on rank 0, None on the others; the ranks leave together (a barrier)."""
-    config_ = load_config(config).config
-    outcome = run_step(config_, step_name, CheckpointRef.from_dict(parent) if parent else None, device=device)
+def run_rank(config: dict, step_name: str, parent: dict | None) -> dict | None:
+    """Train this rank's share of the step from the resolved config (`run_dict`) and the parent reference, as JSON.
+    Returns the `StepOutcome` as a dict on rank 0, None on the others; the ranks leave together (a barrier)."""
+    outcome = run_step(run_config_of(config), step_name, CheckpointRef.from_dict(parent) if parent else None)
     if distributed.active():
         import torch.distributed as dist
 
@@ -34,13 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", required=True, help="name of the step to run")
     parser.add_argument("--parent", required=True, help="JSON file with the parent CheckpointRef (or null)")
     parser.add_argument("--result", required=True, help="where rank 0 writes the StepOutcome JSON")
-    parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
     with open(args.config) as f:
-        config = json.load(f)
+        config = json.load(f)  # resolved by the caller (fluxflow/runtime/launch.py)
     with open(args.parent) as f:
         parent = json.load(f)
-    outcome = run_rank(config, args.step, parent, args.device)
+    outcome = run_rank(config, args.step, parent)
     if outcome is not None:
         with open(args.result, "w") as f:
             json.dump(outcome, f)

@@ -101,6 +101,7 @@ class AsksForCredentials(http.server.BaseHTTPRequestHandler):
 def test_a_flow_run_whose_tracking_server_refuses_its_credentials_fails_at_once_with_one_line(
         tmp_path, prefect_api, monkeypatch, capsys):
     from flows.pipeline_flow import run_pipeline_flow
+    from fluxflow.config.run_config import resolve_run_config
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AsksForCredentials)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -108,7 +109,7 @@ def test_a_flow_run_whose_tracking_server_refuses_its_credentials_fails_at_once_
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "tracker")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
     try:
-        assert run_pipeline_flow(tiny_raw(tmp_path / "out")) == 2  # as a worker's flow run: not retried, exit 2
+        assert run_pipeline_flow(resolve_run_config(tiny_raw(tmp_path / "out")).config) == 2  # as a worker's flow run: not retried, exit 2
     finally:
         server.shutdown()
     printed = capsys.readouterr()

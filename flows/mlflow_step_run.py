@@ -45,6 +45,7 @@ from flows.mlflow_runs import (
     flatten_params,
     open_pipeline_run,
 )
+from fluxflow.storage.location import local_root
 from fluxflow.train.tracking import metrics_file
 
 if TYPE_CHECKING:  # only for annotations: this module must import without torch
@@ -177,12 +178,13 @@ class StepRunRecorder:
         self.last_step = self._last_steps()
         self.log_points(file_points(self.metrics_file(), self.last_step))
         listed = {a.path for a in self.client.list_artifacts(self.run_id, "samples")}
-        for image in sorted((Path(self.output_dir) / "samples").glob(f"{self.step.name}_{self.step.index + 1:03d}_*")):
+        samples = local_root(self.output_dir) / "samples"
+        for image in sorted(samples.glob(f"{self.step.name}_{self.step.index + 1:03d}_*")):
             if f"samples/{image.name}" not in listed:
                 self.log_image(image)
 
     def metrics_file(self) -> Path:
-        return metrics_file(self.output_dir, self.step.name)
+        return metrics_file(local_root(self.output_dir), self.step.name)  # an object store's: its staging copy
 
     def _last_steps(self) -> dict[str, int]:
         keys = self.client.get_run(self.run_id).data.metrics

@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from flows import kill_points
 from flows.mlflow_step_run import StepRunRecorder
 from flows.tracking_queue import TRACKING, TrackingQueue
+from fluxflow.storage.location import local_root
 from fluxflow.train.tracking import Progress, metrics_file
 
 if TYPE_CHECKING:  # only for annotations: this module must import without torch
@@ -86,7 +87,7 @@ class MlflowTracker:
             self._behind = True
             log.warning("MLflow has been unreachable for long: %d metric points wait in memory; the next ones are "
                         "sent from %s when it answers", self.queue.max_points,
-                        metrics_file(self.recorder.output_dir, progress.step_name))
+                        metrics_file(local_root(self.recorder.output_dir), progress.step_name))
 
     def log_image(self, path: Path) -> None:
         self._put(partial(self.recorder.log_image, Path(path)))

@@ -27,6 +27,7 @@ from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome
 from fluxflow.config import ConfigError, ConfigIssue, PipelineConfig, load_config
 from fluxflow.config.file_checks import data_folder_issues
 from fluxflow.config.schema import check_output_path
+from fluxflow.storage.location import local_path, output_root, remote_uri
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,8 @@ def load_pipeline_config(source: str | Path | dict, output_dir: str | None = Non
 
 
 def output_dir_of(config: PipelineConfig) -> str:
-    """Absolute path of the pipeline's output directory (always local: fluxflow/config/schema.py): the key of its
-    MLflow runs."""
-    return str(Path(config.output.output_path).resolve())
+    """The pipeline's output directory, the key of its MLflow runs: its absolute path, or its object-store URI."""
+    return remote_uri(config.output.output_path) or str(local_path(config.output.output_path).resolve())
 
 
 def make_tracker(config: PipelineConfig, target: TrackingTarget):
@@ -82,7 +82,7 @@ def make_tracker(config: PipelineConfig, target: TrackingTarget):
         session=target.session,
         experiment_name=target.experiment_name or config.tracking.experiment_name,
     )
-    console = ConsoleJsonlTracker(Path(config.output.output_path))
+    console = ConsoleJsonlTracker(output_root(config))  # local: an object store's staging mirror
     prefect_log = PrefectLogTracker.for_current_task_run()
     return MultiTracker([console, mlflow_tracker, *([prefect_log] if prefect_log else [])]), mlflow_tracker
 

@@ -6,6 +6,10 @@ moved aside to `checkpoints/<step>/superseded/<old key>/` (never deleted), with 
 
 A kill can land between any two writes of a finishing step: after `final.pt` but before `ref.json`, the step is
 recognised by the key and `completed` flag inside `final.pt` and completed without retraining (not set aside).
+
+An output on an object store (fluxflow/storage/location.py) is trained in its local staging directory: `pull` brings
+the step's files from the store at its start, and each write is published after it is made locally (`publish_*`,
+fluxflow/storage/mirror.py), `ref.json` last. For a local output these are no-ops.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fluxflow.checkpoints.latest import previous_of
 from fluxflow.checkpoints.ref import CheckpointRef, StepResult
@@ -21,7 +26,11 @@ from fluxflow.config.dag import execution_order
 from fluxflow.config.modes import unused_image_stat_fields
 from fluxflow.config.steps import KEY_NEUTRAL_VALUES
 from fluxflow.checkpoints.step_key import describe_change, step_key
+from fluxflow.storage.location import output_root, remote_uri
 from fluxflow.train.tracking import metrics_file
+
+if TYPE_CHECKING:
+    from fluxflow.storage.mirror import OutputMirror
 
 
 def step_keys(config) -> dict[str, str]:
@@ -48,6 +57,7 @@ class StepFiles:
     n_steps: int
     dir: Path
     output: Path
+    remote: OutputMirror | None = None  # the object store the output lives on; None for a local output
 
     @property
     def latest(self) -> Path:
@@ -119,6 +129,8 @@ class StepFiles:
         for path in (self.latest, self.previous, self.final, self.ref_json, self.metrics):
             if path.exists():
                 shutil.move(str(path), target / path.name)
+                if self.remote is not None:  # the store's copies too: set aside there, never overwritten
+                    self.remote.move(self._rel(path), self._rel(target / path.name))
         print(f"Re-running step {self.step.name}: its configuration or an earlier step changed"
               f"{' (' + why + ')' if why else ''}; previous files moved to {target}", flush=True)
 
@@ -136,6 +148,52 @@ class StepFiles:
         tmp = self.ref_json.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(payload, indent=2))
         tmp.replace(self.ref_json)
+        if self.remote is not None:  # last: a reader that finds ref.json finds everything it names
+            self.remote.publish(self._rel(self.ref_json))
+
+    # ------------------------------------------------------------------------------- an output on an object store
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.output).as_posix()
+
+    def final_uri(self) -> str:
+        """Where the next step (on whatever node) reads final.pt: the store's URI, or the local path."""
+        return self.remote.url(self._rel(self.final)) if self.remote is not None else str(self.final)
+
+    def pull(self) -> None:
+        """The step's files from the store into the staging directory, each verified; what the store lacks or cannot
+        vouch for is removed from it (the store is the truth)."""
+        if self.remote is None:
+            return
+        for path in (self.ref_json, self.final, self.latest, self.previous, self.metrics):
+            self.remote.pull(self._rel(path))
+
+    def publish_latest(self, say=print) -> None:
+        """latest.pt (the one it replaces kept as latest.prev.pt), the metrics so far and new samples. A failed upload
+        is one line, and training goes on: the store keeps its previous good checkpoint, the next save tries again,
+        and the step's end must succeed."""
+        if self.remote is None:
+            return
+        try:
+            self.remote.publish(self._rel(self.latest), keep_previous=self._rel(self.previous))
+            self._publish_records()
+        except OSError as exc:
+            say(f"⚠️  could not upload {self.latest.name} of step {self.step.name} to {self.remote.uri} ({exc}); "
+                "the store keeps its previous checkpoint, the next save tries again")
+
+    def publish_final(self) -> None:
+        """final.pt, the step's metrics and samples (before ref.json, which `write_ref` publishes)."""
+        if self.remote is None:
+            return
+        self.remote.publish(self._rel(self.final))
+        self._publish_records()
+        self.remote.remove(self._rel(self.previous))
+
+    def _publish_records(self) -> None:
+        if self.metrics.exists():
+            self.remote.publish(self._rel(self.metrics))
+        prefix = f"{self.step.name}_{self.step.index + 1:03d}_"  # fluxflow/sampling/sample_files.py, sample_name
+        self.remote.publish_changed("samples", lambda name: name.startswith(prefix))
 
 
 def _metadata(path: Path) -> dict | None:
@@ -156,6 +214,11 @@ def plan_step(config, step_name: str) -> StepFiles:
     if step_name not in names:
         raise ValueError(f"unknown step {step_name!r}; the pipeline has {', '.join(names)}")
     step = steps[names.index(step_name)]
-    out = Path(config.output.output_path)
+    out, uri = output_root(config), remote_uri(config.output.output_path)
+    remote = None
+    if uri is not None:
+        from fluxflow.storage.mirror import OutputMirror  # fsspec: only for an output on an object store
+
+        remote = OutputMirror(uri, out)
     return StepFiles(step=step, key=step_keys(config)[step_name], n_steps=len(steps),
-                     dir=out / "checkpoints" / step_name, output=out)
+                     dir=out / "checkpoints" / step_name, output=out, remote=remote)

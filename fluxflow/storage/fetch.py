@@ -26,7 +26,7 @@ def fetch_verified(uri: str, expected_sha256: str | None = None) -> Path:
     """A local copy of the remote file `uri`, checked against `expected_sha256` (else its sidecar record)."""
     import fsspec
 
-    fs, key = fsspec.core.url_to_fs(uri)
+    fs, key = fsspec.core.url_to_fs(uri, use_listings_cache=False)
     try:
         expected = expected_sha256 or _recorded(fs, key)
         name = key.rsplit("/", 1)[-1]
@@ -66,3 +66,12 @@ def _recorded(fs, key: str) -> str | None:
         return fs.cat_file(key + SIDECAR).decode().strip() or None
     except FileNotFoundError:
         return None
+
+
+def local_copy(path: str, expected_sha256: str | None = None) -> Path:
+    """`path` itself when it is local, else its verified local copy (for callers that need a file: MLflow's
+    artifacts of a registered model)."""
+    from fluxflow.storage.location import local_path, remote_uri
+
+    uri = remote_uri(path)
+    return fetch_verified(uri, expected_sha256) if uri is not None else local_path(path)

@@ -45,7 +45,8 @@ class OutputMirror:
         import fsspec  # only for remote outputs
 
         self.uri, self.root, self.say = uri.rstrip("/"), Path(root), say
-        self.fs, self.base = fsspec.core.url_to_fs(self.uri)
+        # No listings cache: another node (or a killed run) changes the store between two looks.
+        self.fs, self.base = fsspec.core.url_to_fs(self.uri, use_listings_cache=False)
         self._sent: dict[str, tuple[int, int]] = {}  # files published by `publish_changed`: (size, mtime_ns)
 
     def url(self, rel: str) -> str:

@@ -37,7 +37,7 @@ class StoreLock:
         import fsspec
 
         self.uri = uri.rstrip("/")
-        self.fs, base = fsspec.core.url_to_fs(self.uri)
+        self.fs, base = fsspec.core.url_to_fs(self.uri, use_listings_cache=False)
         self.key, self.url = f"{base}/{LOCK_NAME}", f"{self.uri}/{LOCK_NAME}"
         self.protocol = self.uri.split("://", 1)[0].lower()
         self.say = say

@@ -62,7 +62,7 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
         done = files.completed()
         if done is not None:
             if main:
-                print(f"Skipping step {step_name}: already complete ({files.final})", flush=True)
+                print(f"Skipping step {step_name}: already complete ({files.final_uri()})", flush=True)
             ref, result = done
             result.trained = False
             return StepOutcome(ref, result)
@@ -293,5 +293,5 @@ class StepRun:
             self.files.write_ref(ref, result)
         self.report.finished(ref, result)
         self.say(f"[{datetime.now():%H:%M:%S}] Finished step {step.name}: {self.outcome} after {pos.epoch} "
-                 f"epoch(s), global_step={pos.global_step}, checkpoint {self.files.final}")
+                 f"epoch(s), global_step={pos.global_step}, checkpoint {ref.uri}")
         return StepOutcome(ref, result)

@@ -59,6 +59,26 @@ def test_an_object_cut_short_on_the_store_is_never_read_and_the_previous_checkpo
                for line in lines), lines
 
 
+def test_a_torn_latest_on_the_store_is_replaced_not_kept_as_the_previous_one(s3, tmp_path):
+    uri = "s3://fluxflow/torn-replaced"
+    saved_and_published(OutputMirror(uri, tmp_path / "node1"), range(1, 3))
+    data = store().cat_file("fluxflow/torn-replaced/checkpoints/s/latest.pt")
+    store().pipe_file("fluxflow/torn-replaced/checkpoints/s/latest.pt", data[:1000])
+    node2 = OutputMirror(uri, tmp_path / "node2", say=lambda line: None)
+    for rel in ("checkpoints/s/latest.pt", "checkpoints/s/latest.prev.pt"):
+        node2.pull(rel)
+    assert load_latest(tmp_path / "node2" / "checkpoints" / "s" / "latest.pt", say=lambda line: None)[
+        "global_step"] == 1
+    saved_and_published(node2, range(2, 3))  # the resumed run's next checkpoint
+
+    lines: list[str] = []
+    node3 = OutputMirror(uri, tmp_path / "node3", say=lines.append)
+    assert node3.pull("checkpoints/s/latest.prev.pt") and node3.pull("checkpoints/s/latest.pt")
+    assert lines == []  # both verified: the good checkpoint 1 stayed the previous one, the torn one is gone
+    prev = load_checkpoint(tmp_path / "node3" / "checkpoints" / "s" / "latest.prev.pt")
+    assert prev["global_step"] == 1
+
+
 def test_a_failed_upload_leaves_the_previous_good_latest_in_place(s3, tmp_path, monkeypatch):
     uri = "s3://fluxflow/failed-upload"
     mirror = OutputMirror(uri, tmp_path / "node1")

@@ -48,6 +48,9 @@ class OutputMirror:
         # No listings cache: another node (or a killed run) changes the store between two looks.
         self.fs, self.base = fsspec.core.url_to_fs(self.uri, use_listings_cache=False)
         self._sent: dict[str, tuple[int, int]] = {}  # files published by `publish_changed`: (size, mtime_ns)
+        # The sha256 of each object this mirror pulled whole or published: only such an object is kept as the
+        # previous one when it is replaced (a torn one is simply replaced, as locally: checkpoints/io.py).
+        self._known: dict[str, str] = {}
 
     def url(self, rel: str) -> str:
         return f"{self.uri}/{rel}"
@@ -87,12 +90,14 @@ class OutputMirror:
         do not match its sidecar is not used (a line says so) and the staging copy is removed."""
         local = self.root / rel
         expected = self.recorded_sha256(rel)
+        self._known.pop(rel, None)
         if expected is None or not self.exists(rel):
             if self.exists(rel):
                 self.say(f"{self.url(rel)} has no {SIDECAR} record (an upload that did not finish): not used")
             local.unlink(missing_ok=True)
             return False
         if local.exists() and sha256_of(local) == expected:
+            self._known[rel] = expected
             return True
         local.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".tmp", dir=local.parent)
@@ -106,6 +111,7 @@ class OutputMirror:
                 local.unlink(missing_ok=True)
                 return False
             os.replace(tmp, local)
+            self._known[rel] = expected
             return True
         finally:
             with suppress(FileNotFoundError):
@@ -116,11 +122,11 @@ class OutputMirror:
     def publish(self, rel: str, keep_previous: str | None = None) -> str:
         """Upload the staging file `rel` so that no reader sees it torn; returns its sha256. With `keep_previous`,
         the object it replaces is first copied there (with its record). An object already holding these bytes is
-        left as it is (final.pt is immutable; a retry re-publishes nothing)."""
+        left as it is when this mirror saw it whole (final.pt is immutable; a retry re-publishes nothing)."""
         local = self.root / rel
         digest = sha256_of(local)
         key = self._key(rel)
-        if self.recorded_sha256(rel) == digest and self.exists(rel):
+        if self._known.get(rel) == digest and self.recorded_sha256(rel) == digest:  # verified whole, same bytes
             return digest
         temp = f"{key}.upload-{uuid.uuid4().hex[:12]}"
         try:
@@ -128,7 +134,8 @@ class OutputMirror:
             size, stored = local.stat().st_size, self._call("checking", self.fs.info, temp)["size"]
             if stored != size:
                 raise OSError(f"upload of {local} to {self.url(rel)} stored {stored} of {size} bytes")
-            if keep_previous is not None and self.recorded_sha256(rel) is not None and self.exists(rel):
+            current = self.recorded_sha256(rel)
+            if keep_previous is not None and current is not None and self._known.get(rel) == current:
                 # Object first, then its record: a kill between them leaves a previous that is not trusted, and the
                 # current one, still in place, is.
                 self._call("copying", self.fs.copy, key, self._key(keep_previous))
@@ -140,6 +147,7 @@ class OutputMirror:
                     self.fs.rm_file(temp)
         # Record last: until it is written the object does not match the old record, and is not used.
         self._call("publishing", self.fs.pipe_file, key + SIDECAR, digest.encode())
+        self._known[rel] = digest
         return digest
 
     def publish_changed(self, rel_dir: str, match: Callable[[str], bool] = lambda name: True) -> None:

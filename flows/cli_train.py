@@ -114,7 +114,9 @@ def check_can_run(config) -> None:
 
     try:
         resolve_device(config.training.device)
-        with output_lock(config.output.output_path, say=lambda line: None):  # on a store: bucket, credentials too
+        # On an object store this also asks for its bucket and credentials, and takes over (saying so) the lock
+        # that a killed run left.
+        with output_lock(config.output.output_path, say=lambda line: print(line, file=sys.stderr)):
             pass
     except (DeviceUnavailable, RunLockedError, StorageError) as exc:
         raise Refused(str(exc)) from None

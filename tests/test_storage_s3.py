@@ -203,3 +203,13 @@ def test_a_store_error_is_not_retried(s3):
 
     assert not is_retryable(StorageError("s3://x: the bucket 'x' does not exist"))
 
+
+
+def test_the_temporary_objects_of_a_killed_upload_are_removed_and_only_the_steps_own(s3, tmp_path):
+    mirror = OutputMirror("s3://fluxflow/leftovers", tmp_path / "node1")
+    for name in ("training_metrics_a.jsonl.upload-1a2b", "training_metrics_b.jsonl.upload-3c4d"):
+        store().pipe_file(f"fluxflow/leftovers/graph/{name}", b"half")
+    assert mirror.remove_unfinished_uploads("graph", "training_metrics_a.jsonl") == [
+        "fluxflow/leftovers/graph/training_metrics_a.jsonl.upload-1a2b"]
+    assert store().ls("fluxflow/leftovers/graph", detail=False, refresh=True) == [
+        "fluxflow/leftovers/graph/training_metrics_b.jsonl.upload-3c4d"]  # step b may be uploading it now

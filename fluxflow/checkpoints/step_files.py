@@ -167,6 +167,10 @@ class StepFiles:
             return
         for path in (self.ref_json, self.final, self.latest, self.previous, self.metrics):
             self.remote.pull(self._rel(path))
+        # What a kill during an upload left (the step's own names only: other steps may be uploading beside it).
+        self.remote.remove_unfinished_uploads(self._rel(self.dir))
+        self.remote.remove_unfinished_uploads("graph", self.metrics.name)
+        self.remote.remove_unfinished_uploads("samples", self._sample_prefix())
 
     def publish_latest(self, say=print) -> None:
         """latest.pt (the one it replaces kept as latest.prev.pt), the metrics so far and new samples. A failed upload
@@ -192,8 +196,12 @@ class StepFiles:
     def _publish_records(self) -> None:
         if self.metrics.exists():
             self.remote.publish(self._rel(self.metrics))
-        prefix = f"{self.step.name}_{self.step.index + 1:03d}_"  # fluxflow/sampling/sample_files.py, sample_name
+        prefix = self._sample_prefix()
         self.remote.publish_changed("samples", lambda name: name.startswith(prefix))
+
+    def _sample_prefix(self) -> str:
+        """How this step's sample files begin (fluxflow/sampling/sample_files.py, sample_name)."""
+        return f"{self.step.name}_{self.step.index + 1:03d}_"
 
 
 def _metadata(path: Path) -> dict | None:

@@ -165,6 +165,20 @@ class OutputMirror:
                 self.publish(rel)
                 self._sent[rel] = (stat.st_size, stat.st_mtime_ns)
 
+    def remove_unfinished_uploads(self, rel_dir: str, prefix: str = "") -> list[str]:
+        """Delete the temporary objects that killed uploads left in `rel_dir` (names starting with `prefix`): each may
+        be as large as a checkpoint. Only the step that owns those names may call this (no upload of its is running)."""
+        try:
+            keys = self._call("listing", self.fs.ls, self._key(rel_dir), detail=False)
+        except FileNotFoundError:
+            return []
+        left = [key for key in keys if ".upload-" in key.rsplit("/", 1)[-1]
+                and key.rsplit("/", 1)[-1].startswith(prefix)]
+        for key in left:
+            with suppress(FileNotFoundError):
+                self._call("deleting", self.fs.rm_file, key)
+        return left
+
     def remove(self, rel: str) -> None:
         """Delete `rel` and its record from the store (record first: what is left is never trusted)."""
         for key in (self._key(rel) + SIDECAR, self._key(rel)):

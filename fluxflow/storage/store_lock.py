@@ -27,6 +27,7 @@ LOCK_NAME = ".lock"
 LEASE_S = 180.0  # a heartbeat older than this: the holder is gone (3 missed renewals)
 HEARTBEAT_S = 60.0
 ATOMIC_CREATE = ("s3", "s3a")  # conditional create (If-None-Match) and replace (If-Match), tried against moto's S3
+_WARNED: set[str] = set()
 
 
 class StoreLock:
@@ -55,7 +56,8 @@ class StoreLock:
     def acquire(self) -> None:
         if self._stop is not None:
             raise RuntimeError(f"StoreLock on {self.uri} is already held by this object")
-        if not self._atomic():
+        if not self._atomic() and self.uri not in _WARNED:  # once per process (the CLI's early check, then the flow)
+            _WARNED.add(self.uri)
             self.say(f"⚠️  {self.protocol}:// offers no atomic conditional create here: {self.url} is checked, then "
                      "written, so a second run started at the same moment might not be refused")
         try:

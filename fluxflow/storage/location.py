@@ -53,17 +53,17 @@ def check_output_uri(value: str) -> str:
     protocol = protocol.lower()
     known = known_implementations.get(protocol)
     if known is None:
-        raise ValueError(f"{value}: unknown storage protocol {protocol}:// (fsspec knows s3://, gs://, az://, ... "
+        raise ValueError(f"unknown storage protocol {protocol}:// (fsspec knows s3://, gs://, az://, ... "
                          "and file:// for a mounted directory)")
     if protocol in NOT_SHARED:
-        raise ValueError(f"{value}: {protocol}:// is not storage other processes and nodes see; use a directory, "
+        raise ValueError(f"{protocol}:// is not storage other processes and nodes see; use a directory, "
                          "file://, or an object store such as s3://")
     package = known["class"].split(".")[0]
     if importlib.util.find_spec(package) is None:
-        raise ValueError(f"{value}: {protocol}:// needs the package {package}, which is not installed "
+        raise ValueError(f"{protocol}:// needs the package {package}, which is not installed "
                          f"({known.get('err') or f'pip install {package}'})")
     if not rest.split("/")[0]:
-        raise ValueError(f"{value}: the URI names no bucket ({protocol}://BUCKET/PATH)")
+        raise ValueError(f"the URI names no bucket ({protocol}://BUCKET/PATH)")
     return value
 
 

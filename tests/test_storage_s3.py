@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 
 import fsspec
 import pytest
@@ -158,6 +159,42 @@ def test_the_lock_of_a_killed_run_is_taken_over_saying_why(s3):
         assert holder["pid"] == os.getpid()
     assert lines == [f"Took over the lock s3://fluxflow/killed/.lock: its holder, pid {dead['pid']} of this host, is "
                      "no longer running"]
+
+
+def test_a_lock_of_another_host_is_held_while_its_heartbeat_is_fresh_and_taken_over_when_it_is_old(s3):
+    from fluxflow.storage.store_lock import LEASE_S
+
+    def held_by_another_host(heartbeat: float) -> None:
+        record = {"host": "another-host", "pid": os.getpid(), "token": "x", "heartbeat": heartbeat}
+        store().pipe_file("fluxflow/leased/.lock", json.dumps(record).encode())
+
+    held_by_another_host(time.time() - 10)
+    with pytest.raises(RunLockedError, match=f"in use by another run \\(pid {os.getpid()} on another-host"):
+        StoreLock("s3://fluxflow/leased", say=lambda line: None).acquire()
+    held_by_another_host(time.time() - LEASE_S - 60)
+    lines: list[str] = []
+    with StoreLock("s3://fluxflow/leased", say=lines.append):
+        pass
+    assert len(lines) == 1 and f"pid {os.getpid()} on another-host) last renewed it 2" in lines[0]
+
+
+def test_of_two_runs_taking_over_a_stale_lock_only_one_gets_it(s3, monkeypatch):
+    from fluxflow.storage import store_lock
+
+    dead = {"host": socket.gethostname(), "pid": 2 ** 22 + 1, "token": "x", "heartbeat": 0}
+    store().pipe_file("fluxflow/race/.lock", json.dumps(dead).encode())
+    other = StoreLock("s3://fluxflow/race", say=lambda line: None)
+    read = store_lock._read
+
+    def the_other_run_takes_it_meanwhile(fs, key):  # between this run's look at the lock and its write
+        found = read(fs, key)
+        fs.pipe_file(key, other._record())
+        return found
+
+    monkeypatch.setattr(store_lock, "_read", the_other_run_takes_it_meanwhile)
+    with pytest.raises(RunLockedError, match="was taken by another run while this one replaced its stale lock"):
+        StoreLock("s3://fluxflow/race", say=lambda line: None).acquire()
+    assert json.loads(store().cat_file("fluxflow/race/.lock"))["token"] == other.token
 
 
 VALID = "training:\n  pipeline:\n    steps: [{name: a, n_epochs: 1, train_vae: true}]\n"

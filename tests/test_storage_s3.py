@@ -143,7 +143,8 @@ def test_a_remote_checkpoint_is_read_through_a_verified_local_copy(s3, tmp_path,
 
 def test_a_second_run_on_the_same_store_output_is_refused_naming_the_holder(s3):
     with StoreLock("s3://fluxflow/locked", say=lambda line: None):
-        with pytest.raises(RunLockedError, match=f"s3://fluxflow/locked is in use by another run \\(pid {os.getpid()} "):
+        held = f"s3://fluxflow/locked is in use by another run \\(pid {os.getpid()} "
+        with pytest.raises(RunLockedError, match=held):
             StoreLock("s3://fluxflow/locked", say=lambda line: None).acquire()
     assert not store().exists("fluxflow/locked/.lock")  # released: the next run takes it at once
     with output_lock("s3://fluxflow/locked", say=lambda line: None):

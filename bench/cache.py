@@ -86,7 +86,7 @@ class Arm:
 
 
 def measure_case(label: str, img_size: int, batch: int, flags: dict, root: Path) -> list[dict[str, Any]]:
-    from fluxflow.train.latents import measure_latent_norm
+    from fluxflow.models.latents import measure_latent_norm
     from fluxflow.data import make_loader
 
     arms = [Arm("on the fly", root / "live", img_size, batch, flags),

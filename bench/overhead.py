@@ -35,17 +35,20 @@ def flow_runner(path: Path, batches: int) -> None:
     """Run the tiny pipeline through `flows.pipeline_flow.run_pipeline_flow` (Prefect + MLflow)."""
     from flows.pipeline_flow import run_pipeline_flow
 
-    code = run_pipeline_flow(tiny_pipeline(path, batches=batches, samples=True), output_dir=str(path), device="cpu")
+    from fluxflow.config.run_config import resolve_run_config
+
+    config = resolve_run_config(tiny_pipeline(path, batches=batches, samples=True), output_dir=str(path), device="cpu")
+    code = run_pipeline_flow(config.config)
     if code != 0:
         raise RuntimeError(f"the flow run in {path} exited with code {code}")
 
 
 def bare_runner(path: Path, batches: int) -> None:
     """Run the tiny pipeline through `fluxflow.train.pipeline.run_pipeline` (console + JSONL tracking only)."""
-    from fluxflow.config import load_config
+    from fluxflow.config.run_config import resolve_run_config
     from fluxflow.train.pipeline import run_pipeline
 
-    run_pipeline(load_config(tiny_pipeline(path, batches=batches, samples=True)).config, device="cpu")
+    run_pipeline(resolve_run_config(tiny_pipeline(path, batches=batches, samples=True), device="cpu").config)
 
 
 def measure_pairs(runners: dict[str, Runner], pairs: int, batches: int, workdir: Path, log) -> dict[str, Any]:

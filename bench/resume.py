@@ -76,12 +76,12 @@ class FirstBatchTracker:
 
 def run_until(config_dict: dict, stop_at: int) -> dict[str, Any]:
     """Run the step in this process until `stop_at` batches are logged; returns the tracker's times."""
-    from fluxflow.config import load_config
+    from fluxflow.config.run_config import resolve_run_config
     from fluxflow.train.step_run import run_step
 
     tracker = FirstBatchTracker(stop_at)
     try:
-        run_step(load_config(config_dict).config, STEP, None, tracker=tracker, device="cpu")
+        run_step(resolve_run_config(config_dict, device="cpu").config, STEP, None, tracker=tracker)
     except StopAfterBatch:
         return tracker.times
     raise RuntimeError("the step finished before the expected batch was logged")

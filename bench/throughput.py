@@ -1,21 +1,19 @@
-"""throughput: images/s of the per-batch training steps, exactly as the runner calls them, and the data loader.
+"""throughput: images/s of the per-batch training steps, exactly as the step runner calls them, and the data loader.
 
 For each step kind (`vae`, `vae_gan_r1`: VAE + GAN with R1 on every step, the worst case of lazy R1, and `flow`:
 rectified flow on frozen-VAE latents, text encoder frozen) the models, optimizers (fused AdamW), EMA and
-`StepContext` are built by the same functions the runner uses, and `vae_step` / `flow_step` run on a fixed batch of
-real `shapes` images (per-batch caption tokenization and EMA updates included, data loading excluded: the `data` rows
-time the shapes loader on its own). After warm-up, steps are timed until MIN_SECONDS have passed (at least
-MIN_ITERS steps, or one step when it alone takes LONG_STEP_S); on CUDA the clock stops after a device synchronize.
-
-FLOPs of one step are counted with `torch.utils.flop_counter.FlopCounterMode` (matmuls and convolutions, forward
-and backward, including the frozen encoder's forward in the flow step), on one image times the batch size. On CUDA
-the model FLOP utilisation (MFU) is achieved FLOP/s over the GPU's dense bf16 peak; on CPU it is achieved FLOP/s
-over the `matmul` row (the best n=1024 matmul rate measured in the same run, same precision).
-
-CPU runs a small subset (documented in docs/PERFORMANCE.md: about a minute on 2 idle cores). CUDA runs
-64 and 256 px at batch sizes 8-64 under bf16 autocast, eager and with `torch.compile` (R1's double backward does not
-compile: with R1 on, the discriminator stays eager). The `seed-size` rows (VAE ≈ 6.9 M parameters, flow ≈ 1.7 M,
-batch 4, 64 px) are the comparison with the original tool's figures.
+`StepContext` are built by the same functions the step runner uses, and `train_vae_batch` / `train_flow_batch` run on a
+fixed batch of real `shapes` images (per-batch caption tokenization and EMA updates included, data loading excluded: the
+`data` rows time the shapes loader on its own). After warm-up, steps are timed until MIN_SECONDS have passed (at least
+MIN_ITERS steps, or one step when it alone takes LONG_STEP_S); on CUDA the clock stops after a device synchronize. FLOPs
+of one step are counted with `torch.utils.flop_counter.FlopCounterMode` (matmuls and convolutions, forward and backward,
+including the frozen encoder's forward in the flow step), on one image times the batch size. On CUDA the model FLOP
+utilisation (MFU) is achieved FLOP/s over the GPU's dense bf16 peak; on CPU it is achieved FLOP/s over the `matmul` row
+(the best n=1024 matmul rate measured in the same run, same precision). CPU runs a small subset (documented in
+docs/PERFORMANCE.md: about a minute on 2 idle cores). CUDA runs 64 and 256 px at batch sizes 8-64 under bf16 autocast,
+eager and with `torch.compile` (R1's double backward does not compile: with R1 on, the discriminator stays eager). The
+`seed-size` rows (VAE ≈ 6.9 M parameters, flow ≈ 1.7 M, batch 4, 64 px) are the comparison with the original tool's
+figures.
 """
 from __future__ import annotations
 
@@ -67,12 +65,12 @@ def step_config(kind: str, img_size: int, batch: int, model: dict | None = None,
 
 
 class StepBench:
-    """One step kind at one size, built by the runner's own `build_trainer`; `run(i)` is one training batch."""
+    """One step kind at one size, built by the step runner's own `build_trainer`; `run(i)` is one training batch."""
 
     def __init__(self, kind: str, img_size: int, batch: int, device: torch.device, *, compile: bool = False,
                  model: dict | None = None, precision: str = "auto"):
         from fluxflow.data import ShapesDataset
-        from fluxflow.train.latents import measure_latent_norm
+        from fluxflow.models.latents import measure_latent_norm
         from fluxflow.train.trainer import build_trainer
 
         # `compile`: training.compile, as a run sets it (fluxflow/train/speed.py; R1 keeps the discriminator eager).

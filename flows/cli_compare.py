@@ -1,15 +1,18 @@
 """`fluxflow-compare`: the hypotheses of an MLflow experiment, or the versions of a registered model, side by side.
 
-The arguments are parsed here, before MLflow is imported (flows/compare.py, flows/compare_versions.py), so that
-`--help` and `--version` answer at once.
+The arguments are parsed and the results printed and written here; the comparisons are flows/compare.py (hypotheses)
+and flows/compare_versions.py (versions), imported after parsing, so that `--help` and `--version` answer at once.
 """
 from __future__ import annotations
 
 from flows import env  # noqa: F401  (every flows entry point: quiet and offline)
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
+from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OK
 from flows.cli_version import add_version_argument
 
 
@@ -32,10 +35,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from flows.compare import run
+    return run(build_parser().parse_args(argv))
 
-    return run(args)
+
+def run(args) -> int:
+    """`fluxflow-compare` once its arguments are parsed: print the tables, write CSV, JSON and PNG."""
+    from mlflow.tracking import MlflowClient
+
+    from flows.compare import experiment_comparison, write_chart, write_csv
+    from flows.compare_versions import model_comparison
+    from flows.mlflow_runs import resolve_tracking_uri
+    from flows.text_table import plain_table
+
+    client = MlflowClient(args.tracking_uri or resolve_tracking_uri())
+    if args.registered_model:
+        found, name = model_comparison(client, args.registered_model, args.alias), args.registered_model
+    else:
+        found, name = experiment_comparison(client, args.experiment), args.experiment
+    if isinstance(found, str):
+        print(f"fluxflow-compare: {found}", file=sys.stderr)
+        return EXIT_FIX_INPUT
+    comparison, rows, title = found
+    print(plain_table(rows))
+    summary = comparison.summary
+    if summary is not None and summary.differences:
+        print()
+        print(plain_table(summary.difference_rows()))
+    if summary is not None:
+        print()
+        print(summary.note())
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "compare_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    written = [out / f"{stem}.csv", out / f"{stem}.png"]
+    write_csv(rows, written[0])
+    write_chart(comparison, written[1], title)
+    if summary is not None and summary.differences:
+        written.append(out / f"{stem}_differences.csv")
+        write_csv(summary.difference_rows(), written[-1])
+    if summary is not None:
+        written.append(out / f"{stem}.json")
+        written[-1].write_text(json.dumps(summary.to_dict(), indent=1) + "\n")
+    print(f"\nWrote {', '.join(map(str, written))}")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from flows.cli_generate import ModelNotFound, add_checkpoint_arguments, checkpoint_model
+from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OK
 from flows.cli_version import add_version_argument
 
 
@@ -48,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         folder = export_weights(model, args.output, source)
     except (CheckpointError, ConfigError, GenerationError, ModelNotFound, OSError) as exc:
         print(f"fluxflow-export: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_FIX_INPUT
     print(f"Wrote {folder} (config.json, model.safetensors); load it with fluxflow-generate --weights {folder}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OK
 from flows.cli_version import add_version_argument
 
 
@@ -101,13 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         prompts = read_prompts(args.prompt, args.prompts_file)
     except (OSError, UnicodeDecodeError) as exc:
         print(f"fluxflow-generate: cannot read --prompts-file {args.prompts_file}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_FIX_INPUT
     if not prompts:
         print("fluxflow-generate: give at least one --prompt or a --prompts-file", file=sys.stderr)
-        return 2
+        return EXIT_FIX_INPUT
     if args.n < 1 or args.steps < 1:
         print("fluxflow-generate: --n and --steps must be at least 1", file=sys.stderr)
-        return 2
+        return EXIT_FIX_INPUT
 
     from fluxflow.checkpoints.io import CheckpointError
     from fluxflow.config import ConfigError
@@ -124,11 +125,11 @@ def main(argv: list[str] | None = None) -> int:
                                guidance=args.guidance, size=args.size, ext=args.format)
     except (CheckpointError, ConfigError, GenerationError, DeviceUnavailable, ModelNotFound) as exc:
         print(f"fluxflow-generate: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_FIX_INPUT
     for path in files:
         print(path)
     print(f"Wrote {len(files)} image(s) to {args.output}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

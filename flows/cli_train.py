@@ -16,14 +16,14 @@ import signal
 import sys
 from pathlib import Path
 
-from fluxflow.config import ConfigError, load_config
+from fluxflow.config import ConfigError
 from fluxflow.config.model_sizes import parameter_counts
-from fluxflow.config.schema import check_output_path
+from fluxflow.config.run_config import resolve_run_config
 from fluxflow.config.summary import format_parameters, format_summary
 from flows.cli_version import add_version_argument
+from flows.exit_codes import EXIT_FIX_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
 from flows.prefect_server import start_temporary_server
 
-EXIT_OK, EXIT_STEP_FAILED, EXIT_INVALID_CONFIG, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         if server:
             server.stop()
         print(f"❌ {exc}", file=sys.stderr)
-        return EXIT_INVALID_CONFIG
-    return train(args)
+        return EXIT_FIX_INPUT
+    return train(config, args.overrides)
 
 
 class Refused(Exception):
@@ -81,19 +81,16 @@ class Refused(Exception):
 
 
 def configured(args: argparse.Namespace):
-    """The config with the command line's overrides; prints the warnings and the plan unless --quiet."""
+    """The run's config, resolved once (fluxflow/config/run_config.py: the command line's overrides, output directory
+    with `{date}` filled, device; data folders checked): the flow and its tasks train exactly this. Prints the
+    warnings and the plan unless --quiet."""
     try:
-        loaded = load_config(args.config, args.overrides)
+        loaded = resolve_run_config(args.config, output_dir=args.output_dir, device=args.device,
+                                    overrides=args.overrides, check_data=not args.validate_pipeline,
+                                    output_dir_name="--output-dir")
     except ConfigError as exc:
         raise Refused(f"Invalid config: {exc}") from None
     config = loaded.config
-    if args.output_dir:
-        try:
-            config.output.output_path = check_output_path(args.output_dir)
-        except ValueError as exc:
-            raise Refused(f"--output-dir {args.output_dir}: {exc}") from None
-    if args.device:
-        config.training.device = args.device
     if not args.quiet:  # the warnings, then the plan: for a run as for --validate-pipeline
         for warning in loaded.warnings:
             print(f"⚠️  {warning}", file=sys.stderr)
@@ -122,7 +119,7 @@ def check_can_run(config) -> None:
         raise Refused(str(exc)) from None
 
 
-def train(args: argparse.Namespace) -> int:
+def train(config, overrides: list[str]) -> int:
     """Run the flow; Ctrl-C and SIGTERM end it with 130 / 143 once the running steps have saved their batch."""
     from flows.pipeline_flow import run_pipeline_flow
 
@@ -131,8 +128,7 @@ def train(args: argparse.Namespace) -> int:
     # (flows/prefect_server.py), which the default action (die at once) would leave for its parent-death signal.
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return int(run_pipeline_flow(config_source=str(Path(args.config).resolve()), output_dir=args.output_dir,
-                                     device=args.device, overrides=args.overrides))
+        return int(run_pipeline_flow(config, overrides))
     except KeyboardInterrupt:
         print("Interrupted: run the same command again to resume from the latest checkpoint.", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -14,23 +14,13 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (must precede mlflow)
 
 import csv
-import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from flows.mlflow_runs import (
-    FINAL_PREFIX,
-    PARENT_RUN_ID,
-    TAG_KIND,
-    TAG_PARENT_STEP,
-    TAG_STEP_NAME,
-    resolve_tracking_uri,
-)
+from flows.mlflow_names import FINAL_PREFIX, PARENT_RUN_ID, TAG_KIND, TAG_PARENT_STEP, TAG_STEP_NAME, tags_filter
 from flows.hypotheses import HypothesisSummary, summarize
-from flows.text_table import plain_table
 
 
 # A step's position, name and hypothesis label are its identity (the column labels), not part of the hypothesis.
@@ -56,7 +46,7 @@ def leaf_step_runs(client: MlflowClient, experiment_id: str) -> list:
     """The newest run of each leaf step of each pipeline (parent run) in the experiment: oldest pipeline first, then
     in the pipeline's file order."""
     runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{TAG_KIND}` = 'step'", order_by=["attributes.start_time DESC"]
+        [experiment_id], filter_string=tags_filter({TAG_KIND: "step"}), order_by=["attributes.start_time DESC"]
     )
     newest: dict[tuple[str, str], object] = {}
     for run in runs:
@@ -208,40 +198,3 @@ def experiment_comparison(client: MlflowClient, name: str) -> tuple[Comparison, 
     n = len(comparison.labels)
     replicated = " (mean, 95 % interval)" if any(len(r) > 1 for r in comparison.summary.replicates.values()) else ""
     return comparison, table_rows(comparison), f"{name}: final metrics of {n} hypotheses{replicated}"
-
-
-def run(args) -> int:
-    """`fluxflow-compare` once its arguments are parsed (flows/cli_compare.py): print the table, write CSV and PNG."""
-    client = MlflowClient(args.tracking_uri or resolve_tracking_uri())
-    if args.registered_model:
-        from flows.compare_versions import model_comparison
-
-        found, name = model_comparison(client, args.registered_model, args.alias), args.registered_model
-    else:
-        found, name = experiment_comparison(client, args.experiment), args.experiment
-    if isinstance(found, str):
-        print(f"fluxflow-compare: {found}", file=sys.stderr)
-        return 2
-    comparison, rows, title = found
-    print(plain_table(rows))
-    summary = comparison.summary
-    if summary is not None and summary.differences:
-        print()
-        print(plain_table(summary.difference_rows()))
-    if summary is not None:
-        print()
-        print(summary.note())
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "compare_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
-    written = [out / f"{stem}.csv", out / f"{stem}.png"]
-    write_csv(rows, written[0])
-    write_chart(comparison, written[1], title)
-    if summary is not None and summary.differences:
-        written.append(out / f"{stem}_differences.csv")
-        write_csv(summary.difference_rows(), written[-1])
-    if summary is not None:
-        written.append(out / f"{stem}.json")
-        written[-1].write_text(json.dumps(summary.to_dict(), indent=1) + "\n")
-    print(f"\nWrote {', '.join(map(str, written))}")
-    return 0

@@ -15,8 +15,9 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from flows.compare import MISSING, Comparison, fill_comparison, table_rows
-from flows.mlflow_runs import FINAL_PREFIX, flatten_params
-from flows.registry import TAG_PROMOTION, TAG_STEP, tracking_at, version_by_alias, versions_of
+from flows.mlflow_names import FINAL_PREFIX, TAG_PROMOTION, TAG_STEP_NAME
+from flows.mlflow_runs import flatten_params
+from flows.registry import tracking_at, version_by_alias, versions_of
 
 CONFIG_FILE = "artifacts/config.json"  # the resolved config, an artifact of every version (flows/registry.py)
 # Differences that every pair of nights has and that say nothing about the model.
@@ -56,7 +57,7 @@ def info_rows(versions: list) -> list[list[str]]:
     runs = [v.run_id or MISSING for v in versions]
     created = [datetime.fromtimestamp(v.creation_timestamp / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
                for v in versions]
-    rows = [["step", *tag(TAG_STEP)], ["registered (UTC)", *created],
+    rows = [["step", *tag(TAG_STEP_NAME)], ["registered (UTC)", *created],
             ["prefect flow run", *tag("prefect.flow_run_name")], ["mlflow run", *runs],
             ["promotion", *tag(TAG_PROMOTION + "decision")], ["promotion reason", *tag(TAG_PROMOTION + "reason")]]
     metric = next((v.tags[TAG_PROMOTION + "metric"] for v in versions if TAG_PROMOTION + "metric" in v.tags), None)

@@ -1,6 +1,6 @@
 """What a step's failure means to Prefect and to the command line: retry it or not, and how it is shown.
 
-The core marks the failures that running again cannot fix (fluxflow/runtime/errors.py: a full disk, invalid data, a
+The core marks the failures that running again cannot fix (fluxflow/errors.py: a full disk, invalid data, a
 refused or unreadable checkpoint, a wrong config). For those:
 - the step task is not retried (`retry_unless_non_retryable`, the task's `retry_condition_fn`): a retry would train
   into the same full disk or load the same refused file again;
@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from fluxflow.runtime.errors import is_retryable, non_retryable_cause
+from flows.exit_codes import EXIT_FIX_INPUT, EXIT_STEP_FAILED
+from fluxflow.errors import is_retryable, non_retryable_cause
 
-EXIT_STEP_FAILED, EXIT_FIX_INPUT = 1, 2  # flows/cli_train.py's exit codes
 
 
 def state_exception(state) -> BaseException | None:

@@ -20,16 +20,8 @@ from flows import env  # noqa: F401  (must precede mlflow)
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
-TAG_KIND = "fluxflow.kind"  # "pipeline" | "step"
-TAG_OUTPUT_DIR = "fluxflow.output_dir"
-TAG_STEP_KEY = "fluxflow.step_key"
-TAG_STEP_NAME = "fluxflow.step_name"
-TAG_PARENT_STEP = "fluxflow.parent_step"
-TAG_SESSION = "fluxflow.session"
-TAG_OUTCOME = "fluxflow.outcome"
-TAG_OVERRIDES = "fluxflow.overrides"  # the pipeline run's `--set KEY=VALUE` list, as JSON
-PARENT_RUN_ID = "mlflow.parentRunId"
-FINAL_PREFIX = "final/"
+from flows.mlflow_names import TAG_KIND, TAG_OUTPUT_DIR, TAG_STEP_KEY, TAG_STEP_NAME, tags_filter
+
 
 
 def resolve_tracking_uri(configured: str | None = None) -> str:
@@ -64,15 +56,9 @@ def flatten_params(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def _quoted(value: str) -> str:
-    """A string literal for an MLflow filter."""
-    return f'"{value}"' if "'" in value else f"'{value}'"
-
-
 def find_runs(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> list:
     """Runs carrying all the given tags, newest first."""
-    where = " and ".join(f"tags.`{key}` = {_quoted(value)}" for key, value in tags.items())
-    return list(client.search_runs([experiment_id], filter_string=where, order_by=["attributes.start_time DESC"]))
+    return list(client.search_runs([experiment_id], filter_string=tags_filter(tags), order_by=["attributes.start_time DESC"]))
 
 
 def find_step_runs(client: MlflowClient, experiment_id: str, output_dir: str, step_key: str, step_name: str) -> list:

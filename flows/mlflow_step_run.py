@@ -30,23 +30,12 @@ from flows import env  # noqa: F401  (must precede mlflow)
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from flows.mlflow_runs import (
-    FINAL_PREFIX,
-    PARENT_RUN_ID,
-    TAG_KIND,
-    TAG_OUTCOME,
-    TAG_OUTPUT_DIR,
-    TAG_PARENT_STEP,
-    TAG_SESSION,
-    TAG_STEP_KEY,
-    TAG_STEP_NAME,
-    experiment_id_for,
-    find_step_runs,
-    flatten_params,
-    open_pipeline_run,
-)
+from flows.mlflow_names import (FINAL_PREFIX, PARENT_RUN_ID, TAG_CHECKPOINT_SHA256, TAG_CHECKPOINT_URI, TAG_EPOCHS_DONE,
+                                 TAG_GLOBAL_STEP, TAG_KIND, TAG_OUTCOME, TAG_OUTPUT_DIR, TAG_PARENT_STEP,
+                                 TAG_RESUMED_FROM, TAG_SESSION, TAG_STEP_KEY, TAG_STEP_NAME)
+from flows.mlflow_runs import experiment_id_for, find_step_runs, flatten_params, open_pipeline_run
+from fluxflow.output_layout import metrics_file, samples_dir
 from fluxflow.storage.location import local_root
-from fluxflow.train.tracking import metrics_file
 
 if TYPE_CHECKING:  # only for annotations: this module must import without torch
     from fluxflow.checkpoints.ref import CheckpointRef, StepResult
@@ -140,11 +129,11 @@ class StepRunRecorder:
                          for k, v in result.final_metrics.items()])
         tags = {
             TAG_OUTCOME: result.outcome,
-            "fluxflow.epochs_done": result.epochs_done,
-            "fluxflow.global_step": ref.global_step,
-            "fluxflow.checkpoint_uri": ref.uri,
-            "fluxflow.checkpoint_sha256": ref.sha256,
-            "fluxflow.resumed_from": result.resumed_from,
+            TAG_EPOCHS_DONE: result.epochs_done,
+            TAG_GLOBAL_STEP: ref.global_step,
+            TAG_CHECKPOINT_URI: ref.uri,
+            TAG_CHECKPOINT_SHA256: ref.sha256,
+            TAG_RESUMED_FROM: result.resumed_from,
         }
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         self.client.log_dict(self.run_id, {"ref": ref.to_dict(), "result": result.to_dict()}, "checkpoint_ref.json")
@@ -178,7 +167,7 @@ class StepRunRecorder:
         self.last_step = self._last_steps()
         self.log_points(file_points(self.metrics_file(), self.last_step))
         listed = {a.path for a in self.client.list_artifacts(self.run_id, "samples")}
-        samples = local_root(self.output_dir) / "samples"
+        samples = samples_dir(local_root(self.output_dir))  # an object store's: its staging copy
         for image in sorted(samples.glob(f"{self.step.name}_{self.step.index + 1:03d}_*")):
             if f"samples/{image.name}" not in listed:
                 self.log_image(image)

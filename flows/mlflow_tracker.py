@@ -22,10 +22,12 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from flows import kill_points
+from flows.mlflow_names import TAG_WARNING
 from flows.mlflow_step_run import StepRunRecorder
 from flows.tracking_queue import TRACKING, TrackingQueue
+from fluxflow.output_layout import metrics_file
 from fluxflow.storage.location import local_root
-from fluxflow.train.tracking import Progress, metrics_file
+from fluxflow.train.tracking import Progress
 
 if TYPE_CHECKING:  # only for annotations: this module must import without torch
     from fluxflow.checkpoints.ref import CheckpointRef, StepResult
@@ -100,7 +102,7 @@ class MlflowTracker:
         self._put(partial(self.recorder.finish, ref, result))
 
     def warn(self, key: str, message: str) -> None:
-        self._put(partial(self.recorder.set_tag, f"fluxflow.warning.{key}", message))
+        self._put(partial(self.recorder.set_tag, TAG_WARNING + key, message))
 
     # -- beyond the protocol: called by the task around run_step -------------------------------------------------
 
@@ -118,7 +120,7 @@ class MlflowTracker:
         rank 0 wrote: the metrics JSONL, this step's samples, and the result. Same run rules as live tracking."""
         self.step_started(step, step_key, 0, resumed=result.resumed_from is not None)
         self._put(self.recorder.sync_from_files)  # what a reopened run already got is not sent twice
-        self.log_artifact(metrics_file(self.recorder.output_dir, step.name))
+        self.log_artifact(metrics_file(local_root(self.recorder.output_dir), step.name))
         self.step_finished(ref, result)
 
     def flush(self, stall_s: float = STEP_FLUSH_STALL_S) -> bool:

@@ -26,13 +26,12 @@ from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
 from prefect.utilities.urls import url_for
 
 from flows import artifacts
+from flows.exit_codes import EXIT_OK, EXIT_STEP_FAILED
 from flows.fault_policy import failure_exit_code
 from flows.hypotheses import summarize
+from flows.mlflow_names import TAG_BRANCHES, TAG_CONFIG_HASH, TAG_KIND, TAG_OUTPUT_DIR, TAG_OVERRIDES, TAG_STEPS
 from flows.mlflow_runs import (
-    TAG_KIND,
-    TAG_OUTPUT_DIR,
     PipelineRun,
-    TAG_OVERRIDES,
     find_runs,
     find_step_runs,
     resolve_tracking_uri,
@@ -41,14 +40,15 @@ from flows.mlflow_runs import (
 from flows.mlflow_store import prepare_store
 from flows.promotion import release_lines, release_models
 from flows.prefect_server import ServerNotReady, api_url_for_run, is_temporary
-from flows.step_task import TrackingTarget, load_pipeline_config, output_dir_of, pipeline_step_task
+from flows.step_task import TrackingTarget, output_dir_of, pipeline_step_task
 from flows.tracking_queue import TRACKING
 from fluxflow.storage.store_lock import output_lock as store_output_lock
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.checkpoints.step_key import json_sha256
-from fluxflow.config import ConfigError, PipelineConfig
+from fluxflow.config import PipelineConfig
 from fluxflow.config.dag import branch_names, leaf_names
 from fluxflow.config.promotion import registered_steps
+from fluxflow.config.run_config import resolve_run_config, run_dict
 from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
 from fluxflow.train.pipeline_schedule import PipelineSchedule, missed_threshold_message
 
@@ -80,9 +80,9 @@ def open_tracking(config: PipelineConfig, steps: list,
     output_dir = output_dir_of(config)
     pipeline = Path(output_dir.rstrip("/")).name or "pipeline"
     tags = {
-        "fluxflow.config_hash": config_hash(config),
-        "fluxflow.steps": ",".join(step.name for step in steps),
-        "fluxflow.branches": ",".join(branch_names(steps)),
+        TAG_CONFIG_HASH: config_hash(config),
+        TAG_STEPS: ",".join(step.name for step in steps),
+        TAG_BRANCHES: ",".join(branch_names(steps)),
         "prefect.flow_run_id": str(flow_run.id or ""),
         "prefect.flow_run_name": str(flow_run.name or ""),
         TAG_OVERRIDES: json.dumps(list(overrides or [])),
@@ -122,26 +122,24 @@ def caught_up(run: PipelineRun, target: TrackingTarget, outcomes: list[StepOutco
     return target, found
 
 
-def dated(output_dir: str | None) -> str | None:
-    """`{date}` in an output directory becomes the flow run's scheduled start day (UTC, YYYY-MM-DD): each night of a
-    scheduled deployment trains into a directory of its own instead of finding last night's steps complete, and a
-    retry of that night's run resumes in it."""
-    if not output_dir or "{date}" not in output_dir:
-        return output_dir
-    day = flow_run.scheduled_start_time.astimezone(timezone.utc).strftime("%Y-%m-%d")
-    return output_dir.replace("{date}", day)
+def run_day() -> str:
+    """The flow run's scheduled start day (UTC, YYYY-MM-DD): what `{date}` in an output directory becomes
+    (fluxflow/config/run_config.py), so a retry of a night's scheduled run resumes in that night's directory."""
+    return flow_run.scheduled_start_time.astimezone(timezone.utc).strftime("%Y-%m-%d")
 
 
 @flow(name="fluxflow-pipeline")
 def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str | None = None,
                   overrides: list[str] | None = None) -> list[dict]:
-    """Train the pipeline declared by `config` (a YAML path or the config itself); returns each step's outcome.
-    `output_dir` overrides the config's output directory; `{date}` in it is the run's scheduled day. `overrides`:
-    `KEY=VALUE` changes of the config, as `fluxflow-train --set` (fluxflow/config/overrides.py)."""
-    output_dir = dated(output_dir)
-    cfg = load_pipeline_config(config, output_dir, overrides)
+    """Train the pipeline declared by `config` (a YAML path, the config itself, or the config `fluxflow-train`
+    resolved); returns each step's outcome. `output_dir` overrides the config's output directory; `{date}` in it is
+    the run's scheduled day. `device` overrides `training.device`. `overrides`: `KEY=VALUE` changes of the config, as
+    `fluxflow-train --set` (fluxflow/config/overrides.py). The config is resolved here, once
+    (fluxflow/config/run_config.py); every task and the promotion receive it resolved."""
+    cfg = resolve_run_config(config, output_dir=output_dir, device=device, overrides=overrides or (),
+                             day=run_day()).config
     with output_lock(cfg):  # one run per output directory: a second one fails at once, as with run_pipeline
-        return run_steps(cfg, output_dir, device, overrides)
+        return run_steps(cfg, overrides)
 
 
 def output_lock(config: PipelineConfig):
@@ -149,8 +147,7 @@ def output_lock(config: PipelineConfig):
     return store_output_lock(output_dir_of(config))
 
 
-def run_steps(cfg: PipelineConfig, output_dir: str | None, device: str | None,
-              overrides: list[str] | None = None) -> list[dict]:
+def run_steps(cfg: PipelineConfig, overrides: list[str] | None = None) -> list[dict]:
     """Submit each step once its parent has finished; its outcome decides whether its children run
     (fluxflow/train/pipeline_schedule.py). Returns each finished step's `StepOutcome.to_dict()`."""
     logger = get_run_logger()
@@ -163,15 +160,15 @@ def run_steps(cfg: PipelineConfig, output_dir: str | None, device: str | None,
     pipeline_run, target = open_tracking(cfg, steps, overrides)
     progress = artifacts.start_progress(target.pipeline, len(steps))
     task = pipeline_step_task(cfg.training.pipeline.retries)
-    # Every task trains the config resolved here, at the flow's start, not the YAML file as it is when the task
-    # starts: an edit of the file during the run changes nothing the flow planned and logged.
-    resolved = cfg.model_dump(mode="json")
+    # Every task trains the config resolved at the flow's start, not the YAML file as it is when the task starts: an
+    # edit of the file during the run changes nothing the flow planned and logged.
+    resolved = run_dict(cfg)
 
     running: dict[str, object] = {}
 
     def submit(names: list[str], parent_ref: dict | None) -> None:
         for name in names:
-            running[name] = task.submit(resolved, output_dir, device, name, parent_ref, target.to_dict())
+            running[name] = task.submit(resolved, name, parent_ref, target.to_dict())
 
     outcomes: list[StepOutcome] = []
     status = "FAILED"
@@ -210,7 +207,7 @@ def run_steps(cfg: PipelineConfig, output_dir: str | None, device: str | None,
             logger.warning("MLflow has not answered: registering the models and the champion/challenger decision "
                            "wait for the next run of the same command, which finds the steps complete and does them")
     else:
-        release_models(cfg, resolved, output_dir, device, tracked[1], tracked[0])  # register, then promote
+        release_models(cfg, resolved, tracked[1], tracked[0])  # register, then promote
     return [outcome.to_dict() for outcome in outcomes]
 
 
@@ -281,30 +278,24 @@ def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
     print(f"Prefect UI:  {start}{flow_run_url}")
 
 
-def run_pipeline_flow(config_source: str | Path | dict, output_dir: str | None = None, device: str | None = None,
-                      overrides: list[str] | None = None) -> int:
-    """Run the flow on the current Prefect API (the embedded one by default). Exit code: 0 done, 1 failed, 2 bad
-    config or a failure the user must fix first (flows/fault_policy.py)."""
-    source = str(config_source) if isinstance(config_source, Path) else config_source
-    try:
-        config = load_pipeline_config(source, output_dir, overrides)  # fail fast, before Prefect starts
-    except ConfigError as exc:  # e.g. a data folder that is not there (flows/step_task.py)
-        print(f"❌ {exc}", file=sys.stderr)
-        return 2
+def run_pipeline_flow(config: PipelineConfig, overrides: list[str] | None = None) -> int:
+    """Run the flow on the current Prefect API (the embedded one by default) with the config `fluxflow-train`
+    resolved (`overrides`: the `--set` changes it applied, recorded on the MLflow run). Exit code: 0 done, 1 failed,
+    2 a failure the user must fix first (flows/fault_policy.py)."""
     try:
         api_url = api_url_for_run()  # the temporary server's, unless Prefect's settings name a server
     except ServerNotReady as exc:
         print(f"Cannot start the flow: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_STEP_FAILED
     # Heartbeats let a lasting server mark crashed runs; the temporary one ends with this process, and the heartbeat
     # thread's join costs up to 1 s per run.
     temporary = {PREFECT_API_URL: api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
     with temporary_settings(temporary) if api_url else contextlib.nullcontext():
-        state = pipeline_flow(source, output_dir, device, overrides or None, return_state=True)
+        state = pipeline_flow(run_dict(config), overrides=overrides or None, return_state=True)
         if state.is_completed():
             print("Pipeline finished:")
             print_summary(state.result())
         else:
             print(f"Pipeline {state.name.lower()}: {state.message}")
     print_where_to_look(config, state.state_details.flow_run_id)
-    return 0 if state.is_completed() else failure_exit_code(state)  # 2 when the user must fix something first
+    return EXIT_OK if state.is_completed() else failure_exit_code(state)  # 2 when the user must fix something first

@@ -20,13 +20,13 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import artifact_key
 from flows.hypotheses import spread
-from flows.registry import (TAG_PROMOTION, TAG_STEP, model_checkpoint, register_step, version_by_alias,
-                            versions_of)
-from flows.step_task import TrackingTarget, gpu_tag, load_pipeline_config
+from flows.mlflow_names import TAG_DECISION_OF_RUN, TAG_PROMOTION, TAG_STEP_NAME
+from flows.registry import model_checkpoint, register_step, version_by_alias, versions_of
+from flows.step_task import TrackingTarget, gpu_tag
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.config.promotion import evaluation_dataset, promotion_metric, registered_steps
+from fluxflow.config.run_config import run_config_of
 
-TAG_DECISION_OF_RUN = "fluxflow.promotion"  # on the pipeline's MLflow run: one line per decision
 
 
 @dataclass
@@ -118,7 +118,7 @@ def publish_decisions(client: MlflowClient, target: TrackingTarget, decisions: l
                              description=f"Champion/challenger decision on {decisions[0].metric}.")
 
 
-def _evaluator(config, client: MlflowClient, device: str | None):
+def _evaluator(config, client: MlflowClient):
     """Evaluate a version once per evaluation set: returns metrics(version, step) -> {eval_*: value}."""
     from fluxflow.evaluation.checkpoint_eval import evaluate_checkpoint
 
@@ -130,19 +130,19 @@ def _evaluator(config, client: MlflowClient, device: str | None):
             checkpoint = model_checkpoint(f"models:/{config.tracking.model_name}/{version}", client.tracking_uri)
             found[version, dataset] = evaluate_checkpoint(
                 checkpoint, config, dataset, seeds=promotion.seeds, n_images=promotion.n_images,
-                sampler_steps=promotion.sampler_steps, device=device)
+                sampler_steps=promotion.sampler_steps)
         return found[version, dataset]
 
     return metrics
 
 
-def promote(config, client: MlflowClient, versions: list[str], device: str | None = None) -> list[Decision]:
+def promote(config, client: MlflowClient, versions: list[str]) -> list[Decision]:
     """Compare each new version (in order) with the version holding the alias, moving it when the new one wins.
     With `promotion.beyond_spread`, the replicates of one hypothesis are decided together: only the best of them can
     take the alias, and only when the hypothesis beats the champion beyond its replicate spread."""
     name, alias = config.tracking.model_name, config.promotion.alias
-    metrics, decisions = _evaluator(config, client, device), []
-    steps = {v: client.get_model_version(name, v).tags.get(TAG_STEP, "") for v in versions}
+    metrics, decisions = _evaluator(config, client), []
+    steps = {v: client.get_model_version(name, v).tags.get(TAG_STEP_NAME, "") for v in versions}
     replicates = _replicates_of(config, steps)
     for version in versions:
         step = steps[version]
@@ -186,10 +186,9 @@ def _replicates_of(config, steps: dict[str, str]) -> dict[str, list[str]]:
 
 
 @task(name="register-model", task_run_name="register {step_name}", cache_policy=NO_CACHE, persist_result=False)
-def register_task(config_source: str | dict, output_dir: str | None, outcome: dict, tracking: dict,
-                  step_name: str) -> str:
-    """Register one step's final checkpoint; returns the version."""
-    config = load_pipeline_config(config_source, output_dir)
+def register_task(resolved: dict, outcome: dict, tracking: dict, step_name: str) -> str:
+    """Register one step's final checkpoint; returns the version. `resolved`: the run's config (`run_dict`)."""
+    config = run_config_of(resolved)
     target = TrackingTarget(**tracking)
     client = MlflowClient(target.tracking_uri)
     version = register_step(client, config.tracking.model_name, StepOutcome.from_dict(outcome), config,
@@ -200,13 +199,12 @@ def register_task(config_source: str | dict, output_dir: str | None, outcome: di
 
 
 @task(name="promote-model", task_run_name="promote {model_name}", cache_policy=NO_CACHE, persist_result=False)
-def promote_task(config_source: str | dict, output_dir: str | None, device: str | None, versions: list[str],
-                 tracking: dict, model_name: str) -> list[dict]:
+def promote_task(resolved: dict, versions: list[str], tracking: dict, model_name: str) -> list[dict]:
     """Evaluate, decide, move the alias, tag and publish; returns each decision as a dict."""
-    config = load_pipeline_config(config_source, output_dir)
+    config = run_config_of(resolved)
     target = TrackingTarget(**tracking)
     client = MlflowClient(target.tracking_uri)
-    decisions = promote(config, client, versions, device)
+    decisions = promote(config, client, versions)
     for decision in decisions:
         tag_versions(client, decision)
         get_run_logger().info(decision.summary())
@@ -214,18 +212,17 @@ def promote_task(config_source: str | dict, output_dir: str | None, device: str 
     return [asdict(d) for d in decisions]
 
 
-def release_models(config, config_source: str | dict, output_dir: str | None, device: str | None,
-                   outcomes: list[StepOutcome], target: TrackingTarget) -> list[dict]:
+def release_models(config, resolved: dict, outcomes: list[StepOutcome], target: TrackingTarget) -> list[dict]:
     """After the leaf steps: register each registered step's checkpoint, then promote (unless promotion is off).
     Returns the decisions as dicts ([] when nothing is registered)."""
     wanted = registered_steps(config)
     finished = [o for o in outcomes if o.result.step_name in wanted and o.run_id]
-    versions = [register_task(config_source, output_dir, o.to_dict(), target.to_dict(), step_name=o.result.step_name)
+    versions = [register_task(resolved, o.to_dict(), target.to_dict(), step_name=o.result.step_name)
                 for o in finished]
     if not versions or not config.promotion.enabled:
         return []
     promote_with = promote_task.with_options(tags=[gpu_tag()])  # evaluation uses the GPU like a step
-    return promote_with(config_source, output_dir, device, versions, target.to_dict(),
+    return promote_with(resolved, versions, target.to_dict(),
                         model_name=config.tracking.model_name)
 
 
@@ -234,7 +231,7 @@ def release_lines(client: MlflowClient, config, output_dir: str) -> list[str]:
     if not registered_steps(config):
         return []
     name, alias = config.tracking.model_name, config.promotion.alias
-    lines = [f"Model:       {name} version {v.version} (step {v.tags.get(TAG_STEP)}): "
+    lines = [f"Model:       {name} version {v.version} (step {v.tags.get(TAG_STEP_NAME)}): "
              f"{v.tags.get(TAG_PROMOTION + 'decision', 'registered')}"
              for v in versions_of(client, name, output_dir)]
     holder = version_by_alias(client, name, alias)

@@ -34,6 +34,9 @@ from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
+from flows.mlflow_names import (LINEAGE_TAGS, TAG_CHECKPOINT_SHA256, TAG_CHECKPOINT_URI, TAG_GLOBAL_STEP,
+                                 TAG_OUTPUT_DIR, TAG_PIPELINE_RUN, TAG_STEP_NAME, TAG_VERSION_OF_RUN, quoted,
+                                 tags_filter)
 from flows.pyfunc_model import CHECKPOINT_ARTIFACT, CONFIG_ARTIFACT, PROMPT, SIGNATURE, WEIGHTS_ARTIFACT
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.config.pretrained_text import pretrained_text_path
@@ -41,15 +44,6 @@ from fluxflow.config.pretrained_text import pretrained_text_path
 TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
 MODEL_IN_RUN = "model"  # the logged model's name within its run
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_code.py")
-TAG_SHA256 = "fluxflow.checkpoint_sha256"
-TAG_URI = "fluxflow.checkpoint_uri"
-TAG_STEP = "fluxflow.step_name"
-TAG_PIPELINE_RUN = "fluxflow.pipeline_run_id"
-TAG_VERSION_OF_RUN = "fluxflow.registered_model_version"  # on the step's run: "<name>/<version>"
-TAG_PROMOTION = "fluxflow.promotion."  # + decision, reason, metric, value, champion, ...: flows/promotion.py
-# Tags of the pipeline's MLflow run that every version of it carries too.
-LINEAGE_TAGS = ("prefect.flow_run_id", "prefect.flow_run_name", "prefect.flow_run_url", "fluxflow.config_hash",
-                "fluxflow.output_dir")
 # What the model's code imports, pinned to this environment's versions (the model's requirements.txt): with these
 # installed, and nothing of this repository, the model loads and predicts. Serving with `--env-manager local` uses
 # this environment as it is; the list says what another environment needs.
@@ -86,22 +80,18 @@ def pip_requirements(pretrained: bool = False) -> list[str]:
     return [f"{name}=={metadata.version(name)}" for name in names]
 
 
-def _quoted(value: str) -> str:
-    return "'" + value.replace("'", "\\'") + "'"
-
-
 def find_version(client: MlflowClient, name: str, sha256: str):
     """The version of `name` registered from the checkpoint with this content hash, or None."""
-    found = client.search_model_versions(f"name = {_quoted(name)} and tags.`{TAG_SHA256}` = {_quoted(sha256)}")
+    found = client.search_model_versions(f"name = {quoted(name)} and {tags_filter({TAG_CHECKPOINT_SHA256: sha256})}")
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
 def versions_of(client: MlflowClient, name: str, output_dir: str | None = None) -> list:
     """The versions of `name`, oldest first ([] when the model does not exist); with `output_dir`, only those
     registered from a pipeline that wrote to it."""
-    where = f"name = {_quoted(name)}"
+    where = f"name = {quoted(name)}"
     if output_dir is not None:
-        where += f" and tags.`fluxflow.output_dir` = {_quoted(output_dir)}"
+        where += f" and {tags_filter({TAG_OUTPUT_DIR: output_dir})}"
     found = client.search_model_versions(where)
     return sorted(found, key=lambda v: int(v.version))
 
@@ -136,8 +126,8 @@ def register_step(client: MlflowClient, name: str, outcome: StepOutcome, config,
         return existing
     run = client.get_run(outcome.run_id)
     pipeline_tags = client.get_run(pipeline_run_id).data.tags
-    tags = {TAG_STEP: ref.step_name, TAG_URI: ref.uri, TAG_SHA256: ref.sha256, TAG_PIPELINE_RUN: pipeline_run_id,
-            "fluxflow.global_step": str(ref.global_step),
+    tags = {TAG_STEP_NAME: ref.step_name, TAG_CHECKPOINT_URI: ref.uri, TAG_CHECKPOINT_SHA256: ref.sha256,
+            TAG_PIPELINE_RUN: pipeline_run_id, TAG_GLOBAL_STEP: str(ref.global_step),
             **{key: pipeline_tags[key] for key in LINEAGE_TAGS if pipeline_tags.get(key)}}
     described = {"checkpoint": ref.to_dict(), "final_metrics": result.final_metrics, "lineage": tags}
     with tempfile.TemporaryDirectory() as tmp, tracking_at(client.tracking_uri):

@@ -1,9 +1,9 @@
-"""One pipeline step as one Prefect task: resolve the input, call the runner, publish the outputs.
+"""One pipeline step as one Prefect task: resolve the input, call the step runner, publish the outputs.
 
 Only JSON goes in and out (the config the flow resolved at its start, as a dict: never a path the task would read
 again; the parent's checkpoint reference as a dict, the tracking target; the step's reference and result as dicts):
 no tensors or modules between tasks, so a task can run in another process or on another machine. A retry is a fresh
-call of the same function: the runner finds the step's `latest.pt` and resumes mid-step, and the MLflow tracker
+call of the same function: the step runner finds the step's `latest.pt` and resumes mid-step, and the MLflow tracker
 reopens the same nested run.
 """
 from __future__ import annotations
@@ -24,9 +24,8 @@ from flows.fault_policy import quiet_non_retryable_tracebacks, retry_unless_non_
 from flows.mlflow_tracker import MlflowTracker
 from flows.prefect_log_tracker import PrefectLogTracker
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome
-from fluxflow.config import ConfigError, ConfigIssue, PipelineConfig, load_config
-from fluxflow.config.file_checks import data_folder_issues
-from fluxflow.config.schema import check_output_path
+from fluxflow.config import PipelineConfig
+from fluxflow.config.run_config import run_config_of
 from fluxflow.storage.location import local_path, output_root, remote_uri
 
 
@@ -43,25 +42,6 @@ class TrackingTarget:
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
-
-
-def load_pipeline_config(source: str | Path | dict, output_dir: str | None = None,
-                         overrides: list[str] | None = None) -> PipelineConfig:
-    """The config as the flow and every task see it: `load_config` with the `--set` overrides, plus the flow's
-    output-directory override, and its data folders checked (a run cannot start without them; validation alone does
-    not need them)."""
-    config = load_config(source, overrides or ()).config
-    missing = data_folder_issues(config)
-    if missing:
-        raise ConfigError(missing, str(source) if not isinstance(source, dict) else None)
-    if output_dir:
-        try:
-            check_output_path(output_dir)
-        except ValueError as exc:
-            raise ConfigError([ConfigIssue("output_dir", str(exc))]) from None
-        output = config.output.model_copy(update={"output_path": str(output_dir)})
-        config = config.model_copy(update={"output": output})
-    return config
 
 
 def output_dir_of(config: PipelineConfig) -> str:
@@ -87,39 +67,37 @@ def make_tracker(config: PipelineConfig, target: TrackingTarget):
     return MultiTracker([console, mlflow_tracker, *([prefect_log] if prefect_log else [])]), mlflow_tracker
 
 
-def run_step_on_ranks(config, step_name: str, parent, nproc: int, device: str | None, mlflow_tracker):
+def run_step_on_ranks(config, step_name: str, parent, nproc: int, mlflow_tracker):
     """`nproc` torchrun ranks in a child process group (killed whatever happens here); MLflow gets rank 0's files
     once the step is done, since the ranks cannot reach this process's tracker."""
     from fluxflow.runtime.launch import run_step_distributed
 
-    ref, result = run_step_distributed(config, step_name, parent, nproc, device=device)
+    ref, result = run_step_distributed(config, step_name, parent, nproc)
     if result.trained:
         mlflow_tracker.record_from_files(config.step(step_name), ref.step_key, ref, result)
     return ref, result
 
 
 def run_step_task(
-    config_source: str | dict,
-    output_dir: str | None,
-    device: str | None,
+    config: dict,
     step_name: str,
     parent_ref: dict | None,
     tracking: dict,
 ) -> dict[str, Any]:
     """The body of `step_task` as a plain function (callable without Prefect): the step's `StepOutcome.to_dict()`,
-    its MLflow run filled in."""
+    its MLflow run filled in. `config`: the run's resolved config (fluxflow/config/run_config.py, `run_dict`)."""
     from fluxflow.train.step_run import run_step
 
-    config = load_pipeline_config(config_source, output_dir)
+    config = run_config_of(config)
     target = TrackingTarget(**tracking)
     parent = CheckpointRef.from_dict(parent_ref) if parent_ref else None
     tracker, mlflow_tracker = make_tracker(config, target)
     nproc = config.training.distributed.nproc_per_node
     try:
         if nproc > 1:
-            ref, result = run_step_on_ranks(config, step_name, parent, nproc, device, mlflow_tracker)
+            ref, result = run_step_on_ranks(config, step_name, parent, nproc, mlflow_tracker)
         else:
-            ref, result = run_step(config, step_name, parent, tracker=tracker, device=device)
+            ref, result = run_step(config, step_name, parent, tracker=tracker)
     except KeyboardInterrupt:  # stopped on request (or Ctrl-C): resumable, not a failure of the step
         mlflow_tracker.step_failed(status="KILLED")
         raise

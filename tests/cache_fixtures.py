@@ -7,7 +7,7 @@ import torch
 from helpers_tiny import tiny_config
 
 from fluxflow.data import make_loader
-from fluxflow.train.latents import measure_latent_norm
+from fluxflow.models.latents import measure_latent_norm
 from fluxflow.train.step_cache import attach_caches
 from fluxflow.train.step_data import load_step_data
 from fluxflow.train.trainer import build_trainer

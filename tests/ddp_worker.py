@@ -31,7 +31,7 @@ def flow(out: Path) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from fluxflow.train.batch_step import Window
-    from fluxflow.train.latents import measure_latent_norm
+    from fluxflow.models.latents import measure_latent_norm
     from fluxflow.train.trainer import build_trainer
 
     config = tiny_config("unused", [FLOW_STEP])

@@ -12,7 +12,7 @@ import torch
 from fluxflow.checkpoints import io as ckpt
 from fluxflow.checkpoints.io import CheckpointError, load_checkpoint, sha256_file
 from fluxflow.checkpoints.latest import load_latest, previous_of, save_latest
-from fluxflow.runtime.errors import DataError, DiskFullError, is_retryable
+from fluxflow.errors import DataError, DiskFullError, is_retryable
 
 
 def state(step: int) -> dict:

@@ -1,6 +1,7 @@
 """`fluxflow-train`: exit codes, messages without tracebacks, --help, and the hand-over to the Prefect flow."""
 import subprocess
 import sys
+from datetime import datetime, timezone
 import types
 from pathlib import Path
 
@@ -82,8 +83,9 @@ def fake_flow(monkeypatch):
     module = types.ModuleType("flows.pipeline_flow")
     module.exit_code = 0
 
-    def run_pipeline_flow(config_source, output_dir=None, device=None, overrides=None):
-        calls.append(dict(config_source=config_source, output_dir=output_dir, device=device, overrides=overrides))
+    def run_pipeline_flow(config, overrides=None):
+        calls.append(dict(output_path=config.output.output_path, device=config.training.device,
+                          n_epochs=config.step("a").n_epochs, overrides=overrides))
         return module.exit_code
 
     module.run_pipeline_flow = run_pipeline_flow
@@ -92,8 +94,8 @@ def fake_flow(monkeypatch):
     return module, calls
 
 
-def test_training_hands_the_config_path_and_overrides_to_the_flow_and_returns_its_exit_code(tmp_path, fake_flow,
-                                                                                             monkeypatch, capsys):
+def test_training_hands_the_resolved_config_to_the_flow_and_returns_its_exit_code(tmp_path, fake_flow, monkeypatch,
+                                                                                  capsys):
     module, calls = fake_flow
     (tmp_path / "c.yaml").write_text(VALID)
     monkeypatch.chdir(tmp_path)
@@ -101,11 +103,14 @@ def test_training_hands_the_config_path_and_overrides_to_the_flow_and_returns_it
                            "--set", "training.pipeline.steps.a.n_epochs=2"]) == 0
     printed = capsys.readouterr().out
     assert "Step 1: a (2 epochs)" in printed and "Parameters:" in printed  # the plan (with the overrides) first
-    assert calls == [dict(config_source=str(tmp_path / "c.yaml"), output_dir="out", device="cpu",
+    # Resolved once, here: the overrides applied, the output directory and device written in (the list of overrides
+    # travels on, for the MLflow run's record).
+    assert calls == [dict(output_path="out", device="cpu", n_epochs=2,
                           overrides=["training.pipeline.steps.a.n_epochs=2"])]
     module.exit_code = 1  # a step failed
-    assert cli_train.main(["--config", "c.yaml"]) == 1
-    assert calls[-1] == dict(config_source=str(tmp_path / "c.yaml"), output_dir=None, device=None, overrides=[])
+    assert cli_train.main(["--config", "c.yaml", "--output-dir", "nightly/{date}"]) == 1
+    day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    assert calls[-1] == dict(output_path=f"nightly/{day}", device="auto", n_epochs=1, overrides=[])
 
 
 def test_an_invalid_config_never_reaches_the_flow(tmp_path, fake_flow):
@@ -142,6 +147,5 @@ def test_a_remote_output_dir_override_exits_2_naming_the_flag(tmp_path, fake_flo
     _, calls = fake_flow
     (tmp_path / "c.yaml").write_text(VALID)
     assert cli_train.main(["--config", str(tmp_path / "c.yaml"), "--output-dir", "memory://ff/out"]) == 2
-    err = capsys.readouterr().err
-    assert "--output-dir memory://ff/out: memory:// is not storage other processes and nodes see" in err
+    assert "--output-dir: memory:// is not storage other processes and nodes see" in capsys.readouterr().err
     assert calls == []

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from fluxflow.data import build_dataset, make_loader
-from fluxflow.runtime.errors import DataError
+from fluxflow.errors import DataError
 
 GREEN = (0, 200, 0)
 

@@ -6,7 +6,7 @@ Why the equality holds, and how the reference is built: each rank draws its own 
 (fluxflow/train/trainer.py batch_seed depends on the rank). DDP averages the ranks' gradients, each the mean over the
 rank's half batch, so one window of 2 micro-batches on 2 ranks is, exactly, one process accumulating the 4 half
 batches with a window scale of 1/4 — provided each half batch is drawn with the seed its rank used. The reference
-does that with the same `flow_step`.
+does that with the same `train_flow_batch`.
 """
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ def torchrun(*args: str, timeout: float = 300) -> None:
 
 def single_process_window(monkeypatch) -> dict[str, torch.nn.Module]:
     """The same window in one process: the 4 half batches, each with the seed of the rank that trained it."""
-    from fluxflow.train.batch_step import Window, encode_text, flow_step
-    from fluxflow.train.latents import measure_latent_norm
+    from fluxflow.train.batch_step import Window, encode_text, train_flow_batch
+    from fluxflow.models.latents import measure_latent_norm
     from fluxflow.train.trainer import batch_seed, build_trainer
 
     config = tiny_config("unused", [FLOW_STEP])
@@ -59,7 +59,7 @@ def single_process_window(monkeypatch) -> dict[str, torch.nn.Module]:
                 m.setattr(distributed, "rank", lambda rank=rank: rank)
                 trainer.ctx.generator.manual_seed(batch_seed(config.training.seed, i))
             text = encode_text(trainer.ctx, *trainer.tokenize(captions[rank::2]))
-            flow_step(trainer.ctx, trainer.flow_latents(images[rank::2]), text,
+            train_flow_batch(trainer.ctx, trainer.flow_latents(images[rank::2]), text,
                       Window(scale=0.25, last=(i, rank) == (1, 1)))
     return trainer.models
 

@@ -246,13 +246,20 @@ def test_each_night_trains_into_a_directory_of_its_own_named_after_the_scheduled
     from types import SimpleNamespace
 
     from flows import pipeline_flow
+    from fluxflow.config.run_config import resolve_run_config
 
-    output_dir = deployments["nightly-retrain"]["parameters"]["output_dir"]
     night = datetime(2026, 11, 30, 21, 0, tzinfo=timezone(timedelta(hours=-5)))  # 02:00 UTC on Dec 1st
     monkeypatch.setattr(pipeline_flow, "flow_run", SimpleNamespace(scheduled_start_time=night))
-    assert pipeline_flow.dated(output_dir) == "outputs/nightly/2026-12-01"
-    assert pipeline_flow.dated(deployments["manual"]["parameters"]["output_dir"]) is None  # the config's own
-    assert pipeline_flow.dated("outputs/try1") == "outputs/try1"
+    day = pipeline_flow.run_day()
+    assert day == "2026-12-01"
+
+    def output_path(params: dict) -> str:  # as the flow resolves the deployment's parameters on that day
+        return resolve_run_config(REPO / params["config"], output_dir=params["output_dir"], day=day,
+                                  check_data=False).config.output.output_path
+
+    assert output_path(deployments["nightly-retrain"]["parameters"]) == "outputs/nightly/2026-12-01"
+    assert output_path(deployments["manual"]["parameters"]) == "outputs/quickstart"  # the config's own
+    assert output_path({"config": "configs/quickstart.yaml", "output_dir": "outputs/try1"}) == "outputs/try1"
 
 
 def test_pull_steps_enter_the_checkout_named_by_the_worker_environment(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ from PIL import Image
 from fluxflow.config import load_config
 from fluxflow.data import build_dataset
 from fluxflow.evaluation.evaluate import evaluate_step
-from fluxflow.train.latents import measure_latent_norm
+from fluxflow.models.latents import measure_latent_norm
 from fluxflow.models import build_component
 
 MODEL = {"vae_dim": 8, "feature_maps_dim": 32, "flow_depth": 1, "flow_heads": 2, "text_embedding_dim": 16,

@@ -15,7 +15,7 @@ from pretrained_fixture import tiny_clip_dir
 
 from flows import cli_export, cli_generate
 from fluxflow.checkpoints.io import load_checkpoint
-from fluxflow.config import load_config
+from fluxflow.config.run_config import resolve_run_config
 from fluxflow.sampling.export import load_exported
 from fluxflow.sampling.generate import generate, load_text_to_image
 from fluxflow.train.pipeline import run_pipeline
@@ -29,7 +29,7 @@ PRETRAINED_FLOW_STEP = {"name": "flow", "n_epochs": 1, "max_steps": 2, "train_di
 def trained_checkpoint(tmp, steps, **top) -> str:
     raw = tiny_raw(tmp / "out", steps, dataset_size=16, no_samples=True, **top)
     (tmp / "pipeline.yaml").write_text(yaml.safe_dump(raw))
-    return run_pipeline(load_config(tmp / "pipeline.yaml").config, device="cpu")[-1].ref.uri
+    return run_pipeline(resolve_run_config(tmp / "pipeline.yaml", device="cpu").config)[-1].ref.uri
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ from flows.mlflow_runs import experiment_id_for, flatten_params, open_pipeline_r
 from flows.mlflow_tracker import MlflowTracker
 from fluxflow.checkpoints.ref import CheckpointRef, StepResult
 from fluxflow.config import load_config
-from fluxflow.train.tracking import Progress, jsonl_record, metrics_file
+from fluxflow.output_layout import metrics_file
+from fluxflow.train.tracking import Progress, jsonl_record
 
 STEPS = [{"name": "warm", "n_epochs": 1, "train_vae": True, "kl_beta": 0.25},
          {"name": "gan", "n_epochs": 2, "train_vae": True, "gan_training": True}]

@@ -103,7 +103,7 @@ OPTIONS = {"default": {}, "logit_normal": {"t_logit_mean": 0.5, "t_logit_std": 1
 @pytest.mark.parametrize("option", list(OPTIONS))
 def test_each_option_trains_a_flow_step_and_has_a_step_key_of_its_own(tmp_path, option, one_torch_thread):  # noqa: F811
     from fluxflow.train.pipeline import run_pipeline
-    from fluxflow.train.tracking import metrics_file
+    from fluxflow.output_layout import metrics_file
 
     step = {"name": "flow", "n_epochs": 1, "max_steps": 2, "train_diff_full": True, **OPTIONS[option]}
     config = tiny_config(tmp_path, [step], no_samples=True, dataset_size=12)

@@ -282,13 +282,14 @@ def test_a_failed_task_is_retried_and_resumes_mid_step_in_the_same_mlflow_run(tm
 def test_a_missed_threshold_with_on_missed_fail_fails_the_flow_and_stops_its_subtree(tmp_path, mlflow_store_module,
                                                                                      capsys):
     from flows.pipeline_flow import run_pipeline_flow
+    from fluxflow.config.run_config import resolve_run_config
 
     raw = config(tmp_path, "missed", [
         {"name": "warm", **VAE, "on_missed": "fail",
          "transition_on": {"mode": "loss_threshold", "metric": "vae_loss", "threshold": 1e-9, "max_epochs": 1}},
         {"name": "after_warm", **VAE},
     ], no_samples=True)
-    assert run_pipeline_flow(raw) == 1
+    assert run_pipeline_flow(resolve_run_config(raw).config) == 1
     printed = capsys.readouterr().out
     assert "Step warm: vae_loss did not fall below 1e-09 within 1 epochs" in printed
     out = Path(raw["output"]["output_path"])
@@ -306,11 +307,12 @@ def test_a_missed_threshold_with_on_missed_fail_fails_the_flow_and_stops_its_sub
 
 def test_a_second_run_on_a_busy_output_directory_fails_at_once(tmp_path, mlflow_store_module, capsys):
     from flows.pipeline_flow import run_pipeline_flow
+    from fluxflow.config.run_config import resolve_run_config
     from fluxflow.checkpoints.lock import RunLock
 
     raw = config(tmp_path, "busy", [{"name": "warm", **VAE}])
     with RunLock(raw["output"]["output_path"]):
-        assert run_pipeline_flow(raw) == 1
+        assert run_pipeline_flow(resolve_run_config(raw).config) == 1
     assert "is in use by another run" in capsys.readouterr().out
     assert not (Path(raw["output"]["output_path"]) / "checkpoints").exists()
 

@@ -13,7 +13,7 @@ from helpers_tiny import one_torch_thread, tiny_config
 from fluxflow.models.discriminator import Discriminator
 from fluxflow.train.gan_health import FlatDiscriminatorWatch
 from fluxflow.train.pipeline import run_pipeline
-from fluxflow.train.tracking import metrics_file
+from fluxflow.output_layout import metrics_file
 
 __all__ = ["one_torch_thread"]
 

@@ -11,6 +11,7 @@ from PIL import Image
 from flows import cli_generate
 from fluxflow.checkpoints.io import load_checkpoint
 from fluxflow.config import load_config
+from fluxflow.config.run_config import resolve_run_config
 from fluxflow.sampling.generate import generate, load_text_to_image
 from fluxflow.train.pipeline import run_pipeline
 from fluxflow.sampling.sample_files import prompt_file_name
@@ -28,7 +29,7 @@ def trained(tmp_path_factory):
 
     config_file = tmp / "pipeline.yaml"
     config_file.write_text(yaml.safe_dump(raw))
-    outcomes = run_pipeline(load_config(config_file).config, device="cpu")
+    outcomes = run_pipeline(resolve_run_config(config_file, device="cpu").config)
     return config_file, outcomes[1].ref.uri, outcomes[0].ref.uri
 
 

@@ -3,6 +3,8 @@
 - `fluxflow` is the torch core: it never imports `prefect`, `mlflow` or the orchestration in `flows`.
 - `fluxflow.models` never imports `fluxflow.train` (the networks do not know how they are trained).
 - `fluxflow.config` never imports `torch`, not even through another fluxflow module: validation must stay fast.
+- `fluxflow.cache`, `.sampling`, `.checkpoints` and `.runtime` never import `fluxflow.train`.
+- No two modules of `fluxflow` or `flows` import each other, directly or around a longer cycle.
 
 An import counts wherever it is written (inside functions too), and through every fluxflow module it runs.
 """
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from import_graph import Import, chain_to, imports_in, imports_of_tree, is_within
+from import_graph import Import, chain_to, imports_in, imports_of_tree, is_within, modules_run_by
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,6 +25,10 @@ RULES = [
     ("fluxflow", "flows", "orchestration sits on top of the core, not under it"),
     ("fluxflow.models", "fluxflow.train", "the networks do not know how they are trained"),
     ("fluxflow.config", "torch", "validation must not pay for a torch import"),
+    ("fluxflow.cache", "fluxflow.train", "the caches store what training asks for; they do not know training"),
+    ("fluxflow.sampling", "fluxflow.train", "generation needs the models, not how they were trained"),
+    ("fluxflow.checkpoints", "fluxflow.train", "checkpoint files are data; the runner writes them"),
+    ("fluxflow.runtime", "fluxflow.train", "devices and processes sit under training, not over it"),
 ]
 
 
@@ -45,6 +51,47 @@ def violations(known: dict[str, list[Import]]) -> list[str]:
 def test_no_layer_imports_what_it_must_not():
     problems = violations(imports_of_tree(REPO, "fluxflow"))
     assert not problems, "forbidden imports:\n" + "\n".join(problems)
+
+
+def import_cycles(known: dict[str, list[Import]]) -> list[list[str]]:
+    """Each cycle of imports among `known` modules (wherever the import is written) as its modules, sorted; Tarjan's
+    strongly connected components of more than one module. A module's own packages are no edge: they are already
+    being imported when it runs."""
+    edges = {m: sorted(n for imp in imps for n in modules_run_by(imp.module, known) if not is_within(m, n))
+             for m, imps in known.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for nxt in edges[module]:
+            if nxt not in index:
+                visit(nxt)
+                low[module] = min(low[module], low[nxt])
+            elif nxt in stack:
+                low[module] = min(low[module], index[nxt])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                top = stack.pop()
+                component.append(top)
+                if top == module:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for module in sorted(known):
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_no_import_cycles():
+    cycles = import_cycles({**imports_of_tree(REPO, "fluxflow"), **imports_of_tree(REPO, "flows")})
+    assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
 
 
 def write(root: Path, relative: str, text: str) -> None:

@@ -10,7 +10,7 @@ import torch
 from cache_fixtures import assert_trains_the_same, flow_setup
 from helpers_tiny import one_torch_thread
 
-from fluxflow.train.latents import latent_norm_of_means, measure_latent_norm, posterior
+from fluxflow.models.latents import latent_norm_of_means, measure_latent_norm, posterior
 from fluxflow.train.step_data import leading_inputs
 
 __all__ = ["one_torch_thread"]

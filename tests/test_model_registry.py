@@ -193,7 +193,7 @@ def test_compare_lists_the_versions_with_the_champion_and_their_differences(loop
 
 def test_rerunning_a_finished_pipeline_registers_no_second_version_of_the_same_checkpoint(loop, capsys):
     from flows.pipeline_flow import print_where_to_look
-    from flows.step_task import load_pipeline_config
+    from fluxflow.config.run_config import resolve_run_config
 
     flow, params = nightly_flow()
     state = flow(pipeline("unused", FLOWS["diverged"]), output_dir="outputs/diverged", return_state=True)
@@ -201,7 +201,8 @@ def test_rerunning_a_finished_pipeline_registers_no_second_version_of_the_same_c
     assert sorted(versions()) == ["1", "2", "3"]
     assert str(MlflowClient().get_model_version_by_alias(MODEL, "champion").version) == "2"
     # What fluxflow-train prints at the end: this output directory's version, and the champion.
-    print_where_to_look(load_pipeline_config(pipeline("unused", {}), "outputs/diverged"), state.state_details.flow_run_id)
+    config = resolve_run_config(pipeline("unused", {}), output_dir="outputs/diverged").config
+    print_where_to_look(config, state.state_details.flow_run_id)
     out = capsys.readouterr().out
     assert "Model:       loop version 3 (step flow): not promoted" in out
     assert "Champion:    models:/loop@champion is version 2" in out

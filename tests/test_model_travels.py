@@ -3,9 +3,10 @@ requirements.txt declares (and what they depend on) loads `models:/NAME@champion
 `fluxflow-generate --checkpoint`, for a byte-level and a pretrained text encoder (whose directory is gone by then);
 so does the folder `fluxflow-export --model` writes of it.
 
-The environment is a new virtualenv whose site-packages links, file by file from this test environment, exactly the
-distributions the declared requirements resolve to: no pip, no network and no 5 GB torch copy, and nothing else of
-this environment (not the project, whose editable install is a distribution nobody declares).
+The environment is a new virtualenv into which pip installs the declared requirements with `--no-index` from local
+wheels of this test environment's distributions (tests/wheelhouse.py): pip resolves them as from PyPI, without the
+network, and nothing else of this environment comes along (not the project, whose editable install is a distribution
+nobody declares).
 """
 from __future__ import annotations
 
@@ -13,18 +14,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import venv
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers_tiny import TINY_MODEL, VAE_STEP, tiny_raw
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 from PIL import Image
 from pretrained_fixture import tiny_clip_dir
+from wheelhouse import environment_from_wheels, wheelhouse_for
 
 pytestmark = pytest.mark.slow
 __all__ = ["tiny_clip_dir"]
@@ -51,42 +48,10 @@ def _prefect(prefect_api):
     """The session's Prefect test API (the pipeline registers its flow step as it does in a deployment)."""
 
 
-def distributions_for(requirements: list[str]) -> set[str]:
-    """The installed distributions `requirements` resolve to: each, and recursively what it requires (markers
-    evaluated, extras followed), as pip would install them."""
-    found: dict[str, set[str]] = {}
-    todo = [Requirement(text) for text in requirements]
-    while todo:
-        req = todo.pop()
-        name, extras = canonicalize_name(req.name), set(req.extras)
-        if name in found and extras <= found[name]:
-            continue
-        found.setdefault(name, set()).update(extras)
-        try:
-            dist = metadata.distribution(req.name)
-        except metadata.PackageNotFoundError:
-            continue  # an optional dependency this environment lacks: then nothing here can need it
-        for text in dist.requires or []:
-            sub = Requirement(text)
-            if sub.marker is None or any(sub.marker.evaluate({"extra": extra}) for extra in found[name] | {""}):
-                todo.append(sub)
-    return set(found)
-
-
-def environment_with(requirements: list[str], where: Path) -> Path:
-    """A new virtualenv holding only the distributions of `requirements` (linked from this environment); its python."""
-    venv.EnvBuilder(with_pip=False).create(where)
-    [site] = list(where.glob("lib/python*/site-packages"))
-    for name in sorted(distributions_for(requirements)):
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            continue
-        for top in {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")}:
-            target = Path(dist.locate_file(top))
-            if target.exists() and not (site / top).exists():
-                (site / top).symlink_to(target)
-    return where / "bin" / "python"
+@pytest.fixture(scope="session")
+def wheels(tmp_path_factory) -> Path:
+    """One folder of local wheels for the session's cases (torch's is built once)."""
+    return tmp_path_factory.mktemp("wheels")
 
 
 def train_and_register(tmp: Path, name: str, model: dict) -> str:
@@ -114,7 +79,7 @@ def pixels_of(source: list[str], out: Path) -> np.ndarray:
 
 @pytest.mark.parametrize("encoder", ["byte", "pretrained"])
 def test_the_champion_loads_without_this_repository_and_draws_the_checkpoints_pixels(encoder, tmp_path, mlflow_store,
-                                                                                     tiny_clip_dir):
+                                                                                     tiny_clip_dir, wheels):
     from mlflow.artifacts import download_artifacts
 
     model = dict(TINY_MODEL)
@@ -136,7 +101,7 @@ def test_the_champion_loads_without_this_repository_and_draws_the_checkpoints_pi
                     Path(download_artifacts(artifact_uri=f"{uri}/requirements.txt")).read_text().splitlines()
                     if line.strip() and not line.startswith("#")]
     assert ("transformers" in " ".join(requirements)) == (encoder == "pretrained")
-    python = environment_with(requirements, tmp_path / "fresh-env")
+    python = environment_from_wheels(requirements, wheelhouse_for(requirements, wheels), tmp_path / "fresh-env")
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     done = subprocess.run([str(python), "-c", LOAD_AND_PREDICT, uri, str(tmp_path / "served.png"), PROMPT, str(SEED),
                            str(STEPS)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -21,7 +21,7 @@ STEPS = [
 
 
 def fake_run_step(failing: dict[str, BaseException], ran: list[str]):
-    def run_step(config, step_name, parent, tracker=None, device=None):
+    def run_step(config, step_name, parent, tracker=None):
         ran.append(step_name)
         if step_name in failing:
             raise failing[step_name]

@@ -132,7 +132,7 @@ def test_promotion_beyond_the_spread_moves_the_alias_to_the_best_replicate_only_
     from mlflow.tracking import MlflowClient
 
     from flows import promotion
-    from flows.registry import TAG_STEP
+    from flows.mlflow_names import TAG_STEP_NAME
 
     client = MlflowClient(mlflow_store)
     raw = config({**FLOW, "after": "warm"}, {"name": "lucky", "n_epochs": 1, "train_diff": True, "after": "warm"},
@@ -143,7 +143,7 @@ def test_promotion_beyond_the_spread_moves_the_alias_to_the_best_replicate_only_
     client.create_registered_model("m")
     steps = ["old", "flow-seed0", "flow-seed1", "flow-seed2", "lucky-seed0", "lucky-seed1", "lucky-seed2"]
     scores = [0.50, 0.58, 0.62, 0.60, 0.45, 0.75, 0.40]  # version 1 is the champion
-    versions = [client.create_model_version("m", str(tmp_path), tags={TAG_STEP: s}).version for s in steps]
+    versions = [client.create_model_version("m", str(tmp_path), tags={TAG_STEP_NAME: s}).version for s in steps]
     client.set_registered_model_alias("m", "champion", versions[0])
     by_version = dict(zip(map(str, versions), scores))
     monkeypatch.setattr(promotion, "_evaluator", lambda config, client, device: (

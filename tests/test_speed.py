@@ -10,7 +10,7 @@ import torch
 from helpers_tiny import one_torch_thread, shapes_batches, tiny_raw
 
 from fluxflow.config import load_config
-from fluxflow.train.latents import measure_latent_norm
+from fluxflow.models.latents import measure_latent_norm
 from fluxflow.train.trainer import build_trainer
 
 __all__ = ["one_torch_thread"]

@@ -17,7 +17,7 @@ from fluxflow.checkpoints import io as ckpt
 from fluxflow.checkpoints.io import sha256_file
 from fluxflow.config import load_config
 from fluxflow.data.folder import holdout_names
-from fluxflow.runtime.errors import DiskFullError
+from fluxflow.errors import DiskFullError
 from fluxflow.train.pipeline import run_pipeline
 from fluxflow.train.pipeline_schedule import PipelineFailed
 from fluxflow.train.tracking import ConsoleJsonlTracker

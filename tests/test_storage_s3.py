@@ -237,7 +237,7 @@ def test_missing_credentials_are_one_line_and_exit_2(s3, tmp_path, no_flow, caps
 
 
 def test_a_store_error_is_not_retried(s3):
-    from fluxflow.runtime.errors import is_retryable
+    from fluxflow.errors import is_retryable
 
     assert not is_retryable(StorageError("s3://x: the bucket 'x' does not exist"))
 

@@ -12,9 +12,9 @@ from fluxflow.train.tracking import (
     MultiTracker,
     Progress,
     Tracker,
-    batch_progress,
     console_line,
 )
+from fluxflow.progress_bar import batch_progress
 
 PROGRESS = Progress(step_name="vae_gan", step_index=2, n_steps=4, epoch=5, n_epochs=20, batch=127, n_batches=500,
                     global_step=2847, sec_per_batch=3.2)

@@ -12,11 +12,11 @@ import pytest
 import torch
 from helpers_tiny import changed_components, changed_tensors, one_torch_thread, shapes_batches, snapshot, step_context
 
-from fluxflow.train.latents import encode_latents, measure_latent_norm
+from fluxflow.models.latents import encode_latents, measure_latent_norm
 from fluxflow.losses import adaptive_weight, rectified_flow_loss
 from fluxflow.models import COMPONENTS, build_component, tokenize
 from fluxflow.config.modes import step_metrics
-from fluxflow.train.batch_step import encode_text, flow_step, vae_step
+from fluxflow.train.batch_step import encode_text, train_flow_batch, train_vae_batch
 
 __all__ = ["one_torch_thread"]  # autouse fixture: tiny steps run ~20x faster on a busy CPU with one thread
 
@@ -49,13 +49,13 @@ def run_batch(ctx, config, images: torch.Tensor, captions: list[str], global_ste
     """One batch, dispatched as the runner does: the VAE step for VAE/GAN modes, the flow step for flow modes."""
     step, metrics = ctx.step, {}
     if step.train_vae or step.gan_training:
-        metrics.update(vae_step(ctx, images, global_step))
+        metrics.update(train_vae_batch(ctx, images, global_step))
     if step.train_diff or step.train_diff_full:
         if ctx.latent_norm is None:
             ctx.latent_norm = measure_latent_norm(ctx.latent_encoder, images)
         ids, mask = tokenize(captions, config.model.text_max_len)
         latents = encode_latents(ctx.latent_encoder, images, ctx.latent_norm)
-        metrics.update(flow_step(ctx, latents, encode_text(ctx, ids, mask)))
+        metrics.update(train_flow_batch(ctx, latents, encode_text(ctx, ids, mask)))
     return metrics
 
 
@@ -114,7 +114,7 @@ def test_gan_only_mode_trains_the_encoder_through_the_generator_loss(batch):
 def test_vae_loss_goes_down_over_50_steps_on_shapes():
     ctx, config = step_context({"train_vae": True, "optimization": {"optimizers": {"vae": {"lr": 3e-3}}}},
                                dataset_size=64)
-    losses = [float(vae_step(ctx, images, i)["vae_loss"]) for i, (images, _) in
+    losses = [float(train_vae_batch(ctx, images, i)["vae_loss"]) for i, (images, _) in
               enumerate(shapes_batches(config, 50))]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.8 * first, (first, last)
@@ -239,7 +239,7 @@ def test_the_adaptive_gan_weight_balances_against_the_whole_reconstruction_loss_
     ctx, config = step_context({"train_vae": True, "gan_training": True, "adaptive_adv_weight": True,
                                 "lambda_lpips": 0.5})
     ctx.lpips = PerceptualStandIn()
-    metrics = vae_step(ctx, batch[0], 0)
+    metrics = train_vae_batch(ctx, batch[0], 0)
     expected = metrics["vae_loss"] + 0.5 * metrics["lpips_loss"]
     assert float(metrics["lpips_loss"]) > 0 and torch.allclose(seen[0], expected)
 
@@ -250,9 +250,9 @@ def test_a_vae_step_with_the_image_statistics_terms_logs_them_and_trains_on_them
     ctx, _ = step_context({"train_vae": True, **on})
     plain, _ = step_context({"train_vae": True})
     before = snapshot(ctx.models)
-    metrics = vae_step(ctx, batch[0], 0)
+    metrics = train_vae_batch(ctx, batch[0], 0)
     assert all(float(metrics[f"{t}_loss"]) > 0 for t in terms)
     assert [m for m in step_metrics(ctx.step) if m.split("_")[0] in terms] == [f"{t}_loss" for t in terms]
-    vae_step(plain, batch[0], 0)  # the same weights and draws without the terms: another update
+    train_vae_batch(plain, batch[0], 0)  # the same weights and draws without the terms: another update
     assert changed_components(before, ctx.models) == VAE
     assert not torch.equal(next(ctx.models["expander"].parameters()), next(plain.models["expander"].parameters()))

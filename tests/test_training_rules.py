@@ -7,7 +7,7 @@ import torch
 from helpers_tiny import load_weights, one_torch_thread, tiny_config
 
 from fluxflow.losses.flow import FlowObjective, draw_timesteps
-from fluxflow.train.latents import measure_latent_norm
+from fluxflow.models.latents import measure_latent_norm
 from fluxflow.train.pipeline import run_pipeline
 
 __all__ = ["one_torch_thread"]

@@ -31,7 +31,7 @@ from filelock import FileLock
 
 from fluxflow.checkpoints.io import atomic_write
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
-from fluxflow.train.tracking import batch_progress
+from fluxflow.progress_bar import batch_progress
 
 STORED_AS = {"float32": np.float32, "float16": np.float16, "bfloat16": np.int16, "bool": np.bool_}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import IO
 
-from fluxflow.runtime.errors import FULL_ERRNOS, DiskFullError
+from fluxflow.errors import FULL_ERRNOS, DiskFullError
 
 
 class Sink:

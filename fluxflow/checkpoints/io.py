@@ -37,7 +37,7 @@ import torch
 
 from fluxflow.checkpoints.disk_full import Sink, disk_full_cause, disk_full_error
 from fluxflow.checkpoints.load_errors import describe_load_failure
-from fluxflow.runtime.errors import DiskFullError, NonRetryable
+from fluxflow.errors import DiskFullError, NonRetryable
 
 PathLike = str | os.PathLike
 

@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING
 
 from fluxflow.checkpoints.latest import previous_of
 from fluxflow.checkpoints.ref import CheckpointRef, StepResult
+from fluxflow.checkpoints.step_state import StepState
 from fluxflow.config.caching import CACHE_FIELDS
 from fluxflow.config.dag import execution_order
 from fluxflow.config.modes import unused_image_stat_fields
 from fluxflow.config.steps import KEY_NEUTRAL_VALUES
 from fluxflow.checkpoints.step_key import describe_change, step_key
+from fluxflow.output_layout import metrics_file, step_dir
 from fluxflow.storage.location import output_root, remote_uri
-from fluxflow.train.tracking import metrics_file
 
 if TYPE_CHECKING:
     from fluxflow.storage.mirror import OutputMirror
@@ -52,6 +53,11 @@ def step_keys(config) -> dict[str, str]:
 
 @dataclass
 class StepFiles:
+    """One step's files under `<output>/checkpoints/<step>/` and the rules that decide what a run does with them:
+    `completed()` (final.pt and ref.json of this very key: skip the step), `set_aside_stale()` (files of another key
+    move to `superseded/<old key>/`, saying what changed), `finalize()` (latest.pt becomes the immutable final.pt),
+    `write_ref()` (ref.json, written last: its presence means the step is done). `key` is the step's key
+    (`step_keys`): a file belongs to this run only when it carries the same one."""
     step: object  # ResolvedStep
     key: str
     n_steps: int
@@ -97,7 +103,7 @@ class StepFiles:
         if self.ref_json.exists() or not self.final.exists():
             return False
         meta = _metadata(self.final)
-        return meta is not None and meta.get("step_key") == self.key and bool(meta.get("completed"))
+        return meta is not None and meta.step_key == self.key and meta.completed
 
     def set_aside_stale(self) -> None:
         """Move files of another key (the step's config changed) aside, saying why; keep a same-key latest.pt.
@@ -113,8 +119,8 @@ class StepFiles:
             old_key, old_config = recorded["ref"]["step_key"], recorded.get("step_config")
         elif not self.final.exists():
             meta = _metadata(self.latest) or _metadata(self.previous)
-            if meta is not None and meta.get("step_key") != self.key:
-                old_key, old_config = meta.get("step_key"), meta.get("step_config")
+            if meta is not None and meta.step_key != self.key:
+                old_key, old_config = meta.step_key, meta.step_config
         if old_key is None and recorded is None and self.final.exists():
             if self.finished_without_ref():
                 print(f"Completing step {self.step.name}: {self.final} was written but the run stopped before "
@@ -204,14 +210,14 @@ class StepFiles:
         return f"{self.step.name}_{self.step.index + 1:03d}_"
 
 
-def _metadata(path: Path) -> dict | None:
-    """The pipeline_metadata of a checkpoint; None when it is missing or unreadable."""
+def _metadata(path: Path) -> StepState | None:
+    """The step state of a checkpoint; None when it is missing or unreadable."""
     from fluxflow.checkpoints.io import CheckpointError, load_checkpoint  # torch only when there is a checkpoint
 
     if not path.exists():
         return None
     try:
-        return load_checkpoint(path).get("pipeline_metadata", {})
+        return StepState.of_checkpoint(load_checkpoint(path))
     except CheckpointError:
         return None
 
@@ -229,4 +235,4 @@ def plan_step(config, step_name: str) -> StepFiles:
 
         remote = OutputMirror(uri, out)
     return StepFiles(step=step, key=step_keys(config)[step_name], n_steps=len(steps),
-                     dir=out / "checkpoints" / step_name, output=out, remote=remote)
+                     dir=step_dir(out, step_name), output=out, remote=remote)

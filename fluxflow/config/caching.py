@@ -1,4 +1,4 @@
-"""Whether a step trains from cached latents / cached text-encoder outputs, and why not. No torch here: the runner
+"""Whether a step trains from cached latents / cached text-encoder outputs, and why not. No torch here: the step runner
 and the `--validate-pipeline` summary ask the same functions.
 
 A cache holds what a frozen network computes from the training items, once (fluxflow/cache/): the compressor's

@@ -5,7 +5,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from fluxflow.runtime.errors import NonRetryable
+from fluxflow.errors import NonRetryable
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from PIL import Image
 from fluxflow.config.captions_file import folder_problem, holdout_problem, read_captions, resolve_captions_path
 from fluxflow.data.skips import SkipCounter
 from fluxflow.data.transforms import load_image, pil_mode
-from fluxflow.runtime.errors import DataError
+from fluxflow.errors import DataError
 
 
 def holdout_names(names: list[str], holdout: int) -> set[str]:

@@ -46,7 +46,7 @@ from fluxflow.data.skips import SkipCounter, fill_unreadable
 from fluxflow.data.stream_order import assign_shards, buffer_order
 from fluxflow.data.transforms import pil_mode
 from fluxflow.data.webdataset_sample import decode_sample, sample_key
-from fluxflow.runtime.errors import DataError
+from fluxflow.errors import DataError
 
 # Samples each rank's stream shuffles among: mixes neighbouring samples of a shard (and across shard boundaries).
 # Each worker holds the encoded bytes of at most about this many samples (its share of them).

@@ -1,4 +1,4 @@
-"""Evaluation of a pipeline step on its held-out split: what the runner logs at the end of a step (and every
+"""Evaluation of a pipeline step on its held-out split: what the step runner logs at the end of a step (and every
 `eval_interval` epochs).
 
     metrics = evaluate_step(step, models, holdout_set, train_set, config, latent_norm, device, cache_dir, spade=...)
@@ -12,7 +12,7 @@
 
 Evaluation is a pure function of the weights, the data and fixed seeds: models are switched to eval mode and back,
 and the global RNG state is restored afterwards, so evaluating never changes what training does next (exact resume
-stays exact). Pass the weights you want measured; the runner passes the EMA weights it samples with.
+stays exact). Pass the weights you want measured; the step runner passes the EMA weights it samples with.
 """
 from __future__ import annotations
 

@@ -29,10 +29,10 @@ def r1_penalty(discriminator: nn.Module, real: torch.Tensor) -> torch.Tensor:
 
 
 def r1_loss(discriminator: nn.Module, real: torch.Tensor, gamma: float, interval: int = 1) -> torch.Tensor:
-    """Lazy R1 term to add to the D loss on the steps where `global_step % interval == 0`.
+    """Lazy R1 term to add to the D loss on the optimizer updates where `update % interval == 0`.
 
-    γ/2 · penalty, multiplied by `interval` so that applying it every `interval` steps keeps the same average
-    strength as applying it every step (StyleGAN2's lazy regularisation). Deciding *when* is the caller's job.
+    γ/2 · penalty, multiplied by `interval` so that applying it every `interval` updates keeps the same average
+    strength as applying it every update (StyleGAN2's lazy regularisation). Deciding *when* is the caller's job.
     """
     return (0.5 * gamma * interval) * r1_penalty(discriminator, real)
 

@@ -1,7 +1,7 @@
 """Data-parallel training of one step under `torchrun` (gloo on CPU, nccl on CUDA).
 
 The few distributed lines live here (torchtitan style): rank and world from the environment torchrun sets, one
-process group, gradients averaged across ranks before every optimizer step, and the helpers the runner uses so that
+process group, gradients averaged across ranks before every optimizer step, and the helpers the step runner uses so that
 only rank 0 writes checkpoints, samples and tracking records.
 
 VAE and GAN steps average gradients with an explicit all-reduce after the backward rather than through

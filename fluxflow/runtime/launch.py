@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome
+from fluxflow.config.run_config import run_dict
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
 
 POLL_S = 0.2  # how often the waiting task looks for a stop request
@@ -51,19 +52,17 @@ def _wait(proc: subprocess.Popen, step_name: str, timeout: float | None) -> int:
 
 
 def run_step_distributed(config, step_name: str, parent: CheckpointRef | None, nproc: int,
-                         device: str | None = None, timeout: float | None = None) -> StepOutcome:
+                         timeout: float | None = None) -> StepOutcome:
     from fluxflow.checkpoints.step_files import plan_step
 
     plan_step(config, step_name).pull()  # an output on an object store: its files before any rank reads them
     with tempfile.TemporaryDirectory(prefix="fluxflow-ddp-") as tmp:
         tmp = Path(tmp)
-        (tmp / "config.json").write_text(json.dumps(config.model_dump(mode="json", exclude_none=True)))
+        (tmp / "config.json").write_text(json.dumps(run_dict(config)))
         (tmp / "parent.json").write_text(json.dumps(parent.to_dict() if parent else None))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "fluxflow.runtime.distributed_step", "--config", str(tmp / "config.json"), "--step", step_name,
+               "-m", "fluxflow.train.distributed_step", "--config", str(tmp / "config.json"), "--step", step_name,
                "--parent", str(tmp / "parent.json"), "--result", str(tmp / "result.json")]
-        if device:
-            cmd += ["--device", device]
         proc = subprocess.Popen(cmd, start_new_session=True)
         try:
             rc = _wait(proc, step_name, timeout)

@@ -2,7 +2,7 @@
 
 Ctrl-C reaches the main thread, but an orchestrator (the Prefect flow) trains in worker threads: without a request
 the interrupted run would wait for the whole step to finish. The thread that sees the interrupt calls
-`request_stop()`; the runner checks `stop_requested()` between batches (a flag read, no device sync), saves
+`request_stop()`; the step runner checks `stop_requested()` between batches (a flag read, no device sync), saves
 `latest.pt` at the batch it reached and raises `StepInterrupted`, so the next run resumes exactly there.
 """
 from __future__ import annotations

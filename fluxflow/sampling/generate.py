@@ -19,7 +19,7 @@ from fluxflow.runtime.device import resolve_device
 from fluxflow.models import build_component
 from fluxflow.sampling.sample_files import image_grid, prompt_file_name
 from fluxflow.sampling.text_to_image import text_to_image
-from fluxflow.train.step_models import saved_expander_spade
+from fluxflow.checkpoints.step_state import saved_expander_spade
 
 GENERATION_COMPONENTS = ("text_encoder", "flow_processor", "expander")
 

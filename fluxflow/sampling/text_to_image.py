@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fluxflow.train.latents import decode_latents
+from fluxflow.models.latents import decode_latents
 from fluxflow.models import sample_flow
 
 

@@ -14,7 +14,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from fluxflow.runtime.errors import NonRetryable
+from fluxflow.errors import NonRetryable
 
 # Filesystems that live in one process or one machine: a run there would lose its output, or other nodes not see it.
 NOT_SHARED = ("memory", "local", "tmp", "simplecache", "filecache", "blockcache", "cached")

@@ -1,6 +1,8 @@
-"""Per-batch training steps. Each takes the models, optimizers and one batch and returns 0-dim metric tensors.
+"""What one batch trains: `train_vae_batch` (the VAE, and through it `train_discriminator_batch`) and
+`train_flow_batch` (the flow model, and the text encoder where trained). Each takes the models, optimizers and one
+batch and returns 0-dim metric tensors.
 
-No `.item()` and no host sync in here: metrics stay on the device until the runner reads them at a log interval,
+No `.item()` and no host sync in here: metrics stay on the device until the step runner reads them at a log interval,
 and a non-finite loss or gradient skips its update on the device (see `optim.optimizer_step`) and is counted in
 `skipped_updates`. With gradient accumulation each call is one micro-batch of a `Window`: gradients add up over the
 window and the optimizers step at its end.
@@ -38,7 +40,7 @@ class StepContext:
     window_finite: dict[str, torch.Tensor] = field(default_factory=dict)
     latent_norm: dict[str, torch.Tensor] | None = None
     # The compressor weights flow latents come from: the EMA ones where they exist, as samples decode with the EMA
-    # expander (fluxflow/train/latents.py).
+    # expander (fluxflow/models/latents.py).
     latent_encoder: nn.Module | None = None
     # Optimizer groups whose gradients DDP averaged in the backward (fluxflow/train/data_parallel.py).
     synced_groups: frozenset[str] = frozenset()
@@ -94,7 +96,7 @@ def _gaussian(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(like.shape, device=like.device, dtype=like.dtype, generator=generator)
 
 
-def vae_step(ctx: StepContext, images: torch.Tensor, update: int,
+def train_vae_batch(ctx: StepContext, images: torch.Tensor, update: int,
              window: Window = WHOLE_BATCH) -> dict[str, torch.Tensor]:
     """Reconstruction (`train_vae`), GAN (`gan_training`) or both; LPIPS and SPADE as the step says.
 
@@ -149,16 +151,16 @@ def vae_step(ctx: StepContext, images: torch.Tensor, update: int,
         metrics.update(backward_and_update(ctx, loss, "vae", ("vae",), window))
     if trains_d:
         _set_requires_grad(discriminator, True)
-        d_metrics = discriminator_step(ctx, images, recon.detach(), update, window)
+        d_metrics = train_discriminator_batch(ctx, images, recon.detach(), update, window)
         d_metrics["skipped_updates"] = d_metrics["skipped_updates"] + metrics["skipped_updates"]
         metrics.update(d_metrics)
     metrics.update(vae_loss=rec.detach(), kl_loss=kl_raw.detach(), kl_clamped=kl_clamped.detach())
     return metrics
 
 
-def discriminator_step(ctx: StepContext, real: torch.Tensor, fake: torch.Tensor, update: int,
+def train_discriminator_batch(ctx: StepContext, real: torch.Tensor, fake: torch.Tensor, update: int,
                        window: Window = WHOLE_BATCH) -> dict[str, torch.Tensor]:
-    """Hinge D loss, plus lazy R1 every `r1_interval` steps scaled by interval (so its average strength is γ/2)."""
+    """Hinge D loss, plus lazy R1 every `r1_interval` updates scaled by interval (so its average strength is γ/2)."""
     step, disc = ctx.step, ctx.models["discriminator"]
     with autocast(ctx.device, ctx.amp_dtype):
         real_logits, fake_logits = disc(real).float(), disc(fake).float()
@@ -189,7 +191,7 @@ def encode_text(ctx: StepContext, ids: torch.Tensor, mask: torch.Tensor) -> Text
     return TextFeatures(tokens, pooled, mask)
 
 
-def flow_step(ctx: StepContext, latents: torch.Tensor, text: TextFeatures,
+def train_flow_batch(ctx: StepContext, latents: torch.Tensor, text: TextFeatures,
               window: Window = WHOLE_BATCH) -> dict[str, torch.Tensor]:
     """Rectified flow (t = 1 is noise) on normalised latents of the frozen VAE, conditioned on `text`; the text
     encoder learns through `text` where it was encoded with a graph. The Trainer supplies both, encoded now or read

@@ -1,7 +1,7 @@
 """Learning-rate schedules of one pipeline step: a linear warm-up, then a `torch.optim.lr_scheduler`.
 
 One `LrSchedule` per optimizer group that has a scheduler (`optimization.schedulers.<group>`, fluxflow/config/optim.py).
-The runner calls `after_optimizer_step()` after every optimizer step (a skipped non-finite update counts too, so the
+The step runner calls `after_optimizer_step()` after each optimizer step (a skipped non-finite update counts too, so the
 schedule never needs the host to know) and `after_epoch(metric)` at every epoch end; the one the schedule's
 `interval` does not use does nothing. `state_dict()` / `load_state_dict()` resume the exact lr sequence.
 
@@ -73,7 +73,7 @@ def build_schedulers(sched_cfg: dict, optimizers: dict[str, torch.optim.Optimize
     """An LrSchedule per optimizer group with a scheduler config (a resolved SchedulerConfig or a mapping).
 
     `steps_per_epoch`: optimizer steps per epoch (batches per epoch / gradient_accumulation_steps). None means a
-    caller that only calls `after_epoch` (the runner before it counted optimizer steps): every schedule then steps
+    caller that only calls `after_epoch` (the step runner before it counted optimizer steps): every schedule then steps
     per epoch, without warm-up."""
     schedules = {}
     for group, optimizer in optimizers.items():

@@ -10,7 +10,7 @@ import logging
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.checkpoints.step_files import plan_step
 from fluxflow.config.dag import execution_order
-from fluxflow.runtime.errors import is_retryable
+from fluxflow.errors import is_retryable
 from fluxflow.runtime.launch import run_step_distributed
 from fluxflow.storage.store_lock import output_lock
 from fluxflow.train.pipeline_schedule import PipelineSchedule
@@ -32,7 +32,7 @@ def announce_skipped(config) -> None:
         print(f"Skipping steps: {', '.join(skipping)}", flush=True)
 
 
-def run_pipeline(config, tracker=None, device: str | None = None) -> list[StepOutcome]:
+def run_pipeline(config, tracker=None) -> list[StepOutcome]:
     """Every step in DAG order, in this process; returns their outcomes. A failing step stops only its subtree
     (fluxflow/train/pipeline_schedule.py, the flow's rule): the other branches run, then PipelineFailed names every
     problem. An interrupt stops everything at once."""
@@ -46,7 +46,7 @@ def run_pipeline(config, tracker=None, device: str | None = None) -> list[StepOu
                 continue
             parent = outcomes[step.parent].ref if step.parent else None
             try:
-                outcomes[step.name] = _run_one(config, step.name, parent, tracker, device)
+                outcomes[step.name] = _run_one(config, step.name, parent, tracker)
             except Exception as exc:  # KeyboardInterrupt (and StepInterrupted) is no Exception: it stops the run
                 # A non-retryable error's message names the file and what to do: no traceback to bury it.
                 log.error("Step %s failed: %s", step.name, exc, exc_info=is_retryable(exc))
@@ -57,8 +57,8 @@ def run_pipeline(config, tracker=None, device: str | None = None) -> list[StepOu
         return list(outcomes.values())
 
 
-def _run_one(config, step_name: str, parent, tracker, device: str | None) -> StepOutcome:
+def _run_one(config, step_name: str, parent, tracker) -> StepOutcome:
     nproc = config.training.distributed.nproc_per_node
     if nproc > 1:
-        return run_step_distributed(config, step_name, parent, nproc, device=device)
-    return run_step(config, step_name, parent, tracker=tracker, device=device)
+        return run_step_distributed(config, step_name, parent, nproc)
+    return run_step(config, step_name, parent, tracker=tracker)

@@ -30,7 +30,7 @@ from fluxflow.cache.text_cache import TextCache, build_text_cache, text_store
 from fluxflow.checkpoints.step_key import KEY_LENGTH, json_sha256
 from fluxflow.config.caching import LATENT_CACHE_DIR, TEXT_CACHE_DIR, cache_root, latent_cache_choice, text_cache_choice
 from fluxflow.data.sampler import epoch_permutation
-from fluxflow.train.latents import LATENT_NORM_IMAGES, posterior
+from fluxflow.models.latents import LATENT_NORM_IMAGES, posterior
 from fluxflow.train.batch_step import encode_text
 
 CHUNK_ROWS = 1024  # rows between progress marks: an interrupted build redoes at most this many

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from fluxflow.checkpoints.rng_state import capture_rng_state
+from fluxflow.checkpoints.step_state import StepState
 
 
 def checkpoint_state(run, completed: bool = False) -> dict:
@@ -20,12 +21,11 @@ def checkpoint_state(run, completed: bool = False) -> dict:
         "model_config": config.model.model_dump(mode="json"),
         # The step's image size: generation from this checkpoint defaults to it (fluxflow/sampling/generate.py).
         "data": {**config.data.model_dump(mode="json"), "img_size": step.img_size},
-        "pipeline_metadata": {
-            "current_step": step.index, "current_step_name": step.name, "step_start_epoch": pos.start_epoch,
-            "current_step_epoch": pos.epoch, "batch": pos.batch, "step_metrics": run.history,
-            "step_key": run.files.key, "step_config": step.model_dump(mode="json"),
-            "seed": step.seed, "rng": capture_rng_state(),
-            "monitor": run.monitor.state_dict(), "report": run.report.state_dict(), "completed": completed,
-            "outcome": run.outcome,
-        },
+        "pipeline_metadata": StepState(
+            current_step=step.index, current_step_name=step.name, step_key=run.files.key,
+            step_config=step.model_dump(mode="json"), seed=step.seed, step_start_epoch=pos.start_epoch,
+            current_step_epoch=pos.epoch, batch=pos.batch, step_metrics=run.history, rng=capture_rng_state(),
+            monitor=run.monitor.state_dict(), report=run.report.state_dict(), completed=completed,
+            outcome=run.outcome,
+        ).to_dict(),
     }

@@ -9,7 +9,7 @@ import torch
 
 from fluxflow.data import ResumableBatchSampler, build_dataset, make_loader
 from fluxflow.runtime import distributed
-from fluxflow.runtime.errors import DataError
+from fluxflow.errors import DataError
 
 # Held-out images that the step's sample grids reconstruct (VAE steps); evaluation uses the whole held-out split.
 N_HOLDOUT_SAMPLES = 8

@@ -28,15 +28,6 @@ def ema_components(step, trained: set[str]) -> set[str]:
     return names
 
 
-def saved_expander_spade(state: dict | None) -> bool:
-    """Whether the checkpoint's expander decodes with SPADE (`expander_spade`, fluxflow.config.modes.expander_spade).
-    Checkpoints written before it was carried say it through their own step's train_spade."""
-    state = state or {}
-    if "expander_spade" in state:
-        return bool(state["expander_spade"])
-    return bool(state.get("pipeline_metadata", {}).get("step_config", {}).get("train_spade", False))
-
-
 def prepare_models(config, step, state: dict | None, device: torch.device) -> dict[str, nn.Module]:
     saved = (state or {}).get("models", {})
     names = required_components(step) | set(saved)
@@ -64,7 +55,7 @@ def prepare_emas(step, models: dict[str, nn.Module], state: dict | None, trained
                  resuming: bool = False) -> dict[str, EMA]:
     """EMAs of this step's components plus those the input checkpoint carries for other components.
 
-    Only `ema_components(step, trained)` are updated by the runner; the others are carried unchanged so that
+    Only `ema_components(step, trained)` are updated by the step runner; the others are carried unchanged so that
     samples and exports of later steps still decode with EMA weights.
     """
     saved = (state or {}).get("ema", {})

@@ -12,10 +12,17 @@ from fluxflow.evaluation.evaluate import evaluate_step
 from fluxflow.train.gan_health import FlatDiscriminatorWatch
 from fluxflow.runtime import distributed
 from fluxflow.sampling.samples import write_samples
-from fluxflow.train.tracking import Progress, metrics_file
+from fluxflow.output_layout import eval_cache_dir, metrics_file, samples_dir
+from fluxflow.train.tracking import Progress
 
 
 class StepReport:
+    """Everything a step reports, to its tracker (console, JSONL, MLflow) and samples/: log-interval means (the one
+    host sync per interval), sample images, held-out evaluation, the final metrics. It reads the StepRun it reports
+    on (position, models, data, monitor) and never changes it; its own state (the running interval's sums, the data's
+    skip counter) goes into the checkpoint through `state_dict()`, so a resumed step reports what an uninterrupted one
+    would."""
+
     def __init__(self, run, tracker):
         self.run, self.tracker = run, tracker
         self.output = run.files.output  # the local directory (an object store's staging mirror)
@@ -95,7 +102,7 @@ class StepReport:
         if run.config.output.no_samples or not run.main:
             return
         epoch = run.position.epoch + 1 if batch is not None else run.position.epoch
-        for path in write_samples(self.output / "samples", step=run.step, step_number=run.step.index + 1,
+        for path in write_samples(samples_dir(self.output), step=run.step, step_number=run.step.index + 1,
                                   epoch=epoch, batch=batch, tag=run.files.key[:6],
                                   models=run.trainer.sampling_models(), holdout=run.data.holdout_images,
                                   captions=list(run.config.output.sample_captions),
@@ -109,7 +116,7 @@ class StepReport:
         if not run.main:
             return {}
         found = evaluate_step(run.step, run.trainer.sampling_models(), run.data.holdout_set, run.data.train_set,
-                              run.config, run.trainer.ctx.latent_norm, run.device, self.output / "eval_cache",
+                              run.config, run.trainer.ctx.latent_norm, run.device, eval_cache_dir(self.output),
                               spade=run.trainer.ctx.spade)
         found = {f"eval_{k}": v for k, v in found.items()}
         epochs = run.position.epoch

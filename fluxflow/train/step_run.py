@@ -28,6 +28,7 @@ from fluxflow.checkpoints.rng_state import restore_rng_state
 from fluxflow.checkpoints.lock import RunLock
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome, StepResult
 from fluxflow.checkpoints.step_files import StepFiles, plan_step
+from fluxflow.checkpoints.step_state import StepState
 from fluxflow.config.modes import has_flow_mode
 from fluxflow.data import make_loader
 from fluxflow.runtime import distributed
@@ -35,23 +36,34 @@ from fluxflow.runtime.device import resolve_device
 from fluxflow.runtime.gpu_claim import claimed_device
 from fluxflow.storage.location import output_root
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
-from fluxflow.train.latents import LATENT_NORM_IMAGES, latent_norm_of_means
+from fluxflow.models.latents import LATENT_NORM_IMAGES, latent_norm_of_means
 from fluxflow.train.step_cache import attach_caches
 from fluxflow.train.step_checkpoint import checkpoint_state
 from fluxflow.train.step_data import leading_inputs, load_step_data
 from fluxflow.train.step_report import StepReport
-from fluxflow.train.tracking import NullTracker, ConsoleJsonlTracker, batch_progress, metrics_file, trim_jsonl
+from fluxflow.output_layout import metrics_file
+from fluxflow.progress_bar import batch_progress
+from fluxflow.train.tracking import NullTracker, ConsoleJsonlTracker, trim_jsonl
 from fluxflow.train.batch_step import Window
-from fluxflow.train.trainer import build_trainer
+from fluxflow.train.trainer import Trainer, build_trainer
 from fluxflow.train.transition import TransitionMonitor
 
 log = logging.getLogger("fluxflow.train.step_run")
 
 
-def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracker=None,
-             device: str | None = None) -> StepOutcome:
+def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracker=None) -> StepOutcome:
+    """Train step `step_name` of `config` from `parent` (the previous step's checkpoint; None for a root step, which
+    starts from `model_checkpoint` or fresh weights) to its transition, and return its `StepOutcome`. `config` is
+    the run's resolved config (fluxflow/config/run_config.py): its device is `training.device`.
+
+    What a reader must know: it is idempotent per step key: a step whose final.pt and ref.json exist returns at once
+    (`trained` False); one with a `latest.pt` of its key resumes from it exactly; files of another key are set aside
+    first. It holds the step directory's lock while it runs. Under torchrun (started by fluxflow/runtime/launch.py)
+    every rank calls it and rank 0 alone writes and reports; otherwise it claims a GPU of the host
+    (fluxflow/runtime/gpu_claim.py) for the step. A stop request ends it with `StepInterrupted` after saving.
+    """
     files = plan_step(config, step_name)
-    device_ = resolve_device(device or config.training.device)
+    device_ = resolve_device(config.training.device)
     distributed.init_from_env(device_)  # a no-op unless started by torchrun
     main = distributed.is_main()
     tracker = (tracker or ConsoleJsonlTracker(output_root(config))) if main else NullTracker()
@@ -93,6 +105,36 @@ def input_state(config, files: StepFiles, parent: CheckpointRef | None) -> tuple
     return None, False
 
 
+def step_trainer(config, step, state: dict | None, data, device: torch.device, *, resuming: bool, epochs: range,
+                 updates_per_epoch: int, say) -> Trainer:
+    """The step's Trainer ready for its first batch, in one call: models, EMAs, optimizers and schedulers from
+    `state`; the step's caches attached (after the models: the latent cache is encoded by the trainer's encoder);
+    the latent normalisation set (measured through that cache where there is one). `epochs`: the pipeline epochs the
+    step may train, whose rows the latent cache holds."""
+    trainer = build_trainer(config, step, state, device, max_epochs=len(epochs), updates_per_epoch=updates_per_epoch,
+                            resuming=resuming)
+    attach_caches(config, step, data, trainer, epochs, say)
+    trainer.set_latent_norm(latent_norm_for(step, state, data, trainer, device, resuming))
+    return trainer
+
+
+def latent_norm_for(step, state: dict | None, data, trainer: Trainer, device: torch.device,
+                    resuming: bool) -> dict[str, torch.Tensor] | None:
+    """The input checkpoint's latent normalisation; a flow step without one measures it with the encoder it trains
+    on (from the latent cache, which holds that encoder's posterior means, where the step has one). A step that
+    trains the compressor drops the one it inherits: it was measured on a compressor this step changes, so the next
+    flow step measures again (flow -> VAE -> flow)."""
+    latent_norm = (state or {}).get("latent_norm")
+    if not resuming and "compressor" in trainer.ctx.trained:
+        latent_norm = None
+    if has_flow_mode(step) and latent_norm is None:
+        inputs = leading_inputs(data, step.batch_size, step.seed, LATENT_NORM_IMAGES, device)
+        latent_norm = latent_norm_of_means(trainer.posterior_means(batch) for batch in inputs)
+        if distributed.world_size() > 1:  # ranks reading their own webdataset shards measured different images
+            latent_norm = distributed.broadcast_object({k: v.cpu() for k, v in latent_norm.items()})  # rank 0's
+    return latent_norm
+
+
 @dataclass
 class Position:
     """Where a step is. `epoch` counts the step's completed epochs (the running epoch's 0-based index), `batch` the
@@ -114,65 +156,47 @@ class StepRun:
         self.config, self.files, self.step, self.device = config, files, files.step, device
         self.main, self.world = distributed.is_main(), distributed.world_size()
         state, self.resuming = input_state(config, files, parent)
-        meta = (state or {}).get("pipeline_metadata", {})
+        meta = StepState.of_checkpoint(state)
         self.data = load_step_data(config, self.step, device)
         self.loader = None  # the training DataLoader, kept across epochs (its workers persist)
         if self.world > 1 and self.step.batch_size % self.world:
             raise ValueError(f"step {self.step.name}: batch_size {self.step.batch_size} is not divisible by "
                              f"nproc_per_node {self.world}")
         self.monitor = TransitionMonitor(self.step.transition_on, self.step.n_epochs, device)
-        self.trainer = build_trainer(config, self.step, state, device, max_epochs=self.monitor.max_epochs,
-                                     updates_per_epoch=self.updates_per_epoch(), resuming=self.resuming)
         # The pipeline epoch this step began at: its own latest.pt records it, a parent's checkpoint ends at it.
-        start_epoch = int(meta.get("step_start_epoch", 0)) if self.resuming else int((state or {}).get("epoch", 0))
-        attach_caches(config, self.step, self.data, self.trainer,
-                      range(start_epoch, start_epoch + self.monitor.max_epochs), self.say)
-        self.trainer.set_latent_norm(self._latent_norm(state))
-        self.history: dict = dict(meta.get("step_metrics", {}))
+        start_epoch = meta.step_start_epoch if self.resuming else int((state or {}).get("epoch", 0))
+        self.trainer = step_trainer(config, self.step, state, self.data, device, resuming=self.resuming,
+                                    epochs=range(start_epoch, start_epoch + self.monitor.max_epochs),
+                                    updates_per_epoch=self.updates_per_epoch(), say=self.say)
+        self.history: dict = dict(meta.step_metrics)
         self.history.setdefault(self.step.name, {})
         global_step = int((state or {}).get("global_step", 0))
         self.position = Position(start_epoch=start_epoch, global_step=global_step)
         # A step killed after its last epoch was saved (before final.pt) has nothing left to train.
-        self.outcome: str | None = meta.get("outcome") if self.resuming and meta.get("completed") else None
+        self.outcome: str | None = meta.outcome if self.resuming and meta.completed else None
         self.resumed_from = self._resume(state, meta) if self.resuming else None
         if self.main:  # lines a killed run logged after the position this one starts from will be logged again
             trim_jsonl(metrics_file(files.output, self.step.name), self.position.global_step,
-                       keep_evaluation_at_end=not (self.resuming and meta.get("completed")))
+                       keep_evaluation_at_end=not (self.resuming and meta.completed))
         self.report = StepReport(self, tracker)
         if self.resuming:  # the counts it reports continue: skipped samples, skipped updates, the log interval
-            self.report.load_state_dict(meta.get("report"))
+            self.report.load_state_dict(meta.report)
         self.say(f"Starting step: {self.step.name}, epoch {self.position.epoch + 1}, batch {self.position.batch}")
 
     def say(self, line: str) -> None:
         if self.main:  # rank 0 speaks for all ranks
             print(line, flush=True)
 
-    def _latent_norm(self, state: dict | None) -> dict[str, torch.Tensor] | None:
-        """The input checkpoint's latent normalisation; a flow step without one measures it with the encoder it trains
-        on (from the latent cache, which holds that encoder's posterior means, where the step has one). A step that
-        trains the compressor drops the one it inherits: it was measured on a compressor this step changes, so the
-        next flow step measures again (flow -> VAE -> flow)."""
-        latent_norm = (state or {}).get("latent_norm")
-        if not self.resuming and "compressor" in self.trainer.ctx.trained:
-            latent_norm = None
-        if has_flow_mode(self.step) and latent_norm is None:
-            inputs = leading_inputs(self.data, self.step.batch_size, self.step.seed, LATENT_NORM_IMAGES,
-                                    self.device)
-            latent_norm = latent_norm_of_means(self.trainer.posterior_means(batch) for batch in inputs)
-            if self.world > 1:  # ranks reading their own webdataset shards measured different images: take rank 0's
-                latent_norm = distributed.broadcast_object({k: v.cpu() for k, v in latent_norm.items()})
-        return latent_norm
-
-    def _resume(self, state: dict, meta: dict) -> tuple[int, int]:
+    def _resume(self, state: dict, meta: StepState) -> tuple[int, int]:
         """Put back what latest.pt saved beyond the weights: position, optimizers, schedulers, monitor, RNG."""
         pos = self.position
-        pos.epoch, pos.batch = int(meta["current_step_epoch"]), int(meta["batch"])
+        pos.epoch, pos.batch = meta.current_step_epoch, meta.batch
         for group, opt in self.trainer.optimizers.items():
             opt.load_state_dict(state["optimizers"][group])
         for group, sched in self.trainer.schedulers.items():
             sched.load_state_dict(state["schedulers"][group])
-        self.monitor.load_state_dict(meta["monitor"])
-        restore_rng_state(meta["rng"])
+        self.monitor.load_state_dict(meta.monitor)
+        restore_rng_state(meta.rng)
         self.say(f"Resuming from checkpoint: step={self.step.index} ({self.step.name}), epoch={pos.epoch + 1}, "
                  f"batch={pos.batch}")
         return pos.epoch, pos.batch
@@ -238,6 +262,10 @@ class StepRun:
                 self.interrupted()
 
     def end_epoch(self) -> None:
+        """The epoch's end, in this order: the per-epoch lr schedules step (on the smoothed transition metric, or the
+        last log interval's mean), the transition is decided, latest.pt is saved (marked completed when the step is
+        done, so a kill before final.pt finishes without training again), samples are drawn, a stop request is
+        honoured, and the held-out evaluation runs every `eval_interval` epochs (the final one runs in `finish`)."""
         pos = self.position
         smoothed = self.monitor.smoothed()
         metric = smoothed if smoothed is not None else self.report.last_means.get(self.monitor.metric or "")

@@ -17,6 +17,9 @@ from typing import IO, TYPE_CHECKING, Any, Iterable, Protocol, runtime_checkable
 
 from tqdm import tqdm
 
+# tests/test_golden_losses.py (which must stay as it is) also imports metrics_file from this module.
+from fluxflow.output_layout import metrics_file
+
 if TYPE_CHECKING:
     from fluxflow.checkpoints.ref import CheckpointRef, StepResult
 
@@ -116,10 +119,6 @@ def jsonl_record(metrics: dict[str, float], progress: Progress, session_id: str,
     }
 
 
-def metrics_file(output_dir: str | Path, step_name: str) -> Path:
-    return Path(output_dir) / "graph" / f"training_metrics_{step_name}.jsonl"
-
-
 def trim_jsonl(path: Path, max_global_step: int, keep_evaluation_at_end: bool = True) -> None:
     """Drop lines logged after `max_global_step` (a run killed after its last checkpoint logged them; the resumed
     run logs those batches again). With `keep_evaluation_at_end=False` the evaluation lines at `max_global_step` go
@@ -216,13 +215,6 @@ class MultiTracker:
     def warn(self, key: str, message: str) -> None:
         for t in self.trackers:
             t.warn(key, message)
-
-
-def batch_progress(total: int, initial: int = 0, desc: str = "", unit: str = "batch") -> tqdm:
-    """A tqdm bar over the batches of one epoch (or the items of a cache build), drawn only when stdout is a
-    terminal (`disable=None`): logs and CI output stay free of carriage-return noise."""
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
-                file=sys.stdout, disable=None)
 
 
 class NullTracker(MultiTracker):

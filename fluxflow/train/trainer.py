@@ -16,15 +16,17 @@ from fluxflow.losses import LPIPSLoss
 from fluxflow.losses.flow import FlowObjective, resolution_shift
 from fluxflow.runtime import distributed
 from fluxflow.runtime.device import autocast_dtype
-from fluxflow.train.batch_step import WHOLE_BATCH, StepContext, TextFeatures, Window, encode_text, flow_step, vae_step
+from fluxflow.train.batch_step import (WHOLE_BATCH, StepContext, TextFeatures, Window, encode_text, train_flow_batch,
+                                       train_vae_batch)
 from fluxflow.train.data_parallel import gradient_sync, synced_groups
 from fluxflow.train.ema import EMA
-from fluxflow.train.latents import normalise_latents, posterior
+from fluxflow.models.latents import normalise_latents, posterior
 from fluxflow.train.lr_schedule import LrSchedule, build_schedulers
 from fluxflow.train.optim import build_optimizers
 from fluxflow.train.speed import runnable_models
 from fluxflow.train.step_models import (ema_components, expander_spade, prepare_emas, prepare_models,
-                                        sampling_models, saved_expander_spade)
+                                        sampling_models)
+from fluxflow.checkpoints.step_state import saved_expander_spade
 
 
 @dataclass
@@ -57,10 +59,10 @@ class Trainer:
         ctx.generator.manual_seed(batch_seed(step.seed, global_step))
         metrics: dict[str, torch.Tensor] = {}
         if touches_vae(step):
-            metrics.update(vae_step(ctx, images, update, window))
+            metrics.update(train_vae_batch(ctx, images, update, window))
         if has_flow_mode(step):
             with gradient_sync(ctx.models, window.last):  # DDP (flow steps under torchrun): all-reduce at window end
-                flow_metrics = flow_step(ctx, self.flow_latents(images), self.text_features(captions), window)
+                flow_metrics = train_flow_batch(ctx, self.flow_latents(images), self.text_features(captions), window)
             if "skipped_updates" in metrics:
                 flow_metrics["skipped_updates"] = flow_metrics["skipped_updates"] + metrics["skipped_updates"]
             metrics.update(flow_metrics)
@@ -76,7 +78,7 @@ class Trainer:
         return inputs if self.cached_latents else posterior(self.ctx.latent_encoder, inputs, self.ctx.amp_dtype)[0]
 
     def flow_latents(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The normalised flow latents of the batch (fluxflow/train/latents.py), from the cache or encoded now."""
+        """The normalised flow latents of the batch (fluxflow/models/latents.py), from the cache or encoded now."""
         return normalise_latents(self.posterior_means(inputs), self.ctx.latent_norm)
 
     def text_features(self, captions: list[str]) -> TextFeatures:

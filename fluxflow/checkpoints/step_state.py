@@ -1,0 +1,52 @@
+"""A step's own part of its checkpoint (`pipeline_metadata`): which step wrote it, where in the step it stands, and
+what an exact resume needs beyond the weights.
+
+The key names are the original tool's checkpoint format (docs/ARCHITECTURE.md), kept as they are; this type is the
+one place that knows them. `from_dict` reads what any version of this product wrote: a key an older checkpoint lacks
+takes its default, so such a checkpoint still loads as a parent (it is never resumed from: its `step_key` differs).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class StepState:
+    current_step: int = 0  # the step's index in the pipeline
+    current_step_name: str = ""
+    step_key: str = ""  # fluxflow/checkpoints/step_key.py: a resume is from a latest.pt of the same key only
+    step_config: dict = field(default_factory=dict)  # the resolved step, to say what changed when the key differs
+    seed: int = 0
+    step_start_epoch: int = 0  # the pipeline epoch at which the step began
+    current_step_epoch: int = 0  # the step's completed epochs
+    batch: int = 0  # completed batches of the running epoch
+    step_metrics: dict = field(default_factory=dict)  # {step name: {metric: [mean per log interval]}}
+    rng: dict | None = None  # fluxflow/checkpoints/rng_state.py
+    monitor: dict | None = None  # TransitionMonitor.state_dict()
+    report: dict | None = None  # StepReport.state_dict(): the counts a step reports continue after a resume
+    completed: bool = False  # the step's last epoch is saved: only final.pt is left to write
+    outcome: str | None = None  # the transition outcome, once completed
+
+    def to_dict(self) -> dict[str, Any]:
+        # Not dataclasses.asdict: it deep-copies, and `rng` and `report` hold tensors.
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> StepState:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in known})
+
+    @classmethod
+    def of_checkpoint(cls, state: dict | None) -> StepState:
+        """The step state of a loaded checkpoint (empty for none)."""
+        return cls.from_dict((state or {}).get("pipeline_metadata"))
+
+
+def saved_expander_spade(state: dict | None) -> bool:
+    """Whether the checkpoint's expander decodes with SPADE (`expander_spade`, fluxflow.config.modes.expander_spade).
+    Checkpoints written before it was carried say it through their own step's train_spade."""
+    state = state or {}
+    if "expander_spade" in state:
+        return bool(state["expander_spade"])
+    return bool(StepState.of_checkpoint(state).step_config.get("train_spade", False))

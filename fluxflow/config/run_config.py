@@ -1,0 +1,75 @@
+"""The config a run trains, resolved once where the run enters: `fluxflow-train`, or the flow when a deployment (or a
+test) starts it without the command line.
+
+Resolution: the file (or dict) with its `--set` overrides, the original tool's keys mapped and every rule checked
+(fluxflow/config/load.py); the run's output directory (`--output-dir`, the flow's `output_dir` parameter) and device
+(`--device`, `device`) written into it; `{date}` in the output directory filled with the run's day (UTC, so each
+night of a scheduled deployment trains into a directory of its own, and a retry of that night resumes in it); the
+data folders checked (a run cannot start without them; validation alone does not need them). The device stays a
+choice (`auto` is resolved where the step trains, which need not be where the run was resolved).
+
+What the flow hands its tasks is `run_dict(config)`: the resolved config as JSON with a mark, which `resolve_run_config`
+(and a task, `run_config_of`) only re-validates. No torch here: the command line resolves before it imports torch.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from fluxflow.config.errors import ConfigError, ConfigIssue
+from fluxflow.config.file_checks import data_folder_issues
+from fluxflow.config.load import LoadedConfig, issues_from_validation, load_config
+from fluxflow.config.schema import PipelineConfig
+
+RESOLVED = "resolved_for_run"  # the mark of a resolved config's dict: it is taken as it is
+
+
+def today_utc() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d")
+
+
+def resolve_run_config(source: str | Path | dict[str, Any], *, output_dir: str | None = None,
+                       device: str | None = None, overrides: list[str] | tuple[str, ...] = (),
+                       day: str | None = None, check_data: bool = True,
+                       output_dir_name: str = "output_dir") -> LoadedConfig:
+    """The run's config (and the legacy-key warnings of its loading); `day` fills `{date}` (default: today, UTC).
+    `output_dir_name`: what a wrong `output_dir` is called in the error (`--output-dir` on the command line).
+    `check_data` False: the data folders are not looked at (`--validate-pipeline` accepts a config written before its
+    data is in place, configs/original_tool_example.yaml). A dict made by `run_dict` is only re-validated: it was resolved where the run entered, its `overrides` applied
+    then (the caller passes them on only to record them)."""
+    if isinstance(source, dict) and source.get(RESOLVED):
+        if output_dir or device:
+            raise ValueError("a resolved config takes no output_dir or device: resolve it from its source")
+        return LoadedConfig(config=run_config_of(source))
+    label = None if isinstance(source, dict) else str(source)  # how load_config names the file in its errors
+    loaded = load_config(source, overrides)
+    raw = loaded.config.model_dump(mode="json")
+
+    raw["output"]["output_path"] = str(output_dir or raw["output"]["output_path"]).replace("{date}", day or today_utc())
+    if device:
+        raw["training"]["device"] = device
+    try:
+        config = PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        issues = issues_from_validation(exc, PipelineConfig)
+        if output_dir:  # the caller's value, not the file's, is what is wrong: name it as the caller does
+            issues = [ConfigIssue(output_dir_name, i.message.removeprefix("Value error, "))
+                      if i.path == "output.output_path" else i for i in issues]
+        raise ConfigError(issues, label) from None
+    missing = data_folder_issues(config) if check_data else []
+    if missing:
+        raise ConfigError(missing, label)
+    return LoadedConfig(config=config, warnings=loaded.warnings, source=loaded.source)
+
+
+def run_dict(config: PipelineConfig) -> dict[str, Any]:
+    """The resolved config as the flow passes it to its tasks (and the command line to the flow): JSON, marked."""
+    return {**config.model_dump(mode="json"), RESOLVED: True}
+
+
+def run_config_of(resolved: dict[str, Any]) -> PipelineConfig:
+    """A task's config: the resolved dict re-validated, nothing read or mapped again."""
+    return PipelineConfig.model_validate({k: v for k, v in resolved.items() if k != RESOLVED})

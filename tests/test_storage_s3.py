@@ -251,3 +251,25 @@ def test_the_temporary_objects_of_a_killed_upload_are_removed_and_only_the_steps
         "fluxflow/leftovers/graph/training_metrics_a.jsonl.upload-1a2b"]
     assert store().ls("fluxflow/leftovers/graph", detail=False, refresh=True) == [
         "fluxflow/leftovers/graph/training_metrics_b.jsonl.upload-3c4d"]  # step b may be uploading it now
+
+
+def test_a_failed_checkpoint_upload_mid_step_is_one_line_and_training_goes_on(s3, tmp_path, monkeypatch):
+    from helpers_tiny import tiny_config
+
+    from fluxflow.checkpoints.step_files import plan_step
+
+    monkeypatch.setenv("FLUXFLOW_CACHE_DIR", str(tmp_path / "node"))
+    files = plan_step(tiny_config("s3://fluxflow/upload-fails"), "warm")
+    save_latest(state(1), files.latest)
+
+    def unreachable(*args, **kwargs):
+        raise OSError("uploading to s3://fluxflow/upload-fails: EndpointConnectionError: could not connect")
+
+    monkeypatch.setattr(files.remote, "publish", unreachable)
+    lines: list[str] = []
+    files.publish_latest(say=lines.append)  # returns: the step trains on, the next save tries again
+    assert lines == ["⚠️  could not upload latest.pt of step warm to s3://fluxflow/upload-fails (uploading to "
+                     "s3://fluxflow/upload-fails: EndpointConnectionError: could not connect); the store keeps its "
+                     "previous checkpoint, the next save tries again"]
+    with pytest.raises(OSError, match="could not connect"):  # the step's end must reach the store
+        files.publish_final()

@@ -117,6 +117,20 @@ def check_can_run(config) -> None:
             pass
     except (DeviceUnavailable, RunLockedError, StorageError) as exc:
         raise Refused(str(exc)) from None
+    check_credentials(config.tracking.tracking_uri)
+
+
+def check_credentials(configured_tracking_uri: str | None) -> None:
+    """A secret file that cannot be read, or a server that answers 401 to this process's credentials, would fail the
+    run later (Prefect) or drop every MLflow record as rejected: say so now (flows/credentials.py). A server that
+    does not answer at all is not refused here: the run starts and its records wait (docs/OPERATIONS.md)."""
+    from flows.credentials import mlflow_refusal, prefect_refusal
+
+    if env.CREDENTIALS_PROBLEM:
+        raise Refused(env.CREDENTIALS_PROBLEM)
+    problem = prefect_refusal() or mlflow_refusal(os.environ.get("MLFLOW_TRACKING_URI") or configured_tracking_uri)
+    if problem:
+        raise Refused(problem)
 
 
 def train(config, overrides: list[str]) -> int:

@@ -107,12 +107,17 @@ class PipelineRun:
             self.client.set_terminated(self.run_id, status)
 
 
+def pipeline_run_tags(output_dir: str) -> dict[str, str]:
+    """What marks the pipeline (parent) runs of an output directory."""
+    return {TAG_KIND: "pipeline", TAG_OUTPUT_DIR: output_dir}
+
+
 def open_pipeline_run(
     client: MlflowClient, experiment_id: str, output_dir: str, run_name: str, tags: dict[str, str]
 ) -> str:
     """The parent run of the pipeline writing to `output_dir`: reused when one exists, else created. Marked RUNNING."""
-    found = find_runs(client, experiment_id, {TAG_KIND: "pipeline", TAG_OUTPUT_DIR: output_dir})
-    all_tags = {TAG_KIND: "pipeline", TAG_OUTPUT_DIR: output_dir, **tags}
+    found = find_runs(client, experiment_id, pipeline_run_tags(output_dir))
+    all_tags = {**pipeline_run_tags(output_dir), **tags}
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")

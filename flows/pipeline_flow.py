@@ -26,14 +26,16 @@ from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
 from prefect.utilities.urls import url_for
 
 from flows import artifacts
+from flows.credentials import CredentialsError, mlflow_refusal
 from flows.exit_codes import EXIT_OK, EXIT_STEP_FAILED
 from flows.fault_policy import failure_exit_code
 from flows.hypotheses import summarize
-from flows.mlflow_names import TAG_BRANCHES, TAG_CONFIG_HASH, TAG_KIND, TAG_OUTPUT_DIR, TAG_OVERRIDES, TAG_STEPS
+from flows.mlflow_names import TAG_BRANCHES, TAG_CONFIG_HASH, TAG_OVERRIDES, TAG_STEPS
 from flows.mlflow_runs import (
     PipelineRun,
     find_runs,
     find_step_runs,
+    pipeline_run_tags,
     resolve_tracking_uri,
     unreachable_reason,
 )
@@ -94,6 +96,9 @@ def open_tracking(config: PipelineConfig, steps: list,
     run = PipelineRun(client, config.tracking.experiment_name, output_dir, pipeline, tags,
                       config.model_dump(mode="json"))
     problem = unreachable_reason(uri)
+    refused = None if problem else mlflow_refusal(uri)
+    if refused:  # every call would be rejected (4xx) and dropped: a run without records is not what was asked for
+        raise CredentialsError(refused)
     if problem:  # before the first call, which would otherwise sit in MLflow's retries (flows/tracking_queue.py)
         TRACKING.mark_unreachable(f"{uri}: {problem}", f"{output_dir}/graph and {output_dir}/samples, during this "
                                   "run or, if it ends first, for the next run of the same command to send",
@@ -261,9 +266,11 @@ def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
     out = output_dir_of(config)
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
     client = MlflowClient(uri)
-    # Records still queued: the server does not answer, and a lookup would wait minutes in MLflow's retries.
-    experiment = None if TRACKING.pending() else client.get_experiment_by_name(config.tracking.experiment_name)
-    runs = find_runs(client, experiment.experiment_id, {TAG_KIND: "pipeline", TAG_OUTPUT_DIR: out}) if experiment else []
+    # Records still queued: the server does not answer, and a lookup would wait minutes in MLflow's retries. Refused
+    # credentials: the run failed saying so, and the lookup would only raise the same 401.
+    skip = TRACKING.pending() or mlflow_refusal(uri)
+    experiment = None if skip else client.get_experiment_by_name(config.tracking.experiment_name)
+    runs = find_runs(client, experiment.experiment_id, pipeline_run_tags(out)) if experiment else []
     print(f"Samples:     {out}/samples")
     print(f"Checkpoints: {out}/checkpoints")
     if runs:

@@ -14,6 +14,11 @@
 #                          hosts share a server, e.g. gpu-$(hostname): docs/DISTRIBUTED.md)
 #   FLUXFLOW_GPU_SLOTS     that limit's value, steps at a time   (default: 1)
 #   PREFECT_API_URL        the server the worker/deploy talk to   (default: http://127.0.0.1:$FLUXFLOW_PREFECT_PORT/api)
+#   FLUXFLOW_PREFECT_HOST / FLUXFLOW_MLFLOW_HOST   the address a server binds (default: 127.0.0.1, loopback only);
+#                          any other address needs that server's secret file, else the script refuses to start it
+#   FLUXFLOW_PREFECT_AUTH_FILE / FLUXFLOW_MLFLOW_AUTH_FILE   secret files, first line USER:PASSWORD (may be one file):
+#                          the servers ask for these credentials and the worker, deploy and its flow runs send them
+#                          (docs/OPERATIONS.md, "Servers other hosts can reach")
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUN_DIR="${FLUXFLOW_RUN_DIR:-$REPO_ROOT/.run}"
@@ -85,14 +90,16 @@ wait_http() {
     return 1
 }
 
-# use_local_server: point the Prefect CLI at the loopback server (unless PREFECT_API_URL says otherwise) and check
-# that it answers.
+# use_local_server: point the Prefect CLI at the loopback server (unless PREFECT_API_URL says otherwise), check that
+# it answers, and that it and the MLflow server take the credentials of the secret files.
 use_local_server() {
     export PREFECT_API_URL="${PREFECT_API_URL:-http://127.0.0.1:$PREFECT_PORT/api}"
     if ! http_ok "$PREFECT_API_URL/health"; then
         echo "no Prefect server answers at $PREFECT_API_URL; start one with: make server" >&2
         return 1
     fi
+    use_credentials
+    check_credentials
 }
 
 # ensure_pool_and_limit: the `gpu` work pool (type process) and the task-tag concurrency limit $FLUXFLOW_GPU_TAG
@@ -106,4 +113,60 @@ ensure_pool_and_limit() {
     if ! "$PREFECT" concurrency-limit inspect "$FLUXFLOW_GPU_TAG" >/dev/null 2>&1; then
         "$PREFECT" concurrency-limit create "$FLUXFLOW_GPU_TAG" "$GPU_SLOTS"
     fi
+}
+
+# read_secret VARIABLE: print the first line of the file named by $VARIABLE, checked to be USER:PASSWORD. Only bash
+# builtins touch it, so the secret is on no process's command line; callers capture it with $(...) (a fork, no exec).
+read_secret() {
+    local variable="$1" path="${!1:-}" line=""
+    if [[ ! -r "$path" || -d "$path" ]]; then
+        echo "❌ $variable=$path: cannot read it" >&2
+        return 1
+    fi
+    IFS= read -r line <"$path" || true
+    line="${line%"${line##*[![:space:]]}"}"  # as Python's strip() in flows/credentials.py
+    line="${line#"${line%%[![:space:]]*}"}"
+    if [[ ! "$line" =~ ^[^:]+:.+$ ]]; then
+        echo "❌ $variable=$path: its first line must be USER:PASSWORD (both non-empty)" >&2
+        return 1
+    fi
+    printf '%s' "$line"
+}
+
+# is_loopback HOST: whether HOST is an address only this machine reaches.
+is_loopback() {
+    [[ "$1" == 127.* || "$1" == localhost || "$1" == ::1 ]]
+}
+
+# probe_host HOST: where this machine reaches a server bound to HOST (all interfaces: loopback).
+probe_host() {
+    if [[ "$1" == 0.0.0.0 || "$1" == :: ]]; then echo 127.0.0.1; else echo "$1"; fi
+}
+
+# refuse_open NAME HOST FILE_VARIABLE: a server on an address other hosts reach, without credentials, lets anyone in.
+refuse_open() {
+    echo "❌ refusing to start $1 on $2 without authentication: other hosts could reach it and use it with no" \
+         "credentials. Put USER:PASSWORD in a file only you can read (chmod 600) and set $3 to it, or keep the" \
+         "default host 127.0.0.1 and reach it through an SSH tunnel (docs/DISTRIBUTED.md)." >&2
+    exit 2
+}
+
+# use_credentials: the client credentials of the secret files, exported for the prefect CLI, the worker and the flow
+# runs it starts (a variable already set wins over its file, as in flows/credentials.py).
+use_credentials() {
+    local pair
+    if [[ -z "${PREFECT_API_AUTH_STRING:-}" && -n "${FLUXFLOW_PREFECT_AUTH_FILE:-}" ]]; then
+        PREFECT_API_AUTH_STRING="$(read_secret FLUXFLOW_PREFECT_AUTH_FILE)" || exit 2
+        export PREFECT_API_AUTH_STRING
+    fi
+    if [[ -z "${MLFLOW_TRACKING_PASSWORD:-}" && -n "${FLUXFLOW_MLFLOW_AUTH_FILE:-}" ]]; then
+        pair="$(read_secret FLUXFLOW_MLFLOW_AUTH_FILE)" || exit 2
+        export MLFLOW_TRACKING_USERNAME="${pair%%:*}" MLFLOW_TRACKING_PASSWORD="${pair#*:}"
+    fi
+}
+
+# check_credentials: fail with one line per server (Prefect, and MLflow when MLFLOW_TRACKING_URI is a server) that
+# answers 401 to these credentials, before a worker polls or a deploy writes (flows/credentials.py).
+check_credentials() {
+    "$VENV_BIN/python" -m flows.credentials check
 }

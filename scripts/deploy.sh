@@ -2,6 +2,7 @@
 # `make deploy`: registers every deployment in deployments/prefect.yaml (fluxflow-pipeline/manual and
 # fluxflow-pipeline/nightly-retrain) with the server at PREFECT_API_URL (default the loopback one of `make server`).
 # Re-running it updates them in place. Creates the `gpu` pool and limit first when missing.
+# A server that asks for credentials: FLUXFLOW_PREFECT_AUTH_FILE, as for scripts/worker.sh.
 set -euo pipefail
 source "$(dirname "$0")/_service.sh"
 # Entrypoints in prefect.yaml are relative to the repository root.

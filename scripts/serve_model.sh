@@ -8,9 +8,11 @@
 #   FLUXFLOW_MODEL_URI    the model to serve          (default: models:/fluxflow-quickstart@champion)
 #   FLUXFLOW_SERVE_PORT   its port on 127.0.0.1        (default: 5001)
 #   MLFLOW_TRACKING_URI   the store that holds it      (default: $FLUXFLOW_MLFLOW_STORE, else sqlite:///mlflow.db here)
+#   FLUXFLOW_MLFLOW_AUTH_FILE   the credentials of that store when it is a server that asks for them
 set -euo pipefail
 source "$(dirname "$0")/_service.sh"
 cd "$REPO_ROOT"
+use_credentials  # the model is read through the tracking server: its credentials, from the secret file
 
 export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-${FLUXFLOW_MLFLOW_STORE:-sqlite:///mlflow.db}}"
 # `mlflow models serve` starts `uvicorn` by name: this environment's must be the one found.

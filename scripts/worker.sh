@@ -10,6 +10,9 @@
 # The worker starts each flow run as a child process in its process group, with the worker's environment, in the
 # checkout named by FLUXFLOW_HOME (read by the deployments' pull step). Set MLFLOW_TRACKING_URI before starting the
 # worker to send the runs' MLflow records elsewhere than ./mlflow.db of the checkout.
+# Servers that ask for credentials: set FLUXFLOW_PREFECT_AUTH_FILE / FLUXFLOW_MLFLOW_AUTH_FILE (files whose first
+# line is USER:PASSWORD) before starting it; the worker and the flow runs it starts send them, and it refuses to start
+# when a server answers 401 to them.
 set -euo pipefail
 source "$(dirname "$0")/_service.sh"
 cd "$REPO_ROOT"

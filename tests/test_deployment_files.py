@@ -36,7 +36,8 @@ FAKE_TOOL = textwrap.dedent(
     with open(os.environ["FAKE_RECORD"], "a") as f:
         f.write(json.dumps({{"argv": sys.argv, "cwd": os.getcwd(), "env": {{k: os.environ.get(k) for k in
                    ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "DO_NOT_TRACK", "FLUXFLOW_HOME", "FLUXFLOW_GPU_TAG",
-                    "PREFECT_API_URL", "MLFLOW_TRACKING_URI")}}}}) + "\\n")
+                    "PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PREFECT_SERVER_API_AUTH_STRING",
+                    "MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_TRACKING_PASSWORD")}}}}) + "\\n")
     if "inspect" in sys.argv:
         sys.exit(1)
     if sys.argv[1:3] == ["worker", "start"]:
@@ -277,6 +278,77 @@ def test_pull_steps_enter_the_checkout_named_by_the_worker_environment(tmp_path,
     assert resolved == {"directory": str(tmp_path)}
 
 
+def secret_file(tmp_path: Path, line: str) -> str:
+    path = tmp_path / "secret"
+    path.write_text(line + "\n")
+    path.chmod(0o600)
+    return str(path)
+
+
+@pytest.mark.parametrize("script, host, secret", [
+    ("server.sh", "FLUXFLOW_PREFECT_HOST", "FLUXFLOW_PREFECT_AUTH_FILE"),
+    ("mlflow_ui.sh", "FLUXFLOW_MLFLOW_HOST", "FLUXFLOW_MLFLOW_AUTH_FILE"),
+])
+def test_a_server_for_other_hosts_without_a_secret_is_refused(fake_env, script, host, secret):
+    fake_env[host] = "0.0.0.0"
+    fake_env.pop(secret, None)
+    done = run_script(script, fake_env)
+    assert done.returncode == 2
+    assert "refusing to start" in done.stderr and secret in done.stderr
+    assert not Path(fake_env["FAKE_RECORD"]).exists()  # nothing was started
+
+
+@pytest.mark.slow  # starts a stand-in server and waits for it: about 2 s
+def test_server_script_with_a_secret_turns_on_prefect_auth_through_the_environment_only(fake_env, tmp_path):
+    fake_env.update(FLUXFLOW_PREFECT_HOST="0.0.0.0", FLUXFLOW_PREFECT_AUTH_FILE=secret_file(tmp_path, "ops:s3cret-pw"))
+    done = run_script("server.sh", fake_env)
+    assert done.returncode == 0, done.stderr
+    (call,) = recorded_calls(fake_env)
+    assert call["env"]["PREFECT_SERVER_API_AUTH_STRING"] == "ops:s3cret-pw"
+    assert call["argv"][1:4] == ["server", "start", "--host"] and call["argv"][4] == "0.0.0.0"
+    assert "s3cret-pw" not in " ".join(call["argv"]) + done.stdout + done.stderr
+    assert "authentication on" in done.stdout
+
+
+@pytest.mark.parametrize("line", ["no-colon-here", ":password-only", "user-only:"])
+def test_server_script_refuses_a_secret_file_that_is_not_user_colon_password(fake_env, tmp_path, line):
+    fake_env["FLUXFLOW_PREFECT_AUTH_FILE"] = secret_file(tmp_path, line)
+    done = run_script("server.sh", fake_env)
+    assert done.returncode == 2 and "USER:PASSWORD" in done.stderr
+    assert line not in done.stderr  # the message names the file, never what is in it
+
+
+@pytest.mark.slow  # sets up MLflow's auth database (imports MLflow's server: ~3 s) and starts a stand-in
+def test_mlflow_ui_script_with_a_secret_runs_the_basic_auth_app_with_the_password_set_from_the_file(fake_env, tmp_path):
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    python = tmp_path / "bin" / "python"  # this interpreter by its own path, so that it finds its venv's MLflow
+    python.unlink()
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    auth_db = f"sqlite:///{tmp_path / 'auth.db'}"
+    fake_env.update(FLUXFLOW_MLFLOW_AUTH_FILE=secret_file(tmp_path, "tracker:first-password-1"),
+                    FLUXFLOW_MLFLOW_AUTH_DB=auth_db, MLFLOW_TRACKING_PASSWORD="a-client-secret")
+    done = run_script("mlflow_ui.sh", fake_env)
+    assert done.returncode == 0, done.stderr
+    (call,) = recorded_calls(fake_env)
+    assert call["argv"][1:3] == ["ui", "--host"] and call["argv"][-2:] == ["--app-name", "basic-auth"]
+    ini = Path(call["env"]["MLFLOW_AUTH_CONFIG_PATH"]).read_text()
+    assert "admin_username = tracker" in ini and f"database_uri = {auth_db}" in ini and "password" not in ini
+    assert call["env"]["MLFLOW_TRACKING_PASSWORD"] is None  # the server is given no password at all
+    os.killpg(int((Path(fake_env["FLUXFLOW_RUN_DIR"]) / "mlflow-ui.pid").read_text()), signal.SIGTERM)
+
+    # Rotation: a new password in the file and a restart; the old one stops working.
+    Path(fake_env["FLUXFLOW_MLFLOW_AUTH_FILE"]).write_text("tracker:second-password-2\n")
+    (Path(fake_env["FLUXFLOW_RUN_DIR"]) / "mlflow-ui.pid").unlink()
+    assert run_script("mlflow_ui.sh", fake_env).returncode == 0
+    store = SqlAlchemyStore()
+    store.init_db(auth_db)
+    assert store.authenticate_user("tracker", "second-password-2")
+    assert not store.authenticate_user("tracker", "first-password-1")
+    assert store.get_user("tracker").is_admin
+
+
 # --- docker/ ---------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -294,7 +366,7 @@ def test_compose_mlflow_is_sqlite_backed_with_artifacts_on_a_volume_and_no_job_r
     args = " ".join(mlflow["command"])
     assert "--backend-store-uri=sqlite:////mlflow/" in args
     assert "--artifacts-destination=/mlflow/" in args
-    assert mlflow["volumes"] == ["mlflow-data:/mlflow"]
+    assert mlflow["volumes"][0] == "mlflow-data:/mlflow"
     assert mlflow["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert "mlflow:5000" in args  # workers reach it by service name: that Host header must be allowed
 
@@ -344,3 +416,25 @@ HADOLINT = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sy
 def test_worker_dockerfile_passes_hadolint():
     done = subprocess.run([HADOLINT, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_compose_servers_ask_for_credentials_from_secrets_the_worker_reads(compose):
+    services = compose["services"]
+    prefect_command = " ".join(services["prefect-server"]["command"])
+    assert "PREFECT_SERVER_API_AUTH_STRING=" in prefect_command and "/run/secrets/prefect_auth" in prefect_command
+    mlflow = services["mlflow"]
+    assert mlflow["command"][:2] == ["python", "/opt/fluxflow/mlflow_auth.py"]
+    assert mlflow["environment"]["FLUXFLOW_MLFLOW_AUTH_FILE"] == "/run/secrets/mlflow_auth"
+    assert mlflow["image"].endswith("-full")  # the image with MLflow's `auth` extra
+    worker = services["worker"]
+    assert worker["environment"]["FLUXFLOW_PREFECT_AUTH_FILE"] == "/run/secrets/prefect_auth"
+    assert worker["environment"]["FLUXFLOW_MLFLOW_AUTH_FILE"] == "/run/secrets/mlflow_auth"
+    assert set(worker["secrets"]) == {"prefect_auth", "mlflow_auth"}
+    # The secret files stay out of git and out of the worker image's build context.
+    for secret in compose["secrets"].values():
+        path = (COMPOSE.parent / secret["file"]).resolve().relative_to(REPO)
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=REPO)
+        assert ignored.returncode == 0, f"{path} is not ignored by git"
+        assert path.parts[0] not in [line[1:].strip("/") for line in
+                                     (DOCKERFILE.parent / "Dockerfile.worker.dockerignore").read_text().splitlines()
+                                     if line.startswith("!")]

@@ -146,7 +146,7 @@ def test_promotion_beyond_the_spread_moves_the_alias_to_the_best_replicate_only_
     versions = [client.create_model_version("m", str(tmp_path), tags={TAG_STEP_NAME: s}).version for s in steps]
     client.set_registered_model_alias("m", "champion", versions[0])
     by_version = dict(zip(map(str, versions), scores))
-    monkeypatch.setattr(promotion, "_evaluator", lambda config, client, device: (
+    monkeypatch.setattr(promotion, "_evaluator", lambda config, client: (
         lambda version, step: {"eval_adherence_both": by_version[str(version)]}))
 
     decisions = {d.step: d for d in promotion.promote(cfg, client, [str(v) for v in versions[1:]])}

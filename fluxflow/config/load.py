@@ -17,8 +17,8 @@ from fluxflow.config.legacy import apply_legacy
 from fluxflow.config.overrides import apply_overrides
 from fluxflow.config.promotion import promotion_issues
 from fluxflow.config.replicates import replicate_issues
-from fluxflow.config.schema import (DataConfig, DatasetConfig, ModelConfig, OutputConfig, PipelineConfig,
-                                    TrainingConfig, implicit_datasets)
+from fluxflow.config.schema import (SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,
+                                    PipelineConfig, TrainingConfig, implicit_datasets)
 from fluxflow.config.steps import StepConfig, StepDefaults, StepGlobals
 
 
@@ -117,7 +117,7 @@ def issues_from_validation(exc: ValidationError, root: type[BaseModel]) -> list[
             issues.append(ConfigIssue(path, "needs at least one step"))
         else:
             got = err.get("input")
-            shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            shown = "" if isinstance(got, (dict, list)) or kind == SECRET_VALUE else f" (got {got!r})"
             if kind == "string_type" and isinstance(got, bool):
                 shown += "; YAML reads unquoted yes/no/on/off as true/false: quote the value"
             issues.append(ConfigIssue(path, f"{err['msg']}{shown}"))

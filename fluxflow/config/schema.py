@@ -5,9 +5,11 @@ fields here: `legacy.py` maps or reports them before these models see the file.
 """
 from __future__ import annotations
 
+import urllib.parse
 from typing import Literal
 
 from pydantic import Field, field_validator, model_serializer, model_validator
+from pydantic_core import PydanticCustomError
 
 from fluxflow.config.optim import StrictModel
 from fluxflow.storage.location import check_output_uri, remote_uri
@@ -189,11 +191,26 @@ class OutputConfig(StrictModel):
     _local_cache = field_validator("cache_dir")(check_cache_dir)
 
 
+SECRET_VALUE = "secret_value"  # the error type of a value never to be echoed (fluxflow/config/load.py)
+
+
 class TrackingConfig(StrictModel):
     experiment_name: str = "fluxflow"
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else MLflow's default (./mlflow.db)
     registered_model: str | None = Field(None, min_length=1)  # None: the experiment name
     register_steps: list[str] | None = None  # None: the text-to-image leaf steps (fluxflow/config/promotion.py)
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_password(cls, uri: str | None) -> str | None:
+        # The resolved config is logged as MLflow params and passed to every Prefect task as a parameter: a password
+        # here would be in both (flows/credentials.py reads credentials from the environment or a secret file).
+        if uri and urllib.parse.urlsplit(uri).password:
+            raise PydanticCustomError(  # a type of its own: the error message must not show the value
+                SECRET_VALUE, "holds a password (user:password@): the config is logged as MLflow params, so give "
+                "credentials through FLUXFLOW_MLFLOW_AUTH_FILE or MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD instead")
+        return uri
 
     @property
     def model_name(self) -> str:

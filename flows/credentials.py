@@ -1,0 +1,148 @@
+"""Credentials for Prefect and MLflow servers that ask for them, read from the environment or from secret files.
+
+The servers' own mechanisms do the checking (docs/OPERATIONS.md, "Servers other hosts can reach"): a Prefect server
+started with PREFECT_SERVER_API_AUTH_STRING answers 401 to clients without the same PREFECT_API_AUTH_STRING, and an
+MLflow server started with `--app-name basic-auth` answers 401 to clients without MLFLOW_TRACKING_USERNAME and
+MLFLOW_TRACKING_PASSWORD. Both clients read those variables themselves, so all this module does is fill them in, before
+Prefect or MLflow is imported (flows/env.py calls `apply_secret_files`):
+
+- FLUXFLOW_PREFECT_AUTH_FILE / FLUXFLOW_MLFLOW_AUTH_FILE name a file whose first line is `user:password` (one file may
+  serve both). A variable set directly wins over its file.
+- `user:password@` written into MLFLOW_TRACKING_URI or PREFECT_API_URL is moved into those variables, so that the URL
+  the run logs, prints and passes to its tasks as a parameter holds no secret.
+
+Nothing here ever prints a password: messages name the variable or the file. This module imports neither Prefect nor
+MLflow (the scripts call `python -m flows.credentials check` before they start a worker or deploy).
+"""
+from __future__ import annotations
+
+import base64
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from fluxflow.errors import NonRetryable
+
+PREFECT_FILE, MLFLOW_FILE = "FLUXFLOW_PREFECT_AUTH_FILE", "FLUXFLOW_MLFLOW_AUTH_FILE"
+PREFECT_AUTH, MLFLOW_USER, MLFLOW_PASSWORD = "PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_USERNAME", \
+    "MLFLOW_TRACKING_PASSWORD"
+PROBE_TIMEOUT_S = 5.0
+
+
+class CredentialsError(NonRetryable, ValueError):
+    """A secret file that cannot be used, or a server that refuses the credentials: the one line to print. Running
+    again without a change fails the same way, so a flow run that meets it fails at once with that line (and
+    `fluxflow-train` exits 2, flows/fault_policy.py)."""
+
+
+def read_secret_file(variable: str) -> tuple[str, str] | None:
+    """(user, password) from the file named by environment variable `variable`; None when it is not set."""
+    path = os.environ.get(variable)
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            line = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CredentialsError(f"{variable}={path}: cannot read it ({type(exc).__name__}: "
+                               f"{getattr(exc, 'strerror', None) or 'not UTF-8'})") from None
+    user, colon, password = line.partition(":")
+    if not (user and colon and password):
+        raise CredentialsError(f"{variable}={path}: its first line must be USER:PASSWORD (both non-empty)")
+    return user, password
+
+
+def _move_userinfo(variable: str) -> tuple[str, str] | None:
+    """`user:password@` of the URL in `variable`, removed from it; None when it has none."""
+    url = os.environ.get(variable, "")
+    parts = urllib.parse.urlsplit(url)
+    if not parts.password:
+        return None
+    host = parts.netloc.rpartition("@")[2]
+    os.environ[variable] = urllib.parse.urlunsplit(parts._replace(netloc=host))
+    return urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password)
+
+
+def apply_secret_files() -> None:
+    """Fill in the clients' variables from the secret files and from URLs with credentials (see the module's
+    docstring). Raises CredentialsError for a file that is set but unusable."""
+    in_url = _move_userinfo("PREFECT_API_URL")
+    if in_url and PREFECT_AUTH not in os.environ:
+        os.environ[PREFECT_AUTH] = ":".join(in_url)
+    in_url = _move_userinfo("MLFLOW_TRACKING_URI")
+    if in_url and MLFLOW_PASSWORD not in os.environ:
+        os.environ[MLFLOW_USER], os.environ[MLFLOW_PASSWORD] = in_url
+    if PREFECT_AUTH not in os.environ:
+        found = read_secret_file(PREFECT_FILE)
+        if found:
+            os.environ[PREFECT_AUTH] = ":".join(found)
+    if MLFLOW_PASSWORD not in os.environ:
+        found = read_secret_file(MLFLOW_FILE)
+        if found:
+            os.environ[MLFLOW_USER], os.environ[MLFLOW_PASSWORD] = found
+
+
+def _answers_401(url: str, user_password: str | None, method: str = "GET") -> bool:
+    """Whether `url` answers 401 to a request with these Basic credentials (None: none). Unreachable: False (an
+    outage is reported elsewhere, flows/mlflow_runs.py)."""
+    request = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None,
+                                     headers={"Content-Type": "application/json"})
+    if user_password:
+        token = base64.b64encode(user_password.encode("utf-8")).decode("ascii")
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S):
+            return False
+    except urllib.error.HTTPError as exc:
+        return exc.code == 401
+    except (OSError, ValueError):
+        return False
+
+
+def prefect_refusal(api_url: str | None = None) -> str | None:
+    """Why the Prefect server at `api_url` (default PREFECT_API_URL) refuses this process, or None."""
+    api_url = api_url or os.environ.get("PREFECT_API_URL")
+    if not api_url or not api_url.startswith(("http://", "https://")):
+        return None
+    if not _answers_401(f"{api_url.rstrip('/')}/flows/filter", os.environ.get(PREFECT_AUTH), "POST"):
+        return None
+    given = f"the credentials of {PREFECT_AUTH}" if os.environ.get(PREFECT_AUTH) else "no credentials"
+    return (f"the Prefect server at {api_url} refused {given} (401 Unauthorized): set {PREFECT_FILE} to the file "
+            f"holding its USER:PASSWORD (the server's PREFECT_SERVER_API_AUTH_STRING), or {PREFECT_AUTH}")
+
+
+def mlflow_refusal(tracking_uri: str | None = None) -> str | None:
+    """Why the MLflow server at `tracking_uri` (default MLFLOW_TRACKING_URI) refuses this process, or None."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri or not uri.startswith(("http://", "https://")):
+        return None
+    password = os.environ.get(MLFLOW_PASSWORD)
+    user_password = f"{os.environ.get(MLFLOW_USER, '')}:{password}" if password else None
+    if not _answers_401(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1", user_password):
+        return None
+    given = f"the credentials of {MLFLOW_USER}/{MLFLOW_PASSWORD}" if password else "no credentials"
+    return (f"the MLflow server at {uri} refused {given} (401 Unauthorized): set {MLFLOW_FILE} to the file holding "
+            f"its USER:PASSWORD, or {MLFLOW_USER} and {MLFLOW_PASSWORD}")
+
+
+def main(argv: list[str]) -> int:
+    """`python -m flows.credentials check`: exit 1 with one line per server that refuses these credentials (the
+    secret files applied first), 0 otherwise. The scripts run it before a worker or a deployment talks to them."""
+    if argv != ["check"]:
+        print("usage: python -m flows.credentials check", file=sys.stderr)
+        return 2
+    try:
+        apply_secret_files()
+    except CredentialsError as exc:
+        print(f"❌ {exc}", file=sys.stderr)
+        return 1
+    problems = [p for p in (prefect_refusal(), mlflow_refusal()) if p]
+    for problem in problems:
+        print(f"❌ {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

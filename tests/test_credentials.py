@@ -1,0 +1,118 @@
+"""Credentials from secret files and URLs into the variables Prefect's and MLflow's clients read, and never into
+anything the run logs (flows/credentials.py, the config's tracking_uri)."""
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+
+import pytest
+from helpers_tiny import tiny_raw
+
+from flows import credentials
+from flows.credentials import CredentialsError, apply_secret_files
+
+CLIENT_VARIABLES = ("PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                    "FLUXFLOW_PREFECT_AUTH_FILE", "FLUXFLOW_MLFLOW_AUTH_FILE", "PREFECT_API_URL", "MLFLOW_TRACKING_URI")
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in CLIENT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_secret_files_fill_in_the_variables_the_clients_read(clean_env, tmp_path):
+    (tmp_path / "both").write_text("  ops:pa:ss word  \nsecond line ignored\n")
+    clean_env.setenv("FLUXFLOW_PREFECT_AUTH_FILE", str(tmp_path / "both"))
+    clean_env.setenv("FLUXFLOW_MLFLOW_AUTH_FILE", str(tmp_path / "both"))
+    apply_secret_files()
+    assert os.environ["PREFECT_API_AUTH_STRING"] == "ops:pa:ss word"  # the password may hold colons and spaces
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("ops", "pa:ss word")
+
+
+def test_a_variable_set_directly_wins_over_its_file(clean_env, tmp_path):
+    (tmp_path / "file").write_text("ops:from-the-file\n")
+    clean_env.setenv("FLUXFLOW_PREFECT_AUTH_FILE", str(tmp_path / "file"))
+    clean_env.setenv("PREFECT_API_AUTH_STRING", "ops:from-the-environment")
+    apply_secret_files()
+    assert os.environ["PREFECT_API_AUTH_STRING"] == "ops:from-the-environment"
+
+
+@pytest.mark.parametrize("content", ["no-colon-secret", ":secret-only", "", "user-only:"])
+def test_an_unusable_secret_file_is_named_without_showing_its_content(clean_env, tmp_path, content):
+    (tmp_path / "bad").write_text(content)
+    clean_env.setenv("FLUXFLOW_MLFLOW_AUTH_FILE", str(tmp_path / "bad"))
+    with pytest.raises(CredentialsError, match="USER:PASSWORD") as raised:
+        apply_secret_files()
+    assert str(tmp_path / "bad") in str(raised.value)
+    assert "secret" not in str(raised.value).replace(str(tmp_path), "")
+
+
+def test_a_missing_secret_file_is_named(clean_env, tmp_path):
+    clean_env.setenv("FLUXFLOW_PREFECT_AUTH_FILE", str(tmp_path / "missing"))
+    with pytest.raises(CredentialsError, match="cannot read it"):
+        apply_secret_files()
+
+
+def test_credentials_in_a_server_url_are_moved_out_of_it(clean_env):
+    clean_env.setenv("MLFLOW_TRACKING_URI", "https://tracker:p%40ss-word@mlflow.example:5000/path")
+    clean_env.setenv("PREFECT_API_URL", "http://ops:another-one@prefect.example:4200/api")
+    apply_secret_files()
+    assert os.environ["MLFLOW_TRACKING_URI"] == "https://mlflow.example:5000/path"
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("tracker", "p@ss-word")
+    assert os.environ["PREFECT_API_URL"] == "http://prefect.example:4200/api"
+    assert os.environ["PREFECT_API_AUTH_STRING"] == "ops:another-one"
+
+
+def test_local_stores_and_unreachable_servers_are_not_refusals(clean_env):
+    assert credentials.mlflow_refusal("sqlite:///mlflow.db") is None
+    assert credentials.mlflow_refusal("http://127.0.0.1:9") is None  # down: the outage path, not a refusal
+    assert credentials.prefect_refusal("http://127.0.0.1:9/api") is None
+
+
+def test_a_password_in_the_configs_tracking_uri_is_refused_without_echoing_it(tmp_path):
+    from fluxflow.config import ConfigError, load_config
+
+    raw = tiny_raw(tmp_path / "out")
+    raw["tracking"] = {"tracking_uri": "http://tracker:hunter2-hunter2@mlflow.example:5000"}
+    with pytest.raises(ConfigError, match="tracking.tracking_uri: holds a password") as raised:
+        load_config(raw)
+    assert "hunter2" not in str(raised.value)
+    raw["tracking"] = {"tracking_uri": "http://mlflow.example:5000"}
+    assert load_config(raw).config.tracking.tracking_uri == "http://mlflow.example:5000"
+
+
+class AsksForCredentials(http.server.BaseHTTPRequestHandler):
+    """A tracking server that answers its health check and 401 to everything else (wrong credentials)."""
+
+    def do_GET(self):  # noqa: N802  (http.server's naming)
+        self.send_response(200 if self.path == "/health" else 401)
+        self.end_headers()
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.slow  # a Prefect flow on the session's test API: a few seconds
+def test_a_flow_run_whose_tracking_server_refuses_its_credentials_fails_at_once_with_one_line(
+        tmp_path, prefect_api, monkeypatch, capsys):
+    from flows.pipeline_flow import run_pipeline_flow
+    from fluxflow.config.run_config import resolve_run_config
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AsksForCredentials)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "tracker")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
+    try:
+        assert run_pipeline_flow(resolve_run_config(tiny_raw(tmp_path / "out")).config) == 2  # as a worker's flow run: not retried, exit 2
+    finally:
+        server.shutdown()
+    printed = capsys.readouterr()
+    assert "refused the credentials of MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (401" in printed.err
+    assert "not-the-password" not in printed.out + printed.err
+    assert not (tmp_path / "out" / "checkpoints").exists()  # nothing trained without its records

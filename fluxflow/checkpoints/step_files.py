@@ -94,7 +94,9 @@ class StepFiles:
     def completed(self) -> tuple[CheckpointRef, StepResult] | None:
         """The finished step's (ref, result) when final.pt exists for this very key."""
         recorded = self._recorded()
-        if recorded is None or not self.final.exists() or recorded["ref"]["step_key"] != self.key:
+        if recorded is None or recorded["ref"]["step_key"] != self.key:
+            return None
+        if not (self.final.exists() or self._final_on_store(recorded["ref"]["sha256"])):
             return None
         return CheckpointRef.from_dict(recorded["ref"]), StepResult.from_dict(recorded["result"])
 
@@ -166,12 +168,25 @@ class StepFiles:
         """Where the next step (on whatever node) reads final.pt: the store's URI, or the local path."""
         return self.remote.url(self._rel(self.final)) if self.remote is not None else str(self.final)
 
+    def _final_on_store(self, sha256: str) -> bool:
+        """Whether the store holds final.pt with this content (its record says so): a finished step on another node."""
+        return self.remote is not None and self.remote.recorded_sha256(self._rel(self.final)) == sha256
+
+    def pull_ref(self) -> None:
+        """ref.json alone from the store (enough to tell whether the step is complete)."""
+        if self.remote is not None:
+            self.remote.pull(self._rel(self.ref_json))
+
     def pull(self) -> None:
         """The step's files from the store into the staging directory, each verified; what the store lacks or cannot
-        vouch for is removed from it (the store is the truth)."""
+        vouch for is removed from it (the store is the truth). A step complete on the store needs nothing more: its
+        final.pt is read through its URI by whoever needs it, not downloaded here to be skipped."""
         if self.remote is None:
             return
-        for path in (self.ref_json, self.final, self.latest, self.previous, self.metrics):
+        self.pull_ref()
+        if self.completed() is not None:
+            return
+        for path in (self.final, self.latest, self.previous, self.metrics):
             self.remote.pull(self._rel(path))
         # What a kill during an upload left (the step's own names only: other steps may be uploading beside it).
         self.remote.remove_unfinished_uploads(self._rel(self.dir))

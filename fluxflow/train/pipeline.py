@@ -21,8 +21,12 @@ log = logging.getLogger("fluxflow.train.pipeline")
 
 def completed_steps(config) -> list[str]:
     """Steps whose final.pt exists for their current key (they will be skipped), in execution order."""
-    return [s.name for s in execution_order(config.resolved_steps())
-            if plan_step(config, s.name).completed() is not None]
+    return [s.name for s in execution_order(config.resolved_steps()) if _completed(plan_step(config, s.name))]
+
+
+def _completed(files) -> bool:
+    files.pull_ref()  # an output on an object store: its ref.json, which says whether the step is complete
+    return files.completed() is not None
 
 
 def announce_skipped(config) -> None:

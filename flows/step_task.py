@@ -12,7 +12,6 @@ from flows import env  # noqa: F401  (must precede prefect and mlflow)
 
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient

@@ -104,14 +104,18 @@ def check_can_run(config) -> None:
     """A device this machine lacks, or an output directory another run holds, is the caller's setting, not a
     training failure: say so before the flow starts (inside it, the step would fail and be retried for nothing). The
     flow takes the lock itself for the whole run; this is only the early answer."""
-    from fluxflow.checkpoints.lock import RunLock, RunLockedError
+    from fluxflow.checkpoints.lock import RunLockedError
     from fluxflow.runtime.device import DeviceUnavailable, resolve_device
+    from fluxflow.storage.location import StorageError
+    from fluxflow.storage.store_lock import output_lock
 
     try:
         resolve_device(config.training.device)
-        with RunLock(config.output.output_path):
+        # On an object store this also asks for its bucket and credentials, and takes over (saying so) the lock
+        # that a killed run left.
+        with output_lock(config.output.output_path, say=lambda line: print(line, file=sys.stderr)):
             pass
-    except (DeviceUnavailable, RunLockedError) as exc:
+    except (DeviceUnavailable, RunLockedError, StorageError) as exc:
         raise Refused(str(exc)) from None
     check_credentials(config.tracking.tracking_uri)
 

@@ -35,6 +35,7 @@ from flows.mlflow_names import (FINAL_PREFIX, PARENT_RUN_ID, TAG_CHECKPOINT_SHA2
                                  TAG_RESUMED_FROM, TAG_SESSION, TAG_STEP_KEY, TAG_STEP_NAME)
 from flows.mlflow_runs import experiment_id_for, find_step_runs, flatten_params, open_pipeline_run
 from fluxflow.output_layout import metrics_file, samples_dir
+from fluxflow.storage.location import local_root
 
 if TYPE_CHECKING:  # only for annotations: this module must import without torch
     from fluxflow.checkpoints.ref import CheckpointRef, StepResult
@@ -166,12 +167,13 @@ class StepRunRecorder:
         self.last_step = self._last_steps()
         self.log_points(file_points(self.metrics_file(), self.last_step))
         listed = {a.path for a in self.client.list_artifacts(self.run_id, "samples")}
-        for image in sorted(samples_dir(self.output_dir).glob(f"{self.step.name}_{self.step.index + 1:03d}_*")):
+        samples = samples_dir(local_root(self.output_dir))  # an object store's: its staging copy
+        for image in sorted(samples.glob(f"{self.step.name}_{self.step.index + 1:03d}_*")):
             if f"samples/{image.name}" not in listed:
                 self.log_image(image)
 
     def metrics_file(self) -> Path:
-        return metrics_file(self.output_dir, self.step.name)
+        return metrics_file(local_root(self.output_dir), self.step.name)  # an object store's: its staging copy
 
     def _last_steps(self) -> dict[str, int]:
         keys = self.client.get_run(self.run_id).data.metrics

@@ -44,7 +44,7 @@ from flows.promotion import release_lines, release_models
 from flows.prefect_server import ServerNotReady, api_url_for_run, is_temporary
 from flows.step_task import TrackingTarget, output_dir_of, pipeline_step_task
 from flows.tracking_queue import TRACKING
-from fluxflow.checkpoints.lock import RunLock
+from fluxflow.storage.store_lock import output_lock as store_output_lock
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.checkpoints.step_key import json_sha256
 from fluxflow.config import PipelineConfig
@@ -148,8 +148,8 @@ def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str
 
 
 def output_lock(config: PipelineConfig):
-    """The output directory's RunLock (output directories are local: fluxflow/config/schema.py)."""
-    return RunLock(output_dir_of(config))
+    """The output directory's lock: a local flock, or a lock object on the object store (fluxflow/storage)."""
+    return store_output_lock(output_dir_of(config))
 
 
 def run_steps(cfg: PipelineConfig, overrides: list[str] | None = None) -> list[dict]:

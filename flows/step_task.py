@@ -12,7 +12,6 @@ from flows import env  # noqa: F401  (must precede prefect and mlflow)
 
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
@@ -26,6 +25,7 @@ from flows.prefect_log_tracker import PrefectLogTracker
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome
 from fluxflow.config import PipelineConfig
 from fluxflow.config.run_config import run_config_of
+from fluxflow.storage.location import local_path, output_root, remote_uri
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,8 @@ class TrackingTarget:
 
 
 def output_dir_of(config: PipelineConfig) -> str:
-    """Absolute path of the pipeline's output directory (always local: fluxflow/config/schema.py): the key of its
-    MLflow runs."""
-    return str(Path(config.output.output_path).resolve())
+    """The pipeline's output directory, the key of its MLflow runs: its absolute path, or its object-store URI."""
+    return remote_uri(config.output.output_path) or str(local_path(config.output.output_path).resolve())
 
 
 def make_tracker(config: PipelineConfig, target: TrackingTarget):
@@ -62,7 +61,7 @@ def make_tracker(config: PipelineConfig, target: TrackingTarget):
         session=target.session,
         experiment_name=target.experiment_name or config.tracking.experiment_name,
     )
-    console = ConsoleJsonlTracker(Path(config.output.output_path))
+    console = ConsoleJsonlTracker(output_root(config))  # local: an object store's staging mirror
     prefect_log = PrefectLogTracker.for_current_task_run()
     return MultiTracker([console, mlflow_tracker, *([prefect_log] if prefect_log else [])]), mlflow_tracker
 

@@ -266,6 +266,11 @@ def test_dataset_and_step_problems_are_found_even_when_another_section_is_broken
     assert "several entries and no default_dataset" in found[f"{S}[0].dataset"]
 
 
-def test_a_remote_output_path_is_refused_by_name(tmp_path):
-    found = problems(tmp_path, cfg(vae(), output={"output_path": "s3://bucket/run"}))
-    assert "fsspec URIs" in found["output.output_path"]
+def test_an_object_store_output_path_is_accepted_and_a_bad_uri_is_refused_by_name(tmp_path):
+    (tmp_path / "s3.yaml").write_text(cfg(vae(), output={"output_path": "s3://bucket/run"}))
+    assert load_config(tmp_path / "s3.yaml").config.output.output_path == "s3://bucket/run"
+    for uri, why in [("nosuch://bucket/run", "unknown storage protocol nosuch://"),
+                     ("s3:///run", "names no bucket"), ("memory://x/run", "not storage other processes")]:
+        assert why in problems(tmp_path, cfg(vae(), output={"output_path": uri}))["output.output_path"]
+    found = problems(tmp_path, cfg(vae(), output={"output_path": "s3://b/run", "cache_dir": "s3://b/cache"}))
+    assert "must be a local or mounted directory" in found["output.cache_dir"]

@@ -53,6 +53,9 @@ def _wait(proc: subprocess.Popen, step_name: str, timeout: float | None) -> int:
 
 def run_step_distributed(config, step_name: str, parent: CheckpointRef | None, nproc: int,
                          timeout: float | None = None) -> StepOutcome:
+    from fluxflow.checkpoints.step_files import plan_step
+
+    plan_step(config, step_name).pull()  # an output on an object store: its files before any rank reads them
     with tempfile.TemporaryDirectory(prefix="fluxflow-ddp-") as tmp:
         tmp = Path(tmp)
         (tmp / "config.json").write_text(json.dumps(run_dict(config)))

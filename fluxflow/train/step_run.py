@@ -18,7 +18,6 @@ import itertools
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -35,6 +34,7 @@ from fluxflow.data import make_loader
 from fluxflow.runtime import distributed
 from fluxflow.runtime.device import resolve_device
 from fluxflow.runtime.gpu_claim import claimed_device
+from fluxflow.storage.location import output_root
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
 from fluxflow.models.latents import LATENT_NORM_IMAGES, latent_norm_of_means
 from fluxflow.train.step_cache import attach_caches
@@ -66,13 +66,15 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
     device_ = resolve_device(config.training.device)
     distributed.init_from_env(device_)  # a no-op unless started by torchrun
     main = distributed.is_main()
-    tracker = (tracker or ConsoleJsonlTracker(Path(config.output.output_path))) if main else NullTracker()
+    tracker = (tracker or ConsoleJsonlTracker(output_root(config))) if main else NullTracker()
     files.dir.mkdir(parents=True, exist_ok=True)
     with RunLock(files.dir) if main else contextlib.nullcontext():
+        if main:  # an output on an object store: the step's files from it (fluxflow/storage/mirror.py)
+            files.pull()
         done = files.completed()
         if done is not None:
             if main:
-                print(f"Skipping step {step_name}: already complete ({files.final})", flush=True)
+                print(f"Skipping step {step_name}: already complete ({files.final_uri()})", flush=True)
             ref, result = done
             result.trained = False
             return StepOutcome(ref, result)
@@ -174,7 +176,7 @@ class StepRun:
         self.outcome: str | None = meta.outcome if self.resuming and meta.completed else None
         self.resumed_from = self._resume(state, meta) if self.resuming else None
         if self.main:  # lines a killed run logged after the position this one starts from will be logged again
-            trim_jsonl(metrics_file(config.output.output_path, self.step.name), self.position.global_step,
+            trim_jsonl(metrics_file(files.output, self.step.name), self.position.global_step,
                        keep_evaluation_at_end=not (self.resuming and meta.completed))
         self.report = StepReport(self, tracker)
         if self.resuming:  # the counts it reports continue: skipped samples, skipped updates, the log interval
@@ -291,6 +293,7 @@ class StepRun:
     def save(self, completed: bool = False) -> None:
         if self.main:  # only rank 0 writes checkpoints (all ranks hold the same weights)
             save_latest(checkpoint_state(self, completed), self.files.latest)
+            self.files.publish_latest(self.say)  # an output on an object store: uploaded, the previous one kept
 
     def finish(self) -> StepOutcome:
         """Final evaluation, `final.pt` (the last latest.pt, made immutable) and the reference for the next step."""
@@ -303,10 +306,14 @@ class StepRun:
         if self.world > 1:
             checksum = distributed.assert_in_sync(self.trainer.models[name] for name in sorted(self.trainer.ctx.trained))
             self.say(f"All {self.world} ranks hold the same weights (parameter checksum {checksum:.6f})")
-        sha = self.files.finalize() if self.main else ""
+        if self.main:
+            sha = self.files.finalize()
+            self.files.publish_final()  # an output on an object store: final.pt there before ref.json
+        else:
+            sha = ""
         if self.world > 1:
             sha = distributed.broadcast_object(sha)
-        ref = CheckpointRef(uri=str(self.files.final), sha256=sha, step_name=step.name, step_key=self.files.key,
+        ref = CheckpointRef(uri=self.files.final_uri(), sha256=sha, step_name=step.name, step_key=self.files.key,
                             global_step=pos.global_step, epoch=pos.start_epoch + pos.epoch)
         result = StepResult(step_name=step.name, outcome=self.outcome, epochs_done=pos.epoch,
                             final_metrics=final_metrics, trained=True, resumed_from=self.resumed_from)
@@ -314,5 +321,5 @@ class StepRun:
             self.files.write_ref(ref, result)
         self.report.finished(ref, result)
         self.say(f"[{datetime.now():%H:%M:%S}] Finished step {step.name}: {self.outcome} after {pos.epoch} "
-                 f"epoch(s), global_step={pos.global_step}, checkpoint {self.files.final}")
+                 f"epoch(s), global_step={pos.global_step}, checkpoint {ref.uri}")
         return StepOutcome(ref, result)

@@ -106,15 +106,28 @@ def configured(args: argparse.Namespace):
 def check_can_run(config) -> None:
     """A device this machine lacks, or an output directory another run holds, is the caller's setting, not a
     training failure: say so before the flow starts (inside it, the step would fail and be retried for nothing). The
-    flow takes the lock itself for the whole run; this is only the early answer."""
+    flow takes the lock itself for the whole run; this is only the early answer. With the Ray executor the device is
+    the cluster's: the cluster must answer and have a node for every step instead (flows/ray_steps.py)."""
     from fluxflow.checkpoints.lock import RunLock, RunLockedError
     from fluxflow.runtime.device import DeviceUnavailable, resolve_device
 
     try:
-        resolve_device(config.training.device)
+        if config.training.executor.kind == "ray":
+            check_cluster(config)
+        else:
+            resolve_device(config.training.device)
         with RunLock(config.output.output_path):
             pass
     except (DeviceUnavailable, RunLockedError) as exc:
+        raise Refused(str(exc)) from None
+
+
+def check_cluster(config) -> None:
+    from flows.ray_steps import ClusterUnreachable, Infeasible, preflight
+
+    try:
+        preflight(config, config.training.device)
+    except (ClusterUnreachable, Infeasible) as exc:
         raise Refused(str(exc)) from None
 
 

@@ -49,7 +49,8 @@ log = logging.getLogger("fluxflow.train.step_run")
 
 
 def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracker=None,
-             device: str | None = None) -> StepOutcome:
+             device: str | None = None, claim_gpu: bool = True) -> StepOutcome:
+    """`claim_gpu=False` where a scheduler already gave the step its GPUs (Ray: CUDA_VISIBLE_DEVICES holds them)."""
     files = plan_step(config, step_name)
     device_ = resolve_device(device or config.training.device)
     distributed.init_from_env(device_)  # a no-op unless started by torchrun
@@ -71,7 +72,8 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
         if distributed.active():
             dist.barrier()
             return StepRun(config, files, parent, tracker, distributed.local_device(device_)).train()
-        with claimed_device(device_, torch.cuda.device_count() if device_.type == "cuda" else 0) as device_:
+        n_gpus = torch.cuda.device_count() if device_.type == "cuda" and claim_gpu else 0
+        with claimed_device(device_, n_gpus) as device_:
             if device_.index is not None:  # implicit "cuda" allocations of this thread go to the claimed GPU too
                 torch.cuda.set_device(device_)
             return StepRun(config, files, parent, tracker, device_).train()

@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         config = configured(args)
         if args.validate_pipeline:
             return EXIT_OK
+        check_cluster(config)  # before the server starts: a refusal is then the only line printed
         # The temporary Prefect server (unless one is configured) starts now, so that its start overlaps the imports
         # of torch, Prefect and MLflow that follow (flows/prefect_server.py).
         server = start_temporary_server(keep=args.keep_server)
@@ -107,14 +108,12 @@ def check_can_run(config) -> None:
     """A device this machine lacks, or an output directory another run holds, is the caller's setting, not a
     training failure: say so before the flow starts (inside it, the step would fail and be retried for nothing). The
     flow takes the lock itself for the whole run; this is only the early answer. With the Ray executor the device is
-    the cluster's: the cluster must answer and have a node for every step instead (flows/ray_steps.py)."""
+    the cluster's (check_cluster)."""
     from fluxflow.checkpoints.lock import RunLock, RunLockedError
     from fluxflow.runtime.device import DeviceUnavailable, resolve_device
 
     try:
-        if config.training.executor.kind == "ray":
-            check_cluster(config)
-        else:
+        if config.training.executor.kind == "local":
             resolve_device(config.training.device)
         with RunLock(config.output.output_path):
             pass
@@ -123,6 +122,10 @@ def check_can_run(config) -> None:
 
 
 def check_cluster(config) -> None:
+    """With the Ray executor: the cluster answers and has a node for every step's resources (flows/ray_steps.py).
+    This process stays connected; the flow's steps are submitted through that connection."""
+    if config.training.executor.kind != "ray":
+        return
     from flows.ray_steps import ClusterUnreachable, Infeasible, preflight
 
     try:

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from flows import together
 from flows.artifacts import mlflow_run_url, publish_step
 from flows.fault_policy import quiet_non_retryable_tracebacks, retry_unless_non_retryable
 from flows.mlflow_tracker import MlflowTracker
@@ -125,6 +126,7 @@ def run_step_task(
 
         node = current_node()
         print(f"Step {step_name} runs on {node}", flush=True)
+        together.meet(step_name)  # test-only: branches that must be running at the same time
     tracker, mlflow_tracker = make_tracker(config, target, node)
     nproc = config.training.distributed.nproc_per_node
     try:

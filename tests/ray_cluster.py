@@ -20,7 +20,7 @@ from process_groups import alive
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
-STOP_GRACE_S = 10.0
+STOP_GRACE_S = 3.0
 
 
 def free_port() -> int:
@@ -29,9 +29,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ray_env() -> dict[str, str]:
+def ray_env(**extra: str) -> dict[str, str]:
     """What the nodes (and so the step tasks they run) inherit: this checkout importable, quiet, one thread."""
-    return dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
+    return dict(env, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1", **extra)
 
 
 @dataclass
@@ -40,29 +41,30 @@ class TwoNodeCluster:
     sessions: list[int]  # the two `ray start`s' sessions (their pids), which hold every process of the nodes
 
 
-def _start(args: list[str], temp_dir: Path, resources: dict, log: Path) -> int:
+def _start(args: list[str], temp_dir: Path, resources: dict, log: Path, env: dict[str, str]) -> int:
     ports = [f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"]
     command = [RAY, "start", *args, "--num-cpus=1", "--num-gpus=0", f"--resources={json.dumps(resources)}",
                "--object-store-memory=100000000", f"--temp-dir={temp_dir}", "--disable-usage-stats", *ports]
     with open(log, "w") as sink:
-        child = subprocess.Popen(command, env=ray_env(), stdout=sink, stderr=subprocess.STDOUT,
+        child = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT,
                                  start_new_session=True)
     assert child.wait(timeout=120) == 0, log.read_text()[-3000:]
     return child.pid
 
 
 @contextlib.contextmanager
-def two_node_cluster(directory: Path):
-    """Yields a TwoNodeCluster once both nodes are alive; stops every process of both nodes on the way out."""
+def two_node_cluster(directory: Path, **env: str):
+    """Yields a TwoNodeCluster once both nodes are alive; stops every process of both nodes on the way out. `env`:
+    more environment of the nodes' processes."""
     port = free_port()
     address = f"127.0.0.1:{port}"
     sessions: list[int] = []
     try:
         sessions.append(_start(["--head", f"--port={port}", "--include-dashboard=false",
                               f"--ray-client-server-port={free_port()}"],
-                             directory / "head", {"node_a": 1}, directory / "head.log"))
+                             directory / "head", {"node_a": 1}, directory / "head.log", ray_env(**env)))
         sessions.append(_start([f"--address={address}"], directory / "worker", {"node_b": 1},
-                             directory / "worker.log"))
+                             directory / "worker.log", ray_env(**env)))
         yield TwoNodeCluster(address, sessions)
     finally:
         stop(sessions)

@@ -51,6 +51,9 @@ fi
 # The step tasks run in the nodes' workers: this checkout importable there, and quiet.
 export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" RAY_USAGE_STATS_ENABLED=0
 COMMON=(--num-cpus="$CPUS" --num-gpus="$GPUS" --object-store-memory="$OBJECT_STORE" --disable-usage-stats --block)
+# A temp dir per node: two nodes sharing one (Ray's default /tmp/ray) each forward every worker's output to the
+# driver, so every line of a step appeared twice. Short paths: Ray's unix sockets live there.
+TEMP="${TMPDIR:-/tmp}/fluxflow-ray-$(id -u)-$RAY_PORT"
 
 # wait_started NAME: until `ray start` says the node runs (it then blocks), failing with the log if it exits.
 wait_started() {
@@ -70,11 +73,12 @@ wait_started() {
 }
 
 start_service ray-head "$RAY" start --head --port="$RAY_PORT" --resources='{"node_a": 1}' \
-    --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" "${COMMON[@]}"
+    --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" \
+    --temp-dir="$TEMP/head" "${COMMON[@]}"
 wait_started ray-head
 # A second node on the same machine needs a dashboard agent port of its own (the head's agent has the default).
 start_service ray-worker "$RAY" start --address="127.0.0.1:$RAY_PORT" --resources='{"node_b": 1}' \
-    --dashboard-agent-listen-port=$((DASHBOARD_PORT + 1)) "${COMMON[@]}"
+    --dashboard-agent-listen-port=$((DASHBOARD_PORT + 1)) --temp-dir="$TEMP/worker" "${COMMON[@]}"
 wait_started ray-worker
 
 echo "Ray cluster: 2 nodes (node_a, node_b; $CPUS CPU, $GPUS GPU each) at 127.0.0.1:$RAY_PORT"

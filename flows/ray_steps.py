@@ -123,6 +123,7 @@ class RaySteps:
         connect(self.address)  # before the runner: it would start a local Ray for `auto` instead of failing
         self._runner = RayTaskRunner(init_kwargs={"address": self.address, "namespace": NAMESPACE}).__enter__()
         self.nodes = live_nodes()
+        warm_up(self.nodes)
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -196,6 +197,24 @@ class LocalSteps:
 def step_submitter(config, device: str | None):
     """RaySteps or LocalSteps, as `training.executor.kind` says."""
     return (RaySteps if config.training.executor.kind == "ray" else LocalSteps)(config, device)
+
+
+def warm_up(nodes: list[dict]) -> None:
+    """On every node, a task that takes no resources and imports what a step task imports (Prefect, MLflow, torch,
+    the training core), started now and not waited for. Ray reuses that worker process for this driver's step tasks
+    on the node, so a branch's first step there does not pay these imports (20-30 s on a busy 2-core machine) while it
+    holds the node's resources and its sibling trains elsewhere."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0)(import_step_modules)
+    for node in nodes:
+        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)).remote()
+
+
+def import_step_modules() -> None:
+    import flows.step_task  # noqa: F401  (Prefect, MLflow)
+    import fluxflow.train.step_run  # noqa: F401  (torch, the models)
 
 
 def current_node() -> StepNode:

@@ -279,7 +279,7 @@ def compose() -> dict:
 
 def test_compose_publishes_every_port_on_loopback_only(compose):
     published = [p for svc in compose["services"].values() for p in svc.get("ports", [])]
-    assert published == ["127.0.0.1:4200:4200", "127.0.0.1:5000:5000"]
+    assert published == ["127.0.0.1:4200:4200", "127.0.0.1:5000:5000", "127.0.0.1:8265:8265"]  # Prefect, MLflow, Ray
 
 
 def test_compose_mlflow_is_sqlite_backed_with_artifacts_on_a_volume_and_no_job_runners(compose):
@@ -301,6 +301,22 @@ def test_compose_gpu_worker_reaches_both_servers_and_shares_the_checkpoint_volum
     (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
     assert device["capabilities"] == ["gpu"]
     assert set(compose["volumes"]) == {"prefect-data", "mlflow-data", "checkpoints"}
+
+
+def test_compose_ray_nodes_run_the_worker_image_and_share_the_checkpoint_volume(compose):
+    """The Ray executor's services: a head and a GPU worker node from the image the worker is built as (which has the
+    cluster extra), the flows' checkpoints volume and servers; the Prefect worker's flow runs find the head."""
+    services = compose["services"]
+    head, node = services["ray-head"], services["ray-worker"]
+    assert head["image"] == node["image"] == services["worker"]["image"]
+    assert head["command"][:3] == ["/app/.venv/bin/ray", "start", "--head"] and "--port=6379" in head["command"]
+    assert "--address=ray-head:6379" in node["command"] and "--block" in node["command"]
+    assert services["worker"]["environment"]["RAY_ADDRESS"] == "ray-head:6379"
+    for service in (head, node):
+        assert "checkpoints:/app/outputs" in service["volumes"]
+        assert service["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert node["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "extras['cluster']" in DOCKERFILE.read_text()
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (v1) not installed")

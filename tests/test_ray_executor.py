@@ -84,6 +84,18 @@ def test_requests_ray_would_refuse_are_reported_at_load(tmp_path):
     assert "'lots' is not a size" in str(caught.value)
 
 
+def test_the_plan_says_where_steps_run_and_what_each_asks_for(tmp_path):
+    from fluxflow.config.summary import format_summary
+
+    raw = pipeline(tmp_path, "10.0.0.1:6379", [{"gpus": 1, "memory": "8GB", "custom": {"node_b": 1}}])
+    plan = format_summary(load_config(raw).config)
+    assert "  Executor: Ray cluster at 10.0.0.1:6379 (each step a Ray task with its resources)" in plan
+    assert "  Ray resources: GPUs the step's processes on CUDA, else 0, CPUs 1" in plan  # warm: the defaults
+    assert "  Ray resources: GPUs 1, CPUs 1, memory 8.0 GB, node_b 1" in plan  # left
+    raw["training"]["executor"] = {"kind": "local"}
+    assert "Ray" not in format_summary(load_config(raw).config)
+
+
 def test_outcomes_written_before_nodes_existed_still_load():
     ref = {"uri": "a/final.pt", "sha256": "0" * 64, "step_name": "a", "step_key": "k", "global_step": 1, "epoch": 1}
     result = {"step_name": "a", "outcome": "epochs_done", "epochs_done": 1, "final_metrics": {}, "trained": True,

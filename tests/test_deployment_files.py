@@ -353,3 +353,54 @@ HADOLINT = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sy
 def test_worker_dockerfile_passes_hadolint():
     done = subprocess.run([HADOLINT, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# Records argv, then starts a "worker" that moves to a process group of its own (as Ray's workers do), says what
+# `ray start --block` says once its node runs, and waits.
+FAKE_RAY = textwrap.dedent(
+    """\
+    #!{python}
+    import json, os, subprocess, sys, time
+    with open(os.environ["FAKE_RECORD"], "a") as f:
+        f.write(json.dumps({{"argv": sys.argv, "pythonpath": os.environ.get("PYTHONPATH")}}) + "\\n")
+    worker = subprocess.Popen([sys.executable, "-c", "import os, time; os.setpgid(0, 0); time.sleep(600)"])
+    with open(os.environ["FAKE_RECORD"] + ".workers", "a") as f:
+        f.write(f"{{worker.pid}}\\n")
+    print("Ray runtime started.", flush=True)
+    while True:
+        time.sleep(1)
+    """
+)
+
+
+@pytest.mark.slow  # starts two stand-in nodes and stops them: about 2 s
+def test_ray_cluster_script_starts_two_nodes_of_their_own_resources_and_stops_every_process_of_both(fake_env):
+    from process_groups import alive
+
+    ray = Path(fake_env["FLUXFLOW_VENV_BIN"]) / "ray"
+    ray.write_text(FAKE_RAY.format(python=sys.executable))
+    ray.chmod(0o755)
+    port = free_port()
+    env = dict(fake_env, FLUXFLOW_RAY_PORT=str(port), FLUXFLOW_RAY_DASHBOARD_PORT=str(free_port()))
+    done = run_script("ray_cluster.sh", env)
+    assert done.returncode == 0, done.stderr
+    head, node = [call["argv"][1:] for call in recorded_calls(env)]
+    assert head[:2] == ["start", "--head"] and f"--port={port}" in head and "--dashboard-host=127.0.0.1" in head
+    assert node[0] == "start" and f"--address=127.0.0.1:{port}" in node
+    assert '--resources={"node_a": 1}' in head and '--resources={"node_b": 1}' in node
+    assert all("--block" in argv and "--num-cpus=1" in argv for argv in (head, node))
+    temp_dirs = {arg for argv in (head, node) for arg in argv if arg.startswith("--temp-dir=")}
+    assert len(temp_dirs) == 2  # one per node: a shared one makes the driver print every line twice
+    assert str(REPO) in recorded_calls(env)[0]["pythonpath"]  # the step tasks import this checkout
+    run_dir = Path(env["FLUXFLOW_RUN_DIR"])
+    nodes = [int((run_dir / f"ray-{name}.pid").read_text()) for name in ("head", "worker")]
+    workers = [int(pid) for pid in Path(env["FAKE_RECORD"] + ".workers").read_text().split()]
+    assert all(alive(pid) for pid in nodes + workers)
+
+    stop = run_script("ray_cluster.sh", env, "stop")
+    assert stop.returncode == 0, stop.stderr
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in nodes + workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in nodes + workers), "a process of a node outlived `stop`"
+    assert not list(run_dir.glob("ray-*.pid"))

@@ -122,9 +122,10 @@ def run_step_task(
     parent = CheckpointRef.from_dict(parent_ref) if parent_ref else None
     node = None
     if config.training.executor.kind == "ray":  # this is a Ray task: say where Ray placed it
-        from flows.ray_steps import current_node
+        from flows.ray_steps import current_node, use_assigned_cpus
 
         node = current_node()
+        use_assigned_cpus()
         print(f"Step {step_name} runs on {node}", flush=True)
         together.meet(step_name)  # test-only: branches that must be running at the same time
     tracker, mlflow_tracker = make_tracker(config, target, node)

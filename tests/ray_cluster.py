@@ -32,7 +32,10 @@ def free_port() -> int:
 def ray_env(**extra: str) -> dict[str, str]:
     """What the nodes (and so the step tasks they run) inherit: this checkout importable, quiet, one thread."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
-    return dict(env, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1", **extra)
+    # Token authentication off explicitly: Ray turns it on for a head when ~/.ray/auth_token exists (any local
+    # ray.init() on the machine writes one), and a node started with `ray start --address` then cannot join.
+    return dict(env, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1", RAY_AUTH_MODE="disabled",
+                **extra)
 
 
 @dataclass

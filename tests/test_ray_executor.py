@@ -41,7 +41,8 @@ def train(raw: dict, directory: Path, prefect_home: Path, timeout: float = 300) 
     config = directory / "config.yaml"
     config.write_text(yaml.safe_dump(raw))
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PREFECT_HOME=str(prefect_home), RAY_USAGE_STATS_ENABLED="0")
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PREFECT_HOME=str(prefect_home), RAY_USAGE_STATS_ENABLED="0",
+               RAY_AUTH_MODE="disabled")  # as the test cluster's nodes (tests/ray_cluster.py)
     return subprocess.run([sys.executable, "-m", "flows.cli_train", "--config", str(config), "--quiet"], cwd=directory,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
 
@@ -194,9 +195,11 @@ def test_a_request_no_node_meets_exits_2_with_one_line_before_anything_trains(cl
 
 
 @pytest.mark.slow
-def test_in_the_flow_a_request_no_node_meets_fails_before_submission(cluster, tmp_path):
+def test_in_the_flow_a_request_no_node_meets_fails_before_submission(cluster, tmp_path, monkeypatch):
     """What a deployment's flow run (no fluxflow-train to check first) does: the submitter refuses the step."""
     from flows.ray_steps import Infeasible, RaySteps
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # this process joins the test cluster as a driver
 
     config = load_config(pipeline(tmp_path, cluster.address, [{"gpus": 2}])).config
     with RaySteps(config, None) as steps:

@@ -65,9 +65,11 @@ class StepRunRecorder:
     """One step's nested run: opened (or reopened), fed metric points, samples and artifacts, then closed."""
 
     def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str, output_dir: str, session: str,
-                 experiment_name: str = ""):
+                 experiment_name: str = "", tags: dict[str, str] | None = None):
         self.client, self.experiment_id, self.parent_run_id = client, experiment_id, parent_run_id
         self.output_dir, self.session, self.experiment_name = output_dir, session, experiment_name
+        # Tags, not params: a step resumed on another node changes them, and MLflow params cannot change.
+        self.extra_tags = dict(tags or {})
         self.run_id: str | None = None
         self.step = None
         self.step_key = ""
@@ -191,4 +193,5 @@ class StepRunRecorder:
             TAG_STEP_NAME: self.step.name,
             TAG_PARENT_STEP: self.step.parent or "",
             TAG_SESSION: self.session,
+            **self.extra_tags,
         }

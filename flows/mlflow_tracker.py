@@ -47,10 +47,12 @@ class MlflowTracker:
     """
 
     def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str, output_dir: str | Path,
-                 session: str = "", queue: TrackingQueue | None = None, experiment_name: str = ""):
-        # Empty ids (MLflow was down when the flow started): the recorder finds them by `experiment_name`.
+                 session: str = "", queue: TrackingQueue | None = None, experiment_name: str = "",
+                 tags: dict[str, str] | None = None):
+        # Empty ids (MLflow was down when the flow started): the recorder finds them by `experiment_name`. `tags`:
+        # more tags of the step's run (where it trains: flows/ray_steps.py).
         self.recorder = StepRunRecorder(client, experiment_id, parent_run_id, str(output_dir), session,
-                                        experiment_name)
+                                        experiment_name, tags)
         self.queue = queue or TRACKING
         self._last = 0  # sequence number of this tracker's last queued call
         self._behind = False  # a metric batch found the queue full: the metrics file has what MLflow missed

@@ -40,10 +40,11 @@ def step_keys(config) -> dict[str, str]:
     root = {"model_checkpoint": config.model_checkpoint} if config.model_checkpoint else None
     for step in execution_order(config.resolved_steps()):
         parent_key = keys[step.parent] if step.parent else (json.dumps(root) if root else None)
-        # Caches change no number, so switching them neither re-runs a step nor sets its files aside; nor does the
-        # hypothesis label, nor the image-statistics fields of terms the step does not use (config/modes.py). Fields
-        # added since keys exist are left out at the value that trains as before them (steps.KEY_NEUTRAL_VALUES).
-        ignored = {*CACHE_FIELDS, "hypothesis"} | unused_image_stat_fields(step)
+        # Caches change no number, so switching them neither re-runs a step nor sets its files aside; nor do the
+        # hypothesis label, the resources a Ray executor reserves, nor the image-statistics fields of terms the step
+        # does not use (config/modes.py). Fields added since keys exist are left out at the value that trains as
+        # before them (steps.KEY_NEUTRAL_VALUES).
+        ignored = {*CACHE_FIELDS, "hypothesis", "resources"} | unused_image_stat_fields(step)
         ignored |= {k for k, v in KEY_NEUTRAL_VALUES.items() if getattr(step, k) == v}
         keys[step.name] = step_key(step.model_dump(mode="json", exclude=ignored),
                                    config.model.model_dump(mode="json"),

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
+from fluxflow.config.executor import ExecutorConfig
 from fluxflow.config.optim import StrictModel
 from fluxflow.storage.location import check_output_uri, remote_uri
 from fluxflow.config.pretrained_text import UnusablePretrained, inspect_pretrained
@@ -155,7 +156,17 @@ class TrainingConfig(StrictModel):
     compile: bool = Field(False, description="torch.compile each trained component (fluxflow/train/speed.py)")
     activation_checkpointing: bool = Field(False, description="recompute each flow transformer block in backward")
     replicates: ReplicatesConfig | None = None  # seed replicates (fluxflow/config/replicates.py)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)  # local or Ray (fluxflow/config/executor.py)
     pipeline: PipelineSection
+
+    @model_serializer(mode="wrap")
+    def _omit_local_executor(self, handler):
+        """The default local executor is left out of dumps, so that the config hash and the logged config of runs
+        made before `executor` existed stay the same (absent = local, both ways)."""
+        data = handler(self)
+        if self.executor == ExecutorConfig():
+            data.pop("executor", None)
+        return data
 
 
 REMOTE_CACHE_MESSAGE = ("must be a local or mounted directory: the caches are written in place (memory-mapped "

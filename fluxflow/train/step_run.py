@@ -60,7 +60,8 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
     (`trained` False); one with a `latest.pt` of its key resumes from it exactly; files of another key are set aside
     first. It holds the step directory's lock while it runs. Under torchrun (started by fluxflow/runtime/launch.py)
     every rank calls it and rank 0 alone writes and reports; otherwise it claims a GPU of the host
-    (fluxflow/runtime/gpu_claim.py) for the step. A stop request ends it with `StepInterrupted` after saving.
+    (fluxflow/runtime/gpu_claim.py) for the step, except on the Ray executor, where Ray gave the step its GPUs
+    (CUDA_VISIBLE_DEVICES holds them). A stop request ends it with `StepInterrupted` after saving.
     """
     files = plan_step(config, step_name)
     device_ = resolve_device(config.training.device)
@@ -85,7 +86,10 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
         if distributed.active():
             dist.barrier()
             return StepRun(config, files, parent, tracker, distributed.local_device(device_)).train()
-        with claimed_device(device_, torch.cuda.device_count() if device_.type == "cuda" else 0) as device_:
+        # Host-local GPU locks, unless Ray placed the step: it gave it its GPUs (CUDA_VISIBLE_DEVICES holds them).
+        claim_gpu = config.training.executor.kind == "local"
+        n_gpus = torch.cuda.device_count() if device_.type == "cuda" and claim_gpu else 0
+        with claimed_device(device_, n_gpus) as device_:
             if device_.index is not None:  # implicit "cuda" allocations of this thread go to the claimed GPU too
                 torch.cuda.set_device(device_)
             return StepRun(config, files, parent, tracker, device_).train()

@@ -9,7 +9,8 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup demo test test-fast bench bench-gpu server mlflow-ui worker deploy serve-model clean
+.PHONY: setup demo test test-fast bench bench-gpu server mlflow-ui worker deploy serve-model ray-cluster \
+	ray-cluster-stop ray-hypotheses clean
 
 # The exact tested set (constraints.txt, pinned) within pyproject.toml's ranges; dev includes the pretrained extra.
 $(STAMP): pyproject.toml constraints.txt
@@ -55,6 +56,22 @@ deploy: $(STAMP)
 
 serve-model: $(STAMP)
 	bash scripts/serve_model.sh
+
+# The Ray executor on one machine (docs/DISTRIBUTED.md): the Prefect server, the MLflow UI and a Ray cluster of two
+# nodes (node_a, node_b; one CPU each); `make ray-hypotheses` then trains configs/hypotheses.yaml on it, its two
+# branches at once, one per node. Ports: FLUXFLOW_PREFECT_PORT, FLUXFLOW_MLFLOW_PORT, FLUXFLOW_RAY_PORT.
+RAY_PORT ?= $(or $(FLUXFLOW_RAY_PORT),6379)
+ray-cluster: $(STAMP)
+	bash scripts/server.sh
+	bash scripts/mlflow_ui.sh
+	bash scripts/ray_cluster.sh
+
+ray-cluster-stop:
+	bash scripts/ray_cluster.sh stop
+
+ray-hypotheses: $(STAMP)
+	PREFECT_API_URL=http://127.0.0.1:$(or $(FLUXFLOW_PREFECT_PORT),4200)/api RAY_ADDRESS=127.0.0.1:$(RAY_PORT) \
+	    $(VENV)/bin/fluxflow-train --config configs/hypotheses.yaml --set training.executor.kind=ray
 
 clean:
 	rm -rf outputs mlruns mlflow.db .pytest_cache

@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         config = configured(args)
         if args.validate_pipeline:
             return EXIT_OK
+        check_cluster(config)  # before the server starts: a refusal is then the only line printed
         # The temporary Prefect server (unless one is configured) starts now, so that its start overlaps the imports
         # of torch, Prefect and MLflow that follow (flows/prefect_server.py).
         server = start_temporary_server(keep=args.keep_server)
@@ -103,15 +104,21 @@ def configured(args: argparse.Namespace):
 def check_can_run(config) -> None:
     """A device this machine lacks, or an output directory another run holds, is the caller's setting, not a
     training failure: say so before the flow starts (inside it, the step would fail and be retried for nothing). The
-    flow takes the lock itself for the whole run; this is only the early answer."""
-    from fluxflow.checkpoints.lock import RunLock, RunLockedError
+    flow takes the lock itself for the whole run; this is only the early answer. With the Ray executor the device is
+    the cluster's (check_cluster)."""
+    from fluxflow.checkpoints.lock import RunLockedError
     from fluxflow.runtime.device import DeviceUnavailable, resolve_device
+    from fluxflow.storage.location import StorageError
+    from fluxflow.storage.store_lock import output_lock
 
     try:
-        resolve_device(config.training.device)
-        with RunLock(config.output.output_path):
+        if config.training.executor.kind == "local":
+            resolve_device(config.training.device)
+        # On an object store this also asks for its bucket and credentials, and takes over (saying so) the lock
+        # that a killed run left.
+        with output_lock(config.output.output_path, say=lambda line: print(line, file=sys.stderr)):
             pass
-    except (DeviceUnavailable, RunLockedError) as exc:
+    except (DeviceUnavailable, RunLockedError, StorageError) as exc:
         raise Refused(str(exc)) from None
     check_credentials(config.tracking.tracking_uri)
 
@@ -127,6 +134,19 @@ def check_credentials(configured_tracking_uri: str | None) -> None:
     problem = prefect_refusal() or mlflow_refusal(os.environ.get("MLFLOW_TRACKING_URI") or configured_tracking_uri)
     if problem:
         raise Refused(problem)
+
+
+def check_cluster(config) -> None:
+    """With the Ray executor: the cluster answers and has a node for every step's resources (flows/ray_steps.py).
+    This process stays connected; the flow's steps are submitted through that connection."""
+    if config.training.executor.kind != "ray":
+        return
+    from flows.ray_steps import ClusterUnreachable, Infeasible, preflight
+
+    try:
+        preflight(config)
+    except (ClusterUnreachable, Infeasible) as exc:
+        raise Refused(str(exc)) from None
 
 
 def train(config, overrides: list[str]) -> int:

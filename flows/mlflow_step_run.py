@@ -35,6 +35,7 @@ from flows.mlflow_names import (FINAL_PREFIX, PARENT_RUN_ID, TAG_CHECKPOINT_SHA2
                                  TAG_RESUMED_FROM, TAG_SESSION, TAG_STEP_KEY, TAG_STEP_NAME)
 from flows.mlflow_runs import experiment_id_for, find_step_runs, flatten_params, open_pipeline_run
 from fluxflow.output_layout import metrics_file, samples_dir
+from fluxflow.storage.location import local_root
 
 if TYPE_CHECKING:  # only for annotations: this module must import without torch
     from fluxflow.checkpoints.ref import CheckpointRef, StepResult
@@ -64,9 +65,11 @@ class StepRunRecorder:
     """One step's nested run: opened (or reopened), fed metric points, samples and artifacts, then closed."""
 
     def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str, output_dir: str, session: str,
-                 experiment_name: str = ""):
+                 experiment_name: str = "", tags: dict[str, str] | None = None):
         self.client, self.experiment_id, self.parent_run_id = client, experiment_id, parent_run_id
         self.output_dir, self.session, self.experiment_name = output_dir, session, experiment_name
+        # Tags, not params: a step resumed on another node changes them, and MLflow params cannot change.
+        self.extra_tags = dict(tags or {})
         self.run_id: str | None = None
         self.step = None
         self.step_key = ""
@@ -166,12 +169,13 @@ class StepRunRecorder:
         self.last_step = self._last_steps()
         self.log_points(file_points(self.metrics_file(), self.last_step))
         listed = {a.path for a in self.client.list_artifacts(self.run_id, "samples")}
-        for image in sorted(samples_dir(self.output_dir).glob(f"{self.step.name}_{self.step.index + 1:03d}_*")):
+        samples = samples_dir(local_root(self.output_dir))  # an object store's: its staging copy
+        for image in sorted(samples.glob(f"{self.step.name}_{self.step.index + 1:03d}_*")):
             if f"samples/{image.name}" not in listed:
                 self.log_image(image)
 
     def metrics_file(self) -> Path:
-        return metrics_file(self.output_dir, self.step.name)
+        return metrics_file(local_root(self.output_dir), self.step.name)  # an object store's: its staging copy
 
     def _last_steps(self) -> dict[str, int]:
         keys = self.client.get_run(self.run_id).data.metrics
@@ -189,4 +193,5 @@ class StepRunRecorder:
             TAG_STEP_NAME: self.step.name,
             TAG_PARENT_STEP: self.step.parent or "",
             TAG_SESSION: self.session,
+            **self.extra_tags,
         }

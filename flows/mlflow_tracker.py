@@ -26,6 +26,7 @@ from flows.mlflow_step_run import StepRunRecorder
 from flows.tracking_queue import TRACKING, TrackingQueue
 from fluxflow.output_layout import metrics_file
 from fluxflow.runtime import kill_points
+from fluxflow.storage.location import local_root
 from fluxflow.train.tracking import Progress
 
 if TYPE_CHECKING:  # only for annotations: this module must import without torch
@@ -46,10 +47,12 @@ class MlflowTracker:
     """
 
     def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str, output_dir: str | Path,
-                 session: str = "", queue: TrackingQueue | None = None, experiment_name: str = ""):
-        # Empty ids (MLflow was down when the flow started): the recorder finds them by `experiment_name`.
+                 session: str = "", queue: TrackingQueue | None = None, experiment_name: str = "",
+                 tags: dict[str, str] | None = None):
+        # Empty ids (MLflow was down when the flow started): the recorder finds them by `experiment_name`. `tags`:
+        # more tags of the step's run (where it trains: flows/ray_steps.py).
         self.recorder = StepRunRecorder(client, experiment_id, parent_run_id, str(output_dir), session,
-                                        experiment_name)
+                                        experiment_name, tags)
         self.queue = queue or TRACKING
         self._last = 0  # sequence number of this tracker's last queued call
         self._behind = False  # a metric batch found the queue full: the metrics file has what MLflow missed
@@ -88,7 +91,7 @@ class MlflowTracker:
             self._behind = True
             log.warning("MLflow has been unreachable for long: %d metric points wait in memory; the next ones are "
                         "sent from %s when it answers", self.queue.max_points,
-                        metrics_file(self.recorder.output_dir, progress.step_name))
+                        metrics_file(local_root(self.recorder.output_dir), progress.step_name))
 
     def log_image(self, path: Path) -> None:
         self._put(partial(self.recorder.log_image, Path(path)))
@@ -119,7 +122,7 @@ class MlflowTracker:
         rank 0 wrote: the metrics JSONL, this step's samples, and the result. Same run rules as live tracking."""
         self.step_started(step, step_key, 0, resumed=result.resumed_from is not None)
         self._put(self.recorder.sync_from_files)  # what a reopened run already got is not sent twice
-        self.log_artifact(metrics_file(self.recorder.output_dir, step.name))
+        self.log_artifact(metrics_file(local_root(self.recorder.output_dir), step.name))
         self.step_finished(ref, result)
 
     def flush(self, stall_s: float = STEP_FLUSH_STALL_S) -> bool:

@@ -42,9 +42,10 @@ from flows.mlflow_runs import (
 from flows.mlflow_store import prepare_store
 from flows.promotion import release_lines, release_models
 from flows.prefect_server import ServerNotReady, api_url_for_run, is_temporary
+from flows.ray_steps import Infeasible, step_submitter
 from flows.step_task import TrackingTarget, output_dir_of, pipeline_step_task
 from flows.tracking_queue import TRACKING
-from fluxflow.checkpoints.lock import RunLock
+from fluxflow.storage.store_lock import output_lock as store_output_lock
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.checkpoints.step_key import json_sha256
 from fluxflow.config import PipelineConfig
@@ -143,17 +144,20 @@ def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str
     (fluxflow/config/run_config.py); every task and the promotion receive it resolved."""
     cfg = resolve_run_config(config, output_dir=output_dir, device=device, overrides=overrides or (),
                              day=run_day()).config
-    with output_lock(cfg):  # one run per output directory: a second one fails at once, as with run_pipeline
-        return run_steps(cfg, overrides)
+    # One run per output directory: a second one fails at once, as with run_pipeline. The executor (local, or Ray:
+    # flows/ray_steps.py) is joined before anything is tracked, so an unreachable cluster leaves no run behind.
+    with output_lock(cfg), step_submitter(cfg) as steps_on:
+        return run_steps(cfg, overrides, steps_on)
 
 
 def output_lock(config: PipelineConfig):
-    """The output directory's RunLock (output directories are local: fluxflow/config/schema.py)."""
-    return RunLock(output_dir_of(config))
+    """The output directory's lock: a local flock, or a lock object on the object store (fluxflow/storage)."""
+    return store_output_lock(output_dir_of(config))
 
 
-def run_steps(cfg: PipelineConfig, overrides: list[str] | None = None) -> list[dict]:
-    """Submit each step once its parent has finished; its outcome decides whether its children run
+def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> list[dict]:
+    """Submit each step once its parent has finished, through `steps_on` (flows/ray_steps.py: this process's task
+    runner, or Ray with the step's resources); its outcome decides whether its children run
     (fluxflow/train/pipeline_schedule.py). Returns each finished step's `StepOutcome.to_dict()`."""
     logger = get_run_logger()
     steps = cfg.resolved_steps()
@@ -164,7 +168,12 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None = None) -> list[d
     announce_skipped(cfg)
     pipeline_run, target = open_tracking(cfg, steps, overrides)
     progress = artifacts.start_progress(target.pipeline, len(steps))
-    task = pipeline_step_task(cfg.training.pipeline.retries)
+    on_ray = cfg.training.executor.kind == "ray"
+    # On Ray, Ray's resource accounting replaces the host's `gpu` tag limit, and the output directory is handed on
+    # as an absolute path (or URI): the tasks run in Ray workers, whose working directory is not this one.
+    task = pipeline_step_task(cfg.training.pipeline.retries, host_limit=not on_ray)
+    if on_ray:
+        cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"output_path": output_dir_of(cfg)})})
     # Every task trains the config resolved at the flow's start, not the YAML file as it is when the task starts: an
     # edit of the file during the run changes nothing the flow planned and logged.
     resolved = run_dict(cfg)
@@ -173,7 +182,12 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None = None) -> list[d
 
     def submit(names: list[str], parent_ref: dict | None) -> None:
         for name in names:
-            running[name] = task.submit(resolved, name, parent_ref, target.to_dict())
+            parameters = dict(config=resolved, step_name=name, parent_ref=parent_ref, tracking=target.to_dict())
+            try:
+                running[name] = steps_on.submit(task, schedule.by_name[name], parameters)
+            except Infeasible as exc:  # Ray would hold it pending forever: it fails now, its subtree is not run
+                logger.error(str(exc))
+                schedule.step_failed(name, exc)
 
     outcomes: list[StepOutcome] = []
     status = "FAILED"
@@ -189,6 +203,8 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None = None) -> list[d
                 schedule.step_failed(name, exc)
                 continue
             outcomes.append(outcome)
+            if outcome.node:
+                logger.info("step %s trained on %s", name, outcome.node)
             artifacts.update_progress(progress, len(outcomes), len(steps))
             if outcome.result.outcome == "max_epochs_reached":
                 logger.warning(missed_threshold_message(schedule.by_name[name]))
@@ -196,6 +212,7 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None = None) -> list[d
         status = "FAILED" if schedule.problems else "FINISHED"
     except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C / SIGTERM reach this (main) thread, the steps train in
         request_stop()  # task threads: they save their position at the next batch and stop, instead of finishing
+        steps_on.stop()  # Ray tasks are in other processes: they are cancelled, and resume from their latest.pt
         status = "KILLED"
         for future in running.values():  # after SIGTERM Prefect ends the process as soon as this returns
             with contextlib.suppress(StepInterrupted, Exception):  # how the step ended; a 2nd Ctrl-C still goes
@@ -244,9 +261,11 @@ def finish_tracking(run: PipelineRun, target: TrackingTarget, status: str) -> No
 
 def print_summary(outcomes: list[dict]) -> None:
     """The flow's return value (each a `StepOutcome.to_dict()`), one line per step."""
-    for ref, result in map(StepOutcome.from_dict, outcomes):
+    for outcome in map(StepOutcome.from_dict, outcomes):
+        result = outcome.result
         trained = "" if result.trained else " (already complete, skipped)"
-        print(f"  {result.step_name}: {result.outcome}{trained}, {result.epochs_done} epochs, {ref.uri}")
+        where = f", on {outcome.node}" if outcome.node else ""
+        print(f"  {result.step_name}: {result.outcome}{trained}, {result.epochs_done} epochs, {outcome.ref.uri}{where}")
 
 
 def _command(name: str) -> str:

@@ -118,6 +118,7 @@ def register_step(client: MlflowClient, name: str, outcome: StepOutcome, config,
     version it already is."""
     from fluxflow.sampling.export import export_weights  # torch: only when registering
     from fluxflow.sampling.generate import load_text_to_image
+    from fluxflow.storage.fetch import local_copy
 
     ref, result = outcome
     existing = find_version(client, name, ref.sha256)
@@ -132,7 +133,8 @@ def register_step(client: MlflowClient, name: str, outcome: StepOutcome, config,
     with tempfile.TemporaryDirectory() as tmp, tracking_at(client.tracking_uri):
         config_file = Path(tmp) / "config.json"
         config_file.write_text(json.dumps(config.model_dump(mode="json"), indent=2))
-        model = load_text_to_image(ref.uri, device="cpu")
+        checkpoint = local_copy(ref.uri, ref.sha256)  # on an object store: downloaded once, its sha256 checked
+        model = load_text_to_image(checkpoint, device="cpu")
         weights = export_weights(model, Path(tmp) / WEIGHTS_ARTIFACT,
                                  source={"checkpoint": ref.uri, "sha256": ref.sha256})
         # Created here, in the run's experiment: left to Model.log it would land in the default experiment.
@@ -141,7 +143,8 @@ def register_step(client: MlflowClient, name: str, outcome: StepOutcome, config,
         info = Model.log(
             None, name=MODEL_IN_RUN, flavor=mlflow.pyfunc, run_id=run.info.run_id, model_id=logged.model_id,
             python_model=str(PYFUNC_CODE),
-            artifacts={CHECKPOINT_ARTIFACT: ref.uri, CONFIG_ARTIFACT: str(config_file), WEIGHTS_ARTIFACT: str(weights)},
+            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint), CONFIG_ARTIFACT: str(config_file),
+                       WEIGHTS_ARTIFACT: str(weights)},
             code_paths=PROJECT_CODE,
             signature=SIGNATURE, input_example=pd.DataFrame({PROMPT: list(config.output.sample_captions[:1])}),
             pip_requirements=pip_requirements(pretrained_text_path(model.model_config) is not None),

@@ -12,20 +12,22 @@ from flows import env  # noqa: F401  (must precede prefect and mlflow)
 
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from flows import together
 from flows.artifacts import mlflow_run_url, publish_step
 from flows.fault_policy import quiet_non_retryable_tracebacks, retry_unless_non_retryable
 from flows.mlflow_tracker import MlflowTracker
 from flows.prefect_log_tracker import PrefectLogTracker
-from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome
+from flows.mlflow_names import TAG_HOSTNAME, TAG_RAY_NODE
+from fluxflow.checkpoints.ref import CheckpointRef, StepNode, StepOutcome
 from fluxflow.config import PipelineConfig
 from fluxflow.config.run_config import run_config_of
+from fluxflow.storage.location import local_path, output_root, remote_uri
 
 
 @dataclass(frozen=True)
@@ -44,14 +46,14 @@ class TrackingTarget:
 
 
 def output_dir_of(config: PipelineConfig) -> str:
-    """Absolute path of the pipeline's output directory (always local: fluxflow/config/schema.py): the key of its
-    MLflow runs."""
-    return str(Path(config.output.output_path).resolve())
+    """The pipeline's output directory, the key of its MLflow runs: its absolute path, or its object-store URI."""
+    return remote_uri(config.output.output_path) or str(local_path(config.output.output_path).resolve())
 
 
-def make_tracker(config: PipelineConfig, target: TrackingTarget):
-    """The step's trackers: the core's console + JSONL one, the MLflow one, and, in a Prefect task run, the one that
-    puts the console lines in the run's log. Returns (tracker, mlflow_tracker)."""
+def make_tracker(config: PipelineConfig, target: TrackingTarget, node: StepNode | None = None):
+    """The step's trackers: the core's console + JSONL one, the MLflow one (tagged with the step's node, where an
+    executor chose one), and, in a Prefect task run, the one that puts the console lines in the run's log. Returns
+    (tracker, mlflow_tracker)."""
     from fluxflow.train.tracking import ConsoleJsonlTracker, MultiTracker
 
     mlflow_tracker = MlflowTracker(
@@ -61,8 +63,9 @@ def make_tracker(config: PipelineConfig, target: TrackingTarget):
         output_dir_of(config),
         session=target.session,
         experiment_name=target.experiment_name or config.tracking.experiment_name,
+        tags={TAG_RAY_NODE: node.node_id, TAG_HOSTNAME: node.hostname} if node else None,
     )
-    console = ConsoleJsonlTracker(Path(config.output.output_path))
+    console = ConsoleJsonlTracker(output_root(config))  # local: an object store's staging mirror
     prefect_log = PrefectLogTracker.for_current_task_run()
     return MultiTracker([console, mlflow_tracker, *([prefect_log] if prefect_log else [])]), mlflow_tracker
 
@@ -92,8 +95,18 @@ def run_step_task(
     config = run_config_of(config)
     target = TrackingTarget(**tracking)
     parent = CheckpointRef.from_dict(parent_ref) if parent_ref else None
-    tracker, mlflow_tracker = make_tracker(config, target)
+    node = None
+    if config.training.executor.kind == "ray":  # this is a Ray task: say where Ray placed it
+        from flows.ray_steps import current_node, use_assigned_cpus
+
+        node = current_node()
+        use_assigned_cpus()
+        print(f"Step {step_name} runs on {node}", flush=True)
+        together.meet(step_name)  # test-only: branches that must be running at the same time
+    tracker, mlflow_tracker = make_tracker(config, target, node)
     try:
+        # A step of several processes: torchrun on one node (on Ray, its node holds that many GPUs for it), Ray Train
+        # across nodes (fluxflow/runtime/launch.py run_step_on_processes).
         if config.training.distributed.processes > 1:
             ref, result = run_step_on_ranks(config, step_name, parent, mlflow_tracker)
         else:
@@ -109,7 +122,7 @@ def run_step_task(
     mlflow_tracker.flush()  # bounded: an unreachable MLflow gets the records later, the step's outcome stands
     run_id = mlflow_tracker.run_id
     run_url = mlflow_run_url(target.tracking_uri, mlflow_tracker.experiment_id, run_id) if run_id else None
-    outcome = StepOutcome(ref, result, run_id=run_id, run_url=run_url)
+    outcome = StepOutcome(ref, result, run_id=run_id, run_url=run_url, node=node)
     publish_step(target.pipeline, outcome)
     return outcome.to_dict()
 
@@ -127,9 +140,10 @@ step_task = task(name="pipeline-step", task_run_name="{step_name}", cache_policy
                  persist_result=False)(run_step_task)
 
 
-def pipeline_step_task(retries: int):
+def pipeline_step_task(retries: int, host_limit: bool = True):
     """`step_task` as a pipeline submits it: its retries (none for a failure that would only repeat itself:
     flows/fault_policy.py), and the GPU tag read when the flow runs (the worker's environment may name a per-host
-    tag)."""
+    tag). `host_limit=False` (Ray executor): no tag, Ray's resource accounting decides what runs at once."""
     quiet_non_retryable_tracebacks()
-    return step_task.with_options(retries=retries, retry_condition_fn=retry_unless_non_retryable, tags=[gpu_tag()])
+    return step_task.with_options(retries=retries, retry_condition_fn=retry_unless_non_retryable,
+                                  tags=[gpu_tag()] if host_limit else [])

@@ -1,23 +1,26 @@
-"""A real Ray cluster of two nodes on this machine for the tests that need one: started and stopped by the test.
-
-Each node is its own raylet with one CPU and a small object store, under a temporary directory of this test's
-(RAY_TMPDIR too, so that Ray's "current cluster" file, which `ray.init(address="auto")` reads, is not the machine's
-shared one). Everything binds 127.0.0.1: Ray's single-machine mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which Ray
-reads when it is imported) makes the nodes, the workers and this driver use the loopback address instead of the
-machine's; the dashboard's ports are free ones, not Ray's fixed defaults, which another cluster on this machine may
-hold. `ray.shutdown()` and `Cluster.shutdown()` stop exactly the processes this cluster started.
-"""
+"""A real two-node Ray cluster on this machine for the tests of the Ray executor: a head with the custom resource
+`node_a` and a worker node with `node_b`, one CPU each, small object stores, every port chosen free, temp dirs under
+the test's. Each `ray start` runs in a session of its own and leaves its processes (GCS, raylet, agents, workers) in
+that session; the cluster is stopped by signalling the processes of those two sessions, never by `ray stop`, which
+would stop every Ray on the machine."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import shutil
+import signal
 import socket
-import tempfile
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-os.environ.update(LOOPBACK_ENV)  # before any `import ray` of this process
-NODE = {"num_cpus": 1, "object_store_memory": 100 * 2**20, "node_ip_address": "127.0.0.1"}
+from process_groups import alive
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+STOP_GRACE_S = 3.0
 
 
 def free_port() -> int:
@@ -26,39 +29,70 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def local_ray_cluster(nodes: int = 2, env: dict[str, str] | None = None, head_cpus: int = 1):
-    """Yields the `ray.cluster_utils.Cluster`, with this process connected to it as a driver. `env` is the
-    environment of the cluster's processes (and so of every Ray worker) on top of this one's; `head_cpus` 0 keeps
-    training workers off the head (whose loss would end the cluster), so that a test can remove the others."""
-    import ray
-    from ray._private import ray_constants
-    from ray.cluster_utils import Cluster
+def ray_env(**extra: str) -> dict[str, str]:
+    """What the nodes (and so the step tasks they run) inherit: this checkout importable, quiet, one thread."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
+    # Token authentication off explicitly: Ray turns it on for a head when ~/.ray/auth_token exists (any local
+    # ray.init() on the machine writes one), and a node started with `ray start --address` then cannot join.
+    return dict(env, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1", RAY_AUTH_MODE="disabled",
+                **extra)
 
-    tmp = tempfile.mkdtemp(prefix="ffray", dir="/tmp")  # short: Ray's socket paths must stay under ~107 characters
-    os.makedirs(os.path.join(tmp, "ray"))
-    saved, saved_mode = dict(os.environ), ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False  # in case Ray was imported before this module set the variable
-    gcs_port = free_port()
-    # RAY_ADDRESS: Ray's own processes that look for "the" cluster (Ray Train's placement-group cleaner) find this
-    # one, not another one of this machine's.
-    os.environ.update({"RAY_TMPDIR": tmp, "RAY_ADDRESS": f"127.0.0.1:{gcs_port}", **LOOPBACK_ENV, **(env or {})})
-    cluster = Cluster()
+
+@dataclass
+class TwoNodeCluster:
+    address: str  # host:port of the head's GCS
+    sessions: list[int]  # the two `ray start`s' sessions (their pids), which hold every process of the nodes
+
+
+def _start(args: list[str], temp_dir: Path, resources: dict, log: Path, env: dict[str, str]) -> int:
+    ports = [f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"]
+    command = [RAY, "start", *args, "--num-cpus=1", "--num-gpus=0", f"--resources={json.dumps(resources)}",
+               "--object-store-memory=100000000", f"--temp-dir={temp_dir}", "--disable-usage-stats", *ports]
+    with open(log, "w") as sink:
+        child = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    assert child.wait(timeout=120) == 0, log.read_text()[-3000:]
+    return child.pid
+
+
+@contextlib.contextmanager
+def two_node_cluster(directory: Path, **env: str):
+    """Yields a TwoNodeCluster once both nodes are alive; stops every process of both nodes on the way out. `env`:
+    more environment of the nodes' processes."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    sessions: list[int] = []
     try:
-        try:
-            args = {**NODE, "temp_dir": os.path.join(tmp, "ray")}
-            cluster.add_node(**{**args, "num_cpus": head_cpus}, include_dashboard=False, gcs_server_port=gcs_port,
-                             dashboard_port=free_port(), dashboard_agent_listen_port=free_port())  # the head
-            for _ in range(nodes - 1):
-                cluster.add_node(**args)
-            cluster.wait_for_nodes()
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)  # the nodes keep the environment they started with; this process its own
-        ray.init(address=f"127.0.0.1:{gcs_port}", log_to_driver=True)
-        yield cluster
+        sessions.append(_start(["--head", f"--port={port}", "--include-dashboard=false",
+                              f"--ray-client-server-port={free_port()}"],
+                             directory / "head", {"node_a": 1}, directory / "head.log", ray_env(**env)))
+        sessions.append(_start([f"--address={address}"], directory / "worker", {"node_b": 1},
+                             directory / "worker.log", ray_env(**env)))
+        yield TwoNodeCluster(address, sessions)
     finally:
-        ray.shutdown()
-        cluster.shutdown()
-        ray_constants.ENABLE_RAY_CLUSTER = saved_mode
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop(sessions)
+
+
+def session_members(sessions: list[int]) -> list[int]:
+    """Pids of the processes in these sessions: Ray's workers put themselves in process groups of their own, but
+    stay in the session of the `ray start` that started their node."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[3]) in sessions:
+                        found.append(int(entry))
+    return found
+
+
+def stop(sessions: list[int]) -> None:
+    """TERM to every process of the nodes' sessions, KILL to what is left after the grace (gcs_server and raylet may
+    ignore TERM)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in session_members(sessions):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while sig == signal.SIGTERM and any(map(alive, session_members(sessions))) and time.monotonic() < deadline:
+            time.sleep(0.2)

@@ -24,7 +24,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ray_cluster import local_ray_cluster  # noqa: E402
+from ray_driver_cluster import local_ray_cluster  # noqa: E402
 from test_ray_train_step import CONFIG, RAY, TORCHRUN  # noqa: E402
 
 

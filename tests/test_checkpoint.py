@@ -190,7 +190,7 @@ def test_load_with_expected_hash_detects_a_changed_file(tmp_path):
 
 
 def test_checkpoints_are_read_from_fsspec_uris_and_written_only_locally(tmp_path):
-    # A model_checkpoint may live on s3:// or gs://; outputs are local (the schema refuses remote output paths).
+    # A model_checkpoint may live on s3:// or gs:// (read through a verified local copy); writes are local.
     fs = fsspec.filesystem("memory")
     save_checkpoint(tiny_state(global_step=3), tmp_path / "start.pt")
     uri = "memory://fluxflow-test/start.pt"

@@ -147,5 +147,5 @@ def test_a_remote_output_dir_override_exits_2_naming_the_flag(tmp_path, fake_flo
     _, calls = fake_flow
     (tmp_path / "c.yaml").write_text(VALID)
     assert cli_train.main(["--config", str(tmp_path / "c.yaml"), "--output-dir", "memory://ff/out"]) == 2
-    assert "--output-dir: must be a local or mounted directory" in capsys.readouterr().err
+    assert "--output-dir: memory:// is not storage other processes and nodes see" in capsys.readouterr().err
     assert calls == []

@@ -155,8 +155,8 @@ CASES = {
                            "training.distributed.nproc_per_node", "greater than or equal to 1"),
     "nodes at least one": (cfg(vae(), training={"distributed": {"nodes": 0}}), "training.distributed.nodes",
                            "greater than or equal to 1"),
-    "batch split over the processes": (cfg(vae(batch_size=6), training={"distributed": {"nodes": 2,
-                                                                                       "nproc_per_node": 2}}),
+    "batch split over the processes": (cfg(vae(batch_size=6), training={
+                                           "distributed": {"nodes": 2, "nproc_per_node": 2}, "executor": {"kind": "ray"}}),
                                        f"{S}[0].batch_size", "not divisible by the step's 4 processes"),
     "missing starting checkpoint": (cfg(vae(), model_checkpoint="nowhere/start.pt"), "model_checkpoint",
                                     "file not found"),
@@ -271,9 +271,14 @@ def test_dataset_and_step_problems_are_found_even_when_another_section_is_broken
     assert "several entries and no default_dataset" in found[f"{S}[0].dataset"]
 
 
-def test_a_remote_output_path_is_refused_by_name(tmp_path):
-    found = problems(tmp_path, cfg(vae(), output={"output_path": "s3://bucket/run"}))
-    assert "fsspec URIs" in found["output.output_path"]
+def test_an_object_store_output_path_is_accepted_and_a_bad_uri_is_refused_by_name(tmp_path):
+    (tmp_path / "s3.yaml").write_text(cfg(vae(), output={"output_path": "s3://bucket/run"}))
+    assert load_config(tmp_path / "s3.yaml").config.output.output_path == "s3://bucket/run"
+    for uri, why in [("nosuch://bucket/run", "unknown storage protocol nosuch://"),
+                     ("s3:///run", "names no bucket"), ("memory://x/run", "not storage other processes")]:
+        assert why in problems(tmp_path, cfg(vae(), output={"output_path": uri}))["output.output_path"]
+    found = problems(tmp_path, cfg(vae(), output={"output_path": "s3://b/run", "cache_dir": "s3://b/cache"}))
+    assert "must be a local or mounted directory" in found["output.cache_dir"]
 
 
 def test_a_multi_node_config_without_ray_names_the_field(tmp_path, monkeypatch):
@@ -281,7 +286,13 @@ def test_a_multi_node_config_without_ray_names_the_field(tmp_path, monkeypatch):
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
-    found = problems(tmp_path, cfg(vae(), training={"distributed": {"nodes": 2}}))
+    ray_train = {"distributed": {"nodes": 2}, "executor": {"kind": "ray"}}
+    found = problems(tmp_path, cfg(vae(), training=ray_train))
     assert "Ray Train, which is not installed" in found["training.distributed.nodes"]
     monkeypatch.undo()
-    load_config(yaml.safe_load(cfg(vae(), training={"distributed": {"nodes": 2}})))  # with Ray: valid
+    load_config(yaml.safe_load(cfg(vae(), training=ray_train)))  # with Ray: valid
+
+
+def test_a_multi_node_config_needs_the_ray_executor(tmp_path):
+    found = problems(tmp_path, cfg(vae(), training={"distributed": {"nodes": 2}}))
+    assert "needs training.executor.kind: ray" in found["training.distributed.nodes"]

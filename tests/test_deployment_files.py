@@ -358,7 +358,7 @@ def compose() -> dict:
 
 def test_compose_publishes_every_port_on_loopback_only(compose):
     published = [p for svc in compose["services"].values() for p in svc.get("ports", [])]
-    assert published == ["127.0.0.1:4200:4200", "127.0.0.1:5000:5000"]
+    assert published == ["127.0.0.1:4200:4200", "127.0.0.1:5000:5000", "127.0.0.1:8265:8265"]  # Prefect, MLflow, Ray
 
 
 def test_compose_mlflow_is_sqlite_backed_with_artifacts_on_a_volume_and_no_job_runners(compose):
@@ -380,6 +380,22 @@ def test_compose_gpu_worker_reaches_both_servers_and_shares_the_checkpoint_volum
     (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
     assert device["capabilities"] == ["gpu"]
     assert set(compose["volumes"]) == {"prefect-data", "mlflow-data", "checkpoints"}
+
+
+def test_compose_ray_nodes_run_the_worker_image_and_share_the_checkpoint_volume(compose):
+    """The Ray executor's services: a head and a GPU worker node from the image the worker is built as (which has the
+    cluster extra), the flows' checkpoints volume and servers; the Prefect worker's flow runs find the head."""
+    services = compose["services"]
+    head, node = services["ray-head"], services["ray-worker"]
+    assert head["image"] == node["image"] == services["worker"]["image"]
+    assert head["command"][:3] == ["/app/.venv/bin/ray", "start", "--head"] and "--port=6379" in head["command"]
+    assert "--address=ray-head:6379" in node["command"] and "--block" in node["command"]
+    assert services["worker"]["environment"]["RAY_ADDRESS"] == "ray-head:6379"
+    for service in (head, node):
+        assert "checkpoints:/app/outputs" in service["volumes"]
+        assert service["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert node["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "extras['cluster']" in DOCKERFILE.read_text()
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (v1) not installed")
@@ -438,3 +454,54 @@ def test_compose_servers_ask_for_credentials_from_secrets_the_worker_reads(compo
         assert path.parts[0] not in [line[1:].strip("/") for line in
                                      (DOCKERFILE.parent / "Dockerfile.worker.dockerignore").read_text().splitlines()
                                      if line.startswith("!")]
+
+
+# Records argv, then starts a "worker" that moves to a process group of its own (as Ray's workers do), says what
+# `ray start --block` says once its node runs, and waits.
+FAKE_RAY = textwrap.dedent(
+    """\
+    #!{python}
+    import json, os, subprocess, sys, time
+    with open(os.environ["FAKE_RECORD"], "a") as f:
+        f.write(json.dumps({{"argv": sys.argv, "pythonpath": os.environ.get("PYTHONPATH")}}) + "\\n")
+    worker = subprocess.Popen([sys.executable, "-c", "import os, time; os.setpgid(0, 0); time.sleep(600)"])
+    with open(os.environ["FAKE_RECORD"] + ".workers", "a") as f:
+        f.write(f"{{worker.pid}}\\n")
+    print("Ray runtime started.", flush=True)
+    while True:
+        time.sleep(1)
+    """
+)
+
+
+@pytest.mark.slow  # starts two stand-in nodes and stops them: about 2 s
+def test_ray_cluster_script_starts_two_nodes_of_their_own_resources_and_stops_every_process_of_both(fake_env):
+    from process_groups import alive
+
+    ray = Path(fake_env["FLUXFLOW_VENV_BIN"]) / "ray"
+    ray.write_text(FAKE_RAY.format(python=sys.executable))
+    ray.chmod(0o755)
+    port = free_port()
+    env = dict(fake_env, FLUXFLOW_RAY_PORT=str(port), FLUXFLOW_RAY_DASHBOARD_PORT=str(free_port()))
+    done = run_script("ray_cluster.sh", env)
+    assert done.returncode == 0, done.stderr
+    head, node = [call["argv"][1:] for call in recorded_calls(env)]
+    assert head[:2] == ["start", "--head"] and f"--port={port}" in head and "--dashboard-host=127.0.0.1" in head
+    assert node[0] == "start" and f"--address=127.0.0.1:{port}" in node
+    assert '--resources={"node_a": 1}' in head and '--resources={"node_b": 1}' in node
+    assert all("--block" in argv and "--num-cpus=1" in argv for argv in (head, node))
+    temp_dirs = {arg for argv in (head, node) for arg in argv if arg.startswith("--temp-dir=")}
+    assert len(temp_dirs) == 2  # one per node: a shared one makes the driver print every line twice
+    assert str(REPO) in recorded_calls(env)[0]["pythonpath"]  # the step tasks import this checkout
+    run_dir = Path(env["FLUXFLOW_RUN_DIR"])
+    nodes = [int((run_dir / f"ray-{name}.pid").read_text()) for name in ("head", "worker")]
+    workers = [int(pid) for pid in Path(env["FAKE_RECORD"] + ".workers").read_text().split()]
+    assert all(alive(pid) for pid in nodes + workers)
+
+    stop = run_script("ray_cluster.sh", env, "stop")
+    assert stop.returncode == 0, stop.stderr
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in nodes + workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in nodes + workers), "a process of a node outlived `stop`"
+    assert not list(run_dir.glob("ray-*.pid"))

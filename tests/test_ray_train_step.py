@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from ray_cluster import local_ray_cluster
+from ray_driver_cluster import local_ray_cluster
 
 pytest.importorskip("ray.train")
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ CONFIG = textwrap.dedent("""
           - {name: vae_gan, n_epochs: 1, max_steps: 4, train_vae: true, gan_training: true, r1_interval: 2}
     output: {output_path: OUT, log_interval: 1, checkpoint_save_interval: 2, no_samples: true}
 """)
-RAY = "{nodes: 2, nproc_per_node: 1}"
+RAY = "{nodes: 2, nproc_per_node: 1}\n  executor: {kind: ray}"  # a step across nodes runs on a Ray cluster
 TORCHRUN = "{nproc_per_node: 2}"
 KILL_POINT = "batch3_rank1"
 

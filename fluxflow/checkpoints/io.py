@@ -18,9 +18,10 @@ Why the rules below:
 - Loading never unpickles arbitrary objects (`torch.load(weights_only=True)`): a checkpoint is data, not code. So a
   checkpoint may hold only tensors, dicts, lists, tuples, str, bytes, int, float, bool and None. `save_checkpoint`
   checks that before writing, so an unloadable checkpoint fails at save time, not hours later at resume time.
-- Reads accept a local path or any fsspec URI (a `model_checkpoint` on s3://, gs://, ...). Writes are local only:
-  the schema refuses remote output directories (fluxflow/config/schema.py, check_output_path), and only a local
-  rename is atomic.
+- Reads accept a local path or any fsspec URI (a `model_checkpoint` or a step's final.pt on s3://, gs://, ...): a
+  remote file is read through a local copy checked against its sha256 (fluxflow/storage/fetch.py). Writes are local
+  only, because only a local rename is atomic: an output directory on an object store is a local staging mirror that
+  the step publishes (fluxflow/storage/mirror.py).
 """
 from __future__ import annotations
 
@@ -203,6 +204,8 @@ def load_checkpoint(
     (refused), is not a dict, or (with `expected_sha256`, e.g. from a CheckpointRef) has different content than
     expected.
     """
+    if _local_path(path) is None:  # a remote file: a local copy, verified (its sha256 is checked there)
+        path, expected_sha256 = _fetched(str(path), expected_sha256), None
     if expected_sha256 is not None:
         try:
             actual = sha256_file(path)
@@ -223,6 +226,17 @@ def load_checkpoint(
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint dict")
     return state
+
+
+def _fetched(uri: str, expected_sha256: str | None) -> Path:
+    from fluxflow.storage.fetch import TornObjectError, fetch_verified
+
+    try:
+        return fetch_verified(uri, expected_sha256)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {uri}") from None
+    except TornObjectError as exc:
+        raise CheckpointError(f"checkpoint {exc}") from None
 
 
 _HEAD_BYTES = 16 << 20  # enough for the pickles of a legacy-format checkpoint, which come before its storages

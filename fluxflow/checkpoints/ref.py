@@ -103,6 +103,25 @@ class StepResult:
 
 
 @dataclass(frozen=True)
+class StepNode:
+    """The machine a step trained on, where an executor places steps on several (Ray: its node id and hostname)."""
+
+    node_id: str
+    hostname: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepNode:
+        _check_keys(cls, data)
+        return cls(node_id=str(data["node_id"]), hostname=str(data["hostname"]))
+
+    def __str__(self) -> str:
+        return f"Ray node {self.node_id[:12]} ({self.hostname})"
+
+
+@dataclass(frozen=True)
 class StepOutcome:
     """What a finished step hands on: what `run_step` returns, and, with the MLflow run filled in by the Prefect
     task, what the task returns as `to_dict()` and the flow reads back with `from_dict()`.
@@ -114,16 +133,22 @@ class StepOutcome:
     result: StepResult
     run_id: str | None = None  # the step's MLflow run (None without MLflow tracking)
     run_url: str | None = None  # that run in the MLflow UI
+    node: StepNode | None = None  # where it trained, when the executor chose (None: the flow's own host)
 
     def __iter__(self) -> Iterator[CheckpointRef | StepResult]:
         return iter((self.ref, self.result))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ref": self.ref.to_dict(), "result": self.result.to_dict(), "run_id": self.run_id,
+        data = {"ref": self.ref.to_dict(), "result": self.result.to_dict(), "run_id": self.run_id,
                 "run_url": self.run_url}
+        if self.node is not None:  # absent, not None, on the local path: the dicts readers already know
+            data["node"] = self.node.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StepOutcome:
         _check_keys(cls, data)
+        node = data.get("node")
         return cls(CheckpointRef.from_dict(data["ref"]), StepResult.from_dict(data["result"]),
-                   run_id=data.get("run_id"), run_url=data.get("run_url"))
+                   run_id=data.get("run_id"), run_url=data.get("run_url"),
+                   node=StepNode.from_dict(node) if node is not None else None)

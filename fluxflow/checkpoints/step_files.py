@@ -6,6 +6,10 @@ moved aside to `checkpoints/<step>/superseded/<old key>/` (never deleted), with 
 
 A kill can land between any two writes of a finishing step: after `final.pt` but before `ref.json`, the step is
 recognised by the key and `completed` flag inside `final.pt` and completed without retraining (not set aside).
+
+An output on an object store (fluxflow/storage/location.py) is trained in its local staging directory: `pull` brings
+the step's files from the store at its start, and each write is published after it is made locally (`publish_*`,
+fluxflow/storage/mirror.py), `ref.json` last. For a local output these are no-ops.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fluxflow.checkpoints.latest import previous_of
 from fluxflow.checkpoints.ref import CheckpointRef, StepResult
@@ -23,6 +28,10 @@ from fluxflow.config.modes import unused_image_stat_fields
 from fluxflow.config.steps import KEY_NEUTRAL_VALUES
 from fluxflow.checkpoints.step_key import describe_change, step_key
 from fluxflow.output_layout import metrics_file, step_dir
+from fluxflow.storage.location import output_root, remote_uri
+
+if TYPE_CHECKING:
+    from fluxflow.storage.mirror import OutputMirror
 
 
 def step_keys(config) -> dict[str, str]:
@@ -31,10 +40,11 @@ def step_keys(config) -> dict[str, str]:
     root = {"model_checkpoint": config.model_checkpoint} if config.model_checkpoint else None
     for step in execution_order(config.resolved_steps()):
         parent_key = keys[step.parent] if step.parent else (json.dumps(root) if root else None)
-        # Caches change no number, so switching them neither re-runs a step nor sets its files aside; nor does the
-        # hypothesis label, nor the image-statistics fields of terms the step does not use (config/modes.py). Fields
-        # added since keys exist are left out at the value that trains as before them (steps.KEY_NEUTRAL_VALUES).
-        ignored = {*CACHE_FIELDS, "hypothesis"} | unused_image_stat_fields(step)
+        # Caches change no number, so switching them neither re-runs a step nor sets its files aside; nor do the
+        # hypothesis label, the resources a Ray executor reserves, nor the image-statistics fields of terms the step
+        # does not use (config/modes.py). Fields added since keys exist are left out at the value that trains as
+        # before them (steps.KEY_NEUTRAL_VALUES).
+        ignored = {*CACHE_FIELDS, "hypothesis", "resources"} | unused_image_stat_fields(step)
         ignored |= {k for k, v in KEY_NEUTRAL_VALUES.items() if getattr(step, k) == v}
         keys[step.name] = step_key(step.model_dump(mode="json", exclude=ignored),
                                    config.model.model_dump(mode="json"),
@@ -54,6 +64,7 @@ class StepFiles:
     n_steps: int
     dir: Path
     output: Path
+    remote: OutputMirror | None = None  # the object store the output lives on; None for a local output
 
     @property
     def latest(self) -> Path:
@@ -84,7 +95,9 @@ class StepFiles:
     def completed(self) -> tuple[CheckpointRef, StepResult] | None:
         """The finished step's (ref, result) when final.pt exists for this very key."""
         recorded = self._recorded()
-        if recorded is None or not self.final.exists() or recorded["ref"]["step_key"] != self.key:
+        if recorded is None or recorded["ref"]["step_key"] != self.key:
+            return None
+        if not (self.final.exists() or self._final_on_store(recorded["ref"]["sha256"])):
             return None
         return CheckpointRef.from_dict(recorded["ref"]), StepResult.from_dict(recorded["result"])
 
@@ -125,6 +138,8 @@ class StepFiles:
         for path in (self.latest, self.previous, self.final, self.ref_json, self.metrics):
             if path.exists():
                 shutil.move(str(path), target / path.name)
+                if self.remote is not None:  # the store's copies too: set aside there, never overwritten
+                    self.remote.move(self._rel(path), self._rel(target / path.name))
         print(f"Re-running step {self.step.name}: its configuration or an earlier step changed"
               f"{' (' + why + ')' if why else ''}; previous files moved to {target}", flush=True)
 
@@ -142,6 +157,73 @@ class StepFiles:
         tmp = self.ref_json.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(payload, indent=2))
         tmp.replace(self.ref_json)
+        if self.remote is not None:  # last: a reader that finds ref.json finds everything it names
+            self.remote.publish(self._rel(self.ref_json))
+
+    # ------------------------------------------------------------------------------- an output on an object store
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.output).as_posix()
+
+    def final_uri(self) -> str:
+        """Where the next step (on whatever node) reads final.pt: the store's URI, or the local path."""
+        return self.remote.url(self._rel(self.final)) if self.remote is not None else str(self.final)
+
+    def _final_on_store(self, sha256: str) -> bool:
+        """Whether the store holds final.pt with this content (its record says so): a finished step on another node."""
+        return self.remote is not None and self.remote.recorded_sha256(self._rel(self.final)) == sha256
+
+    def pull_ref(self) -> None:
+        """ref.json alone from the store (enough to tell whether the step is complete)."""
+        if self.remote is not None:
+            self.remote.pull(self._rel(self.ref_json))
+
+    def pull(self) -> None:
+        """The step's files from the store into the staging directory, each verified; what the store lacks or cannot
+        vouch for is removed from it (the store is the truth). A step complete on the store needs nothing more: its
+        final.pt is read through its URI by whoever needs it, not downloaded here to be skipped."""
+        if self.remote is None:
+            return
+        self.pull_ref()
+        if self.completed() is not None:
+            return
+        for path in (self.final, self.latest, self.previous, self.metrics):
+            self.remote.pull(self._rel(path))
+        # What a kill during an upload left (the step's own names only: other steps may be uploading beside it).
+        self.remote.remove_unfinished_uploads(self._rel(self.dir))
+        self.remote.remove_unfinished_uploads("graph", self.metrics.name)
+        self.remote.remove_unfinished_uploads("samples", self._sample_prefix())
+
+    def publish_latest(self, say=print) -> None:
+        """latest.pt (the one it replaces kept as latest.prev.pt), the metrics so far and new samples. A failed upload
+        is one line, and training goes on: the store keeps its previous good checkpoint, the next save tries again,
+        and the step's end must succeed."""
+        if self.remote is None:
+            return
+        try:
+            self.remote.publish(self._rel(self.latest), keep_previous=self._rel(self.previous))
+            self._publish_records()
+        except OSError as exc:
+            say(f"⚠️  could not upload {self.latest.name} of step {self.step.name} to {self.remote.uri} ({exc}); "
+                "the store keeps its previous checkpoint, the next save tries again")
+
+    def publish_final(self) -> None:
+        """final.pt, the step's metrics and samples (before ref.json, which `write_ref` publishes)."""
+        if self.remote is None:
+            return
+        self.remote.publish(self._rel(self.final))
+        self._publish_records()
+        self.remote.remove(self._rel(self.previous))
+
+    def _publish_records(self) -> None:
+        if self.metrics.exists():
+            self.remote.publish(self._rel(self.metrics))
+        prefix = self._sample_prefix()
+        self.remote.publish_changed("samples", lambda name: name.startswith(prefix))
+
+    def _sample_prefix(self) -> str:
+        """How this step's sample files begin (fluxflow/sampling/sample_files.py, sample_name)."""
+        return f"{self.step.name}_{self.step.index + 1:03d}_"
 
 
 def _metadata(path: Path) -> StepState | None:
@@ -162,6 +244,11 @@ def plan_step(config, step_name: str) -> StepFiles:
     if step_name not in names:
         raise ValueError(f"unknown step {step_name!r}; the pipeline has {', '.join(names)}")
     step = steps[names.index(step_name)]
-    out = Path(config.output.output_path)
+    out, uri = output_root(config), remote_uri(config.output.output_path)
+    remote = None
+    if uri is not None:
+        from fluxflow.storage.mirror import OutputMirror  # fsspec: only for an output on an object store
+
+        remote = OutputMirror(uri, out)
     return StepFiles(step=step, key=step_keys(config)[step_name], n_steps=len(steps),
-                     dir=step_dir(out, step_name), output=out)
+                     dir=step_dir(out, step_name), output=out, remote=remote)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fluxflow.config import modes
+from fluxflow.storage.location import output_root
 
 CACHE_FIELDS: tuple[str, ...] = ("cache_latents", "cache_text")
 INDEXED_DATASETS: tuple[str, ...] = ("shapes", "folder")
@@ -26,7 +27,7 @@ LATENT_CACHE_DIR, TEXT_CACHE_DIR = "latent_cache", "text_cache"
 
 def cache_root(config: Any) -> Path:
     """Where latent_cache/ and text_cache/ live: `output.cache_dir`, else the output directory."""
-    return Path(config.output.cache_dir or config.output.output_path)
+    return Path(config.output.cache_dir) if config.output.cache_dir else output_root(config)
 
 
 @dataclass(frozen=True)

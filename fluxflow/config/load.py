@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from fluxflow.config.checks import Pieces, semantic_issues
 from fluxflow.config.errors import ConfigError, ConfigIssue, did_you_mean, format_path
+from fluxflow.config.executor import resources_issues
 from fluxflow.config.legacy import apply_legacy
 from fluxflow.config.overrides import apply_overrides
 from fluxflow.config.processes import process_issues
@@ -95,7 +96,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
     if config is not None and not issues:  # cross-section rules need the whole config, and valid steps
         issues += replicate_issues(config.written_steps(), config.training.replicates)
     if config is not None and not issues:
-        issues += promotion_issues(config) + process_issues(config)
+        issues += promotion_issues(config) + resources_issues(config) + process_issues(config)
     if issues:
         raise ConfigError(_dedupe(issues), label)
     return LoadedConfig(config=config, warnings=warnings, source=path)

@@ -11,7 +11,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
+from fluxflow.config.executor import ExecutorConfig
 from fluxflow.config.optim import StrictModel
+from fluxflow.storage.location import check_output_uri, remote_uri
 from fluxflow.config.pretrained_text import UnusablePretrained, inspect_pretrained
 from fluxflow.config.promotion import PromotionConfig
 from fluxflow.config.replicates import ReplicatesConfig, replicate_steps
@@ -169,17 +171,32 @@ class TrainingConfig(StrictModel):
     compile: bool = Field(False, description="torch.compile each trained component (fluxflow/train/speed.py)")
     activation_checkpointing: bool = Field(False, description="recompute each flow transformer block in backward")
     replicates: ReplicatesConfig | None = None  # seed replicates (fluxflow/config/replicates.py)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)  # local or Ray (fluxflow/config/executor.py)
     pipeline: PipelineSection
 
+    @model_serializer(mode="wrap")
+    def _omit_local_executor(self, handler):
+        """The default local executor is left out of dumps, so that the config hash and the logged config of runs
+        made before `executor` existed stay the same (absent = local, both ways)."""
+        data = handler(self)
+        if self.executor == ExecutorConfig():
+            data.pop("executor", None)
+        return data
 
-REMOTE_OUTPUT_MESSAGE = ("must be a local or mounted directory: fsspec URIs (s3://, memory://, ...) are read for "
-                         "model_checkpoint only, never written")
+
+REMOTE_CACHE_MESSAGE = ("must be a local or mounted directory: the caches are written in place (memory-mapped "
+                        "files); with an object-store output_path they stay in the staging directory of each node")
 
 
 def check_output_path(value: str) -> str:
-    """The output directory is written with local file operations (atomic renames, fcntl locks)."""
-    if "://" in str(value):
-        raise ValueError(REMOTE_OUTPUT_MESSAGE)
+    """A local directory, file://, or an object store's URI whose protocol, package and bucket are known; the store
+    itself is asked at the run's start (fluxflow/storage/store_lock.py)."""
+    return check_output_uri(value)
+
+
+def check_cache_dir(value: str | None) -> str | None:
+    if value is not None and remote_uri(value) is not None:
+        raise ValueError(REMOTE_CACHE_MESSAGE)
     return value
 
 
@@ -196,7 +213,8 @@ class OutputConfig(StrictModel):
     # Where latent_cache/ and text_cache/ go (None: output_path); runs that share it share their caches.
     cache_dir: str | None = None
 
-    _local_output = field_validator("output_path", "cache_dir")(check_output_path)
+    _output = field_validator("output_path")(check_output_path)
+    _local_cache = field_validator("cache_dir")(check_cache_dir)
 
 
 SECRET_VALUE = "secret_value"  # the error type of a value never to be echoed (fluxflow/config/load.py)

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, model_serializer
 
 from fluxflow.config import modes
+from fluxflow.config.executor import StepResources
 from fluxflow.config.optim import Optimization, OptimizerConfig, StrictModel
 
 TransitionMode = Literal["epoch", "loss_threshold"]
@@ -126,6 +127,7 @@ class StepFields(StrictModel):
     cache_text: bool | None = None
     seed: int | None = None  # data order, fresh weights and noise of the step (None: training.seed)
     img_size: int | None = Field(None, ge=8)  # None: the dataset's img_size, else data.img_size
+    resources: StepResources | None = None  # what a Ray executor reserves for the step (fluxflow/config/executor.py)
 
 
 class StepDefaults(StepFields):
@@ -203,6 +205,17 @@ class ResolvedStep(StrictModel):
     # The written step this one trains: its own name, or for a seed replicate the step it replicates
     # (fluxflow/config/replicates.py). A label: not part of the step key.
     hypothesis: str
+    # Where it may run, not what it trains: not part of the step key either.
+    resources: StepResources = Field(default_factory=StepResources)
+
+    @model_serializer(mode="wrap")
+    def _omit_default_resources(self, handler):
+        """No resources asked for are left out of dumps, so that the step runs, params and ref.json of steps written
+        before `resources` existed stay the same."""
+        data = handler(self)
+        if self.resources == StepResources():
+            data.pop("resources", None)
+        return data
 
 
 @dataclass(frozen=True)

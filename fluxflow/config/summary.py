@@ -53,6 +53,9 @@ def format_summary(config: PipelineConfig) -> str:
         lines.append(f"  Processes per step: {dist.processes} ({dist.nodes} nodes × {dist.nproc_per_node}, Ray Train)")
     elif dist.processes > 1:
         lines.append(f"  Processes per step: {dist.processes} (torchrun)")
+    if config.training.executor.kind == "ray":
+        lines.append(f"  Executor: Ray cluster at {config.training.executor.ray_address()} (each step a Ray task with "
+                     "its resources)")
     lines.append("  Datasets:")
     lines += [f"    {name}: {describe_dataset(ds)}" for name, ds in pipe.datasets.items()]
     for step in steps:
@@ -80,7 +83,19 @@ def format_summary(config: PipelineConfig) -> str:
             lines.append("  Schedulers: " + ", ".join(f"{g} {s.type}"
                                                        for g, s in step.optimization.schedulers.items()))
         lines += cache_lines(step, config.dataset_for(step).type, cache_root(config))
+        if config.training.executor.kind == "ray":
+            lines.append(f"  Ray resources: {describe_resources(step.resources)}")
     return "\n".join(lines)
+
+
+def describe_resources(asked) -> str:
+    """What a step asks of its Ray node, with the defaults said as defaults (flows/ray_steps.py resolves them)."""
+    gpus = "the step's processes on CUDA, else 0" if asked.gpus is None else f"{asked.gpus:g}"
+    parts = [f"GPUs {gpus}", f"CPUs {1 if asked.cpus is None else asked.cpus:g}"]
+    if asked.memory:
+        parts.append(f"memory {asked.memory / 1e9:.1f} GB")
+    parts += [f"{name} {amount:g}" for name, amount in sorted(asked.custom.items())]
+    return ", ".join(parts)
 
 
 def cache_lines(step: ResolvedStep, dataset_type: str, root: Path) -> list[str]:

@@ -20,6 +20,7 @@ from fluxflow.evaluation.frechet import feature_net_for, first_items
 from fluxflow.output_layout import eval_cache_dir
 from fluxflow.runtime.device import resolve_device
 from fluxflow.sampling.generate import GenerationError, load_text_to_image
+from fluxflow.storage.location import output_root
 
 
 def evaluate_checkpoint(checkpoint: str | Path, config, dataset: str, *, seeds: list[int] = (0,),
@@ -42,7 +43,7 @@ def evaluate_checkpoint(checkpoint: str | Path, config, dataset: str, *, seeds: 
     images = images.to(target)
     net = None
     if images.shape[0] >= 2:
-        cache = Path(cache_dir) if cache_dir else eval_cache_dir(config.output.output_path)
+        cache = Path(cache_dir) if cache_dir else eval_cache_dir(output_root(config))
         net = feature_net_for(build_dataset(ds_cfg, size, channels, "train"), ds_cfg, size, channels, cache)
     totals: dict[str, float] = {}
     for seed in seeds:

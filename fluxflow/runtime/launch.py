@@ -56,6 +56,9 @@ def _wait(proc: subprocess.Popen, step_name: str, timeout: float | None) -> int:
 
 def run_step_distributed(config, step_name: str, parent: CheckpointRef | None, nproc: int,
                          timeout: float | None = None) -> StepOutcome:
+    from fluxflow.checkpoints.step_files import plan_step
+
+    plan_step(config, step_name).pull()  # an output on an object store: its files before any rank reads them
     with tempfile.TemporaryDirectory(prefix="fluxflow-ddp-") as tmp:
         tmp = Path(tmp)
         (tmp / "config.json").write_text(json.dumps(run_dict(config)))
@@ -81,5 +84,6 @@ def run_step_on_processes(config, step_name: str, parent: CheckpointRef | None,
     if dist.uses_ray_train:
         from fluxflow.runtime.ray_train_launch import run_step_on_ray  # Ray only where a step asks for it
 
-        return run_step_on_ray(config, step_name, parent, dist.processes, entry=RANK_ENTRY, timeout=timeout)
+        return run_step_on_ray(config, step_name, parent, dist.processes, entry=RANK_ENTRY, timeout=timeout,
+                               address=config.training.executor.ray_address())
     return run_step_distributed(config, step_name, parent, dist.nproc_per_node, timeout=timeout)

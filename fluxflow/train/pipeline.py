@@ -6,14 +6,13 @@ by tests of the core, and by anyone who wants the trainer without Prefect or MLf
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from fluxflow.checkpoints.lock import RunLock
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.checkpoints.step_files import plan_step
 from fluxflow.config.dag import execution_order
 from fluxflow.errors import is_retryable
 from fluxflow.runtime.launch import run_step_on_processes
+from fluxflow.storage.store_lock import output_lock
 from fluxflow.train.pipeline_schedule import PipelineSchedule
 from fluxflow.train.step_run import run_step
 
@@ -22,8 +21,12 @@ log = logging.getLogger("fluxflow.train.pipeline")
 
 def completed_steps(config) -> list[str]:
     """Steps whose final.pt exists for their current key (they will be skipped), in execution order."""
-    return [s.name for s in execution_order(config.resolved_steps())
-            if plan_step(config, s.name).completed() is not None]
+    return [s.name for s in execution_order(config.resolved_steps()) if _completed(plan_step(config, s.name))]
+
+
+def _completed(files) -> bool:
+    files.pull_ref()  # an output on an object store: its ref.json, which says whether the step is complete
+    return files.completed() is not None
 
 
 def announce_skipped(config) -> None:
@@ -37,9 +40,7 @@ def run_pipeline(config, tracker=None) -> list[StepOutcome]:
     """Every step in DAG order, in this process; returns their outcomes. A failing step stops only its subtree
     (fluxflow/train/pipeline_schedule.py, the flow's rule): the other branches run, then PipelineFailed names every
     problem. An interrupt stops everything at once."""
-    out = Path(config.output.output_path)
-    out.mkdir(parents=True, exist_ok=True)
-    with RunLock(out):
+    with output_lock(config.output.output_path):  # a local flock, or a lock object on the store
         announce_skipped(config)
         steps = config.resolved_steps()
         schedule = PipelineSchedule(steps)

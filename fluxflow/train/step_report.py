@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from pathlib import Path
 
 import torch
 
@@ -26,7 +25,7 @@ class StepReport:
 
     def __init__(self, run, tracker):
         self.run, self.tracker = run, tracker
-        self.output = Path(run.config.output.output_path)
+        self.output = run.files.output  # the local directory (an object store's staging mirror)
         self.last_means: dict[str, float] = {}  # the last log interval's means (ReduceLROnPlateau's fallback metric)
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}  # batches that reported each metric (grad norms: only window ends)

@@ -18,7 +18,6 @@ import itertools
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -35,6 +34,7 @@ from fluxflow.data import make_loader
 from fluxflow.runtime import distributed, kill_points
 from fluxflow.runtime.device import resolve_device
 from fluxflow.runtime.gpu_claim import claimed_device
+from fluxflow.storage.location import output_root
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
 from fluxflow.models.latents import LATENT_NORM_IMAGES, latent_norm_of_means
 from fluxflow.train.step_cache import attach_caches
@@ -60,19 +60,22 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
     (`trained` False); one with a `latest.pt` of its key resumes from it exactly; files of another key are set aside
     first. It holds the step directory's lock while it runs. Under torchrun (started by fluxflow/runtime/launch.py)
     every rank calls it and rank 0 alone writes and reports; otherwise it claims a GPU of the host
-    (fluxflow/runtime/gpu_claim.py) for the step. A stop request ends it with `StepInterrupted` after saving.
+    (fluxflow/runtime/gpu_claim.py) for the step, except on the Ray executor, where Ray gave the step its GPUs
+    (CUDA_VISIBLE_DEVICES holds them). A stop request ends it with `StepInterrupted` after saving.
     """
     files = plan_step(config, step_name)
     device_ = resolve_device(config.training.device)
     distributed.init_from_env(device_)  # a no-op unless started by torchrun
     main = distributed.is_main()
-    tracker = (tracker or ConsoleJsonlTracker(Path(config.output.output_path))) if main else NullTracker()
+    tracker = (tracker or ConsoleJsonlTracker(output_root(config))) if main else NullTracker()
     files.dir.mkdir(parents=True, exist_ok=True)
     with RunLock(files.dir) if main else contextlib.nullcontext():
+        if main:  # an output on an object store: the step's files from it (fluxflow/storage/mirror.py)
+            files.pull()
         done = files.completed()
         if done is not None:
             if main:
-                print(f"Skipping step {step_name}: already complete ({files.final})", flush=True)
+                print(f"Skipping step {step_name}: already complete ({files.final_uri()})", flush=True)
             ref, result = done
             result.trained = False
             return StepOutcome(ref, result)
@@ -83,7 +86,10 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
         if distributed.active():
             dist.barrier()
             return StepRun(config, files, parent, tracker, distributed.local_device(device_)).train()
-        with claimed_device(device_, torch.cuda.device_count() if device_.type == "cuda" else 0) as device_:
+        # Host-local GPU locks, unless Ray placed the step: it gave it its GPUs (CUDA_VISIBLE_DEVICES holds them).
+        claim_gpu = config.training.executor.kind == "local"
+        n_gpus = torch.cuda.device_count() if device_.type == "cuda" and claim_gpu else 0
+        with claimed_device(device_, n_gpus) as device_:
             if device_.index is not None:  # implicit "cuda" allocations of this thread go to the claimed GPU too
                 torch.cuda.set_device(device_)
             return StepRun(config, files, parent, tracker, device_).train()
@@ -174,7 +180,7 @@ class StepRun:
         self.outcome: str | None = meta.outcome if self.resuming and meta.completed else None
         self.resumed_from = self._resume(state, meta) if self.resuming else None
         if self.main:  # lines a killed run logged after the position this one starts from will be logged again
-            trim_jsonl(metrics_file(config.output.output_path, self.step.name), self.position.global_step,
+            trim_jsonl(metrics_file(files.output, self.step.name), self.position.global_step,
                        keep_evaluation_at_end=not (self.resuming and meta.completed))
         self.report = StepReport(self, tracker)
         if self.resuming:  # the counts it reports continue: skipped samples, skipped updates, the log interval
@@ -292,6 +298,7 @@ class StepRun:
     def save(self, completed: bool = False) -> None:
         if self.main:  # only rank 0 writes checkpoints (all ranks hold the same weights)
             save_latest(checkpoint_state(self, completed), self.files.latest)
+            self.files.publish_latest(self.say)  # an output on an object store: uploaded, the previous one kept
 
     def finish(self) -> StepOutcome:
         """Final evaluation, `final.pt` (the last latest.pt, made immutable) and the reference for the next step."""
@@ -304,10 +311,14 @@ class StepRun:
         if self.world > 1:
             checksum = distributed.assert_in_sync(self.trainer.models[name] for name in sorted(self.trainer.ctx.trained))
             self.say(f"All {self.world} ranks hold the same weights (parameter checksum {checksum:.6f})")
-        sha = self.files.finalize() if self.main else ""
+        if self.main:
+            sha = self.files.finalize()
+            self.files.publish_final()  # an output on an object store: final.pt there before ref.json
+        else:
+            sha = ""
         if self.world > 1:
             sha = distributed.broadcast_object(sha)
-        ref = CheckpointRef(uri=str(self.files.final), sha256=sha, step_name=step.name, step_key=self.files.key,
+        ref = CheckpointRef(uri=self.files.final_uri(), sha256=sha, step_name=step.name, step_key=self.files.key,
                             global_step=pos.global_step, epoch=pos.start_epoch + pos.epoch)
         result = StepResult(step_name=step.name, outcome=self.outcome, epochs_done=pos.epoch,
                             final_metrics=final_metrics, trained=True, resumed_from=self.resumed_from)
@@ -315,5 +326,5 @@ class StepRun:
             self.files.write_ref(ref, result)
         self.report.finished(ref, result)
         self.say(f"[{datetime.now():%H:%M:%S}] Finished step {step.name}: {self.outcome} after {pos.epoch} "
-                 f"epoch(s), global_step={pos.global_step}, checkpoint {self.files.final}")
+                 f"epoch(s), global_step={pos.global_step}, checkpoint {ref.uri}")
         return StepOutcome(ref, result)

@@ -1,0 +1,241 @@
+"""Pipeline steps on a Ray cluster (`training.executor.kind: ray`, fluxflow/config/executor.py).
+
+The flow submits each step task through prefect-ray's `RayTaskRunner` inside `remote_options(...)` holding the step's
+resources, so Ray places it on a node that has them and holds them for it: Ray's accounting replaces the host-local
+GPU claim and the `gpu` tag limit of the local path. Before a step is submitted its request is compared with the
+live nodes: a request no node can meet would pend forever in Ray, so it fails the step at once instead, with one line
+naming the request and what the nodes offer.
+
+Ray is imported only inside these functions: a local run never loads it (tests/test_ray_executor.py checks).
+"""
+from __future__ import annotations
+
+import logging
+import socket
+
+from fluxflow.checkpoints.ref import StepNode
+from fluxflow.runtime.errors import NonRetryable
+
+NAMESPACE = "fluxflow"
+PROBE_TIMEOUT_S = 5.0  # ray.init on an address nobody listens at retries for minutes; a TCP probe answers first
+# Resources Ray adds by itself (node:<ip>, the head marker, object store): not what a step can ask for.
+_INTERNAL = ("node:", "object_store_memory")
+
+
+class ClusterUnreachable(NonRetryable):
+    """No Ray cluster answers at the configured address (the one line to print; exit 2)."""
+
+
+class Infeasible(NonRetryable):
+    """A step asks for more than any node of the cluster offers."""
+
+
+def probe(address: str) -> str:
+    """The `host:port` behind `address` once something listens there; ClusterUnreachable otherwise."""
+    from ray._private.services import canonicalize_bootstrap_address_or_die  # resolves `auto` as ray.init does
+
+    where = address.removeprefix("ray://")
+    try:
+        where = canonicalize_bootstrap_address_or_die(where) if where == "auto" else where
+        host, _, port = where.rpartition(":")
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S).close()
+    except (OSError, ValueError) as exc:  # ConnectionError (no cluster for `auto`) is an OSError
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ClusterUnreachable(f"no Ray cluster answers at {address} (training.executor.address, else RAY_ADDRESS, "
+                                 f"else auto): {reason}") from None
+    return where
+
+
+def connect(address: str) -> None:
+    """This process joins the cluster as a driver (once); ClusterUnreachable when nothing answers there."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    probe(address)
+    try:
+        ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ClusterUnreachable(f"cannot join the Ray cluster at {address}: {' '.join(str(exc).split())}") from None
+
+
+def live_nodes() -> list[dict]:
+    """`ray.nodes()` entries of the nodes that are alive."""
+    import ray
+
+    return [node for node in ray.nodes() if node.get("Alive")]
+
+
+def step_request(step, nproc: int, on_cuda: bool, across_nodes: bool = False) -> dict[str, float]:
+    """The Ray resources a step asks for: its `resources:`, with GPUs defaulting to its processes on CUDA (0 on
+    CPU) and CPUs to 1. A step across nodes (`across_nodes`: Ray Train, fluxflow/runtime/ray_train_launch.py) only
+    waits for its Train workers, which hold their own CPUs and GPUs: its task asks for none by default. Zero amounts
+    are left out."""
+    asked = step.resources
+    request = {"CPU": (0.0 if across_nodes else 1.0) if asked.cpus is None else asked.cpus,
+               "GPU": float(nproc if on_cuda and not across_nodes else 0) if asked.gpus is None else asked.gpus,
+               "memory": float(asked.memory or 0), **asked.custom}
+    return {name: amount for name, amount in request.items() if amount}
+
+
+def remote_options_of(request: dict[str, float]) -> dict:
+    """`request` as the keywords of `ray.remote` (prefect_ray.context.remote_options)."""
+    custom = {k: v for k, v in request.items() if k not in ("CPU", "GPU", "memory")}
+    return {"num_cpus": request.get("CPU", 0), "num_gpus": request.get("GPU", 0),
+            **({"memory": int(request["memory"])} if "memory" in request else {}),
+            **({"resources": custom} if custom else {})}
+
+
+def describe(resources: dict[str, float]) -> str:
+    """`2 GPU, 1 CPU, 4.0 GB memory, node_a: 1` (Ray's own resources first, internal ones left out)."""
+    parts = [f"{resources[k]:g} {k}" for k in ("GPU", "CPU") if k in resources]
+    if "memory" in resources:
+        parts.append(f"{resources['memory'] / 1e9:.1f} GB memory")
+    parts += [f"{k}: {v:g}" for k, v in sorted(resources.items())
+              if k not in ("GPU", "CPU", "memory") and not k.startswith(_INTERNAL)]
+    return ", ".join(parts) or "nothing"
+
+
+def infeasible(step_name: str, request: dict[str, float], nodes: list[dict]) -> str | None:
+    """None when some node has every resource of `request` (in total, busy or not: a busy node frees them later);
+    else the line saying what was asked and what the cluster offers."""
+    offers = [node.get("Resources", {}) for node in nodes]
+    if any(all(offer.get(k, 0) >= v for k, v in request.items()) for offer in offers):
+        return None
+    unknown = sorted(k for k in request if not any(k in offer for offer in offers))
+    why = f"no node offers {', '.join(unknown)}" if unknown else "no single node has all of it"
+    listed = "; ".join(f"node {node['NodeID'][:12]}: {describe(node.get('Resources', {}))}" for node in nodes)
+    return (f"step {step_name} asks Ray for {describe(request)}: {why} (the cluster's {len(nodes)} nodes: "
+            f"{listed or 'none'}). Change its resources: or add such a node.")
+
+
+class RaySteps:
+    """The flow's step submitter on a Ray cluster: `with RaySteps(config) as steps: steps.submit(...)`."""
+
+    def __init__(self, config):
+        self.config, self.address = config, config.training.executor.ray_address()
+        self.device = config.training.device
+        self.nodes: list[dict] = []
+        self.submitted: list = []
+        self._runner = None
+
+    def __enter__(self) -> RaySteps:
+        from prefect_ray import RayTaskRunner
+
+        connect(self.address)  # before the runner: it would start a local Ray for `auto` instead of failing
+        self._runner = RayTaskRunner(init_kwargs={"address": self.address, "namespace": NAMESPACE}).__enter__()
+        self.nodes = live_nodes()
+        warm_up(self.nodes)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        import ray
+
+        self._runner.__exit__(*exc_info)
+        ray.shutdown()  # this driver only; the cluster stays
+
+    def on_cuda(self) -> bool:
+        """`cuda`, or `auto` on a cluster with a GPU somewhere."""
+        if self.device == "auto":
+            return any(node.get("Resources", {}).get("GPU", 0) > 0 for node in self.nodes)
+        return self.device == "cuda"
+
+    def request_for(self, step) -> dict[str, float]:
+        """The step's Ray resources; Infeasible when no node of the cluster has them."""
+        dist = self.config.training.distributed
+        request = step_request(step, dist.nproc_per_node, self.on_cuda(), across_nodes=dist.uses_ray_train)
+        problem = infeasible(step.name, request, self.nodes)
+        if problem:
+            raise Infeasible(problem)
+        return request
+
+    def submit(self, task, step, parameters: dict):
+        """The step's task, placed by Ray on a node with its resources; Infeasible when no node has them."""
+        from prefect_ray.context import remote_options
+
+        request = self.request_for(step)
+        with remote_options(**remote_options_of(request)):
+            future = self._runner.submit(task, parameters)
+        self.submitted.append(future)
+        return future
+
+    def stop(self) -> None:
+        """Interrupted: KeyboardInterrupt in every running step task (it ends its MLflow run KILLED; the next run
+        resumes it from its latest.pt)."""
+        import ray
+
+        for future in self.submitted:
+            ray.cancel(future.wrapped_future)
+
+
+def preflight(config) -> None:
+    """Before a run starts (fluxflow-train): the cluster answers and every step fits one of its nodes; raises
+    ClusterUnreachable or Infeasible with the line to print. The connection stays for the flow's RaySteps."""
+    steps = RaySteps(config)
+    connect(steps.address)
+    steps.nodes = live_nodes()
+    for step in config.resolved_steps():
+        steps.request_for(step)
+
+
+class LocalSteps:
+    """The flow's step submitter of the local path: the flow's own task runner (threads in this process)."""
+
+    def __init__(self, config):
+        pass
+
+    def __enter__(self) -> LocalSteps:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+    def submit(self, task, step, parameters: dict):
+        return task.submit(**parameters)
+
+    def stop(self) -> None:
+        pass  # the task threads see the stop request (fluxflow/runtime/stop_request.py)
+
+
+def step_submitter(config):
+    """RaySteps or LocalSteps, as `training.executor.kind` says."""
+    return (RaySteps if config.training.executor.kind == "ray" else LocalSteps)(config)
+
+
+def warm_up(nodes: list[dict]) -> None:
+    """On every node, a task that takes no resources and imports what a step task imports (Prefect, MLflow, torch,
+    the training core), started now and not waited for. Ray reuses that worker process for this driver's step tasks
+    on the node, so a branch's first step there does not pay these imports (20-30 s on a busy 2-core machine) while it
+    holds the node's resources and its sibling trains elsewhere."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0)(import_step_modules)
+    for node in nodes:
+        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)).remote()
+
+
+def import_step_modules() -> None:
+    import flows.step_task  # noqa: F401  (Prefect, MLflow)
+    import fluxflow.train.step_run  # noqa: F401  (torch, the models)
+
+
+def use_assigned_cpus() -> int:
+    """Inside a Ray task: torch's threads = the CPUs Ray assigned it (at least 1). Ray sets OMP_NUM_THREADS per
+    task, but torch fixes its thread count when first used, and the worker may have imported it for another task
+    (warm_up's, which holds no CPU)."""
+    import math
+
+    import ray
+    import torch
+
+    threads = max(1, math.floor(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def current_node() -> StepNode:
+    """Inside a Ray task: the node it runs on."""
+    import ray
+
+    return StepNode(node_id=ray.get_runtime_context().get_node_id(), hostname=socket.gethostname())

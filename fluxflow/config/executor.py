@@ -1,0 +1,83 @@
+"""Where a pipeline's steps run (`training.executor`) and what each step asks of the machine (`resources:`).
+
+`local` (the default): every step is a task of the flow's own process, on its host; GPUs are claimed with host-local
+locks (fluxflow/runtime/gpu_claim.py) and a Prefect tag limit. `ray`: every step is a Ray task on a Ray cluster
+(flows/ray_steps.py), submitted with its step's resources, so that Ray's resource accounting decides where and when it
+runs. `resources:` may be set in `training.pipeline.defaults` and on each step (deep-merged like every step field); the
+local executor ignores it. No Ray import here: the config is validated without it.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from fluxflow.config.errors import ConfigIssue, format_path
+from fluxflow.config.optim import StrictModel
+
+# Names Ray keeps for its own accounting: asked for through the fields of StepResources instead.
+RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+          "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_bytes(value: int | str) -> int:
+    """`4GB`, `512MiB`, `1e9` or a number of bytes, as bytes."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as 4GB, 512MiB or a number of bytes")
+    if isinstance(value, (int, float)):
+        return int(value)
+    match = _SIZE.match(str(value))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"{value!r} is not a size: write e.g. 4GB, 512MiB or a number of bytes")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+class StepResources(StrictModel):
+    """What one step asks of a Ray node. None: gpus = the step's processes when it trains on CUDA, else 0; cpus = 1;
+    memory = no reservation. `custom`: Ray custom resources a node offers (`ray start --resources`), e.g.
+    `{accelerator_type:H100: 1}` or a node label `{node_a: 1}`."""
+
+    gpus: float | None = Field(None, ge=0)
+    cpus: float | None = Field(None, ge=0)
+    memory: int | None = Field(None, ge=0, description="bytes; 4GB, 512MiB in the file")
+    custom: dict[str, float] = Field(default_factory=dict)
+
+    _memory = field_validator("memory", mode="before")(lambda value: None if value is None else parse_bytes(value))
+
+
+class ExecutorConfig(StrictModel):
+    """`training.executor`. `address`: the Ray cluster (`host:port` of its head, `ray://host:10001`, or `auto`: the
+    cluster `ray start` started on this machine); None: RAY_ADDRESS, else `auto`."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = Field(None, min_length=1)
+
+    def ray_address(self) -> str:
+        return self.address or os.environ.get("RAY_ADDRESS") or "auto"
+
+
+def resources_issues(config) -> list[ConfigIssue]:
+    """What Ray would refuse at submission, said at load: fractional GPUs above 1 and custom resources that are
+    negative or named like Ray's own (which the fields set)."""
+    issues = []
+    pipe = config.training.pipeline
+    places = [(("training", "pipeline", "defaults", "resources"), pipe.defaults.resources)]
+    places += [(("training", "pipeline", "steps", i, "resources"), s.resources) for i, s in enumerate(pipe.steps)]
+    for loc, resources in places:
+        if resources is None:
+            continue
+        if resources.gpus is not None and resources.gpus > 1 and resources.gpus != int(resources.gpus):
+            issues.append(ConfigIssue(format_path(loc + ("gpus",)), f"{resources.gpus:g}: Ray shares a GPU only "
+                                      "below 1; above that ask for a whole number"))
+        for name, amount in resources.custom.items():
+            if name in RESERVED_RESOURCES:
+                field = {"CPU": "cpus", "GPU": "gpus"}.get(name, "memory")
+                issues.append(ConfigIssue(format_path(loc + ("custom", name)), f"is Ray's own resource: set "
+                                          f"resources.{field} instead"))
+            elif amount <= 0:
+                issues.append(ConfigIssue(format_path(loc + ("custom", name)), f"{amount:g}: must be above 0"))
+    return issues

@@ -1,0 +1,77 @@
+"""A file on an object store, read through a local copy whose sha256 is checked: every remote read goes here.
+
+A checkpoint is read several times (hashed, loaded, its head read on failure): a local copy reads the network once,
+and a later read of the same content (a resumed run, a second `fluxflow-generate`) not at all. The expected hash is
+the caller's (a CheckpointRef's) or the object's sidecar record (fluxflow/storage/mirror.py); a file with neither
+(uploaded by hand, e.g. a `model_checkpoint`) is downloaded afresh every time and loaded as it is.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from contextlib import suppress
+from pathlib import Path
+
+from fluxflow.storage.location import StorageError, cache_home
+from fluxflow.storage.mirror import SIDECAR, sha256_of
+from fluxflow.storage.store_errors import describe_store_error
+
+
+class TornObjectError(ValueError):
+    """The downloaded bytes do not have the sha256 they should."""
+
+
+def fetch_verified(uri: str, expected_sha256: str | None = None) -> Path:
+    """A local copy of the remote file `uri`, checked against `expected_sha256` (else its sidecar record)."""
+    import fsspec
+
+    fs, key = fsspec.core.url_to_fs(uri, use_listings_cache=False)
+    try:
+        expected = expected_sha256 or _recorded(fs, key)
+        name = key.rsplit("/", 1)[-1]
+        if expected:
+            folder = cache_home() / "remote" / expected[:2] / expected
+            cached = folder / name
+            if cached.exists() and sha256_of(cached) == expected:
+                return cached
+        else:
+            folder = cache_home() / "remote" / "unrecorded" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        try:
+            fs.get_file(key, tmp)
+            if expected:
+                actual = sha256_of(Path(tmp))
+                if actual != expected:
+                    raise TornObjectError(f"{uri} has sha256 {actual[:16]}…, expected {expected[:16]}…: a torn or "
+                                          "unfinished upload, or the object changed after it was referenced")
+            os.replace(tmp, folder / name)
+        finally:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+    except (FileNotFoundError, TornObjectError):
+        raise
+    except Exception as exc:
+        line = describe_store_error(uri, exc)
+        if line:
+            raise StorageError(line) from None
+        raise
+    return folder / name
+
+
+def _recorded(fs, key: str) -> str | None:
+    try:
+        return fs.cat_file(key + SIDECAR).decode().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def local_copy(path: str, expected_sha256: str | None = None) -> Path:
+    """`path` itself when it is local, else its verified local copy (for callers that need a file: MLflow's
+    artifacts of a registered model)."""
+    from fluxflow.storage.location import local_path, remote_uri
+
+    uri = remote_uri(path)
+    return fetch_verified(uri, expected_sha256) if uri is not None else local_path(path)

@@ -1,0 +1,19 @@
+"""An object store's failures as one line that says what to do, not botocore's traceback."""
+from __future__ import annotations
+
+
+def describe_store_error(uri: str, exc: BaseException) -> str | None:
+    """One line for the failures a user must fix (no bucket, no credentials, access denied); None for the others
+    (a network error a retry may fix)."""
+    name = type(exc).__name__
+    text = str(exc)
+    bucket = uri.split("://", 1)[-1].split("/")[0]
+    if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError") or \
+            "Unable to locate credentials" in text:
+        return (f"{uri}: no credentials for the object store ({text}); set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or the equivalent of the store")
+    if isinstance(exc, FileNotFoundError) and ("bucket does not exist" in text.lower() or "NoSuchBucket" in text):
+        return f"{uri}: the bucket {bucket!r} does not exist ({text}); create it or correct the URI"
+    if isinstance(exc, PermissionError):
+        return f"{uri}: access denied by the object store ({text}); check the credentials and the bucket's policy"
+    return None

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# `make ray-cluster`: a Ray cluster of two nodes on this machine, for trying the Ray executor without a real cluster.
+#
+#   bash scripts/ray_cluster.sh          # head (node_a) + worker node (node_b), in the background
+#   bash scripts/ray_cluster.sh stop     # stops both (only these two: never `ray stop`, which stops every Ray here)
+#
+# Each node is a `ray start --block` started detached by start_service (scripts/_service.sh), with its own resources:
+# FLUXFLOW_RAY_CPUS CPUs each (default 1, so that two steps at once must take one node each), FLUXFLOW_RAY_GPUS GPUs
+# each (default 0), and the custom resource `node_a` or `node_b` (a step can ask for one: resources: {custom:
+# {node_b: 1}}). Ray's workers put themselves in process groups of their own but stay in their node's session, so
+# `stop` signals every process of the two sessions. The Ray dashboard: http://127.0.0.1:$FLUXFLOW_RAY_DASHBOARD_PORT.
+#
+# Environment (all optional, besides those of _service.sh):
+#   FLUXFLOW_RAY_PORT            the head's port (GCS), what training.executor.address names  (default: 6379)
+#   FLUXFLOW_RAY_DASHBOARD_PORT  the dashboard, on 127.0.0.1                                   (default: 8265)
+#   FLUXFLOW_RAY_CPUS / _GPUS    per node                                                      (default: 1 / 0)
+#   FLUXFLOW_RAY_OBJECT_STORE    bytes of object store per node (steps pass only references)   (default: 200 MB)
+set -euo pipefail
+source "$(dirname "$0")/_service.sh"
+cd "$REPO_ROOT"
+
+RAY_PORT="${FLUXFLOW_RAY_PORT:-6379}"
+DASHBOARD_PORT="${FLUXFLOW_RAY_DASHBOARD_PORT:-8265}"
+CPUS="${FLUXFLOW_RAY_CPUS:-1}"
+GPUS="${FLUXFLOW_RAY_GPUS:-0}"
+OBJECT_STORE="${FLUXFLOW_RAY_OBJECT_STORE:-200000000}"
+RAY="$VENV_BIN/ray"
+
+# stop_sessions NAME...: TERM to every process in the session of each named service, KILL after 5 s (gcs_server and
+# the raylet do not always stop on TERM).
+stop_sessions() {
+    local sessions=() pid name
+    for name in "$@"; do
+        [[ -f "$RUN_DIR/$name.pid" ]] && sessions+=("$(cat "$RUN_DIR/$name.pid")")
+        rm -f "$RUN_DIR/$name.pid"
+    done
+    ((${#sessions[@]})) || { echo "no Ray node of this checkout is running"; return 0; }
+    members() { ps -eo pid=,sid= | awk -v list=" ${sessions[*]} " 'index(list, " " $2 " ") {print $1}'; }
+    for signal in TERM KILL; do
+        for pid in $(members); do kill "-$signal" "$pid" 2>/dev/null || true; done
+        for ((i = 0; i < 20 && $(members | wc -l) > 0; i++)); do sleep 0.25; done
+    done
+    echo "stopped the Ray nodes (sessions ${sessions[*]})"
+}
+
+if [[ "${1:-}" == "stop" ]]; then
+    stop_sessions ray-worker ray-head
+    exit 0
+fi
+
+# The step tasks run in the nodes' workers: this checkout importable there, and quiet.
+export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" RAY_USAGE_STATS_ENABLED=0
+COMMON=(--num-cpus="$CPUS" --num-gpus="$GPUS" --object-store-memory="$OBJECT_STORE" --disable-usage-stats --block)
+# A temp dir per node: two nodes sharing one (Ray's default /tmp/ray) each forward every worker's output to the
+# driver, so every line of a step appeared twice. Short paths: Ray's unix sockets live there.
+TEMP="${TMPDIR:-/tmp}/fluxflow-ray-$(id -u)-$RAY_PORT"
+
+# wait_started NAME: until `ray start` says the node runs (it then blocks), failing with the log if it exits.
+wait_started() {
+    local pid; pid="$(cat "$RUN_DIR/$1.pid")"
+    for ((i = 0; i < 480; i++)); do
+        grep -q "Ray runtime started" "$RUN_DIR/$1.log" 2>/dev/null && return 0
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "$1 exited; last lines of $RUN_DIR/$1.log:" >&2
+            tail -n 30 "$RUN_DIR/$1.log" >&2
+            rm -f "$RUN_DIR/$1.pid"
+            return 1
+        fi
+        sleep 0.25
+    done
+    echo "$1 did not start within 120 s (see $RUN_DIR/$1.log)" >&2
+    return 1
+}
+
+start_service ray-head "$RAY" start --head --port="$RAY_PORT" --resources='{"node_a": 1}' \
+    --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" \
+    --temp-dir="$TEMP/head" "${COMMON[@]}"
+wait_started ray-head
+# A second node on the same machine needs a dashboard agent port of its own (the head's agent has the default).
+start_service ray-worker "$RAY" start --address="127.0.0.1:$RAY_PORT" --resources='{"node_b": 1}' \
+    --dashboard-agent-listen-port=$((DASHBOARD_PORT + 1)) --temp-dir="$TEMP/worker" "${COMMON[@]}"
+wait_started ray-worker
+
+echo "Ray cluster: 2 nodes (node_a, node_b; $CPUS CPU, $GPUS GPU each) at 127.0.0.1:$RAY_PORT"
+echo "Ray dashboard: http://127.0.0.1:$DASHBOARD_PORT"
+echo "run on it:     RAY_ADDRESS=127.0.0.1:$RAY_PORT fluxflow-train --config X.yaml --set training.executor.kind=ray"
+echo "stop it with:  bash scripts/ray_cluster.sh stop"

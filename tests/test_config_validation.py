@@ -155,8 +155,8 @@ CASES = {
                            "training.distributed.nproc_per_node", "greater than or equal to 1"),
     "nodes at least one": (cfg(vae(), training={"distributed": {"nodes": 0}}), "training.distributed.nodes",
                            "greater than or equal to 1"),
-    "batch split over the processes": (cfg(vae(batch_size=6), training={
-                                           "distributed": {"nodes": 2, "nproc_per_node": 2}, "executor": {"kind": "ray"}}),
+    "batch split over the processes": (cfg(vae(batch_size=6), training={"executor": {"kind": "ray"},
+                                                                         "distributed": {"nodes": 2, "nproc_per_node": 2}}),
                                        f"{S}[0].batch_size", "not divisible by the step's 4 processes"),
     "missing starting checkpoint": (cfg(vae(), model_checkpoint="nowhere/start.pt"), "model_checkpoint",
                                     "file not found"),

@@ -13,8 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 
-from fluxflow.checkpoints.ref import StepNode
-from fluxflow.runtime.errors import NonRetryable
+from fluxflow.errors import NonRetryable
 
 NAMESPACE = "fluxflow"
 PROBE_TIMEOUT_S = 5.0  # ray.init on an address nobody listens at retries for minutes; a TCP probe answers first
@@ -218,24 +217,3 @@ def warm_up(nodes: list[dict]) -> None:
 def import_step_modules() -> None:
     import flows.step_task  # noqa: F401  (Prefect, MLflow)
     import fluxflow.train.step_run  # noqa: F401  (torch, the models)
-
-
-def use_assigned_cpus() -> int:
-    """Inside a Ray task: torch's threads = the CPUs Ray assigned it (at least 1). Ray sets OMP_NUM_THREADS per
-    task, but torch fixes its thread count when first used, and the worker may have imported it for another task
-    (warm_up's, which holds no CPU)."""
-    import math
-
-    import ray
-    import torch
-
-    threads = max(1, math.floor(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-    torch.set_num_threads(threads)
-    return threads
-
-
-def current_node() -> StepNode:
-    """Inside a Ray task: the node it runs on."""
-    import ray
-
-    return StepNode(node_id=ray.get_runtime_context().get_node_id(), hostname=socket.gethostname())

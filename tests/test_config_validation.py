@@ -45,6 +45,7 @@ def threshold(**fields) -> dict:
 S = "training.pipeline.steps"
 ONLY = {"train_vae": None}  # a step with no mode of its own
 
+FOUR_PROCESSES_ON_RAY = {"executor": {"kind": "ray"}, "distributed": {"nodes": 2, "nproc_per_node": 2}}
 CASES = {
     "name required": (cfg(vae(name=None)), f"{S}[0].name", "required"),
     "n_epochs required": (cfg(vae(n_epochs=None)), f"{S}[0].n_epochs", "required"),
@@ -155,8 +156,7 @@ CASES = {
                            "training.distributed.nproc_per_node", "greater than or equal to 1"),
     "nodes at least one": (cfg(vae(), training={"distributed": {"nodes": 0}}), "training.distributed.nodes",
                            "greater than or equal to 1"),
-    "batch split over the processes": (cfg(vae(batch_size=6), training={"executor": {"kind": "ray"},
-                                                                         "distributed": {"nodes": 2, "nproc_per_node": 2}}),
+    "batch split over the processes": (cfg(vae(batch_size=6), training=FOUR_PROCESSES_ON_RAY),
                                        f"{S}[0].batch_size", "not divisible by the step's 4 processes"),
     "missing starting checkpoint": (cfg(vae(), model_checkpoint="nowhere/start.pt"), "model_checkpoint",
                                     "file not found"),

@@ -51,7 +51,9 @@ def train_worker(loop_config: dict) -> dict | None:
         torch.cuda.set_device(gpu)
         os.environ["LOCAL_RANK"] = str(gpu.index)
     rank_entry = importlib.import_module(loop_config["entry"])
-    return rank_entry.run_rank(loop_config["config"], loop_config["step"], loop_config["parent"])
+    outcome = rank_entry.run_rank(loop_config["config"], loop_config["step"], loop_config["parent"])
+    rank_entry.leave_together()  # then Ray Train ends the process group
+    return outcome
 
 
 def _wants_gpu(config, ray) -> bool:

@@ -19,13 +19,17 @@ from fluxflow.train.step_run import run_step
 
 def run_rank(config: dict, step_name: str, parent: dict | None) -> dict | None:
     """Train this rank's share of the step from the resolved config (`run_dict`) and the parent reference, as JSON.
-    Returns the `StepOutcome` as a dict on rank 0, None on the others; the ranks leave together (a barrier)."""
+    Returns the `StepOutcome` as a dict on rank 0, None on the others."""
     outcome = run_step(run_config_of(config), step_name, CheckpointRef.from_dict(parent) if parent else None)
+    return outcome.to_dict() if distributed.is_main() else None
+
+
+def leave_together() -> None:
+    """A barrier before the process group goes: a rank that tears it down while another still uses it aborts."""
     if distributed.active():
         import torch.distributed as dist
 
         dist.barrier()
-    return outcome.to_dict() if distributed.is_main() else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if outcome is not None:
         with open(args.result, "w") as f:
             json.dump(outcome, f)
+    leave_together()
     if distributed.active():  # torchrun's process group is ours to end (Ray Train ends its own)
         import torch.distributed as dist
 

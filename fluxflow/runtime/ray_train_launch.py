@@ -23,11 +23,11 @@ import importlib
 import os
 import time
 import uuid
-from pathlib import Path
 
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome
 from fluxflow.config.run_config import run_dict
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
+from fluxflow.storage.location import local_path, remote_uri
 
 POLL_S = 0.2  # how often the waiting driver looks for a stop request
 # Ray Train sends a worker's print() to its logger and, where stdout is redirected (a Ray worker's is), to stdout as
@@ -96,9 +96,12 @@ def run_step_on_ray(config, step_name: str, parent: CheckpointRef | None, nproc:
     _connect(ray, address, step_name)
     use_gpu = _wants_gpu(config, ray)
     check_capacity(ray.cluster_resources(), nproc, use_gpu, step_name)
-    output = Path(config.output.output_path).resolve()
-    # The workers may run where the driver's relative paths mean nothing: send an absolute output directory.
-    config = config.model_copy(update={"output": config.output.model_copy(update={"output_path": str(output)})})
+    store = remote_uri(config.output.output_path)
+    if store is None:  # the workers may run where the driver's relative paths mean nothing: an absolute path
+        output = str(local_path(config.output.output_path).resolve())
+        config = config.model_copy(update={"output": config.output.model_copy(update={"output_path": output})})
+    else:  # an object store every node reaches (fluxflow/storage): Ray Train's records go there too
+        output = store
     loop_config = {"config": run_dict(config), "step": step_name, "entry": entry,
                    "parent": parent.to_dict() if parent else None, "use_gpu": use_gpu, "cwd": os.getcwd()}
     trainer = TorchTrainer(
@@ -106,7 +109,7 @@ def run_step_on_ray(config, step_name: str, parent: CheckpointRef | None, nproc:
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=nproc, use_gpu=use_gpu),
-        run_config=RunConfig(name=f"{step_name}-{uuid.uuid4().hex[:8]}", storage_path=str(output / "ray_train"),
+        run_config=RunConfig(name=f"{step_name}-{uuid.uuid4().hex[:8]}", storage_path=f"{output}/ray_train",
                              failure_config=FailureConfig(max_failures=config.training.pipeline.retries),
                              worker_runtime_env={"env_vars": WORKER_ENV}),
     )

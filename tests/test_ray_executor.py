@@ -202,7 +202,7 @@ def test_in_the_flow_a_request_no_node_meets_fails_before_submission(cluster, tm
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # this process joins the test cluster as a driver
 
     config = load_config(pipeline(tmp_path, cluster.address, [{"gpus": 2}])).config
-    with RaySteps(config, None) as steps:
+    with RaySteps(config) as steps:
         assert len(steps.nodes) == 2
         with pytest.raises(Infeasible, match="step left asks Ray for 2 GPU, 1 CPU: no node offers GPU"):
             steps.submit(None, config.step("left"), {})

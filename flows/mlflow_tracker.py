@@ -21,11 +21,11 @@ from flows import env  # noqa: F401  (must precede mlflow)
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from flows import kill_points
 from flows.mlflow_names import TAG_WARNING
 from flows.mlflow_step_run import StepRunRecorder
 from flows.tracking_queue import TRACKING, TrackingQueue
 from fluxflow.output_layout import metrics_file
+from fluxflow.runtime import kill_points
 from fluxflow.storage.location import local_root
 from fluxflow.train.tracking import Progress
 

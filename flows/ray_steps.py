@@ -65,12 +65,14 @@ def live_nodes() -> list[dict]:
     return [node for node in ray.nodes() if node.get("Alive")]
 
 
-def step_request(step, nproc: int, on_cuda: bool) -> dict[str, float]:
+def step_request(step, nproc: int, on_cuda: bool, across_nodes: bool = False) -> dict[str, float]:
     """The Ray resources a step asks for: its `resources:`, with GPUs defaulting to its processes on CUDA (0 on
-    CPU) and CPUs to 1. Zero amounts are left out."""
+    CPU) and CPUs to 1. A step across nodes (`across_nodes`: Ray Train, fluxflow/runtime/ray_train_launch.py) only
+    waits for its Train workers, which hold their own CPUs and GPUs: its task asks for none by default. Zero amounts
+    are left out."""
     asked = step.resources
-    request = {"CPU": 1.0 if asked.cpus is None else asked.cpus,
-               "GPU": float(nproc if on_cuda else 0) if asked.gpus is None else asked.gpus,
+    request = {"CPU": (0.0 if across_nodes else 1.0) if asked.cpus is None else asked.cpus,
+               "GPU": float(nproc if on_cuda and not across_nodes else 0) if asked.gpus is None else asked.gpus,
                "memory": float(asked.memory or 0), **asked.custom}
     return {name: amount for name, amount in request.items() if amount}
 
@@ -139,7 +141,8 @@ class RaySteps:
 
     def request_for(self, step) -> dict[str, float]:
         """The step's Ray resources; Infeasible when no node of the cluster has them."""
-        request = step_request(step, self.config.training.distributed.nproc_per_node, self.on_cuda())
+        dist = self.config.training.distributed
+        request = step_request(step, dist.nproc_per_node, self.on_cuda(), across_nodes=dist.uses_ray_train)
         problem = infeasible(step.name, request, self.nodes)
         if problem:
             raise Infeasible(problem)

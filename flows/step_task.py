@@ -70,12 +70,13 @@ def make_tracker(config: PipelineConfig, target: TrackingTarget, node: StepNode 
     return MultiTracker([console, mlflow_tracker, *([prefect_log] if prefect_log else [])]), mlflow_tracker
 
 
-def run_step_on_ranks(config, step_name: str, parent, nproc: int, mlflow_tracker):
-    """`nproc` torchrun ranks in a child process group (killed whatever happens here); MLflow gets rank 0's files
-    once the step is done, since the ranks cannot reach this process's tracker."""
-    from fluxflow.runtime.launch import run_step_distributed
+def run_step_on_ranks(config, step_name: str, parent, mlflow_tracker):
+    """The step's ranks (torchrun on one node, Ray Train across nodes: fluxflow/runtime/launch.py), stopped whatever
+    happens here; MLflow gets rank 0's files once the step is done, since the ranks cannot reach this process's
+    tracker."""
+    from fluxflow.runtime.launch import run_step_on_processes
 
-    ref, result = run_step_distributed(config, step_name, parent, nproc)
+    ref, result = run_step_on_processes(config, step_name, parent)
     if result.trained:
         mlflow_tracker.record_from_files(config.step(step_name), ref.step_key, ref, result)
     return ref, result
@@ -103,12 +104,11 @@ def run_step_task(
         print(f"Step {step_name} runs on {node}", flush=True)
         together.meet(step_name)  # test-only: branches that must be running at the same time
     tracker, mlflow_tracker = make_tracker(config, target, node)
-    nproc = config.training.distributed.nproc_per_node
     try:
-        # A step of several processes (torchrun) on one node; on Ray, its node holds that many GPUs for it. A step
-        # across nodes (Ray Train) would dispatch here too.
-        if nproc > 1:
-            ref, result = run_step_on_ranks(config, step_name, parent, nproc, mlflow_tracker)
+        # A step of several processes: torchrun on one node (on Ray, its node holds that many GPUs for it), Ray Train
+        # across nodes (fluxflow/runtime/launch.py run_step_on_processes).
+        if config.training.distributed.processes > 1:
+            ref, result = run_step_on_ranks(config, step_name, parent, mlflow_tracker)
         else:
             ref, result = run_step(config, step_name, parent, tracker=tracker)
     except KeyboardInterrupt:  # stopped on request (or Ctrl-C): resumable, not a failure of the step

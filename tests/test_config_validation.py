@@ -45,6 +45,7 @@ def threshold(**fields) -> dict:
 S = "training.pipeline.steps"
 ONLY = {"train_vae": None}  # a step with no mode of its own
 
+FOUR_PROCESSES_ON_RAY = {"executor": {"kind": "ray"}, "distributed": {"nodes": 2, "nproc_per_node": 2}}
 CASES = {
     "name required": (cfg(vae(name=None)), f"{S}[0].name", "required"),
     "n_epochs required": (cfg(vae(n_epochs=None)), f"{S}[0].n_epochs", "required"),
@@ -153,6 +154,10 @@ CASES = {
     "device values": (cfg(vae(), training={"device": "gpu"}), "training.device", "'auto', 'cpu' or 'cuda'"),
     "nproc at least one": (cfg(vae(), training={"distributed": {"nproc_per_node": 0}}),
                            "training.distributed.nproc_per_node", "greater than or equal to 1"),
+    "nodes at least one": (cfg(vae(), training={"distributed": {"nodes": 0}}), "training.distributed.nodes",
+                           "greater than or equal to 1"),
+    "batch split over the processes": (cfg(vae(batch_size=6), training=FOUR_PROCESSES_ON_RAY),
+                                       f"{S}[0].batch_size", "not divisible by the step's 4 processes"),
     "missing starting checkpoint": (cfg(vae(), model_checkpoint="nowhere/start.pt"), "model_checkpoint",
                                     "file not found"),
     "step-only key in defaults": (cfg(vae(), pipeline={"defaults": {"after": "a"}}), "training.pipeline.defaults.after",
@@ -274,3 +279,20 @@ def test_an_object_store_output_path_is_accepted_and_a_bad_uri_is_refused_by_nam
         assert why in problems(tmp_path, cfg(vae(), output={"output_path": uri}))["output.output_path"]
     found = problems(tmp_path, cfg(vae(), output={"output_path": "s3://b/run", "cache_dir": "s3://b/cache"}))
     assert "must be a local or mounted directory" in found["output.cache_dir"]
+
+
+def test_a_multi_node_config_without_ray_names_the_field(tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
+    ray_train = {"distributed": {"nodes": 2}, "executor": {"kind": "ray"}}
+    found = problems(tmp_path, cfg(vae(), training=ray_train))
+    assert "Ray Train, which is not installed" in found["training.distributed.nodes"]
+    monkeypatch.undo()
+    load_config(yaml.safe_load(cfg(vae(), training=ray_train)))  # with Ray: valid
+
+
+def test_a_multi_node_config_needs_the_ray_executor(tmp_path):
+    found = problems(tmp_path, cfg(vae(), training={"distributed": {"nodes": 2}}))
+    assert "needs training.executor.kind: ray" in found["training.distributed.nodes"]

@@ -140,3 +140,16 @@ def test_validation_loads_neither_torch_prefect_nor_mlflow(code):
                           cwd=REPO, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.slow  # a torch import in a fresh interpreter: ~5 s
+def test_the_local_path_and_validating_a_multi_node_config_never_import_ray():
+    """Ray is imported only by a step that trains across nodes (fluxflow/runtime/ray_train_launch.py)."""
+    code = ("import sys\nimport fluxflow.train.pipeline, fluxflow.runtime.launch, fluxflow.train.distributed_step\n"
+            "from fluxflow.config import load_config\n"
+            "load_config({'training': {'distributed': {'nodes': 2}, 'executor': {'kind': 'ray'}, 'pipeline': {'steps': "
+            "[{'name': 'a', 'n_epochs': 1, 'train_vae': True}]}}})\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -3,7 +3,7 @@ run per step, closed FINISHED, and no metric point twice for the same key and st
 
 The children run on the session's Prefect test API and an MLflow sqlite store of the test. Kills land before the
 step's first mid-step checkpoint, after it (the resumed step trains and reports again the batches since), and — at a
-test-only kill point (flows/kill_points.py) — after the step's `ref.json`, before its MLflow run was closed.
+test-only kill point (fluxflow/runtime/kill_points.py) — after the step's `ref.json`, before its MLflow run was closed.
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from fluxflow.config.errors import ConfigError, ConfigIssue, did_you_mean, forma
 from fluxflow.config.executor import resources_issues
 from fluxflow.config.legacy import apply_legacy
 from fluxflow.config.overrides import apply_overrides
+from fluxflow.config.processes import process_issues
 from fluxflow.config.promotion import promotion_issues
 from fluxflow.config.replicates import replicate_issues
 from fluxflow.config.schema import (SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,
@@ -95,7 +96,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
     if config is not None and not issues:  # cross-section rules need the whole config, and valid steps
         issues += replicate_issues(config.written_steps(), config.training.replicates)
     if config is not None and not issues:
-        issues += promotion_issues(config) + resources_issues(config)
+        issues += promotion_issues(config) + resources_issues(config) + process_issues(config)
     if issues:
         raise ConfigError(_dedupe(issues), label)
     return LoadedConfig(config=config, warnings=warnings, source=path)

@@ -140,7 +140,22 @@ def implicit_datasets(datasets: dict[str, DatasetConfig],
 
 
 class DistributedConfig(StrictModel):
-    nproc_per_node: int = Field(1, ge=1, description="processes (GPUs) per step; > 1 runs the step under torchrun")
+    """A step's processes: `nodes` × `nproc_per_node`. On one node (nodes 1) more than one process runs under
+    torchrun (fluxflow/runtime/launch.py); across nodes the step trains through Ray Train
+    (fluxflow/runtime/ray_train_launch.py). Either way every process runs the same per-rank step runner."""
+
+    nproc_per_node: int = Field(1, ge=1, description="processes (GPUs) per node of a step; > 1 on one node runs "
+                                                     "the step under torchrun")
+    nodes: int = Field(1, ge=1, description="nodes a step spans; > 1 trains it through Ray Train's TorchTrainer "
+                                            "with nodes × nproc_per_node workers (needs Ray)")
+
+    @property
+    def processes(self) -> int:
+        return self.nodes * self.nproc_per_node
+
+    @property
+    def uses_ray_train(self) -> bool:
+        return self.nodes > 1
 
 
 class TrainingConfig(StrictModel):

@@ -48,8 +48,11 @@ def format_summary(config: PipelineConfig) -> str:
     release = describe_release(config)
     if release:
         lines.append(f"  Registered model: {release}")
-    if config.training.distributed.nproc_per_node > 1:
-        lines.append(f"  Processes per step: {config.training.distributed.nproc_per_node} (torchrun)")
+    dist = config.training.distributed
+    if dist.uses_ray_train:
+        lines.append(f"  Processes per step: {dist.processes} ({dist.nodes} nodes × {dist.nproc_per_node}, Ray Train)")
+    elif dist.processes > 1:
+        lines.append(f"  Processes per step: {dist.processes} (torchrun)")
     if config.training.executor.kind == "ray":
         lines.append(f"  Executor: Ray cluster at {config.training.executor.ray_address()} (each step a Ray task with "
                      "its resources)")

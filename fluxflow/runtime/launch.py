@@ -1,6 +1,7 @@
-"""Run one step under `torchrun --nproc_per_node=N` in a child process group, and read back its outcome.
+"""Run one step on several processes: `run_step_on_processes`, the one call of the bare pipeline and the Prefect task.
 
-Used when `training.distributed.nproc_per_node > 1`, by the bare pipeline and by the Prefect task alike. The child
+On one node (`training.distributed.nodes` 1) the step runs under `torchrun --nproc_per_node=N` in a child process
+group (`run_step_distributed`, below); across nodes through Ray Train (fluxflow/runtime/ray_train_launch.py). The child
 is started in a new session so that, whatever happens to the caller (task timeout, Ctrl-C, an exception), the whole
 process group — torchrun and every rank — is killed in `finally`.
 """
@@ -20,6 +21,8 @@ from fluxflow.config.run_config import run_dict
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
 
 POLL_S = 0.2  # how often the waiting task looks for a stop request
+# Every rank's code, named, not imported (processes sit under training): `main` under torchrun, `run_rank` under Ray.
+RANK_ENTRY = "fluxflow.train.distributed_step"
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -61,7 +64,7 @@ def run_step_distributed(config, step_name: str, parent: CheckpointRef | None, n
         (tmp / "config.json").write_text(json.dumps(run_dict(config)))
         (tmp / "parent.json").write_text(json.dumps(parent.to_dict() if parent else None))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "fluxflow.train.distributed_step", "--config", str(tmp / "config.json"), "--step", step_name,
+               "-m", RANK_ENTRY, "--config", str(tmp / "config.json"), "--step", step_name,
                "--parent", str(tmp / "parent.json"), "--result", str(tmp / "result.json")]
         proc = subprocess.Popen(cmd, start_new_session=True)
         try:
@@ -71,3 +74,16 @@ def run_step_distributed(config, step_name: str, parent: CheckpointRef | None, n
         if rc != 0:
             raise RuntimeError(f"step {step_name}: torchrun with {nproc} processes exited with code {rc}")
         return StepOutcome.from_dict(json.loads((tmp / "result.json").read_text()))
+
+
+def run_step_on_processes(config, step_name: str, parent: CheckpointRef | None,
+                          timeout: float | None = None) -> StepOutcome:
+    """The step on its `training.distributed.processes` (nodes × nproc_per_node, more than one): torchrun on one
+    node, Ray Train's TorchTrainer across nodes; every process runs `RANK_ENTRY`."""
+    dist = config.training.distributed
+    if dist.uses_ray_train:
+        from fluxflow.runtime.ray_train_launch import run_step_on_ray  # Ray only where a step asks for it
+
+        return run_step_on_ray(config, step_name, parent, dist.processes, entry=RANK_ENTRY, timeout=timeout,
+                               address=config.training.executor.ray_address())
+    return run_step_distributed(config, step_name, parent, dist.nproc_per_node, timeout=timeout)

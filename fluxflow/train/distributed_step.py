@@ -1,6 +1,9 @@
-"""Entry point of each torchrun rank: `python -m torch.distributed.run ... -m fluxflow.train.distributed_step`.
+"""One rank of a step on several processes: `run_rank`, whatever started the process.
 
-Every rank runs the same `run_step`; rank 0 alone writes checkpoints, samples, the metrics file and the result.
+Under torchrun each rank is `python -m torch.distributed.run ... -m fluxflow.train.distributed_step` (`main`); under
+Ray Train each rank is a Ray Train worker calling `run_rank` (fluxflow/runtime/ray_train_launch.py). Both launchers
+(fluxflow/runtime/launch.py) name this module, never import it: processes sit under training. Every rank runs the same
+`run_step`; rank 0 alone writes checkpoints, samples, the metrics file and the result.
 """
 from __future__ import annotations
 
@@ -14,6 +17,21 @@ from fluxflow.config.run_config import run_config_of
 from fluxflow.train.step_run import run_step
 
 
+def run_rank(config: dict, step_name: str, parent: dict | None) -> dict | None:
+    """Train this rank's share of the step from the resolved config (`run_dict`) and the parent reference, as JSON.
+    Returns the `StepOutcome` as a dict on rank 0, None on the others."""
+    outcome = run_step(run_config_of(config), step_name, CheckpointRef.from_dict(parent) if parent else None)
+    return outcome.to_dict() if distributed.is_main() else None
+
+
+def leave_together() -> None:
+    """A barrier before the process group goes: a rank that tears it down while another still uses it aborts."""
+    if distributed.active():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="One pipeline step on one torchrun rank (internal).")
     parser.add_argument("--config", required=True, help="JSON file with the resolved pipeline config")
@@ -22,17 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", required=True, help="where rank 0 writes the StepOutcome JSON")
     args = parser.parse_args(argv)
     with open(args.config) as f:
-        config = run_config_of(json.load(f))  # resolved by the caller (fluxflow/runtime/launch.py)
+        config = json.load(f)  # resolved by the caller (fluxflow/runtime/launch.py)
     with open(args.parent) as f:
         parent = json.load(f)
-    outcome = run_step(config, args.step, CheckpointRef.from_dict(parent) if parent else None)
-    if distributed.is_main():
+    outcome = run_rank(config, args.step, parent)
+    if outcome is not None:
         with open(args.result, "w") as f:
-            json.dump(outcome.to_dict(), f)
-    if distributed.active():
+            json.dump(outcome, f)
+    leave_together()
+    if distributed.active():  # torchrun's process group is ours to end (Ray Train ends its own)
         import torch.distributed as dist
 
-        dist.barrier()
         dist.destroy_process_group()
     return 0
 

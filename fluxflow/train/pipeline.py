@@ -11,7 +11,7 @@ from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.checkpoints.step_files import plan_step
 from fluxflow.config.dag import execution_order
 from fluxflow.errors import is_retryable
-from fluxflow.runtime.launch import run_step_distributed
+from fluxflow.runtime.launch import run_step_on_processes
 from fluxflow.storage.store_lock import output_lock
 from fluxflow.train.pipeline_schedule import PipelineSchedule
 from fluxflow.train.step_run import run_step
@@ -62,7 +62,6 @@ def run_pipeline(config, tracker=None) -> list[StepOutcome]:
 
 
 def _run_one(config, step_name: str, parent, tracker) -> StepOutcome:
-    nproc = config.training.distributed.nproc_per_node
-    if nproc > 1:
-        return run_step_distributed(config, step_name, parent, nproc)
+    if config.training.distributed.processes > 1:
+        return run_step_on_processes(config, step_name, parent)
     return run_step(config, step_name, parent, tracker=tracker)

@@ -31,7 +31,7 @@ from fluxflow.checkpoints.step_files import StepFiles, plan_step
 from fluxflow.checkpoints.step_state import StepState
 from fluxflow.config.modes import has_flow_mode
 from fluxflow.data import make_loader
-from fluxflow.runtime import distributed
+from fluxflow.runtime import distributed, kill_points
 from fluxflow.runtime.device import resolve_device
 from fluxflow.runtime.gpu_claim import claimed_device
 from fluxflow.storage.location import output_root
@@ -165,7 +165,7 @@ class StepRun:
         self.loader = None  # the training DataLoader, kept across epochs (its workers persist)
         if self.world > 1 and self.step.batch_size % self.world:
             raise ValueError(f"step {self.step.name}: batch_size {self.step.batch_size} is not divisible by "
-                             f"nproc_per_node {self.world}")
+                             f"its {self.world} processes (training.distributed: nodes × nproc_per_node)")
         self.monitor = TransitionMonitor(self.step.transition_on, self.step.n_epochs, device)
         # The pipeline epoch this step began at: its own latest.pt records it, a parent's checkpoint ends at it.
         start_epoch = meta.step_start_epoch if self.resuming else int((state or {}).get("epoch", 0))
@@ -255,6 +255,7 @@ class StepRun:
         """
         pos, n_batches = self.position, self.data.batches_per_epoch
         k, interval = self.step.gradient_accumulation_steps, self.config.output.checkpoint_save_interval
+        kill_points.reached(f"batch{pos.global_step}_rank{distributed.rank()}")  # test-only: a rank dies here
         self.report.add(metrics)
         if pos.batch % self.config.output.log_interval == 0 or pos.batch == n_batches:
             self.report.log_interval()

@@ -83,6 +83,13 @@ class DatasetConfig(StrictModel):
     length: int | None = Field(None, ge=1)
     holdout: int = Field(16, ge=0)
     img_size: int | None = Field(None, ge=8)  # the steps on this dataset train at this size (None: data.img_size)
+    # Composition (fluxflow/data/heldout.py): shapes hold out colour x shape pairs (["blue triangle"] or a count
+    # drawn with holdout_pairs_seed, default: seed) and may drop caption words in training; folder holds out captions
+    # matching globs or `re:` patterns. Evaluation then also scores the unseen split.
+    holdout_pairs: list[str] | int | None = None
+    holdout_pairs_seed: int | None = None
+    caption_dropout: float | None = Field(None, ge=0.0, le=1.0)
+    holdout_captions: list[str] | None = None
 
     @model_validator(mode="after")
     def _shapes_defaults(self) -> "DatasetConfig":
@@ -93,18 +100,20 @@ class DatasetConfig(StrictModel):
 
     @model_serializer(mode="wrap")
     def _omit_unset_img_size(self, handler):
-        """No img_size of its own is left out of dumps, so that the step keys of datasets written before the field
-        existed stay the same (absent = data.img_size, both ways)."""
+        """Unset optional fields are left out of dumps, so that the step keys of datasets written before the fields
+        existed stay the same (absent = data.img_size / nothing held out, both ways)."""
         data = handler(self)
-        if self.img_size is None:
-            data.pop("img_size", None)
+        for key in ("img_size", *COMPOSITION_FIELDS):
+            if getattr(self, key) is None:
+                data.pop(key, None)
         return data
 
 
+COMPOSITION_FIELDS = ("holdout_pairs", "holdout_pairs_seed", "caption_dropout", "holdout_captions")
 # The fields each dataset type takes (besides type, holdout and img_size); also its required ones.
 DATASET_FIELDS: dict[str, tuple[str, ...]] = {
-    "shapes": ("size", "seed"),
-    "folder": ("path", "captions_file"),
+    "shapes": ("size", "seed", "holdout_pairs", "holdout_pairs_seed", "caption_dropout"),
+    "folder": ("path", "captions_file", "holdout_captions"),
     "webdataset": ("urls", "length"),
 }
 DATASET_REQUIRED: dict[str, tuple[str, ...]] = {"shapes": (), "folder": ("path", "captions_file"),

@@ -230,9 +230,30 @@ class ShapesDataset(torch.utils.data.Dataset):
         s = self.scene(index)
         return {"color": s.color, "shape": s.shape, "background": s.background, "position": s.position}
 
+    def variant_images(self, index: int, k: int) -> torch.Tensor:
+        """`k` real images `[k, C, H, W]` with item `index`'s caption (caption_variant): the data's own spread."""
+        s = self.scene(index)
+        return torch.stack([to_tensor(render_scene(caption_variant(s, j), self.img_size), self.channels)
+                            for j in range(k)])
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         s = self.scene(index)
         return to_tensor(render_scene(s, self.img_size), self.channels), self._caption(s, index)
+
+
+def caption_variant(s: Scene, k: int) -> Scene:
+    """Variant `k` of scene `s` with the same caption: fresh size, position jitter and colour jitter within the
+    caption's cell and colours. The real images of one caption, to measure how much they may differ (evaluation's
+    diversity figure)."""
+    rng = random.Random(f"variant:{s.caption}:{k}")
+    cell = POSITIONS.index(s.position)
+    row, col = divmod(cell, 3)
+    size = rng.uniform(*SIZE_RANGE)
+    cx = GRID[col] + rng.uniform(-CENTER_JITTER, CENTER_JITTER)
+    cy = GRID[row] + rng.uniform(-CENTER_JITTER, CENTER_JITTER)
+    fg = tuple(_clip(v + rng.randint(-COLOR_JITTER, COLOR_JITTER)) for v in COLORS[s.color])
+    bg = tuple(_clip(v + rng.randint(-COLOR_JITTER, COLOR_JITTER)) for v in BACKGROUNDS[s.background])
+    return Scene(s.color, s.shape, s.background, s.position, cx, cy, size, fg, bg)
 
 
 def _clip(v: int) -> int:
@@ -240,5 +261,5 @@ def _clip(v: int) -> int:
 
 
 __all__ = ["BACKGROUNDS", "COLORS", "GRID", "POSITIONS", "SHAPES", "Scene", "ShapesDataset", "caption_for",
-           "draw_shape", "dropped_words_caption", "parse_caption", "render_scene", "scene", "shape_attributes", "shape_outline",
+           "caption_variant", "draw_shape", "dropped_words_caption", "parse_caption", "render_scene", "scene", "shape_attributes", "shape_outline",
            "supersampling"]

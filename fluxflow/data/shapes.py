@@ -261,5 +261,5 @@ def _clip(v: int) -> int:
 
 
 __all__ = ["BACKGROUNDS", "COLORS", "GRID", "POSITIONS", "SHAPES", "Scene", "ShapesDataset", "caption_for",
-           "caption_variant", "draw_shape", "dropped_words_caption", "parse_caption", "render_scene", "scene", "shape_attributes", "shape_outline",
-           "supersampling"]
+           "caption_variant", "draw_shape", "dropped_words_caption", "parse_caption", "render_scene", "scene",
+           "shape_attributes", "shape_outline", "supersampling"]

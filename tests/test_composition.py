@@ -130,3 +130,19 @@ def test_held_out_pair_adherence_and_diversity_are_logged_at_every_flow_evaluati
     assert printed.getvalue().count("eval_adherence_unseen_both") == 2
     warm_records = (out / "graph" / "training_metrics_warm.jsonl").read_text()
     assert "unseen" not in warm_records  # a VAE step has no text-to-image evaluation
+
+
+def test_a_flow_model_without_pooled_text_conditioning_reads_the_text_through_its_tokens_only():
+    from fluxflow.models import FlowProcessor
+
+    torch.manual_seed(0)
+    model = FlowProcessor(4, 16, 1, 2, 2, 8, 6, pooled_text=False)
+    for p in model.parameters():  # adaLN-Zero and the output start at zero: give every weight a value
+        torch.nn.init.normal_(p, std=0.3)
+    x, t = torch.randn(2, 4, 4, 4), torch.rand(2)
+    tokens, mask = torch.randn(2, 6, 8), torch.ones(2, 6, dtype=torch.bool)
+    out = model(x, t, tokens, mask, torch.randn(2, 8))
+    assert torch.equal(out, model(x, t, tokens, mask, torch.randn(2, 8)))  # any pooled vector: the same velocity
+    assert not torch.allclose(out, model(x, t, torch.randn(2, 6, 8), mask, torch.randn(2, 8)))
+    model.pooled_text = True
+    assert not torch.allclose(out, model(x, t, tokens, mask, torch.randn(2, 8)))

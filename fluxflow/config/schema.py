@@ -41,6 +41,9 @@ class ModelConfig(StrictModel):
     text_max_len: int = Field(64, ge=2)
     feature_maps_dim_disc: int = Field(32, ge=1)
     text_encoder: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
+    # The flow model sees the text twice: adaLN on the pooled (mean) embedding and cross-attention to the tokens.
+    # false: cross-attention only, a composition experiment (docs/COMPOSITION.md).
+    text_pooled: bool = True
 
     @model_validator(mode="after")
     def _pretrained_text_width(self) -> "ModelConfig":
@@ -61,6 +64,8 @@ class ModelConfig(StrictModel):
         data = handler(self)
         if self.text_encoder == TextEncoderConfig():
             data.pop("text_encoder", None)
+        if self.text_pooled:  # likewise for text_pooled (absent = true)
+            data.pop("text_pooled", None)
         return data
 
 

@@ -92,7 +92,7 @@ def test_diversity_is_exactly_zero_for_a_model_that_ignores_its_noise():
         return torch.stack([torch.full((3, 8, 8), len(t) / 20.0) + torch.linspace(-1, 1, 64).view(1, 8, 8)
                             for t in texts])
 
-    def uses_noise(texts: list[str], seed: int) -> torch.Tensor:
+    def uses_noise(texts: list[str], seed: int) -> torch.Tensor:  # one noise draw per row, as the sampler does
         return torch.randn(len(texts), 3, 8, 8, generator=torch.Generator().manual_seed(seed)).clamp(-1, 1)
 
     real = [torch.rand(4, 3, 8, 8) * 2 - 1 for _ in prompts]

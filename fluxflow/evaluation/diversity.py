@@ -1,7 +1,8 @@
 """Per-prompt diversity: does each seed draw a different image of a prompt, as the real images of that caption differ?
 
 A gain in adherence could be bought by collapsing every seed onto one image per prompt. For each of a few prompts,
-the model draws one image per seed; their spread is the mean pairwise RMS pixel distance (images in [-1, 1]). The
+the model draws several images, each from its own noise (one batch in which every prompt appears DIVERSITY_SEEDS
+times: one sampler call instead of one per seed, since at these sizes a call's cost is mostly per step); their spread is the mean pairwise RMS pixel distance (images in [-1, 1]). The
 real images of the same caption give the spread the data has; the figures are
 
     diversity_gen    mean over prompts of the generated images' spread
@@ -20,7 +21,7 @@ import torch
 
 DIVERSITY_PROMPTS = 8  # prompts measured (the first distinct captions of the held-out split)
 DIVERSITY_SEEDS = 4  # images per prompt, one per sampler seed
-DIVERSITY_SEED = 1000  # first sampler seed (apart from the evaluation's own seeds)
+DIVERSITY_SEED = 1000  # the sampler seed of the batch (apart from the evaluation's own seeds)
 
 
 def spread(images: torch.Tensor) -> float:
@@ -32,12 +33,14 @@ def spread(images: torch.Tensor) -> float:
 
 def prompt_diversity(generate: Callable[[list[str], int], torch.Tensor], prompts: list[str],
                      real: list[torch.Tensor] | None = None, seeds: int = DIVERSITY_SEEDS,
-                     first_seed: int = DIVERSITY_SEED) -> dict[str, float]:
-    """`generate(prompts, seed) -> [P, C, H, W]` is called once per seed; `real[p]`: real images `[K, C, H, W]` of
-    prompt p's caption (None: no real spread, only diversity_gen)."""
+                     seed: int = DIVERSITY_SEED) -> dict[str, float]:
+    """`generate(texts, seed) -> [len(texts), C, H, W]`, each row drawn from its own noise, is called once with every
+    prompt `seeds` times; `real[p]`: real images `[K, C, H, W]` of prompt p's caption (None: no real spread, only
+    diversity_gen)."""
     if not prompts or seeds < 2:
         return {}
-    drawn = torch.stack([generate(prompts, first_seed + s).cpu() for s in range(seeds)], dim=1)  # [P, S, C, H, W]
+    images = generate([p for p in prompts for _ in range(seeds)], seed).cpu()
+    drawn = images.view(len(prompts), seeds, *images.shape[1:])  # [P, S, C, H, W]
     gen = sum(spread(per_prompt) for per_prompt in drawn) / len(prompts)
     out = {"diversity_gen": gen}
     if real is not None:

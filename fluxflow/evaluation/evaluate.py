@@ -119,7 +119,7 @@ def flow_metrics(models: dict[str, nn.Module], images: torch.Tensor, captions: l
         metrics.update(_unseen_metrics(models, *unseen, latent_norm, sample, net, shapes, guidance))
     if real is not None:
         prompts, real_images = real
-        metrics.update(prompt_diversity(  # prompt_diversity picks the sampler seeds
+        metrics.update(prompt_diversity(  # prompt_diversity picks the sampler seed
             lambda texts, seed: generate(models, texts, latent_norm, guidance=guidance, **{**sample, "seed": seed}),
             prompts, real_images))
     return metrics

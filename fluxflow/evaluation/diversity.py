@@ -2,8 +2,9 @@
 
 A gain in adherence could be bought by collapsing every seed onto one image per prompt. For each of a few prompts,
 the model draws several images, each from its own noise (one batch in which every prompt appears DIVERSITY_SEEDS
-times: one sampler call instead of one per seed, since at these sizes a call's cost is mostly per step); their spread is the mean pairwise RMS pixel distance (images in [-1, 1]). The
-real images of the same caption give the spread the data has; the figures are
+times: one sampler call instead of one per seed, since at these sizes a call's cost is mostly per step); their
+spread is the mean pairwise RMS pixel distance (images in [-1, 1]). The real images of the same caption give the
+spread the data has; the figures are
 
     diversity_gen    mean over prompts of the generated images' spread
     diversity_real   the same for real images of those captions (where the data has several per caption)

@@ -7,8 +7,8 @@ and the network predicts the velocity v = noise − x0. `t` is a continuous floa
 Latents are cut into patch_size × patch_size patches (tokens) with a fixed 2-D sin-cos position code. Each block
 is adaLN-Zero conditioned on (embedding of t + projected pooled text) and cross-attends to the text tokens under
 their mask (`pooled_text=False`: cross-attention only; the pooled projection is kept, unused, so that the weights
-have the same names and sizes either way). Rows with `drop=True` see a learned null text (tokens + pooled) instead: classifier-free-guidance
-dropout in training, the unconditional branch in sampling.
+have the same names and sizes either way). Rows with `drop=True` see a learned null text (tokens + pooled)
+instead: classifier-free-guidance dropout in training, the unconditional branch in sampling.
 """
 from __future__ import annotations
 

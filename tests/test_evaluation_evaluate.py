@@ -49,7 +49,8 @@ def test_flow_step_on_shapes_gets_adherence_and_fd_with_and_without_cfg(tmp_path
     config, models, train, holdout, norm = setup(SHAPES)
     out = evaluate_step(config.step("flow"), models, holdout, train, config, norm, "cpu", tmp_path, spade=False)
     assert set(out) == {"adherence_color", "adherence_shape", "adherence_both", "analyser_accuracy_holdout",
-                        "fd_ours_cfg", "fd_ours_nocfg"}
+                        "fd_ours_cfg", "fd_ours_nocfg", "diversity_gen", "diversity_real", "diversity_ratio"}
+    assert out["diversity_real"] > 0  # the real renderings of one caption differ (size, position, colour jitter)
     assert 0.0 <= out["adherence_both"] <= min(out["adherence_color"], out["adherence_shape"])
     assert out["analyser_accuracy_holdout"] >= 5 / 6  # the analyser reads the real 16 px held-out images
     assert out["fd_ours_cfg"] >= 0 and out["fd_ours_nocfg"] >= 0
@@ -85,7 +86,17 @@ def test_flow_step_on_other_datasets_gets_fd_only(tmp_path):
     config, models, train, holdout, norm = setup(folder_dataset(tmp_path / "imgs"))
     out = evaluate_step(config.step("flow"), models, holdout, train, config, norm, "cpu", tmp_path / "eval",
                         spade=False)
-    assert set(out) == {"fd_ours_cfg", "fd_ours_nocfg"}
+    assert {"fd_ours_cfg", "fd_ours_nocfg", "diversity_gen"} <= set(out)
+    assert not any(key.startswith(("adherence", "analyser")) for key in out)
+
+
+def test_a_folder_with_held_out_captions_gets_fd_on_them(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    dataset = {**folder_dataset(tmp_path / "imgs"), "holdout": 8, "holdout_captions": ["*number 1"]}
+    config, models, train, holdout, norm = setup(dataset)
+    out = evaluate_step(config.step("flow"), models, holdout, train, config, norm, "cpu", tmp_path / "eval",
+                        spade=False)
+    assert out["fd_ours_unseen_cfg"] >= 0
 
 
 def test_empty_holdout_gives_no_metrics(tmp_path):

@@ -78,6 +78,13 @@ def test_bad_settings_name_their_field():
     assert "unknown key" in problems(config(FLOW, promotion={"metrc": "x"}))["promotion.metrc"]
 
 
+def test_promotion_can_use_held_out_pair_adherence_where_the_evaluation_set_holds_pairs_out():
+    raw = config(FLOW, promotion={"metric": "eval_adherence_unseen_both"})
+    assert "sets no holdout_pairs" in problems(raw)["promotion.metric"]
+    raw["training"]["pipeline"]["datasets"] = {"shapes": {"type": "shapes", "holdout_pairs": ["blue triangle"]}}
+    assert promotion_metric(load_config(raw).config, "flow") == ("eval_adherence_unseen_both", "maximize")
+
+
 def test_the_config_reference_documents_every_promotion_field():
     from fluxflow.config.promotion import PromotionConfig
 

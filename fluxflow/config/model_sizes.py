@@ -77,7 +77,7 @@ def expander(channels: int, vae_dim: int, latent_channels: int, downscale: int) 
 
 
 def flow_processor(latent_channels: int, dim: int, depth: int, heads: int, patch_size: int, text_dim: int,
-                   text_max_len: int) -> int:
+                   text_max_len: int, pooled_text: bool = True) -> int:  # pooled_text: the same parameters either way
     if dim % 4 or dim % heads:
         raise ValueError(f"feature_maps_dim {dim} must be divisible by 4 and by flow_heads {heads}")
     block = 2 * attention(dim) + mlp(dim) + linear(dim, 9 * dim)  # self, cross, MLP, adaLN (norms have no affine)
@@ -104,7 +104,7 @@ def component_args(name: str, model_cfg: Any, channels: int) -> tuple:
         "compressor": lambda: (channels, m.vae_dim, m.latent_channels, m.downscale),
         "expander": lambda: (channels, m.vae_dim, m.latent_channels, m.downscale),
         "flow_processor": lambda: (m.latent_channels, m.feature_maps_dim, m.flow_depth, m.flow_heads, m.patch_size,
-                                   m.text_embedding_dim, m.text_max_len),
+                                   m.text_embedding_dim, m.text_max_len, getattr(m, "text_pooled", True)),
         "text_encoder": lambda: ((pretrained, m.text_max_len) if pretrained else
                                  (m.text_embedding_dim, m.text_encoder_depth, m.text_max_len)),
         "discriminator": lambda: (channels, m.feature_maps_dim_disc),

@@ -30,10 +30,21 @@ PROMOTION_METRICS: dict[str, Direction] = {
     "eval_adherence_both": "maximize",
     "eval_adherence_color": "maximize",
     "eval_adherence_shape": "maximize",
+    # On held-out colour x shape pairs (a shapes dataset's holdout_pairs) or held-out captions (a folder's
+    # holdout_captions): how well the model composes what it learned (fluxflow/data/heldout.py).
+    "eval_adherence_unseen_both": "maximize",
+    "eval_adherence_unseen_color": "maximize",
+    "eval_adherence_unseen_shape": "maximize",
+    "eval_fd_ours_unseen_cfg": "minimize",
     "eval_fd_ours_cfg": "minimize",
     "eval_fd_ours_nocfg": "minimize",
+    # Seed-to-seed spread against the data's (fluxflow/evaluation/diversity.py): a collapsed model has 0.
+    "eval_diversity_ratio": "maximize",
 }
-SHAPES_ONLY = ("eval_adherence_both", "eval_adherence_color", "eval_adherence_shape")
+SHAPES_ONLY = ("eval_adherence_both", "eval_adherence_color", "eval_adherence_shape", "eval_adherence_unseen_both",
+               "eval_adherence_unseen_color", "eval_adherence_unseen_shape")
+UNSEEN_ONLY = {"eval_adherence_unseen_both": "holdout_pairs", "eval_adherence_unseen_color": "holdout_pairs",
+               "eval_adherence_unseen_shape": "holdout_pairs", "eval_fd_ours_unseen_cfg": "holdout_captions"}
 DEFAULT_METRIC = {"shapes": "eval_adherence_both"}  # any other dataset type: FALLBACK_METRIC
 FALLBACK_METRIC = "eval_fd_ours_cfg"
 # MLflow's rule for alias names (letters, digits, '_' and '-'; not `latest`, not a version like `v3`).
@@ -137,6 +148,10 @@ def _metric_issues(config, capable: set[str]) -> list[ConfigIssue]:
             issues.append(ConfigIssue("promotion.metric", f"{metric} is measured on `shapes` datasets only; the "
                                                           f"evaluation set of step {name!r} is {dataset!r}: use "
                                                           f"{FALLBACK_METRIC}"))
+        elif metric in UNSEEN_ONLY and not getattr(config.training.pipeline.datasets[dataset], UNSEEN_ONLY[metric]):
+            issues.append(ConfigIssue("promotion.metric", f"{metric} needs held-out compositions: the evaluation set "
+                                                          f"{dataset!r} of step {name!r} sets no "
+                                                          f"{UNSEEN_ONLY[metric]}"))
         if direction != PROMOTION_METRICS[metric]:
             better = "higher" if PROMOTION_METRICS[metric] == "maximize" else "lower"
             issues.append(ConfigIssue("promotion.direction", f"{metric} is better when {better}; direction "

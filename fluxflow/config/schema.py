@@ -45,6 +45,9 @@ class ModelConfig(StrictModel):
     text_max_len: int = Field(64, ge=2)
     feature_maps_dim_disc: int = Field(32, ge=1)
     text_encoder: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
+    # The flow model sees the text twice: adaLN on the pooled (mean) embedding and cross-attention to the tokens.
+    # false: cross-attention only, a composition experiment (docs/COMPOSITION.md).
+    text_pooled: bool = True
 
     @model_validator(mode="after")
     def _pretrained_text_width(self) -> "ModelConfig":
@@ -65,6 +68,8 @@ class ModelConfig(StrictModel):
         data = handler(self)
         if self.text_encoder == TextEncoderConfig():
             data.pop("text_encoder", None)
+        if self.text_pooled:  # likewise for text_pooled (absent = true)
+            data.pop("text_pooled", None)
         return data
 
 
@@ -87,6 +92,13 @@ class DatasetConfig(StrictModel):
     length: int | None = Field(None, ge=1)
     holdout: int = Field(16, ge=0)
     img_size: int | None = Field(None, ge=8)  # the steps on this dataset train at this size (None: data.img_size)
+    # Composition (fluxflow/data/heldout.py): shapes hold out colour x shape pairs (["blue triangle"] or a count
+    # drawn with holdout_pairs_seed, default: seed) and may drop caption words in training; folder holds out captions
+    # matching globs or `re:` patterns. Evaluation then also scores the unseen split.
+    holdout_pairs: list[str] | int | None = None
+    holdout_pairs_seed: int | None = None
+    caption_dropout: float | None = Field(None, ge=0.0, le=1.0)
+    holdout_captions: list[str] | None = None
 
     @model_validator(mode="after")
     def _shapes_defaults(self) -> "DatasetConfig":
@@ -97,18 +109,20 @@ class DatasetConfig(StrictModel):
 
     @model_serializer(mode="wrap")
     def _omit_unset_img_size(self, handler):
-        """No img_size of its own is left out of dumps, so that the step keys of datasets written before the field
-        existed stay the same (absent = data.img_size, both ways)."""
+        """Unset optional fields are left out of dumps, so that the step keys of datasets written before the fields
+        existed stay the same (absent = data.img_size / nothing held out, both ways)."""
         data = handler(self)
-        if self.img_size is None:
-            data.pop("img_size", None)
+        for key in ("img_size", *COMPOSITION_FIELDS):
+            if getattr(self, key) is None:
+                data.pop(key, None)
         return data
 
 
+COMPOSITION_FIELDS = ("holdout_pairs", "holdout_pairs_seed", "caption_dropout", "holdout_captions")
 # The fields each dataset type takes (besides type, holdout and img_size); also its required ones.
 DATASET_FIELDS: dict[str, tuple[str, ...]] = {
-    "shapes": ("size", "seed"),
-    "folder": ("path", "captions_file"),
+    "shapes": ("size", "seed", "holdout_pairs", "holdout_pairs_seed", "caption_dropout"),
+    "folder": ("path", "captions_file", "holdout_captions"),
     "webdataset": ("urls", "length"),
 }
 DATASET_REQUIRED: dict[str, tuple[str, ...]] = {"shapes": (), "folder": ("path", "captions_file"),

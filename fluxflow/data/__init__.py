@@ -4,8 +4,11 @@
     loader = make_loader(train, batch_size, workers, seed, epoch, start_batch)   # one pass: epoch from start_batch
 
 Three sources, picked by `ds_cfg.type`: `shapes` (procedural, built in), `folder` (images + captions file),
-`webdataset` (tar shards, local or fsspec). `split="holdout"` is the part training never sees. Every dataset has a
-`skipped` count of unreadable items (always 0 for `shapes`).
+`webdataset` (tar shards, local or fsspec). `split="holdout"` is the part training never sees. `split="unseen"`
+holds the held-out compositions (fluxflow/data/heldout.py: a `shapes` dataset's `holdout_pairs`, a folder's
+`holdout_captions`): none of its captions is in the training split, and the `holdout` split leaves them out too, so
+the two evaluations score seen and unseen captions apart. Every dataset has a `skipped` count of unreadable items
+(always 0 for `shapes`).
 
 `make_loader` is cheap: call it per epoch (or per resume point), passing the previous loader as `reuse` to keep
 its worker processes. For map-style datasets the loader's `batch_sampler` is a `ResumableBatchSampler`; for a
@@ -21,11 +24,13 @@ from types import SimpleNamespace
 import torch
 
 from fluxflow.data.folder import FolderDataset
+from fluxflow.data.heldout import caption_matcher, heldout_pairs, seen_pairs
 from fluxflow.data.sampler import ResumableBatchSampler, epoch_permutation
-from fluxflow.data.shapes import STREAM_HOLDOUT, STREAM_TRAIN, ShapesDataset, parse_caption, shape_attributes
+from fluxflow.data.shapes import (STREAM_HOLDOUT, STREAM_TRAIN, STREAM_UNSEEN, ShapesDataset, parse_caption,
+                                  shape_attributes)
 from fluxflow.data.webdataset_source import WebDatasetHoldout, WebDatasetSource
 
-SPLITS = ("train", "holdout")
+SPLITS = ("train", "holdout", "unseen")
 MAX_AUTO_WORKERS = 8  # enough to decode 256-512 px JPEGs ahead of one GPU's flow step
 PREFETCH_BATCHES = 4  # batches each worker keeps ready (torch's default is 2)
 
@@ -42,12 +47,22 @@ def build_dataset(ds_cfg, img_size: int, channels: int, split: str = "train", ra
     kind = getattr(cfg, "type", None)
     if kind == "shapes":
         seed = int(getattr(cfg, "seed", 0))
+        pairs_seed = getattr(cfg, "holdout_pairs_seed", None)
+        held = heldout_pairs(getattr(cfg, "holdout_pairs", None), seed if pairs_seed is None else int(pairs_seed))
+        seen = seen_pairs(held) if held else None  # None: every pair, drawn exactly as before pairs could be held
+        if split == "unseen":
+            return ShapesDataset(holdout if held else 0, seed, img_size, channels, stream=STREAM_UNSEEN,
+                                 pairs=held or None)
         if split == "holdout":  # a disjoint random stream, not a slice of the training items
-            return ShapesDataset(holdout, seed, img_size, channels, stream=STREAM_HOLDOUT)
-        return ShapesDataset(int(cfg.size), seed, img_size, channels, stream=STREAM_TRAIN)
+            return ShapesDataset(holdout, seed, img_size, channels, stream=STREAM_HOLDOUT, pairs=seen)
+        return ShapesDataset(int(cfg.size), seed, img_size, channels, stream=STREAM_TRAIN, pairs=seen,
+                             caption_dropout=getattr(cfg, "caption_dropout", None) or 0.0)
     if kind == "folder":
-        return FolderDataset(cfg.path, getattr(cfg, "captions_file", None), img_size, channels, split, holdout)
+        return FolderDataset(cfg.path, getattr(cfg, "captions_file", None), img_size, channels, split, holdout,
+                             heldout=caption_matcher(getattr(cfg, "holdout_captions", None)))
     if kind == "webdataset":
+        if split == "unseen":  # webdataset has no held-out captions: an empty split, like a hold-out of 0
+            return ShapesDataset(0, 0, img_size, channels)
         if split == "holdout":
             return WebDatasetHoldout(cfg.urls, img_size, channels, holdout)
         return WebDatasetSource(cfg.urls, img_size, channels, getattr(cfg, "length", None), holdout, rank, world)

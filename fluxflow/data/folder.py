@@ -10,6 +10,9 @@ Held-out split: the entries are put in a fixed order by a hash of their filename
 order are held out. Hashing rather than sorting by name keeps the held-out images a fair sample when names are
 grouped (`cat_001.jpg`, ..., `zebra_999.jpg`). Train and holdout are disjoint and both are deterministic.
 
+Held-out captions (`holdout_captions`, fluxflow/data/heldout.py): entries whose caption matches are in neither
+split but form a third one, `unseen`, wherever their filename hashes to.
+
 Reading the captions file and the rules for a missing folder or a hold-out that leaves nothing to train on are in
 fluxflow/config/captions_file.py, which validation applies before any step starts; here they are applied again to the
 files actually found, as a DataError (which no retry repeats).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -39,9 +43,10 @@ def holdout_names(names: list[str], holdout: int) -> set[str]:
 
 class FolderDataset(torch.utils.data.Dataset):
     def __init__(self, path: str | os.PathLike, captions_file: str | os.PathLike | None, img_size: int,
-                 channels: int = 3, split: str = "train", holdout: int = 0):
-        if split not in ("train", "holdout"):
-            raise ValueError(f"split must be 'train' or 'holdout', got {split!r}")
+                 channels: int = 3, split: str = "train", holdout: int = 0,
+                 heldout: Callable[[str], bool] | None = None):
+        if split not in ("train", "holdout", "unseen"):
+            raise ValueError(f"split must be 'train', 'holdout' or 'unseen', got {split!r}")
         pil_mode(channels)  # fail at build time, not in a worker, on an unsupported channel count
         self.root = Path(path).expanduser()
         captions_path = resolve_captions_path(self.root, captions_file)
@@ -58,7 +63,11 @@ class FolderDataset(torch.utils.data.Dataset):
         if problem:
             raise DataError(problem)
         held = holdout_names(names, holdout)
-        self.items: list[tuple[str, str]] = [(n, present[n]) for n in names if (n in held) == (split == "holdout")]
+        unseen = {n for n in names if heldout is not None and heldout(present[n])}
+        if split == "unseen":
+            self.items: list[tuple[str, str]] = [(n, present[n]) for n in names if n in unseen]
+        else:
+            self.items = [(n, present[n]) for n in names if (n in held) == (split == "holdout") and n not in unseen]
 
         # Public: its state travels in a step's checkpoint (fluxflow/train/step_report.py).
         self.skips = SkipCounter(f"unreadable entries of {self.root}", len(self.items))

@@ -57,6 +57,7 @@ CENTER_JITTER = 0.02  # keeps positions well inside their grid cell (boundaries 
 COLOR_JITTER = 10  # per-channel +-, so no two images share exact colours
 
 STREAM_TRAIN, STREAM_HOLDOUT, STREAM_VALIDATION = 0, 1, 2  # validation: the analyser's own accuracy check
+STREAM_UNSEEN = 3  # images of held-out colour x shape pairs only (fluxflow/data/heldout.py)
 
 
 @dataclass(frozen=True)
@@ -78,14 +79,22 @@ class Scene:
         return caption_for(self.color, self.shape, self.background, self.position)
 
 
-def scene(seed: int, index: int, stream: int = STREAM_TRAIN) -> Scene:
-    """The scene of item `index`: a pure function of (seed, stream, index)."""
+Pairs = tuple[tuple[str, str], ...]  # (colour, shape) pairs a stream draws from
+
+
+def scene(seed: int, index: int, stream: int = STREAM_TRAIN, pairs: Pairs | None = None) -> Scene:
+    """The scene of item `index`: a pure function of (seed, stream, index, pairs). `pairs`: the (colour, shape)
+    pairs to draw from, uniformly (None: every pair, drawn as shape then colour, the stream every run before
+    held-out pairs existed saw)."""
     if seed < 0 or index < 0 or not 0 <= stream < 256:
         raise ValueError(f"seed and index must be >= 0 and stream in [0, 256), got {seed}, {index}, {stream}")
     # One integer key per item: Random(int) seeds Mersenne Twister from all of its bits (fast, platform-independent).
     rng = random.Random((seed << 64) | (stream << 56) | index)
-    shape = rng.choice(SHAPES)
-    color = rng.choice(tuple(COLORS))
+    if pairs is None:
+        shape = rng.choice(SHAPES)
+        color = rng.choice(tuple(COLORS))
+    else:
+        color, shape = rng.choice(pairs)
     background = rng.choice(tuple(BACKGROUNDS))
     row, col = rng.randrange(3), rng.randrange(3)
     size = rng.uniform(*SIZE_RANGE)
@@ -170,13 +179,34 @@ def render_scene(s: Scene, img_size: int) -> Image.Image:
     return canvas.reduce(k)  # box filter: each output pixel is the exact mean of its k x k block
 
 
-class ShapesDataset(torch.utils.data.Dataset):
-    """`size` procedural items of `stream` under `seed`: (image [C, H, W] in [-1, 1], caption)."""
+def dropped_words_caption(s: Scene, seed: int, index: int, p: float) -> str:
+    """Word dropout for composition: with probability `p` each, the caption leaves out the colour ("a triangle on
+    ...") or the shape ("a blue shape on ..."), never both. Captions that name one attribute alone teach the text
+    path each word's meaning apart from the other, which a held-out pair needs. A pure function of (seed, index)."""
+    rng = random.Random(f"caption-dropout:{seed}:{index}")  # str seeds hash with sha512: stable across runs
+    drop_color, drop_shape = rng.random() < p, rng.random() < p
+    if drop_color and drop_shape:
+        drop_color, drop_shape = (True, False) if rng.random() < 0.5 else (False, True)
+    if drop_color:
+        article = "an" if s.shape[0] in "aeiou" else "a"
+        return f"{article} {s.shape} on a {s.background} background, {s.position}"
+    if drop_shape:
+        return caption_for(s.color, "shape", s.background, s.position)
+    return s.caption
 
-    def __init__(self, size: int, seed: int, img_size: int, channels: int = 3, stream: int = STREAM_TRAIN):
+
+class ShapesDataset(torch.utils.data.Dataset):
+    """`size` procedural items of `stream` under `seed`: (image [C, H, W] in [-1, 1], caption). `pairs`: the
+    (colour, shape) pairs drawn (None: all); `caption_dropout`: see `dropped_words_caption` (0: canonical)."""
+
+    def __init__(self, size: int, seed: int, img_size: int, channels: int = 3, stream: int = STREAM_TRAIN,
+                 pairs: Pairs | None = None, caption_dropout: float = 0.0):
         if size < 0:
             raise ValueError(f"shapes dataset size must be >= 0, got {size}")
+        if pairs is not None and not pairs:
+            raise ValueError("shapes dataset: no colour x shape pair left to draw")
         self.size, self.seed, self.img_size, self.channels, self.stream = int(size), int(seed), img_size, channels, stream
+        self.pairs, self.caption_dropout = pairs, float(caption_dropout)
         self.skipped = 0  # the dataset protocol's count of unreadable items; procedural items never fail
 
     def __len__(self) -> int:
@@ -185,19 +215,45 @@ class ShapesDataset(torch.utils.data.Dataset):
     def scene(self, index: int) -> Scene:
         if not -self.size <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.size} items")
-        return scene(self.seed, index % self.size, self.stream)
+        return scene(self.seed, index % self.size, self.stream, self.pairs)
 
     def caption(self, index: int) -> str:
         """Item `index`'s caption without drawing its image (what the text cache encodes)."""
-        return self.scene(index).caption
+        return self._caption(self.scene(index), index)
+
+    def _caption(self, s: Scene, index: int) -> str:
+        if self.caption_dropout > 0:
+            return dropped_words_caption(s, self.seed, index % self.size, self.caption_dropout)
+        return s.caption
 
     def attributes(self, index: int) -> dict[str, str]:
         s = self.scene(index)
         return {"color": s.color, "shape": s.shape, "background": s.background, "position": s.position}
 
+    def variant_images(self, index: int, k: int) -> torch.Tensor:
+        """`k` real images `[k, C, H, W]` with item `index`'s caption (caption_variant): the data's own spread."""
+        s = self.scene(index)
+        return torch.stack([to_tensor(render_scene(caption_variant(s, j), self.img_size), self.channels)
+                            for j in range(k)])
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         s = self.scene(index)
-        return to_tensor(render_scene(s, self.img_size), self.channels), s.caption
+        return to_tensor(render_scene(s, self.img_size), self.channels), self._caption(s, index)
+
+
+def caption_variant(s: Scene, k: int) -> Scene:
+    """Variant `k` of scene `s` with the same caption: fresh size, position jitter and colour jitter within the
+    caption's cell and colours. The real images of one caption, to measure how much they may differ (evaluation's
+    diversity figure)."""
+    rng = random.Random(f"variant:{s.caption}:{k}")
+    cell = POSITIONS.index(s.position)
+    row, col = divmod(cell, 3)
+    size = rng.uniform(*SIZE_RANGE)
+    cx = GRID[col] + rng.uniform(-CENTER_JITTER, CENTER_JITTER)
+    cy = GRID[row] + rng.uniform(-CENTER_JITTER, CENTER_JITTER)
+    fg = tuple(_clip(v + rng.randint(-COLOR_JITTER, COLOR_JITTER)) for v in COLORS[s.color])
+    bg = tuple(_clip(v + rng.randint(-COLOR_JITTER, COLOR_JITTER)) for v in BACKGROUNDS[s.background])
+    return Scene(s.color, s.shape, s.background, s.position, cx, cy, size, fg, bg)
 
 
 def _clip(v: int) -> int:
@@ -205,5 +261,5 @@ def _clip(v: int) -> int:
 
 
 __all__ = ["BACKGROUNDS", "COLORS", "GRID", "POSITIONS", "SHAPES", "Scene", "ShapesDataset", "caption_for",
-           "draw_shape", "parse_caption", "render_scene", "scene", "shape_attributes", "shape_outline",
-           "supersampling"]
+           "caption_variant", "draw_shape", "dropped_words_caption", "parse_caption", "render_scene", "scene",
+           "shape_attributes", "shape_outline", "supersampling"]

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from fluxflow.data import build_dataset
-from fluxflow.evaluation.evaluate import EVAL_SAMPLER_STEPS, MAX_EVAL_IMAGES, flow_metrics
+from fluxflow.evaluation.diversity import real_sets
+from fluxflow.evaluation.evaluate import EVAL_GUIDANCE, EVAL_SAMPLER_STEPS, MAX_EVAL_IMAGES, flow_metrics, unseen_items
 from fluxflow.evaluation.frechet import feature_net_for, first_items
 from fluxflow.output_layout import eval_cache_dir
 from fluxflow.runtime.device import resolve_device
@@ -25,7 +26,8 @@ from fluxflow.storage.location import output_root
 
 def evaluate_checkpoint(checkpoint: str | Path, config, dataset: str, *, seeds: list[int] = (0,),
                         n_images: int = MAX_EVAL_IMAGES, sampler_steps: int = EVAL_SAMPLER_STEPS,
-                        device: str | None = None, cache_dir: str | Path | None = None) -> dict[str, float]:
+                        device: str | None = None, cache_dir: str | Path | None = None,
+                        guidance: float = EVAL_GUIDANCE) -> dict[str, float]:
     """`eval_*` metrics of `checkpoint` on the first `n_images` of the held-out split of `config`'s `dataset`, each
     the mean over `seeds`. `cache_dir` holds the fd_ours feature network (default: the pipeline's eval_cache/, where
     the flow step's own evaluation already trained it)."""
@@ -37,10 +39,13 @@ def evaluate_checkpoint(checkpoint: str | Path, config, dataset: str, *, seeds: 
                               f"of {cfg.downscale * cfg.patch_size}): it is not comparable on this evaluation set")
     ds_cfg = config.training.pipeline.datasets[dataset]
     channels = config.data.channels
-    images, captions = first_items(build_dataset(ds_cfg, size, channels, "holdout"), n_images)
+    holdout_set = build_dataset(ds_cfg, size, channels, "holdout")
+    images, captions = first_items(holdout_set, n_images)
     if not captions:
         raise ValueError(f"dataset {dataset!r} has no held-out images (holdout: 0): nothing to evaluate on")
     images = images.to(target)
+    unseen = unseen_items(ds_cfg, size, channels, n_images, target)
+    real = real_sets(holdout_set, captions, images)
     net = None
     if images.shape[0] >= 2:
         cache = Path(cache_dir) if cache_dir else eval_cache_dir(output_root(config))
@@ -51,7 +56,8 @@ def evaluate_checkpoint(checkpoint: str | Path, config, dataset: str, *, seeds: 
                       spade=model.spade)
         with torch.random.fork_rng(devices=[target] if target.type == "cuda" else []), torch.no_grad():
             found = flow_metrics(model.models, images, captions, model.latent_norm, sample, net,
-                                 shapes=ds_cfg.type == "shapes")
+                                 shapes=ds_cfg.type == "shapes", unseen=unseen, real=real,
+                                 guidance=guidance)
         for key, value in found.items():
             totals[key] = totals.get(key, 0.0) + value
     return {f"eval_{key}": value / len(seeds) for key, value in totals.items()}

@@ -8,7 +8,10 @@
 - Flow steps: `fd_ours_cfg` and `fd_ours_nocfg` (frechet.py), generated from the held-out captions with guidance
   EVAL_GUIDANCE and 1.0; on a `shapes` dataset also `adherence_color`, `adherence_shape`, `adherence_both` of the
   CFG images and `analyser_accuracy_holdout`, the analyser's own colour-and-shape accuracy on the real held-out
-  images (adherence.py).
+  images (adherence.py). With held-out compositions (a `shapes` dataset's `holdout_pairs`: fluxflow/data/heldout.py)
+  the same on the `unseen` split: `adherence_unseen_color`, `_shape`, `_both` and `analyser_accuracy_unseen` (on a
+  folder with `holdout_captions`: `fd_ours_unseen_cfg`); the held-out split then has seen pairs only.
+  And `diversity_gen`, `diversity_real`, `diversity_ratio`: seed-to-seed spread against the data's (diversity.py).
 
 Evaluation is a pure function of the weights, the data and fixed seeds: models are switched to eval mode and back,
 and the global RNG state is restored afterwards, so evaluating never changes what training does next (exact resume
@@ -22,7 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fluxflow.data import build_dataset
 from fluxflow.evaluation.adherence import adherence_of, analyser_ceiling, generate
+from fluxflow.evaluation.diversity import prompt_diversity, real_sets
 from fluxflow.evaluation.frechet import fd_ours, feature_net_for, first_items
 from fluxflow.evaluation.reconstruction import lpips_if_available, reconstruction_metrics
 from fluxflow.config.modes import has_flow_mode, touches_vae
@@ -75,15 +80,33 @@ def _flow_metrics(step, models, images, captions, train_set, config, latent_norm
     if images.shape[0] >= 2:
         net = feature_net_for(train_set, ds_cfg, step.img_size, config.data.channels, cache_dir)
     norm = {k: v.to(device) for k, v in latent_norm.items()}
-    return flow_metrics(models, images, captions, norm, sample, net, shapes=ds_cfg.type == "shapes")
+    holdout_set = build_dataset(ds_cfg, step.img_size, config.data.channels, "holdout")
+    return flow_metrics(models, images, captions, norm, sample, net, shapes=ds_cfg.type == "shapes",
+                        unseen=unseen_items(ds_cfg, step.img_size, config.data.channels, MAX_EVAL_IMAGES, device),
+                        real=real_sets(holdout_set, captions, images))
+
+
+def unseen_items(ds_cfg, img_size: int, channels: int, n: int,
+                 device: torch.device | str) -> tuple[torch.Tensor, list[str]] | None:
+    """The first `n` images (on `device`) and captions of the dataset's held-out compositions; None without any."""
+    unseen = build_dataset(ds_cfg, img_size, channels, "unseen")
+    if _is_empty(unseen):
+        return None
+    images, captions = first_items(unseen, n)
+    return images.to(device), captions
 
 
 def flow_metrics(models: dict[str, nn.Module], images: torch.Tensor, captions: list[str],
-                 latent_norm: dict[str, torch.Tensor], sample: dict, net=None, *, shapes: bool) -> dict[str, float]:
+                 latent_norm: dict[str, torch.Tensor], sample: dict, net=None, *, shapes: bool,
+                 unseen: tuple[torch.Tensor, list[str]] | None = None,
+                 real: tuple[list[str], list[torch.Tensor] | None] | None = None,
+                 guidance: float = EVAL_GUIDANCE) -> dict[str, float]:
     """The text-to-image metrics of `models` on real `images` and their `captions`: images generated with `sample`
-    (latent_size, steps, seed, spade of adherence.generate) with guidance EVAL_GUIDANCE and 1.0, scored by
-    the feature network `net` (fd_ours; none: skipped) and, on `shapes`, by the analyser."""
-    with_cfg = generate(models, captions, latent_norm, guidance=EVAL_GUIDANCE, **sample)
+    (latent_size, steps, seed, spade of adherence.generate) with `guidance` and 1.0, scored by the feature
+    network `net` (fd_ours; none: skipped) and, on `shapes`, by the analyser. `unseen`: real images and captions of
+    the held-out compositions, scored the same way under `*_unseen*` names; `real`: diversity.real_sets's prompts and
+    real images (None: no diversity figure)."""
+    with_cfg = generate(models, captions, latent_norm, guidance=guidance, **sample)
     without_cfg = generate(models, captions, latent_norm, guidance=1.0, **sample)
     metrics: dict[str, float] = {}
     if shapes:
@@ -92,7 +115,26 @@ def flow_metrics(models: dict[str, nn.Module], images: torch.Tensor, captions: l
     if net is not None and images.shape[0] >= 2:
         metrics["fd_ours_cfg"] = fd_ours(net, images, with_cfg)
         metrics["fd_ours_nocfg"] = fd_ours(net, images, without_cfg)
+    if unseen is not None:
+        metrics.update(_unseen_metrics(models, *unseen, latent_norm, sample, net, shapes, guidance))
+    if real is not None:
+        prompts, real_images = real
+        metrics.update(prompt_diversity(  # prompt_diversity picks the sampler seed
+            lambda texts, seed: generate(models, texts, latent_norm, guidance=guidance, **{**sample, "seed": seed}),
+            prompts, real_images))
     return metrics
+
+
+def _unseen_metrics(models, images, captions, latent_norm, sample, net, shapes, guidance) -> dict[str, float]:
+    """Adherence on the held-out compositions (`shapes`), or the Fréchet distance on them (any other data)."""
+    drawn = generate(models, captions, latent_norm, guidance=guidance, **sample)
+    if shapes:
+        found = {key.replace("adherence_", "adherence_unseen_"): v for key, v in adherence_of(drawn, captions).items()}
+        found["analyser_accuracy_unseen"] = analyser_ceiling(images.cpu(), captions)
+        return found
+    if net is not None and images.shape[0] >= 2:
+        return {"fd_ours_unseen_cfg": fd_ours(net, images, drawn)}
+    return {}
 
 
 def _is_empty(dataset) -> bool:
@@ -102,4 +144,4 @@ def _is_empty(dataset) -> bool:
         return False
 
 
-__all__ = ["EVAL_GUIDANCE", "EVAL_SAMPLER_STEPS", "MAX_EVAL_IMAGES", "evaluate_step", "flow_metrics"]
+__all__ = ["EVAL_GUIDANCE", "EVAL_SAMPLER_STEPS", "MAX_EVAL_IMAGES", "evaluate_step", "flow_metrics", "unseen_items"]

@@ -6,8 +6,9 @@ and the network predicts the velocity v = noise − x0. `t` is a continuous floa
 
 Latents are cut into patch_size × patch_size patches (tokens) with a fixed 2-D sin-cos position code. Each block
 is adaLN-Zero conditioned on (embedding of t + projected pooled text) and cross-attends to the text tokens under
-their mask. Rows with `drop=True` see a learned null text (tokens + pooled) instead: classifier-free-guidance
-dropout in training, the unconditional branch in sampling.
+their mask (`pooled_text=False`: cross-attention only; the pooled projection is kept, unused, so that the weights
+have the same names and sizes either way). Rows with `drop=True` see a learned null text (tokens + pooled)
+instead: classifier-free-guidance dropout in training, the unconditional branch in sampling.
 """
 from __future__ import annotations
 
@@ -77,8 +78,9 @@ class FlowProcessor(nn.Module):
     """`(x_t [B,c,H,W], t [B], tokens [B,L,Dt], mask [B,L], pooled [B,Dt], drop Bool[B] | None) -> v [B,c,H,W]`."""
 
     def __init__(self, latent_channels: int, dim: int, depth: int, heads: int, patch_size: int,
-                 text_dim: int, text_max_len: int):
+                 text_dim: int, text_max_len: int, pooled_text: bool = True):
         super().__init__()
+        self.pooled_text = pooled_text
         if dim % 4 or dim % heads:
             raise ValueError(f"feature_maps_dim {dim} must be divisible by 4 and by flow_heads {heads}")
         self.latent_channels, self.patch_size = latent_channels, patch_size
@@ -121,7 +123,9 @@ class FlowProcessor(nn.Module):
         h, w = hgt // p, wid // p
         x = self.patch_embed(x_t).flatten(2).transpose(1, 2)
         x = x + sincos_2d(h, w, x.shape[-1], x.device).to(x.dtype)
-        cond = self.t_embed(timestep_embedding(t, x.shape[-1])) + self.pooled_proj(pooled)
+        cond = self.t_embed(timestep_embedding(t, x.shape[-1]))
+        if self.pooled_text:
+            cond = cond + self.pooled_proj(pooled)
         text = self.text_proj(tokens)
         for block in self.blocks:
             if self.activation_checkpointing and torch.is_grad_enabled():

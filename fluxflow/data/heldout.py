@@ -1,0 +1,81 @@
+"""Captions kept out of training so that evaluation can ask whether the model composes what it learned.
+
+`shapes`: colour x shape pairs (`holdout_pairs`). Every colour and every shape is still trained on, just never
+together: "a blue triangle" is unseen while blue things and triangles are not. A list names the pairs
+(`["blue triangle", "red star"]`); a count `k` draws k pairs with `holdout_pairs_seed`, never all of a colour's or a
+shape's pairs (each word must stay learnable from the pairs that remain).
+
+`folder`: captions or caption patterns (`holdout_captions`): a glob (`*blue triangle*`, fnmatch rules, whole caption)
+or a regular expression written `re:<pattern>` (searched anywhere in the caption). Matching is case-insensitive.
+
+The training split drops these; the `unseen` split (fluxflow.data.build_dataset) is made of them only.
+"""
+from __future__ import annotations
+
+import fnmatch
+import random
+import re
+from collections.abc import Callable
+
+from fluxflow.data.shapes import COLORS, SHAPES
+
+Pair = tuple[str, str]  # (colour, shape)
+ALL_PAIRS: tuple[Pair, ...] = tuple((c, s) for c in COLORS for s in SHAPES)
+
+
+def parse_pair(text: str) -> Pair:
+    """"blue triangle" -> ("blue", "triangle"); a ValueError names what is wrong."""
+    words = text.strip().lower().split()
+    if len(words) != 2 or words[0] not in COLORS or words[1] not in SHAPES:
+        raise ValueError(f"{text!r} is not '<colour> <shape>' (colours: {', '.join(COLORS)}; "
+                         f"shapes: {', '.join(SHAPES)})")
+    return words[0], words[1]
+
+
+def max_heldout_pairs() -> int:
+    """Most pairs a count may hold out and still leave every colour and every shape at least one trained pair."""
+    return len(COLORS) * len(SHAPES) - max(len(COLORS), len(SHAPES))
+
+
+def heldout_pairs(spec: list[str] | int | None, seed: int = 0) -> tuple[Pair, ...]:
+    """The held-out pairs that `spec` names (list) or draws (count, with `seed`), in a fixed order; () for None."""
+    if spec is None:
+        return ()
+    if not isinstance(spec, int):
+        return tuple(dict.fromkeys(parse_pair(p) for p in spec))  # order kept, duplicates dropped
+    if not 0 <= spec <= max_heldout_pairs():
+        raise ValueError(f"holdout_pairs count must be in [0, {max_heldout_pairs()}], got {spec}")
+    rng = random.Random(seed)
+    while True:  # rejection: a draw that takes a whole colour or shape away is drawn again (rare for small k)
+        chosen = rng.sample(ALL_PAIRS, spec)
+        if _every_word_kept(chosen):
+            return tuple(sorted(chosen, key=ALL_PAIRS.index))
+
+
+def seen_pairs(heldout: tuple[Pair, ...]) -> tuple[Pair, ...]:
+    """The pairs training draws from: all but `heldout`, in ALL_PAIRS order."""
+    held = set(heldout)
+    return tuple(p for p in ALL_PAIRS if p not in held)
+
+
+def _every_word_kept(chosen) -> bool:
+    remaining = set(seen_pairs(tuple(chosen)))
+    return {c for c, _ in remaining} == set(COLORS) and {s for _, s in remaining} == set(SHAPES)
+
+
+def caption_matcher(patterns: list[str] | None) -> Callable[[str], bool] | None:
+    """A predicate "this caption is held out" for `holdout_captions`; None when nothing is held out."""
+    if not patterns:
+        return None
+    tests = [_pattern_test(p) for p in patterns]
+    return lambda caption: any(test(caption.strip()) for test in tests)
+
+
+def _pattern_test(pattern: str) -> Callable[[str], bool]:
+    if pattern.startswith("re:"):
+        return lambda caption, rx=re.compile(pattern[3:], re.IGNORECASE): rx.search(caption) is not None
+    glob = pattern.lower()  # fnmatchcase on lowered text: the same answer on every OS (fnmatch follows the OS's case)
+    return lambda caption: fnmatch.fnmatchcase(caption.lower(), glob)
+
+
+__all__ = ["ALL_PAIRS", "Pair", "caption_matcher", "heldout_pairs", "max_heldout_pairs", "parse_pair", "seen_pairs"]

@@ -90,7 +90,7 @@ def configured(args: argparse.Namespace):
                                     overrides=args.overrides, check_data=not args.validate_pipeline,
                                     output_dir_name="--output-dir")
     except ConfigError as exc:
-        raise Refused(f"Invalid config: {exc}") from None
+        raise Refused(str(exc)) from None  # "N problems in FILE:" and one line per problem
     config = loaded.config
     if not args.quiet:  # the warnings, then the plan: for a run as for --validate-pipeline
         for warning in loaded.warnings:

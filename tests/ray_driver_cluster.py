@@ -2,8 +2,8 @@
 
 Each node is its own raylet with one CPU and a small object store, under a temporary directory of this test's
 (RAY_TMPDIR too, so that Ray's "current cluster" file, which `ray.init(address="auto")` reads, is not the machine's
-shared one). Everything binds 127.0.0.1: Ray's single-machine mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which Ray
-reads when it is imported) makes the nodes, the workers and this driver use the loopback address instead of the
+shared one). Everything binds 127.0.0.1: Ray's single-machine mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, set for the nodes'
+processes; for this driver, ray_constants.ENABLE_RAY_CLUSTER while the cluster lives) makes the nodes, the workers and this driver use the loopback address instead of the
 machine's; the dashboard's ports are free ones, not Ray's fixed defaults, which another cluster on this machine may
 hold. `ray.shutdown()` and `Cluster.shutdown()` stop exactly the processes this cluster started.
 """
@@ -15,8 +15,9 @@ import shutil
 import socket
 import tempfile
 
+# Set only while the nodes start (they keep it), never for this whole process: a test session that imports this
+# module also starts Ray nodes of its own with `ray start` (tests/ray_cluster.py), which this mode would refuse to join.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-os.environ.update(LOOPBACK_ENV)  # before any `import ray` of this process
 NODE = {"num_cpus": 1, "object_store_memory": 100 * 2**20, "node_ip_address": "127.0.0.1"}
 
 

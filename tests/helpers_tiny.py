@@ -119,3 +119,18 @@ def load_weights(path: str | Path) -> dict[str, Any]:
     from fluxflow.checkpoints.io import load_checkpoint
 
     return load_checkpoint(path)
+
+
+def generated_pixels(source: list[str], out: Path, prompt: str = "a red circle", seed: int = 3,
+                     steps: int = 3) -> "np.ndarray":
+    """`fluxflow-generate`'s PNG of `prompt` from `source` (`--checkpoint FILE`, `--model URI`, `--weights DIR`),
+    written to the new folder `out`, as pixels."""
+    import numpy as np
+    from PIL import Image
+
+    from flows import cli_generate
+
+    assert cli_generate.main([*source, "--prompt", prompt, "--seed", str(seed), "--steps", str(steps), "--format",
+                              "png", "--device", "cpu", "--output", str(out)]) == 0
+    [image] = out.iterdir()
+    return np.asarray(Image.open(image))

@@ -8,9 +8,8 @@ import json
 import fsspec
 import numpy as np
 import pytest
-from helpers_tiny import tiny_raw
+from helpers_tiny import generated_pixels, tiny_raw
 from mlflow.tracking import MlflowClient
-from PIL import Image
 from s3_server import s3  # noqa: F401  (the module's moto server)
 
 pytestmark = pytest.mark.slow
@@ -20,7 +19,7 @@ MODEL = "s3flow"
 
 def test_the_flow_trains_into_s3_registers_from_it_and_generate_and_compare_read_it(s3, prefect_api, mlflow_store,
                                                                                        tmp_path, capsys):
-    from flows import cli_compare, cli_generate
+    from flows import cli_compare
     from flows.pipeline_flow import pipeline_flow
 
     raw = tiny_raw("unused", [{"name": "warm", "n_epochs": 1, "max_steps": 2, "train_vae": True},
@@ -49,11 +48,7 @@ def test_the_flow_trains_into_s3_registers_from_it_and_generate_and_compare_read
     assert version.tags["fluxflow.checkpoint_sha256"] == final["sha256"]
 
     def generated(*source: str) -> np.ndarray:
-        out = tmp_path / "-".join(source).replace("/", "_").replace(":", "")
-        assert cli_generate.main([*source, "--prompt", "a red circle", "--seed", "3", "--steps", "3",
-                                  "--format", "png", "--device", "cpu", "--output", str(out)]) == 0
-        [image] = out.iterdir()
-        return np.asarray(Image.open(image))
+        return generated_pixels(list(source), tmp_path / "-".join(source).replace("/", "_").replace(":", ""))
 
     assert np.array_equal(generated("--model", f"models:/{MODEL}/1"), generated("--checkpoint", final["uri"]))
     capsys.readouterr()

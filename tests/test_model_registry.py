@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers_tiny import tiny_raw
+from helpers_tiny import generated_pixels, tiny_raw
 from mlflow.tracking import MlflowClient
-from PIL import Image
 
 pytestmark = pytest.mark.slow
 
@@ -150,15 +149,10 @@ def test_generate_by_name_the_pyfunc_and_the_checkpoint_make_the_same_image(loop
     import mlflow
     import pandas as pd
 
-    from flows import cli_generate
     from flows.pyfunc_model import decode_image
 
     def generated(*source: str) -> np.ndarray:
-        out = tmp_path / "-".join(source).replace("/", "_").replace(":", "")
-        assert cli_generate.main([*source, "--prompt", "a red circle", "--seed", "3", "--steps", "3",
-                                  "--format", "png", "--device", "cpu", "--output", str(out)]) == 0
-        [image] = out.iterdir()
-        return np.asarray(Image.open(image))
+        return generated_pixels(list(source), tmp_path / "-".join(source).replace("/", "_").replace(":", ""))
 
     by_file = generated("--checkpoint", flow_outcome(loop, "longer")["ref"]["uri"])
     assert np.array_equal(generated("--model", f"models:/{MODEL}@champion"), by_file)

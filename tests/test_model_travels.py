@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_tiny import TINY_MODEL, VAE_STEP, tiny_raw
+from helpers_tiny import TINY_MODEL, VAE_STEP, generated_pixels, tiny_raw
 from PIL import Image
 from pretrained_fixture import tiny_clip_dir
 from wheelhouse import environment_from_wheels, wheelhouse_for
@@ -69,12 +69,7 @@ def train_and_register(tmp: Path, name: str, model: dict) -> str:
 
 def pixels_of(source: list[str], out: Path) -> np.ndarray:
     """`fluxflow-generate`'s image of PROMPT from `source` (--checkpoint FILE, --weights DIR)."""
-    from flows import cli_generate
-
-    assert cli_generate.main([*source, "--prompt", PROMPT, "--seed", str(SEED), "--steps", str(STEPS), "--format",
-                              "png", "--device", "cpu", "--output", str(out)]) == 0
-    [image] = out.iterdir()
-    return np.asarray(Image.open(image))
+    return generated_pixels(source, out, PROMPT, SEED, STEPS)
 
 
 @pytest.mark.parametrize("encoder", ["byte", "pretrained"])

@@ -128,10 +128,11 @@ def check_credentials(configured_tracking_uri: str | None) -> None:
     run later (Prefect) or drop every MLflow record as rejected: say so now (flows/credentials.py). A server that
     does not answer at all is not refused here: the run starts and its records wait (docs/OPERATIONS.md)."""
     from flows.credentials import mlflow_refusal, prefect_refusal
+    from flows.mlflow_runs import resolve_tracking_uri  # the run's own choice of server
 
     if env.CREDENTIALS_PROBLEM:
         raise Refused(env.CREDENTIALS_PROBLEM)
-    problem = prefect_refusal() or mlflow_refusal(os.environ.get("MLFLOW_TRACKING_URI") or configured_tracking_uri)
+    problem = prefect_refusal() or mlflow_refusal(resolve_tracking_uri(configured_tracking_uri))
     if problem:
         raise Refused(problem)
 

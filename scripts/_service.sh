@@ -70,24 +70,31 @@ http_ok() {
     "$VENV_BIN/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)' "$1" 2>/dev/null
 }
 
-# wait_http NAME URL SECONDS: wait until URL answers 200, failing early (with the log's tail) if the process died.
-wait_http() {
-    local name="$1" url="$2" limit="$3" pid
+# wait_until NAME SECONDS WHAT CHECK...: wait until the command CHECK... succeeds, failing early (with the log's
+# tail) if NAME's process died; WHAT says in the messages what it waits for.
+wait_until() {
+    local name="$1" limit="$2" what="$3" pid
+    shift 3
     pid="$(cat "$RUN_DIR/$name.pid")"
     for ((i = 0; i < limit * 4; i++)); do
-        if http_ok "$url"; then
+        if "$@"; then
             return 0
         fi
         if ! kill -0 "$pid" 2>/dev/null; then
-            echo "$name exited before answering on $url; last lines of $RUN_DIR/$name.log:" >&2
+            echo "$name exited before $what; last lines of $RUN_DIR/$name.log:" >&2
             tail -n 30 "$RUN_DIR/$name.log" >&2
             rm -f "$RUN_DIR/$name.pid"
             return 1
         fi
         sleep 0.25
     done
-    echo "$name did not answer on $url within ${limit}s (still running as pid $pid; see $RUN_DIR/$name.log)" >&2
+    echo "$name is not yet $what after ${limit}s (still running as pid $pid; see $RUN_DIR/$name.log)" >&2
     return 1
+}
+
+# wait_http NAME URL SECONDS: wait until URL answers 200.
+wait_http() {
+    wait_until "$1" "$3" "answering on $2" http_ok "$2"
 }
 
 # use_local_server: point the Prefect CLI at the loopback server (unless PREFECT_API_URL says otherwise), check that

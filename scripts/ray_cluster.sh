@@ -55,21 +55,9 @@ COMMON=(--num-cpus="$CPUS" --num-gpus="$GPUS" --object-store-memory="$OBJECT_STO
 # driver, so every line of a step appeared twice. Short paths: Ray's unix sockets live there.
 TEMP="${TMPDIR:-/tmp}/fluxflow-ray-$(id -u)-$RAY_PORT"
 
-# wait_started NAME: until `ray start` says the node runs (it then blocks), failing with the log if it exits.
+# wait_started NAME: until `ray start` says the node runs (it then blocks).
 wait_started() {
-    local pid; pid="$(cat "$RUN_DIR/$1.pid")"
-    for ((i = 0; i < 480; i++)); do
-        grep -q "Ray runtime started" "$RUN_DIR/$1.log" 2>/dev/null && return 0
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "$1 exited; last lines of $RUN_DIR/$1.log:" >&2
-            tail -n 30 "$RUN_DIR/$1.log" >&2
-            rm -f "$RUN_DIR/$1.pid"
-            return 1
-        fi
-        sleep 0.25
-    done
-    echo "$1 did not start within 120 s (see $RUN_DIR/$1.log)" >&2
-    return 1
+    wait_until "$1" 120 "saying the node runs" grep -qs "Ray runtime started" "$RUN_DIR/$1.log"
 }
 
 start_service ray-head "$RAY" start --head --port="$RAY_PORT" --resources='{"node_a": 1}' \

@@ -48,10 +48,21 @@ def _prefect(prefect_api):
     """The session's Prefect test API (the pipeline registers its flow step as it does in a deployment)."""
 
 
+# The wheels and each fresh environment take gigabytes (torch): removed when done, since pytest keeps the temporary
+# folders of the last three sessions and repeated runs would fill the disk.
 @pytest.fixture(scope="session")
 def wheels(tmp_path_factory) -> Path:
     """One folder of local wheels for the session's cases (torch's is built once)."""
-    return tmp_path_factory.mktemp("wheels")
+    folder = tmp_path_factory.mktemp("wheels")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_env(tmp_path) -> Path:
+    """Where the case's new virtualenv goes."""
+    yield tmp_path / "fresh-env"
+    shutil.rmtree(tmp_path / "fresh-env", ignore_errors=True)
 
 
 def train_and_register(tmp: Path, name: str, model: dict) -> str:
@@ -74,7 +85,7 @@ def pixels_of(source: list[str], out: Path) -> np.ndarray:
 
 @pytest.mark.parametrize("encoder", ["byte", "pretrained"])
 def test_the_champion_loads_without_this_repository_and_draws_the_checkpoints_pixels(encoder, tmp_path, mlflow_store,
-                                                                                     tiny_clip_dir, wheels):
+                                                                                     tiny_clip_dir, wheels, fresh_env):
     from mlflow.artifacts import download_artifacts
 
     model = dict(TINY_MODEL)
@@ -96,7 +107,7 @@ def test_the_champion_loads_without_this_repository_and_draws_the_checkpoints_pi
                     Path(download_artifacts(artifact_uri=f"{uri}/requirements.txt")).read_text().splitlines()
                     if line.strip() and not line.startswith("#")]
     assert ("transformers" in " ".join(requirements)) == (encoder == "pretrained")
-    python = environment_from_wheels(requirements, wheelhouse_for(requirements, wheels), tmp_path / "fresh-env")
+    python = environment_from_wheels(requirements, wheelhouse_for(requirements, wheels), fresh_env)
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     done = subprocess.run([str(python), "-c", LOAD_AND_PREDICT, uri, str(tmp_path / "served.png"), PROMPT, str(SEED),
                            str(STEPS)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -69,9 +69,13 @@ if len(sys.argv) > 3:  # die like kill -9 between this step's final.pt and its r
         write_ref(self, ref, result)
     StepFiles.write_ref = write_ref_or_die
 
+HOLD_AT = os.environ.get("HOLD_AT")  # "step,epoch,batch": stop there and wait to be killed
+
 class SlowTracker(ConsoleJsonlTracker):
     def log_metrics(self, metrics, progress):
         super().log_metrics(metrics, progress)
+        if HOLD_AT == f"{progress.step_name},{progress.epoch},{progress.batch}":
+            time.sleep(600)
         time.sleep(float(sys.argv[2]))
 
 config = load_config(json.load(open(sys.argv[1]))).config
@@ -84,10 +88,13 @@ def raw_config(out: Path) -> dict:
     return tiny_raw(out, STEPS, log_interval=1, checkpoint_save_interval=2, no_samples=True)
 
 
-def start_child(tmp_path: Path, out: Path, sleep_s: float, die_at_ref_of: str | None = None) -> subprocess.Popen:
+def start_child(tmp_path: Path, out: Path, sleep_s: float, die_at_ref_of: str | None = None,
+                hold_at: str = "") -> subprocess.Popen:
+    """The pipeline in a child process that sleeps `sleep_s` after each logged batch; with `hold_at`
+    ("step,epoch,batch") it stops after logging that batch until it is killed, so a kill lands there on any load."""
     config_file = tmp_path / f"{out.name}.json"
     config_file.write_text(json.dumps(raw_config(out)))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), HOLD_AT=hold_at)
     args = [str(config_file), str(sleep_s)] + ([die_at_ref_of] if die_at_ref_of else [])
     return subprocess.Popen([sys.executable, "-c", CHILD, *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -179,7 +186,9 @@ def test_kill_9_mid_epoch_then_rerun_resumes_at_the_saved_batch_and_ends_like_an
     reference, reference_out = uninterrupted
     killed_out = tmp_path / "killed"
 
-    child = start_child(tmp_path, killed_out, sleep_s=0.15)
+    # the child holds after gan's epoch 2 batch 5, past the checkpoint at batch 4: a loaded CI machine once let
+    # a merely slowed child finish the epoch between two polls
+    child = start_child(tmp_path, killed_out, sleep_s=0.05, hold_at="gan,2,5")
     latest = killed_out / "checkpoints" / "gan" / "latest.pt"
     try:
         wait_for(child, lambda: mid_second_epoch(latest), "a mid-epoch latest.pt in the second epoch of gan")

@@ -263,6 +263,31 @@ def test_the_config_reference_documents_every_field():
     assert missing == []
 
 
+def test_the_config_reference_gives_each_step_field_its_default_in_the_model():
+    """docs/CONFIG.md's step tables against StepSettings, the one list of step fields: where the Default column holds
+    a literal (a number, true/false, null, `[]`, a `name`), it is the model's default."""
+    from fluxflow.config.steps import StepSettings
+
+    rows = re.findall(r"^\| `([a-z0-9_]+)` \| [^|]* \| ([^|]*) \|", (REPO / "docs" / "CONFIG.md").read_text(), re.M)
+    literals = {"true": True, "false": False, "null": None, "`[]`": []}
+
+    def literal(cell: str):
+        if cell in literals:
+            return literals[cell]
+        if re.fullmatch(r"-?[0-9.]+(e-?[0-9]+)?", cell):
+            return float(cell)
+        name = re.fullmatch(r"`([a-z_]+)`", cell)
+        return name.group(1) if name else ...  # ...: not a literal (e.g. "`training.lr`", "compressor, expander")
+
+    fields, compared = StepSettings.model_fields, []
+    for name, cell in rows:
+        value = literal(cell.strip())
+        if name in fields and not fields[name].is_required() and value is not ...:
+            compared.append((name, value, fields[name].get_default(call_default_factory=True)))
+    assert [c for c in compared if c[1] != c[2]] == []
+    assert len(compared) >= 30
+
+
 def test_grad_clip_and_accumulation_are_step_fields_with_defaults(tmp_path):
     steps = steps_of(tmp_path, """
         training:

@@ -32,8 +32,8 @@ Runner = Callable[[Path, int], None]  # (fresh output directory, batches per ste
 
 
 def flow_runner(path: Path, batches: int) -> None:
-    """Run the tiny pipeline through `flows.pipeline_flow.run_pipeline_flow` (Prefect + MLflow)."""
-    from flows.pipeline_flow import run_pipeline_flow
+    """Run the tiny pipeline through `flows.cli_flow_run.run_pipeline_flow` (Prefect + MLflow)."""
+    from flows.cli_flow_run import run_pipeline_flow
 
     from fluxflow.config.run_config import resolve_run_config
 

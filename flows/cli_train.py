@@ -152,7 +152,7 @@ def check_cluster(config) -> None:
 
 def train(config, overrides: list[str]) -> int:
     """Run the flow; Ctrl-C and SIGTERM end it with 130 / 143 once the running steps have saved their batch."""
-    from flows.pipeline_flow import run_pipeline_flow
+    from flows.cli_flow_run import run_pipeline_flow
 
     # SIGTERM ends the process through Python's exit path, as Ctrl-C does: Prefect hands the signal back to this
     # handler once the flow has stopped its steps, and the exit stops Prefect's temporary API server

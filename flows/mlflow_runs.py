@@ -13,6 +13,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from flows import env  # noqa: F401  (must precede mlflow)
@@ -21,7 +22,27 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 from flows.mlflow_names import TAG_KIND, TAG_OUTPUT_DIR, TAG_STEP_KEY, TAG_STEP_NAME, tags_filter
+from fluxflow.storage.location import local_path, remote_uri
 
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """Where a step's MLflow run goes; built once by the flow, passed to every task as a dict."""
+
+    tracking_uri: str
+    experiment_id: str  # "" (and parent_run_id "") when MLflow did not answer at the flow's start: found by name later
+    parent_run_id: str
+    session: str  # the Prefect flow-run id: retries within one session continue the same run
+    pipeline: str  # short pipeline name for Prefect artifact keys
+    experiment_name: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def output_dir_of(config) -> str:
+    """The pipeline's output directory, the key of its MLflow runs: its absolute path, or its object-store URI."""
+    return remote_uri(config.output.output_path) or str(local_path(config.output.output_path).resolve())
 
 
 def resolve_tracking_uri(configured: str | None = None) -> str:

@@ -11,8 +11,6 @@ from flows import env  # noqa: F401  (must precede prefect and mlflow)
 
 import contextlib
 import json
-import shutil
-import sys
 from dataclasses import replace
 from datetime import timezone
 from pathlib import Path
@@ -22,28 +20,26 @@ from prefect import flow, get_run_logger
 from prefect.exceptions import TerminationSignal
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
-from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_UI_URL, temporary_settings
+from prefect.settings import PREFECT_API_URL
 from prefect.utilities.urls import url_for
 
 from flows import artifacts
 from flows.credentials import CredentialsError, mlflow_refusal
-from flows.exit_codes import EXIT_OK, EXIT_STEP_FAILED
-from flows.fault_policy import failure_exit_code
 from flows.hypotheses import summarize
 from flows.mlflow_names import TAG_BRANCHES, TAG_CONFIG_HASH, TAG_OVERRIDES, TAG_STEPS
 from flows.mlflow_runs import (
     PipelineRun,
-    find_runs,
+    TrackingTarget,
     find_step_runs,
-    pipeline_run_tags,
+    output_dir_of,
     resolve_tracking_uri,
     unreachable_reason,
 )
 from flows.mlflow_store import prepare_store
-from flows.promotion import release_lines, release_models
-from flows.prefect_server import ServerNotReady, api_url_for_run, is_temporary
+from flows.promotion import release_models
+from flows.prefect_server import is_temporary
 from flows.ray_steps import Infeasible, step_submitter
-from flows.step_task import TrackingTarget, output_dir_of, pipeline_step_task
+from flows.step_task import pipeline_step_task
 from flows.tracking_queue import TRACKING
 from fluxflow.storage.store_lock import output_lock as store_output_lock
 from fluxflow.checkpoints.ref import StepOutcome
@@ -257,71 +253,3 @@ def finish_tracking(run: PipelineRun, target: TrackingTarget, status: str) -> No
             "MLflow (%s) did not answer for %.0f s: %d records not sent. The metrics are in graph/*.jsonl; run the "
             "same command again once it answers to complete the step runs.", target.tracking_uri, TRACKING_STALL_S,
             TRACKING.pending())
-
-
-def print_summary(outcomes: list[dict]) -> None:
-    """The flow's return value (each a `StepOutcome.to_dict()`), one line per step."""
-    for outcome in map(StepOutcome.from_dict, outcomes):
-        result = outcome.result
-        trained = "" if result.trained else " (already complete, skipped)"
-        where = f", on {outcome.node}" if outcome.node else ""
-        print(f"  {result.step_name}: {result.outcome}{trained}, {result.epochs_done} epochs, {outcome.ref.uri}{where}")
-
-
-def _command(name: str) -> str:
-    """How to call a console script of this installation from the current directory: its bare name when PATH finds
-    this one (an activated venv), else its path (`.venv/bin/mlflow` after `make demo`, which does not activate)."""
-    script = Path(sys.executable).parent / name
-    if not script.exists() or shutil.which(name) == str(script):
-        return name
-    try:
-        return str(script.relative_to(Path.cwd()))
-    except ValueError:
-        return str(script)
-
-
-def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
-    """Where the samples are, and the commands that show this run in the MLflow UI and the Prefect UI."""
-    out = output_dir_of(config)
-    uri = resolve_tracking_uri(config.tracking.tracking_uri)
-    client = MlflowClient(uri)
-    # Records still queued: the server does not answer, and a lookup would wait minutes in MLflow's retries. Refused
-    # credentials: the run failed saying so, and the lookup would only raise the same 401.
-    skip = TRACKING.pending() or mlflow_refusal(uri)
-    experiment = None if skip else client.get_experiment_by_name(config.tracking.experiment_name)
-    runs = find_runs(client, experiment.experiment_id, pipeline_run_tags(out)) if experiment else []
-    print(f"Samples:     {out}/samples")
-    print(f"Checkpoints: {out}/checkpoints")
-    if runs:
-        run_url = artifacts.mlflow_run_url(uri, experiment.experiment_id, runs[0].info.run_id)
-        start = "" if uri.startswith(("http://", "https://")) else (
-            f"{_command('mlflow')} ui --host 127.0.0.1 --backend-store-uri {uri}   then open ")
-        print(f"MLflow UI:   {start}{run_url}")
-    for line in release_lines(client, config, out) if experiment else []:  # versions and champion (flows/promotion.py)
-        print(line)
-    flow_run_url = url_for("flow-run", obj_id=flow_run_id, default_base_url="http://127.0.0.1:4200")
-    start = "" if PREFECT_UI_URL.value() else f"{_command('prefect')} server start --host 127.0.0.1   then open "
-    print(f"Prefect UI:  {start}{flow_run_url}")
-
-
-def run_pipeline_flow(config: PipelineConfig, overrides: list[str] | None = None) -> int:
-    """Run the flow on the current Prefect API (the embedded one by default) with the config `fluxflow-train`
-    resolved (`overrides`: the `--set` changes it applied, recorded on the MLflow run). Exit code: 0 done, 1 failed,
-    2 a failure the user must fix first (flows/fault_policy.py)."""
-    try:
-        api_url = api_url_for_run()  # the temporary server's, unless Prefect's settings name a server
-    except ServerNotReady as exc:
-        print(f"Cannot start the flow: {exc}", file=sys.stderr)
-        return EXIT_STEP_FAILED
-    # Heartbeats let a lasting server mark crashed runs; the temporary one ends with this process, and the heartbeat
-    # thread's join costs up to 1 s per run.
-    temporary = {PREFECT_API_URL: api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
-    with temporary_settings(temporary) if api_url else contextlib.nullcontext():
-        state = pipeline_flow(run_dict(config), overrides=overrides or None, return_state=True)
-        if state.is_completed():
-            print("Pipeline finished:")
-            print_summary(state.result())
-        else:
-            print(f"Pipeline {state.name.lower()}: {state.message}")
-    print_where_to_look(config, state.state_details.flow_run_id)
-    return EXIT_OK if state.is_completed() else failure_exit_code(state)  # 2 when the user must fix something first

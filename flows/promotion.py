@@ -22,11 +22,11 @@ from flows.artifacts import artifact_key
 from flows.hypotheses import spread
 from flows.mlflow_names import TAG_DECISION_OF_RUN, TAG_PROMOTION, TAG_STEP_NAME
 from flows.registry import model_checkpoint, register_step, version_by_alias, versions_of
-from flows.step_task import TrackingTarget, gpu_tag
+from flows.mlflow_runs import TrackingTarget
+from flows.step_task import gpu_tag
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.config.promotion import evaluation_dataset, promotion_metric, registered_steps
 from fluxflow.config.run_config import run_config_of
-
 
 
 @dataclass

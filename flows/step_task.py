@@ -11,7 +11,6 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (must precede prefect and mlflow)
 
 import os
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from mlflow.tracking import MlflowClient
@@ -24,30 +23,11 @@ from flows.fault_policy import quiet_non_retryable_tracebacks, retry_unless_non_
 from flows.mlflow_tracker import MlflowTracker
 from flows.prefect_log_tracker import PrefectLogTracker
 from flows.mlflow_names import TAG_HOSTNAME, TAG_RAY_NODE
+from flows.mlflow_runs import TrackingTarget, output_dir_of
 from fluxflow.checkpoints.ref import CheckpointRef, StepNode, StepOutcome
 from fluxflow.config import PipelineConfig
 from fluxflow.config.run_config import run_config_of
-from fluxflow.storage.location import local_path, output_root, remote_uri
-
-
-@dataclass(frozen=True)
-class TrackingTarget:
-    """Where a step's MLflow run goes; built once by the flow, passed to every task as a dict."""
-
-    tracking_uri: str
-    experiment_id: str  # "" (and parent_run_id "") when MLflow did not answer at the flow's start: found by name later
-    parent_run_id: str
-    session: str  # the Prefect flow-run id: retries within one session continue the same run
-    pipeline: str  # short pipeline name for Prefect artifact keys
-    experiment_name: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-
-def output_dir_of(config: PipelineConfig) -> str:
-    """The pipeline's output directory, the key of its MLflow runs: its absolute path, or its object-store URI."""
-    return remote_uri(config.output.output_path) or str(local_path(config.output.output_path).resolve())
+from fluxflow.storage.location import output_root
 
 
 def make_tracker(config: PipelineConfig, target: TrackingTarget, node: StepNode | None = None):

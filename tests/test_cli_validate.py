@@ -78,9 +78,9 @@ def test_legacy_warnings_go_to_stderr_and_quiet_silences_them(tmp_path, capsys, 
 
 @pytest.fixture
 def fake_flow(monkeypatch):
-    """Stands in for flows.pipeline_flow (Prefect + MLflow) and records how the CLI calls it."""
+    """Stands in for flows.cli_flow_run (Prefect + MLflow) and records how the CLI calls it."""
     calls = []
-    module = types.ModuleType("flows.pipeline_flow")
+    module = types.ModuleType("flows.cli_flow_run")
     module.exit_code = 0
 
     def run_pipeline_flow(config, overrides=None):
@@ -89,7 +89,7 @@ def fake_flow(monkeypatch):
         return module.exit_code
 
     module.run_pipeline_flow = run_pipeline_flow
-    monkeypatch.setitem(sys.modules, "flows.pipeline_flow", module)
+    monkeypatch.setitem(sys.modules, "flows.cli_flow_run", module)
     monkeypatch.setattr(cli_train, "start_temporary_server", lambda keep=False: None)  # no Prefect server for a stand-in flow
     return module, calls
 

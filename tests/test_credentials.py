@@ -100,7 +100,7 @@ class AsksForCredentials(http.server.BaseHTTPRequestHandler):
 @pytest.mark.slow  # a Prefect flow on the session's test API: a few seconds
 def test_a_flow_run_whose_tracking_server_refuses_its_credentials_fails_at_once_with_one_line(
         tmp_path, prefect_api, monkeypatch, capsys):
-    from flows.pipeline_flow import run_pipeline_flow
+    from flows.cli_flow_run import run_pipeline_flow
     from fluxflow.config.run_config import resolve_run_config
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AsksForCredentials)

@@ -281,7 +281,7 @@ def test_a_failed_task_is_retried_and_resumes_mid_step_in_the_same_mlflow_run(tm
 
 def test_a_missed_threshold_with_on_missed_fail_fails_the_flow_and_stops_its_subtree(tmp_path, mlflow_store_module,
                                                                                      capsys):
-    from flows.pipeline_flow import run_pipeline_flow
+    from flows.cli_flow_run import run_pipeline_flow
     from fluxflow.config.run_config import resolve_run_config
 
     raw = config(tmp_path, "missed", [
@@ -306,7 +306,7 @@ def test_a_missed_threshold_with_on_missed_fail_fails_the_flow_and_stops_its_sub
 
 
 def test_a_second_run_on_a_busy_output_directory_fails_at_once(tmp_path, mlflow_store_module, capsys):
-    from flows.pipeline_flow import run_pipeline_flow
+    from flows.cli_flow_run import run_pipeline_flow
     from fluxflow.config.run_config import resolve_run_config
     from fluxflow.checkpoints.lock import RunLock
 

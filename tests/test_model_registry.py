@@ -186,7 +186,7 @@ def test_compare_lists_the_versions_with_the_champion_and_their_differences(loop
 
 
 def test_rerunning_a_finished_pipeline_registers_no_second_version_of_the_same_checkpoint(loop, capsys):
-    from flows.pipeline_flow import print_where_to_look
+    from flows.cli_flow_run import print_where_to_look
     from fluxflow.config.run_config import resolve_run_config
 
     flow, params = nightly_flow()

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench import overhead, run as bench_run, throughput
+from bench import common as bench_common, overhead, run as bench_run, throughput
 from bench.common import MachineLoad, load_label, print_table, write_result
 
 CPU = torch.device("cpu")
@@ -64,12 +64,14 @@ def test_unknown_benchmark_name_is_a_usage_error(capsys):
 def test_overhead_alternates_arms_and_reports_the_median_ratio_without_the_warmup(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "untouched"))
     calls = []
-    cost = {"flow": 0.03, "bare": 0.01}
+    cost = {"flow": 3.0, "bare": 1.0}
+    clock = [0.0]  # the Stopwatch's clock: each run advances it by its cost instead of sleeping, so no ratio of sleeps
+    monkeypatch.setattr(bench_common, "time", SimpleNamespace(perf_counter=lambda: clock[0], monotonic=time.monotonic))
 
     def runner(name):
         def go(path: Path, batches: int) -> None:
             calls.append((name, path.name))
-            time.sleep(cost[name] + (0.2 if path.name.startswith("warmup") else 0.0))
+            clock[0] += cost[name] + (20.0 if path.name.startswith("warmup") else 0.0)
         return go
 
     args = SimpleNamespace(pairs=3, batches=2, results_dir=tmp_path / "results",
@@ -78,8 +80,9 @@ def test_overhead_alternates_arms_and_reports_the_median_ratio_without_the_warmu
     result = overhead.run(args)
     assert [c[0] for c in calls] == ["flow", "bare", "flow", "bare", "bare", "flow", "flow", "bare"]
     assert len({c[1] for c in calls}) == len(calls)  # a fresh output directory every run
-    assert len(result["ratios"]) == 3 and 1.5 < result["median_ratio"] < 6  # warm-up's extra 0.2 s not in it
-    assert result["warmup_seconds"]["flow"] > 0.2
+    assert result["ratios"] == [3.0, 3.0, 3.0] and result["median_ratio"] == 3.0  # warm-up's extra 20 s not in it
+    assert result["seconds"] == {"flow": [3.0, 3.0, 3.0], "bare": [1.0, 1.0, 1.0]} and result["median_added_s"] == 2.0
+    assert result["warmup_seconds"] == {"flow": 23.0, "bare": 21.0}
     assert os.environ.get("MLFLOW_TRACKING_URI") == uri  # the private store is not left behind
     saved = json.loads((tmp_path / "results" / "overhead.json").read_text())
     assert saved["median_ratio"] == result["median_ratio"] and "loadavg_start" in saved["machine"]["load"]

@@ -8,12 +8,14 @@ from fluxflow.config.errors import ConfigError, ConfigIssue
 from fluxflow.config.load import LoadedConfig, load_config
 from fluxflow.config.optim import Optimization, OptimizerConfig, SchedulerConfig
 from fluxflow.config.promotion import PromotionConfig
-from fluxflow.config.schema import (DataConfig, DatasetConfig, DistributedConfig, ModelConfig, OutputConfig,
-                                    PipelineConfig, PipelineSection, TrackingConfig, TrainingConfig)
+from fluxflow.config.schema import (DataConfig, DatasetConfig, DistributedConfig, FolderDataset, ModelConfig,
+                                    OutputConfig, PipelineConfig, PipelineSection, ShapesDataset, TrackingConfig,
+                                    TrainingConfig, WebDatasetConfig)
 from fluxflow.config.steps import ResolvedStep, StepConfig, StepDefaults, Transition
 
 __all__ = [
-    "ConfigError", "ConfigIssue", "DataConfig", "DatasetConfig", "DistributedConfig", "LPIPS_BACKBONE_FILE",
+    "ConfigError", "ConfigIssue", "DataConfig", "DatasetConfig", "DistributedConfig", "FolderDataset",
+    "LPIPS_BACKBONE_FILE", "ShapesDataset", "WebDatasetConfig",
     "LoadedConfig", "ModelConfig", "Optimization", "OptimizerConfig", "OutputConfig", "PipelineConfig",
     "PipelineSection", "PromotionConfig", "ResolvedStep", "SchedulerConfig", "StepConfig", "StepDefaults",
     "TrackingConfig", "TrainingConfig", "Transition", "load_config", "lpips_backbone_path",

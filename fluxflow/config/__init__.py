@@ -3,7 +3,7 @@
     loaded = load_config("configs/quickstart.yaml")     # or a dict; raises ConfigError listing every problem
     for step in loaded.config.resolved_steps(): ...
 """
-from fluxflow.config.assets import LPIPS_BACKBONE_FILE, lpips_backbone_path
+from fluxflow.config.file_checks import LPIPS_BACKBONE_FILE, lpips_backbone_path
 from fluxflow.config.errors import ConfigError, ConfigIssue
 from fluxflow.config.load import LoadedConfig, load_config
 from fluxflow.config.optim import Optimization, OptimizerConfig, SchedulerConfig

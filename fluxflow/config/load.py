@@ -13,10 +13,9 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from fluxflow.config.checks import Pieces, semantic_issues
 from fluxflow.config.errors import ConfigError, ConfigIssue, did_you_mean, format_path
-from fluxflow.config.executor import resources_issues
+from fluxflow.config.executor import process_issues, resources_issues
 from fluxflow.config.legacy import apply_legacy
 from fluxflow.config.overrides import apply_overrides
-from fluxflow.config.processes import process_issues
 from fluxflow.config.promotion import promotion_issues
 from fluxflow.config.replicates import replicate_issues
 from fluxflow.config.schema import (DATASET_TYPES, SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,

@@ -12,7 +12,7 @@ in under 10 minutes.
 3. `torchrun`: the same flow step on 2 processes (DDP) when 2 GPUs are present; skipped otherwise.
 
 A section that would start after `--budget-s` seconds is skipped and says so (the shell script also stops the whole
-run at 10 minutes). `--dry-run`: the same code at tiny sizes on the CPU, eager only (tests/test_gpu_check.py).
+run at 10 minutes). `--dry-run`: the same code at tiny sizes on the CPU, eager only (tests/bench/test_gpu_check.py).
 Writes bench/results/gpu_check.json and prints one table.
 """
 from __future__ import annotations

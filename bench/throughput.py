@@ -124,7 +124,7 @@ def count_flops(bench: StepBench) -> int | None:
     autograd.grad's double backward).
 
     Counted on a batch of one and multiplied by the batch size: every counted op (convolutions, matmuls, attention)
-    is linear in the batch (tests/test_bench.py checks that the two agree exactly), and one step at batch 1 costs
+    is linear in the batch (tests/bench/test_bench.py checks that the two agree exactly), and one step at batch 1 costs
     a fraction of a full step, which matters at 256 px on a CPU.
     """
     from torch.utils.flop_counter import FlopCounterMode

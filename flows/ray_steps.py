@@ -6,7 +6,7 @@ GPU claim and the `gpu` tag limit of the local path. Before a step is submitted 
 live nodes: a request no node can meet would pend forever in Ray, so it fails the step at once instead, with one line
 naming the request and what the nodes offer.
 
-Ray is imported only inside these functions: a local run never loads it (tests/test_ray_executor.py checks).
+Ray is imported only inside these functions: a local run never loads it (tests/flows/test_ray_executor.py checks).
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ complete) returns the version it already is.
 A version loads anywhere: the project's code (fluxflow/ and flows/) travels with it as MLflow code paths, its
 requirements name every package the model imports (pinned to this environment's versions, transformers too for a
 pretrained text encoder), and the export holds every file the model reads. The loading environment needs those
-requirements only, not this repository (tests/test_model_travels.py loads one in an environment without it).
+requirements only, not this repository (tests/e2e/test_model_travels.py loads one in an environment without it).
 """
 from __future__ import annotations
 

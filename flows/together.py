@@ -3,7 +3,7 @@
 `FLUXFLOW_TEST_TOGETHER=<dir>:<step>,<step>,...` in the environment of the processes that run the steps (for Ray
 steps: the nodes' environment) makes each listed step write `<dir>/<step>` when its task starts and wait until every
 listed step has: branches that run one after the other never get there and fail after WAIT_S. Unset (always, outside
-tests), `meet` does nothing. Proves concurrency without timing anything (tests/test_ray_executor.py).
+tests), `meet` does nothing. Proves concurrency without timing anything (tests/flows/test_ray_executor.py).
 """
 from __future__ import annotations
 

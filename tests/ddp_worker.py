@@ -1,4 +1,4 @@
-"""One torchrun rank of tests/test_data_parallel.py (gloo, CPU): `python -m torch.distributed.run --standalone
+"""One torchrun rank of tests/runtime/test_data_parallel.py (gloo, CPU): `python -m torch.distributed.run --standalone
 --nproc_per_node=2 tests/ddp_worker.py MODE OUT [SHARDS]`.
 
 - `flow`: one gradient-accumulation window (2 micro-batches) of a train_diff_full step through `Trainer.train_batch`,

@@ -3,12 +3,12 @@
     PYTHONPATH=. python tests/ray_node_loss_check.py
 
 A local cluster of a head without CPUs (so that no training worker runs there: losing the head ends the cluster) and
-three one-CPU nodes; the 100-batch GAN step of tests/test_ray_train_step.py with `nodes: 2` takes two of them. Once
-its `latest.pt` exists, one node holding a worker is removed with every process on it (raylet and workers, SIGKILL).
-Ray Train restarts the group on the two nodes left, the step resumes from `latest.pt`, and its weights must equal,
-bit for bit, those of the same step under torchrun with 2 processes, uninterrupted (trained meanwhile in a thread).
-Prints the node removed, where the step resumed, and `BITWISE True`; exits 1 otherwise. Kept out of `make test`:
-the test suite's Ray budget goes to the two tests of tests/test_ray_train_step.py.
+three one-CPU nodes; the 100-batch GAN step of tests/runtime/test_ray_train_step.py with `nodes: 2` takes two of them.
+Once its `latest.pt` exists, one node holding a worker is removed with every process on it (raylet and workers,
+SIGKILL). Ray Train restarts the group on the two nodes left, the step resumes from `latest.pt`, and its weights must
+equal, bit for bit, those of the same step under torchrun with 2 processes, uninterrupted (trained meanwhile in a
+thread). Prints the node removed, where the step resumed, and `BITWISE True`; exits 1 otherwise. Kept out of
+`make test`: the test suite's Ray budget goes to the two tests of tests/runtime/test_ray_train_step.py.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+TESTS = Path(__file__).resolve().parent
+sys.path[:0] = [str(TESTS), str(TESTS / "runtime")]  # ray_driver_cluster; tests/runtime/test_ray_train_step.py
 
 from ray_driver_cluster import local_ray_cluster  # noqa: E402
 from test_ray_train_step import CONFIG, RAY, TORCHRUN  # noqa: E402

@@ -2,7 +2,7 @@
 
 A flow step whose compressor does not train (fluxflow/config/caching.py) reads the cached means instead of encoding
 its images every batch, and normalises them per batch exactly as encoding on the fly does
-(fluxflow/models/latents.py: normalise_latents), so its losses are the same (tests/test_latent_cache.py). Row i
+(fluxflow/models/latents.py: normalise_latents), so its losses are the same (tests/cache/test_latent_cache.py). Row i
 is item i of the training split with its caption, so the batch sampler, resume positions and captions are unchanged.
 
 Storage per image (store.py): the mean in float32 and the log-variance in float16. The mean is what the flow model

@@ -5,7 +5,7 @@ A cache holds what a frozen network computes from the training items, once (flux
 posterior for the latent cache, the text encoder's outputs for the text cache. It is valid only while that network
 does not change, i.e. in a flow step that does not train it, and only for a dataset whose items have an index
 (shapes, folder; a webdataset stream has none). `cache_latents` / `cache_text` default to on where valid; set false
-to encode on the fly. Caches change no number the step computes (tests/test_latent_cache.py), so they are left out
+to encode on the fly. Caches change no number the step computes (tests/cache/test_latent_cache.py), so they are left out
 of the step key (fluxflow/checkpoints/step_files.py).
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 `--validate-pipeline` prints parameter counts; building the torch modules for them cost seconds of imports, so the
 counts are computed here from the layer shapes instead. Each function mirrors one class in fluxflow/models/ and
-tests/test_model_sizes.py checks them against the built modules for many sizes: change both together.
+tests/config/test_model_sizes.py checks them against the built modules for many sizes: change both together.
 """
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 `FLUXFLOW_TEST_KILL_AT=<point>` in the environment of a run makes the process SIGKILL itself when it reaches
 `<point>`; unset (always, outside tests), `reached` does nothing. A point is named where the moment is too short to
 hit from outside. Points: `step_finished` (a step's `ref.json` is written and its MLflow run not yet closed:
-tests/test_mlflow_after_kills.py); `batch<global_step>_rank<rank>` (a rank has finished that batch of the pipeline:
-tests/test_ray_train_step.py kills one Ray Train worker mid-step).
+tests/flows/test_mlflow_after_kills.py); `batch<global_step>_rank<rank>` (a rank has finished that batch of the
+pipeline: tests/runtime/test_ray_train_step.py kills one Ray Train worker mid-step).
 
 `FLUXFLOW_TEST_KILL_ONCE=<file>` as well makes the kill happen once: the first process to reach the point creates
 the file and dies, later ones (a restarted worker group, a rerun) find it and go on.

@@ -5,7 +5,7 @@ dimensions: GroupNorm, LayerNorm, RMSNorm...), `nn.Embedding` tables, and the le
 another name: the text encoder's positional embedding (`pos`, fluxflow/models/text_encoder.py) and the flow
 processor's null text for classifier-free guidance (`null_tokens`, `null_pooled`, fluxflow/models/flow_processor.py).
 Decay would pull learned positions and the unconditional text toward zero, which is a change of meaning, not
-regularisation. tests/test_train_param_groups.py pins the exact names per component.
+regularisation. tests/train/test_train_param_groups.py pins the exact names per component.
 """
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
-"""One torchrun rank of tests/test_accumulation.py's distributed case: two micro-batches of a global batch of 8
+"""One torchrun rank of tests/train/test_accumulation.py's distributed case: two micro-batches of a global batch of 8
 (4 rows per rank), posterior noise off, one SGD update; rank 0 saves the VAE weights and the all-reduce count."""
 import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+TESTS = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(TESTS), str(TESTS / "train")]  # helpers_tiny; tests/train/test_accumulation.py
 from test_accumulation import vae_trainer  # noqa: E402
 
 import fluxflow.train.batch_step as batch_step  # noqa: E402

@@ -1,0 +1,62 @@
+"""The --validate-pipeline summary: the original tool's lines, branches, transitions, datasets, parameters."""
+from pathlib import Path
+
+from fluxflow.config import load_config
+from fluxflow.config.summary import format_parameters, format_summary
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def summary_of(tmp_path: Path, text: str) -> str:
+    (tmp_path / "c.yaml").write_text(text)
+    return format_summary(load_config(tmp_path / "c.yaml").config)
+
+
+def test_summary_has_totals_modes_freezes_and_transitions_per_step():
+    text = format_summary(load_config(REPO / "configs" / "seed_complete.yaml").config)
+    assert text.splitlines()[0] == "✅ Pipeline validation passed!"
+    assert "Total steps: 2" in text and "Total epochs: 4" in text
+    assert "Step 1: vae_only (2 epochs, max 2 batches/epoch)" in text
+    assert "Step 2: vae_gan" in text and "Training: VAE, GAN" in text
+    assert "Freeze: flow_processor, text_encoder" in text
+    assert "Transition: epoch (after 2 epochs)" in text
+    assert "Optimizers: vae AdamW lr=5e-05, discriminator AdamW lr=5e-05" in text
+    assert "After:" not in text  # a straight line of steps has no branches
+
+
+def test_branches_name_their_parent():
+    text = format_summary(load_config(REPO / "configs" / "hypotheses.yaml").config)
+    assert text.count("After: vae_warmup (branch)") == 2
+    assert "Training: VAE, GAN, SPADE" in text
+
+
+def test_threshold_transitions_show_metric_threshold_limit_and_total_is_an_upper_bound(tmp_path):
+    text = summary_of(tmp_path, """
+training:
+  pipeline:
+    steps:
+      - {name: a, n_epochs: 10, train_vae: true,
+         transition_on: {mode: loss_threshold, metric: vae_loss, threshold: 0.05, max_epochs: 50}, on_missed: fail}
+""")
+    assert "Transition: loss_threshold (vae_loss < 0.05 averaged over 20 batches, max 50 epochs, then fail)" in text
+    assert "Total epochs: 50 (at most" in text
+
+
+def test_datasets_and_output_are_listed(tmp_path):
+    text = summary_of(tmp_path, """
+output: {output_path: runs/x}
+training:
+  pipeline:
+    datasets:
+      real: {type: folder, path: imgs, captions_file: caps.txt, holdout: 4}
+    steps: [{name: a, n_epochs: 1, train_vae: true}]
+""")
+    assert "Output: runs/x" in text
+    assert "real: folder (imgs, captions caps.txt; 4 held out)" in text
+    assert "Dataset: real, batch 8" in text
+
+
+def test_parameter_section_lists_counts_and_total():
+    counts = format_parameters({"compressor": 1200, "expander": 34})
+    assert counts.splitlines() == ["Parameters:", "  compressor         1,200", "  expander              34",
+                                   "  total              1,234"]

@@ -1,0 +1,164 @@
+"""The retraining loop's settings (fluxflow/config/promotion.py) and its decision rule (flows/promotion.py `decide`):
+which steps are registered, under which name, on which metric a new version wins, and when it takes the alias."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fluxflow.config import ConfigError, load_config
+from fluxflow.config.promotion import promotion_metric, registered_steps
+from fluxflow.config.summary import format_summary
+
+REPO = Path(__file__).resolve().parents[2]
+FLOW = {"name": "flow", "n_epochs": 1, "train_diff": True}
+
+
+def config(*steps: dict, **sections) -> dict:
+    return {"training": {"pipeline": {"steps": [{"name": "warm", "n_epochs": 1, "train_vae": True}, *steps]}},
+            **sections}
+
+
+def problems(raw: dict) -> dict[str, str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(raw)
+    return {issue.path: issue.message for issue in caught.value.issues}
+
+
+def test_the_quickstart_registers_its_flow_step_under_its_experiment_name_and_promotes_on_adherence():
+    cfg = load_config(REPO / "configs" / "quickstart.yaml").config
+    assert registered_steps(cfg) == ["flow"]
+    assert cfg.tracking.model_name == "fluxflow-quickstart"
+    assert promotion_metric(cfg, "flow") == ("eval_adherence_both", "maximize")
+    assert cfg.promotion.alias == "champion" and cfg.promotion.enabled
+    assert ("Registered model: fluxflow-quickstart (step flow); a new version becomes 'champion' when its "
+            "eval_adherence_both is higher by more than 0") in format_summary(cfg)
+
+
+def test_leaves_that_make_no_images_from_text_are_not_registered():
+    cfg = load_config(REPO / "configs" / "hypotheses.yaml").config  # two VAE branches
+    assert registered_steps(cfg) == []
+    assert "Registered model" not in format_summary(cfg)
+
+
+def test_every_text_to_image_leaf_is_registered_and_a_step_below_a_flow_step_counts():
+    cfg = load_config(config(FLOW, {"name": "a", "after": "flow", "n_epochs": 1, "train_vae": True},
+                             {"name": "b", "after": "flow", "n_epochs": 1, "train_diff": True},
+                             {"name": "vae_only", "after": "warm", "n_epochs": 1, "train_vae": True})).config
+    assert registered_steps(cfg) == ["a", "b"]
+
+
+def test_named_model_chosen_steps_and_a_folder_dataset_fall_back_to_the_frechet_distance():
+    raw = config(FLOW, {"name": "more", "n_epochs": 1, "train_diff": True},
+                 tracking={"registered_model": "nightly", "register_steps": ["flow"]},
+                 promotion={"min_improvement": 0.01})
+    raw["training"]["pipeline"]["datasets"] = {"real": {"type": "folder", "path": "x", "captions_file": "y"}}
+    cfg = load_config(raw).config
+    assert cfg.tracking.model_name == "nightly" and registered_steps(cfg) == ["flow"]
+    assert promotion_metric(cfg, "flow") == ("eval_fd_ours_cfg", "minimize")
+    assert "when its eval_fd_ours_cfg is lower by more than 0.01" in format_summary(cfg)
+
+
+def test_bad_settings_name_their_field():
+    found = problems(config(FLOW, tracking={"register_steps": ["warm", "flw"]}))
+    assert "trains no text-to-image model" in found["tracking.register_steps[0]"]
+    assert "did you mean 'flow'" in found["tracking.register_steps[1]"]
+    assert "did you mean 'eval_fd_ours_cfg'" in problems(config(FLOW, promotion={"metric": "fd_ours_cfg"}))[
+        "promotion.metric"]
+    assert "would promote worse models" in problems(config(FLOW, promotion={"metric": "eval_fd_ours_cfg",
+                                                                            "direction": "maximize"}))[
+        "promotion.direction"]
+    assert "not 'latest'" in problems(config(FLOW, promotion={"alias": "latest"}))["promotion.alias"]
+    assert "did you mean 'shapes'" in problems(config(FLOW, promotion={"dataset": "shape"}))["promotion.dataset"]
+    folder = config(FLOW, promotion={"metric": "eval_adherence_both"})
+    folder["training"]["pipeline"]["datasets"] = {"real": {"type": "folder", "path": "x", "captions_file": "y"}}
+    assert "`shapes` datasets only" in problems(folder)["promotion.metric"]
+    assert "unknown key" in problems(config(FLOW, promotion={"metrc": "x"}))["promotion.metrc"]
+
+
+def test_promotion_can_use_held_out_pair_adherence_where_the_evaluation_set_holds_pairs_out():
+    raw = config(FLOW, promotion={"metric": "eval_adherence_unseen_both"})
+    assert "sets no holdout_pairs" in problems(raw)["promotion.metric"]
+    raw["training"]["pipeline"]["datasets"] = {"shapes": {"type": "shapes", "holdout_pairs": ["blue triangle"]}}
+    assert promotion_metric(load_config(raw).config, "flow") == ("eval_adherence_unseen_both", "maximize")
+
+
+def test_the_config_reference_documents_every_promotion_field():
+    from fluxflow.config.promotion import PromotionConfig
+
+    text = (REPO / "docs" / "CONFIG.md").read_text()
+    for field in [*PromotionConfig.model_fields, "registered_model", "register_steps"]:
+        assert f"`{field}`" in text, field
+
+
+@pytest.mark.parametrize("value, champion, direction, min_improvement, promoted, why", [
+    (0.5, None, "maximize", 0.0, True, "no champion yet"),
+    (0.6, 0.5, "maximize", 0.0, True, "better by 0.1"),
+    (0.5, 0.5, "maximize", 0.0, False, "not better"),
+    (0.4, 0.5, "maximize", 0.0, False, "worse by 0.1"),
+    (0.4, 0.5, "minimize", 0.0, True, "better by 0.1"),
+    (0.55, 0.5, "maximize", 0.1, False, "better by only 0.05"),
+    (0.65, 0.5, "maximize", 0.1, True, "more than the 0.1 required"),
+    (math.nan, 0.5, "minimize", 0.0, False, "not a number"),
+    (0.4, math.nan, "minimize", 0.0, True, "champion's value nan"),
+])
+def test_a_new_version_wins_only_when_better_by_more_than_the_minimum(value, champion, direction, min_improvement,
+                                                                       promoted, why):
+    from flows.promotion import decide
+
+    decided, reason = decide(value, champion, direction, min_improvement)
+    assert decided is promoted and why in reason
+
+
+def test_the_promotion_section_round_trips_through_yaml(tmp_path):
+    raw = config(FLOW, promotion={"seeds": [0, 1], "n_images": 32, "sampler_steps": 10, "enabled": False})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_config(tmp_path / "c.yaml").config
+    assert (cfg.promotion.seeds, cfg.promotion.n_images, cfg.promotion.sampler_steps) == ([0, 1], 32, 10)
+    assert "promotion off" in format_summary(cfg)
+
+
+@pytest.mark.parametrize("values, champion, direction, promoted, why", [
+    ([0.58, 0.62, 0.60], 0.5, "maximize", True, "[0.5503, 0.6497], its lower end: better by 0.05032"),
+    ([0.45, 0.70, 0.60], 0.5, "maximize", False, "its lower end: worse by 0.2292"),  # 0.70 alone would win
+    ([0.40, 0.42, 0.41], 0.5, "minimize", True, "its upper end: better by 0.06516"),
+    ([0.70], 0.5, "maximize", False, "one replicate: no interval can be given"),
+    ([0.58, 0.62, 0.60], None, "maximize", True, "no champion yet"),
+])
+def test_beyond_the_spread_the_replicates_interval_must_beat_the_champion(values, champion, direction, promoted, why):
+    from flows.promotion import decide_beyond_spread
+
+    decided, reason = decide_beyond_spread(values, champion, direction, 0.0)
+    assert decided is promoted and why in reason, reason
+
+
+def test_promotion_beyond_the_spread_moves_the_alias_to_the_best_replicate_only_when_the_hypothesis_wins(
+        mlflow_store, monkeypatch, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from flows import promotion
+    from flows.mlflow_names import TAG_STEP_NAME
+
+    client = MlflowClient(mlflow_store)
+    raw = config({**FLOW, "after": "warm"}, {"name": "lucky", "n_epochs": 1, "train_diff": True, "after": "warm"},
+                 promotion={"beyond_spread": True, "metric": "eval_adherence_both"},
+                 tracking={"registered_model": "m"})
+    raw["training"]["replicates"] = {"seeds": [0, 1, 2], "from_steps": ["flow", "lucky"]}
+    cfg = load_config(raw).config
+    client.create_registered_model("m")
+    steps = ["old", "flow-seed0", "flow-seed1", "flow-seed2", "lucky-seed0", "lucky-seed1", "lucky-seed2"]
+    scores = [0.50, 0.58, 0.62, 0.60, 0.45, 0.75, 0.40]  # version 1 is the champion
+    versions = [client.create_model_version("m", str(tmp_path), tags={TAG_STEP_NAME: s}).version for s in steps]
+    client.set_registered_model_alias("m", "champion", versions[0])
+    by_version = dict(zip(map(str, versions), scores))
+    monkeypatch.setattr(promotion, "_evaluator", lambda config, client: (
+        lambda version, step: {"eval_adherence_both": by_version[str(version)]}))
+
+    decisions = {d.step: d for d in promotion.promote(cfg, client, [str(v) for v in versions[1:]])}
+    assert [s for s, d in decisions.items() if d.promoted] == ["flow-seed1"]  # the best replicate of `flow`
+    assert "a replicate of its hypothesis" in decisions["flow-seed0"].reason
+    # lucky's best replicate (0.75) beats the new champion's 0.62, but not beyond its spread: the alias stays
+    assert not decisions["lucky-seed1"].promoted and "its lower end: worse" in decisions["lucky-seed1"].reason
+    assert client.get_model_version_by_alias("m", "champion").version == versions[2]

@@ -1,0 +1,156 @@
+"""What `fluxflow-train` pays to start must not be bought with missing records: the temporary Prefect server started
+before the heavy imports or kept from an earlier run (flows/prefect_server.py), a new MLflow store copied from a
+template (flows/mlflow_store.py), no heartbeats on the temporary server, the exit without the interpreter's teardown.
+And `--help` / `--version` answer without importing torch, Prefect or MLflow."""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from helpers_tiny import tiny_raw
+from mlflow.tracking import MlflowClient
+from process_groups import alive, kill_all
+
+from flows.cli_version import package_version
+from flows.mlflow_store import prepare_store
+from flows.prefect_server import KEPT_SERVER_FILE
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = ["warm", "gan"]
+CLIS = ["flows.cli_train", "flows.cli_generate", "flows.cli_compare", "flows.cli_export"]
+
+
+def _train(config: Path, out: Path, cwd: Path, prefect_home: Path, *flags: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PREFECT_HOME=str(prefect_home))
+    done = subprocess.run([sys.executable, "-m", "flows.cli_train", "--config", str(config), "--output-dir", str(out),
+                           "--quiet", *flags], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    return output
+
+
+def _prefect_records(prefect_home: Path) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """(flow run id, state, [(task run name, state)]) of every flow run in the temporary server's database."""
+    with sqlite3.connect(prefect_home / "prefect.db") as db:
+        flows = db.execute("SELECT flow_run.id, flow_run.state_type FROM flow_run JOIN flow ON flow.id = flow_run.flow_id "
+                           "WHERE flow.name = 'fluxflow-pipeline' ORDER BY flow_run.created").fetchall()
+        return [(run_id, state, sorted(db.execute("SELECT name, state_type FROM task_run WHERE flow_run_id = ?",
+                                                  (run_id,)).fetchall()))
+                for run_id, state in flows]
+
+
+@pytest.mark.slow
+def test_a_run_on_the_temporary_server_records_every_flow_task_and_mlflow_run(tmp_path):
+    """Two runs in one working directory: the first makes its MLflow store (./mlflow.db, new) and keeps its Prefect
+    server (--keep-server); the second finds both. Each leaves a COMPLETED flow run with one COMPLETED task run per
+    step in Prefect's database, and an MLflow parent run FINISHED with one FINISHED nested run per step, their params
+    and metrics, linked to that flow run."""
+    steps = [{"name": "warm", "n_epochs": 1, "train_vae": True},
+             {"name": "gan", "n_epochs": 1, "train_vae": True, "gan_training": True}]
+    raw = tiny_raw(tmp_path / "unused", steps, dataset_size=16, no_samples=True)
+    raw["tracking"] = {"experiment_name": "startup"}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    prefect_home = tmp_path / "prefect-home"
+    outputs = [tmp_path / "first", tmp_path / "second"]
+    kept = None
+    try:
+        first = _train(config, outputs[0], tmp_path, prefect_home, "--keep-server")
+        kept = json.loads((prefect_home / KEPT_SERVER_FILE).read_text())["pid"]
+        assert f"kill {kept}" in first
+        second = _train(config, outputs[1], tmp_path, prefect_home)
+        assert "Using the Prefect server an earlier run kept on http://127.0.0.1:" in second
+        assert "Stopping temporary server" not in second
+        assert alive(kept)
+    finally:
+        if kept:
+            kill_all([kept])
+
+    flow_runs = _prefect_records(prefect_home)
+    assert [(state, tasks) for _, state, tasks in flow_runs] == [
+        ("COMPLETED", [("gan", "COMPLETED"), ("warm", "COMPLETED")])] * 2
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    default = client.get_experiment("0")  # the store was copied from the template, made where the cache is
+    assert default.artifact_location == str(tmp_path / "mlruns" / "0")
+    experiment = client.get_experiment_by_name("startup")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags["fluxflow.kind"] == "pipeline"]
+    assert sorted(r.data.tags["fluxflow.output_dir"] for r in parents) == [str(out) for out in outputs]
+    assert sorted(r.data.tags["prefect.flow_run_id"] for r in parents) == sorted(run_id for run_id, *_ in flow_runs)
+    for parent in parents:
+        assert parent.info.status == "FINISHED"
+        assert "prefect.flow_run_url" not in parent.data.tags  # the temporary server has no UI to link to
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert sorted(r.data.tags["fluxflow.step_name"] for r in children) == sorted(STEPS)
+        for child in children:
+            assert child.info.status == "FINISHED"
+            assert child.data.params and "vae_loss" in child.data.metrics
+            assert len(client.get_metric_history(child.info.run_id, "vae_loss")) == 4  # every logged batch
+
+
+def test_a_new_sqlite_store_is_a_copy_of_the_template_and_an_existing_one_is_left_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLUXFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    first = tmp_path / "a" / "mlflow.db"
+    prepare_store(f"sqlite:///{first}")
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"mlflow-{mlflow.__version__}-empty.db"]
+    client = MlflowClient(f"sqlite:///{first}")
+    client.create_experiment("kept")
+    before = first.read_bytes()
+    prepare_store(f"sqlite:///{first}")  # exists: untouched
+    assert first.read_bytes() == before
+    second = tmp_path / "b" / "mlflow.db"
+    prepare_store(f"sqlite:///{second}")  # from the template: nothing of the first store's experiments
+    names = [e.name for e in MlflowClient(f"sqlite:///{second}").search_experiments()]
+    assert names == ["Default"]
+    assert MlflowClient(f"sqlite:///{second}").get_experiment("0").artifact_location == str(tmp_path / "mlruns" / "0")
+    prepare_store("http://127.0.0.1:1")  # a server: nothing to prepare, nothing contacted
+    assert not (tmp_path / "http:").exists()
+
+
+@pytest.mark.parametrize("module", CLIS)
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_help_and_version_answer_without_importing_torch_prefect_or_mlflow(module, flag):
+    probe = (f"import sys, runpy\nsys.argv = ['x', '{flag}']\ntry:\n    runpy.run_module('{module}', "
+             "run_name='__main__')\nexcept SystemExit as exc:\n    assert exc.code in (0, None), exc.code\n"
+             "print('HEAVY', sorted(m for m in ('torch', 'prefect', 'mlflow') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY []" in done.stdout, done.stdout[-500:]
+    if flag == "--version":
+        assert package_version() in done.stdout
+
+
+def test_a_refused_run_with_keep_server_leaves_its_server_findable(tmp_path):
+    """--keep-server starts the server before the run's last checks: a run refused after it (here: the output
+    directory is another run's) must still leave the server where later runs look for it, not an orphan."""
+    from fluxflow.checkpoints.lock import RunLock
+
+    raw = tiny_raw(tmp_path / "unused", [{"name": "warm", "n_epochs": 1, "train_vae": True}], dataset_size=16)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    prefect_home, out = tmp_path / "prefect-home", tmp_path / "busy"
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    env.update(PYTHONPATH=str(REPO), PREFECT_HOME=str(prefect_home))
+    kept = None
+    try:
+        with RunLock(out):
+            done = subprocess.run([sys.executable, "-m", "flows.cli_train", "--config", str(config), "--output-dir",
+                                   str(out), "--quiet", "--keep-server"], cwd=tmp_path, env=env, capture_output=True,
+                                  text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert "is in use by another run" in done.stderr
+        kept = json.loads((prefect_home / KEPT_SERVER_FILE).read_text())["pid"]
+        assert alive(kept) and f"kill {kept}" in done.stderr
+    finally:
+        if kept:
+            kill_all([kept])

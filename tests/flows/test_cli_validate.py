@@ -1,0 +1,152 @@
+"""`fluxflow-train`: exit codes, messages without tracebacks, --help, and the hand-over to the Prefect flow."""
+import subprocess
+import sys
+from datetime import datetime, timezone
+import types
+from pathlib import Path
+
+import pytest
+
+from flows import cli_train
+
+REPO = Path(__file__).resolve().parents[2]
+VALID = "training:\n  pipeline:\n    steps: [{name: a, n_epochs: 1, train_vae: true}]\n"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli_train", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+
+
+def test_validate_pipeline_prints_the_summary_with_parameter_counts_and_exits_0():
+    done = run_cli("--config", "configs/quickstart.yaml", "--validate-pipeline")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    for line in ("✅ Pipeline validation passed!", "Total steps: 3", "Step 1: vae_warmup", "Training: VAE, GAN",
+                 "Step 3: flow", "Freeze: compressor, expander", "Transition: epoch", "Dataset: shapes", "Parameters:"):
+        assert line in out, line
+    # The quickstart model's counts, as the built modules have them (tests/config/test_model_sizes.py checks every
+    # size).
+    for line in ("compressor           202,280", "flow_processor     1,740,752", "total              2,524,988"):
+        assert line in out.split("Parameters:")[1], line
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (None, "not found"),
+    ("training: [unclosed\n", "broken YAML"),
+    ("training:\n  pipeline:\n    steps: [{name: a, n_epochs: 1, trian_vae: true}]\n",
+     "training.pipeline.steps[0].trian_vae: unknown key (did you mean 'train_vae'?)"),
+    ("training:\n  pipeline:\n    - {name: a, n_epochs: 1, train_vae: true}\n", "'steps:'"),
+])
+@pytest.mark.parametrize("validate", [True, False], ids=["validate", "train"])
+def test_invalid_missing_or_broken_config_exits_2_with_the_problem_and_no_traceback(tmp_path, content, fragment,
+                                                                                      validate):
+    path = tmp_path / "c.yaml"
+    if content is not None:
+        path.write_text(content)
+    done = run_cli("--config", str(path), *(["--validate-pipeline"] if validate else []))
+    assert done.returncode == 2
+    assert fragment in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_help_documents_every_flag_and_the_exit_codes():
+    done = run_cli("--help")
+    assert done.returncode == 0
+    for flag in ("--config", "--validate-pipeline", "--output-dir", "--device", "--quiet", "Exit codes"):
+        assert flag in done.stdout, flag
+
+
+def test_missing_config_argument_is_a_usage_error():
+    done = run_cli("--validate-pipeline")
+    assert done.returncode == 2 and "--config" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_legacy_warnings_go_to_stderr_and_quiet_silences_them(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "legacy.yaml"
+    path.write_text("model: {pretrained_bert_model: bert.pt}\n" + VALID)
+    assert cli_train.main(["--config", str(path), "--validate-pipeline", "--quiet"]) == 0
+    quiet = capsys.readouterr()
+    assert quiet.out == "" and quiet.err == ""
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # torch "missing": validation does not need it, counts included
+    assert cli_train.main(["--config", str(path), "--validate-pipeline"]) == 0
+    loud = capsys.readouterr()
+    assert "model.pretrained_bert_model: has no effect here" in loud.err
+    assert "flow_processor" in loud.out.split("Parameters:")[1]
+
+
+@pytest.fixture
+def fake_flow(monkeypatch):
+    """Stands in for flows.cli_flow_run (Prefect + MLflow) and records how the CLI calls it."""
+    calls = []
+    module = types.ModuleType("flows.cli_flow_run")
+    module.exit_code = 0
+
+    def run_pipeline_flow(config, overrides=None):
+        calls.append(dict(output_path=config.output.output_path, device=config.training.device,
+                          n_epochs=config.step("a").n_epochs, overrides=overrides))
+        return module.exit_code
+
+    module.run_pipeline_flow = run_pipeline_flow
+    monkeypatch.setitem(sys.modules, "flows.cli_flow_run", module)
+    monkeypatch.setattr(cli_train, "start_temporary_server", lambda keep=False: None)  # no Prefect server for a stand-in flow
+    return module, calls
+
+
+def test_training_hands_the_resolved_config_to_the_flow_and_returns_its_exit_code(tmp_path, fake_flow, monkeypatch,
+                                                                                  capsys):
+    module, calls = fake_flow
+    (tmp_path / "c.yaml").write_text(VALID)
+    monkeypatch.chdir(tmp_path)
+    assert cli_train.main(["--config", "c.yaml", "--output-dir", "out", "--device", "cpu",
+                           "--set", "training.pipeline.steps.a.n_epochs=2"]) == 0
+    printed = capsys.readouterr().out
+    assert "Step 1: a (2 epochs)" in printed and "Parameters:" in printed  # the plan (with the overrides) first
+    # Resolved once, here: the overrides applied, the output directory and device written in (the list of overrides
+    # travels on, for the MLflow run's record).
+    assert calls == [dict(output_path="out", device="cpu", n_epochs=2,
+                          overrides=["training.pipeline.steps.a.n_epochs=2"])]
+    module.exit_code = 1  # a step failed
+    assert cli_train.main(["--config", "c.yaml", "--output-dir", "nightly/{date}"]) == 1
+    day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    assert calls[-1] == dict(output_path=f"nightly/{day}", device="auto", n_epochs=1, overrides=[])
+
+
+def test_an_invalid_config_never_reaches_the_flow(tmp_path, fake_flow):
+    _, calls = fake_flow
+    (tmp_path / "c.yaml").write_text("training: {}\n")
+    assert cli_train.main(["--config", str(tmp_path / "c.yaml")]) == 2
+    assert calls == []
+
+
+def test_a_device_this_machine_lacks_exits_2_before_the_flow_starts(tmp_path, fake_flow, capsys, monkeypatch):
+    _, calls = fake_flow
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    (tmp_path / "c.yaml").write_text(VALID)
+    assert cli_train.main(["--config", str(tmp_path / "c.yaml"), "--device", "cuda"]) == 2
+    assert "training.device is 'cuda' but no CUDA device is available" in capsys.readouterr().err
+    assert calls == []
+
+
+def test_an_output_directory_another_run_holds_exits_2_before_the_flow_starts(tmp_path, fake_flow, capsys):
+    from fluxflow.checkpoints.lock import RunLock
+
+    _, calls = fake_flow
+    (tmp_path / "c.yaml").write_text(VALID)
+    out = tmp_path / "busy"
+    with RunLock(out):  # what a running pipeline holds
+        assert cli_train.main(["--config", str(tmp_path / "c.yaml"), "--output-dir", str(out), "--quiet"]) == 2
+    assert f"{out} is in use by another run (pid " in capsys.readouterr().err
+    assert calls == []
+    assert cli_train.main(["--config", str(tmp_path / "c.yaml"), "--output-dir", str(out), "--quiet"]) == 0
+    assert len(calls) == 1  # free again: the check itself holds nothing
+
+
+def test_a_remote_output_dir_override_exits_2_naming_the_flag(tmp_path, fake_flow, capsys):
+    _, calls = fake_flow
+    (tmp_path / "c.yaml").write_text(VALID)
+    assert cli_train.main(["--config", str(tmp_path / "c.yaml"), "--output-dir", "memory://ff/out"]) == 2
+    assert "--output-dir: memory:// is not storage other processes and nodes see" in capsys.readouterr().err
+    assert calls == []

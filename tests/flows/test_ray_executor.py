@@ -1,0 +1,209 @@
+"""The Ray executor (`training.executor.kind: ray`, flows/ray_steps.py) against a real two-node Ray cluster started on
+this machine by the module (tests/ray_cluster.py): branches of one run train at the same time on the two nodes, a
+request no node meets and an address nobody answers at are refused in one line before anything trains, and the local
+path never imports Ray. The config tests need no cluster."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers_tiny import tiny_raw
+from ray_cluster import free_port, two_node_cluster
+
+from fluxflow.checkpoints.ref import StepNode, StepOutcome
+from fluxflow.checkpoints.step_files import step_keys
+from fluxflow.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+BRANCHES = ["left", "right"]
+NODE_LINE = re.compile(r"^  (\w+): epochs_done, 1 epochs, .*, on Ray node (\w+) \((.+)\)$", re.M)
+
+
+def pipeline(out: Path, address: str | None, branch_resources: list[dict], **root_resources) -> dict:
+    """A root step and one branch per entry of `branch_resources`, tiny, on the Ray executor at `address`."""
+    steps = [{"name": "warm", "n_epochs": 1, "max_steps": 1, "train_vae": True,
+              **({"resources": root_resources} if root_resources else {})}]
+    steps += [{"name": name, "after": "warm", "n_epochs": 1, "max_steps": 1, "train_vae": True, "resources": res}
+              for name, res in zip(BRANCHES, branch_resources)]
+    raw = tiny_raw(out, steps, dataset_size=8, no_samples=True)
+    raw["training"]["executor"] = {"kind": "ray", **({"address": address} if address else {})}
+    raw["tracking"] = {"experiment_name": "ray-executor"}
+    return raw
+
+
+def train(raw: dict, directory: Path, prefect_home: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`fluxflow-train` on `raw` in `directory` (its ./mlflow.db), stdout and stderr together."""
+    config = directory / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PREFECT_HOME=str(prefect_home), RAY_USAGE_STATS_ENABLED="0",
+               RAY_AUTH_MODE="disabled")  # as the test cluster's nodes (tests/ray_cluster.py)
+    return subprocess.run([sys.executable, "-m", "flows.cli_train", "--config", str(config), "--quiet"], cwd=directory,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+
+
+# -- no cluster --------------------------------------------------------------------------------------------------
+
+
+def test_resources_merge_from_defaults_and_change_no_step_key(tmp_path):
+    raw = pipeline(tmp_path, None, [{"custom": {"node_a": 1}, "memory": "1GiB"}, {"gpus": 0}])
+    raw["training"]["pipeline"]["defaults"] = {"resources": {"cpus": 2, "custom": {"ssd": 1}}}
+    config = load_config(raw).config
+    left, right = config.step("left").resources, config.step("right").resources
+    assert (left.cpus, left.memory, left.custom) == (2, 2**30, {"ssd": 1, "node_a": 1})
+    assert (right.cpus, right.gpus, right.custom) == (2, 0, {"ssd": 1})
+    plain = dict(raw, training=dict(raw["training"], executor={"kind": "local"}))
+    plain["training"]["pipeline"] = {k: v for k, v in raw["training"]["pipeline"].items() if k != "defaults"}
+    plain["training"]["pipeline"]["steps"] = [{k: v for k, v in s.items() if k != "resources"}
+                                              for s in raw["training"]["pipeline"]["steps"]]
+    local = load_config(plain).config
+    assert step_keys(config) == step_keys(local)  # where a step runs changes nothing it trains
+    assert "executor" not in local.model_dump()["training"]  # the default leaves dumps (config hash) as before
+    assert config.training.executor.ray_address() == os.environ.get("RAY_ADDRESS", "auto")
+
+
+def test_requests_ray_would_refuse_are_reported_at_load(tmp_path):
+    raw = pipeline(tmp_path, None, [{"gpus": 1.5}, {"custom": {"GPU": 1, "node_b": 0}}])
+    with pytest.raises(ConfigError) as caught:
+        load_config(raw)
+    assert [str(issue) for issue in caught.value.issues] == [
+        "training.pipeline.steps[1].resources.gpus: 1.5: Ray shares a GPU only below 1; above that ask for a whole "
+        "number",
+        "training.pipeline.steps[2].resources.custom.GPU: is Ray's own resource: set resources.gpus instead",
+        "training.pipeline.steps[2].resources.custom.node_b: 0: must be above 0",
+    ]
+    raw = pipeline(tmp_path, None, [{"memory": "lots"}])
+    raw["training"]["executor"]["kind"] = "slurm"
+    with pytest.raises(ConfigError) as caught:
+        load_config(raw)
+    assert len(caught.value.issues) == 2 and "'local' or 'ray'" in str(caught.value)
+    assert "'lots' is not a size" in str(caught.value)
+
+
+def test_the_plan_says_where_steps_run_and_what_each_asks_for(tmp_path):
+    from fluxflow.config.summary import format_summary
+
+    raw = pipeline(tmp_path, "10.0.0.1:6379", [{"gpus": 1, "memory": "8GB", "custom": {"node_b": 1}}])
+    plan = format_summary(load_config(raw).config)
+    assert "  Executor: Ray cluster at 10.0.0.1:6379 (each step a Ray task with its resources)" in plan
+    assert "  Ray resources: GPUs the step's processes on CUDA, else 0, CPUs 1" in plan  # warm: the defaults
+    assert "  Ray resources: GPUs 1, CPUs 1, memory 8.0 GB, node_b 1" in plan  # left
+    raw["training"]["executor"] = {"kind": "local"}
+    assert "Ray" not in format_summary(load_config(raw).config)
+
+
+def test_outcomes_written_before_nodes_existed_still_load():
+    ref = {"uri": "a/final.pt", "sha256": "0" * 64, "step_name": "a", "step_key": "k", "global_step": 1, "epoch": 1}
+    result = {"step_name": "a", "outcome": "epochs_done", "epochs_done": 1, "final_metrics": {}, "trained": True,
+              "resumed_from": None}
+    old = {"ref": ref, "result": result, "run_id": None, "run_url": None}
+    assert StepOutcome.from_dict(old).node is None
+    assert StepOutcome.from_dict(old).to_dict() == old  # the local path writes the same dicts as before
+    placed = StepOutcome.from_dict(dict(old, node={"node_id": "abc", "hostname": "gpu-1"}))
+    assert placed.node == StepNode("abc", "gpu-1")
+    assert StepOutcome.from_dict(placed.to_dict()) == placed
+
+
+@pytest.mark.slow
+def test_an_address_nobody_answers_at_exits_2_with_one_line(tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    done = train(pipeline(tmp_path / "out", address, []), tmp_path, tmp_path / "prefect", timeout=120)
+    assert done.returncode == 2, done.stdout[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines == [f"❌ no Ray cluster answers at {address} (training.executor.address, else RAY_ADDRESS, else "
+                     "auto): [Errno 111] Connection refused"], done.stdout[-3000:]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def prefect_home(tmp_path_factory) -> Path:
+    """One Prefect home for the module's runs: the temporary server starts faster on an existing database."""
+    return tmp_path_factory.mktemp("prefect-home")
+
+
+@pytest.mark.slow
+def test_the_local_path_never_imports_ray(tmp_path, prefect_home):
+    """A whole local run (the flow, its task, MLflow) in one interpreter that has prefect-ray installed."""
+    raw = tiny_raw(tmp_path / "out", [{"name": "warm", "n_epochs": 1, "max_steps": 1, "train_vae": True}],
+                   dataset_size=8, no_samples=True)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    probe = ("import sys\nfrom flows.cli_train import main\ncode = main(['--config', 'config.yaml', '--quiet'])\n"
+             "print('EXIT', code, 'RAY', sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PREFECT_HOME=str(prefect_home))
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert "EXIT 0 RAY []" in done.stdout, (done.stdout + done.stderr)[-3000:]
+
+
+# -- a real two-node cluster -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Nodes `node_a` and `node_b`; their steps named in BRANCHES wait at their start until both have started
+    (flows/together.py), so a run passes only if its branches train at the same time."""
+    directory = tmp_path_factory.mktemp("ray")
+    (directory / "together").mkdir()
+    with two_node_cluster(directory, FLUXFLOW_TEST_TOGETHER=f"{directory / 'together'}:{','.join(BRANCHES)}") as c:
+        yield c
+
+
+@pytest.mark.slow
+def test_branches_of_one_run_train_at_once_on_two_nodes(cluster, tmp_path, prefect_home):
+    from mlflow.tracking import MlflowClient
+
+    raw = pipeline(tmp_path / "out", cluster.address, [{"custom": {"node_a": 1}}, {"custom": {"node_b": 1}}])
+    done = train(raw, tmp_path, prefect_home)
+    assert done.returncode == 0, done.stdout[-5000:]
+    nodes = {step: node for step, node, _ in NODE_LINE.findall(done.stdout)}  # from the flow's StepOutcomes
+    assert sorted(nodes) == ["left", "right", "warm"], done.stdout[-5000:]
+    assert nodes["left"] != nodes["right"]
+    assert f"Step left runs on Ray node {nodes['left']}" in done.stdout  # the step's own console line
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ray-executor")
+    runs = {r.data.tags["fluxflow.step_name"]: r for r in client.search_runs([experiment.experiment_id])
+            if r.data.tags.get("fluxflow.kind") == "step"}
+    assert sorted(runs) == ["left", "right", "warm"]
+    assert all(run.info.status == "FINISHED" for run in runs.values())
+    tagged = {step: run.data.tags["fluxflow.ray_node_id"] for step, run in runs.items()}
+    assert {step: node[:12] for step, node in tagged.items()} == nodes
+    assert runs["left"].data.tags["fluxflow.hostname"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resources, says", [
+    ({"gpus": 4}, "asks Ray for 4 GPU, 1 CPU: no node offers GPU"),
+    ({"custom": {"tpu": 1}}, "asks Ray for 1 CPU, tpu: 1: no node offers tpu"),
+    ({"custom": {"node_a": 1, "node_b": 1}}, "asks Ray for 1 CPU, node_a: 1, node_b: 1: no single node has all"),
+])
+def test_a_request_no_node_meets_exits_2_with_one_line_before_anything_trains(cluster, tmp_path, prefect_home,
+                                                                               resources, says):
+    """Checked for every step before the run starts: `right` (the second branch) is refused, nothing trains."""
+    done = train(pipeline(tmp_path / "out", cluster.address, [{}, resources]), tmp_path, prefect_home, timeout=120)
+    assert done.returncode == 2, done.stdout[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"❌ step right {says}"), done.stdout[-3000:]
+    assert "node_a: 1" in lines[0] and "node_b: 1" in lines[0]  # what the two nodes offer
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_in_the_flow_a_request_no_node_meets_fails_before_submission(cluster, tmp_path, monkeypatch):
+    """What a deployment's flow run (no fluxflow-train to check first) does: the submitter refuses the step."""
+    from flows.ray_steps import Infeasible, RaySteps
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # this process joins the test cluster as a driver
+
+    config = load_config(pipeline(tmp_path, cluster.address, [{"gpus": 2}])).config
+    with RaySteps(config) as steps:
+        assert len(steps.nodes) == 2
+        with pytest.raises(Infeasible, match="step left asks Ray for 2 GPU, 1 CPU: no node offers GPU"):
+            steps.submit(None, config.step("left"), {})
+        assert steps.submitted == []

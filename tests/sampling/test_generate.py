@@ -1,0 +1,144 @@
+"""`fluxflow-generate` on a checkpoint trained here (VAE warm-up -> flow with text encoder, 16x16, a few batches)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_tiny import tiny_raw
+from PIL import Image
+
+from flows import cli_generate
+from fluxflow.checkpoints.io import load_checkpoint
+from fluxflow.config import load_config
+from fluxflow.config.run_config import resolve_run_config
+from fluxflow.sampling.generate import generate, load_text_to_image
+from fluxflow.train.pipeline import run_pipeline
+from fluxflow.sampling.sample_files import prompt_file_name
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(config file, flow checkpoint, VAE checkpoint) of a tiny trained pipeline."""
+    tmp = tmp_path_factory.mktemp("generate")
+    raw = tiny_raw(tmp / "out", [
+        {"name": "warm", "n_epochs": 1, "max_steps": 2, "train_vae": True},
+        {"name": "flow", "n_epochs": 1, "max_steps": 3, "train_diff_full": True, "ema_decay": 0.5},
+    ], dataset_size=16, no_samples=True)
+    import yaml
+
+    config_file = tmp / "pipeline.yaml"
+    config_file.write_text(yaml.safe_dump(raw))
+    outcomes = run_pipeline(resolve_run_config(config_file, device="cpu").config)
+    return config_file, outcomes[1].ref.uri, outcomes[0].ref.uri
+
+
+def generate_cli(*args: str) -> int:
+    return cli_generate.main(["--steps", "3", "--device", "cpu", *args])
+
+
+def test_writes_one_image_per_prompt_and_seed_named_after_them(trained, tmp_path, capsys):
+    config_file, checkpoint, _ = trained
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("# shapes\na blue square\n\n")
+    code = generate_cli("--checkpoint", checkpoint, "--config", str(config_file), "--prompt", "a red circle",
+                        "--prompts-file", str(prompts_file), "--n", "2", "--seed", "7", "--output", str(tmp_path / "g"))
+    assert code == 0
+    expected = {prompt_file_name(p, s) for p in ("a red circle", "a blue square") for s in (7, 8)}
+    assert {p.name for p in (tmp_path / "g").iterdir()} == expected
+    for name in expected:
+        with Image.open(tmp_path / "g" / name) as image:
+            assert image.format == "WEBP" and image.size == (16, 16) and image.mode == "RGB"
+    assert "Wrote 4 image(s)" in capsys.readouterr().out
+
+
+def test_size_and_png_format_are_honoured(trained, tmp_path):
+    config_file, checkpoint, _ = trained
+    assert generate_cli("--checkpoint", checkpoint, "--config", str(config_file), "--prompt", "a red circle",
+                        "--size", "32", "--format", "png", "--output", str(tmp_path)) == 0
+    with Image.open(tmp_path / prompt_file_name("a red circle", 0, "png")) as image:
+        assert image.format == "PNG" and image.size == (32, 32)
+
+
+def test_an_image_depends_only_on_prompt_and_seed(trained):
+    config_file, checkpoint, _ = trained
+    model = load_text_to_image(checkpoint, load_config(config_file).config.model, 16, "cpu")
+    first = generate(model, "a red circle", 3, steps=3)
+    assert torch.equal(first, generate(model, "a red circle", 3, steps=3))
+    assert not torch.equal(first, generate(model, "a red circle", 4, steps=3))
+    assert not torch.equal(first, generate(model, "a green triangle", 3, steps=3))
+    assert first.shape == (3, 16, 16) and first.min() >= -1 and first.max() <= 1
+
+
+def test_uses_the_ema_weights_and_the_trained_text_encoder(trained):
+    config_file, checkpoint, _ = trained
+    state = load_checkpoint(checkpoint)
+    model = load_text_to_image(checkpoint, load_config(config_file).config.model, 16, "cpu")
+    for name in ("flow_processor", "text_encoder"):
+        ema = state["ema"][name]["shadow"]
+        raw = state["models"][name]
+        loaded = model.models[name].state_dict()
+        assert all(torch.equal(loaded[k], ema[k]) for k in ema)
+        assert any(not torch.equal(ema[k], raw[k]) for k in ema)  # the EMA really differs from the raw weights
+
+
+def test_refuses_a_checkpoint_without_a_text_to_image_model(trained, tmp_path, capsys):
+    config_file, _, vae_checkpoint = trained
+    code = generate_cli("--checkpoint", vae_checkpoint, "--config", str(config_file), "--prompt", "x",
+                        "--output", str(tmp_path))
+    assert code == 2
+    assert "use the checkpoint of a flow step" in capsys.readouterr().err
+    assert list(Path(tmp_path).iterdir()) == []
+
+
+def test_unreadable_inputs_exit_2_naming_them_without_a_traceback(trained, tmp_path, capsys, monkeypatch):
+    _, checkpoint, _ = trained
+    missing = tmp_path / "prompts.txt"
+    assert generate_cli("--checkpoint", checkpoint, "--prompts-file", str(missing)) == 2
+    assert f"cannot read --prompts-file {missing}" in capsys.readouterr().err
+    assert generate_cli("--checkpoint", str(tmp_path / "nope.pt"), "--prompt", "x") == 2
+    assert "nope.pt" in capsys.readouterr().err
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert generate_cli("--checkpoint", checkpoint, "--prompt", "x", "--device", "cuda") == 2
+    assert "no CUDA device is available" in capsys.readouterr().err
+
+
+def test_asks_for_a_prompt(trained, capsys):
+    _, checkpoint, _ = trained
+    assert generate_cli("--checkpoint", checkpoint) == 2
+    assert "--prompt" in capsys.readouterr().err
+
+
+def test_a_pipeline_checkpoint_alone_is_enough(trained, tmp_path, capsys):
+    """The runner records the model sizes and image size in every checkpoint: no --config needed."""
+    _, checkpoint, _ = trained
+    assert load_checkpoint(checkpoint)["data"]["img_size"] == 16
+    code = generate_cli("--checkpoint", checkpoint, "--prompt", "a blue square", "--output", str(tmp_path))
+    assert code == 0, capsys.readouterr()
+    [written] = list(tmp_path.iterdir())
+    with Image.open(written) as image:
+        assert image.size == (16, 16)
+
+
+@pytest.mark.slow  # trains the quickstart model at its real size (about 15 s)
+def test_the_quickstart_pipelines_checkpoint_generates_images(tmp_path, capsys):
+    """configs/quickstart.yaml at its real model sizes, each step cut to 2 batches, then fluxflow-generate on its
+    final checkpoint with nothing but the checkpoint."""
+    import yaml
+
+    raw = yaml.safe_load((Path(__file__).parents[2] / "configs" / "quickstart.yaml").read_text())
+    for step in raw["training"]["pipeline"]["steps"]:
+        step.update(n_epochs=1, max_steps=2)
+    raw["training"]["pipeline"]["datasets"]["shapes"].update(size=256, holdout=4)
+    raw["output"].update(output_path=str(tmp_path / "out"), no_samples=True)
+    raw["training"]["device"] = "cpu"
+    outcomes = run_pipeline(load_config(raw).config)
+    assert [o.result.step_name for o in outcomes] == ["vae_warmup", "vae_gan", "flow"]
+    images = tmp_path / "images"
+    code = generate_cli("--checkpoint", outcomes[-1].ref.uri, "--prompt", "a red circle on a black background, center",
+                        "--n", "2", "--output", str(images))
+    assert code == 0, capsys.readouterr()
+    written = sorted(p.name for p in images.iterdir())
+    assert written == [prompt_file_name("a red circle on a black background, center", seed) for seed in (0, 1)]
+    with Image.open(images / written[0]) as image:
+        assert image.size == (32, 32)

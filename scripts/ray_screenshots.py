@@ -6,7 +6,7 @@ Asserts what the pictures must show: both nodes ALIVE on the Cluster page, the r
 nodes (Ray's state API) and are in the job page's task table, and every step is a task run of the flow run. The
 browser, the driver and the page waits are those of scripts/browser_check.py.
 
-    make ray-screenshots    # against the ports of `make ray-cluster` (FLUXFLOW_RAY_DASHBOARD_PORT, FLUXFLOW_PREFECT_PORT)
+    make ray-screenshots    # the ports of `make ray-cluster` (FLUXFLOW_RAY_DASHBOARD_PORT, FLUXFLOW_PREFECT_PORT)
     python scripts/ray_screenshots.py --dashboard-url http://127.0.0.1:8265 --prefect-url http://127.0.0.1:4200 \\
         [--job-id 01000000] [--flow-run-id <uuid>] [--out docs/screenshots]
 
@@ -26,7 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from browser_check import REPO, SCROLLER, RunFacts, check_prefect_page, make_driver, prefect_facts, report, wait_for_texts
+from browser_check import (REPO, SCROLLER, RunFacts, check_prefect_page, make_driver, prefect_facts, report,
+                           wait_for_texts)
 
 WINDOW = (1400, 900)  # smaller than browser_check's: the PNGs stay under ~200 KB
 STEP_TASK = "pipeline-step"  # the Ray task name of a step (flows/ray_steps.py)
@@ -44,7 +45,7 @@ def ray_facts(dashboard_url: str, job_id: str | None) -> tuple[list[str], str, l
     if job_id is None:
         jobs = [j for j in get_json(f"{dashboard_url}/api/jobs/") if "fluxflow-train" in (j.get("entrypoint") or "")]
         if not jobs:
-            sys.exit(f"no fluxflow-train job on the Ray cluster of {dashboard_url}; run one first (make ray-hypotheses)")
+            sys.exit(f"no fluxflow-train job on the Ray cluster of {dashboard_url}: run one (make ray-hypotheses)")
         job_id = max(jobs, key=lambda j: j.get("start_time") or 0)["job_id"]
     tasks = get_json(f"{dashboard_url}/api/v0/tasks?detail=1&limit=1000&filter_keys=job_id&filter_predicates=%3D"
                      f"&filter_values={job_id}")["data"]["result"]["result"]

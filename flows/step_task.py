@@ -70,18 +70,6 @@ def make_tracker(config: PipelineConfig, target: TrackingTarget, node: StepNode 
     return MultiTracker([console, mlflow_tracker, *([prefect_log] if prefect_log else [])]), mlflow_tracker
 
 
-def run_step_on_ranks(config, step_name: str, parent, mlflow_tracker):
-    """The step's ranks (torchrun on one node, Ray Train across nodes: fluxflow/runtime/launch.py), stopped whatever
-    happens here; MLflow gets rank 0's files once the step is done, since the ranks cannot reach this process's
-    tracker."""
-    from fluxflow.runtime.launch import run_step_on_processes
-
-    ref, result = run_step_on_processes(config, step_name, parent)
-    if result.trained:
-        mlflow_tracker.record_from_files(config.step(step_name), ref.step_key, ref, result)
-    return ref, result
-
-
 def run_step_task(
     config: dict,
     step_name: str,
@@ -90,7 +78,7 @@ def run_step_task(
 ) -> dict[str, Any]:
     """The body of `step_task` as a plain function (callable without Prefect): the step's `StepOutcome.to_dict()`,
     its MLflow run filled in. `config`: the run's resolved config (fluxflow/config/run_config.py, `run_dict`)."""
-    from fluxflow.train.step_run import run_step
+    from fluxflow.train.pipeline import train_step
 
     config = run_config_of(config)
     target = TrackingTarget(**tracking)
@@ -105,12 +93,10 @@ def run_step_task(
         together.meet(step_name)  # test-only: branches that must be running at the same time
     tracker, mlflow_tracker = make_tracker(config, target, node)
     try:
-        # A step of several processes: torchrun on one node (on Ray, its node holds that many GPUs for it), Ray Train
-        # across nodes (fluxflow/runtime/launch.py run_step_on_processes).
-        if config.training.distributed.processes > 1:
-            ref, result = run_step_on_ranks(config, step_name, parent, mlflow_tracker)
-        else:
-            ref, result = run_step(config, step_name, parent, tracker=tracker)
+        # A step of several processes (on Ray, its node holds their GPUs for it): MLflow gets rank 0's files once
+        # the step is done, since the ranks cannot reach this process's tracker.
+        ref, result = train_step(config, step_name, parent, tracker, ranks_done=lambda done: (
+            mlflow_tracker.record_from_files(config.step(step_name), done.ref.step_key, done.ref, done.result)))
     except KeyboardInterrupt:  # stopped on request (or Ctrl-C): resumable, not a failure of the step
         mlflow_tracker.step_failed(status="KILLED")
         raise

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fluxflow.config import ConfigError, DatasetConfig, load_config
+from fluxflow.config import ConfigError, FolderDataset, load_config
 from fluxflow.config.modes import step_metrics
 
 # The original tool's config.example.yaml (fluxflow-training), without its comments.
@@ -82,7 +82,7 @@ def load_yaml(tmp_path: Path, text: str):
 def test_the_original_example_config_validates_and_maps_what_has_a_meaning(tmp_path):
     loaded = load_yaml(tmp_path, ORIGINAL_EXAMPLE)
     cfg = loaded.config
-    folder = DatasetConfig(type="folder", path="/path/to/your/images", captions_file="/path/to/your/captions.txt")
+    folder = FolderDataset(type="folder", path="/path/to/your/images", captions_file="/path/to/your/captions.txt")
     assert cfg.training.pipeline.datasets == {"default": folder}
     assert cfg.training.precision == "fp32"  # use_fp16: false
     assert cfg.output.sample_sizes == [256, 512, 1024]  # 768x512 dropped with a warning, "1024x1024" is square
@@ -262,7 +262,7 @@ def test_the_original_tools_item_10_keys_that_mean_something_here_are_implemente
     assert gan.freeze == ["flow_processor", "text_encoder"] and flow.freeze == ["compressor", "expander"]
     assert "text_encoder" in flow.unfreeze
     datasets = config.training.pipeline.datasets
-    assert datasets["photos"] == DatasetConfig(type="folder", path="/path/to/your/images",
+    assert datasets["photos"] == FolderDataset(type="folder", path="/path/to/your/images",
                                                captions_file="/path/to/your/captions.txt")
     assert (datasets["noise"].type, datasets["noise"].size, warmup.dataset) == ("shapes", 1000, "noise")
 

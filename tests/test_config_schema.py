@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pretrained_fixture import shipped_config_raw
 
-from fluxflow.config import DatasetConfig, load_config
+from fluxflow.config import ShapesDataset, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -54,7 +54,7 @@ def test_nothing_given_means_small_cpu_defaults_and_the_builtin_shapes_dataset(t
         8, "auto", "auto", "auto")
     assert (cfg.training.compile, cfg.training.activation_checkpointing) == (False, False)
     assert cfg.model.text_encoder.type == "byte" and "text_encoder" not in cfg.model.model_dump()
-    assert cfg.training.pipeline.datasets == {"shapes": DatasetConfig(type="shapes", size=2048, seed=0, holdout=16)}
+    assert cfg.training.pipeline.datasets == {"shapes": ShapesDataset(size=2048, seed=0, holdout=16)}
     assert cfg.training.pipeline.retries == 1 and cfg.training.distributed.nproc_per_node == 1
     assert cfg.output.sample_sizes is None and "a red circle" in cfg.output.sample_captions  # None: each step's size
     assert (cfg.tracking.experiment_name, cfg.tracking.tracking_uri) == ("fluxflow", None)
@@ -250,17 +250,43 @@ def test_resolved_step_dump_is_json_and_concrete():
 
 
 def test_the_config_reference_documents_every_field():
-    from fluxflow.config import (DatasetConfig, DataConfig, DistributedConfig, ModelConfig, OptimizerConfig,
-                                 OutputConfig, PipelineSection, SchedulerConfig, StepConfig, TrackingConfig,
-                                 TrainingConfig, Transition)
+    from fluxflow.config import (DataConfig, DistributedConfig, FolderDataset, ModelConfig, OptimizerConfig,
+                                 OutputConfig, PipelineSection, SchedulerConfig, ShapesDataset, StepConfig,
+                                 TrackingConfig, TrainingConfig, Transition, WebDatasetConfig)
 
     doc = (REPO / "docs" / "CONFIG.md").read_text()
-    models = (ModelConfig, DataConfig, TrainingConfig, DistributedConfig, PipelineSection, DatasetConfig, StepConfig,
+    models = (ModelConfig, DataConfig, TrainingConfig, DistributedConfig, PipelineSection, ShapesDataset, FolderDataset,
+              WebDatasetConfig, StepConfig,
               Transition, OptimizerConfig, SchedulerConfig, OutputConfig, TrackingConfig)
     documented = set(re.findall(r"`([a-z0-9_]+(?:\.[a-z0-9_]+)*)`", doc))
     words = {part for name in documented for part in name.split(".")}
     missing = [f"{m.__name__}.{f}" for m in models for f in m.model_fields if f not in words]
     assert missing == []
+
+
+def test_the_config_reference_gives_each_step_field_its_default_in_the_model():
+    """docs/CONFIG.md's step tables against StepSettings, the one list of step fields: where the Default column holds
+    a literal (a number, true/false, null, `[]`, a `name`), it is the model's default."""
+    from fluxflow.config.steps import StepSettings
+
+    rows = re.findall(r"^\| `([a-z0-9_]+)` \| [^|]* \| ([^|]*) \|", (REPO / "docs" / "CONFIG.md").read_text(), re.M)
+    literals = {"true": True, "false": False, "null": None, "`[]`": []}
+
+    def literal(cell: str):
+        if cell in literals:
+            return literals[cell]
+        if re.fullmatch(r"-?[0-9.]+(e-?[0-9]+)?", cell):
+            return float(cell)
+        name = re.fullmatch(r"`([a-z_]+)`", cell)
+        return name.group(1) if name else ...  # ...: not a literal (e.g. "`training.lr`", "compressor, expander")
+
+    fields, compared = StepSettings.model_fields, []
+    for name, cell in rows:
+        value = literal(cell.strip())
+        if name in fields and not fields[name].is_required() and value is not ...:
+            compared.append((name, value, fields[name].get_default(call_default_factory=True)))
+    assert [c for c in compared if c[1] != c[2]] == []
+    assert len(compared) >= 30
 
 
 def test_grad_clip_and_accumulation_are_step_fields_with_defaults(tmp_path):
@@ -307,3 +333,26 @@ def test_unfreeze_overrides_a_freeze_from_the_defaults_or_the_same_step(tmp_path
     """)
     assert steps["flow"].freeze == ["compressor", "expander"] and steps["flow"].unfreeze == ["text_encoder"]
     assert steps["own"].freeze == ["flow_processor"]
+
+
+def test_each_dataset_type_dumps_in_the_shape_step_keys_were_made_from():
+    """Datasets became one model per type; their dumps (hashed into step keys, cache keys and the config hash) keep
+    the one-model shape: every type's keys, None where the type has none, unset optional fields left out. A dump
+    validates back to the same dataset."""
+    from pydantic import TypeAdapter
+
+    from fluxflow.config import DatasetConfig
+
+    adapter = TypeAdapter(DatasetConfig)
+    none = dict.fromkeys(("size", "seed", "path", "captions_file", "urls", "length"))
+    cases = {
+        "shapes": ({"type": "shapes"}, {**none, "type": "shapes", "size": 2048, "seed": 0, "holdout": 16}),
+        "folder": ({"type": "folder", "path": "p", "captions_file": "c", "img_size": 16},
+                   {**none, "type": "folder", "path": "p", "captions_file": "c", "holdout": 16, "img_size": 16}),
+        "webdataset": ({"type": "webdataset", "urls": "a-{0..3}.tar"},
+                       {**none, "type": "webdataset", "urls": "a-{0..3}.tar", "holdout": 16}),
+    }
+    for written, dumped in cases.values():
+        dataset = adapter.validate_python(written)
+        assert dataset.model_dump(mode="json") == dumped
+        assert adapter.validate_python(dumped) == dataset

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from fluxflow.config import ConfigError, load_config
-from fluxflow.config.assets import LPIPS_BACKBONE_FILE
+from fluxflow.config.file_checks import LPIPS_BACKBONE_FILE
 
 
 def problems(tmp_path: Path, text: str) -> dict[str, str]:

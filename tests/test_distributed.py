@@ -98,3 +98,25 @@ def test_a_stop_request_ends_the_torchrun_process_group_at_once(tmp_path, monkey
     assert started[0].poll() is not None  # torchrun is gone, and with it its process group (the ranks)
     assert not group_alive(started[0].pid)
     assert not (out / "checkpoints" / "vae_gan" / "final.pt").exists()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_train_step_is_the_one_dispatch_to_this_process_or_the_ranks(tmp_path, monkeypatch, processes):
+    """The bare pipeline and the Prefect task both call train_step: one process trains here with the tracker; more
+    train on ranks, after which `ranks_done` gets the outcome (the task records MLflow from rank 0's files)."""
+    from types import SimpleNamespace
+
+    from fluxflow.config import load_config
+    from fluxflow.train import pipeline
+
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(CONFIG.replace("OUT", str(tmp_path / "out")).replace("nproc_per_node: 2",
+                                                                        f"nproc_per_node: {processes}"))
+    config = load_config(str(cfg)).config
+    outcome, calls = SimpleNamespace(result=SimpleNamespace(trained=True)), []
+    monkeypatch.setattr(pipeline, "run_step", lambda *a, tracker: calls.append(("here", tracker)) or outcome)
+    monkeypatch.setattr(pipeline, "run_step_on_processes", lambda *a: calls.append(("ranks",)) or outcome)
+
+    tracker = object()
+    assert pipeline.train_step(config, "vae_gan", None, tracker, ranks_done=lambda o: calls.append(("done", o)))
+    assert calls == ([("here", tracker)] if processes == 1 else [("ranks",), ("done", outcome)])

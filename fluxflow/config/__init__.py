@@ -3,17 +3,19 @@
     loaded = load_config("configs/quickstart.yaml")     # or a dict; raises ConfigError listing every problem
     for step in loaded.config.resolved_steps(): ...
 """
-from fluxflow.config.assets import LPIPS_BACKBONE_FILE, lpips_backbone_path
+from fluxflow.config.file_checks import LPIPS_BACKBONE_FILE, lpips_backbone_path
 from fluxflow.config.errors import ConfigError, ConfigIssue
 from fluxflow.config.load import LoadedConfig, load_config
 from fluxflow.config.optim import Optimization, OptimizerConfig, SchedulerConfig
 from fluxflow.config.promotion import PromotionConfig
-from fluxflow.config.schema import (DataConfig, DatasetConfig, DistributedConfig, ModelConfig, OutputConfig,
-                                    PipelineConfig, PipelineSection, TrackingConfig, TrainingConfig)
+from fluxflow.config.schema import (DataConfig, DatasetConfig, DistributedConfig, FolderDataset, ModelConfig,
+                                    OutputConfig, PipelineConfig, PipelineSection, ShapesDataset, TrackingConfig,
+                                    TrainingConfig, WebDatasetConfig)
 from fluxflow.config.steps import ResolvedStep, StepConfig, StepDefaults, Transition
 
 __all__ = [
-    "ConfigError", "ConfigIssue", "DataConfig", "DatasetConfig", "DistributedConfig", "LPIPS_BACKBONE_FILE",
+    "ConfigError", "ConfigIssue", "DataConfig", "DatasetConfig", "DistributedConfig", "FolderDataset",
+    "LPIPS_BACKBONE_FILE", "ShapesDataset", "WebDatasetConfig",
     "LoadedConfig", "ModelConfig", "Optimization", "OptimizerConfig", "OutputConfig", "PipelineConfig",
     "PipelineSection", "PromotionConfig", "ResolvedStep", "SchedulerConfig", "StepConfig", "StepDefaults",
     "TrackingConfig", "TrainingConfig", "Transition", "load_config", "lpips_backbone_path",

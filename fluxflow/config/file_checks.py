@@ -3,16 +3,47 @@ image folder of a `folder` dataset.
 
 Nothing is ever downloaded, so a file that is not there is a validation error that says where it should be. No
 torch and no transformers here: `--validate-pipeline` reads at most a small config.json.
+
+LPIPS (the `lpips` package) ships only its small linear layers; its AlexNet ImageNet backbone comes from torchvision's
+hub cache, located here as `torch.hub.get_dir()` does: `$TORCH_HOME`, else `$XDG_CACHE_HOME/torch`, else
+`~/.cache/torch`, then `hub/checkpoints/<file>`. `fluxflow.losses` re-exports `lpips_backbone_path`.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
-from fluxflow.config.assets import missing_lpips_backbone_message
 from fluxflow.config.captions_file import folder_problem, holdout_problem, read_captions, resolve_captions_path
 from fluxflow.config.errors import ConfigIssue, format_path
 from fluxflow.config.pretrained_text import UnusablePretrained, inspect_pretrained, require_transformers
+
+LPIPS_BACKBONE_FILE = "alexnet-owt-7be5be79.pth"
+
+
+def torch_home() -> Path:
+    default = os.path.join(os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache")), "torch")
+    return Path(os.path.expanduser(os.getenv("TORCH_HOME", default)))
+
+
+def lpips_backbone_path() -> Path:
+    """Where torchvision looks for the AlexNet weights that LPIPS loads."""
+    return torch_home() / "hub" / "checkpoints" / LPIPS_BACKBONE_FILE
+
+
+def missing_lpips_backbone_message() -> str | None:
+    """None when the backbone file is in place, else what is missing and how to put it there."""
+    path = lpips_backbone_path()
+    if path.is_file():
+        return None
+    return (
+        f"LPIPS needs the AlexNet ImageNet backbone file '{LPIPS_BACKBONE_FILE}' at {path}, and it is not there "
+        "(nothing is downloaded at run time). Copy it there from a machine with internet access, where "
+        "`python -c \"import torchvision; torchvision.models.alexnet(weights='IMAGENET1K_V1')\"` puts it in "
+        "$TORCH_HOME/hub/checkpoints/ (default ~/.cache/torch/hub/checkpoints/), or point TORCH_HOME at a folder "
+        "whose hub/checkpoints/ holds it; or set use_lpips: false"
+    )
+
 
 STEPS = ("training", "pipeline", "steps")
 TEXT_PATH = "model.text_encoder.path"

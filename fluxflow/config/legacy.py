@@ -11,9 +11,7 @@ import copy
 from typing import Any
 
 from fluxflow.config.errors import ConfigIssue
-from fluxflow.config.legacy_notes import LegacyNotes as _Notes
-from fluxflow.config.legacy_notes import as_dict as _dict
-from fluxflow.config.legacy_pipeline import map_pipeline, per_epoch_schedulers
+from fluxflow.config.optim import EPOCH_ONLY
 
 ARCH = "there is one model architecture here, sized by the model section"
 WDS = "declare shards as a dataset instead: training.pipeline.datasets.<name>: {type: webdataset, urls: ...}"
@@ -57,26 +55,26 @@ LEGACY_STEP_NAME = "train"
 
 def apply_legacy(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[ConfigIssue]]:
     """(rewritten copy of raw, warnings, issues) for the original tool's keys."""
-    original, raw, notes = raw, copy.deepcopy(raw), _Notes()
+    original, raw, notes = raw, copy.deepcopy(raw), LegacyNotes()
     for section, table in (("model", MODEL_NO_EFFECT), ("data", DATA_NO_EFFECT),
                            ("training", TRAINING_NO_EFFECT), ("output", OUTPUT_NO_EFFECT)):
-        body = _dict(raw, section)
+        body = as_dict(raw, section)
         for key in [k for k in (body or {}) if k in table]:
             notes.drop(body, key, section, table[key])
     _top_level_optimization(raw, notes)
-    training = _dict(raw, "training")
+    training = as_dict(raw, "training")
     if training is not None:
         _precision(training, notes)
         _pipeline(training, notes)
     _folder_dataset(raw, notes)  # after _pipeline, which may have built the pipeline block
     _sample_sizes(raw, notes)
-    pipeline = _dict(_dict(raw, "training"), "pipeline")
+    pipeline = as_dict(as_dict(raw, "training"), "pipeline")
     if pipeline is not None and (raw != original or notes.dropped or notes.warnings):
         per_epoch_schedulers(pipeline, notes)  # a file with keys of the original tool is one of its configs
     return raw, notes.all_warnings(), notes.issues
 
 
-def _top_level_optimization(raw: dict, notes: _Notes) -> None:
+def _top_level_optimization(raw: dict, notes: LegacyNotes) -> None:
     body = raw.get("optimization") if isinstance(raw, dict) else None
     if not isinstance(body, dict):
         return
@@ -92,15 +90,15 @@ def _top_level_optimization(raw: dict, notes: _Notes) -> None:
                                             "training.pipeline.defaults.optimization"))
 
 
-def _folder_dataset(raw: dict, notes: _Notes) -> None:
+def _folder_dataset(raw: dict, notes: LegacyNotes) -> None:
     """data.data_path + data.captions_file are the folder dataset `default` unless the pipeline declares datasets."""
-    data = _dict(raw, "data")
+    data = as_dict(raw, "data")
     if data is None or not ({"data_path", "captions_file"} & set(data)):
         return
     path, captions = data.pop("data_path", None), data.pop("captions_file", None)
     if not path and not captions:
         return
-    pipeline = _dict(_dict(raw, "training"), "pipeline")
+    pipeline = as_dict(as_dict(raw, "training"), "pipeline")
     if pipeline is not None and pipeline.get("datasets"):
         notes.warnings.append("data.data_path/captions_file: have no effect here because "
                               "training.pipeline.datasets is given")
@@ -114,7 +112,7 @@ def _folder_dataset(raw: dict, notes: _Notes) -> None:
         pipeline.setdefault("default_dataset", "default")
 
 
-def _precision(training: dict, notes: _Notes) -> None:
+def _precision(training: dict, notes: LegacyNotes) -> None:
     if "use_fp16" not in training:
         return
     fp16 = training.pop("use_fp16")
@@ -130,7 +128,7 @@ def _precision(training: dict, notes: _Notes) -> None:
         training["precision"] = "fp32"
 
 
-def _pipeline(training: dict, notes: _Notes) -> None:
+def _pipeline(training: dict, notes: LegacyNotes) -> None:
     pipeline = training.get("pipeline")
     if isinstance(pipeline, list):
         notes.issues.append(ConfigIssue("training.pipeline", "is a list, but the steps must go under 'steps:'; "
@@ -163,9 +161,9 @@ def _pipeline(training: dict, notes: _Notes) -> None:
         map_pipeline(pipeline, notes)
 
 
-def _sample_sizes(raw: dict, notes: _Notes) -> None:
+def _sample_sizes(raw: dict, notes: LegacyNotes) -> None:
     """The original accepted 512, "512", "768x512" and [768, 512]; only square sizes are sampled here."""
-    output = _dict(raw, "output")
+    output = as_dict(raw, "output")
     sizes = output.get("sample_sizes") if output else None
     if not isinstance(sizes, list):
         return
@@ -182,3 +180,195 @@ def _sample_sizes(raw: dict, notes: _Notes) -> None:
                 continue
         kept.append(spec)
     output["sample_sizes"] = kept
+
+
+# What the mapping reports: warnings and errors.
+NO_EFFECT = "has no effect here"
+
+
+class LegacyNotes:
+    """The keys dropped (one warning line per reason), other warnings, and errors of one mapping."""
+
+    def __init__(self) -> None:
+        self.dropped: dict[tuple[str, str], list[str]] = {}  # (path, reason) -> keys, for one line per reason
+        self.warnings: list[str] = []
+        self.issues: list[ConfigIssue] = []
+
+    def drop(self, section: dict, key: str, path: str, reason: str, report_false: bool = False) -> Any:
+        """Remove a key with no effect here and return its value; reported unless the value asks for nothing (null,
+        or false unless `report_false`: a false that asks to turn off what is always on here is reported)."""
+        value = section.pop(key)
+        if value is not None and (value is not False or report_false):
+            self.dropped.setdefault((path, reason), []).append(key)
+        return value
+
+    def all_warnings(self) -> list[str]:
+        lines = []
+        for (path, reason), keys in self.dropped.items():
+            names = f"{path}.{keys[0]}: has" if len(keys) == 1 else f"{path}.{{{', '.join(keys)}}}: have"
+            lines.append(f"{names} no effect here" + ("" if reason == NO_EFFECT else f" ({reason})"))
+        return lines + self.warnings
+
+
+def as_dict(parent: Any, key: str) -> dict | None:
+    value = parent.get(key) if isinstance(parent, dict) else None
+    return value if isinstance(value, dict) else None
+
+
+# The original tool's keys inside `training.pipeline` (its 0.8.x steps, defaults, optimizers, transitions and
+# datasets): mapped where they mean something here, reported where not, never rejected as unknown.
+# Called by apply_legacy on the raw file before the schema sees it; each function rewrites one block in place.
+
+STEP_ALIASES = {"cfg_dropout_prob": "cfg_dropout", "mse_weight": "recon_mse_weight",
+                "adaptive_weights": "adaptive_adv_weight", "initial_clipping_norm": "grad_clip"}
+FLOW_TIME = "flow time is continuous in [0, 1]"
+INSTANCE_NOISE = "the discriminator gets no instance noise here; R1 (r1_gamma) regularises it"
+STEP_NO_EFFECT = {
+    "use_ema": "EMA weights are always kept, with decay ema_decay, and used for samples",
+    "spade_training_mode": "SPADE is on for the whole step when train_spade is true",
+    "lr_min": "give the step a scheduler instead: optimization.schedulers.<group>.eta_min_factor",
+    "use_fp16": "set training.precision",
+    "instance_noise_std": INSTANCE_NOISE, "instance_noise_decay": INSTANCE_NOISE,
+    "num_train_timesteps": FLOW_TIME, "start_step": FLOW_TIME,
+}
+# Keys whose false asks to turn off something that is always on here: reported too.
+REPORT_FALSE = {"use_ema"}
+COMPONENT_ALIASES = {"flow": "flow_processor", "D_img": "discriminator"}
+METRIC_ALIASES = {"vae": "vae_loss", "recon": "vae_loss", "recon_loss": "vae_loss", "kl": "kl_loss",
+                  "generator": "g_loss", "discriminator": "d_loss", "lpips": "lpips_loss", "flow": "flow_loss"}
+
+WDS_KEYS = "the image is the sample's jpg/png/webp/... member and the caption its txt/caption/text/json member"
+DATASET_NO_EFFECT = {
+    "webdataset_token": "credentials come from the configuration of the URL's fsspec filesystem",
+    "webdataset_image_key": WDS_KEYS, "webdataset_label_key": WDS_KEYS, "webdataset_caption_key": WDS_KEYS,
+    "webdataset_samples_per_shard": "shards are counted from their tar headers",
+    "batch_size": "set batch_size on the steps that use the dataset",
+    "workers": "set workers on the steps that use the dataset",
+}
+DATASET_RENAMES = {"image_folder": "path", "webdataset_url": "urls", "webdataset_size": "length",
+                   "num_samples": "size"}
+NOISE_NO_EFFECT = {"dimensions": "images are data.img_size square", "noise_std": "the shapes images are not noise"}
+
+
+def map_pipeline(pipeline: dict, notes: LegacyNotes) -> None:
+    """Every step, the defaults and the datasets of a `training.pipeline` mapping."""
+    if "mode" in pipeline:
+        notes.drop(pipeline, "mode", "training.pipeline", "steps run in file order, or after the step named by "
+                                                          "their `after:`")
+    blocks = [("training.pipeline.defaults", pipeline.get("defaults"))]
+    if isinstance(pipeline.get("steps"), list):
+        blocks += [(f"training.pipeline.steps[{i}]", s) for i, s in enumerate(pipeline["steps"])]
+    for path, block in blocks:
+        if isinstance(block, dict):
+            map_step(block, path, notes)
+    for name, dataset in (as_dict(pipeline, "datasets") or {}).items():
+        if isinstance(dataset, dict):
+            map_dataset(dataset, f"training.pipeline.datasets.{name}", notes)
+
+
+def map_step(step: dict, path: str, notes: LegacyNotes) -> None:
+    for old, new in STEP_ALIASES.items():
+        if old in step:
+            value = step.pop(old)
+            if new in step:
+                notes.warnings.append(f"{path}.{old}: has no effect here because {new} is given")
+            else:
+                step[new] = value
+    for key in [k for k in step if k in STEP_NO_EFFECT]:
+        notes.drop(step, key, path, STEP_NO_EFFECT[key], report_false=key in REPORT_FALSE)
+    _train_kl(step, path, notes)
+    for field in ("freeze", "unfreeze"):
+        names = step.get(field)
+        if isinstance(names, list):
+            for i, name in enumerate(names):
+                if name in COMPONENT_ALIASES:
+                    names[i] = COMPONENT_ALIASES[name]
+                    notes.warnings.append(f"{path}.{field}[{i}]: '{name}' is called '{names[i]}' here")
+    optimizers = as_dict(as_dict(step, "optimization"), "optimizers") or {}
+    for group, optimizer in optimizers.items():
+        if isinstance(optimizer, dict):
+            _optimizer(optimizer, f"{path}.optimization.optimizers.{group}", notes)
+    transition = as_dict(step, "transition_on")
+    if transition is not None:
+        _transition(transition, f"{path}.transition_on", notes)
+
+
+def _train_kl(step: dict, path: str, notes: LegacyNotes) -> None:
+    """train_kl: false switched the KL term off; here that is kl_beta 0. true is what always happens here."""
+    if "train_kl" not in step:
+        return
+    value = step.pop("train_kl")
+    if value is False:
+        step["kl_beta"] = 0.0
+        notes.warnings.append(f"{path}.train_kl: false is kl_beta: 0 here (no KL loss)")
+    elif value is not True and value is not None:
+        notes.issues.append(ConfigIssue(f"{path}.train_kl", f"must be true or false (got {value!r})"))
+
+
+def _optimizer(optimizer: dict, path: str, notes: LegacyNotes) -> None:
+    """Lion (a package that is not installed here) trains as AdamW at the same lr; its betas mean something else."""
+    if optimizer.get("type") == "Lion":
+        optimizer["type"] = "AdamW"
+        dropped = [k for k in ("betas", "decoupled_weight_decay") if optimizer.pop(k, None) is not None]
+        notes.warnings.append(f"{path}.type: optimizer type Lion is not available here; AdamW with the same lr "
+                              "is used" + (f" ({', '.join(dropped)} of Lion not used)" if dropped else ""))
+    elif "decoupled_weight_decay" in optimizer:
+        notes.drop(optimizer, "decoupled_weight_decay", path, "a parameter of Lion; AdamW always decouples it")
+
+
+def _transition(transition: dict, path: str, notes: LegacyNotes) -> None:
+    if "value" in transition:
+        notes.drop(transition, "value", path, "an epoch-mode step runs n_epochs")
+    metric = transition.get("metric")
+    if isinstance(metric, str) and metric in METRIC_ALIASES:
+        transition["metric"] = METRIC_ALIASES[metric]
+        notes.warnings.append(f"{path}.metric: '{metric}' is called '{transition['metric']}' here")
+
+
+def _dataset_type(dataset: dict) -> str | None:
+    """The original's dataset type; it defaulted to local."""
+    kind = dataset.get("type")
+    if kind is None and not ({"image_folder", "webdataset_url", "num_samples"} & set(dataset)):
+        return None  # ours, with its type missing: the schema says so
+    return kind or "local"
+
+
+def map_dataset(dataset: dict, path: str, notes: LegacyNotes) -> None:
+    """local -> folder; webdataset keys -> ours; noise (Gaussian noise images) -> the built-in shapes dataset."""
+    kind = _dataset_type(dataset)
+    if kind not in ("local", "webdataset", "noise"):
+        return
+    for key in [k for k in dataset if k in DATASET_NO_EFFECT]:
+        notes.drop(dataset, key, path, DATASET_NO_EFFECT[key])
+    if kind == "noise":
+        for key in [k for k in dataset if k in NOISE_NO_EFFECT]:
+            notes.drop(dataset, key, path, NOISE_NO_EFFECT[key])
+        notes.warnings.append(f"{path}.type: dataset type noise is not available here; the built-in shapes dataset "
+                              "is used instead (num_samples images)")
+    for old, new in DATASET_RENAMES.items():
+        if old in dataset:
+            value = dataset.pop(old)
+            dataset.setdefault(new, value)
+    dataset["type"] = {"local": "folder", "noise": "shapes"}.get(kind, kind)
+
+
+def per_epoch_schedulers(pipeline: dict, notes: LegacyNotes) -> None:
+    """The original tool stepped its schedulers once per epoch (a StepLR step_size counted epochs); here the default
+    is per optimizer update. In a config of the original tool, a scheduler without `interval` gets `interval: epoch`,
+    with a warning. A step's scheduler inherits the interval its defaults' entry of the same group sets."""
+    defaults = as_dict(as_dict(as_dict(pipeline, "defaults"), "optimization"), "schedulers") or {}
+    blocks = [("training.pipeline.defaults", defaults, {})]
+    if isinstance(pipeline.get("steps"), list):
+        blocks += [(f"training.pipeline.steps[{i}]", as_dict(as_dict(step, "optimization"), "schedulers") or {},
+                    defaults) for i, step in enumerate(pipeline["steps"])]
+    for path, schedulers, inherited in blocks:
+        for group, scheduler in schedulers.items():
+            parent = inherited.get(group) if isinstance(inherited.get(group), dict) else {}
+            if not isinstance(scheduler, dict) or "interval" in scheduler or "interval" in parent:
+                continue
+            if (scheduler.get("type") or parent.get("type")) in EPOCH_ONLY:
+                continue  # always per epoch anyway
+            scheduler["interval"] = "epoch"
+            notes.warnings.append(f"{path}.optimization.schedulers.{group}: interval: epoch, as the original tool "
+                                  "stepped its schedulers once per epoch (new configs default to interval: step, "
+                                  "once per optimizer update; write the interval to choose)")

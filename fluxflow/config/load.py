@@ -9,17 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from fluxflow.config.checks import Pieces, semantic_issues
 from fluxflow.config.errors import ConfigError, ConfigIssue, did_you_mean, format_path
-from fluxflow.config.executor import resources_issues
+from fluxflow.config.executor import process_issues, resources_issues
 from fluxflow.config.legacy import apply_legacy
 from fluxflow.config.overrides import apply_overrides
-from fluxflow.config.processes import process_issues
 from fluxflow.config.promotion import promotion_issues
 from fluxflow.config.replicates import replicate_issues
-from fluxflow.config.schema import (SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,
+from fluxflow.config.schema import (DATASET_TYPES, SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,
                                     PipelineConfig, TrainingConfig, implicit_datasets)
 from fluxflow.config.steps import StepConfig, StepDefaults, StepGlobals
 
@@ -107,9 +106,21 @@ def issues_from_validation(exc: ValidationError, root: type[BaseModel]) -> list[
     issues = []
     for err in exc.errors():
         loc, kind = tuple(err["loc"]), err["type"]
-        path = format_path(loc)
+        tag = _dataset_type(loc)
+        path = format_path(loc[:4] + loc[5:] if tag else loc)  # a dataset's path without its type's tag
         if kind == "extra_forbidden" and loc[-2:-1] == ("defaults",) and loc[-1] in ("name", "after", "description"):
             issues.append(ConfigIssue(path, "is set per step, not in training.pipeline.defaults"))
+        elif kind == "extra_forbidden" and tag and len(loc) == 6:
+            takes = [f for f in DATASET_TYPES[tag].model_fields if f != "type"]
+            issues.append(ConfigIssue(path, f"not a field of a {tag} dataset{did_you_mean(str(loc[-1]), takes)} "
+                                            f"(it takes: {', '.join(takes)})"))
+        elif kind in ("union_tag_invalid", "union_tag_not_found"):  # a dataset's type, wrong or missing
+            got = err["ctx"].get("tag")
+            types = ", ".join(repr(t) for t in DATASET_TYPES)
+            issues.append(ConfigIssue(f"{path}.type", f"must be one of {types} (got {got!r})"
+                                      f"{did_you_mean(got, DATASET_TYPES)}" if got else f"required: one of {types}"))
+        elif kind == "missing" and tag:
+            issues.append(ConfigIssue(path, f"required for a {tag} dataset"))
         elif kind == "extra_forbidden":
             known = _fields_at(root, loc[:-1])
             issues.append(ConfigIssue(path, f"unknown key{did_you_mean(str(loc[-1]), known)}"))
@@ -126,6 +137,13 @@ def issues_from_validation(exc: ValidationError, root: type[BaseModel]) -> list[
     return issues
 
 
+def _dataset_type(loc: tuple) -> str | None:
+    """The type of the dataset an error is in: pydantic puts a discriminated union's tag after the dataset's name."""
+    if loc[:3] == ("training", "pipeline", "datasets") and len(loc) > 4 and loc[4] in DATASET_TYPES:
+        return loc[4]
+    return None
+
+
 def _missing_message(loc: tuple) -> str:
     if loc == ("training",) or loc == ("training", "pipeline"):
         return "required: declare the steps under training.pipeline.steps (see configs/quickstart.yaml)"
@@ -138,7 +156,9 @@ def _fields_at(root: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc:
         ann = _strip_optional(ann)
         origin = typing.get_origin(ann)
-        if isinstance(ann, type) and issubclass(ann, BaseModel) and isinstance(part, str):
+        if ann == DatasetConfig and part in DATASET_TYPES:  # the tag pydantic adds: the dataset's type
+            ann = DATASET_TYPES[part]
+        elif isinstance(ann, type) and issubclass(ann, BaseModel) and isinstance(part, str):
             info = ann.model_fields.get(part)
             if info is None:
                 return []
@@ -197,9 +217,9 @@ def _lenient_globals(training: Any, dataset: Any) -> StepGlobals:
     return StepGlobals(dataset=dataset if isinstance(dataset, str) else None, **values)
 
 
-def _parse(model: type[BaseModel], value: Any) -> Any:
+def _parse(model: Any, value: Any) -> Any:
     try:
-        return model.model_validate(value)
+        return TypeAdapter(model).validate_python(value)
     except ValidationError:
         return None
 
@@ -209,8 +229,7 @@ def _parse_datasets(value: Any) -> dict[str, DatasetConfig] | None:
         return {}
     if not isinstance(value, dict):
         return None
-    parsed = {name: _parse(DatasetConfig, ds) for name, ds in value.items()}
-    return None if any(ds is None for ds in parsed.values()) else parsed
+    return {name: _parse(DatasetConfig, ds) for name, ds in value.items()}  # None: broken (already reported)
 
 
 def _get(raw: Any, *keys: str) -> Any:

@@ -6,7 +6,7 @@ fields here: `legacy.py` maps or reports them before these models see the file.
 from __future__ import annotations
 
 import urllib.parse
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
@@ -78,55 +78,68 @@ class DataConfig(StrictModel):
     channels: int = Field(3, ge=1)
 
 
-class DatasetConfig(StrictModel):
-    """One named dataset. shapes: built-in procedural images (size, seed); folder: images + `filename<TAB>caption`
-    file (path, captions_file); webdataset: tar shards (urls: a brace pattern, a list, fsspec URLs; length).
-    `holdout` images are kept out of training for samples and evaluation."""
+# The keys every dataset's dump holds, None where its type has none (DatasetBase._dump_as_one_model).
+TYPE_KEYS = ("size", "seed", "path", "captions_file", "urls", "length")
 
-    type: Literal["shapes", "folder", "webdataset"]
-    size: int | None = Field(None, ge=1)  # shapes: 2048
-    seed: int | None = None  # shapes: 0
-    path: str | None = None
-    captions_file: str | None = None
-    urls: str | list[str] | None = None
-    length: int | None = Field(None, ge=1)
+
+class DatasetBase(StrictModel):
+    """What every dataset type takes: `holdout` images kept out of training for samples and evaluation, and the size
+    the steps on it train at (None: data.img_size)."""
+
     holdout: int = Field(16, ge=0)
-    img_size: int | None = Field(None, ge=8)  # the steps on this dataset train at this size (None: data.img_size)
-    # Composition (fluxflow/data/heldout.py): shapes hold out colour x shape pairs (["blue triangle"] or a count
-    # drawn with holdout_pairs_seed, default: seed) and may drop caption words in training; folder holds out captions
-    # matching globs or `re:` patterns. Evaluation then also scores the unseen split.
+    img_size: int | None = Field(None, ge=8)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_dumps_of_one_model(cls, data: Any) -> Any:
+        """A dump names every type's keys; None under another type's key means "not given"."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k in cls.model_fields}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _dump_as_one_model(self, handler):
+        """Dumps keep the shape they had when one model held every type's fields (TYPE_KEYS always, None where this
+        type has none; other optional fields only when set), so that the step keys, cache keys and config hash of
+        runs made before the types were separate models stay the same."""
+        data = {key: None for key in TYPE_KEYS} | handler(self)
+        return {k: v for k, v in data.items() if v is not None or k in TYPE_KEYS}
+
+
+class ShapesDataset(DatasetBase):
+    """Built-in procedural images of coloured shapes. Composition (fluxflow/data/heldout.py): `holdout_pairs` keeps
+    colour x shape pairs out of training (["blue triangle"], or a count drawn with `holdout_pairs_seed`, default:
+    seed); `caption_dropout` drops caption words in training. Evaluation then also scores the unseen pairs."""
+
+    type: Literal["shapes"] = "shapes"
+    size: int = Field(2048, ge=1)
+    seed: int = 0
     holdout_pairs: list[str] | int | None = None
     holdout_pairs_seed: int | None = None
     caption_dropout: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class FolderDataset(DatasetBase):
+    """Images in `path` and a `filename<TAB>caption` file; `holdout_captions` (globs or `re:` patterns) are kept out
+    of training and scored as unseen captions."""
+
+    type: Literal["folder"]
+    path: str
+    captions_file: str
     holdout_captions: list[str] | None = None
 
-    @model_validator(mode="after")
-    def _shapes_defaults(self) -> "DatasetConfig":
-        if self.type == "shapes":
-            self.size = 2048 if self.size is None else self.size
-            self.seed = 0 if self.seed is None else self.seed
-        return self
 
-    @model_serializer(mode="wrap")
-    def _omit_unset_img_size(self, handler):
-        """Unset optional fields are left out of dumps, so that the step keys of datasets written before the fields
-        existed stay the same (absent = data.img_size / nothing held out, both ways)."""
-        data = handler(self)
-        for key in ("img_size", *COMPOSITION_FIELDS):
-            if getattr(self, key) is None:
-                data.pop(key, None)
-        return data
+class WebDatasetConfig(DatasetBase):
+    """Tar shards: `urls` is a brace pattern, a list, or fsspec URLs; `length` the samples per epoch if known."""
+
+    type: Literal["webdataset"]
+    urls: str | list[str]
+    length: int | None = Field(None, ge=1)
 
 
-COMPOSITION_FIELDS = ("holdout_pairs", "holdout_pairs_seed", "caption_dropout", "holdout_captions")
-# The fields each dataset type takes (besides type, holdout and img_size); also its required ones.
-DATASET_FIELDS: dict[str, tuple[str, ...]] = {
-    "shapes": ("size", "seed", "holdout_pairs", "holdout_pairs_seed", "caption_dropout"),
-    "folder": ("path", "captions_file", "holdout_captions"),
-    "webdataset": ("urls", "length"),
-}
-DATASET_REQUIRED: dict[str, tuple[str, ...]] = {"shapes": (), "folder": ("path", "captions_file"),
-                                                "webdataset": ("urls",)}
+DatasetConfig = Annotated[ShapesDataset | FolderDataset | WebDatasetConfig, Field(discriminator="type")]
+DATASET_TYPES: dict[str, type[DatasetBase]] = {"shapes": ShapesDataset, "folder": FolderDataset,
+                                               "webdataset": WebDatasetConfig}
 BUILTIN_DATASET = "shapes"
 
 
@@ -147,7 +160,7 @@ def implicit_datasets(datasets: dict[str, DatasetConfig],
                       default: str | None) -> tuple[dict[str, DatasetConfig], str | None]:
     """No dataset declared: the built-in procedural one, so that nothing needs a download. One dataset: the default."""
     if not datasets:
-        datasets = {BUILTIN_DATASET: DatasetConfig(type="shapes")}
+        datasets = {BUILTIN_DATASET: ShapesDataset()}
     if default is None and len(datasets) == 1:
         default = next(iter(datasets))
     return datasets, default

@@ -2,7 +2,8 @@
 
 A step's value comes from, highest first: the step itself, `training.pipeline.defaults` (deep-merged under it),
 the globals of `training` (batch_size, workers, lr, n_epochs, max_steps, seed; the pipeline's default dataset), and
-STEP_DEFAULTS below. In the file every field is optional and None means "inherit"; `ResolvedStep` is concrete.
+the defaults of `StepSettings` below. In the file every field is optional and None means "inherit"; `ResolvedStep`
+is concrete.
 
 Deep merge: mappings merge key by key, lists and scalars of the step replace those of the defaults. A block whose
 `type` (optimizer, scheduler) or `mode` (transition_on) differs from the inherited one replaces it whole, so that
@@ -11,10 +12,9 @@ parameters of another type are not inherited.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BeforeValidator, Field, model_serializer
+from pydantic import BeforeValidator, Field, create_model, model_serializer
 
 from fluxflow.config import modes
 from fluxflow.config.executor import StepResources
@@ -34,21 +34,6 @@ def _workers(value: Any) -> Any:
 # DataLoader worker processes per training process; "auto": fluxflow/data/__init__.py resolve_workers.
 Workers = Annotated[int | Literal["auto"], BeforeValidator(_workers)]
 
-# Built-in step defaults (lowest precedence).
-STEP_DEFAULTS: dict[str, Any] = {
-    "train_vae": False, "train_spade": False, "gan_training": False, "use_lpips": False,
-    "train_diff": False, "train_diff_full": False,
-    "kl_beta": 1e-4, "kl_warmup_steps": 0, "kl_free_bits": 0.0,
-    "lambda_adv": 0.5, "lambda_lpips": 0.1, "recon_l1_weight": 1.0, "recon_mse_weight": 1.0,
-    "r1_gamma": 1.0, "r1_interval": 16, "adaptive_adv_weight": False,
-    "cfg_dropout": 0.1, "ema_decay": 0.999, "on_missed": "continue", "uniform_t_share": 0.1,
-    "t_logit_mean": 0.0, "t_logit_std": 1.0, "t_shift": 1.0, "t_shift_base_size": None,
-    "loss_weighting": "none", "min_snr_gamma": 5.0,
-    "grad_clip": 1.0, "gradient_accumulation_steps": 1,  # 1.0: the original tool's initial_clipping_norm
-    # The image-statistics regularisers (fluxflow/losses/image_stats.py): off; the weights apply once switched on.
-    "train_colorstats": False, "train_histogram": False, "train_contrast": False, "train_coarseness": False,
-    "lambda_colorstats": 0.1, "lambda_histogram": 0.1, "lambda_contrast": 0.05, "lambda_coarseness": 1.0,
-}
 # Step fields added after steps were first keyed, at the value that trains as before they existed: at that value a
 # field is left out of the step key (fluxflow/checkpoints/step_files.py), so that steps trained before it keep their
 # keys instead of retraining.
@@ -73,61 +58,82 @@ class Transition(StrictModel):
     window: int | None = Field(None, ge=1)
 
 
-class StepFields(StrictModel):
-    """Fields a step and `pipeline.defaults` share. None = not given here (inherit)."""
+class StepSettings(StrictModel):
+    """Every setting of a step, with its built-in default: the one list of step fields. Those without a default
+    come from `training` (StepGlobals). `StepFields` below is the same list with every field optional."""
 
-    n_epochs: int | None = Field(None, ge=1)
-    train_vae: bool | None = None
-    train_spade: bool | None = None
-    gan_training: bool | None = None
-    use_lpips: bool | None = None
-    train_diff: bool | None = None
-    train_diff_full: bool | None = None
-    freeze: list[str] | None = None
-    unfreeze: list[str] | None = None
-    kl_beta: float | None = Field(None, ge=0.0)
-    kl_warmup_steps: int | None = Field(None, ge=0)
-    kl_free_bits: float | None = Field(None, ge=0.0)
-    lambda_adv: float | None = Field(None, ge=0.0)
-    lambda_lpips: float | None = Field(None, ge=0.0)
-    recon_l1_weight: float | None = Field(None, ge=0.0)
-    recon_mse_weight: float | None = Field(None, ge=0.0)
-    r1_gamma: float | None = Field(None, ge=0.0)
-    r1_interval: int | None = Field(None, ge=1)
-    adaptive_adv_weight: bool | None = None
-    train_colorstats: bool | None = None
-    train_histogram: bool | None = None
-    train_contrast: bool | None = None
-    train_coarseness: bool | None = None
-    lambda_colorstats: float | None = Field(None, ge=0.0)
-    lambda_histogram: float | None = Field(None, ge=0.0)
-    lambda_contrast: float | None = Field(None, ge=0.0)
-    lambda_coarseness: float | None = Field(None, ge=0.0)
-    cfg_dropout: float | None = Field(None, ge=0.0, lt=1.0)
-    uniform_t_share: float | None = Field(None, ge=0.0, le=1.0)
-    t_logit_mean: float | None = None
-    t_logit_std: float | None = Field(None, gt=0.0)
-    t_shift: float | None = Field(None, gt=0.0)
-    t_shift_base_size: int | None = Field(None, ge=1)
-    loss_weighting: LossWeighting | None = None
-    min_snr_gamma: float | None = Field(None, gt=0.0)
-    ema_decay: float | None = Field(None, ge=0.0, lt=1.0)
-    grad_clip: float | None = Field(None, ge=0.0)
-    gradient_accumulation_steps: int | None = Field(None, ge=1)
-    optimization: Optimization | None = None
-    transition_on: Transition | None = None
-    on_missed: OnMissed | None = None
+    n_epochs: int = Field(ge=1)
+    train_vae: bool = False
+    train_spade: bool = False
+    gan_training: bool = False
+    use_lpips: bool = False
+    train_diff: bool = False
+    train_diff_full: bool = False
+    freeze: list[str] = Field(default_factory=list)
+    unfreeze: list[str] = Field(default_factory=list)
+    kl_beta: float = Field(1e-4, ge=0.0)
+    kl_warmup_steps: int = Field(0, ge=0)
+    kl_free_bits: float = Field(0.0, ge=0.0)
+    lambda_adv: float = Field(0.5, ge=0.0)
+    lambda_lpips: float = Field(0.1, ge=0.0)
+    recon_l1_weight: float = Field(1.0, ge=0.0)
+    recon_mse_weight: float = Field(1.0, ge=0.0)
+    r1_gamma: float = Field(1.0, ge=0.0)
+    r1_interval: int = Field(16, ge=1)
+    adaptive_adv_weight: bool = False
+    # The image-statistics regularisers (fluxflow/losses/image_stats.py): off; the weights apply once switched on.
+    train_colorstats: bool = False
+    train_histogram: bool = False
+    train_contrast: bool = False
+    train_coarseness: bool = False
+    lambda_colorstats: float = Field(0.1, ge=0.0)
+    lambda_histogram: float = Field(0.1, ge=0.0)
+    lambda_contrast: float = Field(0.05, ge=0.0)
+    lambda_coarseness: float = Field(1.0, ge=0.0)
+    cfg_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    uniform_t_share: float = Field(0.1, ge=0.0, le=1.0)
+    # The flow objective's timestep draw and loss weighting (fluxflow/losses/flow.py FlowObjective).
+    t_logit_mean: float = 0.0
+    t_logit_std: float = Field(1.0, gt=0.0)
+    t_shift: float = Field(1.0, gt=0.0)
+    t_shift_base_size: int | None = Field(None, ge=1)  # set: t_shift is scaled by img_size / t_shift_base_size (SD3)
+    loss_weighting: LossWeighting = "none"
+    min_snr_gamma: float = Field(5.0, gt=0.0)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    # Max total gradient norm of one update (all its optimizer groups); 0 = no clipping. 1.0: the original tool's
+    # initial_clipping_norm.
+    grad_clip: float = Field(1.0, ge=0.0)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    optimization: Optimization = Field(default_factory=Optimization)
+    transition_on: Transition = Field(default_factory=Transition)
+    on_missed: OnMissed = "continue"
     max_steps: int | None = Field(None, ge=1)
-    batch_size: int | None = Field(None, ge=1)
-    workers: Workers | None = None
-    lr: float | None = Field(None, gt=0.0, le=1.0)
-    dataset: str | None = None
+    batch_size: int = Field(ge=1)
+    workers: Workers
+    lr: float = Field(gt=0.0, le=1.0)
+    dataset: str
     eval_interval: int | None = Field(None, ge=1)
-    cache_latents: bool | None = None  # None: on where valid (fluxflow/config/caching.py)
+    # What the step asked for (None: the default, on where valid); whether a cache is used is
+    # fluxflow/config/caching.py's answer. Caches change no number, so the step key leaves them out.
+    cache_latents: bool | None = None
     cache_text: bool | None = None
-    seed: int | None = None  # data order, fresh weights and noise of the step (None: training.seed)
-    img_size: int | None = Field(None, ge=8)  # None: the dataset's img_size, else data.img_size
-    resources: StepResources | None = None  # what a Ray executor reserves for the step (fluxflow/config/executor.py)
+    seed: int  # data order, fresh weights and noise of the step
+    img_size: int = Field(ge=8)  # the side of the images the step trains, evaluates and samples at
+    # What a Ray executor reserves for the step (fluxflow/config/executor.py): where it may run, not what it trains,
+    # so not part of the step key.
+    resources: StepResources = Field(default_factory=StepResources)
+
+
+def inheritable(model: type[StrictModel], name: str) -> type[StrictModel]:
+    """`model` with every field optional: None = not given here (inherit); a given value keeps its constraints."""
+    def optional(info):
+        given = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        return Optional[given], None
+    fields = {key: optional(info) for key, info in model.model_fields.items()}
+    return create_model(name, __base__=StrictModel, __module__=__name__, **fields)
+
+
+StepFields = inheritable(StepSettings, "StepFields")  # what a step and `pipeline.defaults` may say
 
 
 class StepDefaults(StepFields):
@@ -142,71 +148,15 @@ class StepConfig(StepFields):
     description: str | None = None
 
 
-class ResolvedStep(StrictModel):
+class ResolvedStep(StepSettings):
     """A step with every default applied: what the trainer runs. `model_dump()` is the step's resolved config."""
 
     index: int
     name: str
     parent: str | None
-    n_epochs: int
-    train_vae: bool
-    train_spade: bool
-    gan_training: bool
-    use_lpips: bool
-    train_diff: bool
-    train_diff_full: bool
-    freeze: list[str]
-    unfreeze: list[str]
-    kl_beta: float
-    kl_warmup_steps: int
-    kl_free_bits: float
-    lambda_adv: float
-    lambda_lpips: float
-    recon_l1_weight: float
-    recon_mse_weight: float
-    r1_gamma: float
-    r1_interval: int
-    adaptive_adv_weight: bool
-    train_colorstats: bool
-    train_histogram: bool
-    train_contrast: bool
-    train_coarseness: bool
-    lambda_colorstats: float
-    lambda_histogram: float
-    lambda_contrast: float
-    lambda_coarseness: float
-    cfg_dropout: float
-    uniform_t_share: float
-    # The flow objective's timestep draw and loss weighting (fluxflow/losses/flow.py FlowObjective).
-    t_logit_mean: float
-    t_logit_std: float
-    t_shift: float
-    t_shift_base_size: int | None  # set: t_shift is scaled by data.img_size / t_shift_base_size (SD3)
-    loss_weighting: LossWeighting
-    min_snr_gamma: float
-    ema_decay: float
-    grad_clip: float  # max total gradient norm of one update (all its optimizer groups); 0 = no clipping
-    gradient_accumulation_steps: int
-    optimization: Optimization
-    transition_on: Transition
-    on_missed: OnMissed
-    max_steps: int | None
-    batch_size: int
-    workers: Workers
-    lr: float
-    dataset: str
-    eval_interval: int | None
-    # What the step asked for (None: the default, on where valid); whether a cache is used is
-    # fluxflow/config/caching.py's answer. Caches change no number, so the step key leaves them out.
-    cache_latents: bool | None
-    cache_text: bool | None
-    seed: int
-    img_size: int  # the side of the images the step trains, evaluates and samples at
     # The written step this one trains: its own name, or for a seed replicate the step it replicates
     # (fluxflow/config/replicates.py). A label: not part of the step key.
     hypothesis: str
-    # Where it may run, not what it trains: not part of the step key either.
-    resources: StepResources = Field(default_factory=StepResources)
 
     @model_serializer(mode="wrap")
     def _omit_default_resources(self, handler):
@@ -269,15 +219,13 @@ def _unique(items: list[str]) -> list[str]:
 def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_: StepGlobals,
                  previous: str | None) -> ResolvedStep:
     """The concrete step. Raises MissingStepValue when n_epochs or the dataset is given nowhere."""
-    given = merged_step_fields(step, defaults)
-    values: dict[str, Any] = dict(STEP_DEFAULTS)
-    values.update(batch_size=globals_.batch_size, workers=globals_.workers, lr=globals_.lr,
-                  max_steps=globals_.max_steps, seed=globals_.seed, img_size=globals_.img_size, eval_interval=None,
-                  cache_latents=None, cache_text=None)
+    values: dict[str, Any] = dict(batch_size=globals_.batch_size, workers=globals_.workers, lr=globals_.lr,
+                                  max_steps=globals_.max_steps, seed=globals_.seed, img_size=globals_.img_size)
     for key in ("n_epochs", "dataset"):
         if getattr(globals_, key) is not None:
             values[key] = getattr(globals_, key)
-    values.update({k: v for k, v in given.items() if k not in ("name", "after", "description")})
+    values.update({k: v for k, v in merged_step_fields(step, defaults).items()
+                   if k not in ("name", "after", "description")})
 
     if values.get("n_epochs") is None:
         raise MissingStepValue("n_epochs", "required: set it on the step, in training.pipeline.defaults "
@@ -298,19 +246,18 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
         max_epochs=transition.get("max_epochs") or values["n_epochs"],
         window=transition.get("window") or TRANSITION_WINDOW,
     )
-    values["optimization"] = _resolve_optimization(values, values.get("optimization", {}))
-    return ResolvedStep(index=index, name=step.name, parent=step.after if step.after is not None else previous,
-                        hypothesis=step.name, **values)
+    resolved = ResolvedStep(index=index, name=step.name, parent=step.after if step.after is not None else previous,
+                            hypothesis=step.name, **values)
+    return resolved.model_copy(update={"optimization": _resolve_optimization(resolved)})
 
 
-def _resolve_optimization(values: dict[str, Any], given: dict[str, Any]) -> Optimization:
+def _resolve_optimization(step: ResolvedStep) -> Optimization:
     """One optimizer per group the step trains (AdamW at the step's lr unless configured); schedulers only where
     configured (none = constant lr). Groups the step does not train are left out."""
-    written = Optimization(**given)
-    groups = modes.optimizer_groups(SimpleNamespace(**values))
+    written, groups = step.optimization, modes.optimizer_groups(step)
     ordered = [g for g in modes.OPTIMIZER_GROUPS if g in groups]
     return Optimization(
-        optimizers={g: written.optimizers.get(g, OptimizerConfig()).resolved(values["lr"], g) for g in ordered},
-        schedulers={g: written.schedulers[g].resolved(values["transition_on"].max_epochs)
+        optimizers={g: written.optimizers.get(g, OptimizerConfig()).resolved(step.lr, g) for g in ordered},
+        schedulers={g: written.schedulers[g].resolved(step.transition_on.max_epochs)
                     for g in ordered if g in written.schedulers},
     )

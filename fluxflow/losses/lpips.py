@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fluxflow.config.assets import lpips_backbone_path, missing_lpips_backbone_message
+from fluxflow.config.file_checks import lpips_backbone_path, missing_lpips_backbone_message
 
 __all__ = ["LPIPSLoss", "lpips_backbone_path"]
 

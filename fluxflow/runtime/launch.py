@@ -1,4 +1,4 @@
-"""Run one step on several processes: `run_step_on_processes`, the one call of the bare pipeline and the Prefect task.
+"""Run one step on several processes: `run_step_on_processes`, which `train_step` (fluxflow/train/pipeline.py) calls.
 
 On one node (`training.distributed.nodes` 1) the step runs under `torchrun --nproc_per_node=N` in a child process
 group (`run_step_distributed`, below); across nodes through Ray Train (fluxflow/runtime/ray_train_launch.py). The child

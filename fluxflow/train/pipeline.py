@@ -50,7 +50,7 @@ def run_pipeline(config, tracker=None) -> list[StepOutcome]:
                 continue
             parent = outcomes[step.parent].ref if step.parent else None
             try:
-                outcomes[step.name] = _run_one(config, step.name, parent, tracker)
+                outcomes[step.name] = train_step(config, step.name, parent, tracker)
             except Exception as exc:  # KeyboardInterrupt (and StepInterrupted) is no Exception: it stops the run
                 # A non-retryable error's message names the file and what to do: no traceback to bury it.
                 log.error("Step %s failed: %s", step.name, exc, exc_info=is_retryable(exc))
@@ -61,7 +61,14 @@ def run_pipeline(config, tracker=None) -> list[StepOutcome]:
         return list(outcomes.values())
 
 
-def _run_one(config, step_name: str, parent, tracker) -> StepOutcome:
-    if config.training.distributed.processes > 1:
-        return run_step_on_processes(config, step_name, parent)
-    return run_step(config, step_name, parent, tracker=tracker)
+def train_step(config, step_name: str, parent, tracker=None, ranks_done=None) -> StepOutcome:
+    """The step on its processes, the one call of the bare pipeline and the Prefect task: in this process when it
+    has one, else on its ranks (torchrun on one node, Ray Train across nodes: fluxflow/runtime/launch.py). Ranks
+    cannot reach `tracker`; rank 0 writes the console lines and metrics file, and `ranks_done(outcome)` is called
+    once a step they trained is done (the Prefect task records it in MLflow from those files)."""
+    if config.training.distributed.processes == 1:
+        return run_step(config, step_name, parent, tracker=tracker)
+    outcome = run_step_on_processes(config, step_name, parent)
+    if ranks_done is not None and outcome.result.trained:
+        ranks_done(outcome)
+    return outcome

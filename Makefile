@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .PHONY: setup demo test test-fast bench bench-gpu server mlflow-ui worker deploy serve-model ray-cluster \
-	ray-cluster-stop ray-hypotheses clean
+	ray-cluster-stop ray-hypotheses ray-screenshots clean
 
 # The exact tested set (constraints.txt, pinned) within pyproject.toml's ranges; dev includes the pretrained extra.
 $(STAMP): pyproject.toml constraints.txt
@@ -72,6 +72,11 @@ ray-cluster-stop:
 ray-hypotheses: $(STAMP)
 	PREFECT_API_URL=http://127.0.0.1:$(or $(FLUXFLOW_PREFECT_PORT),4200)/api RAY_ADDRESS=127.0.0.1:$(RAY_PORT) \
 	    $(VENV)/bin/fluxflow-train --config configs/hypotheses.yaml --set training.executor.kind=ray
+
+# After ray-hypotheses: docs/screenshots/ray_dashboard_{cluster,job}.png and prefect_ray_flow_run.png, in headless
+# Chromium (scripts/ray_screenshots.py; needs chromium and chromedriver, as scripts/browser_check.sh).
+ray-screenshots: $(STAMP)
+	PYTHONPATH=. $(PY) scripts/ray_screenshots.py
 
 clean:
 	rm -rf outputs mlruns mlflow.db .pytest_cache

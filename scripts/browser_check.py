@@ -151,13 +151,14 @@ def click(driver, xpath: str, timeout: float) -> None:
     WebDriverWait(driver, timeout).until(ec.element_to_be_clickable(("xpath", xpath))).click()
 
 
-def check_prefect_page(driver, prefect_url: str, facts: RunFacts, out: Path, timeout: float) -> list[str]:
-    """The flow run page: its run graph with one node per step (screenshot), then its "Task Runs" tab, which must
-    list every step."""
+def check_prefect_page(driver, prefect_url: str, facts: RunFacts, out: Path, timeout: float,
+                       filename: str = "prefect_flow_run.png") -> list[str]:
+    """The flow run page: its run graph with one node per step (screenshot, out/filename), then its "Task Runs" tab,
+    which must list every step."""
     driver.get(f"{prefect_url}/runs/flow-run/{facts.flow_run_id}")
     missing = wait_for_texts(driver, [facts.flow_run_name, "Task Runs"], timeout)
     time.sleep(3)  # the run graph is drawn on a canvas after the data arrives
-    driver.save_screenshot(str(out / "prefect_flow_run.png"))
+    driver.save_screenshot(str(out / filename))
     if not missing:
         click(driver, "//*[(@role='tab' or self::li or self::button or self::a) and normalize-space()='Task Runs']",
               timeout)

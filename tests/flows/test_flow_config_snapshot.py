@@ -17,7 +17,7 @@ VAE = {"n_epochs": 1, "max_steps": 2, "train_vae": True, "kl_beta": 0.25}
 
 def test_a_yaml_edited_while_the_flow_runs_changes_nothing_it_trains(tmp_path, prefect_api, mlflow_store,
                                                                         monkeypatch):
-    import fluxflow.train.step_run as step_run
+    import fluxflow.train.pipeline as step_entry  # train_step, which every step task calls, calls its run_step
     from flows.pipeline_flow import pipeline_flow
 
     out = tmp_path / "out"
@@ -29,14 +29,14 @@ def test_a_yaml_edited_while_the_flow_runs_changes_nothing_it_trains(tmp_path, p
     edited = copy.deepcopy(raw)
     edited["training"]["pipeline"]["steps"][1].update(kl_beta=0.75, max_steps=3)
 
-    real_run_step = step_run.run_step
+    real_run_step = step_entry.run_step
 
     def edit_the_file_then_run(config, step_name, *args, **kwargs):
         if step_name == "first":  # the first task has started: the user edits the file now
             path.write_text(yaml.safe_dump(edited))
         return real_run_step(config, step_name, *args, **kwargs)
 
-    monkeypatch.setattr(step_run, "run_step", edit_the_file_then_run)
+    monkeypatch.setattr(step_entry, "run_step", edit_the_file_then_run)
     state = pipeline_flow(str(path), return_state=True)
     assert state.is_completed(), state.message
     assert yaml.safe_load(path.read_text()) == edited  # the edit did happen during the run

@@ -178,11 +178,11 @@ def test_rerunning_a_finished_pipeline_trains_nothing_and_opens_no_step_runs(cha
 
 def test_branches_start_from_the_same_parent_checkpoint_and_compare_reports_both(
         tmp_path, mlflow_store_module, monkeypatch, capsys):
-    import fluxflow.train.step_run
+    import fluxflow.train.pipeline  # train_step, which every step task calls, calls its run_step
     from flows import cli_compare
 
     received, ran = {}, {}
-    real_run_step = fluxflow.train.step_run.run_step
+    real_run_step = fluxflow.train.pipeline.run_step
 
     def recording_run_step(config, step_name, parent, **kwargs):
         received[step_name] = parent
@@ -192,7 +192,7 @@ def test_branches_start_from_the_same_parent_checkpoint_and_compare_reports_both
         finally:
             ran[step_name] = (start, time.monotonic())
 
-    monkeypatch.setattr(fluxflow.train.step_run, "run_step", recording_run_step)
+    monkeypatch.setattr(fluxflow.train.pipeline, "run_step", recording_run_step)
     raw = config(tmp_path, "branches", [
         {"name": "warm", **VAE},
         {"name": "spade_off", **VAE, "gan_training": True},

@@ -4,7 +4,8 @@ A head without CPUs (no training worker runs there: losing the head ends the clu
 step of tests/test_ray_train_step.py, 100 batches, with `nodes: 2` takes two of them. Once its `latest.pt` exists, a
 node holding a worker is removed. Ray Train restarts the group on the two nodes left, the step resumes from
 `latest.pt`, and its weights must equal, bit for bit, those of the same step under torchrun with 2 processes,
-uninterrupted (trained meanwhile in a thread), with each batch logged once. About 60 s on 2 cores. The cluster
+uninterrupted (trained meanwhile in a thread), with each batch logged once, and one FINISHED MLflow run holding each batch's point once (recorded from rank 0's
+files, as the Prefect task records a step of several processes). About 60 s on 2 cores. The cluster
 (tests/ray_driver_cluster.py) is stopped by the pids of the processes it started; the test then checks that no
 process of it is left, Ray's workers included (found by the cluster's RAY_TMPDIR in their environment: they rename
 themselves `ray::...`).
@@ -74,16 +75,30 @@ def remove_a_training_node(cluster, step_running, latest: Path):
 
 
 @pytest.mark.timeout(2 * STEP_TIMEOUT_S)
-def test_a_node_lost_mid_step_resumes_from_latest_and_ends_bit_identical(tmp_path):
+def test_a_node_lost_mid_step_resumes_from_latest_and_ends_bit_identical(tmp_path, mlflow_store):
+    from mlflow.tracking import MlflowClient
+
+    from flows.mlflow_runs import experiment_id_for, open_pipeline_run
+    from flows.mlflow_tracker import MlflowTracker
     from fluxflow.runtime.launch import run_step_on_processes
+    from fluxflow.train.pipeline import train_step
+
+    # The Ray step is recorded in MLflow as the Prefect task records it: from rank 0's files once the step is done.
+    config = config_for(tmp_path / "ray", RAY)
+    client = MlflowClient(mlflow_store)
+    experiment = experiment_id_for(client, "node-loss")
+    parent = open_pipeline_run(client, experiment, str(tmp_path / "ray"), "ray", {})
+    mlflow_tracker = MlflowTracker(client, experiment, parent, str(tmp_path / "ray"), session="s1")
+
+    def record(done):
+        mlflow_tracker.record_from_files(config.step("vae_gan"), done.ref.step_key, done.ref, done.result)
 
     with ThreadPoolExecutor(2) as pool:
         reference = pool.submit(run_step_on_processes, config_for(tmp_path / "torchrun", TORCHRUN), "vae_gan", None,
                                 STEP_TIMEOUT_S)
         with local_ray_cluster(nodes=4, head_cpus=0) as cluster:
             ray_tmpdir = os.path.dirname(cluster.head_node.get_temp_dir_path())
-            step = pool.submit(run_step_on_processes, config_for(tmp_path / "ray", RAY), "vae_gan", None,
-                               STEP_TIMEOUT_S)
+            step = pool.submit(train_step, config, "vae_gan", None, None, record)
             latest = tmp_path / "ray" / "checkpoints" / "vae_gan" / "latest.pt"
             victim = remove_a_training_node(cluster, lambda: not step.done(), latest)
             outcome = step.result()
@@ -106,3 +121,8 @@ def test_a_node_lost_mid_step_resumes_from_latest_and_ends_bit_identical(tmp_pat
     records = [json.loads(line) for line in (tmp_path / "ray" / "graph" / "training_metrics_vae_gan.jsonl")
                .read_text().splitlines()]
     assert [r["batch"] for r in records if "vae_loss" in r["metrics"]] == list(range(1, BATCHES + 1))
+    # MLflow: one FINISHED run for the step, each batch's point once.
+    assert mlflow_tracker.flush()
+    (run,) = client.search_runs([experiment], "tags.`fluxflow.kind` = 'step'")
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "vae_loss")) == list(range(1, BATCHES + 1))

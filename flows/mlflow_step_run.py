@@ -105,11 +105,17 @@ class StepRunRecorder:
             self.parent_run_id = open_pipeline_run(self.client, self.experiment_id, self.output_dir, name, {})
 
     def log_points(self, points: list[Metric]) -> None:
-        fresh = [p for p in points if p.step > self.last_step.get(p.key, -1)]
-        if fresh and self.run_id is not None:
+        """The points after each key's last logged step, once: one batch may hold a key twice at the same step (an
+        epoch's last log interval and its evaluation both report `epoch`), so the filter moves with every point."""
+        if self.run_id is None:
+            return
+        fresh = []
+        for p in points:
+            if p.step > self.last_step.get(p.key, -1):
+                fresh.append(p)
+                self.last_step[p.key] = p.step
+        if fresh:
             self.client.log_batch(self.run_id, metrics=fresh)
-            for p in fresh:
-                self.last_step[p.key] = max(p.step, self.last_step.get(p.key, -1))
 
     def log_image(self, path: Path) -> None:
         if self.run_id is not None:

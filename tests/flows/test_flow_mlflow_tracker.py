@@ -282,3 +282,19 @@ def test_a_training_health_warning_becomes_a_tag_of_the_step_run(setup):
     assert t.flush()
     tags = client.get_run(t.run_id).data.tags
     assert tags["fluxflow.warning.flat_discriminator"] == "Step gan: the discriminator has been flat for 200 updates"
+
+
+def test_one_batch_of_points_holding_a_key_twice_at_one_step_logs_it_once():
+    """The tracking thread sends what queued since its last send in one batch: an epoch's last log interval and its
+    evaluation, both with `epoch` at the same global step, can share it (the intermittent duplicate this pins)."""
+    from mlflow.entities import Metric
+
+    from flows.mlflow_step_run import StepRunRecorder
+
+    sent = []
+    recorder = StepRunRecorder(client=None, experiment_id="1", parent_run_id="p", output_dir="out", session="s")
+    recorder.client = type("Client", (), {"log_batch": lambda self, run_id, metrics: sent.extend(metrics)})()
+    recorder.run_id, recorder.last_step = "r", {"epoch": 4}
+    recorder.log_points([Metric("epoch", 1.0, 0, 4), Metric("epoch", 1.0, 0, 5), Metric("flow_loss", 0.2, 0, 5),
+                         Metric("epoch", 1.0, 0, 6), Metric("eval_psnr", 20.0, 0, 6), Metric("epoch", 1.0, 0, 6)])
+    assert [(m.key, m.step) for m in sent] == [("epoch", 5), ("flow_loss", 5), ("epoch", 6), ("eval_psnr", 6)]

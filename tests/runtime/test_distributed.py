@@ -15,20 +15,26 @@ CONFIG = textwrap.dedent("""
             feature_maps_dim_disc: 8, text_max_len: 32}
     training:
       batch_size: 4
-      distributed: {nproc_per_node: 2}
+      device: cpu
+      distributed: DISTRIBUTED
       pipeline:
         datasets: {shapes: {type: shapes, size: 32, seed: 0, holdout: 4}}
         default_dataset: shapes
         steps:
           - {name: vae_gan, n_epochs: 1, max_steps: 4, train_vae: true, gan_training: true, r1_interval: 2}
     output: {output_path: OUT, log_interval: 1, checkpoint_save_interval: 2, no_samples: true}
-""")
+""")  # also the step of tests/runtime/test_ray_train_step.py, with its own `distributed`
+TORCHRUN = "{nproc_per_node: 2}"
+
+
+def config_text(out, distributed: str = TORCHRUN) -> str:
+    return CONFIG.replace("OUT", str(out)).replace("DISTRIBUTED", distributed)
 
 
 def test_two_process_gloo_step_keeps_ranks_in_sync_and_rank0_alone_writes(tmp_path):
     out = tmp_path / "out"
     cfg = tmp_path / "ddp.yaml"
-    cfg.write_text(CONFIG.replace("OUT", str(out)))
+    cfg.write_text(config_text(out))
     code = ("from fluxflow.config import load_config; from fluxflow.train.pipeline import run_pipeline; "
             f"import json; o = run_pipeline(load_config({str(cfg)!r}).config); "
             "print('RESULT', json.dumps(o[0].to_dict()))")
@@ -67,7 +73,7 @@ def test_a_stop_request_ends_the_torchrun_process_group_at_once(tmp_path, monkey
     monkeypatch.setattr(launch.subprocess, "Popen", RecordedPopen)
     out = tmp_path / "out"
     cfg = tmp_path / "ddp.yaml"  # 1,000 batches: far more than the test waits for
-    cfg.write_text(CONFIG.replace("OUT", str(out)).replace("size: 32", "size: 4000")
+    cfg.write_text(config_text(out).replace("size: 32", "size: 4000")
                    .replace("max_steps: 4", "max_steps: 1000"))
     config = load_config(str(cfg)).config
     raised: list[BaseException] = []
@@ -110,8 +116,7 @@ def test_train_step_is_the_one_dispatch_to_this_process_or_the_ranks(tmp_path, m
     from fluxflow.train import pipeline
 
     cfg = tmp_path / "ddp.yaml"
-    cfg.write_text(CONFIG.replace("OUT", str(tmp_path / "out")).replace("nproc_per_node: 2",
-                                                                        f"nproc_per_node: {processes}"))
+    cfg.write_text(config_text(tmp_path / "out", f"{{nproc_per_node: {processes}}}"))
     config = load_config(str(cfg)).config
     outcome, calls = SimpleNamespace(result=SimpleNamespace(trained=True)), []
     monkeypatch.setattr(pipeline, "run_step", lambda *a, tracker: calls.append(("here", tracker)) or outcome)

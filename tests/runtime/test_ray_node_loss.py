@@ -24,7 +24,8 @@ import yaml
 
 from process_groups import alive
 from ray_driver_cluster import local_ray_cluster
-from test_ray_train_step import CONFIG, RAY, TORCHRUN, final_models
+from test_distributed import TORCHRUN, config_text
+from test_ray_train_step import RAY, final_models
 
 pytest.importorskip("ray.train")
 pytestmark = pytest.mark.slow
@@ -36,7 +37,7 @@ STEP_TIMEOUT_S = 300.0
 def config_for(out: Path, distributed: str):
     from fluxflow.config import load_config
 
-    text = CONFIG.replace("OUT", str(out)).replace("DISTRIBUTED", distributed)
+    text = config_text(out, distributed)
     text = text.replace("size: 32", "size: 404").replace("max_steps: 4", f"max_steps: {BATCHES}")
     return load_config(yaml.safe_load(text)).config
 

@@ -6,45 +6,27 @@ and a worker killed mid-step must cost nothing but time: Ray Train restarts the 
 `latest.pt`.
 """
 import json
-import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
 from ray_driver_cluster import local_ray_cluster
+from test_distributed import TORCHRUN, config_text
 
 pytest.importorskip("ray.train")
 pytestmark = pytest.mark.slow
 
 # 4 batches; latest.pt after batch 2; the kill comes after batch 3 of rank 1 (so latest.pt at batch 2 is on disk:
 # rank 0 saved it before batch 3, whose all-reduces rank 1 finished).
-CONFIG = textwrap.dedent("""
-    data: {img_size: 16}
-    model: {vae_dim: 8, feature_maps_dim: 32, flow_depth: 1, text_embedding_dim: 32, text_encoder_depth: 1,
-            feature_maps_dim_disc: 8, text_max_len: 32}
-    training:
-      batch_size: 4
-      device: cpu
-      distributed: DISTRIBUTED
-      pipeline:
-        retries: 1
-        datasets: {shapes: {type: shapes, size: 32, seed: 0, holdout: 4}}
-        default_dataset: shapes
-        steps:
-          - {name: vae_gan, n_epochs: 1, max_steps: 4, train_vae: true, gan_training: true, r1_interval: 2}
-    output: {output_path: OUT, log_interval: 1, checkpoint_save_interval: 2, no_samples: true}
-""")
 RAY = "{nodes: 2, nproc_per_node: 1}\n  executor: {kind: ray}"  # a step across nodes runs on a Ray cluster
-TORCHRUN = "{nproc_per_node: 2}"
 KILL_POINT = "batch3_rank1"
 
 
 def config_for(tmp_path, name: str, distributed: str):
     from fluxflow.config import load_config
 
-    return load_config(yaml_dict(CONFIG.replace("OUT", str(tmp_path / name)).replace("DISTRIBUTED", distributed))
-                       ).config
+    return load_config(yaml_dict(config_text(tmp_path / name, distributed))).config
 
 
 def yaml_dict(text: str) -> dict:

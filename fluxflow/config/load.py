@@ -6,7 +6,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -16,6 +16,7 @@ from fluxflow.config.errors import ConfigError, ConfigIssue, did_you_mean, forma
 from fluxflow.config.executor import process_issues, resources_issues
 from fluxflow.config.legacy import apply_legacy
 from fluxflow.config.overrides import apply_overrides
+from fluxflow.config.pretrained_text import with_pretrained_width
 from fluxflow.config.promotion import promotion_issues
 from fluxflow.config.replicates import replicate_issues
 from fluxflow.config.schema import (DATASET_TYPES, SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,
@@ -86,6 +87,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
             raise ConfigError(exc.issues, label) from None
 
     raw, warnings, issues = apply_legacy(raw)
+    raw = with_pretrained_width(raw)
     config: PipelineConfig | None = None
     try:
         config = PipelineConfig.model_validate(raw)
@@ -205,15 +207,16 @@ def _pieces(raw: dict, config: PipelineConfig | None) -> Pieces:
 
 
 def _lenient_globals(training: Any, dataset: Any) -> StepGlobals:
-    """Step globals from the values of `training` that are valid; a broken one is already reported."""
-    fields = TrainingConfig.model_fields
+    """Step globals from the fields of `training` that validate as TrainingConfig's own; where one does not (it is
+    already reported), its default stands in."""
+    training = training if isinstance(training, dict) else {}
     values = {}
-    for key in ("batch_size", "workers", "lr", "n_epochs", "max_steps"):
-        value = training.get(key) if isinstance(training, dict) else None
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-        values[key] = value if ok else fields[key].default
-    if isinstance(training, dict) and "n_epochs" in training and values["n_epochs"] is None:
-        values["n_epochs"] = 1  # given but invalid: do not also call it missing in every step
+    for key in ("batch_size", "workers", "lr", "n_epochs", "max_steps", "seed"):
+        info = TrainingConfig.model_fields[key]
+        given = training.get(key, info.default)
+        values[key] = _parse(Annotated[info.annotation, info], given)
+        if values[key] is None and given is not None:  # given but invalid: not also called missing in every step
+            values[key] = 1 if key == "n_epochs" else info.default
     return StepGlobals(dataset=dataset if isinstance(dataset, str) else None, **values)
 
 

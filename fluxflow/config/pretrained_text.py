@@ -18,6 +18,7 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # config.json `model_type` -> family (how the model is loaded and pooled).
 FAMILIES = {"clip_text_model": "clip", "clip": "clip", "t5": "t5", "mt5": "t5", "umt5": "t5"}
@@ -81,3 +82,18 @@ def inspect_pretrained(path: str | Path) -> PretrainedText:
         raise UnusablePretrained(f"{directory / 'config.json'}: no embedding width (hidden_size / d_model)")
     positions = section.get("max_position_embeddings") if family == "clip" else None
     return PretrainedText(family, width, positions if isinstance(positions, int) else None)
+
+
+def with_pretrained_width(raw: dict[str, Any]) -> dict[str, Any]:
+    """The config file's dict with `model.text_embedding_dim` filled from a pretrained encoder's config.json when the
+    file leaves it out (the width is the encoder's). Done once, where a file is loaded, so that validating a config
+    never reads files; a different value or an unusable directory is reported by file_checks.text_encoder_issues."""
+    model = raw.get("model")
+    te = model.get("text_encoder") if isinstance(model, dict) else None
+    if not isinstance(te, dict) or te.get("type") != "pretrained" or not isinstance(te.get("path"), str) \
+            or "text_embedding_dim" in model:
+        return raw
+    try:
+        return {**raw, "model": {**model, "text_embedding_dim": inspect_pretrained(te["path"]).width}}
+    except UnusablePretrained:
+        return raw

@@ -14,7 +14,6 @@ from pydantic_core import PydanticCustomError
 from fluxflow.config.executor import ExecutorConfig
 from fluxflow.config.optim import StrictModel
 from fluxflow.storage.location import check_output_uri, remote_uri
-from fluxflow.config.pretrained_text import UnusablePretrained, inspect_pretrained
 from fluxflow.config.promotion import PromotionConfig
 from fluxflow.config.replicates import ReplicatesConfig, replicate_steps
 from fluxflow.config.steps import (ResolvedStep, Workers, StepConfig, StepDefaults, StepGlobals, merged_step_fields,
@@ -33,6 +32,9 @@ class TextEncoderConfig(StrictModel):
 
 
 class ModelConfig(StrictModel):
+    """Component sizes. With a pretrained text encoder, text_embedding_dim is its width: load_config fills it from
+    the encoder's config.json when the file leaves it out (fluxflow/config/pretrained_text.py)."""
+
     vae_dim: int = Field(32, ge=1, description="base conv width of compressor/expander")
     latent_channels: int = Field(4, ge=1)
     downscale: Literal[2, 4, 8] = 4
@@ -48,18 +50,6 @@ class ModelConfig(StrictModel):
     # The flow model sees the text twice: adaLN on the pooled (mean) embedding and cross-attention to the tokens.
     # false: cross-attention only, a composition experiment (docs/COMPOSITION.md).
     text_pooled: bool = True
-
-    @model_validator(mode="after")
-    def _pretrained_text_width(self) -> "ModelConfig":
-        """A pretrained encoder fixes the text width: text_embedding_dim is derived from its config.json unless the
-        file sets it (a different value is reported by fluxflow/config/checks.py, as is an unusable directory)."""
-        te = self.text_encoder
-        if te.type == "pretrained" and te.path and "text_embedding_dim" not in self.model_fields_set:
-            try:
-                self.text_embedding_dim = inspect_pretrained(te.path).width
-            except UnusablePretrained:
-                pass
-        return self
 
     @model_serializer(mode="wrap")
     def _omit_byte_text_encoder(self, handler):

@@ -8,7 +8,7 @@ import pytest
 from helpers_tiny import TINY_MODEL
 from pretrained_fixture import shipped_config_raw, tiny_clip_dir
 
-from fluxflow.config import ConfigError, load_config
+from fluxflow.config import ConfigError, PipelineConfig, load_config
 from fluxflow.config.model_sizes import parameter_counts
 
 __all__ = ["tiny_clip_dir"]
@@ -34,6 +34,17 @@ def test_it_validates_at_real_size_with_a_local_encoder():
     flow = config.step("flow")
     assert flow.train_diff and not flow.train_diff_full
     assert [s.name for s in config.resolved_steps()] == ["vae", "vae_gan", "flow"]
+
+
+def test_the_encoder_width_is_read_where_the_file_is_loaded_not_by_validation():
+    """Validation reads no file: the model's width is the given one until load_config fills it from the encoder's
+    config.json, once, where the file enters (a task re-validating the resolved dict gets it from the dict)."""
+    raw = shipped_config_raw(REAL)
+    assert "text_embedding_dim" not in raw["model"]
+    assert PipelineConfig.model_validate(raw).model.text_embedding_dim == 64  # the field's default: nothing read
+    loaded = load_config(raw).config
+    assert loaded.model.text_embedding_dim == 768
+    assert PipelineConfig.model_validate(loaded.model_dump(mode="json")) == loaded
 
 
 def write_image_folder(folder: Path, n: int) -> None:

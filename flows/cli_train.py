@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 
 from fluxflow.config import ConfigError
 from fluxflow.config.model_sizes import parameter_counts

@@ -10,9 +10,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # Quiet, offline defaults (flows/env.py), before prefect or mlflow is imported anywhere.
 import flows.env  # noqa: E402,F401
 
-# Shared fixtures of the flows/ tests, defined once here (a session fixture defined in two modules would start two
-# Prefect test servers).
+# Shared fixtures, defined once here (a session fixture defined in two modules would start two Prefect test servers);
+# `s3`: a module's own moto S3 server (tests/s3_server.py).
 from flow_fixtures import mlflow_store, mlflow_store_module, mlflow_template, prefect_api  # noqa: E402,F401
+from s3_server import s3  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session", autouse=True)

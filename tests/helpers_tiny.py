@@ -122,7 +122,7 @@ def load_weights(path: str | Path) -> dict[str, Any]:
 
 
 def generated_pixels(source: list[str], out: Path, prompt: str = "a red circle", seed: int = 3,
-                     steps: int = 3) -> "np.ndarray":
+                     steps: int = 3) -> Any:
     """`fluxflow-generate`'s PNG of `prompt` from `source` (`--checkpoint FILE`, `--model URI`, `--weights DIR`),
     written to the new folder `out`, as pixels."""
     import numpy as np

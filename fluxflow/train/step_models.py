@@ -14,7 +14,7 @@ from torch import nn
 from fluxflow.runtime import distributed
 from fluxflow.train.ema import EMA
 from fluxflow.models import build_component
-from fluxflow.config.modes import expander_spade, required_components, touches_vae, trained_components
+from fluxflow.config.modes import required_components, touches_vae, trained_components
 
 log = logging.getLogger("fluxflow.train.step_run")
 

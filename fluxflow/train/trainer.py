@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fluxflow.cache.text_cache import TextCache
-from fluxflow.config.modes import has_flow_mode, touches_vae, trained_components
+from fluxflow.config.modes import expander_spade, has_flow_mode, touches_vae, trained_components
 from fluxflow.losses import LPIPSLoss
 from fluxflow.losses.flow import FlowObjective, resolution_shift
 from fluxflow.runtime import distributed
@@ -24,8 +24,7 @@ from fluxflow.models.latents import normalise_latents, posterior
 from fluxflow.train.lr_schedule import LrSchedule, build_schedulers
 from fluxflow.train.optim import build_optimizers
 from fluxflow.train.speed import runnable_models
-from fluxflow.train.step_models import (ema_components, expander_spade, prepare_emas, prepare_models,
-                                        sampling_models)
+from fluxflow.train.step_models import ema_components, prepare_emas, prepare_models, sampling_models
 from fluxflow.checkpoints.step_state import saved_expander_spade
 
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from helpers_tiny import generated_pixels, tiny_raw
 from mlflow.tracking import MlflowClient
-from s3_server import s3  # noqa: F401  (the module's moto server)
 
 pytestmark = pytest.mark.slow
 

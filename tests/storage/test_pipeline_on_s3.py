@@ -21,7 +21,6 @@ import fsspec
 import pytest
 import torch
 from helpers_tiny import load_weights, one_torch_thread, tiny_config, tiny_raw
-from s3_server import s3  # noqa: F401  (the module's moto server)
 from test_runner_resume import assert_same_tensors, run_captured
 
 from flows import cli_generate

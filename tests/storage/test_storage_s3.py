@@ -11,7 +11,7 @@ import time
 import fsspec
 import pytest
 import torch
-from s3_server import fresh_filesystems, s3  # noqa: F401  (the module's moto server)
+from s3_server import fresh_filesystems
 
 from flows import cli_train
 from fluxflow.checkpoints.io import CheckpointError, load_checkpoint, sha256_file

@@ -3,7 +3,6 @@ frozen) trains the expander and the discriminator and leaves the compressor bit-
 trains it again; a step whose freeze leaves nothing to train is refused, naming what it froze."""
 from __future__ import annotations
 
-import textwrap
 
 import pytest
 import torch

@@ -7,7 +7,6 @@ import contextlib
 import io
 import json
 
-import torch
 from helpers_tiny import one_torch_thread, tiny_config
 
 from fluxflow.models.discriminator import Discriminator

@@ -24,7 +24,7 @@ def checkpoint_state(run, completed: bool = False) -> dict:
         "pipeline_metadata": StepState(
             current_step=step.index, current_step_name=step.name, step_key=run.files.key,
             step_config=step.model_dump(mode="json"), seed=step.seed, step_start_epoch=pos.start_epoch,
-            current_step_epoch=pos.epoch, batch=pos.batch, step_metrics=run.history, rng=capture_rng_state(),
+            current_step_epoch=pos.epoch, batch=pos.batch, step_metrics=run.report.history, rng=capture_rng_state(),
             monitor=run.monitor.state_dict(), report=run.report.state_dict(), completed=completed,
             outcome=run.outcome,
         ).to_dict(),

@@ -1,5 +1,5 @@
 """What a running step tells the world: metric means per log interval, sample images, held-out evaluation, and the
-step's final metrics. It reads the `StepRun`'s position and models and writes only to the tracker and samples/."""
+step's final metrics. It reads the step's position and models and writes only to the tracker and samples/."""
 from __future__ import annotations
 
 import time
@@ -18,25 +18,33 @@ from fluxflow.train.tracking import Progress
 
 class StepReport:
     """Everything a step reports, to its tracker (console, JSONL, MLflow) and samples/: log-interval means (the one
-    host sync per interval), sample images, held-out evaluation, the final metrics. It reads the StepRun it reports
-    on (position, models, data, monitor) and never changes it; its own state (the running interval's sums, the data's
-    skip counter) goes into the checkpoint through `state_dict()`, so a resumed step reports what an uninterrupted one
-    would."""
+    host sync per interval), sample images, held-out evaluation, the final metrics.
 
-    def __init__(self, run, tracker):
-        self.run, self.tracker = run, tracker
-        self.output = run.files.output  # the local directory (an object store's staging mirror)
+    Its inputs are the step's parts it reads and never changes: `position` (StepRun's, advanced by the step), the
+    `trainer` (the weights samples and evaluation use), the step's `data` and transition `monitor`. It owns what it
+    keeps: `history` (the log-interval means of this step and its ancestors, `StepState.step_metrics`), the running
+    interval's sums and the data's skip counter, which go into the checkpoint through `state_dict()`, so a resumed
+    step reports what an uninterrupted one would. `say` prints a console line (rank 0's)."""
+
+    def __init__(self, tracker, *, config, step, files, data, monitor, position, trainer, device, say,
+                 history: dict):
+        self.tracker, self.config, self.step, self.files = tracker, config, step, files
+        self.data, self.monitor, self.position, self.trainer, self.device, self.say = \
+            data, monitor, position, trainer, device, say
+        self.main = distributed.is_main()
+        self.history = {**history, step.name: dict(history.get(step.name, {}))}
+        self.output = files.output  # the local directory (an object store's staging mirror)
         self.last_means: dict[str, float] = {}  # the last log interval's means (ReduceLROnPlateau's fallback metric)
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}  # batches that reported each metric (grad norms: only window ends)
         self._count, self._tick = 0, time.perf_counter()  # batches timed since `_tick` (by this process)
-        self.flat_d = FlatDiscriminatorWatch(run.config.output.d_flat_warn_updates)
+        self.flat_d = FlatDiscriminatorWatch(config.output.d_flat_warn_updates)
 
     def started(self, resumed: bool) -> None:
-        self.tracker.step_started(self.run.step, self.run.files.key, self.run.files.n_steps, resumed)
+        self.tracker.step_started(self.step, self.files.key, self.files.n_steps, resumed)
 
     def epoch_started(self) -> None:
-        if self.run.position.batch == 0:  # a resumed epoch keeps the log interval its checkpoint carried
+        if self.position.batch == 0:  # a resumed epoch keeps the log interval its checkpoint carried
             self._sums, self._counts = {}, {}
         self._count, self._tick = 0, time.perf_counter()
 
@@ -45,7 +53,7 @@ class StepReport:
         log interval's sums (its means and its `skipped_updates` then cover the batches before the checkpoint too) and
         the training data's skip counter (`skipped_samples`). Under torchrun this is rank 0's, which every rank
         takes back. The sums go to the host here: a checkpoint save waits for the device anyway."""
-        skips = getattr(self.run.data.train_set, "skips", None)
+        skips = getattr(self.data.train_set, "skips", None)
         return {"sums": {k: v.detach().cpu() for k, v in self._sums.items()}, "counts": dict(self._counts),
                 "skips": skips.state_dict() if skips is not None else None}
 
@@ -54,9 +62,9 @@ class StepReport:
         counts."""
         if not state:
             return
-        self._sums = {k: v.to(self.run.device) for k, v in state["sums"].items()}
+        self._sums = {k: v.to(self.device) for k, v in state["sums"].items()}
         self._counts = dict(state["counts"])
-        skips = getattr(self.run.data.train_set, "skips", None)
+        skips = getattr(self.data.train_set, "skips", None)
         if skips is not None and state.get("skips") is not None:
             skips.load_state_dict(state["skips"])
 
@@ -71,78 +79,76 @@ class StepReport:
         """Means of the batches since the last log: the one host sync per log interval. The epoch's last line also
         carries `skipped_samples`, the training data's count of skipped or repaired items (a CPU counter)."""
         self.last_means = mean_metrics(self._sums, self._counts)
-        history = self.run.history[self.run.step.name]
+        history = self.history[self.step.name]
         for k, v in self.last_means.items():
             history.setdefault(k, []).append(v)
         elapsed = time.perf_counter() - self._tick
-        pos = self.run.position
+        pos = self.position
         logged = dict(self.last_means)
-        if pos.batch == self.run.data.batches_per_epoch:
+        if pos.batch == self.data.batches_per_epoch:
             logged["skipped_samples"] = float(self.skipped_samples())
         self.tracker.log_metrics(logged, self.progress(pos.epoch + 1, pos.batch, elapsed / self._count))
         warning = self.flat_d.observe(self.last_means, self._counts.get("d_logit_real", 0))
         if warning:
-            self.tracker.warn("flat_discriminator", f"Step {self.run.step.name}: {warning}")
+            self.tracker.warn("flat_discriminator", f"Step {self.step.name}: {warning}")
         self._sums, self._counts, self._count, self._tick = {}, {}, 0, time.perf_counter()
 
     def skipped_samples(self) -> int:
         """Items of the step's training data skipped or repaired so far (fluxflow/data/skips.py)."""
-        return int(getattr(self.run.data.train_set, "skipped", 0))
+        return int(getattr(self.data.train_set, "skipped", 0))
 
     def progress(self, epoch: int, batch: int, sec_per_batch: float) -> Progress:
-        run = self.run
-        return Progress(step_name=run.step.name, step_index=run.step.index + 1, n_steps=run.files.n_steps,
-                        epoch=epoch, n_epochs=run.monitor.max_epochs, batch=batch,
-                        n_batches=run.data.batches_per_epoch, global_step=run.position.global_step,
+        return Progress(step_name=self.step.name, step_index=self.step.index + 1, n_steps=self.files.n_steps,
+                        epoch=epoch, n_epochs=self.monitor.max_epochs, batch=batch,
+                        n_batches=self.data.batches_per_epoch, global_step=self.position.global_step,
                         sec_per_batch=sec_per_batch)
 
     def samples(self, batch: int | None) -> None:
         """Sample images of this position; `batch` None at an epoch's end (the epoch just completed)."""
-        run = self.run
-        if run.config.output.no_samples or not run.main:
+        if self.config.output.no_samples or not self.main:
             return
-        epoch = run.position.epoch + 1 if batch is not None else run.position.epoch
-        for path in write_samples(samples_dir(self.output), step=run.step, step_number=run.step.index + 1,
-                                  epoch=epoch, batch=batch, tag=run.files.key[:6],
-                                  models=run.trainer.sampling_models(), holdout=run.data.holdout_images,
-                                  captions=list(run.config.output.sample_captions),
-                                  latent_norm=run.trainer.ctx.latent_norm, config=run.config,
-                                  seed=run.step.seed, spade=run.trainer.ctx.spade):
+        step, trainer = self.step, self.trainer
+        epoch = self.position.epoch + 1 if batch is not None else self.position.epoch
+        for path in write_samples(samples_dir(self.output), step=step, step_number=step.index + 1,
+                                  epoch=epoch, batch=batch, tag=self.files.key[:6],
+                                  models=trainer.sampling_models(), holdout=self.data.holdout_images,
+                                  captions=list(self.config.output.sample_captions),
+                                  latent_norm=trainer.ctx.latent_norm, config=self.config,
+                                  seed=step.seed, spade=trainer.ctx.spade):
             self.tracker.log_image(path)
 
     def evaluate(self) -> dict[str, float]:
         """Evaluation on the held-out split with the weights samples come from; logged at the epoch's global step."""
-        run = self.run
-        if not run.main:
+        if not self.main:
             return {}
-        found = evaluate_step(run.step, run.trainer.sampling_models(), run.data.holdout_set, run.data.train_set,
-                              run.config, run.trainer.ctx.latent_norm, run.device, eval_cache_dir(self.output),
-                              spade=run.trainer.ctx.spade)
+        trainer = self.trainer
+        found = evaluate_step(self.step, trainer.sampling_models(), self.data.holdout_set, self.data.train_set,
+                              self.config, trainer.ctx.latent_norm, self.device, eval_cache_dir(self.output),
+                              spade=trainer.ctx.spade)
         found = {f"eval_{k}": v for k, v in found.items()}
-        epochs = run.position.epoch
+        epochs = self.position.epoch
         if found:
-            self.tracker.log_metrics(found, self.progress(epochs, run.data.batches_per_epoch, float("nan")))
-            run.say(f"[{datetime.now():%H:%M:%S}] Evaluation of {run.step.name} after epoch {epochs}: "
-                    + ", ".join(f"{k} {v:.4g}" for k, v in sorted(found.items())))
+            self.tracker.log_metrics(found, self.progress(epochs, self.data.batches_per_epoch, float("nan")))
+            self.say(f"[{datetime.now():%H:%M:%S}] Evaluation of {self.step.name} after epoch {epochs}: "
+                     + ", ".join(f"{k} {v:.4g}" for k, v in sorted(found.items())))
         return found
 
     def final_metrics(self) -> dict[str, float]:
         """The step's last logged losses, its final evaluation, its skipped updates and samples, and its smoothed
         metric."""
-        run = self.run
-        history = run.history[run.step.name]
-        shown = set(step_metrics(run.step))
+        history = self.history[self.step.name]
+        shown = set(step_metrics(self.step))
         final = {k: values[-1] for k, values in history.items() if k in shown and values}
         final.update(self.evaluate())
         final["skipped_updates"] = float(sum(history.get("skipped_updates", [])))
         final["skipped_samples"] = float(self.skipped_samples())
-        smoothed = run.monitor.smoothed()
+        smoothed = self.monitor.smoothed()
         if smoothed is not None:
-            final[f"smoothed_{run.monitor.metric}"] = smoothed
+            final[f"smoothed_{self.monitor.metric}"] = smoothed
         return final
 
     def finished(self, ref, result) -> None:
-        self.tracker.log_artifact(metrics_file(self.output, self.run.step.name))
+        self.tracker.log_artifact(metrics_file(self.output, self.step.name))
         self.tracker.step_finished(ref, result)
 
 

@@ -172,8 +172,6 @@ class StepRun:
         self.trainer = step_trainer(config, self.step, state, self.data, device, resuming=self.resuming,
                                     epochs=range(start_epoch, start_epoch + self.monitor.max_epochs),
                                     updates_per_epoch=self.updates_per_epoch(), say=self.say)
-        self.history: dict = dict(meta.step_metrics)
-        self.history.setdefault(self.step.name, {})
         global_step = int((state or {}).get("global_step", 0))
         self.position = Position(start_epoch=start_epoch, global_step=global_step)
         # A step killed after its last epoch was saved (before final.pt) has nothing left to train.
@@ -182,7 +180,9 @@ class StepRun:
         if self.main:  # lines a killed run logged after the position this one starts from will be logged again
             trim_jsonl(metrics_file(files.output, self.step.name), self.position.global_step,
                        keep_evaluation_at_end=not (self.resuming and meta.completed))
-        self.report = StepReport(self, tracker)
+        self.report = StepReport(tracker, config=config, step=self.step, files=files, data=self.data,
+                                 monitor=self.monitor, position=self.position, trainer=self.trainer, device=device,
+                                 say=self.say, history=meta.step_metrics)
         if self.resuming:  # the counts it reports continue: skipped samples, skipped updates, the log interval
             self.report.load_state_dict(meta.report)
         self.say(f"Starting step: {self.step.name}, epoch {self.position.epoch + 1}, batch {self.position.batch}")

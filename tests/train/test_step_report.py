@@ -1,0 +1,60 @@
+"""StepReport on its own inputs, without a StepRun: what a log interval reports, what it keeps, and what a resumed
+report continues from."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from fluxflow.config import modes
+from fluxflow.config.steps import Transition
+from fluxflow.train.step_report import StepReport
+from fluxflow.train.step_run import Position
+from fluxflow.train.transition import TransitionMonitor
+
+
+class Recorder:
+    def __init__(self):
+        self.logged: list[tuple[dict, object]] = []
+
+    def log_metrics(self, metrics, progress):
+        self.logged.append((dict(metrics), progress))
+
+
+def report(position: Position, history: dict | None = None, skipped: int = 0) -> StepReport:
+    modes_off = {m: False for m in modes.ALL_MODES}
+    step = SimpleNamespace(name="vae", index=1, transition_on=Transition(mode="epoch"), unfreeze=[], freeze=[],
+                           **(modes_off | {"train_vae": True}))
+    config = SimpleNamespace(output=SimpleNamespace(d_flat_warn_updates=0, no_samples=True))
+    files = SimpleNamespace(output=None, key="abc123", n_steps=3)
+    data = SimpleNamespace(batches_per_epoch=4, train_set=SimpleNamespace(skipped=skipped))
+    monitor = TransitionMonitor(step.transition_on, 2, torch.device("cpu"))
+    return StepReport(Recorder(), config=config, step=step, files=files, data=data, monitor=monitor,
+                      position=position, trainer=None, device=torch.device("cpu"), say=print, history=history or {})
+
+
+def test_a_log_interval_reports_means_at_the_steps_position_and_keeps_them_in_its_history():
+    position = Position(start_epoch=0, global_step=6)
+    earlier = {"warmup": {"vae_loss": [1.0]}}
+    r = report(position, history=earlier, skipped=2)
+    for loss in (3.0, 1.0):
+        r.add({"vae_loss": torch.tensor(loss)})
+    position.epoch, position.batch = 0, 4  # the epoch's last batch: the line carries skipped_samples
+    r.log_interval()
+    (metrics, progress), = r.tracker.logged
+    assert metrics == {"vae_loss": 2.0, "skipped_samples": 2.0}
+    assert (progress.step_name, progress.step_index, progress.n_steps, progress.epoch, progress.n_epochs,
+            progress.batch, progress.n_batches, progress.global_step) == ("vae", 2, 3, 1, 2, 4, 4, 6)
+    assert r.history == {"warmup": {"vae_loss": [1.0]}, "vae": {"vae_loss": [2.0]}}
+    assert earlier == {"warmup": {"vae_loss": [1.0]}}  # the checkpoint's dict it started from is not changed
+
+
+def test_a_resumed_report_continues_the_interval_its_checkpoint_carried():
+    first = report(Position(start_epoch=0))
+    first.add({"vae_loss": torch.tensor(4.0)})
+    resumed = report(Position(start_epoch=0, batch=1))
+    resumed.load_state_dict(first.state_dict())
+    resumed.epoch_started()  # mid-epoch: the interval's sums are kept
+    resumed.add({"vae_loss": torch.tensor(2.0)})
+    resumed.log_interval()
+    assert resumed.tracker.logged[0][0] == {"vae_loss": 3.0}

@@ -9,6 +9,7 @@
 # each (default 0), and the custom resource `node_a` or `node_b` (a step can ask for one: resources: {custom:
 # {node_b: 1}}). Ray's workers put themselves in process groups of their own but stay in their node's session, so
 # `stop` signals every process of the two sessions. The Ray dashboard: http://127.0.0.1:$FLUXFLOW_RAY_DASHBOARD_PORT.
+# Ray's other servers listen on all interfaces, without authentication (docs/DISTRIBUTED.md, "Try it on one machine").
 #
 # Environment (all optional, besides those of _service.sh):
 #   FLUXFLOW_RAY_PORT            the head's port (GCS), what training.executor.address names  (default: 6379)

@@ -2,29 +2,23 @@
 
 Each node is its own raylet with one CPU and a small object store, under a temporary directory of this test's
 (RAY_TMPDIR too, so that Ray's "current cluster" file, which `ray.init(address="auto")` reads, is not the machine's
-shared one). Everything binds 127.0.0.1: Ray's single-machine mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, set for the nodes'
-processes; for this driver, ray_constants.ENABLE_RAY_CLUSTER while the cluster lives) makes the nodes, the workers and this driver use the loopback address instead of the
-machine's; the dashboard's ports are free ones, not Ray's fixed defaults, which another cluster on this machine may
-hold. `ray.shutdown()` and `Cluster.shutdown()` stop exactly the processes this cluster started.
+shared one). Everything binds 127.0.0.1: Ray's single-machine mode (tests/ray_cluster.py's LOOPBACK, set for the
+nodes' processes; for this driver, ray_constants.ENABLE_RAY_CLUSTER while the cluster lives) makes the nodes, the
+workers and this driver use the loopback address instead of the machine's (torch's own rendezvous store, which
+torchrun and Ray Train's process group start, listens on all interfaces whatever Ray does); the dashboard's ports are
+free ones, not Ray's fixed defaults, which another cluster on this machine may hold. `ray.shutdown()` and
+`Cluster.shutdown()` stop exactly the processes this cluster started.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
-import socket
 import tempfile
 
-# Set only while the nodes start (they keep it), never for this whole process: a test session that imports this
-# module also starts Ray nodes of its own with `ray start` (tests/ray_cluster.py), which this mode would refuse to join.
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+from ray_cluster import LOOPBACK, free_port
+
 NODE = {"num_cpus": 1, "object_store_memory": 100 * 2**20, "node_ip_address": "127.0.0.1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -43,7 +37,7 @@ def local_ray_cluster(nodes: int = 2, env: dict[str, str] | None = None, head_cp
     gcs_port = free_port()
     # RAY_ADDRESS: Ray's own processes that look for "the" cluster (Ray Train's placement-group cleaner) find this
     # one, not another one of this machine's.
-    os.environ.update({"RAY_TMPDIR": tmp, "RAY_ADDRESS": f"127.0.0.1:{gcs_port}", **LOOPBACK_ENV, **(env or {})})
+    os.environ.update({"RAY_TMPDIR": tmp, "RAY_ADDRESS": f"127.0.0.1:{gcs_port}", **LOOPBACK, **(env or {})})
     cluster = Cluster()
     try:
         try:

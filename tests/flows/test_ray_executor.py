@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers_tiny import tiny_raw
-from ray_cluster import free_port, two_node_cluster
+from ray_cluster import LOOPBACK, free_port, is_loopback, listening_addresses, session_members, two_node_cluster
 
 from fluxflow.checkpoints.ref import StepNode, StepOutcome
 from fluxflow.checkpoints.step_files import step_keys
@@ -42,7 +42,7 @@ def train(raw: dict, directory: Path, prefect_home: Path, timeout: float = 300) 
     config.write_text(yaml.safe_dump(raw))
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PREFECT_HOME=str(prefect_home), RAY_USAGE_STATS_ENABLED="0",
-               RAY_AUTH_MODE="disabled")  # as the test cluster's nodes (tests/ray_cluster.py)
+               RAY_AUTH_MODE="disabled", **LOOPBACK)  # as the test cluster's nodes (tests/ray_cluster.py)
     return subprocess.run([sys.executable, "-m", "flows.cli_train", "--config", str(config), "--quiet"], cwd=directory,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
 
@@ -195,11 +195,21 @@ def test_a_request_no_node_meets_exits_2_with_one_line_before_anything_trains(cl
 
 
 @pytest.mark.slow
+def test_the_test_cluster_listens_on_loopback_only(cluster):
+    """After the runs above: GCS, raylets, agents and the workers they left listen on 127.0.0.1, nothing else."""
+    found = listening_addresses(session_members(cluster.sessions))
+    assert len(found) >= 6 and all(is_loopback(address) for address, _ in found), sorted(found)
+
+
+@pytest.mark.slow
 def test_in_the_flow_a_request_no_node_meets_fails_before_submission(cluster, tmp_path, monkeypatch):
     """What a deployment's flow run (no fluxflow-train to check first) does: the submitter refuses the step."""
     from flows.ray_steps import Infeasible, RaySteps
 
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # this process joins the test cluster as a driver
+    from ray._private import ray_constants
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # this process joins the test cluster as a driver,
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)  # at 127.0.0.1 like its nodes (LOOPBACK)
 
     config = load_config(pipeline(tmp_path, cluster.address, [{"gpus": 2}])).config
     with RaySteps(config) as steps:

@@ -1,7 +1,7 @@
 """The Tracker that records one pipeline step as a nested MLflow run, without ever making training wait on MLflow.
 
 Everything goes through an explicit `MlflowClient` and run ids, never the fluent `mlflow.start_run` API: the active
-run is thread-local and branches train in parallel threads (PITFALLS.md). Each call of the runner becomes a call put
+run is thread-local and branches train in parallel threads. Each call of the step runner becomes a call put
 on the process's tracking queue (flows/tracking_queue.py), which a background thread sends in order, waiting out an
 unreachable server: a tracking outage never stalls or fails a step. What each call does to the run (which run, no
 point twice): flows/mlflow_step_run.py. A metric batch goes out as one `log_batch` with the batches queued after it,

@@ -2,7 +2,7 @@
 #
 # Each long-running component is started detached in its own session (setsid), so its pid is also its process-group
 # id: `kill -- -PID` stops it together with every child it spawned (uvicorn workers, flow-run processes, torch
-# children). A worker started with `&` from a non-interactive script would ignore Ctrl-C (PITFALLS.md), which is why
+# children). A worker started with `&` from a non-interactive script ignores SIGINT (bash sets it so), which is why
 # nothing here relies on signals reaching it through a terminal.
 #
 # Environment (all optional):
@@ -111,7 +111,7 @@ use_local_server() {
 
 # ensure_pool_and_limit: the `gpu` work pool (type process) and the task-tag concurrency limit $FLUXFLOW_GPU_TAG
 # (`gpu` unless set), created only when missing. The limit is on the task tag, not on the pool: a pool concurrency of 1
-# would let a flow run hold the only slot while the work it waits on queues behind it (PITFALLS.md); the tag limit
+# would let a flow run hold the only slot while the work it waits on queues behind it (a deadlock); the tag limit
 # only serialises the GPU steps.
 ensure_pool_and_limit() {
     if ! "$PREFECT" work-pool inspect "$POOL_NAME" >/dev/null 2>&1; then

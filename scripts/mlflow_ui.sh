@@ -10,7 +10,7 @@ set -euo pipefail
 source "$(dirname "$0")/_service.sh"
 cd "$REPO_ROOT"
 
-# The tracking server would otherwise spawn ~2 GB of job-runner processes that this product never uses (PITFALLS.md).
+# The tracking server would otherwise spawn ~2 GB of job-runner processes that this product never uses.
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 STORE="${FLUXFLOW_MLFLOW_STORE:-sqlite:///mlflow.db}"
 HOST="${FLUXFLOW_MLFLOW_HOST:-127.0.0.1}"

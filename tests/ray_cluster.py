@@ -6,6 +6,7 @@ would stop every Ray on the machine. Its processes listen on 127.0.0.1 only (LOO
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -138,4 +139,5 @@ def listening_addresses(pids: list[int]) -> set[tuple[str, int]]:
 
 
 def is_loopback(address: str) -> bool:
-    return address.startswith("127.") or address in ("::1", "localhost") or address.startswith("::ffff:127.")
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers_tiny import tiny_raw
-from ray_cluster import LOOPBACK, free_port, is_loopback, listening_addresses, session_members, two_node_cluster
+from ray_cluster import free_port, is_loopback, listening_addresses, ray_env, session_members, two_node_cluster
 
 from fluxflow.checkpoints.ref import StepNode, StepOutcome
 from fluxflow.checkpoints.step_files import step_keys
@@ -40,9 +40,7 @@ def train(raw: dict, directory: Path, prefect_home: Path, timeout: float = 300) 
     """`fluxflow-train` on `raw` in `directory` (its ./mlflow.db), stdout and stderr together."""
     config = directory / "config.yaml"
     config.write_text(yaml.safe_dump(raw))
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PREFECT_HOME=str(prefect_home), RAY_USAGE_STATS_ENABLED="0",
-               RAY_AUTH_MODE="disabled", **LOOPBACK)  # as the test cluster's nodes (tests/ray_cluster.py)
+    env = ray_env(PREFECT_HOME=str(prefect_home))  # as the test cluster's nodes: a driver at 127.0.0.1 like them
     return subprocess.run([sys.executable, "-m", "flows.cli_train", "--config", str(config), "--quiet"], cwd=directory,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
 

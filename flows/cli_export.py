@@ -13,6 +13,8 @@ from flows import env  # noqa: F401  (every flows entry point: quiet and offline
 
 import argparse
 import sys
+import tempfile
+from pathlib import Path
 
 from flows.cli_generate import ModelNotFound, add_checkpoint_arguments, checkpoint_model
 from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OK
@@ -42,10 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     from fluxflow.sampling.generate import GenerationError
 
     try:
-        model, checkpoint = checkpoint_model(args, "cpu")
-        source = {"checkpoint": str(checkpoint), "sha256": sha256_file(checkpoint)}
-        if args.model:
-            source["model"] = args.model
+        with tempfile.TemporaryDirectory(prefix="fluxflow-model-") as scratch:
+            model, checkpoint = checkpoint_model(args, "cpu", Path(scratch))
+            sha256 = sha256_file(checkpoint)
+        # Where the weights came from: the checkpoint file, or the registered model (its copy here is temporary).
+        source = {"model": args.model} if args.model else {"checkpoint": str(checkpoint)}
+        source["sha256"] = sha256
         folder = export_weights(model, args.output, source)
     except (CheckpointError, ConfigError, GenerationError, ModelNotFound, OSError) as exc:
         print(f"fluxflow-export: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ from flows import env  # noqa: F401  (every flows entry point: quiet and offline
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OK
@@ -35,14 +36,14 @@ class ModelNotFound(Exception):
     """--model names nothing usable (flows/registry.py RegistryError, raised without importing MLflow up front)."""
 
 
-def model_checkpoint_of(model_uri: str, tracking_uri: str | None) -> Path:
-    """The local checkpoint of a registered model version (downloaded from a remote store); MLflow is imported only
+def model_checkpoint_of(model_uri: str, tracking_uri: str | None, into: Path) -> Path:
+    """The local checkpoint of a registered model version, copied into the folder `into`; MLflow is imported only
     for --model."""
     from flows.mlflow_runs import resolve_tracking_uri
     from flows.registry import RegistryError, model_checkpoint
 
     try:
-        return model_checkpoint(model_uri, tracking_uri or resolve_tracking_uri())
+        return model_checkpoint(model_uri, tracking_uri or resolve_tracking_uri(), into)
     except RegistryError as exc:
         raise ModelNotFound(str(exc)) from None
 
@@ -61,13 +62,14 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser):
     return source
 
 
-def checkpoint_model(args: argparse.Namespace, device: str | None):
+def checkpoint_model(args: argparse.Namespace, device: str | None, scratch: Path):
     """(the text-to-image model, its checkpoint file) of --checkpoint or --model, sized by --config where the
-    checkpoint does not record its model sizes (fluxflow-generate, fluxflow-export)."""
+    checkpoint does not record its model sizes (fluxflow-generate, fluxflow-export). A --model is copied into the
+    folder `scratch`, which the caller removes."""
     from fluxflow.config import load_config
     from fluxflow.sampling.generate import load_text_to_image
 
-    checkpoint = args.checkpoint or model_checkpoint_of(args.model, args.tracking_uri)
+    checkpoint = args.checkpoint or model_checkpoint_of(args.model, args.tracking_uri, scratch)
     config = load_config(args.config).config if args.config else None
     model = load_text_to_image(checkpoint, config.model if config else None,
                                config.data.img_size if config else None, device)
@@ -120,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.weights:
             model = load_exported(args.weights, args.device)
         else:
-            model, _ = checkpoint_model(args, args.device)
+            with tempfile.TemporaryDirectory(prefix="fluxflow-model-") as scratch:
+                model, _ = checkpoint_model(args, args.device, Path(scratch))
         files = generate_files(model, prompts, args.output, n=args.n, seed=args.seed, steps=args.steps,
                                guidance=args.guidance, size=args.size, ext=args.format)
     except (CheckpointError, ConfigError, GenerationError, DeviceUnavailable, ModelNotFound) as exc:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (must precede prefect and mlflow)
 
 import math
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
@@ -127,10 +129,12 @@ def _evaluator(config, client: MlflowClient):
     def metrics(version: str, step: str) -> dict[str, float]:
         dataset = evaluation_dataset(config, step)
         if (version, dataset) not in found:
-            checkpoint = model_checkpoint(f"models:/{config.tracking.model_name}/{version}", client.tracking_uri)
-            found[version, dataset] = evaluate_checkpoint(
-                checkpoint, config, dataset, seeds=promotion.seeds, n_images=promotion.n_images,
-                sampler_steps=promotion.sampler_steps)
+            with tempfile.TemporaryDirectory(prefix="fluxflow-model-") as scratch:
+                checkpoint = model_checkpoint(f"models:/{config.tracking.model_name}/{version}",
+                                              client.tracking_uri, Path(scratch))
+                found[version, dataset] = evaluate_checkpoint(
+                    checkpoint, config, dataset, seeds=promotion.seeds, n_images=promotion.n_images,
+                    sampler_steps=promotion.sampler_steps)
         return found[version, dataset]
 
     return metrics

@@ -159,15 +159,23 @@ def register_step(client: MlflowClient, name: str, outcome: StepOutcome, config,
     return version
 
 
-def model_checkpoint(model_uri: str, tracking_uri: str) -> Path:
+def model_checkpoint(model_uri: str, tracking_uri: str, into: Path) -> Path:
     """The checkpoint file of a registered model (`models:/<name>@<alias>`, `models:/<name>/<version>`) or any
-    other MLflow model URI of a fluxflow pyfunc: downloaded when the store is remote, checked against the sha256
-    recorded at registration."""
+    other MLflow model URI of a fluxflow pyfunc, checked against the sha256 recorded at registration. A model in a
+    local store is read where it is; one behind a tracking server or on object storage is copied into the existing
+    folder `into`, which the caller removes (without a destination MLflow copies it into a new temporary folder
+    that nobody deletes, one per call)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
     from fluxflow.checkpoints.io import sha256_file
 
     try:
         with tracking_at(tracking_uri):
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+            repo = get_artifact_repository(model_uri)  # models:/ wraps the repository of the version's artifacts
+            on_disk = isinstance(getattr(repo, "repo", repo), LocalArtifactRepository)
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
+                                                             dst_path=None if on_disk else str(into)))
     except MlflowException as exc:
         raise RegistryError(f"{model_uri}: {exc.message} (tracking URI {tracking_uri})") from None
     model = Model.load(str(local))

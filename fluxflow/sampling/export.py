@@ -16,7 +16,8 @@ config.json:
     image                    {"size", "channels"}: the training image size (the default output size) and channels
     latent_norm              {"shift": [...], "scale": [...]}: per latent channel, latent = (mean - shift) / scale
     spade                    whether the expander decodes with SPADE (as the step that last trained it did)
-    source                   where the weights came from (the checkpoint and its sha256), for the record
+    source                   where the weights came from (the checkpoint file or registered model, and the
+                             checkpoint's sha256), for the record
 
 Why these files: safetensors holds only a JSON header and raw tensor bytes, so loading it runs no code, and any
 framework or model hub reads it; the folder can be pushed to a hub as it is. The training checkpoint (final.pt)

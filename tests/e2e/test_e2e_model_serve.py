@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -91,6 +92,9 @@ def test_the_champion_is_served_over_rest_by_name_and_answers_a_prompt_with_its_
 
         monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
         monkeypatch.chdir(tmp_path)
+        scratch = tmp_path / "tmp"  # this process's temporary files: where copies of a model would be left
+        scratch.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(scratch))
         raw = tiny_raw(tmp_path / "out", [{"name": "warm", "n_epochs": 1, "max_steps": 2, "train_vae": True},
                                           {"name": "flow", "n_epochs": 1, "max_steps": 3, "train_diff_full": True}],
                        dataset_size=16, no_samples=True)
@@ -109,6 +113,8 @@ def test_the_champion_is_served_over_rest_by_name_and_answers_a_prompt_with_its_
                                                      "params": {"seed": 3, "steps": 3}})
         # The same version by name through the tracking server: downloaded, its sha256 checked.
         assert cli_generate.main(["--model", f"models:/{MODEL}@champion", *GENERATE, str(tmp_path / "by-name")]) == 0
+        # Promotion's evaluation and generate each read a copy of the model, and remove it.
+        assert [p for p in scratch.rglob("*") if p.name == "MLmodel" or p.suffix == ".pt"] == []
     finally:
         stop(procs)
     assert not any(group_alive(p.pid) for p in procs)

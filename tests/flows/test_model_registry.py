@@ -80,7 +80,7 @@ def flow_outcome(runs, name) -> dict:
     return runs[name][1][-1]
 
 
-def test_each_run_registers_its_flow_checkpoint_linked_to_its_step_run_and_flow_run(loop):
+def test_each_run_registers_its_flow_checkpoint_linked_to_its_step_run_and_flow_run(loop, tmp_path):
     client = MlflowClient()
     found = versions()
     assert sorted(found) == ["1", "2", "3"]
@@ -99,7 +99,7 @@ def test_each_run_registers_its_flow_checkpoint_linked_to_its_step_run_and_flow_
         from flows.registry import model_checkpoint
         from fluxflow.checkpoints.io import sha256_file
 
-        checkpoint = model_checkpoint(f"models:/{MODEL}/{number}", client.tracking_uri)
+        checkpoint = model_checkpoint(f"models:/{MODEL}/{number}", client.tracking_uri, tmp_path)
         assert sha256_file(checkpoint) == outcome["ref"]["sha256"]
         config = json.loads((checkpoint.parent / "config.json").read_text())
         assert config["training"]["pipeline"]["steps"][1]["lr"] == FLOWS[name].get("lr")

@@ -18,6 +18,7 @@ it imports nothing of this repository.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import sys
@@ -55,12 +56,21 @@ def read_secret() -> tuple[str, str]:
 
 
 def write_ini(user: str, database_uri: str) -> str:
-    """A basic_auth.ini for this start (no password in it: the admin exists before the server reads it)."""
-    fd, path = tempfile.mkstemp(prefix="fluxflow-mlflow-auth-", suffix=".ini")
+    """A basic_auth.ini for this start (no password in it: the admin exists before the server reads it). The server
+    reads it for as long as it runs and nothing is left to delete it after the exec, so its name comes from its
+    content: a restart rewrites the same file instead of leaving one more behind."""
+    text = (f"[mlflow]\ndefault_permission = {DEFAULT_PERMISSION}\ndatabase_uri = {database_uri}\n"
+            f"admin_username = {user}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    name = hashlib.sha256(f"{os.getuid()}\n{text}".encode()).hexdigest()[:16]
+    path = os.path.join(tempfile.gettempdir(), f"fluxflow-mlflow-auth-{name}.ini")
+    fd, tmp = tempfile.mkstemp(prefix="fluxflow-mlflow-auth-", suffix=".tmp")  # then renamed: never half-written
     with os.fdopen(fd, "w") as f:
-        f.write(f"[mlflow]\ndefault_permission = {DEFAULT_PERMISSION}\ndatabase_uri = {database_uri}\n"
-                f"admin_username = {user}\n"
-                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        f.write(text)
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another user's file by that name (a shared /tmp): this start's own file, as it is
+        return tmp
     return path
 
 

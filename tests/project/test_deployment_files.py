@@ -333,7 +333,8 @@ def test_mlflow_ui_script_with_a_secret_runs_the_basic_auth_app_with_the_passwor
     assert done.returncode == 0, done.stderr
     (call,) = recorded_calls(fake_env)
     assert call["argv"][1:3] == ["ui", "--host"] and call["argv"][-2:] == ["--app-name", "basic-auth"]
-    ini = Path(call["env"]["MLFLOW_AUTH_CONFIG_PATH"]).read_text()
+    ini_path = call["env"]["MLFLOW_AUTH_CONFIG_PATH"]
+    ini = Path(ini_path).read_text()
     assert "admin_username = tracker" in ini and f"database_uri = {auth_db}" in ini and "password" not in ini
     assert call["env"]["MLFLOW_TRACKING_PASSWORD"] is None  # the server is given no password at all
     os.killpg(int((Path(fake_env["FLUXFLOW_RUN_DIR"]) / "mlflow-ui.pid").read_text()), signal.SIGTERM)
@@ -342,6 +343,8 @@ def test_mlflow_ui_script_with_a_secret_runs_the_basic_auth_app_with_the_passwor
     Path(fake_env["FLUXFLOW_MLFLOW_AUTH_FILE"]).write_text("tracker:second-password-2\n")
     (Path(fake_env["FLUXFLOW_RUN_DIR"]) / "mlflow-ui.pid").unlink()
     assert run_script("mlflow_ui.sh", fake_env).returncode == 0
+    # The same server config: the same ini file, rewritten (the server outlives the script, so it is not deleted).
+    assert recorded_calls(fake_env)[-1]["env"]["MLFLOW_AUTH_CONFIG_PATH"] == ini_path
     store = SqlAlchemyStore()
     store.init_db(auth_db)
     assert store.authenticate_user("tracker", "second-password-2")

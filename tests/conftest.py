@@ -1,5 +1,9 @@
 """Test-session set-up shared by every test: quiet, offline, nothing written outside tmp dirs."""
+import getpass
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,3 +27,19 @@ def user_cache(tmp_path_factory):
         folder = tmp_path_factory.mktemp("user-cache")
         monkeypatch.setenv("FLUXFLOW_CACHE_DIR", str(folder))
         yield folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temporary_files(tmp_path_factory):
+    """Temporary files of the tests and every process they start (TMPDIR) in one folder, removed at the end: what a
+    killed process leaves (torchrun's and multiprocessing's folders, MLflow's artifact staging) goes with it. Short,
+    because Ray puts its sockets under TMPDIR. torch.compile's cache stays where torch keeps it, reused across runs."""
+    tmp_path_factory.getbasetemp()  # pytest's own folders are placed first, under the machine's temporary folder
+    folder = tempfile.mkdtemp(prefix="fft-")
+    inductor = os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")  # torch's default
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.environ.get("TORCHINDUCTOR_CACHE_DIR", inductor))
+        monkeypatch.setenv("TMPDIR", folder)
+        monkeypatch.setattr(tempfile, "tempdir", folder)
+        yield folder
+    shutil.rmtree(folder, ignore_errors=True)

@@ -127,5 +127,6 @@ class MlflowTracker:
 
     def flush(self, stall_s: float = STEP_FLUSH_STALL_S) -> bool:
         """Wait until this tracker's calls are sent, or until none has gone out for `stall_s` seconds (the server is
-        unreachable: they stay queued). Returns whether all are sent."""
-        return self.queue.wait(self._last, stall_s)
+        unreachable: they stay queued). Returns whether all are sent. During a known outage it does not wait: nothing
+        goes out until the server answers, and the end of the run waits for the records (flows/pipeline_flow.py)."""
+        return self.queue.wait(self._last, 0.0 if self.queue.unreachable_since is not None else stall_s)

@@ -298,3 +298,18 @@ def test_one_batch_of_points_holding_a_key_twice_at_one_step_logs_it_once():
     recorder.log_points([Metric("epoch", 1.0, 0, 4), Metric("epoch", 1.0, 0, 5), Metric("flow_loss", 0.2, 0, 5),
                          Metric("epoch", 1.0, 0, 6), Metric("eval_psnr", 20.0, 0, 6), Metric("epoch", 1.0, 0, 6)])
     assert [(m.key, m.step) for m in sent] == [("epoch", 5), ("flow_loss", 5), ("epoch", 6), ("eval_psnr", 6)]
+
+
+def test_the_end_of_a_step_does_not_wait_on_a_server_known_to_be_down(setup):
+    from flows.tracking_queue import TrackingQueue
+
+    client, experiment, parent, out, steps = setup
+    queue = TrackingQueue()
+    queue.mark_unreachable("http://x: refused", "out/graph", answers=lambda: False)
+    t = MlflowTracker(client, experiment, parent, out, session="s1", queue=queue)
+    t.step_started(steps[0], "key-warm", 0, resumed=False)
+    t.log_metrics({"vae_loss": 1.0}, progress("warm", 1))
+    started = time.monotonic()
+    assert not t.flush()  # the records stay queued: the end of the run waits for them, not the end of each step
+    assert time.monotonic() - started < 2  # the stall limit of a step's flush is 10 s
+    assert queue.pending() == 2

@@ -121,21 +121,35 @@ def without_timing(recorded_: dict) -> dict:
     return recorded_
 
 
-@pytest.mark.parametrize("back", ["during the run", "for the next run"])
-def test_a_server_down_at_the_start_gets_every_record_once_it_is_back(tmp_path, prefect_api, mlflow_server, back):
-    """The same pipeline twice on one server: against it live, then with it down when the run starts, and started
-    once the first step trains, or only after the run ended (then the same command runs again). The run trains
-    without waiting, says once where its records wait, exits 0, and MLflow ends holding the same runs, params, points
-    (none twice), samples and registered version as the live run's."""
+@pytest.fixture(scope="module")
+def live_run(tmp_path_factory, mlflow_template, prefect_api):
+    """(server, child environment): a server holding the two-step pipeline run against it live (experiment `live`),
+    the reference every outage run is compared with (the same for each, so run once)."""
     from prefect.settings import PREFECT_API_URL
 
-    env = child_env(PREFECT_API_URL=PREFECT_API_URL.value(), MLFLOW_TRACKING_URI=mlflow_server.uri)
-    config, _ = write_two_step_pipeline(tmp_path, "live", 400)
-    with running_train(config, env, tmp_path / "live.log") as child:
-        output_of_success(child, tmp_path / "live.log", timeout=300)
+    directory = tmp_path_factory.mktemp("outage-server")
+    server = MlflowServer(directory, mlflow_template)
+    server.start()
+    try:
+        env = child_env(PREFECT_API_URL=PREFECT_API_URL.value(), MLFLOW_TRACKING_URI=server.uri)
+        config, _ = write_two_step_pipeline(directory, "live", 400)
+        with running_train(config, env, directory / "live.log") as child:
+            output_of_success(child, directory / "live.log", timeout=300)
+        yield server, env
+    finally:
+        server.kill()
 
+
+@pytest.mark.parametrize("back", ["during the run", "for the next run"])
+def test_a_server_down_at_the_start_gets_every_record_once_it_is_back(tmp_path, live_run, back):
+    """The pipeline of `live_run` on the same server with it down when the run starts, and started once the first
+    step trains, or only after the run ended (then the same command runs again). The run trains without waiting,
+    says once where its records wait, exits 0, and MLflow ends holding the same runs, params, points (none twice),
+    samples and registered version as the live run's."""
+    mlflow_server, env = live_run
     mlflow_server.kill()
-    config, out = write_two_step_pipeline(tmp_path, "outage", 400)
+    experiment = "outage-during" if back == "during the run" else "outage-next"
+    config, out = write_two_step_pipeline(tmp_path, experiment, 400)
     log = tmp_path / "outage.log"
     with running_train(config, env, log) as child:
         if back == "during the run":
@@ -155,7 +169,7 @@ def test_a_server_down_at_the_start_gets_every_record_once_it_is_back(tmp_path, 
         assert "Skipping step flow: already complete" in again
 
     client = MlflowClient(mlflow_server.uri)
-    live, outage = recorded(client, "live"), recorded(client, "outage")
+    live, outage = recorded(client, "live"), recorded(client, experiment)
     assert set(outage["runs"]) == {"(pipeline)", "warm", "flow"}
     assert outage["runs"]["warm"]["points"]["vae_loss"] == list(range(1, 401))  # every batch, each once
     assert outage["versions"] == [("flow", "promoted")]

@@ -1,4 +1,5 @@
 """Test-session set-up shared by every test: quiet, offline, nothing written outside tmp dirs."""
+import atexit
 import getpass
 import os
 import shutil
@@ -37,9 +38,11 @@ def temporary_files(tmp_path_factory):
     tmp_path_factory.getbasetemp()  # pytest's own folders are placed first, under the machine's temporary folder
     folder = tempfile.mkdtemp(prefix="fft-")
     inductor = os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")  # torch's default
+    # Removed at the interpreter's exit, after the exit hooks registered later (Prefect's test harness removes its
+    # own folder in there then): atexit runs them last-registered first.
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.environ.get("TORCHINDUCTOR_CACHE_DIR", inductor))
         monkeypatch.setenv("TMPDIR", folder)
         monkeypatch.setattr(tempfile, "tempdir", folder)
         yield folder
-    shutil.rmtree(folder, ignore_errors=True)

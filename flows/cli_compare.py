@@ -44,10 +44,15 @@ def run(args) -> int:
 
     from flows.compare import experiment_comparison, write_chart, write_csv
     from flows.compare_versions import model_comparison
-    from flows.mlflow_runs import resolve_tracking_uri
+    from flows.mlflow_runs import resolve_tracking_uri, store_to_read_problem
     from flows.text_table import plain_table
 
-    client = MlflowClient(args.tracking_uri or resolve_tracking_uri())
+    uri = args.tracking_uri or resolve_tracking_uri()
+    problem = store_to_read_problem(uri)
+    if problem:
+        print(f"fluxflow-compare: {problem}", file=sys.stderr)
+        return EXIT_FIX_INPUT
+    client = MlflowClient(uri)
     if args.registered_model:
         found, name = model_comparison(client, args.registered_model, args.alias), args.registered_model
     else:

@@ -39,11 +39,15 @@ class ModelNotFound(Exception):
 def model_checkpoint_of(model_uri: str, tracking_uri: str | None, into: Path) -> Path:
     """The local checkpoint of a registered model version, copied into the folder `into`; MLflow is imported only
     for --model."""
-    from flows.mlflow_runs import resolve_tracking_uri
+    from flows.mlflow_runs import resolve_tracking_uri, store_to_read_problem
     from flows.registry import RegistryError, model_checkpoint
 
+    uri = tracking_uri or resolve_tracking_uri()
+    problem = store_to_read_problem(uri)
+    if problem:
+        raise ModelNotFound(f"{model_uri}: {problem}")
     try:
-        return model_checkpoint(model_uri, tracking_uri or resolve_tracking_uri(), into)
+        return model_checkpoint(model_uri, uri, into)
     except RegistryError as exc:
         raise ModelNotFound(str(exc)) from None
 

@@ -13,6 +13,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -103,6 +104,20 @@ def unreachable_reason(uri: str) -> str | None:
         return None
     except (OSError, ValueError) as exc:  # URLError (refused, no route, DNS) is an OSError; a timeout too
         return str(getattr(exc, "reason", exc))
+
+
+def store_to_read_problem(uri: str) -> str | None:
+    """Why the store at `uri` cannot be read, for commands that only read it (generate, export, compare), or None:
+    a server that does not answer (asking it would sit in MLflow's retries for minutes) or a sqlite file that does
+    not exist (MLflow would create an empty store there)."""
+    reason = unreachable_reason(uri)
+    if reason is not None:
+        return f"the MLflow server at {uri} does not answer ({reason}); start it, or name another store with " \
+               "--tracking-uri or MLFLOW_TRACKING_URI"
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    if path is not None and path != ":memory:" and not Path(path).is_file():
+        return f"no MLflow store at {uri} (no such file); name the store with --tracking-uri or MLFLOW_TRACKING_URI"
+    return None
 
 
 class PipelineRun:

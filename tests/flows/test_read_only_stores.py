@@ -1,0 +1,39 @@
+"""Commands that only read an MLflow store (fluxflow-compare, fluxflow-generate --model, fluxflow-export --model)
+answer at once with one line when the store cannot be read: a server that does not answer (MLflow's client would
+retry for minutes) or a sqlite file that does not exist (MLflow would create an empty store there)."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from mlflow_server import free_port
+
+from flows import cli_compare, cli_export, cli_generate
+
+
+def stores(tmp_path) -> dict[str, tuple[str, str]]:
+    """{case: (tracking URI, what the line says)}"""
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    return {"server down": (down, f"the MLflow server at {down} does not answer"),
+            "no such file": (f"sqlite:///{tmp_path / 'typo.db'}", f"no MLflow store at sqlite:///{tmp_path / 'typo.db'} "
+                                                                  "(no such file)")}
+
+
+@pytest.mark.parametrize("case", ["server down", "no such file"])
+@pytest.mark.parametrize("command", ["compare", "generate", "export"])
+def test_a_store_that_cannot_be_read_is_one_line_and_exit_2_at_once(tmp_path, capsys, case, command):
+    uri, says = stores(tmp_path)[case]
+    started = time.monotonic()
+    if command == "compare":
+        code = cli_compare.main(["--experiment", "x", "--tracking-uri", uri, "--output", str(tmp_path / "cmp")])
+    elif command == "generate":
+        code = cli_generate.main(["--model", "models:/x@champion", "--tracking-uri", uri, "--prompt", "a red circle",
+                                  "--output", str(tmp_path / "images")])
+    else:
+        code = cli_export.main(["--model", "models:/x@champion", "--tracking-uri", uri, "--output",
+                                str(tmp_path / "exported")])
+    assert code == 2
+    assert time.monotonic() - started < 10  # MLflow's own retries take minutes
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"fluxflow-{command}: ") and says in line, line
+    assert not (tmp_path / "typo.db").exists()  # no empty store was made

@@ -105,7 +105,7 @@ def check_can_run(config) -> None:
     training failure: say so before the flow starts (inside it, the step would fail and be retried for nothing). The
     flow takes the lock itself for the whole run; this is only the early answer. With the Ray executor the device is
     the cluster's (check_cluster)."""
-    from fluxflow.checkpoints.lock import RunLockedError
+    from fluxflow.checkpoints.lock import OutputDirUnusable, RunLockedError
     from fluxflow.runtime.device import DeviceUnavailable, resolve_device
     from fluxflow.storage.location import StorageError
     from fluxflow.storage.store_lock import output_lock
@@ -117,7 +117,7 @@ def check_can_run(config) -> None:
         # that a killed run left.
         with output_lock(config.output.output_path, say=lambda line: print(line, file=sys.stderr)):
             pass
-    except (DeviceUnavailable, RunLockedError, StorageError) as exc:
+    except (DeviceUnavailable, OutputDirUnusable, RunLockedError, StorageError) as exc:
         raise Refused(str(exc)) from None
     check_credentials(config.tracking.tracking_uri)
 

@@ -12,9 +12,16 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from fluxflow.errors import NonRetryable
+
 
 class RunLockedError(RuntimeError):
     """Another process (or another RunLock in this one) holds the directory."""
+
+
+class OutputDirUnusable(NonRetryable, OSError):
+    """The output directory cannot be created or written (read-only filesystem, no permission, a file in its
+    place): the user's setting, not a failure a retry fixes."""
 
 
 class RunLock:
@@ -29,16 +36,24 @@ class RunLock:
     def acquire(self) -> None:
         if self._lock.is_locked:
             raise RuntimeError(f"RunLock on {self.directory} is already held by this object")
-        self.directory.mkdir(parents=True, exist_ok=True)
         try:
+            self.directory.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
-        except Timeout:
+        except Timeout:  # first: filelock's Timeout is an OSError too
             holder = _read_pid(self.path)
             who = f"pid {holder}" if holder else "another process"
             raise RunLockedError(
                 f"{self.directory} is in use by another run ({who}, lock file {self.path}); wait for it to finish, "
                 "stop it, or choose another output directory"
             ) from None
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if isinstance(exc, FileExistsError) or (self.directory.exists() and not self.directory.is_dir()):
+                reason = "it is a file, not a folder"
+            elif isinstance(exc, NotADirectoryError):
+                reason = "a file stands where one of its parent folders should be"
+            raise OutputDirUnusable(f"output directory {self.directory}: cannot use it ({reason}); choose another "
+                                    "with --output-dir or output.output_path") from None
         # Through a descriptor of its own: closing it leaves the lock (held by filelock's descriptor) in place.
         self.path.write_text(f"{os.getpid()}\n")
 

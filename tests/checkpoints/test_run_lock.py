@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fluxflow.checkpoints.lock import RunLock, RunLockedError
+from fluxflow.checkpoints.lock import OutputDirUnusable, RunLock, RunLockedError
+from fluxflow.errors import is_retryable
 
 REPO = Path(__file__).resolve().parents[2]
 HOLDER = (
@@ -66,3 +67,14 @@ def test_lock_in_the_same_process_is_exclusive_and_reusable_after_exit(tmp_path)
     assert (tmp_path / ".lock").read_text() == ""  # released: no pid left behind
     with RunLock(tmp_path):
         pass
+
+
+@pytest.mark.parametrize("where, says", [("file", "it is a file, not a folder"),
+                                         ("file/out", "a file stands where one of its parent folders should be")])
+def test_an_output_directory_that_cannot_be_made_is_refused_in_one_line_and_not_retried(tmp_path, where, says):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(OutputDirUnusable) as refused:
+        RunLock(tmp_path / where).acquire()
+    assert str(refused.value) == (f"output directory {tmp_path / where}: cannot use it ({says}); choose another with "
+                                  "--output-dir or output.output_path")
+    assert not is_retryable(refused.value)

@@ -105,6 +105,18 @@ def test_train_with_a_missing_or_too_small_data_folder_exits_2_at_start(tmp_path
     assert "Flow run" not in output  # refused before the flow started
 
 
+def test_train_into_an_output_directory_it_cannot_make_exits_2_at_start(tmp_path):
+    (tmp_path / "taken").write_text("a file where the output directory should be")
+    raw = tiny_raw(tmp_path / "taken", STEPS, no_samples=True)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    code, output = run_cli("flows.cli_train", "--config", str(tmp_path / "config.yaml"), "--quiet", cwd=tmp_path)
+    assert code == 2, output
+    assert the_one_line(output) == (f"❌ output directory {tmp_path / 'taken'}: cannot use it (it is a file, not a "
+                                    "folder); choose another with --output-dir or output.output_path")
+    assert_no_traceback_and_no_retry(output)
+    assert "Flow run" not in output  # refused before the flow started
+
+
 def test_generate_refuses_a_checkpoint_that_would_run_code(tmp_path):
     evil, marker = payload_checkpoint(tmp_path)
     code, output = run_cli("flows.cli_generate", "--checkpoint", str(evil), "--prompt", "a red circle",

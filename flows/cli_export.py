@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from flows.cli_generate import ModelNotFound, add_checkpoint_arguments, checkpoint_model
+from flows.cli_generate import ModelNotFound, add_checkpoint_arguments, checkpoint_model, output_is_a_file
 from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OK
 from flows.cli_version import add_version_argument
 
@@ -28,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
                     "that says how to build the models; fluxflow-generate --weights loads the folder.",
         epilog="Exit codes: 0 written; 2 bad input (a checkpoint that is missing, corrupt or has no text-to-image "
                "model, a --model that names no registered version, an invalid --config, an output folder that is "
-               "not empty).")
+               "not empty or is a file).")
     add_checkpoint_arguments(p)
     p.add_argument("--output", required=True, help="the folder to write (new or empty)")
     add_version_argument(p)
@@ -37,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if output_is_a_file("fluxflow-export", args.output):  # before loading the model
+        return EXIT_FIX_INPUT
 
     from fluxflow.checkpoints.io import CheckpointError, sha256_file
     from fluxflow.config import ConfigError

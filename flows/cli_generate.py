@@ -80,12 +80,22 @@ def checkpoint_model(args: argparse.Namespace, device: str | None, scratch: Path
     return model, checkpoint
 
 
+def output_is_a_file(prog: str, output: str) -> bool:
+    """Says so (one line) when --output names an existing file: the folder could not be made there (fluxflow-generate,
+    fluxflow-export)."""
+    if Path(output).exists() and not Path(output).is_dir():
+        print(f"{prog}: --output {output} is a file, not a folder", file=sys.stderr)
+        return True
+    return False
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fluxflow-generate", description="Generate images from a trained checkpoint or a registered model.",
         epilog="Exit codes: 0 images written; 2 bad input (no prompt, a missing prompts file, a checkpoint that is "
                "missing, corrupt or has no text-to-image model, a --model that names no registered version, a "
-               "--weights folder that is not an export, an invalid --config, a device this machine lacks).")
+               "--weights folder that is not an export, an invalid --config, a device this machine lacks, an --output that "
+               "is a file).")
     source = add_checkpoint_arguments(p)
     source.add_argument("--weights", help="a folder written by fluxflow-export (config.json, model.safetensors)")
     p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable)")
@@ -97,7 +107,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, help="image side in pixels (default: the training size)")
     p.add_argument("--output", default="generated", help="output folder (default: ./generated)")
     p.add_argument("--format", choices=("webp", "png"), default="webp", help="file format (default webp)")
-    p.add_argument("--device", help="cpu, cuda or auto (default: auto)")
+    # choices: torch.device() would take any text and end in a RuntimeError traceback for one it does not know.
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="cpu, cuda or auto (default: auto)")
     add_version_argument(p)
     return p
 
@@ -109,20 +120,27 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, UnicodeDecodeError) as exc:
         print(f"fluxflow-generate: cannot read --prompts-file {args.prompts_file}: {exc}", file=sys.stderr)
         return EXIT_FIX_INPUT
+    if not prompts and args.prompts_file:  # a file was given: asking for one would not say what is wrong
+        print(f"fluxflow-generate: --prompts-file {args.prompts_file} holds no prompt (only blank lines and # "
+              "comments)", file=sys.stderr)
+        return EXIT_FIX_INPUT
     if not prompts:
         print("fluxflow-generate: give at least one --prompt or a --prompts-file", file=sys.stderr)
         return EXIT_FIX_INPUT
     if args.n < 1 or args.steps < 1:
         print("fluxflow-generate: --n and --steps must be at least 1", file=sys.stderr)
         return EXIT_FIX_INPUT
+    if output_is_a_file("fluxflow-generate", args.output):
+        return EXIT_FIX_INPUT
 
     from fluxflow.checkpoints.io import CheckpointError
     from fluxflow.config import ConfigError
-    from fluxflow.runtime.device import DeviceUnavailable
+    from fluxflow.runtime.device import DeviceUnavailable, resolve_device
     from fluxflow.sampling.export import load_exported
     from fluxflow.sampling.generate import GenerationError, generate_files
 
     try:
+        resolve_device(args.device, setting="--device")  # before loading: the error names this CLI's own flag
         if args.weights:
             model = load_exported(args.weights, args.device)
         else:

@@ -81,6 +81,16 @@ def text_to_image_steps(steps) -> list[str]:
     return [step.name for step in steps if trained_flow(step)]
 
 
+def registered_model_name_problem(name: str) -> str | None:
+    """What MLflow's registry would refuse in a registered model's name (mlflow/utils/validation.py
+    _validate_model_name): a blank name, '/' or ':'. None when it takes it."""
+    if not name.strip():
+        return "must not be blank: MLflow refuses a registered model without a name"
+    if "/" in name or ":" in name:
+        return "cannot contain '/' or ':' (MLflow refuses them in registered model names)"
+    return None
+
+
 def registered_steps(config) -> list[str]:
     """The steps whose final checkpoint is registered: `tracking.register_steps`, else every leaf step (nothing
     starts from it) that makes images from text."""
@@ -118,6 +128,14 @@ def promotion_issues(config) -> list[ConfigIssue]:
         elif name not in capable:
             issues.append(ConfigIssue(path, f"step {name!r} trains no text-to-image model (neither it nor a step "
                                             "before it has train_diff or train_diff_full): nothing to register"))
+    if config.tracking.registered_model is None and registered_steps(config):
+        # The experiment's name is then the registered model's too (TrackingConfig.model_name), and MLflow allows
+        # in an experiment's name what it refuses in a model's ('/', ':', blanks).
+        problem = registered_model_name_problem(config.tracking.experiment_name)
+        if problem:
+            issues.append(ConfigIssue("tracking.experiment_name", f"is also the registered model's name (no "
+                                      f"tracking.registered_model is set), which {problem}: set "
+                                      "tracking.registered_model, or tracking.register_steps: [] to register nothing"))
     promotion = config.promotion
     if not ALIAS_RE.match(promotion.alias):
         issues.append(ConfigIssue("promotion.alias", f"{promotion.alias!r} must be letters, digits, '_' or '-', and "

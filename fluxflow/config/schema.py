@@ -14,7 +14,7 @@ from pydantic_core import PydanticCustomError
 from fluxflow.config.executor import ExecutorConfig
 from fluxflow.config.optim import StrictModel
 from fluxflow.storage.location import check_output_uri, remote_uri
-from fluxflow.config.promotion import PromotionConfig
+from fluxflow.config.promotion import PromotionConfig, registered_model_name_problem
 from fluxflow.config.replicates import ReplicatesConfig, replicate_steps
 from fluxflow.config.steps import (ResolvedStep, Workers, StepConfig, StepDefaults, StepGlobals, merged_step_fields,
                                    resolve_step)
@@ -240,8 +240,25 @@ SECRET_VALUE = "secret_value"  # the error type of a value never to be echoed (f
 class TrackingConfig(StrictModel):
     experiment_name: str = "fluxflow"
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else MLflow's default (./mlflow.db)
-    registered_model: str | None = Field(None, min_length=1)  # None: the experiment name
+    registered_model: str | None = None  # None: the experiment name
     register_steps: list[str] | None = None  # None: the text-to-image leaf steps (fluxflow/config/promotion.py)
+
+    # MLflow refuses these names only when the run reaches it: an empty experiment name made every MLflow call of
+    # the run fail (the run went on without tracking), a bad model name failed the register task after training.
+    @field_validator("experiment_name")
+    @classmethod
+    def _experiment_name(cls, name: str) -> str:
+        if not name:  # MLflow's only rule for experiment names (mlflow/utils/validation.py) besides their length
+            raise PydanticCustomError("mlflow_name", "must not be empty: MLflow refuses an experiment without a name")
+        return name
+
+    @field_validator("registered_model")
+    @classmethod
+    def _registered_model(cls, name: str | None) -> str | None:
+        problem = None if name is None else registered_model_name_problem(name)
+        if problem:
+            raise PydanticCustomError("mlflow_name", problem)
+        return name
 
     @field_validator("tracking_uri")
     @classmethod

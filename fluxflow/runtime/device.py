@@ -10,13 +10,14 @@ class DeviceUnavailable(RuntimeError):
     """The configured device is not on this machine: a problem of the run's settings, not of training."""
 
 
-def resolve_device(requested: str | None) -> torch.device:
-    """`auto`/None picks CUDA when available; an explicit `cuda` without a GPU is a clear error."""
+def resolve_device(requested: str | None, setting: str = "training.device") -> torch.device:
+    """`auto`/None picks CUDA when available; an explicit `cuda` without a GPU is a clear error. `setting`: what the
+    user set the device with, as the error names it (fluxflow-generate has --device, no training.device)."""
     if requested in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailable("training.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+        raise DeviceUnavailable(f"{setting} is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
     return device
 
 

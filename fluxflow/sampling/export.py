@@ -65,7 +65,9 @@ def export_weights(model: TextToImageModel, folder: str | Path, source: dict[str
     from safetensors.torch import save
 
     out = Path(folder)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise GenerationError(f"export folder {out} is a file, not a folder: choose a new folder")
+    if out.exists() and any(out.iterdir()):
         raise GenerationError(f"export folder {out} exists and is not empty: choose a new folder")
     out.mkdir(parents=True, exist_ok=True)
     tensors = {f"{name}.{key}": value.detach().cpu().contiguous()

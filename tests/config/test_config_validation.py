@@ -45,6 +45,7 @@ def threshold(**fields) -> dict:
 S = "training.pipeline.steps"
 ONLY = {"train_vae": None}  # a step with no mode of its own
 
+FLOW = {"name": "a", "n_epochs": 1, "train_diff": True}  # a step whose checkpoint is registered
 FOUR_PROCESSES_ON_RAY = {"executor": {"kind": "ray"}, "distributed": {"nodes": 2, "nproc_per_node": 2}}
 CASES = {
     "name required": (cfg(vae(name=None)), f"{S}[0].name", "required"),
@@ -162,6 +163,17 @@ CASES = {
                                     "file not found"),
     "step-only key in defaults": (cfg(vae(), pipeline={"defaults": {"after": "a"}}), "training.pipeline.defaults.after",
                                   "is set per step"),
+    # MLflow's own rules for names (mlflow/utils/validation.py), which it applies only once the run reaches it.
+    "empty experiment name": (cfg(vae(), tracking={"experiment_name": ""}), "tracking.experiment_name",
+                              "must not be empty"),
+    "slash in registered model": (cfg(vae(), tracking={"registered_model": "bad name/with slash"}),
+                                  "tracking.registered_model", "cannot contain '/' or ':'"),
+    "colon in registered model": (cfg(vae(), tracking={"registered_model": "a:b"}), "tracking.registered_model",
+                                  "cannot contain '/' or ':'"),
+    "blank registered model": (cfg(vae(), tracking={"registered_model": " "}), "tracking.registered_model",
+                               "must not be blank"),
+    "experiment name as the registered model": (cfg(FLOW, tracking={"experiment_name": "team/exp"}),
+                                                "tracking.experiment_name", "is also the registered model's name"),
     "no steps": (cfg(), "training.pipeline.steps", "at least one step"),
     "no pipeline": ("training: {batch_size: 2}\n", "training.pipeline", "declare the steps under training.pipeline"),
 }
@@ -223,6 +235,15 @@ def test_pipeline_given_as_a_list_says_steps_is_missing(tmp_path):
     """)
     assert list(found) == ["training.pipeline"]
     assert "is a list" in found["training.pipeline"] and "'steps:'" in found["training.pipeline"]
+
+
+def test_an_experiment_name_mlflow_refuses_as_a_model_name_is_fine_with_its_own_model_or_nothing_registered(
+        tmp_path):
+    for tracking in ({"experiment_name": "team/exp", "registered_model": "m"},
+                     {"experiment_name": "team/exp", "register_steps": []}):
+        path = tmp_path / "config.yaml"
+        path.write_text(cfg(FLOW, tracking=tracking))
+        assert load_config(path).config.tracking.experiment_name == "team/exp"
 
 
 def test_missing_file_broken_yaml_duplicate_keys_and_empty_file_are_config_errors(tmp_path):

@@ -58,6 +58,18 @@ def test_help_documents_every_flag_and_the_exit_codes():
         assert flag in done.stdout, flag
 
 
+def test_config_md_shows_every_flag_of_the_parser_in_its_synopsis_and_its_table():
+    """docs/CONFIG.md's `fluxflow-train` section against the parser itself (it once lacked --keep-server and
+    --version, which README and --help had)."""
+    section = (REPO / "docs" / "CONFIG.md").read_text().split("## `fluxflow-train`", 1)[1].split("\n## ", 1)[0]
+    synopsis = section.split("```", 2)[1]
+    flags = [option for action in cli_train.build_parser()._actions for option in action.option_strings
+             if option.startswith("--") and option != "--help"]
+    assert "--keep-server" in flags and "--version" in flags
+    assert [f for f in flags if f not in synopsis] == []
+    assert [f for f in flags if f"| `{f}" not in section] == []
+
+
 def test_missing_config_argument_is_a_usage_error():
     done = run_cli("--validate-pipeline")
     assert done.returncode == 2 and "--config" in done.stderr and "Traceback" not in done.stderr

@@ -58,3 +58,18 @@ def test_make_installs_the_project_with_the_constraints():
     assert done.returncode == 0, done.stderr
     installs = [line for line in done.stdout.splitlines() if re.search(r"pip install .*-e ", line)]
     assert installs and all("-c constraints.txt" in line for line in installs), done.stdout
+
+
+def test_what_the_readmes_commands_write_in_the_checkout_is_ignored_by_git():
+    """fluxflow-export's README example (--output exported/quickstart) and fluxflow-compare's files in its default
+    --output (.): compare_<name>.csv/.png/.json and compare_<name>_differences.csv (flows/cli_compare.py). The
+    tracked docs/images/compare_*.png stay outside the pattern."""
+    readme = (REPO / "README.md").read_text()
+    assert "--output exported/quickstart" in readme and "compare_<experiment>_differences.csv" in readme
+    written = ["exported/quickstart/model.safetensors", "compare_fluxflow.csv", "compare_fluxflow.png",
+               "compare_fluxflow.json", "compare_fluxflow_differences.csv"]
+    kept = ["docs/images/compare_hypotheses.png", "docs/images/compare_new.png"]
+    done = subprocess.run(["git", "check-ignore", "--no-index", *written, *kept], cwd=REPO, capture_output=True,
+                          text=True)
+    assert done.returncode in (0, 1), done.stderr  # 128: not a git checkout
+    assert done.stdout.split() == written

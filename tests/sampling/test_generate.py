@@ -100,7 +100,36 @@ def test_unreadable_inputs_exit_2_naming_them_without_a_traceback(trained, tmp_p
     assert "nope.pt" in capsys.readouterr().err
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     assert generate_cli("--checkpoint", checkpoint, "--prompt", "x", "--device", "cuda") == 2
-    assert "no CUDA device is available" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--device is 'cuda' but no CUDA device is available" in err  # its own flag: it has no training.device
+    assert "training.device" not in err
+
+
+def test_a_device_it_does_not_know_is_a_usage_error(trained, capsys):
+    _, checkpoint, _ = trained
+    with pytest.raises(SystemExit) as exited:
+        generate_cli("--checkpoint", checkpoint, "--prompt", "x", "--device", "tpu")
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--device: invalid choice: 'tpu'" in err and "Traceback" not in err
+
+
+def test_an_output_that_is_a_file_is_refused_in_one_line(trained, tmp_path, capsys):
+    _, checkpoint, _ = trained
+    existing = tmp_path / "README.md"
+    existing.write_text("x")
+    assert generate_cli("--checkpoint", checkpoint, "--prompt", "x", "--output", str(existing)) == 2
+    assert capsys.readouterr().err == f"fluxflow-generate: --output {existing} is a file, not a folder\n"
+    assert existing.read_text() == "x"
+
+
+def test_a_prompts_file_without_prompts_is_named(trained, tmp_path, capsys):
+    _, checkpoint, _ = trained
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("# only a comment\n\n   \n")
+    assert generate_cli("--checkpoint", checkpoint, "--prompts-file", str(prompts_file)) == 2
+    err = capsys.readouterr().err
+    assert f"--prompts-file {prompts_file} holds no prompt" in err
 
 
 def test_asks_for_a_prompt(trained, capsys):

@@ -117,6 +117,19 @@ def test_train_into_an_output_directory_it_cannot_make_exits_2_at_start(tmp_path
     assert "Flow run" not in output  # refused before the flow started
 
 
+def test_train_on_a_prefect_server_that_does_not_answer_exits_2_at_start(tmp_path):
+    from mlflow_server import free_port
+
+    api = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(tiny_raw(tmp_path / "out", STEPS, no_samples=True)))
+    code, output = run_cli("flows.cli_train", "--config", str(tmp_path / "config.yaml"), "--quiet", cwd=tmp_path,
+                           prefect_api_url=api)
+    assert code == 2, output
+    assert the_one_line(output).startswith(f"❌ the Prefect server at {api} (PREFECT_API_URL) does not answer (")
+    assert_no_traceback_and_no_retry(output)
+    assert "Flow run" not in output  # refused before the flow started
+
+
 def test_generate_refuses_a_checkpoint_that_would_run_code(tmp_path):
     evil, marker = payload_checkpoint(tmp_path)
     code, output = run_cli("flows.cli_generate", "--checkpoint", str(evil), "--prompt", "a red circle",

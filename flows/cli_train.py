@@ -68,9 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         # of torch, Prefect and MLflow that follow (flows/prefect_server.py).
         server = start_temporary_server(keep=args.keep_server)
         check_can_run(config)
-    except Refused as exc:
+    except (Refused, KeyboardInterrupt) as exc:
         if server:
             server.stop()
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C while the checks and imports run: nothing started yet
+            print("Interrupted before training started: nothing was trained or changed.", file=sys.stderr)
+            return EXIT_INTERRUPTED
         print(f"❌ {exc}", file=sys.stderr)
         return EXIT_FIX_INPUT
     return train(config, args.overrides)

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "--set training.seed=1 --set training.pipeline.steps.flow.lr=3e-4 (a step by its name; "
                              "VALUE is YAML: lists [0, 1], mappings {type: AdamW}); validated like the file")
     parser.add_argument("--quiet", action="store_true",
-                        help="print only problems: no summary and no warnings about keys of the original tool")
+                        help="leave out the plan printed before training and the warnings about keys of the "
+                             "original tool (training's progress lines and the closing summary still print)")
     parser.add_argument("--keep-server", action="store_true",
                         help="leave the temporary Prefect server running after the run, for later runs to reuse "
                              "(saves its start; it prints its pid; without PREFECT_API_URL set)")

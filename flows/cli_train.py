@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "--set training.seed=1 --set training.pipeline.steps.flow.lr=3e-4 (a step by its name; "
                              "VALUE is YAML: lists [0, 1], mappings {type: AdamW}); validated like the file")
     parser.add_argument("--quiet", action="store_true",
-                        help="print only problems: no summary and no warnings about keys of the original tool")
+                        help="leave out the plan printed before training and the warnings about keys of the "
+                             "original tool (training's progress lines and the closing summary still print)")
     parser.add_argument("--keep-server", action="store_true",
                         help="leave the temporary Prefect server running after the run, for later runs to reuse "
                              "(saves its start; it prints its pid; without PREFECT_API_URL set)")
@@ -68,9 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         # of torch, Prefect and MLflow that follow (flows/prefect_server.py).
         server = start_temporary_server(keep=args.keep_server)
         check_can_run(config)
-    except Refused as exc:
+    except (Refused, KeyboardInterrupt) as exc:
         if server:
             server.stop()
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C while the checks and imports run: nothing started yet
+            print("Interrupted before training started: nothing was trained or changed.", file=sys.stderr)
+            return EXIT_INTERRUPTED
         print(f"❌ {exc}", file=sys.stderr)
         return EXIT_FIX_INPUT
     return train(config, args.overrides)

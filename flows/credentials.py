@@ -101,20 +101,27 @@ def _answers_401(url: str, user_password: str | None, method: str = "GET") -> bo
         return False
 
 
-def prefect_unreachable(api_url: str | None = None) -> str | None:
-    """Why the Prefect server at `api_url` (default PREFECT_API_URL) does not answer at all, or None (any HTTP answer
-    counts). A run cannot start without its orchestrator, unlike without MLflow (whose records can wait)."""
-    api_url = api_url or os.environ.get("PREFECT_API_URL")
-    if not api_url or not api_url.startswith(("http://", "https://")):
-        return None
+def no_answer(url: str) -> str | None:
+    """Why `url` gets no HTTP answer (refused, no route, DNS, a timeout), or None when it gets any, an error status
+    included. One request, no retries: the clients of MLflow and Prefect retry a refused connection for minutes."""
     try:
-        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S):
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S):
             return None
     except urllib.error.HTTPError:
         return None
-    except (OSError, ValueError) as exc:
-        return (f"the Prefect server at {api_url} (PREFECT_API_URL) does not answer ({getattr(exc, 'reason', exc)}): "
-                "start it (make server), or unset PREFECT_API_URL to run on a temporary server")
+    except (OSError, ValueError) as exc:  # URLError is an OSError; a timeout too
+        return str(getattr(exc, "reason", exc))
+
+
+def prefect_unreachable(api_url: str | None = None) -> str | None:
+    """Why the Prefect server at `api_url` (default PREFECT_API_URL) does not answer at all, or None. A run cannot
+    start without its orchestrator, unlike without MLflow (whose records can wait)."""
+    api_url = api_url or os.environ.get("PREFECT_API_URL")
+    if not api_url or not api_url.startswith(("http://", "https://")):
+        return None
+    reason = no_answer(f"{api_url.rstrip('/')}/health")
+    return reason and (f"the Prefect server at {api_url} (PREFECT_API_URL) does not answer ({reason}): start it "
+                       "(make server), or unset PREFECT_API_URL to run on a temporary server")
 
 
 def prefect_refusal(api_url: str | None = None) -> str | None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -22,6 +20,7 @@ from flows import env  # noqa: F401  (must precede mlflow)
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
+from flows.credentials import no_answer
 from flows.mlflow_names import TAG_KIND, TAG_OUTPUT_DIR, TAG_STEP_KEY, TAG_STEP_NAME, tags_filter
 from fluxflow.storage.location import local_path, remote_uri
 
@@ -89,21 +88,10 @@ def find_step_runs(client: MlflowClient, experiment_id: str, output_dir: str, st
                                              TAG_STEP_NAME: step_name})
 
 
-PROBE_TIMEOUT_S = 3.0  # one request, no retries: MLflow's own client retries a refused connection for minutes
-
-
 def unreachable_reason(uri: str) -> str | None:
     """Why the tracking server at `uri` does not answer, or None when it does (any HTTP answer counts: a proxy
     without /health, a server asking for credentials). Stores that are not servers (sqlite, a path) are None."""
-    if not uri.startswith(("http://", "https://")):
-        return None
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S):
-            return None
-    except urllib.error.HTTPError:
-        return None
-    except (OSError, ValueError) as exc:  # URLError (refused, no route, DNS) is an OSError; a timeout too
-        return str(getattr(exc, "reason", exc))
+    return no_answer(f"{uri.rstrip('/')}/health") if uri.startswith(("http://", "https://")) else None
 
 
 def store_to_read_problem(uri: str) -> str | None:

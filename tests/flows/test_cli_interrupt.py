@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -113,3 +114,30 @@ def test_a_kill_9_of_the_group_leaves_no_temporary_prefect_server_behind(tmp_pat
     child = start_train(config_file, env, tmp_path / "fluxflow-train.log")
     children = kill_group_when(child, lambda: len(training_records(out)) >= 3, "training")
     assert children, "no temporary Prefect server was started"
+
+
+def test_ctrl_c_before_training_starts_exits_130_in_one_line(tmp_path):
+    """Ctrl-C during the seconds of checks and imports between the printed plan and the flow's start."""
+    config_file, _ = write_vae_pipeline(tmp_path, 10, 10, "early")
+    env = child_env()
+    env.pop("PREFECT_API_URL", None)
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    log = tmp_path / "fluxflow-train.log"
+    with open(log, "w") as sink:  # not --quiet: the plan's last line says when the checks begin
+        child = subprocess.Popen([sys.executable, "-m", "flows.cli_train", "--config", str(config_file)],
+                                 cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        while "Parameters" not in log.read_text() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(child.pid, signal.SIGINT)
+        code = child.wait(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)  # its own session; the temporary server dies with it (Linux)
+        child.wait()
+    output = log.read_text()
+    assert "Traceback" not in output, output
+    assert code == 130, output
+    assert "Interrupted" in output.splitlines()[-1], output

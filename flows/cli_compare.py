@@ -27,9 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--experiment", help="MLflow experiment name: its hypotheses (leaf steps) side by side")
     which.add_argument("--registered-model", metavar="NAME", help="MLflow registered model: its versions side by "
                                                                   "side (flows/compare_versions.py)")
-    parser.add_argument("--alias", default="champion", help="the alias marked in --registered-model's columns")
+    # The default is flows/compare_versions.py's DEFAULT_ALIAS, written out: that module imports MLflow.
+    parser.add_argument("--alias", default="champion", help="the alias marked in --registered-model's columns (an "
+                                                            "alias the model does not have is an error)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
-    parser.add_argument("--output", default=".", help="folder for compare_<name>.csv/.png/.json (default: .)")
+    parser.add_argument("--output", default=".", help="folder for compare_<name>.csv/.png/.json, or "
+                                                      "compare_versions_<name>.csv/.png with --registered-model "
+                                                      "(default: .)")
     add_version_argument(parser)
     return parser
 
@@ -43,7 +47,7 @@ def run(args) -> int:
     from mlflow.tracking import MlflowClient
 
     from flows.compare import experiment_comparison, write_chart, write_csv
-    from flows.compare_versions import model_comparison
+    from flows.compare_versions import model_comparison, model_problem
     from flows.mlflow_runs import resolve_tracking_uri, store_to_read_problem
     from flows.text_table import plain_table
 
@@ -53,10 +57,20 @@ def run(args) -> int:
         print(f"fluxflow-compare: {problem}", file=sys.stderr)
         return EXIT_FIX_INPUT
     client = MlflowClient(uri)
+    note = None
     if args.registered_model:
-        found, name = model_comparison(client, args.registered_model, args.alias), args.registered_model
+        # Its own file names: the registered model is named after the experiment by default, and the same names
+        # made each mode overwrite the other's CSV and PNG, leaving a mismatched set next to the JSON.
+        name, prefix = args.registered_model, "compare_versions_"
+        issue = model_problem(client, name, args.alias)  # (what to say, whether it is an error) or None
+        if issue is not None and issue[1]:
+            print(f"fluxflow-compare: {issue[0]}", file=sys.stderr)
+            return EXIT_FIX_INPUT
+        note = issue and issue[0]
+        found = model_comparison(client, name, args.alias)
     else:
-        found, name = experiment_comparison(client, args.experiment), args.experiment
+        name, prefix = args.experiment, "compare_"
+        found = experiment_comparison(client, args.experiment)
     if isinstance(found, str):
         print(f"fluxflow-compare: {found}", file=sys.stderr)
         return EXIT_FIX_INPUT
@@ -69,9 +83,11 @@ def run(args) -> int:
     if summary is not None:
         print()
         print(summary.note())
+    if note:
+        print(f"\nNote: {note}")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "compare_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    stem = prefix + "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
     written = [out / f"{stem}.csv", out / f"{stem}.png"]
     write_csv(rows, written[0])
     write_chart(comparison, written[1], title)

@@ -19,6 +19,8 @@ from flows.mlflow_names import FINAL_PREFIX, TAG_PROMOTION, TAG_STEP_NAME
 from flows.mlflow_runs import flatten_params
 from flows.registry import tracking_at, version_by_alias, versions_of
 
+# The alias promotion moves unless the config names another (promotion.alias, fluxflow/config/promotion.py).
+DEFAULT_ALIAS = "champion"
 CONFIG_FILE = "artifacts/config.json"  # the resolved config, an artifact of every version (flows/registry.py)
 # Differences that every pair of nights has and that say nothing about the model.
 NOT_DIFFERENCES = ("output.output_path",)
@@ -66,7 +68,7 @@ def info_rows(versions: list) -> list[list[str]]:
     return rows
 
 
-def compare_versions(client: MlflowClient, name: str, alias: str = "champion") -> tuple[Comparison, list[list[str]]]:
+def compare_versions(client: MlflowClient, name: str, alias: str = DEFAULT_ALIAS) -> tuple[Comparison, list[list[str]]]:
     """(the comparison of every version of `name`, the rows about their origin and promotion)."""
     versions = versions_of(client, name)
     champion = version_by_alias(client, name, alias)  # search results carry no aliases
@@ -78,10 +80,23 @@ def compare_versions(client: MlflowClient, name: str, alias: str = "champion") -
     return comparison, info_rows(versions)
 
 
-def model_comparison(client: MlflowClient, name: str, alias: str) -> tuple[Comparison, list[list[str]], str] | str:
-    """(comparison, rows, chart title) of the registered model's versions, or what is wrong."""
+def model_problem(client: MlflowClient, name: str, alias: str) -> tuple[str, bool] | None:
+    """None when the model exists and a version holds `alias`; else (what to say, whether it is an error). An alias
+    the model does not have is a typo (before, it was accepted and nothing was marked); the default alias not set
+    yet is a model whose promotion has not promoted a version, which the comparison still shows."""
     if not client.search_registered_models(f"name = '{name}'"):
-        return f"no registered model named {name!r} at {client.tracking_uri}"
+        return f"no registered model named {name!r} at {client.tracking_uri}", True
+    aliases = client.get_registered_model(name).aliases  # search results carry no aliases
+    if alias in aliases:
+        return None
+    if alias == DEFAULT_ALIAS:
+        return f"no version of {name!r} holds the alias {alias!r} yet (none has been promoted)", False
+    held = ", ".join(sorted(aliases)) or "none"
+    return f"registered model {name!r} has no alias {alias!r} (its aliases: {held})", True
+
+
+def model_comparison(client: MlflowClient, name: str, alias: str) -> tuple[Comparison, list[list[str]], str]:
+    """(comparison, rows, chart title) of the registered model's versions (model_problem says what is wrong first)."""
     comparison, info = compare_versions(client, name, alias)
     rows = table_rows(comparison)
     return comparison, [rows[0], *info, *rows[1:]], f"{name}: final metrics of {len(comparison.labels)} versions"

@@ -23,9 +23,13 @@ from __future__ import annotations
 
 import base64
 import io
+import math
+import numbers
 
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -72,6 +76,19 @@ def prompts_of(model_input) -> list[str]:
     return [str(p) for p in model_input]
 
 
+def params_problem(p: dict) -> str | None:
+    """What is wrong with a request's params, or None: fluxflow-generate's rules (--n and --steps at least 1), and a
+    guidance scale that is a finite number. Before, steps 0 answered with an image and n 0 with no row at all, where
+    fluxflow-generate exits 2."""
+    for name in ("n", "steps"):
+        if int(p[name]) < 1:
+            return f"params {name} must be at least 1, got {p[name]}"
+    guidance = p["guidance"]
+    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not math.isfinite(guidance):
+        return f"params guidance must be a finite number, got {guidance!r}"
+    return None
+
+
 class TextToImageModel(PythonModel):
     """Prompts in, images out, with the EMA weights of the step's final checkpoint."""
 
@@ -86,14 +103,22 @@ class TextToImageModel(PythonModel):
             self.model = load_text_to_image(context.artifacts[CHECKPOINT_ARTIFACT], device=device)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from fluxflow.sampling.generate import generate
+        from fluxflow.sampling.generate import GenerationError, generate
 
         p = {spec.name: spec.default for spec in PARAMS.params} | (params or {})
+        problem = params_problem(p)
+        if problem:
+            # An MlflowException keeps its message over REST: the scoring server answers it with HTTP 400 and the
+            # message, where any other exception becomes a 400 saying only "unexpected error".
+            raise MlflowException(problem, error_code=INVALID_PARAMETER_VALUE)
         rows = []
         for prompt in prompts_of(model_input):
             for seed in range(int(p["seed"]), int(p["seed"]) + int(p["n"])):
-                image = generate(self.model, prompt, seed, steps=int(p["steps"]), guidance=float(p["guidance"]),
-                                 size=int(p["size"]) or None)
+                try:
+                    image = generate(self.model, prompt, seed, steps=int(p["steps"]), guidance=float(p["guidance"]),
+                                     size=int(p["size"]) or None)
+                except GenerationError as exc:  # a size the model cannot make: its message too
+                    raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
                 rows.append({PROMPT: prompt, "seed": seed, "image": png_base64(image)})
         return pd.DataFrame(rows, columns=[PROMPT, "seed", "image"])
 

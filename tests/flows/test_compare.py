@@ -146,3 +146,35 @@ def test_one_run_per_hypothesis_says_that_no_interval_can_be_given(experiment, t
     printed = capsys.readouterr().out
     assert "no interval can be given: off and on have one replicate" in printed
     assert "off, on: one replicate, so no interval can be given" in printed
+
+
+def test_the_versions_of_a_model_named_after_the_experiment_do_not_overwrite_its_files(experiment, tmp_path):
+    client, exp = experiment
+    record_pipeline(client, exp, f"{tmp_path}/spade", [
+        WARM, {"name": "spade_off", "n_epochs": 1, "train_vae": True, "after": "warm"},
+        {"name": "spade_on", "n_epochs": 1, "train_vae": True, "train_spade": True, "after": "warm"},
+    ], {"warm": 0.9, "spade_off": 0.5, "spade_on": 0.25})
+    client.create_registered_model("hypotheses")  # the model takes the experiment's name by default
+    out = tmp_path / "cmp"
+
+    assert cli_compare.main(["--experiment", "hypotheses", "--output", str(out)]) == 0
+    experiment_files = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert cli_compare.main(["--registered-model", "hypotheses", "--output", str(out)]) == 0
+    version_files = {path.name for path in out.iterdir()} - set(experiment_files)
+    assert version_files == {"compare_versions_hypotheses.csv", "compare_versions_hypotheses.png"}
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.name in experiment_files} == experiment_files
+
+
+def test_an_alias_the_model_does_not_have_is_an_error_and_the_default_one_unset_a_note(mlflow_store, tmp_path,
+                                                                                         capsys):
+    client = MlflowClient(mlflow_store)
+    client.create_registered_model("m")
+    assert cli_compare.main(["--registered-model", "m", "--alias", "nosuch", "--output", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "fluxflow-compare: registered model 'm' has no alias 'nosuch' (its aliases: " \
+                                      "none)\n"
+    assert cli_compare.main(["--registered-model", "m", "--output", str(tmp_path)]) == 0  # nothing promoted yet
+    assert "Note: no version of 'm' holds the alias 'champion' yet" in capsys.readouterr().out
+    version = client.create_model_version("m", str(tmp_path))
+    client.set_registered_model_alias("m", "staging", version.version)
+    assert cli_compare.main(["--registered-model", "m", "--alias", "nosuch", "--output", str(tmp_path)]) == 2
+    assert "has no alias 'nosuch' (its aliases: staging)" in capsys.readouterr().err

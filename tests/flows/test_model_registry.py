@@ -182,7 +182,7 @@ def test_compare_lists_the_versions_with_the_champion_and_their_differences(loop
     lines = {row.split("  ")[0]: row.split() for row in rows if row.strip()}
     assert lines["promotion"][1:] == ["promoted", "promoted", "not", "promoted"]
     assert lines["config: steps.flow.lr"][-3:] == ["1e-06", "0.003", "1.0"]
-    assert "metric: eval_fd_ours_cfg" in lines and (tmp_path / f"compare_{MODEL}.png").is_file()
+    assert "metric: eval_fd_ours_cfg" in lines and (tmp_path / f"compare_versions_{MODEL}.png").is_file()
 
 
 def test_rerunning_a_finished_pipeline_registers_no_second_version_of_the_same_checkpoint(loop, capsys):

@@ -62,12 +62,14 @@ def test_make_installs_the_project_with_the_constraints():
 
 def test_what_the_readmes_commands_write_in_the_checkout_is_ignored_by_git():
     """fluxflow-export's README example (--output exported/quickstart) and fluxflow-compare's files in its default
-    --output (.): compare_<name>.csv/.png/.json and compare_<name>_differences.csv (flows/cli_compare.py). The
-    tracked docs/images/compare_*.png stay outside the pattern."""
+    --output (.): compare_<name>.csv/.png/.json and compare_<name>_differences.csv, and with --registered-model
+    compare_versions_<name>.csv/.png (flows/cli_compare.py). The tracked docs/images/compare_*.png stay outside the
+    pattern."""
     readme = (REPO / "README.md").read_text()
     assert "--output exported/quickstart" in readme and "compare_<experiment>_differences.csv" in readme
     written = ["exported/quickstart/model.safetensors", "compare_fluxflow.csv", "compare_fluxflow.png",
-               "compare_fluxflow.json", "compare_fluxflow_differences.csv"]
+               "compare_fluxflow.json", "compare_fluxflow_differences.csv", "compare_versions_fluxflow.csv",
+               "compare_versions_fluxflow.png"]
     kept = ["docs/images/compare_hypotheses.png", "docs/images/compare_new.png"]
     done = subprocess.run(["git", "check-ignore", "--no-index", *written, *kept], cwd=REPO, capture_output=True,
                           text=True)

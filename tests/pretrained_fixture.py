@@ -6,6 +6,7 @@ tokenizer_config.json). `write_stub_pretrained` writes only what validation read
 """
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from pathlib import Path
@@ -52,8 +53,13 @@ def write_stub_pretrained(directory: Path, width: int = 48, model_type: str = "c
     return directory
 
 
-# Stub encoder directories for the shipped configs, for the whole test process.
-_SHIPPED_STUBS = tempfile.TemporaryDirectory(prefix="fluxflow-stub-encoder-")
+@functools.cache
+def _shipped_stubs() -> Path:
+    """Where the stub encoder directories for the shipped configs go, once per test process: made at first use, in
+    the test session's temporary folder (tests/conftest.py), which is removed with it."""
+    return Path(tempfile.mkdtemp(prefix="fluxflow-stub-encoder-"))
+
+
 # configs/real_256.yaml names CLIP-L's text encoder: width 768, 77 positions.
 SHIPPED_ENCODER = {"width": 768, "max_positions": 77}
 
@@ -66,7 +72,7 @@ def shipped_config_raw(path: Path) -> dict:
     raw = read_yaml(Path(path))
     encoder = (raw.get("model") or {}).get("text_encoder") or {}
     if encoder.get("type") == "pretrained":
-        encoder["path"] = str(write_stub_pretrained(Path(_SHIPPED_STUBS.name) / Path(path).stem, **SHIPPED_ENCODER))
+        encoder["path"] = str(write_stub_pretrained(_shipped_stubs() / Path(path).stem, **SHIPPED_ENCODER))
     return raw
 
 

@@ -54,10 +54,10 @@ def write_stub_pretrained(directory: Path, width: int = 48, model_type: str = "c
 
 
 @functools.cache
-def _shipped_stubs() -> Path:
-    """Where the stub encoder directories for the shipped configs go, once per test process: made at first use, in
-    the test session's temporary folder (tests/conftest.py), which is removed with it."""
-    return Path(tempfile.mkdtemp(prefix="fluxflow-stub-encoder-"))
+def _shipped_stubs() -> tempfile.TemporaryDirectory:
+    """Where the stub encoder directories for the shipped configs go, once per test process: made at first use (at
+    collection for parametrized tests) and removed at the process's exit."""
+    return tempfile.TemporaryDirectory(prefix="fluxflow-stub-encoder-")
 
 
 # configs/real_256.yaml names CLIP-L's text encoder: width 768, 77 positions.
@@ -72,7 +72,7 @@ def shipped_config_raw(path: Path) -> dict:
     raw = read_yaml(Path(path))
     encoder = (raw.get("model") or {}).get("text_encoder") or {}
     if encoder.get("type") == "pretrained":
-        encoder["path"] = str(write_stub_pretrained(_shipped_stubs() / Path(path).stem, **SHIPPED_ENCODER))
+        encoder["path"] = str(write_stub_pretrained(Path(_shipped_stubs().name) / Path(path).stem, **SHIPPED_ENCODER))
     return raw
 
 

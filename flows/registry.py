@@ -172,10 +172,11 @@ def model_checkpoint(model_uri: str, tracking_uri: str, into: Path) -> Path:
 
     try:
         with tracking_at(tracking_uri):
-            repo = get_artifact_repository(model_uri)  # models:/ wraps the repository of the version's artifacts
+            # One resolution of the URI (for models:/, a registry request): what mlflow.artifacts.download_artifacts
+            # does, with the repository at hand to tell where the artifacts are (models:/ wraps the version's).
+            repo = get_artifact_repository(model_uri)
             on_disk = isinstance(getattr(repo, "repo", repo), LocalArtifactRepository)
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
-                                                             dst_path=None if on_disk else str(into)))
+            local = Path(repo.download_artifacts("", dst_path=None if on_disk else str(into)))
     except MlflowException as exc:
         raise RegistryError(f"{model_uri}: {exc.message} (tracking URI {tracking_uri})") from None
     model = Model.load(str(local))

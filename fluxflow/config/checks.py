@@ -41,9 +41,8 @@ class Pieces:
 
 
 def semantic_issues(p: Pieces) -> list[ConfigIssue]:
-    names = [s.get("name") if isinstance(s, dict) and isinstance(s.get("name"), str) else None for s in p.raw_steps]
-    afters = [s.get("after") if isinstance(s, dict) and isinstance(s.get("after"), str) else None
-              for s in p.raw_steps]
+    names, afters = ([s.get(key) if isinstance(s, dict) and isinstance(s.get(key), str) else None
+                      for s in p.raw_steps] for key in ("name", "after"))
     issues = _name_issues(names) + _dag_issues(names, afters) + _dataset_issues(p) + _size_issues(p)
     issues += text_encoder_issues(p.model)
     issues += defaults_optimization_issues(p.defaults) + checkpoint_issues(p.model_checkpoint)
@@ -130,21 +129,14 @@ def _size_issues(p: Pieces) -> list[ConfigIssue]:
                                                             f"model.flow_heads ({m.flow_heads})"))
     unit = m.downscale * m.patch_size
     why = f"a multiple of {unit} (model.downscale {m.downscale} x model.patch_size {m.patch_size})"
-    if p.data is not None and p.data.img_size % unit:
-        issues.append(ConfigIssue("data.img_size", f"{p.data.img_size} must be {why}"))
-    for i, size in enumerate((p.output.sample_sizes or []) if p.output else []):
-        if size % unit:
-            issues.append(ConfigIssue(format_path(("output", "sample_sizes", i)), f"{size} must be {why}"))
-    for i, step in enumerate(p.steps):
-        if step is not None and step.img_size is not None and step.img_size % unit:
-            issues.append(ConfigIssue(format_path((*STEPS, i, "img_size")), f"{step.img_size} must be {why}"))
-    if p.defaults is not None and p.defaults.img_size is not None and p.defaults.img_size % unit:
-        issues.append(ConfigIssue("training.pipeline.defaults.img_size", f"{p.defaults.img_size} must be {why}"))
-    for name, ds in (p.datasets or {}).items():
-        if ds is not None and ds.img_size is not None and ds.img_size % unit:
-            issues.append(ConfigIssue(format_path(("training", "pipeline", "datasets", name, "img_size")),
-                                      f"{ds.img_size} must be {why}"))
-    return issues
+    sizes = [(("data", "img_size"), p.data and p.data.img_size)]
+    sizes += [(("output", "sample_sizes", i), size) for i, size in enumerate(p.output and p.output.sample_sizes or [])]
+    sizes += [((*STEPS, i, "img_size"), step and step.img_size) for i, step in enumerate(p.steps)]
+    sizes += [(("training", "pipeline", "defaults", "img_size"), p.defaults and p.defaults.img_size)]
+    sizes += [(("training", "pipeline", "datasets", name, "img_size"), ds and ds.img_size)
+              for name, ds in (p.datasets or {}).items()]
+    return issues + [ConfigIssue(format_path(loc), f"{size} must be {why}") for loc, size in sizes
+                     if size is not None and size % unit]
 
 
 def _inherited(step: StepConfig, *keys: str) -> str:
@@ -163,19 +155,13 @@ def _step_issues(i: int, step: StepConfig, p: Pieces) -> tuple[list[ConfigIssue]
     issues: list[ConfigIssue] = []
     globals_ = p.globals_
     try:
-        resolved = resolve_step(i, step, p.defaults, globals_, None)
+        s = resolve_step(i, step, p.defaults, globals_, None)
     except MissingStepValue as missing:
         if missing.field != "dataset" or p.datasets is not None:
             issues.append(ConfigIssue(at(missing.field), missing.message))
         # Go on with placeholders so that the step's other problems are reported too.
         placeholders = dataclasses.replace(globals_, n_epochs=globals_.n_epochs or 1, dataset=globals_.dataset or "")
-        resolved = resolve_step(i, step, p.defaults, placeholders, None)
-    more, uses_lpips = _step_issues_resolved(step, p, resolved, at)
-    return issues + more, uses_lpips
-
-
-def _step_issues_resolved(step: StepConfig, p: Pieces, s: ResolvedStep, at) -> tuple[list[ConfigIssue], bool]:
-    issues: list[ConfigIssue] = []
+        s = resolve_step(i, step, p.defaults, placeholders, None)
     if not any(getattr(s, m) for m in modes.PRIMARY_MODES):
         extra = " (train_spade and use_lpips only modify a VAE/GAN step)" if s.train_spade or s.use_lpips else ""
         issues.append(ConfigIssue(at(), f"no training mode: enable at least one of "

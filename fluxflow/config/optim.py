@@ -140,11 +140,7 @@ class Optimization(StrictModel):
 
 def given_options(cfg: OptimizerConfig | SchedulerConfig | dict | None) -> dict[str, Any]:
     """The options an optimizer or scheduler config sets (a resolved model, or a plain mapping in tests)."""
-    if cfg is None:
-        return {}
-    if isinstance(cfg, dict):
-        return dict(cfg)
-    return cfg.model_dump(exclude_none=True)
+    return {} if cfg is None else dict(cfg) if isinstance(cfg, dict) else cfg.model_dump(exclude_none=True)
 
 
 def optimizer_issues(cfg: OptimizerConfig, loc: tuple) -> list[ConfigIssue]:

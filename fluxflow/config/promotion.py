@@ -41,8 +41,7 @@ PROMOTION_METRICS: dict[str, Direction] = {
     # Seed-to-seed spread against the data's (fluxflow/evaluation/diversity.py): a collapsed model has 0.
     "eval_diversity_ratio": "maximize",
 }
-SHAPES_ONLY = ("eval_adherence_both", "eval_adherence_color", "eval_adherence_shape", "eval_adherence_unseen_both",
-               "eval_adherence_unseen_color", "eval_adherence_unseen_shape")
+SHAPES_ONLY = tuple(metric for metric in PROMOTION_METRICS if metric.startswith("eval_adherence_"))
 UNSEEN_ONLY = {"eval_adherence_unseen_both": "holdout_pairs", "eval_adherence_unseen_color": "holdout_pairs",
                "eval_adherence_unseen_shape": "holdout_pairs", "eval_fd_ours_unseen_cfg": "holdout_captions"}
 DEFAULT_METRIC = {"shapes": "eval_adherence_both"}  # any other dataset type: FALLBACK_METRIC

@@ -205,12 +205,6 @@ REMOTE_CACHE_MESSAGE = ("must be a local or mounted directory: the caches are wr
                         "files); with an object-store output_path they stay in the staging directory of each node")
 
 
-def check_output_path(value: str) -> str:
-    """A local directory, file://, or an object store's URI whose protocol, package and bucket are known; the store
-    itself is asked at the run's start (fluxflow/storage/store_lock.py)."""
-    return check_output_uri(value)
-
-
 def check_cache_dir(value: str | None) -> str | None:
     if value is not None and remote_uri(value) is not None:
         raise ValueError(REMOTE_CACHE_MESSAGE)
@@ -230,7 +224,9 @@ class OutputConfig(StrictModel):
     # Where latent_cache/ and text_cache/ go (None: output_path); runs that share it share their caches.
     cache_dir: str | None = None
 
-    _output = field_validator("output_path")(check_output_path)
+    # A local directory, file://, or an object store's URI whose protocol, package and bucket are known; the store
+    # itself is asked at the run's start (fluxflow/storage/store_lock.py).
+    _output = field_validator("output_path")(check_output_uri)
     _local_cache = field_validator("cache_dir")(check_cache_dir)
 
 

@@ -11,7 +11,7 @@ parameters of another type are not inherited.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BeforeValidator, Field, create_model, model_serializer
@@ -219,11 +219,8 @@ def _unique(items: list[str]) -> list[str]:
 def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_: StepGlobals,
                  previous: str | None) -> ResolvedStep:
     """The concrete step. Raises MissingStepValue when n_epochs or the dataset is given nowhere."""
-    values: dict[str, Any] = dict(batch_size=globals_.batch_size, workers=globals_.workers, lr=globals_.lr,
-                                  max_steps=globals_.max_steps, seed=globals_.seed, img_size=globals_.img_size)
-    for key in ("n_epochs", "dataset"):
-        if getattr(globals_, key) is not None:
-            values[key] = getattr(globals_, key)
+    values: dict[str, Any] = {k: v for k, v in asdict(globals_).items()
+                              if v is not None or k not in ("n_epochs", "dataset")}
     values.update({k: v for k, v in merged_step_fields(step, defaults).items()
                    if k not in ("name", "after", "description")})
 

@@ -9,9 +9,9 @@ keyword argument (except `eta_min_factor`, and the `interval` and `warmup_steps`
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from fluxflow.config.errors import ConfigIssue, format_path
 
@@ -63,6 +63,20 @@ class StrictModel(BaseModel):
     """Unknown keys are errors (a typo must never be silently ignored)."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class OmitsDefaults(StrictModel):
+    """`OMITTED_AT_DEFAULT` fields are left out of dumps while at their default (absent = default, both ways), so that
+    the step keys, config hashes, logged configs and checkpoints of runs made before those fields existed stay the same."""
+    OMITTED_AT_DEFAULT: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler):
+        data = handler(self)
+        for name in self.OMITTED_AT_DEFAULT:
+            if getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True):
+                data.pop(name, None)
+        return data
 
 
 class OptimizerConfig(StrictModel):

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
 from fluxflow.config.executor import ExecutorConfig
-from fluxflow.config.optim import StrictModel
+from fluxflow.config.optim import OmitsDefaults, StrictModel
 from fluxflow.storage.location import check_output_uri, remote_uri
 from fluxflow.config.promotion import PromotionConfig, registered_model_name_problem
 from fluxflow.config.replicates import ReplicatesConfig, replicate_steps
@@ -31,9 +31,11 @@ class TextEncoderConfig(StrictModel):
     path: str | None = None
 
 
-class ModelConfig(StrictModel):
+class ModelConfig(OmitsDefaults):
     """Component sizes. With a pretrained text encoder, text_embedding_dim is its width: load_config fills it from
     the encoder's config.json when the file leaves it out (fluxflow/config/pretrained_text.py)."""
+
+    OMITTED_AT_DEFAULT = ("text_encoder", "text_pooled")  # absent = the byte encoder, pooled text
 
     vae_dim: int = Field(32, ge=1, description="base conv width of compressor/expander")
     latent_channels: int = Field(4, ge=1)
@@ -50,17 +52,6 @@ class ModelConfig(StrictModel):
     # The flow model sees the text twice: adaLN on the pooled (mean) embedding and cross-attention to the tokens.
     # false: cross-attention only, a composition experiment (docs/COMPOSITION.md).
     text_pooled: bool = True
-
-    @model_serializer(mode="wrap")
-    def _omit_byte_text_encoder(self, handler):
-        """The default byte encoder is left out of dumps, so that step keys and checkpoints of configs written
-        before `text_encoder` existed stay the same (absent = byte, both ways)."""
-        data = handler(self)
-        if self.text_encoder == TextEncoderConfig():
-            data.pop("text_encoder", None)
-        if self.text_pooled:  # likewise for text_pooled (absent = true)
-            data.pop("text_pooled", None)
-        return data
 
 
 class DataConfig(StrictModel):
@@ -175,7 +166,8 @@ class DistributedConfig(StrictModel):
         return self.nodes > 1
 
 
-class TrainingConfig(StrictModel):
+class TrainingConfig(OmitsDefaults):
+    OMITTED_AT_DEFAULT = ("executor",)  # absent = local
     batch_size: int = Field(8, ge=1)
     workers: Workers = Field("auto", description="DataLoader workers per process; auto: 0 on CPU, up to 8 on CUDA")
     seed: int = 0
@@ -190,15 +182,6 @@ class TrainingConfig(StrictModel):
     replicates: ReplicatesConfig | None = None  # seed replicates (fluxflow/config/replicates.py)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)  # local or Ray (fluxflow/config/executor.py)
     pipeline: PipelineSection
-
-    @model_serializer(mode="wrap")
-    def _omit_local_executor(self, handler):
-        """The default local executor is left out of dumps, so that the config hash and the logged config of runs
-        made before `executor` existed stay the same (absent = local, both ways)."""
-        data = handler(self)
-        if self.executor == ExecutorConfig():
-            data.pop("executor", None)
-        return data
 
 
 REMOTE_CACHE_MESSAGE = ("must be a local or mounted directory: the caches are written in place (memory-mapped "

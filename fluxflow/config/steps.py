@@ -14,11 +14,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BeforeValidator, Field, create_model, model_serializer
+from pydantic import BeforeValidator, Field, create_model
 
 from fluxflow.config import modes
 from fluxflow.config.executor import StepResources
-from fluxflow.config.optim import Optimization, OptimizerConfig, StrictModel
+from fluxflow.config.optim import OmitsDefaults, Optimization, OptimizerConfig, StrictModel
 
 TransitionMode = Literal["epoch", "loss_threshold"]
 LossWeighting = Literal["none", "min_snr"]
@@ -148,8 +148,10 @@ class StepConfig(StepFields):
     description: str | None = None
 
 
-class ResolvedStep(StepSettings):
+class ResolvedStep(OmitsDefaults, StepSettings):
     """A step with every default applied: what the trainer runs. `model_dump()` is the step's resolved config."""
+
+    OMITTED_AT_DEFAULT = ("resources",)  # absent = none asked for (also in step runs, params and ref.json)
 
     index: int
     name: str
@@ -157,15 +159,6 @@ class ResolvedStep(StepSettings):
     # The written step this one trains: its own name, or for a seed replicate the step it replicates
     # (fluxflow/config/replicates.py). A label: not part of the step key.
     hypothesis: str
-
-    @model_serializer(mode="wrap")
-    def _omit_default_resources(self, handler):
-        """No resources asked for are left out of dumps, so that the step runs, params and ref.json of steps written
-        before `resources` existed stay the same."""
-        data = handler(self)
-        if self.resources == StepResources():
-            data.pop("resources", None)
-        return data
 
 
 @dataclass(frozen=True)

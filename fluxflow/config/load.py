@@ -474,11 +474,8 @@ def defaults_optimization_issues(defaults: StepDefaults | None) -> list[ConfigIs
     """Entries of pipeline.defaults.optimization, checked once (a step uses only the groups it trains)."""
     if defaults is None or defaults.optimization is None:
         return []
-    issues = []
-    for kind in ("optimizers", "schedulers"):
-        for group, cfg in getattr(defaults.optimization, kind).items():
-            issues += _group_issues(group, cfg, kind, ("training", "pipeline", "defaults", "optimization", kind, group))
-    return issues
+    return [issue for kind in ("optimizers", "schedulers") for group, cfg in getattr(defaults.optimization, kind).items()
+            for issue in _group_issues(group, cfg, kind, ("training", "pipeline", "defaults", "optimization", kind, group))]
 
 
 def _group_issues(group: str, cfg, kind: str, loc: tuple) -> list[ConfigIssue]:

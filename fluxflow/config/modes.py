@@ -112,11 +112,9 @@ def expander_spade(step: Any, inherited: bool) -> bool:
 
 def required_components(step: Any) -> set[str]:
     """Components that must exist for the step to run (trained or used frozen)."""
-    needed = set(mode_trained_components(step))
-    if has_flow_mode(step):
-        # Latents come from the compressor, samples go through the expander, prompts through the text encoder.
-        needed |= {"compressor", "expander", "text_encoder", "flow_processor"}
-    return needed
+    # A flow step: latents come from the compressor, samples go through the expander, prompts through the text encoder.
+    flow = {"compressor", "expander", "text_encoder", "flow_processor"} if has_flow_mode(step) else set()
+    return mode_trained_components(step) | flow
 
 
 def optimizer_groups(step: Any) -> set[str]:

@@ -157,14 +157,17 @@ def given_options(cfg: OptimizerConfig | SchedulerConfig | dict | None) -> dict[
     return {} if cfg is None else dict(cfg) if isinstance(cfg, dict) else cfg.model_dump(exclude_none=True)
 
 
+def _not_taken(cfg: OptimizerConfig | SchedulerConfig, loc: tuple, kind: str, takes: list[str]) -> list[ConfigIssue]:
+    """The parameters `cfg` sets that its type `kind` does not take (it takes `takes`)."""
+    return [ConfigIssue(format_path((*loc, name)), f"'{name}' is not a parameter of {kind} (it takes: "
+                        f"{', '.join(takes)})")
+            for name in sorted(cfg.model_fields_set - {"type", *takes}) if getattr(cfg, name) is not None]
+
+
 def optimizer_issues(cfg: OptimizerConfig, loc: tuple) -> list[ConfigIssue]:
     """Parameters that the optimizer type does not take, and combinations torch refuses."""
     kind = cfg.type or "AdamW"
-    takes = OPTIMIZER_PARAMS[kind]
-    issues = [ConfigIssue(format_path((*loc, name)),
-                          f"'{name}' is not a parameter of {kind} (it takes: lr, {', '.join(takes)})")
-              for name in sorted(cfg.model_fields_set - {"type", "lr"} - set(takes))
-              if getattr(cfg, name) is not None]
+    issues = _not_taken(cfg, loc, kind, ["lr", *OPTIMIZER_PARAMS[kind]])
     if kind == "SGD" and cfg.nesterov and ((cfg.momentum or 0.0) <= 0.0 or (cfg.dampening or 0.0) != 0.0):
         issues.append(ConfigIssue(format_path((*loc, "nesterov")), "nesterov needs momentum > 0 and dampening 0"))
     return issues
@@ -172,11 +175,7 @@ def optimizer_issues(cfg: OptimizerConfig, loc: tuple) -> list[ConfigIssue]:
 
 def scheduler_issues(cfg: SchedulerConfig, loc: tuple) -> list[ConfigIssue]:
     kind = cfg.type or "CosineAnnealingLR"
-    takes = SCHEDULER_PARAMS[kind]
-    issues = [ConfigIssue(format_path((*loc, name)), f"'{name}' is not a parameter of {kind} (it takes: "
-                          f"{', '.join([*takes, *SCHEDULE_PARAMS])})")
-              for name in sorted(cfg.model_fields_set - {"type"} - set(takes) - set(SCHEDULE_PARAMS))
-              if getattr(cfg, name) is not None]
+    issues = _not_taken(cfg, loc, kind, [*SCHEDULER_PARAMS[kind], *SCHEDULE_PARAMS])
     if kind == "StepLR" and cfg.step_size is None:
         issues.append(ConfigIssue(format_path((*loc, "step_size")), "required for StepLR (in optimizer steps, or "
                                                                     "epochs with interval: epoch)"))

@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from fluxflow.config.dag import leaf_names
 from fluxflow.config.errors import ConfigIssue, did_you_mean, format_path
 from fluxflow.config.modes import has_flow_mode
 from fluxflow.config.optim import StrictModel
@@ -93,8 +94,6 @@ def registered_model_name_problem(name: str) -> str | None:
 def registered_steps(config) -> list[str]:
     """The steps whose final checkpoint is registered: `tracking.register_steps`, else every leaf step (nothing
     starts from it) that makes images from text."""
-    from fluxflow.config.dag import leaf_names
-
     steps = config.resolved_steps()
     if config.tracking.register_steps is not None:
         return list(config.tracking.register_steps)

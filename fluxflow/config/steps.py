@@ -205,10 +205,6 @@ def merged_step_fields(step: StepConfig, defaults: StepDefaults) -> dict[str, An
     return merged
 
 
-def _unique(items: list[str]) -> list[str]:
-    return list(dict.fromkeys(items))
-
-
 def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_: StepGlobals,
                  previous: str | None) -> ResolvedStep:
     """The concrete step. Raises MissingStepValue when n_epochs or the dataset is given nowhere."""
@@ -224,9 +220,9 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
         raise MissingStepValue("dataset", "required: training.pipeline.datasets has several entries and no "
                                           "default_dataset; name one here or set training.pipeline.default_dataset")
 
-    values["unfreeze"] = _unique(values.get("unfreeze", []))
+    values["unfreeze"] = list(dict.fromkeys(values.get("unfreeze", [])))
     # `unfreeze` overrides `freeze`, whether that came from the defaults or from the step (the original tool's documentation).
-    values["freeze"] = [n for n in _unique(values.get("freeze", [])) if n not in values["unfreeze"]]
+    values["freeze"] = [n for n in dict.fromkeys(values.get("freeze", [])) if n not in values["unfreeze"]]
     transition = dict(values.get("transition_on", {}))
     mode = transition.get("mode") or "epoch"
     values["transition_on"] = Transition(

@@ -77,16 +77,9 @@ def unused_image_stat_fields(step: Any) -> set[str]:
 
 def mode_trained_components(step: Any) -> set[str]:
     """Components the step's modes train, before `unfreeze` is applied."""
-    trained: set[str] = set()
-    if has_vae_mode(step):
-        trained |= {"compressor", "expander"}
-    if step.gan_training:
-        trained.add("discriminator")
-    if has_flow_mode(step):
-        trained.add("flow_processor")
-    if step.train_diff_full:
-        trained.add("text_encoder")
-    return trained
+    trains = {"compressor": has_vae_mode(step), "expander": has_vae_mode(step), "discriminator": step.gan_training,
+              "flow_processor": has_flow_mode(step), "text_encoder": step.train_diff_full}
+    return {component for component, trained in trains.items() if trained}
 
 
 def trainable_components(step: Any) -> set[str]:

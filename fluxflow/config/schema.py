@@ -224,17 +224,14 @@ class TrackingConfig(StrictModel):
 
     # MLflow refuses these names only when the run reaches it: an empty experiment name made every MLflow call of
     # the run fail (the run went on without tracking), a bad model name failed the register task after training.
-    @field_validator("experiment_name")
+    @field_validator("experiment_name", "registered_model")
     @classmethod
-    def _experiment_name(cls, name: str) -> str:
-        if not name:  # MLflow's only rule for experiment names (mlflow/utils/validation.py) besides their length
-            raise PydanticCustomError("mlflow_name", "must not be empty: MLflow refuses an experiment without a name")
-        return name
-
-    @field_validator("registered_model")
-    @classmethod
-    def _registered_model(cls, name: str | None) -> str | None:
-        problem = None if name is None else registered_model_name_problem(name)
+    def _mlflow_name(cls, name: str | None, info) -> str | None:
+        # Not empty: MLflow's only rule for experiment names (mlflow/utils/validation.py) besides their length.
+        if info.field_name == "experiment_name":
+            problem = None if name else "must not be empty: MLflow refuses an experiment without a name"
+        else:
+            problem = None if name is None else registered_model_name_problem(name)
         if problem:
             raise PydanticCustomError("mlflow_name", problem)
         return name

@@ -30,8 +30,8 @@ from fluxflow.config.promotion import promotion_issues
 from fluxflow.config.replicates import replicate_issues
 from fluxflow.config.schema import (DATASET_TYPES, SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,
                                     PipelineConfig, TrainingConfig, implicit_datasets)
-from fluxflow.config.steps import MissingStepValue, ResolvedStep, StepConfig, StepDefaults, StepGlobals, \
-    merged_step_fields, resolve_step
+from fluxflow.config.steps import TRAINING_GLOBALS, MissingStepValue, ResolvedStep, StepConfig, StepDefaults, \
+    StepGlobals, merged_step_fields, resolve_step
 
 
 @dataclass
@@ -252,7 +252,7 @@ def _lenient_globals(training: Any, dataset: str | None) -> StepGlobals:
     already reported), its default stands in."""
     training = training if isinstance(training, dict) else {}
     values = {}
-    for key in ("batch_size", "workers", "lr", "n_epochs", "max_steps", "seed"):
+    for key in TRAINING_GLOBALS:
         info = TrainingConfig.model_fields[key]
         given = training.get(key, info.default)
         values[key] = _parse(Annotated[info.annotation, info], given)

@@ -16,8 +16,8 @@ from fluxflow.config.optim import OmitsDefaults, StrictModel
 from fluxflow.storage.location import check_output_uri, remote_uri
 from fluxflow.config.promotion import PromotionConfig, registered_model_name_problem
 from fluxflow.config.replicates import ReplicatesConfig, replicate_steps
-from fluxflow.config.steps import (ResolvedStep, Workers, StepConfig, StepDefaults, StepGlobals, merged_step_fields,
-                                   resolve_step)
+from fluxflow.config.steps import (TRAINING_GLOBALS, ResolvedStep, Workers, StepConfig, StepDefaults, StepGlobals,
+                                   merged_step_fields, resolve_step)
 
 DEFAULT_SAMPLE_CAPTIONS = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
 
@@ -269,8 +269,7 @@ class PipelineConfig(StrictModel):
 
     def step_globals(self) -> StepGlobals:
         t = self.training
-        return StepGlobals(batch_size=t.batch_size, workers=t.workers, lr=t.lr, n_epochs=t.n_epochs,
-                           max_steps=t.max_steps, dataset=t.pipeline.default_dataset, seed=t.seed,
+        return StepGlobals(**{key: getattr(t, key) for key in TRAINING_GLOBALS}, dataset=t.pipeline.default_dataset,
                            img_size=self.data.img_size)
 
     def written_steps(self) -> list[ResolvedStep]:

@@ -175,6 +175,9 @@ class StepGlobals:
     img_size: int = 32  # data.img_size; a dataset's own img_size applies in PipelineConfig.written_steps
 
 
+TRAINING_GLOBALS = ("batch_size", "workers", "lr", "n_epochs", "max_steps", "seed")  # training.<key> as StepGlobals.<key>
+
+
 class MissingStepValue(Exception):
     """A required step value is given nowhere (step, defaults, globals)."""
 
@@ -225,13 +228,11 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
     values["freeze"] = [n for n in dict.fromkeys(values.get("freeze", [])) if n not in values["unfreeze"]]
     transition = dict(values.get("transition_on", {}))
     mode = transition.get("mode") or "epoch"
-    values["transition_on"] = Transition(
-        mode=mode,
-        metric=transition.get("metric") if mode == "loss_threshold" else None,
-        threshold=transition.get("threshold") if mode == "loss_threshold" else None,
-        max_epochs=transition.get("max_epochs") or values["n_epochs"],
-        window=transition.get("window") or TRANSITION_WINDOW,
-    )
+    watched = mode == "loss_threshold"  # metric and threshold mean something only there
+    values["transition_on"] = Transition(mode=mode, metric=transition.get("metric") if watched else None,
+                                         threshold=transition.get("threshold") if watched else None,
+                                         max_epochs=transition.get("max_epochs") or values["n_epochs"],
+                                         window=transition.get("window") or TRANSITION_WINDOW)
     resolved = ResolvedStep(index=index, name=step.name, parent=step.after if step.after is not None else previous,
                             hypothesis=step.name, **values)
     return resolved.model_copy(update={"optimization": _resolve_optimization(resolved)})

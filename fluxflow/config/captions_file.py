@@ -36,9 +36,7 @@ def resolve_captions_path(root: Path, captions_file: str | os.PathLike | None) -
 def read_captions(captions_path: Path) -> tuple[dict[str, str], list[str], list[int]]:
     """{filename: caption} in file order (a later line for the same file wins), the malformed lines, and the numbers
     of the lines that were not UTF-8 (kept, decoded as Latin-1)."""
-    captions: dict[str, str] = {}
-    malformed: list[str] = []
-    repaired: list[int] = []
+    captions, malformed, repaired = {}, [], []
     with open(captions_path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             line, was_repaired = decode_text(raw.rstrip(b"\r\n"))

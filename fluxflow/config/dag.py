@@ -44,9 +44,7 @@ def leaf_names(steps: Sequence[StepNode]) -> list[str]:
 
 def descendants(steps: Sequence[StepNode], names: Iterable[str]) -> list[str]:
     """Every step below the given ones (not including them), in file order."""
-    below: set[str] = set()
-    frontier = set(names)
-    children = children_of(steps)
+    below, frontier, children = set(), set(names), children_of(steps)
     while frontier:
         found = {child for name in frontier for child in children.get(name, [])}
         frontier = found - below

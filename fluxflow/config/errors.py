@@ -39,10 +39,7 @@ def format_path(loc: Iterable[str | int]) -> str:
     """('training', 'pipeline', 'steps', 1, 'name') -> 'training.pipeline.steps[1].name'."""
     out = ""
     for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
     return out
 
 

@@ -21,14 +21,10 @@ from fluxflow.config.pretrained_text import UnusablePretrained, inspect_pretrain
 LPIPS_BACKBONE_FILE = "alexnet-owt-7be5be79.pth"
 
 
-def torch_home() -> Path:
-    default = os.path.join(os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache")), "torch")
-    return Path(os.path.expanduser(os.getenv("TORCH_HOME", default)))
-
-
 def lpips_backbone_path() -> Path:
     """Where torchvision looks for the AlexNet weights that LPIPS loads."""
-    return torch_home() / "hub" / "checkpoints" / LPIPS_BACKBONE_FILE
+    default = os.path.join(os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache")), "torch")
+    return Path(os.path.expanduser(os.getenv("TORCH_HOME", default))) / "hub" / "checkpoints" / LPIPS_BACKBONE_FILE
 
 
 def missing_lpips_backbone_message() -> str | None:

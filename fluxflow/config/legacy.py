@@ -8,6 +8,7 @@ keys nobody ever defined stay in place and are reported as errors by the schema.
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 from typing import Any
 
 from fluxflow.config.errors import ConfigIssue
@@ -58,9 +59,7 @@ def apply_legacy(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[C
     original, raw, notes = raw, copy.deepcopy(raw), LegacyNotes()
     for section, table in (("model", MODEL_NO_EFFECT), ("data", DATA_NO_EFFECT),
                            ("training", TRAINING_NO_EFFECT), ("output", OUTPUT_NO_EFFECT)):
-        body = as_dict(raw, section)
-        for key in [k for k in (body or {}) if k in table]:
-            notes.drop(body, key, section, table[key])
+        notes.drop(as_dict(raw, section) or {}, table, section)
     _top_level_optimization(raw, notes)
     training = as_dict(raw, "training")
     if training is not None:
@@ -68,7 +67,7 @@ def apply_legacy(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[C
         _pipeline(training, notes)
     _folder_dataset(raw, notes)  # after _pipeline, which may have built the pipeline block
     _sample_sizes(raw, notes)
-    pipeline = as_dict(as_dict(raw, "training"), "pipeline")
+    pipeline = as_dict(raw, "training", "pipeline")
     if pipeline is not None and (raw != original or notes.dropped or notes.warnings):
         per_epoch_schedulers(pipeline, notes)  # a file with keys of the original tool is one of its configs
     return raw, notes.all_warnings(), notes.issues
@@ -98,7 +97,7 @@ def _folder_dataset(raw: dict, notes: LegacyNotes) -> None:
     path, captions = data.pop("data_path", None), data.pop("captions_file", None)
     if not path and not captions:
         return
-    pipeline = as_dict(as_dict(raw, "training"), "pipeline")
+    pipeline = as_dict(raw, "training", "pipeline")
     if pipeline is not None and pipeline.get("datasets"):
         notes.warnings.append("data.data_path/captions_file: have no effect here because "
                               "training.pipeline.datasets is given")
@@ -182,10 +181,6 @@ def _sample_sizes(raw: dict, notes: LegacyNotes) -> None:
     output["sample_sizes"] = kept
 
 
-# What the mapping reports: warnings and errors.
-NO_EFFECT = "has no effect here"
-
-
 class LegacyNotes:
     """The keys dropped (one warning line per reason), other warnings, and errors of one mapping."""
 
@@ -194,25 +189,35 @@ class LegacyNotes:
         self.warnings: list[str] = []
         self.issues: list[ConfigIssue] = []
 
-    def drop(self, section: dict, key: str, path: str, reason: str, report_false: bool = False) -> Any:
-        """Remove a key with no effect here and return its value; reported unless the value asks for nothing (null,
-        or false unless `report_false`: a false that asks to turn off what is always on here is reported)."""
-        value = section.pop(key)
-        if value is not None and (value is not False or report_false):
-            self.dropped.setdefault((path, reason), []).append(key)
-        return value
+    def drop(self, section: dict, reasons: dict[str, str], path: str, report_false: Collection[str] = ()) -> None:
+        """Remove the keys of `reasons` (key -> why it has no effect here) from `section` (at `path`); each is reported
+        unless its value asks for nothing (null, or false unless the key is in `report_false`: a false that asks to
+        turn off what is always on here is reported)."""
+        for key in [k for k in section if k in reasons]:
+            value = section.pop(key)
+            if value is not None and (value is not False or key in report_false):
+                self.dropped.setdefault((path, reasons[key]), []).append(key)
 
     def all_warnings(self) -> list[str]:
         lines = []
         for (path, reason), keys in self.dropped.items():
             names = f"{path}.{keys[0]}: has" if len(keys) == 1 else f"{path}.{{{', '.join(keys)}}}: have"
-            lines.append(f"{names} no effect here" + ("" if reason == NO_EFFECT else f" ({reason})"))
+            lines.append(f"{names} no effect here ({reason})")
         return lines + self.warnings
 
 
-def as_dict(parent: Any, key: str) -> dict | None:
-    value = parent.get(key) if isinstance(parent, dict) else None
-    return value if isinstance(value, dict) else None
+def as_dict(parent: Any, *keys: str) -> dict | None:
+    """parent[key0][key1]... when that is a mapping, else None."""
+    for key in keys:
+        parent = parent.get(key) if isinstance(parent, dict) else None
+    return parent if isinstance(parent, dict) else None
+
+
+def _step_blocks(pipeline: dict) -> list[tuple[str, Any]]:
+    """(path, block) of `training.pipeline.defaults` and of every step; a block need not be a mapping."""
+    steps = pipeline.get("steps") if isinstance(pipeline.get("steps"), list) else []
+    return [("training.pipeline.defaults", pipeline.get("defaults")),
+            *((f"training.pipeline.steps[{i}]", step) for i, step in enumerate(steps))]
 
 
 # The original tool's keys inside `training.pipeline` (its 0.8.x steps, defaults, optimizers, transitions and
@@ -252,13 +257,9 @@ NOISE_NO_EFFECT = {"dimensions": "images are data.img_size square", "noise_std":
 
 def map_pipeline(pipeline: dict, notes: LegacyNotes) -> None:
     """Every step, the defaults and the datasets of a `training.pipeline` mapping."""
-    if "mode" in pipeline:
-        notes.drop(pipeline, "mode", "training.pipeline", "steps run in file order, or after the step named by "
-                                                          "their `after:`")
-    blocks = [("training.pipeline.defaults", pipeline.get("defaults"))]
-    if isinstance(pipeline.get("steps"), list):
-        blocks += [(f"training.pipeline.steps[{i}]", s) for i, s in enumerate(pipeline["steps"])]
-    for path, block in blocks:
+    notes.drop(pipeline, {"mode": "steps run in file order, or after the step named by their `after:`"},
+               "training.pipeline")
+    for path, block in _step_blocks(pipeline):
         if isinstance(block, dict):
             map_step(block, path, notes)
     for name, dataset in (as_dict(pipeline, "datasets") or {}).items():
@@ -274,8 +275,7 @@ def map_step(step: dict, path: str, notes: LegacyNotes) -> None:
                 notes.warnings.append(f"{path}.{old}: has no effect here because {new} is given")
             else:
                 step[new] = value
-    for key in [k for k in step if k in STEP_NO_EFFECT]:
-        notes.drop(step, key, path, STEP_NO_EFFECT[key], report_false=key in REPORT_FALSE)
+    notes.drop(step, STEP_NO_EFFECT, path, report_false=REPORT_FALSE)
     _train_kl(step, path, notes)
     for field in ("freeze", "unfreeze"):
         names = step.get(field)
@@ -284,7 +284,7 @@ def map_step(step: dict, path: str, notes: LegacyNotes) -> None:
                 if name in COMPONENT_ALIASES:
                     names[i] = COMPONENT_ALIASES[name]
                     notes.warnings.append(f"{path}.{field}[{i}]: '{name}' is called '{names[i]}' here")
-    optimizers = as_dict(as_dict(step, "optimization"), "optimizers") or {}
+    optimizers = as_dict(step, "optimization", "optimizers") or {}
     for group, optimizer in optimizers.items():
         if isinstance(optimizer, dict):
             _optimizer(optimizer, f"{path}.optimization.optimizers.{group}", notes)
@@ -312,13 +312,12 @@ def _optimizer(optimizer: dict, path: str, notes: LegacyNotes) -> None:
         dropped = [k for k in ("betas", "decoupled_weight_decay") if optimizer.pop(k, None) is not None]
         notes.warnings.append(f"{path}.type: optimizer type Lion is not available here; AdamW with the same lr "
                               "is used" + (f" ({', '.join(dropped)} of Lion not used)" if dropped else ""))
-    elif "decoupled_weight_decay" in optimizer:
-        notes.drop(optimizer, "decoupled_weight_decay", path, "a parameter of Lion; AdamW always decouples it")
+    else:
+        notes.drop(optimizer, {"decoupled_weight_decay": "a parameter of Lion; AdamW always decouples it"}, path)
 
 
 def _transition(transition: dict, path: str, notes: LegacyNotes) -> None:
-    if "value" in transition:
-        notes.drop(transition, "value", path, "an epoch-mode step runs n_epochs")
+    notes.drop(transition, {"value": "an epoch-mode step runs n_epochs"}, path)
     metric = transition.get("metric")
     if isinstance(metric, str) and metric in METRIC_ALIASES:
         transition["metric"] = METRIC_ALIASES[metric]
@@ -338,17 +337,14 @@ def map_dataset(dataset: dict, path: str, notes: LegacyNotes) -> None:
     kind = _dataset_type(dataset)
     if kind not in ("local", "webdataset", "noise"):
         return
-    for key in [k for k in dataset if k in DATASET_NO_EFFECT]:
-        notes.drop(dataset, key, path, DATASET_NO_EFFECT[key])
+    notes.drop(dataset, DATASET_NO_EFFECT, path)
     if kind == "noise":
-        for key in [k for k in dataset if k in NOISE_NO_EFFECT]:
-            notes.drop(dataset, key, path, NOISE_NO_EFFECT[key])
+        notes.drop(dataset, NOISE_NO_EFFECT, path)
         notes.warnings.append(f"{path}.type: dataset type noise is not available here; the built-in shapes dataset "
                               "is used instead (num_samples images)")
     for old, new in DATASET_RENAMES.items():
         if old in dataset:
-            value = dataset.pop(old)
-            dataset.setdefault(new, value)
+            dataset.setdefault(new, dataset.pop(old))
     dataset["type"] = {"local": "folder", "noise": "shapes"}.get(kind, kind)
 
 
@@ -356,13 +352,10 @@ def per_epoch_schedulers(pipeline: dict, notes: LegacyNotes) -> None:
     """The original tool stepped its schedulers once per epoch (a StepLR step_size counted epochs); here the default
     is per optimizer update. In a config of the original tool, a scheduler without `interval` gets `interval: epoch`,
     with a warning. A step's scheduler inherits the interval its defaults' entry of the same group sets."""
-    defaults = as_dict(as_dict(as_dict(pipeline, "defaults"), "optimization"), "schedulers") or {}
-    blocks = [("training.pipeline.defaults", defaults, {})]
-    if isinstance(pipeline.get("steps"), list):
-        blocks += [(f"training.pipeline.steps[{i}]", as_dict(as_dict(step, "optimization"), "schedulers") or {},
-                    defaults) for i, step in enumerate(pipeline["steps"])]
-    for path, schedulers, inherited in blocks:
-        for group, scheduler in schedulers.items():
+    defaults = as_dict(pipeline, "defaults", "optimization", "schedulers") or {}
+    for path, block in _step_blocks(pipeline):
+        inherited = {} if path == "training.pipeline.defaults" else defaults
+        for group, scheduler in (as_dict(block, "optimization", "schedulers") or {}).items():
             parent = inherited.get(group) if isinstance(inherited.get(group), dict) else {}
             if not isinstance(scheduler, dict) or "interval" in scheduler or "interval" in parent:
                 continue

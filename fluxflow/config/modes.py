@@ -77,16 +77,9 @@ def unused_image_stat_fields(step: Any) -> set[str]:
 
 def mode_trained_components(step: Any) -> set[str]:
     """Components the step's modes train, before `unfreeze` is applied."""
-    trained: set[str] = set()
-    if has_vae_mode(step):
-        trained |= {"compressor", "expander"}
-    if step.gan_training:
-        trained.add("discriminator")
-    if has_flow_mode(step):
-        trained.add("flow_processor")
-    if step.train_diff_full:
-        trained.add("text_encoder")
-    return trained
+    trains = {"compressor": has_vae_mode(step), "expander": has_vae_mode(step), "discriminator": step.gan_training,
+              "flow_processor": has_flow_mode(step), "text_encoder": step.train_diff_full}
+    return {component for component, trained in trains.items() if trained}
 
 
 def trainable_components(step: Any) -> set[str]:
@@ -112,11 +105,9 @@ def expander_spade(step: Any, inherited: bool) -> bool:
 
 def required_components(step: Any) -> set[str]:
     """Components that must exist for the step to run (trained or used frozen)."""
-    needed = set(mode_trained_components(step))
-    if has_flow_mode(step):
-        # Latents come from the compressor, samples go through the expander, prompts through the text encoder.
-        needed |= {"compressor", "expander", "text_encoder", "flow_processor"}
-    return needed
+    # A flow step: latents come from the compressor, samples go through the expander, prompts through the text encoder.
+    flow = {"compressor", "expander", "text_encoder", "flow_processor"} if has_flow_mode(step) else set()
+    return mode_trained_components(step) | flow
 
 
 def optimizer_groups(step: Any) -> set[str]:

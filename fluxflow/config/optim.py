@@ -9,9 +9,9 @@ keyword argument (except `eta_min_factor`, and the `interval` and `warmup_steps`
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from fluxflow.config.errors import ConfigIssue, format_path
 
@@ -63,6 +63,20 @@ class StrictModel(BaseModel):
     """Unknown keys are errors (a typo must never be silently ignored)."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class OmitsDefaults(StrictModel):
+    """`OMITTED_AT_DEFAULT` fields are left out of dumps while at their default (absent = default, both ways), so that
+    the step keys, config hashes, logged configs and checkpoints of runs made before those fields existed stay the same."""
+    OMITTED_AT_DEFAULT: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler):
+        data = handler(self)
+        for name in self.OMITTED_AT_DEFAULT:
+            if getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True):
+                data.pop(name, None)
+        return data
 
 
 class OptimizerConfig(StrictModel):
@@ -140,21 +154,20 @@ class Optimization(StrictModel):
 
 def given_options(cfg: OptimizerConfig | SchedulerConfig | dict | None) -> dict[str, Any]:
     """The options an optimizer or scheduler config sets (a resolved model, or a plain mapping in tests)."""
-    if cfg is None:
-        return {}
-    if isinstance(cfg, dict):
-        return dict(cfg)
-    return cfg.model_dump(exclude_none=True)
+    return {} if cfg is None else dict(cfg) if isinstance(cfg, dict) else cfg.model_dump(exclude_none=True)
+
+
+def _not_taken(cfg: OptimizerConfig | SchedulerConfig, loc: tuple, kind: str, takes: list[str]) -> list[ConfigIssue]:
+    """The parameters `cfg` sets that its type `kind` does not take (it takes `takes`)."""
+    return [ConfigIssue(format_path((*loc, name)), f"'{name}' is not a parameter of {kind} (it takes: "
+                        f"{', '.join(takes)})")
+            for name in sorted(cfg.model_fields_set - {"type", *takes}) if getattr(cfg, name) is not None]
 
 
 def optimizer_issues(cfg: OptimizerConfig, loc: tuple) -> list[ConfigIssue]:
     """Parameters that the optimizer type does not take, and combinations torch refuses."""
     kind = cfg.type or "AdamW"
-    takes = OPTIMIZER_PARAMS[kind]
-    issues = [ConfigIssue(format_path((*loc, name)),
-                          f"'{name}' is not a parameter of {kind} (it takes: lr, {', '.join(takes)})")
-              for name in sorted(cfg.model_fields_set - {"type", "lr"} - set(takes))
-              if getattr(cfg, name) is not None]
+    issues = _not_taken(cfg, loc, kind, ["lr", *OPTIMIZER_PARAMS[kind]])
     if kind == "SGD" and cfg.nesterov and ((cfg.momentum or 0.0) <= 0.0 or (cfg.dampening or 0.0) != 0.0):
         issues.append(ConfigIssue(format_path((*loc, "nesterov")), "nesterov needs momentum > 0 and dampening 0"))
     return issues
@@ -162,11 +175,7 @@ def optimizer_issues(cfg: OptimizerConfig, loc: tuple) -> list[ConfigIssue]:
 
 def scheduler_issues(cfg: SchedulerConfig, loc: tuple) -> list[ConfigIssue]:
     kind = cfg.type or "CosineAnnealingLR"
-    takes = SCHEDULER_PARAMS[kind]
-    issues = [ConfigIssue(format_path((*loc, name)), f"'{name}' is not a parameter of {kind} (it takes: "
-                          f"{', '.join([*takes, *SCHEDULE_PARAMS])})")
-              for name in sorted(cfg.model_fields_set - {"type"} - set(takes) - set(SCHEDULE_PARAMS))
-              if getattr(cfg, name) is not None]
+    issues = _not_taken(cfg, loc, kind, [*SCHEDULER_PARAMS[kind], *SCHEDULE_PARAMS])
     if kind == "StepLR" and cfg.step_size is None:
         issues.append(ConfigIssue(format_path((*loc, "step_size")), "required for StepLR (in optimizer steps, or "
                                                                     "epochs with interval: epoch)"))

@@ -52,10 +52,10 @@ def _set(raw: dict[str, Any], parts: list[str], value: Any) -> str | None:
     node: Any = raw
     for depth, part in enumerate(parts[:-1]):
         if isinstance(node, list) and tuple(parts[:depth]) == STEPS_PATH:
-            node = _step_named(node, part)
-            if node is None:
-                return f"no step named {part!r}{did_you_mean(part, _step_names(raw))} (steps: " \
-                       f"{', '.join(_step_names(raw)) or 'none'})"
+            names = [s["name"] for s in node if isinstance(s, dict) and isinstance(s.get("name"), str)]
+            if part not in names:
+                return f"no step named {part!r}{did_you_mean(part, names)} (steps: {', '.join(names) or 'none'})"
+            node = next(s for s in node if isinstance(s, dict) and s.get("name") == part)
             continue
         if not isinstance(node, dict):
             return f"{'.'.join(parts[:depth])} is {node!r}, not a section"
@@ -68,15 +68,3 @@ def _set(raw: dict[str, Any], parts: list[str], value: Any) -> str | None:
         return f"{'.'.join(parts[:-1])} is {node!r}, not a section"
     node[parts[-1]] = value
     return None
-
-
-def _step_named(steps: list, name: str) -> dict | None:
-    return next((s for s in steps if isinstance(s, dict) and s.get("name") == name), None)
-
-
-def _step_names(raw: dict[str, Any]) -> list[str]:
-    node: Any = raw
-    for part in STEPS_PATH:
-        node = node.get(part) if isinstance(node, dict) else None
-    return [s["name"] for s in node if isinstance(s, dict) and isinstance(s.get("name"), str)] \
-        if isinstance(node, list) else []

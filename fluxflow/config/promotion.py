@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from fluxflow.config.dag import leaf_names
 from fluxflow.config.errors import ConfigIssue, did_you_mean, format_path
 from fluxflow.config.modes import has_flow_mode
 from fluxflow.config.optim import StrictModel
@@ -41,8 +42,7 @@ PROMOTION_METRICS: dict[str, Direction] = {
     # Seed-to-seed spread against the data's (fluxflow/evaluation/diversity.py): a collapsed model has 0.
     "eval_diversity_ratio": "maximize",
 }
-SHAPES_ONLY = ("eval_adherence_both", "eval_adherence_color", "eval_adherence_shape", "eval_adherence_unseen_both",
-               "eval_adherence_unseen_color", "eval_adherence_unseen_shape")
+SHAPES_ONLY = tuple(metric for metric in PROMOTION_METRICS if metric.startswith("eval_adherence_"))
 UNSEEN_ONLY = {"eval_adherence_unseen_both": "holdout_pairs", "eval_adherence_unseen_color": "holdout_pairs",
                "eval_adherence_unseen_shape": "holdout_pairs", "eval_fd_ours_unseen_cfg": "holdout_captions"}
 DEFAULT_METRIC = {"shapes": "eval_adherence_both"}  # any other dataset type: FALLBACK_METRIC
@@ -94,8 +94,6 @@ def registered_model_name_problem(name: str) -> str | None:
 def registered_steps(config) -> list[str]:
     """The steps whose final checkpoint is registered: `tracking.register_steps`, else every leaf step (nothing
     starts from it) that makes images from text."""
-    from fluxflow.config.dag import leaf_names
-
     steps = config.resolved_steps()
     if config.tracking.register_steps is not None:
         return list(config.tracking.register_steps)

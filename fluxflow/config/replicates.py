@@ -19,7 +19,7 @@ from fluxflow.config.dag import descendants
 from fluxflow.config.errors import ConfigIssue, did_you_mean, format_path
 from fluxflow.config.optim import StrictModel
 
-NAME_LIMIT = 64  # as step names (fluxflow/config/checks.py NAME_RE)
+NAME_LIMIT = 64  # as step names (fluxflow/config/load.py NAME_RE)
 
 
 class ReplicatesConfig(StrictModel):

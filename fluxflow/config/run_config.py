@@ -27,10 +27,6 @@ from fluxflow.config.schema import PipelineConfig
 RESOLVED = "resolved_for_run"  # the mark of a resolved config's dict: it is taken as it is
 
 
-def today_utc() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d")
-
-
 def resolve_run_config(source: str | Path | dict[str, Any], *, output_dir: str | None = None,
                        device: str | None = None, overrides: list[str] | tuple[str, ...] = (),
                        day: str | None = None, check_data: bool = True,
@@ -48,7 +44,8 @@ def resolve_run_config(source: str | Path | dict[str, Any], *, output_dir: str |
     loaded = load_config(source, overrides)
     raw = loaded.config.model_dump(mode="json")
 
-    raw["output"]["output_path"] = str(output_dir or raw["output"]["output_path"]).replace("{date}", day or today_utc())
+    raw["output"]["output_path"] = str(output_dir or raw["output"]["output_path"]).replace(
+        "{date}", day or datetime.now(timezone.utc).strftime("%Y-%m-%d"))
     if device:
         raw["training"]["device"] = device
     try:

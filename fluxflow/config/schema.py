@@ -12,12 +12,12 @@ from pydantic import Field, field_validator, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
 from fluxflow.config.executor import ExecutorConfig
-from fluxflow.config.optim import StrictModel
+from fluxflow.config.optim import OmitsDefaults, StrictModel
 from fluxflow.storage.location import check_output_uri, remote_uri
 from fluxflow.config.promotion import PromotionConfig, registered_model_name_problem
 from fluxflow.config.replicates import ReplicatesConfig, replicate_steps
-from fluxflow.config.steps import (ResolvedStep, Workers, StepConfig, StepDefaults, StepGlobals, merged_step_fields,
-                                   resolve_step)
+from fluxflow.config.steps import (TRAINING_GLOBALS, ResolvedStep, Workers, StepConfig, StepDefaults, StepGlobals,
+                                   merged_step_fields, resolve_step)
 
 DEFAULT_SAMPLE_CAPTIONS = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
 
@@ -31,9 +31,11 @@ class TextEncoderConfig(StrictModel):
     path: str | None = None
 
 
-class ModelConfig(StrictModel):
+class ModelConfig(OmitsDefaults):
     """Component sizes. With a pretrained text encoder, text_embedding_dim is its width: load_config fills it from
     the encoder's config.json when the file leaves it out (fluxflow/config/pretrained_text.py)."""
+
+    OMITTED_AT_DEFAULT = ("text_encoder", "text_pooled")  # absent = the byte encoder, pooled text
 
     vae_dim: int = Field(32, ge=1, description="base conv width of compressor/expander")
     latent_channels: int = Field(4, ge=1)
@@ -50,17 +52,6 @@ class ModelConfig(StrictModel):
     # The flow model sees the text twice: adaLN on the pooled (mean) embedding and cross-attention to the tokens.
     # false: cross-attention only, a composition experiment (docs/COMPOSITION.md).
     text_pooled: bool = True
-
-    @model_serializer(mode="wrap")
-    def _omit_byte_text_encoder(self, handler):
-        """The default byte encoder is left out of dumps, so that step keys and checkpoints of configs written
-        before `text_encoder` existed stay the same (absent = byte, both ways)."""
-        data = handler(self)
-        if self.text_encoder == TextEncoderConfig():
-            data.pop("text_encoder", None)
-        if self.text_pooled:  # likewise for text_pooled (absent = true)
-            data.pop("text_pooled", None)
-        return data
 
 
 class DataConfig(StrictModel):
@@ -175,7 +166,8 @@ class DistributedConfig(StrictModel):
         return self.nodes > 1
 
 
-class TrainingConfig(StrictModel):
+class TrainingConfig(OmitsDefaults):
+    OMITTED_AT_DEFAULT = ("executor",)  # absent = local
     batch_size: int = Field(8, ge=1)
     workers: Workers = Field("auto", description="DataLoader workers per process; auto: 0 on CPU, up to 8 on CUDA")
     seed: int = 0
@@ -191,24 +183,9 @@ class TrainingConfig(StrictModel):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)  # local or Ray (fluxflow/config/executor.py)
     pipeline: PipelineSection
 
-    @model_serializer(mode="wrap")
-    def _omit_local_executor(self, handler):
-        """The default local executor is left out of dumps, so that the config hash and the logged config of runs
-        made before `executor` existed stay the same (absent = local, both ways)."""
-        data = handler(self)
-        if self.executor == ExecutorConfig():
-            data.pop("executor", None)
-        return data
-
 
 REMOTE_CACHE_MESSAGE = ("must be a local or mounted directory: the caches are written in place (memory-mapped "
                         "files); with an object-store output_path they stay in the staging directory of each node")
-
-
-def check_output_path(value: str) -> str:
-    """A local directory, file://, or an object store's URI whose protocol, package and bucket are known; the store
-    itself is asked at the run's start (fluxflow/storage/store_lock.py)."""
-    return check_output_uri(value)
 
 
 def check_cache_dir(value: str | None) -> str | None:
@@ -230,7 +207,9 @@ class OutputConfig(StrictModel):
     # Where latent_cache/ and text_cache/ go (None: output_path); runs that share it share their caches.
     cache_dir: str | None = None
 
-    _output = field_validator("output_path")(check_output_path)
+    # A local directory, file://, or an object store's URI whose protocol, package and bucket are known; the store
+    # itself is asked at the run's start (fluxflow/storage/store_lock.py).
+    _output = field_validator("output_path")(check_output_uri)
     _local_cache = field_validator("cache_dir")(check_cache_dir)
 
 
@@ -245,17 +224,14 @@ class TrackingConfig(StrictModel):
 
     # MLflow refuses these names only when the run reaches it: an empty experiment name made every MLflow call of
     # the run fail (the run went on without tracking), a bad model name failed the register task after training.
-    @field_validator("experiment_name")
+    @field_validator("experiment_name", "registered_model")
     @classmethod
-    def _experiment_name(cls, name: str) -> str:
-        if not name:  # MLflow's only rule for experiment names (mlflow/utils/validation.py) besides their length
-            raise PydanticCustomError("mlflow_name", "must not be empty: MLflow refuses an experiment without a name")
-        return name
-
-    @field_validator("registered_model")
-    @classmethod
-    def _registered_model(cls, name: str | None) -> str | None:
-        problem = None if name is None else registered_model_name_problem(name)
+    def _mlflow_name(cls, name: str | None, info) -> str | None:
+        # Not empty: MLflow's only rule for experiment names (mlflow/utils/validation.py) besides their length.
+        if info.field_name == "experiment_name":
+            problem = None if name else "must not be empty: MLflow refuses an experiment without a name"
+        else:
+            problem = None if name is None else registered_model_name_problem(name)
         if problem:
             raise PydanticCustomError("mlflow_name", problem)
         return name
@@ -293,8 +269,7 @@ class PipelineConfig(StrictModel):
 
     def step_globals(self) -> StepGlobals:
         t = self.training
-        return StepGlobals(batch_size=t.batch_size, workers=t.workers, lr=t.lr, n_epochs=t.n_epochs,
-                           max_steps=t.max_steps, dataset=t.pipeline.default_dataset, seed=t.seed,
+        return StepGlobals(**{key: getattr(t, key) for key in TRAINING_GLOBALS}, dataset=t.pipeline.default_dataset,
                            img_size=self.data.img_size)
 
     def written_steps(self) -> list[ResolvedStep]:

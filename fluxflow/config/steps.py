@@ -11,14 +11,14 @@ parameters of another type are not inherited.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BeforeValidator, Field, create_model, model_serializer
+from pydantic import BeforeValidator, Field, create_model
 
 from fluxflow.config import modes
 from fluxflow.config.executor import StepResources
-from fluxflow.config.optim import Optimization, OptimizerConfig, StrictModel
+from fluxflow.config.optim import OmitsDefaults, Optimization, OptimizerConfig, StrictModel
 
 TransitionMode = Literal["epoch", "loss_threshold"]
 LossWeighting = Literal["none", "min_snr"]
@@ -148,8 +148,10 @@ class StepConfig(StepFields):
     description: str | None = None
 
 
-class ResolvedStep(StepSettings):
+class ResolvedStep(OmitsDefaults, StepSettings):
     """A step with every default applied: what the trainer runs. `model_dump()` is the step's resolved config."""
+
+    OMITTED_AT_DEFAULT = ("resources",)  # absent = none asked for (also in step runs, params and ref.json)
 
     index: int
     name: str
@@ -157,15 +159,6 @@ class ResolvedStep(StepSettings):
     # The written step this one trains: its own name, or for a seed replicate the step it replicates
     # (fluxflow/config/replicates.py). A label: not part of the step key.
     hypothesis: str
-
-    @model_serializer(mode="wrap")
-    def _omit_default_resources(self, handler):
-        """No resources asked for are left out of dumps, so that the step runs, params and ref.json of steps written
-        before `resources` existed stay the same."""
-        data = handler(self)
-        if self.resources == StepResources():
-            data.pop("resources", None)
-        return data
 
 
 @dataclass(frozen=True)
@@ -180,6 +173,9 @@ class StepGlobals:
     dataset: str | None
     seed: int = 0
     img_size: int = 32  # data.img_size; a dataset's own img_size applies in PipelineConfig.written_steps
+
+
+TRAINING_GLOBALS = ("batch_size", "workers", "lr", "n_epochs", "max_steps", "seed")  # training.<key> as StepGlobals.<key>
 
 
 class MissingStepValue(Exception):
@@ -212,18 +208,11 @@ def merged_step_fields(step: StepConfig, defaults: StepDefaults) -> dict[str, An
     return merged
 
 
-def _unique(items: list[str]) -> list[str]:
-    return list(dict.fromkeys(items))
-
-
 def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_: StepGlobals,
                  previous: str | None) -> ResolvedStep:
     """The concrete step. Raises MissingStepValue when n_epochs or the dataset is given nowhere."""
-    values: dict[str, Any] = dict(batch_size=globals_.batch_size, workers=globals_.workers, lr=globals_.lr,
-                                  max_steps=globals_.max_steps, seed=globals_.seed, img_size=globals_.img_size)
-    for key in ("n_epochs", "dataset"):
-        if getattr(globals_, key) is not None:
-            values[key] = getattr(globals_, key)
+    values: dict[str, Any] = {k: v for k, v in asdict(globals_).items()
+                              if v is not None or k not in ("n_epochs", "dataset")}
     values.update({k: v for k, v in merged_step_fields(step, defaults).items()
                    if k not in ("name", "after", "description")})
 
@@ -234,18 +223,16 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
         raise MissingStepValue("dataset", "required: training.pipeline.datasets has several entries and no "
                                           "default_dataset; name one here or set training.pipeline.default_dataset")
 
-    values["unfreeze"] = _unique(values.get("unfreeze", []))
+    values["unfreeze"] = list(dict.fromkeys(values.get("unfreeze", [])))
     # `unfreeze` overrides `freeze`, whether that came from the defaults or from the step (the original tool's documentation).
-    values["freeze"] = [n for n in _unique(values.get("freeze", [])) if n not in values["unfreeze"]]
+    values["freeze"] = [n for n in dict.fromkeys(values.get("freeze", [])) if n not in values["unfreeze"]]
     transition = dict(values.get("transition_on", {}))
     mode = transition.get("mode") or "epoch"
-    values["transition_on"] = Transition(
-        mode=mode,
-        metric=transition.get("metric") if mode == "loss_threshold" else None,
-        threshold=transition.get("threshold") if mode == "loss_threshold" else None,
-        max_epochs=transition.get("max_epochs") or values["n_epochs"],
-        window=transition.get("window") or TRANSITION_WINDOW,
-    )
+    watched = mode == "loss_threshold"  # metric and threshold mean something only there
+    values["transition_on"] = Transition(mode=mode, metric=transition.get("metric") if watched else None,
+                                         threshold=transition.get("threshold") if watched else None,
+                                         max_epochs=transition.get("max_epochs") or values["n_epochs"],
+                                         window=transition.get("window") or TRANSITION_WINDOW)
     resolved = ResolvedStep(index=index, name=step.name, parent=step.after if step.after is not None else previous,
                             hypothesis=step.name, **values)
     return resolved.model_copy(update={"optimization": _resolve_optimization(resolved)})

@@ -256,7 +256,9 @@ def _lenient_globals(training: Any, dataset: str | None) -> StepGlobals:
         info = TrainingConfig.model_fields[key]
         given = training.get(key, info.default)
         values[key] = _parse(Annotated[info.annotation, info], given)
-        if values[key] is None and given is not None:  # given but invalid: not also called missing in every step
+        # Given but invalid (an explicit null of a field that has a value by default included): the default stands
+        # in, so that it is reported once, not also called missing (or crash resolving) in every step.
+        if values[key] is None and (given is not None or info.default is not None):
             values[key] = 1 if key == "n_epochs" else info.default
     return StepGlobals(dataset=dataset, **values)
 

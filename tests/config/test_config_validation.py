@@ -175,6 +175,9 @@ CASES = {
     "experiment name as the registered model": (cfg(FLOW, tracking={"experiment_name": "team/exp"}),
                                                 "tracking.experiment_name", "is also the registered model's name"),
     "no steps": (cfg(), "training.pipeline.steps", "at least one step"),
+    # An explicit null where the default is a value: one problem, not a crash resolving the steps that inherit it.
+    "null batch size": (cfg(vae(), training={"batch_size": None}), "training.batch_size", "valid integer"),
+    "null seed": (cfg(vae(), training={"seed": None}), "training.seed", "valid integer"),
     "no pipeline": ("training: {batch_size: 2}\n", "training.pipeline", "declare the steps under training.pipeline"),
 }
 

@@ -21,7 +21,7 @@ from typing import Callable
 
 from fluxflow.checkpoints.lock import RunLock, RunLockedError
 from fluxflow.storage.location import StorageError, local_path, remote_uri
-from fluxflow.storage.store_errors import describe_store_error
+from fluxflow.storage.store_errors import describe_store_error, raise_if_users_to_fix
 
 LOCK_NAME = ".lock"
 LEASE_S = 180.0  # a heartbeat older than this: the holder is gone (3 missed renewals)
@@ -97,9 +97,7 @@ class StoreLock:
                 self.fs.rm_file(self.key)
                 self._create()
         except (FileExistsError, OSError) as exc:
-            line = describe_store_error(self.uri, exc)
-            if line:
-                raise StorageError(line) from None
+            raise_if_users_to_fix(self.uri, exc)
             raise RunLockedError(f"{self.uri} was taken by another run while this one replaced its stale lock "
                                  f"({self.url})") from None
         self.say(f"Took over the lock {self.url}: {why}")

@@ -242,14 +242,8 @@ class WebDatasetHoldout(torch.utils.data.Dataset):
         pil_mode(channels)
         self.img_size, self.channels = img_size, channels
         self.skips = SkipCounter(f"unreadable held-out samples in {urls!r}")
-        self.samples: list[dict[str, bytes]] = []
-        for shard in expand_shards(urls) if holdout > 0 else []:
-            for _, files in iter_shard(shard):
-                if len(self.samples) == holdout:
-                    break
-                self.samples.append(files)
-            if len(self.samples) == holdout:
-                break
+        in_url_order = (files for shard in (expand_shards(urls) if holdout > 0 else []) for _, files in iter_shard(shard))
+        self.samples: list[dict[str, bytes]] = list(itertools.islice(in_url_order, max(holdout, 0)))
 
     @property
     def skipped(self) -> int:

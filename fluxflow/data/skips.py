@@ -41,14 +41,10 @@ class SkipCounter:
             log.warning("skipping %s: %s (further skips are counted, not logged)", self.what, reason)
 
     def mark(self, index: int, reason: str) -> None:
-        with self._count.get_lock():
-            if self._flags[index]:
-                return
-            self._flags[index] = 1
-            first = self._count.value == 0
-            self._count.value += 1
-        if first:
-            log.warning("skipping %s: %s (further skips are counted, not logged)", self.what, reason)
+        with self._count.get_lock():  # a recursive lock: `add` takes it again, flag and count change together
+            if not self._flags[index]:
+                self._flags[index] = 1
+                self.add(1, reason)
 
     def is_marked(self, index: int) -> bool:
         return bool(self._flags[index])

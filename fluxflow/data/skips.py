@@ -75,6 +75,16 @@ class SkipCounter:
             self._count.value += max(0, unindexed_saved - unindexed_now)
 
 
+class CountsSkips:
+    """A dataset whose `skips` counter is the dataset protocol's `skipped` count."""
+
+    skips: SkipCounter
+
+    @property
+    def skipped(self) -> int:
+        return self.skips.count
+
+
 def fill_unreadable(batches: Iterator[list[T | None]]) -> Iterator[T]:
     """The samples of `batches` with each unreadable one (None) replaced, so that every batch keeps its size: by the
     batch's previous readable sample (its first readable one when none comes before). A batch with nothing

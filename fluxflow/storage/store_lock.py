@@ -41,6 +41,7 @@ class StoreLock:
         self.fs, base = fsspec.core.url_to_fs(self.uri, use_listings_cache=False)
         self.key, self.url = f"{base}/{LOCK_NAME}", f"{self.uri}/{LOCK_NAME}"
         self.protocol = self.uri.split("://", 1)[0].lower()
+        self.atomic = self.protocol in ATOMIC_CREATE
         self.say = say
         self.token = uuid.uuid4().hex
         self._etag: str | None = None
@@ -50,13 +51,10 @@ class StoreLock:
         return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
                            "heartbeat": time.time()}).encode()
 
-    def _atomic(self) -> bool:
-        return self.protocol in ATOMIC_CREATE
-
     def acquire(self) -> None:
         if self._stop is not None:
             raise RuntimeError(f"StoreLock on {self.uri} is already held by this object")
-        if not self._atomic() and self.uri not in _WARNED:  # once per process (the CLI's early check, then the flow)
+        if not self.atomic and self.uri not in _WARNED:  # once per process (the CLI's early check, then the flow)
             _WARNED.add(self.uri)
             self.say(f"⚠️  {self.protocol}:// offers no atomic conditional create here: {self.url} is checked, then "
                      "written, so a second run started at the same moment might not be refused")
@@ -90,7 +88,7 @@ class StoreLock:
             raise RunLockedError(f"{self.uri} is in use by another run ({describe(holder)}, lock object {self.url}); "
                                  "wait for it to finish, stop it, or choose another output directory")
         try:
-            if self._atomic() and etag:
+            if self.atomic and etag:
                 out = self.fs.pipe_file(self.key, self._record(), IfMatch=etag)  # only if still the stale one
                 self._etag = _etag(out) or self._info_etag()
             else:
@@ -105,7 +103,7 @@ class StoreLock:
     def _beat(self, stop: threading.Event) -> None:
         while not stop.wait(HEARTBEAT_S):
             try:
-                extra = {"IfMatch": self._etag} if self._atomic() and self._etag else {}
+                extra = {"IfMatch": self._etag} if self.atomic and self._etag else {}
                 self._etag = _etag(self.fs.pipe_file(self.key, self._record(), **extra)) or self._info_etag()
             except Exception as exc:  # a blink of the store: the next beat tries again, well within the lease
                 self.say(f"⚠️  could not renew the lock {self.url}: {type(exc).__name__}: {exc}")

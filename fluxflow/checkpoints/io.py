@@ -125,14 +125,12 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None], *, durable:
 
 def _still_good(path: Path, verify: Callable[[Path, int], None] | None) -> bool:
     """Whether `path` exists and is worth keeping as the previous version (a torn one is simply replaced)."""
-    if not path.exists():
-        return False
     try:
         if verify is not None:
-            verify(path, path.stat().st_size)
+            verify(path, path.stat().st_size)  # a missing file raises here
     except Exception:
         return False
-    return True
+    return path.exists()
 
 
 # ------------------------------------------------------------------------------------------------ save and load

@@ -55,24 +55,16 @@ def _local_path(path: PathLike) -> Path | None:
     if isinstance(path, os.PathLike):
         return Path(path)
     text = str(path)
-    if text.startswith("file://"):
-        return Path(text[len("file://"):])
-    if "://" in text:
-        return None
-    return Path(text)
-
-
-def _fs(uri: str):
-    import fsspec  # only needed for remote URIs
-
-    return fsspec.core.url_to_fs(uri)  # (filesystem, path within it)
+    return None if "://" in text and not text.startswith("file://") else Path(text.removeprefix("file://"))
 
 
 def _open_read(path: PathLike) -> IO[bytes]:
     local = _local_path(path)
     if local is not None:
         return open(local, "rb")
-    fs, inner = _fs(str(path))
+    import fsspec  # only needed for remote URIs
+
+    fs, inner = fsspec.core.url_to_fs(str(path))
     return fs.open(inner, "rb")
 
 
@@ -133,14 +125,12 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None], *, durable:
 
 def _still_good(path: Path, verify: Callable[[Path, int], None] | None) -> bool:
     """Whether `path` exists and is worth keeping as the previous version (a torn one is simply replaced)."""
-    if not path.exists():
-        return False
     try:
         if verify is not None:
-            verify(path, path.stat().st_size)
+            verify(path, path.stat().st_size)  # a missing file raises here
     except Exception:
         return False
-    return True
+    return path.exists()
 
 
 # ------------------------------------------------------------------------------------------------ save and load
@@ -252,12 +242,9 @@ def _head(path: PathLike) -> bytes:
 
 
 def sha256_file(path: PathLike) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks (local path or fsspec URI)."""
-    digest = hashlib.sha256()
+    """Hex sha256 of a file's bytes, read in chunks (local path or fsspec URI)."""
     with _open_read(path) as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def finalize(latest: PathLike, final: PathLike) -> str:

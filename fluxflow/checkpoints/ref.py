@@ -18,15 +18,16 @@ def _check_keys(cls: type, data: dict[str, Any]) -> None:
         raise ValueError(f"{cls.__name__}.from_dict expects a dict, got {type(data).__name__}")
     names = {f.name for f in fields(cls)}
     required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
-    missing = sorted(n for n in required if n not in data)
-    unknown = sorted(set(data) - names)
-    if missing or unknown:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing)}")
-        if unknown:
-            parts.append(f"unknown {', '.join(unknown)}")
+    parts = [f"{label} {', '.join(keys)}" for label, keys in
+             (("missing", sorted(n for n in required if n not in data)), ("unknown", sorted(set(data) - names))) if keys]
+    if parts:
         raise ValueError(f"{cls.__name__}.from_dict: {'; '.join(parts)}")
+
+
+def _flat_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """`cls` from a dict of its fields, each an int or a str (the annotation says which)."""
+    _check_keys(cls, data)
+    return cls(**{f.name: (int if f.type == "int" else str)(data[f.name]) for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -45,15 +46,7 @@ class CheckpointRef:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CheckpointRef:
-        _check_keys(cls, data)
-        return cls(
-            uri=str(data["uri"]),
-            sha256=str(data["sha256"]),
-            step_name=str(data["step_name"]),
-            step_key=str(data["step_key"]),
-            global_step=int(data["global_step"]),
-            epoch=int(data["epoch"]),
-        )
+        return _flat_from_dict(cls, data)
 
 
 @dataclass
@@ -114,8 +107,7 @@ class StepNode:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StepNode:
-        _check_keys(cls, data)
-        return cls(node_id=str(data["node_id"]), hostname=str(data["hostname"]))
+        return _flat_from_dict(cls, data)
 
     def __str__(self) -> str:
         return f"Ray node {self.node_id[:12]} ({self.hostname})"

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from fluxflow.config.captions_file import folder_problem, holdout_problem, read_captions, resolve_captions_path
-from fluxflow.data.skips import SkipCounter
+from fluxflow.data.skips import CountsSkips, SkipCounter
 from fluxflow.data.transforms import load_image, pil_mode
 from fluxflow.errors import DataError
 
@@ -41,7 +41,7 @@ def holdout_names(names: list[str], holdout: int) -> set[str]:
     return set(by_hash[-holdout:])
 
 
-class FolderDataset(torch.utils.data.Dataset):
+class FolderDataset(CountsSkips, torch.utils.data.Dataset):
     def __init__(self, path: str | os.PathLike, captions_file: str | os.PathLike | None, img_size: int,
                  channels: int = 3, split: str = "train", holdout: int = 0,
                  heldout: Callable[[str], bool] | None = None):
@@ -69,7 +69,8 @@ class FolderDataset(torch.utils.data.Dataset):
         else:
             self.items = [(n, present[n]) for n in names if (n in held) == (split == "holdout") and n not in unseen]
 
-        # Public: its state travels in a step's checkpoint (fluxflow/train/step_report.py).
+        # Public: its state travels in a step's checkpoint (fluxflow/train/step_report.py). `skipped` counts
+        # malformed caption lines + listed files that are missing + files that failed to decode so far.
         self.skips = SkipCounter(f"unreadable entries of {self.root}", len(self.items))
         if malformed:
             self.skips.add(len(malformed), f"{len(malformed)} line(s) of {captions_path} without a tab, first: "
@@ -80,11 +81,6 @@ class FolderDataset(torch.utils.data.Dataset):
         if missing:
             self.skips.add(len(missing), f"{len(missing)} file(s) listed in {captions_path.name} not found, "
                                           f"first: {missing[0]!r}")
-
-    @property
-    def skipped(self) -> int:
-        """Malformed caption lines + listed files that are missing + files that failed to decode so far."""
-        return self.skips.count
 
     def __len__(self) -> int:
         return len(self.items)

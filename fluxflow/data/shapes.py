@@ -78,6 +78,10 @@ class Scene:
     def caption(self) -> str:
         return caption_for(self.color, self.shape, self.background, self.position)
 
+    @property
+    def attributes(self) -> dict[str, str]:
+        return {"color": self.color, "shape": self.shape, "background": self.background, "position": self.position}
+
 
 Pairs = tuple[tuple[str, str], ...]  # (colour, shape) pairs a stream draws from
 
@@ -97,18 +101,23 @@ def scene(seed: int, index: int, stream: int = STREAM_TRAIN, pairs: Pairs | None
         color, shape = rng.choice(pairs)
     background = rng.choice(tuple(BACKGROUNDS))
     row, col = rng.randrange(3), rng.randrange(3)
+    return _jittered(rng, color, shape, background, 3 * row + col)
+
+
+def _jittered(rng: random.Random, color: str, shape: str, background: str, cell: int) -> Scene:
+    """The scene in grid `cell` with size, centre and colours drawn from `rng` (in this order)."""
+    row, col = divmod(cell, 3)
     size = rng.uniform(*SIZE_RANGE)
     cx = GRID[col] + rng.uniform(-CENTER_JITTER, CENTER_JITTER)
     cy = GRID[row] + rng.uniform(-CENTER_JITTER, CENTER_JITTER)
-    fg = tuple(_clip(v + rng.randint(-COLOR_JITTER, COLOR_JITTER)) for v in COLORS[color])
-    bg = tuple(_clip(v + rng.randint(-COLOR_JITTER, COLOR_JITTER)) for v in BACKGROUNDS[background])
-    return Scene(color, shape, background, POSITIONS[3 * row + col], cx, cy, size, fg, bg)
+    fg, bg = (tuple(min(max(v + rng.randint(-COLOR_JITTER, COLOR_JITTER), 0), 255) for v in rgb)
+              for rgb in (COLORS[color], BACKGROUNDS[background]))
+    return Scene(color, shape, background, POSITIONS[cell], cx, cy, size, fg, bg)
 
 
 def shape_attributes(seed: int, index: int, stream: int = STREAM_TRAIN) -> dict[str, str]:
     """The caption's attributes of item `index`: {"color", "shape", "background", "position"}."""
-    s = scene(seed, index, stream)
-    return {"color": s.color, "shape": s.shape, "background": s.background, "position": s.position}
+    return scene(seed, index, stream).attributes
 
 
 def caption_for(color: str, shape: str, background: str, position: str) -> str:
@@ -227,8 +236,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         return s.caption
 
     def attributes(self, index: int) -> dict[str, str]:
-        s = self.scene(index)
-        return {"color": s.color, "shape": s.shape, "background": s.background, "position": s.position}
+        return self.scene(index).attributes
 
     def variant_images(self, index: int, k: int) -> torch.Tensor:
         """`k` real images `[k, C, H, W]` with item `index`'s caption (caption_variant): the data's own spread."""
@@ -245,19 +253,8 @@ def caption_variant(s: Scene, k: int) -> Scene:
     """Variant `k` of scene `s` with the same caption: fresh size, position jitter and colour jitter within the
     caption's cell and colours. The real images of one caption, to measure how much they may differ (evaluation's
     diversity figure)."""
-    rng = random.Random(f"variant:{s.caption}:{k}")
-    cell = POSITIONS.index(s.position)
-    row, col = divmod(cell, 3)
-    size = rng.uniform(*SIZE_RANGE)
-    cx = GRID[col] + rng.uniform(-CENTER_JITTER, CENTER_JITTER)
-    cy = GRID[row] + rng.uniform(-CENTER_JITTER, CENTER_JITTER)
-    fg = tuple(_clip(v + rng.randint(-COLOR_JITTER, COLOR_JITTER)) for v in COLORS[s.color])
-    bg = tuple(_clip(v + rng.randint(-COLOR_JITTER, COLOR_JITTER)) for v in BACKGROUNDS[s.background])
-    return Scene(s.color, s.shape, s.background, s.position, cx, cy, size, fg, bg)
-
-
-def _clip(v: int) -> int:
-    return 0 if v < 0 else 255 if v > 255 else v
+    return _jittered(random.Random(f"variant:{s.caption}:{k}"), s.color, s.shape, s.background,
+                     POSITIONS.index(s.position))
 
 
 __all__ = ["BACKGROUNDS", "COLORS", "GRID", "POSITIONS", "SHAPES", "Scene", "ShapesDataset", "caption_for",

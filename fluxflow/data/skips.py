@@ -41,14 +41,10 @@ class SkipCounter:
             log.warning("skipping %s: %s (further skips are counted, not logged)", self.what, reason)
 
     def mark(self, index: int, reason: str) -> None:
-        with self._count.get_lock():
-            if self._flags[index]:
-                return
-            self._flags[index] = 1
-            first = self._count.value == 0
-            self._count.value += 1
-        if first:
-            log.warning("skipping %s: %s (further skips are counted, not logged)", self.what, reason)
+        with self._count.get_lock():  # a recursive lock: `add` takes it again, flag and count change together
+            if not self._flags[index]:
+                self._flags[index] = 1
+                self.add(1, reason)
 
     def is_marked(self, index: int) -> bool:
         return bool(self._flags[index])
@@ -77,6 +73,16 @@ class SkipCounter:
             unindexed_now = self._count.value - sum(bytes(self._flags))
             unindexed_saved = int(state["count"]) - len(state["marked"])
             self._count.value += max(0, unindexed_saved - unindexed_now)
+
+
+class CountsSkips:
+    """A dataset whose `skips` counter is the dataset protocol's `skipped` count."""
+
+    skips: SkipCounter
+
+    @property
+    def skipped(self) -> int:
+        return self.skips.count
 
 
 def fill_unreadable(batches: Iterator[list[T | None]]) -> Iterator[T]:

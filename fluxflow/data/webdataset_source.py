@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from fluxflow.data.sampler import epoch_permutation
-from fluxflow.data.skips import SkipCounter, fill_unreadable
+from fluxflow.data.skips import CountsSkips, SkipCounter, fill_unreadable
 from fluxflow.data.stream_order import assign_shards, buffer_order
 from fluxflow.data.transforms import pil_mode
 from fluxflow.data.webdataset_sample import decode_sample, sample_key
@@ -114,7 +114,7 @@ class _ShardIndex:
         return sum(self.count(k) for k in range(len(self.shards)))
 
 
-class WebDatasetSource(torch.utils.data.IterableDataset):
+class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
     """Training split of a set of shards, as rank `rank` of `world` reads it: an IterableDataset whose pass is fixed
     by `set_position`. `len()` is `world` × the samples each rank yields per epoch."""
 
@@ -162,10 +162,6 @@ class WebDatasetSource(torch.utils.data.IterableDataset):
     def _shard_order(self) -> list[int]:
         """This rank's shards in the running epoch's order."""
         return [k for k in epoch_permutation(len(self.shards), self.seed, self.epoch).tolist() if k in self.my_shards]
-
-    @property
-    def skipped(self) -> int:
-        return self.skips.count
 
     def __len__(self) -> int:
         return self.length
@@ -235,25 +231,15 @@ class WebDatasetSource(torch.utils.data.IterableDataset):
                 next_out = next(outputs, None)
 
 
-class WebDatasetHoldout(torch.utils.data.Dataset):
+class WebDatasetHoldout(CountsSkips, torch.utils.data.Dataset):
     """The first `holdout` samples in url order, read once and kept as bytes; decoded on access."""
 
     def __init__(self, urls: str | list[str], img_size: int, channels: int = 3, holdout: int = 0):
         pil_mode(channels)
         self.img_size, self.channels = img_size, channels
         self.skips = SkipCounter(f"unreadable held-out samples in {urls!r}")
-        self.samples: list[dict[str, bytes]] = []
-        for shard in expand_shards(urls) if holdout > 0 else []:
-            for _, files in iter_shard(shard):
-                if len(self.samples) == holdout:
-                    break
-                self.samples.append(files)
-            if len(self.samples) == holdout:
-                break
-
-    @property
-    def skipped(self) -> int:
-        return self.skips.count
+        in_url_order = (files for shard in (expand_shards(urls) if holdout > 0 else []) for _, files in iter_shard(shard))
+        self.samples: list[dict[str, bytes]] = list(itertools.islice(in_url_order, max(holdout, 0)))
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -22,12 +22,9 @@ def generate(models: dict[str, nn.Module], captions: list[str], latent_norm: dic
              batch_size: int = 64) -> torch.Tensor:
     """One image per caption `[N, C, H, W]` in [-1, 1], in batches; batch k uses seed `seed + k`, so the images do
     not depend on anything but the captions, the weights and the seed."""
-    images = []
-    for k, start in enumerate(range(0, len(captions), batch_size)):
-        images.append(text_to_image(models, captions[start:start + batch_size], latent_norm,
-                                    latent_size=latent_size, steps=steps, guidance=guidance, seed=seed + k,
-                                    spade=spade).cpu())
-    return torch.cat(images)
+    return torch.cat([text_to_image(models, captions[start:start + batch_size], latent_norm, latent_size=latent_size,
+                                    steps=steps, guidance=guidance, seed=seed + k, spade=spade).cpu()
+                      for k, start in enumerate(range(0, len(captions), batch_size))])
 
 
 def adherence_of(images: torch.Tensor, captions: list[str]) -> dict[str, float]:

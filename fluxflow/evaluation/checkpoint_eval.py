@@ -46,14 +46,12 @@ def evaluate_checkpoint(checkpoint: str | Path, config, dataset: str, *, seeds: 
     images = images.to(target)
     unseen = unseen_items(ds_cfg, size, channels, n_images, target)
     real = real_sets(holdout_set, captions, images)
-    net = None
-    if images.shape[0] >= 2:
-        cache = Path(cache_dir) if cache_dir else eval_cache_dir(output_root(config))
-        net = feature_net_for(build_dataset(ds_cfg, size, channels, "train"), ds_cfg, size, channels, cache)
+    cache = Path(cache_dir) if cache_dir else eval_cache_dir(output_root(config))
+    net = (feature_net_for(build_dataset(ds_cfg, size, channels, "train"), ds_cfg, size, channels, cache)
+           if images.shape[0] >= 2 else None)
     totals: dict[str, float] = {}
     for seed in seeds:
-        sample = dict(latent_size=size // cfg.downscale, steps=sampler_steps, seed=seed,
-                      spade=model.spade)
+        sample = dict(latent_size=size // cfg.downscale, steps=sampler_steps, seed=seed, spade=model.spade)
         with torch.random.fork_rng(devices=[target] if target.type == "cuda" else []), torch.no_grad():
             found = flow_metrics(model.models, images, captions, model.latent_norm, sample, net,
                                  shapes=ds_cfg.type == "shapes", unseen=unseen, real=real,

@@ -76,9 +76,8 @@ def _flow_metrics(step, models, images, captions, train_set, config, latent_norm
     ds_cfg = config.dataset_for(step)
     sample = dict(latent_size=step.img_size // config.model.downscale, steps=EVAL_SAMPLER_STEPS,
                   seed=EVAL_SEED, spade=spade)
-    net = None
-    if images.shape[0] >= 2:
-        net = feature_net_for(train_set, ds_cfg, step.img_size, config.data.channels, cache_dir)
+    net = (feature_net_for(train_set, ds_cfg, step.img_size, config.data.channels, cache_dir)
+           if images.shape[0] >= 2 else None)
     norm = {k: v.to(device) for k, v in latent_norm.items()}
     holdout_set = build_dataset(ds_cfg, step.img_size, config.data.channels, "holdout")
     return flow_metrics(models, images, captions, norm, sample, net, shapes=ds_cfg.type == "shapes",

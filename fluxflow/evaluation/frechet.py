@@ -99,21 +99,18 @@ def word_targets(captions: list[str], vocab: list[str]) -> torch.Tensor:
 
 def first_items(dataset, n: int) -> tuple[torch.Tensor, list[str]]:
     """The first `n` (image, caption) items of a map-style or iterable dataset, as a stacked batch."""
-    images, captions = [], []
+    items = []
     if isinstance(dataset, torch.utils.data.IterableDataset):
-        for image, caption in dataset:
-            if len(images) >= n:
+        for item in dataset:
+            if len(items) >= n:
                 break
-            images.append(image)
-            captions.append(caption)
+            items.append(item)
     else:
-        for i in range(min(n, len(dataset))):
-            image, caption = dataset[i]
-            images.append(image)
-            captions.append(caption)
-    if not images:
+        items = [dataset[i] for i in range(min(n, len(dataset)))]
+    if not items:
         raise ValueError("the dataset is empty: no images to take")
-    return torch.stack(images), captions
+    images, captions = zip(*items)
+    return torch.stack(images), list(captions)
 
 
 def train_feature_net(images: torch.Tensor, captions: list[str], *, epochs: int = EPOCHS,

@@ -32,11 +32,10 @@ def write_samples(out_dir: Path, *, step, step_number: int, epoch: int, batch: i
     """Writes this step's samples; returns the files. `batch` None means end of epoch. `spade`: the expander decodes
     with SPADE (fluxflow.config.modes.expander_spade)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = lambda suffix: out_dir / sample_name(step.name, step_number, epoch, batch, tag, suffix)  # noqa: E731
     written: list[Path] = []
 
     def save(images: torch.Tensor, suffix: str) -> None:
-        path = name(suffix)
+        path = out_dir / sample_name(step.name, step_number, epoch, batch, tag, suffix)
         save_image_grid(images.float().cpu(), path, nrow=min(8, images.shape[0]))
         written.append(path)
 

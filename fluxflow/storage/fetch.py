@@ -13,9 +13,9 @@ import tempfile
 from contextlib import suppress
 from pathlib import Path
 
-from fluxflow.storage.location import StorageError, cache_home
+from fluxflow.storage.location import cache_home
 from fluxflow.storage.mirror import SIDECAR, sha256_of
-from fluxflow.storage.store_errors import describe_store_error
+from fluxflow.storage.store_errors import raise_if_users_to_fix
 
 
 class TornObjectError(ValueError):
@@ -54,9 +54,7 @@ def fetch_verified(uri: str, expected_sha256: str | None = None) -> Path:
     except (FileNotFoundError, TornObjectError):
         raise
     except Exception as exc:
-        line = describe_store_error(uri, exc)
-        if line:
-            raise StorageError(line) from None
+        raise_if_users_to_fix(uri, exc)
         raise
     return folder / name
 

@@ -23,19 +23,14 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Callable
 
-from fluxflow.storage.location import StorageError
-from fluxflow.storage.store_errors import describe_store_error
+from fluxflow.storage.store_errors import raise_if_users_to_fix
 
 SIDECAR = ".sha256"
-_CHUNK = 1 << 20
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    with open(path, "rb") as f:  # read in chunks: a checkpoint is never held in memory whole
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class OutputMirror:
@@ -62,15 +57,10 @@ class OutputMirror:
         """`fn(*args)`; a failure the user must fix becomes a StorageError of one line."""
         try:
             return fn(*args, **kwargs)
-        except FileNotFoundError as exc:
-            line = describe_store_error(self.uri, exc)
-            if line:
-                raise StorageError(line) from None
-            raise
         except Exception as exc:
-            line = describe_store_error(self.uri, exc)
-            if line:
-                raise StorageError(line) from None
+            raise_if_users_to_fix(self.uri, exc)
+            if isinstance(exc, FileNotFoundError):
+                raise
             raise OSError(f"{what} {self.uri}: {type(exc).__name__}: {exc}") from exc
 
     def recorded_sha256(self, rel: str) -> str | None:

@@ -1,6 +1,8 @@
 """An object store's failures as one line that says what to do, not botocore's traceback."""
 from __future__ import annotations
 
+from fluxflow.storage.location import StorageError
+
 
 def describe_store_error(uri: str, exc: BaseException) -> str | None:
     """One line for the failures a user must fix (no bucket, no credentials, access denied); None for the others
@@ -17,3 +19,10 @@ def describe_store_error(uri: str, exc: BaseException) -> str | None:
     if isinstance(exc, PermissionError):
         return f"{uri}: access denied by the object store ({text}); check the credentials and the bucket's policy"
     return None
+
+
+def raise_if_users_to_fix(uri: str, exc: BaseException) -> None:
+    """StorageError with `describe_store_error`'s line (context dropped: the line says it all), when it has one."""
+    line = describe_store_error(uri, exc)
+    if line:
+        raise StorageError(line) from None

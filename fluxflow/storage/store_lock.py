@@ -21,7 +21,7 @@ from typing import Callable
 
 from fluxflow.checkpoints.lock import RunLock, RunLockedError
 from fluxflow.storage.location import StorageError, local_path, remote_uri
-from fluxflow.storage.store_errors import describe_store_error
+from fluxflow.storage.store_errors import describe_store_error, raise_if_users_to_fix
 
 LOCK_NAME = ".lock"
 LEASE_S = 180.0  # a heartbeat older than this: the holder is gone (3 missed renewals)
@@ -41,6 +41,7 @@ class StoreLock:
         self.fs, base = fsspec.core.url_to_fs(self.uri, use_listings_cache=False)
         self.key, self.url = f"{base}/{LOCK_NAME}", f"{self.uri}/{LOCK_NAME}"
         self.protocol = self.uri.split("://", 1)[0].lower()
+        self.atomic = self.protocol in ATOMIC_CREATE
         self.say = say
         self.token = uuid.uuid4().hex
         self._etag: str | None = None
@@ -50,13 +51,10 @@ class StoreLock:
         return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
                            "heartbeat": time.time()}).encode()
 
-    def _atomic(self) -> bool:
-        return self.protocol in ATOMIC_CREATE
-
     def acquire(self) -> None:
         if self._stop is not None:
             raise RuntimeError(f"StoreLock on {self.uri} is already held by this object")
-        if not self._atomic() and self.uri not in _WARNED:  # once per process (the CLI's early check, then the flow)
+        if not self.atomic and self.uri not in _WARNED:  # once per process (the CLI's early check, then the flow)
             _WARNED.add(self.uri)
             self.say(f"⚠️  {self.protocol}:// offers no atomic conditional create here: {self.url} is checked, then "
                      "written, so a second run started at the same moment might not be refused")
@@ -90,16 +88,14 @@ class StoreLock:
             raise RunLockedError(f"{self.uri} is in use by another run ({describe(holder)}, lock object {self.url}); "
                                  "wait for it to finish, stop it, or choose another output directory")
         try:
-            if self._atomic() and etag:
+            if self.atomic and etag:
                 out = self.fs.pipe_file(self.key, self._record(), IfMatch=etag)  # only if still the stale one
                 self._etag = _etag(out) or self._info_etag()
             else:
                 self.fs.rm_file(self.key)
                 self._create()
         except (FileExistsError, OSError) as exc:
-            line = describe_store_error(self.uri, exc)
-            if line:
-                raise StorageError(line) from None
+            raise_if_users_to_fix(self.uri, exc)
             raise RunLockedError(f"{self.uri} was taken by another run while this one replaced its stale lock "
                                  f"({self.url})") from None
         self.say(f"Took over the lock {self.url}: {why}")
@@ -107,7 +103,7 @@ class StoreLock:
     def _beat(self, stop: threading.Event) -> None:
         while not stop.wait(HEARTBEAT_S):
             try:
-                extra = {"IfMatch": self._etag} if self._atomic() and self._etag else {}
+                extra = {"IfMatch": self._etag} if self.atomic and self._etag else {}
                 self._etag = _etag(self.fs.pipe_file(self.key, self._record(), **extra)) or self._info_etag()
             except Exception as exc:  # a blink of the store: the next beat tries again, well within the lease
                 self.say(f"⚠️  could not renew the lock {self.url}: {type(exc).__name__}: {exc}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from fluxflow.runtime import distributed
 from fluxflow.checkpoints.ref import CheckpointRef
@@ -39,10 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", required=True, help="JSON file with the parent CheckpointRef (or null)")
     parser.add_argument("--result", required=True, help="where rank 0 writes the StepOutcome JSON")
     args = parser.parse_args(argv)
-    with open(args.config) as f:
-        config = json.load(f)  # resolved by the caller (fluxflow/runtime/launch.py)
-    with open(args.parent) as f:
-        parent = json.load(f)
+    # The config was resolved by the caller (fluxflow/runtime/launch.py).
+    config, parent = (json.loads(Path(path).read_text()) for path in (args.config, args.parent))
     outcome = run_rank(config, args.step, parent)
     if outcome is not None:
         with open(args.result, "w") as f:

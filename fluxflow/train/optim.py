@@ -47,10 +47,8 @@ def trainable_params(models: dict[str, nn.Module], group: str) -> list[nn.Parame
 def build_optimizers(step: Any, models: dict[str, nn.Module], trained: set[str]):
     """Returns (optimizers, scheduler configs) keyed by group, for the groups that have trainable components."""
     optimization = step.optimization
-    configured = (optimization.get("optimizers") if isinstance(optimization, dict)
-                  else getattr(optimization, "optimizers", None)) or {}
-    sched_cfg = (optimization.get("schedulers") if isinstance(optimization, dict)
-                 else getattr(optimization, "schedulers", None)) or {}
+    configured, sched_cfg = ((optimization.get(part) if isinstance(optimization, dict)
+                              else getattr(optimization, part, None)) or {} for part in ("optimizers", "schedulers"))
     optimizers: dict[str, torch.optim.Optimizer] = {}
     for group, comps in GROUP_COMPONENTS.items():
         if not trained.intersection(comps):

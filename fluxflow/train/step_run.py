@@ -45,7 +45,7 @@ from fluxflow.output_layout import metrics_file
 from fluxflow.progress_bar import batch_progress
 from fluxflow.train.tracking import NullTracker, ConsoleJsonlTracker, trim_jsonl
 from fluxflow.train.batch_step import Window
-from fluxflow.train.trainer import Trainer, build_trainer
+from fluxflow.train.trainer import build_trainer
 from fluxflow.train.transition import TransitionMonitor
 
 log = logging.getLogger("fluxflow.train.step_run")
@@ -109,36 +109,6 @@ def input_state(config, files: StepFiles, parent: CheckpointRef | None) -> tuple
     return None, False
 
 
-def step_trainer(config, step, state: dict | None, data, device: torch.device, *, resuming: bool, epochs: range,
-                 updates_per_epoch: int, say) -> Trainer:
-    """The step's Trainer ready for its first batch, in one call: models, EMAs, optimizers and schedulers from
-    `state`; the step's caches attached (after the models: the latent cache is encoded by the trainer's encoder);
-    the latent normalisation set (measured through that cache where there is one). `epochs`: the pipeline epochs the
-    step may train, whose rows the latent cache holds."""
-    trainer = build_trainer(config, step, state, device, max_epochs=len(epochs), updates_per_epoch=updates_per_epoch,
-                            resuming=resuming)
-    attach_caches(config, step, data, trainer, epochs, say)
-    trainer.set_latent_norm(latent_norm_for(step, state, data, trainer, device, resuming))
-    return trainer
-
-
-def latent_norm_for(step, state: dict | None, data, trainer: Trainer, device: torch.device,
-                    resuming: bool) -> dict[str, torch.Tensor] | None:
-    """The input checkpoint's latent normalisation; a flow step without one measures it with the encoder it trains
-    on (from the latent cache, which holds that encoder's posterior means, where the step has one). A step that
-    trains the compressor drops the one it inherits: it was measured on a compressor this step changes, so the next
-    flow step measures again (flow -> VAE -> flow)."""
-    latent_norm = (state or {}).get("latent_norm")
-    if not resuming and "compressor" in trainer.ctx.trained:
-        latent_norm = None
-    if has_flow_mode(step) and latent_norm is None:
-        inputs = leading_inputs(data, step.batch_size, step.seed, LATENT_NORM_IMAGES, device)
-        latent_norm = latent_norm_of_means(trainer.posterior_means(batch) for batch in inputs)
-        if distributed.world_size() > 1:  # ranks reading their own webdataset shards measured different images
-            latent_norm = distributed.broadcast_object({k: v.cpu() for k, v in latent_norm.items()})  # rank 0's
-    return latent_norm
-
-
 @dataclass
 class Position:
     """Where a step is. `epoch` counts the step's completed epochs (the running epoch's 0-based index), `batch` the
@@ -169,9 +139,14 @@ class StepRun:
         self.monitor = TransitionMonitor(self.step.transition_on, self.step.n_epochs, device)
         # The pipeline epoch this step began at: its own latest.pt records it, a parent's checkpoint ends at it.
         start_epoch = meta.step_start_epoch if self.resuming else int((state or {}).get("epoch", 0))
-        self.trainer = step_trainer(config, self.step, state, self.data, device, resuming=self.resuming,
-                                    epochs=range(start_epoch, start_epoch + self.monitor.max_epochs),
-                                    updates_per_epoch=self.updates_per_epoch(), say=self.say)
+        # The Trainer ready for its first batch: models, EMAs, optimizers and schedulers from `state`; then the
+        # step's caches (after the models: the latent cache is encoded by the trainer's encoder; it holds the rows of
+        # the pipeline epochs the step may train); then the latent normalisation (measured through that cache).
+        epochs = range(start_epoch, start_epoch + self.monitor.max_epochs)
+        self.trainer = build_trainer(config, self.step, state, device, max_epochs=len(epochs),
+                                     updates_per_epoch=self.updates_per_epoch(), resuming=self.resuming)
+        attach_caches(config, self.step, self.data, self.trainer, epochs, self.say)
+        self.trainer.set_latent_norm(self._latent_norm(state))
         global_step = int((state or {}).get("global_step", 0))
         self.position = Position(start_epoch=start_epoch, global_step=global_step)
         # A step killed after its last epoch was saved (before final.pt) has nothing left to train.
@@ -186,6 +161,22 @@ class StepRun:
         if self.resuming:  # the counts it reports continue: skipped samples, skipped updates, the log interval
             self.report.load_state_dict(meta.report)
         self.say(f"Starting step: {self.step.name}, epoch {self.position.epoch + 1}, batch {self.position.batch}")
+
+    def _latent_norm(self, state: dict | None) -> dict[str, torch.Tensor] | None:
+        """The input checkpoint's latent normalisation; a flow step without one measures it with the encoder it trains
+        on (from the latent cache, which holds that encoder's posterior means, where the step has one). A step that
+        trains the compressor drops the one it inherits: it was measured on a compressor this step changes, so the
+        next flow step measures again (flow -> VAE -> flow)."""
+        step, trainer = self.step, self.trainer
+        latent_norm = (state or {}).get("latent_norm")
+        if not self.resuming and "compressor" in trainer.ctx.trained:
+            latent_norm = None
+        if has_flow_mode(step) and latent_norm is None:
+            inputs = leading_inputs(self.data, step.batch_size, step.seed, LATENT_NORM_IMAGES, self.device)
+            latent_norm = latent_norm_of_means(trainer.posterior_means(batch) for batch in inputs)
+            if self.world > 1:  # ranks reading their own webdataset shards measured different images
+                latent_norm = distributed.broadcast_object({k: v.cpu() for k, v in latent_norm.items()})  # rank 0's
+        return latent_norm
 
     def say(self, line: str) -> None:
         if self.main:  # rank 0 speaks for all ranks

@@ -105,10 +105,7 @@ def console_line(metrics: dict[str, float], progress: Progress, now: datetime | 
 
 def jsonl_record(metrics: dict[str, float], progress: Progress, session_id: str, now: datetime | None = None) -> dict:
     """One line of the original tool's training_metrics_<step>.jsonl. Non-finite values are written as null (strict JSON)."""
-    values = {}
-    for key, value in metrics.items():
-        value = float(value)
-        values[key] = value if math.isfinite(value) else None
+    values = {key: v if math.isfinite(v := float(value)) else None for key, value in metrics.items()}
     return {
         "timestamp": (now or datetime.now()).isoformat(),
         "session_id": session_id,
@@ -186,35 +183,23 @@ class ConsoleJsonlTracker:
             self._print(f"⚠️  {message}")
 
 
+def _to_each(name: str):
+    """The Tracker method `name` of a MultiTracker: the same call on each of its trackers, in turn."""
+    def call(self, *args, **kwargs) -> None:
+        for t in self.trackers:
+            getattr(t, name)(*args, **kwargs)
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
 class MultiTracker:
     """Sends every call to each tracker in turn (e.g. console + JSONL and MLflow)."""
 
     def __init__(self, trackers: Iterable[Tracker]):
         self.trackers = list(trackers)
 
-    def step_started(self, step: Any, step_key: str, n_steps: int, resumed: bool) -> None:
-        for t in self.trackers:
-            t.step_started(step, step_key, n_steps, resumed)
-
-    def log_metrics(self, metrics: dict[str, float], progress: Progress) -> None:
-        for t in self.trackers:
-            t.log_metrics(metrics, progress)
-
-    def log_image(self, path: Path) -> None:
-        for t in self.trackers:
-            t.log_image(path)
-
-    def log_artifact(self, path: Path) -> None:
-        for t in self.trackers:
-            t.log_artifact(path)
-
-    def step_finished(self, ref: CheckpointRef, result: StepResult) -> None:
-        for t in self.trackers:
-            t.step_finished(ref, result)
-
-    def warn(self, key: str, message: str) -> None:
-        for t in self.trackers:
-            t.warn(key, message)
+    step_started, log_metrics, log_image, log_artifact, step_finished, warn = map(
+        _to_each, ("step_started", "log_metrics", "log_image", "log_artifact", "step_finished", "warn"))
 
 
 class NullTracker(MultiTracker):

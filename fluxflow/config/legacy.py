@@ -281,7 +281,7 @@ def map_step(step: dict, path: str, notes: LegacyNotes) -> None:
         names = step.get(field)
         if isinstance(names, list):
             for i, name in enumerate(names):
-                if name in COMPONENT_ALIASES:
+                if isinstance(name, str) and name in COMPONENT_ALIASES:  # a non-text entry: the schema reports it
                     names[i] = COMPONENT_ALIASES[name]
                     notes.warnings.append(f"{path}.{field}[{i}]: '{name}' is called '{names[i]}' here")
     optimizers = as_dict(step, "optimization", "optimizers") or {}

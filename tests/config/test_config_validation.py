@@ -178,6 +178,7 @@ CASES = {
     # An explicit null where the default is a value: one problem, not a crash resolving the steps that inherit it.
     "null batch size": (cfg(vae(), training={"batch_size": None}), "training.batch_size", "valid integer"),
     "null seed": (cfg(vae(), training={"seed": None}), "training.seed", "valid integer"),
+    "mapping in a freeze list": (cfg(vae(freeze=[{"a": 1}])), f"{S}[0].freeze[0]", "valid string"),
     "no pipeline": ("training: {batch_size: 2}\n", "training.pipeline", "declare the steps under training.pipeline"),
 }
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from flows.mlflow_names import FINAL_PREFIX, PARENT_RUN_ID, TAG_KIND, TAG_PARENT_STEP, TAG_STEP_NAME, tags_filter
+from flows.mlflow_names import FINAL_PREFIX, PARENT_RUN_ID, TAG_KIND, TAG_PARENT_STEP, TAG_STEP_NAME
+from flows.mlflow_runs import find_runs
 from flows.hypotheses import HypothesisSummary, summarize
 
 
@@ -45,9 +46,7 @@ class Comparison:
 def leaf_step_runs(client: MlflowClient, experiment_id: str) -> list:
     """The newest run of each leaf step of each pipeline (parent run) in the experiment: oldest pipeline first, then
     in the pipeline's file order."""
-    runs = client.search_runs(
-        [experiment_id], filter_string=tags_filter({TAG_KIND: "step"}), order_by=["attributes.start_time DESC"]
-    )
+    runs = find_runs(client, experiment_id, {TAG_KIND: "step"})
     newest: dict[tuple[str, str], object] = {}
     for run in runs:
         key = (run.data.tags.get(PARENT_RUN_ID, ""), run.data.tags.get(TAG_STEP_NAME, run.info.run_name))

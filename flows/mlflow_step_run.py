@@ -158,11 +158,10 @@ class StepRunRecorder:
         self.step, self.step_key = step, ref.step_key
         self._find_pipeline()
         found = self._runs_of_step()
-        if found and found[0].info.status == "FINISHED":
-            self.run_id = found[0].info.run_id
-            return
         if found:
             self.run_id = found[0].info.run_id
+            if found[0].info.status == "FINISHED":
+                return
         else:
             self._create()
         self.sync_from_files()

@@ -95,10 +95,9 @@ def compare_runs(client: MlflowClient, runs: list) -> Comparison:
     # Config differences between hypotheses, from one replicate of each (replicates differ only in their seed).
     fill_comparison(comparison, [run.data.params for run in firsts], [final_metrics(run) for run in firsts],
                     IDENTITY_PARAMS)
-    summary = summarize({label: [run.data.tags.get(TAG_STEP_NAME, run.info.run_name) for run in group]
-                         for label, group in groups.items()},
-                        {label: [final_metrics(run) for run in group] for label, group in groups.items()})
-    comparison.summary = summary
+    comparison.summary = summary = summarize(
+        {label: [run.data.tags.get(TAG_STEP_NAME, run.info.run_name) for run in group] for label, group in groups.items()},
+        {label: [final_metrics(run) for run in group] for label, group in groups.items()})
     comparison.metrics = {metric: [by_label[label].mean if label in by_label else None for label in groups]
                           for metric, by_label in summary.spreads.items()}
     return comparison
@@ -127,11 +126,9 @@ def table_rows(comparison: Comparison) -> list[list[str]]:
     replicates mean ± standard deviation [95 % interval]."""
     rows = [["", *comparison.labels]]
     rows += [[f"config: {key}", *values] for key, values in comparison.config.items()]
-    summary = comparison.summary
-    if summary is None:
-        rows += [[f"metric: {key}", *map(_cell, values)] for key, values in comparison.metrics.items()]
-        return rows
-    return rows + summary.metric_rows()
+    if comparison.summary is not None:
+        return rows + comparison.summary.metric_rows()
+    return rows + [[f"metric: {key}", *map(_cell, values)] for key, values in comparison.metrics.items()]
 
 
 def write_csv(rows: list[list[str]], path: Path) -> None:

@@ -14,12 +14,8 @@ from uuid import UUID
 
 from flows import env  # noqa: F401  (must precede prefect)
 
-from prefect.artifacts import (
-    create_link_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import (create_link_artifact, create_progress_artifact, create_table_artifact,
+                                update_progress_artifact)
 
 from fluxflow.checkpoints.ref import StepOutcome
 
@@ -56,15 +52,10 @@ def publish_step(pipeline: str, outcome: StepOutcome) -> None:
             key=artifact_key(pipeline, step, "mlflow"),
             description=f"Parameters, metrics and samples of step `{step}` in MLflow.",
         )
-    rows = [{"field": name, "value": _fmt(value)} for name, value in sorted(result.final_metrics.items())]
-    rows += [
-        {"field": "outcome", "value": result.outcome},
-        {"field": "epochs_done", "value": str(result.epochs_done)},
-        {"field": "trained", "value": str(result.trained)},
-        {"field": "global_step", "value": str(ref.global_step)},
-        {"field": "checkpoint", "value": ref.uri},
-        {"field": "sha256", "value": ref.sha256},
-    ]
+    fields = [*((name, _fmt(value)) for name, value in sorted(result.final_metrics.items())),
+              ("outcome", result.outcome), ("epochs_done", result.epochs_done), ("trained", result.trained),
+              ("global_step", ref.global_step), ("checkpoint", ref.uri), ("sha256", ref.sha256)]
+    rows = [{"field": name, "value": str(value)} for name, value in fields]
     create_table_artifact(
         rows, key=artifact_key(pipeline, step, "result"), description=f"Final metrics and checkpoint of step `{step}`."
     )
@@ -72,23 +63,15 @@ def publish_step(pipeline: str, outcome: StepOutcome) -> None:
 
 def summary_rows(outcomes: list[StepOutcome], skipped: dict[str, str]) -> list[dict[str, str]]:
     """One row per step: the flow's outcomes, then the steps that did not run."""
+    columns = ("step", "outcome", "epochs", "final metrics", "checkpoint", "mlflow run")
     rows = []
     for outcome in outcomes:
         ref, result = outcome
         metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(result.final_metrics.items()))
-        rows.append(
-            {
-                "step": result.step_name,
-                "outcome": result.outcome + ("" if result.trained else " (already complete)"),
-                "epochs": str(result.epochs_done),
-                "final metrics": metrics,
-                "checkpoint": ref.uri,
-                "mlflow run": outcome.run_url or "",
-            }
-        )
-    for step, why in skipped.items():
-        rows.append({"step": step, "outcome": why, "epochs": "", "final metrics": "", "checkpoint": "", "mlflow run": ""})
-    return rows
+        outcome_text = result.outcome + ("" if result.trained else " (already complete)")
+        rows.append(dict(zip(columns, (result.step_name, outcome_text, str(result.epochs_done), metrics, ref.uri,
+                                       outcome.run_url or ""))))
+    return rows + [dict(zip(columns, (step, why, "", "", "", ""))) for step, why in skipped.items()]
 
 
 def publish_summary(pipeline: str, rows: list[dict[str, str]]) -> None:

@@ -75,14 +75,13 @@ def run(args) -> int:
         print(f"fluxflow-compare: {found}", file=sys.stderr)
         return EXIT_FIX_INPUT
     comparison, rows, title = found
-    print(plain_table(rows))
     summary = comparison.summary
-    if summary is not None and summary.differences:
-        print()
-        print(plain_table(summary.difference_rows()))
+    differences = summary.difference_rows() if summary is not None and summary.differences else None
+    print(plain_table(rows))
+    if differences:
+        print(f"\n{plain_table(differences)}")
     if summary is not None:
-        print()
-        print(summary.note())
+        print(f"\n{summary.note()}")
     if note:
         print(f"\nNote: {note}")
     out = Path(args.output)
@@ -91,9 +90,9 @@ def run(args) -> int:
     written = [out / f"{stem}.csv", out / f"{stem}.png"]
     write_csv(rows, written[0])
     write_chart(comparison, written[1], title)
-    if summary is not None and summary.differences:
+    if differences:
         written.append(out / f"{stem}_differences.csv")
-        write_csv(summary.difference_rows(), written[-1])
+        write_csv(differences, written[-1])
     if summary is not None:
         written.append(out / f"{stem}.json")
         written[-1].write_text(json.dumps(summary.to_dict(), indent=1) + "\n")

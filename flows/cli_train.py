@@ -24,7 +24,6 @@ from flows.exit_codes import EXIT_FIX_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TER
 from flows.prefect_server import start_temporary_server
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fluxflow-train",

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from flows.mlflow_names import FINAL_PREFIX, PARENT_RUN_ID, TAG_KIND, TAG_PARENT_STEP, TAG_STEP_NAME, tags_filter
+from flows.mlflow_names import FINAL_PREFIX, PARENT_RUN_ID, TAG_KIND, TAG_PARENT_STEP, TAG_STEP_NAME
+from flows.mlflow_runs import find_runs
 from flows.hypotheses import HypothesisSummary, summarize
 
 
@@ -45,9 +46,7 @@ class Comparison:
 def leaf_step_runs(client: MlflowClient, experiment_id: str) -> list:
     """The newest run of each leaf step of each pipeline (parent run) in the experiment: oldest pipeline first, then
     in the pipeline's file order."""
-    runs = client.search_runs(
-        [experiment_id], filter_string=tags_filter({TAG_KIND: "step"}), order_by=["attributes.start_time DESC"]
-    )
+    runs = find_runs(client, experiment_id, {TAG_KIND: "step"})
     newest: dict[tuple[str, str], object] = {}
     for run in runs:
         key = (run.data.tags.get(PARENT_RUN_ID, ""), run.data.tags.get(TAG_STEP_NAME, run.info.run_name))
@@ -96,10 +95,9 @@ def compare_runs(client: MlflowClient, runs: list) -> Comparison:
     # Config differences between hypotheses, from one replicate of each (replicates differ only in their seed).
     fill_comparison(comparison, [run.data.params for run in firsts], [final_metrics(run) for run in firsts],
                     IDENTITY_PARAMS)
-    summary = summarize({label: [run.data.tags.get(TAG_STEP_NAME, run.info.run_name) for run in group]
-                         for label, group in groups.items()},
-                        {label: [final_metrics(run) for run in group] for label, group in groups.items()})
-    comparison.summary = summary
+    comparison.summary = summary = summarize(
+        {label: [run.data.tags.get(TAG_STEP_NAME, run.info.run_name) for run in group] for label, group in groups.items()},
+        {label: [final_metrics(run) for run in group] for label, group in groups.items()})
     comparison.metrics = {metric: [by_label[label].mean if label in by_label else None for label in groups]
                           for metric, by_label in summary.spreads.items()}
     return comparison
@@ -128,11 +126,9 @@ def table_rows(comparison: Comparison) -> list[list[str]]:
     replicates mean ± standard deviation [95 % interval]."""
     rows = [["", *comparison.labels]]
     rows += [[f"config: {key}", *values] for key, values in comparison.config.items()]
-    summary = comparison.summary
-    if summary is None:
-        rows += [[f"metric: {key}", *map(_cell, values)] for key, values in comparison.metrics.items()]
-        return rows
-    return rows + summary.metric_rows()
+    if comparison.summary is not None:
+        return rows + comparison.summary.metric_rows()
+    return rows + [[f"metric: {key}", *map(_cell, values)] for key, values in comparison.metrics.items()]
 
 
 def write_csv(rows: list[list[str]], path: Path) -> None:

@@ -68,18 +68,6 @@ def info_rows(versions: list) -> list[list[str]]:
     return rows
 
 
-def compare_versions(client: MlflowClient, name: str, alias: str = DEFAULT_ALIAS) -> tuple[Comparison, list[list[str]]]:
-    """(the comparison of every version of `name`, the rows about their origin and promotion)."""
-    versions = versions_of(client, name)
-    champion = version_by_alias(client, name, alias)  # search results carry no aliases
-    holder = str(champion.version) if champion is not None else ""
-    labels = [f"v{v.version}" + (f" ({alias})" if str(v.version) == holder else "") for v in versions]
-    comparison = Comparison(labels=labels, run_ids=[v.run_id for v in versions])
-    fill_comparison(comparison, [version_config(client, name, v) for v in versions],
-                    [version_metrics(client, v) for v in versions], NOT_DIFFERENCES)
-    return comparison, info_rows(versions)
-
-
 def model_problem(client: MlflowClient, name: str, alias: str) -> tuple[str, bool] | None:
     """None when the model exists and a version holds `alias`; else (what to say, whether it is an error). An alias
     the model does not have is a typo (before, it was accepted and nothing was marked); the default alias not set
@@ -96,7 +84,14 @@ def model_problem(client: MlflowClient, name: str, alias: str) -> tuple[str, boo
 
 
 def model_comparison(client: MlflowClient, name: str, alias: str) -> tuple[Comparison, list[list[str]], str]:
-    """(comparison, rows, chart title) of the registered model's versions (model_problem says what is wrong first)."""
-    comparison, info = compare_versions(client, name, alias)
+    """(comparison, rows, chart title) of every version of the registered model: the header, the rows about their
+    origin and promotion, then the config differences and metrics (model_problem says what is wrong first)."""
+    versions = versions_of(client, name)
+    champion = version_by_alias(client, name, alias)  # search results carry no aliases
+    holder = str(champion.version) if champion is not None else ""
+    labels = [f"v{v.version}" + (f" ({alias})" if str(v.version) == holder else "") for v in versions]
+    comparison = Comparison(labels=labels, run_ids=[v.run_id for v in versions])
+    fill_comparison(comparison, [version_config(client, name, v) for v in versions],
+                    [version_metrics(client, v) for v in versions], NOT_DIFFERENCES)
     rows = table_rows(comparison)
-    return comparison, [rows[0], *info, *rows[1:]], f"{name}: final metrics of {len(comparison.labels)} versions"
+    return comparison, [rows[0], *info_rows(versions), *rows[1:]], f"{name}: final metrics of {len(versions)} versions"

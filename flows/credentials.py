@@ -68,20 +68,18 @@ def _move_userinfo(variable: str) -> tuple[str, str] | None:
 def apply_secret_files() -> None:
     """Fill in the clients' variables from the secret files and from URLs with credentials (see the module's
     docstring). Raises CredentialsError for a file that is set but unusable."""
-    in_url = _move_userinfo("PREFECT_API_URL")
-    if in_url and PREFECT_AUTH not in os.environ:
-        os.environ[PREFECT_AUTH] = ":".join(in_url)
-    in_url = _move_userinfo("MLFLOW_TRACKING_URI")
-    if in_url and MLFLOW_PASSWORD not in os.environ:
-        os.environ[MLFLOW_USER], os.environ[MLFLOW_PASSWORD] = in_url
-    if PREFECT_AUTH not in os.environ:
-        found = read_secret_file(PREFECT_FILE)
+    # Per server: the URL's variable, its secret file's, the variable whose presence means "set", and what to set.
+    servers = (("PREFECT_API_URL", PREFECT_FILE, PREFECT_AUTH, lambda user, password: {PREFECT_AUTH: f"{user}:{password}"}),
+               ("MLFLOW_TRACKING_URI", MLFLOW_FILE, MLFLOW_PASSWORD,
+                lambda user, password: {MLFLOW_USER: user, MLFLOW_PASSWORD: password}))
+    for url_variable, _, is_set, variables in servers:  # every URL first: a bad file leaves none holding a secret
+        in_url = _move_userinfo(url_variable)
+        if in_url and is_set not in os.environ:
+            os.environ.update(variables(*in_url))
+    for _, file_variable, is_set, variables in servers:
+        found = is_set not in os.environ and read_secret_file(file_variable)
         if found:
-            os.environ[PREFECT_AUTH] = ":".join(found)
-    if MLFLOW_PASSWORD not in os.environ:
-        found = read_secret_file(MLFLOW_FILE)
-        if found:
-            os.environ[MLFLOW_USER], os.environ[MLFLOW_PASSWORD] = found
+            os.environ.update(variables(*found))
 
 
 def _answers_401(url: str, user_password: str | None, method: str = "GET") -> bool:

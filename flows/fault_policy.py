@@ -20,7 +20,6 @@ from flows.exit_codes import EXIT_FIX_INPUT, EXIT_STEP_FAILED
 from fluxflow.errors import is_retryable, non_retryable_cause
 
 
-
 def state_exception(state) -> BaseException | None:
     """The exception a failed Prefect state holds (in this process), or None."""
     data = getattr(state, "data", None)

@@ -136,9 +136,8 @@ def pipeline_run_tags(output_dir: str) -> dict[str, str]:
     return {TAG_KIND: "pipeline", TAG_OUTPUT_DIR: output_dir}
 
 
-def open_pipeline_run(
-    client: MlflowClient, experiment_id: str, output_dir: str, run_name: str, tags: dict[str, str]
-) -> str:
+def open_pipeline_run(client: MlflowClient, experiment_id: str, output_dir: str, run_name: str,
+                      tags: dict[str, str]) -> str:
     """The parent run of the pipeline writing to `output_dir`: reused when one exists, else created. Marked RUNNING."""
     found = find_runs(client, experiment_id, pipeline_run_tags(output_dir))
     all_tags = {**pipeline_run_tags(output_dir), **tags}

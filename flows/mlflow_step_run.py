@@ -158,11 +158,10 @@ class StepRunRecorder:
         self.step, self.step_key = step, ref.step_key
         self._find_pipeline()
         found = self._runs_of_step()
-        if found and found[0].info.status == "FINISHED":
-            self.run_id = found[0].info.run_id
-            return
         if found:
             self.run_id = found[0].info.run_id
+            if found[0].info.status == "FINISHED":
+                return
         else:
             self._create()
         self.sync_from_files()
@@ -191,13 +190,6 @@ class StepRunRecorder:
         return find_step_runs(self.client, self.experiment_id, self.output_dir, self.step_key, self.step.name)
 
     def _tags(self) -> dict[str, str]:
-        return {
-            PARENT_RUN_ID: self.parent_run_id,
-            TAG_KIND: "step",
-            TAG_OUTPUT_DIR: self.output_dir,
-            TAG_STEP_KEY: self.step_key,
-            TAG_STEP_NAME: self.step.name,
-            TAG_PARENT_STEP: self.step.parent or "",
-            TAG_SESSION: self.session,
-            **self.extra_tags,
-        }
+        return {PARENT_RUN_ID: self.parent_run_id, TAG_KIND: "step", TAG_OUTPUT_DIR: self.output_dir,
+                TAG_STEP_KEY: self.step_key, TAG_STEP_NAME: self.step.name, TAG_PARENT_STEP: self.step.parent or "",
+                TAG_SESSION: self.session, **self.extra_tags}

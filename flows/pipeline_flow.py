@@ -27,21 +27,15 @@ from flows import artifacts
 from flows.credentials import CredentialsError, mlflow_refusal
 from flows.hypotheses import summarize
 from flows.mlflow_names import TAG_BRANCHES, TAG_CONFIG_HASH, TAG_OVERRIDES, TAG_STEPS
-from flows.mlflow_runs import (
-    PipelineRun,
-    TrackingTarget,
-    find_step_runs,
-    output_dir_of,
-    resolve_tracking_uri,
-    unreachable_reason,
-)
+from flows.mlflow_runs import (PipelineRun, TrackingTarget, find_step_runs, output_dir_of, resolve_tracking_uri,
+                               unreachable_reason)
 from flows.mlflow_store import prepare_store
 from flows.promotion import release_models
 from flows.prefect_server import is_temporary
 from flows.ray_steps import Infeasible, step_submitter
 from flows.step_task import pipeline_step_task
 from flows.tracking_queue import TRACKING
-from fluxflow.storage.store_lock import output_lock as store_output_lock
+from fluxflow.storage.store_lock import output_lock
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.checkpoints.step_key import json_sha256
 from fluxflow.config import PipelineConfig
@@ -63,10 +57,6 @@ TRACKING_STALL_S = 30.0
 OPEN_STALL_S = 15.0
 
 
-def config_hash(config: PipelineConfig) -> str:
-    return json_sha256(config.model_dump(mode="json"), 16, compact=False)
-
-
 def open_tracking(config: PipelineConfig, steps: list,
                   overrides: list[str] | None = None) -> tuple[PipelineRun, TrackingTarget]:
     """The pipeline's MLflow parent run, tagged with what links it to this flow run (and the `--set` overrides the
@@ -79,7 +69,7 @@ def open_tracking(config: PipelineConfig, steps: list,
     output_dir = output_dir_of(config)
     pipeline = Path(output_dir.rstrip("/")).name or "pipeline"
     tags = {
-        TAG_CONFIG_HASH: config_hash(config),
+        TAG_CONFIG_HASH: json_sha256(config.model_dump(mode="json"), 16, compact=False),
         TAG_STEPS: ",".join(step.name for step in steps),
         TAG_BRANCHES: ",".join(branch_names(steps)),
         "prefect.flow_run_id": str(flow_run.id or ""),
@@ -140,15 +130,11 @@ def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str
     (fluxflow/config/run_config.py); every task and the promotion receive it resolved."""
     cfg = resolve_run_config(config, output_dir=output_dir, device=device, overrides=overrides or (),
                              day=run_day()).config
-    # One run per output directory: a second one fails at once, as with run_pipeline. The executor (local, or Ray:
-    # flows/ray_steps.py) is joined before anything is tracked, so an unreachable cluster leaves no run behind.
-    with output_lock(cfg), step_submitter(cfg) as steps_on:
+    # One run per output directory (a local flock, or a lock object on the object store: fluxflow/storage): a second
+    # one fails at once, as with run_pipeline. The executor (local, or Ray: flows/ray_steps.py) is joined before
+    # anything is tracked, so an unreachable cluster leaves no run behind.
+    with output_lock(output_dir_of(cfg)), step_submitter(cfg) as steps_on:
         return run_steps(cfg, overrides, steps_on)
-
-
-def output_lock(config: PipelineConfig):
-    """The output directory's lock: a local flock, or a lock object on the object store (fluxflow/storage)."""
-    return store_output_lock(output_dir_of(config))
 
 
 def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> list[dict]:

@@ -13,11 +13,9 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (must precede prefect)
 
 import logging
-from pathlib import Path
-from typing import Any
 from uuid import UUID
 
-from fluxflow.train.tracking import Progress, console_line, has_console_line
+from fluxflow.train.tracking import Progress, Tracker, console_line, has_console_line
 
 LOGGER_NAME = "flows.training_log"
 
@@ -34,8 +32,9 @@ def api_only_logger() -> logging.Logger:
     return logger
 
 
-class PrefectLogTracker:
-    """`fluxflow.train.tracking.Tracker` that logs each console line to one Prefect task run.
+class PrefectLogTracker(Tracker):
+    """`fluxflow.train.tracking.Tracker` that logs each console line to one Prefect task run; its other calls are the
+    protocol's no-ops (inherited: `warn` included, which MultiTracker calls on every tracker).
 
     The run ids are taken when the tracker is made (in the task), so lines logged from any thread land in that run.
     """
@@ -54,18 +53,6 @@ class PrefectLogTracker:
             return None
         return cls(context.task_run.flow_run_id, context.task_run.id)
 
-    def step_started(self, step: Any, step_key: str, n_steps: int, resumed: bool) -> None:
-        pass
-
     def log_metrics(self, metrics: dict[str, float], progress: Progress) -> None:
         if has_console_line(metrics):
             self.logger.info(console_line(metrics, progress), extra=self.ids)
-
-    def log_image(self, path: Path) -> None:
-        pass
-
-    def log_artifact(self, path: Path) -> None:
-        pass
-
-    def step_finished(self, ref, result) -> None:
-        pass

@@ -192,8 +192,7 @@ def _replicates_of(config, steps: dict[str, str]) -> dict[str, list[str]]:
 @task(name="register-model", task_run_name="register {step_name}", cache_policy=NO_CACHE, persist_result=False)
 def register_task(resolved: dict, outcome: dict, tracking: dict, step_name: str) -> str:
     """Register one step's final checkpoint; returns the version. `resolved`: the run's config (`run_dict`)."""
-    config = run_config_of(resolved)
-    target = TrackingTarget(**tracking)
+    config, target = run_config_of(resolved), TrackingTarget(**tracking)
     client = MlflowClient(target.tracking_uri)
     version = register_step(client, config.tracking.model_name, StepOutcome.from_dict(outcome), config,
                             target.parent_run_id)
@@ -205,8 +204,7 @@ def register_task(resolved: dict, outcome: dict, tracking: dict, step_name: str)
 @task(name="promote-model", task_run_name="promote {model_name}", cache_policy=NO_CACHE, persist_result=False)
 def promote_task(resolved: dict, versions: list[str], tracking: dict, model_name: str) -> list[dict]:
     """Evaluate, decide, move the alias, tag and publish; returns each decision as a dict."""
-    config = run_config_of(resolved)
-    target = TrackingTarget(**tracking)
+    config, target = run_config_of(resolved), TrackingTarget(**tracking)
     client = MlflowClient(target.tracking_uri)
     decisions = promote(config, client, versions)
     for decision in decisions:
@@ -226,8 +224,7 @@ def release_models(config, resolved: dict, outcomes: list[StepOutcome], target: 
     if not versions or not config.promotion.enabled:
         return []
     promote_with = promote_task.with_options(tags=[gpu_tag()])  # evaluation uses the GPU like a step
-    return promote_with(resolved, versions, target.to_dict(),
-                        model_name=config.tracking.model_name)
+    return promote_with(resolved, versions, target.to_dict(), model_name=config.tracking.model_name)
 
 
 def release_lines(client: MlflowClient, config, output_dir: str) -> list[str]:

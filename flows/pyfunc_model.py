@@ -39,13 +39,8 @@ WEIGHTS_ARTIFACT = "weights"
 PROMPT = "prompt"
 
 # The parameters of one request, with fluxflow-generate's defaults; size 0 means the checkpoint's training size.
-PARAMS = ParamSchema([
-    ParamSpec("seed", "long", 0),
-    ParamSpec("n", "long", 1),
-    ParamSpec("steps", "long", 25),
-    ParamSpec("guidance", "double", 3.0),
-    ParamSpec("size", "long", 0),
-])
+PARAMS = ParamSchema([ParamSpec("seed", "long", 0), ParamSpec("n", "long", 1), ParamSpec("steps", "long", 25),
+                      ParamSpec("guidance", "double", 3.0), ParamSpec("size", "long", 0)])
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", PROMPT)]),
     outputs=Schema([ColSpec("string", PROMPT), ColSpec("long", "seed"), ColSpec("string", "image")]),

@@ -10,6 +10,7 @@ Ray is imported only inside these functions: a local run never loads it (tests/f
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 
@@ -180,15 +181,6 @@ def preflight(config) -> None:
 class LocalSteps:
     """The flow's step submitter of the local path: the flow's own task runner (threads in this process)."""
 
-    def __init__(self, config):
-        pass
-
-    def __enter__(self) -> LocalSteps:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        pass
-
     def submit(self, task, step, parameters: dict):
         return task.submit(**parameters)
 
@@ -197,8 +189,8 @@ class LocalSteps:
 
 
 def step_submitter(config):
-    """RaySteps or LocalSteps, as `training.executor.kind` says."""
-    return (RaySteps if config.training.executor.kind == "ray" else LocalSteps)(config)
+    """RaySteps, or LocalSteps (nothing to join or leave), as `training.executor.kind` says."""
+    return RaySteps(config) if config.training.executor.kind == "ray" else contextlib.nullcontext(LocalSteps())
 
 
 def warm_up(nodes: list[dict]) -> None:

@@ -92,8 +92,7 @@ def versions_of(client: MlflowClient, name: str, output_dir: str | None = None) 
     where = f"name = {quoted(name)}"
     if output_dir is not None:
         where += f" and {tags_filter({TAG_OUTPUT_DIR: output_dir})}"
-    found = client.search_model_versions(where)
-    return sorted(found, key=lambda v: int(v.version))
+    return sorted(client.search_model_versions(where), key=lambda v: int(v.version))
 
 
 def version_by_alias(client: MlflowClient, name: str, alias: str):

@@ -37,25 +37,15 @@ def make_tracker(config: PipelineConfig, target: TrackingTarget, node: StepNode 
     from fluxflow.train.tracking import ConsoleJsonlTracker, MultiTracker
 
     mlflow_tracker = MlflowTracker(
-        MlflowClient(target.tracking_uri),
-        target.experiment_id,
-        target.parent_run_id,
-        output_dir_of(config),
-        session=target.session,
-        experiment_name=target.experiment_name or config.tracking.experiment_name,
-        tags={TAG_RAY_NODE: node.node_id, TAG_HOSTNAME: node.hostname} if node else None,
-    )
+        MlflowClient(target.tracking_uri), target.experiment_id, target.parent_run_id, output_dir_of(config),
+        session=target.session, experiment_name=target.experiment_name or config.tracking.experiment_name,
+        tags={TAG_RAY_NODE: node.node_id, TAG_HOSTNAME: node.hostname} if node else None)
     console = ConsoleJsonlTracker(output_root(config))  # local: an object store's staging mirror
     prefect_log = PrefectLogTracker.for_current_task_run()
     return MultiTracker([console, mlflow_tracker, *([prefect_log] if prefect_log else [])]), mlflow_tracker
 
 
-def run_step_task(
-    config: dict,
-    step_name: str,
-    parent_ref: dict | None,
-    tracking: dict,
-) -> dict[str, Any]:
+def run_step_task(config: dict, step_name: str, parent_ref: dict | None, tracking: dict) -> dict[str, Any]:
     """The body of `step_task` as a plain function (callable without Prefect): the step's `StepOutcome.to_dict()`,
     its MLflow run filled in. `config`: the run's resolved config (fluxflow/config/run_config.py, `run_dict`)."""
     from fluxflow.train.pipeline import train_step

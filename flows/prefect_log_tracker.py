@@ -33,8 +33,8 @@ def api_only_logger() -> logging.Logger:
 
 
 class PrefectLogTracker(Tracker):
-    """`fluxflow.train.tracking.Tracker` that logs each console line to one Prefect task run; its other calls are the
-    protocol's no-ops (inherited: `warn` included, which MultiTracker calls on every tracker).
+    """`fluxflow.train.tracking.Tracker` that logs each console line and training-health warning to one Prefect task
+    run; its other calls are the protocol's no-ops (inherited).
 
     The run ids are taken when the tracker is made (in the task), so lines logged from any thread land in that run.
     """
@@ -56,3 +56,6 @@ class PrefectLogTracker(Tracker):
     def log_metrics(self, metrics: dict[str, float], progress: Progress) -> None:
         if has_console_line(metrics):
             self.logger.info(console_line(metrics, progress), extra=self.ids)
+
+    def warn(self, key: str, message: str) -> None:
+        self.logger.warning(f"⚠️  {message}", extra=self.ids)  # as the console shows it, at WARNING in the UI

@@ -1,7 +1,9 @@
 """The training log in the Prefect UI: a step's console lines reach the Prefect API as logs of its task run, at the
-step's log_interval, while the terminal keeps exactly today's output (each line once, on stdout)."""
+step's log_interval, while the terminal keeps exactly today's output (each line once, on stdout); so do its
+training-health warnings."""
 from __future__ import annotations
 
+import logging
 import re
 
 import pytest
@@ -56,3 +58,22 @@ def test_the_steps_console_lines_reach_the_prefect_run_log_at_their_log_interval
     assert len(task_run_ids) == 1 and None not in task_run_ids  # in the step's task run
     # The terminal keeps today's output: each line once, on stdout; Prefect's console handler does not repeat it.
     assert not bodies(captured.err.splitlines()) and not any(line in captured.err for line in sent)
+
+
+def test_a_training_health_warning_reaches_the_prefect_run_log_and_the_step_finishes(tmp_path, mlflow_store,
+                                                                                     monkeypatch):
+    from flows.pipeline_flow import pipeline_flow
+    from fluxflow.models.discriminator import Discriminator
+
+    forward = Discriminator.forward
+    monkeypatch.setattr(Discriminator, "forward", lambda self, x: forward(self, x) * 0.0)  # flat: the same logits
+    gan = {"name": "gan", "n_epochs": 1, "max_steps": 4, "train_vae": True, "gan_training": True}
+    raw = tiny_raw(tmp_path / "out", [gan], dataset_size=16, no_samples=True)
+    raw["output"]["d_flat_warn_updates"] = 2
+    raw["tracking"] = {"experiment_name": "prefect-warnings"}
+    state = pipeline_flow(raw, return_state=True)
+    assert state.is_completed(), state.message  # the warning is a record, never a failure of the step
+
+    warnings = [log for log in run_logs(state.state_details.flow_run_id) if "discriminator has been flat" in log.message]
+    assert len(warnings) == 1 and warnings[0].level == logging.WARNING and warnings[0].task_run_id is not None
+    assert warnings[0].message.startswith("⚠️  Step gan: ")

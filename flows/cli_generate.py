@@ -15,6 +15,7 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (every flows entry point: quiet and offline)
 
 import argparse
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -81,12 +82,23 @@ def checkpoint_model(args: argparse.Namespace, device: str | None, scratch: Path
 
 
 def output_is_a_file(prog: str, output: str) -> bool:
-    """Says so (one line) when --output names an existing file: the folder could not be made there (fluxflow-generate,
-    fluxflow-export)."""
-    if Path(output).exists() and not Path(output).is_dir():
-        print(f"{prog}: --output {output} is a file, not a folder", file=sys.stderr)
+    """Says so (one line) when --output, or a folder above it, is an existing file: the folder could not be made
+    there (fluxflow-generate, fluxflow-export)."""
+    path = Path(output)
+    blocking = next((p for p in (path, *path.parents) if p.exists()), path)
+    if blocking.exists() and not blocking.is_dir():
+        under = "" if blocking == path else f" is under {blocking}, which"
+        print(f"{prog}: --output {output}{under} is a file, not a folder", file=sys.stderr)
         return True
     return False
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a number that is not nan or inf (a nan guidance scale would draw nan images)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -102,7 +114,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts-file", help="a file with one prompt per line")
     p.add_argument("--n", type=int, default=1, help="images per prompt, seeds seed..seed+n-1 (default 1)")
     p.add_argument("--steps", type=int, default=25, help="sampler steps (default 25)")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default 3.0)")
+    p.add_argument("--guidance", type=finite_float, default=3.0, help="classifier-free guidance scale (default 3.0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image of each prompt (default 0)")
     p.add_argument("--size", type=int, help="image side in pixels (default: the training size)")
     p.add_argument("--output", default="generated", help="output folder (default: ./generated)")

@@ -120,7 +120,21 @@ def test_an_output_that_is_a_file_is_refused_in_one_line(trained, tmp_path, caps
     existing.write_text("x")
     assert generate_cli("--checkpoint", checkpoint, "--prompt", "x", "--output", str(existing)) == 2
     assert capsys.readouterr().err == f"fluxflow-generate: --output {existing} is a file, not a folder\n"
+    below = existing / "images" / "today"  # a folder that mkdir could not make: a file is in the way
+    assert generate_cli("--checkpoint", checkpoint, "--prompt", "x", "--output", str(below)) == 2
+    assert capsys.readouterr().err == (f"fluxflow-generate: --output {below} is under {existing}, which is a file, "
+                                       "not a folder\n")
     assert existing.read_text() == "x"
+
+
+@pytest.mark.parametrize("scale", ["nan", "inf", "-inf"])
+def test_a_guidance_scale_that_is_not_a_finite_number_is_a_usage_error(trained, tmp_path, capsys, scale):
+    _, checkpoint, _ = trained
+    with pytest.raises(SystemExit) as exited:
+        generate_cli("--checkpoint", checkpoint, "--prompt", "x", f"--guidance={scale}", "--output", str(tmp_path))
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"--guidance: must be a finite number, got '{scale}'" in err
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_prompts_file_without_prompts_is_named(trained, tmp_path, capsys):

@@ -28,7 +28,8 @@ from fluxflow.train.pipeline import run_pipeline
 
 __all__ = ["one_torch_thread"]
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread")]
+# slow: a pipeline killed and resumed on a moto server, then generated from (6-7 s here; the README: over ~2 s).
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = [

@@ -6,7 +6,6 @@ one broken step does not hide the problems of the others; every problem names it
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 import types
 import typing
@@ -31,7 +30,7 @@ from fluxflow.config.replicates import replicate_issues
 from fluxflow.config.schema import (DATASET_TYPES, SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,
                                     PipelineConfig, TrainingConfig, implicit_datasets)
 from fluxflow.config.steps import TRAINING_GLOBALS, MissingStepValue, ResolvedStep, StepConfig, StepDefaults, \
-    StepGlobals, merged_step_fields, resolve_step
+    merged_step_fields, resolve_step
 
 
 @dataclass
@@ -215,7 +214,7 @@ class Pieces:
     raw_steps: list[Any]
     steps: list[StepConfig | None]
     defaults: StepDefaults | None
-    globals_: StepGlobals
+    globals_: dict[str, Any]  # what steps inherit (PipelineConfig.step_globals)
     datasets: dict[str, DatasetConfig | None] | None  # a dataset that did not parse: None under its name
     default_dataset: str | None
     model: ModelConfig | None
@@ -247,7 +246,7 @@ def _pieces(raw: dict, config: PipelineConfig | None) -> Pieces:
                   checkpoint if isinstance(checkpoint, str) else None)
 
 
-def _lenient_globals(training: Any, dataset: str | None) -> StepGlobals:
+def _lenient_globals(training: Any, dataset: str | None) -> dict[str, Any]:
     """Step globals from the fields of `training` that validate as TrainingConfig's own; where one does not (it is
     already reported), its default stands in."""
     training = training if isinstance(training, dict) else {}
@@ -260,7 +259,7 @@ def _lenient_globals(training: Any, dataset: str | None) -> StepGlobals:
         # in, so that it is reported once, not also called missing (or crash resolving) in every step.
         if values[key] is None and (given is not None or info.default is not None):
             values[key] = 1 if key == "n_epochs" else info.default
-    return StepGlobals(dataset=dataset, **values)
+    return {**values, "dataset": dataset, "img_size": 32}  # sizes are checked as written (_size_issues)
 
 
 def _parse(model: Any, value: Any) -> Any:
@@ -396,7 +395,7 @@ def _step_issues(i: int, step: StepConfig, p: Pieces) -> tuple[list[ConfigIssue]
         if missing.field != "dataset" or p.datasets is not None:
             issues.append(ConfigIssue(at(missing.field), missing.message))
         # Go on with placeholders so that the step's other problems are reported too.
-        placeholders = dataclasses.replace(globals_, n_epochs=globals_.n_epochs or 1, dataset=globals_.dataset or "")
+        placeholders = {**globals_, "n_epochs": globals_["n_epochs"] or 1, "dataset": globals_["dataset"] or ""}
         s = resolve_step(i, step, p.defaults, placeholders, None)
     if not any(getattr(s, m) for m in modes.PRIMARY_MODES):
         extra = " (train_spade and use_lpips only modify a VAE/GAN step)" if s.train_spade or s.use_lpips else ""

@@ -16,7 +16,7 @@ from fluxflow.config.optim import OmitsDefaults, StrictModel
 from fluxflow.storage.location import check_output_uri, remote_uri
 from fluxflow.config.promotion import PromotionConfig, registered_model_name_problem
 from fluxflow.config.replicates import ReplicatesConfig, replicate_steps
-from fluxflow.config.steps import (TRAINING_GLOBALS, ResolvedStep, Workers, StepConfig, StepDefaults, StepGlobals,
+from fluxflow.config.steps import (TRAINING_GLOBALS, ResolvedStep, Workers, StepConfig, StepDefaults,
                                    merged_step_fields, resolve_step)
 
 DEFAULT_SAMPLE_CAPTIONS = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
@@ -263,14 +263,10 @@ class PipelineConfig(StrictModel):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     model_checkpoint: str | None = None  # starting checkpoint of the first step(s): a path or fsspec URI
 
-    @property
-    def pipeline(self) -> PipelineSection:
-        return self.training.pipeline
-
-    def step_globals(self) -> StepGlobals:
+    def step_globals(self) -> dict[str, Any]:
         t = self.training
-        return StepGlobals(**{key: getattr(t, key) for key in TRAINING_GLOBALS}, dataset=t.pipeline.default_dataset,
-                           img_size=self.data.img_size)
+        return {**{key: getattr(t, key) for key in TRAINING_GLOBALS}, "dataset": t.pipeline.default_dataset,
+                "img_size": self.data.img_size}
 
     def written_steps(self) -> list[ResolvedStep]:
         """Every step of the file with defaults, globals and parent filled in, in file order."""

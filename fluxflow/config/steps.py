@@ -11,7 +11,6 @@ parameters of another type are not inherited.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BeforeValidator, Field, create_model
@@ -161,21 +160,9 @@ class ResolvedStep(OmitsDefaults, StepSettings):
     hypothesis: str
 
 
-@dataclass(frozen=True)
-class StepGlobals:
-    """Values from outside the pipeline block that steps inherit."""
-
-    batch_size: int
-    workers: Workers
-    lr: float
-    n_epochs: int | None
-    max_steps: int | None
-    dataset: str | None
-    seed: int = 0
-    img_size: int = 32  # data.img_size; a dataset's own img_size applies in PipelineConfig.written_steps
-
-
-TRAINING_GLOBALS = ("batch_size", "workers", "lr", "n_epochs", "max_steps", "seed")  # training.<key> as StepGlobals.<key>
+# training.<key> that steps inherit as their <key>; with the pipeline's default dataset and data.img_size they are the
+# step globals (PipelineConfig.step_globals, and load.py's lenient ones where the file did not parse).
+TRAINING_GLOBALS = ("batch_size", "workers", "lr", "n_epochs", "max_steps", "seed")
 
 
 class MissingStepValue(Exception):
@@ -208,11 +195,10 @@ def merged_step_fields(step: StepConfig, defaults: StepDefaults) -> dict[str, An
     return merged
 
 
-def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_: StepGlobals,
+def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_: dict[str, Any],
                  previous: str | None) -> ResolvedStep:
     """The concrete step. Raises MissingStepValue when n_epochs or the dataset is given nowhere."""
-    values: dict[str, Any] = {k: v for k, v in asdict(globals_).items()
-                              if v is not None or k not in ("n_epochs", "dataset")}
+    values = {k: v for k, v in globals_.items() if v is not None or k not in ("n_epochs", "dataset")}
     values.update({k: v for k, v in merged_step_fields(step, defaults).items()
                    if k not in ("name", "after", "description")})
 

@@ -6,6 +6,7 @@ one broken step does not hide the problems of the others; every problem names it
 """
 from __future__ import annotations
 
+import copy
 import re
 import types
 import typing
@@ -23,7 +24,6 @@ from fluxflow.config.file_checks import STEPS, checkpoint_issues, frozen_pretrai
     text_encoder_issues
 from fluxflow.config.legacy import apply_legacy
 from fluxflow.config.optim import Optimization, optimizer_issues, scheduler_issues
-from fluxflow.config.overrides import apply_overrides
 from fluxflow.config.pretrained_text import with_pretrained_width
 from fluxflow.config.promotion import promotion_issues
 from fluxflow.config.replicates import replicate_issues
@@ -79,9 +79,62 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError([ConfigIssue("(file)", f"broken YAML: {' '.join(str(exc).split())}")], str(path)) from None
 
 
+# `--set KEY=VALUE`: change a value of the config file without editing it (CLI flag and deployment parameter).
+# KEY is a dotted path into the file (`training.seed`, `model.flow_depth`); a step is addressed by its name:
+# `training.pipeline.steps.flow.lr` is the `lr` of the step named `flow`. VALUE is YAML, read as the file is read
+# (`3e-4` is a number, `[0, 1]` a list, `{type: AdamW}` a mapping). Missing sections on the way are created; the result
+# is validated like the file, so an unknown key gets the file's message ("unknown key (did you mean 'lr'?)").
+# Overrides apply in order, before the keys of the original tool are mapped (fluxflow/config/legacy.py).
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], label: str | None) -> dict[str, Any]:
+    """A copy of the parsed file with every override set; ConfigError naming each one that cannot be placed, or the
+    first that is not KEY=VALUE ('training.pipeline.steps.flow.lr=3e-4') or whose value is broken YAML."""
+    raw, issues = copy.deepcopy(raw), []
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError([ConfigIssue(f"--set {text}", "expected KEY=VALUE with a dotted KEY, e.g. training.seed=1 "
+                                                            "or training.pipeline.steps.flow.lr=3e-4")], label)
+        try:
+            value = yaml.load(value, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError as exc:
+            raise ConfigError([ConfigIssue(f"--set {key}", f"the value is broken YAML: {' '.join(str(exc).split())}")],
+                              label) from None
+        problem = _set(raw, parts, value)
+        if problem:
+            issues.append(ConfigIssue(f"--set {'.'.join(parts)}", problem))
+    if issues:
+        raise ConfigError(issues, label)
+    return raw
+
+
+def _set(raw: dict[str, Any], parts: list[str], value: Any) -> str | None:
+    """Set raw[parts...] = value, stepping into a step by its name under training.pipeline.steps; the problem or None."""
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(node, list) and tuple(parts[:depth]) == STEPS:
+            names = [s["name"] for s in node if isinstance(s, dict) and isinstance(s.get("name"), str)]
+            if part not in names:
+                return f"no step named {part!r}{did_you_mean(part, names)} (steps: {', '.join(names) or 'none'})"
+            node = next(s for s in node if isinstance(s, dict) and s.get("name") == part)
+            continue
+        if not isinstance(node, dict):
+            return f"{'.'.join(parts[:depth])} is {node!r}, not a section"
+        if node.get(part) is None:  # absent, or an empty section (`defaults:` with nothing under it)
+            node[part] = {}
+        node = node[part]
+    if isinstance(node, list) and tuple(parts[:-1]) == STEPS:
+        return f"a whole step cannot be set; set its keys, e.g. {'.'.join(parts)}.lr=3e-4"
+    if not isinstance(node, dict):
+        return f"{'.'.join(parts[:-1])} is {node!r}, not a section"
+    node[parts[-1]] = value
+    return None
+
+
 def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> LoadedConfig:
     """Validate a config file (path) or an already-parsed config (dict, e.g. a Prefect parameter), with the
-    `--set KEY=VALUE` overrides applied first (fluxflow/config/overrides.py)."""
+    `--set KEY=VALUE` overrides applied first (apply_overrides)."""
     path = None if isinstance(source, dict) else Path(source)
     raw = source if isinstance(source, dict) else read_yaml(path)
     label = str(path) if path else None
@@ -90,10 +143,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
     if not isinstance(raw, dict):
         raise ConfigError([ConfigIssue("(file)", f"must be a mapping of sections, not {type(raw).__name__}")], label)
     if overrides:
-        try:
-            raw = apply_overrides(raw, list(overrides), _Loader)
-        except ConfigError as exc:
-            raise ConfigError(exc.issues, label) from None
+        raw = apply_overrides(raw, overrides, label)
 
     raw, warnings, issues = apply_legacy(raw)
     raw = with_pretrained_width(raw)

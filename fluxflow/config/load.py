@@ -26,11 +26,10 @@ from fluxflow.config.legacy import apply_legacy
 from fluxflow.config.optim import Optimization, optimizer_issues, scheduler_issues
 from fluxflow.config.pretrained_text import with_pretrained_width
 from fluxflow.config.promotion import promotion_issues
-from fluxflow.config.replicates import replicate_issues
 from fluxflow.config.schema import (DATASET_TYPES, SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,
                                     PipelineConfig, TrainingConfig, implicit_datasets)
 from fluxflow.config.steps import TRAINING_GLOBALS, MissingStepValue, ResolvedStep, StepConfig, StepDefaults, \
-    merged_step_fields, resolve_step
+    merged_step_fields, replicate_issues, resolve_step
 
 
 @dataclass

@@ -15,9 +15,8 @@ from fluxflow.config.executor import ExecutorConfig
 from fluxflow.config.optim import OmitsDefaults, StrictModel
 from fluxflow.storage.location import check_output_uri, remote_uri
 from fluxflow.config.promotion import PromotionConfig, registered_model_name_problem
-from fluxflow.config.replicates import ReplicatesConfig, replicate_steps
-from fluxflow.config.steps import (TRAINING_GLOBALS, ResolvedStep, Workers, StepConfig, StepDefaults,
-                                   merged_step_fields, resolve_step)
+from fluxflow.config.steps import (TRAINING_GLOBALS, ReplicatesConfig, ResolvedStep, Workers, StepConfig, StepDefaults,
+                                   merged_step_fields, replicate_steps, resolve_step)
 
 DEFAULT_SAMPLE_CAPTIONS = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
 
@@ -179,7 +178,7 @@ class TrainingConfig(OmitsDefaults):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     compile: bool = Field(False, description="torch.compile each trained component (fluxflow/train/speed.py)")
     activation_checkpointing: bool = Field(False, description="recompute each flow transformer block in backward")
-    replicates: ReplicatesConfig | None = None  # seed replicates (fluxflow/config/replicates.py)
+    replicates: ReplicatesConfig | None = None  # seed replicates (fluxflow/config/steps.py)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)  # local or Ray (fluxflow/config/executor.py)
     pipeline: PipelineSection
 

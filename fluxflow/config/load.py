@@ -151,7 +151,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
         config = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
         issues += issues_from_validation(exc, PipelineConfig)
-    issues += semantic_issues(_pieces(raw, config))
+    issues += semantic_issues(_pieces(raw))
     if config is not None and not issues:  # cross-section rules need the whole config, and valid steps
         issues += replicate_issues(config.written_steps(), config.training.replicates)
     if config is not None and not issues:
@@ -263,7 +263,7 @@ class Pieces:
     raw_steps: list[Any]
     steps: list[StepConfig | None]
     defaults: StepDefaults | None
-    globals_: dict[str, Any]  # what steps inherit (PipelineConfig.step_globals)
+    globals_: dict[str, Any]  # what steps inherit (as PipelineConfig.step_globals)
     datasets: dict[str, DatasetConfig | None] | None  # a dataset that did not parse: None under its name
     default_dataset: str | None
     model: ModelConfig | None
@@ -272,14 +272,11 @@ class Pieces:
     model_checkpoint: str | None = None
 
 
-def _pieces(raw: dict, config: PipelineConfig | None) -> Pieces:
-    """What semantic checks can use: the whole config when it parsed, else each part that parses on its own."""
+def _pieces(raw: dict) -> Pieces:
+    """What semantic checks can use: each part of the file that parses on its own (all of them when the whole config
+    parsed, which then gives the same values)."""
     raw_steps = _get(raw, *STEPS)
     raw_steps = raw_steps if isinstance(raw_steps, list) else []
-    if config is not None:
-        pipe = config.training.pipeline
-        return Pieces(raw_steps, list(pipe.steps), pipe.defaults, config.step_globals(), pipe.datasets,
-                      pipe.default_dataset, config.model, config.data, config.output, config.model_checkpoint)
     part = lambda model, *keys: _parse(model, _get(raw, *keys) or {})  # noqa: E731 - a part that did not parse: None
     datasets = _get(raw, "training", "pipeline", "datasets")
     datasets = {} if datasets is None else {name: _parse(DatasetConfig, ds) for name, ds in datasets.items()} \

@@ -183,16 +183,6 @@ class TrainingConfig(OmitsDefaults):
     pipeline: PipelineSection
 
 
-REMOTE_CACHE_MESSAGE = ("must be a local or mounted directory: the caches are written in place (memory-mapped "
-                        "files); with an object-store output_path they stay in the staging directory of each node")
-
-
-def check_cache_dir(value: str | None) -> str | None:
-    if value is not None and remote_uri(value) is not None:
-        raise ValueError(REMOTE_CACHE_MESSAGE)
-    return value
-
-
 class OutputConfig(StrictModel):
     output_path: str = "outputs/run"
     log_interval: int = Field(10, ge=1)
@@ -209,7 +199,13 @@ class OutputConfig(StrictModel):
     # A local directory, file://, or an object store's URI whose protocol, package and bucket are known; the store
     # itself is asked at the run's start (fluxflow/storage/store_lock.py).
     _output = field_validator("output_path")(check_output_uri)
-    _local_cache = field_validator("cache_dir")(check_cache_dir)
+    @field_validator("cache_dir")
+    @classmethod
+    def _local_cache(cls, value: str | None) -> str | None:
+        if value is not None and remote_uri(value) is not None:
+            raise ValueError("must be a local or mounted directory: the caches are written in place (memory-mapped "
+                             "files); with an object-store output_path they stay in the staging directory of each node")
+        return value
 
 
 SECRET_VALUE = "secret_value"  # the error type of a value never to be echoed (fluxflow/config/load.py)

@@ -176,13 +176,14 @@ class MissingStepValue(Exception):
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any], kind_key: str = "type") -> dict[str, Any]:
-    """`override` on top of `base`; when both name a different `kind_key`, `override` replaces `base` whole."""
+    """`override` on top of `base`; when both name a different `kind_key` (an optimizer's or scheduler's `type`, the
+    `mode` of transition_on), `override` replaces `base` whole."""
     if kind_key in base and kind_key in override and base[kind_key] != override[kind_key]:
         return dict(override)
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value, "mode" if key == "transition_on" else "type")
         else:
             merged[key] = value
     return merged
@@ -190,19 +191,15 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any], kind_key: str = "
 
 def merged_step_fields(step: StepConfig, defaults: StepDefaults) -> dict[str, Any]:
     """The step's own values over the pipeline defaults (no globals, no built-ins): what the user wrote for it."""
-    base, own = defaults.model_dump(exclude_none=True), step.model_dump(exclude_none=True)
-    merged = deep_merge(base, own)
-    if "transition_on" in base and "transition_on" in own:  # a transition of another mode replaces the inherited one
-        merged["transition_on"] = deep_merge(base["transition_on"], own["transition_on"], kind_key="mode")
-    return merged
+    return deep_merge(defaults.model_dump(exclude_none=True),
+                      step.model_dump(exclude_none=True, exclude={"name", "after", "description"}))
 
 
 def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_: dict[str, Any],
                  previous: str | None) -> ResolvedStep:
     """The concrete step. Raises MissingStepValue when n_epochs or the dataset is given nowhere."""
     values = {k: v for k, v in globals_.items() if v is not None or k not in ("n_epochs", "dataset")}
-    values.update({k: v for k, v in merged_step_fields(step, defaults).items()
-                   if k not in ("name", "after", "description")})
+    values.update(merged_step_fields(step, defaults))
 
     if values.get("n_epochs") is None:
         raise MissingStepValue("n_epochs", "required: set it on the step, in training.pipeline.defaults "

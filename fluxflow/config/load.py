@@ -166,7 +166,9 @@ def issues_from_validation(exc: ValidationError, root: type[BaseModel]) -> list[
     issues = []
     for err in exc.errors():
         loc, kind = tuple(err["loc"]), err["type"]
-        tag = _dataset_type(loc)
+        # The type of the dataset an error is in: pydantic puts a discriminated union's tag after the dataset's name.
+        datasets_loc = loc[:3] == ("training", "pipeline", "datasets") and len(loc) > 4
+        tag = loc[4] if datasets_loc and loc[4] in DATASET_TYPES else None
         path = format_path(loc[:4] + loc[5:] if tag else loc)  # a dataset's path without its type's tag
         if kind == "extra_forbidden" and loc[-2:-1] == ("defaults",) and loc[-1] in ("name", "after", "description"):
             issues.append(ConfigIssue(path, "is set per step, not in training.pipeline.defaults"))
@@ -198,13 +200,6 @@ def issues_from_validation(exc: ValidationError, root: type[BaseModel]) -> list[
                 shown += "; YAML reads unquoted yes/no/on/off as true/false: quote the value"
             issues.append(ConfigIssue(path, f"{err['msg']}{shown}"))
     return issues
-
-
-def _dataset_type(loc: tuple) -> str | None:
-    """The type of the dataset an error is in: pydantic puts a discriminated union's tag after the dataset's name."""
-    if loc[:3] == ("training", "pipeline", "datasets") and len(loc) > 4 and loc[4] in DATASET_TYPES:
-        return loc[4]
-    return None
 
 
 def _fields_at(root: type[BaseModel], loc: tuple) -> list[str]:
@@ -450,10 +445,9 @@ def _step_issues(i: int, step: StepConfig, p: Pieces) -> tuple[list[ConfigIssue]
     if s.train_spade and not modes.has_vae_mode(s):
         issues.append(ConfigIssue(at("train_spade"), "needs train_vae or gan_training (SPADE is part of the "
                                                      "expander)" + _inherited(step, "train_spade")))
-    for term in modes.IMAGE_STAT_TERMS:  # inherited from `defaults` by a step without train_vae: no effect there
-        key = f"train_{term}"
-        if not s.train_vae and getattr(step, key):  # written on this step
-            issues.append(ConfigIssue(at(key), f"needs train_vae (the {term} term is a reconstruction loss)"))
+    # Written on this step; inherited from `defaults` by a step without train_vae, a term has no effect there.
+    issues += [ConfigIssue(at(f"train_{term}"), f"needs train_vae (the {term} term is a reconstruction loss)")
+               for term in modes.IMAGE_STAT_TERMS if not s.train_vae and getattr(step, f"train_{term}")]
     if s.use_lpips and not s.train_vae:
         issues.append(ConfigIssue(at("use_lpips"), "needs train_vae (LPIPS is a reconstruction loss)"
                                   + _inherited(step, "use_lpips")))

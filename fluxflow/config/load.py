@@ -226,10 +226,8 @@ def _fields_at(root: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def _strip_optional(ann: Any) -> Any:
-    if typing.get_origin(ann) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(ann) if a is not type(None)]
-        return args[0] if len(args) == 1 else ann
-    return ann
+    args = [a for a in typing.get_args(ann) if a is not type(None)]
+    return args[0] if typing.get_origin(ann) in (typing.Union, types.UnionType) and len(args) == 1 else ann
 
 
 _SECTION_ORDER = ("(file)", "model", "data", "training", "output", "tracking", "promotion", "model_checkpoint", "optimization")
@@ -531,10 +529,8 @@ def _transition_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigIss
         return [ConfigIssue(at("transition_on", key), "only used with mode: loss_threshold (mode epoch runs "
                                                       f"n_epochs){_inherited(step, 'transition_on', key)}")
                 for key in ("metric", "threshold", "max_epochs") if key in written]
-    issues = []
-    for key in ("metric", "threshold"):
-        if written.get(key) is None:
-            issues.append(ConfigIssue(at("transition_on", key), "required for mode: loss_threshold"))
+    issues = [ConfigIssue(at("transition_on", key), "required for mode: loss_threshold")
+              for key in ("metric", "threshold") if written.get(key) is None]
     metric = written.get("metric")
     if metric is not None and metric not in modes.ALL_METRICS:
         issues.append(ConfigIssue(at("transition_on", "metric"), _unknown("metric", metric, modes.ALL_METRICS)))

@@ -16,7 +16,7 @@ from fluxflow.config.optim import OmitsDefaults, StrictModel
 from fluxflow.storage.location import check_output_uri, remote_uri
 from fluxflow.config.promotion import PromotionConfig, registered_model_name_problem
 from fluxflow.config.steps import (TRAINING_GLOBALS, ReplicatesConfig, ResolvedStep, Workers, StepConfig, StepDefaults,
-                                   merged_step_fields, replicate_steps, resolve_step)
+                                   replicate_steps, resolve_step)
 
 DEFAULT_SAMPLE_CAPTIONS = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
 
@@ -266,15 +266,9 @@ class PipelineConfig(StrictModel):
     def written_steps(self) -> list[ResolvedStep]:
         """Every step of the file with defaults, globals and parent filled in, in file order."""
         pipe, globals_ = self.training.pipeline, self.step_globals()
-        resolved, previous = [], None
-        for index, step in enumerate(pipe.steps):
-            one = resolve_step(index, step, pipe.defaults, globals_, previous)
-            dataset_size = pipe.datasets[one.dataset].img_size if one.dataset in pipe.datasets else None
-            if dataset_size is not None and "img_size" not in merged_step_fields(step, pipe.defaults):
-                one = one.model_copy(update={"img_size": dataset_size})  # the dataset's size under the step's own
-            resolved.append(one)
-            previous = step.name
-        return resolved
+        sizes = {name: dataset.img_size for name, dataset in pipe.datasets.items()}
+        return [resolve_step(i, step, pipe.defaults, globals_, pipe.steps[i - 1].name if i else None, sizes)
+                for i, step in enumerate(pipe.steps)]
 
     def resolved_steps(self) -> list[ResolvedStep]:
         """The steps that run: the written ones, each replicated step as one step per seed (`training.replicates`)."""

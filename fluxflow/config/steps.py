@@ -196,10 +196,12 @@ def merged_step_fields(step: StepConfig, defaults: StepDefaults) -> dict[str, An
 
 
 def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_: dict[str, Any],
-                 previous: str | None) -> ResolvedStep:
-    """The concrete step. Raises MissingStepValue when n_epochs or the dataset is given nowhere."""
+                 previous: str | None, dataset_sizes: dict[str, int | None] | None = None) -> ResolvedStep:
+    """The concrete step; `dataset_sizes`: the datasets' own img_size, under the step's. Raises MissingStepValue when
+    n_epochs or the dataset is given nowhere."""
     values = {k: v for k, v in globals_.items() if v is not None or k not in ("n_epochs", "dataset")}
-    values.update(merged_step_fields(step, defaults))
+    given = merged_step_fields(step, defaults)
+    values.update(given)
 
     if values.get("n_epochs") is None:
         raise MissingStepValue("n_epochs", "required: set it on the step, in training.pipeline.defaults "
@@ -208,6 +210,8 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
         raise MissingStepValue("dataset", "required: training.pipeline.datasets has several entries and no "
                                           "default_dataset; name one here or set training.pipeline.default_dataset")
 
+    if "img_size" not in given:
+        values["img_size"] = (dataset_sizes or {}).get(values["dataset"]) or values["img_size"]
     values["unfreeze"] = list(dict.fromkeys(values.get("unfreeze", [])))
     # `unfreeze` overrides `freeze`, whether that came from the defaults or from the step (the original tool's documentation).
     values["freeze"] = [n for n in dict.fromkeys(values.get("freeze", [])) if n not in values["unfreeze"]]

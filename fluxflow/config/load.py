@@ -21,10 +21,9 @@ from fluxflow.config import modes
 from fluxflow.config.errors import ConfigError, ConfigIssue, did_you_mean, format_path
 from fluxflow.config.executor import process_issues, resources_issues
 from fluxflow.config.file_checks import STEPS, checkpoint_issues, frozen_pretrained_issues, lpips_issues, \
-    text_encoder_issues
+    text_encoder_issues, with_pretrained_width
 from fluxflow.config.legacy import apply_legacy
 from fluxflow.config.optim import Optimization, optimizer_issues, scheduler_issues
-from fluxflow.config.pretrained_text import with_pretrained_width
 from fluxflow.config.promotion import promotion_issues
 from fluxflow.config.schema import (DATASET_TYPES, SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,
                                     PipelineConfig, TrainingConfig, implicit_datasets)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from fluxflow.config.modes import COMPONENTS
-from fluxflow.config.pretrained_text import pretrained_text_path
+from fluxflow.config.file_checks import pretrained_text_path
 
 # Widths per resolution level as multiples of vae_dim; level i works at H / 2**i (compressor and expander).
 _WIDTH_MULT = (1, 2, 4)

@@ -24,7 +24,7 @@ DEFAULT_SAMPLE_CAPTIONS = ["a red circle", "a blue square", "a green triangle", 
 class TextEncoderConfig(StrictModel):
     """`byte`: the byte-level encoder of fluxflow/models/text_encoder.py, trained here. `pretrained`: a frozen
     Hugging Face text encoder (CLIP text or T5 encoder) loaded from the local directory `path`, never downloaded
-    (fluxflow/config/pretrained_text.py)."""
+    (fluxflow/config/file_checks.py)."""
 
     type: Literal["byte", "pretrained"] = "byte"
     path: str | None = None
@@ -32,7 +32,7 @@ class TextEncoderConfig(StrictModel):
 
 class ModelConfig(OmitsDefaults):
     """Component sizes. With a pretrained text encoder, text_embedding_dim is its width: load_config fills it from
-    the encoder's config.json when the file leaves it out (fluxflow/config/pretrained_text.py)."""
+    the encoder's config.json when the file leaves it out (fluxflow/config/file_checks.py)."""
 
     OMITTED_AT_DEFAULT = ("text_encoder", "text_pooled")  # absent = the byte encoder, pooled text
 

@@ -155,8 +155,7 @@ def _pipeline(training: dict, notes: LegacyNotes) -> None:
         if losses:  # the original's global loss weights: defaults for every step that sets none
             defaults = pipeline.setdefault("defaults", {})
             if isinstance(defaults, dict):
-                for key, value in losses.items():
-                    defaults.setdefault(key, value)
+                defaults.update({key: value for key, value in losses.items() if key not in defaults})
         map_pipeline(pipeline, notes)
 
 

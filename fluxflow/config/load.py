@@ -317,8 +317,7 @@ def semantic_issues(p: Pieces) -> list[ConfigIssue]:
     names, afters = ([s.get(key) if isinstance(s, dict) and isinstance(s.get(key), str) else None
                       for s in p.raw_steps] for key in ("name", "after"))
     issues = _name_issues(names) + _dag_issues(names, afters) + _dataset_issues(p) + _size_issues(p)
-    issues += text_encoder_issues(p.model)
-    issues += defaults_optimization_issues(p.defaults) + checkpoint_issues(p.model_checkpoint)
+    issues += text_encoder_issues(p.model) + defaults_optimization_issues(p.defaults) + checkpoint_issues(p.model_checkpoint)
     lpips_steps = []
     for i, step in enumerate(p.steps):
         if step is None or p.defaults is None:

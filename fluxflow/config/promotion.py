@@ -137,10 +137,9 @@ def promotion_issues(config) -> list[ConfigIssue]:
                                                        f"{did_you_mean(promotion.dataset, datasets)}"))
         return issues
     if promotion.metric is not None and promotion.metric not in PROMOTION_METRICS:
-        issues.append(ConfigIssue("promotion.metric", f"{promotion.metric!r} is not a metric of a text-to-image "
-                                                      f"model{did_you_mean(promotion.metric, PROMOTION_METRICS)}; "
-                                                      f"metrics: {', '.join(PROMOTION_METRICS)}"))
-        return issues
+        return issues + [ConfigIssue("promotion.metric", f"{promotion.metric!r} is not a metric of a text-to-image "
+                                                         f"model{did_you_mean(promotion.metric, PROMOTION_METRICS)}; "
+                                                         f"metrics: {', '.join(PROMOTION_METRICS)}")]
     return issues + _metric_issues(config, capable)
 
 

@@ -22,7 +22,7 @@ from fluxflow.config.errors import ConfigError, ConfigIssue, did_you_mean, forma
 from fluxflow.config.executor import process_issues, resources_issues
 from fluxflow.config.file_checks import STEPS, checkpoint_issues, frozen_pretrained_issues, lpips_issues, \
     text_encoder_issues, with_pretrained_width
-from fluxflow.config.legacy import apply_legacy
+from fluxflow.config.legacy import apply_legacy, get_in
 from fluxflow.config.optim import Optimization, optimizer_issues, scheduler_issues
 from fluxflow.config.promotion import promotion_issues
 from fluxflow.config.schema import (DATASET_TYPES, SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,
@@ -92,8 +92,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
         key, sep, value = text.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
-            raise ConfigError([ConfigIssue(f"--set {text}", "expected KEY=VALUE with a dotted KEY, e.g. training.seed=1 "
-                                                            "or training.pipeline.steps.flow.lr=3e-4")], label)
+            raise ConfigError([ConfigIssue(f"--set {text}", "expected KEY=VALUE with a dotted KEY, e.g. training."
+                                                            "seed=1 or training.pipeline.steps.flow.lr=3e-4")], label)
         try:
             value = yaml.load(value, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as exc:
@@ -267,27 +267,23 @@ class Pieces:
 def _pieces(raw: dict) -> Pieces:
     """What semantic checks can use: each part of the file that parses on its own (all of them when the whole config
     parsed, which then gives the same values)."""
-    raw_steps = _get(raw, *STEPS)
-    raw_steps = raw_steps if isinstance(raw_steps, list) else []
-    part = lambda model, *keys: _parse(model, _get(raw, *keys) or {})  # noqa: E731 - a part that did not parse: None
-    datasets = _get(raw, "training", "pipeline", "datasets")
+    raw_steps = get_in(raw, *STEPS, kind=list) or []
+    part = lambda model, *keys: _parse(model, get_in(raw, *keys, kind=object) or {})  # noqa: E731 - None: did not parse
+    datasets = get_in(raw, "training", "pipeline", "datasets", kind=object)
     datasets = {} if datasets is None else {name: _parse(DatasetConfig, ds) for name, ds in datasets.items()} \
         if isinstance(datasets, dict) else None
-    default_dataset = _get(raw, "training", "pipeline", "default_dataset")
-    default_dataset = default_dataset if isinstance(default_dataset, str) else None
+    default_dataset = get_in(raw, "training", "pipeline", "default_dataset", kind=str)
     if datasets is not None:
         datasets, default_dataset = implicit_datasets(datasets, default_dataset)
-    checkpoint = raw.get("model_checkpoint")
     return Pieces(raw_steps, [_parse(StepConfig, s) for s in raw_steps], part(StepDefaults, *STEPS[:2], "defaults"),
-                  _lenient_globals(_get(raw, "training"), default_dataset), datasets, default_dataset,
+                  _lenient_globals(get_in(raw, "training") or {}, default_dataset), datasets, default_dataset,
                   part(ModelConfig, "model"), part(DataConfig, "data"), part(OutputConfig, "output"),
-                  checkpoint if isinstance(checkpoint, str) else None)
+                  get_in(raw, "model_checkpoint", kind=str))
 
 
-def _lenient_globals(training: Any, dataset: str | None) -> dict[str, Any]:
+def _lenient_globals(training: dict, dataset: str | None) -> dict[str, Any]:
     """Step globals from the fields of `training` that validate as TrainingConfig's own; where one does not (it is
     already reported), its default stands in."""
-    training = training if isinstance(training, dict) else {}
     values = {}
     for key in TRAINING_GLOBALS:
         info = TrainingConfig.model_fields[key]
@@ -307,17 +303,12 @@ def _parse(model: Any, value: Any) -> Any:
         return None
 
 
-def _get(raw: Any, *keys: str) -> Any:
-    for key in keys:
-        raw = raw.get(key) if isinstance(raw, dict) else None
-    return raw
-
-
 def semantic_issues(p: Pieces) -> list[ConfigIssue]:
     names, afters = ([s.get(key) if isinstance(s, dict) and isinstance(s.get(key), str) else None
                       for s in p.raw_steps] for key in ("name", "after"))
     issues = _name_issues(names) + _dag_issues(names, afters) + _dataset_issues(p) + _size_issues(p)
-    issues += text_encoder_issues(p.model) + defaults_optimization_issues(p.defaults) + checkpoint_issues(p.model_checkpoint)
+    issues += text_encoder_issues(p.model) + defaults_optimization_issues(p.defaults)
+    issues += checkpoint_issues(p.model_checkpoint)
     lpips_steps = []
     for i, step in enumerate(p.steps):
         if step is None or p.defaults is None:

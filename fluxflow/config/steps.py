@@ -1,4 +1,4 @@
-"""Pipeline steps: what a step may say in the file, and the fully resolved step the trainer runs.
+"""Pipeline steps: what a step may say in the file, the fully resolved step the trainer runs, and seed replicates.
 
 A step's value comes from, highest first: the step itself, `training.pipeline.defaults` (deep-merged under it),
 the globals of `training` (batch_size, workers, lr, n_epochs, max_steps, seed; the pipeline's default dataset), and

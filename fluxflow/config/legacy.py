@@ -161,9 +161,8 @@ def _pipeline(training: dict, notes: LegacyNotes) -> None:
 
 def _sample_sizes(raw: dict, notes: LegacyNotes) -> None:
     """The original accepted 512, "512", "768x512" and [768, 512]; only square sizes are sampled here."""
-    output = get_in(raw, "output")
-    sizes = output.get("sample_sizes") if output else None
-    if not isinstance(sizes, list):
+    sizes = get_in(raw, "output", "sample_sizes", kind=list)
+    if sizes is None:
         return
     kept = []
     for i, spec in enumerate(sizes):
@@ -177,7 +176,7 @@ def _sample_sizes(raw: dict, notes: LegacyNotes) -> None:
                                       "(only square sizes are)")
                 continue
         kept.append(spec)
-    output["sample_sizes"] = kept
+    sizes[:] = kept
 
 
 class LegacyNotes:
@@ -294,9 +293,7 @@ def map_step(step: dict, path: str, notes: LegacyNotes) -> None:
 
 def _train_kl(step: dict, path: str, notes: LegacyNotes) -> None:
     """train_kl: false switched the KL term off; here that is kl_beta 0. true is what always happens here."""
-    if "train_kl" not in step:
-        return
-    value = step.pop("train_kl")
+    value = step.pop("train_kl", None)  # absent or null: nothing to map
     if value is False:
         step["kl_beta"] = 0.0
         notes.warnings.append(f"{path}.train_kl: false is kl_beta: 0 here (no KL loss)")

@@ -1,7 +1,7 @@
 """Hypotheses with uncertainty: the seed replicates of each hypothesis summarised per metric, and every pair of
 hypotheses compared by Welch's t-test.
 
-A hypothesis is a leaf step as written (its `hypothesis` param; fluxflow/config/replicates.py); its replicates are the
+A hypothesis is a leaf step as written (its `hypothesis` param; fluxflow/config/steps.py); its replicates are the
 leaf runs of that step, one per seed. Per metric: the mean, the sample standard deviation and the 95 % confidence
 interval of the mean (Student's t with n − 1 degrees of freedom). Per pair (A, B) and metric: the difference of the
 means B − A, its 95 % interval and the two-sided p-value of Welch's t-test (unequal variances, Welch–Satterthwaite

@@ -126,7 +126,7 @@ def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str
     """Train the pipeline declared by `config` (a YAML path, the config itself, or the config `fluxflow-train`
     resolved); returns each step's outcome. `output_dir` overrides the config's output directory; `{date}` in it is
     the run's scheduled day. `device` overrides `training.device`. `overrides`: `KEY=VALUE` changes of the config, as
-    `fluxflow-train --set` (fluxflow/config/overrides.py). The config is resolved here, once
+    `fluxflow-train --set` (fluxflow/config/load.py). The config is resolved here, once
     (fluxflow/config/run_config.py); every task and the promotion receive it resolved."""
     cfg = resolve_run_config(config, output_dir=output_dir, device=device, overrides=overrides or (),
                              day=run_day()).config

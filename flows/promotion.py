@@ -183,7 +183,7 @@ def promote(config, client: MlflowClient, versions: list[str]) -> list[Decision]
 
 def _replicates_of(config, steps: dict[str, str]) -> dict[str, list[str]]:
     """Each version -> the versions (itself included) whose steps replicate the same hypothesis
-    (fluxflow/config/replicates.py); a step the config no longer has is a hypothesis of its own."""
+    (fluxflow/config/steps.py); a step the config no longer has is a hypothesis of its own."""
     known = {step.name: step.hypothesis for step in config.resolved_steps()}
     hypothesis = {v: known.get(step, step) for v, step in steps.items()}
     return {v: [w for w in steps if hypothesis[w] == hypothesis[v]] for v in steps}

@@ -39,7 +39,7 @@ from flows.mlflow_names import (LINEAGE_TAGS, TAG_CHECKPOINT_SHA256, TAG_CHECKPO
                                  tags_filter)
 from flows.pyfunc_model import CHECKPOINT_ARTIFACT, CONFIG_ARTIFACT, PROMPT, SIGNATURE, WEIGHTS_ARTIFACT
 from fluxflow.checkpoints.ref import StepOutcome
-from fluxflow.config.pretrained_text import pretrained_text_path
+from fluxflow.config.file_checks import pretrained_text_path
 
 TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
 MODEL_IN_RUN = "model"  # the logged model's name within its run

@@ -44,7 +44,7 @@ def latent_cache_choice(step: Any, dataset_type: str) -> CacheChoice:
         blocker = "the compressor trains in this step, so its latents change with every update"
     if blocker is None and modes.touches_vae(step):  # e.g. a decoder-only fine-tune beside the flow (freeze)
         blocker = "the VAE trains in this step on the images themselves"
-    return _choice(step.cache_latents, blocker)
+    return CacheChoice(blocker is None, blocker or "", step.cache_latents)
 
 
 def text_cache_choice(step: Any, dataset_type: str) -> CacheChoice:
@@ -55,7 +55,7 @@ def text_cache_choice(step: Any, dataset_type: str) -> CacheChoice:
     if blocker is None and "text_encoder" in modes.trained_components(step):
         why = "train_diff_full" if step.train_diff_full else "unfreeze: [text_encoder]"
         blocker = f"the text encoder trains in this step ({why}), so its outputs change with every update"
-    return _choice(step.cache_text, blocker)
+    return CacheChoice(blocker is None, blocker or "", step.cache_text)
 
 
 def _common_blocker(step: Any, field: str, dataset_type: str) -> str | None:
@@ -66,10 +66,6 @@ def _common_blocker(step: Any, field: str, dataset_type: str) -> str | None:
     if dataset_type not in INDEXED_DATASETS:
         return f"a {dataset_type} stream has no item index to cache by; it is encoded on the fly"
     return None
-
-
-def _choice(requested: bool | None, blocker: str | None) -> CacheChoice:
-    return CacheChoice(on=blocker is None, why_off=blocker or "", requested=requested)
 
 
 def describe_choice(choice: CacheChoice, where: Path | None = None) -> str:

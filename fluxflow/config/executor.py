@@ -69,8 +69,7 @@ class ExecutorConfig(StrictModel):
 def resources_issues(config) -> list[ConfigIssue]:
     """What Ray would refuse at submission, said at load: fractional GPUs above 1 and custom resources that are
     negative or named like Ray's own (which the fields set)."""
-    issues = []
-    pipe = config.training.pipeline
+    issues, pipe = [], config.training.pipeline
     places = [(("training", "pipeline", "defaults", "resources"), pipe.defaults.resources)]
     places += [(("training", "pipeline", "steps", i, "resources"), s.resources) for i, s in enumerate(pipe.steps)]
     for loc, resources in places:

@@ -7,16 +7,35 @@ torch and no transformers here: `--validate-pipeline` reads at most a small conf
 LPIPS (the `lpips` package) ships only its small linear layers; its AlexNet ImageNet backbone comes from torchvision's
 hub cache, located here as `torch.hub.get_dir()` does: `$TORCH_HOME`, else `$XDG_CACHE_HOME/torch`, else
 `~/.cache/torch`, then `hub/checkpoints/<file>`. `fluxflow.losses` re-exports `lpips_backbone_path`.
+
+The captions file of a `folder` dataset (one `filename<TAB>caption` line per image): where it is looked up, how it is
+read, and how many of its entries a hold-out may take. Here, not in fluxflow/data (which imports torch), because
+validation reads it too: a folder that is missing, has no captions file, or lists too few images for its hold-out is
+a config problem named before any step starts (`folder_issues`), and the dataset (fluxflow/data/folder.py) applies the
+same rules to the files it finds. Text of any encoding: a line is decoded as UTF-8 and, failing that, as Latin-1
+(`decode_text`), which decodes every byte string and keeps the bytes recoverable: the caption is kept (repaired) and
+counted, never fatal.
+
+A pretrained text encoder (`model.text_encoder: {type: pretrained, path: DIR}`) is a directory written by
+`save_pretrained` (or a snapshot of a hub repository): `config.json`, the weights, and the tokenizer's files. Validation
+reads `config.json` only, so it stays fast; fluxflow/models/pretrained_text.py loads the model with transformers
+(`local_files_only=True`). Supported: CLIP text models (`clip_text_model`, or a whole `clip` model whose text tower is
+used) and T5-family encoders (`t5`, `mt5`, `umt5`; the encoder half is used). The width of their token embeddings
+(`hidden_size` or `d_model`) is the flow model's text width: `model.text_embedding_dim` is derived from it.
+transformers is an optional dependency (the `pretrained` extra of pyproject.toml): a config that names a pretrained
+encoder where it is not installed is refused by validation, and loading one says which extra to install.
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from fluxflow.config.captions_file import folder_problem, holdout_problem, read_captions, resolve_captions_path
 from fluxflow.config.errors import ConfigIssue, format_path
-from fluxflow.config.pretrained_text import UnusablePretrained, inspect_pretrained, require_transformers
 
 LPIPS_BACKBONE_FILE = "alexnet-owt-7be5be79.pth"
 
@@ -63,6 +82,62 @@ def checkpoint_issues(uri: str | None) -> list[ConfigIssue]:
     return [ConfigIssue("model_checkpoint", f"file not found: {uri}")]
 
 
+DEFAULT_CAPTIONS_FILE = "captions.txt"
+
+
+def decode_text(raw: bytes) -> tuple[str, bool]:
+    """(text, repaired): UTF-8, else Latin-1 with repaired=True."""
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return raw.decode("latin-1"), True
+
+
+def resolve_captions_path(root: Path, captions_file: str | os.PathLike | None) -> Path:
+    """An absolute or existing path is used as given; otherwise it is looked up inside the image folder."""
+    if captions_file is None:
+        return root / DEFAULT_CAPTIONS_FILE
+    p = Path(captions_file).expanduser()
+    return p if p.is_absolute() or p.exists() else root / p
+
+
+def read_captions(captions_path: Path) -> tuple[dict[str, str], list[str], list[int]]:
+    """{filename: caption} in file order (a later line for the same file wins), the malformed lines, and the numbers
+    of the lines that were not UTF-8 (kept, decoded as Latin-1)."""
+    captions, malformed, repaired = {}, [], []
+    with open(captions_path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            line, was_repaired = decode_text(raw.rstrip(b"\r\n"))
+            line = line.removeprefix("\ufeff") if number == 1 else line  # a byte-order mark some editors write
+            if was_repaired:
+                repaired.append(number)
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            name, sep, caption = line.partition("\t")
+            if not sep or not name.strip():
+                malformed.append(line)
+                continue
+            captions[name.strip()] = caption.strip()
+    return captions, malformed, repaired
+
+
+def folder_problem(root: Path, captions_path: Path) -> str | None:
+    """Why a folder dataset cannot be read at all (no folder, no captions file), or None."""
+    if not root.is_dir():
+        return f"image folder {root} does not exist"
+    if not captions_path.is_file():
+        return f"captions file {captions_path} does not exist (one 'filename<TAB>caption' line per image)"
+    return None
+
+
+def holdout_problem(root: Path, entries: int, holdout: int, what: str) -> str | None:
+    """Why `holdout` held-out images leave nothing to train on among `entries` (`what` they are), or None."""
+    if holdout <= 0 or holdout < entries:  # no hold-out: an empty folder is "fewer items than one batch" later
+        return None
+    return (f"folder {root}: holdout={holdout} leaves no training images ({entries} {what}); lower holdout or add "
+            "images")
+
+
 def data_folder_issues(config) -> list[ConfigIssue]:
     """Every `folder` dataset of the (valid) PipelineConfig `config` has its folder and captions file, and lists more
     images than its hold-out takes: checked when a run starts (fluxflow/config/run_config.py, resolve_run_config), not by
@@ -86,6 +161,85 @@ def folder_issues(loc: tuple, ds) -> list[ConfigIssue]:
         return [ConfigIssue(format_path((*loc, "captions_file")), f"cannot read {captions_path}: {exc}")]
     problem = holdout_problem(root, len(captions), ds.holdout, f"entries in {captions_path.name}")
     return [ConfigIssue(format_path((*loc, "holdout")), problem)] if problem else []
+
+
+# config.json `model_type` -> family (how the model is loaded and pooled).
+FAMILIES = {"clip_text_model": "clip", "clip": "clip", "t5": "t5", "mt5": "t5", "umt5": "t5"}
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "spiece.model", "tokenizer.model")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+@dataclass(frozen=True)
+class PretrainedText:
+    family: str  # "clip" or "t5"
+    width: int  # embedding width of the encoder's output tokens
+    max_positions: int | None  # longest token sequence (CLIP's learned positions); None: no fixed limit (T5)
+
+
+def pretrained_text_path(model_cfg) -> str | None:
+    """The directory of `model_cfg`'s pretrained text encoder; None for the byte encoder (or an object, such as an
+    older checkpoint's model_config, that has no `text_encoder`)."""
+    te = getattr(model_cfg, "text_encoder", None)
+    return te.path if te is not None and te.type == "pretrained" else None
+
+
+class UnusablePretrained(ValueError):
+    """The directory is missing or does not hold a supported text encoder, or transformers is not installed; the
+    message says what is wrong."""
+
+
+def require_transformers() -> None:
+    """UnusablePretrained naming the extra to install when transformers is missing (found without importing it:
+    validation stays fast)."""
+    if importlib.util.find_spec("transformers") is None:
+        raise UnusablePretrained("a pretrained text encoder needs the transformers package, which is not installed: "
+                                 "pip install 'fluxflow-pipelines[pretrained]'")
+
+
+def inspect_pretrained(path: str | Path) -> PretrainedText:
+    """What the flow model needs to know about the encoder in `path`; UnusablePretrained if it cannot be used."""
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise UnusablePretrained(f"directory not found: {path} (nothing is downloaded: put a save_pretrained "
+                                 "directory there, see docs/CONFIG.md)")
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UnusablePretrained(f"no config.json in {path}: not a Hugging Face model directory") from None
+    except (OSError, ValueError) as exc:
+        raise UnusablePretrained(f"cannot read {directory / 'config.json'}: {exc}") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise UnusablePretrained(f"{path}: model_type {model_type!r} is not a supported text encoder (supported: "
+                                 f"{', '.join(FAMILIES)})")
+    if not any((directory / name).is_file() for name in WEIGHT_FILES):
+        raise UnusablePretrained(f"{path}: no weights ({' or '.join(WEIGHT_FILES)})")
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise UnusablePretrained(f"{path}: no tokenizer ({' or '.join(TOKENIZER_FILES)}); the tokenizer is loaded "
+                                 "from the model's directory")
+    section = config.get("text_config", config) if model_type == "clip" else config
+    width = section.get("hidden_size" if family == "clip" else "d_model")
+    if not isinstance(width, int) or width < 1:
+        raise UnusablePretrained(f"{directory / 'config.json'}: no embedding width (hidden_size / d_model)")
+    positions = section.get("max_position_embeddings") if family == "clip" else None
+    return PretrainedText(family, width, positions if isinstance(positions, int) else None)
+
+
+def with_pretrained_width(raw: dict[str, Any]) -> dict[str, Any]:
+    """The config file's dict with `model.text_embedding_dim` filled from a pretrained encoder's config.json when the
+    file leaves it out (the width is the encoder's). Done once, where a file is loaded, so that validating a config
+    never reads files; a different value or an unusable directory is reported by text_encoder_issues."""
+    model = raw.get("model")
+    te = model.get("text_encoder") if isinstance(model, dict) else None
+    if not isinstance(te, dict) or te.get("type") != "pretrained" or not isinstance(te.get("path"), str) \
+            or "text_embedding_dim" in model:
+        return raw
+    try:
+        return {**raw, "model": {**model, "text_embedding_dim": inspect_pretrained(te["path"]).width}}
+    except UnusablePretrained:
+        return raw
 
 
 def text_encoder_issues(model) -> list[ConfigIssue]:

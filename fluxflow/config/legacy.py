@@ -59,15 +59,15 @@ def apply_legacy(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[C
     original, raw, notes = raw, copy.deepcopy(raw), LegacyNotes()
     for section, table in (("model", MODEL_NO_EFFECT), ("data", DATA_NO_EFFECT),
                            ("training", TRAINING_NO_EFFECT), ("output", OUTPUT_NO_EFFECT)):
-        notes.drop(as_dict(raw, section) or {}, table, section)
+        notes.drop(get_in(raw, section) or {}, table, section)
     _top_level_optimization(raw, notes)
-    training = as_dict(raw, "training")
+    training = get_in(raw, "training")
     if training is not None:
         _precision(training, notes)
         _pipeline(training, notes)
     _folder_dataset(raw, notes)  # after _pipeline, which may have built the pipeline block
     _sample_sizes(raw, notes)
-    pipeline = as_dict(raw, "training", "pipeline")
+    pipeline = get_in(raw, "training", "pipeline")
     if pipeline is not None and (raw != original or notes.dropped or notes.warnings):
         per_epoch_schedulers(pipeline, notes)  # a file with keys of the original tool is one of its configs
     return raw, notes.all_warnings(), notes.issues
@@ -91,13 +91,13 @@ def _top_level_optimization(raw: dict, notes: LegacyNotes) -> None:
 
 def _folder_dataset(raw: dict, notes: LegacyNotes) -> None:
     """data.data_path + data.captions_file are the folder dataset `default` unless the pipeline declares datasets."""
-    data = as_dict(raw, "data")
+    data = get_in(raw, "data")
     if data is None or not ({"data_path", "captions_file"} & set(data)):
         return
     path, captions = data.pop("data_path", None), data.pop("captions_file", None)
     if not path and not captions:
         return
-    pipeline = as_dict(raw, "training", "pipeline")
+    pipeline = get_in(raw, "training", "pipeline")
     if pipeline is not None and pipeline.get("datasets"):
         notes.warnings.append("data.data_path/captions_file: have no effect here because "
                               "training.pipeline.datasets is given")
@@ -155,16 +155,14 @@ def _pipeline(training: dict, notes: LegacyNotes) -> None:
         if losses:  # the original's global loss weights: defaults for every step that sets none
             defaults = pipeline.setdefault("defaults", {})
             if isinstance(defaults, dict):
-                for key, value in losses.items():
-                    defaults.setdefault(key, value)
+                defaults.update({key: value for key, value in losses.items() if key not in defaults})
         map_pipeline(pipeline, notes)
 
 
 def _sample_sizes(raw: dict, notes: LegacyNotes) -> None:
     """The original accepted 512, "512", "768x512" and [768, 512]; only square sizes are sampled here."""
-    output = as_dict(raw, "output")
-    sizes = output.get("sample_sizes") if output else None
-    if not isinstance(sizes, list):
+    sizes = get_in(raw, "output", "sample_sizes", kind=list)
+    if sizes is None:
         return
     kept = []
     for i, spec in enumerate(sizes):
@@ -178,7 +176,7 @@ def _sample_sizes(raw: dict, notes: LegacyNotes) -> None:
                                       "(only square sizes are)")
                 continue
         kept.append(spec)
-    output["sample_sizes"] = kept
+    sizes[:] = kept
 
 
 class LegacyNotes:
@@ -206,11 +204,11 @@ class LegacyNotes:
         return lines + self.warnings
 
 
-def as_dict(parent: Any, *keys: str) -> dict | None:
-    """parent[key0][key1]... when that is a mapping, else None."""
+def get_in(parent: Any, *keys: str, kind: type = dict) -> Any:
+    """parent[key0][key1]... when that is a `kind` (a mapping unless told), else None."""
     for key in keys:
         parent = parent.get(key) if isinstance(parent, dict) else None
-    return parent if isinstance(parent, dict) else None
+    return parent if isinstance(parent, kind) else None
 
 
 def _step_blocks(pipeline: dict) -> list[tuple[str, Any]]:
@@ -262,7 +260,7 @@ def map_pipeline(pipeline: dict, notes: LegacyNotes) -> None:
     for path, block in _step_blocks(pipeline):
         if isinstance(block, dict):
             map_step(block, path, notes)
-    for name, dataset in (as_dict(pipeline, "datasets") or {}).items():
+    for name, dataset in (get_in(pipeline, "datasets") or {}).items():
         if isinstance(dataset, dict):
             map_dataset(dataset, f"training.pipeline.datasets.{name}", notes)
 
@@ -284,20 +282,18 @@ def map_step(step: dict, path: str, notes: LegacyNotes) -> None:
                 if isinstance(name, str) and name in COMPONENT_ALIASES:  # a non-text entry: the schema reports it
                     names[i] = COMPONENT_ALIASES[name]
                     notes.warnings.append(f"{path}.{field}[{i}]: '{name}' is called '{names[i]}' here")
-    optimizers = as_dict(step, "optimization", "optimizers") or {}
+    optimizers = get_in(step, "optimization", "optimizers") or {}
     for group, optimizer in optimizers.items():
         if isinstance(optimizer, dict):
             _optimizer(optimizer, f"{path}.optimization.optimizers.{group}", notes)
-    transition = as_dict(step, "transition_on")
+    transition = get_in(step, "transition_on")
     if transition is not None:
         _transition(transition, f"{path}.transition_on", notes)
 
 
 def _train_kl(step: dict, path: str, notes: LegacyNotes) -> None:
     """train_kl: false switched the KL term off; here that is kl_beta 0. true is what always happens here."""
-    if "train_kl" not in step:
-        return
-    value = step.pop("train_kl")
+    value = step.pop("train_kl", None)  # absent or null: nothing to map
     if value is False:
         step["kl_beta"] = 0.0
         notes.warnings.append(f"{path}.train_kl: false is kl_beta: 0 here (no KL loss)")
@@ -352,10 +348,10 @@ def per_epoch_schedulers(pipeline: dict, notes: LegacyNotes) -> None:
     """The original tool stepped its schedulers once per epoch (a StepLR step_size counted epochs); here the default
     is per optimizer update. In a config of the original tool, a scheduler without `interval` gets `interval: epoch`,
     with a warning. A step's scheduler inherits the interval its defaults' entry of the same group sets."""
-    defaults = as_dict(pipeline, "defaults", "optimization", "schedulers") or {}
+    defaults = get_in(pipeline, "defaults", "optimization", "schedulers") or {}
     for path, block in _step_blocks(pipeline):
         inherited = {} if path == "training.pipeline.defaults" else defaults
-        for group, scheduler in (as_dict(block, "optimization", "schedulers") or {}).items():
+        for group, scheduler in (get_in(block, "optimization", "schedulers") or {}).items():
             parent = inherited.get(group) if isinstance(inherited.get(group), dict) else {}
             if not isinstance(scheduler, dict) or "interval" in scheduler or "interval" in parent:
                 continue

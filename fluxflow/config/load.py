@@ -6,7 +6,7 @@ one broken step does not hide the problems of the others; every problem names it
 """
 from __future__ import annotations
 
-import dataclasses
+import copy
 import re
 import types
 import typing
@@ -21,17 +21,14 @@ from fluxflow.config import modes
 from fluxflow.config.errors import ConfigError, ConfigIssue, did_you_mean, format_path
 from fluxflow.config.executor import process_issues, resources_issues
 from fluxflow.config.file_checks import STEPS, checkpoint_issues, frozen_pretrained_issues, lpips_issues, \
-    text_encoder_issues
-from fluxflow.config.legacy import apply_legacy
+    text_encoder_issues, with_pretrained_width
+from fluxflow.config.legacy import apply_legacy, get_in
 from fluxflow.config.optim import Optimization, optimizer_issues, scheduler_issues
-from fluxflow.config.overrides import apply_overrides
-from fluxflow.config.pretrained_text import with_pretrained_width
 from fluxflow.config.promotion import promotion_issues
-from fluxflow.config.replicates import replicate_issues
 from fluxflow.config.schema import (DATASET_TYPES, SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,
                                     PipelineConfig, TrainingConfig, implicit_datasets)
 from fluxflow.config.steps import TRAINING_GLOBALS, MissingStepValue, ResolvedStep, StepConfig, StepDefaults, \
-    StepGlobals, merged_step_fields, resolve_step
+    merged_step_fields, replicate_issues, resolve_step
 
 
 @dataclass
@@ -80,9 +77,62 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError([ConfigIssue("(file)", f"broken YAML: {' '.join(str(exc).split())}")], str(path)) from None
 
 
+# `--set KEY=VALUE`: change a value of the config file without editing it (CLI flag and deployment parameter).
+# KEY is a dotted path into the file (`training.seed`, `model.flow_depth`); a step is addressed by its name:
+# `training.pipeline.steps.flow.lr` is the `lr` of the step named `flow`. VALUE is YAML, read as the file is read
+# (`3e-4` is a number, `[0, 1]` a list, `{type: AdamW}` a mapping). Missing sections on the way are created; the result
+# is validated like the file, so an unknown key gets the file's message ("unknown key (did you mean 'lr'?)").
+# Overrides apply in order, before the keys of the original tool are mapped (fluxflow/config/legacy.py).
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], label: str | None) -> dict[str, Any]:
+    """A copy of the parsed file with every override set; ConfigError naming each one that cannot be placed, or the
+    first that is not KEY=VALUE ('training.pipeline.steps.flow.lr=3e-4') or whose value is broken YAML."""
+    raw, issues = copy.deepcopy(raw), []
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError([ConfigIssue(f"--set {text}", "expected KEY=VALUE with a dotted KEY, e.g. training."
+                                                            "seed=1 or training.pipeline.steps.flow.lr=3e-4")], label)
+        try:
+            value = yaml.load(value, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError as exc:
+            raise ConfigError([ConfigIssue(f"--set {key}", f"the value is broken YAML: {' '.join(str(exc).split())}")],
+                              label) from None
+        problem = _set(raw, parts, value)
+        if problem:
+            issues.append(ConfigIssue(f"--set {'.'.join(parts)}", problem))
+    if issues:
+        raise ConfigError(issues, label)
+    return raw
+
+
+def _set(raw: dict[str, Any], parts: list[str], value: Any) -> str | None:
+    """Set raw[parts...] = value, stepping into a step by its name under training.pipeline.steps; the problem or None."""
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(node, list) and tuple(parts[:depth]) == STEPS:
+            names = [s["name"] for s in node if isinstance(s, dict) and isinstance(s.get("name"), str)]
+            if part not in names:
+                return f"no step named {part!r}{did_you_mean(part, names)} (steps: {', '.join(names) or 'none'})"
+            node = next(s for s in node if isinstance(s, dict) and s.get("name") == part)
+            continue
+        if not isinstance(node, dict):
+            return f"{'.'.join(parts[:depth])} is {node!r}, not a section"
+        if node.get(part) is None:  # absent, or an empty section (`defaults:` with nothing under it)
+            node[part] = {}
+        node = node[part]
+    if isinstance(node, list) and tuple(parts[:-1]) == STEPS:
+        return f"a whole step cannot be set; set its keys, e.g. {'.'.join(parts)}.lr=3e-4"
+    if not isinstance(node, dict):
+        return f"{'.'.join(parts[:-1])} is {node!r}, not a section"
+    node[parts[-1]] = value
+    return None
+
+
 def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> LoadedConfig:
     """Validate a config file (path) or an already-parsed config (dict, e.g. a Prefect parameter), with the
-    `--set KEY=VALUE` overrides applied first (fluxflow/config/overrides.py)."""
+    `--set KEY=VALUE` overrides applied first (apply_overrides)."""
     path = None if isinstance(source, dict) else Path(source)
     raw = source if isinstance(source, dict) else read_yaml(path)
     label = str(path) if path else None
@@ -91,10 +141,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
     if not isinstance(raw, dict):
         raise ConfigError([ConfigIssue("(file)", f"must be a mapping of sections, not {type(raw).__name__}")], label)
     if overrides:
-        try:
-            raw = apply_overrides(raw, list(overrides), _Loader)
-        except ConfigError as exc:
-            raise ConfigError(exc.issues, label) from None
+        raw = apply_overrides(raw, overrides, label)
 
     raw, warnings, issues = apply_legacy(raw)
     raw = with_pretrained_width(raw)
@@ -103,7 +150,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
         config = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
         issues += issues_from_validation(exc, PipelineConfig)
-    issues += semantic_issues(_pieces(raw, config))
+    issues += semantic_issues(_pieces(raw))
     if config is not None and not issues:  # cross-section rules need the whole config, and valid steps
         issues += replicate_issues(config.written_steps(), config.training.replicates)
     if config is not None and not issues:
@@ -118,7 +165,9 @@ def issues_from_validation(exc: ValidationError, root: type[BaseModel]) -> list[
     issues = []
     for err in exc.errors():
         loc, kind = tuple(err["loc"]), err["type"]
-        tag = _dataset_type(loc)
+        # The type of the dataset an error is in: pydantic puts a discriminated union's tag after the dataset's name.
+        datasets_loc = loc[:3] == ("training", "pipeline", "datasets") and len(loc) > 4
+        tag = loc[4] if datasets_loc and loc[4] in DATASET_TYPES else None
         path = format_path(loc[:4] + loc[5:] if tag else loc)  # a dataset's path without its type's tag
         if kind == "extra_forbidden" and loc[-2:-1] == ("defaults",) and loc[-1] in ("name", "after", "description"):
             issues.append(ConfigIssue(path, "is set per step, not in training.pipeline.defaults"))
@@ -152,13 +201,6 @@ def issues_from_validation(exc: ValidationError, root: type[BaseModel]) -> list[
     return issues
 
 
-def _dataset_type(loc: tuple) -> str | None:
-    """The type of the dataset an error is in: pydantic puts a discriminated union's tag after the dataset's name."""
-    if loc[:3] == ("training", "pipeline", "datasets") and len(loc) > 4 and loc[4] in DATASET_TYPES:
-        return loc[4]
-    return None
-
-
 def _fields_at(root: type[BaseModel], loc: tuple) -> list[str]:
     """Field names of the model at `loc` under `root` (for "did you mean" suggestions); [] if there is none."""
     ann: Any = root
@@ -183,10 +225,8 @@ def _fields_at(root: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def _strip_optional(ann: Any) -> Any:
-    if typing.get_origin(ann) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(ann) if a is not type(None)]
-        return args[0] if len(args) == 1 else ann
-    return ann
+    args = [a for a in typing.get_args(ann) if a is not type(None)]
+    return args[0] if typing.get_origin(ann) in (typing.Union, types.UnionType) and len(args) == 1 else ann
 
 
 _SECTION_ORDER = ("(file)", "model", "data", "training", "output", "tracking", "promotion", "model_checkpoint", "optimization")
@@ -215,7 +255,7 @@ class Pieces:
     raw_steps: list[Any]
     steps: list[StepConfig | None]
     defaults: StepDefaults | None
-    globals_: StepGlobals
+    globals_: dict[str, Any]  # what steps inherit (as PipelineConfig.step_globals)
     datasets: dict[str, DatasetConfig | None] | None  # a dataset that did not parse: None under its name
     default_dataset: str | None
     model: ModelConfig | None
@@ -224,33 +264,26 @@ class Pieces:
     model_checkpoint: str | None = None
 
 
-def _pieces(raw: dict, config: PipelineConfig | None) -> Pieces:
-    """What semantic checks can use: the whole config when it parsed, else each part that parses on its own."""
-    raw_steps = _get(raw, *STEPS)
-    raw_steps = raw_steps if isinstance(raw_steps, list) else []
-    if config is not None:
-        pipe = config.training.pipeline
-        return Pieces(raw_steps, list(pipe.steps), pipe.defaults, config.step_globals(), pipe.datasets,
-                      pipe.default_dataset, config.model, config.data, config.output, config.model_checkpoint)
-    part = lambda model, *keys: _parse(model, _get(raw, *keys) or {})  # noqa: E731 - a part that did not parse: None
-    datasets = _get(raw, "training", "pipeline", "datasets")
+def _pieces(raw: dict) -> Pieces:
+    """What semantic checks can use: each part of the file that parses on its own (all of them when the whole config
+    parsed, which then gives the same values)."""
+    raw_steps = get_in(raw, *STEPS, kind=list) or []
+    part = lambda model, *keys: _parse(model, get_in(raw, *keys, kind=object) or {})  # noqa: E731 - None: did not parse
+    datasets = get_in(raw, "training", "pipeline", "datasets", kind=object)
     datasets = {} if datasets is None else {name: _parse(DatasetConfig, ds) for name, ds in datasets.items()} \
         if isinstance(datasets, dict) else None
-    default_dataset = _get(raw, "training", "pipeline", "default_dataset")
-    default_dataset = default_dataset if isinstance(default_dataset, str) else None
+    default_dataset = get_in(raw, "training", "pipeline", "default_dataset", kind=str)
     if datasets is not None:
         datasets, default_dataset = implicit_datasets(datasets, default_dataset)
-    checkpoint = raw.get("model_checkpoint")
     return Pieces(raw_steps, [_parse(StepConfig, s) for s in raw_steps], part(StepDefaults, *STEPS[:2], "defaults"),
-                  _lenient_globals(_get(raw, "training"), default_dataset), datasets, default_dataset,
+                  _lenient_globals(get_in(raw, "training") or {}, default_dataset), datasets, default_dataset,
                   part(ModelConfig, "model"), part(DataConfig, "data"), part(OutputConfig, "output"),
-                  checkpoint if isinstance(checkpoint, str) else None)
+                  get_in(raw, "model_checkpoint", kind=str))
 
 
-def _lenient_globals(training: Any, dataset: str | None) -> StepGlobals:
+def _lenient_globals(training: dict, dataset: str | None) -> dict[str, Any]:
     """Step globals from the fields of `training` that validate as TrainingConfig's own; where one does not (it is
     already reported), its default stands in."""
-    training = training if isinstance(training, dict) else {}
     values = {}
     for key in TRAINING_GLOBALS:
         info = TrainingConfig.model_fields[key]
@@ -260,7 +293,7 @@ def _lenient_globals(training: Any, dataset: str | None) -> StepGlobals:
         # in, so that it is reported once, not also called missing (or crash resolving) in every step.
         if values[key] is None and (given is not None or info.default is not None):
             values[key] = 1 if key == "n_epochs" else info.default
-    return StepGlobals(dataset=dataset, **values)
+    return {**values, "dataset": dataset, "img_size": 32}  # sizes are checked as written (_size_issues)
 
 
 def _parse(model: Any, value: Any) -> Any:
@@ -270,18 +303,12 @@ def _parse(model: Any, value: Any) -> Any:
         return None
 
 
-def _get(raw: Any, *keys: str) -> Any:
-    for key in keys:
-        raw = raw.get(key) if isinstance(raw, dict) else None
-    return raw
-
-
 def semantic_issues(p: Pieces) -> list[ConfigIssue]:
     names, afters = ([s.get(key) if isinstance(s, dict) and isinstance(s.get(key), str) else None
                       for s in p.raw_steps] for key in ("name", "after"))
     issues = _name_issues(names) + _dag_issues(names, afters) + _dataset_issues(p) + _size_issues(p)
-    issues += text_encoder_issues(p.model)
-    issues += defaults_optimization_issues(p.defaults) + checkpoint_issues(p.model_checkpoint)
+    issues += text_encoder_issues(p.model) + defaults_optimization_issues(p.defaults)
+    issues += checkpoint_issues(p.model_checkpoint)
     lpips_steps = []
     for i, step in enumerate(p.steps):
         if step is None or p.defaults is None:
@@ -396,7 +423,7 @@ def _step_issues(i: int, step: StepConfig, p: Pieces) -> tuple[list[ConfigIssue]
         if missing.field != "dataset" or p.datasets is not None:
             issues.append(ConfigIssue(at(missing.field), missing.message))
         # Go on with placeholders so that the step's other problems are reported too.
-        placeholders = dataclasses.replace(globals_, n_epochs=globals_.n_epochs or 1, dataset=globals_.dataset or "")
+        placeholders = {**globals_, "n_epochs": globals_["n_epochs"] or 1, "dataset": globals_["dataset"] or ""}
         s = resolve_step(i, step, p.defaults, placeholders, None)
     if not any(getattr(s, m) for m in modes.PRIMARY_MODES):
         extra = " (train_spade and use_lpips only modify a VAE/GAN step)" if s.train_spade or s.use_lpips else ""
@@ -405,10 +432,9 @@ def _step_issues(i: int, step: StepConfig, p: Pieces) -> tuple[list[ConfigIssue]
     if s.train_spade and not modes.has_vae_mode(s):
         issues.append(ConfigIssue(at("train_spade"), "needs train_vae or gan_training (SPADE is part of the "
                                                      "expander)" + _inherited(step, "train_spade")))
-    for term in modes.IMAGE_STAT_TERMS:  # inherited from `defaults` by a step without train_vae: no effect there
-        key = f"train_{term}"
-        if not s.train_vae and getattr(step, key):  # written on this step
-            issues.append(ConfigIssue(at(key), f"needs train_vae (the {term} term is a reconstruction loss)"))
+    # Written on this step; inherited from `defaults` by a step without train_vae, a term has no effect there.
+    issues += [ConfigIssue(at(f"train_{term}"), f"needs train_vae (the {term} term is a reconstruction loss)")
+               for term in modes.IMAGE_STAT_TERMS if not s.train_vae and getattr(step, f"train_{term}")]
     if s.use_lpips and not s.train_vae:
         issues.append(ConfigIssue(at("use_lpips"), "needs train_vae (LPIPS is a reconstruction loss)"
                                   + _inherited(step, "use_lpips")))
@@ -492,10 +518,8 @@ def _transition_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigIss
         return [ConfigIssue(at("transition_on", key), "only used with mode: loss_threshold (mode epoch runs "
                                                       f"n_epochs){_inherited(step, 'transition_on', key)}")
                 for key in ("metric", "threshold", "max_epochs") if key in written]
-    issues = []
-    for key in ("metric", "threshold"):
-        if written.get(key) is None:
-            issues.append(ConfigIssue(at("transition_on", key), "required for mode: loss_threshold"))
+    issues = [ConfigIssue(at("transition_on", key), "required for mode: loss_threshold")
+              for key in ("metric", "threshold") if written.get(key) is None]
     metric = written.get("metric")
     if metric is not None and metric not in modes.ALL_METRICS:
         issues.append(ConfigIssue(at("transition_on", "metric"), _unknown("metric", metric, modes.ALL_METRICS)))

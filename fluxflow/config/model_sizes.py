@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from fluxflow.config.modes import COMPONENTS
-from fluxflow.config.pretrained_text import pretrained_text_path
+from fluxflow.config.file_checks import pretrained_text_path
 
 # Widths per resolution level as multiples of vae_dim; level i works at H / 2**i (compressor and expander).
 _WIDTH_MULT = (1, 2, 4)
@@ -118,11 +118,9 @@ def component_parameters(name: str, model_cfg: Any, channels: int) -> int | None
     """Parameters of component `name`, as `count_parameters(build_component(name, model_cfg, channels))`; None for
     a pretrained text encoder (its size is whatever its directory holds)."""
     args = component_args(name, model_cfg, channels)  # an unknown name is refused here, with the known ones
-    if name == "text_encoder" and pretrained_text_path(model_cfg):
-        return None
     sizes = {"compressor": compressor, "expander": expander, "flow_processor": flow_processor,
              "text_encoder": text_encoder, "discriminator": discriminator}
-    return sizes[name](*args)
+    return None if name == "text_encoder" and pretrained_text_path(model_cfg) else sizes[name](*args)
 
 
 def parameter_counts(model_cfg: Any, channels: int) -> dict[str, int | None]:

@@ -146,7 +146,5 @@ MODE_LABELS: tuple[tuple[str, str], ...] = (("train_vae", "VAE"), ("gan_training
 
 def mode_labels(step: Any) -> list[str]:
     """Short labels for the validation summary: VAE, GAN, SPADE, LPIPS, Flow, Flow+Text."""
-    labels = [label for mode, label in MODE_LABELS if getattr(step, mode)]
-    if step.train_diff and not step.train_diff_full:
-        labels.append("Flow")
-    return labels
+    flow = ["Flow"] if step.train_diff and not step.train_diff_full else []
+    return [label for mode, label in MODE_LABELS if getattr(step, mode)] + flow

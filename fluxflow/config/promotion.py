@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from fluxflow.config.dag import leaf_names
+from fluxflow.config.dag import descendants, leaf_names
 from fluxflow.config.errors import ConfigIssue, did_you_mean, format_path
 from fluxflow.config.modes import has_flow_mode
 from fluxflow.config.optim import StrictModel
@@ -69,16 +69,9 @@ class PromotionConfig(StrictModel):
 def text_to_image_steps(steps) -> list[str]:
     """Steps whose final checkpoint can make images from text: a flow step, or any step below one (the flow model
     and text encoder travel on in every later checkpoint)."""
-    by_name = {step.name: step for step in steps}
-
-    def trained_flow(step) -> bool:
-        while step is not None:
-            if has_flow_mode(step):
-                return True
-            step = by_name.get(step.parent)
-        return False
-
-    return [step.name for step in steps if trained_flow(step)]
+    flow = [step.name for step in steps if has_flow_mode(step)]
+    capable = {*flow, *descendants(steps, flow)}
+    return [step.name for step in steps if step.name in capable]
 
 
 def registered_model_name_problem(name: str) -> str | None:
@@ -144,10 +137,9 @@ def promotion_issues(config) -> list[ConfigIssue]:
                                                        f"{did_you_mean(promotion.dataset, datasets)}"))
         return issues
     if promotion.metric is not None and promotion.metric not in PROMOTION_METRICS:
-        issues.append(ConfigIssue("promotion.metric", f"{promotion.metric!r} is not a metric of a text-to-image "
-                                                      f"model{did_you_mean(promotion.metric, PROMOTION_METRICS)}; "
-                                                      f"metrics: {', '.join(PROMOTION_METRICS)}"))
-        return issues
+        return issues + [ConfigIssue("promotion.metric", f"{promotion.metric!r} is not a metric of a text-to-image "
+                                                         f"model{did_you_mean(promotion.metric, PROMOTION_METRICS)}; "
+                                                         f"metrics: {', '.join(PROMOTION_METRICS)}")]
     return issues + _metric_issues(config, capable)
 
 

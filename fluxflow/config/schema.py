@@ -15,9 +15,8 @@ from fluxflow.config.executor import ExecutorConfig
 from fluxflow.config.optim import OmitsDefaults, StrictModel
 from fluxflow.storage.location import check_output_uri, remote_uri
 from fluxflow.config.promotion import PromotionConfig, registered_model_name_problem
-from fluxflow.config.replicates import ReplicatesConfig, replicate_steps
-from fluxflow.config.steps import (TRAINING_GLOBALS, ResolvedStep, Workers, StepConfig, StepDefaults, StepGlobals,
-                                   merged_step_fields, resolve_step)
+from fluxflow.config.steps import (TRAINING_GLOBALS, ReplicatesConfig, ResolvedStep, Workers, StepConfig, StepDefaults,
+                                   replicate_steps, resolve_step)
 
 DEFAULT_SAMPLE_CAPTIONS = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
 
@@ -25,7 +24,7 @@ DEFAULT_SAMPLE_CAPTIONS = ["a red circle", "a blue square", "a green triangle", 
 class TextEncoderConfig(StrictModel):
     """`byte`: the byte-level encoder of fluxflow/models/text_encoder.py, trained here. `pretrained`: a frozen
     Hugging Face text encoder (CLIP text or T5 encoder) loaded from the local directory `path`, never downloaded
-    (fluxflow/config/pretrained_text.py)."""
+    (fluxflow/config/file_checks.py)."""
 
     type: Literal["byte", "pretrained"] = "byte"
     path: str | None = None
@@ -33,7 +32,7 @@ class TextEncoderConfig(StrictModel):
 
 class ModelConfig(OmitsDefaults):
     """Component sizes. With a pretrained text encoder, text_embedding_dim is its width: load_config fills it from
-    the encoder's config.json when the file leaves it out (fluxflow/config/pretrained_text.py)."""
+    the encoder's config.json when the file leaves it out (fluxflow/config/file_checks.py)."""
 
     OMITTED_AT_DEFAULT = ("text_encoder", "text_pooled")  # absent = the byte encoder, pooled text
 
@@ -179,19 +178,9 @@ class TrainingConfig(OmitsDefaults):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     compile: bool = Field(False, description="torch.compile each trained component (fluxflow/train/speed.py)")
     activation_checkpointing: bool = Field(False, description="recompute each flow transformer block in backward")
-    replicates: ReplicatesConfig | None = None  # seed replicates (fluxflow/config/replicates.py)
+    replicates: ReplicatesConfig | None = None  # seed replicates (fluxflow/config/steps.py)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)  # local or Ray (fluxflow/config/executor.py)
     pipeline: PipelineSection
-
-
-REMOTE_CACHE_MESSAGE = ("must be a local or mounted directory: the caches are written in place (memory-mapped "
-                        "files); with an object-store output_path they stay in the staging directory of each node")
-
-
-def check_cache_dir(value: str | None) -> str | None:
-    if value is not None and remote_uri(value) is not None:
-        raise ValueError(REMOTE_CACHE_MESSAGE)
-    return value
 
 
 class OutputConfig(StrictModel):
@@ -210,7 +199,13 @@ class OutputConfig(StrictModel):
     # A local directory, file://, or an object store's URI whose protocol, package and bucket are known; the store
     # itself is asked at the run's start (fluxflow/storage/store_lock.py).
     _output = field_validator("output_path")(check_output_uri)
-    _local_cache = field_validator("cache_dir")(check_cache_dir)
+    @field_validator("cache_dir")
+    @classmethod
+    def _local_cache(cls, value: str | None) -> str | None:
+        if value is not None and remote_uri(value) is not None:
+            raise ValueError("must be a local or mounted directory: the caches are written in place (memory-mapped "
+                             "files); with an object-store output_path they stay in the staging directory of each node")
+        return value
 
 
 SECRET_VALUE = "secret_value"  # the error type of a value never to be echoed (fluxflow/config/load.py)
@@ -263,27 +258,17 @@ class PipelineConfig(StrictModel):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     model_checkpoint: str | None = None  # starting checkpoint of the first step(s): a path or fsspec URI
 
-    @property
-    def pipeline(self) -> PipelineSection:
-        return self.training.pipeline
-
-    def step_globals(self) -> StepGlobals:
+    def step_globals(self) -> dict[str, Any]:
         t = self.training
-        return StepGlobals(**{key: getattr(t, key) for key in TRAINING_GLOBALS}, dataset=t.pipeline.default_dataset,
-                           img_size=self.data.img_size)
+        return {**{key: getattr(t, key) for key in TRAINING_GLOBALS}, "dataset": t.pipeline.default_dataset,
+                "img_size": self.data.img_size}
 
     def written_steps(self) -> list[ResolvedStep]:
         """Every step of the file with defaults, globals and parent filled in, in file order."""
         pipe, globals_ = self.training.pipeline, self.step_globals()
-        resolved, previous = [], None
-        for index, step in enumerate(pipe.steps):
-            one = resolve_step(index, step, pipe.defaults, globals_, previous)
-            dataset_size = pipe.datasets[one.dataset].img_size if one.dataset in pipe.datasets else None
-            if dataset_size is not None and "img_size" not in merged_step_fields(step, pipe.defaults):
-                one = one.model_copy(update={"img_size": dataset_size})  # the dataset's size under the step's own
-            resolved.append(one)
-            previous = step.name
-        return resolved
+        sizes = {name: dataset.img_size for name, dataset in pipe.datasets.items()}
+        return [resolve_step(i, step, pipe.defaults, globals_, pipe.steps[i - 1].name if i else None, sizes)
+                for i, step in enumerate(pipe.steps)]
 
     def resolved_steps(self) -> list[ResolvedStep]:
         """The steps that run: the written ones, each replicated step as one step per seed (`training.replicates`)."""

@@ -1,4 +1,4 @@
-"""Pipeline steps: what a step may say in the file, and the fully resolved step the trainer runs.
+"""Pipeline steps: what a step may say in the file, the fully resolved step the trainer runs, and seed replicates.
 
 A step's value comes from, highest first: the step itself, `training.pipeline.defaults` (deep-merged under it),
 the globals of `training` (batch_size, workers, lr, n_epochs, max_steps, seed; the pipeline's default dataset), and
@@ -11,12 +11,13 @@ parameters of another type are not inherited.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BeforeValidator, Field, create_model
+from pydantic import BeforeValidator, Field, create_model, field_validator
 
 from fluxflow.config import modes
+from fluxflow.config.dag import descendants
+from fluxflow.config.errors import ConfigIssue, did_you_mean, format_path
 from fluxflow.config.executor import StepResources
 from fluxflow.config.optim import OmitsDefaults, Optimization, OptimizerConfig, StrictModel
 
@@ -157,25 +158,13 @@ class ResolvedStep(OmitsDefaults, StepSettings):
     name: str
     parent: str | None
     # The written step this one trains: its own name, or for a seed replicate the step it replicates
-    # (fluxflow/config/replicates.py). A label: not part of the step key.
+    # (replicate_steps below). A label: not part of the step key.
     hypothesis: str
 
 
-@dataclass(frozen=True)
-class StepGlobals:
-    """Values from outside the pipeline block that steps inherit."""
-
-    batch_size: int
-    workers: Workers
-    lr: float
-    n_epochs: int | None
-    max_steps: int | None
-    dataset: str | None
-    seed: int = 0
-    img_size: int = 32  # data.img_size; a dataset's own img_size applies in PipelineConfig.written_steps
-
-
-TRAINING_GLOBALS = ("batch_size", "workers", "lr", "n_epochs", "max_steps", "seed")  # training.<key> as StepGlobals.<key>
+# training.<key> that steps inherit as their <key>; with the pipeline's default dataset and data.img_size they are the
+# step globals (PipelineConfig.step_globals, and load.py's lenient ones where the file did not parse).
+TRAINING_GLOBALS = ("batch_size", "workers", "lr", "n_epochs", "max_steps", "seed")
 
 
 class MissingStepValue(Exception):
@@ -187,13 +176,14 @@ class MissingStepValue(Exception):
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any], kind_key: str = "type") -> dict[str, Any]:
-    """`override` on top of `base`; when both name a different `kind_key`, `override` replaces `base` whole."""
+    """`override` on top of `base`; when both name a different `kind_key` (an optimizer's or scheduler's `type`, the
+    `mode` of transition_on), `override` replaces `base` whole."""
     if kind_key in base and kind_key in override and base[kind_key] != override[kind_key]:
         return dict(override)
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value, "mode" if key == "transition_on" else "type")
         else:
             merged[key] = value
     return merged
@@ -201,20 +191,17 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any], kind_key: str = "
 
 def merged_step_fields(step: StepConfig, defaults: StepDefaults) -> dict[str, Any]:
     """The step's own values over the pipeline defaults (no globals, no built-ins): what the user wrote for it."""
-    base, own = defaults.model_dump(exclude_none=True), step.model_dump(exclude_none=True)
-    merged = deep_merge(base, own)
-    if "transition_on" in base and "transition_on" in own:  # a transition of another mode replaces the inherited one
-        merged["transition_on"] = deep_merge(base["transition_on"], own["transition_on"], kind_key="mode")
-    return merged
+    return deep_merge(defaults.model_dump(exclude_none=True),
+                      step.model_dump(exclude_none=True, exclude={"name", "after", "description"}))
 
 
-def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_: StepGlobals,
-                 previous: str | None) -> ResolvedStep:
-    """The concrete step. Raises MissingStepValue when n_epochs or the dataset is given nowhere."""
-    values: dict[str, Any] = {k: v for k, v in asdict(globals_).items()
-                              if v is not None or k not in ("n_epochs", "dataset")}
-    values.update({k: v for k, v in merged_step_fields(step, defaults).items()
-                   if k not in ("name", "after", "description")})
+def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_: dict[str, Any],
+                 previous: str | None, dataset_sizes: dict[str, int | None] | None = None) -> ResolvedStep:
+    """The concrete step; `dataset_sizes`: the datasets' own img_size, under the step's. Raises MissingStepValue when
+    n_epochs or the dataset is given nowhere."""
+    values = {k: v for k, v in globals_.items() if v is not None or k not in ("n_epochs", "dataset")}
+    given = merged_step_fields(step, defaults)
+    values.update(given)
 
     if values.get("n_epochs") is None:
         raise MissingStepValue("n_epochs", "required: set it on the step, in training.pipeline.defaults "
@@ -223,6 +210,8 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
         raise MissingStepValue("dataset", "required: training.pipeline.datasets has several entries and no "
                                           "default_dataset; name one here or set training.pipeline.default_dataset")
 
+    if "img_size" not in given:
+        values["img_size"] = (dataset_sizes or {}).get(values["dataset"]) or values["img_size"]
     values["unfreeze"] = list(dict.fromkeys(values.get("unfreeze", [])))
     # `unfreeze` overrides `freeze`, whether that came from the defaults or from the step (the original tool's documentation).
     values["freeze"] = [n for n in dict.fromkeys(values.get("freeze", [])) if n not in values["unfreeze"]]
@@ -248,3 +237,86 @@ def _resolve_optimization(step: ResolvedStep) -> Optimization:
         schedulers={g: written.schedulers[g].resolved(step.transition_on.max_epochs)
                     for g in ordered if g in written.schedulers},
     )
+
+
+# Seed replicates: the same steps trained once per seed, as branches grouped under one hypothesis.
+#
+#     training:
+#       replicates:
+#         seeds: [0, 1, 2]
+#         from_steps: [spade_off, spade_on]   # these steps and every step below them; omitted: every step
+#
+# Each replicated step becomes one step per seed, named `<step>-seed<seed>`, with that seed (data order, fresh weights,
+# noise) and its parent's replica of the same seed as its parent (or the shared step it starts from): its own
+# checkpoints, step key and nested MLflow run. Every replica keeps the written step's name as its `hypothesis`, which
+# `fluxflow-compare` and the pipeline's MLflow run group by (flows/hypotheses.py). The expansion happens when steps are
+# resolved (PipelineConfig.resolved_steps): the flow, the bare runner, step keys and resume see ordinary steps.
+NAME_LIMIT = 64  # as step names (fluxflow/config/load.py NAME_RE)
+
+
+class ReplicatesConfig(StrictModel):
+    seeds: list[int] = Field(min_length=1, description="one replicate per seed")
+    from_steps: list[str] | None = Field(None, min_length=1, description="replicated steps (and all below them); "
+                                                                         "None: every step")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be distinct (the same seed twice trains the same replicate twice)")
+        return seeds
+
+
+def replica_name(step: str, seed: int) -> str:
+    return f"{step}-seed{seed}"
+
+
+def replicated_names(steps: list, replicates: ReplicatesConfig) -> list[str]:
+    """The written steps that are replicated, in file order."""
+    if replicates.from_steps is None:
+        return [step.name for step in steps]
+    chosen = set(replicates.from_steps) | set(descendants(steps, replicates.from_steps))
+    return [step.name for step in steps if step.name in chosen]
+
+
+def replicate_steps(steps: list, replicates: ReplicatesConfig | None) -> list:
+    """The resolved steps with each replicated one replaced by one copy per seed (next to each other, in file
+    order), indices renumbered. Without replicates: `steps` as they are."""
+    if replicates is None:
+        return steps
+    chosen = set(replicated_names(steps, replicates))
+    expanded = []
+    for step in steps:
+        if step.name not in chosen:
+            expanded.append(step)
+            continue
+        for seed in replicates.seeds:
+            parent = replica_name(step.parent, seed) if step.parent in chosen else step.parent
+            expanded.append(step.model_copy(update={"name": replica_name(step.name, seed), "parent": parent,
+                                                    "seed": seed}))
+    return [step.model_copy(update={"index": index}) for index, step in enumerate(expanded)]
+
+
+def replicate_issues(written: list, replicates: ReplicatesConfig | None) -> list[ConfigIssue]:
+    """`from_steps` names written steps; replica names are valid step names and collide with no written one."""
+    if replicates is None:
+        return []
+    names = [step.name for step in written]
+    issues = []
+    for i, name in enumerate(replicates.from_steps or []):
+        if name not in names:
+            issues.append(ConfigIssue(format_path(("training", "replicates", "from_steps", i)),
+                                      f"no step is named {name!r}{did_you_mean(name, names)}"))
+    if issues:
+        return issues
+    for name in replicated_names(written, replicates):
+        for seed in replicates.seeds:
+            replica = replica_name(name, seed)
+            if replica in names:
+                issues.append(ConfigIssue("training.replicates", f"replica {replica!r} of step {name!r} has the "
+                                                                 "name of a step of the file: rename that step"))
+            elif len(replica) > NAME_LIMIT:  # the step name passed its own checks: only the length can fail
+                issues.append(ConfigIssue("training.replicates", f"replica name {replica!r} of step {name!r} is "
+                                                                 f"longer than {NAME_LIMIT} characters: shorten the "
+                                                                 "step name"))
+    return issues

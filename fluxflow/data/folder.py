@@ -14,7 +14,7 @@ Held-out captions (`holdout_captions`, fluxflow/data/heldout.py): entries whose 
 split but form a third one, `unseen`, wherever their filename hashes to.
 
 Reading the captions file and the rules for a missing folder or a hold-out that leaves nothing to train on are in
-fluxflow/config/captions_file.py, which validation applies before any step starts; here they are applied again to the
+fluxflow/config/file_checks.py, which validation applies before any step starts; here they are applied again to the
 files actually found, as a DataError (which no retry repeats).
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from fluxflow.config.captions_file import folder_problem, holdout_problem, read_captions, resolve_captions_path
+from fluxflow.config.file_checks import folder_problem, holdout_problem, read_captions, resolve_captions_path
 from fluxflow.data.skips import CountsSkips, SkipCounter
 from fluxflow.data.transforms import load_image, pil_mode
 from fluxflow.errors import DataError

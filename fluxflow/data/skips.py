@@ -8,7 +8,7 @@ shared memory (multiprocessing.Value), so the increments made in DataLoader work
 are what the main process reads; no tensor and no host sync is involved.
 
 Text of any encoding: a caption is decoded as UTF-8 and, failing that, as Latin-1
-(fluxflow/config/captions_file.py, `decode_text`): the caption is kept (repaired) and counted, never fatal.
+(fluxflow/config/file_checks.py, `decode_text`): the caption is kept (repaired) and counted, never fatal.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
-from fluxflow.config.captions_file import decode_text
+from fluxflow.config.file_checks import decode_text
 from fluxflow.data.transforms import load_image
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff")

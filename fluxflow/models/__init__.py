@@ -7,7 +7,7 @@ from torch import nn
 
 from fluxflow.config.model_sizes import component_args
 from fluxflow.config.modes import COMPONENTS
-from fluxflow.config.pretrained_text import pretrained_text_path
+from fluxflow.config.file_checks import pretrained_text_path
 from fluxflow.models.compressor import Compressor, sample_latent
 from fluxflow.models.discriminator import Discriminator
 from fluxflow.models.expander import Expander

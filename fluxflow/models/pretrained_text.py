@@ -2,7 +2,7 @@
 
 Same interface as the byte-level `TextEncoder`: `tokenize(texts) -> (ids, mask)` and
 `(ids, mask) -> (tokens [B, L, D], pooled [B, D])`, with L = `model.text_max_len` (always padded to it, so batch shapes
-are static) and D the encoder's width (fluxflow/config/pretrained_text.py derives `text_embedding_dim` from it, so the
+are static) and D the encoder's width (fluxflow/config/file_checks.py derives `text_embedding_dim` from it, so the
 flow model's text projections take it as it is).
 
 - Nothing is downloaded: model and tokenizer load with `local_files_only=True` from the directory the config names.
@@ -20,7 +20,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from fluxflow.config.pretrained_text import inspect_pretrained, require_transformers
+from fluxflow.config.file_checks import inspect_pretrained, require_transformers
 
 
 class PretrainedTextEncoder(nn.Module):

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from fluxflow.checkpoints.io import atomic_write
-from fluxflow.config.pretrained_text import inspect_pretrained, pretrained_text_path
+from fluxflow.config.file_checks import inspect_pretrained, pretrained_text_path
 from fluxflow.sampling.generate import (GENERATION_COMPONENTS, GenerationError, TextToImageModel,
                                         build_text_to_image)
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fluxflow.checkpoints.io import load_checkpoint
-from fluxflow.config.pretrained_text import UnusablePretrained
+from fluxflow.config.file_checks import UnusablePretrained
 from fluxflow.runtime.device import resolve_device
 from fluxflow.models import build_component
 from fluxflow.sampling.sample_files import image_grid, prompt_file_name

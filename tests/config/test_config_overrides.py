@@ -1,4 +1,4 @@
-"""`--set KEY=VALUE` overrides (fluxflow/config/overrides.py): scalars, lists, steps by name, the file's validation
+"""`--set KEY=VALUE` overrides (fluxflow/config/load.py): scalars, lists, steps by name, the file's validation
 messages, and the step keys (a changed value retrains, an unchanged one reuses)."""
 from __future__ import annotations
 

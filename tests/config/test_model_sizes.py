@@ -8,7 +8,7 @@ from pretrained_fixture import shipped_config_raw
 from fluxflow.config import ModelConfig, load_config
 from fluxflow.config import model_sizes
 from fluxflow.config.modes import COMPONENTS
-from fluxflow.config.pretrained_text import pretrained_text_path
+from fluxflow.config.file_checks import pretrained_text_path
 from fluxflow.models import build_component, count_parameters
 from fluxflow.models.text_encoder import VOCAB_SIZE
 

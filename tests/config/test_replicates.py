@@ -1,4 +1,4 @@
-"""Seed replicates (fluxflow/config/replicates.py): each replicated step becomes one branch per seed, grouped under
+"""Seed replicates (fluxflow/config/steps.py): each replicated step becomes one branch per seed, grouped under
 its hypothesis, with its own seed, name, parent and step key; the file's other steps are unchanged."""
 from __future__ import annotations
 

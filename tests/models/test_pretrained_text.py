@@ -65,7 +65,7 @@ def test_without_transformers_a_pretrained_encoder_is_refused_naming_the_extra(t
 
 
 def test_loading_a_pretrained_encoder_without_transformers_names_the_extra(tiny_clip_dir, monkeypatch):
-    from fluxflow.config.pretrained_text import UnusablePretrained
+    from fluxflow.config.file_checks import UnusablePretrained
     from fluxflow.models import PretrainedTextEncoder
 
     monkeypatch.setitem(sys.modules, "transformers", None)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from flows.cli_generate import ModelNotFound, add_checkpoint_arguments, checkpoint_model, output_is_a_file
 from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OK
-from flows.cli_version import add_version_argument
+from flows.cli_version import add_version_argument, parse
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse(parser(), argv)
     if output_is_a_file("fluxflow-export", args.output):  # before loading the model
         return EXIT_FIX_INPUT
 

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OK
-from flows.cli_version import add_version_argument
+from flows.cli_version import add_version_argument, parse
 
 
 def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
@@ -126,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse(parser(), argv)
     try:
         prompts = read_prompts(args.prompt, args.prompts_file)
     except (OSError, UnicodeDecodeError) as exc:

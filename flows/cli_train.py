@@ -19,7 +19,7 @@ from fluxflow.config import ConfigError
 from fluxflow.config.model_sizes import parameter_counts
 from fluxflow.config.run_config import resolve_run_config
 from fluxflow.config.summary import format_parameters, format_summary
-from flows.cli_version import add_version_argument
+from flows.cli_version import add_version_argument, parse
 from flows.exit_codes import EXIT_FIX_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
 from flows.prefect_server import start_temporary_server
 
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     server = None
     try:
         config = configured(args)

@@ -139,8 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     if not prompts:
         print("fluxflow-generate: give at least one --prompt or a --prompts-file", file=sys.stderr)
         return EXIT_FIX_INPUT
-    if args.n < 1 or args.steps < 1:
-        print("fluxflow-generate: --n and --steps must be at least 1", file=sys.stderr)
+    if args.n < 1 or not 1 <= args.steps <= 10_000:  # a huge --steps overflowed, or filled the memory, in torch
+        print("fluxflow-generate: --n must be at least 1 and --steps from 1 to 10000", file=sys.stderr)
+        return EXIT_FIX_INPUT
+    if not -2**63 <= args.seed <= 2**64 - args.n:  # torch's seeds; past them it failed after writing some images
+        print("fluxflow-generate: --seed must lie within -2**63 and 2**64 - n (the images' seeds are seed..seed+n-1)",
+              file=sys.stderr)
         return EXIT_FIX_INPUT
     if output_is_a_file("fluxflow-generate", args.output):
         return EXIT_FIX_INPUT

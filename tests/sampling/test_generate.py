@@ -137,6 +137,19 @@ def test_a_guidance_scale_that_is_not_a_finite_number_is_a_usage_error(trained, 
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--size", "0"], "image size must be a positive multiple of 8 (downscale × patch_size); got 0"),  # was 16
+    (["--size", "-16"], "image size must be a positive multiple of 8 (downscale × patch_size); got -16"),
+    (["--seed", str(2**64 - 1), "--n", "2"], "--seed must lie within -2**63 and 2**64 - n"),  # after one image
+    (["--steps", str(10**20)], "--n must be at least 1 and --steps from 1 to 10000")])
+def test_a_number_out_of_range_is_refused_in_one_line_and_writes_nothing(trained, tmp_path, capsys, flags, says):
+    _, checkpoint, _ = trained
+    assert generate_cli("--checkpoint", checkpoint, "--prompt", "x", "--output", str(tmp_path / "g"), *flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fluxflow-generate: {says}") and err.count("\n") == 1, err
+    assert not (tmp_path / "g").exists()
+
+
 def test_a_prompts_file_without_prompts_is_named(trained, tmp_path, capsys):
     _, checkpoint, _ = trained
     prompts_file = tmp_path / "prompts.txt"

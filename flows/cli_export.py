@@ -12,6 +12,7 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (every flows entry point: quiet and offline)
 
 import argparse
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConfigError, GenerationError, ModelNotFound, OSError) as exc:
         print(f"fluxflow-export: {exc}", file=sys.stderr)
         return EXIT_FIX_INPUT
-    print(f"Wrote {folder} (config.json, model.safetensors); load it with fluxflow-generate --weights {folder}")
+    print(f"Wrote {folder} (config.json, model.safetensors); load it with fluxflow-generate --weights "
+          f"{shlex.quote(str(folder))}")
     return EXIT_OK
 
 

@@ -45,3 +45,15 @@ def test_a_store_that_cannot_be_read_is_one_line_and_exit_2_at_once(tmp_path, ca
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"fluxflow-{command}: ") and says in line, line
     assert not (tmp_path / "typo.db").exists()  # no empty store was made
+
+
+@pytest.mark.parametrize("command", ["generate", "export"])
+def test_a_model_folder_that_is_not_an_mlflow_model_is_one_line(mlflow_store, tmp_path, capsys, command):
+    (tmp_path / "exported").mkdir()  # e.g. fluxflow-export's folder, which --weights loads: it ended in a traceback
+    if command == "generate":
+        code = cli_generate.main(["--model", str(tmp_path / "exported"), "--prompt", "x", "--output", str(tmp_path)])
+    else:
+        code = cli_export.main(["--model", str(tmp_path / "exported"), "--output", str(tmp_path / "again")])
+    assert code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"fluxflow-{command}: {tmp_path / 'exported'}: No such artifact: 'MLmodel'"), line

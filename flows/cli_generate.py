@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 model, _ = checkpoint_model(args, args.device, Path(scratch))
         files = generate_files(model, prompts, args.output, n=args.n, seed=args.seed, steps=args.steps,
                                guidance=args.guidance, size=args.size, ext=args.format)
-    except (CheckpointError, ConfigError, GenerationError, DeviceUnavailable, ModelNotFound) as exc:
+    except (CheckpointError, ConfigError, GenerationError, DeviceUnavailable, ModelNotFound, OSError) as exc:
         print(f"fluxflow-generate: {exc}", file=sys.stderr)
         return EXIT_FIX_INPUT
     for path in files:

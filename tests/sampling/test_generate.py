@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 from helpers_tiny import tiny_raw
+from mlflow_server import free_port
 from PIL import Image
 
-from flows import cli_generate
+from flows import cli_export, cli_generate
 from fluxflow.checkpoints.io import load_checkpoint
 from fluxflow.config import load_config
 from fluxflow.config.run_config import resolve_run_config
@@ -103,6 +104,20 @@ def test_unreadable_inputs_exit_2_naming_them_without_a_traceback(trained, tmp_p
     err = capsys.readouterr().err
     assert "--device is 'cuda' but no CUDA device is available" in err  # its own flag: it has no training.device
     assert "training.device" not in err
+
+
+@pytest.mark.parametrize("uri", ["bogus://bucket/final.pt", "http://127.0.0.1:{port}/final.pt"])
+@pytest.mark.parametrize("command", ["generate", "export"])
+def test_a_checkpoint_uri_that_cannot_be_read_is_one_line(tmp_path, capsys, uri, command):
+    """Both ended in a traceback: fsspec's ValueError for a protocol it does not know, an aiohttp OSError."""
+    uri = uri.format(port=free_port())  # nothing listens there
+    out = ["--output", str(tmp_path / "out")]
+    if command == "generate":
+        assert generate_cli("--checkpoint", uri, "--prompt", "x", *out) == 2
+    else:
+        assert cli_export.main(["--checkpoint", uri, *out]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"fluxflow-{command}: ") and ("Protocol not known: bogus" in line or "127.0.0.1" in line)
 
 
 def test_a_device_it_does_not_know_is_a_usage_error(trained, capsys):

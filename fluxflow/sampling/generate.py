@@ -81,8 +81,12 @@ def load_text_to_image(checkpoint: str | Path, model_config: Any = None, img_siz
     img_size = int(data.get("img_size") or img_size or 0)
     channels = int(data.get("channels") or 3)
     weights = {name: sampling_weights(state, name) for name in GENERATION_COMPONENTS}
-    return build_text_to_image(weights, state["latent_norm"], model_config, img_size, channels,
-                               saved_expander_spade(state), device)
+    try:
+        return build_text_to_image(weights, state["latent_norm"], model_config, img_size, channels,
+                                   saved_expander_spade(state), device)
+    except RuntimeError as exc:  # load_state_dict: wrong shapes, missing or unexpected keys (the sizes of --config)
+        raise GenerationError(f"checkpoint {checkpoint} does not fit the model sizes of the config: "
+                              f"{str(exc).strip().splitlines()[-1].strip()}") from None
 
 
 def sampling_weights(state: dict[str, Any], name: str) -> dict[str, torch.Tensor]:

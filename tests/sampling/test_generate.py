@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers_tiny import tiny_raw
 from mlflow_server import free_port
 from PIL import Image
@@ -26,8 +27,6 @@ def trained(tmp_path_factory):
         {"name": "warm", "n_epochs": 1, "max_steps": 2, "train_vae": True},
         {"name": "flow", "n_epochs": 1, "max_steps": 3, "train_diff_full": True, "ema_decay": 0.5},
     ], dataset_size=16, no_samples=True)
-    import yaml
-
     config_file = tmp / "pipeline.yaml"
     config_file.write_text(yaml.safe_dump(raw))
     outcomes = run_pipeline(resolve_run_config(config_file, device="cpu").config)
@@ -120,6 +119,20 @@ def test_a_checkpoint_uri_that_cannot_be_read_is_one_line(tmp_path, capsys, uri,
     assert line.startswith(f"fluxflow-{command}: ") and ("Protocol not known: bogus" in line or "127.0.0.1" in line)
 
 
+def test_a_config_whose_model_sizes_do_not_fit_the_checkpoint_is_one_line(trained, tmp_path, capsys):
+    config_file, checkpoint, _ = trained
+    state = load_checkpoint(checkpoint)
+    del state["model_config"]  # as a checkpoint that does not record its sizes: --config gives them
+    torch.save(state, tmp_path / "unsized.pt")
+    raw = yaml.safe_load(config_file.read_text())
+    raw["model"]["flow_depth"] += 1
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(raw))
+    assert generate_cli("--checkpoint", str(tmp_path / "unsized.pt"), "--config", str(tmp_path / "other.yaml"),
+                        "--prompt", "x", "--output", str(tmp_path / "g")) == 2  # was load_state_dict's traceback
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"fluxflow-generate: checkpoint {tmp_path / 'unsized.pt'} does not fit the model sizes")
+
+
 def test_a_device_it_does_not_know_is_a_usage_error(trained, capsys):
     _, checkpoint, _ = trained
     with pytest.raises(SystemExit) as exited:
@@ -195,8 +208,6 @@ def test_a_pipeline_checkpoint_alone_is_enough(trained, tmp_path, capsys):
 def test_the_quickstart_pipelines_checkpoint_generates_images(tmp_path, capsys):
     """configs/quickstart.yaml at its real model sizes, each step cut to 2 batches, then fluxflow-generate on its
     final checkpoint with nothing but the checkpoint."""
-    import yaml
-
     raw = yaml.safe_load((Path(__file__).parents[2] / "configs" / "quickstart.yaml").read_text())
     for step in raw["training"]["pipeline"]["steps"]:
         step.update(n_epochs=1, max_steps=2)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (must precede prefect and mlflow)
 
 import contextlib
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -65,7 +66,8 @@ def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
     if runs:
         run_url = artifacts.mlflow_run_url(uri, experiment.experiment_id, runs[0].info.run_id)
         start = "" if uri.startswith(("http://", "https://")) else (
-            f"{_command('mlflow')} ui --host 127.0.0.1 --backend-store-uri {uri}   then open ")
+            f"{shlex.quote(_command('mlflow'))} ui --host 127.0.0.1 --backend-store-uri {shlex.quote(uri)}"
+            "   then open ")
         print(f"MLflow UI:   {start}{run_url}")
     for line in release_lines(client, config, out) if experiment else []:  # versions and champion (flows/promotion.py)
         print(line)

@@ -19,7 +19,7 @@ def stores(tmp_path) -> dict[str, tuple[str, str]]:
     return {"server down": (down, f"the MLflow server at {down} does not answer"),
             "no such file": (f"sqlite:///{tmp_path / 'typo.db'}", f"no MLflow store at sqlite:///{tmp_path / 'typo.db'} "
                                                                   "(no such file)"),
-            "a folder": (f"sqlite:///{tmp_path}", f"no MLflow store at sqlite:///{tmp_path} (a folder)"),
+            "a folder": (f"sqlite:///{tmp_path}", f"cannot read the MLflow store at sqlite:///{tmp_path}: a folder"),
             # These three ended in MLflow's or SQLAlchemy's traceback.
             "not a database": (f"sqlite:///{tmp_path / 'notes.txt'}", "file is not a database"),
             "a plain path": (str(tmp_path), f"cannot read the MLflow store at {tmp_path}: "),

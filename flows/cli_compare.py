@@ -12,8 +12,9 @@ import json
 import sys
 from pathlib import Path
 
+from flows.cli_generate import output_is_a_file
 from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OK
-from flows.cli_version import add_version_argument
+from flows.cli_version import add_version_argument, parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+    args = parse(build_parser(), argv)
+    return EXIT_FIX_INPUT if output_is_a_file("fluxflow-compare", args.output) else run(args)
 
 
 def run(args) -> int:

@@ -12,13 +12,14 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (every flows entry point: quiet and offline)
 
 import argparse
+import shlex
 import sys
 import tempfile
 from pathlib import Path
 
 from flows.cli_generate import ModelNotFound, add_checkpoint_arguments, checkpoint_model, output_is_a_file
 from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OK
-from flows.cli_version import add_version_argument
+from flows.cli_version import add_version_argument, parse
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,7 +37,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse(parser(), argv)
     if output_is_a_file("fluxflow-export", args.output):  # before loading the model
         return EXIT_FIX_INPUT
 
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConfigError, GenerationError, ModelNotFound, OSError) as exc:
         print(f"fluxflow-export: {exc}", file=sys.stderr)
         return EXIT_FIX_INPUT
-    print(f"Wrote {folder} (config.json, model.safetensors); load it with fluxflow-generate --weights {folder}")
+    print(f"Wrote {folder} (config.json, model.safetensors); load it with fluxflow-generate --weights "
+          f"{shlex.quote(str(folder))}")
     return EXIT_OK
 
 

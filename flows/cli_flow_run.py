@@ -7,6 +7,7 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (must precede prefect and mlflow)
 
 import contextlib
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -40,14 +41,15 @@ def print_summary(outcomes: list[dict]) -> None:
 
 def _command(name: str) -> str:
     """How to call a console script of this installation from the current directory: its bare name when PATH finds
-    this one (an activated venv), else its path (`.venv/bin/mlflow` after `make demo`, which does not activate)."""
+    this one (an activated venv), else its path (`.venv/bin/mlflow` after `make demo`, which does not activate), quoted
+    for the shell."""
     script = Path(sys.executable).parent / name
     if not script.exists() or shutil.which(name) == str(script):
         return name
     try:
-        return str(script.relative_to(Path.cwd()))
+        return shlex.quote(str(script.relative_to(Path.cwd())))
     except ValueError:
-        return str(script)
+        return shlex.quote(str(script))
 
 
 def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
@@ -65,7 +67,7 @@ def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
     if runs:
         run_url = artifacts.mlflow_run_url(uri, experiment.experiment_id, runs[0].info.run_id)
         start = "" if uri.startswith(("http://", "https://")) else (
-            f"{_command('mlflow')} ui --host 127.0.0.1 --backend-store-uri {uri}   then open ")
+            f"{_command('mlflow')} ui --host 127.0.0.1 --backend-store-uri {shlex.quote(uri)}   then open ")
         print(f"MLflow UI:   {start}{run_url}")
     for line in release_lines(client, config, out) if experiment else []:  # versions and champion (flows/promotion.py)
         print(line)

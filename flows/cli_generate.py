@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OK
-from flows.cli_version import add_version_argument
+from flows.cli_version import add_version_argument, parse
 
 
 def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
@@ -126,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse(parser(), argv)
     try:
         prompts = read_prompts(args.prompt, args.prompts_file)
     except (OSError, UnicodeDecodeError) as exc:
@@ -139,8 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     if not prompts:
         print("fluxflow-generate: give at least one --prompt or a --prompts-file", file=sys.stderr)
         return EXIT_FIX_INPUT
-    if args.n < 1 or args.steps < 1:
-        print("fluxflow-generate: --n and --steps must be at least 1", file=sys.stderr)
+    if args.n < 1 or not 1 <= args.steps <= 10_000:  # a huge --steps overflowed, or filled the memory, in torch
+        print("fluxflow-generate: --n must be at least 1 and --steps from 1 to 10000", file=sys.stderr)
+        return EXIT_FIX_INPUT
+    if not -2**63 <= args.seed <= 2**64 - args.n:  # torch's seeds; past them it failed after writing some images
+        print("fluxflow-generate: --seed must lie within -2**63 and 2**64 - n (the images' seeds are seed..seed+n-1)",
+              file=sys.stderr)
         return EXIT_FIX_INPUT
     if output_is_a_file("fluxflow-generate", args.output):
         return EXIT_FIX_INPUT
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 model, _ = checkpoint_model(args, args.device, Path(scratch))
         files = generate_files(model, prompts, args.output, n=args.n, seed=args.seed, steps=args.steps,
                                guidance=args.guidance, size=args.size, ext=args.format)
-    except (CheckpointError, ConfigError, GenerationError, DeviceUnavailable, ModelNotFound) as exc:
+    except (CheckpointError, ConfigError, GenerationError, DeviceUnavailable, ModelNotFound, OSError) as exc:
         print(f"fluxflow-generate: {exc}", file=sys.stderr)
         return EXIT_FIX_INPUT
     for path in files:

@@ -19,7 +19,7 @@ from fluxflow.config import ConfigError
 from fluxflow.config.model_sizes import parameter_counts
 from fluxflow.config.run_config import resolve_run_config
 from fluxflow.config.summary import format_parameters, format_summary
-from flows.cli_version import add_version_argument
+from flows.cli_version import add_version_argument, parse
 from flows.exit_codes import EXIT_FIX_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
 from flows.prefect_server import start_temporary_server
 
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     server = None
     try:
         config = configured(args)
@@ -128,14 +128,15 @@ def check_can_run(config) -> None:
 def check_credentials(configured_tracking_uri: str | None) -> None:
     """A secret file that cannot be read, a configured Prefect server that does not answer, or a server that answers
     401 to this process's credentials, would fail the run later (Prefect) or drop every MLflow record as rejected: say
-    so now (flows/credentials.py). An MLflow server that does not answer at all is not refused here: the run starts
-    and its records wait (docs/OPERATIONS.md)."""
+    so now (flows/credentials.py); so would a local store MLflow cannot open (a file that is not a database). An MLflow
+    server that does not answer at all is not refused here: the run starts and its records wait (docs/OPERATIONS.md)."""
     from flows.credentials import mlflow_refusal, prefect_refusal, prefect_unreachable
-    from flows.mlflow_runs import resolve_tracking_uri  # the run's own choice of server
+    from flows.mlflow_runs import resolve_tracking_uri, unreadable_store  # the run's own choice of server
 
     if env.CREDENTIALS_PROBLEM:
         raise Refused(env.CREDENTIALS_PROBLEM)
-    problem = prefect_unreachable() or prefect_refusal() or mlflow_refusal(resolve_tracking_uri(configured_tracking_uri))
+    uri = resolve_tracking_uri(configured_tracking_uri)
+    problem = prefect_unreachable() or prefect_refusal() or mlflow_refusal(uri) or unreadable_store(uri)
     if problem:
         raise Refused(problem)
 

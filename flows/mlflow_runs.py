@@ -96,15 +96,31 @@ def unreachable_reason(uri: str) -> str | None:
 
 def store_to_read_problem(uri: str) -> str | None:
     """Why the store at `uri` cannot be read, for commands that only read it (generate, export, compare), or None:
-    a server that does not answer (asking it would sit in MLflow's retries for minutes) or a sqlite file that does
-    not exist (MLflow would create an empty store there)."""
+    a server that does not answer (asking it would sit in MLflow's retries for minutes), a sqlite file that does
+    not exist (MLflow would create an empty store there), or a store MLflow fails to read."""
     reason = unreachable_reason(uri)
     if reason is not None:
         return f"the MLflow server at {uri} does not answer ({reason}); start it, or name another store with " \
                "--tracking-uri or MLFLOW_TRACKING_URI"
     path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
-    if path is not None and path != ":memory:" and not Path(path).is_file():
+    if path is not None and path != ":memory:" and not Path(path).exists():
         return f"no MLflow store at {uri} (no such file); name the store with --tracking-uri or MLFLOW_TRACKING_URI"
+    problem = unreadable_store(uri)
+    return problem and f"{problem}; name another with --tracking-uri or MLFLOW_TRACKING_URI"
+
+
+def unreadable_store(uri: str) -> str | None:
+    """Why MLflow fails to open the store at `uri` (a file that is not a database, a folder, a scheme it does not
+    read: one line, not its traceback), or None. Neither a server nor a sqlite file not made yet is asked."""
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    if uri.startswith(("http://", "https://")) or path is not None and not Path(path).exists():
+        return None
+    if path is not None and Path(path).is_dir():  # asked, MLflow retries "unable to open database file" for 100 s
+        return f"cannot read the MLflow store at {uri}: a folder, not a sqlite file"
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:
+        return f"cannot read the MLflow store at {uri}: {str(exc).strip().splitlines()[0].split('. ')[0]}"
     return None
 
 

@@ -176,9 +176,9 @@ def model_checkpoint(model_uri: str, tracking_uri: str, into: Path) -> Path:
             repo = get_artifact_repository(model_uri)
             on_disk = isinstance(getattr(repo, "repo", repo), LocalArtifactRepository)
             local = Path(repo.download_artifacts("", dst_path=None if on_disk else str(into)))
+        model = Model.load(str(local))  # a folder that is not an MLflow model (no MLmodel file) raises here
     except MlflowException as exc:
         raise RegistryError(f"{model_uri}: {exc.message} (tracking URI {tracking_uri})") from None
-    model = Model.load(str(local))
     artifacts = model.flavors.get("python_function", {}).get("artifacts") or {}
     if CHECKPOINT_ARTIFACT not in artifacts:
         raise RegistryError(f"{model_uri} is not a fluxflow text-to-image model (no '{CHECKPOINT_ARTIFACT}' artifact)")

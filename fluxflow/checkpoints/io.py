@@ -227,6 +227,8 @@ def _fetched(uri: str, expected_sha256: str | None) -> Path:
         raise CheckpointError(f"checkpoint not found: {uri}") from None
     except TornObjectError as exc:
         raise CheckpointError(f"checkpoint {exc}") from None
+    except (ValueError, ImportError) as exc:  # fsspec: a protocol it does not know, or whose package is not installed
+        raise CheckpointError(f"checkpoint {uri}: {exc}") from None
 
 
 _HEAD_BYTES = 16 << 20  # enough for the pickles of a legacy-format checkpoint, which come before its storages

@@ -81,8 +81,12 @@ def load_text_to_image(checkpoint: str | Path, model_config: Any = None, img_siz
     img_size = int(data.get("img_size") or img_size or 0)
     channels = int(data.get("channels") or 3)
     weights = {name: sampling_weights(state, name) for name in GENERATION_COMPONENTS}
-    return build_text_to_image(weights, state["latent_norm"], model_config, img_size, channels,
-                               saved_expander_spade(state), device)
+    try:
+        return build_text_to_image(weights, state["latent_norm"], model_config, img_size, channels,
+                                   saved_expander_spade(state), device)
+    except RuntimeError as exc:  # load_state_dict: wrong shapes, missing or unexpected keys (the sizes of --config)
+        raise GenerationError(f"checkpoint {checkpoint} does not fit the model sizes of the config: "
+                              f"{str(exc).strip().splitlines()[-1].strip()}") from None
 
 
 def sampling_weights(state: dict[str, Any], name: str) -> dict[str, torch.Tensor]:
@@ -94,10 +98,10 @@ def sampling_weights(state: dict[str, Any], name: str) -> dict[str, torch.Tensor
 def generate(model: TextToImageModel, prompt: str, seed: int, *, steps: int = 25, guidance: float = 3.0,
              size: int | None = None, shift: float = 1.0) -> torch.Tensor:
     """One image `[C, H, W]` in [-1, 1] for `prompt`, drawn with `seed`."""
-    size = size or model.img_size
+    size = model.img_size if size is None else size  # not `or`: a size of 0 is an error, not the default
     cfg = model.model_config
     multiple = cfg.downscale * cfg.patch_size
-    if not size or size % multiple:
+    if size < 1 or size % multiple:
         raise GenerationError(f"image size must be a positive multiple of {multiple} (downscale × patch_size); "
                               f"got {size}")
     images = text_to_image(model.models, [prompt], model.latent_norm, latent_size=size // cfg.downscale,
@@ -125,11 +129,12 @@ def generate_files(model: TextToImageModel, prompts: list[str], output_dir: str 
                    ext: str = "webp") -> list[Path]:
     """`n` images per prompt (seeds seed, seed+1, ...), named by `prompt_file_name`; returns the files written."""
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     written = []
     for prompt in prompts:
         for image_seed in range(seed, seed + n):
             path = out / prompt_file_name(prompt, image_seed, ext)
-            save_image(generate(model, prompt, image_seed, steps=steps, guidance=guidance, size=size), path)
+            image = generate(model, prompt, image_seed, steps=steps, guidance=guidance, size=size)
+            out.mkdir(parents=True, exist_ok=True)  # once an image is made: a refused size leaves no empty folder
+            save_image(image, path)
             written.append(path)
     return written

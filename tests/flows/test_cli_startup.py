@@ -4,6 +4,7 @@ template (flows/mlflow_store.py), no heartbeats on the temporary server, the exi
 And `--help` / `--version` answer without importing torch, Prefect or MLflow."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sqlite3
@@ -128,6 +129,20 @@ def test_help_and_version_answer_without_importing_torch_prefect_or_mlflow(modul
     assert "HEAVY []" in done.stdout, done.stdout[-500:]
     if flag == "--version":
         assert package_version() in done.stdout
+
+
+@pytest.mark.parametrize(("module", "argv"), [
+    # Without --validate-pipeline this trained into the file's output.output_path.
+    ("flows.cli_train", ["--config", str(REPO / "configs/tiny_test.yaml"), "--validate-pipeline", "--output-dir", ""]),
+    ("flows.cli_generate", ["--checkpoint", "", "--prompt", "a red circle"]),  # an MLflow traceback
+    ("flows.cli_export", ["--checkpoint", "", "--output", "exported"]),
+    ("flows.cli_compare", ["--experiment", "x", "--tracking-uri", ""])])  # read MLFLOW_TRACKING_URI's store
+def test_an_empty_value_is_a_usage_error_naming_the_flag(module, argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        importlib.import_module(module).main(argv)
+    assert exited.value.code == 2
+    flag = argv[argv.index("") - 1]
+    assert f"error: argument {flag}: expected a value, got an empty one" in capsys.readouterr().err
 
 
 def test_a_refused_run_with_keep_server_leaves_its_server_findable(tmp_path):

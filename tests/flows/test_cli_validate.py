@@ -162,3 +162,17 @@ def test_a_remote_output_dir_override_exits_2_naming_the_flag(tmp_path, fake_flo
     assert cli_train.main(["--config", str(tmp_path / "c.yaml"), "--output-dir", "memory://ff/out"]) == 2
     assert "--output-dir: memory:// is not storage other processes and nodes see" in capsys.readouterr().err
     assert calls == []
+
+
+@pytest.mark.parametrize("store", ["notes.txt", "a-folder"])
+def test_a_tracking_store_mlflow_cannot_open_exits_2_before_the_flow_starts(tmp_path, fake_flow, capsys, monkeypatch,
+                                                                             store):
+    _, calls = fake_flow
+    (tmp_path / "notes.txt").write_text("not a database\n")  # the flow's first MLflow call raised DatabaseError
+    (tmp_path / "a-folder").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / store}")
+    (tmp_path / "c.yaml").write_text(VALID)
+    assert cli_train.main(["--config", str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path / "out"), "--quiet"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"❌ cannot read the MLflow store at sqlite:///{tmp_path / store}: "), line
+    assert calls == [] and (tmp_path / "notes.txt").read_text() == "not a database\n"

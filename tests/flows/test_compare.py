@@ -86,6 +86,15 @@ def test_an_unknown_experiment_is_an_error(mlflow_store, tmp_path, capsys):
     assert "no experiment named 'nope'" in capsys.readouterr().err
 
 
+def test_an_output_that_is_a_file_is_refused_in_one_line_before_reading_the_store(experiment, tmp_path, capsys):
+    client, exp = experiment
+    record_pipeline(client, exp, str(tmp_path / "a"), [WARM], {"warm": 0.5})
+    (tmp_path / "notes").write_text("x")  # mkdir on it ended in a FileExistsError traceback
+    assert cli_compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "notes")]) == 2
+    assert capsys.readouterr().err == f"fluxflow-compare: --output {tmp_path / 'notes'} is a file, not a folder\n"
+    assert (tmp_path / "notes").read_text() == "x"
+
+
 def test_unset_options_and_options_of_another_group_are_not_differences(experiment, tmp_path):
     client, exp = experiment
     record_pipeline(client, exp, f"{tmp_path}/kinds", [

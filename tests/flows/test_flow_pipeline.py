@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -303,6 +304,24 @@ def test_a_missed_threshold_with_on_missed_fail_fails_the_flow_and_stops_its_sub
     pipelines, steps = mlflow_runs("missed")
     assert pipelines[0].info.status == "FAILED"
     assert [r.data.tags["fluxflow.outcome"] for r in steps] == ["max_epochs_reached"]
+
+
+def test_the_printed_mlflow_ui_command_quotes_a_store_path_with_a_space(tmp_path, capsys, monkeypatch):
+    from flows.cli_flow_run import print_where_to_look
+    from flows.mlflow_runs import experiment_id_for, open_pipeline_run, output_dir_of
+    from fluxflow.config.run_config import resolve_run_config
+
+    (tmp_path / "my store").mkdir()  # e.g. the default ./mlflow.db in a project folder whose name has a space
+    uri = f"sqlite:///{tmp_path / 'my store' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    resolved = resolve_run_config(config(tmp_path, "quoted", [{"name": "warm", **VAE}])).config
+    client = MlflowClient(uri)
+    open_pipeline_run(client, experiment_id_for(client, "quoted"), output_dir_of(resolved), "quoted", {})
+    print_where_to_look(resolved, "00000000-0000-0000-0000-000000000000")
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("MLflow UI:")]
+    words = shlex.split(line.removeprefix("MLflow UI:"))
+    assert words[1:5] == ["ui", "--host", "127.0.0.1", "--backend-store-uri"]
+    assert words[5] == uri  # unquoted, the shell split it at the space
 
 
 def test_a_second_run_on_a_busy_output_directory_fails_at_once(tmp_path, mlflow_store_module, capsys):

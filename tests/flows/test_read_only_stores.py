@@ -1,6 +1,7 @@
 """Commands that only read an MLflow store (fluxflow-compare, fluxflow-generate --model, fluxflow-export --model)
 answer at once with one line when the store cannot be read: a server that does not answer (MLflow's client would
-retry for minutes) or a sqlite file that does not exist (MLflow would create an empty store there)."""
+retry for minutes), a sqlite file that does not exist (MLflow would create an empty store there), or a store MLflow
+fails to read (a folder, a file that is not a database, a scheme it does not know)."""
 from __future__ import annotations
 
 import time
@@ -14,12 +15,19 @@ from flows import cli_compare, cli_export, cli_generate
 def stores(tmp_path) -> dict[str, tuple[str, str]]:
     """{case: (tracking URI, what the line says)}"""
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    (tmp_path / "notes.txt").write_text("not a database\n")
     return {"server down": (down, f"the MLflow server at {down} does not answer"),
             "no such file": (f"sqlite:///{tmp_path / 'typo.db'}", f"no MLflow store at sqlite:///{tmp_path / 'typo.db'} "
-                                                                  "(no such file)")}
+                                                                  "(no such file)"),
+            "a folder": (f"sqlite:///{tmp_path}", f"cannot read the MLflow store at sqlite:///{tmp_path}: a folder"),
+            # These three ended in MLflow's or SQLAlchemy's traceback.
+            "not a database": (f"sqlite:///{tmp_path / 'notes.txt'}", "file is not a database"),
+            "a plain path": (str(tmp_path), f"cannot read the MLflow store at {tmp_path}: "),
+            "unknown scheme": ("mlfow://typo", "cannot read the MLflow store at mlfow://typo: ")}
 
 
-@pytest.mark.parametrize("case", ["server down", "no such file"])
+@pytest.mark.parametrize("case", ["server down", "no such file", "a folder", "not a database", "a plain path",
+                                  "unknown scheme"])
 @pytest.mark.parametrize("command", ["compare", "generate", "export"])
 def test_a_store_that_cannot_be_read_is_one_line_and_exit_2_at_once(tmp_path, capsys, case, command):
     uri, says = stores(tmp_path)[case]
@@ -37,3 +45,15 @@ def test_a_store_that_cannot_be_read_is_one_line_and_exit_2_at_once(tmp_path, ca
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"fluxflow-{command}: ") and says in line, line
     assert not (tmp_path / "typo.db").exists()  # no empty store was made
+
+
+@pytest.mark.parametrize("command", ["generate", "export"])
+def test_a_model_folder_that_is_not_an_mlflow_model_is_one_line(mlflow_store, tmp_path, capsys, command):
+    (tmp_path / "exported").mkdir()  # e.g. fluxflow-export's folder, which --weights loads: it ended in a traceback
+    if command == "generate":
+        code = cli_generate.main(["--model", str(tmp_path / "exported"), "--prompt", "x", "--output", str(tmp_path)])
+    else:
+        code = cli_export.main(["--model", str(tmp_path / "exported"), "--output", str(tmp_path / "again")])
+    assert code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"fluxflow-{command}: {tmp_path / 'exported'}: No such artifact: 'MLmodel'"), line

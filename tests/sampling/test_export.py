@@ -3,6 +3,7 @@ loads back to the same pixels (a trained byte-level text encoder and a pretraine
 from __future__ import annotations
 
 import json
+import shlex
 import struct
 import subprocess
 import sys
@@ -132,6 +133,13 @@ def test_bad_inputs_exit_2_naming_them_without_a_traceback(byte_checkpoint, tmp_
     (tmp_path / "export" / "model.safetensors").write_bytes(b"\x80\x04not a tensor file")
     assert cli_generate.main(["--weights", str(tmp_path / "export"), "--prompt", "x", "--device", "cpu"]) == 2
     assert "model.safetensors" in capsys.readouterr().err
+
+
+def test_the_command_it_prints_loads_a_folder_whose_name_has_a_space(byte_checkpoint, tmp_path, capsys):
+    assert cli_export.main(["--checkpoint", byte_checkpoint, "--output", str(tmp_path / "my export")]) == 0
+    command = shlex.split(capsys.readouterr().out.split("load it with ")[1])  # was unquoted: two arguments
+    assert command[:2] == ["fluxflow-generate", "--weights"]
+    assert cli_generate.main([*command[1:], "--prompt", "x", "--steps", "1", "--output", str(tmp_path / "g")]) == 0
 
 
 def test_without_transformers_a_pretrained_encoder_model_names_the_extra(pretrained_checkpoint, tmp_path,

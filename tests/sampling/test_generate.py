@@ -5,10 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers_tiny import tiny_raw
+from mlflow_server import free_port
 from PIL import Image
 
-from flows import cli_generate
+from flows import cli_export, cli_generate
 from fluxflow.checkpoints.io import load_checkpoint
 from fluxflow.config import load_config
 from fluxflow.config.run_config import resolve_run_config
@@ -25,8 +27,6 @@ def trained(tmp_path_factory):
         {"name": "warm", "n_epochs": 1, "max_steps": 2, "train_vae": True},
         {"name": "flow", "n_epochs": 1, "max_steps": 3, "train_diff_full": True, "ema_decay": 0.5},
     ], dataset_size=16, no_samples=True)
-    import yaml
-
     config_file = tmp / "pipeline.yaml"
     config_file.write_text(yaml.safe_dump(raw))
     outcomes = run_pipeline(resolve_run_config(config_file, device="cpu").config)
@@ -105,6 +105,34 @@ def test_unreadable_inputs_exit_2_naming_them_without_a_traceback(trained, tmp_p
     assert "training.device" not in err
 
 
+@pytest.mark.parametrize("uri", ["bogus://bucket/final.pt", "http://127.0.0.1:{port}/final.pt"])
+@pytest.mark.parametrize("command", ["generate", "export"])
+def test_a_checkpoint_uri_that_cannot_be_read_is_one_line(tmp_path, capsys, uri, command):
+    """Both ended in a traceback: fsspec's ValueError for a protocol it does not know, an aiohttp OSError."""
+    uri = uri.format(port=free_port())  # nothing listens there
+    out = ["--output", str(tmp_path / "out")]
+    if command == "generate":
+        assert generate_cli("--checkpoint", uri, "--prompt", "x", *out) == 2
+    else:
+        assert cli_export.main(["--checkpoint", uri, *out]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"fluxflow-{command}: ") and ("Protocol not known: bogus" in line or "127.0.0.1" in line)
+
+
+def test_a_config_whose_model_sizes_do_not_fit_the_checkpoint_is_one_line(trained, tmp_path, capsys):
+    config_file, checkpoint, _ = trained
+    state = load_checkpoint(checkpoint)
+    del state["model_config"]  # as a checkpoint that does not record its sizes: --config gives them
+    torch.save(state, tmp_path / "unsized.pt")
+    raw = yaml.safe_load(config_file.read_text())
+    raw["model"]["flow_depth"] += 1
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(raw))
+    assert generate_cli("--checkpoint", str(tmp_path / "unsized.pt"), "--config", str(tmp_path / "other.yaml"),
+                        "--prompt", "x", "--output", str(tmp_path / "g")) == 2  # was load_state_dict's traceback
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"fluxflow-generate: checkpoint {tmp_path / 'unsized.pt'} does not fit the model sizes")
+
+
 def test_a_device_it_does_not_know_is_a_usage_error(trained, capsys):
     _, checkpoint, _ = trained
     with pytest.raises(SystemExit) as exited:
@@ -137,6 +165,19 @@ def test_a_guidance_scale_that_is_not_a_finite_number_is_a_usage_error(trained, 
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--size", "0"], "image size must be a positive multiple of 8 (downscale × patch_size); got 0"),  # was 16
+    (["--size", "-16"], "image size must be a positive multiple of 8 (downscale × patch_size); got -16"),
+    (["--seed", str(2**64 - 1), "--n", "2"], "--seed must lie within -2**63 and 2**64 - n"),  # after one image
+    (["--steps", str(10**20)], "--n must be at least 1 and --steps from 1 to 10000")])
+def test_a_number_out_of_range_is_refused_in_one_line_and_writes_nothing(trained, tmp_path, capsys, flags, says):
+    _, checkpoint, _ = trained
+    assert generate_cli("--checkpoint", checkpoint, "--prompt", "x", "--output", str(tmp_path / "g"), *flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fluxflow-generate: {says}") and err.count("\n") == 1, err
+    assert not (tmp_path / "g").exists()
+
+
 def test_a_prompts_file_without_prompts_is_named(trained, tmp_path, capsys):
     _, checkpoint, _ = trained
     prompts_file = tmp_path / "prompts.txt"
@@ -167,8 +208,6 @@ def test_a_pipeline_checkpoint_alone_is_enough(trained, tmp_path, capsys):
 def test_the_quickstart_pipelines_checkpoint_generates_images(tmp_path, capsys):
     """configs/quickstart.yaml at its real model sizes, each step cut to 2 batches, then fluxflow-generate on its
     final checkpoint with nothing but the checkpoint."""
-    import yaml
-
     raw = yaml.safe_load((Path(__file__).parents[2] / "configs" / "quickstart.yaml").read_text())
     for step in raw["training"]["pipeline"]["steps"]:
         step.update(n_epochs=1, max_steps=2)

@@ -15,7 +15,7 @@ from fluxflow.config.executor import ExecutorConfig
 from fluxflow.config.optim import OmitsDefaults, StrictModel
 from fluxflow.storage.location import check_output_uri, remote_uri
 from fluxflow.config.promotion import PromotionConfig, registered_model_name_problem
-from fluxflow.config.steps import (TRAINING_GLOBALS, ReplicatesConfig, ResolvedStep, Workers, StepConfig, StepDefaults,
+from fluxflow.config.steps import (TRAINING_GLOBALS, ReplicatesConfig, ResolvedStep, Seed, Workers, StepConfig, StepDefaults,
                                    replicate_steps, resolve_step)
 
 DEFAULT_SAMPLE_CAPTIONS = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
@@ -93,9 +93,9 @@ class ShapesDataset(DatasetBase):
 
     type: Literal["shapes"] = "shapes"
     size: int = Field(2048, ge=1)
-    seed: int = 0
+    seed: Seed = 0
     holdout_pairs: list[str] | int | None = None
-    holdout_pairs_seed: int | None = None
+    holdout_pairs_seed: Seed | None = None
     caption_dropout: float | None = Field(None, ge=0.0, le=1.0)
 
 
@@ -169,7 +169,7 @@ class TrainingConfig(OmitsDefaults):
     OMITTED_AT_DEFAULT = ("executor",)  # absent = local
     batch_size: int = Field(8, ge=1)
     workers: Workers = Field("auto", description="DataLoader workers per process; auto: 0 on CPU, up to 8 on CUDA")
-    seed: int = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     n_epochs: int | None = Field(None, ge=1, description="default n_epochs of steps")

@@ -32,6 +32,9 @@ def _workers(value: Any) -> Any:
     raise ValueError("must be a number of worker processes (0 or more) or 'auto'")
 
 
+# A seed of the data order, weights and noise: numpy's SeedSequence takes no negative one, torch none past 2**63.
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
+
 # DataLoader worker processes per training process; "auto": fluxflow/data/__init__.py resolve_workers.
 Workers = Annotated[int | Literal["auto"], BeforeValidator(_workers)]
 
@@ -118,7 +121,7 @@ class StepSettings(StrictModel):
     # fluxflow/config/caching.py's answer. Caches change no number, so the step key leaves them out.
     cache_latents: bool | None = None
     cache_text: bool | None = None
-    seed: int  # data order, fresh weights and noise of the step
+    seed: Seed  # data order, fresh weights and noise of the step
     img_size: int = Field(ge=8)  # the side of the images the step trains, evaluates and samples at
     # What a Ray executor reserves for the step (fluxflow/config/executor.py): where it may run, not what it trains,
     # so not part of the step key.
@@ -255,7 +258,7 @@ NAME_LIMIT = 64  # as step names (fluxflow/config/load.py NAME_RE)
 
 
 class ReplicatesConfig(StrictModel):
-    seeds: list[int] = Field(min_length=1, description="one replicate per seed")
+    seeds: list[Seed] = Field(min_length=1, description="one replicate per seed")
     from_steps: list[str] | None = Field(None, min_length=1, description="replicated steps (and all below them); "
                                                                          "None: every step")
 

@@ -179,6 +179,10 @@ CASES = {
     "null batch size": (cfg(vae(), training={"batch_size": None}), "training.batch_size", "valid integer"),
     "null seed": (cfg(vae(), training={"seed": None}), "training.seed", "valid integer"),
     "mapping in a freeze list": (cfg(vae(freeze=[{"a": 1}])), f"{S}[0].freeze[0]", "valid string"),
+    # numpy's SeedSequence refuses a negative seed: every step would fail at its start, after the run began.
+    "negative seed": (cfg(vae(), training={"seed": -1}), "training.seed", "greater than or equal to 0"),
+    "negative dataset seed": (cfg(vae(dataset="s"), pipeline={"datasets": {"s": {"type": "shapes", "seed": -3}}}),
+                              "training.pipeline.datasets.s.seed", "greater than or equal to 0"),
     "no pipeline": ("training: {batch_size: 2}\n", "training.pipeline", "declare the steps under training.pipeline"),
 }
 

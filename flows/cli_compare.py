@@ -9,6 +9,7 @@ from flows import env  # noqa: F401  (every flows entry point: quiet and offline
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -32,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--alias", default="champion", help="the alias marked in --registered-model's columns (an "
                                                             "alias the model does not have is an error)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
-    parser.add_argument("--output", default=".", help="folder for compare_<name>.csv/.png/.json, or "
-                                                      "compare_versions_<name>.csv/.png with --registered-model "
-                                                      "(default: .)")
+    parser.add_argument("--output", default=".", type=os.path.expanduser,  # `~`: bash leaves it after `=`
+                        help="folder for compare_<name>.csv/.png/.json, or compare_versions_<name>.csv/.png with "
+                             "--registered-model (default: .)")
     add_version_argument(parser)
     return parser
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (every flows entry point: quiet and offline)
 
 import argparse
+import os
 import shlex
 import sys
 import tempfile
@@ -31,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
                "model, a --model that names no registered version, an invalid --config, an output folder that is "
                "not empty or is a file).")
     add_checkpoint_arguments(p)
-    p.add_argument("--output", required=True, help="the folder to write (new or empty)")
+    p.add_argument("--output", required=True, type=os.path.expanduser, help="the folder to write (new or empty)")
     add_version_argument(p)
     return p
 

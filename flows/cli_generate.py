@@ -16,6 +16,7 @@ from flows import env  # noqa: F401  (every flows entry point: quiet and offline
 
 import argparse
 import math
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -117,7 +118,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=finite_float, default=3.0, help="classifier-free guidance scale (default 3.0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image of each prompt (default 0)")
     p.add_argument("--size", type=int, help="image side in pixels (default: the training size)")
-    p.add_argument("--output", default="generated", help="output folder (default: ./generated)")
+    p.add_argument("--output", default="generated", type=os.path.expanduser,  # `~`: bash leaves it after `=`
+                   help="output folder (default: ./generated)")
     p.add_argument("--format", choices=("webp", "png"), default="webp", help="file format (default webp)")
     # choices: torch.device() would take any text and end in a RuntimeError traceback for one it does not know.
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="cpu, cuda or auto (default: auto)")

@@ -13,6 +13,7 @@ What the flow hands its tasks is `run_dict(config)`: the resolved config as JSON
 """
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from fluxflow.config.errors import ConfigError, ConfigIssue
 from fluxflow.config.file_checks import data_folder_issues
 from fluxflow.config.load import LoadedConfig, issues_from_validation, load_config
 from fluxflow.config.schema import PipelineConfig
+from fluxflow.storage.location import remote_uri
 
 RESOLVED = "resolved_for_run"  # the mark of a resolved config's dict: it is taken as it is
 
@@ -44,8 +46,10 @@ def resolve_run_config(source: str | Path | dict[str, Any], *, output_dir: str |
     loaded = load_config(source, overrides)
     raw = loaded.config.model_dump(mode="json")
 
-    raw["output"]["output_path"] = str(output_dir or raw["output"]["output_path"]).replace(
+    path = str(output_dir or raw["output"]["output_path"]).replace(
         "{date}", day or datetime.now(timezone.utc).strftime("%Y-%m-%d"))
+    # `~` as the dataset paths take it (bash leaves it as it is after `=`): not a folder named `~` in the working one.
+    raw["output"]["output_path"] = path if remote_uri(path) else os.path.expanduser(path)
     if device:
         raw["training"]["device"] = device
     try:

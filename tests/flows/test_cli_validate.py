@@ -124,6 +124,9 @@ def test_training_hands_the_resolved_config_to_the_flow_and_returns_its_exit_cod
     assert cli_train.main(["--config", "c.yaml", "--output-dir", "nightly/{date}"]) == 1
     day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     assert calls[-1] == dict(output_path=f"nightly/{day}", device="auto", n_epochs=1, overrides=[])
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # `--output-dir=~/runs`: the shell leaves `~` after `=`
+    assert cli_train.main(["--config", "c.yaml", "--output-dir=~/runs"]) == 1
+    assert calls[-1]["output_path"] == str(tmp_path / "home" / "runs") and not (tmp_path / "~").exists()
 
 
 def test_an_invalid_config_never_reaches_the_flow(tmp_path, fake_flow):

@@ -52,6 +52,14 @@ def test_writes_one_image_per_prompt_and_seed_named_after_them(trained, tmp_path
     assert "Wrote 4 image(s)" in capsys.readouterr().out
 
 
+def test_an_output_written_with_a_tilde_is_under_home_not_a_folder_named_tilde(trained, tmp_path, monkeypatch):
+    _, checkpoint, _ = trained
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert generate_cli("--checkpoint", checkpoint, "--prompt", "x", "--output=~/images") == 0  # bash leaves this `~`
+    assert len(list((tmp_path / "home" / "images").iterdir())) == 1 and not (tmp_path / "~").exists()
+
+
 def test_size_and_png_format_are_honoured(trained, tmp_path):
     config_file, checkpoint, _ = trained
     assert generate_cli("--checkpoint", checkpoint, "--config", str(config_file), "--prompt", "a red circle",

@@ -125,7 +125,9 @@ class RaySteps:
         connect(self.address)  # before the runner: it would start a local Ray for `auto` instead of failing
         self._runner = RayTaskRunner(init_kwargs={"address": self.address, "namespace": NAMESPACE}).__enter__()
         self.nodes = live_nodes()
-        warm_up(self.nodes)
+        from flows.mlflow_runs import resolve_tracking_uri
+
+        warm_up(self.nodes, resolve_tracking_uri(self.config.tracking.tracking_uri))
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -193,19 +195,30 @@ def step_submitter(config):
     return RaySteps(config) if config.training.executor.kind == "ray" else contextlib.nullcontext(LocalSteps())
 
 
-def warm_up(nodes: list[dict]) -> None:
-    """On every node, a task that takes no resources and imports what a step task imports (Prefect, MLflow, torch,
-    the training core), started now and not waited for. Ray reuses that worker process for this driver's step tasks
-    on the node, so a branch's first step there does not pay these imports (20-30 s on a busy 2-core machine) while it
-    holds the node's resources and its sibling trains elsewhere."""
+def warm_up(nodes: list[dict], tracking_uri: str) -> None:
+    """On every node, a task that takes no resources and does what a fresh process pays for at a step's start (the
+    imports of Prefect, MLflow, torch and the training core, and the tracking store's opening), started now and not
+    waited for. Ray reuses that worker process for this driver's step tasks on the node, so a branch's first step
+    there does not pay it (20-30 s on a busy 2-core machine) while it holds the node's resources and its sibling
+    trains on a node that trained the parent step."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    task = ray.remote(num_cpus=0)(import_step_modules)
+    task = ray.remote(num_cpus=0)(prepare_for_steps)
     for node in nodes:
-        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)).remote()
+        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)).remote(tracking_uri)
 
 
-def import_step_modules() -> None:
+def prepare_for_steps(tracking_uri: str) -> None:
     import flows.step_task  # noqa: F401  (Prefect, MLflow)
     import fluxflow.train.step_run  # noqa: F401  (torch, the models)
+    # Imported by a step only when first needed; measured in a fresh process on 2 cores: torch._dynamo by the first
+    # optimizer (1.3 s, before the step's MLflow run opens), torchmetrics by the first VAE evaluation (2.5 s).
+    import torch._dynamo  # noqa: F401
+    import torchmetrics.functional.image  # noqa: F401
+    from mlflow.tracking import MlflowClient
+
+    try:  # a local sqlite store's first opening in a process takes 0.8 s; MLflow keeps it open for the process
+        MlflowClient(tracking_uri).search_experiments(max_results=1)
+    except Exception:  # noqa: BLE001 - only a head start: the step itself reports a store it cannot use
+        pass

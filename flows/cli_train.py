@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 from fluxflow.config import ConfigError
 from fluxflow.config.model_sizes import parameter_counts
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     server = None
+    ctrl_c = remember_ctrl_c()
     try:
         config = configured(args)
         if args.validate_pipeline:
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         # of torch, Prefect and MLflow that follow (flows/prefect_server.py).
         server = start_temporary_server(keep=args.keep_server)
         check_can_run(config)
+        if ctrl_c():  # its KeyboardInterrupt was raised where Python ignores exceptions (below)
+            raise KeyboardInterrupt
     except (Refused, KeyboardInterrupt) as exc:
         if server:
             server.stop()
@@ -76,7 +80,33 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_INTERRUPTED
         print(f"❌ {exc}", file=sys.stderr)
         return EXIT_FIX_INPUT
+    finally:
+        ctrl_c(restore=True)
     return train(config, args.overrides)
+
+
+def remember_ctrl_c():
+    """Until training starts, Ctrl-C is remembered as well as raised: Python raises it wherever the main thread is,
+    and in a callback whose exceptions it ignores (logging's at-fork hook while the temporary server's process is
+    forked: "Exception ignored in: <function _releaseLock>") the KeyboardInterrupt was lost and the run went on to
+    train. Returns `came(restore=False)`: whether one came; `restore=True` puts the previous handler back. A SIGINT
+    that is ignored (a job started with `&`) or handled by the caller is left as it is."""
+    came = []
+
+    def on_sigint(signum, frame):
+        came.append(signum)
+        signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGINT)
+    mine = previous is signal.default_int_handler and threading.current_thread() is threading.main_thread()
+    if mine:
+        signal.signal(signal.SIGINT, on_sigint)
+
+    def check(restore: bool = False) -> bool:
+        if restore and mine:
+            signal.signal(signal.SIGINT, previous)
+        return bool(came)
+    return check
 
 
 class Refused(Exception):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from flows import env  # noqa: F401  (must precede mlflow)
@@ -22,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.credentials import no_answer
 from flows.mlflow_names import TAG_KIND, TAG_OUTPUT_DIR, TAG_STEP_KEY, TAG_STEP_NAME, tags_filter
+from flows.mlflow_store import sqlite_file
 from fluxflow.storage.location import local_path, remote_uri
 
 
@@ -102,8 +102,8 @@ def store_to_read_problem(uri: str) -> str | None:
     if reason is not None:
         return f"the MLflow server at {uri} does not answer ({reason}); start it, or name another store with " \
                "--tracking-uri or MLFLOW_TRACKING_URI"
-    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
-    if path is not None and path != ":memory:" and not Path(path).exists():
+    path = sqlite_file(uri)
+    if path is not None and not path.exists():
         return f"no MLflow store at {uri} (no such file); name the store with --tracking-uri or MLFLOW_TRACKING_URI"
     problem = unreadable_store(uri)
     return problem and f"{problem}; name another with --tracking-uri or MLFLOW_TRACKING_URI"
@@ -112,10 +112,10 @@ def store_to_read_problem(uri: str) -> str | None:
 def unreadable_store(uri: str) -> str | None:
     """Why MLflow fails to open the store at `uri` (a file that is not a database, a folder, a scheme it does not
     read: one line, not its traceback), or None. Neither a server nor a sqlite file not made yet is asked."""
-    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
-    if uri.startswith(("http://", "https://")) or path is not None and not Path(path).exists():
+    path = sqlite_file(uri)
+    if uri.startswith(("http://", "https://")) or path is not None and not path.exists():
         return None
-    if path is not None and Path(path).is_dir():  # asked, MLflow retries "unable to open database file" for 100 s
+    if path is not None and path.is_dir():  # asked, MLflow retries "unable to open database file" for 100 s
         return f"cannot read the MLflow store at {uri}: a folder, not a sqlite file"
     try:
         MlflowClient(uri).search_experiments(max_results=1)

@@ -26,12 +26,17 @@ def cache_dir() -> Path:
     return Path(os.getenv("FLUXFLOW_CACHE_DIR", default))
 
 
+def sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (None for anything else, an in-memory store or one with options)."""
+    if not tracking_uri.startswith(SQLITE_PREFIX) or "?" in tracking_uri or tracking_uri == SQLITE_PREFIX + ":memory:":
+        return None
+    return Path(tracking_uri[len(SQLITE_PREFIX):])
+
+
 def _new_sqlite_file(tracking_uri: str) -> Path | None:
     """The database file of a `sqlite:///` URI when it does not exist yet (None for anything else)."""
-    if not tracking_uri.startswith(SQLITE_PREFIX) or "?" in tracking_uri:
-        return None
-    path = Path(tracking_uri[len(SQLITE_PREFIX):])
-    return None if path.exists() else path
+    path = sqlite_file(tracking_uri)
+    return None if path is None or path.exists() else path
 
 
 def _publish(source: Path, target: Path, edit: Callable[[str], None] | None = None) -> None:

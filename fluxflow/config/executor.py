@@ -14,6 +14,7 @@ processes (each rank loads batch_size / processes items of every global batch).
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import re
 from typing import Literal
@@ -32,9 +33,7 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 def parse_bytes(value: int | str) -> int:
     """`4GB`, `512MiB`, `1e9` or a number of bytes, as bytes."""
-    if isinstance(value, bool):
-        raise ValueError("must be a size such as 4GB, 512MiB or a number of bytes")
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float)) and math.isfinite(value):  # int(.inf) is an OverflowError, not a ValueError
         return int(value)
     match = _SIZE.match(str(value))
     if not match or match.group(2).lower() not in _UNITS:

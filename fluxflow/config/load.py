@@ -23,7 +23,7 @@ from fluxflow.config.executor import process_issues, resources_issues
 from fluxflow.config.file_checks import STEPS, checkpoint_issues, frozen_pretrained_issues, lpips_issues, \
     text_encoder_issues, with_pretrained_width
 from fluxflow.config.legacy import apply_legacy, get_in
-from fluxflow.config.optim import Optimization, optimizer_issues, scheduler_issues
+from fluxflow.config.optim import Optimization, number_problem, optimizer_issues, scheduler_issues
 from fluxflow.config.promotion import promotion_issues
 from fluxflow.config.schema import (DATASET_TYPES, SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,
                                     PipelineConfig, TrainingConfig, implicit_datasets)
@@ -34,7 +34,7 @@ from fluxflow.config.steps import TRAINING_GLOBALS, MissingStepValue, ResolvedSt
 @dataclass
 class LoadedConfig:
     config: PipelineConfig
-    warnings: list[str] = field(default_factory=list)  # legacy keys: what was mapped or has no effect here
+    warnings: list[str] = field(default_factory=list)  # legacy keys mapped or dropped, a step lr no optimizer uses
     source: Path | None = None  # the file it came from (None for a dict)
 
 
@@ -99,7 +99,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
         except yaml.YAMLError as exc:
             raise ConfigError([ConfigIssue(f"--set {key}", f"the value is broken YAML: {' '.join(str(exc).split())}")],
                               label) from None
-        problem = _set(raw, parts, value)
+        problem = _set(raw, parts, value, text.partition("=")[2].strip())
         if problem:
             issues.append(ConfigIssue(f"--set {'.'.join(parts)}", problem))
     if issues:
@@ -107,26 +107,37 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
     return raw
 
 
-def _set(raw: dict[str, Any], parts: list[str], value: Any) -> str | None:
-    """Set raw[parts...] = value, stepping into a step by its name under training.pipeline.steps; the problem or None."""
+def _set(raw: dict[str, Any], parts: list[str], value: Any, written: str) -> str | None:
+    """Set raw[parts...] = value, stepping into a step by its name under training.pipeline.steps; the problem or None.
+    `written`: the value as given, for the example of a list set whole."""
     node: Any = raw
-    for depth, part in enumerate(parts[:-1]):
+    for depth, part in enumerate(parts):
+        at, last = ".".join(parts[:depth]), depth == len(parts) - 1
         if isinstance(node, list) and tuple(parts[:depth]) == STEPS:
             names = [s["name"] for s in node if isinstance(s, dict) and isinstance(s.get("name"), str)]
+            if last:
+                return f"a whole step cannot be set; set its keys, e.g. {'.'.join(parts)}.lr=3e-4"
             if part not in names:
                 return f"no step named {part!r}{did_you_mean(part, names)} (steps: {', '.join(names) or 'none'})"
             node = next(s for s in node if isinstance(s, dict) and s.get("name") == part)
             continue
+        if part.isdigit() and (isinstance(node, list) or isinstance(node, dict) and part not in node):
+            # A list index: `betas.0=0.5` would otherwise make the mapping {'0': 0.5} ("not a valid tuple").
+            index = int(part)
+            if isinstance(node, list) and index < len(node):
+                example = yaml.safe_dump([*node[:index], value, *node[index + 1:]], default_flow_style=True,
+                                         width=2**16).strip()
+            else:
+                example = f"[{written}, ...]" if index == 0 else f"[..., {written}]"
+            return f"an item of a list cannot be set; set the whole list, e.g. {at}={example}"
         if not isinstance(node, dict):
-            return f"{'.'.join(parts[:depth])} is {node!r}, not a section"
+            return f"{at} is {node!r}, not a section"
+        if last:
+            node[part] = value
+            return None
         if node.get(part) is None:  # absent, or an empty section (`defaults:` with nothing under it)
             node[part] = {}
         node = node[part]
-    if isinstance(node, list) and tuple(parts[:-1]) == STEPS:
-        return f"a whole step cannot be set; set its keys, e.g. {'.'.join(parts)}.lr=3e-4"
-    if not isinstance(node, dict):
-        return f"{'.'.join(parts[:-1])} is {node!r}, not a section"
-    node[parts[-1]] = value
     return None
 
 
@@ -157,7 +168,20 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
         issues += promotion_issues(config) + resources_issues(config) + process_issues(config)
     if issues:
         raise ConfigError(_dedupe(issues), label)
-    return LoadedConfig(config=config, warnings=warnings, source=path)
+    return LoadedConfig(config=config, warnings=warnings + _unused_lr_warnings(config), source=path)
+
+
+def _unused_lr_warnings(config: PipelineConfig) -> list[str]:
+    """A step's `lr` is the lr of its optimizers that set none (steps.py _resolve_optimization): a step that sets it
+    while every optimizer it trains sets its own (on the step or in the defaults) would not train at it."""
+    pipe, warnings = config.training.pipeline, []
+    for step, written in zip(pipe.steps, config.written_steps()):
+        own = merged_step_fields(step, pipe.defaults).get("optimization", {}).get("optimizers", {})
+        groups = list(written.optimization.optimizers)
+        if step.lr is not None and all(own.get(group, {}).get("lr") is not None for group in groups):
+            warnings.append(f"{format_path((*STEPS, written.index, 'lr'))}: has no effect: every optimizer of the "
+                            f"step sets its own lr ({', '.join(groups)})")
+    return warnings
 
 
 def issues_from_validation(exc: ValidationError, root: type[BaseModel]) -> list[ConfigIssue]:
@@ -288,7 +312,9 @@ def _lenient_globals(training: dict, dataset: str | None) -> dict[str, Any]:
     for key in TRAINING_GLOBALS:
         info = TrainingConfig.model_fields[key]
         given = training.get(key, info.default)
-        values[key] = _parse(Annotated[info.annotation, info], given)
+        # true/false and whole numbers past 64 bits are refused by the config's models (optim.StrictModel), not here
+        parsed = _parse(Annotated[info.annotation, info], given)
+        values[key] = None if number_problem(info.annotation, given) else parsed
         # Given but invalid (an explicit null of a field that has a value by default included): the default stands
         # in, so that it is reported once, not also called missing (or crash resolving) in every step.
         if values[key] is None and (given is not None or info.default is not None):

@@ -9,9 +9,14 @@ keyword argument (except `eta_min_factor`, and the `interval` and `warmup_steps`
 """
 from __future__ import annotations
 
+import math
+import types
+import typing
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, model_serializer,
+                      model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fluxflow.config.errors import ConfigIssue, format_path
 
@@ -60,9 +65,62 @@ EPOCH_ONLY = ("ReduceLROnPlateau",)
 
 
 class StrictModel(BaseModel):
-    """Unknown keys are errors (a typo must never be silently ignored)."""
+    """Unknown keys are errors (a typo must never be silently ignored). Numbers are finite (no .nan/.inf), true/false
+    is not a number (pydantic would read it as 1/0) and a whole number fits in 64 bits (torch, numpy): for every field
+    of every model, in lists, tuples and mappings too."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _numbers(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """A before-validator of every field (which a discriminator field, a dataset's `type`, cannot have)."""
+        found = [(key, problem) for key, value in (data.items() if isinstance(data, dict) else ())
+                 if key in cls.model_fields and (problem := number_problem(cls.model_fields[key].annotation, value))]
+        if not found:
+            return handler(data)
+        errors = [InitErrorDetails(type=PydanticCustomError("number", message), loc=(key, *loc), input=value)
+                  for key, (message, loc, value) in found]
+        try:
+            handler(data)
+        except ValidationError as exc:  # the other fields' problems: all are reported together
+            errors += [InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"], e.get("ctx")), loc=e["loc"],
+                                        input=e["input"])
+                       for e in exc.errors() if e["loc"][:1] not in [(key,) for key, _ in found]]
+        raise ValidationError.from_exception_data(cls.__name__, errors)
+
+
+INT64 = 2**63
+
+
+def number_problem(annotation: Any, value: Any) -> tuple[str, tuple, Any] | None:
+    """What is wrong with `value` as the number that `annotation` asks for: (message, where inside `value`, the
+    wrong item), or None."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return number_problem(args[0], value)
+    if origin in (typing.Union, types.UnionType):  # wrong for every arm that takes a value of its shape
+        found = [number_problem(arm, value) for arm in args if arm is not type(None) and _same_shape(arm, value)]
+        return found[0] if found and all(found) else None
+    if isinstance(value, bool) and (annotation in (int, float) or origin is Literal and value in args):  # True == 1
+        return "must be a number, not true/false", (), value
+    if annotation is int and isinstance(value, (int, float)) and not -INT64 <= value < INT64 and math.isfinite(value):
+        return f"must fit in 64 bits (at most {INT64 - 1})", (), value
+    items: list[tuple[Any, int | str, Any]] = []
+    if origin in (list, tuple) and isinstance(value, (list, tuple)):
+        item_types = [args[0]] * len(value) if origin is list or args[-1:] == (...,) else args
+        items = [(kind, i, item) for i, (kind, item) in enumerate(zip(item_types, value))]
+    elif origin is dict and isinstance(value, dict):
+        items = [(args[1], key, item) for key, item in value.items()]
+    for kind, at, item in items:
+        if problem := number_problem(kind, item):
+            return problem[0], (at, *problem[1]), problem[2]
+    return None
+
+
+def _same_shape(annotation: Any, value: Any) -> bool:
+    container = {list: (list, tuple), tuple: (list, tuple), dict: dict}.get(typing.get_origin(annotation))
+    return isinstance(value, container) if container else not isinstance(value, (list, tuple, dict))
 
 
 class OmitsDefaults(StrictModel):

@@ -1,0 +1,151 @@
+"""Numbers in the config: true/false is not a number, numbers are finite, whole numbers fit in 64 bits; `--set` of a
+list item says to set the list whole; a step lr that every optimizer of the step overrides is reported unused."""
+from __future__ import annotations
+
+import pytest
+from helpers_tiny import VAE_STEP, tiny_raw
+
+from flows import cli_train
+from fluxflow.config import ConfigError, load_config
+
+STEPS = [dict(VAE_STEP), {"name": "flow", "n_epochs": 1, "max_steps": 2, "train_diff_full": True}]
+WARM = "training.pipeline.steps.warm"
+
+
+def problems(tmp_path, overrides) -> list[str]:
+    with pytest.raises(ConfigError) as raised:
+        load_config(tiny_raw(tmp_path, STEPS), overrides)
+    return [str(issue) for issue in raised.value.issues]
+
+
+@pytest.mark.parametrize("override,path", [
+    ("training.batch_size=true", "training.batch_size"),
+    ("training.n_epochs=true", "training.n_epochs"),
+    ("training.seed=false", "training.seed"),
+    ("training.lr=true", "training.lr"),
+    ("output.log_interval=true", "output.log_interval"),
+    ("model.patch_size=true", "model.patch_size"),  # a Literal[1, 2]: true == 1 in Python
+    ("training.pipeline.datasets={shapes: {type: shapes, size: true}}", "training.pipeline.datasets.shapes.size"),
+    (f"{WARM}.batch_size=true", "training.pipeline.steps[0].batch_size"),
+    (f"{WARM}.kl_beta=false", "training.pipeline.steps[0].kl_beta"),
+    ("training.pipeline.defaults.max_steps=true", "training.pipeline.defaults.max_steps"),
+    (f"{WARM}.optimization.optimizers.vae.betas=[true, 0.9]", "training.pipeline.steps[0].optimization.optimizers"
+                                                              ".vae.betas[0]"),
+    ("promotion.seeds=[0, true]", "promotion.seeds[1]"),
+    (f"{WARM}.resources.custom={{node_a: true}}", "training.pipeline.steps[0].resources.custom.node_a"),
+    (f"{WARM}.resources.memory=true", "training.pipeline.steps[0].resources.memory"),  # before parse_bytes
+])
+def test_true_or_false_is_not_a_number(tmp_path, override, path):
+    found = problems(tmp_path, [override])
+    got = "False" if "false" in override else "True"
+    assert found == [f"{path}: must be a number, not true/false (got {got})"]
+
+
+def test_true_and_false_stay_valid_for_switches(tmp_path):
+    config = load_config(tiny_raw(tmp_path, STEPS), ["training.compile=true", f"{WARM}.use_lpips=false"]).config
+    assert config.training.compile is True and config.resolved_steps()[0].use_lpips is False
+
+
+@pytest.mark.parametrize("override,path", [
+    ("training.batch_size=1e23", "training.batch_size"),
+    ("training.batch_size=100000000000000000000000", "training.batch_size"),
+    (f"{WARM}.max_steps=1e19", "training.pipeline.steps[0].max_steps"),
+    (f"{WARM}.resources.memory=1e30", "training.pipeline.steps[0].resources.memory"),
+])
+def test_a_whole_number_past_64_bits_is_refused_in_one_line(tmp_path, override, path):
+    found = problems(tmp_path, [override])
+    assert len(found) == 1 and found[0].startswith(f"{path}: must fit in 64 bits (at most 9223372036854775807)"), found
+
+
+def test_a_whole_number_written_as_a_float_is_still_a_whole_number(tmp_path):
+    config = load_config(tiny_raw(tmp_path, STEPS), ["training.batch_size=2.0", f"{WARM}.max_steps=1e3"]).config
+    assert [(s.batch_size, s.max_steps) for s in config.resolved_steps()] == [(2, 1000), (2, 2)]
+
+
+@pytest.mark.parametrize("override,path", [
+    ("training.lr=.nan", "training.lr"),
+    ("training.lr=.inf", "training.lr"),
+    (f"{WARM}.lr=-.inf", "training.pipeline.steps[0].lr"),
+    (f"{WARM}.kl_beta=.inf", "training.pipeline.steps[0].kl_beta"),
+    (f"{WARM}.t_logit_mean=.nan", "training.pipeline.steps[0].t_logit_mean"),
+    (f"{WARM}.transition_on={{mode: loss_threshold, metric: vae_loss, threshold: .nan}}",
+     "training.pipeline.steps[0].transition_on.threshold"),
+    (f"{WARM}.optimization.optimizers.vae.betas=[.nan, 0.9]",
+     "training.pipeline.steps[0].optimization.optimizers.vae.betas[0]"),
+    ("promotion.min_improvement=.nan", "promotion.min_improvement"),
+    (f"{WARM}.resources.gpus=.inf", "training.pipeline.steps[0].resources.gpus"),  # was an OverflowError
+])
+def test_a_number_that_is_not_finite_is_refused_naming_the_field(tmp_path, override, path):
+    found = problems(tmp_path, [override])
+    assert len(found) == 1 and found[0].startswith(f"{path}: Input should be a finite number"), found
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan"])
+def test_a_memory_size_that_is_not_finite_is_refused_in_one_line(tmp_path, value):  # .inf was an OverflowError
+    assert problems(tmp_path, [f"{WARM}.resources.memory={value}"]) == [
+        f"training.pipeline.steps[0].resources.memory: Value error, {value[1:]} is not a size: write e.g. 4GB, 512MiB "
+        f"or a number of bytes (got {value[1:]})"]
+
+
+@pytest.mark.parametrize("override,example", [(f"{WARM}.optimization.optimizers.vae.betas.0=0.5", "[0.5, ...]"),
+                                              (f"{WARM}.optimization.optimizers.vae.betas.1=0.5", "[..., 0.5]")])
+def test_an_item_of_a_list_cannot_be_set_and_the_message_says_how_to_set_the_list(tmp_path, override, example):
+    key = override.partition("=")[0]
+    assert problems(tmp_path, [override]) == [
+        f"--set {key}: an item of a list cannot be set; set the whole list, e.g. {key.rpartition('.')[0]}={example}"]
+
+
+def test_an_item_of_a_list_in_the_file_cannot_be_set_and_the_message_shows_the_list_with_it(tmp_path):
+    steps = [dict(VAE_STEP, optimization={"optimizers": {"vae": {"betas": [0.9, 0.99]}}})]
+    with pytest.raises(ConfigError) as raised:
+        load_config(tiny_raw(tmp_path, steps), [f"{WARM}.optimization.optimizers.vae.betas.1=0.95"])
+    assert [str(issue) for issue in raised.value.issues] == [
+        f"--set {WARM}.optimization.optimizers.vae.betas.1: an item of a list cannot be set; set the whole list, "
+        f"e.g. {WARM}.optimization.optimizers.vae.betas=[0.9, 0.95]"]
+
+
+def test_a_step_lr_that_every_optimizer_of_the_step_overrides_is_reported_unused(tmp_path):
+    gan = {"name": "gan", "n_epochs": 1, "train_vae": True, "gan_training": True, "lr": 3e-4,
+           "optimization": {"optimizers": {"vae": {"lr": 1e-4}, "discriminator": {"lr": 2e-4}}}}
+    warm = dict(VAE_STEP, lr=3e-4, optimization={"optimizers": {"vae": {"lr": 1e-3}}})
+    loaded = load_config(tiny_raw(tmp_path, [warm, gan]))
+    assert loaded.warnings == [
+        "training.pipeline.steps[0].lr: has no effect: every optimizer of the step sets its own lr (vae)",
+        "training.pipeline.steps[1].lr: has no effect: every optimizer of the step sets its own lr (vae, "
+        "discriminator)"]
+    assert [s.optimization.optimizers["vae"].lr for s in loaded.config.resolved_steps()] == [1e-3, 1e-4]
+
+
+def test_a_step_lr_that_an_optimizer_of_the_step_uses_gives_no_warning(tmp_path):
+    gan = {"name": "gan", "n_epochs": 1, "train_vae": True, "gan_training": True, "lr": 3e-4,
+           "optimization": {"optimizers": {"vae": {"lr": 1e-4}}}}  # the discriminator trains at the step's lr
+    loaded = load_config(tiny_raw(tmp_path, [dict(VAE_STEP), gan]))
+    assert loaded.warnings == []
+    assert loaded.config.resolved_steps()[1].optimization.optimizers["discriminator"].lr == 3e-4
+
+
+def test_an_optimizer_lr_of_the_defaults_also_overrides_the_step_lr(tmp_path):
+    raw = tiny_raw(tmp_path, [dict(VAE_STEP, lr=3e-4)])
+    raw["training"]["pipeline"]["defaults"] = {"optimization": {"optimizers": {"vae": {"lr": 1e-3}}}}
+    assert load_config(raw).warnings == [
+        "training.pipeline.steps[0].lr: has no effect: every optimizer of the step sets its own lr (vae)"]
+
+
+def test_the_cli_prints_one_line_for_a_boolean_batch_size(tmp_path, capsys):
+    import yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw(tmp_path / "out", STEPS)))
+    assert cli_train.main(["--config", str(path), "--validate-pipeline", "--quiet",
+                           "--set", "training.batch_size=true"]) == 2
+    err = capsys.readouterr().err
+    assert "training.batch_size: must be a number, not true/false (got True)" in err and "Traceback" not in err
+
+
+def test_a_boolean_number_does_not_hide_the_other_problems_of_its_section(tmp_path):
+    assert problems(tmp_path, ["training.batch_size=true", "training.pipeline.datasets={shapes: {type: shape}}",
+                               "training.n_epochs=0"]) == [
+        "training.batch_size: must be a number, not true/false (got True)",
+        "training.n_epochs: Input should be greater than or equal to 1 (got 0)",
+        "training.pipeline.datasets.shapes.type: must be one of 'shapes', 'folder', 'webdataset' (got 'shape') "
+        "(did you mean 'shapes'?)"]

@@ -1,7 +1,8 @@
 """Fixtures for the tests of `flows/`: one Prefect test API per pytest session, one MLflow sqlite store per test.
 
-Import them from tests/conftest.py (`from flow_fixtures import mlflow_store, mlflow_store_module, mlflow_template, prefect_api  # noqa: F401`), not from
-test modules: a session fixture defined in two modules would start two Prefect servers.
+Import them from tests/conftest.py (`from flow_fixtures import mlflow_store, mlflow_store_module, mlflow_template,
+prefect_api  # noqa: F401`), not from test modules: a session fixture defined in two modules would start two Prefect
+servers.
 """
 from __future__ import annotations
 

@@ -95,8 +95,8 @@ def environment_from_wheels(requirements: list[str], wheels: Path, where: Path) 
     venv.EnvBuilder(with_pip=False).create(where)
     python = where / "bin" / "python"
     # This environment's pip installs into the new one (`--python`): the new one needs no pip of its own.
-    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--isolated", "--no-index",
-                           "--no-compile", "--find-links", str(wheels), *requirements],
+    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--isolated",
+                           "--no-index", "--no-compile", "--find-links", str(wheels), *requirements],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     return python

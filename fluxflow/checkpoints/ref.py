@@ -18,8 +18,8 @@ def _check_keys(cls: type, data: dict[str, Any]) -> None:
         raise ValueError(f"{cls.__name__}.from_dict expects a dict, got {type(data).__name__}")
     names = {f.name for f in fields(cls)}
     required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
-    parts = [f"{label} {', '.join(keys)}" for label, keys in
-             (("missing", sorted(n for n in required if n not in data)), ("unknown", sorted(set(data) - names))) if keys]
+    found = (("missing", sorted(n for n in required if n not in data)), ("unknown", sorted(set(data) - names)))
+    parts = [f"{label} {', '.join(keys)}" for label, keys in found if keys]
     if parts:
         raise ValueError(f"{cls.__name__}.from_dict: {'; '.join(parts)}")
 

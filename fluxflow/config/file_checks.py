@@ -140,8 +140,8 @@ def holdout_problem(root: Path, entries: int, holdout: int, what: str) -> str | 
 
 def data_folder_issues(config) -> list[ConfigIssue]:
     """Every `folder` dataset of the (valid) PipelineConfig `config` has its folder and captions file, and lists more
-    images than its hold-out takes: checked when a run starts (fluxflow/config/run_config.py, resolve_run_config), not by
-    validation, which accepts a config written before its data is in place (configs/original_tool_example.yaml)."""
+    images than its hold-out takes: checked when a run starts (fluxflow/config/run_config.py, resolve_run_config), not
+    by validation, which accepts a config written before its data is in place (configs/original_tool_example.yaml)."""
     return [issue for name, ds in config.training.pipeline.datasets.items() if ds.type == "folder"
             for issue in folder_issues(("training", "pipeline", "datasets", name), ds)]
 

@@ -253,7 +253,8 @@ def _strip_optional(ann: Any) -> Any:
     return args[0] if typing.get_origin(ann) in (typing.Union, types.UnionType) and len(args) == 1 else ann
 
 
-_SECTION_ORDER = ("(file)", "model", "data", "training", "output", "tracking", "promotion", "model_checkpoint", "optimization")
+_SECTION_ORDER = ("(file)", "model", "data", "training", "output", "tracking", "promotion", "model_checkpoint",
+                  "optimization")
 
 
 def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:
@@ -528,8 +529,10 @@ def defaults_optimization_issues(defaults: StepDefaults | None) -> list[ConfigIs
     """Entries of pipeline.defaults.optimization, checked once (a step uses only the groups it trains)."""
     if defaults is None or defaults.optimization is None:
         return []
-    return [issue for kind in ("optimizers", "schedulers") for group, cfg in getattr(defaults.optimization, kind).items()
-            for issue in _group_issues(group, cfg, kind, ("training", "pipeline", "defaults", "optimization", kind, group))]
+    at = ("training", "pipeline", "defaults", "optimization")
+    return [issue for kind in ("optimizers", "schedulers")
+            for group, cfg in getattr(defaults.optimization, kind).items()
+            for issue in _group_issues(group, cfg, kind, (*at, kind, group))]
 
 
 def _group_issues(group: str, cfg, kind: str, loc: tuple) -> list[ConfigIssue]:

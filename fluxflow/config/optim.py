@@ -125,7 +125,8 @@ def _same_shape(annotation: Any, value: Any) -> bool:
 
 class OmitsDefaults(StrictModel):
     """`OMITTED_AT_DEFAULT` fields are left out of dumps while at their default (absent = default, both ways), so that
-    the step keys, config hashes, logged configs and checkpoints of runs made before those fields existed stay the same."""
+    the step keys, config hashes, logged configs and checkpoints of runs made before those fields existed stay as
+    they were."""
     OMITTED_AT_DEFAULT: ClassVar[tuple[str, ...]] = ()
 
     @model_serializer(mode="wrap")

@@ -36,8 +36,8 @@ def resolve_run_config(source: str | Path | dict[str, Any], *, output_dir: str |
     """The run's config (and the legacy-key warnings of its loading); `day` fills `{date}` (default: today, UTC).
     `output_dir_name`: what a wrong `output_dir` is called in the error (`--output-dir` on the command line).
     `check_data` False: the data folders are not looked at (`--validate-pipeline` accepts a config written before its
-    data is in place, configs/original_tool_example.yaml). A dict made by `run_dict` is only re-validated: it was resolved where the run entered, its `overrides` applied
-    then (the caller passes them on only to record them)."""
+    data is in place, configs/original_tool_example.yaml). A dict made by `run_dict` is only re-validated: it was
+    resolved where the run entered, its `overrides` applied then (the caller passes them on only to record them)."""
     if isinstance(source, dict) and source.get(RESOLVED):
         if output_dir or device:
             raise ValueError("a resolved config takes no output_dir or device: resolve it from its source")

@@ -15,8 +15,8 @@ from fluxflow.config.executor import ExecutorConfig
 from fluxflow.config.optim import OmitsDefaults, StrictModel
 from fluxflow.storage.location import check_output_uri, remote_uri
 from fluxflow.config.promotion import PromotionConfig, registered_model_name_problem
-from fluxflow.config.steps import (TRAINING_GLOBALS, ReplicatesConfig, ResolvedStep, Seed, Workers, StepConfig, StepDefaults,
-                                   replicate_steps, resolve_step)
+from fluxflow.config.steps import (TRAINING_GLOBALS, ReplicatesConfig, ResolvedStep, Seed, StepConfig, StepDefaults,
+                                   Workers, replicate_steps, resolve_step)
 
 DEFAULT_SAMPLE_CAPTIONS = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
 

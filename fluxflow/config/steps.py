@@ -216,7 +216,7 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
     if "img_size" not in given:
         values["img_size"] = (dataset_sizes or {}).get(values["dataset"]) or values["img_size"]
     values["unfreeze"] = list(dict.fromkeys(values.get("unfreeze", [])))
-    # `unfreeze` overrides `freeze`, whether that came from the defaults or from the step (the original tool's documentation).
+    # `unfreeze` overrides `freeze`, from the defaults or from the step alike (the original tool's documentation).
     values["freeze"] = [n for n in dict.fromkeys(values.get("freeze", [])) if n not in values["unfreeze"]]
     transition = dict(values.get("transition_on", {}))
     mode = transition.get("mode") or "epoch"

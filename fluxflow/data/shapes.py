@@ -214,7 +214,8 @@ class ShapesDataset(torch.utils.data.Dataset):
             raise ValueError(f"shapes dataset size must be >= 0, got {size}")
         if pairs is not None and not pairs:
             raise ValueError("shapes dataset: no colour x shape pair left to draw")
-        self.size, self.seed, self.img_size, self.channels, self.stream = int(size), int(seed), img_size, channels, stream
+        self.size, self.seed, self.img_size, self.channels = int(size), int(seed), img_size, channels
+        self.stream = stream
         self.pairs, self.caption_dropout = pairs, float(caption_dropout)
         self.skipped = 0  # the dataset protocol's count of unreadable items; procedural items never fail
 

@@ -2,10 +2,10 @@
 
 A corrupt file must never stop a run, but it must not go unnoticed either: every file-backed dataset counts what it
 skipped or repaired (`dataset.skipped`, backed by its `dataset.skips` counter) and logs one warning, the first time,
-naming the item. The counter's state travels in the step's checkpoint, so a resumed step continues its count. The runner reports the
-training split's count as `skipped_samples` at each epoch end (fluxflow/train/step_report.py). The count lives in
-shared memory (multiprocessing.Value), so the increments made in DataLoader worker processes, forked or spawned,
-are what the main process reads; no tensor and no host sync is involved.
+naming the item. The counter's state travels in the step's checkpoint, so a resumed step continues its count. The runner
+reports the training split's count as `skipped_samples` at each epoch end (fluxflow/train/step_report.py). The count
+lives in shared memory (multiprocessing.Value), so the increments made in DataLoader worker processes, forked or
+spawned, are what the main process reads; no tensor and no host sync is involved.
 
 Text of any encoding: a caption is decoded as UTF-8 and, failing that, as Latin-1
 (fluxflow/config/file_checks.py, `decode_text`): the caption is kept (repaired) and counted, never fatal.

@@ -220,8 +220,9 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
             while next_out is not None and next_out in pending:  # the buffer lets out samples in output order
                 shard_, key_, files_ = pending.pop(next_out)
                 try:
-                    batch.append(decode_sample(files_, self.img_size, self.channels, on_repair=lambda s=shard_, k=key_: (
-                        self.skips.add(1, f"{s}:{k}: caption not UTF-8, decoded as Latin-1"))))
+                    batch.append(decode_sample(files_, self.img_size, self.channels,
+                                               on_repair=lambda s=shard_, k=key_: self.skips.add(
+                                                   1, f"{s}:{k}: caption not UTF-8, decoded as Latin-1")))
                 except Exception as exc:  # a bad image never stops training (see module docstring)
                     self.skips.add(1, f"{shard_}:{key_}: {type(exc).__name__}: {exc}")
                     batch.append(None)
@@ -238,7 +239,8 @@ class WebDatasetHoldout(CountsSkips, torch.utils.data.Dataset):
         pil_mode(channels)
         self.img_size, self.channels = img_size, channels
         self.skips = SkipCounter(f"unreadable held-out samples in {urls!r}")
-        in_url_order = (files for shard in (expand_shards(urls) if holdout > 0 else []) for _, files in iter_shard(shard))
+        shards = expand_shards(urls) if holdout > 0 else []
+        in_url_order = (files for shard in shards for _, files in iter_shard(shard))
         self.samples: list[dict[str, bytes]] = list(itertools.islice(in_url_order, max(holdout, 0)))
 
     def __len__(self) -> int:

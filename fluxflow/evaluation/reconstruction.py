@@ -7,8 +7,8 @@ Both PSNR and SSIM are computed on images mapped from [-1, 1] to [0, 1], with a 
 batch's own min/max, which would make a dark batch score differently from a bright one). For PSNR the mapping changes
 nothing (it equals [-1, 1] with range 2), but SSIM's luminance term (2·μx·μy + C1) / (μx² + μy² + C1) is not
 invariant to a shift: on [-1, 1] dark images have negative means and score differently. [0, 1] with range 1 is the
-convention the published SSIM numbers use. Each metric is computed per image and then averaged over images (`reduction="none"`, then a mean), so the result does
-not depend on how the held-out set is cut into batches.
+convention the published SSIM numbers use. Each metric is computed per image and then averaged over images
+(`reduction="none"`, then a mean), so the result does not depend on how the held-out set is cut into batches.
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ A step asks for `cuda` (or `auto` on a GPU host). When a host's `gpu` concurrenc
 once (branches of one flow run share a process; separate flow runs have processes of their own), each must get a GPU
 to itself. A step claims one with an exclusive `filelock.FileLock` (flock) on `<lock dir>/gpu<i>.lock`: it conflicts
 between processes and between two lock objects in one process alike, and the kernel drops it when its holder dies,
-so a killed step never leaves a GPU claimed. When every GPU is claimed the step waits for one (the limit should not exceed the GPUs).
+so a killed step never leaves a GPU claimed. When every GPU is claimed the step waits for one (the limit should not
+exceed the GPUs).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Sample images of a pipeline step, named by the original tool's convention (fluxflow.sampling.sample_files), from EMA weights.
+"""Sample images of a pipeline step, from EMA weights, named by the original tool's convention
+(fluxflow.sampling.sample_files).
 
 VAE steps: `-original` (held-out inputs), `-nr_o` (reconstruction from the posterior mean), `_ns_o`
 (reconstruction from a posterior sample), `-ctx` (the latent map, first three channels, as an image) and, for SPADE

@@ -74,8 +74,8 @@ def latent_cache(config, step, dataset, rows: np.ndarray | None, trainer, say: C
     probe, _ = posterior(encoder, dataset[0][0][None].to(device), trainer.ctx.amp_dtype)
     store = latent_store(directory, inputs, len(dataset), tuple(probe.shape[1:]))
     _ensure(store, rows, "Latent", step, say, lambda: build_latent_cache(
-        store, dataset, rows, lambda images: posterior(encoder, images, trainer.ctx.amp_dtype), device, batch_size=step.batch_size,
-        workers=step.workers, chunk_rows=CHUNK_ROWS, desc=f"{step.name} latent cache"))
+        store, dataset, rows, lambda images: posterior(encoder, images, trainer.ctx.amp_dtype), device,
+        batch_size=step.batch_size, workers=step.workers, chunk_rows=CHUNK_ROWS, desc=f"{step.name} latent cache"))
     return store
 
 

@@ -1,7 +1,7 @@
 """The models of one pipeline step: built or loaded, placed, frozen or trained as the step declares, with EMA.
 
-Each step declares its own trained set (fluxflow.config.modes): every other component is frozen and in eval mode for this
-step only, so a freeze never leaks into a later step. Components the input checkpoint carries but this step does
+Each step declares its own trained set (fluxflow.config.modes): every other component is frozen and in eval mode for
+this step only, so a freeze never leaks into a later step. Components the input checkpoint carries but this step does
 not use are kept and written back unchanged, so later steps still find them.
 """
 from __future__ import annotations

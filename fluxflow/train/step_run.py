@@ -236,7 +236,8 @@ class StepRun:
 
     def updates_done(self) -> int:
         """Optimizer updates this step has made: the windows of its completed epochs and of the running one."""
-        return self.position.epoch * self.updates_per_epoch() + self.position.batch // self.step.gradient_accumulation_steps
+        in_this_epoch = self.position.batch // self.step.gradient_accumulation_steps
+        return self.position.epoch * self.updates_per_epoch() + in_this_epoch
 
     def after_batch(self, metrics: dict[str, torch.Tensor]) -> None:
         """Log, checkpoint and honour a stop request at the intervals the config sets.
@@ -300,7 +301,8 @@ class StepRun:
                         self.monitor.smoothed())
         final_metrics = self.report.final_metrics()
         if self.world > 1:
-            checksum = distributed.assert_in_sync(self.trainer.models[name] for name in sorted(self.trainer.ctx.trained))
+            trained = sorted(self.trainer.ctx.trained)
+            checksum = distributed.assert_in_sync(self.trainer.models[name] for name in trained)
             self.say(f"All {self.world} ranks hold the same weights (parameter checksum {checksum:.6f})")
         if self.main:
             sha = self.files.finalize()

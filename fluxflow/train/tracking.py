@@ -1,8 +1,8 @@
 """How a running step reports: the Tracker protocol, and the core's console + JSONL implementation.
 
-The runner calls a Tracker; it never knows who listens. `ConsoleJsonlTracker` prints the original tool's console line and
-appends the original tool's JSONL metrics file; the Prefect/MLflow layer (flows/) supplies its own Tracker and combines the
-two with `MultiTracker`. No torch, no prefect, no mlflow here.
+The runner calls a Tracker; it never knows who listens. `ConsoleJsonlTracker` prints the original tool's console line
+and appends the original tool's JSONL metrics file; the Prefect/MLflow layer (flows/) supplies its own Tracker and
+combines the two with `MultiTracker`. No torch, no prefect, no mlflow here.
 """
 from __future__ import annotations
 
@@ -86,9 +86,10 @@ def has_console_line(metrics: dict[str, float]) -> bool:
 
 
 def console_line(metrics: dict[str, float], progress: Progress, now: datetime | None = None) -> str:
-    """The original tool's console line, showing exactly those of `metrics` that have a console label, in the original tool's order:
-    `[HH:MM:SS] Step vae_gan (2/4) | Epoch 5/20 | Batch 127/500 | VAE: 0.0234 | KL: 12.45 | ... | 3.2s/batch`,
-    and ` | skipped samples: N` at an epoch's end when the data had unreadable items (fluxflow/data/skips.py)."""
+    """The original tool's console line, showing exactly those of `metrics` that have a console label, in the original
+    tool's order: `[HH:MM:SS] Step vae_gan (2/4) | Epoch 5/20 | Batch 127/500 | VAE: 0.0234 | KL: 12.45 | ... |
+    3.2s/batch`, and ` | skipped samples: N` at an epoch's end when the data had unreadable items
+    (fluxflow/data/skips.py)."""
     now = now or datetime.now()
     parts = [
         f"[{now:%H:%M:%S}] Step {progress.step_name} ({progress.step_index}/{progress.n_steps})",
@@ -104,7 +105,7 @@ def console_line(metrics: dict[str, float], progress: Progress, now: datetime | 
 
 
 def jsonl_record(metrics: dict[str, float], progress: Progress, session_id: str, now: datetime | None = None) -> dict:
-    """One line of the original tool's training_metrics_<step>.jsonl. Non-finite values are written as null (strict JSON)."""
+    """One line of the original tool's training_metrics_<step>.jsonl; non-finite values are null (strict JSON)."""
     values = {key: v if math.isfinite(v := float(value)) else None for key, value in metrics.items()}
     return {
         "timestamp": (now or datetime.now()).isoformat(),

@@ -1,4 +1,4 @@
-"""`folder` datasets: images + `filename<TAB>caption`, fitted to img_size; bad files skipped and counted, never fatal."""
+"""`folder` datasets: images + `filename<TAB>caption`, fitted to img_size; bad files skipped, counted, never fatal."""
 import logging
 from types import SimpleNamespace
 

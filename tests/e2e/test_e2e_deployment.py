@@ -1,6 +1,6 @@
-"""End to end, as an operator runs it: a real Prefect server, the `gpu` pool, the deployments of deployments/prefect.yaml,
-a process worker, and `prefect deployment run fluxflow-pipeline/manual --watch` on a tiny config; then a long run
-of the same deployment cancelled with `prefect flow-run cancel` once it trains.
+"""End to end, as an operator runs it: a real Prefect server, the `gpu` pool, the deployments of
+deployments/prefect.yaml, a process worker, and `prefect deployment run fluxflow-pipeline/manual --watch` on a tiny
+config; then a long run of the same deployment cancelled with `prefect flow-run cancel` once it trains.
 
 Everything is started through the same scripts as `make server`, `make worker` and `make deploy`, on a free loopback
 port, with its own PREFECT_HOME, run directory (pid files, logs) and MLflow store under tmp. Every process started

@@ -119,6 +119,7 @@ def test_each_option_trains_a_flow_step_and_has_a_step_key_of_its_own(tmp_path, 
 def test_steps_at_the_default_knobs_keep_the_keys_they_had_before_the_knobs_existed(tmp_path):
     """Measured on main (2f53829) before the seed, the objective's knobs and img_size were step fields: finished steps
     at the defaults (data.img_size 32) are reused."""
-    steps = [{"name": "warm", "n_epochs": 1, "train_vae": True}, {"name": "flow", "n_epochs": 1, "train_diff_full": True}]
+    steps = [{"name": "warm", "n_epochs": 1, "train_vae": True},
+             {"name": "flow", "n_epochs": 1, "train_diff_full": True}]
     assert step_keys(tiny_config("out", steps, data={"img_size": 32, "channels": 3})) == {
         "warm": "417abcc4d840266f", "flow": "7592289705a73713"}

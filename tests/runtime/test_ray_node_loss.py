@@ -4,11 +4,11 @@ A head without CPUs (no training worker runs there: losing the head ends the clu
 step of tests/test_ray_train_step.py, 100 batches, with `nodes: 2` takes two of them. Once its `latest.pt` exists, a
 node holding a worker is removed. Ray Train restarts the group on the two nodes left, the step resumes from
 `latest.pt`, and its weights must equal, bit for bit, those of the same step under torchrun with 2 processes,
-uninterrupted (trained meanwhile in a thread), with each batch logged once, and one FINISHED MLflow run holding each batch's point once (recorded from rank 0's
-files, as the Prefect task records a step of several processes). About 60 s on 2 cores. The cluster
-(tests/ray_driver_cluster.py) is stopped by the pids of the processes it started; the test then checks that no
-process of it is left, Ray's workers included (found by the cluster's RAY_TMPDIR in their environment: they rename
-themselves `ray::...`).
+uninterrupted (trained meanwhile in a thread), with each batch logged once, and one FINISHED MLflow run holding each
+batch's point once (recorded from rank 0's files, as the Prefect task records a step of several processes). About 60 s
+on 2 cores. The cluster (tests/ray_driver_cluster.py) is stopped by the pids of the processes it started; the test then
+checks that no process of it is left, Ray's workers included (found by the cluster's RAY_TMPDIR in their environment:
+they rename themselves `ray::...`).
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """A step across nodes through Ray Train, on a real local Ray cluster of two nodes (one CPU each, gloo).
 
 The step is the 2-process step of tests/runtime/test_distributed.py, as `nodes: 2` × `nproc_per_node: 1`: each node has
-one CPU and each worker takes one, so the two ranks run on the two nodes. Ray Train must give the weights torchrun gives,
-and a worker killed mid-step must cost nothing but time: Ray Train restarts the group and the step resumes from its
-`latest.pt`.
+one CPU and each worker takes one, so the two ranks run on the two nodes. Ray Train must give the weights torchrun
+gives, and a worker killed mid-step must cost nothing but time: Ray Train restarts the group and the step resumes from
+its `latest.pt`.
 """
 import json
 from concurrent.futures import ThreadPoolExecutor

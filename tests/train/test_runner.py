@@ -1,7 +1,7 @@
 """The step runner through `run_pipeline` alone (no Prefect, no MLflow) on tiny configs: a 2-step pipeline (VAE
-warm-up -> VAE+GAN+SPADE) and the files it leaves (checkpoints in the original tool's format, ref.json, JSONL metrics, console
-lines, samples named by the original tool's convention); re-runs that skip finished steps or re-run a changed one; refusing
-pickle-bearing and corrupt checkpoints; freezes that stay within their step; a NaN batch that is skipped.
+warm-up -> VAE+GAN+SPADE) and the files it leaves (checkpoints in the original tool's format, ref.json, JSONL metrics,
+console lines, samples named by the original tool's convention); re-runs that skip finished steps or re-run a changed
+one; refusing pickle-bearing and corrupt checkpoints; freezes that stay within their step; a NaN batch that is skipped.
 
 Resume after a real `kill -9` and the run lock are in test_runner_resume.py; loss_threshold transitions in
 test_transition.py.
@@ -192,7 +192,8 @@ def test_sample_files_follow_the_seed_naming_convention(two_step):
                 expected.add(f"{name}_{number:03d}_{epoch:03d}_{tag}{suffix}.webp")
     files = {p.name for p in (out / "samples").iterdir()}
     assert files == expected
-    assert "warm_001_001_00002_" + warm.ref.step_key[:6] + "-original.webp" in files  # the original tool's own example form
+    # the original tool's own example form
+    assert "warm_001_001_00002_" + warm.ref.step_key[:6] + "-original.webp" in files
     with Image.open(out / "samples" / f"gan_002_002_{gan.ref.step_key[:6]}-nc.webp") as image:
         assert image.format == "WEBP" and min(image.size) > 16
 
@@ -256,7 +257,8 @@ def test_pickle_bearing_model_checkpoint_is_refused(tmp_path):
     torch.save({"models": {}, "payload": _OpensAFile(marker)}, evil)
     config = tiny_config(tmp_path / "out", [WARM], model_checkpoint=str(evil), no_samples=True)
 
-    refused = r"step warm failed: checkpoint .*evil\.pt refused: contains Python objects that would run code when loaded"
+    refused = (r"step warm failed: checkpoint .*evil\.pt refused: "
+               r"contains Python objects that would run code when loaded")
     with pytest.raises(PipelineFailed, match=refused) as info:
         run_pipeline(config)
     assert isinstance(info.value.__cause__, CheckpointError)

@@ -3,8 +3,8 @@
 The child runs `run_pipeline` on a tiny 2-step config (VAE warm-up -> VAE+GAN with a StepLR schedule) through a
 tracker that sleeps after each logged batch, so that the test can catch it mid-epoch: it watches the GAN step's
 latest.pt until one is saved in the middle of the second epoch, then sends SIGKILL. Re-running in this process must
-print the original tool's resume line for that batch and end exactly where an uninterrupted run in another directory ends.
-A stop request (what the flow makes of Ctrl-C) saves the batch reached and resumes there just as exactly.
+print the original tool's resume line for that batch and end exactly where an uninterrupted run in another directory
+ends. A stop request (what the flow makes of Ctrl-C) saves the batch reached and resumes there just as exactly.
 
 Faults (issue 13): SIGKILL of the child's process group at random moments (before the first checkpoint too) and
 between a step's final.pt and its ref.json, then the same command until it completes; a torn latest.pt.

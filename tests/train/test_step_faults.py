@@ -146,7 +146,8 @@ def test_corrupt_images_and_a_latin1_caption_are_counted_as_skipped_samples_and_
     assert mid_epoch and not any("skipped samples" in line for line in mid_epoch)
 
     lines = [json.loads(line) for line in (out / "graph" / "training_metrics_warm.jsonl").read_text().splitlines()]
-    at_epoch_end = [r["metrics"]["skipped_samples"] for r in lines if r["batch"] == batches and "vae_loss" in r["metrics"]]
+    at_epoch_end = [r["metrics"]["skipped_samples"] for r in lines
+                    if r["batch"] == batches and "vae_loss" in r["metrics"]]
     assert at_epoch_end == [expected, expected]
     tracked = [m["skipped_samples"] for m, p in tracker.calls if "skipped_samples" in m]
     assert tracked == [expected, expected]

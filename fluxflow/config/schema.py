@@ -213,7 +213,7 @@ SECRET_VALUE = "secret_value"  # the error type of a value never to be echoed (f
 
 class TrackingConfig(StrictModel):
     experiment_name: str = "fluxflow"
-    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else MLflow's default (./mlflow.db)
+    tracking_uri: str | None = None  # MLFLOW_TRACKING_URI wins; None and no variable: MLflow's default (./mlflow.db)
     registered_model: str | None = None  # None: the experiment name
     register_steps: list[str] | None = None  # None: the text-to-image leaf steps (fluxflow/config/promotion.py)
 

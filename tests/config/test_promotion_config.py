@@ -85,6 +85,19 @@ def test_promotion_can_use_held_out_pair_adherence_where_the_evaluation_set_hold
     assert promotion_metric(load_config(raw).config, "flow") == ("eval_adherence_unseen_both", "maximize")
 
 
+def test_held_out_caption_distance_on_a_dataset_that_cannot_hold_captions_out_is_a_problem_not_a_crash():
+    """`eval_fd_ours_unseen_cfg` scores a folder's `holdout_captions`; a `shapes` or `webdataset` evaluation set has
+    no such field (it raised AttributeError: a traceback instead of exit 2)."""
+    raw = config(FLOW, promotion={"metric": "eval_fd_ours_unseen_cfg"})
+    assert "folder datasets with holdout_captions" in problems(raw)["promotion.metric"]
+    raw["training"]["pipeline"]["datasets"] = {"web": {"type": "webdataset", "urls": "shards/{0..1}.tar"}}
+    assert "folder datasets with holdout_captions" in problems(raw)["promotion.metric"]
+    raw["training"]["pipeline"]["datasets"] = {"real": {"type": "folder", "path": "x", "captions_file": "y"}}
+    assert "sets no holdout_captions" in problems(raw)["promotion.metric"]
+    raw["training"]["pipeline"]["datasets"]["real"]["holdout_captions"] = ["*blue triangle*"]
+    assert promotion_metric(load_config(raw).config, "flow") == ("eval_fd_ours_unseen_cfg", "minimize")
+
+
 def test_the_config_reference_documents_every_promotion_field():
     from fluxflow.config.promotion import PromotionConfig
 

@@ -134,3 +134,10 @@ def test_the_optimizer_and_scheduler_defaults_are_the_documented_ones():
                 assert shown(rows[kind][1], name) == value, (kind, name, rows[kind][1])
     assert rows["interval"][1] == f"`{SCHEDULE_PARAMS['interval']}`"
     assert rows["warmup_steps"][1] == str(SCHEDULE_PARAMS["warmup_steps"])
+
+
+def test_every_promotion_metric_is_documented():
+    from fluxflow.config.promotion import PROMOTION_METRICS
+
+    row = tables()["`promotion`"]["metric"][1]
+    assert [metric for metric in PROMOTION_METRICS if f"`{metric}`" not in row] == []

@@ -152,6 +152,10 @@ def _metric_issues(config, capable: set[str]) -> list[ConfigIssue]:
             continue  # reported above
         metric, direction = promotion_metric(config, name)
         dataset = evaluation_dataset(config, name)
+        if config.promotion.enabled and config.training.pipeline.datasets[dataset].holdout == 0:
+            issues.append(ConfigIssue(f"training.pipeline.datasets.{dataset}.holdout", "is 0, but promotion evaluates "
+                                      f"the registered versions of step {name!r} on this dataset's held-out images: "
+                                      "hold some out, name another promotion.dataset, or set promotion.enabled: false"))
         if metric in SHAPES_ONLY and config.training.pipeline.datasets[dataset].type != "shapes":
             issues.append(ConfigIssue("promotion.metric", f"{metric} is measured on `shapes` datasets only; the "
                                                           f"evaluation set of step {name!r} is {dataset!r}: use "

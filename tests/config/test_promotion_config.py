@@ -98,6 +98,20 @@ def test_held_out_caption_distance_on_a_dataset_that_cannot_hold_captions_out_is
     assert promotion_metric(load_config(raw).config, "flow") == ("eval_fd_ours_unseen_cfg", "minimize")
 
 
+def test_a_promotion_evaluation_set_without_held_out_images_is_a_problem_not_a_failed_run():
+    """Promotion evaluates the registered version on the held-out split: with `holdout: 0` the run trained every
+    step, registered the version, then its promote task failed with a ValueError traceback (exit 1)."""
+    raw = config(FLOW)
+    raw["training"]["pipeline"]["datasets"] = {"shapes": {"type": "shapes", "holdout": 0}}
+    assert "promotion evaluates" in problems(raw)["training.pipeline.datasets.shapes.holdout"]
+    raw["promotion"] = {"enabled": False}
+    assert registered_steps(load_config(raw).config) == ["flow"]
+    raw["promotion"] = {"dataset": "other"}
+    raw["training"]["pipeline"]["datasets"]["other"] = {"type": "shapes", "holdout": 4}
+    raw["training"]["pipeline"]["default_dataset"] = "shapes"
+    assert load_config(raw).config.promotion.dataset == "other"
+
+
 def test_the_config_reference_documents_every_promotion_field():
     from fluxflow.config.promotion import PromotionConfig
 

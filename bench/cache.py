@@ -49,7 +49,8 @@ def case_config(output: Path, img_size: int, batch: int, flags: dict, latents: b
                      "pipeline": {"datasets": {"shapes": {"type": "shapes", "size": batch * ITEMS_PER_BATCH,
                                                           "holdout": 0}},
                                   "steps": [step]}},
-        "output": {"output_path": str(output), "no_samples": True}}).config
+        "output": {"output_path": str(output), "no_samples": True},
+        "tracking": {"register_steps": []}}).config  # nothing is registered or promoted: no held-out images needed
 
 
 class Arm:

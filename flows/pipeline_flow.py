@@ -25,6 +25,7 @@ from prefect.utilities.urls import url_for
 
 from flows import artifacts
 from flows.credentials import CredentialsError, mlflow_refusal
+from flows.fault_policy import quiet_non_retryable_tracebacks
 from flows.hypotheses import summarize
 from flows.mlflow_names import TAG_BRANCHES, TAG_CONFIG_HASH, TAG_OVERRIDES, TAG_STEPS
 from flows.mlflow_runs import (PipelineRun, TrackingTarget, find_step_runs, output_dir_of, resolve_tracking_uri,
@@ -128,6 +129,9 @@ def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str
     the run's scheduled day. `device` overrides `training.device`. `overrides`: `KEY=VALUE` changes of the config, as
     `fluxflow-train --set` (fluxflow/config/load.py). The config is resolved here, once
     (fluxflow/config/run_config.py); every task and the promotion receive it resolved."""
+    # A config refused here (a deployment run's file, `overrides` or `output_dir`) fails the run with its one-line
+    # problems, not under two tracebacks of Prefect's engine: the filter is otherwise installed with the first step.
+    quiet_non_retryable_tracebacks()
     cfg = resolve_run_config(config, output_dir=output_dir, device=device, overrides=overrides or (),
                              day=run_day()).config
     # One run per output directory (a local flock, or a lock object on the object store: fluxflow/storage): a second

@@ -152,14 +152,24 @@ def _metric_issues(config, capable: set[str]) -> list[ConfigIssue]:
             continue  # reported above
         metric, direction = promotion_metric(config, name)
         dataset = evaluation_dataset(config, name)
+        if config.promotion.enabled and config.training.pipeline.datasets[dataset].holdout == 0:
+            issues.append(ConfigIssue(f"training.pipeline.datasets.{dataset}.holdout", "is 0, but promotion evaluates "
+                                      f"the registered versions of step {name!r} on this dataset's held-out images: "
+                                      "hold some out, name another promotion.dataset, or set promotion.enabled: false"))
         if metric in SHAPES_ONLY and config.training.pipeline.datasets[dataset].type != "shapes":
             issues.append(ConfigIssue("promotion.metric", f"{metric} is measured on `shapes` datasets only; the "
                                                           f"evaluation set of step {name!r} is {dataset!r}: use "
                                                           f"{FALLBACK_METRIC}"))
-        elif metric in UNSEEN_ONLY and not getattr(config.training.pipeline.datasets[dataset], UNSEEN_ONLY[metric]):
-            issues.append(ConfigIssue("promotion.metric", f"{metric} needs held-out compositions: the evaluation set "
-                                                          f"{dataset!r} of step {name!r} sets no "
-                                                          f"{UNSEEN_ONLY[metric]}"))
+        elif metric in UNSEEN_ONLY:
+            held_out = UNSEEN_ONLY[metric]
+            evaluated = config.training.pipeline.datasets[dataset]
+            if held_out not in type(evaluated).model_fields:  # eval_fd_ours_unseen_cfg on shapes or a webdataset
+                issues.append(ConfigIssue("promotion.metric", f"{metric} is measured on folder datasets with "
+                                          f"{held_out} only; the evaluation set of step {name!r} is {dataset!r} "
+                                          f"({evaluated.type})"))
+            elif not getattr(evaluated, held_out):
+                issues.append(ConfigIssue("promotion.metric", f"{metric} needs held-out compositions: the evaluation "
+                                          f"set {dataset!r} of step {name!r} sets no {held_out}"))
         if direction != PROMOTION_METRICS[metric]:
             better = "higher" if PROMOTION_METRICS[metric] == "maximize" else "lower"
             issues.append(ConfigIssue("promotion.direction", f"{metric} is better when {better}; direction "

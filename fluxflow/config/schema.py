@@ -5,6 +5,7 @@ fields here: `legacy.py` maps or reports them before these models see the file.
 """
 from __future__ import annotations
 
+import re
 import urllib.parse
 from typing import Annotated, Any, Literal
 
@@ -86,6 +87,15 @@ class DatasetBase(StrictModel):
         return {k: v for k, v in data.items() if v is not None or k in TYPE_KEYS}
 
 
+# The colour and shape words of `shapes` captions (fluxflow/data/shapes.py COLORS and SHAPES, which import torch; a
+# test keeps them equal): what `holdout_pairs` may name, checked at validation rather than when a step builds its data.
+SHAPES_COLORS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "white")
+SHAPES_SHAPES = ("circle", "square", "triangle", "star", "cross")
+# A count may hold out every pair but one per colour (the larger word set): each colour and shape keeps a trained pair
+# (fluxflow/data/heldout.py max_heldout_pairs).
+MOST_HELDOUT_PAIRS = len(SHAPES_COLORS) * len(SHAPES_SHAPES) - max(len(SHAPES_COLORS), len(SHAPES_SHAPES))
+
+
 class ShapesDataset(DatasetBase):
     """Built-in procedural images of coloured shapes. Composition (fluxflow/data/heldout.py): `holdout_pairs` keeps
     colour x shape pairs out of training (["blue triangle"], or a count drawn with `holdout_pairs_seed`, default:
@@ -98,6 +108,19 @@ class ShapesDataset(DatasetBase):
     holdout_pairs_seed: Seed | None = None
     caption_dropout: float | None = Field(None, ge=0.0, le=1.0)
 
+    @field_validator("holdout_pairs")
+    @classmethod
+    def _pairs_the_data_has(cls, pairs: list[str] | int | None) -> list[str] | int | None:
+        if isinstance(pairs, int) and not 0 <= pairs <= MOST_HELDOUT_PAIRS:
+            raise ValueError(f"a count must be 0 to {MOST_HELDOUT_PAIRS} (every colour and every shape keeps a "
+                             "trained pair)")
+        for text in pairs if isinstance(pairs, list) else ():
+            words = text.strip().lower().split()
+            if len(words) != 2 or words[0] not in SHAPES_COLORS or words[1] not in SHAPES_SHAPES:
+                raise ValueError(f"{text!r} is not '<colour> <shape>' (colours: {', '.join(SHAPES_COLORS)}; shapes: "
+                                 f"{', '.join(SHAPES_SHAPES)})")
+        return pairs
+
 
 class FolderDataset(DatasetBase):
     """Images in `path` and a `filename<TAB>caption` file; `holdout_captions` (globs or `re:` patterns) are kept out
@@ -107,6 +130,17 @@ class FolderDataset(DatasetBase):
     path: str
     captions_file: str
     holdout_captions: list[str] | None = None
+
+    @field_validator("holdout_captions")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str] | None) -> list[str] | None:
+        for pattern in patterns or ():
+            if pattern.startswith("re:"):
+                try:
+                    re.compile(pattern[3:])
+                except re.error as exc:
+                    raise ValueError(f"{pattern!r} is not a regular expression ({exc})") from None
+        return patterns
 
 
 class WebDatasetConfig(DatasetBase):
@@ -213,7 +247,7 @@ SECRET_VALUE = "secret_value"  # the error type of a value never to be echoed (f
 
 class TrackingConfig(StrictModel):
     experiment_name: str = "fluxflow"
-    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else MLflow's default (./mlflow.db)
+    tracking_uri: str | None = None  # MLFLOW_TRACKING_URI wins; None and no variable: MLflow's default (./mlflow.db)
     registered_model: str | None = None  # None: the experiment name
     register_steps: list[str] | None = None  # None: the text-to-image leaf steps (fluxflow/config/promotion.py)
 

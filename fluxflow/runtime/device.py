@@ -5,9 +5,12 @@ import contextlib
 
 import torch
 
+from fluxflow.errors import NonRetryable
 
-class DeviceUnavailable(RuntimeError):
-    """The configured device is not on this machine: a problem of the run's settings, not of training."""
+
+class DeviceUnavailable(NonRetryable, RuntimeError):
+    """The configured device is not on this machine: a problem of the run's settings, not of training. Not retryable:
+    a retry of the step runs on the same machine (a deployment run's `device=cuda` on a worker without a GPU)."""
 
 
 def resolve_device(requested: str | None, setting: str = "training.device") -> torch.device:

@@ -325,3 +325,28 @@ def test_a_multi_node_config_without_ray_names_the_field(tmp_path, monkeypatch):
 def test_a_multi_node_config_needs_the_ray_executor(tmp_path):
     found = problems(tmp_path, cfg(vae(), training={"distributed": {"nodes": 2}}))
     assert "needs training.executor.kind: ray" in found["training.distributed.nodes"]
+
+
+def test_held_out_compositions_the_data_cannot_make_are_config_problems(tmp_path):
+    """A count beyond 32 of the 40 pairs, a pair of unknown words, a `re:` pattern that is no regular expression:
+    refused at validation (exit 2, the field named), not at the step's start (a ValueError or re.error, retried, a
+    traceback, exit 1)."""
+    shapes = {"type": "shapes", "holdout_pairs": 33}
+    folder = {"type": "folder", "path": "x", "captions_file": "y", "holdout_captions": ["*blue*", "re:(unclosed"]}
+    found = problems(tmp_path, cfg(vae(), pipeline={"datasets": {"s": shapes, "f": folder}, "default_dataset": "s"}))
+    assert "0 to 32" in found["training.pipeline.datasets.s.holdout_pairs"]
+    assert "'re:(unclosed' is not a regular expression" in found["training.pipeline.datasets.f.holdout_captions"]
+    shapes["holdout_pairs"] = ["blue triangle", "purple unicorn"]
+    found = problems(tmp_path, cfg(vae(), pipeline={"datasets": {"s": shapes}}))
+    assert "'purple unicorn' is not '<colour> <shape>'" in found["training.pipeline.datasets.s.holdout_pairs"]
+    shapes["holdout_pairs"] = ["Blue Triangle", "white cross"]
+    assert load_config(yaml.safe_load(cfg(vae(), pipeline={"datasets": {"s": shapes}}))).config
+
+
+def test_the_config_knows_the_words_of_the_shapes_dataset():
+    from fluxflow.config.schema import SHAPES_COLORS, SHAPES_SHAPES
+    from fluxflow.data.heldout import max_heldout_pairs
+    from fluxflow.data.shapes import COLORS, SHAPES
+
+    assert (SHAPES_COLORS, SHAPES_SHAPES) == (tuple(COLORS), SHAPES)
+    assert max_heldout_pairs() == 32

@@ -85,6 +85,33 @@ def test_promotion_can_use_held_out_pair_adherence_where_the_evaluation_set_hold
     assert promotion_metric(load_config(raw).config, "flow") == ("eval_adherence_unseen_both", "maximize")
 
 
+def test_held_out_caption_distance_on_a_dataset_that_cannot_hold_captions_out_is_a_problem_not_a_crash():
+    """`eval_fd_ours_unseen_cfg` scores a folder's `holdout_captions`; a `shapes` or `webdataset` evaluation set has
+    no such field (it raised AttributeError: a traceback instead of exit 2)."""
+    raw = config(FLOW, promotion={"metric": "eval_fd_ours_unseen_cfg"})
+    assert "folder datasets with holdout_captions" in problems(raw)["promotion.metric"]
+    raw["training"]["pipeline"]["datasets"] = {"web": {"type": "webdataset", "urls": "shards/{0..1}.tar"}}
+    assert "folder datasets with holdout_captions" in problems(raw)["promotion.metric"]
+    raw["training"]["pipeline"]["datasets"] = {"real": {"type": "folder", "path": "x", "captions_file": "y"}}
+    assert "sets no holdout_captions" in problems(raw)["promotion.metric"]
+    raw["training"]["pipeline"]["datasets"]["real"]["holdout_captions"] = ["*blue triangle*"]
+    assert promotion_metric(load_config(raw).config, "flow") == ("eval_fd_ours_unseen_cfg", "minimize")
+
+
+def test_a_promotion_evaluation_set_without_held_out_images_is_a_problem_not_a_failed_run():
+    """Promotion evaluates the registered version on the held-out split: with `holdout: 0` the run trained every
+    step, registered the version, then its promote task failed with a ValueError traceback (exit 1)."""
+    raw = config(FLOW)
+    raw["training"]["pipeline"]["datasets"] = {"shapes": {"type": "shapes", "holdout": 0}}
+    assert "promotion evaluates" in problems(raw)["training.pipeline.datasets.shapes.holdout"]
+    raw["promotion"] = {"enabled": False}
+    assert registered_steps(load_config(raw).config) == ["flow"]
+    raw["promotion"] = {"dataset": "other"}
+    raw["training"]["pipeline"]["datasets"]["other"] = {"type": "shapes", "holdout": 4}
+    raw["training"]["pipeline"]["default_dataset"] = "shapes"
+    assert load_config(raw).config.promotion.dataset == "other"
+
+
 def test_the_config_reference_documents_every_promotion_field():
     from fluxflow.config.promotion import PromotionConfig
 

@@ -17,7 +17,7 @@ STEPS = [{"name": "vae", "n_epochs": 1, "train_vae": True}, {"name": "flow", "n_
 
 
 def config_for(dataset: dict):
-    return load_config({"model": MODEL, "data": {"img_size": 16},
+    return load_config({"model": MODEL, "data": {"img_size": 16}, "tracking": {"register_steps": []},  # no promotion
                         "training": {"batch_size": 4, "pipeline": {"datasets": {"d": dataset}, "steps": STEPS}}}).config
 
 

@@ -64,3 +64,58 @@ def test_a_transient_error_is_retried_and_the_step_completes(tmp_path, mlflow_st
     assert FailsOnceLikeATrackingServer.raised
     assert state.is_completed(), state.message
     assert task_runs(flow_run_id)["warm"].run_count == 2
+
+
+def test_a_config_refused_in_the_flow_is_logged_as_its_message_without_a_traceback(tmp_path, mlflow_store,
+                                                                                     monkeypatch):
+    """A deployment run resolves its config in the flow (`prefect deployment run ... --param 'overrides=[...]'`): a
+    refused config fails the run with the one-line problems, not two tracebacks of Prefect's engine in its log."""
+    import logging
+
+    from flows.fault_policy import QuietNonRetryable
+    from flows.pipeline_flow import pipeline_flow
+
+    logger = logging.getLogger("prefect.flow_runs")
+    # As in a worker's fresh flow-run process: no step task has been made yet, so no filter is installed.
+    monkeypatch.setattr(logger, "filters", [f for f in logger.filters if not isinstance(f, QuietNonRetryable)])
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        state = pipeline_flow(config(tmp_path, "refused", STEPS), overrides=["training.pipeline.steps.nope.lr=1"],
+                              return_state=True)
+    finally:
+        logger.removeHandler(handler)
+    assert state.is_failed()
+    assert "no step named 'nope' (steps: warm)" in state.message
+    about_it = [r for r in records if "nope" in r.getMessage()]
+    assert about_it, [r.getMessage() for r in records]
+    assert [r.getMessage() for r in about_it if r.exc_info] == []
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_the_machine_lacks_fails_the_step_once_in_one_line(tmp_path, mlflow_store):
+    """`--param device=cuda` on a worker without a GPU (docs/OPERATIONS.md, "Running a deployment"): a retry in the
+    same process finds no GPU either, so the step is attempted once, and the run says why without a traceback, as
+    `fluxflow-train` does (exit 2)."""
+    import logging
+
+    from flows.pipeline_flow import pipeline_flow
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        state = pipeline_flow(config(tmp_path, "no-gpu", STEPS, retries=2, no_samples=True), device="cuda",
+                              return_state=True)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    assert state.is_failed()
+    assert "no CUDA device is available" in state.message
+    assert task_runs(state.state_details.flow_run_id)["warm"].run_count == 1
+    assert [r.getMessage() for r in records if r.exc_info] == []

@@ -29,6 +29,11 @@ def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
     """--prompt values, then the file's lines (blank lines and lines starting with # are skipped)."""
     found = list(prompts)
     if prompts_file:
+        from fluxflow.config.file_checks import not_a_regular_file
+
+        odd = not_a_regular_file(prompts_file)  # a FIFO would never end
+        if odd:
+            raise OSError(odd)
         lines = Path(prompts_file).read_text(encoding="utf-8").splitlines()
         found += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     return found

@@ -37,6 +37,7 @@ import torch
 
 from fluxflow.checkpoints.disk_full import Sink, disk_full_cause, disk_full_error
 from fluxflow.checkpoints.load_errors import describe_load_failure
+from fluxflow.config.file_checks import not_a_regular_file
 from fluxflow.errors import DiskFullError, NonRetryable
 
 PathLike = str | os.PathLike
@@ -190,12 +191,15 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Load a checkpoint dict with `torch.load(weights_only=True)`.
 
-    Raises CheckpointError naming the file when it is missing, corrupt or truncated, would run code when unpickled
-    (refused), is not a dict, or (with `expected_sha256`, e.g. from a CheckpointRef) has different content than
-    expected.
+    Raises CheckpointError naming the file when it is missing, not a regular file, corrupt or truncated, would run
+    code when unpickled (refused), is not a dict, or (with `expected_sha256`, e.g. from a CheckpointRef) has
+    different content than expected.
     """
     if _local_path(path) is None:  # a remote file: a local copy, verified (its sha256 is checked there)
         path, expected_sha256 = _fetched(str(path), expected_sha256), None
+    odd = not_a_regular_file(_local_path(path))  # a FIFO or /dev/zero: reading it would never end
+    if odd:
+        raise CheckpointError(f"checkpoint {odd}")
     if expected_sha256 is not None:
         try:
             actual = sha256_file(path)

@@ -1,6 +1,7 @@
 """`fluxflow-generate` on a checkpoint trained here (VAE warm-up -> flow with text encoder, 16x16, a few batches)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,29 @@ def test_a_checkpoint_uri_that_cannot_be_read_is_one_line(tmp_path, capsys, uri,
         assert cli_export.main(["--checkpoint", uri, *out]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"fluxflow-{command}: ") and ("Protocol not known: bogus" in line or "127.0.0.1" in line)
+
+
+@pytest.mark.timeout(60)  # a FIFO was opened and waited for a writer forever
+@pytest.mark.parametrize("kind", ["a FIFO (named pipe)", "a folder", "a device"])
+@pytest.mark.parametrize("argument", ["--checkpoint", "--prompts-file", "export --checkpoint"])
+def test_a_file_argument_that_is_not_a_regular_file_is_one_line_naming_it(trained, tmp_path, capsys, kind, argument):
+    """/dev/null stands for the devices: it ends where /dev/zero never would."""
+    _, checkpoint, _ = trained
+    path = {"a FIFO (named pipe)": tmp_path / "fifo", "a folder": tmp_path, "a device": Path("/dev/null")}[kind]
+    if kind.startswith("a FIFO"):
+        os.mkfifo(path)
+    out = ["--output", str(tmp_path / "out")]
+    if argument == "--checkpoint":
+        code, says = generate_cli("--checkpoint", str(path), "--prompt", "x", *out), f"checkpoint {path}"
+    elif argument == "--prompts-file":
+        code = generate_cli("--checkpoint", checkpoint, "--prompts-file", str(path), *out)
+        says = f"cannot read --prompts-file {path}: {path}"
+    else:
+        code, says = cli_export.main(["--checkpoint", str(path), *out]), f"checkpoint {path}"
+    assert code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    command = "export" if argument.startswith("export") else "generate"
+    assert line == f"fluxflow-{command}: {says} is {kind}, not a regular file"
 
 
 def test_a_config_whose_model_sizes_do_not_fit_the_checkpoint_is_one_line(trained, tmp_path, capsys):

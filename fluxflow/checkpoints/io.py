@@ -49,6 +49,11 @@ class CheckpointError(NonRetryable):
     """A checkpoint could not be written, read, or trusted; the message names the file and says why."""
 
 
+class CheckpointUnreachable(OSError):
+    """A remote checkpoint could not be downloaded (its server does not answer, or answers with an error): a network
+    error, which a retry may fix, so not a CheckpointError; the message names the checkpoint."""
+
+
 # ----------------------------------------------------------------------------------------------- local or fsspec
 
 def _local_path(path: PathLike) -> Path | None:
@@ -233,6 +238,11 @@ def _fetched(uri: str, expected_sha256: str | None) -> Path:
         raise CheckpointError(f"checkpoint {exc}") from None
     except (ValueError, ImportError) as exc:  # fsspec: a protocol it does not know, or whose package is not installed
         raise CheckpointError(f"checkpoint {uri}: {exc}") from None
+    except NonRetryable:  # the store's own line, naming the URI (no bucket, no credentials, ...)
+        raise
+    except Exception as exc:  # no answer, refused connection, HTTP 500: aiohttp's and botocore's own words only
+        why = "the server did not answer in time" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
+        raise CheckpointUnreachable(f"checkpoint {uri} could not be fetched: {why}") from exc
 
 
 _HEAD_BYTES = 16 << 20  # enough for the pickles of a legacy-format checkpoint, which come before its storages

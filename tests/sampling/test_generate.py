@@ -125,7 +125,44 @@ def test_a_checkpoint_uri_that_cannot_be_read_is_one_line(tmp_path, capsys, uri,
     else:
         assert cli_export.main(["--checkpoint", uri, *out]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"fluxflow-{command}: ") and ("Protocol not known: bogus" in line or "127.0.0.1" in line)
+    assert line.startswith(f"fluxflow-{command}: checkpoint {uri}")  # the connection error alone did not name it
+    assert "Protocol not known: bogus" in line or "could not be fetched: Cannot connect to host 127.0.0.1" in line
+
+
+@pytest.fixture
+def silent_server():
+    """http://127.0.0.1:PORT of a server that accepts connections and never answers, and one that answers 500."""
+    import http.server
+    import socket
+    import threading
+
+    silent = socket.create_server(("127.0.0.1", 0))
+
+    class Failing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(500)
+
+        def log_message(self, *args):
+            pass
+
+    failing = http.server.HTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=failing.serve_forever, daemon=True).start()
+    yield {"silent": f"http://127.0.0.1:{silent.getsockname()[1]}", "500": f"http://127.0.0.1:{failing.server_port}"}
+    failing.shutdown()
+    silent.close()
+
+
+@pytest.mark.parametrize(("server", "why"), [("silent", "the server did not answer in time"),
+                                              ("500", "500, message='Internal Server Error'")])
+def test_a_checkpoint_server_that_does_not_answer_is_one_line_naming_the_checkpoint(silent_server, tmp_path, capsys,
+                                                                                    monkeypatch, server, why):
+    """A server that never answered held the command for 5 minutes (aiohttp's default) and then printed an empty
+    line; an HTTP 500 was aiohttp's traceback."""
+    monkeypatch.setattr("fluxflow.storage.fetch.HTTP_READ_TIMEOUT_S", 1)
+    uri = f"{silent_server[server]}/final.pt"
+    assert generate_cli("--checkpoint", uri, "--prompt", "x", "--output", str(tmp_path / "out")) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"fluxflow-generate: checkpoint {uri} could not be fetched: {why}"), line
 
 
 @pytest.mark.timeout(60)  # a FIFO was opened and waited for a writer forever

@@ -122,7 +122,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=25, help="sampler steps (default 25)")
     p.add_argument("--guidance", type=finite_float, default=3.0, help="classifier-free guidance scale (default 3.0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image of each prompt (default 0)")
-    p.add_argument("--size", type=int, help="image side in pixels (default: the training size)")
+    # 4×: fluxflow/sampling/generate.py MAX_SIZE_FACTOR, written out (that module imports torch: --help stays quick).
+    p.add_argument("--size", type=int, help="image side in pixels: a multiple of the model's downscale × patch_size, "
+                                            "at most 4× the training size (further from it the model has learned "
+                                            "nothing, and memory runs out) (default: the training size)")
     p.add_argument("--output", default="generated", type=os.path.expanduser,  # `~`: bash leaves it after `=`
                    help="output folder (default: ./generated)")
     p.add_argument("--format", choices=("webp", "png"), default="webp", help="file format (default webp)")

@@ -250,7 +250,9 @@ def test_a_guidance_scale_that_is_not_a_finite_number_is_a_usage_error(trained, 
     (["--size", "0"], "image size must be a positive multiple of 8 (downscale × patch_size); got 0"),  # was 16
     (["--size", "-16"], "image size must be a positive multiple of 8 (downscale × patch_size); got -16"),
     (["--size", "100000"], "image size must be at most 64 (4× the 16 px the model was trained at"),  # out of memory
-    (["--seed", str(2**64 - 1), "--n", "2"], "--seed must lie within -2**63 and 2**64 - n"),  # after one image
+    (["--seed", str(2**64 - 1), "--n", "2"], "--seed must lie within 0 and 2**63 - n"),  # failed after one image
+    (["--seed", str(2**63 - 1), "--n", "2"], "--seed must lie within 0 and 2**63 - n"),  # the served model's range
+    (["--seed", "-1"], "--seed must lie within 0 and 2**63 - n"),
     (["--steps", str(10**20)], "--n must be at least 1 and --steps from 1 to 10000")])
 def test_a_number_out_of_range_is_refused_in_one_line_and_writes_nothing(trained, tmp_path, capsys, flags, says):
     _, checkpoint, _ = trained

@@ -125,7 +125,10 @@ def load_exported(folder: str | Path, device: str | None = None) -> TextToImageM
                        for key in ("shift", "scale")}
         img_size, channels = int(config["image"]["size"]), int(config["image"]["channels"])
         spade, weights_file = bool(config["spade"]), folder / config["weights"]
-    except (KeyError, TypeError, ValueError, ValidationError) as exc:
+    except KeyError as exc:  # its message alone is the key: "... invalid: 'model'"
+        raise GenerationError(f"{folder / CONFIG_FILE} is incomplete: it has no {exc} (write the folder again with "
+                              "fluxflow-export)") from None
+    except (TypeError, ValueError, ValidationError) as exc:
         raise GenerationError(f"{folder / CONFIG_FILE} is incomplete or invalid: {exc}") from None
     odd = not_a_regular_file(weights_file)
     if odd:

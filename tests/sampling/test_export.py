@@ -151,6 +151,16 @@ def test_an_export_whose_file_is_a_fifo_or_that_is_a_file_is_one_line(byte_check
                                        "fluxflow-export\n")
 
 
+def test_an_export_config_without_a_key_names_the_key(byte_checkpoint, tmp_path, capsys):
+    export(byte_checkpoint, tmp_path / "export")
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    del config["model"]
+    (tmp_path / "export" / "config.json").write_text(json.dumps(config))
+    assert cli_generate.main(["--weights", str(tmp_path / "export"), "--prompt", "x", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (f"fluxflow-generate: {tmp_path / 'export' / 'config.json'} is incomplete: it "
+                                       "has no 'model' (write the folder again with fluxflow-export)\n")  # was ": 'model'"
+
+
 def test_the_command_it_prints_loads_a_folder_whose_name_has_a_space(byte_checkpoint, tmp_path, capsys):
     assert cli_export.main(["--checkpoint", byte_checkpoint, "--output", str(tmp_path / "my export")]) == 0
     command = shlex.split(capsys.readouterr().out.split("load it with ")[1])  # was unquoted: two arguments

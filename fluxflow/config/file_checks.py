@@ -143,8 +143,9 @@ def folder_problem(root: Path, captions_path: Path) -> str | None:
     """Why a folder dataset cannot be read at all (no folder, no captions file), or None."""
     if not root.is_dir():
         return f"image folder {root} does not exist"
-    if not captions_path.is_file():
-        return f"captions file {captions_path} does not exist (one 'filename<TAB>caption' line per image)"
+    if not captions_path.is_file():  # a FIFO or a folder is not missing: say what it is
+        odd = not_a_regular_file(captions_path)
+        return f"captions file {odd or f'{captions_path} does not exist'} (one 'filename<TAB>caption' line per image)"
     return None
 
 

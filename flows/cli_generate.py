@@ -29,6 +29,11 @@ def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
     """--prompt values, then the file's lines (blank lines and lines starting with # are skipped)."""
     found = list(prompts)
     if prompts_file:
+        from fluxflow.config.file_checks import not_a_regular_file
+
+        odd = not_a_regular_file(prompts_file)  # a FIFO would never end
+        if odd:
+            raise OSError(odd)
         lines = Path(prompts_file).read_text(encoding="utf-8").splitlines()
         found += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     return found
@@ -106,9 +111,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fluxflow-generate", description="Generate images from a trained checkpoint or a registered model.",
         epilog="Exit codes: 0 images written; 2 bad input (no prompt, a missing prompts file, a checkpoint that is "
-               "missing, corrupt or has no text-to-image model, a --model that names no registered version, a "
-               "--weights folder that is not an export, an invalid --config, a device this machine lacks, an --output that "
-               "is a file).")
+               "missing, corrupt, not a regular file, cannot be fetched or has no text-to-image model, a --model that "
+               "names no registered version, a --weights folder that is not an export, an invalid --config, a --size "
+               "or --seed out of range, a device this machine lacks, an --output that is a file).")
     source = add_checkpoint_arguments(p)
     source.add_argument("--weights", help="a folder written by fluxflow-export (config.json, model.safetensors)")
     p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable)")
@@ -116,8 +121,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1, help="images per prompt, seeds seed..seed+n-1 (default 1)")
     p.add_argument("--steps", type=int, default=25, help="sampler steps (default 25)")
     p.add_argument("--guidance", type=finite_float, default=3.0, help="classifier-free guidance scale (default 3.0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first image of each prompt (default 0)")
-    p.add_argument("--size", type=int, help="image side in pixels (default: the training size)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image of each prompt, 0 to 2**63 - n as a "
+                                                       "config's seeds (default 0)")
+    # 4×: fluxflow/sampling/generate.py MAX_SIZE_FACTOR, written out (that module imports torch: --help stays quick).
+    p.add_argument("--size", type=int, help="image side in pixels: a multiple of the model's downscale × patch_size, "
+                                            "at most 4× the training size (further from it the model has learned "
+                                            "nothing, and memory runs out) (default: the training size)")
     p.add_argument("--output", default="generated", type=os.path.expanduser,  # `~`: bash leaves it after `=`
                    help="output folder (default: ./generated)")
     p.add_argument("--format", choices=("webp", "png"), default="webp", help="file format (default webp)")
@@ -144,9 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 1 or not 1 <= args.steps <= 10_000:  # a huge --steps overflowed, or filled the memory, in torch
         print("fluxflow-generate: --n must be at least 1 and --steps from 1 to 10000", file=sys.stderr)
         return EXIT_FIX_INPUT
-    if not -2**63 <= args.seed <= 2**64 - args.n:  # torch's seeds; past them it failed after writing some images
-        print("fluxflow-generate: --seed must lie within -2**63 and 2**64 - n (the images' seeds are seed..seed+n-1)",
-              file=sys.stderr)
+    from fluxflow.config.steps import seeds_problem
+
+    problem = seeds_problem("--seed", args.seed, args.n)  # the config's seed range, as the served model's
+    if problem:
+        print(f"fluxflow-generate: {problem}", file=sys.stderr)
         return EXIT_FIX_INPUT
     if output_is_a_file("fluxflow-generate", args.output):
         return EXIT_FIX_INPUT

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from flows.credentials import no_answer
 from flows.mlflow_names import TAG_KIND, TAG_OUTPUT_DIR, TAG_STEP_KEY, TAG_STEP_NAME, tags_filter
 from flows.mlflow_store import sqlite_file
+from fluxflow.config.file_checks import not_a_regular_file
 from fluxflow.storage.location import local_path, remote_uri
 
 
@@ -115,8 +116,10 @@ def unreadable_store(uri: str) -> str | None:
     path = sqlite_file(uri)
     if uri.startswith(("http://", "https://")) or path is not None and not path.exists():
         return None
-    if path is not None and path.is_dir():  # asked, MLflow retries "unable to open database file" for 100 s
-        return f"cannot read the MLflow store at {uri}: a folder, not a sqlite file"
+    # A folder, a FIFO, a device: asked, MLflow retries "unable to open database file" or "disk I/O error" for 100 s
+    odd = path is not None and not_a_regular_file(path)
+    if odd:
+        return f"cannot read the MLflow store at {uri}: {odd}"
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:

@@ -37,6 +37,7 @@ import torch
 
 from fluxflow.checkpoints.disk_full import Sink, disk_full_cause, disk_full_error
 from fluxflow.checkpoints.load_errors import describe_load_failure
+from fluxflow.config.file_checks import not_a_regular_file
 from fluxflow.errors import DiskFullError, NonRetryable
 
 PathLike = str | os.PathLike
@@ -46,6 +47,11 @@ _CHUNK = 1 << 20  # 1 MiB: streamed hashing and copying never hold a whole check
 
 class CheckpointError(NonRetryable):
     """A checkpoint could not be written, read, or trusted; the message names the file and says why."""
+
+
+class CheckpointUnreachable(OSError):
+    """A remote checkpoint could not be downloaded (its server does not answer, or answers with an error): a network
+    error, which a retry may fix, so not a CheckpointError; the message names the checkpoint."""
 
 
 # ----------------------------------------------------------------------------------------------- local or fsspec
@@ -190,12 +196,15 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Load a checkpoint dict with `torch.load(weights_only=True)`.
 
-    Raises CheckpointError naming the file when it is missing, corrupt or truncated, would run code when unpickled
-    (refused), is not a dict, or (with `expected_sha256`, e.g. from a CheckpointRef) has different content than
-    expected.
+    Raises CheckpointError naming the file when it is missing, not a regular file, corrupt or truncated, would run
+    code when unpickled (refused), is not a dict, or (with `expected_sha256`, e.g. from a CheckpointRef) has
+    different content than expected.
     """
     if _local_path(path) is None:  # a remote file: a local copy, verified (its sha256 is checked there)
         path, expected_sha256 = _fetched(str(path), expected_sha256), None
+    odd = not_a_regular_file(_local_path(path))  # a FIFO or /dev/zero: reading it would never end
+    if odd:
+        raise CheckpointError(f"checkpoint {odd}")
     if expected_sha256 is not None:
         try:
             actual = sha256_file(path)
@@ -229,6 +238,11 @@ def _fetched(uri: str, expected_sha256: str | None) -> Path:
         raise CheckpointError(f"checkpoint {exc}") from None
     except (ValueError, ImportError) as exc:  # fsspec: a protocol it does not know, or whose package is not installed
         raise CheckpointError(f"checkpoint {uri}: {exc}") from None
+    except NonRetryable:  # the store's own line, naming the URI (no bucket, no credentials, ...)
+        raise
+    except Exception as exc:  # no answer, refused connection, HTTP 500: aiohttp's and botocore's own words only
+        why = "the server did not answer in time" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
+        raise CheckpointUnreachable(f"checkpoint {uri} could not be fetched: {why}") from exc
 
 
 _HEAD_BYTES = 16 << 20  # enough for the pickles of a legacy-format checkpoint, which come before its storages

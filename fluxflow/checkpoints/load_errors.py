@@ -12,7 +12,8 @@ Three kinds, told apart by what `torch.load(weights_only=True)` raised and by th
   ("Unsupported operand 149" is protocol 4's FRAME), so its message names an opcode, not the problem. The stream is
   then read statically (pickletools.genops lists opcodes without executing any) for the objects it would import:
   outside torch's own, those are what loading it would run.
-- corrupt: anything else (a torn zip, an empty file, a file that is not a checkpoint).
+- not a checkpoint: an empty file, or one that starts neither as a zip nor as a pickle (a text file).
+- corrupt: anything else (a torn zip).
 
 No torch import and no file access here: this reads exception types and messages, and the file's head that the
 caller passes in.
@@ -28,6 +29,7 @@ import re
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _DETAIL_CHARS = 160
 _PICKLE_PROTO = 0x80  # a pickle of protocol 2 or later starts with the PROTO opcode; a zip starts with b"PK"
+_ZIP = b"PK"
 _TORCH_OWN = ("torch.", "collections.OrderedDict")  # what torch's legacy format imports to rebuild tensors and dicts
 _NAMED = 3  # objects named in the message; more are counted
 
@@ -44,6 +46,11 @@ def describe_load_failure(path: str | os.PathLike, error: BaseException, head: b
                                   "loading it could run code", imports)
         return (f"checkpoint {path} is a raw pickle (not torch's zip format) that the safe loader cannot read "
                 f"({_first_line(error)}); re-save it with torch.save in torch's default (zip) format")
+    if not head and isinstance(error, EOFError):
+        return f"checkpoint {path} is an empty file"
+    if head and not head.startswith(_ZIP):  # a text file, an image: torch's error was a bare byte value ("(101)")
+        return (f"checkpoint {path} is not a torch checkpoint: it starts with {head[:16]!r}, not with the zip "
+                "archive torch.save writes")
     return f"checkpoint {path} is corrupt, truncated or not a torch checkpoint ({_first_line(error)})"
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,11 +76,28 @@ def lpips_issues(indexes: list[int]) -> list[ConfigIssue]:
         for i in indexes[1:]]
 
 
+def not_a_regular_file(path: str | os.PathLike) -> str | None:
+    """What `path` is when it exists but is not a regular file (a folder, a FIFO, a device, a socket), else None.
+    The files the commands are given (a config, a checkpoint, a prompts file, an export's files, a sqlite store) are
+    checked with this before they are opened: opening a FIFO waits for a writer forever, and /dev/zero never ends,
+    so reading either hung; a folder failed with a message about something else."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # missing or unreadable: opening it says so
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "a special file")
+    return f"{path} is {kind}, not a regular file"
+
+
 def checkpoint_issues(uri: str | None) -> list[ConfigIssue]:
     """A local starting checkpoint must exist (URIs like s3://... are checked when the step opens them)."""
     if uri is None or "://" in uri or Path(uri).expanduser().is_file():
         return []
-    return [ConfigIssue("model_checkpoint", f"file not found: {uri}")]
+    return [ConfigIssue("model_checkpoint", not_a_regular_file(Path(uri).expanduser()) or f"file not found: {uri}")]
 
 
 DEFAULT_CAPTIONS_FILE = "captions.txt"
@@ -125,8 +143,9 @@ def folder_problem(root: Path, captions_path: Path) -> str | None:
     """Why a folder dataset cannot be read at all (no folder, no captions file), or None."""
     if not root.is_dir():
         return f"image folder {root} does not exist"
-    if not captions_path.is_file():
-        return f"captions file {captions_path} does not exist (one 'filename<TAB>caption' line per image)"
+    if not captions_path.is_file():  # a FIFO or a folder is not missing: say what it is
+        odd = not_a_regular_file(captions_path)
+        return f"captions file {odd or f'{captions_path} does not exist'} (one 'filename<TAB>caption' line per image)"
     return None
 
 

@@ -21,7 +21,7 @@ from fluxflow.config import modes
 from fluxflow.config.errors import ConfigError, ConfigIssue, did_you_mean, format_path
 from fluxflow.config.executor import process_issues, resources_issues
 from fluxflow.config.file_checks import STEPS, checkpoint_issues, frozen_pretrained_issues, lpips_issues, \
-    text_encoder_issues, with_pretrained_width
+    not_a_regular_file, text_encoder_issues, with_pretrained_width
 from fluxflow.config.legacy import apply_legacy, get_in
 from fluxflow.config.optim import Optimization, number_problem, optimizer_issues, scheduler_issues
 from fluxflow.config.promotion import promotion_issues
@@ -64,7 +64,10 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping
 
 
 def read_yaml(path: Path) -> Any:
-    """The parsed file; ConfigError for a missing/unreadable file or broken YAML."""
+    """The parsed file; ConfigError for a missing/unreadable file, one that is not a regular file, or broken YAML."""
+    odd = not_a_regular_file(path)
+    if odd:
+        raise ConfigError([ConfigIssue("(file)", odd)], str(path))
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -11,6 +11,7 @@ parameters of another type are not inherited.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BeforeValidator, Field, create_model, field_validator
@@ -33,7 +34,21 @@ def _workers(value: Any) -> Any:
 
 
 # A seed of the data order, weights and noise: numpy's SeedSequence takes no negative one, torch none past 2**63.
-Seed = Annotated[int, Field(ge=0, lt=2**63)]
+SEED_LIMIT = 2**63
+Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT)]
+
+
+def seeds_problem(name: str, seed: Any, n: int = 1) -> str | None:
+    """What is wrong with `seed` as the first of `n` image seeds seed..seed+n-1 (fluxflow-generate's --seed, the
+    served model's params seed), or None: each must be a `Seed`, as a config's are. `name` is how the caller's user
+    spells it."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        return f"{name} must be an integer, got {seed!r}"
+    if not 0 <= seed <= SEED_LIMIT - n:
+        return (f"{name} must lie within 0 and 2**63 - n (the images' seeds are seed..seed+n-1, each from 0 to "
+                f"2**63 - 1 as a config's seeds); got {seed}")
+    return None
+
 
 # DataLoader worker processes per training process; "auto": fluxflow/data/__init__.py resolve_workers.
 Workers = Annotated[int | Literal["auto"], BeforeValidator(_workers)]

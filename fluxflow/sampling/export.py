@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from fluxflow.checkpoints.io import atomic_write
-from fluxflow.config.file_checks import inspect_pretrained, pretrained_text_path
+from fluxflow.config.file_checks import inspect_pretrained, not_a_regular_file, pretrained_text_path
 from fluxflow.sampling.generate import (GENERATION_COMPONENTS, GenerationError, TextToImageModel,
                                         build_text_to_image)
 
@@ -85,6 +85,11 @@ def export_weights(model: TextToImageModel, folder: str | Path, source: dict[str
 def read_export_config(folder: str | Path) -> dict[str, Any]:
     """config.json of an exported folder; GenerationError naming the file when it is missing or not one."""
     path = Path(folder) / CONFIG_FILE
+    if Path(folder).exists() and not Path(folder).is_dir():  # a checkpoint given as --weights
+        raise GenerationError(f"{folder} is a file, not a folder written by fluxflow-export")
+    odd = not_a_regular_file(path)  # a FIFO would never end
+    if odd:
+        raise GenerationError(odd)
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -120,8 +125,14 @@ def load_exported(folder: str | Path, device: str | None = None) -> TextToImageM
                        for key in ("shift", "scale")}
         img_size, channels = int(config["image"]["size"]), int(config["image"]["channels"])
         spade, weights_file = bool(config["spade"]), folder / config["weights"]
-    except (KeyError, TypeError, ValueError, ValidationError) as exc:
+    except KeyError as exc:  # its message alone is the key: "... invalid: 'model'"
+        raise GenerationError(f"{folder / CONFIG_FILE} is incomplete: it has no {exc} (write the folder again with "
+                              "fluxflow-export)") from None
+    except (TypeError, ValueError, ValidationError) as exc:
         raise GenerationError(f"{folder / CONFIG_FILE} is incomplete or invalid: {exc}") from None
+    odd = not_a_regular_file(weights_file)
+    if odd:
+        raise GenerationError(odd)
     try:
         tensors = load_file(weights_file)
     except (OSError, SafetensorError) as exc:

@@ -22,6 +22,10 @@ from fluxflow.sampling.text_to_image import text_to_image
 from fluxflow.checkpoints.step_state import saved_expander_spade
 
 GENERATION_COMPONENTS = ("text_encoder", "flow_processor", "expander")
+# The largest image side, as a multiple of the training size. The flow model has seen only the training grid of
+# positions; 4× its side is already 16× the tokens and 256× the work of each self-attention, and a size far past that
+# filled the memory instead of being refused (`--size 100000` on a 16 px model: 10 GB for its first noise tensor).
+MAX_SIZE_FACTOR = 4
 
 
 class GenerationError(Exception):
@@ -104,6 +108,11 @@ def generate(model: TextToImageModel, prompt: str, seed: int, *, steps: int = 25
     if size < 1 or size % multiple:
         raise GenerationError(f"image size must be a positive multiple of {multiple} (downscale × patch_size); "
                               f"got {size}")
+    largest = MAX_SIZE_FACTOR * model.img_size
+    if model.img_size and size > largest:
+        raise GenerationError(f"image size must be at most {largest} ({MAX_SIZE_FACTOR}× the {model.img_size} px the "
+                              "model was trained at: a larger one is far from what it learned, and the cost of "
+                              f"its attention grows with the size's 4th power); got {size}")
     images = text_to_image(model.models, [prompt], model.latent_norm, latent_size=size // cfg.downscale,
                            steps=steps, guidance=guidance, shift=shift, seed=seed,
                            spade=model.spade)

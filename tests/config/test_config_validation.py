@@ -161,6 +161,8 @@ CASES = {
                                        f"{S}[0].batch_size", "not divisible by the step's 4 processes"),
     "missing starting checkpoint": (cfg(vae(), model_checkpoint="nowhere/start.pt"), "model_checkpoint",
                                     "file not found"),
+    "starting checkpoint is a folder": (cfg(vae(), model_checkpoint="/"), "model_checkpoint",  # was "file not found"
+                                        "/ is a folder, not a regular file"),
     "step-only key in defaults": (cfg(vae(), pipeline={"defaults": {"after": "a"}}), "training.pipeline.defaults.after",
                                   "is set per step"),
     # MLflow's own rules for names (mlflow/utils/validation.py), which it applies only once the run reaches it.

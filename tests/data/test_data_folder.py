@@ -132,6 +132,9 @@ def test_captions_file_outside_the_folder_and_missing_paths(folder, tmp_path_fac
         build_dataset(cfg(folder, captions_file="nope.txt"), 8, 3, "train")
     with pytest.raises(DataError, match="image folder .*nowhere does not exist"):
         build_dataset(cfg(folder / "nowhere"), 8, 3, "train")
+    (folder / "captions-dir").mkdir()  # was "captions file .../captions-dir does not exist"
+    with pytest.raises(DataError, match="captions file .*captions-dir is a folder, not a regular file"):
+        build_dataset(cfg(folder, captions_file="captions-dir"), 8, 3, "train")
 
 
 def test_a_caption_line_that_is_not_utf8_is_kept_as_latin1_and_counted(tmp_path):

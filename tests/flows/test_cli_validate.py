@@ -1,4 +1,5 @@
 """`fluxflow-train`: exit codes, messages without tracebacks, --help, and the hand-over to the Prefect flow."""
+import os
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -13,9 +14,9 @@ REPO = Path(__file__).resolve().parents[2]
 VALID = "training:\n  pipeline:\n    steps: [{name: a, n_epochs: 1, train_vae: true}]\n"
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flows.cli_train", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=120)
+                          timeout=timeout)
 
 
 def test_validate_pipeline_prints_the_summary_with_parameter_counts_and_exits_0():
@@ -48,6 +49,20 @@ def test_invalid_missing_or_broken_config_exits_2_with_the_problem_and_no_traceb
     done = run_cli("--config", str(path), *(["--validate-pipeline"] if validate else []))
     assert done.returncode == 2
     assert fragment in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("kind", ["a FIFO (named pipe)", "a folder", "a device"])
+@pytest.mark.parametrize("validate", [True, False], ids=["validate", "train"])
+def test_a_config_that_is_not_a_regular_file_exits_2_naming_it(tmp_path, kind, validate):
+    """A FIFO was opened and waited for a writer forever (and /dev/zero was read forever); a folder said 'Is a
+    directory'. /dev/null stands for the devices: reading it ends."""
+    path = {"a FIFO (named pipe)": tmp_path / "fifo", "a folder": tmp_path, "a device": Path("/dev/null")}[kind]
+    if kind.startswith("a FIFO"):
+        os.mkfifo(path)
+    done = run_cli("--config", str(path), *(["--validate-pipeline"] if validate else []), timeout=30)
+    assert done.returncode == 2
+    assert f"(file): {path} is {kind}, not a regular file" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
 
 

@@ -14,10 +14,15 @@ from mlflow.pyfunc.model import _PythonModelPyfuncWrapper
 
 from flows.pyfunc_model import SIGNATURE, TextToImageModel
 
+SEEDS = "(the images' seeds are seed..seed+n-1, each from 0 to 2**63 - 1 as a config's seeds)"
 BAD = [({"steps": 0}, "params steps must be at least 1, got 0"),
        ({"n": 0}, "params n must be at least 1, got 0"),
        ({"n": -2}, "params n must be at least 1, got -2"),
-       ({"guidance": float("nan")}, "params guidance must be a finite number, got nan")]
+       ({"guidance": float("nan")}, "params guidance must be a finite number, got nan"),
+       # fluxflow-generate's range (a config's): these were taken, and 2**64 or more failed inside torch.
+       ({"seed": -1}, f"params seed must lie within 0 and 2**63 - n {SEEDS}; got -1"),
+       ({"seed": 2**63}, f"params seed must lie within 0 and 2**63 - n {SEEDS}; got {2**63}"),
+       ({"seed": 2**63 - 2, "n": 3}, f"params seed must lie within 0 and 2**63 - n {SEEDS}; got {2**63 - 2}")]
 
 
 def pyfunc() -> PyFuncModel:
@@ -42,3 +47,11 @@ def test_over_rest_an_invalid_param_is_a_400_carrying_the_message():
         scoring_server.invocations(request, "application/json", pyfunc(), None)
     assert raised.value.get_http_status_code() == 400
     assert "params steps must be at least 1, got 0" in json.loads(raised.value.serialize_as_json())["message"]
+
+
+@pytest.mark.parametrize("seed", [1.5, "7", True])
+def test_a_seed_that_is_not_an_integer_is_refused_even_without_the_signature(seed):
+    """`predict` called on the model itself (no signature in between) took int(1.5) == 1 and made an image."""
+    with pytest.raises(MlflowException) as raised:
+        TextToImageModel().predict(None, pd.DataFrame({"prompt": ["a red circle"]}), params={"seed": seed})
+    assert raised.value.message == f"params seed must be an integer, got {seed!r}"

@@ -1,9 +1,10 @@
 """Commands that only read an MLflow store (fluxflow-compare, fluxflow-generate --model, fluxflow-export --model)
 answer at once with one line when the store cannot be read: a server that does not answer (MLflow's client would
 retry for minutes), a sqlite file that does not exist (MLflow would create an empty store there), or a store MLflow
-fails to read (a folder, a file that is not a database, a scheme it does not know)."""
+fails to read (a folder, a FIFO, a file that is not a database, a scheme it does not know)."""
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -16,17 +17,22 @@ def stores(tmp_path) -> dict[str, tuple[str, str]]:
     """{case: (tracking URI, what the line says)}"""
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     (tmp_path / "notes.txt").write_text("not a database\n")
+    os.mkfifo(tmp_path / "fifo")
     return {"server down": (down, f"the MLflow server at {down} does not answer"),
             "no such file": (f"sqlite:///{tmp_path / 'typo.db'}", f"no MLflow store at sqlite:///{tmp_path / 'typo.db'} "
                                                                   "(no such file)"),
-            "a folder": (f"sqlite:///{tmp_path}", f"cannot read the MLflow store at sqlite:///{tmp_path}: a folder"),
+            "a folder": (f"sqlite:///{tmp_path}", f"cannot read the MLflow store at sqlite:///{tmp_path}: {tmp_path} "
+                                                  "is a folder, not a regular file"),
+            # MLflow retried its "disk I/O error" for minutes.
+            "a FIFO": (f"sqlite:///{tmp_path / 'fifo'}", f"cannot read the MLflow store at sqlite:///{tmp_path / 'fifo'}: "
+                                                         f"{tmp_path / 'fifo'} is a FIFO (named pipe), not a regular file"),
             # These three ended in MLflow's or SQLAlchemy's traceback.
             "not a database": (f"sqlite:///{tmp_path / 'notes.txt'}", "file is not a database"),
             "a plain path": (str(tmp_path), f"cannot read the MLflow store at {tmp_path}: "),
             "unknown scheme": ("mlfow://typo", "cannot read the MLflow store at mlfow://typo: ")}
 
 
-@pytest.mark.parametrize("case", ["server down", "no such file", "a folder", "not a database", "a plain path",
+@pytest.mark.parametrize("case", ["server down", "no such file", "a folder", "a FIFO", "not a database", "a plain path",
                                   "unknown scheme"])
 @pytest.mark.parametrize("command", ["compare", "generate", "export"])
 def test_a_store_that_cannot_be_read_is_one_line_and_exit_2_at_once(tmp_path, capsys, case, command):

@@ -3,6 +3,7 @@ loads back to the same pixels (a trained byte-level text encoder and a pretraine
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import struct
 import subprocess
@@ -133,6 +134,31 @@ def test_bad_inputs_exit_2_naming_them_without_a_traceback(byte_checkpoint, tmp_
     (tmp_path / "export" / "model.safetensors").write_bytes(b"\x80\x04not a tensor file")
     assert cli_generate.main(["--weights", str(tmp_path / "export"), "--prompt", "x", "--device", "cpu"]) == 2
     assert "model.safetensors" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)  # a FIFO was opened and waited for a writer forever
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
+def test_an_export_whose_file_is_a_fifo_or_that_is_a_file_is_one_line(byte_checkpoint, tmp_path, capsys, name):
+    export(byte_checkpoint, tmp_path / "export")
+    (tmp_path / "export" / name).unlink()
+    os.mkfifo(tmp_path / "export" / name)
+    assert cli_generate.main(["--weights", str(tmp_path / "export"), "--prompt", "x", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (f"fluxflow-generate: {tmp_path / 'export' / name} is a FIFO (named pipe), not a "
+                                       "regular file\n")
+    # A checkpoint given as --weights: was "cannot read final.pt/config.json: [Errno 20] Not a directory".
+    assert cli_generate.main(["--weights", byte_checkpoint, "--prompt", "x", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (f"fluxflow-generate: {byte_checkpoint} is a file, not a folder written by "
+                                       "fluxflow-export\n")
+
+
+def test_an_export_config_without_a_key_names_the_key(byte_checkpoint, tmp_path, capsys):
+    export(byte_checkpoint, tmp_path / "export")
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    del config["model"]
+    (tmp_path / "export" / "config.json").write_text(json.dumps(config))
+    assert cli_generate.main(["--weights", str(tmp_path / "export"), "--prompt", "x", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (f"fluxflow-generate: {tmp_path / 'export' / 'config.json'} is incomplete: it "
+                                       "has no 'model' (write the folder again with fluxflow-export)\n")  # was ": 'model'"
 
 
 def test_the_command_it_prints_loads_a_folder_whose_name_has_a_space(byte_checkpoint, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """`fluxflow-generate` on a checkpoint trained here (VAE warm-up -> flow with text encoder, 16x16, a few batches)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -124,7 +125,79 @@ def test_a_checkpoint_uri_that_cannot_be_read_is_one_line(tmp_path, capsys, uri,
     else:
         assert cli_export.main(["--checkpoint", uri, *out]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"fluxflow-{command}: ") and ("Protocol not known: bogus" in line or "127.0.0.1" in line)
+    assert line.startswith(f"fluxflow-{command}: checkpoint {uri}")  # the connection error alone did not name it
+    assert "Protocol not known: bogus" in line or "could not be fetched: Cannot connect to host 127.0.0.1" in line
+
+
+@pytest.fixture
+def silent_server():
+    """http://127.0.0.1:PORT of a server that accepts connections and never answers, and one that answers 500."""
+    import http.server
+    import socket
+    import threading
+
+    silent = socket.create_server(("127.0.0.1", 0))
+
+    class Failing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(500)
+
+        def log_message(self, *args):
+            pass
+
+    failing = http.server.HTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=failing.serve_forever, daemon=True).start()
+    yield {"silent": f"http://127.0.0.1:{silent.getsockname()[1]}", "500": f"http://127.0.0.1:{failing.server_port}"}
+    failing.shutdown()
+    silent.close()
+
+
+@pytest.mark.parametrize(("server", "why"), [("silent", "the server did not answer in time"),
+                                              ("500", "500, message='Internal Server Error'")])
+def test_a_checkpoint_server_that_does_not_answer_is_one_line_naming_the_checkpoint(silent_server, tmp_path, capsys,
+                                                                                    monkeypatch, server, why):
+    """A server that never answered held the command for 5 minutes (aiohttp's default) and then printed an empty
+    line; an HTTP 500 was aiohttp's traceback."""
+    monkeypatch.setattr("fluxflow.storage.fetch.HTTP_READ_TIMEOUT_S", 1)
+    uri = f"{silent_server[server]}/final.pt"
+    assert generate_cli("--checkpoint", uri, "--prompt", "x", "--output", str(tmp_path / "out")) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"fluxflow-generate: checkpoint {uri} could not be fetched: {why}"), line
+
+
+@pytest.mark.timeout(60)  # a FIFO was opened and waited for a writer forever
+@pytest.mark.parametrize("kind", ["a FIFO (named pipe)", "a folder", "a device"])
+@pytest.mark.parametrize("argument", ["--checkpoint", "--prompts-file", "export --checkpoint"])
+def test_a_file_argument_that_is_not_a_regular_file_is_one_line_naming_it(trained, tmp_path, capsys, kind, argument):
+    """/dev/null stands for the devices: it ends where /dev/zero never would."""
+    _, checkpoint, _ = trained
+    path = {"a FIFO (named pipe)": tmp_path / "fifo", "a folder": tmp_path, "a device": Path("/dev/null")}[kind]
+    if kind.startswith("a FIFO"):
+        os.mkfifo(path)
+    out = ["--output", str(tmp_path / "out")]
+    if argument == "--checkpoint":
+        code, says = generate_cli("--checkpoint", str(path), "--prompt", "x", *out), f"checkpoint {path}"
+    elif argument == "--prompts-file":
+        code = generate_cli("--checkpoint", checkpoint, "--prompts-file", str(path), *out)
+        says = f"cannot read --prompts-file {path}: {path}"
+    else:
+        code, says = cli_export.main(["--checkpoint", str(path), *out]), f"checkpoint {path}"
+    assert code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    command = "export" if argument.startswith("export") else "generate"
+    assert line == f"fluxflow-{command}: {says} is {kind}, not a regular file"
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    (b"", "is an empty file"),
+    (b"step: 3\nloss: 0.5\n", "is not a torch checkpoint: it starts with b'step: 3\\nloss: 0.', not with the zip archive "
+                               "torch.save writes")])
+def test_a_checkpoint_that_is_a_text_or_empty_file_says_what_it_is(tmp_path, capsys, content, says):
+    """Both were 'corrupt, truncated or not a torch checkpoint' with torch's detail, which says nothing here: (pop
+    from empty list), (101) for a file starting 'he', (EOFError)."""
+    (tmp_path / "final.pt").write_bytes(content)
+    assert generate_cli("--checkpoint", str(tmp_path / "final.pt"), "--prompt", "x") == 2
+    assert capsys.readouterr().err == f"fluxflow-generate: checkpoint {tmp_path / 'final.pt'} {says}\n"
 
 
 def test_a_config_whose_model_sizes_do_not_fit_the_checkpoint_is_one_line(trained, tmp_path, capsys):
@@ -176,7 +249,10 @@ def test_a_guidance_scale_that_is_not_a_finite_number_is_a_usage_error(trained, 
 @pytest.mark.parametrize(("flags", "says"), [
     (["--size", "0"], "image size must be a positive multiple of 8 (downscale × patch_size); got 0"),  # was 16
     (["--size", "-16"], "image size must be a positive multiple of 8 (downscale × patch_size); got -16"),
-    (["--seed", str(2**64 - 1), "--n", "2"], "--seed must lie within -2**63 and 2**64 - n"),  # after one image
+    (["--size", "100000"], "image size must be at most 64 (4× the 16 px the model was trained at"),  # out of memory
+    (["--seed", str(2**64 - 1), "--n", "2"], "--seed must lie within 0 and 2**63 - n"),  # failed after one image
+    (["--seed", str(2**63 - 1), "--n", "2"], "--seed must lie within 0 and 2**63 - n"),  # the served model's range
+    (["--seed", "-1"], "--seed must lie within 0 and 2**63 - n"),
     (["--steps", str(10**20)], "--n must be at least 1 and --steps from 1 to 10000")])
 def test_a_number_out_of_range_is_refused_in_one_line_and_writes_nothing(trained, tmp_path, capsys, flags, says):
     _, checkpoint, _ = trained

@@ -95,9 +95,10 @@ def compare_runs(client: MlflowClient, runs: list) -> Comparison:
     # Config differences between hypotheses, from one replicate of each (replicates differ only in their seed).
     fill_comparison(comparison, [run.data.params for run in firsts], [final_metrics(run) for run in firsts],
                     IDENTITY_PARAMS)
+    names = {label: [run.data.tags.get(TAG_STEP_NAME, run.info.run_name) for run in group]
+             for label, group in groups.items()}
     comparison.summary = summary = summarize(
-        {label: [run.data.tags.get(TAG_STEP_NAME, run.info.run_name) for run in group] for label, group in groups.items()},
-        {label: [final_metrics(run) for run in group] for label, group in groups.items()})
+        names, {label: [final_metrics(run) for run in group] for label, group in groups.items()})
     comparison.metrics = {metric: [by_label[label].mean if label in by_label else None for label in groups]
                           for metric, by_label in summary.spreads.items()}
     return comparison

@@ -69,7 +69,8 @@ def apply_secret_files() -> None:
     """Fill in the clients' variables from the secret files and from URLs with credentials (see the module's
     docstring). Raises CredentialsError for a file that is set but unusable."""
     # Per server: the URL's variable, its secret file's, the variable whose presence means "set", and what to set.
-    servers = (("PREFECT_API_URL", PREFECT_FILE, PREFECT_AUTH, lambda user, password: {PREFECT_AUTH: f"{user}:{password}"}),
+    servers = (("PREFECT_API_URL", PREFECT_FILE, PREFECT_AUTH,
+                lambda user, password: {PREFECT_AUTH: f"{user}:{password}"}),
                ("MLFLOW_TRACKING_URI", MLFLOW_FILE, MLFLOW_PASSWORD,
                 lambda user, password: {MLFLOW_USER: user, MLFLOW_PASSWORD: password}))
     for url_variable, _, is_set, variables in servers:  # every URL first: a bad file leaves none holding a secret

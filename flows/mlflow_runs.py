@@ -80,7 +80,8 @@ def flatten_params(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 def find_runs(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> list:
     """Runs carrying all the given tags, newest first."""
-    return list(client.search_runs([experiment_id], filter_string=tags_filter(tags), order_by=["attributes.start_time DESC"]))
+    return list(client.search_runs([experiment_id], filter_string=tags_filter(tags),
+                                   order_by=["attributes.start_time DESC"]))
 
 
 def find_step_runs(client: MlflowClient, experiment_id: str, output_dir: str, step_key: str, step_name: str) -> list:

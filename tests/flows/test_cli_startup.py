@@ -41,7 +41,8 @@ def _train(config: Path, out: Path, cwd: Path, prefect_home: Path, *flags: str) 
 def _prefect_records(prefect_home: Path) -> list[tuple[str, str, list[tuple[str, str]]]]:
     """(flow run id, state, [(task run name, state)]) of every flow run in the temporary server's database."""
     with sqlite3.connect(prefect_home / "prefect.db") as db:
-        flows = db.execute("SELECT flow_run.id, flow_run.state_type FROM flow_run JOIN flow ON flow.id = flow_run.flow_id "
+        flows = db.execute("SELECT flow_run.id, flow_run.state_type FROM flow_run "
+                           "JOIN flow ON flow.id = flow_run.flow_id "
                            "WHERE flow.name = 'fluxflow-pipeline' ORDER BY flow_run.created").fetchall()
         return [(run_id, state, sorted(db.execute("SELECT name, state_type FROM task_run WHERE flow_run_id = ?",
                                                   (run_id,)).fetchall()))

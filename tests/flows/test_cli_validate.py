@@ -118,7 +118,8 @@ def fake_flow(monkeypatch):
 
     module.run_pipeline_flow = run_pipeline_flow
     monkeypatch.setitem(sys.modules, "flows.cli_flow_run", module)
-    monkeypatch.setattr(cli_train, "start_temporary_server", lambda keep=False: None)  # no Prefect server for a stand-in flow
+    # no Prefect server for a stand-in flow
+    monkeypatch.setattr(cli_train, "start_temporary_server", lambda keep=False: None)
     return module, calls
 
 

@@ -109,7 +109,8 @@ def test_a_flow_run_whose_tracking_server_refuses_its_credentials_fails_at_once_
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "tracker")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
     try:
-        assert run_pipeline_flow(resolve_run_config(tiny_raw(tmp_path / "out")).config) == 2  # as a worker's flow run: not retried, exit 2
+        # as a worker's flow run: not retried, exit 2
+        assert run_pipeline_flow(resolve_run_config(tiny_raw(tmp_path / "out")).config) == 2
     finally:
         server.shutdown()
     printed = capsys.readouterr()

@@ -74,6 +74,7 @@ def test_a_training_health_warning_reaches_the_prefect_run_log_and_the_step_fini
     state = pipeline_flow(raw, return_state=True)
     assert state.is_completed(), state.message  # the warning is a record, never a failure of the step
 
-    warnings = [log for log in run_logs(state.state_details.flow_run_id) if "discriminator has been flat" in log.message]
+    warnings = [log for log in run_logs(state.state_details.flow_run_id)
+                if "discriminator has been flat" in log.message]
     assert len(warnings) == 1 and warnings[0].level == logging.WARNING and warnings[0].task_run_id is not None
     assert warnings[0].message.startswith("⚠️  Step gan: ")

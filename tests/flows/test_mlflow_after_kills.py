@@ -65,7 +65,8 @@ def assert_one_finished_run_without_duplicates(out: Path) -> None:
     assert logged_steps("vae_loss") == list(range(1, N_BATCHES + 1))
     assert logged_steps("epoch") == list(range(1, N_BATCHES + 1))  # once at the last step too
     assert "final/vae_loss" in run.data.metrics
-    assert [r["global_step"] for r in training_records(out)] == list(range(1, N_BATCHES + 1))  # the metrics file: every batch once
+    # the metrics file: every batch once
+    assert [r["global_step"] for r in training_records(out)] == list(range(1, N_BATCHES + 1))
 
 
 def test_kills_before_and_after_the_first_checkpoint_leave_one_run_and_no_point_twice(pipeline, tmp_path):

@@ -18,14 +18,14 @@ def stores(tmp_path) -> dict[str, tuple[str, str]]:
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     (tmp_path / "notes.txt").write_text("not a database\n")
     os.mkfifo(tmp_path / "fifo")
+    typo, fifo = tmp_path / "typo.db", tmp_path / "fifo"
     return {"server down": (down, f"the MLflow server at {down} does not answer"),
-            "no such file": (f"sqlite:///{tmp_path / 'typo.db'}", f"no MLflow store at sqlite:///{tmp_path / 'typo.db'} "
-                                                                  "(no such file)"),
+            "no such file": (f"sqlite:///{typo}", f"no MLflow store at sqlite:///{typo} (no such file)"),
             "a folder": (f"sqlite:///{tmp_path}", f"cannot read the MLflow store at sqlite:///{tmp_path}: {tmp_path} "
                                                   "is a folder, not a regular file"),
             # MLflow retried its "disk I/O error" for minutes.
-            "a FIFO": (f"sqlite:///{tmp_path / 'fifo'}", f"cannot read the MLflow store at sqlite:///{tmp_path / 'fifo'}: "
-                                                         f"{tmp_path / 'fifo'} is a FIFO (named pipe), not a regular file"),
+            "a FIFO": (f"sqlite:///{fifo}", f"cannot read the MLflow store at sqlite:///{fifo}: "
+                                            f"{fifo} is a FIFO (named pipe), not a regular file"),
             # These three ended in MLflow's or SQLAlchemy's traceback.
             "not a database": (f"sqlite:///{tmp_path / 'notes.txt'}", "file is not a database"),
             "a plain path": (str(tmp_path), f"cannot read the MLflow store at {tmp_path}: "),

@@ -157,8 +157,9 @@ def test_an_export_config_without_a_key_names_the_key(byte_checkpoint, tmp_path,
     del config["model"]
     (tmp_path / "export" / "config.json").write_text(json.dumps(config))
     assert cli_generate.main(["--weights", str(tmp_path / "export"), "--prompt", "x", "--device", "cpu"]) == 2
+    # was ": 'model'"
     assert capsys.readouterr().err == (f"fluxflow-generate: {tmp_path / 'export' / 'config.json'} is incomplete: it "
-                                       "has no 'model' (write the folder again with fluxflow-export)\n")  # was ": 'model'"
+                                       "has no 'model' (write the folder again with fluxflow-export)\n")
 
 
 def test_the_command_it_prints_loads_a_folder_whose_name_has_a_space(byte_checkpoint, tmp_path, capsys):

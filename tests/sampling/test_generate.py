@@ -190,8 +190,8 @@ def test_a_file_argument_that_is_not_a_regular_file_is_one_line_naming_it(traine
 
 @pytest.mark.parametrize(("content", "says"), [
     (b"", "is an empty file"),
-    (b"step: 3\nloss: 0.5\n", "is not a torch checkpoint: it starts with b'step: 3\\nloss: 0.', not with the zip archive "
-                               "torch.save writes")])
+    (b"step: 3\nloss: 0.5\n", "is not a torch checkpoint: it starts with b'step: 3\\nloss: 0.', "
+                               "not with the zip archive torch.save writes")])
 def test_a_checkpoint_that_is_a_text_or_empty_file_says_what_it_is(tmp_path, capsys, content, says):
     """Both were 'corrupt, truncated or not a torch checkpoint' with torch's detail, which says nothing here: (pop
     from empty list), (101) for a file starting 'he', (EOFError)."""

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OK
-from flows.cli_version import add_version_argument, parse
+from flows.cli_version import add_version_argument, parse, quiet_when_output_closed
 
 
 def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
@@ -99,6 +99,19 @@ def output_is_a_file(prog: str, output: str) -> bool:
     return False
 
 
+def output_problem(output: str, exc: BaseException) -> str | None:
+    """The one line for an OSError about --output: the folder, a folder above it that could not be made, or a file in
+    it ('--output /proc/nope/x cannot be written (No such file or directory: /proc/nope)'); before, only the OS's words
+    and the path, without the flag. None for any other error (fluxflow-generate, fluxflow-export, fluxflow-compare)."""
+    failed = getattr(exc, "filename", None) if isinstance(exc, OSError) else None
+    if not failed:
+        return None
+    failed_path, output_path = os.path.abspath(failed), os.path.abspath(output)
+    if os.path.commonpath([failed_path, output_path]) not in (failed_path, output_path):  # neither above nor below
+        return None
+    return f"--output {output} cannot be written ({exc.strerror or exc}: {failed})"
+
+
 def finite_float(text: str) -> float:
     """argparse type: a number that is not nan or inf (a nan guidance scale would draw nan images)."""
     value = float(text)
@@ -136,6 +149,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@quiet_when_output_closed
 def main(argv: list[str] | None = None) -> int:
     args = parse(parser(), argv)
     try:
@@ -178,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         files = generate_files(model, prompts, args.output, n=args.n, seed=args.seed, steps=args.steps,
                                guidance=args.guidance, size=args.size, ext=args.format)
     except (CheckpointError, ConfigError, GenerationError, DeviceUnavailable, ModelNotFound, OSError) as exc:
-        print(f"fluxflow-generate: {exc}", file=sys.stderr)
+        print(f"fluxflow-generate: {output_problem(args.output, exc) or exc}", file=sys.stderr)
         return EXIT_FIX_INPUT
     for path in files:
         print(path)

@@ -15,6 +15,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+from closed_pipe import run_into_closed_pipe
 from helpers_tiny import tiny_raw
 from mlflow.tracking import MlflowClient
 from process_groups import alive, kill_all
@@ -170,3 +171,12 @@ def test_a_refused_run_with_keep_server_leaves_its_server_findable(tmp_path):
     finally:
         if kept:
             kill_all([kept])
+
+
+def test_a_summary_piped_into_head_ends_quietly_with_141():
+    """`fluxflow-train ... --validate-pipeline | head -1` printed a BrokenPipeError traceback (or "Exception ignored
+    ... BrokenPipeError" at exit), exit 1 or 120: now nothing, and the shell's code for SIGPIPE. The other commands:
+    tests/sampling/test_generate.py, test_export.py, tests/flows/test_compare.py."""
+    done = run_into_closed_pipe("flows.cli_train", "--config", str(REPO / "configs/tiny_test.yaml"),
+                                "--validate-pipeline")
+    assert (done.returncode, done.stderr) == (141, ""), done.stderr[-2000:]

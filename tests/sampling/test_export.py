@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 import yaml
+from closed_pipe import run_into_closed_pipe
 from helpers_tiny import VAE_STEP, tiny_raw
 from pretrained_fixture import tiny_clip_dir
 
@@ -167,6 +168,13 @@ def test_the_command_it_prints_loads_a_folder_whose_name_has_a_space(byte_checkp
     command = shlex.split(capsys.readouterr().out.split("load it with ")[1])  # was unquoted: two arguments
     assert command[:2] == ["fluxflow-generate", "--weights"]
     assert cli_generate.main([*command[1:], "--prompt", "x", "--steps", "1", "--output", str(tmp_path / "g")]) == 0
+
+
+def test_its_line_piped_into_head_ends_quietly_with_141(byte_checkpoint, tmp_path):
+    """Was "Exception ignored ... BrokenPipeError" when its line was flushed at exit, exit 120."""
+    done = run_into_closed_pipe("flows.cli_export", "--checkpoint", byte_checkpoint, "--output", str(tmp_path / "e"))
+    assert (done.returncode, done.stderr) == (141, ""), done.stderr[-2000:]
+    assert (tmp_path / "e" / "model.safetensors").exists()
 
 
 def test_without_transformers_a_pretrained_encoder_model_names_the_extra(pretrained_checkpoint, tmp_path,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from closed_pipe import run_into_closed_pipe
 from helpers_tiny import tiny_raw
 from mlflow_server import free_port
 from PIL import Image
@@ -59,6 +60,16 @@ def test_an_output_written_with_a_tilde_is_under_home_not_a_folder_named_tilde(t
     monkeypatch.chdir(tmp_path)
     assert generate_cli("--checkpoint", checkpoint, "--prompt", "x", "--output=~/images") == 0  # bash leaves this `~`
     assert len(list((tmp_path / "home" / "images").iterdir())) == 1 and not (tmp_path / "~").exists()
+
+
+def test_paths_piped_into_head_end_quietly_with_141(trained, tmp_path):
+    """`fluxflow-generate ... | head -1`: "Exception ignored ... BrokenPipeError" when the paths were flushed at exit,
+    exit 120; now nothing, the shell's code for SIGPIPE, and the images written."""
+    _, checkpoint, _ = trained
+    done = run_into_closed_pipe("flows.cli_generate", "--checkpoint", checkpoint, "--prompt", "x", "--n", "2",
+                                "--steps", "2", "--device", "cpu", "--output", str(tmp_path / "g"))
+    assert (done.returncode, done.stderr) == (141, ""), done.stderr[-2000:]
+    assert len(list((tmp_path / "g").iterdir())) == 2
 
 
 def test_size_and_png_format_are_honoured(trained, tmp_path):
@@ -234,6 +245,21 @@ def test_an_output_that_is_a_file_is_refused_in_one_line(trained, tmp_path, caps
     assert capsys.readouterr().err == (f"fluxflow-generate: --output {below} is under {existing}, which is a file, "
                                        "not a folder\n")
     assert existing.read_text() == "x"
+
+
+@pytest.mark.parametrize("command", ["generate", "export"])
+def test_an_output_folder_that_cannot_be_made_is_one_line_naming_the_flag(trained, capsys, command):
+    """Was "[Errno 2] No such file or directory: '/proc/nope'": the path, not the flag (/proc takes no new folder, even
+    for root)."""
+    _, checkpoint, _ = trained
+    if command == "generate":
+        output = "/proc/nope/x.png"
+        assert generate_cli("--checkpoint", checkpoint, "--prompt", "x", "--output", output) == 2
+    else:
+        output = "/proc/nope/x"
+        assert cli_export.main(["--checkpoint", checkpoint, "--output", output]) == 2
+    assert capsys.readouterr().err == (f"fluxflow-{command}: --output {output} cannot be written (No such file or "
+                                       "directory: /proc/nope)\n")
 
 
 @pytest.mark.parametrize("scale", ["nan", "inf", "-inf"])

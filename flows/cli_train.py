@@ -76,13 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         if ctrl_c():  # its KeyboardInterrupt was raised where Python ignores exceptions (below)
             raise KeyboardInterrupt
     except (Refused, KeyboardInterrupt) as exc:
-        if server:
-            server.stop()
+        # The refusal (or the interruption) first, then the server started early for speed is stopped without a word
+        # about it: it was never used. A kept one (--keep-server) still says where it runs.
         if isinstance(exc, KeyboardInterrupt):  # Ctrl-C while the checks and imports run: nothing started yet
             print("Interrupted before training started: nothing was trained or changed.", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        print(f"❌ {exc}", file=sys.stderr)
-        return EXIT_FIX_INPUT
+        else:
+            print(f"❌ {exc}", file=sys.stderr)
+        if server:
+            server.stop(quiet=True)
+        return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_FIX_INPUT
     finally:
         ctrl_c(restore=True)
     return train(config, args.overrides)

@@ -201,3 +201,9 @@ def is_temporary(api_url: str | None) -> bool:
     """Whether `api_url` is the temporary server of this process: it has no UI and ends with the run, so no link to
     it is worth recording."""
     return _started is not None and api_url == _started.api_url
+
+
+def kept_server_of(api_url: str | None) -> TemporaryServer | None:
+    """The temporary server of this process at `api_url` when it is kept (--keep-server, or an earlier run's): it
+    outlives the run, on a port of its own, and serves the API only (no UI)."""
+    return _started if is_temporary(api_url) and _started.keep else None

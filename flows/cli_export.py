@@ -51,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with tempfile.TemporaryDirectory(prefix="fluxflow-model-") as scratch:
-            model, checkpoint = checkpoint_model(args, "cpu", Path(scratch))
-            sha256 = sha256_file(checkpoint)
-        # Where the weights came from: the checkpoint file, or the registered model (its copy here is temporary).
-        source = {"model": args.model} if args.model else {"checkpoint": str(checkpoint)}
+            model, local = checkpoint_model(args, "cpu", Path(scratch))
+            sha256 = sha256_file(local)  # the copy just loaded: a remote checkpoint is not downloaded again
+        # Where the weights came from: the checkpoint as given, or the registered model (its copy here is temporary).
+        source = {"model": args.model} if args.model else {"checkpoint": args.checkpoint}
         source["sha256"] = sha256
         folder = export_weights(model, args.output, source)
     except (CheckpointError, ConfigError, GenerationError, ModelNotFound, OSError) as exc:

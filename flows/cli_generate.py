@@ -74,17 +74,20 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser):
 
 
 def checkpoint_model(args: argparse.Namespace, device: str | None, scratch: Path):
-    """(the text-to-image model, its checkpoint file) of --checkpoint or --model, sized by --config where the
+    """(the text-to-image model, its local checkpoint file) of --checkpoint or --model, sized by --config where the
     checkpoint does not record its model sizes (fluxflow-generate, fluxflow-export). A --model is copied into the
-    folder `scratch`, which the caller removes."""
+    folder `scratch`, which the caller removes; a remote --checkpoint is fetched once, and the file returned is that
+    copy (fluxflow-export hashes it: a second download, without timeout, before)."""
+    from fluxflow.checkpoints.io import checkpoint_file
     from fluxflow.config import load_config
     from fluxflow.sampling.generate import load_text_to_image
 
     checkpoint = args.checkpoint or model_checkpoint_of(args.model, args.tracking_uri, scratch)
     config = load_config(args.config).config if args.config else None
-    model = load_text_to_image(checkpoint, config.model if config else None,
-                               config.data.img_size if config else None, device)
-    return model, checkpoint
+    local = checkpoint_file(checkpoint)
+    model = load_text_to_image(local, config.model if config else None, config.data.img_size if config else None,
+                               device, name=str(checkpoint))
+    return model, local
 
 
 def output_is_a_file(prog: str, output: str) -> bool:

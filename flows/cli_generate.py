@@ -128,15 +128,18 @@ def parser() -> argparse.ArgumentParser:
         prog="fluxflow-generate", description="Generate images from a trained checkpoint or a registered model.",
         epilog="Exit codes: 0 images written; 2 bad input (no prompt, a missing prompts file, a checkpoint that is "
                "missing, corrupt, not a regular file, cannot be fetched or has no text-to-image model, a --model that "
-               "names no registered version, a --weights folder that is not an export, an invalid --config, a --size "
-               "or --seed out of range, a device this machine lacks, an --output that is a file).")
+               "names no registered version, a --weights folder that is not an export, an invalid --config, a --size, "
+               "--seed or --guidance out of range, a device this machine lacks, an --output that is a file).")
     source = add_checkpoint_arguments(p)
     source.add_argument("--weights", help="a folder written by fluxflow-export (config.json, model.safetensors)")
     p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable)")
     p.add_argument("--prompts-file", help="a file with one prompt per line")
     p.add_argument("--n", type=int, default=1, help="images per prompt, seeds seed..seed+n-1 (default 1)")
     p.add_argument("--steps", type=int, default=25, help="sampler steps (default 25)")
-    p.add_argument("--guidance", type=finite_float, default=3.0, help="classifier-free guidance scale (default 3.0)")
+    # 100: fluxflow/config/steps.py GUIDANCE_MAX, written out (--help imports nothing of the config).
+    p.add_argument("--guidance", type=finite_float, default=3.0,
+                   help="classifier-free guidance scale, 0 to 100: 0 ignores the prompt, 1 follows it without "
+                        "guidance, more follows it more strongly (default 3.0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image of each prompt, 0 to 2**63 - n as a "
                                                        "config's seeds (default 0)")
     # 4×: fluxflow/sampling/generate.py MAX_SIZE_FACTOR, written out (that module imports torch: --help stays quick).
@@ -170,9 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 1 or not 1 <= args.steps <= 10_000:  # a huge --steps overflowed, or filled the memory, in torch
         print("fluxflow-generate: --n must be at least 1 and --steps from 1 to 10000", file=sys.stderr)
         return EXIT_FIX_INPUT
-    from fluxflow.config.steps import seeds_problem
+    from fluxflow.config.steps import guidance_problem, seeds_problem
 
-    problem = seeds_problem("--seed", args.seed, args.n)  # the config's seed range, as the served model's
+    # The config's seed range and the guidance range, as the served model's (flows/pyfunc_model.py).
+    problem = seeds_problem("--seed", args.seed, args.n) or guidance_problem("--guidance", args.guidance)
     if problem:
         print(f"fluxflow-generate: {problem}", file=sys.stderr)
         return EXIT_FIX_INPUT

@@ -279,7 +279,11 @@ def test_a_guidance_scale_that_is_not_a_finite_number_is_a_usage_error(trained, 
     (["--seed", str(2**64 - 1), "--n", "2"], "--seed must lie within 0 and 2**63 - n"),  # failed after one image
     (["--seed", str(2**63 - 1), "--n", "2"], "--seed must lie within 0 and 2**63 - n"),  # the served model's range
     (["--seed", "-1"], "--seed must lie within 0 and 2**63 - n"),
-    (["--steps", str(10**20)], "--n must be at least 1 and --steps from 1 to 10000")])
+    (["--steps", str(10**20)], "--n must be at least 1 and --steps from 1 to 10000"),
+    # 1e308 was taken: float32 overflowed to NaN pixels and the image was written black.
+    (["--guidance", "1e308"], "--guidance must lie within 0 and 100 (0 ignores the prompt, 1 follows it without "
+                              "guidance, more follows it more strongly); got 1e+308"),
+    (["--guidance", "-1"], "--guidance must lie within 0 and 100")])
 def test_a_number_out_of_range_is_refused_in_one_line_and_writes_nothing(trained, tmp_path, capsys, flags, says):
     _, checkpoint, _ = trained
     assert generate_cli("--checkpoint", checkpoint, "--prompt", "x", "--output", str(tmp_path / "g"), *flags) == 2

@@ -46,9 +46,14 @@ class ModelNotFound(Exception):
 def model_checkpoint_of(model_uri: str, tracking_uri: str | None, into: Path) -> Path:
     """The local checkpoint of a registered model version, copied into the folder `into`; MLflow is imported only
     for --model."""
+    from urllib.parse import urlparse
+
     from flows.mlflow_runs import resolve_tracking_uri, store_to_read_problem
     from flows.registry import RegistryError, model_checkpoint
 
+    if not urlparse(model_uri).scheme and not os.path.exists(model_uri):  # MLflow: "No such artifact: ''"
+        raise ModelNotFound(f"--model {model_uri} is not a model URI: give models:/NAME@ALIAS (e.g. "
+                            "models:/fluxflow-quickstart@champion) or models:/NAME/VERSION")
     uri = tracking_uri or resolve_tracking_uri()
     problem = store_to_read_problem(uri)
     if problem:

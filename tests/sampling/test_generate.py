@@ -262,6 +262,19 @@ def test_an_output_folder_that_cannot_be_made_is_one_line_naming_the_flag(traine
                                        "directory: /proc/nope)\n")
 
 
+@pytest.mark.parametrize("command", ["generate", "export"])
+def test_a_model_that_is_not_a_uri_says_what_a_model_looks_like(tmp_path, capsys, monkeypatch, command):
+    """Was "notauri: No such artifact: '' (tracking URI ...)", or, without ./mlflow.db, that no store was there."""
+    monkeypatch.chdir(tmp_path)
+    if command == "generate":
+        assert generate_cli("--model", "notauri", "--prompt", "x") == 2
+    else:
+        assert cli_export.main(["--model", "notauri", "--output", str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err == (f"fluxflow-{command}: --model notauri is not a model URI: give "
+                                       "models:/NAME@ALIAS (e.g. models:/fluxflow-quickstart@champion) or "
+                                       "models:/NAME/VERSION\n")
+
+
 @pytest.mark.parametrize("scale", ["nan", "inf", "-inf"])
 def test_a_guidance_scale_that_is_not_a_finite_number_is_a_usage_error(trained, tmp_path, capsys, scale):
     _, checkpoint, _ = trained

@@ -13,9 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from flows.cli_generate import output_is_a_file
+from flows.cli_generate import output_is_a_file, output_problem
 from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OK
-from flows.cli_version import add_version_argument, parse
+from flows.cli_version import add_version_argument, parse, quiet_when_output_closed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,13 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@quiet_when_output_closed
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     return EXIT_FIX_INPUT if output_is_a_file("fluxflow-compare", args.output) else run(args)
 
 
 def run(args) -> int:
-    """`fluxflow-compare` once its arguments are parsed: print the tables, write CSV, JSON and PNG."""
+    """`fluxflow-compare` once its arguments are parsed: write CSV, JSON and PNG, print the tables."""
     from mlflow.tracking import MlflowClient
 
     from flows.compare import experiment_comparison, write_chart, write_csv
@@ -80,6 +81,23 @@ def run(args) -> int:
     comparison, rows, title = found
     summary = comparison.summary
     differences = summary.difference_rows() if summary is not None and summary.differences else None
+    try:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = prefix + "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+        written = [out / f"{stem}.csv", out / f"{stem}.png"]
+        write_csv(rows, written[0])
+        write_chart(comparison, written[1], title)
+        if differences:
+            written.append(out / f"{stem}_differences.csv")
+            write_csv(differences, written[-1])
+        if summary is not None:
+            written.append(out / f"{stem}.json")
+            written[-1].write_text(json.dumps(summary.to_dict(), indent=1) + "\n")
+    except OSError as exc:  # a folder that cannot be made or written: was a traceback
+        print(f"fluxflow-compare: {output_problem(args.output, exc) or exc}", file=sys.stderr)
+        return EXIT_FIX_INPUT
+    # Printed once the files are written: `| head` stops reading, and the files are there all the same.
     print(plain_table(rows))
     if differences:
         print(f"\n{plain_table(differences)}")
@@ -87,18 +105,6 @@ def run(args) -> int:
         print(f"\n{summary.note()}")
     if note:
         print(f"\nNote: {note}")
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = prefix + "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
-    written = [out / f"{stem}.csv", out / f"{stem}.png"]
-    write_csv(rows, written[0])
-    write_chart(comparison, written[1], title)
-    if differences:
-        written.append(out / f"{stem}_differences.csv")
-        write_csv(differences, written[-1])
-    if summary is not None:
-        written.append(out / f"{stem}.json")
-        written[-1].write_text(json.dumps(summary.to_dict(), indent=1) + "\n")
     print(f"\nWrote {', '.join(map(str, written))}")
     return EXIT_OK
 

@@ -18,9 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from flows.cli_generate import ModelNotFound, add_checkpoint_arguments, checkpoint_model, output_is_a_file
+from flows.cli_generate import (ModelNotFound, add_checkpoint_arguments, checkpoint_model, output_is_a_file,
+                               output_problem)
 from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OK
-from flows.cli_version import add_version_argument, parse
+from flows.cli_version import add_version_argument, parse, quiet_when_output_closed
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,6 +38,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@quiet_when_output_closed
 def main(argv: list[str] | None = None) -> int:
     args = parse(parser(), argv)
     if output_is_a_file("fluxflow-export", args.output):  # before loading the model
@@ -49,14 +51,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with tempfile.TemporaryDirectory(prefix="fluxflow-model-") as scratch:
-            model, checkpoint = checkpoint_model(args, "cpu", Path(scratch))
-            sha256 = sha256_file(checkpoint)
-        # Where the weights came from: the checkpoint file, or the registered model (its copy here is temporary).
-        source = {"model": args.model} if args.model else {"checkpoint": str(checkpoint)}
+            model, local = checkpoint_model(args, "cpu", Path(scratch))
+            sha256 = sha256_file(local)  # the copy just loaded: a remote checkpoint is not downloaded again
+        # Where the weights came from: the checkpoint as given, or the registered model (its copy here is temporary).
+        source = {"model": args.model} if args.model else {"checkpoint": args.checkpoint}
         source["sha256"] = sha256
         folder = export_weights(model, args.output, source)
     except (CheckpointError, ConfigError, GenerationError, ModelNotFound, OSError) as exc:
-        print(f"fluxflow-export: {exc}", file=sys.stderr)
+        print(f"fluxflow-export: {output_problem(args.output, exc) or exc}", file=sys.stderr)
         return EXIT_FIX_INPUT
     print(f"Wrote {folder} (config.json, model.safetensors); load it with fluxflow-generate --weights "
           f"{shlex.quote(str(folder))}")

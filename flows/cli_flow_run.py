@@ -22,7 +22,7 @@ from flows.exit_codes import EXIT_OK, EXIT_STEP_FAILED
 from flows.fault_policy import failure_exit_code
 from flows.mlflow_runs import find_runs, output_dir_of, pipeline_run_tags, resolve_tracking_uri
 from flows.pipeline_flow import pipeline_flow
-from flows.prefect_server import ServerNotReady, api_url_for_run
+from flows.prefect_server import ServerNotReady, api_url_for_run, kept_server_of
 from flows.promotion import release_lines
 from flows.tracking_queue import TRACKING
 from fluxflow.checkpoints.ref import StepOutcome
@@ -52,8 +52,9 @@ def _command(name: str) -> str:
         return shlex.quote(str(script))
 
 
-def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
-    """Where the samples are, and the commands that show this run in the MLflow UI and the Prefect UI."""
+def print_where_to_look(config: PipelineConfig, flow_run_id, api_url: str | None = None) -> None:
+    """Where the samples are, and the commands that show this run in the MLflow UI and the Prefect UI. `api_url`: the
+    temporary Prefect server the flow ran on, if it did (run_pipeline_flow)."""
     out = output_dir_of(config)
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
     client = MlflowClient(uri)
@@ -73,6 +74,11 @@ def print_where_to_look(config: PipelineConfig, flow_run_id) -> None:
         print(line)
     flow_run_url = url_for("flow-run", obj_id=flow_run_id, default_base_url="http://127.0.0.1:4200")
     start = "" if PREFECT_UI_URL.value() else f"{_command('prefect')} server start --host 127.0.0.1   then open "
+    kept = kept_server_of(api_url)
+    if kept:  # still running, on its own port: the run's records are there (it has no UI; a UI server reads them too)
+        print(f"Prefect:     {kept.api_url}/flow_runs/{flow_run_id} on the kept server (pid {kept.pid}; an API "
+              f"without UI; for the UI: {start}{flow_run_url})")
+        return
     print(f"Prefect UI:  {start}{flow_run_url}")
 
 
@@ -95,5 +101,5 @@ def run_pipeline_flow(config: PipelineConfig, overrides: list[str] | None = None
             print_summary(state.result())
         else:
             print(f"Pipeline {state.name.lower()}: {state.message}")
-    print_where_to_look(config, state.state_details.flow_run_id)
+    print_where_to_look(config, state.state_details.flow_run_id, api_url)
     return EXIT_OK if state.is_completed() else failure_exit_code(state)  # 2 when the user must fix something first

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OK
-from flows.cli_version import add_version_argument, parse
+from flows.cli_version import add_version_argument, parse, quiet_when_output_closed
 
 
 def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
@@ -46,9 +46,14 @@ class ModelNotFound(Exception):
 def model_checkpoint_of(model_uri: str, tracking_uri: str | None, into: Path) -> Path:
     """The local checkpoint of a registered model version, copied into the folder `into`; MLflow is imported only
     for --model."""
+    from urllib.parse import urlparse
+
     from flows.mlflow_runs import resolve_tracking_uri, store_to_read_problem
     from flows.registry import RegistryError, model_checkpoint
 
+    if not urlparse(model_uri).scheme and not os.path.exists(model_uri):  # MLflow: "No such artifact: ''"
+        raise ModelNotFound(f"--model {model_uri} is not a model URI: give models:/NAME@ALIAS (e.g. "
+                            "models:/fluxflow-quickstart@champion) or models:/NAME/VERSION")
     uri = tracking_uri or resolve_tracking_uri()
     problem = store_to_read_problem(uri)
     if problem:
@@ -74,17 +79,20 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser):
 
 
 def checkpoint_model(args: argparse.Namespace, device: str | None, scratch: Path):
-    """(the text-to-image model, its checkpoint file) of --checkpoint or --model, sized by --config where the
+    """(the text-to-image model, its local checkpoint file) of --checkpoint or --model, sized by --config where the
     checkpoint does not record its model sizes (fluxflow-generate, fluxflow-export). A --model is copied into the
-    folder `scratch`, which the caller removes."""
+    folder `scratch`, which the caller removes; a remote --checkpoint is fetched once, and the file returned is that
+    copy (fluxflow-export hashes it: a second download, without timeout, before)."""
+    from fluxflow.checkpoints.io import checkpoint_file
     from fluxflow.config import load_config
     from fluxflow.sampling.generate import load_text_to_image
 
     checkpoint = args.checkpoint or model_checkpoint_of(args.model, args.tracking_uri, scratch)
     config = load_config(args.config).config if args.config else None
-    model = load_text_to_image(checkpoint, config.model if config else None,
-                               config.data.img_size if config else None, device)
-    return model, checkpoint
+    local = checkpoint_file(checkpoint)
+    model = load_text_to_image(local, config.model if config else None, config.data.img_size if config else None,
+                               device, name=str(checkpoint))
+    return model, local
 
 
 def output_is_a_file(prog: str, output: str) -> bool:
@@ -97,6 +105,19 @@ def output_is_a_file(prog: str, output: str) -> bool:
         print(f"{prog}: --output {output}{under} is a file, not a folder", file=sys.stderr)
         return True
     return False
+
+
+def output_problem(output: str, exc: BaseException) -> str | None:
+    """The one line for an OSError about --output: the folder, a folder above it that could not be made, or a file in
+    it ('--output /proc/nope/x cannot be written (No such file or directory: /proc/nope)'); before, only the OS's words
+    and the path, without the flag. None for any other error (fluxflow-generate, fluxflow-export, fluxflow-compare)."""
+    failed = getattr(exc, "filename", None) if isinstance(exc, OSError) else None
+    if not failed:
+        return None
+    failed_path, output_path = os.path.abspath(failed), os.path.abspath(output)
+    if os.path.commonpath([failed_path, output_path]) not in (failed_path, output_path):  # neither above nor below
+        return None
+    return f"--output {output} cannot be written ({exc.strerror or exc}: {failed})"
 
 
 def finite_float(text: str) -> float:
@@ -112,15 +133,18 @@ def parser() -> argparse.ArgumentParser:
         prog="fluxflow-generate", description="Generate images from a trained checkpoint or a registered model.",
         epilog="Exit codes: 0 images written; 2 bad input (no prompt, a missing prompts file, a checkpoint that is "
                "missing, corrupt, not a regular file, cannot be fetched or has no text-to-image model, a --model that "
-               "names no registered version, a --weights folder that is not an export, an invalid --config, a --size "
-               "or --seed out of range, a device this machine lacks, an --output that is a file).")
+               "names no registered version, a --weights folder that is not an export, an invalid --config, a --size, "
+               "--seed or --guidance out of range, a device this machine lacks, an --output that is a file).")
     source = add_checkpoint_arguments(p)
     source.add_argument("--weights", help="a folder written by fluxflow-export (config.json, model.safetensors)")
     p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable)")
     p.add_argument("--prompts-file", help="a file with one prompt per line")
     p.add_argument("--n", type=int, default=1, help="images per prompt, seeds seed..seed+n-1 (default 1)")
     p.add_argument("--steps", type=int, default=25, help="sampler steps (default 25)")
-    p.add_argument("--guidance", type=finite_float, default=3.0, help="classifier-free guidance scale (default 3.0)")
+    # 100: fluxflow/config/steps.py GUIDANCE_MAX, written out (--help imports nothing of the config).
+    p.add_argument("--guidance", type=finite_float, default=3.0,
+                   help="classifier-free guidance scale, 0 to 100: 0 ignores the prompt, 1 follows it without "
+                        "guidance, more follows it more strongly (default 3.0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image of each prompt, 0 to 2**63 - n as a "
                                                        "config's seeds (default 0)")
     # 4×: fluxflow/sampling/generate.py MAX_SIZE_FACTOR, written out (that module imports torch: --help stays quick).
@@ -136,6 +160,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@quiet_when_output_closed
 def main(argv: list[str] | None = None) -> int:
     args = parse(parser(), argv)
     try:
@@ -153,9 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 1 or not 1 <= args.steps <= 10_000:  # a huge --steps overflowed, or filled the memory, in torch
         print("fluxflow-generate: --n must be at least 1 and --steps from 1 to 10000", file=sys.stderr)
         return EXIT_FIX_INPUT
-    from fluxflow.config.steps import seeds_problem
+    from fluxflow.config.steps import guidance_problem, seeds_problem
 
-    problem = seeds_problem("--seed", args.seed, args.n)  # the config's seed range, as the served model's
+    # The config's seed range and the guidance range, as the served model's (flows/pyfunc_model.py).
+    problem = seeds_problem("--seed", args.seed, args.n) or guidance_problem("--guidance", args.guidance)
     if problem:
         print(f"fluxflow-generate: {problem}", file=sys.stderr)
         return EXIT_FIX_INPUT
@@ -178,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         files = generate_files(model, prompts, args.output, n=args.n, seed=args.seed, steps=args.steps,
                                guidance=args.guidance, size=args.size, ext=args.format)
     except (CheckpointError, ConfigError, GenerationError, DeviceUnavailable, ModelNotFound, OSError) as exc:
-        print(f"fluxflow-generate: {exc}", file=sys.stderr)
+        print(f"fluxflow-generate: {output_problem(args.output, exc) or exc}", file=sys.stderr)
         return EXIT_FIX_INPUT
     for path in files:
         print(path)

@@ -1,8 +1,9 @@
 """`fluxflow-train`: validate a pipeline config, or run it as the Prefect flow `fluxflow-pipeline`.
 
 Exit codes: 0 done (or config valid), 1 a step failed, 2 invalid config / missing file / broken YAML / bad arguments /
-unavailable device / output directory in use, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Validation imports
-neither torch, Prefect nor MLflow: the parameter counts are computed from the model section (config/model_sizes.py).
+unavailable device / output directory in use, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 141 its output's
+reader stopped (`| head`). Validation imports neither torch, Prefect nor MLflow: the parameter counts are computed from
+the model section (config/model_sizes.py).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from fluxflow.config import ConfigError
 from fluxflow.config.model_sizes import parameter_counts
 from fluxflow.config.run_config import resolve_run_config
 from fluxflow.config.summary import format_parameters, format_summary
-from flows.cli_version import add_version_argument, parse
+from flows.cli_version import add_version_argument, parse, quiet_when_output_closed
 from flows.exit_codes import EXIT_FIX_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
 from flows.prefect_server import start_temporary_server
 
@@ -32,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "of the Prefect flow 'fluxflow-pipeline' and is recorded as a nested MLflow run.",
         epilog="Exit codes: 0 done (or the config is valid), 1 a step failed, 2 invalid config, missing file, "
                "broken YAML, bad arguments, a device this machine lacks or an output directory in use, 130 interrupted "
-               "(Ctrl-C), 143 terminated (SIGTERM). Config reference: docs/CONFIG.md.",
+               "(Ctrl-C), 143 terminated (SIGTERM), 141 its output's reader stopped (| head). Config reference: "
+               "docs/CONFIG.md.",
     )
     parser.add_argument("--config", required=True, metavar="FILE",
                         help="pipeline config (YAML); see configs/ for examples")
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@quiet_when_output_closed
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     server = None
@@ -73,13 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         if ctrl_c():  # its KeyboardInterrupt was raised where Python ignores exceptions (below)
             raise KeyboardInterrupt
     except (Refused, KeyboardInterrupt) as exc:
-        if server:
-            server.stop()
+        # The refusal (or the interruption) first, then the server started early for speed is stopped without a word
+        # about it: it was never used. A kept one (--keep-server) still says where it runs.
         if isinstance(exc, KeyboardInterrupt):  # Ctrl-C while the checks and imports run: nothing started yet
             print("Interrupted before training started: nothing was trained or changed.", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        print(f"❌ {exc}", file=sys.stderr)
-        return EXIT_FIX_INPUT
+        else:
+            print(f"❌ {exc}", file=sys.stderr)
+        if server:
+            server.stop(quiet=True)
+        return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_FIX_INPUT
     finally:
         ctrl_c(restore=True)
     return train(config, args.overrides)

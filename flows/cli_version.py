@@ -1,9 +1,16 @@
 """`--version` for every command-line entry point, answered from the installed package's metadata (no imports of
-torch, Prefect or MLflow: `--help` and `--version` stay instant), and the parsing they share (`parse`)."""
+torch, Prefect or MLflow: `--help` and `--version` stay instant), the parsing they share (`parse`) and their quiet end
+when their output is closed (`quiet_when_output_closed`)."""
 from __future__ import annotations
 
 import argparse
+import functools
+import os
+import select
+import sys
 from importlib.metadata import PackageNotFoundError, version
+
+from flows.exit_codes import EXIT_OUTPUT_CLOSED
 
 DISTRIBUTION = "fluxflow-pipelines"  # pyproject.toml's [project] name
 
@@ -28,3 +35,39 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
         if value == "" or isinstance(value, list) and "" in value:
             parser.error(f"argument {'/'.join(action.option_strings)}: expected a value, got an empty one")
     return args
+
+
+def quiet_when_output_closed(main):
+    """A CLI's `main`, ending quietly with exit 141 (the shell's code for SIGPIPE) when the reader of its output has
+    gone (`fluxflow-train ... --validate-pipeline | head -1`): before, Python printed the BrokenPipeError's traceback,
+    or "Exception ignored ... BrokenPipeError" when the output was flushed at exit. SIGPIPE itself stays ignored, as
+    Python sets it: a connection to Prefect or MLflow that breaks must raise, not kill the run. A BrokenPipeError
+    while stdout and stderr still have their reader (a socket's) is raised as it is."""
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None) -> int:
+        try:
+            try:
+                return main(argv)
+            finally:
+                sys.stdout.flush()  # here, not at exit: what `head` did not read fails now, where it is caught
+        except BrokenPipeError:
+            closed = [stream for stream in (sys.stdout, sys.stderr) if _reader_gone(stream)]
+            if not closed:
+                raise
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            for stream in closed:  # what is still buffered, and the exit handlers' lines, go nowhere
+                os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+            return EXIT_OUTPUT_CLOSED
+    return run
+
+
+def _reader_gone(stream) -> bool:
+    """Whether `stream` is a pipe whose reading end is closed (poll reports an error on it)."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # pytest's capture, a closed stream
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(event & select.POLLERR for _, event in poller.poll(0))

@@ -134,8 +134,9 @@ class TemporaryServer:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
 
-    def stop(self) -> None:
-        """At the end of the run: stop it, or say where it is kept and how to stop it."""
+    def stop(self, quiet: bool = False) -> None:
+        """At the end of the run: stop it, or say where it is kept and how to stop it. `quiet`: without saying that it
+        stops (a run refused before training: its refusal is the line to read)."""
         if self.keep:
             if self.pid is not None:
                 print(f"Prefect server kept running on http://127.0.0.1:{self.port} for later runs (pid {self.pid}; "
@@ -146,7 +147,8 @@ class TemporaryServer:
             return
         process, self.process = self.process, None
         if process.poll() is None:
-            print(f"Stopping temporary server on http://127.0.0.1:{self.port}", file=sys.stderr, flush=True)
+            if not quiet:
+                print(f"Stopping temporary server on http://127.0.0.1:{self.port}", file=sys.stderr, flush=True)
             process.terminate()
             try:
                 process.wait(timeout=5)
@@ -199,3 +201,9 @@ def is_temporary(api_url: str | None) -> bool:
     """Whether `api_url` is the temporary server of this process: it has no UI and ends with the run, so no link to
     it is worth recording."""
     return _started is not None and api_url == _started.api_url
+
+
+def kept_server_of(api_url: str | None) -> TemporaryServer | None:
+    """The temporary server of this process at `api_url` when it is kept (--keep-server, or an earlier run's): it
+    outlives the run, on a port of its own, and serves the API only (no UI)."""
+    return _started if is_temporary(api_url) and _started.keep else None

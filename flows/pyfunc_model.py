@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
-import numbers
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
@@ -73,20 +71,14 @@ def prompts_of(model_input) -> list[str]:
 
 def params_problem(p: dict) -> str | None:
     """What is wrong with a request's params, or None: fluxflow-generate's rules (--n and --steps at least 1, its
-    seed range), and a guidance scale that is a finite number. Before, steps 0 answered with an image and n 0 with no
+    seed range, its guidance range). Before, steps 0 answered with an image and n 0 with no
     row at all, where fluxflow-generate exits 2; any seed was taken, and one of 2**64 or more failed inside torch."""
-    from fluxflow.config.steps import seeds_problem
+    from fluxflow.config.steps import guidance_problem, seeds_problem
 
     for name in ("n", "steps"):
         if int(p[name]) < 1:
             return f"params {name} must be at least 1, got {p[name]}"
-    problem = seeds_problem("params seed", p["seed"], int(p["n"]))
-    if problem:
-        return problem
-    guidance = p["guidance"]
-    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not math.isfinite(guidance):
-        return f"params guidance must be a finite number, got {guidance!r}"
-    return None
+    return seeds_problem("params seed", p["seed"], int(p["n"])) or guidance_problem("params guidance", p["guidance"])
 
 
 class TextToImageModel(PythonModel):

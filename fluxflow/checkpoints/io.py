@@ -70,7 +70,9 @@ def _open_read(path: PathLike) -> IO[bytes]:
         return open(local, "rb")
     import fsspec  # only needed for remote URIs
 
-    fs, inner = fsspec.core.url_to_fs(str(path))
+    from fluxflow.storage.fetch import http_timeouts
+
+    fs, inner = fsspec.core.url_to_fs(str(path), **http_timeouts(str(path)))  # the download's timeouts
     return fs.open(inner, "rb")
 
 
@@ -225,6 +227,14 @@ def load_checkpoint(
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint dict")
     return state
+
+
+def checkpoint_file(path: PathLike) -> Path:
+    """The local file of the checkpoint `path`: itself, or for a remote URI its local copy, fetched once (with the
+    timeouts of fluxflow/storage/fetch.py); load it and hash it there rather than reading the URI again (an http(s)
+    file without a sidecar record is downloaded afresh at every fetch). CheckpointError as in load_checkpoint."""
+    local = _local_path(path)
+    return local if local is not None else _fetched(str(path), None)
 
 
 def _fetched(uri: str, expected_sha256: str | None) -> Path:

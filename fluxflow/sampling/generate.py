@@ -62,15 +62,16 @@ def build_text_to_image(weights: dict[str, dict[str, torch.Tensor]], latent_norm
 
 
 def load_text_to_image(checkpoint: str | Path, model_config: Any = None, img_size: int | None = None,
-                       device: str | None = None) -> TextToImageModel:
+                       device: str | None = None, name: str | None = None) -> TextToImageModel:
     """The generation components of `checkpoint` on `device`, EMA weights preferred, in eval mode.
 
     `model_config`/`img_size` come from the checkpoint when it records them (`model_config`, `data`), else from the
-    caller (the pipeline's config file).
+    caller (the pipeline's config file). `name`: how messages call the checkpoint (the URI of a local copy).
     """
     from fluxflow.config import ModelConfig
 
     state = load_checkpoint(checkpoint)
+    checkpoint = name or checkpoint
     missing = [name for name in GENERATION_COMPONENTS if name not in state.get("models", {})]
     if missing or not state.get("latent_norm"):
         raise GenerationError(f"checkpoint {checkpoint} has no trained text-to-image model (missing: "

@@ -26,7 +26,7 @@ def fetch_verified(uri: str, expected_sha256: str | None = None) -> Path:
     """A local copy of the remote file `uri`, checked against `expected_sha256` (else its sidecar record)."""
     import fsspec
 
-    fs, key = fsspec.core.url_to_fs(uri, use_listings_cache=False, **_http_timeouts(uri))
+    fs, key = fsspec.core.url_to_fs(uri, use_listings_cache=False, **http_timeouts(uri))
     try:
         expected = expected_sha256 or _recorded(fs, key)
         name = key.rsplit("/", 1)[-1]
@@ -62,8 +62,9 @@ def fetch_verified(uri: str, expected_sha256: str | None = None) -> Path:
 HTTP_READ_TIMEOUT_S = 60
 
 
-def _http_timeouts(uri: str) -> dict:
-    """For an http(s) URI: give up on a server that accepts the connection but sends nothing for a minute. aiohttp's
+def http_timeouts(uri: str) -> dict:
+    """fsspec's options for `uri` (every remote read: here, and fluxflow/checkpoints/io.py). For an http(s) URI: give
+    up on a server that accepts the connection but sends nothing for a minute. aiohttp's
     default is 5 minutes for the whole request, for the sidecar and then again for the file, which looked like a
     hang; a whole download is not limited (a large checkpoint over a slow link)."""
     if not uri.startswith(("http://", "https://")):

@@ -15,6 +15,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+from closed_pipe import run_into_closed_pipe
 from helpers_tiny import tiny_raw
 from mlflow.tracking import MlflowClient
 from process_groups import alive, kill_all
@@ -170,3 +171,39 @@ def test_a_refused_run_with_keep_server_leaves_its_server_findable(tmp_path):
     finally:
         if kept:
             kill_all([kept])
+
+
+def test_a_summary_piped_into_head_ends_quietly_with_141():
+    """`fluxflow-train ... --validate-pipeline | head -1` printed a BrokenPipeError traceback (or "Exception ignored
+    ... BrokenPipeError" at exit), exit 1 or 120: now nothing, and the shell's code for SIGPIPE. The other commands:
+    tests/sampling/test_generate.py, test_export.py, tests/flows/test_compare.py."""
+    done = run_into_closed_pipe("flows.cli_train", "--config", str(REPO / "configs/tiny_test.yaml"),
+                                "--validate-pipeline")
+    assert (done.returncode, done.stderr) == (141, ""), done.stderr[-2000:]
+
+
+def test_a_refused_run_prints_its_refusal_and_nothing_about_the_server_it_stops(tmp_path):
+    """The temporary Prefect server starts before the last checks, in parallel with the imports: a run refused then
+    printed "Stopping temporary server on http://127.0.0.1:PORT" before its refusal. The server is still stopped."""
+    (tmp_path / "taken").write_text("a file where the output directory should be")
+    raw = tiny_raw(tmp_path / "unused", [{"name": "warm", "n_epochs": 1, "train_vae": True}], dataset_size=16)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    env.update(PYTHONPATH=str(REPO), PREFECT_HOME=str(tmp_path / "prefect-home"))
+    child = subprocess.Popen([sys.executable, "-m", "flows.cli_train", "--config", str(config), "--output-dir",
+                              str(tmp_path / "taken"), "--quiet"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    out, err = child.communicate(timeout=120)
+    assert (child.returncode, out) == (2, ""), err
+    assert err == (f"❌ output directory {tmp_path / 'taken'}: cannot use it (it is a file, not a folder); choose "
+                   "another with --output-dir or output.output_path\n")
+    marker = f"PREFECT_HOME={tmp_path / 'prefect-home'}".encode()  # in the server's environment, as in the run's
+    left = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
+                left.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours
+            pass
+    assert not left, f"the temporary server {left} outlived the refused run"

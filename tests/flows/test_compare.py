@@ -5,6 +5,7 @@ import csv
 import json
 
 import pytest
+from closed_pipe import run_into_closed_pipe
 from helpers_tiny import tiny_raw
 from mlflow.tracking import MlflowClient
 
@@ -93,6 +94,28 @@ def test_an_output_that_is_a_file_is_refused_in_one_line_before_reading_the_stor
     assert cli_compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "notes")]) == 2
     assert capsys.readouterr().err == f"fluxflow-compare: --output {tmp_path / 'notes'} is a file, not a folder\n"
     assert (tmp_path / "notes").read_text() == "x"
+
+
+def test_tables_piped_into_head_end_quietly_with_141(experiment, tmp_path):
+    """`fluxflow-compare ... | head -1` printed "Exception ignored ... BrokenPipeError" at exit, exit 120 (a traceback
+    for tables over the pipe's buffer); now nothing, the shell's code for SIGPIPE, and the files written."""
+    client, exp = experiment
+    record_pipeline(client, exp, str(tmp_path / "a"), [WARM], {"warm": 0.5})
+    done = run_into_closed_pipe("flows.cli_compare", "--experiment", "hypotheses", "--output", str(tmp_path / "c"),
+                                cwd=tmp_path)
+    assert (done.returncode, done.stderr) == (141, ""), done.stderr[-2000:]
+    assert (tmp_path / "c" / "compare_hypotheses.csv").exists()
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line_naming_the_flag(experiment, tmp_path, capsys):
+    """Was mkdir's FileNotFoundError traceback, after the tables (/proc takes no new folder, even for root)."""
+    client, exp = experiment
+    record_pipeline(client, exp, str(tmp_path / "a"), [WARM], {"warm": 0.5})
+    assert cli_compare.main(["--experiment", "hypotheses", "--output", "/proc/nope/x"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == ("fluxflow-compare: --output /proc/nope/x cannot be written (No such file or directory: "
+                            "/proc/nope)\n")
+    assert captured.out == ""
 
 
 def test_unset_options_and_options_of_another_group_are_not_differences(experiment, tmp_path):

@@ -324,6 +324,25 @@ def test_the_printed_mlflow_ui_command_quotes_a_store_path_with_a_space(tmp_path
     assert words[5] == uri  # unquoted, the shell split it at the space
 
 
+def test_after_a_run_on_a_kept_server_the_prefect_line_names_that_server(tmp_path, capsys, monkeypatch):
+    """After `fluxflow-train --keep-server` the last line said only "prefect server start ... then open
+    http://127.0.0.1:4200/runs/flow-run/ID", although the run's records were on the kept server, on another port."""
+    from flows import prefect_server
+    from flows.cli_flow_run import print_where_to_look
+    from fluxflow.config.run_config import resolve_run_config
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    resolved = resolve_run_config(config(tmp_path, "kept", [{"name": "warm", **VAE}])).config
+    kept = prefect_server.TemporaryServer(keep=True)
+    kept.port, kept.pid = 56325, 4321
+    monkeypatch.setattr(prefect_server, "_started", kept)
+    run_id = "00000000-0000-0000-0000-000000000001"
+    print_where_to_look(resolved, run_id, kept.api_url)
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Prefect")]
+    assert line.startswith(f"Prefect:     http://127.0.0.1:56325/api/flow_runs/{run_id} on the kept server (pid 4321; "
+                           "an API without UI; for the UI: "), line
+
+
 def test_a_second_run_on_a_busy_output_directory_fails_at_once(tmp_path, mlflow_store_module, capsys):
     from flows.cli_flow_run import run_pipeline_flow
     from fluxflow.config.run_config import resolve_run_config

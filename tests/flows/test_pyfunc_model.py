@@ -19,6 +19,8 @@ BAD = [({"steps": 0}, "params steps must be at least 1, got 0"),
        ({"n": 0}, "params n must be at least 1, got 0"),
        ({"n": -2}, "params n must be at least 1, got -2"),
        ({"guidance": float("nan")}, "params guidance must be a finite number, got nan"),
+       ({"guidance": 1e308}, "params guidance must lie within 0 and 100 (0 ignores the prompt, 1 follows it without "
+                             "guidance, more follows it more strongly); got 1e+308"),  # NaN pixels, a black image
        # fluxflow-generate's range (a config's): these were taken, and 2**64 or more failed inside torch.
        ({"seed": -1}, f"params seed must lie within 0 and 2**63 - n {SEEDS}; got -1"),
        ({"seed": 2**63}, f"params seed must lie within 0 and 2**63 - n {SEEDS}; got {2**63}"),

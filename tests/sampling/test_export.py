@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 import yaml
+from closed_pipe import run_into_closed_pipe
 from helpers_tiny import VAE_STEP, tiny_raw
 from pretrained_fixture import tiny_clip_dir
 
@@ -167,6 +168,66 @@ def test_the_command_it_prints_loads_a_folder_whose_name_has_a_space(byte_checkp
     command = shlex.split(capsys.readouterr().out.split("load it with ")[1])  # was unquoted: two arguments
     assert command[:2] == ["fluxflow-generate", "--weights"]
     assert cli_generate.main([*command[1:], "--prompt", "x", "--steps", "1", "--output", str(tmp_path / "g")]) == 0
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """(base URL, requests [(method, path)]) of an HTTP server on 127.0.0.1 serving tmp_path/"served"."""
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "served").mkdir()
+    requests = []
+
+    class Recording(http.server.SimpleHTTPRequestHandler):
+        def send_head(self):
+            requests.append((self.command, self.path))
+            return super().send_head()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(Recording, directory=str(tmp_path / "served")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", requests
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_http_checkpoint_is_downloaded_once_and_its_sha256_recorded(byte_checkpoint, http_folder, tmp_path):
+    """The export hashed the URI itself: a second download of the whole checkpoint, without the fetch's timeout."""
+    import hashlib
+    import shutil
+
+    base, requests = http_folder
+    shutil.copy(byte_checkpoint, tmp_path / "served" / "final.pt")
+    export(f"{base}/final.pt", tmp_path / "export")
+    assert [r for r in requests if r == ("GET", "/final.pt")] == [("GET", "/final.pt")], requests
+    source = json.loads((tmp_path / "export" / "config.json").read_text())["source"]
+    assert source == {"checkpoint": f"{base}/final.pt",
+                      "sha256": hashlib.sha256((tmp_path / "served" / "final.pt").read_bytes()).hexdigest()}
+
+
+@pytest.mark.timeout(60)  # aiohttp's default: 5 minutes
+def test_reading_a_checkpoint_uri_directly_has_the_fetchs_timeout(monkeypatch):
+    """sha256_file (and the head read after a failed load) on an http(s) URI waited 5 minutes for a silent server."""
+    import socket
+
+    from fluxflow.checkpoints.io import sha256_file
+
+    monkeypatch.setattr("fluxflow.storage.fetch.HTTP_READ_TIMEOUT_S", 1)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts connections, never answers
+        with pytest.raises(OSError):  # fsspec reports the read timeout as FileNotFoundError
+            sha256_file(f"http://127.0.0.1:{silent.getsockname()[1]}/final.pt")
+
+
+def test_its_line_piped_into_head_ends_quietly_with_141(byte_checkpoint, tmp_path):
+    """Was "Exception ignored ... BrokenPipeError" when its line was flushed at exit, exit 120."""
+    done = run_into_closed_pipe("flows.cli_export", "--checkpoint", byte_checkpoint, "--output", str(tmp_path / "e"))
+    assert (done.returncode, done.stderr) == (141, ""), done.stderr[-2000:]
+    assert (tmp_path / "e" / "model.safetensors").exists()
 
 
 def test_without_transformers_a_pretrained_encoder_model_names_the_extra(pretrained_checkpoint, tmp_path,

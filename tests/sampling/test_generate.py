@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from closed_pipe import run_into_closed_pipe
 from helpers_tiny import tiny_raw
 from mlflow_server import free_port
 from PIL import Image
@@ -59,6 +60,16 @@ def test_an_output_written_with_a_tilde_is_under_home_not_a_folder_named_tilde(t
     monkeypatch.chdir(tmp_path)
     assert generate_cli("--checkpoint", checkpoint, "--prompt", "x", "--output=~/images") == 0  # bash leaves this `~`
     assert len(list((tmp_path / "home" / "images").iterdir())) == 1 and not (tmp_path / "~").exists()
+
+
+def test_paths_piped_into_head_end_quietly_with_141(trained, tmp_path):
+    """`fluxflow-generate ... | head -1`: "Exception ignored ... BrokenPipeError" when the paths were flushed at exit,
+    exit 120; now nothing, the shell's code for SIGPIPE, and the images written."""
+    _, checkpoint, _ = trained
+    done = run_into_closed_pipe("flows.cli_generate", "--checkpoint", checkpoint, "--prompt", "x", "--n", "2",
+                                "--steps", "2", "--device", "cpu", "--output", str(tmp_path / "g"))
+    assert (done.returncode, done.stderr) == (141, ""), done.stderr[-2000:]
+    assert len(list((tmp_path / "g").iterdir())) == 2
 
 
 def test_size_and_png_format_are_honoured(trained, tmp_path):
@@ -236,6 +247,34 @@ def test_an_output_that_is_a_file_is_refused_in_one_line(trained, tmp_path, caps
     assert existing.read_text() == "x"
 
 
+@pytest.mark.parametrize("command", ["generate", "export"])
+def test_an_output_folder_that_cannot_be_made_is_one_line_naming_the_flag(trained, capsys, command):
+    """Was "[Errno 2] No such file or directory: '/proc/nope'": the path, not the flag (/proc takes no new folder, even
+    for root)."""
+    _, checkpoint, _ = trained
+    if command == "generate":
+        output = "/proc/nope/x.png"
+        assert generate_cli("--checkpoint", checkpoint, "--prompt", "x", "--output", output) == 2
+    else:
+        output = "/proc/nope/x"
+        assert cli_export.main(["--checkpoint", checkpoint, "--output", output]) == 2
+    assert capsys.readouterr().err == (f"fluxflow-{command}: --output {output} cannot be written (No such file or "
+                                       "directory: /proc/nope)\n")
+
+
+@pytest.mark.parametrize("command", ["generate", "export"])
+def test_a_model_that_is_not_a_uri_says_what_a_model_looks_like(tmp_path, capsys, monkeypatch, command):
+    """Was "notauri: No such artifact: '' (tracking URI ...)", or, without ./mlflow.db, that no store was there."""
+    monkeypatch.chdir(tmp_path)
+    if command == "generate":
+        assert generate_cli("--model", "notauri", "--prompt", "x") == 2
+    else:
+        assert cli_export.main(["--model", "notauri", "--output", str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err == (f"fluxflow-{command}: --model notauri is not a model URI: give "
+                                       "models:/NAME@ALIAS (e.g. models:/fluxflow-quickstart@champion) or "
+                                       "models:/NAME/VERSION\n")
+
+
 @pytest.mark.parametrize("scale", ["nan", "inf", "-inf"])
 def test_a_guidance_scale_that_is_not_a_finite_number_is_a_usage_error(trained, tmp_path, capsys, scale):
     _, checkpoint, _ = trained
@@ -253,7 +292,11 @@ def test_a_guidance_scale_that_is_not_a_finite_number_is_a_usage_error(trained, 
     (["--seed", str(2**64 - 1), "--n", "2"], "--seed must lie within 0 and 2**63 - n"),  # failed after one image
     (["--seed", str(2**63 - 1), "--n", "2"], "--seed must lie within 0 and 2**63 - n"),  # the served model's range
     (["--seed", "-1"], "--seed must lie within 0 and 2**63 - n"),
-    (["--steps", str(10**20)], "--n must be at least 1 and --steps from 1 to 10000")])
+    (["--steps", str(10**20)], "--n must be at least 1 and --steps from 1 to 10000"),
+    # 1e308 was taken: float32 overflowed to NaN pixels and the image was written black.
+    (["--guidance", "1e308"], "--guidance must lie within 0 and 100 (0 ignores the prompt, 1 follows it without "
+                              "guidance, more follows it more strongly); got 1e+308"),
+    (["--guidance", "-1"], "--guidance must lie within 0 and 100")])
 def test_a_number_out_of_range_is_refused_in_one_line_and_writes_nothing(trained, tmp_path, capsys, flags, says):
     _, checkpoint, _ = trained
     assert generate_cli("--checkpoint", checkpoint, "--prompt", "x", "--output", str(tmp_path / "g"), *flags) == 2

@@ -190,7 +190,7 @@ def http_folder(tmp_path):
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
                                              functools.partial(Recording, directory=str(tmp_path / "served")))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()  # 0.05 s: a quick shutdown
     yield f"http://127.0.0.1:{server.server_port}", requests
     server.shutdown()
     server.server_close()
@@ -217,7 +217,7 @@ def test_reading_a_checkpoint_uri_directly_has_the_fetchs_timeout(monkeypatch):
 
     from fluxflow.checkpoints.io import sha256_file
 
-    monkeypatch.setattr("fluxflow.storage.fetch.HTTP_READ_TIMEOUT_S", 1)
+    monkeypatch.setattr("fluxflow.storage.fetch.HTTP_READ_TIMEOUT_S", 0.2)
     with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts connections, never answers
         with pytest.raises(OSError):  # fsspec reports the read timeout as FileNotFoundError
             sha256_file(f"http://127.0.0.1:{silent.getsockname()[1]}/final.pt")

@@ -157,7 +157,7 @@ def silent_server():
             pass
 
     failing = http.server.HTTPServer(("127.0.0.1", 0), Failing)
-    threading.Thread(target=failing.serve_forever, daemon=True).start()
+    threading.Thread(target=failing.serve_forever, args=(0.05,), daemon=True).start()
     yield {"silent": f"http://127.0.0.1:{silent.getsockname()[1]}", "500": f"http://127.0.0.1:{failing.server_port}"}
     failing.shutdown()
     silent.close()
@@ -169,7 +169,7 @@ def test_a_checkpoint_server_that_does_not_answer_is_one_line_naming_the_checkpo
                                                                                     monkeypatch, server, why):
     """A server that never answered held the command for 5 minutes (aiohttp's default) and then printed an empty
     line; an HTTP 500 was aiohttp's traceback."""
-    monkeypatch.setattr("fluxflow.storage.fetch.HTTP_READ_TIMEOUT_S", 1)
+    monkeypatch.setattr("fluxflow.storage.fetch.HTTP_READ_TIMEOUT_S", 0.2)
     uri = f"{silent_server[server]}/final.pt"
     assert generate_cli("--checkpoint", uri, "--prompt", "x", "--output", str(tmp_path / "out")) == 2
     [line] = capsys.readouterr().err.strip().splitlines()

@@ -20,14 +20,10 @@ from fluxflow.config.modes import OPTIMIZER_GROUPS, has_flow_mode, touches_vae
 from fluxflow.runtime import distributed
 
 
-def uses_ddp(step) -> bool:
-    return distributed.active() and has_flow_mode(step) and not touches_vae(step)
-
-
 def wrap_for_data_parallel(models: dict[str, nn.Module], step, trained: set[str],
                            device: torch.device) -> dict[str, nn.Module]:
-    """DDP wrappers of this step's trained components, keyed by name; {} unless `uses_ddp(step)`."""
-    if not uses_ddp(step):
+    """DDP wrappers of this step's trained components, keyed by name; {} unless a flow step runs under torchrun."""
+    if not (distributed.active() and has_flow_mode(step) and not touches_vae(step)):
         return {}
     ids = [device.index] if device.type == "cuda" else None
     return {name: DistributedDataParallel(models[name], device_ids=ids) for name in sorted(trained)}

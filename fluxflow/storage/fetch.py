@@ -13,7 +13,7 @@ import tempfile
 from contextlib import suppress
 from pathlib import Path
 
-from fluxflow.storage.location import cache_home
+from fluxflow.storage.location import cache_home, local_path, remote_uri
 from fluxflow.storage.mirror import SIDECAR, sha256_of
 from fluxflow.storage.store_errors import raise_if_users_to_fix
 
@@ -85,7 +85,5 @@ def _recorded(fs, key: str) -> str | None:
 def local_copy(path: str, expected_sha256: str | None = None) -> Path:
     """`path` itself when it is local, else its verified local copy (for callers that need a file: MLflow's
     artifacts of a registered model)."""
-    from fluxflow.storage.location import local_path, remote_uri
-
     uri = remote_uri(path)
     return fetch_verified(uri, expected_sha256) if uri is not None else local_path(path)

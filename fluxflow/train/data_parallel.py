@@ -32,12 +32,8 @@ def wrap_for_data_parallel(models: dict[str, nn.Module], step, trained: set[str]
 def synced_groups(runnable: dict[str, nn.Module]) -> frozenset[str]:
     """Optimizer groups whose every present component is DDP-wrapped: DDP has averaged their gradients."""
     wrapped = {name for name, m in runnable.items() if isinstance(m, DistributedDataParallel)}
-    synced = set()
-    for group, members in OPTIMIZER_GROUPS.items():
-        present = set(members) & set(runnable)
-        if present and present <= wrapped:
-            synced.add(group)
-    return frozenset(synced)
+    present = {group: set(members) & set(runnable) for group, members in OPTIMIZER_GROUPS.items()}
+    return frozenset(group for group, names in present.items() if names and names <= wrapped)
 
 
 @contextlib.contextmanager

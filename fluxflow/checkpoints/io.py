@@ -75,16 +75,6 @@ def _open_read(path: PathLike) -> IO[bytes]:
     return fs.open(inner, "rb")
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename durable. Some filesystems refuse O_RDONLY fsync on a directory; durability there is theirs.
-    with suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _open_temp(fd: int) -> IO[bytes]:
     """The temp file a write goes to (a seam: tests make it fail as a full disk does)."""
     return os.fdopen(fd, "wb")
@@ -126,8 +116,13 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None], *, durable:
         if full is not None:
             raise disk_full_error(local, full) from e
         raise
-    if durable:
-        _fsync_dir(local.parent)
+    if durable:  # the directory too, which makes the rename durable
+        with suppress(OSError):  # some filesystems refuse O_RDONLY fsync on a directory; durability there is theirs
+            fd = os.open(local.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def _still_good(path: Path, verify: Callable[[Path, int], None] | None) -> bool:

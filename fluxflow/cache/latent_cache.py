@@ -37,22 +37,15 @@ def latent_store(directory: Path, key_inputs: dict, rows: int, latent_shape: tup
 def build_latent_cache(store: CacheStore, dataset, rows: np.ndarray | None, encode: Encode, device: torch.device, *,
                        batch_size: int, workers: int, chunk_rows: int, desc: str) -> None:
     """Fill the rows of `store` that `rows` (None: all) names and that hold nothing yet with the posterior of those
-    items of `dataset`. Holds the store's lock: a second builder of the same rows waits, then finds them filled."""
-    with store.lock():
-        store.prepare()
-        missing = store.missing(rows)
-        if missing.size == 0:
-            return
-        loader = sequential_loader(dataset, batch_size, workers, missing.tolist())
+    items of `dataset` (`fill`: under the store's lock)."""
+    def batches(missing: np.ndarray):
+        start = 0
+        for images, captions in sequential_loader(dataset, batch_size, workers, missing.tolist()):
+            mean, logvar = encode(images.to(device, non_blocking=True))
+            yield missing[start:start + len(captions)], {"mean": mean, "logvar": logvar}, captions
+            start += len(captions)
 
-        def batches():
-            start = 0
-            for images, captions in loader:
-                mean, logvar = encode(images.to(device, non_blocking=True))
-                yield missing[start:start + len(captions)], {"mean": mean, "logvar": logvar}, captions
-                start += len(captions)
-
-        fill(store, batches(), missing.size, chunk_rows=chunk_rows, desc=desc)
+    fill(store, rows, batches, chunk_rows=chunk_rows, desc=desc)
 
 
 class LatentCacheDataset(torch.utils.data.Dataset):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -139,22 +139,32 @@ class CacheWriter:
         self.maps.clear()
 
 
-def fill(store: CacheStore, batches: Iterable[tuple[np.ndarray, dict[str, torch.Tensor], list[str]]], total: int,
-         *, chunk_rows: int, desc: str) -> None:
-    """Write `batches` ((rows, values, captions) for `total` rows in all) into the store, marking them filled every
-    `chunk_rows` rows and at the end. Rows written after the last mark are computed again if the fill stops; a stop
-    request (Ctrl-C, SIGTERM: fluxflow/runtime/stop_request.py) is honoured at a mark."""
-    writer, done = CacheWriter(store), 0
-    try:
-        with batch_progress(total, 0, desc, unit="item") as bar:
-            for rows, values, captions in batches:
-                writer.write(rows, values, captions)
-                bar.update(len(rows))
-                if len(writer.pending) >= chunk_rows:
-                    done += len(writer.pending)
-                    writer.commit()
-                    if stop_requested() and done < total:
-                        raise StepInterrupted(f"{desc}: stopped after {done}/{total} rows; the next run continues")
-            writer.commit()
-    finally:
-        writer.close()
+Batches = Iterable[tuple[np.ndarray, dict[str, torch.Tensor], list[str]]]  # (rows, values, captions)
+
+
+def fill(store: CacheStore, rows: np.ndarray | None, batches: Callable[[np.ndarray], Batches], *, chunk_rows: int,
+         desc: str) -> None:
+    """Fill those of `rows` (None: all) that hold nothing yet with `batches(missing)`, marking them filled every
+    `chunk_rows` rows and at the end. Holds the store's lock: a second filler of the same rows waits, then finds them
+    filled. Rows written after the last mark are computed again if the fill stops; a stop request (Ctrl-C, SIGTERM:
+    fluxflow/runtime/stop_request.py) is honoured at a mark."""
+    with store.lock():
+        store.prepare()
+        missing = store.missing(rows)
+        total = missing.size
+        if total == 0:
+            return
+        writer, done = CacheWriter(store), 0
+        try:
+            with batch_progress(total, 0, desc, unit="item") as bar:
+                for written, values, captions in batches(missing):
+                    writer.write(written, values, captions)
+                    bar.update(len(written))
+                    if len(writer.pending) >= chunk_rows:
+                        done += len(writer.pending)
+                        writer.commit()
+                        if stop_requested() and done < total:
+                            raise StepInterrupted(f"{desc}: stopped after {done}/{total} rows; the next run continues")
+                writer.commit()
+        finally:
+            writer.close()

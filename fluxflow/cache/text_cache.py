@@ -38,20 +38,14 @@ def build_text_cache(store: CacheStore, captions: list[str], encode: Encode, *, 
                      desc: str) -> None:
     """Fill `store` with the encoder's outputs for `captions` (distinct, in a fixed order: row i is captions[i]),
     from where an earlier build stopped."""
-    with store.lock():
-        store.prepare()
-        missing = store.missing()
-        if missing.size == 0:
-            return
+    def batches(missing: np.ndarray):
+        for i in range(0, missing.size, batch_size):
+            rows = missing[i:i + batch_size]
+            chunk = [captions[r] for r in rows]
+            with torch.no_grad():
+                yield rows, encode(chunk), chunk
 
-        def batches():
-            for i in range(0, missing.size, batch_size):
-                rows = missing[i:i + batch_size]
-                chunk = [captions[r] for r in rows]
-                with torch.no_grad():
-                    yield rows, encode(chunk), chunk
-
-        fill(store, batches(), missing.size, chunk_rows=chunk_rows, desc=desc)
+    fill(store, None, batches, chunk_rows=chunk_rows, desc=desc)
 
 
 class TextCache:

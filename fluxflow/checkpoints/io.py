@@ -37,8 +37,10 @@ import torch
 
 from fluxflow.checkpoints.disk_full import Sink, disk_full_cause, disk_full_error
 from fluxflow.checkpoints.load_errors import describe_load_failure
+from fluxflow.checkpoints.verify import verify_torch_zip
 from fluxflow.config.file_checks import not_a_regular_file
 from fluxflow.errors import DiskFullError, NonRetryable
+from fluxflow.storage.location import local_path, remote_uri
 
 PathLike = str | os.PathLike
 
@@ -57,11 +59,8 @@ class CheckpointUnreachable(OSError):
 # ----------------------------------------------------------------------------------------------- local or fsspec
 
 def _local_path(path: PathLike) -> Path | None:
-    """The local path behind `path`, or None when it is a non-local fsspec URI."""
-    if isinstance(path, os.PathLike):
-        return Path(path)
-    text = str(path)
-    return None if "://" in text and not text.startswith("file://") else Path(text.removeprefix("file://"))
+    """The local path behind `path` (a file:// URI is one), or None when it is on an object store."""
+    return local_path(path) if remote_uri(path) is None else None
 
 
 def _open_read(path: PathLike) -> IO[bytes]:
@@ -74,16 +73,6 @@ def _open_read(path: PathLike) -> IO[bytes]:
 
     fs, inner = fsspec.core.url_to_fs(str(path), **http_timeouts(str(path)))  # the download's timeouts
     return fs.open(inner, "rb")
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename durable. Some filesystems refuse O_RDONLY fsync on a directory; durability there is theirs.
-    with suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _open_temp(fd: int) -> IO[bytes]:
@@ -127,8 +116,13 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None], *, durable:
         if full is not None:
             raise disk_full_error(local, full) from e
         raise
-    if durable:
-        _fsync_dir(local.parent)
+    if durable:  # the directory too, which makes the rename durable
+        with suppress(OSError):  # some filesystems refuse O_RDONLY fsync on a directory; durability there is theirs
+            fd = os.open(local.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def _still_good(path: Path, verify: Callable[[Path, int], None] | None) -> bool:
@@ -177,8 +171,6 @@ def _check_loadable(value: Any, where: str) -> None:
 def save_checkpoint(state: dict[str, Any], path: PathLike, keep_previous: Path | None = None) -> None:
     """Write `state` to the local `path` atomically (temp file, flush, fsync, check, rename, fsync dir); with
     `keep_previous`, the checkpoint it replaces is moved there first (fluxflow/checkpoints/latest.py)."""
-    from fluxflow.checkpoints.verify import verify_torch_zip
-
     if not isinstance(state, dict):
         raise CheckpointError(f"cannot save checkpoint {path}: state must be a dict, got {type(state).__name__}")
     try:

@@ -56,19 +56,12 @@ def load_latest(latest: Path, say=print, set_aside: bool = True) -> dict | None:
         if path == previous:
             say(f"{latest.name} cannot be used ({problems[0]}); resuming from the previous checkpoint {previous}")
         return state
-    if set_aside:
-        kept = _move_aside([latest, previous])
+    if set_aside:  # into a new `corrupt/<UTC time>/` beside them
+        kept = latest.parent / CORRUPT_DIR / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        kept.mkdir(parents=True)
+        for path in (latest, previous):
+            if path.exists():
+                shutil.move(str(path), kept / path.name)
         say(f"No checkpoint of this step can be used ({'; and '.join(problems)}): moved to {kept} as evidence. Lost: "
             "the batches trained since the step's start, which it trains again from its input")
     return None
-
-
-def _move_aside(paths: list[Path]) -> Path:
-    """Move the existing `paths` into a new `corrupt/<UTC time>/` beside them; that directory."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    target = paths[0].parent / CORRUPT_DIR / stamp
-    target.mkdir(parents=True)
-    for path in paths:
-        if path.exists():
-            shutil.move(str(path), target / path.name)
-    return target

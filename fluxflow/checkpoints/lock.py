@@ -40,7 +40,10 @@ class RunLock:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
         except Timeout:  # first: filelock's Timeout is an OSError too
-            holder = _read_pid(self.path)
+            try:
+                holder = int(self.path.read_text().strip() or 0)  # the pid the holder wrote; 0: none yet
+            except (OSError, ValueError):
+                holder = 0
             who = f"pid {holder}" if holder else "another process"
             raise RunLockedError(
                 f"{self.directory} is in use by another run ({who}, lock file {self.path}); wait for it to finish, "
@@ -71,11 +74,3 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-        return int(text) if text else None
-    except (OSError, ValueError):
-        return None

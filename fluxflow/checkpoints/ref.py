@@ -7,7 +7,7 @@ accepts exactly what `to_dict()` wrote and names any missing or unknown key.
 from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Self
 
 Outcome = Literal["met", "epochs_done", "max_epochs_reached"]
 OUTCOMES: tuple[str, ...] = ("met", "epochs_done", "max_epochs_reached")
@@ -24,14 +24,20 @@ def _check_keys(cls: type, data: dict[str, Any]) -> None:
         raise ValueError(f"{cls.__name__}.from_dict: {'; '.join(parts)}")
 
 
-def _flat_from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """`cls` from a dict of its fields, each an int or a str (the annotation says which)."""
-    _check_keys(cls, data)
-    return cls(**{f.name: (int if f.type == "int" else str)(data[f.name]) for f in fields(cls)})
+class _FlatRecord:
+    """A dataclass whose fields are each an int or a str (the annotation says which), as a JSON dict and back."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        _check_keys(cls, data)
+        return cls(**{f.name: (int if f.type == "int" else str)(data[f.name]) for f in fields(cls)})
 
 
 @dataclass(frozen=True)
-class CheckpointRef:
+class CheckpointRef(_FlatRecord):
     """A finished step's checkpoint: where it is (local path or fsspec URI), its content hash, and its position."""
 
     uri: str
@@ -40,13 +46,6 @@ class CheckpointRef:
     step_key: str
     global_step: int
     epoch: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CheckpointRef:
-        return _flat_from_dict(cls, data)
 
 
 @dataclass
@@ -96,18 +95,11 @@ class StepResult:
 
 
 @dataclass(frozen=True)
-class StepNode:
+class StepNode(_FlatRecord):
     """The machine a step trained on, where an executor places steps on several (Ray: its node id and hostname)."""
 
     node_id: str
     hostname: str
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StepNode:
-        return _flat_from_dict(cls, data)
 
     def __str__(self) -> str:
         return f"Ray node {self.node_id[:12]} ({self.hostname})"

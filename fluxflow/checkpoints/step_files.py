@@ -101,13 +101,6 @@ class StepFiles:
             return None
         return CheckpointRef.from_dict(recorded["ref"]), StepResult.from_dict(recorded["result"])
 
-    def finished_without_ref(self) -> bool:
-        """final.pt of this very key exists, but not ref.json: the run was killed between the two writes."""
-        if self.ref_json.exists() or not self.final.exists():
-            return False
-        meta = _metadata(self.final)
-        return meta is not None and meta.step_key == self.key and meta.completed
-
     def set_aside_stale(self) -> None:
         """Move files of another key (the step's config changed) aside, saying why; keep a same-key latest.pt.
         Also removes what a kill left behind: temp files of interrupted writes (each may be as large as a
@@ -125,7 +118,8 @@ class StepFiles:
             if meta is not None and meta.step_key != self.key:
                 old_key, old_config = meta.step_key, meta.step_config
         if old_key is None and recorded is None and self.final.exists():
-            if self.finished_without_ref():
+            meta = None if self.ref_json.exists() else _metadata(self.final)
+            if meta is not None and meta.step_key == self.key and meta.completed:  # killed between the two writes
                 print(f"Completing step {self.step.name}: {self.final} was written but the run stopped before "
                       f"{self.ref_json.name}; finishing it without training again", flush=True)
                 return

@@ -26,11 +26,8 @@ def resolve_device(requested: str | None, setting: str = "training.device") -> t
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """bf16 on CUDA by default (no GradScaler needed); fp32 on CPU unless bf16 is asked for explicitly."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16" or device.type == "cuda":
-        return torch.bfloat16
-    return None
+    bf16 = precision == "bf16" or (precision != "fp32" and device.type == "cuda")
+    return torch.bfloat16 if bf16 else None
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -87,18 +87,12 @@ def mean_across_ranks(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def parameter_checksum(modules) -> torch.Tensor:
-    """A float64 sum over every parameter, to check after training that all ranks hold the same weights."""
-    total = torch.zeros((), dtype=torch.float64)
+def assert_in_sync(modules) -> float:
+    """Raises if any rank's weights differ from rank 0's; returns the checksum, a float64 sum over every parameter."""
+    local = torch.zeros((), dtype=torch.float64)
     for module in modules:
         for p in module.parameters():
-            total += p.detach().double().sum().cpu()
-    return total
-
-
-def assert_in_sync(modules) -> float:
-    """Raises if any rank's weights differ from rank 0's; returns the checksum."""
-    local = parameter_checksum(modules)
+            local += p.detach().double().sum().cpu()
     gathered = [torch.zeros_like(local) for _ in range(world_size())]
     dist.all_gather(gathered, local)
     if any(not torch.equal(g, gathered[0]) for g in gathered):

@@ -22,11 +22,6 @@ from filelock import FileLock, Timeout
 POLL_S = 1.0
 
 
-def lock_dir() -> Path:
-    """FLUXFLOW_GPU_LOCK_DIR, else a folder in the system temp dir (one per host, as the GPUs are)."""
-    return Path(os.environ.get("FLUXFLOW_GPU_LOCK_DIR") or Path(tempfile.gettempdir()) / "fluxflow-gpus")
-
-
 @contextlib.contextmanager
 def claimed_device(device: torch.device, n_gpus: int, directory: Path | None = None,
                    say: Callable[[str], None] = print) -> Iterator[torch.device]:
@@ -35,7 +30,9 @@ def claimed_device(device: torch.device, n_gpus: int, directory: Path | None = N
     if device.type != "cuda" or device.index is not None or n_gpus <= 1:
         yield device
         return
-    directory = directory or lock_dir()
+    # FLUXFLOW_GPU_LOCK_DIR, else a folder in the system temp dir (one per host, as the GPUs are)
+    default = os.environ.get("FLUXFLOW_GPU_LOCK_DIR") or Path(tempfile.gettempdir()) / "fluxflow-gpus"
+    directory = directory or Path(default)
     directory.mkdir(parents=True, exist_ok=True)
     waited = False
     while True:

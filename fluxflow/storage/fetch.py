@@ -8,13 +8,10 @@ the caller's (a CheckpointRef's) or the object's sidecar record (fluxflow/storag
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
-from contextlib import suppress
 from pathlib import Path
 
-from fluxflow.storage.location import cache_home
-from fluxflow.storage.mirror import SIDECAR, sha256_of
+from fluxflow.storage.location import cache_home, local_path, remote_uri
+from fluxflow.storage.mirror import SIDECAR, download, sha256_of
 from fluxflow.storage.store_errors import raise_if_users_to_fix
 
 
@@ -37,20 +34,10 @@ def fetch_verified(uri: str, expected_sha256: str | None = None) -> Path:
                 return cached
         else:
             folder = cache_home() / "remote" / "unrecorded" / hashlib.sha256(uri.encode()).hexdigest()[:16]
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        try:
-            fs.get_file(key, tmp)
-            if expected:
-                actual = sha256_of(Path(tmp))
-                if actual != expected:
-                    raise TornObjectError(f"{uri} has sha256 {actual[:16]}…, expected {expected[:16]}…: a torn or "
-                                          "unfinished upload, or the object changed after it was referenced")
-            os.replace(tmp, folder / name)
-        finally:
-            with suppress(FileNotFoundError):
-                os.unlink(tmp)
+        actual = download(lambda tmp: fs.get_file(key, tmp), folder / name, expected)
+        if actual is not None:
+            raise TornObjectError(f"{uri} has sha256 {actual[:16]}…, expected {expected[:16]}…: a torn or "
+                                  "unfinished upload, or the object changed after it was referenced")
     except (FileNotFoundError, TornObjectError):
         raise
     except Exception as exc:
@@ -85,7 +72,5 @@ def _recorded(fs, key: str) -> str | None:
 def local_copy(path: str, expected_sha256: str | None = None) -> Path:
     """`path` itself when it is local, else its verified local copy (for callers that need a file: MLflow's
     artifacts of a registered model)."""
-    from fluxflow.storage.location import local_path, remote_uri
-
     uri = remote_uri(path)
     return fetch_verified(uri, expected_sha256) if uri is not None else local_path(path)

@@ -73,19 +73,16 @@ def cache_home() -> Path:
     return Path(os.getenv("FLUXFLOW_CACHE_DIR", default))
 
 
-def staging_dir(uri: str) -> Path:
-    """The local mirror of the remote output `uri`: one per URI and machine, reused by later runs (a resume on the
-    same node downloads only what changed)."""
-    uri = uri.rstrip("/")
-    name = uri.rsplit("/", 1)[-1] or "output"
-    return cache_home() / "staging" / f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}-{name}"
-
-
 def output_root(config) -> Path:
     """The local directory a run reads and writes for `config.output.output_path`."""
     return local_root(config.output.output_path)
 
 
 def local_root(output_path: str | os.PathLike) -> Path:
-    uri = remote_uri(output_path)
-    return staging_dir(uri) if uri is not None else local_path(output_path)
+    """The path itself, or the local mirror of an output on an object store: one per URI and machine, reused by later
+    runs (a resume on the same node downloads only what changed)."""
+    uri = remote_uri(output_path)  # without a trailing slash
+    if uri is None:
+        return local_path(output_path)
+    name = uri.rsplit("/", 1)[-1] or "output"
+    return cache_home() / "staging" / f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}-{name}"

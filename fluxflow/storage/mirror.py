@@ -33,6 +33,24 @@ def sha256_of(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def download(get: Callable[[str], object], local: Path, expected: str | None) -> str | None:
+    """`get(temp)` into a temp file beside `local`, moved to `local` when its sha256 is `expected` (always when
+    nothing is expected); else `local` is left as it is and the temp file's sha256 returned."""
+    local.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".tmp", dir=local.parent)
+    os.close(fd)
+    try:
+        get(tmp)
+        actual = sha256_of(Path(tmp)) if expected else None
+        if actual != expected:
+            return actual
+        os.replace(tmp, local)
+        return None
+    finally:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 class OutputMirror:
     """The output `uri` on an object store and its local staging directory `root`; paths are relative to both."""
 
@@ -89,23 +107,14 @@ class OutputMirror:
         if local.exists() and sha256_of(local) == expected:
             self._known[rel] = expected
             return True
-        local.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".tmp", dir=local.parent)
-        os.close(fd)
-        try:
-            self._call("downloading", self.fs.get_file, self._key(rel), tmp)
-            actual = sha256_of(Path(tmp))
-            if actual != expected:
-                self.say(f"{self.url(rel)} has sha256 {actual[:16]}…, its record says {expected[:16]}… (a torn or "
-                         "unfinished upload): not used")
-                local.unlink(missing_ok=True)
-                return False
-            os.replace(tmp, local)
-            self._known[rel] = expected
-            return True
-        finally:
-            with suppress(FileNotFoundError):
-                os.unlink(tmp)
+        actual = download(lambda tmp: self._call("downloading", self.fs.get_file, self._key(rel), tmp), local, expected)
+        if actual is not None:
+            self.say(f"{self.url(rel)} has sha256 {actual[:16]}…, its record says {expected[:16]}… (a torn or "
+                     "unfinished upload): not used")
+            local.unlink(missing_ok=True)
+            return False
+        self._known[rel] = expected
+        return True
 
     # ------------------------------------------------------------------------------------------------ writing
 

@@ -59,7 +59,7 @@ class StoreLock:
             self.say(f"⚠️  {self.protocol}:// offers no atomic conditional create here: {self.url} is checked, then "
                      "written, so a second run started at the same moment might not be refused")
         try:
-            self._create()
+            self._write(mode="create")
         except FileExistsError:
             self._take_over_if_stale()
         except StorageError:
@@ -70,9 +70,10 @@ class StoreLock:
         self._stop = threading.Event()
         threading.Thread(target=self._beat, args=(self._stop,), name="fluxflow-store-lock", daemon=True).start()
 
-    def _create(self) -> None:
-        out = self.fs.pipe_file(self.key, self._record(), mode="create")
-        self._etag = _etag(out) or self._info_etag()
+    def _write(self, **kwargs) -> None:
+        """This holder's record into the lock object; its ETag from the store's answer, else asked for."""
+        out = self.fs.pipe_file(self.key, self._record(), **kwargs)
+        self._etag = (out.get("ETag") if isinstance(out, dict) else None) or self._info_etag()
 
     def _info_etag(self) -> str | None:
         try:
@@ -89,11 +90,10 @@ class StoreLock:
                                  "wait for it to finish, stop it, or choose another output directory")
         try:
             if self.atomic and etag:
-                out = self.fs.pipe_file(self.key, self._record(), IfMatch=etag)  # only if still the stale one
-                self._etag = _etag(out) or self._info_etag()
+                self._write(IfMatch=etag)  # only if still the stale one
             else:
                 self.fs.rm_file(self.key)
-                self._create()
+                self._write(mode="create")
         except (FileExistsError, OSError) as exc:
             raise_if_users_to_fix(self.uri, exc)
             raise RunLockedError(f"{self.uri} was taken by another run while this one replaced its stale lock "
@@ -104,7 +104,7 @@ class StoreLock:
         while not stop.wait(HEARTBEAT_S):
             try:
                 extra = {"IfMatch": self._etag} if self.atomic and self._etag else {}
-                self._etag = _etag(self.fs.pipe_file(self.key, self._record(), **extra)) or self._info_etag()
+                self._write(**extra)
             except Exception as exc:  # a blink of the store: the next beat tries again, well within the lease
                 self.say(f"⚠️  could not renew the lock {self.url}: {type(exc).__name__}: {exc}")
 
@@ -127,10 +127,6 @@ class StoreLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def _etag(response) -> str | None:
-    return response.get("ETag") if isinstance(response, dict) else None
 
 
 def _read(fs, key: str) -> dict | None:

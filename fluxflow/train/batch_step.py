@@ -87,11 +87,6 @@ def backward_and_update(ctx: StepContext, loss: torch.Tensor, key: str, groups: 
     return out
 
 
-def _set_requires_grad(module: nn.Module, flag: bool) -> None:
-    for p in module.parameters():
-        p.requires_grad_(flag)
-
-
 def _gaussian(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(like.shape, device=like.device, dtype=like.dtype, generator=generator)
 
@@ -116,7 +111,7 @@ def train_vae_batch(ctx: StepContext, images: torch.Tensor, update: int,
     metrics: dict[str, torch.Tensor] = {}
 
     if trains_d:
-        _set_requires_grad(discriminator, False)  # G pass: no D grads
+        discriminator.requires_grad_(False)  # G pass: no D grads
     with autocast(ctx.device, ctx.amp_dtype):
         mean, logvar = compressor(images)
         z = mean + torch.exp(0.5 * logvar) * _gaussian(mean, ctx.generator)
@@ -150,7 +145,7 @@ def train_vae_batch(ctx: StepContext, images: torch.Tensor, update: int,
     if trains_vae:
         metrics.update(backward_and_update(ctx, loss, "vae", ("vae",), window))
     if trains_d:
-        _set_requires_grad(discriminator, True)
+        discriminator.requires_grad_(True)
         d_metrics = train_discriminator_batch(ctx, images, recon.detach(), update, window)
         d_metrics["skipped_updates"] = d_metrics["skipped_updates"] + metrics["skipped_updates"]
         metrics.update(d_metrics)

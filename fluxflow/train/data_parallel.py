@@ -20,14 +20,10 @@ from fluxflow.config.modes import OPTIMIZER_GROUPS, has_flow_mode, touches_vae
 from fluxflow.runtime import distributed
 
 
-def uses_ddp(step) -> bool:
-    return distributed.active() and has_flow_mode(step) and not touches_vae(step)
-
-
 def wrap_for_data_parallel(models: dict[str, nn.Module], step, trained: set[str],
                            device: torch.device) -> dict[str, nn.Module]:
-    """DDP wrappers of this step's trained components, keyed by name; {} unless `uses_ddp(step)`."""
-    if not uses_ddp(step):
+    """DDP wrappers of this step's trained components, keyed by name; {} unless a flow step runs under torchrun."""
+    if not (distributed.active() and has_flow_mode(step) and not touches_vae(step)):
         return {}
     ids = [device.index] if device.type == "cuda" else None
     return {name: DistributedDataParallel(models[name], device_ids=ids) for name in sorted(trained)}
@@ -36,12 +32,8 @@ def wrap_for_data_parallel(models: dict[str, nn.Module], step, trained: set[str]
 def synced_groups(runnable: dict[str, nn.Module]) -> frozenset[str]:
     """Optimizer groups whose every present component is DDP-wrapped: DDP has averaged their gradients."""
     wrapped = {name for name, m in runnable.items() if isinstance(m, DistributedDataParallel)}
-    synced = set()
-    for group, members in OPTIMIZER_GROUPS.items():
-        present = set(members) & set(runnable)
-        if present and present <= wrapped:
-            synced.add(group)
-    return frozenset(synced)
+    present = {group: set(members) & set(runnable) for group, members in OPTIMIZER_GROUPS.items()}
+    return frozenset(group for group, names in present.items() if names and names <= wrapped)
 
 
 @contextlib.contextmanager

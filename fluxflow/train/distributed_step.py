@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
+
 from fluxflow.runtime import distributed
 from fluxflow.checkpoints.ref import CheckpointRef
 from fluxflow.config.run_config import run_config_of
@@ -28,8 +30,6 @@ def run_rank(config: dict, step_name: str, parent: dict | None) -> dict | None:
 def leave_together() -> None:
     """A barrier before the process group goes: a rank that tears it down while another still uses it aborts."""
     if distributed.active():
-        import torch.distributed as dist
-
         dist.barrier()
 
 
@@ -48,8 +48,6 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(outcome, f)
     leave_together()
     if distributed.active():  # torchrun's process group is ours to end (Ray Train ends its own)
-        import torch.distributed as dist
-
         dist.destroy_process_group()
     return 0
 

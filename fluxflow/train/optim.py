@@ -18,7 +18,7 @@ from fluxflow.config.optim import OPTIMIZER_PARAMS, given_options
 from fluxflow.runtime import distributed
 from fluxflow.train.param_groups import param_groups, split_decay
 
-__all__ = ["build_optimizers", "make_optimizer", "optimizer_step", "trainable_params"]
+__all__ = ["build_optimizers", "make_optimizer", "optimizer_step"]
 
 # Adam/AdamW/SGD have fused kernels on CPU and CUDA; they can skip a non-finite update on the device
 # (`found_inf`), with no host sync. RMSprop, Adagrad and Adadelta fall back to a synchronising check.
@@ -37,11 +37,6 @@ def make_optimizer(cfg: Any, params: list[nn.Parameter] | list[dict[str, Any]],
     if kind in _FUSED:
         kwargs.setdefault("fused", True)
     return getattr(torch.optim, kind)(params, lr=lr, **kwargs)
-
-
-def trainable_params(models: dict[str, nn.Module], group: str) -> list[nn.Parameter]:
-    return [p for name in GROUP_COMPONENTS[group] if name in models
-            for p in models[name].parameters() if p.requires_grad]
 
 
 def build_optimizers(step: Any, models: dict[str, nn.Module], trained: set[str]):

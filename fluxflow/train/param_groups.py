@@ -18,17 +18,12 @@ from torch import nn
 EMBEDDING_PARAMETERS = frozenset({"pos", "null_tokens", "null_pooled"})
 
 
-def is_no_decay(module: nn.Module, attribute: str, param: nn.Parameter) -> bool:
-    """`param` is `module.<attribute>` (its direct owner)."""
-    return param.ndim < 2 or isinstance(module, nn.Embedding) or attribute in EMBEDDING_PARAMETERS
-
-
 def no_decay_names(module: nn.Module) -> set[str]:
     """Dotted names (as in `module.named_parameters()`) of the parameters that get no weight decay."""
     return {f"{owner}.{attribute}" if owner else attribute
             for owner, sub in module.named_modules()
             for attribute, param in sub.named_parameters(recurse=False)
-            if is_no_decay(sub, attribute, param)}
+            if param.ndim < 2 or isinstance(sub, nn.Embedding) or attribute in EMBEDDING_PARAMETERS}
 
 
 def split_decay(modules: Iterable[nn.Module]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

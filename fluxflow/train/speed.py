@@ -23,28 +23,20 @@ from fluxflow.train.data_parallel import wrap_for_data_parallel
 CONV_COMPONENTS = ("compressor", "expander", "discriminator")
 
 
-def configure_backends(device: torch.device) -> None:
+def runnable_models(models: dict[str, nn.Module], step, training, device: torch.device,
+                    trained: set[str]) -> dict[str, nn.Module]:
+    """The modules the per-batch steps call: `models` with the trained ones wrapped (DDP) and compiled as
+    `training` (TrainingConfig) says."""
+    if "flow_processor" in models:
+        models["flow_processor"].activation_checkpointing = training.activation_checkpointing
+    # Never compiled: the discriminator of a step with R1 (double backward).
+    eager = {"discriminator"} if step.gan_training and step.r1_gamma > 0 else set()
+    compiled = sorted(trained - eager) if training.compile else []
     if device.type == "cuda":
         # TF32 matmuls (cuDNN convolutions use TF32 by default). This API, not the per-backend `fp32_precision`
         # one: inductor reads it back with get_float32_matmul_precision(), which warns when the two are mixed.
         torch.set_float32_matmul_precision("high")
         torch.backends.cudnn.benchmark = True
-
-
-def eager_components(step) -> set[str]:
-    """Components that must not be compiled: the discriminator of a step with R1 (double backward)."""
-    return {"discriminator"} if step.gan_training and step.r1_gamma > 0 else set()
-
-
-def runnable_models(models: dict[str, nn.Module], step, training, device: torch.device,
-                    trained: set[str]) -> dict[str, nn.Module]:
-    """The modules the per-batch steps call: `models` with the trained ones wrapped (DDP) and compiled as
-    `training` (TrainingConfig) says."""
-    configure_backends(device)
-    if "flow_processor" in models:
-        models["flow_processor"].activation_checkpointing = training.activation_checkpointing
-    compiled = sorted(trained - eager_components(step)) if training.compile else []
-    if device.type == "cuda":
         for name in set(compiled) & set(CONV_COMPONENTS):
             models[name].to(memory_format=torch.channels_last)
     runnable = dict(models)

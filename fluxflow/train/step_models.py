@@ -31,7 +31,7 @@ def ema_components(step, trained: set[str]) -> set[str]:
 def prepare_models(config, step, state: dict | None, device: torch.device) -> dict[str, nn.Module]:
     saved = (state or {}).get("models", {})
     names = required_components(step) | set(saved)
-    models = {}
+    models, trained = {}, trained_components(step)
     for name in sorted(names):
         module = build_component(name, config.model, config.data.channels)
         if name in saved:
@@ -40,15 +40,9 @@ def prepare_models(config, step, state: dict | None, device: torch.device) -> di
             log.warning("Auto-created %s with default parameters from the model config (not in the input "
                         "checkpoint)", name)
         models[name] = module.to(device)
-    apply_trainable(models, trained_components(step))
+        module.requires_grad_(name in trained)  # frozen: no gradients, and eval mode, for this step only
+        module.train(name in trained)
     return models
-
-
-def apply_trainable(models: dict[str, nn.Module], trained: set[str]) -> None:
-    for name, module in models.items():
-        is_trained = name in trained
-        module.requires_grad_(is_trained)
-        module.train(is_trained)
 
 
 def prepare_emas(step, models: dict[str, nn.Module], state: dict | None, trained: set[str],

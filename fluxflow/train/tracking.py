@@ -71,14 +71,6 @@ class Tracker(Protocol):
         `fluxflow.warning.<key>`."""
 
 
-def _significant(value: float) -> str:
-    return f"{value:.4g}"  # 4 significant digits: 0.0234, 12.45, 0.156
-
-
-def _seconds(value: float) -> str:
-    return f"{value:.1f}" if value >= 1 else f"{value:.2g}"  # 3.2s/batch, 0.041s/batch
-
-
 def has_console_line(metrics: dict[str, float]) -> bool:
     """Whether `metrics` get a console line: a training log interval's do; evaluation results (eval_*) do not (the
     runner prints them on a line of its own)."""
@@ -97,8 +89,9 @@ def console_line(metrics: dict[str, float], progress: Progress, now: datetime | 
         f"Batch {progress.batch}/{progress.n_batches}",
     ]
     shown = [(label, metrics[key]) for key, label in CONSOLE_LABELS.items() if key in metrics]
-    parts += [f"{label}: {_significant(float(value))}" for label, value in shown]
-    parts.append(f"{_seconds(progress.sec_per_batch)}s/batch")
+    parts += [f"{label}: {float(value):.4g}" for label, value in shown]  # 4 significant digits: 0.0234, 12.45
+    seconds = progress.sec_per_batch
+    parts.append(f"{seconds:.1f}s/batch" if seconds >= 1 else f"{seconds:.2g}s/batch")  # 3.2s/batch, 0.041s/batch
     if metrics.get("skipped_samples"):  # the epoch's last line, when some data was skipped or repaired
         parts.append(f"skipped samples: {int(metrics['skipped_samples'])}")
     return " | ".join(parts)

@@ -37,7 +37,6 @@ def _unset_as_missing(value: str) -> str:
 @dataclass
 class Comparison:
     labels: list[str]  # one column per hypothesis (leaf step) or registered version
-    run_ids: list[str]  # per column: its (first replicate's) run
     config: dict[str, list[str]] = field(default_factory=dict)  # only the params whose values differ
     metrics: dict[str, list[float | None]] = field(default_factory=dict)  # per column: the mean over replicates
     summary: HypothesisSummary | None = None  # replicates, spreads and pairwise differences of hypotheses
@@ -91,7 +90,7 @@ def compare_runs(client: MlflowClient, runs: list) -> Comparison:
         unfinished = [run.info.status.lower() for run in group if run.info.status != "FINISHED"]
         labels.append(f"{label} ({', '.join(sorted(set(unfinished)))})" if unfinished else label)
     firsts = [group[0] for group in groups.values()]
-    comparison = Comparison(labels=labels, run_ids=[run.info.run_id for run in firsts])
+    comparison = Comparison(labels=labels)
     # Config differences between hypotheses, from one replicate of each (replicates differ only in their seed).
     fill_comparison(comparison, [run.data.params for run in firsts], [final_metrics(run) for run in firsts],
                     IDENTITY_PARAMS)

@@ -90,7 +90,7 @@ def model_comparison(client: MlflowClient, name: str, alias: str) -> tuple[Compa
     champion = version_by_alias(client, name, alias)  # search results carry no aliases
     holder = str(champion.version) if champion is not None else ""
     labels = [f"v{v.version}" + (f" ({alias})" if str(v.version) == holder else "") for v in versions]
-    comparison = Comparison(labels=labels, run_ids=[v.run_id for v in versions])
+    comparison = Comparison(labels=labels)
     fill_comparison(comparison, [version_config(client, name, v) for v in versions],
                     [version_metrics(client, v) for v in versions], NOT_DIFFERENCES)
     rows = table_rows(comparison)

@@ -33,12 +33,6 @@ def sqlite_file(tracking_uri: str) -> Path | None:
     return Path(tracking_uri[len(SQLITE_PREFIX):])
 
 
-def _new_sqlite_file(tracking_uri: str) -> Path | None:
-    """The database file of a `sqlite:///` URI when it does not exist yet (None for anything else)."""
-    path = sqlite_file(tracking_uri)
-    return None if path is None or path.exists() else path
-
-
 def _publish(source: Path, target: Path, edit: Callable[[str], None] | None = None) -> None:
     """Copy `source` to `target` (then `edit` the copy) through a temporary file and a hard link: a reader sees all
     of it or none, and a store another process created in the meantime is kept (link() replaces nothing)."""
@@ -63,8 +57,8 @@ def _publish(source: Path, target: Path, edit: Callable[[str], None] | None = No
 def prepare_store(tracking_uri: str) -> None:
     """Before the first use of `tracking_uri`: a new SQLite store is copied from the template (made once, here, when
     missing). Any failure leaves the store for MLflow to create as usual."""
-    target = _new_sqlite_file(tracking_uri)
-    if target is None:
+    target = sqlite_file(tracking_uri)
+    if target is None or target.exists():
         return
     import mlflow
 

@@ -101,7 +101,7 @@ def sampling_weights(state: dict[str, Any], name: str) -> dict[str, torch.Tensor
 
 
 def generate(model: TextToImageModel, prompt: str, seed: int, *, steps: int = 25, guidance: float = 3.0,
-             size: int | None = None, shift: float = 1.0) -> torch.Tensor:
+             size: int | None = None) -> torch.Tensor:
     """One image `[C, H, W]` in [-1, 1] for `prompt`, drawn with `seed`."""
     size = model.img_size if size is None else size  # not `or`: a size of 0 is an error, not the default
     cfg = model.model_config
@@ -115,8 +115,7 @@ def generate(model: TextToImageModel, prompt: str, seed: int, *, steps: int = 25
                               "model was trained at: a larger one is far from what it learned, and the cost of "
                               f"its attention grows with the size's 4th power); got {size}")
     images = text_to_image(model.models, [prompt], model.latent_norm, latent_size=size // cfg.downscale,
-                           steps=steps, guidance=guidance, shift=shift, seed=seed,
-                           spade=model.spade)
+                           steps=steps, guidance=guidance, seed=seed, spade=model.spade)
     return images[0]
 
 

@@ -17,13 +17,9 @@ from pathlib import Path
 from typing import Callable
 
 from flows import env  # noqa: F401  (must precede mlflow)
+from fluxflow.storage.location import cache_home
 
 SQLITE_PREFIX = "sqlite:///"
-
-
-def cache_dir() -> Path:
-    default = Path(os.getenv("XDG_CACHE_HOME", Path.home() / ".cache")) / "fluxflow"
-    return Path(os.getenv("FLUXFLOW_CACHE_DIR", default))
 
 
 def sqlite_file(tracking_uri: str) -> Path | None:
@@ -62,7 +58,7 @@ def prepare_store(tracking_uri: str) -> None:
         return
     import mlflow
 
-    template = cache_dir() / f"mlflow-{mlflow.__version__}-empty.db"
+    template = cache_home() / f"mlflow-{mlflow.__version__}-empty.db"
     try:
         if not template.exists():
             with tempfile.TemporaryDirectory() as scratch:

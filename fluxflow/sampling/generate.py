@@ -127,12 +127,6 @@ def to_picture(image: torch.Tensor):
     return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
 
 
-def save_image(image: torch.Tensor, path: Path) -> None:
-    """`[C, H, W]` in [-1, 1] → a lossless WebP or a PNG, by the file's extension."""
-    fmt = "PNG" if path.suffix.lower() == ".png" else "WEBP"
-    to_picture(image).save(path, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
-
-
 def generate_files(model: TextToImageModel, prompts: list[str], output_dir: str | Path, *, n: int = 1,
                    seed: int = 0, steps: int = 25, guidance: float = 3.0, size: int | None = None,
                    ext: str = "webp") -> list[Path]:
@@ -144,6 +138,7 @@ def generate_files(model: TextToImageModel, prompts: list[str], output_dir: str 
             path = out / prompt_file_name(prompt, image_seed, ext)
             image = generate(model, prompt, image_seed, steps=steps, guidance=guidance, size=size)
             out.mkdir(parents=True, exist_ok=True)  # once an image is made: a refused size leaves no empty folder
-            save_image(image, path)
+            fmt = "PNG" if path.suffix.lower() == ".png" else "WEBP"  # else a lossless WebP
+            to_picture(image).save(path, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
             written.append(path)
     return written

@@ -177,8 +177,7 @@ def feature_net_for(train_set, ds_cfg, img_size: int, channels: int, cache_dir: 
 @torch.no_grad()
 def extract_features(net: FeatureNet, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """`[N, FEATURE_DIM]` float64 features of images in [-1, 1], computed on the images' device."""
-    device = images.device
-    net = net.to(device)
+    net = net.to(images.device)
     return torch.cat([net.features(chunk).double() for chunk in images.split(batch_size)]).cpu()
 
 

@@ -65,11 +65,6 @@ def final_metrics(run) -> dict[str, float]:
     return finals or {k: v for k, v in run.data.metrics.items() if k not in ("epoch", "sec_per_batch")}
 
 
-def hypothesis_of(run) -> str:
-    """The written step a leaf run trains (runs recorded before replicates existed: their step name)."""
-    return run.data.params.get("hypothesis") or run.data.tags.get(TAG_STEP_NAME, run.info.run_name)
-
-
 def group_by_hypothesis(client: MlflowClient, runs: list) -> dict[str, list]:
     """Column label -> the leaf runs (replicates) of that hypothesis, in the order of `runs`; the label is
     `pipeline/hypothesis` when the runs come from several pipelines."""
@@ -78,7 +73,9 @@ def group_by_hypothesis(client: MlflowClient, runs: list) -> dict[str, list]:
     groups: dict[str, list] = {}
     for run in runs:
         pipeline = names.get(run.data.tags.get(PARENT_RUN_ID))
-        groups.setdefault(f"{pipeline}/{hypothesis_of(run)}" if pipeline else hypothesis_of(run), []).append(run)
+        # The written step a leaf run trains (runs recorded before replicates existed: their step name).
+        hypothesis = run.data.params.get("hypothesis") or run.data.tags.get(TAG_STEP_NAME, run.info.run_name)
+        groups.setdefault(f"{pipeline}/{hypothesis}" if pipeline else hypothesis, []).append(run)
     return groups
 
 

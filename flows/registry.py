@@ -75,12 +75,6 @@ def tracking_at(uri: str):
             os.environ[TRACKING_URI_VARIABLE] = saved
 
 
-def find_version(client: MlflowClient, name: str, sha256: str):
-    """The version of `name` registered from the checkpoint with this content hash, or None."""
-    found = client.search_model_versions(f"name = {quoted(name)} and {tags_filter({TAG_CHECKPOINT_SHA256: sha256})}")
-    return min(found, key=lambda v: int(v.version)) if found else None
-
-
 def versions_of(client: MlflowClient, name: str, output_dir: str | None = None) -> list:
     """The versions of `name`, oldest first ([] when the model does not exist); with `output_dir`, only those
     registered from a pipeline that wrote to it."""
@@ -115,9 +109,10 @@ def register_step(client: MlflowClient, name: str, outcome: StepOutcome, config,
     from fluxflow.storage.fetch import local_copy
 
     ref, result = outcome
-    existing = find_version(client, name, ref.sha256)
-    if existing is not None:
-        return existing
+    same_file = tags_filter({TAG_CHECKPOINT_SHA256: ref.sha256})
+    found = client.search_model_versions(f"name = {quoted(name)} and {same_file}")
+    if found:  # the versions registered from a checkpoint with this content hash: the first is this one
+        return min(found, key=lambda v: int(v.version))
     run = client.get_run(outcome.run_id)
     pipeline_tags = client.get_run(pipeline_run_id).data.tags
     tags = {TAG_STEP_NAME: ref.step_name, TAG_CHECKPOINT_URI: ref.uri, TAG_CHECKPOINT_SHA256: ref.sha256,

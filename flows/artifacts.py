@@ -61,8 +61,8 @@ def publish_step(pipeline: str, outcome: StepOutcome) -> None:
     )
 
 
-def summary_rows(outcomes: list[StepOutcome], skipped: dict[str, str]) -> list[dict[str, str]]:
-    """One row per step: the flow's outcomes, then the steps that did not run."""
+def publish_summary(pipeline: str, outcomes: list[StepOutcome], skipped: dict[str, str]) -> None:
+    """The pipeline's table, one row per step: the flow's outcomes, then the steps that did not run."""
     columns = ("step", "outcome", "epochs", "final metrics", "checkpoint", "mlflow run")
     rows = []
     for outcome in outcomes:
@@ -71,10 +71,7 @@ def summary_rows(outcomes: list[StepOutcome], skipped: dict[str, str]) -> list[d
         outcome_text = result.outcome + ("" if result.trained else " (already complete)")
         rows.append(dict(zip(columns, (result.step_name, outcome_text, str(result.epochs_done), metrics, ref.uri,
                                        outcome.run_url or ""))))
-    return rows + [dict(zip(columns, (step, why, "", "", "", ""))) for step, why in skipped.items()]
-
-
-def publish_summary(pipeline: str, rows: list[dict[str, str]]) -> None:
+    rows += [dict(zip(columns, (step, why, "", "", "", ""))) for step, why in skipped.items()]
     create_table_artifact(rows, key=artifact_key(pipeline, "summary"), description="Pipeline steps and their results.")
 
 

@@ -13,14 +13,16 @@ import os
 import sys
 from pathlib import Path
 
-from flows.cli_generate import output_is_a_file, output_problem
-from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OK
+from flows.cli_generate import output_file_problem, refuse
+from flows.exit_codes import EXIT_OK
 from flows.cli_version import add_version_argument, parse, quiet_when_output_closed
+
+PROG = "fluxflow-compare"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fluxflow-compare",
+        prog=PROG,
         description="The hypotheses of an MLflow experiment side by side: for every leaf step (its seed replicates "
                     "grouped), the config values that differ and the final smoothed metrics with their 95 % "
                     "interval, and per pair of hypotheses the difference and Welch's t-test verdict; as tables, "
@@ -43,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 @quiet_when_output_closed
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
-    return EXIT_FIX_INPUT if output_is_a_file("fluxflow-compare", args.output) else run(args)
+    problem = output_file_problem(args.output)
+    return refuse(PROG, problem) if problem else run(args)
 
 
 def run(args) -> int:
@@ -58,8 +61,7 @@ def run(args) -> int:
     uri = args.tracking_uri or resolve_tracking_uri()
     problem = store_to_read_problem(uri)
     if problem:
-        print(f"fluxflow-compare: {problem}", file=sys.stderr)
-        return EXIT_FIX_INPUT
+        return refuse(PROG, problem)
     client = MlflowClient(uri)
     note = None
     if args.registered_model:
@@ -68,16 +70,14 @@ def run(args) -> int:
         name, prefix = args.registered_model, "compare_versions_"
         issue = model_problem(client, name, args.alias)  # (what to say, whether it is an error) or None
         if issue is not None and issue[1]:
-            print(f"fluxflow-compare: {issue[0]}", file=sys.stderr)
-            return EXIT_FIX_INPUT
+            return refuse(PROG, issue[0])
         note = issue and issue[0]
         found = model_comparison(client, name, args.alias)
     else:
         name, prefix = args.experiment, "compare_"
         found = experiment_comparison(client, args.experiment)
     if isinstance(found, str):
-        print(f"fluxflow-compare: {found}", file=sys.stderr)
-        return EXIT_FIX_INPUT
+        return refuse(PROG, found)
     comparison, rows, title = found
     summary = comparison.summary
     differences = summary.difference_rows() if summary is not None and summary.differences else None
@@ -95,8 +95,7 @@ def run(args) -> int:
             written.append(out / f"{stem}.json")
             written[-1].write_text(json.dumps(summary.to_dict(), indent=1) + "\n")
     except OSError as exc:  # a folder that cannot be made or written: was a traceback
-        print(f"fluxflow-compare: {output_problem(args.output, exc) or exc}", file=sys.stderr)
-        return EXIT_FIX_INPUT
+        return refuse(PROG, exc, args.output)
     # Printed once the files are written: `| head` stops reading, and the files are there all the same.
     print(plain_table(rows))
     if differences:

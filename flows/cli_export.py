@@ -18,9 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from flows.cli_generate import (ModelNotFound, add_checkpoint_arguments, checkpoint_model, output_is_a_file,
-                               output_problem)
-from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OK
+from flows.cli_generate import ModelNotFound, add_checkpoint_arguments, checkpoint_model, output_file_problem, refuse
+from flows.exit_codes import EXIT_OK
 from flows.cli_version import add_version_argument, parse, quiet_when_output_closed
 
 
@@ -41,8 +40,9 @@ def parser() -> argparse.ArgumentParser:
 @quiet_when_output_closed
 def main(argv: list[str] | None = None) -> int:
     args = parse(parser(), argv)
-    if output_is_a_file("fluxflow-export", args.output):  # before loading the model
-        return EXIT_FIX_INPUT
+    problem = output_file_problem(args.output)
+    if problem:  # before loading the model
+        return refuse("fluxflow-export", problem)
 
     from fluxflow.checkpoints.io import CheckpointError, sha256_file
     from fluxflow.config import ConfigError
@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         source["sha256"] = sha256
         folder = export_weights(model, args.output, source)
     except (CheckpointError, ConfigError, GenerationError, ModelNotFound, OSError) as exc:
-        print(f"fluxflow-export: {output_problem(args.output, exc) or exc}", file=sys.stderr)
-        return EXIT_FIX_INPUT
+        return refuse("fluxflow-export", exc, args.output)
     print(f"Wrote {folder} (config.json, model.safetensors); load it with fluxflow-generate --weights "
           f"{shlex.quote(str(folder))}")
     return EXIT_OK

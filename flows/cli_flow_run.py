@@ -30,15 +30,6 @@ from fluxflow.config import PipelineConfig
 from fluxflow.config.run_config import run_dict
 
 
-def print_summary(outcomes: list[dict]) -> None:
-    """The flow's return value (each a `StepOutcome.to_dict()`), one line per step."""
-    for outcome in map(StepOutcome.from_dict, outcomes):
-        result = outcome.result
-        trained = "" if result.trained else " (already complete, skipped)"
-        where = f", on {outcome.node}" if outcome.node else ""
-        print(f"  {result.step_name}: {result.outcome}{trained}, {result.epochs_done} epochs, {outcome.ref.uri}{where}")
-
-
 def _command(name: str) -> str:
     """How to call a console script of this installation from the current directory: its bare name when PATH finds
     this one (an activated venv), else its path (`.venv/bin/mlflow` after `make demo`, which does not activate), quoted
@@ -98,7 +89,12 @@ def run_pipeline_flow(config: PipelineConfig, overrides: list[str] | None = None
         state = pipeline_flow(run_dict(config), overrides=overrides or None, return_state=True)
         if state.is_completed():
             print("Pipeline finished:")
-            print_summary(state.result())
+            for outcome in map(StepOutcome.from_dict, state.result()):  # one line per step
+                result = outcome.result
+                trained = "" if result.trained else " (already complete, skipped)"
+                where = f", on {outcome.node}" if outcome.node else ""
+                print(f"  {result.step_name}: {result.outcome}{trained}, {result.epochs_done} epochs, "
+                      f"{outcome.ref.uri}{where}")
         else:
             print(f"Pipeline {state.name.lower()}: {state.message}")
     print_where_to_look(config, state.state_details.flow_run_id, api_url)

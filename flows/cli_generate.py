@@ -24,6 +24,8 @@ from pathlib import Path
 from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OK
 from flows.cli_version import add_version_argument, parse, quiet_when_output_closed
 
+PROG = "fluxflow-generate"
+
 
 def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
     """--prompt values, then the file's lines (blank lines and lines starting with # are skipped)."""
@@ -95,16 +97,15 @@ def checkpoint_model(args: argparse.Namespace, device: str | None, scratch: Path
     return model, local
 
 
-def output_is_a_file(prog: str, output: str) -> bool:
-    """Says so (one line) when --output, or a folder above it, is an existing file: the folder could not be made
-    there (fluxflow-generate, fluxflow-export)."""
+def output_file_problem(output: str) -> str | None:
+    """Says so when --output, or a folder above it, is an existing file: the folder could not be made there
+    (fluxflow-generate, fluxflow-export, fluxflow-compare)."""
     path = Path(output)
     blocking = next((p for p in (path, *path.parents) if p.exists()), path)
     if blocking.exists() and not blocking.is_dir():
         under = "" if blocking == path else f" is under {blocking}, which"
-        print(f"{prog}: --output {output}{under} is a file, not a folder", file=sys.stderr)
-        return True
-    return False
+        return f"--output {output}{under} is a file, not a folder"
+    return None
 
 
 def output_problem(output: str, exc: BaseException) -> str | None:
@@ -120,6 +121,13 @@ def output_problem(output: str, exc: BaseException) -> str | None:
     return f"--output {output} cannot be written ({exc.strerror or exc}: {failed})"
 
 
+def refuse(prog: str, problem: str | BaseException, output: str | None = None) -> int:
+    """Prints `prog: problem` (an OSError about --output `output` as output_problem words it) and returns the exit
+    code of an input to fix (fluxflow-generate, fluxflow-export, fluxflow-compare)."""
+    print(f"{prog}: {output is not None and output_problem(output, problem) or problem}", file=sys.stderr)
+    return EXIT_FIX_INPUT
+
+
 def finite_float(text: str) -> float:
     """argparse type: a number that is not nan or inf (a nan guidance scale would draw nan images)."""
     value = float(text)
@@ -130,7 +138,7 @@ def finite_float(text: str) -> float:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="fluxflow-generate", description="Generate images from a trained checkpoint or a registered model.",
+        prog=PROG, description="Generate images from a trained checkpoint or a registered model.",
         epilog="Exit codes: 0 images written; 2 bad input (no prompt, a missing prompts file, a checkpoint that is "
                "missing, corrupt, not a regular file, cannot be fetched or has no text-to-image model, a --model that "
                "names no registered version, a --weights folder that is not an export, an invalid --config, a --size, "
@@ -166,27 +174,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prompts = read_prompts(args.prompt, args.prompts_file)
     except (OSError, UnicodeDecodeError) as exc:
-        print(f"fluxflow-generate: cannot read --prompts-file {args.prompts_file}: {exc}", file=sys.stderr)
-        return EXIT_FIX_INPUT
+        return refuse(PROG, f"cannot read --prompts-file {args.prompts_file}: {exc}")
     if not prompts and args.prompts_file:  # a file was given: asking for one would not say what is wrong
-        print(f"fluxflow-generate: --prompts-file {args.prompts_file} holds no prompt (only blank lines and # "
-              "comments)", file=sys.stderr)
-        return EXIT_FIX_INPUT
+        return refuse(PROG, f"--prompts-file {args.prompts_file} holds no prompt (only blank lines and # comments)")
     if not prompts:
-        print("fluxflow-generate: give at least one --prompt or a --prompts-file", file=sys.stderr)
-        return EXIT_FIX_INPUT
+        return refuse(PROG, "give at least one --prompt or a --prompts-file")
     if args.n < 1 or not 1 <= args.steps <= 10_000:  # a huge --steps overflowed, or filled the memory, in torch
-        print("fluxflow-generate: --n must be at least 1 and --steps from 1 to 10000", file=sys.stderr)
-        return EXIT_FIX_INPUT
+        return refuse(PROG, "--n must be at least 1 and --steps from 1 to 10000")
     from fluxflow.config.steps import guidance_problem, seeds_problem
 
     # The config's seed range and the guidance range, as the served model's (flows/pyfunc_model.py).
-    problem = seeds_problem("--seed", args.seed, args.n) or guidance_problem("--guidance", args.guidance)
+    problem = (seeds_problem("--seed", args.seed, args.n) or guidance_problem("--guidance", args.guidance)
+               or output_file_problem(args.output))
     if problem:
-        print(f"fluxflow-generate: {problem}", file=sys.stderr)
-        return EXIT_FIX_INPUT
-    if output_is_a_file("fluxflow-generate", args.output):
-        return EXIT_FIX_INPUT
+        return refuse(PROG, problem)
 
     from fluxflow.checkpoints.io import CheckpointError
     from fluxflow.config import ConfigError
@@ -204,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         files = generate_files(model, prompts, args.output, n=args.n, seed=args.seed, steps=args.steps,
                                guidance=args.guidance, size=args.size, ext=args.format)
     except (CheckpointError, ConfigError, GenerationError, DeviceUnavailable, ModelNotFound, OSError) as exc:
-        print(f"fluxflow-generate: {output_problem(args.output, exc) or exc}", file=sys.stderr)
-        return EXIT_FIX_INPUT
+        return refuse(PROG, exc, args.output)
     for path in files:
         print(path)
     print(f"Wrote {len(files)} image(s) to {args.output}")

@@ -78,13 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     except (Refused, KeyboardInterrupt) as exc:
         # The refusal (or the interruption) first, then the server started early for speed is stopped without a word
         # about it: it was never used. A kept one (--keep-server) still says where it runs.
-        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C while the checks and imports run: nothing started yet
-            print("Interrupted before training started: nothing was trained or changed.", file=sys.stderr)
-        else:
-            print(f"❌ {exc}", file=sys.stderr)
+        interrupted = isinstance(exc, KeyboardInterrupt)  # Ctrl-C during the checks and imports: nothing started yet
+        print("Interrupted before training started: nothing was trained or changed." if interrupted else f"❌ {exc}",
+              file=sys.stderr)
         if server:
             server.stop(quiet=True)
-        return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_FIX_INPUT
+        return EXIT_INTERRUPTED if interrupted else EXIT_FIX_INPUT
     finally:
         ctrl_c(restore=True)
     return train(config, args.overrides)

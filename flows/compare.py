@@ -37,7 +37,6 @@ def _unset_as_missing(value: str) -> str:
 @dataclass
 class Comparison:
     labels: list[str]  # one column per hypothesis (leaf step) or registered version
-    run_ids: list[str]  # per column: its (first replicate's) run
     config: dict[str, list[str]] = field(default_factory=dict)  # only the params whose values differ
     metrics: dict[str, list[float | None]] = field(default_factory=dict)  # per column: the mean over replicates
     summary: HypothesisSummary | None = None  # replicates, spreads and pairwise differences of hypotheses
@@ -66,11 +65,6 @@ def final_metrics(run) -> dict[str, float]:
     return finals or {k: v for k, v in run.data.metrics.items() if k not in ("epoch", "sec_per_batch")}
 
 
-def hypothesis_of(run) -> str:
-    """The written step a leaf run trains (runs recorded before replicates existed: their step name)."""
-    return run.data.params.get("hypothesis") or run.data.tags.get(TAG_STEP_NAME, run.info.run_name)
-
-
 def group_by_hypothesis(client: MlflowClient, runs: list) -> dict[str, list]:
     """Column label -> the leaf runs (replicates) of that hypothesis, in the order of `runs`; the label is
     `pipeline/hypothesis` when the runs come from several pipelines."""
@@ -79,7 +73,9 @@ def group_by_hypothesis(client: MlflowClient, runs: list) -> dict[str, list]:
     groups: dict[str, list] = {}
     for run in runs:
         pipeline = names.get(run.data.tags.get(PARENT_RUN_ID))
-        groups.setdefault(f"{pipeline}/{hypothesis_of(run)}" if pipeline else hypothesis_of(run), []).append(run)
+        # The written step a leaf run trains (runs recorded before replicates existed: their step name).
+        hypothesis = run.data.params.get("hypothesis") or run.data.tags.get(TAG_STEP_NAME, run.info.run_name)
+        groups.setdefault(f"{pipeline}/{hypothesis}" if pipeline else hypothesis, []).append(run)
     return groups
 
 
@@ -91,7 +87,7 @@ def compare_runs(client: MlflowClient, runs: list) -> Comparison:
         unfinished = [run.info.status.lower() for run in group if run.info.status != "FINISHED"]
         labels.append(f"{label} ({', '.join(sorted(set(unfinished)))})" if unfinished else label)
     firsts = [group[0] for group in groups.values()]
-    comparison = Comparison(labels=labels, run_ids=[run.info.run_id for run in firsts])
+    comparison = Comparison(labels=labels)
     # Config differences between hypotheses, from one replicate of each (replicates differ only in their seed).
     fill_comparison(comparison, [run.data.params for run in firsts], [final_metrics(run) for run in firsts],
                     IDENTITY_PARAMS)

@@ -26,17 +26,11 @@ CONFIG_FILE = "artifacts/config.json"  # the resolved config, an artifact of eve
 NOT_DIFFERENCES = ("output.output_path",)
 
 
-def _model_id(version) -> str | None:
-    """The logged model behind a version (search results leave `model_id` empty; the source is `models:/<id>`)."""
-    if version.model_id:
-        return version.model_id
-    source = version.source or ""
-    return source.split("/", 1)[1] if source.startswith("models:/") else None
-
-
 def version_metrics(client: MlflowClient, version) -> dict[str, float]:
     """The version's final smoothed metrics (its step's `final/*`, linked to the model at registration)."""
-    model_id = _model_id(version)
+    # The logged model behind the version: search results leave `model_id` empty; the source is `models:/<id>`.
+    source = version.source or ""
+    model_id = version.model_id or (source.split("/", 1)[1] if source.startswith("models:/") else None)
     metrics = client.get_logged_model(model_id).metrics if model_id else []
     return {m.key[len(FINAL_PREFIX):]: m.value for m in metrics or [] if m.key.startswith(FINAL_PREFIX)}
 
@@ -90,7 +84,7 @@ def model_comparison(client: MlflowClient, name: str, alias: str) -> tuple[Compa
     champion = version_by_alias(client, name, alias)  # search results carry no aliases
     holder = str(champion.version) if champion is not None else ""
     labels = [f"v{v.version}" + (f" ({alias})" if str(v.version) == holder else "") for v in versions]
-    comparison = Comparison(labels=labels, run_ids=[v.run_id for v in versions])
+    comparison = Comparison(labels=labels)
     fill_comparison(comparison, [version_config(client, name, v) for v in versions],
                     [version_metrics(client, v) for v in versions], NOT_DIFFERENCES)
     rows = table_rows(comparison)

@@ -41,11 +41,10 @@ if TYPE_CHECKING:  # only for annotations: this module must import without torch
     from fluxflow.checkpoints.ref import CheckpointRef, StepResult
 
 
-def file_points(path: Path, after: dict[str, int]) -> list[Metric]:
-    """The points of a metrics JSONL file (fluxflow/train/tracking.py) logged after `after[key]` for each key,
-    `epoch` included, one per key and step (an epoch's last line and its evaluation line share a step and both
-    carry `epoch`)."""
-    points, last = [], dict(after)
+def file_points(path: Path) -> list[Metric]:
+    """The points of a metrics JSONL file (fluxflow/train/tracking.py), `epoch` included; `log_points` keeps those
+    after the run's last step of each key."""
+    points = []
     if not path.is_file():
         return points
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -54,10 +53,7 @@ def file_points(path: Path, after: dict[str, int]) -> list[Metric]:
         record = json.loads(line)
         stamp, step = int(datetime.fromisoformat(record["timestamp"]).timestamp() * 1000), int(record["global_step"])
         values = {**record["metrics"], "epoch": record["epoch"]}
-        for key, value in values.items():
-            if value is not None and step > last.get(key, -1):
-                points.append(Metric(key, float(value), stamp, step))
-                last[key] = step
+        points += [Metric(key, float(value), stamp, step) for key, value in values.items() if value is not None]
     return points
 
 
@@ -76,9 +72,7 @@ class StepRunRecorder:
         self.last_step: dict[str, int] = {}  # per metric key, the last step the run holds
 
     def open(self, step, step_key: str, resumed: bool) -> None:
-        self.step, self.step_key = step, step_key
-        self._find_pipeline()
-        found = self._runs_of_step()
+        found = self._runs_of_step(step, step_key)
         newest = found[0] if found else None
         if newest is not None and (resumed or newest.info.status != "FINISHED"
                                    or (self.session and newest.data.tags.get(TAG_SESSION) == self.session)):
@@ -155,9 +149,7 @@ class StepRunRecorder:
         """A step the runner skipped as complete: link the run that trained it, and close it FINISHED with what its
         files hold if a kill left it open (after ref.json was written), or make it from them if it was never opened
         (the step trained while the tracking server was down, and its process ended before it answered)."""
-        self.step, self.step_key = step, ref.step_key
-        self._find_pipeline()
-        found = self._runs_of_step()
+        found = self._runs_of_step(step, ref.step_key)
         if found:
             self.run_id = found[0].info.run_id
             if found[0].info.status == "FINISHED":
@@ -172,7 +164,7 @@ class StepRunRecorder:
         """Send what the step's files hold and the run lacks: the metric points after the run's last logged step
         of each key, and the samples it does not list."""
         self.last_step = self._last_steps()
-        self.log_points(file_points(self.metrics_file(), self.last_step))
+        self.log_points(file_points(self.metrics_file()))
         listed = {a.path for a in self.client.list_artifacts(self.run_id, "samples")}
         samples = samples_dir(local_root(self.output_dir))  # an object store's: its staging copy
         for image in sorted(samples.glob(f"{self.step.name}_{self.step.index + 1:03d}_*")):
@@ -186,7 +178,10 @@ class StepRunRecorder:
         keys = self.client.get_run(self.run_id).data.metrics
         return {key: max(m.step for m in self.client.get_metric_history(self.run_id, key)) for key in keys}
 
-    def _runs_of_step(self) -> list:
+    def _runs_of_step(self, step, step_key: str) -> list:
+        """The runs of `step` (now this recorder's step), once the experiment and pipeline run are known."""
+        self.step, self.step_key = step, step_key
+        self._find_pipeline()
         return find_step_runs(self.client, self.experiment_id, self.output_dir, self.step_key, self.step.name)
 
     def _tags(self) -> dict[str, str]:

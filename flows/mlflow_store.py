@@ -17,13 +17,9 @@ from pathlib import Path
 from typing import Callable
 
 from flows import env  # noqa: F401  (must precede mlflow)
+from fluxflow.storage.location import cache_home
 
 SQLITE_PREFIX = "sqlite:///"
-
-
-def cache_dir() -> Path:
-    default = Path(os.getenv("XDG_CACHE_HOME", Path.home() / ".cache")) / "fluxflow"
-    return Path(os.getenv("FLUXFLOW_CACHE_DIR", default))
 
 
 def sqlite_file(tracking_uri: str) -> Path | None:
@@ -31,12 +27,6 @@ def sqlite_file(tracking_uri: str) -> Path | None:
     if not tracking_uri.startswith(SQLITE_PREFIX) or "?" in tracking_uri or tracking_uri == SQLITE_PREFIX + ":memory:":
         return None
     return Path(tracking_uri[len(SQLITE_PREFIX):])
-
-
-def _new_sqlite_file(tracking_uri: str) -> Path | None:
-    """The database file of a `sqlite:///` URI when it does not exist yet (None for anything else)."""
-    path = sqlite_file(tracking_uri)
-    return None if path is None or path.exists() else path
 
 
 def _publish(source: Path, target: Path, edit: Callable[[str], None] | None = None) -> None:
@@ -63,12 +53,12 @@ def _publish(source: Path, target: Path, edit: Callable[[str], None] | None = No
 def prepare_store(tracking_uri: str) -> None:
     """Before the first use of `tracking_uri`: a new SQLite store is copied from the template (made once, here, when
     missing). Any failure leaves the store for MLflow to create as usual."""
-    target = _new_sqlite_file(tracking_uri)
-    if target is None:
+    target = sqlite_file(tracking_uri)
+    if target is None or target.exists():
         return
     import mlflow
 
-    template = cache_dir() / f"mlflow-{mlflow.__version__}-empty.db"
+    template = cache_home() / f"mlflow-{mlflow.__version__}-empty.db"
     try:
         if not template.exists():
             with tempfile.TemporaryDirectory() as scratch:

@@ -205,7 +205,7 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
                 future.wait(timeout=STOP_GRACE_S)
         raise
     finally:
-        artifacts.publish_summary(target.pipeline, artifacts.summary_rows(outcomes, schedule.not_run))
+        artifacts.publish_summary(target.pipeline, outcomes, schedule.not_run)
         log_hypotheses(pipeline_run, steps, outcomes)
         finish_tracking(pipeline_run, target, status)
     schedule.raise_if_failed()

@@ -20,18 +20,6 @@ from fluxflow.train.tracking import Progress, Tracker, console_line, has_console
 LOGGER_NAME = "flows.training_log"
 
 
-def api_only_logger() -> logging.Logger:
-    """A logger whose records go to the Prefect API and nowhere else (not to the console, not to the root logger)."""
-    from prefect.logging.handlers import APILogHandler
-
-    logger = logging.getLogger(LOGGER_NAME)
-    if not any(isinstance(h, APILogHandler) for h in logger.handlers):
-        logger.addHandler(APILogHandler())
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-    return logger
-
-
 class PrefectLogTracker(Tracker):
     """`fluxflow.train.tracking.Tracker` that logs each console line and training-health warning to one Prefect task
     run; its other calls are the protocol's no-ops (inherited).
@@ -40,8 +28,15 @@ class PrefectLogTracker(Tracker):
     """
 
     def __init__(self, flow_run_id: UUID, task_run_id: UUID):
+        from prefect.logging.handlers import APILogHandler
+
         self.ids = {"flow_run_id": flow_run_id, "task_run_id": task_run_id}
-        self.logger = api_only_logger()
+        # Its records go to the Prefect API and nowhere else (not to the console, not to the root logger).
+        self.logger = logging.getLogger(LOGGER_NAME)
+        if not any(isinstance(h, APILogHandler) for h in self.logger.handlers):
+            self.logger.addHandler(APILogHandler())
+            self.logger.setLevel(logging.INFO)
+            self.logger.propagate = False
 
     @classmethod
     def for_current_task_run(cls) -> PrefectLogTracker | None:

@@ -54,12 +54,6 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class TemporaryServer:
     """A Prefect API server (uvicorn on 127.0.0.1, the default database under PREFECT_HOME) started by fluxflow-train:
     stopped at the end of the run, or, when the user asks (`keep`), left running for later runs, which find it through
@@ -77,7 +71,9 @@ class TemporaryServer:
         return f"http://127.0.0.1:{self.port}/api"
 
     def start(self) -> "TemporaryServer":
-        self.port = _free_port()
+        with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:  # a free port
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
         prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent  # without importing it
         parent = os.getpid()
         if self.process is None:  # not again for a restart on another port (wait_ready)

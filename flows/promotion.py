@@ -51,11 +51,6 @@ class Decision:
         return f"{self.model} version {self.version}: {'promoted' if self.promoted else 'not promoted'} ({self.reason})"
 
 
-def improvement(value: float, champion_value: float, direction: str) -> float:
-    """How much better `value` is than the champion's (negative: worse)."""
-    return value - champion_value if direction == "maximize" else champion_value - value
-
-
 def decide(value: float, champion_value: float | None, direction: str, min_improvement: float) -> tuple[bool, str]:
     """(promote?, why). A new version needs a finite value and must be better than the champion's by more than
     `min_improvement`; with no champion (or one that scores no number) it is promoted."""
@@ -65,7 +60,7 @@ def decide(value: float, champion_value: float | None, direction: str, min_impro
         return False, f"its value {value} is not a number"
     if not math.isfinite(champion_value):
         return True, f"the champion's value {champion_value} is not a number"
-    gain = improvement(value, champion_value, direction)
+    gain = value - champion_value if direction == "maximize" else champion_value - value  # negative: worse
     if gain > min_improvement:
         return True, f"better by {gain:.4g}, more than the {min_improvement:g} required"
     if gain > 0:

@@ -62,13 +62,6 @@ def decode_image(text: str):
     return Image.open(io.BytesIO(base64.b64decode(text)))
 
 
-def prompts_of(model_input) -> list[str]:
-    """The prompts of a request: the `prompt` column of a DataFrame, or a list of strings."""
-    if isinstance(model_input, pd.DataFrame):
-        return [str(p) for p in model_input[PROMPT]]
-    return [str(p) for p in model_input]
-
-
 def params_problem(p: dict) -> str | None:
     """What is wrong with a request's params, or None: fluxflow-generate's rules (--n and --steps at least 1, its
     seed range, its guidance range). Before, steps 0 answered with an image and n 0 with no
@@ -104,7 +97,9 @@ class TextToImageModel(PythonModel):
             # message, where any other exception becomes a 400 saying only "unexpected error".
             raise MlflowException(problem, error_code=INVALID_PARAMETER_VALUE)
         rows = []
-        for prompt in prompts_of(model_input):
+        # The prompts: the `prompt` column of a DataFrame, or a list of strings.
+        prompts = model_input[PROMPT] if isinstance(model_input, pd.DataFrame) else model_input
+        for prompt in map(str, prompts):
             for seed in range(int(p["seed"]), int(p["seed"]) + int(p["n"])):
                 try:
                     image = generate(self.model, prompt, seed, steps=int(p["steps"]), guidance=float(p["guidance"]),

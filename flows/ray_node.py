@@ -6,7 +6,7 @@ import socket
 from fluxflow.checkpoints.ref import StepNode
 
 
-def use_assigned_cpus() -> int:
+def use_assigned_cpus() -> None:
     """Inside a Ray task: torch's threads = the CPUs Ray assigned it (at least 1). Ray sets OMP_NUM_THREADS per
     task, but torch fixes its thread count when first used, and the worker may have imported it for another task
     (warm_up's, which holds no CPU)."""
@@ -17,7 +17,6 @@ def use_assigned_cpus() -> int:
 
     threads = max(1, math.floor(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     torch.set_num_threads(threads)
-    return threads
 
 
 def current_node() -> StepNode:

@@ -75,17 +75,6 @@ def tracking_at(uri: str):
             os.environ[TRACKING_URI_VARIABLE] = saved
 
 
-def pip_requirements(pretrained: bool = False) -> list[str]:
-    names = REQUIREMENTS + (PRETRAINED_REQUIREMENTS if pretrained else ())
-    return [f"{name}=={metadata.version(name)}" for name in names]
-
-
-def find_version(client: MlflowClient, name: str, sha256: str):
-    """The version of `name` registered from the checkpoint with this content hash, or None."""
-    found = client.search_model_versions(f"name = {quoted(name)} and {tags_filter({TAG_CHECKPOINT_SHA256: sha256})}")
-    return min(found, key=lambda v: int(v.version)) if found else None
-
-
 def versions_of(client: MlflowClient, name: str, output_dir: str | None = None) -> list:
     """The versions of `name`, oldest first ([] when the model does not exist); with `output_dir`, only those
     registered from a pipeline that wrote to it."""
@@ -120,9 +109,10 @@ def register_step(client: MlflowClient, name: str, outcome: StepOutcome, config,
     from fluxflow.storage.fetch import local_copy
 
     ref, result = outcome
-    existing = find_version(client, name, ref.sha256)
-    if existing is not None:
-        return existing
+    same_file = tags_filter({TAG_CHECKPOINT_SHA256: ref.sha256})
+    found = client.search_model_versions(f"name = {quoted(name)} and {same_file}")
+    if found:  # the versions registered from a checkpoint with this content hash: the first is this one
+        return min(found, key=lambda v: int(v.version))
     run = client.get_run(outcome.run_id)
     pipeline_tags = client.get_run(pipeline_run_id).data.tags
     tags = {TAG_STEP_NAME: ref.step_name, TAG_CHECKPOINT_URI: ref.uri, TAG_CHECKPOINT_SHA256: ref.sha256,
@@ -136,6 +126,8 @@ def register_step(client: MlflowClient, name: str, outcome: StepOutcome, config,
         model = load_text_to_image(checkpoint, device="cpu")
         weights = export_weights(model, Path(tmp) / WEIGHTS_ARTIFACT,
                                  source={"checkpoint": ref.uri, "sha256": ref.sha256})
+        pretrained = pretrained_text_path(model.model_config) is not None  # its requirements: transformers too
+        requirements = REQUIREMENTS + (PRETRAINED_REQUIREMENTS if pretrained else ())
         # Created here, in the run's experiment: left to Model.log it would land in the default experiment.
         logged = client.create_logged_model(run.info.experiment_id, MODEL_IN_RUN, run.info.run_id,
                                             params=run.data.params, model_type="text-to-image")
@@ -146,7 +138,7 @@ def register_step(client: MlflowClient, name: str, outcome: StepOutcome, config,
                        WEIGHTS_ARTIFACT: str(weights)},
             code_paths=PROJECT_CODE,
             signature=SIGNATURE, input_example=pd.DataFrame({PROMPT: list(config.output.sample_captions[:1])}),
-            pip_requirements=pip_requirements(pretrained_text_path(model.model_config) is not None),
+            pip_requirements=[f"{name}=={metadata.version(name)}" for name in requirements],
             metadata={"fluxflow": described}, model_config={"device": "auto"},
             step=ref.global_step,  # links the step's final metrics (logged at its last global step) to the model
         )

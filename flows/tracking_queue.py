@@ -124,7 +124,10 @@ class TrackingQueue:
                     continue
                 log.warning("MLflow rejected a tracking call, dropped: %s", _first_line(exc))
             pause = RETRY_PAUSE_S[0]
-            self._reached()
+            if self.unreachable_since is not None:  # the first call through after an outage
+                log.warning("MLflow reachable again after %.0f s: sending %d queued records",
+                            time.monotonic() - self.unreachable_since, self.pending())
+                self.unreachable_since = None
             with self._cond:
                 for _ in range(count):
                     _, _, sent = self._items.popleft()
@@ -146,12 +149,6 @@ class TrackingQueue:
             self.unreachable_since = time.monotonic()
             log.warning("MLflow unreachable (%s): training goes on, its records wait in memory%s and are sent when "
                         "the server answers again", _first_line(reason), f" and in {where}" if where else "")
-
-    def _reached(self) -> None:
-        if self.unreachable_since is not None:
-            log.warning("MLflow reachable again after %.0f s: sending %d queued records",
-                        time.monotonic() - self.unreachable_since, self.pending())
-            self.unreachable_since = None
 
 
 def _first_line(exc: BaseException | str) -> str:

@@ -48,7 +48,8 @@ def heldout_pairs(spec: list[str] | int | None, seed: int = 0) -> tuple[Pair, ..
     rng = random.Random(seed)
     while True:  # rejection: a draw that takes a whole colour or shape away is drawn again (rare for small k)
         chosen = rng.sample(ALL_PAIRS, spec)
-        if _every_word_kept(chosen):
+        remaining = seen_pairs(tuple(chosen))
+        if {c for c, _ in remaining} == set(COLORS) and {s for _, s in remaining} == set(SHAPES):
             return tuple(sorted(chosen, key=ALL_PAIRS.index))
 
 
@@ -56,11 +57,6 @@ def seen_pairs(heldout: tuple[Pair, ...]) -> tuple[Pair, ...]:
     """The pairs training draws from: all but `heldout`, in ALL_PAIRS order."""
     held = set(heldout)
     return tuple(p for p in ALL_PAIRS if p not in held)
-
-
-def _every_word_kept(chosen) -> bool:
-    remaining = set(seen_pairs(tuple(chosen)))
-    return {c for c, _ in remaining} == set(COLORS) and {s for _, s in remaining} == set(SHAPES)
 
 
 def caption_matcher(patterns: list[str] | None) -> Callable[[str], bool] | None:

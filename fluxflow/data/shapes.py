@@ -174,14 +174,9 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, size
         draw.polygon(outline, fill=fill)
 
 
-def supersampling(img_size: int) -> int:
-    """Canvas oversampling factor: 4x up to 64 px, 2x above (256 px images are drawn on 512 px)."""
-    return 4 if img_size <= 64 else 2
-
-
 def render_scene(s: Scene, img_size: int) -> Image.Image:
     """The RGB image of a scene at `img_size` x `img_size`, anti-aliased by box downsampling."""
-    k = supersampling(img_size)
+    k = 4 if img_size <= 64 else 2  # canvas oversampling: 4x up to 64 px, 2x above (256 px drawn on 512 px)
     side = img_size * k
     canvas = Image.new("RGB", (side, side), s.bg)
     draw_shape(ImageDraw.Draw(canvas), s.shape, s.cx * side, s.cy * side, s.size * side, s.fg)
@@ -260,4 +255,4 @@ def caption_variant(s: Scene, k: int) -> Scene:
 
 __all__ = ["BACKGROUNDS", "COLORS", "GRID", "POSITIONS", "SHAPES", "Scene", "ShapesDataset", "caption_for",
            "caption_variant", "draw_shape", "dropped_words_caption", "parse_caption", "render_scene", "scene",
-           "shape_attributes", "shape_outline", "supersampling"]
+           "shape_attributes", "shape_outline"]

@@ -29,13 +29,6 @@ def convert_channels(img: Image.Image, channels: int) -> Image.Image:
     return img.convert(mode)
 
 
-def resize_center_crop(img: Image.Image, img_size: int) -> Image.Image:
-    """Scale the shorter side to `img_size` (antialiased) and cut the centred square."""
-    if img.size == (img_size, img_size):
-        return img
-    return ImageOps.fit(img, (img_size, img_size), method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))
-
-
 def to_tensor(img: Image.Image, channels: int) -> torch.Tensor:
     """[C, H, W] float32 in [-1, 1]."""
     img = convert_channels(img, channels)
@@ -53,4 +46,6 @@ def load_image(img: Image.Image, img_size: int, channels: int) -> torch.Tensor:
         img.draft("RGB" if channels != 1 else "L", (img_size, img_size))
     img.load()
     img = convert_channels(img, channels)
-    return to_tensor(resize_center_crop(img, img_size), channels)
+    if img.size != (img_size, img_size):  # the shorter side scaled to `img_size` (antialiased), the centre cut out
+        img = ImageOps.fit(img, (img_size, img_size), method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))
+    return to_tensor(img, channels)

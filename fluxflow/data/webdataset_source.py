@@ -110,9 +110,6 @@ class _ShardIndex:
             before += self.count(j)
         return 0 if before >= self.holdout else min(self.holdout - before, self.count(k))
 
-    def total(self) -> int:
-        return sum(self.count(k) for k in range(len(self.shards)))
-
 
 class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
     """Training split of a set of shards, as rank `rank` of `world` reads it: an IterableDataset whose pass is fixed
@@ -132,7 +129,7 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
             per_rank = [sum(available[k] for k in shards) for shards in ranks]
             self.my_shards, self.rank_inputs, self.rank_length = set(ranks[rank]), per_rank[rank], min(per_rank)
         else:
-            total = int(length) if length is not None else self.index.total()
+            total = int(length) if length is not None else sum(map(self.index.count, range(len(self.shards))))
             self.my_shards = set(range(len(self.shards)))
             self.rank_inputs = self.rank_length = total - self.holdout
         if self.rank_length <= 0:

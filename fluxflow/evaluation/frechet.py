@@ -19,6 +19,7 @@ of D = FEATURE_DIM features the estimate is biased upwards for small N; compare 
 """
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from pathlib import Path
@@ -99,12 +100,8 @@ def word_targets(captions: list[str], vocab: list[str]) -> torch.Tensor:
 
 def first_items(dataset, n: int) -> tuple[torch.Tensor, list[str]]:
     """The first `n` (image, caption) items of a map-style or iterable dataset, as a stacked batch."""
-    items = []
     if isinstance(dataset, torch.utils.data.IterableDataset):
-        for item in dataset:
-            if len(items) >= n:
-                break
-            items.append(item)
+        items = list(itertools.islice(dataset, n))
     else:
         items = [dataset[i] for i in range(min(n, len(dataset)))]
     if not items:
@@ -180,8 +177,7 @@ def feature_net_for(train_set, ds_cfg, img_size: int, channels: int, cache_dir: 
 @torch.no_grad()
 def extract_features(net: FeatureNet, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """`[N, FEATURE_DIM]` float64 features of images in [-1, 1], computed on the images' device."""
-    device = images.device
-    net = net.to(device)
+    net = net.to(images.device)
     return torch.cat([net.features(chunk).double() for chunk in images.split(batch_size)]).cpu()
 
 

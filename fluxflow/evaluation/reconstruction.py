@@ -45,12 +45,6 @@ def per_image_ssim(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reconstruct(compressor: nn.Module, expander: nn.Module, images: torch.Tensor, spade: bool) -> torch.Tensor:
-    mean, _ = compressor(images)
-    return expander(mean, spade=spade).float().clamp(-1, 1)
-
-
-@torch.no_grad()
 def reconstruction_metrics(compressor: nn.Module, expander: nn.Module, images: torch.Tensor, *, spade: bool = False,
                            batch_size: int = 32, lpips: nn.Module | None = None) -> dict[str, float]:
     """{"psnr", "ssim"} (+ "lpips" when an `LPIPSLoss` is given), each the mean over the images `[N, C, H, W]`."""
@@ -58,7 +52,8 @@ def reconstruction_metrics(compressor: nn.Module, expander: nn.Module, images: t
         raise ValueError("reconstruction_metrics needs at least one held-out image")
     psnr, ssim, lpips_sum = [], [], 0.0
     for chunk in images.split(batch_size):
-        x_hat = reconstruct(compressor, expander, chunk, spade)
+        mean, _ = compressor(chunk)
+        x_hat = expander(mean, spade=spade).float().clamp(-1, 1)
         psnr.append(per_image_psnr(x_hat, chunk))
         ssim.append(per_image_ssim(x_hat, chunk))
         if lpips is not None:  # LPIPSLoss returns the batch mean: weight it by the batch size
@@ -79,5 +74,5 @@ def lpips_if_available(device: torch.device | str) -> nn.Module | None:
     return LPIPSLoss().to(device)
 
 
-__all__ = ["DATA_RANGE", "lpips_if_available", "per_image_psnr", "per_image_ssim", "reconstruct",
-           "reconstruction_metrics", "to_unit"]
+__all__ = ["DATA_RANGE", "lpips_if_available", "per_image_psnr", "per_image_ssim", "reconstruction_metrics",
+           "to_unit"]

@@ -42,23 +42,6 @@ FORMAT, FORMAT_VERSION = "fluxflow-text-to-image", 1
 CONFIG_FILE, WEIGHTS_FILE, TEXT_ENCODER_DIR = "config.json", "model.safetensors", "text_encoder"
 
 
-def export_config(model: TextToImageModel, source: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The config.json of `model` (see the module docstring)."""
-    sizes = model.model_config.model_dump()
-    sizes.pop("text_encoder", None)
-    pretrained = pretrained_text_path(model.model_config)
-    text_encoder = ({"kind": "pretrained", "family": inspect_pretrained(pretrained).family,
-                     "directory": TEXT_ENCODER_DIR} if pretrained else {"kind": "byte"})
-    return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "weights": WEIGHTS_FILE,
-        "model": sizes, "text_encoder": text_encoder,
-        "image": {"size": model.img_size, "channels": model.channels},
-        "latent_norm": {key: model.latent_norm[key].float().cpu().tolist() for key in ("shift", "scale")},
-        "spade": model.spade,
-        "source": source or {},
-    }
-
-
 def export_weights(model: TextToImageModel, folder: str | Path, source: dict[str, Any] | None = None) -> Path:
     """Write `model` (as `load_text_to_image` gives it: the sampling weights) to the new or empty `folder`; returns
     the folder. config.json is written last, so a folder that has it is complete."""
@@ -77,7 +60,19 @@ def export_weights(model: TextToImageModel, folder: str | Path, source: dict[str
     pretrained = pretrained_text_path(model.model_config)
     if pretrained:  # frozen: its weights are its directory's, not the safetensors file's
         shutil.copytree(Path(pretrained).expanduser(), out / TEXT_ENCODER_DIR)
-    text = json.dumps(export_config(model, source), indent=2) + "\n"
+    sizes = model.model_config.model_dump()
+    sizes.pop("text_encoder", None)
+    text_encoder = ({"kind": "pretrained", "family": inspect_pretrained(pretrained).family,
+                     "directory": TEXT_ENCODER_DIR} if pretrained else {"kind": "byte"})
+    config = {  # config.json: see the module docstring
+        "format": FORMAT, "format_version": FORMAT_VERSION, "weights": WEIGHTS_FILE,
+        "model": sizes, "text_encoder": text_encoder,
+        "image": {"size": model.img_size, "channels": model.channels},
+        "latent_norm": {key: model.latent_norm[key].float().cpu().tolist() for key in ("shift", "scale")},
+        "spade": model.spade,
+        "source": source or {},
+    }
+    text = json.dumps(config, indent=2) + "\n"
     atomic_write(out / CONFIG_FILE, lambda f: f.write(text.encode("utf-8")))
     return out
 

@@ -101,7 +101,7 @@ def sampling_weights(state: dict[str, Any], name: str) -> dict[str, torch.Tensor
 
 
 def generate(model: TextToImageModel, prompt: str, seed: int, *, steps: int = 25, guidance: float = 3.0,
-             size: int | None = None, shift: float = 1.0) -> torch.Tensor:
+             size: int | None = None) -> torch.Tensor:
     """One image `[C, H, W]` in [-1, 1] for `prompt`, drawn with `seed`."""
     size = model.img_size if size is None else size  # not `or`: a size of 0 is an error, not the default
     cfg = model.model_config
@@ -115,8 +115,7 @@ def generate(model: TextToImageModel, prompt: str, seed: int, *, steps: int = 25
                               "model was trained at: a larger one is far from what it learned, and the cost of "
                               f"its attention grows with the size's 4th power); got {size}")
     images = text_to_image(model.models, [prompt], model.latent_norm, latent_size=size // cfg.downscale,
-                           steps=steps, guidance=guidance, shift=shift, seed=seed,
-                           spade=model.spade)
+                           steps=steps, guidance=guidance, seed=seed, spade=model.spade)
     return images[0]
 
 
@@ -126,12 +125,6 @@ def to_picture(image: torch.Tensor):
 
     pixels = image_grid(image.unsqueeze(0), nrow=1, padding=0).numpy()
     return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
-
-
-def save_image(image: torch.Tensor, path: Path) -> None:
-    """`[C, H, W]` in [-1, 1] → a lossless WebP or a PNG, by the file's extension."""
-    fmt = "PNG" if path.suffix.lower() == ".png" else "WEBP"
-    to_picture(image).save(path, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
 
 
 def generate_files(model: TextToImageModel, prompts: list[str], output_dir: str | Path, *, n: int = 1,
@@ -145,6 +138,7 @@ def generate_files(model: TextToImageModel, prompts: list[str], output_dir: str 
             path = out / prompt_file_name(prompt, image_seed, ext)
             image = generate(model, prompt, image_seed, steps=steps, guidance=guidance, size=size)
             out.mkdir(parents=True, exist_ok=True)  # once an image is made: a refused size leaves no empty folder
-            save_image(image, path)
+            fmt = "PNG" if path.suffix.lower() == ".png" else "WEBP"  # else a lossless WebP
+            to_picture(image).save(path, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
             written.append(path)
     return written

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from fluxflow.config.modes import has_flow_mode, touches_vae
+from fluxflow.models import sample_latent
 from fluxflow.sampling.sample_files import sample_name, save_image_grid
 from fluxflow.sampling.text_to_image import text_to_image
 
@@ -44,10 +45,9 @@ def write_samples(out_dir: Path, *, step, step_number: int, epoch: int, batch: i
         compressor, expander = models["compressor"], models["expander"]
         mean, logvar = compressor(holdout)
         generator = torch.Generator(device=holdout.device).manual_seed(seed)
-        noise = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype, generator=generator)
         save(holdout, "-original")
         save(expander(mean, spade=spade).clamp(-1, 1), "-nr_o")
-        save(expander(mean + torch.exp(0.5 * logvar) * noise, spade=spade).clamp(-1, 1), "_ns_o")
+        save(expander(sample_latent(mean, logvar, generator), spade=spade).clamp(-1, 1), "_ns_o")
         save(_latent_picture(mean.float(), holdout.shape[-1]), "-ctx")
         if spade:
             save(expander(mean, spade=False).clamp(-1, 1), "-nc")

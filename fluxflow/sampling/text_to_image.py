@@ -11,8 +11,8 @@ from fluxflow.models import sample_flow
 
 @torch.no_grad()
 def text_to_image(models: dict[str, nn.Module], captions: list[str], latent_norm: dict[str, torch.Tensor],
-                  *, latent_size: int, steps: int = 25, guidance: float = 3.0, shift: float = 1.0,
-                  seed: int = 0, spade: bool = False) -> torch.Tensor:
+                  *, latent_size: int, steps: int = 25, guidance: float = 3.0, seed: int = 0,
+                  spade: bool = False) -> torch.Tensor:
     """Images `[len(captions), C, H, W]` in [-1, 1]. `latent_size` is the latent's side (img_size / downscale)."""
     flow, text_encoder = models["flow_processor"], models["text_encoder"]
     device = next(flow.parameters()).device
@@ -21,5 +21,5 @@ def text_to_image(models: dict[str, nn.Module], captions: list[str], latent_norm
     channels = latent_norm["shift"].numel()
     generator = torch.Generator(device=device).manual_seed(seed)
     latents = sample_flow(flow, (len(captions), channels, latent_size, latent_size), tokens, mask, pooled,
-                          steps=steps, guidance=guidance, shift=shift, generator=generator)
+                          steps=steps, guidance=guidance, generator=generator)
     return decode_latents(models["expander"], latents, {k: v.to(device) for k, v in latent_norm.items()}, spade)

@@ -74,13 +74,11 @@ def apply_legacy(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[C
 
 
 def _top_level_optimization(raw: dict, notes: LegacyNotes) -> None:
-    body = raw.get("optimization") if isinstance(raw, dict) else None
-    if not isinstance(body, dict):
+    if get_in(raw, "optimization") is None:
         return
-    raw.pop("optimization")
-    for key in body:
+    for key, value in raw.pop("optimization").items():
         if key == "optim_sched_config":
-            if body[key] is not None:
+            if value is not None:
                 notes.warnings.append("optimization.optim_sched_config: has no effect here (give each step an "
                                       "optimization block, or one in training.pipeline.defaults)")
         else:
@@ -91,9 +89,7 @@ def _top_level_optimization(raw: dict, notes: LegacyNotes) -> None:
 
 def _folder_dataset(raw: dict, notes: LegacyNotes) -> None:
     """data.data_path + data.captions_file are the folder dataset `default` unless the pipeline declares datasets."""
-    data = get_in(raw, "data")
-    if data is None or not ({"data_path", "captions_file"} & set(data)):
-        return
+    data = get_in(raw, "data") or {}
     path, captions = data.pop("data_path", None), data.pop("captions_file", None)
     if not path and not captions:
         return
@@ -282,13 +278,15 @@ def map_step(step: dict, path: str, notes: LegacyNotes) -> None:
                 if isinstance(name, str) and name in COMPONENT_ALIASES:  # a non-text entry: the schema reports it
                     names[i] = COMPONENT_ALIASES[name]
                     notes.warnings.append(f"{path}.{field}[{i}]: '{name}' is called '{names[i]}' here")
-    optimizers = get_in(step, "optimization", "optimizers") or {}
-    for group, optimizer in optimizers.items():
+    for group, optimizer in (get_in(step, "optimization", "optimizers") or {}).items():
         if isinstance(optimizer, dict):
             _optimizer(optimizer, f"{path}.optimization.optimizers.{group}", notes)
-    transition = get_in(step, "transition_on")
-    if transition is not None:
-        _transition(transition, f"{path}.transition_on", notes)
+    transition = get_in(step, "transition_on") or {}
+    notes.drop(transition, {"value": "an epoch-mode step runs n_epochs"}, f"{path}.transition_on")
+    metric = transition.get("metric")
+    if isinstance(metric, str) and metric in METRIC_ALIASES:
+        transition["metric"] = METRIC_ALIASES[metric]
+        notes.warnings.append(f"{path}.transition_on.metric: '{metric}' is called '{transition['metric']}' here")
 
 
 def _train_kl(step: dict, path: str, notes: LegacyNotes) -> None:
@@ -312,25 +310,12 @@ def _optimizer(optimizer: dict, path: str, notes: LegacyNotes) -> None:
         notes.drop(optimizer, {"decoupled_weight_decay": "a parameter of Lion; AdamW always decouples it"}, path)
 
 
-def _transition(transition: dict, path: str, notes: LegacyNotes) -> None:
-    notes.drop(transition, {"value": "an epoch-mode step runs n_epochs"}, path)
-    metric = transition.get("metric")
-    if isinstance(metric, str) and metric in METRIC_ALIASES:
-        transition["metric"] = METRIC_ALIASES[metric]
-        notes.warnings.append(f"{path}.metric: '{metric}' is called '{transition['metric']}' here")
-
-
-def _dataset_type(dataset: dict) -> str | None:
-    """The original's dataset type; it defaulted to local."""
-    kind = dataset.get("type")
-    if kind is None and not ({"image_folder", "webdataset_url", "num_samples"} & set(dataset)):
-        return None  # ours, with its type missing: the schema says so
-    return kind or "local"
-
-
 def map_dataset(dataset: dict, path: str, notes: LegacyNotes) -> None:
     """local -> folder; webdataset keys -> ours; noise (Gaussian noise images) -> the built-in shapes dataset."""
-    kind = _dataset_type(dataset)
+    kind = dataset.get("type")
+    if kind is None and not ({"image_folder", "webdataset_url", "num_samples"} & set(dataset)):
+        return  # ours, with its type missing: the schema says so
+    kind = kind or "local"  # the original's dataset type defaulted to local
     if kind not in ("local", "webdataset", "noise"):
         return
     notes.drop(dataset, DATASET_NO_EFFECT, path)

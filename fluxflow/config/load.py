@@ -92,17 +92,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
     first that is not KEY=VALUE ('training.pipeline.steps.flow.lr=3e-4') or whose value is broken YAML."""
     raw, issues = copy.deepcopy(raw), []
     for text in overrides:
-        key, sep, value = text.partition("=")
+        key, sep, written = text.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
             raise ConfigError([ConfigIssue(f"--set {text}", "expected KEY=VALUE with a dotted KEY, e.g. training."
                                                             "seed=1 or training.pipeline.steps.flow.lr=3e-4")], label)
         try:
-            value = yaml.load(value, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+            value = yaml.load(written, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as exc:
             raise ConfigError([ConfigIssue(f"--set {key}", f"the value is broken YAML: {' '.join(str(exc).split())}")],
                               label) from None
-        problem = _set(raw, parts, value, text.partition("=")[2].strip())
+        problem = _set(raw, parts, value, written.strip())
         if problem:
             issues.append(ConfigIssue(f"--set {'.'.join(parts)}", problem))
     if issues:
@@ -137,8 +137,7 @@ def _set(raw: dict[str, Any], parts: list[str], value: Any, written: str) -> str
             return f"{at} is {node!r}, not a section"
         if last:
             node[part] = value
-            return None
-        if node.get(part) is None:  # absent, or an empty section (`defaults:` with nothing under it)
+        elif node.get(part) is None:  # absent, or an empty section (`defaults:` with nothing under it)
             node[part] = {}
         node = node[part]
     return None
@@ -382,14 +381,12 @@ def _dag_issues(names: list[str | None], afters: list[str | None]) -> list[Confi
             issues.append(ConfigIssue(path, f"no step is named {after!r}{did_you_mean(after, index)}"))
         else:
             parent[i] = index[after]
-    reported: set[frozenset[int]] = set()
     for start in parent:
         chain, node = [start], parent.get(start)
         while node is not None and node not in chain:
             chain.append(node)
             node = parent.get(node)
-        if node == start and frozenset(chain) not in reported:
-            reported.add(frozenset(chain))
+        if node == start == min(chain):  # a cycle, reported once: from its first step in the file
             first = min(i for i in chain if afters[i] is not None)
             loop = " -> ".join(str(names[i]) for i in [*chain, start])
             issues.append(ConfigIssue(format_path((*STEPS, first, "after")), f"steps start from each other in a "
@@ -516,8 +513,6 @@ def _optimization_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigI
     issues, used = [], modes.optimizer_groups(s)
     merged = Optimization(**given.get("optimization", {}))
     for kind in ("optimizers", "schedulers"):
-        if kind not in step.optimization.model_fields_set:
-            continue
         for group in getattr(step.optimization, kind):
             loc = (*STEPS, s.index, "optimization", kind, group)
             issues += _group_issues(group, getattr(merged, kind)[group], kind, loc)

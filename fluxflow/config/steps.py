@@ -236,9 +236,8 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
                  previous: str | None, dataset_sizes: dict[str, int | None] | None = None) -> ResolvedStep:
     """The concrete step; `dataset_sizes`: the datasets' own img_size, under the step's. Raises MissingStepValue when
     n_epochs or the dataset is given nowhere."""
-    values = {k: v for k, v in globals_.items() if v is not None or k not in ("n_epochs", "dataset")}
     given = merged_step_fields(step, defaults)
-    values.update(given)
+    values = {**globals_, **given}  # `given` holds no None: a None global is one that nothing sets
 
     if values.get("n_epochs") is None:
         raise MissingStepValue("n_epochs", "required: set it on the step, in training.pipeline.defaults "

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import copy
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from fluxflow.config import modes
 from fluxflow.config.errors import ConfigError, ConfigIssue, did_you_mean, format_path
@@ -162,7 +160,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        issues += issues_from_validation(exc, PipelineConfig)
+        issues += issues_from_validation(exc)
     issues += semantic_issues(_pieces(raw))
     if config is not None and not issues:  # cross-section rules need the whole config, and valid steps
         issues += replicate_issues(config.written_steps(), config.training.replicates)
@@ -186,7 +184,7 @@ def _unused_lr_warnings(config: PipelineConfig) -> list[str]:
     return warnings
 
 
-def issues_from_validation(exc: ValidationError, root: type[BaseModel]) -> list[ConfigIssue]:
+def issues_from_validation(exc: ValidationError) -> list[ConfigIssue]:
     """pydantic's errors as issues: dotted paths, 'did you mean' for unknown keys."""
     issues = []
     for err in exc.errors():
@@ -209,7 +207,7 @@ def issues_from_validation(exc: ValidationError, root: type[BaseModel]) -> list[
         elif kind == "missing" and tag:
             issues.append(ConfigIssue(path, f"required for a {tag} dataset"))
         elif kind == "extra_forbidden":
-            known = _fields_at(root, loc[:-1])
+            known = err.get("ctx", {}).get("fields", [])  # the fields of the model with the key (optim.StrictModel)
             issues.append(ConfigIssue(path, f"unknown key{did_you_mean(str(loc[-1]), known)}"))
         elif kind == "missing" and loc in (("training",), ("training", "pipeline")):
             issues.append(ConfigIssue(path, "required: declare the steps under training.pipeline.steps (see "
@@ -225,34 +223,6 @@ def issues_from_validation(exc: ValidationError, root: type[BaseModel]) -> list[
                 shown += "; YAML reads unquoted yes/no/on/off as true/false: quote the value"
             issues.append(ConfigIssue(path, f"{err['msg']}{shown}"))
     return issues
-
-
-def _fields_at(root: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names of the model at `loc` under `root` (for "did you mean" suggestions); [] if there is none."""
-    ann: Any = root
-    for part in loc:
-        ann = _strip_optional(ann)
-        origin = typing.get_origin(ann)
-        if ann == DatasetConfig and part in DATASET_TYPES:  # the tag pydantic adds: the dataset's type
-            ann = DATASET_TYPES[part]
-        elif isinstance(ann, type) and issubclass(ann, BaseModel) and isinstance(part, str):
-            info = ann.model_fields.get(part)
-            if info is None:
-                return []
-            ann = info.annotation
-        elif origin is list and isinstance(part, int):
-            ann = typing.get_args(ann)[0]
-        elif origin is dict:
-            ann = typing.get_args(ann)[1]
-        else:
-            return []
-    ann = _strip_optional(ann)
-    return list(ann.model_fields) if isinstance(ann, type) and issubclass(ann, BaseModel) else []
-
-
-def _strip_optional(ann: Any) -> Any:
-    args = [a for a in typing.get_args(ann) if a is not type(None)]
-    return args[0] if typing.get_origin(ann) in (typing.Union, types.UnionType) and len(args) == 1 else ann
 
 
 _SECTION_ORDER = ("(file)", "model", "data", "training", "output", "tracking", "promotion", "model_checkpoint",

@@ -74,20 +74,25 @@ class StrictModel(BaseModel):
     @model_validator(mode="wrap")
     @classmethod
     def _numbers(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        """A before-validator of every field (which a discriminator field, a dataset's `type`, cannot have)."""
+        """A before-validator of every field (which a discriminator field, a dataset's `type`, cannot have). An
+        unknown key's error gets this model's fields (ctx `fields`), for load.py's "did you mean"."""
         found = [(key, problem) for key, value in (data.items() if isinstance(data, dict) else ())
                  if key in cls.model_fields and (problem := number_problem(cls.model_fields[key].annotation, value))]
-        if not found:
-            return handler(data)
         errors = [InitErrorDetails(type=PydanticCustomError("number", message), loc=(key, *loc), input=value)
                   for key, (message, loc, value) in found]
         try:
-            handler(data)
+            validated = handler(data)
         except ValidationError as exc:  # the other fields' problems: all are reported together
-            errors += [InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"], e.get("ctx")), loc=e["loc"],
-                                        input=e["input"])
-                       for e in exc.errors() if e["loc"][:1] not in [(key,) for key, _ in found]]
-        raise ValidationError.from_exception_data(cls.__name__, errors)
+            others = [e for e in exc.errors() if e["loc"][:1] not in [(key,) for key, _ in found]]
+            unknown = [e for e in others if e["type"] == "extra_forbidden" and len(e["loc"]) == 1]
+            if not errors and not unknown:
+                raise
+            errors += [InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"], {"fields": [*cls.model_fields]}
+                                                                 if e in unknown else e.get("ctx")),
+                                        loc=e["loc"], input=e["input"]) for e in others]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return validated
 
 
 INT64 = 2**63

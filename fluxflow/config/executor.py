@@ -87,16 +87,13 @@ def resources_issues(config) -> list[ConfigIssue]:
     return issues
 
 
-RAY_MISSING = ("is {nodes}: a step across nodes trains through Ray Train, which is not installed "
-               "(pip install 'fluxflow-pipelines[cluster]')")
-
-
 def process_issues(config) -> list[ConfigIssue]:
     dist = config.training.distributed
     issues = []
     # find_spec: whether Ray is there, without the second its import costs (`--validate-pipeline` stays light).
     if dist.uses_ray_train and importlib.util.find_spec("ray") is None:
-        issues.append(ConfigIssue("training.distributed.nodes", RAY_MISSING.format(nodes=dist.nodes)))
+        issues.append(ConfigIssue("training.distributed.nodes", f"is {dist.nodes}: a step across nodes trains through "
+                                  "Ray Train, which is not installed (pip install 'fluxflow-pipelines[cluster]')"))
     if dist.uses_ray_train and config.training.executor.kind != "ray":
         issues.append(ConfigIssue("training.distributed.nodes", f"is {dist.nodes}: a step across nodes trains on a "
                                   "Ray cluster, which needs training.executor.kind: ray"))

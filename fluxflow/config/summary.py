@@ -67,10 +67,8 @@ def format_summary(config: PipelineConfig) -> str:
             lines.append(f"  After: {step.parent} (branch)")
         lines.append(f"  Training: {', '.join(modes.mode_labels(step))}")
         lines.append(f"  Trains: {', '.join(c for c in modes.COMPONENTS if c in modes.trained_components(step))}")
-        if step.freeze:
-            lines.append(f"  Freeze: {', '.join(step.freeze)}")
-        if step.unfreeze:
-            lines.append(f"  Unfreeze: {', '.join(step.unfreeze)}")
+        lines += [f"  {label}: {', '.join(names)}" for label, names in (("Freeze", step.freeze),
+                                                                         ("Unfreeze", step.unfreeze)) if names]
         terms = modes.image_stat_terms(step)
         if terms:
             lines.append("  Image statistics: " + ", ".join(f"{t} {getattr(step, f'lambda_{t}'):g}" for t in terms))

@@ -193,11 +193,9 @@ class LegacyNotes:
                 self.dropped.setdefault((path, reasons[key]), []).append(key)
 
     def all_warnings(self) -> list[str]:
-        lines = []
-        for (path, reason), keys in self.dropped.items():
-            names = f"{path}.{keys[0]}: has" if len(keys) == 1 else f"{path}.{{{', '.join(keys)}}}: have"
-            lines.append(f"{names} no effect here ({reason})")
-        return lines + self.warnings
+        return [f"{path}.{keys[0]}: has no effect here ({reason})" if len(keys) == 1 else
+                f"{path}.{{{', '.join(keys)}}}: have no effect here ({reason})"
+                for (path, reason), keys in self.dropped.items()] + self.warnings
 
 
 def get_in(parent: Any, *keys: str, kind: type = dict) -> Any:

@@ -162,16 +162,11 @@ class StepSettings(StrictModel):
     resources: StepResources = Field(default_factory=StepResources)
 
 
-def inheritable(model: type[StrictModel], name: str) -> type[StrictModel]:
-    """`model` with every field optional: None = not given here (inherit); a given value keeps its constraints."""
-    def optional(info):
-        given = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
-        return Optional[given], None
-    fields = {key: optional(info) for key, info in model.model_fields.items()}
-    return create_model(name, __base__=StrictModel, __module__=__name__, **fields)
-
-
-StepFields = inheritable(StepSettings, "StepFields")  # what a step and `pipeline.defaults` may say
+# What a step and `pipeline.defaults` may say: StepSettings with every field optional (None = not given here:
+# inherit); a given value keeps its constraints.
+StepFields = create_model("StepFields", __base__=StrictModel, __module__=__name__, **{
+    key: (Optional[Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation], None)
+    for key, info in StepSettings.model_fields.items()})
 
 
 class StepDefaults(StepFields):

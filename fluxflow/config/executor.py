@@ -97,10 +97,7 @@ def process_issues(config) -> list[ConfigIssue]:
     if dist.uses_ray_train and config.training.executor.kind != "ray":
         issues.append(ConfigIssue("training.distributed.nodes", f"is {dist.nodes}: a step across nodes trains on a "
                                   "Ray cluster, which needs training.executor.kind: ray"))
-    if dist.processes > 1:
-        for step in config.written_steps():
-            if step.batch_size % dist.processes:
-                issues.append(ConfigIssue(f"training.pipeline.steps[{step.index}].batch_size",
-                                          f"{step.batch_size} is not divisible by the step's {dist.processes} "
-                                          "processes (training.distributed: nodes × nproc_per_node)"))
-    return issues
+    return issues + [ConfigIssue(f"training.pipeline.steps[{step.index}].batch_size",
+                                 f"{step.batch_size} is not divisible by the step's {dist.processes} processes "
+                                 "(training.distributed: nodes × nproc_per_node)")
+                     for step in config.written_steps() if step.batch_size % dist.processes]  # any % 1 is 0

@@ -163,10 +163,8 @@ class OptimizerConfig(StrictModel):
         """The same settings with type, lr and the defaults of the type (and of the optimizer group) filled in."""
         kind = self.type or "AdamW"
         group_defaults = GROUP_OPTIMIZER_PARAMS.get(group or "", {}).get(kind, {})
-        values = {**OPTIMIZER_PARAMS[kind], **group_defaults, **self.model_dump(exclude_none=True)}
-        values.update(type=kind, lr=self.lr if self.lr is not None else default_lr)
-        takes = {"type", "lr", *OPTIMIZER_PARAMS[kind]}
-        return OptimizerConfig(**{k: v for k, v in values.items() if k in takes})
+        values = {"lr": default_lr, **OPTIMIZER_PARAMS[kind], **group_defaults, **self.model_dump(exclude_none=True)}
+        return OptimizerConfig(type=kind, **{k: v for k, v in values.items() if k in {"lr", *OPTIMIZER_PARAMS[kind]}})
 
 
 class SchedulerConfig(StrictModel):

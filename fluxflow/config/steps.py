@@ -333,11 +333,9 @@ def replicate_issues(written: list, replicates: ReplicatesConfig | None) -> list
     if replicates is None:
         return []
     names = [step.name for step in written]
-    issues = []
-    for i, name in enumerate(replicates.from_steps or []):
-        if name not in names:
-            issues.append(ConfigIssue(format_path(("training", "replicates", "from_steps", i)),
-                                      f"no step is named {name!r}{did_you_mean(name, names)}"))
+    issues = [ConfigIssue(format_path(("training", "replicates", "from_steps", i)),
+                          f"no step is named {name!r}{did_you_mean(name, names)}")
+              for i, name in enumerate(replicates.from_steps or []) if name not in names]
     if issues:
         return issues
     for name in replicated_names(written, replicates):

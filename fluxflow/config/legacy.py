@@ -134,12 +134,10 @@ def _pipeline(training: dict, notes: LegacyNotes) -> None:
     losses = {k: training.pop(k) for k in LOSS_KEYS if k in training}
     losses.update({new: training.pop(old) for old, new in STEP_DEFAULT_ALIASES.items() if old in training})
     if implicit and any(modes.values()):
-        # A single-mode config of the original tool: its modes and loss weights become one step.
-        pipeline = pipeline if isinstance(pipeline, dict) else {}
-        # The original's n_epochs defaulted to 1.
+        # A single-mode config of the original tool: its modes and loss weights become one step (of n_epochs 1 unless
+        # training sets it: the original's default).
         epochs = {} if "n_epochs" in training else {"n_epochs": 1}
-        pipeline["steps"] = [{"name": LEGACY_STEP_NAME, **epochs, **modes, **losses}]
-        training["pipeline"] = pipeline
+        training["pipeline"] = {**(pipeline or {}), "steps": [{"name": LEGACY_STEP_NAME, **epochs, **modes, **losses}]}
         notes.warnings.append(f"training: no pipeline steps given; the training modes "
                               f"({', '.join(k for k, v in modes.items() if v)}) run as one step "
                               f"named '{LEGACY_STEP_NAME}'")

@@ -413,14 +413,13 @@ def _step_issues(i: int, step: StepConfig, p: Pieces) -> tuple[list[ConfigIssue]
     """Issues of one step, and whether it uses LPIPS."""
     at = lambda *keys: format_path((*STEPS, i, *keys))  # noqa: E731 - short path builder
     issues: list[ConfigIssue] = []
-    globals_ = p.globals_
     try:
-        s = resolve_step(i, step, p.defaults, globals_, None)
+        s = resolve_step(i, step, p.defaults, p.globals_, None)
     except MissingStepValue as missing:
         if missing.field != "dataset" or p.datasets is not None:
             issues.append(ConfigIssue(at(missing.field), missing.message))
         # Go on with placeholders so that the step's other problems are reported too.
-        placeholders = {**globals_, "n_epochs": globals_["n_epochs"] or 1, "dataset": globals_["dataset"] or ""}
+        placeholders = {**p.globals_, "n_epochs": p.globals_["n_epochs"] or 1, "dataset": p.globals_["dataset"] or ""}
         s = resolve_step(i, step, p.defaults, placeholders, None)
     if not any(getattr(s, m) for m in modes.PRIMARY_MODES):
         extra = " (train_spade and use_lpips only modify a VAE/GAN step)" if s.train_spade or s.use_lpips else ""
@@ -457,10 +456,9 @@ def _freeze_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigIssue]:
     step trains the rest), unless it leaves nothing to train."""
     issues = []
     trainable = modes.trainable_components(s)
-    freeze, unfreeze = given.get("freeze", []), given.get("unfreeze", [])
-    for which, names in (("freeze", freeze), ("unfreeze", unfreeze)):
+    for which in ("freeze", "unfreeze"):
         note = _inherited(step, which)
-        for j, name in enumerate(names):
+        for j, name in enumerate(given.get(which, [])):
             if name not in modes.COMPONENTS:
                 issues.append(ConfigIssue(at(which, j), _unknown("component", name, modes.COMPONENTS) + note))
             elif which == "unfreeze" and name not in trainable:

@@ -333,11 +333,10 @@ def per_epoch_schedulers(pipeline: dict, notes: LegacyNotes) -> None:
     for path, block in _step_blocks(pipeline):
         inherited = {} if path == "training.pipeline.defaults" else defaults
         for group, scheduler in (get_in(block, "optimization", "schedulers") or {}).items():
-            parent = inherited.get(group) if isinstance(inherited.get(group), dict) else {}
-            if not isinstance(scheduler, dict) or "interval" in scheduler or "interval" in parent:
+            parent = get_in(inherited, group) or {}
+            if not isinstance(scheduler, dict) or "interval" in scheduler or "interval" in parent \
+                    or (scheduler.get("type") or parent.get("type")) in EPOCH_ONLY:  # always per epoch anyway
                 continue
-            if (scheduler.get("type") or parent.get("type")) in EPOCH_ONLY:
-                continue  # always per epoch anyway
             scheduler["interval"] = "epoch"
             notes.warnings.append(f"{path}.optimization.schedulers.{group}: interval: epoch, as the original tool "
                                   "stepped its schedulers once per epoch (new configs default to interval: step, "

@@ -308,14 +308,10 @@ def semantic_issues(p: Pieces) -> list[ConfigIssue]:
     issues = _name_issues(names) + _dag_issues(names, afters) + _dataset_issues(p) + _size_issues(p)
     issues += text_encoder_issues(p.model) + defaults_optimization_issues(p.defaults)
     issues += checkpoint_issues(p.model_checkpoint)
-    lpips_steps = []
-    for i, step in enumerate(p.steps):
-        if step is None or p.defaults is None:
-            continue
-        step_issues, uses_lpips = _step_issues(i, step, p)
-        issues += step_issues
-        lpips_steps += [i] if uses_lpips else []
-    return issues + lpips_issues(lpips_steps)
+    checked = {i: _step_issues(i, step, p) for i, step in enumerate(p.steps)  # index -> (issues, uses LPIPS)
+               if step is not None and p.defaults is not None}
+    issues += [issue for step_issues, _ in checked.values() for issue in step_issues]
+    return issues + lpips_issues([i for i, (_, uses_lpips) in checked.items() if uses_lpips])
 
 
 def _unknown(kind: str, value: str, known) -> str:

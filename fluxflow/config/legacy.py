@@ -49,8 +49,8 @@ OUTPUT_NO_EFFECT = {
 }
 MODE_KEYS = ("train_vae", "gan_training", "use_lpips", "train_spade", "train_diff", "train_diff_full")
 LOSS_KEYS = ("kl_beta", "kl_warmup_steps", "kl_free_bits", "lambda_adv", "lambda_lpips")
-# training.<key> of the original that are step fields here under another name: defaults of every step.
-STEP_DEFAULT_ALIASES = {"initial_clipping_norm": "grad_clip"}
+# training.<key> of the original that are step fields here (key -> name here): defaults of every step.
+STEP_DEFAULT_KEYS = {**{key: key for key in LOSS_KEYS}, "initial_clipping_norm": "grad_clip"}
 LEGACY_STEP_NAME = "train"
 
 
@@ -131,8 +131,7 @@ def _pipeline(training: dict, notes: LegacyNotes) -> None:
         training["pipeline"] = pipeline = {"steps": pipeline}
     implicit = pipeline is None or (isinstance(pipeline, dict) and "steps" not in pipeline)
     modes = {k: training.pop(k) for k in MODE_KEYS if k in training}
-    losses = {k: training.pop(k) for k in LOSS_KEYS if k in training}
-    losses.update({new: training.pop(old) for old, new in STEP_DEFAULT_ALIASES.items() if old in training})
+    losses = {new: training.pop(old) for old, new in STEP_DEFAULT_KEYS.items() if old in training}
     if implicit and any(modes.values()):
         # A single-mode config of the original tool: its modes and loss weights become one step (of n_epochs 1 unless
         # training sets it: the original's default).

@@ -140,13 +140,7 @@ def promotion_issues(config) -> list[ConfigIssue]:
         return issues + [ConfigIssue("promotion.metric", f"{promotion.metric!r} is not a metric of a text-to-image "
                                                          f"model{did_you_mean(promotion.metric, PROMOTION_METRICS)}; "
                                                          f"metrics: {', '.join(PROMOTION_METRICS)}")]
-    return issues + _metric_issues(config, capable)
-
-
-def _metric_issues(config, capable: set[str]) -> list[ConfigIssue]:
-    """The metric exists on every registered step's evaluation set, and the direction is the metric's own.
-    `capable`: the steps that train a text-to-image model (the others are reported by promotion_issues)."""
-    issues = []
+    # The metric exists on every registered step's evaluation set, and the direction is the metric's own.
     for name in [name for name in registered_steps(config) if name in capable]:  # the others: reported above
         metric, direction = promotion_metric(config, name)
         dataset = evaluation_dataset(config, name)

@@ -96,6 +96,7 @@ class StrictModel(BaseModel):
 
 
 INT64 = 2**63
+CONTAINERS = (list, tuple, dict)  # no union of a config model has two kinds of them as arms
 
 
 def number_problem(annotation: Any, value: Any) -> tuple[str, tuple, Any] | None:
@@ -104,8 +105,9 @@ def number_problem(annotation: Any, value: Any) -> tuple[str, tuple, Any] | None
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Annotated:
         return number_problem(args[0], value)
-    if origin in (typing.Union, types.UnionType):  # wrong for every arm that takes a value of its shape
-        found = [number_problem(arm, value) for arm in args if arm is not type(None) and _same_shape(arm, value)]
+    if origin in (typing.Union, types.UnionType):  # wrong for every arm that is a container if the value is one
+        shaped = [arm for arm in args if (typing.get_origin(arm) in CONTAINERS) == isinstance(value, CONTAINERS)]
+        found = [number_problem(arm, value) for arm in shaped if arm is not type(None)]
         return found[0] if found and all(found) else None
     if isinstance(value, bool) and (annotation in (int, float) or origin is Literal and value in args):  # True == 1
         return "must be a number, not true/false", (), value
@@ -121,11 +123,6 @@ def number_problem(annotation: Any, value: Any) -> tuple[str, tuple, Any] | None
         if problem := number_problem(kind, item):
             return problem[0], (at, *problem[1]), problem[2]
     return None
-
-
-def _same_shape(annotation: Any, value: Any) -> bool:
-    container = {list: (list, tuple), tuple: (list, tuple), dict: dict}.get(typing.get_origin(annotation))
-    return isinstance(value, container) if container else not isinstance(value, (list, tuple, dict))
 
 
 class OmitsDefaults(StrictModel):

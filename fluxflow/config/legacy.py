@@ -265,7 +265,13 @@ def map_step(step: dict, path: str, notes: LegacyNotes) -> None:
             else:
                 step[new] = value
     notes.drop(step, STEP_NO_EFFECT, path, report_false=REPORT_FALSE)
-    _train_kl(step, path, notes)
+    # train_kl: false switched the KL term off; here that is kl_beta 0. true is what always happens here.
+    train_kl = step.pop("train_kl", None)  # absent or null: nothing to map
+    if train_kl is False:
+        step["kl_beta"] = 0.0
+        notes.warnings.append(f"{path}.train_kl: false is kl_beta: 0 here (no KL loss)")
+    elif train_kl is not True and train_kl is not None:
+        notes.issues.append(ConfigIssue(f"{path}.train_kl", f"must be true or false (got {train_kl!r})"))
     for field in ("freeze", "unfreeze"):
         names = step.get(field)
         if isinstance(names, list):
@@ -282,16 +288,6 @@ def map_step(step: dict, path: str, notes: LegacyNotes) -> None:
     if isinstance(metric, str) and metric in METRIC_ALIASES:
         transition["metric"] = METRIC_ALIASES[metric]
         notes.warnings.append(f"{path}.transition_on.metric: '{metric}' is called '{transition['metric']}' here")
-
-
-def _train_kl(step: dict, path: str, notes: LegacyNotes) -> None:
-    """train_kl: false switched the KL term off; here that is kl_beta 0. true is what always happens here."""
-    value = step.pop("train_kl", None)  # absent or null: nothing to map
-    if value is False:
-        step["kl_beta"] = 0.0
-        notes.warnings.append(f"{path}.train_kl: false is kl_beta: 0 here (no KL loss)")
-    elif value is not True and value is not None:
-        notes.issues.append(ConfigIssue(f"{path}.train_kl", f"must be true or false (got {value!r})"))
 
 
 def _optimizer(optimizer: dict, path: str, notes: LegacyNotes) -> None:

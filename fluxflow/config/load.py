@@ -151,8 +151,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
         raise ConfigError([ConfigIssue("(file)", "is empty; a config needs at least training.pipeline.steps")], label)
     if not isinstance(raw, dict):
         raise ConfigError([ConfigIssue("(file)", f"must be a mapping of sections, not {type(raw).__name__}")], label)
-    if overrides:
-        raw = apply_overrides(raw, overrides, label)
+    raw = apply_overrides(raw, overrides, label)
 
     raw, warnings, issues = apply_legacy(raw)
     raw = with_pretrained_width(raw)

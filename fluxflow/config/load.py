@@ -302,8 +302,7 @@ def _parse(model: Any, value: Any) -> Any:
 
 
 def semantic_issues(p: Pieces) -> list[ConfigIssue]:
-    names, afters = ([s.get(key) if isinstance(s, dict) and isinstance(s.get(key), str) else None
-                      for s in p.raw_steps] for key in ("name", "after"))
+    names, afters = ([get_in(step, key, kind=str) for step in p.raw_steps] for key in ("name", "after"))
     issues = _name_issues(names) + _dag_issues(names, afters) + _dataset_issues(p) + _size_issues(p)
     issues += text_encoder_issues(p.model) + defaults_optimization_issues(p.defaults)
     issues += checkpoint_issues(p.model_checkpoint)

@@ -61,10 +61,9 @@ def apply_legacy(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[C
                            ("training", TRAINING_NO_EFFECT), ("output", OUTPUT_NO_EFFECT)):
         notes.drop(get_in(raw, section) or {}, table, section)
     _top_level_optimization(raw, notes)
-    training = get_in(raw, "training")
-    if training is not None:
-        _precision(training, notes)
-        _pipeline(training, notes)
+    training = get_in(raw, "training") or {}  # none: nothing to map (its absence is the schema's to report)
+    _precision(training, notes)
+    _pipeline(training, notes)
     _folder_dataset(raw, notes)  # after _pipeline, which may have built the pipeline block
     _sample_sizes(raw, notes)
     pipeline = get_in(raw, "training", "pipeline")
@@ -204,7 +203,7 @@ def get_in(parent: Any, *keys: str, kind: type = dict) -> Any:
 
 def _step_blocks(pipeline: dict) -> list[tuple[str, Any]]:
     """(path, block) of `training.pipeline.defaults` and of every step; a block need not be a mapping."""
-    steps = pipeline.get("steps") if isinstance(pipeline.get("steps"), list) else []
+    steps = get_in(pipeline, "steps", kind=list) or []
     return [("training.pipeline.defaults", pipeline.get("defaults")),
             *((f"training.pipeline.steps[{i}]", step) for i, step in enumerate(steps))]
 

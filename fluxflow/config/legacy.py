@@ -224,8 +224,6 @@ STEP_NO_EFFECT = {
     "instance_noise_std": INSTANCE_NOISE, "instance_noise_decay": INSTANCE_NOISE,
     "num_train_timesteps": FLOW_TIME, "start_step": FLOW_TIME,
 }
-# Keys whose false asks to turn off something that is always on here: reported too.
-REPORT_FALSE = {"use_ema"}
 COMPONENT_ALIASES = {"flow": "flow_processor", "D_img": "discriminator"}
 METRIC_ALIASES = {"vae": "vae_loss", "recon": "vae_loss", "recon_loss": "vae_loss", "kl": "kl_loss",
                   "generator": "g_loss", "discriminator": "d_loss", "lpips": "lpips_loss", "flow": "flow_loss"}
@@ -263,7 +261,7 @@ def map_step(step: dict, path: str, notes: LegacyNotes) -> None:
                 notes.warnings.append(f"{path}.{old}: has no effect here because {new} is given")
             else:
                 step[new] = value
-    notes.drop(step, STEP_NO_EFFECT, path, report_false=REPORT_FALSE)
+    notes.drop(step, STEP_NO_EFFECT, path, report_false={"use_ema"})  # use_ema: false asks to turn EMA off
     # train_kl: false switched the KL term off; here that is kl_beta 0. true is what always happens here.
     train_kl = step.pop("train_kl", None)  # absent or null: nothing to map
     if train_kl is False:

@@ -22,14 +22,6 @@ def describe_dataset(ds: DatasetConfig) -> str:
     return f"{ds.type} ({detail}; {ds.holdout} held out)"
 
 
-def describe_transition(step: ResolvedStep) -> str:
-    t = step.transition_on
-    if t.mode == "epoch":
-        return f"epoch (after {step.n_epochs} epoch{'s' if step.n_epochs != 1 else ''})"
-    return (f"loss_threshold ({t.metric} < {t.threshold} averaged over {t.window} batches, "
-            f"max {t.max_epochs} epochs, then {step.on_missed})")
-
-
 def format_summary(config: PipelineConfig) -> str:
     steps = config.resolved_steps()
     children = Counter(s.parent for s in steps)
@@ -72,7 +64,10 @@ def format_summary(config: PipelineConfig) -> str:
         terms = modes.image_stat_terms(step)
         if terms:
             lines.append("  Image statistics: " + ", ".join(f"{t} {getattr(step, f'lambda_{t}'):g}" for t in terms))
-        lines.append(f"  Transition: {describe_transition(step)}")
+        t = step.transition_on
+        lines.append(f"  Transition: epoch (after {epochs})" if t.mode == "epoch" else
+                     f"  Transition: loss_threshold ({t.metric} < {t.threshold} averaged over {t.window} batches, "
+                     f"max {t.max_epochs} epochs, then {step.on_missed})")
         size = f", {step.img_size}x{step.img_size}" if step.img_size != config.data.img_size else ""
         lines.append(f"  Dataset: {step.dataset}, batch {step.batch_size}{size}")
         optimizers = ", ".join(f"{g} {o.type} lr={o.lr:g}" for g, o in step.optimization.optimizers.items())

@@ -148,7 +148,15 @@ def _pipeline(training: dict, notes: LegacyNotes) -> None:
             defaults = pipeline.setdefault("defaults", {})
             if isinstance(defaults, dict):
                 defaults.update({key: value for key, value in losses.items() if key not in defaults})
-        map_pipeline(pipeline, notes)
+        # Every step, the defaults and the datasets.
+        notes.drop(pipeline, {"mode": "steps run in file order, or after the step named by their `after:`"},
+                   "training.pipeline")
+        for path, block in _step_blocks(pipeline):
+            if isinstance(block, dict):
+                map_step(block, path, notes)
+        for name, dataset in (get_in(pipeline, "datasets") or {}).items():
+            if isinstance(dataset, dict):
+                map_dataset(dataset, f"training.pipeline.datasets.{name}", notes)
 
 
 def _sample_sizes(raw: dict, notes: LegacyNotes) -> None:
@@ -239,18 +247,6 @@ DATASET_NO_EFFECT = {
 DATASET_RENAMES = {"image_folder": "path", "webdataset_url": "urls", "webdataset_size": "length",
                    "num_samples": "size"}
 NOISE_NO_EFFECT = {"dimensions": "images are data.img_size square", "noise_std": "the shapes images are not noise"}
-
-
-def map_pipeline(pipeline: dict, notes: LegacyNotes) -> None:
-    """Every step, the defaults and the datasets of a `training.pipeline` mapping."""
-    notes.drop(pipeline, {"mode": "steps run in file order, or after the step named by their `after:`"},
-               "training.pipeline")
-    for path, block in _step_blocks(pipeline):
-        if isinstance(block, dict):
-            map_step(block, path, notes)
-    for name, dataset in (get_in(pipeline, "datasets") or {}).items():
-        if isinstance(dataset, dict):
-            map_dataset(dataset, f"training.pipeline.datasets.{name}", notes)
 
 
 def map_step(step: dict, path: str, notes: LegacyNotes) -> None:

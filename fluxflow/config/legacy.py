@@ -161,10 +161,7 @@ def _pipeline(training: dict, notes: LegacyNotes) -> None:
 
 def _sample_sizes(raw: dict, notes: LegacyNotes) -> None:
     """The original accepted 512, "512", "768x512" and [768, 512]; only square sizes are sampled here."""
-    sizes = get_in(raw, "output", "sample_sizes", kind=list)
-    if sizes is None:
-        return
-    kept = []
+    sizes, kept = get_in(raw, "output", "sample_sizes", kind=list) or [], []
     for i, spec in enumerate(sizes):
         if isinstance(spec, str) and "x" in spec.lower():
             spec = spec.lower().split("x", 1)

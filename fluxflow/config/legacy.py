@@ -140,9 +140,8 @@ def _pipeline(training: dict, notes: LegacyNotes) -> None:
                               f"({', '.join(k for k, v in modes.items() if v)}) run as one step "
                               f"named '{LEGACY_STEP_NAME}'")
         return
-    for key in [k for k, v in modes.items() if v]:
-        notes.warnings.append(f"training.{key}: has no effect here (each step of training.pipeline.steps "
-                              f"sets its own training modes)")
+    notes.warnings += [f"training.{key}: has no effect here (each step of training.pipeline.steps sets its own "
+                       "training modes)" for key, on in modes.items() if on]
     if isinstance(pipeline, dict):
         if losses:  # the original's global loss weights: defaults for every step that sets none
             defaults = pipeline.setdefault("defaults", {})
@@ -263,12 +262,11 @@ def map_step(step: dict, path: str, notes: LegacyNotes) -> None:
     elif train_kl is not True and train_kl is not None:
         notes.issues.append(ConfigIssue(f"{path}.train_kl", f"must be true or false (got {train_kl!r})"))
     for field in ("freeze", "unfreeze"):
-        names = step.get(field)
-        if isinstance(names, list):
-            for i, name in enumerate(names):
-                if isinstance(name, str) and name in COMPONENT_ALIASES:  # a non-text entry: the schema reports it
-                    names[i] = COMPONENT_ALIASES[name]
-                    notes.warnings.append(f"{path}.{field}[{i}]: '{name}' is called '{names[i]}' here")
+        names = get_in(step, field, kind=list) or []
+        for i, name in enumerate(names):
+            if isinstance(name, str) and name in COMPONENT_ALIASES:  # a non-text entry: the schema reports it
+                names[i] = COMPONENT_ALIASES[name]
+                notes.warnings.append(f"{path}.{field}[{i}]: '{name}' is called '{names[i]}' here")
     for group, optimizer in (get_in(step, "optimization", "optimizers") or {}).items():
         if isinstance(optimizer, dict):
             _optimizer(optimizer, f"{path}.optimization.optimizers.{group}", notes)

@@ -76,14 +76,13 @@ def _top_level_optimization(raw: dict, notes: LegacyNotes) -> None:
     if get_in(raw, "optimization") is None:
         return
     for key, value in raw.pop("optimization").items():
-        if key == "optim_sched_config":
-            if value is not None:
-                notes.warnings.append("optimization.optim_sched_config: has no effect here (give each step an "
-                                      "optimization block, or one in training.pipeline.defaults)")
-        else:
+        if key != "optim_sched_config":
             notes.issues.append(ConfigIssue(f"optimization.{key}", "unknown key: optimizers and schedulers are set "
                                             "per step (training.pipeline.steps[i].optimization) or in "
                                             "training.pipeline.defaults.optimization"))
+        elif value is not None:
+            notes.warnings.append("optimization.optim_sched_config: has no effect here (give each step an "
+                                  "optimization block, or one in training.pipeline.defaults)")
 
 
 def _folder_dataset(raw: dict, notes: LegacyNotes) -> None:
@@ -247,12 +246,11 @@ NOISE_NO_EFFECT = {"dimensions": "images are data.img_size square", "noise_std":
 
 def map_step(step: dict, path: str, notes: LegacyNotes) -> None:
     for old, new in STEP_ALIASES.items():
-        if old in step:
-            value = step.pop(old)
-            if new in step:
-                notes.warnings.append(f"{path}.{old}: has no effect here because {new} is given")
-            else:
-                step[new] = value
+        if old in step and new in step:
+            del step[old]
+            notes.warnings.append(f"{path}.{old}: has no effect here because {new} is given")
+        elif old in step:
+            step[new] = step.pop(old)
     notes.drop(step, STEP_NO_EFFECT, path, report_false={"use_ema"})  # use_ema: false asks to turn EMA off
     # train_kl: false switched the KL term off; here that is kl_beta 0. true is what always happens here.
     train_kl = step.pop("train_kl", None)  # absent or null: nothing to map

@@ -27,7 +27,6 @@ def format_summary(config: PipelineConfig) -> str:
     children = Counter(s.parent for s in steps)
     bounded = any(s.transition_on.mode == "loss_threshold" for s in steps)
     total = sum(s.transition_on.max_epochs for s in steps)
-    pipe = config.training.pipeline
     lines = [
         "✅ Pipeline validation passed!",
         "",
@@ -49,7 +48,7 @@ def format_summary(config: PipelineConfig) -> str:
         lines.append(f"  Executor: Ray cluster at {config.training.executor.ray_address()} (each step a Ray task with "
                      "its resources)")
     lines.append("  Datasets:")
-    lines += [f"    {name}: {describe_dataset(ds)}" for name, ds in pipe.datasets.items()]
+    lines += [f"    {name}: {describe_dataset(ds)}" for name, ds in config.training.pipeline.datasets.items()]
     for step in steps:
         epochs = f"{step.n_epochs} epoch{'s' if step.n_epochs != 1 else ''}"
         limit = f", max {step.max_steps} batches/epoch" if step.max_steps else ""

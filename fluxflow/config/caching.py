@@ -68,9 +68,9 @@ def _common_blocker(step: Any, field: str, dataset_type: str) -> str | None:
     return None
 
 
-def describe_choice(choice: CacheChoice, where: Path | None = None) -> str:
+def describe_choice(choice: CacheChoice, where: Path) -> str:
     """'on (in <where>)', 'off (cache_latents: false)', or 'off, although requested: <why>' for the validation
     summary."""
     if choice.on:
-        return f"on (in {where})" if where else "on"
+        return f"on (in {where})"
     return f"off, although requested: {choice.why_off}" if choice.requested else f"off ({choice.why_off})"

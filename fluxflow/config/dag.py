@@ -54,17 +54,14 @@ def descendants(steps: Sequence[StepNode], names: Iterable[str]) -> list[str]:
 
 def execution_order(steps: Sequence[StepNode]) -> list:
     """Parents before children, file order otherwise."""
-    by_name = {s.name: s for s in steps}
-    ordered, placed = [], set()
+    by_name, ordered = {s.name: s for s in steps}, {}
 
     def place(step) -> None:
-        if step.name in placed:
-            return
-        if step.parent is not None:
+        if step.parent is not None and step.parent not in ordered:
             place(by_name[step.parent])
-        placed.add(step.name)
-        ordered.append(step)
+        ordered[step.name] = step
 
     for step in steps:
-        place(step)
-    return ordered
+        if step.name not in ordered:
+            place(step)
+    return list(ordered.values())

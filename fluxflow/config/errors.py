@@ -56,7 +56,5 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' (did you mean 'train_vae'?)' for a near miss or a known synonym, '' when nothing is close."""
     choices = sorted(set(choices))
     synonym = SYNONYMS.get(str(word).lower())
-    if synonym in choices:
-        return f" (did you mean '{synonym}'?)"
-    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    close = [synonym] if synonym in choices else difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""

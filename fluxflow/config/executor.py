@@ -24,8 +24,8 @@ from pydantic import Field, field_validator
 from fluxflow.config.errors import ConfigIssue, format_path
 from fluxflow.config.optim import StrictModel
 
-# Names Ray keeps for its own accounting: asked for through the fields of StepResources instead.
-RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+# Names Ray keeps for its own accounting -> the field of StepResources that asks for them instead.
+RESERVED_RESOURCES = {"CPU": "cpus", "GPU": "gpus", "memory": "memory", "object_store_memory": "memory"}
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
           "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
@@ -79,16 +79,11 @@ def resources_issues(config) -> list[ConfigIssue]:
                                       "below 1; above that ask for a whole number"))
         for name, amount in resources.custom.items():
             if name in RESERVED_RESOURCES:
-                field = {"CPU": "cpus", "GPU": "gpus"}.get(name, "memory")
                 issues.append(ConfigIssue(format_path(loc + ("custom", name)), f"is Ray's own resource: set "
-                                          f"resources.{field} instead"))
+                                          f"resources.{RESERVED_RESOURCES[name]} instead"))
             elif amount <= 0:
                 issues.append(ConfigIssue(format_path(loc + ("custom", name)), f"{amount:g}: must be above 0"))
     return issues
-
-
-RAY_MISSING = ("is {nodes}: a step across nodes trains through Ray Train, which is not installed "
-               "(pip install 'fluxflow-pipelines[cluster]')")
 
 
 def process_issues(config) -> list[ConfigIssue]:
@@ -96,14 +91,12 @@ def process_issues(config) -> list[ConfigIssue]:
     issues = []
     # find_spec: whether Ray is there, without the second its import costs (`--validate-pipeline` stays light).
     if dist.uses_ray_train and importlib.util.find_spec("ray") is None:
-        issues.append(ConfigIssue("training.distributed.nodes", RAY_MISSING.format(nodes=dist.nodes)))
+        issues.append(ConfigIssue("training.distributed.nodes", f"is {dist.nodes}: a step across nodes trains through "
+                                  "Ray Train, which is not installed (pip install 'fluxflow-pipelines[cluster]')"))
     if dist.uses_ray_train and config.training.executor.kind != "ray":
         issues.append(ConfigIssue("training.distributed.nodes", f"is {dist.nodes}: a step across nodes trains on a "
                                   "Ray cluster, which needs training.executor.kind: ray"))
-    if dist.processes > 1:
-        for step in config.written_steps():
-            if step.batch_size % dist.processes:
-                issues.append(ConfigIssue(f"training.pipeline.steps[{step.index}].batch_size",
-                                          f"{step.batch_size} is not divisible by the step's {dist.processes} "
-                                          "processes (training.distributed: nodes × nproc_per_node)"))
-    return issues
+    return issues + [ConfigIssue(f"training.pipeline.steps[{step.index}].batch_size",
+                                 f"{step.batch_size} is not divisible by the step's {dist.processes} processes "
+                                 "(training.distributed: nodes × nproc_per_node)")
+                     for step in config.written_steps() if step.batch_size % dist.processes]  # any % 1 is 0

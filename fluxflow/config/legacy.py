@@ -49,8 +49,8 @@ OUTPUT_NO_EFFECT = {
 }
 MODE_KEYS = ("train_vae", "gan_training", "use_lpips", "train_spade", "train_diff", "train_diff_full")
 LOSS_KEYS = ("kl_beta", "kl_warmup_steps", "kl_free_bits", "lambda_adv", "lambda_lpips")
-# training.<key> of the original that are step fields here under another name: defaults of every step.
-STEP_DEFAULT_ALIASES = {"initial_clipping_norm": "grad_clip"}
+# training.<key> of the original that are step fields here (key -> name here): defaults of every step.
+STEP_DEFAULT_KEYS = {**{key: key for key in LOSS_KEYS}, "initial_clipping_norm": "grad_clip"}
 LEGACY_STEP_NAME = "train"
 
 
@@ -61,10 +61,9 @@ def apply_legacy(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[C
                            ("training", TRAINING_NO_EFFECT), ("output", OUTPUT_NO_EFFECT)):
         notes.drop(get_in(raw, section) or {}, table, section)
     _top_level_optimization(raw, notes)
-    training = get_in(raw, "training")
-    if training is not None:
-        _precision(training, notes)
-        _pipeline(training, notes)
+    training = get_in(raw, "training") or {}  # none: nothing to map (its absence is the schema's to report)
+    _precision(training, notes)
+    _pipeline(training, notes)
     _folder_dataset(raw, notes)  # after _pipeline, which may have built the pipeline block
     _sample_sizes(raw, notes)
     pipeline = get_in(raw, "training", "pipeline")
@@ -74,26 +73,21 @@ def apply_legacy(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[C
 
 
 def _top_level_optimization(raw: dict, notes: LegacyNotes) -> None:
-    body = raw.get("optimization") if isinstance(raw, dict) else None
-    if not isinstance(body, dict):
+    if get_in(raw, "optimization") is None:
         return
-    raw.pop("optimization")
-    for key in body:
-        if key == "optim_sched_config":
-            if body[key] is not None:
-                notes.warnings.append("optimization.optim_sched_config: has no effect here (give each step an "
-                                      "optimization block, or one in training.pipeline.defaults)")
-        else:
+    for key, value in raw.pop("optimization").items():
+        if key != "optim_sched_config":
             notes.issues.append(ConfigIssue(f"optimization.{key}", "unknown key: optimizers and schedulers are set "
                                             "per step (training.pipeline.steps[i].optimization) or in "
                                             "training.pipeline.defaults.optimization"))
+        elif value is not None:
+            notes.warnings.append("optimization.optim_sched_config: has no effect here (give each step an "
+                                  "optimization block, or one in training.pipeline.defaults)")
 
 
 def _folder_dataset(raw: dict, notes: LegacyNotes) -> None:
     """data.data_path + data.captions_file are the folder dataset `default` unless the pipeline declares datasets."""
-    data = get_in(raw, "data")
-    if data is None or not ({"data_path", "captions_file"} & set(data)):
-        return
+    data = get_in(raw, "data") or {}
     path, captions = data.pop("data_path", None), data.pop("captions_file", None)
     if not path and not captions:
         return
@@ -135,36 +129,37 @@ def _pipeline(training: dict, notes: LegacyNotes) -> None:
         training["pipeline"] = pipeline = {"steps": pipeline}
     implicit = pipeline is None or (isinstance(pipeline, dict) and "steps" not in pipeline)
     modes = {k: training.pop(k) for k in MODE_KEYS if k in training}
-    losses = {k: training.pop(k) for k in LOSS_KEYS if k in training}
-    losses.update({new: training.pop(old) for old, new in STEP_DEFAULT_ALIASES.items() if old in training})
+    losses = {new: training.pop(old) for old, new in STEP_DEFAULT_KEYS.items() if old in training}
     if implicit and any(modes.values()):
-        # A single-mode config of the original tool: its modes and loss weights become one step.
-        pipeline = pipeline if isinstance(pipeline, dict) else {}
-        # The original's n_epochs defaulted to 1.
+        # A single-mode config of the original tool: its modes and loss weights become one step (of n_epochs 1 unless
+        # training sets it: the original's default).
         epochs = {} if "n_epochs" in training else {"n_epochs": 1}
-        pipeline["steps"] = [{"name": LEGACY_STEP_NAME, **epochs, **modes, **losses}]
-        training["pipeline"] = pipeline
+        training["pipeline"] = {**(pipeline or {}), "steps": [{"name": LEGACY_STEP_NAME, **epochs, **modes, **losses}]}
         notes.warnings.append(f"training: no pipeline steps given; the training modes "
                               f"({', '.join(k for k, v in modes.items() if v)}) run as one step "
                               f"named '{LEGACY_STEP_NAME}'")
         return
-    for key in [k for k, v in modes.items() if v]:
-        notes.warnings.append(f"training.{key}: has no effect here (each step of training.pipeline.steps "
-                              f"sets its own training modes)")
+    notes.warnings += [f"training.{key}: has no effect here (each step of training.pipeline.steps sets its own "
+                       "training modes)" for key, on in modes.items() if on]
     if isinstance(pipeline, dict):
         if losses:  # the original's global loss weights: defaults for every step that sets none
             defaults = pipeline.setdefault("defaults", {})
             if isinstance(defaults, dict):
                 defaults.update({key: value for key, value in losses.items() if key not in defaults})
-        map_pipeline(pipeline, notes)
+        # Every step, the defaults and the datasets.
+        notes.drop(pipeline, {"mode": "steps run in file order, or after the step named by their `after:`"},
+                   "training.pipeline")
+        for path, block in _step_blocks(pipeline):
+            if isinstance(block, dict):
+                map_step(block, path, notes)
+        for name, dataset in (get_in(pipeline, "datasets") or {}).items():
+            if isinstance(dataset, dict):
+                map_dataset(dataset, f"training.pipeline.datasets.{name}", notes)
 
 
 def _sample_sizes(raw: dict, notes: LegacyNotes) -> None:
     """The original accepted 512, "512", "768x512" and [768, 512]; only square sizes are sampled here."""
-    sizes = get_in(raw, "output", "sample_sizes", kind=list)
-    if sizes is None:
-        return
-    kept = []
+    sizes, kept = get_in(raw, "output", "sample_sizes", kind=list) or [], []
     for i, spec in enumerate(sizes):
         if isinstance(spec, str) and "x" in spec.lower():
             spec = spec.lower().split("x", 1)
@@ -197,11 +192,9 @@ class LegacyNotes:
                 self.dropped.setdefault((path, reasons[key]), []).append(key)
 
     def all_warnings(self) -> list[str]:
-        lines = []
-        for (path, reason), keys in self.dropped.items():
-            names = f"{path}.{keys[0]}: has" if len(keys) == 1 else f"{path}.{{{', '.join(keys)}}}: have"
-            lines.append(f"{names} no effect here ({reason})")
-        return lines + self.warnings
+        return [f"{path}.{keys[0]}: has no effect here ({reason})" if len(keys) == 1 else
+                f"{path}.{{{', '.join(keys)}}}: have no effect here ({reason})"
+                for (path, reason), keys in self.dropped.items()] + self.warnings
 
 
 def get_in(parent: Any, *keys: str, kind: type = dict) -> Any:
@@ -213,7 +206,7 @@ def get_in(parent: Any, *keys: str, kind: type = dict) -> Any:
 
 def _step_blocks(pipeline: dict) -> list[tuple[str, Any]]:
     """(path, block) of `training.pipeline.defaults` and of every step; a block need not be a mapping."""
-    steps = pipeline.get("steps") if isinstance(pipeline.get("steps"), list) else []
+    steps = get_in(pipeline, "steps", kind=list) or []
     return [("training.pipeline.defaults", pipeline.get("defaults")),
             *((f"training.pipeline.steps[{i}]", step) for i, step in enumerate(steps))]
 
@@ -234,8 +227,6 @@ STEP_NO_EFFECT = {
     "instance_noise_std": INSTANCE_NOISE, "instance_noise_decay": INSTANCE_NOISE,
     "num_train_timesteps": FLOW_TIME, "start_step": FLOW_TIME,
 }
-# Keys whose false asks to turn off something that is always on here: reported too.
-REPORT_FALSE = {"use_ema"}
 COMPONENT_ALIASES = {"flow": "flow_processor", "D_img": "discriminator"}
 METRIC_ALIASES = {"vae": "vae_loss", "recon": "vae_loss", "recon_loss": "vae_loss", "kl": "kl_loss",
                   "generator": "g_loss", "discriminator": "d_loss", "lpips": "lpips_loss", "flow": "flow_loss"}
@@ -253,52 +244,36 @@ DATASET_RENAMES = {"image_folder": "path", "webdataset_url": "urls", "webdataset
 NOISE_NO_EFFECT = {"dimensions": "images are data.img_size square", "noise_std": "the shapes images are not noise"}
 
 
-def map_pipeline(pipeline: dict, notes: LegacyNotes) -> None:
-    """Every step, the defaults and the datasets of a `training.pipeline` mapping."""
-    notes.drop(pipeline, {"mode": "steps run in file order, or after the step named by their `after:`"},
-               "training.pipeline")
-    for path, block in _step_blocks(pipeline):
-        if isinstance(block, dict):
-            map_step(block, path, notes)
-    for name, dataset in (get_in(pipeline, "datasets") or {}).items():
-        if isinstance(dataset, dict):
-            map_dataset(dataset, f"training.pipeline.datasets.{name}", notes)
-
-
 def map_step(step: dict, path: str, notes: LegacyNotes) -> None:
     for old, new in STEP_ALIASES.items():
-        if old in step:
-            value = step.pop(old)
-            if new in step:
-                notes.warnings.append(f"{path}.{old}: has no effect here because {new} is given")
-            else:
-                step[new] = value
-    notes.drop(step, STEP_NO_EFFECT, path, report_false=REPORT_FALSE)
-    _train_kl(step, path, notes)
-    for field in ("freeze", "unfreeze"):
-        names = step.get(field)
-        if isinstance(names, list):
-            for i, name in enumerate(names):
-                if isinstance(name, str) and name in COMPONENT_ALIASES:  # a non-text entry: the schema reports it
-                    names[i] = COMPONENT_ALIASES[name]
-                    notes.warnings.append(f"{path}.{field}[{i}]: '{name}' is called '{names[i]}' here")
-    optimizers = get_in(step, "optimization", "optimizers") or {}
-    for group, optimizer in optimizers.items():
-        if isinstance(optimizer, dict):
-            _optimizer(optimizer, f"{path}.optimization.optimizers.{group}", notes)
-    transition = get_in(step, "transition_on")
-    if transition is not None:
-        _transition(transition, f"{path}.transition_on", notes)
-
-
-def _train_kl(step: dict, path: str, notes: LegacyNotes) -> None:
-    """train_kl: false switched the KL term off; here that is kl_beta 0. true is what always happens here."""
-    value = step.pop("train_kl", None)  # absent or null: nothing to map
-    if value is False:
+        if old in step and new in step:
+            del step[old]
+            notes.warnings.append(f"{path}.{old}: has no effect here because {new} is given")
+        elif old in step:
+            step[new] = step.pop(old)
+    notes.drop(step, STEP_NO_EFFECT, path, report_false={"use_ema"})  # use_ema: false asks to turn EMA off
+    # train_kl: false switched the KL term off; here that is kl_beta 0. true is what always happens here.
+    train_kl = step.pop("train_kl", None)  # absent or null: nothing to map
+    if train_kl is False:
         step["kl_beta"] = 0.0
         notes.warnings.append(f"{path}.train_kl: false is kl_beta: 0 here (no KL loss)")
-    elif value is not True and value is not None:
-        notes.issues.append(ConfigIssue(f"{path}.train_kl", f"must be true or false (got {value!r})"))
+    elif train_kl is not True and train_kl is not None:
+        notes.issues.append(ConfigIssue(f"{path}.train_kl", f"must be true or false (got {train_kl!r})"))
+    for field in ("freeze", "unfreeze"):
+        names = get_in(step, field, kind=list) or []
+        for i, name in enumerate(names):
+            if isinstance(name, str) and name in COMPONENT_ALIASES:  # a non-text entry: the schema reports it
+                names[i] = COMPONENT_ALIASES[name]
+                notes.warnings.append(f"{path}.{field}[{i}]: '{name}' is called '{names[i]}' here")
+    for group, optimizer in (get_in(step, "optimization", "optimizers") or {}).items():
+        if isinstance(optimizer, dict):
+            _optimizer(optimizer, f"{path}.optimization.optimizers.{group}", notes)
+    transition = get_in(step, "transition_on") or {}
+    notes.drop(transition, {"value": "an epoch-mode step runs n_epochs"}, f"{path}.transition_on")
+    metric = transition.get("metric")
+    if isinstance(metric, str) and metric in METRIC_ALIASES:
+        transition["metric"] = METRIC_ALIASES[metric]
+        notes.warnings.append(f"{path}.transition_on.metric: '{metric}' is called '{transition['metric']}' here")
 
 
 def _optimizer(optimizer: dict, path: str, notes: LegacyNotes) -> None:
@@ -312,25 +287,12 @@ def _optimizer(optimizer: dict, path: str, notes: LegacyNotes) -> None:
         notes.drop(optimizer, {"decoupled_weight_decay": "a parameter of Lion; AdamW always decouples it"}, path)
 
 
-def _transition(transition: dict, path: str, notes: LegacyNotes) -> None:
-    notes.drop(transition, {"value": "an epoch-mode step runs n_epochs"}, path)
-    metric = transition.get("metric")
-    if isinstance(metric, str) and metric in METRIC_ALIASES:
-        transition["metric"] = METRIC_ALIASES[metric]
-        notes.warnings.append(f"{path}.metric: '{metric}' is called '{transition['metric']}' here")
-
-
-def _dataset_type(dataset: dict) -> str | None:
-    """The original's dataset type; it defaulted to local."""
-    kind = dataset.get("type")
-    if kind is None and not ({"image_folder", "webdataset_url", "num_samples"} & set(dataset)):
-        return None  # ours, with its type missing: the schema says so
-    return kind or "local"
-
-
 def map_dataset(dataset: dict, path: str, notes: LegacyNotes) -> None:
     """local -> folder; webdataset keys -> ours; noise (Gaussian noise images) -> the built-in shapes dataset."""
-    kind = _dataset_type(dataset)
+    kind = dataset.get("type")
+    if kind is None and not ({"image_folder", "webdataset_url", "num_samples"} & set(dataset)):
+        return  # ours, with its type missing: the schema says so
+    kind = kind or "local"  # the original's dataset type defaulted to local
     if kind not in ("local", "webdataset", "noise"):
         return
     notes.drop(dataset, DATASET_NO_EFFECT, path)
@@ -352,11 +314,10 @@ def per_epoch_schedulers(pipeline: dict, notes: LegacyNotes) -> None:
     for path, block in _step_blocks(pipeline):
         inherited = {} if path == "training.pipeline.defaults" else defaults
         for group, scheduler in (get_in(block, "optimization", "schedulers") or {}).items():
-            parent = inherited.get(group) if isinstance(inherited.get(group), dict) else {}
-            if not isinstance(scheduler, dict) or "interval" in scheduler or "interval" in parent:
+            parent = get_in(inherited, group) or {}
+            if not isinstance(scheduler, dict) or "interval" in scheduler or "interval" in parent \
+                    or (scheduler.get("type") or parent.get("type")) in EPOCH_ONLY:  # always per epoch anyway
                 continue
-            if (scheduler.get("type") or parent.get("type")) in EPOCH_ONLY:
-                continue  # always per epoch anyway
             scheduler["interval"] = "epoch"
             notes.warnings.append(f"{path}.optimization.schedulers.{group}: interval: epoch, as the original tool "
                                   "stepped its schedulers once per epoch (new configs default to interval: step, "

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import copy
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from fluxflow.config import modes
 from fluxflow.config.errors import ConfigError, ConfigIssue, did_you_mean, format_path
@@ -92,17 +90,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
     first that is not KEY=VALUE ('training.pipeline.steps.flow.lr=3e-4') or whose value is broken YAML."""
     raw, issues = copy.deepcopy(raw), []
     for text in overrides:
-        key, sep, value = text.partition("=")
+        key, sep, written = text.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
             raise ConfigError([ConfigIssue(f"--set {text}", "expected KEY=VALUE with a dotted KEY, e.g. training."
                                                             "seed=1 or training.pipeline.steps.flow.lr=3e-4")], label)
         try:
-            value = yaml.load(value, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+            value = yaml.load(written, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as exc:
             raise ConfigError([ConfigIssue(f"--set {key}", f"the value is broken YAML: {' '.join(str(exc).split())}")],
                               label) from None
-        problem = _set(raw, parts, value, text.partition("=")[2].strip())
+        problem = _set(raw, parts, value, written.strip())
         if problem:
             issues.append(ConfigIssue(f"--set {'.'.join(parts)}", problem))
     if issues:
@@ -137,8 +135,7 @@ def _set(raw: dict[str, Any], parts: list[str], value: Any, written: str) -> str
             return f"{at} is {node!r}, not a section"
         if last:
             node[part] = value
-            return None
-        if node.get(part) is None:  # absent, or an empty section (`defaults:` with nothing under it)
+        elif node.get(part) is None:  # absent, or an empty section (`defaults:` with nothing under it)
             node[part] = {}
         node = node[part]
     return None
@@ -154,8 +151,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
         raise ConfigError([ConfigIssue("(file)", "is empty; a config needs at least training.pipeline.steps")], label)
     if not isinstance(raw, dict):
         raise ConfigError([ConfigIssue("(file)", f"must be a mapping of sections, not {type(raw).__name__}")], label)
-    if overrides:
-        raw = apply_overrides(raw, overrides, label)
+    raw = apply_overrides(raw, overrides, label)
 
     raw, warnings, issues = apply_legacy(raw)
     raw = with_pretrained_width(raw)
@@ -163,7 +159,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        issues += issues_from_validation(exc, PipelineConfig)
+        issues += issues_from_validation(exc)
     issues += semantic_issues(_pieces(raw))
     if config is not None and not issues:  # cross-section rules need the whole config, and valid steps
         issues += replicate_issues(config.written_steps(), config.training.replicates)
@@ -187,7 +183,7 @@ def _unused_lr_warnings(config: PipelineConfig) -> list[str]:
     return warnings
 
 
-def issues_from_validation(exc: ValidationError, root: type[BaseModel]) -> list[ConfigIssue]:
+def issues_from_validation(exc: ValidationError) -> list[ConfigIssue]:
     """pydantic's errors as issues: dotted paths, 'did you mean' for unknown keys."""
     issues = []
     for err in exc.errors():
@@ -210,7 +206,7 @@ def issues_from_validation(exc: ValidationError, root: type[BaseModel]) -> list[
         elif kind == "missing" and tag:
             issues.append(ConfigIssue(path, f"required for a {tag} dataset"))
         elif kind == "extra_forbidden":
-            known = _fields_at(root, loc[:-1])
+            known = err.get("ctx", {}).get("fields", [])  # the fields of the model with the key (optim.StrictModel)
             issues.append(ConfigIssue(path, f"unknown key{did_you_mean(str(loc[-1]), known)}"))
         elif kind == "missing" and loc in (("training",), ("training", "pipeline")):
             issues.append(ConfigIssue(path, "required: declare the steps under training.pipeline.steps (see "
@@ -226,34 +222,6 @@ def issues_from_validation(exc: ValidationError, root: type[BaseModel]) -> list[
                 shown += "; YAML reads unquoted yes/no/on/off as true/false: quote the value"
             issues.append(ConfigIssue(path, f"{err['msg']}{shown}"))
     return issues
-
-
-def _fields_at(root: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names of the model at `loc` under `root` (for "did you mean" suggestions); [] if there is none."""
-    ann: Any = root
-    for part in loc:
-        ann = _strip_optional(ann)
-        origin = typing.get_origin(ann)
-        if ann == DatasetConfig and part in DATASET_TYPES:  # the tag pydantic adds: the dataset's type
-            ann = DATASET_TYPES[part]
-        elif isinstance(ann, type) and issubclass(ann, BaseModel) and isinstance(part, str):
-            info = ann.model_fields.get(part)
-            if info is None:
-                return []
-            ann = info.annotation
-        elif origin is list and isinstance(part, int):
-            ann = typing.get_args(ann)[0]
-        elif origin is dict:
-            ann = typing.get_args(ann)[1]
-        else:
-            return []
-    ann = _strip_optional(ann)
-    return list(ann.model_fields) if isinstance(ann, type) and issubclass(ann, BaseModel) else []
-
-
-def _strip_optional(ann: Any) -> Any:
-    args = [a for a in typing.get_args(ann) if a is not type(None)]
-    return args[0] if typing.get_origin(ann) in (typing.Union, types.UnionType) and len(args) == 1 else ann
 
 
 _SECTION_ORDER = ("(file)", "model", "data", "training", "output", "tracking", "promotion", "model_checkpoint",
@@ -334,19 +302,14 @@ def _parse(model: Any, value: Any) -> Any:
 
 
 def semantic_issues(p: Pieces) -> list[ConfigIssue]:
-    names, afters = ([s.get(key) if isinstance(s, dict) and isinstance(s.get(key), str) else None
-                      for s in p.raw_steps] for key in ("name", "after"))
+    names, afters = ([get_in(step, key, kind=str) for step in p.raw_steps] for key in ("name", "after"))
     issues = _name_issues(names) + _dag_issues(names, afters) + _dataset_issues(p) + _size_issues(p)
     issues += text_encoder_issues(p.model) + defaults_optimization_issues(p.defaults)
     issues += checkpoint_issues(p.model_checkpoint)
-    lpips_steps = []
-    for i, step in enumerate(p.steps):
-        if step is None or p.defaults is None:
-            continue
-        step_issues, uses_lpips = _step_issues(i, step, p)
-        issues += step_issues
-        lpips_steps += [i] if uses_lpips else []
-    return issues + lpips_issues(lpips_steps)
+    checked = {i: _step_issues(i, step, p) for i, step in enumerate(p.steps)  # index -> (issues, uses LPIPS)
+               if step is not None and p.defaults is not None}
+    issues += [issue for step_issues, _ in checked.values() for issue in step_issues]
+    return issues + lpips_issues([i for i, (_, uses_lpips) in checked.items() if uses_lpips])
 
 
 def _unknown(kind: str, value: str, known) -> str:
@@ -382,14 +345,12 @@ def _dag_issues(names: list[str | None], afters: list[str | None]) -> list[Confi
             issues.append(ConfigIssue(path, f"no step is named {after!r}{did_you_mean(after, index)}"))
         else:
             parent[i] = index[after]
-    reported: set[frozenset[int]] = set()
     for start in parent:
         chain, node = [start], parent.get(start)
         while node is not None and node not in chain:
             chain.append(node)
             node = parent.get(node)
-        if node == start and frozenset(chain) not in reported:
-            reported.add(frozenset(chain))
+        if node == start == min(chain):  # a cycle, reported once: from its first step in the file
             first = min(i for i in chain if afters[i] is not None)
             loop = " -> ".join(str(names[i]) for i in [*chain, start])
             issues.append(ConfigIssue(format_path((*STEPS, first, "after")), f"steps start from each other in a "
@@ -446,14 +407,13 @@ def _step_issues(i: int, step: StepConfig, p: Pieces) -> tuple[list[ConfigIssue]
     """Issues of one step, and whether it uses LPIPS."""
     at = lambda *keys: format_path((*STEPS, i, *keys))  # noqa: E731 - short path builder
     issues: list[ConfigIssue] = []
-    globals_ = p.globals_
     try:
-        s = resolve_step(i, step, p.defaults, globals_, None)
+        s = resolve_step(i, step, p.defaults, p.globals_, None)
     except MissingStepValue as missing:
         if missing.field != "dataset" or p.datasets is not None:
             issues.append(ConfigIssue(at(missing.field), missing.message))
         # Go on with placeholders so that the step's other problems are reported too.
-        placeholders = {**globals_, "n_epochs": globals_["n_epochs"] or 1, "dataset": globals_["dataset"] or ""}
+        placeholders = {**p.globals_, "n_epochs": p.globals_["n_epochs"] or 1, "dataset": p.globals_["dataset"] or ""}
         s = resolve_step(i, step, p.defaults, placeholders, None)
     if not any(getattr(s, m) for m in modes.PRIMARY_MODES):
         extra = " (train_spade and use_lpips only modify a VAE/GAN step)" if s.train_spade or s.use_lpips else ""
@@ -490,10 +450,9 @@ def _freeze_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigIssue]:
     step trains the rest), unless it leaves nothing to train."""
     issues = []
     trainable = modes.trainable_components(s)
-    freeze, unfreeze = given.get("freeze", []), given.get("unfreeze", [])
-    for which, names in (("freeze", freeze), ("unfreeze", unfreeze)):
+    for which in ("freeze", "unfreeze"):
         note = _inherited(step, which)
-        for j, name in enumerate(names):
+        for j, name in enumerate(given.get(which, [])):
             if name not in modes.COMPONENTS:
                 issues.append(ConfigIssue(at(which, j), _unknown("component", name, modes.COMPONENTS) + note))
             elif which == "unfreeze" and name not in trainable:
@@ -516,8 +475,6 @@ def _optimization_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigI
     issues, used = [], modes.optimizer_groups(s)
     merged = Optimization(**given.get("optimization", {}))
     for kind in ("optimizers", "schedulers"):
-        if kind not in step.optimization.model_fields_set:
-            continue
         for group in getattr(step.optimization, kind):
             loc = (*STEPS, s.index, "optimization", kind, group)
             issues += _group_issues(group, getattr(merged, kind)[group], kind, loc)

@@ -21,8 +21,7 @@ def level_widths(vae_dim: int, downscale: int) -> list[int]:
     """Channel width of each resolution level for a downscale factor of 2, 4 or 8 (one level per halving)."""
     if downscale not in (2, 4, 8):
         raise ValueError(f"downscale must be 2, 4 or 8, got {downscale}")
-    levels = downscale.bit_length() - 1
-    return [vae_dim * _WIDTH_MULT[i] for i in range(levels)]
+    return [vae_dim * mult for mult in _WIDTH_MULT[:downscale.bit_length() - 1]]
 
 
 # Layers: weights plus bias. GroupNorm and affine LayerNorm have a scale and a shift per channel.

@@ -74,23 +74,29 @@ class StrictModel(BaseModel):
     @model_validator(mode="wrap")
     @classmethod
     def _numbers(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        """A before-validator of every field (which a discriminator field, a dataset's `type`, cannot have)."""
+        """A before-validator of every field (which a discriminator field, a dataset's `type`, cannot have). An
+        unknown key's error gets this model's fields (ctx `fields`), for load.py's "did you mean"."""
         found = [(key, problem) for key, value in (data.items() if isinstance(data, dict) else ())
                  if key in cls.model_fields and (problem := number_problem(cls.model_fields[key].annotation, value))]
-        if not found:
-            return handler(data)
         errors = [InitErrorDetails(type=PydanticCustomError("number", message), loc=(key, *loc), input=value)
                   for key, (message, loc, value) in found]
         try:
-            handler(data)
+            validated = handler(data)
         except ValidationError as exc:  # the other fields' problems: all are reported together
-            errors += [InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"], e.get("ctx")), loc=e["loc"],
-                                        input=e["input"])
-                       for e in exc.errors() if e["loc"][:1] not in [(key,) for key, _ in found]]
-        raise ValidationError.from_exception_data(cls.__name__, errors)
+            others = [e for e in exc.errors() if e["loc"][:1] not in [(key,) for key, _ in found]]
+            unknown = [e for e in others if e["type"] == "extra_forbidden" and len(e["loc"]) == 1]
+            if not errors and not unknown:
+                raise
+            errors += [InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"], {"fields": [*cls.model_fields]}
+                                                                 if e in unknown else e.get("ctx")),
+                                        loc=e["loc"], input=e["input"]) for e in others]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return validated
 
 
 INT64 = 2**63
+CONTAINERS = (list, tuple, dict)  # no union of a config model has two kinds of them as arms
 
 
 def number_problem(annotation: Any, value: Any) -> tuple[str, tuple, Any] | None:
@@ -99,8 +105,9 @@ def number_problem(annotation: Any, value: Any) -> tuple[str, tuple, Any] | None
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Annotated:
         return number_problem(args[0], value)
-    if origin in (typing.Union, types.UnionType):  # wrong for every arm that takes a value of its shape
-        found = [number_problem(arm, value) for arm in args if arm is not type(None) and _same_shape(arm, value)]
+    if origin in (typing.Union, types.UnionType):  # wrong for every arm that is a container if the value is one
+        shaped = [arm for arm in args if (typing.get_origin(arm) in CONTAINERS) == isinstance(value, CONTAINERS)]
+        found = [number_problem(arm, value) for arm in shaped if arm is not type(None)]
         return found[0] if found and all(found) else None
     if isinstance(value, bool) and (annotation in (int, float) or origin is Literal and value in args):  # True == 1
         return "must be a number, not true/false", (), value
@@ -116,11 +123,6 @@ def number_problem(annotation: Any, value: Any) -> tuple[str, tuple, Any] | None
         if problem := number_problem(kind, item):
             return problem[0], (at, *problem[1]), problem[2]
     return None
-
-
-def _same_shape(annotation: Any, value: Any) -> bool:
-    container = {list: (list, tuple), tuple: (list, tuple), dict: dict}.get(typing.get_origin(annotation))
-    return isinstance(value, container) if container else not isinstance(value, (list, tuple, dict))
 
 
 class OmitsDefaults(StrictModel):
@@ -158,10 +160,8 @@ class OptimizerConfig(StrictModel):
         """The same settings with type, lr and the defaults of the type (and of the optimizer group) filled in."""
         kind = self.type or "AdamW"
         group_defaults = GROUP_OPTIMIZER_PARAMS.get(group or "", {}).get(kind, {})
-        values = {**OPTIMIZER_PARAMS[kind], **group_defaults, **self.model_dump(exclude_none=True)}
-        values.update(type=kind, lr=self.lr if self.lr is not None else default_lr)
-        takes = {"type", "lr", *OPTIMIZER_PARAMS[kind]}
-        return OptimizerConfig(**{k: v for k, v in values.items() if k in takes})
+        values = {"lr": default_lr, **OPTIMIZER_PARAMS[kind], **group_defaults, **self.model_dump(exclude_none=True)}
+        return OptimizerConfig(type=kind, **{k: v for k, v in values.items() if k in {"lr", *OPTIMIZER_PARAMS[kind]}})
 
 
 class SchedulerConfig(StrictModel):

@@ -140,29 +140,21 @@ def promotion_issues(config) -> list[ConfigIssue]:
         return issues + [ConfigIssue("promotion.metric", f"{promotion.metric!r} is not a metric of a text-to-image "
                                                          f"model{did_you_mean(promotion.metric, PROMOTION_METRICS)}; "
                                                          f"metrics: {', '.join(PROMOTION_METRICS)}")]
-    return issues + _metric_issues(config, capable)
-
-
-def _metric_issues(config, capable: set[str]) -> list[ConfigIssue]:
-    """The metric exists on every registered step's evaluation set, and the direction is the metric's own.
-    `capable`: the steps that train a text-to-image model (the others are reported by promotion_issues)."""
-    issues = []
-    for name in registered_steps(config):
-        if name not in capable:
-            continue  # reported above
+    # The metric exists on every registered step's evaluation set, and the direction is the metric's own.
+    for name in [name for name in registered_steps(config) if name in capable]:  # the others: reported above
         metric, direction = promotion_metric(config, name)
         dataset = evaluation_dataset(config, name)
-        if config.promotion.enabled and config.training.pipeline.datasets[dataset].holdout == 0:
+        evaluated = config.training.pipeline.datasets[dataset]
+        if config.promotion.enabled and evaluated.holdout == 0:
             issues.append(ConfigIssue(f"training.pipeline.datasets.{dataset}.holdout", "is 0, but promotion evaluates "
                                       f"the registered versions of step {name!r} on this dataset's held-out images: "
                                       "hold some out, name another promotion.dataset, or set promotion.enabled: false"))
-        if metric in SHAPES_ONLY and config.training.pipeline.datasets[dataset].type != "shapes":
+        if metric in SHAPES_ONLY and evaluated.type != "shapes":
             issues.append(ConfigIssue("promotion.metric", f"{metric} is measured on `shapes` datasets only; the "
                                                           f"evaluation set of step {name!r} is {dataset!r}: use "
                                                           f"{FALLBACK_METRIC}"))
         elif metric in UNSEEN_ONLY:
             held_out = UNSEEN_ONLY[metric]
-            evaluated = config.training.pipeline.datasets[dataset]
             if held_out not in type(evaluated).model_fields:  # eval_fd_ours_unseen_cfg on shapes or a webdataset
                 issues.append(ConfigIssue("promotion.metric", f"{metric} is measured on folder datasets with "
                                           f"{held_out} only; the evaluation set of step {name!r} is {dataset!r} "

@@ -55,7 +55,7 @@ def resolve_run_config(source: str | Path | dict[str, Any], *, output_dir: str |
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        issues = issues_from_validation(exc, PipelineConfig)
+        issues = issues_from_validation(exc)
         if output_dir:  # the caller's value, not the file's, is what is wrong: name it as the caller does
             issues = [ConfigIssue(output_dir_name, i.message.removeprefix("Value error, "))
                       if i.path == "output.output_path" else i for i in issues]

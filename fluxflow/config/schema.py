@@ -19,8 +19,6 @@ from fluxflow.config.promotion import PromotionConfig, registered_model_name_pro
 from fluxflow.config.steps import (TRAINING_GLOBALS, ReplicatesConfig, ResolvedStep, Seed, StepConfig, StepDefaults,
                                    Workers, replicate_steps, resolve_step)
 
-DEFAULT_SAMPLE_CAPTIONS = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
-
 
 class TextEncoderConfig(StrictModel):
     """`byte`: the byte-level encoder of fluxflow/models/text_encoder.py, trained here. `pretrained`: a frozen
@@ -154,7 +152,6 @@ class WebDatasetConfig(DatasetBase):
 DatasetConfig = Annotated[ShapesDataset | FolderDataset | WebDatasetConfig, Field(discriminator="type")]
 DATASET_TYPES: dict[str, type[DatasetBase]] = {"shapes": ShapesDataset, "folder": FolderDataset,
                                                "webdataset": WebDatasetConfig}
-BUILTIN_DATASET = "shapes"
 
 
 class PipelineSection(StrictModel):
@@ -174,7 +171,7 @@ def implicit_datasets(datasets: dict[str, DatasetConfig],
                       default: str | None) -> tuple[dict[str, DatasetConfig], str | None]:
     """No dataset declared: the built-in procedural one, so that nothing needs a download. One dataset: the default."""
     if not datasets:
-        datasets = {BUILTIN_DATASET: ShapesDataset()}
+        datasets = {"shapes": ShapesDataset()}
     if default is None and len(datasets) == 1:
         default = next(iter(datasets))
     return datasets, default
@@ -221,7 +218,8 @@ class OutputConfig(StrictModel):
     output_path: str = "outputs/run"
     log_interval: int = Field(10, ge=1)
     checkpoint_save_interval: int = Field(50, ge=1)
-    sample_captions: list[str] = Field(default_factory=lambda: list(DEFAULT_SAMPLE_CAPTIONS))
+    sample_captions: list[str] = Field(default_factory=lambda: ["a red circle", "a blue square", "a green triangle",
+                                                                "a yellow circle"])
     sample_sizes: list[int] | None = None  # None: each step's img_size
     no_samples: bool = False
     # GAN steps: warn (console line, MLflow tag) once D has been flat this many updates; 0: never

@@ -162,16 +162,11 @@ class StepSettings(StrictModel):
     resources: StepResources = Field(default_factory=StepResources)
 
 
-def inheritable(model: type[StrictModel], name: str) -> type[StrictModel]:
-    """`model` with every field optional: None = not given here (inherit); a given value keeps its constraints."""
-    def optional(info):
-        given = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
-        return Optional[given], None
-    fields = {key: optional(info) for key, info in model.model_fields.items()}
-    return create_model(name, __base__=StrictModel, __module__=__name__, **fields)
-
-
-StepFields = inheritable(StepSettings, "StepFields")  # what a step and `pipeline.defaults` may say
+# What a step and `pipeline.defaults` may say: StepSettings with every field optional (None = not given here:
+# inherit); a given value keeps its constraints.
+StepFields = create_model("StepFields", __base__=StrictModel, __module__=__name__, **{
+    key: (Optional[Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation], None)
+    for key, info in StepSettings.model_fields.items()})
 
 
 class StepDefaults(StepFields):
@@ -236,9 +231,8 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
                  previous: str | None, dataset_sizes: dict[str, int | None] | None = None) -> ResolvedStep:
     """The concrete step; `dataset_sizes`: the datasets' own img_size, under the step's. Raises MissingStepValue when
     n_epochs or the dataset is given nowhere."""
-    values = {k: v for k, v in globals_.items() if v is not None or k not in ("n_epochs", "dataset")}
     given = merged_step_fields(step, defaults)
-    values.update(given)
+    values = {**globals_, **given}  # `given` holds no None: a None global is one that nothing sets
 
     if values.get("n_epochs") is None:
         raise MissingStepValue("n_epochs", "required: set it on the step, in training.pipeline.defaults "
@@ -339,11 +333,9 @@ def replicate_issues(written: list, replicates: ReplicatesConfig | None) -> list
     if replicates is None:
         return []
     names = [step.name for step in written]
-    issues = []
-    for i, name in enumerate(replicates.from_steps or []):
-        if name not in names:
-            issues.append(ConfigIssue(format_path(("training", "replicates", "from_steps", i)),
-                                      f"no step is named {name!r}{did_you_mean(name, names)}"))
+    issues = [ConfigIssue(format_path(("training", "replicates", "from_steps", i)),
+                          f"no step is named {name!r}{did_you_mean(name, names)}")
+              for i, name in enumerate(replicates.from_steps or []) if name not in names]
     if issues:
         return issues
     for name in replicated_names(written, replicates):

@@ -22,20 +22,11 @@ def describe_dataset(ds: DatasetConfig) -> str:
     return f"{ds.type} ({detail}; {ds.holdout} held out)"
 
 
-def describe_transition(step: ResolvedStep) -> str:
-    t = step.transition_on
-    if t.mode == "epoch":
-        return f"epoch (after {step.n_epochs} epoch{'s' if step.n_epochs != 1 else ''})"
-    return (f"loss_threshold ({t.metric} < {t.threshold} averaged over {t.window} batches, "
-            f"max {t.max_epochs} epochs, then {step.on_missed})")
-
-
 def format_summary(config: PipelineConfig) -> str:
     steps = config.resolved_steps()
     children = Counter(s.parent for s in steps)
     bounded = any(s.transition_on.mode == "loss_threshold" for s in steps)
     total = sum(s.transition_on.max_epochs for s in steps)
-    pipe = config.training.pipeline
     lines = [
         "✅ Pipeline validation passed!",
         "",
@@ -57,7 +48,7 @@ def format_summary(config: PipelineConfig) -> str:
         lines.append(f"  Executor: Ray cluster at {config.training.executor.ray_address()} (each step a Ray task with "
                      "its resources)")
     lines.append("  Datasets:")
-    lines += [f"    {name}: {describe_dataset(ds)}" for name, ds in pipe.datasets.items()]
+    lines += [f"    {name}: {describe_dataset(ds)}" for name, ds in config.training.pipeline.datasets.items()]
     for step in steps:
         epochs = f"{step.n_epochs} epoch{'s' if step.n_epochs != 1 else ''}"
         limit = f", max {step.max_steps} batches/epoch" if step.max_steps else ""
@@ -67,14 +58,15 @@ def format_summary(config: PipelineConfig) -> str:
             lines.append(f"  After: {step.parent} (branch)")
         lines.append(f"  Training: {', '.join(modes.mode_labels(step))}")
         lines.append(f"  Trains: {', '.join(c for c in modes.COMPONENTS if c in modes.trained_components(step))}")
-        if step.freeze:
-            lines.append(f"  Freeze: {', '.join(step.freeze)}")
-        if step.unfreeze:
-            lines.append(f"  Unfreeze: {', '.join(step.unfreeze)}")
+        lines += [f"  {label}: {', '.join(names)}" for label, names in (("Freeze", step.freeze),
+                                                                         ("Unfreeze", step.unfreeze)) if names]
         terms = modes.image_stat_terms(step)
         if terms:
             lines.append("  Image statistics: " + ", ".join(f"{t} {getattr(step, f'lambda_{t}'):g}" for t in terms))
-        lines.append(f"  Transition: {describe_transition(step)}")
+        t = step.transition_on
+        lines.append(f"  Transition: epoch (after {epochs})" if t.mode == "epoch" else
+                     f"  Transition: loss_threshold ({t.metric} < {t.threshold} averaged over {t.window} batches, "
+                     f"max {t.max_epochs} epochs, then {step.on_missed})")
         size = f", {step.img_size}x{step.img_size}" if step.img_size != config.data.img_size else ""
         lines.append(f"  Dataset: {step.dataset}, batch {step.batch_size}{size}")
         optimizers = ", ".join(f"{g} {o.type} lr={o.lr:g}" for g, o in step.optimization.optimizers.items())

@@ -93,22 +93,30 @@ def remember_ctrl_c():
     """Until training starts, Ctrl-C is remembered as well as raised: Python raises it wherever the main thread is,
     and in a callback whose exceptions it ignores (logging's at-fork hook while the temporary server's process is
     forked: "Exception ignored in: <function _releaseLock>") the KeyboardInterrupt was lost and the run went on to
-    train. Returns `came(restore=False)`: whether one came; `restore=True` puts the previous handler back. A SIGINT
-    that is ignored (a job started with `&`) or handled by the caller is left as it is."""
+    train. Such a callback's KeyboardInterrupt, remembered here, is not printed either (an importlib module lock's
+    callback printed "Exception ignored ... Traceback ... KeyboardInterrupt" before the one line). Returns
+    `came(restore=False)`: whether one came; `restore=True` puts the previous handler and hook back. A SIGINT that is
+    ignored (a job started with `&`) or handled by the caller is left as it is."""
     came = []
 
     def on_sigint(signum, frame):
         came.append(signum)
         signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt
 
-    previous = signal.getsignal(signal.SIGINT)
+    def unraisable(info):
+        if not (came and issubclass(info.exc_type, KeyboardInterrupt)):
+            previous_hook(info)
+
+    previous, previous_hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
     mine = previous is signal.default_int_handler and threading.current_thread() is threading.main_thread()
     if mine:
         signal.signal(signal.SIGINT, on_sigint)
+        sys.unraisablehook = unraisable
 
     def check(restore: bool = False) -> bool:
         if restore and mine:
             signal.signal(signal.SIGINT, previous)
+            sys.unraisablehook = previous_hook
         return bool(came)
     return check
 

@@ -147,6 +147,7 @@ def test_an_empty_value_is_a_usage_error_naming_the_flag(module, argv, capsys):
     assert f"error: argument {flag}: expected a value, got an empty one" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the CLI end to end, in a process of its own
 def test_a_refused_run_with_keep_server_leaves_its_server_findable(tmp_path):
     """--keep-server starts the server before the run's last checks: a run refused after it (here: the output
     directory is another run's) must still leave the server where later runs look for it, not an orphan."""
@@ -173,6 +174,7 @@ def test_a_refused_run_with_keep_server_leaves_its_server_findable(tmp_path):
             kill_all([kept])
 
 
+@pytest.mark.slow  # the CLI end to end, in a process of its own
 def test_a_summary_piped_into_head_ends_quietly_with_141():
     """`fluxflow-train ... --validate-pipeline | head -1` printed a BrokenPipeError traceback (or "Exception ignored
     ... BrokenPipeError" at exit), exit 1 or 120: now nothing, and the shell's code for SIGPIPE. The other commands:
@@ -182,6 +184,7 @@ def test_a_summary_piped_into_head_ends_quietly_with_141():
     assert (done.returncode, done.stderr) == (141, ""), done.stderr[-2000:]
 
 
+@pytest.mark.slow  # the CLI end to end, in a process of its own
 def test_a_refused_run_prints_its_refusal_and_nothing_about_the_server_it_stops(tmp_path):
     """The temporary Prefect server starts before the last checks, in parallel with the imports: a run refused then
     printed "Stopping temporary server on http://127.0.0.1:PORT" before its refusal. The server is still stopped."""

@@ -96,6 +96,7 @@ def test_an_output_that_is_a_file_is_refused_in_one_line_before_reading_the_stor
     assert (tmp_path / "notes").read_text() == "x"
 
 
+@pytest.mark.slow  # the CLI end to end, in a process of its own
 def test_tables_piped_into_head_end_quietly_with_141(experiment, tmp_path):
     """`fluxflow-compare ... | head -1` printed "Exception ignored ... BrokenPipeError" at exit, exit 120 (a traceback
     for tables over the pipe's buffer); now nothing, the shell's code for SIGPIPE, and the files written."""

@@ -223,6 +223,7 @@ def test_reading_a_checkpoint_uri_directly_has_the_fetchs_timeout(monkeypatch):
             sha256_file(f"http://127.0.0.1:{silent.getsockname()[1]}/final.pt")
 
 
+@pytest.mark.slow  # the CLI end to end, in a process of its own
 def test_its_line_piped_into_head_ends_quietly_with_141(byte_checkpoint, tmp_path):
     """Was "Exception ignored ... BrokenPipeError" when its line was flushed at exit, exit 120."""
     done = run_into_closed_pipe("flows.cli_export", "--checkpoint", byte_checkpoint, "--output", str(tmp_path / "e"))

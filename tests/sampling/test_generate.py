@@ -62,6 +62,7 @@ def test_an_output_written_with_a_tilde_is_under_home_not_a_folder_named_tilde(t
     assert len(list((tmp_path / "home" / "images").iterdir())) == 1 and not (tmp_path / "~").exists()
 
 
+@pytest.mark.slow  # the CLI end to end, in a process of its own
 def test_paths_piped_into_head_end_quietly_with_141(trained, tmp_path):
     """`fluxflow-generate ... | head -1`: "Exception ignored ... BrokenPipeError" when the paths were flushed at exit,
     exit 120; now nothing, the shell's code for SIGPIPE, and the images written."""

@@ -159,10 +159,16 @@ def test_a_ctrl_c_that_python_ignores_is_remembered_and_not_printed(monkeypatch)
 
     printed = []
     monkeypatch.setattr(sys, "unraisablehook", printed.append)
-    came = remember_ctrl_c()
+    # As in the command's process: Python's own handler (a test before this one in the session may have set another).
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        _InterruptedWhileCollected()  # dropped at once: its finaliser runs here
+        came = remember_ctrl_c()
+        try:
+            _InterruptedWhileCollected()  # dropped at once: its finaliser runs here
+        finally:
+            assert came(restore=True)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
     finally:
-        assert came(restore=True)
+        signal.signal(signal.SIGINT, outer)
     assert printed == []
     assert sys.unraisablehook == printed.append  # put back

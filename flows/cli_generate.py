@@ -53,11 +53,18 @@ def model_checkpoint_of(model_uri: str, tracking_uri: str | None, into: Path) ->
     from flows.mlflow_runs import resolve_tracking_uri, store_to_read_problem
     from flows.registry import RegistryError, model_checkpoint
 
-    if not urlparse(model_uri).scheme and not os.path.exists(model_uri):  # MLflow: "No such artifact: ''"
+    scheme = urlparse(model_uri).scheme
+    folder = Path(model_uri[len("file://"):] if scheme == "file" else model_uri)
+    if not scheme and not folder.exists():  # MLflow: "No such artifact: ''"
         raise ModelNotFound(f"--model {model_uri} is not a model URI: give models:/NAME@ALIAS (e.g. "
                             "models:/fluxflow-quickstart@champion) or models:/NAME/VERSION")
+    if scheme in ("", "file") and not (folder / "MLmodel").is_file():  # MLflow: "No such artifact: 'MLmodel'"
+        export = "; a folder written by fluxflow-export is read with fluxflow-generate --weights" \
+            if (folder / "config.json").exists() else ""
+        raise ModelNotFound(f"--model {model_uri} is not an MLflow model: no MLmodel file in it{export}")
     uri = tracking_uri or resolve_tracking_uri()
-    problem = store_to_read_problem(uri)
+    # A models:/ or runs:/ URI is resolved by the tracking store; a model folder on disk is read without one.
+    problem = store_to_read_problem(uri) if scheme in ("models", "runs") else None
     if problem:
         raise ModelNotFound(f"{model_uri}: {problem}")
     try:
@@ -72,7 +79,7 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser):
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a flow step's checkpoint (final.pt), path or fsspec URI")
     source.add_argument("--model", help="a registered model in MLflow: models:/<name>@champion (an alias) or "
-                                        "models:/<name>/<version>")
+                                        "models:/<name>/<version> (or its MLflow model folder, copied out)")
     p.add_argument("--tracking-uri", help="the MLflow store of --model (default: MLFLOW_TRACKING_URI, else "
                                           "./mlflow.db)")
     p.add_argument("--config", help="the pipeline's config file, for a checkpoint that does not record its model "

@@ -165,6 +165,17 @@ def test_generate_by_name_the_pyfunc_and_the_checkpoint_make_the_same_image(loop
                           generated("--checkpoint", flow_outcome(loop, "diverged")["ref"]["uri"]))
 
 
+def test_a_downloaded_model_folder_generates_without_a_tracking_store(loop, tmp_path, monkeypatch):
+    """--model DIR, the champion's MLflow model folder copied out of the store: read where it is, with no store at
+    the tracking URI (was refused: "no MLflow store at ...")."""
+    from mlflow.artifacts import download_artifacts
+
+    folder = download_artifacts(artifact_uri=f"models:/{MODEL}@champion", dst_path=str(tmp_path / "champion"))
+    by_file = generated_pixels(["--checkpoint", flow_outcome(loop, "longer")["ref"]["uri"]], tmp_path / "by-file")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/no-store-here.db")
+    assert np.array_equal(generated_pixels(["--model", folder], tmp_path / "by-folder"), by_file)
+
+
 def test_a_model_uri_that_names_nothing_exits_2_saying_so(loop, capsys):
     from flows import cli_generate
 

@@ -29,7 +29,7 @@ from PIL import Image
 
 from fluxflow.config.file_checks import folder_problem, holdout_problem, read_captions, resolve_captions_path
 from fluxflow.data.skips import CountsSkips, SkipCounter
-from fluxflow.data.transforms import load_image, pil_mode
+from fluxflow.data.transforms import DECODING_VERSION, load_image, pil_mode
 from fluxflow.errors import DataError
 
 
@@ -91,9 +91,10 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
         return self.items[index][1]
 
     def fingerprint(self) -> str:
-        """sha256 over every item's name, caption, file size and modification time: a replaced or edited image
-        changes it (what keys the latent cache besides the config, fluxflow/cache/fingerprint.py)."""
-        digest = hashlib.sha256()
+        """sha256 over every item's name, caption, file size and modification time, and the decoding's version: a
+        replaced or edited image, or a change of what a file decodes to, changes it (what keys the latent cache
+        besides the config, fluxflow/cache/fingerprint.py)."""
+        digest = hashlib.sha256(f"decoding {DECODING_VERSION}\n".encode())
         for name, caption in self.items:
             try:
                 st = (self.root / name).stat()

@@ -220,8 +220,31 @@ def data_issues(config) -> list[ConfigIssue]:
     starts (fluxflow/config/run_config.py, resolve_run_config), not by validation, which accepts a config written
     before its data is in place (configs/original_tool_example.yaml)."""
     checks = {"folder": folder_issues, "webdataset": shards_issues}
-    return [issue for name, ds in config.training.pipeline.datasets.items() if ds.type in checks
-            for issue in checks[ds.type](("training", "pipeline", "datasets", name), ds)]
+    issues = [issue for name, ds in config.training.pipeline.datasets.items() if ds.type in checks
+              for issue in checks[ds.type](("training", "pipeline", "datasets", name), ds)]
+    return issues or batch_issues(config)
+
+
+def batch_issues(config) -> list[ConfigIssue]:
+    """A `folder` dataset lists at least one batch of training images for each step that trains on it (the listed
+    images minus the hold-out: an upper bound, so the step still checks what it finds). A dataset of 20 images and
+    the default batch of 32 failed the first step only, after the servers had started."""
+    issues, listed, seen = [], {}, set()
+    for step in config.resolved_steps():
+        ds = config.dataset_for(step)
+        if ds.type != "folder" or (step.dataset, step.batch_size) in seen:
+            continue
+        seen.add((step.dataset, step.batch_size))
+        if step.dataset not in listed:  # the captions file is read once per dataset
+            root = Path(ds.path).expanduser()
+            listed[step.dataset] = len(read_captions(resolve_captions_path(root, ds.captions_file)).captions)
+        if listed[step.dataset] - ds.holdout < step.batch_size:
+            issues.append(ConfigIssue(format_path(("training", "pipeline", "datasets", step.dataset)), (
+                f"{listed[step.dataset] - ds.holdout} training images ({listed[step.dataset]} listed in "
+                f"{ds.captions_file}, holdout {ds.holdout}) "
+                f"are fewer than one batch of {step.batch_size} (step {step.name}); lower batch_size or holdout, or "
+                "add images")))
+    return issues
 
 
 def folder_issues(loc: tuple, ds) -> list[ConfigIssue]:

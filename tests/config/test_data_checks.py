@@ -67,3 +67,16 @@ def test_a_captions_file_naming_none_of_the_folders_files_stops_the_run(tmp_path
     assert found[f"{D}.captions_file"].startswith(
         f"none of the 1 files listed in captions.txt is in {tmp_path / 'photos'} (first: 'photos/a.png', looked for at "
         f"{tmp_path / 'photos' / 'photos' / 'a.png'})")
+
+
+def test_a_folder_with_fewer_training_images_than_a_batch_stops_the_run_before_it_starts(tmp_path):
+    (tmp_path / "photos").mkdir()
+    for i in range(5):
+        (tmp_path / "photos" / f"{i}.png").write_bytes(b"")
+    (tmp_path / "photos" / "captions.txt").write_text("".join(f"{i}.png\tphoto {i}\n" for i in range(5)))
+    raw = with_dataset(tmp_path, type="folder", path=str(tmp_path / "photos"), captions_file="captions.txt",
+                       holdout=2)  # 3 training images, batch 4 (tiny_raw): was the first step's error, after start
+    assert start_problems(raw) == {D: "3 training images (5 listed in captions.txt, holdout 2) are fewer than one "
+                                      "batch of 4 (step warm); lower batch_size or holdout, or add images"}
+    raw["training"]["batch_size"] = 3
+    resolve_run_config(raw)

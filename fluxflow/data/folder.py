@@ -147,6 +147,7 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
         n = len(self.items)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} items")
+        failure = "each was found unreadable before"
         for k in range(n):  # a corrupt file is replaced by the next readable one, deterministically
             i = (index + k) % n
             if self.skips.is_marked(i):
@@ -156,5 +157,7 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
                 with Image.open(self.root / name) as img:
                     return load_image(img, self.img_size, self.channels), caption
             except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-                self.skips.mark(i, f"{name}: {type(exc).__name__}: {exc}")
-        raise DataError(f"no readable image among the {n} files of {self.root}")
+                failure = f"{name}: {type(exc).__name__}: {exc}"
+                self.skips.mark(i, failure)
+        which = {"train": "training", "holdout": "held-out", "unseen": "unseen-caption"}[self.split]
+        raise DataError(f"none of the {n} {which} images of {self.root} can be read ({failure})")

@@ -227,3 +227,20 @@ def test_a_captions_file_that_lists_nothing_usable_says_why(tmp_path, captions, 
     (tmp_path / "captions.txt").write_text(captions)
     with pytest.raises(DataError, match=says):  # was: 0 items ("fewer than one batch" at the step), or a hold-out
         build_dataset(cfg(tmp_path, holdout=1), 8, 3, "train")
+
+
+def test_a_held_out_split_of_unreadable_files_names_the_split_and_why(tmp_path):
+    from fluxflow.data.folder import holdout_names
+    names = [f"i{i}.png" for i in range(6)]
+    held = holdout_names(names, 2)
+    for name in names:
+        if name in held:
+            (tmp_path / name).write_bytes(b"not an image")
+        else:
+            Image.new("RGB", (8, 8)).save(tmp_path / name)
+    (tmp_path / "captions.txt").write_text("".join(f"{n}\t{n}\n" for n in names))
+    holdout = build_dataset(cfg(tmp_path, holdout=2), 8, 3, "holdout")
+    # was "no readable image among the 2 files of DIR", of a folder of 6 files
+    with pytest.raises(DataError, match=r"none of the 2 held-out images of .* can be read \(i\d\.png: "
+                                        r"UnidentifiedImageError"):
+        holdout[0]

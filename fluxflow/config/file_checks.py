@@ -174,7 +174,8 @@ def is_listed_file(path: Path) -> bool:
 def folder_problem(root: Path, captions_path: Path) -> str | None:
     """Why a folder dataset cannot be read at all (no folder, no captions file), or None."""
     if not root.is_dir():
-        return f"image folder {root} {'is a file, not a folder' if root.exists() else 'does not exist'}"
+        where = "" if root.is_absolute() else f" (relative to the working directory, {Path.cwd()})"
+        return f"image folder {root} {'is a file, not a folder' if root.exists() else 'does not exist'}{where}"
     if not os.access(root, os.R_OK | os.X_OK):
         return f"image folder {root} cannot be read (permission denied)"
     if not is_listed_file(captions_path):  # a FIFO or a folder is not missing: say what it is
@@ -307,7 +308,8 @@ def shards_issues(loc: tuple, ds) -> list[ConfigIssue]:
     missing = [p for p in local if not is_listed_file(p)]
     if not missing:
         return []
-    what = not_a_regular_file(missing[0]) or f"{missing[0]} does not exist"
+    where = "" if missing[0].is_absolute() else f", relative to the working directory, {Path.cwd()}"
+    what = not_a_regular_file(missing[0]) or f"{missing[0]} does not exist{where}"
     return [ConfigIssue(format_path((*loc, "urls")), f"{len(missing)} of the {len(shards)} shards named by "
                         f"{ds.urls!r} are not files (first: {what})")]
 

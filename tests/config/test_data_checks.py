@@ -80,3 +80,13 @@ def test_a_folder_with_fewer_training_images_than_a_batch_stops_the_run_before_i
                                       "batch of 4 (step warm); lower batch_size or holdout, or add images"}
     raw["training"]["batch_size"] = 3
     resolve_run_config(raw)
+
+
+def test_a_relative_path_that_is_not_there_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a deployment's worker runs elsewhere than the shell the config was written in
+    found = start_problems(with_dataset(tmp_path, type="folder", path="data/photos", captions_file="captions.txt"))
+    assert found == {f"{D}.path": f"image folder data/photos does not exist (relative to the working directory, "
+                                  f"{tmp_path})"}
+    found = start_problems(with_dataset(tmp_path, type="webdataset", urls="shards/{0..1}.tar"))
+    assert found[f"{D}.urls"].endswith(f"(first: shards/0.tar does not exist, relative to the working directory, "
+                                       f"{tmp_path})")

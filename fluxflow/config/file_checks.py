@@ -257,7 +257,8 @@ def folder_issues(loc: tuple, ds) -> list[ConfigIssue]:
     captions_path = resolve_captions_path(root, ds.captions_file)
     problem = folder_problem(root, captions_path)
     if problem:
-        return [ConfigIssue(format_path((*loc, "path" if "image folder" in problem else "captions_file")), problem)]
+        field = "path" if problem.startswith("image folder") else "captions_file"
+        return [ConfigIssue(format_path((*loc, field)), problem)]
     try:
         listing = read_captions(captions_path)
     except OSError as exc:

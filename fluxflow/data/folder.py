@@ -35,11 +35,12 @@ from fluxflow.config.file_checks import (CaptionsFile, entries_problem, folder_p
                                         is_listed_file, read_captions, resolve_captions_path)
 from fluxflow.data.skips import CountsSkips, SkipCounter
 from fluxflow.data.transforms import DECODING_VERSION, load_image, pil_mode
+from fluxflow.data.webdataset_sample import IMAGE_EXTENSIONS
 from fluxflow.errors import DataError
 
 log = logging.getLogger("fluxflow.data")
 # What an image file is called (lower case): how files the captions file does not list are found and reported.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+IMAGE_SUFFIXES = tuple(f".{ext}" for ext in (*IMAGE_EXTENSIONS, "gif", "pgm"))
 
 
 def holdout_names(names: list[str], holdout: int) -> set[str]:

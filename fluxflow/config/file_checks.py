@@ -27,9 +27,11 @@ encoder where it is not installed is refused by validation, and loading one says
 """
 from __future__ import annotations
 
+import codecs
 import importlib.util
 import json
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,34 +121,90 @@ def resolve_captions_path(root: Path, captions_file: str | os.PathLike | None) -
     return p if p.is_absolute() or p.exists() else root / p
 
 
-def read_captions(captions_path: Path) -> tuple[dict[str, str], list[str], list[int]]:
-    """{filename: caption} in file order (a later line for the same file wins), the malformed lines, and the numbers
-    of the lines that were not UTF-8 (kept, decoded as Latin-1)."""
-    captions, malformed, repaired = {}, [], []
-    with open(captions_path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            line, was_repaired = decode_text(raw.rstrip(b"\r\n"))
-            line = line.removeprefix("\ufeff") if number == 1 else line  # a byte-order mark some editors write
-            if was_repaired:
-                repaired.append(number)
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            name, sep, caption = line.partition("\t")
-            if not sep or not name.strip():
-                malformed.append(line)
-                continue
-            captions[name.strip()] = caption.strip()
-    return captions, malformed, repaired
+@dataclass
+class CaptionsFile:
+    """What a captions file lists, and the lines it could not use as they are."""
+
+    path: Path
+    captions: dict[str, str]  # filename -> caption, in file order
+    lines: int  # lines that are neither blank nor comments
+    malformed: list[str]  # lines without a tab: skipped
+    repaired: list[int]  # numbers of the lines that were not UTF-8: kept, decoded as Latin-1
+    relisted: list[str]  # files listed again with another caption: the last line is kept
+
+
+def _text_lines(raw: bytes) -> list[tuple[str, bool]]:
+    """(line, repaired) for each line, whatever the line ends (\\n, \\r\\n, or a classic Mac's \\r, which Excel
+    still writes: read as one line, it paired the first file with every other line's text)."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Windows Notepad's "Unicode"
+        return [(line, False) for line in re.split(r"\r\n|\r|\n", raw.decode("utf-16"))]
+    return [decode_text(line) for line in raw.splitlines()]
+
+
+def read_captions(captions_path: Path) -> CaptionsFile:
+    """The captions file's {filename: caption} (a later line for the same file wins) and its unusable lines."""
+    listing = CaptionsFile(captions_path, {}, 0, [], [], [])
+    for number, (line, was_repaired) in enumerate(_text_lines(captions_path.read_bytes()), start=1):
+        line = line.removeprefix("\ufeff") if number == 1 else line  # a byte-order mark some editors write
+        if was_repaired:
+            listing.repaired.append(number)
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        listing.lines += 1
+        name, sep, caption = line.partition("\t")
+        if not sep or not name.strip():
+            listing.malformed.append(line)
+            continue
+        name, caption = name.strip(), caption.strip()
+        if listing.captions.get(name, caption) != caption:
+            listing.relisted.append(name)
+        listing.captions[name] = caption
+    return listing
+
+
+def is_listed_file(path: Path) -> bool:
+    """Whether a file the captions file lists is there; False too when a folder on its way cannot be searched
+    (pathlib raises PermissionError there, which stopped the dataset's build with a traceback)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def folder_problem(root: Path, captions_path: Path) -> str | None:
     """Why a folder dataset cannot be read at all (no folder, no captions file), or None."""
     if not root.is_dir():
-        return f"image folder {root} does not exist"
-    if not captions_path.is_file():  # a FIFO or a folder is not missing: say what it is
+        where = "" if root.is_absolute() else f" (relative to the working directory, {Path.cwd()})"
+        return f"image folder {root} {'is a file, not a folder' if root.exists() else 'does not exist'}{where}"
+    if not os.access(root, os.R_OK | os.X_OK):
+        return f"image folder {root} cannot be read (permission denied)"
+    if not is_listed_file(captions_path):  # a FIFO or a folder is not missing: say what it is
         odd = not_a_regular_file(captions_path)
         return f"captions file {odd or f'{captions_path} does not exist'} (one 'filename<TAB>caption' line per image)"
     return None
+
+
+def entries_problem(listing: CaptionsFile) -> str | None:
+    """Why a captions file lists no image, or None: a CSV or space-separated file was read as lines without a tab,
+    and reported as a hold-out that leaves nothing, or as a dataset smaller than a batch."""
+    if listing.captions:
+        return None
+    if listing.malformed:
+        return (f"captions file {listing.path}: none of its {listing.lines} lines is 'filename<TAB>caption' (first: "
+                f"{listing.malformed[0][:80]!r}); separate each filename from its caption by a tab (CSV, JSON Lines "
+                "and space-separated files are not read)")
+    return f"captions file {listing.path} lists no images (one 'filename<TAB>caption' line per image)"
+
+
+def found_problem(root: Path, listing: CaptionsFile, found: int) -> str | None:
+    """Why none of the listed files is in the folder (names relative to another folder, or the two columns the wrong
+    way round), or None."""
+    if found or not listing.captions:
+        return None
+    first = next(iter(listing.captions))
+    return (f"none of the {len(listing.captions)} files listed in {listing.path.name} is in {root} (first: "
+            f"{first!r}, looked for at {root / first}); filenames are relative to the image folder, one "
+            "'filename<TAB>caption' line per image")
 
 
 def holdout_problem(root: Path, entries: int, holdout: int, what: str) -> str | None:
@@ -157,29 +215,104 @@ def holdout_problem(root: Path, entries: int, holdout: int, what: str) -> str | 
             "images")
 
 
-def data_folder_issues(config) -> list[ConfigIssue]:
-    """Every `folder` dataset of the (valid) PipelineConfig `config` has its folder and captions file, and lists more
-    images than its hold-out takes: checked when a run starts (fluxflow/config/run_config.py, resolve_run_config), not
-    by validation, which accepts a config written before its data is in place (configs/original_tool_example.yaml)."""
-    return [issue for name, ds in config.training.pipeline.datasets.items() if ds.type == "folder"
-            for issue in folder_issues(("training", "pipeline", "datasets", name), ds)]
+def data_issues(config) -> list[ConfigIssue]:
+    """Every `folder` dataset of the (valid) PipelineConfig `config` has its folder and captions file, and lists images
+    that are there, more than its hold-out takes; every local shard of a `webdataset` is a file: checked when a run
+    starts (fluxflow/config/run_config.py, resolve_run_config), not by validation, which accepts a config written
+    before its data is in place (configs/original_tool_example.yaml)."""
+    checks = {"folder": folder_issues, "webdataset": shards_issues}
+    issues = [issue for name, ds in config.training.pipeline.datasets.items() if ds.type in checks
+              for issue in checks[ds.type](("training", "pipeline", "datasets", name), ds)]
+    return issues or batch_issues(config)
+
+
+def batch_issues(config) -> list[ConfigIssue]:
+    """A `folder` dataset lists at least one batch of training images for each step that trains on it (the listed
+    images minus the hold-out: an upper bound, so the step still checks what it finds). A dataset of 20 images and
+    the default batch of 32 failed the first step only, after the servers had started."""
+    issues, listed, seen = [], {}, set()
+    for step in config.resolved_steps():
+        ds = config.dataset_for(step)
+        if ds.type != "folder" or (step.dataset, step.batch_size) in seen:
+            continue
+        seen.add((step.dataset, step.batch_size))
+        if step.dataset not in listed:  # the captions file is read once per dataset
+            root = Path(ds.path).expanduser()
+            listed[step.dataset] = len(read_captions(resolve_captions_path(root, ds.captions_file)).captions)
+        if listed[step.dataset] - ds.holdout < step.batch_size:
+            issues.append(ConfigIssue(format_path(("training", "pipeline", "datasets", step.dataset)), (
+                f"{listed[step.dataset] - ds.holdout} training images ({listed[step.dataset]} listed in "
+                f"{ds.captions_file}, holdout {ds.holdout}) "
+                f"are fewer than one batch of {step.batch_size} (step {step.name}); lower batch_size or holdout, or "
+                "add images")))
+    return issues
 
 
 def folder_issues(loc: tuple, ds) -> list[ConfigIssue]:
-    """A `folder` dataset (`ds`, at config path `loc`) has its folder and captions file, and lists more images than
-    its hold-out takes. Only the captions file is read here: whether each listed image exists (and decodes) is the
-    dataset's to find when a step builds it (fluxflow/data/folder.py), so this stays one read of one file."""
+    """A `folder` dataset (`ds`, at config path `loc`) has its folder and captions file, lists images that are there,
+    and more of them than its hold-out takes. The captions file is read, and the listed files looked for until one is
+    found (one file system call when the names are right): whether each listed image exists (and decodes) is the
+    dataset's to find when a step builds it (fluxflow/data/folder.py)."""
     root = Path(ds.path).expanduser()
     captions_path = resolve_captions_path(root, ds.captions_file)
     problem = folder_problem(root, captions_path)
     if problem:
-        return [ConfigIssue(format_path((*loc, "path" if not root.is_dir() else "captions_file")), problem)]
+        field = "path" if problem.startswith("image folder") else "captions_file"
+        return [ConfigIssue(format_path((*loc, field)), problem)]
     try:
-        captions, _, _ = read_captions(captions_path)
+        listing = read_captions(captions_path)
     except OSError as exc:
         return [ConfigIssue(format_path((*loc, "captions_file")), f"cannot read {captions_path}: {exc}")]
-    problem = holdout_problem(root, len(captions), ds.holdout, f"entries in {captions_path.name}")
+    problem = entries_problem(listing) or found_problem(
+        root, listing, any(is_listed_file(root / name) for name in listing.captions))
+    if problem:
+        return [ConfigIssue(format_path((*loc, "captions_file")), problem)]
+    problem = holdout_problem(root, len(listing.captions), ds.holdout, f"entries in {captions_path.name}")
     return [ConfigIssue(format_path((*loc, "holdout")), problem)] if problem else []
+
+
+def expand_shards(urls: str | list[str]) -> list[str]:
+    """The shards a webdataset's `urls` name, expanded as the webdataset package expands them (each string split at
+    `::`, `${NAME}` replaced by $WDS_NAME, brace patterns `{000..009}` / `{a,b}` expanded; `~` in local paths too),
+    but without importing it (it imports torch): validation expands them. ValueError naming the pattern when its
+    braces do not balance, a variable is not set, or nothing is named."""
+    from braceexpand import UnbalancedBracesError, braceexpand  # webdataset's own dependency: always there with it
+
+    def variable(match: re.Match) -> str:
+        if f"WDS_{match.group(1)}" not in os.environ:
+            raise ValueError(f"{url!r}: environment variable WDS_{match.group(1)} is not set")
+        return os.environ[f"WDS_{match.group(1)}"]
+
+    shards: list[str] = []
+    for url in [urls] if isinstance(urls, str) else list(urls):
+        for part in url.split("::"):
+            try:
+                shards.extend(braceexpand(re.sub(r"\$\{(\w+)\}", variable, part)))
+            except UnbalancedBracesError:
+                where = f" in {part!r}" if part != urls else ""  # a string is shown by the error already
+                raise ValueError(f"unbalanced braces{where} (a pattern is written like shards-{{000..009}}.tar)") \
+                    from None
+    if not shards:
+        raise ValueError("names no shard")
+    return [s if "://" in s else os.path.expanduser(s) for s in shards]
+
+
+def shards_issues(loc: tuple, ds) -> list[ConfigIssue]:
+    """The local shards of a `webdataset` dataset (`ds`, at config path `loc`) are files: a pattern that matches
+    nothing stopped the first step after the servers had started, with three tracebacks and a retry. Remote URLs
+    (s3://, https://) are opened by the step."""
+    try:
+        shards = expand_shards(ds.urls)
+    except ValueError as exc:  # validation expanded them already, but not a ${VAR} (set where the step runs)
+        return [ConfigIssue(format_path((*loc, "urls")), str(exc))]
+    local = [Path(s.removeprefix("file://")) for s in shards if "://" not in s or s.startswith("file://")]
+    missing = [p for p in local if not is_listed_file(p)]
+    if not missing:
+        return []
+    where = "" if missing[0].is_absolute() else f", relative to the working directory, {Path.cwd()}"
+    what = not_a_regular_file(missing[0]) or f"{missing[0]} does not exist{where}"
+    return [ConfigIssue(format_path((*loc, "urls")), f"{len(missing)} of the {len(shards)} shards named by "
+                        f"{ds.urls!r} are not files (first: {what})")]
 
 
 # config.json `model_type` -> family (how the model is loaded and pooled).

@@ -5,8 +5,8 @@ Resolution: the file (or dict) with its `--set` overrides, the original tool's k
 (fluxflow/config/load.py); the run's output directory (`--output-dir`, the flow's `output_dir` parameter) and device
 (`--device`, `device`) written into it; `{date}` in the output directory filled with the run's day (UTC, so each
 night of a scheduled deployment trains into a directory of its own, and a retry of that night resumes in it); the
-data folders checked (a run cannot start without them; validation alone does not need them). The device stays a
-choice (`auto` is resolved where the step trains, which need not be where the run was resolved).
+data folders and local shards checked (a run cannot start without them; validation alone does not need them). The
+device stays a choice (`auto` is resolved where the step trains, which need not be where the run was resolved).
 
 What the flow hands its tasks is `run_dict(config)`: the resolved config as JSON with a mark, which `resolve_run_config`
 (and a task, `run_config_of`) only re-validates. No torch here: the command line resolves before it imports torch.
@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from fluxflow.config.errors import ConfigError, ConfigIssue
-from fluxflow.config.file_checks import data_folder_issues
+from fluxflow.config.file_checks import data_issues
 from fluxflow.config.load import LoadedConfig, issues_from_validation, load_config
 from fluxflow.config.schema import PipelineConfig
 from fluxflow.storage.location import remote_uri
@@ -35,9 +35,10 @@ def resolve_run_config(source: str | Path | dict[str, Any], *, output_dir: str |
                        output_dir_name: str = "output_dir") -> LoadedConfig:
     """The run's config (and the legacy-key warnings of its loading); `day` fills `{date}` (default: today, UTC).
     `output_dir_name`: what a wrong `output_dir` is called in the error (`--output-dir` on the command line).
-    `check_data` False: the data folders are not looked at (`--validate-pipeline` accepts a config written before its
-    data is in place, configs/original_tool_example.yaml). A dict made by `run_dict` is only re-validated: it was
-    resolved where the run entered, its `overrides` applied then (the caller passes them on only to record them)."""
+    `check_data` False: the data folders and shards are not looked at (`--validate-pipeline` accepts a config written
+    before its data is in place, configs/original_tool_example.yaml). A dict made by `run_dict` is only re-validated:
+    it was resolved where the run entered, its `overrides` applied then (the caller passes them on only to record
+    them)."""
     if isinstance(source, dict) and source.get(RESOLVED):
         if output_dir or device:
             raise ValueError("a resolved config takes no output_dir or device: resolve it from its source")
@@ -60,7 +61,7 @@ def resolve_run_config(source: str | Path | dict[str, Any], *, output_dir: str |
             issues = [ConfigIssue(output_dir_name, i.message.removeprefix("Value error, "))
                       if i.path == "output.output_path" else i for i in issues]
         raise ConfigError(issues, label) from None
-    missing = data_folder_issues(config) if check_data else []
+    missing = data_issues(config) if check_data else []
     if missing:
         raise ConfigError(missing, label)
     return LoadedConfig(config=config, warnings=loaded.warnings, source=loaded.source)

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
 from fluxflow.config.executor import ExecutorConfig
+from fluxflow.config.file_checks import expand_shards
 from fluxflow.config.optim import OmitsDefaults, StrictModel
 from fluxflow.storage.location import check_output_uri, remote_uri
 from fluxflow.config.promotion import PromotionConfig, registered_model_name_problem
@@ -147,6 +148,13 @@ class WebDatasetConfig(DatasetBase):
     type: Literal["webdataset"]
     urls: str | list[str]
     length: int | None = Field(None, ge=1)
+
+    @field_validator("urls")
+    @classmethod
+    def _urls_expand(cls, urls: str | list[str]) -> str | list[str]:
+        if "${" not in str(urls):  # $WDS_ variables need only be set where the step runs
+            expand_shards(urls)  # unbalanced braces, an empty list: said by --validate-pipeline
+        return urls
 
 
 DatasetConfig = Annotated[ShapesDataset | FolderDataset | WebDatasetConfig, Field(discriminator="type")]

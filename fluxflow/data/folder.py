@@ -1,10 +1,12 @@
 """`folder`: a directory of images and a captions file with one `filename<TAB>caption` line per image.
 
 Filenames are relative to the folder (subdirectories allowed). Blank lines and lines starting with `#` are ignored.
-Lines without a tab and files that do not exist are skipped when the dataset is built; lines that are not UTF-8 are
-kept, decoded as Latin-1; files that cannot be decoded are skipped when first read (the next readable item takes
-their place, so batches keep their size and the epoch its length). All of them are counted in `dataset.skipped`,
-and the first one is logged as a warning.
+Lines without a tab and files that do not exist are skipped when the dataset is built, and a file listed again with
+another caption keeps the last one; lines that are not UTF-8 are kept, decoded as Latin-1; files that cannot be
+decoded are skipped when first read (the next readable item, with its own caption, takes their place, so batches keep
+their size and the epoch its length). All of them are counted in `dataset.skipped`; the training split logs each
+problem of the captions file, and the first undecodable image, as a warning, and says how many image files in the
+folder the captions file does not list.
 
 Held-out split: the entries are put in a fixed order by a hash of their filename and the last `holdout` of that
 order are held out. Hashing rather than sorting by name keeps the held-out images a fair sample when names are
@@ -13,13 +15,15 @@ grouped (`cat_001.jpg`, ..., `zebra_999.jpg`). Train and holdout are disjoint an
 Held-out captions (`holdout_captions`, fluxflow/data/heldout.py): entries whose caption matches are in neither
 split but form a third one, `unseen`, wherever their filename hashes to.
 
-Reading the captions file and the rules for a missing folder or a hold-out that leaves nothing to train on are in
+Reading the captions file and the rules for a missing folder, a file that lists nothing usable (a CSV), names none of
+the files that are there, or a hold-out that leaves nothing to train on are in
 fluxflow/config/file_checks.py, which validation applies before any step starts; here they are applied again to the
 files actually found, as a DataError (which no retry repeats).
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,10 +31,16 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from fluxflow.config.file_checks import folder_problem, holdout_problem, read_captions, resolve_captions_path
+from fluxflow.config.file_checks import (CaptionsFile, entries_problem, folder_problem, found_problem, holdout_problem,
+                                        is_listed_file, read_captions, resolve_captions_path)
 from fluxflow.data.skips import CountsSkips, SkipCounter
-from fluxflow.data.transforms import load_image, pil_mode
+from fluxflow.data.transforms import DECODING_VERSION, load_image, pil_mode
+from fluxflow.data.webdataset_sample import IMAGE_EXTENSIONS
 from fluxflow.errors import DataError
+
+log = logging.getLogger("fluxflow.data")
+# What an image file is called (lower case): how files the captions file does not list are found and reported.
+IMAGE_SUFFIXES = tuple(f".{ext}" for ext in (*IMAGE_EXTENSIONS, "gif", "pgm"))
 
 
 def holdout_names(names: list[str], holdout: int) -> set[str]:
@@ -39,6 +49,40 @@ def holdout_names(names: list[str], holdout: int) -> set[str]:
         return set()
     by_hash = sorted(names, key=lambda n: (hashlib.sha1(n.encode("utf-8")).hexdigest(), n))
     return set(by_hash[-holdout:])
+
+
+def report_captions_file(skips: SkipCounter, listing: CaptionsFile, missing: list[str]) -> None:
+    """Count and log, one line each, the captions file's lines that were skipped, replaced or repaired, and the listed
+    files that are not there."""
+    name = listing.path.name
+    if listing.malformed:
+        skips.found(len(listing.malformed), f"{len(listing.malformed)} line(s) of {name} without a tab, skipped; "
+                                            f"first: {listing.malformed[0][:80]!r}")
+    if listing.relisted:
+        skips.found(len(listing.relisted), f"{len(listing.relisted)} file(s) listed again in {name} with another "
+                                           f"caption, the last line kept; first: {listing.relisted[0]!r}")
+    if listing.repaired:
+        skips.found(len(listing.repaired), f"{len(listing.repaired)} line(s) of {name} not UTF-8, decoded as "
+                                           f"Latin-1 and kept; first: line {listing.repaired[0]}")
+    if missing:
+        skips.found(len(missing), f"{len(missing)} file(s) listed in {name} not found (or in a folder that cannot be "
+                                  f"read), skipped; first: {missing[0]!r}")
+
+
+def report_unlisted(root: Path, listing: CaptionsFile) -> None:
+    """Log how many image files under `root` the captions file does not list: they are not trained on, and a user who
+    added images without adding their lines would not know (not counted: they are not items of the dataset). Hidden
+    files and folders (`.DS_Store`, `.git`) are not looked at."""
+    listed = {os.path.normpath(name) for name in listing.captions}
+    unlisted = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        unlisted += [rel for rel in (os.path.relpath(os.path.join(folder, f), root) for f in sorted(files)
+                                     if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES))
+                     if rel not in listed]
+    if unlisted:
+        log.warning("%s: %d image file(s) not listed in %s, not trained on; first: %r", root, len(unlisted),
+                    listing.path.name, unlisted[0])
 
 
 class FolderDataset(CountsSkips, torch.utils.data.Dataset):
@@ -55,11 +99,12 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
             raise DataError(problem)
         self.img_size, self.channels, self.split = img_size, channels, split
 
-        captions, malformed, repaired = read_captions(captions_path)
-        present = {n: c for n, c in captions.items() if (self.root / n).is_file()}
-        missing = [n for n in captions if n not in present]
+        listing = read_captions(captions_path)
+        present = {n: c for n, c in listing.captions.items() if is_listed_file(self.root / n)}
+        missing = [n for n in listing.captions if n not in present]
         names = sorted(present)
-        problem = holdout_problem(self.root, len(names), holdout, "listed images found")
+        problem = (entries_problem(listing) or found_problem(self.root, listing, len(names))
+                   or holdout_problem(self.root, len(names), holdout, "listed images found"))
         if problem:
             raise DataError(problem)
         held = holdout_names(names, holdout)
@@ -70,17 +115,12 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
             self.items = [(n, present[n]) for n in names if (n in held) == (split == "holdout") and n not in unseen]
 
         # Public: its state travels in a step's checkpoint (fluxflow/train/step_report.py). `skipped` counts
-        # malformed caption lines + listed files that are missing + files that failed to decode so far.
-        self.skips = SkipCounter(f"unreadable entries of {self.root}", len(self.items))
-        if malformed:
-            self.skips.add(len(malformed), f"{len(malformed)} line(s) of {captions_path} without a tab, first: "
-                                            f"{malformed[0]!r}")
-        if repaired:
-            self.skips.add(len(repaired), f"{len(repaired)} line(s) of {captions_path} not UTF-8, decoded as Latin-1, "
-                                           f"first: line {repaired[0]}")
-        if missing:
-            self.skips.add(len(missing), f"{len(missing)} file(s) listed in {captions_path.name} not found, "
-                                          f"first: {missing[0]!r}")
+        # malformed caption lines + lines replaced by a later one + repaired lines + listed files that are missing
+        # + files that failed to decode so far.
+        self.skips = SkipCounter(str(self.root), len(self.items))
+        if split == "train":  # every split reads the same captions file: the training split reports it, once
+            report_captions_file(self.skips, listing, missing)
+            report_unlisted(self.root, listing)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -91,9 +131,10 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
         return self.items[index][1]
 
     def fingerprint(self) -> str:
-        """sha256 over every item's name, caption, file size and modification time: a replaced or edited image
-        changes it (what keys the latent cache besides the config, fluxflow/cache/fingerprint.py)."""
-        digest = hashlib.sha256()
+        """sha256 over every item's name, caption, file size and modification time, and the decoding's version: a
+        replaced or edited image, or a change of what a file decodes to, changes it (what keys the latent cache
+        besides the config, fluxflow/cache/fingerprint.py)."""
+        digest = hashlib.sha256(f"decoding {DECODING_VERSION}\n".encode())
         for name, caption in self.items:
             try:
                 st = (self.root / name).stat()
@@ -107,6 +148,7 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
         n = len(self.items)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} items")
+        failure = "each was found unreadable before"
         for k in range(n):  # a corrupt file is replaced by the next readable one, deterministically
             i = (index + k) % n
             if self.skips.is_marked(i):
@@ -116,5 +158,7 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
                 with Image.open(self.root / name) as img:
                     return load_image(img, self.img_size, self.channels), caption
             except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-                self.skips.mark(i, f"{name}: {type(exc).__name__}: {exc}")
-        raise DataError(f"no readable image among the {n} files of {self.root}")
+                failure = f"{name}: {type(exc).__name__}: {exc}"
+                self.skips.mark(i, failure)
+        which = {"train": "training", "holdout": "held-out", "unseen": "unseen-caption"}[self.split]
+        raise DataError(f"none of the {n} {which} images of {self.root} can be read ({failure})")

@@ -1,11 +1,14 @@
 """A count of unreadable items that DataLoader worker processes share with the main process.
 
 A corrupt file must never stop a run, but it must not go unnoticed either: every file-backed dataset counts what it
-skipped or repaired (`dataset.skipped`, backed by its `dataset.skips` counter) and logs one warning, the first time,
-naming the item. The counter's state travels in the step's checkpoint, so a resumed step continues its count. The runner
-reports the training split's count as `skipped_samples` at each epoch end (fluxflow/train/step_report.py). The count
-lives in shared memory (multiprocessing.Value), so the increments made in DataLoader worker processes, forked or
-spawned, are what the main process reads; no tensor and no host sync is involved.
+skipped or repaired (`dataset.skipped`, backed by its `dataset.skips` counter) and logs one warning per kind of
+problem, the first time it meets it, naming the item: an unreadable image, a caption that was not UTF-8, a sample
+without a caption. What a dataset finds when it is built (a captions file's bad lines, its missing files) is logged
+as it is counted, one line per problem. The counter's state travels in the step's checkpoint, so a resumed step
+continues its count. The runner reports the training split's count as `skipped_samples` at each epoch end
+(fluxflow/train/step_report.py). The count lives in shared memory (multiprocessing.Value), so the increments made in
+DataLoader worker processes, forked or spawned, are what the main process reads; no tensor and no host sync is
+involved.
 
 Text of any encoding: a caption is decoded as UTF-8 and, failing that, as Latin-1
 (fluxflow/config/file_checks.py, `decode_text`): the caption is kept (repaired) and counted, never fatal.
@@ -21,24 +24,44 @@ log = logging.getLogger("fluxflow.data")
 T = TypeVar("T")
 
 
-class SkipCounter:
-    """`add` counts skips that have no index (build time, stream samples); `mark(i)` counts item i once, however
-    many epochs or workers meet it, and remembers it so that it is not decoded again."""
+# Kinds of problem met while reading, each logged the first time (in any process) and counted every time.
+KINDS = {
+    "unreadable": "skipping an unreadable image of {where}",
+    "repaired": "a caption of {where} is not UTF-8, decoded as Latin-1 and kept",
+    "uncaptioned": "a sample of {where} has no caption, trained with an empty one",
+}
 
-    def __init__(self, what: str, n_items: int = 0):
-        self.what = what  # e.g. "unreadable images in /data/faces"
+
+class SkipCounter:
+    """`add` counts skips that have no index (stream samples); `mark(i)` counts item i once, however many epochs or
+    workers meet it, and remembers it so that it is not decoded again; `found` counts and logs what the dataset found
+    wrong when it was built."""
+
+    def __init__(self, where: str, n_items: int = 0):
+        self.where = where  # the folder or the shards' urls
         # Shared memory: workers (forked or spawned by the DataLoader) update the numbers the trainer reads.
         self._count = multiprocessing.Value("q", 0)
         self._flags = multiprocessing.RawArray("b", max(n_items, 1))
+        self._logged = multiprocessing.RawArray("b", len(KINDS))  # which kinds have been logged already
 
-    def add(self, n: int, reason: str) -> None:
+    def found(self, n: int, message: str) -> None:
+        """`n` entries dropped or repaired when the dataset was built: counted, and `message` logged."""
+        if n > 0:
+            with self._count.get_lock():
+                self._count.value += n
+            log.warning("%s: %s", self.where, message)
+
+    def add(self, n: int, reason: str, kind: str = "unreadable") -> None:
         if n <= 0:
             return
+        k = list(KINDS).index(kind)
         with self._count.get_lock():
-            first = self._count.value == 0
+            first = not self._logged[k]
+            self._logged[k] = 1
             self._count.value += n
         if first:
-            log.warning("skipping %s: %s (further skips are counted, not logged)", self.what, reason)
+            log.warning("%s: %s (further ones are counted in skipped_samples, not logged)",
+                        KINDS[kind].format(where=self.where), reason)
 
     def mark(self, index: int, reason: str) -> None:
         with self._count.get_lock():  # a recursive lock: `add` takes it again, flag and count change together

@@ -1,4 +1,14 @@
-"""From a decoded PIL image to the model's input: `img_size` square, `channels` channels, float in [-1, 1]."""
+"""From a decoded PIL image to the model's input: `img_size` square, `channels` channels, float in [-1, 1].
+
+What a folder of real photos holds, and what becomes of it:
+- a JPEG's EXIF orientation (phone photos) is applied, so the image is trained upright, as every viewer shows it;
+- 16-bit grayscale (PNG/TIFF, Pillow mode `I;16` or `I`) is scaled to 8 bits (65535 -> 255), not clipped: PIL's own
+  conversion clips, which made every such image white. `I` is read as 16-bit data too (Pillow 10 opened 16-bit PNGs
+  so), values beyond 0..65535 clipped. 16-bit RGB(A) PNGs PIL already opens as 8-bit RGB(A);
+- a 32-bit float image (`F`, TIFF) has no range to scale from: it is refused (ValueError), so the dataset skips and
+  counts it instead of training on a black square;
+- palette, grey+alpha, RGBA, CMYK and bilevel images are converted, transparent pixels becoming white.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -15,9 +25,28 @@ def pil_mode(channels: int) -> str:
         raise ValueError(f"channels must be one of {sorted(_MODES)}, got {channels}") from None
 
 
+# Decoding changed what some files become (EXIF orientation, 16-bit scaling): part of a folder's fingerprint, so a
+# latent cache built by the older decoding is not read (fluxflow/data/folder.py).
+DECODING_VERSION = 2
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_eight_bits(img: Image.Image) -> Image.Image:
+    """A 16-bit grayscale image as 8-bit `L`, scaled (PIL's `convert` clips everything above 255 to white); a float
+    image is refused: its range is unknown."""
+    if img.mode == "F":
+        raise ValueError("32-bit float image: no known range to convert from; save it as 8- or 16-bit")
+    if img.mode not in SIXTEEN_BIT_MODES:
+        return img
+    wide = np.asarray(img).astype(np.int64)  # I;16 reads as uint16, I as int32
+    return Image.fromarray(((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8))
+
+
 def convert_channels(img: Image.Image, channels: int) -> Image.Image:
-    """Convert to the mode for `channels`. Transparent pixels become white, not whatever colour they hid."""
+    """Convert to the mode for `channels`. Transparent pixels become white, not whatever colour they hid; 16-bit
+    grayscale is scaled to 8 bits."""
     mode = pil_mode(channels)
+    img = to_eight_bits(img)
     if img.mode == mode:
         return img
     has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
@@ -45,6 +74,7 @@ def load_image(img: Image.Image, img_size: int, channels: int) -> torch.Tensor:
         # JPEG can decode at 1/2, 1/4, 1/8 scale for free: never decode more pixels than the crop needs.
         img.draft("RGB" if channels != 1 else "L", (img_size, img_size))
     img.load()
+    ImageOps.exif_transpose(img, in_place=True)  # a phone photo stored sideways, with its orientation in EXIF
     img = convert_channels(img, channels)
     if img.size != (img_size, img_size):  # the shorter side scaled to `img_size` (antialiased), the centre cut out
         img = ImageOps.fit(img, (img_size, img_size), method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))

@@ -25,25 +25,31 @@ def sample_key(member_name: str) -> tuple[str, str] | None:
 
 
 def decode_sample(files: dict[str, bytes], img_size: int, channels: int,
-                  on_repair: Callable[[], None] = lambda: None) -> tuple[torch.Tensor, str]:
-    """(image, caption); `on_repair()` is called when the caption was not UTF-8 (kept, decoded as Latin-1)."""
+                  on_caption: Callable[[str, str], None] = lambda kind, detail: None) -> tuple[torch.Tensor, str]:
+    """(image, caption). `on_caption(kind, detail)` is called when the caption was not UTF-8 (`repaired`: kept,
+    decoded as Latin-1) or when the sample has none (`uncaptioned`: trained with "", `detail` naming its files)."""
     ext = next((e for e in IMAGE_EXTENSIONS if e in files), None)
     if ext is None:
         raise ValueError(f"no image among {sorted(files)}")
     with Image.open(io.BytesIO(files[ext])) as img:
         image = load_image(img, img_size, channels)
-    return image, _caption(files, on_repair)
+    return image, _caption(files, on_caption)
 
 
-def _caption(files: dict[str, bytes], on_repair: Callable[[], None]) -> str:
+def _caption(files: dict[str, bytes], on_caption: Callable[[str, str], None]) -> str:
     for ext in CAPTION_EXTENSIONS:
         if ext in files:
             text, repaired = decode_text(files[ext])
             if repaired:
-                on_repair()
+                on_caption("repaired", f"its .{ext} decoded as Latin-1")
             return text.strip()
-    if "json" in files:
-        meta = json.loads(files["json"])
-        if isinstance(meta, dict):
-            return str(meta.get("caption", meta.get("text", ""))).strip()
+    meta = json.loads(files["json"]) if "json" in files else None
+    caption = next((meta[k] for k in ("caption", "text") if k in meta), None) if isinstance(meta, dict) else None
+    if isinstance(caption, str):
+        return caption.strip()
+    # A sample the stream cannot caption ({"caption": null} was the text "None"): say which files it has, so that a
+    # caption under another name (.prompt, a json "prompt" field) is seen, instead of training without text.
+    json_keys = f" (json keys: {', '.join(sorted(meta))})" if isinstance(meta, dict) else ""
+    on_caption("uncaptioned", f"files {', '.join(sorted(files))}{json_keys}; captions are read from "
+                              f".{', .'.join(CAPTION_EXTENSIONS)} or a .json 'caption'/'text' string")
     return ""

@@ -1,10 +1,12 @@
 """`webdataset`: samples streamed from tar shards in the WebDataset layout, local or on anything fsspec opens.
 
 `urls` is a string or a list of strings; each may hold brace patterns (`shards-{000..009}.tar`) or `::`-joined lists
-(expanded by `webdataset.shardlists.expand_urls`) and may be a local path or an fsspec URL (`s3://`, `gs://`,
+(expanded as `webdataset.shardlists.expand_urls` does, by fluxflow/config/file_checks.py expand_shards, which
+validation runs too) and may be a local path or an fsspec URL (`s3://`, `gs://`,
 `https://`, `file://`). A sample is the run of consecutive tar members sharing a key (`dir/0001.jpg`,
 `dir/0001.txt` -> key `dir/0001`); its image is the first of jpg/jpeg/png/webp/... and its caption the `txt`
-(or `caption`, `text`, or a `json` with a "caption"/"text" field; none -> "").
+(or `caption`, `text`, or a `json` with a "caption"/"text" string; none -> "", counted and logged: a caption under
+another name would otherwise train the model without text, unnoticed).
 
 Order, ranks, resume and workers (what the resumable sampler means for a stream):
 - Ranks (torchrun): each rank reads its own shards, split once for the whole run and balanced by sample count
@@ -26,14 +28,14 @@ Order, ranks, resume and workers (what the resumable sampler means for a stream)
 - A sample whose image does not decode is counted in `dataset.skipped` (once per epoch that meets it) and its place
   is taken by a readable sample of its batch (fluxflow/data/skips.py fill_unreadable), so batch boundaries — and
   therefore resume — stay exact, whatever the number of workers. A caption that is not UTF-8 is kept, decoded as
-  Latin-1, and counted too. A shard
-  that cannot be opened is an error: that is storage failing, not a bad image.
+  Latin-1, and counted too, as is a sample without a caption. A shard that cannot be opened is an error: that is
+  storage failing, not a bad image (retried); one that is not a tar archive is a DataError (not retried). A run does
+  not start when a local shard is missing (fluxflow/config/file_checks.py shards_issues).
 - `length` (config): samples in all shards; without it (or with several ranks) the tar headers are scanned once.
 """
 from __future__ import annotations
 
 import itertools
-import os
 import tarfile
 from collections.abc import Callable, Iterator
 
@@ -41,6 +43,7 @@ import fsspec
 import numpy as np
 import torch
 
+from fluxflow.config.file_checks import expand_shards
 from fluxflow.data.sampler import epoch_permutation
 from fluxflow.data.skips import CountsSkips, SkipCounter, fill_unreadable
 from fluxflow.data.stream_order import assign_shards, buffer_order
@@ -53,40 +56,34 @@ from fluxflow.errors import DataError
 SHUFFLE_BUFFER = 1000
 
 
-def expand_shards(urls: str | list[str]) -> list[str]:
-    from webdataset.shardlists import expand_urls  # the package's own brace / '::' expansion
-
-    shards: list[str] = []
-    for url in [urls] if isinstance(urls, str) else list(urls):
-        shards.extend(expand_urls(url))
-    shards = [s if "://" in s else os.path.expanduser(s) for s in shards]
-    if not shards:
-        raise ValueError(f"webdataset urls {urls!r} name no shard")
-    return shards
-
-
 def iter_shard(url: str, want: Callable[[int], bool] = lambda j: True) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) for every sample of one shard, in file order. Only samples j with want(j) have their
     bytes read; the others come with an empty dict, and on a seekable file their data is never read at all (tar
     headers only): that is how samples are counted and skipped cheaply."""
-    with fsspec.open(url, "rb") as f:
-        seekable = f.seekable()
-        with tarfile.open(fileobj=f, mode="r:*" if seekable else "r|*") as tar:
-            j, key, files, wanted = -1, None, {}, False
-            for member in tar:
-                parsed = sample_key(member.name) if member.isfile() else None
-                if parsed is None or parsed[0].rpartition("/")[2].startswith("__"):
-                    continue  # directories, metadata files
-                if parsed[0] != key:
-                    if key is not None:
-                        yield key, files
-                    j, key, files = j + 1, parsed[0], {}
-                    wanted = want(j)
-                if wanted:
-                    files[parsed[1]] = tar.extractfile(member).read()
-                tar.members = []  # headers are not needed again: memory stays flat on big shards
-            if key is not None:
-                yield key, files
+    with fsspec.open(url, "rb") as f, _tar(url, f) as tar:
+        j, key, files, wanted = -1, None, {}, False
+        for member in tar:
+            parsed = sample_key(member.name) if member.isfile() else None
+            if parsed is None or parsed[0].rpartition("/")[2].startswith("__"):
+                continue  # directories, metadata files
+            if parsed[0] != key:
+                if key is not None:
+                    yield key, files
+                j, key, files = j + 1, parsed[0], {}
+                wanted = want(j)
+            if wanted:
+                files[parsed[1]] = tar.extractfile(member).read()
+            tar.members = []  # headers are not needed again: memory stays flat on big shards
+        if key is not None:
+            yield key, files
+
+
+def _tar(url: str, f) -> tarfile.TarFile:
+    """The tar archive in `f`; a DataError (not retried: reading it again fails the same way) when it is none."""
+    try:
+        return tarfile.open(fileobj=f, mode="r:*" if f.seekable() else "r|*")
+    except tarfile.ReadError:
+        raise DataError(f"webdataset shard {url} is not a tar archive (plain, gzip, bzip2 or xz)") from None
 
 
 class _ShardIndex:
@@ -133,10 +130,11 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
             self.my_shards = set(range(len(self.shards)))
             self.rank_inputs = self.rank_length = total - self.holdout
         if self.rank_length <= 0:
-            raise ValueError(f"webdataset {urls!r}: holdout={holdout} leaves no training samples for rank {rank}")
+            raise DataError(f"webdataset {urls!r}: holdout={holdout} leaves no training samples"
+                            + (f" for rank {rank}" if world > 1 else f" ({total} samples in its shards)"))
         self.length = world * self.rank_length
         # Public: its state travels in a step's checkpoint (fluxflow/train/step_report.py).
-        self.skips = SkipCounter(f"unreadable samples in {urls!r}")
+        self.skips = SkipCounter(repr(urls))
         self.set_position(0, 0, 0, 1)
 
     def set_position(self, seed: int, epoch: int, start_batch: int, batch_size: int) -> None:
@@ -218,8 +216,8 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
                 shard_, key_, files_ = pending.pop(next_out)
                 try:
                     batch.append(decode_sample(files_, self.img_size, self.channels,
-                                               on_repair=lambda s=shard_, k=key_: self.skips.add(
-                                                   1, f"{s}:{k}: caption not UTF-8, decoded as Latin-1")))
+                                               on_caption=lambda kind, detail, s=shard_, k=key_: self.skips.add(
+                                                   1, f"{s}:{k}: {detail}", kind)))
                 except Exception as exc:  # a bad image never stops training (see module docstring)
                     self.skips.add(1, f"{shard_}:{key_}: {type(exc).__name__}: {exc}")
                     batch.append(None)
@@ -235,7 +233,7 @@ class WebDatasetHoldout(CountsSkips, torch.utils.data.Dataset):
     def __init__(self, urls: str | list[str], img_size: int, channels: int = 3, holdout: int = 0):
         pil_mode(channels)
         self.img_size, self.channels = img_size, channels
-        self.skips = SkipCounter(f"unreadable held-out samples in {urls!r}")
+        self.skips = SkipCounter(f"the held-out samples of {urls!r}")
         shards = expand_shards(urls) if holdout > 0 else []
         in_url_order = (files for shard in shards for _, files in iter_shard(shard))
         self.samples: list[dict[str, bytes]] = list(itertools.islice(in_url_order, max(holdout, 0)))
@@ -250,8 +248,9 @@ class WebDatasetHoldout(CountsSkips, torch.utils.data.Dataset):
         for k in range(n):  # like the folder dataset: a bad sample is replaced by the next readable one
             i = (index + k) % n
             try:
-                return decode_sample(self.samples[i], self.img_size, self.channels, on_repair=lambda i=i: (
-                    self.skips.add(1, f"held-out sample {i}: caption not UTF-8, decoded as Latin-1")))
+                return decode_sample(self.samples[i], self.img_size, self.channels,
+                                     on_caption=lambda kind, detail, i=i: self.skips.add(
+                                         1, f"held-out sample {i}: {detail}", kind))
             except Exception as exc:
                 self.skips.add(1, f"held-out sample {i}: {type(exc).__name__}: {exc}")
         raise DataError(f"no readable image among the {n} held-out samples")

@@ -20,6 +20,7 @@ of D = FEATURE_DIM features the estimate is biased upwards for small N; compare 
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 from collections import Counter
 from pathlib import Path
@@ -31,6 +32,7 @@ from torch import nn
 from fluxflow.checkpoints.io import load_checkpoint, save_checkpoint
 from fluxflow.checkpoints.step_key import json_sha256
 
+log = logging.getLogger("fluxflow.evaluation")
 RECIPE_VERSION = 1  # bump when anything below changes what the cached network computes
 FEATURE_SIZE = 64
 FEATURE_DIM = 32  # small D keeps the covariance estimate usable with a few dozen held-out images
@@ -77,7 +79,9 @@ def fit_size(images: torch.Tensor) -> torch.Tensor:
 
 
 def caption_words(caption: str) -> set[str]:
-    return set(re.findall(r"[a-z]+", caption.lower()))
+    """The runs of letters of any script ("красный", "café"; a CJK phrase is one run): `[a-z]+` found no word at all
+    in captions that are not in English, which stopped every flow step on such a folder (see feature_net_for)."""
+    return set(re.findall(r"[^\W\d_]+", caption.lower()))
 
 
 def caption_vocabulary(captions: list[str], size: int = VOCAB_SIZE) -> list[str]:
@@ -158,9 +162,12 @@ def cache_key(ds_cfg, img_size: int, channels: int) -> str:
                        compact=False)
 
 
-def feature_net_for(train_set, ds_cfg, img_size: int, channels: int, cache_dir: str | Path) -> FeatureNet:
+def feature_net_for(train_set, ds_cfg, img_size: int, channels: int, cache_dir: str | Path) -> FeatureNet | None:
     """The feature network of this dataset config: loaded from `cache_dir` when trained before, else trained on the
-    first N_TRAIN training images and saved there (atomically: a crash never leaves half a file)."""
+    first N_TRAIN training images and saved there (atomically: a crash never leaves half a file). None, with a
+    warning, when their captions have no word that some of them lack (one caption for every image, as a DreamBooth-
+    style folder has): there is nothing to learn, and fd_ours is left out of the metrics instead of stopping the step
+    (a ValueError there failed every flow step on such a folder, retried, exit 1)."""
     path = Path(cache_dir) / f"feature_net_{cache_key(ds_cfg, img_size, channels)}.pt"
     if path.exists():
         state = load_checkpoint(path)
@@ -168,6 +175,10 @@ def feature_net_for(train_set, ds_cfg, img_size: int, channels: int, cache_dir: 
         net.load_state_dict(state["weights"])
         return net.eval().requires_grad_(False)
     images, captions = first_items(train_set, N_TRAIN)
+    if not caption_vocabulary(captions):
+        log.warning("fd_ours is not computed: the training captions have no word that some of them lack (e.g. one "
+                    "caption for every image)")
+        return None
     net, vocab = train_feature_net(images, captions)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"weights": net.state_dict(), "vocab": vocab, "channels": images.shape[1]}, path)

@@ -44,7 +44,7 @@ def load_step_data(config, step, device: torch.device) -> StepData:
     n_batches = min(per_epoch, step.max_steps or per_epoch)
     if n_batches == 0:
         raise DataError(f"step {step.name}: dataset {step.dataset!r} has {len(train_set)} items, fewer than one "
-                         f"batch of {step.batch_size}")
+                         f"batch of {step.batch_size}; lower batch_size or holdout, or add images")
     return StepData(train_set, holdout_set, holdout, n_batches)
 
 

@@ -1,5 +1,8 @@
 """`folder` datasets: images + `filename<TAB>caption`, fitted to img_size; bad files skipped, counted, never fatal."""
 import logging
+import os
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -70,7 +73,7 @@ def test_gray_and_transparent_images_become_rgb_and_white(folder):
     assert single[index["a wide striped image"]][0].shape == (1, 16, 16)
 
 
-def test_bad_entries_are_skipped_counted_and_warned_once(folder, caplog):
+def test_bad_entries_are_skipped_counted_and_each_kind_warned_once(folder, caplog):
     caplog.set_level(logging.WARNING, logger="fluxflow.data")
     ds = build_dataset(cfg(folder), 16, 3, "train")
     assert ds.skipped == 2  # at build: the line without a tab and the missing file
@@ -84,8 +87,12 @@ def test_bad_entries_are_skipped_counted_and_warned_once(folder, caplog):
         for images, captions in make_loader(ds, 4, workers=0, seed=0):
             assert images.shape == (4, 3, 16, 16) and "not an image" not in captions
     assert ds.skipped == 4
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "without a tab" in warnings[0].getMessage()
+    # One line per kind of problem, whatever was logged before it (the missing file and the undecodable images were
+    # hidden behind the first line), and the two bad images, met in two epochs, once.
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3, warnings
+    assert "1 line(s) of captions.txt without a tab" in warnings[0] and "'missing.png'" in warnings[1]
+    assert "unreadable image" in warnings[2] and "garbage.jpg" in warnings[2]
 
 
 def test_a_restored_skip_count_continues_and_counts_no_item_twice(folder):
@@ -147,3 +154,93 @@ def test_a_caption_line_that_is_not_utf8_is_kept_as_latin1_and_counted(tmp_path)
     ds = build_dataset(cfg(tmp_path), 16, 3, "train")
     assert sorted(caption for _, caption in ds.items) == ["café crème", "naïve, in UTF-8", "plain zero"]
     assert ds.skipped == 1  # the repaired line
+
+
+def plain_folder(path, n=3):
+    for i in range(n):
+        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(path / f"p{i}.png")
+    return path
+
+
+def test_captions_of_any_line_end_and_of_utf16_pair_each_file_with_its_own_caption(tmp_path):
+    plain_folder(tmp_path)
+    lines = [f"p{i}.png\tcaption {i}" for i in range(3)]
+    for name, data in [("mac.txt", "\r".join(lines).encode()),  # Excel's "tab delimited" on a Mac: was one line,
+                       ("dos.txt", "\r\n".join(lines).encode()),  # p0.png with the text of every line
+                       ("notepad.txt", "\r\n".join(lines).encode("utf-16"))]:  # was 3 lines without a tab... or NULs
+        (tmp_path / name).write_bytes(data)
+        ds = build_dataset(cfg(tmp_path, captions_file=name), 8, 3, "train")
+        assert ds.items == [(f"p{i}.png", f"caption {i}") for i in range(3)] and ds.skipped == 0, name
+
+
+def test_a_file_listed_twice_with_two_captions_is_counted_and_said(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="fluxflow.data")
+    plain_folder(tmp_path)
+    (tmp_path / "captions.txt").write_text("p0.png\ta cat\np1.png\ta dog\np2.png\tx\np0.png\ta black cat\n"
+                                           "p1.png\ta dog\n")  # the same line again drops nothing
+    ds = build_dataset(cfg(tmp_path), 8, 3, "train")
+    assert dict(ds.items)["p0.png"] == "a black cat" and ds.skipped == 1  # was 0: "a cat" dropped unsaid
+    assert any("1 file(s) listed again in captions.txt with another caption, the last line kept; first: 'p0.png'"
+               in r.getMessage() for r in caplog.records)
+
+
+def test_images_the_captions_file_does_not_list_are_said_once_by_the_training_split(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="fluxflow.data")
+    plain_folder(tmp_path)
+    (tmp_path / "new").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "new" / "added.JPG")  # added to the folder, not to the captions
+    for other in (".DS_Store", "notes.txt", ".hidden.png"):
+        (tmp_path / other).write_bytes(b"x")
+    (tmp_path / "captions.txt").write_text("".join(f"./p{i}.png\tp {i}\n" for i in range(3)))
+    build_dataset(cfg(tmp_path), 8, 3, "train")
+    build_dataset(cfg(tmp_path), 8, 3, "holdout")
+    said = [r.getMessage() for r in caplog.records if "not listed" in r.getMessage()]
+    assert said == [f"{tmp_path}: 1 image file(s) not listed in captions.txt, not trained on; first: "
+                    f"'{os.path.join('new', 'added.JPG')}'"]
+
+
+def test_a_listed_file_in_a_folder_that_cannot_be_searched_is_skipped_and_counted(tmp_path, monkeypatch):
+    plain_folder(tmp_path)
+    (tmp_path / "captions.txt").write_text("p0.png\tzero\np1.png\tone\np2.png\ttwo\nlocked/p9.png\tlocked\n")
+    is_file = Path.is_file
+
+    def searching_locked(path):  # what a folder without x permission does to pathlib (root is never refused)
+        if "locked" in str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return is_file(path)
+
+    monkeypatch.setattr(Path, "is_file", searching_locked)
+    ds = build_dataset(cfg(tmp_path), 8, 3, "train")  # was: PermissionError, a traceback, the step retried
+    assert len(ds) == 3 and ds.skipped == 1
+
+
+@pytest.mark.parametrize("captions, says", [
+    ("file_name,text\np0.png,zero\np1.png,one\n", re.escape("none of its 3 lines is 'filename<TAB>caption' (first: "
+                                                            "'file_name,text')")),
+    ("p0.png zero\np1.png one\n", re.escape("none of its 2 lines is 'filename<TAB>caption' (first: 'p0.png zero')")),
+    ("# nothing yet\n\n", "lists no images"),
+    ("zero\tp0.png\none\tp1.png\n", "none of the 2 files listed in captions.txt is in .* \\(first: 'zero', looked "
+                                    "for at .*zero\\)"),  # the two columns the wrong way round
+])
+def test_a_captions_file_that_lists_nothing_usable_says_why(tmp_path, captions, says):
+    plain_folder(tmp_path)
+    (tmp_path / "captions.txt").write_text(captions)
+    with pytest.raises(DataError, match=says):  # was: 0 items ("fewer than one batch" at the step), or a hold-out
+        build_dataset(cfg(tmp_path, holdout=1), 8, 3, "train")
+
+
+def test_a_held_out_split_of_unreadable_files_names_the_split_and_why(tmp_path):
+    from fluxflow.data.folder import holdout_names
+    names = [f"i{i}.png" for i in range(6)]
+    held = holdout_names(names, 2)
+    for name in names:
+        if name in held:
+            (tmp_path / name).write_bytes(b"not an image")
+        else:
+            Image.new("RGB", (8, 8)).save(tmp_path / name)
+    (tmp_path / "captions.txt").write_text("".join(f"{n}\t{n}\n" for n in names))
+    holdout = build_dataset(cfg(tmp_path, holdout=2), 8, 3, "holdout")
+    # was "no readable image among the 2 files of DIR", of a folder of 6 files
+    with pytest.raises(DataError, match=r"none of the 2 held-out images of .* can be read \(i\d\.png: "
+                                        r"UnidentifiedImageError"):
+        holdout[0]

@@ -1,5 +1,7 @@
 """`webdataset` shards: brace patterns and fsspec URLs, a held-out head, and a stream order that resumes exactly."""
 import io
+import json
+import logging
 import tarfile
 from types import SimpleNamespace
 
@@ -141,3 +143,40 @@ def test_the_shuffle_buffer_mixes_within_its_size_and_the_shard_split_balances()
     assert assign_shards([5, 5, 5, 3], 2) == [[0, 2], [1, 3]]
     with pytest.raises(ValueError, match="at least one shard per rank"):
         assign_shards([5], 2)
+
+
+def write_shard(path, samples):
+    """samples: {key: {ext: bytes}}, in order."""
+    with tarfile.open(path, "w") as tar:
+        for key, files in samples.items():
+            for ext, data in files.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_a_sample_without_a_caption_is_counted_and_its_files_named(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="fluxflow.data")
+    write_shard(tmp_path / "s.tar", {
+        "a": {"png": png_bytes(1), "txt": b"a caption"},
+        "b": {"png": png_bytes(2), "prompt": b"under another name"},
+        "c": {"png": png_bytes(3), "json": json.dumps({"caption": None}).encode()},  # was the caption "None"
+        "d": {"png": png_bytes(4), "json": json.dumps({"text": "from json"}).encode()},
+    })
+    train = build_dataset(cfg(str(tmp_path / "s.tar"), holdout=0), 8, 3, "train")
+    seen = sorted(captions_of(make_loader(train, 1, workers=0, seed=0)))
+    assert seen == ["", "", "a caption", "from json"]
+    assert train.skipped == 2  # was 0: trained without text, unsaid
+    said = [r.getMessage() for r in caplog.records if "no caption" in r.getMessage()]
+    # the first met (the shuffle decides which), with the files it has: a caption under another name is seen
+    assert len(said) == 1 and (":b: files png, prompt;" in said[0] or ":c: files json, png (json keys: caption);"
+                               in said[0]), said
+
+
+def test_a_shard_that_is_no_tar_and_a_holdout_of_every_sample_are_data_errors(shard_dir):
+    from fluxflow.errors import DataError
+    (shard_dir / "notes.tar").write_text("not a tar archive at all " * 40)
+    with pytest.raises(DataError, match="notes.tar is not a tar archive"):  # was tarfile.ReadError: retried, 4 lines
+        build_dataset(cfg(str(shard_dir / "notes.tar"), holdout=0), 8, 3, "train")
+    with pytest.raises(DataError, match=r"holdout=5 leaves no training samples \(5 samples in its shards\)"):
+        build_dataset(cfg(str(shard_dir / "shards-000.tar"), holdout=5), 8, 3, "train")  # was a ValueError: retried

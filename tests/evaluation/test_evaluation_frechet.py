@@ -81,3 +81,16 @@ def test_feature_net_is_cached_per_dataset_config(tmp_path, monkeypatch):
     assert cache_key(SHAPES, 32, 3) != cache_key(SHAPES, 16, 3)
     # Pinned: a changed key would retrain every cached feature network.
     assert cache_key({"kind": "shapes", "n": 8}, 32, 3) == "f7a0230452cad6fb"
+
+
+def test_captions_in_any_script_have_words():
+    # was []: [a-z]+ saw no word in them, and every flow step on such a folder stopped (see the next test)
+    assert caption_vocabulary(["красный круг", "синий круг", "un café noir"]) == [
+        "круг", "café", "noir", "un", "красный", "синий"]  # the most frequent first
+
+
+def test_one_caption_for_every_image_leaves_fd_ours_out_instead_of_stopping_the_step(tmp_path, caplog):
+    images = torch.rand(6, 3, 16, 16) * 2 - 1
+    same = [(image, "a photo of sks dog") for image in images]  # a DreamBooth-style folder
+    assert feature_net_for(same, {"kind": "folder"}, 16, 3, tmp_path) is None  # was ValueError: no informative words
+    assert not list(tmp_path.iterdir()) and "fd_ours is not computed" in caplog.text

@@ -86,12 +86,19 @@ def test_train_refuses_a_model_checkpoint_that_would_run_code(tmp_path, prefect_
     (None, 0, "path", "image folder {folder} does not exist"),
     ("a.png\tone\nb.png\ttwo\n", 2, "holdout",
      "folder {folder}: holdout=2 leaves no training images (2 entries in captions.txt); lower holdout or add images"),
+    # A spreadsheet's export: was "holdout=2 leaves no training images (0 entries ...)", or with no hold-out a failed
+    # step "0 items, fewer than one batch" after the servers had started.
+    ("file_name,text\na.png,one\nb.png,two\n", 2, "captions_file",
+     "captions file {folder}/captions.txt: none of its 3 lines is 'filename<TAB>caption' (first: 'file_name,text'); "
+     "separate each filename from its caption by a tab (CSV, JSON Lines and space-separated files are not read)"),
 ])
 def test_train_with_a_missing_or_too_small_data_folder_exits_2_at_start(tmp_path, captions, holdout, field, says):
     folder = tmp_path / "photos"
     if captions is not None:
         folder.mkdir()
         (folder / "captions.txt").write_text(captions)
+        for name in ("a.png", "b.png"):  # the listed images are there: what is wrong is the captions file or holdout
+            (folder / name).write_bytes(b"")
     raw = tiny_raw(tmp_path / "out", STEPS, no_samples=True)
     raw["training"]["pipeline"]["datasets"] = {"photos": {"type": "folder", "path": str(folder),
                                                           "captions_file": "captions.txt", "holdout": holdout}}

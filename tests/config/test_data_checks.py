@@ -1,0 +1,92 @@
+"""What a run checks of its data before it starts (exit 2, the field named, no server started): a folder and its
+captions file, a webdataset's local shards; and what validation alone says of a shard pattern."""
+import os
+
+import pytest
+from helpers_tiny import tiny_raw
+
+from fluxflow.config import ConfigError, load_config
+from fluxflow.config.run_config import resolve_run_config
+
+D = "training.pipeline.datasets.mine"
+
+
+def with_dataset(tmp_path, **dataset):
+    raw = tiny_raw(tmp_path / "out")
+    raw["training"]["pipeline"]["datasets"] = {"mine": {"holdout": 0, **dataset}}
+    raw["training"]["pipeline"]["default_dataset"] = "mine"
+    return raw
+
+
+def start_problems(raw) -> dict[str, str]:
+    with pytest.raises(ConfigError) as caught:
+        resolve_run_config(raw)
+    return {issue.path: issue.message for issue in caught.value.issues}
+
+
+def test_a_shard_pattern_that_matches_no_file_stops_the_run_before_it_starts(tmp_path):
+    (tmp_path / "shards-000.tar").write_bytes(b"")
+    raw = with_dataset(tmp_path, type="webdataset", urls=str(tmp_path / "shards-{000..002}.tar"))
+    load_config(raw)  # valid: the shards may be written later
+    found = start_problems(raw)  # was: the step's FileNotFoundError, 3 tracebacks, a retry, exit 1
+    assert found == {f"{D}.urls": f"2 of the 3 shards named by {str(tmp_path / 'shards-{000..002}.tar')!r} are not "
+                                  f"files (first: {tmp_path / 'shards-001.tar'} does not exist)"}
+    raw["training"]["pipeline"]["datasets"]["mine"]["urls"] = [str(tmp_path)]
+    assert f"{tmp_path} is a folder, not a regular file" in start_problems(raw)[f"{D}.urls"]
+    raw["training"]["pipeline"]["datasets"]["mine"]["urls"] = ["s3://bucket/shard-{0..3}.tar"]
+    resolve_run_config(raw)  # remote shards are the step's to open
+
+
+def test_a_shard_pattern_with_unbalanced_braces_is_a_validation_error(tmp_path):
+    for urls in ["shards-{000..009.tar", ["a.tar", "b-{1,2.tar"], []]:
+        with pytest.raises(ConfigError) as caught:  # was: accepted, then the step's UnbalancedBracesError, retried
+            load_config(with_dataset(tmp_path, type="webdataset", urls=urls))
+        (issue,) = caught.value.issues
+        assert issue.path == f"{D}.urls" and ("unbalanced braces" in issue.message or "names no shard" in issue.message)
+
+
+def test_an_image_folder_that_is_a_file_or_cannot_be_read_is_said_so(tmp_path, monkeypatch):
+    (tmp_path / "photos.zip").write_bytes(b"PK")
+    found = start_problems(with_dataset(tmp_path, type="folder", path=str(tmp_path / "photos.zip"),
+                                        captions_file="captions.txt"))
+    assert found == {f"{D}.path": f"image folder {tmp_path / 'photos.zip'} is a file, not a folder"}  # "does not exist"
+    (tmp_path / "locked").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p).endswith("locked") else real_access(p, mode))
+    found = start_problems(with_dataset(tmp_path, type="folder", path=str(tmp_path / "locked"),
+                                        captions_file="captions.txt"))
+    assert found == {f"{D}.path": f"image folder {tmp_path / 'locked'} cannot be read (permission denied)"}
+
+
+def test_a_captions_file_naming_none_of_the_folders_files_stops_the_run(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"")
+    (tmp_path / "photos" / "captions.txt").write_text("photos/a.png\ta cat\n")  # relative to the working directory
+    found = start_problems(with_dataset(tmp_path, type="folder", path=str(tmp_path / "photos"),
+                                        captions_file="captions.txt"))
+    assert found[f"{D}.captions_file"].startswith(
+        f"none of the 1 files listed in captions.txt is in {tmp_path / 'photos'} (first: 'photos/a.png', looked for at "
+        f"{tmp_path / 'photos' / 'photos' / 'a.png'})")
+
+
+def test_a_folder_with_fewer_training_images_than_a_batch_stops_the_run_before_it_starts(tmp_path):
+    (tmp_path / "photos").mkdir()
+    for i in range(5):
+        (tmp_path / "photos" / f"{i}.png").write_bytes(b"")
+    (tmp_path / "photos" / "captions.txt").write_text("".join(f"{i}.png\tphoto {i}\n" for i in range(5)))
+    raw = with_dataset(tmp_path, type="folder", path=str(tmp_path / "photos"), captions_file="captions.txt",
+                       holdout=2)  # 3 training images, batch 4 (tiny_raw): was the first step's error, after start
+    assert start_problems(raw) == {D: "3 training images (5 listed in captions.txt, holdout 2) are fewer than one "
+                                      "batch of 4 (step warm); lower batch_size or holdout, or add images"}
+    raw["training"]["batch_size"] = 3
+    resolve_run_config(raw)
+
+
+def test_a_relative_path_that_is_not_there_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a deployment's worker runs elsewhere than the shell the config was written in
+    found = start_problems(with_dataset(tmp_path, type="folder", path="data/photos", captions_file="captions.txt"))
+    assert found == {f"{D}.path": f"image folder data/photos does not exist (relative to the working directory, "
+                                  f"{tmp_path})"}
+    found = start_problems(with_dataset(tmp_path, type="webdataset", urls="shards/{0..1}.tar"))
+    assert found[f"{D}.urls"].endswith(f"(first: shards/0.tar does not exist, relative to the working directory, "
+                                       f"{tmp_path})")

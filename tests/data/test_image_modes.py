@@ -1,0 +1,65 @@
+"""What real photo folders hold decodes to the picture a viewer shows: 16-bit grayscale scaled (not clipped to white),
+EXIF orientation applied, float images refused (the dataset skips and counts them)."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fluxflow.data import build_dataset
+from fluxflow.data.transforms import load_image
+
+
+def decoded(path, channels=3, size=8):
+    with Image.open(path) as img:
+        return load_image(img, size, channels)
+
+
+def test_a_16_bit_grayscale_png_keeps_its_tones(tmp_path):
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))  # black on the left, white on the right
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    with Image.open(tmp_path / "ramp16.png") as img:
+        assert img.mode.startswith("I")  # what Pillow opens it as: the case PIL's convert clips
+    image = decoded(tmp_path / "ramp16.png", channels=1, size=64)[0]
+    assert image[:, 0].max() < -0.95 and image[:, -1].min() > 0.95  # was +1.0 everywhere: every such image white
+    assert abs(image[:, 32].mean().item()) < 0.05  # mid-grey in the middle
+
+
+def test_32_bit_integer_images_are_read_as_16_bit_and_float_images_are_refused(tmp_path):
+    Image.fromarray(np.full((16, 16), 32768, dtype=np.int32)).save(tmp_path / "mid.tif")
+    assert abs(decoded(tmp_path / "mid.tif").mean().item()) < 0.01
+    Image.fromarray(np.full((16, 16), 0.5, dtype=np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(ValueError, match="float image"):
+        decoded(tmp_path / "float.tif")
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (32, 16), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 16, 16))  # stored: blue left half, red right half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": shown with blue on top
+    img.save(tmp_path / "phone.jpg", quality=95, exif=exif)
+    image = decoded(tmp_path / "phone.jpg", size=16)
+    top, bottom = image[:, :4].mean(dim=(1, 2)), image[:, -4:].mean(dim=(1, 2))
+    assert top[2] > 0.5 and top[0] < -0.5 and bottom[0] > 0.5 and bottom[2] < -0.5
+
+
+def test_a_folder_of_16_bit_images_and_a_float_one_trains_on_the_readable_ones(tmp_path):
+    for i in range(3):
+        Image.fromarray(np.full((16, 16), 20000 * i, dtype=np.uint16)).save(tmp_path / f"g{i}.png")
+    Image.fromarray(np.zeros((16, 16), dtype=np.float32)).save(tmp_path / "f.tif")
+    (tmp_path / "captions.txt").write_text("g0.png\tblack\ng1.png\tgrey\ng2.png\tlight\nf.tif\tfloat\n")
+    ds = build_dataset({"type": "folder", "path": str(tmp_path), "captions_file": "captions.txt", "holdout": 0}, 8, 3)
+    means = {caption: image.mean().item() for image, caption in (ds[i] for i in range(len(ds)))}
+    assert ds.skipped == 1 and set(means) == {"black", "grey", "light"}
+    assert means["black"] < means["grey"] < means["light"] < 1.0
+    assert torch.is_tensor(ds[0][0])
+
+
+def test_a_change_of_decoding_changes_a_folders_fingerprint(tmp_path, monkeypatch):
+    import fluxflow.data.folder as folder
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "captions.txt").write_text("a.png\ta\n")
+    ds = build_dataset({"type": "folder", "path": str(tmp_path), "captions_file": "captions.txt", "holdout": 0}, 8, 3)
+    before = ds.fingerprint()
+    monkeypatch.setattr(folder, "DECODING_VERSION", folder.DECODING_VERSION + 1)
+    assert ds.fingerprint() != before  # a latent cache of the older decoding is not read

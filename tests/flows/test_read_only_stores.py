@@ -53,13 +53,20 @@ def test_a_store_that_cannot_be_read_is_one_line_and_exit_2_at_once(tmp_path, ca
     assert not (tmp_path / "typo.db").exists()  # no empty store was made
 
 
+@pytest.mark.parametrize("export", [False, True])
 @pytest.mark.parametrize("command", ["generate", "export"])
-def test_a_model_folder_that_is_not_an_mlflow_model_is_one_line(mlflow_store, tmp_path, capsys, command):
-    (tmp_path / "exported").mkdir()  # e.g. fluxflow-export's folder, which --weights loads: it ended in a traceback
+def test_a_model_folder_that_is_not_an_mlflow_model_is_one_line(mlflow_store, tmp_path, capsys, command, export):
+    """First a traceback, then MLflow's "No such artifact: 'MLmodel'"; a folder of fluxflow-export (its config.json)
+    is pointed to --weights."""
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    if export:
+        (folder / "config.json").write_text("{}")
     if command == "generate":
-        code = cli_generate.main(["--model", str(tmp_path / "exported"), "--prompt", "x", "--output", str(tmp_path)])
+        code = cli_generate.main(["--model", str(folder), "--prompt", "x", "--output", str(tmp_path / "out")])
     else:
-        code = cli_export.main(["--model", str(tmp_path / "exported"), "--output", str(tmp_path / "again")])
+        code = cli_export.main(["--model", str(folder), "--output", str(tmp_path / "again")])
     assert code == 2
-    [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"fluxflow-{command}: {tmp_path / 'exported'}: No such artifact: 'MLmodel'"), line
+    hint = "; a folder written by fluxflow-export is read with fluxflow-generate --weights" if export else ""
+    assert capsys.readouterr().err == (f"fluxflow-{command}: --model {folder} is not an MLflow model: no MLmodel file "
+                                       f"in it{hint}\n")

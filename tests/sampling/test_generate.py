@@ -276,20 +276,6 @@ def test_a_model_that_is_not_a_uri_says_what_a_model_looks_like(tmp_path, capsys
                                        "models:/NAME/VERSION\n")
 
 
-@pytest.mark.parametrize("export", [False, True])
-def test_a_model_folder_without_mlmodel_says_so(tmp_path, capsys, export):
-    """Was MLflow's "No such artifact: 'MLmodel'", or, without ./mlflow.db, that no store was there; a folder of
-    fluxflow-export is pointed to --weights."""
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    (folder / ("config.json" if export else "notes.txt")).write_text("{}")
-    assert generate_cli("--model", str(folder), "--prompt", "x", "--output", str(tmp_path / "out")) == 2
-    hint = "; a folder written by fluxflow-export is read with fluxflow-generate --weights" if export else ""
-    assert capsys.readouterr().err == (f"fluxflow-generate: --model {folder} is not an MLflow model: no MLmodel file "
-                                       f"in it{hint}\n")
-    assert not (tmp_path / "out").exists()
-
-
 @pytest.mark.parametrize("scale", ["nan", "inf", "-inf"])
 def test_a_guidance_scale_that_is_not_a_finite_number_is_a_usage_error(trained, tmp_path, capsys, scale):
     _, checkpoint, _ = trained

@@ -15,11 +15,12 @@ from flows import env  # noqa: F401  (must precede mlflow)
 
 import csv
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from mlflow.tracking import MlflowClient
 
-from flows.mlflow_names import FINAL_PREFIX, PARENT_RUN_ID, TAG_KIND, TAG_PARENT_STEP, TAG_STEP_NAME
+from flows.mlflow_names import (FINAL_PREFIX, PARENT_RUN_ID, TAG_KIND, TAG_OUTPUT_DIR, TAG_PARENT_STEP,
+                                TAG_STEP_NAME)
 from flows.mlflow_runs import find_runs
 from flows.hypotheses import HypothesisSummary, summarize
 
@@ -65,11 +66,30 @@ def final_metrics(run) -> dict[str, float]:
     return finals or {k: v for k, v in run.data.metrics.items() if k not in ("epoch", "sec_per_batch")}
 
 
+def pipeline_labels(client: MlflowClient, pipelines: set[str]) -> dict[str, str]:
+    """Pipeline run id -> the prefix of its columns: its run name (its output folder's name), or, for pipelines that
+    share that name (out/x/run, out/y/run), as many trailing folders of their output directories as tell them apart.
+    One label per pipeline: two pipelines under one label were grouped as if they were seed replicates."""
+    runs = {p: client.get_run(p) for p in pipelines if p}
+    labels = {p: run.info.run_name for p, run in runs.items()}
+    for name in {name for name in labels.values() if list(labels.values()).count(name) > 1}:
+        parts = {p: PurePosixPath(runs[p].data.tags.get(TAG_OUTPUT_DIR, "")).parts
+                 for p in labels if labels[p] == name}
+        for depth in range(2, max(map(len, parts.values())) + 1):
+            tails = {p: "/".join(folders[-depth:]) for p, folders in parts.items()}
+            if len(set(tails.values())) == len(tails):
+                break
+        else:  # no output directory tells them apart (runs recorded without it)
+            tails = {p: f"{name}@{p[:8]}" for p in parts}
+        labels.update(tails)
+    return labels
+
+
 def group_by_hypothesis(client: MlflowClient, runs: list) -> dict[str, list]:
     """Column label -> the leaf runs (replicates) of that hypothesis, in the order of `runs`; the label is
     `pipeline/hypothesis` when the runs come from several pipelines."""
     pipelines = {run.data.tags.get(PARENT_RUN_ID) for run in runs}
-    names = {p: client.get_run(p).info.run_name for p in pipelines if p} if len(pipelines) > 1 else {}
+    names = pipeline_labels(client, pipelines) if len(pipelines) > 1 else {}
     groups: dict[str, list] = {}
     for run in runs:
         pipeline = names.get(run.data.tags.get(PARENT_RUN_ID))

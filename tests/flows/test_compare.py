@@ -211,3 +211,18 @@ def test_an_alias_the_model_does_not_have_is_an_error_and_the_default_one_unset_
     client.set_registered_model_alias("m", "staging", version.version)
     assert cli_compare.main(["--registered-model", "m", "--alias", "nosuch", "--output", str(tmp_path)]) == 2
     assert "has no alias 'nosuch' (its aliases: staging)" in capsys.readouterr().err
+
+
+def test_two_pipelines_whose_output_folders_share_a_name_are_two_columns_not_two_replicates(experiment, tmp_path):
+    """Pipelines in out/x/run and out/y/run both have the run name `run`: their leaves were one column `run/gan`
+    with 2 "replicates", and intervals and verdicts computed over two different pipelines as if over seeds."""
+    client, exp = experiment
+    for folder, loss in (("x", 0.7), ("y", 0.8)):
+        record_pipeline(client, exp, f"{tmp_path}/{folder}/run", [WARM, {"name": "gan", "n_epochs": 1,
+                                                                         "gan_training": True}],
+                        {"warm": 0.9, "gan": loss})
+
+    comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp))
+    assert comparison.labels == ["x/run/gan", "y/run/gan"]
+    assert comparison.summary.replicates == {"x/run/gan": ["gan"], "y/run/gan": ["gan"]}
+    assert comparison.metrics["vae_loss"] == [0.7, 0.8]

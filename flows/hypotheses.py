@@ -82,6 +82,12 @@ def welch(a: list[float], b: list[float], metric: str = "", names: tuple[str, st
     sa, sb = spread(a), spread(b)
     # Equal means computed in another order differ in the last bit: that is no difference (not -2.2e-16).
     diff = 0.0 if math.isclose(sa.mean, sb.mean, rel_tol=1e-12) else sb.mean - sa.mean
+    # A diverged replicate (nan, inf) leaves nothing to test: its p was nan, and nan < 0.05 read "within the spread".
+    odd = [name for name, values in zip(names, (a, b)) if not all(map(math.isfinite, values))]
+    if odd:
+        return Difference(metric, *names, diff, None, None, None,
+                          f"no test: {' and '.join(odd)} {'has' if len(odd) == 1 else 'have'} a non-finite value "
+                          "(nan or inf)")
     single = [name for name, s in zip(names, (sa, sb)) if s.n < 2]
     if single:
         return Difference(metric, *names, diff, None, None, None,
@@ -97,6 +103,10 @@ def welch(a: list[float], b: list[float], metric: str = "", names: tuple[str, st
     return Difference(metric, *names, diff, diff - half, diff + half, p, BEYOND if p < 1 - CONFIDENCE else WITHIN)
 
 
+def _finite_or_null(fields: dict) -> dict:
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in fields.items()}
+
+
 @dataclass
 class HypothesisSummary:
     """Per hypothesis (in order) its replicates' labels, per metric its spread, and every pair's differences."""
@@ -106,9 +116,11 @@ class HypothesisSummary:
     differences: list[Difference] = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        """For JSON: a value that is not finite is null (a bare NaN is not JSON; jq and JSON.parse refuse it)."""
         return {"test": TEST, "confidence": CONFIDENCE, "replicates": self.replicates,
-                "metrics": {m: {h: asdict(s) for h, s in by_h.items()} for m, by_h in self.spreads.items()},
-                "differences": [asdict(d) for d in self.differences]}
+                "metrics": {m: {h: _finite_or_null(asdict(s)) for h, s in by_h.items()}
+                            for m, by_h in self.spreads.items()},
+                "differences": [_finite_or_null(asdict(d)) for d in self.differences]}
 
     def metric_rows(self) -> list[list[str]]:
         """The replicate counts, then per metric a cell per hypothesis: the value, or with several replicates

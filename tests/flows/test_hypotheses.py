@@ -64,3 +64,17 @@ def test_equal_means_are_a_difference_of_exactly_zero():
     assert sum([1.00, 0.93, 0.93]) / 3 - sum([0.95, 0.99, 0.92]) / 3 != 0
     d = welch([0.95, 0.99, 0.92], [1.00, 0.93, 0.93])
     assert d.difference == 0.0 and d.row()[2] == "+0" and d.verdict == WITHIN
+
+
+def test_a_value_that_is_not_a_number_gives_no_verdict_and_null_in_the_json():
+    """A diverged replicate (final metric NaN) made every difference NaN, its p NaN, and the verdict "within the
+    spread"; the JSON held a bare NaN, which strict readers (jq, JSON.parse) refuse."""
+    nan = float("nan")
+    d = welch(A, [0.79, nan, 0.77], "m", ("a", "b"))
+    assert (d.low, d.high, d.p_value) == (None, None, None)
+    assert d.verdict == "no test: b has a non-finite value (nan or inf)"
+    summary = summarize({"a": ["a-seed0", "a-seed1", "a-seed2"], "b": ["b-seed0", "b-seed1", "b-seed2"]},
+                        {"a": [{"m": v} for v in A], "b": [{"m": v} for v in (0.79, nan, 0.77)]})
+    logged = json.loads(json.dumps(summary.to_dict(), allow_nan=False))  # ValueError on a NaN
+    assert logged["metrics"]["m"]["b"]["mean"] is None and logged["differences"][0]["difference"] is None
+    assert logged["metrics"]["m"]["a"]["mean"] == pytest.approx(sum(A) / 3)

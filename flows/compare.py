@@ -7,6 +7,7 @@ every hypothesis (the newest run per pipeline and step name, grouped by the writ
 configuration values that differ between them, the number of replicates and each final smoothed metric: the value,
 or with several replicates mean ± standard deviation [95 % interval]; then for every pair of hypotheses and metric
 the difference, its interval and whether it is beyond the replicate spread (Welch's t-test, flows/hypotheses.py).
+A replicate that did not finish is left out where others of its hypothesis finished (`counted_replicates`).
 It writes the same as CSV, as JSON and as a PNG bar chart with the intervals as error bars.
 """
 from __future__ import annotations
@@ -99,13 +100,23 @@ def group_by_hypothesis(client: MlflowClient, runs: list) -> dict[str, list]:
     return groups
 
 
+def counted_replicates(label: str, group: list) -> tuple[str, list]:
+    """(column label, the runs its statistics use). An interrupted or still running step is shown with its last
+    logged values, and says so; but where other replicates of its hypothesis finished, those raw mid-training values
+    are left out (averaged with final smoothed ones, they moved the mean, the interval and every verdict)."""
+    finished = [run for run in group if run.info.status == "FINISHED"]
+    unfinished = [run.info.status.lower() for run in group if run.info.status != "FINISHED"]
+    if not unfinished:
+        return label, group
+    if not finished:
+        return f"{label} ({', '.join(sorted(set(unfinished)))})", group
+    counts = ", ".join(f"{unfinished.count(status)} {status}" for status in sorted(set(unfinished)))
+    return f"{label} (left out: {counts} of {len(group)})", finished
+
+
 def compare_runs(client: MlflowClient, runs: list) -> Comparison:
-    groups = group_by_hypothesis(client, runs)
-    labels = []
-    for label, group in groups.items():
-        # An interrupted or still running step is shown with its last logged values, and says so.
-        unfinished = [run.info.status.lower() for run in group if run.info.status != "FINISHED"]
-        labels.append(f"{label} ({', '.join(sorted(set(unfinished)))})" if unfinished else label)
+    groups = dict(counted_replicates(label, group) for label, group in group_by_hypothesis(client, runs).items())
+    labels = list(groups)
     firsts = [group[0] for group in groups.values()]
     comparison = Comparison(labels=labels)
     # Config differences between hypotheses, from one replicate of each (replicates differ only in their seed).

@@ -26,12 +26,13 @@ def record_pipeline(client, experiment, out, steps, losses, session="s", interru
     raw = tiny_raw(out, steps)
     if replicates:
         raw["training"]["replicates"] = replicates
-    for step in load_config(raw).config.resolved_steps():
+    resolved = load_config(raw).config.resolved_steps()
+    for step in resolved:
         tracker = MlflowTracker(client, experiment, parent, out, session=session)
         tracker.step_started(step, f"key-{out}-{step.name}", len(steps), resumed=False)
         loss = losses[step.name]
         tracker.log_metrics({"vae_loss": loss}, Progress(step.name, 1, 1, 1, 1, 1, 1, 1, 0.1))
-        if interrupt_last and step.name == steps[-1]["name"]:
+        if interrupt_last and step.name == resolved[-1].name:  # with replicates, the last one's last seed
             tracker.step_failed(status="KILLED")
             assert tracker.flush()
             return
@@ -226,3 +227,19 @@ def test_two_pipelines_whose_output_folders_share_a_name_are_two_columns_not_two
     assert comparison.labels == ["x/run/gan", "y/run/gan"]
     assert comparison.summary.replicates == {"x/run/gan": ["gan"], "y/run/gan": ["gan"]}
     assert comparison.metrics["vae_loss"] == [0.7, 0.8]
+
+
+def test_a_replicate_that_did_not_finish_is_left_out_of_its_hypothesis_statistics(experiment, tmp_path):
+    """b-seed2 was killed mid-step: its last logged (raw, mid-training) values were averaged with the final smoothed
+    values of b's finished replicates, moving b's mean and interval and every verdict on b."""
+    client, exp = experiment
+    losses = {"warm": 0.9, **{f"a-seed{i}": v for i, v in enumerate([0.50, 0.55, 0.45])},
+              "b-seed0": 0.30, "b-seed1": 0.32, "b-seed2": 5.0}
+    record_pipeline(client, exp, f"{tmp_path}/reps", [
+        WARM, *({"name": name, "n_epochs": 1, "train_vae": True, "after": "warm"} for name in ("a", "b"))
+    ], losses, replicates={"seeds": [0, 1, 2], "from_steps": ["a", "b"]}, interrupt_last=True)
+
+    comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp))
+    assert comparison.labels == ["a", "b (left out: 1 killed of 3)"]
+    assert sorted(comparison.summary.replicates["b (left out: 1 killed of 3)"]) == ["b-seed0", "b-seed1"]
+    assert comparison.metrics["vae_loss"] == [pytest.approx(0.5), pytest.approx(0.31)]

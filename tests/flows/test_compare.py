@@ -243,3 +243,21 @@ def test_a_replicate_that_did_not_finish_is_left_out_of_its_hypothesis_statistic
     assert comparison.labels == ["a", "b (left out: 1 killed of 3)"]
     assert sorted(comparison.summary.replicates["b (left out: 1 killed of 3)"]) == ["b-seed0", "b-seed1"]
     assert comparison.metrics["vae_loss"] == [pytest.approx(0.5), pytest.approx(0.31)]
+
+
+def test_versions_promoted_on_different_metrics_show_each_value_under_its_own_metric():
+    """The first version's promotion metric named the row for all: after a run with `promotion.metric:
+    eval_fd_ours_cfg`, its Fréchet distances (0.1363) stood in the row `promotion eval_adherence_both`."""
+    from types import SimpleNamespace
+
+    from flows.compare_versions import info_rows
+    from flows.mlflow_names import TAG_PROMOTION
+
+    def version(metric, value):
+        tags = {TAG_PROMOTION + "metric": metric, TAG_PROMOTION + "value": value} if metric else {}
+        return SimpleNamespace(tags=tags, run_id="r", creation_timestamp=0)
+
+    rows = info_rows([version("eval_adherence_both", "0"), version(None, None),
+                      version("eval_fd_ours_cfg", "0.136343")])
+    assert rows[-2:] == [["promotion eval_adherence_both", "0", "-", "-"],
+                         ["promotion eval_fd_ours_cfg", "-", "-", "0.136343"]]

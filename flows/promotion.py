@@ -72,8 +72,11 @@ def decide_beyond_spread(values: list[float], champion_value: float | None, dire
                          min_improvement: float) -> tuple[bool, str]:
     """(promote?, why) for a hypothesis trained as seed replicates: the end of its 95 % interval over `values`
     (flows/hypotheses.py) nearest the champion must beat the champion's value as `decide` requires, so that a lucky
-    replicate alone does not take the alias. One replicate gives no interval, so no promotion."""
+    replicate alone does not take the alias. One replicate gives no interval, so no promotion, except with no
+    champion: there is nothing to be beyond, and the first version of a model is promoted as `decide` does."""
     s = spread(values)
+    if s.low is None and champion_value is None:  # nothing to be beyond
+        return decide(s.mean, None, direction, min_improvement)
     if s.low is None:
         return False, "one replicate: no interval can be given, so no improvement beyond the spread"
     end, which = (s.low, "lower") if direction == "maximize" else (s.high, "upper")

@@ -189,3 +189,13 @@ def test_promotion_beyond_the_spread_moves_the_alias_to_the_best_replicate_only_
     # lucky's best replicate (0.75) beats the new champion's 0.62, but not beyond its spread: the alias stays
     assert not decisions["lucky-seed1"].promoted and "its lower end: worse" in decisions["lucky-seed1"].reason
     assert client.get_model_version_by_alias("m", "champion").version == versions[2]
+
+
+def test_beyond_the_spread_the_first_version_is_promoted_even_from_one_replicate():
+    """With no champion there is nothing to be beyond: a model trained without replicates (or with `seeds: [0]`)
+    under `beyond_spread: true` never got a champion, against "the first version of a model is promoted", and
+    `models:/NAME@champion` stayed unresolvable."""
+    from flows.promotion import decide_beyond_spread
+
+    assert decide_beyond_spread([0.70], None, "maximize", 0.0) == (True, "no champion yet")
+    assert decide_beyond_spread([0.70], 0.5, "maximize", 0.0)[0] is False  # a champion: one replicate is not enough

@@ -3,7 +3,8 @@ flows/cli_compare.py).
 
 A hypothesis is a leaf step of a pipeline (nothing starts from it), e.g. `spade_off` and `spade_on` trained from the
 same warm-up; its seed replicates (`training.replicates`) are the leaf runs of that written step, one per seed. For
-every hypothesis (the newest run per pipeline and step name, grouped by the written step) this prints the
+every hypothesis (the newest run per pipeline and step name, of the steps of the pipeline's latest config,
+grouped by the written step) this prints the
 configuration values that differ between them, the number of replicates and each final smoothed metric: the value,
 or with several replicates mean ± standard deviation [95 % interval]; then for every pair of hypotheses and metric
 the difference, its interval and whether it is beyond the replicate spread (Welch's t-test, flows/hypotheses.py).
@@ -21,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from mlflow.tracking import MlflowClient
 
 from flows.mlflow_names import (FINAL_PREFIX, PARENT_RUN_ID, TAG_KIND, TAG_OUTPUT_DIR, TAG_PARENT_STEP,
-                                TAG_STEP_NAME)
+                                TAG_STEP_NAME, TAG_STEPS)
 from flows.mlflow_runs import find_runs
 from flows.hypotheses import HypothesisSummary, summarize
 
@@ -47,7 +48,11 @@ class Comparison:
 def leaf_step_runs(client: MlflowClient, experiment_id: str) -> list:
     """The newest run of each leaf step of each pipeline (parent run) in the experiment: oldest pipeline first, then
     in the pipeline's file order."""
-    runs = find_runs(client, experiment_id, {TAG_KIND: "step"})
+    # The steps of each pipeline's latest run: a step its config no longer has (renamed, removed, or trained once
+    # before training.replicates was added) is none of its hypotheses; its old run was counted as one more replicate.
+    current = {run.info.run_id: set(run.data.tags[TAG_STEPS].split(","))
+               for run in find_runs(client, experiment_id, {TAG_KIND: "pipeline"}) if run.data.tags.get(TAG_STEPS)}
+    runs = [run for run in find_runs(client, experiment_id, {TAG_KIND: "step"}) if _of_latest_config(run, current)]
     newest: dict[tuple[str, str], object] = {}
     for run in runs:
         key = (run.data.tags.get(PARENT_RUN_ID, ""), run.data.tags.get(TAG_STEP_NAME, run.info.run_name))
@@ -59,6 +64,12 @@ def leaf_step_runs(client: MlflowClient, experiment_id: str) -> list:
         started[pipeline] = min(started.get(pipeline, run.info.start_time), run.info.start_time)
     return sorted(leaves, key=lambda run: (started[run.data.tags.get(PARENT_RUN_ID, "")],
                                            int(run.data.params.get("index", 0))))
+
+
+def _of_latest_config(run, steps_of: dict[str, set[str]]) -> bool:
+    """Whether a step run's step is in its pipeline's latest config (a pipeline recorded without the list: yes)."""
+    steps = steps_of.get(run.data.tags.get(PARENT_RUN_ID, ""))
+    return steps is None or run.data.tags.get(TAG_STEP_NAME, run.info.run_name) in steps
 
 
 def final_metrics(run) -> dict[str, float]:

@@ -10,6 +10,7 @@ from helpers_tiny import tiny_raw
 from mlflow.tracking import MlflowClient
 
 from flows import cli_compare, compare
+from flows.mlflow_names import TAG_STEPS
 from flows.mlflow_runs import experiment_id_for, open_pipeline_run
 from flows.mlflow_tracker import MlflowTracker
 from fluxflow.checkpoints.ref import CheckpointRef, StepResult
@@ -22,11 +23,13 @@ WARM = {"name": "warm", "n_epochs": 1, "train_vae": True}
 def record_pipeline(client, experiment, out, steps, losses, session="s", interrupt_last=False, replicates=None):
     """Record every step as the flow would: a nested run with params, one metric line and a final result (for the
     last step, with `interrupt_last`, the end of an interrupted run instead)."""
-    parent = open_pipeline_run(client, experiment, out, out.rsplit("/", 1)[-1], {})
     raw = tiny_raw(out, steps)
     if replicates:
         raw["training"]["replicates"] = replicates
     resolved = load_config(raw).config.resolved_steps()
+    # the flow tags its run with the steps of the config it runs (flows/pipeline_flow.py)
+    parent = open_pipeline_run(client, experiment, out, out.rsplit("/", 1)[-1],
+                               {TAG_STEPS: ",".join(step.name for step in resolved)})
     for step in resolved:
         tracker = MlflowTracker(client, experiment, parent, out, session=session)
         tracker.step_started(step, f"key-{out}-{step.name}", len(steps), resumed=False)
@@ -261,3 +264,19 @@ def test_versions_promoted_on_different_metrics_show_each_value_under_its_own_me
                       version("eval_fd_ours_cfg", "0.136343")])
     assert rows[-2:] == [["promotion eval_adherence_both", "0", "-", "-"],
                          ["promotion eval_fd_ours_cfg", "-", "-", "0.136343"]]
+
+
+def test_a_step_the_pipeline_no_longer_has_is_not_counted_as_a_replicate(experiment, tmp_path):
+    """Trained once, then again into the same folder with training.replicates (what the one-replicate note
+    suggests): the first run's leaf `b` has hypothesis `b` too, and was counted as a 4th replicate of b (with seed 0,
+    as b-seed0: a duplicated value that narrowed the interval). Only the steps of the pipeline's latest run count."""
+    client, exp = experiment
+    steps = [WARM, *({"name": name, "n_epochs": 1, "train_vae": True, "after": "warm"} for name in ("a", "b"))]
+    record_pipeline(client, exp, f"{tmp_path}/reps", steps, {"warm": 0.9, "a": 0.5, "b": 0.3})
+    replicas = {f"{h}-seed{i}": v + i / 100 for h, v in (("a", 0.5), ("b", 0.3)) for i in range(3)}
+    record_pipeline(client, exp, f"{tmp_path}/reps", steps, {"warm": 0.9, **replicas},
+                    replicates={"seeds": [0, 1, 2], "from_steps": ["a", "b"]}, session="later")
+
+    comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp))
+    assert {h: sorted(runs) for h, runs in comparison.summary.replicates.items()} == {
+        "a": ["a-seed0", "a-seed1", "a-seed2"], "b": ["b-seed0", "b-seed1", "b-seed2"]}

@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     # The default is flows/compare_versions.py's DEFAULT_ALIAS, written out: that module imports MLflow.
     parser.add_argument("--alias", default="champion", help="the alias marked in --registered-model's columns (an "
                                                             "alias the model does not have is an error)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI, e.g. sqlite:///PATH or http://HOST:PORT "
+                                                         "(default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     parser.add_argument("--output", default=".", type=os.path.expanduser,  # `~`: bash leaves it after `=`
                         help="folder for compare_<name>.csv/.png/.json, or compare_versions_<name>.csv/.png with "
                              "--registered-model (default: .)")

@@ -142,6 +142,12 @@ class HypothesisSummary:
         if single:
             note += (f" {', '.join(single)}: one replicate, so no interval can be given; add training.replicates "
                      "(docs/CONFIG.md) to measure the spread.")
+        tests = sum(d.p_value is not None for d in self.differences)
+        if tests > 1:  # every pair and metric is a test of its own: some verdicts are chance
+            alpha = 1 - CONFIDENCE
+            note += (f" {tests} tests, each at {round(100 * alpha)} % on its own (no correction for multiple "
+                     f"comparisons): where there is no difference, about 1 in {round(1 / alpha)} still says 'beyond "
+                     "the spread'.")
         return note
 
     def text(self) -> str:

@@ -280,3 +280,10 @@ def test_a_step_the_pipeline_no_longer_has_is_not_counted_as_a_replicate(experim
     comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp))
     assert {h: sorted(runs) for h, runs in comparison.summary.replicates.items()} == {
         "a": ["a-seed0", "a-seed1", "a-seed2"], "b": ["b-seed0", "b-seed1", "b-seed2"]}
+
+
+def test_an_alias_with_experiment_is_refused_in_one_line_naming_both_flags(tmp_path, capsys):
+    """`--experiment X --alias best` ran and ignored --alias (it only marks --registered-model's columns)."""
+    assert cli_compare.main(["--experiment", "x", "--alias", "best", "--output", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == ("fluxflow-compare: --alias marks a version of --registered-model; the "
+                                       "hypotheses of --experiment have none\n")

@@ -42,7 +42,22 @@ class Spread:
     def cell(self) -> str:
         if self.low is None:
             return f"{self.mean:.4g}"
-        return f"{self.mean:.4g} ± {self.std:.2g} [{self.low:.4g}, {self.high:.4g}]"
+        f = _format(self.low, self.high)
+        return f"{self.mean:{f}} ± {self.std:.2g} {self.interval()}"
+
+    def interval(self) -> str:
+        f = _format(self.low, self.high)
+        return f"[{self.low:{f}}, {self.high:{f}}]"
+
+
+def _format(low: float, high: float, sign: str = "") -> str:
+    """The format of an interval's ends and its centre: 4 significant digits, or as many more as tell the ends apart,
+    trailing zeros kept (four printed an interval much narrower than its values as [20.7, 20.7], which looked like
+    none)."""
+    digits = 4
+    while digits < 12 and low != high and f"{low:{sign}.{digits}g}" == f"{high:{sign}.{digits}g}":
+        digits += 1
+    return f"{sign}.4g" if digits == 4 else f"{sign}#.{digits}g"
 
 
 def spread(values: list[float]) -> Spread:
@@ -69,9 +84,10 @@ class Difference:
     verdict: str
 
     def row(self) -> list[str]:
-        interval = "-" if self.low is None else f"[{self.low:+.4g}, {self.high:+.4g}]"
+        f = "+.4g" if self.low is None else _format(self.low, self.high, "+")
+        interval = "-" if self.low is None else f"[{self.low:{f}}, {self.high:{f}}]"
         p = "-" if self.p_value is None else f"{self.p_value:.3g}"
-        return [self.metric, f"{self.b} − {self.a}", f"{self.difference:+.4g}", interval, p, self.verdict]
+        return [self.metric, f"{self.b} − {self.a}", f"{self.difference:{f}}", interval, p, self.verdict]
 
 
 DIFFERENCE_HEADER = ["metric", "hypotheses", "difference", "95 % interval", "p", f"verdict ({TEST})"]

@@ -81,7 +81,7 @@ def decide_beyond_spread(values: list[float], champion_value: float | None, dire
         return False, "one replicate: no interval can be given, so no improvement beyond the spread"
     end, which = (s.low, "lower") if direction == "maximize" else (s.high, "upper")
     promoted, reason = decide(end, champion_value, direction, min_improvement)
-    return promoted, f"95 % interval over {s.n} replicates [{s.low:.4g}, {s.high:.4g}], its {which} end: {reason}"
+    return promoted, f"95 % interval over {s.n} replicates {s.interval()}, its {which} end: {reason}"
 
 
 def _fmt(value: float | None) -> str:

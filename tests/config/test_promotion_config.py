@@ -199,3 +199,10 @@ def test_beyond_the_spread_the_first_version_is_promoted_even_from_one_replicate
 
     assert decide_beyond_spread([0.70], None, "maximize", 0.0) == (True, "no champion yet")
     assert decide_beyond_spread([0.70], 0.5, "maximize", 0.0)[0] is False  # a champion: one replicate is not enough
+
+
+def test_beyond_the_spread_the_reason_keeps_a_narrow_interval_s_ends_apart():
+    """Its reason quoted the interval with four digits: [20.7, 20.7] for replicates 20.7001, 20.7003, 20.7002."""
+    from flows.promotion import decide_beyond_spread
+
+    assert "[20.7000, 20.7004]" in decide_beyond_spread([20.7001, 20.7003, 20.7002], 20.0, "maximize", 0.0)[1]

@@ -90,3 +90,13 @@ def test_the_note_says_how_many_tests_were_made_and_that_none_is_corrected_for_t
             "difference, about 1 in 20 still says 'beyond the spread'.") in summary.note()
     single = summarize({"a": ["a"], "b": ["b"]}, {"a": [{"m": 1.0}], "b": [{"m": 2.0}]})
     assert "tests" not in single.note()  # no test was made
+
+
+def test_an_interval_much_narrower_than_its_values_keeps_its_two_ends_apart():
+    """Four significant digits printed 20.7 ± 0.0001 [20.7, 20.7]: an interval that looked like none. The digits now
+    grow until the ends differ, for the mean too; the usual cells keep four."""
+    narrow = spread([20.7001, 20.7003, 20.7002])
+    assert narrow.cell() == "20.7002 ± 0.0001 [20.7000, 20.7004]"  # 20.69995: six digits, zeros kept
+    assert spread(A).cell() == "2.093 ± 0.19 [1.619, 2.567]"
+    row = welch([20.70001, 20.70003, 20.70002], [21.20001, 21.20003, 21.20002], "m", ("a", "b")).row()
+    assert row[2:4] == ["+0.50000", "[+0.49998, +0.50002]"]

@@ -125,14 +125,21 @@ def counted_replicates(label: str, group: list) -> tuple[str, list]:
     return f"{label} (left out: {counts} of {len(group)})", finished
 
 
+def hypothesis_params(group: list) -> dict[str, str]:
+    """The params of a hypothesis' counted replicates: their value, or for one that varies between them (the seed),
+    their values in order, "0, 1, 2". One replicate's params made its seed a difference between hypotheses whose
+    first counted replicates had different seeds (one left out)."""
+    keys = dict.fromkeys(key for run in group for key in run.data.params)
+    return {key: ", ".join(dict.fromkeys(run.data.params.get(key, MISSING) for run in group)) for key in keys}
+
+
 def compare_runs(client: MlflowClient, runs: list) -> Comparison:
     groups = dict(counted_replicates(label, group) for label, group in group_by_hypothesis(client, runs).items())
     labels = list(groups)
     firsts = [group[0] for group in groups.values()]
     comparison = Comparison(labels=labels)
-    # Config differences between hypotheses, from one replicate of each (replicates differ only in their seed).
-    fill_comparison(comparison, [run.data.params for run in firsts], [final_metrics(run) for run in firsts],
-                    IDENTITY_PARAMS)
+    fill_comparison(comparison, [hypothesis_params(group) for group in groups.values()],
+                    [final_metrics(run) for run in firsts], IDENTITY_PARAMS)
     names = {label: [run.data.tags.get(TAG_STEP_NAME, run.info.run_name) for run in group]
              for label, group in groups.items()}
     comparison.summary = summary = summarize(

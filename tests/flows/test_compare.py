@@ -20,9 +20,10 @@ from fluxflow.train.tracking import Progress
 WARM = {"name": "warm", "n_epochs": 1, "train_vae": True}
 
 
-def record_pipeline(client, experiment, out, steps, losses, session="s", interrupt_last=False, replicates=None):
+def record_pipeline(client, experiment, out, steps, losses, session="s", interrupt_last=False, replicates=None,
+                    killed=()):
     """Record every step as the flow would: a nested run with params, one metric line and a final result (for the
-    last step, with `interrupt_last`, the end of an interrupted run instead)."""
+    last step, with `interrupt_last`, and for the steps named in `killed`, the end of an interrupted run instead)."""
     raw = tiny_raw(out, steps)
     if replicates:
         raw["training"]["replicates"] = replicates
@@ -35,10 +36,10 @@ def record_pipeline(client, experiment, out, steps, losses, session="s", interru
         tracker.step_started(step, f"key-{out}-{step.name}", len(steps), resumed=False)
         loss = losses[step.name]
         tracker.log_metrics({"vae_loss": loss}, Progress(step.name, 1, 1, 1, 1, 1, 1, 1, 0.1))
-        if interrupt_last and step.name == resolved[-1].name:  # with replicates, the last one's last seed
-            tracker.step_failed(status="KILLED")
+        if interrupt_last and step.name == resolved[-1].name or step.name in killed:  # last: with replicates, its
+            tracker.step_failed(status="KILLED")                                        # last seed
             assert tracker.flush()
-            return
+            continue
         ref = CheckpointRef(f"{out}/{step.name}.pt", "0" * 64, step.name, "k", 1, 1)
         tracker.step_finished(ref, StepResult(step.name, "epochs_done", 1, {"vae_loss": loss}))
         assert tracker.flush()  # the tracking thread has sent everything
@@ -287,3 +288,18 @@ def test_an_alias_with_experiment_is_refused_in_one_line_naming_both_flags(tmp_p
     assert cli_compare.main(["--experiment", "x", "--alias", "best", "--output", str(tmp_path)]) == 2
     assert capsys.readouterr().err == ("fluxflow-compare: --alias marks a version of --registered-model; the "
                                        "hypotheses of --experiment have none\n")
+
+
+def test_replicates_left_out_do_not_show_their_seeds_as_a_config_difference(experiment, tmp_path):
+    """With b-seed0 killed, b's first counted replicate is b-seed1 while a's is a-seed0: the config differences, read
+    from one replicate per hypothesis, showed 'config: seed 0 1' as if the hypotheses differed in their seed. A param
+    that varies between a hypothesis' replicates is its values in order: here a's 0, 1, 2 against b's 1, 2."""
+    client, exp = experiment
+    losses = {"warm": 0.9, **{f"{h}-seed{i}": v + i / 100 for h, v in (("a", 0.5), ("b", 0.3)) for i in range(3)}}
+    record_pipeline(client, exp, f"{tmp_path}/reps", [
+        WARM, *({"name": name, "n_epochs": 1, "train_vae": True, "after": "warm"} for name in ("a", "b"))
+    ], losses, replicates={"seeds": [0, 1, 2], "from_steps": ["a", "b"]}, killed=("b-seed0",))
+
+    comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp))
+    assert comparison.labels == ["a", "b (left out: 1 killed of 3)"]
+    assert comparison.config == {"seed": ["0, 1, 2", "1, 2"]}

@@ -16,6 +16,7 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (must precede mlflow)
 
 import csv
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -30,7 +31,8 @@ from flows.hypotheses import HypothesisSummary, summarize
 # A step's position, name and hypothesis label are its identity (the column labels), not part of the hypothesis.
 IDENTITY_PARAMS = ("index", "name", "hypothesis")
 MISSING = "-"
-CHART_DIFFERENCES = 12  # lines of config differences under the chart; the CSV has them all
+CHART_DIFFERENCES = 12  # config differences under the chart; the CSV has them all
+CHART_CHARS_PER_INCH = 14  # 8 pt monospace: a character is 0.6 em = 4.8 pt, 15 to the inch; one spare
 
 
 def _unset_as_missing(value: str) -> str:
@@ -193,17 +195,14 @@ def write_chart(comparison: Comparison, path: Path, title: str) -> None:
     spreads = comparison.summary.spreads if comparison.summary else {}
     ncols = min(4, len(names))
     nrows = -(-len(names) // ncols)
-    differences = [
-        f"{key}: " + ", ".join(f"{label} = {value}" for label, value in zip(comparison.labels, values))
-        for key, values in comparison.config.items()
-    ]
-    shown = differences[:CHART_DIFFERENCES]
-    if len(differences) > len(shown):
-        shown.append(f"... and {len(differences) - len(shown)} more in the CSV")
+    many = len(comparison.labels) > 4
+    panel_width = max(3.4, 0.45 * len(comparison.labels) + 0.8)  # inches: room for each bar's label
+    width = panel_width * ncols + 0.6
+    shown = difference_lines(comparison, int(width * CHART_CHARS_PER_INCH))
     text_height = 0.18 * len(shown) + (0.3 if shown else 0)  # inches
-    panels_height = 3.0 * nrows
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols + 0.6, panels_height + text_height + 0.6),
-                             squeeze=False)
+    # Slanted labels take height from the bars unless the panels grow by it (8 pt: ~0.065 in a character, at 60°).
+    panels_height = (3.0 + (0.055 * max(map(len, comparison.labels)) if many else 0)) * nrows
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, panels_height + text_height + 0.6), squeeze=False)
     colors = [f"C{i % 10}" for i in range(len(comparison.labels))]
     for ax in axes.flat[len(names):]:
         ax.set_visible(False)
@@ -216,7 +215,8 @@ def write_chart(comparison: Comparison, path: Path, title: str) -> None:
             errors = [(by_label[label].high - by_label[label].mean)
                       if label in by_label and by_label[label].high is not None else 0.0 for label in labels]
             ax.bar(range(len(values)), values, color=colors, yerr=errors if any(errors) else None, capsize=4)
-            ax.set_xticks(range(len(values)), comparison.labels, rotation=20, ha="right", fontsize=8)
+            ax.set_xticks(range(len(values)), comparison.labels, rotation=60 if many else 20, ha="right", fontsize=8,
+                          rotation_mode="anchor")
         ax.set_title(name, fontsize=10)
     fig.suptitle(title, fontsize=11)
     bottom = text_height / fig.get_figheight()
@@ -226,6 +226,18 @@ def write_chart(comparison: Comparison, path: Path, title: str) -> None:
     fig.tight_layout(rect=(0, bottom, 1, 1 - 0.4 / fig.get_figheight()))
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def difference_lines(comparison: Comparison, width: int) -> list[str]:
+    """The first CHART_DIFFERENCES config differences as lines of at most `width` characters (a longer line ran off
+    the chart's right edge, hiding the values of the last hypotheses), and how many more the CSV has."""
+    lines = []
+    for key, values in list(comparison.config.items())[:CHART_DIFFERENCES]:
+        text = f"{key}: " + ", ".join(f"{label} = {value}" for label, value in zip(comparison.labels, values))
+        lines += textwrap.wrap(text, width, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False)
+    if len(comparison.config) > CHART_DIFFERENCES:
+        lines.append(f"... and {len(comparison.config) - CHART_DIFFERENCES} more in the CSV")
+    return lines
 
 
 def experiment_comparison(client: MlflowClient, name: str) -> tuple[Comparison, list[list[str]], str] | str:

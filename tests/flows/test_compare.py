@@ -303,3 +303,16 @@ def test_replicates_left_out_do_not_show_their_seeds_as_a_config_difference(expe
     comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp))
     assert comparison.labels == ["a", "b (left out: 1 killed of 3)"]
     assert comparison.config == {"seed": ["0, 1, 2", "1, 2"]}
+
+
+def test_config_differences_under_the_chart_are_wrapped_to_its_width():
+    """With eight hypotheses a difference was one line of 190 characters that ran off the chart's right edge, hiding
+    the values of the last hypotheses; now it wraps within the width, nothing lost."""
+    labels = [f"pipeline{i}/spade_{'on' if i % 2 else 'off'}" for i in range(8)]
+    comparison = compare.Comparison(labels=labels, config={"train_spade": ["False", "True"] * 4})
+    lines = compare.difference_lines(comparison, 80)
+    assert len(lines) > 1 and all(len(line) <= 80 for line in lines)
+    assert " ".join(line.strip() for line in lines) == "train_spade: " + ", ".join(
+        f"{label} = {value}" for label, value in zip(labels, comparison.config["train_spade"]))
+    many = compare.Comparison(labels=["a", "b"], config={f"k{i}": ["1", "2"] for i in range(14)})
+    assert compare.difference_lines(many, 80)[-1] == "... and 2 more in the CSV"

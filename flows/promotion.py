@@ -163,7 +163,9 @@ def promote(config, client: MlflowClient, versions: list[str]) -> list[Decision]
             else:
                 if config.promotion.beyond_spread:
                     group = {v: metrics(v, steps[v]).get(metric, math.nan) for v in replicates[version]}
-                    best = (max if direction == "maximize" else min)(group, key=group.get)
+                    # A nan is never the best (max() kept a nan it started with, and the others named it).
+                    sign = 1 if direction == "maximize" else -1
+                    best = max(group, key=lambda v: (math.isfinite(group[v]), sign * group[v]))
                     if best != version:
                         promoted, reason = False, f"a replicate of its hypothesis: version {best}, the best, decides"
                     else:

@@ -17,7 +17,7 @@ from flows import env  # noqa: F401  (must precede mlflow)
 
 import csv
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from mlflow.tracking import MlflowClient
@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from flows.mlflow_names import (FINAL_PREFIX, PARENT_RUN_ID, TAG_KIND, TAG_OUTPUT_DIR, TAG_PARENT_STEP,
                                 TAG_STEP_NAME, TAG_STEPS)
 from flows.mlflow_runs import find_runs
-from flows.hypotheses import HypothesisSummary, summarize
+from flows.hypotheses import Difference, HypothesisSummary, summarize
 
 
 # A step's position, name and hypothesis label are its identity (the column labels), not part of the hypothesis.
@@ -135,6 +135,16 @@ def hypothesis_params(group: list) -> dict[str, str]:
     return {key: ", ".join(dict.fromkeys(run.data.params.get(key, MISSING) for run in group)) for key in keys}
 
 
+def untested_if_unfinished(difference: Difference, unfinished: set[str]) -> Difference:
+    """No test where a hypothesis none of whose replicates finished is one side: its values are the last logged ones
+    (raw, each replicate at the batch it had reached), no final result, and a test on them read "beyond the spread"."""
+    stopped = [label for label in (difference.a, difference.b) if label in unfinished]
+    if not stopped:
+        return difference
+    return replace(difference, low=None, high=None, p_value=None,
+                   verdict=f"no test: {' and '.join(stopped)} did not finish (last logged values, not final)")
+
+
 def compare_runs(client: MlflowClient, runs: list) -> Comparison:
     groups = dict(counted_replicates(label, group) for label, group in group_by_hypothesis(client, runs).items())
     labels = list(groups)
@@ -146,6 +156,8 @@ def compare_runs(client: MlflowClient, runs: list) -> Comparison:
              for label, group in groups.items()}
     comparison.summary = summary = summarize(
         names, {label: [final_metrics(run) for run in group] for label, group in groups.items()})
+    unfinished = {label for label, group in groups.items() if group[0].info.status != "FINISHED"}
+    summary.differences = [untested_if_unfinished(d, unfinished) for d in summary.differences]
     comparison.metrics = {metric: [by_label[label].mean if label in by_label else None for label in groups]
                           for metric, by_label in summary.spreads.items()}
     return comparison

@@ -316,3 +316,21 @@ def test_config_differences_under_the_chart_are_wrapped_to_its_width():
         f"{label} = {value}" for label, value in zip(labels, comparison.config["train_spade"]))
     many = compare.Comparison(labels=["a", "b"], config={f"k{i}": ["1", "2"] for i in range(14)})
     assert compare.difference_lines(many, 80)[-1] == "... and 2 more in the CSV"
+
+
+def test_a_hypothesis_none_of_whose_replicates_finished_gets_no_verdict(experiment, tmp_path):
+    """Compared while b trains (or after it was killed), b's last logged values, raw and taken at whatever batch
+    each replicate had reached, were tested against a's final ones and could read 'beyond the spread'."""
+    client, exp = experiment
+    losses = {"warm": 0.9, **{f"a-seed{i}": 0.5 + i / 100 for i in range(3)},
+              **{f"b-seed{i}": 0.9 + i / 100 for i in range(3)}}
+    record_pipeline(client, exp, f"{tmp_path}/reps", [
+        WARM, *({"name": name, "n_epochs": 1, "train_vae": True, "after": "warm"} for name in ("a", "b"))
+    ], losses, replicates={"seeds": [0, 1, 2], "from_steps": ["a", "b"]}, killed=("b-seed0", "b-seed1", "b-seed2"))
+
+    comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp))
+    assert comparison.labels == ["a", "b (killed)"]
+    assert comparison.metrics["vae_loss"] == [pytest.approx(0.51), pytest.approx(0.91)]  # its last values, shown
+    [difference] = comparison.summary.differences
+    assert (difference.low, difference.p_value) == (None, None)
+    assert difference.verdict == "no test: b (killed) did not finish (last logged values, not final)"

@@ -257,6 +257,9 @@ def experiment_comparison(client: MlflowClient, name: str) -> tuple[Comparison, 
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         return f"no experiment named {name!r} at {client.tracking_uri}"
+    if experiment.lifecycle_stage == "deleted":  # its runs are deleted with it: it said "has no pipeline step runs"
+        return (f"experiment {name!r} at {client.tracking_uri} is deleted; restore it with: mlflow experiments "
+                f"restore -x {experiment.experiment_id}")
     runs = leaf_step_runs(client, experiment.experiment_id)
     if not runs:
         return f"experiment {name!r} has no pipeline step runs"

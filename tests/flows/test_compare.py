@@ -334,3 +334,13 @@ def test_a_hypothesis_none_of_whose_replicates_finished_gets_no_verdict(experime
     [difference] = comparison.summary.differences
     assert (difference.low, difference.p_value) == (None, None)
     assert difference.verdict == "no test: b (killed) did not finish (last logged values, not final)"
+
+
+def test_a_deleted_experiment_says_so_and_how_to_restore_it(experiment, tmp_path, capsys):
+    """It said "experiment 'hypotheses' has no pipeline step runs", though its runs are all there, deleted with it."""
+    client, exp = experiment
+    record_pipeline(client, exp, str(tmp_path / "a"), [WARM], {"warm": 0.5})
+    client.delete_experiment(exp)
+    assert cli_compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 2
+    assert capsys.readouterr().err == (f"fluxflow-compare: experiment 'hypotheses' at {client.tracking_uri} is "
+                                       f"deleted; restore it with: mlflow experiments restore -x {exp}\n")

@@ -31,6 +31,7 @@ from flows.hypotheses import Difference, HypothesisSummary, summarize
 # A step's position, name and hypothesis label are its identity (the column labels), not part of the hypothesis.
 IDENTITY_PARAMS = ("index", "name", "hypothesis")
 MISSING = "-"
+EXPERIMENTS_LISTED = 12  # in the line that refuses an unknown --experiment
 CHART_DIFFERENCES = 12  # config differences under the chart; the CSV has them all
 CHART_CHARS_PER_INCH = 14  # 8 pt monospace: a character is 0.6 em = 4.8 pt, 15 to the inch; one spare
 
@@ -255,8 +256,10 @@ def difference_lines(comparison: Comparison, width: int) -> list[str]:
 def experiment_comparison(client: MlflowClient, name: str) -> tuple[Comparison, list[list[str]], str] | str:
     """(comparison, rows, chart title) of the experiment's hypotheses, or what is wrong."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return f"no experiment named {name!r} at {client.tracking_uri}"
+    if experiment is None:  # a typo, most often: say which names there are
+        names = sorted(e.name for e in client.search_experiments(max_results=EXPERIMENTS_LISTED + 1))
+        listed = ", ".join(names[:EXPERIMENTS_LISTED]) + (", ..." if len(names) > EXPERIMENTS_LISTED else "")
+        return f"no experiment named {name!r} at {client.tracking_uri}; --experiment names one of: {listed}"
     if experiment.lifecycle_stage == "deleted":  # its runs are deleted with it: it said "has no pipeline step runs"
         return (f"experiment {name!r} at {client.tracking_uri} is deleted; restore it with: mlflow experiments "
                 f"restore -x {experiment.experiment_id}")

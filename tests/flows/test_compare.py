@@ -344,3 +344,11 @@ def test_a_deleted_experiment_says_so_and_how_to_restore_it(experiment, tmp_path
     assert cli_compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 2
     assert capsys.readouterr().err == (f"fluxflow-compare: experiment 'hypotheses' at {client.tracking_uri} is "
                                        f"deleted; restore it with: mlflow experiments restore -x {exp}\n")
+
+
+def test_an_unknown_experiment_names_the_flag_and_the_experiments_there(experiment, tmp_path, capsys):
+    """A typo said only "no experiment named 'hypothesis' at URI": neither the flag nor what the store holds."""
+    assert cli_compare.main(["--experiment", "hypothesis", "--output", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.endswith(
+        "no experiment named 'hypothesis' at " + experiment[0].tracking_uri
+        + "; --experiment names one of: Default, hypotheses\n")

@@ -31,10 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--experiment", help="MLflow experiment name: its hypotheses (leaf steps) side by side")
     which.add_argument("--registered-model", metavar="NAME", help="MLflow registered model: its versions side by "
                                                                   "side (flows/compare_versions.py)")
-    # The default is flows/compare_versions.py's DEFAULT_ALIAS, written out: that module imports MLflow.
-    parser.add_argument("--alias", default="champion", help="the alias marked in --registered-model's columns (an "
-                                                            "alias the model does not have is an error)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    # The default (None: `champion`) is flows/compare_versions.py's DEFAULT_ALIAS, written out: that module imports
+    # MLflow. None tells a given --alias, which --experiment refuses, from the default.
+    parser.add_argument("--alias", help="the alias marked in --registered-model's columns (default: champion; an "
+                                        "alias the model does not have is an error)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI, e.g. sqlite:///PATH or http://HOST:PORT "
+                                                         "(default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     parser.add_argument("--output", default=".", type=os.path.expanduser,  # `~`: bash leaves it after `=`
                         help="folder for compare_<name>.csv/.png/.json, or compare_versions_<name>.csv/.png with "
                              "--registered-model (default: .)")
@@ -46,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     problem = output_file_problem(args.output)
+    if args.experiment is not None and args.alias is not None:  # was ignored
+        problem = "--alias marks a version of --registered-model; the hypotheses of --experiment have none"
     return refuse(PROG, problem) if problem else run(args)
 
 
@@ -68,11 +72,12 @@ def run(args) -> int:
         # Its own file names: the registered model is named after the experiment by default, and the same names
         # made each mode overwrite the other's CSV and PNG, leaving a mismatched set next to the JSON.
         name, prefix = args.registered_model, "compare_versions_"
-        issue = model_problem(client, name, args.alias)  # (what to say, whether it is an error) or None
+        alias = args.alias or "champion"
+        issue = model_problem(client, name, alias)  # (what to say, whether it is an error) or None
         if issue is not None and issue[1]:
             return refuse(PROG, issue[0])
         note = issue and issue[0]
-        found = model_comparison(client, name, args.alias)
+        found = model_comparison(client, name, alias)
     else:
         name, prefix = args.experiment, "compare_"
         found = experiment_comparison(client, args.experiment)

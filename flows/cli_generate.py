@@ -80,8 +80,8 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser):
     source.add_argument("--checkpoint", help="a flow step's checkpoint (final.pt), path or fsspec URI")
     source.add_argument("--model", help="a registered model in MLflow: models:/<name>@champion (an alias) or "
                                         "models:/<name>/<version> (or its MLflow model folder, copied out)")
-    p.add_argument("--tracking-uri", help="the MLflow store of --model (default: MLFLOW_TRACKING_URI, else "
-                                          "./mlflow.db)")
+    p.add_argument("--tracking-uri", help="the MLflow store of --model, e.g. sqlite:///PATH (default: "
+                                          "MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     p.add_argument("--config", help="the pipeline's config file, for a checkpoint that does not record its model "
                                     "sizes")
     return source

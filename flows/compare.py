@@ -3,10 +3,12 @@ flows/cli_compare.py).
 
 A hypothesis is a leaf step of a pipeline (nothing starts from it), e.g. `spade_off` and `spade_on` trained from the
 same warm-up; its seed replicates (`training.replicates`) are the leaf runs of that written step, one per seed. For
-every hypothesis (the newest run per pipeline and step name, grouped by the written step) this prints the
-configuration values that differ between them, the number of replicates and each final smoothed metric: the value,
-or with several replicates mean ± standard deviation [95 % interval]; then for every pair of hypotheses and metric
-the difference, its interval and whether it is beyond the replicate spread (Welch's t-test, flows/hypotheses.py).
+every hypothesis (the newest run per pipeline and step name, of the steps of the pipeline's latest config, grouped
+by the written step) this prints the configuration values that differ between them, the number of replicates and
+each final smoothed metric: the value, or with several replicates mean ± standard deviation [95 % interval]; then
+for every pair of hypotheses and metric the difference, its interval and whether it is beyond the replicate spread
+(Welch's t-test, flows/hypotheses.py).
+A replicate that did not finish is left out where others of its hypothesis finished (`counted_replicates`).
 It writes the same as CSV, as JSON and as a PNG bar chart with the intervals as error bars.
 """
 from __future__ import annotations
@@ -14,20 +16,24 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (must precede mlflow)
 
 import csv
-from dataclasses import dataclass, field
-from pathlib import Path
+import textwrap
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
 
 from mlflow.tracking import MlflowClient
 
-from flows.mlflow_names import FINAL_PREFIX, PARENT_RUN_ID, TAG_KIND, TAG_PARENT_STEP, TAG_STEP_NAME
+from flows.mlflow_names import (FINAL_PREFIX, PARENT_RUN_ID, TAG_KIND, TAG_OUTPUT_DIR, TAG_PARENT_STEP,
+                                TAG_STEP_NAME, TAG_STEPS)
 from flows.mlflow_runs import find_runs
-from flows.hypotheses import HypothesisSummary, summarize
+from flows.hypotheses import Difference, HypothesisSummary, summarize
 
 
 # A step's position, name and hypothesis label are its identity (the column labels), not part of the hypothesis.
 IDENTITY_PARAMS = ("index", "name", "hypothesis")
 MISSING = "-"
-CHART_DIFFERENCES = 12  # lines of config differences under the chart; the CSV has them all
+EXPERIMENTS_LISTED = 12  # in the line that refuses an unknown --experiment
+CHART_DIFFERENCES = 12  # config differences under the chart; the CSV has them all
+CHART_CHARS_PER_INCH = 14  # 8 pt monospace: a character is 0.6 em = 4.8 pt, 15 to the inch; one spare
 
 
 def _unset_as_missing(value: str) -> str:
@@ -45,7 +51,11 @@ class Comparison:
 def leaf_step_runs(client: MlflowClient, experiment_id: str) -> list:
     """The newest run of each leaf step of each pipeline (parent run) in the experiment: oldest pipeline first, then
     in the pipeline's file order."""
-    runs = find_runs(client, experiment_id, {TAG_KIND: "step"})
+    # The steps of each pipeline's latest run: a step its config no longer has (renamed, removed, or trained once
+    # before training.replicates was added) is none of its hypotheses; its old run was counted as one more replicate.
+    current = {run.info.run_id: set(run.data.tags[TAG_STEPS].split(","))
+               for run in find_runs(client, experiment_id, {TAG_KIND: "pipeline"}) if run.data.tags.get(TAG_STEPS)}
+    runs = [run for run in find_runs(client, experiment_id, {TAG_KIND: "step"}) if _of_latest_config(run, current)]
     newest: dict[tuple[str, str], object] = {}
     for run in runs:
         key = (run.data.tags.get(PARENT_RUN_ID, ""), run.data.tags.get(TAG_STEP_NAME, run.info.run_name))
@@ -59,17 +69,42 @@ def leaf_step_runs(client: MlflowClient, experiment_id: str) -> list:
                                            int(run.data.params.get("index", 0))))
 
 
+def _of_latest_config(run, steps_of: dict[str, set[str]]) -> bool:
+    """Whether a step run's step is in its pipeline's latest config (a pipeline recorded without the list: yes)."""
+    steps = steps_of.get(run.data.tags.get(PARENT_RUN_ID, ""))
+    return steps is None or run.data.tags.get(TAG_STEP_NAME, run.info.run_name) in steps
+
+
 def final_metrics(run) -> dict[str, float]:
     """The step's final smoothed metrics; a run that never finished falls back to its last logged values."""
     finals = {k[len(FINAL_PREFIX):]: v for k, v in run.data.metrics.items() if k.startswith(FINAL_PREFIX)}
     return finals or {k: v for k, v in run.data.metrics.items() if k not in ("epoch", "sec_per_batch")}
 
 
+def pipeline_labels(client: MlflowClient, pipelines: set[str]) -> dict[str, str]:
+    """Pipeline run id -> the prefix of its columns: its run name (its output folder's name), or, for pipelines that
+    share that name (out/x/run, out/y/run), as many trailing folders of their output directories as tell them apart.
+    One label per pipeline: two pipelines under one label were grouped as if they were seed replicates."""
+    runs = {p: client.get_run(p) for p in pipelines if p}
+    labels = {p: run.info.run_name for p, run in runs.items()}
+    for name in {name for name in labels.values() if list(labels.values()).count(name) > 1}:
+        parts = {p: PurePosixPath(runs[p].data.tags.get(TAG_OUTPUT_DIR, "")).parts
+                 for p in labels if labels[p] == name}
+        for depth in range(2, max(map(len, parts.values())) + 1):
+            tails = {p: "/".join(folders[-depth:]) for p, folders in parts.items()}
+            if len(set(tails.values())) == len(tails):
+                break
+        else:  # no output directory tells them apart (runs recorded without it)
+            tails = {p: f"{name}@{p[:8]}" for p in parts}
+        labels.update(tails)
+    return labels
+
+
 def group_by_hypothesis(client: MlflowClient, runs: list) -> dict[str, list]:
     """Column label -> the leaf runs (replicates) of that hypothesis, in the order of `runs`; the label is
     `pipeline/hypothesis` when the runs come from several pipelines."""
     pipelines = {run.data.tags.get(PARENT_RUN_ID) for run in runs}
-    names = {p: client.get_run(p).info.run_name for p in pipelines if p} if len(pipelines) > 1 else {}
+    names = pipeline_labels(client, pipelines) if len(pipelines) > 1 else {}
     groups: dict[str, list] = {}
     for run in runs:
         pipeline = names.get(run.data.tags.get(PARENT_RUN_ID))
@@ -79,22 +114,51 @@ def group_by_hypothesis(client: MlflowClient, runs: list) -> dict[str, list]:
     return groups
 
 
+def counted_replicates(label: str, group: list) -> tuple[str, list]:
+    """(column label, the runs its statistics use). An interrupted or still running step is shown with its last
+    logged values, and says so; but where other replicates of its hypothesis finished, those raw mid-training values
+    are left out (averaged with final smoothed ones, they moved the mean, the interval and every verdict)."""
+    finished = [run for run in group if run.info.status == "FINISHED"]
+    unfinished = [run.info.status.lower() for run in group if run.info.status != "FINISHED"]
+    if not unfinished:
+        return label, group
+    if not finished:
+        return f"{label} ({', '.join(sorted(set(unfinished)))})", group
+    counts = ", ".join(f"{unfinished.count(status)} {status}" for status in sorted(set(unfinished)))
+    return f"{label} (left out: {counts} of {len(group)})", finished
+
+
+def hypothesis_params(group: list) -> dict[str, str]:
+    """The params of a hypothesis' counted replicates: their value, or for one that varies between them (the seed),
+    their values in order, "0, 1, 2". One replicate's params made its seed a difference between hypotheses whose
+    first counted replicates had different seeds (one left out)."""
+    keys = dict.fromkeys(key for run in group for key in run.data.params)
+    return {key: ", ".join(dict.fromkeys(run.data.params.get(key, MISSING) for run in group)) for key in keys}
+
+
+def untested_if_unfinished(difference: Difference, unfinished: set[str]) -> Difference:
+    """No test where a hypothesis none of whose replicates finished is one side: its values are the last logged ones
+    (raw, each replicate at the batch it had reached), no final result, and a test on them read "beyond the spread"."""
+    stopped = [label for label in (difference.a, difference.b) if label in unfinished]
+    if not stopped:
+        return difference
+    return replace(difference, low=None, high=None, p_value=None,
+                   verdict=f"no test: {' and '.join(stopped)} did not finish (last logged values, not final)")
+
+
 def compare_runs(client: MlflowClient, runs: list) -> Comparison:
-    groups = group_by_hypothesis(client, runs)
-    labels = []
-    for label, group in groups.items():
-        # An interrupted or still running step is shown with its last logged values, and says so.
-        unfinished = [run.info.status.lower() for run in group if run.info.status != "FINISHED"]
-        labels.append(f"{label} ({', '.join(sorted(set(unfinished)))})" if unfinished else label)
+    groups = dict(counted_replicates(label, group) for label, group in group_by_hypothesis(client, runs).items())
+    labels = list(groups)
     firsts = [group[0] for group in groups.values()]
     comparison = Comparison(labels=labels)
-    # Config differences between hypotheses, from one replicate of each (replicates differ only in their seed).
-    fill_comparison(comparison, [run.data.params for run in firsts], [final_metrics(run) for run in firsts],
-                    IDENTITY_PARAMS)
+    fill_comparison(comparison, [hypothesis_params(group) for group in groups.values()],
+                    [final_metrics(run) for run in firsts], IDENTITY_PARAMS)
     names = {label: [run.data.tags.get(TAG_STEP_NAME, run.info.run_name) for run in group]
              for label, group in groups.items()}
     comparison.summary = summary = summarize(
         names, {label: [final_metrics(run) for run in group] for label, group in groups.items()})
+    unfinished = {label for label, group in groups.items() if group[0].info.status != "FINISHED"}
+    summary.differences = [untested_if_unfinished(d, unfinished) for d in summary.differences]
     comparison.metrics = {metric: [by_label[label].mean if label in by_label else None for label in groups]
                           for metric, by_label in summary.spreads.items()}
     return comparison
@@ -144,17 +208,14 @@ def write_chart(comparison: Comparison, path: Path, title: str) -> None:
     spreads = comparison.summary.spreads if comparison.summary else {}
     ncols = min(4, len(names))
     nrows = -(-len(names) // ncols)
-    differences = [
-        f"{key}: " + ", ".join(f"{label} = {value}" for label, value in zip(comparison.labels, values))
-        for key, values in comparison.config.items()
-    ]
-    shown = differences[:CHART_DIFFERENCES]
-    if len(differences) > len(shown):
-        shown.append(f"... and {len(differences) - len(shown)} more in the CSV")
+    many = len(comparison.labels) > 4
+    panel_width = max(3.4, 0.45 * len(comparison.labels) + 0.8)  # inches: room for each bar's label
+    width = panel_width * ncols + 0.6
+    shown = difference_lines(comparison, int(width * CHART_CHARS_PER_INCH))
     text_height = 0.18 * len(shown) + (0.3 if shown else 0)  # inches
-    panels_height = 3.0 * nrows
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols + 0.6, panels_height + text_height + 0.6),
-                             squeeze=False)
+    # Slanted labels take height from the bars unless the panels grow by it (8 pt: ~0.065 in a character, at 60°).
+    panels_height = (3.0 + (0.055 * max(map(len, comparison.labels)) if many else 0)) * nrows
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, panels_height + text_height + 0.6), squeeze=False)
     colors = [f"C{i % 10}" for i in range(len(comparison.labels))]
     for ax in axes.flat[len(names):]:
         ax.set_visible(False)
@@ -167,7 +228,8 @@ def write_chart(comparison: Comparison, path: Path, title: str) -> None:
             errors = [(by_label[label].high - by_label[label].mean)
                       if label in by_label and by_label[label].high is not None else 0.0 for label in labels]
             ax.bar(range(len(values)), values, color=colors, yerr=errors if any(errors) else None, capsize=4)
-            ax.set_xticks(range(len(values)), comparison.labels, rotation=20, ha="right", fontsize=8)
+            ax.set_xticks(range(len(values)), comparison.labels, rotation=60 if many else 20, ha="right", fontsize=8,
+                          rotation_mode="anchor")
         ax.set_title(name, fontsize=10)
     fig.suptitle(title, fontsize=11)
     bottom = text_height / fig.get_figheight()
@@ -179,11 +241,28 @@ def write_chart(comparison: Comparison, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def difference_lines(comparison: Comparison, width: int) -> list[str]:
+    """The first CHART_DIFFERENCES config differences as lines of at most `width` characters (a longer line ran off
+    the chart's right edge, hiding the values of the last hypotheses), and how many more the CSV has."""
+    lines = []
+    for key, values in list(comparison.config.items())[:CHART_DIFFERENCES]:
+        text = f"{key}: " + ", ".join(f"{label} = {value}" for label, value in zip(comparison.labels, values))
+        lines += textwrap.wrap(text, width, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False)
+    if len(comparison.config) > CHART_DIFFERENCES:
+        lines.append(f"... and {len(comparison.config) - CHART_DIFFERENCES} more in the CSV")
+    return lines
+
+
 def experiment_comparison(client: MlflowClient, name: str) -> tuple[Comparison, list[list[str]], str] | str:
     """(comparison, rows, chart title) of the experiment's hypotheses, or what is wrong."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return f"no experiment named {name!r} at {client.tracking_uri}"
+    if experiment is None:  # a typo, most often: say which names there are
+        names = sorted(e.name for e in client.search_experiments(max_results=EXPERIMENTS_LISTED + 1))
+        listed = ", ".join(names[:EXPERIMENTS_LISTED]) + (", ..." if len(names) > EXPERIMENTS_LISTED else "")
+        return f"no experiment named {name!r} at {client.tracking_uri}; --experiment names one of: {listed}"
+    if experiment.lifecycle_stage == "deleted":  # its runs are deleted with it: it said "has no pipeline step runs"
+        return (f"experiment {name!r} at {client.tracking_uri} is deleted; restore it with: mlflow experiments "
+                f"restore -x {experiment.experiment_id}")
     runs = leaf_step_runs(client, experiment.experiment_id)
     if not runs:
         return f"experiment {name!r} has no pipeline step runs"

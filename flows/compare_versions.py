@@ -56,9 +56,12 @@ def info_rows(versions: list) -> list[list[str]]:
     rows = [["step", *tag(TAG_STEP_NAME)], ["registered (UTC)", *created],
             ["prefect flow run", *tag("prefect.flow_run_name")], ["mlflow run", *runs],
             ["promotion", *tag(TAG_PROMOTION + "decision")], ["promotion reason", *tag(TAG_PROMOTION + "reason")]]
-    metric = next((v.tags[TAG_PROMOTION + "metric"] for v in versions if TAG_PROMOTION + "metric" in v.tags), None)
-    if metric:
-        rows.append([f"promotion {metric}", *tag(TAG_PROMOTION + "value")])
+    # One row per metric promotion decided on (`promotion.metric` may change between runs): a value under another
+    # metric's name was a wrong number.
+    metrics = [v.tags.get(TAG_PROMOTION + "metric") for v in versions]
+    for metric in dict.fromkeys(m for m in metrics if m):
+        rows.append([f"promotion {metric}", *(value if m == metric else MISSING
+                                              for value, m in zip(tag(TAG_PROMOTION + "value"), metrics))])
     return rows
 
 

@@ -42,7 +42,22 @@ class Spread:
     def cell(self) -> str:
         if self.low is None:
             return f"{self.mean:.4g}"
-        return f"{self.mean:.4g} ± {self.std:.2g} [{self.low:.4g}, {self.high:.4g}]"
+        f = _format(self.low, self.high)
+        return f"{self.mean:{f}} ± {self.std:.2g} {self.interval()}"
+
+    def interval(self) -> str:
+        f = _format(self.low, self.high)
+        return f"[{self.low:{f}}, {self.high:{f}}]"
+
+
+def _format(low: float, high: float, sign: str = "") -> str:
+    """The format of an interval's ends and its centre: 4 significant digits, or as many more as tell the ends apart,
+    trailing zeros kept (four printed an interval much narrower than its values as [20.7, 20.7], which looked like
+    none)."""
+    digits = 4
+    while digits < 12 and low != high and f"{low:{sign}.{digits}g}" == f"{high:{sign}.{digits}g}":
+        digits += 1
+    return f"{sign}.4g" if digits == 4 else f"{sign}#.{digits}g"
 
 
 def spread(values: list[float]) -> Spread:
@@ -69,9 +84,10 @@ class Difference:
     verdict: str
 
     def row(self) -> list[str]:
-        interval = "-" if self.low is None else f"[{self.low:+.4g}, {self.high:+.4g}]"
+        f = "+.4g" if self.low is None else _format(self.low, self.high, "+")
+        interval = "-" if self.low is None else f"[{self.low:{f}}, {self.high:{f}}]"
         p = "-" if self.p_value is None else f"{self.p_value:.3g}"
-        return [self.metric, f"{self.b} − {self.a}", f"{self.difference:+.4g}", interval, p, self.verdict]
+        return [self.metric, f"{self.b} − {self.a}", f"{self.difference:{f}}", interval, p, self.verdict]
 
 
 DIFFERENCE_HEADER = ["metric", "hypotheses", "difference", "95 % interval", "p", f"verdict ({TEST})"]
@@ -82,6 +98,12 @@ def welch(a: list[float], b: list[float], metric: str = "", names: tuple[str, st
     sa, sb = spread(a), spread(b)
     # Equal means computed in another order differ in the last bit: that is no difference (not -2.2e-16).
     diff = 0.0 if math.isclose(sa.mean, sb.mean, rel_tol=1e-12) else sb.mean - sa.mean
+    # A diverged replicate (nan, inf) leaves nothing to test: its p was nan, and nan < 0.05 read "within the spread".
+    odd = [name for name, values in zip(names, (a, b)) if not all(map(math.isfinite, values))]
+    if odd:
+        return Difference(metric, *names, diff, None, None, None,
+                          f"no test: {' and '.join(odd)} {'has' if len(odd) == 1 else 'have'} a non-finite value "
+                          "(nan or inf)")
     single = [name for name, s in zip(names, (sa, sb)) if s.n < 2]
     if single:
         return Difference(metric, *names, diff, None, None, None,
@@ -97,6 +119,10 @@ def welch(a: list[float], b: list[float], metric: str = "", names: tuple[str, st
     return Difference(metric, *names, diff, diff - half, diff + half, p, BEYOND if p < 1 - CONFIDENCE else WITHIN)
 
 
+def _finite_or_null(fields: dict) -> dict:
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in fields.items()}
+
+
 @dataclass
 class HypothesisSummary:
     """Per hypothesis (in order) its replicates' labels, per metric its spread, and every pair's differences."""
@@ -106,9 +132,11 @@ class HypothesisSummary:
     differences: list[Difference] = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        """For JSON: a value that is not finite is null (a bare NaN is not JSON; jq and JSON.parse refuse it)."""
         return {"test": TEST, "confidence": CONFIDENCE, "replicates": self.replicates,
-                "metrics": {m: {h: asdict(s) for h, s in by_h.items()} for m, by_h in self.spreads.items()},
-                "differences": [asdict(d) for d in self.differences]}
+                "metrics": {m: {h: _finite_or_null(asdict(s)) for h, s in by_h.items()}
+                            for m, by_h in self.spreads.items()},
+                "differences": [_finite_or_null(asdict(d)) for d in self.differences]}
 
     def metric_rows(self) -> list[list[str]]:
         """The replicate counts, then per metric a cell per hypothesis: the value, or with several replicates
@@ -130,6 +158,12 @@ class HypothesisSummary:
         if single:
             note += (f" {', '.join(single)}: one replicate, so no interval can be given; add training.replicates "
                      "(docs/CONFIG.md) to measure the spread.")
+        tests = sum(d.p_value is not None for d in self.differences)
+        if tests > 1:  # every pair and metric is a test of its own: some verdicts are chance
+            alpha = 1 - CONFIDENCE
+            note += (f" {tests} tests, each at {round(100 * alpha)} % on its own (no correction for multiple "
+                     f"comparisons): where there is no difference, about 1 in {round(1 / alpha)} still says 'beyond "
+                     "the spread'.")
         return note
 
     def text(self) -> str:

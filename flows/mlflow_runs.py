@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.credentials import no_answer
 from flows.mlflow_names import TAG_KIND, TAG_OUTPUT_DIR, TAG_STEP_KEY, TAG_STEP_NAME, tags_filter
-from flows.mlflow_store import sqlite_file
+from flows.mlflow_store import SQLITE_PREFIX, is_sqlite_database, sqlite_file
 from fluxflow.config.file_checks import not_a_regular_file
 from fluxflow.storage.location import local_path, remote_uri
 
@@ -124,6 +124,8 @@ def unreadable_store(uri: str) -> str | None:
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:
+        if "://" not in uri and is_sqlite_database(uri):  # MLflow read the path as its (refused) file store
+            return f"cannot read the MLflow store at {uri}: a SQLite file is named as a URI, {SQLITE_PREFIX}{uri}"
         return f"cannot read the MLflow store at {uri}: {str(exc).strip().splitlines()[0].split('. ')[0]}"
     return None
 

@@ -29,6 +29,17 @@ def sqlite_file(tracking_uri: str) -> Path | None:
     return Path(tracking_uri[len(SQLITE_PREFIX):])
 
 
+def is_sqlite_database(path: str) -> bool:
+    """Whether `path` is a readable regular file that starts as a SQLite database does."""
+    if not os.path.isfile(path):  # first: opening a FIFO would wait for a writer
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
 def _publish(source: Path, target: Path, edit: Callable[[str], None] | None = None) -> None:
     """Copy `source` to `target` (then `edit` the copy) through a temporary file and a hard link: a reader sees all
     of it or none, and a store another process created in the meantime is kept (link() replaces nothing)."""

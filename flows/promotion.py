@@ -72,13 +72,16 @@ def decide_beyond_spread(values: list[float], champion_value: float | None, dire
                          min_improvement: float) -> tuple[bool, str]:
     """(promote?, why) for a hypothesis trained as seed replicates: the end of its 95 % interval over `values`
     (flows/hypotheses.py) nearest the champion must beat the champion's value as `decide` requires, so that a lucky
-    replicate alone does not take the alias. One replicate gives no interval, so no promotion."""
+    replicate alone does not take the alias. One replicate gives no interval, so no promotion, except with no
+    champion: there is nothing to be beyond, and the first version of a model is promoted as `decide` does."""
     s = spread(values)
+    if s.low is None and champion_value is None:  # nothing to be beyond
+        return decide(s.mean, None, direction, min_improvement)
     if s.low is None:
         return False, "one replicate: no interval can be given, so no improvement beyond the spread"
     end, which = (s.low, "lower") if direction == "maximize" else (s.high, "upper")
     promoted, reason = decide(end, champion_value, direction, min_improvement)
-    return promoted, f"95 % interval over {s.n} replicates [{s.low:.4g}, {s.high:.4g}], its {which} end: {reason}"
+    return promoted, f"95 % interval over {s.n} replicates {s.interval()}, its {which} end: {reason}"
 
 
 def _fmt(value: float | None) -> str:
@@ -160,7 +163,9 @@ def promote(config, client: MlflowClient, versions: list[str]) -> list[Decision]
             else:
                 if config.promotion.beyond_spread:
                     group = {v: metrics(v, steps[v]).get(metric, math.nan) for v in replicates[version]}
-                    best = (max if direction == "maximize" else min)(group, key=group.get)
+                    # A nan is never the best (max() kept a nan it started with, and the others named it).
+                    sign = 1 if direction == "maximize" else -1
+                    best = max(group, key=lambda v: (math.isfinite(group[v]), sign * group[v]))
                     if best != version:
                         promoted, reason = False, f"a replicate of its hypothesis: version {best}, the best, decides"
                     else:

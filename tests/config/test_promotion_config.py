@@ -189,3 +189,47 @@ def test_promotion_beyond_the_spread_moves_the_alias_to_the_best_replicate_only_
     # lucky's best replicate (0.75) beats the new champion's 0.62, but not beyond its spread: the alias stays
     assert not decisions["lucky-seed1"].promoted and "its lower end: worse" in decisions["lucky-seed1"].reason
     assert client.get_model_version_by_alias("m", "champion").version == versions[2]
+
+
+def test_beyond_the_spread_the_first_version_is_promoted_even_from_one_replicate():
+    """With no champion there is nothing to be beyond: a model trained without replicates (or with `seeds: [0]`)
+    under `beyond_spread: true` never got a champion, against "the first version of a model is promoted", and
+    `models:/NAME@champion` stayed unresolvable."""
+    from flows.promotion import decide_beyond_spread
+
+    assert decide_beyond_spread([0.70], None, "maximize", 0.0) == (True, "no champion yet")
+    assert decide_beyond_spread([0.70], 0.5, "maximize", 0.0)[0] is False  # a champion: one replicate is not enough
+
+
+def test_beyond_the_spread_the_reason_keeps_a_narrow_interval_s_ends_apart():
+    """Its reason quoted the interval with four digits: [20.7, 20.7] for replicates 20.7001, 20.7003, 20.7002."""
+    from flows.promotion import decide_beyond_spread
+
+    assert "[20.7000, 20.7004]" in decide_beyond_spread([20.7001, 20.7003, 20.7002], 20.0, "maximize", 0.0)[1]
+
+
+def test_beyond_the_spread_a_replicate_that_is_not_a_number_is_not_called_the_best(mlflow_store, monkeypatch,
+                                                                                     tmp_path):
+    """max() over [nan, 0.58, 0.62] keeps the nan it starts with: the other replicates' reason said the diverged one
+    was 'the best' that decides. The best is the best finite value; the hypothesis still is not promoted (a nan
+    gives no interval)."""
+    from mlflow.tracking import MlflowClient
+
+    from flows import promotion
+    from flows.mlflow_names import TAG_STEP_NAME
+
+    client = MlflowClient(mlflow_store)
+    raw = config({**FLOW, "after": "warm"}, promotion={"beyond_spread": True, "metric": "eval_adherence_both"},
+                 tracking={"registered_model": "m"})
+    raw["training"]["replicates"] = {"seeds": [0, 1, 2], "from_steps": ["flow"]}
+    client.create_registered_model("m")
+    steps, scores = ["old", "flow-seed0", "flow-seed1", "flow-seed2"], [0.50, math.nan, 0.58, 0.62]
+    versions = [client.create_model_version("m", str(tmp_path), tags={TAG_STEP_NAME: s}).version for s in steps]
+    client.set_registered_model_alias("m", "champion", versions[0])
+    by_version = dict(zip(map(str, versions), scores))
+    monkeypatch.setattr(promotion, "_evaluator", lambda config, client: (
+        lambda version, step: {"eval_adherence_both": by_version[str(version)]}))
+
+    decisions = {d.step: d for d in promotion.promote(load_config(raw).config, client, [str(v) for v in versions[1:]])}
+    assert decisions["flow-seed0"].reason == f"a replicate of its hypothesis: version {versions[3]}, the best, decides"
+    assert not any(d.promoted for d in decisions.values())

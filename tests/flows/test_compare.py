@@ -10,6 +10,7 @@ from helpers_tiny import tiny_raw
 from mlflow.tracking import MlflowClient
 
 from flows import cli_compare, compare
+from flows.mlflow_names import TAG_STEPS
 from flows.mlflow_runs import experiment_id_for, open_pipeline_run
 from flows.mlflow_tracker import MlflowTracker
 from fluxflow.checkpoints.ref import CheckpointRef, StepResult
@@ -19,22 +20,26 @@ from fluxflow.train.tracking import Progress
 WARM = {"name": "warm", "n_epochs": 1, "train_vae": True}
 
 
-def record_pipeline(client, experiment, out, steps, losses, session="s", interrupt_last=False, replicates=None):
+def record_pipeline(client, experiment, out, steps, losses, session="s", interrupt_last=False, replicates=None,
+                    killed=()):
     """Record every step as the flow would: a nested run with params, one metric line and a final result (for the
-    last step, with `interrupt_last`, the end of an interrupted run instead)."""
-    parent = open_pipeline_run(client, experiment, out, out.rsplit("/", 1)[-1], {})
+    last step, with `interrupt_last`, and for the steps named in `killed`, the end of an interrupted run instead)."""
     raw = tiny_raw(out, steps)
     if replicates:
         raw["training"]["replicates"] = replicates
-    for step in load_config(raw).config.resolved_steps():
+    resolved = load_config(raw).config.resolved_steps()
+    # the flow tags its run with the steps of the config it runs (flows/pipeline_flow.py)
+    parent = open_pipeline_run(client, experiment, out, out.rsplit("/", 1)[-1],
+                               {TAG_STEPS: ",".join(step.name for step in resolved)})
+    for step in resolved:
         tracker = MlflowTracker(client, experiment, parent, out, session=session)
         tracker.step_started(step, f"key-{out}-{step.name}", len(steps), resumed=False)
         loss = losses[step.name]
         tracker.log_metrics({"vae_loss": loss}, Progress(step.name, 1, 1, 1, 1, 1, 1, 1, 0.1))
-        if interrupt_last and step.name == steps[-1]["name"]:
-            tracker.step_failed(status="KILLED")
+        if interrupt_last and step.name == resolved[-1].name or step.name in killed:  # last: with replicates, its
+            tracker.step_failed(status="KILLED")                                        # last seed
             assert tracker.flush()
-            return
+            continue
         ref = CheckpointRef(f"{out}/{step.name}.pt", "0" * 64, step.name, "k", 1, 1)
         tracker.step_finished(ref, StepResult(step.name, "epochs_done", 1, {"vae_loss": loss}))
         assert tracker.flush()  # the tracking thread has sent everything
@@ -211,3 +216,139 @@ def test_an_alias_the_model_does_not_have_is_an_error_and_the_default_one_unset_
     client.set_registered_model_alias("m", "staging", version.version)
     assert cli_compare.main(["--registered-model", "m", "--alias", "nosuch", "--output", str(tmp_path)]) == 2
     assert "has no alias 'nosuch' (its aliases: staging)" in capsys.readouterr().err
+
+
+def test_two_pipelines_whose_output_folders_share_a_name_are_two_columns_not_two_replicates(experiment, tmp_path):
+    """Pipelines in out/x/run and out/y/run both have the run name `run`: their leaves were one column `run/gan`
+    with 2 "replicates", and intervals and verdicts computed over two different pipelines as if over seeds."""
+    client, exp = experiment
+    for folder, loss in (("x", 0.7), ("y", 0.8)):
+        record_pipeline(client, exp, f"{tmp_path}/{folder}/run", [WARM, {"name": "gan", "n_epochs": 1,
+                                                                         "gan_training": True}],
+                        {"warm": 0.9, "gan": loss})
+
+    comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp))
+    assert comparison.labels == ["x/run/gan", "y/run/gan"]
+    assert comparison.summary.replicates == {"x/run/gan": ["gan"], "y/run/gan": ["gan"]}
+    assert comparison.metrics["vae_loss"] == [0.7, 0.8]
+
+
+def test_a_replicate_that_did_not_finish_is_left_out_of_its_hypothesis_statistics(experiment, tmp_path):
+    """b-seed2 was killed mid-step: its last logged (raw, mid-training) values were averaged with the final smoothed
+    values of b's finished replicates, moving b's mean and interval and every verdict on b."""
+    client, exp = experiment
+    losses = {"warm": 0.9, **{f"a-seed{i}": v for i, v in enumerate([0.50, 0.55, 0.45])},
+              "b-seed0": 0.30, "b-seed1": 0.32, "b-seed2": 5.0}
+    record_pipeline(client, exp, f"{tmp_path}/reps", [
+        WARM, *({"name": name, "n_epochs": 1, "train_vae": True, "after": "warm"} for name in ("a", "b"))
+    ], losses, replicates={"seeds": [0, 1, 2], "from_steps": ["a", "b"]}, interrupt_last=True)
+
+    comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp))
+    assert comparison.labels == ["a", "b (left out: 1 killed of 3)"]
+    assert sorted(comparison.summary.replicates["b (left out: 1 killed of 3)"]) == ["b-seed0", "b-seed1"]
+    assert comparison.metrics["vae_loss"] == [pytest.approx(0.5), pytest.approx(0.31)]
+
+
+def test_versions_promoted_on_different_metrics_show_each_value_under_its_own_metric():
+    """The first version's promotion metric named the row for all: after a run with `promotion.metric:
+    eval_fd_ours_cfg`, its Fréchet distances (0.1363) stood in the row `promotion eval_adherence_both`."""
+    from types import SimpleNamespace
+
+    from flows.compare_versions import info_rows
+    from flows.mlflow_names import TAG_PROMOTION
+
+    def version(metric, value):
+        tags = {TAG_PROMOTION + "metric": metric, TAG_PROMOTION + "value": value} if metric else {}
+        return SimpleNamespace(tags=tags, run_id="r", creation_timestamp=0)
+
+    rows = info_rows([version("eval_adherence_both", "0"), version(None, None),
+                      version("eval_fd_ours_cfg", "0.136343")])
+    assert rows[-2:] == [["promotion eval_adherence_both", "0", "-", "-"],
+                         ["promotion eval_fd_ours_cfg", "-", "-", "0.136343"]]
+
+
+def test_a_step_the_pipeline_no_longer_has_is_not_counted_as_a_replicate(experiment, tmp_path):
+    """Trained once, then again into the same folder with training.replicates (what the one-replicate note
+    suggests): the first run's leaf `b` has hypothesis `b` too, and was counted as a 4th replicate of b (with seed 0,
+    as b-seed0: a duplicated value that narrowed the interval). Only the steps of the pipeline's latest run count."""
+    client, exp = experiment
+    steps = [WARM, *({"name": name, "n_epochs": 1, "train_vae": True, "after": "warm"} for name in ("a", "b"))]
+    record_pipeline(client, exp, f"{tmp_path}/reps", steps, {"warm": 0.9, "a": 0.5, "b": 0.3})
+    replicas = {f"{h}-seed{i}": v + i / 100 for h, v in (("a", 0.5), ("b", 0.3)) for i in range(3)}
+    record_pipeline(client, exp, f"{tmp_path}/reps", steps, {"warm": 0.9, **replicas},
+                    replicates={"seeds": [0, 1, 2], "from_steps": ["a", "b"]}, session="later")
+
+    comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp))
+    assert {h: sorted(runs) for h, runs in comparison.summary.replicates.items()} == {
+        "a": ["a-seed0", "a-seed1", "a-seed2"], "b": ["b-seed0", "b-seed1", "b-seed2"]}
+
+
+def test_an_alias_with_experiment_is_refused_in_one_line_naming_both_flags(tmp_path, capsys):
+    """`--experiment X --alias best` ran and ignored --alias (it only marks --registered-model's columns)."""
+    assert cli_compare.main(["--experiment", "x", "--alias", "best", "--output", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == ("fluxflow-compare: --alias marks a version of --registered-model; the "
+                                       "hypotheses of --experiment have none\n")
+
+
+def test_replicates_left_out_do_not_show_their_seeds_as_a_config_difference(experiment, tmp_path):
+    """With b-seed0 killed, b's first counted replicate is b-seed1 while a's is a-seed0: the config differences, read
+    from one replicate per hypothesis, showed 'config: seed 0 1' as if the hypotheses differed in their seed. A param
+    that varies between a hypothesis' replicates is its values in order: here a's 0, 1, 2 against b's 1, 2."""
+    client, exp = experiment
+    losses = {"warm": 0.9, **{f"{h}-seed{i}": v + i / 100 for h, v in (("a", 0.5), ("b", 0.3)) for i in range(3)}}
+    record_pipeline(client, exp, f"{tmp_path}/reps", [
+        WARM, *({"name": name, "n_epochs": 1, "train_vae": True, "after": "warm"} for name in ("a", "b"))
+    ], losses, replicates={"seeds": [0, 1, 2], "from_steps": ["a", "b"]}, killed=("b-seed0",))
+
+    comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp))
+    assert comparison.labels == ["a", "b (left out: 1 killed of 3)"]
+    assert comparison.config == {"seed": ["0, 1, 2", "1, 2"]}
+
+
+def test_config_differences_under_the_chart_are_wrapped_to_its_width():
+    """With eight hypotheses a difference was one line of 190 characters that ran off the chart's right edge, hiding
+    the values of the last hypotheses; now it wraps within the width, nothing lost."""
+    labels = [f"pipeline{i}/spade_{'on' if i % 2 else 'off'}" for i in range(8)]
+    comparison = compare.Comparison(labels=labels, config={"train_spade": ["False", "True"] * 4})
+    lines = compare.difference_lines(comparison, 80)
+    assert len(lines) > 1 and all(len(line) <= 80 for line in lines)
+    assert " ".join(line.strip() for line in lines) == "train_spade: " + ", ".join(
+        f"{label} = {value}" for label, value in zip(labels, comparison.config["train_spade"]))
+    many = compare.Comparison(labels=["a", "b"], config={f"k{i}": ["1", "2"] for i in range(14)})
+    assert compare.difference_lines(many, 80)[-1] == "... and 2 more in the CSV"
+
+
+def test_a_hypothesis_none_of_whose_replicates_finished_gets_no_verdict(experiment, tmp_path):
+    """Compared while b trains (or after it was killed), b's last logged values, raw and taken at whatever batch
+    each replicate had reached, were tested against a's final ones and could read 'beyond the spread'."""
+    client, exp = experiment
+    losses = {"warm": 0.9, **{f"a-seed{i}": 0.5 + i / 100 for i in range(3)},
+              **{f"b-seed{i}": 0.9 + i / 100 for i in range(3)}}
+    record_pipeline(client, exp, f"{tmp_path}/reps", [
+        WARM, *({"name": name, "n_epochs": 1, "train_vae": True, "after": "warm"} for name in ("a", "b"))
+    ], losses, replicates={"seeds": [0, 1, 2], "from_steps": ["a", "b"]}, killed=("b-seed0", "b-seed1", "b-seed2"))
+
+    comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp))
+    assert comparison.labels == ["a", "b (killed)"]
+    assert comparison.metrics["vae_loss"] == [pytest.approx(0.51), pytest.approx(0.91)]  # its last values, shown
+    [difference] = comparison.summary.differences
+    assert (difference.low, difference.p_value) == (None, None)
+    assert difference.verdict == "no test: b (killed) did not finish (last logged values, not final)"
+
+
+def test_a_deleted_experiment_says_so_and_how_to_restore_it(experiment, tmp_path, capsys):
+    """It said "experiment 'hypotheses' has no pipeline step runs", though its runs are all there, deleted with it."""
+    client, exp = experiment
+    record_pipeline(client, exp, str(tmp_path / "a"), [WARM], {"warm": 0.5})
+    client.delete_experiment(exp)
+    assert cli_compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 2
+    assert capsys.readouterr().err == (f"fluxflow-compare: experiment 'hypotheses' at {client.tracking_uri} is "
+                                       f"deleted; restore it with: mlflow experiments restore -x {exp}\n")
+
+
+def test_an_unknown_experiment_names_the_flag_and_the_experiments_there(experiment, tmp_path, capsys):
+    """A typo said only "no experiment named 'hypothesis' at URI": neither the flag nor what the store holds."""
+    assert cli_compare.main(["--experiment", "hypothesis", "--output", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.endswith(
+        "no experiment named 'hypothesis' at " + experiment[0].tracking_uri
+        + "; --experiment names one of: Default, hypotheses\n")

@@ -5,6 +5,7 @@ fails to read (a folder, a FIFO, a file that is not a database, a scheme it does
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 
 import pytest
@@ -18,7 +19,8 @@ def stores(tmp_path) -> dict[str, tuple[str, str]]:
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     (tmp_path / "notes.txt").write_text("not a database\n")
     os.mkfifo(tmp_path / "fifo")
-    typo, fifo = tmp_path / "typo.db", tmp_path / "fifo"
+    typo, fifo, db = tmp_path / "typo.db", tmp_path / "fifo", tmp_path / "mlflow.db"
+    sqlite3.connect(db).execute("create table t (x)").connection.close()
     return {"server down": (down, f"the MLflow server at {down} does not answer"),
             "no such file": (f"sqlite:///{typo}", f"no MLflow store at sqlite:///{typo} (no such file)"),
             "a folder": (f"sqlite:///{tmp_path}", f"cannot read the MLflow store at sqlite:///{tmp_path}: {tmp_path} "
@@ -29,11 +31,15 @@ def stores(tmp_path) -> dict[str, tuple[str, str]]:
             # These three ended in MLflow's or SQLAlchemy's traceback.
             "not a database": (f"sqlite:///{tmp_path / 'notes.txt'}", "file is not a database"),
             "a plain path": (str(tmp_path), f"cannot read the MLflow store at {tmp_path}: "),
-            "unknown scheme": ("mlfow://typo", "cannot read the MLflow store at mlfow://typo: ")}
+            "unknown scheme": ("mlfow://typo", "cannot read the MLflow store at mlfow://typo: "),
+            # --help says the default is ./mlflow.db; given as a path it was "The filesystem tracking backend (e.g.,
+            # './mlruns') is in maintenance mode", which does not say what to write instead.
+            "a SQLite file as a path": (str(db), f"cannot read the MLflow store at {db}: a SQLite file is named as "
+                                                 f"a URI, sqlite:///{db}")}
 
 
 @pytest.mark.parametrize("case", ["server down", "no such file", "a folder", "a FIFO", "not a database", "a plain path",
-                                  "unknown scheme"])
+                                  "unknown scheme", "a SQLite file as a path"])
 @pytest.mark.parametrize("command", ["compare", "generate", "export"])
 def test_a_store_that_cannot_be_read_is_one_line_and_exit_2_at_once(tmp_path, capsys, case, command):
     uri, says = stores(tmp_path)[case]

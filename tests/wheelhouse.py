@@ -90,10 +90,11 @@ def wheelhouse_for(requirements: list[str], folder: Path) -> Path:
 
 
 def environment_from_wheels(requirements: list[str], wheels: Path, where: Path) -> Path:
-    """A new virtualenv into which pip installs `requirements` from `wheels` only (no index, no network); its
-    python."""
-    venv.EnvBuilder(with_pip=False).create(where)
+    """A virtualenv at `where` (made when missing) into which pip installs `requirements` from `wheels` only (no
+    index, no network); its python."""
     python = where / "bin" / "python"
+    if not python.exists():
+        venv.EnvBuilder(with_pip=False).create(where)
     # This environment's pip installs into the new one (`--python`): the new one needs no pip of its own.
     done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--isolated",
                            "--no-index", "--no-compile", "--find-links", str(wheels), *requirements],

@@ -13,9 +13,11 @@ fluxflow/storage/mirror.py), `ref.json` last. For a local output these are no-op
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +28,7 @@ from fluxflow.config.caching import CACHE_FIELDS
 from fluxflow.config.dag import execution_order
 from fluxflow.config.modes import unused_image_stat_fields
 from fluxflow.config.steps import KEY_NEUTRAL_VALUES
-from fluxflow.checkpoints.step_key import describe_change, step_key
+from fluxflow.checkpoints.step_key import describe_change, step_key, step_key_inputs
 from fluxflow.output_layout import metrics_file, step_dir
 from fluxflow.storage.location import output_root, remote_uri
 
@@ -34,8 +36,11 @@ if TYPE_CHECKING:
     from fluxflow.storage.mirror import OutputMirror
 
 
-def step_keys(config) -> dict[str, str]:
-    """Every step's key, parents first (the chain is what makes a parent change re-run its children)."""
+def step_key_parts(config) -> dict[str, dict]:
+    """Every step's key inputs, parents first (the chain is what makes a parent change re-run its children): its
+    resolved values, the model's, its dataset's and its parent's key, as plain JSON (kept in ref.json, so that a
+    later run can say which of them changed)."""
+    parts: dict[str, dict] = {}
     keys: dict[str, str] = {}
     root = {"model_checkpoint": config.model_checkpoint} if config.model_checkpoint else None
     for step in execution_order(config.resolved_steps()):
@@ -46,10 +51,21 @@ def step_keys(config) -> dict[str, str]:
         # before them (steps.KEY_NEUTRAL_VALUES).
         ignored = {*CACHE_FIELDS, "hypothesis", "resources"} | unused_image_stat_fields(step)
         ignored |= {k for k, v in KEY_NEUTRAL_VALUES.items() if getattr(step, k) == v}
-        keys[step.name] = step_key(step.model_dump(mode="json", exclude=ignored),
-                                   config.model.model_dump(mode="json"),
-                                   config.dataset_for(step).model_dump(mode="json"), parent_key)
-    return keys
+        parts[step.name] = step_key_inputs(step.model_dump(mode="json", exclude=ignored),
+                                           config.model.model_dump(mode="json"),
+                                           config.dataset_for(step).model_dump(mode="json"), parent_key)
+        keys[step.name] = key_of(parts[step.name])
+    return parts
+
+
+def key_of(inputs: dict) -> str:
+    """The key of one step's `step_key_parts` entry."""
+    return step_key(inputs["step"], inputs["model"], inputs["dataset"], inputs["parent"])
+
+
+def step_keys(config) -> dict[str, str]:
+    """Every step's key (fluxflow/checkpoints/step_key.py)."""
+    return {name: key_of(inputs) for name, inputs in step_key_parts(config).items()}
 
 
 @dataclass
@@ -65,6 +81,7 @@ class StepFiles:
     dir: Path
     output: Path
     remote: OutputMirror | None = None  # the object store the output lives on; None for a local output
+    key_inputs: dict | None = None  # what the key hashes (step_key_parts): kept in ref.json to say what changed
 
     @property
     def latest(self) -> Path:
@@ -99,12 +116,22 @@ class StepFiles:
             return None
         if not (self.final.exists() or self._final_on_store(recorded["ref"]["sha256"])):
             return None
-        return CheckpointRef.from_dict(recorded["ref"]), StepResult.from_dict(recorded["result"])
+        # Where final.pt is now, not where the run that wrote it saw it: that path may be relative to another working
+        # directory, or to a folder since moved, and the next step opens it (its sha256 still vouches for it).
+        ref = replace(CheckpointRef.from_dict(recorded["ref"]), uri=self.final_uri())
+        return ref, StepResult.from_dict(recorded["result"])
 
     def set_aside_stale(self) -> None:
         """Move files of another key (the step's config changed) aside, saying why; keep a same-key latest.pt.
         Also removes what a kill left behind: temp files of interrupted writes (each may be as large as a
         checkpoint), and the metrics of a run killed before its first checkpoint (the step starts over)."""
+        moved = self._move_stale_aside()
+        if moved is not None:
+            target, why = moved
+            print(f"Re-running step {self.step.name}: {why}; previous files moved to {target}", flush=True)
+
+    def _move_stale_aside(self) -> tuple[Path, str] | None:
+        """`set_aside_stale` without its line: (where the files went, why), or None when nothing was moved."""
         for temp in self.dir.glob(".*.tmp"):
             temp.unlink(missing_ok=True)
         if not any(path.exists() for path in (self.latest, self.previous, self.final)):
@@ -122,20 +149,64 @@ class StepFiles:
             if meta is not None and meta.step_key == self.key and meta.completed:  # killed between the two writes
                 print(f"Completing step {self.step.name}: {self.final} was written but the run stopped before "
                       f"{self.ref_json.name}; finishing it without training again", flush=True)
-                return
+                return None
             old_key = "unknown"
         if old_key is None:
-            return
-        why = describe_change(old_config or {}, self.step.model_dump(mode="json")) if old_config else ""
+            return None
         target = self.dir / "superseded" / old_key
+        for n in itertools.count(2):  # never over files set aside before (this key may have been trained twice)
+            if not target.exists() or not any(target.iterdir()):
+                break
+            target = self.dir / "superseded" / f"{old_key}.{n}"
         target.mkdir(parents=True, exist_ok=True)
         for path in (self.latest, self.previous, self.final, self.ref_json, self.metrics):
             if path.exists():
                 shutil.move(str(path), target / path.name)
                 if self.remote is not None:  # the store's copies too: set aside there, never overwritten
                     self.remote.move(self._rel(path), self._rel(target / path.name))
-        print(f"Re-running step {self.step.name}: its configuration or an earlier step changed"
-              f"{' (' + why + ')' if why else ''}; previous files moved to {target}", flush=True)
+        return target, self._why(old_config, (recorded or {}).get("key_inputs") if old_key != "unknown" else None)
+
+    def _why(self, old_config: dict | None, old_inputs: dict | None) -> str:
+        """Why the files of another key are set aside: the step's own values that changed, else (when the run that
+        wrote them recorded its key inputs) the model's, the dataset's, or the step it starts from."""
+        if old_config:
+            own = describe_change(old_config, self.step.model_dump(mode="json"))
+            if own:
+                return f"its configuration changed ({own})"
+        if old_inputs and self.key_inputs:
+            reasons = [f"the model changed ({change})" if part == "model" else f"its dataset changed ({change})"
+                       for part in ("model", "dataset")
+                       if (change := describe_change(old_inputs.get(part) or {}, self.key_inputs[part]))]
+            if old_inputs.get("parent") != self.key_inputs["parent"]:
+                parent = self.step.parent
+                reasons.append(f"the step it starts from, {parent}, changed" if parent
+                               else "its model_checkpoint changed")
+            if reasons:
+                return "; ".join(reasons)
+        return "its configuration or an earlier step changed"
+
+    def reuse_set_aside(self) -> bool:
+        """Bring back the files of this very key that an earlier run set aside when the config had changed (A, then B,
+        then A again): the files of the other key are set aside in their turn and these moved back, so the step is
+        skipped, or resumed from its latest.pt, instead of trained again. True when files came back. A local output
+        only (on an object store the step trains again)."""
+        kept = self.dir / "superseded" / self.key
+        own = (self.latest, self.previous, self.final, self.ref_json, self.metrics)
+        if self.remote is not None or not any((kept / p.name).exists() for p in own[:3]):
+            return False
+        moved = self._move_stale_aside()
+        if any(path.exists() for path in own[:4]):  # files of this key in place already: they are the newer ones
+            return False
+        for path in own:
+            if (kept / path.name).exists():
+                shutil.move(str(kept / path.name), path)
+        with contextlib.suppress(OSError):
+            kept.rmdir()
+        what = "final.pt" if self.final.exists() else "latest.pt"
+        replaced = f" (the files it replaces, of the configuration before, moved to {moved[0]})" if moved else ""
+        print(f"Reusing step {self.step.name}: its {what} for this same configuration, set aside by an earlier run, "
+              f"moved back from {kept}{replaced}", flush=True)
+        return True
 
     def finalize(self) -> str:
         """final.pt from latest.pt (fluxflow/checkpoints/io.py, finalize); its sha256. latest.prev.pt has no use
@@ -147,7 +218,8 @@ class StepFiles:
         return digest
 
     def write_ref(self, ref: CheckpointRef, result: StepResult) -> None:
-        payload = {"ref": ref.to_dict(), "result": result.to_dict(), "step_config": self.step.model_dump(mode="json")}
+        payload = {"ref": ref.to_dict(), "result": result.to_dict(), "step_config": self.step.model_dump(mode="json"),
+                   "key_inputs": self.key_inputs}
         tmp = self.ref_json.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(payload, indent=2))
         tmp.replace(self.ref_json)
@@ -244,5 +316,6 @@ def plan_step(config, step_name: str) -> StepFiles:
         from fluxflow.storage.mirror import OutputMirror  # fsspec: only for an output on an object store
 
         remote = OutputMirror(uri, out)
-    return StepFiles(step=step, key=step_keys(config)[step_name], n_steps=len(steps),
-                     dir=step_dir(out, step_name), output=out, remote=remote)
+    inputs = step_key_parts(config)[step_name]
+    return StepFiles(step=step, key=key_of(inputs), n_steps=len(steps), dir=step_dir(out, step_name), output=out,
+                     remote=remote, key_inputs=inputs)

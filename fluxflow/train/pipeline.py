@@ -65,7 +65,9 @@ def train_step(config, step_name: str, parent, tracker=None, ranks_done=None) ->
     """The step on its processes, the one call of the bare pipeline and the Prefect task: in this process when it
     has one, else on its ranks (torchrun on one node, Ray Train across nodes: fluxflow/runtime/launch.py). Ranks
     cannot reach `tracker`; rank 0 writes the console lines and metrics file, and `ranks_done(outcome)` is called
-    once a step they trained is done (the Prefect task records it in MLflow from those files)."""
+    once a step they trained is done (the Prefect task records it in MLflow from those files). Files of the step's
+    current key that an earlier run set aside are moved back first, here, before any rank looks for them."""
+    plan_step(config, step_name).reuse_set_aside()
     if config.training.distributed.processes == 1:
         return run_step(config, step_name, parent, tracker=tracker)
     outcome = run_step_on_processes(config, step_name, parent)

@@ -1,0 +1,114 @@
+"""What a re-run does with a step's files when the user iterates on a config in one output directory: a finished
+step is found where its files are now, and files set aside by an earlier config come back when that config does.
+
+The files are made by hand (a ref.json and a stand-in final.pt): no training, no torch.
+"""
+from __future__ import annotations
+
+import json
+
+from helpers_tiny import VAE_STEP, tiny_config
+
+from fluxflow.checkpoints.step_files import plan_step
+
+
+def _finished(directory, key: str, body: bytes, uri: str = "elsewhere/final.pt") -> None:
+    """A finished step's files of `key` in `directory`: final.pt holding `body`, and its ref.json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "final.pt").write_bytes(body)
+    ref = {"uri": uri, "sha256": "0" * 64, "step_name": "warm", "step_key": key, "global_step": 2, "epoch": 1}
+    result = {"step_name": "warm", "outcome": "epochs_done", "epochs_done": 1}
+    (directory / "ref.json").write_text(json.dumps({"ref": ref, "result": result, "step_config": {"lr": 1}}))
+
+
+def test_a_finished_step_is_handed_on_where_its_final_pt_is_now(tmp_path):
+    # Trained as `--output-dir out` from another working directory (or in a folder since moved): the ref.json's
+    # path no longer opens from here, and the next step would fail to load its input.
+    files = plan_step(tiny_config(tmp_path / "out", [VAE_STEP]), "warm")
+    _finished(files.dir, files.key, b"weights", uri="out/checkpoints/warm/final.pt")
+
+    ref, _ = files.completed()
+
+    assert ref.uri == str(files.final) and ref.step_key == files.key
+
+
+def test_files_of_the_current_config_set_aside_by_an_earlier_run_come_back(tmp_path, capsys):
+    # lr A (trained), then lr B (A set aside, B trained), then lr A again: A's files are reused, B's set aside.
+    files = plan_step(tiny_config(tmp_path / "out", [VAE_STEP]), "warm")
+    _finished(files.dir / "superseded" / files.key, files.key, b"trained with A")
+    (files.dir / "superseded" / files.key / files.metrics.name).write_text("A's lines\n")
+    _finished(files.dir, "b" * 16, b"trained with B")
+    files.metrics.parent.mkdir(parents=True)
+    files.metrics.write_text("B's lines\n")
+
+    assert files.reuse_set_aside()
+
+    assert files.completed() is not None and files.final.read_bytes() == b"trained with A"
+    assert files.metrics.read_text() == "A's lines\n"
+    assert (files.dir / "superseded" / ("b" * 16) / "final.pt").read_bytes() == b"trained with B"
+    assert not (files.dir / "superseded" / files.key).exists()
+    printed = capsys.readouterr().out
+    assert f"Reusing step warm: its final.pt for this same configuration, set aside by an earlier run, moved back " \
+           f"from {files.dir / 'superseded' / files.key}" in printed
+
+
+def test_nothing_comes_back_when_nothing_of_the_current_config_was_set_aside(tmp_path, capsys):
+    files = plan_step(tiny_config(tmp_path / "out", [VAE_STEP]), "warm")
+    _finished(files.dir, files.key, b"current")
+
+    assert not files.reuse_set_aside()
+    assert files.final.read_bytes() == b"current" and capsys.readouterr().out == ""
+
+
+def test_setting_files_aside_never_replaces_files_set_aside_before(tmp_path):
+    # Key B trained, set aside, trained again (its files set aside earlier were not reusable), set aside again.
+    files = plan_step(tiny_config(tmp_path / "out", [VAE_STEP]), "warm")
+    old = "b" * 16
+    _finished(files.dir / "superseded" / old, old, b"first B")
+    _finished(files.dir, old, b"second B")
+
+    files.set_aside_stale()
+
+    assert (files.dir / "superseded" / old / "final.pt").read_bytes() == b"first B"
+    assert (files.dir / "superseded" / f"{old}.2" / "final.pt").read_bytes() == b"second B"
+
+
+def _two_steps(out, warm_lr: float = 1e-3, vae_dim: int | None = None):
+    warm = dict(VAE_STEP, optimization={"optimizers": {"vae": {"type": "AdamW", "lr": warm_lr}}})
+    gan = {"name": "gan", "n_epochs": 1, "max_steps": 2, "train_vae": True, "gan_training": True}
+    config = tiny_config(out, [warm, gan])
+    if vae_dim is not None:
+        config = config.model_copy(update={"model": config.model.model_copy(update={"vae_dim": vae_dim})})
+    return config
+
+
+def _finished_as(files, key: str) -> None:
+    """Files of `key` in place, recorded as `files`' own run would write them (its config and key inputs)."""
+    _finished(files.dir, key, b"weights")
+    payload = json.loads(files.ref_json.read_text())
+    payload.update(step_config=files.step.model_dump(mode="json"), key_inputs=files.key_inputs)
+    files.ref_json.write_text(json.dumps(payload))
+
+
+def test_a_step_set_aside_because_the_step_it_starts_from_changed_says_so(tmp_path, capsys):
+    out = tmp_path / "out"
+    before = plan_step(_two_steps(out), "gan")
+    _finished_as(before, before.key)
+    after = plan_step(_two_steps(out, warm_lr=3e-3), "gan")
+
+    after.set_aside_stale()
+
+    assert f"Re-running step gan: the step it starts from, warm, changed; previous files moved to " \
+           f"{after.dir / 'superseded' / before.key}" in capsys.readouterr().out
+
+
+def test_a_step_set_aside_because_the_model_changed_names_the_field(tmp_path, capsys):
+    out = tmp_path / "out"
+    before = plan_step(_two_steps(out), "warm")
+    _finished_as(before, before.key)
+    after = plan_step(_two_steps(out, vae_dim=16), "warm")
+
+    after.set_aside_stale()
+
+    assert "Re-running step warm: the model changed (vae_dim: 8 -> 16); previous files moved to" \
+        in capsys.readouterr().out

@@ -82,6 +82,10 @@ class StepFiles:
     output: Path
     remote: OutputMirror | None = None  # the object store the output lives on; None for a local output
     key_inputs: dict | None = None  # what the key hashes (step_key_parts): kept in ref.json to say what changed
+    # The sha256 of the checkpoint the step starts from (its parent's final.pt), when known: kept in ref.json, and a
+    # finished step trained from another file than its parent's final.pt now is not reused (the key names the
+    # parent's config, not its bytes: a parent trained again on a GPU, or on another device, has other weights).
+    input_sha256: str | None = None
 
     @property
     def latest(self) -> Path:
@@ -116,10 +120,17 @@ class StepFiles:
             return None
         if not (self.final.exists() or self._final_on_store(recorded["ref"]["sha256"])):
             return None
+        if self._other_input(recorded):
+            return None
         # Where final.pt is now, not where the run that wrote it saw it: that path may be relative to another working
         # directory, or to a folder since moved, and the next step opens it (its sha256 still vouches for it).
         ref = replace(CheckpointRef.from_dict(recorded["ref"]), uri=self.final_uri())
         return ref, StepResult.from_dict(recorded["result"])
+
+    def _other_input(self, recorded: dict) -> bool:
+        """Whether these files were trained from another checkpoint than the one the step starts from now."""
+        trained_from = recorded.get("input_sha256")
+        return None not in (trained_from, self.input_sha256) and trained_from != self.input_sha256
 
     def set_aside_stale(self) -> None:
         """Move files of another key (the step's config changed) aside, saying why; keep a same-key latest.pt.
@@ -140,6 +151,10 @@ class StepFiles:
         old_key, old_config = None, None
         if recorded is not None and recorded["ref"]["step_key"] != self.key:
             old_key, old_config = recorded["ref"]["step_key"], recorded.get("step_config")
+        elif recorded is not None and self._other_input(recorded):
+            then, now = recorded["input_sha256"][:12], self.input_sha256[:12]
+            return self._move_aside(self.key, f"the checkpoint it starts from ({self.step.parent}'s final.pt) is not "
+                                              f"the one it was trained from (sha256 {then}... then, {now}... now)")
         elif not self.final.exists():
             meta = _metadata(self.latest) or _metadata(self.previous)
             if meta is not None and meta.step_key != self.key:
@@ -153,6 +168,11 @@ class StepFiles:
             old_key = "unknown"
         if old_key is None:
             return None
+        return self._move_aside(old_key, self._why(old_config, (recorded or {}).get("key_inputs")
+                                                   if old_key != "unknown" else None))
+
+    def _move_aside(self, old_key: str, why: str) -> tuple[Path, str]:
+        """The step's files to `superseded/<old_key>/` (the next free `<old_key>.N` if that one holds files)."""
         target = self.dir / "superseded" / old_key
         for n in itertools.count(2):  # never over files set aside before (this key may have been trained twice)
             if not target.exists() or not any(target.iterdir()):
@@ -164,7 +184,7 @@ class StepFiles:
                 shutil.move(str(path), target / path.name)
                 if self.remote is not None:  # the store's copies too: set aside there, never overwritten
                     self.remote.move(self._rel(path), self._rel(target / path.name))
-        return target, self._why(old_config, (recorded or {}).get("key_inputs") if old_key != "unknown" else None)
+        return target, why
 
     def _why(self, old_config: dict | None, old_inputs: dict | None) -> str:
         """Why the files of another key are set aside: the step's own values that changed, else (when the run that
@@ -194,6 +214,9 @@ class StepFiles:
         own = (self.latest, self.previous, self.final, self.ref_json, self.metrics)
         if self.remote is not None or not any((kept / p.name).exists() for p in own[:3]):
             return False
+        with contextlib.suppress(OSError, ValueError):
+            if self._other_input(json.loads((kept / self.ref_json.name).read_text())):
+                return False  # trained from another file than the step's input now: not this step's result
         moved = self._move_stale_aside()
         if any(path.exists() for path in own[:4]):  # files of this key in place already: they are the newer ones
             return False
@@ -219,7 +242,7 @@ class StepFiles:
 
     def write_ref(self, ref: CheckpointRef, result: StepResult) -> None:
         payload = {"ref": ref.to_dict(), "result": result.to_dict(), "step_config": self.step.model_dump(mode="json"),
-                   "key_inputs": self.key_inputs}
+                   "key_inputs": self.key_inputs, "input_sha256": self.input_sha256}
         tmp = self.ref_json.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(payload, indent=2))
         tmp.replace(self.ref_json)

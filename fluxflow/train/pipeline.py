@@ -20,13 +20,20 @@ log = logging.getLogger("fluxflow.train.pipeline")
 
 
 def completed_steps(config) -> list[str]:
-    """Steps whose final.pt exists for their current key (they will be skipped), in execution order."""
-    return [s.name for s in execution_order(config.resolved_steps()) if _completed(plan_step(config, s.name))]
-
-
-def _completed(files) -> bool:
-    files.pull_ref()  # an output on an object store: its ref.json, which says whether the step is complete
-    return files.completed() is not None
+    """Steps whose final.pt exists for their current key and was trained from their parent's final.pt as it is
+    (they will be skipped), in execution order. A step below one that is not complete is not listed: whether it is
+    reused depends on the checkpoint its parent is about to make."""
+    refs: dict = {}
+    for step in execution_order(config.resolved_steps()):
+        if step.parent and step.parent not in refs:
+            continue
+        files = plan_step(config, step.name)
+        files.input_sha256 = refs[step.parent].sha256 if step.parent else None
+        files.pull_ref()  # an output on an object store: its ref.json, which says whether the step is complete
+        done = files.completed()
+        if done is not None:
+            refs[step.name] = done[0]
+    return list(refs)
 
 
 def announce_skipped(config) -> None:
@@ -67,7 +74,9 @@ def train_step(config, step_name: str, parent, tracker=None, ranks_done=None) ->
     cannot reach `tracker`; rank 0 writes the console lines and metrics file, and `ranks_done(outcome)` is called
     once a step they trained is done (the Prefect task records it in MLflow from those files). Files of the step's
     current key that an earlier run set aside are moved back first, here, before any rank looks for them."""
-    plan_step(config, step_name).reuse_set_aside()
+    files = plan_step(config, step_name)
+    files.input_sha256 = parent.sha256 if parent is not None else None
+    files.reuse_set_aside()
     if config.training.distributed.processes == 1:
         return run_step(config, step_name, parent, tracker=tracker)
     outcome = run_step_on_processes(config, step_name, parent)

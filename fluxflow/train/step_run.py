@@ -64,6 +64,7 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
     (CUDA_VISIBLE_DEVICES holds them). A stop request ends it with `StepInterrupted` after saving.
     """
     files = plan_step(config, step_name)
+    files.input_sha256 = parent.sha256 if parent is not None else None
     device_ = resolve_device(config.training.device)
     distributed.init_from_env(device_)  # a no-op unless started by torchrun
     main = distributed.is_main()

@@ -112,3 +112,52 @@ def test_a_step_set_aside_because_the_model_changed_names_the_field(tmp_path, ca
 
     assert "Re-running step warm: the model changed (vae_dim: 8 -> 16); previous files moved to" \
         in capsys.readouterr().out
+
+
+def _finished_from(files, sha_of_input: str) -> None:
+    """A finished step of `files`' own key, recorded as trained from a checkpoint whose sha256 is `sha_of_input`."""
+    _finished_as(files, files.key)
+    payload = json.loads(files.ref_json.read_text())
+    payload["input_sha256"] = sha_of_input
+    files.ref_json.write_text(json.dumps(payload))
+
+
+def test_a_finished_step_trained_from_another_parent_checkpoint_is_trained_again(tmp_path, capsys):
+    # Same configs, but warm's final.pt is another file than the one gan was trained from (warm trained again,
+    # after its checkpoint was deleted, on a GPU or on another device): gan's weights come from the old one.
+    gan = plan_step(_two_steps(tmp_path / "out"), "gan")
+    _finished_from(gan, "a" * 64)
+    gan.input_sha256 = "b" * 64
+
+    assert gan.completed() is None
+    gan.set_aside_stale()
+
+    assert (gan.dir / "superseded" / gan.key / "final.pt").exists() and not gan.final.exists()
+    assert f"Re-running step gan: the checkpoint it starts from (warm's final.pt) is not the one it was trained " \
+           f"from (sha256 aaaaaaaaaaaa... then, bbbbbbbbbbbb... now); previous files moved to " \
+           f"{gan.dir / 'superseded' / gan.key}" in capsys.readouterr().out
+
+
+def test_a_finished_step_trained_from_its_parents_checkpoint_as_it_is_is_reused(tmp_path):
+    gan = plan_step(_two_steps(tmp_path / "out"), "gan")
+    _finished_from(gan, "a" * 64)
+    gan.input_sha256 = "a" * 64
+
+    assert gan.completed() is not None
+
+
+def test_the_skipping_line_lists_a_step_only_if_trained_from_its_parents_final_pt_as_it_is(tmp_path):
+    from fluxflow.train.pipeline import completed_steps
+
+    config = _two_steps(tmp_path / "out")
+    warm, gan = plan_step(config, "warm"), plan_step(config, "gan")
+    _finished_as(warm, warm.key)  # its ref.json records sha256 "0" * 64
+    _finished_from(gan, "0" * 64)
+    assert completed_steps(config) == ["warm", "gan"]
+
+    _finished_from(gan, "c" * 64)
+    assert completed_steps(config) == ["warm"]
+
+    warm.ref_json.unlink()  # warm trains again: whether gan is reused depends on the file it makes
+    _finished_from(gan, "0" * 64)
+    assert completed_steps(config) == []

@@ -210,13 +210,10 @@ class StepFiles:
         then A again): the files of the other key are set aside in their turn and these moved back, so the step is
         skipped, or resumed from its latest.pt, instead of trained again. True when files came back. A local output
         only (on an object store the step trains again)."""
-        kept = self.dir / "superseded" / self.key
-        own = (self.latest, self.previous, self.final, self.ref_json, self.metrics)
-        if self.remote is not None or not any((kept / p.name).exists() for p in own[:3]):
+        kept = None if self.remote is not None else self._reusable_set_aside()
+        if kept is None:
             return False
-        with contextlib.suppress(OSError, ValueError):
-            if self._other_input(json.loads((kept / self.ref_json.name).read_text())):
-                return False  # trained from another file than the step's input now: not this step's result
+        own = (self.latest, self.previous, self.final, self.ref_json, self.metrics)
         moved = self._move_stale_aside()
         if any(path.exists() for path in own[:4]):  # files of this key in place already: they are the newer ones
             return False
@@ -230,6 +227,25 @@ class StepFiles:
         print(f"Reusing step {self.step.name}: its {what} for this same configuration, set aside by an earlier run, "
               f"moved back from {kept}{replaced}", flush=True)
         return True
+
+    def _reusable_set_aside(self) -> Path | None:
+        """The folder of `superseded/` with this key's files (`<key>`, `<key>.2`, ...) that were not trained from
+        another input than the step's now; a finished one first. None when there is none."""
+        found = []
+        for kept in sorted(self.dir.glob(f"superseded/{self.key}*")):
+            if kept.name != self.key and not kept.name.startswith(f"{self.key}."):
+                continue
+            if not any((kept / name).exists() for name in (self.latest.name, self.previous.name, self.final.name)):
+                continue
+            try:
+                recorded = json.loads((kept / self.ref_json.name).read_text())
+            except (OSError, ValueError):
+                recorded = None
+            if recorded is not None and self._other_input(recorded):
+                continue  # trained from another file than the step's input now: not this step's result
+            found.append(kept)
+        finished = [k for k in found if (k / self.final.name).exists() and (k / self.ref_json.name).exists()]
+        return (finished or found or [None])[0]
 
     def finalize(self) -> str:
         """final.pt from latest.pt (fluxflow/checkpoints/io.py, finalize); its sha256. latest.prev.pt has no use

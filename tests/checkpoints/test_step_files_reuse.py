@@ -161,3 +161,24 @@ def test_the_skipping_line_lists_a_step_only_if_trained_from_its_parents_final_p
     warm.ref_json.unlink()  # warm trains again: whether gan is reused depends on the file it makes
     _finished_from(gan, "0" * 64)
     assert completed_steps(config) == []
+
+
+def test_of_this_keys_set_aside_files_those_trained_from_the_parents_final_pt_now_come_back(tmp_path):
+    # gan trained from warm's first final.pt (set aside as <key>), then from its second (set aside as <key>.2):
+    # with the second one in place, <key>.2 is the one that comes back.
+    out = tmp_path / "out"
+    gan = plan_step(_two_steps(out), "gan")
+    gan.input_sha256 = "a" * 64
+    _finished_from(gan, "a" * 64)
+    gan.final.write_bytes(b"from the first warm")
+    gan.input_sha256 = "b" * 64
+    gan.set_aside_stale()
+    _finished_from(gan, "b" * 64)
+    gan.final.write_bytes(b"from the second warm")
+    lr_changed = plan_step(_two_steps(out, warm_lr=3e-3), "gan")
+    lr_changed.set_aside_stale()
+
+    assert gan.reuse_set_aside()
+
+    assert gan.completed() is not None and gan.final.read_bytes() == b"from the second warm"
+    assert (gan.dir / "superseded" / gan.key / "final.pt").read_bytes() == b"from the first warm"

@@ -2,7 +2,10 @@
 
 A step's key hashes its resolved config, the model config, its dataset config and its parent's key, so it is known
 before anything runs: a changed step changes its key and every key below it. Files written for another key are
-moved aside to `checkpoints/<step>/superseded/<old key>/` (never deleted), with a line that says what changed.
+moved aside to `checkpoints/<step>/superseded/<old key>/` (never deleted), with a line that says what changed, and
+come back when the config does (`reuse_set_aside`). The key names the parent's config, not its bytes: ref.json also
+keeps the sha256 of the checkpoint the step started from, and a step trained from another file than its parent's
+final.pt now is not complete.
 
 A kill can land between any two writes of a finishing step: after `final.pt` but before `ref.json`, the step is
 recognised by the key and `completed` flag inside `final.pt` and completed without retraining (not set aside).

@@ -66,6 +66,23 @@ def key_of(inputs: dict) -> str:
     return step_key(inputs["step"], inputs["model"], inputs["dataset"], inputs["parent"])
 
 
+# Step values in the key that change no weight: the DataLoader's processes hand the same batches in the same order for
+# any number of them (fluxflow/data: the sampler; webdataset_source.py for streams). They stay in the key (keys of
+# finished steps must not change), and a finished step whose key differs only in them is reused (`weights_keys`).
+WEIGHT_NEUTRAL_FIELDS = ("workers",)
+
+
+def weights_keys(config, parts: dict[str, dict] | None = None) -> dict[str, str]:
+    """Every step's key without WEIGHT_NEUTRAL_FIELDS, chained the same way: equal for two configs that train the
+    same weights. Kept in ref.json next to the key."""
+    keys: dict[str, str] = {}
+    for name, inputs in (parts or step_key_parts(config)).items():  # parents first
+        step = {k: v for k, v in inputs["step"].items() if k not in WEIGHT_NEUTRAL_FIELDS}
+        parent = inputs["step"].get("parent")
+        keys[name] = step_key(step, inputs["model"], inputs["dataset"], keys[parent] if parent else inputs["parent"])
+    return keys
+
+
 def step_keys(config) -> dict[str, str]:
     """Every step's key (fluxflow/checkpoints/step_key.py)."""
     return {name: key_of(inputs) for name, inputs in step_key_parts(config).items()}
@@ -89,6 +106,7 @@ class StepFiles:
     # finished step trained from another file than its parent's final.pt now is not reused (the key names the
     # parent's config, not its bytes: a parent trained again on a GPU, or on another device, has other weights).
     input_sha256: str | None = None
+    weights_key: str | None = None  # the key without the values that change no weight (weights_keys)
 
     @property
     def latest(self) -> Path:
@@ -119,7 +137,7 @@ class StepFiles:
     def completed(self) -> tuple[CheckpointRef, StepResult] | None:
         """The finished step's (ref, result) when final.pt exists for this very key."""
         recorded = self._recorded()
-        if recorded is None or recorded["ref"]["step_key"] != self.key:
+        if recorded is None or not self._same_config(recorded):
             return None
         if not (self.final.exists() or self._final_on_store(recorded["ref"]["sha256"])):
             return None
@@ -129,6 +147,12 @@ class StepFiles:
         # directory, or to a folder since moved, and the next step opens it (its sha256 still vouches for it).
         ref = replace(CheckpointRef.from_dict(recorded["ref"]), uri=self.final_uri())
         return ref, StepResult.from_dict(recorded["result"])
+
+    def _same_config(self, recorded: dict) -> bool:
+        """Whether ref.json's files are of this key, or of one that differs only in values that change no weight
+        (`workers`; such files record their weights_key)."""
+        return recorded["ref"]["step_key"] == self.key or (
+            self.weights_key is not None and recorded.get("weights_key") == self.weights_key)
 
     def _other_input(self, recorded: dict) -> bool:
         """Whether these files were trained from another checkpoint than the one the step starts from now."""
@@ -152,7 +176,7 @@ class StepFiles:
             self.metrics.unlink(missing_ok=True)
         recorded = self._recorded()
         old_key, old_config = None, None
-        if recorded is not None and recorded["ref"]["step_key"] != self.key:
+        if recorded is not None and not self._same_config(recorded):
             old_key, old_config = recorded["ref"]["step_key"], recorded.get("step_config")
         elif recorded is not None and self._other_input(recorded):
             then, now = recorded["input_sha256"][:12], self.input_sha256[:12]
@@ -261,7 +285,7 @@ class StepFiles:
 
     def write_ref(self, ref: CheckpointRef, result: StepResult) -> None:
         payload = {"ref": ref.to_dict(), "result": result.to_dict(), "step_config": self.step.model_dump(mode="json"),
-                   "key_inputs": self.key_inputs, "input_sha256": self.input_sha256}
+                   "key_inputs": self.key_inputs, "input_sha256": self.input_sha256, "weights_key": self.weights_key}
         tmp = self.ref_json.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(payload, indent=2))
         tmp.replace(self.ref_json)
@@ -358,6 +382,7 @@ def plan_step(config, step_name: str) -> StepFiles:
         from fluxflow.storage.mirror import OutputMirror  # fsspec: only for an output on an object store
 
         remote = OutputMirror(uri, out)
-    inputs = step_key_parts(config)[step_name]
+    parts = step_key_parts(config)
+    inputs = parts[step_name]
     return StepFiles(step=step, key=key_of(inputs), n_steps=len(steps), dir=step_dir(out, step_name), output=out,
-                     remote=remote, key_inputs=inputs)
+                     remote=remote, key_inputs=inputs, weights_key=weights_keys(config, parts)[step_name])

@@ -182,3 +182,32 @@ def test_of_this_keys_set_aside_files_those_trained_from_the_parents_final_pt_no
 
     assert gan.completed() is not None and gan.final.read_bytes() == b"from the second warm"
     assert (gan.dir / "superseded" / gan.key / "final.pt").read_bytes() == b"from the first warm"
+
+
+def test_steps_finished_with_other_dataloader_workers_are_reused(tmp_path):
+    # workers changes no weight (the same batches in the same order): a pipeline trained with workers 0 is not
+    # trained again for workers 2, although the step keys (which must not change for finished steps) differ.
+    out = tmp_path / "out"
+    before = _two_steps(out)
+    for name in ("warm", "gan"):
+        files = plan_step(before, name)
+        _finished_as(files, files.key)
+        payload = json.loads(files.ref_json.read_text())
+        files.ref_json.write_text(json.dumps(dict(payload, weights_key=files.weights_key)))
+    more_workers = before.model_copy(update={"training": before.training.model_copy(update={"workers": 2})})
+    assert [plan_step(more_workers, n).step.workers for n in ("warm", "gan")] == [2, 2]
+
+    assert [plan_step(more_workers, n).key != plan_step(before, n).key for n in ("warm", "gan")] == [True, True]
+    assert [plan_step(more_workers, n).completed() is not None for n in ("warm", "gan")] == [True, True]
+    lr_changed = _two_steps(out, warm_lr=3e-3)
+    assert [plan_step(lr_changed, n).completed() is None for n in ("warm", "gan")] == [True, True]
+
+
+def test_ref_json_records_the_key_without_the_values_that_change_no_weight(tmp_path):
+    from fluxflow.checkpoints.ref import CheckpointRef, StepResult
+
+    files = plan_step(_two_steps(tmp_path / "out"), "gan")
+    files.dir.mkdir(parents=True)
+    files.write_ref(CheckpointRef("u", "0" * 64, "gan", files.key, 4, 2), StepResult("gan", "epochs_done", 1))
+
+    assert json.loads(files.ref_json.read_text())["weights_key"] == files.weights_key != files.key

@@ -161,7 +161,10 @@ class StepRun:
                                  say=self.say, history=meta.step_metrics)
         if self.resuming:  # the counts it reports continue: skipped samples, skipped updates, the log interval
             self.report.load_state_dict(meta.report)
-        self.say(f"Starting step: {self.step.name}, epoch {self.position.epoch + 1}, batch {self.position.batch}")
+        if self.outcome is not None:  # "Starting step: NAME, epoch 2, batch 0" of a 1-epoch step would say otherwise
+            self.say(f"Finishing step {self.step.name}: its latest.pt holds its last epoch, nothing is trained again")
+        else:
+            self.say(f"Starting step: {self.step.name}, epoch {self.position.epoch + 1}, batch {self.position.batch}")
 
     def _latent_norm(self, state: dict | None) -> dict[str, torch.Tensor] | None:
         """The input checkpoint's latent normalisation; a flow step without one measures it with the encoder it trains

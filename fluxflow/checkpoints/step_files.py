@@ -17,6 +17,7 @@ fluxflow/storage/mirror.py), `ref.json` last. For a local output these are no-op
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import shutil
@@ -81,6 +82,27 @@ def weights_keys(config, parts: dict[str, dict] | None = None) -> dict[str, str]
         parent = inputs["step"].get("parent")
         keys[name] = step_key(step, inputs["model"], inputs["dataset"], keys[parent] if parent else inputs["parent"])
     return keys
+
+
+def input_sha256(config, parent) -> str | None:
+    """The sha256 of the checkpoint a step starts from: its parent's `final.pt` (in the parent's reference), or for a
+    root step a local `model_checkpoint` file (replaced in place, its path and so the key stay the same); None for
+    fresh weights, or a `model_checkpoint` on an object store (not downloaded to be hashed)."""
+    if parent is not None:
+        return parent.sha256
+    path = config.model_checkpoint
+    if not path or remote_uri(path) or not Path(path).is_file():
+        return None
+    stat = Path(path).stat()
+    return _file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Read once per version of the file (size and mtime in the cache key) per process."""
+    from fluxflow.checkpoints.io import sha256_file  # torch: only when there is a model_checkpoint
+
+    return sha256_file(path)
 
 
 def step_keys(config) -> dict[str, str]:
@@ -180,8 +202,9 @@ class StepFiles:
             old_key, old_config = recorded["ref"]["step_key"], recorded.get("step_config")
         elif recorded is not None and self._other_input(recorded):
             then, now = recorded["input_sha256"][:12], self.input_sha256[:12]
-            return self._move_aside(self.key, f"the checkpoint it starts from ({self.step.parent}'s final.pt) is not "
-                                              f"the one it was trained from (sha256 {then}... then, {now}... now)")
+            source = f"{self.step.parent}'s final.pt" if self.step.parent else "its model_checkpoint"
+            return self._move_aside(self.key, f"the checkpoint it starts from ({source}) is not the one it was "
+                                              f"trained from (sha256 {then}... then, {now}... now)")
         elif not self.final.exists():
             meta = _metadata(self.latest) or _metadata(self.previous)
             if meta is not None and meta.step_key != self.key:

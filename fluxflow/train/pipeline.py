@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from fluxflow.checkpoints.ref import StepOutcome
-from fluxflow.checkpoints.step_files import plan_step
+from fluxflow.checkpoints.step_files import input_sha256, plan_step
 from fluxflow.config.dag import execution_order
 from fluxflow.errors import is_retryable
 from fluxflow.runtime.launch import run_step_on_processes
@@ -28,7 +28,7 @@ def completed_steps(config) -> list[str]:
         if step.parent and step.parent not in refs:
             continue
         files = plan_step(config, step.name)
-        files.input_sha256 = refs[step.parent].sha256 if step.parent else None
+        files.input_sha256 = input_sha256(config, refs.get(step.parent))
         files.pull_ref()  # an output on an object store: its ref.json, which says whether the step is complete
         done = files.completed()
         if done is not None:
@@ -75,7 +75,7 @@ def train_step(config, step_name: str, parent, tracker=None, ranks_done=None) ->
     once a step they trained is done (the Prefect task records it in MLflow from those files). Files of the step's
     current key that an earlier run set aside are moved back first, here, before any rank looks for them."""
     files = plan_step(config, step_name)
-    files.input_sha256 = parent.sha256 if parent is not None else None
+    files.input_sha256 = input_sha256(config, parent)
     files.reuse_set_aside()
     if config.training.distributed.processes == 1:
         return run_step(config, step_name, parent, tracker=tracker)

@@ -10,8 +10,10 @@ import logging
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.checkpoints.step_files import input_sha256, plan_step
 from fluxflow.config.dag import execution_order
+from fluxflow.output_layout import checkpoints_dir
 from fluxflow.errors import is_retryable
 from fluxflow.runtime.launch import run_step_on_processes
+from fluxflow.storage.location import output_root
 from fluxflow.storage.store_lock import output_lock
 from fluxflow.train.pipeline_schedule import PipelineSchedule
 from fluxflow.train.step_run import run_step
@@ -37,10 +39,15 @@ def completed_steps(config) -> list[str]:
 
 
 def announce_skipped(config) -> None:
-    """The original tool's "Skipping steps: ..." line, when some steps are already complete (each then says where)."""
+    """The original tool's "Skipping steps: ..." line, when some steps are already complete (each then says where);
+    and the step folders of the output directory that no step of this config uses (a renamed or removed step)."""
     skipping = completed_steps(config)
     if skipping:
         print(f"Skipping steps: {', '.join(skipping)}", flush=True)
+    names = {step.name for step in config.resolved_steps()}
+    unused = sorted(p for p in checkpoints_dir(output_root(config)).glob("*") if p.is_dir() and p.name not in names)
+    if unused:
+        print(f"Not steps of this config, left as they are: {', '.join(str(p) for p in unused)}", flush=True)
 
 
 def run_pipeline(config, tracker=None) -> list[StepOutcome]:

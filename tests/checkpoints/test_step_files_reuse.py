@@ -232,3 +232,16 @@ def test_a_root_step_is_trained_again_when_its_model_checkpoint_file_is_replaced
     warm.set_aside_stale()
     assert "Re-running step warm: the checkpoint it starts from (its model_checkpoint) is not the one it was trained " \
            "from" in capsys.readouterr().out
+
+
+def test_step_folders_no_step_of_the_config_uses_are_named_at_the_start(tmp_path, capsys):
+    # A step renamed (vae_gan -> gan) trains as a new step; its old folder stays, and the run says so once.
+    from fluxflow.train.pipeline import announce_skipped
+
+    config = _two_steps(tmp_path / "out")
+    old = plan_step(config, "gan").dir.parent / "vae_gan"
+    old.mkdir(parents=True)
+
+    announce_skipped(config)
+
+    assert capsys.readouterr().out == f"Not steps of this config, left as they are: {old}\n"

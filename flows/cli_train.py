@@ -13,6 +13,7 @@ import argparse
 import atexit
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     ctrl_c = remember_ctrl_c()
     try:
-        config = configured(args)
+        loaded = configured(args)
+        config = loaded.config
         if args.validate_pipeline:
             return EXIT_OK
         check_cluster(config)  # before the server starts: a refusal is then the only line printed
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED if interrupted else EXIT_FIX_INPUT
     finally:
         ctrl_c(restore=True)
-    return train(config, args.overrides)
+    return train(config, args.overrides, dated=loaded.dated)
 
 
 def remember_ctrl_c():
@@ -126,9 +128,9 @@ class Refused(Exception):
 
 
 def configured(args: argparse.Namespace):
-    """The run's config, resolved once (fluxflow/config/run_config.py: the command line's overrides, output directory
-    with `{date}` filled, device; data folders checked): the flow and its tasks train exactly this. Prints the
-    warnings and the plan unless --quiet."""
+    """The run's config as a LoadedConfig, resolved once (fluxflow/config/run_config.py: the command line's
+    overrides, output directory with `{date}` filled, device; data folders checked): the flow and its tasks train
+    exactly this. Prints the warnings and the plan unless --quiet."""
     try:
         loaded = resolve_run_config(args.config, output_dir=args.output_dir, device=args.device,
                                     overrides=args.overrides, check_data=not args.validate_pipeline,
@@ -142,7 +144,7 @@ def configured(args: argparse.Namespace):
         print(format_summary(config))
         print()
         print(format_parameters(parameter_counts(config.model, config.data.channels)), flush=True)
-    return config
+    return loaded
 
 
 def check_can_run(config) -> None:
@@ -196,8 +198,9 @@ def check_cluster(config) -> None:
         raise Refused(str(exc)) from None
 
 
-def train(config, overrides: list[str]) -> int:
-    """Run the flow; Ctrl-C and SIGTERM end it with 130 / 143 once the running steps have saved their batch."""
+def train(config, overrides: list[str], dated: bool = False) -> int:
+    """Run the flow; Ctrl-C and SIGTERM end it with 130 / 143 once the running steps have saved their batch.
+    `dated`: the output directory came from `{date}`, so the same command on another day would not resume it."""
     from flows.cli_flow_run import run_pipeline_flow
 
     # SIGTERM ends the process through Python's exit path, as Ctrl-C does: Prefect hands the signal back to this
@@ -207,13 +210,23 @@ def train(config, overrides: list[str]) -> int:
     try:
         return int(run_pipeline_flow(config, overrides))
     except KeyboardInterrupt:
-        print("Interrupted: run the same command again to resume from the latest checkpoint.", file=sys.stderr)
+        print(f"Interrupted: {how_to_resume(config, dated)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Terminated:
-        print("Terminated: run the same command again to resume from the latest checkpoint.", file=sys.stderr)
+        print(f"Terminated: {how_to_resume(config, dated)}", file=sys.stderr)
         return EXIT_TERMINATED
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def how_to_resume(config, dated: bool) -> str:
+    """The end of the line an interrupted run prints. With `{date}` the same command on another day (UTC) would
+    train into another directory from scratch: name this one."""
+    if not dated:
+        return "run the same command again to resume from the latest checkpoint."
+    out = shlex.quote(str(config.output.output_path))
+    return (f"run the same command again with --output-dir {out} to resume from the latest checkpoint ({{date}} "
+            "names another directory on another day, UTC).")
 
 
 class Terminated(BaseException):

@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import artifact_key
 from flows.hypotheses import spread
-from flows.mlflow_names import TAG_DECISION_OF_RUN, TAG_PROMOTION, TAG_STEP_NAME
+from flows.mlflow_names import TAG_CHECKPOINT_SHA256, TAG_DECISION_OF_RUN, TAG_PROMOTION, TAG_STEP_NAME
 from flows.registry import model_checkpoint, register_step, version_by_alias, versions_of
 from flows.mlflow_runs import TrackingTarget
 from flows.step_task import gpu_tag
@@ -228,13 +228,26 @@ def release_models(config, resolved: dict, outcomes: list[StepOutcome], target: 
 
 
 def release_lines(client: MlflowClient, config, output_dir: str) -> list[str]:
-    """For the end of `fluxflow-train`: the versions this output directory registered, and which one is champion."""
-    if not registered_steps(config):
+    """For the end of `fluxflow-train`: the versions of the checkpoints in place in this output directory, those of
+    checkpoints since set aside or deleted (earlier configs, earlier runs) on one line, and which one is champion."""
+    from fluxflow.checkpoints.step_files import plan_step  # torch-free; the run has imported it anyway
+
+    steps = registered_steps(config)
+    if not steps:
         return []
     name, alias = config.tracking.model_name, config.promotion.alias
-    lines = [f"Model:       {name} version {v.version} (step {v.tags.get(TAG_STEP_NAME)}): "
-             f"{v.tags.get(TAG_PROMOTION + 'decision', 'registered')}"
-             for v in versions_of(client, name, output_dir)]
+    in_place = {step: done[0].sha256 for step in steps if (done := plan_step(config, step).completed())}
+    lines, earlier = [], []
+    for v in versions_of(client, name, output_dir):
+        step = v.tags.get(TAG_STEP_NAME)
+        if step in in_place and v.tags.get(TAG_CHECKPOINT_SHA256) == in_place[step]:
+            lines.append(f"Model:       {name} version {v.version} (step {step}): "
+                         f"{v.tags.get(TAG_PROMOTION + 'decision', 'registered')}")
+        else:
+            earlier.append(str(v.version))
+    if earlier:
+        lines.append(f"Earlier:     {name} version{'s' if len(earlier) > 1 else ''} {', '.join(earlier)}, of "
+                     "checkpoints this output directory no longer holds in place (set aside or deleted)")
     holder = version_by_alias(client, name, alias)
     if holder is not None:
         lines.append(f"Champion:    models:/{name}@{alias} is version {holder.version}")

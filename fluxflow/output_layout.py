@@ -12,8 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def checkpoints_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
 def step_dir(output_dir: str | Path, step_name: str) -> Path:
-    return Path(output_dir) / "checkpoints" / step_name
+    return checkpoints_dir(output_dir) / step_name
 
 
 def metrics_file(output_dir: str | Path, step_name: str) -> Path:

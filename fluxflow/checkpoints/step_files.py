@@ -2,7 +2,10 @@
 
 A step's key hashes its resolved config, the model config, its dataset config and its parent's key, so it is known
 before anything runs: a changed step changes its key and every key below it. Files written for another key are
-moved aside to `checkpoints/<step>/superseded/<old key>/` (never deleted), with a line that says what changed.
+moved aside to `checkpoints/<step>/superseded/<old key>/` (never deleted), with a line that says what changed, and
+come back when the config does (`reuse_set_aside`). The key names the parent's config, not its bytes: ref.json also
+keeps the sha256 of the checkpoint the step started from, and a step trained from another file than its parent's
+final.pt now is not complete.
 
 A kill can land between any two writes of a finishing step: after `final.pt` but before `ref.json`, the step is
 recognised by the key and `completed` flag inside `final.pt` and completed without retraining (not set aside).
@@ -13,9 +16,12 @@ fluxflow/storage/mirror.py), `ref.json` last. For a local output these are no-op
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +32,7 @@ from fluxflow.config.caching import CACHE_FIELDS
 from fluxflow.config.dag import execution_order
 from fluxflow.config.modes import unused_image_stat_fields
 from fluxflow.config.steps import KEY_NEUTRAL_VALUES
-from fluxflow.checkpoints.step_key import describe_change, step_key
+from fluxflow.checkpoints.step_key import describe_change, step_key, step_key_inputs
 from fluxflow.output_layout import metrics_file, step_dir
 from fluxflow.storage.location import output_root, remote_uri
 
@@ -34,8 +40,11 @@ if TYPE_CHECKING:
     from fluxflow.storage.mirror import OutputMirror
 
 
-def step_keys(config) -> dict[str, str]:
-    """Every step's key, parents first (the chain is what makes a parent change re-run its children)."""
+def step_key_parts(config) -> dict[str, dict]:
+    """Every step's key inputs, parents first (the chain is what makes a parent change re-run its children): its
+    resolved values, the model's, its dataset's and its parent's key, as plain JSON (kept in ref.json, so that a
+    later run can say which of them changed)."""
+    parts: dict[str, dict] = {}
     keys: dict[str, str] = {}
     root = {"model_checkpoint": config.model_checkpoint} if config.model_checkpoint else None
     for step in execution_order(config.resolved_steps()):
@@ -46,10 +55,59 @@ def step_keys(config) -> dict[str, str]:
         # before them (steps.KEY_NEUTRAL_VALUES).
         ignored = {*CACHE_FIELDS, "hypothesis", "resources"} | unused_image_stat_fields(step)
         ignored |= {k for k, v in KEY_NEUTRAL_VALUES.items() if getattr(step, k) == v}
-        keys[step.name] = step_key(step.model_dump(mode="json", exclude=ignored),
-                                   config.model.model_dump(mode="json"),
-                                   config.dataset_for(step).model_dump(mode="json"), parent_key)
+        parts[step.name] = step_key_inputs(step.model_dump(mode="json", exclude=ignored),
+                                           config.model.model_dump(mode="json"),
+                                           config.dataset_for(step).model_dump(mode="json"), parent_key)
+        keys[step.name] = key_of(parts[step.name])
+    return parts
+
+
+def key_of(inputs: dict) -> str:
+    """The key of one step's `step_key_parts` entry."""
+    return step_key(inputs["step"], inputs["model"], inputs["dataset"], inputs["parent"])
+
+
+# Step values in the key that change no weight: the DataLoader's processes hand the same batches in the same order for
+# any number of them (fluxflow/data: the sampler; webdataset_source.py for streams). They stay in the key (keys of
+# finished steps must not change), and a finished step whose key differs only in them is reused (`weights_keys`).
+WEIGHT_NEUTRAL_FIELDS = ("workers",)
+
+
+def weights_keys(config, parts: dict[str, dict] | None = None) -> dict[str, str]:
+    """Every step's key without WEIGHT_NEUTRAL_FIELDS, chained the same way: equal for two configs that train the
+    same weights. Kept in ref.json next to the key."""
+    keys: dict[str, str] = {}
+    for name, inputs in (parts or step_key_parts(config)).items():  # parents first
+        step = {k: v for k, v in inputs["step"].items() if k not in WEIGHT_NEUTRAL_FIELDS}
+        parent = inputs["step"].get("parent")
+        keys[name] = step_key(step, inputs["model"], inputs["dataset"], keys[parent] if parent else inputs["parent"])
     return keys
+
+
+def input_sha256(config, parent) -> str | None:
+    """The sha256 of the checkpoint a step starts from: its parent's `final.pt` (in the parent's reference), or for a
+    root step a local `model_checkpoint` file (replaced in place, its path and so the key stay the same); None for
+    fresh weights, or a `model_checkpoint` on an object store (not downloaded to be hashed)."""
+    if parent is not None:
+        return parent.sha256
+    path = config.model_checkpoint
+    if not path or remote_uri(path) or not Path(path).is_file():
+        return None
+    stat = Path(path).stat()
+    return _file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Read once per version of the file (size and mtime in the cache key) per process."""
+    from fluxflow.checkpoints.io import sha256_file  # torch: only when there is a model_checkpoint
+
+    return sha256_file(path)
+
+
+def step_keys(config) -> dict[str, str]:
+    """Every step's key (fluxflow/checkpoints/step_key.py)."""
+    return {name: key_of(inputs) for name, inputs in step_key_parts(config).items()}
 
 
 @dataclass
@@ -65,6 +123,12 @@ class StepFiles:
     dir: Path
     output: Path
     remote: OutputMirror | None = None  # the object store the output lives on; None for a local output
+    key_inputs: dict | None = None  # what the key hashes (step_key_parts): kept in ref.json to say what changed
+    # The sha256 of the checkpoint the step starts from (its parent's final.pt), when known: kept in ref.json, and a
+    # finished step trained from another file than its parent's final.pt now is not reused (the key names the
+    # parent's config, not its bytes: a parent trained again on a GPU, or on another device, has other weights).
+    input_sha256: str | None = None
+    weights_key: str | None = None  # the key without the values that change no weight (weights_keys)
 
     @property
     def latest(self) -> Path:
@@ -95,24 +159,52 @@ class StepFiles:
     def completed(self) -> tuple[CheckpointRef, StepResult] | None:
         """The finished step's (ref, result) when final.pt exists for this very key."""
         recorded = self._recorded()
-        if recorded is None or recorded["ref"]["step_key"] != self.key:
+        if recorded is None or not self._same_config(recorded):
             return None
         if not (self.final.exists() or self._final_on_store(recorded["ref"]["sha256"])):
             return None
-        return CheckpointRef.from_dict(recorded["ref"]), StepResult.from_dict(recorded["result"])
+        if self._other_input(recorded):
+            return None
+        # Where final.pt is now, not where the run that wrote it saw it: that path may be relative to another working
+        # directory, or to a folder since moved, and the next step opens it (its sha256 still vouches for it).
+        ref = replace(CheckpointRef.from_dict(recorded["ref"]), uri=self.final_uri())
+        return ref, StepResult.from_dict(recorded["result"])
+
+    def _same_config(self, recorded: dict) -> bool:
+        """Whether ref.json's files are of this key, or of one that differs only in values that change no weight
+        (`workers`; such files record their weights_key)."""
+        return recorded["ref"]["step_key"] == self.key or (
+            self.weights_key is not None and recorded.get("weights_key") == self.weights_key)
+
+    def _other_input(self, recorded: dict) -> bool:
+        """Whether these files were trained from another checkpoint than the one the step starts from now."""
+        trained_from = recorded.get("input_sha256")
+        return None not in (trained_from, self.input_sha256) and trained_from != self.input_sha256
 
     def set_aside_stale(self) -> None:
         """Move files of another key (the step's config changed) aside, saying why; keep a same-key latest.pt.
         Also removes what a kill left behind: temp files of interrupted writes (each may be as large as a
         checkpoint), and the metrics of a run killed before its first checkpoint (the step starts over)."""
+        moved = self._move_stale_aside()
+        if moved is not None:
+            target, why = moved
+            print(f"Re-running step {self.step.name}: {why}; previous files moved to {target}", flush=True)
+
+    def _move_stale_aside(self) -> tuple[Path, str] | None:
+        """`set_aside_stale` without its line: (where the files went, why), or None when nothing was moved."""
         for temp in self.dir.glob(".*.tmp"):
             temp.unlink(missing_ok=True)
         if not any(path.exists() for path in (self.latest, self.previous, self.final)):
             self.metrics.unlink(missing_ok=True)
         recorded = self._recorded()
         old_key, old_config = None, None
-        if recorded is not None and recorded["ref"]["step_key"] != self.key:
+        if recorded is not None and not self._same_config(recorded):
             old_key, old_config = recorded["ref"]["step_key"], recorded.get("step_config")
+        elif recorded is not None and self._other_input(recorded):
+            then, now = recorded["input_sha256"][:12], self.input_sha256[:12]
+            source = f"{self.step.parent}'s final.pt" if self.step.parent else "its model_checkpoint"
+            return self._move_aside(self.key, f"the checkpoint it starts from ({source}) is not the one it was "
+                                              f"trained from (sha256 {then}... then, {now}... now)")
         elif not self.final.exists():
             meta = _metadata(self.latest) or _metadata(self.previous)
             if meta is not None and meta.step_key != self.key:
@@ -122,20 +214,88 @@ class StepFiles:
             if meta is not None and meta.step_key == self.key and meta.completed:  # killed between the two writes
                 print(f"Completing step {self.step.name}: {self.final} was written but the run stopped before "
                       f"{self.ref_json.name}; finishing it without training again", flush=True)
-                return
+                return None
             old_key = "unknown"
         if old_key is None:
-            return
-        why = describe_change(old_config or {}, self.step.model_dump(mode="json")) if old_config else ""
+            return None
+        return self._move_aside(old_key, self._why(old_config, (recorded or {}).get("key_inputs")
+                                                   if old_key != "unknown" else None))
+
+    def _move_aside(self, old_key: str, why: str) -> tuple[Path, str]:
+        """The step's files to `superseded/<old_key>/` (the next free `<old_key>.N` if that one holds files)."""
         target = self.dir / "superseded" / old_key
+        for n in itertools.count(2):  # never over files set aside before (this key may have been trained twice)
+            if not target.exists() or not any(target.iterdir()):
+                break
+            target = self.dir / "superseded" / f"{old_key}.{n}"
         target.mkdir(parents=True, exist_ok=True)
         for path in (self.latest, self.previous, self.final, self.ref_json, self.metrics):
             if path.exists():
                 shutil.move(str(path), target / path.name)
                 if self.remote is not None:  # the store's copies too: set aside there, never overwritten
                     self.remote.move(self._rel(path), self._rel(target / path.name))
-        print(f"Re-running step {self.step.name}: its configuration or an earlier step changed"
-              f"{' (' + why + ')' if why else ''}; previous files moved to {target}", flush=True)
+        return target, why
+
+    def _why(self, old_config: dict | None, old_inputs: dict | None) -> str:
+        """Why the files of another key are set aside: the step's own values that changed, else (when the run that
+        wrote them recorded its key inputs) the model's, the dataset's, or the step it starts from."""
+        if old_config:
+            own = describe_change(old_config, self.step.model_dump(mode="json"))
+            if own:
+                return f"its configuration changed ({own})"
+        if old_inputs and self.key_inputs:
+            reasons = [f"the model changed ({change})" if part == "model" else f"its dataset changed ({change})"
+                       for part in ("model", "dataset")
+                       if (change := describe_change(old_inputs.get(part) or {}, self.key_inputs[part]))]
+            if old_inputs.get("parent") != self.key_inputs["parent"]:
+                parent = self.step.parent
+                reasons.append(f"the step it starts from, {parent}, changed" if parent
+                               else "its model_checkpoint changed")
+            if reasons:
+                return "; ".join(reasons)
+        return "its configuration or an earlier step changed"
+
+    def reuse_set_aside(self) -> bool:
+        """Bring back the files of this very key that an earlier run set aside when the config had changed (A, then B,
+        then A again): the files of the other key are set aside in their turn and these moved back, so the step is
+        skipped, or resumed from its latest.pt, instead of trained again. True when files came back. A local output
+        only (on an object store the step trains again)."""
+        kept = None if self.remote is not None else self._reusable_set_aside()
+        if kept is None:
+            return False
+        own = (self.latest, self.previous, self.final, self.ref_json, self.metrics)
+        moved = self._move_stale_aside()
+        if any(path.exists() for path in own[:4]):  # files of this key in place already: they are the newer ones
+            return False
+        for path in own:
+            if (kept / path.name).exists():
+                shutil.move(str(kept / path.name), path)
+        with contextlib.suppress(OSError):
+            kept.rmdir()
+        what = "final.pt" if self.final.exists() else "latest.pt"
+        replaced = f" (the files it replaces, of the configuration before, moved to {moved[0]})" if moved else ""
+        print(f"Reusing step {self.step.name}: its {what} for this same configuration, set aside by an earlier run, "
+              f"moved back from {kept}{replaced}", flush=True)
+        return True
+
+    def _reusable_set_aside(self) -> Path | None:
+        """The folder of `superseded/` with this key's files (`<key>`, `<key>.2`, ...) that were not trained from
+        another input than the step's now; a finished one first. None when there is none."""
+        found = []
+        for kept in sorted(self.dir.glob(f"superseded/{self.key}*")):
+            if kept.name != self.key and not kept.name.startswith(f"{self.key}."):
+                continue
+            if not any((kept / name).exists() for name in (self.latest.name, self.previous.name, self.final.name)):
+                continue
+            try:
+                recorded = json.loads((kept / self.ref_json.name).read_text())
+            except (OSError, ValueError):
+                recorded = None
+            if recorded is not None and self._other_input(recorded):
+                continue  # trained from another file than the step's input now: not this step's result
+            found.append(kept)
+        finished = [k for k in found if (k / self.final.name).exists() and (k / self.ref_json.name).exists()]
+        return (finished or found or [None])[0]
 
     def finalize(self) -> str:
         """final.pt from latest.pt (fluxflow/checkpoints/io.py, finalize); its sha256. latest.prev.pt has no use
@@ -147,7 +307,8 @@ class StepFiles:
         return digest
 
     def write_ref(self, ref: CheckpointRef, result: StepResult) -> None:
-        payload = {"ref": ref.to_dict(), "result": result.to_dict(), "step_config": self.step.model_dump(mode="json")}
+        payload = {"ref": ref.to_dict(), "result": result.to_dict(), "step_config": self.step.model_dump(mode="json"),
+                   "key_inputs": self.key_inputs, "input_sha256": self.input_sha256, "weights_key": self.weights_key}
         tmp = self.ref_json.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(payload, indent=2))
         tmp.replace(self.ref_json)
@@ -244,5 +405,7 @@ def plan_step(config, step_name: str) -> StepFiles:
         from fluxflow.storage.mirror import OutputMirror  # fsspec: only for an output on an object store
 
         remote = OutputMirror(uri, out)
-    return StepFiles(step=step, key=step_keys(config)[step_name], n_steps=len(steps),
-                     dir=step_dir(out, step_name), output=out, remote=remote)
+    parts = step_key_parts(config)
+    inputs = parts[step_name]
+    return StepFiles(step=step, key=key_of(inputs), n_steps=len(steps), dir=step_dir(out, step_name), output=out,
+                     remote=remote, key_inputs=inputs, weights_key=weights_keys(config, parts)[step_name])

@@ -34,6 +34,7 @@ class LoadedConfig:
     config: PipelineConfig
     warnings: list[str] = field(default_factory=list)  # legacy keys mapped or dropped, a step lr no optimizer uses
     source: Path | None = None  # the file it came from (None for a dict)
+    dated: bool = False  # its output directory held `{date}`, filled with the run's day (fluxflow/config/run_config.py)
 
 
 class _Loader(yaml.SafeLoader):

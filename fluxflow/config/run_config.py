@@ -47,8 +47,8 @@ def resolve_run_config(source: str | Path | dict[str, Any], *, output_dir: str |
     loaded = load_config(source, overrides)
     raw = loaded.config.model_dump(mode="json")
 
-    path = str(output_dir or raw["output"]["output_path"]).replace(
-        "{date}", day or datetime.now(timezone.utc).strftime("%Y-%m-%d"))
+    template = str(output_dir or raw["output"]["output_path"])
+    path = template.replace("{date}", day or datetime.now(timezone.utc).strftime("%Y-%m-%d"))
     # `~` as the dataset paths take it (bash leaves it as it is after `=`): not a folder named `~` in the working one.
     raw["output"]["output_path"] = path if remote_uri(path) else os.path.expanduser(path)
     if device:
@@ -64,7 +64,7 @@ def resolve_run_config(source: str | Path | dict[str, Any], *, output_dir: str |
     missing = data_issues(config) if check_data else []
     if missing:
         raise ConfigError(missing, label)
-    return LoadedConfig(config=config, warnings=loaded.warnings, source=loaded.source)
+    return LoadedConfig(config=config, warnings=loaded.warnings, source=loaded.source, dated="{date}" in template)
 
 
 def run_dict(config: PipelineConfig) -> dict[str, Any]:

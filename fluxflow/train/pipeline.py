@@ -8,10 +8,12 @@ from __future__ import annotations
 import logging
 
 from fluxflow.checkpoints.ref import StepOutcome
-from fluxflow.checkpoints.step_files import plan_step
+from fluxflow.checkpoints.step_files import input_sha256, plan_step
 from fluxflow.config.dag import execution_order
+from fluxflow.output_layout import checkpoints_dir
 from fluxflow.errors import is_retryable
 from fluxflow.runtime.launch import run_step_on_processes
+from fluxflow.storage.location import output_root
 from fluxflow.storage.store_lock import output_lock
 from fluxflow.train.pipeline_schedule import PipelineSchedule
 from fluxflow.train.step_run import run_step
@@ -20,20 +22,32 @@ log = logging.getLogger("fluxflow.train.pipeline")
 
 
 def completed_steps(config) -> list[str]:
-    """Steps whose final.pt exists for their current key (they will be skipped), in execution order."""
-    return [s.name for s in execution_order(config.resolved_steps()) if _completed(plan_step(config, s.name))]
-
-
-def _completed(files) -> bool:
-    files.pull_ref()  # an output on an object store: its ref.json, which says whether the step is complete
-    return files.completed() is not None
+    """Steps whose final.pt exists for their current key and was trained from their parent's final.pt as it is
+    (they will be skipped), in execution order. A step below one that is not complete is not listed: whether it is
+    reused depends on the checkpoint its parent is about to make."""
+    refs: dict = {}
+    for step in execution_order(config.resolved_steps()):
+        if step.parent and step.parent not in refs:
+            continue
+        files = plan_step(config, step.name)
+        files.input_sha256 = input_sha256(config, refs.get(step.parent))
+        files.pull_ref()  # an output on an object store: its ref.json, which says whether the step is complete
+        done = files.completed()
+        if done is not None:
+            refs[step.name] = done[0]
+    return list(refs)
 
 
 def announce_skipped(config) -> None:
-    """The original tool's "Skipping steps: ..." line, when some steps are already complete (each then says where)."""
+    """The original tool's "Skipping steps: ..." line, when some steps are already complete (each then says where);
+    and the step folders of the output directory that no step of this config uses (a renamed or removed step)."""
     skipping = completed_steps(config)
     if skipping:
         print(f"Skipping steps: {', '.join(skipping)}", flush=True)
+    names = {step.name for step in config.resolved_steps()}
+    unused = sorted(p for p in checkpoints_dir(output_root(config)).glob("*") if p.is_dir() and p.name not in names)
+    if unused:
+        print(f"Not steps of this config, left as they are: {', '.join(str(p) for p in unused)}", flush=True)
 
 
 def run_pipeline(config, tracker=None) -> list[StepOutcome]:
@@ -65,7 +79,11 @@ def train_step(config, step_name: str, parent, tracker=None, ranks_done=None) ->
     """The step on its processes, the one call of the bare pipeline and the Prefect task: in this process when it
     has one, else on its ranks (torchrun on one node, Ray Train across nodes: fluxflow/runtime/launch.py). Ranks
     cannot reach `tracker`; rank 0 writes the console lines and metrics file, and `ranks_done(outcome)` is called
-    once a step they trained is done (the Prefect task records it in MLflow from those files)."""
+    once a step they trained is done (the Prefect task records it in MLflow from those files). Files of the step's
+    current key that an earlier run set aside are moved back first, here, before any rank looks for them."""
+    files = plan_step(config, step_name)
+    files.input_sha256 = input_sha256(config, parent)
+    files.reuse_set_aside()
     if config.training.distributed.processes == 1:
         return run_step(config, step_name, parent, tracker=tracker)
     outcome = run_step_on_processes(config, step_name, parent)

@@ -27,7 +27,7 @@ from fluxflow.checkpoints.latest import load_latest, save_latest
 from fluxflow.checkpoints.rng_state import restore_rng_state
 from fluxflow.checkpoints.lock import RunLock
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome, StepResult
-from fluxflow.checkpoints.step_files import StepFiles, plan_step
+from fluxflow.checkpoints.step_files import StepFiles, input_sha256, plan_step
 from fluxflow.checkpoints.step_state import StepState
 from fluxflow.config.modes import has_flow_mode
 from fluxflow.data import make_loader
@@ -64,6 +64,7 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
     (CUDA_VISIBLE_DEVICES holds them). A stop request ends it with `StepInterrupted` after saving.
     """
     files = plan_step(config, step_name)
+    files.input_sha256 = input_sha256(config, parent)
     device_ = resolve_device(config.training.device)
     distributed.init_from_env(device_)  # a no-op unless started by torchrun
     main = distributed.is_main()
@@ -160,7 +161,10 @@ class StepRun:
                                  say=self.say, history=meta.step_metrics)
         if self.resuming:  # the counts it reports continue: skipped samples, skipped updates, the log interval
             self.report.load_state_dict(meta.report)
-        self.say(f"Starting step: {self.step.name}, epoch {self.position.epoch + 1}, batch {self.position.batch}")
+        if self.outcome is not None:  # "Starting step: NAME, epoch 2, batch 0" of a 1-epoch step would say otherwise
+            self.say(f"Finishing step {self.step.name}: its latest.pt holds its last epoch, nothing is trained again")
+        else:
+            self.say(f"Starting step: {self.step.name}, epoch {self.position.epoch + 1}, batch {self.position.batch}")
 
     def _latent_norm(self, state: dict | None) -> dict[str, torch.Tensor] | None:
         """The input checkpoint's latent normalisation; a flow step without one measures it with the encoder it trains

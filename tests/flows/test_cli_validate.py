@@ -195,3 +195,25 @@ def test_a_tracking_store_mlflow_cannot_open_exits_2_before_the_flow_starts(tmp_
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"❌ cannot read the MLflow store at sqlite:///{tmp_path / store}: "), line
     assert calls == [] and (tmp_path / "notes.txt").read_text() == "not a database\n"
+
+
+def test_an_interrupted_run_into_a_dated_directory_names_it_to_resume(tmp_path, fake_flow, monkeypatch, capsys):
+    # Ctrl-C on one day, the same command the next day: `{date}` would name a new directory and train from scratch.
+    module, _ = fake_flow
+
+    def interrupted(config, overrides=None):
+        raise KeyboardInterrupt
+
+    module.run_pipeline_flow = interrupted
+    (tmp_path / "c.yaml").write_text(VALID)
+    monkeypatch.chdir(tmp_path)
+    day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+
+    assert cli_train.main(["--config", "c.yaml", "--output-dir", "nightly/{date}", "--quiet"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"Interrupted: run the same command again with --output-dir nightly/{day} to resume from the latest "
+        "checkpoint ({date} names another directory on another day, UTC).")
+
+    assert cli_train.main(["--config", "c.yaml", "--output-dir", "out", "--quiet"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "Interrupted: run the same command again to resume from the latest checkpoint.")

@@ -206,7 +206,7 @@ def test_rerunning_a_finished_pipeline_registers_no_second_version_of_the_same_c
     assert sorted(versions()) == ["1", "2", "3"]
     assert str(MlflowClient().get_model_version_by_alias(MODEL, "champion").version) == "2"
     # What fluxflow-train prints at the end: this output directory's version, and the champion.
-    config = resolve_run_config(pipeline("unused", {}), output_dir="outputs/diverged").config
+    config = resolve_run_config(pipeline("unused", FLOWS["diverged"]), output_dir="outputs/diverged").config
     print_where_to_look(config, state.state_details.flow_run_id)
     out = capsys.readouterr().out
     assert "Model:       loop version 3 (step flow): not promoted" in out

@@ -386,7 +386,7 @@ def test_sigkill_at_random_moments_then_the_same_command_completes_bit_identical
     assert last.returncode == 0 and "CHILD FINISHED" in printed, printed
     assert "Skipping step warm" in printed
     assert f"Completing step gan: {gan_dir / 'final.pt'} was written but the run stopped before ref.json" in printed
-    assert "configuration or an earlier step changed" not in printed
+    assert "Re-running step" not in printed
     assert not (gan_dir / "superseded").exists()
     assert sha256_file(gan_dir / "final.pt") == final_sha  # completed, not retrained
     assert records(out) == gan_lines  # no batch trained again, no line logged twice

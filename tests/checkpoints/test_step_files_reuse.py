@@ -1,0 +1,247 @@
+"""What a re-run does with a step's files when the user iterates on a config in one output directory: a finished
+step is found where its files are now, and files set aside by an earlier config come back when that config does.
+
+The files are made by hand (a ref.json and a stand-in final.pt): no training, no torch.
+"""
+from __future__ import annotations
+
+import json
+
+from helpers_tiny import VAE_STEP, tiny_config
+
+from fluxflow.checkpoints.step_files import plan_step
+
+
+def _finished(directory, key: str, body: bytes, uri: str = "elsewhere/final.pt") -> None:
+    """A finished step's files of `key` in `directory`: final.pt holding `body`, and its ref.json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "final.pt").write_bytes(body)
+    ref = {"uri": uri, "sha256": "0" * 64, "step_name": "warm", "step_key": key, "global_step": 2, "epoch": 1}
+    result = {"step_name": "warm", "outcome": "epochs_done", "epochs_done": 1}
+    (directory / "ref.json").write_text(json.dumps({"ref": ref, "result": result, "step_config": {"lr": 1}}))
+
+
+def test_a_finished_step_is_handed_on_where_its_final_pt_is_now(tmp_path):
+    # Trained as `--output-dir out` from another working directory (or in a folder since moved): the ref.json's
+    # path no longer opens from here, and the next step would fail to load its input.
+    files = plan_step(tiny_config(tmp_path / "out", [VAE_STEP]), "warm")
+    _finished(files.dir, files.key, b"weights", uri="out/checkpoints/warm/final.pt")
+
+    ref, _ = files.completed()
+
+    assert ref.uri == str(files.final) and ref.step_key == files.key
+
+
+def test_files_of_the_current_config_set_aside_by_an_earlier_run_come_back(tmp_path, capsys):
+    # lr A (trained), then lr B (A set aside, B trained), then lr A again: A's files are reused, B's set aside.
+    files = plan_step(tiny_config(tmp_path / "out", [VAE_STEP]), "warm")
+    _finished(files.dir / "superseded" / files.key, files.key, b"trained with A")
+    (files.dir / "superseded" / files.key / files.metrics.name).write_text("A's lines\n")
+    _finished(files.dir, "b" * 16, b"trained with B")
+    files.metrics.parent.mkdir(parents=True)
+    files.metrics.write_text("B's lines\n")
+
+    assert files.reuse_set_aside()
+
+    assert files.completed() is not None and files.final.read_bytes() == b"trained with A"
+    assert files.metrics.read_text() == "A's lines\n"
+    assert (files.dir / "superseded" / ("b" * 16) / "final.pt").read_bytes() == b"trained with B"
+    assert not (files.dir / "superseded" / files.key).exists()
+    printed = capsys.readouterr().out
+    assert f"Reusing step warm: its final.pt for this same configuration, set aside by an earlier run, moved back " \
+           f"from {files.dir / 'superseded' / files.key}" in printed
+
+
+def test_nothing_comes_back_when_nothing_of_the_current_config_was_set_aside(tmp_path, capsys):
+    files = plan_step(tiny_config(tmp_path / "out", [VAE_STEP]), "warm")
+    _finished(files.dir, files.key, b"current")
+
+    assert not files.reuse_set_aside()
+    assert files.final.read_bytes() == b"current" and capsys.readouterr().out == ""
+
+
+def test_setting_files_aside_never_replaces_files_set_aside_before(tmp_path):
+    # Key B trained, set aside, trained again (its files set aside earlier were not reusable), set aside again.
+    files = plan_step(tiny_config(tmp_path / "out", [VAE_STEP]), "warm")
+    old = "b" * 16
+    _finished(files.dir / "superseded" / old, old, b"first B")
+    _finished(files.dir, old, b"second B")
+
+    files.set_aside_stale()
+
+    assert (files.dir / "superseded" / old / "final.pt").read_bytes() == b"first B"
+    assert (files.dir / "superseded" / f"{old}.2" / "final.pt").read_bytes() == b"second B"
+
+
+def _two_steps(out, warm_lr: float = 1e-3, vae_dim: int | None = None):
+    warm = dict(VAE_STEP, optimization={"optimizers": {"vae": {"type": "AdamW", "lr": warm_lr}}})
+    gan = {"name": "gan", "n_epochs": 1, "max_steps": 2, "train_vae": True, "gan_training": True}
+    config = tiny_config(out, [warm, gan])
+    if vae_dim is not None:
+        config = config.model_copy(update={"model": config.model.model_copy(update={"vae_dim": vae_dim})})
+    return config
+
+
+def _finished_as(files, key: str) -> None:
+    """Files of `key` in place, recorded as `files`' own run would write them (its config and key inputs)."""
+    _finished(files.dir, key, b"weights")
+    payload = json.loads(files.ref_json.read_text())
+    payload.update(step_config=files.step.model_dump(mode="json"), key_inputs=files.key_inputs)
+    files.ref_json.write_text(json.dumps(payload))
+
+
+def test_a_step_set_aside_because_the_step_it_starts_from_changed_says_so(tmp_path, capsys):
+    out = tmp_path / "out"
+    before = plan_step(_two_steps(out), "gan")
+    _finished_as(before, before.key)
+    after = plan_step(_two_steps(out, warm_lr=3e-3), "gan")
+
+    after.set_aside_stale()
+
+    assert f"Re-running step gan: the step it starts from, warm, changed; previous files moved to " \
+           f"{after.dir / 'superseded' / before.key}" in capsys.readouterr().out
+
+
+def test_a_step_set_aside_because_the_model_changed_names_the_field(tmp_path, capsys):
+    out = tmp_path / "out"
+    before = plan_step(_two_steps(out), "warm")
+    _finished_as(before, before.key)
+    after = plan_step(_two_steps(out, vae_dim=16), "warm")
+
+    after.set_aside_stale()
+
+    assert "Re-running step warm: the model changed (vae_dim: 8 -> 16); previous files moved to" \
+        in capsys.readouterr().out
+
+
+def _finished_from(files, sha_of_input: str) -> None:
+    """A finished step of `files`' own key, recorded as trained from a checkpoint whose sha256 is `sha_of_input`."""
+    _finished_as(files, files.key)
+    payload = json.loads(files.ref_json.read_text())
+    payload["input_sha256"] = sha_of_input
+    files.ref_json.write_text(json.dumps(payload))
+
+
+def test_a_finished_step_trained_from_another_parent_checkpoint_is_trained_again(tmp_path, capsys):
+    # Same configs, but warm's final.pt is another file than the one gan was trained from (warm trained again,
+    # after its checkpoint was deleted, on a GPU or on another device): gan's weights come from the old one.
+    gan = plan_step(_two_steps(tmp_path / "out"), "gan")
+    _finished_from(gan, "a" * 64)
+    gan.input_sha256 = "b" * 64
+
+    assert gan.completed() is None
+    gan.set_aside_stale()
+
+    assert (gan.dir / "superseded" / gan.key / "final.pt").exists() and not gan.final.exists()
+    assert f"Re-running step gan: the checkpoint it starts from (warm's final.pt) is not the one it was trained " \
+           f"from (sha256 aaaaaaaaaaaa... then, bbbbbbbbbbbb... now); previous files moved to " \
+           f"{gan.dir / 'superseded' / gan.key}" in capsys.readouterr().out
+
+
+def test_a_finished_step_trained_from_its_parents_checkpoint_as_it_is_is_reused(tmp_path):
+    gan = plan_step(_two_steps(tmp_path / "out"), "gan")
+    _finished_from(gan, "a" * 64)
+    gan.input_sha256 = "a" * 64
+
+    assert gan.completed() is not None
+
+
+def test_the_skipping_line_lists_a_step_only_if_trained_from_its_parents_final_pt_as_it_is(tmp_path):
+    from fluxflow.train.pipeline import completed_steps
+
+    config = _two_steps(tmp_path / "out")
+    warm, gan = plan_step(config, "warm"), plan_step(config, "gan")
+    _finished_as(warm, warm.key)  # its ref.json records sha256 "0" * 64
+    _finished_from(gan, "0" * 64)
+    assert completed_steps(config) == ["warm", "gan"]
+
+    _finished_from(gan, "c" * 64)
+    assert completed_steps(config) == ["warm"]
+
+    warm.ref_json.unlink()  # warm trains again: whether gan is reused depends on the file it makes
+    _finished_from(gan, "0" * 64)
+    assert completed_steps(config) == []
+
+
+def test_of_this_keys_set_aside_files_those_trained_from_the_parents_final_pt_now_come_back(tmp_path):
+    # gan trained from warm's first final.pt (set aside as <key>), then from its second (set aside as <key>.2):
+    # with the second one in place, <key>.2 is the one that comes back.
+    out = tmp_path / "out"
+    gan = plan_step(_two_steps(out), "gan")
+    gan.input_sha256 = "a" * 64
+    _finished_from(gan, "a" * 64)
+    gan.final.write_bytes(b"from the first warm")
+    gan.input_sha256 = "b" * 64
+    gan.set_aside_stale()
+    _finished_from(gan, "b" * 64)
+    gan.final.write_bytes(b"from the second warm")
+    lr_changed = plan_step(_two_steps(out, warm_lr=3e-3), "gan")
+    lr_changed.set_aside_stale()
+
+    assert gan.reuse_set_aside()
+
+    assert gan.completed() is not None and gan.final.read_bytes() == b"from the second warm"
+    assert (gan.dir / "superseded" / gan.key / "final.pt").read_bytes() == b"from the first warm"
+
+
+def test_steps_finished_with_other_dataloader_workers_are_reused(tmp_path):
+    # workers changes no weight (the same batches in the same order): a pipeline trained with workers 0 is not
+    # trained again for workers 2, although the step keys (which must not change for finished steps) differ.
+    out = tmp_path / "out"
+    before = _two_steps(out)
+    for name in ("warm", "gan"):
+        files = plan_step(before, name)
+        _finished_as(files, files.key)
+        payload = json.loads(files.ref_json.read_text())
+        files.ref_json.write_text(json.dumps(dict(payload, weights_key=files.weights_key)))
+    more_workers = before.model_copy(update={"training": before.training.model_copy(update={"workers": 2})})
+    assert [plan_step(more_workers, n).step.workers for n in ("warm", "gan")] == [2, 2]
+
+    assert [plan_step(more_workers, n).key != plan_step(before, n).key for n in ("warm", "gan")] == [True, True]
+    assert [plan_step(more_workers, n).completed() is not None for n in ("warm", "gan")] == [True, True]
+    lr_changed = _two_steps(out, warm_lr=3e-3)
+    assert [plan_step(lr_changed, n).completed() is None for n in ("warm", "gan")] == [True, True]
+
+
+def test_ref_json_records_the_key_without_the_values_that_change_no_weight(tmp_path):
+    from fluxflow.checkpoints.ref import CheckpointRef, StepResult
+
+    files = plan_step(_two_steps(tmp_path / "out"), "gan")
+    files.dir.mkdir(parents=True)
+    files.write_ref(CheckpointRef("u", "0" * 64, "gan", files.key, 4, 2), StepResult("gan", "epochs_done", 1))
+
+    assert json.loads(files.ref_json.read_text())["weights_key"] == files.weights_key != files.key
+
+
+def test_a_root_step_is_trained_again_when_its_model_checkpoint_file_is_replaced_in_place(tmp_path, capsys):
+    # `model_checkpoint: start.pt` keeps its path (and so the step's key) when the file is replaced by another one.
+    from fluxflow.checkpoints.step_files import input_sha256
+
+    start = tmp_path / "start.pt"
+    start.write_bytes(b"the first pretrained weights")
+    config = tiny_config(tmp_path / "out", [VAE_STEP], model_checkpoint=str(start))
+    warm = plan_step(config, "warm")
+    warm.input_sha256 = input_sha256(config, None)
+    _finished_from(warm, warm.input_sha256)
+    assert warm.completed() is not None
+
+    start.write_bytes(b"other pretrained weights, same path")
+    warm.input_sha256 = input_sha256(config, None)
+
+    assert warm.completed() is None
+    warm.set_aside_stale()
+    assert "Re-running step warm: the checkpoint it starts from (its model_checkpoint) is not the one it was trained " \
+           "from" in capsys.readouterr().out
+
+
+def test_step_folders_no_step_of_the_config_uses_are_named_at_the_start(tmp_path, capsys):
+    # A step renamed (vae_gan -> gan) trains as a new step; its old folder stays, and the run says so once.
+    from fluxflow.train.pipeline import announce_skipped
+
+    config = _two_steps(tmp_path / "out")
+    old = plan_step(config, "gan").dir.parent / "vae_gan"
+    old.mkdir(parents=True)
+
+    announce_skipped(config)
+
+    assert capsys.readouterr().out == f"Not steps of this config, left as they are: {old}\n"

@@ -38,12 +38,32 @@ def probe(address: str) -> str:
     try:
         where = canonicalize_bootstrap_address_or_die(where) if where == "auto" else where
         host, _, port = where.rpartition(":")
-        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S) as connection:
+            answer = http2_greeting(connection)
     except (OSError, ValueError) as exc:  # ConnectionError (no cluster for `auto`) is an OSError
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise ClusterUnreachable(f"no Ray cluster answers at {address} (training.executor.address, else RAY_ADDRESS, "
                                  f"else auto): {reason}") from None
+    if answer is not None:
+        raise ClusterUnreachable(f"{address} is not a Ray cluster's address (training.executor.address, else "
+                                 f"RAY_ADDRESS, else auto): what listens there answered {answer!r}, not gRPC; give "
+                                 "the head's GCS port (`ray start --head --port`, 6379 by default), not the "
+                                 "dashboard's") from None
     return where
+
+
+def http2_greeting(connection: socket.socket) -> str | None:
+    """None when the server behind `connection` speaks HTTP/2, as Ray's GCS and Ray Client (gRPC) do; else the start
+    of what it answered. ray.init retries a GCS for minutes, whatever listens at the port (the dashboard's HTTP, say):
+    an HTTP/2 server answers the client's connection preface with a SETTINGS frame (RFC 9113, 3.4) at once."""
+    connection.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))  # + empty SETTINGS
+    head = b""
+    with contextlib.suppress(OSError):  # closed or silent: what came so far is the answer
+        while len(head) < 9 and (chunk := connection.recv(64)):
+            head += chunk
+    if len(head) >= 9 and head[3] == 4:  # a frame header: 3 bytes length, then the type, 4 = SETTINGS
+        return None
+    return head.decode("latin-1").split("\r")[0].strip() or "nothing"
 
 
 def connect(address: str) -> None:

@@ -4,10 +4,13 @@ request no node meets and an address nobody answers at are refused in one line b
 path never imports Ray. The config tests need no cluster."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -105,6 +108,33 @@ def test_outcomes_written_before_nodes_existed_still_load():
     placed = StepOutcome.from_dict(dict(old, node={"node_id": "abc", "hostname": "gpu-1"}))
     assert placed.node == StepNode("abc", "gpu-1")
     assert StepOutcome.from_dict(placed.to_dict()) == placed
+
+
+def serve_once(answer: bytes):
+    """A server on a free port of 127.0.0.1 that reads what a client sends and answers `answer` (in a thread, for
+    one connection); returns its address."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        with listener, listener.accept()[0] as connection, contextlib.suppress(OSError):
+            connection.recv(1024)
+            connection.sendall(answer)
+            connection.recv(1024)  # until the client closes
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_an_address_where_something_else_listens_is_refused_at_once():
+    """The dashboard's port (HTTP) instead of the GCS's: ray.init would retry it for minutes; the probe says so."""
+    from flows.ray_steps import ClusterUnreachable, probe
+
+    http = serve_once(b"HTTP/1.0 404 Not Found\r\n\r\n")
+    with pytest.raises(ClusterUnreachable, match=f"^{http} is not a Ray cluster's address .*answered 'HTTP/1.0 404 "
+                                                 "Not Found', not gRPC; give the head's GCS port"):
+        probe(http)
+    grpc = serve_once(bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))  # an HTTP/2 server's first frame: SETTINGS
+    assert probe(grpc) == grpc
 
 
 @pytest.mark.slow

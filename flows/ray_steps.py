@@ -10,6 +10,7 @@ Ray is imported only inside these functions: a local run never loads it (tests/f
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import socket
@@ -123,7 +124,9 @@ def infeasible(step_name: str, request: dict[str, float], nodes: list[dict]) -> 
     if any(all(offer.get(k, 0) >= v for k, v in request.items()) for offer in offers):
         return None
     unknown = sorted(k for k in request if not any(k in offer for offer in offers))
-    why = f"no node offers {', '.join(unknown)}" if unknown else "no single node has all of it"
+    too_much = {k: v for k, v in request.items() if k not in unknown and not any(o.get(k, 0) >= v for o in offers)}
+    why = (f"no node offers {', '.join(unknown)}" if unknown else f"no node has {describe(too_much)}" if too_much
+           else "no single node has all of it")
     listed = "; ".join(f"node {node['NodeID'][:12]}: {describe(node.get('Resources', {}))}" for node in nodes)
     return (f"step {step_name} asks Ray for {describe(request)}: {why} (the cluster's {len(nodes)} nodes: "
             f"{listed or 'none'}). Change its resources: or add such a node.")
@@ -167,6 +170,13 @@ class RaySteps:
         dist = self.config.training.distributed
         request = step_request(step, dist.nproc_per_node, self.on_cuda(), across_nodes=dist.uses_ray_train)
         problem = infeasible(step.name, request, self.nodes)
+        if not problem and dist.uses_ray_train:  # its Train workers, one CPU (GPU) each, anywhere in the cluster
+            from fluxflow.runtime.ray_train_launch import capacity_problem
+
+            in_all = collections.Counter()
+            for node in self.nodes:
+                in_all.update(node.get("Resources", {}))
+            problem = capacity_problem(in_all, dist.processes, self.on_cuda(), step.name)
         if problem:
             raise Infeasible(problem)
         return request

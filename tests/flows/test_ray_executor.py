@@ -110,6 +110,39 @@ def test_outcomes_written_before_nodes_existed_still_load():
     assert StepOutcome.from_dict(placed.to_dict()) == placed
 
 
+TWO_NODES = [{"NodeID": f"{name}0000000000000", "Alive": True,
+              "Resources": {"CPU": 1.0, "memory": 20e9, name: 1.0, "object_store_memory": 1e8}}
+             for name in ("node_a", "node_b")]
+
+
+def test_a_step_needing_more_of_one_resource_than_any_node_has_says_which(tmp_path):
+    from flows.ray_steps import Infeasible, RaySteps
+
+    steps = RaySteps(load_config(pipeline(tmp_path, None, [{"memory": "4TB"}])).config)
+    steps.nodes = TWO_NODES
+    with pytest.raises(Infeasible, match=r"^step left asks Ray for 1 CPU, 4000.0 GB memory: no node has 4000.0 GB "
+                                         r"memory \(the cluster's 2 nodes: node node_a000000: 1 CPU, 20.0 GB memory"):
+        steps.request_for(steps.config.step("left"))
+
+
+def test_a_step_across_more_nodes_than_the_cluster_has_is_refused_before_the_run(tmp_path):
+    """`nodes` × `nproc_per_node` Train workers, one CPU each here, on a cluster of 2 CPUs: refused where
+    fluxflow-train checks every step (exit 2), not when Ray Train is started (exit 1, after the run began)."""
+    from flows.ray_steps import Infeasible, RaySteps
+
+    raw = pipeline(tmp_path, None, [])
+    raw["training"].update(batch_size=6, distributed={"nodes": 3})
+    steps = RaySteps(load_config(raw).config)
+    steps.nodes = TWO_NODES
+    with pytest.raises(Infeasible, match="^step warm: training.distributed asks for 3 workers with one CPU each; "
+                                         "the Ray cluster has 2 CPUs in all$"):
+        steps.request_for(steps.config.step("warm"))
+    raw["training"].update(batch_size=4, distributed={"nodes": 2})
+    steps = RaySteps(load_config(raw).config)
+    steps.nodes = TWO_NODES
+    assert steps.request_for(steps.config.step("warm")) == {}  # its task holds nothing, its workers the 2 CPUs
+
+
 def serve_once(answer: bytes):
     """A server on a free port of 127.0.0.1 that reads what a client sends and answers `answer` (in a thread, for
     one connection); returns its address."""

@@ -16,9 +16,11 @@ import logging
 import socket
 
 from fluxflow.errors import NonRetryable
+from fluxflow.storage.location import remote_uri
 
 NAMESPACE = "fluxflow"
 PROBE_TIMEOUT_S = 5.0  # ray.init on an address nobody listens at retries for minutes; a TCP probe answers first
+STORE_CHECK_TIMEOUT_S = 120.0  # a node's first task starts a worker (imports Ray, fsspec, boto: seconds when busy)
 # Resources Ray adds by itself (node:<ip>, the head marker, object store): not what a step can ask for.
 _INTERNAL = ("node:", "object_store_memory")
 
@@ -201,13 +203,66 @@ class RaySteps:
 
 
 def preflight(config) -> None:
-    """Before a run starts (fluxflow-train): the cluster answers and every step fits one of its nodes; raises
-    ClusterUnreachable or Infeasible with the line to print. The connection stays for the flow's RaySteps."""
+    """Before a run starts (fluxflow-train): the cluster answers, every step fits one of its nodes, and every node
+    reaches an object-store output; raises ClusterUnreachable, Infeasible or StoreUnreachable with the line to print.
+    The connection stays for the flow's RaySteps."""
     steps = RaySteps(config)
     connect(steps.address)
     steps.nodes = live_nodes()
     for step in config.resolved_steps():
         steps.request_for(step)
+    uri = remote_uri(config.output.output_path)
+    if uri:
+        problem = store_problem_on_nodes(uri, steps.nodes)
+        if problem:
+            raise StoreUnreachable(problem)
+
+
+class StoreUnreachable(NonRetryable):
+    """A node of the cluster cannot use the output's object store (the one line to print; exit 2)."""
+
+
+def store_problem_on_nodes(uri: str, nodes: list[dict]) -> str | None:
+    """The line saying which node cannot reach the object store `uri`, and why; None when all can. A step task reads
+    and writes the store with the credentials and endpoint (AWS_*) of its node's environment, which is that of the
+    node's `ray start`, not the driver's: a node without them failed the step only once it ran (no credentials,
+    exit 2), or after Prefect's retry (no AWS_ENDPOINT_URL: the connection to AWS itself failed, exit 1)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0)(store_problem)
+    asked = {node["NodeID"]: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"],
+                                                                                          soft=False)).remote(uri)
+             for node in nodes}
+    for node_id, answer in asked.items():
+        try:
+            problem = ray.get(answer, timeout=STORE_CHECK_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            ray.cancel(answer, force=True)
+            problem = f"no answer within {STORE_CHECK_TIMEOUT_S:g} s from a look at {uri}"
+        if problem:
+            return (f"Ray node {node_id[:12]} cannot use the output {uri}: {problem} (a node's environment is that "
+                    "of its `ray start`: give every node the store's credentials and endpoint, e.g. AWS_*)")
+    return None
+
+
+def store_problem(uri: str) -> str | None:
+    """On a node: None when the store answers a look at the output's lock object (there or not); else why not, in one
+    line (fluxflow/storage/store_errors.py)."""
+    import fsspec
+
+    from fluxflow.storage.store_errors import describe_store_error
+    from fluxflow.storage.store_lock import LOCK_NAME
+
+    try:
+        fs, base = fsspec.core.url_to_fs(uri, use_listings_cache=False)
+        fs.info(f"{base}/{LOCK_NAME}")
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - what the store said, as the step would have met it
+        line = describe_store_error(uri, exc)
+        return line.removeprefix(f"{uri}: ") if line else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    return None
 
 
 class LocalSteps:

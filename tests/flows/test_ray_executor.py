@@ -278,3 +278,25 @@ def test_in_the_flow_a_request_no_node_meets_fails_before_submission(cluster, tm
         with pytest.raises(Infeasible, match="step left asks Ray for 2 GPU, 1 CPU: no node offers GPU"):
             steps.submit(None, config.step("left"), {})
         assert steps.submitted == []
+
+
+@pytest.mark.slow
+def test_nodes_without_the_stores_credentials_are_refused_before_the_run(cluster, s3, tmp_path, monkeypatch):
+    """The driver has the store's credentials and endpoint (the `s3` fixture's environment), the nodes do not (their
+    `ray start` ran without them): before, fluxflow-train's checks passed and the first step failed on its node."""
+    import ray
+
+    from flows.ray_steps import StoreUnreachable, preflight
+    from ray._private import ray_constants
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # this process joins the test cluster as a driver,
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)  # at 127.0.0.1 like its nodes (LOOPBACK)
+    raw = pipeline(tmp_path, cluster.address, [])
+    raw["output"]["output_path"] = "s3://fluxflow/ray-run"
+    try:
+        with pytest.raises(StoreUnreachable, match=r"^Ray node \w{12} cannot use the output s3://fluxflow/ray-run: "
+                                                   r"no credentials for the object store .*give every node the store's "
+                                                   r"credentials and endpoint"):
+            preflight(load_config(raw).config)
+    finally:
+        ray.shutdown()

@@ -38,6 +38,12 @@ def probe(address: str) -> str:
     from ray._private.services import canonicalize_bootstrap_address_or_die  # resolves `auto` as ray.init does
 
     where = address.removeprefix("ray://")
+    host, colon, port = where.rpartition(":")
+    if where != "auto" and not (colon and host and port.isdigit() and "://" not in host):
+        raise ClusterUnreachable(f"{address} is not a Ray cluster's address (training.executor.address, else "
+                                 "RAY_ADDRESS, else auto): expected the head's host:port, ray://host:port (Ray Client) "
+                                 "or auto" + ("; an http:// address is the dashboard's (Ray Jobs)"
+                                              if where.startswith(("http://", "https://")) else "")) from None
     try:
         where = canonicalize_bootstrap_address_or_die(where) if where == "auto" else where
         host, _, port = where.rpartition(":")

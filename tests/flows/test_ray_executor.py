@@ -143,6 +143,22 @@ def test_a_step_across_more_nodes_than_the_cluster_has_is_refused_before_the_run
     assert steps.request_for(steps.config.step("warm")) == {}  # its task holds nothing, its workers the 2 CPUs
 
 
+EXPECTED = "expected the head's host:port, ray://host:port (Ray Client) or auto"
+
+
+@pytest.mark.parametrize("address, says", [
+    ("nonsense", EXPECTED),
+    ("127.0.0.1", EXPECTED),
+    ("http://127.0.0.1:8265", f"{EXPECTED}; an http:// address is the dashboard's (Ray Jobs)"),
+])
+def test_an_address_that_is_no_host_and_port_says_what_is_expected(address, says):
+    from flows.ray_steps import ClusterUnreachable, probe
+
+    line = f"{address} is not a Ray cluster's address (training.executor.address, else RAY_ADDRESS, else auto): {says}"
+    with pytest.raises(ClusterUnreachable, match=f"^{re.escape(line)}$"):
+        probe(address)
+
+
 def serve_once(answer: bytes):
     """A server on a free port of 127.0.0.1 that reads what a client sends and answers `answer` (in a thread, for
     one connection); returns its address."""

@@ -33,6 +33,10 @@ class Infeasible(NonRetryable):
     """A step asks for more than any node of the cluster offers."""
 
 
+class StoreUnreachable(NonRetryable):
+    """A node of the cluster cannot use the output's object store (the one line to print; exit 2)."""
+
+
 def probe(address: str) -> str:
     """The `host:port` behind `address` once something listens there; ClusterUnreachable otherwise."""
     from ray._private.services import canonicalize_bootstrap_address_or_die  # resolves `auto` as ray.init does
@@ -154,8 +158,9 @@ class RaySteps:
         from prefect_ray import RayTaskRunner
 
         connect(self.address)  # before the runner: it would start a local Ray for `auto` instead of failing
-        self._runner = RayTaskRunner(init_kwargs={"address": self.address, "namespace": NAMESPACE}).__enter__()
         self.nodes = live_nodes()
+        check_store_on_nodes(self.config.output.output_path, self.nodes)  # a deployment's run: no preflight before
+        self._runner = RayTaskRunner(init_kwargs={"address": self.address, "namespace": NAMESPACE}).__enter__()
         from flows.mlflow_runs import resolve_tracking_uri
 
         warm_up(self.nodes, resolve_tracking_uri(self.config.tracking.tracking_uri))
@@ -217,15 +222,23 @@ def preflight(config) -> None:
     steps.nodes = live_nodes()
     for step in config.resolved_steps():
         steps.request_for(step)
-    uri = remote_uri(config.output.output_path)
-    if uri:
-        problem = store_problem_on_nodes(uri, steps.nodes)
-        if problem:
-            raise StoreUnreachable(problem)
+    check_store_on_nodes(config.output.output_path, steps.nodes)
 
 
-class StoreUnreachable(NonRetryable):
-    """A node of the cluster cannot use the output's object store (the one line to print; exit 2)."""
+_STORES_REACHED: set[tuple[str, frozenset]] = set()  # (uri, node ids) checked by this process: once per run
+
+
+def check_store_on_nodes(output_path, nodes: list[dict]) -> None:
+    """StoreUnreachable when the output is on an object store that a node cannot use (`store_problem_on_nodes`);
+    asked once per process for the same nodes (fluxflow-train's preflight, then its flow's RaySteps)."""
+    uri = remote_uri(output_path)
+    seen = (uri, frozenset(node["NodeID"] for node in nodes))
+    if uri is None or seen in _STORES_REACHED:
+        return
+    problem = store_problem_on_nodes(uri, nodes)
+    if problem:
+        raise StoreUnreachable(problem)
+    _STORES_REACHED.add(seen)
 
 
 def store_problem_on_nodes(uri: str, nodes: list[dict]) -> str | None:

@@ -302,17 +302,20 @@ def test_nodes_without_the_stores_credentials_are_refused_before_the_run(cluster
     `ray start` ran without them): before, fluxflow-train's checks passed and the first step failed on its node."""
     import ray
 
-    from flows.ray_steps import StoreUnreachable, preflight
+    from flows.ray_steps import RaySteps, StoreUnreachable, preflight
     from ray._private import ray_constants
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # this process joins the test cluster as a driver,
     monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)  # at 127.0.0.1 like its nodes (LOOPBACK)
     raw = pipeline(tmp_path, cluster.address, [])
     raw["output"]["output_path"] = "s3://fluxflow/ray-run"
+    config = load_config(raw).config
+    says = (r"^Ray node \w{12} cannot use the output s3://fluxflow/ray-run: no credentials for the object store .*"
+            r"give every node the store's credentials and endpoint")
     try:
-        with pytest.raises(StoreUnreachable, match=r"^Ray node \w{12} cannot use the output s3://fluxflow/ray-run: "
-                                                   r"no credentials for the object store .*give every node the store's "
-                                                   r"credentials and endpoint"):
-            preflight(load_config(raw).config)
+        with pytest.raises(StoreUnreachable, match=says):
+            preflight(config)
+        with pytest.raises(StoreUnreachable, match=says), RaySteps(config):  # a deployment's flow run: no preflight
+            pass
     finally:
         ray.shutdown()

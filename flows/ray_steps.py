@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import socket
 
 from fluxflow.errors import NonRetryable
@@ -52,7 +53,9 @@ def probe(address: str) -> str:
         where = canonicalize_bootstrap_address_or_die(where) if where == "auto" else where
         host, _, port = where.rpartition(":")
         with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S) as connection:
-            answer = http2_greeting(connection)
+            # A cluster with TLS (Ray's RAY_USE_TLS) answers a handshake, not a cleartext greeting: only reachable.
+            tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
+            answer = None if tls else http2_greeting(connection)
     except (OSError, ValueError) as exc:  # ConnectionError (no cluster for `auto`) is an OSError
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise ClusterUnreachable(f"no Ray cluster answers at {address} (training.executor.address, else RAY_ADDRESS, "

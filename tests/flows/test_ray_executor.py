@@ -186,6 +186,15 @@ def test_an_address_where_something_else_listens_is_refused_at_once():
     assert probe(grpc) == grpc
 
 
+def test_with_tls_an_address_is_only_checked_to_answer(monkeypatch):
+    """Ray's gRPC over TLS (RAY_USE_TLS) greets with a handshake, not HTTP/2 in the clear: not refused for that."""
+    from flows.ray_steps import probe
+
+    monkeypatch.setenv("RAY_USE_TLS", "1")
+    tls = serve_once(b"\x16\x03\x03")  # what a TLS server might send back to a cleartext greeting
+    assert probe(tls) == tls
+
+
 @pytest.mark.slow
 def test_an_address_nobody_answers_at_exits_2_with_one_line(tmp_path):
     address = f"127.0.0.1:{free_port()}"

@@ -186,15 +186,16 @@ def check_credentials(configured_tracking_uri: str | None) -> None:
 
 
 def check_cluster(config) -> None:
-    """With the Ray executor: the cluster answers and has a node for every step's resources (flows/ray_steps.py).
-    This process stays connected; the flow's steps are submitted through that connection."""
+    """With the Ray executor: the cluster answers, has a node for every step's resources, and every node reaches an
+    object-store output (flows/ray_steps.py). This process stays connected; the flow's steps are submitted through
+    that connection."""
     if config.training.executor.kind != "ray":
         return
-    from flows.ray_steps import ClusterUnreachable, Infeasible, preflight
+    from flows.ray_steps import ClusterUnreachable, Infeasible, StoreUnreachable, preflight
 
     try:
         preflight(config)
-    except (ClusterUnreachable, Infeasible) as exc:
+    except (ClusterUnreachable, Infeasible, StoreUnreachable) as exc:
         raise Refused(str(exc)) from None
 
 

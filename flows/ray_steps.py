@@ -10,14 +10,18 @@ Ray is imported only inside these functions: a local run never loads it (tests/f
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
+import os
 import socket
 
 from fluxflow.errors import NonRetryable
+from fluxflow.storage.location import remote_uri
 
 NAMESPACE = "fluxflow"
 PROBE_TIMEOUT_S = 5.0  # ray.init on an address nobody listens at retries for minutes; a TCP probe answers first
+STORE_CHECK_TIMEOUT_S = 120.0  # a node's first task starts a worker (imports Ray, fsspec, boto: seconds when busy)
 # Resources Ray adds by itself (node:<ip>, the head marker, object store): not what a step can ask for.
 _INTERNAL = ("node:", "object_store_memory")
 
@@ -30,20 +34,52 @@ class Infeasible(NonRetryable):
     """A step asks for more than any node of the cluster offers."""
 
 
+class StoreUnreachable(NonRetryable):
+    """A node of the cluster cannot use the output's object store (the one line to print; exit 2)."""
+
+
 def probe(address: str) -> str:
     """The `host:port` behind `address` once something listens there; ClusterUnreachable otherwise."""
     from ray._private.services import canonicalize_bootstrap_address_or_die  # resolves `auto` as ray.init does
 
     where = address.removeprefix("ray://")
+    host, colon, port = where.rpartition(":")
+    if where != "auto" and not (colon and host and port.isdigit() and "://" not in host):
+        raise ClusterUnreachable(f"{address} is not a Ray cluster's address (training.executor.address, else "
+                                 "RAY_ADDRESS, else auto): expected the head's host:port, ray://host:port (Ray Client) "
+                                 "or auto" + ("; an http:// address is the dashboard's (Ray Jobs)"
+                                              if where.startswith(("http://", "https://")) else "")) from None
     try:
         where = canonicalize_bootstrap_address_or_die(where) if where == "auto" else where
         host, _, port = where.rpartition(":")
-        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S) as connection:
+            # A cluster with TLS (Ray's RAY_USE_TLS) answers a handshake, not a cleartext greeting: only reachable.
+            tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
+            answer = None if tls else http2_greeting(connection)
     except (OSError, ValueError) as exc:  # ConnectionError (no cluster for `auto`) is an OSError
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise ClusterUnreachable(f"no Ray cluster answers at {address} (training.executor.address, else RAY_ADDRESS, "
                                  f"else auto): {reason}") from None
+    if answer is not None:
+        raise ClusterUnreachable(f"{address} is not a Ray cluster's address (training.executor.address, else "
+                                 f"RAY_ADDRESS, else auto): what listens there answered {answer!r}, not gRPC; give "
+                                 "the head's GCS port (`ray start --head --port`, 6379 by default), not the "
+                                 "dashboard's") from None
     return where
+
+
+def http2_greeting(connection: socket.socket) -> str | None:
+    """None when the server behind `connection` speaks HTTP/2, as Ray's GCS and Ray Client (gRPC) do; else the start
+    of what it answered. ray.init retries a GCS for minutes, whatever listens at the port (the dashboard's HTTP, say):
+    an HTTP/2 server answers the client's connection preface with a SETTINGS frame (RFC 9113, 3.4) at once."""
+    connection.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))  # + empty SETTINGS
+    head = b""
+    with contextlib.suppress(OSError):  # closed or silent: what came so far is the answer
+        while len(head) < 9 and (chunk := connection.recv(64)):
+            head += chunk
+    if len(head) >= 9 and head[3] == 4:  # a frame header: 3 bytes length, then the type, 4 = SETTINGS
+        return None
+    return head.decode("latin-1").split("\r")[0].strip() or "nothing"
 
 
 def connect(address: str) -> None:
@@ -103,7 +139,9 @@ def infeasible(step_name: str, request: dict[str, float], nodes: list[dict]) -> 
     if any(all(offer.get(k, 0) >= v for k, v in request.items()) for offer in offers):
         return None
     unknown = sorted(k for k in request if not any(k in offer for offer in offers))
-    why = f"no node offers {', '.join(unknown)}" if unknown else "no single node has all of it"
+    too_much = {k: v for k, v in request.items() if k not in unknown and not any(o.get(k, 0) >= v for o in offers)}
+    why = (f"no node offers {', '.join(unknown)}" if unknown else f"no node has {describe(too_much)}" if too_much
+           else "no single node has all of it")
     listed = "; ".join(f"node {node['NodeID'][:12]}: {describe(node.get('Resources', {}))}" for node in nodes)
     return (f"step {step_name} asks Ray for {describe(request)}: {why} (the cluster's {len(nodes)} nodes: "
             f"{listed or 'none'}). Change its resources: or add such a node.")
@@ -123,8 +161,9 @@ class RaySteps:
         from prefect_ray import RayTaskRunner
 
         connect(self.address)  # before the runner: it would start a local Ray for `auto` instead of failing
-        self._runner = RayTaskRunner(init_kwargs={"address": self.address, "namespace": NAMESPACE}).__enter__()
         self.nodes = live_nodes()
+        check_store_on_nodes(self.config.output.output_path, self.nodes)  # a deployment's run: no preflight before
+        self._runner = RayTaskRunner(init_kwargs={"address": self.address, "namespace": NAMESPACE}).__enter__()
         from flows.mlflow_runs import resolve_tracking_uri
 
         warm_up(self.nodes, resolve_tracking_uri(self.config.tracking.tracking_uri))
@@ -147,6 +186,13 @@ class RaySteps:
         dist = self.config.training.distributed
         request = step_request(step, dist.nproc_per_node, self.on_cuda(), across_nodes=dist.uses_ray_train)
         problem = infeasible(step.name, request, self.nodes)
+        if not problem and dist.uses_ray_train:  # its Train workers, one CPU (GPU) each, anywhere in the cluster
+            from fluxflow.runtime.ray_train_launch import capacity_problem
+
+            in_all = collections.Counter()
+            for node in self.nodes:
+                in_all.update(node.get("Resources", {}))
+            problem = capacity_problem(in_all, dist.processes, self.on_cuda(), step.name)
         if problem:
             raise Infeasible(problem)
         return request
@@ -171,13 +217,74 @@ class RaySteps:
 
 
 def preflight(config) -> None:
-    """Before a run starts (fluxflow-train): the cluster answers and every step fits one of its nodes; raises
-    ClusterUnreachable or Infeasible with the line to print. The connection stays for the flow's RaySteps."""
+    """Before a run starts (fluxflow-train): the cluster answers, every step fits one of its nodes, and every node
+    reaches an object-store output; raises ClusterUnreachable, Infeasible or StoreUnreachable with the line to print.
+    The connection stays for the flow's RaySteps."""
     steps = RaySteps(config)
     connect(steps.address)
     steps.nodes = live_nodes()
     for step in config.resolved_steps():
         steps.request_for(step)
+    check_store_on_nodes(config.output.output_path, steps.nodes)
+
+
+_STORES_REACHED: set[tuple[str, frozenset]] = set()  # (uri, node ids) checked by this process: once per run
+
+
+def check_store_on_nodes(output_path, nodes: list[dict]) -> None:
+    """StoreUnreachable when the output is on an object store that a node cannot use (`store_problem_on_nodes`);
+    asked once per process for the same nodes (fluxflow-train's preflight, then its flow's RaySteps)."""
+    uri = remote_uri(output_path)
+    seen = (uri, frozenset(node["NodeID"] for node in nodes))
+    if uri is None or seen in _STORES_REACHED:
+        return
+    problem = store_problem_on_nodes(uri, nodes)
+    if problem:
+        raise StoreUnreachable(problem)
+    _STORES_REACHED.add(seen)
+
+
+def store_problem_on_nodes(uri: str, nodes: list[dict]) -> str | None:
+    """The line saying which node cannot reach the object store `uri`, and why; None when all can. A step task reads
+    and writes the store with the credentials and endpoint (AWS_*) of its node's environment, which is that of the
+    node's `ray start`, not the driver's: a node without them failed the step only once it ran (no credentials,
+    exit 2), or after Prefect's retry (no AWS_ENDPOINT_URL: the connection to AWS itself failed, exit 1)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0)(store_problem)
+    asked = {node["NodeID"]: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"],
+                                                                                          soft=False)).remote(uri)
+             for node in nodes}
+    for node_id, answer in asked.items():
+        try:
+            problem = ray.get(answer, timeout=STORE_CHECK_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            ray.cancel(answer, force=True)
+            problem = f"no answer within {STORE_CHECK_TIMEOUT_S:g} s from a look at {uri}"
+        if problem:
+            return (f"Ray node {node_id[:12]} cannot use the output {uri}: {problem} (a node's environment is that "
+                    "of its `ray start`: give every node the store's credentials and endpoint, e.g. AWS_*)")
+    return None
+
+
+def store_problem(uri: str) -> str | None:
+    """On a node: None when the store answers a look at the output's lock object (there or not); else why not, in one
+    line (fluxflow/storage/store_errors.py)."""
+    import fsspec
+
+    from fluxflow.storage.store_errors import describe_store_error
+    from fluxflow.storage.store_lock import LOCK_NAME
+
+    try:
+        fs, base = fsspec.core.url_to_fs(uri, use_listings_cache=False)
+        fs.info(f"{base}/{LOCK_NAME}")
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - what the store said, as the step would have met it
+        line = describe_store_error(uri, exc)
+        return line.removeprefix(f"{uri}: ") if line else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    return None
 
 
 class LocalSteps:

@@ -63,13 +63,22 @@ def _wants_gpu(config, ray) -> bool:
     return config.training.device == "cuda"
 
 
+def capacity_problem(offered: dict, nproc: int, use_gpu: bool, step_name: str) -> str | None:
+    """The line saying that the whole cluster (`offered`: its resources in total) has fewer GPUs (CPUs) than the step
+    has workers, else None. Also asked before a run starts (flows/ray_steps.py), where it can exit 2."""
+    kind = "GPU" if use_gpu else "CPU"
+    if offered.get(kind, 0) < nproc:
+        return (f"step {step_name}: training.distributed asks for {nproc} workers with one {kind} each; "
+                f"the Ray cluster has {offered.get(kind, 0):g} {kind}s in all")
+    return None
+
+
 def check_capacity(offered: dict, nproc: int, use_gpu: bool, step_name: str) -> None:
     """Fail at once when the whole cluster has fewer GPUs (CPUs) than the step has workers: Ray Train would wait
     for them, time out and try again, for ever."""
-    kind = "GPU" if use_gpu else "CPU"
-    if offered.get(kind, 0) < nproc:
-        raise RuntimeError(f"step {step_name}: training.distributed asks for {nproc} workers with one {kind} each; "
-                           f"the Ray cluster has {offered.get(kind, 0):g} {kind}s in all")
+    problem = capacity_problem(offered, nproc, use_gpu, step_name)
+    if problem:
+        raise RuntimeError(problem)
 
 
 def _connect(ray, address: str | None, step_name: str) -> None:

@@ -4,10 +4,13 @@ request no node meets and an address nobody answers at are refused in one line b
 path never imports Ray. The config tests need no cluster."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -105,6 +108,91 @@ def test_outcomes_written_before_nodes_existed_still_load():
     placed = StepOutcome.from_dict(dict(old, node={"node_id": "abc", "hostname": "gpu-1"}))
     assert placed.node == StepNode("abc", "gpu-1")
     assert StepOutcome.from_dict(placed.to_dict()) == placed
+
+
+TWO_NODES = [{"NodeID": f"{name}0000000000000", "Alive": True,
+              "Resources": {"CPU": 1.0, "memory": 20e9, name: 1.0, "object_store_memory": 1e8}}
+             for name in ("node_a", "node_b")]
+
+
+def test_a_step_needing_more_of_one_resource_than_any_node_has_says_which(tmp_path):
+    from flows.ray_steps import Infeasible, RaySteps
+
+    steps = RaySteps(load_config(pipeline(tmp_path, None, [{"memory": "4TB"}])).config)
+    steps.nodes = TWO_NODES
+    with pytest.raises(Infeasible, match=r"^step left asks Ray for 1 CPU, 4000.0 GB memory: no node has 4000.0 GB "
+                                         r"memory \(the cluster's 2 nodes: node node_a000000: 1 CPU, 20.0 GB memory"):
+        steps.request_for(steps.config.step("left"))
+
+
+def test_a_step_across_more_nodes_than_the_cluster_has_is_refused_before_the_run(tmp_path):
+    """`nodes` × `nproc_per_node` Train workers, one CPU each here, on a cluster of 2 CPUs: refused where
+    fluxflow-train checks every step (exit 2), not when Ray Train is started (exit 1, after the run began)."""
+    from flows.ray_steps import Infeasible, RaySteps
+
+    raw = pipeline(tmp_path, None, [])
+    raw["training"].update(batch_size=6, distributed={"nodes": 3})
+    steps = RaySteps(load_config(raw).config)
+    steps.nodes = TWO_NODES
+    with pytest.raises(Infeasible, match="^step warm: training.distributed asks for 3 workers with one CPU each; "
+                                         "the Ray cluster has 2 CPUs in all$"):
+        steps.request_for(steps.config.step("warm"))
+    raw["training"].update(batch_size=4, distributed={"nodes": 2})
+    steps = RaySteps(load_config(raw).config)
+    steps.nodes = TWO_NODES
+    assert steps.request_for(steps.config.step("warm")) == {}  # its task holds nothing, its workers the 2 CPUs
+
+
+EXPECTED = "expected the head's host:port, ray://host:port (Ray Client) or auto"
+
+
+@pytest.mark.parametrize("address, says", [
+    ("nonsense", EXPECTED),
+    ("127.0.0.1", EXPECTED),
+    ("http://127.0.0.1:8265", f"{EXPECTED}; an http:// address is the dashboard's (Ray Jobs)"),
+])
+def test_an_address_that_is_no_host_and_port_says_what_is_expected(address, says):
+    from flows.ray_steps import ClusterUnreachable, probe
+
+    line = f"{address} is not a Ray cluster's address (training.executor.address, else RAY_ADDRESS, else auto): {says}"
+    with pytest.raises(ClusterUnreachable, match=f"^{re.escape(line)}$"):
+        probe(address)
+
+
+def serve_once(answer: bytes):
+    """A server on a free port of 127.0.0.1 that reads what a client sends and answers `answer` (in a thread, for
+    one connection); returns its address."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        with listener, listener.accept()[0] as connection, contextlib.suppress(OSError):
+            connection.recv(1024)
+            connection.sendall(answer)
+            connection.recv(1024)  # until the client closes
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_an_address_where_something_else_listens_is_refused_at_once():
+    """The dashboard's port (HTTP) instead of the GCS's: ray.init would retry it for minutes; the probe says so."""
+    from flows.ray_steps import ClusterUnreachable, probe
+
+    http = serve_once(b"HTTP/1.0 404 Not Found\r\n\r\n")
+    with pytest.raises(ClusterUnreachable, match=f"^{http} is not a Ray cluster's address .*answered 'HTTP/1.0 404 "
+                                                 "Not Found', not gRPC; give the head's GCS port"):
+        probe(http)
+    grpc = serve_once(bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))  # an HTTP/2 server's first frame: SETTINGS
+    assert probe(grpc) == grpc
+
+
+def test_with_tls_an_address_is_only_checked_to_answer(monkeypatch):
+    """Ray's gRPC over TLS (RAY_USE_TLS) greets with a handshake, not HTTP/2 in the clear: not refused for that."""
+    from flows.ray_steps import probe
+
+    monkeypatch.setenv("RAY_USE_TLS", "1")
+    tls = serve_once(b"\x16\x03\x03")  # what a TLS server might send back to a cleartext greeting
+    assert probe(tls) == tls
 
 
 @pytest.mark.slow
@@ -215,3 +303,28 @@ def test_in_the_flow_a_request_no_node_meets_fails_before_submission(cluster, tm
         with pytest.raises(Infeasible, match="step left asks Ray for 2 GPU, 1 CPU: no node offers GPU"):
             steps.submit(None, config.step("left"), {})
         assert steps.submitted == []
+
+
+@pytest.mark.slow
+def test_nodes_without_the_stores_credentials_are_refused_before_the_run(cluster, s3, tmp_path, monkeypatch):
+    """The driver has the store's credentials and endpoint (the `s3` fixture's environment), the nodes do not (their
+    `ray start` ran without them): before, fluxflow-train's checks passed and the first step failed on its node."""
+    import ray
+
+    from flows.ray_steps import RaySteps, StoreUnreachable, preflight
+    from ray._private import ray_constants
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # this process joins the test cluster as a driver,
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)  # at 127.0.0.1 like its nodes (LOOPBACK)
+    raw = pipeline(tmp_path, cluster.address, [])
+    raw["output"]["output_path"] = "s3://fluxflow/ray-run"
+    config = load_config(raw).config
+    says = (r"^Ray node \w{12} cannot use the output s3://fluxflow/ray-run: no credentials for the object store .*"
+            r"give every node the store's credentials and endpoint")
+    try:
+        with pytest.raises(StoreUnreachable, match=says):
+            preflight(config)
+        with pytest.raises(StoreUnreachable, match=says), RaySteps(config):  # a deployment's flow run: no preflight
+            pass
+    finally:
+        ray.shutdown()

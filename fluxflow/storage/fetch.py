@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from fluxflow.storage.location import cache_home, local_path, remote_uri
+from fluxflow.storage.location import StorageError, cache_home, local_path, remote_uri
 from fluxflow.storage.mirror import SIDECAR, download, sha256_of
 from fluxflow.storage.store_errors import raise_if_users_to_fix
 
@@ -38,12 +38,28 @@ def fetch_verified(uri: str, expected_sha256: str | None = None) -> Path:
         if actual is not None:
             raise TornObjectError(f"{uri} has sha256 {actual[:16]}…, expected {expected[:16]}…: a torn or "
                                   "unfinished upload, or the object changed after it was referenced")
-    except (FileNotFoundError, TornObjectError):
+    except FileNotFoundError:
+        if _bucket_missing(fs, uri, key):  # s3fs says only "not found", as for an object the bucket lacks
+            bucket = key.split("/", 1)[0]
+            raise StorageError(f"{uri}: the bucket {bucket!r} does not exist; create it or correct the URI") from None
+        raise
+    except TornObjectError:
         raise
     except Exception as exc:
         raise_if_users_to_fix(uri, exc)
         raise
     return folder / name
+
+
+def _bucket_missing(fs, uri: str, key: str) -> bool:
+    """Whether the bucket of an object-store `uri` (s3://BUCKET/..., gs://, ...; not http) is not there; False when
+    that cannot be told."""
+    if uri.startswith(("http://", "https://")) or "/" not in key:
+        return False
+    try:
+        return not fs.exists(key.split("/", 1)[0])
+    except Exception:  # no access to the bucket itself, a network error: the object's own error stands
+        return False
 
 
 HTTP_READ_TIMEOUT_S = 60

@@ -141,6 +141,16 @@ def test_a_remote_checkpoint_is_read_through_a_verified_local_copy(s3, tmp_path,
         load_checkpoint(uri, expected_sha256=digest)
 
 
+def test_a_checkpoint_in_a_bucket_that_does_not_exist_says_so(s3):
+    """Was "checkpoint not found: s3://no-such-bucket/...", as for a missing object (s3fs's FileNotFoundError)."""
+    with pytest.raises(StorageError) as raised:
+        load_checkpoint("s3://no-such-bucket/run/checkpoints/flow/final.pt")
+    assert str(raised.value) == ("s3://no-such-bucket/run/checkpoints/flow/final.pt: the bucket 'no-such-bucket' does "
+                                 "not exist; create it or correct the URI")
+    with pytest.raises(CheckpointError, match="checkpoint not found: s3://fluxflow/nothing/final.pt"):
+        load_checkpoint("s3://fluxflow/nothing/final.pt")  # the bucket is there: the object is not
+
+
 def test_a_second_run_on_the_same_store_output_is_refused_naming_the_holder(s3):
     with StoreLock("s3://fluxflow/locked", say=lambda line: None):
         held = f"s3://fluxflow/locked is in use by another run \\(pid {os.getpid()} "

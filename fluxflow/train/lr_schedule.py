@@ -12,6 +12,7 @@ over at update warmup_steps + 1, with interval `epoch` at the first epoch end af
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 import torch
@@ -52,12 +53,17 @@ class LrSchedule:
             self.scheduler.step()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer_steps": self.optimizer_steps, "scheduler": self.scheduler.state_dict(),
+        # MultiStepLR keeps its milestones in a Counter, which a checkpoint (torch.load(weights_only=True)) cannot
+        # hold: saved as a plain dict, made a Counter again on load.
+        scheduler = {k: dict(v) if isinstance(v, Counter) else v for k, v in self.scheduler.state_dict().items()}
+        return {"optimizer_steps": self.optimizer_steps, "scheduler": scheduler,
                 "warmup": self.warmup.state_dict() if self.warmup is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer_steps = int(state["optimizer_steps"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        mine = self.scheduler.state_dict()
+        self.scheduler.load_state_dict({k: Counter(v) if isinstance(mine.get(k), Counter) else v
+                                        for k, v in state["scheduler"].items()})
         if self.warmup is not None:
             self.warmup.load_state_dict(state["warmup"])
 

@@ -132,13 +132,17 @@ def train_vae_batch(ctx: StepContext, images: torch.Tensor, update: int,
             metrics[f"{term}_loss"] = value.detach()
         loss = loss + nll
     if discriminator is not None:
-        with autocast(ctx.device, ctx.amp_dtype):
+        # lambda_adv 0 turns the generator term off: g_loss is still measured (logged, watchable) but without a
+        # graph, so no backward runs through D for it and a non-finite D output cannot skip the VAE's update.
+        adversarial = step.lambda_adv > 0
+        with torch.set_grad_enabled(adversarial and torch.is_grad_enabled()), autocast(ctx.device, ctx.amp_dtype):
             g = hinge_g_loss(discriminator(recon).float())
-        weight = step.lambda_adv
-        if step.adaptive_adv_weight and step.train_vae and ctx.trained.intersection({"expander"}):
-            # balanced against the whole reconstruction loss, LPIPS included (as VQGAN's nll)
-            weight = weight * adaptive_weight(nll, g, expander.last_layer_weight)
-        loss = loss + weight * g
+        if adversarial:
+            weight = step.lambda_adv
+            if step.adaptive_adv_weight and step.train_vae and ctx.trained.intersection({"expander"}):
+                # balanced against the whole reconstruction loss, LPIPS included (as VQGAN's nll)
+                weight = weight * adaptive_weight(nll, g, expander.last_layer_weight)
+            loss = loss + weight * g
         metrics["g_loss"] = g.detach()
 
     metrics["skipped_updates"] = zero

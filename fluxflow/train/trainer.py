@@ -5,7 +5,7 @@ throughput benchmark all build them here, so what they exercise is what a pipeli
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -43,6 +43,9 @@ class Trainer:
     # train_batch receives the cached posterior means instead of images; with a `text_cache`, captions are looked up.
     cached_latents: bool = False
     text_cache: TextCache | None = None
+    # The lr each group's latest update used (its first parameter group's; the no-decay group has the same lr), for
+    # the log's `lr_<group>`: python floats, read before the schedules step, so logging them costs no host sync.
+    last_lr: dict[str, float] = field(default_factory=dict)
 
     def train_batch(self, images: torch.Tensor, captions: list[str], global_step: int, update: int,
                     window: Window = WHOLE_BATCH) -> dict[str, torch.Tensor]:
@@ -66,6 +69,7 @@ class Trainer:
                 flow_metrics["skipped_updates"] = flow_metrics["skipped_updates"] + metrics["skipped_updates"]
             metrics.update(flow_metrics)
         if window.last:  # the optimizers stepped (or skipped a non-finite update): EMAs and lr schedules follow
+            self.last_lr = {group: opt.param_groups[0]["lr"] for group, opt in self.optimizers.items()}
             for name in self.ema_active:
                 self.emas[name].update(self.models[name])
             for schedule in self.schedulers.values():

@@ -96,20 +96,27 @@ def make_schedule(opts: dict[str, Any], optimizer: torch.optim.Optimizer, max_ep
     warmup = int(opts.get("warmup_steps") or 0)
     if steps_per_epoch is None:
         interval, warmup, steps_per_epoch = "epoch", 0, 1
-    if interval == "step":  # the scheduler runs over the optimizer steps after the warm-up
-        span = steps_per_epoch * max_epochs - warmup
+    if interval == "step":
+        # The scheduler's start (its step 0) is the lr of update max(warmup, 1): the warm-up's last update, which
+        # trains at the start lr, or the step's first. It steps after each later update, so over the `span` updates
+        # after that one the last update of the step gets the schedule's end (eta_min, end_factor), with or without
+        # a warm-up (warm-up 0 and 1 are the same schedule).
+        span = steps_per_epoch * max_epochs - max(warmup, 1)
     else:  # ... over the epoch ends from the first one after the warm-up
         span = max_epochs - max(1, math.ceil(warmup / steps_per_epoch)) + 1
-    return LrSchedule(optimizer, make_scheduler(kind, opts, optimizer, max(span, 1)), warmup, interval)
+    return LrSchedule(optimizer, make_scheduler(kind, opts, optimizer, max(span, 1), interval), warmup, interval)
 
 
-def make_scheduler(kind: str, opts: dict[str, Any], optimizer: torch.optim.Optimizer, span: int):
-    """The torch scheduler; `span` (its steps) is CosineAnnealingLR's T_max and the default `total_iters`."""
+def make_scheduler(kind: str, opts: dict[str, Any], optimizer: torch.optim.Optimizer, span: int,
+                   interval: str = "step"):
+    """The torch scheduler; `span` (its steps) is CosineAnnealingLR's T_max and LinearLR's default `total_iters`.
+    ConstantLR's default `total_iters` keeps its factor on every update after the start (per update: span + 1; its
+    factor would end at the step's last update otherwise)."""
     given = {k: v for k, v in opts.items() if v is not None and k not in ("type", *SCHEDULE_PARAMS)}
     kwargs = {**SCHEDULER_PARAMS[kind], **given}
     if kind == "CosineAnnealingLR":
         eta_min = optimizer.param_groups[0]["lr"] * float(kwargs.pop("eta_min_factor"))
         return CosineAnnealingLR(optimizer, T_max=span, eta_min=eta_min)
     if "total_iters" in kwargs and kwargs["total_iters"] is None:
-        kwargs["total_iters"] = span
+        kwargs["total_iters"] = span + 1 if kind == "ConstantLR" and interval == "step" else span
     return getattr(torch.optim.lr_scheduler, kind)(optimizer, **kwargs)

@@ -61,7 +61,25 @@ def test_interval_step_is_the_default_and_cosine_spans_the_steps_optimizer_steps
     schedule = schedule_for(opt, 3, 4, type="CosineAnnealingLR", eta_min_factor=0.0)
     assert schedule.interval == "step"
     used = train(opt, schedule, 4, range(3))
-    assert used == pytest.approx([(1 + math.cos(math.pi * n / 12)) / 2 * LR for n in range(12)], abs=1e-12)
+    # update 1 at the start lr, update 12 (the step's last) at eta_min, as documented (it was cos(11/12 pi): 0.017)
+    assert used == pytest.approx([(1 + math.cos(math.pi * n / 11)) / 2 * LR for n in range(12)], abs=1e-12)
+
+
+@pytest.mark.parametrize("cfg, last", [
+    ({"type": "CosineAnnealingLR", "eta_min_factor": 0.1}, 0.1 * LR),
+    ({"type": "LinearLR", "start_factor": 1.0, "end_factor": 0.1}, 0.1 * LR),
+    ({"type": "ConstantLR", "factor": 0.5}, 0.5 * LR),
+], ids=lambda v: v["type"] if isinstance(v, dict) else "")
+def test_per_update_schedules_end_at_the_last_update_whatever_the_warmup(cfg, last):
+    """warmup_steps 0 and 1 are one schedule (the 1st update trains at 1/1 x the start lr either way); every warm-up
+    ends the schedule at the step's last update, and ConstantLR's factor holds through it (it used to be the full lr
+    there with a warm-up, and warm-up 0 did not reach eta_min / end_factor)."""
+    runs = {}
+    for warmup in (0, 1, 3):
+        opt = optimizer()
+        runs[warmup] = train(opt, schedule_for(opt, 2, 4, warmup_steps=warmup, **cfg), 4, range(2))
+        assert runs[warmup][-1] == pytest.approx(last)
+    assert runs[0] == runs[1]
 
 
 def test_interval_epoch_keeps_per_epoch_stepping():

@@ -85,7 +85,7 @@ class StepReport:
         elapsed = time.perf_counter() - self._tick
         pos = self.position
         logged = dict(self.last_means)
-        # the lr of the interval's last update per group (none yet in a resumed accumulation window's first batches)
+        # the lr of each group's latest update (none yet in a resumed accumulation window's first batches)
         logged.update({f"lr_{group}": lr for group, lr in self.trainer.last_lr.items()})
         if pos.batch == self.data.batches_per_epoch:
             logged["skipped_samples"] = float(self.skipped_samples())

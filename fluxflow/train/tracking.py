@@ -40,7 +40,8 @@ class Progress:
 
     step_index: position of the step in the pipeline (ResolvedStep.index + 1) out of n_steps. epoch: epoch within
     the step out of n_epochs (max_epochs for loss_threshold steps). batch: batches done in this epoch out of
-    n_batches. global_step: optimizer steps since the pipeline began. sec_per_batch: mean over the log interval.
+    n_batches. global_step: batches since the pipeline began (not optimizer updates: fewer with gradient
+    accumulation). sec_per_batch: mean over the log interval.
     """
 
     step_name: str

@@ -122,9 +122,13 @@ def train_vae_batch(ctx: StepContext, images: torch.Tensor, update: int,
     if step.train_vae:
         rec = nll = reconstruction_loss(recon.float(), images, step.recon_l1_weight, step.recon_mse_weight)
         if ctx.lpips is not None:
-            with autocast(ctx.device, ctx.amp_dtype):
+            # lambda_lpips 0: LPIPS is still measured and logged, but without a graph (no backward through its
+            # network, as for lambda_adv below) and left out of the loss
+            perceptual = step.lambda_lpips > 0
+            with torch.set_grad_enabled(perceptual and torch.is_grad_enabled()), autocast(ctx.device, ctx.amp_dtype):
                 lp = ctx.lpips(recon, images).float().mean()
-            nll = rec + step.lambda_lpips * lp
+            if perceptual:
+                nll = rec + step.lambda_lpips * lp
             metrics["lpips_loss"] = lp.detach()
         for term in image_stat_terms(step):  # the original tool's image-statistics regularisers
             value = IMAGE_STAT_LOSSES[term](recon, images)

@@ -1,5 +1,5 @@
-"""A loss weight of 0 turns its term off: `lambda_adv: 0` in a GAN step still logs g_loss, but the generator term
-takes no part in the VAE's update (fluxflow/train/batch_step.py), not even through a non-finite discriminator."""
+"""A loss weight of 0 turns its term off: `lambda_adv: 0` (`lambda_lpips: 0`) still logs g_loss (lpips_loss), but the
+term takes no part in the VAE's update (fluxflow/train/batch_step.py), not even through a non-finite value."""
 from __future__ import annotations
 
 import math
@@ -42,3 +42,21 @@ def test_a_non_zero_lambda_adv_still_applies_the_generator_term():
     metrics = train_vae_batch(ctx, images, update=0)
     assert changed_components(before, ctx.models) == set()  # -inf in the VAE loss: both updates skipped
     assert metrics["skipped_updates"].item() == 2.0
+
+
+class InfinitePerceptual(torch.nn.Module):
+    """LPIPS's place (the real one needs the AlexNet file), returning +inf with a graph back to the reconstruction."""
+
+    def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return (x_hat - x).mean(dim=(1, 2, 3)) * 0.0 + float("inf")
+
+
+@pytest.mark.parametrize("lambda_lpips, trained", [(0.0, {"compressor", "expander"}), (0.1, set())])
+def test_lambda_lpips_zero_keeps_lpips_out_of_the_vae_update(lambda_lpips, trained):
+    ctx, config = step_context({"train_vae": True, "lambda_lpips": lambda_lpips})
+    ctx.lpips = InfinitePerceptual()
+    images, _ = shapes_batches(config, 1)[0]
+    before = snapshot(ctx.models)
+    metrics = train_vae_batch(ctx, images, update=0)
+    assert metrics["lpips_loss"].item() == float("inf")  # measured and logged either way
+    assert changed_components(before, ctx.models) == trained

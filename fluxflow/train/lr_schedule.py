@@ -28,6 +28,7 @@ class LrSchedule:
                  warmup_steps: int, interval: str):
         self.optimizer, self.scheduler, self.interval = optimizer, scheduler, interval
         self.warmup_steps, self.optimizer_steps = warmup_steps, 0
+        self.inert: str | None = None  # why part of it never acts in this step, where that is so (make_schedule)
         # Built after the scheduler, which has set the start lr: the warm-up ramps to that lr.
         self.warmup = _linear_warmup(optimizer, warmup_steps) if warmup_steps > 1 else None
 
@@ -104,7 +105,27 @@ def make_schedule(opts: dict[str, Any], optimizer: torch.optim.Optimizer, max_ep
         span = steps_per_epoch * max_epochs - max(warmup, 1)
     else:  # ... over the epoch ends from the first one after the warm-up
         span = max_epochs - max(1, math.ceil(warmup / steps_per_epoch)) + 1
-    return LrSchedule(optimizer, make_scheduler(kind, opts, optimizer, max(span, 1), interval), warmup, interval)
+    schedule = LrSchedule(optimizer, make_scheduler(kind, opts, optimizer, max(span, 1), interval), warmup, interval)
+    # scheduler steps whose lr some update of the step uses (the one after the last epoch end is never used)
+    used = span if interval == "step" else span - 1
+    schedule.inert = inert_reason(kind, opts, warmup, steps_per_epoch * max_epochs, used, interval)
+    return schedule
+
+
+def inert_reason(kind: str, opts: dict[str, Any], warmup: int, updates: int, used: int, interval: str) -> str | None:
+    """Why part of a schedule never acts within the step's `updates` optimizer updates (a warm-up longer than the
+    step, a StepLR / MultiStepLR that never reaches its first drop: often an epoch count written for per-update
+    stepping), or None. The config is valid; the runner warns, since the lr silently stays where it is."""
+    if warmup > updates:
+        return (f"warmup_steps {warmup} is more than the step's {updates} optimizer updates: the lr never reaches "
+                f"its start value (the last update trains at {updates}/{warmup} of it)")
+    first = {"StepLR": opts.get("step_size"), "MultiStepLR": min(opts.get("milestones") or [0])}.get(kind)
+    if first and first > used:
+        what = "step_size" if kind == "StepLR" else "the first milestone"
+        steps = f"{used} optimizer updates" if interval == "step" else f"{used} epoch ends"
+        return (f"{kind}'s {what} {first} is more than the {steps} after its start that the step trains on "
+                f"(interval: {interval}): the lr never changes")
+    return None
 
 
 def make_scheduler(kind: str, opts: dict[str, Any], optimizer: torch.optim.Optimizer, span: int,

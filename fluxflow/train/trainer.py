@@ -5,6 +5,7 @@ throughput benchmark all build them here, so what they exercise is what a pipeli
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +27,8 @@ from fluxflow.train.optim import build_optimizers
 from fluxflow.train.speed import runnable_models
 from fluxflow.train.step_models import ema_components, prepare_emas, prepare_models, sampling_models
 from fluxflow.checkpoints.step_state import saved_expander_spade
+
+log = logging.getLogger("fluxflow.train.step_run")  # the step runner's logger: its warnings reach the same handlers
 
 
 @dataclass
@@ -135,6 +138,9 @@ def build_trainer(config, step, state: dict | None, device: torch.device, *, max
     emas = prepare_emas(step, models, state, trained, resuming)
     optimizers, sched_cfg = build_optimizers(step, models, trained)
     schedulers = build_schedulers(sched_cfg, optimizers, max_epochs, updates_per_epoch)
+    for group, schedule in schedulers.items():
+        if schedule.inert and distributed.is_main():
+            log.warning("Step %s: optimization.schedulers.%s: %s", step.name, group, schedule.inert)
     lpips = LPIPSLoss().to(device) if step.use_lpips and step.train_vae else None
     # Speed switches (compile, channels-last, DDP for flow steps): the per-batch steps call these modules.
     runnable = runnable_models(models, step, config.training, device, trained)

@@ -2,6 +2,7 @@
 default, per epoch on request; the lr the n-th update uses is as documented, and resume continues it exactly."""
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -156,3 +157,30 @@ def test_without_steps_per_epoch_every_schedule_steps_per_epoch_without_warmup()
     schedule = schedule_for(opt, 2, None, type="CosineAnnealingLR", eta_min_factor=0.0, warmup_steps=10)
     assert (schedule.interval, schedule.warmup_steps) == ("epoch", 0)
     assert train(opt, schedule, 3, range(2)) == pytest.approx([LR] * 3 + [LR / 2] * 3)
+
+
+@pytest.mark.parametrize("cfg, inert", [
+    ({"type": "CosineAnnealingLR", "warmup_steps": 9}, "warmup_steps 9 is more than the step's 8 optimizer updates"),
+    ({"type": "StepLR", "step_size": 8}, "StepLR's step_size 8 is more than the 7 optimizer updates"),
+    ({"type": "StepLR", "step_size": 7}, None),  # the 8th update trains at gamma x lr
+    ({"type": "MultiStepLR", "milestones": [3, 9], "warmup_steps": 6}, "the first milestone 3 is more than the 2"),
+    ({"type": "MultiStepLR", "milestones": [3, 9], "warmup_steps": 5}, None),  # the 8th update drops
+    ({"type": "StepLR", "step_size": 2, "interval": "epoch"}, "is more than the 1 epoch ends"),
+    ({"type": "StepLR", "step_size": 1, "interval": "epoch"}, None),
+    ({"type": "CosineAnnealingLR", "warmup_steps": 8}, None),
+], ids=str)
+def test_a_schedule_that_never_acts_in_the_step_says_why(cfg, inert):
+    """A StepLR step_size or warm-up longer than the step was accepted and silently left the lr where it was."""
+    opt = optimizer()
+    schedule = schedule_for(opt, 2, 4, **cfg)
+    assert (schedule.inert is None) if inert is None else inert in schedule.inert
+
+
+def test_the_trainer_warns_about_a_schedule_that_never_acts(caplog):
+    from helpers_tiny import step_context
+
+    with caplog.at_level(logging.WARNING, logger="fluxflow.train.step_run"):
+        step_context({"train_vae": True, "optimization": {"schedulers": {"vae": {"type": "StepLR", "step_size": 5,
+                                                                                  "interval": "epoch"}}}})
+    assert any(r.getMessage().startswith("Step s: optimization.schedulers.vae: StepLR's step_size 5")
+               for r in caplog.records)

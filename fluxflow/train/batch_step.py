@@ -122,9 +122,13 @@ def train_vae_batch(ctx: StepContext, images: torch.Tensor, update: int,
     if step.train_vae:
         rec = nll = reconstruction_loss(recon.float(), images, step.recon_l1_weight, step.recon_mse_weight)
         if ctx.lpips is not None:
-            with autocast(ctx.device, ctx.amp_dtype):
+            # lambda_lpips 0: LPIPS is still measured and logged, but without a graph (no backward through its
+            # network, as for lambda_adv below) and left out of the loss
+            perceptual = step.lambda_lpips > 0
+            with torch.set_grad_enabled(perceptual and torch.is_grad_enabled()), autocast(ctx.device, ctx.amp_dtype):
                 lp = ctx.lpips(recon, images).float().mean()
-            nll = rec + step.lambda_lpips * lp
+            if perceptual:
+                nll = rec + step.lambda_lpips * lp
             metrics["lpips_loss"] = lp.detach()
         for term in image_stat_terms(step):  # the original tool's image-statistics regularisers
             value = IMAGE_STAT_LOSSES[term](recon, images)
@@ -132,13 +136,17 @@ def train_vae_batch(ctx: StepContext, images: torch.Tensor, update: int,
             metrics[f"{term}_loss"] = value.detach()
         loss = loss + nll
     if discriminator is not None:
-        with autocast(ctx.device, ctx.amp_dtype):
+        # lambda_adv 0 turns the generator term off: g_loss is still measured (logged, watchable) but without a
+        # graph, so no backward runs through D for it and a non-finite D output cannot skip the VAE's update.
+        adversarial = step.lambda_adv > 0
+        with torch.set_grad_enabled(adversarial and torch.is_grad_enabled()), autocast(ctx.device, ctx.amp_dtype):
             g = hinge_g_loss(discriminator(recon).float())
-        weight = step.lambda_adv
-        if step.adaptive_adv_weight and step.train_vae and ctx.trained.intersection({"expander"}):
-            # balanced against the whole reconstruction loss, LPIPS included (as VQGAN's nll)
-            weight = weight * adaptive_weight(nll, g, expander.last_layer_weight)
-        loss = loss + weight * g
+        if adversarial:
+            weight = step.lambda_adv
+            if step.adaptive_adv_weight and step.train_vae and ctx.trained.intersection({"expander"}):
+                # balanced against the whole reconstruction loss, LPIPS included (as VQGAN's nll)
+                weight = weight * adaptive_weight(nll, g, expander.last_layer_weight)
+            loss = loss + weight * g
         metrics["g_loss"] = g.detach()
 
     metrics["skipped_updates"] = zero

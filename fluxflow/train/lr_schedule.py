@@ -12,6 +12,7 @@ over at update warmup_steps + 1, with interval `epoch` at the first epoch end af
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ class LrSchedule:
                  warmup_steps: int, interval: str):
         self.optimizer, self.scheduler, self.interval = optimizer, scheduler, interval
         self.warmup_steps, self.optimizer_steps = warmup_steps, 0
+        self.inert: str | None = None  # why part of it never acts in this step, where that is so (make_schedule)
         # Built after the scheduler, which has set the start lr: the warm-up ramps to that lr.
         self.warmup = _linear_warmup(optimizer, warmup_steps) if warmup_steps > 1 else None
 
@@ -52,12 +54,17 @@ class LrSchedule:
             self.scheduler.step()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer_steps": self.optimizer_steps, "scheduler": self.scheduler.state_dict(),
+        # MultiStepLR keeps its milestones in a Counter, which a checkpoint (torch.load(weights_only=True)) cannot
+        # hold: saved as a plain dict, made a Counter again on load.
+        scheduler = {k: dict(v) if isinstance(v, Counter) else v for k, v in self.scheduler.state_dict().items()}
+        return {"optimizer_steps": self.optimizer_steps, "scheduler": scheduler,
                 "warmup": self.warmup.state_dict() if self.warmup is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer_steps = int(state["optimizer_steps"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        mine = self.scheduler.state_dict()
+        self.scheduler.load_state_dict({k: Counter(v) if isinstance(mine.get(k), Counter) else v
+                                        for k, v in state["scheduler"].items()})
         if self.warmup is not None:
             self.warmup.load_state_dict(state["warmup"])
 
@@ -90,20 +97,47 @@ def make_schedule(opts: dict[str, Any], optimizer: torch.optim.Optimizer, max_ep
     warmup = int(opts.get("warmup_steps") or 0)
     if steps_per_epoch is None:
         interval, warmup, steps_per_epoch = "epoch", 0, 1
-    if interval == "step":  # the scheduler runs over the optimizer steps after the warm-up
-        span = steps_per_epoch * max_epochs - warmup
+    if interval == "step":
+        # The scheduler's start (its step 0) is the lr of update max(warmup, 1): the warm-up's last update, which
+        # trains at the start lr, or the step's first. It steps after each later update, so over the `span` updates
+        # after that one the last update of the step gets the schedule's end (eta_min, end_factor), with or without
+        # a warm-up (warm-up 0 and 1 are the same schedule).
+        span = steps_per_epoch * max_epochs - max(warmup, 1)
     else:  # ... over the epoch ends from the first one after the warm-up
         span = max_epochs - max(1, math.ceil(warmup / steps_per_epoch)) + 1
-    return LrSchedule(optimizer, make_scheduler(kind, opts, optimizer, max(span, 1)), warmup, interval)
+    schedule = LrSchedule(optimizer, make_scheduler(kind, opts, optimizer, max(span, 1), interval), warmup, interval)
+    # scheduler steps whose lr some update of the step uses (the one after the last epoch end is never used)
+    used = span if interval == "step" else span - 1
+    schedule.inert = inert_reason(kind, opts, warmup, steps_per_epoch * max_epochs, used, interval)
+    return schedule
 
 
-def make_scheduler(kind: str, opts: dict[str, Any], optimizer: torch.optim.Optimizer, span: int):
-    """The torch scheduler; `span` (its steps) is CosineAnnealingLR's T_max and the default `total_iters`."""
+def inert_reason(kind: str, opts: dict[str, Any], warmup: int, updates: int, used: int, interval: str) -> str | None:
+    """Why part of a schedule never acts within the step's `updates` optimizer updates (a warm-up longer than the
+    step, a StepLR / MultiStepLR that never reaches its first drop: often an epoch count written for per-update
+    stepping), or None. The config is valid; the runner warns, since the lr silently stays where it is."""
+    if warmup > updates:
+        return (f"warmup_steps {warmup} is more than the step's {updates} optimizer updates: the lr never reaches "
+                f"its start value (the last update trains at {updates}/{warmup} of it)")
+    first = {"StepLR": opts.get("step_size"), "MultiStepLR": min(opts.get("milestones") or [0])}.get(kind)
+    if first and first > used:
+        what = "step_size" if kind == "StepLR" else "the first milestone"
+        steps = f"{used} optimizer updates" if interval == "step" else f"{used} epoch ends"
+        return (f"{kind}'s {what} {first} is more than the {steps} after its start that the step trains on "
+                f"(interval: {interval}): the lr never changes")
+    return None
+
+
+def make_scheduler(kind: str, opts: dict[str, Any], optimizer: torch.optim.Optimizer, span: int,
+                   interval: str = "step"):
+    """The torch scheduler; `span` (its steps) is CosineAnnealingLR's T_max and LinearLR's default `total_iters`.
+    ConstantLR's default `total_iters` keeps its factor on every update after the start (per update: span + 1; its
+    factor would end at the step's last update otherwise)."""
     given = {k: v for k, v in opts.items() if v is not None and k not in ("type", *SCHEDULE_PARAMS)}
     kwargs = {**SCHEDULER_PARAMS[kind], **given}
     if kind == "CosineAnnealingLR":
         eta_min = optimizer.param_groups[0]["lr"] * float(kwargs.pop("eta_min_factor"))
         return CosineAnnealingLR(optimizer, T_max=span, eta_min=eta_min)
     if "total_iters" in kwargs and kwargs["total_iters"] is None:
-        kwargs["total_iters"] = span
+        kwargs["total_iters"] = span + 1 if kind == "ConstantLR" and interval == "step" else span
     return getattr(torch.optim.lr_scheduler, kind)(optimizer, **kwargs)

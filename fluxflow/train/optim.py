@@ -78,10 +78,18 @@ def optimizer_step(optimizers: Sequence[torch.optim.Optimizer], finite: torch.Te
     finite = finite & torch.isfinite(total).to(finite.device)
     skipped = (~finite).to(torch.float32)
     for optimizer in optimizers:
-        if optimizer.defaults.get("fused"):
+        if optimizer.defaults.get("fused") and not _uninitialised_on_skip(optimizer):
             optimizer.found_inf = skipped
             optimizer.step()
-        elif bool(finite):  # host sync: only for optimizers without a fused kernel
+        elif bool(finite):  # host sync: only for optimizers without a fused kernel (or before their first update)
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return [norm.detach() for norm in norms], skipped
+
+
+def _uninitialised_on_skip(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether a device-side skip (`found_inf`) of this fused optimizer's next step would leave state the step after
+    uses: fused SGD with momentum allocates its momentum buffers with `empty_like` on its first step and only fills
+    them when the step runs, so a skipped first update left garbage (measured: NaN weights at the next finite
+    update). Its first update is checked on the host instead (one sync, once per step; a resume has its buffers)."""
+    return isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] != 0 and not optimizer.state

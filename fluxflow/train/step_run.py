@@ -300,8 +300,9 @@ class StepRun:
         """Final evaluation, `final.pt` (the last latest.pt, made immutable) and the reference for the next step."""
         pos, step = self.position, self.step
         if self.outcome == "max_epochs_reached":
-            log.warning("Step %s: %s did not drop below %s within max_epochs=%d; moving on (smoothed value %.4g)",
-                        step.name, self.monitor.metric, self.monitor.threshold, self.monitor.max_epochs,
+            then = "the steps after it will not run (on_missed: fail)" if step.on_missed == "fail" else "moving on"
+            log.warning("Step %s: %s did not drop below %s within max_epochs=%d; %s (smoothed value %.4g)",
+                        step.name, self.monitor.metric, self.monitor.threshold, self.monitor.max_epochs, then,
                         self.monitor.smoothed())
         final_metrics = self.report.final_metrics()
         if self.world > 1:

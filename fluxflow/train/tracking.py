@@ -40,7 +40,8 @@ class Progress:
 
     step_index: position of the step in the pipeline (ResolvedStep.index + 1) out of n_steps. epoch: epoch within
     the step out of n_epochs (max_epochs for loss_threshold steps). batch: batches done in this epoch out of
-    n_batches. global_step: optimizer steps since the pipeline began. sec_per_batch: mean over the log interval.
+    n_batches. global_step: batches since the pipeline began (not optimizer updates: fewer with gradient
+    accumulation). sec_per_batch: mean over the log interval.
     """
 
     step_name: str
@@ -80,8 +81,8 @@ def has_console_line(metrics: dict[str, float]) -> bool:
 def console_line(metrics: dict[str, float], progress: Progress, now: datetime | None = None) -> str:
     """The original tool's console line, showing exactly those of `metrics` that have a console label, in the original
     tool's order: `[HH:MM:SS] Step vae_gan (2/4) | Epoch 5/20 | Batch 127/500 | VAE: 0.0234 | KL: 12.45 | ... |
-    3.2s/batch`, and ` | skipped samples: N` at an epoch's end when the data had unreadable items
-    (fluxflow/data/skips.py)."""
+    3.2s/batch`, then ` | skipped updates: N` when N of the interval's updates were skipped as non-finite, and
+    ` | skipped samples: N` at an epoch's end when the data had unreadable items (fluxflow/data/skips.py)."""
     now = now or datetime.now()
     parts = [
         f"[{now:%H:%M:%S}] Step {progress.step_name} ({progress.step_index}/{progress.n_steps})",
@@ -92,6 +93,8 @@ def console_line(metrics: dict[str, float], progress: Progress, now: datetime | 
     parts += [f"{label}: {float(value):.4g}" for label, value in shown]  # 4 significant digits: 0.0234, 12.45
     seconds = progress.sec_per_batch
     parts.append(f"{seconds:.1f}s/batch" if seconds >= 1 else f"{seconds:.2g}s/batch")  # 3.2s/batch, 0.041s/batch
+    if metrics.get("skipped_updates"):  # non-finite updates not applied: training may be standing still
+        parts.append(f"skipped updates: {int(metrics['skipped_updates'])}")
     if metrics.get("skipped_samples"):  # the epoch's last line, when some data was skipped or repaired
         parts.append(f"skipped samples: {int(metrics['skipped_samples'])}")
     return " | ".join(parts)

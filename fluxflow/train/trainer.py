@@ -5,7 +5,8 @@ throughput benchmark all build them here, so what they exercise is what a pipeli
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -27,6 +28,8 @@ from fluxflow.train.speed import runnable_models
 from fluxflow.train.step_models import ema_components, prepare_emas, prepare_models, sampling_models
 from fluxflow.checkpoints.step_state import saved_expander_spade
 
+log = logging.getLogger("fluxflow.train.step_run")  # the step runner's logger: its warnings reach the same handlers
+
 
 @dataclass
 class Trainer:
@@ -43,6 +46,9 @@ class Trainer:
     # train_batch receives the cached posterior means instead of images; with a `text_cache`, captions are looked up.
     cached_latents: bool = False
     text_cache: TextCache | None = None
+    # The lr each group's latest update used (its first parameter group's; the no-decay group has the same lr), for
+    # the log's `lr_<group>`: python floats, read before the schedules step, so logging them costs no host sync.
+    last_lr: dict[str, float] = field(default_factory=dict)
 
     def train_batch(self, images: torch.Tensor, captions: list[str], global_step: int, update: int,
                     window: Window = WHOLE_BATCH) -> dict[str, torch.Tensor]:
@@ -66,6 +72,7 @@ class Trainer:
                 flow_metrics["skipped_updates"] = flow_metrics["skipped_updates"] + metrics["skipped_updates"]
             metrics.update(flow_metrics)
         if window.last:  # the optimizers stepped (or skipped a non-finite update): EMAs and lr schedules follow
+            self.last_lr = {group: opt.param_groups[0]["lr"] for group, opt in self.optimizers.items()}
             for name in self.ema_active:
                 self.emas[name].update(self.models[name])
             for schedule in self.schedulers.values():
@@ -131,6 +138,9 @@ def build_trainer(config, step, state: dict | None, device: torch.device, *, max
     emas = prepare_emas(step, models, state, trained, resuming)
     optimizers, sched_cfg = build_optimizers(step, models, trained)
     schedulers = build_schedulers(sched_cfg, optimizers, max_epochs, updates_per_epoch)
+    for group, schedule in schedulers.items():
+        if schedule.inert and distributed.is_main():
+            log.warning("Step %s: optimization.schedulers.%s: %s", step.name, group, schedule.inert)
     lpips = LPIPSLoss().to(device) if step.use_lpips and step.train_vae else None
     # Speed switches (compile, channels-last, DDP for flow steps): the per-batch steps call these modules.
     runnable = runnable_models(models, step, config.training, device, trained)

@@ -21,7 +21,7 @@ class Recorder:
         self.logged.append((dict(metrics), progress))
 
 
-def report(position: Position, history: dict | None = None, skipped: int = 0) -> StepReport:
+def report(position: Position, history: dict | None = None, skipped: int = 0, lr: dict | None = None) -> StepReport:
     modes_off = {m: False for m in modes.ALL_MODES}
     step = SimpleNamespace(name="vae", index=1, transition_on=Transition(mode="epoch"), unfreeze=[], freeze=[],
                            **(modes_off | {"train_vae": True}))
@@ -30,19 +30,20 @@ def report(position: Position, history: dict | None = None, skipped: int = 0) ->
     data = SimpleNamespace(batches_per_epoch=4, train_set=SimpleNamespace(skipped=skipped))
     monitor = TransitionMonitor(step.transition_on, 2, torch.device("cpu"))
     return StepReport(Recorder(), config=config, step=step, files=files, data=data, monitor=monitor,
-                      position=position, trainer=None, device=torch.device("cpu"), say=print, history=history or {})
+                      position=position, trainer=SimpleNamespace(last_lr=lr or {}), device=torch.device("cpu"),
+                      say=print, history=history or {})
 
 
 def test_a_log_interval_reports_means_at_the_steps_position_and_keeps_them_in_its_history():
     position = Position(start_epoch=0, global_step=6)
     earlier = {"warmup": {"vae_loss": [1.0]}}
-    r = report(position, history=earlier, skipped=2)
+    r = report(position, history=earlier, skipped=2, lr={"vae": 0.25})
     for loss in (3.0, 1.0):
         r.add({"vae_loss": torch.tensor(loss)})
     position.epoch, position.batch = 0, 4  # the epoch's last batch: the line carries skipped_samples
     r.log_interval()
     (metrics, progress), = r.tracker.logged
-    assert metrics == {"vae_loss": 2.0, "skipped_samples": 2.0}
+    assert metrics == {"vae_loss": 2.0, "lr_vae": 0.25, "skipped_samples": 2.0}  # lr: the last update's
     assert (progress.step_name, progress.step_index, progress.n_steps, progress.epoch, progress.n_epochs,
             progress.batch, progress.n_batches, progress.global_step) == ("vae", 2, 3, 1, 2, 4, 4, 6)
     assert r.history == {"warmup": {"vae_loss": [1.0]}, "vae": {"vae_loss": [2.0]}}

@@ -34,6 +34,13 @@ def test_console_line_shows_only_labelled_metrics_in_seed_order_with_four_signif
     assert "skipped" not in line and "G:" not in line and "LPIPS" not in line
 
 
+def test_console_line_says_when_updates_were_skipped():
+    """A run whose every update is skipped (lr far too high: non-finite losses) showed plausible losses and nothing
+    else on the console; the count was only in the JSONL."""
+    line = console_line({"vae_loss": 1.5, "skipped_updates": 3.0, "skipped_samples": 2.0}, PROGRESS)
+    assert line.endswith("| VAE: 1.5 | 3.2s/batch | skipped updates: 3 | skipped samples: 2")
+
+
 def test_console_line_shows_sub_second_batches_readably():
     fast = Progress("flow", 3, 3, 1, 1, 10, 10, 30, sec_per_batch=0.0412)
     assert console_line({"flow_loss": 0.5}, fast).endswith("| Flow: 0.5 | 0.041s/batch")

@@ -2,11 +2,13 @@
 default, per epoch on request; the lr the n-th update uses is as documented, and resume continues it exactly."""
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
 import torch
 
+from fluxflow.checkpoints.io import load_checkpoint, save_checkpoint
 from fluxflow.config.optim import SchedulerConfig
 from fluxflow.train.lr_schedule import build_schedulers
 from fluxflow.train.optim import make_optimizer, optimizer_step
@@ -60,7 +62,25 @@ def test_interval_step_is_the_default_and_cosine_spans_the_steps_optimizer_steps
     schedule = schedule_for(opt, 3, 4, type="CosineAnnealingLR", eta_min_factor=0.0)
     assert schedule.interval == "step"
     used = train(opt, schedule, 4, range(3))
-    assert used == pytest.approx([(1 + math.cos(math.pi * n / 12)) / 2 * LR for n in range(12)], abs=1e-12)
+    # update 1 at the start lr, update 12 (the step's last) at eta_min, as documented (it was cos(11/12 pi): 0.017)
+    assert used == pytest.approx([(1 + math.cos(math.pi * n / 11)) / 2 * LR for n in range(12)], abs=1e-12)
+
+
+@pytest.mark.parametrize("cfg, last", [
+    ({"type": "CosineAnnealingLR", "eta_min_factor": 0.1}, 0.1 * LR),
+    ({"type": "LinearLR", "start_factor": 1.0, "end_factor": 0.1}, 0.1 * LR),
+    ({"type": "ConstantLR", "factor": 0.5}, 0.5 * LR),
+], ids=lambda v: v["type"] if isinstance(v, dict) else "")
+def test_per_update_schedules_end_at_the_last_update_whatever_the_warmup(cfg, last):
+    """warmup_steps 0 and 1 are one schedule (the 1st update trains at 1/1 x the start lr either way); every warm-up
+    ends the schedule at the step's last update, and ConstantLR's factor holds through it (it used to be the full lr
+    there with a warm-up, and warm-up 0 did not reach eta_min / end_factor)."""
+    runs = {}
+    for warmup in (0, 1, 3):
+        opt = optimizer()
+        runs[warmup] = train(opt, schedule_for(opt, 2, 4, warmup_steps=warmup, **cfg), 4, range(2))
+        assert runs[warmup][-1] == pytest.approx(last)
+    assert runs[0] == runs[1]
 
 
 def test_interval_epoch_keeps_per_epoch_stepping():
@@ -98,23 +118,31 @@ def test_plateau_steps_per_epoch_with_the_metric_only():
     {"type": "CosineAnnealingLR", "warmup_steps": 5},
     {"type": "LinearLR", "start_factor": 0.5, "end_factor": 0.1, "warmup_steps": 3},
     {"type": "MultiStepLR", "milestones": [2, 6], "gamma": 0.5, "warmup_steps": 2},
+    {"type": "MultiStepLR", "milestones": [1, 3], "gamma": 0.5, "interval": "epoch"},
     {"type": "StepLR", "step_size": 1, "gamma": 0.7, "interval": "epoch", "warmup_steps": 4},
     {"type": "ConstantLR", "factor": 1.0, "warmup_steps": 7},
-], ids=lambda cfg: cfg["type"])
-def test_a_resumed_schedule_continues_the_exact_lr_sequence(cfg):
+], ids=lambda cfg: cfg["type"] + "-" + cfg.get("interval", "step"))
+def test_a_resumed_schedule_continues_the_exact_lr_sequence(cfg, tmp_path):
     steps_per_epoch, epochs = 3, 4
     opt = optimizer()
     whole = train(opt, schedule_for(opt, epochs, steps_per_epoch, **cfg), steps_per_epoch, range(epochs))
     first = optimizer()
     schedule = schedule_for(first, epochs, steps_per_epoch, **cfg)
     before = train(first, schedule, steps_per_epoch, range(2))
-    saved = {"optimizer": first.state_dict(), "schedule": schedule.state_dict()}
+    saved = through_checkpoint({"optimizer": first.state_dict(), "schedule": schedule.state_dict()}, tmp_path)
     resumed = optimizer()
     again = schedule_for(resumed, epochs, steps_per_epoch, **cfg)
     resumed.load_state_dict(saved["optimizer"])  # in this order, as the runner does
     again.load_state_dict(saved["schedule"])
     after = train(resumed, again, steps_per_epoch, range(2, epochs))
     assert before + after == whole  # bit for bit
+
+
+def through_checkpoint(state: dict, tmp_path) -> dict:
+    """`state` written and read back as latest.pt is (save_checkpoint refuses what a checkpoint may not hold:
+    MultiStepLR's milestones, a Counter, made every MultiStepLR step fail at its first checkpoint save)."""
+    save_checkpoint(state, tmp_path / "latest.pt")
+    return load_checkpoint(tmp_path / "latest.pt")
 
 
 def test_linear_warmup_ramps_to_the_start_lr_of_linear_lr():
@@ -129,3 +157,30 @@ def test_without_steps_per_epoch_every_schedule_steps_per_epoch_without_warmup()
     schedule = schedule_for(opt, 2, None, type="CosineAnnealingLR", eta_min_factor=0.0, warmup_steps=10)
     assert (schedule.interval, schedule.warmup_steps) == ("epoch", 0)
     assert train(opt, schedule, 3, range(2)) == pytest.approx([LR] * 3 + [LR / 2] * 3)
+
+
+@pytest.mark.parametrize("cfg, inert", [
+    ({"type": "CosineAnnealingLR", "warmup_steps": 9}, "warmup_steps 9 is more than the step's 8 optimizer updates"),
+    ({"type": "StepLR", "step_size": 8}, "StepLR's step_size 8 is more than the 7 optimizer updates"),
+    ({"type": "StepLR", "step_size": 7}, None),  # the 8th update trains at gamma x lr
+    ({"type": "MultiStepLR", "milestones": [3, 9], "warmup_steps": 6}, "the first milestone 3 is more than the 2"),
+    ({"type": "MultiStepLR", "milestones": [3, 9], "warmup_steps": 5}, None),  # the 8th update drops
+    ({"type": "StepLR", "step_size": 2, "interval": "epoch"}, "is more than the 1 epoch ends"),
+    ({"type": "StepLR", "step_size": 1, "interval": "epoch"}, None),
+    ({"type": "CosineAnnealingLR", "warmup_steps": 8}, None),
+], ids=str)
+def test_a_schedule_that_never_acts_in_the_step_says_why(cfg, inert):
+    """A StepLR step_size or warm-up longer than the step was accepted and silently left the lr where it was."""
+    opt = optimizer()
+    schedule = schedule_for(opt, 2, 4, **cfg)
+    assert (schedule.inert is None) if inert is None else inert in schedule.inert
+
+
+def test_the_trainer_warns_about_a_schedule_that_never_acts(caplog):
+    from helpers_tiny import step_context
+
+    with caplog.at_level(logging.WARNING, logger="fluxflow.train.step_run"):
+        step_context({"train_vae": True, "optimization": {"schedulers": {"vae": {"type": "StepLR", "step_size": 5,
+                                                                                  "interval": "epoch"}}}})
+    assert any(r.getMessage().startswith("Step s: optimization.schedulers.vae: StepLR's step_size 5")
+               for r in caplog.records)

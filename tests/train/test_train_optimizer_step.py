@@ -78,6 +78,23 @@ def test_a_skipped_fused_adamw_update_leaves_its_state_as_if_it_never_happened()
     assert torch.equal(w.detach(), w_ref.detach())
 
 
+@pytest.mark.parametrize("kind, params", [("SGD", {"momentum": 0.9}), ("SGD", {"momentum": 0.9, "nesterov": True}),
+                                           ("SGD", {}), ("Adam", {}), ("RMSprop", {"momentum": 0.9})])
+def test_a_skipped_first_update_leaves_no_trace_in_the_next_one(kind, params):
+    """Fused SGD with momentum allocated its momentum buffers uninitialised on a skipped first step and used them
+    on the next: one non-finite first batch (lr 1e6 style) made every weight NaN at the next, finite, update."""
+    w, optimizer = weights_and_optimizer(kind, **params)
+    w_ref, reference = weights_and_optimizer(kind, **params)
+    backward(w, 1.0)
+    w.grad[0] = float("inf")
+    (_,), skipped = optimizer_step([optimizer], torch.tensor(True), 1.0)
+    assert float(skipped) == 1.0
+    for weights, opt in ((w, optimizer), (w_ref, reference)):
+        for _ in range(2):
+            optimizer_step([opt], backward(weights, 1.0), 1.0)
+    assert torch.equal(w.detach(), w_ref.detach())
+
+
 def test_a_non_finite_loss_is_skipped_as_before_with_the_old_call():
     """optimizer_step(optimizers, finite): no clipping argument, same skipping."""
     w, optimizer = weights_and_optimizer("AdamW")

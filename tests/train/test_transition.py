@@ -112,14 +112,17 @@ def test_loss_threshold_missed_moves_on_at_max_epochs_with_a_warning(tmp_path, c
     assert second.result.trained  # on_missed: continue (the default)
 
 
-def test_loss_threshold_missed_with_on_missed_fail_stops_its_subtree_and_fails_the_pipeline(tmp_path):
+def test_loss_threshold_missed_with_on_missed_fail_stops_its_subtree_and_fails_the_pipeline(tmp_path, caplog):
     steps = [{"name": "base", "n_epochs": 1, "max_steps": 1, "train_vae": True},
              threshold_step("warm", "vae_loss", 1e-9, max_epochs=1, on_missed="fail"),
              {"name": "next", "n_epochs": 1, "max_steps": 1, "train_vae": True},
              {"name": "other", "after": "base", "n_epochs": 1, "max_steps": 1, "train_vae": True}]
     out = tmp_path / "out"
-    with pytest.raises(RuntimeError, match=r"^Step warm: vae_loss did not fall below 1e-09 within 1 epochs"):
+    with caplog.at_level(logging.WARNING), \
+            pytest.raises(RuntimeError, match=r"^Step warm: vae_loss did not fall below 1e-09 within 1 epochs"):
         run_pipeline(tiny_config(out, steps, no_samples=True))
+    warned = [r.getMessage() for r in caplog.records if "max_epochs=1" in r.getMessage()]
+    assert warned and all("moving on" not in line and "on_missed: fail" in line for line in warned)  # said 'moving on'
     assert (out / "checkpoints" / "warm" / "final.pt").exists()  # the step's work is kept
     assert not (out / "checkpoints" / "next").exists()  # its subtree never started
     assert (out / "checkpoints" / "other" / "final.pt").exists()  # the sibling branch ran (the flow's rule)

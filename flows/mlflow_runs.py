@@ -78,6 +78,15 @@ def flatten_params(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def step_context_params(config, step) -> dict[str, str]:
+    """The values a step's weights depend on besides its own resolved fields, as its run's params: the model's
+    (`model.vae_dim`, ...) and its dataset's (`dataset.size`, ...). Its step key covers both (a change trains it again
+    in a fresh run), so these params never change within a run; without them two pipelines that differ only in
+    `--set model.X=...` or their dataset look the same in the MLflow UI and in `fluxflow-compare`."""
+    return {**flatten_params(config.model.model_dump(mode="json"), "model."),
+            **flatten_params(config.dataset_for(step).model_dump(mode="json"), "dataset.")}
+
+
 def find_runs(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> list:
     """Runs carrying all the given tags, newest first."""
     return list(client.search_runs([experiment_id], filter_string=tags_filter(tags),

@@ -61,11 +61,14 @@ class StepRunRecorder:
     """One step's nested run: opened (or reopened), fed metric points, samples and artifacts, then closed."""
 
     def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str, output_dir: str, session: str,
-                 experiment_name: str = "", tags: dict[str, str] | None = None):
+                 experiment_name: str = "", tags: dict[str, str] | None = None,
+                 params: dict[str, str] | None = None):
         self.client, self.experiment_id, self.parent_run_id = client, experiment_id, parent_run_id
         self.output_dir, self.session, self.experiment_name = output_dir, session, experiment_name
         # Tags, not params: a step resumed on another node changes them, and MLflow params cannot change.
         self.extra_tags = dict(tags or {})
+        # Params beyond the step's own fields (the model's and the dataset's: mlflow_runs.step_context_params).
+        self.extra_params = dict(params or {})
         self.run_id: str | None = None
         self.step = None
         self.step_key = ""
@@ -87,7 +90,7 @@ class StepRunRecorder:
         """A fresh run for the step, with its resolved config as params."""
         self.run_id = self.client.create_run(self.experiment_id, tags=self._tags(), run_name=self.step.name).info.run_id
         self.last_step = {}
-        params = flatten_params(self.step.model_dump(mode="json"))
+        params = {**self.extra_params, **flatten_params(self.step.model_dump(mode="json"))}
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
 
     def _find_pipeline(self) -> None:

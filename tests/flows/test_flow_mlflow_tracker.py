@@ -97,6 +97,24 @@ def test_a_step_is_a_nested_run_with_its_resolved_config_and_metrics_at_the_glob
     assert [a.path for a in client.list_artifacts(t.run_id)] == ["checkpoint_ref.json"]
 
 
+def test_a_step_run_from_the_task_has_the_model_and_dataset_values_as_params(setup, tmp_path):
+    """`--set model.vae_dim=...` or another dataset changes the step key (it trains again) but no field of the step:
+    without these params two such pipelines show the same params in the MLflow UI and `fluxflow-compare`."""
+    from flows.mlflow_runs import TrackingTarget
+    from flows.step_task import make_tracker
+
+    client, experiment, parent, out, _ = setup
+    config = load_config(tiny_raw(out, STEPS)).config
+    target = TrackingTarget(client.tracking_uri, experiment, parent, "s1", "out")
+    _, t = make_tracker(config, target, step_name="gan")
+    t.step_started(config.step("gan"), "key-gan", 2, resumed=False)
+    assert t.flush()
+    params = client.get_run(t.run_id).data.params
+    assert params["model.vae_dim"] == str(config.model.vae_dim)
+    assert params["dataset.type"] == "shapes" and params["dataset.size"] == "32"
+    assert params["gan_training"] == "True" and params["dataset"] == "shapes"  # the step's own fields stay
+
+
 def test_images_go_under_samples(setup, tmp_path):
     client, _, _, _, steps = setup
     image = tmp_path / "warm_001_001_abc123-nr_o.webp"

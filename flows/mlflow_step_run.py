@@ -32,8 +32,8 @@ from mlflow.tracking import MlflowClient
 
 from flows.mlflow_names import (FINAL_PREFIX, PARENT_RUN_ID, TAG_CHECKPOINT_SHA256, TAG_CHECKPOINT_URI, TAG_EPOCHS_DONE,
                                  TAG_GLOBAL_STEP, TAG_KIND, TAG_OUTCOME, TAG_OUTPUT_DIR, TAG_PARENT_STEP,
-                                 TAG_RESUMED_FROM, TAG_SESSION, TAG_STEP_KEY, TAG_STEP_NAME)
-from flows.mlflow_runs import experiment_id_for, find_step_runs, flatten_params, open_pipeline_run
+                                 TAG_RESUMED_FROM, TAG_SESSION, TAG_STEP_KEY, TAG_STEP_NAME, TAG_SUPERSEDED_BY)
+from flows.mlflow_runs import experiment_id_for, find_runs, find_step_runs, flatten_params, open_pipeline_run
 from fluxflow.output_layout import metrics_file, samples_dir
 from fluxflow.storage.location import local_root
 
@@ -82,9 +82,11 @@ class StepRunRecorder:
             self.run_id = newest.info.run_id
             self.client.update_run(self.run_id, status="RUNNING")
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self._tags().items()])
+            self._supersede_others()
             self.sync_from_files()
             return
         self._create()
+        self._supersede_others()
 
     def _create(self) -> None:
         """A fresh run for the step, with its resolved config as params."""
@@ -92,6 +94,20 @@ class StepRunRecorder:
         self.last_step = {}
         params = {**self.extra_params, **flatten_params(self.step.model_dump(mode="json"))}
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
+
+    def _supersede_others(self) -> None:
+        """Tag the step's other runs in this output directory (trained before its config changed, or before its
+        files were wiped) `fluxflow.superseded_by` this run, and untag this one (a config changed back reuses its
+        older files and run): in the MLflow UI two runs of one step under one pipeline run are otherwise told apart
+        only by their step key tags, with nothing saying which one the pipeline's outputs hold."""
+        runs = find_runs(self.client, self.experiment_id, {TAG_KIND: "step", TAG_OUTPUT_DIR: self.output_dir,
+                                                           TAG_STEP_NAME: self.step.name})
+        for run in runs:
+            if run.info.run_id == self.run_id:
+                if TAG_SUPERSEDED_BY in run.data.tags:
+                    self.client.delete_tag(self.run_id, TAG_SUPERSEDED_BY)
+            elif run.data.tags.get(TAG_SUPERSEDED_BY) != self.run_id:
+                self.client.set_tag(run.info.run_id, TAG_SUPERSEDED_BY, self.run_id)
 
     def _find_pipeline(self) -> None:
         """The experiment and the pipeline's run, where the flow could not tell them (MLflow down at its start)."""
@@ -155,10 +171,12 @@ class StepRunRecorder:
         found = self._runs_of_step(step, ref.step_key)
         if found:
             self.run_id = found[0].info.run_id
+            self._supersede_others()
             if found[0].info.status == "FINISHED":
                 return
         else:
             self._create()
+            self._supersede_others()
         self.sync_from_files()
         self.log_artifact(self.metrics_file())
         self.finish(ref, result)

@@ -115,6 +115,31 @@ def test_a_step_run_from_the_task_has_the_model_and_dataset_values_as_params(set
     assert params["gan_training"] == "True" and params["dataset"] == "shapes"  # the step's own fields stay
 
 
+def test_the_older_runs_of_a_step_whose_config_changed_say_which_run_replaced_them(setup):
+    """Two FINISHED `warm` runs under one pipeline run, one per config: the UI must tell which one is current."""
+    from flows.mlflow_names import CURRENT_RUNS_FILTER, TAG_SUPERSEDED_BY
+
+    client, experiment, _, _, steps = setup
+    first = tracker(setup, session="s1")
+    first.step_started(steps[0], "key-a", 2, resumed=False)
+    finish(first, "warm", "key-a", 2)
+    second = tracker(setup, session="s2")  # the config changed: a new step key, a new run
+    second.step_started(steps[0], "key-b", 2, resumed=False)
+    finish(second, "warm", "key-b", 2)
+    assert first.run_id != second.run_id
+    assert client.get_run(first.run_id).data.tags[TAG_SUPERSEDED_BY] == second.run_id
+    assert TAG_SUPERSEDED_BY not in client.get_run(second.run_id).data.tags
+    current = client.search_runs([experiment], f"tags.`fluxflow.kind` = 'step' and {CURRENT_RUNS_FILTER}")
+    assert [r.info.run_id for r in current] == [second.run_id]
+
+    back = tracker(setup, session="s3")  # changed back: the runner reuses the first config's files, skipping the step
+    ref = CheckpointRef("/ckpt/warm/final.pt", "0" * 64, "warm", "key-a", 2, 1)
+    back.step_skipped(steps[0], ref, StepResult("warm", "epochs_done", 1, {}, trained=False))
+    assert back.flush() and back.run_id == first.run_id
+    assert TAG_SUPERSEDED_BY not in client.get_run(first.run_id).data.tags
+    assert client.get_run(second.run_id).data.tags[TAG_SUPERSEDED_BY] == first.run_id
+
+
 def test_images_go_under_samples(setup, tmp_path):
     client, _, _, _, steps = setup
     image = tmp_path / "warm_001_001_abc123-nr_o.webp"

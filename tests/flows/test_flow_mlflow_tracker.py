@@ -185,6 +185,23 @@ def test_a_skipped_step_that_no_run_recorded_gets_one_from_its_files(setup):
     assert run.data.metrics["final/vae_loss"] == 1 / 3
 
 
+def test_a_run_recorded_from_files_gets_only_the_samples_of_its_own_step_key(setup):
+    """The samples folder keeps the images of a step's earlier configuration (another key's hash in the name): a run
+    made or completed from the files must not show them as its own."""
+    client, _, _, out, steps = setup
+    samples = Path(out) / "samples"
+    samples.mkdir(parents=True)
+    for name in ("warm_001_001_00001_aaaaaa-original.webp", "warm_001_001_aaaaaa_ns_o.webp",
+                 "warm_001_001_bbbbbb-original.webp", "warm_001_001_00001_bbbbbb-nr_o.webp"):
+        (samples / name).write_bytes(b"RIFF0000WEBP")
+    t = tracker(setup, session="s2")
+    ref = CheckpointRef("/ckpt/warm/final.pt", "0" * 64, "warm", "aaaaaa0123456789", 3, 1)
+    t.step_skipped(steps[0], ref, StepResult("warm", "epochs_done", 1, {}, trained=False))
+    assert t.flush()
+    listed = sorted(a.path for a in client.list_artifacts(t.run_id, "samples"))
+    assert listed == ["samples/warm_001_001_00001_aaaaaa-original.webp", "samples/warm_001_001_aaaaaa_ns_o.webp"]
+
+
 @pytest.mark.parametrize("resumed, session, first_status, same_run", [
     (True, "s2", "FAILED", True),  # resumed from latest.pt in a later flow run: continue the run
     (False, "s1", "FAILED", True),  # retried within the same flow run (even from scratch): continue the run
@@ -231,8 +248,9 @@ def test_a_step_run_on_torchrun_ranks_is_recorded_from_the_files_rank_0_wrote(se
         (Path(out) / "samples" / name).write_bytes(b"RIFF0000WEBP")
 
     t = tracker(setup)
-    ref = CheckpointRef(f"{out}/checkpoints/gan/final.pt", "0" * 64, "gan", "key-gan", 5, 2)
-    t.record_from_files(gan, "key-gan", ref, StepResult("gan", "epochs_done", 1, {"vae_loss": 0.5}))
+    key = "abc1230123456789"  # a sample's name holds the first 6 characters of its step's key
+    ref = CheckpointRef(f"{out}/checkpoints/gan/final.pt", "0" * 64, "gan", key, 5, 2)
+    t.record_from_files(gan, key, ref, StepResult("gan", "epochs_done", 1, {"vae_loss": 0.5}))
     assert t.flush()
     assert [(m.step, m.value) for m in client.get_metric_history(t.run_id, "vae_loss")] == [(4, 1.0), (5, 0.5)]
     assert [a.path for a in client.list_artifacts(t.run_id, "samples")] == ["samples/gan_002_001_abc123-nr_o.webp"]

@@ -57,6 +57,16 @@ def file_points(path: Path) -> list[Metric]:
     return points
 
 
+def resume_point(result: StepResult) -> str:
+    """Where the step's last run resumed it, as the console's "Resuming from checkpoint" line says it (1-based epoch,
+    batches done in it): "epoch 1, batch 14"; "" when it trained from its start. (StepResult holds the 0-based epoch,
+    whose tuple, "(0, 14)", read as another epoch than the console's.)"""
+    if result.resumed_from is None:
+        return ""
+    epoch, batch = result.resumed_from
+    return f"epoch {epoch + 1}, batch {batch}"
+
+
 class StepRunRecorder:
     """One step's nested run: opened (or reopened), fed metric points, samples and artifacts, then closed."""
 
@@ -154,7 +164,7 @@ class StepRunRecorder:
             TAG_GLOBAL_STEP: ref.global_step,
             TAG_CHECKPOINT_URI: ref.uri,
             TAG_CHECKPOINT_SHA256: ref.sha256,
-            TAG_RESUMED_FROM: result.resumed_from,
+            TAG_RESUMED_FROM: resume_point(result),
         }
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         self.client.log_dict(self.run_id, {"ref": ref.to_dict(), "result": result.to_dict()}, "checkpoint_ref.json")

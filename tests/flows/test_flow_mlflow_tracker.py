@@ -140,6 +140,18 @@ def test_the_older_runs_of_a_step_whose_config_changed_say_which_run_replaced_th
     assert client.get_run(second.run_id).data.tags[TAG_SUPERSEDED_BY] == first.run_id
 
 
+def test_the_resume_point_tag_reads_as_the_console_line_says_it(setup):
+    """Console: "Resuming from checkpoint: ... epoch=1, batch=14"; StepResult holds (0, 14) (0-based epoch)."""
+    client, _, _, _, steps = setup
+    for session, resumed_from, expected in (("s1", None, ""), ("s2", (0, 14), "epoch 1, batch 14")):
+        t = tracker(setup, session=session)
+        t.step_started(steps[0], "key-warm", 2, resumed=resumed_from is not None)
+        ref = CheckpointRef("/ckpt/warm/final.pt", "0" * 64, "warm", "key-warm", 3, 1)
+        t.step_finished(ref, StepResult("warm", "epochs_done", 1, {}, resumed_from=resumed_from))
+        assert t.flush()
+        assert client.get_run(t.run_id).data.tags["fluxflow.resumed_from"] == expected
+
+
 def test_images_go_under_samples(setup, tmp_path):
     client, _, _, _, steps = setup
     image = tmp_path / "warm_001_001_abc123-nr_o.webp"

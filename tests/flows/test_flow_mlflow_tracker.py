@@ -71,6 +71,16 @@ def test_flatten_params_gives_dotted_keys_and_string_values():
     assert flat == {"lr": "0.0001", "optimization.optimizers.vae.betas": "[0.9, 0.99]", "x": "None"}
 
 
+def test_a_param_longer_than_mlflow_keeps_is_shortened_so_that_two_values_stay_apart():
+    """MLflow cuts a param after 6000 characters without a word: two shard lists sharing their first 6000 characters
+    would look equal, and the kept part is not JSON."""
+    urls = [f"s3://bucket/train/shard-{i:06d}.tar" for i in range(400)]
+    one, other = (flatten_params({"dataset": {"urls": u}})["dataset.urls"] for u in (urls, urls[:-1]))
+    assert len(one) < 6000 and len(other) < 6000 and one != other
+    assert one.startswith('["s3://bucket/train/shard-000000.tar"') and "sha256" in one
+    assert flatten_params({"urls": urls[:3]})["urls"] == json.dumps(urls[:3])  # short values stay as they are
+
+
 def test_a_step_is_a_nested_run_with_its_resolved_config_and_metrics_at_the_global_step(setup):
     client, experiment, parent, _, steps = setup
     t = tracker(setup)

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from mlflow.tracking import MlflowClient
 
 from flows.mlflow_names import (FINAL_PREFIX, PARENT_RUN_ID, TAG_KIND, TAG_OUTPUT_DIR, TAG_PARENT_STEP,
-                                TAG_STEP_NAME, TAG_STEPS)
+                                TAG_STEP_NAME, TAG_STEPS, TAG_SUPERSEDED_BY)
 from flows.mlflow_runs import find_runs
 from flows.hypotheses import Difference, HypothesisSummary, summarize
 
@@ -55,7 +55,10 @@ def leaf_step_runs(client: MlflowClient, experiment_id: str) -> list:
     # before training.replicates was added) is none of its hypotheses; its old run was counted as one more replicate.
     current = {run.info.run_id: set(run.data.tags[TAG_STEPS].split(","))
                for run in find_runs(client, experiment_id, {TAG_KIND: "pipeline"}) if run.data.tags.get(TAG_STEPS)}
-    runs = [run for run in find_runs(client, experiment_id, {TAG_KIND: "step"}) if _of_latest_config(run, current)]
+    # A run superseded by another of its step (flows/mlflow_step_run.py) is never the one in place, even when newer:
+    # a config changed and then changed back (A, B, A) brings A's files and run back, and B's run started last.
+    runs = [run for run in find_runs(client, experiment_id, {TAG_KIND: "step"})
+            if _of_latest_config(run, current) and TAG_SUPERSEDED_BY not in run.data.tags]
     newest: dict[tuple[str, str], object] = {}
     for run in runs:
         key = (run.data.tags.get(PARENT_RUN_ID, ""), run.data.tags.get(TAG_STEP_NAME, run.info.run_name))

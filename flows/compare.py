@@ -23,9 +23,10 @@ from pathlib import Path, PurePosixPath
 from mlflow.tracking import MlflowClient
 
 from flows.mlflow_names import (FINAL_PREFIX, PARENT_RUN_ID, TAG_KIND, TAG_OUTPUT_DIR, TAG_PARENT_STEP,
-                                TAG_STEP_NAME, TAG_STEPS)
-from flows.mlflow_runs import find_runs
+                                TAG_STEP_NAME, TAG_STEPS, TAG_SUPERSEDED_BY)
+from flows.mlflow_runs import find_runs, flatten_params
 from flows.hypotheses import Difference, HypothesisSummary, summarize
+from fluxflow.config.dag import leaf_names
 
 
 # A step's position, name and hypothesis label are its identity (the column labels), not part of the hypothesis.
@@ -55,7 +56,10 @@ def leaf_step_runs(client: MlflowClient, experiment_id: str) -> list:
     # before training.replicates was added) is none of its hypotheses; its old run was counted as one more replicate.
     current = {run.info.run_id: set(run.data.tags[TAG_STEPS].split(","))
                for run in find_runs(client, experiment_id, {TAG_KIND: "pipeline"}) if run.data.tags.get(TAG_STEPS)}
-    runs = [run for run in find_runs(client, experiment_id, {TAG_KIND: "step"}) if _of_latest_config(run, current)]
+    # A run superseded by another of its step (flows/mlflow_step_run.py) is never the one in place, even when newer:
+    # a config changed and then changed back (A, B, A) brings A's files and run back, and B's run started last.
+    runs = [run for run in find_runs(client, experiment_id, {TAG_KIND: "step"})
+            if _of_latest_config(run, current) and TAG_SUPERSEDED_BY not in run.data.tags]
     newest: dict[tuple[str, str], object] = {}
     for run in runs:
         key = (run.data.tags.get(PARENT_RUN_ID, ""), run.data.tags.get(TAG_STEP_NAME, run.info.run_name))
@@ -132,8 +136,35 @@ def hypothesis_params(group: list) -> dict[str, str]:
     """The params of a hypothesis' counted replicates: their value, or for one that varies between them (the seed),
     their values in order, "0, 1, 2". One replicate's params made its seed a difference between hypotheses whose
     first counted replicates had different seeds (one left out)."""
-    keys = dict.fromkeys(key for run in group for key in run.data.params)
-    return {key: ", ".join(dict.fromkeys(run.data.params.get(key, MISSING) for run in group)) for key in keys}
+    return joined_params([run.data.params for run in group])
+
+
+def joined_params(replicates: list[dict[str, str]]) -> dict[str, str]:
+    """One hypothesis' params from its replicates' (in order): a value, or the values that vary, "0, 1, 2"."""
+    keys = dict.fromkeys(key for params in replicates for key in params)
+    return {key: ", ".join(dict.fromkeys(params.get(key, MISSING) for params in replicates)) for key in keys}
+
+
+def pipeline_summary(steps: list, finished: dict[str, dict[str, float]]) -> HypothesisSummary | None:
+    """The summary of one pipeline's own leaf steps, for its MLflow run (hypotheses.txt, hypotheses.json): per
+    hypothesis the final metrics of its `finished` replicates (step name -> final metrics), and, as this module's
+    tables have them, the resolved values that tell the hypotheses apart (without them the file did not say which
+    config a column was). None when no leaf step finished."""
+    leaves = set(leaf_names(steps))
+    groups: dict[str, list[str]] = {}
+    for step in steps:
+        if step.name in leaves and step.name in finished:
+            groups.setdefault(step.hypothesis, []).append(step.name)
+    if not groups:
+        return None
+    summary = summarize(groups, {h: [finished[name] for name in names] for h, names in groups.items()})
+    by_name = {step.name: step for step in steps}
+    configs = [joined_params([flatten_params(by_name[name].model_dump(mode="json")) for name in names])
+               for names in groups.values()]
+    comparison = Comparison(labels=list(groups))
+    fill_comparison(comparison, configs, [], IDENTITY_PARAMS)
+    summary.config = comparison.config
+    return summary
 
 
 def untested_if_unfinished(difference: Difference, unfinished: set[str]) -> Difference:

@@ -130,13 +130,14 @@ class HypothesisSummary:
     replicates: dict[str, list[str]]
     spreads: dict[str, dict[str, Spread]] = field(default_factory=dict)  # metric -> hypothesis -> spread
     differences: list[Difference] = field(default_factory=list)
+    config: dict[str, list[str]] = field(default_factory=dict)  # a differing value -> one cell per hypothesis
 
     def to_dict(self) -> dict:
         """For JSON: a value that is not finite is null (a bare NaN is not JSON; jq and JSON.parse refuse it)."""
         return {"test": TEST, "confidence": CONFIDENCE, "replicates": self.replicates,
                 "metrics": {m: {h: _finite_or_null(asdict(s)) for h, s in by_h.items()}
                             for m, by_h in self.spreads.items()},
-                "differences": [_finite_or_null(asdict(d)) for d in self.differences]}
+                "differences": [_finite_or_null(asdict(d)) for d in self.differences], "config": self.config}
 
     def metric_rows(self) -> list[list[str]]:
         """The replicate counts, then per metric a cell per hypothesis: the value, or with several replicates
@@ -170,7 +171,8 @@ class HypothesisSummary:
         """The whole summary as text tables (the pipeline's MLflow run keeps it as hypotheses.txt)."""
         from flows.text_table import plain_table
 
-        parts = [plain_table([["", *self.replicates], *self.metric_rows()])]
+        config = [[f"config: {key}", *values] for key, values in self.config.items()]
+        parts = [plain_table([["", *self.replicates], *config, *self.metric_rows()])]
         if self.differences:
             parts.append(plain_table(self.difference_rows()))
         return "\n\n".join([*parts, self.note()]) + "\n"

@@ -22,6 +22,7 @@ TAG_EPOCHS_DONE = "fluxflow.epochs_done"
 TAG_GLOBAL_STEP = "fluxflow.global_step"
 TAG_CHECKPOINT_URI = "fluxflow.checkpoint_uri"  # on step runs and on registered versions
 TAG_RESUMED_FROM = "fluxflow.resumed_from"
+TAG_SUPERSEDED_BY = "fluxflow.superseded_by"  # on the older runs of a step (its config changed): the run replacing them
 TAG_RAY_NODE = "fluxflow.ray_node_id"  # where the step trained (the Ray executor only): tags, since a resumed step
 TAG_HOSTNAME = "fluxflow.hostname"  # may train on another node than it started on
 TAG_DECISION_OF_RUN = "fluxflow.promotion"  # on the pipeline's run: one line per promotion decision
@@ -37,6 +38,10 @@ TAG_PROMOTION = "fluxflow.promotion."  # + decision, reason, metric, value, cham
 # Tags of the pipeline's MLflow run that every version of it carries too.
 LINEAGE_TAGS = ("prefect.flow_run_id", "prefect.flow_run_name", "prefect.flow_run_url", TAG_CONFIG_HASH,
                 TAG_OUTPUT_DIR)
+
+
+# The runs a pipeline's latest config trains: what the MLflow UI's run table shows with this filter.
+CURRENT_RUNS_FILTER = f"tags.`{TAG_SUPERSEDED_BY}` IS NULL"
 
 
 def quoted(value: str) -> str:

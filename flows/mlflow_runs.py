@@ -9,6 +9,7 @@ answers (`PipelineRun`, flows/tracking_queue.py), and whoever needs its ids befo
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -18,6 +19,7 @@ from flows import env  # noqa: F401  (must precede mlflow)
 
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from flows.credentials import no_answer
 from flows.mlflow_names import TAG_KIND, TAG_OUTPUT_DIR, TAG_STEP_KEY, TAG_STEP_NAME, tags_filter
@@ -74,8 +76,27 @@ def flatten_params(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
         if isinstance(value, dict) and value:
             flat.update(flatten_params(value, prefix=f"{name}."))
         else:
-            flat[name] = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+            flat[name] = param_value(json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value))
     return flat
+
+
+def param_value(text: str) -> str:
+    """`text`, or for one longer than MLflow keeps (6000 characters: it cuts the rest off silently, leaving e.g.
+    a webdataset's list of shard URLs as broken JSON that two different lists can share) its start, its length and
+    its sha256, so that two different values stay different; the whole value is in the pipeline run's config.json."""
+    if len(text) <= MAX_PARAM_VAL_LENGTH:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return f"{text[:200]}... ({len(text)} characters, sha256 {digest}; whole in the pipeline run's config.json)"
+
+
+def step_context_params(config, step) -> dict[str, str]:
+    """The values a step's weights depend on besides its own resolved fields, as its run's params: the model's
+    (`model.vae_dim`, ...) and its dataset's (`dataset.size`, ...). Its step key covers both (a change trains it again
+    in a fresh run), so these params never change within a run; without them two pipelines that differ only in
+    `--set model.X=...` or their dataset look the same in the MLflow UI and in `fluxflow-compare`."""
+    return {**flatten_params(config.model.model_dump(mode="json"), "model."),
+            **flatten_params(config.dataset_for(step).model_dump(mode="json"), "dataset.")}
 
 
 def find_runs(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> list:

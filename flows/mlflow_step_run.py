@@ -32,8 +32,8 @@ from mlflow.tracking import MlflowClient
 
 from flows.mlflow_names import (FINAL_PREFIX, PARENT_RUN_ID, TAG_CHECKPOINT_SHA256, TAG_CHECKPOINT_URI, TAG_EPOCHS_DONE,
                                  TAG_GLOBAL_STEP, TAG_KIND, TAG_OUTCOME, TAG_OUTPUT_DIR, TAG_PARENT_STEP,
-                                 TAG_RESUMED_FROM, TAG_SESSION, TAG_STEP_KEY, TAG_STEP_NAME)
-from flows.mlflow_runs import experiment_id_for, find_step_runs, flatten_params, open_pipeline_run
+                                 TAG_RESUMED_FROM, TAG_SESSION, TAG_STEP_KEY, TAG_STEP_NAME, TAG_SUPERSEDED_BY)
+from flows.mlflow_runs import experiment_id_for, find_runs, find_step_runs, flatten_params, open_pipeline_run
 from fluxflow.output_layout import metrics_file, samples_dir
 from fluxflow.storage.location import local_root
 
@@ -57,15 +57,28 @@ def file_points(path: Path) -> list[Metric]:
     return points
 
 
+def resume_point(result: StepResult) -> str:
+    """Where the step's last run resumed it, as the console's "Resuming from checkpoint" line says it (1-based epoch,
+    batches done in it): "epoch 1, batch 14"; "" when it trained from its start. (StepResult holds the 0-based epoch,
+    whose tuple, "(0, 14)", read as another epoch than the console's.)"""
+    if result.resumed_from is None:
+        return ""
+    epoch, batch = result.resumed_from
+    return f"epoch {epoch + 1}, batch {batch}"
+
+
 class StepRunRecorder:
     """One step's nested run: opened (or reopened), fed metric points, samples and artifacts, then closed."""
 
     def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str, output_dir: str, session: str,
-                 experiment_name: str = "", tags: dict[str, str] | None = None):
+                 experiment_name: str = "", tags: dict[str, str] | None = None,
+                 params: dict[str, str] | None = None):
         self.client, self.experiment_id, self.parent_run_id = client, experiment_id, parent_run_id
         self.output_dir, self.session, self.experiment_name = output_dir, session, experiment_name
         # Tags, not params: a step resumed on another node changes them, and MLflow params cannot change.
         self.extra_tags = dict(tags or {})
+        # Params beyond the step's own fields (the model's and the dataset's: mlflow_runs.step_context_params).
+        self.extra_params = dict(params or {})
         self.run_id: str | None = None
         self.step = None
         self.step_key = ""
@@ -79,16 +92,32 @@ class StepRunRecorder:
             self.run_id = newest.info.run_id
             self.client.update_run(self.run_id, status="RUNNING")
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self._tags().items()])
+            self._supersede_others()
             self.sync_from_files()
             return
         self._create()
+        self._supersede_others()
 
     def _create(self) -> None:
         """A fresh run for the step, with its resolved config as params."""
         self.run_id = self.client.create_run(self.experiment_id, tags=self._tags(), run_name=self.step.name).info.run_id
         self.last_step = {}
-        params = flatten_params(self.step.model_dump(mode="json"))
+        params = {**self.extra_params, **flatten_params(self.step.model_dump(mode="json"))}
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
+
+    def _supersede_others(self) -> None:
+        """Tag the step's other runs in this output directory (trained before its config changed, or before its
+        files were wiped) `fluxflow.superseded_by` this run, and untag this one (a config changed back reuses its
+        older files and run): in the MLflow UI two runs of one step under one pipeline run are otherwise told apart
+        only by their step key tags, with nothing saying which one the pipeline's outputs hold."""
+        runs = find_runs(self.client, self.experiment_id, {TAG_KIND: "step", TAG_OUTPUT_DIR: self.output_dir,
+                                                           TAG_STEP_NAME: self.step.name})
+        for run in runs:
+            if run.info.run_id == self.run_id:
+                if TAG_SUPERSEDED_BY in run.data.tags:
+                    self.client.delete_tag(self.run_id, TAG_SUPERSEDED_BY)
+            elif run.data.tags.get(TAG_SUPERSEDED_BY) != self.run_id:
+                self.client.set_tag(run.info.run_id, TAG_SUPERSEDED_BY, self.run_id)
 
     def _find_pipeline(self) -> None:
         """The experiment and the pipeline's run, where the flow could not tell them (MLflow down at its start)."""
@@ -135,7 +164,7 @@ class StepRunRecorder:
             TAG_GLOBAL_STEP: ref.global_step,
             TAG_CHECKPOINT_URI: ref.uri,
             TAG_CHECKPOINT_SHA256: ref.sha256,
-            TAG_RESUMED_FROM: result.resumed_from,
+            TAG_RESUMED_FROM: resume_point(result),
         }
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         self.client.log_dict(self.run_id, {"ref": ref.to_dict(), "result": result.to_dict()}, "checkpoint_ref.json")
@@ -152,10 +181,12 @@ class StepRunRecorder:
         found = self._runs_of_step(step, ref.step_key)
         if found:
             self.run_id = found[0].info.run_id
+            self._supersede_others()
             if found[0].info.status == "FINISHED":
                 return
         else:
             self._create()
+            self._supersede_others()
         self.sync_from_files()
         self.log_artifact(self.metrics_file())
         self.finish(ref, result)
@@ -167,7 +198,10 @@ class StepRunRecorder:
         self.log_points(file_points(self.metrics_file()))
         listed = {a.path for a in self.client.list_artifacts(self.run_id, "samples")}
         samples = samples_dir(local_root(self.output_dir))  # an object store's: its staging copy
-        for image in sorted(samples.glob(f"{self.step.name}_{self.step.index + 1:03d}_*")):
+        # The step's own: the samples folder also holds those of its earlier configurations (the name's hash is the
+        # first 6 characters of the step key: fluxflow/sampling/sample_files.py), which are not this run's images.
+        own = f"{self.step.name}_{self.step.index + 1:03d}_*_{self.step_key[:6]}[-_]*"
+        for image in sorted(samples.glob(own)):
             if f"samples/{image.name}" not in listed:
                 self.log_image(image)
 

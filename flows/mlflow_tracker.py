@@ -48,11 +48,12 @@ class MlflowTracker:
 
     def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str, output_dir: str | Path,
                  session: str = "", queue: TrackingQueue | None = None, experiment_name: str = "",
-                 tags: dict[str, str] | None = None):
+                 tags: dict[str, str] | None = None, params: dict[str, str] | None = None):
         # Empty ids (MLflow was down when the flow started): the recorder finds them by `experiment_name`. `tags`:
-        # more tags of the step's run (where it trains: flows/ray_steps.py).
+        # more tags of the step's run (where it trains: flows/ray_steps.py); `params`: more params of a new run (the
+        # model's and the dataset's: flows/mlflow_runs.py, step_context_params).
         self.recorder = StepRunRecorder(client, experiment_id, parent_run_id, str(output_dir), session,
-                                        experiment_name, tags)
+                                        experiment_name, tags, params)
         self.queue = queue or TRACKING
         self._last = 0  # sequence number of this tracker's last queued call
         self._behind = False  # a metric batch found the queue full: the metrics file has what MLflow missed

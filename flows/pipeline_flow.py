@@ -26,7 +26,7 @@ from prefect.utilities.urls import url_for
 from flows import artifacts
 from flows.credentials import CredentialsError, mlflow_refusal
 from flows.fault_policy import quiet_non_retryable_tracebacks
-from flows.hypotheses import summarize
+from flows.compare import pipeline_summary
 from flows.mlflow_names import TAG_BRANCHES, TAG_CONFIG_HASH, TAG_OVERRIDES, TAG_STEPS
 from flows.mlflow_runs import (PipelineRun, TrackingTarget, find_step_runs, output_dir_of, resolve_tracking_uri,
                                unreachable_reason)
@@ -40,7 +40,7 @@ from fluxflow.storage.store_lock import output_lock
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.checkpoints.step_key import json_sha256
 from fluxflow.config import PipelineConfig
-from fluxflow.config.dag import branch_names, leaf_names
+from fluxflow.config.dag import branch_names
 from fluxflow.config.promotion import registered_steps
 from fluxflow.config.run_config import resolve_run_config, run_dict
 from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
@@ -222,15 +222,9 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
 def log_hypotheses(run: PipelineRun, steps: list, outcomes: list[StepOutcome]) -> None:
     """The leaf steps' final metrics per hypothesis, with replicate spreads and pairwise differences
     (flows/hypotheses.py), on the pipeline's MLflow run: hypotheses.json and hypotheses.txt."""
-    finished = {outcome.result.step_name: outcome.result.final_metrics for outcome in outcomes}
-    leaves = set(leaf_names(steps))
-    groups: dict[str, list[str]] = {}
-    for step in steps:
-        if step.name in leaves and step.name in finished:
-            groups.setdefault(step.hypothesis, []).append(step.name)
-    if not groups:
+    summary = pipeline_summary(steps, {o.result.step_name: o.result.final_metrics for o in outcomes})
+    if summary is None:
         return
-    summary = summarize(groups, {h: [finished[name] for name in names] for h, names in groups.items()})
     TRACKING.put(lambda: run.client.log_dict(run.run_id, summary.to_dict(), "hypotheses.json"))
     TRACKING.put(lambda: run.client.log_text(run.run_id, summary.text(), "hypotheses.txt"))
 

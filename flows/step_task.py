@@ -23,23 +23,25 @@ from flows.fault_policy import quiet_non_retryable_tracebacks, retry_unless_non_
 from flows.mlflow_tracker import MlflowTracker
 from flows.prefect_log_tracker import PrefectLogTracker
 from flows.mlflow_names import TAG_HOSTNAME, TAG_RAY_NODE
-from flows.mlflow_runs import TrackingTarget, output_dir_of
+from flows.mlflow_runs import TrackingTarget, output_dir_of, step_context_params
 from fluxflow.checkpoints.ref import CheckpointRef, StepNode, StepOutcome
 from fluxflow.config import PipelineConfig
 from fluxflow.config.run_config import run_config_of
 from fluxflow.storage.location import output_root
 
 
-def make_tracker(config: PipelineConfig, target: TrackingTarget, node: StepNode | None = None):
+def make_tracker(config: PipelineConfig, target: TrackingTarget, node: StepNode | None = None,
+                 step_name: str | None = None):
     """The step's trackers: the core's console + JSONL one, the MLflow one (tagged with the step's node, where an
-    executor chose one), and, in a Prefect task run, the one that puts the console lines in the run's log. Returns
-    (tracker, mlflow_tracker)."""
+    executor chose one; with the model's and `step_name`'s dataset's values as params of a new run), and, in a
+    Prefect task run, the one that puts the console lines in the run's log. Returns (tracker, mlflow_tracker)."""
     from fluxflow.train.tracking import ConsoleJsonlTracker, MultiTracker
 
     mlflow_tracker = MlflowTracker(
         MlflowClient(target.tracking_uri), target.experiment_id, target.parent_run_id, output_dir_of(config),
         session=target.session, experiment_name=target.experiment_name or config.tracking.experiment_name,
-        tags={TAG_RAY_NODE: node.node_id, TAG_HOSTNAME: node.hostname} if node else None)
+        tags={TAG_RAY_NODE: node.node_id, TAG_HOSTNAME: node.hostname} if node else None,
+        params=step_context_params(config, config.step(step_name)) if step_name else None)
     console = ConsoleJsonlTracker(output_root(config))  # local: an object store's staging mirror
     prefect_log = PrefectLogTracker.for_current_task_run()
     return MultiTracker([console, mlflow_tracker, *([prefect_log] if prefect_log else [])]), mlflow_tracker
@@ -61,7 +63,7 @@ def run_step_task(config: dict, step_name: str, parent_ref: dict | None, trackin
         use_assigned_cpus()
         print(f"Step {step_name} runs on {node}", flush=True)
         together.meet(step_name)  # test-only: branches that must be running at the same time
-    tracker, mlflow_tracker = make_tracker(config, target, node)
+    tracker, mlflow_tracker = make_tracker(config, target, node, step_name)
     try:
         # A step of several processes (on Ray, its node holds their GPUs for it): MLflow gets rank 0's files once
         # the step is done, since the ranks cannot reach this process's tracker.

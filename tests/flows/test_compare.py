@@ -71,6 +71,27 @@ def test_leaf_steps_of_branches_are_compared_with_their_config_differences(exper
     assert (tmp_path / "cmp" / "compare_hypotheses.png").stat().st_size > 1000
 
 
+def test_a_config_changed_and_changed_back_is_compared_with_the_run_in_place_not_the_newest(experiment, tmp_path):
+    """lr A, then B, then A again: the third run reuses A's files and A's run; B's run started last but is
+    superseded, and its numbers are not the pipeline's."""
+    client, exp = experiment
+    out = f"{tmp_path}/solo"
+    [step] = load_config(tiny_raw(out, [WARM])).config.resolved_steps()
+    parent = open_pipeline_run(client, exp, out, "solo", {TAG_STEPS: "warm"})
+    for session, key, loss in (("s1", "key-a", 0.5), ("s2", "key-b", 0.9)):
+        tracker = MlflowTracker(client, exp, parent, out, session=session)
+        tracker.step_started(step, key, 1, resumed=False)
+        tracker.step_finished(CheckpointRef(f"{out}/warm.pt", "0" * 64, "warm", key, 1, 1),
+                              StepResult("warm", "epochs_done", 1, {"vae_loss": loss}))
+        assert tracker.flush()
+    back = MlflowTracker(client, exp, parent, out, session="s3")
+    back.step_skipped(step, CheckpointRef(f"{out}/warm.pt", "0" * 64, "warm", "key-a", 1, 1),
+                      StepResult("warm", "epochs_done", 1, {"vae_loss": 0.5}, trained=False))
+    assert back.flush()
+    [leaf] = compare.leaf_step_runs(client, exp)
+    assert leaf.info.run_id == back.run_id and compare.final_metrics(leaf) == {"vae_loss": 0.5}
+
+
 def test_two_pipelines_are_labelled_by_pipeline_and_only_the_newest_run_of_a_step_counts(experiment, tmp_path):
     client, exp = experiment
     record_pipeline(client, exp, f"{tmp_path}/lr_small", [WARM, {"name": "gan", "n_epochs": 1, "gan_training": True}],

@@ -57,8 +57,8 @@ def test_a_transient_error_is_retried_and_the_step_completes(tmp_path, mlflow_st
     from flows import step_task
 
     real_make_tracker = step_task.make_tracker
-    monkeypatch.setattr(step_task, "make_tracker", lambda cfg, target, node=None: (
-        lambda pair: (FailsOnceLikeATrackingServer(pair[0]), pair[1]))(real_make_tracker(cfg, target, node)))
+    monkeypatch.setattr(step_task, "make_tracker", lambda cfg, target, node=None, step_name=None: (
+        lambda pair: (FailsOnceLikeATrackingServer(pair[0]), pair[1]))(real_make_tracker(cfg, target, node, step_name)))
     FailsOnceLikeATrackingServer.raised = False
     state, flow_run_id = run_flow(config(tmp_path, "transient", STEPS, retries=2, no_samples=True))
     assert FailsOnceLikeATrackingServer.raised

@@ -71,6 +71,16 @@ def test_flatten_params_gives_dotted_keys_and_string_values():
     assert flat == {"lr": "0.0001", "optimization.optimizers.vae.betas": "[0.9, 0.99]", "x": "None"}
 
 
+def test_a_param_longer_than_mlflow_keeps_is_shortened_so_that_two_values_stay_apart():
+    """MLflow cuts a param after 6000 characters without a word: two shard lists sharing their first 6000 characters
+    would look equal, and the kept part is not JSON."""
+    urls = [f"s3://bucket/train/shard-{i:06d}.tar" for i in range(400)]
+    one, other = (flatten_params({"dataset": {"urls": u}})["dataset.urls"] for u in (urls, urls[:-1]))
+    assert len(one) < 6000 and len(other) < 6000 and one != other
+    assert one.startswith('["s3://bucket/train/shard-000000.tar"') and "sha256" in one
+    assert flatten_params({"urls": urls[:3]})["urls"] == json.dumps(urls[:3])  # short values stay as they are
+
+
 def test_a_step_is_a_nested_run_with_its_resolved_config_and_metrics_at_the_global_step(setup):
     client, experiment, parent, _, steps = setup
     t = tracker(setup)
@@ -95,6 +105,61 @@ def test_a_step_is_a_nested_run_with_its_resolved_config_and_metrics_at_the_glob
     assert run.data.metrics["final/vae_loss"] == 0.5
     assert run.data.tags["fluxflow.outcome"] == "epochs_done"
     assert [a.path for a in client.list_artifacts(t.run_id)] == ["checkpoint_ref.json"]
+
+
+def test_a_step_run_from_the_task_has_the_model_and_dataset_values_as_params(setup, tmp_path):
+    """`--set model.vae_dim=...` or another dataset changes the step key (it trains again) but no field of the step:
+    without these params two such pipelines show the same params in the MLflow UI and `fluxflow-compare`."""
+    from flows.mlflow_runs import TrackingTarget
+    from flows.step_task import make_tracker
+
+    client, experiment, parent, out, _ = setup
+    config = load_config(tiny_raw(out, STEPS)).config
+    target = TrackingTarget(client.tracking_uri, experiment, parent, "s1", "out")
+    _, t = make_tracker(config, target, step_name="gan")
+    t.step_started(config.step("gan"), "key-gan", 2, resumed=False)
+    assert t.flush()
+    params = client.get_run(t.run_id).data.params
+    assert params["model.vae_dim"] == str(config.model.vae_dim)
+    assert params["dataset.type"] == "shapes" and params["dataset.size"] == "32"
+    assert params["gan_training"] == "True" and params["dataset"] == "shapes"  # the step's own fields stay
+
+
+def test_the_older_runs_of_a_step_whose_config_changed_say_which_run_replaced_them(setup):
+    """Two FINISHED `warm` runs under one pipeline run, one per config: the UI must tell which one is current."""
+    from flows.mlflow_names import CURRENT_RUNS_FILTER, TAG_SUPERSEDED_BY
+
+    client, experiment, _, _, steps = setup
+    first = tracker(setup, session="s1")
+    first.step_started(steps[0], "key-a", 2, resumed=False)
+    finish(first, "warm", "key-a", 2)
+    second = tracker(setup, session="s2")  # the config changed: a new step key, a new run
+    second.step_started(steps[0], "key-b", 2, resumed=False)
+    finish(second, "warm", "key-b", 2)
+    assert first.run_id != second.run_id
+    assert client.get_run(first.run_id).data.tags[TAG_SUPERSEDED_BY] == second.run_id
+    assert TAG_SUPERSEDED_BY not in client.get_run(second.run_id).data.tags
+    current = client.search_runs([experiment], f"tags.`fluxflow.kind` = 'step' and {CURRENT_RUNS_FILTER}")
+    assert [r.info.run_id for r in current] == [second.run_id]
+
+    back = tracker(setup, session="s3")  # changed back: the runner reuses the first config's files, skipping the step
+    ref = CheckpointRef("/ckpt/warm/final.pt", "0" * 64, "warm", "key-a", 2, 1)
+    back.step_skipped(steps[0], ref, StepResult("warm", "epochs_done", 1, {}, trained=False))
+    assert back.flush() and back.run_id == first.run_id
+    assert TAG_SUPERSEDED_BY not in client.get_run(first.run_id).data.tags
+    assert client.get_run(second.run_id).data.tags[TAG_SUPERSEDED_BY] == first.run_id
+
+
+def test_the_resume_point_tag_reads_as_the_console_line_says_it(setup):
+    """Console: "Resuming from checkpoint: ... epoch=1, batch=14"; StepResult holds (0, 14) (0-based epoch)."""
+    client, _, _, _, steps = setup
+    for session, resumed_from, expected in (("s1", None, ""), ("s2", (0, 14), "epoch 1, batch 14")):
+        t = tracker(setup, session=session)
+        t.step_started(steps[0], "key-warm", 2, resumed=resumed_from is not None)
+        ref = CheckpointRef("/ckpt/warm/final.pt", "0" * 64, "warm", "key-warm", 3, 1)
+        t.step_finished(ref, StepResult("warm", "epochs_done", 1, {}, resumed_from=resumed_from))
+        assert t.flush()
+        assert client.get_run(t.run_id).data.tags["fluxflow.resumed_from"] == expected
 
 
 def test_images_go_under_samples(setup, tmp_path):
@@ -140,6 +205,23 @@ def test_a_skipped_step_that_no_run_recorded_gets_one_from_its_files(setup):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "vae_loss")] == [1, 2, 3]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch")] == [1, 2, 3]  # not 3 twice
     assert run.data.metrics["final/vae_loss"] == 1 / 3
+
+
+def test_a_run_recorded_from_files_gets_only_the_samples_of_its_own_step_key(setup):
+    """The samples folder keeps the images of a step's earlier configuration (another key's hash in the name): a run
+    made or completed from the files must not show them as its own."""
+    client, _, _, out, steps = setup
+    samples = Path(out) / "samples"
+    samples.mkdir(parents=True)
+    for name in ("warm_001_001_00001_aaaaaa-original.webp", "warm_001_001_aaaaaa_ns_o.webp",
+                 "warm_001_001_bbbbbb-original.webp", "warm_001_001_00001_bbbbbb-nr_o.webp"):
+        (samples / name).write_bytes(b"RIFF0000WEBP")
+    t = tracker(setup, session="s2")
+    ref = CheckpointRef("/ckpt/warm/final.pt", "0" * 64, "warm", "aaaaaa0123456789", 3, 1)
+    t.step_skipped(steps[0], ref, StepResult("warm", "epochs_done", 1, {}, trained=False))
+    assert t.flush()
+    listed = sorted(a.path for a in client.list_artifacts(t.run_id, "samples"))
+    assert listed == ["samples/warm_001_001_00001_aaaaaa-original.webp", "samples/warm_001_001_aaaaaa_ns_o.webp"]
 
 
 @pytest.mark.parametrize("resumed, session, first_status, same_run", [
@@ -188,8 +270,9 @@ def test_a_step_run_on_torchrun_ranks_is_recorded_from_the_files_rank_0_wrote(se
         (Path(out) / "samples" / name).write_bytes(b"RIFF0000WEBP")
 
     t = tracker(setup)
-    ref = CheckpointRef(f"{out}/checkpoints/gan/final.pt", "0" * 64, "gan", "key-gan", 5, 2)
-    t.record_from_files(gan, "key-gan", ref, StepResult("gan", "epochs_done", 1, {"vae_loss": 0.5}))
+    key = "abc1230123456789"  # a sample's name holds the first 6 characters of its step's key
+    ref = CheckpointRef(f"{out}/checkpoints/gan/final.pt", "0" * 64, "gan", key, 5, 2)
+    t.record_from_files(gan, key, ref, StepResult("gan", "epochs_done", 1, {"vae_loss": 0.5}))
     assert t.flush()
     assert [(m.step, m.value) for m in client.get_metric_history(t.run_id, "vae_loss")] == [(4, 1.0), (5, 0.5)]
     assert [a.path for a in client.list_artifacts(t.run_id, "samples")] == ["samples/gan_002_001_abc123-nr_o.webp"]

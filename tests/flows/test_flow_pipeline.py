@@ -253,8 +253,8 @@ def test_a_failed_task_is_retried_and_resumes_mid_step_in_the_same_mlflow_run(tm
 
     real_make_tracker = step_task.make_tracker
 
-    def failing_make_tracker(cfg, target, node=None):
-        tracker, mlflow_tracker = real_make_tracker(cfg, target, node)
+    def failing_make_tracker(cfg, target, node=None, step_name=None):
+        tracker, mlflow_tracker = real_make_tracker(cfg, target, node, step_name)
         return FailOnce(tracker, "gan", at_call=5), mlflow_tracker
 
     monkeypatch.setattr(step_task, "make_tracker", failing_make_tracker)

@@ -100,3 +100,22 @@ def test_an_interval_much_narrower_than_its_values_keeps_its_two_ends_apart():
     assert spread(A).cell() == "2.093 ± 0.19 [1.619, 2.567]"
     row = welch([20.70001, 20.70003, 20.70002], [21.20001, 21.20003, 21.20002], "m", ("a", "b")).row()
     assert row[2:4] == ["+0.50000", "[+0.49998, +0.50002]"]
+
+
+def test_the_pipeline_runs_summary_says_what_tells_its_hypotheses_apart(tmp_path):
+    """hypotheses.txt/json on the pipeline's MLflow run: spade_off vs spade_on differ in train_spade; without that
+    row the file (unlike fluxflow-compare's table) did not say which config each column was."""
+    from helpers_tiny import tiny_raw
+
+    from flows.compare import pipeline_summary
+    from fluxflow.config import load_config
+
+    steps = load_config(tiny_raw(str(tmp_path), [
+        {"name": "warm", "n_epochs": 1, "train_vae": True},
+        {"name": "spade_off", "n_epochs": 1, "train_vae": True, "after": "warm"},
+        {"name": "spade_on", "n_epochs": 1, "train_vae": True, "train_spade": True, "after": "warm"},
+    ])).config.resolved_steps()
+    summary = pipeline_summary(steps, {s.name: {"vae_loss": 0.5} for s in steps})
+    assert list(summary.replicates) == ["spade_off", "spade_on"]
+    assert ["config:", "train_spade", "False", "True"] in [line.split() for line in summary.text().splitlines()]
+    assert json.loads(json.dumps(summary.to_dict()))["config"] == {"train_spade": ["False", "True"]}

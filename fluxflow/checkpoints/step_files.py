@@ -393,7 +393,14 @@ def _metadata(path: Path) -> StepState | None:
         return None
 
 
-def plan_step(config, step_name: str) -> StepFiles:
+# plan_step's `parent` where the caller only wants the step's files (a pull, promotion's "in place"): the checkpoint
+# the step starts from is then not checked.
+UNCHECKED = object()
+
+
+def plan_step(config, step_name: str, parent=UNCHECKED) -> StepFiles:
+    """The files of `step_name` in the config's output directory. `parent`: the CheckpointRef the step starts from
+    (None for a root step), whose sha256 its finished files must have been trained from (`input_sha256`)."""
     steps = config.resolved_steps()
     names = [s.name for s in steps]
     if step_name not in names:
@@ -408,4 +415,5 @@ def plan_step(config, step_name: str) -> StepFiles:
     parts = step_key_parts(config)
     inputs = parts[step_name]
     return StepFiles(step=step, key=key_of(inputs), n_steps=len(steps), dir=step_dir(out, step_name), output=out,
-                     remote=remote, key_inputs=inputs, weights_key=weights_keys(config, parts)[step_name])
+                     remote=remote, key_inputs=inputs, weights_key=weights_keys(config, parts)[step_name],
+                     input_sha256=None if parent is UNCHECKED else input_sha256(config, parent))

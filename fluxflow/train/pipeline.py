@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from fluxflow.checkpoints.ref import StepOutcome
-from fluxflow.checkpoints.step_files import input_sha256, plan_step
+from fluxflow.checkpoints.step_files import plan_step
 from fluxflow.config.dag import execution_order
 from fluxflow.output_layout import checkpoints_dir
 from fluxflow.errors import is_retryable
@@ -29,8 +29,7 @@ def completed_steps(config) -> list[str]:
     for step in execution_order(config.resolved_steps()):
         if step.parent and step.parent not in refs:
             continue
-        files = plan_step(config, step.name)
-        files.input_sha256 = input_sha256(config, refs.get(step.parent))
+        files = plan_step(config, step.name, refs.get(step.parent))
         files.pull_ref()  # an output on an object store: its ref.json, which says whether the step is complete
         done = files.completed()
         if done is not None:
@@ -81,9 +80,7 @@ def train_step(config, step_name: str, parent, tracker=None, ranks_done=None) ->
     cannot reach `tracker`; rank 0 writes the console lines and metrics file, and `ranks_done(outcome)` is called
     once a step they trained is done (the Prefect task records it in MLflow from those files). Files of the step's
     current key that an earlier run set aside are moved back first, here, before any rank looks for them."""
-    files = plan_step(config, step_name)
-    files.input_sha256 = input_sha256(config, parent)
-    files.reuse_set_aside()
+    plan_step(config, step_name, parent).reuse_set_aside()
     if config.training.distributed.processes == 1:
         return run_step(config, step_name, parent, tracker=tracker)
     outcome = run_step_on_processes(config, step_name, parent)

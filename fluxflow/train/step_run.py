@@ -27,7 +27,7 @@ from fluxflow.checkpoints.latest import load_latest, save_latest
 from fluxflow.checkpoints.rng_state import restore_rng_state
 from fluxflow.checkpoints.lock import RunLock
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome, StepResult
-from fluxflow.checkpoints.step_files import StepFiles, input_sha256, plan_step
+from fluxflow.checkpoints.step_files import StepFiles, plan_step
 from fluxflow.checkpoints.step_state import StepState
 from fluxflow.config.modes import has_flow_mode
 from fluxflow.data import make_loader
@@ -63,8 +63,7 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
     (fluxflow/runtime/gpu_claim.py) for the step, except on the Ray executor, where Ray gave the step its GPUs
     (CUDA_VISIBLE_DEVICES holds them). A stop request ends it with `StepInterrupted` after saving.
     """
-    files = plan_step(config, step_name)
-    files.input_sha256 = input_sha256(config, parent)
+    files = plan_step(config, step_name, parent)
     device_ = resolve_device(config.training.device)
     distributed.init_from_env(device_)  # a no-op unless started by torchrun
     main = distributed.is_main()

@@ -132,13 +132,6 @@ def counted_replicates(label: str, group: list) -> tuple[str, list]:
     return f"{label} (left out: {counts} of {len(group)})", finished
 
 
-def hypothesis_params(group: list) -> dict[str, str]:
-    """The params of a hypothesis' counted replicates: their value, or for one that varies between them (the seed),
-    their values in order, "0, 1, 2". One replicate's params made its seed a difference between hypotheses whose
-    first counted replicates had different seeds (one left out)."""
-    return joined_params([run.data.params for run in group])
-
-
 def joined_params(replicates: list[dict[str, str]]) -> dict[str, str]:
     """One hypothesis' params from its replicates' (in order): a value, or the values that vary, "0, 1, 2"."""
     keys = dict.fromkeys(key for params in replicates for key in params)
@@ -182,7 +175,9 @@ def compare_runs(client: MlflowClient, runs: list) -> Comparison:
     labels = list(groups)
     firsts = [group[0] for group in groups.values()]
     comparison = Comparison(labels=labels)
-    fill_comparison(comparison, [hypothesis_params(group) for group in groups.values()],
+    # Each hypothesis' params from all its counted replicates (the seed as "0, 1, 2"): one replicate's params made its
+    # seed a difference between hypotheses whose first counted replicates had different seeds (one left out).
+    fill_comparison(comparison, [joined_params([run.data.params for run in group]) for group in groups.values()],
                     [final_metrics(run) for run in firsts], IDENTITY_PARAMS)
     names = {label: [run.data.tags.get(TAG_STEP_NAME, run.info.run_name) for run in group]
              for label, group in groups.items()}

@@ -220,25 +220,28 @@ def data_issues(config) -> list[ConfigIssue]:
     that are there, more than its hold-out takes; every local shard of a `webdataset` is a file: checked when a run
     starts (fluxflow/config/run_config.py, resolve_run_config), not by validation, which accepts a config written
     before its data is in place (configs/original_tool_example.yaml)."""
-    checks = {"folder": folder_issues, "webdataset": shards_issues}
-    issues = [issue for name, ds in config.training.pipeline.datasets.items() if ds.type in checks
-              for issue in checks[ds.type](("training", "pipeline", "datasets", name), ds)]
-    return issues or batch_issues(config)
+    issues: list[ConfigIssue] = []
+    listed: dict[str, int] = {}  # folder dataset -> the images its captions file lists (the file read once)
+    for name, ds in config.training.pipeline.datasets.items():
+        loc = ("training", "pipeline", "datasets", name)
+        if ds.type == "folder":
+            found, listed[name] = folder_issues(loc, ds)
+            issues += found
+        elif ds.type == "webdataset":
+            issues += shards_issues(loc, ds)
+    return issues or batch_issues(config, listed)
 
 
-def batch_issues(config) -> list[ConfigIssue]:
-    """A `folder` dataset lists at least one batch of training images for each step that trains on it (the listed
+def batch_issues(config, listed: dict[str, int]) -> list[ConfigIssue]:
+    """A `folder` dataset lists at least one batch of training images for each step that trains on it (the `listed`
     images minus the hold-out: an upper bound, so the step still checks what it finds). A dataset of 20 images and
     the default batch of 32 failed the first step only, after the servers had started."""
-    issues, listed, seen = [], {}, set()
+    issues, seen = [], set()
     for step in config.resolved_steps():
         ds = config.dataset_for(step)
         if ds.type != "folder" or (step.dataset, step.batch_size) in seen:
             continue
         seen.add((step.dataset, step.batch_size))
-        if step.dataset not in listed:  # the captions file is read once per dataset
-            root = Path(ds.path).expanduser()
-            listed[step.dataset] = len(read_captions(resolve_captions_path(root, ds.captions_file)).captions)
         if listed[step.dataset] - ds.holdout < step.batch_size:
             issues.append(ConfigIssue(format_path(("training", "pipeline", "datasets", step.dataset)), (
                 f"{listed[step.dataset] - ds.holdout} training images ({listed[step.dataset]} listed in "
@@ -248,27 +251,28 @@ def batch_issues(config) -> list[ConfigIssue]:
     return issues
 
 
-def folder_issues(loc: tuple, ds) -> list[ConfigIssue]:
-    """A `folder` dataset (`ds`, at config path `loc`) has its folder and captions file, lists images that are there,
-    and more of them than its hold-out takes. The captions file is read, and the listed files looked for until one is
-    found (one file system call when the names are right): whether each listed image exists (and decodes) is the
-    dataset's to find when a step builds it (fluxflow/data/folder.py)."""
+def folder_issues(loc: tuple, ds) -> tuple[list[ConfigIssue], int]:
+    """(issues, images listed) of a `folder` dataset (`ds`, at config path `loc`): it has its folder and captions
+    file, lists images that are there, and more of them than its hold-out takes. The captions file is read, and the
+    listed files looked for until one is found (one file system call when the names are right): whether each listed
+    image exists (and decodes) is the dataset's to find when a step builds it (fluxflow/data/folder.py)."""
     root = Path(ds.path).expanduser()
     captions_path = resolve_captions_path(root, ds.captions_file)
     problem = folder_problem(root, captions_path)
     if problem:
         field = "path" if problem.startswith("image folder") else "captions_file"
-        return [ConfigIssue(format_path((*loc, field)), problem)]
+        return [ConfigIssue(format_path((*loc, field)), problem)], 0
     try:
         listing = read_captions(captions_path)
     except OSError as exc:
-        return [ConfigIssue(format_path((*loc, "captions_file")), f"cannot read {captions_path}: {exc}")]
+        return [ConfigIssue(format_path((*loc, "captions_file")), f"cannot read {captions_path}: {exc}")], 0
+    listed = len(listing.captions)
     problem = entries_problem(listing) or found_problem(
         root, listing, any(is_listed_file(root / name) for name in listing.captions))
     if problem:
-        return [ConfigIssue(format_path((*loc, "captions_file")), problem)]
-    problem = holdout_problem(root, len(listing.captions), ds.holdout, f"entries in {captions_path.name}")
-    return [ConfigIssue(format_path((*loc, "holdout")), problem)] if problem else []
+        return [ConfigIssue(format_path((*loc, "captions_file")), problem)], listed
+    problem = holdout_problem(root, listed, ds.holdout, f"entries in {captions_path.name}")
+    return ([ConfigIssue(format_path((*loc, "holdout")), problem)] if problem else []), listed
 
 
 def expand_shards(urls: str | list[str]) -> list[str]:

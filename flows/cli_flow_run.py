@@ -92,7 +92,7 @@ def run_pipeline_flow(config: PipelineConfig, overrides: list[str] | None = None
             for outcome in map(StepOutcome.from_dict, state.result()):  # one line per step
                 result = outcome.result
                 trained = "" if result.trained else " (already complete, skipped)"
-                where = f", on {outcome.node}" if outcome.node else ""
+                where = f", on {outcome.placement()}" if outcome.placement() else ""
                 print(f"  {result.step_name}: {result.outcome}{trained}, {result.epochs_done} epochs, "
                       f"{outcome.ref.uri}{where}")
         else:

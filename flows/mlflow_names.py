@@ -25,6 +25,7 @@ TAG_RESUMED_FROM = "fluxflow.resumed_from"
 TAG_SUPERSEDED_BY = "fluxflow.superseded_by"  # on the older runs of a step (its config changed): the run replacing them
 TAG_RAY_NODE = "fluxflow.ray_node_id"  # where the step trained (the Ray executor only): tags, since a resumed step
 TAG_HOSTNAME = "fluxflow.hostname"  # may train on another node than it started on
+TAG_WORKERS = "fluxflow.ray_train_workers"  # a step across nodes: each rank's node (StepOutcome.workers, as JSON)
 TAG_DECISION_OF_RUN = "fluxflow.promotion"  # on the pipeline's run: one line per promotion decision
 TAG_VERSION_OF_RUN = "fluxflow.registered_model_version"  # on the step's run: "<name>/<version>"
 TAG_WARNING = "fluxflow.warning."  # + a warning's key (the flat discriminator): its message, on the step's run

@@ -118,9 +118,12 @@ class MlflowTracker:
         that run if a kill left it open, or make it from the step's files if no run was ever opened for it."""
         self._put(partial(self.recorder.complete_skipped, step, ref, result))
 
-    def record_from_files(self, step, step_key: str, ref: CheckpointRef, result: StepResult) -> None:
+    def record_from_files(self, step, step_key: str, ref: CheckpointRef, result: StepResult,
+                          tags: dict[str, str] | None = None) -> None:
         """Record a step that ran where no tracker could reach it (torchrun ranks in a child process) from the files
-        rank 0 wrote: the metrics JSONL, this step's samples, and the result. Same run rules as live tracking."""
+        rank 0 wrote: the metrics JSONL, this step's samples, and the result. Same run rules as live tracking.
+        `tags`: more tags of the run, known only once the ranks are done (where Ray Train placed them)."""
+        self.recorder.extra_tags.update(tags or {})
         self.step_started(step, step_key, 0, resumed=result.resumed_from is not None)
         self._put(self.recorder.sync_from_files)  # what a reopened run already got is not sent twice
         self.log_artifact(metrics_file(local_root(self.recorder.output_dir), step.name))

@@ -189,8 +189,8 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
                 schedule.step_failed(name, exc)
                 continue
             outcomes.append(outcome)
-            if outcome.node:
-                logger.info("step %s trained on %s", name, outcome.node)
+            if outcome.placement():
+                logger.info("step %s trained on %s", name, outcome.placement())
             artifacts.update_progress(progress, len(outcomes), len(steps))
             if outcome.result.outcome == "max_epochs_reached":
                 logger.warning(missed_threshold_message(schedule.by_name[name]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from flows import env  # noqa: F401  (must precede prefect and mlflow)
 
+import json
 import os
 from typing import Any
 
@@ -22,7 +23,7 @@ from flows.artifacts import mlflow_run_url, publish_step
 from flows.fault_policy import quiet_non_retryable_tracebacks, retry_unless_non_retryable
 from flows.mlflow_tracker import MlflowTracker
 from flows.prefect_log_tracker import PrefectLogTracker
-from flows.mlflow_names import TAG_HOSTNAME, TAG_RAY_NODE
+from flows.mlflow_names import TAG_HOSTNAME, TAG_RAY_NODE, TAG_WORKERS
 from flows.mlflow_runs import TrackingTarget, output_dir_of, step_context_params
 from fluxflow.checkpoints.ref import CheckpointRef, StepNode, StepOutcome
 from fluxflow.config import PipelineConfig
@@ -47,6 +48,11 @@ def make_tracker(config: PipelineConfig, target: TrackingTarget, node: StepNode 
     return MultiTracker([console, mlflow_tracker, *([prefect_log] if prefect_log else [])]), mlflow_tracker
 
 
+def workers_tags(workers: tuple[StepNode, ...]) -> dict[str, str]:
+    """The step run's tag of where a step across nodes trained: each rank's node, by rank (none on one node)."""
+    return {TAG_WORKERS: json.dumps([w.to_dict() for w in workers])} if workers else {}
+
+
 def run_step_task(config: dict, step_name: str, parent_ref: dict | None, tracking: dict) -> dict[str, Any]:
     """The body of `step_task` as a plain function (callable without Prefect): the step's `StepOutcome.to_dict()`,
     its MLflow run filled in. `config`: the run's resolved config (fluxflow/config/run_config.py, `run_dict`)."""
@@ -67,20 +73,22 @@ def run_step_task(config: dict, step_name: str, parent_ref: dict | None, trackin
     try:
         # A step of several processes (on Ray, its node holds their GPUs for it): MLflow gets rank 0's files once
         # the step is done, since the ranks cannot reach this process's tracker.
-        ref, result = train_step(config, step_name, parent, tracker, ranks_done=lambda done: (
-            mlflow_tracker.record_from_files(config.step(step_name), done.ref.step_key, done.ref, done.result)))
+        done = train_step(config, step_name, parent, tracker, ranks_done=lambda done: (
+            mlflow_tracker.record_from_files(config.step(step_name), done.ref.step_key, done.ref, done.result,
+                                             tags=workers_tags(done.workers))))
     except KeyboardInterrupt:  # stopped on request (or Ctrl-C): resumable, not a failure of the step
         mlflow_tracker.step_failed(status="KILLED")
         raise
     except BaseException:
         mlflow_tracker.step_failed()
         raise
+    ref, result = done
     if not result.trained:
         mlflow_tracker.step_skipped(config.step(step_name), ref, result)
     mlflow_tracker.flush()  # bounded: an unreachable MLflow gets the records later, the step's outcome stands
     run_id = mlflow_tracker.run_id
     run_url = mlflow_run_url(target.tracking_uri, mlflow_tracker.experiment_id, run_id) if run_id else None
-    outcome = StepOutcome(ref, result, run_id=run_id, run_url=run_url, node=node)
+    outcome = StepOutcome(ref, result, run_id=run_id, run_url=run_url, node=node, workers=done.workers)
     publish_step(target.pipeline, outcome)
     return outcome.to_dict()
 

@@ -105,6 +105,15 @@ class StepNode(_FlatRecord):
         return f"Ray node {self.node_id[:12]} ({self.hostname})"
 
 
+def workers_text(workers: tuple[StepNode, ...]) -> str:
+    """Where a step's ranks trained, by node in the order of their first rank: "ranks 0, 1 on Ray node 1f2e...
+    (gpu-1); rank 2 on Ray node 9a8b... (gpu-2)"."""
+    ranks: dict[StepNode, list[int]] = {}
+    for rank, node in enumerate(workers):
+        ranks.setdefault(node, []).append(rank)
+    return "; ".join(f"rank{'s' if len(r) > 1 else ''} {', '.join(map(str, r))} on {node}" for node, r in ranks.items())
+
+
 @dataclass(frozen=True)
 class StepOutcome:
     """What a finished step hands on: what `run_step` returns, and, with the MLflow run filled in by the Prefect
@@ -118,15 +127,25 @@ class StepOutcome:
     run_id: str | None = None  # the step's MLflow run (None without MLflow tracking)
     run_url: str | None = None  # that run in the MLflow UI
     node: StepNode | None = None  # where it trained, when the executor chose (None: the flow's own host)
+    # A step across nodes (Ray Train): the node of each of its ranks, by rank; `node` is then where its task waited.
+    workers: tuple[StepNode, ...] = ()
 
     def __iter__(self) -> Iterator[CheckpointRef | StepResult]:
         return iter((self.ref, self.result))
+
+    def placement(self) -> str:
+        """Where it trained, for the console and the flow's log ("" where the executor did not choose)."""
+        if self.workers:
+            return f"{len(self.workers)} Ray Train workers: {workers_text(self.workers)}"
+        return str(self.node) if self.node else ""
 
     def to_dict(self) -> dict[str, Any]:
         data = {"ref": self.ref.to_dict(), "result": self.result.to_dict(), "run_id": self.run_id,
                 "run_url": self.run_url}
         if self.node is not None:  # absent, not None, on the local path: the dicts readers already know
             data["node"] = self.node.to_dict()
+        if self.workers:
+            data["workers"] = [w.to_dict() for w in self.workers]
         return data
 
     @classmethod
@@ -135,4 +154,5 @@ class StepOutcome:
         node = data.get("node")
         return cls(CheckpointRef.from_dict(data["ref"]), StepResult.from_dict(data["result"]),
                    run_id=data.get("run_id"), run_url=data.get("run_url"),
-                   node=StepNode.from_dict(node) if node is not None else None)
+                   node=StepNode.from_dict(node) if node is not None else None,
+                   workers=tuple(StepNode.from_dict(w) for w in data.get("workers") or ()))

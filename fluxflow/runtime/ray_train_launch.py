@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import socket
 import time
 import uuid
 
@@ -52,8 +53,23 @@ def train_worker(loop_config: dict) -> dict | None:
         os.environ["LOCAL_RANK"] = str(gpu.index)
     rank_entry = importlib.import_module(loop_config["entry"])
     outcome = rank_entry.run_rank(loop_config["config"], loop_config["step"], loop_config["parent"])
+    workers = worker_nodes(ray)  # rank 0 says where every rank trained: the step's run records it
     rank_entry.leave_together()  # then Ray Train ends the process group
+    if outcome is not None:
+        outcome["workers"] = workers
     return outcome
+
+
+def worker_nodes(ray) -> list[dict]:
+    """Every rank's node (id and hostname, `StepNode.to_dict()`), by rank: a collective, all ranks call it."""
+    import torch.distributed as dist
+
+    here = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
+    if not dist.is_initialized():
+        return [here]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, here)
+    return gathered
 
 
 def _wants_gpu(config, ray) -> bool:

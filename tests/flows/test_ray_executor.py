@@ -5,6 +5,7 @@ path never imports Ray. The config tests need no cluster."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -108,6 +109,24 @@ def test_outcomes_written_before_nodes_existed_still_load():
     placed = StepOutcome.from_dict(dict(old, node={"node_id": "abc", "hostname": "gpu-1"}))
     assert placed.node == StepNode("abc", "gpu-1")
     assert StepOutcome.from_dict(placed.to_dict()) == placed
+
+
+def test_a_step_across_nodes_says_where_each_rank_trained():
+    from flows.step_task import workers_tags
+
+    ref = {"uri": "a/final.pt", "sha256": "0" * 64, "step_name": "a", "step_key": "k", "global_step": 1, "epoch": 1}
+    result = {"step_name": "a", "outcome": "epochs_done", "epochs_done": 1, "final_metrics": {}, "trained": True,
+              "resumed_from": None}
+    a, b = {"node_id": "a" * 40, "hostname": "gpu-1"}, {"node_id": "b" * 40, "hostname": "gpu-2"}
+    outcome = StepOutcome.from_dict({"ref": ref, "result": result, "run_id": None, "run_url": None,
+                                     "node": a, "workers": [a, a, b]})
+    assert outcome.workers == (StepNode(**a), StepNode(**a), StepNode(**b))
+    assert StepOutcome.from_dict(outcome.to_dict()) == outcome
+    assert outcome.placement() == ("3 Ray Train workers: ranks 0, 1 on Ray node aaaaaaaaaaaa (gpu-1); "
+                                   "rank 2 on Ray node bbbbbbbbbbbb (gpu-2)")
+    assert StepOutcome.from_dict(dict(outcome.to_dict(), workers=[])).placement() == "Ray node aaaaaaaaaaaa (gpu-1)"
+    assert workers_tags(outcome.workers) == {"fluxflow.ray_train_workers": json.dumps([a, a, b])}
+    assert workers_tags(()) == {}
 
 
 TWO_NODES = [{"NodeID": f"{name}0000000000000", "Alive": True,

@@ -81,6 +81,7 @@ def test_a_node_lost_mid_step_resumes_from_latest_and_ends_bit_identical(tmp_pat
 
     from flows.mlflow_runs import experiment_id_for, open_pipeline_run
     from flows.mlflow_tracker import MlflowTracker
+    from flows.step_task import workers_tags
     from fluxflow.runtime.launch import run_step_on_processes
     from fluxflow.train.pipeline import train_step
 
@@ -92,7 +93,8 @@ def test_a_node_lost_mid_step_resumes_from_latest_and_ends_bit_identical(tmp_pat
     mlflow_tracker = MlflowTracker(client, experiment, parent, str(tmp_path / "ray"), session="s1")
 
     def record(done):
-        mlflow_tracker.record_from_files(config.step("vae_gan"), done.ref.step_key, done.ref, done.result)
+        mlflow_tracker.record_from_files(config.step("vae_gan"), done.ref.step_key, done.ref, done.result,
+                                         tags=workers_tags(done.workers))
 
     with ThreadPoolExecutor(2) as pool:
         reference = pool.submit(run_step_on_processes, config_for(tmp_path / "torchrun", TORCHRUN), "vae_gan", None,
@@ -103,6 +105,7 @@ def test_a_node_lost_mid_step_resumes_from_latest_and_ends_bit_identical(tmp_pat
             latest = tmp_path / "ray" / "checkpoints" / "vae_gan" / "latest.pt"
             victim = remove_a_training_node(cluster, lambda: not step.done(), latest)
             outcome = step.result()
+            nodes_left = {n.node_id for n in cluster.worker_nodes}  # the removed one is no longer listed
         ray_left = processes_with_env(f"RAY_TMPDIR={ray_tmpdir}")
         deadline = time.monotonic() + 15  # workers of the removed nodes notice their raylet is gone
         while ray_left and time.monotonic() < deadline:
@@ -127,3 +130,9 @@ def test_a_node_lost_mid_step_resumes_from_latest_and_ends_bit_identical(tmp_pat
     (run,) = client.search_runs([experiment], "tags.`fluxflow.kind` = 'step'")
     assert run.info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "vae_loss")) == list(range(1, BATCHES + 1))
+    # Where it trained: the two nodes of the restarted group, one rank each, the removed node not among them; the same
+    # on the step's run.
+    assert len(outcome.workers) == 2 and len({w.node_id for w in outcome.workers}) == 2
+    assert victim.node_id not in {w.node_id for w in outcome.workers}
+    assert {w.node_id for w in outcome.workers} <= nodes_left
+    assert json.loads(run.data.tags["fluxflow.ray_train_workers"]) == [w.to_dict() for w in outcome.workers]

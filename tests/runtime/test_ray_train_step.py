@@ -76,6 +76,10 @@ def test_two_worker_ray_train_step_equals_the_two_process_torchrun_step(uninterr
     assert ray_w.keys() == torchrun_w.keys()
     worst = max((ray_w[k].double() - torchrun_w[k].double()).abs().max().item() for k in ray_w)
     assert worst <= 1e-5, f"largest weight difference {worst}"
+    # Each node has one CPU, each worker takes one: rank 0 and rank 1 on the two nodes, as the outcome says.
+    assert len(ray_outcome.workers) == 2 and len({w.node_id for w in ray_outcome.workers}) == 2
+    assert ray_outcome.placement().startswith("2 Ray Train workers: rank 0 on Ray node ")
+    assert not torchrun_outcome.workers  # one node: torchrun, no Ray placement
     # Rank 0 alone wrote: one JSONL line per logged batch, the step's three files.
     records = [json.loads(line) for line in (out / "graph" / "training_metrics_vae_gan.jsonl").read_text().splitlines()]
     assert [r["batch"] for r in records if "vae_loss" in r["metrics"]] == [1, 2, 3, 4]

@@ -25,10 +25,10 @@ class LrSchedule:
     """The lr of one optimizer: `warmup_steps` of linear warm-up, then `scheduler` every `interval`."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, scheduler: LRScheduler | ReduceLROnPlateau,
-                 warmup_steps: int, interval: str):
+                 warmup_steps: int, interval: str, inert: str | None = None):
         self.optimizer, self.scheduler, self.interval = optimizer, scheduler, interval
         self.warmup_steps, self.optimizer_steps = warmup_steps, 0
-        self.inert: str | None = None  # why part of it never acts in this step, where that is so (make_schedule)
+        self.inert = inert  # why part of it never acts in this step, where that is so (make_schedule)
         # Built after the scheduler, which has set the start lr: the warm-up ramps to that lr.
         self.warmup = _linear_warmup(optimizer, warmup_steps) if warmup_steps > 1 else None
 
@@ -105,11 +105,10 @@ def make_schedule(opts: dict[str, Any], optimizer: torch.optim.Optimizer, max_ep
         span = steps_per_epoch * max_epochs - max(warmup, 1)
     else:  # ... over the epoch ends from the first one after the warm-up
         span = max_epochs - max(1, math.ceil(warmup / steps_per_epoch)) + 1
-    schedule = LrSchedule(optimizer, make_scheduler(kind, opts, optimizer, max(span, 1), interval), warmup, interval)
     # scheduler steps whose lr some update of the step uses (the one after the last epoch end is never used)
     used = span if interval == "step" else span - 1
-    schedule.inert = inert_reason(kind, opts, warmup, steps_per_epoch * max_epochs, used, interval)
-    return schedule
+    return LrSchedule(optimizer, make_scheduler(kind, opts, optimizer, max(span, 1), interval), warmup, interval,
+                      inert=inert_reason(kind, opts, warmup, steps_per_epoch * max_epochs, used, interval))
 
 
 def inert_reason(kind: str, opts: dict[str, Any], warmup: int, updates: int, used: int, interval: str) -> str | None:

@@ -160,3 +160,11 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
     assert bar.n == 5  # counts from the resumed batch
     bar.close()
     assert "vae epoch 1" in tty.getvalue() and "3/10" in tty.getvalue()
+
+
+def test_architecture_doc_lists_the_tracker_protocols_methods():
+    """docs/ARCHITECTURE.md's Tracker block is the interface flows/ implements: every method the runner calls."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "ARCHITECTURE.md").read_text()
+    block = doc.split("class Tracker(Protocol):", 1)[1].split("```", 1)[0]
+    methods = {name for name in vars(Tracker) if not name.startswith("_")}
+    assert set(re.findall(r"def (\w+)\(", block)) == methods

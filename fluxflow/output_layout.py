@@ -1,5 +1,5 @@
 """Where a run's files lie under its output directory: the one place for their names (the original tool's layout,
-docs/ARCHITECTURE.md "Output directory"). No torch here: the flow layer, the checkpoint files and the caches all
+README.md "What a run writes"). No torch here: the flow layer, the checkpoint files and the caches all
 read it, and none of them should need the training core to know a file name.
 
     <output>/checkpoints/<step>/   latest.pt, latest.prev.pt, final.pt, ref.json (fluxflow/checkpoints/step_files.py)

@@ -1,9 +1,10 @@
 """A step's own part of its checkpoint (`pipeline_metadata`): which step wrote it, where in the step it stands, and
 what an exact resume needs beyond the weights.
 
-The key names are the original tool's checkpoint format (docs/ARCHITECTURE.md), kept as they are; this type is the
-one place that knows them. `from_dict` reads what any version of this product wrote: a key an older checkpoint lacks
-takes its default, so such a checkpoint still loads as a parent (it is never resumed from: its `step_key` differs).
+The key names are the original tool's checkpoint format (docs/ARCHITECTURE.md, "Checkpoint format"), kept as they
+are; this type is the one place that knows them. `from_dict` reads what any version of this product wrote: a key an
+older checkpoint lacks takes its default, so such a checkpoint still loads as a parent (it is never resumed from: its
+`step_key` differs).
 """
 from __future__ import annotations
 

@@ -90,7 +90,7 @@ def console_line(metrics: dict[str, float], progress: Progress, now: datetime | 
         f"Batch {progress.batch}/{progress.n_batches}",
     ]
     shown = [(label, metrics[key]) for key, label in CONSOLE_LABELS.items() if key in metrics]
-    parts += [f"{label}: {float(value):.4g}" for label, value in shown]  # 4 significant digits: 0.0234, 12.45
+    parts += [f"{label}: {console_value(value)}" for label, value in shown]
     seconds = progress.sec_per_batch
     parts.append(f"{seconds:.1f}s/batch" if seconds >= 1 else f"{seconds:.2g}s/batch")  # 3.2s/batch, 0.041s/batch
     if metrics.get("skipped_updates"):  # non-finite updates not applied: training may be standing still
@@ -100,9 +100,24 @@ def console_line(metrics: dict[str, float], progress: Progress, now: datetime | 
     return " | ".join(parts)
 
 
+def console_value(value: float) -> str:
+    """A loss as the console shows it: 4 significant digits (0.0234, 12.45), and 0.0 for zero, as the original tool
+    shows GAN-only mode's VAE loss (`VAE: 0.0`, not `VAE: 0`)."""
+    value = float(value)
+    return "0.0" if value == 0 else f"{value:.4g}"
+
+
+def seed_order(metrics: dict[str, float]) -> list[str]:
+    """The keys of `metrics` with the original tool's losses first, in its order (vae_loss, kl_loss, g_loss, d_loss,
+    lpips_loss, flow_loss, as the console shows them), then the others as given: the step's means arrive sorted by
+    name, which put d_loss before kl_loss and vae_loss last in every JSONL line."""
+    return [key for key in CONSOLE_LABELS if key in metrics] + [key for key in metrics if key not in CONSOLE_LABELS]
+
+
 def jsonl_record(metrics: dict[str, float], progress: Progress, session_id: str, now: datetime | None = None) -> dict:
-    """One line of the original tool's training_metrics_<step>.jsonl; non-finite values are null (strict JSON)."""
-    values = {key: v if math.isfinite(v := float(value)) else None for key, value in metrics.items()}
+    """One line of the original tool's training_metrics_<step>.jsonl, its metrics in the original tool's order
+    (`seed_order`); non-finite values are null (strict JSON)."""
+    values = {key: v if math.isfinite(v := float(metrics[key])) else None for key in seed_order(metrics)}
     return {
         "timestamp": (now or datetime.now()).isoformat(),
         "session_id": session_id,

@@ -344,3 +344,34 @@ def test_the_original_tools_image_statistics_switches_turn_on_its_regularisers_i
     assert [m for m in step_metrics(warmup) if m.split("_")[0] in terms] == [f"{t}_loss" for t in terms]
     assert not [m for m in step_metrics(flow) if m.split("_")[0] in terms]  # no effect in a flow step
     assert not any("train_colorstats" in w for w in loaded.warnings)
+
+
+def removed_section_keys() -> list[tuple[str, str]]:
+    """(section, key) of the model/data/training/output keys docs/CONFIG.md says are removed with a warning: in its
+    "Removed with a warning" paragraph a group starts with `section.key` and runs to the next `;`."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "CONFIG.md").read_text()
+    paragraph = doc.split("Removed with a warning", 1)[1].split("\n\n", 1)[0]
+    found = []
+    for group in paragraph.split(";"):
+        names = re.findall(r"`([\w.*]+)`", re.sub(r"\([^)]*\)", "", group))  # not the asides in parentheses
+        first = re.fullmatch(r"(model|data|training|output)\.(\w+)", names[0]) if names else None
+        if first:
+            found += [(first[1], key) for key in [first[2], *names[1:]] if "*" not in key]
+    return found
+
+
+@pytest.mark.parametrize("section, key", removed_section_keys())
+def test_each_key_the_docs_call_removed_is_warned_about_as_having_no_effect(tmp_path, section, key):
+    """A key in that list that is mapped instead (training.initial_clipping_norm: every step's grad_clip) would tell
+    a user the value is thrown away when it is used."""
+    raw = {"training": {"pipeline": {"steps": [{"name": "s", "n_epochs": 1, "train_vae": True}]}}}
+    raw.setdefault(section, {})[key] = 1
+    warnings = load_config(raw).warnings
+    pattern = rf"{section}\.({key}|\{{[^}}]*\b{key}\b[^}}]*\}}): ha(s|ve) no effect here"
+    assert any(re.match(pattern, w) for w in warnings), warnings
+
+
+def test_training_initial_clipping_norm_is_every_steps_grad_clip():
+    raw = {"training": {"initial_clipping_norm": 0.5,
+                        "pipeline": {"steps": [{"name": "s", "n_epochs": 1, "train_vae": True}]}}}
+    assert [s.grad_clip for s in load_config(raw).config.resolved_steps()] == [0.5]

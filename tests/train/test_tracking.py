@@ -34,6 +34,25 @@ def test_console_line_shows_only_labelled_metrics_in_seed_order_with_four_signif
     assert "skipped" not in line and "G:" not in line and "LPIPS" not in line
 
 
+def test_console_line_of_gan_only_mode_shows_the_zero_vae_loss_as_the_seed_does():
+    """The seed's table of metrics by mode: GAN-only (train_vae: false) shows `VAE (0.0)`; `.4g` alone printed
+    `VAE: 0`. Other values keep their 4 significant digits."""
+    gan_only = {"vae_loss": 0.0, "kl_loss": 0.335, "g_loss": -0.078, "d_loss": 2.0}
+    line = console_line(gan_only, PROGRESS, now=datetime(2025, 1, 1, 9, 5, 7))
+    assert line.endswith("| VAE: 0.0 | KL: 0.335 | G: -0.078 | D: 2 | 3.2s/batch")
+
+
+def test_jsonl_metrics_come_in_the_seed_order_then_the_others():
+    """The seed's JSONL format lists vae_loss, kl_loss, g_loss, d_loss, lpips_loss; a step's log-interval means
+    arrive sorted by name (d_logit_fake, d_loss, g_loss, ..., vae_loss), which is the order lines were written in."""
+    means = dict(sorted({**SEED_METRICS, "flow_loss": 0.5, "d_logit_fake": -0.2, "grad_norm_vae": 4.9,
+                         "skipped_updates": 0.0}.items()))
+    record = tracking.jsonl_record({**means, "lr_vae": 1e-4}, PROGRESS, "20251209_173000")
+    assert list(record["metrics"]) == ["vae_loss", "kl_loss", "g_loss", "d_loss", "lpips_loss", "flow_loss",
+                                       "d_logit_fake", "grad_norm_vae", "skipped_updates", "lr_vae"]
+    assert record["metrics"] == {**means, "lr_vae": 1e-4}
+
+
 def test_console_line_says_when_updates_were_skipped():
     """A run whose every update is skipped (lr far too high: non-finite losses) showed plausible losses and nothing
     else on the console; the count was only in the JSONL."""
@@ -141,3 +160,11 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
     assert bar.n == 5  # counts from the resumed batch
     bar.close()
     assert "vae epoch 1" in tty.getvalue() and "3/10" in tty.getvalue()
+
+
+def test_architecture_doc_lists_the_tracker_protocols_methods():
+    """docs/ARCHITECTURE.md's Tracker block is the interface flows/ implements: every method the runner calls."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "ARCHITECTURE.md").read_text()
+    block = doc.split("class Tracker(Protocol):", 1)[1].split("```", 1)[0]
+    methods = {name for name in vars(Tracker) if not name.startswith("_")}
+    assert set(re.findall(r"def (\w+)\(", block)) == methods

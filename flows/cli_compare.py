@@ -25,8 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="The hypotheses of an MLflow experiment side by side: for every leaf step (its seed replicates "
                     "grouped), the config values that differ and the final smoothed metrics with their 95 % "
-                    "interval, and per pair of hypotheses the difference and Welch's t-test verdict; as tables, "
-                    "CSV, JSON and a PNG bar chart.")
+                    "interval, and per pair of hypotheses the difference and the verdict of a t-test (paired by "
+                    "seed where both ran the same seeds, else Welch's); as tables, CSV, JSON and a PNG bar chart.")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--experiment", help="MLflow experiment name: its hypotheses (leaf steps) side by side")
     which.add_argument("--registered-model", metavar="NAME", help="MLflow registered model: its versions side by "

@@ -7,7 +7,7 @@ every hypothesis (the newest run per pipeline and step name, of the steps of the
 by the written step) this prints the configuration values that differ between them, the number of replicates and
 each final smoothed metric: the value, or with several replicates mean ± standard deviation [95 % interval]; then
 for every pair of hypotheses and metric the difference, its interval and whether it is beyond the replicate spread
-(Welch's t-test, flows/hypotheses.py).
+(a t-test paired by seed where both ran the same seeds, else Welch's: flows/hypotheses.py).
 A replicate that did not finish is left out where others of its hypothesis finished (`counted_replicates`).
 It writes the same as CSV, as JSON and as a PNG bar chart with the intervals as error bars.
 """
@@ -150,8 +150,9 @@ def pipeline_summary(steps: list, finished: dict[str, dict[str, float]]) -> Hypo
             groups.setdefault(step.hypothesis, []).append(step.name)
     if not groups:
         return None
-    summary = summarize(groups, {h: [finished[name] for name in names] for h, names in groups.items()})
     by_name = {step.name: step for step in steps}
+    summary = summarize(groups, {h: [finished[name] for name in names] for h, names in groups.items()},
+                        {h: [by_name[name].seed for name in names] for h, names in groups.items()})
     configs = [joined_params([flatten_params(by_name[name].model_dump(mode="json")) for name in names])
                for names in groups.values()]
     comparison = Comparison(labels=list(groups))
@@ -166,7 +167,7 @@ def untested_if_unfinished(difference: Difference, unfinished: set[str]) -> Diff
     stopped = [label for label in (difference.a, difference.b) if label in unfinished]
     if not stopped:
         return difference
-    return replace(difference, low=None, high=None, p_value=None,
+    return replace(difference, low=None, high=None, p_value=None, test="", better=None,
                    verdict=f"no test: {' and '.join(stopped)} did not finish (last logged values, not final)")
 
 
@@ -181,8 +182,10 @@ def compare_runs(client: MlflowClient, runs: list) -> Comparison:
                     [final_metrics(run) for run in firsts], IDENTITY_PARAMS)
     names = {label: [run.data.tags.get(TAG_STEP_NAME, run.info.run_name) for run in group]
              for label, group in groups.items()}
+    # Each replicate's seed (its `seed` param): replicates of two hypotheses with the same seeds are compared paired.
+    seeds = {label: [run.data.params.get("seed") for run in group] for label, group in groups.items()}
     comparison.summary = summary = summarize(
-        names, {label: [final_metrics(run) for run in group] for label, group in groups.items()})
+        names, {label: [final_metrics(run) for run in group] for label, group in groups.items()}, seeds)
     unfinished = {label for label, group in groups.items() if group[0].info.status != "FINISHED"}
     summary.differences = [untested_if_unfinished(d, unfinished) for d in summary.differences]
     comparison.metrics = {metric: [by_label[label].mean if label in by_label else None for label in groups]
@@ -237,8 +240,12 @@ def write_chart(comparison: Comparison, path: Path, title: str) -> None:
     many = len(comparison.labels) > 4
     panel_width = max(3.4, 0.45 * len(comparison.labels) + 0.8)  # inches: room for each bar's label
     width = panel_width * ncols + 0.6
-    shown = difference_lines(comparison, int(width * CHART_CHARS_PER_INCH))
-    text_height = 0.18 * len(shown) + (0.3 if shown else 0)  # inches
+    differences = difference_lines(comparison, int(width * CHART_CHARS_PER_INCH))
+    shown = ["Config differences:", *differences] if differences else []
+    tests = comparison.summary.tests_line() if comparison.summary else ""
+    if tests:  # which test gave the table's verdicts: the bars and their error bars do not say
+        shown = [*textwrap.wrap(tests, int(width * CHART_CHARS_PER_INCH), subsequent_indent="    "), *shown]
+    text_height = 0.18 * len(shown) + (0.12 if shown else 0)  # inches
     # Slanted labels take height from the bars unless the panels grow by it (8 pt: ~0.065 in a character, at 60°).
     panels_height = (3.0 + (0.055 * max(map(len, comparison.labels)) if many else 0)) * nrows
     fig, axes = plt.subplots(nrows, ncols, figsize=(width, panels_height + text_height + 0.6), squeeze=False)
@@ -260,7 +267,7 @@ def write_chart(comparison: Comparison, path: Path, title: str) -> None:
     fig.suptitle(title, fontsize=11)
     bottom = text_height / fig.get_figheight()
     if shown:
-        fig.text(0.01, bottom - 0.1 / fig.get_figheight(), "Config differences:\n" + "\n".join(shown),
+        fig.text(0.01, bottom - 0.1 / fig.get_figheight(), "\n".join(shown),
                  fontsize=8, va="top", family="monospace")
     fig.tight_layout(rect=(0, bottom, 1, 1 - 0.4 / fig.get_figheight()))
     fig.savefig(path, dpi=100)

@@ -1,21 +1,35 @@
 """Hypotheses with uncertainty: the seed replicates of each hypothesis summarised per metric, and every pair of
-hypotheses compared by Welch's t-test.
+hypotheses compared by a t-test, paired by seed where it can be.
 
 A hypothesis is a leaf step as written (its `hypothesis` param; fluxflow/config/steps.py); its replicates are the
 leaf runs of that step, one per seed. Per metric: the mean, the sample standard deviation and the 95 % confidence
 interval of the mean (Student's t with n − 1 degrees of freedom). Per pair (A, B) and metric: the difference of the
-means B − A, its 95 % interval and the two-sided p-value of Welch's t-test (unequal variances, Welch–Satterthwaite
-degrees of freedom). The difference is "beyond the spread" when that interval excludes 0 (p < 0.05), "within the
-spread" otherwise. With one replicate no interval can be given, and the summary says so instead of a verdict.
+means B − A, its 95 % interval and the two-sided p-value of
+- a paired t-test on the per-seed differences B_k − A_k, when both hypotheses ran the same set of seeds: replicate k
+  of A and of B share the seed's data order and batch noise (and, with the whole pipeline replicated, the parent
+  checkpoint), so that the seed's luck can cancel in their difference; the test is then more powerful, though it has
+  n − 1 degrees of freedom where Welch's has up to 2n − 2, so it is less so where the luck does not cancel (fresh
+  weights are seeded by seed + step index, fluxflow/train/trainer.py, so those differ: the pairing is still valid,
+  its pairs are fixed by the seeds before any value is seen);
+- else Welch's t-test (unequal variances, Welch–Satterthwaite degrees of freedom).
+The difference is "beyond the spread" when that interval excludes 0 (p < 0.05), "within the spread" otherwise; on a
+metric whose better side is known (fluxflow/evaluation/direction.py) the better hypothesis is named. With one
+replicate no interval can be given, and the summary says so instead of a verdict. Promotion's `beyond_spread` uses
+the same interval (`better_beyond`), so the table and the champion/challenger decision cannot disagree on the same
+numbers.
 """
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+
+from fluxflow.evaluation.direction import better_direction
 
 CONFIDENCE = 0.95
-TEST = "Welch's t-test, two-sided, 95 %"
+PAIRED, WELCH, FIXED = "paired by seed", "Welch", "against a fixed value"
+TEST = ("two-sided t-test at 95 %: paired by seed where both hypotheses ran the same seeds, else Welch's t-test "
+        "(unequal variances)")
 BEYOND, WITHIN = "beyond the spread", "within the spread"
 
 
@@ -26,6 +40,8 @@ def _student_t():
 
 
 def _t_quantile(df: float) -> float:
+    """The two-sided 95 % quantile of Student's t: scipy's inverse CDF, exact at any df (checked against the
+    printed table for df 1 to 29): the normal's 1.96 in its place is 6.5 times too small at df 1, 24 % at df 5."""
     return float(_student_t().ppf(0.5 + CONFIDENCE / 2, df))
 
 
@@ -72,7 +88,8 @@ def spread(values: list[float]) -> Spread:
 
 @dataclass(frozen=True)
 class Difference:
-    """B − A on one metric: its interval, p-value and verdict, or why there is none (`verdict` says it)."""
+    """B − A on one metric: its interval, p-value, test and verdict, or why there is none (`verdict` says it).
+    `better`: the hypothesis better beyond the spread, where the metric's better side is known."""
 
     metric: str
     a: str
@@ -82,19 +99,30 @@ class Difference:
     high: float | None
     p_value: float | None
     verdict: str
+    test: str = ""  # PAIRED, WELCH or FIXED; "" where no test was made
+    better: str | None = None
 
     def row(self) -> list[str]:
         f = "+.4g" if self.low is None else _format(self.low, self.high, "+")
         interval = "-" if self.low is None else f"[{self.low:{f}}, {self.high:{f}}]"
         p = "-" if self.p_value is None else f"{self.p_value:.3g}"
-        return [self.metric, f"{self.b} − {self.a}", f"{self.difference:{f}}", interval, p, self.verdict]
+        return [self.metric, f"{self.b} − {self.a}", f"{self.difference:{f}}", interval, p, self.test or "-",
+                self.better_cell(), self.verdict]
+
+    def better_cell(self) -> str:
+        if self.verdict != BEYOND:
+            return "-"
+        direction = better_direction(self.metric)
+        if direction is None:
+            return "direction unknown"
+        return f"{self.better} ({'higher' if direction == 'maximize' else 'lower'})"
 
 
-DIFFERENCE_HEADER = ["metric", "hypotheses", "difference", "95 % interval", "p", f"verdict ({TEST})"]
+DIFFERENCE_HEADER = ["metric", "hypotheses", "difference", "95 % interval", "p", "test", "better", "verdict (95 %)"]
 
 
-def welch(a: list[float], b: list[float], metric: str = "", names: tuple[str, str] = ("A", "B")) -> Difference:
-    """mean(b) − mean(a) with Welch's interval and test; no interval when either side has one replicate."""
+def _untestable(a: list[float], b: list[float], metric: str, names: tuple[str, str]) -> Difference | None:
+    """The Difference that says why no test can be made (a value that is not finite, one replicate), or None."""
     sa, sb = spread(a), spread(b)
     # Equal means computed in another order differ in the last bit: that is no difference (not -2.2e-16).
     diff = 0.0 if math.isclose(sa.mean, sb.mean, rel_tol=1e-12) else sb.mean - sa.mean
@@ -109,14 +137,84 @@ def welch(a: list[float], b: list[float], metric: str = "", names: tuple[str, st
         return Difference(metric, *names, diff, None, None, None,
                           f"no interval can be given: {' and '.join(single)} {'has' if len(single) == 1 else 'have'}"
                           " one replicate")
+    return None
+
+
+def _tested(metric: str, names: tuple[str, str], diff: float, se: float, df: float, test: str) -> Difference:
+    """The 95 % t interval diff ± t(df)·se, its p-value and verdict. The verdict is read off the interval (it
+    excludes 0), the same reading promotion makes (`better_beyond`)."""
+    if se == 0.0:  # no spread at all (every replicate, or every per-seed difference, the same): none to be beyond
+        low = high = diff
+        p = None
+    else:
+        half = _t_quantile(df) * se
+        low, high = diff - half, diff + half
+        p = float(2 * _student_t().sf(abs(diff) / se, df))
+    d = Difference(metric, *names, diff, low, high, p, BEYOND if low > 0 or high < 0 else WITHIN, test)
+    direction = better_direction(metric)
+    if d.verdict == BEYOND and direction is not None:
+        return replace(d, better=names[1] if better_beyond(d, direction) else names[0])
+    return d
+
+
+def welch(a: list[float], b: list[float], metric: str = "", names: tuple[str, str] = ("A", "B")) -> Difference:
+    """mean(b) − mean(a) with Welch's interval and test; no interval when either side has one replicate."""
+    untestable = _untestable(a, b, metric, names)
+    if untestable is not None:
+        return untestable
+    sa, sb = spread(a), spread(b)
+    diff = 0.0 if math.isclose(sa.mean, sb.mean, rel_tol=1e-12) else sb.mean - sa.mean
     va, vb = sa.std ** 2 / sa.n, sb.std ** 2 / sb.n
     se = math.sqrt(va + vb)
-    if se == 0.0:  # every replicate of both gave the same value: no spread to be beyond
-        return Difference(metric, *names, diff, diff, diff, None, BEYOND if diff != 0 else WITHIN)
-    df = (va + vb) ** 2 / (va ** 2 / (sa.n - 1) + vb ** 2 / (sb.n - 1))
-    half = _t_quantile(df) * se
-    p = float(2 * _student_t().sf(abs(diff) / se, df))
-    return Difference(metric, *names, diff, diff - half, diff + half, p, BEYOND if p < 1 - CONFIDENCE else WITHIN)
+    df = (va + vb) ** 2 / (va ** 2 / (sa.n - 1) + vb ** 2 / (sb.n - 1)) if se else 1.0
+    return _tested(metric, names, diff, se, df, WELCH)
+
+
+def paired(a: list[float], b: list[float], metric: str = "", names: tuple[str, str] = ("A", "B"),
+           test: str = PAIRED) -> Difference:
+    """mean(b − a) over pairs (a[k], b[k]) of the same seed: the t interval of the mean per-seed difference, n − 1
+    degrees of freedom."""
+    untestable = _untestable(a, b, metric, names)
+    if untestable is not None:
+        return untestable
+    diffs = spread([y - x for x, y in zip(a, b, strict=True)])
+    sa, sb = spread(a), spread(b)
+    diff = 0.0 if math.isclose(sa.mean, sb.mean, rel_tol=1e-12) else diffs.mean
+    return _tested(metric, names, diff, diffs.std / math.sqrt(diffs.n), diffs.n - 1, test)
+
+
+def by_seed(values: list[float], seeds: list | None) -> dict | None:
+    """Seed -> value, or None when a seed is unknown or repeated (no pairing can be made)."""
+    if seeds is None or None in seeds or len(set(seeds)) != len(seeds) or len(seeds) != len(values):
+        return None
+    return dict(zip(seeds, values))
+
+
+def difference(a: list[float], b: list[float], metric: str = "", names: tuple[str, str] = ("A", "B"),
+               seeds: tuple[list, list] | None = None) -> Difference:
+    """B − A, paired by seed when `seeds` (each side's, in the order of its values) are the same set on both sides;
+    else Welch's. A replicate missing on one side (not finished, no such metric) makes the sets differ: Welch."""
+    pa, pb = (by_seed(a, seeds[0]), by_seed(b, seeds[1])) if seeds is not None else (None, None)
+    if pa is not None and pb is not None and set(pa) == set(pb):
+        order = sorted(pa)
+        return paired([pa[k] for k in order], [pb[k] for k in order], metric, names)
+    return welch(a, b, metric, names)
+
+
+def versus_value(values: list[float], value: float, metric: str = "", names: tuple[str, str] = ("A", "B"),
+                 ) -> Difference:
+    """values − value, where `value` is a fixed number (a champion evaluated once on fixed images and seeds): the
+    one-sample t interval of the mean, which is Welch's with a side that has no spread."""
+    return paired([value] * len(values), values, metric, names, FIXED)
+
+
+def better_beyond(d: Difference, direction: str, margin: float = 0.0) -> bool:
+    """Whether B is better than A beyond the spread by more than `margin`: the end of the 95 % interval of B − A
+    nearest "worse" is past `margin` on the better side. The table's verdict (margin 0) and promotion's
+    `beyond_spread` (margin `min_improvement`) are this one rule."""
+    if d.low is None:
+        return False
+    return d.low > margin if direction == "maximize" else -d.high > margin
 
 
 def _finite_or_null(fields: dict) -> dict:
@@ -167,6 +265,22 @@ class HypothesisSummary:
                      "the spread'.")
         return note
 
+    def tests_line(self) -> str:
+        """Which test gave each pair's differences (for the chart, whose bars do not show them): "paired by seed"
+        or "Welch", with the pairs each took when they are not all one."""
+        used: dict[str, list[str]] = {}
+        for d in self.differences:
+            if d.test:
+                pair = f"{d.b} − {d.a}"
+                used.setdefault(d.test, [])
+                if pair not in used[d.test]:
+                    used[d.test].append(pair)
+        if not used:
+            return ""
+        if len(used) == 1:
+            return f"Differences (95 % t-test): {next(iter(used))}"
+        return "Differences (95 % t-test): " + "; ".join(f"{test}: {', '.join(pairs)}" for test, pairs in used.items())
+
     def text(self) -> str:
         """The whole summary as text tables (the pipeline's MLflow run keeps it as hypotheses.txt)."""
         from flows.text_table import plain_table
@@ -178,14 +292,19 @@ class HypothesisSummary:
         return "\n\n".join([*parts, self.note()]) + "\n"
 
 
-def summarize(replicates: dict[str, list[str]], finals: dict[str, list[dict[str, float]]]) -> HypothesisSummary:
-    """`finals`: per hypothesis, each replicate's final metrics. A metric is summarised over the replicates that
-    have it; a pair is compared on the metrics both have."""
+def summarize(replicates: dict[str, list[str]], finals: dict[str, list[dict[str, float]]],
+              seeds: dict[str, list] | None = None) -> HypothesisSummary:
+    """`finals`: per hypothesis, each replicate's final metrics; `seeds`: per hypothesis, each replicate's seed in
+    the same order (None where unknown). A metric is summarised over the replicates that have it; a pair is compared
+    on the metrics both have, paired by seed where both have it for the same seeds (`difference`)."""
     summary = HypothesisSummary(replicates)
     metrics = sorted({m for runs in finals.values() for values in runs for m in values})
     for metric in metrics:
-        values = {h: [v[metric] for v in runs if v.get(metric) is not None] for h, runs in finals.items()}
+        kept = {h: [k for k, v in enumerate(runs) if v.get(metric) is not None] for h, runs in finals.items()}
+        values = {h: [finals[h][k][metric] for k in ks] for h, ks in kept.items()}
+        seeds_of = {h: [seeds[h][k] for k in ks] if seeds and h in seeds else None for h, ks in kept.items()}
         summary.spreads[metric] = {h: spread(vals) for h, vals in values.items() if vals}
         for a, b in itertools.combinations([h for h in finals if values[h]], 2):
-            summary.differences.append(welch(values[a], values[b], metric, (a, b)))
+            pair_seeds = None if seeds_of[a] is None or seeds_of[b] is None else (seeds_of[a], seeds_of[b])
+            summary.differences.append(difference(values[a], values[b], metric, (a, b), pair_seeds))
     return summary

@@ -21,7 +21,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import artifact_key
-from flows.hypotheses import spread
+from flows.hypotheses import better_beyond, difference, spread, versus_value
 from flows.mlflow_names import TAG_CHECKPOINT_SHA256, TAG_DECISION_OF_RUN, TAG_PROMOTION, TAG_STEP_NAME
 from flows.registry import model_checkpoint, register_step, version_by_alias, versions_of
 from flows.mlflow_runs import TrackingTarget
@@ -61,27 +61,48 @@ def decide(value: float, champion_value: float | None, direction: str, min_impro
     if not math.isfinite(champion_value):
         return True, f"the champion's value {champion_value} is not a number"
     gain = value - champion_value if direction == "maximize" else champion_value - value  # negative: worse
+    return gain > min_improvement, _gain_reason(gain, min_improvement)
+
+
+def _gain_reason(gain: float, min_improvement: float) -> str:
+    """How `gain` (positive: better) stands against `min_improvement`."""
     if gain > min_improvement:
-        return True, f"better by {gain:.4g}, more than the {min_improvement:g} required"
+        return f"better by {gain:.4g}, more than the {min_improvement:g} required"
     if gain > 0:
-        return False, f"better by only {gain:.4g}, not more than the {min_improvement:g} required"
-    return False, "not better" if gain == 0 else f"worse by {-gain:.4g}"
+        return f"better by only {gain:.4g}, not more than the {min_improvement:g} required"
+    return "not better" if gain == 0 else f"worse by {-gain:.4g}"
 
 
-def decide_beyond_spread(values: list[float], champion_value: float | None, direction: str,
-                         min_improvement: float) -> tuple[bool, str]:
-    """(promote?, why) for a hypothesis trained as seed replicates: the end of its 95 % interval over `values`
-    (flows/hypotheses.py) nearest the champion must beat the champion's value as `decide` requires, so that a lucky
-    replicate alone does not take the alias. One replicate gives no interval, so no promotion, except with no
-    champion: there is nothing to be beyond, and the first version of a model is promoted as `decide` does."""
+def decide_beyond_spread(values: list[float], champion: float | list[float] | None, direction: str,
+                         min_improvement: float, seeds: tuple[list, list] | None = None) -> tuple[bool, str]:
+    """(promote?, why) for a hypothesis trained as seed replicates (`values`). `champion`: the champion's value, a
+    fixed number (one model evaluated on fixed images and seeds), or, where the champion's hypothesis was trained as
+    replicates in this run, their values (`seeds`: the challenger's and the champion's, in order). The rule is the
+    comparison table's (flows/hypotheses.py `better_beyond`): the 95 % interval of challenger − champion (against a
+    fixed value, paired by seed, or Welch's) must lie on the better side beyond `min_improvement`, so that a lucky
+    replicate alone does not take the alias, and the table and promotion cannot disagree on the same numbers. One
+    replicate gives no interval, so no promotion, except with no champion: there is nothing to be beyond, and the
+    first version of a model is promoted as `decide` does."""
     s = spread(values)
-    if s.low is None and champion_value is None:  # nothing to be beyond
+    if champion is None:  # nothing to be beyond
         return decide(s.mean, None, direction, min_improvement)
-    if s.low is None:
+    if s.n < 2:
         return False, "one replicate: no interval can be given, so no improvement beyond the spread"
-    end, which = (s.low, "lower") if direction == "maximize" else (s.high, "upper")
-    promoted, reason = decide(end, champion_value, direction, min_improvement)
-    return promoted, f"95 % interval over {s.n} replicates {s.interval()}, its {which} end: {reason}"
+    if not isinstance(champion, list) and not math.isfinite(champion):  # a champion that scores no number: replaced
+        return decide(s.low if direction == "maximize" else s.high, champion, direction, min_improvement)
+    if isinstance(champion, list):
+        d = difference(champion, values, names=("the champion's hypothesis", "this one"),
+                       seeds=seeds[::-1] if seeds else None)
+        interval = (f"95 % interval of the difference from the champion's hypothesis ({d.test}, {len(champion)} and "
+                    f"{s.n} replicates) [{d.low:+.4g}, {d.high:+.4g}]" if d.low is not None else "")
+    else:
+        d = versus_value(values, champion, names=("the champion", "this hypothesis"))
+        interval = f"95 % interval over {s.n} replicates {s.interval()}"  # its end minus the champion: d's end
+    if d.low is None:  # a value that is not finite
+        return False, f"{d.verdict}, so no improvement beyond the spread"
+    end, which = (d.low, "lower") if direction == "maximize" else (-d.high, "upper")  # the gain, positive: better
+    why = _gain_reason(end, min_improvement)
+    return better_beyond(d, direction, min_improvement), f"{interval}, its {which} end: {why}"
 
 
 def _fmt(value: float | None) -> str:
@@ -146,6 +167,7 @@ def promote(config, client: MlflowClient, versions: list[str]) -> list[Decision]
     metrics, decisions = _evaluator(config, client), []
     steps = {v: client.get_model_version(name, v).tags.get(TAG_STEP_NAME, "") for v in versions}
     replicates = _replicates_of(config, steps)
+    seed_of = {step.name: step.seed for step in config.resolved_steps()}  # pairs replicates by seed
     for version in versions:
         step = steps[version]
         metric, direction = promotion_metric(config, step)
@@ -169,8 +191,15 @@ def promote(config, client: MlflowClient, versions: list[str]) -> list[Decision]
                     if best != version:
                         promoted, reason = False, f"a replicate of its hypothesis: version {best}, the best, decides"
                     else:
-                        promoted, reason = decide_beyond_spread(list(group.values()), champion_value, direction,
-                                                                config.promotion.min_improvement)
+                        # A champion trained in this run with replicates of its own (e.g. hypothesis `a`'s best,
+                        # promoted a moment ago) is measured by all of them, as the comparison table measures `a`;
+                        # its single value was `a`'s luckiest seed, and the two disagreed on the same numbers.
+                        rivals = [v for v in replicates.get(champion, []) if v not in group]
+                        against = ([metrics(v, step).get(metric, math.nan) for v in rivals] if len(rivals) > 1
+                                   else champion_value)
+                        seeds = ([seed_of.get(steps[v]) for v in group], [seed_of.get(steps[v]) for v in rivals])
+                        promoted, reason = decide_beyond_spread(list(group.values()), against, direction,
+                                                                config.promotion.min_improvement, seeds)
                 else:
                     promoted, reason = decide(value, champion_value, direction, config.promotion.min_improvement)
         decision = Decision(name, version, step, metric, direction, config.promotion.min_improvement, value,

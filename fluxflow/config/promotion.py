@@ -58,7 +58,7 @@ class PromotionConfig(StrictModel):
     direction: Direction | None = None  # None: the metric's own (PROMOTION_METRICS)
     min_improvement: float = Field(0.0, ge=0.0, description="how much better than the champion a new version must be")
     # With seed replicates (training.replicates): the hypothesis is promoted (its best replica takes the alias) only
-    # when the end of its 95 % interval over the replicates nearest the champion beats it (flows/promotion.py).
+    # when it is better than the champion beyond the spread, by fluxflow-compare's rule (flows/promotion.py).
     beyond_spread: bool = False
     dataset: str | None = None  # None: the registered step's dataset
     n_images: int = Field(256, ge=2, description="held-out images evaluated (at most the held-out split)")

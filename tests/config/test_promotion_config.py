@@ -191,6 +191,62 @@ def test_promotion_beyond_the_spread_moves_the_alias_to_the_best_replicate_only_
     assert client.get_model_version_by_alias("m", "champion").version == versions[2]
 
 
+def test_promotion_beyond_the_spread_and_the_comparison_table_agree_on_the_same_numbers(mlflow_store, monkeypatch,
+                                                                                         tmp_path):
+    """Hypotheses a and b, 3 seeds each, in one run: a's best replicate takes the alias first (no champion yet), then
+    b is measured. b beats a at every seed (by 0.055, 0.06, 0.065): the table calls b better beyond the spread
+    (paired by seed; Welch's too, [+0.008, +0.112]), but promotion measured b's interval [0.518, 0.642] against a's
+    luckiest seed alone (0.54) and kept a. Both now read the same interval of b − a."""
+    from mlflow.tracking import MlflowClient
+
+    from flows import promotion
+    from flows.hypotheses import summarize
+    from flows.mlflow_names import TAG_STEP_NAME
+
+    a, b = [0.50, 0.52, 0.54], [0.555, 0.58, 0.605]
+    table = summarize({"a": ["a-seed0", "a-seed1", "a-seed2"], "b": ["b-seed0", "b-seed1", "b-seed2"]},
+                      {"a": [{"eval_adherence_both": v} for v in a], "b": [{"eval_adherence_both": v} for v in b]},
+                      {"a": [0, 1, 2], "b": [0, 1, 2]})
+    (verdict,) = table.differences
+    assert (verdict.test, verdict.verdict, verdict.better) == ("paired by seed", "beyond the spread", "b")
+
+    client = MlflowClient(mlflow_store)
+    raw = config({**FLOW, "name": "a", "after": "warm"}, {**FLOW, "name": "b", "after": "warm"},
+                 promotion={"beyond_spread": True, "metric": "eval_adherence_both"}, tracking={"registered_model": "m"})
+    raw["training"]["replicates"] = {"seeds": [0, 1, 2], "from_steps": ["a", "b"]}
+    client.create_registered_model("m")
+    steps = [f"{h}-seed{i}" for h in "ab" for i in range(3)]
+    versions = [str(client.create_model_version("m", str(tmp_path), tags={TAG_STEP_NAME: s}).version) for s in steps]
+    by_version = dict(zip(versions, a + b))
+    monkeypatch.setattr(promotion, "_evaluator", lambda config, client: (
+        lambda version, step: {"eval_adherence_both": by_version[str(version)]}))
+
+    decisions = {d.step: d for d in promotion.promote(load_config(raw).config, client, versions)}
+    assert [s for s, d in decisions.items() if d.promoted] == ["a-seed2", "b-seed2"]
+    assert "paired by seed, 3 and 3 replicates" in decisions["b-seed2"].reason
+    assert str(client.get_model_version_by_alias("m", "champion").version) == versions[5]
+
+
+@pytest.mark.parametrize("champion, challenger, seeds", [
+    ([0.60, 0.50, 0.55], [0.64, 0.53, 0.575], ([0, 1, 2], [0, 1, 2])),  # paired: better at every seed
+    ([0.60, 0.50, 0.55], [0.64, 0.53, 0.575], ([0, 1, 2], [3, 4, 5])),  # other seeds: Welch's, within
+    ([0.50, 0.52, 0.51], [0.60, 0.61, 0.63], ([0, 1, 2], [3, 4, 5])),  # Welch's, beyond
+    ([0.60, 0.61, 0.63], [0.50, 0.52, 0.51], ([0, 1, 2], [0, 1, 2])),  # worse beyond the spread
+    ([0.50, 0.55, 0.60], [0.50, 0.55, 0.60], ([0, 1, 2], [0, 1, 2])),  # the same
+])
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_promotion_s_rule_is_the_table_s_verdict(champion, challenger, seeds, direction):
+    from flows.hypotheses import summarize
+    from flows.promotion import decide_beyond_spread
+
+    metric = "eval_adherence_both" if direction == "maximize" else "eval_fd_ours_cfg"
+    table = summarize({"champion": ["c"] * 3, "new": ["n"] * 3},
+                      {"champion": [{metric: v} for v in champion], "new": [{metric: v} for v in challenger]},
+                      {"champion": seeds[0], "new": seeds[1]})
+    promoted, reason = decide_beyond_spread(challenger, champion, direction, 0.0, seeds[::-1])
+    assert promoted is (table.differences[0].better == "new"), reason
+
+
 def test_beyond_the_spread_the_first_version_is_promoted_even_from_one_replicate():
     """With no champion there is nothing to be beyond: a model trained without replicates (or with `seeds: [0]`)
     under `beyond_spread: true` never got a champion, against "the first version of a model is promoted", and

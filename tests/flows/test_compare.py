@@ -192,7 +192,15 @@ def test_replicates_are_one_column_per_hypothesis_with_intervals_and_a_verdict_p
     verdicts = {tuple(line[1:4]): " ".join(line[-3:]) for line in lines if line[:1] == ["vae_loss"]}
     assert verdicts == {("b", "−", "a"): "within the spread", ("planted", "−", "a"): "beyond the spread",
                         ("planted", "−", "b"): "beyond the spread"}
-    assert json.loads((tmp_path / "cmp" / "compare_hypotheses.json").read_text())["test"].startswith("Welch")
+    # The same seeds 0, 1, 2 on every side: each pair is paired by seed, and on a loss lower is better.
+    rows = {tuple(line.split()[1:4]): line for line in printed.splitlines() if line.startswith("vae_loss ")}
+    assert all("paired by seed" in row for row in rows.values())
+    assert rows[("b", "−", "a")].split()[-4] == "-"  # within the spread: neither is better
+    assert "planted (lower)" in rows[("planted", "−", "a")] and "planted (lower)" in rows[("planted", "−", "b")]
+    logged = json.loads((tmp_path / "cmp" / "compare_hypotheses.json").read_text())
+    assert [(d["test"], d["better"]) for d in logged["differences"]] == [("paired by seed", None),
+                                                                         ("paired by seed", "planted"),
+                                                                         ("paired by seed", "planted")]
 
 
 def test_one_run_per_hypothesis_says_that_no_interval_can_be_given(experiment, tmp_path, capsys):
@@ -324,6 +332,20 @@ def test_replicates_left_out_do_not_show_their_seeds_as_a_config_difference(expe
     comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp))
     assert comparison.labels == ["a", "b (left out: 1 killed of 3)"]
     assert comparison.config == {"seed": ["0, 1, 2", "1, 2"]}
+
+
+def test_a_replicate_left_out_on_one_side_leaves_welch_s_test(experiment, tmp_path):
+    """b's seed 0 was killed: a has seeds 0, 1, 2 and b 1, 2, so there are no pairs for every replicate; the
+    difference is Welch's, and the chart says which test gave it."""
+    client, exp = experiment
+    losses = {"warm": 0.9, **{f"{h}-seed{i}": v + i / 100 for h, v in (("a", 0.5), ("b", 0.3)) for i in range(3)}}
+    record_pipeline(client, exp, f"{tmp_path}/reps", [
+        WARM, *({"name": name, "n_epochs": 1, "train_vae": True, "after": "warm"} for name in ("a", "b"))
+    ], losses, replicates={"seeds": [0, 1, 2], "from_steps": ["a", "b"]}, killed=("b-seed0",))
+
+    summary = compare.compare_runs(client, compare.leaf_step_runs(client, exp)).summary
+    assert [(d.test, d.better) for d in summary.differences] == [("Welch", "b (left out: 1 killed of 3)")]
+    assert summary.tests_line() == "Differences (95 % t-test): Welch"
 
 
 def test_config_differences_under_the_chart_are_wrapped_to_its_width():

@@ -373,7 +373,7 @@ def test_seed_replicates_are_grouped_per_hypothesis_and_compared_with_their_spre
     flow weights), `planted` logs a known smaller flow_loss (its min-SNR weights are at most 0.5). Measured: a 2.31,
     1.95, 2.02; planted 0.79, 1.17, 0.77."""
     from flows import cli_compare
-    from flows.hypotheses import BEYOND, WITHIN
+    from flows.hypotheses import BEYOND, PAIRED, WITHIN
 
     flow = {"n_epochs": 1, "max_steps": 6, "train_diff": True, "lr": 3e-3, "after": "warm"}
     raw = config(tmp_path, "replicates", [{"name": "warm", **VAE}, {"name": "a", **flow}, {"name": "same", **flow},
@@ -397,8 +397,16 @@ def test_seed_replicates_are_grouped_per_hypothesis_and_compared_with_their_spre
     import mlflow
 
     logged = mlflow.artifacts.load_dict(f"runs:/{pipelines[0].info.run_id}/hypotheses.json")  # on the parent run
-    verdicts = {(d["a"], d["b"]): d["verdict"] for d in logged["differences"] if d["metric"] == "flow_loss"}
-    assert verdicts == {("a", "same"): WITHIN, ("a", "planted"): BEYOND, ("same", "planted"): BEYOND}
+    flow = {(d["a"], d["b"]): d for d in logged["differences"] if d["metric"] == "flow_loss"}
+    assert {pair: d["test"] for pair, d in flow.items()} == {pair: PAIRED for pair in flow}  # seeds 0, 1, 2 on each
+    assert flow["a", "planted"]["verdict"] == flow["same", "planted"]["verdict"] == BEYOND
+    assert flow["a", "planted"]["better"] == "planted"  # a loss: lower is better
+    # `same` is `a` again, but for its fresh-weight seed (seed + step index): replicate k of both shares data order
+    # and batch noise, so the paired difference is tiny. It is still a 5 % test of a true null, which says "beyond"
+    # by chance in 1 run in 20 (measured on branch stats: p 0.59 in one run, 0.027 in another, at +0.0026 and
+    # +0.0036 on a loss of 2.09; Welch's, blind to the pairing, said within): beyond is allowed only when negligible.
+    a_loss = logged["metrics"]["flow_loss"]["a"]["mean"]
+    assert flow["a", "same"]["verdict"] == WITHIN or abs(flow["a", "same"]["difference"]) < 0.01 * a_loss
 
     capsys.readouterr()
     assert cli_compare.main(["--experiment", "replicates", "--output", str(tmp_path / "cmp")]) == 0
@@ -410,7 +418,7 @@ def test_seed_replicates_are_grouped_per_hypothesis_and_compared_with_their_spre
     assert flow_loss.count("±") == 3 and flow_loss.count("[") == 3
     print(printed)  # shown with -s: the table quoted in README.md
     differences = {tuple(line.split()[1:4]): line for line in printed.splitlines() if line.startswith("flow_loss ")}
-    assert WITHIN in differences[("same", "−", "a")] and BEYOND in differences[("planted", "−", "a")]
-    assert "Welch's t-test" in printed
+    assert BEYOND in differences[("planted", "−", "a")] and "planted (lower)" in differences[("planted", "−", "a")]
+    assert all(PAIRED in line for line in differences.values())
     assert json.loads((tmp_path / "cmp" / "compare_replicates.json").read_text())["replicates"]["a"] == [
         "a-seed0", "a-seed1", "a-seed2"]

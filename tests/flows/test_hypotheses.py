@@ -1,5 +1,6 @@
-"""Replicate statistics (flows/hypotheses.py): intervals of the mean, Welch's t-test between hypotheses, checked
-against scipy's own implementation; and what is said with one replicate."""
+"""Replicate statistics (flows/hypotheses.py): intervals of the mean, the paired-by-seed and Welch's t-tests between
+hypotheses, checked against scipy's own implementation and against published worked examples (a printed t table,
+R's `t.test` on Student's sleep data); which hypothesis is better; and what is said with one replicate."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,8 @@ import json
 import pytest
 from scipy import stats
 
-from flows.hypotheses import BEYOND, WITHIN, spread, summarize, welch
+from flows.hypotheses import (BEYOND, PAIRED, WELCH, WITHIN, _t_quantile, better_beyond, difference, spread,
+                              summarize, versus_value, welch)
 
 A = [2.31, 1.95, 2.02]
 B = [0.79, 1.17, 0.77]
@@ -119,3 +121,110 @@ def test_the_pipeline_runs_summary_says_what_tells_its_hypotheses_apart(tmp_path
     assert list(summary.replicates) == ["spade_off", "spade_on"]
     assert ["config:", "train_spade", "False", "True"] in [line.split() for line in summary.text().splitlines()]
     assert json.loads(json.dumps(summary.to_dict()))["config"] == {"train_spade": ["False", "True"]}
+
+
+# Student's sleep data (Cushny & Peebles; R's `sleep`): extra hours of sleep of the same ten patients on two drugs.
+DRUG1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
+DRUG2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
+PATIENTS = list(range(10))
+
+
+@pytest.mark.parametrize("df, printed", [(1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (5, 2.571), (9, 2.262),
+                                         (14, 2.145), (19, 2.093), (29, 2.045)])
+def test_the_t_quantile_is_the_printed_table_s_for_2_to_30_replicates(df, printed):
+    assert _t_quantile(df) == pytest.approx(printed, abs=5e-4)
+
+
+def test_welch_gives_r_s_interval_and_p_on_the_sleep_data():
+    """R: t.test(extra ~ group, data = sleep) -> t = -1.8608, df = 17.776, p-value = 0.07939,
+    95 percent confidence interval: -3.3654832 0.2054832 (group 1 - group 2)."""
+    d = welch(DRUG2, DRUG1)
+    assert (d.low, d.high) == (pytest.approx(-3.3654832, abs=1e-7), pytest.approx(0.2054832, abs=1e-7))
+    assert d.p_value == pytest.approx(0.07939, abs=1e-5) and d.verdict == WITHIN and d.test == WELCH
+
+
+def test_the_same_seeds_on_both_sides_are_compared_paired_as_r_does_on_the_sleep_data():
+    """R: t.test(extra ~ group, data = sleep, paired = TRUE) -> t = -4.0621, df = 9, p-value = 0.002833, 95 percent
+    confidence interval: -2.4598858 -0.7001142. Each patient's luck cancels in their own difference: the paired test
+    calls beyond the spread what Welch's (above, p 0.079) calls within it. Replicate k of two hypotheses shares its
+    seed's data order and noise as a patient shares his own sleep."""
+    summary = summarize({"drug2": ["p"] * 10, "drug1": ["p"] * 10},  # differences B − A: drug1 − drug2, as R's
+                        {"drug2": [{"m": v} for v in DRUG2], "drug1": [{"m": v} for v in DRUG1]},
+                        {"drug2": PATIENTS, "drug1": PATIENTS})
+    (d,) = summary.differences
+    assert (d.a, d.b, d.test) == ("drug2", "drug1", PAIRED)
+    assert (d.low, d.high) == (pytest.approx(-2.4598858, abs=1e-7), pytest.approx(-0.7001142, abs=1e-7))
+    assert d.p_value == pytest.approx(0.002833, abs=1e-6) and d.verdict == BEYOND
+    assert d.row()[5] == "paired by seed" and summary.to_dict()["differences"][0]["test"] == "paired by seed"
+    assert summary.tests_line() == "Differences (95 % t-test): paired by seed"
+
+
+def test_pairs_are_matched_by_seed_not_by_position():
+    shuffled = [9, 3, 0, 5, 1, 8, 2, 7, 4, 6]
+    d = difference(DRUG2, [DRUG1[k] for k in shuffled], seeds=(PATIENTS, shuffled))
+    assert d.test == PAIRED and (d.low, d.high) == (pytest.approx(-2.4598858), pytest.approx(-0.7001142))
+
+
+@pytest.mark.parametrize("seeds", [
+    None,  # runs recorded without their seed
+    (PATIENTS, [*PATIENTS[:-1], 10]),  # other seeds
+    (PATIENTS, [*PATIENTS[:-1], None]),  # one seed unknown
+    (PATIENTS, [*PATIENTS[:-1], 0]),  # a seed twice
+])
+def test_without_the_same_set_of_seeds_the_difference_is_welch_s(seeds):
+    d = difference(DRUG2, DRUG1, seeds=seeds)
+    assert d.test == WELCH and d.p_value == pytest.approx(0.07939, abs=1e-5)
+
+
+def test_a_replicate_missing_a_metric_leaves_its_pair_unpaired_on_that_metric_only():
+    finals = {"a": [{"loss": v, "fd": v} for v in DRUG2], "b": [{"loss": v, "fd": v} for v in DRUG1]}
+    del finals["b"][4]["fd"]
+    summary = summarize({"a": ["a"] * 10, "b": ["b"] * 10}, finals, {"a": PATIENTS, "b": PATIENTS})
+    assert {d.metric: d.test for d in summary.differences} == {"fd": WELCH, "loss": PAIRED}
+    assert summary.tests_line() == "Differences (95 % t-test): Welch: b − a; paired by seed: b − a"
+
+
+@pytest.mark.parametrize("metric, better", [("flow_loss", "b (lower)"), ("eval_fd_ours_cfg", "b (lower)"),
+                                            ("eval_adherence_both", "a (higher)"), ("eval_psnr", "a (higher)"),
+                                            ("d_loss", "direction unknown")])
+def test_the_verdict_names_the_better_hypothesis_the_way_the_metric_is_better(metric, better):
+    """B − A < 0 beyond the spread: b is better on a loss or a distance, a on adherence or PSNR."""
+    d = welch(A, B, metric, ("a", "b"))
+    assert d.verdict == BEYOND and d.row()[6] == better
+    assert d.better == (None if better == "direction unknown" else better[0])
+
+
+def test_within_the_spread_nobody_is_better():
+    d = welch(A, [2.30, 1.96, 2.01], "flow_loss", ("a", "b"))
+    assert d.verdict == WITHIN and d.better is None and d.row()[6] == "-"
+
+
+def test_identical_values_are_within_the_spread_and_constant_ones_apart_are_beyond_it():
+    """No spread at all: nothing to be beyond when the values are the same, beyond it when they differ (the t
+    statistic is infinite); no p-value either way, and paired the same."""
+    same = difference([0.5, 0.5, 0.5], [0.5, 0.5, 0.5], "flow_loss", seeds=([0, 1, 2], [0, 1, 2]))
+    assert (same.low, same.high, same.p_value, same.verdict) == (0.0, 0.0, None, WITHIN)
+    apart = welch([0.5, 0.5, 0.5], [0.4, 0.4, 0.4], "flow_loss", ("a", "b"))
+    assert (apart.low, apart.high, apart.verdict, apart.better) == (pytest.approx(-0.1), pytest.approx(-0.1), BEYOND,
+                                                                    "b")
+    shifted = difference([1.0, 2.0, 3.0], [1.5, 2.5, 3.5], "eval_psnr", ("a", "b"), seeds=([0, 1, 2], [0, 1, 2]))
+    assert (shifted.test, shifted.verdict, shifted.better) == (PAIRED, BEYOND, "b")  # each seed gains 0.5
+
+
+def test_a_fixed_value_is_welch_s_with_a_side_that_has_no_spread():
+    """A champion evaluated once is a number, not a sample: the one-sample interval, which Welch's formula gives
+    when one side's values are all the same."""
+    fixed = versus_value(B, 1.5)
+    as_welch = welch([1.5] * 3, B)
+    ref = stats.ttest_1samp(B, 1.5)
+    assert (fixed.low, fixed.high) == (pytest.approx(as_welch.low), pytest.approx(as_welch.high))
+    assert (fixed.low + 1.5, fixed.high + 1.5) == tuple(map(pytest.approx, ref.confidence_interval(0.95)))  # of B
+    assert fixed.p_value == pytest.approx(ref.pvalue)
+
+
+@pytest.mark.parametrize("direction, margin, expected", [("minimize", 0.0, True), ("maximize", 0.0, False),
+                                                         ("minimize", 0.5, True), ("minimize", 1.0, False)])
+def test_better_beyond_reads_the_interval_end_nearest_worse(direction, margin, expected):
+    d = welch(A, B)  # B − A in about [-1.66, -0.70]
+    assert -1.67 < d.low < -1.66 and -0.71 < d.high < -0.70
+    assert better_beyond(d, direction, margin) is expected

@@ -173,13 +173,12 @@ def untested_if_unfinished(difference: Difference, unfinished: set[str]) -> Diff
 
 def compare_runs(client: MlflowClient, runs: list) -> Comparison:
     groups = dict(counted_replicates(label, group) for label, group in group_by_hypothesis(client, runs).items())
-    labels = list(groups)
-    firsts = [group[0] for group in groups.values()]
-    comparison = Comparison(labels=labels)
+    comparison = Comparison(labels=list(groups))
     # Each hypothesis' params from all its counted replicates (the seed as "0, 1, 2"): one replicate's params made its
-    # seed a difference between hypotheses whose first counted replicates had different seeds (one left out).
+    # seed a difference between hypotheses whose first counted replicates had different seeds (one left out). Its
+    # metrics are the means of the summary's spreads (below).
     fill_comparison(comparison, [joined_params([run.data.params for run in group]) for group in groups.values()],
-                    [final_metrics(run) for run in firsts], IDENTITY_PARAMS)
+                    [], IDENTITY_PARAMS)
     names = {label: [run.data.tags.get(TAG_STEP_NAME, run.info.run_name) for run in group]
              for label, group in groups.items()}
     # Each replicate's seed (its `seed` param): replicates of two hypotheses with the same seeds are compared paired.

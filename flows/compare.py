@@ -37,10 +37,6 @@ CHART_DIFFERENCES = 12  # config differences under the chart; the CSV has them a
 CHART_CHARS_PER_INCH = 14  # 8 pt monospace: a character is 0.6 em = 4.8 pt, 15 to the inch; one spare
 
 
-def _unset_as_missing(value: str) -> str:
-    return MISSING if value in ("None", "") else value
-
-
 @dataclass
 class Comparison:
     labels: list[str]  # one column per hypothesis (leaf step) or registered version
@@ -197,7 +193,7 @@ def fill_comparison(comparison: Comparison, configs: list[dict], finals: list[di
     metric. An unset option ("None") of one column and an option another column's optimizer type does not have
     are the same thing, not a difference."""
     for key in sorted({key for config in configs for key in config} - set(ignore)):
-        values = [_unset_as_missing(config.get(key, MISSING)) for config in configs]
+        values = [MISSING if (value := config.get(key, MISSING)) in ("None", "") else value for config in configs]
         if len(set(values)) > 1:
             comparison.config[key] = values
     for key in sorted({key for metrics in finals for key in metrics}):

@@ -37,10 +37,6 @@ CHART_DIFFERENCES = 12  # config differences under the chart; the CSV has them a
 CHART_CHARS_PER_INCH = 14  # 8 pt monospace: a character is 0.6 em = 4.8 pt, 15 to the inch; one spare
 
 
-def _unset_as_missing(value: str) -> str:
-    return MISSING if value in ("None", "") else value
-
-
 @dataclass
 class Comparison:
     labels: list[str]  # one column per hypothesis (leaf step) or registered version
@@ -173,13 +169,12 @@ def untested_if_unfinished(difference: Difference, unfinished: set[str]) -> Diff
 
 def compare_runs(client: MlflowClient, runs: list) -> Comparison:
     groups = dict(counted_replicates(label, group) for label, group in group_by_hypothesis(client, runs).items())
-    labels = list(groups)
-    firsts = [group[0] for group in groups.values()]
-    comparison = Comparison(labels=labels)
+    comparison = Comparison(labels=list(groups))
     # Each hypothesis' params from all its counted replicates (the seed as "0, 1, 2"): one replicate's params made its
-    # seed a difference between hypotheses whose first counted replicates had different seeds (one left out).
+    # seed a difference between hypotheses whose first counted replicates had different seeds (one left out). Its
+    # metrics are the means of the summary's spreads (below).
     fill_comparison(comparison, [joined_params([run.data.params for run in group]) for group in groups.values()],
-                    [final_metrics(run) for run in firsts], IDENTITY_PARAMS)
+                    [], IDENTITY_PARAMS)
     names = {label: [run.data.tags.get(TAG_STEP_NAME, run.info.run_name) for run in group]
              for label, group in groups.items()}
     # Each replicate's seed (its `seed` param): replicates of two hypotheses with the same seeds are compared paired.
@@ -198,7 +193,7 @@ def fill_comparison(comparison: Comparison, configs: list[dict], finals: list[di
     metric. An unset option ("None") of one column and an option another column's optimizer type does not have
     are the same thing, not a difference."""
     for key in sorted({key for config in configs for key in config} - set(ignore)):
-        values = [_unset_as_missing(config.get(key, MISSING)) for config in configs]
+        values = [MISSING if (value := config.get(key, MISSING)) in ("None", "") else value for config in configs]
         if len(set(values)) > 1:
             comparison.config[key] = values
     for key in sorted({key for metrics in finals for key in metrics}):

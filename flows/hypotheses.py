@@ -268,13 +268,10 @@ class HypothesisSummary:
     def tests_line(self) -> str:
         """Which test gave each pair's differences (for the chart, whose bars do not show them): "paired by seed"
         or "Welch", with the pairs each took when they are not all one."""
-        used: dict[str, list[str]] = {}
+        used: dict[str, dict[str, None]] = {}  # test -> its pairs, in order
         for d in self.differences:
             if d.test:
-                pair = f"{d.b} − {d.a}"
-                used.setdefault(d.test, [])
-                if pair not in used[d.test]:
-                    used[d.test].append(pair)
+                used.setdefault(d.test, {})[f"{d.b} − {d.a}"] = None
         if not used:
             return ""
         if len(used) == 1:

@@ -53,10 +53,8 @@ def _publish(source: Path, target: Path, edit: Callable[[str], None] | None = No
         shutil.copyfile(source, tmp)
         if edit:
             edit(tmp)
-        try:
+        with contextlib.suppress(FileExistsError):
             os.link(tmp, target)
-        except FileExistsError:
-            pass
     finally:
         os.unlink(tmp)
 

@@ -325,7 +325,7 @@ def prepare_for_steps(tracking_uri: str) -> None:
     import torchmetrics.functional.image  # noqa: F401
     from mlflow.tracking import MlflowClient
 
-    try:  # a local sqlite store's first opening in a process takes 0.8 s; MLflow keeps it open for the process
+    # A local sqlite store's first opening in a process takes 0.8 s; MLflow keeps it open for the process. Only a head
+    # start: the step itself reports a store it cannot use.
+    with contextlib.suppress(Exception):
         MlflowClient(tracking_uri).search_experiments(max_results=1)
-    except Exception:  # noqa: BLE001 - only a head start: the step itself reports a store it cannot use
-        pass

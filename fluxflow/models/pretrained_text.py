@@ -59,10 +59,7 @@ class PretrainedTextEncoder(nn.Module):
         out = self.model(input_ids=ids, attention_mask=mask.long())
         keep = mask.unsqueeze(-1).float()
         tokens = out.last_hidden_state.float() * keep
-        if self.family == "clip":
-            pooled = out.pooler_output.float()
-        else:
-            pooled = tokens.sum(1) / keep.sum(1).clamp(min=1.0)
+        pooled = out.pooler_output.float() if self.family == "clip" else tokens.sum(1) / keep.sum(1).clamp(min=1.0)
         return tokens, pooled
 
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):

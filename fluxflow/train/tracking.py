@@ -147,13 +147,14 @@ def trim_jsonl(path: Path, max_global_step: int, keep_evaluation_at_end: bool = 
     tmp.replace(path)
 
 
-class ConsoleJsonlTracker:
+class ConsoleJsonlTracker(Tracker):
     """Prints the original tool's console line and appends `<output>/graph/training_metrics_<step>.jsonl`.
 
     The JSONL file is opened in append mode for every line and closed again: a resumed step continues its file,
     each line is on disk as soon as it is logged, and several steps (branches) can share one tracker. `stream`
-    defaults to whatever sys.stdout is at the time of writing. Images and artifacts are already files under the
-    output directory, so this tracker has nothing more to do with them.
+    defaults to whatever sys.stdout is at the time of writing. Its other calls are the protocol's no-ops (inherited):
+    the runner prints the original tool's "Starting step" / "Resuming from checkpoint" / "Finished step" lines itself,
+    and images and artifacts are already files under the output directory.
     """
 
     def __init__(self, output_dir: str | Path, session_id: str | None = None, stream: IO[str] | None = None):
@@ -167,9 +168,6 @@ class ConsoleJsonlTracker:
         tqdm.write(line, file=stream)  # clears and redraws a progress bar on a terminal instead of breaking it
         stream.flush()
 
-    def step_started(self, step: Any, step_key: str, n_steps: int, resumed: bool) -> None:
-        pass  # the runner prints the original tool's "Starting step" / "Resuming from checkpoint" lines itself
-
     def log_metrics(self, metrics: dict[str, float], progress: Progress) -> None:
         now = datetime.now()
         record = json.dumps(jsonl_record(metrics, progress, self.session_id, now))
@@ -180,15 +178,6 @@ class ConsoleJsonlTracker:
                 f.write(record + "\n")
             if has_console_line(metrics):
                 self._print(console_line(metrics, progress, now))
-
-    def log_image(self, path: Path) -> None:
-        pass
-
-    def log_artifact(self, path: Path) -> None:
-        pass
-
-    def step_finished(self, ref: CheckpointRef, result: StepResult) -> None:
-        pass  # the runner prints the "Finished step" line; every JSONL line is already closed and on disk
 
     def warn(self, key: str, message: str) -> None:
         with self._lock:

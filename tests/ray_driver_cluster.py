@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 
-from ray_cluster import LOOPBACK, free_port
+from ray_cluster import LOOPBACK, REPO, free_port
 
 NODE = {"num_cpus": 1, "object_store_memory": 100 * 2**20, "node_ip_address": "127.0.0.1"}
 
@@ -37,7 +37,11 @@ def local_ray_cluster(nodes: int = 2, env: dict[str, str] | None = None, head_cp
     gcs_port = free_port()
     # RAY_ADDRESS: Ray's own processes that look for "the" cluster (Ray Train's placement-group cleaner) find this
     # one, not another one of this machine's.
-    os.environ.update({"RAY_TMPDIR": tmp, "RAY_ADDRESS": f"127.0.0.1:{gcs_port}", **LOOPBACK, **(env or {})})
+    # PYTHONPATH: the nodes' workers import this checkout, as the test does (tests/ray_cluster.py's nodes too), not
+    # whatever checkout the environment's editable install points at (a git worktree's shared venv: another one).
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    os.environ.update({"RAY_TMPDIR": tmp, "RAY_ADDRESS": f"127.0.0.1:{gcs_port}", "PYTHONPATH": pythonpath,
+                       **LOOPBACK, **(env or {})})
     cluster = Cluster()
     try:
         try:

@@ -17,6 +17,13 @@ class FlatDiscriminatorWatch:
         self.flat_updates = 0  # consecutive updates in flat log intervals
         self.warned = False
 
+    def state_dict(self) -> dict:
+        """For the step's checkpoint: a resumed step goes on counting flat updates, and does not warn twice."""
+        return {"flat_updates": self.flat_updates, "warned": self.warned}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.flat_updates, self.warned = int(state["flat_updates"]), bool(state["warned"])
+
     def observe(self, means: dict[str, float], updates: int) -> str | None:
         """One log interval's means over `updates` discriminator updates; the warning line the first time D has been
         flat for `after_updates` updates, else None."""

@@ -23,8 +23,9 @@ class StepReport:
     Its inputs are the step's parts it reads and never changes: `position` (StepRun's, advanced by the step), the
     `trainer` (the weights samples and evaluation use), the step's `data` and transition `monitor`. It owns what it
     keeps: `history` (the log-interval means of this step and its ancestors, `StepState.step_metrics`), the running
-    interval's sums and the data's skip counter, which go into the checkpoint through `state_dict()`, so a resumed
-    step reports what an uninterrupted one would. `say` prints a console line (rank 0's)."""
+    interval's sums, the data's skip counter and the flat-discriminator watch, which go into the checkpoint through
+    `state_dict()`, so a resumed step reports what an uninterrupted one would. `say` prints a console line (rank
+    0's)."""
 
     def __init__(self, tracker, *, config, step, files, data, monitor, position, trainer, device, say,
                  history: dict):
@@ -51,11 +52,12 @@ class StepReport:
     def state_dict(self) -> dict:
         """What a resumed step needs to report the numbers an uninterrupted one does, for its checkpoint: the running
         log interval's sums (its means and its `skipped_updates` then cover the batches before the checkpoint too) and
-        the training data's skip counter (`skipped_samples`). Under torchrun this is rank 0's, which every rank
+        the training data's skip counter (`skipped_samples`), the flat-discriminator watch (its count of flat
+        updates, and whether it has warned). Under torchrun this is rank 0's, which every rank
         takes back. The sums go to the host here: a checkpoint save waits for the device anyway."""
         skips = getattr(self.data.train_set, "skips", None)
         return {"sums": {k: v.detach().cpu() for k, v in self._sums.items()}, "counts": dict(self._counts),
-                "skips": skips.state_dict() if skips is not None else None}
+                "skips": skips.state_dict() if skips is not None else None, "flat_d": self.flat_d.state_dict()}
 
     def load_state_dict(self, state: dict | None) -> None:
         """Take back `state_dict()`; None (a checkpoint written before these counts were saved) keeps the fresh
@@ -67,6 +69,8 @@ class StepReport:
         skips = getattr(self.data.train_set, "skips", None)
         if skips is not None and state.get("skips") is not None:
             skips.load_state_dict(state["skips"])
+        if state.get("flat_d") is not None:  # written before the flat-D watch was saved: it counts from 0
+            self.flat_d.load_state_dict(state["flat_d"])
 
     def add(self, metrics: dict[str, torch.Tensor]) -> None:
         """Accumulate one batch's metrics on the device (no host sync)."""

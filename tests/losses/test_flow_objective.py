@@ -123,3 +123,46 @@ def test_steps_at_the_default_knobs_keep_the_keys_they_had_before_the_knobs_exis
              {"name": "flow", "n_epochs": 1, "train_diff_full": True}]
     assert step_keys(tiny_config("out", steps, data={"img_size": 32, "channels": 3})) == {
         "warm": "417abcc4d840266f", "flow": "7592289705a73713"}
+
+
+# What each option, set in a step, does to the draws the step's trainer makes (docs/CONFIG.md): the statistic and its
+# value under that option; the trainer is built as the step runner builds it (build_trainer), at the tiny configs'
+# 16 px. Under the default objective each statistic is far from the value checked (0, 1, 0.5, 0.5, 0.014). A step's
+# uniform share defaults to 0.1: the logit-normal's moments are checked with it at 0; the medians hold with it (the
+# uniform draws and the standard logit-normal share the median 0.5, which the shift maps).
+def _logit(t: torch.Tensor) -> torch.Tensor:
+    return torch.logit(t.double())
+
+
+STEP_DRAWS = {
+    "logit_normal": (lambda t: float(_logit(t).mean()), 0.5),
+    "logit_normal_std": (lambda t: float(_logit(t).std()), 1.5),
+    "shift": (lambda t: float(t.median()), 0.75),  # s / (1 + s), s = 3
+    "resolution_shift": (lambda t: float(t.median()), 2 / 3),  # s = 1 × 16 px / 8 px = 2
+    # P(t ≤ 0.1): half uniform (0.1) and half logit-normal (Φ(logit 0.1) = 0.0140): 0.0570
+    "uniform": (lambda t: float((t <= 0.1).double().mean()), 0.5 * 0.1 + 0.5 * 0.0140),
+}
+
+
+@pytest.mark.parametrize("check", list(STEP_DRAWS))
+def test_a_steps_knobs_reach_the_timesteps_its_trainer_draws(tmp_path, check):
+    from fluxflow.train.trainer import build_trainer
+
+    option = "logit_normal" if check == "logit_normal_std" else check
+    step = {"name": "flow", "n_epochs": 1, "train_diff_full": True, **OPTIONS[option]}
+    if option == "logit_normal":
+        step["uniform_t_share"] = 0.0
+    config = tiny_config(tmp_path, [step], no_samples=True)
+    trainer = build_trainer(config, config.resolved_steps()[0], None, torch.device("cpu"), max_epochs=1)
+    statistic, expected = STEP_DRAWS[check]
+    assert statistic(draws(trainer.ctx.flow_objective)) == pytest.approx(expected, abs=0.01)
+
+
+def test_a_steps_loss_weighting_reaches_its_trainer(tmp_path):
+    from fluxflow.train.trainer import build_trainer
+
+    step = {"name": "flow", "n_epochs": 1, "train_diff_full": True, **OPTIONS["min_snr"]}
+    config = tiny_config(tmp_path, [step], no_samples=True)
+    objective = build_trainer(config, config.resolved_steps()[0], None, torch.device("cpu"), max_epochs=1)\
+        .ctx.flow_objective
+    assert (objective.weighting, objective.min_snr_gamma) == ("min_snr", 1.0)

@@ -88,12 +88,26 @@ def test_two_worker_ray_train_step_equals_the_two_process_torchrun_step(uninterr
 
 
 def test_a_ray_train_worker_killed_mid_step_resumes_from_latest_and_ends_bit_identical(cluster, uninterrupted,
-                                                                                       tmp_path):
-    from fluxflow.runtime.launch import run_step_on_processes
+                                                                                       tmp_path, mlflow_store):
+    from mlflow.tracking import MlflowClient
+
+    from flows.mlflow_runs import experiment_id_for, open_pipeline_run
+    from flows.mlflow_tracker import MlflowTracker
+    from fluxflow.train.pipeline import train_step
+
+    # Recorded in MLflow as the Prefect task records a step of several processes: from rank 0's files once it is done.
+    config = config_for(tmp_path, "out", RAY)
+    client = MlflowClient(mlflow_store)
+    experiment = experiment_id_for(client, "worker-kill")
+    parent = open_pipeline_run(client, experiment, str(tmp_path / "out"), "ray", {})
+    mlflow_tracker = MlflowTracker(client, experiment, parent, str(tmp_path / "out"), session="s1")
+
+    def record(done):
+        mlflow_tracker.record_from_files(config.step("vae_gan"), done.ref.step_key, done.ref, done.result)
 
     _, once = cluster
     once.unlink()  # armed: the first worker to reach KILL_POINT dies by SIGKILL and re-creates the file
-    outcome = run_step_on_processes(config_for(tmp_path, "out", RAY), "vae_gan", None)
+    outcome = train_step(config, "vae_gan", None, None, record)
     assert once.exists(), "no worker reached the kill point"
     # Rank 1 died after batch 3; the restarted group resumed from latest.pt, saved after batch 2.
     assert outcome.result.resumed_from == (0, 2)
@@ -103,3 +117,8 @@ def test_a_ray_train_worker_killed_mid_step_resumes_from_latest_and_ends_bit_ide
     records = [json.loads(line) for line in (tmp_path / "out" / "graph" / "training_metrics_vae_gan.jsonl")
                .read_text().splitlines()]
     assert [r["batch"] for r in records if "vae_loss" in r["metrics"]] == [1, 2, 3, 4]  # no batch logged twice
+    # MLflow: one FINISHED run for the step, each batch's point once (issue 19's Done-when, for a killed worker).
+    assert mlflow_tracker.flush()
+    (run,) = client.search_runs([experiment], "tags.`fluxflow.kind` = 'step'")
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "vae_loss")) == [1, 2, 3, 4]

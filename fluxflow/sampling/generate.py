@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from fluxflow.checkpoints.io import load_checkpoint
+from fluxflow.checkpoints.io import atomic_write, load_checkpoint
 from fluxflow.config.file_checks import UnusablePretrained
 from fluxflow.runtime.device import resolve_device
 from fluxflow.models import build_component
@@ -127,18 +127,27 @@ def to_picture(image: torch.Tensor):
     return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
 
 
+def planned_files(prompts: list[str], output_dir: str | Path, *, n: int = 1, seed: int = 0,
+                  ext: str = "webp") -> list[tuple[str, int, Path]]:
+    """(prompt, seed, file) of every image `generate_files` writes, in its order: `n` seeds per prompt, each prompt
+    once (a repeated prompt names the same files, which would be drawn and written twice). Known before the model
+    loads, so a caller can check the files first (fluxflow-generate refuses to replace existing ones)."""
+    out = Path(output_dir)
+    return [(prompt, image_seed, out / prompt_file_name(prompt, image_seed, ext))
+            for prompt in dict.fromkeys(prompts) for image_seed in range(seed, seed + n)]
+
+
 def generate_files(model: TextToImageModel, prompts: list[str], output_dir: str | Path, *, n: int = 1,
                    seed: int = 0, steps: int = 25, guidance: float = 3.0, size: int | None = None,
-                   ext: str = "webp") -> list[Path]:
-    """`n` images per prompt (seeds seed, seed+1, ...), named by `prompt_file_name`; returns the files written."""
-    out = Path(output_dir)
-    written = []
-    for prompt in prompts:
-        for image_seed in range(seed, seed + n):
-            path = out / prompt_file_name(prompt, image_seed, ext)
-            image = generate(model, prompt, image_seed, steps=steps, guidance=guidance, size=size)
-            out.mkdir(parents=True, exist_ok=True)  # once an image is made: a refused size leaves no empty folder
-            fmt = "PNG" if path.suffix.lower() == ".png" else "WEBP"  # else a lossless WebP
-            to_picture(image).save(path, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
-            written.append(path)
-    return written
+                   ext: str = "webp") -> Iterator[Path]:
+    """Draws and writes the images of `planned_files`, yielding each file as it is written: a caller shows progress
+    and, when interrupted, knows what is done. Each file is written whole or not at all (atomic_write: an interrupt
+    while saving leaves no half image), replacing a file of that name."""
+    for prompt, image_seed, path in planned_files(prompts, output_dir, n=n, seed=seed, ext=ext):
+        image = generate(model, prompt, image_seed, steps=steps, guidance=guidance, size=size)
+        fmt = "PNG" if path.suffix.lower() == ".png" else "WEBP"  # else a lossless WebP
+        picture = to_picture(image)
+        # Made only once an image is made (atomic_write creates it): a refused size leaves no empty folder.
+        atomic_write(path, lambda f: picture.save(f, format=fmt, **({"lossless": True} if fmt == "WEBP" else {})),
+                     durable=False)  # an image is cheap to draw again: no fsync
+        yield path

@@ -192,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         return refuse(PROG, f"--prompts-file {args.prompts_file} holds no prompt (only blank lines and # comments)")
     if not prompts:
         return refuse(PROG, "give at least one --prompt or a --prompts-file")
+    blank = next((prompt for prompt in args.prompt if not prompt.strip()), None)
+    if blank is not None:  # as "" is, and as a blank line of --prompts-file is skipped: an unset shell variable, say
+        return refuse(PROG, f"--prompt {blank!r} is blank: give the words to draw")
     if args.n < 1 or not 1 <= args.steps <= 10_000:  # a huge --steps overflowed, or filled the memory, in torch
         return refuse(PROG, "--n must be at least 1 and --steps from 1 to 10000")
     from fluxflow.config.steps import guidance_problem, seeds_problem

@@ -321,6 +321,16 @@ def test_asks_for_a_prompt(trained, capsys):
     assert "--prompt" in capsys.readouterr().err
 
 
+def test_a_blank_prompt_is_refused_as_an_empty_one_is(trained, tmp_path, capsys):
+    """`--prompt "   "` (an unset shell variable in quotes) drew an image anyway, named prompt_<hash>, where
+    `--prompt ""` and a blank line of --prompts-file are refused or skipped."""
+    _, checkpoint, _ = trained
+    assert generate_cli("--checkpoint", checkpoint, "--prompt", "a red circle", "--prompt", "  \t",
+                        "--output", str(tmp_path / "g")) == 2
+    assert capsys.readouterr().err == "fluxflow-generate: --prompt '  \\t' is blank: give the words to draw\n"
+    assert not (tmp_path / "g").exists()
+
+
 def test_a_pipeline_checkpoint_alone_is_enough(trained, tmp_path, capsys):
     """The runner records the model sizes and image size in every checkpoint: no --config needed."""
     _, checkpoint, _ = trained

@@ -88,8 +88,10 @@ def read_export_config(folder: str | Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        mlflow_model = "; an MLflow model folder (it has an MLmodel file) is read with fluxflow-generate --model" \
+            if (Path(folder) / "MLmodel").is_file() else ""
         raise GenerationError(f"{folder} is not an exported model: no {CONFIG_FILE} (write one with "
-                              "fluxflow-export)") from None
+                              f"fluxflow-export){mlflow_model}") from None
     except (OSError, ValueError) as exc:
         raise GenerationError(f"cannot read {path}: {exc}") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:

@@ -131,6 +131,10 @@ def test_bad_inputs_exit_2_naming_them_without_a_traceback(byte_checkpoint, tmp_
     assert cli_generate.main(["--weights", str(tmp_path / "full"), "--prompt", "x", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "no config.json" in err and "Traceback" not in err
+    (tmp_path / "full" / "MLmodel").write_text("flavors: {}\n")  # a registered model's folder, given as --weights
+    assert cli_generate.main(["--weights", str(tmp_path / "full"), "--prompt", "x", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.endswith("no config.json (write one with fluxflow-export); an MLflow model folder "
+                                            "(it has an MLmodel file) is read with fluxflow-generate --model\n")
     export(byte_checkpoint, tmp_path / "export")
     (tmp_path / "export" / "model.safetensors").write_bytes(b"\x80\x04not a tensor file")
     assert cli_generate.main(["--weights", str(tmp_path / "export"), "--prompt", "x", "--device", "cpu"]) == 2

@@ -155,7 +155,9 @@ def parser() -> argparse.ArgumentParser:
                "listed so far are whole). Each path is printed as its image is written.")
     source = add_checkpoint_arguments(p)
     source.add_argument("--weights", help="a folder written by fluxflow-export (config.json, model.safetensors)")
-    p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable)")
+    p.add_argument("--prompt", action="append", default=[],
+                   help="a text prompt (repeatable); the text encoder reads its first model.text_max_len tokens (bytes "
+                        "for the byte-level encoder, BOS and EOS included): a longer one is named on stderr")
     p.add_argument("--prompts-file", help="a file with one prompt per line")
     p.add_argument("--n", type=int, default=1, help="images per prompt, seeds seed..seed+n-1 (default 1)")
     p.add_argument("--steps", type=int, default=25, help="sampler steps (default 25)")
@@ -222,7 +224,7 @@ def generate_into(args: argparse.Namespace, prompts: list[str], done: list[Path]
     from fluxflow.config import ConfigError
     from fluxflow.runtime.device import DeviceUnavailable, resolve_device
     from fluxflow.sampling.export import load_exported
-    from fluxflow.sampling.generate import GenerationError, generate_files, planned_files
+    from fluxflow.sampling.generate import GenerationError, generate_files, planned_files, unread_prompt_ends
 
     # Names depend on prompt and seed only, not on the checkpoint, steps, guidance or size: a file already there is
     # another image, and is replaced only when asked (before, silently).
@@ -243,6 +245,11 @@ def generate_into(args: argparse.Namespace, prompts: list[str], done: list[Path]
         else:
             with tempfile.TemporaryDirectory(prefix="fluxflow-model-") as scratch:
                 model, _ = checkpoint_model(args, args.device, Path(scratch))
+        for prompt, count in unread_prompt_ends(model, prompts):
+            shown = prompt if len(prompt) <= 40 else prompt[:40] + "…"
+            read = model.models["text_encoder"].max_len
+            print(f"{PROG}: the prompt {shown!r} is {count} tokens; the text encoder reads the first {read} "
+                  "(model.text_max_len), the rest changes nothing", file=sys.stderr)
         for path in generate_files(model, prompts, args.output, n=args.n, seed=args.seed, steps=args.steps,
                                    guidance=args.guidance, size=args.size, ext=args.format):
             done.append(path)

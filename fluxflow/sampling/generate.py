@@ -119,6 +119,14 @@ def generate(model: TextToImageModel, prompt: str, seed: int, *, steps: int = 25
     return images[0]
 
 
+def unread_prompt_ends(model: TextToImageModel, prompts: list[str]) -> list[tuple[str, int]]:
+    """(prompt, its token count) of each prompt longer than the text encoder reads (`model.text_max_len` tokens): its
+    end changes nothing in the image, and two prompts that differ only there draw the same image under two names."""
+    encoder = model.models["text_encoder"]
+    counts = ((prompt, encoder.token_count(prompt)) for prompt in dict.fromkeys(prompts))
+    return [(prompt, count) for prompt, count in counts if count > encoder.max_len]
+
+
 def to_picture(image: torch.Tensor):
     """`[C, H, W]` in [-1, 1] → a PIL image of its 8-bit pixels."""
     from PIL import Image

@@ -331,6 +331,18 @@ def test_a_blank_prompt_is_refused_as_an_empty_one_is(trained, tmp_path, capsys)
     assert not (tmp_path / "g").exists()
 
 
+def test_a_prompt_longer_than_the_text_encoder_reads_is_named(trained, tmp_path, capsys):
+    """The tiny model reads 32 byte tokens: two prompts that differed only after the 30th character drew the same
+    image under two names, without a word."""
+    _, checkpoint, _ = trained
+    long = "a red circle on a dark blue background, center"  # 46 bytes + BOS + EOS
+    assert generate_cli("--checkpoint", checkpoint, "--prompt", "a red circle", "--prompt", long,
+                        "--output", str(tmp_path / "g")) == 0
+    assert capsys.readouterr().err == (
+        "fluxflow-generate: the prompt 'a red circle on a dark blue background, …' is 48 tokens; the text encoder "
+        "reads the first 32 (model.text_max_len), the rest changes nothing\n")
+
+
 def test_a_pipeline_checkpoint_alone_is_enough(trained, tmp_path, capsys):
     """The runner records the model sizes and image size in every checkpoint: no --config needed."""
     _, checkpoint, _ = trained

@@ -13,9 +13,11 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from fluxflow.checkpoints.io import atomic_write, load_checkpoint
+from fluxflow.checkpoints.io import CheckpointError, atomic_write, load_checkpoint
+from fluxflow.checkpoints.verify import damaged_entry
 from fluxflow.config.file_checks import UnusablePretrained
 from fluxflow.runtime.device import resolve_device
+from fluxflow.storage.location import local_path, remote_uri
 from fluxflow.models import build_component
 from fluxflow.sampling.sample_files import image_grid, prompt_file_name
 from fluxflow.sampling.text_to_image import text_to_image
@@ -71,7 +73,12 @@ def load_text_to_image(checkpoint: str | Path, model_config: Any = None, img_siz
     from fluxflow.config import ModelConfig
 
     state = load_checkpoint(checkpoint)
+    local = local_path(checkpoint) if remote_uri(checkpoint) is None else None
+    damaged = damaged_entry(local) if local is not None else None  # a remote one was sha256-checked by its fetch
     checkpoint = name or checkpoint
+    if damaged:
+        raise CheckpointError(f"checkpoint {checkpoint} is damaged: its entry {damaged} does not match the checksum "
+                              "written with it (a changed or corrupted copy); use an intact copy")
     missing = [name for name in GENERATION_COMPONENTS if name not in state.get("models", {})]
     if missing or not state.get("latent_norm"):
         raise GenerationError(f"checkpoint {checkpoint} has no trained text-to-image model (missing: "

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from flows.cli_generate import ModelNotFound, add_checkpoint_arguments, checkpoint_model, output_file_problem, refuse
-from flows.exit_codes import EXIT_OK
+from flows.exit_codes import EXIT_INTERRUPTED, EXIT_OK
 from flows.cli_version import add_version_argument, parse, quiet_when_output_closed
 
 
@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
                     "that says how to build the models; fluxflow-generate --weights loads the folder.",
         epilog="Exit codes: 0 written; 2 bad input (a checkpoint that is missing, corrupt or has no text-to-image "
                "model, a --model that names no registered version, an invalid --config, an output folder that is "
-               "not empty or is a file).")
+               "not empty or is a file); 130 interrupted (Ctrl-C: nothing is left in --output).")
     add_checkpoint_arguments(p)
     p.add_argument("--output", required=True, type=os.path.expanduser, help="the folder to write (new or empty)")
     add_version_argument(p)
@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         folder = export_weights(model, args.output, source)
     except (CheckpointError, ConfigError, GenerationError, ModelNotFound, OSError) as exc:
         return refuse("fluxflow-export", exc, args.output)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; export_weights leaves no partial folder
+        print(f"fluxflow-export: interrupted: nothing written to {args.output}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"Wrote {folder} (config.json, model.safetensors); load it with fluxflow-generate --weights "
           f"{shlex.quote(str(folder))}")
     return EXIT_OK

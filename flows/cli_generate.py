@@ -19,9 +19,10 @@ import math
 import os
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
-from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OK
+from flows.exit_codes import EXIT_FIX_INPUT, EXIT_INTERRUPTED, EXIT_OK
 from flows.cli_version import add_version_argument, parse, quiet_when_output_closed
 
 PROG = "fluxflow-generate"
@@ -149,10 +150,14 @@ def parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 images written; 2 bad input (no prompt, a missing prompts file, a checkpoint that is "
                "missing, corrupt, not a regular file, cannot be fetched or has no text-to-image model, a --model that "
                "names no registered version, a --weights folder that is not an export, an invalid --config, a --size, "
-               "--seed or --guidance out of range, a device this machine lacks, an --output that is a file).")
+               "--seed or --guidance out of range, a device this machine lacks, an --output that is a file or "
+               "already has an image of the same name without --overwrite); 130 interrupted (Ctrl-C: the images "
+               "listed so far are whole). Each path is printed as its image is written.")
     source = add_checkpoint_arguments(p)
     source.add_argument("--weights", help="a folder written by fluxflow-export (config.json, model.safetensors)")
-    p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable)")
+    p.add_argument("--prompt", action="append", default=[],
+                   help="a text prompt (repeatable); the text encoder reads its first model.text_max_len tokens (bytes "
+                        "for the byte-level encoder, BOS and EOS included): a longer one is named on stderr")
     p.add_argument("--prompts-file", help="a file with one prompt per line")
     p.add_argument("--n", type=int, default=1, help="images per prompt, seeds seed..seed+n-1 (default 1)")
     p.add_argument("--steps", type=int, default=25, help="sampler steps (default 25)")
@@ -169,6 +174,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="generated", type=os.path.expanduser,  # `~`: bash leaves it after `=`
                    help="output folder (default: ./generated)")
     p.add_argument("--format", choices=("webp", "png"), default="webp", help="file format (default webp)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace images of the same name (prompt and seed) already in --output; without it such a "
+                        "file is refused before anything is drawn")
     # choices: torch.device() would take any text and end in a RuntimeError traceback for one it does not know.
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="cpu, cuda or auto (default: auto)")
     add_version_argument(p)
@@ -186,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         return refuse(PROG, f"--prompts-file {args.prompts_file} holds no prompt (only blank lines and # comments)")
     if not prompts:
         return refuse(PROG, "give at least one --prompt or a --prompts-file")
+    blank = next((prompt for prompt in args.prompt if not prompt.strip()), None)
+    if blank is not None:  # as "" is, and as a blank line of --prompts-file is skipped: an unset shell variable, say
+        return refuse(PROG, f"--prompt {blank!r} is blank: give the words to draw")
     if args.n < 1 or not 1 <= args.steps <= 10_000:  # a huge --steps overflowed, or filled the memory, in torch
         return refuse(PROG, "--n must be at least 1 and --steps from 1 to 10000")
     from fluxflow.config.steps import guidance_problem, seeds_problem
@@ -196,12 +207,37 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         return refuse(PROG, problem)
 
+    done: list[Path] = []  # the files written so far, for the line an interrupt prints
+    try:
+        return generate_into(args, prompts, done)
+    except KeyboardInterrupt:  # Ctrl-C, while torch loads or draws: one line, not a traceback from inside torch
+        kept = f"{len(done)} image(s) written to {args.output} (listed above), none half-written" if done else \
+            "no image written"
+        print(f"{PROG}: interrupted: {kept}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def generate_into(args: argparse.Namespace, prompts: list[str], done: list[Path]) -> int:
+    """Checks the output files, loads the model and writes the images, appending each file to `done` (and printing
+    it) as it is written: the progress of a long list, and what an interrupt kept."""
     from fluxflow.checkpoints.io import CheckpointError
     from fluxflow.config import ConfigError
     from fluxflow.runtime.device import DeviceUnavailable, resolve_device
     from fluxflow.sampling.export import load_exported
-    from fluxflow.sampling.generate import GenerationError, generate_files
+    from fluxflow.sampling.generate import GenerationError, generate_files, planned_files, unread_prompt_ends
 
+    # Names depend on prompt and seed only, not on the checkpoint, steps, guidance or size: a file already there is
+    # another image, and is replaced only when asked (before, silently).
+    plan = planned_files(prompts, args.output, n=args.n, seed=args.seed, ext=args.format)
+    existing = [path for _, _, path in plan if path.exists()]
+    if existing and not args.overwrite:
+        more = f" and {len(existing) - 1} more of the {len(plan)} images to write" if len(existing) > 1 else ""
+        return refuse(PROG, f"--output {args.output} already has {existing[0].name}{more}: pass --overwrite to "
+                            f"replace {'them' if more else 'it'}, or choose another --output")
+    for prompt, count in Counter(prompts).items():
+        if count > 1:  # one set of files per prompt: the same prompt and seed give the same image
+            print(f"{PROG}: the prompt {prompt!r} is given {count} times: its images are made once", file=sys.stderr)
+    output_closed = False
     try:
         resolve_device(args.device, setting="--device")  # before loading: the error names this CLI's own flag
         if args.weights:
@@ -209,13 +245,24 @@ def main(argv: list[str] | None = None) -> int:
         else:
             with tempfile.TemporaryDirectory(prefix="fluxflow-model-") as scratch:
                 model, _ = checkpoint_model(args, args.device, Path(scratch))
-        files = generate_files(model, prompts, args.output, n=args.n, seed=args.seed, steps=args.steps,
-                               guidance=args.guidance, size=args.size, ext=args.format)
+        for prompt, count in unread_prompt_ends(model, prompts):
+            shown = prompt if len(prompt) <= 40 else prompt[:40] + "…"
+            read = model.models["text_encoder"].max_len
+            print(f"{PROG}: the prompt {shown!r} is {count} tokens; the text encoder reads the first {read} "
+                  "(model.text_max_len), the rest changes nothing", file=sys.stderr)
+        for path in generate_files(model, prompts, args.output, n=args.n, seed=args.seed, steps=args.steps,
+                                   guidance=args.guidance, size=args.size, ext=args.format):
+            done.append(path)
+            if not output_closed:
+                try:
+                    print(path, flush=True)
+                except BrokenPipeError:  # `| head -1` has read its line: the images are still all written
+                    output_closed = True
     except (CheckpointError, ConfigError, GenerationError, DeviceUnavailable, ModelNotFound, OSError) as exc:
         return refuse(PROG, exc, args.output)
-    for path in files:
-        print(path)
-    print(f"Wrote {len(files)} image(s) to {args.output}")
+    if output_closed:
+        raise BrokenPipeError  # quiet_when_output_closed ends with 141
+    print(f"Wrote {len(done)} image(s) to {args.output}")
     return EXIT_OK
 
 

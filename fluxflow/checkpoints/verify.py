@@ -28,3 +28,15 @@ def verify_torch_zip(path: Path, expected_size: int) -> None:
     for entry in entries:
         if entry.header_offset + entry.compress_size > size:
             raise ValueError(f"{path}: entry {entry.filename} ends past the end of the file")
+
+
+def damaged_entry(path: Path) -> str | None:
+    """The first entry of the torch zip archive `path` whose bytes do not match the CRC-32 written with it (a bit
+    flipped on disk or in a copy), or None; None too for a file that is not a zip archive. torch.load checks no CRC:
+    such a file loads, and its weights are silently wrong. This reads the whole file, so it is for a checkpoint about
+    to make images (fluxflow.sampling.generate.load_text_to_image), not for every save (see above)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError):  # not a zip (the loader said what it is), or unreadable: not a CRC question
+        return None

@@ -55,6 +55,10 @@ class PretrainedTextEncoder(nn.Module):
         mask[:, 0] = True
         return ids.to(device), mask.to(device)
 
+    def token_count(self, text: str) -> int:
+        """The tokens of `text` before truncation, special tokens included (as TextEncoder.token_count)."""
+        return len(self.tokenizer(text, truncation=False, verbose=False)["input_ids"])  # verbose: no length warning
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(input_ids=ids, attention_mask=mask.long())
         keep = mask.unsqueeze(-1).float()

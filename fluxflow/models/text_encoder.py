@@ -68,6 +68,12 @@ class TextEncoder(nn.Module):
         """This encoder's tokenization (every text encoder has one; see fluxflow/models/pretrained_text.py)."""
         return tokenize(texts, self.max_len, device)
 
+    def token_count(self, text: str) -> int:
+        """The tokens of `text` before truncation, BOS and EOS included: over `max_len`, its end is not read (every text
+        encoder has this; fluxflow-generate says so rather than draw the same image for two prompts that differ only
+        there)."""
+        return len(text.encode("utf-8")) + 2
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         length = ids.shape[1]
         if length > self.max_len:

@@ -27,6 +27,8 @@ Latent normalisation values are float32 written as JSON numbers, which read back
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any
@@ -44,15 +46,33 @@ CONFIG_FILE, WEIGHTS_FILE, TEXT_ENCODER_DIR = "config.json", "model.safetensors"
 
 def export_weights(model: TextToImageModel, folder: str | Path, source: dict[str, Any] | None = None) -> Path:
     """Write `model` (as `load_text_to_image` gives it: the sampling weights) to the new or empty `folder`; returns
-    the folder. config.json is written last, so a folder that has it is complete."""
-    from safetensors.torch import save
-
+    the folder. The files go to a hidden folder beside it that is renamed to `folder` once complete, so an export
+    stopped part way (Ctrl-C, a full disk) leaves nothing: it left a folder without config.json, which the next try
+    refused as not empty."""
     out = Path(folder)
     if out.exists() and not out.is_dir():
         raise GenerationError(f"export folder {out} is a file, not a folder: choose a new folder")
     if out.exists() and any(out.iterdir()):
         raise GenerationError(f"export folder {out} exists and is not empty: choose a new folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Not mkdtemp, whose 0700 the export would keep: a plain mkdir gets the permissions the user's umask gives.
+    staging = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.partial"
+    staging.mkdir()
+    try:
+        write_export(model, staging, source)
+        if out.exists():
+            out.rmdir()  # empty, as checked above
+        os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def write_export(model: TextToImageModel, out: Path, source: dict[str, Any] | None) -> None:
+    """The files of an export (the module docstring) into the existing folder `out`."""
+    from safetensors.torch import save
+
     tensors = {f"{name}.{key}": value.detach().cpu().contiguous()
                for name in GENERATION_COMPONENTS for key, value in model.models[name].state_dict().items()}
     data = save(tensors, metadata={"format": "pt"})  # "pt": how Hugging Face tools tell torch weights apart
@@ -74,7 +94,6 @@ def export_weights(model: TextToImageModel, folder: str | Path, source: dict[str
     }
     text = json.dumps(config, indent=2) + "\n"
     atomic_write(out / CONFIG_FILE, lambda f: f.write(text.encode("utf-8")))
-    return out
 
 
 def read_export_config(folder: str | Path) -> dict[str, Any]:
@@ -88,8 +107,10 @@ def read_export_config(folder: str | Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        mlflow_model = "; an MLflow model folder (it has an MLmodel file) is read with fluxflow-generate --model" \
+            if (Path(folder) / "MLmodel").is_file() else ""
         raise GenerationError(f"{folder} is not an exported model: no {CONFIG_FILE} (write one with "
-                              "fluxflow-export)") from None
+                              f"fluxflow-export){mlflow_model}") from None
     except (OSError, ValueError) as exc:
         raise GenerationError(f"cannot read {path}: {exc}") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:

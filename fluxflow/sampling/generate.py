@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from fluxflow.checkpoints.io import load_checkpoint
+from fluxflow.checkpoints.io import CheckpointError, atomic_write, load_checkpoint
+from fluxflow.checkpoints.verify import damaged_entry
 from fluxflow.config.file_checks import UnusablePretrained
 from fluxflow.runtime.device import resolve_device
+from fluxflow.storage.location import local_path, remote_uri
 from fluxflow.models import build_component
 from fluxflow.sampling.sample_files import image_grid, prompt_file_name
 from fluxflow.sampling.text_to_image import text_to_image
@@ -71,7 +73,12 @@ def load_text_to_image(checkpoint: str | Path, model_config: Any = None, img_siz
     from fluxflow.config import ModelConfig
 
     state = load_checkpoint(checkpoint)
+    local = local_path(checkpoint) if remote_uri(checkpoint) is None else None
+    damaged = damaged_entry(local) if local is not None else None  # a remote one was sha256-checked by its fetch
     checkpoint = name or checkpoint
+    if damaged:
+        raise CheckpointError(f"checkpoint {checkpoint} is damaged: its entry {damaged} does not match the checksum "
+                              "written with it (a changed or corrupted copy); use an intact copy")
     missing = [name for name in GENERATION_COMPONENTS if name not in state.get("models", {})]
     if missing or not state.get("latent_norm"):
         raise GenerationError(f"checkpoint {checkpoint} has no trained text-to-image model (missing: "
@@ -119,6 +126,14 @@ def generate(model: TextToImageModel, prompt: str, seed: int, *, steps: int = 25
     return images[0]
 
 
+def unread_prompt_ends(model: TextToImageModel, prompts: list[str]) -> list[tuple[str, int]]:
+    """(prompt, its token count) of each prompt longer than the text encoder reads (`model.text_max_len` tokens): its
+    end changes nothing in the image, and two prompts that differ only there draw the same image under two names."""
+    encoder = model.models["text_encoder"]
+    counts = ((prompt, encoder.token_count(prompt)) for prompt in dict.fromkeys(prompts))
+    return [(prompt, count) for prompt, count in counts if count > encoder.max_len]
+
+
 def to_picture(image: torch.Tensor):
     """`[C, H, W]` in [-1, 1] → a PIL image of its 8-bit pixels."""
     from PIL import Image
@@ -127,18 +142,27 @@ def to_picture(image: torch.Tensor):
     return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
 
 
+def planned_files(prompts: list[str], output_dir: str | Path, *, n: int = 1, seed: int = 0,
+                  ext: str = "webp") -> list[tuple[str, int, Path]]:
+    """(prompt, seed, file) of every image `generate_files` writes, in its order: `n` seeds per prompt, each prompt
+    once (a repeated prompt names the same files, which would be drawn and written twice). Known before the model
+    loads, so a caller can check the files first (fluxflow-generate refuses to replace existing ones)."""
+    out = Path(output_dir)
+    return [(prompt, image_seed, out / prompt_file_name(prompt, image_seed, ext))
+            for prompt in dict.fromkeys(prompts) for image_seed in range(seed, seed + n)]
+
+
 def generate_files(model: TextToImageModel, prompts: list[str], output_dir: str | Path, *, n: int = 1,
                    seed: int = 0, steps: int = 25, guidance: float = 3.0, size: int | None = None,
-                   ext: str = "webp") -> list[Path]:
-    """`n` images per prompt (seeds seed, seed+1, ...), named by `prompt_file_name`; returns the files written."""
-    out = Path(output_dir)
-    written = []
-    for prompt in prompts:
-        for image_seed in range(seed, seed + n):
-            path = out / prompt_file_name(prompt, image_seed, ext)
-            image = generate(model, prompt, image_seed, steps=steps, guidance=guidance, size=size)
-            out.mkdir(parents=True, exist_ok=True)  # once an image is made: a refused size leaves no empty folder
-            fmt = "PNG" if path.suffix.lower() == ".png" else "WEBP"  # else a lossless WebP
-            to_picture(image).save(path, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
-            written.append(path)
-    return written
+                   ext: str = "webp") -> Iterator[Path]:
+    """Draws and writes the images of `planned_files`, yielding each file as it is written: a caller shows progress
+    and, when interrupted, knows what is done. Each file is written whole or not at all (atomic_write: an interrupt
+    while saving leaves no half image), replacing a file of that name."""
+    for prompt, image_seed, path in planned_files(prompts, output_dir, n=n, seed=seed, ext=ext):
+        image = generate(model, prompt, image_seed, steps=steps, guidance=guidance, size=size)
+        fmt = "PNG" if path.suffix.lower() == ".png" else "WEBP"  # else a lossless WebP
+        picture = to_picture(image)
+        # Made only once an image is made (atomic_write creates it): a refused size leaves no empty folder.
+        atomic_write(path, lambda f: picture.save(f, format=fmt, **({"lossless": True} if fmt == "WEBP" else {})),
+                     durable=False)  # an image is cheap to draw again: no fsync
+        yield path

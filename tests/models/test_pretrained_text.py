@@ -141,6 +141,19 @@ def test_the_pretrained_encoder_loads_offline_frozen_and_out_of_state_dicts(tiny
         encoder.load_state_dict(byte_weights)
 
 
+def test_token_count_says_when_a_text_is_longer_than_either_encoder_reads(tiny_clip_dir):
+    """fluxflow-generate warns about a prompt whose end is cut (flows/cli_generate.py): each encoder's count is the
+    length its tokenize would have without truncation."""
+    from fluxflow.models import build_component
+
+    for model in (pretrained_model(tiny_clip_dir), dict(TINY_MODEL)):
+        encoder = build_component("text_encoder", tiny_config("unused", [FLOW_STEP], model=model).model, 3)
+        short, long = "a red circle", " ".join(["red"] * encoder.max_len)
+        _, mask = encoder.tokenize([short, long])
+        assert encoder.token_count(short) == mask[0].sum() < encoder.max_len
+        assert encoder.token_count(long) > encoder.max_len == mask[1].sum()  # cut to max_len
+
+
 @pytest.mark.slow  # three CLIP directories written and loaded: ~3 s
 def test_the_cache_key_of_a_pretrained_encoder_changes_with_its_weights(tmp_path):
     """Its state_dict is empty (the weights stay in the directory), but the text cache's key must see them: other

@@ -118,6 +118,30 @@ def test_a_pretrained_encoder_travels_in_the_folder(pretrained_checkpoint, tiny_
     assert model.models["text_encoder"].path == str(copied)  # not the training machine's directory
 
 
+@pytest.mark.parametrize("existing", [False, True])  # a new folder, or an empty one made beforehand
+def test_ctrl_c_part_way_leaves_nothing_and_exits_130(byte_checkpoint, tmp_path, capsys, monkeypatch, existing):
+    """Stopped after model.safetensors, the export left a folder without config.json: a traceback, and the next try
+    was refused as 'exists and is not empty'. Now the files are renamed into place once all are written."""
+    import fluxflow.sampling.export as export_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module.json, "dumps", interrupted)  # config.json, the last file written
+    folder = tmp_path / "models" / "mine"
+    if existing:
+        folder.mkdir(parents=True)
+    assert cli_export.main(["--checkpoint", byte_checkpoint, "--output", str(folder)]) == 130
+    assert capsys.readouterr().err == f"fluxflow-export: interrupted: nothing written to {folder}\n"
+    assert [p.name for p in folder.parent.iterdir()] == (["mine"] if existing else [])  # no partial folder, hidden
+    assert not existing or list(folder.iterdir()) == []
+    monkeypatch.undo()
+    assert cli_export.main(["--checkpoint", byte_checkpoint, "--output", str(folder)]) == 0  # a second try works
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    (tmp_path / "plain").mkdir()
+    assert folder.stat().st_mode == (tmp_path / "plain").stat().st_mode  # as the umask gives any new folder
+
+
 def test_bad_inputs_exit_2_naming_them_without_a_traceback(byte_checkpoint, tmp_path, capsys):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "other.txt").write_text("x")
@@ -131,6 +155,10 @@ def test_bad_inputs_exit_2_naming_them_without_a_traceback(byte_checkpoint, tmp_
     assert cli_generate.main(["--weights", str(tmp_path / "full"), "--prompt", "x", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "no config.json" in err and "Traceback" not in err
+    (tmp_path / "full" / "MLmodel").write_text("flavors: {}\n")  # a registered model's folder, given as --weights
+    assert cli_generate.main(["--weights", str(tmp_path / "full"), "--prompt", "x", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.endswith("no config.json (write one with fluxflow-export); an MLflow model folder "
+                                            "(it has an MLmodel file) is read with fluxflow-generate --model\n")
     export(byte_checkpoint, tmp_path / "export")
     (tmp_path / "export" / "model.safetensors").write_bytes(b"\x80\x04not a tensor file")
     assert cli_generate.main(["--weights", str(tmp_path / "export"), "--prompt", "x", "--device", "cpu"]) == 2

@@ -321,6 +321,48 @@ def test_asks_for_a_prompt(trained, capsys):
     assert "--prompt" in capsys.readouterr().err
 
 
+def test_a_blank_prompt_is_refused_as_an_empty_one_is(trained, tmp_path, capsys):
+    """`--prompt "   "` (an unset shell variable in quotes) drew an image anyway, named prompt_<hash>, where
+    `--prompt ""` and a blank line of --prompts-file are refused or skipped."""
+    _, checkpoint, _ = trained
+    assert generate_cli("--checkpoint", checkpoint, "--prompt", "a red circle", "--prompt", "  \t",
+                        "--output", str(tmp_path / "g")) == 2
+    assert capsys.readouterr().err == "fluxflow-generate: --prompt '  \\t' is blank: give the words to draw\n"
+    assert not (tmp_path / "g").exists()
+
+
+def test_a_prompt_longer_than_the_text_encoder_reads_is_named(trained, tmp_path, capsys):
+    """The tiny model reads 32 byte tokens: two prompts that differed only after the 30th character drew the same
+    image under two names, without a word."""
+    _, checkpoint, _ = trained
+    long = "a red circle on a dark blue background, center"  # 46 bytes + BOS + EOS
+    assert generate_cli("--checkpoint", checkpoint, "--prompt", "a red circle", "--prompt", long,
+                        "--output", str(tmp_path / "g")) == 0
+    assert capsys.readouterr().err == (
+        "fluxflow-generate: the prompt 'a red circle on a dark blue background, …' is 48 tokens; the text encoder "
+        "reads the first 32 (model.text_max_len), the rest changes nothing\n")
+
+
+def test_a_checkpoint_with_a_flipped_bit_in_its_weights_is_refused_naming_it(trained, tmp_path, capsys):
+    """torch.load checks no CRC: the copy loaded and drew images from silently wrong weights."""
+    import struct
+    import zipfile
+
+    _, checkpoint, _ = trained
+    data = bytearray(Path(checkpoint).read_bytes())
+    with zipfile.ZipFile(checkpoint) as archive:  # the largest tensor storage (not data.pkl, which fails to load)
+        entry = max((e for e in archive.infolist() if "/data/" in e.filename), key=lambda e: e.file_size)
+    name_len, extra_len = struct.unpack("<HH", data[entry.header_offset + 26:entry.header_offset + 30])
+    data[entry.header_offset + 30 + name_len + extra_len + entry.file_size // 2] ^= 0x10
+    damaged = tmp_path / "copy.pt"
+    damaged.write_bytes(bytes(data))
+    assert generate_cli("--checkpoint", str(damaged), "--prompt", "x", "--output", str(tmp_path / "g")) == 2
+    assert capsys.readouterr().err == (
+        f"fluxflow-generate: checkpoint {damaged} is damaged: its entry {entry.filename} does not match the checksum "
+        "written with it (a changed or corrupted copy); use an intact copy\n")
+    assert not (tmp_path / "g").exists()
+
+
 def test_a_pipeline_checkpoint_alone_is_enough(trained, tmp_path, capsys):
     """The runner records the model sizes and image size in every checkpoint: no --config needed."""
     _, checkpoint, _ = trained

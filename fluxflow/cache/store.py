@@ -20,15 +20,17 @@ serve are not. bfloat16 has no numpy dtype: such a field is stored as its raw 16
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from filelock import FileLock
 
+from fluxflow.cache.health import NO_SPACE_ERRNOS, damage, no_space, reserve, unusable
 from fluxflow.checkpoints.io import atomic_write
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
 from fluxflow.progress_bar import batch_progress
@@ -48,30 +50,64 @@ class CacheStore:
         self._arrays: dict[str, np.ndarray] = {}
 
     def prepare(self) -> None:
-        """Create the empty files, or check that the existing ones were made for this meta (call under `lock()`)."""
+        """Create the empty files, or check that the existing ones were made for this meta (call under `lock()`).
+        Files that are damaged (health.py) or whose making was cut short are made again, empty."""
         meta, meta_path = self.meta, self.dir / "meta.json"
-        if meta_path.exists():
+        if meta_path.exists() and damage(self) is None:
             if json.loads(meta_path.read_text()) != json.loads(json.dumps(meta)):
                 raise ValueError(f"cache {self.dir} was made for other inputs than these (its meta.json differs); "
                                  "move it away")
             return
-        for name, (shape, dtype) in {**self.fields, "filled": ((), "bool")}.items():  # sized once, filled later
-            np.lib.format.open_memmap(self._path(name), mode="w+", dtype=STORED_AS[dtype],
-                                      shape=(self.rows, *shape)).flush()
+        # New files, not the old ones truncated: a process still reading the old ones keeps its memory maps whole.
+        for path in [meta_path, self.dir / "captions.jsonl", *map(self.path, self.all_fields())]:
+            path.unlink(missing_ok=True)
+        try:
+            for name, (shape, dtype) in self.all_fields().items():  # sized once, filled later
+                np.lib.format.open_memmap(self.path(name), mode="w+", dtype=self.stored_dtype(dtype),
+                                          shape=(self.rows, *shape)).flush()
+        except OSError as exc:
+            if exc.errno in NO_SPACE_ERRNOS:
+                raise no_space(self.dir, exc, self.nbytes()) from exc
+            raise
         atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()), durable=False)
 
-    def _path(self, name: str) -> Path:
+    def all_fields(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """The fields and the progress marker, each a file."""
+        return {**self.fields, "filled": ((), "bool")}
+
+    @staticmethod
+    def stored_dtype(dtype: str) -> np.dtype:
+        return np.dtype(STORED_AS[dtype])
+
+    def nbytes(self) -> int:
+        """The size of the cache's files when made (all rows, whether computed or not), headers aside."""
+        return sum(self.rows * int(np.prod(shape)) * self.stored_dtype(dtype).itemsize
+                   for shape, dtype in self.all_fields().values())
+
+    def path(self, name: str) -> Path:
         return self.dir / f"{name}.npy"
 
-    def lock(self) -> FileLock:
-        """Blocks until no other process or thread fills this cache (released when the holder dies, too)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        return FileLock(self.dir / ".lock", thread_local=False)
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Blocks until no other process or thread fills this cache (released when the holder dies, too). A directory
+        that cannot be written is one line (health.py: unusable), not a traceback."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(self.dir / ".lock", thread_local=False)
+            lock.acquire()
+        except OSError as exc:
+            raise unusable(self.dir, exc) from exc
+        try:
+            yield
+        finally:
+            lock.release()
 
     def filled(self) -> np.ndarray:
-        """bool [rows]: which rows hold values (read now: another process may be filling)."""
-        path = self._path("filled")
-        return np.load(path) if path.exists() else np.zeros(self.rows, dtype=bool)
+        """bool [rows]: which rows hold values (read now: another process may be filling). None computed before
+        meta.json exists: until then the files may be half made (prepare writes meta.json last)."""
+        if not (self.dir / "meta.json").exists():
+            return np.zeros(self.rows, dtype=bool)
+        return np.load(self.path("filled"))
 
     def missing(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Those of `rows` (default: all) that hold no values yet, ascending."""
@@ -84,7 +120,7 @@ class CacheStore:
     def array(self, name: str) -> np.ndarray:
         """The whole field, read-only and memory-mapped (opened once per process: DataLoader workers open their own)."""
         if name not in self._arrays:
-            self._arrays[name] = np.load(self._path(name), mmap_mode="r")
+            self._arrays[name] = np.load(self.path(name), mmap_mode="r")
         return self._arrays[name]
 
     def read(self, name: str, rows) -> torch.Tensor:
@@ -113,7 +149,7 @@ class CacheWriter:
 
     def __init__(self, store: CacheStore):
         self.store, self.pending = store, []
-        self.maps = {name: np.lib.format.open_memmap(store._path(name), mode="r+")
+        self.maps = {name: np.lib.format.open_memmap(store.path(name), mode="r+")
                      for name in [*store.fields, "filled"]}
         self.captions = open(store.dir / "captions.jsonl", "ab")
 
@@ -150,6 +186,7 @@ def fill(store: CacheStore, rows: np.ndarray | None, batches: Callable[[np.ndarr
     fluxflow/runtime/stop_request.py) is honoured at a mark."""
     with store.lock():
         store.prepare()
+        reserve(store)
         missing = store.missing(rows)
         total = missing.size
         if total == 0:

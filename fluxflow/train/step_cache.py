@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fluxflow.cache.health import damage, size_text
 from fluxflow.cache.fingerprint import dataset_fingerprint, module_sha256
 from fluxflow.cache.latent_cache import LatentCacheDataset, build_latent_cache, latent_store
 from fluxflow.cache.store import CacheStore
@@ -96,14 +97,19 @@ def text_cache(config, step, captions: list[str], trainer, say: Callable[[str], 
 
 def _ensure(store: CacheStore, rows: np.ndarray | None, what: str, step, say: Callable[[str], None],
             build: Callable[[], None]) -> None:
-    """Fill the rows the step needs unless they are there, saying which it is and how long the build took."""
+    """Fill the rows the step needs unless they are there, saying which it is, how large it is and how long the
+    build took. Damaged files (fluxflow/cache/health.py) are made again, the whole cache computed again."""
     wanted = store.rows if rows is None else rows.size
-    missing = store.missing(rows).size
+    problem = damage(store)
+    missing = wanted if problem else store.missing(rows).size
     if missing == 0:
         say(f"{what} cache of step {step.name}: reusing {store.dir} ({wanted:,} rows)")
         return
+    if problem:
+        say(f"{what} cache of step {step.name}: {store.dir} is damaged ({problem}); computing it again")
     there = f" ({wanted - missing:,} of its {wanted:,} rows already there)" if missing < wanted else ""
-    say(f"{what} cache of step {step.name}: computing {missing:,} rows in {store.dir}{there}")
+    say(f"{what} cache of step {step.name}: computing {missing:,} rows in {store.dir}{there}; "
+        f"{size_text(store.nbytes())} on disk for all its {store.rows:,} rows")
     start = time.perf_counter()
     build()
     say(f"{what} cache of step {step.name}: built in {time.perf_counter() - start:.1f} s")

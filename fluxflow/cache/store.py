@@ -179,18 +179,19 @@ Batches = Iterable[tuple[np.ndarray, dict[str, torch.Tensor], list[str]]]  # (ro
 
 
 def fill(store: CacheStore, rows: np.ndarray | None, batches: Callable[[np.ndarray], Batches], *, chunk_rows: int,
-         desc: str) -> None:
+         desc: str) -> int:
     """Fill those of `rows` (None: all) that hold nothing yet with `batches(missing)`, marking them filled every
     `chunk_rows` rows and at the end. Holds the store's lock: a second filler of the same rows waits, then finds them
     filled. Rows written after the last mark are computed again if the fill stops; a stop request (Ctrl-C, SIGTERM:
-    fluxflow/runtime/stop_request.py) is honoured at a mark."""
+    fluxflow/runtime/stop_request.py) is honoured at a mark. Returns how many rows it computed: 0 when another
+    process computed them while this one waited for the lock."""
     with store.lock():
         store.prepare()
         reserve(store)
         missing = store.missing(rows)
         total = missing.size
         if total == 0:
-            return
+            return 0
         writer, done = CacheWriter(store), 0
         try:
             with batch_progress(total, 0, desc, unit="item") as bar:
@@ -205,3 +206,4 @@ def fill(store: CacheStore, rows: np.ndarray | None, batches: Callable[[np.ndarr
                 writer.commit()
         finally:
             writer.close()
+    return total

@@ -96,7 +96,7 @@ def text_cache(config, step, captions: list[str], trainer, say: Callable[[str], 
 
 
 def _ensure(store: CacheStore, rows: np.ndarray | None, what: str, step, say: Callable[[str], None],
-            build: Callable[[], None]) -> None:
+            build: Callable[[], int]) -> None:
     """Fill the rows the step needs unless they are there, saying which it is, how large it is and how long the
     build took. Damaged files (fluxflow/cache/health.py) are made again, the whole cache computed again."""
     wanted = store.rows if rows is None else rows.size
@@ -111,8 +111,13 @@ def _ensure(store: CacheStore, rows: np.ndarray | None, what: str, step, say: Ca
     say(f"{what} cache of step {step.name}: computing {missing:,} rows in {store.dir}{there}; "
         f"{size_text(store.nbytes())} on disk for all its {store.rows:,} rows")
     start = time.perf_counter()
-    build()
-    say(f"{what} cache of step {step.name}: built in {time.perf_counter() - start:.1f} s")
+    computed = build()
+    took = time.perf_counter() - start
+    if computed:
+        say(f"{what} cache of step {step.name}: built in {took:.1f} s")
+    else:  # another process (a branch, a run sharing cache_dir, a torchrun rank) held the lock and computed them
+        say(f"{what} cache of step {step.name}: another process computed it meanwhile (waited {took:.1f} s); "
+            "reusing it")
 
 
 def distinct_captions(dataset) -> list[str]:

@@ -98,3 +98,22 @@ def test_the_computing_line_says_how_large_the_cache_is(tmp_path):
     assert store.nbytes() == 16 * (4 * 64 + 2 * 64 + 1)
     assert any("Latent cache of step flow: computing 16 rows" in line and "6.0 KiB on disk for all its 16 rows" in line
                for line in said), said
+
+
+def test_a_step_that_waited_while_another_process_built_the_cache_says_so_and_not_that_it_built_it(tmp_path,
+                                                                                                   monkeypatch):
+    """Two runs sharing cache_dir (or two branches, or torchrun ranks): the second sees rows missing, waits for the
+    first's lock, then finds them filled. It said `built in 1.5 s` for a build it never did."""
+    import fluxflow.train.step_cache as step_cache
+
+    real = step_cache.build_latent_cache
+
+    def other_process_first(*args, **kwargs):
+        real(*args, **kwargs)  # the other process, holding the lock while this one waits
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(step_cache, "build_latent_cache", other_process_first)
+    said: list[str] = []
+    flow_setup(tmp_path, FLOW, caches=True, dataset_size=16, said=said)
+    latent = [line for line in said if line.startswith("Latent cache")]
+    assert "another process computed it meanwhile" in latent[-1] and not any("built in" in x for x in latent), said

@@ -7,6 +7,7 @@ One directory per cache key:
     <field>.npy    one numpy .npy file per field, [rows, *shape], written in place through a memory map
     filled.npy     bool [rows], the progress marker: a row is marked only after its values were written and flushed
     captions.jsonl one `[row, caption]` line per written row (the last line of a row wins)
+    used_by.jsonl  one line per step that opened the cache (UTC time, output_path, step name): which runs use it
     .lock          held while a process fills the cache: a second one (a sibling branch, a torchrun rank) waits
 
 Rows are filled on demand: a step asks for the rows it will read (fluxflow/train/step_cache.py), the missing ones are
@@ -127,6 +128,23 @@ class CacheStore:
         """Rows of a field as a tensor of the stored dtype (a copy: the memory map stays read-only)."""
         data = torch.from_numpy(np.array(self.array(name)[rows]))
         return data.view(torch.bfloat16) if self.fields[name][1] == "bfloat16" else data
+
+    def note_use(self, entry: dict) -> None:
+        """Append `entry` (who read the cache: time, output, step) to `used_by.jsonl`, so that a user who shares
+        `cache_dir` between runs can tell which directories belong to runs they deleted or have not used for long.
+        One short line appended in one write: lines of concurrent users do not interleave. A read-only cache
+        directory is read without it."""
+        line = (json.dumps(entry) + "\n").encode("utf-8")
+        try:
+            fd = os.open(self.dir / "used_by.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError:
+            return
+        try:
+            os.write(fd, line)
+        except OSError:  # a full disk: the record is a convenience, the training goes on
+            pass
+        finally:
+            os.close(fd)
 
     def captions(self) -> dict[int, str]:
         """{row: caption} of the written rows (a line cut short by a killed process is not one of them)."""

@@ -19,6 +19,7 @@ Under torchrun every rank calls this: the first to take a cache's lock builds it
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from collections.abc import Callable
 
 import numpy as np
@@ -77,6 +78,7 @@ def latent_cache(config, step, dataset, rows: np.ndarray | None, trainer, say: C
     _ensure(store, rows, "Latent", step, say, lambda: build_latent_cache(
         store, dataset, rows, lambda images: posterior(encoder, images, trainer.ctx.amp_dtype), device,
         batch_size=step.batch_size, workers=step.workers, chunk_rows=CHUNK_ROWS, desc=f"{step.name} latent cache"))
+    _note_use(store, config, step)
     return store
 
 
@@ -92,7 +94,14 @@ def text_cache(config, step, captions: list[str], trainer, say: Callable[[str], 
     store = text_store(directory, inputs, len(captions), encode(captions[:1]), trainer.ctx.amp_dtype)
     _ensure(store, None, "Text", step, say, lambda: build_text_cache(
         store, captions, encode, batch_size=TEXT_BATCH, chunk_rows=CHUNK_ROWS, desc=f"{step.name} text cache"))
+    _note_use(store, config, step)
     return store
+
+
+def _note_use(store: CacheStore, config, step) -> None:
+    """Which run and step read this cache, and when (used_by.jsonl): what a user deleting old caches goes by."""
+    store.note_use({"time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "output": str(config.output.output_path), "step": step.name})
 
 
 def _ensure(store: CacheStore, rows: np.ndarray | None, what: str, step, say: Callable[[str], None],
@@ -115,8 +124,8 @@ def _ensure(store: CacheStore, rows: np.ndarray | None, what: str, step, say: Ca
     took = time.perf_counter() - start
     if computed:
         say(f"{what} cache of step {step.name}: built in {took:.1f} s")
-    else:  # another process (a branch, a run sharing cache_dir, a torchrun rank) held the lock and computed them
-        say(f"{what} cache of step {step.name}: another process computed it meanwhile (waited {took:.1f} s); "
+    else:  # another holder of the lock (a branch of this run, a run sharing cache_dir, a torchrun rank) computed them
+        say(f"{what} cache of step {step.name}: another step or process computed it meanwhile (waited {took:.1f} s); "
             "reusing it")
 
 

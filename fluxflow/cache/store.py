@@ -210,18 +210,28 @@ def fill(store: CacheStore, rows: np.ndarray | None, batches: Callable[[np.ndarr
         total = missing.size
         if total == 0:
             return 0
-        writer, done = CacheWriter(store), 0
         try:
-            with batch_progress(total, 0, desc, unit="item") as bar:
-                for written, values, captions in batches(missing):
-                    writer.write(written, values, captions)
-                    bar.update(len(written))
-                    if len(writer.pending) >= chunk_rows:
-                        done += len(writer.pending)
-                        writer.commit()
-                        if stop_requested() and done < total:
-                            raise StepInterrupted(f"{desc}: stopped after {done}/{total} rows; the next run continues")
-                writer.commit()
-        finally:
-            writer.close()
+            _write(store, missing, batches, chunk_rows, desc)
+        except OSError as exc:  # the fields have their blocks (reserve); captions.jsonl grows as rows are written
+            if exc.errno in NO_SPACE_ERRNOS:
+                raise no_space(store.dir, exc, store.nbytes()) from exc
+            raise
     return total
+
+
+def _write(store: CacheStore, missing: np.ndarray, batches: Callable[[np.ndarray], Batches], chunk_rows: int,
+           desc: str) -> None:
+    writer, done, total = CacheWriter(store), 0, missing.size
+    try:
+        with batch_progress(total, 0, desc, unit="item") as bar:
+            for written, values, captions in batches(missing):
+                writer.write(written, values, captions)
+                bar.update(len(written))
+                if len(writer.pending) >= chunk_rows:
+                    done += len(writer.pending)
+                    writer.commit()
+                    if stop_requested() and done < total:
+                        raise StepInterrupted(f"{desc}: stopped after {done}/{total} rows; the next run continues")
+            writer.commit()
+    finally:
+        writer.close()

@@ -142,3 +142,16 @@ def test_a_cache_whose_use_cannot_be_recorded_is_read_all_the_same(tmp_path):
     _, data, _, _ = flow_setup(tmp_path, FLOW, caches=True, dataset_size=16, said=said)
     assert any("Latent cache of step flow: reusing" in line for line in said)
     assert data.latent_cache.store.filled().all()
+
+
+def test_a_disk_that_fills_up_while_captions_are_written_is_the_same_one_line(tmp_path, monkeypatch):
+    """The fields' blocks are reserved, but captions.jsonl grows row by row: its ENOSPC was a bare
+    `[Errno 28] No space left on device` without the cache's directory."""
+    from fluxflow.cache import store
+
+    def full(self, rows, values, captions):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.CacheWriter, "write", full)
+    with pytest.raises(DiskFullError, match=r"cache .*latent_cache/\w+: no space .*free space there"):
+        flow_setup(tmp_path, FLOW, caches=True, dataset_size=16)

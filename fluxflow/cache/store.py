@@ -104,8 +104,8 @@ class CacheStore:
             lock.release()
 
     def filled(self) -> np.ndarray:
-        """bool [rows]: which rows hold values (read now: another process may be filling). None computed before
-        meta.json exists: until then the files may be half made (prepare writes meta.json last)."""
+        """bool [rows]: which rows hold values (read now: another process may be filling). No row counts as computed
+        before meta.json exists: until then the files may be half made (prepare writes meta.json last)."""
         if not (self.dir / "meta.json").exists():
             return np.zeros(self.rows, dtype=bool)
         return np.load(self.path("filled"))

@@ -112,7 +112,8 @@ def _ensure(store: CacheStore, rows: np.ndarray | None, what: str, step, say: Ca
     problem = damage(store)
     missing = wanted if problem else store.missing(rows).size
     if missing == 0:
-        say(f"{what} cache of step {step.name}: reusing {store.dir} ({wanted:,} rows)")
+        say(f"{what} cache of step {step.name}: reusing {store.dir} ({wanted:,} rows; {size_text(store.nbytes())} on "
+            "disk)")
         return
     if problem:
         say(f"{what} cache of step {step.name}: {store.dir} is damaged ({problem}); computing it again")

@@ -90,13 +90,16 @@ def test_a_cache_directory_that_cannot_be_written_is_one_line_saying_what_to_do(
     assert not is_retryable(error.value)
 
 
-def test_the_computing_line_says_how_large_the_cache_is(tmp_path):
+def test_the_computing_and_reusing_lines_say_how_large_the_cache_is(tmp_path):
     said: list[str] = []
     _, data, _, _ = flow_setup(tmp_path, FLOW, caches=True, dataset_size=16, said=said)
     store = data.latent_cache.store
     # 16 rows of a float32 mean and a float16 log-variance of [4, 4, 4], and one bool each: 6,160 bytes
     assert store.nbytes() == 16 * (4 * 64 + 2 * 64 + 1)
     assert any("Latent cache of step flow: computing 16 rows" in line and "6.0 KiB on disk for all its 16 rows" in line
+               for line in said), said
+    flow_setup(tmp_path, FLOW, caches=True, dataset_size=16, said=said)
+    assert any("Latent cache of step flow: reusing" in line and "(16 rows; 6.0 KiB on disk)" in line
                for line in said), said
 
 

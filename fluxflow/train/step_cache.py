@@ -19,13 +19,13 @@ Under torchrun every rank calls this: the first to take a cache's lock builds it
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import datetime, timezone
 
 import numpy as np
 
-from fluxflow.cache.health import damage, size_text
 from fluxflow.cache.fingerprint import dataset_fingerprint, module_sha256
+from fluxflow.cache.health import damage, size_text
 from fluxflow.cache.latent_cache import LatentCacheDataset, build_latent_cache, latent_store
 from fluxflow.cache.store import CacheStore
 from fluxflow.cache.text_cache import TextCache, build_text_cache, text_store

@@ -35,9 +35,9 @@ def latent_store(directory: Path, key_inputs: dict, rows: int, latent_shape: tup
 
 
 def build_latent_cache(store: CacheStore, dataset, rows: np.ndarray | None, encode: Encode, device: torch.device, *,
-                       batch_size: int, workers: int, chunk_rows: int, desc: str) -> None:
+                       batch_size: int, workers: int, chunk_rows: int, desc: str) -> int:
     """Fill the rows of `store` that `rows` (None: all) names and that hold nothing yet with the posterior of those
-    items of `dataset` (`fill`: under the store's lock)."""
+    items of `dataset` (`fill`: under the store's lock); returns how many it computed."""
     def batches(missing: np.ndarray):
         start = 0
         for images, captions in sequential_loader(dataset, batch_size, workers, missing.tolist()):
@@ -45,7 +45,7 @@ def build_latent_cache(store: CacheStore, dataset, rows: np.ndarray | None, enco
             yield missing[start:start + len(captions)], {"mean": mean, "logvar": logvar}, captions
             start += len(captions)
 
-    fill(store, rows, batches, chunk_rows=chunk_rows, desc=desc)
+    return fill(store, rows, batches, chunk_rows=chunk_rows, desc=desc)
 
 
 class LatentCacheDataset(torch.utils.data.Dataset):

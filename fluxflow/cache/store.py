@@ -7,6 +7,7 @@ One directory per cache key:
     <field>.npy    one numpy .npy file per field, [rows, *shape], written in place through a memory map
     filled.npy     bool [rows], the progress marker: a row is marked only after its values were written and flushed
     captions.jsonl one `[row, caption]` line per written row (the last line of a row wins)
+    used_by.jsonl  one line per step that opened the cache (UTC time, output_path, step name): which runs use it
     .lock          held while a process fills the cache: a second one (a sibling branch, a torchrun rank) waits
 
 Rows are filled on demand: a step asks for the rows it will read (fluxflow/train/step_cache.py), the missing ones are
@@ -20,15 +21,17 @@ serve are not. bfloat16 has no numpy dtype: such a field is stored as its raw 16
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from filelock import FileLock
 
+from fluxflow.cache.health import NO_SPACE_ERRNOS, damage, no_space, reserve, unusable
 from fluxflow.checkpoints.io import atomic_write
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
 from fluxflow.progress_bar import batch_progress
@@ -48,30 +51,64 @@ class CacheStore:
         self._arrays: dict[str, np.ndarray] = {}
 
     def prepare(self) -> None:
-        """Create the empty files, or check that the existing ones were made for this meta (call under `lock()`)."""
+        """Create the empty files, or check that the existing ones were made for this meta (call under `lock()`).
+        Files that are damaged (health.py) or whose making was cut short are made again, empty."""
         meta, meta_path = self.meta, self.dir / "meta.json"
-        if meta_path.exists():
+        if meta_path.exists() and damage(self) is None:
             if json.loads(meta_path.read_text()) != json.loads(json.dumps(meta)):
                 raise ValueError(f"cache {self.dir} was made for other inputs than these (its meta.json differs); "
                                  "move it away")
             return
-        for name, (shape, dtype) in {**self.fields, "filled": ((), "bool")}.items():  # sized once, filled later
-            np.lib.format.open_memmap(self._path(name), mode="w+", dtype=STORED_AS[dtype],
-                                      shape=(self.rows, *shape)).flush()
+        # New files, not the old ones truncated: a process still reading the old ones keeps its memory maps whole.
+        for path in [meta_path, self.dir / "captions.jsonl", *map(self.path, self.all_fields())]:
+            path.unlink(missing_ok=True)
+        try:
+            for name, (shape, dtype) in self.all_fields().items():  # sized once, filled later
+                np.lib.format.open_memmap(self.path(name), mode="w+", dtype=self.stored_dtype(dtype),
+                                          shape=(self.rows, *shape)).flush()
+        except OSError as exc:
+            if exc.errno in NO_SPACE_ERRNOS:
+                raise no_space(self.dir, exc, self.nbytes()) from exc
+            raise
         atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()), durable=False)
 
-    def _path(self, name: str) -> Path:
+    def all_fields(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """The fields and the progress marker, each a file."""
+        return {**self.fields, "filled": ((), "bool")}
+
+    @staticmethod
+    def stored_dtype(dtype: str) -> np.dtype:
+        return np.dtype(STORED_AS[dtype])
+
+    def nbytes(self) -> int:
+        """The size of the cache's files when made (all rows, whether computed or not), headers aside."""
+        return sum(self.rows * int(np.prod(shape)) * self.stored_dtype(dtype).itemsize
+                   for shape, dtype in self.all_fields().values())
+
+    def path(self, name: str) -> Path:
         return self.dir / f"{name}.npy"
 
-    def lock(self) -> FileLock:
-        """Blocks until no other process or thread fills this cache (released when the holder dies, too)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        return FileLock(self.dir / ".lock", thread_local=False)
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Blocks until no other process or thread fills this cache (released when the holder dies, too). A directory
+        that cannot be written is one line (health.py: unusable), not a traceback."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(self.dir / ".lock", thread_local=False)
+            lock.acquire()
+        except OSError as exc:
+            raise unusable(self.dir, exc) from exc
+        try:
+            yield
+        finally:
+            lock.release()
 
     def filled(self) -> np.ndarray:
-        """bool [rows]: which rows hold values (read now: another process may be filling)."""
-        path = self._path("filled")
-        return np.load(path) if path.exists() else np.zeros(self.rows, dtype=bool)
+        """bool [rows]: which rows hold values (read now: another process may be filling). No row counts as computed
+        before meta.json exists: until then the files may be half made (prepare writes meta.json last)."""
+        if not (self.dir / "meta.json").exists():
+            return np.zeros(self.rows, dtype=bool)
+        return np.load(self.path("filled"))
 
     def missing(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Those of `rows` (default: all) that hold no values yet, ascending."""
@@ -84,13 +121,30 @@ class CacheStore:
     def array(self, name: str) -> np.ndarray:
         """The whole field, read-only and memory-mapped (opened once per process: DataLoader workers open their own)."""
         if name not in self._arrays:
-            self._arrays[name] = np.load(self._path(name), mmap_mode="r")
+            self._arrays[name] = np.load(self.path(name), mmap_mode="r")
         return self._arrays[name]
 
     def read(self, name: str, rows) -> torch.Tensor:
         """Rows of a field as a tensor of the stored dtype (a copy: the memory map stays read-only)."""
         data = torch.from_numpy(np.array(self.array(name)[rows]))
         return data.view(torch.bfloat16) if self.fields[name][1] == "bfloat16" else data
+
+    def note_use(self, entry: dict) -> None:
+        """Append `entry` (who read the cache: time, output, step) to `used_by.jsonl`, so that a user who shares
+        `cache_dir` between runs can tell which directories belong to runs they deleted or have not used for long.
+        One short line appended in one write: lines of concurrent users do not interleave. A read-only cache
+        directory is read without it."""
+        line = (json.dumps(entry) + "\n").encode("utf-8")
+        try:
+            fd = os.open(self.dir / "used_by.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError:
+            return
+        try:
+            os.write(fd, line)
+        except OSError:  # a full disk: the record is a convenience, the training goes on
+            pass
+        finally:
+            os.close(fd)
 
     def captions(self) -> dict[int, str]:
         """{row: caption} of the written rows (a line cut short by a killed process is not one of them)."""
@@ -113,7 +167,7 @@ class CacheWriter:
 
     def __init__(self, store: CacheStore):
         self.store, self.pending = store, []
-        self.maps = {name: np.lib.format.open_memmap(store._path(name), mode="r+")
+        self.maps = {name: np.lib.format.open_memmap(store.path(name), mode="r+")
                      for name in [*store.fields, "filled"]}
         self.captions = open(store.dir / "captions.jsonl", "ab")
 
@@ -143,28 +197,41 @@ Batches = Iterable[tuple[np.ndarray, dict[str, torch.Tensor], list[str]]]  # (ro
 
 
 def fill(store: CacheStore, rows: np.ndarray | None, batches: Callable[[np.ndarray], Batches], *, chunk_rows: int,
-         desc: str) -> None:
+         desc: str) -> int:
     """Fill those of `rows` (None: all) that hold nothing yet with `batches(missing)`, marking them filled every
     `chunk_rows` rows and at the end. Holds the store's lock: a second filler of the same rows waits, then finds them
     filled. Rows written after the last mark are computed again if the fill stops; a stop request (Ctrl-C, SIGTERM:
-    fluxflow/runtime/stop_request.py) is honoured at a mark."""
+    fluxflow/runtime/stop_request.py) is honoured at a mark. Returns how many rows it computed: 0 when another
+    process computed them while this one waited for the lock."""
     with store.lock():
         store.prepare()
+        reserve(store)
         missing = store.missing(rows)
         total = missing.size
         if total == 0:
-            return
-        writer, done = CacheWriter(store), 0
+            return 0
         try:
-            with batch_progress(total, 0, desc, unit="item") as bar:
-                for written, values, captions in batches(missing):
-                    writer.write(written, values, captions)
-                    bar.update(len(written))
-                    if len(writer.pending) >= chunk_rows:
-                        done += len(writer.pending)
-                        writer.commit()
-                        if stop_requested() and done < total:
-                            raise StepInterrupted(f"{desc}: stopped after {done}/{total} rows; the next run continues")
-                writer.commit()
-        finally:
-            writer.close()
+            _write(store, missing, batches, chunk_rows, desc)
+        except OSError as exc:  # the fields have their blocks (reserve); captions.jsonl grows as rows are written
+            if exc.errno in NO_SPACE_ERRNOS:
+                raise no_space(store.dir, exc, store.nbytes()) from exc
+            raise
+    return total
+
+
+def _write(store: CacheStore, missing: np.ndarray, batches: Callable[[np.ndarray], Batches], chunk_rows: int,
+           desc: str) -> None:
+    writer, done, total = CacheWriter(store), 0, missing.size
+    try:
+        with batch_progress(total, 0, desc, unit="item") as bar:
+            for written, values, captions in batches(missing):
+                writer.write(written, values, captions)
+                bar.update(len(written))
+                if len(writer.pending) >= chunk_rows:
+                    done += len(writer.pending)
+                    writer.commit()
+                    if stop_requested() and done < total:
+                        raise StepInterrupted(f"{desc}: stopped after {done}/{total} rows; the next run continues")
+            writer.commit()
+    finally:
+        writer.close()

@@ -35,9 +35,9 @@ def text_store(directory: Path, key_inputs: dict, rows: int, probe: dict[str, to
 
 
 def build_text_cache(store: CacheStore, captions: list[str], encode: Encode, *, batch_size: int, chunk_rows: int,
-                     desc: str) -> None:
+                     desc: str) -> int:
     """Fill `store` with the encoder's outputs for `captions` (distinct, in a fixed order: row i is captions[i]),
-    from where an earlier build stopped."""
+    from where an earlier build stopped; returns how many rows it computed."""
     def batches(missing: np.ndarray):
         for i in range(0, missing.size, batch_size):
             rows = missing[i:i + batch_size]
@@ -45,7 +45,7 @@ def build_text_cache(store: CacheStore, captions: list[str], encode: Encode, *, 
             with torch.no_grad():
                 yield rows, encode(chunk), chunk
 
-    fill(store, None, batches, chunk_rows=chunk_rows, desc=desc)
+    return fill(store, None, batches, chunk_rows=chunk_rows, desc=desc)
 
 
 class TextCache:

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 
 import numpy as np
 
 from fluxflow.cache.fingerprint import dataset_fingerprint, module_sha256
+from fluxflow.cache.health import damage, size_text
 from fluxflow.cache.latent_cache import LatentCacheDataset, build_latent_cache, latent_store
 from fluxflow.cache.store import CacheStore
 from fluxflow.cache.text_cache import TextCache, build_text_cache, text_store
@@ -76,6 +78,7 @@ def latent_cache(config, step, dataset, rows: np.ndarray | None, trainer, say: C
     _ensure(store, rows, "Latent", step, say, lambda: build_latent_cache(
         store, dataset, rows, lambda images: posterior(encoder, images, trainer.ctx.amp_dtype), device,
         batch_size=step.batch_size, workers=step.workers, chunk_rows=CHUNK_ROWS, desc=f"{step.name} latent cache"))
+    _note_use(store, config, step)
     return store
 
 
@@ -91,22 +94,40 @@ def text_cache(config, step, captions: list[str], trainer, say: Callable[[str], 
     store = text_store(directory, inputs, len(captions), encode(captions[:1]), trainer.ctx.amp_dtype)
     _ensure(store, None, "Text", step, say, lambda: build_text_cache(
         store, captions, encode, batch_size=TEXT_BATCH, chunk_rows=CHUNK_ROWS, desc=f"{step.name} text cache"))
+    _note_use(store, config, step)
     return store
 
 
+def _note_use(store: CacheStore, config, step) -> None:
+    """Which run and step read this cache, and when (used_by.jsonl): what a user deleting old caches goes by."""
+    store.note_use({"time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "output": str(config.output.output_path), "step": step.name})
+
+
 def _ensure(store: CacheStore, rows: np.ndarray | None, what: str, step, say: Callable[[str], None],
-            build: Callable[[], None]) -> None:
-    """Fill the rows the step needs unless they are there, saying which it is and how long the build took."""
+            build: Callable[[], int]) -> None:
+    """Fill the rows the step needs unless they are there, saying which it is, how large it is and how long the
+    build took. Damaged files (fluxflow/cache/health.py) are made again, the whole cache computed again."""
     wanted = store.rows if rows is None else rows.size
-    missing = store.missing(rows).size
+    problem = damage(store)
+    missing = wanted if problem else store.missing(rows).size
     if missing == 0:
-        say(f"{what} cache of step {step.name}: reusing {store.dir} ({wanted:,} rows)")
+        say(f"{what} cache of step {step.name}: reusing {store.dir} ({wanted:,} rows; {size_text(store.nbytes())} on "
+            "disk)")
         return
+    if problem:
+        say(f"{what} cache of step {step.name}: {store.dir} is damaged ({problem}); computing it again")
     there = f" ({wanted - missing:,} of its {wanted:,} rows already there)" if missing < wanted else ""
-    say(f"{what} cache of step {step.name}: computing {missing:,} rows in {store.dir}{there}")
+    say(f"{what} cache of step {step.name}: computing {missing:,} rows in {store.dir}{there}; "
+        f"{size_text(store.nbytes())} on disk for all its {store.rows:,} rows")
     start = time.perf_counter()
-    build()
-    say(f"{what} cache of step {step.name}: built in {time.perf_counter() - start:.1f} s")
+    computed = build()
+    took = time.perf_counter() - start
+    if computed:
+        say(f"{what} cache of step {step.name}: built in {took:.1f} s")
+    else:  # another holder of the lock (a branch of this run, a run sharing cache_dir, a torchrun rank) computed them
+        say(f"{what} cache of step {step.name}: another step or process computed it meanwhile (waited {took:.1f} s); "
+            "reusing it")
 
 
 def distinct_captions(dataset) -> list[str]:

@@ -29,3 +29,89 @@ def test_rank_sync_check_gathers_on_the_parameters_device_as_nccl_requires(monke
     with pytest.raises(_Stop):
         distributed.assert_in_sync(modules)
     assert seen == [(torch.device("meta"), [torch.device("meta")] * 2)]
+
+
+STEP_FLAGS = {"vae": {"train_vae": True},
+              "vae_gan_r1": {"train_vae": True, "gan_training": True, "r1_gamma": 1.0, "r1_interval": 1},
+              "flow": {"train_diff": True}}
+CAPTIONS = ["a red circle", "a blue square"]
+
+
+def _trainer(kind: str, device: str, precision: str):
+    from helpers_tiny import TINY_MODEL
+
+    from fluxflow.config import load_config
+    from fluxflow.train.trainer import build_trainer
+
+    config = load_config({"model": TINY_MODEL, "data": {"img_size": 16},
+                          "training": {"batch_size": 2, "precision": precision,
+                                       "pipeline": {"steps": [{"name": kind, "n_epochs": 1, **STEP_FLAGS[kind]}]}}
+                          }).config
+    step = config.step(kind)
+    trainer = build_trainer(config, step, None, torch.device(device), max_epochs=1)
+    if kind == "flow":
+        channels = config.model.latent_channels
+        trainer.set_latent_norm({"shift": torch.zeros(channels), "scale": torch.ones(channels)})
+    return trainer
+
+
+class _MetaGenerator:
+    """torch.Generator has no `meta` device: a stand-in that the wrapped random functions below take off again,
+    after checking that it was made for the device it draws on."""
+
+    def __init__(self, device=None):
+        self.device = torch.device(device or "cpu")
+
+    def manual_seed(self, seed: int) -> _MetaGenerator:
+        return self
+
+
+@pytest.mark.parametrize("kind", sorted(STEP_FLAGS))
+def test_a_training_batch_stays_on_the_models_device_without_a_host_sync(kind, monkeypatch):
+    """The step's batch on the `meta` device (standing in for CUDA): a tensor drawn or created on the CPU and mixed in
+    raises there as on a GPU, and a host sync (.item(), float(), bool() of a tensor) raises too, as meta tensors have
+    no values. Only what meta cannot run is replaced: the fused AdamW kernel (its `found_inf` must be on the
+    parameters' device) and the foreach norm kernels."""
+    monkeypatch.setattr(torch, "Generator", _MetaGenerator)
+    mismatched = []
+
+    def without_generator(draw):
+        def wrapped(*args, generator=None, **kwargs):
+            if generator is not None and generator.device != torch.device(kwargs.get("device") or "cpu"):
+                mismatched.append((draw.__name__, generator.device, kwargs.get("device")))
+            return draw(*args, **kwargs)
+        return wrapped
+
+    for name in ("randn", "rand", "randint"):
+        monkeypatch.setattr(torch, name, without_generator(getattr(torch, name)))
+    for name in ("get_total_norm", "clip_grads_with_norm_"):
+        kernel = getattr(torch.nn.utils, name)
+        monkeypatch.setattr(torch.nn.utils, name,
+                            lambda *a, _kernel=kernel, **k: _kernel(*a, **{**k, "foreach": False}))
+
+    def fused_step(optimizer, closure=None):  # optim.optimizer_step skips a non-finite update on the device
+        if optimizer.found_inf.device != optimizer.param_groups[0]["params"][0].device:
+            mismatched.append(("found_inf", optimizer.found_inf.device))
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", fused_step)
+    trainer = _trainer(kind, "meta", "fp32")  # autocast has no meta device; bf16 is checked below on the CPU
+    metrics = trainer.train_batch(torch.zeros(2, 3, 16, 16, device="meta"), CAPTIONS, global_step=0, update=0)
+    assert mismatched == []
+    assert metrics and {name: m.device.type for name, m in metrics.items()} == dict.fromkeys(metrics, "meta")
+
+
+@pytest.mark.parametrize("kind", ["vae_gan_r1", "flow"])
+def test_under_bf16_autocast_losses_weights_and_emas_stay_float32(kind):
+    """What CUDA runs by default (precision auto -> bf16 autocast), run on the CPU: the losses and metrics are fp32,
+    and the weights, their EMAs and the optimizer states too (bf16 only inside autocast's matmuls and convolutions)."""
+    trainer = _trainer(kind, "cpu", "bf16")
+    assert trainer.ctx.amp_dtype == torch.bfloat16
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    for i in range(2):
+        metrics = trainer.train_batch(images, CAPTIONS, global_step=i, update=i)
+    assert {name: m.dtype for name, m in metrics.items()} == dict.fromkeys(metrics, torch.float32)
+    assert all(torch.isfinite(m) for m in metrics.values())
+    tensors = [*(p for m in trainer.models.values() for p in m.parameters()),
+               *(p for e in trainer.emas.values() for p in e.shadow.parameters()),
+               *(s for o in trainer.optimizers.values() for state in o.state.values() for s in state.values())]
+    assert trainer.emas and {t.dtype for t in tensors} == {torch.float32}

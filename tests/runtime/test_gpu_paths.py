@@ -115,3 +115,36 @@ def test_under_bf16_autocast_losses_weights_and_emas_stay_float32(kind):
                *(p for e in trainer.emas.values() for p in e.shadow.parameters()),
                *(s for o in trainer.optimizers.values() for state in o.state.values() for s in state.values())]
     assert trainer.emas and {t.dtype for t in tensors} == {torch.float32}
+
+
+def test_ddp_flow_step_without_pooled_text_trains_past_its_first_batch(tmp_path, monkeypatch):
+    """`model.text_pooled: false` leaves the pooled-text parameters out of every forward; a torchrun flow step wraps
+    the flow model in DDP, which then raised at the second batch ("Expected to have finished reduction in the prior
+    iteration"). A one-process gloo group shows it as two would (the reducer's check does not depend on the world)."""
+    from helpers_tiny import TINY_MODEL
+
+    import torch.distributed as dist
+    from fluxflow.config import load_config
+    from fluxflow.models import build_component
+    from fluxflow.train.data_parallel import wrap_for_data_parallel
+
+    config = load_config({"model": {**TINY_MODEL, "text_pooled": False}, "data": {"img_size": 16},
+                          "training": {"batch_size": 2, "pipeline": {"steps": [{"name": "flow", "n_epochs": 1,
+                                                                                 "train_diff": True}]}}}).config
+    flow = build_component("flow_processor", config.model, 3)
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        ddp = wrap_for_data_parallel({"flow_processor": flow}, config.step("flow"), {"flow_processor"},
+                                     torch.device("cpu"))["flow_processor"]
+        dim, length = config.model.text_embedding_dim, config.model.text_max_len
+        for _ in range(3):
+            flow.zero_grad(set_to_none=True)
+            ddp(torch.randn(2, 4, 4, 4), torch.rand(2), torch.randn(2, length, dim),
+                torch.ones(2, length, dtype=torch.bool), torch.randn(2, dim),
+                torch.tensor([True, False])).square().mean().backward()
+    finally:
+        dist.destroy_process_group()
+    unused = set(flow.unused_parameter_names())
+    assert unused == {"null_pooled", "pooled_proj.weight", "pooled_proj.bias"}
+    assert all((p.grad is None) == (name in unused) for name, p in flow.named_parameters())

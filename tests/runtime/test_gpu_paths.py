@@ -148,3 +148,15 @@ def test_ddp_flow_step_without_pooled_text_trains_past_its_first_batch(tmp_path,
     unused = set(flow.unused_parameter_names())
     assert unused == {"null_pooled", "pooled_proj.weight", "pooled_proj.bias"}
     assert all((p.grad is None) == (name in unused) for name, p in flow.named_parameters())
+
+
+@pytest.mark.parametrize(("native", "precision", "expected"), [
+    (True, "auto", torch.bfloat16), (False, "auto", None), (False, "bf16", torch.bfloat16), (True, "fp32", None)])
+def test_auto_precision_is_bf16_only_on_gpus_that_compute_in_it(native, precision, expected, monkeypatch):
+    """A V100 or T4 (compute capability < 8) runs bf16 only emulated, slower than fp32: `auto` trains fp32 there.
+    torch's check is faked: `including_emulation=True` (its default) says yes on those GPUs too."""
+    from fluxflow.runtime.device import autocast_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    assert autocast_dtype(torch.device("cuda"), precision) == expected
+    assert autocast_dtype(torch.device("cpu"), "auto") is None

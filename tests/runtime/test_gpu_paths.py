@@ -160,3 +160,29 @@ def test_auto_precision_is_bf16_only_on_gpus_that_compute_in_it(native, precisio
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
     assert autocast_dtype(torch.device("cuda"), precision) == expected
     assert autocast_dtype(torch.device("cpu"), "auto") is None
+
+
+def test_a_cpu_step_on_a_gpu_host_pins_no_batches(tmp_path, monkeypatch):
+    """Pinning starts CUDA (a context on GPU 0, where another job may train) for batches a CPU step never copies to a
+    GPU. The loaders a CPU flow step makes (latent normalisation, training) are built as on a GPU host: with
+    `torch.cuda.is_available()` true while they are made."""
+    from helpers_tiny import tiny_config
+
+    import fluxflow.data
+    from fluxflow.train import step_data, step_run
+
+    pinned = []
+
+    def on_a_gpu_host(*args, **kwargs):
+        with monkeypatch.context() as m:
+            m.setattr(torch.cuda, "is_available", lambda: True)
+            loader = fluxflow.data.make_loader(*args, **kwargs)
+        pinned.append(loader.pin_memory)
+        return loader
+
+    monkeypatch.setattr(step_run, "make_loader", on_a_gpu_host)
+    monkeypatch.setattr(step_data, "make_loader", on_a_gpu_host)
+    config = tiny_config(tmp_path, [{"name": "flow", "n_epochs": 1, "max_steps": 1, "train_diff": True}],
+                         no_samples=True)
+    step_run.run_step(config, "flow", None)
+    assert len(pinned) == 2 and not any(pinned), pinned

@@ -12,7 +12,10 @@ in under 10 minutes.
 3. `torchrun`: the same flow step on 2 processes (DDP) when 2 GPUs are present; skipped otherwise.
 
 A section that would start after `--budget-s` seconds is skipped and says so (the shell script also stops the whole
-run at 10 minutes). `--dry-run`: the same code at tiny sizes on the CPU, eager only (tests/bench/test_gpu_check.py).
+run at 10 minutes). Each flow row is a section of its own. A section that raises (a first GPU run's compile error) is
+reported under `failed` and the next one runs; the exit code is then 1. bench/results/gpu_check.json is rewritten
+after every section, so a run stopped at the 10-minute limit keeps what it measured.
+`--dry-run`: the same code at tiny sizes on the CPU, eager only (tests/bench/test_gpu_check.py).
 Writes bench/results/gpu_check.json and prints one table.
 """
 from __future__ import annotations
@@ -21,9 +24,12 @@ from __future__ import annotations
 import flows.env  # noqa: F401
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import sys
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import traceback  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -48,14 +54,15 @@ def real_model(dry_run: bool) -> dict[str, Any]:
     return dict(model, text_embedding_dim=TEXT_WIDTH)
 
 
-def flow_rows(args, device: torch.device, model: dict, img_size: int) -> list[dict[str, Any]]:
-    compiles = [False] if args.dry_run else [False, True]
-    rows = []
-    for compile in compiles:
-        for batch in DRY_BATCHES if args.dry_run else BATCHES:
-            rows.append(measure_step("flow", img_size, batch, device, compile=compile, model=model,
-                                     precision="fp32" if args.dry_run else "bf16", label="real_256"))
-    return rows
+def flow_sections(args, device: torch.device, model: dict, img_size: int) -> list[tuple[str, Callable[[], list]]]:
+    """One section per flow row (eager rows first), so that a failing compiled row keeps the eager ones."""
+    def row(compile: bool, batch: int) -> list[dict[str, Any]]:
+        return [measure_step("flow", img_size, batch, device, compile=compile, model=model,
+                             precision="fp32" if args.dry_run else "bf16", label="real_256")]
+
+    return [(f"flow batch {batch}{' compiled' if compile else ''}", functools.partial(row, compile, batch))
+            for compile in ([False] if args.dry_run else [False, True])
+            for batch in (DRY_BATCHES if args.dry_run else BATCHES)]
 
 
 def pipeline_config(args, model: dict, img_size: int, nproc: int, output: Path):
@@ -100,18 +107,28 @@ def run(args) -> dict[str, Any]:
         raise SystemExit("bench.gpu_check needs a CUDA GPU (use --dry-run to try it on the CPU at tiny sizes)")
     device = torch.device("cuda" if cuda else "cpu")
     model, img_size = real_model(args.dry_run), 32 if args.dry_run else 256
-    rows, skipped = [], []
-    sections = [("flow", lambda: flow_rows(args, device, model, img_size)),
+    rows, skipped, failed = [], [], []
+    sections = [*flow_sections(args, device, model, img_size),
                 ("pipeline", lambda: [timed_pipeline(args, model, img_size, 1)])]
     if torch.cuda.device_count() >= 2 and not args.dry_run:
         sections.append(("torchrun", lambda: [timed_pipeline(args, model, img_size, 2)]))
     else:
         skipped.append("torchrun: fewer than 2 GPUs")
+
+    def payload(info: dict[str, Any], table: str | None) -> dict[str, Any]:
+        return {"benchmark": "gpu_check", "machine": info, "dry_run": args.dry_run, "rows": rows,
+                "skipped": skipped, "failed": failed, "seconds": time.perf_counter() - start, "table": table}
+
     for name, section in sections:
         if time.perf_counter() - start > args.budget_s:
             skipped.append(f"{name}: the {args.budget_s:.0f} s budget was spent")
             continue
-        rows += section()
+        try:
+            rows += section()
+        except Exception as e:  # one section's failure must not lose the others' figures
+            traceback.print_exc()
+            failed.append(f"{name}: {type(e).__name__}: {e}")
+        write_result("gpu_check", payload({"partial": True}, None), args.results_dir)  # survives the 10-min kill
     info = machine(load.stop())
     table = print_table(f"gpu_check — {device_label(info)}",
                         ["what", "px", "batch", "precision", "compile", "s/batch", "images/s", "TFLOP/step", "MFU"],
@@ -121,10 +138,11 @@ def run(args) -> dict[str, Any]:
                           f"{100 * r['mfu']:.1f} %" if r["mfu"] else None] for r in rows])
     for line in skipped:
         print(f"skipped: {line}", flush=True)
-    payload = {"benchmark": "gpu_check", "machine": info, "dry_run": args.dry_run, "rows": rows,
-               "skipped": skipped, "seconds": time.perf_counter() - start, "table": table}
-    write_result("gpu_check", payload, args.results_dir)
-    return payload
+    for line in failed:
+        print(f"FAILED: {line}", flush=True)
+    result = payload(info, table)
+    write_result("gpu_check", result, args.results_dir)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=540.0, help="start no section after this many seconds")
     parser.add_argument("--pipeline-batches", type=int, default=20, help="batches per step of the pipeline rows")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    run(parser.parse_args(argv))
-    return 0
+    return 1 if run(parser.parse_args(argv))["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -100,6 +100,13 @@ class FlowProcessor(nn.Module):
         # Recompute each block in backward instead of keeping its activations (training.activation_checkpointing).
         self.activation_checkpointing = False
 
+    def unused_parameter_names(self) -> list[str]:
+        """Parameters the forward never uses: the pooled-text path when `pooled_text` is off. DDP must be told
+        (fluxflow/train/data_parallel.py), or it raises at the second batch waiting for their gradients."""
+        if self.pooled_text:
+            return []
+        return ["null_pooled", *(f"pooled_proj.{name}" for name, _ in self.pooled_proj.named_parameters())]
+
     def apply_null_text(self, tokens: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor,
                         drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Swap in the learned null text for rows where `drop` is True (no host sync: torch.where)."""

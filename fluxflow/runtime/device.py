@@ -25,9 +25,13 @@ def resolve_device(requested: str | None, setting: str = "training.device") -> t
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """bf16 on CUDA by default (no GradScaler needed); fp32 on CPU unless bf16 is asked for explicitly."""
-    bf16 = precision == "bf16" or (precision != "fp32" and device.type == "cuda")
-    return torch.bfloat16 if bf16 else None
+    """bf16 on CUDA by default (no GradScaler needed) where the GPU computes in bf16 (compute capability 8.0+: A100,
+    H100, RTX 30xx on); older GPUs (V100, T4) only emulate bf16, slower than fp32, so `auto` is fp32 there. fp32 on
+    CPU unless bf16 is asked for explicitly; an explicit `bf16` is kept anywhere."""
+    if precision == "bf16":
+        return torch.bfloat16
+    native = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if precision == "auto" and native else None
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

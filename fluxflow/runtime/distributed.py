@@ -88,11 +88,12 @@ def mean_across_ranks(values: torch.Tensor) -> torch.Tensor:
 
 
 def assert_in_sync(modules) -> float:
-    """Raises if any rank's weights differ from rank 0's; returns the checksum, a float64 sum over every parameter."""
-    local = torch.zeros((), dtype=torch.float64)
-    for module in modules:
-        for p in module.parameters():
-            local += p.detach().double().sum().cpu()
+    """Raises if any rank's weights differ from rank 0's; returns the checksum, a float64 sum over every parameter.
+    The sum is gathered on the parameters' device: NCCL (the backend on CUDA) has no CPU tensors."""
+    params = [p for module in modules for p in module.parameters()]
+    local = torch.zeros((), dtype=torch.float64, device=params[0].device if params else None)
+    for p in params:
+        local += p.detach().double().sum()
     gathered = [torch.zeros_like(local) for _ in range(world_size())]
     dist.all_gather(gathered, local)
     if any(not torch.equal(g, gathered[0]) for g in gathered):

@@ -26,6 +26,10 @@ def wrap_for_data_parallel(models: dict[str, nn.Module], step, trained: set[str]
     if not (distributed.active() and has_flow_mode(step) and not touches_vae(step)):
         return {}
     ids = [device.index] if device.type == "cuda" else None
+    for name in trained:  # parameters no forward uses (model.text_pooled false) get no gradient: DDP, which waits
+        # for every parameter that requires one, leaves them out (they are rebuilt with requires_grad for each step)
+        for unused in getattr(models[name], "unused_parameter_names", list)():
+            models[name].get_parameter(unused).requires_grad_(False)
     return {name: DistributedDataParallel(models[name], device_ids=ids) for name in sorted(trained)}
 
 

@@ -56,6 +56,6 @@ def leading_inputs(data: StepData, batch_size: int, seed: int, n_items: int,
     more of them, so it covers `n_items` on every rank count (step_run broadcasts rank 0's measurement)."""
     world = getattr(data.batch_source, "world", 1)
     n_batches = max(1, -(-n_items // (batch_size // world)))
-    loader = make_loader(data.batch_source, batch_size, 0, seed, 0, 0, world=world)
+    loader = make_loader(data.batch_source, batch_size, 0, seed, 0, 0, pin_memory=device.type == "cuda", world=world)
     for inputs, _ in itertools.islice(loader, n_batches):  # stops before loading batch n_batches (not cached)
         yield inputs.to(device)

@@ -208,10 +208,12 @@ class StepRun:
     def run_epoch(self) -> None:
         """Train the rest of the running epoch from `position.batch`, then decide the transition."""
         pos, step, n_batches = self.position, self.step, self.data.batches_per_epoch
-        # Under torchrun each rank loads only its slice of every global batch.
+        # Under torchrun each rank loads only its slice of every global batch. Pinned only for a CUDA step: a CPU
+        # step on a GPU host would start CUDA (a context on GPU 0) to pin batches it never copies.
         loader = self.loader = make_loader(self.data.batch_source, step.batch_size, step.workers,
                                            step.seed, pos.start_epoch + pos.epoch, pos.batch,
-                                           rank=distributed.rank(), world=self.world, reuse=self.loader)
+                                           pin_memory=self.device.type == "cuda", rank=distributed.rank(),
+                                           world=self.world, reuse=self.loader)
         self.report.epoch_started()
         with batch_progress(n_batches, pos.batch, f"{step.name} epoch {pos.epoch + 1}") as bar:
             # islice: a step capped by max_steps stops before loading the batch after its last (a latent cache holds

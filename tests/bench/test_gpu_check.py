@@ -51,3 +51,24 @@ def test_the_real_run_configs_validate_at_real_size(tmp_path):
     assert [s.name for s in pipeline.resolved_steps()] == ["vae", "flow"]
     assert (pipeline.training.batch_size, pipeline.training.precision, pipeline.data.img_size) == (64, "bf16", 256)
     assert [s.name for s in gpu_check.pipeline_config(args, model, 256, 2, tmp_path).resolved_steps()] == ["flow"]
+
+
+def test_a_failing_section_keeps_the_rows_measured_before_it_and_fails_the_run(tmp_path, monkeypatch):
+    """A first GPU run whose compiled flow row or pipeline raises must still hand back the rows measured so far (in
+    the results file, rewritten after each section, which also survives the shell script's 10-minute kill)."""
+    from bench import gpu_check
+
+    def measure_step(kind, img_size, batch, device, **kw):
+        return {"kind": kind, "img_size": img_size, "batch": batch, "precision": kw["precision"],
+                "compile": kw["compile"], "s_per_batch": 0.5, "images_per_s": 2 * batch, "flops_per_step": None,
+                "mfu": None}
+
+    def broken_pipeline(*args):
+        raise RuntimeError("inductor: compilation failed")
+
+    monkeypatch.setattr(gpu_check, "measure_step", measure_step)
+    monkeypatch.setattr(gpu_check, "timed_pipeline", broken_pipeline)
+    assert gpu_check.main(["--dry-run", "--results-dir", str(tmp_path)]) == 1
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [(r["kind"], r["batch"]) for r in result["rows"]] == [("flow", 2), ("flow", 4)]
+    assert result["failed"] == ["pipeline: RuntimeError: inductor: compilation failed"]

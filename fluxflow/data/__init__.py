@@ -89,8 +89,10 @@ def make_loader(dataset, batch_size: int, workers: int | str, seed: int, epoch: 
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     workers = resolve_workers(workers)
+    # generator: each new iterator draws its workers' base seed from it, not from torch's global generator, which
+    # another branch of the run may be drawing its initial weights from (fluxflow/runtime/global_rng.py).
     common = dict(num_workers=workers, collate_fn=collate_images_captions, pin_memory=pin_memory,
-                  worker_init_fn=_one_thread_per_worker if workers > 0 else None,
+                  generator=torch.Generator(), worker_init_fn=_one_thread_per_worker if workers > 0 else None,
                   prefetch_factor=PREFETCH_BATCHES if workers > 0 else None)
     if isinstance(dataset, torch.utils.data.IterableDataset):
         if world != dataset.world:
@@ -113,7 +115,7 @@ def sequential_loader(dataset, batch_size: int, workers: int | str,
     workers = resolve_workers(workers)
     part = torch.utils.data.Subset(dataset, indices)
     return torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                       collate_fn=collate_images_captions,
+                                       collate_fn=collate_images_captions, generator=torch.Generator(),
                                        worker_init_fn=_one_thread_per_worker if workers > 0 else None)
 
 

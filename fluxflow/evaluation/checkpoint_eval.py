@@ -20,6 +20,7 @@ from fluxflow.evaluation.evaluate import EVAL_GUIDANCE, EVAL_SAMPLER_STEPS, MAX_
 from fluxflow.evaluation.frechet import feature_net_for, first_items
 from fluxflow.output_layout import eval_cache_dir
 from fluxflow.runtime.device import resolve_device
+from fluxflow.runtime.global_rng import GLOBAL_RNG
 from fluxflow.sampling.generate import GenerationError, load_text_to_image
 from fluxflow.storage.location import output_root
 
@@ -52,7 +53,7 @@ def evaluate_checkpoint(checkpoint: str | Path, config, dataset: str, *, seeds: 
     totals: dict[str, float] = {}
     for seed in seeds:
         sample = dict(latent_size=size // cfg.downscale, steps=sampler_steps, seed=seed, spade=model.spade)
-        with torch.random.fork_rng(devices=[target] if target.type == "cuda" else []), torch.no_grad():
+        with GLOBAL_RNG, torch.random.fork_rng(devices=[target] if target.type == "cuda" else []), torch.no_grad():
             found = flow_metrics(model.models, images, captions, model.latent_norm, sample, net,
                                  shapes=ds_cfg.type == "shapes", unseen=unseen, real=real,
                                  guidance=guidance)

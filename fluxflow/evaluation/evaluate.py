@@ -31,6 +31,7 @@ from fluxflow.evaluation.diversity import prompt_diversity, real_sets
 from fluxflow.evaluation.frechet import fd_ours, feature_net_for, first_items
 from fluxflow.evaluation.reconstruction import lpips_if_available, reconstruction_metrics
 from fluxflow.config.modes import has_flow_mode, touches_vae
+from fluxflow.runtime.global_rng import GLOBAL_RNG
 
 log = logging.getLogger("fluxflow.evaluation")
 
@@ -55,7 +56,7 @@ def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, co
     try:
         for m in models.values():
             m.eval()
-        with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
+        with GLOBAL_RNG, torch.random.fork_rng(devices=rng_devices), torch.no_grad():
             metrics: dict[str, float] = {}
             if touches_vae(step) and {"compressor", "expander"} <= set(models):
                 metrics.update(reconstruction_metrics(models["compressor"], models["expander"], images,

@@ -31,6 +31,7 @@ from torch import nn
 
 from fluxflow.checkpoints.io import load_checkpoint, save_checkpoint
 from fluxflow.checkpoints.step_key import json_sha256
+from fluxflow.runtime.global_rng import GLOBAL_RNG
 
 log = logging.getLogger("fluxflow.evaluation")
 RECIPE_VERSION = 1  # bump when anything below changes what the cached network computes
@@ -134,7 +135,8 @@ def train_feature_net(images: torch.Tensor, captions: list[str], *, epochs: int 
 
 
 def _fit(images: torch.Tensor, targets: torch.Tensor, epochs: int, seed: int) -> FeatureNet:
-    with torch.random.fork_rng(devices=[]), torch.enable_grad():  # callers may hold no_grad (evaluation does)
+    # callers may hold no_grad (evaluation does)
+    with GLOBAL_RNG, torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(seed)
         net = FeatureNet(images.shape[1], targets.shape[1])
         opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)

@@ -17,6 +17,7 @@ from fluxflow.losses import LPIPSLoss
 from fluxflow.losses.flow import FlowObjective, resolution_shift
 from fluxflow.runtime import distributed
 from fluxflow.runtime.device import autocast_dtype
+from fluxflow.runtime.global_rng import GLOBAL_RNG
 from fluxflow.train.batch_step import (WHOLE_BATCH, StepContext, TextFeatures, Window, encode_text, train_flow_batch,
                                        train_vae_batch)
 from fluxflow.train.data_parallel import gradient_sync, synced_groups
@@ -131,8 +132,9 @@ def build_trainer(config, step, state: dict | None, device: torch.device, *, max
     same ones.
     """
     trained = trained_components(step)
-    torch.manual_seed(step.seed + step.index)
-    models = prepare_models(config, step, state, device)
+    with GLOBAL_RNG:  # the seed's draws are this step's alone, whatever other branches of the run do meanwhile
+        torch.manual_seed(step.seed + step.index)
+        models = prepare_models(config, step, state, device)
     if distributed.world_size() > 1:
         distributed.broadcast_modules(models.values())
     emas = prepare_emas(step, models, state, trained, resuming)

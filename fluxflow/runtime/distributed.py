@@ -13,10 +13,18 @@ same algorithm (synchronous data parallelism), one flat all-reduce per optimizer
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+
+# How long a rank waits in a collective for the others. Rank 0 alone evaluates, draws samples and writes (and uploads)
+# checkpoints while the other ranks wait at their next collective: NCCL's default of 10 minutes would kill a real-size
+# step whose first evaluation (it fits the feature network) or checkpoint upload takes longer. Ray Train's group gets
+# the same (fluxflow/runtime/ray_train_launch.py).
+RANK_WAIT = timedelta(hours=1)
 
 
 def world_size() -> int:
@@ -42,7 +50,7 @@ def init_from_env(device: torch.device) -> bool:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend, timeout=RANK_WAIT)
     return True
 
 

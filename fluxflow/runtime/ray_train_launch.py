@@ -118,6 +118,8 @@ def run_step_on_ray(config, step_name: str, parent: CheckpointRef | None, nproc:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from fluxflow.runtime.distributed import RANK_WAIT  # torch: here, not where flows/ray_steps asks for capacity
+
     _connect(ray, address, step_name)
     use_gpu = _wants_gpu(config, ray)
     check_capacity(ray.cluster_resources(), nproc, use_gpu, step_name)
@@ -132,7 +134,7 @@ def run_step_on_ray(config, step_name: str, parent: CheckpointRef | None, nproc:
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=int(RANK_WAIT.total_seconds())),
         scaling_config=ScalingConfig(num_workers=nproc, use_gpu=use_gpu),
         run_config=RunConfig(name=f"{step_name}-{uuid.uuid4().hex[:8]}", storage_path=f"{output}/ray_train",
                              failure_config=FailureConfig(max_failures=config.training.pipeline.retries),

@@ -186,3 +186,20 @@ def test_a_cpu_step_on_a_gpu_host_pins_no_batches(tmp_path, monkeypatch):
                          no_samples=True)
     step_run.run_step(config, "flow", None)
     assert len(pinned) == 2 and not any(pinned), pinned
+
+
+def test_ranks_wait_an_hour_for_rank_0_not_nccls_ten_minutes(monkeypatch):
+    """Rank 0 alone evaluates and writes while the others wait at their next collective: a real-size step's first
+    evaluation or a checkpoint upload can pass NCCL's default 10 minutes, which would end the job."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from fluxflow.runtime import distributed
+
+    given = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: given.update(kwargs))
+    assert distributed.init_from_env(torch.device("cpu"))
+    assert given == {"backend": "gloo", "timeout": timedelta(hours=1)}

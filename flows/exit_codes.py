@@ -1,5 +1,5 @@
-"""What the CLIs' exit codes mean (README, "Exit codes"): one list, so a script can tell a run that must be fixed by
-its user from one that may simply be tried again."""
+"""What the CLIs' exit codes mean (README, "Commands", its exit codes paragraph): one list, so a script can tell a
+run that must be fixed by its user from one that may simply be tried again."""
 EXIT_OK = 0
 EXIT_STEP_FAILED = 1  # a step failed after its retries: running again may help
 EXIT_FIX_INPUT = 2  # the config, data, a file or an argument is wrong: the one line printed says what to fix

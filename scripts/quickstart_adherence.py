@@ -2,9 +2,9 @@
 
 A quickstart run evaluates on its 64 held-out captions. At that size one run's `eval_adherence_shape` carries a
 sampling error of about ±0.04 (binomial, p ≈ 0.85), and the training itself is chaotic: the same code with another
-`training.seed` moves it by more than that (README, "Quickstart figures"). This script scores checkpoints on the
-first N captions of the same held-out stream (default 512), with the evaluation's own sampler settings (25 steps,
-guidance 3, seed 0), so runs can be compared on the model rather than on the draw:
+`training.seed` moves it by more than that (README, "How much one quickstart run tells"). This script scores
+checkpoints on the first N captions of the same held-out stream (default 512), with the evaluation's own sampler
+settings (25 steps, guidance 3, seed 0), so runs can be compared on the model rather than on the draw:
 
     .venv/bin/python scripts/quickstart_adherence.py outputs/quickstart/checkpoints/flow/final.pt [more.pt ...]
 

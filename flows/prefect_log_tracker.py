@@ -13,11 +13,13 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (must precede prefect)
 
 import logging
+import threading
 from uuid import UUID
 
 from fluxflow.train.tracking import Progress, Tracker, console_line, has_console_line
 
 LOGGER_NAME = "flows.training_log"
+_INSTALL = threading.Lock()  # branches' tasks start together in threads of one process: one handler, not one each
 
 
 class PrefectLogTracker(Tracker):
@@ -33,10 +35,11 @@ class PrefectLogTracker(Tracker):
         self.ids = {"flow_run_id": flow_run_id, "task_run_id": task_run_id}
         # Its records go to the Prefect API and nowhere else (not to the console, not to the root logger).
         self.logger = logging.getLogger(LOGGER_NAME)
-        if not any(isinstance(h, APILogHandler) for h in self.logger.handlers):
-            self.logger.addHandler(APILogHandler())
-            self.logger.setLevel(logging.INFO)
-            self.logger.propagate = False
+        with _INSTALL:
+            if not any(isinstance(h, APILogHandler) for h in self.logger.handlers):
+                self.logger.addHandler(APILogHandler())
+                self.logger.setLevel(logging.INFO)
+                self.logger.propagate = False
 
     @classmethod
     def for_current_task_run(cls) -> PrefectLogTracker | None:

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fluxflow.runtime.global_rng import GLOBAL_RNG
+
 
 def capture_rng_state() -> dict[str, Any]:
     """Every RNG a training step draws from, encoded as tensors and plain values (weights_only-loadable).
@@ -38,7 +40,15 @@ def capture_rng_state() -> dict[str, Any]:
 
 def restore_rng_state(state: dict[str, Any]) -> None:
     """Put back what `capture_rng_state` captured. Parts absent from `state` are left as they are; CUDA states are
-    restored for as many devices as both the checkpoint and this machine have."""
+    restored for as many devices as both the checkpoint and this machine have.
+
+    Under GLOBAL_RNG: a retried step resuming beside a branch between its seeding and its draws would otherwise give
+    that branch other initial weights (fluxflow/runtime/global_rng.py)."""
+    with GLOBAL_RNG:
+        _restore(state)
+
+
+def _restore(state: dict[str, Any]) -> None:
     if "torch" in state:
         torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
     if state.get("cuda") and torch.cuda.is_available():

@@ -32,6 +32,7 @@ from torch import nn
 from fluxflow.checkpoints.io import load_checkpoint, save_checkpoint
 from fluxflow.checkpoints.step_key import json_sha256
 from fluxflow.runtime.global_rng import GLOBAL_RNG
+from fluxflow.runtime.torch_threads import one_torch_thread
 
 log = logging.getLogger("fluxflow.evaluation")
 RECIPE_VERSION = 1  # bump when anything below changes what the cached network computes
@@ -123,14 +124,10 @@ def train_feature_net(images: torch.Tensor, captions: list[str], *, epochs: int 
         raise ValueError("the training captions have no informative words (every caption is identical)")
     targets = word_targets(captions, vocab)
     images = fit_size(images.float().cpu())
-    threads = torch.get_num_threads()
     # One thread: the same float reduction order on any machine (so the same network), and for convs this small
     # it is also the fastest (2 threads took 3-10x longer per batch on a 2-core machine).
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         net = _fit(images, targets, epochs, seed)
-    finally:
-        torch.set_num_threads(threads)
     return net, vocab
 
 

@@ -7,6 +7,7 @@ a message that names the file when it is missing. Nothing else is ever substitut
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,10 @@ import torch
 from torch import nn
 
 from fluxflow.config.file_checks import lpips_backbone_path, missing_lpips_backbone_message
+
+# `warnings.catch_warnings` saves and puts back the process's one filter list: branches building their loss at once in
+# threads of one process, blocks overlapping and exiting in the order they entered, put back an `ignore` for good.
+_QUIET_BUILD = threading.Lock()
 
 __all__ = ["LPIPSLoss", "lpips_backbone_path"]
 
@@ -44,7 +49,7 @@ class LPIPSLoss(nn.Module):
             raise FileNotFoundError(missing)
         import lpips  # deferred: importing it pulls in torchvision model definitions
 
-        with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=` argument
+        with _QUIET_BUILD, warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=` argument
             warnings.simplefilter("ignore")
             self.net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
         _load_alexnet_trunk(self.net.net, lpips_backbone_path())

@@ -13,6 +13,7 @@ from fluxflow.config.dag import execution_order
 from fluxflow.output_layout import checkpoints_dir
 from fluxflow.errors import is_retryable
 from fluxflow.runtime.launch import run_step_on_processes
+from fluxflow.runtime.torch_threads import settle_threads
 from fluxflow.storage.location import output_root
 from fluxflow.storage.store_lock import output_lock
 from fluxflow.train.pipeline_schedule import PipelineSchedule
@@ -80,6 +81,7 @@ def train_step(config, step_name: str, parent, tracker=None, ranks_done=None) ->
     cannot reach `tracker`; rank 0 writes the console lines and metrics file, and `ranks_done(outcome)` is called
     once a step they trained is done (the Prefect task records it in MLflow from those files). Files of the step's
     current key that an earlier run set aside are moved back first, here, before any rank looks for them."""
+    settle_threads()  # this thread's torch thread count: the process's, not an evaluation's one (runtime/torch_threads)
     plan_step(config, step_name, parent).reuse_set_aside()
     if config.training.distributed.processes == 1:
         return run_step(config, step_name, parent, tracker=tracker)

@@ -106,3 +106,34 @@ def test_a_training_loader_leaves_the_global_generator_alone():
     before = torch.get_rng_state()
     next(iter(make_loader(dataset, 4, 0, seed=0, epoch=0)))
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_branch_resuming_beside_a_branch_being_built_leaves_its_weights_alone(monkeypatch, one_torch_thread):
+    """A retried step puts back the generator states its latest.pt saved (fluxflow/checkpoints/rng_state.py): unguarded,
+    that lands between another branch's seeding and its draws."""
+    from fluxflow.checkpoints.rng_state import capture_rng_state, restore_rng_state
+
+    config = load_config(tiny_raw("unused", [{"name": "a", "n_epochs": 1, "train_vae": True}])).config
+    alone = weights(build(config, "a"))
+    torch.manual_seed(12345)
+    saved = capture_rng_state()  # another branch's latest.pt
+    seeded, restored = threading.Event(), threading.Event()
+    real = trainer_module.prepare_models
+
+    def prepare(config, step, state, device):
+        seeded.set()
+        restored.wait(WAIT_S)  # the other branch resumes meanwhile, unless it must wait
+        return real(config, step, state, device)
+
+    monkeypatch.setattr(trainer_module, "prepare_models", prepare)
+
+    def resuming_branch():
+        seeded.wait(10)
+        restore_rng_state(saved)
+        restored.set()
+
+    thread = threading.Thread(target=resuming_branch)
+    thread.start()
+    built = weights(build(config, "a"))
+    thread.join(30)
+    assert all(torch.equal(built[k], alone[k]) for k in alone), "the weights moved"

@@ -13,9 +13,11 @@
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -76,9 +78,21 @@ def damage(store) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def space_errors(store) -> Iterator[None]:
+    """A full disk (or a file-size limit) met in the block, making the files, reserving their blocks or writing rows,
+    is one DiskFullError naming the cache and its size."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in NO_SPACE_ERRNOS:
+            raise no_space(store.dir, exc, store.nbytes()) from exc
+        raise
+
+
 def reserve(store) -> None:
-    """Allocate every block of the fields' files now, so that a full disk is an error here and not a SIGBUS when a
-    written page of the memory map reaches the disk. Blocks already allocated cost nothing."""
+    """Allocate every block of the fields' files now, so that a full disk is an error here (under `space_errors`)
+    and not a SIGBUS when a written page of the memory map reaches the disk. Blocks already allocated cost nothing."""
     if not hasattr(os, "posix_fallocate"):  # macOS, Windows: sparse files as before
         return
     for name in store.all_fields():
@@ -87,7 +101,5 @@ def reserve(store) -> None:
             with open(path, "r+b") as f:
                 os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
         except OSError as exc:
-            if exc.errno in NO_SPACE_ERRNOS:
-                raise no_space(store.dir, exc, store.nbytes()) from exc
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without fallocate: sparse files
                 raise

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from fluxflow.cache.health import NO_SPACE_ERRNOS, damage, no_space, reserve, unusable
+from fluxflow.cache.health import damage, reserve, space_errors, unusable
 from fluxflow.checkpoints.io import atomic_write
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
 from fluxflow.progress_bar import batch_progress
@@ -62,14 +62,9 @@ class CacheStore:
         # New files, not the old ones truncated: a process still reading the old ones keeps its memory maps whole.
         for path in [meta_path, self.dir / "captions.jsonl", *map(self.path, self.all_fields())]:
             path.unlink(missing_ok=True)
-        try:
-            for name, (shape, dtype) in self.all_fields().items():  # sized once, filled later
-                np.lib.format.open_memmap(self.path(name), mode="w+", dtype=self.stored_dtype(dtype),
-                                          shape=(self.rows, *shape)).flush()
-        except OSError as exc:
-            if exc.errno in NO_SPACE_ERRNOS:
-                raise no_space(self.dir, exc, self.nbytes()) from exc
-            raise
+        for name, (shape, dtype) in self.all_fields().items():  # sized once, filled later
+            np.lib.format.open_memmap(self.path(name), mode="w+", dtype=self.stored_dtype(dtype),
+                                      shape=(self.rows, *shape)).flush()
         atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()), durable=False)
 
     def all_fields(self) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -167,8 +162,7 @@ class CacheWriter:
 
     def __init__(self, store: CacheStore):
         self.store, self.pending = store, []
-        self.maps = {name: np.lib.format.open_memmap(store.path(name), mode="r+")
-                     for name in [*store.fields, "filled"]}
+        self.maps = {name: np.lib.format.open_memmap(store.path(name), mode="r+") for name in store.all_fields()}
         self.captions = open(store.dir / "captions.jsonl", "ab")
 
     def write(self, rows: np.ndarray, values: dict[str, torch.Tensor], captions: list[str]) -> None:
@@ -203,20 +197,15 @@ def fill(store: CacheStore, rows: np.ndarray | None, batches: Callable[[np.ndarr
     filled. Rows written after the last mark are computed again if the fill stops; a stop request (Ctrl-C, SIGTERM:
     fluxflow/runtime/stop_request.py) is honoured at a mark. Returns how many rows it computed: 0 when another
     process computed them while this one waited for the lock."""
-    with store.lock():
+    # space_errors: making the files, reserving their blocks, and captions.jsonl, which grows as rows are written
+    with store.lock(), space_errors(store):
         store.prepare()
-        reserve(store)
         missing = store.missing(rows)
-        total = missing.size
-        if total == 0:
+        if missing.size == 0:
             return 0
-        try:
-            _write(store, missing, batches, chunk_rows, desc)
-        except OSError as exc:  # the fields have their blocks (reserve); captions.jsonl grows as rows are written
-            if exc.errno in NO_SPACE_ERRNOS:
-                raise no_space(store.dir, exc, store.nbytes()) from exc
-            raise
-    return total
+        reserve(store)
+        _write(store, missing, batches, chunk_rows, desc)
+    return missing.size
 
 
 def _write(store: CacheStore, missing: np.ndarray, batches: Callable[[np.ndarray], Batches], chunk_rows: int,

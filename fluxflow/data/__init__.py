@@ -76,18 +76,17 @@ def collate_images_captions(batch: list[tuple[torch.Tensor, str]]) -> tuple[torc
 
 
 def make_loader(dataset, batch_size: int, workers: int | str, seed: int, epoch: int = 0, start_batch: int = 0,
-                pin_memory: bool | None = None, rank: int = 0, world: int = 1,
+                pin_memory: bool = False, rank: int = 0, world: int = 1,
                 reuse: torch.utils.data.DataLoader | None = None) -> torch.utils.data.DataLoader:
     """A DataLoader over epoch `epoch` of `dataset`, starting at batch `start_batch`. Full batches only (the last
     partial batch is dropped), so every step sees the same batch shape. `batch_size` is the global batch: under
     torchrun each of the `world` ranks loads its 1/world of it. `workers`: a number or "auto" (`resolve_workers`).
-    `pin_memory` defaults to CUDA presence.
+    `pin_memory`: for batches a CUDA step copies to its GPU (the caller knows its device; pinning on a GPU host for a
+    CPU step would start CUDA for nothing).
 
     `reuse`: the loader of the previous epoch over the same map-style dataset; it is moved to the new position and
     returned, so its persistent workers live on across epochs (a stream's workers must restart: they take the
     position with them)."""
-    if pin_memory is None:
-        pin_memory = torch.cuda.is_available()
     workers = resolve_workers(workers)
     # generator: each new iterator draws its workers' base seed from it, not from torch's global generator, which
     # another branch of the run may be drawing its initial weights from (fluxflow/runtime/global_rng.py).

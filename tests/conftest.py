@@ -17,7 +17,8 @@ import flows.env  # noqa: E402,F401
 
 # Shared fixtures, defined once here (a session fixture defined in two modules would start two Prefect test servers);
 # `s3`: a module's own moto S3 server (tests/s3_server.py).
-from flow_fixtures import mlflow_store, mlflow_store_module, mlflow_template, prefect_api  # noqa: E402,F401
+from flow_fixtures import (mlflow_store, mlflow_store_module, mlflow_template, prefect_api,  # noqa: E402,F401
+                           run_step_calls)
 from s3_server import s3  # noqa: E402,F401
 
 

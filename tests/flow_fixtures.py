@@ -7,6 +7,7 @@ servers.
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,26 @@ def mlflow_store_module(tmp_path_factory, mlflow_template):
     """One MLflow store for a whole test module (tests keep apart by experiment name)."""
     with pytest.MonkeyPatch.context() as monkeypatch:
         yield _use_fresh_store(tmp_path_factory.mktemp("mlflow"), mlflow_template, monkeypatch)
+
+
+@pytest.fixture
+def run_step_calls(monkeypatch) -> tuple[dict, dict]:
+    """Every step's run_step (fluxflow.train.pipeline's, which each step task reaches through train_step), recorded:
+    (received, ran), `received[step]` the parent reference it got and `ran[step]` the (start, end) of its body by
+    time.monotonic (the Prefect API's task-run timestamps come from events and may lag)."""
+    import fluxflow.train.pipeline
+
+    received: dict = {}
+    ran: dict[str, tuple[float, float]] = {}
+    real_run_step = fluxflow.train.pipeline.run_step
+
+    def recording_run_step(config, step_name, parent, **kwargs):
+        received[step_name] = parent
+        start = time.monotonic()
+        try:
+            return real_run_step(config, step_name, parent, **kwargs)
+        finally:
+            ran[step_name] = (start, time.monotonic())
+
+    monkeypatch.setattr(fluxflow.train.pipeline, "run_step", recording_run_step)
+    return received, ran

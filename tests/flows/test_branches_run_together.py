@@ -5,7 +5,6 @@ reach the other.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -71,23 +70,11 @@ def records(output: Path, step: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("checked,beside", [("flow_a", "flow_b"), ("flow_b", "flow_a")])
-def test_a_branch_run_beside_another_ends_with_the_weights_and_losses_it_gets_alone(checked, beside, tmp_path,
-                                                                                    mlflow_store_module, monkeypatch):
+def test_a_branch_run_beside_another_ends_with_the_weights_and_losses_it_gets_alone(
+        checked, beside, tmp_path, mlflow_store_module, run_step_calls):
     """`checked` is the step after the parent in both configs: a fresh component's weights are seeded with the step's
     seed + its index in the pipeline (fluxflow/train/trainer.py), so the alone run must give it the same index."""
-    import fluxflow.train.pipeline
-
-    ran: dict[str, tuple[float, float]] = {}
-    real_run_step = fluxflow.train.pipeline.run_step
-
-    def timed_run_step(config, step_name, parent, **kwargs):
-        start = time.monotonic()
-        try:
-            return real_run_step(config, step_name, parent, **kwargs)
-        finally:
-            ran[step_name] = (start, time.monotonic())
-
-    monkeypatch.setattr(fluxflow.train.pipeline, "run_step", timed_run_step)
+    _, ran = run_step_calls
     together = run(tmp_path, "together", [WARM, BRANCHES[checked], BRANCHES[beside]])
     (a_start, a_end), (b_start, b_end) = ran[checked], ran[beside]
     assert a_start < b_end and b_start < a_end, "the branches did not overlap: the test proves nothing"

@@ -12,7 +12,6 @@ import os
 import re
 import shlex
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -178,22 +177,10 @@ def test_rerunning_a_finished_pipeline_trains_nothing_and_opens_no_step_runs(cha
 
 
 def test_branches_start_from_the_same_parent_checkpoint_and_compare_reports_both(
-        tmp_path, mlflow_store_module, monkeypatch, capsys):
-    import fluxflow.train.pipeline  # train_step, which every step task calls, calls its run_step
+        tmp_path, mlflow_store_module, run_step_calls, capsys):
     from flows import cli_compare
 
-    received, ran = {}, {}
-    real_run_step = fluxflow.train.pipeline.run_step
-
-    def recording_run_step(config, step_name, parent, **kwargs):
-        received[step_name] = parent
-        start = time.monotonic()
-        try:
-            return real_run_step(config, step_name, parent, **kwargs)
-        finally:
-            ran[step_name] = (start, time.monotonic())
-
-    monkeypatch.setattr(fluxflow.train.pipeline, "run_step", recording_run_step)
+    received, ran = run_step_calls
     raw = config(tmp_path, "branches", [
         {"name": "warm", **VAE},
         {"name": "spade_off", **VAE, "gan_training": True},

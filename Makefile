@@ -27,13 +27,19 @@ demo: $(STAMP)
 # pytest exits 5 when no test is collected: that is not a failure of the suite.
 PYTEST_RC := rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
+# Tests run in PYTEST_WORKERS processes (pytest-xdist; each has its own Prefect test server and temporary folders):
+# 2, this 2-core machine's count, since the slow tests spend much of their time waiting on servers and subprocesses.
+# PYTEST_WORKERS=0 runs them in this process (for --pdb); PYTEST_ARGS adds options (e.g. -x, -k NAME).
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist worksteal
+
 test: $(STAMP)
-	@$(PY) -m pytest $(PYTEST_ARGS); $(PYTEST_RC)
+	@$(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS); $(PYTEST_RC)
 
 # The developer's loop, under 2 minutes on 2 cores: no real-size training, no servers, no flows (markers in
 # pyproject.toml).
 test-fast: $(STAMP)
-	@$(PY) -m pytest -m "not slow and not e2e" $(PYTEST_ARGS); $(PYTEST_RC)
+	@$(PY) -m pytest -m "not slow and not e2e" $(PYTEST_PARALLEL) $(PYTEST_ARGS); $(PYTEST_RC)
 
 bench: $(STAMP)
 	$(PY) -m bench.run

@@ -9,10 +9,12 @@ import contextlib
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,19 +77,23 @@ def _start(args: list[str], temp_dir: Path, resources: dict, log: Path, env: dic
 @contextlib.contextmanager
 def two_node_cluster(directory: Path, **env: str):
     """Yields a TwoNodeCluster once both nodes are alive; stops every process of both nodes on the way out. `env`:
-    more environment of the nodes' processes."""
+    more environment of the nodes' processes. The logs go to `directory`; the nodes' temp dirs to a short folder of
+    the session's TMPDIR (tests/conftest.py): Ray's socket paths must stay under 108 bytes, which a pytest folder of
+    a parallel worker (.../pytest-N/popen-gw0/ray0/head/session_.../sockets/plasma_store) exceeds."""
+    temp = Path(tempfile.mkdtemp(prefix="ray"))
     port = free_port()
     address = f"127.0.0.1:{port}"
     sessions: list[int] = []
     try:
         sessions.append(_start(["--head", f"--port={port}", "--include-dashboard=false",
                               f"--ray-client-server-port={free_port()}"],
-                             directory / "head", {"node_a": 1}, directory / "head.log", ray_env(**env)))
-        sessions.append(_start([f"--address={address}"], directory / "worker", {"node_b": 1},
+                             temp / "head", {"node_a": 1}, directory / "head.log", ray_env(**env)))
+        sessions.append(_start([f"--address={address}"], temp / "worker", {"node_b": 1},
                              directory / "worker.log", ray_env(**env)))
         yield TwoNodeCluster(address, sessions)
     finally:
         stop(sessions)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def session_members(sessions: list[int]) -> list[int]:

@@ -121,11 +121,15 @@ class Difference:
 DIFFERENCE_HEADER = ["metric", "hypotheses", "difference", "95 % interval", "p", "test", "better", "verdict (95 %)"]
 
 
+def _same_mean(sa: Spread, sb: Spread) -> bool:
+    """Equal means computed in another order differ in the last bit: that is no difference (not -2.2e-16)."""
+    return math.isclose(sa.mean, sb.mean, rel_tol=1e-12)
+
+
 def _untestable(a: list[float], b: list[float], metric: str, names: tuple[str, str]) -> Difference | None:
     """The Difference that says why no test can be made (a value that is not finite, one replicate), or None."""
     sa, sb = spread(a), spread(b)
-    # Equal means computed in another order differ in the last bit: that is no difference (not -2.2e-16).
-    diff = 0.0 if math.isclose(sa.mean, sb.mean, rel_tol=1e-12) else sb.mean - sa.mean
+    diff = 0.0 if _same_mean(sa, sb) else sb.mean - sa.mean
     # A diverged replicate (nan, inf) leaves nothing to test: its p was nan, and nan < 0.05 read "within the spread".
     odd = [name for name, values in zip(names, (a, b)) if not all(map(math.isfinite, values))]
     if odd:
@@ -163,7 +167,7 @@ def welch(a: list[float], b: list[float], metric: str = "", names: tuple[str, st
     if untestable is not None:
         return untestable
     sa, sb = spread(a), spread(b)
-    diff = 0.0 if math.isclose(sa.mean, sb.mean, rel_tol=1e-12) else sb.mean - sa.mean
+    diff = 0.0 if _same_mean(sa, sb) else sb.mean - sa.mean
     va, vb = sa.std ** 2 / sa.n, sb.std ** 2 / sb.n
     se = math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va ** 2 / (sa.n - 1) + vb ** 2 / (sb.n - 1)) if se else 1.0
@@ -179,7 +183,7 @@ def paired(a: list[float], b: list[float], metric: str = "", names: tuple[str, s
         return untestable
     diffs = spread([y - x for x, y in zip(a, b, strict=True)])
     sa, sb = spread(a), spread(b)
-    diff = 0.0 if math.isclose(sa.mean, sb.mean, rel_tol=1e-12) else diffs.mean
+    diff = 0.0 if _same_mean(sa, sb) else diffs.mean
     return _tested(metric, names, diff, diffs.std / math.sqrt(diffs.n), diffs.n - 1, test)
 
 

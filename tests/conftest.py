@@ -1,4 +1,5 @@
-"""Test-session set-up shared by every test: quiet, offline, nothing written outside tmp dirs."""
+"""Test-session set-up shared by every test: quiet, offline, nothing written outside tmp dirs (not the user's cache,
+Prefect home or temporary folder)."""
 import atexit
 import getpass
 import os
@@ -28,6 +29,17 @@ def user_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as monkeypatch:
         folder = tmp_path_factory.mktemp("user-cache")
         monkeypatch.setenv("FLUXFLOW_CACHE_DIR", str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_prefect_home(tmp_path_factory):
+    """The user's Prefect home (PREFECT_HOME: the database of fluxflow-train's temporary server, a kept server's
+    file) in a temporary folder, for every process the tests start: not ~/.prefect, and not one database shared by
+    the parallel test processes (Makefile: PYTEST_WORKERS). Tests that time or pin a home set their own."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        folder = tmp_path_factory.mktemp("prefect-home")
+        monkeypatch.setenv("PREFECT_HOME", str(folder))
         yield folder
 
 

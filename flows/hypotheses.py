@@ -6,11 +6,10 @@ leaf runs of that step, one per seed. Per metric: the mean, the sample standard 
 interval of the mean (Student's t with n − 1 degrees of freedom). Per pair (A, B) and metric: the difference of the
 means B − A, its 95 % interval and the two-sided p-value of
 - a paired t-test on the per-seed differences B_k − A_k, when both hypotheses ran the same set of seeds: replicate k
-  of A and of B share the seed's data order and batch noise (and, with the whole pipeline replicated, the parent
-  checkpoint), so that the seed's luck can cancel in their difference; the test is then more powerful, though it has
-  n − 1 degrees of freedom where Welch's has up to 2n − 2, so it is less so where the luck does not cancel (fresh
-  weights are seeded by seed + step index, fluxflow/train/trainer.py, so those differ: the pairing is still valid,
-  its pairs are fixed by the seeds before any value is seen);
+  of A and of B share the seed's data order, batch noise and fresh weights (seed + depth in the pipeline's tree,
+  fluxflow/train/trainer.py; and, with the whole pipeline replicated, the parent checkpoint), so that the seed's luck
+  can cancel in their difference; the test is then more powerful, though it has n − 1 degrees of freedom where
+  Welch's has up to 2n − 2, so it is less so where the luck does not cancel;
 - else Welch's t-test (unequal variances, Welch–Satterthwaite degrees of freedom).
 The difference is "beyond the spread" when that interval excludes 0 (p < 0.05), "within the spread" otherwise; on a
 metric whose better side is known (fluxflow/evaluation/direction.py) the better hypothesis is named. With one

@@ -52,6 +52,15 @@ def descendants(steps: Sequence[StepNode], names: Iterable[str]) -> list[str]:
     return [step.name for step in steps if step.name in below]
 
 
+def depth(steps: Sequence[StepNode], name: str) -> int:
+    """How many steps lie above `name` on its way to a root (0 for a root). Branches of one parent share it, where
+    their positions in the file differ."""
+    parents, n = {s.name: s.parent for s in steps}, 0
+    while parents[name] is not None:
+        name, n = parents[name], n + 1
+    return n
+
+
 def execution_order(steps: Sequence[StepNode]) -> list:
     """Parents before children, file order otherwise."""
     by_name, ordered = {s.name: s for s in steps}, {}

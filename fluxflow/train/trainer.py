@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from fluxflow.cache.text_cache import TextCache
+from fluxflow.config.dag import depth
 from fluxflow.config.modes import expander_spade, has_flow_mode, touches_vae, trained_components
 from fluxflow.losses import LPIPSLoss
 from fluxflow.losses.flow import FlowObjective, resolution_shift
@@ -128,12 +129,14 @@ def build_trainer(config, step, state: dict | None, device: torch.device, *, max
     `updates_per_epoch`: optimizer updates per epoch, which per-update lr schedules span (None: per-epoch only).
 
     Fresh components start from the seeded weights of the step's `seed` (training.seed unless the step sets one)
-    + `step.index`, so every process (and every torchrun rank, which then takes rank 0's weights anyway) builds the
-    same ones.
+    + its depth in the pipeline's tree (fluxflow/config/dag.py), so every process (and every torchrun rank, which
+    then takes rank 0's weights anyway) builds the same ones, and so do branches of one parent: hypotheses compared
+    from the same checkpoint start their fresh components alike, as they share data order and noise, whatever their
+    places in the file. (In a chain of steps the depth is the step's index, the rule before branches had a depth.)
     """
     trained = trained_components(step)
     with GLOBAL_RNG:  # the seed's draws are this step's alone, whatever other branches of the run do meanwhile
-        torch.manual_seed(step.seed + step.index)
+        torch.manual_seed(step.seed + depth(config.resolved_steps(), step.name))
         models = prepare_models(config, step, state, device)
     if distributed.world_size() > 1:
         distributed.broadcast_modules(models.values())

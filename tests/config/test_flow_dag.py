@@ -1,7 +1,7 @@
 """The pipeline tree the flow schedules: branches are steps sharing a parent, leaves end a hypothesis."""
 from helpers_tiny import tiny_raw
 
-from fluxflow.config.dag import branch_groups, branch_names, children_of, descendants, leaf_names
+from fluxflow.config.dag import branch_groups, branch_names, children_of, depth, descendants, leaf_names
 from fluxflow.config import load_config
 
 
@@ -33,3 +33,8 @@ def test_descendants_are_everything_below_a_step_in_file_order():
     assert descendants(steps, ["warm"]) == ["a", "a2", "b", "b2"]
     assert descendants(steps, ["a"]) == ["a2"]
     assert descendants(steps, ["b2"]) == []
+
+
+def test_depth_counts_the_steps_above_and_branches_of_one_parent_share_it():
+    steps = steps_of(step("warm"), step("a"), step("a2"), step("b", after="warm"), step("b2"))
+    assert {s.name: depth(steps, s.name) for s in steps} == {"warm": 0, "a": 1, "a2": 2, "b": 1, "b2": 2}

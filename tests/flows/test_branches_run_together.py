@@ -73,7 +73,7 @@ def records(output: Path, step: str) -> list[dict]:
 def test_a_branch_run_beside_another_ends_with_the_weights_and_losses_it_gets_alone(
         checked, beside, tmp_path, mlflow_store_module, run_step_calls):
     """`checked` is the step after the parent in both configs: a fresh component's weights are seeded with the step's
-    seed + its index in the pipeline (fluxflow/train/trainer.py), so the alone run must give it the same index."""
+    seed + its depth in the pipeline's tree (fluxflow/train/trainer.py), the same in both configs."""
     _, ran = run_step_calls
     together = run(tmp_path, "together", [WARM, BRANCHES[checked], BRANCHES[beside]])
     (a_start, a_end), (b_start, b_end) = ran[checked], ran[beside]

@@ -1,0 +1,35 @@
+"""Branches of one parent are hypotheses compared from the same checkpoint: a component that starts fresh in each
+starts from the same weights (the step's seed + its depth in the pipeline's tree, fluxflow/train/trainer.py), as the
+branches share data order and noise, wherever they stand in the file; a step one further down draws other ones."""
+from __future__ import annotations
+
+import torch
+from helpers_tiny import one_torch_thread, tiny_raw
+from test_branches_share_the_rng import build, weights
+
+from fluxflow.config import load_config
+
+__all__ = ["one_torch_thread"]
+
+FLOW = {"n_epochs": 1, "train_diff": True}
+
+
+def test_branches_of_one_parent_start_their_fresh_components_alike_wherever_they_stand_in_the_file(one_torch_thread):
+    config = load_config(tiny_raw("unused", [{"name": "warm", "n_epochs": 1, "train_vae": True}, {"name": "a", **FLOW},
+                                             {"name": "a_more", **FLOW}, {"name": "b", "after": "warm", **FLOW}])).config
+    a, a_more, b = (weights(build(config, name)) for name in ("a", "a_more", "b"))
+    assert a.keys() == b.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []  # b is third in the file after a's child
+    assert [k for k in a if not torch.equal(a[k], a_more[k])] != []
+
+
+def test_seed_replicates_of_two_hypotheses_pair_their_fresh_weights_by_seed(one_torch_thread):
+    raw = tiny_raw("unused", [{"name": "warm", "n_epochs": 1, "train_vae": True}, {"name": "a", **FLOW},
+                              {"name": "b", "after": "warm", **FLOW}])
+    raw["training"]["replicates"] = {"seeds": [0, 1], "from_steps": ["a", "b"]}
+    config = load_config(raw).config
+    built = {name: weights(build(config, name)) for name in ("a-seed0", "a-seed1", "b-seed0", "b-seed1")}
+    for seed in (0, 1):
+        a, b = built[f"a-seed{seed}"], built[f"b-seed{seed}"]
+        assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert [k for k in built["a-seed0"] if not torch.equal(built["a-seed0"][k], built["a-seed1"][k])] != []

@@ -11,12 +11,13 @@ from fluxflow.config import load_config
 
 __all__ = ["one_torch_thread"]
 
+WARM = {"name": "warm", "n_epochs": 1, "train_vae": True}
 FLOW = {"n_epochs": 1, "train_diff": True}
 
 
 def test_branches_of_one_parent_start_their_fresh_components_alike_wherever_they_stand_in_the_file(one_torch_thread):
-    config = load_config(tiny_raw("unused", [{"name": "warm", "n_epochs": 1, "train_vae": True}, {"name": "a", **FLOW},
-                                             {"name": "a_more", **FLOW}, {"name": "b", "after": "warm", **FLOW}])).config
+    steps = [WARM, {"name": "a", **FLOW}, {"name": "a_more", **FLOW}, {"name": "b", "after": "warm", **FLOW}]
+    config = load_config(tiny_raw("unused", steps)).config
     a, a_more, b = (weights(build(config, name)) for name in ("a", "a_more", "b"))
     assert a.keys() == b.keys()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []  # b is third in the file after a's child
@@ -24,8 +25,7 @@ def test_branches_of_one_parent_start_their_fresh_components_alike_wherever_they
 
 
 def test_seed_replicates_of_two_hypotheses_pair_their_fresh_weights_by_seed(one_torch_thread):
-    raw = tiny_raw("unused", [{"name": "warm", "n_epochs": 1, "train_vae": True}, {"name": "a", **FLOW},
-                              {"name": "b", "after": "warm", **FLOW}])
+    raw = tiny_raw("unused", [WARM, {"name": "a", **FLOW}, {"name": "b", "after": "warm", **FLOW}])
     raw["training"]["replicates"] = {"seeds": [0, 1], "from_steps": ["a", "b"]}
     config = load_config(raw).config
     built = {name: weights(build(config, name)) for name in ("a-seed0", "a-seed1", "b-seed0", "b-seed1")}

@@ -58,7 +58,8 @@ def sweep_ended_sessions() -> None:
 def temporary_files(tmp_path_factory):
     """Temporary files of the tests and every process they start (TMPDIR) in one folder, removed at the end (or by
     the next session, where this process was killed): what a killed process leaves (torchrun's and multiprocessing's
-    folders, MLflow's artifact staging) goes with it. Short, because Ray puts its sockets under TMPDIR. torch.compile's cache stays where torch keeps it, reused across runs."""
+    folders, MLflow's artifact staging) goes with it. Short, because Ray puts its sockets under TMPDIR.
+    torch.compile's cache stays where torch keeps it, reused across runs."""
     tmp_path_factory.getbasetemp()  # pytest's own folders are placed first, under the machine's temporary folder
     sweep_ended_sessions()
     folder = tempfile.mkdtemp(prefix=f"fft-{os.getpid()}-")

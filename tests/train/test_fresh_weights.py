@@ -15,13 +15,18 @@ WARM = {"name": "warm", "n_epochs": 1, "train_vae": True}
 FLOW = {"n_epochs": 1, "train_diff": True}
 
 
+def differing(x: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> list[str]:
+    """The tensors of two builds' weights that are not equal (both builds have the same components)."""
+    assert x.keys() == y.keys()
+    return [k for k in x if not torch.equal(x[k], y[k])]
+
+
 def test_branches_of_one_parent_start_their_fresh_components_alike_wherever_they_stand_in_the_file(one_torch_thread):
     steps = [WARM, {"name": "a", **FLOW}, {"name": "a_more", **FLOW}, {"name": "b", "after": "warm", **FLOW}]
     config = load_config(tiny_raw("unused", steps)).config
     a, a_more, b = (weights(build(config, name)) for name in ("a", "a_more", "b"))
-    assert a.keys() == b.keys()
-    assert [k for k in a if not torch.equal(a[k], b[k])] == []  # b is third in the file after a's child
-    assert [k for k in a if not torch.equal(a[k], a_more[k])] != []
+    assert differing(a, b) == []  # a stands second in the file, b fourth
+    assert differing(a, a_more) != []
 
 
 def test_seed_replicates_of_two_hypotheses_pair_their_fresh_weights_by_seed(one_torch_thread):
@@ -30,6 +35,5 @@ def test_seed_replicates_of_two_hypotheses_pair_their_fresh_weights_by_seed(one_
     config = load_config(raw).config
     built = {name: weights(build(config, name)) for name in ("a-seed0", "a-seed1", "b-seed0", "b-seed1")}
     for seed in (0, 1):
-        a, b = built[f"a-seed{seed}"], built[f"b-seed{seed}"]
-        assert [k for k in a if not torch.equal(a[k], b[k])] == []
-    assert [k for k in built["a-seed0"] if not torch.equal(built["a-seed0"][k], built["a-seed1"][k])] != []
+        assert differing(built[f"a-seed{seed}"], built[f"b-seed{seed}"]) == []
+    assert differing(built["a-seed0"], built["a-seed1"]) != []

@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from fluxflow.config.errors import ConfigIssue, format_path
+from fluxflow.config.errors import ConfigIssue
 from fluxflow.config.optim import StrictModel
 
 # Names Ray keeps for its own accounting -> the field of StepResources that asks for them instead.
@@ -75,14 +75,14 @@ def resources_issues(config) -> list[ConfigIssue]:
         if resources is None:
             continue
         if resources.gpus is not None and resources.gpus > 1 and resources.gpus != int(resources.gpus):
-            issues.append(ConfigIssue(format_path(loc + ("gpus",)), f"{resources.gpus:g}: Ray shares a GPU only "
+            issues.append(ConfigIssue(loc + ("gpus",), f"{resources.gpus:g}: Ray shares a GPU only "
                                       "below 1; above that ask for a whole number"))
         for name, amount in resources.custom.items():
             if name in RESERVED_RESOURCES:
-                issues.append(ConfigIssue(format_path(loc + ("custom", name)), f"is Ray's own resource: set "
+                issues.append(ConfigIssue(loc + ("custom", name), f"is Ray's own resource: set "
                                           f"resources.{RESERVED_RESOURCES[name]} instead"))
             elif amount <= 0:
-                issues.append(ConfigIssue(format_path(loc + ("custom", name)), f"{amount:g}: must be above 0"))
+                issues.append(ConfigIssue(loc + ("custom", name), f"{amount:g}: must be above 0"))
     return issues
 
 

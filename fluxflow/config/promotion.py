@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import Field
 
 from fluxflow.config.dag import descendants, leaf_names
-from fluxflow.config.errors import ConfigIssue, did_you_mean, format_path
+from fluxflow.config.errors import ConfigIssue, did_you_mean
 from fluxflow.config.modes import has_flow_mode
 from fluxflow.config.optim import StrictModel
 
@@ -113,7 +113,7 @@ def promotion_issues(config) -> list[ConfigIssue]:
     capable = set(text_to_image_steps(steps))
     issues = []
     for i, name in enumerate(config.tracking.register_steps or []):
-        path = format_path(("tracking", "register_steps", i))
+        path = ("tracking", "register_steps", i)
         if name not in names:
             issues.append(ConfigIssue(path, f"no step is named {name!r}{did_you_mean(name, names)}"))
         elif name not in capable:

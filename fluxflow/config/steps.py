@@ -19,7 +19,7 @@ from pydantic import BeforeValidator, Field, create_model, field_validator
 
 from fluxflow.config import modes
 from fluxflow.config.dag import descendants
-from fluxflow.config.errors import ConfigIssue, did_you_mean, format_path
+from fluxflow.config.errors import ConfigIssue, did_you_mean
 from fluxflow.config.executor import StepResources
 from fluxflow.config.optim import OmitsDefaults, Optimization, OptimizerConfig, StrictModel
 
@@ -333,7 +333,7 @@ def replicate_issues(written: list, replicates: ReplicatesConfig | None) -> list
     if replicates is None:
         return []
     names = [step.name for step in written]
-    issues = [ConfigIssue(format_path(("training", "replicates", "from_steps", i)),
+    issues = [ConfigIssue(("training", "replicates", "from_steps", i),
                           f"no step is named {name!r}{did_you_mean(name, names)}")
               for i, name in enumerate(replicates.from_steps or []) if name not in names]
     if issues:

@@ -6,10 +6,8 @@ locks (fluxflow/runtime/gpu_claim.py) and a Prefect tag limit. `ray`: every step
 runs. `resources:` may be set in `training.pipeline.defaults` and on each step (deep-merged like every step field); the
 local executor ignores it. No Ray import here: the config is validated without it.
 
-A step's processes (`training.distributed`: nodes × nproc_per_node) are checked here too (`process_issues`), so that a
-multi-node config fails with one line naming the field instead of minutes later in a worker: Ray Train must be
-installed (the `cluster` extra) and the executor be Ray's, and every step's batch must split evenly over the
-processes (each rank loads batch_size / processes items of every global batch).
+A step's processes (`training.distributed`) are checked here too (`process_issues`), so that a multi-node config fails
+with one line naming the field instead of minutes later in a worker.
 """
 from __future__ import annotations
 
@@ -96,6 +94,7 @@ def process_issues(config) -> list[ConfigIssue]:
     if dist.uses_ray_train and config.training.executor.kind != "ray":
         issues.append(ConfigIssue("training.distributed.nodes", f"is {dist.nodes}: a step across nodes trains on a "
                                   "Ray cluster, which needs training.executor.kind: ray"))
+    # Each rank loads batch_size / processes items of every global batch.
     return issues + [ConfigIssue(f"training.pipeline.steps[{step.index}].batch_size",
                                  f"{step.batch_size} is not divisible by the step's {dist.processes} processes "
                                  "(training.distributed: nodes × nproc_per_node)")

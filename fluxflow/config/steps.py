@@ -270,18 +270,12 @@ def _resolve_optimization(step: ResolvedStep) -> Optimization:
     )
 
 
-# Seed replicates: the same steps trained once per seed, as branches grouped under one hypothesis.
-#
-#     training:
-#       replicates:
-#         seeds: [0, 1, 2]
-#         from_steps: [spade_off, spade_on]   # these steps and every step below them; omitted: every step
-#
-# Each replicated step becomes one step per seed, named `<step>-seed<seed>`, with that seed (data order, fresh weights,
-# noise) and its parent's replica of the same seed as its parent (or the shared step it starts from): its own
-# checkpoints, step key and nested MLflow run. Every replica keeps the written step's name as its `hypothesis`, which
-# `fluxflow-compare` and the pipeline's MLflow run group by (flows/hypotheses.py). The expansion happens when steps are
-# resolved (PipelineConfig.resolved_steps): the flow, the bare runner, step keys and resume see ordinary steps.
+# Seed replicates (`training.replicates`): the same steps trained once per seed, as branches grouped under one
+# hypothesis. Each replicated step becomes one step per seed, named `<step>-seed<seed>`, with that seed (data order,
+# fresh weights, noise) and its parent's replica of the same seed as its parent (or the shared step it starts from): its
+# own checkpoints, step key and nested MLflow run. Every replica keeps the written step's name as its `hypothesis`,
+# which `fluxflow-compare` and the pipeline's MLflow run group by (flows/hypotheses.py). Steps expand when resolved
+# (PipelineConfig.resolved_steps): the flow, the bare runner, step keys and resume see ordinary steps.
 NAME_LIMIT = 64  # as step names (fluxflow/config/load.py NAME_RE)
 
 

@@ -25,14 +25,9 @@ def children_of(steps: Sequence[StepNode]) -> dict[str | None, list[str]]:
     return children
 
 
-def branch_groups(steps: Sequence[StepNode]) -> dict[str | None, list[str]]:
-    """Only the parents with more than one child: each group is a set of hypotheses to compare."""
-    return {parent: names for parent, names in children_of(steps).items() if len(names) > 1}
-
-
 def branch_names(steps: Sequence[StepNode]) -> list[str]:
-    """Names of every step that has a sibling, in file order."""
-    grouped = {name for names in branch_groups(steps).values() for name in names}
+    """Names of every step that has a sibling (the hypotheses of one parent, to compare), in file order."""
+    grouped = {name for names in children_of(steps).values() if len(names) > 1 for name in names}
     return [step.name for step in steps if step.name in grouped]
 
 

@@ -10,10 +10,15 @@ from fluxflow.errors import NonRetryable
 
 @dataclass(frozen=True)
 class ConfigIssue:
-    """One problem in a config file. `path` is dotted and indexed: `training.pipeline.steps[1].name`."""
+    """One problem in a config file. `path` is dotted and indexed: `training.pipeline.steps[1].name`; given as keys
+    and indexes (`('training', 'pipeline', 'steps', 1, 'name')`), it is written so (format_path)."""
 
     path: str
     message: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str):
+            object.__setattr__(self, "path", format_path(self.path))
 
     def __str__(self) -> str:
         return f"{self.path or '(top level)'}: {self.message}"

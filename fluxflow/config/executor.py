@@ -6,10 +6,8 @@ locks (fluxflow/runtime/gpu_claim.py) and a Prefect tag limit. `ray`: every step
 runs. `resources:` may be set in `training.pipeline.defaults` and on each step (deep-merged like every step field); the
 local executor ignores it. No Ray import here: the config is validated without it.
 
-A step's processes (`training.distributed`: nodes × nproc_per_node) are checked here too (`process_issues`), so that a
-multi-node config fails with one line naming the field instead of minutes later in a worker: Ray Train must be
-installed (the `cluster` extra) and the executor be Ray's, and every step's batch must split evenly over the
-processes (each rank loads batch_size / processes items of every global batch).
+A step's processes (`training.distributed`) are checked here too (`process_issues`), so that a multi-node config fails
+with one line naming the field instead of minutes later in a worker.
 """
 from __future__ import annotations
 
@@ -21,7 +19,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from fluxflow.config.errors import ConfigIssue, format_path
+from fluxflow.config.errors import ConfigIssue
 from fluxflow.config.optim import StrictModel
 
 # Names Ray keeps for its own accounting -> the field of StepResources that asks for them instead.
@@ -75,14 +73,14 @@ def resources_issues(config) -> list[ConfigIssue]:
         if resources is None:
             continue
         if resources.gpus is not None and resources.gpus > 1 and resources.gpus != int(resources.gpus):
-            issues.append(ConfigIssue(format_path(loc + ("gpus",)), f"{resources.gpus:g}: Ray shares a GPU only "
+            issues.append(ConfigIssue(loc + ("gpus",), f"{resources.gpus:g}: Ray shares a GPU only "
                                       "below 1; above that ask for a whole number"))
         for name, amount in resources.custom.items():
             if name in RESERVED_RESOURCES:
-                issues.append(ConfigIssue(format_path(loc + ("custom", name)), f"is Ray's own resource: set "
+                issues.append(ConfigIssue(loc + ("custom", name), f"is Ray's own resource: set "
                                           f"resources.{RESERVED_RESOURCES[name]} instead"))
             elif amount <= 0:
-                issues.append(ConfigIssue(format_path(loc + ("custom", name)), f"{amount:g}: must be above 0"))
+                issues.append(ConfigIssue(loc + ("custom", name), f"{amount:g}: must be above 0"))
     return issues
 
 
@@ -96,6 +94,7 @@ def process_issues(config) -> list[ConfigIssue]:
     if dist.uses_ray_train and config.training.executor.kind != "ray":
         issues.append(ConfigIssue("training.distributed.nodes", f"is {dist.nodes}: a step across nodes trains on a "
                                   "Ray cluster, which needs training.executor.kind: ray"))
+    # Each rank loads batch_size / processes items of every global batch.
     return issues + [ConfigIssue(f"training.pipeline.steps[{step.index}].batch_size",
                                  f"{step.batch_size} is not divisible by the step's {dist.processes} processes "
                                  "(training.distributed: nodes × nproc_per_node)")

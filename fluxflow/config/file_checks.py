@@ -1,29 +1,22 @@
 """Checks of the files a config names: the LPIPS backbone, the starting checkpoint, a pretrained text encoder, the
-image folder of a `folder` dataset.
+image folder of a `folder` dataset, the local shards of a `webdataset`.
 
 Nothing is ever downloaded, so a file that is not there is a validation error that says where it should be. No
 torch and no transformers here: `--validate-pipeline` reads at most a small config.json.
 
 LPIPS (the `lpips` package) ships only its small linear layers; its AlexNet ImageNet backbone comes from torchvision's
-hub cache, located here as `torch.hub.get_dir()` does: `$TORCH_HOME`, else `$XDG_CACHE_HOME/torch`, else
-`~/.cache/torch`, then `hub/checkpoints/<file>`. `fluxflow.losses` re-exports `lpips_backbone_path`.
+hub cache, found as `torch.hub.get_dir()` finds it. `fluxflow.losses` re-exports `lpips_backbone_path`.
 
-The captions file of a `folder` dataset (one `filename<TAB>caption` line per image): where it is looked up, how it is
-read, and how many of its entries a hold-out may take. Here, not in fluxflow/data (which imports torch), because
-validation reads it too: a folder that is missing, has no captions file, or lists too few images for its hold-out is
-a config problem named before any step starts (`folder_issues`), and the dataset (fluxflow/data/folder.py) applies the
-same rules to the files it finds. Text of any encoding: a line is decoded as UTF-8 and, failing that, as Latin-1
-(`decode_text`), which decodes every byte string and keeps the bytes recoverable: the caption is kept (repaired) and
-counted, never fatal.
+The captions file of a `folder` dataset is read here, not in fluxflow/data (which imports torch), because validation
+reads it too: a folder that is missing, has no captions file, or lists too few images for its hold-out is a config
+problem named before any step starts, and the dataset (fluxflow/data/folder.py) applies the same rules to the files it
+finds. A line that is not UTF-8 is decoded as Latin-1, which decodes every byte string: the caption is kept
+(repaired) and counted, never fatal.
 
-A pretrained text encoder (`model.text_encoder: {type: pretrained, path: DIR}`) is a directory written by
-`save_pretrained` (or a snapshot of a hub repository): `config.json`, the weights, and the tokenizer's files. Validation
-reads `config.json` only, so it stays fast; fluxflow/models/pretrained_text.py loads the model with transformers
-(`local_files_only=True`). Supported: CLIP text models (`clip_text_model`, or a whole `clip` model whose text tower is
-used) and T5-family encoders (`t5`, `mt5`, `umt5`; the encoder half is used). The width of their token embeddings
-(`hidden_size` or `d_model`) is the flow model's text width: `model.text_embedding_dim` is derived from it.
-transformers is an optional dependency (the `pretrained` extra of pyproject.toml): a config that names a pretrained
-encoder where it is not installed is refused by validation, and loading one says which extra to install.
+A pretrained text encoder (`model.text_encoder: {type: pretrained, path: DIR}`) is a `save_pretrained` directory (or
+a snapshot of a hub repository). Validation reads its `config.json` only, so it stays fast;
+fluxflow/models/pretrained_text.py loads the model with transformers (`local_files_only=True`), an optional dependency
+(the `pretrained` extra): a config that names a pretrained encoder where it is not installed is refused by validation.
 """
 from __future__ import annotations
 
@@ -74,7 +67,7 @@ def lpips_issues(indexes: list[int]) -> list[ConfigIssue]:
         return []
     first = format_path((*STEPS, indexes[0], "use_lpips"))
     return [ConfigIssue(first, message)] + [
-        ConfigIssue(format_path((*STEPS, i, "use_lpips")), f"the LPIPS backbone file is missing (see {first})")
+        ConfigIssue((*STEPS, i, "use_lpips"), f"the LPIPS backbone file is missing (see {first})")
         for i in indexes[1:]]
 
 
@@ -216,10 +209,9 @@ def holdout_problem(root: Path, entries: int, holdout: int, what: str) -> str | 
 
 
 def data_issues(config) -> list[ConfigIssue]:
-    """Every `folder` dataset of the (valid) PipelineConfig `config` has its folder and captions file, and lists images
-    that are there, more than its hold-out takes; every local shard of a `webdataset` is a file: checked when a run
-    starts (fluxflow/config/run_config.py, resolve_run_config), not by validation, which accepts a config written
-    before its data is in place (configs/original_tool_example.yaml)."""
+    """The data of every `folder` and `webdataset` dataset of a valid `config` is in place: checked when a run starts
+    (resolve_run_config), not by validation, which accepts a config written before its data is in place
+    (configs/original_tool_example.yaml)."""
     issues: list[ConfigIssue] = []
     listed: dict[str, int] = {}  # folder dataset -> the images its captions file lists (the file read once)
     for name, ds in config.training.pipeline.datasets.items():
@@ -243,7 +235,7 @@ def batch_issues(config, listed: dict[str, int]) -> list[ConfigIssue]:
             continue
         seen.add((step.dataset, step.batch_size))
         if listed[step.dataset] - ds.holdout < step.batch_size:
-            issues.append(ConfigIssue(format_path(("training", "pipeline", "datasets", step.dataset)), (
+            issues.append(ConfigIssue(("training", "pipeline", "datasets", step.dataset), (
                 f"{listed[step.dataset] - ds.holdout} training images ({listed[step.dataset]} listed in "
                 f"{ds.captions_file}, holdout {ds.holdout}) "
                 f"are fewer than one batch of {step.batch_size} (step {step.name}); lower batch_size or holdout, or "
@@ -252,27 +244,26 @@ def batch_issues(config, listed: dict[str, int]) -> list[ConfigIssue]:
 
 
 def folder_issues(loc: tuple, ds) -> tuple[list[ConfigIssue], int]:
-    """(issues, images listed) of a `folder` dataset (`ds`, at config path `loc`): it has its folder and captions
-    file, lists images that are there, and more of them than its hold-out takes. The captions file is read, and the
-    listed files looked for until one is found (one file system call when the names are right): whether each listed
-    image exists (and decodes) is the dataset's to find when a step builds it (fluxflow/data/folder.py)."""
+    """(issues, images listed) of a `folder` dataset at config path `loc`. Listed files are looked for only until one
+    is found (one file system call when the names are right): whether each exists and decodes is the dataset's to find
+    when a step builds it (fluxflow/data/folder.py)."""
     root = Path(ds.path).expanduser()
     captions_path = resolve_captions_path(root, ds.captions_file)
     problem = folder_problem(root, captions_path)
     if problem:
         field = "path" if problem.startswith("image folder") else "captions_file"
-        return [ConfigIssue(format_path((*loc, field)), problem)], 0
+        return [ConfigIssue((*loc, field), problem)], 0
     try:
         listing = read_captions(captions_path)
     except OSError as exc:
-        return [ConfigIssue(format_path((*loc, "captions_file")), f"cannot read {captions_path}: {exc}")], 0
+        return [ConfigIssue((*loc, "captions_file"), f"cannot read {captions_path}: {exc}")], 0
     listed = len(listing.captions)
     problem = entries_problem(listing) or found_problem(
         root, listing, any(is_listed_file(root / name) for name in listing.captions))
     if problem:
-        return [ConfigIssue(format_path((*loc, "captions_file")), problem)], listed
+        return [ConfigIssue((*loc, "captions_file"), problem)], listed
     problem = holdout_problem(root, listed, ds.holdout, f"entries in {captions_path.name}")
-    return ([ConfigIssue(format_path((*loc, "holdout")), problem)] if problem else []), listed
+    return ([ConfigIssue((*loc, "holdout"), problem)] if problem else []), listed
 
 
 def expand_shards(urls: str | list[str]) -> list[str]:
@@ -308,14 +299,14 @@ def shards_issues(loc: tuple, ds) -> list[ConfigIssue]:
     try:
         shards = expand_shards(ds.urls)
     except ValueError as exc:  # validation expanded them already, but not a ${VAR} (set where the step runs)
-        return [ConfigIssue(format_path((*loc, "urls")), str(exc))]
+        return [ConfigIssue((*loc, "urls"), str(exc))]
     local = [Path(s.removeprefix("file://")) for s in shards if "://" not in s or s.startswith("file://")]
     missing = [p for p in local if not is_listed_file(p)]
     if not missing:
         return []
     where = "" if missing[0].is_absolute() else f", relative to the working directory, {Path.cwd()}"
     what = not_a_regular_file(missing[0]) or f"{missing[0]} does not exist{where}"
-    return [ConfigIssue(format_path((*loc, "urls")), f"{len(missing)} of the {len(shards)} shards named by "
+    return [ConfigIssue((*loc, "urls"), f"{len(missing)} of the {len(shards)} shards named by "
                         f"{ds.urls!r} are not files (first: {what})")]
 
 

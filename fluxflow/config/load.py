@@ -324,10 +324,9 @@ def _name_issues(names: list[str | None]) -> list[ConfigIssue]:
         if name is None:
             continue
         if not NAME_RE.match(name):
-            issues.append(ConfigIssue(format_path((*STEPS, i, "name")), f"{name!r} {NAME_RULE}"))
+            issues.append(ConfigIssue((*STEPS, i, "name"), f"{name!r} {NAME_RULE}"))
         if name in seen:
-            issues.append(ConfigIssue(format_path((*STEPS, i, "name")),
-                                      f"duplicate step name {name!r} (also steps[{seen[name]}])"))
+            issues.append(ConfigIssue((*STEPS, i, "name"), f"duplicate step name {name!r} (also steps[{seen[name]}])"))
         seen.setdefault(name, i)
     return issues
 
@@ -337,7 +336,7 @@ def _dag_issues(names: list[str | None], afters: list[str | None]) -> list[Confi
     issues, index = [], {n: i for i, n in reversed(list(enumerate(names))) if n is not None}
     parent: dict[int, int | None] = {}
     for i, after in enumerate(afters):
-        path = format_path((*STEPS, i, "after"))
+        path = (*STEPS, i, "after")
         if after is None:
             parent[i] = i - 1 if i > 0 else None
         elif after == names[i]:
@@ -354,8 +353,8 @@ def _dag_issues(names: list[str | None], afters: list[str | None]) -> list[Confi
         if node == start == min(chain):  # a cycle, reported once: from its first step in the file
             first = min(i for i in chain if afters[i] is not None)
             loop = " -> ".join(str(names[i]) for i in [*chain, start])
-            issues.append(ConfigIssue(format_path((*STEPS, first, "after")), f"steps start from each other in a "
-                                      f"cycle ({loop}, following 'after' and file order)"))
+            issues.append(ConfigIssue((*STEPS, first, "after"), f"steps start from each other in a cycle ({loop}, "
+                                      "following 'after' and file order)"))
     return issues
 
 
@@ -366,9 +365,9 @@ def _dataset_issues(p: Pieces) -> list[ConfigIssue]:
     for name, ds in p.datasets.items():
         loc = ("training", "pipeline", "datasets", name)
         if not NAME_RE.match(name):
-            issues.append(ConfigIssue(format_path(loc), f"dataset name {name!r} {NAME_RULE}"))
+            issues.append(ConfigIssue(loc, f"dataset name {name!r} {NAME_RULE}"))
         if ds is not None and ds.type == "shapes" and ds.holdout >= ds.size:
-            issues.append(ConfigIssue(format_path((*loc, "holdout")), f"must be smaller than size ({ds.size})"))
+            issues.append(ConfigIssue((*loc, "holdout"), f"must be smaller than size ({ds.size})"))
     if p.default_dataset is not None and p.default_dataset not in p.datasets:
         issues.append(ConfigIssue("training.pipeline.default_dataset",
                                   _unknown("dataset", p.default_dataset, p.datasets)))
@@ -390,7 +389,7 @@ def _size_issues(p: Pieces) -> list[ConfigIssue]:
     sizes += [(("training", "pipeline", "defaults", "img_size"), p.defaults and p.defaults.img_size)]
     sizes += [(("training", "pipeline", "datasets", name, "img_size"), ds and ds.img_size)
               for name, ds in (p.datasets or {}).items()]
-    return issues + [ConfigIssue(format_path(loc), f"{size} must be {why}") for loc, size in sizes
+    return issues + [ConfigIssue(loc, f"{size} must be {why}") for loc, size in sizes
                      if size is not None and size % unit]
 
 
@@ -481,7 +480,7 @@ def _optimization_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigI
             issues += _group_issues(group, getattr(merged, kind)[group], kind, loc)
             if group in modes.OPTIMIZER_GROUPS and group not in used:
                 members = ", ".join(modes.OPTIMIZER_GROUPS[group])
-                issues.append(ConfigIssue(format_path(loc), f"this step does not train {members} (it trains: "
+                issues.append(ConfigIssue(loc, f"this step does not train {members} (it trains: "
                                           f"{', '.join(sorted(modes.trained_components(s))) or 'nothing'})"))
     return issues
 
@@ -498,7 +497,7 @@ def defaults_optimization_issues(defaults: StepDefaults | None) -> list[ConfigIs
 
 def _group_issues(group: str, cfg, kind: str, loc: tuple) -> list[ConfigIssue]:
     if group not in modes.OPTIMIZER_GROUPS:
-        return [ConfigIssue(format_path(loc), _unknown("optimizer group", group, modes.OPTIMIZER_GROUPS))]
+        return [ConfigIssue(loc, _unknown("optimizer group", group, modes.OPTIMIZER_GROUPS))]
     return (optimizer_issues if kind == "optimizers" else scheduler_issues)(cfg, loc)
 
 

@@ -18,7 +18,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidatorFu
                       model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from fluxflow.config.errors import ConfigIssue, format_path
+from fluxflow.config.errors import ConfigIssue
 
 OptimizerType = Literal["AdamW", "Adam", "SGD", "RMSprop", "Adagrad", "Adadelta"]
 SchedulerType = Literal["CosineAnnealingLR", "StepLR", "MultiStepLR", "ExponentialLR", "ReduceLROnPlateau", "LinearLR",
@@ -218,8 +218,7 @@ def given_options(cfg: OptimizerConfig | SchedulerConfig | dict | None) -> dict[
 
 def _not_taken(cfg: OptimizerConfig | SchedulerConfig, loc: tuple, kind: str, takes: list[str]) -> list[ConfigIssue]:
     """The parameters `cfg` sets that its type `kind` does not take (it takes `takes`)."""
-    return [ConfigIssue(format_path((*loc, name)), f"'{name}' is not a parameter of {kind} (it takes: "
-                        f"{', '.join(takes)})")
+    return [ConfigIssue((*loc, name), f"'{name}' is not a parameter of {kind} (it takes: {', '.join(takes)})")
             for name in sorted(cfg.model_fields_set - {"type", *takes}) if getattr(cfg, name) is not None]
 
 
@@ -228,7 +227,7 @@ def optimizer_issues(cfg: OptimizerConfig, loc: tuple) -> list[ConfigIssue]:
     kind = cfg.type or "AdamW"
     issues = _not_taken(cfg, loc, kind, ["lr", *OPTIMIZER_PARAMS[kind]])
     if kind == "SGD" and cfg.nesterov and ((cfg.momentum or 0.0) <= 0.0 or (cfg.dampening or 0.0) != 0.0):
-        issues.append(ConfigIssue(format_path((*loc, "nesterov")), "nesterov needs momentum > 0 and dampening 0"))
+        issues.append(ConfigIssue((*loc, "nesterov"), "nesterov needs momentum > 0 and dampening 0"))
     return issues
 
 
@@ -236,14 +235,14 @@ def scheduler_issues(cfg: SchedulerConfig, loc: tuple) -> list[ConfigIssue]:
     kind = cfg.type or "CosineAnnealingLR"
     issues = _not_taken(cfg, loc, kind, [*SCHEDULER_PARAMS[kind], *SCHEDULE_PARAMS])
     if kind == "StepLR" and cfg.step_size is None:
-        issues.append(ConfigIssue(format_path((*loc, "step_size")), "required for StepLR (in optimizer steps, or "
-                                                                    "epochs with interval: epoch)"))
+        issues.append(ConfigIssue((*loc, "step_size"), "required for StepLR (in optimizer steps, or epochs with "
+                                  "interval: epoch)"))
     if kind == "MultiStepLR" and not cfg.milestones:
-        issues.append(ConfigIssue(format_path((*loc, "milestones")), "required for MultiStepLR: a list of optimizer "
+        issues.append(ConfigIssue((*loc, "milestones"), "required for MultiStepLR: a list of optimizer "
                                   "steps (or epochs with interval: epoch) at which the lr is multiplied by gamma"))
     if kind in EPOCH_ONLY and cfg.interval == "step":
-        issues.append(ConfigIssue(format_path((*loc, "interval")), f"{kind} steps at epoch ends with the watched "
+        issues.append(ConfigIssue((*loc, "interval"), f"{kind} steps at epoch ends with the watched "
                                   "metric; use interval: epoch (or leave it out)"))
     if kind == "ReduceLROnPlateau" and cfg.factor is not None and cfg.factor >= 1.0:
-        issues.append(ConfigIssue(format_path((*loc, "factor")), "must be < 1 for ReduceLROnPlateau"))
+        issues.append(ConfigIssue((*loc, "factor"), "must be < 1 for ReduceLROnPlateau"))
     return issues

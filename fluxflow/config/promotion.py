@@ -1,13 +1,5 @@
 """The retraining loop's settings: which steps become versions of a registered model, and when a new version takes
-the `champion` alias from the one people use.
-
-    promotion:
-      metric: eval_adherence_both     # default: eval_adherence_both on a `shapes` evaluation set, else eval_fd_ours_cfg
-      direction: maximize             # default: the metric's own (adherence up, Fréchet distance down)
-      min_improvement: 0.01           # the new version must beat the champion by at least this much
-      dataset: shapes                 # held-out split evaluated (default: the registered step's dataset)
-      n_images: 256
-      seeds: [0, 1]                   # the metric is the mean over these sampler seeds
+the `champion` alias from the one people use (docs/CONFIG.md, `promotion`).
 
 No torch here (validation stays fast). The evaluation itself is fluxflow/evaluation/checkpoint_eval.py; the Prefect
 task that registers, evaluates and moves the alias is flows/promotion.py.
@@ -20,7 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 from fluxflow.config.dag import descendants, leaf_names
-from fluxflow.config.errors import ConfigIssue, did_you_mean, format_path
+from fluxflow.config.errors import ConfigIssue, did_you_mean
 from fluxflow.config.modes import has_flow_mode
 from fluxflow.config.optim import StrictModel
 
@@ -62,7 +54,7 @@ class PromotionConfig(StrictModel):
     beyond_spread: bool = False
     dataset: str | None = None  # None: the registered step's dataset
     n_images: int = Field(256, ge=2, description="held-out images evaluated (at most the held-out split)")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # the metric is the mean over these seeds
     sampler_steps: int = Field(25, ge=1)
 
 
@@ -113,7 +105,7 @@ def promotion_issues(config) -> list[ConfigIssue]:
     capable = set(text_to_image_steps(steps))
     issues = []
     for i, name in enumerate(config.tracking.register_steps or []):
-        path = format_path(("tracking", "register_steps", i))
+        path = ("tracking", "register_steps", i)
         if name not in names:
             issues.append(ConfigIssue(path, f"no step is named {name!r}{did_you_mean(name, names)}"))
         elif name not in capable:

@@ -1,15 +1,13 @@
 """The config a run trains, resolved once where the run enters: `fluxflow-train`, or the flow when a deployment (or a
 test) starts it without the command line.
 
-Resolution: the file (or dict) with its `--set` overrides, the original tool's keys mapped and every rule checked
-(fluxflow/config/load.py); the run's output directory (`--output-dir`, the flow's `output_dir` parameter) and device
-(`--device`, `device`) written into it; `{date}` in the output directory filled with the run's day (UTC, so each
-night of a scheduled deployment trains into a directory of its own, and a retry of that night resumes in it); the
-data folders and local shards checked (a run cannot start without them; validation alone does not need them). The
-device stays a choice (`auto` is resolved where the step trains, which need not be where the run was resolved).
+Resolution: the file loaded (load_config); the run's output directory and device written into it; `{date}` in the
+output directory filled with the run's day (UTC, so each night of a scheduled deployment trains into a directory of its
+own, and a retry of that night resumes in it); the data checked (a run cannot start without it; validation alone does
+not need it). The device stays a choice: `auto` is resolved where the step trains, which need not be here.
 
-What the flow hands its tasks is `run_dict(config)`: the resolved config as JSON with a mark, which `resolve_run_config`
-(and a task, `run_config_of`) only re-validates. No torch here: the command line resolves before it imports torch.
+The flow hands its tasks `run_dict(config)`, which is only re-validated. No torch here: the command line resolves
+before it imports torch.
 """
 from __future__ import annotations
 
@@ -35,10 +33,8 @@ def resolve_run_config(source: str | Path | dict[str, Any], *, output_dir: str |
                        output_dir_name: str = "output_dir") -> LoadedConfig:
     """The run's config (and the legacy-key warnings of its loading); `day` fills `{date}` (default: today, UTC).
     `output_dir_name`: what a wrong `output_dir` is called in the error (`--output-dir` on the command line).
-    `check_data` False: the data folders and shards are not looked at (`--validate-pipeline` accepts a config written
-    before its data is in place, configs/original_tool_example.yaml). A dict made by `run_dict` is only re-validated:
-    it was resolved where the run entered, its `overrides` applied then (the caller passes them on only to record
-    them)."""
+    `check_data` False: `--validate-pipeline`, which accepts a config written before its data is in place. A dict made
+    by `run_dict` is only re-validated: its `overrides` were applied where the run entered."""
     if isinstance(source, dict) and source.get(RESOLVED):
         if output_dir or device:
             raise ValueError("a resolved config takes no output_dir or device: resolve it from its source")

@@ -19,7 +19,7 @@ from pydantic import BeforeValidator, Field, create_model, field_validator
 
 from fluxflow.config import modes
 from fluxflow.config.dag import descendants
-from fluxflow.config.errors import ConfigIssue, did_you_mean, format_path
+from fluxflow.config.errors import ConfigIssue, did_you_mean
 from fluxflow.config.executor import StepResources
 from fluxflow.config.optim import OmitsDefaults, Optimization, OptimizerConfig, StrictModel
 
@@ -270,18 +270,12 @@ def _resolve_optimization(step: ResolvedStep) -> Optimization:
     )
 
 
-# Seed replicates: the same steps trained once per seed, as branches grouped under one hypothesis.
-#
-#     training:
-#       replicates:
-#         seeds: [0, 1, 2]
-#         from_steps: [spade_off, spade_on]   # these steps and every step below them; omitted: every step
-#
-# Each replicated step becomes one step per seed, named `<step>-seed<seed>`, with that seed (data order, fresh weights,
-# noise) and its parent's replica of the same seed as its parent (or the shared step it starts from): its own
-# checkpoints, step key and nested MLflow run. Every replica keeps the written step's name as its `hypothesis`, which
-# `fluxflow-compare` and the pipeline's MLflow run group by (flows/hypotheses.py). The expansion happens when steps are
-# resolved (PipelineConfig.resolved_steps): the flow, the bare runner, step keys and resume see ordinary steps.
+# Seed replicates (`training.replicates`): the same steps trained once per seed, as branches grouped under one
+# hypothesis. Each replicated step becomes one step per seed, named `<step>-seed<seed>`, with that seed (data order,
+# fresh weights, noise) and its parent's replica of the same seed as its parent (or the shared step it starts from): its
+# own checkpoints, step key and nested MLflow run. Every replica keeps the written step's name as its `hypothesis`,
+# which `fluxflow-compare` and the pipeline's MLflow run group by (flows/hypotheses.py). Steps expand when resolved
+# (PipelineConfig.resolved_steps): the flow, the bare runner, step keys and resume see ordinary steps.
 NAME_LIMIT = 64  # as step names (fluxflow/config/load.py NAME_RE)
 
 
@@ -333,7 +327,7 @@ def replicate_issues(written: list, replicates: ReplicatesConfig | None) -> list
     if replicates is None:
         return []
     names = [step.name for step in written]
-    issues = [ConfigIssue(format_path(("training", "replicates", "from_steps", i)),
+    issues = [ConfigIssue(("training", "replicates", "from_steps", i),
                           f"no step is named {name!r}{did_you_mean(name, names)}")
               for i, name in enumerate(replicates.from_steps or []) if name not in names]
     if issues:

@@ -1,7 +1,7 @@
 """The pipeline tree the flow schedules: branches are steps sharing a parent, leaves end a hypothesis."""
 from helpers_tiny import tiny_raw
 
-from fluxflow.config.dag import branch_groups, branch_names, children_of, depth, descendants, leaf_names
+from fluxflow.config.dag import branch_names, children_of, depth, descendants, leaf_names
 from fluxflow.config import load_config
 
 
@@ -16,14 +16,13 @@ def step(name, **extra):
 def test_steps_in_file_order_form_a_chain_without_branches():
     steps = steps_of(step("a"), step("b"), step("c"))
     assert children_of(steps) == {None: ["a"], "a": ["b"], "b": ["c"]}
-    assert branch_names(steps) == [] and branch_groups(steps) == {}
+    assert branch_names(steps) == []
     assert leaf_names(steps) == ["c"]
 
 
 def test_steps_after_the_same_parent_are_branches_and_both_are_leaves():
     steps = steps_of(step("warm"), step("spade_off"), step("spade_on", after="warm", train_spade=True))
     assert children_of(steps)["warm"] == ["spade_off", "spade_on"]
-    assert branch_groups(steps) == {"warm": ["spade_off", "spade_on"]}
     assert branch_names(steps) == ["spade_off", "spade_on"]
     assert leaf_names(steps) == ["spade_off", "spade_on"]
 

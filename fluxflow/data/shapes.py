@@ -251,8 +251,3 @@ def caption_variant(s: Scene, k: int) -> Scene:
     diversity figure)."""
     return _jittered(random.Random(f"variant:{s.caption}:{k}"), s.color, s.shape, s.background,
                      POSITIONS.index(s.position))
-
-
-__all__ = ["BACKGROUNDS", "COLORS", "GRID", "POSITIONS", "SHAPES", "Scene", "ShapesDataset", "caption_for",
-           "caption_variant", "draw_shape", "dropped_words_caption", "parse_caption", "render_scene", "scene",
-           "shape_attributes", "shape_outline"]

@@ -142,6 +142,3 @@ def _is_empty(dataset) -> bool:
         return len(dataset) == 0
     except TypeError:  # a stream without a length: first_items finds out
         return False
-
-
-__all__ = ["EVAL_GUIDANCE", "EVAL_SAMPLER_STEPS", "MAX_EVAL_IMAGES", "evaluate_step", "flow_metrics", "unseen_items"]

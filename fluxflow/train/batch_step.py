@@ -87,10 +87,6 @@ def backward_and_update(ctx: StepContext, loss: torch.Tensor, key: str, groups: 
     return out
 
 
-def _gaussian(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return torch.randn(like.shape, device=like.device, dtype=like.dtype, generator=generator)
-
-
 def train_vae_batch(ctx: StepContext, images: torch.Tensor, update: int,
              window: Window = WHOLE_BATCH) -> dict[str, torch.Tensor]:
     """Reconstruction (`train_vae`), GAN (`gan_training`) or both; LPIPS and SPADE as the step says.
@@ -114,7 +110,8 @@ def train_vae_batch(ctx: StepContext, images: torch.Tensor, update: int,
         discriminator.requires_grad_(False)  # G pass: no D grads
     with autocast(ctx.device, ctx.amp_dtype):
         mean, logvar = compressor(images)
-        z = mean + torch.exp(0.5 * logvar) * _gaussian(mean, ctx.generator)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, device=mean.device, dtype=mean.dtype,
+                                                         generator=ctx.generator)
         recon = expander(z, spade=ctx.spade)
     kl_raw, kl_clamped = kl_loss(mean.float(), logvar.float(), step.kl_free_bits)
     loss = kl_weight(update, step.kl_beta, step.kl_warmup_steps) * kl_clamped

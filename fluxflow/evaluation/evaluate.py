@@ -46,7 +46,7 @@ def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, co
     """The step's evaluation metrics on (at most MAX_EVAL_IMAGES of) `holdout_set`; {} when nothing applies.
     `spade`: the expander decodes with SPADE (fluxflow.config.modes.expander_spade)."""
     device = torch.device(device)
-    if _is_empty(holdout_set):
+    if len(holdout_set) == 0:
         log.warning("Step %s: the held-out split is empty (dataset holdout: 0); no evaluation metrics", step.name)
         return {}
     images, captions = first_items(holdout_set, MAX_EVAL_IMAGES)
@@ -90,7 +90,7 @@ def unseen_items(ds_cfg, img_size: int, channels: int, n: int,
                  device: torch.device | str) -> tuple[torch.Tensor, list[str]] | None:
     """The first `n` images (on `device`) and captions of the dataset's held-out compositions; None without any."""
     unseen = build_dataset(ds_cfg, img_size, channels, "unseen")
-    if _is_empty(unseen):
+    if len(unseen) == 0:
         return None
     images, captions = first_items(unseen, n)
     return images.to(device), captions
@@ -135,10 +135,3 @@ def _unseen_metrics(models, images, captions, latent_norm, sample, net, shapes, 
     if net is not None and images.shape[0] >= 2:
         return {"fd_ours_unseen_cfg": fd_ours(net, images, drawn)}
     return {}
-
-
-def _is_empty(dataset) -> bool:
-    try:
-        return len(dataset) == 0
-    except TypeError:  # a stream without a length: first_items finds out
-        return False

@@ -1,8 +1,6 @@
 """Evaluation of a pipeline step on its held-out split: what the step runner logs at the end of a step (and every
 `eval_interval` epochs).
 
-    metrics = evaluate_step(step, models, holdout_set, train_set, config, latent_norm, device, cache_dir, spade=...)
-
 - VAE steps (fluxflow.config.modes.touches_vae): `psnr`, `ssim` of posterior-mean
   reconstructions, and `lpips` when the LPIPS backbone is on disk (reconstruction.py).
 - Flow steps: `fd_ours_cfg` and `fd_ours_nocfg` (frechet.py), generated from the held-out captions with guidance

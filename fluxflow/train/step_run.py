@@ -3,10 +3,9 @@
 `run_step` is what a Prefect task calls (flows/) and what `run_pipeline` (fluxflow/train/pipeline.py) calls without
 any orchestrator. It returns a `StepOutcome(ref, result)`; nothing else crosses between steps.
 
-Files per step, under `<output>/checkpoints/<step>/`: `latest.pt` (mid-step, atomic, every
+Files per step, under `<output>/checkpoints/<step>/` (fluxflow/checkpoints/step_files.py): `latest.pt` (every
 `checkpoint_save_interval` batches and at each epoch end), `final.pt` (immutable, written once at the end) and
-`ref.json` (the returned reference, its result and the step's resolved config). A step whose `final.pt` exists for
-the same step key is skipped; an interrupted one resumes from `latest.pt` at the saved epoch and batch.
+`ref.json` (the returned reference, its result and the step's resolved config).
 
 Words: a pipeline *step* is one stage of the YAML; a *batch* is one pass of `Trainer.train_batch`; `global_step`
 counts batches over the whole pipeline.

@@ -115,11 +115,6 @@ def _jittered(rng: random.Random, color: str, shape: str, background: str, cell:
     return Scene(color, shape, background, POSITIONS[cell], cx, cy, size, fg, bg)
 
 
-def shape_attributes(seed: int, index: int, stream: int = STREAM_TRAIN) -> dict[str, str]:
-    """The caption's attributes of item `index`: {"color", "shape", "background", "position"}."""
-    return scene(seed, index, stream).attributes
-
-
 def caption_for(color: str, shape: str, background: str, position: str) -> str:
     article = "an" if color[0] in "aeiou" else "a"
     return f"{article} {color} {shape} on a {background} background, {position}"

@@ -60,15 +60,16 @@ def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, co
                 metrics.update(reconstruction_metrics(models["compressor"], models["expander"], images,
                                                       spade=spade, lpips=lpips_if_available(device)))
             if has_flow_mode(step):
-                metrics.update(_flow_metrics(step, models, images, captions, train_set, config, latent_norm,
-                                             device, cache_dir, spade))
+                metrics.update(_flow_metrics(step, models, holdout_set, images, captions, train_set, config,
+                                             latent_norm, device, cache_dir, spade))
             return metrics
     finally:
         for name, m in models.items():
             m.train(was_training[name])
 
 
-def _flow_metrics(step, models, images, captions, train_set, config, latent_norm, device, cache_dir, spade):
+def _flow_metrics(step, models, holdout_set, images, captions, train_set, config, latent_norm, device, cache_dir,
+                  spade):
     if latent_norm is None:
         log.warning("Step %s: no latent normalisation yet; flow metrics skipped", step.name)
         return {}
@@ -78,7 +79,6 @@ def _flow_metrics(step, models, images, captions, train_set, config, latent_norm
     net = (feature_net_for(train_set, ds_cfg, step.img_size, config.data.channels, cache_dir)
            if images.shape[0] >= 2 else None)
     norm = {k: v.to(device) for k, v in latent_norm.items()}
-    holdout_set = build_dataset(ds_cfg, step.img_size, config.data.channels, "holdout")
     return flow_metrics(models, images, captions, norm, sample, net, shapes=ds_cfg.type == "shapes",
                         unseen=unseen_items(ds_cfg, step.img_size, config.data.channels, MAX_EVAL_IMAGES, device),
                         real=real_sets(holdout_set, captions, images))

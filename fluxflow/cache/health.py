@@ -47,11 +47,6 @@ def unusable(directory: Path, cause: OSError) -> CacheDirUnusable:
                             f"reads are not computed yet; {WHAT_TO_DO}")
 
 
-def no_space(directory: Path, cause: OSError, needed: int) -> DiskFullError:
-    return DiskFullError(f"cache {directory}: no space for its {size_text(needed)} ({cause.strerror}); free "
-                         f"space there, or {WHAT_TO_DO}")
-
-
 def damage(store) -> str | None:
     """What is wrong with the files of `store` (a CacheStore) whose meta.json says they were made for it, or None when
     they are whole or not made yet. A meta.json made for other inputs is not damage: `prepare` refuses it."""
@@ -86,7 +81,8 @@ def space_errors(store) -> Iterator[None]:
         yield
     except OSError as exc:
         if exc.errno in NO_SPACE_ERRNOS:
-            raise no_space(store.dir, exc, store.nbytes()) from exc
+            raise DiskFullError(f"cache {store.dir}: no space for its {size_text(store.nbytes())} ({exc.strerror}); "
+                                f"free space there, or {WHAT_TO_DO}") from exc
         raise
 
 

@@ -13,8 +13,7 @@ from fluxflow.errors import FULL_ERRNOS, DiskFullError
 
 
 class Sink:
-    """The temp file as `write` sees it: counts the bytes written and remembers the OSError of a failed write, which
-    torch's zip writer would otherwise turn into an opaque RuntimeError."""
+    """The temp file as `write` sees it: counts the bytes written and remembers the OSError of a failed write."""
 
     def __init__(self, file: IO[bytes]):
         self.file, self.written, self.error = file, 0, None

@@ -1,12 +1,7 @@
-"""Checkpoint files: atomic writes, safe loads, content hashes, the immutable final.pt, and RNG state.
+"""Checkpoint files: atomic writes, safe loads, content hashes and the immutable final.pt.
 
-A checkpoint is a plain dict in the original tool's layout (see docs/ARCHITECTURE.md):
-
-    epoch, global_step, models {name: state_dict}, optimizers {group: state_dict}, schedulers {group: state_dict},
-    ema {name: state_dict}, pipeline_metadata {current_step, current_step_name, step_start_epoch,
-    current_step_epoch, batch, step_metrics, step_key, seed, rng, sampler, completed, ...}
-
-Why the rules below:
+A checkpoint is a plain dict in the original tool's layout (docs/ARCHITECTURE.md, "Checkpoint format";
+StepRun.checkpoint_state writes it). Why the rules below:
 - A crash (kill -9, power loss, full disk) while saving must never cost the last good checkpoint, so every write goes
   to a temp file in the same directory, is flushed and fsynced, then renamed over the target (rename is atomic on
   POSIX) and the directory is fsynced so the rename itself survives a power loss. A checkpoint is also checked after

@@ -105,15 +105,6 @@ class StepNode(_FlatRecord):
         return f"Ray node {self.node_id[:12]} ({self.hostname})"
 
 
-def workers_text(workers: tuple[StepNode, ...]) -> str:
-    """Where a step's ranks trained, by node in the order of their first rank: "ranks 0, 1 on Ray node 1f2e...
-    (gpu-1); rank 2 on Ray node 9a8b... (gpu-2)"."""
-    ranks: dict[StepNode, list[int]] = {}
-    for rank, node in enumerate(workers):
-        ranks.setdefault(node, []).append(rank)
-    return "; ".join(f"rank{'s' if len(r) > 1 else ''} {', '.join(map(str, r))} on {node}" for node, r in ranks.items())
-
-
 @dataclass(frozen=True)
 class StepOutcome:
     """What a finished step hands on: what `run_step` returns, and, with the MLflow run filled in by the Prefect
@@ -134,10 +125,16 @@ class StepOutcome:
         return iter((self.ref, self.result))
 
     def placement(self) -> str:
-        """Where it trained, for the console and the flow's log ("" where the executor did not choose)."""
-        if self.workers:
-            return f"{len(self.workers)} Ray Train workers: {workers_text(self.workers)}"
-        return str(self.node) if self.node else ""
+        """Where it trained, for the console and the flow's log ("" where the executor did not choose): the ranks
+        of a Ray Train step by node, in the order of their first rank ("ranks 0, 1 on Ray node 1f2e... (gpu-1); rank
+        2 on Ray node 9a8b... (gpu-2)")."""
+        if not self.workers:
+            return str(self.node) if self.node else ""
+        ranks: dict[StepNode, list[int]] = {}
+        for rank, node in enumerate(self.workers):
+            ranks.setdefault(node, []).append(rank)
+        return f"{len(self.workers)} Ray Train workers: " + "; ".join(
+            f"rank{'s' if len(r) > 1 else ''} {', '.join(map(str, r))} on {node}" for node, r in ranks.items())
 
     def to_dict(self) -> dict[str, Any]:
         data = {"ref": self.ref.to_dict(), "result": self.result.to_dict(), "run_id": self.run_id,

@@ -112,11 +112,8 @@ def step_keys(config) -> dict[str, str]:
 
 @dataclass
 class StepFiles:
-    """One step's files under `<output>/checkpoints/<step>/` and the rules that decide what a run does with them:
-    `completed()` (final.pt and ref.json of this very key: skip the step), `set_aside_stale()` (files of another key
-    move to `superseded/<old key>/`, saying what changed), `finalize()` (latest.pt becomes the immutable final.pt),
-    `write_ref()` (ref.json, written last: its presence means the step is done). `key` is the step's key
-    (`step_keys`): a file belongs to this run only when it carries the same one."""
+    """One step's files under `<output>/checkpoints/<step>/` and the rules that decide what a run does with them.
+    `key` is the step's key (`step_keys`): a file belongs to this run only when it carries the same one."""
     step: object  # ResolvedStep
     key: str
     n_steps: int

@@ -26,8 +26,7 @@ import torch
 from fluxflow.data.folder import FolderDataset
 from fluxflow.data.heldout import caption_matcher, heldout_pairs, seen_pairs
 from fluxflow.data.sampler import ResumableBatchSampler, epoch_permutation
-from fluxflow.data.shapes import (STREAM_HOLDOUT, STREAM_TRAIN, STREAM_UNSEEN, ShapesDataset, parse_caption,
-                                  shape_attributes)
+from fluxflow.data.shapes import STREAM_HOLDOUT, STREAM_TRAIN, STREAM_UNSEEN, ShapesDataset, parse_caption
 from fluxflow.data.webdataset_source import WebDatasetHoldout, WebDatasetSource
 
 SPLITS = ("train", "holdout", "unseen")
@@ -138,4 +137,4 @@ def _one_thread_per_worker(_worker_id: int) -> None:
 
 __all__ = ["FolderDataset", "ResumableBatchSampler", "ShapesDataset", "WebDatasetHoldout", "WebDatasetSource",
            "build_dataset", "collate_images_captions", "epoch_permutation", "make_loader", "parse_caption",
-           "resolve_workers", "sequential_loader", "shape_attributes"]
+           "resolve_workers", "sequential_loader"]

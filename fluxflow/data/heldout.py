@@ -72,6 +72,3 @@ def _pattern_test(pattern: str) -> Callable[[str], bool]:
         return lambda caption, rx=re.compile(pattern[3:], re.IGNORECASE): rx.search(caption) is not None
     glob = pattern.lower()  # fnmatchcase on lowered text: the same answer on every OS (fnmatch follows the OS's case)
     return lambda caption: fnmatch.fnmatchcase(caption.lower(), glob)
-
-
-__all__ = ["ALL_PAIRS", "Pair", "caption_matcher", "heldout_pairs", "max_heldout_pairs", "parse_pair", "seen_pairs"]

@@ -50,10 +50,7 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
         order = epoch_permutation(self.n, self.seed, self.epoch)
         stop = len(self) * self.batch_size if self.drop_last else self.n
         # One slice, whatever start_batch is: skipped batches are never materialised, let alone loaded.
-        remaining = order[self.start_batch * self.batch_size:stop]
-        if remaining.numel() == 0:
-            return
         # One list, sliced per batch: cheaper than a tensor view per batch (1 M items: 0.2 s -> 0.03 s per epoch).
-        items, size = remaining.tolist(), self.batch_size
+        items, size = order[self.start_batch * self.batch_size:stop].tolist(), self.batch_size
         for start in range(0, len(items), size):
             yield items[start:start + size][self.rank::self.world]

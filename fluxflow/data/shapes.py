@@ -115,11 +115,6 @@ def _jittered(rng: random.Random, color: str, shape: str, background: str, cell:
     return Scene(color, shape, background, POSITIONS[cell], cx, cy, size, fg, bg)
 
 
-def shape_attributes(seed: int, index: int, stream: int = STREAM_TRAIN) -> dict[str, str]:
-    """The caption's attributes of item `index`: {"color", "shape", "background", "position"}."""
-    return scene(seed, index, stream).attributes
-
-
 def caption_for(color: str, shape: str, background: str, position: str) -> str:
     article = "an" if color[0] in "aeiou" else "a"
     return f"{article} {color} {shape} on a {background} background, {position}"
@@ -251,8 +246,3 @@ def caption_variant(s: Scene, k: int) -> Scene:
     diversity figure)."""
     return _jittered(random.Random(f"variant:{s.caption}:{k}"), s.color, s.shape, s.background,
                      POSITIONS.index(s.position))
-
-
-__all__ = ["BACKGROUNDS", "COLORS", "GRID", "POSITIONS", "SHAPES", "Scene", "ShapesDataset", "caption_for",
-           "caption_variant", "draw_shape", "dropped_words_caption", "parse_caption", "render_scene", "scene",
-           "shape_attributes", "shape_outline"]

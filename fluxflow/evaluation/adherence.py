@@ -38,6 +38,3 @@ def adherence_of(images: torch.Tensor, captions: list[str]) -> dict[str, float]:
 def analyser_ceiling(real_images: torch.Tensor, captions: list[str]) -> float:
     """The analyser's colour-and-shape accuracy on the real images of `captions` (its ceiling on this set)."""
     return adherence_of(real_images, captions)["adherence_both"]
-
-
-__all__ = ["ADHERENCE_KEYS", "adherence_of", "analyser_ceiling", "generate"]

@@ -66,6 +66,3 @@ def real_sets(holdout_set, captions: list[str], images: torch.Tensor,
     if repeated:
         return repeated, [images[groups[c][:k]].cpu() for c in repeated]
     return distinct[:DIVERSITY_PROMPTS], None
-
-
-__all__ = ["DIVERSITY_PROMPTS", "DIVERSITY_SEEDS", "prompt_diversity", "real_sets", "spread"]

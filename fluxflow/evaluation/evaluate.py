@@ -1,8 +1,6 @@
 """Evaluation of a pipeline step on its held-out split: what the step runner logs at the end of a step (and every
 `eval_interval` epochs).
 
-    metrics = evaluate_step(step, models, holdout_set, train_set, config, latent_norm, device, cache_dir, spade=...)
-
 - VAE steps (fluxflow.config.modes.touches_vae): `psnr`, `ssim` of posterior-mean
   reconstructions, and `lpips` when the LPIPS backbone is on disk (reconstruction.py).
 - Flow steps: `fd_ours_cfg` and `fd_ours_nocfg` (frechet.py), generated from the held-out captions with guidance
@@ -46,7 +44,7 @@ def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, co
     """The step's evaluation metrics on (at most MAX_EVAL_IMAGES of) `holdout_set`; {} when nothing applies.
     `spade`: the expander decodes with SPADE (fluxflow.config.modes.expander_spade)."""
     device = torch.device(device)
-    if _is_empty(holdout_set):
+    if len(holdout_set) == 0:
         log.warning("Step %s: the held-out split is empty (dataset holdout: 0); no evaluation metrics", step.name)
         return {}
     images, captions = first_items(holdout_set, MAX_EVAL_IMAGES)
@@ -62,15 +60,16 @@ def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, co
                 metrics.update(reconstruction_metrics(models["compressor"], models["expander"], images,
                                                       spade=spade, lpips=lpips_if_available(device)))
             if has_flow_mode(step):
-                metrics.update(_flow_metrics(step, models, images, captions, train_set, config, latent_norm,
-                                             device, cache_dir, spade))
+                metrics.update(_flow_metrics(step, models, holdout_set, images, captions, train_set, config,
+                                             latent_norm, device, cache_dir, spade))
             return metrics
     finally:
         for name, m in models.items():
             m.train(was_training[name])
 
 
-def _flow_metrics(step, models, images, captions, train_set, config, latent_norm, device, cache_dir, spade):
+def _flow_metrics(step, models, holdout_set, images, captions, train_set, config, latent_norm, device, cache_dir,
+                  spade):
     if latent_norm is None:
         log.warning("Step %s: no latent normalisation yet; flow metrics skipped", step.name)
         return {}
@@ -80,7 +79,6 @@ def _flow_metrics(step, models, images, captions, train_set, config, latent_norm
     net = (feature_net_for(train_set, ds_cfg, step.img_size, config.data.channels, cache_dir)
            if images.shape[0] >= 2 else None)
     norm = {k: v.to(device) for k, v in latent_norm.items()}
-    holdout_set = build_dataset(ds_cfg, step.img_size, config.data.channels, "holdout")
     return flow_metrics(models, images, captions, norm, sample, net, shapes=ds_cfg.type == "shapes",
                         unseen=unseen_items(ds_cfg, step.img_size, config.data.channels, MAX_EVAL_IMAGES, device),
                         real=real_sets(holdout_set, captions, images))
@@ -90,7 +88,7 @@ def unseen_items(ds_cfg, img_size: int, channels: int, n: int,
                  device: torch.device | str) -> tuple[torch.Tensor, list[str]] | None:
     """The first `n` images (on `device`) and captions of the dataset's held-out compositions; None without any."""
     unseen = build_dataset(ds_cfg, img_size, channels, "unseen")
-    if _is_empty(unseen):
+    if len(unseen) == 0:
         return None
     images, captions = first_items(unseen, n)
     return images.to(device), captions
@@ -135,13 +133,3 @@ def _unseen_metrics(models, images, captions, latent_norm, sample, net, shapes, 
     if net is not None and images.shape[0] >= 2:
         return {"fd_ours_unseen_cfg": fd_ours(net, images, drawn)}
     return {}
-
-
-def _is_empty(dataset) -> bool:
-    try:
-        return len(dataset) == 0
-    except TypeError:  # a stream without a length: first_items finds out
-        return False
-
-
-__all__ = ["EVAL_GUIDANCE", "EVAL_SAMPLER_STEPS", "MAX_EVAL_IMAGES", "evaluate_step", "flow_metrics", "unseen_items"]

@@ -212,7 +212,3 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
 def fd_ours(net: FeatureNet, real: torch.Tensor, generated: torch.Tensor) -> float:
     """fd_ours between real and generated images (both [N, C, H, W] in [-1, 1])."""
     return frechet_distance(extract_features(net, real), extract_features(net, generated.to(real.device)))
-
-
-__all__ = ["FeatureNet", "caption_vocabulary", "cache_key", "extract_features", "fd_ours", "feature_net_for",
-           "first_items", "frechet_distance", "train_feature_net"]

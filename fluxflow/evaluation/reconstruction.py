@@ -72,7 +72,3 @@ def lpips_if_available(device: torch.device | str) -> nn.Module | None:
     if not lpips_backbone_path().exists():
         return None
     return LPIPSLoss().to(device)
-
-
-__all__ = ["DATA_RANGE", "lpips_if_available", "per_image_psnr", "per_image_ssim", "reconstruction_metrics",
-           "to_unit"]

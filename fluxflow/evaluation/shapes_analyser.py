@@ -171,6 +171,3 @@ def prompt_adherence(images, captions: list[str]) -> dict[str, float]:
         hits["shape"] += read["shape"] == want["shape"]
         hits["color_and_shape"] += read["color"] == want["color"] and read["shape"] == want["shape"]
     return {"n": n, **{k: v / n if n else float("nan") for k, v in hits.items()}}
-
-
-__all__ = ["ATTRIBUTES", "analyse_shape_image", "analyser_accuracy", "image_array", "match_shape", "prompt_adherence"]

@@ -20,8 +20,6 @@ from fluxflow.config.file_checks import lpips_backbone_path, missing_lpips_backb
 # threads of one process, blocks overlapping and exiting in the order they entered, put back an `ignore` for good.
 _QUIET_BUILD = threading.Lock()
 
-__all__ = ["LPIPSLoss", "lpips_backbone_path"]
-
 
 def _load_alexnet_trunk(trunk: nn.Module, path: Path) -> None:
     """Copy torchvision AlexNet `features.<i>.*` weights into lpips' slices (`slice<k>.<i>.*`), strictly."""

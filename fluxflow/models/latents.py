@@ -59,11 +59,6 @@ def normalise_latents(mean: torch.Tensor, norm: dict[str, torch.Tensor]) -> torc
     return (mean.float() - norm["shift"].view(1, -1, 1, 1)) / norm["scale"].view(1, -1, 1, 1)
 
 
-def encode_latents(compressor: nn.Module, images: torch.Tensor, norm: dict[str, torch.Tensor],
-                   amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    return normalise_latents(posterior(compressor, images, amp_dtype)[0], norm)
-
-
 def decode_latents(expander: nn.Module, latents: torch.Tensor, norm: dict[str, torch.Tensor],
                    spade: bool) -> torch.Tensor:
     z = latents.float() * norm["scale"].view(1, -1, 1, 1) + norm["shift"].view(1, -1, 1, 1)

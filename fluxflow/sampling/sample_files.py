@@ -21,13 +21,9 @@ import torch.nn.functional as F
 
 from fluxflow.checkpoints.io import atomic_write
 
-ORIGINAL = "-original"  # the held-out input images
-ORIGINAL_ALT = "_ns_i"  # the original tool's other name for the inputs
-RECONSTRUCTION = "-nr_o"  # VAE reconstruction from the posterior mean (no random sampling)
-SAMPLED_RECONSTRUCTION = "_ns_o"  # VAE reconstruction from a posterior sample
-CONTEXT = "-ctx"  # the latent (context) map as a picture
-NO_CONTEXT = "-nc"  # decoded without the SPADE context
-SEED_SUFFIXES = (ORIGINAL, ORIGINAL_ALT, RECONSTRUCTION, SAMPLED_RECONSTRUCTION, CONTEXT, NO_CONTEXT)
+# The original tool's suffixes (fluxflow/sampling/samples.py says what each image is; `_ns_i` is its other name for
+# the inputs, `-original`).
+SEED_SUFFIXES = ("-original", "_ns_i", "-nr_o", "_ns_o", "-ctx", "-nc")
 
 _SUFFIX = re.compile(r"[-_][A-Za-z0-9_]+")  # seed suffixes and new ones in the same style (e.g. "-t2i")
 _HASH = re.compile(r"[A-Za-z0-9]+")

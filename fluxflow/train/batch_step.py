@@ -21,7 +21,7 @@ from fluxflow.losses import (adaptive_weight, hinge_d_loss, hinge_g_loss, kl_los
 from fluxflow.config.modes import image_stat_terms
 from fluxflow.losses.image_stats import IMAGE_STAT_LOSSES
 from fluxflow.losses.flow import DEFAULT_OBJECTIVE, FlowObjective
-from fluxflow.models import cfg_drop_mask
+from fluxflow.models import cfg_drop_mask, sample_latent
 from fluxflow.train.optim import optimizer_step
 
 
@@ -87,10 +87,6 @@ def backward_and_update(ctx: StepContext, loss: torch.Tensor, key: str, groups: 
     return out
 
 
-def _gaussian(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return torch.randn(like.shape, device=like.device, dtype=like.dtype, generator=generator)
-
-
 def train_vae_batch(ctx: StepContext, images: torch.Tensor, update: int,
              window: Window = WHOLE_BATCH) -> dict[str, torch.Tensor]:
     """Reconstruction (`train_vae`), GAN (`gan_training`) or both; LPIPS and SPADE as the step says.
@@ -114,8 +110,7 @@ def train_vae_batch(ctx: StepContext, images: torch.Tensor, update: int,
         discriminator.requires_grad_(False)  # G pass: no D grads
     with autocast(ctx.device, ctx.amp_dtype):
         mean, logvar = compressor(images)
-        z = mean + torch.exp(0.5 * logvar) * _gaussian(mean, ctx.generator)
-        recon = expander(z, spade=ctx.spade)
+        recon = expander(sample_latent(mean, logvar, ctx.generator), spade=ctx.spade)
     kl_raw, kl_clamped = kl_loss(mean.float(), logvar.float(), step.kl_free_bits)
     loss = kl_weight(update, step.kl_beta, step.kl_warmup_steps) * kl_clamped
     rec = nll = zero  # the pixel reconstruction loss (logged as vae_loss); with LPIPS added, VQGAN's "nll"

@@ -18,8 +18,6 @@ from fluxflow.config.optim import OPTIMIZER_PARAMS, given_options
 from fluxflow.runtime import distributed
 from fluxflow.train.param_groups import param_groups, split_decay
 
-__all__ = ["build_optimizers", "make_optimizer", "optimizer_step"]
-
 # Adam/AdamW/SGD have fused kernels on CPU and CUDA; they can skip a non-finite update on the device
 # (`found_inf`), with no host sync. RMSprop, Adagrad and Adadelta fall back to a synchronising check.
 _FUSED = {"AdamW", "Adam", "SGD"}

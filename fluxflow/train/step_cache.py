@@ -6,15 +6,11 @@ compressor where there is one) and the text encoder. It runs before the latent n
 then reads the cached means instead of encoding images again.
 
 Where: `<root>/latent_cache/<key>/` and `<root>/text_cache/<key>/`, the root being `output.cache_dir` or else the
-output directory, so every run and branch that would compute the same rows reads one copy. A key is 16 hex
-characters of sha256 over (json_sha256, fluxflow/checkpoints/step_key.py):
-- latents: the encoder's weights (every tensor, fluxflow/cache/fingerprint.py), the step's autocast precision, the
-  dataset's config and fingerprint (length, first and last item as loaded, a folder's file stats), image size and
-  channels;
-- text: the weights the step encodes captions with (the EMA ones of a frozen encoder that has them, as
-  `build_trainer` runs it), the model's text settings (`text_*`: length, width, depth), the precision, and
-  the distinct captions of the training split.
-Under torchrun every rank calls this: the first to take a cache's lock builds it, the others wait, then read it.
+output directory, so every run and branch that would compute the same rows reads one copy. A key hashes everything
+a row depends on (the `inputs` of `latent_cache` and `text_cache`): the encoder's weights as the step runs it (the
+EMA ones of a frozen encoder that has them), the precision, and the dataset (its config and fingerprint,
+fluxflow/cache/fingerprint.py) or the distinct captions. Under torchrun every rank calls this: the first to take a
+cache's lock builds it, the others wait, then read it.
 """
 from __future__ import annotations
 

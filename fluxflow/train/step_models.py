@@ -65,5 +65,5 @@ def prepare_emas(step, models: dict[str, nn.Module], state: dict | None, trained
 
 
 def sampling_models(models: dict[str, nn.Module], emas: dict[str, EMA]) -> dict[str, nn.Module]:
-    """Models for samples and exports: the EMA weights where an EMA exists, else the raw module."""
+    """Models for samples, evaluation and exports: the EMA weights where an EMA exists, else the raw module."""
     return {name: (emas[name].shadow if name in emas else module) for name, module in models.items()}

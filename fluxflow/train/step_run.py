@@ -3,10 +3,9 @@
 `run_step` is what a Prefect task calls (flows/) and what `run_pipeline` (fluxflow/train/pipeline.py) calls without
 any orchestrator. It returns a `StepOutcome(ref, result)`; nothing else crosses between steps.
 
-Files per step, under `<output>/checkpoints/<step>/`: `latest.pt` (mid-step, atomic, every
+Files per step, under `<output>/checkpoints/<step>/` (fluxflow/checkpoints/step_files.py): `latest.pt` (every
 `checkpoint_save_interval` batches and at each epoch end), `final.pt` (immutable, written once at the end) and
-`ref.json` (the returned reference, its result and the step's resolved config). A step whose `final.pt` exists for
-the same step key is skipped; an interrupted one resumes from `latest.pt` at the saved epoch and batch.
+`ref.json` (the returned reference, its result and the step's resolved config).
 
 Words: a pipeline *step* is one stage of the YAML; a *batch* is one pass of `Trainer.train_batch`; `global_step`
 counts batches over the whole pipeline.
@@ -24,7 +23,7 @@ import torch.distributed as dist
 
 from fluxflow.checkpoints.io import load_checkpoint
 from fluxflow.checkpoints.latest import load_latest, save_latest
-from fluxflow.checkpoints.rng_state import restore_rng_state
+from fluxflow.checkpoints.rng_state import capture_rng_state, restore_rng_state
 from fluxflow.checkpoints.lock import RunLock
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome, StepResult
 from fluxflow.checkpoints.step_files import StepFiles, plan_step
@@ -38,12 +37,11 @@ from fluxflow.storage.location import output_root
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
 from fluxflow.models.latents import LATENT_NORM_IMAGES, latent_norm_of_means
 from fluxflow.train.step_cache import attach_caches
-from fluxflow.train.step_checkpoint import checkpoint_state
 from fluxflow.train.step_data import leading_inputs, load_step_data
 from fluxflow.train.step_report import StepReport
 from fluxflow.output_layout import metrics_file
 from fluxflow.progress_bar import batch_progress
-from fluxflow.train.tracking import NullTracker, ConsoleJsonlTracker, trim_jsonl
+from fluxflow.train.tracking import ConsoleJsonlTracker, MultiTracker, trim_jsonl
 from fluxflow.train.batch_step import Window
 from fluxflow.train.trainer import build_trainer
 from fluxflow.train.transition import TransitionMonitor
@@ -67,7 +65,8 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
     device_ = resolve_device(config.training.device)
     distributed.init_from_env(device_)  # a no-op unless started by torchrun
     main = distributed.is_main()
-    tracker = (tracker or ConsoleJsonlTracker(output_root(config))) if main else NullTracker()
+    # Rank 0 alone reports: the others get a tracker of no trackers.
+    tracker = (tracker or ConsoleJsonlTracker(output_root(config))) if main else MultiTracker([])
     files.dir.mkdir(parents=True, exist_ok=True)
     with RunLock(files.dir) if main else contextlib.nullcontext():
         if main:  # an output on an object store: the step's files from it (fluxflow/storage/mirror.py)
@@ -294,8 +293,33 @@ class StepRun:
 
     def save(self, completed: bool = False) -> None:
         if self.main:  # only rank 0 writes checkpoints (all ranks hold the same weights)
-            save_latest(checkpoint_state(self, completed), self.files.latest)
+            save_latest(self.checkpoint_state(completed), self.files.latest)
             self.files.publish_latest(self.say)  # an output on an object store: uploaded, the previous one kept
+
+    def checkpoint_state(self, completed: bool = False) -> dict:
+        """latest.pt at this position: the original tool's checkpoint layout, plus what an exact resume needs, and
+        enough for fluxflow-generate on its own (the model sizes travel with the weights)."""
+        t, pos, step = self.trainer, self.position, self.step
+        latent_norm = t.ctx.latent_norm
+        return {
+            "epoch": pos.start_epoch + pos.epoch, "global_step": pos.global_step,
+            "models": {n: m.state_dict() for n, m in t.models.items()},
+            "optimizers": {g: o.state_dict() for g, o in t.optimizers.items()},
+            "schedulers": {g: s.state_dict() for g, s in t.schedulers.items()},
+            "ema": {n: e.state_dict() for n, e in t.emas.items()},
+            "latent_norm": {k: v.cpu() for k, v in latent_norm.items()} if latent_norm else None,
+            "expander_spade": t.ctx.spade,  # how every later decode runs the expander (config/modes.expander_spade)
+            "model_config": self.config.model.model_dump(mode="json"),
+            # The step's image size: generation from this checkpoint defaults to it (fluxflow/sampling/generate.py).
+            "data": {**self.config.data.model_dump(mode="json"), "img_size": step.img_size},
+            "pipeline_metadata": StepState(
+                current_step=step.index, current_step_name=step.name, step_key=self.files.key,
+                step_config=step.model_dump(mode="json"), seed=step.seed, step_start_epoch=pos.start_epoch,
+                current_step_epoch=pos.epoch, batch=pos.batch, step_metrics=self.report.history,
+                rng=capture_rng_state(), monitor=self.monitor.state_dict(), report=self.report.state_dict(),
+                completed=completed, outcome=self.outcome,
+            ).to_dict(),
+        }
 
     def finish(self) -> StepOutcome:
         """Final evaluation, `final.pt` (the last latest.pt, made immutable) and the reference for the next step."""

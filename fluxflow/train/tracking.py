@@ -201,10 +201,3 @@ class MultiTracker:
 
     step_started, log_metrics, log_image, log_artifact, step_finished, warn = map(
         _to_each, ("step_started", "log_metrics", "log_image", "log_artifact", "step_finished", "warn"))
-
-
-class NullTracker(MultiTracker):
-    """Records nothing: what ranks other than 0 use under torchrun (rank 0 alone reports)."""
-
-    def __init__(self) -> None:
-        super().__init__([])

@@ -104,7 +104,6 @@ class Trainer:
         self.ctx.latent_norm = {k: v.to(self.ctx.device) for k, v in latent_norm.items()} if latent_norm else None
 
     def sampling_models(self) -> dict[str, nn.Module]:
-        """Models for samples, evaluation and exports: the EMA weights where an EMA exists, else the raw module."""
         return sampling_models(self.models, self.emas)
 
 

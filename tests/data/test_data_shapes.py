@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fluxflow.data import build_dataset, parse_caption, shape_attributes
+from fluxflow.data import build_dataset, parse_caption
 from fluxflow.data.shapes import COLORS, SHAPES, ShapesDataset, scene
 
 
@@ -35,14 +35,14 @@ def test_item_is_a_pure_function_of_seed_and_index():
 def test_caption_parses_back_to_the_attributes_of_the_item():
     ds = ShapesDataset(50, seed=0, img_size=16)
     for i in range(50):
-        attrs = shape_attributes(0, i)
+        attrs = scene(0, i).attributes
         assert parse_caption(ds[i][1]) == attrs == ds.attributes(i)
     assert parse_caption("a photo of a cat") is None
     assert parse_caption("a red hexagon on a black background, center") is None
 
 
 def test_dataset_varies_every_attribute():
-    attrs = [shape_attributes(1, i) for i in range(400)]
+    attrs = [scene(1, i).attributes for i in range(400)]
     assert {a["shape"] for a in attrs} == set(SHAPES) and len(SHAPES) >= 3
     assert {a["color"] for a in attrs} == set(COLORS) and len(COLORS) >= 5
     assert len({a["background"] for a in attrs}) >= 5

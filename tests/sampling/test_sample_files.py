@@ -4,30 +4,20 @@ import pytest
 import torch
 from PIL import Image
 
-from fluxflow.sampling.sample_files import (
-    CONTEXT,
-    NO_CONTEXT,
-    ORIGINAL,
-    RECONSTRUCTION,
-    SAMPLED_RECONSTRUCTION,
-    image_grid,
-    prompt_file_name,
-    sample_name,
-    save_image_grid,
-)
+from fluxflow.sampling.sample_files import image_grid, prompt_file_name, sample_name, save_image_grid
 
 
 @pytest.mark.parametrize(
     "args, expected",
     [
         # The original tool's own examples.
-        (("vae_warmup", 1, 1, 10, "abc123", ORIGINAL), "vae_warmup_001_001_00010_abc123-original.webp"),
-        (("vae_warmup", 1, 1, 20, "abc123", CONTEXT), "vae_warmup_001_001_00020_abc123-ctx.webp"),
-        (("vae_warmup", 1, 1, None, "abc123", RECONSTRUCTION), "vae_warmup_001_001_abc123-nr_o.webp"),
-        (("vae_gan", 2, 5, None, "def456", ORIGINAL), "vae_gan_002_005_def456-original.webp"),
+        (("vae_warmup", 1, 1, 10, "abc123", "-original"), "vae_warmup_001_001_00010_abc123-original.webp"),
+        (("vae_warmup", 1, 1, 20, "abc123", "-ctx"), "vae_warmup_001_001_00020_abc123-ctx.webp"),
+        (("vae_warmup", 1, 1, None, "abc123", "-nr_o"), "vae_warmup_001_001_abc123-nr_o.webp"),
+        (("vae_gan", 2, 5, None, "def456", "-original"), "vae_gan_002_005_def456-original.webp"),
         # The underscore form of the sampled reconstruction, and the SPADE no-context image.
-        (("vae_gan", 2, 5, 127, "def456", SAMPLED_RECONSTRUCTION), "vae_gan_002_005_00127_def456_ns_o.webp"),
-        (("spade", 12, 100, None, "0a1b2c", NO_CONTEXT), "spade_012_100_0a1b2c-nc.webp"),
+        (("vae_gan", 2, 5, 127, "def456", "_ns_o"), "vae_gan_002_005_00127_def456_ns_o.webp"),
+        (("spade", 12, 100, None, "0a1b2c", "-nc"), "spade_012_100_0a1b2c-nc.webp"),
         (("flow", 3, 1, None, "ff00aa", "-t2i"), "flow_003_001_ff00aa-t2i.webp"),
     ],
 )
@@ -38,10 +28,10 @@ def test_sample_names_follow_the_seed_convention(args, expected):
 @pytest.mark.parametrize(
     "args",
     [
-        ("../x", 1, 1, None, "abc", ORIGINAL),  # a path, not a name
-        ("vae", 0, 1, None, "abc", ORIGINAL),  # 1-based
-        ("vae", 1, 0, None, "abc", ORIGINAL),
-        ("vae", 1, 1, None, "ab/c", ORIGINAL),
+        ("../x", 1, 1, None, "abc", "-original"),  # a path, not a name
+        ("vae", 0, 1, None, "abc", "-original"),  # 1-based
+        ("vae", 1, 0, None, "abc", "-original"),
+        ("vae", 1, 1, None, "ab/c", "-original"),
         ("vae", 1, 1, None, "abc", "original"),  # the suffix carries its separator
     ],
 )

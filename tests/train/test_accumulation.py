@@ -38,7 +38,7 @@ def vae_trainer(batch_size: int, accumulation: int, **step):
 def test_k_micro_batches_of_b_update_like_one_batch_of_k_times_b(monkeypatch):
     import fluxflow.train.batch_step as batch_step
 
-    monkeypatch.setattr(batch_step, "_gaussian", lambda like, generator: torch.zeros_like(like))  # no sampling noise
+    monkeypatch.setattr(batch_step, "sample_latent", lambda mean, logvar, generator: mean)  # no sampling noise
     whole, config = vae_trainer(batch_size=8, accumulation=1)
     split, _ = vae_trainer(batch_size=4, accumulation=2)
     images, captions = shapes_batches(config, 1)[0]
@@ -67,7 +67,7 @@ def test_under_a_2_process_gloo_torchrun_accumulation_equals_one_batch_and_reduc
     ranks = torch.load(out, weights_only=True)
     assert ranks["reductions"] == 1  # one gradient all-reduce per optimizer step, not one per micro-batch
 
-    monkeypatch.setattr(batch_step, "_gaussian", lambda like, generator: torch.zeros_like(like))
+    monkeypatch.setattr(batch_step, "sample_latent", lambda mean, logvar, generator: mean)
     whole, config = vae_trainer(batch_size=16, accumulation=1)
     images = torch.cat([batch[0] for batch in shapes_batches(vae_trainer(batch_size=8, accumulation=2)[1], 2)])
     whole.train_batch(images, [""] * 16, global_step=0, update=0)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers_tiny import changed_components, changed_tensors, one_torch_thread, shapes_batches, snapshot, step_context
 
-from fluxflow.models.latents import encode_latents, measure_latent_norm
+from fluxflow.models.latents import measure_latent_norm, normalise_latents, posterior
 from fluxflow.losses import adaptive_weight, rectified_flow_loss
 from fluxflow.models import COMPONENTS, build_component, tokenize
 from fluxflow.config.modes import step_metrics
@@ -54,7 +54,7 @@ def run_batch(ctx, config, images: torch.Tensor, captions: list[str], global_ste
         if ctx.latent_norm is None:
             ctx.latent_norm = measure_latent_norm(ctx.latent_encoder, images)
         ids, mask = tokenize(captions, config.model.text_max_len)
-        latents = encode_latents(ctx.latent_encoder, images, ctx.latent_norm)
+        latents = normalise_latents(posterior(ctx.latent_encoder, images)[0], ctx.latent_norm)
         metrics.update(train_flow_batch(ctx, latents, encode_text(ctx, ids, mask)))
     return metrics
 
@@ -125,7 +125,7 @@ def _fixed_flow_loss(ctx, config, images: torch.Tensor, captions: list[str]) -> 
     ids, mask = tokenize(captions, config.model.text_max_len)
     with torch.no_grad():
         tokens, pooled = ctx.models["text_encoder"](ids, mask)
-        x0 = encode_latents(ctx.models["compressor"], images, ctx.latent_norm).repeat(32, 1, 1, 1)
+        x0 = normalise_latents(posterior(ctx.models["compressor"], images)[0], ctx.latent_norm).repeat(32, 1, 1, 1)
         generator = torch.Generator().manual_seed(123)
         return float(rectified_flow_loss(ctx.models["flow_processor"], x0, tokens.repeat(32, 1, 1), mask.repeat(32, 1),
                                          pooled.repeat(32, 1), None, generator))

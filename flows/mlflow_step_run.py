@@ -87,45 +87,36 @@ class StepRunRecorder:
     def open(self, step, step_key: str, resumed: bool) -> None:
         found = self._runs_of_step(step, step_key)
         newest = found[0] if found else None
-        if newest is not None and (resumed or newest.info.status != "FINISHED"
-                                   or (self.session and newest.data.tags.get(TAG_SESSION) == self.session)):
-            self.run_id = newest.info.run_id
+        reopen = newest is not None and (resumed or newest.info.status != "FINISHED"
+                                         or (self.session and newest.data.tags.get(TAG_SESSION) == self.session))
+        self._use(newest if reopen else None)
+        if reopen:
             self.client.update_run(self.run_id, status="RUNNING")
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self._tags().items()])
-            self._supersede_others()
             self.sync_from_files()
-            return
-        self._create()
-        self._supersede_others()
 
-    def _create(self) -> None:
-        """A fresh run for the step, with its resolved config as params."""
-        self.run_id = self.client.create_run(self.experiment_id, tags=self._tags(), run_name=self.step.name).info.run_id
-        self.last_step = {}
-        params = {**self.extra_params, **flatten_params(self.step.model_dump(mode="json"))}
-        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
-
-    def _supersede_others(self) -> None:
-        """Tag the step's other runs in this output directory (trained before its config changed, or before its
+    def _use(self, run) -> None:
+        """Write to `run` (one found for the step), or to a fresh run with the step's resolved config as params (None).
+        Then tag the step's other runs in this output directory (trained before its config changed, or before its
         files were wiped) `fluxflow.superseded_by` this run, and untag this one (a config changed back reuses its
         older files and run): in the MLflow UI two runs of one step under one pipeline run are otherwise told apart
         only by their step key tags, with nothing saying which one the pipeline's outputs hold."""
+        if run is not None:
+            self.run_id = run.info.run_id
+        else:
+            self.run_id = self.client.create_run(self.experiment_id, tags=self._tags(),
+                                                 run_name=self.step.name).info.run_id
+            self.last_step = {}
+            params = {**self.extra_params, **flatten_params(self.step.model_dump(mode="json"))}
+            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
         runs = find_runs(self.client, self.experiment_id, {TAG_KIND: "step", TAG_OUTPUT_DIR: self.output_dir,
                                                            TAG_STEP_NAME: self.step.name})
-        for run in runs:
-            if run.info.run_id == self.run_id:
-                if TAG_SUPERSEDED_BY in run.data.tags:
+        for other in runs:
+            if other.info.run_id == self.run_id:
+                if TAG_SUPERSEDED_BY in other.data.tags:
                     self.client.delete_tag(self.run_id, TAG_SUPERSEDED_BY)
-            elif run.data.tags.get(TAG_SUPERSEDED_BY) != self.run_id:
-                self.client.set_tag(run.info.run_id, TAG_SUPERSEDED_BY, self.run_id)
-
-    def _find_pipeline(self) -> None:
-        """The experiment and the pipeline's run, where the flow could not tell them (MLflow down at its start)."""
-        if not self.experiment_id:
-            self.experiment_id = experiment_id_for(self.client, self.experiment_name)
-        if not self.parent_run_id:  # found, as the flow opened it; created when this process is not the flow's
-            name = Path(self.output_dir.rstrip("/")).name or "pipeline"
-            self.parent_run_id = open_pipeline_run(self.client, self.experiment_id, self.output_dir, name, {})
+            elif other.data.tags.get(TAG_SUPERSEDED_BY) != self.run_id:
+                self.client.set_tag(other.info.run_id, TAG_SUPERSEDED_BY, self.run_id)
 
     def log_points(self, points: list[Metric]) -> None:
         """The points after each key's last logged step, once: one batch may hold a key twice at the same step (an
@@ -179,14 +170,9 @@ class StepRunRecorder:
         files hold if a kill left it open (after ref.json was written), or make it from them if it was never opened
         (the step trained while the tracking server was down, and its process ended before it answered)."""
         found = self._runs_of_step(step, ref.step_key)
-        if found:
-            self.run_id = found[0].info.run_id
-            self._supersede_others()
-            if found[0].info.status == "FINISHED":
-                return
-        else:
-            self._create()
-            self._supersede_others()
+        self._use(found[0] if found else None)
+        if found and found[0].info.status == "FINISHED":
+            return
         self.sync_from_files()
         self.log_artifact(self.metrics_file())
         self.finish(ref, result)
@@ -215,7 +201,12 @@ class StepRunRecorder:
     def _runs_of_step(self, step, step_key: str) -> list:
         """The runs of `step` (now this recorder's step), once the experiment and pipeline run are known."""
         self.step, self.step_key = step, step_key
-        self._find_pipeline()
+        # The experiment and the pipeline's run, where the flow could not tell them (MLflow down at its start).
+        if not self.experiment_id:
+            self.experiment_id = experiment_id_for(self.client, self.experiment_name)
+        if not self.parent_run_id:  # found, as the flow opened it; created when this process is not the flow's
+            name = Path(self.output_dir.rstrip("/")).name or "pipeline"
+            self.parent_run_id = open_pipeline_run(self.client, self.experiment_id, self.output_dir, name, {})
         return find_step_runs(self.client, self.experiment_id, self.output_dir, self.step_key, self.step.name)
 
     def _tags(self) -> dict[str, str]:

@@ -11,12 +11,7 @@ No metric point is logged twice for the same key and step: a reopened run's last
 once, and every point at or below it is dropped (the batches between a step's last checkpoint and a kill are trained
 and reported again on resume; `epoch` comes with both the last log interval and the evaluation of an epoch's end).
 A reopened run then gets what its metrics file holds beyond those steps, and the samples it lacks: whatever a killed
-process had not sent yet. A step found complete whose run was never opened (it trained while the tracking server was
-down, and its process ended before the server answered) gets its run from its files the same way.
-
-Where the flow could not reach MLflow when it started, the experiment and the pipeline's run are not known yet when
-a step is submitted: the recorder finds them by name and output directory when it first writes (by then, in the
-flow's process, the flow's own queued call has opened them: flows/mlflow_runs.py, PipelineRun).
+process had not sent yet. A step found complete whose run was never opened gets its run from its files the same way.
 """
 from __future__ import annotations
 
@@ -149,14 +144,8 @@ class StepRunRecorder:
         stamp = int(datetime.now().timestamp() * 1000)
         self.log_points([Metric(FINAL_PREFIX + k, float(v), stamp, ref.global_step)
                          for k, v in result.final_metrics.items()])
-        tags = {
-            TAG_OUTCOME: result.outcome,
-            TAG_EPOCHS_DONE: result.epochs_done,
-            TAG_GLOBAL_STEP: ref.global_step,
-            TAG_CHECKPOINT_URI: ref.uri,
-            TAG_CHECKPOINT_SHA256: ref.sha256,
-            TAG_RESUMED_FROM: resume_point(result),
-        }
+        tags = {TAG_OUTCOME: result.outcome, TAG_EPOCHS_DONE: result.epochs_done, TAG_GLOBAL_STEP: ref.global_step,
+                TAG_CHECKPOINT_URI: ref.uri, TAG_CHECKPOINT_SHA256: ref.sha256, TAG_RESUMED_FROM: resume_point(result)}
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         self.client.log_dict(self.run_id, {"ref": ref.to_dict(), "result": result.to_dict()}, "checkpoint_ref.json")
         self.client.set_terminated(self.run_id, "FINISHED")
@@ -180,7 +169,8 @@ class StepRunRecorder:
     def sync_from_files(self) -> None:
         """Send what the step's files hold and the run lacks: the metric points after the run's last logged step
         of each key, and the samples it does not list."""
-        self.last_step = self._last_steps()
+        metrics = self.client.get_run(self.run_id).data.metrics
+        self.last_step = {key: max(m.step for m in self.client.get_metric_history(self.run_id, key)) for key in metrics}
         self.log_points(file_points(self.metrics_file()))
         listed = {a.path for a in self.client.list_artifacts(self.run_id, "samples")}
         samples = samples_dir(local_root(self.output_dir))  # an object store's: its staging copy
@@ -194,14 +184,11 @@ class StepRunRecorder:
     def metrics_file(self) -> Path:
         return metrics_file(local_root(self.output_dir), self.step.name)  # an object store's: its staging copy
 
-    def _last_steps(self) -> dict[str, int]:
-        keys = self.client.get_run(self.run_id).data.metrics
-        return {key: max(m.step for m in self.client.get_metric_history(self.run_id, key)) for key in keys}
-
     def _runs_of_step(self, step, step_key: str) -> list:
         """The runs of `step` (now this recorder's step), once the experiment and pipeline run are known."""
         self.step, self.step_key = step, step_key
-        # The experiment and the pipeline's run, where the flow could not tell them (MLflow down at its start).
+        # The experiment and the pipeline's run, where the flow could not tell them (MLflow down at its start): by
+        # name and output directory (in the flow's process, the flow's own queued call has opened them by then).
         if not self.experiment_id:
             self.experiment_id = experiment_id_for(self.client, self.experiment_name)
         if not self.parent_run_id:  # found, as the flow opened it; created when this process is not the flow's

@@ -6,7 +6,8 @@ GPU claim and the `gpu` tag limit of the local path. Before a step is submitted 
 live nodes: a request no node can meet would pend forever in Ray, so it fails the step at once instead, with one line
 naming the request and what the nodes offer.
 
-Ray is imported only inside these functions: a local run never loads it (tests/flows/test_ray_executor.py checks).
+Also what a step task does on its node (`use_assigned_cpus`, `current_node`). Ray is imported only inside these
+functions: a local run never loads it (tests/flows/test_ray_executor.py checks).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import logging
 import os
 import socket
 
+from fluxflow.checkpoints.ref import StepNode
 from fluxflow.errors import NonRetryable
 from fluxflow.storage.location import remote_uri
 
@@ -95,13 +97,6 @@ def connect(address: str) -> None:
         raise ClusterUnreachable(f"cannot join the Ray cluster at {address}: {' '.join(str(exc).split())}") from None
 
 
-def live_nodes() -> list[dict]:
-    """`ray.nodes()` entries of the nodes that are alive."""
-    import ray
-
-    return [node for node in ray.nodes() if node.get("Alive")]
-
-
 def step_request(step, nproc: int, on_cuda: bool, across_nodes: bool = False) -> dict[str, float]:
     """The Ray resources a step asks for: its `resources:`, with GPUs defaulting to its processes on CUDA (0 on
     CPU) and CPUs to 1. A step across nodes (`across_nodes`: Ray Train, fluxflow/runtime/ray_train_launch.py) only
@@ -157,11 +152,17 @@ class RaySteps:
         self.submitted: list = []
         self._runner = None
 
+    def join(self) -> None:
+        """Connect (ClusterUnreachable when nothing answers) and list the live nodes."""
+        import ray
+
+        connect(self.address)
+        self.nodes = [node for node in ray.nodes() if node.get("Alive")]
+
     def __enter__(self) -> RaySteps:
         from prefect_ray import RayTaskRunner
 
-        connect(self.address)  # before the runner: it would start a local Ray for `auto` instead of failing
-        self.nodes = live_nodes()
+        self.join()  # before the runner: it would start a local Ray for `auto` instead of failing
         check_store_on_nodes(self.config.output.output_path, self.nodes)  # a deployment's run: no preflight before
         self._runner = RayTaskRunner(init_kwargs={"address": self.address, "namespace": NAMESPACE}).__enter__()
         from flows.mlflow_runs import resolve_tracking_uri
@@ -221,8 +222,7 @@ def preflight(config) -> None:
     reaches an object-store output; raises ClusterUnreachable, Infeasible or StoreUnreachable with the line to print.
     The connection stays for the flow's RaySteps."""
     steps = RaySteps(config)
-    connect(steps.address)
-    steps.nodes = live_nodes()
+    steps.join()
     for step in config.resolved_steps():
         steps.request_for(step)
     check_store_on_nodes(config.output.output_path, steps.nodes)
@@ -329,3 +329,22 @@ def prepare_for_steps(tracking_uri: str) -> None:
     # start: the step itself reports a store it cannot use.
     with contextlib.suppress(Exception):
         MlflowClient(tracking_uri).search_experiments(max_results=1)
+
+
+def use_assigned_cpus() -> None:
+    """Inside a step's Ray task: torch's threads = the CPUs Ray assigned it (at least 1). Ray sets OMP_NUM_THREADS per
+    task, but torch fixes its thread count when first used, and the worker may have imported it for another task
+    (warm_up's, which holds no CPU)."""
+    import math
+
+    import ray
+    import torch
+
+    torch.set_num_threads(max(1, math.floor(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+
+
+def current_node() -> StepNode:
+    """Inside a Ray task: the node it runs on."""
+    import ray
+
+    return StepNode(node_id=ray.get_runtime_context().get_node_id(), hostname=socket.gethostname())

@@ -1,15 +1,8 @@
 """The hypotheses of an MLflow experiment side by side, with their uncertainty (the library of `fluxflow-compare`,
-flows/cli_compare.py).
-
-A hypothesis is a leaf step of a pipeline (nothing starts from it), e.g. `spade_off` and `spade_on` trained from the
-same warm-up; its seed replicates (`training.replicates`) are the leaf runs of that written step, one per seed. For
-every hypothesis (the newest run per pipeline and step name, of the steps of the pipeline's latest config, grouped
-by the written step) this prints the configuration values that differ between them, the number of replicates and
-each final smoothed metric: the value, or with several replicates mean ± standard deviation [95 % interval]; then
-for every pair of hypotheses and metric the difference, its interval and whether it is beyond the replicate spread
-(a t-test paired by seed where both ran the same seeds, else Welch's: flows/hypotheses.py).
-A replicate that did not finish is left out where others of its hypothesis finished (`counted_replicates`).
-It writes the same as CSV, as JSON and as a PNG bar chart with the intervals as error bars.
+flows/cli_compare.py): per hypothesis (a leaf step, e.g. `spade_off` and `spade_on` trained from the same warm-up,
+with its seed replicates; the newest run per pipeline and step name, of the steps of the pipeline's latest config)
+the config values that differ between them and the final metrics, and per pair the difference and its verdict
+(flows/hypotheses.py); as tables, CSV, JSON and a PNG bar chart with the intervals as error bars.
 """
 from __future__ import annotations
 

@@ -57,8 +57,7 @@ class Spread:
     def cell(self) -> str:
         if self.low is None:
             return f"{self.mean:.4g}"
-        f = _format(self.low, self.high)
-        return f"{self.mean:{f}} ± {self.std:.2g} {self.interval()}"
+        return f"{self.mean:{_format(self.low, self.high)}} ± {self.std:.2g} {self.interval()}"
 
     def interval(self) -> str:
         f = _format(self.low, self.high)
@@ -115,9 +114,6 @@ class Difference:
         if direction is None:
             return "direction unknown"
         return f"{self.better} ({'higher' if direction == 'maximize' else 'lower'})"
-
-
-DIFFERENCE_HEADER = ["metric", "hypotheses", "difference", "95 % interval", "p", "test", "better", "verdict (95 %)"]
 
 
 def _test(a: list[float], b: list[float], metric: str, names: tuple[str, str], test: str) -> Difference:
@@ -231,7 +227,8 @@ class HypothesisSummary:
         return rows
 
     def difference_rows(self) -> list[list[str]]:
-        return [DIFFERENCE_HEADER, *(d.row() for d in self.differences)]
+        header = ["metric", "hypotheses", "difference", "95 % interval", "p", "test", "better", "verdict (95 %)"]
+        return [header, *(d.row() for d in self.differences)]
 
     def note(self) -> str:
         """What the intervals and verdicts are, or why there are none."""

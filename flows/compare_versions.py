@@ -15,7 +15,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from flows.compare import MISSING, Comparison, differing, table_rows
-from flows.mlflow_names import FINAL_PREFIX, TAG_PROMOTION, TAG_STEP_NAME
+from flows.mlflow_names import FINAL_PREFIX, TAG_PROMOTION, TAG_STEP_NAME, quoted
 from flows.mlflow_runs import flatten_params
 from flows.registry import tracking_at, version_by_alias, versions_of
 
@@ -69,7 +69,7 @@ def model_problem(client: MlflowClient, name: str, alias: str) -> tuple[str, boo
     """None when the model exists and a version holds `alias`; else (what to say, whether it is an error). An alias
     the model does not have is a typo (before, it was accepted and nothing was marked); the default alias not set
     yet is a model whose promotion has not promoted a version, which the comparison still shows."""
-    if not client.search_registered_models(f"name = '{name}'"):
+    if not client.search_registered_models(f"name = {quoted(name)}"):
         return f"no registered model named {name!r} at {client.tracking_uri}", True
     aliases = client.get_registered_model(name).aliases  # search results carry no aliases
     if alias in aliases:

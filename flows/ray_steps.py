@@ -26,6 +26,7 @@ PROBE_TIMEOUT_S = 5.0  # ray.init on an address nobody listens at retries for mi
 STORE_CHECK_TIMEOUT_S = 120.0  # a node's first task starts a worker (imports Ray, fsspec, boto: seconds when busy)
 # Resources Ray adds by itself (node:<ip>, the head marker, object store): not what a step can ask for.
 _INTERNAL = ("node:", "object_store_memory")
+ADDRESS_SETTING = "training.executor.address, else RAY_ADDRESS, else auto"  # where the address came from
 
 
 class ClusterUnreachable(NonRetryable):
@@ -47,10 +48,10 @@ def probe(address: str) -> str:
     where = address.removeprefix("ray://")
     host, colon, port = where.rpartition(":")
     if where != "auto" and not (colon and host and port.isdigit() and "://" not in host):
-        raise ClusterUnreachable(f"{address} is not a Ray cluster's address (training.executor.address, else "
-                                 "RAY_ADDRESS, else auto): expected the head's host:port, ray://host:port (Ray Client) "
-                                 "or auto" + ("; an http:// address is the dashboard's (Ray Jobs)"
-                                              if where.startswith(("http://", "https://")) else "")) from None
+        raise ClusterUnreachable(f"{address} is not a Ray cluster's address ({ADDRESS_SETTING}): expected the head's "
+                                 "host:port, ray://host:port (Ray Client) or auto" + (
+                                     "; an http:// address is the dashboard's (Ray Jobs)"
+                                     if where.startswith(("http://", "https://")) else "")) from None
     try:
         where = canonicalize_bootstrap_address_or_die(where) if where == "auto" else where
         host, _, port = where.rpartition(":")
@@ -60,13 +61,11 @@ def probe(address: str) -> str:
             answer = None if tls else http2_greeting(connection)
     except (OSError, ValueError) as exc:  # ConnectionError (no cluster for `auto`) is an OSError
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise ClusterUnreachable(f"no Ray cluster answers at {address} (training.executor.address, else RAY_ADDRESS, "
-                                 f"else auto): {reason}") from None
+        raise ClusterUnreachable(f"no Ray cluster answers at {address} ({ADDRESS_SETTING}): {reason}") from None
     if answer is not None:
-        raise ClusterUnreachable(f"{address} is not a Ray cluster's address (training.executor.address, else "
-                                 f"RAY_ADDRESS, else auto): what listens there answered {answer!r}, not gRPC; give "
-                                 "the head's GCS port (`ray start --head --port`, 6379 by default), not the "
-                                 "dashboard's") from None
+        raise ClusterUnreachable(f"{address} is not a Ray cluster's address ({ADDRESS_SETTING}): what listens there "
+                                 f"answered {answer!r}, not gRPC; give the head's GCS port (`ray start --head --port`, "
+                                 "6379 by default), not the dashboard's") from None
     return where
 
 

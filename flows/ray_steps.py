@@ -6,8 +6,7 @@ GPU claim and the `gpu` tag limit of the local path. Before a step is submitted 
 live nodes: a request no node can meet would pend forever in Ray, so it fails the step at once instead, with one line
 naming the request and what the nodes offer.
 
-Also what a step task does on its node (`use_assigned_cpus`, `current_node`). Ray is imported only inside these
-functions: a local run never loads it (tests/flows/test_ray_executor.py checks).
+Ray is imported only inside these functions: a local run never loads it (tests/flows/test_ray_executor.py checks).
 """
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ import logging
 import os
 import socket
 
-from fluxflow.checkpoints.ref import StepNode
 from fluxflow.errors import NonRetryable
 from fluxflow.storage.location import remote_uri
 
@@ -328,22 +326,3 @@ def prepare_for_steps(tracking_uri: str) -> None:
     # start: the step itself reports a store it cannot use.
     with contextlib.suppress(Exception):
         MlflowClient(tracking_uri).search_experiments(max_results=1)
-
-
-def use_assigned_cpus() -> None:
-    """Inside a step's Ray task: torch's threads = the CPUs Ray assigned it (at least 1). Ray sets OMP_NUM_THREADS per
-    task, but torch fixes its thread count when first used, and the worker may have imported it for another task
-    (warm_up's, which holds no CPU)."""
-    import math
-
-    import ray
-    import torch
-
-    torch.set_num_threads(max(1, math.floor(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
-
-
-def current_node() -> StepNode:
-    """Inside a Ray task: the node it runs on."""
-    import ray
-
-    return StepNode(node_id=ray.get_runtime_context().get_node_id(), hostname=socket.gethostname())

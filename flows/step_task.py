@@ -63,7 +63,7 @@ def run_step_task(config: dict, step_name: str, parent_ref: dict | None, trackin
     parent = CheckpointRef.from_dict(parent_ref) if parent_ref else None
     node = None
     if config.training.executor.kind == "ray":  # this is a Ray task: say where Ray placed it
-        from flows.ray_steps import current_node, use_assigned_cpus
+        from flows.ray_node import current_node, use_assigned_cpus
 
         node = current_node()
         use_assigned_cpus()

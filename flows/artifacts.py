@@ -46,19 +46,15 @@ def publish_step(pipeline: str, outcome: StepOutcome) -> None:
     ref, result = outcome
     step = result.step_name
     if outcome.run_url:
-        create_link_artifact(
-            link=outcome.run_url,
-            link_text=f"MLflow run of step {step}",
-            key=artifact_key(pipeline, step, "mlflow"),
-            description=f"Parameters, metrics and samples of step `{step}` in MLflow.",
-        )
+        create_link_artifact(link=outcome.run_url, link_text=f"MLflow run of step {step}",
+                             key=artifact_key(pipeline, step, "mlflow"),
+                             description=f"Parameters, metrics and samples of step `{step}` in MLflow.")
     fields = [*((name, _fmt(value)) for name, value in sorted(result.final_metrics.items())),
               ("outcome", result.outcome), ("epochs_done", result.epochs_done), ("trained", result.trained),
               ("global_step", ref.global_step), ("checkpoint", ref.uri), ("sha256", ref.sha256)]
     rows = [{"field": name, "value": str(value)} for name, value in fields]
-    create_table_artifact(
-        rows, key=artifact_key(pipeline, step, "result"), description=f"Final metrics and checkpoint of step `{step}`."
-    )
+    create_table_artifact(rows, key=artifact_key(pipeline, step, "result"),
+                          description=f"Final metrics and checkpoint of step `{step}`.")
 
 
 def publish_summary(pipeline: str, outcomes: list[StepOutcome], skipped: dict[str, str]) -> None:
@@ -76,9 +72,8 @@ def publish_summary(pipeline: str, outcomes: list[StepOutcome], skipped: dict[st
 
 
 def start_progress(pipeline: str, n_steps: int) -> UUID:
-    return create_progress_artifact(
-        0.0, key=artifact_key(pipeline, "progress"), description=f"Steps finished out of {n_steps}."
-    )
+    return create_progress_artifact(0.0, key=artifact_key(pipeline, "progress"),
+                                    description=f"Steps finished out of {n_steps}.")
 
 
 def update_progress(artifact_id: UUID, finished: int, n_steps: int) -> None:

@@ -106,8 +106,7 @@ def checkpoint_model(args: argparse.Namespace, device: str | None, scratch: Path
 
 
 def output_file_problem(output: str) -> str | None:
-    """Says so when --output, or a folder above it, is an existing file: the folder could not be made there
-    (fluxflow-generate, fluxflow-export, fluxflow-compare)."""
+    """Says so when --output, or a folder above it, is an existing file: the folder could not be made there."""
     path = Path(output)
     blocking = next((p for p in (path, *path.parents) if p.exists()), path)
     if blocking.exists() and not blocking.is_dir():
@@ -119,7 +118,7 @@ def output_file_problem(output: str) -> str | None:
 def output_problem(output: str, exc: BaseException) -> str | None:
     """The one line for an OSError about --output: the folder, a folder above it that could not be made, or a file in
     it ('--output /proc/nope/x cannot be written (No such file or directory: /proc/nope)'); before, only the OS's words
-    and the path, without the flag. None for any other error (fluxflow-generate, fluxflow-export, fluxflow-compare)."""
+    and the path, without the flag. None for any other error."""
     failed = getattr(exc, "filename", None) if isinstance(exc, OSError) else None
     if not failed:
         return None
@@ -130,8 +129,8 @@ def output_problem(output: str, exc: BaseException) -> str | None:
 
 
 def refuse(prog: str, problem: str | BaseException, output: str | None = None) -> int:
-    """Prints `prog: problem` (an OSError about --output `output` as output_problem words it) and returns the exit
-    code of an input to fix (fluxflow-generate, fluxflow-export, fluxflow-compare)."""
+    """Prints `prog: problem` (an OSError about --output `output` as output_problem words it); returns the exit code
+    of an input to fix."""
     print(f"{prog}: {output is not None and output_problem(output, problem) or problem}", file=sys.stderr)
     return EXIT_FIX_INPUT
 

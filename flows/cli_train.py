@@ -1,9 +1,6 @@
-"""`fluxflow-train`: validate a pipeline config, or run it as the Prefect flow `fluxflow-pipeline`.
-
-Exit codes: 0 done (or config valid), 1 a step failed, 2 invalid config / missing file / broken YAML / bad arguments /
-unavailable device / output directory in use, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 141 its output's
-reader stopped (`| head`). Validation imports neither torch, Prefect nor MLflow: the parameter counts are computed from
-the model section (config/model_sizes.py).
+"""`fluxflow-train`: validate a pipeline config, or run it as the Prefect flow `fluxflow-pipeline` (exit codes: the
+parser's epilog). Validation imports neither torch, Prefect nor MLflow: the parameter counts are computed from the
+model section (config/model_sizes.py).
 """
 from __future__ import annotations
 
@@ -151,7 +148,13 @@ def check_can_run(config) -> None:
     """A device this machine lacks, or an output directory another run holds, is the caller's setting, not a
     training failure: say so before the flow starts (inside it, the step would fail and be retried for nothing). The
     flow takes the lock itself for the whole run; this is only the early answer. With the Ray executor the device is
-    the cluster's (check_cluster)."""
+    the cluster's (check_cluster). Likewise a secret file that cannot be read, a configured Prefect server that does
+    not answer, or a server that answers 401 to this process's credentials, would fail the run later (Prefect) or drop
+    every MLflow record as rejected (flows/credentials.py); so would a local store MLflow cannot open (a file that is
+    not a database). An MLflow server that does not answer at all is not refused here: the run starts and its records
+    wait (docs/OPERATIONS.md)."""
+    from flows.credentials import mlflow_refusal, prefect_refusal, prefect_unreachable
+    from flows.mlflow_runs import resolve_tracking_uri, unreadable_store  # the run's own choice of server
     from fluxflow.checkpoints.lock import OutputDirUnusable, RunLockedError
     from fluxflow.runtime.device import DeviceUnavailable, resolve_device
     from fluxflow.storage.location import StorageError
@@ -166,20 +169,9 @@ def check_can_run(config) -> None:
             pass
     except (DeviceUnavailable, OutputDirUnusable, RunLockedError, StorageError) as exc:
         raise Refused(str(exc)) from None
-    check_credentials(config.tracking.tracking_uri)
-
-
-def check_credentials(configured_tracking_uri: str | None) -> None:
-    """A secret file that cannot be read, a configured Prefect server that does not answer, or a server that answers
-    401 to this process's credentials, would fail the run later (Prefect) or drop every MLflow record as rejected: say
-    so now (flows/credentials.py); so would a local store MLflow cannot open (a file that is not a database). An MLflow
-    server that does not answer at all is not refused here: the run starts and its records wait (docs/OPERATIONS.md)."""
-    from flows.credentials import mlflow_refusal, prefect_refusal, prefect_unreachable
-    from flows.mlflow_runs import resolve_tracking_uri, unreadable_store  # the run's own choice of server
-
     if env.CREDENTIALS_PROBLEM:
         raise Refused(env.CREDENTIALS_PROBLEM)
-    uri = resolve_tracking_uri(configured_tracking_uri)
+    uri = resolve_tracking_uri(config.tracking.tracking_uri)
     problem = prefect_unreachable() or prefect_refusal() or mlflow_refusal(uri) or unreadable_store(uri)
     if problem:
         raise Refused(problem)

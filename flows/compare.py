@@ -1,15 +1,8 @@
 """The hypotheses of an MLflow experiment side by side, with their uncertainty (the library of `fluxflow-compare`,
-flows/cli_compare.py).
-
-A hypothesis is a leaf step of a pipeline (nothing starts from it), e.g. `spade_off` and `spade_on` trained from the
-same warm-up; its seed replicates (`training.replicates`) are the leaf runs of that written step, one per seed. For
-every hypothesis (the newest run per pipeline and step name, of the steps of the pipeline's latest config, grouped
-by the written step) this prints the configuration values that differ between them, the number of replicates and
-each final smoothed metric: the value, or with several replicates mean ± standard deviation [95 % interval]; then
-for every pair of hypotheses and metric the difference, its interval and whether it is beyond the replicate spread
-(a t-test paired by seed where both ran the same seeds, else Welch's: flows/hypotheses.py).
-A replicate that did not finish is left out where others of its hypothesis finished (`counted_replicates`).
-It writes the same as CSV, as JSON and as a PNG bar chart with the intervals as error bars.
+flows/cli_compare.py): per hypothesis (a leaf step, e.g. `spade_off` and `spade_on` trained from the same warm-up,
+with its seed replicates; the newest run per pipeline and step name, of the steps of the pipeline's latest config)
+the config values that differ between them and the final metrics, and per pair the difference and its verdict
+(flows/hypotheses.py); as tables, CSV, JSON and a PNG bar chart with the intervals as error bars.
 """
 from __future__ import annotations
 
@@ -149,11 +142,8 @@ def pipeline_summary(steps: list, finished: dict[str, dict[str, float]]) -> Hypo
     by_name = {step.name: step for step in steps}
     summary = summarize(groups, {h: [finished[name] for name in names] for h, names in groups.items()},
                         {h: [by_name[name].seed for name in names] for h, names in groups.items()})
-    configs = [joined_params([flatten_params(by_name[name].model_dump(mode="json")) for name in names])
-               for names in groups.values()]
-    comparison = Comparison(labels=list(groups))
-    fill_comparison(comparison, configs, [], IDENTITY_PARAMS)
-    summary.config = comparison.config
+    summary.config = differing([joined_params([flatten_params(by_name[name].model_dump(mode="json"))
+                                               for name in names]) for names in groups.values()])
     return summary
 
 
@@ -169,35 +159,32 @@ def untested_if_unfinished(difference: Difference, unfinished: set[str]) -> Diff
 
 def compare_runs(client: MlflowClient, runs: list) -> Comparison:
     groups = dict(counted_replicates(label, group) for label, group in group_by_hypothesis(client, runs).items())
-    comparison = Comparison(labels=list(groups))
-    # Each hypothesis' params from all its counted replicates (the seed as "0, 1, 2"): one replicate's params made its
-    # seed a difference between hypotheses whose first counted replicates had different seeds (one left out). Its
-    # metrics are the means of the summary's spreads (below).
-    fill_comparison(comparison, [joined_params([run.data.params for run in group]) for group in groups.values()],
-                    [], IDENTITY_PARAMS)
     names = {label: [run.data.tags.get(TAG_STEP_NAME, run.info.run_name) for run in group]
              for label, group in groups.items()}
     # Each replicate's seed (its `seed` param): replicates of two hypotheses with the same seeds are compared paired.
     seeds = {label: [run.data.params.get("seed") for run in group] for label, group in groups.items()}
-    comparison.summary = summary = summarize(
-        names, {label: [final_metrics(run) for run in group] for label, group in groups.items()}, seeds)
+    summary = summarize(names, {label: [final_metrics(run) for run in group] for label, group in groups.items()}, seeds)
     unfinished = {label for label, group in groups.items() if group[0].info.status != "FINISHED"}
     summary.differences = [untested_if_unfinished(d, unfinished) for d in summary.differences]
-    comparison.metrics = {metric: [by_label[label].mean if label in by_label else None for label in groups]
-                          for metric, by_label in summary.spreads.items()}
-    return comparison
+    # Each hypothesis' params from all its counted replicates (the seed as "0, 1, 2"): one replicate's params made its
+    # seed a difference between hypotheses whose first counted replicates had different seeds (one left out). Its
+    # metrics are the means of the summary's spreads.
+    configs = [joined_params([run.data.params for run in group]) for group in groups.values()]
+    return Comparison(labels=list(groups), config=differing(configs), summary=summary,
+                      metrics={metric: [by_label[label].mean if label in by_label else None for label in groups]
+                               for metric, by_label in summary.spreads.items()})
 
 
-def fill_comparison(comparison: Comparison, configs: list[dict], finals: list[dict], ignore) -> None:
-    """Add to `comparison` the config keys (but `ignore`) whose values differ between the columns, and every final
-    metric. An unset option ("None") of one column and an option another column's optimizer type does not have
-    are the same thing, not a difference."""
+def differing(configs: list[dict], ignore=IDENTITY_PARAMS) -> dict[str, list[str]]:
+    """The config keys (but `ignore`) whose values differ between the columns, one value per column. An unset option
+    ("None") of one column and an option another column's optimizer type does not have are the same thing, not a
+    difference."""
+    found = {}
     for key in sorted({key for config in configs for key in config} - set(ignore)):
         values = [MISSING if (value := config.get(key, MISSING)) in ("None", "") else value for config in configs]
         if len(set(values)) > 1:
-            comparison.config[key] = values
-    for key in sorted({key for metrics in finals for key in metrics}):
-        comparison.metrics[key] = [metrics.get(key) for metrics in finals]
+            found[key] = values
+    return found
 
 
 def _cell(value) -> str:

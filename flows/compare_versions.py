@@ -14,8 +14,8 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from flows.compare import MISSING, Comparison, fill_comparison, table_rows
-from flows.mlflow_names import FINAL_PREFIX, TAG_PROMOTION, TAG_STEP_NAME
+from flows.compare import MISSING, Comparison, differing, table_rows
+from flows.mlflow_names import FINAL_PREFIX, TAG_PROMOTION, TAG_STEP_NAME, quoted
 from flows.mlflow_runs import flatten_params
 from flows.registry import tracking_at, version_by_alias, versions_of
 
@@ -69,7 +69,7 @@ def model_problem(client: MlflowClient, name: str, alias: str) -> tuple[str, boo
     """None when the model exists and a version holds `alias`; else (what to say, whether it is an error). An alias
     the model does not have is a typo (before, it was accepted and nothing was marked); the default alias not set
     yet is a model whose promotion has not promoted a version, which the comparison still shows."""
-    if not client.search_registered_models(f"name = '{name}'"):
+    if not client.search_registered_models(f"name = {quoted(name)}"):
         return f"no registered model named {name!r} at {client.tracking_uri}", True
     aliases = client.get_registered_model(name).aliases  # search results carry no aliases
     if alias in aliases:
@@ -87,8 +87,8 @@ def model_comparison(client: MlflowClient, name: str, alias: str) -> tuple[Compa
     champion = version_by_alias(client, name, alias)  # search results carry no aliases
     holder = str(champion.version) if champion is not None else ""
     labels = [f"v{v.version}" + (f" ({alias})" if str(v.version) == holder else "") for v in versions]
-    comparison = Comparison(labels=labels)
-    fill_comparison(comparison, [version_config(client, name, v) for v in versions],
-                    [version_metrics(client, v) for v in versions], NOT_DIFFERENCES)
+    finals = [version_metrics(client, v) for v in versions]
+    comparison = Comparison(labels, differing([version_config(client, name, v) for v in versions], NOT_DIFFERENCES),
+                            {key: [metrics.get(key) for metrics in finals] for key in sorted(set().union(*finals))})
     rows = table_rows(comparison)
     return comparison, [rows[0], *info_rows(versions), *rows[1:]], f"{name}: final metrics of {len(versions)} versions"

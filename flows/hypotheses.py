@@ -57,8 +57,7 @@ class Spread:
     def cell(self) -> str:
         if self.low is None:
             return f"{self.mean:.4g}"
-        f = _format(self.low, self.high)
-        return f"{self.mean:{f}} ± {self.std:.2g} {self.interval()}"
+        return f"{self.mean:{_format(self.low, self.high)}} ± {self.std:.2g} {self.interval()}"
 
     def interval(self) -> str:
         f = _format(self.low, self.high)
@@ -117,18 +116,15 @@ class Difference:
         return f"{self.better} ({'higher' if direction == 'maximize' else 'lower'})"
 
 
-DIFFERENCE_HEADER = ["metric", "hypotheses", "difference", "95 % interval", "p", "test", "better", "verdict (95 %)"]
-
-
-def _same_mean(sa: Spread, sb: Spread) -> bool:
-    """Equal means computed in another order differ in the last bit: that is no difference (not -2.2e-16)."""
-    return math.isclose(sa.mean, sb.mean, rel_tol=1e-12)
-
-
-def _untestable(a: list[float], b: list[float], metric: str, names: tuple[str, str]) -> Difference | None:
-    """The Difference that says why no test can be made (a value that is not finite, one replicate), or None."""
+def _test(a: list[float], b: list[float], metric: str, names: tuple[str, str], test: str) -> Difference:
+    """B − A by `test` (WELCH, or PAIRED/FIXED on the per-pair differences b[k] − a[k], n − 1 degrees of freedom):
+    the 95 % t interval diff ± t(df)·se, its p-value and verdict; or the Difference that says why no test can be made
+    (a value that is not finite, one replicate). The verdict is read off the interval (it excludes 0), the same
+    reading promotion makes (`better_beyond`)."""
     sa, sb = spread(a), spread(b)
-    diff = 0.0 if _same_mean(sa, sb) else sb.mean - sa.mean
+    # Equal means computed in another order differ in the last bit: that is no difference (not -2.2e-16).
+    same = math.isclose(sa.mean, sb.mean, rel_tol=1e-12)
+    diff = 0.0 if same else sb.mean - sa.mean
     # A diverged replicate (nan, inf) leaves nothing to test: its p was nan, and nan < 0.05 read "within the spread".
     odd = [name for name, values in zip(names, (a, b)) if not all(map(math.isfinite, values))]
     if odd:
@@ -140,12 +136,14 @@ def _untestable(a: list[float], b: list[float], metric: str, names: tuple[str, s
         return Difference(metric, *names, diff, None, None, None,
                           f"no interval can be given: {' and '.join(single)} {'has' if len(single) == 1 else 'have'}"
                           " one replicate")
-    return None
-
-
-def _tested(metric: str, names: tuple[str, str], diff: float, se: float, df: float, test: str) -> Difference:
-    """The 95 % t interval diff ± t(df)·se, its p-value and verdict. The verdict is read off the interval (it
-    excludes 0), the same reading promotion makes (`better_beyond`)."""
+    if test == WELCH:
+        va, vb = sa.std ** 2 / sa.n, sb.std ** 2 / sb.n
+        se = math.sqrt(va + vb)
+        df = (va + vb) ** 2 / (va ** 2 / (sa.n - 1) + vb ** 2 / (sb.n - 1)) if se else 1.0
+    else:
+        diffs = spread([y - x for x, y in zip(a, b, strict=True)])
+        diff = 0.0 if same else diffs.mean
+        se, df = diffs.std / math.sqrt(diffs.n), diffs.n - 1
     if se == 0.0:  # no spread at all (every replicate, or every per-seed difference, the same): none to be beyond
         low = high = diff
         p = None
@@ -162,28 +160,7 @@ def _tested(metric: str, names: tuple[str, str], diff: float, se: float, df: flo
 
 def welch(a: list[float], b: list[float], metric: str = "", names: tuple[str, str] = ("A", "B")) -> Difference:
     """mean(b) − mean(a) with Welch's interval and test; no interval when either side has one replicate."""
-    untestable = _untestable(a, b, metric, names)
-    if untestable is not None:
-        return untestable
-    sa, sb = spread(a), spread(b)
-    diff = 0.0 if _same_mean(sa, sb) else sb.mean - sa.mean
-    va, vb = sa.std ** 2 / sa.n, sb.std ** 2 / sb.n
-    se = math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (sa.n - 1) + vb ** 2 / (sb.n - 1)) if se else 1.0
-    return _tested(metric, names, diff, se, df, WELCH)
-
-
-def paired(a: list[float], b: list[float], metric: str = "", names: tuple[str, str] = ("A", "B"),
-           test: str = PAIRED) -> Difference:
-    """mean(b − a) over pairs (a[k], b[k]) of the same seed: the t interval of the mean per-seed difference, n − 1
-    degrees of freedom."""
-    untestable = _untestable(a, b, metric, names)
-    if untestable is not None:
-        return untestable
-    diffs = spread([y - x for x, y in zip(a, b, strict=True)])
-    sa, sb = spread(a), spread(b)
-    diff = 0.0 if _same_mean(sa, sb) else diffs.mean
-    return _tested(metric, names, diff, diffs.std / math.sqrt(diffs.n), diffs.n - 1, test)
+    return _test(a, b, metric, names, WELCH)
 
 
 def by_seed(values: list[float], seeds: list | None) -> dict | None:
@@ -200,7 +177,7 @@ def difference(a: list[float], b: list[float], metric: str = "", names: tuple[st
     pa, pb = (by_seed(a, seeds[0]), by_seed(b, seeds[1])) if seeds is not None else (None, None)
     if pa is not None and pb is not None and set(pa) == set(pb):
         order = sorted(pa)
-        return paired([pa[k] for k in order], [pb[k] for k in order], metric, names)
+        return _test([pa[k] for k in order], [pb[k] for k in order], metric, names, PAIRED)
     return welch(a, b, metric, names)
 
 
@@ -208,7 +185,7 @@ def versus_value(values: list[float], value: float, metric: str = "", names: tup
                  ) -> Difference:
     """values − value, where `value` is a fixed number (a champion evaluated once on fixed images and seeds): the
     one-sample t interval of the mean, which is Welch's with a side that has no spread."""
-    return paired([value] * len(values), values, metric, names, FIXED)
+    return _test([value] * len(values), values, metric, names, FIXED)
 
 
 def better_beyond(d: Difference, direction: str, margin: float = 0.0) -> bool:
@@ -250,7 +227,8 @@ class HypothesisSummary:
         return rows
 
     def difference_rows(self) -> list[list[str]]:
-        return [DIFFERENCE_HEADER, *(d.row() for d in self.differences)]
+        header = ["metric", "hypotheses", "difference", "95 % interval", "p", "test", "better", "verdict (95 %)"]
+        return [header, *(d.row() for d in self.differences)]
 
     def note(self) -> str:
         """What the intervals and verdicts are, or why there are none."""

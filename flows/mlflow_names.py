@@ -41,10 +41,6 @@ LINEAGE_TAGS = ("prefect.flow_run_id", "prefect.flow_run_name", "prefect.flow_ru
                 TAG_OUTPUT_DIR)
 
 
-# The runs a pipeline's latest config trains: what the MLflow UI's run table shows with this filter.
-CURRENT_RUNS_FILTER = f"tags.`{TAG_SUPERSEDED_BY}` IS NULL"
-
-
 def quoted(value: str) -> str:
     """A string literal for an MLflow filter (runs and model versions alike). MLflow's parser knows no escapes (a
     backslash-escaped quote matches nothing: measured on MLflow 3.17), so a value with a single quote goes in double

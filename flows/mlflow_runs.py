@@ -1,11 +1,8 @@
-"""MLflow runs of a pipeline: the tags that identify them, how they are found, and the pipeline's parent run.
+"""MLflow runs of a pipeline: how they are found, the pipeline's parent run, and the checks of a tracking store.
 
 The parent run is found by the output directory (`fluxflow.output_dir` tag): re-running a pipeline continues its parent
 run, so that its steps stay one tree in the MLflow UI. A step's nested run is found by output directory, step key and
 step name (flows/mlflow_step_run.py).
-
-A tracking server may be down when a run starts: the parent run is then opened by the tracking thread once the server
-answers (`PipelineRun`, flows/tracking_queue.py), and whoever needs its ids before that finds them by these tags.
 """
 from __future__ import annotations
 
@@ -153,8 +150,8 @@ def unreadable_store(uri: str) -> str | None:
 
 class PipelineRun:
     """The pipeline's parent run, opened by a call on the tracking queue (`open`: find or create it, log the
-    resolved config) so that a server that does not answer at the start delays only the record, not the run.
-    `experiment_id` and `run_id` are None until `open` has run."""
+    resolved config) so that a server that does not answer at the start delays only the record, not the run; whoever
+    needs its ids before that finds them by its tags. `experiment_id` and `run_id` are None until `open` has run."""
 
     def __init__(self, client: MlflowClient, experiment_name: str, output_dir: str, run_name: str,
                  tags: dict[str, str], config: dict):
@@ -181,7 +178,7 @@ def pipeline_run_tags(output_dir: str) -> dict[str, str]:
 
 def open_pipeline_run(client: MlflowClient, experiment_id: str, output_dir: str, run_name: str,
                       tags: dict[str, str]) -> str:
-    """The parent run of the pipeline writing to `output_dir`: reused when one exists, else created. Marked RUNNING."""
+    """The parent run of the pipeline writing to `output_dir`, marked RUNNING."""
     found = find_runs(client, experiment_id, pipeline_run_tags(output_dir))
     all_tags = {**pipeline_run_tags(output_dir), **tags}
     if found:

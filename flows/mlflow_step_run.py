@@ -11,12 +11,7 @@ No metric point is logged twice for the same key and step: a reopened run's last
 once, and every point at or below it is dropped (the batches between a step's last checkpoint and a kill are trained
 and reported again on resume; `epoch` comes with both the last log interval and the evaluation of an epoch's end).
 A reopened run then gets what its metrics file holds beyond those steps, and the samples it lacks: whatever a killed
-process had not sent yet. A step found complete whose run was never opened (it trained while the tracking server was
-down, and its process ended before the server answered) gets its run from its files the same way.
-
-Where the flow could not reach MLflow when it started, the experiment and the pipeline's run are not known yet when
-a step is submitted: the recorder finds them by name and output directory when it first writes (by then, in the
-flow's process, the flow's own queued call has opened them: flows/mlflow_runs.py, PipelineRun).
+process had not sent yet. A step found complete whose run was never opened gets its run from its files the same way.
 """
 from __future__ import annotations
 
@@ -87,45 +82,36 @@ class StepRunRecorder:
     def open(self, step, step_key: str, resumed: bool) -> None:
         found = self._runs_of_step(step, step_key)
         newest = found[0] if found else None
-        if newest is not None and (resumed or newest.info.status != "FINISHED"
-                                   or (self.session and newest.data.tags.get(TAG_SESSION) == self.session)):
-            self.run_id = newest.info.run_id
+        reopen = newest is not None and (resumed or newest.info.status != "FINISHED"
+                                         or (self.session and newest.data.tags.get(TAG_SESSION) == self.session))
+        self._use(newest if reopen else None)
+        if reopen:
             self.client.update_run(self.run_id, status="RUNNING")
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self._tags().items()])
-            self._supersede_others()
             self.sync_from_files()
-            return
-        self._create()
-        self._supersede_others()
 
-    def _create(self) -> None:
-        """A fresh run for the step, with its resolved config as params."""
-        self.run_id = self.client.create_run(self.experiment_id, tags=self._tags(), run_name=self.step.name).info.run_id
-        self.last_step = {}
-        params = {**self.extra_params, **flatten_params(self.step.model_dump(mode="json"))}
-        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
-
-    def _supersede_others(self) -> None:
-        """Tag the step's other runs in this output directory (trained before its config changed, or before its
+    def _use(self, run) -> None:
+        """Write to `run` (one found for the step), or to a fresh run with the step's resolved config as params (None).
+        Then tag the step's other runs in this output directory (trained before its config changed, or before its
         files were wiped) `fluxflow.superseded_by` this run, and untag this one (a config changed back reuses its
         older files and run): in the MLflow UI two runs of one step under one pipeline run are otherwise told apart
         only by their step key tags, with nothing saying which one the pipeline's outputs hold."""
+        if run is not None:
+            self.run_id = run.info.run_id
+        else:
+            self.run_id = self.client.create_run(self.experiment_id, tags=self._tags(),
+                                                 run_name=self.step.name).info.run_id
+            self.last_step = {}
+            params = {**self.extra_params, **flatten_params(self.step.model_dump(mode="json"))}
+            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
         runs = find_runs(self.client, self.experiment_id, {TAG_KIND: "step", TAG_OUTPUT_DIR: self.output_dir,
                                                            TAG_STEP_NAME: self.step.name})
-        for run in runs:
-            if run.info.run_id == self.run_id:
-                if TAG_SUPERSEDED_BY in run.data.tags:
+        for other in runs:
+            if other.info.run_id == self.run_id:
+                if TAG_SUPERSEDED_BY in other.data.tags:
                     self.client.delete_tag(self.run_id, TAG_SUPERSEDED_BY)
-            elif run.data.tags.get(TAG_SUPERSEDED_BY) != self.run_id:
-                self.client.set_tag(run.info.run_id, TAG_SUPERSEDED_BY, self.run_id)
-
-    def _find_pipeline(self) -> None:
-        """The experiment and the pipeline's run, where the flow could not tell them (MLflow down at its start)."""
-        if not self.experiment_id:
-            self.experiment_id = experiment_id_for(self.client, self.experiment_name)
-        if not self.parent_run_id:  # found, as the flow opened it; created when this process is not the flow's
-            name = Path(self.output_dir.rstrip("/")).name or "pipeline"
-            self.parent_run_id = open_pipeline_run(self.client, self.experiment_id, self.output_dir, name, {})
+            elif other.data.tags.get(TAG_SUPERSEDED_BY) != self.run_id:
+                self.client.set_tag(other.info.run_id, TAG_SUPERSEDED_BY, self.run_id)
 
     def log_points(self, points: list[Metric]) -> None:
         """The points after each key's last logged step, once: one batch may hold a key twice at the same step (an
@@ -158,14 +144,8 @@ class StepRunRecorder:
         stamp = int(datetime.now().timestamp() * 1000)
         self.log_points([Metric(FINAL_PREFIX + k, float(v), stamp, ref.global_step)
                          for k, v in result.final_metrics.items()])
-        tags = {
-            TAG_OUTCOME: result.outcome,
-            TAG_EPOCHS_DONE: result.epochs_done,
-            TAG_GLOBAL_STEP: ref.global_step,
-            TAG_CHECKPOINT_URI: ref.uri,
-            TAG_CHECKPOINT_SHA256: ref.sha256,
-            TAG_RESUMED_FROM: resume_point(result),
-        }
+        tags = {TAG_OUTCOME: result.outcome, TAG_EPOCHS_DONE: result.epochs_done, TAG_GLOBAL_STEP: ref.global_step,
+                TAG_CHECKPOINT_URI: ref.uri, TAG_CHECKPOINT_SHA256: ref.sha256, TAG_RESUMED_FROM: resume_point(result)}
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         self.client.log_dict(self.run_id, {"ref": ref.to_dict(), "result": result.to_dict()}, "checkpoint_ref.json")
         self.client.set_terminated(self.run_id, "FINISHED")
@@ -179,14 +159,9 @@ class StepRunRecorder:
         files hold if a kill left it open (after ref.json was written), or make it from them if it was never opened
         (the step trained while the tracking server was down, and its process ended before it answered)."""
         found = self._runs_of_step(step, ref.step_key)
-        if found:
-            self.run_id = found[0].info.run_id
-            self._supersede_others()
-            if found[0].info.status == "FINISHED":
-                return
-        else:
-            self._create()
-            self._supersede_others()
+        self._use(found[0] if found else None)
+        if found and found[0].info.status == "FINISHED":
+            return
         self.sync_from_files()
         self.log_artifact(self.metrics_file())
         self.finish(ref, result)
@@ -194,7 +169,8 @@ class StepRunRecorder:
     def sync_from_files(self) -> None:
         """Send what the step's files hold and the run lacks: the metric points after the run's last logged step
         of each key, and the samples it does not list."""
-        self.last_step = self._last_steps()
+        metrics = self.client.get_run(self.run_id).data.metrics
+        self.last_step = {key: max(m.step for m in self.client.get_metric_history(self.run_id, key)) for key in metrics}
         self.log_points(file_points(self.metrics_file()))
         listed = {a.path for a in self.client.list_artifacts(self.run_id, "samples")}
         samples = samples_dir(local_root(self.output_dir))  # an object store's: its staging copy
@@ -208,14 +184,16 @@ class StepRunRecorder:
     def metrics_file(self) -> Path:
         return metrics_file(local_root(self.output_dir), self.step.name)  # an object store's: its staging copy
 
-    def _last_steps(self) -> dict[str, int]:
-        keys = self.client.get_run(self.run_id).data.metrics
-        return {key: max(m.step for m in self.client.get_metric_history(self.run_id, key)) for key in keys}
-
     def _runs_of_step(self, step, step_key: str) -> list:
         """The runs of `step` (now this recorder's step), once the experiment and pipeline run are known."""
         self.step, self.step_key = step, step_key
-        self._find_pipeline()
+        # The experiment and the pipeline's run, where the flow could not tell them (MLflow down at its start): by
+        # name and output directory (in the flow's process, the flow's own queued call has opened them by then).
+        if not self.experiment_id:
+            self.experiment_id = experiment_id_for(self.client, self.experiment_name)
+        if not self.parent_run_id:  # found, as the flow opened it; created when this process is not the flow's
+            name = Path(self.output_dir.rstrip("/")).name or "pipeline"
+            self.parent_run_id = open_pipeline_run(self.client, self.experiment_id, self.output_dir, name, {})
         return find_step_runs(self.client, self.experiment_id, self.output_dir, self.step_key, self.step.name)
 
     def _tags(self) -> dict[str, str]:

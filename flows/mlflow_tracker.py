@@ -49,9 +49,7 @@ class MlflowTracker:
     def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str, output_dir: str | Path,
                  session: str = "", queue: TrackingQueue | None = None, experiment_name: str = "",
                  tags: dict[str, str] | None = None, params: dict[str, str] | None = None):
-        # Empty ids (MLflow was down when the flow started): the recorder finds them by `experiment_name`. `tags`:
-        # more tags of the step's run (where it trains: flows/ray_steps.py); `params`: more params of a new run (the
-        # model's and the dataset's: flows/mlflow_runs.py, step_context_params).
+        # Empty ids (MLflow was down when the flow started): the recorder finds them by `experiment_name`.
         self.recorder = StepRunRecorder(client, experiment_id, parent_run_id, str(output_dir), session,
                                         experiment_name, tags, params)
         self.queue = queue or TRACKING
@@ -59,13 +57,11 @@ class MlflowTracker:
         self._behind = False  # a metric batch found the queue full: the metrics file has what MLflow missed
 
     @property
-    def run_id(self) -> str | None:
-        """The step's run once the tracking thread has opened (or found) it."""
+    def run_id(self) -> str | None:  # once the tracking thread has opened (or found) it
         return self.recorder.run_id
 
     @property
     def experiment_id(self) -> str:
-        """The experiment of that run (found by name when the flow could not reach MLflow at its start)."""
         return self.recorder.experiment_id
 
     def _put(self, call, points: list | None = None) -> bool:
@@ -114,8 +110,7 @@ class MlflowTracker:
         self._put(partial(self.recorder.failed, status))
 
     def step_skipped(self, step, ref: CheckpointRef, result: StepResult) -> None:
-        """For a step the runner skipped as complete (it reports nothing then): link the run that trained it, close
-        that run if a kill left it open, or make it from the step's files if no run was ever opened for it."""
+        """A step the runner skipped as complete reports nothing: StepRunRecorder.complete_skipped."""
         self._put(partial(self.recorder.complete_skipped, step, ref, result))
 
     def record_from_files(self, step, step_key: str, ref: CheckpointRef, result: StepResult,

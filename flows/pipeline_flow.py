@@ -69,14 +69,10 @@ def open_tracking(config: PipelineConfig, steps: list,
     client = MlflowClient(uri)
     output_dir = output_dir_of(config)
     pipeline = Path(output_dir.rstrip("/")).name or "pipeline"
-    tags = {
-        TAG_CONFIG_HASH: json_sha256(config.model_dump(mode="json"), 16, compact=False),
-        TAG_STEPS: ",".join(step.name for step in steps),
-        TAG_BRANCHES: ",".join(branch_names(steps)),
-        "prefect.flow_run_id": str(flow_run.id or ""),
-        "prefect.flow_run_name": str(flow_run.name or ""),
-        TAG_OVERRIDES: json.dumps(list(overrides or [])),
-    }
+    tags = {TAG_CONFIG_HASH: json_sha256(config.model_dump(mode="json"), 16, compact=False),
+            TAG_STEPS: ",".join(step.name for step in steps), TAG_BRANCHES: ",".join(branch_names(steps)),
+            "prefect.flow_run_id": str(flow_run.id or ""), "prefect.flow_run_name": str(flow_run.name or ""),
+            TAG_OVERRIDES: json.dumps(list(overrides or []))}
     on_a_server = flow_run.id and not is_temporary(PREFECT_API_URL.value())  # the temporary one has no UI
     ui_url = url_for("flow-run", obj_id=flow_run.id) if on_a_server else None
     if ui_url:

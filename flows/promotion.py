@@ -75,14 +75,11 @@ def _gain_reason(gain: float, min_improvement: float) -> str:
 
 def decide_beyond_spread(values: list[float], champion: float | list[float] | None, direction: str,
                          min_improvement: float, seeds: tuple[list, list] | None = None) -> tuple[bool, str]:
-    """(promote?, why) for a hypothesis trained as seed replicates (`values`). `champion`: the champion's value, a
-    fixed number (one model evaluated on fixed images and seeds), or, where the champion's hypothesis was trained as
-    replicates in this run, their values (`seeds`: the challenger's and the champion's, in order). The rule is the
-    comparison table's (flows/hypotheses.py `better_beyond`): the 95 % interval of challenger − champion (against a
-    fixed value, paired by seed, or Welch's) must lie on the better side beyond `min_improvement`, so that a lucky
-    replicate alone does not take the alias, and the table and promotion cannot disagree on the same numbers. One
-    replicate gives no interval, so no promotion, except with no champion: there is nothing to be beyond, and the
-    first version of a model is promoted as `decide` does."""
+    """(promote?, why) for a hypothesis trained as seed replicates (`values`). `champion`: the champion's value (one
+    model evaluated on fixed images and seeds), or, where the champion's hypothesis was trained as replicates in this
+    run, their values (`seeds`: the challenger's and the champion's, in order). The rule is the comparison table's
+    (flows/hypotheses.py `better_beyond`, margin `min_improvement`), so that a lucky replicate alone does not take
+    the alias. One replicate gives no interval, so no promotion, except with no champion (as `decide`)."""
     s = spread(values)
     if champion is None:  # nothing to be beyond
         return decide(s.mean, None, direction, min_improvement)

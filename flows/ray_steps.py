@@ -24,6 +24,7 @@ PROBE_TIMEOUT_S = 5.0  # ray.init on an address nobody listens at retries for mi
 STORE_CHECK_TIMEOUT_S = 120.0  # a node's first task starts a worker (imports Ray, fsspec, boto: seconds when busy)
 # Resources Ray adds by itself (node:<ip>, the head marker, object store): not what a step can ask for.
 _INTERNAL = ("node:", "object_store_memory")
+ADDRESS_SETTING = "training.executor.address, else RAY_ADDRESS, else auto"  # where the address came from
 
 
 class ClusterUnreachable(NonRetryable):
@@ -45,10 +46,10 @@ def probe(address: str) -> str:
     where = address.removeprefix("ray://")
     host, colon, port = where.rpartition(":")
     if where != "auto" and not (colon and host and port.isdigit() and "://" not in host):
-        raise ClusterUnreachable(f"{address} is not a Ray cluster's address (training.executor.address, else "
-                                 "RAY_ADDRESS, else auto): expected the head's host:port, ray://host:port (Ray Client) "
-                                 "or auto" + ("; an http:// address is the dashboard's (Ray Jobs)"
-                                              if where.startswith(("http://", "https://")) else "")) from None
+        raise ClusterUnreachable(f"{address} is not a Ray cluster's address ({ADDRESS_SETTING}): expected the head's "
+                                 "host:port, ray://host:port (Ray Client) or auto" + (
+                                     "; an http:// address is the dashboard's (Ray Jobs)"
+                                     if where.startswith(("http://", "https://")) else "")) from None
     try:
         where = canonicalize_bootstrap_address_or_die(where) if where == "auto" else where
         host, _, port = where.rpartition(":")
@@ -58,13 +59,11 @@ def probe(address: str) -> str:
             answer = None if tls else http2_greeting(connection)
     except (OSError, ValueError) as exc:  # ConnectionError (no cluster for `auto`) is an OSError
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise ClusterUnreachable(f"no Ray cluster answers at {address} (training.executor.address, else RAY_ADDRESS, "
-                                 f"else auto): {reason}") from None
+        raise ClusterUnreachable(f"no Ray cluster answers at {address} ({ADDRESS_SETTING}): {reason}") from None
     if answer is not None:
-        raise ClusterUnreachable(f"{address} is not a Ray cluster's address (training.executor.address, else "
-                                 f"RAY_ADDRESS, else auto): what listens there answered {answer!r}, not gRPC; give "
-                                 "the head's GCS port (`ray start --head --port`, 6379 by default), not the "
-                                 "dashboard's") from None
+        raise ClusterUnreachable(f"{address} is not a Ray cluster's address ({ADDRESS_SETTING}): what listens there "
+                                 f"answered {answer!r}, not gRPC; give the head's GCS port (`ray start --head --port`, "
+                                 "6379 by default), not the dashboard's") from None
     return where
 
 
@@ -93,13 +92,6 @@ def connect(address: str) -> None:
         ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ClusterUnreachable(f"cannot join the Ray cluster at {address}: {' '.join(str(exc).split())}") from None
-
-
-def live_nodes() -> list[dict]:
-    """`ray.nodes()` entries of the nodes that are alive."""
-    import ray
-
-    return [node for node in ray.nodes() if node.get("Alive")]
 
 
 def step_request(step, nproc: int, on_cuda: bool, across_nodes: bool = False) -> dict[str, float]:
@@ -157,11 +149,17 @@ class RaySteps:
         self.submitted: list = []
         self._runner = None
 
+    def join(self) -> None:
+        """Connect (ClusterUnreachable when nothing answers) and list the live nodes."""
+        import ray
+
+        connect(self.address)
+        self.nodes = [node for node in ray.nodes() if node.get("Alive")]
+
     def __enter__(self) -> RaySteps:
         from prefect_ray import RayTaskRunner
 
-        connect(self.address)  # before the runner: it would start a local Ray for `auto` instead of failing
-        self.nodes = live_nodes()
+        self.join()  # before the runner: it would start a local Ray for `auto` instead of failing
         check_store_on_nodes(self.config.output.output_path, self.nodes)  # a deployment's run: no preflight before
         self._runner = RayTaskRunner(init_kwargs={"address": self.address, "namespace": NAMESPACE}).__enter__()
         from flows.mlflow_runs import resolve_tracking_uri
@@ -221,8 +219,7 @@ def preflight(config) -> None:
     reaches an object-store output; raises ClusterUnreachable, Infeasible or StoreUnreachable with the line to print.
     The connection stays for the flow's RaySteps."""
     steps = RaySteps(config)
-    connect(steps.address)
-    steps.nodes = live_nodes()
+    steps.join()
     for step in config.resolved_steps():
         steps.request_for(step)
     check_store_on_nodes(config.output.output_path, steps.nodes)

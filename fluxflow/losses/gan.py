@@ -16,15 +16,20 @@ def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 
 def r1_penalty(discriminator: nn.Module, real: torch.Tensor) -> torch.Tensor:
-    """mean over the batch of ‖∇ₓ D(x)‖² (the squared gradient summed over all pixels and channels) at real x.
+    """mean over the batch of ‖∇ₓ D(x)‖² (the squared gradient summed over all pixels and channels) at real x,
+    where D(x) is the mean of the sample's patch logits, the scale at which the hinge losses see them.
 
+    The gradient of the patch *sum* would be N times this (N patches: 64 at 32 px, 4,096 at 256 px), its penalty
+    N² times, so the strength of r1_gamma would grow with the image size; on the mean, the patch discriminator
+    is regularised as StyleGAN2's scalar D (a patch map average-pooled) and r1_gamma means what it means there.
     Builds a graph through the gradient (double backward), so `discriminator` must run eagerly: a compiled
     module cannot double-backward (wrap the call in `torch.compiler.set_stance("force_eager")`).
-    Summing the logits before differentiating is exact per sample because D has no cross-batch coupling.
+    Summing the per-sample means over the batch before differentiating is exact per sample because D has no
+    cross-batch coupling.
     """
     real = real.detach().requires_grad_(True)
     logits = discriminator(real)
-    (grad,) = torch.autograd.grad(logits.float().sum(), real, create_graph=True)
+    (grad,) = torch.autograd.grad(logits.float().flatten(1).mean(dim=1).sum(), real, create_graph=True)
     return grad.float().square().flatten(1).sum(dim=1).mean()
 
 

@@ -56,10 +56,10 @@ def test_hinge_losses():
     torch.testing.assert_close(hinge_g_loss(fake), torch.tensor(1 / 3))
 
 
-def test_r1_of_linear_discriminator_is_squared_weight_norm_times_pixels():
+def test_r1_of_linear_discriminator_is_squared_weight_norm_over_pixels():
     disc = torch.nn.Conv2d(3, 1, 1, bias=True)
     real = torch.randn(4, 3, 5, 5)
-    expected = 25 * disc.weight.square().sum()  # ∇ₓ Σ logits = w at every pixel
+    expected = disc.weight.square().sum() / 25  # ∇ₓ mean(logits) = w / 25 at each of the 25 pixels
     torch.testing.assert_close(r1_penalty(disc, real), expected)
     torch.testing.assert_close(r1_loss(disc, real, gamma=10.0, interval=4), 0.5 * 10.0 * 4 * expected)
 
@@ -78,7 +78,7 @@ def test_r1_value_and_parameter_gradient_match_per_sample_double_backward():
     per_sample = []
     for i in range(real.shape[0]):  # reference: one sample at a time, explicit create_graph
         xi = real[i : i + 1].clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(disc(xi).sum(), xi, create_graph=True)
+        (g,) = torch.autograd.grad(disc(xi).mean(), xi, create_graph=True)
         per_sample.append(g.pow(2).sum())
     reference = torch.stack(per_sample).mean()
     reference.backward()
@@ -88,6 +88,17 @@ def test_r1_value_and_parameter_gradient_match_per_sample_double_backward():
     for name, g in got.items():
         torch.testing.assert_close(g, ref[name])
     assert real.grad is None  # the caller's tensor is not touched
+
+
+def test_r1_of_a_patch_discriminator_is_the_r1_of_its_average_pooled_scalar_d():
+    # The hinge losses average the patch logits; R1 is the penalty of that D(x), StyleGAN2's scalar D with an
+    # average pool as head, whatever the number of patches (the patch sum would make it 64² times larger here).
+    torch.manual_seed(0)
+    disc = Discriminator(3, 4).double()
+    pooled = torch.nn.Sequential(disc, torch.nn.AdaptiveAvgPool2d(1))  # [B, 1, 1, 1]: one logit per sample
+    real = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    assert disc(real).shape[-2:] == (8, 8)
+    torch.testing.assert_close(r1_penalty(disc, real), r1_penalty(pooled, real))
 
 
 def test_adaptive_weight_is_gradient_norm_ratio_clamped_and_detached():

@@ -3,7 +3,7 @@ step's hinge D loss leaves 2.00 ± 0.02 and stays away, with the default discrim
 
 Before the discriminator's AdamW defaulted to betas (0.5, 0.9), this setting (default model sizes, batch 32, D lr
 5e-4) sat at 2.00 from about update 30: the second moment remembered each lazy R1 step's gradient for ~1,000 updates
-(fluxflow/config/optim.py, GROUP_OPTIMIZER_PARAMS)."""
+(fluxflow/config/optim.py, GROUP_OPTIMIZER_PARAMS); R1 then penalised the patch logits' sum, not their mean."""
 from __future__ import annotations
 
 import pytest

@@ -33,15 +33,6 @@ def r1_penalty(discriminator: nn.Module, real: torch.Tensor) -> torch.Tensor:
     return grad.float().square().flatten(1).sum(dim=1).mean()
 
 
-def r1_loss(discriminator: nn.Module, real: torch.Tensor, gamma: float, interval: int = 1) -> torch.Tensor:
-    """Lazy R1 term to add to the D loss on the optimizer updates where `update % interval == 0`.
-
-    γ/2 · penalty, multiplied by `interval` so that applying it every `interval` updates keeps the same average
-    strength as applying it every update (StyleGAN2's lazy regularisation). Deciding *when* is the caller's job.
-    """
-    return (0.5 * gamma * interval) * r1_penalty(discriminator, real)
-
-
 def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer_weight: torch.Tensor,
                     max_weight: float = 1e4, eps: float = 1e-4) -> torch.Tensor:
     """VQGAN's balance: ‖∇_w rec_loss‖ / (‖∇_w g_loss‖ + eps) at the decoder's last layer w, clamped, detached.

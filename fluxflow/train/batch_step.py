@@ -169,6 +169,8 @@ def train_discriminator_batch(ctx: StepContext, real: torch.Tensor, fake: torch.
            "d_logit_fake": fake_logits.mean().detach()}
     if step.r1_gamma > 0 and update % step.r1_interval == 0:
         r1 = r1_penalty(disc, real)  # fp32, eager: double backward
+        # γ/2 · penalty, times the interval: every `interval` updates keeps the average strength of every update
+        # (StyleGAN2's lazy regularisation)
         total = total + 0.5 * step.r1_gamma * step.r1_interval * r1
         out["r1_penalty"] = r1.detach()
     out.update(backward_and_update(ctx, total, "discriminator", ("discriminator",), window))

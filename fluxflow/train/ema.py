@@ -51,11 +51,6 @@ class EMA:
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
-    @torch.no_grad()
-    def copy_to(self, module: nn.Module) -> None:
-        """Overwrite `module`'s parameters and buffers with the averaged ones (e.g. before export)."""
-        unwrap(module).load_state_dict(self.shadow.state_dict())
-
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors and a float: loadable with `torch.load(weights_only=True)`."""
         return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow.state_dict()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -56,8 +57,10 @@ def write_stub_pretrained(directory: Path, width: int = 48, model_type: str = "c
 @functools.cache
 def _shipped_stubs() -> tempfile.TemporaryDirectory:
     """Where the stub encoder directories for the shipped configs go, once per test process: made at first use (at
-    collection for parametrized tests) and removed at the process's exit."""
-    return tempfile.TemporaryDirectory(prefix="fluxflow-stub-encoder-")
+    collection for parametrized tests, before conftest's TMPDIR) and removed at the process's exit. Named like
+    conftest's folders (`fft-<pid>-`) so that the next test session sweeps it if this process ends without its exit
+    hooks (an xdist worker that does not exit within execnet's timeout is killed)."""
+    return tempfile.TemporaryDirectory(prefix=f"fft-{os.getpid()}-stub-encoder-")
 
 
 # configs/real_256.yaml names CLIP-L's text encoder: width 768, 77 positions.

@@ -405,7 +405,7 @@ def _inherited(step: StepConfig, *keys: str) -> str:
 
 def _step_issues(i: int, step: StepConfig, p: Pieces) -> tuple[list[ConfigIssue], bool]:
     """Issues of one step, and whether it uses LPIPS."""
-    at = lambda *keys: format_path((*STEPS, i, *keys))  # noqa: E731 - short path builder
+    at = lambda *keys: (*STEPS, i, *keys)  # noqa: E731 - a step field's path, which ConfigIssue writes dotted
     issues: list[ConfigIssue] = []
     try:
         s = resolve_step(i, step, p.defaults, p.globals_, None)

@@ -25,6 +25,24 @@ POLL_S = 0.2  # how often the waiting task looks for a stop request
 RANK_ENTRY = "fluxflow.train.distributed_step"
 
 
+def start_group(cmd: list[str]) -> subprocess.Popen:
+    """`cmd` in a new session (its own process group, killed as one), with a copy of this process's environment.
+
+    The copy is what makes the start safe beside threads that change `os.environ` (a branch's task, Ray's driver
+    setup): CPython starts the child with vfork(), other threads run on meanwhile, and a child that inherits the
+    environment reads this process's `environ` array during execve(), which another thread's setenv may have moved
+    (EFAULT, "[Errno 14] Bad address": about half the starts in tests/runtime/test_launch.py without the copy).
+    An explicit environment is copied into the child's arguments before the fork.
+    """
+    while True:
+        try:
+            environment = os.environ.copy()
+            break
+        except KeyError:  # a variable removed by another thread while it was copied: copy again
+            continue
+    return subprocess.Popen(cmd, env=environment, start_new_session=True)
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     if proc.poll() is not None:
         return
@@ -66,7 +84,7 @@ def run_step_distributed(config, step_name: str, parent: CheckpointRef | None, n
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", RANK_ENTRY, "--config", str(tmp / "config.json"), "--step", step_name,
                "--parent", str(tmp / "parent.json"), "--result", str(tmp / "result.json")]
-        proc = subprocess.Popen(cmd, start_new_session=True)
+        proc = start_group(cmd)
         try:
             rc = _wait(proc, step_name, timeout)
         finally:

@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -124,11 +125,12 @@ class CacheStore:
         data = torch.from_numpy(np.array(self.array(name)[rows]))
         return data.view(torch.bfloat16) if self.fields[name][1] == "bfloat16" else data
 
-    def note_use(self, entry: dict) -> None:
-        """Append `entry` (who read the cache: time, output, step) to `used_by.jsonl`, so that a user who shares
-        `cache_dir` between runs can tell which directories belong to runs they deleted or have not used for long.
-        One short line appended in one write: lines of concurrent users do not interleave. A read-only cache
+    def note_use(self, output: str, step: str) -> None:
+        """Append who read the cache (UTC time, the run's output, the step) to `used_by.jsonl`, so that a user who
+        shares `cache_dir` between runs can tell which directories belong to runs they deleted or have not used for
+        long. One short line appended in one write: lines of concurrent users do not interleave. A read-only cache
         directory is read without it."""
+        entry = {"time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "output": output, "step": step}
         line = (json.dumps(entry) + "\n").encode("utf-8")
         try:
             fd = os.open(self.dir / "used_by.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

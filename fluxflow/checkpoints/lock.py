@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Self
 
 from filelock import FileLock, Timeout
 
@@ -24,7 +25,18 @@ class OutputDirUnusable(NonRetryable, OSError):
     place): the user's setting, not a failure a retry fixes."""
 
 
-class RunLock:
+class HeldLock:
+    """`with lock: ...`: acquire, and release on the way out (RunLock here, StoreLock in fluxflow/storage)."""
+
+    def __enter__(self) -> Self:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class RunLock(HeldLock):
     """`with RunLock(output_dir): ...` holds `<output_dir>/.lock` exclusively, or raises RunLockedError at once."""
 
     def __init__(self, output_dir: str | os.PathLike):
@@ -67,10 +79,3 @@ class RunLock:
             self.path.write_text("")  # no pid left behind that could be mistaken for a live holder
         finally:
             self._lock.release()
-
-    def __enter__(self) -> RunLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()

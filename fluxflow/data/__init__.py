@@ -101,7 +101,7 @@ def make_loader(dataset, batch_size: int, workers: int | str, seed: int, epoch: 
     if reuse is not None and reuse.dataset is dataset and reuse.num_workers == workers:
         reuse.batch_sampler.set_position(epoch, start_batch)  # sampled in this process: workers need not know
         return reuse
-    sampler = ResumableBatchSampler(len(dataset), batch_size, seed, drop_last=True, rank=rank, world=world)
+    sampler = ResumableBatchSampler(len(dataset), batch_size, seed, rank=rank, world=world)
     sampler.set_position(epoch, start_batch)
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, persistent_workers=workers > 0, **common)
 

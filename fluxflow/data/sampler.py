@@ -28,11 +28,11 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
-    def __init__(self, n: int, batch_size: int, seed: int, drop_last: bool = True, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
         """`batch_size` is the global batch; under torchrun rank r of `world` gets items r, r+world, ... of it."""
         if n < 0 or batch_size < 1:
             raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
-        self.n, self.batch_size, self.seed, self.drop_last = n, batch_size, seed, drop_last
+        self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world = rank, world
         self.epoch, self.start_batch = 0, 0
 
@@ -42,15 +42,14 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
-        """Batches in a whole epoch (not only those left after `start_batch`)."""
-        full, rest = divmod(self.n, self.batch_size)
-        return full if self.drop_last or rest == 0 else full + 1
+        """Full batches in a whole epoch (not only those left after `start_batch`): a last partial one is dropped."""
+        return self.n // self.batch_size
 
     def __iter__(self) -> Iterator[list[int]]:
         order = epoch_permutation(self.n, self.seed, self.epoch)
-        stop = len(self) * self.batch_size if self.drop_last else self.n
         # One slice, whatever start_batch is: skipped batches are never materialised, let alone loaded.
         # One list, sliced per batch: cheaper than a tensor view per batch (1 M items: 0.2 s -> 0.03 s per epoch).
-        items, size = order[self.start_batch * self.batch_size:stop].tolist(), self.batch_size
+        size = self.batch_size
+        items = order[self.start_batch * size:len(self) * size].tolist()
         for start in range(0, len(items), size):
             yield items[start:start + size][self.rank::self.world]

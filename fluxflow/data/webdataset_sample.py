@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from fluxflow.config.file_checks import decode_text
+from fluxflow.data.skips import SkipCounter
 from fluxflow.data.transforms import load_image
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff")
@@ -24,16 +25,21 @@ def sample_key(member_name: str) -> tuple[str, str] | None:
     return (f"{directory}/{stem}" if directory else stem), ext.lower()
 
 
-def decode_sample(files: dict[str, bytes], img_size: int, channels: int,
-                  on_caption: Callable[[str, str], None] = lambda kind, detail: None) -> tuple[torch.Tensor, str]:
-    """(image, caption). `on_caption(kind, detail)` is called when the caption was not UTF-8 (`repaired`: kept,
-    decoded as Latin-1) or when the sample has none (`uncaptioned`: trained with "", `detail` naming its files)."""
-    ext = next((e for e in IMAGE_EXTENSIONS if e in files), None)
-    if ext is None:
-        raise ValueError(f"no image among {sorted(files)}")
-    with Image.open(io.BytesIO(files[ext])) as img:
-        image = load_image(img, img_size, channels)
-    return image, _caption(files, on_caption)
+def decode_sample(files: dict[str, bytes], img_size: int, channels: int, skips: SkipCounter,
+                  where: str) -> tuple[torch.Tensor, str] | None:
+    """(image, caption), or None when the sample does not decode. Counted in `skips`, naming the sample by `where`: a
+    sample that does not decode, a caption that was not UTF-8 (`repaired`: kept, decoded as Latin-1) and a sample
+    without one (`uncaptioned`: trained with "", naming its files)."""
+    try:
+        ext = next((e for e in IMAGE_EXTENSIONS if e in files), None)
+        if ext is None:
+            raise ValueError(f"no image among {sorted(files)}")
+        with Image.open(io.BytesIO(files[ext])) as img:
+            image = load_image(img, img_size, channels)
+        return image, _caption(files, lambda kind, detail: skips.add(1, f"{where}: {detail}", kind))
+    except Exception as exc:  # a bad image never stops training (webdataset_source.py)
+        skips.add(1, f"{where}: {type(exc).__name__}: {exc}")
+        return None
 
 
 def _caption(files: dict[str, bytes], on_caption: Callable[[str, str], None]) -> str:

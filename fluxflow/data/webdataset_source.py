@@ -214,13 +214,7 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
             pending[int(output_of[position])] = (shard, key, files)
             while next_out is not None and next_out in pending:  # the buffer lets out samples in output order
                 shard_, key_, files_ = pending.pop(next_out)
-                try:
-                    batch.append(decode_sample(files_, self.img_size, self.channels,
-                                               on_caption=lambda kind, detail, s=shard_, k=key_: self.skips.add(
-                                                   1, f"{s}:{k}: {detail}", kind)))
-                except Exception as exc:  # a bad image never stops training (see module docstring)
-                    self.skips.add(1, f"{shard_}:{key_}: {type(exc).__name__}: {exc}")
-                    batch.append(None)
+                batch.append(decode_sample(files_, self.img_size, self.channels, self.skips, f"{shard_}:{key_}"))
                 if (next_out + 1) % self.batch_size == 0 or next_out + 1 == self.rank_length:
                     yield batch
                     batch = []
@@ -247,10 +241,7 @@ class WebDatasetHoldout(CountsSkips, torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {n} items")
         for k in range(n):  # like the folder dataset: a bad sample is replaced by the next readable one
             i = (index + k) % n
-            try:
-                return decode_sample(self.samples[i], self.img_size, self.channels,
-                                     on_caption=lambda kind, detail, i=i: self.skips.add(
-                                         1, f"held-out sample {i}: {detail}", kind))
-            except Exception as exc:
-                self.skips.add(1, f"held-out sample {i}: {type(exc).__name__}: {exc}")
+            sample = decode_sample(self.samples[i], self.img_size, self.channels, self.skips, f"held-out sample {i}")
+            if sample is not None:
+                return sample
         raise DataError(f"no readable image among the {n} held-out samples")

@@ -89,14 +89,6 @@ def capacity_problem(offered: dict, nproc: int, use_gpu: bool, step_name: str) -
     return None
 
 
-def check_capacity(offered: dict, nproc: int, use_gpu: bool, step_name: str) -> None:
-    """Fail at once when the whole cluster has fewer GPUs (CPUs) than the step has workers: Ray Train would wait
-    for them, time out and try again, for ever."""
-    problem = capacity_problem(offered, nproc, use_gpu, step_name)
-    if problem:
-        raise RuntimeError(problem)
-
-
 def _connect(ray, address: str | None, step_name: str) -> None:
     """Join the Ray cluster: the one this process is already part of (a Ray task, a test), else `address`,
     RAY_ADDRESS, or the local cluster `ray start` left (`auto`)."""
@@ -122,7 +114,9 @@ def run_step_on_ray(config, step_name: str, parent: CheckpointRef | None, nproc:
 
     _connect(ray, address, step_name)
     use_gpu = _wants_gpu(config, ray)
-    check_capacity(ray.cluster_resources(), nproc, use_gpu, step_name)
+    problem = capacity_problem(ray.cluster_resources(), nproc, use_gpu, step_name)
+    if problem:  # at once: Ray Train would wait for the workers, time out and try again, for ever
+        raise RuntimeError(problem)
     store = remote_uri(config.output.output_path)
     if store is None:  # the workers may run where the driver's relative paths mean nothing: an absolute path
         output = str(local_path(config.output.output_path).resolve())

@@ -19,7 +19,7 @@ from fluxflow.config.file_checks import UnusablePretrained
 from fluxflow.runtime.device import resolve_device
 from fluxflow.storage.location import local_path, remote_uri
 from fluxflow.models import build_component
-from fluxflow.sampling.sample_files import image_grid, prompt_file_name
+from fluxflow.sampling.sample_files import prompt_file_name, to_picture
 from fluxflow.sampling.text_to_image import text_to_image
 from fluxflow.checkpoints.step_state import saved_expander_spade
 
@@ -132,14 +132,6 @@ def unread_prompt_ends(model: TextToImageModel, prompts: list[str]) -> list[tupl
     encoder = model.models["text_encoder"]
     counts = ((prompt, encoder.token_count(prompt)) for prompt in dict.fromkeys(prompts))
     return [(prompt, count) for prompt, count in counts if count > encoder.max_len]
-
-
-def to_picture(image: torch.Tensor):
-    """`[C, H, W]` in [-1, 1] → a PIL image of its 8-bit pixels."""
-    from PIL import Image
-
-    pixels = image_grid(image.unsqueeze(0), nrow=1, padding=0).numpy()
-    return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
 
 
 def planned_files(prompts: list[str], output_dir: str | Path, *, n: int = 1, seed: int = 0,

@@ -63,13 +63,17 @@ def image_grid(images: torch.Tensor, nrow: int, padding: int = 2) -> torch.Tenso
     return grid.permute(1, 2, 0).contiguous()
 
 
-def save_image_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8) -> None:
-    """Write images in [-1, 1] as one lossless WebP grid, atomically (no half-written sample is ever visible)."""
+def to_picture(images: torch.Tensor, nrow: int = 1, padding: int = 0):
+    """Images in [-1, 1] (`[B, C, H, W]`, or one `[C, H, W]`) → one PIL picture (L, RGB or RGBA) of `image_grid`."""
     from PIL import Image
 
-    grid = image_grid(images, nrow).numpy()
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}[grid.shape[2]]
-    picture = Image.fromarray(grid[:, :, 0] if mode == "L" else grid, mode=mode)
+    grid = image_grid(images, nrow, padding).numpy()
+    return Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid)
+
+
+def save_image_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8) -> None:
+    """Write images in [-1, 1] as one lossless WebP grid, atomically (no half-written sample is ever visible)."""
+    picture = to_picture(images, nrow, padding=2)
     # Samples are cheap to regenerate: atomic (rename) but without fsync, which is slow on network storage.
     atomic_write(path, lambda f: picture.save(f, format="WEBP", lossless=True), durable=False)
 

@@ -11,7 +11,7 @@ import hashlib
 from pathlib import Path
 
 from fluxflow.storage.location import StorageError, cache_home, local_path, remote_uri
-from fluxflow.storage.mirror import SIDECAR, download, sha256_of
+from fluxflow.storage.mirror import download, sha256_of, sidecar_sha256
 from fluxflow.storage.store_errors import raise_if_users_to_fix
 
 
@@ -25,7 +25,7 @@ def fetch_verified(uri: str, expected_sha256: str | None = None) -> Path:
 
     fs, key = fsspec.core.url_to_fs(uri, use_listings_cache=False, **http_timeouts(uri))
     try:
-        expected = expected_sha256 or _recorded(fs, key)
+        expected = expected_sha256 or sidecar_sha256(fs, key)
         name = key.rsplit("/", 1)[-1]
         if expected:
             folder = cache_home() / "remote" / expected[:2] / expected
@@ -76,13 +76,6 @@ def http_timeouts(uri: str) -> dict:
 
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=HTTP_READ_TIMEOUT_S, sock_read=HTTP_READ_TIMEOUT_S)
     return {"client_kwargs": {"timeout": timeout}}
-
-
-def _recorded(fs, key: str) -> str | None:
-    try:
-        return fs.cat_file(key + SIDECAR).decode().strip() or None
-    except FileNotFoundError:
-        return None
 
 
 def local_copy(path: str, expected_sha256: str | None = None) -> Path:

@@ -33,6 +33,14 @@ def sha256_of(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def sidecar_sha256(fs, key: str) -> str | None:
+    """The sha256 recorded in the sidecar of the object `key` of `fs`; None without one."""
+    try:
+        return fs.cat_file(key + SIDECAR).decode().strip() or None
+    except FileNotFoundError:
+        return None
+
+
 def download(get: Callable[[str], object], local: Path, expected: str | None) -> str | None:
     """`get(temp)` into a temp file beside `local`, moved to `local` when its sha256 is `expected` (always when
     nothing is expected); else `local` is left as it is and the temp file's sha256 returned."""
@@ -83,10 +91,7 @@ class OutputMirror:
 
     def recorded_sha256(self, rel: str) -> str | None:
         """The sha256 the sidecar records for `rel`; None without one."""
-        try:
-            return self._call("reading", self.fs.cat_file, self._key(rel) + SIDECAR).decode().strip() or None
-        except FileNotFoundError:
-            return None
+        return self._call("reading", sidecar_sha256, self.fs, self._key(rel))
 
     def exists(self, rel: str) -> bool:
         return bool(self._call("checking", self.fs.exists, self._key(rel)))

@@ -19,7 +19,7 @@ import time
 import uuid
 from typing import Callable
 
-from fluxflow.checkpoints.lock import RunLock, RunLockedError
+from fluxflow.checkpoints.lock import HeldLock, RunLock, RunLockedError
 from fluxflow.storage.location import StorageError, local_path, remote_uri
 from fluxflow.storage.store_errors import describe_store_error, raise_if_users_to_fix
 
@@ -30,7 +30,7 @@ ATOMIC_CREATE = ("s3", "s3a")  # conditional create (If-None-Match) and replace 
 _WARNED: set[str] = set()
 
 
-class StoreLock:
+class StoreLock(HeldLock):
     """`with StoreLock(uri): ...` holds `<uri>/.lock`, or raises RunLockedError (held) / StorageError (no bucket,
     no credentials) at once."""
 
@@ -120,13 +120,6 @@ class StoreLock:
         except Exception as exc:
             self.say(f"⚠️  could not remove the lock {self.url} ({type(exc).__name__}: {exc}); the next run takes it "
                      f"over once its heartbeat is older than {LEASE_S:.0f} s")
-
-    def __enter__(self) -> StoreLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 def _read(fs, key: str) -> dict | None:

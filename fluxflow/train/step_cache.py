@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 
 import numpy as np
 
@@ -74,7 +73,7 @@ def latent_cache(config, step, dataset, rows: np.ndarray | None, trainer, say: C
     _ensure(store, rows, "Latent", step, say, lambda: build_latent_cache(
         store, dataset, rows, lambda images: posterior(encoder, images, trainer.ctx.amp_dtype), device,
         batch_size=step.batch_size, workers=step.workers, chunk_rows=CHUNK_ROWS, desc=f"{step.name} latent cache"))
-    _note_use(store, config, step)
+    store.note_use(str(config.output.output_path), step.name)
     return store
 
 
@@ -90,14 +89,8 @@ def text_cache(config, step, captions: list[str], trainer, say: Callable[[str], 
     store = text_store(directory, inputs, len(captions), encode(captions[:1]), trainer.ctx.amp_dtype)
     _ensure(store, None, "Text", step, say, lambda: build_text_cache(
         store, captions, encode, batch_size=TEXT_BATCH, chunk_rows=CHUNK_ROWS, desc=f"{step.name} text cache"))
-    _note_use(store, config, step)
+    store.note_use(str(config.output.output_path), step.name)
     return store
-
-
-def _note_use(store: CacheStore, config, step) -> None:
-    """Which run and step read this cache, and when (used_by.jsonl): what a user deleting old caches goes by."""
-    store.note_use({"time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    "output": str(config.output.output_path), "step": step.name})
 
 
 def _ensure(store: CacheStore, rows: np.ndarray | None, what: str, step, say: Callable[[str], None],

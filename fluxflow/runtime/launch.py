@@ -18,9 +18,8 @@ from pathlib import Path
 
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome
 from fluxflow.config.run_config import run_dict
-from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
+from fluxflow.runtime.stop_request import POLL_S, StepInterrupted, stop_requested
 
-POLL_S = 0.2  # how often the waiting task looks for a stop request
 # Every rank's code, named, not imported (processes sit under training): `main` under torchrun, `run_rank` under Ray.
 RANK_ENTRY = "fluxflow.train.distributed_step"
 

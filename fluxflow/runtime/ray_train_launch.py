@@ -27,10 +27,9 @@ import uuid
 
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome
 from fluxflow.config.run_config import run_dict
-from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
+from fluxflow.runtime.stop_request import POLL_S, StepInterrupted, stop_requested
 from fluxflow.storage.location import local_path, remote_uri
 
-POLL_S = 0.2  # how often the waiting driver looks for a stop request
 # Ray Train sends a worker's print() to its logger and, where stdout is redirected (a Ray worker's is), to stdout as
 # well: rank 0's console lines would reach the driver twice. Plain prints, forwarded once.
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 
 _STOP = threading.Event()
+POLL_S = 0.2  # how often a task waiting on other processes (torchrun, Ray Train) looks for a request
 
 
 class StepInterrupted(KeyboardInterrupt):

@@ -88,7 +88,7 @@ def backward_and_update(ctx: StepContext, loss: torch.Tensor, key: str, groups: 
 
 
 def train_vae_batch(ctx: StepContext, images: torch.Tensor, update: int,
-             window: Window = WHOLE_BATCH) -> dict[str, torch.Tensor]:
+                    window: Window = WHOLE_BATCH) -> dict[str, torch.Tensor]:
     """Reconstruction (`train_vae`), GAN (`gan_training`) or both; LPIPS and SPADE as the step says.
 
     `update` counts this pipeline step's optimizer updates so far: the KL warm-up and the lazy R1 interval run on it,
@@ -157,7 +157,7 @@ def train_vae_batch(ctx: StepContext, images: torch.Tensor, update: int,
 
 
 def train_discriminator_batch(ctx: StepContext, real: torch.Tensor, fake: torch.Tensor, update: int,
-                       window: Window = WHOLE_BATCH) -> dict[str, torch.Tensor]:
+                              window: Window = WHOLE_BATCH) -> dict[str, torch.Tensor]:
     """Hinge D loss, plus lazy R1 every `r1_interval` updates scaled by interval (so its average strength is γ/2)."""
     step, disc = ctx.step, ctx.models["discriminator"]
     with autocast(ctx.device, ctx.amp_dtype):
@@ -192,7 +192,7 @@ def encode_text(ctx: StepContext, ids: torch.Tensor, mask: torch.Tensor) -> Text
 
 
 def train_flow_batch(ctx: StepContext, latents: torch.Tensor, text: TextFeatures,
-              window: Window = WHOLE_BATCH) -> dict[str, torch.Tensor]:
+                     window: Window = WHOLE_BATCH) -> dict[str, torch.Tensor]:
     """Rectified flow (t = 1 is noise) on normalised latents of the frozen VAE, conditioned on `text`; the text
     encoder learns through `text` where it was encoded with a graph. The Trainer supplies both, encoded now or read
     from the caches (fluxflow/train/trainer.py)."""

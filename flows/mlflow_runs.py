@@ -102,10 +102,11 @@ def find_runs(client: MlflowClient, experiment_id: str, tags: dict[str, str]) ->
                                    order_by=["attributes.start_time DESC"]))
 
 
-def find_step_runs(client: MlflowClient, experiment_id: str, output_dir: str, step_key: str, step_name: str) -> list:
-    """The runs of one step (this output directory, step key and name), newest first."""
-    return find_runs(client, experiment_id, {TAG_KIND: "step", TAG_OUTPUT_DIR: output_dir, TAG_STEP_KEY: step_key,
-                                             TAG_STEP_NAME: step_name})
+def find_step_runs(client: MlflowClient, experiment_id: str, output_dir: str, step_key: str | None,
+                   step_name: str) -> list:
+    """The runs of one step (this output directory, step key, or any for None, and name), newest first."""
+    tags = {TAG_KIND: "step", TAG_OUTPUT_DIR: output_dir, TAG_STEP_KEY: step_key, TAG_STEP_NAME: step_name}
+    return find_runs(client, experiment_id, {key: value for key, value in tags.items() if value is not None})
 
 
 def store_to_read_problem(uri: str) -> str | None:

@@ -13,9 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from flows.cli_generate import output_file_problem, refuse
+from flows.cli_common import add_version_argument, output_file_problem, parse, quiet_when_output_closed, refuse
 from flows.exit_codes import EXIT_OK
-from flows.cli_version import add_version_argument, parse, quiet_when_output_closed
 
 PROG = "fluxflow-compare"
 

@@ -18,9 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from flows.cli_generate import ModelNotFound, add_checkpoint_arguments, checkpoint_model, output_file_problem, refuse
+from flows.cli_common import add_version_argument, output_file_problem, parse, quiet_when_output_closed, refuse
+from flows.cli_generate import ModelNotFound, add_checkpoint_arguments, checkpoint_model
 from flows.exit_codes import EXIT_INTERRUPTED, EXIT_OK
-from flows.cli_version import add_version_argument, parse, quiet_when_output_closed
 
 
 def parser() -> argparse.ArgumentParser:

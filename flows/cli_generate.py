@@ -22,8 +22,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from flows.exit_codes import EXIT_FIX_INPUT, EXIT_INTERRUPTED, EXIT_OK
-from flows.cli_version import add_version_argument, parse, quiet_when_output_closed
+from flows.cli_common import add_version_argument, output_file_problem, parse, quiet_when_output_closed, refuse
+from flows.exit_codes import EXIT_INTERRUPTED, EXIT_OK
 
 PROG = "fluxflow-generate"
 
@@ -103,36 +103,6 @@ def checkpoint_model(args: argparse.Namespace, device: str | None, scratch: Path
     model = load_text_to_image(local, config.model if config else None, config.data.img_size if config else None,
                                device, name=str(checkpoint))
     return model, local
-
-
-def output_file_problem(output: str) -> str | None:
-    """Says so when --output, or a folder above it, is an existing file: the folder could not be made there."""
-    path = Path(output)
-    blocking = next((p for p in (path, *path.parents) if p.exists()), path)
-    if blocking.exists() and not blocking.is_dir():
-        under = "" if blocking == path else f" is under {blocking}, which"
-        return f"--output {output}{under} is a file, not a folder"
-    return None
-
-
-def output_problem(output: str, exc: BaseException) -> str | None:
-    """The one line for an OSError about --output: the folder, a folder above it that could not be made, or a file in
-    it ('--output /proc/nope/x cannot be written (No such file or directory: /proc/nope)'); before, only the OS's words
-    and the path, without the flag. None for any other error."""
-    failed = getattr(exc, "filename", None) if isinstance(exc, OSError) else None
-    if not failed:
-        return None
-    failed_path, output_path = os.path.abspath(failed), os.path.abspath(output)
-    if os.path.commonpath([failed_path, output_path]) not in (failed_path, output_path):  # neither above nor below
-        return None
-    return f"--output {output} cannot be written ({exc.strerror or exc}: {failed})"
-
-
-def refuse(prog: str, problem: str | BaseException, output: str | None = None) -> int:
-    """Prints `prog: problem` (an OSError about --output `output` as output_problem words it); returns the exit code
-    of an input to fix."""
-    print(f"{prog}: {output is not None and output_problem(output, problem) or problem}", file=sys.stderr)
-    return EXIT_FIX_INPUT
 
 
 def finite_float(text: str) -> float:

@@ -19,7 +19,7 @@ from fluxflow.config import ConfigError
 from fluxflow.config.model_sizes import parameter_counts
 from fluxflow.config.run_config import resolve_run_config
 from fluxflow.config.summary import format_parameters, format_summary
-from flows.cli_version import add_version_argument, parse, quiet_when_output_closed
+from flows.cli_common import add_version_argument, parse, quiet_when_output_closed
 from flows.exit_codes import EXIT_FIX_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
 from flows.prefect_server import start_temporary_server
 

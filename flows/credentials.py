@@ -85,7 +85,7 @@ def apply_secret_files() -> None:
 
 def _answers_401(url: str, user_password: str | None, method: str = "GET") -> bool:
     """Whether `url` answers 401 to a request with these Basic credentials (None: none). Unreachable: False (an
-    outage is reported elsewhere, flows/mlflow_runs.py)."""
+    outage is `unreachable_reason`'s to report)."""
     request = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None,
                                      headers={"Content-Type": "application/json"})
     if user_password:
@@ -100,11 +100,15 @@ def _answers_401(url: str, user_password: str | None, method: str = "GET") -> bo
         return False
 
 
-def no_answer(url: str) -> str | None:
-    """Why `url` gets no HTTP answer (refused, no route, DNS, a timeout), or None when it gets any, an error status
-    included. One request, no retries: the clients of MLflow and Prefect retry a refused connection for minutes."""
+def unreachable_reason(url: str) -> str | None:
+    """Why the server at `url` (Prefect's API, an MLflow tracking server) gets no HTTP answer at its /health (refused,
+    no route, DNS, a timeout), or None when it gets any (an error status included: a proxy without /health, a server
+    asking for credentials); None too for what is no server (a sqlite store, a path). One request, no retries: the
+    clients of MLflow and Prefect retry a refused connection for minutes."""
+    if not url.startswith(("http://", "https://")):
+        return None
     try:
-        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S):
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S):
             return None
     except urllib.error.HTTPError:
         return None
@@ -112,13 +116,11 @@ def no_answer(url: str) -> str | None:
         return str(getattr(exc, "reason", exc))
 
 
-def prefect_unreachable(api_url: str | None = None) -> str | None:
-    """Why the Prefect server at `api_url` (default PREFECT_API_URL) does not answer at all, or None. A run cannot
-    start without its orchestrator, unlike without MLflow (whose records can wait)."""
-    api_url = api_url or os.environ.get("PREFECT_API_URL")
-    if not api_url or not api_url.startswith(("http://", "https://")):
-        return None
-    reason = no_answer(f"{api_url.rstrip('/')}/health")
+def prefect_unreachable() -> str | None:
+    """Why the Prefect server at PREFECT_API_URL does not answer at all, or None. A run cannot start without its
+    orchestrator, unlike without MLflow (whose records can wait)."""
+    api_url = os.environ.get("PREFECT_API_URL", "")
+    reason = unreachable_reason(api_url)
     return reason and (f"the Prefect server at {api_url} (PREFECT_API_URL) does not answer ({reason}): start it "
                        "(make server), or unset PREFECT_API_URL to run on a temporary server")
 

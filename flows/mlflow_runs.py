@@ -18,7 +18,7 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-from flows.credentials import no_answer
+from flows.credentials import unreachable_reason
 from flows.mlflow_names import TAG_KIND, TAG_OUTPUT_DIR, TAG_STEP_KEY, TAG_STEP_NAME, tags_filter
 from flows.mlflow_store import SQLITE_PREFIX, is_sqlite_database, sqlite_file
 from fluxflow.config.file_checks import not_a_regular_file
@@ -102,16 +102,11 @@ def find_runs(client: MlflowClient, experiment_id: str, tags: dict[str, str]) ->
                                    order_by=["attributes.start_time DESC"]))
 
 
-def find_step_runs(client: MlflowClient, experiment_id: str, output_dir: str, step_key: str, step_name: str) -> list:
-    """The runs of one step (this output directory, step key and name), newest first."""
-    return find_runs(client, experiment_id, {TAG_KIND: "step", TAG_OUTPUT_DIR: output_dir, TAG_STEP_KEY: step_key,
-                                             TAG_STEP_NAME: step_name})
-
-
-def unreachable_reason(uri: str) -> str | None:
-    """Why the tracking server at `uri` does not answer, or None when it does (any HTTP answer counts: a proxy
-    without /health, a server asking for credentials). Stores that are not servers (sqlite, a path) are None."""
-    return no_answer(f"{uri.rstrip('/')}/health") if uri.startswith(("http://", "https://")) else None
+def find_step_runs(client: MlflowClient, experiment_id: str, output_dir: str, step_key: str | None,
+                   step_name: str) -> list:
+    """The runs of one step (this output directory, step key, or any for None, and name), newest first."""
+    tags = {TAG_KIND: "step", TAG_OUTPUT_DIR: output_dir, TAG_STEP_KEY: step_key, TAG_STEP_NAME: step_name}
+    return find_runs(client, experiment_id, {key: value for key, value in tags.items() if value is not None})
 
 
 def store_to_read_problem(uri: str) -> str | None:

@@ -24,12 +24,11 @@ from prefect.settings import PREFECT_API_URL
 from prefect.utilities.urls import url_for
 
 from flows import artifacts
-from flows.credentials import CredentialsError, mlflow_refusal
+from flows.credentials import CredentialsError, mlflow_refusal, unreachable_reason
 from flows.fault_policy import quiet_non_retryable_tracebacks
 from flows.compare import pipeline_summary
 from flows.mlflow_names import TAG_BRANCHES, TAG_CONFIG_HASH, TAG_OVERRIDES, TAG_STEPS
-from flows.mlflow_runs import (PipelineRun, TrackingTarget, find_step_runs, output_dir_of, resolve_tracking_uri,
-                               unreachable_reason)
+from flows.mlflow_runs import PipelineRun, TrackingTarget, find_step_runs, output_dir_of, resolve_tracking_uri
 from flows.mlflow_store import prepare_store
 from flows.promotion import release_models
 from flows.prefect_server import is_temporary

@@ -20,7 +20,7 @@ from helpers_tiny import tiny_raw
 from mlflow.tracking import MlflowClient
 from process_groups import alive, kill_all
 
-from flows.cli_version import package_version
+from flows.cli_common import package_version
 from flows.mlflow_store import prepare_store
 from flows.prefect_server import KEPT_SERVER_FILE
 

@@ -1,6 +1,6 @@
-"""`--version` for every command-line entry point, answered from the installed package's metadata (no imports of
-torch, Prefect or MLflow: `--help` and `--version` stay instant), the parsing they share (`parse`) and their quiet end
-when their output is closed (`quiet_when_output_closed`)."""
+"""What every command-line entry point does alike, importing nothing of torch, Prefect or MLflow (`--help` and
+`--version` stay instant): `--version` from the package's metadata, `parse`, the one line of a refusal (`refuse`, and
+the checks of --output) and the quiet end when the output is closed (`quiet_when_output_closed`)."""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +9,9 @@ import os
 import select
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
-from flows.exit_codes import EXIT_OUTPUT_CLOSED
+from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OUTPUT_CLOSED
 
 DISTRIBUTION = "fluxflow-pipelines"  # pyproject.toml's [project] name
 
@@ -35,6 +36,29 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
         if value == "" or isinstance(value, list) and "" in value:
             parser.error(f"argument {'/'.join(action.option_strings)}: expected a value, got an empty one")
     return args
+
+
+def output_file_problem(output: str) -> str | None:
+    """Says so when --output, or a folder above it, is an existing file: the folder could not be made there."""
+    path = Path(output)
+    blocking = next((p for p in (path, *path.parents) if p.exists()), path)
+    if blocking.exists() and not blocking.is_dir():
+        under = "" if blocking == path else f" is under {blocking}, which"
+        return f"--output {output}{under} is a file, not a folder"
+    return None
+
+
+def refuse(prog: str, problem: str | BaseException, output: str | None = None) -> int:
+    """Prints `prog: problem`; returns the exit code of an input to fix. An OSError about --output `output` (the
+    folder, a folder above it that could not be made, or a file in it) is said with the flag: '--output /proc/nope/x
+    cannot be written (No such file or directory: /proc/nope)'; before, only the OS's words and the path."""
+    failed = getattr(problem, "filename", None) if output is not None and isinstance(problem, OSError) else None
+    if failed:
+        failed_path, output_path = os.path.abspath(failed), os.path.abspath(output)
+        if os.path.commonpath([failed_path, output_path]) in (failed_path, output_path):  # above it or below it
+            problem = f"--output {output} cannot be written ({problem.strerror or problem}: {failed})"
+    print(f"{prog}: {problem}", file=sys.stderr)
+    return EXIT_FIX_INPUT
 
 
 def quiet_when_output_closed(main):

@@ -25,8 +25,8 @@ from fluxflow.config.optim import Optimization, number_problem, optimizer_issues
 from fluxflow.config.promotion import promotion_issues
 from fluxflow.config.schema import (DATASET_TYPES, SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,
                                     PipelineConfig, TrainingConfig, implicit_datasets)
-from fluxflow.config.steps import TRAINING_GLOBALS, MissingStepValue, ResolvedStep, StepConfig, StepDefaults, \
-    merged_step_fields, replicate_issues, resolve_step
+from fluxflow.config.steps import NAME_LIMIT, TRAINING_GLOBALS, MissingStepValue, ResolvedStep, StepConfig, \
+    StepDefaults, merged_step_fields, replicate_issues, resolve_step
 
 
 @dataclass
@@ -241,8 +241,8 @@ def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:
 
 
 # Rules that span fields. Step and dataset names become parts of file names and MLflow keys.
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-NAME_RULE = "must be 1-64 letters, digits, '_' or '-' (it is used in file names)"
+NAME_RE = re.compile(rf"^[A-Za-z0-9_-]{{1,{NAME_LIMIT}}}$")
+NAME_RULE = f"must be 1-{NAME_LIMIT} letters, digits, '_' or '-' (it is used in file names)"
 
 
 @dataclass

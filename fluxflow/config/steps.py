@@ -21,7 +21,7 @@ from fluxflow.config import modes
 from fluxflow.config.dag import descendants
 from fluxflow.config.errors import ConfigIssue, did_you_mean
 from fluxflow.config.executor import StepResources
-from fluxflow.config.optim import OmitsDefaults, Optimization, OptimizerConfig, StrictModel
+from fluxflow.config.optim import INT64, OmitsDefaults, Optimization, OptimizerConfig, StrictModel
 
 TransitionMode = Literal["epoch", "loss_threshold"]
 LossWeighting = Literal["none", "min_snr"]
@@ -35,8 +35,7 @@ def _workers(value: Any) -> Any:
 
 
 # A seed of the data order, weights and noise: numpy's SeedSequence takes no negative one, torch none past 2**63.
-SEED_LIMIT = 2**63
-Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT)]
+Seed = Annotated[int, Field(ge=0, lt=INT64)]
 
 
 def seeds_problem(name: str, seed: Any, n: int = 1) -> str | None:
@@ -45,7 +44,7 @@ def seeds_problem(name: str, seed: Any, n: int = 1) -> str | None:
     spells it."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         return f"{name} must be an integer, got {seed!r}"
-    if not 0 <= seed <= SEED_LIMIT - n:
+    if not 0 <= seed <= INT64 - n:
         return (f"{name} must lie within 0 and 2**63 - n (the images' seeds are seed..seed+n-1, each from 0 to "
                 f"2**63 - 1 as a config's seeds); got {seed}")
     return None
@@ -276,7 +275,7 @@ def _resolve_optimization(step: ResolvedStep) -> Optimization:
 # own checkpoints, step key and nested MLflow run. Every replica keeps the written step's name as its `hypothesis`,
 # which `fluxflow-compare` and the pipeline's MLflow run group by (flows/hypotheses.py). Steps expand when resolved
 # (PipelineConfig.resolved_steps): the flow, the bare runner, step keys and resume see ordinary steps.
-NAME_LIMIT = 64  # as step names (fluxflow/config/load.py NAME_RE)
+NAME_LIMIT = 64  # the longest step or dataset name (fluxflow/config/load.py NAME_RE)
 
 
 class ReplicatesConfig(StrictModel):

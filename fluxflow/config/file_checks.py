@@ -26,7 +26,6 @@ import json
 import os
 import re
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -418,16 +417,3 @@ def text_encoder_issues(model) -> list[ConfigIssue]:
                                   f"positions of the pretrained text encoder ({te.path})"))
     return issues
 
-
-def frozen_pretrained_issues(step, at: Callable[..., str], inherited: Callable[[str], str]) -> list[ConfigIssue]:
-    """A pretrained text encoder stays frozen: its weights stay in its directory and are not in checkpoints.
-    `step`: the resolved step; `at(*keys)`: the step's path of a field; `inherited(key)`: where a value came from."""
-    why = ("a pretrained text encoder (model.text_encoder) stays frozen: its weights are read from its directory, "
-           "never trained or written to checkpoints")
-    issues = []
-    if step.train_diff_full:
-        issues.append(ConfigIssue(at("train_diff_full"), f"{why}; use train_diff{inherited('train_diff_full')}"))
-    if "text_encoder" in step.unfreeze:
-        issues.append(ConfigIssue(at("unfreeze", step.unfreeze.index("text_encoder")),
-                                  why + inherited("unfreeze")))
-    return issues

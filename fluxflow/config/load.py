@@ -18,8 +18,8 @@ from pydantic import TypeAdapter, ValidationError
 from fluxflow.config import modes
 from fluxflow.config.errors import ConfigError, ConfigIssue, did_you_mean, format_path
 from fluxflow.config.executor import process_issues, resources_issues
-from fluxflow.config.file_checks import STEPS, checkpoint_issues, frozen_pretrained_issues, lpips_issues, \
-    not_a_regular_file, text_encoder_issues, with_pretrained_width
+from fluxflow.config.file_checks import STEPS, checkpoint_issues, lpips_issues, not_a_regular_file, \
+    text_encoder_issues, with_pretrained_width
 from fluxflow.config.legacy import apply_legacy, get_in
 from fluxflow.config.optim import Optimization, number_problem, optimizer_issues, scheduler_issues
 from fluxflow.config.promotion import promotion_issues
@@ -430,7 +430,14 @@ def _step_issues(i: int, step: StepConfig, p: Pieces) -> tuple[list[ConfigIssue]
                                   + _inherited(step, "use_lpips")))
     given = merged_step_fields(step, p.defaults)
     if p.model is not None and p.model.text_encoder.type == "pretrained":
-        issues += frozen_pretrained_issues(s, at, lambda key: _inherited(step, key))
+        frozen = ("a pretrained text encoder (model.text_encoder) stays frozen: its weights are read from its "
+                  "directory, never trained or written to checkpoints")
+        if s.train_diff_full:
+            issues.append(ConfigIssue(at("train_diff_full"), f"{frozen}; use train_diff"
+                                      + _inherited(step, "train_diff_full")))
+        if "text_encoder" in s.unfreeze:
+            issues.append(ConfigIssue(at("unfreeze", s.unfreeze.index("text_encoder")),
+                                      frozen + _inherited(step, "unfreeze")))
     issues += _freeze_issues(step, s, given, at)
     issues += _optimization_issues(step, s, given, at)
     issues += _transition_issues(step, s, given, at)

@@ -23,11 +23,6 @@ from fluxflow.config.errors import ConfigIssue, did_you_mean
 from fluxflow.config.executor import StepResources
 from fluxflow.config.optim import INT64, OmitsDefaults, Optimization, OptimizerConfig, StrictModel
 
-TransitionMode = Literal["epoch", "loss_threshold"]
-LossWeighting = Literal["none", "min_snr"]
-OnMissed = Literal["continue", "fail"]
-
-
 def _workers(value: Any) -> Any:
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
         return value
@@ -88,7 +83,7 @@ class Transition(StrictModel):
     """When a step ends. `epoch`: after n_epochs. `loss_threshold`: when the moving average of `metric` over the last
     `window` batches is below `threshold` (checked at each epoch end), or after `max_epochs` (default n_epochs)."""
 
-    mode: TransitionMode | None = None
+    mode: Literal["epoch", "loss_threshold"] | None = None
     metric: str | None = None
     threshold: float | None = None
     max_epochs: int | None = Field(None, ge=1)
@@ -96,8 +91,8 @@ class Transition(StrictModel):
 
 
 class StepSettings(StrictModel):
-    """Every setting of a step, with its built-in default: the one list of step fields. Those without a default
-    come from `training` (StepGlobals). `StepFields` below is the same list with every field optional."""
+    """Every setting of a step, with its built-in default: the one list of step fields (those without a default are
+    the step globals of `training`)."""
 
     n_epochs: int = Field(ge=1)
     train_vae: bool = False
@@ -134,7 +129,7 @@ class StepSettings(StrictModel):
     t_logit_std: float = Field(1.0, gt=0.0)
     t_shift: float = Field(1.0, gt=0.0)
     t_shift_base_size: int | None = Field(None, ge=1)  # set: t_shift is scaled by img_size / t_shift_base_size (SD3)
-    loss_weighting: LossWeighting = "none"
+    loss_weighting: Literal["none", "min_snr"] = "none"
     min_snr_gamma: float = Field(5.0, gt=0.0)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     # Max total gradient norm of one update (all its optimizer groups); 0 = no clipping. 1.0: the original tool's
@@ -143,7 +138,7 @@ class StepSettings(StrictModel):
     gradient_accumulation_steps: int = Field(1, ge=1)
     optimization: Optimization = Field(default_factory=Optimization)
     transition_on: Transition = Field(default_factory=Transition)
-    on_missed: OnMissed = "continue"
+    on_missed: Literal["continue", "fail"] = "continue"
     max_steps: int | None = Field(None, ge=1)
     batch_size: int = Field(ge=1)
     workers: Workers

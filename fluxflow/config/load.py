@@ -483,7 +483,7 @@ def _optimization_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigI
     merged = Optimization(**given.get("optimization", {}))
     for kind in ("optimizers", "schedulers"):
         for group in getattr(step.optimization, kind):
-            loc = (*STEPS, s.index, "optimization", kind, group)
+            loc = at("optimization", kind, group)
             issues += _group_issues(group, getattr(merged, kind)[group], kind, loc)
             if group in modes.OPTIMIZER_GROUPS and group not in used:
                 members = ", ".join(modes.OPTIMIZER_GROUPS[group])

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fluxflow.config.errors import ConfigIssue, format_path
+from fluxflow.config.errors import STEPS, ConfigIssue, format_path
 
 LPIPS_BACKBONE_FILE = "alexnet-owt-7be5be79.pth"
 
@@ -52,7 +52,6 @@ def missing_lpips_backbone_message() -> str | None:
     )
 
 
-STEPS = ("training", "pipeline", "steps")
 TEXT_PATH = "model.text_encoder.path"
 
 

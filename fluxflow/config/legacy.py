@@ -146,7 +146,6 @@ def _pipeline(training: dict, notes: LegacyNotes) -> None:
             defaults = pipeline.setdefault("defaults", {})
             if isinstance(defaults, dict):
                 defaults.update({key: value for key, value in losses.items() if key not in defaults})
-        # Every step, the defaults and the datasets.
         notes.drop(pipeline, {"mode": "steps run in file order, or after the step named by their `after:`"},
                    "training.pipeline")
         for path, block in _step_blocks(pipeline):

@@ -16,10 +16,10 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from fluxflow.config import modes
-from fluxflow.config.errors import ConfigError, ConfigIssue, did_you_mean, format_path
+from fluxflow.config.errors import STEPS, ConfigError, ConfigIssue, did_you_mean, format_path
 from fluxflow.config.executor import process_issues, resources_issues
-from fluxflow.config.file_checks import STEPS, checkpoint_issues, lpips_issues, not_a_regular_file, \
-    text_encoder_issues, with_pretrained_width
+from fluxflow.config.file_checks import checkpoint_issues, lpips_issues, not_a_regular_file, text_encoder_issues, \
+    with_pretrained_width
 from fluxflow.config.legacy import apply_legacy, get_in
 from fluxflow.config.optim import Optimization, number_problem, optimizer_issues, scheduler_issues
 from fluxflow.config.promotion import promotion_issues

@@ -202,8 +202,7 @@ class MissingStepValue(Exception):
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any], kind_key: str = "type") -> dict[str, Any]:
-    """`override` on top of `base`; when both name a different `kind_key` (an optimizer's or scheduler's `type`, the
-    `mode` of transition_on), `override` replaces `base` whole."""
+    """`override` on top of `base`, by the module docstring's deep merge (`kind_key`: the block's type key)."""
     if kind_key in base and kind_key in override and base[kind_key] != override[kind_key]:
         return dict(override)
     merged = dict(base)

@@ -225,8 +225,7 @@ def issues_from_validation(exc: ValidationError) -> list[ConfigIssue]:
     return issues
 
 
-_SECTION_ORDER = ("(file)", "model", "data", "training", "output", "tracking", "promotion", "model_checkpoint",
-                  "optimization")
+_SECTION_ORDER = ("(file)", *PipelineConfig.model_fields, "optimization")  # optimization: the original tool's
 
 
 def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:

@@ -3,7 +3,6 @@
     loaded = load_config("configs/quickstart.yaml")     # or a dict; raises ConfigError listing every problem
     for step in loaded.config.resolved_steps(): ...
 """
-from fluxflow.config.file_checks import LPIPS_BACKBONE_FILE, lpips_backbone_path
 from fluxflow.config.errors import ConfigError, ConfigIssue
 from fluxflow.config.load import LoadedConfig, load_config
 from fluxflow.config.optim import Optimization, OptimizerConfig, SchedulerConfig
@@ -14,9 +13,8 @@ from fluxflow.config.schema import (DataConfig, DatasetConfig, DistributedConfig
 from fluxflow.config.steps import ResolvedStep, StepConfig, StepDefaults, Transition
 
 __all__ = [
-    "ConfigError", "ConfigIssue", "DataConfig", "DatasetConfig", "DistributedConfig", "FolderDataset",
-    "LPIPS_BACKBONE_FILE", "ShapesDataset", "WebDatasetConfig",
-    "LoadedConfig", "ModelConfig", "Optimization", "OptimizerConfig", "OutputConfig", "PipelineConfig",
-    "PipelineSection", "PromotionConfig", "ResolvedStep", "SchedulerConfig", "StepConfig", "StepDefaults",
-    "TrackingConfig", "TrainingConfig", "Transition", "load_config", "lpips_backbone_path",
+    "ConfigError", "ConfigIssue", "DataConfig", "DatasetConfig", "DistributedConfig", "FolderDataset", "LoadedConfig",
+    "ModelConfig", "Optimization", "OptimizerConfig", "OutputConfig", "PipelineConfig", "PipelineSection",
+    "PromotionConfig", "ResolvedStep", "SchedulerConfig", "ShapesDataset", "StepConfig", "StepDefaults",
+    "TrackingConfig", "TrainingConfig", "Transition", "WebDatasetConfig", "load_config",
 ]

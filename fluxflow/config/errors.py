@@ -7,6 +7,8 @@ from typing import Iterable, Sequence
 
 from fluxflow.errors import NonRetryable
 
+STEPS = ("training", "pipeline", "steps")  # an issue's path (*STEPS, i, "lr") is written training.pipeline.steps[i].lr
+
 
 @dataclass(frozen=True)
 class ConfigIssue:

@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from fluxflow.config.errors import ConfigIssue
+from fluxflow.config.errors import STEPS, ConfigIssue
 from fluxflow.config.optim import StrictModel
 
 # Names Ray keeps for its own accounting -> the field of StepResources that asks for them instead.
@@ -68,7 +68,7 @@ def resources_issues(config) -> list[ConfigIssue]:
     negative or named like Ray's own (which the fields set)."""
     issues, pipe = [], config.training.pipeline
     places = [(("training", "pipeline", "defaults", "resources"), pipe.defaults.resources)]
-    places += [(("training", "pipeline", "steps", i, "resources"), s.resources) for i, s in enumerate(pipe.steps)]
+    places += [((*STEPS, i, "resources"), s.resources) for i, s in enumerate(pipe.steps)]
     for loc, resources in places:
         if resources is None:
             continue
@@ -85,8 +85,7 @@ def resources_issues(config) -> list[ConfigIssue]:
 
 
 def process_issues(config) -> list[ConfigIssue]:
-    dist = config.training.distributed
-    issues = []
+    dist, issues = config.training.distributed, []
     # find_spec: whether Ray is there, without the second its import costs (`--validate-pipeline` stays light).
     if dist.uses_ray_train and importlib.util.find_spec("ray") is None:
         issues.append(ConfigIssue("training.distributed.nodes", f"is {dist.nodes}: a step across nodes trains through "
@@ -95,7 +94,7 @@ def process_issues(config) -> list[ConfigIssue]:
         issues.append(ConfigIssue("training.distributed.nodes", f"is {dist.nodes}: a step across nodes trains on a "
                                   "Ray cluster, which needs training.executor.kind: ray"))
     # Each rank loads batch_size / processes items of every global batch.
-    return issues + [ConfigIssue(f"training.pipeline.steps[{step.index}].batch_size",
+    return issues + [ConfigIssue((*STEPS, step.index, "batch_size"),
                                  f"{step.batch_size} is not divisible by the step's {dist.processes} processes "
                                  "(training.distributed: nodes × nproc_per_node)")
                      for step in config.written_steps() if step.batch_size % dist.processes]  # any % 1 is 0

@@ -7,16 +7,13 @@ torch and no transformers here: `--validate-pipeline` reads at most a small conf
 LPIPS (the `lpips` package) ships only its small linear layers; its AlexNet ImageNet backbone comes from torchvision's
 hub cache, found as `torch.hub.get_dir()` finds it. `fluxflow.losses` re-exports `lpips_backbone_path`.
 
-The captions file of a `folder` dataset is read here, not in fluxflow/data (which imports torch), because validation
-reads it too: a folder that is missing, has no captions file, or lists too few images for its hold-out is a config
-problem named before any step starts, and the dataset (fluxflow/data/folder.py) applies the same rules to the files it
-finds. A line that is not UTF-8 is decoded as Latin-1, which decodes every byte string: the caption is kept
-(repaired) and counted, never fatal.
+The captions file of a `folder` dataset is read here, not in fluxflow/data (which imports torch): a folder that is
+missing, has no captions file, or lists too few images for its hold-out is a config problem named before any step
+starts (data_issues), and the dataset (fluxflow/data/folder.py) applies the same rules to the files it finds. A line
+that is not UTF-8 is decoded as Latin-1, which decodes every byte string: kept (repaired) and counted, never fatal.
 
-A pretrained text encoder (`model.text_encoder: {type: pretrained, path: DIR}`) is a `save_pretrained` directory (or
-a snapshot of a hub repository). Validation reads its `config.json` only, so it stays fast;
-fluxflow/models/pretrained_text.py loads the model with transformers (`local_files_only=True`), an optional dependency
-(the `pretrained` extra): a config that names a pretrained encoder where it is not installed is refused by validation.
+A pretrained text encoder is a `save_pretrained` directory; validation reads its `config.json` only, so it stays fast
+(fluxflow/models/pretrained_text.py loads it with transformers, the optional `pretrained` extra).
 """
 from __future__ import annotations
 
@@ -26,12 +23,11 @@ import json
 import os
 import re
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fluxflow.config.errors import ConfigIssue, format_path
+from fluxflow.config.errors import STEPS, ConfigIssue, format_path
 
 LPIPS_BACKBONE_FILE = "alexnet-owt-7be5be79.pth"
 
@@ -56,7 +52,6 @@ def missing_lpips_backbone_message() -> str | None:
     )
 
 
-STEPS = ("training", "pipeline", "steps")
 TEXT_PATH = "model.text_encoder.path"
 
 
@@ -418,16 +413,3 @@ def text_encoder_issues(model) -> list[ConfigIssue]:
                                   f"positions of the pretrained text encoder ({te.path})"))
     return issues
 
-
-def frozen_pretrained_issues(step, at: Callable[..., str], inherited: Callable[[str], str]) -> list[ConfigIssue]:
-    """A pretrained text encoder stays frozen: its weights stay in its directory and are not in checkpoints.
-    `step`: the resolved step; `at(*keys)`: the step's path of a field; `inherited(key)`: where a value came from."""
-    why = ("a pretrained text encoder (model.text_encoder) stays frozen: its weights are read from its directory, "
-           "never trained or written to checkpoints")
-    issues = []
-    if step.train_diff_full:
-        issues.append(ConfigIssue(at("train_diff_full"), f"{why}; use train_diff{inherited('train_diff_full')}"))
-    if "text_encoder" in step.unfreeze:
-        issues.append(ConfigIssue(at("unfreeze", step.unfreeze.index("text_encoder")),
-                                  why + inherited("unfreeze")))
-    return issues

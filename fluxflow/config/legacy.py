@@ -12,6 +12,7 @@ from collections.abc import Collection
 from typing import Any
 
 from fluxflow.config.errors import ConfigIssue
+from fluxflow.config.modes import ALL_MODES
 from fluxflow.config.optim import EPOCH_ONLY
 
 ARCH = "there is one model architecture here, sized by the model section"
@@ -47,7 +48,6 @@ OUTPUT_NO_EFFECT = {
     "log_level": "the console shows progress lines; metrics go to MLflow and graph/*.jsonl",
     "log_file": "the console shows progress lines; metrics go to MLflow and graph/*.jsonl",
 }
-MODE_KEYS = ("train_vae", "gan_training", "use_lpips", "train_spade", "train_diff", "train_diff_full")
 LOSS_KEYS = ("kl_beta", "kl_warmup_steps", "kl_free_bits", "lambda_adv", "lambda_lpips")
 # training.<key> of the original that are step fields here (key -> name here): defaults of every step.
 STEP_DEFAULT_KEYS = {**{key: key for key in LOSS_KEYS}, "initial_clipping_norm": "grad_clip"}
@@ -128,7 +128,7 @@ def _pipeline(training: dict, notes: LegacyNotes) -> None:
                                         "write `pipeline:` then `steps:` then the list of steps"))
         training["pipeline"] = pipeline = {"steps": pipeline}
     implicit = pipeline is None or (isinstance(pipeline, dict) and "steps" not in pipeline)
-    modes = {k: training.pop(k) for k in MODE_KEYS if k in training}
+    modes = {k: training.pop(k) for k in ALL_MODES if k in training}
     losses = {new: training.pop(old) for old, new in STEP_DEFAULT_KEYS.items() if old in training}
     if implicit and any(modes.values()):
         # A single-mode config of the original tool: its modes and loss weights become one step (of n_epochs 1 unless
@@ -146,7 +146,6 @@ def _pipeline(training: dict, notes: LegacyNotes) -> None:
             defaults = pipeline.setdefault("defaults", {})
             if isinstance(defaults, dict):
                 defaults.update({key: value for key, value in losses.items() if key not in defaults})
-        # Every step, the defaults and the datasets.
         notes.drop(pipeline, {"mode": "steps run in file order, or after the step named by their `after:`"},
                    "training.pipeline")
         for path, block in _step_blocks(pipeline):

@@ -16,17 +16,17 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from fluxflow.config import modes
-from fluxflow.config.errors import ConfigError, ConfigIssue, did_you_mean, format_path
+from fluxflow.config.errors import STEPS, ConfigError, ConfigIssue, did_you_mean, format_path
 from fluxflow.config.executor import process_issues, resources_issues
-from fluxflow.config.file_checks import STEPS, checkpoint_issues, frozen_pretrained_issues, lpips_issues, \
-    not_a_regular_file, text_encoder_issues, with_pretrained_width
+from fluxflow.config.file_checks import checkpoint_issues, lpips_issues, not_a_regular_file, text_encoder_issues, \
+    with_pretrained_width
 from fluxflow.config.legacy import apply_legacy, get_in
 from fluxflow.config.optim import Optimization, number_problem, optimizer_issues, scheduler_issues
 from fluxflow.config.promotion import promotion_issues
 from fluxflow.config.schema import (DATASET_TYPES, SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,
                                     PipelineConfig, TrainingConfig, implicit_datasets)
-from fluxflow.config.steps import TRAINING_GLOBALS, MissingStepValue, ResolvedStep, StepConfig, StepDefaults, \
-    merged_step_fields, replicate_issues, resolve_step
+from fluxflow.config.steps import NAME_LIMIT, TRAINING_GLOBALS, MissingStepValue, ResolvedStep, StepConfig, \
+    StepDefaults, merged_step_fields, replicate_issues, resolve_step
 
 
 @dataclass
@@ -225,8 +225,7 @@ def issues_from_validation(exc: ValidationError) -> list[ConfigIssue]:
     return issues
 
 
-_SECTION_ORDER = ("(file)", "model", "data", "training", "output", "tracking", "promotion", "model_checkpoint",
-                  "optimization")
+_SECTION_ORDER = ("(file)", *PipelineConfig.model_fields, "optimization")  # optimization: the original tool's
 
 
 def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:
@@ -241,8 +240,8 @@ def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:
 
 
 # Rules that span fields. Step and dataset names become parts of file names and MLflow keys.
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-NAME_RULE = "must be 1-64 letters, digits, '_' or '-' (it is used in file names)"
+NAME_RE = re.compile(rf"^[A-Za-z0-9_-]{{1,{NAME_LIMIT}}}$")
+NAME_RULE = f"must be 1-{NAME_LIMIT} letters, digits, '_' or '-' (it is used in file names)"
 
 
 @dataclass
@@ -430,7 +429,14 @@ def _step_issues(i: int, step: StepConfig, p: Pieces) -> tuple[list[ConfigIssue]
                                   + _inherited(step, "use_lpips")))
     given = merged_step_fields(step, p.defaults)
     if p.model is not None and p.model.text_encoder.type == "pretrained":
-        issues += frozen_pretrained_issues(s, at, lambda key: _inherited(step, key))
+        frozen = ("a pretrained text encoder (model.text_encoder) stays frozen: its weights are read from its "
+                  "directory, never trained or written to checkpoints")
+        if s.train_diff_full:
+            issues.append(ConfigIssue(at("train_diff_full"), f"{frozen}; use train_diff"
+                                      + _inherited(step, "train_diff_full")))
+        if "text_encoder" in s.unfreeze:
+            issues.append(ConfigIssue(at("unfreeze", s.unfreeze.index("text_encoder")),
+                                      frozen + _inherited(step, "unfreeze")))
     issues += _freeze_issues(step, s, given, at)
     issues += _optimization_issues(step, s, given, at)
     issues += _transition_issues(step, s, given, at)
@@ -476,7 +482,7 @@ def _optimization_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigI
     merged = Optimization(**given.get("optimization", {}))
     for kind in ("optimizers", "schedulers"):
         for group in getattr(step.optimization, kind):
-            loc = (*STEPS, s.index, "optimization", kind, group)
+            loc = at("optimization", kind, group)
             issues += _group_issues(group, getattr(merged, kind)[group], kind, loc)
             if group in modes.OPTIMIZER_GROUPS and group not in used:
                 members = ", ".join(modes.OPTIMIZER_GROUPS[group])

@@ -32,7 +32,7 @@ OPTIMIZER_GROUPS: dict[str, tuple[str, ...]] = {
 
 # Modes that make a step train something; train_spade and use_lpips only modify a VAE/GAN step.
 PRIMARY_MODES: tuple[str, ...] = ("train_vae", "gan_training", "train_diff", "train_diff_full")
-ALL_MODES: tuple[str, ...] = ("train_vae", "gan_training", "train_spade", "use_lpips", "train_diff", "train_diff_full")
+ALL_MODES: tuple[str, ...] = ("train_vae", "gan_training", "use_lpips", "train_spade", "train_diff", "train_diff_full")
 
 # The original tool's image-statistics regularisers (fluxflow/losses/image_stats.py): modifiers of a train_vae step,
 # each switched on by `train_<term>`, weighted by `lambda_<term>` and logged as `<term>_loss`.

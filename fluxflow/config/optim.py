@@ -20,13 +20,9 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fluxflow.config.errors import ConfigIssue
 
-OptimizerType = Literal["AdamW", "Adam", "SGD", "RMSprop", "Adagrad", "Adadelta"]
-SchedulerType = Literal["CosineAnnealingLR", "StepLR", "MultiStepLR", "ExponentialLR", "ReduceLROnPlateau", "LinearLR",
-                        "ConstantLR"]
-Interval = Literal["step", "epoch"]
 UnitFloat = Annotated[float, Field(ge=0.0, lt=1.0)]
 
-# The parameters each optimizer type takes (besides lr), with the value used when a file leaves one out.
+# The optimizer types and the parameters each takes (besides lr), with the value used when a file leaves one out.
 OPTIMIZER_PARAMS: dict[str, dict[str, Any]] = {
     # 0.1 is nanoGPT's value (DiT trains with 0): it goes with nanoGPT's split that decays only matrices and conv
     # kernels (fluxflow/train/param_groups.py). Decoupled decay shrinks a weight by lr x 0.1 per step, 1e-5 at 1e-4.
@@ -46,7 +42,7 @@ GROUP_OPTIMIZER_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
     "discriminator": {"AdamW": {"betas": (0.5, 0.9)}, "Adam": {"betas": (0.5, 0.9)}},
 }
 
-# The parameters each scheduler type takes; None = no fixed default (see SchedulerConfig.resolved). This is the one
+# The scheduler types and the parameters each takes; None = no fixed default (see SchedulerConfig.resolved). The one
 # place their defaults live: fluxflow/train/lr_schedule.py reads them from here.
 SCHEDULER_PARAMS: dict[str, dict[str, Any]] = {
     "CosineAnnealingLR": {"eta_min_factor": 0.1},
@@ -141,7 +137,7 @@ class OmitsDefaults(StrictModel):
 
 
 class OptimizerConfig(StrictModel):
-    type: OptimizerType | None = None
+    type: Literal[tuple(OPTIMIZER_PARAMS)] | None = None
     lr: float | None = Field(None, gt=0.0, le=1.0)
     betas: tuple[UnitFloat, UnitFloat] | None = None
     eps: float | None = Field(None, gt=0.0)
@@ -175,8 +171,8 @@ class SchedulerConfig(StrictModel):
     needs a loss_threshold step.
     """
 
-    type: SchedulerType | None = None
-    interval: Interval | None = None
+    type: Literal[tuple(SCHEDULER_PARAMS)] | None = None
+    interval: Literal["step", "epoch"] | None = None
     warmup_steps: int | None = Field(None, ge=0)
     eta_min_factor: float | None = Field(None, ge=0.0, le=1.0)
     step_size: int | None = Field(None, ge=1)

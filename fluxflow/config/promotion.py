@@ -136,8 +136,8 @@ def promotion_issues(config) -> list[ConfigIssue]:
     for name in [name for name in registered_steps(config) if name in capable]:  # the others: reported above
         metric, direction = promotion_metric(config, name)
         dataset = evaluation_dataset(config, name)
-        evaluated = config.training.pipeline.datasets[dataset]
-        if config.promotion.enabled and evaluated.holdout == 0:
+        evaluated = datasets[dataset]
+        if promotion.enabled and evaluated.holdout == 0:
             issues.append(ConfigIssue(f"training.pipeline.datasets.{dataset}.holdout", "is 0, but promotion evaluates "
                                       f"the registered versions of step {name!r} on this dataset's held-out images: "
                                       "hold some out, name another promotion.dataset, or set promotion.enabled: false"))
@@ -158,7 +158,7 @@ def promotion_issues(config) -> list[ConfigIssue]:
             better = "higher" if PROMOTION_METRICS[metric] == "maximize" else "lower"
             issues.append(ConfigIssue("promotion.direction", f"{metric} is better when {better}; direction "
                                                              f"{direction} would promote worse models"))
-    return list(dict.fromkeys(issues))
+    return issues  # load_config drops duplicates (one per registered step) with the rest
 
 
 def describe_release(config) -> str | None:

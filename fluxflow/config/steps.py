@@ -21,12 +21,7 @@ from fluxflow.config import modes
 from fluxflow.config.dag import descendants
 from fluxflow.config.errors import ConfigIssue, did_you_mean
 from fluxflow.config.executor import StepResources
-from fluxflow.config.optim import OmitsDefaults, Optimization, OptimizerConfig, StrictModel
-
-TransitionMode = Literal["epoch", "loss_threshold"]
-LossWeighting = Literal["none", "min_snr"]
-OnMissed = Literal["continue", "fail"]
-
+from fluxflow.config.optim import INT64, OmitsDefaults, Optimization, OptimizerConfig, StrictModel
 
 def _workers(value: Any) -> Any:
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
@@ -35,8 +30,7 @@ def _workers(value: Any) -> Any:
 
 
 # A seed of the data order, weights and noise: numpy's SeedSequence takes no negative one, torch none past 2**63.
-SEED_LIMIT = 2**63
-Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT)]
+Seed = Annotated[int, Field(ge=0, lt=INT64)]
 
 
 def seeds_problem(name: str, seed: Any, n: int = 1) -> str | None:
@@ -45,7 +39,7 @@ def seeds_problem(name: str, seed: Any, n: int = 1) -> str | None:
     spells it."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         return f"{name} must be an integer, got {seed!r}"
-    if not 0 <= seed <= SEED_LIMIT - n:
+    if not 0 <= seed <= INT64 - n:
         return (f"{name} must lie within 0 and 2**63 - n (the images' seeds are seed..seed+n-1, each from 0 to "
                 f"2**63 - 1 as a config's seeds); got {seed}")
     return None
@@ -89,7 +83,7 @@ class Transition(StrictModel):
     """When a step ends. `epoch`: after n_epochs. `loss_threshold`: when the moving average of `metric` over the last
     `window` batches is below `threshold` (checked at each epoch end), or after `max_epochs` (default n_epochs)."""
 
-    mode: TransitionMode | None = None
+    mode: Literal["epoch", "loss_threshold"] | None = None
     metric: str | None = None
     threshold: float | None = None
     max_epochs: int | None = Field(None, ge=1)
@@ -97,8 +91,8 @@ class Transition(StrictModel):
 
 
 class StepSettings(StrictModel):
-    """Every setting of a step, with its built-in default: the one list of step fields. Those without a default
-    come from `training` (StepGlobals). `StepFields` below is the same list with every field optional."""
+    """Every setting of a step, with its built-in default: the one list of step fields (those without a default are
+    the step globals of `training`)."""
 
     n_epochs: int = Field(ge=1)
     train_vae: bool = False
@@ -135,7 +129,7 @@ class StepSettings(StrictModel):
     t_logit_std: float = Field(1.0, gt=0.0)
     t_shift: float = Field(1.0, gt=0.0)
     t_shift_base_size: int | None = Field(None, ge=1)  # set: t_shift is scaled by img_size / t_shift_base_size (SD3)
-    loss_weighting: LossWeighting = "none"
+    loss_weighting: Literal["none", "min_snr"] = "none"
     min_snr_gamma: float = Field(5.0, gt=0.0)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     # Max total gradient norm of one update (all its optimizer groups); 0 = no clipping. 1.0: the original tool's
@@ -144,7 +138,7 @@ class StepSettings(StrictModel):
     gradient_accumulation_steps: int = Field(1, ge=1)
     optimization: Optimization = Field(default_factory=Optimization)
     transition_on: Transition = Field(default_factory=Transition)
-    on_missed: OnMissed = "continue"
+    on_missed: Literal["continue", "fail"] = "continue"
     max_steps: int | None = Field(None, ge=1)
     batch_size: int = Field(ge=1)
     workers: Workers
@@ -208,8 +202,7 @@ class MissingStepValue(Exception):
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any], kind_key: str = "type") -> dict[str, Any]:
-    """`override` on top of `base`; when both name a different `kind_key` (an optimizer's or scheduler's `type`, the
-    `mode` of transition_on), `override` replaces `base` whole."""
+    """`override` on top of `base`, by the module docstring's deep merge (`kind_key`: the block's type key)."""
     if kind_key in base and kind_key in override and base[kind_key] != override[kind_key]:
         return dict(override)
     merged = dict(base)
@@ -276,7 +269,7 @@ def _resolve_optimization(step: ResolvedStep) -> Optimization:
 # own checkpoints, step key and nested MLflow run. Every replica keeps the written step's name as its `hypothesis`,
 # which `fluxflow-compare` and the pipeline's MLflow run group by (flows/hypotheses.py). Steps expand when resolved
 # (PipelineConfig.resolved_steps): the flow, the bare runner, step keys and resume see ordinary steps.
-NAME_LIMIT = 64  # as step names (fluxflow/config/load.py NAME_RE)
+NAME_LIMIT = 64  # the longest step or dataset name (fluxflow/config/load.py NAME_RE)
 
 
 class ReplicatesConfig(StrictModel):

@@ -4,7 +4,8 @@
 `<point>`; unset (always, outside tests), `reached` does nothing. A point is named where the moment is too short to
 hit from outside. Points: `step_finished` (a step's `ref.json` is written and its MLflow run not yet closed:
 tests/flows/test_mlflow_after_kills.py); `batch<global_step>_rank<rank>` (a rank has finished that batch of the
-pipeline: tests/runtime/test_ray_train_step.py kills one Ray Train worker mid-step).
+pipeline: tests/runtime/test_ray_train_step.py kills one Ray Train worker mid-step); `teardown_rank<rank>` (a torchrun
+rank has passed the step's last barrier, before its process group is destroyed: tests/runtime/test_distributed.py).
 
 `FLUXFLOW_TEST_KILL_ONCE=<file>` as well makes the kill happen once: the first process to reach the point creates
 the file and dies, later ones (a restarted worker group, a rerun) find it and go on.

@@ -8,6 +8,7 @@ process group — torchrun and every rank — is killed in `finally`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome
 from fluxflow.config.run_config import run_dict
 from fluxflow.runtime.stop_request import POLL_S, StepInterrupted, stop_requested
 
+log = logging.getLogger("fluxflow.train.step_run")  # the step runner's logger: its warnings reach the same handlers
 # Every rank's code, named, not imported (processes sit under training): `main` under torchrun, `run_rank` under Ray.
 RANK_ENTRY = "fluxflow.train.distributed_step"
 
@@ -88,9 +90,13 @@ def run_step_distributed(config, step_name: str, parent: CheckpointRef | None, n
             rc = _wait(proc, step_name, timeout)
         finally:
             _kill_group(proc)
-        if rc != 0:
+        result = tmp / "result.json"  # written (atomically) by rank 0 once every rank has finished the step
+        if rc != 0 and not result.exists():
             raise RuntimeError(f"step {step_name}: torchrun with {nproc} processes exited with code {rc}")
-        return StepOutcome.from_dict(json.loads((tmp / "result.json").read_text()))
+        if rc != 0:  # a rank that failed while the group was torn down, after the step: its result stands
+            log.warning("Step %s: torchrun exited with code %d after every rank had finished the step (checkpoint "
+                        "and result written); the step's result stands", step_name, rc)
+        return StepOutcome.from_dict(json.loads(result.read_text()))
 
 
 def run_step_on_processes(config, step_name: str, parent: CheckpointRef | None,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from fluxflow.runtime import distributed
+from fluxflow.runtime import distributed, kill_points
 from fluxflow.checkpoints.ref import CheckpointRef
 from fluxflow.config.run_config import run_config_of
 from fluxflow.train.step_run import run_step
@@ -43,10 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     # The config was resolved by the caller (fluxflow/runtime/launch.py).
     config, parent = (json.loads(Path(path).read_text()) for path in (args.config, args.parent))
     outcome = run_rank(config, args.step, parent)
-    if outcome is not None:
-        with open(args.result, "w") as f:
-            json.dump(outcome, f)
+    if outcome is not None:  # whole or absent: the launcher takes a result it finds as the step's, whatever follows
+        partial = Path(f"{args.result}.partial")
+        partial.write_text(json.dumps(outcome))
+        partial.replace(args.result)
     leave_together()
+    kill_points.reached(f"teardown_rank{distributed.rank()}")
     if distributed.active():  # torchrun's process group is ours to end (Ray Train ends its own)
         dist.destroy_process_group()
     return 0

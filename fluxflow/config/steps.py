@@ -23,6 +23,7 @@ from fluxflow.config.errors import ConfigIssue, did_you_mean
 from fluxflow.config.executor import StepResources
 from fluxflow.config.optim import INT64, OmitsDefaults, Optimization, OptimizerConfig, StrictModel
 
+
 def _workers(value: Any) -> Any:
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
         return value

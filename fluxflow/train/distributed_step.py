@@ -15,6 +15,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from fluxflow.runtime import distributed, kill_points
+from fluxflow.checkpoints.io import atomic_write
 from fluxflow.checkpoints.ref import CheckpointRef
 from fluxflow.config.run_config import run_config_of
 from fluxflow.train.step_run import run_step
@@ -44,9 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     config, parent = (json.loads(Path(path).read_text()) for path in (args.config, args.parent))
     outcome = run_rank(config, args.step, parent)
     if outcome is not None:  # whole or absent: the launcher takes a result it finds as the step's, whatever follows
-        partial = Path(f"{args.result}.partial")
-        partial.write_text(json.dumps(outcome))
-        partial.replace(args.result)
+        atomic_write(args.result, lambda f: f.write(json.dumps(outcome).encode()), durable=False)
     leave_together()
     kill_points.reached(f"teardown_rank{distributed.rank()}")
     if distributed.active():  # torchrun's process group is ours to end (Ray Train ends its own)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import warnings
 
-import lpips
 import torch
 
 import fluxflow.losses.lpips as lpips_module
@@ -15,6 +14,8 @@ WAIT_S = 1.0
 
 
 def test_two_lpips_losses_built_at_once_leave_the_warning_filters_as_they_were(monkeypatch):
+    import lpips  # here, not at collection: 1.6 s of torchvision that most test processes never need
+
     a_inside, b_inside, a_done = threading.Event(), threading.Event(), threading.Event()
 
     class Net(torch.nn.Module):  # lpips.LPIPS stand-in: a holds its block open until b is in its, b until a is done

@@ -27,7 +27,6 @@ from ray_driver_cluster import local_ray_cluster
 from test_distributed import TORCHRUN, config_text
 from test_ray_train_step import RAY, final_models
 
-pytest.importorskip("ray.train")
 pytestmark = pytest.mark.slow
 
 BATCHES = 100  # long enough that the node goes while the step trains, not after

@@ -14,7 +14,6 @@ import torch
 from ray_driver_cluster import local_ray_cluster
 from test_distributed import TORCHRUN, config_text
 
-pytest.importorskip("ray.train")
 pytestmark = pytest.mark.slow
 
 # 4 batches; latest.pt after batch 2; the kill comes after batch 3 of rank 1 (so latest.pt at batch 2 is on disk:

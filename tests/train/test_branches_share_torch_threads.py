@@ -15,10 +15,19 @@ import fluxflow.train.pipeline as pipeline
 WAIT_S = 1.0  # how long the evaluation holds its one-thread section for the new step to start
 
 
-def test_a_step_started_in_a_new_thread_during_an_evaluations_one_thread_fit_trains_on_all_threads(monkeypatch):
+@pytest.fixture
+def two_threads():
+    """At least two torch threads in this thread, so that one thread has something to lose (a parallel test process
+    trains on one: tests/conftest.py)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(2, previous))
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_a_step_started_in_a_new_thread_during_an_evaluations_one_thread_fit_trains_on_all_threads(monkeypatch,
+                                                                                                   two_threads):
     threads = torch.get_num_threads()
-    if threads < 2:
-        pytest.skip("torch runs on one thread here: nothing to lose")
     fitting, step_started = threading.Event(), threading.Event()
 
     def fit(images, targets, epochs, seed):  # the evaluation's fit, held open while the new step starts

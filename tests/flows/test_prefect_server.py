@@ -1,0 +1,81 @@
+"""flows/prefect_server.py: the temporary Prefect server that fluxflow-train starts, when its port is taken."""
+from __future__ import annotations
+
+import contextlib
+import http.server
+import socket
+import threading
+
+from flows import prefect_server
+
+
+class UvicornThatFoundItsPortTaken:
+    """The server's process: running for a moment, then exited with uvicorn's code for a port in use."""
+
+    def __init__(self) -> None:
+        self.polls = 0
+
+    def poll(self) -> int | None:
+        self.polls += 1
+        return None if self.polls == 1 else prefect_server._PORT_IN_USE
+
+
+class Running:
+    def poll(self) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def binary_protocol_server():
+    """A port held by another process's binary protocol (in CI: a Ray cluster's, beside the test): it answers an
+    HTTP request with bytes that are no status line."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.recv(1024)
+                    conn.sendall(b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x05\x00@\x00\xfe\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
+@contextlib.contextmanager
+def health_server():
+    """What the restarted Prefect server answers: 200 on /api/health."""
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/api/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_port_another_protocol_took_is_not_an_answer_and_the_server_starts_again_elsewhere():
+    """CI at 8d7694b: the port picked for the temporary server was taken before uvicorn bound it, the health check
+    read the other process's binary answer, and http.client's BadStatusLine ended the run with a traceback."""
+    with binary_protocol_server() as taken, health_server() as free:
+        server = prefect_server.TemporaryServer()
+        server.port, server.process = taken, UvicornThatFoundItsPortTaken()
+
+        def start_again():  # TemporaryServer.start on a new free port, without a real Prefect server
+            server.port, server.process = free, Running()
+            return server
+
+        server.start = start_again
+        assert server.wait_ready(10) == f"http://127.0.0.1:{free}/api"

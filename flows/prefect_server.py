@@ -124,8 +124,8 @@ class TemporaryServer:
         return self.api_url
 
     def _healthy(self) -> bool:
-        """Whether the server answers its health check. Whatever else holds the port until the server has found it
-        taken (a Ray process's binary protocol answered once in CI: http.client's BadStatusLine) is not an answer."""
+        """Whether the server answers its health check. Another process that holds the port until the server has
+        found it taken is not an answer (once in CI one answered in a binary protocol: http.client's BadStatusLine)."""
         try:
             with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
                 return response.status == 200

@@ -27,8 +27,8 @@ class Running:
 
 @contextlib.contextmanager
 def binary_protocol_server():
-    """A port held by another process's binary protocol (in CI: a Ray cluster's, beside the test): it answers an
-    HTTP request with bytes that are no status line."""
+    """A port held by another process that speaks a binary protocol (in CI, one that was not identified, beside the
+    test): it answers an HTTP request with bytes that are no status line."""
     listener = socket.create_server(("127.0.0.1", 0))
 
     def answer() -> None:

@@ -17,6 +17,7 @@ MLflow (the scripts call `python -m flows.credentials check` before they start a
 from __future__ import annotations
 
 import base64
+import http.client
 import os
 import sys
 import urllib.error
@@ -96,7 +97,7 @@ def _answers_401(url: str, user_password: str | None, method: str = "GET") -> bo
             return False
     except urllib.error.HTTPError as exc:
         return exc.code == 401
-    except (OSError, ValueError):
+    except (OSError, ValueError, http.client.HTTPException):
         return False
 
 
@@ -114,6 +115,8 @@ def unreachable_reason(url: str) -> str | None:
         return None
     except (OSError, ValueError) as exc:  # URLError is an OSError; a timeout too
         return str(getattr(exc, "reason", exc))
+    except http.client.HTTPException as exc:  # another service on that port: a traceback before
+        return f"what answers there is not an HTTP server ({type(exc).__name__})"
 
 
 def prefect_unreachable() -> str | None:

@@ -7,6 +7,7 @@ import os
 import threading
 
 import pytest
+from binary_server import binary_protocol_server
 from helpers_tiny import tiny_raw
 
 from flows import credentials
@@ -70,6 +71,16 @@ def test_local_stores_and_unreachable_servers_are_not_refusals(clean_env):
     assert credentials.mlflow_refusal("sqlite:///mlflow.db") is None
     assert credentials.mlflow_refusal("http://127.0.0.1:9") is None  # down: the outage path, not a refusal
     assert credentials.prefect_refusal("http://127.0.0.1:9/api") is None
+
+
+def test_a_url_where_no_http_server_answers_is_unreachable_in_one_line_not_a_traceback(clean_env):
+    """A URL naming another service's port (its answer is no HTTP status line): http.client's BadStatusLine went up
+    from the start's checks as a traceback, and from the tracking queue's probe of a server to come back."""
+    with binary_protocol_server() as port:
+        url = f"http://127.0.0.1:{port}"
+        assert credentials.unreachable_reason(url) == "what answers there is not an HTTP server (BadStatusLine)"
+        assert credentials.mlflow_refusal(url) is None
+        assert credentials.prefect_refusal(f"{url}/api") is None
 
 
 def test_a_password_in_the_configs_tracking_uri_is_refused_without_echoing_it(tmp_path):

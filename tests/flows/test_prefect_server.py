@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import socket
 import threading
+
+from binary_server import binary_protocol_server
 
 from flows import prefect_server
 
@@ -23,27 +24,6 @@ class UvicornThatFoundItsPortTaken:
 class Running:
     def poll(self) -> None:
         return None
-
-
-@contextlib.contextmanager
-def binary_protocol_server():
-    """A port held by another process that speaks a binary protocol (in CI, one that was not identified, beside the
-    test): it answers an HTTP request with bytes that are no status line."""
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def answer() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = listener.accept()
-                with conn:
-                    conn.recv(1024)
-                    conn.sendall(b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x05\x00@\x00\xfe\n")
-
-    threading.Thread(target=answer, daemon=True).start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
 
 
 @contextlib.contextmanager
@@ -67,8 +47,9 @@ def health_server():
 
 
 def test_a_port_another_protocol_took_is_not_an_answer_and_the_server_starts_again_elsewhere():
-    """CI at 8d7694b: the port picked for the temporary server was taken before uvicorn bound it, the health check
-    read the other process's binary answer, and http.client's BadStatusLine ended the run with a traceback."""
+    """CI at 8d7694b: the port picked for the temporary server was taken before uvicorn bound it (by a process not
+    identified, beside the test), the health check read that process's binary answer, and http.client's
+    BadStatusLine ended the run with a traceback."""
     with binary_protocol_server() as taken, health_server() as free:
         server = prefect_server.TemporaryServer()
         server.port, server.process = taken, UvicornThatFoundItsPortTaken()

@@ -27,8 +27,9 @@ from s3_server import s3  # noqa: E402,F401
 
 def pytest_configure(config) -> None:
     """Each parallel test process (Makefile: PYTEST_WORKERS) trains on its share of the cores, not on all of them:
-    on 2 cores, two processes of two torch threads each made `make test-fast` slower (README). Processes the tests
-    start keep torch's default; a test that needs more than one thread sets its count itself."""
+    on 2 cores, two processes of two torch threads each made `make test-fast` slower (docs/PERFORMANCE.md, "The test
+    suite"). Processes the tests start keep torch's default; a test that needs more than one thread sets its count
+    itself."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         import torch

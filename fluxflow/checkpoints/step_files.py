@@ -50,10 +50,11 @@ def step_key_parts(config) -> dict[str, dict]:
     for step in execution_order(config.resolved_steps()):
         parent_key = keys[step.parent] if step.parent else (json.dumps(root) if root else None)
         # Caches change no number, so switching them neither re-runs a step nor sets its files aside; nor do the
-        # hypothesis label, the resources a Ray executor reserves, nor the image-statistics fields of terms the step
-        # does not use (config/modes.py). Fields added since keys exist are left out at the value that trains as
+        # hypothesis label, the resources a Ray executor reserves, the precision (as training.precision, which a
+        # resume may change: docs/CONFIG.md), nor the image-statistics fields of terms the step does not use
+        # (config/modes.py). Fields added since keys exist are left out at the value that trains as
         # before them (steps.KEY_NEUTRAL_VALUES).
-        ignored = {*CACHE_FIELDS, "hypothesis", "resources"} | unused_image_stat_fields(step)
+        ignored = {*CACHE_FIELDS, "hypothesis", "resources", "precision"} | unused_image_stat_fields(step)
         ignored |= {k for k, v in KEY_NEUTRAL_VALUES.items() if getattr(step, k) == v}
         parts[step.name] = step_key_inputs(step.model_dump(mode="json", exclude=ignored),
                                            config.model.model_dump(mode="json"),

@@ -1,9 +1,9 @@
 """Pipeline steps: what a step may say in the file, the fully resolved step the trainer runs, and seed replicates.
 
 A step's value comes from, highest first: the step itself, `training.pipeline.defaults` (deep-merged under it),
-the globals of `training` (batch_size, workers, lr, n_epochs, max_steps, seed; the pipeline's default dataset), and
-the defaults of `StepSettings` below. In the file every field is optional and None means "inherit"; `ResolvedStep`
-is concrete.
+the globals of `training` (batch_size, workers, lr, n_epochs, max_steps, seed, precision; the pipeline's default
+dataset), and the defaults of `StepSettings` below. In the file every field is optional and None means "inherit";
+`ResolvedStep` is concrete.
 
 Deep merge: mappings merge key by key, lists and scalars of the step replace those of the defaults. A block whose
 `type` (optimizer, scheduler) or `mode` (transition_on) differs from the inherited one replaces it whole, so that
@@ -151,6 +151,9 @@ class StepSettings(StrictModel):
     cache_latents: bool | None = None
     cache_text: bool | None = None
     seed: Seed  # data order, fresh weights and noise of the step
+    # Autocast of the step's training (auto: bf16 on CUDA, fp32 on CPU): a VAE warm-up may take bf16 on a CPU, where
+    # it is faster, and a flow step fp32, where bf16 is not (docs/PERFORMANCE.md, "bf16 on CPU").
+    precision: Literal["auto", "fp32", "bf16"]
     img_size: int = Field(ge=8)  # the side of the images the step trains, evaluates and samples at
     # What a Ray executor reserves for the step (fluxflow/config/executor.py): where it may run, not what it trains,
     # so not part of the step key.
@@ -191,7 +194,7 @@ class ResolvedStep(OmitsDefaults, StepSettings):
 
 # training.<key> that steps inherit as their <key>; with the pipeline's default dataset and data.img_size they are the
 # step globals (PipelineConfig.step_globals, and load.py's lenient ones where the file did not parse).
-TRAINING_GLOBALS = ("batch_size", "workers", "lr", "n_epochs", "max_steps", "seed")
+TRAINING_GLOBALS = ("batch_size", "workers", "lr", "n_epochs", "max_steps", "seed", "precision")
 
 
 class MissingStepValue(Exception):

@@ -153,7 +153,7 @@ def build_trainer(config, step, state: dict | None, device: torch.device, *, max
     # same with the EMA compressor, `latent_encoder`).
     runnable.update({name: emas[name].shadow for name in set(emas) - trained})
     ctx = StepContext(step=step, models=runnable, optimizers=optimizers, trained=trained, device=device,
-                      amp_dtype=autocast_dtype(device, config.training.precision),
+                      amp_dtype=autocast_dtype(device, step.precision),
                       generator=torch.Generator(device=device), lpips=lpips,
                       latent_encoder=sampling_models(models, emas).get("compressor"),
                       synced_groups=synced_groups(runnable),

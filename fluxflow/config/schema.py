@@ -17,8 +17,8 @@ from fluxflow.config.file_checks import expand_shards
 from fluxflow.config.optim import OmitsDefaults, StrictModel
 from fluxflow.storage.location import check_output_uri, remote_uri
 from fluxflow.config.promotion import PromotionConfig, registered_model_name_problem
-from fluxflow.config.steps import (TRAINING_GLOBALS, ReplicatesConfig, ResolvedStep, Seed, StepConfig, StepDefaults,
-                                   Workers, replicate_steps, resolve_step)
+from fluxflow.config.steps import (TRAINING_GLOBALS, Precision, ReplicatesConfig, ResolvedStep, Seed, StepConfig,
+                                   StepDefaults, Workers, replicate_steps, resolve_step)
 
 
 class TextEncoderConfig(StrictModel):
@@ -210,7 +210,7 @@ class TrainingConfig(OmitsDefaults):
     workers: Workers = Field("auto", description="DataLoader workers per process; auto: 0 on CPU, up to 8 on CUDA")
     seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     n_epochs: int | None = Field(None, ge=1, description="default n_epochs of steps")
     lr: float = Field(1e-4, gt=0.0, le=1.0, description="default lr of steps and their optimizers")
     max_steps: int | None = Field(None, ge=1, description="default max batches per epoch of steps")

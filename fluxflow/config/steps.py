@@ -66,6 +66,8 @@ def guidance_problem(name: str, guidance: Any) -> str | None:
 
 # DataLoader worker processes per training process; "auto": fluxflow/data/__init__.py resolve_workers.
 Workers = Annotated[int | Literal["auto"], BeforeValidator(_workers)]
+# Autocast of training (fluxflow/runtime/device.py autocast_dtype): auto = bf16 on CUDA that computes in it, else fp32.
+Precision = Literal["auto", "fp32", "bf16"]
 
 # Step fields added after steps were first keyed, at the value that trains as before they existed: at that value a
 # field is left out of the step key (fluxflow/checkpoints/step_files.py), so that steps trained before it keep their
@@ -151,9 +153,9 @@ class StepSettings(StrictModel):
     cache_latents: bool | None = None
     cache_text: bool | None = None
     seed: Seed  # data order, fresh weights and noise of the step
-    # Autocast of the step's training (auto: bf16 on CUDA, fp32 on CPU): a VAE warm-up may take bf16 on a CPU, where
-    # it is faster, and a flow step fp32, where bf16 is not (docs/PERFORMANCE.md, "bf16 on CPU").
-    precision: Literal["auto", "fp32", "bf16"]
+    # A VAE warm-up may take bf16 on a CPU, where it is faster, and a flow step fp32, where bf16 is not
+    # (docs/PERFORMANCE.md, "bf16 on CPU").
+    precision: Precision
     img_size: int = Field(ge=8)  # the side of the images the step trains, evaluates and samples at
     # What a Ray executor reserves for the step (fluxflow/config/executor.py): where it may run, not what it trains,
     # so not part of the step key.

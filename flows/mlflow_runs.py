@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from flows import env  # noqa: F401  (must precede mlflow)
@@ -148,16 +149,16 @@ class PipelineRun:
     resolved config) so that a server that does not answer at the start delays only the record, not the run; whoever
     needs its ids before that finds them by its tags. `experiment_id` and `run_id` are None until `open` has run."""
 
-    def __init__(self, client: MlflowClient, experiment_name: str, output_dir: str, run_name: str,
-                 tags: dict[str, str], config: dict):
+    def __init__(self, client: MlflowClient, experiment_name: str, output_dir: str, tags: dict[str, str],
+                 config: dict):
         self.client, self.experiment_name, self.output_dir = client, experiment_name, output_dir
-        self.run_name, self.tags, self.config = run_name, tags, config
+        self.tags, self.config = tags, config
         self.experiment_id: str | None = None
         self.run_id: str | None = None
 
     def open(self) -> None:
         experiment_id = experiment_id_for(self.client, self.experiment_name)
-        run_id = open_pipeline_run(self.client, experiment_id, self.output_dir, self.run_name, self.tags)
+        run_id = open_pipeline_run(self.client, experiment_id, self.output_dir, self.tags)
         self.client.log_dict(run_id, self.config, "config.json")
         self.experiment_id, self.run_id = experiment_id, run_id
 
@@ -171,9 +172,13 @@ def pipeline_run_tags(output_dir: str) -> dict[str, str]:
     return {TAG_KIND: "pipeline", TAG_OUTPUT_DIR: output_dir}
 
 
-def open_pipeline_run(client: MlflowClient, experiment_id: str, output_dir: str, run_name: str,
-                      tags: dict[str, str]) -> str:
-    """The parent run of the pipeline writing to `output_dir`, marked RUNNING."""
+def pipeline_name(output_dir: str) -> str:
+    """The pipeline's name, its output folder's: its parent run's name and its artifacts' key."""
+    return Path(output_dir.rstrip("/")).name or "pipeline"
+
+
+def open_pipeline_run(client: MlflowClient, experiment_id: str, output_dir: str, tags: dict[str, str]) -> str:
+    """The parent run of the pipeline writing to `output_dir` (named `pipeline_name`), marked RUNNING."""
     found = find_runs(client, experiment_id, pipeline_run_tags(output_dir))
     all_tags = {**pipeline_run_tags(output_dir), **tags}
     if found:
@@ -181,4 +186,4 @@ def open_pipeline_run(client: MlflowClient, experiment_id: str, output_dir: str,
         client.update_run(run_id, status="RUNNING")
         client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
         return run_id
-    return client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
+    return client.create_run(experiment_id, tags=all_tags, run_name=pipeline_name(output_dir)).info.run_id

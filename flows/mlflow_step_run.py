@@ -190,8 +190,7 @@ class StepRunRecorder:
         if not self.experiment_id:
             self.experiment_id = experiment_id_for(self.client, self.experiment_name)
         if not self.parent_run_id:  # found, as the flow opened it; created when this process is not the flow's
-            name = Path(self.output_dir.rstrip("/")).name or "pipeline"
-            self.parent_run_id = open_pipeline_run(self.client, self.experiment_id, self.output_dir, name, {})
+            self.parent_run_id = open_pipeline_run(self.client, self.experiment_id, self.output_dir, {})
         return find_step_runs(self.client, self.experiment_id, self.output_dir, self.step_key, self.step.name)
 
     def _tags(self) -> dict[str, str]:

@@ -13,7 +13,6 @@ import contextlib
 import json
 from dataclasses import replace
 from datetime import timezone
-from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 from prefect import flow, get_run_logger
@@ -28,7 +27,8 @@ from flows.credentials import CredentialsError, mlflow_refusal, unreachable_reas
 from flows.fault_policy import quiet_non_retryable_tracebacks
 from flows.compare import pipeline_summary
 from flows.mlflow_names import TAG_BRANCHES, TAG_CONFIG_HASH, TAG_OVERRIDES, TAG_STEPS
-from flows.mlflow_runs import PipelineRun, TrackingTarget, find_step_runs, output_dir_of, resolve_tracking_uri
+from flows.mlflow_runs import PipelineRun, TrackingTarget, find_step_runs, output_dir_of, pipeline_name, \
+    resolve_tracking_uri
 from flows.mlflow_store import prepare_store
 from flows.promotion import release_models
 from flows.prefect_server import is_temporary
@@ -67,7 +67,6 @@ def open_tracking(config: PipelineConfig, steps: list,
     prepare_store(uri)  # a new local store: a copy of an empty one, not MLflow's migrations (flows/mlflow_store.py)
     client = MlflowClient(uri)
     output_dir = output_dir_of(config)
-    pipeline = Path(output_dir.rstrip("/")).name or "pipeline"
     tags = {TAG_CONFIG_HASH: json_sha256(config.model_dump(mode="json"), 16, compact=False),
             TAG_STEPS: ",".join(step.name for step in steps), TAG_BRANCHES: ",".join(branch_names(steps)),
             "prefect.flow_run_id": str(flow_run.id or ""), "prefect.flow_run_name": str(flow_run.name or ""),
@@ -76,8 +75,7 @@ def open_tracking(config: PipelineConfig, steps: list,
     ui_url = url_for("flow-run", obj_id=flow_run.id) if on_a_server else None
     if ui_url:
         tags["prefect.flow_run_url"] = ui_url
-    run = PipelineRun(client, config.tracking.experiment_name, output_dir, pipeline, tags,
-                      config.model_dump(mode="json"))
+    run = PipelineRun(client, config.tracking.experiment_name, output_dir, tags, config.model_dump(mode="json"))
     problem = unreachable_reason(uri)
     refused = None if problem else mlflow_refusal(uri)
     if refused:  # every call would be rejected (4xx) and dropped: a run without records is not what was asked for
@@ -90,7 +88,7 @@ def open_tracking(config: PipelineConfig, steps: list,
     if not problem:
         TRACKING.wait(opened, OPEN_STALL_S)
     target = TrackingTarget(uri, run.experiment_id or "", run.run_id or "", str(flow_run.id or ""),
-                            artifacts.artifact_key(pipeline), config.tracking.experiment_name)
+                            artifacts.artifact_key(pipeline_name(output_dir)), config.tracking.experiment_name)
     return run, target
 
 

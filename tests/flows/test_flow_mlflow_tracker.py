@@ -23,7 +23,7 @@ def setup(mlflow_store, tmp_path):
     client = MlflowClient(mlflow_store)
     experiment = experiment_id_for(client, "unit")
     out = str(tmp_path / "out")
-    parent = open_pipeline_run(client, experiment, out, "out", {"fluxflow.config_hash": "abc"})
+    parent = open_pipeline_run(client, experiment, out, {"fluxflow.config_hash": "abc"})
     steps = load_config(tiny_raw(out, STEPS)).config.resolved_steps()
     return client, experiment, parent, out, steps
 
@@ -254,9 +254,9 @@ def test_which_run_a_restarted_step_continues(setup, resumed, session, first_sta
 
 def test_the_pipeline_run_of_an_output_directory_is_reused(setup):
     client, experiment, parent, out, _ = setup
-    assert open_pipeline_run(client, experiment, out, "out", {"fluxflow.config_hash": "def"}) == parent
+    assert open_pipeline_run(client, experiment, out, {"fluxflow.config_hash": "def"}) == parent
     assert client.get_run(parent).data.tags["fluxflow.config_hash"] == "def"
-    other = open_pipeline_run(client, experiment, str(Path(out).parent / "elsewhere"), "elsewhere", {})
+    other = open_pipeline_run(client, experiment, str(Path(out).parent / "elsewhere"), {})
     assert other != parent
 
 

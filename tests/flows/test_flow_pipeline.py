@@ -303,7 +303,7 @@ def test_the_printed_mlflow_ui_command_quotes_a_store_path_with_a_space(tmp_path
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     resolved = resolve_run_config(config(tmp_path, "quoted", [{"name": "warm", **VAE}])).config
     client = MlflowClient(uri)
-    open_pipeline_run(client, experiment_id_for(client, "quoted"), output_dir_of(resolved), "quoted", {})
+    open_pipeline_run(client, experiment_id_for(client, "quoted"), output_dir_of(resolved), {})
     print_where_to_look(resolved, "00000000-0000-0000-0000-000000000000")
     [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("MLflow UI:")]
     words = shlex.split(line.removeprefix("MLflow UI:"))

@@ -88,7 +88,7 @@ def test_a_node_lost_mid_step_resumes_from_latest_and_ends_bit_identical(tmp_pat
     config = config_for(tmp_path / "ray", RAY)
     client = MlflowClient(mlflow_store)
     experiment = experiment_id_for(client, "node-loss")
-    parent = open_pipeline_run(client, experiment, str(tmp_path / "ray"), "ray", {})
+    parent = open_pipeline_run(client, experiment, str(tmp_path / "ray"), {})
     mlflow_tracker = MlflowTracker(client, experiment, parent, str(tmp_path / "ray"), session="s1")
 
     def record(done):

@@ -98,7 +98,7 @@ def test_a_ray_train_worker_killed_mid_step_resumes_from_latest_and_ends_bit_ide
     config = config_for(tmp_path, "out", RAY)
     client = MlflowClient(mlflow_store)
     experiment = experiment_id_for(client, "worker-kill")
-    parent = open_pipeline_run(client, experiment, str(tmp_path / "out"), "ray", {})
+    parent = open_pipeline_run(client, experiment, str(tmp_path / "out"), {})
     mlflow_tracker = MlflowTracker(client, experiment, parent, str(tmp_path / "out"), session="s1")
 
     def record(done):

@@ -29,8 +29,7 @@ def record_pipeline(client, experiment, out, steps, losses, session="s", interru
         raw["training"]["replicates"] = replicates
     resolved = load_config(raw).config.resolved_steps()
     # the flow tags its run with the steps of the config it runs (flows/pipeline_flow.py)
-    parent = open_pipeline_run(client, experiment, out, out.rsplit("/", 1)[-1],
-                               {TAG_STEPS: ",".join(step.name for step in resolved)})
+    parent = open_pipeline_run(client, experiment, out, {TAG_STEPS: ",".join(step.name for step in resolved)})
     for step in resolved:
         tracker = MlflowTracker(client, experiment, parent, out, session=session)
         tracker.step_started(step, f"key-{out}-{step.name}", len(steps), resumed=False)
@@ -77,7 +76,7 @@ def test_a_config_changed_and_changed_back_is_compared_with_the_run_in_place_not
     client, exp = experiment
     out = f"{tmp_path}/solo"
     [step] = load_config(tiny_raw(out, [WARM])).config.resolved_steps()
-    parent = open_pipeline_run(client, exp, out, "solo", {TAG_STEPS: "warm"})
+    parent = open_pipeline_run(client, exp, out, {TAG_STEPS: "warm"})
     for session, key, loss in (("s1", "key-a", 0.5), ("s2", "key-b", 0.9)):
         tracker = MlflowTracker(client, exp, parent, out, session=session)
         tracker.step_started(step, key, 1, resumed=False)

@@ -317,9 +317,8 @@ def prepare_for_steps(tracking_uri: str) -> None:
     import flows.step_task  # noqa: F401  (Prefect, MLflow)
     import fluxflow.train.step_run  # noqa: F401  (torch, the models)
     # Imported by a step only when first needed; measured in a fresh process on 2 cores: torch._dynamo by the first
-    # optimizer (1.3 s, before the step's MLflow run opens), torchmetrics by the first VAE evaluation (2.5 s).
+    # optimizer (1.3 s, before the step's MLflow run opens).
     import torch._dynamo  # noqa: F401
-    import torchmetrics.functional.image  # noqa: F401
     from mlflow.tracking import MlflowClient
 
     # A local sqlite store's first opening in a process takes 0.8 s; MLflow keeps it open for the process. Only a head

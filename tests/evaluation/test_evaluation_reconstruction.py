@@ -101,3 +101,46 @@ def test_no_lpips_without_its_backbone_on_disk(monkeypatch, tmp_path):
 def test_empty_holdout_is_an_error():
     with pytest.raises(ValueError, match="at least one"):
         reconstruction_metrics(Identity(), Identity(), torch.zeros(0, 3, 8, 8))
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 32, 32), (3, 3, 64, 48), (2, 1, 8, 8), (2, 3, 5, 7), (1, 4, 3, 3),
+                                   (2, 3, 1, 1)])
+def test_psnr_and_ssim_are_torchmetrics_to_the_last_bit(shape):
+    # Written here instead of imported (its import cost every evaluating process 2.5 s); figures logged before must
+    # still compare, so the reference is the library itself, on the same [0, 1] images, range and windows.
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    from fluxflow.evaluation.reconstruction import SSIM_KERNEL, to_unit
+
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.rand(shape, generator=g) * 2 - 1
+    x_hat = (x + 0.2 * torch.randn(shape, generator=g)).clamp(-1, 1)
+    side = min(shape[-2:])
+    kernel = min(SSIM_KERNEL, side if side % 2 else side - 1)
+    assert torch.equal(per_image_psnr(x_hat, x), peak_signal_noise_ratio(
+        to_unit(x_hat), to_unit(x), data_range=1.0, reduction="none", dim=(1, 2, 3)))
+    assert torch.equal(per_image_ssim(x_hat, x), structural_similarity_index_measure(
+        to_unit(x_hat), to_unit(x), data_range=1.0, reduction="none", kernel_size=kernel,
+        sigma=1.5 * kernel / SSIM_KERNEL))
+
+
+def test_evaluating_and_writing_samples_import_neither_torchmetrics_nor_torchvision_nor_scipy(tmp_path):
+    # What a trainer process pays at its first evaluation (2.5 s of imports before); a fresh process, since this
+    # one has them imported by other tests.
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from fluxflow.evaluation.reconstruction import reconstruction_metrics\n"
+        "from fluxflow.sampling.sample_files import save_image_grid\n"
+        "class Same(torch.nn.Module):\n"
+        "    def forward(self, x, spade=None):\n"
+        "        return (x, x) if spade is None else x\n"
+        "x = torch.rand(3, 3, 16, 16) * 2 - 1\n"
+        "print(reconstruction_metrics(Same(), Same(), x))\n"
+        f"save_image_grid(x, {str(tmp_path / 'grid.webp')!r}, nrow=2)\n"
+        "print(sorted(m for m in ('torchmetrics', 'torchvision', 'scipy') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.splitlines()[-1] == "[]", out.stdout
+    assert (tmp_path / "grid.webp").is_file()

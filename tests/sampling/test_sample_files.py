@@ -1,4 +1,6 @@
 """Sample file names follow the original tool's convention; grids are WebP files with the right pixels."""
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -62,6 +64,23 @@ def test_save_image_grid_writes_a_webp_grid_with_exact_pixels(tmp_path):
 def test_image_grid_maps_minus_one_to_one_onto_bytes_and_clamps():
     grid = image_grid(torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0]).view(1, 1, 1, 5), nrow=1, padding=0)
     assert grid[0, :, 0].tolist() == [0, 0, 128, 255, 255]
+
+
+def test_image_grid_lays_images_out_as_torchvisions_make_grid():
+    # The layout of the sample grids users have seen (torchvision's), now without its import.
+    from torchvision.utils import make_grid
+
+    for count, channels, nrow, padding in itertools.product([2, 3, 5, 9], [1, 3, 4], [1, 3, 8, 20], [0, 2]):
+        images = torch.rand(count, channels, 6, 5, generator=torch.Generator().manual_seed(count)) * 2 - 1
+        pixels = ((images + 1) * 127.5).round().to(torch.uint8)
+        expected = make_grid(pixels, nrow=nrow, padding=padding)[:channels].permute(1, 2, 0)  # [:C]: it makes 1 -> 3
+        assert torch.equal(image_grid(images, nrow, padding), expected), (count, channels, nrow, padding)
+
+
+def test_a_lone_image_keeps_its_border():  # make_grid would drop it; the grids of one sample always had it
+    grid = image_grid(torch.ones(1, 3, 4, 5), nrow=8, padding=2)
+    assert grid.shape == (8, 9, 3) and grid[2:6, 2:7].eq(255).all()
+    assert grid[:2].eq(0).all() and grid[:, -2:].eq(0).all()
 
 
 def test_grayscale_images_are_saved(tmp_path):

@@ -27,11 +27,21 @@ class Running:
 
 
 @contextlib.contextmanager
-def health_server():
-    """What the restarted Prefect server answers: 200 on /api/health."""
+def health_server(seen: list | None = None):
+    """What the restarted Prefect server answers: 200 on /api/health (and to the warm-up's requests, each recorded in
+    `seen` as (method, path))."""
     class Health(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.send_response(200 if self.path == "/api/health" else 404)
+            if seen is not None:
+                seen.append(("GET", self.path))
+            self.send_response(200 if self.path == "/api/health" or seen is not None else 404)
+            self.end_headers()
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if seen is not None:
+                seen.append(("POST", self.path))
+            self.send_response(200)
             self.end_headers()
 
         def log_message(self, *args) -> None:
@@ -60,3 +70,30 @@ def test_a_port_another_protocol_took_is_not_an_answer_and_the_server_starts_aga
 
         server.start = start_again
         assert server.wait_ready(10) == f"http://127.0.0.1:{free}/api"
+
+
+def test_the_flows_first_requests_reach_a_new_server_as_soon_as_it_answers_and_none_before():
+    """Each first request of a kind cost a new server 0.25 s (the flow's first GET admin/version and POST flow_runs/);
+    the warm-up makes them (reading only) while fluxflow-train still imports, on the server's core."""
+    seen: list = []
+    with health_server(seen) as port:
+        server = prefect_server.TemporaryServer()
+        server.port, server.process = port, Running()
+        server._warm_up(timeout_s=10)
+    assert seen[0] == ("GET", "/api/health")
+    assert [r for r in seen if r[1] != "/api/health"] == [
+        ("GET", "/api/admin/version"), ("POST", "/api/flow_runs/filter"), ("POST", "/api/task_runs/filter")]
+
+
+def test_a_server_that_exits_before_it_answers_is_not_waited_for_by_the_warm_up():
+    class Exited:
+        def poll(self) -> int:
+            return 1
+
+    with binary_protocol_server() as taken:  # something on the port that is not the server
+        server = prefect_server.TemporaryServer()
+        server.port, server.process = taken, Exited()
+        done = threading.Thread(target=server._warm_up, kwargs={"timeout_s": 30})
+        done.start()
+        done.join(5)
+        assert not done.is_alive()

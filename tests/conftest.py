@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
 # bench/ is not an installed package: make it importable however pytest is started.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(REPO))
 
 # Quiet, offline defaults (flows/env.py), before prefect or mlflow is imported anywhere.
 import flows.env  # noqa: E402,F401
@@ -84,3 +85,20 @@ def temporary_files(tmp_path_factory):
         monkeypatch.setenv("TMPDIR", folder)
         monkeypatch.setattr(tempfile, "tempdir", folder)
         yield folder
+
+
+def mlflow_records_in_the_checkout() -> set[str]:
+    """What MLflow writes where no store or artifact root is named: ./mlflow.db and ./mlruns/<experiment>/<run> of
+    the working folder, which for the tests and the processes they start is this checkout."""
+    found = {"mlflow.db"} if (REPO / "mlflow.db").exists() else set()
+    return found | {str(path.relative_to(REPO)) for path in REPO.glob("mlruns/*/*")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_left_without_mlflow_records():
+    """No test leaves MLflow records in this checkout (once, a Prefect worker's run created its experiment with the
+    default artifact root, ./mlruns of the repository). What `make demo` wrote there before is left alone."""
+    before = mlflow_records_in_the_checkout()
+    yield
+    added = mlflow_records_in_the_checkout() - before
+    assert not added, f"tests wrote MLflow records into the checkout {REPO}: {sorted(added)}"

@@ -177,6 +177,7 @@ def test_manual_deployment_runs_each_step_as_a_task_and_records_nested_mlflow_ru
 
     from fluxflow.checkpoints.io import load_checkpoint
     from fluxflow.config import load_config
+    from fluxflow.config.schema import TrackingConfig
 
     config = load_config(REPO / TINY_CONFIG).config
     steps = [s.name for s in config.resolved_steps()]
@@ -196,9 +197,11 @@ def test_manual_deployment_runs_each_step_as_a_task_and_records_nested_mlflow_ru
         MLFLOW_TRACKING_URI=tracking_uri,
         PREFECT_WORKER_QUERY_SECONDS="1",  # pick the run up at once instead of within 10 s
     )
-    # The experiment exists before the run, with its artifacts under tmp: created by the flow, its artifact root would
-    # be ./mlruns of the worker's checkout (this repository).
-    MlflowClient(tracking_uri).create_experiment(experiment_name, artifact_location=str(tmp_path / "mlartifacts"))
+    # The experiments exist before the runs, with their artifacts under tmp: created by the flow, their artifact root
+    # would be ./mlruns of the worker's checkout (this repository). The cancelled long run's config (helpers_tiny)
+    # keeps the default experiment name.
+    for name in {experiment_name, TrackingConfig().experiment_name}:
+        MlflowClient(tracking_uri).create_experiment(name, artifact_location=str(tmp_path / "mlartifacts" / name))
 
     prefect = str(REPO / ".venv" / "bin" / "prefect")
     run_name = f"e2e-{uuid.uuid4().hex[:8]}"

@@ -21,7 +21,7 @@ from fluxflow.config.run_config import resolve_run_config
 from fluxflow.config.summary import format_parameters, format_summary
 from flows.cli_common import add_version_argument, parse, quiet_when_output_closed
 from flows.exit_codes import EXIT_FIX_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
-from flows.prefect_server import start_temporary_server
+from flows.prefect_server import start_temporary_server, started_server
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = isinstance(exc, KeyboardInterrupt)  # Ctrl-C during the checks and imports: nothing started yet
         print("Interrupted before training started: nothing was trained or changed." if interrupted else f"❌ {exc}",
               file=sys.stderr)
+        server = server or started_server()  # a Ctrl-C inside its start: it runs, but was not returned
         if server:
             server.stop(quiet=True)
         return EXIT_INTERRUPTED if interrupted else EXIT_FIX_INPUT

@@ -204,7 +204,13 @@ def start_temporary_server(keep: bool = False) -> TemporaryServer | None:
         print(f"Using the Prefect server an earlier run kept on http://127.0.0.1:{_started.port} (pid {_started.pid})",
               file=sys.stderr, flush=True)
         return _started
-    _started = TemporaryServer(keep).start()
+    _started = TemporaryServer(keep)  # first: a Ctrl-C that cuts its start short still finds it (`started_server`)
+    return _started.start()
+
+
+def started_server() -> TemporaryServer | None:
+    """The server `start_temporary_server` started or found, also when a Ctrl-C ended its start before it returned
+    (the caller then has no server to stop, while its process may already run)."""
     return _started
 
 

@@ -97,3 +97,43 @@ def test_a_server_that_exits_before_it_answers_is_not_waited_for_by_the_warm_up(
         done.start()
         done.join(5)
         assert not done.is_alive()
+
+
+def test_a_ctrl_c_inside_the_servers_start_stops_the_server_without_a_word(tmp_path, monkeypatch, capsys):
+    """CI at 88cf866: the Ctrl-C came while the server's start made its warm-up thread, after its process had started:
+    `main` had no server to stop, so the exit handler stopped it with "Stopping temporary server" as the last line
+    instead of the one line about the interruption."""
+    from train_cli import write_vae_pipeline
+
+    from flows import cli_train
+
+    class ServerProcess:  # the uvicorn process, already running when the Ctrl-C comes
+        pid, stopped = 12345, False
+
+        def poll(self) -> int | None:
+            return 0 if self.stopped else None
+
+        def terminate(self) -> None:
+            self.stopped = True
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+    class CtrlCWhileStarting(threading.Thread):
+        def start(self) -> None:
+            raise KeyboardInterrupt
+
+    process = ServerProcess()
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    monkeypatch.setattr(prefect_server, "_started", None)
+    monkeypatch.setattr(prefect_server.subprocess, "Popen", lambda *args, **kwargs: process)
+    monkeypatch.setattr(prefect_server.threading, "Thread", CtrlCWhileStarting)
+    config, _ = write_vae_pipeline(tmp_path, 4, 4, "ctrl-c")
+
+    assert cli_train.main(["--config", str(config)]) == 130
+    assert process.stopped
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "Interrupted before training started: nothing was trained or changed."
+    prefect_server.started_server().stop()  # what the exit handler does: nothing more to stop, nothing said
+    assert capsys.readouterr().err == ""

@@ -3,9 +3,10 @@
 Started by us rather than by Prefect, for two reasons.
 
 Speed: it is started first thing, before this process imports torch, Prefect and MLflow, so that its start (3 s with an
-existing database, 12-15 s with a new one, on 2 cores) overlaps those imports instead of following them. This module
-therefore imports nothing of Prefect; the flow then talks to the server as to any other (PREFECT_API_URL for the run),
-and Prefect's own server package (`prefect.server.api.server`, about 1 s of imports) is never loaded in this process.
+existing database, 4 s with a new one copied from a template, 10-15 s with one made without: flows/prefect_app.py, on
+2 cores) overlaps those imports instead of following them. This module therefore imports nothing of Prefect; the flow
+then talks to the server as to any other (PREFECT_API_URL for the run), and Prefect's own server package
+(`prefect.server.api.server`, about 1 s of imports) is never loaded in this process.
 
 Signals: Prefect would start it as a plain child, in the trainer's process group. A signal to the whole group — what
 `timeout`, systemd's stop, a closing terminal or a container runtime send — then kills the server together with the
@@ -21,7 +22,6 @@ import atexit
 import contextlib
 import ctypes
 import http.client
-import importlib.util
 import json
 import os
 import signal
@@ -83,14 +83,14 @@ class TemporaryServer:
         with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:  # a free port
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
-        prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent  # without importing it
         parent = os.getpid()
         first = self.process is None  # not again for a restart on another port (wait_ready)
         if first:
             atexit.register(self.stop)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
-             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+            # --app-dir: where this package is, not the working directory (a folder `flows` there would be taken)
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(__file__).resolve().parents[1]), "--factory",
+             "flows.prefect_app:create_app", "--host", "127.0.0.1", "--port", str(self.port),
              "--log-level", "error", "--lifespan", "on"],
             env={**os.environ, **_SERVER_ENV}, start_new_session=True,
             preexec_fn=None if self.keep else lambda: _die_with_parent(parent),

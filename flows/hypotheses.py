@@ -12,7 +12,10 @@ means B − A, its 95 % interval and the two-sided p-value of
   Welch's has up to 2n − 2, so it is less so where the luck does not cancel;
 - else Welch's t-test (unequal variances, Welch–Satterthwaite degrees of freedom).
 The difference is "beyond the spread" when that interval excludes 0 (p < 0.05), "within the spread" otherwise; on a
-metric whose better side is known (fluxflow/evaluation/direction.py) the better hypothesis is named. With one
+metric whose better side is known (fluxflow/evaluation/direction.py) the better hypothesis is named. Each pair and
+metric is a test of its own at 5 %: with many of them some verdicts are chance, so the table also gives each p-value
+corrected for all the others of the summary by Holm's step-down method (`holm`; it holds the chance of any false
+"beyond" at 5 % without assuming the tests independent). With one
 replicate no interval can be given, and the summary says so instead of a verdict. Promotion's `beyond_spread` uses
 the same interval (`better_beyond`), so the table and the champion/challenger decision cannot disagree on the same
 numbers.
@@ -197,6 +200,18 @@ def better_beyond(d: Difference, direction: str, margin: float = 0.0) -> bool:
     return d.low > margin if direction == "maximize" else -d.high > margin
 
 
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of the p-values of one family of tests (None: no test, left out of the family):
+    the k-th smallest of m becomes max over j <= k of min(1, (m - j + 1) * p_(j))."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
 def _finite_or_null(fields: dict) -> dict:
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in fields.items()}
 
@@ -215,7 +230,13 @@ class HypothesisSummary:
         return {"test": TEST, "confidence": CONFIDENCE, "replicates": self.replicates,
                 "metrics": {m: {h: _finite_or_null(asdict(s)) for h, s in by_h.items()}
                             for m, by_h in self.spreads.items()},
-                "differences": [_finite_or_null(asdict(d)) for d in self.differences], "config": self.config}
+                "differences": [_finite_or_null({**asdict(d), "p_holm": p})
+                                for d, p in zip(self.differences, self.holm())],
+                "config": self.config}
+
+    def holm(self) -> list[float | None]:
+        """Each difference's p-value corrected for every other test of this summary (Holm); None where untested."""
+        return holm([d.p_value for d in self.differences])
 
     def metric_rows(self) -> list[list[str]]:
         """The replicate counts, then per metric a cell per hypothesis: the value, or with several replicates
@@ -227,8 +248,10 @@ class HypothesisSummary:
         return rows
 
     def difference_rows(self) -> list[list[str]]:
-        header = ["metric", "hypotheses", "difference", "95 % interval", "p", "test", "better", "verdict (95 %)"]
-        return [header, *(d.row() for d in self.differences)]
+        header = ["metric", "hypotheses", "difference", "95 % interval", "p", "p (Holm)", "test", "better",
+                  "verdict (95 %)"]
+        rows = [d.row() for d in self.differences]
+        return [header, *([*row[:5], "-" if p is None else f"{p:.3g}", *row[5:]] for row, p in zip(rows, self.holm()))]
 
     def note(self) -> str:
         """What the intervals and verdicts are, or why there are none."""
@@ -241,9 +264,12 @@ class HypothesisSummary:
         tests = sum(d.p_value is not None for d in self.differences)
         if tests > 1:  # every pair and metric is a test of its own: some verdicts are chance
             alpha = 1 - CONFIDENCE
-            note += (f" {tests} tests, each at {round(100 * alpha)} % on its own (no correction for multiple "
-                     f"comparisons): where there is no difference, about 1 in {round(1 / alpha)} still says 'beyond "
-                     "the spread'.")
+            kept = sum(p is not None and p < alpha for p in self.holm())
+            beyond = sum(d.verdict == BEYOND and d.p_value is not None for d in self.differences)
+            note += (f" {tests} tests, each at {round(100 * alpha)} % on its own: where there is no difference, about "
+                     f"1 in {round(1 / alpha)} still says 'beyond the spread'. Corrected for all {tests} (Holm's "
+                     f"method: p (Holm)), {kept} of the {beyond} 'beyond' verdicts with a p-value keep "
+                     f"p < {alpha:.2g}.")
         return note
 
     def tests_line(self) -> str:

@@ -46,11 +46,13 @@ def copy_database(source: Path, target: Path, edit: Callable[[str], None] | None
 def keep_as_template(database: Path, template: Path, filled_tables: set[str]) -> bool:
     """Keep a consistent copy of `database` (SQLite's backup: a snapshot, also of a database another process is
     writing, its write-ahead log included) as `template`, when no table other than `filled_tables` has a row: a
-    template holds a schema, never a run. Whether it was kept; any failure keeps nothing."""
-    with tempfile.TemporaryDirectory(dir=_made(template.parent)) as scratch:
-        snapshot = Path(scratch) / template.name
-        try:
-            with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as source, \
+    template holds a schema, never a run. Whether it was kept; any failure (a cache that cannot be written, a database
+    that cannot be read) keeps nothing and raises nothing."""
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=template.parent) as scratch:
+            snapshot = Path(scratch) / template.name
+            with contextlib.closing(sqlite3.connect(f"{database.absolute().as_uri()}?mode=ro", uri=True)) as source, \
                     contextlib.closing(sqlite3.connect(snapshot)) as copy:
                 source.backup(copy)
                 tables = [name for (name,) in copy.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
@@ -59,11 +61,6 @@ def keep_as_template(database: Path, template: Path, filled_tables: set[str]) ->
                     return False
                 copy.execute("PRAGMA journal_mode = DELETE")  # one file: a copy needs no -wal beside it
             copy_database(snapshot, template)
-        except (OSError, sqlite3.Error):
-            return False
+    except (OSError, sqlite3.Error):
+        return False
     return template.exists()
-
-
-def _made(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder

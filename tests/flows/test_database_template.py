@@ -39,6 +39,9 @@ def test_a_schema_with_its_registry_is_kept_whole_and_one_with_a_run_is_not(tmp_
     assert not keep_as_template(used, refused, {"alembic_version", "block_type"})
     assert not refused.exists()
     assert not keep_as_template(tmp_path / "missing.db", refused, {"block_type"})
+    # A cache that cannot be written: nothing kept and nothing raised (the server that asked starts as it would).
+    (tmp_path / "a-file").write_text("")
+    assert not keep_as_template(made, tmp_path / "a-file" / "kept.db", {"alembic_version", "block_type"})
 
 
 def _ids(db: Path) -> set[str]:

@@ -97,10 +97,22 @@ def step_context_params(config, step) -> dict[str, str]:
             **flatten_params(config.dataset_for(step).model_dump(mode="json"), "dataset.")}
 
 
+# Runs per request of `find_runs` (MLflow's default and the most a server returns by default): one request answers
+# only that many, so every later page is asked for too.
+RUNS_PER_PAGE = 1000
+
+
 def find_runs(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> list:
-    """Runs carrying all the given tags, newest first."""
-    return list(client.search_runs([experiment_id], filter_string=tags_filter(tags),
-                                   order_by=["attributes.start_time DESC"]))
+    """All runs carrying the given tags, newest first (every page: an experiment of nightly runs passes one page's
+    1,000 runs within months, and `fluxflow-compare` counted only the newest 1,000)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=tags_filter(tags), max_results=RUNS_PER_PAGE,
+                                  order_by=["attributes.start_time DESC"], page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 def find_step_runs(client: MlflowClient, experiment_id: str, output_dir: str, step_key: str | None,

@@ -107,6 +107,21 @@ def test_two_pipelines_are_labelled_by_pipeline_and_only_the_newest_run_of_a_ste
     assert comparison.metrics["vae_loss"] == [0.7, 0.6]
 
 
+def test_runs_beyond_one_page_of_mlflow_search_are_all_compared(experiment, tmp_path, monkeypatch):
+    """MLflow answers a search with at most one page of runs (1,000 by default): an experiment of more step runs than
+    that had its oldest pipelines left out of the comparison without a word. Here a page holds 2 runs."""
+    from flows import mlflow_runs
+
+    client, exp = experiment
+    monkeypatch.setattr(mlflow_runs, "RUNS_PER_PAGE", 2)
+    for name, loss in (("first", 0.9), ("second", 0.8), ("third", 0.7)):
+        record_pipeline(client, exp, f"{tmp_path}/{name}", [WARM], {"warm": loss})
+
+    comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp))
+    assert comparison.labels == ["first/warm", "second/warm", "third/warm"]
+    assert comparison.metrics["vae_loss"] == [0.9, 0.8, 0.7]
+
+
 def test_an_unknown_experiment_is_an_error(mlflow_store, tmp_path, capsys):
     assert cli_compare.main(["--experiment", "nope", "--output", str(tmp_path)]) == 2
     assert "no experiment named 'nope'" in capsys.readouterr().err

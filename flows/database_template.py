@@ -20,6 +20,14 @@ from typing import Callable
 from fluxflow.storage.location import cache_home
 
 
+def sqlite_file(url: str | None, prefix: str) -> Path | None:
+    """The database file of a SQLite URL starting with `prefix` (None for another URL, an in-memory database or one
+    with options)."""
+    if not url or not url.startswith(prefix) or "?" in url or url == prefix + ":memory:":
+        return None
+    return Path(url[len(prefix):])
+
+
 def template_path(library: str, version: str) -> Path:
     return cache_home() / f"{library}-{version}-empty.db"
 

@@ -10,16 +10,15 @@ import tempfile
 from pathlib import Path
 
 from flows import env  # noqa: F401  (must precede mlflow)
+from flows import database_template
 from flows.database_template import copy_database, template_path
 
 SQLITE_PREFIX = "sqlite:///"
 
 
 def sqlite_file(tracking_uri: str) -> Path | None:
-    """The database file of a `sqlite:///` URI (None for anything else, an in-memory store or one with options)."""
-    if not tracking_uri.startswith(SQLITE_PREFIX) or "?" in tracking_uri or tracking_uri == SQLITE_PREFIX + ":memory:":
-        return None
-    return Path(tracking_uri[len(SQLITE_PREFIX):])
+    """The database file of a `sqlite:///` tracking URI (None for anything else, in memory, or with options)."""
+    return database_template.sqlite_file(tracking_uri, SQLITE_PREFIX)
 
 
 def is_sqlite_database(path: str) -> bool:

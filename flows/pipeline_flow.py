@@ -122,8 +122,8 @@ def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str
     the run's scheduled day. `device` overrides `training.device`. `overrides`: `KEY=VALUE` changes of the config, as
     `fluxflow-train --set` (fluxflow/config/load.py). The config is resolved here, once
     (fluxflow/config/run_config.py); every task and the promotion receive it resolved."""
-    # A config refused here (a deployment run's file, `overrides` or `output_dir`) fails the run with its one-line
-    # problems, not under two tracebacks of Prefect's engine: the filter is otherwise installed with the first step.
+    # Failures the user must fix (flows/fault_policy.py), a refused config here included (a deployment run's file,
+    # `overrides` or `output_dir`), are logged as their one-line problems, not under Prefect's engine's tracebacks.
     quiet_non_retryable_tracebacks()
     cfg = resolve_run_config(config, output_dir=output_dir, device=device, overrides=overrides or (),
                              day=run_day()).config

@@ -12,30 +12,22 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (must precede prefect)
 
 import contextlib
-from pathlib import Path
 
 import prefect
 from prefect.server.api.server import create_app as prefect_app
 from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
 
-from flows.database_template import copy_database, keep_as_template, template_path
+from flows.database_template import copy_database, keep_as_template, sqlite_file, template_path
 
-SQLITE_PREFIX = "sqlite+aiosqlite:///"
+SQLITE_PREFIX = "sqlite+aiosqlite:///"  # Prefect's SQLite URLs
 # What Prefect writes into a new database before it answers: the schema's version and its block types.
 TEMPLATE_TABLES = {"alembic_version", "block_type", "block_schema", "block_schema_reference"}
-
-
-def database_file(url: str | None) -> Path | None:
-    """The file of a SQLite database URL (None for another database, an in-memory one or one with options)."""
-    if not url or not url.startswith(SQLITE_PREFIX) or "?" in url or ":memory:" in url:
-        return None
-    return Path(url[len(SQLITE_PREFIX):])
 
 
 def create_app():
     """Prefect's server app, its database copied from the template when new; a new database made without one is
     kept as the template once Prefect has made it, before the app answers."""
-    database = database_file(PREFECT_API_DATABASE_CONNECTION_URL.value())
+    database = sqlite_file(PREFECT_API_DATABASE_CONNECTION_URL.value(), SQLITE_PREFIX)
     template = template_path("prefect", prefect.__version__)
     make_template = False
     if database is not None and not database.exists():

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import together
 from flows.artifacts import mlflow_run_url, publish_step
-from flows.fault_policy import quiet_non_retryable_tracebacks, retry_unless_non_retryable
+from flows.fault_policy import retry_unless_non_retryable
 from flows.mlflow_tracker import MlflowTracker
 from flows.prefect_log_tracker import PrefectLogTracker
 from flows.mlflow_names import TAG_HOSTNAME, TAG_RAY_NODE, TAG_WORKERS
@@ -110,6 +110,5 @@ def pipeline_step_task(retries: int, host_limit: bool = True):
     """`step_task` as a pipeline submits it: its retries (none for a failure that would only repeat itself:
     flows/fault_policy.py), and the GPU tag read when the flow runs (the worker's environment may name a per-host
     tag). `host_limit=False` (Ray executor): no tag, Ray's resource accounting decides what runs at once."""
-    quiet_non_retryable_tracebacks()
     return step_task.with_options(retries=retries, retry_condition_fn=retry_unless_non_retryable,
                                   tags=[gpu_tag()] if host_limit else [])

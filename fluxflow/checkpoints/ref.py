@@ -7,10 +7,10 @@ accepts exactly what `to_dict()` wrote and names any missing or unknown key.
 from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, Iterator, Literal, Self
+from typing import Any, Iterator, Literal, Self, get_args
 
 Outcome = Literal["met", "epochs_done", "max_epochs_reached"]
-OUTCOMES: tuple[str, ...] = ("met", "epochs_done", "max_epochs_reached")
+OUTCOMES: tuple[str, ...] = get_args(Outcome)
 
 
 def _check_keys(cls: type, data: dict[str, Any]) -> None:

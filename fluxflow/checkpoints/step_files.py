@@ -74,11 +74,11 @@ def key_of(inputs: dict) -> str:
 WEIGHT_NEUTRAL_FIELDS = ("workers",)
 
 
-def weights_keys(config, parts: dict[str, dict] | None = None) -> dict[str, str]:
-    """Every step's key without WEIGHT_NEUTRAL_FIELDS, chained the same way: equal for two configs that train the
-    same weights. Kept in ref.json next to the key."""
+def weights_keys(parts: dict[str, dict]) -> dict[str, str]:
+    """Every step's key (`parts`: step_key_parts) without WEIGHT_NEUTRAL_FIELDS, chained the same way: equal for two
+    configs that train the same weights. Kept in ref.json next to the key."""
     keys: dict[str, str] = {}
-    for name, inputs in (parts or step_key_parts(config)).items():  # parents first
+    for name, inputs in parts.items():  # parents first
         step = {k: v for k, v in inputs["step"].items() if k not in WEIGHT_NEUTRAL_FIELDS}
         parent = inputs["step"].get("parent")
         keys[name] = step_key(step, inputs["model"], inputs["dataset"], keys[parent] if parent else inputs["parent"])
@@ -399,11 +399,9 @@ UNCHECKED = object()
 def plan_step(config, step_name: str, parent=UNCHECKED) -> StepFiles:
     """The files of `step_name` in the config's output directory. `parent`: the CheckpointRef the step starts from
     (None for a root step), whose sha256 its finished files must have been trained from (`input_sha256`)."""
-    steps = config.resolved_steps()
-    names = [s.name for s in steps]
-    if step_name not in names:
-        raise ValueError(f"unknown step {step_name!r}; the pipeline has {', '.join(names)}")
-    step = steps[names.index(step_name)]
+    steps = {s.name: s for s in config.resolved_steps()}
+    if step_name not in steps:
+        raise ValueError(f"unknown step {step_name!r}; the pipeline has {', '.join(steps)}")
     out, uri = output_root(config), remote_uri(config.output.output_path)
     remote = None
     if uri is not None:
@@ -412,6 +410,6 @@ def plan_step(config, step_name: str, parent=UNCHECKED) -> StepFiles:
         remote = OutputMirror(uri, out)
     parts = step_key_parts(config)
     inputs = parts[step_name]
-    return StepFiles(step=step, key=key_of(inputs), n_steps=len(steps), dir=step_dir(out, step_name), output=out,
-                     remote=remote, key_inputs=inputs, weights_key=weights_keys(config, parts)[step_name],
+    return StepFiles(step=steps[step_name], key=key_of(inputs), n_steps=len(steps), dir=step_dir(out, step_name),
+                     output=out, remote=remote, key_inputs=inputs, weights_key=weights_keys(parts)[step_name],
                      input_sha256=None if parent is UNCHECKED else input_sha256(config, parent))

@@ -37,11 +37,9 @@ def make_optimizer(cfg: Any, params: list[nn.Parameter] | list[dict[str, Any]],
     return getattr(torch.optim, kind)(params, lr=lr, **kwargs)
 
 
-def build_optimizers(step: Any, models: dict[str, nn.Module], trained: set[str]):
-    """Returns (optimizers, scheduler configs) keyed by group, for the groups that have trainable components."""
-    optimization = step.optimization
-    configured, sched_cfg = ((optimization.get(part) if isinstance(optimization, dict)
-                              else getattr(optimization, part, None)) or {} for part in ("optimizers", "schedulers"))
+def build_optimizers(step: Any, models: dict[str, nn.Module], trained: set[str]) -> dict[str, torch.optim.Optimizer]:
+    """The optimizers of the step's groups that have trainable components, keyed by group."""
+    configured = step.optimization.optimizers
     optimizers: dict[str, torch.optim.Optimizer] = {}
     for group, comps in GROUP_COMPONENTS.items():
         if not trained.intersection(comps):
@@ -49,7 +47,7 @@ def build_optimizers(step: Any, models: dict[str, nn.Module], trained: set[str])
         decay, no_decay = split_decay(models[name] for name in comps if name in models)
         if decay or no_decay:
             optimizers[group] = make_optimizer(configured.get(group), param_groups(decay, no_decay), step.lr)
-    return optimizers, sched_cfg
+    return optimizers
 
 
 def optimizer_step(optimizers: Sequence[torch.optim.Optimizer], finite: torch.Tensor, max_norm: float | None = None,

@@ -40,15 +40,14 @@ def attach_caches(config, step, data, trainer, epochs: range | None = None,
     the step may train (its latent rows are those they read, see `rows_read`); None: every row."""
     kind = config.dataset_for(step).type
     if latent_cache_choice(step, kind).on:
-        rows = None if epochs is None else rows_read(len(data.train_set), step, data.batches_per_epoch,
-                                                     step.seed, epochs)
+        rows = None if epochs is None else rows_read(len(data.train_set), step, data.batches_per_epoch, epochs)
         data.latent_cache = LatentCacheDataset(latent_cache(config, step, data.train_set, rows, trainer, say))
         trainer.cached_latents = True
     if text_cache_choice(step, kind).on:
         trainer.text_cache = TextCache(text_cache(config, step, distinct_captions(data.train_set), trainer, say))
 
 
-def rows_read(n: int, step, batches_per_epoch: int, seed: int, epochs: range) -> np.ndarray:
+def rows_read(n: int, step, batches_per_epoch: int, epochs: range) -> np.ndarray:
     """The items a step's loader can visit in `epochs` (each epoch's first `batches_per_epoch` batches of its order,
     fluxflow/data/sampler.py) and the first flow step's latent-normalisation items (epoch 0's first batches,
     fluxflow/train/step_data.py: leading_inputs). A step with `max_steps` reads a part of each epoch: only that part
@@ -56,7 +55,7 @@ def rows_read(n: int, step, batches_per_epoch: int, seed: int, epochs: range) ->
     used = np.zeros(n, dtype=bool)
     norm_batches = -(-LATENT_NORM_IMAGES // step.batch_size)
     for epoch, n_batches in [(0, norm_batches), *((e, batches_per_epoch) for e in epochs)]:
-        used[epoch_permutation(n, seed, epoch)[:n_batches * step.batch_size].numpy()] = True
+        used[epoch_permutation(n, step.seed, epoch)[:n_batches * step.batch_size].numpy()] = True
         if used.all():
             break
     return np.flatnonzero(used)

@@ -12,7 +12,7 @@ from fluxflow.evaluation.evaluate import evaluate_step
 from fluxflow.train.gan_health import FlatDiscriminatorWatch
 from fluxflow.runtime import distributed
 from fluxflow.sampling.samples import write_samples
-from fluxflow.output_layout import eval_cache_dir, metrics_file, samples_dir
+from fluxflow.output_layout import eval_cache_dir, samples_dir
 from fluxflow.train.tracking import Progress
 
 
@@ -154,7 +154,7 @@ class StepReport:
         return final
 
     def finished(self, ref, result) -> None:
-        self.tracker.log_artifact(metrics_file(self.output, self.step.name))
+        self.tracker.log_artifact(self.files.metrics)
         self.tracker.step_finished(ref, result)
 
 

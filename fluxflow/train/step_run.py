@@ -39,7 +39,6 @@ from fluxflow.models.latents import LATENT_NORM_IMAGES, latent_norm_of_means
 from fluxflow.train.step_cache import attach_caches
 from fluxflow.train.step_data import leading_inputs, load_step_data
 from fluxflow.train.step_report import StepReport
-from fluxflow.output_layout import metrics_file
 from fluxflow.progress_bar import batch_progress
 from fluxflow.train.tracking import ConsoleJsonlTracker, MultiTracker, trim_jsonl
 from fluxflow.train.batch_step import Window
@@ -152,7 +151,7 @@ class StepRun:
         self.outcome: str | None = meta.outcome if self.resuming and meta.completed else None
         self.resumed_from = self._resume(state, meta) if self.resuming else None
         if self.main:  # lines a killed run logged after the position this one starts from will be logged again
-            trim_jsonl(metrics_file(files.output, self.step.name), self.position.global_step,
+            trim_jsonl(files.metrics, self.position.global_step,
                        keep_evaluation_at_end=not (self.resuming and meta.completed))
         self.report = StepReport(tracker, config=config, step=self.step, files=files, data=self.data,
                                  monitor=self.monitor, position=self.position, trainer=self.trainer, device=device,

@@ -36,7 +36,6 @@ log = logging.getLogger("fluxflow.train.step_run")  # the step runner's logger: 
 @dataclass
 class Trainer:
     """The trained state of one step and the per-batch update that advances it."""
-    config: object  # fluxflow.config.PipelineConfig
     step: object  # fluxflow.config.ResolvedStep
     models: dict[str, nn.Module]
     emas: dict[str, EMA]
@@ -140,8 +139,8 @@ def build_trainer(config, step, state: dict | None, device: torch.device, *, max
     if distributed.world_size() > 1:
         distributed.broadcast_modules(models.values())
     emas = prepare_emas(step, models, state, trained, resuming)
-    optimizers, sched_cfg = build_optimizers(step, models, trained)
-    schedulers = build_schedulers(sched_cfg, optimizers, max_epochs, updates_per_epoch)
+    optimizers = build_optimizers(step, models, trained)
+    schedulers = build_schedulers(step.optimization.schedulers, optimizers, max_epochs, updates_per_epoch)
     for group, schedule in schedulers.items():
         if schedule.inert and distributed.is_main():
             log.warning("Step %s: optimization.schedulers.%s: %s", step.name, group, schedule.inert)
@@ -159,6 +158,6 @@ def build_trainer(config, step, state: dict | None, device: torch.device, *, max
                       synced_groups=synced_groups(runnable),
                       spade=expander_spade(step, saved_expander_spade(state)),
                       flow_objective=flow_objective(step, step.img_size))
-    return Trainer(config=config, step=step, models=models, emas=emas,
+    return Trainer(step=step, models=models, emas=emas,
                    ema_active=sorted(ema_components(step, trained)), optimizers=optimizers, schedulers=schedulers,
                    ctx=ctx)

@@ -41,7 +41,7 @@ def models_and_names():
 def test_the_no_decay_group_holds_exactly_biases_norms_and_embeddings(group, components):
     models = models_and_names()
     step = SimpleNamespace(lr=1e-3, optimization=SimpleNamespace(optimizers={}, schedulers={}))
-    optimizers, _ = build_optimizers(step, models, set(components))
+    optimizers = build_optimizers(step, models, set(components))
     decay_group, no_decay_group = optimizers[group].param_groups
     by_id = {id(p): f"{c}.{n}" for c in components for n, p in models[c].named_parameters()}
     no_decay = {by_id[id(p)] for p in no_decay_group["params"]}
@@ -56,7 +56,7 @@ def test_the_no_decay_group_holds_exactly_biases_norms_and_embeddings(group, com
 def test_the_named_embeddings_are_in_the_no_decay_group():
     models = models_and_names()
     step = SimpleNamespace(lr=1e-3, optimization=SimpleNamespace(optimizers={}, schedulers={}))
-    optimizers, _ = build_optimizers(step, models, {"flow_processor", "text_encoder"})
+    optimizers = build_optimizers(step, models, {"flow_processor", "text_encoder"})
     no_decay = {id(p) for group in ("flow", "text_encoder") for p in optimizers[group].param_groups[1]["params"]}
     for name in ("pos", "embed.weight"):
         assert id(models["text_encoder"].get_parameter(name)) in no_decay, name
@@ -68,7 +68,7 @@ def test_a_configured_weight_decay_applies_to_the_decay_group_only():
     models = models_and_names()
     configured = {"discriminator": OptimizerConfig(type="SGD", lr=0.01, weight_decay=0.05).resolved(1e-3)}
     step = SimpleNamespace(lr=1e-3, optimization=SimpleNamespace(optimizers=configured, schedulers={}))
-    optimizers, _ = build_optimizers(step, models, {"discriminator"})
+    optimizers = build_optimizers(step, models, {"discriminator"})
     decay_group, no_decay_group = optimizers["discriminator"].param_groups
     assert (decay_group["weight_decay"], no_decay_group["weight_decay"], decay_group["lr"]) == (0.05, 0.0, 0.01)
 
@@ -77,6 +77,6 @@ def test_frozen_parameters_are_in_no_group():
     models = models_and_names()
     models["expander"].requires_grad_(False)
     step = SimpleNamespace(lr=1e-3, optimization=SimpleNamespace(optimizers={}, schedulers={}))
-    optimizers, _ = build_optimizers(step, models, {"compressor"})
+    optimizers = build_optimizers(step, models, {"compressor"})
     held = {id(p) for group in optimizers["vae"].param_groups for p in group["params"]}
     assert held == {id(p) for p in models["compressor"].parameters()}

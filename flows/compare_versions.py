@@ -7,9 +7,7 @@ from __future__ import annotations
 
 from flows import env  # noqa: F401  (must precede mlflow)
 
-import json
 from datetime import datetime, timezone
-from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -38,9 +36,8 @@ def version_metrics(client: MlflowClient, version) -> dict[str, float]:
 def version_config(client: MlflowClient, name: str, version) -> dict[str, str]:
     """The config the version was trained with, flattened like run params, each step under its name
     (`steps.flow.lr`) rather than as one list."""
-    with tracking_at(client.tracking_uri):
-        path = mlflow.artifacts.download_artifacts(f"models:/{name}/{version.version}/{CONFIG_FILE}")
-    config = json.loads(Path(path).read_text())
+    with tracking_at(client.tracking_uri):  # load_dict: downloaded into a temporary folder that it removes again
+        config = mlflow.artifacts.load_dict(f"models:/{name}/{version.version}/{CONFIG_FILE}")
     steps = config["training"]["pipeline"].pop("steps")
     return {**flatten_params(config), **flatten_params({step["name"]: step for step in steps}, prefix="steps.")}
 

@@ -409,3 +409,36 @@ def test_an_unknown_experiment_names_the_flag_and_the_experiments_there(experime
     assert capsys.readouterr().err.endswith(
         "no experiment named 'hypothesis' at " + experiment[0].tracking_uri
         + "; --experiment names one of: Default, hypotheses\n")
+
+
+def test_a_version_config_read_from_a_tracking_server_leaves_no_download_behind(mlflow_template, tmp_path,
+                                                                                 monkeypatch):
+    """Against a server's artifact store each version's config is downloaded (one per version, per compare): into a
+    folder that is removed again, not a temporary folder left for good."""
+    import tempfile
+
+    from mlflow_server import MlflowServer
+
+    from flows.compare_versions import CONFIG_FILE, version_config
+
+    (tmp_path / "server").mkdir()
+    server = MlflowServer(tmp_path / "server", mlflow_template)
+    server.start()
+    try:
+        client = MlflowClient(server.uri)
+        model = client.create_logged_model(client.create_experiment("versions"))
+        config_dir = tmp_path / "model" / CONFIG_FILE.rsplit("/", 1)[0]
+        config_dir.mkdir(parents=True)
+        (config_dir / "config.json").write_text(json.dumps(tiny_raw(str(tmp_path / "out"), [WARM])))
+        client.log_model_artifacts(model.model_id, str(tmp_path / "model"))
+        client.create_registered_model("m")
+        version = client.create_model_version("m", f"models:/{model.model_id}", model_id=model.model_id)
+        scratch = tmp_path / "tmp"
+        scratch.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+
+        assert version_config(client, "m", version)["steps.warm.n_epochs"] == "1"
+        assert list(scratch.iterdir()) == []
+    finally:
+        server.kill()

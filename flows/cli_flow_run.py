@@ -83,8 +83,11 @@ def run_pipeline_flow(config: PipelineConfig, overrides: list[str] | None = None
         print(f"Cannot start the flow: {exc}", file=sys.stderr)
         return EXIT_STEP_FAILED
     # Heartbeats let a lasting server mark crashed runs; the temporary one ends with this process, and the heartbeat
-    # thread's join costs up to 1 s per run.
-    temporary = {PREFECT_API_URL: api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    # thread's join costs up to 1 s per run. The UI's address would otherwise follow the API's, and Prefect would print
+    # "View at" a server that has no UI and stops with the run: a UI the user's settings name is kept, else no link
+    # (as on Prefect's own ephemeral server; the summary at the end says how to open the run in a UI).
+    temporary = {PREFECT_API_URL: api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+                 PREFECT_UI_URL: PREFECT_UI_URL.value() or ""}
     with temporary_settings(temporary) if api_url else contextlib.nullcontext():
         state = pipeline_flow(run_dict(config), overrides=overrides or None, return_state=True)
         if state.is_completed():

@@ -73,6 +73,8 @@ def test_a_run_on_the_temporary_server_records_every_flow_task_and_mlflow_run(tm
         assert "Using the Prefect server an earlier run kept on http://127.0.0.1:" in second
         assert "Stopping temporary server" not in second
         assert alive(kept)
+        # Prefect links each flow run to its UI: the temporary server has none, so no "View at" a dead address.
+        assert "View at" not in first + second
     finally:
         if kept:
             kill_all([kept])

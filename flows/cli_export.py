@@ -43,7 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     problem = output_file_problem(args.output)
     if problem:  # before loading the model
         return refuse("fluxflow-export", problem)
+    try:
+        return export_into(args)
+    except KeyboardInterrupt:  # Ctrl-C, while torch loads (most of a small export) or later: one line, not a
+        # traceback; export_weights leaves no partial folder
+        print(f"fluxflow-export: interrupted: nothing written to {args.output}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
+
+def export_into(args: argparse.Namespace) -> int:
     from fluxflow.checkpoints.io import CheckpointError, sha256_file
     from fluxflow.config import ConfigError
     from fluxflow.sampling.export import export_weights
@@ -59,9 +67,6 @@ def main(argv: list[str] | None = None) -> int:
         folder = export_weights(model, args.output, source)
     except (CheckpointError, ConfigError, GenerationError, ModelNotFound, OSError) as exc:
         return refuse("fluxflow-export", exc, args.output)
-    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; export_weights leaves no partial folder
-        print(f"fluxflow-export: interrupted: nothing written to {args.output}", file=sys.stderr)
-        return EXIT_INTERRUPTED
     print(f"Wrote {folder} (config.json, model.safetensors); load it with fluxflow-generate --weights "
           f"{shlex.quote(str(folder))}")
     return EXIT_OK

@@ -37,7 +37,8 @@ def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
         odd = not_a_regular_file(prompts_file)  # a FIFO would never end
         if odd:
             raise OSError(odd)
-        lines = Path(prompts_file).read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first prompt
+        lines = Path(prompts_file).read_text(encoding="utf-8-sig").splitlines()
         found += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     return found
 
@@ -71,7 +72,11 @@ def model_checkpoint_of(model_uri: str, tracking_uri: str | None, into: Path) ->
     try:
         return model_checkpoint(model_uri, uri, into)
     except RegistryError as exc:
-        raise ModelNotFound(str(exc)) from None
+        # models:/NAME alone is read by MLflow as a logged model's id ("Logged model with ID 'NAME' not found")
+        bare = scheme == "models" and not any(mark in model_uri[len("models:/"):] for mark in "/@")
+        hint = "; a registered model is named with an alias or a version: models:/NAME@champion or " \
+               "models:/NAME/VERSION" if bare else ""
+        raise ModelNotFound(f"{exc}{hint}") from None
 
 
 def add_checkpoint_arguments(p: argparse.ArgumentParser):
@@ -118,19 +123,21 @@ def parser() -> argparse.ArgumentParser:
         prog=PROG, description="Generate images from a trained checkpoint or a registered model.",
         epilog="Exit codes: 0 images written; 2 bad input (no prompt, a missing prompts file, a checkpoint that is "
                "missing, corrupt, not a regular file, cannot be fetched or has no text-to-image model, a --model that "
-               "names no registered version, a --weights folder that is not an export, an invalid --config, a --size, "
-               "--seed or --guidance out of range, a device this machine lacks, an --output that is a file or "
-               "already has an image of the same name without --overwrite); 130 interrupted (Ctrl-C: the images "
-               "listed so far are whole). Each path is printed as its image is written.")
+               "names no registered version, a --weights folder that is not an export, an invalid --config, a "
+               "blank --prompt, a --size, --n, --steps, --seed or --guidance out of range, a device this machine "
+               "lacks, an --output that is a file or already has an image of the same name without --overwrite); 130 "
+               "interrupted (Ctrl-C: the images listed so far are whole). Each path is printed as its image is "
+               "written.")
     source = add_checkpoint_arguments(p)
     source.add_argument("--weights", help="a folder written by fluxflow-export (config.json, model.safetensors)")
     p.add_argument("--prompt", action="append", default=[],
                    help="a text prompt (repeatable); the text encoder reads its first model.text_max_len tokens (bytes "
                         "for the byte-level encoder, BOS and EOS included): a longer one is named on stderr")
     p.add_argument("--prompts-file", help="a file with one prompt per line")
-    p.add_argument("--n", type=int, default=1, help="images per prompt, seeds seed..seed+n-1 (default 1)")
-    p.add_argument("--steps", type=int, default=25, help="sampler steps (default 25)")
-    # 100: fluxflow/config/steps.py GUIDANCE_MAX, written out (--help imports nothing of the config).
+    # 10000, 100: fluxflow/sampling/request.py MAX_IMAGES, MAX_STEPS and GUIDANCE_MAX, written out (--help imports
+    # nothing of the package).
+    p.add_argument("--n", type=int, default=1, help="images per prompt, 1 to 10000, seeds seed..seed+n-1 (default 1)")
+    p.add_argument("--steps", type=int, default=25, help="sampler steps, 1 to 10000 (default 25)")
     p.add_argument("--guidance", type=finite_float, default=3.0,
                    help="classifier-free guidance scale, 0 to 100: 0 ignores the prompt, 1 follows it without "
                         "guidance, more follows it more strongly (default 3.0)")
@@ -163,16 +170,16 @@ def main(argv: list[str] | None = None) -> int:
         return refuse(PROG, f"--prompts-file {args.prompts_file} holds no prompt (only blank lines and # comments)")
     if not prompts:
         return refuse(PROG, "give at least one --prompt or a --prompts-file")
-    blank = next((prompt for prompt in args.prompt if not prompt.strip()), None)
-    if blank is not None:  # as "" is, and as a blank line of --prompts-file is skipped: an unset shell variable, say
-        return refuse(PROG, f"--prompt {blank!r} is blank: give the words to draw")
-    if args.n < 1 or not 1 <= args.steps <= 10_000:  # a huge --steps overflowed, or filled the memory, in torch
-        return refuse(PROG, "--n must be at least 1 and --steps from 1 to 10000")
-    from fluxflow.config.steps import guidance_problem, seeds_problem
+    if args.weights and args.config:  # was ignored without a word
+        return refuse(PROG, "--config is not used with --weights: the folder's config.json says how to build the "
+                            "model")
+    from fluxflow.sampling.request import prompt_problem, request_problem
 
-    # The config's seed range and the guidance range, as the served model's (flows/pyfunc_model.py).
-    problem = (seeds_problem("--seed", args.seed, args.n) or guidance_problem("--guidance", args.guidance)
-               or output_file_problem(args.output))
+    # The served model's rules too (flows/pyfunc_model.py). A blank line of --prompts-file is skipped; a blank
+    # --prompt is refused, as "" is.
+    problem = next(filter(None, (prompt_problem("--prompt", prompt) for prompt in args.prompt)), None)
+    problem = problem or request_problem(lambda param: f"--{param}", n=args.n, steps=args.steps, seed=args.seed,
+                                         guidance=args.guidance) or output_file_problem(args.output)
     if problem:
         return refuse(PROG, problem)
 

@@ -63,15 +63,26 @@ def decode_image(text: str):
 
 
 def params_problem(p: dict) -> str | None:
-    """What is wrong with a request's params, or None: fluxflow-generate's rules (--n and --steps at least 1, its
-    seed range, its guidance range). Before, steps 0 answered with an image and n 0 with no
-    row at all, where fluxflow-generate exits 2; any seed was taken, and one of 2**64 or more failed inside torch."""
-    from fluxflow.config.steps import guidance_problem, seeds_problem
+    """What is wrong with a request's params, or None: fluxflow-generate's rules (fluxflow/sampling/request.py).
+    Before, steps 0 answered with an image, n 0 with no row at all and steps 10**12 with a traceback from torch's
+    allocator, where fluxflow-generate exits 2; any seed was taken, and one of 2**64 or more failed inside torch."""
+    from fluxflow.sampling.request import request_problem
 
-    for name in ("n", "steps"):
-        if int(p[name]) < 1:
-            return f"params {name} must be at least 1, got {p[name]}"
-    return seeds_problem("params seed", p["seed"], int(p["n"])) or guidance_problem("params guidance", p["guidance"])
+    return request_problem(lambda param: f"params {param}", n=p["n"], steps=p["steps"], seed=p["seed"],
+                           guidance=p["guidance"])
+
+
+def prompts_of(model_input) -> list[str]:
+    """The request's prompts: the `prompt` column of a DataFrame, or a list of strings. A missing or blank one is
+    refused, as fluxflow-generate refuses it (a JSON null was drawn as the text 'None')."""
+    from fluxflow.sampling.request import prompt_problem
+
+    prompts = list(model_input[PROMPT] if isinstance(model_input, pd.DataFrame) else model_input)
+    for i, prompt in enumerate(prompts):
+        problem = prompt_problem(f"prompt {i + 1} of {len(prompts)}", prompt)
+        if problem:
+            raise MlflowException(problem, error_code=INVALID_PARAMETER_VALUE)
+    return prompts
 
 
 class TextToImageModel(PythonModel):
@@ -97,9 +108,7 @@ class TextToImageModel(PythonModel):
             # message, where any other exception becomes a 400 saying only "unexpected error".
             raise MlflowException(problem, error_code=INVALID_PARAMETER_VALUE)
         rows = []
-        # The prompts: the `prompt` column of a DataFrame, or a list of strings.
-        prompts = model_input[PROMPT] if isinstance(model_input, pd.DataFrame) else model_input
-        for prompt in map(str, prompts):
+        for prompt in prompts_of(model_input):
             for seed in range(int(p["seed"]), int(p["seed"]) + int(p["n"])):
                 try:
                     image = generate(self.model, prompt, seed, steps=int(p["steps"]), guidance=float(p["guidance"]),

@@ -11,8 +11,6 @@ parameters of another type are not inherited.
 """
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BeforeValidator, Field, create_model, field_validator
@@ -32,36 +30,6 @@ def _workers(value: Any) -> Any:
 
 # A seed of the data order, weights and noise: numpy's SeedSequence takes no negative one, torch none past 2**63.
 Seed = Annotated[int, Field(ge=0, lt=INT64)]
-
-
-def seeds_problem(name: str, seed: Any, n: int = 1) -> str | None:
-    """What is wrong with `seed` as the first of `n` image seeds seed..seed+n-1 (fluxflow-generate's --seed, the
-    served model's params seed), or None: each must be a `Seed`, as a config's are. `name` is how the caller's user
-    spells it."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        return f"{name} must be an integer, got {seed!r}"
-    if not 0 <= seed <= INT64 - n:
-        return (f"{name} must lie within 0 and 2**63 - n (the images' seeds are seed..seed+n-1, each from 0 to "
-                f"2**63 - 1 as a config's seeds); got {seed}")
-    return None
-
-
-# The classifier-free guidance scale g of sampling (fluxflow/models/flow_sampler.py: v = v_uncond + g·(v_cond -
-# v_uncond)): 0 ignores the prompt, 1 follows it without guidance, more pushes further from the unconditional image
-# (default 3; docs/COMPOSITION.md found 1.5 to 6 alike). Far above the bound the product overflows float32: from
-# about 1e30 every pixel was NaN, and the image written black.
-GUIDANCE_MAX = 100
-
-
-def guidance_problem(name: str, guidance: Any) -> str | None:
-    """What is wrong with `guidance` as a guidance scale (fluxflow-generate's --guidance, the served model's params
-    guidance), or None. `name` is how the caller's user spells it."""
-    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not math.isfinite(guidance):
-        return f"{name} must be a finite number, got {guidance!r}"
-    if not 0 <= guidance <= GUIDANCE_MAX:
-        return (f"{name} must lie within 0 and {GUIDANCE_MAX} (0 ignores the prompt, 1 follows it without guidance, "
-                f"more follows it more strongly); got {guidance:g}")
-    return None
 
 
 # DataLoader worker processes per training process; "auto": fluxflow/data/__init__.py resolve_workers.

@@ -38,7 +38,7 @@ import torch
 from fluxflow.checkpoints.io import atomic_write
 from fluxflow.config.file_checks import inspect_pretrained, not_a_regular_file, pretrained_text_path
 from fluxflow.sampling.generate import (GENERATION_COMPONENTS, GenerationError, TextToImageModel,
-                                        build_text_to_image)
+                                        build_text_to_image, weights_mismatch)
 
 FORMAT, FORMAT_VERSION = "fluxflow-text-to-image", 1
 CONFIG_FILE, WEIGHTS_FILE, TEXT_ENCODER_DIR = "config.json", "model.safetensors", "text_encoder"
@@ -162,4 +162,4 @@ def load_exported(folder: str | Path, device: str | None = None) -> TextToImageM
     try:
         return build_text_to_image(weights, latent_norm, model_config, img_size, channels, spade, device)
     except RuntimeError as exc:  # load_state_dict: missing or unexpected keys, wrong shapes
-        raise GenerationError(f"{weights_file} does not fit {folder / CONFIG_FILE}: {exc}") from None
+        raise GenerationError(f"{weights_file} does not fit {folder / CONFIG_FILE}: {weights_mismatch(exc)}") from None

@@ -98,7 +98,13 @@ def load_text_to_image(checkpoint: str | Path, model_config: Any = None, img_siz
                                    saved_expander_spade(state), device)
     except RuntimeError as exc:  # load_state_dict: wrong shapes, missing or unexpected keys (the sizes of --config)
         raise GenerationError(f"checkpoint {checkpoint} does not fit the model sizes of the config: "
-                              f"{str(exc).strip().splitlines()[-1].strip()}") from None
+                              f"{weights_mismatch(exc)}") from None
+
+
+def weights_mismatch(exc: RuntimeError) -> str:
+    """load_state_dict's error in one line: its last, the first shape that differs (the lines before list every
+    missing and unexpected key)."""
+    return str(exc).strip().splitlines()[-1].strip()
 
 
 def sampling_weights(state: dict[str, Any], name: str) -> dict[str, torch.Tensor]:

@@ -181,6 +181,10 @@ def test_a_model_uri_that_names_nothing_exits_2_saying_so(loop, capsys):
 
     assert cli_generate.main(["--model", f"models:/{MODEL}@nope", "--prompt", "x"]) == 2
     assert "alias nope not found" in capsys.readouterr().err
+    # Without alias or version MLflow reads the name as a logged model's id: its message alone did not say that.
+    assert cli_generate.main(["--model", f"models:/{MODEL}", "--prompt", "x"]) == 2
+    assert capsys.readouterr().err.endswith("; a registered model is named with an alias or a version: "
+                                            "models:/NAME@champion or models:/NAME/VERSION\n")
 
 
 def test_compare_lists_the_versions_with_the_champion_and_their_differences(loop, tmp_path, capsys):

@@ -15,9 +15,12 @@ from mlflow.pyfunc.model import _PythonModelPyfuncWrapper
 from flows.pyfunc_model import SIGNATURE, TextToImageModel
 
 SEEDS = "(the images' seeds are seed..seed+n-1, each from 0 to 2**63 - 1 as a config's seeds)"
-BAD = [({"steps": 0}, "params steps must be at least 1, got 0"),
-       ({"n": 0}, "params n must be at least 1, got 0"),
-       ({"n": -2}, "params n must be at least 1, got -2"),
+BAD = [({"steps": 0}, "params steps must lie within 1 and 10000, got 0"),
+       # fluxflow-generate's bound: a traceback from torch's allocator, or minutes of work after the answer's timeout
+       ({"steps": 10**12}, f"params steps must lie within 1 and 10000, got {10**12}"),
+       ({"n": 0}, "params n must lie within 1 and 10000, got 0"),
+       ({"n": -2}, "params n must lie within 1 and 10000, got -2"),
+       ({"n": 10**8}, f"params n must lie within 1 and 10000, got {10**8}"),
        ({"guidance": float("nan")}, "params guidance must be a finite number, got nan"),
        ({"guidance": 1e308}, "params guidance must lie within 0 and 100 (0 ignores the prompt, 1 follows it without "
                              "guidance, more follows it more strongly); got 1e+308"),  # NaN pixels, a black image
@@ -42,13 +45,25 @@ def test_invalid_params_are_refused_naming_the_parameter_and_the_rule(params, me
     assert raised.value.message == message and raised.value.error_code == "INVALID_PARAMETER_VALUE"
 
 
+@pytest.mark.parametrize(("prompt", "message"), [
+    (None, "prompt 2 of 2 is missing (null): give the words to draw"),  # was drawn as the text 'None'
+    ("", "prompt 2 of 2 '' is blank: give the words to draw"),  # fluxflow-generate refuses both
+    ("   ", "prompt 2 of 2 '   ' is blank: give the words to draw")])
+def test_a_missing_or_blank_prompt_is_refused_naming_it(prompt, message):
+    request = json.dumps({"dataframe_split": {"columns": ["prompt"], "data": [["a red circle"], [prompt]]}})
+    with pytest.raises(MlflowException) as raised:
+        scoring_server.invocations(request, "application/json", pyfunc(), None)
+    assert raised.value.get_http_status_code() == 400
+    assert message in json.loads(raised.value.serialize_as_json())["message"]
+
+
 def test_over_rest_an_invalid_param_is_a_400_carrying_the_message():
     request = json.dumps({"dataframe_split": {"columns": ["prompt"], "data": [["a red circle"]]},
                           "params": {"steps": 0}})
     with pytest.raises(MlflowException) as raised:
         scoring_server.invocations(request, "application/json", pyfunc(), None)
     assert raised.value.get_http_status_code() == 400
-    assert "params steps must be at least 1, got 0" in json.loads(raised.value.serialize_as_json())["message"]
+    assert "params steps must lie within 1 and 10000, got 0" in json.loads(raised.value.serialize_as_json())["message"]
 
 
 @pytest.mark.parametrize("seed", [1.5, "7", True])

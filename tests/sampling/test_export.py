@@ -180,6 +180,28 @@ def test_an_export_whose_file_is_a_fifo_or_that_is_a_file_is_one_line(byte_check
                                        "fluxflow-export\n")
 
 
+def test_weights_that_do_not_fit_the_export_config_are_one_line(byte_checkpoint, tmp_path, capsys):
+    """A config.json edited after the export (here a deeper flow model): the message listed every missing key on a
+    line of its own."""
+    export(byte_checkpoint, tmp_path / "export")
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    config["model"]["flow_depth"] += 1
+    (tmp_path / "export" / "config.json").write_text(json.dumps(config))
+    assert cli_generate.main(["--weights", str(tmp_path / "export"), "--prompt", "x", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fluxflow-generate: {tmp_path / 'export' / 'model.safetensors'} does not fit "
+                          f"{tmp_path / 'export' / 'config.json'}: Missing key(s)") and err.count("\n") == 1, err
+
+
+def test_a_config_beside_weights_is_refused_not_ignored(byte_checkpoint, tmp_path, capsys):
+    export(byte_checkpoint, tmp_path / "export")
+    assert cli_generate.main(["--weights", str(tmp_path / "export"), "--config", str(tmp_path / "nowhere.yaml"),
+                              "--prompt", "x", "--device", "cpu", "--output", str(tmp_path / "g")]) == 2
+    assert capsys.readouterr().err == ("fluxflow-generate: --config is not used with --weights: the folder's "
+                                       "config.json says how to build the model\n")
+    assert not (tmp_path / "g").exists()
+
+
 def test_an_export_config_without_a_key_names_the_key(byte_checkpoint, tmp_path, capsys):
     export(byte_checkpoint, tmp_path / "export")
     config = json.loads((tmp_path / "export" / "config.json").read_text())
@@ -279,3 +301,22 @@ def test_help_answers_without_importing_torch():
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "--checkpoint" in done.stdout
+
+
+def test_ctrl_c_while_torch_loads_is_one_line_and_exits_130(tmp_path, capsys, monkeypatch):
+    """Most of a small export is the import of torch, before the checkpoint is read: a Ctrl-C there ended in a
+    traceback from inside torch's import."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def importing(name, *args, **kwargs):
+        if name == "fluxflow.checkpoints.io":  # the export's first import of torch
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", importing)
+    folder = tmp_path / "mine"
+    assert cli_export.main(["--checkpoint", str(tmp_path / "final.pt"), "--output", str(folder)]) == 130
+    assert capsys.readouterr().err == f"fluxflow-export: interrupted: nothing written to {folder}\n"
+    assert not folder.exists()

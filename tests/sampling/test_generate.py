@@ -293,7 +293,10 @@ def test_a_guidance_scale_that_is_not_a_finite_number_is_a_usage_error(trained, 
     (["--seed", str(2**64 - 1), "--n", "2"], "--seed must lie within 0 and 2**63 - n"),  # failed after one image
     (["--seed", str(2**63 - 1), "--n", "2"], "--seed must lie within 0 and 2**63 - n"),  # the served model's range
     (["--seed", "-1"], "--seed must lie within 0 and 2**63 - n"),
-    (["--steps", str(10**20)], "--n must be at least 1 and --steps from 1 to 10000"),
+    (["--steps", str(10**20)], f"--steps must lie within 1 and 10000, got {10**20}"),
+    (["--steps", "0"], "--steps must lie within 1 and 10000, got 0"),  # both flags were blamed, for either
+    (["--n", "0"], "--n must lie within 1 and 10000, got 0"),
+    (["--n", str(10**8)], f"--n must lie within 1 and 10000, got {10**8}"),  # minutes naming files, nothing drawn
     # 1e308 was taken: float32 overflowed to NaN pixels and the image was written black.
     (["--guidance", "1e308"], "--guidance must lie within 0 and 100 (0 ignores the prompt, 1 follows it without "
                               "guidance, more follows it more strongly); got 1e+308"),
@@ -313,6 +316,14 @@ def test_a_prompts_file_without_prompts_is_named(trained, tmp_path, capsys):
     assert generate_cli("--checkpoint", checkpoint, "--prompts-file", str(prompts_file)) == 2
     err = capsys.readouterr().err
     assert f"--prompts-file {prompts_file} holds no prompt" in err
+
+
+def test_a_prompts_file_with_a_byte_order_mark_reads_its_first_prompt_without_it(tmp_path):
+    """A file saved by an editor that writes a UTF-8 byte-order mark: its first prompt began with U+FEFF, drawn from
+    three more bytes (another image under another name), and a first line `# ...` was not a comment."""
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_bytes("\ufeff# shapes\r\na red circle\r\n".encode("utf-8"))
+    assert cli_generate.read_prompts([], str(prompts_file)) == ["a red circle"]
 
 
 def test_asks_for_a_prompt(trained, capsys):

@@ -18,6 +18,7 @@ import sys
 
 from flows.exit_codes import EXIT_FIX_INPUT, EXIT_STEP_FAILED
 from fluxflow.errors import is_retryable, non_retryable_cause
+from fluxflow.train.pipeline_schedule import PipelineFailed
 
 
 def state_exception(state) -> BaseException | None:
@@ -39,11 +40,14 @@ def retry_unless_non_retryable(task, task_run, state) -> bool:
 
 
 class QuietNonRetryable(logging.Filter):
-    """Drops the traceback from log records about a non-retryable failure; the record's message stays."""
+    """Drops the traceback from log records about a non-retryable failure, and from the flow's own end when steps
+    failed or missed their threshold with `on_missed: fail` (PipelineFailed: its message names each of them, and a
+    failed step's traceback was logged by its task run; a missed threshold is an outcome the config asked for, not a
+    crash). The record's message stays."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if error is not None and not is_retryable(error):
+        if error is not None and (not is_retryable(error) or isinstance(error, PipelineFailed)):
             record.exc_info, record.exc_text = None, None
         return True
 

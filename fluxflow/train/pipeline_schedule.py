@@ -21,7 +21,8 @@ class PipelineFailed(RuntimeError):
 def missed_threshold_message(step) -> str:
     t = step.transition_on
     return (
-        f"Step {step.name}: {t.metric} did not fall below {t.threshold} within {t.max_epochs} epochs "
+        f"Step {step.name}: {t.metric} did not fall below {t.threshold} within {t.max_epochs} "
+        f"epoch{'' if t.max_epochs == 1 else 's'} "
         f"(max_epochs reached); on_missed: {step.on_missed}"
     )
 

@@ -51,6 +51,8 @@ _Loader.add_implicit_resolver(
 def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *step`: merged by construct_mapping, the keys written
+            continue                                   # beside it override the merged ones (YAML's merge keys)
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
@@ -221,6 +223,8 @@ def issues_from_validation(exc: ValidationError) -> list[ConfigIssue]:
             shown = "" if isinstance(got, (dict, list)) or kind == SECRET_VALUE else f" (got {got!r})"
             if kind == "string_type" and isinstance(got, bool):
                 shown += "; YAML reads unquoted yes/no/on/off as true/false: quote the value"
+            elif kind == "string_type" and isinstance(got, (int, float)):  # a step named 2024, say
+                shown += "; YAML reads an unquoted number as a number: quote the value"
             issues.append(ConfigIssue(path, f"{err['msg']}{shown}"))
     return issues
 

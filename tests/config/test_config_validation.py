@@ -146,6 +146,8 @@ CASES = {
                             "training.pipeline.datasets.s.szie", "did you mean 'size'?"),
     "yes as a name": ("training:\n  pipeline:\n    steps: [{name: yes, n_epochs: 1, train_vae: true}]\n",
                       f"{S}[0].name", "quote the value"),
+    "a number as a name": ("training:\n  pipeline:\n    steps: [{name: 2024, n_epochs: 1, train_vae: true}]\n",
+                           f"{S}[0].name", "YAML reads an unquoted number as a number: quote the value"),
     "image size vs downscale and patch": (cfg(vae(), data={"img_size": 36}), "data.img_size", "multiple of 8"),
     "sample size vs downscale and patch": (cfg(vae(), output={"sample_sizes": [32, 20]}), "output.sample_sizes[1]",
                                            "multiple of 8"),
@@ -267,6 +269,21 @@ def test_missing_file_broken_yaml_duplicate_keys_and_empty_file_are_config_error
         (tmp_path / name).write_text(text)
         with pytest.raises(ConfigError, match=expected[name]):
             load_config(tmp_path / name)
+
+
+def test_a_step_reused_through_a_yaml_merge_key_is_read_with_its_own_keys_on_top(tmp_path):
+    """`<<: *anchor`, YAML's way to repeat a block, was refused as broken YAML (no constructor for the merge tag)."""
+    path = tmp_path / "merged.yaml"
+    path.write_text("training:\n  pipeline:\n    steps:\n"
+                    "      - &warm {name: warm, n_epochs: 1, train_vae: true}\n"
+                    "      - <<: *warm\n        name: gan\n        gan_training: true\n"
+                    "      - <<: *warm\n        name: gan\n        name: again\n")
+    with pytest.raises(ConfigError, match="duplicate key 'name'"):  # written twice beside the merge: still an error
+        load_config(path)
+    path.write_text(path.read_text().replace("        name: gan\n        name: again\n", "        name: again\n"))
+    steps = load_config(path).config.resolved_steps()
+    assert [(s.name, s.train_vae, s.gan_training, s.n_epochs) for s in steps] == [
+        ("warm", True, False, 1), ("gan", True, True, 1), ("again", True, False, 1)]
 
 
 def test_lpips_without_its_backbone_file_names_the_file_and_where_it_must_be(tmp_path, monkeypatch):

@@ -121,12 +121,17 @@ class TemporaryServer:
 
     @classmethod
     def kept(cls) -> "TemporaryServer | None":
-        """The server an earlier run kept for this PREFECT_HOME, if it still answers."""
+        """The server an earlier run kept for this PREFECT_HOME, if it still answers. The record of one that is gone
+        (stopped with the `kill` its run printed) is removed; one whose process lives but does not answer (busy, or
+        its pid taken by another process) is left for a later run."""
         try:
             found = json.loads(_kept_file().read_text())
             server = cls(keep=True)
             server.port, server.pid = int(found["port"]), int(found["pid"])
             os.kill(server.pid, 0)
+        except ProcessLookupError:
+            _kept_file().unlink(missing_ok=True)
+            return None
         except (OSError, ValueError, KeyError, TypeError):
             return None
         server._ready = server._healthy()

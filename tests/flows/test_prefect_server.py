@@ -137,3 +137,21 @@ def test_a_ctrl_c_inside_the_servers_start_stops_the_server_without_a_word(tmp_p
     assert err[-1] == "Interrupted before training started: nothing was trained or changed."
     prefect_server.started_server().stop()  # what the exit handler does: nothing more to stop, nothing said
     assert capsys.readouterr().err == ""
+
+
+def test_the_record_of_a_kept_server_that_was_stopped_is_removed(tmp_path, monkeypatch):
+    """A run kept its server (--keep-server), the user stopped it with the printed `kill PID`: the next run found the
+    pid gone and started its own, and the record stayed in PREFECT_HOME for good."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no process holds now
+    record = tmp_path / prefect_server.KEPT_SERVER_FILE
+    record.write_text(f'{{"pid": {gone.pid}, "port": 1}}')
+    assert prefect_server.TemporaryServer.kept() is None
+    assert not record.exists()
+    record.write_text('{"pid": 1, "port": 1}')  # a live process that does not answer: left for a later run
+    assert prefect_server.TemporaryServer.kept() is None
+    assert record.exists()

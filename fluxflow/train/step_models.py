@@ -37,8 +37,11 @@ def prepare_models(config, step, state: dict | None, device: torch.device) -> di
         if name in saved:
             module.load_state_dict(saved[name])
         elif state is not None and distributed.is_main():
-            log.warning("Auto-created %s with default parameters from the model config (not in the input "
-                        "checkpoint)", name)
+            # A component the step trains starts fresh as a matter of course (the discriminator of the first GAN step
+            # after a VAE warm-up); one it only uses, untrained, is worth a warning.
+            (log.info if name in trained else log.warning)(
+                "Auto-created %s with default parameters from the model config (not in the input checkpoint)%s",
+                name, "" if name in trained else "; this step does not train it, so it is used untrained")
         models[name] = module.to(device)
         module.requires_grad_(name in trained)  # frozen: no gradients, and eval mode, for this step only
         module.train(name in trained)

@@ -193,7 +193,8 @@ class StepRun:
             sched.load_state_dict(state["schedulers"][group])
         self.monitor.load_state_dict(meta.monitor)
         restore_rng_state(meta.rng)
-        self.say(f"Resuming from checkpoint: step={self.step.index} ({self.step.name}), epoch={pos.epoch + 1}, "
+        # Counted from 1, as the plan's "Step N:" and the progress line's "(N/M)" count steps, and epochs here
+        self.say(f"Resuming from checkpoint: step={self.step.index + 1} ({self.step.name}), epoch={pos.epoch + 1}, "
                  f"batch={pos.batch}")
         return pos.epoch, pos.batch
 

@@ -51,7 +51,7 @@ def test_a_flow_step_stopped_mid_epoch_resumes_from_its_cache_exactly(tmp_path, 
     clear_stop_request()
     resumed, printed = run_captured(config(tmp_path / "stopped"))
 
-    assert "Resuming from checkpoint: step=1 (flow), epoch=2, batch=3" in printed
+    assert "Resuming from checkpoint: step=2 (flow), epoch=2, batch=3" in printed
     assert "Latent cache of step flow: reusing" in printed and "Text cache of step flow: reusing" in printed
     a, b = load_weights(reference[1].ref.uri), load_weights(resumed[1].ref.uri)
     for part in ("models", "ema", "optimizers", "latent_norm"):

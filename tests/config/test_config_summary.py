@@ -40,6 +40,7 @@ training:
 """)
     assert "Transition: loss_threshold (vae_loss < 0.05 averaged over 20 batches, max 50 epochs, then fail)" in text
     assert "Total epochs: 50 (at most" in text
+    assert "Step 1: a (up to 50 epochs)" in text  # was "(10 epochs)": n_epochs, which such a step does not run
 
 
 def test_datasets_and_output_are_listed(tmp_path):

@@ -84,7 +84,7 @@ def test_kills_before_and_after_the_first_checkpoint_leave_one_run_and_no_point_
     assert len(step_runs()) == 1
 
     output = run_to_end(config, env, tmp_path / "run3.log")  # resumes at the checkpoint, reports 20+ batches again
-    assert f"Resuming from checkpoint: step=0 (warm), epoch=1, batch={CHECKPOINT_EVERY}" in output
+    assert f"Resuming from checkpoint: step=1 (warm), epoch=1, batch={CHECKPOINT_EVERY}" in output
     assert_one_finished_run_without_duplicates(out)
 
 

@@ -105,7 +105,7 @@ def test_a_pipeline_on_s3_killed_mid_step_resumes_and_ends_like_an_uninterrupted
     assert "Took over the lock s3://fluxflow/killed/.lock: its holder, pid " in printed
     assert "Skipping steps: warm" in printed and "Skipping step warm: already complete" in printed
     assert not list((tmp_path / "node2").rglob("warm/final.pt"))  # a skipped step's checkpoint is not downloaded
-    assert "Resuming from checkpoint: step=1 (flow), epoch=1, batch=4" in printed
+    assert "Resuming from checkpoint: step=2 (flow), epoch=1, batch=4" in printed
     assert [o.result.trained for o in resumed] == [False, True]
     final = resumed[1].ref
     assert final.uri == "s3://fluxflow/killed/checkpoints/flow/final.pt"

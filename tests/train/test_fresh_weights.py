@@ -37,3 +37,30 @@ def test_seed_replicates_of_two_hypotheses_pair_their_fresh_weights_by_seed(one_
     for seed in (0, 1):
         assert differing(built[f"a-seed{seed}"], built[f"b-seed{seed}"]) == []
     assert differing(built["a-seed0"], built["a-seed1"]) != []
+
+
+def test_a_component_the_step_trains_starts_fresh_quietly_and_one_it_only_uses_with_a_warning(caplog):
+    """The discriminator of the first GAN step after a VAE warm-up is new as a matter of course (it was a WARNING on
+    every such run); a frozen component missing from the input checkpoint is drawn untrained, which is worth one."""
+    import logging
+
+    from helpers_tiny import single_step_config
+
+    from fluxflow.models import build_component
+    from fluxflow.train.step_models import prepare_models
+
+    config, gan = single_step_config({"train_vae": True, "gan_training": True})
+    vae_only = {"models": {name: build_component(name, config.model, config.data.channels).state_dict()
+                           for name in ("compressor", "expander")}}
+    with caplog.at_level(logging.INFO, logger="fluxflow.train.step_run"):
+        prepare_models(config, gan, vae_only, torch.device("cpu"))
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "Auto-created discriminator with default parameters from the model config (not in the input "
+                 "checkpoint)")]
+    caplog.clear()
+    config, flow = single_step_config({"train_diff": True})
+    with caplog.at_level(logging.INFO, logger="fluxflow.train.step_run"):
+        prepare_models(config, flow, {"models": {}}, torch.device("cpu"))
+    warned = {r.getMessage().split()[1]: r.levelname for r in caplog.records}
+    assert warned["compressor"] == warned["expander"] == "WARNING" and warned["flow_processor"] == "INFO"
+    assert all(r.getMessage().endswith("so it is used untrained") for r in caplog.records if r.levelname == "WARNING")

@@ -205,7 +205,7 @@ def test_kill_9_mid_epoch_then_rerun_resumes_at_the_saved_batch_and_ends_like_an
                                                 no_samples=True))
 
     assert "Skipping steps: warm" in printed
-    assert f"Resuming from checkpoint: step=1 (gan), epoch={saved_epoch + 1}, batch={saved_batch}" in printed
+    assert f"Resuming from checkpoint: step=2 (gan), epoch={saved_epoch + 1}, batch={saved_batch}" in printed
     assert f"Starting step: gan, epoch {saved_epoch + 1}, batch {saved_batch}" in printed
     assert [o.result.trained for o in resumed] == [False, True]
     assert resumed[1].result.resumed_from == (saved_epoch, saved_batch)
@@ -299,7 +299,7 @@ def test_a_stop_request_saves_the_batch_reached_and_the_next_run_resumes_there_e
 
     clear_stop_request()
     resumed, printed = run_captured(config(stopped_out))
-    assert "Resuming from checkpoint: step=1 (gan), epoch=2, batch=5" in printed
+    assert "Resuming from checkpoint: step=2 (gan), epoch=2, batch=5" in printed
     assert (resumed[1].ref.global_step, resumed[1].ref.epoch) == (18, 3)
     assert_same_final_weights(reference[1].ref.uri, resumed[1].ref.uri)
 
@@ -366,7 +366,7 @@ def test_sigkill_at_random_moments_then_the_same_command_completes_bit_identical
             assert expected in output, (expected, output)
         if global_step is None:
             break
-        step, index = ("warm", 0) if global_step <= 2 else ("gan", 1)
+        step, index = ("warm", 1) if global_step <= 2 else ("gan", 2)  # counted from 1
         saved, logged = newest_checkpoint(out, step), logged_global_step(out)
         if global_step == 1:
             assert saved is None, "the first kill came after warm's first checkpoint"
@@ -412,7 +412,7 @@ def test_a_torn_latest_pt_falls_back_to_the_previous_checkpoint_and_ends_bit_ide
     resumed, printed = run_captured(config(out))
     assert re.search(rf"latest.pt cannot be used \(checkpoint {latest} is corrupt, truncated .*\); resuming from the "
                      rf"previous checkpoint {previous_of(latest)}\n", printed), printed
-    assert "Resuming from checkpoint: step=1 (gan), epoch=2, batch=4" in printed
+    assert "Resuming from checkpoint: step=2 (gan), epoch=2, batch=4" in printed
     assert_same_final_weights(reference[1].ref.uri, resumed[1].ref.uri)
     assert not previous_of(latest).exists()  # no use once the step is final
 

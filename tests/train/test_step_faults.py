@@ -84,7 +84,7 @@ def test_a_full_disk_during_a_checkpoint_save_is_one_clear_line_and_the_same_com
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         outcomes = run_pipeline(config())
-    assert "Resuming from checkpoint: step=0 (warm), epoch=1, batch=2" in buffer.getvalue()
+    assert "Resuming from checkpoint: step=1 (warm), epoch=1, batch=2" in buffer.getvalue()
     assert outcomes[0].result.outcome == "epochs_done"
 
 
@@ -207,7 +207,7 @@ def test_a_resumed_step_reports_the_skipped_samples_and_updates_of_an_uninterrup
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         resumed = run_pipeline(config(out))
-    assert "Resuming from checkpoint: step=0 (warm), epoch=1, batch=5" in buffer.getvalue()
+    assert "Resuming from checkpoint: step=1 (warm), epoch=1, batch=5" in buffer.getvalue()
     assert final_counts(resumed) == whole
 
     def interval_lines(directory):  # the metrics file's line of each log interval: the same numbers in both runs

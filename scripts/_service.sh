@@ -40,16 +40,37 @@ PREFECT="$VENV_BIN/prefect"
 
 _DETACH='import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])'
 
+# service_running NAME: whether the process recorded in $RUN_DIR/NAME.pid is alive (it says so, and how to stop it).
+service_running() {
+    local pidfile="$RUN_DIR/$1.pid"
+    if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        echo "$1 is already running (pid $(cat "$pidfile")); stop it with: kill -- -$(cat "$pidfile")"
+        return 0
+    fi
+    return 1
+}
+
+# start_server NAME HOST PORT PORT_VARIABLE COMMAND...: start_service for a server on HOST:PORT, which exits 2 when
+# another process holds the port: whatever answers there would pass for the new server (which exits at once), and
+# the script said "started" and printed the other one's address.
+start_server() {
+    local name="$1" host="$2" port="$3" variable="$4"; shift 4
+    service_running "$name" && return 0
+    if ! port_free "$host" "$port"; then
+        echo "❌ cannot start $name: port $port on $host is in use by another process; stop that one, or choose" \
+             "another port with $variable=..." >&2
+        exit 2
+    fi
+    start_service "$name" "$@"
+}
+
 # start_service NAME COMMAND...: run COMMAND detached, log to $RUN_DIR/NAME.log, pid in $RUN_DIR/NAME.pid.
 # Returns 0 without starting anything when the recorded pid is still alive.
 start_service() {
     local name="$1"; shift
     local pidfile="$RUN_DIR/$name.pid" logfile="$RUN_DIR/$name.log"
     mkdir -p "$RUN_DIR"
-    if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-        echo "$name is already running (pid $(cat "$pidfile")); stop it with: kill -- -$(cat "$pidfile")"
-        return 0
-    fi
+    service_running "$name" && return 0
     # A non-interactive shell starts `&` children with SIGINT ignored, and Prefect's worker turns SIGTERM into a
     # SIGINT to itself, so it would never stop: reset SIGINT, start a new session (pid == process-group id) and exec.
     # Without job control the child is not a group leader, so setsid() succeeds and $! is the session leader.
@@ -57,6 +78,15 @@ start_service() {
     local pid=$!
     echo "$pid" >"$pidfile"
     echo "started $name (pid $pid, log $logfile)"
+}
+
+# port_free HOST PORT: whether a server could listen on HOST:PORT now (bound with SO_REUSEADDR, as uvicorn and
+# gunicorn bind: a port left in TIME_WAIT is free).
+port_free() {
+    "$VENV_BIN/python" -c 'import socket, sys
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))' "$1" "$2" 2>/dev/null
 }
 
 # stop_hint NAME: how to stop what start_service started.

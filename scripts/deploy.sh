@@ -10,7 +10,10 @@ cd "$REPO_ROOT"
 
 use_local_server
 ensure_pool_and_limit
-"$PREFECT" --no-prompt deploy --all --prefect-file deployments/prefect.yaml
+# Without FLUXFLOW_HOME: `prefect deploy` fills every {{ $VAR }} it finds set in its own environment, which would fix
+# the pull step's checkout to this one; unset, the placeholder is stored and filled per run, in the worker's
+# environment (each host's or image's own checkout).
+env -u FLUXFLOW_HOME "$PREFECT" --no-prompt deploy --all --prefect-file deployments/prefect.yaml
 echo "deployed; run one with:"
 echo "  export PREFECT_API_URL=$PREFECT_API_URL"
 echo "  $PREFECT deployment run fluxflow-pipeline/manual --param config=configs/quickstart.yaml --watch"

@@ -18,12 +18,13 @@ UI=("$VENV_BIN/mlflow" ui --host "$HOST" --port "$MLFLOW_PORT" --backend-store-u
 
 if [[ -n "${FLUXFLOW_MLFLOW_AUTH_FILE:-}" ]]; then
     read_secret FLUXFLOW_MLFLOW_AUTH_FILE >/dev/null || exit 2  # a bad file: say so here, not in the log
-    start_service mlflow-ui "$VENV_BIN/python" "$REPO_ROOT/scripts/mlflow_auth.py" "${UI[@]}"
+    start_server mlflow-ui "$HOST" "$MLFLOW_PORT" FLUXFLOW_MLFLOW_PORT "$VENV_BIN/python" \
+        "$REPO_ROOT/scripts/mlflow_auth.py" "${UI[@]}"
     auth="basic authentication on: clients need FLUXFLOW_MLFLOW_AUTH_FILE (or MLFLOW_TRACKING_USERNAME/PASSWORD)"
 elif ! is_loopback "$HOST"; then
     refuse_open "the MLflow server" "$HOST" FLUXFLOW_MLFLOW_AUTH_FILE
 else
-    start_service mlflow-ui "${UI[@]}"
+    start_server mlflow-ui "$HOST" "$MLFLOW_PORT" FLUXFLOW_MLFLOW_PORT "${UI[@]}"
     auth="no authentication (loopback only)"
 fi
 PROBE="$(probe_host "$HOST")"

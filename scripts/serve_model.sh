@@ -20,7 +20,7 @@ export PATH="$VENV_BIN:$PATH"
 MODEL_URI="${FLUXFLOW_MODEL_URI:-models:/fluxflow-quickstart@champion}"
 SERVE_PORT="${FLUXFLOW_SERVE_PORT:-5001}"
 
-start_service model-server "$VENV_BIN/mlflow" models serve -m "$MODEL_URI" --env-manager local \
+start_server model-server 127.0.0.1 "$SERVE_PORT" FLUXFLOW_SERVE_PORT "$VENV_BIN/mlflow" models serve -m "$MODEL_URI" --env-manager local \
     --host 127.0.0.1 --port "$SERVE_PORT"
 wait_http model-server "http://127.0.0.1:$SERVE_PORT/ping" 180
 echo "Model $MODEL_URI (store: $MLFLOW_TRACKING_URI): POST http://127.0.0.1:$SERVE_PORT/invocations"

@@ -27,7 +27,8 @@ PROBE="$(probe_host "$HOST")"
 # The UI's own API address comes from these settings, not from --port: without them a server on another port than
 # 4200 served a UI that called http://127.0.0.1:4200/api ("Can't connect to Server API").
 export PREFECT_SERVER_API_PORT="$PREFECT_PORT"
-start_service prefect-server "$PREFECT" server start --host "$HOST" --port "$PREFECT_PORT" --analytics-off
+start_server prefect-server "$HOST" "$PREFECT_PORT" FLUXFLOW_PREFECT_PORT \
+    "$PREFECT" server start --host "$HOST" --port "$PREFECT_PORT" --analytics-off
 # A cold start with a fresh database took 12-15 s on 2 cores (measured); allow plenty.
 wait_http prefect-server "http://$PROBE:$PREFECT_PORT/api/health" 180
 echo "Prefect UI:  http://$PROBE:$PREFECT_PORT   ($auth)"

@@ -16,8 +16,10 @@ from filelock import FileLock, Timeout
 from fluxflow.errors import NonRetryable
 
 
-class RunLockedError(RuntimeError):
-    """Another process (or another RunLock in this one) holds the directory."""
+class RunLockedError(NonRetryable, RuntimeError):
+    """Another process (or another RunLock in this one) holds the directory: a retry finds it held until that run
+    ends, so the run is refused in one line (exit 2 from fluxflow-train; a deployment run's log without a
+    traceback)."""
 
 
 class OutputDirUnusable(NonRetryable, OSError):

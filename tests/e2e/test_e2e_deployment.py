@@ -220,6 +220,9 @@ def test_manual_deployment_runs_each_step_as_a_task_and_records_nested_mlflow_ru
 
         flow_run, deployment, task_runs, nightly, limit = asyncio.run(flow_run_and_task_runs(api_url, run_name))
         assert deployment.name == "manual" and deployment.work_pool_name == "gpu"
+        # The checkout is the worker's, filled per run (was fixed at deploy time to the deploying checkout).
+        assert deployment.pull_steps[-1] == {"prefect.deployments.steps.set_working_directory": {
+            "directory": "{{ $FLUXFLOW_HOME }}"}}
         assert nightly.work_pool_name == "gpu" and [s.schedule.cron for s in nightly.schedules] == nightly_crons()
         assert limit.concurrency_limit == 1  # created by worker.sh
         assert flow_run.state.is_completed(), flow_run.state

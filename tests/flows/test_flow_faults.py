@@ -94,6 +94,27 @@ def test_a_config_refused_in_the_flow_is_logged_as_its_message_without_a_traceba
     assert [r.getMessage() for r in about_it if r.exc_info] == []
 
 
+def test_an_output_another_run_holds_fails_the_run_in_one_line(tmp_path, mlflow_store):
+    """Two deployment runs on one output_dir: the second failed with a traceback through the flow and the lock in
+    its log (Prefect's engine logs the flow's exception with its traceback unless the error is one the user must
+    fix), where fluxflow-train refuses the same case in one line."""
+    import logging
+
+    from flows.fault_policy import QuietNonRetryable
+    from fluxflow.checkpoints.lock import RunLock
+    from fluxflow.errors import is_retryable
+
+    raw = config(tmp_path, "held", STEPS, no_samples=True)
+    with RunLock(raw["output"]["output_path"]):  # the other run
+        state, _ = run_flow(raw)
+    assert state.is_failed() and "is in use by another run" in state.message
+    error = state.result(raise_on_failure=False)
+    assert not is_retryable(error)
+    record = logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1, "Encountered exception during "
+                               "execution: %r", (error,), (type(error), error, error.__traceback__))
+    assert QuietNonRetryable().filter(record) and record.exc_info is None  # its message alone
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_device_the_machine_lacks_fails_the_step_once_in_one_line(tmp_path, mlflow_store):
     """`--param device=cuda` on a worker without a GPU (docs/OPERATIONS.md, "Running a deployment"): a retry in the

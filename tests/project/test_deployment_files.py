@@ -164,6 +164,36 @@ def test_server_script_reports_a_server_that_dies_at_start(fake_env, tmp_path):
     assert not (Path(fake_env["FLUXFLOW_RUN_DIR"]) / "prefect-server.pid").exists()
 
 
+@pytest.mark.parametrize(("script", "port_variable"), [("server.sh", "FLUXFLOW_PREFECT_PORT"),
+                                                      ("mlflow_ui.sh", "FLUXFLOW_MLFLOW_PORT"),
+                                                      ("serve_model.sh", "FLUXFLOW_SERVE_PORT")])
+def test_a_server_script_refuses_a_port_another_process_holds(fake_env, script, port_variable):
+    """Another server on the port answered the health check, so the script said "started", printed that one's
+    address and exited 0, while the one it started had died of the taken port."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        fake_env[port_variable] = str(other.getsockname()[1])
+        done = run_script(script, fake_env)
+    assert done.returncode == 2
+    assert f"port {fake_env[port_variable]} on 127.0.0.1 is in use by another process" in done.stderr
+    assert f"another port with {port_variable}=" in done.stderr
+    assert not Path(fake_env["FAKE_RECORD"]).exists()  # nothing was started
+
+
+def test_deploy_leaves_the_checkout_to_each_worker(fake_env):
+    """`prefect deploy` fills every {{ $VAR }} set in its environment: with FLUXFLOW_HOME exported (scripts/
+    _service.sh does), the pull step's checkout was fixed to the deploying one, and a worker elsewhere (another host,
+    the image's /app) ran the flow in a directory it does not have."""
+    assert run_script("server.sh", fake_env).returncode == 0  # something answers on the API port
+    fake_env["FLUXFLOW_HOME"] = "/somewhere/the/deploying/checkout"
+    done = run_script("deploy.sh", fake_env)
+    assert done.returncode == 0, done.stderr
+    (deploy,) = [c for c in recorded_calls(fake_env) if "deploy" in c["argv"]]
+    assert deploy["argv"][1:] == ["--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"]
+    assert deploy["env"]["FLUXFLOW_HOME"] is None
+
+
 @pytest.mark.slow  # starts a stand-in server and worker and waits for both: about 2 s each
 @pytest.mark.parametrize("tag", [None, "gpu-host-a"])
 def test_worker_script_creates_the_pool_and_the_gpu_limit_then_starts_a_process_worker(fake_env, tag):

@@ -92,17 +92,18 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
     """A copy of the parsed file with every override set; ConfigError naming each one that cannot be placed, or the
     first that is not KEY=VALUE ('training.pipeline.steps.flow.lr=3e-4') or whose value is broken YAML."""
     raw, issues = copy.deepcopy(raw), []
-    for text in overrides:
+    for text in overrides:  # every one that cannot be placed is named, not only the first
         key, sep, written = text.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
-            raise ConfigError([ConfigIssue(f"--set {text}", "expected KEY=VALUE with a dotted KEY, e.g. training."
-                                                            "seed=1 or training.pipeline.steps.flow.lr=3e-4")], label)
+            issues.append(ConfigIssue(f"--set {text}", "expected KEY=VALUE with a dotted KEY, e.g. training.seed=1 or "
+                                                       "training.pipeline.steps.flow.lr=3e-4"))
+            continue
         try:
             value = yaml.load(written, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as exc:
-            raise ConfigError([ConfigIssue(f"--set {key}", f"the value is broken YAML: {' '.join(str(exc).split())}")],
-                              label) from None
+            issues.append(ConfigIssue(f"--set {key}", f"the value is broken YAML: {' '.join(str(exc).split())}"))
+            continue
         problem = _set(raw, parts, value, written.strip())
         if problem:
             issues.append(ConfigIssue(f"--set {'.'.join(parts)}", problem))
@@ -117,6 +118,13 @@ def _set(raw: dict[str, Any], parts: list[str], value: Any, written: str) -> str
     node: Any = raw
     for depth, part in enumerate(parts):
         at, last = ".".join(parts[:depth]), depth == len(parts) - 1
+        indexed = re.fullmatch(r"(.+)\[(\d+)\]", part)  # `steps[2]`, as validation messages write a path
+        if indexed and (*parts[:depth], indexed.group(1)) == STEPS and isinstance(node, dict):
+            steps = node.get("steps") if isinstance(node.get("steps"), list) else []
+            index, rest = int(indexed.group(2)), ".".join(parts[depth + 1:]) or "lr"
+            name = steps[index].get("name") if index < len(steps) and isinstance(steps[index], dict) else None
+            return (f"a step is addressed by its name, not its index: {'.'.join(STEPS)}."
+                    f"{name if isinstance(name, str) else 'NAME'}.{rest}=...")
         if isinstance(node, list) and tuple(parts[:depth]) == STEPS:
             names = [s["name"] for s in node if isinstance(s, dict) and isinstance(s.get("name"), str)]
             if last:

@@ -70,10 +70,23 @@ def test_an_invalid_value_is_reported_like_the_file(tmp_path):
     ("training..seed=1", "--set training..seed=1: expected KEY=VALUE with a dotted KEY, e.g. training.seed=1 or "
                          "training.pipeline.steps.flow.lr=3e-4"),
     ("training.seed=[1", "--set training.seed: the value is broken YAML"),
+    # validation messages write a step's path with its index, and users copy it: was "unknown key (did you mean
+    # 'steps'?)"
+    ("training.pipeline.steps[1].lr=1e-3", "--set training.pipeline.steps[1].lr: a step is addressed by its name, "
+                                           "not its index: training.pipeline.steps.flow.lr=..."),
 ])
 def test_an_override_that_cannot_be_placed_names_itself(tmp_path, override, message):
     found = problems(tmp_path, [override])
     assert len(found) == 1 and found[0].startswith(message), found
+
+
+def test_every_override_that_cannot_be_placed_is_named_not_only_the_first(tmp_path):
+    found = problems(tmp_path, ["training.pipeline.steps.flw.lr=1", "training.seed", "training.seed=[1"])
+    assert found[:2] == [
+        "--set training.pipeline.steps.flw.lr: no step named 'flw' (did you mean 'flow'?) (steps: warm, flow)",
+        "--set training.seed: expected KEY=VALUE with a dotted KEY, e.g. training.seed=1 or "
+        "training.pipeline.steps.flow.lr=3e-4"]
+    assert len(found) == 3 and found[2].startswith("--set training.seed: the value is broken YAML: ")
 
 
 def test_a_changed_value_changes_the_step_keys_and_an_unchanged_one_keeps_them(tmp_path):

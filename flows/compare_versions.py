@@ -35,10 +35,19 @@ def version_metrics(client: MlflowClient, version) -> dict[str, float]:
 
 def version_config(client: MlflowClient, name: str, version) -> dict[str, str]:
     """The config the version was trained with, flattened like run params, each step under its name
-    (`steps.flow.lr`) rather than as one list."""
+    (`steps.flow.lr`) rather than as one list, with the values it trained at: a step that inherits its lr from
+    `training.lr` or the defaults shows that lr (it showed '-', as if the versions differed where they did not)."""
+    from pydantic import ValidationError
+
+    from fluxflow.config.run_config import run_config_of
+
     with tracking_at(client.tracking_uri):  # load_dict: downloaded into a temporary folder that it removes again
         config = mlflow.artifacts.load_dict(f"models:/{name}/{version.version}/{CONFIG_FILE}")
-    steps = config["training"]["pipeline"].pop("steps")
+    try:
+        steps = [step.model_dump(mode="json") for step in run_config_of(config).written_steps()]
+    except ValidationError:  # a config this version of the product no longer reads: its steps as written
+        steps = config["training"]["pipeline"]["steps"]
+    config["training"]["pipeline"].pop("steps")
     return {**flatten_params(config), **flatten_params({step["name"]: step for step in steps}, prefix="steps.")}
 
 

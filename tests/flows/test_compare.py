@@ -411,6 +411,19 @@ def test_an_unknown_experiment_names_the_flag_and_the_experiments_there(experime
         + "; --experiment names one of: Default, hypotheses\n")
 
 
+def register_with_config(client: MlflowClient, tmp_path, raw: dict):
+    """A version of model 'm' whose artifacts hold `raw` as its config.json, as flows/registry.py logs it."""
+    from flows.compare_versions import CONFIG_FILE
+
+    model = client.create_logged_model(client.create_experiment("versions"))
+    config_dir = tmp_path / "model" / CONFIG_FILE.rsplit("/", 1)[0]
+    config_dir.mkdir(parents=True)
+    (config_dir / "config.json").write_text(json.dumps(raw))
+    client.log_model_artifacts(model.model_id, str(tmp_path / "model"))
+    client.create_registered_model("m")
+    return client.create_model_version("m", f"models:/{model.model_id}", model_id=model.model_id)
+
+
 def test_a_version_config_read_from_a_tracking_server_leaves_no_download_behind(mlflow_template, tmp_path,
                                                                                  monkeypatch):
     """Against a server's artifact store each version's config is downloaded (one per version, per compare): into a
@@ -419,20 +432,14 @@ def test_a_version_config_read_from_a_tracking_server_leaves_no_download_behind(
 
     from mlflow_server import MlflowServer
 
-    from flows.compare_versions import CONFIG_FILE, version_config
+    from flows.compare_versions import version_config
 
     (tmp_path / "server").mkdir()
     server = MlflowServer(tmp_path / "server", mlflow_template)
     server.start()
     try:
         client = MlflowClient(server.uri)
-        model = client.create_logged_model(client.create_experiment("versions"))
-        config_dir = tmp_path / "model" / CONFIG_FILE.rsplit("/", 1)[0]
-        config_dir.mkdir(parents=True)
-        (config_dir / "config.json").write_text(json.dumps(tiny_raw(str(tmp_path / "out"), [WARM])))
-        client.log_model_artifacts(model.model_id, str(tmp_path / "model"))
-        client.create_registered_model("m")
-        version = client.create_model_version("m", f"models:/{model.model_id}", model_id=model.model_id)
+        version = register_with_config(client, tmp_path, tiny_raw(str(tmp_path / "out"), [WARM]))
         scratch = tmp_path / "tmp"
         scratch.mkdir()
         monkeypatch.setattr(tempfile, "tempdir", str(scratch))
@@ -442,3 +449,17 @@ def test_a_version_config_read_from_a_tracking_server_leaves_no_download_behind(
         assert list(scratch.iterdir()) == []
     finally:
         server.kill()
+
+
+def test_a_version_config_shows_the_values_its_steps_trained_at(mlflow_store, tmp_path):
+    """A step that inherits its lr (here training.lr) was shown '-', so versions that trained at the same lr looked
+    different, and ones whose inherited lr differed looked alike."""
+    from flows.compare_versions import version_config
+    from fluxflow.config import load_config
+    from fluxflow.config.run_config import run_dict
+
+    raw = tiny_raw(str(tmp_path / "out"), [WARM])
+    raw["training"]["lr"] = 3e-4
+    version = register_with_config(MlflowClient(mlflow_store), tmp_path, run_dict(load_config(raw).config))
+    flat = version_config(MlflowClient(mlflow_store), "m", version)
+    assert flat["steps.warm.lr"] == "0.0003" and flat["training.lr"] == "0.0003"

@@ -180,3 +180,37 @@ def model_checkpoint(model_uri: str, tracking_uri: str, into: Path) -> Path:
         raise RegistryError(f"{model_uri}: the checkpoint {path} does not match the sha256 recorded at registration "
                             f"({expected}): the copy is damaged")
     return path
+
+
+def served_model_problem(model_uri: str, tracking_uri: str) -> str | None:
+    """Why `mlflow models serve -m MODEL_URI` would not find its model, in one line, or None (scripts/serve_model.sh
+    asks first: the server's own answer is a traceback in its log, and a fresh checkout has no champion until a
+    pipeline with a flow step has run). Only `models:/NAME@ALIAS` and `models:/NAME/VERSION` are looked up; any other
+    URI is the server's to read."""
+    from flows.mlflow_runs import store_to_read_problem
+
+    name, at, alias = model_uri.removeprefix("models:/").partition("@")
+    name, slash, version = name.partition("/")
+    if not model_uri.startswith("models:/") or not (at or version.isdigit()):
+        return None
+    problem = store_to_read_problem(tracking_uri)
+    if problem:
+        return f"{model_uri}: {problem}"
+    client = MlflowClient(tracking_uri)
+    try:
+        client.get_model_version_by_alias(name, alias) if at else client.get_model_version(name, version)
+    except MlflowException as exc:
+        return f"{model_uri}: {exc.message} (tracking URI {tracking_uri}); a pipeline with a flow step registers " \
+               "its model (make demo: fluxflow-quickstart)"
+    return None
+
+
+if __name__ == "__main__":  # python -m flows.registry MODEL_URI: scripts/serve_model.sh's check
+    import sys
+
+    from flows.mlflow_runs import resolve_tracking_uri
+
+    found = served_model_problem(sys.argv[1], resolve_tracking_uri())
+    if found:
+        print(f"❌ {found}", file=sys.stderr)
+    sys.exit(2 if found else 0)

@@ -19,6 +19,8 @@ export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-${FLUXFLOW_MLFLOW_STORE:-sqli
 export PATH="$VENV_BIN:$PATH"
 MODEL_URI="${FLUXFLOW_MODEL_URI:-models:/fluxflow-quickstart@champion}"
 SERVE_PORT="${FLUXFLOW_SERVE_PORT:-5001}"
+# The model first: a name or alias the store does not have is one line here, not the server's traceback in its log.
+service_running model-server >/dev/null || "$VENV_BIN/python" -m flows.registry "$MODEL_URI" || exit 2
 
 start_server model-server 127.0.0.1 "$SERVE_PORT" FLUXFLOW_SERVE_PORT "$VENV_BIN/mlflow" models serve -m "$MODEL_URI" --env-manager local \
     --host 127.0.0.1 --port "$SERVE_PORT"

@@ -67,7 +67,9 @@ def fake_env(tmp_path):
     """Environment for running a script with stand-in tools: its own run dir, ports and a record file."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    os.symlink(sys.executable, bin_dir / "python")
+    # The test's python with its packages (a symlink to it would find no virtualenv beside itself, hence no MLflow)
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)
     for tool in ("prefect", "mlflow"):
         path = bin_dir / tool
         path.write_text(FAKE_TOOL.format(python=sys.executable))
@@ -143,17 +145,45 @@ def test_mlflow_ui_script_serves_the_checkout_store_on_loopback_without_job_runn
     assert "kill -- -" in done.stdout
 
 
-def test_serve_model_script_serves_the_champion_of_the_checkout_store_on_loopback(fake_env):
-    fake_env.pop("MLFLOW_TRACKING_URI", None)
-    fake_env["FLUXFLOW_SERVE_PORT"] = str(free_port())
+def test_serve_model_script_serves_the_champion_of_the_store_on_loopback(fake_env, mlflow_template, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    shutil.copyfile(mlflow_template, tmp_path / "mlflow.db")
+    client = MlflowClient(store)
+    client.create_registered_model("fluxflow-quickstart")
+    version = client.create_model_version("fluxflow-quickstart", str(tmp_path))
+    client.set_registered_model_alias("fluxflow-quickstart", "champion", version.version)
+    fake_env.update(MLFLOW_TRACKING_URI=store, FLUXFLOW_SERVE_PORT=str(free_port()))
     done = run_script("serve_model.sh", fake_env)
     assert done.returncode == 0, done.stderr
     (call,) = recorded_calls(fake_env)
     assert call["argv"][1:] == ["models", "serve", "-m", "models:/fluxflow-quickstart@champion", "--env-manager",
                                 "local", "--host", "127.0.0.1", "--port", fake_env["FLUXFLOW_SERVE_PORT"]]
-    assert Path(call["cwd"]) == REPO and call["env"]["MLFLOW_TRACKING_URI"] == "sqlite:///mlflow.db"
+    assert Path(call["cwd"]) == REPO and call["env"]["MLFLOW_TRACKING_URI"] == store
     pid = int((Path(fake_env["FLUXFLOW_RUN_DIR"]) / "model-server.pid").read_text())
     assert os.getpgid(pid) == pid and f"kill -- -{pid}" in done.stdout
+
+    # An alias the model does not have: one line, nothing started (was the server's traceback from its log).
+    fake_env.update(FLUXFLOW_MODEL_URI="models:/fluxflow-quickstart@prod", FLUXFLOW_RUN_DIR=str(tmp_path / "run2"))
+    refused = run_script("serve_model.sh", fake_env)
+    assert refused.returncode == 2 and len(recorded_calls(fake_env)) == 1
+    assert refused.stderr.startswith("❌ models:/fluxflow-quickstart@prod: Registered model alias prod not found")
+    assert refused.stderr.count("\n") == 1
+
+
+def test_serve_model_script_in_a_checkout_without_a_store_says_so_in_one_line(fake_env):
+    """A fresh checkout (no ./mlflow.db before any run): the default store and model, refused before the server."""
+    fake_env.pop("MLFLOW_TRACKING_URI", None)
+    fake_env.pop("FLUXFLOW_MLFLOW_STORE", None)
+    fake_env["FLUXFLOW_SERVE_PORT"] = str(free_port())
+    if (REPO / "mlflow.db").exists():
+        pytest.skip("this checkout has a store of its own")
+    done = run_script("serve_model.sh", fake_env)
+    assert done.returncode == 2 and not Path(fake_env["FAKE_RECORD"]).exists()
+    assert done.stderr == ("❌ models:/fluxflow-quickstart@champion: no MLflow store at sqlite:///mlflow.db (no such "
+                           "file); name the store with --tracking-uri or MLFLOW_TRACKING_URI\n")
+    assert not (REPO / "mlflow.db").exists()
 
 
 def test_server_script_reports_a_server_that_dies_at_start(fake_env, tmp_path):
@@ -167,9 +197,10 @@ def test_server_script_reports_a_server_that_dies_at_start(fake_env, tmp_path):
 @pytest.mark.parametrize(("script", "port_variable"), [("server.sh", "FLUXFLOW_PREFECT_PORT"),
                                                       ("mlflow_ui.sh", "FLUXFLOW_MLFLOW_PORT"),
                                                       ("serve_model.sh", "FLUXFLOW_SERVE_PORT")])
-def test_a_server_script_refuses_a_port_another_process_holds(fake_env, script, port_variable):
+def test_a_server_script_refuses_a_port_another_process_holds(fake_env, script, port_variable, tmp_path):
     """Another server on the port answered the health check, so the script said "started", printed that one's
     address and exited 0, while the one it started had died of the taken port."""
+    fake_env["FLUXFLOW_MODEL_URI"] = str(tmp_path)  # serve_model.sh: a model folder, which the server reads itself
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
         other.listen()

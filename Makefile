@@ -88,6 +88,7 @@ ray-hypotheses: $(STAMP)
 ray-screenshots: $(STAMP)
 	PYTHONPATH=. $(PY) scripts/ray_screenshots.py
 
+# What runs and the README's commands write in the checkout (not .run/: the pid files of servers still running).
 clean:
-	rm -rf outputs mlruns mlflow.db .pytest_cache
+	rm -rf outputs mlruns mlflow.db .pytest_cache generated exported compare_*.csv compare_*.png compare_*.json
 	find fluxflow flows tests bench -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -136,7 +136,7 @@ def infeasible(step_name: str, request: dict[str, float], nodes: list[dict]) -> 
            else "no single node has all of it")
     listed = "; ".join(f"node {node['NodeID'][:12]}: {describe(node.get('Resources', {}))}" for node in nodes)
     return (f"step {step_name} asks Ray for {describe(request)}: {why} (the cluster's {len(nodes)} nodes: "
-            f"{listed or 'none'}). Change its resources: or add such a node.")
+            f"{listed or 'none'}). Change its resources, or add such a node.")
 
 
 class RaySteps:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from flows import env  # noqa: F401  (must precede prefect and mlflow)
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -56,19 +57,26 @@ def workers_tags(workers: tuple[StepNode, ...]) -> dict[str, str]:
 def run_step_task(config: dict, step_name: str, parent_ref: dict | None, tracking: dict) -> dict[str, Any]:
     """The body of `step_task` as a plain function (callable without Prefect): the step's `StepOutcome.to_dict()`,
     its MLflow run filled in. `config`: the run's resolved config (fluxflow/config/run_config.py, `run_dict`)."""
-    from fluxflow.train.pipeline import train_step
-
     config = run_config_of(config)
     target = TrackingTarget(**tracking)
     parent = CheckpointRef.from_dict(parent_ref) if parent_ref else None
-    node = None
+    node, on_cancel = None, contextlib.nullcontext()
     if config.training.executor.kind == "ray":  # this is a Ray task: say where Ray placed it
-        from flows.ray_node import current_node, use_assigned_cpus
+        from flows.ray_node import cancel_stops_at_a_batch, current_node, use_assigned_cpus
 
-        node = current_node()
+        node, on_cancel = current_node(), cancel_stops_at_a_batch()
         use_assigned_cpus()
         print(f"Step {step_name} runs on {node}", flush=True)
         together.meet(step_name)  # test-only: branches that must be running at the same time
+    with on_cancel:
+        return _tracked_step(config, step_name, parent, target, node)
+
+
+def _tracked_step(config, step_name: str, parent: CheckpointRef | None, target: TrackingTarget,
+                  node) -> dict[str, Any]:
+    """The step trained with its MLflow run: KILLED when it stopped on request, FAILED when it failed."""
+    from fluxflow.train.pipeline import train_step
+
     tracker, mlflow_tracker = make_tracker(config, target, node, step_name)
     try:
         # A step of several processes (on Ray, its node holds their GPUs for it): MLflow gets rank 0's files once

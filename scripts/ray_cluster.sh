@@ -12,7 +12,8 @@
 # Ray's other servers listen on all interfaces, without authentication (docs/DISTRIBUTED.md, "Try it on one machine").
 #
 # Environment (all optional, besides those of _service.sh):
-#   FLUXFLOW_RAY_PORT            the head's port (GCS), what training.executor.address names  (default: 6379)
+#   FLUXFLOW_RAY_PORT            the head's port (GCS), what training.executor.address names  (default: 6379; not
+#                                within 10002-19999, Ray's worker ports)
 #   FLUXFLOW_RAY_DASHBOARD_PORT  the dashboard, on 127.0.0.1                                   (default: 8265)
 #   FLUXFLOW_RAY_CPUS / _GPUS    per node                                                      (default: 1 / 0)
 #   FLUXFLOW_RAY_OBJECT_STORE    bytes of object store per node (steps pass only references)   (default: 200 MB)
@@ -21,6 +22,10 @@ source "$(dirname "$0")/_service.sh"
 cd "$REPO_ROOT"
 
 RAY_PORT="${FLUXFLOW_RAY_PORT:-6379}"
+if [[ "${1:-}" != stop ]] && (( RAY_PORT >= 10002 && RAY_PORT <= 19999 )); then  # Ray refused it with a traceback
+    echo "❌ FLUXFLOW_RAY_PORT=$RAY_PORT lies within 10002-19999, the ports Ray gives its workers: choose another" >&2
+    exit 2
+fi
 DASHBOARD_PORT="${FLUXFLOW_RAY_DASHBOARD_PORT:-8265}"
 CPUS="${FLUXFLOW_RAY_CPUS:-1}"
 GPUS="${FLUXFLOW_RAY_GPUS:-0}"

@@ -348,9 +348,12 @@ def test_a_second_run_on_a_busy_output_directory_fails_at_once(tmp_path, mlflow_
     from fluxflow.checkpoints.lock import RunLock
 
     raw = config(tmp_path, "busy", [{"name": "warm", **VAE}])
-    with RunLock(raw["output"]["output_path"]):
-        assert run_pipeline_flow(resolve_run_config(raw).config) == 1
-    assert "is in use by another run" in capsys.readouterr().out
+    with RunLock(raw["output"]["output_path"]):  # 2: for the user to settle (as fluxflow-train's own check says)
+        assert run_pipeline_flow(resolve_run_config(raw).config) == 2
+    printed = capsys.readouterr()
+    assert "is in use by another run" in printed.out
+    assert printed.err.rstrip().splitlines()[-1].startswith("❌ ")  # fluxflow-train's line: the cause alone
+    assert "Traceback" not in printed.err
     assert not (Path(raw["output"]["output_path"]) / "checkpoints").exists()
 
 

@@ -53,7 +53,7 @@ def model_checkpoint_of(model_uri: str, tracking_uri: str | None, into: Path) ->
     from urllib.parse import urlparse
 
     from flows.mlflow_runs import resolve_tracking_uri, store_to_read_problem
-    from flows.registry import RegistryError, model_checkpoint
+    from flows.registry import RegistryError, model_checkpoint, models_uri_parts
 
     scheme = urlparse(model_uri).scheme
     folder = Path(model_uri[len("file://"):] if scheme == "file" else model_uri)
@@ -73,7 +73,8 @@ def model_checkpoint_of(model_uri: str, tracking_uri: str | None, into: Path) ->
         return model_checkpoint(model_uri, uri, into)
     except RegistryError as exc:
         # models:/NAME alone is read by MLflow as a logged model's id ("Logged model with ID 'NAME' not found")
-        bare = scheme == "models" and not any(mark in model_uri[len("models:/"):] for mark in "/@")
+        parts = models_uri_parts(model_uri)
+        bare = parts is not None and parts[1:] == (None, None)
         hint = "; a registered model is named with an alias or a version: models:/NAME@champion or " \
                "models:/NAME/VERSION" if bare else ""
         raise ModelNotFound(f"{exc}{hint}") from None

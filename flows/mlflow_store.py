@@ -10,15 +10,14 @@ import tempfile
 from pathlib import Path
 
 from flows import env  # noqa: F401  (must precede mlflow)
-from flows import database_template
-from flows.database_template import copy_database, template_path
+from flows.database_template import copy_database, sqlite_file as sqlite_file_of, template_path
 
 SQLITE_PREFIX = "sqlite:///"
 
 
 def sqlite_file(tracking_uri: str) -> Path | None:
     """The database file of a `sqlite:///` tracking URI (None for anything else, in memory, or with options)."""
-    return database_template.sqlite_file(tracking_uri, SQLITE_PREFIX)
+    return sqlite_file_of(tracking_uri, SQLITE_PREFIX)
 
 
 def is_sqlite_database(path: str) -> bool:

@@ -182,6 +182,16 @@ def model_checkpoint(model_uri: str, tracking_uri: str, into: Path) -> Path:
     return path
 
 
+def models_uri_parts(model_uri: str) -> tuple[str, str | None, str | None] | None:
+    """(name, alias, version) of a `models:/` URI, alias None without `@` and version None without `/`
+    (`models:/NAME` alone is how MLflow names a logged model by its id); None for any other URI."""
+    if not model_uri.startswith("models:/"):
+        return None
+    rest, at, alias = model_uri[len("models:/"):].partition("@")
+    name, slash, version = rest.partition("/")
+    return name, alias if at else None, version if slash else None
+
+
 def served_model_problem(model_uri: str, tracking_uri: str) -> str | None:
     """Why `mlflow models serve -m MODEL_URI` would not find its model, in one line, or None (scripts/serve_model.sh
     asks first: the server's own answer is a traceback in its log, and a fresh checkout has no champion until a
@@ -189,16 +199,15 @@ def served_model_problem(model_uri: str, tracking_uri: str) -> str | None:
     URI is the server's to read."""
     from flows.mlflow_runs import store_to_read_problem
 
-    name, at, alias = model_uri.removeprefix("models:/").partition("@")
-    name, slash, version = name.partition("/")
-    if not model_uri.startswith("models:/") or not (at or version.isdigit()):
+    name, alias, version = models_uri_parts(model_uri) or ("", None, None)
+    if alias is None and not (version or "").isdigit():  # not a registered version by alias or number
         return None
     problem = store_to_read_problem(tracking_uri)
     if problem:
         return f"{model_uri}: {problem}"
     client = MlflowClient(tracking_uri)
     try:
-        client.get_model_version_by_alias(name, alias) if at else client.get_model_version(name, version)
+        client.get_model_version_by_alias(name, alias) if alias is not None else client.get_model_version(name, version)
     except MlflowException as exc:
         return f"{model_uri}: {exc.message} (tracking URI {tracking_uri}); a pipeline with a flow step registers " \
                "its model (make demo: fluxflow-quickstart)"

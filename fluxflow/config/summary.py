@@ -50,9 +50,9 @@ def format_summary(config: PipelineConfig) -> str:
     lines.append("  Datasets:")
     lines += [f"    {name}: {describe_dataset(ds)}" for name, ds in config.training.pipeline.datasets.items()]
     for step in steps:
-        # A loss_threshold step runs until its metric is below the threshold, at most max_epochs (n_epochs unset)
-        threshold = step.transition_on.mode == "loss_threshold"
-        count = step.transition_on.max_epochs or step.n_epochs if threshold else step.n_epochs
+        # Resolved, max_epochs is the step's epochs in either mode (n_epochs for an epoch step); a loss_threshold step
+        # may end sooner
+        count, threshold = step.transition_on.max_epochs, step.transition_on.mode == "loss_threshold"
         epochs = f"{'up to ' if threshold else ''}{count} epoch{'s' if count != 1 else ''}"
         limit = f", max {step.max_steps} batches/epoch" if step.max_steps else ""
         lines += ["", f"Step {step.index + 1}: {step.name} ({epochs}{limit})"]

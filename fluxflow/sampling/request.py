@@ -21,10 +21,17 @@ MAX_IMAGES = 10_000
 GUIDANCE_MAX = 100
 
 
-def count_problem(name: str, value: Any, most: int) -> str | None:
-    """What is wrong with `value` as a whole number from 1 to `most`, or None."""
+def _not_an_integer(name: str, value: Any) -> str | None:
+    """A bool is no count or seed (True would be 1)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         return f"{name} must be an integer, got {value!r}"
+    return None
+
+
+def count_problem(name: str, value: Any, most: int) -> str | None:
+    """What is wrong with `value` as a whole number from 1 to `most`, or None."""
+    if problem := _not_an_integer(name, value):
+        return problem
     if not 1 <= value <= most:
         return f"{name} must lie within 1 and {most}, got {value}"
     return None
@@ -33,8 +40,8 @@ def count_problem(name: str, value: Any, most: int) -> str | None:
 def seeds_problem(name: str, seed: Any, n: int = 1) -> str | None:
     """What is wrong with `seed` as the first of `n` image seeds seed..seed+n-1, or None: each must be a seed as a
     config's are (fluxflow.config.steps.Seed)."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        return f"{name} must be an integer, got {seed!r}"
+    if problem := _not_an_integer(name, seed):
+        return problem
     if not 0 <= seed <= INT64 - n:
         return (f"{name} must lie within 0 and 2**63 - n (the images' seeds are seed..seed+n-1, each from 0 to "
                 f"2**63 - 1 as a config's seeds); got {seed}")

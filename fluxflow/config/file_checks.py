@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fluxflow.config.caption_patterns import caption_matcher, unseen_problem
 from fluxflow.config.errors import STEPS, ConfigIssue, format_path
 
 LPIPS_BACKBONE_FILE = "alexnet-owt-7be5be79.pth"
@@ -130,8 +131,10 @@ def _text_lines(raw: bytes) -> list[tuple[str, bool]]:
 
 
 def read_captions(captions_path: Path) -> CaptionsFile:
-    """The captions file's {filename: caption} (a later line for the same file wins) and its unusable lines."""
+    """The captions file's {filename: caption} (a later line for the same file, however its path is spelled, wins) and
+    its unusable lines."""
     listing = CaptionsFile(captions_path, {}, 0, [], [], [])
+    spelled: dict[str, str] = {}  # normalised name -> the spelling first listed: `./a.png` and `a.png` are one file
     for number, (line, was_repaired) in enumerate(_text_lines(captions_path.read_bytes()), start=1):
         line = line.removeprefix("\ufeff") if number == 1 else line  # a byte-order mark some editors write
         if was_repaired:
@@ -144,6 +147,7 @@ def read_captions(captions_path: Path) -> CaptionsFile:
             listing.malformed.append(line)
             continue
         name, caption = name.strip(), caption.strip()
+        name = spelled.setdefault(os.path.normpath(name), name)
         if listing.captions.get(name, caption) != caption:
             listing.relisted.append(name)
         listing.captions[name] = caption
@@ -208,7 +212,7 @@ def data_issues(config) -> list[ConfigIssue]:
     (resolve_run_config), not by validation, which accepts a config written before its data is in place
     (configs/original_tool_example.yaml)."""
     issues: list[ConfigIssue] = []
-    listed: dict[str, int] = {}  # folder dataset -> the images its captions file lists (the file read once)
+    listed: dict[str, Listed] = {}  # folder dataset -> the images its captions file lists (the file read once)
     for name, ds in config.training.pipeline.datasets.items():
         loc = ("training", "pipeline", "datasets", name)
         if ds.type == "folder":
@@ -219,7 +223,15 @@ def data_issues(config) -> list[ConfigIssue]:
     return issues or batch_issues(config, listed)
 
 
-def batch_issues(config, listed: dict[str, int]) -> list[ConfigIssue]:
+@dataclass(frozen=True)
+class Listed:
+    """What a `folder` dataset's captions file lists: entries, and how many of them `holdout_captions` match."""
+
+    entries: int
+    unseen: int
+
+
+def batch_issues(config, listed: dict[str, Listed]) -> list[ConfigIssue]:
     """A `folder` dataset lists at least one batch of training images for each step that trains on it (the `listed`
     images minus the hold-out: an upper bound, so the step still checks what it finds). A dataset of 20 images and
     the default batch of 32 failed the first step only, after the servers had started."""
@@ -229,16 +241,18 @@ def batch_issues(config, listed: dict[str, int]) -> list[ConfigIssue]:
         if ds.type != "folder" or (step.dataset, step.batch_size) in seen:
             continue
         seen.add((step.dataset, step.batch_size))
-        if listed[step.dataset] - ds.holdout < step.batch_size:
+        count = listed[step.dataset]
+        training = count.entries - count.unseen - ds.holdout
+        if training < step.batch_size:
+            unseen = f", {count.unseen} matched by holdout_captions" if count.unseen else ""
             issues.append(ConfigIssue(("training", "pipeline", "datasets", step.dataset), (
-                f"{listed[step.dataset] - ds.holdout} training images ({listed[step.dataset]} listed in "
-                f"{ds.captions_file}, holdout {ds.holdout}) "
-                f"are fewer than one batch of {step.batch_size} (step {step.name}); lower batch_size or holdout, or "
-                "add images")))
+                f"{training} training images ({count.entries} listed in {ds.captions_file}{unseen}, holdout "
+                f"{ds.holdout}) are fewer than one batch of {step.batch_size} (step {step.name}); lower batch_size "
+                "or holdout, or add images")))
     return issues
 
 
-def folder_issues(loc: tuple, ds) -> tuple[list[ConfigIssue], int]:
+def folder_issues(loc: tuple, ds) -> tuple[list[ConfigIssue], Listed]:
     """(issues, images listed) of a `folder` dataset at config path `loc`. Listed files are looked for only until one
     is found (one file system call when the names are right): whether each exists and decodes is the dataset's to find
     when a step builds it (fluxflow/data/folder.py)."""
@@ -247,18 +261,24 @@ def folder_issues(loc: tuple, ds) -> tuple[list[ConfigIssue], int]:
     problem = folder_problem(root, captions_path)
     if problem:
         field = "path" if problem.startswith("image folder") else "captions_file"
-        return [ConfigIssue((*loc, field), problem)], 0
+        return [ConfigIssue((*loc, field), problem)], Listed(0, 0)
     try:
         listing = read_captions(captions_path)
     except OSError as exc:
-        return [ConfigIssue((*loc, "captions_file"), f"cannot read {captions_path}: {exc}")], 0
+        return [ConfigIssue((*loc, "captions_file"), f"cannot read {captions_path}: {exc}")], Listed(0, 0)
     listed = len(listing.captions)
     problem = entries_problem(listing) or found_problem(
         root, listing, any(is_listed_file(root / name) for name in listing.captions))
     if problem:
-        return [ConfigIssue((*loc, "captions_file"), problem)], listed
-    problem = holdout_problem(root, listed, ds.holdout, f"entries in {captions_path.name}")
-    return ([ConfigIssue((*loc, "holdout"), problem)] if problem else []), listed
+        return [ConfigIssue((*loc, "captions_file"), problem)], Listed(listed, 0)
+    matches = caption_matcher(ds.holdout_captions)
+    unseen = sum(map(matches, listing.captions.values())) if matches else 0
+    problem = unseen_problem(root, ds.holdout_captions, unseen, listed)
+    if problem:
+        return [ConfigIssue((*loc, "holdout_captions"), problem)], Listed(listed, unseen)
+    problem = holdout_problem(root, listed - unseen, ds.holdout, f"entries in {captions_path.name}"
+                              + (" outside holdout_captions" if unseen else ""))
+    return ([ConfigIssue((*loc, "holdout"), problem)] if problem else []), Listed(listed, unseen)
 
 
 def expand_shards(urls: str | list[str]) -> list[str]:

@@ -118,6 +118,14 @@ class ShapesDataset(DatasetBase):
             if len(words) != 2 or words[0] not in SHAPES_COLORS or words[1] not in SHAPES_SHAPES:
                 raise ValueError(f"{text!r} is not '<colour> <shape>' (colours: {', '.join(SHAPES_COLORS)}; shapes: "
                                  f"{', '.join(SHAPES_SHAPES)})")
+        if isinstance(pairs, list):  # as a count's draw: every word keeps a trained pair (else no pair may be left)
+            held = {tuple(text.strip().lower().split()) for text in pairs}
+            trained = [(c, s) for c in SHAPES_COLORS for s in SHAPES_SHAPES if (c, s) not in held]
+            untrained = ([c for c in SHAPES_COLORS if all(p[0] != c for p in trained)]
+                         + [s for s in SHAPES_SHAPES if all(p[1] != s for p in trained)])
+            if untrained:
+                raise ValueError(f"holds out every pair of {', '.join(untrained)}: each colour and each shape must "
+                                 "keep a trained pair (the unseen pairs score the composition of words training saw)")
         return pairs
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from fluxflow.config import modes
 from fluxflow.config.caching import (LATENT_CACHE_DIR, TEXT_CACHE_DIR, cache_root, describe_choice,
                                      latent_cache_choice, text_cache_choice)
+from fluxflow.config.file_checks import resolve_captions_path
 from fluxflow.config.promotion import describe_release
 from fluxflow.config.schema import DatasetConfig, PipelineConfig
 from fluxflow.config.steps import ResolvedStep
@@ -16,7 +17,12 @@ def describe_dataset(ds: DatasetConfig) -> str:
     if ds.type == "shapes":
         detail = f"{ds.size} procedural images, seed {ds.seed}"
     elif ds.type == "folder":
-        detail = f"{ds.path}, captions {ds.captions_file}"
+        root = Path(ds.path).expanduser()
+        # A relative name that exists where the run starts is read there, not in the folder: say which file it is
+        elsewhere = resolve_captions_path(root, ds.captions_file) != root / ds.captions_file
+        detail = f"{ds.path}, captions {ds.captions_file}" + (" (from the working directory)" if elsewhere else "")
+        if ds.holdout_captions:
+            detail += f", unseen: captions matching {', '.join(ds.holdout_captions)}"
     else:
         detail = f"{ds.urls}" + (f", {ds.length} samples" if ds.length else "")
     return f"{ds.type} ({detail}; {ds.holdout} held out)"

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import torch
 
 from fluxflow.data.folder import FolderDataset
-from fluxflow.data.heldout import caption_matcher, heldout_pairs, seen_pairs
+from fluxflow.data.heldout import heldout_pairs, seen_pairs
 from fluxflow.data.sampler import ResumableBatchSampler, epoch_permutation
 from fluxflow.data.shapes import STREAM_HOLDOUT, STREAM_TRAIN, STREAM_UNSEEN, ShapesDataset, parse_caption
 from fluxflow.data.webdataset_source import WebDatasetHoldout, WebDatasetSource
@@ -58,7 +58,7 @@ def build_dataset(ds_cfg, img_size: int, channels: int, split: str = "train", ra
                              caption_dropout=getattr(cfg, "caption_dropout", None) or 0.0)
     if kind == "folder":
         return FolderDataset(cfg.path, getattr(cfg, "captions_file", None), img_size, channels, split, holdout,
-                             heldout=caption_matcher(getattr(cfg, "holdout_captions", None)))
+                             holdout_captions=getattr(cfg, "holdout_captions", None))
     if kind == "webdataset":
         if split == "unseen":  # webdataset has no held-out captions: an empty split, like a hold-out of 0
             return ShapesDataset(0, 0, img_size, channels)

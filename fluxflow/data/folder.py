@@ -12,8 +12,9 @@ Held-out split: the entries are put in a fixed order by a hash of their filename
 order are held out. Hashing rather than sorting by name keeps the held-out images a fair sample when names are
 grouped (`cat_001.jpg`, ..., `zebra_999.jpg`). Train and holdout are disjoint and both are deterministic.
 
-Held-out captions (`holdout_captions`, fluxflow/data/heldout.py): entries whose caption matches are in neither
-split but form a third one, `unseen`, wherever their filename hashes to.
+Held-out captions (`holdout_captions`, fluxflow/config/caption_patterns.py): entries whose caption matches are in
+neither split but form a third one, `unseen`; the `holdout` images are drawn from the others, so a hold-out of N
+scores N seen-caption images whatever the patterns match.
 
 Reading the captions file and the rules for a missing folder, a file that lists nothing usable (a CSV), names none of
 the files that are there, or a hold-out that leaves nothing to train on are in
@@ -25,16 +26,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from PIL import Image
 
+from fluxflow.config.caption_patterns import caption_matcher, unseen_problem
 from fluxflow.config.file_checks import (CaptionsFile, entries_problem, folder_problem, found_problem, holdout_problem,
                                         is_listed_file, read_captions, resolve_captions_path)
 from fluxflow.data.skips import CountsSkips, SkipCounter
-from fluxflow.data.transforms import DECODING_VERSION, load_image, pil_mode
+from fluxflow.data.transforms import DECODING_VERSION, pil_mode, read_image
 from fluxflow.data.webdataset_sample import IMAGE_EXTENSIONS
 from fluxflow.errors import DataError
 
@@ -88,7 +88,7 @@ def report_unlisted(root: Path, listing: CaptionsFile) -> None:
 class FolderDataset(CountsSkips, torch.utils.data.Dataset):
     def __init__(self, path: str | os.PathLike, captions_file: str | os.PathLike | None, img_size: int,
                  channels: int = 3, split: str = "train", holdout: int = 0,
-                 heldout: Callable[[str], bool] | None = None):
+                 holdout_captions: list[str] | None = None):
         if split not in ("train", "holdout", "unseen"):
             raise ValueError(f"split must be 'train', 'holdout' or 'unseen', got {split!r}")
         pil_mode(channels)  # fail at build time, not in a worker, on an unsupported channel count
@@ -103,16 +103,20 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
         present = {n: c for n, c in listing.captions.items() if is_listed_file(self.root / n)}
         missing = [n for n in listing.captions if n not in present]
         names = sorted(present)
+        matches = caption_matcher(holdout_captions)
+        unseen = {n for n in names if matches is not None and matches(present[n])}
+        seen = [n for n in names if n not in unseen]  # the hold-out is drawn from these: `holdout` images are held
         problem = (entries_problem(listing) or found_problem(self.root, listing, len(names))
-                   or holdout_problem(self.root, len(names), holdout, "listed images found"))
+                   or unseen_problem(self.root, holdout_captions, len(unseen), len(names))
+                   or holdout_problem(self.root, len(seen), holdout, "listed images found" + (
+                       " outside holdout_captions" if unseen else "")))
         if problem:
             raise DataError(problem)
-        held = holdout_names(names, holdout)
-        unseen = {n for n in names if heldout is not None and heldout(present[n])}
+        held = holdout_names(seen, holdout)
         if split == "unseen":
             self.items: list[tuple[str, str]] = [(n, present[n]) for n in names if n in unseen]
         else:
-            self.items = [(n, present[n]) for n in names if (n in held) == (split == "holdout") and n not in unseen]
+            self.items = [(n, present[n]) for n in seen if (n in held) == (split == "holdout")]
 
         # Public: its state travels in a step's checkpoint (fluxflow/train/step_report.py). `skipped` counts
         # malformed caption lines + lines replaced by a later one + repaired lines + listed files that are missing
@@ -155,8 +159,7 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
                 continue
             name, caption = self.items[i]
             try:
-                with Image.open(self.root / name) as img:
-                    return load_image(img, self.img_size, self.channels), caption
+                return read_image(self.root / name, self.img_size, self.channels), caption
             except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
                 failure = f"{name}: {type(exc).__name__}: {exc}"
                 self.skips.mark(i, failure)

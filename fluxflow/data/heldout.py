@@ -5,17 +5,13 @@ together: "a blue triangle" is unseen while blue things and triangles are not. A
 (`["blue triangle", "red star"]`); a count `k` draws k pairs with `holdout_pairs_seed`, never all of a colour's or a
 shape's pairs (each word must stay learnable from the pairs that remain).
 
-`folder`: captions or caption patterns (`holdout_captions`): a glob (`*blue triangle*`, fnmatch rules, whole caption)
-or a regular expression written `re:<pattern>` (searched anywhere in the caption). Matching is case-insensitive.
+`folder`: captions or caption patterns (`holdout_captions`, fluxflow/config/caption_patterns.py).
 
 The training split drops these; the `unseen` split (fluxflow.data.build_dataset) is made of them only.
 """
 from __future__ import annotations
 
-import fnmatch
 import random
-import re
-from collections.abc import Callable
 
 from fluxflow.data.shapes import COLORS, SHAPES
 
@@ -57,18 +53,3 @@ def seen_pairs(heldout: tuple[Pair, ...]) -> tuple[Pair, ...]:
     """The pairs training draws from: all but `heldout`, in ALL_PAIRS order."""
     held = set(heldout)
     return tuple(p for p in ALL_PAIRS if p not in held)
-
-
-def caption_matcher(patterns: list[str] | None) -> Callable[[str], bool] | None:
-    """A predicate "this caption is held out" for `holdout_captions`; None when nothing is held out."""
-    if not patterns:
-        return None
-    tests = [_pattern_test(p) for p in patterns]
-    return lambda caption: any(test(caption.strip()) for test in tests)
-
-
-def _pattern_test(pattern: str) -> Callable[[str], bool]:
-    if pattern.startswith("re:"):
-        return lambda caption, rx=re.compile(pattern[3:], re.IGNORECASE): rx.search(caption) is not None
-    glob = pattern.lower()  # fnmatchcase on lowered text: the same answer on every OS (fnmatch follows the OS's case)
-    return lambda caption: fnmatch.fnmatchcase(caption.lower(), glob)

@@ -15,6 +15,7 @@ Text of any encoding: a caption is decoded as UTF-8 and, failing that, as Latin-
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 from collections.abc import Iterator
@@ -68,6 +69,19 @@ class SkipCounter:
             if not self._flags[index]:
                 self._flags[index] = 1
                 self.add(1, reason)
+
+    @contextlib.contextmanager
+    def uncounted_pass(self):
+        """A pass over samples that the epoch reads again (the first flow step's measurement of the latent
+        normalisation): the stream samples it meets are counted by the epoch, not twice; the items it marks stay
+        marked, counted once as always."""
+        with self._count.get_lock():
+            unindexed = self._count.value - sum(bytes(self._flags))
+        try:
+            yield
+        finally:
+            with self._count.get_lock():
+                self._count.value = sum(bytes(self._flags)) + unindexed
 
     def is_marked(self, index: int) -> bool:
         return bool(self._flags[index])

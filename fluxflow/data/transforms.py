@@ -7,15 +7,29 @@ What a folder of real photos holds, and what becomes of it:
   so), values beyond 0..65535 clipped. 16-bit RGB(A) PNGs PIL already opens as 8-bit RGB(A);
 - a 32-bit float image (`F`, TIFF) has no range to scale from: it is refused (ValueError), so the dataset skips and
   counts it instead of training on a black square;
-- palette, grey+alpha, RGBA, CMYK and bilevel images are converted, transparent pixels becoming white.
+- palette, grey+alpha, RGBA, CMYK and bilevel images are converted, transparent pixels becoming white;
+- an image of more than Pillow's limit (`Image.MAX_IMAGE_PIXELS`, 89.5 M pixels) is read without its warning (two raw
+  lines per image, per epoch, for a user's own large scans); beyond twice the limit Pillow refuses it as a possible
+  decompression bomb, and the dataset skips and counts it as unreadable, naming why.
 """
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def read_image(source, img_size: int, channels: int) -> torch.Tensor:
+    """The image in `source` (a path or a binary file), as `load_image` makes it; Pillow's warning for a large image
+    is not shown (its error for one twice as large is the caller's to count)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(source) as img:
+            return load_image(img, img_size, channels)
 
 
 def pil_mode(channels: int) -> str:

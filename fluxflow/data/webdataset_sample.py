@@ -6,11 +6,10 @@ import json
 from collections.abc import Callable
 
 import torch
-from PIL import Image
 
 from fluxflow.config.file_checks import decode_text
 from fluxflow.data.skips import SkipCounter
-from fluxflow.data.transforms import load_image
+from fluxflow.data.transforms import read_image
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff")
 CAPTION_EXTENSIONS = ("txt", "caption", "text")
@@ -34,8 +33,7 @@ def decode_sample(files: dict[str, bytes], img_size: int, channels: int, skips: 
         ext = next((e for e in IMAGE_EXTENSIONS if e in files), None)
         if ext is None:
             raise ValueError(f"no image among {sorted(files)}")
-        with Image.open(io.BytesIO(files[ext])) as img:
-            image = load_image(img, img_size, channels)
+        image = read_image(io.BytesIO(files[ext]), img_size, channels)
         return image, _caption(files, lambda kind, detail: skips.add(1, f"{where}: {detail}", kind))
     except Exception as exc:  # a bad image never stops training (webdataset_source.py)
         skips.add(1, f"{where}: {type(exc).__name__}: {exc}")

@@ -35,8 +35,11 @@ Order, ranks, resume and workers (what the resumable sampler means for a stream)
 """
 from __future__ import annotations
 
+import gzip
 import itertools
+import lzma
 import tarfile
+import zlib
 from collections.abc import Callable, Iterator
 
 import fsspec
@@ -61,6 +64,13 @@ def iter_shard(url: str, want: Callable[[int], bool] = lambda j: True) -> Iterat
     bytes read; the others come with an empty dict, and on a seekable file their data is never read at all (tar
     headers only): that is how samples are counted and skipped cheaply."""
     with fsspec.open(url, "rb") as f, _tar(url, f) as tar:
+        yield from _samples(url, tar, want)
+
+
+def _samples(url: str, tar: tarfile.TarFile, want: Callable[[int], bool]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """iter_shard's samples of an open archive. An archive cut short (a download or copy that stopped, a disk that
+    filled) is a DataError naming the shard: reading it again ends at the same byte (not retried)."""
+    try:
         j, key, files, wanted = -1, None, {}, False
         for member in tar:
             parsed = sample_key(member.name) if member.isfile() else None
@@ -74,8 +84,11 @@ def iter_shard(url: str, want: Callable[[int], bool] = lambda j: True) -> Iterat
             if wanted:
                 files[parsed[1]] = tar.extractfile(member).read()
             tar.members = []  # headers are not needed again: memory stays flat on big shards
-        if key is not None:
-            yield key, files
+    except (tarfile.ReadError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as exc:
+        raise DataError(f"webdataset shard {url} is truncated or corrupt ({exc or type(exc).__name__}); download or "
+                        "copy it again") from None
+    if key is not None:
+        yield key, files
 
 
 def _tar(url: str, f) -> tarfile.TarFile:
@@ -115,7 +128,7 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
     def __init__(self, urls: str | list[str], img_size: int, channels: int = 3, length: int | None = None,
                  holdout: int = 0, rank: int = 0, world: int = 1, shuffle_buffer: int = SHUFFLE_BUFFER):
         pil_mode(channels)
-        self.shards = expand_shards(urls)
+        self.urls, self.shards = urls, expand_shards(urls)
         self.img_size, self.channels, self.holdout = img_size, channels, max(0, int(holdout))
         self.rank, self.world, self.shuffle_buffer = rank, world, shuffle_buffer
         self.index = _ShardIndex(self.shards, self.holdout)
@@ -219,6 +232,14 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
                     yield batch
                     batch = []
                 next_out = next(outputs, None)
+        if next_out is not None:  # the order placed samples where the shards hold none: `length` is too large
+            raise DataError(self._shorter_than_said())
+
+    def _shorter_than_said(self) -> str:
+        held = sum(self.index.count(k) for k in range(len(self.shards)))
+        return (f"webdataset {self.urls!r}: its shards hold {held} samples, fewer than `length` says "
+                f"({self.rank_inputs + self.holdout}); correct `length` or leave it out (the tar headers are then "
+                "counted)")
 
 
 class WebDatasetHoldout(CountsSkips, torch.utils.data.Dataset):

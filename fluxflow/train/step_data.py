@@ -1,6 +1,7 @@
 """The data of one pipeline step: its training split, its held-out split, and how many batches make an epoch."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,5 +58,7 @@ def leading_inputs(data: StepData, batch_size: int, seed: int, n_items: int,
     world = getattr(data.batch_source, "world", 1)
     n_batches = max(1, -(-n_items // (batch_size // world)))
     loader = make_loader(data.batch_source, batch_size, 0, seed, 0, 0, pin_memory=device.type == "cuda", world=world)
-    for inputs, _ in itertools.islice(loader, n_batches):  # stops before loading batch n_batches (not cached)
-        yield inputs.to(device)
+    skips = getattr(data.batch_source, "skips", None)  # none on a latent cache
+    with skips.uncounted_pass() if skips is not None else contextlib.nullcontext():
+        for inputs, _ in itertools.islice(loader, n_batches):  # stops before loading batch n_batches (not cached)
+            yield inputs.to(device)

@@ -57,6 +57,21 @@ training:
     assert "Dataset: real, batch 8" in text
 
 
+def test_a_captions_file_read_from_the_working_directory_and_unseen_captions_are_said(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "caps.txt").write_text("a.png\ta cat\n")  # found here first, whatever imgs/caps.txt holds
+    text = summary_of(tmp_path, """
+training:
+  pipeline:
+    datasets:
+      real: {type: folder, path: imgs, captions_file: caps.txt, holdout: 4, holdout_captions: ["*blue*", "re:x"]}
+    steps: [{name: a, n_epochs: 1, train_vae: true}]
+""")
+    # was "captions caps.txt", whichever file was read
+    assert ("real: folder (imgs, captions caps.txt (from the working directory), unseen: captions matching *blue*, "
+            "re:x; 4 held out)") in text
+
+
 def test_parameter_section_lists_counts_and_total():
     counts = format_parameters({"compressor": 1200, "expander": 34})
     assert counts.splitlines() == ["Parameters:", "  compressor         1,200", "  expander              34",

@@ -358,6 +358,10 @@ def test_held_out_compositions_the_data_cannot_make_are_config_problems(tmp_path
     shapes["holdout_pairs"] = ["blue triangle", "purple unicorn"]
     found = problems(tmp_path, cfg(vae(), pipeline={"datasets": {"s": shapes}}))
     assert "'purple unicorn' is not '<colour> <shape>'" in found["training.pipeline.datasets.s.holdout_pairs"]
+    shapes["holdout_pairs"] = [f"{colour} {shape}" for colour in ("red", "blue") for shape in
+                               ("circle", "square", "triangle", "star", "cross")]
+    found = problems(tmp_path, cfg(vae(), pipeline={"datasets": {"s": shapes}}))  # was the step's ValueError
+    assert "holds out every pair of red, blue: each colour" in found["training.pipeline.datasets.s.holdout_pairs"]
     shapes["holdout_pairs"] = ["Blue Triangle", "white cross"]
     assert load_config(yaml.safe_load(cfg(vae(), pipeline={"datasets": {"s": shapes}}))).config
 

@@ -90,3 +90,24 @@ def test_a_relative_path_that_is_not_there_says_where_it_was_looked_for(tmp_path
     found = start_problems(with_dataset(tmp_path, type="webdataset", urls="shards/{0..1}.tar"))
     assert found[f"{D}.urls"].endswith(f"(first: shards/0.tar does not exist, relative to the working directory, "
                                        f"{tmp_path})")
+
+
+def test_holdout_captions_that_match_none_or_every_caption_stop_the_run_and_count_against_a_batch(tmp_path):
+    (tmp_path / "photos").mkdir()
+    for i in range(8):
+        (tmp_path / "photos" / f"{i}.png").write_bytes(b"")
+    (tmp_path / "photos" / "captions.txt").write_text("".join(
+        f"{i}.png\ta {'green' if i < 3 else 'red'} photo\n" for i in range(8)))
+    raw = with_dataset(tmp_path, type="folder", path=str(tmp_path / "photos"), captions_file="captions.txt",
+                       holdout=2, holdout_captions=["*purple*"])
+    # was accepted: a typo turned the unseen-caption evaluation off without a word
+    assert "holdout_captions ['*purple*'] match none of its 8 captions" in start_problems(raw)[f"{D}.holdout_captions"]
+    raw["training"]["pipeline"]["datasets"]["mine"]["holdout_captions"] = ["re:."]
+    # was a step's "0 items, fewer than one batch" after the servers had started, naming holdout_captions nowhere
+    assert "match every one of its 8 captions; nothing would be left" in start_problems(raw)[f"{D}.holdout_captions"]
+    raw["training"]["pipeline"]["datasets"]["mine"]["holdout_captions"] = ["*green*"]
+    assert start_problems(raw) == {D: "3 training images (8 listed in captions.txt, 3 matched by holdout_captions, "
+                                      "holdout 2) are fewer than one batch of 4 (step warm); lower batch_size or "
+                                      "holdout, or add images"}  # was accepted: 8 - 2 counted
+    raw["training"]["batch_size"] = 3
+    resolve_run_config(raw)

@@ -244,3 +244,12 @@ def test_a_held_out_split_of_unreadable_files_names_the_split_and_why(tmp_path):
     with pytest.raises(DataError, match=r"none of the 2 held-out images of .* can be read \(i\d\.png: "
                                         r"UnidentifiedImageError"):
         holdout[0]
+
+
+def test_a_file_listed_under_two_spellings_is_one_file_with_the_last_caption(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="fluxflow.data")
+    plain_folder(tmp_path)
+    (tmp_path / "captions.txt").write_text("p0.png\ta red\np1.png\tb\np2.png\tc\n./p0.png\ta blue\n")
+    ds = build_dataset(cfg(tmp_path), 8, 3, "train")
+    assert ds.items == [("p0.png", "a blue"), ("p1.png", "b"), ("p2.png", "c")] and ds.skipped == 1  # was 4 items
+    assert any("listed again in captions.txt with another caption" in r.getMessage() for r in caplog.records)

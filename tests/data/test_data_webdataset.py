@@ -180,3 +180,29 @@ def test_a_shard_that_is_no_tar_and_a_holdout_of_every_sample_are_data_errors(sh
         build_dataset(cfg(str(shard_dir / "notes.tar"), holdout=0), 8, 3, "train")
     with pytest.raises(DataError, match=r"holdout=5 leaves no training samples \(5 samples in its shards\)"):
         build_dataset(cfg(str(shard_dir / "shards-000.tar"), holdout=5), 8, 3, "train")  # was a ValueError: retried
+
+
+def test_a_truncated_shard_and_a_length_beyond_the_shards_are_data_errors_naming_them(shard_dir):
+    from fluxflow.errors import DataError
+    whole = (shard_dir / "shards-001.tar").read_bytes()
+    (shard_dir / "cut.tar").write_bytes(whole[:2 * 1024 + 700])  # stopped in the data of its 3rd member
+    urls = [str(shard_dir / "shards-000.tar"), str(shard_dir / "cut.tar")]
+    train = build_dataset(cfg(urls, holdout=0, length=2 * PER_SHARD), 8, 3, "train")
+    # was tarfile.ReadError('unexpected end of data'): retried, a traceback, and no shard named
+    with pytest.raises(DataError, match=r"shard .*cut.tar is truncated or corrupt \(unexpected end of data\)"):
+        captions_of(make_loader(train, 2, workers=0, seed=0))
+    urls = str(shard_dir / "shards-{000..001}.tar")
+    train = build_dataset(cfg(urls, holdout=1, length=4 * PER_SHARD), 8, 3, "train")
+    # was an epoch of no batch at all, "epochs_done", exit 0: the order waited for samples the shards do not hold
+    with pytest.raises(DataError, match=r"its shards hold 10 samples, fewer than `length` says \(20\)"):
+        captions_of(make_loader(train, 2, workers=0, seed=0))
+
+
+def test_the_latent_normalisations_pass_over_the_data_counts_no_skip_the_epoch_counts_again(shard_dir):
+    from fluxflow.train.step_data import leading_inputs
+    train = build_dataset(cfg(str(shard_dir / "shards-{000..003}.tar"), holdout=0), 8, 3, "train")
+    for _ in leading_inputs(SimpleNamespace(batch_source=train), 4, 0, 10 ** 6, torch.device("cpu")):
+        pass  # the measurement reads the whole stream: the corrupt image and the repaired caption
+    assert train.skipped == 0  # was 2: the flow step then said 4 skips for an epoch that met 2
+    captions_of(make_loader(train, 1, workers=0, seed=0))
+    assert train.skipped == 2

@@ -1,5 +1,7 @@
 """What real photo folders hold decodes to the picture a viewer shows: 16-bit grayscale scaled (not clipped to white),
 EXIF orientation applied, float images refused (the dataset skips and counts them)."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -63,3 +65,18 @@ def test_a_change_of_decoding_changes_a_folders_fingerprint(tmp_path, monkeypatc
     before = ds.fingerprint()
     monkeypatch.setattr(folder, "DECODING_VERSION", folder.DECODING_VERSION + 1)
     assert ds.fingerprint() != before  # a latent cache of the older decoding is not read
+
+
+def test_an_image_over_pillows_pixel_limit_loads_without_its_warning_and_twice_over_is_counted(tmp_path, monkeypatch):
+    for i, side in enumerate((12, 12, 12, 40)):
+        Image.new("RGB", (side, side), (200, 10 * i, 0)).save(tmp_path / f"{i}.png")
+    (tmp_path / "captions.txt").write_text("".join(f"{i}.png\tp {i}\n" for i in range(4)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 144 pixels: over it; 1,600: over twice it
+    ds = build_dataset({"type": "folder", "path": str(tmp_path), "captions_file": "captions.txt", "holdout": 0},
+                       8, 3, "train")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        images = [ds[i][0] for i in range(4)]
+    assert all(image.shape == (3, 8, 8) for image in images)
+    assert not [w for w in said if issubclass(w.category, Image.DecompressionBombWarning)]  # was 2 raw lines each
+    assert ds.skipped == 1  # the one beyond twice the limit: skipped and counted, its place taken

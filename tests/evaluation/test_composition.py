@@ -12,8 +12,10 @@ from helpers_tiny import one_torch_thread, tiny_config
 from PIL import Image
 
 from fluxflow.data import build_dataset, make_loader
-from fluxflow.data.heldout import ALL_PAIRS, caption_matcher, heldout_pairs, max_heldout_pairs
+from fluxflow.config.caption_patterns import caption_matcher
+from fluxflow.data.heldout import ALL_PAIRS, heldout_pairs, max_heldout_pairs
 from fluxflow.data.shapes import COLORS, SHAPES, parse_caption, scene
+from fluxflow.errors import DataError
 from fluxflow.evaluation.diversity import prompt_diversity, spread
 from fluxflow.train.pipeline import run_pipeline
 
@@ -82,7 +84,21 @@ def test_a_folder_holds_out_captions_matching_globs_and_regexes(tmp_path):
     split = {name: [c for _, c in build_dataset(ds_cfg, 8, 3, name).items] for name in ("train", "holdout", "unseen")}
     assert sorted(split["unseen"]) == ["a Blue square", "a red triangle"]
     assert not any(matches(c) for c in split["train"] + split["holdout"])
-    assert len(split["train"]) + len(split["holdout"]) == 6
+    assert len(split["train"]) == 4 and len(split["holdout"]) == 2  # the hold-out is drawn from the seen captions
+
+
+def test_a_holdout_is_full_even_where_its_hashed_images_have_unseen_captions(tmp_path):
+    for i in range(12):
+        Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(tmp_path / f"img{i:03d}.png")
+    (tmp_path / "captions.txt").write_text("".join(f"img{i:03d}.png\ta {['red', 'blue', 'green', 'yellow'][i % 4]} "
+                                                   f"square number {i}\n" for i in range(12)))
+    ds_cfg = {"type": "folder", "path": str(tmp_path), "captions_file": "captions.txt", "holdout": 2,
+              "holdout_captions": ["*green*"]}  # img002 and img010, the two a hold-out of 2 hashes to, are green
+    held = build_dataset(ds_cfg, 8, 3, "holdout")
+    assert len(held) == 2, held.items  # was 0: no evaluation, "dataset holdout: 0", promotion failed on an empty set
+    assert len(build_dataset(ds_cfg, 8, 3, "train")) == 12 - 3 - 2
+    with pytest.raises(DataError, match="match every one of its 12 captions"):
+        build_dataset({**ds_cfg, "holdout_captions": ["*"]}, 8, 3, "train")
 
 
 def test_diversity_is_exactly_zero_for_a_model_that_ignores_its_noise():

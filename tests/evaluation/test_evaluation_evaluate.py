@@ -92,7 +92,7 @@ def test_flow_step_on_other_datasets_gets_fd_only(tmp_path):
 
 def test_a_folder_with_held_out_captions_gets_fd_on_them(tmp_path):
     (tmp_path / "imgs").mkdir()
-    dataset = {**folder_dataset(tmp_path / "imgs"), "holdout": 8, "holdout_captions": ["*number 1"]}
+    dataset = {**folder_dataset(tmp_path / "imgs"), "holdout": 4, "holdout_captions": ["*number 1"]}
     config, models, train, holdout, norm = setup(dataset)
     out = evaluate_step(config.step("flow"), models, holdout, train, config, norm, "cpu", tmp_path / "eval",
                         spade=False)

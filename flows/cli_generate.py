@@ -32,13 +32,13 @@ def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
     """--prompt values, then the file's lines (blank lines and lines starting with # are skipped)."""
     found = list(prompts)
     if prompts_file:
-        from fluxflow.config.file_checks import not_a_regular_file
+        from fluxflow.config.file_checks import not_a_regular_file, text_lines
 
         odd = not_a_regular_file(prompts_file)  # a FIFO would never end
         if odd:
             raise OSError(odd)
-        # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first prompt
-        lines = Path(prompts_file).read_text(encoding="utf-8-sig").splitlines()
+        # read as a captions file is (UTF-8 or UTF-16 with a byte-order mark, Latin-1 lines, any line end)
+        lines = [line for line, _ in text_lines(Path(prompts_file).read_bytes())]
         found += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     return found
 

@@ -122,12 +122,17 @@ class CaptionsFile:
     relisted: list[str]  # files listed again with another caption: the last line is kept
 
 
-def _text_lines(raw: bytes) -> list[tuple[str, bool]]:
-    """(line, repaired) for each line, whatever the line ends (\\n, \\r\\n, or a classic Mac's \\r, which Excel
-    still writes: read as one line, it paired the first file with every other line's text)."""
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Windows Notepad's "Unicode"
+def text_lines(raw: bytes) -> list[tuple[str, bool]]:
+    """(line, repaired) for each line of a text file the user wrote (a captions file, a prompts file): any line end
+    (\\n, \\r\\n, or a classic Mac's \\r, which Excel still writes: read as one line, it paired the first file with
+    every other line's text); UTF-8 with or without a byte-order mark, UTF-16 with one (Windows Notepad's
+    "Unicode"); a line that is not UTF-8 decoded as Latin-1 (repaired=True)."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return [(line, False) for line in re.split(r"\r\n|\r|\n", raw.decode("utf-16"))]
-    return [decode_text(line) for line in raw.splitlines()]
+    lines = [decode_text(line) for line in raw.splitlines()]
+    if lines:  # a byte-order mark some editors write is not part of the first line
+        lines[0] = (lines[0][0].removeprefix("\ufeff"), lines[0][1])
+    return lines
 
 
 def read_captions(captions_path: Path) -> CaptionsFile:
@@ -135,8 +140,7 @@ def read_captions(captions_path: Path) -> CaptionsFile:
     its unusable lines."""
     listing = CaptionsFile(captions_path, {}, 0, [], [], [])
     spelled: dict[str, str] = {}  # normalised name -> the spelling first listed: `./a.png` and `a.png` are one file
-    for number, (line, was_repaired) in enumerate(_text_lines(captions_path.read_bytes()), start=1):
-        line = line.removeprefix("\ufeff") if number == 1 else line  # a byte-order mark some editors write
+    for number, (line, was_repaired) in enumerate(text_lines(captions_path.read_bytes()), start=1):
         if was_repaired:
             listing.repaired.append(number)
         if not line.strip() or line.lstrip().startswith("#"):

@@ -326,6 +326,16 @@ def test_a_prompts_file_with_a_byte_order_mark_reads_its_first_prompt_without_it
     assert cli_generate.read_prompts([], str(prompts_file)) == ["a red circle"]
 
 
+def test_a_prompts_file_is_read_in_the_encodings_a_captions_file_is(tmp_path):
+    """Notepad's "Unicode" (UTF-16 with its mark) and a Latin-1 line: a captions file of the same bytes trained, its
+    prompts file was refused ('utf-8' codec can't decode byte 0xff)."""
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_bytes("a red café\r\na blue star\r\n".encode("utf-16"))
+    assert cli_generate.read_prompts([], str(prompts_file)) == ["a red café", "a blue star"]
+    prompts_file.write_bytes("a red café\na blue star\n".encode("latin-1"))
+    assert cli_generate.read_prompts([], str(prompts_file)) == ["a red café", "a blue star"]
+
+
 def test_asks_for_a_prompt(trained, capsys):
     _, checkpoint, _ = trained
     assert generate_cli("--checkpoint", checkpoint) == 2

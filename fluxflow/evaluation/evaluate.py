@@ -45,7 +45,8 @@ def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, co
     `spade`: the expander decodes with SPADE (fluxflow.config.modes.expander_spade)."""
     device = torch.device(device)
     if len(holdout_set) == 0:
-        log.warning("Step %s: the held-out split is empty (dataset holdout: 0); no evaluation metrics", step.name)
+        log.warning("Step %s: the held-out split of dataset %r is empty; no evaluation metrics", step.name,
+                    step.dataset)  # it said "holdout: 0" whatever the config held
         return {}
     images, captions = first_items(holdout_set, MAX_EVAL_IMAGES)
     images = images.to(device)

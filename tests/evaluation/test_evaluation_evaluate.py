@@ -99,6 +99,7 @@ def test_a_folder_with_held_out_captions_gets_fd_on_them(tmp_path):
     assert out["fd_ours_unseen_cfg"] >= 0
 
 
-def test_empty_holdout_gives_no_metrics(tmp_path):
+def test_empty_holdout_gives_no_metrics(tmp_path, caplog):
     config, models, train, holdout, norm = setup({**SHAPES, "holdout": 0})
     assert evaluate_step(config.step("vae"), models, holdout, train, config, norm, "cpu", tmp_path, spade=False) == {}
+    assert f"Step vae: the held-out split of dataset {config.step('vae').dataset!r} is empty" in caplog.text

@@ -6,7 +6,6 @@ one broken step does not hide the problems of the others; every problem names it
 """
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,9 +75,20 @@ def read_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([ConfigIssue("(file)", f"cannot read {path}: {exc}")], str(path)) from None
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        return unshared(yaml.load(text, Loader=_Loader))  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigIssue("(file)", f"broken YAML: {' '.join(str(exc).split())}")], str(path)) from None
+
+
+def unshared(tree: Any) -> Any:
+    """A copy of a parsed tree in which no mapping or list appears twice. An anchor (`&warm`) and its aliases, or a
+    merge key (`<<: *warm`), share one object: `--set` on one step changed every step made from the block (a deepcopy
+    keeps the sharing)."""
+    if isinstance(tree, dict):
+        return {key: unshared(value) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [unshared(value) for value in tree]
+    return tree
 
 
 # `--set KEY=VALUE`: change a value of the config file without editing it (CLI flag and deployment parameter).
@@ -91,7 +101,7 @@ def read_yaml(path: Path) -> Any:
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], label: str | None) -> dict[str, Any]:
     """A copy of the parsed file with every override set; ConfigError naming each one that cannot be placed, or the
     first that is not KEY=VALUE ('training.pipeline.steps.flow.lr=3e-4') or whose value is broken YAML."""
-    raw, issues = copy.deepcopy(raw), []
+    raw, issues = unshared(raw), []
     for text in overrides:  # every one that cannot be placed is named, not only the first
         key, sep, written = text.partition("=")
         parts = key.strip().split(".")

@@ -286,6 +286,18 @@ def test_a_step_reused_through_a_yaml_merge_key_is_read_with_its_own_keys_on_top
         ("warm", True, False, 1), ("gan", True, True, 1), ("again", True, False, 1)]
 
 
+def test_an_override_of_a_step_made_from_a_shared_block_changes_that_step_only(tmp_path):
+    path = tmp_path / "shared.yaml"
+    path.write_text("training:\n  pipeline:\n    steps:\n"
+                    "      - &warm {name: warm, n_epochs: 1, train_vae: true, optimization: &opt {optimizers: "
+                    "{vae: {type: AdamW, lr: 1.0e-3}}}}\n"
+                    "      - <<: *warm\n        name: gan\n        gan_training: true\n"
+                    "      - {name: again, after: warm, n_epochs: 1, train_vae: true, optimization: *opt}\n")
+    overrides = ["training.pipeline.steps.warm.optimization.optimizers.vae.lr=5e-2"]
+    lrs = [s.optimization.optimizers["vae"].lr for s in load_config(path, overrides).config.resolved_steps()]
+    assert lrs == [5e-2, 1e-3, 1e-3]  # was 5e-2 for all three: the alias and the merge key shared warm's mapping
+
+
 def test_lpips_without_its_backbone_file_names_the_file_and_where_it_must_be(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     config = cfg(vae(use_lpips=True), vae(name="b", use_lpips=True))

@@ -182,7 +182,7 @@ class TemporaryServer:
             process.terminate()
             try:
                 process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):  # a second Ctrl-C while it stops: no traceback
                 process.kill()
                 process.wait()
 

@@ -155,3 +155,29 @@ def test_the_record_of_a_kept_server_that_was_stopped_is_removed(tmp_path, monke
     record.write_text('{"pid": 1, "port": 1}')  # a live process that does not answer: left for a later run
     assert prefect_server.TemporaryServer.kept() is None
     assert record.exists()
+
+
+def test_a_second_ctrl_c_while_the_server_stops_kills_it_without_a_traceback(capsys):
+    """Ctrl-C twice, 0.1-0.2 s apart: the second came while the exit handler waited for the server to stop, and
+    printed "Exception ignored in atexit callback ... KeyboardInterrupt" under the run's last line."""
+    class Stopping:
+        pid, killed = 12345, False
+
+        def poll(self) -> int | None:
+            return None
+
+        def terminate(self) -> None:
+            pass
+
+        def kill(self) -> None:
+            self.killed = True
+
+        def wait(self, timeout: float | None = None) -> int:
+            if timeout is not None:  # the wait for a clean stop, where the second Ctrl-C lands
+                raise KeyboardInterrupt
+            return 0
+
+    server = prefect_server.TemporaryServer()
+    server.process = process = Stopping()
+    server.stop(quiet=True)
+    assert process.killed and server.process is None

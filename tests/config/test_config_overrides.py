@@ -133,3 +133,17 @@ def test_a_mapping_value_adds_a_section_such_as_seed_replicates(tmp_path):
     config = loaded(tmp_path, ["training.replicates={seeds: [0, 1], from_steps: [flow]}"])
     assert [(s.name, s.seed, s.hypothesis) for s in config.resolved_steps()] == [
         ("warm", 0, "warm"), ("flow-seed0", 0, "flow"), ("flow-seed1", 1, "flow")]
+
+
+def test_the_help_examples_of_set_change_the_quickstart_with_no_warning():
+    """`--help` showed `--set training.pipeline.steps.flow.lr=3e-4`, which on configs/quickstart.yaml only warned that
+    it has no effect (each of its optimizers sets its own lr)."""
+    import re
+    from pathlib import Path
+
+    text = next(a.help for a in cli_train.build_parser()._actions if a.dest == "overrides")
+    examples = re.findall(r"--set (\S+=\S+)", text)
+    assert len(examples) == 2, text
+    loaded = load_config(Path(__file__).parents[2] / "configs" / "quickstart.yaml", examples)
+    assert loaded.warnings == []
+    assert loaded.config.step("flow").n_epochs == 20 and loaded.config.training.seed == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (must precede mlflow)
 
 import csv
+import shlex
 import textwrap
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -276,8 +277,9 @@ def experiment_comparison(client: MlflowClient, name: str) -> tuple[Comparison, 
         listed = ", ".join(names[:EXPERIMENTS_LISTED]) + (", ..." if len(names) > EXPERIMENTS_LISTED else "")
         return f"no experiment named {name!r} at {client.tracking_uri}; --experiment names one of: {listed}"
     if experiment.lifecycle_stage == "deleted":  # its runs are deleted with it: it said "has no pipeline step runs"
-        return (f"experiment {name!r} at {client.tracking_uri} is deleted; restore it with: mlflow experiments "
-                f"restore -x {experiment.experiment_id}")
+        # the store named in the command: without it, `mlflow` uses (and creates) ./mlflow.db wherever it is run
+        return (f"experiment {name!r} at {client.tracking_uri} is deleted; restore it with: MLFLOW_TRACKING_URI="
+                f"{shlex.quote(client.tracking_uri)} mlflow experiments restore -x {experiment.experiment_id}")
     runs = leaf_step_runs(client, experiment.experiment_id)
     if not runs:
         return f"experiment {name!r} has no pipeline step runs"

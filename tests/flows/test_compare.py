@@ -400,7 +400,8 @@ def test_a_deleted_experiment_says_so_and_how_to_restore_it(experiment, tmp_path
     client.delete_experiment(exp)
     assert cli_compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 2
     assert capsys.readouterr().err == (f"fluxflow-compare: experiment 'hypotheses' at {client.tracking_uri} is "
-                                       f"deleted; restore it with: mlflow experiments restore -x {exp}\n")
+                                       f"deleted; restore it with: MLFLOW_TRACKING_URI={client.tracking_uri} "
+                                       f"mlflow experiments restore -x {exp}\n")  # was without the store
 
 
 def test_an_unknown_experiment_names_the_flag_and_the_experiments_there(experiment, tmp_path, capsys):

@@ -50,13 +50,18 @@ def output_file_problem(output: str) -> str | None:
 
 def refuse(prog: str, problem: str | BaseException, output: str | None = None) -> int:
     """Prints `prog: problem`; returns the exit code of an input to fix. An OSError about --output `output` (the
-    folder, a folder above it that could not be made, or a file in it) is said with the flag: '--output /proc/nope/x
-    cannot be written (No such file or directory: /proc/nope)'; before, only the OS's words and the path."""
+    folder, a folder above it that could not be made, a file in it, or the folder beside it an export is staged in) is
+    said with the flag: '--output /proc/nope/x cannot be written (No such file or directory: /proc/nope)'; before,
+    only the OS's words and the path (a staging folder's hidden name, which the user never gave)."""
     failed = getattr(problem, "filename", None) if output is not None and isinstance(problem, OSError) else None
     if failed:
         failed_path, output_path = os.path.abspath(failed), os.path.abspath(output)
-        if os.path.commonpath([failed_path, output_path]) in (failed_path, output_path):  # above it or below it
-            problem = f"--output {output} cannot be written ({problem.strerror or problem}: {failed})"
+        # above it, below it, or the hidden folder beside it that an export is staged in (`.NAME.*.partial`)
+        staged = (os.path.dirname(failed_path) == os.path.dirname(output_path)
+                  and os.path.basename(failed_path).startswith(f".{os.path.basename(output_path)}."))
+        if staged or os.path.commonpath([failed_path, output_path]) in (failed_path, output_path):
+            where = (os.path.dirname(failed) or ".") if staged else failed  # the folder it is made in
+            problem = f"--output {output} cannot be written ({problem.strerror or problem}: {where})"
     print(f"{prog}: {problem}", file=sys.stderr)
     return EXIT_FIX_INPUT
 

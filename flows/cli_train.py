@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="device to train on (overrides training.device; auto = CUDA when present)")
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                         help="change one value of the config without editing it (repeatable), e.g. "
-                             "--set training.seed=1 --set training.pipeline.steps.flow.n_epochs=20 (a step by its name; "
-                             "VALUE is YAML: lists [0, 1], mappings {type: AdamW}); validated like the file")
+                             "--set training.seed=1 --set training.pipeline.steps.flow.n_epochs=20 (a step by its "
+                             "name; VALUE is YAML: lists [0, 1], mappings {type: AdamW}); validated like the file")
     parser.add_argument("--quiet", action="store_true",
                         help="leave out the plan printed before training and the warnings about keys of the "
                              "original tool (training's progress lines and the closing summary still print)")

@@ -5,6 +5,8 @@ import contextlib
 import http.server
 import threading
 
+import pytest
+
 from binary_server import binary_protocol_server
 
 from flows import prefect_server

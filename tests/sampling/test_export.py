@@ -320,3 +320,18 @@ def test_ctrl_c_while_torch_loads_is_one_line_and_exits_130(tmp_path, capsys, mo
     assert cli_export.main(["--checkpoint", str(tmp_path / "final.pt"), "--output", str(folder)]) == 130
     assert capsys.readouterr().err == f"fluxflow-export: interrupted: nothing written to {folder}\n"
     assert not folder.exists()
+
+
+def test_a_folder_an_export_cannot_be_staged_in_is_said_as_its_output(capsys):
+    """A read-only folder (root, as tests run, writes anywhere: the error is made here): it said `[Errno 30] Read-only
+    file system: 'rodir/.e.20816.513abc13.partial'`, a name the user never gave."""
+    import errno
+
+    from flows.cli_common import refuse
+
+    error = OSError(errno.EROFS, "Read-only file system", "rodir/.e.20816.513abc13.partial")
+    assert refuse("fluxflow-export", error, "rodir/e") == 2
+    said = capsys.readouterr().err
+    assert said == "fluxflow-export: --output rodir/e cannot be written (Read-only file system: rodir)\n"
+    assert refuse("fluxflow-export", OSError(errno.EROFS, "Read-only file system", "rodir/.other.partial"), "rodir/e")
+    assert "--output" not in capsys.readouterr().err  # another file beside it is not the output's

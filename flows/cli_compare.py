@@ -8,6 +8,7 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (every flows entry point: quiet and offline)
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -52,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     return refuse(PROG, problem) if problem else run(args)
 
 
+def file_stem(name: str) -> str:
+    """The name as a file name: letters, digits, `-` and `_` kept, anything else `_`, and then a short hash of the
+    name, so that two names that differ only there (`sp ace`, `sp_ace`) do not write over each other's files."""
+    kept = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    return kept if kept == name else f"{kept}-{hashlib.sha1(name.encode('utf-8')).hexdigest()[:6]}"
+
+
 def run(args) -> int:
     """`fluxflow-compare` once its arguments are parsed: write CSV, JSON and PNG, print the tables."""
     from mlflow.tracking import MlflowClient
@@ -88,7 +96,7 @@ def run(args) -> int:
     try:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
-        stem = prefix + "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+        stem = prefix + file_stem(name)
         written = [out / f"{stem}.csv", out / f"{stem}.png"]
         write_csv(rows, written[0])
         write_chart(comparison, written[1], title)
@@ -98,6 +106,8 @@ def run(args) -> int:
         if summary is not None:
             written.append(out / f"{stem}.json")
             written[-1].write_text(json.dumps(summary.to_dict(), indent=1) + "\n")
+        for left in {out / f"{stem}_differences.csv", out / f"{stem}.json"} - set(written):
+            left.unlink(missing_ok=True)  # an earlier comparison's, beside files that no longer agree with it
     except OSError as exc:  # a folder that cannot be made or written: was a traceback
         return refuse(PROG, exc, args.output)
     # Printed once the files are written: `| head` stops reading, and the files are there all the same.

@@ -464,3 +464,19 @@ def test_a_version_config_shows_the_values_its_steps_trained_at(mlflow_store, tm
     version = register_with_config(MlflowClient(mlflow_store), tmp_path, run_dict(load_config(raw).config))
     flat = version_config(MlflowClient(mlflow_store), "m", version)
     assert flat["steps.warm.lr"] == "0.0003" and flat["training.lr"] == "0.0003"
+
+
+def test_a_comparison_leaves_no_file_of_an_earlier_one_and_names_that_differ_write_apart(experiment, tmp_path):
+    """Compared again after a branch was dropped, the folder kept the earlier `_differences.csv` beside a CSV and
+    JSON that no longer had its columns; `sp ace` and `sp_ace` wrote the same files."""
+    client, exp = experiment
+    record_pipeline(client, exp, f"{tmp_path}/one", [WARM, {"name": "only", "n_epochs": 1, "train_vae": True}],
+                    {"warm": 0.9, "only": 0.5})
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "compare_hypotheses_differences.csv").write_text("an earlier comparison's\n")
+    assert cli_compare.main(["--experiment", "hypotheses", "--output", str(out)]) == 0
+    assert not (out / "compare_hypotheses_differences.csv").exists()
+    assert (out / "compare_hypotheses.csv").exists()
+    assert cli_compare.file_stem("sp_ace") == "sp_ace"
+    assert cli_compare.file_stem("sp ace").startswith("sp_ace-") and cli_compare.file_stem("sp ace") != "sp_ace"

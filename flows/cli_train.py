@@ -152,10 +152,10 @@ def check_can_run(config) -> None:
     the cluster's (check_cluster). Likewise a secret file that cannot be read, a configured Prefect server that does
     not answer, or a server that answers 401 to this process's credentials, would fail the run later (Prefect) or drop
     every MLflow record as rejected (flows/credentials.py); so would a local store MLflow cannot open (a file that is
-    not a database). An MLflow server that does not answer at all is not refused here: the run starts and its records
-    wait (docs/OPERATIONS.md)."""
+    not a database) or make or write (a read-only working directory). An MLflow server that does not answer at all
+    is not refused here: the run starts and its records wait (docs/OPERATIONS.md)."""
     from flows.credentials import mlflow_refusal, prefect_refusal, prefect_unreachable
-    from flows.mlflow_runs import resolve_tracking_uri, unreadable_store  # the run's own choice of server
+    from flows.mlflow_runs import resolve_tracking_uri, unreadable_store, unwritable_store  # the run's own store
     from fluxflow.checkpoints.lock import OutputDirUnusable, RunLockedError
     from fluxflow.runtime.device import DeviceUnavailable, resolve_device
     from fluxflow.storage.location import StorageError
@@ -173,7 +173,8 @@ def check_can_run(config) -> None:
     if env.CREDENTIALS_PROBLEM:
         raise Refused(env.CREDENTIALS_PROBLEM)
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
-    problem = prefect_unreachable() or prefect_refusal() or mlflow_refusal(uri) or unreadable_store(uri)
+    problem = (prefect_unreachable() or prefect_refusal() or mlflow_refusal(uri) or unwritable_store(uri)
+               or unreadable_store(uri))
     if problem:
         raise Refused(problem)
 

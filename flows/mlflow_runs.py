@@ -156,6 +156,26 @@ def unreadable_store(uri: str) -> str | None:
     return None
 
 
+def unwritable_store(uri: str) -> str | None:
+    """Why a local SQLite store cannot be made or written, for a run (a read-only checkout, a folder not the user's:
+    MLflow retried "unable to open database file" for 100 s, then the run failed with its traceback), or None. SQLite
+    writes its journal beside the file, so the folder must be writable too."""
+    path = sqlite_file(uri)
+    if path is None:
+        return None
+    folder = path.parent
+    if not folder.is_dir():
+        problem = f"folder {folder} does not exist"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        problem = f"folder {folder} cannot be written"
+    elif path.exists() and not os.access(path, os.W_OK):
+        problem = f"{path} cannot be written"
+    else:
+        return None
+    return (f"cannot {'write' if path.exists() else 'create'} the MLflow store at {uri}: {problem}; run from a "
+            "folder you can write, or name another store (MLFLOW_TRACKING_URI or tracking.tracking_uri)")
+
+
 class PipelineRun:
     """The pipeline's parent run, opened by a call on the tracking queue (`open`: find or create it, log the
     resolved config) so that a server that does not answer at the start delays only the record, not the run; whoever

@@ -197,6 +197,33 @@ def test_a_tracking_store_mlflow_cannot_open_exits_2_before_the_flow_starts(tmp_
     assert calls == [] and (tmp_path / "notes.txt").read_text() == "not a database\n"
 
 
+def test_a_tracking_store_that_cannot_be_made_or_written_exits_2_before_the_flow_starts(tmp_path, fake_flow, capsys,
+                                                                                         monkeypatch):
+    """Run from a read-only checkout, the default ./mlflow.db could not be made: MLflow retried "unable to open
+    database file" for 100 s, then the run failed with its traceback (exit 1), nothing trained."""
+    from flows import mlflow_runs
+
+    _, calls = fake_flow
+    (tmp_path / "c.yaml").write_text(VALID)
+    args = ["--config", str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path / "out"), "--quiet"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'gone' / 'mlflow.db'}")
+    assert cli_train.main(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"❌ cannot create the MLflow store at sqlite:///{tmp_path / 'gone' / 'mlflow.db'}: folder {tmp_path / 'gone'} "
+        "does not exist; run from a folder you can write, or name another store (MLFLOW_TRACKING_URI or "
+        "tracking.tracking_uri)")
+    read_only = tmp_path / "checkout"
+    read_only.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{read_only / 'mlflow.db'}")
+    access = os.access  # a read-only mount, which root (as tests run) cannot otherwise be refused by
+    monkeypatch.setattr(mlflow_runs.os, "access", lambda path, mode: access(path, mode) and (
+        Path(path) != read_only or not mode & os.W_OK))
+    assert cli_train.main(args) == 2
+    assert f"cannot create the MLflow store at sqlite:///{read_only / 'mlflow.db'}: folder {read_only} cannot be " \
+           "written" in capsys.readouterr().err
+    assert calls == [] and not (read_only / "mlflow.db").exists()
+
+
 def test_an_interrupted_run_into_a_dated_directory_names_it_to_resume(tmp_path, fake_flow, monkeypatch, capsys):
     # Ctrl-C on one day, the same command the next day: `{date}` would name a new directory and train from scratch.
     module, _ = fake_flow

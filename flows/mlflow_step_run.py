@@ -173,8 +173,9 @@ class StepRunRecorder:
         listed = {a.path for a in self.client.list_artifacts(self.run_id, "samples")}
         samples = samples_dir(local_root(self.output_dir))  # an object store's: its staging copy
         # The step's own: the samples folder also holds those of its earlier configurations (the name's hash is the
-        # first 6 characters of the step key: fluxflow/sampling/sample_files.py), which are not this run's images.
-        own = f"{self.step.name}_{self.step.index + 1:03d}_*_{self.step_key[:6]}[-_]*"
+        # first 6 characters of the step key: fluxflow/sampling/sample_files.py), which are not this run's images. Any
+        # position: a step moved in the file since it trained is reused, its samples named at its old one.
+        own = f"{self.step.name}_[0-9][0-9][0-9]*_{self.step_key[:6]}[-_]*"
         for image in sorted(samples.glob(own)):
             if f"samples/{image.name}" not in listed:
                 self.log_image(image)

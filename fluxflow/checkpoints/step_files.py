@@ -69,9 +69,12 @@ def key_of(inputs: dict) -> str:
 
 
 # Step values in the key that change no weight: the DataLoader's processes hand the same batches in the same order for
-# any number of them (fluxflow/data: the sampler; webdataset_source.py for streams). They stay in the key (keys of
-# finished steps must not change), and a finished step whose key differs only in them is reused (`weights_keys`).
-WEIGHT_NEUTRAL_FIELDS = ("workers",)
+# any number of them (fluxflow/data: the sampler; webdataset_source.py for streams); a step's position in the file is
+# a label (the plan's "Step N", its samples' names), so moving a step, or adding one before it, trains nothing again.
+# They stay in the key (keys of finished steps must not change), and a finished step whose key differs only in them
+# is reused (`weights_keys`; files written before a field joined this list recorded a weights_key with it, and are
+# reused when their key is the same).
+WEIGHT_NEUTRAL_FIELDS = ("workers", "index")
 
 
 def weights_keys(parts: dict[str, dict]) -> dict[str, str]:

@@ -242,3 +242,24 @@ def test_step_folders_no_step_of_the_config_uses_are_named_at_the_start(tmp_path
     announce_skipped(config)
 
     assert capsys.readouterr().out == f"Not steps of this config, left as they are: {old}\n"
+
+
+def test_steps_that_only_moved_in_the_file_are_reused_with_their_children(tmp_path):
+    # A step's position is a label (its samples' names, the plan's "Step N"): swapping two branches in the YAML, or
+    # adding one before them, trained both again ("its configuration changed (index: 2 -> 1)") and every step after.
+    out = tmp_path / "out"
+    warm = dict(VAE_STEP)
+    one = {"name": "one", "n_epochs": 1, "max_steps": 2, "train_vae": True, "after": "warm"}
+    two = {"name": "two", "n_epochs": 1, "max_steps": 2, "train_vae": True, "train_spade": True, "after": "warm"}
+    child = {"name": "child", "n_epochs": 1, "max_steps": 2, "train_vae": True, "after": "one"}
+    before = tiny_config(out, [warm, one, two, child])
+    for name in ("warm", "one", "two", "child"):
+        files = plan_step(before, name)
+        _finished_as(files, files.key)
+        payload = json.loads(files.ref_json.read_text())
+        files.ref_json.write_text(json.dumps(dict(payload, weights_key=files.weights_key)))
+    added = {"name": "added", "n_epochs": 1, "max_steps": 2, "train_vae": True, "after": "warm"}
+    moved = tiny_config(out, [warm, added, two, one, child])
+    assert plan_step(moved, "one").key != plan_step(before, "one").key  # finished steps' keys stay as they were
+    assert [plan_step(moved, n).completed() is not None for n in ("warm", "one", "two", "child")] == [True] * 4
+    assert plan_step(moved, "added").completed() is None

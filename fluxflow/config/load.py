@@ -443,6 +443,10 @@ def _step_issues(i: int, step: StepConfig, p: Pieces) -> tuple[list[ConfigIssue]
     if s.train_spade and not modes.has_vae_mode(s):
         issues.append(ConfigIssue(at("train_spade"), "needs train_vae or gan_training (SPADE is part of the "
                                                      "expander)" + _inherited(step, "train_spade")))
+    elif s.train_spade and "expander" in s.freeze:  # it trained nothing, and the frozen expander's EMA drifted
+        issues.append(ConfigIssue(at("train_spade"), "trains the expander's SPADE, but the step freezes the expander "
+                                                     "(freeze); unfreeze it or leave train_spade out"
+                                  + _inherited(step, "train_spade")))
     # Written on this step; inherited from `defaults` by a step without train_vae, a term has no effect there.
     issues += [ConfigIssue(at(f"train_{term}"), f"needs train_vae (the {term} term is a reconstruction loss)")
                for term in modes.IMAGE_STAT_TERMS if not s.train_vae and getattr(step, f"train_{term}")]

@@ -20,10 +20,11 @@ log = logging.getLogger("fluxflow.train.step_run")
 
 def ema_components(step, trained: set[str]) -> set[str]:
     """EMA by the original tool's rule: VAE components when any VAE mode or modifier is on; flow components when they
-    train."""
+    train. Only trained ones: a frozen component's EMA, updated towards its live weights, drifted during the step,
+    and the step decodes with it (train_spade added the expander even when the step froze it)."""
     names = set()
     if touches_vae(step):
-        names |= {"compressor", "expander"} & trained | ({"expander"} if step.train_spade else set())
+        names |= {"compressor", "expander"} & trained
     names |= trained & {"flow_processor", "text_encoder"}
     return names
 

@@ -289,3 +289,14 @@ def test_beyond_the_spread_a_replicate_that_is_not_a_number_is_not_called_the_be
     decisions = {d.step: d for d in promotion.promote(load_config(raw).config, client, [str(v) for v in versions[1:]])}
     assert decisions["flow-seed0"].reason == f"a replicate of its hypothesis: version {versions[3]}, the best, decides"
     assert not any(d.promoted for d in decisions.values())
+
+
+def test_promotion_beyond_the_spread_without_replicates_is_refused():
+    """Accepted, it promoted the first version and then none ever again ("one replicate: no interval can be given"),
+    whatever the scores, without a word at the start."""
+    raw = config(FLOW, promotion={"beyond_spread": True})
+    assert "needs seed replicates (training.replicates with 2 or more seeds)" in problems(raw)["promotion.beyond_spread"]
+    raw["training"]["replicates"] = {"seeds": [0]}
+    assert "promotion.beyond_spread" in problems(raw)
+    raw["training"]["replicates"] = {"seeds": [0, 1]}
+    assert load_config(raw).config.promotion.beyond_spread

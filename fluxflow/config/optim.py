@@ -189,12 +189,15 @@ class SchedulerConfig(StrictModel):
     min_lr: float | None = Field(None, ge=0.0)
 
     def resolved(self, step_epochs: int) -> "SchedulerConfig":
-        """Type and defaults filled in. `total_iters` defaults to `step_epochs` with interval epoch; with interval step
-        it stays None here and is the step's optimizer steps after the warm-up, known only when the step runs."""
+        """Type and defaults filled in. `total_iters` defaults to `step_epochs` with interval epoch and no warm-up;
+        otherwise it stays None here and is the span after the warm-up (the step's optimizer steps, or its epoch ends
+        from the first one after it), known only when the step runs (fluxflow/train/lr_schedule.py). With a warm-up
+        it was `step_epochs` too, as if the warm-up took no epoch: the schedule ended short of `end_factor`."""
         kind = self.type or "CosineAnnealingLR"
         defaults = {**SCHEDULE_PARAMS, "interval": "epoch"} if kind in EPOCH_ONLY else SCHEDULE_PARAMS
         values = {**defaults, **SCHEDULER_PARAMS[kind], **self.model_dump(exclude_none=True), "type": kind}
-        if "total_iters" in SCHEDULER_PARAMS[kind] and values["total_iters"] is None and values["interval"] == "epoch":
+        if ("total_iters" in SCHEDULER_PARAMS[kind] and values["total_iters"] is None and values["interval"] == "epoch"
+                and not values.get("warmup_steps")):
             values["total_iters"] = step_epochs
         takes = {"type", *SCHEDULE_PARAMS, *SCHEDULER_PARAMS[kind]}
         return SchedulerConfig(**{k: v for k, v in values.items() if k in takes})

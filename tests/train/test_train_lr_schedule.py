@@ -103,6 +103,20 @@ def test_warmup_before_an_epoch_scheduler_holds_it_until_the_warmup_is_over():
     assert train(opt, schedule, 2, range(3)) == pytest.approx([LR / 3, 2 * LR / 3, LR, LR, LR / 2, LR / 2])
 
 
+def test_an_epoch_linear_lr_after_a_warmup_spans_the_epochs_after_it_as_documented():
+    """total_iters defaulted to all 4 epochs, as if there were no warm-up: the last epoch trained at 0.55x, not
+    spanning the 3 epoch ends from the first one after the warm-up as CosineAnnealingLR does (docs/CONFIG.md)."""
+    opt = optimizer()
+    resolved = SchedulerConfig(type="LinearLR", interval="epoch", warmup_steps=4, end_factor=0.1).resolved(4)
+    assert resolved.total_iters is None  # the runner's span: it knows the epoch's updates
+    schedule = build_schedulers({"g": resolved}, {"g": opt}, 4, 2)["g"]
+    factors = [1 + (0.1 - 1) * k / 3 for k in (1, 2)]  # 3 epoch ends: after epochs 2, 3 and 4
+    assert train(opt, schedule, 2, range(4)) == pytest.approx(
+        [LR / 4, LR / 2, 3 * LR / 4, LR] + [f * LR for f in factors for _ in range(2)])
+    without_warmup = SchedulerConfig(type="LinearLR", interval="epoch", end_factor=0.1).resolved(4)
+    assert without_warmup.total_iters == 4  # unchanged where there is no warm-up: the same keys and schedules
+
+
 def test_plateau_steps_per_epoch_with_the_metric_only():
     opt = optimizer()
     schedule = schedule_for(opt, 4, 2, type="ReduceLROnPlateau", patience=0, factor=0.5)

@@ -149,3 +149,15 @@ def test_a_boolean_number_does_not_hide_the_other_problems_of_its_section(tmp_pa
         "training.n_epochs: Input should be greater than or equal to 1 (got 0)",
         "training.pipeline.datasets.shapes.type: must be one of 'shapes', 'folder', 'webdataset' (got 'shape') "
         "(did you mean 'shapes'?)"]
+
+
+def test_an_lr_of_the_defaults_that_no_step_trains_at_is_reported_unused(tmp_path):
+    """Only a step's own lr was checked: `defaults.lr: 0.5` with every optimizer setting its own trained nothing at
+    0.5, unsaid."""
+    warm = dict(VAE_STEP, optimization={"optimizers": {"vae": {"lr": 1e-3}}})
+    raw = tiny_raw(tmp_path, [warm])
+    raw["training"]["pipeline"]["defaults"] = {"lr": 0.5}
+    assert load_config(raw).warnings == [
+        "training.pipeline.defaults.lr: has no effect: every step sets its own lr or every optimizer of it does"]
+    raw["training"]["pipeline"]["steps"] = [dict(VAE_STEP)]  # its optimizer trains at the defaults' lr
+    assert load_config(raw).warnings == []

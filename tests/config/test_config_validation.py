@@ -391,6 +391,7 @@ def test_train_spade_on_a_step_that_freezes_the_expander_is_refused(tmp_path):
     """It trained no SPADE, the plan said SPADE, and the frozen expander's EMA (which the step decodes with) was
     updated towards its live weights all through the step."""
     found = problems(tmp_path, cfg(vae(gan_training=True, train_spade=True, freeze=["expander"])))
-    assert found == {"training.pipeline.steps[0].train_spade": "trains the expander's SPADE, but the step freezes the "
-                                                               "expander (freeze); unfreeze it or leave train_spade out"}
+    assert found == {"training.pipeline.steps[0].train_spade":
+                     "trains the expander's SPADE, but the step freezes the expander (freeze); unfreeze it or leave "
+                     "train_spade out"}
     assert load_config(yaml.safe_load(cfg(vae(gan_training=True, train_spade=True, freeze=["compressor"])))).config

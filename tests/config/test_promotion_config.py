@@ -295,7 +295,8 @@ def test_promotion_beyond_the_spread_without_replicates_is_refused():
     """Accepted, it promoted the first version and then none ever again ("one replicate: no interval can be given"),
     whatever the scores, without a word at the start."""
     raw = config(FLOW, promotion={"beyond_spread": True})
-    assert "needs seed replicates (training.replicates with 2 or more seeds)" in problems(raw)["promotion.beyond_spread"]
+    said = problems(raw)["promotion.beyond_spread"]
+    assert "needs seed replicates (training.replicates with 2 or more seeds)" in said
     raw["training"]["replicates"] = {"seeds": [0]}
     assert "promotion.beyond_spread" in problems(raw)
     raw["training"]["replicates"] = {"seeds": [0, 1]}

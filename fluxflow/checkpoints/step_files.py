@@ -30,7 +30,7 @@ from fluxflow.checkpoints.ref import CheckpointRef, StepResult
 from fluxflow.checkpoints.step_state import StepState
 from fluxflow.config.caching import CACHE_FIELDS
 from fluxflow.config.dag import execution_order
-from fluxflow.config.modes import unused_image_stat_fields
+from fluxflow.config.modes import unused_fields, unused_image_stat_fields
 from fluxflow.config.steps import KEY_NEUTRAL_VALUES
 from fluxflow.checkpoints.step_key import describe_change, step_key, step_key_inputs
 from fluxflow.output_layout import metrics_file, step_dir
@@ -77,12 +77,14 @@ def key_of(inputs: dict) -> str:
 WEIGHT_NEUTRAL_FIELDS = ("workers", "index")
 
 
-def weights_keys(parts: dict[str, dict]) -> dict[str, str]:
-    """Every step's key (`parts`: step_key_parts) without WEIGHT_NEUTRAL_FIELDS, chained the same way: equal for two
-    configs that train the same weights. Kept in ref.json next to the key."""
+def weights_keys(parts: dict[str, dict], unused: dict[str, set[str]] | None = None) -> dict[str, str]:
+    """Every step's key (`parts`: step_key_parts) without WEIGHT_NEUTRAL_FIELDS and the fields its modes never read
+    (`unused`: step name -> fields, config/modes.py unused_fields), chained the same way: equal for two configs that
+    train the same weights. Kept in ref.json next to the key."""
     keys: dict[str, str] = {}
     for name, inputs in parts.items():  # parents first
-        step = {k: v for k, v in inputs["step"].items() if k not in WEIGHT_NEUTRAL_FIELDS}
+        neutral = {*WEIGHT_NEUTRAL_FIELDS, *(unused or {}).get(name, ())}
+        step = {k: v for k, v in inputs["step"].items() if k not in neutral}
         parent = inputs["step"].get("parent")
         keys[name] = step_key(step, inputs["model"], inputs["dataset"], keys[parent] if parent else inputs["parent"])
     return keys
@@ -414,5 +416,6 @@ def plan_step(config, step_name: str, parent=UNCHECKED) -> StepFiles:
     parts = step_key_parts(config)
     inputs = parts[step_name]
     return StepFiles(step=steps[step_name], key=key_of(inputs), n_steps=len(steps), dir=step_dir(out, step_name),
-                     output=out, remote=remote, key_inputs=inputs, weights_key=weights_keys(parts)[step_name],
+                     output=out, remote=remote, key_inputs=inputs,
+                     weights_key=weights_keys(parts, {n: set(unused_fields(s)) for n, s in steps.items()})[step_name],
                      input_sha256=None if parent is UNCHECKED else input_sha256(config, parent))

@@ -188,7 +188,21 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
         issues += promotion_issues(config) + resources_issues(config) + process_issues(config)
     if issues:
         raise ConfigError(_dedupe(issues), label)
-    return LoadedConfig(config=config, warnings=warnings + _unused_lr_warnings(config), source=path)
+    warnings += _unused_lr_warnings(config) + _unused_field_warnings(config)
+    return LoadedConfig(config=config, warnings=warnings, source=path)
+
+
+def _unused_field_warnings(config: PipelineConfig) -> list[str]:
+    """A loss or EMA field written on a step whose modes never read it (config/modes.py unused_fields): accepted and
+    ignored, it looked like a setting of the step (`lambda_adv` on a step without a GAN). Those of the defaults are
+    for the steps that use them, and are not said."""
+    warnings = []
+    for step, written in zip(config.training.pipeline.steps, config.written_steps()):
+        unused = modes.unused_fields(written)
+        for name in step.model_dump(exclude_none=True):
+            if name in unused and not (name == "adaptive_adv_weight" and not written.adaptive_adv_weight):
+                warnings.append(f"{format_path((*STEPS, written.index, name))}: has no effect: {unused[name]}")
+    return warnings
 
 
 def _unused_lr_warnings(config: PipelineConfig) -> list[str]:

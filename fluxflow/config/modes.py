@@ -75,6 +75,44 @@ def unused_image_stat_fields(step: Any) -> set[str]:
     return {f"{prefix}_{t}" for t in IMAGE_STAT_TERMS if t not in used for prefix in ("train", "lambda")}
 
 
+# Step fields only some steps train with (fluxflow/train/batch_step.py; the flow objective, fluxflow/train/trainer.py)
+GAN_FIELDS = ("lambda_adv", "r1_gamma", "r1_interval", "adaptive_adv_weight")
+KL_FIELDS = ("kl_beta", "kl_warmup_steps", "kl_free_bits")  # every VAE/GAN step: its encoder's KL term
+RECONSTRUCTION_FIELDS = ("recon_l1_weight", "recon_mse_weight", "lambda_lpips")  # train_vae
+FLOW_FIELDS = ("cfg_dropout", "uniform_t_share", "t_logit_mean", "t_logit_std", "t_shift", "t_shift_base_size",
+               "loss_weighting", "min_snr_gamma")
+
+
+def unused_fields(step: Any) -> dict[str, str]:
+    """{field: why it changes nothing this step trains} for the loss and EMA fields the step's modes never read (the
+    image-statistics terms: unused_image_stat_fields). A value written there was accepted without a word, and
+    retrained the step when changed."""
+    unused: dict[str, str] = {}
+
+    def mark(fields, why: str) -> None:
+        unused.update(dict.fromkeys(fields, why))
+
+    if not step.gan_training:
+        mark(GAN_FIELDS, "the step has no GAN (gan_training)")
+    elif not (step.train_vae and "expander" in trained_components(step)):
+        mark(["adaptive_adv_weight"], "it balances the reconstruction loss's gradient at the trained expander: it "
+                                      "needs train_vae and the expander not frozen")
+    if not has_vae_mode(step):
+        mark(KL_FIELDS, "the step trains no VAE (train_vae, gan_training)")
+    if not step.train_vae:
+        mark(RECONSTRUCTION_FIELDS, "the step has no reconstruction loss (train_vae)")
+    elif not step.use_lpips:
+        mark(["lambda_lpips"], "the step has no LPIPS term (use_lpips)")
+    if not has_flow_mode(step):
+        mark(FLOW_FIELDS, "the step trains no flow model (train_diff, train_diff_full)")
+    elif step.loss_weighting != "min_snr":
+        mark(["min_snr_gamma"], "loss_weighting is not min_snr")
+    vae = {"compressor", "expander"} if touches_vae(step) else set()
+    if not trained_components(step) & (vae | {"flow_processor", "text_encoder"}):
+        mark(["ema_decay"], "the step keeps no EMA (it trains no compressor, expander, flow model or text encoder)")
+    return unused
+
+
 def mode_trained_components(step: Any) -> set[str]:
     """Components the step's modes train, before `unfreeze` is applied."""
     trains = {"compressor": has_vae_mode(step), "expander": has_vae_mode(step), "discriminator": step.gan_training,

@@ -263,3 +263,20 @@ def test_steps_that_only_moved_in_the_file_are_reused_with_their_children(tmp_pa
     assert plan_step(moved, "one").key != plan_step(before, "one").key  # finished steps' keys stay as they were
     assert [plan_step(moved, n).completed() is not None for n in ("warm", "one", "two", "child")] == [True] * 4
     assert plan_step(moved, "added").completed() is None
+
+
+def test_a_changed_field_the_step_never_reads_retrains_nothing(tmp_path):
+    # lambda_adv on a step without a GAN: "Re-running step warm: its configuration changed (lambda_adv: 0.5 -> 0.9)",
+    # then its child, for weights equal to the last bit.
+    out = tmp_path / "out"
+    gan = {"name": "gan", "n_epochs": 1, "max_steps": 2, "train_vae": True, "gan_training": True}
+    before = tiny_config(out, [dict(VAE_STEP, lambda_adv=0.5), gan])
+    for name in ("warm", "gan"):
+        files = plan_step(before, name)
+        _finished_as(files, files.key)
+        payload = json.loads(files.ref_json.read_text())
+        files.ref_json.write_text(json.dumps(dict(payload, weights_key=files.weights_key)))
+    unused = tiny_config(out, [dict(VAE_STEP, lambda_adv=0.9), gan])
+    assert [plan_step(unused, n).completed() is not None for n in ("warm", "gan")] == [True, True]
+    used = tiny_config(out, [dict(VAE_STEP, lambda_adv=0.5), dict(gan, lambda_adv=0.9)])  # gan reads it
+    assert plan_step(used, "warm").completed() is not None and plan_step(used, "gan").completed() is None

@@ -161,3 +161,25 @@ def test_an_lr_of_the_defaults_that_no_step_trains_at_is_reported_unused(tmp_pat
         "training.pipeline.defaults.lr: has no effect: every step sets its own lr or every optimizer of it does"]
     raw["training"]["pipeline"]["steps"] = [dict(VAE_STEP)]  # its optimizer trains at the defaults' lr
     assert load_config(raw).warnings == []
+
+
+def test_loss_and_ema_fields_a_step_never_reads_are_said_and_the_defaults_ones_are_not(tmp_path):
+    """`lambda_adv` on a step without a GAN, flow-objective knobs on a VAE step...: accepted without a word."""
+    warm = dict(VAE_STEP, lambda_adv=0.9, r1_gamma=5, cfg_dropout=0.5, t_shift=3.0, lambda_lpips=0.7, kl_beta=1e-3)
+    gan = {"name": "gan", "n_epochs": 1, "gan_training": True, "adaptive_adv_weight": True}  # GAN only: no recon
+    flow = {"name": "flow", "n_epochs": 1, "train_diff_full": True, "kl_beta": 1e-3, "min_snr_gamma": 3.0,
+            "ema_decay": 0.99}
+    raw = tiny_raw(tmp_path, [warm, gan, flow])
+    raw["training"]["pipeline"]["defaults"] = {"lambda_adv": 0.3}  # for the steps that have a GAN: not said
+    assert load_config(raw).warnings == [
+        "training.pipeline.steps[0].lambda_adv: has no effect: the step has no GAN (gan_training)",
+        "training.pipeline.steps[0].lambda_lpips: has no effect: the step has no LPIPS term (use_lpips)",
+        "training.pipeline.steps[0].r1_gamma: has no effect: the step has no GAN (gan_training)",
+        "training.pipeline.steps[0].cfg_dropout: has no effect: the step trains no flow model (train_diff, "
+        "train_diff_full)",
+        "training.pipeline.steps[0].t_shift: has no effect: the step trains no flow model (train_diff, "
+        "train_diff_full)",
+        "training.pipeline.steps[1].adaptive_adv_weight: has no effect: it balances the reconstruction loss's "
+        "gradient at the trained expander: it needs train_vae and the expander not frozen",
+        "training.pipeline.steps[2].kl_beta: has no effect: the step trains no VAE (train_vae, gan_training)",
+        "training.pipeline.steps[2].min_snr_gamma: has no effect: loss_weighting is not min_snr"]

@@ -28,7 +28,7 @@ from fluxflow.checkpoints.lock import RunLock
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome, StepResult
 from fluxflow.checkpoints.step_files import StepFiles, plan_step
 from fluxflow.checkpoints.step_state import StepState
-from fluxflow.config.modes import has_flow_mode
+from fluxflow.config.modes import has_flow_mode, has_vae_mode
 from fluxflow.data import make_loader
 from fluxflow.runtime import distributed, kill_points
 from fluxflow.runtime.device import resolve_device
@@ -93,6 +93,23 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
             return StepRun(config, files, parent, tracker, device_).train()
 
 
+def counts_beyond_the_step(step, batches: int, epochs: int) -> list[str]:
+    """What the step's counts cannot reach in its `epochs` epochs of `batches` batches (an lr schedule's are said by
+    fluxflow/train/lr_schedule.py inert_reason): the config is valid, but the value silently means something else."""
+    lines, k = [], step.gradient_accumulation_steps
+    if k > batches:
+        lines.append(f"gradient_accumulation_steps {k} is more than the epoch's {batches} batches: each update "
+                     f"averages {batches} batches, not {k} (every epoch ends with an update)")
+    updates = -(-batches // k) * epochs
+    if has_vae_mode(step) and step.kl_warmup_steps > updates:
+        lines.append(f"kl_warmup_steps {step.kl_warmup_steps} is more than the step's {updates} optimizer updates: "
+                     f"the KL weight ends at {updates}/{step.kl_warmup_steps} of kl_beta")
+    if step.eval_interval and step.eval_interval > epochs:
+        lines.append(f"eval_interval {step.eval_interval} is more than the step's {epochs} epochs: it is evaluated "
+                     "at its end only")
+    return lines
+
+
 def input_state(config, files: StepFiles, parent: CheckpointRef | None) -> tuple[dict | None, bool]:
     """(state to start from, whether it is this step's own latest.pt (or, when that is torn, latest.prev.pt)). When
     neither can be read they are set aside and the step starts from its input (fluxflow/checkpoints/latest.py)."""
@@ -143,6 +160,9 @@ class StepRun:
         epochs = range(start_epoch, start_epoch + self.monitor.max_epochs)
         self.trainer = build_trainer(config, self.step, state, device, max_epochs=len(epochs),
                                      updates_per_epoch=self.updates_per_epoch(), resuming=self.resuming)
+        if self.main and not self.resuming:
+            for line in counts_beyond_the_step(self.step, self.data.batches_per_epoch, len(epochs)):
+                log.warning("Step %s: %s", self.step.name, line)
         attach_caches(config, self.step, self.data, self.trainer, epochs, self.say)
         self.trainer.set_latent_norm(self._latent_norm(state))
         global_step = int((state or {}).get("global_step", 0))

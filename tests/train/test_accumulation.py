@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_tiny import changed_components, load_weights, one_torch_thread, shapes_batches, snapshot, tiny_config
+from helpers_tiny import (VAE_STEP, changed_components, load_weights, one_torch_thread, shapes_batches, snapshot,
+                          tiny_config)
 from test_runner_resume import StopAt, assert_same_tensors, stop_request_cleared
 
 from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request
@@ -131,3 +132,26 @@ def test_a_stop_inside_an_accumulation_window_saves_at_its_end_and_resumes_bit_i
     for part in ("models", "ema", "optimizers"):
         assert_same_tensors(a[part], b[part], part)
     assert float(a["optimizers"]["vae"]["state"][0]["step"]) == 6  # 3 windows per epoch (2 + 2 + 1 batches), 2 epochs
+
+
+def test_counts_the_step_cannot_reach_are_warned_at_its_start(tmp_path, caplog, one_torch_thread):  # noqa: F811
+    """An accumulation window longer than the epoch (max_steps 2, gradient_accumulation_steps 8: each update averaged
+    2 batches), a KL warm-up longer than the step, an eval_interval beyond its epochs: accepted without a word, as an
+    lr schedule that never acts no longer is."""
+    import logging
+
+    from fluxflow.train.step_run import counts_beyond_the_step
+
+    step = dict(VAE_STEP, gradient_accumulation_steps=8, kl_warmup_steps=100, eval_interval=3)
+    config = tiny_config(tmp_path / "out", [step])
+    warm = config.step("warm")
+    assert counts_beyond_the_step(warm, 2, 1) == [
+        "gradient_accumulation_steps 8 is more than the epoch's 2 batches: each update averages 2 batches, not 8 "
+        "(every epoch ends with an update)",
+        "kl_warmup_steps 100 is more than the step's 1 optimizer updates: the KL weight ends at 1/100 of kl_beta",
+        "eval_interval 3 is more than the step's 1 epochs: it is evaluated at its end only"]
+    assert counts_beyond_the_step(warm.model_copy(update={"kl_warmup_steps": 4, "eval_interval": 1,
+                                                          "gradient_accumulation_steps": 2}), 8, 1) == []
+    caplog.set_level(logging.WARNING, logger="fluxflow.train.step_run")
+    run_pipeline(config)
+    assert "Step warm: gradient_accumulation_steps 8 is more than the epoch's 2 batches" in caplog.text

@@ -561,7 +561,7 @@ def _transition_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigIss
     if t.mode == "epoch":
         return [ConfigIssue(at("transition_on", key), "only used with mode: loss_threshold (mode epoch runs "
                                                       f"n_epochs){_inherited(step, 'transition_on', key)}")
-                for key in ("metric", "threshold", "max_epochs") if key in written]
+                for key in ("metric", "threshold", "max_epochs", "window") if key in written]
     issues = [ConfigIssue(at("transition_on", key), "required for mode: loss_threshold")
               for key in ("metric", "threshold") if written.get(key) is None]
     metric = written.get("metric")

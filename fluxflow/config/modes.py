@@ -107,6 +107,8 @@ def unused_fields(step: Any) -> dict[str, str]:
         mark(FLOW_FIELDS, "the step trains no flow model (train_diff, train_diff_full)")
     elif step.loss_weighting != "min_snr":
         mark(["min_snr_gamma"], "loss_weighting is not min_snr")
+    if step.transition_on.mode != "loss_threshold":
+        mark(["on_missed"], "it applies to a loss_threshold transition; this step runs its n_epochs")
     vae = {"compressor", "expander"} if touches_vae(step) else set()
     if not trained_components(step) & (vae | {"flow_processor", "text_encoder"}):
         mark(["ema_decay"], "the step keeps no EMA (it trains no compressor, expander, flow model or text encoder)")

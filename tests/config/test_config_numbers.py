@@ -165,7 +165,8 @@ def test_an_lr_of_the_defaults_that_no_step_trains_at_is_reported_unused(tmp_pat
 
 def test_loss_and_ema_fields_a_step_never_reads_are_said_and_the_defaults_ones_are_not(tmp_path):
     """`lambda_adv` on a step without a GAN, flow-objective knobs on a VAE step...: accepted without a word."""
-    warm = dict(VAE_STEP, lambda_adv=0.9, r1_gamma=5, cfg_dropout=0.5, t_shift=3.0, lambda_lpips=0.7, kl_beta=1e-3)
+    warm = dict(VAE_STEP, lambda_adv=0.9, r1_gamma=5, cfg_dropout=0.5, t_shift=3.0, lambda_lpips=0.7, kl_beta=1e-3,
+                on_missed="fail")
     gan = {"name": "gan", "n_epochs": 1, "gan_training": True, "adaptive_adv_weight": True}  # GAN only: no recon
     flow = {"name": "flow", "n_epochs": 1, "train_diff_full": True, "kl_beta": 1e-3, "min_snr_gamma": 3.0,
             "ema_decay": 0.99}
@@ -179,6 +180,8 @@ def test_loss_and_ema_fields_a_step_never_reads_are_said_and_the_defaults_ones_a
         "train_diff_full)",
         "training.pipeline.steps[0].t_shift: has no effect: the step trains no flow model (train_diff, "
         "train_diff_full)",
+        "training.pipeline.steps[0].on_missed: has no effect: it applies to a loss_threshold transition; this step "
+        "runs its n_epochs",
         "training.pipeline.steps[1].adaptive_adv_weight: has no effect: it balances the reconstruction loss's "
         "gradient at the trained expander: it needs train_vae and the expander not frozen",
         "training.pipeline.steps[2].kl_beta: has no effect: the step trains no VAE (train_vae, gan_training)",

@@ -122,6 +122,8 @@ CASES = {
                                 "greater than or equal to 1"),
     "threshold in epoch mode": (cfg(vae(transition_on={"threshold": 0.1})), f"{S}[0].transition_on.threshold",
                                 "only used with mode: loss_threshold"),
+    "window in epoch mode": (cfg(vae(transition_on={"window": 5})), f"{S}[0].transition_on.window",
+                             "only used with mode: loss_threshold"),  # was accepted, ignored, and retrained it
     "on_missed values": (cfg(vae(on_missed="stop")), f"{S}[0].on_missed", "'continue' or 'fail'"),
     "max_steps positive": (cfg(vae(max_steps=0)), f"{S}[0].max_steps", "greater than or equal to 1"),
     "unknown dataset": (cfg(vae(dataset="shape")), f"{S}[0].dataset", "did you mean 'shapes'?"),

@@ -143,15 +143,17 @@ def _evaluator(config, client: MlflowClient):
     promotion, found = config.promotion, {}
 
     def metrics(version: str, step: str) -> dict[str, float]:
-        dataset = evaluation_dataset(config, step)
-        if (version, dataset) not in found:
+        # At the size the step of this config trains, the champion as the challenger: each was measured at its own
+        # training size (other images, another feature network), and a 16 px champion kept the alias against 32 px
+        dataset, size = evaluation_dataset(config, step), config.step(step).img_size
+        if (version, dataset, size) not in found:
             with tempfile.TemporaryDirectory(prefix="fluxflow-model-") as scratch:
                 checkpoint = model_checkpoint(f"models:/{config.tracking.model_name}/{version}",
                                               client.tracking_uri, Path(scratch))
-                found[version, dataset] = evaluate_checkpoint(
+                found[version, dataset, size] = evaluate_checkpoint(
                     checkpoint, config, dataset, seeds=promotion.seeds, n_images=promotion.n_images,
-                    sampler_steps=promotion.sampler_steps)
-        return found[version, dataset]
+                    sampler_steps=promotion.sampler_steps, size=size)
+        return found[version, dataset, size]
 
     return metrics
 
@@ -162,6 +164,7 @@ def promote(config, client: MlflowClient, versions: list[str]) -> list[Decision]
     take the alias, and only when the hypothesis beats the champion beyond its replicate spread."""
     name, alias = config.tracking.model_name, config.promotion.alias
     metrics, decisions = _evaluator(config, client), []
+    versions = undecided(client, name, versions)
     steps = {v: client.get_model_version(name, v).tags.get(TAG_STEP_NAME, "") for v in versions}
     replicates = _replicates_of(config, steps)
     seed_of = {step.name: step.seed for step in config.resolved_steps()}  # pairs replicates by seed
@@ -207,6 +210,13 @@ def promote(config, client: MlflowClient, versions: list[str]) -> list[Decision]
     return decisions
 
 
+def undecided(client: MlflowClient, name: str, versions: list[str]) -> list[str]:
+    """The versions no earlier run has decided: a run of a finished pipeline registers the same versions again (the
+    registration finds them), and deciding again overwrote their decision ("not promoted (already the champion)" on
+    the version that had been promoted)."""
+    return [v for v in versions if TAG_PROMOTION + "decision" not in client.get_model_version(name, v).tags]
+
+
 def _replicates_of(config, steps: dict[str, str]) -> dict[str, list[str]]:
     """Each version -> the versions (itself included) whose steps replicate the same hypothesis
     (fluxflow/config/steps.py); a step the config no longer has is a hypothesis of its own."""
@@ -232,6 +242,9 @@ def promote_task(resolved: dict, versions: list[str], tracking: dict, model_name
     """Evaluate, decide, move the alias, tag and publish; returns each decision as a dict."""
     config, target = run_config_of(resolved), TrackingTarget(**tracking)
     client = MlflowClient(target.tracking_uri)
+    for version in sorted(set(versions) - set(undecided(client, model_name, versions)), key=int):
+        get_run_logger().info("%s version %s: decided by an earlier run (%s), not again", model_name, version,
+                              client.get_model_version(model_name, version).tags[TAG_PROMOTION + "decision"])
     decisions = promote(config, client, versions)
     for decision in decisions:
         tag_versions(client, decision)

@@ -28,13 +28,15 @@ from fluxflow.storage.location import output_root
 def evaluate_checkpoint(checkpoint: str | Path, config, dataset: str, *, seeds: list[int] = (0,),
                         n_images: int = MAX_EVAL_IMAGES, sampler_steps: int = EVAL_SAMPLER_STEPS,
                         device: str | None = None, cache_dir: str | Path | None = None,
-                        guidance: float = EVAL_GUIDANCE) -> dict[str, float]:
+                        guidance: float = EVAL_GUIDANCE, size: int | None = None) -> dict[str, float]:
     """`eval_*` metrics of `checkpoint` on the first `n_images` of the held-out split of `config`'s `dataset`, each
-    the mean over `seeds`. `cache_dir` holds the fd_ours feature network (default: the pipeline's eval_cache/, where
-    the flow step's own evaluation already trained it)."""
+    the mean over `seeds`, its images made at `size` (None: the size its step trained at, recorded in the
+    checkpoint; two checkpoints compared are measured at one size). `cache_dir` holds the fd_ours feature network
+    (default: the pipeline's eval_cache/, where the flow step's own evaluation already trained it)."""
     target = resolve_device(device or config.training.device)
     model = load_text_to_image(checkpoint, config.model, config.data.img_size, str(target))
-    size, cfg = model.img_size, model.model_config  # the size its step trained at (recorded in the checkpoint)
+    cfg = model.model_config
+    size = size or model.img_size
     if size % (cfg.downscale * cfg.patch_size):
         raise GenerationError(f"checkpoint {checkpoint} cannot make {size}x{size} images (its model needs a multiple "
                               f"of {cfg.downscale * cfg.patch_size}): it is not comparable on this evaluation set")

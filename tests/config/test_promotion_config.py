@@ -301,3 +301,43 @@ def test_promotion_beyond_the_spread_without_replicates_is_refused():
     assert "promotion.beyond_spread" in problems(raw)
     raw["training"]["replicates"] = {"seeds": [0, 1]}
     assert load_config(raw).config.promotion.beyond_spread
+
+
+def test_a_version_an_earlier_run_decided_is_not_decided_again(mlflow_store, monkeypatch, tmp_path):
+    """A finished pipeline run again registers the same version (the registration finds it) and decided it again:
+    the champion's "promoted (no champion yet)" became "not promoted (already the champion)"."""
+    from mlflow.tracking import MlflowClient
+
+    from flows import promotion
+    from flows.mlflow_names import TAG_PROMOTION, TAG_STEP_NAME
+
+    client = MlflowClient(mlflow_store)
+    cfg = load_config(config({**FLOW, "after": "warm"}, tracking={"registered_model": "m"})).config
+    client.create_registered_model("m")
+    first = client.create_model_version("m", str(tmp_path), tags={TAG_STEP_NAME: "flow"}).version
+    monkeypatch.setattr(promotion, "_evaluator", lambda config, client: (
+        lambda version, step: {"eval_adherence_both": 0.5}))
+    [decision] = promotion.promote(cfg, client, [str(first)])
+    promotion.tag_versions(client, decision)
+    assert decision.promoted and decision.reason == "no champion yet"
+    assert promotion.promote(cfg, client, [str(first)]) == []  # the same run's version, registered again
+    assert client.get_model_version("m", first).tags[TAG_PROMOTION + "reason"] == "no champion yet"
+
+
+def test_the_champion_and_the_challenger_are_measured_at_the_size_the_step_trains(mlflow_store, monkeypatch, tmp_path):
+    """Each version was evaluated at its own training size: a 16 px champion's score against a 32 px challenger's,
+    on other images and another feature network."""
+    from mlflow.tracking import MlflowClient
+
+    from flows import promotion
+    from fluxflow.evaluation import checkpoint_eval
+
+    client = MlflowClient(mlflow_store)
+    cfg = load_config(config({**FLOW, "after": "warm", "img_size": 32}, tracking={"registered_model": "m"})).config
+    sizes = []
+    monkeypatch.setattr(promotion, "model_checkpoint", lambda uri, tracking_uri, into: f"{uri}.pt")
+    monkeypatch.setattr(checkpoint_eval, "evaluate_checkpoint", lambda checkpoint, config, dataset, **kw: (
+        sizes.append((checkpoint, kw["size"])) or {"eval_adherence_both": 0.5}))
+    metrics = promotion._evaluator(cfg, client)
+    metrics("1", "flow"), metrics("2", "flow"), metrics("1", "flow")
+    assert sizes == [("models:/m/1.pt", 32), ("models:/m/2.pt", 32)]  # once each, at the step's 32 px

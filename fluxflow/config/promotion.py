@@ -7,6 +7,7 @@ task that registers, evaluates and moves the alias is flows/promotion.py.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Literal
 
 from pydantic import Field
@@ -123,12 +124,17 @@ def promotion_issues(config) -> list[ConfigIssue]:
     if not ALIAS_RE.match(promotion.alias):
         issues.append(ConfigIssue("promotion.alias", f"{promotion.alias!r} must be letters, digits, '_' or '-', and "
                                                      "not 'latest' or a version such as 'v3'"))
-    replicates = config.training.replicates
-    if promotion.enabled and promotion.beyond_spread and (replicates is None or len(replicates.seeds) < 2):
-        # one run per hypothesis has no interval: every version after the first was "not promoted", for good
-        issues.append(ConfigIssue("promotion.beyond_spread", "needs seed replicates (training.replicates with 2 or "
-                                  "more seeds): with one run per hypothesis there is no spread to be beyond, and no "
-                                  "version after the first could be promoted"))
+    if promotion.enabled and promotion.beyond_spread:
+        # One registered run of a hypothesis has no interval: every version after the first was "not promoted", for
+        # good (no replicates, or register_steps naming one replica of each)
+        hypothesis_of = {step.name: step.hypothesis for step in steps}
+        registered = Counter(hypothesis_of.get(name, name) for name in registered_steps(config))
+        alone = sorted(h for h, n in registered.items() if n < 2)
+        if alone:
+            issues.append(ConfigIssue("promotion.beyond_spread", "needs seed replicates (training.replicates with 2 "
+                                      "or more seeds), each registered: with one registered run of a hypothesis ("
+                                      f"{', '.join(alone)}) there is no spread to be beyond, and no version after "
+                                      "the first could be promoted"))
     datasets = config.training.pipeline.datasets
     if promotion.dataset is not None and promotion.dataset not in datasets:
         issues.append(ConfigIssue("promotion.dataset", f"no dataset is named {promotion.dataset!r}"

@@ -301,6 +301,8 @@ def test_promotion_beyond_the_spread_without_replicates_is_refused():
     assert "promotion.beyond_spread" in problems(raw)
     raw["training"]["replicates"] = {"seeds": [0, 1]}
     assert load_config(raw).config.promotion.beyond_spread
+    raw["tracking"] = {"register_steps": ["flow-seed0"]}  # one replica registered: the same dead end
+    assert "one registered run of a hypothesis (flow)" in problems(raw)["promotion.beyond_spread"]
 
 
 def test_a_version_an_earlier_run_decided_is_not_decided_again(mlflow_store, monkeypatch, tmp_path):

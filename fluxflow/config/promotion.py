@@ -153,6 +153,11 @@ def promotion_issues(config) -> list[ConfigIssue]:
             issues.append(ConfigIssue(f"training.pipeline.datasets.{dataset}.holdout", "is 0, but promotion evaluates "
                                       f"the registered versions of step {name!r} on this dataset's held-out images: "
                                       "hold some out, name another promotion.dataset, or set promotion.enabled: false"))
+        elif promotion.enabled and metric.startswith("eval_fd_") and evaluated.holdout < 2:
+            # the distance was never computed: every version scored nan, and none after the first could win
+            issues.append(ConfigIssue(f"training.pipeline.datasets.{dataset}.holdout", f"is 1, but promotion's "
+                                      f"metric {metric} is a Fréchet distance between image sets, which needs 2 or "
+                                      "more held-out images"))
         if metric in SHAPES_ONLY and evaluated.type != "shapes":
             issues.append(ConfigIssue("promotion.metric", f"{metric} is measured on `shapes` datasets only; the "
                                                           f"evaluation set of step {name!r} is {dataset!r}: use "

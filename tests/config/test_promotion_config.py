@@ -343,3 +343,12 @@ def test_the_champion_and_the_challenger_are_measured_at_the_size_the_step_train
     metrics = promotion._evaluator(cfg, client)
     metrics("1", "flow"), metrics("2", "flow"), metrics("1", "flow")
     assert sizes == [("models:/m/1.pt", 32), ("models:/m/2.pt", 32)]  # once each, at the step's 32 px
+
+
+def test_a_frechet_promotion_metric_on_a_hold_out_of_one_image_is_refused():
+    """Accepted, the distance was never computed: every version scored nan, and none after the first could win."""
+    raw = config(FLOW, promotion={"metric": "eval_fd_ours_cfg"})
+    raw["training"]["pipeline"]["datasets"] = {"shapes": {"type": "shapes", "holdout": 1}}
+    assert "needs 2 or more held-out images" in problems(raw)["training.pipeline.datasets.shapes.holdout"]
+    raw["promotion"]["metric"] = "eval_adherence_both"  # adherence is scored per image
+    assert load_config(raw).config

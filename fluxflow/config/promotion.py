@@ -32,9 +32,12 @@ PROMOTION_METRICS: dict[str, Direction] = {
     "eval_fd_ours_unseen_cfg": "minimize",
     "eval_fd_ours_cfg": "minimize",
     "eval_fd_ours_nocfg": "minimize",
-    # Seed-to-seed spread against the data's (fluxflow/evaluation/diversity.py): a collapsed model has 0.
-    "eval_diversity_ratio": "maximize",
 }
+# Logged, but no order of versions: best near 1 (seeds vary as much as the data), a collapsed model 0, an untrained
+# one's noise above 1, so "higher is better" promoted noisier models (fluxflow/evaluation/diversity.py).
+UNRANKED = {"eval_diversity_ratio": "is best near 1 (seeds vary as much as the data; 0: collapsed, above 1: noise), "
+                                    "neither higher nor lower, so it cannot rank versions; promote on adherence or a "
+                                    "Fréchet distance and read it beside them in fluxflow-compare"}
 SHAPES_ONLY = tuple(metric for metric in PROMOTION_METRICS if metric.startswith("eval_adherence_"))
 UNSEEN_ONLY = {"eval_adherence_unseen_both": "holdout_pairs", "eval_adherence_unseen_color": "holdout_pairs",
                "eval_adherence_unseen_shape": "holdout_pairs", "eval_fd_ours_unseen_cfg": "holdout_captions"}
@@ -140,6 +143,8 @@ def promotion_issues(config) -> list[ConfigIssue]:
         issues.append(ConfigIssue("promotion.dataset", f"no dataset is named {promotion.dataset!r}"
                                                        f"{did_you_mean(promotion.dataset, datasets)}"))
         return issues
+    if promotion.metric in UNRANKED:
+        return issues + [ConfigIssue("promotion.metric", f"{promotion.metric} {UNRANKED[promotion.metric]}")]
     if promotion.metric is not None and promotion.metric not in PROMOTION_METRICS:
         return issues + [ConfigIssue("promotion.metric", f"{promotion.metric!r} is not a metric of a text-to-image "
                                                          f"model{did_you_mean(promotion.metric, PROMOTION_METRICS)}; "

@@ -352,3 +352,12 @@ def test_a_frechet_promotion_metric_on_a_hold_out_of_one_image_is_refused():
     assert "needs 2 or more held-out images" in problems(raw)["training.pipeline.datasets.shapes.holdout"]
     raw["promotion"]["metric"] = "eval_adherence_both"  # adherence is scored per image
     assert load_config(raw).config
+
+
+def test_the_diversity_ratio_cannot_rank_versions():
+    """It was "maximize": a version whose seeds scattered more than the data's (an undertrained one) won."""
+    from fluxflow.evaluation.direction import better_direction
+
+    said = problems(config(FLOW, promotion={"metric": "eval_diversity_ratio"}))["promotion.metric"]
+    assert said.startswith("eval_diversity_ratio is best near 1") and "cannot rank versions" in said
+    assert better_direction("eval_diversity_ratio") is None  # fluxflow-compare calls neither side better

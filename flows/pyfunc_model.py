@@ -89,10 +89,12 @@ class TextToImageModel(PythonModel):
     """Prompts in, images out, with the EMA weights of the step's final checkpoint."""
 
     def load_context(self, context) -> None:
+        from fluxflow.runtime.device import resolve_device
         from fluxflow.sampling.export import load_exported
         from fluxflow.sampling.generate import load_text_to_image
 
         device = (context.model_config or {}).get("device") or "auto"
+        resolve_device(device, setting='model_config["device"]')  # named as the caller set it, before any loading
         if WEIGHTS_ARTIFACT in context.artifacts:
             self.model = load_exported(context.artifacts[WEIGHTS_ARTIFACT], device)
         else:  # a version registered before the export was logged with every version

@@ -18,9 +18,14 @@ def resolve_device(requested: str | None, setting: str = "training.device") -> t
     user set the device with, as the error names it (fluxflow-generate has --device, no training.device)."""
     if requested in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:  # torch's own words list every device type it knows of
+        raise DeviceUnavailable(f"{setting} is {requested!r}, not a device (use 'auto', 'cpu' or 'cuda')") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceUnavailable(f"{setting} is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailable(f"{setting} is 'mps' but no Apple GPU is available (use 'auto' or 'cpu')")
     return device
 
 

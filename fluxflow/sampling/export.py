@@ -37,6 +37,7 @@ import torch
 
 from fluxflow.checkpoints.io import atomic_write
 from fluxflow.config.file_checks import inspect_pretrained, not_a_regular_file, pretrained_text_path
+from fluxflow.runtime.device import DeviceUnavailable
 from fluxflow.sampling.generate import (GENERATION_COMPONENTS, GenerationError, TextToImageModel,
                                         build_text_to_image, weights_mismatch)
 
@@ -161,5 +162,7 @@ def load_exported(folder: str | Path, device: str | None = None) -> TextToImageM
         weights[component][name] = value
     try:
         return build_text_to_image(weights, latent_norm, model_config, img_size, channels, spade, device)
+    except DeviceUnavailable:  # a RuntimeError too, but the device asked for, not the weights
+        raise
     except RuntimeError as exc:  # load_state_dict: missing or unexpected keys, wrong shapes
         raise GenerationError(f"{weights_file} does not fit {folder / CONFIG_FILE}: {weights_mismatch(exc)}") from None

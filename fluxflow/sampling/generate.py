@@ -16,7 +16,7 @@ from torch import nn
 from fluxflow.checkpoints.io import CheckpointError, atomic_write, load_checkpoint
 from fluxflow.checkpoints.verify import damaged_entry
 from fluxflow.config.file_checks import UnusablePretrained
-from fluxflow.runtime.device import resolve_device
+from fluxflow.runtime.device import DeviceUnavailable, resolve_device
 from fluxflow.storage.location import local_path, remote_uri
 from fluxflow.models import build_component
 from fluxflow.sampling.sample_files import prompt_file_name, to_picture
@@ -96,6 +96,8 @@ def load_text_to_image(checkpoint: str | Path, model_config: Any = None, img_siz
     try:
         return build_text_to_image(weights, state["latent_norm"], model_config, img_size, channels,
                                    saved_expander_spade(state), device)
+    except DeviceUnavailable:  # a RuntimeError too, but the device asked for, not the weights
+        raise
     except RuntimeError as exc:  # load_state_dict: wrong shapes, missing or unexpected keys (the sizes of --config)
         raise GenerationError(f"checkpoint {checkpoint} does not fit the model sizes of the config: "
                               f"{weights_mismatch(exc)}") from None

@@ -72,3 +72,20 @@ def test_a_seed_that_is_not_an_integer_is_refused_even_without_the_signature(see
     with pytest.raises(MlflowException) as raised:
         TextToImageModel().predict(None, pd.DataFrame({"prompt": ["a red circle"]}), params={"seed": seed})
     assert raised.value.message == f"params seed must be an integer, got {seed!r}"
+
+
+@pytest.mark.parametrize(("device", "said"), [
+    ("cuda", "model_config[\"device\"] is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')"),
+    ("bogus", "model_config[\"device\"] is 'bogus', not a device (use 'auto', 'cpu' or 'cuda')")])
+def test_a_device_the_machine_lacks_is_named_as_model_config_set_it(device, said, monkeypatch):
+    """It said ".../weights/model.safetensors does not fit .../config.json: training.device is 'cuda' ...": the
+    weights blamed for the device, under a setting the caller never wrote."""
+    import torch
+
+    from fluxflow.runtime.device import DeviceUnavailable
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    context = SimpleNamespace(artifacts={"weights": "never read"}, model_config={"device": device})
+    with pytest.raises(DeviceUnavailable) as raised:
+        TextToImageModel().load_context(context)
+    assert str(raised.value) == said

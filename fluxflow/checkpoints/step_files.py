@@ -70,11 +70,13 @@ def key_of(inputs: dict) -> str:
 
 # Step values in the key that change no weight: the DataLoader's processes hand the same batches in the same order for
 # any number of them (fluxflow/data: the sampler; webdataset_source.py for streams); a step's position in the file is
-# a label (the plan's "Step N", its samples' names), so moving a step, or adding one before it, trains nothing again.
+# a label (the plan's "Step N", its samples' names), so moving a step, or adding one before it, trains nothing again;
+# `on_missed` says what follows a missed threshold, read from the config in force when the step's outcome is known
+# (fluxflow/train/pipeline_schedule.py), so accepting a miss (fail -> continue) runs the children, not the step again.
 # They stay in the key (keys of finished steps must not change), and a finished step whose key differs only in them
 # is reused (`weights_keys`; files written before a field joined this list recorded a weights_key with it, and are
 # reused when their key is the same).
-WEIGHT_NEUTRAL_FIELDS = ("workers", "index")
+WEIGHT_NEUTRAL_FIELDS = ("workers", "index", "on_missed")
 
 
 def weights_keys(parts: dict[str, dict], unused: dict[str, set[str]] | None = None) -> dict[str, str]:
@@ -200,18 +202,19 @@ class StepFiles:
         if not any(path.exists() for path in (self.latest, self.previous, self.final)):
             self.metrics.unlink(missing_ok=True)
         recorded = self._recorded()
-        old_key, old_config = None, None
+        old_key, old_config, old_inputs = None, None, (recorded or {}).get("key_inputs")
         if recorded is not None and not self._same_config(recorded):
             old_key, old_config = recorded["ref"]["step_key"], recorded.get("step_config")
         elif recorded is not None and self._other_input(recorded):
-            then, now = recorded["input_sha256"][:12], self.input_sha256[:12]
-            source = f"{self.step.parent}'s final.pt" if self.step.parent else "its model_checkpoint"
-            return self._move_aside(self.key, f"the checkpoint it starts from ({source}) is not the one it was "
-                                              f"trained from (sha256 {then}... then, {now}... now)")
+            return self._move_aside(self.key, self._input_replaced(recorded["input_sha256"]))
         elif not self.final.exists():
             meta = _metadata(self.latest) or _metadata(self.previous)
             if meta is not None and meta.step_key != self.key:
-                old_key, old_config = meta.step_key, meta.step_config
+                old_key, old_config, old_inputs = meta.step_key, meta.step_config, meta.key_inputs
+            elif meta is not None and self._other_input({"input_sha256": meta.input_sha256}):
+                # its latest.pt resumed from weights the step no longer starts from, and its ref.json then
+                # recorded the new input: the step kept them for good
+                return self._move_aside(self.key, self._input_replaced(meta.input_sha256))
         if old_key is None and recorded is None and self.final.exists():
             meta = None if self.ref_json.exists() else _metadata(self.final)
             if meta is not None and meta.step_key == self.key and meta.completed:  # killed between the two writes
@@ -221,8 +224,13 @@ class StepFiles:
             old_key = "unknown"
         if old_key is None:
             return None
-        return self._move_aside(old_key, self._why(old_config, (recorded or {}).get("key_inputs")
-                                                   if old_key != "unknown" else None))
+        return self._move_aside(old_key, self._why(old_config, old_inputs if old_key != "unknown" else None))
+
+    def _input_replaced(self, then: str) -> str:
+        """Why files trained from another input than the step's now are set aside."""
+        source = f"{self.step.parent}'s final.pt" if self.step.parent else "its model_checkpoint"
+        return (f"the checkpoint it starts from ({source}) is not the one it was trained from (sha256 {then[:12]}... "
+                f"then, {self.input_sha256[:12]}... now)")
 
     def _move_aside(self, old_key: str, why: str) -> tuple[Path, str]:
         """The step's files to `superseded/<old_key>/` (the next free `<old_key>.N` if that one holds files)."""

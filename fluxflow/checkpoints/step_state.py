@@ -28,6 +28,10 @@ class StepState:
     report: dict | None = None  # StepReport.state_dict(): the counts a step reports continue after a resume
     completed: bool = False  # the step's last epoch is saved: only final.pt is left to write
     outcome: str | None = None  # the transition outcome, once completed
+    # What ref.json records for a finished step, here for one in progress: the sha256 of the checkpoint it started
+    # from (a replaced input sets its latest.pt aside, as its final.pt), and its key inputs (to say what changed).
+    input_sha256: str | None = None
+    key_inputs: dict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # Not dataclasses.asdict: it deep-copies, and `rng` and `report` hold tensors.

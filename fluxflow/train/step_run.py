@@ -337,7 +337,8 @@ class StepRun:
                 step_config=step.model_dump(mode="json"), seed=step.seed, step_start_epoch=pos.start_epoch,
                 current_step_epoch=pos.epoch, batch=pos.batch, step_metrics=self.report.history,
                 rng=capture_rng_state(), monitor=self.monitor.state_dict(), report=self.report.state_dict(),
-                completed=completed, outcome=self.outcome,
+                completed=completed, outcome=self.outcome, input_sha256=self.files.input_sha256,
+                key_inputs=self.files.key_inputs,
             ).to_dict(),
         }
 

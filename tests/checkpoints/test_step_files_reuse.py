@@ -280,3 +280,56 @@ def test_a_changed_field_the_step_never_reads_retrains_nothing(tmp_path):
     assert [plan_step(unused, n).completed() is not None for n in ("warm", "gan")] == [True, True]
     used = tiny_config(out, [dict(VAE_STEP, lambda_adv=0.5), dict(gan, lambda_adv=0.9)])  # gan reads it
     assert plan_step(used, "warm").completed() is not None and plan_step(used, "gan").completed() is None
+
+
+def _in_progress(files, step_key: str, input_sha256: str | None, key_inputs: dict | None = None) -> None:
+    """A latest.pt of a step interrupted mid-way (no final.pt, no ref.json)."""
+    from fluxflow.checkpoints.io import save_checkpoint
+    from fluxflow.checkpoints.step_state import StepState
+
+    files.dir.mkdir(parents=True, exist_ok=True)
+    meta = StepState(current_step_name=files.step.name, step_key=step_key, batch=6, input_sha256=input_sha256,
+                     key_inputs=key_inputs, step_config=files.step.model_dump(mode="json"))
+    save_checkpoint({"pipeline_metadata": meta.to_dict()}, files.latest)
+
+
+def test_an_interrupted_step_whose_input_was_replaced_starts_again_from_the_new_one(tmp_path, capsys):
+    """Its latest.pt was resumed from (weights of the old input), and its ref.json then recorded the new input: the
+    step kept them for good ("Skipping step ...: already complete")."""
+    gan = plan_step(_two_steps(tmp_path / "out"), "gan")
+    _in_progress(gan, gan.key, "a" * 64)
+    gan.input_sha256 = "b" * 64
+    gan.set_aside_stale()
+    assert not gan.latest.exists() and (gan.dir / "superseded" / gan.key / "latest.pt").exists()
+    assert "Re-running step gan: the checkpoint it starts from (warm's final.pt) is not the one it was trained from " \
+           "(sha256 aaaaaaaaaaaa... then, bbbbbbbbbbbb... now)" in capsys.readouterr().out
+    again = plan_step(_two_steps(tmp_path / "out2"), "gan")
+    _in_progress(again, again.key, "b" * 64)
+    again.input_sha256 = "b" * 64
+    again.set_aside_stale()
+    assert again.latest.exists()  # the same input: resumed
+
+
+def test_an_interrupted_step_whose_parent_changed_says_so(tmp_path, capsys):
+    """It said "its configuration or an earlier step changed", the words for files without recorded inputs."""
+    out = tmp_path / "out"
+    before = plan_step(_two_steps(out), "gan")
+    _in_progress(before, before.key, None, key_inputs=before.key_inputs)
+    after = plan_step(_two_steps(out, warm_lr=3e-3), "gan")
+    after.set_aside_stale()
+    assert "Re-running step gan: the step it starts from, warm, changed" in capsys.readouterr().out
+
+
+def test_accepting_a_missed_threshold_reuses_the_step(tmp_path):
+    """on_missed: fail -> continue, the fix after a miss, retrained the step ("its configuration changed (on_missed:
+    'fail' -> 'continue')") for the same weights."""
+    out = tmp_path / "out"
+    gan = {"name": "gan", "n_epochs": 1, "max_steps": 2, "train_vae": True, "gan_training": True,
+           "transition_on": {"mode": "loss_threshold", "metric": "vae_loss", "threshold": 0.01, "max_epochs": 2}}
+    failing = tiny_config(out, [dict(VAE_STEP), dict(gan, on_missed="fail")])
+    files = plan_step(failing, "gan")
+    _finished_as(files, files.key)
+    payload = json.loads(files.ref_json.read_text())
+    files.ref_json.write_text(json.dumps(dict(payload, weights_key=files.weights_key)))
+    accepting = tiny_config(out, [dict(VAE_STEP), dict(gan, on_missed="continue")])
+    assert plan_step(accepting, "gan").key != files.key and plan_step(accepting, "gan").completed() is not None

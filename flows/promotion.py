@@ -286,7 +286,8 @@ def release_lines(client: MlflowClient, config, output_dir: str) -> list[str]:
             earlier.append(str(v.version))
     if earlier:
         lines.append(f"Earlier:     {name} version{'s' if len(earlier) > 1 else ''} {', '.join(earlier)}, of "
-                     "checkpoints this output directory no longer holds in place (set aside or deleted)")
+                     "checkpoints this output directory no longer holds in place (set aside or deleted), or of steps "
+                     "this config does not register")
     holder = version_by_alias(client, name, alias)
     if holder is not None:
         lines.append(f"Champion:    models:/{name}@{alias} is version {holder.version}")

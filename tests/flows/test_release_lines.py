@@ -51,5 +51,5 @@ def test_versions_of_checkpoints_no_longer_in_place_are_not_listed_as_this_runs(
     name = config.tracking.model_name
     assert lines == [f"Model:       {name} version 3 (step flow): not promoted",
                      f"Earlier:     {name} versions 1, 2, of checkpoints this output directory no longer holds in "
-                     "place (set aside or deleted)",
+                     "place (set aside or deleted), or of steps this config does not register",
                      f"Champion:    models:/{name}@champion is version 1"]

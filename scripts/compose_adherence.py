@@ -40,7 +40,8 @@ def main() -> None:
     prompts, real = real_sets(holdout, seen, seen_images)
     for path in args.checkpoints:
         model = load_text_to_image(path, config.model, size, "cpu")
-        sample = dict(latent_size=size // config.model.downscale, steps=EVAL_SAMPLER_STEPS, spade=model.spade)
+        sample = dict(latent_size=size // config.model.downscale, steps=EVAL_SAMPLER_STEPS, spade=model.spade,
+                      shift=model.flow_shift)
         for k, guidance in enumerate(args.guidance):
             with torch.no_grad():
                 found = {name: adherence_of(generate(model.models, captions, model.latent_norm, guidance=guidance,

@@ -39,7 +39,8 @@ def main() -> None:
         model = load_text_to_image(path, config.model, size, "cpu")
         with torch.no_grad():
             images = generate(model.models, captions, model.latent_norm, latent_size=size // config.model.downscale,
-                              guidance=EVAL_GUIDANCE, steps=EVAL_SAMPLER_STEPS, seed=EVAL_SEED, spade=model.spade)
+                              guidance=EVAL_GUIDANCE, steps=EVAL_SAMPLER_STEPS, seed=EVAL_SEED, spade=model.spade,
+                              shift=model.flow_shift)
         found = adherence_of(images, captions)
         print(f"{path}: n {len(captions)}, color {found['adherence_color']:.3f}, "
               f"shape {found['adherence_shape']:.3f}, both {found['adherence_both']:.3f}", flush=True)

@@ -55,3 +55,10 @@ def saved_expander_spade(state: dict | None) -> bool:
     if "expander_spade" in state:
         return bool(state["expander_spade"])
     return bool(StepState.of_checkpoint(state).step_config.get("train_spade", False))
+
+
+def saved_flow_shift(state: dict | None) -> float:
+    """The timestep shift the checkpoint's flow was trained with (SD3's shift, t_shift scaled to the step's images),
+    which its sampler follows; 1.0 (a uniform schedule) for a checkpoint written before it was recorded, as those
+    sampled."""
+    return float((state or {}).get("flow_shift", 1.0))

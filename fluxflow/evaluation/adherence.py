@@ -18,12 +18,13 @@ ADHERENCE_KEYS = {"adherence_color": "color", "adherence_shape": "shape", "adher
 
 
 def generate(models: dict[str, nn.Module], captions: list[str], latent_norm: dict[str, torch.Tensor], *,
-             latent_size: int, guidance: float, steps: int, seed: int, spade: bool,
+             latent_size: int, guidance: float, steps: int, seed: int, spade: bool, shift: float = 1.0,
              batch_size: int = 64) -> torch.Tensor:
     """One image per caption `[N, C, H, W]` in [-1, 1], in batches; batch k uses seed `seed + k`, so the images do
     not depend on anything but the captions, the weights and the seed."""
     return torch.cat([text_to_image(models, captions[start:start + batch_size], latent_norm, latent_size=latent_size,
-                                    steps=steps, guidance=guidance, seed=seed + k, spade=spade).cpu()
+                                    steps=steps, guidance=guidance, seed=seed + k, spade=spade,
+                                    shift=shift).cpu()
                       for k, start in enumerate(range(0, len(captions), batch_size))])
 
 

@@ -54,7 +54,8 @@ def evaluate_checkpoint(checkpoint: str | Path, config, dataset: str, *, seeds: 
            if images.shape[0] >= 2 else None)
     totals: dict[str, float] = {}
     for seed in seeds:
-        sample = dict(latent_size=size // cfg.downscale, steps=sampler_steps, seed=seed, spade=model.spade)
+        sample = dict(latent_size=size // cfg.downscale, steps=sampler_steps, seed=seed, spade=model.spade,
+                      shift=model.flow_shift)
         with GLOBAL_RNG, torch.random.fork_rng(devices=[target] if target.type == "cuda" else []), torch.no_grad():
             found = flow_metrics(model.models, images, captions, model.latent_norm, sample, net,
                                  shapes=ds_cfg.type == "shapes", unseen=unseen, real=real,

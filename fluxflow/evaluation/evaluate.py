@@ -40,9 +40,10 @@ EVAL_SEED = 0
 
 def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, config,
                   latent_norm: dict[str, torch.Tensor] | None, device: torch.device | str,
-                  cache_dir: str | Path, *, spade: bool) -> dict[str, float]:
+                  cache_dir: str | Path, *, spade: bool, shift: float = 1.0) -> dict[str, float]:
     """The step's evaluation metrics on (at most MAX_EVAL_IMAGES of) `holdout_set`; {} when nothing applies.
-    `spade`: the expander decodes with SPADE (fluxflow.config.modes.expander_spade)."""
+    `spade`: the expander decodes with SPADE (fluxflow.config.modes.expander_spade); `shift`: the flow's timestep
+    shift, which its sampler follows."""
     device = torch.device(device)
     if len(holdout_set) == 0:
         log.warning("Step %s: the held-out split of dataset %r is empty; no evaluation metrics", step.name,
@@ -62,7 +63,7 @@ def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, co
                                                       spade=spade, lpips=lpips_if_available(device)))
             if has_flow_mode(step):
                 metrics.update(_flow_metrics(step, models, holdout_set, images, captions, train_set, config,
-                                             latent_norm, device, cache_dir, spade))
+                                             latent_norm, device, cache_dir, spade, shift))
             return metrics
     finally:
         for name, m in models.items():
@@ -70,13 +71,13 @@ def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, co
 
 
 def _flow_metrics(step, models, holdout_set, images, captions, train_set, config, latent_norm, device, cache_dir,
-                  spade):
+                  spade, shift):
     if latent_norm is None:
         log.warning("Step %s: no latent normalisation yet; flow metrics skipped", step.name)
         return {}
     ds_cfg = config.dataset_for(step)
     sample = dict(latent_size=step.img_size // config.model.downscale, steps=EVAL_SAMPLER_STEPS,
-                  seed=EVAL_SEED, spade=spade)
+                  seed=EVAL_SEED, spade=spade, shift=shift)
     net = (feature_net_for(train_set, ds_cfg, step.img_size, config.data.channels, cache_dir)
            if images.shape[0] >= 2 else None)
     norm = {k: v.to(device) for k, v in latent_norm.items()}

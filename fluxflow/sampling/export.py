@@ -16,6 +16,8 @@ config.json:
     image                    {"size", "channels"}: the training image size (the default output size) and channels
     latent_norm              {"shift": [...], "scale": [...]}: per latent channel, latent = (mean - shift) / scale
     spade                    whether the expander decodes with SPADE (as the step that last trained it did)
+    flow_shift               the timestep shift the flow trained with (t_shift at its size), which the sampler's
+                             schedule follows; 1.0 when absent (exports written before it)
     source                   where the weights came from (the checkpoint file or registered model, and the
                              checkpoint's sha256), for the record
 
@@ -91,6 +93,7 @@ def write_export(model: TextToImageModel, out: Path, source: dict[str, Any] | No
         "image": {"size": model.img_size, "channels": model.channels},
         "latent_norm": {key: model.latent_norm[key].float().cpu().tolist() for key in ("shift", "scale")},
         "spade": model.spade,
+        "flow_shift": model.flow_shift,
         "source": source or {},
     }
     text = json.dumps(config, indent=2) + "\n"
@@ -142,6 +145,7 @@ def load_exported(folder: str | Path, device: str | None = None) -> TextToImageM
                        for key in ("shift", "scale")}
         img_size, channels = int(config["image"]["size"]), int(config["image"]["channels"])
         spade, weights_file = bool(config["spade"]), folder / config["weights"]
+        flow_shift = float(config.get("flow_shift", 1.0))  # an export written before it was recorded: as it sampled
     except KeyError as exc:  # its message alone is the key: "... invalid: 'model'"
         raise GenerationError(f"{folder / CONFIG_FILE} is incomplete: it has no {exc} (write the folder again with "
                               "fluxflow-export)") from None
@@ -161,7 +165,7 @@ def load_exported(folder: str | Path, device: str | None = None) -> TextToImageM
             raise GenerationError(f"{weights_file} holds {key!r}, not a weight of {', '.join(GENERATION_COMPONENTS)}")
         weights[component][name] = value
     try:
-        return build_text_to_image(weights, latent_norm, model_config, img_size, channels, spade, device)
+        return build_text_to_image(weights, latent_norm, model_config, img_size, channels, spade, device, flow_shift)
     except DeviceUnavailable:  # a RuntimeError too, but the device asked for, not the weights
         raise
     except RuntimeError as exc:  # load_state_dict: missing or unexpected keys, wrong shapes

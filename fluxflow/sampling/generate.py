@@ -21,7 +21,7 @@ from fluxflow.storage.location import local_path, remote_uri
 from fluxflow.models import build_component
 from fluxflow.sampling.sample_files import prompt_file_name, to_picture
 from fluxflow.sampling.text_to_image import text_to_image
-from fluxflow.checkpoints.step_state import saved_expander_spade
+from fluxflow.checkpoints.step_state import saved_expander_spade, saved_flow_shift
 
 GENERATION_COMPONENTS = ("text_encoder", "flow_processor", "expander")
 # The largest image side, as a multiple of the training size. The flow model has seen only the training grid of
@@ -42,11 +42,12 @@ class TextToImageModel:
     img_size: int  # the training image size: the default output size
     spade: bool  # decode as the expander was trained: with SPADE when the step that last trained it used SPADE
     channels: int = 3  # image channels the expander writes
+    flow_shift: float = 1.0  # the timestep shift the flow trained with, which its sampler follows
 
 
 def build_text_to_image(weights: dict[str, dict[str, torch.Tensor]], latent_norm: dict[str, torch.Tensor],
                         model_config: Any, img_size: int, channels: int, spade: bool,
-                        device: str | None = None) -> TextToImageModel:
+                        device: str | None = None, flow_shift: float = 1.0) -> TextToImageModel:
     """The generation components built from `model_config` with `weights` (a state dict per component) on `device`,
     in eval mode: the one assembly behind a checkpoint (`load_text_to_image`) and an export
     (fluxflow/sampling/export.py)."""
@@ -60,7 +61,7 @@ def build_text_to_image(weights: dict[str, dict[str, torch.Tensor]], latent_norm
         module.load_state_dict(weights[name])
         models[name] = module.to(target).eval().requires_grad_(False)
     return TextToImageModel(models, {k: v.to(target) for k, v in latent_norm.items()}, model_config, img_size, spade,
-                            channels)
+                            channels, flow_shift)
 
 
 def load_text_to_image(checkpoint: str | Path, model_config: Any = None, img_size: int | None = None,
@@ -95,7 +96,7 @@ def load_text_to_image(checkpoint: str | Path, model_config: Any = None, img_siz
     weights = {name: sampling_weights(state, name) for name in GENERATION_COMPONENTS}
     try:
         return build_text_to_image(weights, state["latent_norm"], model_config, img_size, channels,
-                                   saved_expander_spade(state), device)
+                                   saved_expander_spade(state), device, saved_flow_shift(state))
     except DeviceUnavailable:  # a RuntimeError too, but the device asked for, not the weights
         raise
     except RuntimeError as exc:  # load_state_dict: wrong shapes, missing or unexpected keys (the sizes of --config)
@@ -130,7 +131,7 @@ def generate(model: TextToImageModel, prompt: str, seed: int, *, steps: int = 25
                               "model was trained at: a larger one is far from what it learned, and the cost of "
                               f"its attention grows with the size's 4th power); got {size}")
     images = text_to_image(model.models, [prompt], model.latent_norm, latent_size=size // cfg.downscale,
-                           steps=steps, guidance=guidance, seed=seed, spade=model.spade)
+                           steps=steps, guidance=guidance, seed=seed, spade=model.spade, shift=model.flow_shift)
     return images[0]
 
 

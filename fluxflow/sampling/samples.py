@@ -30,9 +30,10 @@ def _latent_picture(z: torch.Tensor, size: int) -> torch.Tensor:
 @torch.no_grad()
 def write_samples(out_dir: Path, *, step, step_number: int, epoch: int, batch: int | None, tag: str,
                   models: dict, holdout: torch.Tensor, captions: list[str], latent_norm: dict | None,
-                  config, seed: int, spade: bool) -> list[Path]:
+                  config, seed: int, spade: bool, shift: float = 1.0) -> list[Path]:
     """Writes this step's samples; returns the files. `batch` None means end of epoch. `spade`: the expander decodes
-    with SPADE (fluxflow.config.modes.expander_spade)."""
+    with SPADE (fluxflow.config.modes.expander_spade); `shift`: the flow's timestep shift, which its sampler
+    follows."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
@@ -56,6 +57,6 @@ def write_samples(out_dir: Path, *, step, step_number: int, epoch: int, batch: i
         # computed for any grid, so one model samples every size.
         for size in config.output.sample_sizes or [step.img_size]:
             images = text_to_image(models, captions, latent_norm, latent_size=size // config.model.downscale,
-                                   seed=seed, spade=spade)
+                                   seed=seed, spade=spade, shift=shift)
             save(images, "-t2i" if size == step.img_size else f"-t2i_{size}px")
     return written

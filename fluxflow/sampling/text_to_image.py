@@ -12,8 +12,9 @@ from fluxflow.models import sample_flow
 @torch.no_grad()
 def text_to_image(models: dict[str, nn.Module], captions: list[str], latent_norm: dict[str, torch.Tensor],
                   *, latent_size: int, steps: int = 25, guidance: float = 3.0, seed: int = 0,
-                  spade: bool = False) -> torch.Tensor:
-    """Images `[len(captions), C, H, W]` in [-1, 1]. `latent_size` is the latent's side (img_size / downscale)."""
+                  spade: bool = False, shift: float = 1.0) -> torch.Tensor:
+    """Images `[len(captions), C, H, W]` in [-1, 1]. `latent_size` is the latent's side (img_size / downscale).
+    `shift`: the timestep shift the flow was trained with (its `flow_shift`), which the sampler's schedule follows."""
     flow, text_encoder = models["flow_processor"], models["text_encoder"]
     device = next(flow.parameters()).device
     ids, mask = text_encoder.tokenize(captions, device)
@@ -21,5 +22,5 @@ def text_to_image(models: dict[str, nn.Module], captions: list[str], latent_norm
     channels = latent_norm["shift"].numel()
     generator = torch.Generator(device=device).manual_seed(seed)
     latents = sample_flow(flow, (len(captions), channels, latent_size, latent_size), tokens, mask, pooled,
-                          steps=steps, guidance=guidance, generator=generator)
+                          steps=steps, guidance=guidance, shift=shift, generator=generator)
     return decode_latents(models["expander"], latents, {k: v.to(device) for k, v in latent_norm.items()}, spade)

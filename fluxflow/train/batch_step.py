@@ -48,6 +48,9 @@ class StepContext:
     spade: bool = False
     # The step's timestep draw and loss weighting for flow training (trainer.flow_objective).
     flow_objective: FlowObjective = DEFAULT_OBJECTIVE
+    # The timestep shift the flow was trained with, which every sampler of it follows (samples, evaluation, generate,
+    # export): this step's when it trains the flow, else the checkpoint's (fluxflow.checkpoints.step_state).
+    flow_shift: float = 1.0
 
 
 @dataclass(frozen=True)

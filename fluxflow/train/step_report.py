@@ -120,7 +120,7 @@ class StepReport:
                                   models=trainer.sampling_models(), holdout=self.data.holdout_images,
                                   captions=list(self.config.output.sample_captions),
                                   latent_norm=trainer.ctx.latent_norm, config=self.config,
-                                  seed=step.seed, spade=trainer.ctx.spade):
+                                  seed=step.seed, spade=trainer.ctx.spade, shift=trainer.ctx.flow_shift):
             self.tracker.log_image(path)
 
     def evaluate(self) -> dict[str, float]:
@@ -130,7 +130,7 @@ class StepReport:
         trainer = self.trainer
         found = evaluate_step(self.step, trainer.sampling_models(), self.data.holdout_set, self.data.train_set,
                               self.config, trainer.ctx.latent_norm, self.device, eval_cache_dir(self.output),
-                              spade=trainer.ctx.spade)
+                              spade=trainer.ctx.spade, shift=trainer.ctx.flow_shift)
         found = {f"eval_{k}": v for k, v in found.items()}
         epochs = self.position.epoch
         if found:

@@ -329,6 +329,7 @@ class StepRun:
             "ema": {n: e.state_dict() for n, e in t.emas.items()},
             "latent_norm": {k: v.cpu() for k, v in latent_norm.items()} if latent_norm else None,
             "expander_spade": t.ctx.spade,  # how every later decode runs the expander (config/modes.expander_spade)
+            "flow_shift": t.ctx.flow_shift,  # the timestep shift the flow trained with: every sampler follows it
             "model_config": self.config.model.model_dump(mode="json"),
             # The step's image size: generation from this checkpoint defaults to it (fluxflow/sampling/generate.py).
             "data": {**self.config.data.model_dump(mode="json"), "img_size": step.img_size},

@@ -28,7 +28,7 @@ from fluxflow.train.lr_schedule import LrSchedule, build_schedulers
 from fluxflow.train.optim import build_optimizers
 from fluxflow.train.speed import runnable_models
 from fluxflow.train.step_models import ema_components, prepare_emas, prepare_models, sampling_models
-from fluxflow.checkpoints.step_state import saved_expander_spade
+from fluxflow.checkpoints.step_state import saved_expander_spade, saved_flow_shift
 
 log = logging.getLogger("fluxflow.train.step_run")  # the step runner's logger: its warnings reach the same handlers
 
@@ -151,13 +151,15 @@ def build_trainer(config, step, state: dict | None, device: torch.device, *, max
     # encoder a flow step trains on, keys its text cache on and samples with is one network (the latent side does the
     # same with the EMA compressor, `latent_encoder`).
     runnable.update({name: emas[name].shadow for name in set(emas) - trained})
+    objective = flow_objective(step, step.img_size)
     ctx = StepContext(step=step, models=runnable, optimizers=optimizers, trained=trained, device=device,
                       amp_dtype=autocast_dtype(device, step.precision),
                       generator=torch.Generator(device=device), lpips=lpips,
                       latent_encoder=sampling_models(models, emas).get("compressor"),
                       synced_groups=synced_groups(runnable),
                       spade=expander_spade(step, saved_expander_spade(state)),
-                      flow_objective=flow_objective(step, step.img_size))
+                      flow_objective=objective,
+                      flow_shift=objective.shift if has_flow_mode(step) else saved_flow_shift(state))
     return Trainer(step=step, models=models, emas=emas,
                    ema_active=sorted(ema_components(step, trained)), optimizers=optimizers, schedulers=schedulers,
                    ctx=ctx)

@@ -19,12 +19,13 @@ from prefect.utilities.urls import url_for
 from flows import artifacts
 from flows.credentials import mlflow_refusal
 from flows.exit_codes import EXIT_OK, EXIT_STEP_FAILED
-from flows.fault_policy import failure_exit_code
+from flows.fault_policy import failure_exit_code, state_exception
 from flows.mlflow_runs import find_runs, output_dir_of, pipeline_run_tags, resolve_tracking_uri
 from flows.pipeline_flow import pipeline_flow
 from flows.prefect_server import ServerNotReady, api_url_for_run, kept_server_of
 from flows.promotion import release_lines
 from flows.tracking_queue import TRACKING
+from fluxflow.checkpoints.lock import RunLockedError
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.config import PipelineConfig
 from fluxflow.config.run_config import run_dict
@@ -98,6 +99,10 @@ def run_pipeline_flow(config: PipelineConfig, overrides: list[str] | None = None
                 where = f", on {outcome.placement()}" if outcome.placement() else ""
                 print(f"  {result.step_name}: {result.outcome}{trained}, {result.epochs_done} epochs, "
                       f"{outcome.ref.uri}{where}")
+        elif isinstance(state_exception(state), RunLockedError):
+            # Another run took the directory in the seconds between this one's early check and its flow's start:
+            # nothing of this run exists to look at, and the lines of "where to look" would show the other's.
+            return failure_exit_code(state)
         else:
             print(f"Pipeline {state.name.lower()}: {state.message}")
     print_where_to_look(config, state.state_details.flow_run_id, api_url)

@@ -351,9 +351,12 @@ def test_a_second_run_on_a_busy_output_directory_fails_at_once(tmp_path, mlflow_
     with RunLock(raw["output"]["output_path"]):  # 2: for the user to settle (as fluxflow-train's own check says)
         assert run_pipeline_flow(resolve_run_config(raw).config) == 2
     printed = capsys.readouterr()
-    assert "is in use by another run" in printed.out
-    assert printed.err.rstrip().splitlines()[-1].startswith("❌ ")  # fluxflow-train's line: the cause alone
+    last = printed.err.rstrip().splitlines()[-1]
+    assert last.startswith("❌ ") and "is in use by another run" in last  # fluxflow-train's line: the cause alone
     assert "Traceback" not in printed.err
+    # Two runs started in the same seconds: the loser printed "Pipeline failed: ...", then where to look, at the
+    # other run's samples and checkpoints
+    assert "Pipeline failed" not in printed.out and "Checkpoints:" not in printed.out
     assert not (Path(raw["output"]["output_path"]) / "checkpoints").exists()
 
 

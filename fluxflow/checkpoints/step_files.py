@@ -175,6 +175,21 @@ class StepFiles:
         ref = replace(CheckpointRef.from_dict(recorded["ref"]), uri=self.final_uri())
         return ref, StepResult.from_dict(recorded["result"])
 
+    def completed_here_or_set_aside(self) -> tuple[CheckpointRef, StepResult] | None:
+        """`completed()`, or what it will be once `reuse_set_aside` has moved this key's finished files back from
+        `superseded/` (a config changed and changed back): for the "Skipping steps" line, said before anything
+        moves, which left such steps out and then skipped them."""
+        done = self.completed()
+        kept = None if done is not None or self.remote is not None else self._reusable_set_aside()
+        if kept is None or not (kept / self.final.name).exists():
+            return done
+        try:
+            recorded = json.loads((kept / self.ref_json.name).read_text())
+        except (OSError, ValueError):
+            return None
+        return (replace(CheckpointRef.from_dict(recorded["ref"]), uri=self.final_uri()),
+                StepResult.from_dict(recorded["result"]))
+
     def _same_config(self, recorded: dict) -> bool:
         """Whether ref.json's files are of this key, or of one that differs only in values that change no weight
         (`workers`; such files record their weights_key)."""

@@ -32,7 +32,7 @@ def completed_steps(config) -> list[str]:
             continue
         files = plan_step(config, step.name, refs.get(step.parent))
         files.pull_ref()  # an output on an object store: its ref.json, which says whether the step is complete
-        done = files.completed()
+        done = files.completed_here_or_set_aside()
         if done is not None:
             refs[step.name] = done[0]
     return list(refs)

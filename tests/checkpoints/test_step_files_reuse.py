@@ -333,3 +333,20 @@ def test_accepting_a_missed_threshold_reuses_the_step(tmp_path):
     files.ref_json.write_text(json.dumps(dict(payload, weights_key=files.weights_key)))
     accepting = tiny_config(out, [dict(VAE_STEP), dict(gan, on_missed="continue")])
     assert plan_step(accepting, "gan").key != files.key and plan_step(accepting, "gan").completed() is not None
+
+
+def test_the_skipping_line_lists_the_steps_whose_files_come_back_from_superseded(tmp_path):
+    """A config changed and changed back: "Skipping steps: warm", then "Reusing step gan ... moved back" and
+    "Skipping step gan" too."""
+    from fluxflow.train.pipeline import completed_steps
+
+    config = _two_steps(tmp_path / "out")
+    warm, gan = plan_step(config, "warm"), plan_step(config, "gan")
+    _finished_as(warm, warm.key)  # its ref.json records sha256 "0" * 64
+    _finished_from(gan, "0" * 64)
+    kept = gan.dir / "superseded" / gan.key
+    kept.mkdir(parents=True)
+    for path in (gan.final, gan.ref_json):
+        path.rename(kept / path.name)  # set aside by a run of another config, in place: nothing (or other files)
+    assert completed_steps(config) == ["warm", "gan"]
+    assert gan.reuse_set_aside() and gan.completed() is not None  # what the run then does

@@ -164,8 +164,11 @@ def promote(config, client: MlflowClient, versions: list[str]) -> list[Decision]
     take the alias, and only when the hypothesis beats the champion beyond its replicate spread."""
     name, alias = config.tracking.model_name, config.promotion.alias
     metrics, decisions = _evaluator(config, client), []
-    versions = undecided(client, name, versions)
-    steps = {v: client.get_model_version(name, v).tags.get(TAG_STEP_NAME, "") for v in versions}
+    tags = {v: client.get_model_version(name, v).tags for v in versions}
+    # Decided once: a run of a finished pipeline registers the same versions again (the registration finds them),
+    # and deciding again overwrote their decision ("not promoted (already the champion)" on the promoted one).
+    versions = [v for v in versions if TAG_PROMOTION + "decision" not in tags[v]]
+    steps = {v: tags[v].get(TAG_STEP_NAME, "") for v in versions}
     replicates = _replicates_of(config, steps)
     seed_of = {step.name: step.seed for step in config.resolved_steps()}  # pairs replicates by seed
     for version in versions:
@@ -210,13 +213,6 @@ def promote(config, client: MlflowClient, versions: list[str]) -> list[Decision]
     return decisions
 
 
-def undecided(client: MlflowClient, name: str, versions: list[str]) -> list[str]:
-    """The versions no earlier run has decided: a run of a finished pipeline registers the same versions again (the
-    registration finds them), and deciding again overwrote their decision ("not promoted (already the champion)" on
-    the version that had been promoted)."""
-    return [v for v in versions if TAG_PROMOTION + "decision" not in client.get_model_version(name, v).tags]
-
-
 def _replicates_of(config, steps: dict[str, str]) -> dict[str, list[str]]:
     """Each version -> the versions (itself included) whose steps replicate the same hypothesis
     (fluxflow/config/steps.py); a step the config no longer has is a hypothesis of its own."""
@@ -242,10 +238,10 @@ def promote_task(resolved: dict, versions: list[str], tracking: dict, model_name
     """Evaluate, decide, move the alias, tag and publish; returns each decision as a dict."""
     config, target = run_config_of(resolved), TrackingTarget(**tracking)
     client = MlflowClient(target.tracking_uri)
-    for version in sorted(set(versions) - set(undecided(client, model_name, versions)), key=int):
+    decisions = promote(config, client, versions)
+    for version in sorted(set(versions) - {d.version for d in decisions}, key=int):  # decided by an earlier run
         get_run_logger().info("%s version %s: decided by an earlier run (%s), not again", model_name, version,
                               client.get_model_version(model_name, version).tags[TAG_PROMOTION + "decision"])
-    decisions = promote(config, client, versions)
     for decision in decisions:
         tag_versions(client, decision)
         get_run_logger().info(decision.summary())

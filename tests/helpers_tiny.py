@@ -5,6 +5,7 @@ that train in milliseconds on a CPU: 16x16 images, a VAE of width 8, a flow tran
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from typing import Any
@@ -21,17 +22,28 @@ TINY_MODEL: dict[str, Any] = yaml.safe_load(
 VAE_STEP: dict[str, Any] = {"name": "warm", "n_epochs": 1, "max_steps": 2, "train_vae": True}
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Run torch on one intra-op thread for the test, then restore the setting.
+@contextlib.contextmanager
+def one_thread():
+    """Torch on one intra-op thread inside the block, the setting restored after it (a module-scoped fixture's
+    pipeline run; a test's: `one_torch_thread`).
 
     Measured on the 2-core CI machine while other processes compete for it: a tiny VAE step took ~25 ms on one
-    thread and ~600 ms on two (OpenMP threads spin-waiting for a core). Import this into a test module and use it.
+    thread and ~600 ms on two (OpenMP threads spin-waiting for a core).
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run torch on one intra-op thread for the test, then restore the setting (`one_thread`). Import this into a
+    test module and use it."""
+    with one_thread():
+        yield
 
 
 def tiny_raw(output: str | Path, steps: list[dict[str, Any]] | None = None, *, dataset_size: int = 32,

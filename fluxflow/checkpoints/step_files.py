@@ -168,12 +168,16 @@ class StepFiles:
             return None
         if not (self.final.exists() or self._final_on_store(recorded["ref"]["sha256"])):
             return None
-        if self._other_input(recorded):
+        if self._other_input(recorded.get("input_sha256")):
             return None
-        # Where final.pt is now, not where the run that wrote it saw it: that path may be relative to another working
-        # directory, or to a folder since moved, and the next step opens it (its sha256 still vouches for it).
-        ref = replace(CheckpointRef.from_dict(recorded["ref"]), uri=self.final_uri())
-        return ref, StepResult.from_dict(recorded["result"])
+        return self._finished(recorded)
+
+    def _finished(self, recorded: dict) -> tuple[CheckpointRef, StepResult]:
+        """(ref, result) of a ref.json's finished step, its ref at final.pt where it is now, not where the run that
+        wrote it saw it: that path may be relative to another working directory, or to a folder since moved, and the
+        next step opens it (its sha256 still vouches for it)."""
+        return (replace(CheckpointRef.from_dict(recorded["ref"]), uri=self.final_uri()),
+                StepResult.from_dict(recorded["result"]))
 
     def completed_here_or_set_aside(self) -> tuple[CheckpointRef, StepResult] | None:
         """`completed()`, or what it will be once `reuse_set_aside` has moved this key's finished files back from
@@ -184,11 +188,9 @@ class StepFiles:
         if kept is None or not (kept / self.final.name).exists():
             return done
         try:
-            recorded = json.loads((kept / self.ref_json.name).read_text())
+            return self._finished(json.loads((kept / self.ref_json.name).read_text()))
         except (OSError, ValueError):
             return None
-        return (replace(CheckpointRef.from_dict(recorded["ref"]), uri=self.final_uri()),
-                StepResult.from_dict(recorded["result"]))
 
     def _same_config(self, recorded: dict) -> bool:
         """Whether ref.json's files are of this key, or of one that differs only in values that change no weight
@@ -196,9 +198,9 @@ class StepFiles:
         return recorded["ref"]["step_key"] == self.key or (
             self.weights_key is not None and recorded.get("weights_key") == self.weights_key)
 
-    def _other_input(self, recorded: dict) -> bool:
-        """Whether these files were trained from another checkpoint than the one the step starts from now."""
-        trained_from = recorded.get("input_sha256")
+    def _other_input(self, trained_from: str | None) -> bool:
+        """Whether files trained from the checkpoint of sha256 `trained_from` (their ref.json's or latest.pt's
+        `input_sha256`) were trained from another one than the step starts from now."""
         return None not in (trained_from, self.input_sha256) and trained_from != self.input_sha256
 
     def set_aside_stale(self) -> None:
@@ -220,13 +222,13 @@ class StepFiles:
         old_key, old_config, old_inputs = None, None, (recorded or {}).get("key_inputs")
         if recorded is not None and not self._same_config(recorded):
             old_key, old_config = recorded["ref"]["step_key"], recorded.get("step_config")
-        elif recorded is not None and self._other_input(recorded):
+        elif recorded is not None and self._other_input(recorded.get("input_sha256")):
             return self._move_aside(self.key, self._input_replaced(recorded["input_sha256"]))
         elif not self.final.exists():
             meta = _metadata(self.latest) or _metadata(self.previous)
             if meta is not None and meta.step_key != self.key:
                 old_key, old_config, old_inputs = meta.step_key, meta.step_config, meta.key_inputs
-            elif meta is not None and self._other_input({"input_sha256": meta.input_sha256}):
+            elif meta is not None and self._other_input(meta.input_sha256):
                 # its latest.pt resumed from weights the step no longer starts from, and its ref.json then
                 # recorded the new input: the step kept them for good
                 return self._move_aside(self.key, self._input_replaced(meta.input_sha256))
@@ -317,7 +319,7 @@ class StepFiles:
                 recorded = json.loads((kept / self.ref_json.name).read_text())
             except (OSError, ValueError):
                 recorded = None
-            if recorded is not None and self._other_input(recorded):
+            if recorded is not None and self._other_input(recorded.get("input_sha256")):
                 continue  # trained from another file than the step's input now: not this step's result
             found.append(kept)
         finished = [k for k in found if (k / self.final.name).exists() and (k / self.ref_json.name).exists()]

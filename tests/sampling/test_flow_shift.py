@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_tiny import VAE_STEP, tiny_config
+from helpers_tiny import VAE_STEP, one_thread, tiny_config
 
 from fluxflow.checkpoints.io import load_checkpoint
 from fluxflow.sampling import text_to_image as t2i
@@ -19,14 +19,10 @@ AFTER = {"name": "vae_after", "n_epochs": 1, "max_steps": 2, "train_vae": True}
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         out = tmp_path_factory.mktemp("shift") / "out"
         run_pipeline(tiny_config(out, [dict(VAE_STEP), FLOW, AFTER], no_samples=True))
-        return out / "checkpoints"
-    finally:
-        torch.set_num_threads(previous)
+    return out / "checkpoints"
 
 
 def test_the_checkpoint_records_the_flows_shift_and_later_steps_keep_it(trained):

@@ -20,7 +20,7 @@ from pathlib import Path
 import fsspec
 import pytest
 import torch
-from helpers_tiny import load_weights, one_torch_thread, tiny_config, tiny_raw
+from helpers_tiny import load_weights, one_thread, one_torch_thread, tiny_config, tiny_raw
 from test_runner_resume import assert_same_tensors, run_captured
 
 from flows import cli_generate
@@ -69,14 +69,10 @@ def raw(out: str) -> dict:
 def uninterrupted(tmp_path_factory):
     """The outcomes of the same pipeline run once, uninterrupted, in a local directory."""
     out = tmp_path_factory.mktemp("uninterrupted") / "out"
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
     torch.manual_seed(PROCESS_SEED)
-    try:
+    with one_thread():
         return run_pipeline(tiny_config(out, STEPS, dataset_size=24, log_interval=1, checkpoint_save_interval=2,
                                         no_samples=True))
-    finally:
-        torch.set_num_threads(previous)
 
 
 def records(lines: str) -> list:

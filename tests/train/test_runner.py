@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_tiny import load_weights, one_torch_thread, tiny_config
+from helpers_tiny import load_weights, one_thread, one_torch_thread, tiny_config
 
 from fluxflow.checkpoints.io import CheckpointError
 from fluxflow.train.pipeline import run_pipeline
@@ -71,14 +71,10 @@ def evaluation_lines(records: list[dict]) -> list[dict]:
 @pytest.fixture(scope="module")
 def two_step(tmp_path_factory):
     """One completed 2-step pipeline shared by the read-only tests below: (config, outcomes, stdout, output dir)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         out = tmp_path_factory.mktemp("two_step") / "out"
         config = two_step_config(out)
         outcomes, printed = run_captured(config)
-    finally:
-        torch.set_num_threads(threads)
     return config, outcomes, printed, out
 
 

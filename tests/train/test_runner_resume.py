@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_tiny import load_weights, one_torch_thread, tiny_config, tiny_raw
+from helpers_tiny import load_weights, one_thread, one_torch_thread, tiny_config, tiny_raw
 
 from fluxflow.checkpoints.io import CheckpointError, sha256_file
 from fluxflow.checkpoints.latest import load_latest, previous_of
@@ -164,13 +164,9 @@ def records(out: Path, step: str = "gan") -> list:
 def uninterrupted(tmp_path_factory) -> tuple[list, Path]:
     """(outcomes, output directory) of the pipeline run once without interruption: what every fault must end in."""
     out = tmp_path_factory.mktemp("uninterrupted") / "out"
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
     torch.manual_seed(PROCESS_SEED)
-    try:
+    with one_thread():
         outcomes = run_pipeline(tiny_config(out, STEPS, log_interval=1, checkpoint_save_interval=2, no_samples=True))
-    finally:
-        torch.set_num_threads(previous)
     return outcomes, out
 
 

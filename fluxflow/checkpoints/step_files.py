@@ -72,11 +72,13 @@ def key_of(inputs: dict) -> str:
 # any number of them (fluxflow/data: the sampler; webdataset_source.py for streams); a step's position in the file is
 # a label (the plan's "Step N", its samples' names), so moving a step, or adding one before it, trains nothing again;
 # `on_missed` says what follows a missed threshold, read from the config in force when the step's outcome is known
-# (fluxflow/train/pipeline_schedule.py), so accepting a miss (fail -> continue) runs the children, not the step again.
+# (fluxflow/train/pipeline_schedule.py), so accepting a miss (fail -> continue) runs the children, not the step again;
+# `n_epochs` acts only through the resolved `transition_on.max_epochs` (n_epochs, or a loss_threshold transition's own
+# bound), which stays, so a change of it for other steps retrains no step with its own max_epochs.
 # They stay in the key (keys of finished steps must not change), and a finished step whose key differs only in them
 # is reused (`weights_keys`; files written before a field joined this list recorded a weights_key with it, and are
 # reused when their key is the same).
-WEIGHT_NEUTRAL_FIELDS = ("workers", "index", "on_missed")
+WEIGHT_NEUTRAL_FIELDS = ("workers", "index", "on_missed", "n_epochs")
 
 
 def weights_keys(parts: dict[str, dict], unused: dict[str, set[str]] | None = None) -> dict[str, str]:

@@ -109,6 +109,8 @@ def unused_fields(step: Any) -> dict[str, str]:
         mark(["min_snr_gamma"], "loss_weighting is not min_snr")
     if step.transition_on.mode != "loss_threshold":
         mark(["on_missed"], "it applies to a loss_threshold transition; this step runs its n_epochs")
+    elif step.transition_on.max_epochs != step.n_epochs:  # its own bound: n_epochs is only max_epochs' default
+        mark(["n_epochs"], "its loss_threshold transition ends it by transition_on.max_epochs")
     vae = {"compressor", "expander"} if touches_vae(step) else set()
     if not trained_components(step) & (vae | {"flow_processor", "text_encoder"}):
         mark(["ema_decay"], "the step keeps no EMA (it trains no compressor, expander, flow model or text encoder)")

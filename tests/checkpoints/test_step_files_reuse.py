@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 
-from helpers_tiny import VAE_STEP, tiny_config
+from helpers_tiny import VAE_STEP, tiny_config, tiny_raw
 
 from fluxflow.checkpoints.step_files import plan_step
+from fluxflow.config import load_config
 
 
 def _finished(directory, key: str, body: bytes, uri: str = "elsewhere/final.pt") -> None:
@@ -350,3 +351,32 @@ def test_the_skipping_line_lists_the_steps_whose_files_come_back_from_superseded
         path.rename(kept / path.name)  # set aside by a run of another config, in place: nothing (or other files)
     assert completed_steps(config) == ["warm", "gan"]
     assert gan.reuse_set_aside() and gan.completed() is not None  # what the run then does
+
+
+def test_n_epochs_changed_for_other_steps_retrains_no_loss_threshold_step_with_its_own_max_epochs(tmp_path):
+    # `training.n_epochs: 2 -> 3` for the epoch steps: the threshold step ends by its own max_epochs and trains the same
+    # weights, yet it and every step after it trained again ("its configuration changed (n_epochs: 2 -> 3)").
+    out = tmp_path / "out"
+    watched = dict(VAE_STEP, transition_on={"mode": "loss_threshold", "metric": "vae_loss", "threshold": 0.1,
+                                            "max_epochs": 2})
+    gan = {"name": "gan", "max_steps": 2, "train_vae": True, "gan_training": True}
+
+    def config(n_epochs: int, max_epochs: int = 2):
+        step = dict(watched, transition_on=dict(watched["transition_on"], max_epochs=max_epochs))
+        step.pop("n_epochs")
+        raw = tiny_raw(out, [step, gan])
+        raw["training"]["n_epochs"] = n_epochs
+        return load_config(raw).config
+
+    before = config(n_epochs=2)
+    for name in ("warm", "gan"):
+        files = plan_step(before, name)
+        _finished_as(files, files.key)
+        payload = json.loads(files.ref_json.read_text())
+        files.ref_json.write_text(json.dumps(dict(payload, weights_key=files.weights_key)))
+
+    more = config(n_epochs=3)
+    assert plan_step(more, "warm").step.n_epochs == 3 and plan_step(more, "warm").key != plan_step(before, "warm").key
+    assert plan_step(more, "warm").completed() is not None
+    assert plan_step(more, "gan").completed() is None  # an epoch step: 3 epochs now
+    assert plan_step(config(n_epochs=2, max_epochs=3), "warm").completed() is None  # its own bound changed

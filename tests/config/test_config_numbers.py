@@ -186,3 +186,12 @@ def test_loss_and_ema_fields_a_step_never_reads_are_said_and_the_defaults_ones_a
         "gradient at the trained expander: it needs train_vae and the expander not frozen",
         "training.pipeline.steps[2].kl_beta: has no effect: the step trains no VAE (train_vae, gan_training)",
         "training.pipeline.steps[2].min_snr_gamma: has no effect: loss_weighting is not min_snr"]
+
+
+def test_n_epochs_on_a_loss_threshold_step_with_its_own_max_epochs_is_said_to_have_no_effect(tmp_path):
+    watched = {"mode": "loss_threshold", "metric": "vae_loss", "threshold": 0.1}
+    bounded = dict(VAE_STEP, n_epochs=5, transition_on=dict(watched, max_epochs=2))
+    defaulted = dict(VAE_STEP, name="second", n_epochs=5, transition_on=watched)  # n_epochs is its max_epochs
+    assert load_config(tiny_raw(tmp_path, [bounded, defaulted])).warnings == [
+        "training.pipeline.steps[0].n_epochs: has no effect: its loss_threshold transition ends it by "
+        "transition_on.max_epochs"]

@@ -34,8 +34,7 @@ def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
     if prompts_file:
         from fluxflow.config.file_checks import not_a_regular_file, text_lines
 
-        odd = not_a_regular_file(prompts_file)  # a FIFO would never end
-        if odd:
+        if odd := not_a_regular_file(prompts_file):  # a FIFO would never end
             raise OSError(odd)
         # read as a captions file is (UTF-8 or UTF-16 with a byte-order mark, Latin-1 lines, any line end)
         lines = [line for line, _ in text_lines(Path(prompts_file).read_bytes())]

@@ -161,11 +161,6 @@ def _test(a: list[float], b: list[float], metric: str, names: tuple[str, str], t
     return d
 
 
-def welch(a: list[float], b: list[float], metric: str = "", names: tuple[str, str] = ("A", "B")) -> Difference:
-    """mean(b) − mean(a) with Welch's interval and test; no interval when either side has one replicate."""
-    return _test(a, b, metric, names, WELCH)
-
-
 def by_seed(values: list[float], seeds: list | None) -> dict | None:
     """Seed -> value, or None when a seed is unknown or repeated (no pairing can be made)."""
     if seeds is None or None in seeds or len(set(seeds)) != len(seeds) or len(seeds) != len(values):
@@ -181,7 +176,7 @@ def difference(a: list[float], b: list[float], metric: str = "", names: tuple[st
     if pa is not None and pb is not None and set(pa) == set(pb):
         order = sorted(pa)
         return _test([pa[k] for k in order], [pb[k] for k in order], metric, names, PAIRED)
-    return welch(a, b, metric, names)
+    return _test(a, b, metric, names, WELCH)
 
 
 def versus_value(values: list[float], value: float, metric: str = "", names: tuple[str, str] = ("A", "B"),

@@ -191,8 +191,7 @@ def load_checkpoint(
     """
     if _local_path(path) is None:  # a remote file: a local copy, verified (its sha256 is checked there)
         path, expected_sha256 = _fetched(str(path), expected_sha256), None
-    odd = not_a_regular_file(_local_path(path))  # a FIFO or /dev/zero: reading it would never end
-    if odd:
+    if odd := not_a_regular_file(_local_path(path)):  # a FIFO or /dev/zero: reading it would never end
         raise CheckpointError(f"checkpoint {odd}")
     if expected_sha256 is not None:
         try:

@@ -65,8 +65,7 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping
 
 def read_yaml(path: Path) -> Any:
     """The parsed file; ConfigError for a missing/unreadable file, one that is not a regular file, or broken YAML."""
-    odd = not_a_regular_file(path)
-    if odd:
+    if odd := not_a_regular_file(path):
         raise ConfigError([ConfigIssue("(file)", odd)], str(path))
     try:
         text = path.read_text(encoding="utf-8")

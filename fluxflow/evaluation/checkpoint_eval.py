@@ -16,7 +16,7 @@ import torch
 
 from fluxflow.data import build_dataset
 from fluxflow.evaluation.diversity import real_sets
-from fluxflow.evaluation.evaluate import EVAL_GUIDANCE, EVAL_SAMPLER_STEPS, MAX_EVAL_IMAGES, flow_metrics, unseen_items
+from fluxflow.evaluation.evaluate import EVAL_SAMPLER_STEPS, MAX_EVAL_IMAGES, flow_metrics, unseen_items
 from fluxflow.evaluation.frechet import feature_net_for, first_items
 from fluxflow.output_layout import eval_cache_dir
 from fluxflow.runtime.device import resolve_device
@@ -27,13 +27,12 @@ from fluxflow.storage.location import output_root
 
 def evaluate_checkpoint(checkpoint: str | Path, config, dataset: str, *, seeds: list[int] = (0,),
                         n_images: int = MAX_EVAL_IMAGES, sampler_steps: int = EVAL_SAMPLER_STEPS,
-                        device: str | None = None, cache_dir: str | Path | None = None,
-                        guidance: float = EVAL_GUIDANCE, size: int | None = None) -> dict[str, float]:
+                        size: int | None = None) -> dict[str, float]:
     """`eval_*` metrics of `checkpoint` on the first `n_images` of the held-out split of `config`'s `dataset`, each
     the mean over `seeds`, its images made at `size` (None: the size its step trained at, recorded in the
-    checkpoint; two checkpoints compared are measured at one size). `cache_dir` holds the fd_ours feature network
-    (default: the pipeline's eval_cache/, where the flow step's own evaluation already trained it)."""
-    target = resolve_device(device or config.training.device)
+    checkpoint; two checkpoints compared are measured at one size), on the config's device. The fd_ours feature
+    network is the pipeline's eval_cache/ one, which the flow step's own evaluation already trained."""
+    target = resolve_device(config.training.device)
     model = load_text_to_image(checkpoint, config.model, config.data.img_size, str(target))
     cfg = model.model_config
     size = size or model.img_size
@@ -49,7 +48,7 @@ def evaluate_checkpoint(checkpoint: str | Path, config, dataset: str, *, seeds: 
     images = images.to(target)
     unseen = unseen_items(ds_cfg, size, channels, n_images, target)
     real = real_sets(holdout_set, captions, images)
-    cache = Path(cache_dir) if cache_dir else eval_cache_dir(output_root(config))
+    cache = eval_cache_dir(output_root(config))
     net = (feature_net_for(build_dataset(ds_cfg, size, channels, "train"), ds_cfg, size, channels, cache)
            if images.shape[0] >= 2 else None)
     totals: dict[str, float] = {}
@@ -58,8 +57,7 @@ def evaluate_checkpoint(checkpoint: str | Path, config, dataset: str, *, seeds: 
                       shift=model.flow_shift)
         with GLOBAL_RNG, torch.random.fork_rng(devices=[target] if target.type == "cuda" else []), torch.no_grad():
             found = flow_metrics(model.models, images, captions, model.latent_norm, sample, net,
-                                 shapes=ds_cfg.type == "shapes", unseen=unseen, real=real,
-                                 guidance=guidance)
+                                 shapes=ds_cfg.type == "shapes", unseen=unseen, real=real)
         for key, value in found.items():
             totals[key] = totals.get(key, 0.0) + value
     return {f"eval_{key}": value / len(seeds) for key, value in totals.items()}

@@ -99,14 +99,13 @@ def unseen_items(ds_cfg, img_size: int, channels: int, n: int,
 def flow_metrics(models: dict[str, nn.Module], images: torch.Tensor, captions: list[str],
                  latent_norm: dict[str, torch.Tensor], sample: dict, net=None, *, shapes: bool,
                  unseen: tuple[torch.Tensor, list[str]] | None = None,
-                 real: tuple[list[str], list[torch.Tensor] | None] | None = None,
-                 guidance: float = EVAL_GUIDANCE) -> dict[str, float]:
+                 real: tuple[list[str], list[torch.Tensor] | None] | None = None) -> dict[str, float]:
     """The text-to-image metrics of `models` on real `images` and their `captions`: images generated with `sample`
-    (latent_size, steps, seed, spade of adherence.generate) with `guidance` and 1.0, scored by the feature
+    (latent_size, steps, seed, spade, shift of adherence.generate) with EVAL_GUIDANCE and 1.0, scored by the feature
     network `net` (fd_ours; none: skipped) and, on `shapes`, by the analyser. `unseen`: real images and captions of
     the held-out compositions, scored the same way under `*_unseen*` names; `real`: diversity.real_sets's prompts and
     real images (None: no diversity figure)."""
-    with_cfg = generate(models, captions, latent_norm, guidance=guidance, **sample)
+    with_cfg = generate(models, captions, latent_norm, guidance=EVAL_GUIDANCE, **sample)
     without_cfg = generate(models, captions, latent_norm, guidance=1.0, **sample)
     metrics: dict[str, float] = {}
     if shapes:
@@ -116,18 +115,18 @@ def flow_metrics(models: dict[str, nn.Module], images: torch.Tensor, captions: l
         metrics["fd_ours_cfg"] = fd_ours(net, images, with_cfg)
         metrics["fd_ours_nocfg"] = fd_ours(net, images, without_cfg)
     if unseen is not None:
-        metrics.update(_unseen_metrics(models, *unseen, latent_norm, sample, net, shapes, guidance))
+        metrics.update(_unseen_metrics(models, *unseen, latent_norm, sample, net, shapes))
     if real is not None:
         prompts, real_images = real
         metrics.update(prompt_diversity(  # prompt_diversity picks the sampler seed
-            lambda texts, seed: generate(models, texts, latent_norm, guidance=guidance, **{**sample, "seed": seed}),
+            lambda texts, seed: generate(models, texts, latent_norm, guidance=EVAL_GUIDANCE, **sample | {"seed": seed}),
             prompts, real_images))
     return metrics
 
 
-def _unseen_metrics(models, images, captions, latent_norm, sample, net, shapes, guidance) -> dict[str, float]:
+def _unseen_metrics(models, images, captions, latent_norm, sample, net, shapes) -> dict[str, float]:
     """Adherence on the held-out compositions (`shapes`), or the Fréchet distance on them (any other data)."""
-    drawn = generate(models, captions, latent_norm, guidance=guidance, **sample)
+    drawn = generate(models, captions, latent_norm, guidance=EVAL_GUIDANCE, **sample)
     if shapes:
         found = {key.replace("adherence_", "adherence_unseen_"): v for key, v in adherence_of(drawn, captions).items()}
         found["analyser_accuracy_unseen"] = analyser_ceiling(images.cpu(), captions)

@@ -39,9 +39,7 @@ import torch
 
 from fluxflow.checkpoints.io import atomic_write
 from fluxflow.config.file_checks import inspect_pretrained, not_a_regular_file, pretrained_text_path
-from fluxflow.runtime.device import DeviceUnavailable
-from fluxflow.sampling.generate import (GENERATION_COMPONENTS, GenerationError, TextToImageModel,
-                                        build_text_to_image, weights_mismatch)
+from fluxflow.sampling.generate import GENERATION_COMPONENTS, GenerationError, TextToImageModel, build_text_to_image
 
 FORMAT, FORMAT_VERSION = "fluxflow-text-to-image", 1
 CONFIG_FILE, WEIGHTS_FILE, TEXT_ENCODER_DIR = "config.json", "model.safetensors", "text_encoder"
@@ -105,8 +103,7 @@ def read_export_config(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / CONFIG_FILE
     if Path(folder).exists() and not Path(folder).is_dir():  # a checkpoint given as --weights
         raise GenerationError(f"{folder} is a file, not a folder written by fluxflow-export")
-    odd = not_a_regular_file(path)  # a FIFO would never end
-    if odd:
+    if odd := not_a_regular_file(path):  # a FIFO would never end
         raise GenerationError(odd)
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
@@ -151,8 +148,7 @@ def load_exported(folder: str | Path, device: str | None = None) -> TextToImageM
                               "fluxflow-export)") from None
     except (TypeError, ValueError, ValidationError) as exc:
         raise GenerationError(f"{folder / CONFIG_FILE} is incomplete or invalid: {exc}") from None
-    odd = not_a_regular_file(weights_file)
-    if odd:
+    if odd := not_a_regular_file(weights_file):
         raise GenerationError(odd)
     try:
         tensors = load_file(weights_file)
@@ -164,9 +160,5 @@ def load_exported(folder: str | Path, device: str | None = None) -> TextToImageM
         if component not in weights:
             raise GenerationError(f"{weights_file} holds {key!r}, not a weight of {', '.join(GENERATION_COMPONENTS)}")
         weights[component][name] = value
-    try:
-        return build_text_to_image(weights, latent_norm, model_config, img_size, channels, spade, device, flow_shift)
-    except DeviceUnavailable:  # a RuntimeError too, but the device asked for, not the weights
-        raise
-    except RuntimeError as exc:  # load_state_dict: missing or unexpected keys, wrong shapes
-        raise GenerationError(f"{weights_file} does not fit {folder / CONFIG_FILE}: {weights_mismatch(exc)}") from None
+    return build_text_to_image(weights, latent_norm, model_config, img_size, channels, spade, device, flow_shift,
+                               misfit=f"{weights_file} does not fit {folder / CONFIG_FILE}")

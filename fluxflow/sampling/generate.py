@@ -16,7 +16,7 @@ from torch import nn
 from fluxflow.checkpoints.io import CheckpointError, atomic_write, load_checkpoint
 from fluxflow.checkpoints.verify import damaged_entry
 from fluxflow.config.file_checks import UnusablePretrained
-from fluxflow.runtime.device import DeviceUnavailable, resolve_device
+from fluxflow.runtime.device import resolve_device
 from fluxflow.storage.location import local_path, remote_uri
 from fluxflow.models import build_component
 from fluxflow.sampling.sample_files import prompt_file_name, to_picture
@@ -46,11 +46,13 @@ class TextToImageModel:
 
 
 def build_text_to_image(weights: dict[str, dict[str, torch.Tensor]], latent_norm: dict[str, torch.Tensor],
-                        model_config: Any, img_size: int, channels: int, spade: bool,
-                        device: str | None = None, flow_shift: float = 1.0) -> TextToImageModel:
+                        model_config: Any, img_size: int, channels: int, spade: bool, device: str | None,
+                        flow_shift: float, misfit: str) -> TextToImageModel:
     """The generation components built from `model_config` with `weights` (a state dict per component) on `device`,
     in eval mode: the one assembly behind a checkpoint (`load_text_to_image`) and an export
-    (fluxflow/sampling/export.py)."""
+    (fluxflow/sampling/export.py). Weights of other sizes (wrong shapes, missing or unexpected keys) are a
+    GenerationError starting with `misfit` and load_state_dict's last line, the first shape that differs (the lines
+    before it list every missing and unexpected key)."""
     target = resolve_device(device)
     models = {}
     for name in GENERATION_COMPONENTS:
@@ -58,7 +60,10 @@ def build_text_to_image(weights: dict[str, dict[str, torch.Tensor]], latent_norm
             module = build_component(name, model_config, channels)
         except UnusablePretrained as exc:  # its directory is gone, or transformers is not installed
             raise GenerationError(f"cannot load the text encoder: {exc}") from None
-        module.load_state_dict(weights[name])
+        try:
+            module.load_state_dict(weights[name])
+        except RuntimeError as exc:
+            raise GenerationError(f"{misfit}: {str(exc).strip().splitlines()[-1].strip()}") from None
         models[name] = module.to(target).eval().requires_grad_(False)
     return TextToImageModel(models, {k: v.to(target) for k, v in latent_norm.items()}, model_config, img_size, spade,
                             channels, flow_shift)
@@ -94,20 +99,9 @@ def load_text_to_image(checkpoint: str | Path, model_config: Any = None, img_siz
     img_size = int(data.get("img_size") or img_size or 0)
     channels = int(data.get("channels") or 3)
     weights = {name: sampling_weights(state, name) for name in GENERATION_COMPONENTS}
-    try:
-        return build_text_to_image(weights, state["latent_norm"], model_config, img_size, channels,
-                                   saved_expander_spade(state), device, saved_flow_shift(state))
-    except DeviceUnavailable:  # a RuntimeError too, but the device asked for, not the weights
-        raise
-    except RuntimeError as exc:  # load_state_dict: wrong shapes, missing or unexpected keys (the sizes of --config)
-        raise GenerationError(f"checkpoint {checkpoint} does not fit the model sizes of the config: "
-                              f"{weights_mismatch(exc)}") from None
-
-
-def weights_mismatch(exc: RuntimeError) -> str:
-    """load_state_dict's error in one line: its last, the first shape that differs (the lines before list every
-    missing and unexpected key)."""
-    return str(exc).strip().splitlines()[-1].strip()
+    return build_text_to_image(weights, state["latent_norm"], model_config, img_size, channels,
+                               saved_expander_spade(state), device, saved_flow_shift(state),
+                               misfit=f"checkpoint {checkpoint} does not fit the model sizes of the config")
 
 
 def sampling_weights(state: dict[str, Any], name: str) -> dict[str, torch.Tensor]:

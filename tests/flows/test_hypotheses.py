@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from flows.hypotheses import (BEYOND, PAIRED, WELCH, WITHIN, _t_quantile, better_beyond, difference, holm, spread,
-                              summarize, versus_value, welch)
+                              summarize, versus_value)
 
 A = [2.31, 1.95, 2.02]
 B = [0.79, 1.17, 0.77]
@@ -24,7 +24,7 @@ def test_spread_is_the_mean_the_sample_std_and_the_student_t_interval():
 
 
 def test_welch_matches_scipy_and_calls_a_planted_difference_beyond_the_spread():
-    d = welch(A, B, "flow_loss", ("a", "b"))
+    d = difference(A, B, "flow_loss", ("a", "b"))
     ref = stats.ttest_ind(B, A, equal_var=False)
     interval = ref.confidence_interval(0.95)
     assert d.difference == pytest.approx(sum(B) / 3 - sum(A) / 3)
@@ -34,13 +34,13 @@ def test_welch_matches_scipy_and_calls_a_planted_difference_beyond_the_spread():
 
 
 def test_overlapping_replicates_are_within_the_spread():
-    d = welch(A, [2.30, 1.96, 2.01])
+    d = difference(A, [2.30, 1.96, 2.01])
     assert d.p_value > 0.5 and d.low < 0 < d.high and d.verdict == WITHIN
 
 
 def test_one_replicate_gives_no_interval_and_says_so():
     assert spread([1.5]).low is None and spread([1.5]).cell() == "1.5"
-    d = welch([1.5], A, "m", ("solo", "a"))
+    d = difference([1.5], A, "m", ("solo", "a"))
     assert (d.low, d.p_value) == (None, None)
     assert d.verdict == "no interval can be given: solo has one replicate"
     assert "solo: one replicate, so no interval can be given" in summarize(
@@ -64,7 +64,7 @@ def test_summary_has_every_hypothesis_metric_and_pair_and_is_json():
 def test_equal_means_are_a_difference_of_exactly_zero():
     # Measured: these means differ by 2.2e-16 when computed directly.
     assert sum([1.00, 0.93, 0.93]) / 3 - sum([0.95, 0.99, 0.92]) / 3 != 0
-    d = welch([0.95, 0.99, 0.92], [1.00, 0.93, 0.93])
+    d = difference([0.95, 0.99, 0.92], [1.00, 0.93, 0.93])
     assert d.difference == 0.0 and d.row()[2] == "+0" and d.verdict == WITHIN
 
 
@@ -72,7 +72,7 @@ def test_a_value_that_is_not_a_number_gives_no_verdict_and_null_in_the_json():
     """A diverged replicate (final metric NaN) made every difference NaN, its p NaN, and the verdict "within the
     spread"; the JSON held a bare NaN, which strict readers (jq, JSON.parse) refuse."""
     nan = float("nan")
-    d = welch(A, [0.79, nan, 0.77], "m", ("a", "b"))
+    d = difference(A, [0.79, nan, 0.77], "m", ("a", "b"))
     assert (d.low, d.high, d.p_value) == (None, None, None)
     assert d.verdict == "no test: b has a non-finite value (nan or inf)"
     summary = summarize({"a": ["a-seed0", "a-seed1", "a-seed2"], "b": ["b-seed0", "b-seed1", "b-seed2"]},
@@ -129,7 +129,7 @@ def test_an_interval_much_narrower_than_its_values_keeps_its_two_ends_apart():
     narrow = spread([20.7001, 20.7003, 20.7002])
     assert narrow.cell() == "20.7002 ± 0.0001 [20.7000, 20.7004]"  # 20.69995: six digits, zeros kept
     assert spread(A).cell() == "2.093 ± 0.19 [1.619, 2.567]"
-    row = welch([20.70001, 20.70003, 20.70002], [21.20001, 21.20003, 21.20002], "m", ("a", "b")).row()
+    row = difference([20.70001, 20.70003, 20.70002], [21.20001, 21.20003, 21.20002], "m", ("a", "b")).row()
     assert row[2:4] == ["+0.50000", "[+0.49998, +0.50002]"]
 
 
@@ -167,7 +167,7 @@ def test_the_t_quantile_is_the_printed_table_s_for_2_to_30_replicates(df, printe
 def test_welch_gives_r_s_interval_and_p_on_the_sleep_data():
     """R: t.test(extra ~ group, data = sleep) -> t = -1.8608, df = 17.776, p-value = 0.07939,
     95 percent confidence interval: -3.3654832 0.2054832 (group 1 - group 2)."""
-    d = welch(DRUG2, DRUG1)
+    d = difference(DRUG2, DRUG1)
     assert (d.low, d.high) == (pytest.approx(-3.3654832, abs=1e-7), pytest.approx(0.2054832, abs=1e-7))
     assert d.p_value == pytest.approx(0.07939, abs=1e-5) and d.verdict == WITHIN and d.test == WELCH
 
@@ -218,13 +218,13 @@ def test_a_replicate_missing_a_metric_leaves_its_pair_unpaired_on_that_metric_on
                                             ("d_loss", "direction unknown")])
 def test_the_verdict_names_the_better_hypothesis_the_way_the_metric_is_better(metric, better):
     """B − A < 0 beyond the spread: b is better on a loss or a distance, a on adherence or PSNR."""
-    d = welch(A, B, metric, ("a", "b"))
+    d = difference(A, B, metric, ("a", "b"))
     assert d.verdict == BEYOND and d.row()[6] == better
     assert d.better == (None if better == "direction unknown" else better[0])
 
 
 def test_within_the_spread_nobody_is_better():
-    d = welch(A, [2.30, 1.96, 2.01], "flow_loss", ("a", "b"))
+    d = difference(A, [2.30, 1.96, 2.01], "flow_loss", ("a", "b"))
     assert d.verdict == WITHIN and d.better is None and d.row()[6] == "-"
 
 
@@ -233,7 +233,7 @@ def test_identical_values_are_within_the_spread_and_constant_ones_apart_are_beyo
     statistic is infinite); no p-value either way, and paired the same."""
     same = difference([0.5, 0.5, 0.5], [0.5, 0.5, 0.5], "flow_loss", seeds=([0, 1, 2], [0, 1, 2]))
     assert (same.low, same.high, same.p_value, same.verdict) == (0.0, 0.0, None, WITHIN)
-    apart = welch([0.5, 0.5, 0.5], [0.4, 0.4, 0.4], "flow_loss", ("a", "b"))
+    apart = difference([0.5, 0.5, 0.5], [0.4, 0.4, 0.4], "flow_loss", ("a", "b"))
     assert (apart.low, apart.high, apart.verdict, apart.better) == (pytest.approx(-0.1), pytest.approx(-0.1), BEYOND,
                                                                     "b")
     shifted = difference([1.0, 2.0, 3.0], [1.5, 2.5, 3.5], "eval_psnr", ("a", "b"), seeds=([0, 1, 2], [0, 1, 2]))
@@ -244,7 +244,7 @@ def test_a_fixed_value_is_welch_s_with_a_side_that_has_no_spread():
     """A champion evaluated once is a number, not a sample: the one-sample interval, which Welch's formula gives
     when one side's values are all the same."""
     fixed = versus_value(B, 1.5)
-    as_welch = welch([1.5] * 3, B)
+    as_welch = difference([1.5] * 3, B)
     ref = stats.ttest_1samp(B, 1.5)
     assert (fixed.low, fixed.high) == (pytest.approx(as_welch.low), pytest.approx(as_welch.high))
     assert (fixed.low + 1.5, fixed.high + 1.5) == tuple(map(pytest.approx, ref.confidence_interval(0.95)))  # of B
@@ -254,6 +254,6 @@ def test_a_fixed_value_is_welch_s_with_a_side_that_has_no_spread():
 @pytest.mark.parametrize("direction, margin, expected", [("minimize", 0.0, True), ("maximize", 0.0, False),
                                                          ("minimize", 0.5, True), ("minimize", 1.0, False)])
 def test_better_beyond_reads_the_interval_end_nearest_worse(direction, margin, expected):
-    d = welch(A, B)  # B − A in about [-1.66, -0.70]
+    d = difference(A, B)  # B − A in about [-1.66, -0.70]
     assert -1.67 < d.low < -1.66 and -0.71 < d.high < -0.70
     assert better_beyond(d, direction, margin) is expected

@@ -27,7 +27,7 @@ from flows.tracking_queue import TRACKING, TrackingQueue
 from fluxflow.output_layout import metrics_file
 from fluxflow.runtime import kill_points
 from fluxflow.storage.location import local_root
-from fluxflow.train.tracking import Progress
+from fluxflow.train.tracking import Progress, Tracker
 
 if TYPE_CHECKING:  # only for annotations: this module must import without torch
     from fluxflow.checkpoints.ref import CheckpointRef, StepResult
@@ -39,7 +39,7 @@ log = logging.getLogger("flows.mlflow_tracker")
 STEP_FLUSH_STALL_S = 10.0
 
 
-class MlflowTracker:
+class MlflowTracker(Tracker):
     """`fluxflow.train.tracking.Tracker` that records one pipeline step as a nested MLflow run.
 
     `session` identifies one execution of the pipeline (the Prefect flow-run id): a retried step of the same session

@@ -31,6 +31,7 @@ from flows.mlflow_runs import PipelineRun, TrackingTarget, find_step_runs, outpu
     resolve_tracking_uri
 from flows.mlflow_store import prepare_store
 from flows.promotion import release_models
+from flows.prefect_log_tracker import PrefectLogTracker
 from flows.prefect_server import is_temporary
 from flows.ray_steps import Infeasible, step_submitter
 from flows.step_task import pipeline_step_task
@@ -144,7 +145,7 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
     from fluxflow.train.pipeline import announce_skipped  # torch: only once a flow runs
 
     clear_stop_request()
-    announce_skipped(cfg)
+    announce_skipped(cfg, PrefectLogTracker.for_current_flow_run())  # in the run's log in the UI too
     pipeline_run, target = open_tracking(cfg, steps, overrides)
     progress = artifacts.start_progress(target.pipeline, len(steps))
     on_ray = cfg.training.executor.kind == "ray"

@@ -23,13 +23,14 @@ _INSTALL = threading.Lock()  # branches' tasks start together in threads of one 
 
 
 class PrefectLogTracker(Tracker):
-    """`fluxflow.train.tracking.Tracker` that logs each console line and training-health warning to one Prefect task
-    run; its other calls are the protocol's no-ops (inherited).
+    """`fluxflow.train.tracking.Tracker` that logs each console line, training-health warning and runner line
+    ("Starting step ...", "Finished step ...") to one Prefect task run; its other calls are the protocol's no-ops
+    (inherited).
 
     The run ids are taken when the tracker is made (in the task), so lines logged from any thread land in that run.
     """
 
-    def __init__(self, flow_run_id: UUID, task_run_id: UUID):
+    def __init__(self, flow_run_id: UUID, task_run_id: UUID | None):
         from prefect.logging.handlers import APILogHandler
 
         self.ids = {"flow_run_id": flow_run_id, "task_run_id": task_run_id}
@@ -51,9 +52,19 @@ class PrefectLogTracker(Tracker):
             return None
         return cls(context.task_run.flow_run_id, context.task_run.id)
 
+    @classmethod
+    def for_current_flow_run(cls) -> PrefectLogTracker:
+        """A tracker for the flow run this is called in (its own lines: "Skipping steps: ...")."""
+        from prefect.context import FlowRunContext
+
+        return cls(FlowRunContext.get().flow_run.id, None)
+
     def log_metrics(self, metrics: dict[str, float], progress: Progress) -> None:
         if has_console_line(metrics):
             self.logger.info(console_line(metrics, progress), extra=self.ids)
 
     def warn(self, key: str, message: str) -> None:
         self.logger.warning(f"⚠️  {message}", extra=self.ids)  # as the console shows it, at WARNING in the UI
+
+    def say(self, line: str) -> None:
+        self.logger.info(line, extra=self.ids)

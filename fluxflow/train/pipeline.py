@@ -17,7 +17,8 @@ from fluxflow.runtime.torch_threads import settle_threads
 from fluxflow.storage.location import output_root
 from fluxflow.storage.store_lock import output_lock
 from fluxflow.train.pipeline_schedule import PipelineSchedule
-from fluxflow.train.step_run import run_step
+from fluxflow.train.step_run import run_step, say
+from fluxflow.train.tracking import MultiTracker
 
 log = logging.getLogger("fluxflow.train.pipeline")
 
@@ -38,16 +39,18 @@ def completed_steps(config) -> list[str]:
     return list(refs)
 
 
-def announce_skipped(config) -> None:
+def announce_skipped(config, tracker=None) -> None:
     """The original tool's "Skipping steps: ..." line, when some steps are already complete (each then says where);
-    and the step folders of the output directory that no step of this config uses (a renamed or removed step)."""
+    and the step folders of the output directory that no step of this config uses (a renamed or removed step).
+    Printed, and handed to `tracker` (a run's log elsewhere: the Prefect UI)."""
+    tracker = tracker or MultiTracker([])
     skipping = completed_steps(config)
     if skipping:
-        print(f"Skipping steps: {', '.join(skipping)}", flush=True)
+        say(tracker, f"Skipping steps: {', '.join(skipping)}")
     names = {step.name for step in config.resolved_steps()}
     unused = sorted(p for p in checkpoints_dir(output_root(config)).glob("*") if p.is_dir() and p.name not in names)
     if unused:
-        print(f"Not steps of this config, left as they are: {', '.join(str(p) for p in unused)}", flush=True)
+        say(tracker, f"Not steps of this config, left as they are: {', '.join(str(p) for p in unused)}")
 
 
 def run_pipeline(config, tracker=None) -> list[StepOutcome]:

@@ -73,7 +73,7 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
         done = files.completed()
         if done is not None:
             if main:
-                print(f"Skipping step {step_name}: already complete ({files.final_uri()})", flush=True)
+                say(tracker, f"Skipping step {step_name}: already complete ({files.final_uri()})")
             ref, result = done
             result.trained = False
             return StepOutcome(ref, result)
@@ -93,6 +93,12 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
             return StepRun(config, files, parent, tracker, device_).train()
 
 
+def say(tracker, line: str) -> None:
+    """A line of the runner's own: printed, and handed to the trackers that show lines elsewhere (the Prefect UI)."""
+    print(line, flush=True)
+    tracker.say(line)
+
+
 def counts_beyond_the_step(step, batches: int, epochs: int) -> list[str]:
     """What the step's counts cannot reach in its `epochs` epochs of `batches` batches (an lr schedule's are said by
     fluxflow/train/lr_schedule.py inert_reason): the config is valid, but the value silently means something else."""
@@ -110,11 +116,11 @@ def counts_beyond_the_step(step, batches: int, epochs: int) -> list[str]:
     return lines
 
 
-def input_state(config, files: StepFiles, parent: CheckpointRef | None) -> tuple[dict | None, bool]:
+def input_state(config, files: StepFiles, parent: CheckpointRef | None, say) -> tuple[dict | None, bool]:
     """(state to start from, whether it is this step's own latest.pt (or, when that is torn, latest.prev.pt)). When
-    neither can be read they are set aside and the step starts from its input (fluxflow/checkpoints/latest.py)."""
-    main = distributed.is_main()
-    own = load_latest(files.latest, say=print if main else lambda line: None, set_aside=main)
+    neither can be read they are set aside (`say` tells) and the step starts from its input
+    (fluxflow/checkpoints/latest.py)."""
+    own = load_latest(files.latest, say=say, set_aside=distributed.is_main())
     if own is not None:
         return own, True
     if parent is not None:
@@ -143,8 +149,8 @@ class StepRun:
 
     def __init__(self, config, files: StepFiles, parent: CheckpointRef | None, tracker, device: torch.device):
         self.config, self.files, self.step, self.device = config, files, files.step, device
-        self.main, self.world = distributed.is_main(), distributed.world_size()
-        state, self.resuming = input_state(config, files, parent)
+        self.main, self.world, self.tracker = distributed.is_main(), distributed.world_size(), tracker
+        state, self.resuming = input_state(config, files, parent, self.say)
         meta = StepState.of_checkpoint(state)
         self.data = load_step_data(config, self.step, device)
         self.loader = None  # the training DataLoader, kept across epochs (its workers persist)
@@ -201,7 +207,7 @@ class StepRun:
 
     def say(self, line: str) -> None:
         if self.main:  # rank 0 speaks for all ranks
-            print(line, flush=True)
+            say(self.tracker, line)
 
     def _resume(self, state: dict, meta: StepState) -> tuple[int, int]:
         """Put back what latest.pt saved beyond the weights: position, optimizers, schedulers, monitor, RNG."""

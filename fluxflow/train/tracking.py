@@ -71,6 +71,11 @@ class Tracker(Protocol):
         """A training-health warning (e.g. a flat discriminator): a console line, an MLflow run tag
         `fluxflow.warning.<key>`."""
 
+    def say(self, line: str) -> None:
+        """One of the runner's own lines ("Starting step ...", "Evaluation of ...", "Finished step ...", "Skipping
+        step ...", "Interrupted step ..."), which the runner prints itself: for trackers that show the run's lines
+        elsewhere (the Prefect UI: flows/prefect_log_tracker.py)."""
+
 
 def has_console_line(metrics: dict[str, float]) -> bool:
     """Whether `metrics` get a console line: a training log interval's do; evaluation results (eval_*) do not (the
@@ -199,5 +204,5 @@ class MultiTracker:
     def __init__(self, trackers: Iterable[Tracker]):
         self.trackers = list(trackers)
 
-    step_started, log_metrics, log_image, log_artifact, step_finished, warn = map(
-        _to_each, ("step_started", "log_metrics", "log_image", "log_artifact", "step_finished", "warn"))
+    step_started, log_metrics, log_image, log_artifact, step_finished, warn, say = map(
+        _to_each, ("step_started", "log_metrics", "log_image", "log_artifact", "step_finished", "warn", "say"))

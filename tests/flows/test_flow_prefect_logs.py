@@ -78,3 +78,30 @@ def test_a_training_health_warning_reaches_the_prefect_run_log_and_the_step_fini
                 if "discriminator has been flat" in log.message]
     assert len(warnings) == 1 and warnings[0].level == logging.WARNING and warnings[0].task_run_id is not None
     assert warnings[0].message.startswith("⚠️  Step gan: ")
+
+
+def test_the_runner_s_own_lines_reach_the_prefect_run_log_too(tmp_path, mlflow_store, capfd):
+    """"Starting step", "Evaluation of", "Finished step" went to the worker's stdout only: in the UI a run that
+    trained nothing (every step already complete) looked like one that trained."""
+    from flows.pipeline_flow import pipeline_flow
+
+    raw = tiny_raw(tmp_path / "out", [{"name": "warm", "n_epochs": 1, "max_steps": 2, "train_vae": True}],
+                   dataset_size=16, no_samples=True)
+    raw["tracking"] = {"experiment_name": "prefect-runner-lines"}
+
+    def messages(state) -> list[tuple[str, bool]]:  # (message, sent as a log of a task run)
+        assert state.is_completed(), state.message
+        return [(log.message, log.task_run_id is not None) for log in run_logs(state.state_details.flow_run_id)]
+
+    first = messages(pipeline_flow(raw, return_state=True))
+    again = messages(pipeline_flow(raw, return_state=True))
+    printed = capfd.readouterr().out
+
+    assert ("Starting step: warm, epoch 1, batch 0", True) in first
+    assert any("] Evaluation of warm after epoch 1: eval_" in m and in_task for m, in_task in first)
+    assert any("] Finished step warm: " in m and in_task for m, in_task in first)
+    assert ("Skipping steps: warm", False) in again  # the flow run's own line
+    final = tmp_path / "out" / "checkpoints" / "warm" / "final.pt"
+    assert (f"Skipping step warm: already complete ({final})", True) in again
+    for line in ("Starting step: warm, epoch 1, batch 0", "Skipping steps: warm"):
+        assert printed.count(line) == 1  # the terminal's lines as before: once each

@@ -59,6 +59,8 @@ def probe(address: str) -> str:
             answer = None if tls else http2_greeting(connection)
     except (OSError, ValueError) as exc:  # ConnectionError (no cluster for `auto`) is an OSError
         reason = " ".join(str(exc).split()) or type(exc).__name__
+        if address == "auto":  # Ray's words name its own `--address` flag, which fluxflow-train has not
+            reason = "no cluster was started on this machine (`ray start --head`, or `make ray-cluster`)"
         raise ClusterUnreachable(f"no Ray cluster answers at {address} ({ADDRESS_SETTING}): {reason}") from None
     if answer is not None:
         raise ClusterUnreachable(f"{address} is not a Ray cluster's address ({ADDRESS_SETTING}): what listens there "

@@ -58,8 +58,9 @@ fi
 export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" RAY_USAGE_STATS_ENABLED=0
 COMMON=(--num-cpus="$CPUS" --num-gpus="$GPUS" --object-store-memory="$OBJECT_STORE" --disable-usage-stats --block)
 # A temp dir per node: two nodes sharing one (Ray's default /tmp/ray) each forward every worker's output to the
-# driver, so every line of a step appeared twice. Short paths: Ray's unix sockets live there.
-TEMP="${TMPDIR:-/tmp}/fluxflow-ray-$(id -u)-$RAY_PORT"
+# driver, so every line of a step appeared twice. Under /tmp whatever TMPDIR says: Ray's unix sockets live there, in
+# paths of at most 107 bytes (a TMPDIR of 17 characters ended the head after a minute, the cause only in its logs).
+TEMP="/tmp/fluxflow-ray-$(id -u)-$RAY_PORT"
 
 # wait_started NAME: until `ray start` says the node runs (it then blocks).
 wait_started() {
@@ -73,7 +74,10 @@ wait_started ray-head
 # A second node on the same machine needs a dashboard agent port of its own (the head's agent has the default).
 start_service ray-worker "$RAY" start --address="127.0.0.1:$RAY_PORT" --resources='{"node_b": 1}' \
     --dashboard-agent-listen-port=$((DASHBOARD_PORT + 1)) --temp-dir="$TEMP/worker" "${COMMON[@]}"
-wait_started ray-worker
+if ! wait_started ray-worker; then  # e.g. a second node on one machine where Ray refuses it: no head left behind
+    stop_sessions ray-head
+    exit 1
+fi
 
 echo "Ray cluster: 2 nodes (node_a, node_b; $CPUS CPU, $GPUS GPU each) at 127.0.0.1:$RAY_PORT"
 echo "Ray dashboard: http://127.0.0.1:$DASHBOARD_PORT"

@@ -63,9 +63,14 @@ class ExecutorConfig(StrictModel):
         return self.address or os.environ.get("RAY_ADDRESS") or "auto"
 
 
+# Ray counts resources in units of 1/10,000 (ray._raylet.RESOURCE_UNIT_SCALING): a smaller amount above 0 is a
+# ValueError at submission, which ended the whole flow after the steps before it had trained.
+RESOURCE_UNIT = 1e-4
+
+
 def resources_issues(config) -> list[ConfigIssue]:
-    """What Ray would refuse at submission, said at load: fractional GPUs above 1 and custom resources that are
-    negative or named like Ray's own (which the fields set)."""
+    """What Ray would refuse at submission, said at load: fractional GPUs above 1, amounts below Ray's unit, and
+    custom resources that are negative or named like Ray's own (which the fields set)."""
     issues, pipe = [], config.training.pipeline
     places = [(("training", "pipeline", "defaults", "resources"), pipe.defaults.resources)]
     places += [((*STEPS, i, "resources"), s.resources) for i, s in enumerate(pipe.steps)]
@@ -75,6 +80,11 @@ def resources_issues(config) -> list[ConfigIssue]:
         if resources.gpus is not None and resources.gpus > 1 and resources.gpus != int(resources.gpus):
             issues.append(ConfigIssue(loc + ("gpus",), f"{resources.gpus:g}: Ray shares a GPU only "
                                       "below 1; above that ask for a whole number"))
+        amounts = {("gpus",): resources.gpus, ("cpus",): resources.cpus,
+                   **{("custom", name): amount for name, amount in resources.custom.items()}}
+        issues += [ConfigIssue(loc + field, f"{amount:g}: Ray counts resources in units of {RESOURCE_UNIT:g}; ask "
+                               f"for 0 or at least {RESOURCE_UNIT:g}")
+                   for field, amount in amounts.items() if amount is not None and 0 < amount < RESOURCE_UNIT]
         for name, amount in resources.custom.items():
             if name in RESERVED_RESOURCES:
                 issues.append(ConfigIssue(loc + ("custom", name), f"is Ray's own resource: set "

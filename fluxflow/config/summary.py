@@ -85,18 +85,24 @@ def format_summary(config: PipelineConfig) -> str:
                                                        for g, s in step.optimization.schedulers.items()))
         lines += cache_lines(step, config.dataset_for(step).type, cache_root(config))
         if config.training.executor.kind == "ray":
-            lines.append(f"  Ray resources: {describe_resources(step.resources)}")
+            workers = config.training.distributed.processes if config.training.distributed.uses_ray_train else 0
+            lines.append(f"  Ray resources: {describe_resources(step.resources, workers)}")
     return "\n".join(lines)
 
 
-def describe_resources(asked) -> str:
-    """What a step asks of its Ray node, with the defaults said as defaults (flows/ray_steps.py resolves them)."""
-    gpus = "the step's processes on CUDA, else 0" if asked.gpus is None else f"{asked.gpus:g}"
-    parts = [f"GPUs {gpus}", f"CPUs {1 if asked.cpus is None else asked.cpus:g}"]
+def describe_resources(asked, train_workers: int = 0) -> str:
+    """What a step asks of its Ray node, with the defaults said as defaults (flows/ray_steps.py step_request resolves
+    them). A step across nodes trains in its `train_workers` Ray Train workers, one CPU (GPU) each: its own task,
+    which only waits for them, asks for nothing by default."""
+    default_gpus = "0" if train_workers else "the step's processes on CUDA, else 0"
+    gpus = default_gpus if asked.gpus is None else f"{asked.gpus:g}"
+    parts = [f"GPUs {gpus}", f"CPUs {(0 if train_workers else 1) if asked.cpus is None else asked.cpus:g}"]
     if asked.memory:
         parts.append(f"memory {asked.memory / 1e9:.1f} GB")
     parts += [f"{name} {amount:g}" for name, amount in sorted(asked.custom.items())]
-    return ", ".join(parts)
+    across = (f" for the step's task; its {train_workers} Ray Train workers take one GPU each on CUDA, else one CPU "
+              "each") if train_workers else ""
+    return ", ".join(parts) + across
 
 
 def cache_lines(step: ResolvedStep, dataset_type: str, root: Path) -> list[str]:

@@ -32,7 +32,8 @@ def remote_uri(path: str | os.PathLike | None) -> str | None:
     text = str(path)
     if "://" not in text or text.lower().startswith("file://"):
         return None
-    return text.rstrip("/")
+    scheme, _, rest = text.partition("://")  # `s3://` alone keeps its `://` (it names no bucket)
+    return f"{scheme}://{rest.rstrip('/')}"
 
 
 def local_path(path: str | os.PathLike) -> Path:

@@ -337,7 +337,8 @@ def test_an_object_store_output_path_is_accepted_and_a_bad_uri_is_refused_by_nam
     (tmp_path / "s3.yaml").write_text(cfg(vae(), output={"output_path": "s3://bucket/run"}))
     assert load_config(tmp_path / "s3.yaml").config.output.output_path == "s3://bucket/run"
     for uri, why in [("nosuch://bucket/run", "unknown storage protocol nosuch://"),
-                     ("s3:///run", "names no bucket"), ("memory://x/run", "not storage other processes")]:
+                     ("s3:///run", "names no bucket"), ("s3://", "names no bucket"),
+                     ("memory://x/run", "not storage other processes")]:
         assert why in problems(tmp_path, cfg(vae(), output={"output_path": uri}))["output.output_path"]
     found = problems(tmp_path, cfg(vae(), output={"output_path": "s3://b/run", "cache_dir": "s3://b/cache"}))
     assert "must be a local or mounted directory" in found["output.cache_dir"]

@@ -5,6 +5,7 @@ path never imports Ray. The config tests need no cluster."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import re
@@ -79,6 +80,15 @@ def test_requests_ray_would_refuse_are_reported_at_load(tmp_path):
         "training.pipeline.steps[2].resources.custom.GPU: is Ray's own resource: set resources.gpus instead",
         "training.pipeline.steps[2].resources.custom.node_b: 0: must be above 0",
     ]
+    # Below Ray's unit: a ValueError at submission, after the steps before it trained, that ended the whole flow.
+    raw = pipeline(tmp_path, None, [{"cpus": 0.00001}, {"custom": {"node_b": 0.00005}, "gpus": 0.0001}])
+    with pytest.raises(ConfigError) as caught:
+        load_config(raw)
+    assert [str(issue) for issue in caught.value.issues] == [
+        "training.pipeline.steps[1].resources.cpus: 1e-05: Ray counts resources in units of 0.0001; ask for 0 or at "
+        "least 0.0001",
+        "training.pipeline.steps[2].resources.custom.node_b: 5e-05: Ray counts resources in units of 0.0001; ask "
+        "for 0 or at least 0.0001"]
     raw = pipeline(tmp_path, None, [{"memory": "lots"}])
     raw["training"]["executor"]["kind"] = "slurm"
     with pytest.raises(ConfigError) as caught:
@@ -95,6 +105,12 @@ def test_the_plan_says_where_steps_run_and_what_each_asks_for(tmp_path):
     assert "  Executor: Ray cluster at 10.0.0.1:6379 (each step a Ray task with its resources)" in plan
     assert "  Ray resources: GPUs the step's processes on CUDA, else 0, CPUs 1" in plan  # warm: the defaults
     assert "  Ray resources: GPUs 1, CPUs 1, memory 8.0 GB, node_b 1" in plan  # left
+    across = copy.deepcopy(raw)
+    across["training"]["distributed"] = {"nodes": 2, "nproc_per_node": 1}  # the step's task waits for its workers
+    plan = format_summary(load_config(across).config)
+    assert "  Ray resources: GPUs the step's processes on CUDA, else 0, CPUs 1" not in plan
+    assert ("  Ray resources: GPUs 0, CPUs 0 for the step's task; its 2 Ray Train workers take one GPU each on CUDA, "
+            "else one CPU each") in plan
     raw["training"]["executor"] = {"kind": "local"}
     assert "Ray" not in format_summary(load_config(raw).config)
 
@@ -212,6 +228,25 @@ def test_with_tls_an_address_is_only_checked_to_answer(monkeypatch):
     monkeypatch.setenv("RAY_USE_TLS", "1")
     tls = serve_once(b"\x16\x03\x03")  # what a TLS server might send back to a cleartext greeting
     assert probe(tls) == tls
+
+
+def test_auto_with_no_cluster_on_this_machine_names_the_settings_not_ray_s_flag(monkeypatch):
+    """Ray's own words for it: "... by setting `--address` flag or `RAY_ADDRESS` environment variable"; fluxflow-train
+    has no --address."""
+    from ray._private import services
+
+    from flows.ray_steps import ClusterUnreachable, probe
+
+    def no_cluster(address):
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to by "
+                              "setting `--address` flag or `RAY_ADDRESS` environment variable.")
+
+    monkeypatch.setattr(services, "canonicalize_bootstrap_address_or_die", no_cluster)
+    with pytest.raises(ClusterUnreachable) as caught:
+        probe("auto")
+    assert str(caught.value) == ("no Ray cluster answers at auto (training.executor.address, else RAY_ADDRESS, else "
+                                 "auto): no cluster was started on this machine (`ray start --head`, or `make "
+                                 "ray-cluster`)")
 
 
 @pytest.mark.slow

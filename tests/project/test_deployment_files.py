@@ -569,3 +569,29 @@ def test_ray_cluster_script_starts_two_nodes_of_their_own_resources_and_stops_ev
         time.sleep(0.05)
     assert not any(alive(pid) for pid in nodes + workers), "a process of a node outlived `stop`"
     assert not list(run_dir.glob("ray-*.pid"))
+
+
+@pytest.mark.slow  # starts a stand-in head and stops it: about 2 s
+def test_ray_cluster_script_stops_its_head_when_the_second_node_fails_and_keeps_sockets_under_tmp(fake_env, tmp_path):
+    """A second node that Ray refuses (one machine without multi-node support) exited 1 and left the head running,
+    unsaid; a long TMPDIR put Ray's unix sockets past their 107 bytes (the head died after a minute)."""
+    from process_groups import alive
+
+    ray = Path(fake_env["FLUXFLOW_VENV_BIN"]) / "ray"
+    refusing = FAKE_RAY.replace("import json, os, subprocess, sys, time\n",
+                                "import json, os, subprocess, sys, time\n"
+                                "if '--head' not in sys.argv: sys.exit('Multi-node Ray clusters are not supported')\n")
+    ray.write_text(refusing.format(python=sys.executable))
+    ray.chmod(0o755)
+    env = dict(fake_env, FLUXFLOW_RAY_PORT=str(free_port()), FLUXFLOW_RAY_DASHBOARD_PORT=str(free_port()),
+               TMPDIR=str(tmp_path / ("long" * 20)))
+    done = run_script("ray_cluster.sh", env)
+    assert done.returncode == 1 and "ray-worker exited before saying the node runs" in done.stderr
+    assert "Multi-node Ray clusters are not supported" in done.stderr
+    workers = [int(pid) for pid in Path(env["FAKE_RECORD"] + ".workers").read_text().split()]
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in workers) and not list(Path(env["FLUXFLOW_RUN_DIR"]).glob("ray-*.pid"))
+    head = recorded_calls(env)[0]["argv"]
+    assert any(arg.startswith("--temp-dir=/tmp/fluxflow-ray-") for arg in head)

@@ -13,13 +13,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from flows import env  # noqa: F401  (must precede mlflow)
+from flows import env  # must precede mlflow
 
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-from flows.credentials import unreachable_reason
+from flows.credentials import mlflow_refusal, unreachable_reason
 from flows.mlflow_names import TAG_KIND, TAG_OUTPUT_DIR, TAG_STEP_KEY, TAG_STEP_NAME, tags_filter
 from flows.mlflow_store import SQLITE_PREFIX, is_sqlite_database, sqlite_file
 from fluxflow.config.file_checks import not_a_regular_file
@@ -124,12 +124,16 @@ def find_step_runs(client: MlflowClient, experiment_id: str, output_dir: str, st
 
 def store_to_read_problem(uri: str) -> str | None:
     """Why the store at `uri` cannot be read, for commands that only read it (generate, export, compare), or None:
-    a server that does not answer (asking it would sit in MLflow's retries for minutes), a sqlite file that does
-    not exist (MLflow would create an empty store there), or a store MLflow fails to read."""
+    a server that does not answer (asking it would sit in MLflow's retries for minutes), or that refuses this
+    process's credentials (or a secret file that could not be used: MLflow's 401 came up as a traceback), a sqlite
+    file that does not exist (MLflow would create an empty store there), or a store MLflow fails to read."""
     reason = unreachable_reason(uri)
     if reason is not None:
         return f"the MLflow server at {uri} does not answer ({reason}); start it, or name another store with " \
                "--tracking-uri or MLFLOW_TRACKING_URI"
+    refused = uri.startswith(("http://", "https://")) and (env.CREDENTIALS_PROBLEM or mlflow_refusal(uri))
+    if refused:
+        return refused
     path = sqlite_file(uri)
     if path is not None and not path.exists():
         return f"no MLflow store at {uri} (no such file); name the store with --tracking-uri or MLFLOW_TRACKING_URI"

@@ -89,10 +89,34 @@ s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2])))' "$1" "$2" 2>/dev/null
 }
 
-# stop_hint NAME: how to stop what start_service started.
+# stop_hint NAME SCRIPT: how to stop what start_service started.
 stop_hint() {
     local pid; pid="$(cat "$RUN_DIR/$1.pid")"
-    echo "stop it with: kill -- -$pid    # TERM to the whole process group; pid file: $RUN_DIR/$1.pid"
+    echo "stop it with: bash scripts/$2 stop    # or kill -- -$pid (TERM to its process group, without waiting)"
+}
+
+# stop_service NAME: TERM to the process group recorded in $RUN_DIR/NAME.pid, and wait until every process of it has
+# exited (KILL after 15 s). A start right after `kill -- -PID` (a restart, to rotate a password) found the old group
+# still exiting, took it for running, and nothing was left once it had gone.
+stop_service() {
+    local name="$1" pidfile="$RUN_DIR/$1.pid" pid
+    pid="$(cat "$pidfile" 2>/dev/null)" || { echo "$name is not running (no $pidfile)"; return 0; }
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    for ((i = 0; i < 60; i++)); do
+        kill -0 -- "-$pid" 2>/dev/null || break
+        sleep 0.25
+    done
+    kill -KILL -- "-$pid" 2>/dev/null && echo "$name did not stop within 15 s of TERM: killed" >&2
+    rm -f "$pidfile"
+    echo "stopped $name (process group $pid)"
+}
+
+# stop_if_asked NAME [ARG]: with ARG `stop`, stop_service NAME and exit.
+stop_if_asked() {
+    if [[ "${2:-}" == stop ]]; then
+        stop_service "$1"
+        exit 0
+    fi
 }
 
 # http_ok URL: true when URL answers 2xx within 3 s (Python, not curl: the worker image has no curl).

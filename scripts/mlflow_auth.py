@@ -2,6 +2,8 @@
 
     FLUXFLOW_MLFLOW_AUTH_FILE=/path/to/secret python scripts/mlflow_auth.py mlflow ui --host H --port P ...
 
+    FLUXFLOW_MLFLOW_AUTH_FILE=/path/to/secret python scripts/mlflow_auth.py --check   # the file only: exit 0 or 2
+
 The secret file's first line is `USER:PASSWORD` (12 characters at least: MLflow's rule). Before the server starts,
 this script makes USER an admin of MLflow's basic-auth app with exactly that password, in the auth database
 FLUXFLOW_MLFLOW_AUTH_DB (a SQLAlchemy URI; default sqlite:///mlflow-auth.db in the working directory): created the
@@ -89,8 +91,11 @@ def set_admin(user: str, password: str, database_uri: str) -> list[str]:
 
 def main(command: list[str]) -> None:
     if not command:
-        fail("usage: FLUXFLOW_MLFLOW_AUTH_FILE=FILE python scripts/mlflow_auth.py mlflow ui|server ARGS...")
+        fail("usage: FLUXFLOW_MLFLOW_AUTH_FILE=FILE python scripts/mlflow_auth.py mlflow ui|server ARGS... (or "
+             "--check: the file only)")
     user, password = read_secret()
+    if command == ["--check"]:  # scripts/mlflow_ui.sh, before it says "started": a bad file is its one line, exit 2
+        return
     database_uri = os.environ.get(AUTH_DB) or DEFAULT_AUTH_DB
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     others = set_admin(user, password, database_uri)

@@ -8,6 +8,7 @@
 # open. Without the file the script refuses any host but loopback.
 set -euo pipefail
 source "$(dirname "$0")/_service.sh"
+stop_if_asked mlflow-ui "${1:-}"  # `bash scripts/mlflow_ui.sh stop`: stopped, and gone when it returns
 cd "$REPO_ROOT"
 
 # The tracking server would otherwise spawn ~2 GB of job-runner processes that this product never uses.
@@ -17,7 +18,8 @@ HOST="${FLUXFLOW_MLFLOW_HOST:-127.0.0.1}"
 UI=("$VENV_BIN/mlflow" ui --host "$HOST" --port "$MLFLOW_PORT" --backend-store-uri "$STORE")
 
 if [[ -n "${FLUXFLOW_MLFLOW_AUTH_FILE:-}" ]]; then
-    read_secret FLUXFLOW_MLFLOW_AUTH_FILE >/dev/null || exit 2  # a bad file: say so here, not in the log
+    # A bad file (MLflow's rules too: a password of 12 characters at least): said here, not after "started" in a log.
+    "$VENV_BIN/python" "$REPO_ROOT/scripts/mlflow_auth.py" --check || exit 2
     start_server mlflow-ui "$HOST" "$MLFLOW_PORT" FLUXFLOW_MLFLOW_PORT "$VENV_BIN/python" \
         "$REPO_ROOT/scripts/mlflow_auth.py" "${UI[@]}"
     auth="basic authentication on: clients need FLUXFLOW_MLFLOW_AUTH_FILE (or MLFLOW_TRACKING_USERNAME/PASSWORD)"
@@ -30,4 +32,4 @@ fi
 PROBE="$(probe_host "$HOST")"
 wait_http mlflow-ui "http://$PROBE:$MLFLOW_PORT/health" 120
 echo "MLflow UI: http://$PROBE:$MLFLOW_PORT   (store: $STORE; $auth)"
-stop_hint mlflow-ui
+stop_hint mlflow-ui mlflow_ui.sh

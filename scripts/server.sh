@@ -9,6 +9,7 @@
 # /api/health stays open. Without the file the script refuses any host but loopback.
 set -euo pipefail
 source "$(dirname "$0")/_service.sh"
+stop_if_asked prefect-server "${1:-}"  # `bash scripts/server.sh stop`: stopped, and gone when it returns
 
 HOST="${FLUXFLOW_PREFECT_HOST:-127.0.0.1}"
 if [[ -z "${PREFECT_SERVER_API_AUTH_STRING:-}" && -n "${FLUXFLOW_PREFECT_AUTH_FILE:-}" ]]; then
@@ -33,4 +34,4 @@ start_server prefect-server "$HOST" "$PREFECT_PORT" FLUXFLOW_PREFECT_PORT \
 wait_http prefect-server "http://$PROBE:$PREFECT_PORT/api/health" 180
 echo "Prefect UI:  http://$PROBE:$PREFECT_PORT   ($auth)"
 echo "Prefect API: http://$PROBE:$PREFECT_PORT/api   (export PREFECT_API_URL=http://$PROBE:$PREFECT_PORT/api)"
-stop_hint prefect-server
+stop_hint prefect-server server.sh

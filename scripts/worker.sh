@@ -15,6 +15,7 @@
 # when a server answers 401 to them.
 set -euo pipefail
 source "$(dirname "$0")/_service.sh"
+stop_if_asked prefect-worker "${1:-}"  # `bash scripts/worker.sh stop`: stopped, and gone when it returns
 cd "$REPO_ROOT"
 
 use_local_server
@@ -45,4 +46,4 @@ for ((i = 0; ; i++)); do
 done
 echo "worker polling pool '$POOL_NAME' on $PREFECT_API_URL (flow runs start in $FLUXFLOW_HOME; their steps are"
 echo "tasks tagged '$FLUXFLOW_GPU_TAG': see the limit with $PREFECT concurrency-limit inspect $FLUXFLOW_GPU_TAG)"
-stop_hint prefect-worker
+stop_hint prefect-worker worker.sh

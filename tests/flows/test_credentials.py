@@ -128,3 +128,37 @@ def test_a_flow_run_whose_tracking_server_refuses_its_credentials_fails_at_once_
     assert "refused the credentials of MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (401" in printed.err
     assert "not-the-password" not in printed.out + printed.err
     assert not (tmp_path / "out" / "checkpoints").exists()  # nothing trained without its records
+
+
+def test_the_commands_that_read_the_store_say_a_refusal_or_an_unusable_secret_file_in_one_line(clean_env, tmp_path,
+                                                                                              capsys):
+    """fluxflow-compare showed MLflow's 401 as a 36-line traceback; fluxflow-generate --model (and serve_model.sh,
+    through the same check) as MLflow's text, with "a pipeline with a flow step registers its model", and neither
+    said that the secret file could not be used."""
+    from flows import cli_compare, cli_generate, env
+    from flows.registry import served_model_problem
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AsksForCredentials)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    clean_env.setenv("MLFLOW_TRACKING_USERNAME", "tracker")
+    clean_env.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
+    refused = f"the MLflow server at {url} refused the credentials of MLFLOW_TRACKING_USERNAME/"
+    try:
+        assert cli_compare.main(["--registered-model", "m", "--tracking-uri", url,
+                                 "--output", str(tmp_path / "cmp")]) == 2
+        assert cli_generate.main(["--model", "models:/m@champion", "--tracking-uri", url, "--prompt", "a red circle",
+                                  "--output", str(tmp_path / "img")]) == 2
+        printed = capsys.readouterr()
+        lines = printed.err.strip().splitlines()
+        assert len(lines) == 2 and all(refused in line for line in lines), printed.err
+        assert served_model_problem("models:/m@champion", url).startswith(f"models:/m@champion: {refused}")
+
+        clean_env.setattr(env, "CREDENTIALS_PROBLEM", "FLUXFLOW_MLFLOW_AUTH_FILE (/run/secrets/x): its first line "
+                                                      "must be USER:PASSWORD")
+        assert cli_compare.main(["--registered-model", "m", "--tracking-uri", url,
+                                 "--output", str(tmp_path / "cmp")]) == 2
+        assert "FLUXFLOW_MLFLOW_AUTH_FILE (/run/secrets/x): its first line" in capsys.readouterr().err
+    finally:
+        server.shutdown()
+    assert "not-the-password" not in printed.out + printed.err

@@ -147,6 +147,7 @@ def test_mlflow_ui_script_serves_the_checkout_store_on_loopback_without_job_runn
 
 def test_serve_model_script_serves_the_champion_of_the_store_on_loopback(fake_env, mlflow_template, tmp_path):
     from mlflow.tracking import MlflowClient
+    from process_groups import alive
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     shutil.copyfile(mlflow_template, tmp_path / "mlflow.db")
@@ -163,6 +164,16 @@ def test_serve_model_script_serves_the_champion_of_the_store_on_loopback(fake_en
     assert Path(call["cwd"]) == REPO and call["env"]["MLFLOW_TRACKING_URI"] == store
     pid = int((Path(fake_env["FLUXFLOW_RUN_DIR"]) / "model-server.pid").read_text())
     assert os.getpgid(pid) == pid and f"kill -- -{pid}" in done.stdout
+    again = run_script("serve_model.sh", fake_env)
+    assert again.returncode == 0 and "already running" in again.stdout and len(recorded_calls(fake_env)) == 1
+    # Another model while it runs: it said "Model models:/nope@champion ...: POST ..." and served the first one.
+    other = run_script("serve_model.sh", dict(fake_env, FLUXFLOW_MODEL_URI="models:/nope@champion"))
+    assert other.returncode == 2 and other.stderr == (
+        f"❌ the model server (pid {pid}) serves models:/fluxflow-quickstart@champion, not models:/nope@champion: "
+        "stop it first (bash scripts/serve_model.sh stop)\n")
+    stopped = run_script("serve_model.sh", fake_env, "stop")
+    assert stopped.returncode == 0 and f"stopped model-server (process group {pid})" in stopped.stdout
+    assert not alive(pid) and not (Path(fake_env["FLUXFLOW_RUN_DIR"]) / "model-server.pid").exists()
 
     # An alias the model does not have: one line, nothing started (was the server's traceback from its log).
     fake_env.update(FLUXFLOW_MODEL_URI="models:/fluxflow-quickstart@prod", FLUXFLOW_RUN_DIR=str(tmp_path / "run2"))
@@ -398,11 +409,10 @@ def test_mlflow_ui_script_with_a_secret_runs_the_basic_auth_app_with_the_passwor
     ini = Path(ini_path).read_text()
     assert "admin_username = tracker" in ini and f"database_uri = {auth_db}" in ini and "password" not in ini
     assert call["env"]["MLFLOW_TRACKING_PASSWORD"] is None  # the server is given no password at all
-    os.killpg(int((Path(fake_env["FLUXFLOW_RUN_DIR"]) / "mlflow-ui.pid").read_text()), signal.SIGTERM)
 
-    # Rotation: a new password in the file and a restart; the old one stops working.
+    # Rotation: a new password in the file and a restart (docs/OPERATIONS.md); the old one stops working.
     Path(fake_env["FLUXFLOW_MLFLOW_AUTH_FILE"]).write_text("tracker:second-password-2\n")
-    (Path(fake_env["FLUXFLOW_RUN_DIR"]) / "mlflow-ui.pid").unlink()
+    assert run_script("mlflow_ui.sh", fake_env, "stop").returncode == 0
     assert run_script("mlflow_ui.sh", fake_env).returncode == 0
     # The same server config: the same ini file, rewritten (the server outlives the script, so it is not deleted).
     assert recorded_calls(fake_env)[-1]["env"]["MLFLOW_AUTH_CONFIG_PATH"] == ini_path
@@ -411,6 +421,35 @@ def test_mlflow_ui_script_with_a_secret_runs_the_basic_auth_app_with_the_passwor
     assert store.authenticate_user("tracker", "second-password-2")
     assert not store.authenticate_user("tracker", "first-password-1")
     assert store.get_user("tracker").is_admin
+
+
+def test_a_restart_right_after_stop_starts_the_server_again_while_the_old_one_takes_its_time(fake_env):
+    """`kill -- -PID; make mlflow-ui` (the documented restart) found the old server still exiting, said "already
+    running", and nothing was left once it had gone. `stop` waits until the whole group has exited."""
+    from process_groups import alive
+
+    slow = FAKE_TOOL.replace("import http.server, json, os, sys, time\n", "import http.server, json, os, signal, "
+                             "sys, time\nsignal.signal(signal.SIGTERM, lambda *a: (time.sleep(1.5), os._exit(0)))\n")
+    (Path(fake_env["FLUXFLOW_VENV_BIN"]) / "mlflow").write_text(slow.format(python=sys.executable))
+    assert run_script("mlflow_ui.sh", fake_env).returncode == 0
+    pidfile = Path(fake_env["FLUXFLOW_RUN_DIR"]) / "mlflow-ui.pid"
+    first = int(pidfile.read_text())
+
+    stopped = run_script("mlflow_ui.sh", fake_env, "stop")
+    assert stopped.returncode == 0 and not alive(first) and not pidfile.exists()
+    again = run_script("mlflow_ui.sh", fake_env)
+    assert again.returncode == 0 and "started mlflow-ui" in again.stdout, again.stdout + again.stderr
+    assert len(recorded_calls(fake_env)) == 2 and alive(int(pidfile.read_text()))
+    assert "stop it with: bash scripts/mlflow_ui.sh stop" in again.stdout
+
+
+def test_mlflow_ui_script_refuses_a_password_mlflow_would_refuse_before_starting(fake_env, tmp_path):
+    """It said "started mlflow-ui", then the log's tail with "a password of at least 12 characters", exit 1."""
+    fake_env["FLUXFLOW_MLFLOW_AUTH_FILE"] = secret_file(tmp_path, "tracker:short")
+    done = run_script("mlflow_ui.sh", fake_env)
+    assert done.returncode == 2 and "started" not in done.stdout and not Path(fake_env["FAKE_RECORD"]).exists()
+    assert done.stderr == (f"❌ FLUXFLOW_MLFLOW_AUTH_FILE={fake_env['FLUXFLOW_MLFLOW_AUTH_FILE']}: MLflow needs a "
+                           "password of at least 12 characters\n")
 
 
 # --- docker/ ---------------------------------------------------------------------------------------------------------

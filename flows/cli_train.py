@@ -132,7 +132,7 @@ def configured(args: argparse.Namespace):
     try:
         loaded = resolve_run_config(args.config, output_dir=args.output_dir, device=args.device,
                                     overrides=args.overrides, check_data=not args.validate_pipeline,
-                                    output_dir_name="--output-dir")
+                                    output_dir_name="--output-dir", device_name="--device", overrides_name="--set")
     except ConfigError as exc:
         raise Refused(str(exc)) from None  # "N problems in FILE:" and one line per problem
     config = loaded.config
@@ -155,7 +155,7 @@ def check_can_run(config) -> None:
     not a database) or make or write (a read-only working directory). An MLflow server that does not answer at all
     is not refused here: the run starts and its records wait (docs/OPERATIONS.md)."""
     from flows.credentials import mlflow_refusal, prefect_refusal, prefect_unreachable
-    from flows.mlflow_runs import resolve_tracking_uri, unreadable_store, unwritable_store  # the run's own store
+    from flows.mlflow_runs import resolve_tracking_uri, unusable_store  # the run's own store
     from fluxflow.checkpoints.lock import OutputDirUnusable, RunLockedError
     from fluxflow.runtime.device import DeviceUnavailable, resolve_device
     from fluxflow.storage.location import StorageError
@@ -173,8 +173,7 @@ def check_can_run(config) -> None:
     if env.CREDENTIALS_PROBLEM:
         raise Refused(env.CREDENTIALS_PROBLEM)
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
-    problem = (prefect_unreachable() or prefect_refusal() or mlflow_refusal(uri) or unwritable_store(uri)
-               or unreadable_store(uri))
+    problem = prefect_unreachable() or prefect_refusal() or mlflow_refusal(uri) or unusable_store(uri)
     if problem:
         raise Refused(problem)
 

@@ -39,17 +39,36 @@ def retry_unless_non_retryable(task, task_run, state) -> bool:
     return error is None or is_retryable(error)
 
 
+# What Prefect's engine logs, with the traceback, when the flow's exception leaves a deployment's flow-run process
+# (prefect/flow_engine.py run_flow): the flow's own record ("Encountered exception during execution") said it already.
+ENGINE_EXIT = "Engine execution exited with unexpected exception"
+
+
 class QuietNonRetryable(logging.Filter):
     """Drops the traceback from log records about a non-retryable failure, and from the flow's own end when steps
     failed or missed their threshold with `on_missed: fail` (PipelineFailed: its message names each of them, and a
     failed step's traceback was logged by its task run; a missed threshold is an outcome the config asked for, not a
-    crash). The record's message stays."""
+    crash). The record's message stays, with the error written as its text: Prefect writes it with %r, which put a
+    ConfigError's problems on one line joined by a literal \\n. The engine's closing repeat (ENGINE_EXIT), which without
+    its traceback says nothing, is dropped."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if error is not None and (not is_retryable(error) or isinstance(error, PipelineFailed)):
-            record.exc_info, record.exc_text = None, None
+        if error is None or is_retryable(error) and not isinstance(error, PipelineFailed):
+            return True
+        if record.msg == ENGINE_EXIT:
+            return False
+        record.exc_info, record.exc_text = None, None
+        if isinstance(record.args, tuple):
+            record.args = tuple(AsText(str(arg)) if arg is error else arg for arg in record.args)
         return True
+
+
+class AsText(str):
+    """A text that %r writes as %s does: as it reads, one problem a line."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def quiet_non_retryable_tracebacks() -> None:

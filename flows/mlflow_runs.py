@@ -23,6 +23,7 @@ from flows.credentials import mlflow_refusal, unreachable_reason
 from flows.mlflow_names import TAG_KIND, TAG_OUTPUT_DIR, TAG_STEP_KEY, TAG_STEP_NAME, tags_filter
 from flows.mlflow_store import SQLITE_PREFIX, is_sqlite_database, sqlite_file
 from fluxflow.config.file_checks import not_a_regular_file
+from fluxflow.errors import NonRetryable
 from fluxflow.storage.location import local_path, remote_uri
 
 
@@ -168,8 +169,8 @@ def unwritable_store(uri: str) -> str | None:
     if path is None:
         return None
     folder = path.parent
-    if not folder.is_dir():
-        problem = f"folder {folder} does not exist"
+    if not folder.is_dir():  # not made here: a typo in the path would leave a store where no one looks for it
+        problem = f"{folder} is not a folder" if folder.exists() else f"folder {folder} does not exist"
     elif not os.access(folder, os.W_OK | os.X_OK):
         problem = f"folder {folder} cannot be written"
     elif path.exists() and not os.access(path, os.W_OK):
@@ -178,6 +179,16 @@ def unwritable_store(uri: str) -> str | None:
         return None
     return (f"cannot {'write' if path.exists() else 'create'} the MLflow store at {uri}: {problem}; run from a "
             "folder you can write, or name another store (MLFLOW_TRACKING_URI or tracking.tracking_uri)")
+
+
+def unusable_store(uri: str) -> str | None:
+    """Why a run cannot record into the store at `uri` (unwritable_store, then unreadable_store), or None: asked by
+    `fluxflow-train` before the flow starts, and by the flow itself, which a deployment runs without it."""
+    return unwritable_store(uri) or unreadable_store(uri)
+
+
+class StoreUnusable(NonRetryable):
+    """The run's MLflow store cannot be made, written or read (unusable_store's line): the flow run fails with it."""
 
 
 class PipelineRun:

@@ -27,8 +27,8 @@ from flows.credentials import CredentialsError, mlflow_refusal, unreachable_reas
 from flows.fault_policy import quiet_non_retryable_tracebacks
 from flows.compare import pipeline_summary
 from flows.mlflow_names import TAG_BRANCHES, TAG_CONFIG_HASH, TAG_OVERRIDES, TAG_STEPS
-from flows.mlflow_runs import PipelineRun, TrackingTarget, find_step_runs, output_dir_of, pipeline_name, \
-    resolve_tracking_uri
+from flows.mlflow_runs import PipelineRun, StoreUnusable, TrackingTarget, find_step_runs, output_dir_of, \
+    pipeline_name, resolve_tracking_uri, unusable_store
 from flows.mlflow_store import prepare_store
 from flows.promotion import release_models
 from flows.prefect_log_tracker import PrefectLogTracker
@@ -65,6 +65,11 @@ def open_tracking(config: PipelineConfig, steps: list,
     server that does not answer is said once, with where the records wait, and the run trains on; the target then
     has no ids yet (the steps' trackers find them when the server answers)."""
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
+    # Refused as `fluxflow-train` refuses it (a deployment run has no such check before the flow): one line, before
+    # prepare_store makes a missing folder or MLflow fails with its traceback.
+    unusable = unusable_store(uri)
+    if unusable:
+        raise StoreUnusable(unusable)
     prepare_store(uri)  # a new local store: a copy of an empty one, not MLflow's migrations (flows/mlflow_store.py)
     client = MlflowClient(uri)
     output_dir = output_dir_of(config)

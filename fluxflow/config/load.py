@@ -97,28 +97,52 @@ def unshared(tree: Any) -> Any:
 # is validated like the file, so an unknown key gets the file's message ("unknown key (did you mean 'lr'?)").
 # Overrides apply in order, before the keys of the original tool are mapped (fluxflow/config/legacy.py).
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], label: str | None) -> dict[str, Any]:
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], label: str | None,
+                    name: str = "--set") -> dict[str, Any]:
     """A copy of the parsed file with every override set; ConfigError naming each one that cannot be placed, or the
-    first that is not KEY=VALUE ('training.pipeline.steps.flow.lr=3e-4') or whose value is broken YAML."""
+    first that is not KEY=VALUE ('training.pipeline.steps.flow.lr=3e-4') or whose value is broken YAML. `name`: what
+    the caller calls an override (`--set`; the flow's parameter `overrides`)."""
     raw, issues = unshared(raw), []
     for text in overrides:  # every one that cannot be placed is named, not only the first
         key, sep, written = text.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
-            issues.append(ConfigIssue(f"--set {text}", "expected KEY=VALUE with a dotted KEY, e.g. training.seed=1 or "
-                                                       "training.pipeline.steps.flow.lr=3e-4"))
+            issues.append(ConfigIssue(f"{name} {text}", "expected KEY=VALUE with a dotted KEY, e.g. training.seed=1 "
+                                                        "or training.pipeline.steps.flow.lr=3e-4"))
             continue
         try:
             value = yaml.load(written, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as exc:
-            issues.append(ConfigIssue(f"--set {key}", f"the value is broken YAML: {' '.join(str(exc).split())}"))
+            issues.append(ConfigIssue(f"{name} {key}", f"the value is broken YAML: {' '.join(str(exc).split())}"))
             continue
         problem = _set(raw, parts, value, written.strip())
         if problem:
-            issues.append(ConfigIssue(f"--set {'.'.join(parts)}", problem))
+            issues.append(ConfigIssue(f"{name} {'.'.join(parts)}", problem))
     if issues:
         raise ConfigError(issues, label)
     return raw
+
+
+def from_overrides(issues: list[ConfigIssue], overrides: list[str] | tuple[str, ...], steps: list,
+                   name: str = "--set") -> list[ConfigIssue]:
+    """`issues`, each one about a value an override wrote (its path, or a path under it) saying so: `(from --set
+    KEY)`. Under the file's label ("1 problem in configs/x.yaml") the file was blamed for the command's value. `steps`:
+    the step names in order (an issue names a step by its index, an override by its name). The override's value is
+    not repeated: it may be a secret (tracking.tracking_uri), and the issue says what is wrong with it."""
+    written: list[tuple[str, str]] = []  # (the issue path an override writes, its KEY as given), in order
+    for text in overrides:
+        key = text.partition("=")[0].strip()
+        parts: list[str | int] = list(key.split("."))
+        if tuple(parts[:len(STEPS)]) == STEPS and len(parts) > len(STEPS) and parts[len(STEPS)] in steps:
+            parts[len(STEPS)] = steps.index(parts[len(STEPS)])
+        written.append((format_path(parts), key))
+
+    def source(path: str) -> str | None:  # the last override to write it: they apply in order
+        return next((key for at, key in reversed(written) if path == at or path.startswith((f"{at}.", f"{at}["))),
+                    None)
+
+    return [ConfigIssue(issue.path, f"{issue.message} (from {name} {key})") if (key := source(issue.path)) else issue
+            for issue in issues]
 
 
 def _set(raw: dict[str, Any], parts: list[str], value: Any, written: str) -> str | None:
@@ -161,9 +185,10 @@ def _set(raw: dict[str, Any], parts: list[str], value: Any, written: str) -> str
     return None
 
 
-def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> LoadedConfig:
+def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = (),
+                overrides_name: str = "--set") -> LoadedConfig:
     """Validate a config file (path) or an already-parsed config (dict, e.g. a Prefect parameter), with the
-    `--set KEY=VALUE` overrides applied first (apply_overrides)."""
+    `--set KEY=VALUE` overrides applied first (apply_overrides; `overrides_name`: what the caller calls them)."""
     path = None if isinstance(source, dict) else Path(source)
     raw = source if isinstance(source, dict) else read_yaml(path)
     label = str(path) if path else None
@@ -171,7 +196,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
         raise ConfigError([ConfigIssue("(file)", "is empty; a config needs at least training.pipeline.steps")], label)
     if not isinstance(raw, dict):
         raise ConfigError([ConfigIssue("(file)", f"must be a mapping of sections, not {type(raw).__name__}")], label)
-    raw = apply_overrides(raw, overrides, label)
+    raw = apply_overrides(raw, overrides, label, overrides_name)
 
     raw, warnings, issues = apply_legacy(raw)
     raw = with_pretrained_width(raw)
@@ -186,9 +211,14 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
     if config is not None and not issues:
         issues += promotion_issues(config) + resources_issues(config) + process_issues(config)
     if issues:
-        raise ConfigError(_dedupe(issues), label)
+        raise ConfigError(from_overrides(_dedupe(issues), overrides, _step_names(raw), overrides_name), label)
     warnings += _unused_lr_warnings(config) + _unused_field_warnings(config)
     return LoadedConfig(config=config, warnings=warnings, source=path)
+
+
+def _step_names(raw: dict) -> list:
+    """The name of each step of a parsed config, in order (None for one without a name)."""
+    return [step.get("name") if isinstance(step, dict) else None for step in get_in(raw, *STEPS, kind=list) or []]
 
 
 def _unused_field_warnings(config: PipelineConfig) -> list[str]:

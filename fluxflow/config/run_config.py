@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from fluxflow.config.errors import ConfigError, ConfigIssue
 from fluxflow.config.file_checks import data_issues
-from fluxflow.config.load import LoadedConfig, issues_from_validation, load_config
+from fluxflow.config.load import LoadedConfig, from_overrides, issues_from_validation, load_config
 from fluxflow.config.schema import PipelineConfig
 from fluxflow.storage.location import remote_uri
 
@@ -29,18 +29,20 @@ RESOLVED = "resolved_for_run"  # the mark of a resolved config's dict: it is tak
 
 def resolve_run_config(source: str | Path | dict[str, Any], *, output_dir: str | None = None,
                        device: str | None = None, overrides: list[str] | tuple[str, ...] = (),
-                       day: str | None = None, check_data: bool = True,
-                       output_dir_name: str = "output_dir") -> LoadedConfig:
+                       day: str | None = None, check_data: bool = True, output_dir_name: str = "output_dir",
+                       device_name: str = "device", overrides_name: str = "overrides") -> LoadedConfig:
     """The run's config (and the legacy-key warnings of its loading); `day` fills `{date}` (default: today, UTC).
-    `output_dir_name`: what a wrong `output_dir` is called in the error (`--output-dir` on the command line).
-    `check_data` False: `--validate-pipeline`, which accepts a config written before its data is in place. A dict made
-    by `run_dict` is only re-validated: its `overrides` were applied where the run entered."""
+    `output_dir_name`, `device_name`, `overrides_name`: what the caller calls `output_dir`, `device` and `overrides`,
+    for the errors about their values (the flow's parameter names; `--output-dir`, `--device`, `--set` on the command
+    line): the file is not what is wrong. `check_data` False: `--validate-pipeline`, which accepts a config written
+    before its data is in place. A dict made by `run_dict` is only re-validated: its `overrides` were applied where
+    the run entered."""
     if isinstance(source, dict) and source.get(RESOLVED):
         if output_dir or device:
             raise ValueError("a resolved config takes no output_dir or device: resolve it from its source")
         return LoadedConfig(config=run_config_of(source))
     label = None if isinstance(source, dict) else str(source)  # how load_config names the file in its errors
-    loaded = load_config(source, overrides)
+    loaded = load_config(source, overrides, overrides_name)
     raw = loaded.config.model_dump(mode="json")
 
     template = str(output_dir or raw["output"]["output_path"])
@@ -52,14 +54,15 @@ def resolve_run_config(source: str | Path | dict[str, Any], *, output_dir: str |
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        issues = issues_from_validation(exc)
-        if output_dir:  # the caller's value, not the file's, is what is wrong: name it as the caller does
-            issues = [ConfigIssue(output_dir_name, i.message.removeprefix("Value error, "))
-                      if i.path == "output.output_path" else i for i in issues]
+        # The caller's value, not the file's, is what is wrong: name it as the caller does.
+        given = {"output.output_path": output_dir and output_dir_name, "training.device": device and device_name}
+        issues = [ConfigIssue(given[i.path], i.message.removeprefix("Value error, ")) if given.get(i.path) else i
+                  for i in issues_from_validation(exc)]
         raise ConfigError(issues, label) from None
     missing = data_issues(config) if check_data else []
-    if missing:
-        raise ConfigError(missing, label)
+    if missing:  # a dataset's path may be an override's
+        names = [step.name for step in config.training.pipeline.steps]
+        raise ConfigError(from_overrides(missing, overrides, names, overrides_name), label)
     return LoadedConfig(config=config, warnings=loaded.warnings, source=loaded.source, dated="{date}" in template)
 
 

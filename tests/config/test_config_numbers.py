@@ -38,7 +38,7 @@ def problems(tmp_path, overrides) -> list[str]:
 def test_true_or_false_is_not_a_number(tmp_path, override, path):
     found = problems(tmp_path, [override])
     got = "False" if "false" in override else "True"
-    assert found == [f"{path}: must be a number, not true/false (got {got})"]
+    assert found == [f"{path}: must be a number, not true/false (got {got}) (from --set {override.partition('=')[0]})"]
 
 
 def test_true_and_false_stay_valid_for_switches(tmp_path):
@@ -84,7 +84,7 @@ def test_a_number_that_is_not_finite_is_refused_naming_the_field(tmp_path, overr
 def test_a_memory_size_that_is_not_finite_is_refused_in_one_line(tmp_path, value):  # .inf was an OverflowError
     assert problems(tmp_path, [f"{WARM}.resources.memory={value}"]) == [
         f"training.pipeline.steps[0].resources.memory: Value error, {value[1:]} is not a size: write e.g. 4GB, 512MiB "
-        f"or a number of bytes (got {value[1:]})"]
+        f"or a number of bytes (got {value[1:]}) (from --set {WARM}.resources.memory)"]
 
 
 @pytest.mark.parametrize("override,example", [(f"{WARM}.optimization.optimizers.vae.betas.0=0.5", "[0.5, ...]"),
@@ -145,10 +145,10 @@ def test_the_cli_prints_one_line_for_a_boolean_batch_size(tmp_path, capsys):
 def test_a_boolean_number_does_not_hide_the_other_problems_of_its_section(tmp_path):
     assert problems(tmp_path, ["training.batch_size=true", "training.pipeline.datasets={shapes: {type: shape}}",
                                "training.n_epochs=0"]) == [
-        "training.batch_size: must be a number, not true/false (got True)",
-        "training.n_epochs: Input should be greater than or equal to 1 (got 0)",
+        "training.batch_size: must be a number, not true/false (got True) (from --set training.batch_size)",
+        "training.n_epochs: Input should be greater than or equal to 1 (got 0) (from --set training.n_epochs)",
         "training.pipeline.datasets.shapes.type: must be one of 'shapes', 'folder', 'webdataset' (got 'shape') "
-        "(did you mean 'shapes'?)"]
+        "(did you mean 'shapes'?) (from --set training.pipeline.datasets)"]
 
 
 def test_an_lr_of_the_defaults_that_no_step_trains_at_is_reported_unused(tmp_path):

@@ -49,16 +49,56 @@ def test_overrides_create_missing_sections_and_apply_in_order(tmp_path):
     assert [s.kl_beta for s in config.resolved_steps()] == [0.25, 0.25]
 
 
-def test_an_unknown_key_gets_the_same_message_as_in_the_file(tmp_path):
+def test_an_unknown_key_gets_the_same_message_as_in_the_file_and_names_the_override(tmp_path):
     in_file = [dict(VAE_STEP), dict(STEPS[1], lrr=1e-3)]
-    assert problems(tmp_path, ["training.pipeline.steps.flow.lrr=1e-3"]) == problems(tmp_path, steps=in_file) == [
-        "training.pipeline.steps[1].lrr: unknown key (did you mean 'lr'?)"]
-    assert problems(tmp_path, ["training.seeed=1"]) == ["training.seeed: unknown key (did you mean 'seed'?)"]
+    assert problems(tmp_path, steps=in_file) == ["training.pipeline.steps[1].lrr: unknown key (did you mean 'lr'?)"]
+    assert problems(tmp_path, ["training.pipeline.steps.flow.lrr=1e-3"]) == [
+        "training.pipeline.steps[1].lrr: unknown key (did you mean 'lr'?) (from --set "
+        "training.pipeline.steps.flow.lrr)"]
+    assert problems(tmp_path, ["training.seeed=1"]) == [
+        "training.seeed: unknown key (did you mean 'seed'?) (from --set training.seeed)"]
 
 
 def test_an_invalid_value_is_reported_like_the_file(tmp_path):
     assert problems(tmp_path, ["training.pipeline.steps.flow.lr=2"]) == [
-        "training.pipeline.steps[1].lr: Input should be less than or equal to 1 (got 2)"]
+        "training.pipeline.steps[1].lr: Input should be less than or equal to 1 (got 2) (from --set "
+        "training.pipeline.steps.flow.lr)"]
+
+
+def test_a_problem_an_override_or_parameter_made_names_it_as_the_caller_does(tmp_path):
+    """Under "1 problem in configs/tiny_test.yaml:" an override's value was blamed on the file, and so was the flow's
+    `device` parameter (as `training.device`), where its `output_dir` was already named as the flow's parameter. The
+    flow's names are resolve_run_config's defaults; `fluxflow-train` passes its options'."""
+    from fluxflow.config.run_config import resolve_run_config
+
+    def refused(**given) -> str:
+        with pytest.raises(ConfigError) as raised:
+            resolve_run_config("configs/tiny_test.yaml", **given)
+        return str(raised.value)
+
+    assert refused(overrides=["training.nosuchfield=1"]) == (
+        "1 problem in configs/tiny_test.yaml:\n  - training.nosuchfield: unknown key (from overrides "
+        "training.nosuchfield)")
+    assert refused(overrides=["training.nosuchfield=1"], overrides_name="--set").endswith(
+        "(from --set training.nosuchfield)")
+    assert refused(overrides=["training.pipeline.steps.nope.lr=1"]).endswith(
+        "  - overrides training.pipeline.steps.nope.lr: no step named 'nope' (steps: vae_warmup, vae_gan)")
+    assert refused(device="gpu") == (
+        "1 problem in configs/tiny_test.yaml:\n  - device: Input should be 'auto', 'cpu' or 'cuda' (got 'gpu')")
+    assert refused(device="gpu", device_name="--device").endswith("  - --device: Input should be 'auto', 'cpu' or "
+                                                                  "'cuda' (got 'gpu')")
+    # Checked when the run starts, not by validation: the data folder an override names.
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (tmp_path / "captions.txt").write_text("a.png\ta red circle\n")
+    moved = ["training.pipeline.datasets.shapes={type: folder, path: %s, captions_file: %s}"
+             % (folder, tmp_path / "captions.txt"), f"training.pipeline.datasets.shapes.path={tmp_path / 'gone'}"]
+    assert refused(overrides=moved).endswith(
+        f"  - training.pipeline.datasets.shapes.path: image folder {tmp_path / 'gone'} does not exist (from "
+        "overrides training.pipeline.datasets.shapes.path)")
+    # A problem of the file's own is still the file's.
+    assert refused(overrides=["training.seed=1"], device="gpu").endswith("  - device: Input should be 'auto', 'cpu' "
+                                                                          "or 'cuda' (got 'gpu')")
 
 
 @pytest.mark.parametrize("override,message", [
@@ -125,7 +165,8 @@ def test_the_cli_validates_with_the_overrides_and_refuses_a_bad_one(tmp_path, ca
     assert cli_train.main(["--config", str(path), "--validate-pipeline", "--quiet",
                            "--set", "training.pipeline.steps.flow.n_epohcs=3"]) == 2
     err = capsys.readouterr().err
-    assert "training.pipeline.steps[1].n_epohcs: unknown key (did you mean 'n_epochs'?)" in err
+    assert "training.pipeline.steps[1].n_epohcs: unknown key (did you mean 'n_epochs'?) (from --set " \
+           "training.pipeline.steps.flow.n_epohcs)" in err
     assert "Traceback" not in err
 
 

@@ -212,6 +212,10 @@ def test_a_tracking_store_that_cannot_be_made_or_written_exits_2_before_the_flow
         f"❌ cannot create the MLflow store at sqlite:///{tmp_path / 'gone' / 'mlflow.db'}: folder {tmp_path / 'gone'} "
         "does not exist; run from a folder you can write, or name another store (MLFLOW_TRACKING_URI or "
         "tracking.tracking_uri)")
+    (tmp_path / "a-file").write_text("")  # was "folder .../a-file does not exist"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}")
+    assert cli_train.main(args) == 2
+    assert f"mlflow.db: {tmp_path / 'a-file'} is not a folder; run from" in capsys.readouterr().err
     read_only = tmp_path / "checkout"
     read_only.mkdir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{read_only / 'mlflow.db'}")

@@ -140,3 +140,73 @@ def test_a_device_the_machine_lacks_fails_the_step_once_in_one_line(tmp_path, ml
     assert "no CUDA device is available" in state.message
     assert task_runs(state.state_details.flow_run_id)["warm"].run_count == 1
     assert [r.getMessage() for r in records if r.exc_info] == []
+
+
+def flow_run_records(run) -> list:
+    """The log records of the flow and task engines while `run()` runs, and what it returned (or raised)."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        return records, run()
+    except Exception as exc:
+        return records, exc
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+def test_a_config_refused_in_a_deployment_run_is_logged_as_readable_lines_once(tmp_path, mlflow_store):
+    """`prefect deployment run ... --param 'overrides=["training.nosuchfield=1"]'`: the log said
+    `ConfigError('1 problem in FILE:\\n  - ...')` (the repr, a literal backslash-n, and the problem blamed on the file),
+    then "Engine execution exited with unexpected exception" once the exception left the flow-run process."""
+    import logging
+
+    import yaml
+    from prefect.flow_engine import run_flow
+
+    from flows.pipeline_flow import pipeline_flow
+    from fluxflow.config import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config(tmp_path, "refused", STEPS)))
+    # As prefect/flow_engine.py runs a deployment's flow run: its run logger receives what leaves the engine.
+    records, raised = flow_run_records(lambda: run_flow(
+        pipeline_flow, parameters={"config": str(path), "overrides": ["training.nosuchfield=1"]},
+        error_logger=logging.getLogger("prefect.flow_runs")))
+    assert isinstance(raised, ConfigError)
+    problems = f"1 problem in {path}:\n  - training.nosuchfield: unknown key (from overrides training.nosuchfield)"
+    assert [r.getMessage() for r in records if r.levelno >= logging.ERROR] == [
+        f"Encountered exception during execution: {problems}"]
+    assert not [r for r in records if r.exc_info or r.msg.startswith("Engine execution exited")]
+
+
+@pytest.mark.parametrize("where", ["a file", "no folder"])
+def test_a_store_the_run_cannot_make_fails_the_flow_in_one_line_before_training(tmp_path, mlflow_store, monkeypatch,
+                                                                                where):
+    """A deployment run (no `fluxflow-train` to refuse it first) with MLFLOW_TRACKING_URI in a folder that is a file
+    logged two tracebacks of MLflow's FileExistsError; one in a folder that does not exist made the folder, where
+    `fluxflow-train` refuses it (flows/mlflow_runs.py unwritable_store)."""
+    import logging
+
+    from flows.pipeline_flow import pipeline_flow
+
+    (tmp_path / "a-file").write_text("not a folder\n")
+    folder = tmp_path / ("a-file" if where == "a file" else "missing")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    records, state = flow_run_records(lambda: pipeline_flow(config(tmp_path, "no-store", STEPS), return_state=True))
+    says = f"cannot create the MLflow store at {uri}: " + (
+        f"{folder} is not a folder" if where == "a file" else f"folder {folder} does not exist")
+    assert state.is_failed() and says in state.message, state.message
+    assert [r.getMessage() for r in records if r.levelno >= logging.ERROR] == [
+        f"Encountered exception during execution: {says}; run from a folder you can write, or name another store "
+        "(MLFLOW_TRACKING_URI or tracking.tracking_uri)"]
+    assert not [r for r in records if r.exc_info]
+    assert task_runs(state.state_details.flow_run_id) == {}  # nothing trained
+    assert (tmp_path / "a-file").read_text() == "not a folder\n" and not (tmp_path / "missing").exists()

@@ -3,6 +3,7 @@ Prefect home or temporary folder)."""
 import atexit
 import getpass
 import glob
+import logging
 import os
 import shutil
 import sys
@@ -102,3 +103,17 @@ def checkout_left_without_mlflow_records():
     yield
     added = mlflow_records_in_the_checkout() - before
     assert not added, f"tests wrote MLflow records into the checkout {REPO}: {sorted(added)}"
+
+
+@pytest.fixture(autouse=True)
+def prefect_console_on_this_tests_stderr():
+    """Prefect's console handlers keep the stream they were made with: made while a test captured stderr, they wrote
+    to that closed stream in a later test of the process, which then found "--- Logging error --- Traceback" in its
+    own stderr (tests/flows/test_flow_pipeline.py's busy-directory test, after other flows on its worker)."""
+    handlers = sys.modules.get("prefect.logging.handlers")  # only once some test imported Prefect
+    if handlers is not None:
+        for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+            for handler in getattr(logger, "handlers", ()):
+                if isinstance(handler, handlers.PrefectConsoleHandler):
+                    handler.stream = handler.console.file = sys.stderr  # setStream would flush the closed one
+    yield

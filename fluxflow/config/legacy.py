@@ -144,8 +144,9 @@ def _pipeline(training: dict, notes: LegacyNotes) -> None:
     if isinstance(pipeline, dict):
         if losses:  # the original's global loss weights: defaults for every step that sets none
             defaults = pipeline.setdefault("defaults", {})
-            if isinstance(defaults, dict):
-                defaults.update({key: value for key, value in losses.items() if key not in defaults})
+            if isinstance(defaults, dict):  # a value the defaults give, under either name, wins over the global one
+                given = {STEP_ALIASES.get(key, key) for key in defaults}
+                defaults.update({key: value for key, value in losses.items() if key not in given})
         notes.drop(pipeline, {"mode": "steps run in file order, or after the step named by their `after:`"},
                    "training.pipeline")
         for path, block in _step_blocks(pipeline):
@@ -308,12 +309,16 @@ def map_dataset(dataset: dict, path: str, notes: LegacyNotes) -> None:
 def per_epoch_schedulers(pipeline: dict, notes: LegacyNotes) -> None:
     """The original tool stepped its schedulers once per epoch (a StepLR step_size counted epochs); here the default
     is per optimizer update. In a config of the original tool, a scheduler without `interval` gets `interval: epoch`,
-    with a warning. A step's scheduler inherits the interval its defaults' entry of the same group sets."""
+    with a warning. A step's scheduler inherits the interval its defaults' entry of the same group sets, unless it
+    names another type: that replaces the defaults' entry whole (steps.deep_merge), interval included."""
     defaults = get_in(pipeline, "defaults", "optimization", "schedulers") or {}
     for path, block in _step_blocks(pipeline):
         inherited = {} if path == "training.pipeline.defaults" else defaults
         for group, scheduler in (get_in(block, "optimization", "schedulers") or {}).items():
             parent = get_in(inherited, group) or {}
+            types = (parent.get("type"), scheduler.get("type")) if isinstance(scheduler, dict) else (None, None)
+            if None not in types and types[0] != types[1]:  # replaces the defaults' entry, interval and all
+                parent = {}
             if not isinstance(scheduler, dict) or "interval" in scheduler or "interval" in parent \
                     or (scheduler.get("type") or parent.get("type")) in EPOCH_ONLY:  # always per epoch anyway
                 continue

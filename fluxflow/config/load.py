@@ -256,6 +256,14 @@ def _unused_lr_warnings(config: PipelineConfig) -> list[str]:
     return warnings
 
 
+def _other_section(key: str, loc: tuple) -> str:
+    """' (it is a field of output: output.log_interval)' for a key written in another section than its own
+    (`training.checkpoint_save_interval`, a step's `log_interval`), '' otherwise."""
+    sections = [name for name, field in PipelineConfig.model_fields.items()
+                if name != loc[0] and key in getattr(field.annotation, "model_fields", {})]
+    return f" (it is a field of {sections[0]}: {sections[0]}.{key})" if sections else ""
+
+
 def issues_from_validation(exc: ValidationError) -> list[ConfigIssue]:
     """pydantic's errors as issues: dotted paths, 'did you mean' for unknown keys."""
     issues = []
@@ -280,7 +288,8 @@ def issues_from_validation(exc: ValidationError) -> list[ConfigIssue]:
             issues.append(ConfigIssue(path, f"required for a {tag} dataset"))
         elif kind == "extra_forbidden":
             known = err.get("ctx", {}).get("fields", [])  # the fields of the model with the key (optim.StrictModel)
-            issues.append(ConfigIssue(path, f"unknown key{did_you_mean(str(loc[-1]), known)}"))
+            hint = did_you_mean(str(loc[-1]), known) or _other_section(str(loc[-1]), loc)
+            issues.append(ConfigIssue(path, f"unknown key{hint}"))
         elif kind == "missing" and loc in (("training",), ("training", "pipeline")):
             issues.append(ConfigIssue(path, "required: declare the steps under training.pipeline.steps (see "
                                             "configs/quickstart.yaml)"))

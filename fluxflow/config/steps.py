@@ -200,10 +200,14 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
     n_epochs or the dataset is given nowhere."""
     given = merged_step_fields(step, defaults)
     values = {**globals_, **given}  # `given` holds no None: a None global is one that nothing sets
+    transition = dict(values.get("transition_on", {}))
+    if values.get("n_epochs") is None and transition.get("mode") == "loss_threshold":
+        values["n_epochs"] = transition.get("max_epochs")  # its bound: n_epochs would only be max_epochs' default
 
     if values.get("n_epochs") is None:
         raise MissingStepValue("n_epochs", "required: set it on the step, in training.pipeline.defaults "
-                                           "or as training.n_epochs")
+                                           "or as training.n_epochs (a loss_threshold step: or its "
+                                           "transition_on.max_epochs)")
     if values.get("dataset") is None:
         raise MissingStepValue("dataset", "required: training.pipeline.datasets has several entries and no "
                                           "default_dataset; name one here or set training.pipeline.default_dataset")
@@ -213,7 +217,6 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
     values["unfreeze"] = list(dict.fromkeys(values.get("unfreeze", [])))
     # `unfreeze` overrides `freeze`, from the defaults or from the step alike (the original tool's documentation).
     values["freeze"] = [n for n in dict.fromkeys(values.get("freeze", [])) if n not in values["unfreeze"]]
-    transition = dict(values.get("transition_on", {}))
     mode = transition.get("mode") or "epoch"
     watched = mode == "loss_threshold"  # metric and threshold mean something only there
     values["transition_on"] = Transition(mode=mode, metric=transition.get("metric") if watched else None,

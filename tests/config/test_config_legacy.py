@@ -375,3 +375,33 @@ def test_training_initial_clipping_norm_is_every_steps_grad_clip():
     raw = {"training": {"initial_clipping_norm": 0.5,
                         "pipeline": {"steps": [{"name": "s", "n_epochs": 1, "train_vae": True}]}}}
     assert [s.grad_clip for s in load_config(raw).config.resolved_steps()] == [0.5]
+
+
+def test_a_step_scheduler_of_another_type_than_the_defaults_one_steps_per_epoch_too(tmp_path):
+    """It replaces the defaults' entry whole (their `interval: epoch` with it), and was left per update, unsaid."""
+    loaded = load_yaml(tmp_path, """
+        training:
+          use_fp16: false
+          pipeline:
+            defaults: {optimization: {schedulers: {vae: {type: CosineAnnealingLR}}}}
+            steps:
+              - {name: a, n_epochs: 1, train_vae: true}
+              - {name: b, n_epochs: 1, train_vae: true,
+                 optimization: {schedulers: {vae: {type: StepLR, step_size: 10, gamma: 0.5}}}}
+    """)
+    a, b = loaded.config.resolved_steps()
+    assert [a.optimization.schedulers["vae"].interval, b.optimization.schedulers["vae"].interval] == ["epoch"] * 2
+    assert any(w.startswith("training.pipeline.steps[1].optimization.schedulers.vae: interval: epoch")
+               for w in loaded.warnings)
+
+
+def test_a_clipping_norm_of_the_defaults_wins_over_the_global_one_under_its_original_name():
+    """As kl_beta's does: the global initial_clipping_norm became the defaults' grad_clip first, and the defaults'
+    own initial_clipping_norm was then said to have no effect "because grad_clip is given"."""
+    raw = {"training": {"initial_clipping_norm": 2.0, "kl_beta": 0.1,
+                        "pipeline": {"defaults": {"initial_clipping_norm": 0.5, "kl_beta": 0.001},
+                                     "steps": [{"name": "a", "n_epochs": 1, "train_vae": True}]}}}
+    loaded = load_config(raw)
+    (step,) = loaded.config.resolved_steps()
+    assert (step.grad_clip, step.kl_beta) == (0.5, 0.001)
+    assert not any("grad_clip" in w for w in loaded.warnings)

@@ -195,3 +195,26 @@ def test_n_epochs_on_a_loss_threshold_step_with_its_own_max_epochs_is_said_to_ha
     assert load_config(tiny_raw(tmp_path, [bounded, defaulted])).warnings == [
         "training.pipeline.steps[0].n_epochs: has no effect: its loss_threshold transition ends it by "
         "transition_on.max_epochs"]
+
+
+def test_a_loss_threshold_step_with_its_own_max_epochs_needs_no_n_epochs(tmp_path):
+    """n_epochs was required (nothing set it), and written on the step it was said to have no effect."""
+    watched = {"mode": "loss_threshold", "metric": "vae_loss", "threshold": 0.1, "max_epochs": 3}
+    step = {k: v for k, v in VAE_STEP.items() if k != "n_epochs"}
+    loaded = load_config(tiny_raw(tmp_path, [dict(step, transition_on=watched)]))
+    assert loaded.warnings == [] and loaded.config.resolved_steps()[0].transition_on.max_epochs == 3
+    with pytest.raises(ConfigError, match="n_epochs: required: .* transition_on.max_epochs"):
+        load_config(tiny_raw(tmp_path, [dict(step, transition_on={k: v for k, v in watched.items()
+                                                                   if k != "max_epochs"})]))
+
+
+def test_a_key_written_in_another_section_than_its_own_is_pointed_there(tmp_path):
+    raw = tiny_raw(tmp_path, [dict(VAE_STEP, checkpoint_save_interval=10)])
+    raw["training"].update(log_interval=5, output_path="out")
+    with pytest.raises(ConfigError) as caught:
+        load_config(raw)
+    assert sorted(map(str, caught.value.issues)) == [
+        "training.log_interval: unknown key (it is a field of output: output.log_interval)",
+        "training.output_path: unknown key (it is a field of output: output.output_path)",
+        "training.pipeline.steps[0].checkpoint_save_interval: unknown key (it is a field of output: "
+        "output.checkpoint_save_interval)"]

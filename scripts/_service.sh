@@ -44,7 +44,7 @@ _DETACH='import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); o
 service_running() {
     local pidfile="$RUN_DIR/$1.pid"
     if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-        echo "$1 is already running (pid $(cat "$pidfile")); stop it with: kill -- -$(cat "$pidfile")"
+        echo "$1 is already running (pid $(cat "$pidfile")); stop it with: bash scripts/$(basename "$0") stop"
         return 0
     fi
     return 1
@@ -89,32 +89,43 @@ s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2])))' "$1" "$2" 2>/dev/null
 }
 
-# stop_hint NAME SCRIPT: how to stop what start_service started.
+# stop_hint NAME: how to stop what start_service started (the script run is $0: bash scripts/X.sh).
 stop_hint() {
     local pid; pid="$(cat "$RUN_DIR/$1.pid")"
-    echo "stop it with: bash scripts/$2 stop    # or kill -- -$pid (TERM to its process group, without waiting)"
+    echo "stop it with: bash scripts/$(basename "$0") stop    # or kill -- -$pid (TERM to its process group, without" \
+         "waiting)"
 }
 
-# stop_service NAME: TERM to the process group recorded in $RUN_DIR/NAME.pid, and wait until every process of it has
-# exited (KILL after 15 s). A start right after `kill -- -PID` (a restart, to rotate a password) found the old group
-# still exiting, took it for running, and nothing was left once it had gone.
+# stop_service NAME [SECONDS]: TERM to the process group recorded in $RUN_DIR/NAME.pid, and wait until every process
+# of it has exited (KILL after SECONDS, default 15). A start right after `kill -- -PID` (a restart, to rotate a
+# password) found the old group still exiting, took it for running, and nothing was left once it had gone. The pid
+# file goes, and NAME.model beside it (serve_model.sh's record of the model its server serves).
 stop_service() {
-    local name="$1" pidfile="$RUN_DIR/$1.pid" pid
-    pid="$(cat "$pidfile" 2>/dev/null)" || { echo "$name is not running (no $pidfile)"; return 0; }
+    local name="$1" limit="${2:-15}" pidfile="$RUN_DIR/$1.pid" pid i
+    pid="$(cat "$pidfile" 2>/dev/null)" || true
+    # No group of that id (an empty file, a group long gone): nothing to stop, and no other group's by a reused id.
+    if [[ ! "$pid" =~ ^[0-9]+$ ]] || ! kill -0 -- "-$pid" 2>/dev/null; then
+        rm -f "$pidfile" "$RUN_DIR/$name.model"
+        echo "$name is not running"
+        return 0
+    fi
     kill -TERM -- "-$pid" 2>/dev/null || true
-    for ((i = 0; i < 60; i++)); do
+    for ((i = 0; i < limit * 4; i++)); do
         kill -0 -- "-$pid" 2>/dev/null || break
         sleep 0.25
     done
-    kill -KILL -- "-$pid" 2>/dev/null && echo "$name did not stop within 15 s of TERM: killed" >&2
-    rm -f "$pidfile"
+    if kill -KILL -- "-$pid" 2>/dev/null; then
+        echo "$name did not stop within ${limit} s of TERM: killed" >&2
+        for ((i = 0; i < 20; i++)); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -f "$pidfile" "$RUN_DIR/$name.model"
     echo "stopped $name (process group $pid)"
 }
 
-# stop_if_asked NAME [ARG]: with ARG `stop`, stop_service NAME and exit.
+# stop_if_asked NAME ARG [SECONDS]: with ARG `stop`, stop_service NAME SECONDS and exit.
 stop_if_asked() {
     if [[ "${2:-}" == stop ]]; then
-        stop_service "$1"
+        stop_service "$1" "${3:-}"
         exit 0
     fi
 }

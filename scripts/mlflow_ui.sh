@@ -32,4 +32,4 @@ fi
 PROBE="$(probe_host "$HOST")"
 wait_http mlflow-ui "http://$PROBE:$MLFLOW_PORT/health" 120
 echo "MLflow UI: http://$PROBE:$MLFLOW_PORT   (store: $STORE; $auth)"
-stop_hint mlflow-ui mlflow_ui.sh
+stop_hint mlflow-ui

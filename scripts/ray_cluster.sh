@@ -75,7 +75,7 @@ wait_started ray-head
 start_service ray-worker "$RAY" start --address="127.0.0.1:$RAY_PORT" --resources='{"node_b": 1}' \
     --dashboard-agent-listen-port=$((DASHBOARD_PORT + 1)) --temp-dir="$TEMP/worker" "${COMMON[@]}"
 if ! wait_started ray-worker; then  # e.g. a second node on one machine where Ray refuses it: no head left behind
-    stop_sessions ray-head
+    stop_sessions ray-worker ray-head  # the worker node too, when it only did not say it runs in time
     exit 1
 fi
 

@@ -20,11 +20,13 @@ export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-${FLUXFLOW_MLFLOW_STORE:-sqli
 export PATH="$VENV_BIN:$PATH"
 MODEL_URI="${FLUXFLOW_MODEL_URI:-models:/fluxflow-quickstart@champion}"
 SERVE_PORT="${FLUXFLOW_SERVE_PORT:-5001}"
-SERVED="$RUN_DIR/model-server.model"  # the model the running server serves: it said "Model X" of any X asked for
+# The model the running server serves, and from which store: it said "Model X" of any X asked for.
+SERVED="$RUN_DIR/model-server.model"
+ASKED="$MODEL_URI (store: $MLFLOW_TRACKING_URI)"
 if service_running model-server >/dev/null; then
-    if [[ "$(cat "$SERVED" 2>/dev/null)" != "$MODEL_URI" ]]; then
+    if [[ "$(cat "$SERVED" 2>/dev/null)" != "$ASKED" ]]; then
         echo "❌ the model server (pid $(cat "$RUN_DIR/model-server.pid")) serves $(cat "$SERVED" 2>/dev/null ||
-              echo "another model"), not $MODEL_URI: stop it first (bash scripts/serve_model.sh stop)" >&2
+              echo "another model"), not $ASKED: stop it first (bash scripts/serve_model.sh stop)" >&2
         exit 2
     fi
 else  # the model first: a name or alias the store does not have is one line here, not a traceback in the log
@@ -33,7 +35,7 @@ fi
 
 start_server model-server 127.0.0.1 "$SERVE_PORT" FLUXFLOW_SERVE_PORT "$VENV_BIN/mlflow" models serve -m "$MODEL_URI" --env-manager local \
     --host 127.0.0.1 --port "$SERVE_PORT"
-printf '%s\n' "$MODEL_URI" >"$SERVED"
+printf '%s\n' "$ASKED" >"$SERVED"
 wait_http model-server "http://127.0.0.1:$SERVE_PORT/ping" 180
 echo "Model $MODEL_URI (store: $MLFLOW_TRACKING_URI): POST http://127.0.0.1:$SERVE_PORT/invocations"
-stop_hint model-server serve_model.sh
+stop_hint model-server

@@ -34,4 +34,4 @@ start_server prefect-server "$HOST" "$PREFECT_PORT" FLUXFLOW_PREFECT_PORT \
 wait_http prefect-server "http://$PROBE:$PREFECT_PORT/api/health" 180
 echo "Prefect UI:  http://$PROBE:$PREFECT_PORT   ($auth)"
 echo "Prefect API: http://$PROBE:$PREFECT_PORT/api   (export PREFECT_API_URL=http://$PROBE:$PREFECT_PORT/api)"
-stop_hint prefect-server server.sh
+stop_hint prefect-server

@@ -15,7 +15,9 @@
 # when a server answers 401 to them.
 set -euo pipefail
 source "$(dirname "$0")/_service.sh"
-stop_if_asked prefect-worker "${1:-}"  # `bash scripts/worker.sh stop`: stopped, and gone when it returns
+# `bash scripts/worker.sh stop`: stopped, and gone when it returns. 45 s before KILL: the worker gives the flow runs it
+# started (each in a session of its own) 30 s to save their step and stop, then ends them, then itself.
+stop_if_asked prefect-worker "${1:-}" 45
 cd "$REPO_ROOT"
 
 use_local_server
@@ -46,4 +48,4 @@ for ((i = 0; ; i++)); do
 done
 echo "worker polling pool '$POOL_NAME' on $PREFECT_API_URL (flow runs start in $FLUXFLOW_HOME; their steps are"
 echo "tasks tagged '$FLUXFLOW_GPU_TAG': see the limit with $PREFECT concurrency-limit inspect $FLUXFLOW_GPU_TAG)"
-stop_hint prefect-worker worker.sh
+stop_hint prefect-worker

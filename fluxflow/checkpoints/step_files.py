@@ -21,6 +21,7 @@ import functools
 import itertools
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -205,16 +206,17 @@ class StepFiles:
         `input_sha256`) were trained from another one than the step starts from now."""
         return None not in (trained_from, self.input_sha256) and trained_from != self.input_sha256
 
-    def set_aside_stale(self) -> None:
-        """Move files of another key (the step's config changed) aside, saying why; keep a same-key latest.pt.
+    def set_aside_stale(self, say: Callable[[str], None] = print) -> None:
+        """Move files of another key (the step's config changed) aside, saying why (`say`: the runner's lines, which
+        the Prefect UI shows too); keep a same-key latest.pt.
         Also removes what a kill left behind: temp files of interrupted writes (each may be as large as a
         checkpoint), and the metrics of a run killed before its first checkpoint (the step starts over)."""
-        moved = self._move_stale_aside()
+        moved = self._move_stale_aside(say)
         if moved is not None:
             target, why = moved
-            print(f"Re-running step {self.step.name}: {why}; previous files moved to {target}", flush=True)
+            say(f"Re-running step {self.step.name}: {why}; previous files moved to {target}")
 
-    def _move_stale_aside(self) -> tuple[Path, str] | None:
+    def _move_stale_aside(self, say: Callable[[str], None]) -> tuple[Path, str] | None:
         """`set_aside_stale` without its line: (where the files went, why), or None when nothing was moved."""
         for temp in self.dir.glob(".*.tmp"):
             temp.unlink(missing_ok=True)
@@ -237,8 +239,8 @@ class StepFiles:
         if old_key is None and recorded is None and self.final.exists():
             meta = None if self.ref_json.exists() else _metadata(self.final)
             if meta is not None and meta.step_key == self.key and meta.completed:  # killed between the two writes
-                print(f"Completing step {self.step.name}: {self.final} was written but the run stopped before "
-                      f"{self.ref_json.name}; finishing it without training again", flush=True)
+                say(f"Completing step {self.step.name}: {self.final} was written but the run stopped before "
+                    f"{self.ref_json.name}; finishing it without training again")
                 return None
             old_key = "unknown"
         if old_key is None:
@@ -285,7 +287,7 @@ class StepFiles:
                 return "; ".join(reasons)
         return "its configuration or an earlier step changed"
 
-    def reuse_set_aside(self) -> bool:
+    def reuse_set_aside(self, say: Callable[[str], None] = print) -> bool:
         """Bring back the files of this very key that an earlier run set aside when the config had changed (A, then B,
         then A again): the files of the other key are set aside in their turn and these moved back, so the step is
         skipped, or resumed from its latest.pt, instead of trained again. True when files came back. A local output
@@ -294,7 +296,7 @@ class StepFiles:
         if kept is None:
             return False
         own = (self.latest, self.previous, self.final, self.ref_json, self.metrics)
-        moved = self._move_stale_aside()
+        moved = self._move_stale_aside(say)
         if any(path.exists() for path in own[:4]):  # files of this key in place already: they are the newer ones
             return False
         for path in own:
@@ -304,8 +306,8 @@ class StepFiles:
             kept.rmdir()
         what = "final.pt" if self.final.exists() else "latest.pt"
         replaced = f" (the files it replaces, of the configuration before, moved to {moved[0]})" if moved else ""
-        print(f"Reusing step {self.step.name}: its {what} for this same configuration, set aside by an earlier run, "
-              f"moved back from {kept}{replaced}", flush=True)
+        say(f"Reusing step {self.step.name}: its {what} for this same configuration, set aside by an earlier run, "
+            f"moved back from {kept}{replaced}")
         return True
 
     def _reusable_set_aside(self) -> Path | None:

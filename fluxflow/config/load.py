@@ -25,7 +25,7 @@ from fluxflow.config.promotion import promotion_issues
 from fluxflow.config.schema import (DATASET_TYPES, SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,
                                     PipelineConfig, TrainingConfig, implicit_datasets)
 from fluxflow.config.steps import NAME_LIMIT, TRAINING_GLOBALS, MissingStepValue, ResolvedStep, StepConfig, \
-    StepDefaults, merged_step_fields, replicate_issues, resolve_step
+    StepDefaults, Transition, merged_step_fields, replicate_issues, resolve_step
 
 
 @dataclass
@@ -257,10 +257,17 @@ def _unused_lr_warnings(config: PipelineConfig) -> list[str]:
 
 
 def _other_section(key: str, loc: tuple) -> str:
-    """' (it is a field of output: output.log_interval)' for a key written in another section than its own
-    (`training.checkpoint_save_interval`, a step's `log_interval`), '' otherwise."""
+    """' (it is a field of output: output.log_interval)' for a key written at the top of a section or of a step
+    that is another section's (`training.checkpoint_save_interval`, a step's `log_interval`), or of the step's
+    transition (a step's `metric`), '' otherwise. Promotion's fields (metric, enabled, alias) are not a step's."""
+    in_step = loc[:3] in (STEPS, ("training", "pipeline", "defaults")) and len(loc) == (5 if loc[:3] == STEPS else 4)
+    if not (len(loc) == 2 or in_step):
+        return ""
+    if in_step and key in Transition.model_fields:
+        return f" (it is a field of the step's transition_on: transition_on.{key})"
     sections = [name for name, field in PipelineConfig.model_fields.items()
-                if name != loc[0] and key in getattr(field.annotation, "model_fields", {})]
+                if name != loc[0] and not (in_step and name == "promotion")
+                and key in getattr(field.annotation, "model_fields", {})]
     return f" (it is a field of {sections[0]}: {sections[0]}.{key})" if sections else ""
 
 

@@ -17,8 +17,8 @@ from fluxflow.runtime.torch_threads import settle_threads
 from fluxflow.storage.location import output_root
 from fluxflow.storage.store_lock import output_lock
 from fluxflow.train.pipeline_schedule import PipelineSchedule
-from fluxflow.train.step_run import run_step, say
-from fluxflow.train.tracking import MultiTracker
+from fluxflow.train.step_run import run_step
+from fluxflow.train.tracking import runner_line
 
 log = logging.getLogger("fluxflow.train.pipeline")
 
@@ -43,14 +43,13 @@ def announce_skipped(config, tracker=None) -> None:
     """The original tool's "Skipping steps: ..." line, when some steps are already complete (each then says where);
     and the step folders of the output directory that no step of this config uses (a renamed or removed step).
     Printed, and handed to `tracker` (a run's log elsewhere: the Prefect UI)."""
-    tracker = tracker or MultiTracker([])
     skipping = completed_steps(config)
     if skipping:
-        say(tracker, f"Skipping steps: {', '.join(skipping)}")
+        runner_line(tracker, f"Skipping steps: {', '.join(skipping)}")
     names = {step.name for step in config.resolved_steps()}
     unused = sorted(p for p in checkpoints_dir(output_root(config)).glob("*") if p.is_dir() and p.name not in names)
     if unused:
-        say(tracker, f"Not steps of this config, left as they are: {', '.join(str(p) for p in unused)}")
+        runner_line(tracker, f"Not steps of this config, left as they are: {', '.join(str(p) for p in unused)}")
 
 
 def run_pipeline(config, tracker=None) -> list[StepOutcome]:
@@ -58,7 +57,7 @@ def run_pipeline(config, tracker=None) -> list[StepOutcome]:
     (fluxflow/train/pipeline_schedule.py, the flow's rule): the other branches run, then PipelineFailed names every
     problem. An interrupt stops everything at once."""
     with output_lock(config.output.output_path):  # a local flock, or a lock object on the store
-        announce_skipped(config)
+        announce_skipped(config, tracker)
         steps = config.resolved_steps()
         schedule = PipelineSchedule(steps)
         outcomes: dict[str, StepOutcome] = {}
@@ -85,7 +84,7 @@ def train_step(config, step_name: str, parent, tracker=None, ranks_done=None) ->
     once a step they trained is done (the Prefect task records it in MLflow from those files). Files of the step's
     current key that an earlier run set aside are moved back first, here, before any rank looks for them."""
     settle_threads()  # this thread's torch thread count: the process's, not an evaluation's one (runtime/torch_threads)
-    plan_step(config, step_name, parent).reuse_set_aside()
+    plan_step(config, step_name, parent).reuse_set_aside(lambda line: runner_line(tracker, line))
     if config.training.distributed.processes == 1:
         return run_step(config, step_name, parent, tracker=tracker)
     outcome = run_step_on_processes(config, step_name, parent)

@@ -40,7 +40,7 @@ from fluxflow.train.step_cache import attach_caches
 from fluxflow.train.step_data import leading_inputs, load_step_data
 from fluxflow.train.step_report import StepReport
 from fluxflow.progress_bar import batch_progress
-from fluxflow.train.tracking import ConsoleJsonlTracker, MultiTracker, trim_jsonl
+from fluxflow.train.tracking import ConsoleJsonlTracker, MultiTracker, runner_line, trim_jsonl
 from fluxflow.train.batch_step import Window
 from fluxflow.train.trainer import build_trainer
 from fluxflow.train.transition import TransitionMonitor
@@ -73,14 +73,14 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
         done = files.completed()
         if done is not None:
             if main:
-                say(tracker, f"Skipping step {step_name}: already complete ({files.final_uri()})")
+                runner_line(tracker, f"Skipping step {step_name}: already complete ({files.final_uri()})")
             ref, result = done
             result.trained = False
             return StepOutcome(ref, result)
         if stop_requested():  # a step the interrupted run had queued: nothing loaded, nothing written
             raise StepInterrupted(f"step {step_name} not started: the run was interrupted")
         if main:
-            files.set_aside_stale()
+            files.set_aside_stale(lambda line: runner_line(tracker, line))
         if distributed.active():
             dist.barrier()
             return StepRun(config, files, parent, tracker, distributed.local_device(device_)).train()
@@ -91,12 +91,6 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
             if device_.index is not None:  # implicit "cuda" allocations of this thread go to the claimed GPU too
                 torch.cuda.set_device(device_)
             return StepRun(config, files, parent, tracker, device_).train()
-
-
-def say(tracker, line: str) -> None:
-    """A line of the runner's own: printed, and handed to the trackers that show lines elsewhere (the Prefect UI)."""
-    print(line, flush=True)
-    tracker.say(line)
 
 
 def counts_beyond_the_step(step, batches: int, epochs: int) -> list[str]:
@@ -207,7 +201,7 @@ class StepRun:
 
     def say(self, line: str) -> None:
         if self.main:  # rank 0 speaks for all ranks
-            say(self.tracker, line)
+            runner_line(self.tracker, line)
 
     def _resume(self, state: dict, meta: StepState) -> tuple[int, int]:
         """Put back what latest.pt saved beyond the weights: position, optimizers, schedulers, monitor, RNG."""

@@ -204,5 +204,20 @@ class MultiTracker:
     def __init__(self, trackers: Iterable[Tracker]):
         self.trackers = list(trackers)
 
-    step_started, log_metrics, log_image, log_artifact, step_finished, warn, say = map(
-        _to_each, ("step_started", "log_metrics", "log_image", "log_artifact", "step_finished", "warn", "say"))
+    step_started, log_metrics, log_image, log_artifact, step_finished, warn = map(
+        _to_each, ("step_started", "log_metrics", "log_image", "log_artifact", "step_finished", "warn"))
+
+    def say(self, line: str) -> None:
+        for tracker in self.trackers:
+            runner_line(tracker, line, printed=True)
+
+
+def runner_line(tracker, line: str, printed: bool = False) -> None:
+    """One of the runner's own lines: printed (unless `printed`), and handed to `tracker.say` for the trackers that
+    show a run's lines elsewhere (the Prefect UI). A tracker without `say` (one written against the protocol before
+    it had it) is left out, not failed."""
+    if not printed:
+        print(line, flush=True)
+    told = getattr(tracker, "say", None)
+    if told is not None:
+        told(line)

@@ -209,12 +209,17 @@ def test_a_loss_threshold_step_with_its_own_max_epochs_needs_no_n_epochs(tmp_pat
 
 
 def test_a_key_written_in_another_section_than_its_own_is_pointed_there(tmp_path):
-    raw = tiny_raw(tmp_path, [dict(VAE_STEP, checkpoint_save_interval=10)])
+    raw = tiny_raw(tmp_path, [dict(VAE_STEP, checkpoint_save_interval=10, metric="vae_loss", enabled=True)])
     raw["training"].update(log_interval=5, output_path="out")
+    raw["training"]["distributed"] = {"seed": 1}  # not at a section's top: no guess
     with pytest.raises(ConfigError) as caught:
         load_config(raw)
     assert sorted(map(str, caught.value.issues)) == [
+        "training.distributed.seed: unknown key",
         "training.log_interval: unknown key (it is a field of output: output.log_interval)",
         "training.output_path: unknown key (it is a field of output: output.output_path)",
         "training.pipeline.steps[0].checkpoint_save_interval: unknown key (it is a field of output: "
-        "output.checkpoint_save_interval)"]
+        "output.checkpoint_save_interval)",
+        "training.pipeline.steps[0].enabled: unknown key",  # promotion's, not a step's
+        "training.pipeline.steps[0].metric: unknown key (it is a field of the step's transition_on: "
+        "transition_on.metric)"]

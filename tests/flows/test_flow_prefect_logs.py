@@ -95,6 +95,8 @@ def test_the_runner_s_own_lines_reach_the_prefect_run_log_too(tmp_path, mlflow_s
 
     first = messages(pipeline_flow(raw, return_state=True))
     again = messages(pipeline_flow(raw, return_state=True))
+    raw["training"]["pipeline"]["steps"][0]["lr"] = 3e-3  # its files set aside: said why, in the UI too
+    changed = messages(pipeline_flow(raw, return_state=True))
     printed = capfd.readouterr().out
 
     assert ("Starting step: warm, epoch 1, batch 0", True) in first
@@ -103,5 +105,7 @@ def test_the_runner_s_own_lines_reach_the_prefect_run_log_too(tmp_path, mlflow_s
     assert ("Skipping steps: warm", False) in again  # the flow run's own line
     final = tmp_path / "out" / "checkpoints" / "warm" / "final.pt"
     assert (f"Skipping step warm: already complete ({final})", True) in again
-    for line in ("Starting step: warm, epoch 1, batch 0", "Skipping steps: warm"):
+    assert any(m.startswith("Re-running step warm: its configuration changed (lr: ") and in_task
+               for m, in_task in changed)
+    for line in ("Skipping steps: warm", "Re-running step warm: "):
         assert printed.count(line) == 1  # the terminal's lines as before: once each

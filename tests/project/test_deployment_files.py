@@ -127,6 +127,8 @@ def test_server_script_starts_prefect_on_loopback_in_its_own_process_group(fake_
 
     again = run_script("server.sh", fake_env)  # a second `make server` must not start a second server
     assert again.returncode == 0 and "already running" in again.stdout
+    running = next(line for line in again.stdout.splitlines() if "already running" in line)
+    assert running.endswith("stop it with: bash scripts/server.sh stop")  # not kill -- -PID, which does not wait
     assert len(recorded_calls(fake_env)) == 1
 
     os.killpg(pid, signal.SIGTERM)  # the stop command the script prints
@@ -169,8 +171,8 @@ def test_serve_model_script_serves_the_champion_of_the_store_on_loopback(fake_en
     # Another model while it runs: it said "Model models:/nope@champion ...: POST ..." and served the first one.
     other = run_script("serve_model.sh", dict(fake_env, FLUXFLOW_MODEL_URI="models:/nope@champion"))
     assert other.returncode == 2 and other.stderr == (
-        f"❌ the model server (pid {pid}) serves models:/fluxflow-quickstart@champion, not models:/nope@champion: "
-        "stop it first (bash scripts/serve_model.sh stop)\n")
+        f"❌ the model server (pid {pid}) serves models:/fluxflow-quickstart@champion (store: {store}), not "
+        f"models:/nope@champion (store: {store}): stop it first (bash scripts/serve_model.sh stop)\n")
     stopped = run_script("serve_model.sh", fake_env, "stop")
     assert stopped.returncode == 0 and f"stopped model-server (process group {pid})" in stopped.stdout
     assert not alive(pid) and not (Path(fake_env["FLUXFLOW_RUN_DIR"]) / "model-server.pid").exists()
@@ -441,6 +443,25 @@ def test_a_restart_right_after_stop_starts_the_server_again_while_the_old_one_ta
     assert again.returncode == 0 and "started mlflow-ui" in again.stdout, again.stdout + again.stderr
     assert len(recorded_calls(fake_env)) == 2 and alive(int(pidfile.read_text()))
     assert "stop it with: bash scripts/mlflow_ui.sh stop" in again.stdout
+
+
+def test_stop_of_a_server_that_is_not_running_signals_no_group(fake_env, tmp_path):
+    """A pid file left by a server long gone (its id may lead another group now), or an empty one."""
+    from process_groups import alive
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        run_dir = Path(fake_env["FLUXFLOW_RUN_DIR"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for recorded in ("", "not-a-pid", "999999999"):
+            (run_dir / "mlflow-ui.pid").write_text(recorded)
+            done = run_script("mlflow_ui.sh", fake_env, "stop")
+            assert done.returncode == 0 and "mlflow-ui is not running" in done.stdout, done.stderr
+            assert not (run_dir / "mlflow-ui.pid").exists()
+        assert alive(other.pid)
+    finally:
+        os.killpg(other.pid, signal.SIGKILL)
+        other.wait()
 
 
 def test_mlflow_ui_script_refuses_a_password_mlflow_would_refuse_before_starting(fake_env, tmp_path):

@@ -168,3 +168,28 @@ def test_architecture_doc_lists_the_tracker_protocols_methods():
     block = doc.split("class Tracker(Protocol):", 1)[1].split("```", 1)[0]
     methods = {name for name in vars(Tracker) if not name.startswith("_")}
     assert set(re.findall(r"def (\w+)\(", block)) == methods
+
+
+def test_a_runner_line_reaches_the_trackers_that_take_it_and_skips_one_written_before_say(capsys):
+    """run_step(tracker=...) is public: a tracker written against the protocol before `say` failed every step at
+    its "Starting step" line."""
+    from fluxflow.train.tracking import runner_line
+
+    class Listens(Tracker):
+        def __init__(self):
+            self.lines = []
+
+        def say(self, line):
+            self.lines.append(line)
+
+    class Older:  # the six methods of before, no `say`
+        def log_metrics(self, metrics, progress):
+            pass
+
+    listens = Listens()
+    runner_line(MultiTracker([Older(), listens]), "Starting step: warm, epoch 1, batch 0")
+    runner_line(Older(), "Finished step warm")
+    runner_line(None, "Skipping steps: warm")
+    assert listens.lines == ["Starting step: warm, epoch 1, batch 0"]
+    assert capsys.readouterr().out.splitlines() == ["Starting step: warm, epoch 1, batch 0", "Finished step warm",
+                                                    "Skipping steps: warm"]

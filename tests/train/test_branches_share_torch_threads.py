@@ -42,7 +42,7 @@ def test_a_step_started_in_a_new_thread_during_an_evaluations_one_thread_fit_tra
         seen["threads"] = torch.get_num_threads()
         step_started.set()
 
-    monkeypatch.setattr(pipeline, "plan_step", lambda *args: SimpleNamespace(reuse_set_aside=lambda: None))
+    monkeypatch.setattr(pipeline, "plan_step", lambda *args: SimpleNamespace(reuse_set_aside=lambda say: None))
     monkeypatch.setattr(pipeline, "run_step", run_step)
     config = tiny_config("unused")
 

@@ -13,18 +13,16 @@ Signals: Prefect would start it as a plain child, in the trainer's process group
 trainer, and the trainer, still reporting its flow's end, waits minutes in Prefect's client retries on a server that is
 gone. Here the server lives in a session of its own: a group signal reaches only the trainer, which saves its step,
 records the end of its flow on a server still there, and stops the server itself. The server also dies with the
-trainer (SIGTERM from the kernel when its parent dies; Linux), so a `kill -9` of the trainer leaves no orphan behind.
-"Its parent" is the thread that started it: start it from the main thread.
+trainer (SIGTERM from the kernel when its parent dies; Linux: fluxflow/runtime/parent_death.py), so a `kill -9` of the
+trainer leaves no orphan behind. "Its parent" is the thread that started it: start it from the main thread.
 """
 from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -33,7 +31,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+from fluxflow.runtime.parent_death import dies_with_this_thread
+
 KEPT_SERVER_FILE = "fluxflow-prefect-server.json"  # beside Prefect's database: the server a run kept (--keep-server)
 _PORT_IN_USE = 3  # uvicorn's exit code when the port is taken (another process bound it since we picked it)
 # What Prefect's own temporary server sets (prefect 3.9's `SubprocessASGIServer._run_uvicorn_command`, pinned in
@@ -51,16 +50,6 @@ _WARM_UP = (("GET", "/admin/version", None), ("POST", "/flow_runs/filter", {"lim
 
 class ServerNotReady(RuntimeError):
     """The temporary server did not answer its health check in time, or exited."""
-
-
-def _die_with_parent(parent: int) -> None:
-    """In the server's process, before it runs: SIGTERM when the trainer dies (Linux)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: stopping it is left to the trainer's exit path
-        return
-    if os.getppid() != parent:  # the trainer died before prctl took effect
-        os._exit(1)
 
 
 class TemporaryServer:
@@ -83,7 +72,6 @@ class TemporaryServer:
         with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:  # a free port
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
-        parent = os.getpid()
         first = self.process is None  # not again for a restart on another port (wait_ready)
         if first:
             atexit.register(self.stop)
@@ -93,7 +81,7 @@ class TemporaryServer:
              "flows.prefect_app:create_app", "--host", "127.0.0.1", "--port", str(self.port),
              "--log-level", "error", "--lifespan", "on"],
             env={**os.environ, **_SERVER_ENV}, start_new_session=True,
-            preexec_fn=None if self.keep else lambda: _die_with_parent(parent),
+            preexec_fn=None if self.keep else dies_with_this_thread(),
             stdout=subprocess.DEVNULL if self.keep else None, stderr=subprocess.DEVNULL if self.keep else None,
         )
         self.pid = self.process.pid

@@ -142,3 +142,99 @@ def test_train_step_is_the_one_dispatch_to_this_process_or_the_ranks(tmp_path, m
     tracker = object()
     assert pipeline.train_step(config, "vae_gan", None, tracker, ranks_done=lambda o: calls.append(("done", o)))
     assert calls == ([("here", tracker)] if processes == 1 else [("ranks",), ("done", outcome)])
+
+
+def test_a_killed_launcher_takes_torchrun_and_its_ranks_with_it_and_a_rerun_is_not_blocked(tmp_path):
+    """Found by a new-user hunt: `kill -9` of `fluxflow-train` left torchrun and both ranks training (each rank in a
+    session of its own), holding the step's directory, and the same command run again failed on it ("in use by
+    another run", retried). The launcher here is the bare pipeline, in a session of its own, killed as a group."""
+    import contextlib
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    from process_groups import alive, child_pids, kill_all
+
+    from fluxflow.config import load_config
+    from fluxflow.runtime.launch import run_step_distributed
+
+    out = tmp_path / "out"
+    cfg = tmp_path / "ddp.yaml"  # 1,000 batches: far more than the test waits for
+    cfg.write_text(config_text(out).replace("size: 32", "size: 4000").replace("max_steps: 4", "max_steps: 1000"))
+    code = ("from fluxflow.config import load_config; from fluxflow.train.pipeline import run_pipeline; "
+            f"run_pipeline(load_config({str(cfg)!r}).config)")
+    log = tmp_path / "launcher.log"
+    with open(log, "w") as sink:
+        launcher = subprocess.Popen([sys.executable, "-c", code], stdout=sink, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+    group: list[int] = []  # torchrun, then its ranks
+    try:
+        metrics = out / "graph" / "training_metrics_vae_gan.jsonl"
+        deadline = time.monotonic() + 120
+        while not metrics.exists() and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert metrics.exists(), f"the ranks did not start training:\n{log.read_text()[-3000:]}"
+        group = child_pids(launcher.pid)
+        assert len(group) == 1, group
+        group += child_pids(group[0])
+        assert len(group) == 3, f"torchrun {group[0]}'s ranks: {group[1:]}"
+        scratch = Path(Path(f"/proc/{group[0]}/cmdline").read_bytes().split(b"\0")[-2].decode()).parent
+        assert scratch.name.startswith("fluxflow-ddp-"), scratch  # the folder of torchrun's files (--error's)
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        deadline = time.monotonic() + 10
+        while any(map(alive, group)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [pid for pid in group if alive(pid)]
+        assert not left, f"left running after the launcher's kill -9: {left} of torchrun and ranks {group}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        kill_all(group)
+    # The same output again (4 batches, another step key): trained, not refused, and the folder the killed launcher
+    # could not remove is gone.
+    cfg.write_text(config_text(out))
+    outcome = run_step_distributed(load_config(str(cfg)).config, "vae_gan", None, 2)
+    assert outcome.result.trained and outcome.ref.global_step == 4
+    assert not scratch.exists()
+
+
+def test_a_step_directory_another_run_holds_is_refused_in_one_line_before_torchrun_starts(tmp_path, monkeypatch):
+    """The rerun after the orphans above failed with 7 tracebacks of the ranks and torchrun, then "torchrun with 2
+    processes exited with code 1", a RuntimeError the flow retried. The launcher asks for the step's directory first:
+    the one-line, non-retryable refusal of a step on one process (exit 2 from fluxflow-train), and no torchrun."""
+    from fluxflow.checkpoints.lock import RunLock, RunLockedError
+    from fluxflow.config import load_config
+    from fluxflow.errors import is_retryable
+    from fluxflow.runtime import launch
+
+    out = tmp_path / "out"
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(config_text(out))
+    monkeypatch.setattr(launch, "start_group", lambda cmd: pytest.fail("torchrun started on a held directory"))
+    with RunLock(out / "checkpoints" / "vae_gan"), pytest.raises(RunLockedError, match="in use by another run") as e:
+        launch.run_step_distributed(load_config(str(cfg)).config, "vae_gan", None, 2)
+    assert not is_retryable(e.value)
+
+
+def test_rank_0_refused_the_step_directory_is_that_refusal_not_torchruns_exit_code(tmp_path, monkeypatch):
+    """Another run can take the directory between the launcher's check and rank 0's start: rank 0's RunLockedError
+    reaches the launcher (through --error) as itself, not as torchrun's exit code."""
+    import contextlib
+
+    from fluxflow.checkpoints.lock import RunLock, RunLockedError
+    from fluxflow.config import load_config
+    from fluxflow.errors import is_retryable
+    from fluxflow.runtime import launch
+
+    out = tmp_path / "out"
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(config_text(out))
+    # The check found it free (raising=False: a launcher without the check has no RunLock to replace)
+    monkeypatch.setattr(launch, "RunLock", lambda directory: contextlib.nullcontext(), raising=False)
+    with RunLock(out / "checkpoints" / "vae_gan"), pytest.raises(RunLockedError, match="in use by another run") as e:
+        launch.run_step_distributed(load_config(str(cfg)).config, "vae_gan", None, 2)
+    assert not is_retryable(e.value)
+    assert "torchrun" not in str(e.value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from flows import env  # noqa: F401  (must precede mlflow)
 
 import csv
+import json
 import shlex
 import textwrap
 from dataclasses import dataclass, field, replace
@@ -16,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from mlflow.tracking import MlflowClient
 
-from flows.mlflow_names import (FINAL_PREFIX, PARENT_RUN_ID, TAG_KIND, TAG_OUTPUT_DIR, TAG_PARENT_STEP,
+from flows.mlflow_names import (FINAL_PREFIX, PARENT_RUN_ID, TAG_KIND, TAG_LEAVES, TAG_OUTPUT_DIR, TAG_PARENT_STEP,
                                 TAG_STEP_NAME, TAG_STEPS, TAG_SUPERSEDED_BY)
 from flows.mlflow_runs import find_runs, flatten_params
 from flows.hypotheses import Difference, HypothesisSummary, summarize
@@ -39,13 +40,22 @@ class Comparison:
     summary: HypothesisSummary | None = None  # replicates, spreads and pairwise differences of hypotheses
 
 
+def expected_leaves(client: MlflowClient, experiment_id: str) -> dict[str, dict[str, str]]:
+    """Pipeline run id -> its config's leaf steps and the hypothesis of each, as the flow recorded them (TAG_LEAVES;
+    pipelines recorded before it: none)."""
+    return {run.info.run_id: json.loads(run.data.tags[TAG_LEAVES])
+            for run in find_runs(client, experiment_id, {TAG_KIND: "pipeline"}) if run.data.tags.get(TAG_LEAVES)}
+
+
 def leaf_step_runs(client: MlflowClient, experiment_id: str) -> list:
     """The newest run of each leaf step of each pipeline (parent run) in the experiment: oldest pipeline first, then
-    in the pipeline's file order."""
+    in the pipeline's file order. A leaf is one of its config's (`expected_leaves`): a step whose children did not
+    run (its own replicate failed a threshold with on_missed: fail) was taken for one more hypothesis."""
     # The steps of each pipeline's latest run: a step its config no longer has (renamed, removed, or trained once
     # before training.replicates was added) is none of its hypotheses; its old run was counted as one more replicate.
     current = {run.info.run_id: set(run.data.tags[TAG_STEPS].split(","))
                for run in find_runs(client, experiment_id, {TAG_KIND: "pipeline"}) if run.data.tags.get(TAG_STEPS)}
+    recorded = expected_leaves(client, experiment_id)
     # A run superseded by another of its step (flows/mlflow_step_run.py) is never the one in place, even when newer:
     # a config changed and then changed back (A, B, A) brings A's files and run back, and B's run started last.
     runs = [run for run in find_runs(client, experiment_id, {TAG_KIND: "step"})
@@ -55,7 +65,8 @@ def leaf_step_runs(client: MlflowClient, experiment_id: str) -> list:
         key = (run.data.tags.get(PARENT_RUN_ID, ""), run.data.tags.get(TAG_STEP_NAME, run.info.run_name))
         newest.setdefault(key, run)
     parents_of_steps = {(pipeline, run.data.tags.get(TAG_PARENT_STEP, "")) for (pipeline, _), run in newest.items()}
-    leaves = [run for (pipeline, step), run in newest.items() if (pipeline, step) not in parents_of_steps]
+    leaves = [run for (pipeline, step), run in newest.items()
+              if (step in recorded[pipeline] if pipeline in recorded else (pipeline, step) not in parents_of_steps)]
     started: dict[str, int] = {}  # pipelines in the order they began, steps in file order within one
     for (pipeline, _), run in newest.items():
         started[pipeline] = min(started.get(pipeline, run.info.start_time), run.info.start_time)
@@ -94,32 +105,49 @@ def pipeline_labels(client: MlflowClient, pipelines: set[str]) -> dict[str, str]
     return labels
 
 
-def group_by_hypothesis(client: MlflowClient, runs: list) -> dict[str, list]:
-    """Column label -> the leaf runs (replicates) of that hypothesis, in the order of `runs`; the label is
-    `pipeline/hypothesis` when the runs come from several pipelines."""
-    pipelines = {run.data.tags.get(PARENT_RUN_ID) for run in runs}
+def group_by_hypothesis(client: MlflowClient, runs: list,
+                        expected: dict[str, dict[str, str]] | None = None) -> tuple[dict[str, list], dict[str, int]]:
+    """(column label -> the leaf runs (replicates) of that hypothesis, in the order of `runs`; label -> how many leaf
+    steps its pipelines' configs have for it, `expected` (expected_leaves), where that is more than ran: a replicate
+    that never started (its parent failed, its data refused it) was left out unsaid, and a hypothesis none of whose
+    replicates started was not in the table). The label is `pipeline/hypothesis` when there are several pipelines."""
+    expected = expected or {}
+    pipelines = {run.data.tags.get(PARENT_RUN_ID) for run in runs} | set(expected)
     names = pipeline_labels(client, pipelines) if len(pipelines) > 1 else {}
+
+    def label(pipeline: str | None, hypothesis: str) -> str:
+        return f"{names[pipeline]}/{hypothesis}" if pipeline in names else hypothesis
+
     groups: dict[str, list] = {}
     for run in runs:
-        pipeline = names.get(run.data.tags.get(PARENT_RUN_ID))
         # The written step a leaf run trains (runs recorded before replicates existed: their step name).
         hypothesis = run.data.params.get("hypothesis") or run.data.tags.get(TAG_STEP_NAME, run.info.run_name)
-        groups.setdefault(f"{pipeline}/{hypothesis}" if pipeline else hypothesis, []).append(run)
-    return groups
+        groups.setdefault(label(run.data.tags.get(PARENT_RUN_ID), hypothesis), []).append(run)
+    planned: dict[str, int] = {}
+    for pipeline, leaves in expected.items():
+        for hypothesis in leaves.values():
+            planned[label(pipeline, hypothesis)] = planned.get(label(pipeline, hypothesis), 0) + 1
+    missing = {name: n for name, n in planned.items() if n > len(groups.get(name, []))}
+    for name in missing:
+        groups.setdefault(name, [])
+    return groups, missing
 
 
-def counted_replicates(label: str, group: list) -> tuple[str, list]:
+def counted_replicates(label: str, group: list, planned: int | None = None) -> tuple[str, list]:
     """(column label, the runs its statistics use). An interrupted or still running step is shown with its last
     logged values, and says so; but where other replicates of its hypothesis finished, those raw mid-training values
-    are left out (averaged with final smoothed ones, they moved the mean, the interval and every verdict)."""
+    are left out (averaged with final smoothed ones, they moved the mean, the interval and every verdict). `planned`:
+    the replicates its config has, where more than ran (`group_by_hypothesis`): the others are "not run"."""
     finished = [run for run in group if run.info.status == "FINISHED"]
     unfinished = [run.info.status.lower() for run in group if run.info.status != "FINISHED"]
+    unfinished += ["not run"] * ((planned or 0) - len(group))
+    total = max(planned or 0, len(group))
     if not unfinished:
         return label, group
     if not finished:
         return f"{label} ({', '.join(sorted(set(unfinished)))})", group
     counts = ", ".join(f"{unfinished.count(status)} {status}" for status in sorted(set(unfinished)))
-    return f"{label} (left out: {counts} of {len(group)})", finished
+    return f"{label} (left out: {counts} of {total})", finished
 
 
 def joined_params(replicates: list[dict[str, str]]) -> dict[str, str]:
@@ -158,8 +186,13 @@ def untested_if_unfinished(difference: Difference, unfinished: set[str]) -> Diff
                    verdict=f"no test: {' and '.join(stopped)} did not finish (last logged values, not final)")
 
 
-def compare_runs(client: MlflowClient, runs: list) -> Comparison:
-    groups = dict(counted_replicates(label, group) for label, group in group_by_hypothesis(client, runs).items())
+def compare_runs(client: MlflowClient, runs: list, expected: dict[str, dict[str, str]] | None = None) -> Comparison:
+    """The hypotheses of `runs` (leaf_step_runs) side by side; `expected`: the leaves their configs have
+    (expected_leaves), for the replicates and hypotheses that did not run. A hypothesis none of whose replicates
+    ran has a column without values."""
+    grouped, missing = group_by_hypothesis(client, runs, expected)
+    labelled = dict(counted_replicates(label, group, missing.get(label)) for label, group in grouped.items())
+    groups = {label: group for label, group in labelled.items() if group}
     names = {label: [run.data.tags.get(TAG_STEP_NAME, run.info.run_name) for run in group]
              for label, group in groups.items()}
     # Each replicate's seed (its `seed` param): replicates of two hypotheses with the same seeds are compared paired.
@@ -170,9 +203,9 @@ def compare_runs(client: MlflowClient, runs: list) -> Comparison:
     # Each hypothesis' params from all its counted replicates (the seed as "0, 1, 2"): one replicate's params made its
     # seed a difference between hypotheses whose first counted replicates had different seeds (one left out). Its
     # metrics are the means of the summary's spreads.
-    configs = [joined_params([run.data.params for run in group]) for group in groups.values()]
-    return Comparison(labels=list(groups), config=differing(configs), summary=summary,
-                      metrics={metric: [by_label[label].mean if label in by_label else None for label in groups]
+    configs = [joined_params([run.data.params for run in group]) for group in labelled.values()]
+    return Comparison(labels=list(labelled), config=differing(configs), summary=summary,
+                      metrics={metric: [by_label[label].mean if label in by_label else None for label in labelled]
                                for metric, by_label in summary.spreads.items()})
 
 
@@ -200,7 +233,7 @@ def table_rows(comparison: Comparison) -> list[list[str]]:
     rows = [["", *comparison.labels]]
     rows += [[f"config: {key}", *values] for key, values in comparison.config.items()]
     if comparison.summary is not None:
-        return rows + comparison.summary.metric_rows()
+        return rows + comparison.summary.metric_rows(comparison.labels)
     return rows + [[f"metric: {key}", *map(_cell, values)] for key, values in comparison.metrics.items()]
 
 
@@ -239,10 +272,10 @@ def write_chart(comparison: Comparison, path: Path, title: str) -> None:
         values = [v if v is not None else float("nan") for v in comparison.metrics.get(name, [])]  # nan: no bar
         if values:
             by_label = spreads.get(name, {})
-            labels = list(comparison.summary.replicates) if comparison.summary else []
             # Error bars: the 95 % interval of the mean where a hypothesis has replicates (none with one).
             errors = [(by_label[label].high - by_label[label].mean)
-                      if label in by_label and by_label[label].high is not None else 0.0 for label in labels]
+                      if label in by_label and by_label[label].high is not None else 0.0
+                      for label in comparison.labels]
             ax.bar(range(len(values)), values, color=colors, yerr=errors if any(errors) else None, capsize=4)
             ax.set_xticks(range(len(values)), comparison.labels, rotation=60 if many else 20, ha="right", fontsize=8,
                           rotation_mode="anchor")
@@ -283,7 +316,7 @@ def experiment_comparison(client: MlflowClient, name: str) -> tuple[Comparison, 
     runs = leaf_step_runs(client, experiment.experiment_id)
     if not runs:
         return f"experiment {name!r} has no pipeline step runs"
-    comparison = compare_runs(client, runs)
+    comparison = compare_runs(client, runs, expected_leaves(client, experiment.experiment_id))
     n = len(comparison.labels)
     replicated = " (mean, 95 % interval)" if any(len(r) > 1 for r in comparison.summary.replicates.values()) else ""
     return comparison, table_rows(comparison), f"{name}: final metrics of {n} hypotheses{replicated}"

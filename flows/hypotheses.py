@@ -233,13 +233,15 @@ class HypothesisSummary:
         """Each difference's p-value corrected for every other test of this summary (Holm); None where untested."""
         return holm([d.p_value for d in self.differences])
 
-    def metric_rows(self) -> list[list[str]]:
-        """The replicate counts, then per metric a cell per hypothesis: the value, or with several replicates
-        mean ± standard deviation [95 % interval]."""
-        rows = [["replicates", *(str(len(runs)) for runs in self.replicates.values())]]
+    def metric_rows(self, columns: list[str] | None = None) -> list[list[str]]:
+        """The replicate counts, then per metric a cell per hypothesis (`columns`: these, in this order, those that
+        did not run among them; default: the summary's): the value, or with several replicates mean ± standard
+        deviation [95 % interval]."""
+        columns = list(self.replicates) if columns is None else columns
+        rows = [["replicates", *(str(len(self.replicates.get(h, []))) for h in columns)]]
         for metric, by_hypothesis in self.spreads.items():
             rows.append([f"metric: {metric}", *(by_hypothesis[h].cell() if h in by_hypothesis else "-"
-                                                for h in self.replicates)])
+                                                for h in columns)])
         return rows
 
     def difference_rows(self) -> list[list[str]]:

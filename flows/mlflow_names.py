@@ -18,6 +18,7 @@ TAG_OVERRIDES = "fluxflow.overrides"  # the pipeline run's `--set KEY=VALUE` lis
 TAG_CONFIG_HASH = "fluxflow.config_hash"
 TAG_STEPS = "fluxflow.steps"
 TAG_BRANCHES = "fluxflow.branches"
+TAG_LEAVES = "fluxflow.leaves"  # the pipeline's leaf steps (JSON: step -> its hypothesis): what compare expects
 TAG_EPOCHS_DONE = "fluxflow.epochs_done"
 TAG_GLOBAL_STEP = "fluxflow.global_step"
 TAG_CHECKPOINT_URI = "fluxflow.checkpoint_uri"  # on step runs and on registered versions

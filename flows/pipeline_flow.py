@@ -26,7 +26,7 @@ from flows import artifacts
 from flows.credentials import CredentialsError, mlflow_refusal, unreachable_reason
 from flows.fault_policy import quiet_non_retryable_tracebacks
 from flows.compare import pipeline_summary
-from flows.mlflow_names import TAG_BRANCHES, TAG_CONFIG_HASH, TAG_OVERRIDES, TAG_STEPS
+from flows.mlflow_names import TAG_BRANCHES, TAG_CONFIG_HASH, TAG_LEAVES, TAG_OVERRIDES, TAG_STEPS
 from flows.mlflow_runs import PipelineRun, StoreUnusable, TrackingTarget, find_step_runs, output_dir_of, \
     pipeline_name, resolve_tracking_uri, unusable_store
 from flows.mlflow_store import prepare_store
@@ -40,7 +40,7 @@ from fluxflow.storage.store_lock import output_lock
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.checkpoints.step_key import json_sha256
 from fluxflow.config import PipelineConfig
-from fluxflow.config.dag import branch_names
+from fluxflow.config.dag import branch_names, leaf_names
 from fluxflow.config.promotion import registered_steps
 from fluxflow.config.run_config import resolve_run_config, run_dict
 from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
@@ -75,6 +75,7 @@ def open_tracking(config: PipelineConfig, steps: list,
     output_dir = output_dir_of(config)
     tags = {TAG_CONFIG_HASH: json_sha256(config.model_dump(mode="json"), 16, compact=False),
             TAG_STEPS: ",".join(step.name for step in steps), TAG_BRANCHES: ",".join(branch_names(steps)),
+            TAG_LEAVES: json.dumps({step.name: step.hypothesis for step in steps if step.name in leaf_names(steps)}),
             "prefect.flow_run_id": str(flow_run.id or ""), "prefect.flow_run_name": str(flow_run.name or ""),
             TAG_OVERRIDES: json.dumps(list(overrides or []))}
     on_a_server = flow_run.id and not is_temporary(PREFECT_API_URL.value())  # the temporary one has no UI

@@ -10,27 +10,32 @@ from helpers_tiny import tiny_raw
 from mlflow.tracking import MlflowClient
 
 from flows import cli_compare, compare
-from flows.mlflow_names import TAG_STEPS
+from flows.mlflow_names import TAG_LEAVES, TAG_STEPS
 from flows.mlflow_runs import experiment_id_for, open_pipeline_run
 from flows.mlflow_tracker import MlflowTracker
 from fluxflow.checkpoints.ref import CheckpointRef, StepResult
 from fluxflow.config import load_config
+from fluxflow.config.dag import leaf_names
 from fluxflow.train.tracking import Progress
 
 WARM = {"name": "warm", "n_epochs": 1, "train_vae": True}
 
 
 def record_pipeline(client, experiment, out, steps, losses, session="s", interrupt_last=False, replicates=None,
-                    killed=()):
+                    killed=(), not_run=(), leaves=False):
     """Record every step as the flow would: a nested run with params, one metric line and a final result (for the
-    last step, with `interrupt_last`, and for the steps named in `killed`, the end of an interrupted run instead)."""
+    last step, with `interrupt_last`, and for the steps named in `killed`, the end of an interrupted run instead; no
+    run at all for those in `not_run`). `leaves`: tag the leaf steps as the flow has since it records them."""
     raw = tiny_raw(out, steps)
     if replicates:
         raw["training"]["replicates"] = replicates
     resolved = load_config(raw).config.resolved_steps()
     # the flow tags its run with the steps of the config it runs (flows/pipeline_flow.py)
-    parent = open_pipeline_run(client, experiment, out, {TAG_STEPS: ",".join(step.name for step in resolved)})
-    for step in resolved:
+    tags = {TAG_STEPS: ",".join(step.name for step in resolved)}
+    if leaves:
+        tags[TAG_LEAVES] = json.dumps({s.name: s.hypothesis for s in resolved if s.name in leaf_names(resolved)})
+    parent = open_pipeline_run(client, experiment, out, tags)
+    for step in (step for step in resolved if step.name not in not_run):
         tracker = MlflowTracker(client, experiment, parent, out, session=session)
         tracker.step_started(step, f"key-{out}-{step.name}", len(steps), resumed=False)
         loss = losses[step.name]
@@ -346,6 +351,31 @@ def test_replicates_left_out_do_not_show_their_seeds_as_a_config_difference(expe
     comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp))
     assert comparison.labels == ["a", "b (left out: 1 killed of 3)"]
     assert comparison.config == {"seed": ["0, 1, 2", "1, 2"]}
+
+
+def test_replicates_and_hypotheses_that_never_ran_are_said_and_a_step_whose_children_did_not_run_is_no_hypothesis(
+        experiment, tmp_path, capsys):
+    """tail-seed2 never ran (its parent b-seed2 missed its threshold with on_missed: fail): b-seed2 was taken for a
+    hypothesis of its own, and tail showed 2 replicates unsaid. c's replicates all failed before their runs started
+    (data with fewer items than a batch): c was not in the table."""
+    client, exp = experiment
+    replicated = ("a", "b", "tail", "c")
+    losses = {"warm": 0.9, **{f"{h}-seed{i}": 0.5 + i / 100 for h in replicated for i in range(3)}}
+    record_pipeline(client, exp, f"{tmp_path}/reps", [
+        WARM, *({"name": name, "n_epochs": 1, "train_vae": True, "after": "warm"} for name in ("a", "b", "c")),
+        {"name": "tail", "n_epochs": 1, "train_vae": True, "after": "b"},
+    ], losses, replicates={"seeds": [0, 1, 2], "from_steps": ["a", "b", "c"]},
+        not_run=("tail-seed2", "c-seed0", "c-seed1", "c-seed2"), leaves=True)
+
+    comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp),
+                                      compare.expected_leaves(client, exp))
+    assert comparison.labels == ["a", "tail (left out: 1 not run of 3)", "c (not run)"]
+    assert comparison.metrics["vae_loss"][2] is None
+    assert [len(r) for r in comparison.summary.replicates.values()] == [3, 2]
+    assert ["replicates", "3", "2", "0"] in compare.table_rows(comparison)  # a cell per column
+    assert cli_compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 0  # table, files
+    assert "c (not run)" in capsys.readouterr().out
+    assert (tmp_path / "cmp" / "compare_hypotheses.png").exists()
 
 
 def test_a_replicate_left_out_on_one_side_leaves_welch_s_test(experiment, tmp_path):

@@ -398,6 +398,9 @@ def test_seed_replicates_are_grouped_per_hypothesis_and_compared_with_their_spre
                                                                       run.data.params["seed"]))
     assert grouped == {h: {(f"{h}-seed{s}", str(s)) for s in (0, 1, 2)} for h in ("a", "same", "planted")}
     assert {r.data.tags["mlflow.parentRunId"] for r in steps} == {pipelines[0].info.run_id}
+    # what fluxflow-compare expects of the pipeline: its leaves and their hypotheses (those that did not run are said)
+    assert json.loads(pipelines[0].data.tags["fluxflow.leaves"]) == {
+        f"{h}-seed{s}": h for h in ("a", "same", "planted") for s in (0, 1, 2)}
 
     import mlflow
 

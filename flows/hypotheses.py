@@ -18,7 +18,8 @@ corrected for all the others of the summary by Holm's step-down method (`holm`; 
 "beyond" at 5 % without assuming the tests independent). With one
 replicate no interval can be given, and the summary says so instead of a verdict. Promotion's `beyond_spread` uses
 the same interval (`better_beyond`), so the table and the champion/challenger decision cannot disagree on the same
-numbers.
+numbers; promotion's numbers are those of its own evaluation (promotion.n_images, sampler_steps, seeds), the table's
+the steps' final metrics, so on another evaluation their intervals differ.
 """
 from __future__ import annotations
 

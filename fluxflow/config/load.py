@@ -25,7 +25,7 @@ from fluxflow.config.promotion import promotion_issues
 from fluxflow.config.schema import (DATASET_TYPES, SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,
                                     PipelineConfig, TrainingConfig, implicit_datasets)
 from fluxflow.config.steps import NAME_LIMIT, TRAINING_GLOBALS, MissingStepValue, ResolvedStep, StepConfig, \
-    StepDefaults, Transition, merged_step_fields, replicate_issues, resolve_step
+    StepDefaults, Transition, merged_step_fields, replicate_issues, replicated_names, resolve_step
 
 
 @dataclass
@@ -212,7 +212,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
         issues += promotion_issues(config) + resources_issues(config) + process_issues(config)
     if issues:
         raise ConfigError(from_overrides(_dedupe(issues), overrides, _step_names(raw), overrides_name), label)
-    warnings += _unused_lr_warnings(config) + _unused_field_warnings(config)
+    warnings += _unused_lr_warnings(config) + _unused_field_warnings(config) + _replicated_seed_warnings(config)
     return LoadedConfig(config=config, warnings=warnings, source=path)
 
 
@@ -232,6 +232,18 @@ def _unused_field_warnings(config: PipelineConfig) -> list[str]:
             if name in unused and not (name == "adaptive_adv_weight" and not written.adaptive_adv_weight):
                 warnings.append(f"{format_path((*STEPS, written.index, name))}: has no effect: {unused[name]}")
     return warnings
+
+
+def _replicated_seed_warnings(config: PipelineConfig) -> list[str]:
+    """A replicated step's own `seed`: each replica trains with one of training.replicates.seeds instead, so it was
+    accepted (a --set of it retrained nothing) and ignored."""
+    replicates, steps = config.training.replicates, config.training.pipeline.steps
+    if replicates is None:
+        return []
+    replicated = set(replicated_names(config.written_steps(), replicates))
+    return [f"{format_path((*STEPS, i, 'seed'))}: has no effect: the step is replicated, and each replica trains "
+            "with one of training.replicates.seeds" for i, step in enumerate(steps)
+            if step.name in replicated and step.seed is not None]
 
 
 def _unused_lr_warnings(config: PipelineConfig) -> list[str]:

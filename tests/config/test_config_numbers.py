@@ -223,3 +223,13 @@ def test_a_key_written_in_another_section_than_its_own_is_pointed_there(tmp_path
         "training.pipeline.steps[0].enabled: unknown key",  # promotion's, not a step's
         "training.pipeline.steps[0].metric: unknown key (it is a field of the step's transition_on: "
         "transition_on.metric)"]
+
+
+def test_a_replicated_step_s_own_seed_is_said_to_have_no_effect(tmp_path):
+    """--set training.pipeline.steps.b.seed=7 validated, retrained nothing, and was tagged as an override."""
+    steps = [dict(VAE_STEP, seed=3), {"name": "b", "n_epochs": 1, "train_vae": True, "after": "warm", "seed": 7}]
+    raw = tiny_raw(tmp_path, steps)
+    raw["training"]["replicates"] = {"seeds": [0, 1], "from_steps": ["b"]}
+    assert load_config(raw).warnings == [
+        "training.pipeline.steps[1].seed: has no effect: the step is replicated, and each replica trains with one of "
+        "training.replicates.seeds"]

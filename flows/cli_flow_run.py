@@ -55,7 +55,8 @@ def print_where_to_look(config: PipelineConfig, flow_run_id, api_url: str | None
     skip = TRACKING.pending() or mlflow_refusal(uri)
     experiment = None if skip else client.get_experiment_by_name(config.tracking.experiment_name)
     runs = find_runs(client, experiment.experiment_id, pipeline_run_tags(out)) if experiment else []
-    print(f"Samples:     {out}/samples")
+    if not config.output.no_samples:  # the folder is never made then
+        print(f"Samples:     {out}/samples")
     print(f"Checkpoints: {out}/checkpoints")
     if runs:
         run_url = artifacts.mlflow_run_url(uri, experiment.experiment_id, runs[0].info.run_id)

@@ -17,8 +17,8 @@ from pathlib import Path, PurePosixPath
 
 from mlflow.tracking import MlflowClient
 
-from flows.mlflow_names import (FINAL_PREFIX, PARENT_RUN_ID, TAG_KIND, TAG_LEAVES, TAG_OUTPUT_DIR, TAG_PARENT_STEP,
-                                TAG_STEP_NAME, TAG_STEPS, TAG_SUPERSEDED_BY)
+from flows.mlflow_names import (FINAL_PREFIX, PARENT_RUN_ID, TAG_KIND, TAG_LEAVES, TAG_OUTCOME, TAG_OUTPUT_DIR,
+                                TAG_PARENT_STEP, TAG_STEP_NAME, TAG_STEPS, TAG_SUPERSEDED_BY)
 from flows.mlflow_runs import find_runs, flatten_params
 from flows.hypotheses import Difference, HypothesisSummary, summarize
 from fluxflow.config.dag import leaf_names
@@ -150,6 +150,15 @@ def counted_replicates(label: str, group: list, planned: int | None = None) -> t
     return f"{label} (left out: {counts} of {total})", finished
 
 
+def with_missed_thresholds(label: str, counted: list) -> str:
+    """`label`, saying how many of its `counted` replicates missed their loss threshold with `on_missed: fail`: their
+    run finished (trained to max_epochs) and is counted, but the config called that a failure (the run exited 1), and
+    the table showed them as any other."""
+    missed = sum(run.data.tags.get(TAG_OUTCOME) == "max_epochs_reached" and run.data.params.get("on_missed") == "fail"
+                 for run in counted)
+    return f"{label} ({missed} of {len(counted)} missed the threshold, on_missed: fail)" if missed else label
+
+
 def joined_params(replicates: list[dict[str, str]]) -> dict[str, str]:
     """One hypothesis' params from its replicates' (in order): a value, or the values that vary, "0, 1, 2"."""
     keys = dict.fromkeys(key for params in replicates for key in params)
@@ -191,7 +200,8 @@ def compare_runs(client: MlflowClient, runs: list, expected: dict[str, dict[str,
     (expected_leaves), for the replicates and hypotheses that did not run. A hypothesis none of whose replicates
     ran has a column without values."""
     grouped, missing = group_by_hypothesis(client, runs, expected)
-    labelled = dict(counted_replicates(label, group, missing.get(label)) for label, group in grouped.items())
+    labelled = {with_missed_thresholds(label, counted): counted for label, counted in (
+        counted_replicates(name, group, missing.get(name)) for name, group in grouped.items())}
     groups = {label: group for label, group in labelled.items() if group}
     names = {label: [run.data.tags.get(TAG_STEP_NAME, run.info.run_name) for run in group]
              for label, group in groups.items()}

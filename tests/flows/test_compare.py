@@ -22,10 +22,11 @@ WARM = {"name": "warm", "n_epochs": 1, "train_vae": True}
 
 
 def record_pipeline(client, experiment, out, steps, losses, session="s", interrupt_last=False, replicates=None,
-                    killed=(), not_run=(), leaves=False):
+                    killed=(), not_run=(), leaves=False, missed=()):
     """Record every step as the flow would: a nested run with params, one metric line and a final result (for the
     last step, with `interrupt_last`, and for the steps named in `killed`, the end of an interrupted run instead; no
-    run at all for those in `not_run`). `leaves`: tag the leaf steps as the flow has since it records them."""
+    run at all for those in `not_run`; those in `missed` end at max_epochs without meeting their threshold). `leaves`:
+    tag the leaf steps as the flow has since it records them."""
     raw = tiny_raw(out, steps)
     if replicates:
         raw["training"]["replicates"] = replicates
@@ -45,7 +46,8 @@ def record_pipeline(client, experiment, out, steps, losses, session="s", interru
             assert tracker.flush()
             continue
         ref = CheckpointRef(f"{out}/{step.name}.pt", "0" * 64, step.name, "k", 1, 1)
-        tracker.step_finished(ref, StepResult(step.name, "epochs_done", 1, {"vae_loss": loss}))
+        outcome = "max_epochs_reached" if step.name in missed else "epochs_done"
+        tracker.step_finished(ref, StepResult(step.name, outcome, 1, {"vae_loss": loss}))
         assert tracker.flush()  # the tracking thread has sent everything
 
 
@@ -376,6 +378,21 @@ def test_replicates_and_hypotheses_that_never_ran_are_said_and_a_step_whose_chil
     assert cli_compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 0  # table, files
     assert "c (not run)" in capsys.readouterr().out
     assert (tmp_path / "cmp" / "compare_hypotheses.png").exists()
+
+
+def test_a_replicate_that_missed_its_threshold_with_on_missed_fail_is_counted_and_said(experiment, tmp_path):
+    """It trained to max_epochs and its run finished, but the config called that a failure (the run exited 1): the
+    table showed it as any other replicate."""
+    client, exp = experiment
+    watched = {"n_epochs": 1, "train_vae": True, "after": "warm", "on_missed": "fail",
+               "transition_on": {"mode": "loss_threshold", "metric": "vae_loss", "threshold": 0.1}}
+    losses = {"warm": 0.9, **{f"{h}-seed{i}": 0.5 + i / 100 for h in ("a", "b") for i in range(3)}}
+    record_pipeline(client, exp, f"{tmp_path}/reps", [WARM, {"name": "a", **watched}, {"name": "b", **watched}],
+                    losses, replicates={"seeds": [0, 1, 2], "from_steps": ["a", "b"]}, missed=("b-seed2",))
+
+    comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp))
+    assert comparison.labels == ["a", "b (1 of 3 missed the threshold, on_missed: fail)"]
+    assert [len(r) for r in comparison.summary.replicates.values()] == [3, 3]
 
 
 def test_a_replicate_left_out_on_one_side_leaves_welch_s_test(experiment, tmp_path):

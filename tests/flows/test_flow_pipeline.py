@@ -293,7 +293,7 @@ def test_a_missed_threshold_with_on_missed_fail_fails_the_flow_and_stops_its_sub
     about_it = [r for r in records if "did not fall below" in r.getMessage()]
     assert about_it and not any(r.exc_info for r in about_it)
     out = Path(raw["output"]["output_path"])
-    assert f"Samples:     {out}/samples" in printed
+    assert f"Checkpoints: {out}/checkpoints" in printed and "Samples:" not in printed  # no_samples: none made
     # The printed commands run as printed, from this directory, without activating the venv.
     mlflow_cmd = re.search(r"MLflow UI:   (\S+) ui --host 127.0.0.1 --backend-store-uri sqlite:///", printed).group(1)
     assert shutil.which(mlflow_cmd) or os.access(mlflow_cmd, os.X_OK), mlflow_cmd

@@ -120,22 +120,10 @@ def test_a_device_the_machine_lacks_fails_the_step_once_in_one_line(tmp_path, ml
     """`--param device=cuda` on a worker without a GPU (docs/OPERATIONS.md, "Running a deployment"): a retry in the
     same process finds no GPU either, so the step is attempted once, and the run says why without a traceback, as
     `fluxflow-train` does (exit 2)."""
-    import logging
-
     from flows.pipeline_flow import pipeline_flow
 
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    try:
-        state = pipeline_flow(config(tmp_path, "no-gpu", STEPS, retries=2, no_samples=True), device="cuda",
-                              return_state=True)
-    finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
+    records, state = flow_run_records(lambda: pipeline_flow(
+        config(tmp_path, "no-gpu", STEPS, retries=2, no_samples=True), device="cuda", return_state=True))
     assert state.is_failed()
     assert "no CUDA device is available" in state.message
     assert task_runs(state.state_details.flow_run_id)["warm"].run_count == 1

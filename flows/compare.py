@@ -43,8 +43,12 @@ class Comparison:
 def expected_leaves(client: MlflowClient, experiment_id: str) -> dict[str, dict[str, str]]:
     """Pipeline run id -> its config's leaf steps and the hypothesis of each, as the flow recorded them (TAG_LEAVES;
     pipelines recorded before it: none)."""
+    return _recorded_leaves(find_runs(client, experiment_id, {TAG_KIND: "pipeline"}))
+
+
+def _recorded_leaves(pipelines: list) -> dict[str, dict[str, str]]:
     return {run.info.run_id: json.loads(run.data.tags[TAG_LEAVES])
-            for run in find_runs(client, experiment_id, {TAG_KIND: "pipeline"}) if run.data.tags.get(TAG_LEAVES)}
+            for run in pipelines if run.data.tags.get(TAG_LEAVES)}
 
 
 def leaf_step_runs(client: MlflowClient, experiment_id: str) -> list:
@@ -53,9 +57,10 @@ def leaf_step_runs(client: MlflowClient, experiment_id: str) -> list:
     run (its own replicate failed a threshold with on_missed: fail) was taken for one more hypothesis."""
     # The steps of each pipeline's latest run: a step its config no longer has (renamed, removed, or trained once
     # before training.replicates was added) is none of its hypotheses; its old run was counted as one more replicate.
-    current = {run.info.run_id: set(run.data.tags[TAG_STEPS].split(","))
-               for run in find_runs(client, experiment_id, {TAG_KIND: "pipeline"}) if run.data.tags.get(TAG_STEPS)}
-    recorded = expected_leaves(client, experiment_id)
+    pipelines = find_runs(client, experiment_id, {TAG_KIND: "pipeline"})
+    current = {run.info.run_id: set(run.data.tags[TAG_STEPS].split(",")) for run in pipelines
+               if run.data.tags.get(TAG_STEPS)}
+    recorded = _recorded_leaves(pipelines)
     # A run superseded by another of its step (flows/mlflow_step_run.py) is never the one in place, even when newer:
     # a config changed and then changed back (A, B, A) brings A's files and run back, and B's run started last.
     runs = [run for run in find_runs(client, experiment_id, {TAG_KIND: "step"})

@@ -72,10 +72,10 @@ def open_tracking(config: PipelineConfig, steps: list,
         raise StoreUnusable(unusable)
     prepare_store(uri)  # a new local store: a copy of an empty one, not MLflow's migrations (flows/mlflow_store.py)
     client = MlflowClient(uri)
-    output_dir = output_dir_of(config)
+    output_dir, leaves = output_dir_of(config), set(leaf_names(steps))
     tags = {TAG_CONFIG_HASH: json_sha256(config.model_dump(mode="json"), 16, compact=False),
             TAG_STEPS: ",".join(step.name for step in steps), TAG_BRANCHES: ",".join(branch_names(steps)),
-            TAG_LEAVES: json.dumps({step.name: step.hypothesis for step in steps if step.name in leaf_names(steps)}),
+            TAG_LEAVES: json.dumps({step.name: step.hypothesis for step in steps if step.name in leaves}),
             "prefect.flow_run_id": str(flow_run.id or ""), "prefect.flow_run_name": str(flow_run.name or ""),
             TAG_OVERRIDES: json.dumps(list(overrides or []))}
     on_a_server = flow_run.id and not is_temporary(PREFECT_API_URL.value())  # the temporary one has no UI

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic_core import PydanticUndefined
 
 from fluxflow.config.executor import ExecutorConfig, StepResources
@@ -141,3 +142,16 @@ def test_every_promotion_metric_is_documented():
 
     row = tables()["`promotion`"]["metric"][1]
     assert [metric for metric in PROMOTION_METRICS if f"`{metric}`" not in row] == []
+
+
+def test_readme_pipeline_example_loads_without_warnings():
+    """The README's "The pipeline file" is the first config a new user copies: it must validate and warn of nothing
+    (a step with `n_epochs` under a loss_threshold transition with its own max_epochs warned "has no effect")."""
+    from fluxflow.config.load import load_config
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = re.search(r"## The pipeline file\n+```yaml\n(.*?)```", readme, re.S)
+    assert example is not None, "README.md lost its 'The pipeline file' example"
+    loaded = load_config(yaml.safe_load(example.group(1)))
+    assert [step.name for step in loaded.config.training.pipeline.steps] == ["vae_warmup", "spade_off", "spade_on"]
+    assert loaded.warnings == []

@@ -34,6 +34,7 @@ from fluxflow.runtime.stop_request import POLL_S, StepInterrupted, stop_requeste
 log = logging.getLogger("fluxflow.train.step_run")  # the step runner's logger: its warnings reach the same handlers
 # Every rank's code, named, not imported (processes sit under training): `main` under torchrun, `run_rank` under Ray.
 RANK_ENTRY = "fluxflow.train.distributed_step"
+TORCHRUN = "fluxflow.runtime.torchrun_main"  # torch.distributed.run without a traceback when stopped on purpose
 # The pid of the process that started torchrun, in torchrun's environment and so in every rank's: a rank whose
 # torchrun is no longer that process's child ends itself (fluxflow/train/distributed_step.py).
 LAUNCHER_ENV = "FLUXFLOW_LAUNCHER_PID"
@@ -110,7 +111,7 @@ def run_step_distributed(config, step_name: str, parent: CheckpointRef | None, n
         (tmp / "config.json").write_text(json.dumps(run_dict(config)))
         (tmp / "parent.json").write_text(json.dumps(parent.to_dict() if parent else None))
         # --log-dir: torchrun's own folder (one per run, else left under the temporary directory) goes with ours
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        cmd = [sys.executable, "-m", TORCHRUN, "--standalone", f"--nproc_per_node={nproc}",
                "--log-dir", str(tmp / "torchrun"), "-m", RANK_ENTRY, "--config", str(tmp / "config.json"),
                "--step", step_name, "--parent", str(tmp / "parent.json"), "--result", str(tmp / "result.json"),
                "--error", str(tmp / "error.json")]

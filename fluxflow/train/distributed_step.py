@@ -1,9 +1,9 @@
 """One rank of a step on several processes: `run_rank`, whatever started the process.
 
-Under torchrun each rank is `python -m torch.distributed.run ... -m fluxflow.train.distributed_step` (`main`); under
-Ray Train each rank is a Ray Train worker calling `run_rank` (fluxflow/runtime/ray_train_launch.py). Both launchers
-(fluxflow/runtime/launch.py) name this module, never import it: processes sit under training. Every rank runs the same
-`run_step`; rank 0 alone writes checkpoints, samples, the metrics file and the result.
+Under torchrun each rank is `python -m fluxflow.runtime.torchrun_main ... -m fluxflow.train.distributed_step`
+(`main`); under Ray Train each rank is a Ray Train worker calling `run_rank` (fluxflow/runtime/ray_train_launch.py).
+Both launchers (fluxflow/runtime/launch.py) name this module, never import it: processes sit under training. Every
+rank runs the same `run_step`; rank 0 alone writes checkpoints, samples, the metrics file and the result.
 
 torchrun starts each rank in a session of its own, where a signal to torchrun's process group does not reach it: a
 rank under torchrun dies with torchrun (`die_with_torchrun`), which dies with the process that started it

@@ -71,8 +71,9 @@ def test_a_rank_dying_at_teardown_after_the_step_leaves_the_steps_result_standin
     assert "after every rank had finished the step" in caplog.text  # said, not hidden
 
 
-def test_a_stop_request_ends_the_torchrun_process_group_at_once(tmp_path, monkeypatch):
-    """Ctrl-C in the flow sets the stop request; the task waiting on torchrun must not wait for the step to end."""
+def test_a_stop_request_ends_the_torchrun_process_group_at_once(tmp_path, monkeypatch, capfd):
+    """Ctrl-C in the flow sets the stop request; the task waiting on torchrun must not wait for the step to end, and
+    torchrun, ended by the launcher's SIGTERM, leaves no traceback of that signal under the user's "Interrupted"."""
     import threading
     import time
 
@@ -121,6 +122,8 @@ def test_a_stop_request_ends_the_torchrun_process_group_at_once(tmp_path, monkey
     assert started[0].poll() is not None  # torchrun is gone, and with it its process group (the ranks)
     assert not group_alive(started[0].pid)
     assert not (out / "checkpoints" / "vae_gan" / "final.pt").exists()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "SignalException" not in err, err[-3000:]
 
 
 @pytest.mark.parametrize("processes", [1, 2])

@@ -216,7 +216,8 @@ def data_issues(config) -> list[ConfigIssue]:
     (resolve_run_config), not by validation, which accepts a config written before its data is in place
     (configs/original_tool_example.yaml)."""
     issues: list[ConfigIssue] = []
-    listed: dict[str, Listed] = {}  # folder dataset -> the images its captions file lists (the file read once)
+    # folder dataset -> (entries its captions file lists, how many of them holdout_captions match): the file read once
+    listed: dict[str, tuple[int, int]] = {}
     for name, ds in config.training.pipeline.datasets.items():
         loc = ("training", "pipeline", "datasets", name)
         if ds.type == "folder":
@@ -227,15 +228,7 @@ def data_issues(config) -> list[ConfigIssue]:
     return issues or batch_issues(config, listed)
 
 
-@dataclass(frozen=True)
-class Listed:
-    """What a `folder` dataset's captions file lists: entries, and how many of them `holdout_captions` match."""
-
-    entries: int
-    unseen: int
-
-
-def batch_issues(config, listed: dict[str, Listed]) -> list[ConfigIssue]:
+def batch_issues(config, listed: dict[str, tuple[int, int]]) -> list[ConfigIssue]:
     """A `folder` dataset lists at least one batch of training images for each step that trains on it (the `listed`
     images minus the hold-out: an upper bound, so the step still checks what it finds). A dataset of 20 images and
     the default batch of 32 failed the first step only, after the servers had started."""
@@ -245,44 +238,40 @@ def batch_issues(config, listed: dict[str, Listed]) -> list[ConfigIssue]:
         if ds.type != "folder" or (step.dataset, step.batch_size) in seen:
             continue
         seen.add((step.dataset, step.batch_size))
-        count = listed[step.dataset]
-        training = count.entries - count.unseen - ds.holdout
+        entries, unseen = listed[step.dataset]
+        training = entries - unseen - ds.holdout
         if training < step.batch_size:
-            unseen = f", {count.unseen} matched by holdout_captions" if count.unseen else ""
+            matched = f", {unseen} matched by holdout_captions" if unseen else ""
             issues.append(ConfigIssue(("training", "pipeline", "datasets", step.dataset), (
-                f"{training} training images ({count.entries} listed in {ds.captions_file}{unseen}, holdout "
+                f"{training} training images ({entries} listed in {ds.captions_file}{matched}, holdout "
                 f"{ds.holdout}) are fewer than one batch of {step.batch_size} (step {step.name}); lower batch_size "
                 "or holdout, or add images")))
     return issues
 
 
-def folder_issues(loc: tuple, ds) -> tuple[list[ConfigIssue], Listed]:
-    """(issues, images listed) of a `folder` dataset at config path `loc`. Listed files are looked for only until one
-    is found (one file system call when the names are right): whether each exists and decodes is the dataset's to find
-    when a step builds it (fluxflow/data/folder.py)."""
+def folder_issues(loc: tuple, ds) -> tuple[list[ConfigIssue], tuple[int, int]]:
+    """(issues, (entries listed, entries holdout_captions match)) of a `folder` dataset at config path `loc`; only the
+    first problem is said. Listed files are looked for only until one is found (one file system call when the names
+    are right): whether each exists and decodes is the dataset's to find when a step builds it
+    (fluxflow/data/folder.py)."""
     root = Path(ds.path).expanduser()
     captions_path = resolve_captions_path(root, ds.captions_file)
     problem = folder_problem(root, captions_path)
     if problem:
         field = "path" if problem.startswith("image folder") else "captions_file"
-        return [ConfigIssue((*loc, field), problem)], Listed(0, 0)
+        return [ConfigIssue((*loc, field), problem)], (0, 0)
     try:
         listing = read_captions(captions_path)
     except OSError as exc:
-        return [ConfigIssue((*loc, "captions_file"), f"cannot read {captions_path}: {exc}")], Listed(0, 0)
-    listed = len(listing.captions)
-    problem = entries_problem(listing) or found_problem(
-        root, listing, any(is_listed_file(root / name) for name in listing.captions))
-    if problem:
-        return [ConfigIssue((*loc, "captions_file"), problem)], Listed(listed, 0)
-    matches = caption_matcher(ds.holdout_captions)
+        return [ConfigIssue((*loc, "captions_file"), f"cannot read {captions_path}: {exc}")], (0, 0)
+    listed, matches = len(listing.captions), caption_matcher(ds.holdout_captions)
     unseen = sum(map(matches, listing.captions.values())) if matches else 0
-    problem = unseen_problem(root, ds.holdout_captions, unseen, listed)
-    if problem:
-        return [ConfigIssue((*loc, "holdout_captions"), problem)], Listed(listed, unseen)
-    problem = holdout_problem(root, listed - unseen, ds.holdout, f"entries in {captions_path.name}"
-                              + (" outside holdout_captions" if unseen else ""))
-    return ([ConfigIssue((*loc, "holdout"), problem)] if problem else []), Listed(listed, unseen)
+    problems = {"captions_file": entries_problem(listing) or found_problem(
+                    root, listing, any(is_listed_file(root / name) for name in listing.captions)),
+                "holdout_captions": unseen_problem(root, ds.holdout_captions, unseen, listed),
+                "holdout": holdout_problem(root, listed - unseen, ds.holdout, f"entries in {captions_path.name}"
+                                           + (" outside holdout_captions" if unseen else ""))}
+    return [ConfigIssue((*loc, field), problem) for field, problem in problems.items() if problem][:1], (listed, unseen)
 
 
 def expand_shards(urls: str | list[str]) -> list[str]:

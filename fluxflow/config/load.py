@@ -24,7 +24,7 @@ from fluxflow.config.optim import Optimization, number_problem, optimizer_issues
 from fluxflow.config.promotion import promotion_issues
 from fluxflow.config.schema import (DATASET_TYPES, SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,
                                     PipelineConfig, TrainingConfig, implicit_datasets)
-from fluxflow.config.steps import NAME_LIMIT, TRAINING_GLOBALS, MissingStepValue, ResolvedStep, StepConfig, \
+from fluxflow.config.steps import NAME_LIMIT, TRAINING_GLOBALS, ResolvedStep, StepConfig, \
     StepDefaults, Transition, merged_step_fields, replicate_issues, replicated_names, resolve_step
 
 
@@ -65,18 +65,17 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping
 
 def read_yaml(path: Path) -> Any:
     """The parsed file; ConfigError for a missing/unreadable file, one that is not a regular file, or broken YAML."""
-    if odd := not_a_regular_file(path):
-        raise ConfigError([ConfigIssue("(file)", odd)], str(path))
     try:
-        text = path.read_text(encoding="utf-8")
+        problem = not_a_regular_file(path)
+        if problem is None:
+            return unshared(yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader))  # noqa: S506 - SafeLoader's
     except FileNotFoundError:
-        raise ConfigError([ConfigIssue("(file)", f"not found: {path}")], str(path)) from None
+        problem = f"not found: {path}"
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([ConfigIssue("(file)", f"cannot read {path}: {exc}")], str(path)) from None
-    try:
-        return unshared(yaml.load(text, Loader=_Loader))  # noqa: S506 - a SafeLoader subclass
+        problem = f"cannot read {path}: {exc}"
     except yaml.YAMLError as exc:
-        raise ConfigError([ConfigIssue("(file)", f"broken YAML: {' '.join(str(exc).split())}")], str(path)) from None
+        problem = f"broken YAML: {' '.join(str(exc).split())}"
+    raise ConfigError([ConfigIssue("(file)", problem)], str(path))
 
 
 def unshared(tree: Any) -> Any:
@@ -210,15 +209,11 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
         issues += replicate_issues(config.written_steps(), config.training.replicates)
     if config is not None and not issues:
         issues += promotion_issues(config) + resources_issues(config) + process_issues(config)
-    if issues:
-        raise ConfigError(from_overrides(_dedupe(issues), overrides, _step_names(raw), overrides_name), label)
+    if issues:  # a step is named by its index in an issue, by its name in an override
+        names = [get_in(step, "name", kind=str) for step in get_in(raw, *STEPS, kind=list) or []]
+        raise ConfigError(from_overrides(_dedupe(issues), overrides, names, overrides_name), label)
     warnings += _unused_lr_warnings(config) + _unused_field_warnings(config) + _replicated_seed_warnings(config)
     return LoadedConfig(config=config, warnings=warnings, source=path)
-
-
-def _step_names(raw: dict) -> list:
-    """The name of each step of a parsed config, in order (None for one without a name)."""
-    return [step.get("name") if isinstance(step, dict) else None for step in get_in(raw, *STEPS, kind=list) or []]
 
 
 def _unused_field_warnings(config: PipelineConfig) -> list[str]:
@@ -510,9 +505,9 @@ def _step_issues(i: int, step: StepConfig, p: Pieces) -> tuple[list[ConfigIssue]
     issues: list[ConfigIssue] = []
     try:
         s = resolve_step(i, step, p.defaults, p.globals_, None)
-    except MissingStepValue as missing:
-        if missing.field != "dataset" or p.datasets is not None:
-            issues.append(ConfigIssue(at(missing.field), missing.message))
+    except ConfigError as missing:  # n_epochs or the dataset given nowhere
+        if not missing.issues[0].path.endswith(".dataset") or p.datasets is not None:
+            issues += missing.issues
         # Go on with placeholders so that the step's other problems are reported too.
         placeholders = {**p.globals_, "n_epochs": p.globals_["n_epochs"] or 1, "dataset": p.globals_["dataset"] or ""}
         s = resolve_step(i, step, p.defaults, placeholders, None)

@@ -113,13 +113,14 @@ class ShapesDataset(DatasetBase):
         if isinstance(pairs, int) and not 0 <= pairs <= MOST_HELDOUT_PAIRS:
             raise ValueError(f"a count must be 0 to {MOST_HELDOUT_PAIRS} (every colour and every shape keeps a "
                              "trained pair)")
+        held = set()
         for text in pairs if isinstance(pairs, list) else ():
-            words = text.strip().lower().split()
+            words = tuple(text.strip().lower().split())
             if len(words) != 2 or words[0] not in SHAPES_COLORS or words[1] not in SHAPES_SHAPES:
                 raise ValueError(f"{text!r} is not '<colour> <shape>' (colours: {', '.join(SHAPES_COLORS)}; shapes: "
                                  f"{', '.join(SHAPES_SHAPES)})")
-        if isinstance(pairs, list):  # as a count's draw: every word keeps a trained pair (else no pair may be left)
-            held = {tuple(text.strip().lower().split()) for text in pairs}
+            held.add(words)
+        if held:  # as a count's draw: every word keeps a trained pair (else no pair may be left)
             trained = [(c, s) for c in SHAPES_COLORS for s in SHAPES_SHAPES if (c, s) not in held]
             untrained = ([c for c in SHAPES_COLORS if all(p[0] != c for p in trained)]
                          + [s for s in SHAPES_SHAPES if all(p[1] != s for p in trained)])

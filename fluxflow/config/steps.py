@@ -17,7 +17,7 @@ from pydantic import BeforeValidator, Field, create_model, field_validator
 
 from fluxflow.config import modes
 from fluxflow.config.dag import descendants
-from fluxflow.config.errors import ConfigIssue, did_you_mean
+from fluxflow.config.errors import STEPS, ConfigError, ConfigIssue, did_you_mean
 from fluxflow.config.executor import StepResources
 from fluxflow.config.optim import INT64, OmitsDefaults, Optimization, OptimizerConfig, StrictModel
 
@@ -130,18 +130,14 @@ class StepSettings(StrictModel):
     resources: StepResources = Field(default_factory=StepResources)
 
 
-# What a step and `pipeline.defaults` may say: StepSettings with every field optional (None = not given here:
-# inherit); a given value keeps its constraints.
-StepFields = create_model("StepFields", __base__=StrictModel, __module__=__name__, **{
+# What `training.pipeline.defaults` (merged under every step) and a step may say: StepSettings with every field
+# optional (None = not given here: inherit); a given value keeps its constraints.
+StepDefaults = create_model("StepDefaults", __base__=StrictModel, __module__=__name__, **{
     key: (Optional[Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation], None)
     for key, info in StepSettings.model_fields.items()})
 
 
-class StepDefaults(StepFields):
-    """`training.pipeline.defaults`: merged under every step."""
-
-
-class StepConfig(StepFields):
+class StepConfig(StepDefaults):
     """One entry of `training.pipeline.steps` as written."""
 
     name: str
@@ -167,14 +163,6 @@ class ResolvedStep(OmitsDefaults, StepSettings):
 TRAINING_GLOBALS = ("batch_size", "workers", "lr", "n_epochs", "max_steps", "seed", "precision")
 
 
-class MissingStepValue(Exception):
-    """A required step value is given nowhere (step, defaults, globals)."""
-
-    def __init__(self, field: str, message: str):
-        self.field, self.message = field, message
-        super().__init__(f"{field}: {message}")
-
-
 def deep_merge(base: dict[str, Any], override: dict[str, Any], kind_key: str = "type") -> dict[str, Any]:
     """`override` on top of `base`, by the module docstring's deep merge (`kind_key`: the block's type key)."""
     if kind_key in base and kind_key in override and base[kind_key] != override[kind_key]:
@@ -196,8 +184,8 @@ def merged_step_fields(step: StepConfig, defaults: StepDefaults) -> dict[str, An
 
 def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_: dict[str, Any],
                  previous: str | None, dataset_sizes: dict[str, int | None] | None = None) -> ResolvedStep:
-    """The concrete step; `dataset_sizes`: the datasets' own img_size, under the step's. Raises MissingStepValue when
-    n_epochs or the dataset is given nowhere."""
+    """The concrete step; `dataset_sizes`: the datasets' own img_size, under the step's. ConfigError when n_epochs or
+    the dataset is given nowhere (step, defaults, globals)."""
     given = merged_step_fields(step, defaults)
     values = {**globals_, **given}  # `given` holds no None: a None global is one that nothing sets
     transition = dict(values.get("transition_on", {}))
@@ -205,12 +193,13 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
         values["n_epochs"] = transition.get("max_epochs")  # its bound: n_epochs would only be max_epochs' default
 
     if values.get("n_epochs") is None:
-        raise MissingStepValue("n_epochs", "required: set it on the step, in training.pipeline.defaults "
-                                           "or as training.n_epochs (a loss_threshold step: or its "
-                                           "transition_on.max_epochs)")
+        raise ConfigError([ConfigIssue((*STEPS, index, "n_epochs"), "required: set it on the step, in "
+                                       "training.pipeline.defaults or as training.n_epochs (a loss_threshold step: "
+                                       "or its transition_on.max_epochs)")])
     if values.get("dataset") is None:
-        raise MissingStepValue("dataset", "required: training.pipeline.datasets has several entries and no "
-                                          "default_dataset; name one here or set training.pipeline.default_dataset")
+        raise ConfigError([ConfigIssue((*STEPS, index, "dataset"), "required: training.pipeline.datasets has several "
+                                       "entries and no default_dataset; name one here or set "
+                                       "training.pipeline.default_dataset")])
 
     if "img_size" not in given:
         values["img_size"] = (dataset_sizes or {}).get(values["dataset"]) or values["img_size"]

@@ -15,15 +15,11 @@ def caption_matcher(patterns: list[str] | None) -> Callable[[str], bool] | None:
     """A predicate "this caption is held out" for `holdout_captions`; None when nothing is held out."""
     if not patterns:
         return None
-    tests = [_pattern_test(p) for p in patterns]
-    return lambda caption: any(test(caption.strip()) for test in tests)
-
-
-def _pattern_test(pattern: str) -> Callable[[str], bool]:
-    if pattern.startswith("re:"):
-        return lambda caption, rx=re.compile(pattern[3:], re.IGNORECASE): rx.search(caption) is not None
-    glob = pattern.lower()  # fnmatchcase on lowered text: the same answer on every OS (fnmatch follows the OS's case)
-    return lambda caption: fnmatch.fnmatchcase(caption.lower(), glob)
+    regexes = [re.compile(p[3:], re.IGNORECASE) for p in patterns if p.startswith("re:")]
+    # Globs by fnmatchcase on lowered text: the same answer on every OS (fnmatch follows the OS's case).
+    globs = [p.lower() for p in patterns if not p.startswith("re:")]
+    return lambda caption: (any(rx.search(caption.strip()) for rx in regexes)
+                            or any(fnmatch.fnmatchcase(caption.strip().lower(), glob) for glob in globs))
 
 
 def unseen_problem(root, patterns: list[str], matched: int, entries: int) -> str | None:

@@ -58,8 +58,7 @@ TEXT_PATH = "model.text_encoder.path"
 
 def lpips_issues(indexes: list[int]) -> list[ConfigIssue]:
     """The missing backbone explained once, at the first step that needs it."""
-    message = missing_lpips_backbone_message() if indexes else None
-    if message is None:
+    if not indexes or (message := missing_lpips_backbone_message()) is None:
         return []
     first = format_path((*STEPS, indexes[0], "use_lpips"))
     return [ConfigIssue(first, message)] + [
@@ -256,8 +255,7 @@ def folder_issues(loc: tuple, ds) -> tuple[list[ConfigIssue], tuple[int, int]]:
     (fluxflow/data/folder.py)."""
     root = Path(ds.path).expanduser()
     captions_path = resolve_captions_path(root, ds.captions_file)
-    problem = folder_problem(root, captions_path)
-    if problem:
+    if problem := folder_problem(root, captions_path):
         field = "path" if problem.startswith("image folder") else "captions_file"
         return [ConfigIssue((*loc, field), problem)], (0, 0)
     try:

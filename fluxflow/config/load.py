@@ -114,8 +114,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
         except yaml.YAMLError as exc:
             issues.append(ConfigIssue(f"{name} {key}", f"the value is broken YAML: {' '.join(str(exc).split())}"))
             continue
-        problem = _set(raw, parts, value, written.strip())
-        if problem:
+        if problem := _set(raw, parts, value, written.strip()):
             issues.append(ConfigIssue(f"{name} {'.'.join(parts)}", problem))
     if issues:
         raise ConfigError(issues, label)

@@ -118,8 +118,7 @@ def promotion_issues(config) -> list[ConfigIssue]:
     if config.tracking.registered_model is None and registered_steps(config):
         # The experiment's name is then the registered model's too (TrackingConfig.model_name), and MLflow allows
         # in an experiment's name what it refuses in a model's ('/', ':', blanks).
-        problem = registered_model_name_problem(config.tracking.experiment_name)
-        if problem:
+        if problem := registered_model_name_problem(config.tracking.experiment_name):
             issues.append(ConfigIssue("tracking.experiment_name", f"is also the registered model's name (no "
                                       f"tracking.registered_model is set), which {problem}: set "
                                       "tracking.registered_model, or tracking.register_steps: [] to register nothing"))
@@ -132,8 +131,7 @@ def promotion_issues(config) -> list[ConfigIssue]:
         # good (no replicates, or register_steps naming one replica of each)
         hypothesis_of = {step.name: step.hypothesis for step in steps}
         registered = Counter(hypothesis_of.get(name, name) for name in registered_steps(config))
-        alone = sorted(h for h, n in registered.items() if n < 2)
-        if alone:
+        if alone := sorted(h for h, n in registered.items() if n < 2):
             issues.append(ConfigIssue("promotion.beyond_spread", "needs seed replicates (training.replicates with 2 "
                                       "or more seeds), each registered: with one registered run of a hypothesis ("
                                       f"{', '.join(alone)}) there is no spread to be beyond, and no version after "

@@ -42,8 +42,7 @@ def format_summary(config: PipelineConfig) -> str:
         f"  Image size: {config.data.img_size}x{config.data.img_size}, {config.data.channels} channels",
         f"  Output: {config.output.output_path}",
     ]
-    release = describe_release(config)
-    if release:
+    if release := describe_release(config):
         lines.append(f"  Registered model: {release}")
     dist = config.training.distributed
     if dist.uses_ray_train:
@@ -69,8 +68,7 @@ def format_summary(config: PipelineConfig) -> str:
         lines.append(f"  Trains: {', '.join(c for c in modes.COMPONENTS if c in modes.trained_components(step))}")
         lines += [f"  {label}: {', '.join(names)}" for label, names in (("Freeze", step.freeze),
                                                                          ("Unfreeze", step.unfreeze)) if names]
-        terms = modes.image_stat_terms(step)
-        if terms:
+        if terms := modes.image_stat_terms(step):
             lines.append("  Image statistics: " + ", ".join(f"{t} {getattr(step, f'lambda_{t}'):g}" for t in terms))
         t = step.transition_on
         lines.append(f"  Transition: epoch (after {epochs})" if t.mode == "epoch" else

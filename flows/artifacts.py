@@ -30,10 +30,8 @@ def artifact_key(*parts: str) -> str:
 
 def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """The MLflow UI page of a run: the tracking server itself when it is one, else `FLUXFLOW_MLFLOW_UI_URL`."""
-    if tracking_uri.startswith(("http://", "https://")):
-        base = tracking_uri
-    else:
-        base = os.environ.get("FLUXFLOW_MLFLOW_UI_URL", DEFAULT_MLFLOW_UI)
+    server = tracking_uri.startswith(("http://", "https://"))
+    base = tracking_uri if server else os.environ.get("FLUXFLOW_MLFLOW_UI_URL", DEFAULT_MLFLOW_UI)
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 

@@ -12,6 +12,7 @@ import csv
 import json
 import shlex
 import textwrap
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
@@ -61,14 +62,14 @@ def leaf_step_runs(client: MlflowClient, experiment_id: str) -> list:
     current = {run.info.run_id: set(run.data.tags[TAG_STEPS].split(",")) for run in pipelines
                if run.data.tags.get(TAG_STEPS)}
     recorded = _recorded_leaves(pipelines)
-    # A run superseded by another of its step (flows/mlflow_step_run.py) is never the one in place, even when newer:
-    # a config changed and then changed back (A, B, A) brings A's files and run back, and B's run started last.
-    runs = [run for run in find_runs(client, experiment_id, {TAG_KIND: "step"})
-            if _of_latest_config(run, current) and TAG_SUPERSEDED_BY not in run.data.tags]
     newest: dict[tuple[str, str], object] = {}
-    for run in runs:
-        key = (run.data.tags.get(PARENT_RUN_ID, ""), run.data.tags.get(TAG_STEP_NAME, run.info.run_name))
-        newest.setdefault(key, run)
+    for run in find_runs(client, experiment_id, {TAG_KIND: "step"}):
+        pipeline, step = run.data.tags.get(PARENT_RUN_ID, ""), run.data.tags.get(TAG_STEP_NAME, run.info.run_name)
+        # A run superseded by another of its step (flows/mlflow_step_run.py) is never the one in place, even when
+        # newer: a config changed and then changed back (A, B, A) brings A's files and run back, and B's run started
+        # last. A pipeline recorded without its list of steps keeps them all.
+        if step in current.get(pipeline, {step}) and TAG_SUPERSEDED_BY not in run.data.tags:
+            newest.setdefault((pipeline, step), run)
     parents_of_steps = {(pipeline, run.data.tags.get(TAG_PARENT_STEP, "")) for (pipeline, _), run in newest.items()}
     leaves = [run for (pipeline, step), run in newest.items()
               if (step in recorded[pipeline] if pipeline in recorded else (pipeline, step) not in parents_of_steps)]
@@ -77,12 +78,6 @@ def leaf_step_runs(client: MlflowClient, experiment_id: str) -> list:
         started[pipeline] = min(started.get(pipeline, run.info.start_time), run.info.start_time)
     return sorted(leaves, key=lambda run: (started[run.data.tags.get(PARENT_RUN_ID, "")],
                                            int(run.data.params.get("index", 0))))
-
-
-def _of_latest_config(run, steps_of: dict[str, set[str]]) -> bool:
-    """Whether a step run's step is in its pipeline's latest config (a pipeline recorded without the list: yes)."""
-    steps = steps_of.get(run.data.tags.get(PARENT_RUN_ID, ""))
-    return steps is None or run.data.tags.get(TAG_STEP_NAME, run.info.run_name) in steps
 
 
 def final_metrics(run) -> dict[str, float]:
@@ -128,10 +123,8 @@ def group_by_hypothesis(client: MlflowClient, runs: list,
         # The written step a leaf run trains (runs recorded before replicates existed: their step name).
         hypothesis = run.data.params.get("hypothesis") or run.data.tags.get(TAG_STEP_NAME, run.info.run_name)
         groups.setdefault(label(run.data.tags.get(PARENT_RUN_ID), hypothesis), []).append(run)
-    planned: dict[str, int] = {}
-    for pipeline, leaves in expected.items():
-        for hypothesis in leaves.values():
-            planned[label(pipeline, hypothesis)] = planned.get(label(pipeline, hypothesis), 0) + 1
+    planned = Counter(label(pipeline, hypothesis) for pipeline, leaves in expected.items()
+                      for hypothesis in leaves.values())
     missing = {name: n for name, n in planned.items() if n > len(groups.get(name, []))}
     for name in missing:
         groups.setdefault(name, [])

@@ -131,15 +131,12 @@ def _test(a: list[float], b: list[float], metric: str, names: tuple[str, str], t
     diff = 0.0 if same else sb.mean - sa.mean
     # A diverged replicate (nan, inf) leaves nothing to test: its p was nan, and nan < 0.05 read "within the spread".
     odd = [name for name, values in zip(names, (a, b)) if not all(map(math.isfinite, values))]
-    if odd:
-        return Difference(metric, *names, diff, None, None, None,
-                          f"no test: {' and '.join(odd)} {'has' if len(odd) == 1 else 'have'} a non-finite value "
-                          "(nan or inf)")
     single = [name for name, s in zip(names, (sa, sb)) if s.n < 2]
-    if single:
-        return Difference(metric, *names, diff, None, None, None,
-                          f"no interval can be given: {' and '.join(single)} {'has' if len(single) == 1 else 'have'}"
-                          " one replicate")
+    for which, why in ((odd, "no test: {} a non-finite value (nan or inf)"),
+                       (single, "no interval can be given: {} one replicate")):
+        if which:
+            has = f"{' and '.join(which)} {'has' if len(which) == 1 else 'have'}"
+            return Difference(metric, *names, diff, None, None, None, why.format(has))
     if test == WELCH:
         va, vb = sa.std ** 2 / sa.n, sb.std ** 2 / sb.n
         se = math.sqrt(va + vb)

@@ -40,12 +40,8 @@ def file_points(path: Path) -> list[Metric]:
     """The points of a metrics JSONL file (fluxflow/train/tracking.py), `epoch` included; `log_points` keeps those
     after the run's last step of each key."""
     points = []
-    if not path.is_file():
-        return points
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    for record in map(json.loads, filter(str.strip, lines)):
         stamp, step = int(datetime.fromisoformat(record["timestamp"]).timestamp() * 1000), int(record["global_step"])
         values = {**record["metrics"], "epoch": record["epoch"]}
         points += [Metric(key, float(value), stamp, step) for key, value in values.items() if value is not None]

@@ -31,6 +31,8 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
+from fluxflow.sampling.request import prompt_problem, request_problem
+
 CHECKPOINT_ARTIFACT = "checkpoint"
 CONFIG_ARTIFACT = "config"
 WEIGHTS_ARTIFACT = "weights"
@@ -62,21 +64,9 @@ def decode_image(text: str):
     return Image.open(io.BytesIO(base64.b64decode(text)))
 
 
-def params_problem(p: dict) -> str | None:
-    """What is wrong with a request's params, or None: fluxflow-generate's rules (fluxflow/sampling/request.py).
-    Before, steps 0 answered with an image, n 0 with no row at all and steps 10**12 with a traceback from torch's
-    allocator, where fluxflow-generate exits 2; any seed was taken, and one of 2**64 or more failed inside torch."""
-    from fluxflow.sampling.request import request_problem
-
-    return request_problem(lambda param: f"params {param}", n=p["n"], steps=p["steps"], seed=p["seed"],
-                           guidance=p["guidance"])
-
-
 def prompts_of(model_input) -> list[str]:
     """The request's prompts: the `prompt` column of a DataFrame, or a list of strings. A missing or blank one is
     refused, as fluxflow-generate refuses it (a JSON null was drawn as the text 'None')."""
-    from fluxflow.sampling.request import prompt_problem
-
     prompts = list(model_input[PROMPT] if isinstance(model_input, pd.DataFrame) else model_input)
     for i, prompt in enumerate(prompts):
         problem = prompt_problem(f"prompt {i + 1} of {len(prompts)}", prompt)
@@ -104,7 +94,11 @@ class TextToImageModel(PythonModel):
         from fluxflow.sampling.generate import GenerationError, generate
 
         p = {spec.name: spec.default for spec in PARAMS.params} | (params or {})
-        problem = params_problem(p)
+        # fluxflow-generate's rules (fluxflow/sampling/request.py). Before, steps 0 answered with an image, n 0 with no
+        # row at all and steps 10**12 with a traceback from torch's allocator, where fluxflow-generate exits 2; any
+        # seed was taken, and one of 2**64 or more failed inside torch.
+        problem = request_problem(lambda param: f"params {param}", n=p["n"], steps=p["steps"], seed=p["seed"],
+                                  guidance=p["guidance"])
         if problem:
             # An MlflowException keeps its message over REST: the scoring server answers it with HTTP 400 and the
             # message, where any other exception becomes a 400 saying only "unexpected error".

@@ -108,14 +108,6 @@ def step_request(step, nproc: int, on_cuda: bool, across_nodes: bool = False) ->
     return {name: amount for name, amount in request.items() if amount}
 
 
-def remote_options_of(request: dict[str, float]) -> dict:
-    """`request` as the keywords of `ray.remote` (prefect_ray.context.remote_options)."""
-    custom = {k: v for k, v in request.items() if k not in ("CPU", "GPU", "memory")}
-    return {"num_cpus": request.get("CPU", 0), "num_gpus": request.get("GPU", 0),
-            **({"memory": int(request["memory"])} if "memory" in request else {}),
-            **({"resources": custom} if custom else {})}
-
-
 def describe(resources: dict[str, float]) -> str:
     """`2 GPU, 1 CPU, 4.0 GB memory, node_a: 1` (Ray's own resources first, internal ones left out)."""
     parts = [f"{resources[k]:g} {k}" for k in ("GPU", "CPU") if k in resources]
@@ -202,7 +194,10 @@ class RaySteps:
         from prefect_ray.context import remote_options
 
         request = self.request_for(step)
-        with remote_options(**remote_options_of(request)):
+        custom = {k: v for k, v in request.items() if k not in ("CPU", "GPU", "memory")}
+        with remote_options(num_cpus=request.get("CPU", 0), num_gpus=request.get("GPU", 0),  # `ray.remote`'s keywords
+                            **({"memory": int(request["memory"])} if "memory" in request else {}),
+                            **({"resources": custom} if custom else {})):
             future = self._runner.submit(task, parameters)
         self.submitted.append(future)
         return future

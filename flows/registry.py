@@ -23,6 +23,7 @@ from flows import env  # noqa: F401  (must precede mlflow)
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -37,6 +38,7 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from flows.mlflow_names import (LINEAGE_TAGS, TAG_CHECKPOINT_SHA256, TAG_CHECKPOINT_URI, TAG_GLOBAL_STEP,
                                  TAG_OUTPUT_DIR, TAG_PIPELINE_RUN, TAG_STEP_NAME, TAG_VERSION_OF_RUN, quoted,
                                  tags_filter)
+from flows.mlflow_runs import resolve_tracking_uri, store_to_read_problem
 from flows.pyfunc_model import CHECKPOINT_ARTIFACT, CONFIG_ARTIFACT, PROMPT, SIGNATURE, WEIGHTS_ARTIFACT
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.config.file_checks import pretrained_text_path
@@ -197,8 +199,6 @@ def served_model_problem(model_uri: str, tracking_uri: str) -> str | None:
     asks first: the server's own answer is a traceback in its log, and a fresh checkout has no champion until a
     pipeline with a flow step has run). Only `models:/NAME@ALIAS` and `models:/NAME/VERSION` are looked up; any other
     URI is the server's to read."""
-    from flows.mlflow_runs import store_to_read_problem
-
     name, alias, version = models_uri_parts(model_uri) or ("", None, None)
     if alias is None and not (version or "").isdigit():  # not a registered version by alias or number
         return None
@@ -215,10 +215,6 @@ def served_model_problem(model_uri: str, tracking_uri: str) -> str | None:
 
 
 if __name__ == "__main__":  # python -m flows.registry MODEL_URI: scripts/serve_model.sh's check
-    import sys
-
-    from flows.mlflow_runs import resolve_tracking_uri
-
     found = served_model_problem(sys.argv[1], resolve_tracking_uri())
     if found:
         print(f"❌ {found}", file=sys.stderr)

@@ -41,27 +41,28 @@ class Comparison:
     summary: HypothesisSummary | None = None  # replicates, spreads and pairwise differences of hypotheses
 
 
-def expected_leaves(client: MlflowClient, experiment_id: str) -> dict[str, dict[str, str]]:
+def pipeline_runs(client: MlflowClient, experiment_id: str) -> list:
+    """The experiment's pipeline (parent) runs, newest first."""
+    return find_runs(client, experiment_id, {TAG_KIND: "pipeline"})
+
+
+def expected_leaves(pipelines: list) -> dict[str, dict[str, str]]:
     """Pipeline run id -> its config's leaf steps and the hypothesis of each, as the flow recorded them (TAG_LEAVES;
     pipelines recorded before it: none)."""
-    return _recorded_leaves(find_runs(client, experiment_id, {TAG_KIND: "pipeline"}))
-
-
-def _recorded_leaves(pipelines: list) -> dict[str, dict[str, str]]:
     return {run.info.run_id: json.loads(run.data.tags[TAG_LEAVES])
             for run in pipelines if run.data.tags.get(TAG_LEAVES)}
 
 
-def leaf_step_runs(client: MlflowClient, experiment_id: str) -> list:
+def leaf_step_runs(client: MlflowClient, experiment_id: str, pipelines: list | None = None) -> list:
     """The newest run of each leaf step of each pipeline (parent run) in the experiment: oldest pipeline first, then
     in the pipeline's file order. A leaf is one of its config's (`expected_leaves`): a step whose children did not
     run (its own replicate failed a threshold with on_missed: fail) was taken for one more hypothesis."""
     # The steps of each pipeline's latest run: a step its config no longer has (renamed, removed, or trained once
     # before training.replicates was added) is none of its hypotheses; its old run was counted as one more replicate.
-    pipelines = find_runs(client, experiment_id, {TAG_KIND: "pipeline"})
+    pipelines = pipeline_runs(client, experiment_id) if pipelines is None else pipelines
     current = {run.info.run_id: set(run.data.tags[TAG_STEPS].split(",")) for run in pipelines
                if run.data.tags.get(TAG_STEPS)}
-    recorded = _recorded_leaves(pipelines)
+    recorded = expected_leaves(pipelines)
     newest: dict[tuple[str, str], object] = {}
     for run in find_runs(client, experiment_id, {TAG_KIND: "step"}):
         pipeline, step = run.data.tags.get(PARENT_RUN_ID, ""), run.data.tags.get(TAG_STEP_NAME, run.info.run_name)
@@ -321,10 +322,11 @@ def experiment_comparison(client: MlflowClient, name: str) -> tuple[Comparison, 
         # the store named in the command: without it, `mlflow` uses (and creates) ./mlflow.db wherever it is run
         return (f"experiment {name!r} at {client.tracking_uri} is deleted; restore it with: MLFLOW_TRACKING_URI="
                 f"{shlex.quote(client.tracking_uri)} mlflow experiments restore -x {experiment.experiment_id}")
-    runs = leaf_step_runs(client, experiment.experiment_id)
+    pipelines = pipeline_runs(client, experiment.experiment_id)  # read once: for the leaves and what did not run
+    runs = leaf_step_runs(client, experiment.experiment_id, pipelines)
     if not runs:
         return f"experiment {name!r} has no pipeline step runs"
-    comparison = compare_runs(client, runs, expected_leaves(client, experiment.experiment_id))
+    comparison = compare_runs(client, runs, expected_leaves(pipelines))
     n = len(comparison.labels)
     replicated = " (mean, 95 % interval)" if any(len(r) > 1 for r in comparison.summary.replicates.values()) else ""
     return comparison, table_rows(comparison), f"{name}: final metrics of {n} hypotheses{replicated}"

@@ -370,7 +370,7 @@ def test_replicates_and_hypotheses_that_never_ran_are_said_and_a_step_whose_chil
         not_run=("tail-seed2", "c-seed0", "c-seed1", "c-seed2"), leaves=True)
 
     comparison = compare.compare_runs(client, compare.leaf_step_runs(client, exp),
-                                      compare.expected_leaves(client, exp))
+                                      compare.expected_leaves(compare.pipeline_runs(client, exp)))
     assert comparison.labels == ["a", "tail (left out: 1 not run of 3)", "c (not run)"]
     assert comparison.metrics["vae_loss"][2] is None
     assert [len(r) for r in comparison.summary.replicates.values()] == [3, 2]
@@ -378,6 +378,21 @@ def test_replicates_and_hypotheses_that_never_ran_are_said_and_a_step_whose_chil
     assert cli_compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 0  # table, files
     assert "c (not run)" in capsys.readouterr().out
     assert (tmp_path / "cmp" / "compare_hypotheses.png").exists()
+
+
+def test_a_comparison_reads_the_experiments_pipeline_runs_once(experiment, tmp_path, monkeypatch):
+    """Their steps, their leaves and the replicates that did not run come from one search (it read them twice: every
+    page of an experiment of nightly runs, once more)."""
+    client, exp = experiment
+    record_pipeline(client, exp, f"{tmp_path}/once", [
+        WARM, {"name": "a", "n_epochs": 1, "train_vae": True, "after": "warm"}], {"warm": 0.9, "a": 0.5}, leaves=True)
+    searched: list[str] = []
+    search = client.search_runs
+    monkeypatch.setattr(client, "search_runs",
+                        lambda *a, **kw: searched.append(kw["filter_string"]) or search(*a, **kw))
+    comparison, _, _ = compare.experiment_comparison(client, "hypotheses")
+    assert comparison.labels == ["a"]
+    assert len([f for f in searched if "'pipeline'" in f]) == 1, searched
 
 
 def test_a_replicate_that_missed_its_threshold_with_on_missed_fail_is_counted_and_said(experiment, tmp_path):

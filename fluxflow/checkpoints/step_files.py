@@ -214,7 +214,9 @@ class StepFiles:
         moved = self._move_stale_aside(say)
         if moved is not None:
             target, why = moved
-            say(f"Re-running step {self.step.name}: {why}; previous files moved to {target}")
+            # where the output lives: the store, not this node's staging copy of it
+            where = self.remote.url(self._rel(target)) if self.remote is not None else target
+            say(f"Re-running step {self.step.name}: {why}; previous files moved to {where}")
 
     def _move_stale_aside(self, say: Callable[[str], None]) -> tuple[Path, str] | None:
         """`set_aside_stale` without its line: (where the files went, why), or None when nothing was moved."""

@@ -283,3 +283,20 @@ def test_a_failed_checkpoint_upload_mid_step_is_one_line_and_training_goes_on(s3
                      "previous checkpoint, the next save tries again"]
     with pytest.raises(OSError, match="could not connect"):  # the step's end must reach the store
         files.publish_final()
+
+
+def test_files_of_another_key_are_set_aside_on_the_store_and_the_line_names_the_store(s3, tmp_path, monkeypatch):
+    """The store is where the output lives: "previous files moved to" named the node's staging copy instead."""
+    from helpers_tiny import tiny_config
+
+    from fluxflow.checkpoints.step_files import plan_step
+
+    monkeypatch.setenv("FLUXFLOW_CACHE_DIR", str(tmp_path / "node"))
+    files = plan_step(tiny_config("s3://fluxflow/set-aside"), "warm")
+    save_latest({**state(1), "pipeline_metadata": {"step_key": "0123456789abcdef"}}, files.latest)
+    files.publish_latest()
+    lines: list[str] = []
+    files.set_aside_stale(say=lines.append)
+    moved = "s3://fluxflow/set-aside/checkpoints/warm/superseded/0123456789abcdef"
+    assert len(lines) == 1 and lines[0].endswith(f"; previous files moved to {moved}"), lines
+    assert store().exists(f"{moved.removeprefix('s3://')}/latest.pt")

@@ -29,8 +29,9 @@ Order, ranks, resume and workers (what the resumable sampler means for a stream)
   is taken by a readable sample of its batch (fluxflow/data/skips.py fill_unreadable), so batch boundaries — and
   therefore resume — stay exact, whatever the number of workers. A caption that is not UTF-8 is kept, decoded as
   Latin-1, and counted too, as is a sample without a caption. A shard that cannot be opened is an error: that is
-  storage failing, not a bad image (retried); one that is not a tar archive is a DataError (not retried). A run does
-  not start when a local shard is missing (fluxflow/config/file_checks.py shards_issues).
+  storage failing, not a bad image (retried); one that does not exist, whose server cannot be reached, or that is not
+  a tar archive is a DataError (not retried). A run does not start when a shard is missing, local or on an object
+  store (fluxflow/config/file_checks.py shards_issues).
 - `length` (config): samples in all shards; without it (or with several ranks) the tar headers are scanned once.
 """
 from __future__ import annotations
@@ -53,6 +54,8 @@ from fluxflow.data.stream_order import assign_shards, buffer_order
 from fluxflow.data.transforms import pil_mode
 from fluxflow.data.webdataset_sample import decode_sample, sample_key
 from fluxflow.errors import DataError
+from fluxflow.storage.fetch import http_timeouts
+from fluxflow.storage.store_errors import unreachable
 
 # Samples each rank's stream shuffles among: mixes neighbouring samples of a shard (and across shard boundaries).
 # Each worker holds the encoded bytes of at most about this many samples (its share of them).
@@ -63,8 +66,23 @@ def iter_shard(url: str, want: Callable[[int], bool] = lambda j: True) -> Iterat
     """(key, {extension: bytes}) for every sample of one shard, in file order. Only samples j with want(j) have their
     bytes read; the others come with an empty dict, and on a seekable file their data is never read at all (tar
     headers only): that is how samples are counted and skipped cheaply."""
-    with fsspec.open(url, "rb") as f, _tar(url, f) as tar:
+    with _opened(url) as f, _tar(url, f) as tar:
         yield from _samples(url, tar, want)
+
+
+def _opened(url: str):
+    """The shard `url`, open for reading. A shard that does not exist, or whose server cannot be reached, is a
+    DataError of one line naming the URL (not retried: a retry met the same wall after a minute, and the user got
+    a traceback ending in the store's `FileNotFoundError: bucket/key`, or a network failure called a missing file);
+    other failures of the storage are retried."""
+    try:
+        return fsspec.open(url, "rb", **http_timeouts(url)).open()
+    except Exception as exc:
+        if line := unreachable(url, exc):
+            raise DataError(f"webdataset shard {url} could not be read: {line}") from None
+        if isinstance(exc, FileNotFoundError):
+            raise DataError(f"webdataset shard {url} does not exist") from None
+        raise
 
 
 def _samples(url: str, tar: tarfile.TarFile, want: Callable[[int], bool]) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -206,3 +206,27 @@ def test_the_latent_normalisations_pass_over_the_data_counts_no_skip_the_epoch_c
     assert train.skipped == 0  # was 2: the flow step then said 4 skips for an epoch that met 2
     captions_of(make_loader(train, 1, workers=0, seed=0))
     assert train.skipped == 2
+
+
+def test_a_shard_missing_from_an_object_store_is_one_line_naming_its_url_and_not_retried(s3):
+    from fluxflow.errors import DataError, is_retryable
+    store = fsspec.filesystem("s3")
+    for s in (0, 1, 2, 4):  # a gap, as the run's start check finds it; here the step meets it
+        with store.open(f"fluxflow/shards/shard-{s:03d}.tar", "wb") as f:
+            make_shard(f, s)
+    with pytest.raises(DataError) as caught:  # was `FileNotFoundError: fluxflow/shards/shard-003.tar`: retried
+        build_dataset(cfg("s3://fluxflow/shards/shard-{000..004}.tar", holdout=0), 8, 3, "train")
+    assert str(caught.value) == "webdataset shard s3://fluxflow/shards/shard-003.tar does not exist"
+    assert not is_retryable(caught.value)
+
+
+def test_a_shard_whose_server_cannot_be_reached_says_why_in_one_line_and_is_not_retried():
+    from s3_server import free_port
+
+    from fluxflow.errors import DataError, is_retryable
+    url = f"http://127.0.0.1:{free_port()}/shard.tar"  # a closed port: the network's failure without a network
+    with pytest.raises(DataError) as caught:  # was 115 lines ending `FileNotFoundError: http://...`, retried
+        build_dataset(cfg(url, holdout=0), 8, 3, "train")
+    assert str(caught.value) == (f"webdataset shard {url} could not be read: cannot reach {url.split('/')[2]}: "
+                                 "Connection refused")
+    assert not is_retryable(caught.value)

@@ -1,5 +1,5 @@
 """Checks of the files a config names: the LPIPS backbone, the starting checkpoint, a pretrained text encoder, the
-image folder of a `folder` dataset, the local shards of a `webdataset`.
+image folder of a `folder` dataset, the shards of a `webdataset` (local, or listed on their object store).
 
 Nothing is ever downloaded, so a file that is not there is a validation error that says where it should be. No
 torch and no transformers here: `--validate-pipeline` reads at most a small config.json.
@@ -23,6 +23,7 @@ import json
 import os
 import re
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,21 +300,76 @@ def expand_shards(urls: str | list[str]) -> list[str]:
 
 
 def shards_issues(loc: tuple, ds) -> list[ConfigIssue]:
-    """The local shards of a `webdataset` dataset (`ds`, at config path `loc`) are files: a pattern that matches
-    nothing stopped the first step after the servers had started, with three tracebacks and a retry. Remote URLs
-    (s3://, https://) are opened by the step."""
+    """The shards of a `webdataset` dataset (`ds`, at config path `loc`) are files: a pattern that matches nothing, or
+    a shard missing from an object store, stopped the first step after the servers had started, with tracebacks and a
+    retry. Local shards are looked at one by one, remote ones by missing_remote_shards."""
     try:
         shards = expand_shards(ds.urls)
     except ValueError as exc:  # validation expanded them already, but not a ${VAR} (set where the step runs)
         return [ConfigIssue((*loc, "urls"), str(exc))]
     local = [Path(s.removeprefix("file://")) for s in shards if "://" not in s or s.startswith("file://")]
     missing = [p for p in local if not is_listed_file(p)]
-    if not missing:
-        return []
-    where = "" if missing[0].is_absolute() else f", relative to the working directory, {Path.cwd()}"
-    what = not_a_regular_file(missing[0]) or f"{missing[0]} does not exist{where}"
-    return [ConfigIssue((*loc, "urls"), f"{len(missing)} of the {len(shards)} shards named by "
-                        f"{ds.urls!r} are not files (first: {what})")]
+    if missing:
+        where = "" if missing[0].is_absolute() else f", relative to the working directory, {Path.cwd()}"
+        what = not_a_regular_file(missing[0]) or f"{missing[0]} does not exist{where}"
+    else:
+        try:
+            missing = missing_remote_shards([s for s in shards if "://" in s and not s.startswith("file://")])
+        except OSError as exc:
+            return [ConfigIssue((*loc, "urls"), f"the shards named by {ds.urls!r} cannot be read: {exc}")]
+        if not missing:
+            return []
+        what = f"{missing[0]} does not exist"
+    are = "is not a file" if len(missing) == 1 else "are not files"
+    return [ConfigIssue((*loc, "urls"), f"{len(missing)} of the {len(shards)} shards named by {ds.urls!r} {are} "
+                        f"(first: {what})")]
+
+
+REMOTE_CHECK_S = 60.0  # a store that does not answer by then is said so: the run's start never hangs on it
+
+
+def missing_remote_shards(remote: list[str]) -> list[str]:
+    """The URLs among `remote` that name no object: each folder on an object store is listed once (a request per
+    1000 shards, not one per shard); an http(s) server lists nothing, so only its first shard in each folder is
+    asked for. OSError with one line when the store cannot be reached (the root cause, not a missing file), refuses
+    (credentials, access), or does not answer within REMOTE_CHECK_S."""
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.append(_missing_remote(remote)), daemon=True)
+    worker.start()  # a daemon thread: one still waiting on a silent store does not keep the process alive
+    worker.join(REMOTE_CHECK_S)
+    if worker.is_alive():
+        raise OSError(f"{remote[0]}: the store did not answer within {REMOTE_CHECK_S:g} s")
+    if isinstance(outcome[0], OSError):
+        raise outcome[0]
+    return outcome[0]
+
+
+def _missing_remote(remote: list[str]) -> list[str] | OSError:
+    """missing_remote_shards' answer, or the OSError it raises (made in its thread)."""
+    import fsspec
+
+    from fluxflow.storage.fetch import http_timeouts
+    from fluxflow.storage.store_errors import describe_store_error, unreachable
+
+    folders: dict[str, list[str]] = {}
+    for url in remote:
+        folders.setdefault(url.rsplit("/", 1)[0], []).append(url)
+    missing: list[str] = []
+    for urls in folders.values():
+        try:
+            fs, path = fsspec.core.url_to_fs(urls[0], use_listings_cache=False, **http_timeouts(urls[0]))
+            if urls[0].lower().startswith(("http://", "https://")):
+                fs.info(path)
+                continue
+            listed = {name.rstrip("/") for name in fs.ls(fs._parent(path), detail=False)}
+            missing += [url for url in urls if fs._strip_protocol(url) not in listed]
+        except Exception as exc:  # said in one line: the run does not start either way
+            line = unreachable(urls[0], exc) or describe_store_error(urls[0], exc)
+            if line is None and isinstance(exc, FileNotFoundError):  # an empty folder, an http 404
+                missing += urls[:1] if urls[0].lower().startswith(("http://", "https://")) else urls
+                continue
+            return OSError(line or f"{urls[0]}: {type(exc).__name__}: {exc}")
+    return missing
 
 
 # config.json `model_type` -> family (how the model is loaded and pooled).

@@ -1,11 +1,14 @@
 """What a run checks of its data before it starts (exit 2, the field named, no server started): a folder and its
-captions file, a webdataset's local shards; and what validation alone says of a shard pattern."""
+captions file, a webdataset's shards, local or on an object store; and what validation alone says of a shard pattern."""
 import os
+import socket
 
+import fsspec
 import pytest
 from helpers_tiny import tiny_raw
+from s3_server import free_port
 
-from fluxflow.config import ConfigError, load_config
+from fluxflow.config import ConfigError, file_checks, load_config
 from fluxflow.config.run_config import resolve_run_config
 
 D = "training.pipeline.datasets.mine"
@@ -33,8 +36,37 @@ def test_a_shard_pattern_that_matches_no_file_stops_the_run_before_it_starts(tmp
                                   f"files (first: {tmp_path / 'shards-001.tar'} does not exist)"}
     raw["training"]["pipeline"]["datasets"]["mine"]["urls"] = [str(tmp_path)]
     assert f"{tmp_path} is a folder, not a regular file" in start_problems(raw)[f"{D}.urls"]
-    raw["training"]["pipeline"]["datasets"]["mine"]["urls"] = ["s3://bucket/shard-{0..3}.tar"]
-    resolve_run_config(raw)  # remote shards are the step's to open
+    raw["training"]["pipeline"]["datasets"]["mine"]["urls"] = str(tmp_path / "shards-{000..001}.tar")
+    assert start_problems(raw)[f"{D}.urls"].startswith("1 of the 2 shards named by ")  # was: "are not files"
+    assert " is not a file (first: " in start_problems(raw)[f"{D}.urls"]
+
+
+def test_a_shard_missing_from_an_object_store_stops_the_run_before_it_starts(s3, tmp_path):
+    store = fsspec.filesystem("s3")
+    for i in (0, 1, 2, 4):
+        store.pipe_file(f"fluxflow/shards/shard-{i:03d}.tar", b"tar")
+    urls = "s3://fluxflow/shards/shard-{000..004}.tar"
+    raw = with_dataset(tmp_path, type="webdataset", urls=urls)
+    # was: nothing checked; the step's `FileNotFoundError: fluxflow/shards/shard-003.tar`, a retry, exit 1
+    assert start_problems(raw) == {f"{D}.urls": f"1 of the 5 shards named by {urls!r} is not a file (first: "
+                                                "s3://fluxflow/shards/shard-003.tar does not exist)"}
+    store.pipe_file("fluxflow/shards/shard-003.tar", b"tar")
+    resolve_run_config(raw)
+
+
+def test_remote_shards_that_cannot_be_reached_or_do_not_answer_stop_the_run_in_one_line(tmp_path, monkeypatch):
+    urls = f"http://127.0.0.1:{free_port()}/shard-{{0..1}}.tar"  # a closed port: no network needed
+    found = start_problems(with_dataset(tmp_path, type="webdataset", urls=urls))
+    assert found == {f"{D}.urls": f"the shards named by {urls!r} cannot be read: cannot reach "
+                                  f"{urls.split('/')[2]}: Connection refused"}
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        monkeypatch.setattr(file_checks, "REMOTE_CHECK_S", 0.5)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/shard.tar"
+        found = start_problems(with_dataset(tmp_path, type="webdataset", urls=url))
+    assert found == {f"{D}.urls": f"the shards named by {url!r} cannot be read: {url}: the store did not answer "
+                                  "within 0.5 s"}
 
 
 def test_a_shard_pattern_with_unbalanced_braces_is_a_validation_error(tmp_path):

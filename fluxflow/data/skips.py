@@ -30,6 +30,8 @@ KINDS = {
     "unreadable": "skipping an unreadable image of {where}",
     "repaired": "a caption of {where} is not UTF-8, decoded as Latin-1 and kept",
     "uncaptioned": "a sample of {where} has no caption, trained with an empty one",
+    "imageless": "skipping a sample of {where} that has no image",
+    "caption": "skipping a sample of {where} whose caption cannot be read",
 }
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from fluxflow.config.file_checks import decode_text
+from fluxflow.config.file_checks import text_lines
 from fluxflow.data.skips import SkipCounter
 from fluxflow.data.transforms import read_image
 
@@ -27,27 +27,52 @@ def sample_key(member_name: str) -> tuple[str, str] | None:
 def decode_sample(files: dict[str, bytes], img_size: int, channels: int, skips: SkipCounter,
                   where: str) -> tuple[torch.Tensor, str] | None:
     """(image, caption), or None when the sample does not decode. Counted in `skips`, naming the sample by `where`: a
-    sample that does not decode, a caption that was not UTF-8 (`repaired`: kept, decoded as Latin-1) and a sample
-    without one (`uncaptioned`: trained with "", naming its files)."""
+    sample that does not decode, one without an image (`imageless`) or whose .json caption is broken (`caption`), a
+    caption that was not UTF-8 (`repaired`: kept, decoded as Latin-1) and a sample without one (`uncaptioned`:
+    trained with "", naming its files)."""
     try:
         ext = next((e for e in IMAGE_EXTENSIONS if e in files), None)
         if ext is None:
-            raise ValueError(f"no image among {sorted(files)}")
+            raise _Unusable("imageless", _without_image(files))
         image = read_image(io.BytesIO(files[ext]), img_size, channels)
         return image, _caption(files, lambda kind, detail: skips.add(1, f"{where}: {detail}", kind))
+    except _Unusable as exc:  # the image is not what is wrong: say what is
+        skips.add(1, f"{where}: {exc}", exc.kind)
+        return None
     except Exception as exc:  # a bad image never stops training (webdataset_source.py)
         skips.add(1, f"{where}: {type(exc).__name__}: {exc}")
         return None
 
 
+class _Unusable(ValueError):
+    """A sample skipped for another reason than its image, counted as `kind` (fluxflow/data/skips.py KINDS)."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(detail)
+        self.kind = kind
+
+
+def _without_image(files: dict[str, bytes]) -> str:
+    """What a sample without an image has. A caption alone is what `tar cf x.tar *.png *.txt` makes of a folder: a
+    sample's files must be adjacent in the tar (webdataset groups consecutive members by key), else every image
+    trains without its caption and every caption is a sample of its own."""
+    if any(ext in files for ext in (*CAPTION_EXTENSIONS, "json")):
+        return (f"a caption without an image (files {', '.join(sorted(files))}); a sample's files must be adjacent in "
+                "the tar: write it sorted by name (GNU tar: `tar cf x.tar --sort=name -C folder .`), not `*.png *.txt`")
+    return f"no image among its files ({', '.join(sorted(files)) or 'none'})"
+
+
 def _caption(files: dict[str, bytes], on_caption: Callable[[str, str], None]) -> str:
     for ext in CAPTION_EXTENSIONS:
-        if ext in files:
-            text, repaired = decode_text(files[ext])
-            if repaired:
+        if ext in files:  # decoded as a folder's captions file is: a byte-order mark dropped, UTF-16 read
+            lines = text_lines(files[ext])
+            if any(repaired for _, repaired in lines):
                 on_caption("repaired", f"its .{ext} decoded as Latin-1")
-            return text.strip()
-    meta = json.loads(files["json"]) if "json" in files else None
+            return "\n".join(line for line, _ in lines).strip()
+    try:
+        meta = json.loads(files["json"]) if "json" in files else None
+    except ValueError as exc:  # the caption is what is broken, not the image
+        raise _Unusable("caption", f"its .json is not valid JSON ({exc})") from None
     caption = next((meta[k] for k in ("caption", "text") if k in meta), None) if isinstance(meta, dict) else None
     if isinstance(caption, str):
         return caption.strip()

@@ -230,3 +230,36 @@ def test_a_shard_whose_server_cannot_be_reached_says_why_in_one_line_and_is_not_
     assert str(caught.value) == (f"webdataset shard {url} could not be read: cannot reach {url.split('/')[2]}: "
                                  "Connection refused")
     assert not is_retryable(caught.value)
+
+
+def test_captions_decode_as_a_folders_captions_file_and_a_broken_json_is_said_to_be_the_caption(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="fluxflow.data")
+    write_shard(tmp_path / "s.tar", {
+        "a": {"png": png_bytes(1), "txt": "\ufeffwith a byte-order mark".encode()},  # was '\ufeffwith a ...'
+        "b": {"png": png_bytes(2), "txt": "Notepad's Unicode, café".encode("utf-16")},  # was Latin-1 garbage
+        "c": {"png": png_bytes(3), "json": b'{"caption": "cut'},
+    })
+    train = build_dataset(cfg(str(tmp_path / "s.tar"), holdout=0), 8, 3, "train")
+    seen = sorted(captions_of(make_loader(train, 1, workers=0, seed=0)))
+    assert "with a byte-order mark" in seen and "Notepad's Unicode, café" in seen
+    assert train.skipped == 1  # the broken json only: neither .txt is "repaired"
+    (said,) = [r.getMessage() for r in caplog.records]
+    # was "skipping an unreadable image of ...: JSONDecodeError: ..."
+    assert said.startswith(f"skipping a sample of {str(tmp_path / 's.tar')!r} whose caption cannot be read: ") \
+        and ":c: its .json is not valid JSON (Unterminated string" in said, said
+
+
+def test_a_caption_without_an_image_is_said_so_with_the_rule_that_a_samples_files_are_adjacent(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="fluxflow.data")
+    write_shard(tmp_path / "s.tar", {"a": {"png": png_bytes(1)}, "b": {"png": png_bytes(2)}})
+    with tarfile.open(tmp_path / "s.tar", "a") as tar:  # `tar cf s.tar *.png *.txt`: each caption a group of its own
+        for key in "ab":
+            info = tarfile.TarInfo(f"{key}.txt")
+            info.size = 9
+            tar.addfile(info, io.BytesIO(b"a caption"))
+    train = build_dataset(cfg(str(tmp_path / "s.tar"), holdout=0), 8, 3, "train")
+    assert len(train) == 4 and captions_of(make_loader(train, 4, workers=0, seed=0)) == [""] * 4
+    said = [r.getMessage() for r in caplog.records if "no image" in r.getMessage()]
+    # was "skipping an unreadable image of ...: ValueError: no image among ['txt']"
+    assert len(said) == 1 and ": a caption without an image (files txt); a sample's files must be adjacent in the " \
+                              "tar: write it sorted by name" in said[0], said

@@ -62,3 +62,27 @@ def leading_inputs(data: StepData, batch_size: int, seed: int, n_items: int,
     with skips.uncounted_pass() if skips is not None else contextlib.nullcontext():
         for inputs, _ in itertools.islice(loader, n_batches):  # stops before loading batch n_batches (not cached)
             yield inputs.to(device)
+
+
+# Samples a flow step reads before it trains, at its start, to see that its data has captions at all.
+CAPTION_PROBE = 64
+
+
+def captioned_batches(batches: Iterator[tuple[torch.Tensor, list[str]]], step) -> Iterator[tuple[torch.Tensor, list]]:
+    """`batches`, unchanged, once their first CAPTION_PROBE samples (all of them when fewer) are seen to hold at
+    least one caption; else a DataError before any of them is trained on. A flow step learns text-to-image from the
+    captions: data that has none (a webdataset tar written `*.png *.txt`, whose samples' files are not adjacent;
+    captions under another name) trained on empty prompts to exit 0, said only by a warning. One caption among them
+    is enough, so data with some empty captions (dropped for classifier-free guidance, `photo.jpg<TAB>`) passes."""
+    head, seen = [], 0
+    for batch in batches:
+        head.append(batch)
+        seen += len(batch[1])
+        if any(batch[1]) or seen >= CAPTION_PROBE:
+            break
+    if head and not any(any(captions) for _, captions in head):
+        raise DataError(f"step {step.name}: none of the first {seen} samples of dataset {step.dataset!r} has a "
+                        "caption, and a flow step learns from captions; see the data warnings above (a webdataset "
+                        "sample's files must be adjacent in its tar) and docs/CONFIG.md")
+    yield from head
+    yield from batches

@@ -37,7 +37,7 @@ from fluxflow.storage.location import output_root
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
 from fluxflow.models.latents import LATENT_NORM_IMAGES, latent_norm_of_means
 from fluxflow.train.step_cache import attach_caches
-from fluxflow.train.step_data import leading_inputs, load_step_data
+from fluxflow.train.step_data import captioned_batches, leading_inputs, load_step_data
 from fluxflow.train.step_report import StepReport
 from fluxflow.progress_bar import batch_progress
 from fluxflow.train.tracking import ConsoleJsonlTracker, MultiTracker, runner_line, trim_jsonl
@@ -237,7 +237,10 @@ class StepRun:
         with batch_progress(n_batches, pos.batch, f"{step.name} epoch {pos.epoch + 1}") as bar:
             # islice: a step capped by max_steps stops before loading the batch after its last (a latent cache holds
             # only the rows the step reads); `inputs` are images, or their cached posterior means.
-            for inputs, captions in itertools.islice(loader, max(0, n_batches - pos.batch)):
+            batches = itertools.islice(loader, max(0, n_batches - pos.batch))
+            if has_flow_mode(step) and pos.epoch == 0 and pos.batch == 0:  # the step's start (a resume passed it)
+                batches = captioned_batches(batches, step)
+            for inputs, captions in batches:
                 metrics = self.trainer.train_batch(inputs.to(self.device, non_blocking=True), captions,
                                                    pos.global_step, self.updates_done(), self.window())
                 self.monitor.observe(metrics)

@@ -215,3 +215,36 @@ def test_a_resumed_step_reports_the_skipped_samples_and_updates_of_an_uninterrup
         return [(r["batch"], r["metrics"].get("skipped_updates")) for r in map(json.loads, lines)]
 
     assert interval_lines(out) == interval_lines(tmp_path / "whole")
+
+
+def test_a_flow_step_whose_webdataset_has_no_caption_refuses_to_train_a_vae_step_trains(tmp_path):
+    import tarfile
+
+    from fluxflow.errors import DataError
+    # `tar cf x.tar *.png *.txt`: every image a sample without its caption, every caption one without an image
+    images, captions = [], []
+    for i in range(12):
+        png = io.BytesIO()
+        Image.new("RGB", (20, 20), (20 * i, 90, 90)).save(png, format="PNG")
+        images.append((f"{i:02d}.png", png.getvalue()))
+        captions.append((f"{i:02d}.txt", f"a square, number {i}".encode()))
+    with tarfile.open(tmp_path / "x.tar", "w") as tar:
+        for name, data in images + captions:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    full = {"name": "full", "n_epochs": 1, "max_steps": 2, "train_diff_full": True}
+    raw = tiny_raw(tmp_path / "out", [full], no_samples=True)
+    raw["training"]["pipeline"]["datasets"] = {"wds": {"type": "webdataset", "urls": str(tmp_path / "x.tar"),
+                                                       "holdout": 2}}
+    raw["training"]["pipeline"]["default_dataset"] = "wds"
+    with pytest.raises(PipelineFailed) as err, contextlib.redirect_stdout(io.StringIO()):
+        run_pipeline(load_config(raw).config)  # was: trained on empty prompts, exit 0
+    cause = err.value.__cause__  # max_steps 2: the step reads 2 batches of 4
+    assert isinstance(cause, DataError) and str(cause) == (
+        "step full: none of the first 8 samples of dataset 'wds' has a caption, and a flow "
+        "step learns from captions; see the data warnings above (a webdataset sample's files must be adjacent in its "
+        "tar) and docs/CONFIG.md")
+    raw["training"]["pipeline"]["steps"] = [{"name": "warm", "n_epochs": 1, "max_steps": 2, "train_vae": True}]
+    with contextlib.redirect_stdout(io.StringIO()):
+        run_pipeline(load_config(raw).config)  # a VAE step needs no caption

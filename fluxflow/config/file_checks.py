@@ -333,6 +333,8 @@ def missing_remote_shards(remote: list[str]) -> list[str]:
     1000 shards, not one per shard); an http(s) server lists nothing, so only its first shard in each folder is
     asked for. OSError with one line when the store cannot be reached (the root cause, not a missing file), refuses
     (credentials, access), or does not answer within REMOTE_CHECK_S."""
+    if not remote:
+        return []
     outcome: list = []
     worker = threading.Thread(target=lambda: outcome.append(_missing_remote(remote)), daemon=True)
     worker.start()  # a daemon thread: one still waiting on a silent store does not keep the process alive

@@ -1,17 +1,21 @@
 """What every command-line entry point does alike, importing nothing of torch, Prefect or MLflow (`--help` and
 `--version` stay instant): `--version` from the package's metadata, `parse`, the one line of a refusal (`refuse`, and
-the checks of --output) and the quiet end when the output is closed (`quiet_when_output_closed`)."""
+the checks of --output), the quiet end when the output is closed (`quiet_when_output_closed`), and Ctrl-C: its one
+line (`interrupted`) and, once the output is complete, no say in the outcome any more (`put_in_place`,
+`output_complete`)."""
 from __future__ import annotations
 
 import argparse
 import functools
 import os
 import select
+import signal
 import sys
+import threading
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from flows.exit_codes import EXIT_FIX_INPUT, EXIT_OUTPUT_CLOSED
+from flows.exit_codes import EXIT_FIX_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT_CLOSED
 
 DISTRIBUTION = "fluxflow-pipelines"  # pyproject.toml's [project] name
 
@@ -66,18 +70,57 @@ def refuse(prog: str, problem: str | BaseException, output: str | None = None) -
     return EXIT_FIX_INPUT
 
 
+def interrupted(prog: str, kept: str) -> int:
+    """Prints `prog: interrupted: kept` (what was, or was not, written), not a traceback; returns the exit code of
+    Ctrl-C."""
+    print(f"{prog}: interrupted: {kept}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def put_in_place(move):
+    """Runs `move()`, the renames that put a command's finished files in place, with Ctrl-C held off (one that comes
+    meanwhile is dropped: the files are then in place all the same), and returns what it returns; from then on Ctrl-C
+    is ignored (`output_complete`). A Ctrl-C before it leaves the earlier files whole; one after it cannot make a
+    complete output look failed. If `move` raises, the earlier handling of Ctrl-C is put back."""
+    if threading.current_thread() is not threading.main_thread():  # no signal handler can be set there
+        return move()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        done = move()
+    except BaseException:
+        signal.signal(signal.SIGINT, previous)
+        raise
+    output_complete()
+    return done
+
+
+def output_complete() -> None:
+    """The command's output is complete: a Ctrl-C from now on (while the success line is printed, or in the half
+    second of the interpreter's exit) no longer changes the outcome. It exited 130 without a word, so that
+    `fluxflow-export ... && upload` skipped a good export. Nothing puts the handler back: the process is ending (an
+    in-process caller gets its own back from `quiet_when_output_closed`)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def quiet_when_output_closed(main):
     """A CLI's `main`, ending quietly with exit 141 (the shell's code for SIGPIPE) when the reader of its output has
     gone (`fluxflow-train ... --validate-pipeline | head -1`): before, Python printed the BrokenPipeError's traceback,
     or "Exception ignored ... BrokenPipeError" when the output was flushed at exit. SIGPIPE itself stays ignored, as
     Python sets it: a connection to Prefect or MLflow that breaks must raise, not kill the run. A BrokenPipeError
-    while stdout and stderr still have their reader (a socket's) is raised as it is."""
+    while stdout and stderr still have their reader (a socket's) is raised as it is. An in-process caller (one that
+    passes `argv`) gets its handler of SIGINT back, which `output_complete` set to ignore it; the command keeps
+    ignoring it to its exit."""
     @functools.wraps(main)
     def run(argv: list[str] | None = None) -> int:
+        in_process = argv is not None and threading.current_thread() is threading.main_thread()
+        sigint = signal.getsignal(signal.SIGINT) if in_process else None
         try:
             try:
                 return main(argv)
             finally:
+                if sigint is not None:
+                    signal.signal(signal.SIGINT, sigint)
                 sys.stdout.flush()  # here, not at exit: what `head` did not read fails now, where it is caught
         except BrokenPipeError:
             closed = [stream for stream in (sys.stdout, sys.stderr) if _reader_gone(stream)]

@@ -18,9 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from flows.cli_common import add_version_argument, output_file_problem, parse, quiet_when_output_closed, refuse
+from flows.cli_common import (add_version_argument, interrupted, output_file_problem, parse, put_in_place,
+                              quiet_when_output_closed, refuse)
 from flows.cli_generate import ModelNotFound, add_checkpoint_arguments, checkpoint_model
-from flows.exit_codes import EXIT_INTERRUPTED, EXIT_OK
+from flows.exit_codes import EXIT_OK
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,9 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return export_into(args)
     except KeyboardInterrupt:  # Ctrl-C, while torch loads (most of a small export) or later: one line, not a
-        # traceback; export_weights leaves no partial folder
-        print(f"fluxflow-export: interrupted: nothing written to {args.output}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        # traceback; export_weights leaves no partial folder, and once its folder is in place Ctrl-C is ignored
+        return interrupted("fluxflow-export", f"nothing written to {args.output}")
 
 
 def export_into(args: argparse.Namespace) -> int:
@@ -64,7 +64,7 @@ def export_into(args: argparse.Namespace) -> int:
         # Where the weights came from: the checkpoint as given, or the registered model (its copy here is temporary).
         source = {"model": args.model} if args.model else {"checkpoint": args.checkpoint}
         source["sha256"] = sha256
-        folder = export_weights(model, args.output, source)
+        folder = export_weights(model, args.output, source, put_in_place)
     except (CheckpointError, ConfigError, GenerationError, ModelNotFound, OSError) as exc:
         return refuse("fluxflow-export", exc, args.output)
     print(f"Wrote {folder} (config.json, model.safetensors); load it with fluxflow-generate --weights "

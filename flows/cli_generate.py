@@ -22,8 +22,9 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from flows.cli_common import add_version_argument, output_file_problem, parse, quiet_when_output_closed, refuse
-from flows.exit_codes import EXIT_INTERRUPTED, EXIT_OK
+from flows.cli_common import (add_version_argument, interrupted, output_complete, output_file_problem, parse,
+                              quiet_when_output_closed, refuse)
+from flows.exit_codes import EXIT_OK
 
 PROG = "fluxflow-generate"
 
@@ -189,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C, while torch loads or draws: one line, not a traceback from inside torch
         kept = f"{len(done)} image(s) written to {args.output} (listed above), none half-written" if done else \
             "no image written"
-        print(f"{PROG}: interrupted: {kept}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return interrupted(PROG, kept)
 
 
 def generate_into(args: argparse.Namespace, prompts: list[str], done: list[Path]) -> int:
@@ -234,6 +234,7 @@ def generate_into(args: argparse.Namespace, prompts: list[str], done: list[Path]
                     print(path, flush=True)
                 except BrokenPipeError:  # `| head -1` has read its line: the images are still all written
                     output_closed = True
+        output_complete()  # every image is written: a Ctrl-C no longer changes the outcome
     except (CheckpointError, ConfigError, GenerationError, DeviceUnavailable, ModelNotFound, OSError) as exc:
         return refuse(PROG, exc, args.output)
     if output_closed:

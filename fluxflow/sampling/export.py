@@ -33,7 +33,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -45,11 +45,13 @@ FORMAT, FORMAT_VERSION = "fluxflow-text-to-image", 1
 CONFIG_FILE, WEIGHTS_FILE, TEXT_ENCODER_DIR = "config.json", "model.safetensors", "text_encoder"
 
 
-def export_weights(model: TextToImageModel, folder: str | Path, source: dict[str, Any] | None = None) -> Path:
+def export_weights(model: TextToImageModel, folder: str | Path, source: dict[str, Any] | None = None,
+                   put_in_place: Callable[[Callable[[], None]], None] | None = None) -> Path:
     """Write `model` (as `load_text_to_image` gives it: the sampling weights) to the new or empty `folder`; returns
     the folder. The files go to a hidden folder beside it that is renamed to `folder` once complete, so an export
     stopped part way (Ctrl-C, a full disk) leaves nothing: it left a folder without config.json, which the next try
-    refused as not empty."""
+    refused as not empty. `put_in_place(move)`, where given, runs that rename (fluxflow-export: Ctrl-C held off
+    there and ignored after it)."""
     out = Path(folder)
     if out.exists() and not out.is_dir():
         raise GenerationError(f"export folder {out} is a file, not a folder: choose a new folder")
@@ -61,9 +63,12 @@ def export_weights(model: TextToImageModel, folder: str | Path, source: dict[str
     staging.mkdir()
     try:
         write_export(model, staging, source)
-        if out.exists():
-            out.rmdir()  # empty, as checked above
-        os.rename(staging, out)
+
+        def move() -> None:
+            if out.exists():
+                out.rmdir()  # empty, as checked above
+            os.rename(staging, out)
+        (put_in_place or (lambda run: run()))(move)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

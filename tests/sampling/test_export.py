@@ -335,3 +335,36 @@ def test_a_folder_an_export_cannot_be_staged_in_is_said_as_its_output(capsys):
     assert said == "fluxflow-export: --output rodir/e cannot be written (Read-only file system: rodir)\n"
     assert refuse("fluxflow-export", OSError(errno.EROFS, "Read-only file system", "rodir/.other.partial"), "rodir/e")
     assert "--output" not in capsys.readouterr().err  # another file beside it is not the output's
+
+
+def test_ctrl_c_once_the_folder_is_in_place_changes_nothing(byte_checkpoint, tmp_path, capsys, monkeypatch):
+    """A Ctrl-C after the rename (while `Wrote ...` printed, or in the half second of the interpreter's exit) exited
+    130, saying 'nothing written' or nothing at all, beside a complete export: `fluxflow-export ... && upload`
+    skipped it. From the rename on, SIGINT is ignored to the end of the process; an in-process caller (argv given)
+    gets its handler back."""
+    import signal
+
+    real_quote = shlex.quote
+
+    def quote_then_ctrl_c(text):  # the success line, printed once the folder is in place
+        signal.raise_signal(signal.SIGINT)
+        return real_quote(text)
+
+    monkeypatch.setattr(cli_export.shlex, "quote", quote_then_ctrl_c)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's Ctrl-C, whatever pytest set
+    try:
+        folder = tmp_path / "mine"
+        try:
+            code = cli_export.main(["--checkpoint", byte_checkpoint, "--output", str(folder)])
+        except KeyboardInterrupt:  # escaping here, it would end the test session
+            code = "KeyboardInterrupt"
+        assert (code, capsys.readouterr().err) == (0, "")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back for an in-process caller
+        monkeypatch.setattr("sys.argv", ["fluxflow-export", "--checkpoint", byte_checkpoint, "--output",
+                                         str(tmp_path / "again")])
+        assert cli_export.main() == 0  # as the command runs it
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # to the end of the process: its exit too
+        for exported in (folder, tmp_path / "again"):
+            assert sorted(p.name for p in exported.iterdir()) == ["config.json", "model.safetensors"]
+    finally:
+        signal.signal(signal.SIGINT, outer)

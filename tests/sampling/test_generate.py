@@ -415,3 +415,35 @@ def test_the_quickstart_pipelines_checkpoint_generates_images(tmp_path, capsys):
     assert written == [prompt_file_name("a red circle on a black background, center", seed) for seed in (0, 1)]
     with Image.open(images / written[0]) as image:
         assert image.size == (32, 32)
+
+
+def test_ctrl_c_once_every_image_is_written_changes_nothing(trained, tmp_path, capsys, monkeypatch):
+    """A Ctrl-C after the last image (while `Wrote ...` printed, or in the interpreter's exit) exited 130 although
+    every image was written. From then on SIGINT is ignored to the end of the process; an in-process caller (argv
+    given) gets its handler back."""
+    import signal
+
+    def print_then_ctrl_c(*args, **kwargs):
+        if args and str(args[0]).startswith("Wrote "):
+            signal.raise_signal(signal.SIGINT)
+        print(*args, **kwargs)
+
+    monkeypatch.setattr(cli_generate, "print", print_then_ctrl_c, raising=False)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's Ctrl-C, whatever pytest set
+    try:
+        _, checkpoint, _ = trained
+        try:
+            code = generate_cli("--checkpoint", checkpoint, "--prompt", "a red circle", "--output", str(tmp_path))
+        except KeyboardInterrupt:  # escaping here, it would end the test session
+            code = "KeyboardInterrupt"
+        assert code == 0
+        captured = capsys.readouterr()
+        assert "Wrote 1 image(s)" in captured.out and "interrupted" not in captured.err
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back for an in-process caller
+        monkeypatch.setattr("sys.argv", ["fluxflow-generate", "--steps", "3", "--device", "cpu", "--checkpoint",
+                                         checkpoint, "--prompt", "a blue square", "--output", str(tmp_path)])
+        assert cli_generate.main() == 0  # as the command runs it
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # to the end of the process: its exit too
+        assert len(list(tmp_path.iterdir())) == 2
+    finally:
+        signal.signal(signal.SIGINT, outer)

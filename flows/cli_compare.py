@@ -11,10 +11,12 @@ import argparse
 import hashlib
 import json
 import os
+import secrets
 import sys
 from pathlib import Path
 
-from flows.cli_common import add_version_argument, output_file_problem, parse, quiet_when_output_closed, refuse
+from flows.cli_common import (add_version_argument, interrupted, output_file_problem, parse, put_in_place,
+                              quiet_when_output_closed, refuse)
 from flows.exit_codes import EXIT_OK
 
 PROG = "fluxflow-compare"
@@ -26,7 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="The hypotheses of an MLflow experiment side by side: for every leaf step (its seed replicates "
                     "grouped), the config values that differ and the final smoothed metrics with their 95 % "
                     "interval, and per pair of hypotheses the difference and the verdict of a t-test (paired by "
-                    "seed where both ran the same seeds, else Welch's); as tables, CSV, JSON and a PNG bar chart.")
+                    "seed where both ran the same seeds, else Welch's); as tables, CSV, JSON and a PNG bar chart.",
+        epilog="Exit codes: 0 written; 2 bad input (an experiment, registered model or alias that is not there, an "
+               "--output that is a file or cannot be written); 130 interrupted (Ctrl-C: the files are renamed into "
+               "place together at the end, so an earlier comparison in --output is left as it was).")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--experiment", help="MLflow experiment name: its hypotheses (leaf steps) side by side")
     which.add_argument("--registered-model", metavar="NAME", help="MLflow registered model: its versions side by "
@@ -50,7 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     problem = output_file_problem(args.output)
     if args.experiment is not None and args.alias is not None:  # was ignored
         problem = "--alias marks a version of --registered-model; the hypotheses of --experiment have none"
-    return refuse(PROG, problem) if problem else run(args)
+    if problem:
+        return refuse(PROG, problem)
+    try:
+        return run(args)
+    except KeyboardInterrupt:  # Ctrl-C, while pandas or MLflow loads, the store is read or the files are drawn: one
+        # line, not a traceback; the files are renamed into place together, after which Ctrl-C is ignored
+        return interrupted(PROG, f"nothing written to {args.output} (the files of an earlier comparison there, if "
+                                 "any, are left as they were)")
 
 
 def file_stem(name: str) -> str:
@@ -93,23 +105,32 @@ def run(args) -> int:
     comparison, rows, title = found
     summary = comparison.summary
     differences = summary.difference_rows() if summary is not None and summary.differences else None
+    out = Path(args.output)
+    stem = prefix + file_stem(name)
+    # Each file is written under a hidden temporary name beside its own, and all are renamed into place together
+    # once every one is written: written in place one after another, a Ctrl-C (or a full disk) part way left a new
+    # CSV beside an earlier comparison's PNG and JSON, which disagree with it.
+    token = secrets.token_hex(4)
+    staged: dict[Path, Path] = {}
+
+    def staging(path: Path) -> Path:
+        staged[path] = out / f".{path.stem}.{os.getpid()}.{token}.partial{path.suffix}"  # savefig reads the suffix
+        return staged[path]
     try:
-        out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
-        stem = prefix + file_stem(name)
-        written = [out / f"{stem}.csv", out / f"{stem}.png"]
-        write_csv(rows, written[0])
-        write_chart(comparison, written[1], title)
+        write_csv(rows, staging(out / f"{stem}.csv"))
+        write_chart(comparison, staging(out / f"{stem}.png"), title)
         if differences:
-            written.append(out / f"{stem}_differences.csv")
-            write_csv(differences, written[-1])
+            write_csv(differences, staging(out / f"{stem}_differences.csv"))
         if summary is not None:
-            written.append(out / f"{stem}.json")
-            written[-1].write_text(json.dumps(summary.to_dict(), indent=1) + "\n")
-        for left in {out / f"{stem}_differences.csv", out / f"{stem}.json"} - set(written):
-            left.unlink(missing_ok=True)  # an earlier comparison's, beside files that no longer agree with it
+            staging(out / f"{stem}.json").write_text(json.dumps(summary.to_dict(), indent=1) + "\n")
+        put_in_place(lambda: publish(staged, [out / f"{stem}_differences.csv", out / f"{stem}.json"]))
     except OSError as exc:  # a folder that cannot be made or written: was a traceback
         return refuse(PROG, exc, args.output)
+    finally:
+        for temporary in staged.values():  # left only when stopped before the renames
+            temporary.unlink(missing_ok=True)
+    written = list(staged)
     # Printed once the files are written: `| head` stops reading, and the files are there all the same.
     print(plain_table(rows))
     if differences:
@@ -120,6 +141,15 @@ def run(args) -> int:
         print(f"\nNote: {note}")
     print(f"\nWrote {', '.join(map(str, written))}")
     return EXIT_OK
+
+
+def publish(staged: dict[Path, Path], optional: list[Path]) -> None:
+    """Renames each temporary file of `staged` (final path: temporary) to its final path, and removes the files of
+    `optional` that were not written this time: an earlier comparison's, which would no longer agree."""
+    for final, temporary in staged.items():
+        os.replace(temporary, final)
+    for left in set(optional) - set(staged):
+        left.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

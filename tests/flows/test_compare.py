@@ -542,3 +542,97 @@ def test_a_comparison_leaves_no_file_of_an_earlier_one_and_names_that_differ_wri
     assert (out / "compare_hypotheses.csv").exists()
     assert cli_compare.file_stem("sp_ace") == "sp_ace"
     assert cli_compare.file_stem("sp ace").startswith("sp_ace-") and cli_compare.file_stem("sp ace") != "sp_ace"
+
+
+def compare_exit(argv: list[str] | None = None):
+    """`cli_compare.main`'s exit code, or "KeyboardInterrupt" where one escaped it (a traceback, exit 130, on the
+    command line): escaping here, it would end the whole test session."""
+    try:
+        return cli_compare.main(argv)
+    except KeyboardInterrupt:
+        return "KeyboardInterrupt"
+
+
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT handled as Python's default (KeyboardInterrupt), as in a terminal, whatever the test runner set."""
+    import signal
+
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, outer)
+
+
+def test_ctrl_c_while_drawing_is_one_line_and_leaves_an_earlier_comparison_whole(experiment, tmp_path, capsys,
+                                                                               monkeypatch):
+    """Ctrl-C in matplotlib's savefig was a 45-78 line traceback, after the new CSV had replaced the earlier one
+    beside the earlier PNG and JSON, which disagree with it. Now every file goes to a temporary name and all are
+    renamed into place together at the end."""
+    client, exp = experiment
+    record_pipeline(client, exp, f"{tmp_path}/spade", [
+        WARM,
+        {"name": "spade_off", "n_epochs": 1, "train_vae": True, "after": "warm"},
+        {"name": "spade_on", "n_epochs": 1, "train_vae": True, "train_spade": True, "after": "warm"},
+    ], {"warm": 0.9, "spade_off": 0.5, "spade_on": 0.25})
+    out = tmp_path / "cmp"
+    assert compare_exit(["--experiment", "hypotheses", "--output", str(out)]) == 0
+    earlier = {path.name: f"an earlier comparison's {path.name}\n" for path in out.iterdir()}
+    assert {"compare_hypotheses.csv", "compare_hypotheses.png", "compare_hypotheses.json"} <= set(earlier)
+    for name, text in earlier.items():
+        (out / name).write_text(text)
+    capsys.readouterr()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare, "write_chart", interrupted)
+    assert compare_exit(["--experiment", "hypotheses", "--output", str(out)]) == 130
+    assert capsys.readouterr().err == (f"fluxflow-compare: interrupted: nothing written to {out} (the files of an "
+                                       "earlier comparison there, if any, are left as they were)\n")
+    assert {path.name: path.read_text() for path in out.iterdir()} == earlier  # no new CSV, no temporary file
+
+
+def test_ctrl_c_while_pandas_loads_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def importing(name, *args, **kwargs):
+        if name == "flows.compare":  # pandas, matplotlib and MLflow are imported under it
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", importing)
+    assert compare_exit(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 130
+    assert capsys.readouterr().err.startswith(f"fluxflow-compare: interrupted: nothing written to {tmp_path / 'cmp'}")
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_ctrl_c_once_the_files_are_in_place_changes_nothing(experiment, tmp_path, capsys, monkeypatch,
+                                                             ctrl_c_raises):
+    """A Ctrl-C after the files were complete (while the tables print, or in the interpreter's exit) ended the
+    command with 130 and no word about the complete files. From the renames on, SIGINT is ignored to the end of the
+    process; an in-process caller (argv given) gets its handler back."""
+    import signal
+
+    from flows import text_table
+
+    client, exp = experiment
+    record_pipeline(client, exp, f"{tmp_path}/one", [WARM, {"name": "only", "n_epochs": 1, "train_vae": True}],
+                    {"warm": 0.9, "only": 0.5})
+    real_table = text_table.plain_table
+
+    def table_then_ctrl_c(rows):
+        signal.raise_signal(signal.SIGINT)  # the tables are printed after the files are in place
+        return real_table(rows)
+
+    monkeypatch.setattr(text_table, "plain_table", table_then_ctrl_c)
+    out = tmp_path / "cmp"
+    assert compare_exit(["--experiment", "hypotheses", "--output", str(out)]) == 0
+    assert "Wrote" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back for an in-process caller
+    monkeypatch.setattr("sys.argv", ["fluxflow-compare", "--experiment", "hypotheses", "--output", str(out)])
+    assert compare_exit() == 0  # as the command runs it
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # to the end of the process: its exit too
+    assert sorted(path.name for path in out.iterdir()) == ["compare_hypotheses.csv", "compare_hypotheses.json",
+                                                            "compare_hypotheses.png"]

@@ -213,14 +213,20 @@ def train(config, overrides: list[str], dated: bool = False) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+GO_ON = ("to go on where it stopped (finished steps are reused, an interrupted one resumes from its latest "
+         "checkpoint)")
+
+
 def how_to_resume(config, dated: bool) -> str:
-    """The end of the line an interrupted run prints. With `{date}` the same command on another day (UTC) would
-    train into another directory from scratch: name this one."""
+    """The end of the line an interrupted run prints: true wherever the stop came (before a step's first checkpoint,
+    during a latent cache build, during registration after every step finished; it promised a checkpoint to resume
+    from in each case). With `{date}` the same command on another day (UTC) would train into another directory from
+    scratch: name this one."""
     if not dated:
-        return "run the same command again to resume from the latest checkpoint."
+        return f"run the same command again {GO_ON}."
     out = shlex.quote(str(config.output.output_path))
-    return (f"run the same command again with --output-dir {out} to resume from the latest checkpoint ({{date}} "
-            "names another directory on another day, UTC).")
+    return (f"run the same command again with --output-dir {out} {GO_ON}; {{date}} names another directory on "
+            "another day, UTC.")
 
 
 class Terminated(BaseException):

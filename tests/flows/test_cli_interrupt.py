@@ -23,6 +23,8 @@ from mlflow.tracking import MlflowClient
 from process_groups import alive, child_pids, group_alive, kill_all
 from train_cli import child_env, kill_group_when, start_train, training_records, write_vae_pipeline
 
+from flows.cli_train import GO_ON
+
 pytestmark = pytest.mark.slow
 
 N_BATCHES = 1000
@@ -83,10 +85,10 @@ def test_an_interrupt_saves_the_batch_reached_and_the_step_run_is_killed(signum,
     assert "EventsWorker failed" not in output and max(map(len, output.splitlines())) < 1000, output[-3000:]
     if signum == signal.SIGINT:
         assert child.returncode == 130, output
-        assert "Interrupted: run the same command again to resume from the latest checkpoint." in output
+        assert f"Interrupted: run the same command again {GO_ON}." in output
     else:
         assert child.returncode == 143, output
-        assert "Terminated: run the same command again to resume from the latest checkpoint." in output
+        assert f"Terminated: run the same command again {GO_ON}." in output
     if "PREFECT_API_URL" not in env:
         assert "Stopping temporary server" in output
     found = re.search(r"Interrupted step warm at epoch 1, batch (\d+): saved", output)

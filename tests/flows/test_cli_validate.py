@@ -242,9 +242,11 @@ def test_an_interrupted_run_into_a_dated_directory_names_it_to_resume(tmp_path, 
 
     assert cli_train.main(["--config", "c.yaml", "--output-dir", "nightly/{date}", "--quiet"]) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"Interrupted: run the same command again with --output-dir nightly/{day} to resume from the latest "
-        "checkpoint ({date} names another directory on another day, UTC).")
+        f"Interrupted: run the same command again with --output-dir nightly/{day} to go on where it stopped (finished "
+        "steps are reused, an interrupted one resumes from its latest checkpoint); {date} names another directory on "
+        "another day, UTC.")
 
     assert cli_train.main(["--config", "c.yaml", "--output-dir", "out", "--quiet"]) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "Interrupted: run the same command again to resume from the latest checkpoint.")
+        "Interrupted: run the same command again to go on where it stopped (finished steps are reused, an "
+        "interrupted one resumes from its latest checkpoint).")

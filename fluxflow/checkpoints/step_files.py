@@ -255,6 +255,21 @@ class StepFiles:
         return (f"the checkpoint it starts from ({source}) is not the one it was trained from (sha256 {then[:12]}... "
                 f"then, {self.input_sha256[:12]}... now)")
 
+    @staticmethod
+    def data_changed(then: dict | None, now: dict | None) -> str | None:
+        """Why a latest.pt saved on the data `then` (its `data_identity`) does not resume on `now`, or None (the same,
+        or either not known: shapes, webdataset, a latest.pt written before it was recorded)."""
+        if None in (then, now) or then == now:
+            return None
+        count = (f"{then['items']} -> {now['items']} items" if then["items"] != now["items"]
+                 else f"the same {now['items']} items, but other files or captions listed")
+        return f"its dataset changed since latest.pt: {count}"
+
+    def set_aside_latest(self, why: str, say: Callable[[str], None] = print) -> None:
+        """Move the step's latest.pt (and what goes with it) aside, saying `why`: the step starts again."""
+        target, why = self._move_aside(self.key, why)
+        say(f"Re-running step {self.step.name}: {why}; previous files moved to {target}")
+
     def _move_aside(self, old_key: str, why: str) -> tuple[Path, str]:
         """The step's files to `superseded/<old_key>/` (the next free `<old_key>.N` if that one holds files)."""
         target = self.dir / "superseded" / old_key

@@ -117,6 +117,11 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
             self.items: list[tuple[str, str]] = [(n, present[n]) for n in names if n in unseen]
         else:
             self.items = [(n, present[n]) for n in seen if (n in held) == (split == "holdout")]
+        # What a step's latest.pt records of its data (StepState.data_identity): a resume replays the epoch's shuffle
+        # of these items, and the listing decides the splits, so other entries set it aside. Only what was read
+        # already (no file is opened again): an image replaced in place under its name is not seen.
+        listed = "".join(f"{n}\t{present[n]}\n" for n in names).encode("utf-8")
+        self.identity = {"items": len(self.items), "sha256": hashlib.sha256(listed).hexdigest()}
 
         # Public: its state travels in a step's checkpoint (fluxflow/train/step_report.py). `skipped` counts
         # malformed caption lines + lines replaced by a later one + repaired lines + listed files that are missing

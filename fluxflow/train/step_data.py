@@ -27,6 +27,12 @@ class StepData:
     latent_cache: torch.utils.data.Dataset | None = None
 
     @property
+    def identity(self) -> dict | None:
+        """What the training data is, for a resume to check (fluxflow/data/folder.py: a folder's item count and the
+        hash of its listing); None where the config alone fixes it (shapes) or it is not checked (webdataset)."""
+        return getattr(self.train_set, "identity", None)
+
+    @property
     def batch_source(self) -> torch.utils.data.Dataset:
         """What the training loop loads: the cached latents where there are any, else the images."""
         return self.latent_cache if self.latent_cache is not None else self.train_set

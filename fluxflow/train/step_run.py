@@ -54,7 +54,8 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
     the run's resolved config (fluxflow/config/run_config.py): its device is `training.device`.
 
     What a reader must know: it is idempotent per step key: a step whose final.pt and ref.json exist returns at once
-    (`trained` False); one with a `latest.pt` of its key resumes from it exactly; files of another key are set aside
+    (`trained` False); one with a `latest.pt` of its key resumes from it exactly (one saved on other data, a folder
+    that lists other images since, is set aside and the step starts again); files of another key are set aside
     first. It holds the step directory's lock while it runs. Under torchrun (started by fluxflow/runtime/launch.py)
     every rank calls it and rank 0 alone writes and reports; otherwise it claims a GPU of the host
     (fluxflow/runtime/gpu_claim.py) for the step, except on the Ray executor, where Ray gave the step its GPUs
@@ -117,11 +118,17 @@ def input_state(config, files: StepFiles, parent: CheckpointRef | None, say) -> 
     own = load_latest(files.latest, say=say, set_aside=distributed.is_main())
     if own is not None:
         return own, True
+    return start_state(config, parent), False
+
+
+def start_state(config, parent: CheckpointRef | None) -> dict | None:
+    """The state a step starts from without its own latest.pt: its parent's final.pt, a root step's
+    model_checkpoint, or None (fresh weights)."""
     if parent is not None:
-        return load_checkpoint(parent.uri, expected_sha256=parent.sha256), False
+        return load_checkpoint(parent.uri, expected_sha256=parent.sha256)
     if config.model_checkpoint:
-        return load_checkpoint(config.model_checkpoint), False
-    return None, False
+        return load_checkpoint(config.model_checkpoint)
+    return None
 
 
 @dataclass
@@ -147,6 +154,16 @@ class StepRun:
         state, self.resuming = input_state(config, files, parent, self.say)
         meta = StepState.of_checkpoint(state)
         self.data = load_step_data(config, self.step, device)
+        # A resume replays the running epoch's shuffle: of other items (images added to a folder since), part of the
+        # epoch would be trained twice and part not at all, and the held-out split would move. So the step starts
+        # again, as on a replaced input. A latest.pt that holds the last epoch is the finished step: kept, as a
+        # final.pt is (a folder's contents are not in the key).
+        changed = self.resuming and not meta.completed and files.data_changed(meta.data_identity, self.data.identity)
+        if changed:
+            if self.main:
+                files.set_aside_latest(changed, self.say)
+            state, self.resuming = start_state(config, parent), False
+            meta = StepState.of_checkpoint(state)
         self.loader = None  # the training DataLoader, kept across epochs (its workers persist)
         if self.world > 1 and self.step.batch_size % self.world:
             raise ValueError(f"step {self.step.name}: batch_size {self.step.batch_size} is not divisible by "
@@ -342,7 +359,7 @@ class StepRun:
                 current_step_epoch=pos.epoch, batch=pos.batch, step_metrics=self.report.history,
                 rng=capture_rng_state(), monitor=self.monitor.state_dict(), report=self.report.state_dict(),
                 completed=completed, outcome=self.outcome, input_sha256=self.files.input_sha256,
-                key_inputs=self.files.key_inputs,
+                key_inputs=self.files.key_inputs, data_identity=self.data.identity,
             ).to_dict(),
         }
 

@@ -380,3 +380,18 @@ def test_n_epochs_changed_for_other_steps_retrains_no_loss_threshold_step_with_i
     assert plan_step(more, "warm").completed() is not None
     assert plan_step(more, "gan").completed() is None  # an epoch step: 3 epochs now
     assert plan_step(config(n_epochs=2, max_epochs=3), "warm").completed() is None  # its own bound changed
+
+
+def test_a_latest_pt_resumes_on_the_data_it_was_saved_with_or_one_that_did_not_record_it():
+    from fluxflow.checkpoints.step_files import StepFiles
+    from fluxflow.checkpoints.step_state import StepState
+
+    folder = {"items": 32, "sha256": "a" * 64}
+    assert StepFiles.data_changed(folder, dict(folder)) is None
+    # An older latest.pt (no data_identity), and shapes or webdataset data (None): not checked, resumed.
+    assert StepState.from_dict({"batch": 4}).data_identity is None
+    assert StepFiles.data_changed(None, folder) is None and StepFiles.data_changed(folder, None) is None
+    assert StepFiles.data_changed(folder, {"items": 40, "sha256": "b" * 64}) == (
+        "its dataset changed since latest.pt: 32 -> 40 items")
+    assert StepFiles.data_changed(folder, {"items": 32, "sha256": "b" * 64}) == (
+        "its dataset changed since latest.pt: the same 32 items, but other files or captions listed")

@@ -253,3 +253,18 @@ def test_a_file_listed_under_two_spellings_is_one_file_with_the_last_caption(tmp
     ds = build_dataset(cfg(tmp_path), 8, 3, "train")
     assert ds.items == [("p0.png", "a blue"), ("p1.png", "b"), ("p2.png", "c")] and ds.skipped == 1  # was 4 items
     assert any("listed again in captions.txt with another caption" in r.getMessage() for r in caplog.records)
+
+
+def test_the_identity_a_resume_checks_changes_with_the_listed_images_and_captions_only(tmp_path):
+    plain_folder(tmp_path, n=4)
+    (tmp_path / "captions.txt").write_text("".join(f"p{i}.png\tp {i}\n" for i in range(3)))
+    before = build_dataset(cfg(tmp_path), 8, 3, "train").identity
+    assert before["items"] == 3 and build_dataset(cfg(tmp_path), 8, 3, "train").identity == before
+    Image.new("RGB", (16, 16), (0, 0, 90)).save(tmp_path / "p0.png")  # replaced in place: the same items
+    assert build_dataset(cfg(tmp_path), 8, 3, "train").identity == before
+    with (tmp_path / "captions.txt").open("a") as captions:
+        captions.write("p3.png\tp 3\n")
+    assert build_dataset(cfg(tmp_path), 8, 3, "train").identity["items"] == 4
+    (tmp_path / "captions.txt").write_text("".join(f"p{i}.png\tp {i}!\n" for i in range(3)))
+    edited = build_dataset(cfg(tmp_path), 8, 3, "train").identity
+    assert edited["items"] == 3 and edited["sha256"] != before["sha256"]

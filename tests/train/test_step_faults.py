@@ -18,6 +18,7 @@ from fluxflow.checkpoints.io import sha256_file
 from fluxflow.config import load_config
 from fluxflow.data.folder import holdout_names
 from fluxflow.errors import DiskFullError
+from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
 from fluxflow.train.pipeline import run_pipeline
 from fluxflow.train.pipeline_schedule import PipelineFailed
 from fluxflow.train.tracking import ConsoleJsonlTracker
@@ -248,3 +249,71 @@ def test_a_flow_step_whose_webdataset_has_no_caption_refuses_to_train_a_vae_step
     raw["training"]["pipeline"]["steps"] = [{"name": "warm", "n_epochs": 1, "max_steps": 2, "train_vae": True}]
     with contextlib.redirect_stdout(io.StringIO()):
         run_pipeline(load_config(raw).config)  # a VAE step needs no caption
+
+
+class StopAt(ConsoleJsonlTracker):
+    """Requests a stop, as the flow does on Ctrl-C, once the given (epoch, batch) has been logged."""
+
+    def __init__(self, out, epoch: int, batch: int):
+        super().__init__(out)
+        self.at = (epoch, batch)
+
+    def log_metrics(self, metrics, progress):
+        super().log_metrics(metrics, progress)
+        if (progress.epoch, progress.batch) == self.at:
+            request_stop()
+
+
+def add_images(root, first: int, n: int) -> None:
+    """Images img_{first}.png ... and their caption lines, appended to captions.txt."""
+    with (root / "captions.txt").open("a") as captions:
+        for i in range(first, first + n):
+            Image.new("RGB", (20, 20), (6 * i % 256, 90, 255 - 6 * i % 256)).save(root / f"img_{i:02d}.png")
+            captions.write(f"img_{i:02d}.png\ta red square, number {i}\n")
+
+
+def test_images_added_while_a_step_is_interrupted_set_its_latest_pt_aside_and_it_trains_again_from_its_start(
+        tmp_path):
+    """A resume replays the epoch's shuffle of the items it was saved with: of 40 items instead of 32, part of the
+    epoch trained twice, part not at all, and the held-out split moved; it resumed without a word."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "captions.txt").write_text("")
+    add_images(photos, 0, 36)  # 32 training images (holdout 4): 8 batches of 4
+
+    def config(out):
+        raw = tiny_raw(out, [{"name": "vae", "n_epochs": 3, "train_vae": True}], no_samples=True,
+                       checkpoint_save_interval=4)
+        raw["training"]["pipeline"]["datasets"] = {"photos": {"type": "folder", "path": str(photos),
+                                                              "captions_file": "captions.txt", "holdout": 4}}
+        raw["training"]["pipeline"]["default_dataset"] = "photos"
+        return load_config(raw).config
+
+    out = tmp_path / "out"
+    clear_stop_request()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), pytest.raises(StepInterrupted, match="epoch 2, batch 4"):
+            run_pipeline(config(out), tracker=StopAt(out, 2, 4))
+    finally:
+        clear_stop_request()
+
+    add_images(photos, 36, 8)
+    buffer = io.StringIO()
+    torch.manual_seed(0)
+    with contextlib.redirect_stdout(buffer):
+        [again] = run_pipeline(config(out))
+    printed = buffer.getvalue()
+    assert "Resuming from checkpoint" not in printed
+    key = again.ref.step_key
+    assert (f"Re-running step vae: its dataset changed since latest.pt: 32 -> 40 items; previous files moved to "
+            f"{out / 'checkpoints' / 'vae' / 'superseded' / key}") in printed, printed
+    set_aside = load_weights(out / "checkpoints" / "vae" / "superseded" / key / "latest.pt")["pipeline_metadata"]
+    assert (set_aside["current_step_epoch"], set_aside["batch"], set_aside["data_identity"]["items"]) == (1, 4, 32)
+
+    torch.manual_seed(0)  # the same fresh weights: the step trained as in a new output directory
+    with contextlib.redirect_stdout(io.StringIO()):
+        [fresh] = run_pipeline(config(tmp_path / "fresh"))
+    assert again.ref.global_step == fresh.ref.global_step == 3 * 10
+    a, b = load_weights(again.ref.uri), load_weights(fresh.ref.uri)
+    assert a["models"].keys() == b["models"].keys() and "compressor" in a["models"]
+    assert all(torch.equal(a["models"][m][k], v) for m in b["models"] for k, v in b["models"][m].items())

@@ -15,19 +15,37 @@ def caption_matcher(patterns: list[str] | None) -> Callable[[str], bool] | None:
     """A predicate "this caption is held out" for `holdout_captions`; None when nothing is held out."""
     if not patterns:
         return None
-    regexes = [re.compile(p[3:], re.IGNORECASE) for p in patterns if p.startswith("re:")]
-    # Globs by fnmatchcase on lowered text: the same answer on every OS (fnmatch follows the OS's case).
-    globs = [p.lower() for p in patterns if not p.startswith("re:")]
-    return lambda caption: (any(rx.search(caption.strip()) for rx in regexes)
-                            or any(fnmatch.fnmatchcase(caption.strip().lower(), glob) for glob in globs))
+    matchers = [_pattern_matcher(p) for p in patterns]
+    return lambda caption: any(matches(caption) for matches in matchers)
 
 
-def unseen_problem(root, patterns: list[str], matched: int, entries: int) -> str | None:
-    """Why `holdout_captions` matching `matched` of `entries` captions is not what was asked, or None: none matched
-    (a typo would turn the unseen-caption evaluation off without a word), or all did (nothing left to train on)."""
-    if not patterns or 0 < matched < entries:
+def _pattern_matcher(pattern: str) -> Callable[[str], bool]:
+    """Whether a caption matches this one pattern."""
+    if pattern.startswith("re:"):
+        regex = re.compile(pattern[3:], re.IGNORECASE)
+        return lambda caption: regex.search(caption.strip()) is not None
+    # A glob by fnmatchcase on lowered text: the same answer on every OS (fnmatch follows the OS's case).
+    glob = pattern.lower()
+    return lambda caption: fnmatch.fnmatchcase(caption.strip().lower(), glob)
+
+
+def unseen_problem(root, patterns: list[str], matched: int, captions: list[str]) -> str | None:
+    """Why `holdout_captions` matching `matched` of the folder's `captions` is not what was asked, or None: a pattern
+    matched none (a typo would hold nothing out without a word, the unseen-caption evaluation off when it is the only
+    one), or all matched together (nothing left to train on)."""
+    if not patterns:
         return None
-    which = "none" if matched == 0 else "every one"
-    return (f"folder {root}: holdout_captions {patterns} match {which} of its {entries} captions; "
-            + ("nothing would be scored as unseen (patterns are whole-caption globs, e.g. '*blue*', or 're:<regex>')"
-               if matched == 0 else "nothing would be left to train on"))
+    entries = len(captions)
+    if 0 < matched == entries:
+        return (f"folder {root}: holdout_captions {patterns} match every one of its {entries} captions; nothing "
+                "would be left to train on")
+    # Each pattern alone: one among several that matches nothing was not said (only all of them together were).
+    unmatched = [p for p in patterns if not any(map(_pattern_matcher(p), captions))] if matched else patterns
+    if not unmatched:
+        return None
+    hint = "patterns are whole-caption globs, e.g. '*blue*', or 're:<regex>'"
+    if matched == 0:
+        return (f"folder {root}: holdout_captions {patterns} match none of its {entries} captions; nothing would be "
+                f"scored as unseen ({hint})")
+    return (f"folder {root}: holdout_captions {unmatched} (of {patterns}) match none of its {entries} captions; fix "
+            f"or remove them ({hint})")

@@ -267,7 +267,7 @@ def folder_issues(loc: tuple, ds) -> tuple[list[ConfigIssue], tuple[int, int]]:
     unseen = sum(map(matches, listing.captions.values())) if matches else 0
     problems = {"captions_file": entries_problem(listing) or found_problem(
                     root, listing, any(is_listed_file(root / name) for name in listing.captions)),
-                "holdout_captions": unseen_problem(root, ds.holdout_captions, unseen, listed),
+                "holdout_captions": unseen_problem(root, ds.holdout_captions, unseen, list(listing.captions.values())),
                 "holdout": holdout_problem(root, listed - unseen, ds.holdout, f"entries in {captions_path.name}"
                                            + (" outside holdout_captions" if unseen else ""))}
     return [ConfigIssue((*loc, field), problem) for field, problem in problems.items() if problem][:1], (listed, unseen)

@@ -107,7 +107,7 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
         unseen = {n for n in names if matches is not None and matches(present[n])}
         seen = [n for n in names if n not in unseen]  # the hold-out is drawn from these: `holdout` images are held
         problem = (entries_problem(listing) or found_problem(self.root, listing, len(names))
-                   or unseen_problem(self.root, holdout_captions, len(unseen), len(names))
+                   or unseen_problem(self.root, holdout_captions, len(unseen), [present[n] for n in names])
                    or holdout_problem(self.root, len(seen), holdout, "listed images found" + (
                        " outside holdout_captions" if unseen else "")))
         if problem:

@@ -10,6 +10,7 @@ from s3_server import free_port
 
 from fluxflow.config import ConfigError, file_checks, load_config
 from fluxflow.config.run_config import resolve_run_config
+from fluxflow.errors import DataError
 
 D = "training.pipeline.datasets.mine"
 
@@ -143,3 +144,25 @@ def test_holdout_captions_that_match_none_or_every_caption_stop_the_run_and_coun
                                       "holdout, or add images"}  # was accepted: 8 - 2 counted
     raw["training"]["batch_size"] = 3
     resolve_run_config(raw)
+
+
+def test_each_holdout_captions_pattern_that_matches_no_caption_is_named(tmp_path):
+    (tmp_path / "photos").mkdir()
+    for i in range(8):
+        (tmp_path / "photos" / f"{i}.png").write_bytes(b"")
+    (tmp_path / "photos" / "captions.txt").write_text("".join(
+        f"{i}.png\ta {'blue triangle' if i < 3 else 'red square'}\n" for i in range(8)))
+    patterns = ["*blue triangle*", "*zebra*", "re:purple"]
+    raw = with_dataset(tmp_path, type="folder", path=str(tmp_path / "photos"), captions_file="captions.txt",
+                       holdout_captions=patterns)
+    raw["training"]["batch_size"] = 2
+    # was accepted: "*blue triangle*" matched, and "*zebra*" and "re:purple" held nothing out without a word
+    assert start_problems(raw) == {f"{D}.holdout_captions": (
+        f"folder {tmp_path / 'photos'}: holdout_captions ['*zebra*', 're:purple'] (of {patterns}) match none of its 8 "
+        "captions; fix or remove them (patterns are whole-caption globs, e.g. '*blue*', or 're:<regex>')")}
+    raw["training"]["pipeline"]["datasets"]["mine"]["holdout_captions"] = ["*blue triangle*", "re:TRIANGLE"]
+    resolve_run_config(raw)
+    from fluxflow.data import build_dataset  # the step's dataset says the same of the files it finds
+
+    with pytest.raises(DataError, match=r"holdout_captions \['\*zebra\*', 're:purple'\] \(of "):
+        build_dataset({**raw["training"]["pipeline"]["datasets"]["mine"], "holdout_captions": patterns}, 8, 3)

@@ -73,13 +73,16 @@ def report_unlisted(root: Path, listing: CaptionsFile) -> None:
     """Log how many image files under `root` the captions file does not list: they are not trained on, and a user who
     added images without adding their lines would not know (not counted: they are not items of the dataset). Hidden
     files and folders (`.DS_Store`, `.git`) are not looked at."""
-    listed = {os.path.normpath(name) for name in listing.captions}
+    # Each listed name where the dataset opens it (`root / name`): an absolute path inside the folder names one of
+    # its files too (compared as relative names, it was counted as not listed).
+    listed = {os.path.abspath(root / name) for name in listing.captions}
     unlisted = []
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-        unlisted += [rel for rel in (os.path.relpath(os.path.join(folder, f), root) for f in sorted(files)
-                                     if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES))
-                     if rel not in listed]
+        unlisted += [os.path.relpath(path, root) for path in (os.path.join(folder, f) for f in sorted(files)
+                                                               if not f.startswith(".")
+                                                               and f.lower().endswith(IMAGE_SUFFIXES))
+                     if os.path.abspath(path) not in listed]
     if unlisted:
         log.warning("%s: %d image file(s) not listed in %s, not trained on; first: %r", root, len(unlisted),
                     listing.path.name, unlisted[0])

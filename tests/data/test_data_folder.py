@@ -268,3 +268,13 @@ def test_the_identity_a_resume_checks_changes_with_the_listed_images_and_caption
     (tmp_path / "captions.txt").write_text("".join(f"p{i}.png\tp {i}!\n" for i in range(3)))
     edited = build_dataset(cfg(tmp_path), 8, 3, "train").identity
     assert edited["items"] == 3 and edited["sha256"] != before["sha256"]
+
+
+def test_a_file_the_captions_file_lists_by_its_absolute_path_is_not_said_to_be_unlisted(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="fluxflow.data")
+    plain_folder(tmp_path, n=4)
+    (tmp_path / "captions.txt").write_text(f"p0.png\tp 0\n{tmp_path / 'p1.png'}\tp 1\n./p2.png\tp 2\n")
+    ds = build_dataset(cfg(tmp_path), 8, 3, "train")
+    assert len(ds) == 3  # p1.png is trained on
+    said = [r.getMessage() for r in caplog.records if "not listed" in r.getMessage()]
+    assert said == [f"{tmp_path}: 1 image file(s) not listed in captions.txt, not trained on; first: 'p3.png'"]

@@ -35,10 +35,11 @@ PREFETCH_BATCHES = 4  # batches each worker keeps ready (torch's default is 2)
 
 
 def build_dataset(ds_cfg, img_size: int, channels: int, split: str = "train", rank: int = 0,
-                  world: int = 1) -> torch.utils.data.Dataset:
+                  world: int = 1, report: bool = True) -> torch.utils.data.Dataset:
     """The `split` of the dataset that `ds_cfg` (a DatasetConfig, or any object/mapping with its fields) names.
     `rank`/`world`: a webdataset stream's training split is the part rank `rank` of `world` reads (its shards);
-    map-style datasets are whole on every rank (the loader's sampler takes each rank's slice)."""
+    map-style datasets are whole on every rank (the loader's sampler takes each rank's slice). `report` False: a
+    folder's training split counts what its captions file lacks without logging it (said by the steps already)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     cfg = SimpleNamespace(**ds_cfg) if isinstance(ds_cfg, Mapping) else ds_cfg
@@ -58,7 +59,7 @@ def build_dataset(ds_cfg, img_size: int, channels: int, split: str = "train", ra
                              caption_dropout=getattr(cfg, "caption_dropout", None) or 0.0)
     if kind == "folder":
         return FolderDataset(cfg.path, getattr(cfg, "captions_file", None), img_size, channels, split, holdout,
-                             holdout_captions=getattr(cfg, "holdout_captions", None))
+                             holdout_captions=getattr(cfg, "holdout_captions", None), report=report)
     if kind == "webdataset":
         if split == "unseen":  # webdataset has no held-out captions: an empty split, like a hold-out of 0
             return ShapesDataset(0, 0, img_size, channels)

@@ -51,22 +51,22 @@ def holdout_names(names: list[str], holdout: int) -> set[str]:
     return set(by_hash[-holdout:])
 
 
-def report_captions_file(skips: SkipCounter, listing: CaptionsFile, missing: list[str]) -> None:
-    """Count and log, one line each, the captions file's lines that were skipped, replaced or repaired, and the listed
-    files that are not there."""
+def report_captions_file(skips: SkipCounter, listing: CaptionsFile, missing: list[str], say: bool = True) -> None:
+    """Count and log (`say` False: count only), one line each, the captions file's lines that were skipped, replaced
+    or repaired, and the listed files that are not there."""
     name = listing.path.name
     if listing.malformed:
         skips.found(len(listing.malformed), f"{len(listing.malformed)} line(s) of {name} without a tab, skipped; "
-                                            f"first: {listing.malformed[0][:80]!r}")
+                                            f"first: {listing.malformed[0][:80]!r}", say)
     if listing.relisted:
         skips.found(len(listing.relisted), f"{len(listing.relisted)} file(s) listed again in {name} with another "
-                                           f"caption, the last line kept; first: {listing.relisted[0]!r}")
+                                           f"caption, the last line kept; first: {listing.relisted[0]!r}", say)
     if listing.repaired:
         skips.found(len(listing.repaired), f"{len(listing.repaired)} line(s) of {name} not UTF-8, decoded as "
-                                           f"Latin-1 and kept; first: line {listing.repaired[0]}")
+                                           f"Latin-1 and kept; first: line {listing.repaired[0]}", say)
     if missing:
         skips.found(len(missing), f"{len(missing)} file(s) listed in {name} not found (or in a folder that cannot be "
-                                  f"read), skipped; first: {missing[0]!r}")
+                                  f"read), skipped; first: {missing[0]!r}", say)
 
 
 def report_unlisted(root: Path, listing: CaptionsFile) -> None:
@@ -91,7 +91,7 @@ def report_unlisted(root: Path, listing: CaptionsFile) -> None:
 class FolderDataset(CountsSkips, torch.utils.data.Dataset):
     def __init__(self, path: str | os.PathLike, captions_file: str | os.PathLike | None, img_size: int,
                  channels: int = 3, split: str = "train", holdout: int = 0,
-                 holdout_captions: list[str] | None = None):
+                 holdout_captions: list[str] | None = None, report: bool = True):
         if split not in ("train", "holdout", "unseen"):
             raise ValueError(f"split must be 'train', 'holdout' or 'unseen', got {split!r}")
         pil_mode(channels)  # fail at build time, not in a worker, on an unsupported channel count
@@ -131,8 +131,9 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
         # + files that failed to decode so far.
         self.skips = SkipCounter(str(self.root), len(self.items))
         if split == "train":  # every split reads the same captions file: the training split reports it, once
-            report_captions_file(self.skips, listing, missing)
-            report_unlisted(self.root, listing)
+            report_captions_file(self.skips, listing, missing, say=report)
+            if report:
+                report_unlisted(self.root, listing)
 
     def __len__(self) -> int:
         return len(self.items)

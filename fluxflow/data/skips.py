@@ -47,12 +47,14 @@ class SkipCounter:
         self._flags = multiprocessing.RawArray("b", max(n_items, 1))
         self._logged = multiprocessing.RawArray("b", len(KINDS))  # which kinds have been logged already
 
-    def found(self, n: int, message: str) -> None:
-        """`n` entries dropped or repaired when the dataset was built: counted, and `message` logged."""
+    def found(self, n: int, message: str, say: bool = True) -> None:
+        """`n` entries dropped or repaired when the dataset was built: counted, and `message` logged (unless `say` is
+        False: said already where the dataset was built before)."""
         if n > 0:
             with self._count.get_lock():
                 self._count.value += n
-            log.warning("%s: %s", self.where, message)
+            if say:
+                log.warning("%s: %s", self.where, message)
 
     def add(self, n: int, reason: str, kind: str = "unreadable") -> None:
         if n <= 0:

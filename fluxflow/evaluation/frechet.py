@@ -166,14 +166,15 @@ def feature_net_for(train_set, ds_cfg, img_size: int, channels: int, cache_dir: 
     first N_TRAIN training images and saved there (atomically: a crash never leaves half a file). None, with a
     warning, when their captions have no word that some of them lack (one caption for every image, as a DreamBooth-
     style folder has): there is nothing to learn, and fd_ours is left out of the metrics instead of stopping the step
-    (a ValueError there failed every flow step on such a folder, retried, exit 1)."""
+    (a ValueError there failed every flow step on such a folder, retried, exit 1). `train_set` may be a function that
+    builds the split, called only when the network is not cached."""
     path = Path(cache_dir) / f"feature_net_{cache_key(ds_cfg, img_size, channels)}.pt"
     if path.exists():
         state = load_checkpoint(path)
         net = FeatureNet(int(state["channels"]), len(state["vocab"]))
         net.load_state_dict(state["weights"])
         return net.eval().requires_grad_(False)
-    images, captions = first_items(train_set, N_TRAIN)
+    images, captions = first_items(train_set() if callable(train_set) else train_set, N_TRAIN)
     if not caption_vocabulary(captions):
         log.warning("fd_ours is not computed: the training captions have no word that some of them lack (e.g. one "
                     "caption for every image)")

@@ -213,10 +213,7 @@ class StepFiles:
         checkpoint), and the metrics of a run killed before its first checkpoint (the step starts over)."""
         moved = self._move_stale_aside(say)
         if moved is not None:
-            target, why = moved
-            # where the output lives: the store, not this node's staging copy of it
-            where = self.remote.url(self._rel(target)) if self.remote is not None else target
-            say(f"Re-running step {self.step.name}: {why}; previous files moved to {where}")
+            self._say_moved(*moved, say)
 
     def _move_stale_aside(self, say: Callable[[str], None]) -> tuple[Path, str] | None:
         """`set_aside_stale` without its line: (where the files went, why), or None when nothing was moved."""
@@ -267,8 +264,12 @@ class StepFiles:
 
     def set_aside_latest(self, why: str, say: Callable[[str], None] = print) -> None:
         """Move the step's latest.pt (and what goes with it) aside, saying `why`: the step starts again."""
-        target, why = self._move_aside(self.key, why)
-        say(f"Re-running step {self.step.name}: {why}; previous files moved to {target}")
+        self._say_moved(*self._move_aside(self.key, why), say)
+
+    def _say_moved(self, target: Path, why: str, say: Callable[[str], None]) -> None:
+        # where the output lives: the store, not this node's staging copy of it
+        where = self.remote.url(self._rel(target)) if self.remote is not None else target
+        say(f"Re-running step {self.step.name}: {why}; previous files moved to {where}")
 
     def _move_aside(self, old_key: str, why: str) -> tuple[Path, str]:
         """The step's files to `superseded/<old_key>/` (the next free `<old_key>.N` if that one holds files)."""

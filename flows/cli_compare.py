@@ -29,9 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "grouped), the config values that differ and the final smoothed metrics with their 95 % "
                     "interval, and per pair of hypotheses the difference and the verdict of a t-test (paired by "
                     "seed where both ran the same seeds, else Welch's); as tables, CSV, JSON and a PNG bar chart.",
-        epilog="Exit codes: 0 written; 2 bad input (an experiment, registered model or alias that is not there, an "
-               "--output that is a file or cannot be written); 130 interrupted (Ctrl-C: the files are renamed into "
-               "place together at the end, so an earlier comparison in --output is left as it was).")
+        epilog="Exit codes: 0 written; 2 bad input (an experiment, registered model or alias that is not there, a "
+               "registered model without versions or with one whose files are missing from the artifact store or "
+               "that is not a fluxflow model, an --output that is a file or cannot be written); 130 interrupted "
+               "(Ctrl-C: the files are renamed into place together at the end, so an earlier comparison in --output "
+               "is left as it was).")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--experiment", help="MLflow experiment name: its hypotheses (leaf steps) side by side")
     which.add_argument("--registered-model", metavar="NAME", help="MLflow registered model: its versions side by "

@@ -10,11 +10,13 @@ from flows import env  # noqa: F401  (must precede mlflow)
 from datetime import datetime, timezone
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from flows.compare import MISSING, Comparison, differing, table_rows
 from flows.mlflow_names import FINAL_PREFIX, TAG_PROMOTION, TAG_STEP_NAME, quoted
 from flows.mlflow_runs import flatten_params
+from flows.model_uri import missing_files_problem
 from flows.registry import tracking_at, version_by_alias, versions_of
 
 # The alias promotion moves unless the config names another (promotion.alias, fluxflow/config/promotion.py).
@@ -22,6 +24,22 @@ DEFAULT_ALIAS = "champion"
 CONFIG_FILE = "artifacts/config.json"  # the resolved config, an artifact of every version (flows/registry.py)
 # Differences that every pair of nights has and that say nothing about the model.
 NOT_DIFFERENCES = ("output.output_path",)
+
+
+class VersionUnreadable(Exception):
+    """A version whose config cannot be read: its files missing from the artifact store, or not a fluxflow model."""
+
+
+def unreadable_version(client: MlflowClient, name: str, version: str, exc: MlflowException) -> str:
+    """One line on why the version's config.json could not be read (`exc`, MLflow's error reading it)."""
+    missing = missing_files_problem(client, name, version)
+    if missing:  # the store's artifact folder moved away or was deleted
+        return missing
+    if exc.error_code == "RESOURCE_DOES_NOT_EXIST":  # its files are there, without a config (registered by hand)
+        return f"version {version} of {name!r} is not a fluxflow model: it has no {CONFIG_FILE} " \
+               f"({client.get_model_version_download_uri(name, version)})"
+    last = (exc.message.strip().splitlines() or [""])[-1]  # MLflow's lines: the file's own error is the last
+    return f"version {version} of {name!r}: cannot read its {CONFIG_FILE}: {last}"
 
 
 def version_metrics(client: MlflowClient, version) -> dict[str, float]:
@@ -42,7 +60,10 @@ def version_config(client: MlflowClient, name: str, version) -> dict[str, str]:
     from fluxflow.config.run_config import run_config_of
 
     with tracking_at(client.tracking_uri):  # load_dict: downloaded into a temporary folder that it removes again
-        config = mlflow.artifacts.load_dict(f"models:/{name}/{version.version}/{CONFIG_FILE}")
+        try:
+            config = mlflow.artifacts.load_dict(f"models:/{name}/{version.version}/{CONFIG_FILE}")
+        except MlflowException as exc:  # was a traceback (exit 1)
+            raise VersionUnreadable(unreadable_version(client, name, str(version.version), exc)) from None
     try:
         steps = [step.model_dump(mode="json") for step in run_config_of(config).written_steps()]
     except ValidationError:  # a config this version of the product no longer reads: its steps as written
@@ -77,6 +98,8 @@ def model_problem(client: MlflowClient, name: str, alias: str) -> tuple[str, boo
     yet is a model whose promotion has not promoted a version, which the comparison still shows."""
     if not client.search_registered_models(f"name = {quoted(name)}"):
         return f"no registered model named {name!r} at {client.tracking_uri}", True
+    if not versions_of(client, name):  # nothing to compare: was a table of row names and an empty chart, exit 0
+        return f"registered model {name!r} has no versions", True
     aliases = client.get_registered_model(name).aliases  # search results carry no aliases
     if alias in aliases:
         return None
@@ -86,15 +109,20 @@ def model_problem(client: MlflowClient, name: str, alias: str) -> tuple[str, boo
     return f"registered model {name!r} has no alias {alias!r} (its aliases: {held})", True
 
 
-def model_comparison(client: MlflowClient, name: str, alias: str) -> tuple[Comparison, list[list[str]], str]:
+def model_comparison(client: MlflowClient, name: str, alias: str) -> tuple[Comparison, list[list[str]], str] | str:
     """(comparison, rows, chart title) of every version of the registered model: the header, the rows about their
-    origin and promotion, then the config differences and metrics (model_problem says what is wrong first)."""
+    origin and promotion, then the config differences and metrics (model_problem says what is wrong first); or, in
+    one line, why a version cannot be compared (its files missing, or not a fluxflow model)."""
     versions = versions_of(client, name)
+    try:
+        configs = [version_config(client, name, v) for v in versions]
+    except VersionUnreadable as exc:
+        return str(exc)
     champion = version_by_alias(client, name, alias)  # search results carry no aliases
     holder = str(champion.version) if champion is not None else ""
     labels = [f"v{v.version}" + (f" ({alias})" if str(v.version) == holder else "") for v in versions]
     finals = [version_metrics(client, v) for v in versions]
-    comparison = Comparison(labels, differing([version_config(client, name, v) for v in versions], NOT_DIFFERENCES),
+    comparison = Comparison(labels, differing(configs, NOT_DIFFERENCES),
                             {key: [metrics.get(key) for metrics in finals] for key in sorted(set().union(*finals))})
     rows = table_rows(comparison)
     return comparison, [rows[0], *info_rows(versions), *rows[1:]], f"{name}: final metrics of {len(versions)} versions"

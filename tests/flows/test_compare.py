@@ -242,7 +242,8 @@ def test_the_versions_of_a_model_named_after_the_experiment_do_not_overwrite_its
         WARM, {"name": "spade_off", "n_epochs": 1, "train_vae": True, "after": "warm"},
         {"name": "spade_on", "n_epochs": 1, "train_vae": True, "train_spade": True, "after": "warm"},
     ], {"warm": 0.9, "spade_off": 0.5, "spade_on": 0.25})
-    client.create_registered_model("hypotheses")  # the model takes the experiment's name by default
+    # the model takes the experiment's name by default
+    register_with_config(client, tmp_path, tiny_raw(str(tmp_path / "v"), [WARM]), name="hypotheses")
     out = tmp_path / "cmp"
 
     assert cli_compare.main(["--experiment", "hypotheses", "--output", str(out)]) == 0
@@ -256,16 +257,50 @@ def test_the_versions_of_a_model_named_after_the_experiment_do_not_overwrite_its
 def test_an_alias_the_model_does_not_have_is_an_error_and_the_default_one_unset_a_note(mlflow_store, tmp_path,
                                                                                          capsys):
     client = MlflowClient(mlflow_store)
-    client.create_registered_model("m")
+    version = register_with_config(client, tmp_path, tiny_raw(str(tmp_path / "v"), [WARM]))
     assert cli_compare.main(["--registered-model", "m", "--alias", "nosuch", "--output", str(tmp_path)]) == 2
     assert capsys.readouterr().err == "fluxflow-compare: registered model 'm' has no alias 'nosuch' (its aliases: " \
                                       "none)\n"
     assert cli_compare.main(["--registered-model", "m", "--output", str(tmp_path)]) == 0  # nothing promoted yet
     assert "Note: no version of 'm' holds the alias 'champion' yet" in capsys.readouterr().out
-    version = client.create_model_version("m", str(tmp_path))
     client.set_registered_model_alias("m", "staging", version.version)
     assert cli_compare.main(["--registered-model", "m", "--alias", "nosuch", "--output", str(tmp_path)]) == 2
     assert "has no alias 'nosuch' (its aliases: staging)" in capsys.readouterr().err
+
+
+def test_a_model_without_versions_is_one_line_and_writes_nothing(mlflow_store, tmp_path, capsys):
+    """Was a table of row names, an empty CSV and an empty chart ("final metrics of 0 versions"), exit 0."""
+    MlflowClient(mlflow_store).create_registered_model("m")
+    out = tmp_path / "cmp"
+    assert cli_compare.main(["--registered-model", "m", "--output", str(out)]) == 2
+    assert capsys.readouterr() == ("", "fluxflow-compare: registered model 'm' has no versions\n")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["files moved away", "registered by hand"])
+def test_a_version_without_its_files_or_not_of_fluxflow_is_one_line_naming_it(mlflow_store, tmp_path, capsys, case):
+    """Was a traceback ending in "MlflowException: ... No such artifact: 'artifacts/config.json'", exit 1: a version
+    whose artifacts left with the store's ./mlruns, or one registered by hand from a folder without config.json."""
+    import shutil
+
+    client = MlflowClient(mlflow_store)
+    register_with_config(client, tmp_path, tiny_raw(str(tmp_path / "v"), [WARM]))
+    if case == "files moved away":
+        register_with_config(client, tmp_path, tiny_raw(str(tmp_path / "v2"), [WARM]))
+        where = client.get_model_version_download_uri("m", "1")
+        shutil.move(tmp_path / "mlruns", tmp_path / "mlruns.moved")
+        says = "version 1 of 'm': its files are missing from the artifact store ("
+    else:
+        (tmp_path / "by-hand").mkdir()
+        (tmp_path / "by-hand" / "weights.bin").write_bytes(b"x")
+        where = str(tmp_path / "by-hand")
+        client.create_model_version("m", where)
+        says = "version 2 of 'm' is not a fluxflow model: it has no artifacts/config.json ("
+    out = tmp_path / "cmp"
+    assert cli_compare.main(["--registered-model", "m", "--output", str(out)]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err.startswith(f"fluxflow-compare: {says}"), printed.err
+    assert len(printed.err.splitlines()) == 1 and printed.err.endswith(f"({where})\n") and not out.exists()
 
 
 def test_two_pipelines_whose_output_folders_share_a_name_are_two_columns_not_two_replicates(experiment, tmp_path):
@@ -474,17 +509,20 @@ def test_an_unknown_experiment_names_the_flag_and_the_experiments_there(experime
         + "; --experiment names one of: Default, hypotheses\n")
 
 
-def register_with_config(client: MlflowClient, tmp_path, raw: dict):
-    """A version of model 'm' whose artifacts hold `raw` as its config.json, as flows/registry.py logs it."""
+def register_with_config(client: MlflowClient, tmp_path, raw: dict, name: str = "m"):
+    """A new version of model `name` whose artifacts hold `raw` as its config.json, as flows/registry.py logs it."""
     from flows.compare_versions import CONFIG_FILE
+    from flows.registry import ensure_registered_model
 
-    model = client.create_logged_model(client.create_experiment("versions"))
-    config_dir = tmp_path / "model" / CONFIG_FILE.rsplit("/", 1)[0]
+    experiment = client.get_experiment_by_name("versions")
+    model = client.create_logged_model(experiment.experiment_id if experiment else client.create_experiment("versions"))
+    folder = tmp_path / f"model-{model.model_id}"
+    config_dir = folder / CONFIG_FILE.rsplit("/", 1)[0]
     config_dir.mkdir(parents=True)
     (config_dir / "config.json").write_text(json.dumps(raw))
-    client.log_model_artifacts(model.model_id, str(tmp_path / "model"))
-    client.create_registered_model("m")
-    return client.create_model_version("m", f"models:/{model.model_id}", model_id=model.model_id)
+    client.log_model_artifacts(model.model_id, str(folder))
+    ensure_registered_model(client, name)
+    return client.create_model_version(name, f"models:/{model.model_id}", model_id=model.model_id)
 
 
 def test_a_version_config_read_from_a_tracking_server_leaves_no_download_behind(mlflow_template, tmp_path,

@@ -1,0 +1,38 @@
+"""A registered model's version as the commands that read one name it (fluxflow-generate, fluxflow-export,
+fluxflow-compare): a `models:/NAME/VERSION` whose VERSION is no number, said before MLflow is asked (its answer is
+its deprecated stages: "Invalid Model Version stage: abc. Value must be one of None, Staging, Production,
+Archived."), and a version whose files are not in the artifact store, said as such (MLflow: "No such artifact: ''").
+MLflow is imported only by the functions that ask it, so the check of a URI costs nothing.
+"""
+from __future__ import annotations
+
+PREFIX = "models:/"
+
+
+def models_uri_problem(model_uri: str) -> str | None:
+    """Why `models:/NAME/VERSION` cannot name a version (VERSION not a positive integer), or None (any other URI,
+    an alias, or `models:/NAME` alone, which MLflow reads as a logged model's id)."""
+    if not model_uri.startswith(PREFIX) or "@" in model_uri:
+        return None
+    _, slash, rest = model_uri[len(PREFIX):].partition("/")
+    version = rest.split("/", 1)[0]
+    if slash and not (version.isdigit() and int(version) > 0):
+        return f"{model_uri}: VERSION must be a positive integer: models:/NAME/VERSION or models:/NAME@ALIAS"
+    return None
+
+
+def missing_files_problem(client, name: str, version: str) -> str | None:
+    """'version V of NAME: its files are missing from the artifact store (WHERE)' when nothing is found where the
+    version's artifacts should be (the store's artifact folder moved away, or deleted), else None. `client` is an
+    MlflowClient of the version's store."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    try:
+        where = client.get_model_version_download_uri(name, version)
+        listed = get_artifact_repository(where).list_artifacts("")
+    except (MlflowException, OSError):  # the store cannot say: not known to be missing
+        return None
+    if listed:
+        return None
+    return f"version {version} of {name!r}: its files are missing from the artifact store ({where})"

@@ -59,10 +59,13 @@ def export_into(args: argparse.Namespace) -> int:
 
     try:
         with tempfile.TemporaryDirectory(prefix="fluxflow-model-") as scratch:
-            model, local = checkpoint_model(args, "cpu", Path(scratch))
+            model, local, resolved = checkpoint_model(args, "cpu", Path(scratch))
             sha256 = sha256_file(local)  # the copy just loaded: a remote checkpoint is not downloaded again
-        # Where the weights came from: the checkpoint as given, or the registered model (its copy here is temporary).
-        source = {"model": args.model} if args.model else {"checkpoint": args.checkpoint}
+        # Where the weights came from: the checkpoint as given, or the registered model (its copy here is temporary)
+        # by version, with the alias it was asked by: `models:/NAME@champion` alone would name another version once
+        # the alias moves.
+        source = {"checkpoint": args.checkpoint} if not args.model else \
+            {"model": resolved} if resolved == args.model else {"model": resolved, "asked": args.model}
         source["sha256"] = sha256
         folder = export_weights(model, args.output, source, put_in_place)
     except (CheckpointError, ConfigError, GenerationError, ModelNotFound, OSError) as exc:

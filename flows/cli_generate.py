@@ -47,14 +47,17 @@ class ModelNotFound(Exception):
     """--model names nothing usable (flows/registry.py RegistryError, raised without importing MLflow up front)."""
 
 
-def model_checkpoint_of(model_uri: str, tracking_uri: str | None, into: Path) -> Path:
-    """The local checkpoint of a registered model version, copied into the folder `into`; MLflow is imported only
-    for --model."""
+def model_checkpoint_of(model_uri: str, tracking_uri: str | None, into: Path) -> tuple[Path, str]:
+    """(the local checkpoint of a registered model version, copied into the folder `into`; the URI it was read by,
+    an alias resolved to its version: `models:/NAME@champion` -> `models:/NAME/3`). MLflow is imported only for
+    --model."""
     from urllib.parse import urlparse
 
-    from flows.mlflow_runs import resolve_tracking_uri, store_to_read_problem
-    from flows.registry import RegistryError, model_checkpoint, models_uri_parts
+    from flows.model_uri import models_uri_problem
 
+    problem = models_uri_problem(model_uri)  # MLflow: "Invalid Model Version stage: abc. Value must be one of ..."
+    if problem:
+        raise ModelNotFound(problem)
     scheme = urlparse(model_uri).scheme
     folder = Path(model_uri[len("file://"):] if scheme == "file" else model_uri)
     if not scheme and not folder.exists():  # MLflow: "No such artifact: ''"
@@ -64,20 +67,52 @@ def model_checkpoint_of(model_uri: str, tracking_uri: str | None, into: Path) ->
         export = "; a folder written by fluxflow-export is read with fluxflow-generate --weights" \
             if (folder / "config.json").exists() else ""
         raise ModelNotFound(f"--model {model_uri} is not an MLflow model: no MLmodel file in it{export}")
+
+    from flows.mlflow_runs import resolve_tracking_uri, store_to_read_problem
+
     uri = tracking_uri or resolve_tracking_uri()
     # A models:/ or runs:/ URI is resolved by the tracking store; a model folder on disk is read without one.
     problem = store_to_read_problem(uri) if scheme in ("models", "runs") else None
     if problem:
         raise ModelNotFound(f"{model_uri}: {problem}")
+    from flows.registry import RegistryError, model_checkpoint, models_uri_parts
+
+    parts = models_uri_parts(model_uri)
+    resolved = resolved_version(model_uri, parts, uri)
     try:
-        return model_checkpoint(model_uri, uri, into)
+        return model_checkpoint(resolved, uri, into), resolved
     except RegistryError as exc:
+        name, _, version = models_uri_parts(resolved) or ("", None, None)
+        if version and version.isdigit():  # MLflow: "No such artifact: ''", where the version's files are missing
+            from mlflow.tracking import MlflowClient
+
+            from flows.model_uri import missing_files_problem
+
+            missing = missing_files_problem(MlflowClient(uri), name, version)
+            if missing:
+                raise ModelNotFound(f"{model_uri}: {missing}") from None
         # models:/NAME alone is read by MLflow as a logged model's id ("Logged model with ID 'NAME' not found")
-        parts = models_uri_parts(model_uri)
         bare = parts is not None and parts[1:] == (None, None)
         hint = "; a registered model is named with an alias or a version: models:/NAME@champion or " \
                "models:/NAME/VERSION" if bare else ""
         raise ModelNotFound(f"{exc}{hint}") from None
+
+
+def resolved_version(model_uri: str, parts: tuple[str, str | None, str | None] | None, tracking_uri: str) -> str:
+    """`models:/NAME@ALIAS` as the version the alias names now (`models:/NAME/3`): read by its number, the files are
+    that version's even if the alias moves meanwhile, and an export can record which version it is (the alias
+    will not say after it moves). Any other URI as it is."""
+    if parts is None or parts[1] is None or "/" in parts[1]:
+        return model_uri
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    name, alias, _ = parts
+    try:
+        version = MlflowClient(tracking_uri).get_model_version_by_alias(name, alias).version
+    except MlflowException as exc:
+        raise ModelNotFound(f"{model_uri}: {exc.message} (tracking URI {tracking_uri})") from None
+    return f"models:/{name}/{version}"
 
 
 def add_checkpoint_arguments(p: argparse.ArgumentParser):
@@ -95,20 +130,23 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser):
 
 
 def checkpoint_model(args: argparse.Namespace, device: str | None, scratch: Path):
-    """(the text-to-image model, its local checkpoint file) of --checkpoint or --model, sized by --config where the
-    checkpoint does not record its model sizes (fluxflow-generate, fluxflow-export). A --model is copied into the
-    folder `scratch`, which the caller removes; a remote --checkpoint is fetched once, and the file returned is that
-    copy (fluxflow-export hashes it: a second download, without timeout, before)."""
+    """(the text-to-image model, its local checkpoint file, the --model URI it was read by: an alias resolved to
+    its version, None for --checkpoint) of --checkpoint or --model, sized by --config where the checkpoint does not
+    record its model sizes (fluxflow-generate, fluxflow-export). A --model is copied into the folder `scratch`,
+    which the caller removes; a remote --checkpoint is fetched once, and the file returned is that copy
+    (fluxflow-export hashes it: a second download, without timeout, before)."""
     from fluxflow.checkpoints.io import checkpoint_file
     from fluxflow.config import load_config
     from fluxflow.sampling.generate import load_text_to_image
 
-    checkpoint = args.checkpoint or model_checkpoint_of(args.model, args.tracking_uri, scratch)
+    checkpoint, resolved = args.checkpoint, None
+    if args.model:
+        checkpoint, resolved = model_checkpoint_of(args.model, args.tracking_uri, scratch)
     config = load_config(args.config).config if args.config else None
     local = checkpoint_file(checkpoint)
     model = load_text_to_image(local, config.model if config else None, config.data.img_size if config else None,
                                device, name=str(checkpoint))
-    return model, local
+    return model, local, resolved
 
 
 def finite_float(text: str) -> float:
@@ -124,11 +162,11 @@ def parser() -> argparse.ArgumentParser:
         prog=PROG, description="Generate images from a trained checkpoint or a registered model.",
         epilog="Exit codes: 0 images written; 2 bad input (no prompt, a missing prompts file, a checkpoint that is "
                "missing, corrupt, not a regular file, cannot be fetched or has no text-to-image model, a --model that "
-               "names no registered version, a --weights folder that is not an export, an invalid --config, a "
-               "blank --prompt, a --size, --n, --steps, --seed or --guidance out of range, a device this machine "
-               "lacks, an --output that is a file or already has an image of the same name without --overwrite); 130 "
-               "interrupted (Ctrl-C: the images listed so far are whole). Each path is printed as its image is "
-               "written.")
+               "names no registered version, a --weights folder that is missing or not an export, an invalid "
+               "--config, a blank --prompt, a --size, --n, --steps, --seed or --guidance out of range, a device this "
+               "machine lacks, an --output that is a file or already has an image of the same name without "
+               "--overwrite); 130 interrupted (Ctrl-C: the images listed so far are whole). Each path is printed as "
+               "its image is written.")
     source = add_checkpoint_arguments(p)
     source.add_argument("--weights", help="a folder written by fluxflow-export (config.json, model.safetensors)")
     p.add_argument("--prompt", action="append", default=[],
@@ -174,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.weights and args.config:  # was ignored without a word
         return refuse(PROG, "--config is not used with --weights: the folder's config.json says how to build the "
                             "model")
+    if args.weights and not os.path.lexists(args.weights):  # was "... is not an exported model: no config.json"
+        return refuse(PROG, f"--weights {args.weights} does not exist")
     from fluxflow.sampling.request import prompt_problem, request_problem
 
     # The served model's rules too (flows/pyfunc_model.py). A blank line of --prompts-file is skipped; a blank
@@ -220,7 +260,7 @@ def generate_into(args: argparse.Namespace, prompts: list[str], done: list[Path]
             model = load_exported(args.weights, args.device)
         else:
             with tempfile.TemporaryDirectory(prefix="fluxflow-model-") as scratch:
-                model, _ = checkpoint_model(args, args.device, Path(scratch))
+                model, _, _ = checkpoint_model(args, args.device, Path(scratch))
         for prompt, count in unread_prompt_ends(model, prompts):
             shown = prompt if len(prompt) <= 40 else prompt[:40] + "…"
             read = model.models["text_encoder"].max_len

@@ -146,3 +146,29 @@ def generated_pixels(source: list[str], out: Path, prompt: str = "a red circle",
                               "png", "--device", "cpu", "--output", str(out)]) == 0
     [image] = out.iterdir()
     return np.asarray(Image.open(image))
+
+
+def register_by_hand(tracking_uri: str, checkpoint: str | Path, name: str, folder: Path, alias: str | None = None):
+    """A version of the registered model `name` holding `checkpoint` as flows/registry.py's pyfunc holds it (an
+    MLmodel whose python_function flavor names the `checkpoint` artifact), without Prefect, a training run or the
+    project's code paths; `folder` (new) is where its files are put together. The version, `alias` set to it."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from flows.pyfunc_model import CHECKPOINT_ARTIFACT
+    from flows.registry import ensure_registered_model
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("by-hand")
+    model = client.create_logged_model(experiment.experiment_id if experiment else client.create_experiment("by-hand"))
+    (folder / "artifacts").mkdir(parents=True)
+    shutil.copyfile(checkpoint, folder / "artifacts" / "final.pt")
+    (folder / "MLmodel").write_text(yaml.safe_dump({"flavors": {"python_function": {"artifacts": {
+        CHECKPOINT_ARTIFACT: {"path": "artifacts/final.pt", "uri": str(checkpoint)}}}}}))
+    client.log_model_artifacts(model.model_id, str(folder))
+    ensure_registered_model(client, name)
+    version = client.create_model_version(name, f"models:/{model.model_id}", model_id=model.model_id)
+    if alias:
+        client.set_registered_model_alias(name, alias, version.version)
+    return version

@@ -18,8 +18,9 @@ config.json:
     spade                    whether the expander decodes with SPADE (as the step that last trained it did)
     flow_shift               the timestep shift the flow trained with (t_shift at its size), which the sampler's
                              schedule follows; 1.0 when absent (exports written before it)
-    source                   where the weights came from (the checkpoint file or registered model, and the
-                             checkpoint's sha256), for the record
+    source                   where the weights came from (the checkpoint file or registered model version, and
+                             the checkpoint's sha256), for the record: {"checkpoint": ...} or {"model":
+                             "models:/NAME/3"}, with "asked": "models:/NAME@ALIAS" where an alias named it
 
 Why these files: safetensors holds only a JSON header and raw tensor bytes, so loading it runs no code, and any
 framework or model hub reads it; the folder can be pushed to a hub as it is. The training checkpoint (final.pt)

@@ -165,6 +165,22 @@ def test_bad_inputs_exit_2_naming_them_without_a_traceback(byte_checkpoint, tmp_
     assert "model.safetensors" in capsys.readouterr().err
 
 
+def test_an_export_of_an_alias_records_the_version_it_resolved_to(byte_checkpoint, mlflow_store, tmp_path):
+    """Recorded `"model": "models:/m@champion"`, which names another version once the alias moves."""
+    from helpers_tiny import register_by_hand
+
+    from fluxflow.checkpoints.io import sha256_file
+
+    register_by_hand(mlflow_store, byte_checkpoint, "m", tmp_path / "first")
+    register_by_hand(mlflow_store, byte_checkpoint, "m", tmp_path / "second", alias="champion")
+    assert cli_export.main(["--model", "models:/m@champion", "--output", str(tmp_path / "by-alias")]) == 0
+    source = json.loads((tmp_path / "by-alias" / "config.json").read_text())["source"]
+    assert source == {"model": "models:/m/2", "asked": "models:/m@champion", "sha256": sha256_file(byte_checkpoint)}
+    assert cli_export.main(["--model", "models:/m/1", "--output", str(tmp_path / "by-number")]) == 0
+    source = json.loads((tmp_path / "by-number" / "config.json").read_text())["source"]
+    assert source == {"model": "models:/m/1", "sha256": sha256_file(byte_checkpoint)}
+
+
 @pytest.mark.timeout(60)  # a FIFO was opened and waited for a writer forever
 @pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
 def test_an_export_whose_file_is_a_fifo_or_that_is_a_file_is_one_line(byte_checkpoint, tmp_path, capsys, name):

@@ -276,6 +276,46 @@ def test_a_model_that_is_not_a_uri_says_what_a_model_looks_like(tmp_path, capsys
                                        "models:/NAME/VERSION\n")
 
 
+@pytest.mark.parametrize("version", ["abc", "-1", "0"])
+@pytest.mark.parametrize("command", ["generate", "export"])
+def test_a_model_version_that_is_not_a_number_is_refused_before_the_store_is_asked(tmp_path, capsys, monkeypatch,
+                                                                                    command, version):
+    """Was MLflow's deprecated stages: "Invalid Model Version stage: abc. Value must be one of None, Staging,
+    Production, Archived." (here, with no store at all, that there is none)."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"models:/m/{version}"
+    if command == "generate":
+        assert generate_cli("--model", uri, "--prompt", "x") == 2
+    else:
+        assert cli_export.main(["--model", uri, "--output", str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err == (f"fluxflow-{command}: {uri}: VERSION must be a positive integer: "
+                                       "models:/NAME/VERSION or models:/NAME@ALIAS\n")
+
+
+def test_a_model_whose_files_are_missing_names_its_version_and_where_they_were(trained, mlflow_store, tmp_path,
+                                                                                capsys):
+    """Was "models:/m@champion: No such artifact: '' (tracking URI ...)": the store's ./mlruns moved away."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from helpers_tiny import register_by_hand
+
+    register_by_hand(mlflow_store, trained[1], "m", tmp_path / "first")
+    register_by_hand(mlflow_store, trained[1], "m", tmp_path / "second", alias="champion")
+    where = MlflowClient(mlflow_store).get_model_version_download_uri("m", "2")
+    shutil.move(tmp_path / "mlruns", tmp_path / "mlruns.moved")
+    assert generate_cli("--model", "models:/m@champion", "--prompt", "x", "--output", str(tmp_path / "o")) == 2
+    assert capsys.readouterr().err == ("fluxflow-generate: models:/m@champion: version 2 of 'm': its files are "
+                                       f"missing from the artifact store ({where})\n")
+
+
+def test_weights_that_do_not_exist_are_said_to_be_missing(tmp_path, capsys):
+    """Was "... is not an exported model: no config.json (write one with fluxflow-export)"."""
+    assert generate_cli("--weights", str(tmp_path / "nope"), "--prompt", "x", "--output", str(tmp_path / "o")) == 2
+    assert capsys.readouterr().err == f"fluxflow-generate: --weights {tmp_path / 'nope'} does not exist\n"
+
+
 @pytest.mark.parametrize("scale", ["nan", "inf", "-inf"])
 def test_a_guidance_scale_that_is_not_a_finite_number_is_a_usage_error(trained, tmp_path, capsys, scale):
     _, checkpoint, _ = trained

@@ -8,6 +8,8 @@ config.json:
 
     format, format_version   "fluxflow-text-to-image", 1
     weights                  the safetensors file's name
+    weights_sha256           the sha256 of that file, checked before it is loaded (a flipped bit drew silently wrong
+                             images); absent in exports written before it: loaded unchecked
     model                    the `model:` sizes the components are built from (fluxflow/config/schema.py
                              ModelConfig, without its text_encoder)
     text_encoder             {"kind": "byte"} (trained, its weights in the safetensors file) or
@@ -29,6 +31,7 @@ Latent normalisation values are float32 written as JSON numbers, which read back
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -38,7 +41,7 @@ from typing import Any, Callable
 
 import torch
 
-from fluxflow.checkpoints.io import atomic_write
+from fluxflow.checkpoints.io import atomic_write, sha256_file
 from fluxflow.config.file_checks import inspect_pretrained, not_a_regular_file, pretrained_text_path
 from fluxflow.sampling.generate import GENERATION_COMPONENTS, GenerationError, TextToImageModel, build_text_to_image
 
@@ -83,6 +86,7 @@ def write_export(model: TextToImageModel, out: Path, source: dict[str, Any] | No
     tensors = {f"{name}.{key}": value.detach().cpu().contiguous()
                for name in GENERATION_COMPONENTS for key, value in model.models[name].state_dict().items()}
     data = save(tensors, metadata={"format": "pt"})  # "pt": how Hugging Face tools tell torch weights apart
+    weights_sha256 = hashlib.sha256(data).hexdigest()
     atomic_write(out / WEIGHTS_FILE, lambda f: f.write(data))
     pretrained = pretrained_text_path(model.model_config)
     if pretrained:  # frozen: its weights are its directory's, not the safetensors file's
@@ -92,7 +96,7 @@ def write_export(model: TextToImageModel, out: Path, source: dict[str, Any] | No
     text_encoder = ({"kind": "pretrained", "family": inspect_pretrained(pretrained).family,
                      "directory": TEXT_ENCODER_DIR} if pretrained else {"kind": "byte"})
     config = {  # config.json: see the module docstring
-        "format": FORMAT, "format_version": FORMAT_VERSION, "weights": WEIGHTS_FILE,
+        "format": FORMAT, "format_version": FORMAT_VERSION, "weights": WEIGHTS_FILE, "weights_sha256": weights_sha256,
         "model": sizes, "text_encoder": text_encoder,
         "image": {"size": model.img_size, "channels": model.channels},
         "latent_norm": {key: model.latent_norm[key].float().cpu().tolist() for key in ("shift", "scale")},
@@ -149,6 +153,7 @@ def load_exported(folder: str | Path, device: str | None = None) -> TextToImageM
         img_size, channels = int(config["image"]["size"]), int(config["image"]["channels"])
         spade, weights_file = bool(config["spade"]), folder / config["weights"]
         flow_shift = float(config.get("flow_shift", 1.0))  # an export written before it was recorded: as it sampled
+        expected = config.get("weights_sha256")  # None: an export written before it was recorded, loaded unchecked
     except KeyError as exc:  # its message alone is the key: "... invalid: 'model'"
         raise GenerationError(f"{folder / CONFIG_FILE} is incomplete: it has no {exc} (write the folder again with "
                               "fluxflow-export)") from None
@@ -157,6 +162,9 @@ def load_exported(folder: str | Path, device: str | None = None) -> TextToImageM
     if odd := not_a_regular_file(weights_file):
         raise GenerationError(odd)
     try:
+        if expected is not None and sha256_file(weights_file) != expected:
+            raise GenerationError(f"{weights_file} does not match the sha256 recorded in {folder / CONFIG_FILE} "
+                                  f"({expected}): the copy is damaged; export it again or use an intact copy")
         tensors = load_file(weights_file)
     except (OSError, SafetensorError) as exc:
         raise GenerationError(f"cannot read {weights_file}: {exc}") from None

@@ -181,6 +181,29 @@ def test_an_export_of_an_alias_records_the_version_it_resolved_to(byte_checkpoin
     assert source == {"model": "models:/m/1", "sha256": sha256_file(byte_checkpoint)}
 
 
+def test_weights_with_a_flipped_bit_are_refused_and_an_export_without_their_sha256_still_loads(byte_checkpoint,
+                                                                                                tmp_path, capsys):
+    """A flipped bit in a tensor's bytes loaded as it was and drew other images without a word."""
+    from fluxflow.checkpoints.io import sha256_file
+
+    export(byte_checkpoint, tmp_path / "export")
+    weights, config_file = tmp_path / "export" / "model.safetensors", tmp_path / "export" / "config.json"
+    config = json.loads(config_file.read_text())
+    assert config["weights_sha256"] == sha256_file(weights) and config["format_version"] == 1
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x10  # in the last tensor's bytes: the file still reads
+    weights.write_bytes(bytes(data))
+    argv = ["--weights", str(tmp_path / "export"), "--prompt", "x", "--steps", "2", "--device", "cpu"]
+    assert cli_generate.main([*argv, "--output", str(tmp_path / "damaged")]) == 2
+    assert capsys.readouterr().err == (f"fluxflow-generate: {weights} does not match the sha256 recorded in "
+                                       f"{config_file} ({config['weights_sha256']}): the copy is damaged; export it "
+                                       "again or use an intact copy\n")
+    assert not (tmp_path / "damaged").exists()
+    del config["weights_sha256"]  # an export written before the sha256 was recorded: loaded as it was
+    config_file.write_text(json.dumps(config))
+    assert cli_generate.main([*argv, "--output", str(tmp_path / "older")]) == 0
+
+
 @pytest.mark.timeout(60)  # a FIFO was opened and waited for a writer forever
 @pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
 def test_an_export_whose_file_is_a_fifo_or_that_is_a_file_is_one_line(byte_checkpoint, tmp_path, capsys, name):

@@ -99,17 +99,28 @@ def model_checkpoint_of(model_uri: str, tracking_uri: str | None, into: Path) ->
 
 
 def resolved_version(model_uri: str, parts: tuple[str, str | None, str | None] | None, tracking_uri: str) -> str:
-    """`models:/NAME@ALIAS` as the version the alias names now (`models:/NAME/3`): read by its number, the files are
-    that version's even if the alias moves meanwhile, and an export can record which version it is (the alias
-    will not say after it moves). Any other URI as it is."""
-    if parts is None or parts[1] is None or "/" in parts[1]:
+    """`models:/NAME@ALIAS` (and `models:/NAME/latest`) as the version it names now (`models:/NAME/3`): read by its
+    number, the files are that version's even if the alias moves meanwhile, and an export can record which version
+    it is (the alias will not say after it moves). Any other URI as it is."""
+    by_alias = parts is not None and parts[1] is not None and "/" not in parts[1]
+    if not by_alias and (parts is None or parts[2] != "latest"):
         return model_uri
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     name, alias, _ = parts
+    client = MlflowClient(tracking_uri)
     try:
-        version = MlflowClient(tracking_uri).get_model_version_by_alias(name, alias).version
+        if by_alias:
+            version = client.get_model_version_by_alias(name, alias).version
+        else:  # `latest`: the newest version, as MLflow reads it
+            from flows.mlflow_names import quoted
+
+            versions = client.search_model_versions(f"name = {quoted(name)}")
+            if not versions:
+                raise ModelNotFound(f"{model_uri}: registered model {name!r} has no versions (tracking URI "
+                                    f"{tracking_uri})")
+            version = max(int(v.version) for v in versions)
     except MlflowException as exc:
         raise ModelNotFound(f"{model_uri}: {exc.message} (tracking URI {tracking_uri})") from None
     return f"models:/{name}/{version}"

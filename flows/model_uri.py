@@ -10,13 +10,13 @@ PREFIX = "models:/"
 
 
 def models_uri_problem(model_uri: str) -> str | None:
-    """Why `models:/NAME/VERSION` cannot name a version (VERSION not a positive integer), or None (any other URI,
-    an alias, or `models:/NAME` alone, which MLflow reads as a logged model's id)."""
+    """Why `models:/NAME/VERSION` cannot name a version (VERSION not a positive integer nor `latest`), or None (any
+    other URI, an alias, or `models:/NAME` alone, which MLflow reads as a logged model's id)."""
     if not model_uri.startswith(PREFIX) or "@" in model_uri:
         return None
     _, slash, rest = model_uri[len(PREFIX):].partition("/")
     version = rest.split("/", 1)[0]
-    if slash and not (version.isdigit() and int(version) > 0):
+    if slash and version != "latest" and not (version.isdigit() and int(version) > 0):  # latest: MLflow's newest
         return f"{model_uri}: VERSION must be a positive integer: models:/NAME/VERSION or models:/NAME@ALIAS"
     return None
 

@@ -179,6 +179,10 @@ def test_an_export_of_an_alias_records_the_version_it_resolved_to(byte_checkpoin
     assert cli_export.main(["--model", "models:/m/1", "--output", str(tmp_path / "by-number")]) == 0
     source = json.loads((tmp_path / "by-number" / "config.json").read_text())["source"]
     assert source == {"model": "models:/m/1", "sha256": sha256_file(byte_checkpoint)}
+    # MLflow's `latest` is no number, but names a version: the newest, recorded as such
+    assert cli_export.main(["--model", "models:/m/latest", "--output", str(tmp_path / "latest")]) == 0
+    source = json.loads((tmp_path / "latest" / "config.json").read_text())["source"]
+    assert source == {"model": "models:/m/2", "asked": "models:/m/latest", "sha256": sha256_file(byte_checkpoint)}
 
 
 def test_weights_with_a_flipped_bit_are_refused_and_an_export_without_their_sha256_still_loads(byte_checkpoint,

@@ -59,11 +59,13 @@ OPEN_STALL_S = 15.0
 
 
 def open_tracking(config: PipelineConfig, steps: list,
-                  overrides: list[str] | None = None) -> tuple[PipelineRun, TrackingTarget]:
+                  overrides: list[str] | None = None) -> tuple[PipelineRun, int | None]:
     """The pipeline's MLflow parent run, tagged with what links it to this flow run (and the `--set` overrides the
-    run's config was given: each step run's params hold the resulting values). Opened through the tracking queue: a
-    server that does not answer is said once, with where the records wait, and the run trains on; the target then
-    has no ids yet (the steps' trackers find them when the server answers)."""
+    run's config was given: each step run's params hold the resulting values), and the tracking queue's number of
+    its opening, for `tracking_target` to wait on (None: the server did not answer, nothing to wait for). Opened
+    through the tracking queue: a server that does not answer is said once, with where the records wait, and the run
+    trains on. The opening is the call's last act: from its return on, the run is (or will be) RUNNING, and the
+    caller closes it whatever happens (`run_steps`)."""
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
     # Refused as `fluxflow-train` refuses it (a deployment run has no such check before the flow): one line, before
     # prepare_store makes a missing folder or MLflow fails with its traceback.
@@ -92,11 +94,16 @@ def open_tracking(config: PipelineConfig, steps: list,
                                   "run or, if it ends first, for the next run of the same command to send",
                                   answers=lambda: unreachable_reason(uri) is None)
     opened = TRACKING.put(run.open)
-    if not problem:
+    return run, None if problem else opened
+
+
+def tracking_target(config: PipelineConfig, run: PipelineRun, opened: int | None) -> TrackingTarget:
+    """Where the steps' runs go: waits (up to OPEN_STALL_S) for the parent run's opening; with the server not
+    answering, the target has no ids yet (the steps' trackers find them when the server answers)."""
+    if opened is not None:
         TRACKING.wait(opened, OPEN_STALL_S)
-    target = TrackingTarget(uri, run.experiment_id or "", run.run_id or "", str(flow_run.id or ""),
-                            artifacts.artifact_key(pipeline_name(output_dir)), config.tracking.experiment_name)
-    return run, target
+    return TrackingTarget(run.client.tracking_uri, run.experiment_id or "", run.run_id or "", str(flow_run.id or ""),
+                          artifacts.artifact_key(pipeline_name(run.output_dir)), config.tracking.experiment_name)
 
 
 def caught_up(run: PipelineRun, target: TrackingTarget, outcomes: list[StepOutcome]):
@@ -152,50 +159,67 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
 
     clear_stop_request()
     announce_skipped(cfg, PrefectLogTracker.for_current_flow_run())  # in the run's log in the UI too
-    pipeline_run, target = open_tracking(cfg, steps, overrides)
-    progress = artifacts.start_progress(target.pipeline, len(steps))
-    on_ray = cfg.training.executor.kind == "ray"
-    # On Ray, Ray's resource accounting replaces the host's `gpu` tag limit, and the output directory is handed on
-    # as an absolute path (or URI): the tasks run in Ray workers, whose working directory is not this one.
-    task = pipeline_step_task(cfg.training.pipeline.retries, host_limit=not on_ray)
-    if on_ray:
-        cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"output_path": output_dir_of(cfg)})})
-    # Every task trains the config resolved at the flow's start, not the YAML file as it is when the task starts: an
-    # edit of the file during the run changes nothing the flow planned and logged.
-    resolved = run_dict(cfg)
-
+    pipeline_run, opened = open_tracking(cfg, steps, overrides)
+    # From here on the parent run is RUNNING (a re-run reopens a FINISHED one): everything after, the wait for MLflow,
+    # the steps, registration and promotion, is inside the try whose finally closes it, KILLED by an interrupt
+    # wherever it lands.
     running: dict[str, object] = {}
-
-    def submit(names: list[str], parent_ref: dict | None) -> None:
-        for name in names:
-            parameters = dict(config=resolved, step_name=name, parent_ref=parent_ref, tracking=target.to_dict())
-            try:
-                running[name] = steps_on.submit(task, schedule.by_name[name], parameters)
-            except Infeasible as exc:  # Ray would hold it pending forever: it fails now, its subtree is not run
-                logger.error(str(exc))
-                schedule.step_failed(name, exc)
-
     outcomes: list[StepOutcome] = []
-    status = "FAILED"
+    status, sent = "FAILED", True
     try:
-        submit(schedule.roots(), None)
-        while running:
-            future = next(as_completed(list(running.values())))
-            name = next(n for n, f in running.items() if f is future)
-            del running[name]
-            try:
-                outcome = StepOutcome.from_dict(future.result())
-            except Exception as exc:  # the task failed after its retries: stop this subtree only
-                schedule.step_failed(name, exc)
-                continue
-            outcomes.append(outcome)
-            if outcome.placement():
-                logger.info("step %s trained on %s", name, outcome.placement())
-            artifacts.update_progress(progress, len(outcomes), len(steps))
-            if outcome.result.outcome == "max_epochs_reached":
-                logger.warning(missed_threshold_message(schedule.by_name[name]))
-            submit(schedule.step_finished(name, outcome.result.outcome), outcome.ref.to_dict())
-        status = "FAILED" if schedule.problems else "FINISHED"
+        target = tracking_target(cfg, pipeline_run, opened)
+        progress = artifacts.start_progress(target.pipeline, len(steps))
+        on_ray = cfg.training.executor.kind == "ray"
+        # On Ray, Ray's resource accounting replaces the host's `gpu` tag limit, and the output directory is handed
+        # on as an absolute path (or URI): the tasks run in Ray workers, whose working directory is not this one.
+        task = pipeline_step_task(cfg.training.pipeline.retries, host_limit=not on_ray)
+        if on_ray:
+            cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"output_path": output_dir_of(cfg)})})
+        # Every task trains the config resolved at the flow's start, not the YAML file as it is when the task starts:
+        # an edit of the file during the run changes nothing the flow planned and logged.
+        resolved = run_dict(cfg)
+
+        def submit(names: list[str], parent_ref: dict | None) -> None:
+            for name in names:
+                parameters = dict(config=resolved, step_name=name, parent_ref=parent_ref, tracking=target.to_dict())
+                try:
+                    running[name] = steps_on.submit(task, schedule.by_name[name], parameters)
+                except Infeasible as exc:  # Ray would hold it pending forever: it fails now, its subtree is not run
+                    logger.error(str(exc))
+                    schedule.step_failed(name, exc)
+
+        try:
+            submit(schedule.roots(), None)
+            while running:
+                future = next(as_completed(list(running.values())))
+                name = next(n for n, f in running.items() if f is future)
+                del running[name]
+                try:
+                    outcome = StepOutcome.from_dict(future.result())
+                except Exception as exc:  # the task failed after its retries: stop this subtree only
+                    schedule.step_failed(name, exc)
+                    continue
+                outcomes.append(outcome)
+                if outcome.placement():
+                    logger.info("step %s trained on %s", name, outcome.placement())
+                artifacts.update_progress(progress, len(outcomes), len(steps))
+                if outcome.result.outcome == "max_epochs_reached":
+                    logger.warning(missed_threshold_message(schedule.by_name[name]))
+                submit(schedule.step_finished(name, outcome.result.outcome), outcome.ref.to_dict())
+            status = "FAILED" if schedule.problems else "FINISHED"  # an error in registration does not change it
+        finally:
+            artifacts.publish_summary(target.pipeline, outcomes, schedule.not_run)
+            log_hypotheses(pipeline_run, steps, outcomes)
+        schedule.raise_if_failed()
+        sent = send_records(pipeline_run)  # the step runs' ids, for registration: every record queued so far sent
+        tracked = caught_up(pipeline_run, target, outcomes) if sent else None
+        if tracked is None:
+            if registered_steps(cfg):
+                logger.warning("MLflow has not answered: registering the models and the champion/challenger decision "
+                               "wait for the next run of the same command, which finds the steps complete and does "
+                               "them")
+        else:
+            release_models(cfg, resolved, tracked[1], tracked[0])  # register, then promote
     except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C / SIGTERM reach this (main) thread, the steps train in
         request_stop()  # task threads: they save their position at the next batch and stop, instead of finishing
         steps_on.stop()  # Ray tasks are in other processes: they are cancelled, and resume from their latest.pt
@@ -204,18 +228,8 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
             with contextlib.suppress(StepInterrupted, Exception):  # how the step ended; a 2nd Ctrl-C still goes
                 future.wait(timeout=STOP_GRACE_S)
         raise
-    finally:
-        artifacts.publish_summary(target.pipeline, outcomes, schedule.not_run)
-        log_hypotheses(pipeline_run, steps, outcomes)
-        finish_tracking(pipeline_run, target, status)
-    schedule.raise_if_failed()
-    tracked = caught_up(pipeline_run, target, outcomes)
-    if tracked is None:
-        if registered_steps(cfg):
-            logger.warning("MLflow has not answered: registering the models and the champion/challenger decision "
-                           "wait for the next run of the same command, which finds the steps complete and does them")
-    else:
-        release_models(cfg, resolved, tracked[1], tracked[0])  # register, then promote
+    finally:  # after registration and promotion: an interrupted one leaves the run KILLED, not FINISHED
+        send_records(pipeline_run, status, TRACKING_STALL_S if sent else 0)
     return [outcome.to_dict() for outcome in outcomes]
 
 
@@ -229,11 +243,16 @@ def log_hypotheses(run: PipelineRun, steps: list, outcomes: list[StepOutcome]) -
     TRACKING.put(lambda: run.client.log_text(run.run_id, summary.text(), "hypotheses.txt"))
 
 
-def finish_tracking(run: PipelineRun, target: TrackingTarget, status: str) -> None:
-    """Close the pipeline's MLflow run after every record the steps queued (flows/tracking_queue.py)."""
-    last = TRACKING.put(lambda: run.terminate(status))
-    if not TRACKING.wait(last, TRACKING_STALL_S):
+def send_records(run: PipelineRun, status: str | None = None, stall_s: float = TRACKING_STALL_S) -> bool:
+    """Wait until every record the steps and the flow queued (flows/tracking_queue.py) is sent, then, with `status`,
+    the pipeline's MLflow run is closed; whether all went out. MLflow not answering for `stall_s` is said once (a
+    second call after one that stalled passes 0: it neither waits nor says it again)."""
+    last = TRACKING.put(lambda: run.terminate(status) if status else None)
+    if TRACKING.wait(last, stall_s):
+        return True
+    if stall_s:
         get_run_logger().warning(
             "MLflow (%s) did not answer for %.0f s: %d records not sent. The metrics are in graph/*.jsonl; run the "
-            "same command again once it answers to complete the step runs.", target.tracking_uri, TRACKING_STALL_S,
-            TRACKING.pending())
+            "same command again once it answers to complete the step runs.", run.client.tracking_uri,
+            stall_s, TRACKING.pending())
+    return False

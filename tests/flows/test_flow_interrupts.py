@@ -1,0 +1,112 @@
+"""Ctrl-C (or SIGTERM) anywhere in the flow once the pipeline's MLflow run is open: the run ends KILLED.
+
+A Ctrl-C just after `Beginning flow run` (while MLflow opens the run, before the first step starts) left it RUNNING
+with no end time, and one on a re-run of a pipeline that had FINISHED turned that run back to RUNNING for good. One
+during registration or promotion, after the steps, left it FINISHED.
+The interrupts here are a KeyboardInterrupt raised at that point of the flow, in this process.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from helpers_tiny import tiny_raw
+from mlflow.tracking import MlflowClient
+
+
+@pytest.fixture(autouse=True)
+def _prefect(prefect_api):
+    """Every test here talks to the session's Prefect test API."""
+
+
+def config(tmp_path: Path, experiment: str, steps: list[dict] | None = None) -> dict:
+    raw = tiny_raw(tmp_path / "out", steps, dataset_size=16, no_samples=True)
+    raw["tracking"] = {"experiment_name": experiment}
+    return raw
+
+
+def interrupted_flow(raw: dict) -> None:
+    from flows.pipeline_flow import pipeline_flow
+    from flows.tracking_queue import TRACKING
+
+    with pytest.raises(KeyboardInterrupt):
+        pipeline_flow(raw)
+    deadline = time.monotonic() + 30  # whatever the flow left queued has gone out before the runs are read
+    while TRACKING.pending() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def pipeline_runs(experiment: str) -> list:
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    return [] if found is None else client.search_runs(
+        [found.experiment_id], filter_string="tags.`fluxflow.kind` = 'pipeline'")
+
+
+def finished_pipeline_run(raw: dict) -> tuple[str, int]:
+    """The parent run a finished earlier run of the pipeline left: (run id, end time)."""
+    from flows.mlflow_runs import experiment_id_for, pipeline_run_tags
+
+    client = MlflowClient()
+    output_dir = str((Path(raw["output"]["output_path"])).resolve())
+    run = client.create_run(experiment_id_for(client, raw["tracking"]["experiment_name"]),
+                            tags=pipeline_run_tags(output_dir), run_name="out")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id, client.get_run(run.info.run_id).info.end_time
+
+
+@pytest.mark.parametrize("earlier", [False, True], ids=["first-run", "re-run-of-a-finished-pipeline"])
+@pytest.mark.parametrize("where", ["while-mlflow-opens-the-run", "before-the-first-step"])
+def test_ctrl_c_before_any_step_starts_leaves_the_pipeline_run_killed(where, earlier, tmp_path, mlflow_store,
+                                                                       monkeypatch):
+    from flows import artifacts
+    from flows.tracking_queue import TRACKING
+
+    raw = config(tmp_path, f"ctrl-c-{where}-{earlier}")
+    before = finished_pipeline_run(raw) if earlier else None
+    if where == "before-the-first-step":
+        def ctrl_c(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(artifacts, "start_progress", ctrl_c)
+    else:  # the flow's first wait on the tracking queue is for the run's opening
+        wait, calls = TRACKING.wait, []
+
+        def ctrl_c_at_first(seq, stall_s):
+            calls.append(seq)
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+            return wait(seq, stall_s)
+
+        monkeypatch.setattr(TRACKING, "wait", ctrl_c_at_first)
+
+    interrupted_flow(raw)
+
+    runs = pipeline_runs(raw["tracking"]["experiment_name"])
+    assert [(r.info.status, r.info.end_time is not None) for r in runs] == [("KILLED", True)]
+    if before:
+        assert runs[0].info.run_id == before[0] and runs[0].info.end_time > before[1]
+
+
+def test_ctrl_c_during_promotion_kills_the_pipeline_run(tmp_path, mlflow_store, monkeypatch):
+    """Just after `Step flow is version N`: the pipeline run KILLED, not FINISHED."""
+    from flows import promotion
+
+    raw = config(tmp_path, "ctrl-c-promotion", [
+        {"name": "warm", "n_epochs": 1, "max_steps": 1, "train_vae": True},
+        {"name": "flow", "n_epochs": 1, "max_steps": 1, "train_diff": True},
+    ])
+
+    class CtrlC:
+        def with_options(self, **options):
+            return self
+
+        def __call__(self, *args, **kwargs):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(promotion, "promote_task", CtrlC())
+    interrupted_flow(raw)
+
+    assert [r.info.status for r in pipeline_runs("ctrl-c-promotion")] == ["KILLED"]
+    assert [str(v.version) for v in MlflowClient().search_model_versions("name = 'ctrl-c-promotion'")] == ["1"]

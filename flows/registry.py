@@ -103,6 +103,21 @@ def ensure_registered_model(client: MlflowClient, name: str) -> None:
                                                              "each version is one step's final checkpoint.")
 
 
+@contextlib.contextmanager
+def deleted_if_interrupted(client: MlflowClient, model_id: str):
+    """The logged model being logged in the block is deleted if a Ctrl-C or SIGTERM stops it: MLflow marks it FAILED
+    on an Exception only, and left PENDING (no artifacts, no version) it stayed in the step run's models for good,
+    beside the one the re-run logs."""
+    from prefect.exceptions import TerminationSignal
+
+    try:
+        yield
+    except (KeyboardInterrupt, TerminationSignal):
+        with contextlib.suppress(Exception):
+            client.delete_logged_model(model_id)
+        raise
+
+
 def register_step(client: MlflowClient, name: str, outcome: StepOutcome, config, pipeline_run_id: str):
     """The version of `name` holding this step's final checkpoint: logged to the step's run and registered, or the
     version it already is."""
@@ -133,17 +148,18 @@ def register_step(client: MlflowClient, name: str, outcome: StepOutcome, config,
         # Created here, in the run's experiment: left to Model.log it would land in the default experiment.
         logged = client.create_logged_model(run.info.experiment_id, MODEL_IN_RUN, run.info.run_id,
                                             params=run.data.params, model_type="text-to-image")
-        info = Model.log(
-            None, name=MODEL_IN_RUN, flavor=mlflow.pyfunc, run_id=run.info.run_id, model_id=logged.model_id,
-            python_model=str(PYFUNC_CODE),
-            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint), CONFIG_ARTIFACT: str(config_file),
-                       WEIGHTS_ARTIFACT: str(weights)},
-            code_paths=PROJECT_CODE,
-            signature=SIGNATURE, input_example=pd.DataFrame({PROMPT: list(config.output.sample_captions[:1])}),
-            pip_requirements=[f"{name}=={metadata.version(name)}" for name in requirements],
-            metadata={"fluxflow": described}, model_config={"device": "auto"},
-            step=ref.global_step,  # links the step's final metrics (logged at its last global step) to the model
-        )
+        with deleted_if_interrupted(client, logged.model_id):
+            info = Model.log(
+                None, name=MODEL_IN_RUN, flavor=mlflow.pyfunc, run_id=run.info.run_id, model_id=logged.model_id,
+                python_model=str(PYFUNC_CODE),
+                artifacts={CHECKPOINT_ARTIFACT: str(checkpoint), CONFIG_ARTIFACT: str(config_file),
+                           WEIGHTS_ARTIFACT: str(weights)},
+                code_paths=PROJECT_CODE,
+                signature=SIGNATURE, input_example=pd.DataFrame({PROMPT: list(config.output.sample_captions[:1])}),
+                pip_requirements=[f"{name}=={metadata.version(name)}" for name in requirements],
+                metadata={"fluxflow": described}, model_config={"device": "auto"},
+                step=ref.global_step,  # links the step's final metrics (logged at its last global step) to the model
+            )
         ensure_registered_model(client, name)
         version = client.create_model_version(name, source=info.model_uri, run_id=outcome.run_id, tags=tags,
                                               model_id=info.model_id,

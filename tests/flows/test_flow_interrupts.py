@@ -2,7 +2,7 @@
 
 A Ctrl-C just after `Beginning flow run` (while MLflow opens the run, before the first step starts) left it RUNNING
 with no end time, and one on a re-run of a pipeline that had FINISHED turned that run back to RUNNING for good. One
-during registration or promotion, after the steps, left it FINISHED.
+during registration or promotion, after the steps, left it FINISHED and the step run's logged model PENDING forever.
 The interrupts here are a KeyboardInterrupt raised at that point of the flow, in this process.
 """
 from __future__ import annotations
@@ -87,6 +87,44 @@ def test_ctrl_c_before_any_step_starts_leaves_the_pipeline_run_killed(where, ear
     assert [(r.info.status, r.info.end_time is not None) for r in runs] == [("KILLED", True)]
     if before:
         assert runs[0].info.run_id == before[0] and runs[0].info.end_time > before[1]
+
+
+def registered(raw: dict) -> dict:
+    raw["promotion"] = {"enabled": False}
+    return raw
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_model_is_logged_kills_the_run_and_leaves_no_pending_model(tmp_path, mlflow_store,
+                                                                                    monkeypatch):
+    """During `mlflow.pyfunc` logging ("Validating input example"): the pipeline run KILLED, not FINISHED; the logged
+    model MLflow had created for the step run does not stay PENDING; the re-run registers the version, one model."""
+    import mlflow.pyfunc
+
+    from flows.pipeline_flow import pipeline_flow
+
+    raw = registered(config(tmp_path, "ctrl-c-registration", [
+        {"name": "warm", "n_epochs": 1, "max_steps": 1, "train_vae": True},
+        {"name": "flow", "n_epochs": 1, "max_steps": 1, "train_diff": True},
+    ]))
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mlflow.pyfunc, "save_model", ctrl_c)
+        interrupted_flow(raw)
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("ctrl-c-registration").experiment_id
+    assert [r.info.status for r in pipeline_runs("ctrl-c-registration")] == ["KILLED"]
+    assert [m.status.to_int() for m in client.search_logged_models([experiment])] == []  # none PENDING (1)
+    assert client.search_model_versions("name = 'ctrl-c-registration'") == []
+
+    pipeline_flow(raw)  # the steps are complete: registration only
+    assert [r.info.status for r in pipeline_runs("ctrl-c-registration")] == ["FINISHED"]
+    assert [str(m.status) for m in client.search_logged_models([experiment])] == ["READY"]
+    assert [str(v.version) for v in client.search_model_versions("name = 'ctrl-c-registration'")] == ["1"]
 
 
 def test_ctrl_c_during_promotion_kills_the_pipeline_run(tmp_path, mlflow_store, monkeypatch):

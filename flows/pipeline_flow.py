@@ -224,6 +224,9 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
         request_stop()  # task threads: they save their position at the next batch and stop, instead of finishing
         steps_on.stop()  # Ray tasks are in other processes: they are cancelled, and resume from their latest.pt
         status = "KILLED"
+        if running:  # said at once: an evaluation or samples under way kept the run silent for up to 20 s
+            logger.warning("Stopping: the running steps (%s) save the batch they reached and stop; an evaluation or "
+                           "samples under way finish first", ", ".join(running))
         for future in running.values():  # after SIGTERM Prefect ends the process as soon as this returns
             with contextlib.suppress(StepInterrupted, Exception):  # how the step ended; a 2nd Ctrl-C still goes
                 future.wait(timeout=STOP_GRACE_S)

@@ -148,3 +148,17 @@ def test_ctrl_c_during_promotion_kills_the_pipeline_run(tmp_path, mlflow_store, 
 
     assert [r.info.status for r in pipeline_runs("ctrl-c-promotion")] == ["KILLED"]
     assert [str(v.version) for v in MlflowClient().search_model_versions("name = 'ctrl-c-promotion'")] == ["1"]
+
+
+def test_ctrl_c_while_steps_run_says_at_once_that_they_stop_at_their_next_batch(tmp_path, mlflow_store, monkeypatch,
+                                                                              capfd):
+    """Nothing was said until the running steps had stopped: up to 20 s when an evaluation was under way."""
+    from flows import pipeline_flow
+
+    def ctrl_c(futures):  # the flow's wait for its running steps
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline_flow, "as_completed", ctrl_c)
+    interrupted_flow(config(tmp_path, "ctrl-c-while-steps-run"))
+    assert "Stopping: the running steps (warm) save the batch they reached and stop; an evaluation or samples under " \
+           "way finish first" in capfd.readouterr().err

@@ -317,7 +317,8 @@ def issues_from_validation(exc: ValidationError) -> list[ConfigIssue]:
                 shown += "; YAML reads unquoted yes/no/on/off as true/false: quote the value"
             elif kind == "string_type" and isinstance(got, (int, float)):  # a step named 2024, say
                 shown += "; YAML reads an unquoted number as a number: quote the value"
-            issues.append(ConfigIssue(path, f"{err['msg']}{shown}"))
+            # a validator's ValueError: its own message, without pydantic's "Value error, " before it
+            issues.append(ConfigIssue(path, f"{err['msg'].removeprefix('Value error, ')}{shown}"))
     return issues
 
 

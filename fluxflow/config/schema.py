@@ -146,9 +146,8 @@ class FolderDataset(DatasetBase):
             if pattern.startswith("re:"):
                 try:
                     re.compile(pattern[3:])
-                except re.error as exc:  # a type of its own: a ValueError's message said "Value error, " first
-                    raise PydanticCustomError("regex", "{problem}",
-                                              {"problem": f"{pattern!r} is not a regular expression ({exc})"}) from None
+                except re.error as exc:
+                    raise ValueError(f"{pattern!r} is not a regular expression ({exc})") from None
         return patterns
 
 

@@ -83,7 +83,7 @@ def test_a_number_that_is_not_finite_is_refused_naming_the_field(tmp_path, overr
 @pytest.mark.parametrize("value", [".inf", ".nan"])
 def test_a_memory_size_that_is_not_finite_is_refused_in_one_line(tmp_path, value):  # .inf was an OverflowError
     assert problems(tmp_path, [f"{WARM}.resources.memory={value}"]) == [
-        f"training.pipeline.steps[0].resources.memory: Value error, {value[1:]} is not a size: write e.g. 4GB, 512MiB "
+        f"training.pipeline.steps[0].resources.memory: {value[1:]} is not a size: write e.g. 4GB, 512MiB "
         f"or a number of bytes (got {value[1:]}) (from --set {WARM}.resources.memory)"]
 
 

@@ -51,7 +51,7 @@ def test_a_replicated_step_takes_the_steps_below_it_along(tmp_path):
 @pytest.mark.parametrize("replicates,steps,message", [
     ({"seeds": [0, 1], "from_steps": ["c"]}, BRANCHES,
      "training.replicates.from_steps[0]: no step is named 'c'"),
-    ({"seeds": [0, 0]}, BRANCHES, "training.replicates.seeds: Value error, seeds must be distinct"),
+    ({"seeds": [0, 0]}, BRANCHES, "training.replicates.seeds: seeds must be distinct"),
     ({"seeds": []}, BRANCHES, "training.replicates.seeds: List should have at least 1 item"),
     ({"seeds": [1], "from_steps": ["a"]}, [*BRANCHES, {"name": "a-seed1", **FLOW, "after": "warm"}],
      "training.replicates: replica 'a-seed1' of step 'a' has the name of a step of the file"),

@@ -183,7 +183,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", default=[],
                    help="a text prompt (repeatable); the text encoder reads its first model.text_max_len tokens (bytes "
                         "for the byte-level encoder, BOS and EOS included): a longer one is named on stderr")
-    p.add_argument("--prompts-file", help="a file with one prompt per line")
+    p.add_argument("--prompts-file", help="a file with one prompt per line (blank lines and lines starting with # "
+                                          "are skipped)")
     # 10000, 100: fluxflow/sampling/request.py MAX_IMAGES, MAX_STEPS and GUIDANCE_MAX, written out (--help imports
     # nothing of the package).
     p.add_argument("--n", type=int, default=1, help="images per prompt, 1 to 10000, seeds seed..seed+n-1 (default 1)")
@@ -257,6 +258,9 @@ def generate_into(args: argparse.Namespace, prompts: list[str], done: list[Path]
     # another image, and is replaced only when asked (before, silently).
     plan = planned_files(prompts, args.output, n=args.n, seed=args.seed, ext=args.format)
     existing = [path for _, _, path in plan if path.exists()]
+    if folders := [path for path in existing if path.is_dir()]:  # --overwrite failed on it part way, naming a temp
+        return refuse(PROG, f"--output {args.output} has a folder named {folders[0].name}, where an image of this "
+                            "request goes: move it away, or choose another --output")
     if existing and not args.overwrite:
         more = f" and {len(existing) - 1} more of the {len(plan)} images to write" if len(existing) > 1 else ""
         return refuse(PROG, f"--output {args.output} already has {existing[0].name}{more}: pass --overwrite to "

@@ -33,6 +33,20 @@ def test_an_image_already_there_is_not_replaced_without_overwrite(trained, tmp_p
         assert image.format == "WEBP"
 
 
+
+def test_a_folder_where_an_image_goes_is_refused_before_drawing_even_with_overwrite(trained, tmp_path,  # noqa: F811
+                                                                                    capsys):
+    """--overwrite drew the images before it, then failed naming a hidden temporary file as the folder."""
+    _, checkpoint, _ = trained
+    out = tmp_path / "g"
+    (out / prompt_file_name("a red circle", 1)).mkdir(parents=True)
+    assert generate_cli("--checkpoint", checkpoint, "--prompt", "a red circle", "--n", "3", "--output", str(out),
+                        "--overwrite") == 2
+    assert capsys.readouterr().err == (
+        f"fluxflow-generate: --output {out} has a folder named {prompt_file_name('a red circle', 1)}, where an image "
+        "of this request goes: move it away, or choose another --output\n")
+    assert [p.name for p in out.iterdir()] == [prompt_file_name("a red circle", 1)]  # nothing drawn
+
 def test_a_prompt_given_twice_is_drawn_and_listed_once(trained, tmp_path, capsys):  # noqa: F811
     """It was drawn twice into the same file, listed twice, and counted as 2 images."""
     _, checkpoint, _ = trained

@@ -125,12 +125,16 @@ def test_a_relative_path_that_is_not_there_says_where_it_was_looked_for(tmp_path
                                        f"{tmp_path})")
 
 
-def test_holdout_captions_that_match_none_or_every_caption_stop_the_run_and_count_against_a_batch(tmp_path):
+
+def photos(tmp_path, captions: list[str]) -> None:
+    """tmp_path/photos: one (empty) image per caption, i.png, and its captions.txt."""
     (tmp_path / "photos").mkdir()
-    for i in range(8):
+    for i in range(len(captions)):
         (tmp_path / "photos" / f"{i}.png").write_bytes(b"")
-    (tmp_path / "photos" / "captions.txt").write_text("".join(
-        f"{i}.png\ta {'green' if i < 3 else 'red'} photo\n" for i in range(8)))
+    (tmp_path / "photos" / "captions.txt").write_text("".join(f"{i}.png\t{c}\n" for i, c in enumerate(captions)))
+
+def test_holdout_captions_that_match_none_or_every_caption_stop_the_run_and_count_against_a_batch(tmp_path):
+    photos(tmp_path, [f"a {'green' if i < 3 else 'red'} photo" for i in range(8)])
     raw = with_dataset(tmp_path, type="folder", path=str(tmp_path / "photos"), captions_file="captions.txt",
                        holdout=2, holdout_captions=["*purple*"])
     # was accepted: a typo turned the unseen-caption evaluation off without a word
@@ -147,11 +151,7 @@ def test_holdout_captions_that_match_none_or_every_caption_stop_the_run_and_coun
 
 
 def test_each_holdout_captions_pattern_that_matches_no_caption_is_named(tmp_path):
-    (tmp_path / "photos").mkdir()
-    for i in range(8):
-        (tmp_path / "photos" / f"{i}.png").write_bytes(b"")
-    (tmp_path / "photos" / "captions.txt").write_text("".join(
-        f"{i}.png\ta {'blue triangle' if i < 3 else 'red square'}\n" for i in range(8)))
+    photos(tmp_path, ["a blue triangle" if i < 3 else "a red square" for i in range(8)])
     patterns = ["*blue triangle*", "*zebra*", "re:purple"]
     raw = with_dataset(tmp_path, type="folder", path=str(tmp_path / "photos"), captions_file="captions.txt",
                        holdout_captions=patterns)

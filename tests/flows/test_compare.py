@@ -51,6 +51,15 @@ def record_pipeline(client, experiment, out, steps, losses, session="s", interru
         assert tracker.flush()  # the tracking thread has sent everything
 
 
+def record_spade_branches(client, exp, tmp_path) -> None:
+    """Two branches from one warm-up, spade_on better than spade_off."""
+    record_pipeline(client, exp, f"{tmp_path}/spade", [
+        WARM,
+        {"name": "spade_off", "n_epochs": 1, "train_vae": True, "after": "warm"},
+        {"name": "spade_on", "n_epochs": 1, "train_vae": True, "train_spade": True, "after": "warm"},
+    ], {"warm": 0.9, "spade_off": 0.5, "spade_on": 0.25})
+
+
 @pytest.fixture
 def experiment(mlflow_store):
     client = MlflowClient(mlflow_store)
@@ -59,11 +68,7 @@ def experiment(mlflow_store):
 
 def test_leaf_steps_of_branches_are_compared_with_their_config_differences(experiment, tmp_path, capsys):
     client, exp = experiment
-    record_pipeline(client, exp, f"{tmp_path}/spade", [
-        WARM,
-        {"name": "spade_off", "n_epochs": 1, "train_vae": True, "after": "warm"},
-        {"name": "spade_on", "n_epochs": 1, "train_vae": True, "train_spade": True, "after": "warm"},
-    ], {"warm": 0.9, "spade_off": 0.5, "spade_on": 0.25})
+    record_spade_branches(client, exp, tmp_path)
 
     assert cli_compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 0
     printed = capsys.readouterr().out.splitlines()
@@ -238,10 +243,7 @@ def test_one_run_per_hypothesis_says_that_no_interval_can_be_given(experiment, t
 
 def test_the_versions_of_a_model_named_after_the_experiment_do_not_overwrite_its_files(experiment, tmp_path):
     client, exp = experiment
-    record_pipeline(client, exp, f"{tmp_path}/spade", [
-        WARM, {"name": "spade_off", "n_epochs": 1, "train_vae": True, "after": "warm"},
-        {"name": "spade_on", "n_epochs": 1, "train_vae": True, "train_spade": True, "after": "warm"},
-    ], {"warm": 0.9, "spade_off": 0.5, "spade_on": 0.25})
+    record_spade_branches(client, exp, tmp_path)
     # the model takes the experiment's name by default
     register_with_config(client, tmp_path, tiny_raw(str(tmp_path / "v"), [WARM]), name="hypotheses")
     out = tmp_path / "cmp"
@@ -607,11 +609,7 @@ def test_ctrl_c_while_drawing_is_one_line_and_leaves_an_earlier_comparison_whole
     beside the earlier PNG and JSON, which disagree with it. Now every file goes to a temporary name and all are
     renamed into place together at the end."""
     client, exp = experiment
-    record_pipeline(client, exp, f"{tmp_path}/spade", [
-        WARM,
-        {"name": "spade_off", "n_epochs": 1, "train_vae": True, "after": "warm"},
-        {"name": "spade_on", "n_epochs": 1, "train_vae": True, "train_spade": True, "after": "warm"},
-    ], {"warm": 0.9, "spade_off": 0.5, "spade_on": 0.25})
+    record_spade_branches(client, exp, tmp_path)
     out = tmp_path / "cmp"
     assert compare_exit(["--experiment", "hypotheses", "--output", str(out)]) == 0
     earlier = {path.name: f"an earlier comparison's {path.name}\n" for path in out.iterdir()}

@@ -71,15 +71,17 @@ def iter_shard(url: str, want: Callable[[int], bool] = lambda j: True) -> Iterat
 
 
 def _opened(url: str):
-    """The shard `url`, open for reading. A shard that does not exist, or whose server cannot be reached, is a
-    DataError of one line naming the URL (not retried: a retry met the same wall after a minute, and the user got
-    a traceback ending in the store's `FileNotFoundError: bucket/key`, or a network failure called a missing file);
-    other failures of the storage are retried."""
+    """The shard `url`, open for reading. A shard that does not exist is a DataError of one line naming the URL (not
+    retried: a retry met the same wall after a minute, and the user got a traceback ending in the store's
+    `FileNotFoundError: bucket/key`). One whose server cannot be reached says so in one line (it was a network
+    failure called a missing file) and is retried, as other failures of the storage are: this runs for every shard
+    of every epoch, and a server that restarts or a connection reset hours into a run is gone by the retry (a store
+    unreachable from the start is refused at the run's start, fluxflow/config/file_checks.py)."""
     try:
         return fsspec.open(url, "rb", **http_timeouts(url)).open()
     except Exception as exc:
-        if line := unreachable(url, exc):
-            raise DataError(f"webdataset shard {url} could not be read: {line}") from None
+        if line := unreachable(url, exc):  # first: fsspec's http raises FileNotFoundError for a refused connection
+            raise OSError(f"webdataset shard {url} could not be read: {line}") from None
         if isinstance(exc, FileNotFoundError):
             raise DataError(f"webdataset shard {url} does not exist") from None
         raise

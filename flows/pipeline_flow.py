@@ -165,7 +165,7 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
     # wherever it lands.
     running: dict[str, object] = {}
     outcomes: list[StepOutcome] = []
-    status, sent = "FAILED", True
+    status, sent, target = "FAILED", True, None
     try:
         target = tracking_target(cfg, pipeline_run, opened)
         progress = artifacts.start_progress(target.pipeline, len(steps))
@@ -188,28 +188,24 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
                     logger.error(str(exc))
                     schedule.step_failed(name, exc)
 
-        try:
-            submit(schedule.roots(), None)
-            while running:
-                future = next(as_completed(list(running.values())))
-                name = next(n for n, f in running.items() if f is future)
-                del running[name]
-                try:
-                    outcome = StepOutcome.from_dict(future.result())
-                except Exception as exc:  # the task failed after its retries: stop this subtree only
-                    schedule.step_failed(name, exc)
-                    continue
-                outcomes.append(outcome)
-                if outcome.placement():
-                    logger.info("step %s trained on %s", name, outcome.placement())
-                artifacts.update_progress(progress, len(outcomes), len(steps))
-                if outcome.result.outcome == "max_epochs_reached":
-                    logger.warning(missed_threshold_message(schedule.by_name[name]))
-                submit(schedule.step_finished(name, outcome.result.outcome), outcome.ref.to_dict())
-            status = "FAILED" if schedule.problems else "FINISHED"  # an error in registration does not change it
-        finally:
-            artifacts.publish_summary(target.pipeline, outcomes, schedule.not_run)
-            log_hypotheses(pipeline_run, steps, outcomes)
+        submit(schedule.roots(), None)
+        while running:
+            future = next(as_completed(list(running.values())))
+            name = next(n for n, f in running.items() if f is future)
+            del running[name]
+            try:
+                outcome = StepOutcome.from_dict(future.result())
+            except Exception as exc:  # the task failed after its retries: stop this subtree only
+                schedule.step_failed(name, exc)
+                continue
+            outcomes.append(outcome)
+            if outcome.placement():
+                logger.info("step %s trained on %s", name, outcome.placement())
+            artifacts.update_progress(progress, len(outcomes), len(steps))
+            if outcome.result.outcome == "max_epochs_reached":
+                logger.warning(missed_threshold_message(schedule.by_name[name]))
+            submit(schedule.step_finished(name, outcome.result.outcome), outcome.ref.to_dict())
+        status = "FAILED" if schedule.problems else "FINISHED"  # an error in registration does not change it
         schedule.raise_if_failed()
         sent = send_records(pipeline_run)  # the step runs' ids, for registration: every record queued so far sent
         tracked = caught_up(pipeline_run, target, outcomes) if sent else None
@@ -231,8 +227,16 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
             with contextlib.suppress(StepInterrupted, Exception):  # how the step ended; a 2nd Ctrl-C still goes
                 future.wait(timeout=STOP_GRACE_S)
         raise
-    finally:  # after registration and promotion: an interrupted one leaves the run KILLED, not FINISHED
+    finally:  # after registration and promotion: an interrupted one leaves the run KILLED, not FINISHED. Here, not in
+        # a finally of the steps' loop, which ran before the interrupt's handler: the steps trained on meanwhile, and
+        # a Prefect API that failed there replaced the interrupt, which then stopped no step.
+        log_hypotheses(pipeline_run, steps, outcomes)
         send_records(pipeline_run, status, TRACKING_STALL_S if sent else 0)
+        if target is not None:  # last: the Prefect API failing here loses the summary, not the MLflow run's end
+            try:
+                artifacts.publish_summary(target.pipeline, outcomes, schedule.not_run)
+            except Exception as exc:  # noqa: BLE001 - the record of what ran; the run's own outcome stands
+                logger.warning("the run's summary could not be published to Prefect: %s", exc)
     return [outcome.to_dict() for outcome in outcomes]
 
 

@@ -171,3 +171,28 @@ def test_ctrl_c_while_steps_run_says_at_once_that_they_stop_at_their_next_batch(
         flow_logger.removeHandler(handler)
     assert "Stopping: the running steps (warm) save the batch they reached and stop; an evaluation or samples under " \
            "way finish first" in said, said
+
+
+def test_ctrl_c_stops_the_steps_before_the_runs_summary_is_published_and_a_failing_prefect_api_changes_nothing(
+        tmp_path, mlflow_store, monkeypatch):
+    """The summary was published in a finally of the steps' loop, which ran before the interrupt's handler: the steps
+    trained on meanwhile, and a Prefect API that failed there replaced the interrupt, which then stopped no step and
+    left the run FAILED."""
+    from flows import artifacts, pipeline_flow
+    from fluxflow.runtime.stop_request import stop_requested
+
+    asked_to_stop: list[bool] = []
+
+    def ctrl_c(futures):
+        raise KeyboardInterrupt
+
+    def prefect_down(*args, **kwargs):
+        asked_to_stop.append(stop_requested())
+        raise RuntimeError("the Prefect API is down")
+
+    monkeypatch.setattr(pipeline_flow, "as_completed", ctrl_c)
+    monkeypatch.setattr(artifacts, "publish_summary", prefect_down)
+    raw = config(tmp_path, "ctrl-c-summary-fails")
+    interrupted_flow(raw)  # the KeyboardInterrupt, not the Prefect API's error
+    assert asked_to_stop == [True]
+    assert [r.info.status for r in pipeline_runs(raw["tracking"]["experiment_name"])] == ["KILLED"]

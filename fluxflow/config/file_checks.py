@@ -336,7 +336,14 @@ def missing_remote_shards(remote: list[str]) -> list[str]:
     if not remote:
         return []
     outcome: list = []
-    worker = threading.Thread(target=lambda: outcome.append(_missing_remote(remote)), daemon=True)
+
+    def check() -> None:
+        try:
+            outcome.append(_missing_remote(remote))
+        except Exception as exc:  # noqa: BLE001 - said in one line by the caller's thread, not as a thread's traceback
+            outcome.append(OSError(f"{remote[0]}: {type(exc).__name__}: {exc}"))
+
+    worker = threading.Thread(target=check, daemon=True)
     worker.start()  # a daemon thread: one still waiting on a silent store does not keep the process alive
     worker.join(REMOTE_CHECK_S)
     if worker.is_alive():

@@ -56,7 +56,7 @@ def resolve_run_config(source: str | Path | dict[str, Any], *, output_dir: str |
     except ValidationError as exc:
         # The caller's value, not the file's, is what is wrong: name it as the caller does.
         given = {"output.output_path": output_dir and output_dir_name, "training.device": device and device_name}
-        issues = [ConfigIssue(given[i.path], i.message.removeprefix("Value error, ")) if given.get(i.path) else i
+        issues = [ConfigIssue(given[i.path], i.message) if given.get(i.path) else i
                   for i in issues_from_validation(exc)]
         raise ConfigError(issues, label) from None
     missing = data_issues(config) if check_data else []

@@ -70,6 +70,18 @@ def test_remote_shards_that_cannot_be_reached_or_do_not_answer_stop_the_run_in_o
                                   "within 0.5 s"}
 
 
+def test_a_remote_check_that_fails_otherwise_is_one_line_not_a_threads_traceback(tmp_path, monkeypatch):
+    """The check runs in a thread: an error other than the store's own (here a bug) left the result list empty, and
+    the user got the thread's traceback and an IndexError."""
+    def broken(remote):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(file_checks, "_missing_remote", broken)
+    url = "s3://bucket/shard.tar"
+    found = start_problems(with_dataset(tmp_path, type="webdataset", urls=url))
+    assert found == {f"{D}.urls": f"the shards named by {url!r} cannot be read: {url}: KeyError: 'oops'"}
+
+
 def test_a_shard_pattern_with_unbalanced_braces_is_a_validation_error(tmp_path):
     for urls in ["shards-{000..009.tar", ["a.tar", "b-{1,2.tar"], []]:
         with pytest.raises(ConfigError) as caught:  # was: accepted, then the step's UnbalancedBracesError, retried

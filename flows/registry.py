@@ -105,9 +105,9 @@ def ensure_registered_model(client: MlflowClient, name: str) -> None:
 
 @contextlib.contextmanager
 def deleted_if_interrupted(client: MlflowClient, model_id: str):
-    """The logged model being logged in the block is deleted if a Ctrl-C or SIGTERM stops it: MLflow marks it FAILED
-    on an Exception only, and left PENDING (no artifacts, no version) it stayed in the step run's models for good,
-    beside the one the re-run logs."""
+    """The logged model being logged and made a version in the block is deleted if a Ctrl-C or SIGTERM stops it:
+    MLflow marks it FAILED on an Exception only, and left PENDING (no artifacts, no version), or READY without a
+    version, it stayed in the step run's models for good, beside the one the re-run logs."""
     from prefect.exceptions import TerminationSignal
 
     try:
@@ -160,10 +160,11 @@ def register_step(client: MlflowClient, name: str, outcome: StepOutcome, config,
                 metadata={"fluxflow": described}, model_config={"device": "auto"},
                 step=ref.global_step,  # links the step's final metrics (logged at its last global step) to the model
             )
-        ensure_registered_model(client, name)
-        version = client.create_model_version(name, source=info.model_uri, run_id=outcome.run_id, tags=tags,
-                                              model_id=info.model_id,
-                                              description=f"Step {ref.step_name}, {ref.uri} (sha256 {ref.sha256[:12]})")
+            # in the block too: a model logged but not made a version is the same orphan (the re-run logs another)
+            ensure_registered_model(client, name)
+            version = client.create_model_version(
+                name, source=info.model_uri, run_id=outcome.run_id, tags=tags, model_id=info.model_id,
+                description=f"Step {ref.step_name}, {ref.uri} (sha256 {ref.sha256[:12]})")
     client.set_tag(outcome.run_id, TAG_VERSION_OF_RUN, f"{name}/{version.version}")
     return version
 

@@ -95,15 +95,18 @@ def registered(raw: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_ctrl_c_while_the_model_is_logged_kills_the_run_and_leaves_no_pending_model(tmp_path, mlflow_store,
+@pytest.mark.parametrize("where", ["while-logged", "before-its-version"])
+def test_ctrl_c_while_the_model_is_logged_kills_the_run_and_leaves_no_pending_model(where, tmp_path, mlflow_store,
                                                                                     monkeypatch):
     """During `mlflow.pyfunc` logging ("Validating input example"): the pipeline run KILLED, not FINISHED; the logged
-    model MLflow had created for the step run does not stay PENDING; the re-run registers the version, one model."""
+    model MLflow had created for the step run does not stay PENDING; the re-run registers the version, one model.
+    The same once it is logged, before its version is made: it stayed READY without a version."""
     import mlflow.pyfunc
 
+    from flows import registry
     from flows.pipeline_flow import pipeline_flow
 
-    raw = registered(config(tmp_path, "ctrl-c-registration", [
+    raw = registered(config(tmp_path, f"ctrl-c-registration-{where}", [
         {"name": "warm", "n_epochs": 1, "max_steps": 1, "train_vae": True},
         {"name": "flow", "n_epochs": 1, "max_steps": 1, "train_diff": True},
     ]))
@@ -112,19 +115,23 @@ def test_ctrl_c_while_the_model_is_logged_kills_the_run_and_leaves_no_pending_mo
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(mlflow.pyfunc, "save_model", ctrl_c)
+        if where == "while-logged":
+            patch.setattr(mlflow.pyfunc, "save_model", ctrl_c)
+        else:
+            patch.setattr(registry, "ensure_registered_model", ctrl_c)
         interrupted_flow(raw)
 
     client = MlflowClient()
-    experiment = client.get_experiment_by_name("ctrl-c-registration").experiment_id
-    assert [r.info.status for r in pipeline_runs("ctrl-c-registration")] == ["KILLED"]
-    assert [m.status.to_int() for m in client.search_logged_models([experiment])] == []  # none PENDING (1)
-    assert client.search_model_versions("name = 'ctrl-c-registration'") == []
+    name = f"ctrl-c-registration-{where}"
+    experiment = client.get_experiment_by_name(name).experiment_id
+    assert [r.info.status for r in pipeline_runs(name)] == ["KILLED"]
+    assert [m.status.to_int() for m in client.search_logged_models([experiment])] == []  # none PENDING (1) or READY
+    assert client.search_model_versions(f"name = '{name}'") == []
 
     pipeline_flow(raw)  # the steps are complete: registration only
-    assert [r.info.status for r in pipeline_runs("ctrl-c-registration")] == ["FINISHED"]
+    assert [r.info.status for r in pipeline_runs(name)] == ["FINISHED"]
     assert [str(m.status) for m in client.search_logged_models([experiment])] == ["READY"]
-    assert [str(v.version) for v in client.search_model_versions("name = 'ctrl-c-registration'")] == ["1"]
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{name}'")] == ["1"]
 
 
 def test_ctrl_c_during_promotion_kills_the_pipeline_run(tmp_path, mlflow_store, monkeypatch):

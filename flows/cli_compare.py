@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 written; 2 bad input (an experiment, registered model or alias that is not there, a "
                "registered model without versions or with one whose files are missing from the artifact store or "
                "that is not a fluxflow model, an --output that is a file or cannot be written); 130 interrupted "
-               "(Ctrl-C: the files are renamed into place together at the end, so an earlier comparison in --output "
-               "is left as it was).")
+               "(Ctrl-C: the files are renamed into place only once all are written, so an earlier comparison in "
+               "--output is left as it was).")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--experiment", help="MLflow experiment name: its hypotheses (leaf steps) side by side")
     which.add_argument("--registered-model", metavar="NAME", help="MLflow registered model: its versions side by "
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except KeyboardInterrupt:  # Ctrl-C, while pandas or MLflow loads, the store is read or the files are drawn: one
-        # line, not a traceback; the files are renamed into place together, after which Ctrl-C is ignored
+        # line, not a traceback; the files are renamed into place once all are written, after which Ctrl-C is ignored
         return interrupted(PROG, f"nothing written to {args.output} (the files of an earlier comparison there, if "
                                  "any, are left as they were)")
 
@@ -109,9 +109,9 @@ def run(args) -> int:
     differences = summary.difference_rows() if summary is not None and summary.differences else None
     out = Path(args.output)
     stem = prefix + file_stem(name)
-    # Each file is written under a hidden temporary name beside its own, and all are renamed into place together
-    # once every one is written: written in place one after another, a Ctrl-C (or a full disk) part way left a new
-    # CSV beside an earlier comparison's PNG and JSON, which disagree with it.
+    # Each file is written under a hidden temporary name beside its own, and they are renamed into place one after
+    # another once every one is written: written in place one after another, a Ctrl-C (or a full disk) part way left
+    # a new CSV beside an earlier comparison's PNG and JSON, which disagree with it.
     token = secrets.token_hex(4)
     staged: dict[Path, Path] = {}
 

@@ -607,7 +607,7 @@ def test_ctrl_c_while_drawing_is_one_line_and_leaves_an_earlier_comparison_whole
                                                                                monkeypatch):
     """Ctrl-C in matplotlib's savefig was a 45-78 line traceback, after the new CSV had replaced the earlier one
     beside the earlier PNG and JSON, which disagree with it. Now every file goes to a temporary name and all are
-    renamed into place together at the end."""
+    renamed into place once all are written."""
     client, exp = experiment
     record_spade_branches(client, exp, tmp_path)
     out = tmp_path / "cmp"

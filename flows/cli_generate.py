@@ -115,12 +115,14 @@ def resolved_version(model_uri: str, parts: tuple[str, str | None, str | None] |
             version = client.get_model_version_by_alias(name, alias).version
         else:  # `latest`: the newest version, as MLflow reads it
             from flows.mlflow_names import quoted
+            from flows.registry import versions_of
 
-            versions = client.search_model_versions(f"name = {quoted(name)}")
+            versions = versions_of(client, name)
             if not versions:
-                raise ModelNotFound(f"{model_uri}: registered model {name!r} has no versions (tracking URI "
-                                    f"{tracking_uri})")
-            version = max(int(v.version) for v in versions)
+                exists = client.search_registered_models(f"name = {quoted(name)}")
+                raise ModelNotFound(f"{model_uri}: " + (f"registered model {name!r} has no versions" if exists else
+                                    f"no registered model named {name!r}") + f" (tracking URI {tracking_uri})")
+            version = versions[-1].version
     except MlflowException as exc:
         raise ModelNotFound(f"{model_uri}: {exc.message} (tracking URI {tracking_uri})") from None
     return f"models:/{name}/{version}"

@@ -310,6 +310,18 @@ def test_a_model_whose_files_are_missing_names_its_version_and_where_they_were(t
                                        f"missing from the artifact store ({where})\n")
 
 
+
+def test_the_latest_version_of_a_model_that_does_not_exist_is_said_so(mlflow_store, tmp_path, capsys):
+    """Was "registered model 'nope' has no versions", for a name no model has."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(mlflow_store).create_registered_model("empty")
+    for name, said in (("nope", "no registered model named 'nope'"), ("empty", "registered model 'empty' has no "
+                                                                                "versions")):
+        assert generate_cli("--model", f"models:/{name}/latest", "--prompt", "x", "--output", str(tmp_path)) == 2
+        assert capsys.readouterr().err == (f"fluxflow-generate: models:/{name}/latest: {said} (tracking URI "
+                                           f"{mlflow_store})\n")
+
 def test_weights_that_do_not_exist_are_said_to_be_missing(tmp_path, capsys):
     """Was "... is not an exported model: no config.json (write one with fluxflow-export)"."""
     assert generate_cli("--weights", str(tmp_path / "nope"), "--prompt", "x", "--output", str(tmp_path / "o")) == 2

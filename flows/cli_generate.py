@@ -139,13 +139,15 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser):
                                           "MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     p.add_argument("--config", help="the pipeline's config file, for a checkpoint that does not record its model "
                                     "sizes")
+    p.set_defaults(prog=p.prog)  # the command's name, for checkpoint_model's note
     return source
 
 
 def checkpoint_model(args: argparse.Namespace, device: str | None, scratch: Path):
     """(the text-to-image model, its local checkpoint file, the --model URI it was read by: an alias resolved to
     its version, None for --checkpoint) of --checkpoint or --model, sized by --config where the checkpoint does not
-    record its model sizes (fluxflow-generate, fluxflow-export). A --model is copied into the folder `scratch`,
+    record its model sizes (fluxflow-generate, fluxflow-export; `args.prog` names the command in a note that a
+    --config of other sizes is not used). A --model is copied into the folder `scratch`,
     which the caller removes; a remote --checkpoint is fetched once, and the file returned is that copy
     (fluxflow-export hashes it: a second download, without timeout, before)."""
     from fluxflow.checkpoints.io import checkpoint_file
@@ -159,6 +161,9 @@ def checkpoint_model(args: argparse.Namespace, device: str | None, scratch: Path
     local = checkpoint_file(checkpoint)
     model = load_text_to_image(local, config.model if config else None, config.data.img_size if config else None,
                                device, name=str(checkpoint))
+    if config is not None and model.model_config != config.model:  # it was ignored without a word
+        print(f"{args.prog}: --config {args.config} is not used for the model: the checkpoint records its own model "
+              "sizes, which differ from the config's", file=sys.stderr)
     return model, local, resolved
 
 

@@ -311,6 +311,20 @@ def test_a_model_whose_files_are_missing_names_its_version_and_where_they_were(t
 
 
 
+def test_a_config_of_other_sizes_than_the_checkpoint_records_is_said_not_to_be_used(trained, tmp_path, capsys):
+    """It was ignored without a word: the images were the checkpoint's own model's all the same."""
+    config_file, checkpoint, _ = trained
+    other = yaml.safe_load(config_file.read_text())
+    other["model"]["flow_depth"] = other["model"].get("flow_depth", 1) + 1
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    assert generate_cli("--checkpoint", checkpoint, "--config", str(tmp_path / "other.yaml"), "--prompt", "x",
+                        "--output", str(tmp_path / "o")) == 0
+    assert (f"fluxflow-generate: --config {tmp_path / 'other.yaml'} is not used for the model: the checkpoint "
+            "records its own model sizes, which differ from the config's\n") in capsys.readouterr().err
+    assert generate_cli("--checkpoint", checkpoint, "--config", str(config_file), "--prompt", "x", "--output",
+                        str(tmp_path / "same")) == 0
+    assert "is not used" not in capsys.readouterr().err  # the same sizes: nothing to say
+
 def test_the_latest_version_of_a_model_that_does_not_exist_is_said_so(mlflow_store, tmp_path, capsys):
     """Was "registered model 'nope' has no versions", for a name no model has."""
     from mlflow.tracking import MlflowClient

@@ -61,6 +61,8 @@ def decide(value: float, champion_value: float | None, direction: str, min_impro
     if not math.isfinite(champion_value):
         return True, f"the champion's value {champion_value} is not a number"
     gain = value - champion_value if direction == "maximize" else champion_value - value  # negative: worse
+    if gain == 0:  # "not better" alone did not say what was compared
+        return False, f"not better: the same value as the champion's, {value:.4g}"
     return gain > min_improvement, _gain_reason(gain, min_improvement)
 
 

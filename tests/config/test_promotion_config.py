@@ -123,7 +123,7 @@ def test_the_config_reference_documents_every_promotion_field():
 @pytest.mark.parametrize("value, champion, direction, min_improvement, promoted, why", [
     (0.5, None, "maximize", 0.0, True, "no champion yet"),
     (0.6, 0.5, "maximize", 0.0, True, "better by 0.1"),
-    (0.5, 0.5, "maximize", 0.0, False, "not better"),
+    (0.5, 0.5, "maximize", 0.0, False, "not better: the same value as the champion's, 0.5"),
     (0.4, 0.5, "maximize", 0.0, False, "worse by 0.1"),
     (0.4, 0.5, "minimize", 0.0, True, "better by 0.1"),
     (0.55, 0.5, "maximize", 0.1, False, "better by only 0.05"),

@@ -53,7 +53,7 @@ def model_checkpoint_of(model_uri: str, tracking_uri: str | None, into: Path) ->
     --model."""
     from urllib.parse import urlparse
 
-    from flows.model_uri import models_uri_problem
+    from flows.model_uri import models_uri_parts, models_uri_problem
 
     problem = models_uri_problem(model_uri)  # MLflow: "Invalid Model Version stage: abc. Value must be one of ..."
     if problem:
@@ -75,7 +75,7 @@ def model_checkpoint_of(model_uri: str, tracking_uri: str | None, into: Path) ->
     problem = store_to_read_problem(uri) if scheme in ("models", "runs") else None
     if problem:
         raise ModelNotFound(f"{model_uri}: {problem}")
-    from flows.registry import RegistryError, model_checkpoint, models_uri_parts
+    from flows.registry import RegistryError, model_checkpoint
 
     parts = models_uri_parts(model_uri)
     resolved = resolved_version(model_uri, parts, uri)

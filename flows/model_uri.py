@@ -1,22 +1,33 @@
 """A registered model's version as the commands that read one name it (fluxflow-generate, fluxflow-export,
-fluxflow-compare): a `models:/NAME/VERSION` whose VERSION is no number, said before MLflow is asked (its answer is
-its deprecated stages: "Invalid Model Version stage: abc. Value must be one of None, Staging, Production,
-Archived."), and a version whose files are not in the artifact store, said as such (MLflow: "No such artifact: ''").
-MLflow is imported only by the functions that ask it, so the check of a URI costs nothing.
+fluxflow-compare): the parts of a `models:/` URI (`models_uri_parts`), a `models:/NAME/VERSION` whose VERSION is no
+number, said before MLflow is asked (its answer is its deprecated stages: "Invalid Model Version stage: abc. Value
+must be one of None, Staging, Production, Archived."), and a version whose files are not in the artifact store, said
+as such (MLflow: "No such artifact: ''"). MLflow is imported only by the functions that ask it, so the check of a URI
+costs nothing.
 """
 from __future__ import annotations
 
 PREFIX = "models:/"
 
 
+def models_uri_parts(model_uri: str) -> tuple[str, str | None, str | None] | None:
+    """(name, alias, version) of a `models:/` URI, alias None without `@` and version None without `/`
+    (`models:/NAME` alone is how MLflow names a logged model by its id); None for any other URI."""
+    if not model_uri.startswith(PREFIX):
+        return None
+    rest, at, alias = model_uri[len(PREFIX):].partition("@")
+    name, slash, version = rest.partition("/")
+    return name, alias if at else None, version if slash else None
+
+
 def models_uri_problem(model_uri: str) -> str | None:
     """Why `models:/NAME/VERSION` cannot name a version (VERSION not a positive integer nor `latest`), or None (any
     other URI, an alias, or `models:/NAME` alone, which MLflow reads as a logged model's id)."""
-    if not model_uri.startswith(PREFIX) or "@" in model_uri:
+    parts = models_uri_parts(model_uri)
+    if parts is None or parts[1] is not None or parts[2] is None:
         return None
-    _, slash, rest = model_uri[len(PREFIX):].partition("/")
-    version = rest.split("/", 1)[0]
-    if slash and version != "latest" and not (version.isdigit() and int(version) > 0):  # latest: MLflow's newest
+    version = parts[2].split("/", 1)[0]  # models:/NAME/VERSION/PATH names a file of the version
+    if version != "latest" and not (version.isdigit() and int(version) > 0):  # latest: MLflow's newest
         return f"{model_uri}: VERSION must be a positive integer: models:/NAME/VERSION or models:/NAME@ALIAS"
     return None
 

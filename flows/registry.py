@@ -39,6 +39,7 @@ from flows.mlflow_names import (LINEAGE_TAGS, TAG_CHECKPOINT_SHA256, TAG_CHECKPO
                                  TAG_OUTPUT_DIR, TAG_PIPELINE_RUN, TAG_STEP_NAME, TAG_VERSION_OF_RUN, quoted,
                                  tags_filter)
 from flows.mlflow_runs import resolve_tracking_uri, store_to_read_problem
+from flows.model_uri import models_uri_parts
 from flows.pyfunc_model import CHECKPOINT_ARTIFACT, CONFIG_ARTIFACT, PROMPT, SIGNATURE, WEIGHTS_ARTIFACT
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.config.file_checks import pretrained_text_path
@@ -199,16 +200,6 @@ def model_checkpoint(model_uri: str, tracking_uri: str, into: Path) -> Path:
         raise RegistryError(f"{model_uri}: the checkpoint {path} does not match the sha256 recorded at registration "
                             f"({expected}): the copy is damaged")
     return path
-
-
-def models_uri_parts(model_uri: str) -> tuple[str, str | None, str | None] | None:
-    """(name, alias, version) of a `models:/` URI, alias None without `@` and version None without `/`
-    (`models:/NAME` alone is how MLflow names a logged model by its id); None for any other URI."""
-    if not model_uri.startswith("models:/"):
-        return None
-    rest, at, alias = model_uri[len("models:/"):].partition("@")
-    name, slash, version = rest.partition("/")
-    return name, alias if at else None, version if slash else None
 
 
 def served_model_problem(model_uri: str, tracking_uri: str) -> str | None:

@@ -29,9 +29,9 @@ Order, ranks, resume and workers (what the resumable sampler means for a stream)
   is taken by a readable sample of its batch (fluxflow/data/skips.py fill_unreadable), so batch boundaries — and
   therefore resume — stay exact, whatever the number of workers. A caption that is not UTF-8 is kept, decoded as
   Latin-1, and counted too, as is a sample without a caption. A shard that cannot be opened is an error: that is
-  storage failing, not a bad image (retried); one that does not exist, whose server cannot be reached, or that is not
-  a tar archive is a DataError (not retried). A run does not start when a shard is missing, local or on an object
-  store (fluxflow/config/file_checks.py shards_issues).
+  storage failing, not a bad image (retried, and so is one whose server cannot be reached: one line saying so); one
+  that does not exist or is not a tar archive is a DataError (not retried). A run does not start when a shard is
+  missing, local or on an object store (fluxflow/config/file_checks.py shards_issues).
 - `length` (config): samples in all shards; without it (or with several ranks) the tar headers are scanned once.
 """
 from __future__ import annotations

@@ -28,7 +28,7 @@ class DataError(NonRetryable, ValueError):
     """The step's data cannot be trained on (e.g. fewer items than one batch)."""
 
 
-def _chain(error: BaseException | None):
+def error_chain(error: BaseException | None):
     """`error`, then its causes and contexts (a PipelineFailed wraps the step's error), each once."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
@@ -39,11 +39,11 @@ def _chain(error: BaseException | None):
 
 def non_retryable_cause(error: BaseException | None) -> NonRetryable | None:
     """The first NonRetryable in `error`'s chain of causes and contexts."""
-    return next((e for e in _chain(error) if isinstance(e, NonRetryable)), None)
+    return next((e for e in error_chain(error) if isinstance(e, NonRetryable)), None)
 
 
 def is_retryable(error: BaseException) -> bool:
     """False for a NonRetryable anywhere in `error`'s chain, and for a raw OSError of a full disk (a write outside
     fluxflow/checkpoints/io.py, e.g. a metrics line); True otherwise (a lost worker, a network or tracking error)."""
     return not any(isinstance(e, NonRetryable) or (isinstance(e, OSError) and e.errno in FULL_ERRNOS)
-                   for e in _chain(error))
+                   for e in error_chain(error))

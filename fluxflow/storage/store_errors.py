@@ -5,7 +5,7 @@ import os
 import socket
 from urllib.parse import urlsplit
 
-from fluxflow.errors import _chain
+from fluxflow.errors import error_chain
 from fluxflow.storage.location import StorageError
 
 
@@ -38,7 +38,7 @@ def unreachable(uri: str, exc: BaseException) -> str | None:
     resolve, a refused connection), else None. fsspec's http filesystem reports one as a FileNotFoundError of the URL
     and botocore as an EndpointConnectionError after its retries, 115 lines of traceback further: the root cause is
     what the user must fix, and no file is missing."""
-    causes = list(_chain(exc))
+    causes = list(error_chain(exc))
     root = next((e for e in reversed(causes) if isinstance(e, (socket.gaierror, ConnectionError))), None)
     if root is None:
         return None

@@ -114,15 +114,11 @@ def resolved_version(model_uri: str, parts: tuple[str, str | None, str | None] |
         if by_alias:
             version = client.get_model_version_by_alias(name, alias).version
         else:  # `latest`: the newest version, as MLflow reads it
-            from flows.mlflow_names import quoted
-            from flows.registry import versions_of
+            from flows.registry import no_versions_problem, versions_of
 
-            versions = versions_of(client, name)
-            if not versions:
-                exists = client.search_registered_models(f"name = {quoted(name)}")
-                raise ModelNotFound(f"{model_uri}: " + (f"registered model {name!r} has no versions" if exists else
-                                    f"no registered model named {name!r}") + f" (tracking URI {tracking_uri})")
-            version = versions[-1].version
+            if problem := no_versions_problem(client, name):
+                raise ModelNotFound(f"{model_uri}: {problem} (tracking URI {tracking_uri})")
+            version = versions_of(client, name)[-1].version
     except MlflowException as exc:
         raise ModelNotFound(f"{model_uri}: {exc.message} (tracking URI {tracking_uri})") from None
     return f"models:/{name}/{version}"

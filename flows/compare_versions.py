@@ -14,10 +14,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from flows.compare import MISSING, Comparison, differing, table_rows
-from flows.mlflow_names import FINAL_PREFIX, TAG_PROMOTION, TAG_STEP_NAME, quoted
+from flows.mlflow_names import FINAL_PREFIX, TAG_PROMOTION, TAG_STEP_NAME
 from flows.mlflow_runs import flatten_params
 from flows.model_uri import missing_files_problem
-from flows.registry import tracking_at, version_by_alias, versions_of
+from flows.registry import no_versions_problem, tracking_at, version_by_alias, versions_of
 
 # The alias promotion moves unless the config names another (promotion.alias, fluxflow/config/promotion.py).
 DEFAULT_ALIAS = "champion"
@@ -96,10 +96,8 @@ def model_problem(client: MlflowClient, name: str, alias: str) -> tuple[str, boo
     """None when the model exists and a version holds `alias`; else (what to say, whether it is an error). An alias
     the model does not have is a typo (before, it was accepted and nothing was marked); the default alias not set
     yet is a model whose promotion has not promoted a version, which the comparison still shows."""
-    if not client.search_registered_models(f"name = {quoted(name)}"):
-        return f"no registered model named {name!r} at {client.tracking_uri}", True
-    if not versions_of(client, name):  # nothing to compare: was a table of row names and an empty chart, exit 0
-        return f"registered model {name!r} has no versions", True
+    if problem := no_versions_problem(client, name):  # nothing to compare: was a table of row names, exit 0
+        return f"{problem} at {client.tracking_uri}", True
     aliases = client.get_registered_model(name).aliases  # search results carry no aliases
     if alias in aliases:
         return None

@@ -87,6 +87,15 @@ def versions_of(client: MlflowClient, name: str, output_dir: str | None = None) 
     return sorted(client.search_model_versions(where), key=lambda v: int(v.version))
 
 
+def no_versions_problem(client: MlflowClient, name: str) -> str | None:
+    """Why `name` has nothing to read (no such registered model, or one without versions), or None."""
+    if versions_of(client, name):
+        return None
+    if not client.search_registered_models(f"name = {quoted(name)}"):
+        return f"no registered model named {name!r}"
+    return f"registered model {name!r} has no versions"
+
+
 def version_by_alias(client: MlflowClient, name: str, alias: str):
     """The version holding `alias`, or None (no such model yet, or no version holds it)."""
     try:

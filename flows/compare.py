@@ -212,8 +212,10 @@ def compare_runs(client: MlflowClient, runs: list, expected: dict[str, dict[str,
     # Each hypothesis' params from all its counted replicates (the seed as "0, 1, 2"): one replicate's params made its
     # seed a difference between hypotheses whose first counted replicates had different seeds (one left out). Its
     # metrics are the means of the summary's spreads.
-    configs = [joined_params([run.data.params for run in group]) for group in labelled.values()]
-    return Comparison(labels=list(labelled), config=differing(configs), summary=summary,
+    configs = {label: joined_params([run.data.params for run in group]) for label, group in labelled.items()}
+    # The JSON file's too, one value per hypothesis that ran (the summary's columns): it was {}
+    summary.config = differing([configs[label] for label in groups])
+    return Comparison(labels=list(labelled), config=differing(list(configs.values())), summary=summary,
                       metrics={metric: [by_label[label].mean if label in by_label else None for label in labelled]
                                for metric, by_label in summary.spreads.items()})
 
@@ -267,9 +269,9 @@ def write_chart(comparison: Comparison, path: Path, title: str) -> None:
     width = panel_width * ncols + 0.6
     differences = difference_lines(comparison, int(width * CHART_CHARS_PER_INCH))
     shown = ["Config differences:", *differences] if differences else []
-    tests = comparison.summary.tests_line() if comparison.summary else ""
-    if tests:  # which test gave the table's verdicts: the bars and their error bars do not say
-        shown = [*textwrap.wrap(tests, int(width * CHART_CHARS_PER_INCH), subsequent_indent="    "), *shown]
+    note = comparison.summary.chart_note() if comparison.summary else ""
+    if note:  # which test gave the table's verdicts, which bars have no error bar: the bars do not say
+        shown = [*textwrap.wrap(note, int(width * CHART_CHARS_PER_INCH), subsequent_indent="    "), *shown]
     text_height = 0.18 * len(shown) + (0.12 if shown else 0)  # inches
     # Slanted labels take height from the bars unless the panels grow by it (8 pt: ~0.065 in a character, at 60°).
     panels_height = (3.0 + (0.055 * max(map(len, comparison.labels)) if many else 0)) * nrows

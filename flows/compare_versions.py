@@ -97,7 +97,7 @@ def model_problem(client: MlflowClient, name: str, alias: str) -> tuple[str, boo
     the model does not have is a typo (before, it was accepted and nothing was marked); the default alias not set
     yet is a model whose promotion has not promoted a version, which the comparison still shows."""
     if problem := no_versions_problem(client, name):  # nothing to compare: was a table of row names, exit 0
-        return f"{problem} at {client.tracking_uri}", True
+        return f"{problem} (tracking URI {client.tracking_uri})", True
     aliases = client.get_registered_model(name).aliases  # search results carry no aliases
     if alias in aliases:
         return None

@@ -267,18 +267,23 @@ class HypothesisSummary:
                      f"p < {alpha:.2g}.")
         return note
 
-    def tests_line(self) -> str:
-        """Which test gave each pair's differences (for the chart, whose bars do not show them): "paired by seed"
-        or "Welch", with the pairs each took when they are not all one."""
+    def chart_note(self) -> str:
+        """What the chart's bars do not show: which test gave each pair's differences ("paired by seed" or "Welch",
+        with the pairs each took when they are not all one), and which hypotheses have no error bar (one replicate:
+        the table says so, the chart's bars alone did not)."""
         used: dict[str, dict[str, None]] = {}  # test -> its pairs, in order
         for d in self.differences:
             if d.test:
                 used.setdefault(d.test, {})[f"{d.b} − {d.a}"] = None
-        if not used:
-            return ""
+        notes = []
         if len(used) == 1:
-            return f"Differences (95 % t-test): {next(iter(used))}"
-        return "Differences (95 % t-test): " + "; ".join(f"{test}: {', '.join(pairs)}" for test, pairs in used.items())
+            notes.append(f"Differences (95 % t-test): {next(iter(used))}")
+        elif used:
+            notes.append("Differences (95 % t-test): " + "; ".join(f"{test}: {', '.join(pairs)}"
+                                                                     for test, pairs in used.items()))
+        if single := [h for h, runs in self.replicates.items() if len(runs) < 2]:
+            notes.append(f"No error bar: {', '.join(single)} (one replicate, so no interval can be given)")
+        return ". ".join(notes)
 
     def text(self) -> str:
         """The whole summary as text tables (the pipeline's MLflow run keeps it as hypotheses.txt)."""

@@ -239,6 +239,11 @@ def test_one_run_per_hypothesis_says_that_no_interval_can_be_given(experiment, t
     printed = capsys.readouterr().out
     assert "no interval can be given: off and on have one replicate" in printed
     assert "off, on: one replicate, so no interval can be given" in printed
+    # The JSON names the config difference as the table does (it was {}), and the chart says why it has no error bar
+    logged = json.loads((tmp_path / "cmp" / "compare_hypotheses.json").read_text())
+    assert logged["config"] == {"train_spade": ["False", "True"]}
+    assert compare.experiment_comparison(client, "hypotheses")[0].summary.chart_note() == (
+        "No error bar: off, on (one replicate, so no interval can be given)")
 
 
 def test_the_versions_of_a_model_named_after_the_experiment_do_not_overwrite_its_files(experiment, tmp_path):
@@ -275,7 +280,8 @@ def test_a_model_without_versions_is_one_line_and_writes_nothing(mlflow_store, t
     MlflowClient(mlflow_store).create_registered_model("m")
     out = tmp_path / "cmp"
     assert cli_compare.main(["--registered-model", "m", "--output", str(out)]) == 2
-    assert capsys.readouterr() == ("", "fluxflow-compare: registered model 'm' has no versions\n")
+    said = f"fluxflow-compare: registered model 'm' has no versions (tracking URI {mlflow_store})\n"
+    assert capsys.readouterr() == ("", said)
     assert not out.exists()
 
 
@@ -458,7 +464,7 @@ def test_a_replicate_left_out_on_one_side_leaves_welch_s_test(experiment, tmp_pa
 
     summary = compare.compare_runs(client, compare.leaf_step_runs(client, exp)).summary
     assert [(d.test, d.better) for d in summary.differences] == [("Welch", "b (left out: 1 killed of 3)")]
-    assert summary.tests_line() == "Differences (95 % t-test): Welch"
+    assert summary.chart_note() == "Differences (95 % t-test): Welch"
 
 
 def test_config_differences_under_the_chart_are_wrapped_to_its_width():

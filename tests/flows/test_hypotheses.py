@@ -185,7 +185,7 @@ def test_the_same_seeds_on_both_sides_are_compared_paired_as_r_does_on_the_sleep
     assert (d.low, d.high) == (pytest.approx(-2.4598858, abs=1e-7), pytest.approx(-0.7001142, abs=1e-7))
     assert d.p_value == pytest.approx(0.002833, abs=1e-6) and d.verdict == BEYOND
     assert d.row()[5] == "paired by seed" and summary.to_dict()["differences"][0]["test"] == "paired by seed"
-    assert summary.tests_line() == "Differences (95 % t-test): paired by seed"
+    assert summary.chart_note() == "Differences (95 % t-test): paired by seed"
 
 
 def test_pairs_are_matched_by_seed_not_by_position():
@@ -210,7 +210,7 @@ def test_a_replicate_missing_a_metric_leaves_its_pair_unpaired_on_that_metric_on
     del finals["b"][4]["fd"]
     summary = summarize({"a": ["a"] * 10, "b": ["b"] * 10}, finals, {"a": PATIENTS, "b": PATIENTS})
     assert {d.metric: d.test for d in summary.differences} == {"fd": WELCH, "loss": PAIRED}
-    assert summary.tests_line() == "Differences (95 % t-test): Welch: b − a; paired by seed: b − a"
+    assert summary.chart_note() == "Differences (95 % t-test): Welch: b − a; paired by seed: b − a"
 
 
 @pytest.mark.parametrize("metric, better", [("flow_loss", "b (lower)"), ("eval_fd_ours_cfg", "b (lower)"),

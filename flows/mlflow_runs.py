@@ -21,7 +21,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from flows.credentials import mlflow_refusal, unreachable_reason
 from flows.mlflow_names import TAG_KIND, TAG_OUTPUT_DIR, TAG_STEP_KEY, TAG_STEP_NAME, tags_filter
-from flows.mlflow_store import SQLITE_PREFIX, is_sqlite_database, sqlite_file
+from flows.mlflow_store import SQLITE_PREFIX, foreign_database, is_sqlite_database, sqlite_file
 from fluxflow.config.file_checks import not_a_regular_file
 from fluxflow.errors import NonRetryable
 from fluxflow.storage.location import local_path, remote_uri
@@ -136,8 +136,10 @@ def store_to_read_problem(uri: str) -> str | None:
     if refused:
         return refused
     path = sqlite_file(uri)
-    if path is not None and not path.exists():
-        return f"no MLflow store at {uri} (no such file); name the store with --tracking-uri or MLFLOW_TRACKING_URI"
+    if path is not None and (not path.exists() or path.is_file() and path.stat().st_size == 0):
+        # an empty file: MLflow would make it a store, which a command that only reads must not
+        return f"no MLflow store at {uri} ({'the file is empty' if path.exists() else 'no such file'}); name the " \
+               "store with --tracking-uri or MLFLOW_TRACKING_URI"
     problem = unreadable_store(uri)
     return problem and f"{problem}; name another with --tracking-uri or MLFLOW_TRACKING_URI"
 
@@ -149,7 +151,7 @@ def unreadable_store(uri: str) -> str | None:
     if uri.startswith(("http://", "https://")) or path is not None and not path.exists():
         return None
     # A folder, a FIFO, a device: asked, MLflow retries "unable to open database file" or "disk I/O error" for 100 s
-    odd = path is not None and not_a_regular_file(path)
+    odd = path is not None and (not_a_regular_file(path) or foreign_database(path))
     if odd:
         return f"cannot read the MLflow store at {uri}: {odd}"
     try:

@@ -31,6 +31,23 @@ def is_sqlite_database(path: str) -> bool:
         return False
 
 
+def foreign_database(path: Path) -> str | None:
+    """Why the existing SQLite file at `path` is not an MLflow store to open (it holds tables, none of them MLflow's),
+    or None: MLflow runs its migrations on any database it opens, so naming another program's file as the store
+    added MLflow's 60-odd tables to it, even for commands that only read."""
+    if not is_sqlite_database(str(path)):
+        return None  # empty, or not SQLite: MLflow's own error says so
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return None
+    if tables and not tables & {"experiments", "alembic_version"}:
+        return f"{path} is a SQLite database of another program (its tables: {', '.join(sorted(tables)[:3])}" \
+               f"{', ...' if len(tables) > 3 else ''}), not an MLflow store; it was left as it is"
+    return None
+
+
 def prepare_store(tracking_uri: str) -> None:
     """Before the first use of `tracking_uri`: a new SQLite store is copied from the template (made once, here, when
     missing). Any failure leaves the store for MLflow to create as usual."""

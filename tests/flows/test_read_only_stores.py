@@ -21,6 +21,9 @@ def stores(tmp_path) -> dict[str, tuple[str, str]]:
     os.mkfifo(tmp_path / "fifo")
     typo, fifo, db = tmp_path / "typo.db", tmp_path / "fifo", tmp_path / "mlflow.db"
     sqlite3.connect(db).execute("create table t (x)").connection.close()
+    other, empty = tmp_path / "other.db", tmp_path / "empty.db"
+    sqlite3.connect(other).execute("create table notes (x)").connection.close()
+    empty.touch()
     return {"server down": (down, f"the MLflow server at {down} does not answer"),
             "no such file": (f"sqlite:///{typo}", f"no MLflow store at sqlite:///{typo} (no such file)"),
             "a folder": (f"sqlite:///{tmp_path}", f"cannot read the MLflow store at sqlite:///{tmp_path}: {tmp_path} "
@@ -34,12 +37,18 @@ def stores(tmp_path) -> dict[str, tuple[str, str]]:
             "unknown scheme": ("mlfow://typo", "cannot read the MLflow store at mlfow://typo: "),
             # --help says the default is ./mlflow.db; given as a path it was "The filesystem tracking backend (e.g.,
             # './mlruns') is in maintenance mode", which does not say what to write instead.
+            # MLflow made these two stores: its 60-odd tables beside another program's, or in a file the user made.
+            "another program's database": (f"sqlite:///{other}", f"cannot read the MLflow store at sqlite:///{other}: "
+                                                                 f"{other} is a SQLite database of another program "
+                                                                 "(its tables: notes), not an MLflow store"),
+            "an empty file": (f"sqlite:///{empty}", f"no MLflow store at sqlite:///{empty} (the file is empty)"),
             "a SQLite file as a path": (str(db), f"cannot read the MLflow store at {db}: a SQLite file is named as "
                                                  f"a URI, sqlite:///{db}")}
 
 
 @pytest.mark.parametrize("case", ["server down", "no such file", "a folder", "a FIFO", "not a database", "a plain path",
-                                  "unknown scheme", "a SQLite file as a path"])
+                                  "unknown scheme", "another program's database", "an empty file",
+                                  "a SQLite file as a path"])
 @pytest.mark.parametrize("command", ["compare", "generate", "export"])
 def test_a_store_that_cannot_be_read_is_one_line_and_exit_2_at_once(tmp_path, capsys, case, command):
     uri, says = stores(tmp_path)[case]
@@ -57,6 +66,9 @@ def test_a_store_that_cannot_be_read_is_one_line_and_exit_2_at_once(tmp_path, ca
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"fluxflow-{command}: ") and says in line, line
     assert not (tmp_path / "typo.db").exists()  # no empty store was made
+    assert (tmp_path / "empty.db").stat().st_size == 0
+    with sqlite3.connect(tmp_path / "other.db") as other:
+        assert other.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == [("notes",)]
 
 
 @pytest.mark.parametrize("export", [False, True])
@@ -76,3 +88,16 @@ def test_a_model_folder_that_is_not_an_mlflow_model_is_one_line(mlflow_store, tm
     hint = "; a folder written by fluxflow-export is read with fluxflow-generate --weights" if export else ""
     assert capsys.readouterr().err == (f"fluxflow-{command}: --model {folder} is not an MLflow model: no MLmodel file "
                                        f"in it{hint}\n")
+
+
+def test_a_run_refuses_another_programs_database_as_its_store_and_takes_an_empty_file(tmp_path):
+    """A run's store check (fluxflow-train and the flow) refuses it too: MLflow would add its tables to the file. An
+    empty file is a store not made yet, which a run makes."""
+    from flows.mlflow_runs import unusable_store
+
+    other, empty = tmp_path / "other.db", tmp_path / "empty.db"
+    sqlite3.connect(other).execute("create table notes (x)").connection.close()
+    empty.touch()
+    assert f"{other} is a SQLite database of another program (its tables: notes)" in unusable_store(
+        f"sqlite:///{other}")
+    assert unusable_store(f"sqlite:///{empty}") is None

@@ -169,9 +169,7 @@ class ConsoleJsonlTracker(Tracker):
         self._lock = threading.Lock()  # one line at a time when branches log from threads
 
     def _print(self, line: str) -> None:
-        stream = self._stream or sys.stdout
-        tqdm.write(line, file=stream)  # clears and redraws a progress bar on a terminal instead of breaking it
-        stream.flush()
+        console_print(line, self._stream)
 
     def log_metrics(self, metrics: dict[str, float], progress: Progress) -> None:
         now = datetime.now()
@@ -212,12 +210,26 @@ class MultiTracker:
             runner_line(tracker, line, printed=True)
 
 
+# One console line at a time in this process: branches and replicates train in threads, and a line is written in
+# two writes (its text, then its newline), between which another thread's line got in ("...final.pt[11:27:03]
+# Finished step a-seed0: ...", then an empty line).
+CONSOLE_LOCK = threading.Lock()
+
+
+def console_print(line: str, stream: IO[str] | None = None) -> None:
+    """`line` on `stream` (default: sys.stdout at the time), whole, and flushed."""
+    stream = stream or sys.stdout
+    with CONSOLE_LOCK:
+        tqdm.write(line, file=stream)  # clears and redraws a progress bar on a terminal instead of breaking it
+        stream.flush()
+
+
 def runner_line(tracker, line: str, printed: bool = False) -> None:
     """One of the runner's own lines: printed (unless `printed`), and handed to `tracker.say` for the trackers that
     show a run's lines elsewhere (the Prefect UI). A tracker without `say` (one written against the protocol before
     it had it) is left out, not failed."""
     if not printed:
-        print(line, flush=True)
+        console_print(line)
     told = getattr(tracker, "say", None)
     if told is not None:
         told(line)

@@ -193,3 +193,34 @@ def test_a_runner_line_reaches_the_trackers_that_take_it_and_skips_one_written_b
     assert listens.lines == ["Starting step: warm, epoch 1, batch 0"]
     assert capsys.readouterr().out.splitlines() == ["Starting step: warm, epoch 1, batch 0", "Finished step warm",
                                                     "Skipping steps: warm"]
+
+
+def test_lines_of_branches_training_in_threads_come_out_whole(tmp_path, monkeypatch):
+    """A line is written in two writes (text, newline); a terminal or pipe lets another thread run between them, and
+    lines of two branches came out joined ("...final.pt[11:27:03] Finished step a-seed0: ...", then an empty line)."""
+    import sys
+    import threading
+    import time
+
+    class SlowStream(io.StringIO):
+        def write(self, text):
+            time.sleep(0.0005)  # lets another thread run, as a write to a pipe does
+            return super().write(text)
+
+    stream = SlowStream()
+    monkeypatch.setattr(sys, "stdout", stream)
+    tracker = ConsoleJsonlTracker(tmp_path, stream=stream)
+
+    def speak(branch):
+        for i in range(10):
+            tracking.runner_line(object(), f"runner {branch} {i}")  # the runner's lines: print()ed
+            tracker.warn("key", f"warning {branch} {i}")  # the tracker's: tqdm.write()
+
+    threads = [threading.Thread(target=speak, args=(branch,)) for branch in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(stream.getvalue().splitlines()) == sorted(
+        [f"runner {b} {i}" for b in range(4) for i in range(10)] + [f"⚠️  warning {b} {i}" for b in range(4)
+                                                                    for i in range(10)])

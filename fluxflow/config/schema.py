@@ -107,9 +107,13 @@ class ShapesDataset(DatasetBase):
     holdout_pairs_seed: Seed | None = None
     caption_dropout: float | None = Field(None, ge=0.0, le=1.0)
 
-    @field_validator("holdout_pairs")
+    @field_validator("holdout_pairs", mode="before")  # before: one line, not one per member of the union
     @classmethod
-    def _pairs_the_data_has(cls, pairs: list[str] | int | None) -> list[str] | int | None:
+    def _pairs_the_data_has(cls, pairs: Any) -> Any:
+        if pairs is not None and (isinstance(pairs, bool) or not isinstance(pairs, (int, list))
+                                  or isinstance(pairs, list) and not all(isinstance(p, str) for p in pairs)):
+            raise ValueError("must be a list of '<colour> <shape>' pairs, e.g. [blue triangle, red star], or a count "
+                             "of pairs to draw")
         if isinstance(pairs, int) and not 0 <= pairs <= MOST_HELDOUT_PAIRS:
             raise ValueError(f"a count must be 0 to {MOST_HELDOUT_PAIRS} (every colour and every shape keeps a "
                              "trained pair)")

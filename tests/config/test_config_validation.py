@@ -382,6 +382,20 @@ def test_held_out_compositions_the_data_cannot_make_are_config_problems(tmp_path
     assert load_config(yaml.safe_load(cfg(vae(), pipeline={"datasets": {"s": shapes}}))).config
 
 
+@pytest.mark.parametrize("pairs", [3.5, "blue triangle", [1, 2], True])
+def test_held_out_pairs_of_another_type_are_one_problem_naming_the_field(tmp_path, pairs):
+    """Were two or three problems named after pydantic's union members (`holdout_pairs.list[str]: Input should be a
+    valid list`, `holdout_pairs.int: ...`)."""
+    shapes = {"type": "shapes", "holdout_pairs": pairs}
+    with pytest.raises(ConfigError) as raised:
+        load_config(yaml.safe_load(cfg(vae(), pipeline={"datasets": {"s": shapes}})))
+    [issue] = raised.value.issues
+    assert issue.path == "training.pipeline.datasets.s.holdout_pairs"
+    assert issue.message.startswith("must be a number, not true/false" if pairs is True else
+                                    "must be a list of '<colour> <shape>' pairs, e.g. [blue triangle, red star], or a "
+                                    "count of pairs to draw")
+
+
 def test_the_config_knows_the_words_of_the_shapes_dataset():
     from fluxflow.config.schema import SHAPES_COLORS, SHAPES_SHAPES
     from fluxflow.data.heldout import max_heldout_pairs

@@ -23,7 +23,7 @@ from fluxflow.config.legacy import apply_legacy, get_in
 from fluxflow.config.optim import Optimization, number_problem, optimizer_issues, scheduler_issues
 from fluxflow.config.promotion import promotion_issues
 from fluxflow.config.schema import (DATASET_TYPES, SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,
-                                    PipelineConfig, TrainingConfig, implicit_datasets)
+                                    PipelineConfig, TrainingConfig, implicit_datasets, shapes_batch_issues)
 from fluxflow.config.steps import NAME_LIMIT, TRAINING_GLOBALS, ResolvedStep, StepConfig, \
     StepDefaults, Transition, merged_step_fields, replicate_issues, replicated_names, resolve_step
 
@@ -207,7 +207,8 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
     if config is not None and not issues:  # cross-section rules need the whole config, and valid steps
         issues += replicate_issues(config.written_steps(), config.training.replicates)
     if config is not None and not issues:
-        issues += promotion_issues(config) + resources_issues(config) + process_issues(config)
+        issues += (promotion_issues(config) + resources_issues(config) + process_issues(config)
+                   + shapes_batch_issues(config))
     if issues:  # a step is named by its index in an issue, by its name in an override
         names = [get_in(step, "name", kind=str) for step in get_in(raw, *STEPS, kind=list) or []]
         raise ConfigError(from_overrides(_dedupe(issues), overrides, names, overrides_name), label)

@@ -413,3 +413,14 @@ def test_train_spade_on_a_step_that_freezes_the_expander_is_refused(tmp_path):
                      "trains the expander's SPADE, but the step freezes the expander (freeze); unfreeze it or leave "
                      "train_spade out"}
     assert load_config(yaml.safe_load(cfg(vae(gan_training=True, train_spade=True, freeze=["compressor"])))).config
+
+
+def test_a_shapes_dataset_smaller_than_a_batch_is_a_problem_of_its_size(tmp_path):
+    """Validation said ✅; the run failed at that step's start (after the steps before it had trained), advising to
+    lower a holdout that shapes does not take from `size`."""
+    shapes = {"type": "shapes", "size": 3, "holdout": 2}
+    found = problems(tmp_path, cfg(vae(batch_size=4), pipeline={"datasets": {"s": shapes}}))
+    assert found == {"training.pipeline.datasets.s.size": "3 items are fewer than one batch of 4 (step a); raise "
+                                                           "size or lower batch_size"}
+    shapes["size"] = 4
+    assert load_config(yaml.safe_load(cfg(vae(batch_size=4), pipeline={"datasets": {"s": shapes}}))).config

@@ -25,7 +25,7 @@ PROMOTION_METRICS: dict[str, Direction] = {
     "eval_adherence_color": "maximize",
     "eval_adherence_shape": "maximize",
     # On held-out colour x shape pairs (a shapes dataset's holdout_pairs) or held-out captions (a folder's
-    # holdout_captions): how well the model composes what it learned (fluxflow/data/heldout.py).
+    # holdout_captions): how well the model composes what it learned (fluxflow/config/heldout_pairs.py).
     "eval_adherence_unseen_both": "maximize",
     "eval_adherence_unseen_color": "maximize",
     "eval_adherence_unseen_shape": "maximize",

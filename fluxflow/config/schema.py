@@ -14,6 +14,7 @@ from pydantic_core import PydanticCustomError
 
 from fluxflow.config.errors import ConfigIssue
 from fluxflow.config.executor import ExecutorConfig
+from fluxflow.config.heldout_pairs import heldout_pairs, max_heldout_pairs, untrained_words
 from fluxflow.config.file_checks import expand_shards
 from fluxflow.config.optim import OmitsDefaults, StrictModel
 from fluxflow.storage.location import check_output_uri, remote_uri
@@ -87,19 +88,10 @@ class DatasetBase(StrictModel):
         return {k: v for k, v in data.items() if v is not None or k in TYPE_KEYS}
 
 
-# The colour and shape words of `shapes` captions (fluxflow/data/shapes.py COLORS and SHAPES, which import torch; a
-# test keeps them equal): what `holdout_pairs` may name, checked at validation rather than when a step builds its data.
-SHAPES_COLORS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "white")
-SHAPES_SHAPES = ("circle", "square", "triangle", "star", "cross")
-# A count may hold out every pair but one per colour (the larger word set): each colour and shape keeps a trained pair
-# (fluxflow/data/heldout.py max_heldout_pairs).
-MOST_HELDOUT_PAIRS = len(SHAPES_COLORS) * len(SHAPES_SHAPES) - max(len(SHAPES_COLORS), len(SHAPES_SHAPES))
-
-
 class ShapesDataset(DatasetBase):
-    """Built-in procedural images of coloured shapes. Composition (fluxflow/data/heldout.py): `holdout_pairs` keeps
-    colour x shape pairs out of training (["blue triangle"], or a count drawn with `holdout_pairs_seed`, default:
-    seed); `caption_dropout` drops caption words in training. Evaluation then also scores the unseen pairs."""
+    """Built-in procedural images of coloured shapes. Composition (fluxflow/config/heldout_pairs.py): `holdout_pairs`
+    keeps colour x shape pairs out of training (["blue triangle"], or a count drawn with `holdout_pairs_seed`,
+    default: seed); `caption_dropout` drops caption words in training. Evaluation then also scores the unseen pairs."""
 
     type: Literal["shapes"] = "shapes"
     size: int = Field(2048, ge=1)
@@ -115,23 +107,13 @@ class ShapesDataset(DatasetBase):
                                   or isinstance(pairs, list) and not all(isinstance(p, str) for p in pairs)):
             raise ValueError("must be a list of '<colour> <shape>' pairs, e.g. [blue triangle, red star], or a count "
                              "of pairs to draw")
-        if isinstance(pairs, int) and not 0 <= pairs <= MOST_HELDOUT_PAIRS:
-            raise ValueError(f"a count must be 0 to {MOST_HELDOUT_PAIRS} (every colour and every shape keeps a "
+        if isinstance(pairs, int) and not 0 <= pairs <= max_heldout_pairs():
+            raise ValueError(f"a count must be 0 to {max_heldout_pairs()} (every colour and every shape keeps a "
                              "trained pair)")
-        held = set()
-        for text in pairs if isinstance(pairs, list) else ():
-            words = tuple(text.strip().lower().split())
-            if len(words) != 2 or words[0] not in SHAPES_COLORS or words[1] not in SHAPES_SHAPES:
-                raise ValueError(f"{text!r} is not '<colour> <shape>' (colours: {', '.join(SHAPES_COLORS)}; shapes: "
-                                 f"{', '.join(SHAPES_SHAPES)})")
-            held.add(words)
-        if held:  # as a count's draw: every word keeps a trained pair (else no pair may be left)
-            trained = [(c, s) for c in SHAPES_COLORS for s in SHAPES_SHAPES if (c, s) not in held]
-            untrained = ([c for c in SHAPES_COLORS if all(p[0] != c for p in trained)]
-                         + [s for s in SHAPES_SHAPES if all(p[1] != s for p in trained)])
-            if untrained:
-                raise ValueError(f"holds out every pair of {', '.join(untrained)}: each colour and each shape must "
-                                 "keep a trained pair (the unseen pairs score the composition of words training saw)")
+        held = heldout_pairs(pairs) if isinstance(pairs, list) else ()  # a ValueError names a pair of unknown words
+        if untrained := untrained_words(held):  # as a count's draw: every word keeps a trained pair
+            raise ValueError(f"holds out every pair of {', '.join(untrained)}: each colour and each shape must keep a "
+                             "trained pair (the unseen pairs score the composition of words training saw)")
         return pairs
 
 

@@ -8,6 +8,7 @@ from fluxflow.config import modes
 from fluxflow.config.caching import (LATENT_CACHE_DIR, TEXT_CACHE_DIR, cache_root, describe_choice,
                                      latent_cache_choice, text_cache_choice)
 from fluxflow.config.file_checks import resolve_captions_path
+from fluxflow.config.heldout_pairs import dataset_pairs
 from fluxflow.config.promotion import describe_release
 from fluxflow.config.schema import DatasetConfig, PipelineConfig
 from fluxflow.config.steps import ResolvedStep
@@ -16,6 +17,8 @@ from fluxflow.config.steps import ResolvedStep
 def describe_dataset(ds: DatasetConfig) -> str:
     if ds.type == "shapes":
         detail = f"{ds.size} procedural images, seed {ds.seed}"
+        if held := dataset_pairs(ds):  # a count's draw was said nowhere
+            detail += f", unseen pairs: {', '.join(' '.join(pair) for pair in held)}"
     elif ds.type == "folder":
         root = Path(ds.path).expanduser()
         # A relative name that exists where the run starts is read there, not in the folder: say which file it is

@@ -5,7 +5,7 @@
 
 Three sources, picked by `ds_cfg.type`: `shapes` (procedural, built in), `folder` (images + captions file),
 `webdataset` (tar shards, local or fsspec). `split="holdout"` is the part training never sees. `split="unseen"`
-holds the held-out compositions (fluxflow/data/heldout.py: a `shapes` dataset's `holdout_pairs`, a folder's
+holds the held-out compositions (fluxflow/config/heldout_pairs.py: a `shapes` dataset's `holdout_pairs`, a folder's
 `holdout_captions`): none of its captions is in the training split, and the `holdout` split leaves them out too, so
 the two evaluations score seen and unseen captions apart. Every dataset has a `skipped` count of unreadable items
 (always 0 for `shapes`).
@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import torch
 
 from fluxflow.data.folder import FolderDataset
-from fluxflow.data.heldout import heldout_pairs, seen_pairs
+from fluxflow.config.heldout_pairs import dataset_pairs, seen_pairs
 from fluxflow.data.sampler import ResumableBatchSampler, epoch_permutation
 from fluxflow.data.shapes import STREAM_HOLDOUT, STREAM_TRAIN, STREAM_UNSEEN, ShapesDataset, parse_caption
 from fluxflow.data.webdataset_source import WebDatasetHoldout, WebDatasetSource
@@ -47,8 +47,7 @@ def build_dataset(ds_cfg, img_size: int, channels: int, split: str = "train", ra
     kind = getattr(cfg, "type", None)
     if kind == "shapes":
         seed = int(getattr(cfg, "seed", 0))
-        pairs_seed = getattr(cfg, "holdout_pairs_seed", None)
-        held = heldout_pairs(getattr(cfg, "holdout_pairs", None), seed if pairs_seed is None else int(pairs_seed))
+        held = dataset_pairs(cfg)
         seen = seen_pairs(held) if held else None  # None: every pair, drawn exactly as before pairs could be held
         if split == "unseen":
             return ShapesDataset(holdout if held else 0, seed, img_size, channels, stream=STREAM_UNSEEN,

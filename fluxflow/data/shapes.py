@@ -57,7 +57,7 @@ CENTER_JITTER = 0.02  # keeps positions well inside their grid cell (boundaries 
 COLOR_JITTER = 10  # per-channel +-, so no two images share exact colours
 
 STREAM_TRAIN, STREAM_HOLDOUT, STREAM_VALIDATION = 0, 1, 2  # validation: the analyser's own accuracy check
-STREAM_UNSEEN = 3  # images of held-out colour x shape pairs only (fluxflow/data/heldout.py)
+STREAM_UNSEEN = 3  # images of held-out colour x shape pairs only (fluxflow/config/heldout_pairs.py)
 
 
 @dataclass(frozen=True)

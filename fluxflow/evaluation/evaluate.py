@@ -6,9 +6,10 @@
 - Flow steps: `fd_ours_cfg` and `fd_ours_nocfg` (frechet.py), generated from the held-out captions with guidance
   EVAL_GUIDANCE and 1.0; on a `shapes` dataset also `adherence_color`, `adherence_shape`, `adherence_both` of the
   CFG images and `analyser_accuracy_holdout`, the analyser's own colour-and-shape accuracy on the real held-out
-  images (adherence.py). With held-out compositions (a `shapes` dataset's `holdout_pairs`: fluxflow/data/heldout.py)
-  the same on the `unseen` split: `adherence_unseen_color`, `_shape`, `_both` and `analyser_accuracy_unseen` (on a
-  folder with `holdout_captions`: `fd_ours_unseen_cfg`); the held-out split then has seen pairs only.
+  images (adherence.py). With held-out compositions (a `shapes` dataset's `holdout_pairs`:
+  fluxflow/config/heldout_pairs.py) the same on the `unseen` split: `adherence_unseen_color`, `_shape`, `_both` and
+  `analyser_accuracy_unseen` (on a folder with `holdout_captions`: `fd_ours_unseen_cfg`); the held-out split then
+  has seen pairs only.
   And `diversity_gen`, `diversity_real`, `diversity_ratio`: seed-to-seed spread against the data's (diversity.py).
 
 Evaluation is a pure function of the weights, the data and fixed seeds: models are switched to eval mode and back,

@@ -72,6 +72,23 @@ training:
             "re:x; 4 held out)") in text
 
 
+def test_the_colour_shape_pairs_a_shapes_dataset_holds_out_are_named_drawn_or_listed(tmp_path):
+    """A count's draw was said nowhere (console or MLflow): the plan said "64 held out", which are seen pairs."""
+    from fluxflow.config.heldout_pairs import heldout_pairs
+
+    text = summary_of(tmp_path, """
+training:
+  pipeline:
+    datasets:
+      drawn: {type: shapes, size: 64, holdout: 8, holdout_pairs: 3, holdout_pairs_seed: 5}
+      listed: {type: shapes, size: 64, seed: 2, holdout: 8, holdout_pairs: [blue triangle, Red Star]}
+    steps: [{name: a, n_epochs: 1, train_vae: true, dataset: drawn}, {name: b, n_epochs: 1, train_vae: true, dataset: listed}]
+""")
+    drawn = ", ".join(" ".join(pair) for pair in heldout_pairs(3, 5))
+    assert f"drawn: shapes (64 procedural images, seed 0, unseen pairs: {drawn}; 8 held out)" in text
+    assert "listed: shapes (64 procedural images, seed 2, unseen pairs: blue triangle, red star; 8 held out)" in text
+
+
 def test_parameter_section_lists_counts_and_total():
     counts = format_parameters({"compressor": 1200, "expander": 34})
     assert counts.splitlines() == ["Parameters:", "  compressor         1,200", "  expander              34",

@@ -397,11 +397,11 @@ def test_held_out_pairs_of_another_type_are_one_problem_naming_the_field(tmp_pat
 
 
 def test_the_config_knows_the_words_of_the_shapes_dataset():
-    from fluxflow.config.schema import SHAPES_COLORS, SHAPES_SHAPES
-    from fluxflow.data.heldout import max_heldout_pairs
+    from fluxflow.config import heldout_pairs
     from fluxflow.data.shapes import COLORS, SHAPES
 
-    assert (SHAPES_COLORS, SHAPES_SHAPES) == (tuple(COLORS), SHAPES)
+    assert (heldout_pairs.COLORS, heldout_pairs.SHAPES) == (tuple(COLORS), SHAPES)
+    max_heldout_pairs = heldout_pairs.max_heldout_pairs
     assert max_heldout_pairs() == 32
 
 

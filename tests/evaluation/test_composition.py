@@ -13,7 +13,7 @@ from PIL import Image
 
 from fluxflow.data import build_dataset, make_loader
 from fluxflow.config.caption_patterns import caption_matcher
-from fluxflow.data.heldout import ALL_PAIRS, heldout_pairs, max_heldout_pairs
+from fluxflow.config.heldout_pairs import ALL_PAIRS, heldout_pairs, max_heldout_pairs
 from fluxflow.data.shapes import COLORS, SHAPES, parse_caption, scene
 from fluxflow.errors import DataError
 from fluxflow.evaluation.diversity import prompt_diversity, spread

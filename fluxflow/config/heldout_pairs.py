@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import random
 
-from fluxflow.data.shapes import COLORS, SHAPES
-
+# The colour and shape words of `shapes` captions (fluxflow/data/shapes.py COLORS and SHAPES, which import torch; a
+# test keeps them equal): here so that validation and the plan read them without torch.
+COLORS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "white")
+SHAPES = ("circle", "square", "triangle", "star", "cross")
 Pair = tuple[str, str]  # (colour, shape)
 ALL_PAIRS: tuple[Pair, ...] = tuple((c, s) for c in COLORS for s in SHAPES)
 
@@ -44,12 +46,26 @@ def heldout_pairs(spec: list[str] | int | None, seed: int = 0) -> tuple[Pair, ..
     rng = random.Random(seed)
     while True:  # rejection: a draw that takes a whole colour or shape away is drawn again (rare for small k)
         chosen = rng.sample(ALL_PAIRS, spec)
-        remaining = seen_pairs(tuple(chosen))
-        if {c for c, _ in remaining} == set(COLORS) and {s for _, s in remaining} == set(SHAPES):
+        if not untrained_words(tuple(chosen)):
             return tuple(sorted(chosen, key=ALL_PAIRS.index))
+
+
+def dataset_pairs(ds) -> tuple[Pair, ...]:
+    """The pairs a `shapes` dataset config (or any object with its fields) holds out: drawn with
+    `holdout_pairs_seed`, which defaults to the dataset's `seed`."""
+    pairs_seed = getattr(ds, "holdout_pairs_seed", None)
+    seed = int(getattr(ds, "seed", 0)) if pairs_seed is None else int(pairs_seed)
+    return heldout_pairs(getattr(ds, "holdout_pairs", None), seed)
 
 
 def seen_pairs(heldout: tuple[Pair, ...]) -> tuple[Pair, ...]:
     """The pairs training draws from: all but `heldout`, in ALL_PAIRS order."""
     held = set(heldout)
     return tuple(p for p in ALL_PAIRS if p not in held)
+
+
+def untrained_words(heldout: tuple[Pair, ...]) -> list[str]:
+    """The colours and shapes of which `heldout` leaves no trained pair (a count's draw never does)."""
+    remaining = seen_pairs(heldout)
+    return ([c for c in COLORS if all(p[0] != c for p in remaining)]
+            + [s for s in SHAPES if all(p[1] != s for p in remaining)])

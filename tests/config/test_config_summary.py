@@ -82,7 +82,9 @@ training:
     datasets:
       drawn: {type: shapes, size: 64, holdout: 8, holdout_pairs: 3, holdout_pairs_seed: 5}
       listed: {type: shapes, size: 64, seed: 2, holdout: 8, holdout_pairs: [blue triangle, Red Star]}
-    steps: [{name: a, n_epochs: 1, train_vae: true, dataset: drawn}, {name: b, n_epochs: 1, train_vae: true, dataset: listed}]
+    steps:
+      - {name: a, n_epochs: 1, train_vae: true, dataset: drawn}
+      - {name: b, n_epochs: 1, train_vae: true, dataset: listed}
 """)
     drawn = ", ".join(" ".join(pair) for pair in heldout_pairs(3, 5))
     assert f"drawn: shapes (64 procedural images, seed 0, unseen pairs: {drawn}; 8 held out)" in text

@@ -84,9 +84,9 @@ FLOW_FIELDS = ("cfg_dropout", "uniform_t_share", "t_logit_mean", "t_logit_std", 
 
 
 def unused_fields(step: Any) -> dict[str, str]:
-    """{field: why it changes nothing this step trains} for the loss and EMA fields the step's modes never read (the
-    image-statistics terms: unused_image_stat_fields). A value written there was accepted without a word, and
-    retrained the step when changed."""
+    """{field: why it changes nothing this step trains} for the loss and EMA fields the step's modes never read, and
+    the weights of the image-statistics terms it does not add (unused_image_stat_fields keeps them out of the step
+    key). A value written there was accepted without a word, and retrained the step when changed."""
     unused: dict[str, str] = {}
 
     def mark(fields, why: str) -> None:
@@ -111,6 +111,11 @@ def unused_fields(step: Any) -> dict[str, str]:
         mark(["on_missed"], "it applies to a loss_threshold transition; this step runs its n_epochs")
     elif step.transition_on.max_epochs != step.n_epochs:  # its own bound: n_epochs is only max_epochs' default
         mark(["n_epochs"], "its loss_threshold transition ends it by transition_on.max_epochs")
+    used_terms = image_stat_terms(step)
+    for term in IMAGE_STAT_TERMS:  # the weight of a term the step does not add (its switch without train_vae: refused)
+        if term not in used_terms:
+            mark([f"lambda_{term}"], f"train_{term} is off" if step.train_vae else
+                 "the step has no reconstruction loss (train_vae)")
     vae = {"compressor", "expander"} if touches_vae(step) else set()
     if not trained_components(step) & (vae | {"flow_processor", "text_encoder"}):
         mark(["ema_decay"], "the step keeps no EMA (it trains no compressor, expander, flow model or text encoder)")

@@ -188,6 +188,15 @@ def test_loss_and_ema_fields_a_step_never_reads_are_said_and_the_defaults_ones_a
         "training.pipeline.steps[2].min_snr_gamma: has no effect: loss_weighting is not min_snr"]
 
 
+def test_image_statistics_weights_and_switches_that_do_nothing_are_said(tmp_path):
+    """`lambda_histogram` on a flow step, `lambda_contrast` without `train_contrast`: accepted without a word."""
+    vae = dict(VAE_STEP, lambda_contrast=2.0, train_histogram=True, lambda_histogram=0.5, train_coarseness=False)
+    flow = {"name": "flow", "n_epochs": 1, "train_diff": True, "lambda_histogram": 0.5}
+    assert load_config(tiny_raw(tmp_path, [vae, flow])).warnings == [
+        "training.pipeline.steps[0].lambda_contrast: has no effect: train_contrast is off",
+        "training.pipeline.steps[1].lambda_histogram: has no effect: the step has no reconstruction loss (train_vae)"]
+
+
 def test_n_epochs_on_a_loss_threshold_step_with_its_own_max_epochs_is_said_to_have_no_effect(tmp_path):
     watched = {"mode": "loss_threshold", "metric": "vae_loss", "threshold": 0.1}
     bounded = dict(VAE_STEP, n_epochs=5, transition_on=dict(watched, max_epochs=2))

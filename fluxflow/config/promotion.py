@@ -6,15 +6,16 @@ task that registers, evaluates and moves the alias is flows/promotion.py.
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from typing import Literal
 
 from pydantic import Field
 
-from fluxflow.config.dag import descendants, leaf_names
+from fluxflow.config.dag import leaf_names
 from fluxflow.config.errors import ConfigIssue, did_you_mean
-from fluxflow.config.modes import has_flow_mode
+from fluxflow.config.modes import has_flow_mode, trained_components
 from fluxflow.config.optim import StrictModel
 
 Direction = Literal["maximize", "minimize"]
@@ -63,11 +64,33 @@ class PromotionConfig(StrictModel):
 
 
 def text_to_image_steps(steps) -> list[str]:
-    """Steps whose final checkpoint can make images from text: a flow step, or any step below one (the flow model
-    and text encoder travel on in every later checkpoint)."""
-    flow = [step.name for step in steps if has_flow_mode(step)]
-    capable = {*flow, *descendants(steps, flow)}
-    return [step.name for step in steps if step.name in capable]
+    """Steps whose final checkpoint can make images from text: a flow step, or a step below one that keeps its
+    latent normalisation (the flow model and text encoder travel on in every later checkpoint, but a step that trains
+    the compressor drops the normalisation, fluxflow/train/step_run.py, until a flow step measures it again: its
+    registration failed with a traceback after every step had trained)."""
+    by_name = {step.name: step for step in steps}
+
+    @functools.cache
+    def capable(name: str) -> bool:
+        step = by_name[name]
+        return has_flow_mode(step) or (step.parent is not None and capable(step.parent)
+                                       and "compressor" not in trained_components(step))
+    return [step.name for step in steps if capable(step.name)]
+
+
+def no_text_to_image_model(steps, name: str) -> str:
+    """Why step `name` (not one of text_to_image_steps) has no text-to-image model in its final checkpoint."""
+    by_name, since_flow = {step.name: step for step in steps}, []  # its chain of steps up to the last flow step
+    step = by_name[name]
+    while step is not None and not has_flow_mode(step):
+        since_flow.append(step)
+        step = by_name.get(step.parent)
+    if step is None:
+        return "trains no text-to-image model (neither it nor a step before it has train_diff or train_diff_full)"
+    dropper = next(s for s in reversed(since_flow) if "compressor" in trained_components(s))
+    return (f"comes after flow step {step.name!r}, but {'it' if dropper.name == name else repr(dropper.name)} "
+            "trains the compressor, which drops the latent normalisation the model decodes with (a flow step after "
+            "it measures one again)")
 
 
 def registered_model_name_problem(name: str) -> str | None:
@@ -113,8 +136,8 @@ def promotion_issues(config) -> list[ConfigIssue]:
         if name not in names:
             issues.append(ConfigIssue(path, f"no step is named {name!r}{did_you_mean(name, names)}"))
         elif name not in capable:
-            issues.append(ConfigIssue(path, f"step {name!r} trains no text-to-image model (neither it nor a step "
-                                            "before it has train_diff or train_diff_full): nothing to register"))
+            issues.append(ConfigIssue(path, f"step {name!r} {no_text_to_image_model(steps, name)}: nothing to "
+                                            "register"))
     if config.tracking.registered_model is None and registered_steps(config):
         # The experiment's name is then the registered model's too (TrackingConfig.model_name), and MLflow allows
         # in an experiment's name what it refuses in a model's ('/', ':', blanks).

@@ -44,10 +44,29 @@ def test_leaves_that_make_no_images_from_text_are_not_registered():
 
 
 def test_every_text_to_image_leaf_is_registered_and_a_step_below_a_flow_step_counts():
-    cfg = load_config(config(FLOW, {"name": "a", "after": "flow", "n_epochs": 1, "train_vae": True},
+    cfg = load_config(config(FLOW, {"name": "a", "after": "flow", "n_epochs": 1, "train_vae": True,
+                                    "freeze": ["compressor"]},
                              {"name": "b", "after": "flow", "n_epochs": 1, "train_diff": True},
                              {"name": "vae_only", "after": "warm", "n_epochs": 1, "train_vae": True})).config
     assert registered_steps(cfg) == ["a", "b"]
+
+
+def test_a_step_below_a_flow_step_that_trains_the_compressor_is_not_registered():
+    """It drops the latent normalisation (the next flow step measures it again): its checkpoint cannot make images
+    from text, and registering it failed with a traceback after every step had trained."""
+    retune = {"name": "retune", "after": "flow", "n_epochs": 1, "train_vae": True}
+    assert registered_steps(load_config(config(FLOW, retune)).config) == []
+    assert registered_steps(load_config(config(FLOW, retune, dict(FLOW, name="flow2", after="retune"))).config) == [
+        "flow2"]
+    found = problems(config(FLOW, retune, tracking={"register_steps": ["retune"]}))
+    assert found == {"tracking.register_steps[0]": "step 'retune' comes after flow step 'flow', but it trains the "
+                                                   "compressor, which drops the latent normalisation the model "
+                                                   "decodes with (a flow step after it measures one again): nothing "
+                                                   "to register"}
+    decoder = {"name": "decoder", "after": "retune", "n_epochs": 1, "train_vae": True, "freeze": ["compressor"]}
+    found = problems(config(FLOW, retune, decoder, tracking={"register_steps": ["decoder"]}))
+    assert "step 'decoder' comes after flow step 'flow', but 'retune' trains the compressor" in found[
+        "tracking.register_steps[0]"]
 
 
 def test_named_model_chosen_steps_and_a_folder_dataset_fall_back_to_the_frechet_distance():

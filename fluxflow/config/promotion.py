@@ -130,14 +130,17 @@ def promotion_issues(config) -> list[ConfigIssue]:
     steps = config.resolved_steps()
     names = [step.name for step in steps]
     capable = set(text_to_image_steps(steps))
-    issues = []
+    issues, seen = [], {}
     for i, name in enumerate(config.tracking.register_steps or []):
         path = ("tracking", "register_steps", i)
-        if name not in names:
+        if name in seen:  # counted twice, one registered run passed beyond_spread's "2 or more"
+            issues.append(ConfigIssue(path, f"{name!r} is named twice (also register_steps[{seen[name]}])"))
+        elif name not in names:
             issues.append(ConfigIssue(path, f"no step is named {name!r}{did_you_mean(name, names)}"))
         elif name not in capable:
             issues.append(ConfigIssue(path, f"step {name!r} {no_text_to_image_model(steps, name)}: nothing to "
                                             "register"))
+        seen.setdefault(name, i)
     if config.tracking.registered_model is None and registered_steps(config):
         # The experiment's name is then the registered model's too (TrackingConfig.model_name), and MLflow allows
         # in an experiment's name what it refuses in a model's ('/', ':', blanks).
@@ -152,8 +155,8 @@ def promotion_issues(config) -> list[ConfigIssue]:
     if promotion.enabled and promotion.beyond_spread:
         # One registered run of a hypothesis has no interval: every version after the first was "not promoted", for
         # good (no replicates, or register_steps naming one replica of each)
-        hypothesis_of = {step.name: step.hypothesis for step in steps}
-        registered = Counter(hypothesis_of.get(name, name) for name in registered_steps(config))
+        hypothesis_of = {step.name: step.hypothesis for step in steps}  # each registered step counted once
+        registered = Counter(hypothesis_of.get(name, name) for name in dict.fromkeys(registered_steps(config)))
         if alone := sorted(h for h, n in registered.items() if n < 2):
             issues.append(ConfigIssue("promotion.beyond_spread", "needs seed replicates (training.replicates with 2 "
                                       "or more seeds), each registered: with one registered run of a hypothesis ("

@@ -380,3 +380,15 @@ def test_the_diversity_ratio_cannot_rank_versions():
     said = problems(config(FLOW, promotion={"metric": "eval_diversity_ratio"}))["promotion.metric"]
     assert said.startswith("eval_diversity_ratio is best near 1") and "cannot rank versions" in said
     assert better_direction("eval_diversity_ratio") is None  # fluxflow-compare calls neither side better
+
+
+def test_a_step_registered_twice_is_refused_and_does_not_count_as_two_replicates():
+    """`register_steps: [flow-seed0, flow-seed0]` passed beyond_spread's "needs seed replicates" (one step counted
+    twice), after which every version was "not promoted | one replicate: no interval can be given"."""
+    raw = config(FLOW, promotion={"beyond_spread": True}, tracking={"register_steps": ["flow-seed0", "flow-seed0"]})
+    raw["training"]["replicates"] = {"seeds": [0, 1]}
+    said = problems(raw)
+    assert said["tracking.register_steps[1]"] == "'flow-seed0' is named twice (also register_steps[0])"
+    assert "one registered run of a hypothesis (flow)" in said["promotion.beyond_spread"]
+    raw["promotion"] = {}  # without beyond_spread the duplicate is refused as well
+    assert list(problems(raw)) == ["tracking.register_steps[1]"]

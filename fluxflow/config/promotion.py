@@ -133,8 +133,13 @@ def promotion_issues(config) -> list[ConfigIssue]:
     issues, seen = [], {}
     for i, name in enumerate(config.tracking.register_steps or []):
         path = ("tracking", "register_steps", i)
+        # A replicated step runs only as its replicas, which keep its name as their hypothesis (steps.py).
+        replicas = [step.name for step in steps if step.hypothesis == name and step.name != name]
         if name in seen:  # counted twice, one registered run passed beyond_spread's "2 or more"
             issues.append(ConfigIssue(path, f"{name!r} is named twice (also register_steps[{seen[name]}])"))
+        elif replicas:
+            issues.append(ConfigIssue(path, f"{name!r} is replicated (training.replicates): name its replicas "
+                                            f"{', '.join(replicas)}"))
         elif name not in names:
             issues.append(ConfigIssue(path, f"no step is named {name!r}{did_you_mean(name, names)}"))
         elif name not in capable:
@@ -155,8 +160,11 @@ def promotion_issues(config) -> list[ConfigIssue]:
     if promotion.enabled and promotion.beyond_spread:
         # One registered run of a hypothesis has no interval: every version after the first was "not promoted", for
         # good (no replicates, or register_steps naming one replica of each)
-        hypothesis_of = {step.name: step.hypothesis for step in steps}  # each registered step counted once
-        registered = Counter(hypothesis_of.get(name, name) for name in dict.fromkeys(registered_steps(config)))
+        # Each registered step counted once; a name that is no step is reported above, not again here as a
+        # hypothesis with one registered run.
+        hypothesis_of = {step.name: step.hypothesis for step in steps}
+        registered = Counter(hypothesis_of[name] for name in dict.fromkeys(registered_steps(config))
+                             if name in hypothesis_of)
         if alone := sorted(h for h, n in registered.items() if n < 2):
             issues.append(ConfigIssue("promotion.beyond_spread", "needs seed replicates (training.replicates with 2 "
                                       "or more seeds), each registered: with one registered run of a hypothesis ("

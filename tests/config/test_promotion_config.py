@@ -392,3 +392,14 @@ def test_a_step_registered_twice_is_refused_and_does_not_count_as_two_replicates
     assert "one registered run of a hypothesis (flow)" in said["promotion.beyond_spread"]
     raw["promotion"] = {}  # without beyond_spread the duplicate is refused as well
     assert list(problems(raw)) == ["tracking.register_steps[1]"]
+
+
+def test_registering_a_replicated_step_by_its_written_name_names_its_replicas_once():
+    """`register_steps: [flow]` with flow replicated said "no step is named 'flow'" without a word of its replicas,
+    and added a beyond_spread problem about "one registered run of a hypothesis (flow)" built on that unknown name."""
+    raw = config(FLOW, promotion={"beyond_spread": True}, tracking={"register_steps": ["flow"]})
+    raw["training"]["replicates"] = {"seeds": [0, 1, 2], "from_steps": ["flow"]}
+    assert problems(raw) == {"tracking.register_steps[0]": "'flow' is replicated (training.replicates): name its "
+                                                           "replicas flow-seed0, flow-seed1, flow-seed2"}
+    raw["tracking"]["register_steps"] = ["flwo"]  # a name that is no step at all: only that is said
+    assert problems(raw) == {"tracking.register_steps[0]": "no step is named 'flwo'"}

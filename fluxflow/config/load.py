@@ -143,6 +143,9 @@ def from_overrides(issues: list[ConfigIssue], overrides: list[str] | tuple[str, 
             for issue in issues]
 
 
+_KINDS = {bool: "true or false", int: "a number", float: "a number", str: "a string", list: "a list"}  # YAML's words
+
+
 def _set(raw: dict[str, Any], parts: list[str], value: Any, written: str) -> str | None:
     """Set raw[parts...] = value, stepping into a step by its name under training.pipeline.steps; the problem or None.
     `written`: the value as given, for the example of a list set whole."""
@@ -173,8 +176,8 @@ def _set(raw: dict[str, Any], parts: list[str], value: Any, written: str) -> str
             else:
                 example = f"[{written}, ...]" if index == 0 else f"[..., {written}]"
             return f"an item of a list cannot be set; set the whole list, e.g. {at}={example}"
-        if not isinstance(node, dict):
-            return f"{at} is {node!r}, not a section"
+        if not isinstance(node, dict):  # its type, not its value: that may be a secret (tracking.tracking_uri)
+            return f"{at} is {_KINDS.get(type(node), type(node).__name__)}, not a section"
         if last:
             node[part] = value
         elif node.get(part) is None:  # absent, or an empty section (`defaults:` with nothing under it)

@@ -104,7 +104,7 @@ def test_a_problem_an_override_or_parameter_made_names_it_as_the_caller_does(tmp
 @pytest.mark.parametrize("override,message", [
     ("training.pipeline.steps.flw.lr=1", "--set training.pipeline.steps.flw.lr: no step named 'flw' (did you mean "
                                          "'flow'?) (steps: warm, flow)"),
-    ("training.seed.x=1", "--set training.seed.x: training.seed is 0, not a section"),
+    ("training.seed.x=1", "--set training.seed.x: training.seed is a number, not a section"),
     ("training.seed", "--set training.seed: expected KEY=VALUE with a dotted KEY, e.g. training.seed=1 or "
                       "training.pipeline.steps.flow.lr=3e-4"),
     ("training..seed=1", "--set training..seed=1: expected KEY=VALUE with a dotted KEY, e.g. training.seed=1 or "
@@ -118,6 +118,14 @@ def test_a_problem_an_override_or_parameter_made_names_it_as_the_caller_does(tmp
 def test_an_override_that_cannot_be_placed_names_itself(tmp_path, override, message):
     found = problems(tmp_path, [override])
     assert len(found) == 1 and found[0].startswith(message), found
+
+
+def test_an_override_under_a_value_that_is_not_a_section_says_its_type_not_the_value(tmp_path):
+    """The value was echoed ("tracking.tracking_uri is 'http://alice:s3cretPW@...', not a section"): it may be a
+    secret, which from_overrides' own rule keeps out of every message."""
+    uri = "http://alice:s3cretPW@127.0.0.1:5999"
+    found = problems(tmp_path, [f"tracking.tracking_uri={uri}", "tracking.tracking_uri.x=1"])
+    assert found == ["--set tracking.tracking_uri.x: tracking.tracking_uri is a string, not a section"]
 
 
 def test_every_override_that_cannot_be_placed_is_named_not_only_the_first(tmp_path):

@@ -128,7 +128,8 @@ class Refused(Exception):
 def configured(args: argparse.Namespace):
     """The run's config as a LoadedConfig, resolved once (fluxflow/config/run_config.py: the command line's
     overrides, output directory with `{date}` filled, device; data folders checked): the flow and its tasks train
-    exactly this. Prints the warnings and the plan unless --quiet."""
+    exactly this. Prints the warnings (with --quiet those about the original tool's keys left out) and, unless
+    --quiet, the plan."""
     try:
         loaded = resolve_run_config(args.config, output_dir=args.output_dir, device=args.device,
                                     overrides=args.overrides, check_data=not args.validate_pipeline,
@@ -136,9 +137,12 @@ def configured(args: argparse.Namespace):
     except ConfigError as exc:
         raise Refused(str(exc)) from None  # "N problems in FILE:" and one line per problem
     config = loaded.config
-    if not args.quiet:  # the warnings, then the plan: for a run as for --validate-pipeline
-        for warning in loaded.warnings:
+    # The warnings, then the plan: for a run as for --validate-pipeline. A value of the run's own that has no effect
+    # is said with --quiet too (--set of an lr no optimizer takes: nothing else says the run ignores it).
+    for warning in loaded.warnings:
+        if not (args.quiet and warning in loaded.legacy_warnings):
             print(f"⚠️  {warning}", file=sys.stderr)
+    if not args.quiet:
         print(format_summary(config))
         print()
         print(format_parameters(parameter_counts(config.model, config.data.channels)), flush=True)

@@ -32,6 +32,9 @@ from fluxflow.config.steps import NAME_LIMIT, TRAINING_GLOBALS, ResolvedStep, St
 class LoadedConfig:
     config: PipelineConfig
     warnings: list[str] = field(default_factory=list)  # legacy keys mapped or dropped, a step lr no optimizer uses
+    # Those of `warnings` about keys of the original tool (fluxflow/config/legacy.py): the only ones --quiet leaves
+    # out; a value of ours that has no effect is said even then.
+    legacy_warnings: list[str] = field(default_factory=list)
     source: Path | None = None  # the file it came from (None for a dict)
     dated: bool = False  # its output directory held `{date}`, filled with the run's day (fluxflow/config/run_config.py)
 
@@ -215,8 +218,9 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
     if issues:  # a step is named by its index in an issue, by its name in an override
         names = [get_in(step, "name", kind=str) for step in get_in(raw, *STEPS, kind=list) or []]
         raise ConfigError(from_overrides(_dedupe(issues), overrides, names, overrides_name), label)
+    legacy_warnings = list(warnings)
     warnings += _unused_lr_warnings(config) + _unused_field_warnings(config) + _replicated_seed_warnings(config)
-    return LoadedConfig(config=config, warnings=warnings, source=path)
+    return LoadedConfig(config=config, warnings=warnings, legacy_warnings=legacy_warnings, source=path)
 
 
 def _unused_field_warnings(config: PipelineConfig) -> list[str]:

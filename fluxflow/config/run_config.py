@@ -31,7 +31,7 @@ def resolve_run_config(source: str | Path | dict[str, Any], *, output_dir: str |
                        device: str | None = None, overrides: list[str] | tuple[str, ...] = (),
                        day: str | None = None, check_data: bool = True, output_dir_name: str = "output_dir",
                        device_name: str = "device", overrides_name: str = "overrides") -> LoadedConfig:
-    """The run's config (and the legacy-key warnings of its loading); `day` fills `{date}` (default: today, UTC).
+    """The run's config (and the warnings of its loading); `day` fills `{date}` (default: today, UTC).
     `output_dir_name`, `device_name`, `overrides_name`: what the caller calls `output_dir`, `device` and `overrides`,
     for the errors about their values (the flow's parameter names; `--output-dir`, `--device`, `--set` on the command
     line): the file is not what is wrong. `check_data` False: `--validate-pipeline`, which accepts a config written
@@ -63,7 +63,8 @@ def resolve_run_config(source: str | Path | dict[str, Any], *, output_dir: str |
     if missing:  # a dataset's path may be an override's
         names = [step.name for step in config.training.pipeline.steps]
         raise ConfigError(from_overrides(missing, overrides, names, overrides_name), label)
-    return LoadedConfig(config=config, warnings=loaded.warnings, source=loaded.source, dated="{date}" in template)
+    return LoadedConfig(config=config, warnings=loaded.warnings, legacy_warnings=loaded.legacy_warnings,
+                        source=loaded.source, dated="{date}" in template)
 
 
 def run_dict(config: PipelineConfig) -> dict[str, Any]:

@@ -104,6 +104,18 @@ def test_legacy_warnings_go_to_stderr_and_quiet_silences_them(tmp_path, capsys, 
     assert "flow_processor" in loud.out.split("Parameters:")[1]
 
 
+def test_quiet_leaves_out_only_the_original_tool_s_warnings_not_a_value_that_has_no_effect(capsys):
+    """--quiet hid every warning, so `--set` of an lr that no optimizer of the step takes was ignored without a word;
+    the docs say it leaves out only the warnings about keys of the original tool (the test above)."""
+    args = ["--config", str(REPO / "configs" / "quickstart.yaml"), "--validate-pipeline",
+            "--set", "training.pipeline.steps.flow.lr=3e-4"]
+    assert cli_train.main([*args, "--quiet"]) == 0
+    quiet = capsys.readouterr()
+    assert quiet.out == ""
+    assert quiet.err == ("⚠️  training.pipeline.steps[2].lr: has no effect: every optimizer of the step sets its own lr "
+                         "(flow, text_encoder)\n")
+
+
 @pytest.fixture
 def fake_flow(monkeypatch):
     """Stands in for flows.cli_flow_run (Prefect + MLflow) and records how the CLI calls it."""

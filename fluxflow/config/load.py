@@ -219,7 +219,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
         names = [get_in(step, "name", kind=str) for step in get_in(raw, *STEPS, kind=list) or []]
         raise ConfigError(from_overrides(_dedupe(issues), overrides, names, overrides_name), label)
     legacy_warnings = list(warnings)
-    warnings += _unused_lr_warnings(config) + _unused_field_warnings(config) + _replicated_seed_warnings(config)
+    warnings += _unused_lr_warnings(config) + _unused_field_warnings(config) + _overridden_warnings(config)
     return LoadedConfig(config=config, warnings=warnings, legacy_warnings=legacy_warnings, source=path)
 
 
@@ -236,16 +236,29 @@ def _unused_field_warnings(config: PipelineConfig) -> list[str]:
     return warnings
 
 
-def _replicated_seed_warnings(config: PipelineConfig) -> list[str]:
-    """A replicated step's own `seed`: each replica trains with one of training.replicates.seeds instead, so it was
-    accepted (a --set of it retrained nothing) and ignored."""
-    replicates, steps = config.training.replicates, config.training.pipeline.steps
-    if replicates is None:
-        return []
-    replicated = set(replicated_names(config.written_steps(), replicates))
-    return [f"{format_path((*STEPS, i, 'seed'))}: has no effect: the step is replicated, and each replica trains "
-            "with one of training.replicates.seeds" for i, step in enumerate(steps)
-            if step.name in replicated and step.seed is not None]
+def _overridden_warnings(config: PipelineConfig) -> list[str]:
+    """A step global (`training.<key>`) or a field of `training.pipeline.defaults` that every step sets for itself
+    (steps.py: the step over the defaults over the globals), and a replicated step's own `seed` (each replica trains
+    with one of training.replicates.seeds instead): accepted, it changed no step (a --set of it retrained nothing),
+    so it is said. A seed is also set for itself by every replicated step. lr: _unused_lr_warnings."""
+    training, pipe = config.training, config.training.pipeline
+    replicated = set(replicated_names(config.written_steps(), training.replicates)) if training.replicates else set()
+    by_replicates = "each replica trains with one of training.replicates.seeds"
+    warnings = [f"{format_path((*STEPS, i, 'seed'))}: has no effect: the step is replicated, and {by_replicates}"
+                for i, step in enumerate(pipe.steps) if step.name in replicated and step.seed is not None]
+    for key in (key for key in TRAINING_GLOBALS if key != "lr"):
+        replaced = key == "seed" and bool(replicated)
+        own = all(getattr(step, key) is not None or replaced and step.name in replicated for step in pipe.steps)
+        why = f"every step sets its own {key}" + (f" or is replicated ({by_replicates})" if replaced else "")
+        if own and getattr(pipe.defaults, key) is not None:
+            warnings.append(f"training.pipeline.defaults.{key}: has no effect: {why}")
+        # training.<key> as written (a default no one wrote is no setting); a step takes it only where neither the
+        # step nor the defaults sets one
+        if (own or getattr(pipe.defaults, key) is not None) and key in training.model_fields_set \
+                and getattr(training, key) is not None:
+            warnings.append(f"training.{key}: has no effect: {why}" + ("" if own else " or training.pipeline.defaults "
+                                                                                   "sets it"))
+    return warnings
 
 
 def _unused_lr_warnings(config: PipelineConfig) -> list[str]:

@@ -241,4 +241,31 @@ def test_a_replicated_step_s_own_seed_is_said_to_have_no_effect(tmp_path):
     raw["training"]["replicates"] = {"seeds": [0, 1], "from_steps": ["b"]}
     assert load_config(raw).warnings == [
         "training.pipeline.steps[1].seed: has no effect: the step is replicated, and each replica trains with one of "
-        "training.replicates.seeds"]
+        "training.replicates.seeds",
+        # warm sets its own seed and b is replicated: the written training.seed reaches no step
+        "training.seed: has no effect: every step sets its own seed or is replicated (each replica trains with one "
+        "of training.replicates.seeds)"]
+
+
+def test_a_step_global_or_default_that_every_step_sets_for_itself_is_said_to_have_no_effect(tmp_path):
+    """--set training.n_epochs=7 (or max_steps, or the defaults' n_epochs) on a config whose steps each set their own
+    validated without a word and changed no step; so did training.seed with every step replicated. As for an lr
+    (above), a value that reaches no step is said; one that some step takes is not."""
+    steps = [dict(VAE_STEP), {"name": "b", "n_epochs": 2, "max_steps": 2, "train_vae": True}]
+    overrides = ["training.n_epochs=7", "training.max_steps=50", "training.pipeline.defaults.n_epochs=7"]
+    loaded = load_config(tiny_raw(tmp_path, steps), overrides)
+    assert loaded.warnings == [
+        "training.pipeline.defaults.n_epochs: has no effect: every step sets its own n_epochs",
+        "training.n_epochs: has no effect: every step sets its own n_epochs",
+        "training.max_steps: has no effect: every step sets its own max_steps"]
+    assert [s.n_epochs for s in loaded.config.resolved_steps()] == [1, 2]
+    del steps[1]["n_epochs"]  # b takes the defaults' n_epochs: only training.n_epochs reaches no step
+    assert [w for w in load_config(tiny_raw(tmp_path, steps), overrides).warnings if "n_epochs" in w] == [
+        "training.n_epochs: has no effect: every step sets its own n_epochs or training.pipeline.defaults sets it"]
+    assert [w for w in load_config(tiny_raw(tmp_path, steps), overrides[:1]).warnings if "n_epochs" in w] == []
+    steps[1]["n_epochs"] = 2
+    replicated = load_config(tiny_raw(tmp_path, steps), ["training.replicates={seeds: [0, 1]}"]).warnings
+    assert replicated == ["training.seed: has no effect: every step sets its own seed or is replicated (each replica "
+                          "trains with one of training.replicates.seeds)"]
+    assert load_config(tiny_raw(tmp_path, steps), ["training.replicates={seeds: [0, 1], from_steps: [b]}"]).warnings \
+        == []  # warm trains at training.seed

@@ -100,12 +100,15 @@ def unshared(tree: Any) -> Any:
 # Overrides apply in order, before the keys of the original tool are mapped (fluxflow/config/legacy.py).
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], label: str | None,
-                    name: str = "--set") -> dict[str, Any]:
-    """A copy of the parsed file with every override set; ConfigError naming each one that cannot be placed, or the
-    first that is not KEY=VALUE ('training.pipeline.steps.flow.lr=3e-4') or whose value is broken YAML. `name`: what
-    the caller calls an override (`--set`; the flow's parameter `overrides`)."""
-    raw, issues = unshared(raw), []
-    for text in overrides:  # every one that cannot be placed is named, not only the first
+                    name: str = "--set") -> tuple[dict[str, Any], list[str | None]]:
+    """A copy of the parsed file with every override set, and per override the KEY of the first section on its way
+    that it created (None: it created none), for from_overrides; ConfigError naming each one that cannot be placed,
+    or the first that is not KEY=VALUE ('training.pipeline.steps.flow.lr=3e-4') or whose value is broken YAML.
+    `name`: what the caller calls an override (`--set`; the flow's parameter `overrides`)."""
+    raw, issues, created = unshared(raw), [], []
+    for text in overrides:
+        made: list[int] = []  # the depth of the first section this one creates
+        created.append(None)  # every one that cannot be placed is named, not only the first
         key, sep, written = text.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
@@ -117,30 +120,38 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
         except yaml.YAMLError as exc:
             issues.append(ConfigIssue(f"{name} {key}", f"the value is broken YAML: {' '.join(str(exc).split())}"))
             continue
-        if problem := _set(raw, parts, value, written.strip()):
+        if problem := _set(raw, parts, value, written.strip(), made):
             issues.append(ConfigIssue(f"{name} {'.'.join(parts)}", problem))
+        elif made:
+            created[-1] = ".".join(parts[:made[0] + 1])
     if issues:
         raise ConfigError(issues, label)
-    return raw
+    return raw, created
 
 
 def from_overrides(issues: list[ConfigIssue], overrides: list[str] | tuple[str, ...], steps: list,
-                   name: str = "--set") -> list[ConfigIssue]:
-    """`issues`, each one about a value an override wrote (its path, or a path under it) saying so: `(from --set
-    KEY)`. Under the file's label ("1 problem in configs/x.yaml") the file was blamed for the command's value. `steps`:
-    the step names in order (an issue names a step by its index, an override by its name). The override's value is
-    not repeated: it may be a secret (tracking.tracking_uri), and the issue says what is wrong with it."""
-    written: list[tuple[str, str]] = []  # (the issue path an override writes, its KEY as given), in order
-    for text in overrides:
-        key = text.partition("=")[0].strip()
+                   name: str = "--set", created: list[str | None] | None = None) -> list[ConfigIssue]:
+    """`issues`, each one about a value an override wrote (its path, or a path under it) or in a section it created
+    (`created`: apply_overrides') saying so: `(from --set KEY)`. Under the file's label ("1 problem in
+    configs/x.yaml") the file was blamed for the command's value. `steps`: the step names in order (an issue names a
+    step by its index, an override by its name). The override's value is not repeated: it may be a secret
+    (tracking.tracking_uri), and the issue says what is wrong with it."""
+    def issue_path(key: str) -> str:
         parts: list[str | int] = list(key.split("."))
         if tuple(parts[:len(STEPS)]) == STEPS and len(parts) > len(STEPS) and parts[len(STEPS)] in steps:
             parts[len(STEPS)] = steps.index(parts[len(STEPS)])
-        written.append((format_path(parts), key))
+        return format_path(parts)
+
+    # (the issue paths an override wrote: its KEY's, and that of the section it created (`--set ...shapess.size=8`
+    # leaves shapess without its type), its KEY as given), in order
+    written: list[tuple[list[str], str]] = []
+    for text, made in zip(overrides, created or [None] * len(overrides)):
+        key = text.partition("=")[0].strip()
+        written.append(([issue_path(key), *([issue_path(made)] if made else [])], key))
 
     def source(path: str) -> str | None:  # the last override to write it: they apply in order
-        return next((key for at, key in reversed(written) if path == at or path.startswith((f"{at}.", f"{at}["))),
-                    None)
+        return next((key for paths, key in reversed(written) for at in paths
+                     if path == at or path.startswith((f"{at}.", f"{at}["))), None)
 
     return [ConfigIssue(issue.path, f"{issue.message} (from {name} {key})") if (key := source(issue.path)) else issue
             for issue in issues]
@@ -149,9 +160,10 @@ def from_overrides(issues: list[ConfigIssue], overrides: list[str] | tuple[str, 
 _KINDS = {bool: "true or false", int: "a number", float: "a number", str: "a string", list: "a list"}  # YAML's words
 
 
-def _set(raw: dict[str, Any], parts: list[str], value: Any, written: str) -> str | None:
+def _set(raw: dict[str, Any], parts: list[str], value: Any, written: str, made: list[int]) -> str | None:
     """Set raw[parts...] = value, stepping into a step by its name under training.pipeline.steps; the problem or None.
-    `written`: the value as given, for the example of a list set whole."""
+    `written`: the value as given, for the example of a list set whole; `made`: gets the depth of each section
+    created on the way."""
     node: Any = raw
     for depth, part in enumerate(parts):
         at, last = ".".join(parts[:depth]), depth == len(parts) - 1
@@ -185,6 +197,7 @@ def _set(raw: dict[str, Any], parts: list[str], value: Any, written: str) -> str
             node[part] = value
         elif node.get(part) is None:  # absent, or an empty section (`defaults:` with nothing under it)
             node[part] = {}
+            made.append(depth)
         node = node[part]
     return None
 
@@ -200,7 +213,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
         raise ConfigError([ConfigIssue("(file)", "is empty; a config needs at least training.pipeline.steps")], label)
     if not isinstance(raw, dict):
         raise ConfigError([ConfigIssue("(file)", f"must be a mapping of sections, not {type(raw).__name__}")], label)
-    raw = apply_overrides(raw, overrides, label, overrides_name)
+    raw, created = apply_overrides(raw, overrides, label, overrides_name)
 
     raw, warnings, issues = apply_legacy(raw)
     raw = with_pretrained_width(raw)
@@ -217,7 +230,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
                    + shapes_batch_issues(config))
     if issues:  # a step is named by its index in an issue, by its name in an override
         names = [get_in(step, "name", kind=str) for step in get_in(raw, *STEPS, kind=list) or []]
-        raise ConfigError(from_overrides(_dedupe(issues), overrides, names, overrides_name), label)
+        raise ConfigError(from_overrides(_dedupe(issues), overrides, names, overrides_name, created), label)
     legacy_warnings = list(warnings)
     warnings += _unused_lr_warnings(config) + _unused_field_warnings(config) + _overridden_warnings(config)
     return LoadedConfig(config=config, warnings=warnings, legacy_warnings=legacy_warnings, source=path)

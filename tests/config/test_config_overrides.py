@@ -101,6 +101,28 @@ def test_a_problem_an_override_or_parameter_made_names_it_as_the_caller_does(tmp
                                                                           "or 'cuda' (got 'gpu')")
 
 
+def test_a_problem_in_a_section_an_override_created_names_the_override(tmp_path):
+    """An override that made a section whose content is then invalid was not named: the file was blamed for an
+    optimizer group, a dataset without its type and replicates without seeds that only the command wrote."""
+    assert problems(tmp_path, ["training.pipeline.steps.warm.optimization.optimizers.vaee.lr=0.5"]) == [
+        "training.pipeline.steps[0].optimization.optimizers.vaee: no optimizer group is named 'vaee' (did you mean "
+        "'vae'?); optimizer groups: vae, discriminator, flow, text_encoder (from --set "
+        "training.pipeline.steps.warm.optimization.optimizers.vaee.lr)"]
+    assert problems(tmp_path, ["training.pipeline.datasets.shapess.size=8",
+                               "training.pipeline.default_dataset=shapes"]) == [
+        "training.pipeline.datasets.shapess.type: required: one of 'shapes', 'folder', 'webdataset' (from --set "
+        "training.pipeline.datasets.shapess.size)"]
+    assert problems(tmp_path, ["training.replicates.from_steps=[flow]"]) == [
+        "training.replicates.seeds: required (from --set training.replicates.from_steps)"]
+    # A section the file has is still the file's: the override wrote only its own key.
+    raw = tiny_raw(tmp_path, STEPS)
+    raw["training"]["replicates"] = {"seeds": [0, 0]}
+    with pytest.raises(ConfigError) as raised:
+        load_config(raw, ["training.replicates.from_steps=[flow]"])
+    assert [str(issue) for issue in raised.value.issues] == [
+        "training.replicates.seeds: seeds must be distinct (the same seed twice trains the same replicate twice)"]
+
+
 @pytest.mark.parametrize("override,message", [
     ("training.pipeline.steps.flw.lr=1", "--set training.pipeline.steps.flw.lr: no step named 'flw' (did you mean "
                                          "'flow'?) (steps: warm, flow)"),

@@ -133,18 +133,25 @@ def group_by_hypothesis(client: MlflowClient, runs: list,
 
 
 def counted_replicates(label: str, group: list, planned: int | None = None) -> tuple[str, list]:
-    """(column label, the runs its statistics use). An interrupted or still running step is shown with its last
-    logged values, and says so; but where other replicates of its hypothesis finished, those raw mid-training values
-    are left out (averaged with final smoothed ones, they moved the mean, the interval and every verdict). `planned`:
-    the replicates its config has, where more than ran (`group_by_hypothesis`): the others are "not run"."""
-    finished = [run for run in group if run.info.status == "FINISHED"]
-    unfinished = [run.info.status.lower() for run in group if run.info.status != "FINISHED"]
-    unfinished += ["not run"] * ((planned or 0) - len(group))
-    total = max(planned or 0, len(group))
+    """(column label, the runs its statistics use): `left_out` on the runs' MLflow statuses."""
+    label, counted = left_out(label, [run.info.status for run in group], planned)
+    return label, [group[i] for i in counted]
+
+
+def left_out(label: str, statuses: list[str], planned: int | None = None) -> tuple[str, list[int]]:
+    """(column label, the indices of the replicates its statistics use), from each started replicate's MLflow status
+    (FINISHED, FAILED, KILLED, RUNNING). An interrupted or still running step is shown with its last logged values,
+    and says so; but where other replicates of its hypothesis finished, those raw mid-training values are left out
+    (averaged with final smoothed ones, they moved the mean, the interval and every verdict). `planned`: the
+    replicates its config has, where more than started (`group_by_hypothesis`): the others are "not run"."""
+    finished = [i for i, status in enumerate(statuses) if status == "FINISHED"]
+    unfinished = [status.lower() for status in statuses if status != "FINISHED"]
+    unfinished += ["not run"] * ((planned or 0) - len(statuses))
+    total = max(planned or 0, len(statuses))
     if not unfinished:
-        return label, group
+        return label, finished
     if not finished:
-        return f"{label} ({', '.join(sorted(set(unfinished)))})", group
+        return f"{label} ({', '.join(sorted(set(unfinished)))})", list(range(len(statuses)))
     counts = ", ".join(f"{unfinished.count(status)} {status}" for status in sorted(set(unfinished)))
     return f"{label} (left out: {counts} of {total})", finished
 
@@ -164,23 +171,36 @@ def joined_params(replicates: list[dict[str, str]]) -> dict[str, str]:
     return {key: ", ".join(dict.fromkeys(params.get(key, MISSING) for params in replicates)) for key in keys}
 
 
-def pipeline_summary(steps: list, finished: dict[str, dict[str, float]]) -> HypothesisSummary | None:
+def pipeline_summary(steps: list, finished: dict[str, dict[str, float]],
+                     ended: dict[str, str] | None = None) -> HypothesisSummary | None:
     """The summary of one pipeline's own leaf steps, for its MLflow run (hypotheses.txt, hypotheses.json): per
-    hypothesis the final metrics of its `finished` replicates (step name -> final metrics), and, as this module's
-    tables have them, the resolved values that tell the hypotheses apart (without them the file did not say which
-    config a column was). None when no leaf step finished."""
-    leaves = set(leaf_names(steps))
-    groups: dict[str, list[str]] = {}
+    hypothesis the final metrics of its `finished` replicates (step name -> final metrics), labelled as
+    fluxflow-compare labels its columns (`left_out`: "flow (left out: 1 failed of 3)"; `ended`: step name -> MLflow
+    status of a step that started and did not finish, the others "not run"), and, as this module's tables have
+    them, the resolved values that tell the hypotheses apart (without them the file did not say which config a
+    column was). A hypothesis none of whose replicates finished has a column without values. None when no leaf step
+    finished."""
+    leaves, ended = set(leaf_names(steps)), ended or {}
+    replicas: dict[str, list[str]] = {}  # hypothesis -> its leaf steps, all the config has
     for step in steps:
-        if step.name in leaves and step.name in finished:
-            groups.setdefault(step.hypothesis, []).append(step.name)
-    if not groups:
+        if step.name in leaves:
+            replicas.setdefault(step.hypothesis, []).append(step.name)
+    if not any(name in finished for names in replicas.values() for name in names):
         return None
+    groups: dict[str, list[str]] = {}  # column label -> its finished replicates
+    planned: dict[str, int] = {}
+    for hypothesis, names in replicas.items():
+        started = [name for name in names if name in finished or name in ended]
+        label, _ = left_out(hypothesis, [ended.get(name, "FINISHED") for name in started], len(names))
+        groups[label], planned[label] = [name for name in started if name in finished], len(names)
     by_name = {step.name: step for step in steps}
     summary = summarize(groups, {h: [finished[name] for name in names] for h, names in groups.items()},
                         {h: [by_name[name].seed for name in names] for h, names in groups.items()})
+    summary.planned = planned
+    # a column without values: the config of its replicates, none of which finished
     summary.config = differing([joined_params([flatten_params(by_name[name].model_dump(mode="json"))
-                                               for name in names]) for names in groups.values()])
+                                               for name in (names or replicas[hypothesis])])
+                                for hypothesis, names in zip(replicas, groups.values())])
     return summary
 
 
@@ -199,14 +219,18 @@ def compare_runs(client: MlflowClient, runs: list, expected: dict[str, dict[str,
     (expected_leaves), for the replicates and hypotheses that did not run. A hypothesis none of whose replicates
     ran has a column without values."""
     grouped, missing = group_by_hypothesis(client, runs, expected)
-    labelled = {with_missed_thresholds(label, counted): counted for label, counted in (
-        counted_replicates(name, group, missing.get(name)) for name, group in grouped.items())}
+    labelled, planned = {}, {}  # label -> the runs counted; label -> the replicates its config has
+    for name, group in grouped.items():
+        label, counted = counted_replicates(name, group, missing.get(name))
+        label = with_missed_thresholds(label, counted)
+        labelled[label], planned[label] = counted, max(missing.get(name) or 0, len(group))
     groups = {label: group for label, group in labelled.items() if group}
     names = {label: [run.data.tags.get(TAG_STEP_NAME, run.info.run_name) for run in group]
              for label, group in groups.items()}
     # Each replicate's seed (its `seed` param): replicates of two hypotheses with the same seeds are compared paired.
     seeds = {label: [run.data.params.get("seed") for run in group] for label, group in groups.items()}
     summary = summarize(names, {label: [final_metrics(run) for run in group] for label, group in groups.items()}, seeds)
+    summary.planned = planned
     unfinished = {label for label, group in groups.items() if group[0].info.status != "FINISHED"}
     summary.differences = [untested_if_unfinished(d, unfinished) for d in summary.differences]
     # Each hypothesis' params from all its counted replicates (the seed as "0, 1, 2"): one replicate's params made its

@@ -217,6 +217,8 @@ class HypothesisSummary:
     spreads: dict[str, dict[str, Spread]] = field(default_factory=dict)  # metric -> hypothesis -> spread
     differences: list[Difference] = field(default_factory=list)
     config: dict[str, list[str]] = field(default_factory=dict)  # a differing value -> one cell per hypothesis
+    # hypothesis -> the replicates its config has, where known (more than `replicates` when some did not finish)
+    planned: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """For JSON: a value that is not finite is null (a bare NaN is not JSON; jq and JSON.parse refuse it)."""
@@ -250,12 +252,17 @@ class HypothesisSummary:
 
     def note(self) -> str:
         """What the intervals and verdicts are, or why there are none."""
-        single = [h for h, runs in self.replicates.items() if len(runs) < 2]
+        single = [h for h, runs in self.replicates.items() if len(runs) == 1]
         note = ("Intervals: 95 % confidence interval of the mean over seed replicates (Student's t); differences: "
                 f"{TEST}.")
-        if single:
-            note += (f" {', '.join(single)}: one replicate, so no interval can be given; add training.replicates "
+        # Adding replicates is the advice only where the config has none: where it has, the others did not finish.
+        alone = [h for h in single if self.planned.get(h, 1) < 2]
+        if alone:
+            note += (f" {', '.join(alone)}: one replicate, so no interval can be given; add training.replicates "
                      "(docs/CONFIG.md) to measure the spread.")
+        short = [f"{h}: 1 of its {self.planned[h]} replicates counted" for h in single if h not in alone]
+        if short:
+            note += f" {'; '.join(short)}, so no interval can be given."
         tests = sum(d.p_value is not None for d in self.differences)
         if tests > 1:  # every pair and metric is a test of its own: some verdicts are chance
             alpha = 1 - CONFIDENCE

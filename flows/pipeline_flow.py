@@ -165,6 +165,7 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
     # wherever it lands.
     running: dict[str, object] = {}
     outcomes: list[StepOutcome] = []
+    failed: list[str] = []  # the steps that failed after their retries (or could not be submitted)
     status, sent, target = "FAILED", True, None
     try:
         target = tracking_target(cfg, pipeline_run, opened)
@@ -187,6 +188,7 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
                 except Infeasible as exc:  # Ray would hold it pending forever: it fails now, its subtree is not run
                     logger.error(str(exc))
                     schedule.step_failed(name, exc)
+                    failed.append(name)
 
         submit(schedule.roots(), None)
         while running:
@@ -197,6 +199,7 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
                 outcome = StepOutcome.from_dict(future.result())
             except Exception as exc:  # the task failed after its retries: stop this subtree only
                 schedule.step_failed(name, exc)
+                failed.append(name)
                 continue
             outcomes.append(outcome)
             if outcome.placement():
@@ -230,7 +233,9 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
     finally:  # after registration and promotion: an interrupted one leaves the run KILLED, not FINISHED. Here, not in
         # a finally of the steps' loop, which ran before the interrupt's handler: the steps trained on meanwhile, and
         # a Prefect API that failed there replaced the interrupt, which then stopped no step.
-        log_hypotheses(pipeline_run, steps, outcomes)
+        # the steps that started and did not finish, by their MLflow runs' status: those still running were stopped
+        log_hypotheses(pipeline_run, steps, outcomes, {**dict.fromkeys(failed, "FAILED"),
+                                                       **dict.fromkeys(running, "KILLED")})
         send_records(pipeline_run, status, TRACKING_STALL_S if sent else 0)
         if target is not None:  # last: the Prefect API failing here loses the summary, not the MLflow run's end
             try:
@@ -240,10 +245,11 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
     return [outcome.to_dict() for outcome in outcomes]
 
 
-def log_hypotheses(run: PipelineRun, steps: list, outcomes: list[StepOutcome]) -> None:
+def log_hypotheses(run: PipelineRun, steps: list, outcomes: list[StepOutcome], ended: dict[str, str]) -> None:
     """The leaf steps' final metrics per hypothesis, with replicate spreads and pairwise differences
-    (flows/hypotheses.py), on the pipeline's MLflow run: hypotheses.json and hypotheses.txt."""
-    summary = pipeline_summary(steps, {o.result.step_name: o.result.final_metrics for o in outcomes})
+    (flows/hypotheses.py), on the pipeline's MLflow run: hypotheses.json and hypotheses.txt. `ended`: step name ->
+    MLflow status of a step that started and did not finish (pipeline_summary)."""
+    summary = pipeline_summary(steps, {o.result.step_name: o.result.final_metrics for o in outcomes}, ended)
     if summary is None:
         return
     TRACKING.put(lambda: run.client.log_dict(run.run_id, summary.to_dict(), "hypotheses.json"))

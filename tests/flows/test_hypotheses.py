@@ -152,6 +152,33 @@ def test_the_pipeline_runs_summary_says_what_tells_its_hypotheses_apart(tmp_path
     assert json.loads(json.dumps(summary.to_dict()))["config"] == {"train_spade": ["False", "True"]}
 
 
+def test_the_pipeline_runs_summary_labels_replicates_left_out_and_advises_replicates_only_where_there_are_none(
+        tmp_path):
+    """hypotheses.txt dropped the replicates that did not finish without a word (fluxflow-compare labels them "left
+    out: 1 failed of 3"), and with one left it advised "add training.replicates" to a config that has them."""
+    from helpers_tiny import tiny_raw
+
+    from flows.compare import pipeline_summary
+    from fluxflow.config import load_config
+
+    raw = tiny_raw(str(tmp_path), [{"name": "warm", "n_epochs": 1, "train_vae": True},
+                                   {"name": "a", "n_epochs": 1, "train_vae": True, "after": "warm"},
+                                   {"name": "b", "n_epochs": 1, "train_vae": True, "after": "warm", "kl_beta": 0.1}])
+    raw["training"]["replicates"] = {"seeds": [0, 1, 2], "from_steps": ["a"]}
+    steps = load_config(raw).config.resolved_steps()
+    finished = {"warm": {}, "a-seed0": {"vae_loss": 0.5}, "b": {"vae_loss": 0.4}}
+    summary = pipeline_summary(steps, finished, {"a-seed1": "FAILED"})  # a-seed2: not run
+    assert list(summary.replicates) == ["a (left out: 1 failed, 1 not run of 3)", "b"]
+    note = summary.note()
+    assert "a (left out: 1 failed, 1 not run of 3): 1 of its 3 replicates counted, so no interval can be given" in note
+    assert " b: one replicate, so no interval can be given; add training.replicates" in note
+    assert note.count("add training.replicates") == 1  # for b only
+    # None of a's replicates finished: its column stays, without values, and says why.
+    summary = pipeline_summary(steps, {"b": {"vae_loss": 0.4}}, {"a-seed0": "FAILED", "a-seed1": "KILLED"})
+    assert list(summary.replicates) == ["a (failed, killed, not run)", "b"]
+    assert summary.metric_rows()[:2] == [["replicates", "0", "1"], ["metric: vae_loss", "-", "0.4"]]
+
+
 # Student's sleep data (Cushny & Peebles; R's `sleep`): extra hours of sleep of the same ten patients on two drugs.
 DRUG1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
 DRUG2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]

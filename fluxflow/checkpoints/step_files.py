@@ -82,16 +82,30 @@ def key_of(inputs: dict) -> str:
 WEIGHT_NEUTRAL_FIELDS = ("workers", "index", "on_missed", "n_epochs")
 
 
+def weights_dataset(dataset: dict) -> dict:
+    """A dataset's key values (its config as JSON) without those that change no item: a `shapes` dataset's
+    `holdout_pairs_seed` where no count of pairs is drawn, and `holdout_pairs` 0 or [] (none held out, as unset). A
+    seed written without a count trained every step again, for the same weights."""
+    if dataset.get("type") != "shapes":
+        return dataset
+    pairs = dataset.get("holdout_pairs")
+    drawn = isinstance(pairs, int) and pairs > 0
+    return {k: v for k, v in dataset.items()
+            if not (k == "holdout_pairs_seed" and not drawn or k == "holdout_pairs" and pairs in (0, []))}
+
+
 def weights_keys(parts: dict[str, dict], unused: dict[str, set[str]] | None = None) -> dict[str, str]:
-    """Every step's key (`parts`: step_key_parts) without WEIGHT_NEUTRAL_FIELDS and the fields its modes never read
-    (`unused`: step name -> fields, config/modes.py unused_fields), chained the same way: equal for two configs that
-    train the same weights. Kept in ref.json next to the key."""
+    """Every step's key (`parts`: step_key_parts) without WEIGHT_NEUTRAL_FIELDS, the fields its modes never read
+    (`unused`: step name -> fields, config/modes.py unused_fields) and its dataset's values that change no item
+    (weights_dataset), chained the same way: equal for two configs that train the same weights. Kept in ref.json next
+    to the key."""
     keys: dict[str, str] = {}
     for name, inputs in parts.items():  # parents first
         neutral = {*WEIGHT_NEUTRAL_FIELDS, *(unused or {}).get(name, ())}
         step = {k: v for k, v in inputs["step"].items() if k not in neutral}
         parent = inputs["step"].get("parent")
-        keys[name] = step_key(step, inputs["model"], inputs["dataset"], keys[parent] if parent else inputs["parent"])
+        keys[name] = step_key(step, inputs["model"], weights_dataset(inputs["dataset"]),
+                              keys[parent] if parent else inputs["parent"])
     return keys
 
 

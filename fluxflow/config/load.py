@@ -232,8 +232,20 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
         names = [get_in(step, "name", kind=str) for step in get_in(raw, *STEPS, kind=list) or []]
         raise ConfigError(from_overrides(_dedupe(issues), overrides, names, overrides_name, created), label)
     legacy_warnings = list(warnings)
-    warnings += _unused_lr_warnings(config) + _unused_field_warnings(config) + _overridden_warnings(config)
+    warnings += (_unused_lr_warnings(config) + _unused_field_warnings(config) + _overridden_warnings(config)
+                 + _unused_dataset_warnings(config))
     return LoadedConfig(config=config, warnings=warnings, legacy_warnings=legacy_warnings, source=path)
+
+
+def _unused_dataset_warnings(config: PipelineConfig) -> list[str]:
+    """A `shapes` dataset's `holdout_pairs_seed` without a count of pairs to draw: accepted without a word (and, until
+    weights_dataset, it trained every step again for the same weights)."""
+    return [f"training.pipeline.datasets.{name}.holdout_pairs_seed: has no effect: it draws a count of holdout_pairs, "
+            + ("and holdout_pairs lists its pairs" if isinstance(ds.holdout_pairs, list) else
+               "and holdout_pairs sets none")
+            for name, ds in config.training.pipeline.datasets.items()
+            if ds.type == "shapes" and ds.holdout_pairs_seed is not None and not (
+                isinstance(ds.holdout_pairs, int) and ds.holdout_pairs > 0)]
 
 
 def _unused_field_warnings(config: PipelineConfig) -> list[str]:

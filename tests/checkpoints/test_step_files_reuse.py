@@ -395,3 +395,24 @@ def test_a_latest_pt_resumes_on_the_data_it_was_saved_with_or_one_that_did_not_r
         "its dataset changed since latest.pt: 32 -> 40 items")
     assert StepFiles.data_changed(folder, {"items": 32, "sha256": "b" * 64}) == (
         "its dataset changed since latest.pt: the same 32 items, but other files or captions listed")
+
+
+def test_a_holdout_pairs_seed_that_draws_nothing_retrains_no_step_and_is_said(tmp_path):
+    """A shapes dataset's holdout_pairs_seed without a count (or holdout_pairs 0) changes no item: it was accepted
+    without a word and trained every step again ('its dataset changed (holdout_pairs_seed: added (5))')."""
+    def config(**shapes):
+        raw = tiny_raw(tmp_path / "out", [VAE_STEP])
+        raw["training"]["pipeline"]["datasets"]["shapes"].update(shapes)
+        return load_config(raw)
+
+    files = plan_step(config().config, "warm")
+    _finished(files.dir, files.key, b"weights")
+    payload = json.loads(files.ref_json.read_text())
+    files.ref_json.write_text(json.dumps(dict(payload, weights_key=files.weights_key)))
+    for shapes in ({"holdout_pairs_seed": 5}, {"holdout_pairs": 0}, {"holdout_pairs": [], "holdout_pairs_seed": 1}):
+        assert plan_step(config(**shapes).config, "warm").completed() is not None, shapes
+    assert plan_step(config(holdout_pairs=2).config, "warm").completed() is None  # a count draws pairs: it trains
+    assert config(holdout_pairs_seed=5).warnings == [
+        "training.pipeline.datasets.shapes.holdout_pairs_seed: has no effect: it draws a count of holdout_pairs, and "
+        "holdout_pairs sets none"]
+    assert config(holdout_pairs=3, holdout_pairs_seed=5).warnings == []

@@ -154,6 +154,10 @@ def build_trainer(config, step, state: dict | None, device: torch.device, *, max
     # same with the EMA compressor, `latent_encoder`).
     runnable.update({name: emas[name].shadow for name in set(emas) - trained})
     objective = flow_objective(step, step.img_size)
+    # The sampler's shift is the one the flow model trained with, by the rule of `expander_spade`: a step that trains
+    # flow_processor sets it; any other step carries it, also a flow step that freezes flow_processor (a text-encoder
+    # fine-tune), whose own t_shift shaped no weight of the flow model.
+    shift = objective.shift if "flow_processor" in trained else saved_flow_shift(state)
     ctx = StepContext(step=step, models=runnable, optimizers=optimizers, trained=trained, device=device,
                       amp_dtype=autocast_dtype(device, step.precision),
                       generator=torch.Generator(device=device), lpips=lpips,
@@ -161,7 +165,7 @@ def build_trainer(config, step, state: dict | None, device: torch.device, *, max
                       synced_groups=synced_groups(runnable),
                       spade=expander_spade(step, saved_expander_spade(state)),
                       flow_objective=objective,
-                      flow_shift=objective.shift if has_flow_mode(step) else saved_flow_shift(state))
+                      flow_shift=shift)
     return Trainer(step=step, models=models, emas=emas,
                    ema_active=sorted(ema_components(step, trained)), optimizers=optimizers, schedulers=schedulers,
                    ctx=ctx)

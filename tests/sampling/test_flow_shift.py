@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_tiny import VAE_STEP, one_thread, tiny_config
+from helpers_tiny import VAE_STEP, one_thread, step_context, tiny_config
 
 from fluxflow.checkpoints.io import load_checkpoint
 from fluxflow.sampling import text_to_image as t2i
@@ -41,3 +41,15 @@ def test_generation_and_an_export_sample_on_the_shifted_schedule(trained, tmp_pa
     assert exported.flow_shift == 3.0
     assert torch.equal(generate(exported, "a red circle", seed=1, steps=4), image)
     assert used == [3.0, 3.0]
+
+
+@pytest.mark.parametrize("step, shift", [
+    ({"train_diff_full": True, "t_shift": 2.0}, 2.0),  # trains the flow: its own shift
+    ({"train_diff_full": True, "t_shift": 2.0, "freeze": ["flow_processor"]}, 3.0),  # the text encoder alone
+    ({"train_vae": True}, 3.0),
+])
+def test_only_a_step_that_trains_the_flow_model_sets_its_shift(step, shift):
+    # A text-encoder fine-tune after a flow trained at shift 3 recorded its own (1.0 by default, here 2.0) for a flow
+    # model it left bit-identical, and every later sample used that schedule.
+    ctx, _ = step_context(dict(step, max_steps=2), state={"flow_shift": 3.0})
+    assert ctx.flow_shift == shift

@@ -9,7 +9,10 @@ older checkpoint lacks takes its default, so such a checkpoint still loads as a 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from types import SimpleNamespace
 from typing import Any
+
+from fluxflow.config.modes import PRIMARY_MODES, trained_components
 
 
 @dataclass
@@ -65,3 +68,16 @@ def saved_flow_shift(state: dict | None) -> float:
     which its sampler follows; 1.0 (a uniform schedule) for a checkpoint written before it was recorded, as those
     sampled."""
     return float((state or {}).get("flow_shift", 1.0))
+
+
+def saved_latent_norm_remeasure(state: dict | None) -> bool:
+    """Whether the checkpoint's latent normalisation was measured on a compressor that has changed since: a step that
+    trains the compressor and the flow together measures it at its start, trains and saves with it, and its
+    compressor ends elsewhere; a step that carries such a normalisation carries the mark. The next flow step measures
+    again. Checkpoints written before it was recorded say it through their own step's trained components."""
+    state = state or {}
+    if "latent_norm_remeasure" in state:
+        return bool(state["latent_norm_remeasure"])
+    written_by = StepState.of_checkpoint(state).step_config
+    modes = SimpleNamespace(**({mode: False for mode in PRIMARY_MODES} | written_by))
+    return bool(written_by) and "compressor" in trained_components(modes)

@@ -27,7 +27,7 @@ from fluxflow.checkpoints.rng_state import capture_rng_state, restore_rng_state
 from fluxflow.checkpoints.lock import RunLock
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome, StepResult
 from fluxflow.checkpoints.step_files import StepFiles, plan_step
-from fluxflow.checkpoints.step_state import StepState
+from fluxflow.checkpoints.step_state import StepState, saved_latent_norm_remeasure
 from fluxflow.config.modes import has_flow_mode, has_vae_mode
 from fluxflow.data import make_loader
 from fluxflow.runtime import distributed, kill_points
@@ -204,16 +204,23 @@ class StepRun:
         """The input checkpoint's latent normalisation; a flow step without one measures it with the encoder it trains
         on (from the latent cache, which holds that encoder's posterior means, where the step has one). A step that
         trains the compressor drops the one it inherits: it was measured on a compressor this step changes, so the
-        next flow step measures again (flow -> VAE -> flow)."""
+        next flow step measures again (flow -> VAE -> flow). A step that trains the compressor and the flow together
+        measures one at its start and trains with it (its checkpoint samples with it), but its compressor ends
+        elsewhere: its checkpoint marks it (`latent_norm_remeasure`, carried by steps that carry the normalisation)
+        and the next flow step measures again on the compressor as it is then (VAE + flow -> flow)."""
         step, trainer = self.step, self.trainer
         latent_norm = (state or {}).get("latent_norm")
-        if not self.resuming and "compressor" in trainer.ctx.trained:
+        trains_compressor = "compressor" in trainer.ctx.trained
+        inherited_stale = saved_latent_norm_remeasure(state)
+        if not self.resuming and (trains_compressor or (has_flow_mode(step) and inherited_stale)):
             latent_norm = None
-        if has_flow_mode(step) and latent_norm is None:
+        measured = has_flow_mode(step) and latent_norm is None
+        if measured:
             inputs = leading_inputs(self.data, step.batch_size, step.seed, LATENT_NORM_IMAGES, self.device)
             latent_norm = latent_norm_of_means(trainer.posterior_means(batch) for batch in inputs)
             if self.world > 1:  # ranks reading their own webdataset shards measured different images
                 latent_norm = distributed.broadcast_object({k: v.cpu() for k, v in latent_norm.items()})  # rank 0's
+        self.latent_norm_remeasure = trains_compressor or (inherited_stale and not measured)
         return latent_norm
 
     def say(self, line: str) -> None:
@@ -348,6 +355,7 @@ class StepRun:
             "schedulers": {g: s.state_dict() for g, s in t.schedulers.items()},
             "ema": {n: e.state_dict() for n, e in t.emas.items()},
             "latent_norm": {k: v.cpu() for k, v in latent_norm.items()} if latent_norm else None,
+            "latent_norm_remeasure": self.latent_norm_remeasure,  # measured on a compressor that changed since
             "expander_spade": t.ctx.spade,  # how every later decode runs the expander (config/modes.expander_spade)
             "flow_shift": t.ctx.flow_shift,  # the timestep shift the flow trained with: every sampler follows it
             "model_config": self.config.model.model_dump(mode="json"),

@@ -25,7 +25,8 @@ from fluxflow.config.promotion import promotion_issues
 from fluxflow.config.schema import (DATASET_TYPES, SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,
                                     PipelineConfig, TrainingConfig, implicit_datasets, shapes_batch_issues)
 from fluxflow.config.steps import NAME_LIMIT, TRAINING_GLOBALS, ResolvedStep, StepConfig, \
-    StepDefaults, Transition, merged_step_fields, replicate_issues, replicated_names, resolve_step
+    StepDefaults, Transition, merged_step_fields, replicate_issues, replicated_names, resolution_shift, resolve_step, \
+    shift_range_problem
 
 
 @dataclass
@@ -228,6 +229,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
     if config is not None and not issues:
         issues += (promotion_issues(config) + resources_issues(config) + process_issues(config)
                    + shapes_batch_issues(config))
+        issues += _shift_issues(config)
     if issues:  # a step is named by its index in an issue, by its name in an override
         names = [get_in(step, "name", kind=str) for step in get_in(raw, *STEPS, kind=list) or []]
         raise ConfigError(from_overrides(_dedupe(issues), overrides, names, overrides_name, created), label)
@@ -596,6 +598,24 @@ def _step_issues(i: int, step: StepConfig, p: Pieces) -> tuple[list[ConfigIssue]
         issues.append(ConfigIssue(at("dataset"), _unknown("dataset", s.dataset, p.datasets)
                                   + _inherited(step, "dataset")))
     return issues, bool(s.use_lpips and s.train_vae)
+
+
+def _shift_issues(config: PipelineConfig) -> list[ConfigIssue]:
+    """The shift a flow step trains and samples with, t_shift scaled to its img_size by t_shift_base_size, is in the
+    range t_shift is (steps.SHIFT_RANGE): each may be in range while their product is not (t_shift_base_size
+    1000000000 at 16 px: 1.6e-08, and the step trained on nan)."""
+    issues = []
+    for written, step in zip(config.training.pipeline.steps, config.written_steps()):
+        if step.t_shift_base_size is None or not modes.has_flow_mode(step):
+            continue
+        shift = resolution_shift(step.t_shift, step.img_size, step.t_shift_base_size)
+        problem = shift_range_problem(shift)
+        if problem:
+            issues.append(ConfigIssue((*STEPS, step.index, "t_shift_base_size"),
+                                      f"scales t_shift {step.t_shift:g} to {shift:.3g} at img_size {step.img_size} "
+                                      f"(t_shift × img_size / t_shift_base_size); the shift {problem}"
+                                      + _inherited(written, "t_shift_base_size")))
+    return issues
 
 
 def _freeze_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigIssue]:

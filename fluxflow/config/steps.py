@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BeforeValidator, Field, create_model, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, create_model, field_validator
 
 from fluxflow.config import modes
 from fluxflow.config.dag import descendants
@@ -34,6 +34,39 @@ Seed = Annotated[int, Field(ge=0, lt=INT64)]
 
 # DataLoader worker processes per training process; "auto": fluxflow/data/__init__.py resolve_workers.
 Workers = Annotated[int | Literal["auto"], BeforeValidator(_workers)]
+# SD3's timestep shift s: t -> s·t / (1 + (s − 1)·t) for training's draws (fluxflow/losses/flow.py) and the sampler's
+# float32 schedule (fluxflow/models/flow_sampler.py sigma_schedule), as written (`t_shift`) and as trained at the
+# step's size (`resolution_shift`). s moves the median timestep 0.5 to s / (1 + s): at these bounds to 0.999 or
+# 0.001, nearly all of training at one end. Past them the float32 schedule breaks down: above 1e3 steps of a
+# 1,000-step schedule round to the same time (at 1e6 half of them); below 1e-3 its start drifts off 1 (1 + (s − 1)·1
+# cancels: 1.00001 at 1e-3, 0.84 at 1e-7, inf at 1e-8, and training's loss, the samples and the evaluation go nan);
+# above ~3.4e38 s itself is inf.
+SHIFT_RANGE = (1e-3, 1e3)
+
+
+def shift_range_problem(shift: float) -> str | None:
+    """Why a timestep shift is refused (None: it is in SHIFT_RANGE)."""
+    low, high = SHIFT_RANGE
+    if low <= shift <= high:  # False for nan too
+        return None
+    return (f"must be between {low:g} and {high:g}: a shift s moves the median timestep 0.5 to s / (1 + s), and past "
+            f"these bounds the sampler's float32 schedule degenerates (inf/nan below ~1e-7)")
+
+
+def _shift(value: float) -> float:
+    problem = shift_range_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def resolution_shift(shift: float, img_size: int, base_size: int | None) -> float:
+    """SD3's resolution-dependent shift: a larger image keeps more of its signal at the same t, so t is shifted by
+    sqrt(pixels / base pixels) = img_size / base_size (square images) on top of `shift`. No base size: `shift`."""
+    return shift if base_size is None else shift * img_size / base_size
+
+
+Shift = Annotated[float, AfterValidator(_shift)]
 # Autocast of training (fluxflow/runtime/device.py autocast_dtype): auto = bf16 on CUDA that computes in it, else fp32.
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -98,7 +131,7 @@ class StepSettings(StrictModel):
     # The flow objective's timestep draw and loss weighting (fluxflow/losses/flow.py FlowObjective).
     t_logit_mean: float = 0.0
     t_logit_std: float = Field(1.0, gt=0.0)
-    t_shift: float = Field(1.0, gt=0.0)
+    t_shift: Shift = 1.0  # in SHIFT_RANGE, also once scaled to the step's size (load.py _shift_issues)
     t_shift_base_size: int | None = Field(None, ge=1)  # set: t_shift is scaled by img_size / t_shift_base_size (SD3)
     loss_weighting: Literal["none", "min_snr"] = "none"
     min_snr_gamma: float = Field(5.0, gt=0.0)

@@ -24,12 +24,6 @@ class FlowObjective:
 DEFAULT_OBJECTIVE = FlowObjective()
 
 
-def resolution_shift(shift: float, img_size: int, base_size: int | None) -> float:
-    """SD3's resolution-dependent shift: a larger image keeps more of its signal at the same t, so t is shifted by
-    sqrt(pixels / base pixels) = img_size / base_size (square images) on top of `shift`. No base size: `shift`."""
-    return shift if base_size is None else shift * img_size / base_size
-
-
 def draw_timesteps(n: int, device: torch.device, generator: torch.Generator | None = None,
                    objective: FlowObjective = DEFAULT_OBJECTIVE) -> torch.Tensor:
     """t in (0, 1) per sample: logit-normal (sigmoid of a normal: most weight at mid noise levels), with a share

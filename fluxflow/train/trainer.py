@@ -14,8 +14,9 @@ from torch import nn
 from fluxflow.cache.text_cache import TextCache
 from fluxflow.config.dag import depth
 from fluxflow.config.modes import expander_spade, has_flow_mode, touches_vae, trained_components
+from fluxflow.config.steps import resolution_shift
 from fluxflow.losses import LPIPSLoss
-from fluxflow.losses.flow import FlowObjective, resolution_shift
+from fluxflow.losses.flow import FlowObjective
 from fluxflow.runtime import distributed
 from fluxflow.runtime.device import autocast_dtype
 from fluxflow.runtime.global_rng import GLOBAL_RNG

@@ -12,7 +12,9 @@ from helpers_tiny import one_torch_thread, single_step_config, tiny_config  # no
 
 from fluxflow.checkpoints.step_files import step_keys
 from fluxflow.config import ConfigError
+from fluxflow.config.steps import SHIFT_RANGE
 from fluxflow.losses.flow import FlowObjective, draw_timesteps, min_snr_weight, rectified_flow_loss
+from fluxflow.models.flow_sampler import sigma_schedule
 from fluxflow.train.trainer import flow_objective
 
 N = 200_000  # draws per check: the standard error of a mean of N(0, 1) draws is 0.0022
@@ -87,12 +89,28 @@ def test_min_snr_weighting_weights_each_sample_error():
     ("t_logit_std", 0, "Input should be greater than 0"),
     ("loss_weighting", "snr", "Input should be 'none' or 'min_snr'"),
     ("t_shift_base_size", 0, "Input should be greater than or equal to 1"),
+    # Accepted before (any t_shift > 0): the sampler's schedule began at inf, training logged nan and the evaluation
+    # stopped with a traceback ('linalg.eigh: The algorithm failed to converge').
+    ("t_shift", 1e-8, "must be between 0.001 and 1000"),
+    ("t_shift", 1e39, "must be between 0.001 and 1000"),
+    ("t_shift", 0, "must be between 0.001 and 1000"),
+    # Each field in range, their product not: 1 × 16 px / 10**9 = 1.6e-08.
+    ("t_shift_base_size", 10**9, "scales t_shift 1 to 1.6e-08 at img_size 16"),
 ])
 def test_invalid_knobs_are_reported_with_their_field(tmp_path, field, value, message):
     with pytest.raises(ConfigError) as raised:
         tiny_config(tmp_path, [{"name": "flow", "n_epochs": 1, "train_diff_full": True, field: value}])
     assert [i.path for i in raised.value.issues] == [f"training.pipeline.steps[0].{field}"]
     assert message in raised.value.issues[0].message
+
+
+@pytest.mark.parametrize("shift", SHIFT_RANGE)
+def test_the_sampler_schedule_holds_at_the_bounds_of_the_shift(shift):
+    # Why the bounds are where they are (fluxflow/config/steps.py SHIFT_RANGE): the float32 schedule of 1,000 steps
+    # still starts at 1, ends at 0 and has no two steps at one time.
+    times = sigma_schedule(1000, shift)
+    assert times.isfinite().all() and times[0] == pytest.approx(1.0, abs=1e-4) and times[-1] == 0.0
+    assert (times[:-1] > times[1:]).all()
 
 
 OPTIONS = {"default": {}, "logit_normal": {"t_logit_mean": 0.5, "t_logit_std": 1.5},

@@ -512,6 +512,12 @@ def _dataset_issues(p: Pieces) -> list[ConfigIssue]:
             issues.append(ConfigIssue(loc, f"dataset name {name!r} {NAME_RULE}"))
         if ds is not None and ds.type == "shapes" and ds.holdout >= ds.size:
             issues.append(ConfigIssue((*loc, "holdout"), f"must be smaller than size ({ds.size})"))
+        elif ds is not None and ds.type == "shapes" and ds.holdout == 0 and ds.holdout_pairs:
+            # The unseen split draws `holdout` images of the held-out pairs (fluxflow/data/__init__.py): with 0 the
+            # pairs were kept out of training and never scored.
+            issues.append(ConfigIssue((*loc, "holdout"), "is 0, but holdout_pairs are scored on as many images of "
+                                                         "the unseen pairs as holdout holds out: hold some out, or "
+                                                         "leave holdout_pairs out"))
     if p.default_dataset is not None and p.default_dataset not in p.datasets:
         issues.append(ConfigIssue("training.pipeline.default_dataset",
                                   _unknown("dataset", p.default_dataset, p.datasets)))

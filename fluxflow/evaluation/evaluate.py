@@ -9,7 +9,7 @@
   images (adherence.py). With held-out compositions (a `shapes` dataset's `holdout_pairs`:
   fluxflow/config/heldout_pairs.py) the same on the `unseen` split: `adherence_unseen_color`, `_shape`, `_both` and
   `analyser_accuracy_unseen` (on a folder with `holdout_captions`: `fd_ours_unseen_cfg`); the held-out split then
-  has seen pairs only.
+  has seen pairs only, and may be empty (`holdout: 0`): the unseen split is scored alone.
   And `diversity_gen`, `diversity_real`, `diversity_ratio`: seed-to-seed spread against the data's (diversity.py).
 
 Evaluation is a pure function of the weights, the data and fixed seeds: models are switched to eval mode and back,
@@ -46,12 +46,21 @@ def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, co
     `spade`: the expander decodes with SPADE (fluxflow.config.modes.expander_spade); `shift`: the flow's timestep
     shift, which its sampler follows."""
     device = torch.device(device)
-    if len(holdout_set) == 0:
+    # The held-out compositions are scored whether or not the held-out split is empty: a folder with `holdout: 0`
+    # and `holdout_captions` keeps those images out of training for this alone.
+    unseen = (unseen_items(config.dataset_for(step), step.img_size, config.data.channels, MAX_EVAL_IMAGES, device)
+              if has_flow_mode(step) else None)
+    if len(holdout_set) == 0 and unseen is None:
         log.warning("Step %s: the held-out split of dataset %r is empty; no evaluation metrics", step.name,
                     step.dataset)  # it said "holdout: 0" whatever the config held
         return {}
-    images, captions = first_items(holdout_set, MAX_EVAL_IMAGES)
-    images = images.to(device)
+    if len(holdout_set) == 0:
+        log.warning("Step %s: the held-out split of dataset %r is empty; only its unseen split is evaluated",
+                    step.name, step.dataset)
+        images, captions = None, []
+    else:
+        images, captions = first_items(holdout_set, MAX_EVAL_IMAGES)
+        images = images.to(device)
     was_training = {name: m.training for name, m in models.items()}
     rng_devices = [device] if device.type == "cuda" else []
     try:
@@ -59,11 +68,11 @@ def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, co
             m.eval()
         with GLOBAL_RNG, torch.random.fork_rng(devices=rng_devices), torch.no_grad():
             metrics: dict[str, float] = {}
-            if touches_vae(step) and {"compressor", "expander"} <= set(models):
+            if images is not None and touches_vae(step) and {"compressor", "expander"} <= set(models):
                 metrics.update(reconstruction_metrics(models["compressor"], models["expander"], images,
                                                       spade=spade, lpips=lpips_if_available(device)))
             if has_flow_mode(step):
-                metrics.update(_flow_metrics(step, models, holdout_set, images, captions, train_set, config,
+                metrics.update(_flow_metrics(step, models, holdout_set, images, captions, unseen, train_set, config,
                                              latent_norm, device, cache_dir, spade, shift))
             return metrics
     finally:
@@ -71,8 +80,8 @@ def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, co
             m.train(was_training[name])
 
 
-def _flow_metrics(step, models, holdout_set, images, captions, train_set, config, latent_norm, device, cache_dir,
-                  spade, shift):
+def _flow_metrics(step, models, holdout_set, images, captions, unseen, train_set, config, latent_norm, device,
+                  cache_dir, spade, shift):
     if latent_norm is None:
         log.warning("Step %s: no latent normalisation yet; flow metrics skipped", step.name)
         return {}
@@ -80,11 +89,17 @@ def _flow_metrics(step, models, holdout_set, images, captions, train_set, config
     sample = dict(latent_size=step.img_size // config.model.downscale, steps=EVAL_SAMPLER_STEPS,
                   seed=EVAL_SEED, spade=spade, shift=shift)
     net = (feature_net_for(train_set, ds_cfg, step.img_size, config.data.channels, cache_dir)
-           if images.shape[0] >= 2 else None)
+           if fd_measurable(images, unseen) else None)
     norm = {k: v.to(device) for k, v in latent_norm.items()}
-    return flow_metrics(models, images, captions, norm, sample, net, shapes=ds_cfg.type == "shapes",
-                        unseen=unseen_items(ds_cfg, step.img_size, config.data.channels, MAX_EVAL_IMAGES, device),
-                        real=real_sets(holdout_set, captions, images))
+    return flow_metrics(models, images, captions, norm, sample, net, shapes=ds_cfg.type == "shapes", unseen=unseen,
+                        real=real_sets(holdout_set, captions, images) if images is not None else None)
+
+
+def fd_measurable(images: torch.Tensor | None, unseen: tuple[torch.Tensor, list[str]] | None) -> bool:
+    """Whether a Fréchet distance can be measured (two images or more) on the held-out images or the unseen ones:
+    the feature network is worth loading or training."""
+    unseen_images = unseen[0] if unseen is not None else None
+    return any(real is not None and real.shape[0] >= 2 for real in (images, unseen_images))
 
 
 def unseen_items(ds_cfg, img_size: int, channels: int, n: int,
@@ -97,24 +112,25 @@ def unseen_items(ds_cfg, img_size: int, channels: int, n: int,
     return images.to(device), captions
 
 
-def flow_metrics(models: dict[str, nn.Module], images: torch.Tensor, captions: list[str],
+def flow_metrics(models: dict[str, nn.Module], images: torch.Tensor | None, captions: list[str],
                  latent_norm: dict[str, torch.Tensor], sample: dict, net=None, *, shapes: bool,
                  unseen: tuple[torch.Tensor, list[str]] | None = None,
                  real: tuple[list[str], list[torch.Tensor] | None] | None = None) -> dict[str, float]:
     """The text-to-image metrics of `models` on real `images` and their `captions`: images generated with `sample`
     (latent_size, steps, seed, spade, shift of adherence.generate) with EVAL_GUIDANCE and 1.0, scored by the feature
-    network `net` (fd_ours; none: skipped) and, on `shapes`, by the analyser. `unseen`: real images and captions of
-    the held-out compositions, scored the same way under `*_unseen*` names; `real`: diversity.real_sets's prompts and
-    real images (None: no diversity figure)."""
-    with_cfg = generate(models, captions, latent_norm, guidance=EVAL_GUIDANCE, **sample)
-    without_cfg = generate(models, captions, latent_norm, guidance=1.0, **sample)
+    network `net` (fd_ours; none: skipped) and, on `shapes`, by the analyser (`images` None: an empty held-out split,
+    only `unseen` is scored). `unseen`: real images and captions of the held-out compositions, scored the same way
+    under `*_unseen*` names; `real`: diversity.real_sets's prompts and real images (None: no diversity figure)."""
     metrics: dict[str, float] = {}
-    if shapes:
-        metrics.update(adherence_of(with_cfg, captions))
-        metrics["analyser_accuracy_holdout"] = analyser_ceiling(images.cpu(), captions)
-    if net is not None and images.shape[0] >= 2:
-        metrics["fd_ours_cfg"] = fd_ours(net, images, with_cfg)
-        metrics["fd_ours_nocfg"] = fd_ours(net, images, without_cfg)
+    if images is not None:
+        with_cfg = generate(models, captions, latent_norm, guidance=EVAL_GUIDANCE, **sample)
+        without_cfg = generate(models, captions, latent_norm, guidance=1.0, **sample)
+        if shapes:
+            metrics.update(adherence_of(with_cfg, captions))
+            metrics["analyser_accuracy_holdout"] = analyser_ceiling(images.cpu(), captions)
+        if net is not None and images.shape[0] >= 2:
+            metrics["fd_ours_cfg"] = fd_ours(net, images, with_cfg)
+            metrics["fd_ours_nocfg"] = fd_ours(net, images, without_cfg)
     if unseen is not None:
         metrics.update(_unseen_metrics(models, *unseen, latent_norm, sample, net, shapes))
     if real is not None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fluxflow.config import load_config
+from fluxflow.config import ConfigError, load_config
 from fluxflow.data import build_dataset
 from fluxflow.evaluation.evaluate import evaluate_step
 from fluxflow.models.latents import measure_latent_norm
@@ -97,6 +97,27 @@ def test_a_folder_with_held_out_captions_gets_fd_on_them(tmp_path):
     out = evaluate_step(config.step("flow"), models, holdout, train, config, norm, "cpu", tmp_path / "eval",
                         spade=False)
     assert out["fd_ours_unseen_cfg"] >= 0
+
+
+def test_an_empty_held_out_split_still_scores_the_unseen_one(tmp_path, caplog):
+    # The unseen images were kept out of training and never scored: 'the held-out split ... is empty; no evaluation
+    # metrics'.
+    (tmp_path / "imgs").mkdir()
+    config, models, train, holdout, norm = setup({**folder_dataset(tmp_path / "imgs"), "holdout": 0,
+                                                  "holdout_captions": ["*number 1"]})
+    assert len(holdout) == 0
+    out = evaluate_step(config.step("flow"), models, holdout, train, config, norm, "cpu", tmp_path / "eval",
+                        spade=False)
+    assert set(out) == {"fd_ours_unseen_cfg"} and math.isfinite(out["fd_ours_unseen_cfg"])
+    assert "is empty; only its unseen split is evaluated" in caplog.text
+
+
+def test_held_out_pairs_of_shapes_need_held_out_images(tmp_path):
+    # The shapes' unseen split draws `holdout` images: with 0 the pairs were dropped from training and never scored.
+    with pytest.raises(ConfigError) as raised:
+        config_for({**SHAPES, "holdout": 0, "holdout_pairs": ["red circle"]})
+    [issue] = raised.value.issues
+    assert issue.path == "training.pipeline.datasets.d.holdout" and "holdout_pairs are scored" in issue.message
 
 
 def test_empty_holdout_gives_no_metrics(tmp_path, caplog):

@@ -116,15 +116,20 @@ def inert_reason(kind: str, opts: dict[str, Any], warmup: int, updates: int, use
     step, a StepLR / MultiStepLR that never reaches its first drop: often an epoch count written for per-update
     stepping), or None. The config is valid; the runner warns, since the lr silently stays where it is."""
     if warmup > updates:
-        return (f"warmup_steps {warmup} is more than the step's {updates} optimizer updates: the lr never reaches "
-                f"its start value (the last update trains at {updates}/{warmup} of it)")
+        return (f"warmup_steps {warmup} is more than the step's {counted(updates, 'optimizer update')}: the lr never "
+                f"reaches its start value (the last update trains at {updates}/{warmup} of it)")
     first = {"StepLR": opts.get("step_size"), "MultiStepLR": min(opts.get("milestones") or [0])}.get(kind)
     if first and first > used:
-        what = "step_size" if kind == "StepLR" else "the first milestone"
-        steps = f"{used} optimizer updates" if interval == "step" else f"{used} epoch ends"
+        what = "step_size" if kind == "StepLR" else "first milestone"
+        steps = counted(used, "optimizer update" if interval == "step" else "epoch end")
         return (f"{kind}'s {what} {first} is more than the {steps} after its start that the step trains on "
                 f"(interval: {interval}): the lr never changes")
     return None
+
+
+def counted(n: int, thing: str) -> str:
+    """'1 optimizer update', '2 optimizer updates', '1 batch', '2 batches': the count lines of the step's warnings."""
+    return f"{n} {thing}" if n == 1 else f"{n} {thing}{'es' if thing.endswith(('s', 'ch', 'sh', 'x')) else 's'}"
 
 
 def make_scheduler(kind: str, opts: dict[str, Any], optimizer: torch.optim.Optimizer, span: int,

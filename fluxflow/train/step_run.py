@@ -42,6 +42,7 @@ from fluxflow.train.step_report import StepReport
 from fluxflow.progress_bar import batch_progress
 from fluxflow.train.tracking import ConsoleJsonlTracker, MultiTracker, runner_line, trim_jsonl
 from fluxflow.train.batch_step import Window
+from fluxflow.train.lr_schedule import counted
 from fluxflow.train.trainer import build_trainer
 from fluxflow.train.transition import TransitionMonitor
 
@@ -99,15 +100,16 @@ def counts_beyond_the_step(step, batches: int, epochs: int) -> list[str]:
     fluxflow/train/lr_schedule.py inert_reason): the config is valid, but the value silently means something else."""
     lines, k = [], step.gradient_accumulation_steps
     if k > batches:
-        lines.append(f"gradient_accumulation_steps {k} is more than the epoch's {batches} batches: each update "
-                     f"averages {batches} batches, not {k} (every epoch ends with an update)")
+        lines.append(f"gradient_accumulation_steps {k} is more than the epoch's {counted(batches, 'batch')}: each "
+                     f"update averages {counted(batches, 'batch')}, not {k} (every epoch ends with an update)")
     updates = -(-batches // k) * epochs
     if has_vae_mode(step) and step.kl_warmup_steps > updates:
-        lines.append(f"kl_warmup_steps {step.kl_warmup_steps} is more than the step's {updates} optimizer updates: "
-                     f"the KL weight ends at {updates}/{step.kl_warmup_steps} of kl_beta")
+        lines.append(f"kl_warmup_steps {step.kl_warmup_steps} is more than the step's "
+                     f"{counted(updates, 'optimizer update')}: the KL weight ends at {updates}/{step.kl_warmup_steps} "
+                     "of kl_beta")
     if step.eval_interval and step.eval_interval > epochs:
-        lines.append(f"eval_interval {step.eval_interval} is more than the step's {epochs} epochs: it is evaluated "
-                     "at its end only")
+        lines.append(f"eval_interval {step.eval_interval} is more than the step's {counted(epochs, 'epoch')}: it is "
+                     "evaluated at its end only")
     return lines
 
 

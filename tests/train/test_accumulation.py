@@ -148,8 +148,8 @@ def test_counts_the_step_cannot_reach_are_warned_at_its_start(tmp_path, caplog, 
     assert counts_beyond_the_step(warm, 2, 1) == [
         "gradient_accumulation_steps 8 is more than the epoch's 2 batches: each update averages 2 batches, not 8 "
         "(every epoch ends with an update)",
-        "kl_warmup_steps 100 is more than the step's 1 optimizer updates: the KL weight ends at 1/100 of kl_beta",
-        "eval_interval 3 is more than the step's 1 epochs: it is evaluated at its end only"]
+        "kl_warmup_steps 100 is more than the step's 1 optimizer update: the KL weight ends at 1/100 of kl_beta",
+        "eval_interval 3 is more than the step's 1 epoch: it is evaluated at its end only"]
     assert counts_beyond_the_step(warm.model_copy(update={"kl_warmup_steps": 4, "eval_interval": 1,
                                                           "gradient_accumulation_steps": 2}), 8, 1) == []
     caplog.set_level(logging.WARNING, logger="fluxflow.train.step_run")

@@ -10,7 +10,7 @@ import torch
 
 from fluxflow.checkpoints.io import load_checkpoint, save_checkpoint
 from fluxflow.config.optim import SchedulerConfig
-from fluxflow.train.lr_schedule import build_schedulers
+from fluxflow.train.lr_schedule import build_schedulers, inert_reason
 from fluxflow.train.optim import make_optimizer, optimizer_step
 from fluxflow.train.param_groups import param_groups
 
@@ -177,9 +177,13 @@ def test_without_steps_per_epoch_every_schedule_steps_per_epoch_without_warmup()
     ({"type": "CosineAnnealingLR", "warmup_steps": 9}, "warmup_steps 9 is more than the step's 8 optimizer updates"),
     ({"type": "StepLR", "step_size": 8}, "StepLR's step_size 8 is more than the 7 optimizer updates"),
     ({"type": "StepLR", "step_size": 7}, None),  # the 8th update trains at gamma x lr
-    ({"type": "MultiStepLR", "milestones": [3, 9], "warmup_steps": 6}, "the first milestone 3 is more than the 2"),
+    ({"type": "MultiStepLR", "milestones": [3, 9], "warmup_steps": 6}, "MultiStepLR's first milestone 3 is more "
+                                                                        "than the 2 optimizer updates after"),
+    # One update left after the warm-up: 'MultiStepLR's the first milestone 5 is more than the 1 optimizer updates'
+    ({"type": "MultiStepLR", "milestones": [5], "warmup_steps": 7}, "MultiStepLR's first milestone 5 is more than "
+                                                                    "the 1 optimizer update after its start"),
     ({"type": "MultiStepLR", "milestones": [3, 9], "warmup_steps": 5}, None),  # the 8th update drops
-    ({"type": "StepLR", "step_size": 2, "interval": "epoch"}, "is more than the 1 epoch ends"),
+    ({"type": "StepLR", "step_size": 2, "interval": "epoch"}, "is more than the 1 epoch end after"),
     ({"type": "StepLR", "step_size": 1, "interval": "epoch"}, None),
     ({"type": "CosineAnnealingLR", "warmup_steps": 8}, None),
 ], ids=str)
@@ -188,6 +192,11 @@ def test_a_schedule_that_never_acts_in_the_step_says_why(cfg, inert):
     opt = optimizer()
     schedule = schedule_for(opt, 2, 4, **cfg)
     assert (schedule.inert is None) if inert is None else inert in schedule.inert
+
+
+def test_a_count_of_one_reads_in_the_singular():
+    assert "the step's 1 optimizer update: the lr" in inert_reason("CosineAnnealingLR", {}, 2, 1, 1, "step")
+    assert "the 1 epoch end after its start" in inert_reason("StepLR", {"step_size": 2}, 0, 4, 1, "epoch")
 
 
 def test_the_trainer_warns_about_a_schedule_that_never_acts(caplog):

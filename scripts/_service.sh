@@ -50,18 +50,57 @@ service_running() {
     return 1
 }
 
-# start_server NAME HOST PORT PORT_VARIABLE COMMAND...: start_service for a server on HOST:PORT, which exits 2 when
-# another process holds the port: whatever answers there would pass for the new server (which exits at once), and
-# the script said "started" and printed the other one's address.
-start_server() {
-    local name="$1" host="$2" port="$3" variable="$4"; shift 4
-    service_running "$name" && return 0
-    if ! port_free "$host" "$port"; then
-        echo "❌ cannot start $name: port $port on $host is in use by another process; stop that one, or choose" \
-             "another port with $variable=..." >&2
+# running_as NAME RECORD ASKED SETTING: whether NAME is running (its pid file names a live process) with ASKED, what
+# $RUN_DIR/NAME.RECORD says it was started with (its address, its tag; record_start writes it). Running with something
+# else, it refuses in one line and exits 2: SETTING names what asked for ASKED. Run again with another port, a script
+# said "already running" and then waited minutes on the new port, where nothing had been started.
+running_as() {
+    local name="$1" record="$2" asked="$3" setting="$4" pid recorded
+    pid="$(cat "$RUN_DIR/$name.pid" 2>/dev/null)" || return 1
+    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+    recorded="$(cat "$RUN_DIR/$name.$record" 2>/dev/null)" || recorded=""
+    if [[ -n "$recorded" && "$recorded" != "$asked" ]]; then
+        echo "❌ $name is already running (pid $pid) with $record $recorded, not $asked ($setting): stop it first" \
+             "(bash scripts/$(basename "$0") stop)" >&2
         exit 2
     fi
+    return 0
+}
+
+# say_running NAME RECORD: the line for a service running_as found running as asked: its pid, what it runs with.
+say_running() {
+    local recorded
+    recorded="$(cat "$RUN_DIR/$1.$2" 2>/dev/null)" || recorded="not recorded"
+    echo "$1 is already running (pid $(cat "$RUN_DIR/$1.pid"), $2 $recorded); stop it with: bash" \
+         "scripts/$(basename "$0") stop"
+}
+
+# record_start NAME RECORD VALUE: what NAME was started with, beside its pid file, for running_as.
+record_start() {
+    printf '%s\n' "$3" >"$RUN_DIR/$1.$2"
+}
+
+# refuse_busy NAME HOST PORT PORT_VARIABLE: exit 2 when another process holds HOST:PORT: whatever answers there would
+# pass for the new server (which exits at once), and the script said "started" and printed the other one's address.
+refuse_busy() {
+    if ! port_free "$2" "$3"; then
+        echo "❌ cannot start $1: port $3 on $2 is in use by another process; stop that one, or choose" \
+             "another port with $4=..." >&2
+        exit 2
+    fi
+}
+
+# start_server NAME HOST PORT PORT_VARIABLE COMMAND...: start_service for a server on HOST:PORT (refuse_busy first).
+# Already running, it answers at once and exits: 0 with its pid and address when that is HOST:PORT, else 2.
+start_server() {
+    local name="$1" host="$2" port="$3" variable="$4"; shift 4
+    if running_as "$name" address "$host:$port" "$variable"; then
+        say_running "$name" address
+        exit 0
+    fi
+    refuse_busy "$name" "$host" "$port" "$variable"
     start_service "$name" "$@"
+    record_start "$name" address "$host:$port"
 }
 
 # start_service NAME COMMAND...: run COMMAND detached, log to $RUN_DIR/NAME.log, pid in $RUN_DIR/NAME.pid.
@@ -99,13 +138,13 @@ stop_hint() {
 # stop_service NAME [SECONDS]: TERM to the process group recorded in $RUN_DIR/NAME.pid, and wait until every process
 # of it has exited (KILL after SECONDS, default 15). A start right after `kill -- -PID` (a restart, to rotate a
 # password) found the old group still exiting, took it for running, and nothing was left once it had gone. The pid
-# file goes, and NAME.model beside it (serve_model.sh's record of the model its server serves).
+# file goes, and the records beside it: NAME.model (serve_model.sh's model), NAME.address and NAME.tag (record_start).
 stop_service() {
     local name="$1" limit="${2:-15}" pidfile="$RUN_DIR/$1.pid" pid i
     pid="$(cat "$pidfile" 2>/dev/null)" || true
     # No group of that id (an empty file, a group long gone): nothing to stop, and no other group's by a reused id.
     if [[ ! "$pid" =~ ^[0-9]+$ ]] || ! kill -0 -- "-$pid" 2>/dev/null; then
-        rm -f "$pidfile" "$RUN_DIR/$name.model"
+        rm -f "$pidfile" "$RUN_DIR/$name".{model,address,tag}
         echo "$name is not running"
         return 0
     fi
@@ -118,7 +157,7 @@ stop_service() {
         echo "$name did not stop within ${limit} s of TERM: killed" >&2
         for ((i = 0; i < 20; i++)); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
     fi
-    rm -f "$pidfile" "$RUN_DIR/$name.model"
+    rm -f "$pidfile" "$RUN_DIR/$name".{model,address,tag}
     echo "stopped $name (process group $pid)"
 }
 

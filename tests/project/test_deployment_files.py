@@ -225,6 +225,32 @@ def test_a_server_script_refuses_a_port_another_process_holds(fake_env, script, 
     assert not Path(fake_env["FAKE_RECORD"]).exists()  # nothing was started
 
 
+@pytest.mark.slow  # starts a stand-in server and asks it again twice: about 3 s (serve_model.sh: 6 s, MLflow's import)
+@pytest.mark.parametrize(("script", "name", "port_variable"), [
+    ("server.sh", "prefect-server", "FLUXFLOW_PREFECT_PORT"), ("mlflow_ui.sh", "mlflow-ui", "FLUXFLOW_MLFLOW_PORT"),
+    ("serve_model.sh", "model-server", "FLUXFLOW_SERVE_PORT")])
+def test_a_server_script_run_again_answers_at_once_with_the_running_servers_own_port(fake_env, script, name,
+                                                                                      port_variable, tmp_path):
+    """Run again with another port while it ran, a script said "already running (pid N)", then polled the new port,
+    where nothing had been started, for 2-4 minutes and failed."""
+    fake_env.update(FLUXFLOW_MODEL_URI=str(tmp_path), FLUXFLOW_SERVE_PORT=str(free_port()))
+    port = fake_env[port_variable]
+    assert run_script(script, fake_env).returncode == 0
+    pid = int((Path(fake_env["FLUXFLOW_RUN_DIR"]) / f"{name}.pid").read_text())
+
+    other = str(free_port())
+    refused = run_script(script, dict(fake_env, **{port_variable: other}))
+    assert refused.returncode == 2 and refused.stderr == (
+        f"❌ {name} is already running (pid {pid}) with address 127.0.0.1:{port}, not 127.0.0.1:{other} "
+        f"({port_variable}): stop it first (bash scripts/{script} stop)\n")
+    again = run_script(script, fake_env)
+    assert again.returncode == 0 and again.stdout == (
+        f"{name} is already running (pid {pid}, address 127.0.0.1:{port}); stop it with: bash scripts/{script} stop\n")
+    assert len(recorded_calls(fake_env)) == 1  # nothing else was started
+    assert run_script(script, fake_env, "stop").returncode == 0
+    assert [path.name for path in Path(fake_env["FLUXFLOW_RUN_DIR"]).glob(f"{name}.*")] == [f"{name}.log"]
+
+
 def test_deploy_leaves_the_checkout_to_each_worker(fake_env):
     """`prefect deploy` fills every {{ $VAR }} set in its environment: with FLUXFLOW_HOME exported (scripts/
     _service.sh does), the pull step's checkout was fixed to the deploying one, and a worker elsewhere (another host,
@@ -655,3 +681,4 @@ def test_ray_cluster_script_stops_its_head_when_the_second_node_fails_and_keeps_
     assert not any(alive(pid) for pid in workers) and not list(Path(env["FLUXFLOW_RUN_DIR"]).glob("ray-*.pid"))
     head = recorded_calls(env)[0]["argv"]
     assert any(arg.startswith("--temp-dir=/tmp/fluxflow-ray-") for arg in head)
+

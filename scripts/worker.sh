@@ -20,6 +20,12 @@ source "$(dirname "$0")/_service.sh"
 stop_if_asked prefect-worker "${1:-}" 45
 cd "$REPO_ROOT"
 
+# Running already: its tag, before anything is created (another FLUXFLOW_GPU_TAG made a limit for a tag that no
+# running worker's steps carry, and the script named that tag).
+if [[ "${1:-}" != "--foreground" ]] && running_as prefect-worker tag "$FLUXFLOW_GPU_TAG" FLUXFLOW_GPU_TAG; then
+    say_running prefect-worker tag
+    exit 0
+fi
 use_local_server
 ensure_pool_and_limit
 WORKER=("$PREFECT" worker start --pool "$POOL_NAME" --type process --name "gpu-$(hostname)")
@@ -29,6 +35,7 @@ if [[ "${1:-}" == "--foreground" ]]; then
 fi
 
 start_service prefect-worker "${WORKER[@]}"
+record_start prefect-worker tag "$FLUXFLOW_GPU_TAG"
 # The worker has no port to poll; it prints "Worker '<name>' started!" once it polls the pool.
 pidfile="$RUN_DIR/prefect-worker.pid"
 for ((i = 0; ; i++)); do

@@ -291,6 +291,27 @@ def test_worker_script_creates_the_pool_and_the_gpu_limit_then_starts_a_process_
     assert wait_gone(pid)
 
 
+@pytest.mark.slow  # starts a stand-in server and worker: about 3 s
+def test_worker_script_run_again_says_the_tag_of_the_running_worker_and_refuses_another(fake_env):
+    """Run again with another FLUXFLOW_GPU_TAG while it ran, the script created a limit for that tag, said "already
+    running", then named the new tag as the one of its steps, which carry the running worker's."""
+    assert run_script("server.sh", fake_env).returncode == 0
+    assert run_script("worker.sh", fake_env).returncode == 0
+    pid = int((Path(fake_env["FLUXFLOW_RUN_DIR"]) / "prefect-worker.pid").read_text())
+    calls = len(recorded_calls(fake_env))
+
+    refused = run_script("worker.sh", dict(fake_env, FLUXFLOW_GPU_TAG="gpu-other"))
+    assert refused.returncode == 2 and refused.stderr == (
+        f"❌ prefect-worker is already running (pid {pid}) with tag gpu, not gpu-other (FLUXFLOW_GPU_TAG): stop it "
+        "first (bash scripts/worker.sh stop)\n")
+    again = run_script("worker.sh", fake_env)
+    assert again.returncode == 0 and again.stdout == (
+        f"prefect-worker is already running (pid {pid}, tag gpu); stop it with: bash scripts/worker.sh stop\n")
+    assert len(recorded_calls(fake_env)) == calls  # no limit, pool or worker asked for
+    os.killpg(pid, signal.SIGTERM)
+    assert wait_gone(pid)
+
+
 @pytest.mark.parametrize("script", ["worker.sh", "deploy.sh"])
 def test_worker_and_deploy_refuse_to_run_without_a_server(fake_env, script):
     done = run_script(script, fake_env)  # nothing listens on FLUXFLOW_PREFECT_PORT

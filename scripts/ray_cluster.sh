@@ -38,7 +38,7 @@ stop_sessions() {
     local sessions=() pid name
     for name in "$@"; do
         [[ -f "$RUN_DIR/$name.pid" ]] && sessions+=("$(cat "$RUN_DIR/$name.pid")")
-        rm -f "$RUN_DIR/$name.pid"
+        rm -f "$RUN_DIR/$name.pid" "$RUN_DIR/$name.address"
     done
     ((${#sessions[@]})) || { echo "no Ray node of this checkout is running"; return 0; }
     members() { ps -eo pid=,sid= | awk -v list=" ${sessions[*]} " 'index(list, " " $2 " ") {print $1}'; }
@@ -67,9 +67,21 @@ wait_started() {
     wait_until "$1" 120 "saying the node runs" grep -qs "Ray runtime started" "$RUN_DIR/$1.log"
 }
 
+# Running already: its own address (run again with another port, it said "already running" and then printed the new
+# port, where nothing listens), or a refusal when another was asked for.
+ADDRESS="127.0.0.1:$RAY_PORT, dashboard 127.0.0.1:$DASHBOARD_PORT"
+if running_as ray-head address "$ADDRESS" "FLUXFLOW_RAY_PORT, FLUXFLOW_RAY_DASHBOARD_PORT"; then
+    if service_running ray-worker >/dev/null; then
+        say_running ray-head address
+        echo "run on it:     RAY_ADDRESS=127.0.0.1:$RAY_PORT fluxflow-train --config X.yaml --set" \
+             "training.executor.kind=ray"
+        exit 0
+    fi  # the worker node is gone: started again below, on this head
+fi
 start_service ray-head "$RAY" start --head --port="$RAY_PORT" --resources='{"node_a": 1}' \
     --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" \
     --temp-dir="$TEMP/head" "${COMMON[@]}"
+record_start ray-head address "$ADDRESS"
 wait_started ray-head
 # A second node on the same machine needs a dashboard agent port of its own (the head's agent has the default).
 start_service ray-worker "$RAY" start --address="127.0.0.1:$RAY_PORT" --resources='{"node_b": 1}' \

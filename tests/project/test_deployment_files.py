@@ -703,3 +703,36 @@ def test_ray_cluster_script_stops_its_head_when_the_second_node_fails_and_keeps_
     head = recorded_calls(env)[0]["argv"]
     assert any(arg.startswith("--temp-dir=/tmp/fluxflow-ray-") for arg in head)
 
+
+def stand_in_ray(fake_env) -> dict:
+    ray = Path(fake_env["FLUXFLOW_VENV_BIN"]) / "ray"
+    ray.write_text(FAKE_RAY.format(python=sys.executable))
+    ray.chmod(0o755)
+    return dict(fake_env, FLUXFLOW_RAY_PORT=str(free_port()), FLUXFLOW_RAY_DASHBOARD_PORT=str(free_port()))
+
+
+@pytest.mark.slow  # starts two stand-in nodes and stops them: about 3 s
+def test_ray_cluster_script_run_again_says_the_running_clusters_address_and_refuses_another_port(fake_env):
+    """Run again with another FLUXFLOW_RAY_PORT, it said "ray-head is already running", then "Ray cluster ... at
+    127.0.0.1:<new port>" and "RAY_ADDRESS=127.0.0.1:<new port>", where nothing listens."""
+    env = stand_in_ray(fake_env)
+    port, dashboard = env["FLUXFLOW_RAY_PORT"], env["FLUXFLOW_RAY_DASHBOARD_PORT"]
+    assert run_script("ray_cluster.sh", env).returncode == 0
+    try:
+        pid = int((Path(env["FLUXFLOW_RUN_DIR"]) / "ray-head.pid").read_text())
+        address = f"127.0.0.1:{port}, dashboard 127.0.0.1:{dashboard}"
+        other = str(free_port())
+        refused = run_script("ray_cluster.sh", dict(env, FLUXFLOW_RAY_PORT=other))
+        assert refused.returncode == 2 and refused.stderr == (
+            f"❌ ray-head is already running (pid {pid}) with address {address}, not 127.0.0.1:{other}, dashboard "
+            f"127.0.0.1:{dashboard} (FLUXFLOW_RAY_PORT, FLUXFLOW_RAY_DASHBOARD_PORT): stop it first (bash "
+            "scripts/ray_cluster.sh stop)\n")
+        again = run_script("ray_cluster.sh", env)
+        assert again.returncode == 0 and again.stdout.startswith(
+            f"ray-head is already running (pid {pid}, address {address}); stop it with: ")
+        assert f"RAY_ADDRESS=127.0.0.1:{port} " in again.stdout and other not in again.stdout
+        assert len(recorded_calls(env)) == 2  # the two nodes of the first start
+    finally:
+        assert run_script("ray_cluster.sh", env, "stop").returncode == 0
+    assert sorted(path.name for path in Path(env["FLUXFLOW_RUN_DIR"]).glob("ray-*")) == ["ray-head.log",
+                                                                                          "ray-worker.log"]

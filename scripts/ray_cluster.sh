@@ -68,7 +68,8 @@ wait_started() {
 }
 
 # Running already: its own address (run again with another port, it said "already running" and then printed the new
-# port, where nothing listens), or a refusal when another was asked for.
+# port, where nothing listens), or a refusal when another was asked for. Else both ports free, at once (a busy one
+# took 40 s and ended in Ray's "Failed to start GCS" traceback).
 ADDRESS="127.0.0.1:$RAY_PORT, dashboard 127.0.0.1:$DASHBOARD_PORT"
 if running_as ray-head address "$ADDRESS" "FLUXFLOW_RAY_PORT, FLUXFLOW_RAY_DASHBOARD_PORT"; then
     if service_running ray-worker >/dev/null; then
@@ -77,6 +78,9 @@ if running_as ray-head address "$ADDRESS" "FLUXFLOW_RAY_PORT, FLUXFLOW_RAY_DASHB
              "training.executor.kind=ray"
         exit 0
     fi  # the worker node is gone: started again below, on this head
+else
+    refuse_busy "the Ray head" 0.0.0.0 "$RAY_PORT" FLUXFLOW_RAY_PORT
+    refuse_busy "the Ray dashboard" 127.0.0.1 "$DASHBOARD_PORT" FLUXFLOW_RAY_DASHBOARD_PORT
 fi
 start_service ray-head "$RAY" start --head --port="$RAY_PORT" --resources='{"node_a": 1}' \
     --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" \

@@ -736,3 +736,17 @@ def test_ray_cluster_script_run_again_says_the_running_clusters_address_and_refu
         assert run_script("ray_cluster.sh", env, "stop").returncode == 0
     assert sorted(path.name for path in Path(env["FLUXFLOW_RUN_DIR"]).glob("ray-*")) == ["ray-head.log",
                                                                                           "ray-worker.log"]
+
+
+@pytest.mark.parametrize("busy", ["FLUXFLOW_RAY_PORT", "FLUXFLOW_RAY_DASHBOARD_PORT"])
+def test_ray_cluster_script_refuses_a_port_another_process_holds_at_once(fake_env, busy):
+    """It waited ~40 s, then printed Ray's "Failed to start GCS" traceback."""
+    env = stand_in_ray(fake_env)
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        env[busy] = str(other.getsockname()[1])
+        done = run_script("ray_cluster.sh", env)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert f"port {env[busy]} on " in done.stderr and f"another port with {busy}=" in done.stderr
+    assert not Path(env["FAKE_RECORD"]).exists()  # nothing was started

@@ -37,7 +37,7 @@ FAKE_TOOL = textwrap.dedent(
         f.write(json.dumps({{"argv": sys.argv, "cwd": os.getcwd(), "env": {{k: os.environ.get(k) for k in
                    ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "DO_NOT_TRACK", "FLUXFLOW_HOME", "FLUXFLOW_GPU_TAG",
                     "PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PREFECT_SERVER_API_AUTH_STRING",
-                    "MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_TRACKING_PASSWORD")}}}}) + "\\n")
+                    "MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING")}}}}) + "\\n")
     if "inspect" in sys.argv:
         sys.exit(1)
     if sys.argv[1:3] == ["worker", "start"]:
@@ -567,6 +567,32 @@ def test_compose_ray_nodes_run_the_worker_image_and_share_the_checkpoint_volume(
         assert service["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert node["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "extras['cluster']" in DOCKERFILE.read_text()
+
+
+@pytest.mark.slow  # starts a stand-in server: about 3 s
+def test_the_documented_docker_deploy_runs_deploy_sh_in_the_worker_service_environment(compose, fake_env, tmp_path):
+    """The documented `... run --rm worker prefect --no-prompt deploy --all ...` failed with a 401 traceback (the
+    compose Prefect server always asks for credentials, and the prefect CLI reads no secret file) and would have
+    stored the image's FLUXFLOW_HOME=/app as every run's checkout. scripts/deploy.sh reads the secret file and leaves
+    FLUXFLOW_HOME out; here it runs with the worker service's environment, its servers replaced by a stand-in."""
+    command = "docker compose -f docker/compose.yaml run --rm worker bash scripts/deploy.sh"
+    assert f"#   {command}" in COMPOSE.read_text()
+    assert f"\n{command}" in (REPO / "docs" / "DISTRIBUTED.md").read_text()
+    for text in (COMPOSE.read_text(), (REPO / "docs" / "DISTRIBUTED.md").read_text()):
+        assert "run --rm worker prefect" not in text
+
+    assert run_script("server.sh", fake_env).returncode == 0
+    worker = {key: str(value) for key, value in compose["services"]["worker"]["environment"].items()}
+    assert "FLUXFLOW_HOME=/app" in DOCKERFILE.read_text()  # the image's, which deploy.sh must not store
+    api = f"http://127.0.0.1:{fake_env['FLUXFLOW_PREFECT_PORT']}/api"
+    worker.update(PREFECT_API_URL=api, FLUXFLOW_HOME="/app",
+                  FLUXFLOW_PREFECT_AUTH_FILE=secret_file(tmp_path, "ops:pw-1"))
+    del worker["MLFLOW_TRACKING_URI"], worker["FLUXFLOW_MLFLOW_AUTH_FILE"]  # mlflow:5000 is no name here
+    done = run_script("deploy.sh", dict(fake_env, **worker))
+    assert done.returncode == 0, done.stderr
+    (deploy,) = [c for c in recorded_calls(fake_env) if "deploy" in c["argv"]]
+    assert deploy["env"]["PREFECT_API_AUTH_STRING"] == "ops:pw-1" and deploy["env"]["PREFECT_API_URL"] == api
+    assert deploy["env"]["FLUXFLOW_HOME"] is None
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (v1) not installed")

@@ -123,15 +123,15 @@ def find_step_runs(client: MlflowClient, experiment_id: str, output_dir: str, st
     return find_runs(client, experiment_id, {key: value for key, value in tags.items() if value is not None})
 
 
-def store_to_read_problem(uri: str) -> str | None:
+def store_to_read_problem(uri: str, names: str = "--tracking-uri or MLFLOW_TRACKING_URI") -> str | None:
     """Why the store at `uri` cannot be read, for commands that only read it (generate, export, compare), or None:
     a server that does not answer (asking it would sit in MLflow's retries for minutes), or that refuses this
     process's credentials (or a secret file that could not be used: MLflow's 401 came up as a traceback), a sqlite
-    file that does not exist (MLflow would create an empty store there), or a store MLflow fails to read."""
+    file that does not exist (MLflow would create an empty store there), or a store MLflow fails to read. `names`:
+    what the caller reads the store from, for the hint (scripts/serve_model.sh has no --tracking-uri)."""
     reason = unreachable_reason(uri)
     if reason is not None:
-        return f"the MLflow server at {uri} does not answer ({reason}); start it, or name another store with " \
-               "--tracking-uri or MLFLOW_TRACKING_URI"
+        return f"the MLflow server at {uri} does not answer ({reason}); start it, or name another store with {names}"
     refused = uri.startswith(("http://", "https://")) and (env.CREDENTIALS_PROBLEM or mlflow_refusal(uri))
     if refused:
         return refused
@@ -139,9 +139,9 @@ def store_to_read_problem(uri: str) -> str | None:
     if path is not None and (not path.exists() or path.is_file() and path.stat().st_size == 0):
         # an empty file: MLflow would make it a store, which a command that only reads must not
         return f"no MLflow store at {uri} ({'the file is empty' if path.exists() else 'no such file'}); name the " \
-               "store with --tracking-uri or MLFLOW_TRACKING_URI"
+               f"store with {names}"
     problem = unreadable_store(uri)
-    return problem and f"{problem}; name another with --tracking-uri or MLFLOW_TRACKING_URI"
+    return problem and f"{problem}; name another with {names}"
 
 
 def unreadable_store(uri: str) -> str | None:

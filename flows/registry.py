@@ -211,7 +211,8 @@ def model_checkpoint(model_uri: str, tracking_uri: str, into: Path) -> Path:
     return path
 
 
-def served_model_problem(model_uri: str, tracking_uri: str) -> str | None:
+def served_model_problem(model_uri: str, tracking_uri: str,
+                         names: str = "--tracking-uri or MLFLOW_TRACKING_URI") -> str | None:
     """Why `mlflow models serve -m MODEL_URI` would not find its model, in one line, or None (scripts/serve_model.sh
     asks first: the server's own answer is a traceback in its log, and a fresh checkout has no champion until a
     pipeline with a flow step has run). Only `models:/NAME@ALIAS` and `models:/NAME/VERSION` are looked up; any other
@@ -219,7 +220,7 @@ def served_model_problem(model_uri: str, tracking_uri: str) -> str | None:
     name, alias, version = models_uri_parts(model_uri) or ("", None, None)
     if alias is None and not (version or "").isdigit():  # not a registered version by alias or number
         return None
-    problem = store_to_read_problem(tracking_uri)
+    problem = store_to_read_problem(tracking_uri, names)
     if problem:
         return f"{model_uri}: {problem}"
     client = MlflowClient(tracking_uri)
@@ -231,8 +232,9 @@ def served_model_problem(model_uri: str, tracking_uri: str) -> str | None:
     return None
 
 
-if __name__ == "__main__":  # python -m flows.registry MODEL_URI: scripts/serve_model.sh's check
-    found = served_model_problem(sys.argv[1], resolve_tracking_uri())
+if __name__ == "__main__":  # python -m flows.registry MODEL_URI [NAMES]: scripts/serve_model.sh's check; NAMES are
+    # the settings that name the store, for the hint (the script's own variables, not the CLIs' --tracking-uri)
+    found = served_model_problem(sys.argv[1], resolve_tracking_uri(), *sys.argv[2:3])
     if found:
         print(f"❌ {found}", file=sys.stderr)
     sys.exit(2 if found else 0)

@@ -30,7 +30,7 @@ if service_running model-server >/dev/null; then
         exit 2
     fi
 else  # the model first: a name or alias the store does not have is one line here, not a traceback in the log
-    "$VENV_BIN/python" -m flows.registry "$MODEL_URI" || exit 2
+    "$VENV_BIN/python" -m flows.registry "$MODEL_URI" "MLFLOW_TRACKING_URI or FLUXFLOW_MLFLOW_STORE" || exit 2
 fi
 
 start_server model-server 127.0.0.1 "$SERVE_PORT" FLUXFLOW_SERVE_PORT "$VENV_BIN/mlflow" models serve -m "$MODEL_URI" --env-manager local \

@@ -195,7 +195,8 @@ def test_serve_model_script_in_a_checkout_without_a_store_says_so_in_one_line(fa
     done = run_script("serve_model.sh", fake_env)
     assert done.returncode == 2 and not Path(fake_env["FAKE_RECORD"]).exists()
     assert done.stderr == ("❌ models:/fluxflow-quickstart@champion: no MLflow store at sqlite:///mlflow.db (no such "
-                           "file); name the store with --tracking-uri or MLFLOW_TRACKING_URI\n")
+                           "file); name the store with MLFLOW_TRACKING_URI or FLUXFLOW_MLFLOW_STORE\n")  # the script
+    # has no --tracking-uri, which the line named
     assert not (REPO / "mlflow.db").exists()
 
 
@@ -249,6 +250,20 @@ def test_a_server_script_run_again_answers_at_once_with_the_running_servers_own_
     assert len(recorded_calls(fake_env)) == 1  # nothing else was started
     assert run_script(script, fake_env, "stop").returncode == 0
     assert [path.name for path in Path(fake_env["FLUXFLOW_RUN_DIR"]).glob(f"{name}.*")] == [f"{name}.log"]
+
+
+def test_operations_lists_every_variable_the_scripts_read_and_the_mlflow_link_variable():
+    """The list in docs/OPERATIONS.md ("Ports and paths the scripts read") left out FLUXFLOW_HOME, the Ray cluster's
+    variables and FLUXFLOW_MLFLOW_UI_URL (the MLflow links of the Prefect artifacts), which no doc named."""
+    import re
+
+    text = (REPO / "docs" / "OPERATIONS.md").read_text()
+    paragraph = text.split("Ports and paths the scripts read:")[1].split("\n\n")[0]
+    listed = set(re.findall(r"`(FLUXFLOW_[A-Z_]+)`", paragraph))
+    read = {name for script in (REPO / "scripts").glob("*.sh") for name in
+            re.findall(r"\$\{(FLUXFLOW_[A-Z_]+)", script.read_text())}
+    assert {"FLUXFLOW_HOME", "FLUXFLOW_RAY_PORT", "FLUXFLOW_RAY_OBJECT_STORE"} <= read
+    assert sorted((read | {"FLUXFLOW_MLFLOW_UI_URL"}) - listed) == []
 
 
 def test_deploy_leaves_the_checkout_to_each_worker(fake_env):

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from bench.common import MachineLoad, device_label, machine, median, print_table, write_result
+from bench.common import MachineLoad, device_label, int_at_least, machine, median, print_table, write_result
 from bench.throughput import SEED_SIZE_MODEL
 
 # component set -> (components, trained components, optimizer groups with their components, EMA components)
@@ -125,4 +125,5 @@ def run(args) -> dict[str, Any]:
 
 def add_arguments(parser) -> None:
     g = parser.add_argument_group("checkpoint")
-    g.add_argument("--checkpoint-trials", type=int, default=3, help="save/load repetitions per component set")
+    g.add_argument("--checkpoint-trials", type=int_at_least(1), default=3,
+                   help="save/load repetitions per component set")

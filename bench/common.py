@@ -4,6 +4,7 @@ Each benchmark module has `run(args) -> dict` (the JSON it wrote) and prints exa
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -160,6 +161,35 @@ def _fmt(value: Any) -> str:
             return f"{value:.3g}" if abs(value) < 10 else f"{value:,.1f}"
         return f"{value:.3g}"
     return str(value)
+
+
+def int_at_least(low: int, multiple_of: int = 1):
+    """An argparse type: an integer >= `low` (and a multiple of `multiple_of`). A bad value is then a usage line, exit
+    2, before anything is measured (it was a traceback, some only after minutes of measuring)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or value % multiple_of:
+            kind = f"a multiple of {multiple_of}" if multiple_of > 1 else "an integer"
+            raise argparse.ArgumentTypeError(f"must be {kind} >= {low}, not {text!r}")
+        return value
+    return parse
+
+
+def results_dir_problem(path: Path) -> str | None:
+    """Why the JSON results cannot go into the folder `path` (made here when missing), or None: asked before the
+    benchmarks run (a file of that name failed with FileExistsError after the measurement)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return f"{path} is a file, not a folder"
+    except OSError as exc:
+        return f"cannot create {path}: {exc.strerror}"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{path} cannot be written"
+    return None
 
 
 def write_result(name: str, payload: dict[str, Any], results_dir: Path | str = RESULTS_DIR) -> Path:

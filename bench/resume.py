@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import TINY_MODEL, MachineLoad, device_label, machine, median, print_table, write_result
+from bench.common import TINY_MODEL, MachineLoad, device_label, int_at_least, machine, median, print_table, write_result
 
 STEP = "vae"
 
@@ -173,10 +173,24 @@ def run(args) -> dict[str, Any]:
 
 def add_arguments(parser) -> None:
     g = parser.add_argument_group("resume")
-    g.add_argument("--trials", type=int, default=3, help="trials per resume position")
-    g.add_argument("--dataset-size", type=int, default=1_000_000, help="items in the shapes dataset")
-    g.add_argument("--resume-batch", type=int, default=10_000, help="the far resume position")
-    g.add_argument("--resume-batch-size", type=int, default=8, help="batch size of the resumed step")
+    g.add_argument("--trials", type=int_at_least(1), default=3, help="trials per resume position")
+    g.add_argument("--dataset-size", type=int_at_least(1), default=1_000_000, help="items in the shapes dataset")
+    g.add_argument("--resume-batch", type=int_at_least(1), default=10_000,
+                   help="the far resume position, a batch of the dataset's one epoch")
+    g.add_argument("--resume-batch-size", type=int_at_least(1), default=8, help="batch size of the resumed step")
+
+
+def arguments_problem(args) -> str | None:
+    """--resume-batch past the batches of the dataset (the sampler raised after the first run had trained), or a
+    dataset of fewer than the 2 batches the checkpoint to resume from is trained on."""
+    batches = args.dataset_size // args.resume_batch_size
+    of = (f"--dataset-size {args.dataset_size} at --resume-batch-size {args.resume_batch_size} is {batches} "
+          f"batch{'' if batches == 1 else 'es'}")
+    if batches < 2:
+        return f"resume: {of}; it needs 2 at least"
+    if args.resume_batch >= batches:
+        return f"resume: --resume-batch {args.resume_batch} is past the last batch: {of} (0..{batches - 1})"
+    return None
 
 
 if __name__ == "__main__":

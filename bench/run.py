@@ -21,7 +21,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from bench import cache, checkpoint, overhead, resume, startup, throughput  # noqa: E402
-from bench.common import RESULTS_DIR  # noqa: E402
+from bench.common import RESULTS_DIR, int_at_least, results_dir_problem  # noqa: E402
 
 BENCHMARKS = {"overhead": overhead, "throughput": throughput, "cache": cache, "resume": resume,
               "checkpoint": checkpoint, "startup": startup}
@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="name",
                    help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON results go")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=int_at_least(1), default=None,
                    help="torch intra-op threads, here and in child processes (default: torch's, one per core)")
     for module in BENCHMARKS.values():
         module.add_arguments(p)
@@ -47,7 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     names = args.names or list(BENCHMARKS)
-    if args.threads:
+    problem = results_dir_problem(args.results_dir)
+    if problem:
+        p.error(f"--results-dir: {problem}")
+    for name in names:  # what a benchmark's options allow only together, said before any benchmark measures
+        problem = getattr(BENCHMARKS[name], "arguments_problem", lambda args: None)(args)
+        if problem:
+            p.error(problem)
+    if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)

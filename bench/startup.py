@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import MachineLoad, device_label, machine, median, print_table, write_result
+from bench.common import MachineLoad, device_label, int_at_least, machine, median, print_table, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "tiny_test.yaml"
@@ -109,5 +109,5 @@ def run(args) -> dict[str, Any]:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--startup-pairs", type=int, default=3, help="startup: alternating (flow, bare) pairs per "
-                                                                     "MLflow store setting, after one warm-up pair")
+    parser.add_argument("--startup-pairs", type=int_at_least(1), default=3,
+                        help="startup: alternating (flow, bare) pairs per MLflow store setting, after one warm-up pair")

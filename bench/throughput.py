@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from bench.common import MachineLoad, device_label, machine, print_table, write_result
+from bench.common import MachineLoad, device_label, int_at_least, machine, print_table, write_result
 
 KINDS = ("vae", "vae_gan_r1", "flow")
 STEP_FLAGS = {
@@ -32,6 +32,8 @@ STEP_FLAGS = {
 }
 CPU_CASES = [(64, 8), (64, 32), (256, 8)]  # (img_size, batch): the CPU subset (~1 minute on 2 idle cores)
 GRID_SIZES, GRID_BATCHES = (64, 256), (8, 16, 32, 64)
+# Image sizes are multiples of the default model's downscale x patch_size (4 x 2): load_config refuses others.
+IMAGE_UNIT = 8
 GPU_CASES = [(size, batch) for size in GRID_SIZES for batch in GRID_BATCHES]  # the full grid
 SEED_SIZE_MODEL = {"vae_dim": 114}  # VAE 6.89 M parameters (the original's ≈ 6.8 M); flow 1.74 M (≈ 1.8 M)
 SEED_SIZE_CASE = (64, 4)
@@ -270,11 +272,11 @@ def run(args) -> dict[str, Any]:
 def add_arguments(parser) -> None:
     g = parser.add_argument_group("throughput")
     g.add_argument("--kinds", nargs="+", choices=KINDS, help="step kinds (default: all)")
-    g.add_argument("--sizes", nargs="+", type=int,
+    g.add_argument("--sizes", nargs="+", type=int_at_least(IMAGE_UNIT, multiple_of=IMAGE_UNIT),
                    help="image sizes; with either option the plan is the grid sizes × batch sizes, the other one "
                         "defaulting to 64 256 / 8 16 32 64 (default without both: the CPU subset, or that full "
                         "grid on CUDA)")
-    g.add_argument("--batch-sizes", nargs="+", type=int, help="batch sizes (see --sizes)")
+    g.add_argument("--batch-sizes", nargs="+", type=int_at_least(1), help="batch sizes (see --sizes)")
     g.add_argument("--compile", choices=("off", "on", "both"), default="both",
                    help="CUDA only: torch.compile off, on, or both (default)")
     g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",

@@ -61,6 +61,39 @@ def test_unknown_benchmark_name_is_a_usage_error(capsys):
     assert "unknown benchmark" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("argv", "error"), [
+    (["checkpoint", "--checkpoint-trials", "0"], "argument --checkpoint-trials: must be an integer >= 1, not '0'"),
+    (["resume", "--trials", "0"], "argument --trials: must be an integer >= 1, not '0'"),
+    (["resume", "--trials", "1", "--dataset-size", "100", "--resume-batch", "500"],
+     "resume: --resume-batch 500 is past the last batch: --dataset-size 100 at --resume-batch-size 8 is 12 batches "
+     "(0..11)"),
+    (["resume", "--dataset-size", "8"], "resume: --dataset-size 8 at --resume-batch-size 8 is 1 batch; it needs 2"),
+    (["throughput", "--sizes", "15"], "argument --sizes: must be a multiple of 8 >= 8, not '15'"),
+    (["throughput", "--sizes", "-8"], "argument --sizes: must be a multiple of 8 >= 8, not '-8'"),
+    (["throughput", "--batch-sizes", "0"], "argument --batch-sizes: must be an integer >= 1, not '0'"),
+    (["--threads", "-1"], "argument --threads: must be an integer >= 1, not '-1'"),
+    (["--threads", "0"], "argument --threads: must be an integer >= 1, not '0'"),  # was silently ignored
+    (["overhead", "--pairs", "0"], "argument --pairs: must be an integer >= 1, not '0'"),
+    (["startup", "--startup-pairs", "0"], "argument --startup-pairs: must be an integer >= 1, not '0'"),
+    (["checkpoint", "--results-dir", "{file}"], "--results-dir: {file} is a file, not a folder"),
+])
+def test_a_bad_option_is_one_usage_line_before_anything_is_measured(argv, error, tmp_path, monkeypatch, capsys):
+    """They were tracebacks, some only after the measurement (a --results-dir that is a file, a --resume-batch past
+    the dataset's batches); --threads 0 was ignored."""
+    def measured(args):
+        raise AssertionError("a benchmark ran")
+    for module in bench_run.BENCHMARKS.values():
+        monkeypatch.setattr(module, "run", measured)
+    (tmp_path / "file").write_text("")
+    argv = [arg.format(file=tmp_path / "file") for arg in argv]
+    with pytest.raises(SystemExit) as exc:
+        bench_run.main(argv if "--results-dir" in argv else [*argv, "--results-dir", str(tmp_path / "results")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"python -m bench.run: error: {error.format(file=tmp_path / 'file')}")
+    assert not err.startswith("Traceback")
+
+
 def test_overhead_alternates_arms_and_reports_the_median_ratio_without_the_warmup(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "untouched"))
     calls = []

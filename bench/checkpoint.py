@@ -7,8 +7,8 @@ metadata. For each component set:
 - finalize: `finalize(latest, final)`: the immutable `final.pt` copy and its sha256 (the end of every step);
 - load: `load_checkpoint` (`torch.load(weights_only=True)`) and `load_state_dict` into fresh modules and optimizers,
   which is what a resume or the next step does.
-Median of `--checkpoint-trials` repetitions. Reads come from the page cache (the file was just written): this is the
-CPU cost of (de)serialising, not cold-disk time.
+Median of `--checkpoint-trials` repetitions (each one's seconds in the JSON's `laps_s`). Reads come from the page
+cache (the file was just written): this is the CPU cost of (de)serialising, not cold-disk time.
 """
 from __future__ import annotations
 
@@ -100,7 +100,8 @@ def measure(set_name: str, model_label: str, trials: int, workdir: Path) -> dict
     return {"set": set_name, "model": model_label, "components": list(models),
             "parameters": sum(count_parameters(m) for m in models.values()),
             "bytes": latest.stat().st_size, "save_s": median(save_s), "finalize_s": median(finalize_s),
-            "load_s": median(load_s), "trials": trials}
+            "load_s": median(load_s), "trials": trials,
+            "laps_s": {"save": save_s, "finalize": finalize_s, "load": load_s}}  # every trial's, as measured
 
 
 def run(args) -> dict[str, Any]:

@@ -94,6 +94,20 @@ def test_a_bad_option_is_one_usage_line_before_anything_is_measured(argv, error,
     assert not err.startswith("Traceback")
 
 
+def test_checkpoint_json_keeps_every_trials_timings_beside_their_medians(tmp_path, monkeypatch):
+    """bench/README.md says each JSON holds every raw timing; the checkpoint benchmark kept only the medians."""
+    from bench import checkpoint
+
+    monkeypatch.setattr(checkpoint, "MODELS", {"tiny": bench_common.TINY_MODEL})
+    monkeypatch.setattr(checkpoint, "COMPONENT_SETS", {"vae": checkpoint.COMPONENT_SETS["vae"]})
+    checkpoint.run(SimpleNamespace(checkpoint_trials=3, results_dir=tmp_path))
+    (row,) = json.loads((tmp_path / "checkpoint.json").read_text())["rows"]
+    for phase in ("save", "finalize", "load"):
+        laps = row["laps_s"][phase]
+        assert len(laps) == 3 and all(lap > 0 for lap in laps)
+        assert row[f"{phase}_s"] == sorted(laps)[1]
+
+
 def test_overhead_alternates_arms_and_reports_the_median_ratio_without_the_warmup(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "untouched"))
     calls = []

@@ -39,7 +39,7 @@ from flows.mlflow_names import (LINEAGE_TAGS, TAG_CHECKPOINT_SHA256, TAG_CHECKPO
                                  TAG_OUTPUT_DIR, TAG_PIPELINE_RUN, TAG_STEP_NAME, TAG_VERSION_OF_RUN, quoted,
                                  tags_filter)
 from flows.mlflow_runs import resolve_tracking_uri, store_to_read_problem
-from flows.model_uri import models_uri_parts
+from flows.model_uri import PREFIX, models_uri_parts, models_uri_problem
 from flows.pyfunc_model import CHECKPOINT_ARTIFACT, CONFIG_ARTIFACT, PROMPT, SIGNATURE, WEIGHTS_ARTIFACT
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.config.file_checks import pretrained_text_path
@@ -214,21 +214,37 @@ def model_checkpoint(model_uri: str, tracking_uri: str, into: Path) -> Path:
 def served_model_problem(model_uri: str, tracking_uri: str,
                          names: str = "--tracking-uri or MLFLOW_TRACKING_URI") -> str | None:
     """Why `mlflow models serve -m MODEL_URI` would not find its model, in one line, or None (scripts/serve_model.sh
-    asks first: the server's own answer is a traceback in its log, and a fresh checkout has no champion until a
-    pipeline with a flow step has run). Only `models:/NAME@ALIAS` and `models:/NAME/VERSION` are looked up; any other
-    URI is the server's to read."""
-    name, alias, version = models_uri_parts(model_uri) or ("", None, None)
-    if alias is None and not (version or "").isdigit():  # not a registered version by alias or number
+    asks first: the server's own answer is a traceback in its log, after the script said "started", and a fresh
+    checkout has no champion until a pipeline with a flow step has run). A `models:/` URI of any form (alias,
+    version, `latest`, a stage, a logged model's id) is resolved in the store; a plain path (or file: URI) must exist;
+    other URIs (runs:/, s3://, ...) are the server's to read. `names`: what names the store, for the hint."""
+    if not model_uri.startswith(PREFIX):
+        if model_uri.startswith("file:") or "://" not in model_uri and not model_uri.startswith("runs:"):
+            path = Path(model_uri.removeprefix("file://").removeprefix("file:"))
+            if not path.exists():
+                return f"{model_uri}: no such file or folder; name a model folder or a models:/NAME@ALIAS URI"
         return None
+    problem = models_uri_problem(model_uri)
+    if problem:
+        return problem
     problem = store_to_read_problem(tracking_uri, names)
     if problem:
         return f"{model_uri}: {problem}"
+    name, alias, version = models_uri_parts(model_uri)
+    hint = "a pipeline with a flow step registers its model (make demo: fluxflow-quickstart)"
     client = MlflowClient(tracking_uri)
     try:
-        client.get_model_version_by_alias(name, alias) if alias is not None else client.get_model_version(name, version)
+        if alias is not None:
+            client.get_model_version_by_alias(name, alias)
+        elif (version or "").isdigit():
+            client.get_model_version(name, version)
+        else:  # `latest`, a stage, a logged model's id: as the server resolves it
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+            with tracking_at(tracking_uri):
+                get_artifact_repository(model_uri)
     except MlflowException as exc:
-        return f"{model_uri}: {exc.message} (tracking URI {tracking_uri}); a pipeline with a flow step registers " \
-               "its model (make demo: fluxflow-quickstart)"
+        return f"{model_uri}: {exc.message} (tracking URI {tracking_uri}); {hint}"
     return None
 
 

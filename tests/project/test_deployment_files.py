@@ -200,6 +200,24 @@ def test_serve_model_script_in_a_checkout_without_a_store_says_so_in_one_line(fa
     assert not (REPO / "mlflow.db").exists()
 
 
+@pytest.mark.parametrize(("uri", "said"), [
+    ("garbage", "garbage: no such file or folder; name a model folder or a models:/NAME@ALIAS URI"),
+    ("models:/fluxflow-quickstart/latest", "models:/fluxflow-quickstart/latest: Registered Model with "
+                                           "name=fluxflow-quickstart not found"),
+    ("models:/m-0123", "models:/m-0123: Logged model with ID 'm-0123' not found"),
+])
+def test_serve_model_script_refuses_a_model_that_is_not_there_in_one_line(fake_env, mlflow_template, tmp_path, uri,
+                                                                          said):
+    """Only models:/NAME@ALIAS and models:/NAME/VERSION were looked up: any other URI (a path that does not exist,
+    models:/NAME/latest, a logged model's id) said "started model-server", then ended in MLflow's traceback."""
+    shutil.copyfile(mlflow_template, tmp_path / "mlflow.db")
+    fake_env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", FLUXFLOW_MODEL_URI=uri,
+                    FLUXFLOW_SERVE_PORT=str(free_port()))
+    done = run_script("serve_model.sh", fake_env)
+    assert done.returncode == 2 and done.stderr.startswith(f"❌ {said}") and done.stderr.count("\n") == 1
+    assert not Path(fake_env["FAKE_RECORD"]).exists() and "started" not in done.stdout
+
+
 def test_server_script_reports_a_server_that_dies_at_start(fake_env, tmp_path):
     (tmp_path / "bin" / "prefect").write_text("#!/bin/sh\necho 'port already in use' >&2\nexit 3\n")
     done = run_script("server.sh", fake_env)

@@ -22,6 +22,8 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,19 @@ FLOW_NAME = "fluxflow-pipeline"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1600,1300", "--hide-scrollbars"]
+
+
+def require_server(what: str, url: str, hint: str) -> None:
+    """Exit 2 with one line unless something answers HTTP at `url` (any status: a server that asks for credentials
+    is there): without it the first request to it ended the script in a traceback."""
+    try:
+        urllib.request.urlopen(url, timeout=5).close()
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"❌ no {what} answers at {url} ({reason}): {hint}", file=sys.stderr)
+        sys.exit(2)
 
 
 @dataclass
@@ -245,8 +260,13 @@ def main(argv: list[str] | None = None) -> int:
                                                                    "(scripts/browser_model_page.py)")
     parser.add_argument("--alias", default="champion", help="with --registered-model: the alias to look for")
     args = parser.parse_args(argv)
+    mlflow_hint = "start it (make mlflow-ui), or name it with --mlflow-url"
     if args.registered_model:
+        require_server("MLflow server", f"{args.mlflow_url}/health", mlflow_hint)
         return check_registered_model(args)
+    require_server("Prefect server", f"{args.prefect_url}/api/health", "start it (make server), or name it with "
+                   "--prefect-url")
+    require_server("MLflow server", f"{args.mlflow_url}/health", mlflow_hint)
 
     run_id, run_name, steps = asyncio.run(prefect_facts(f"{args.prefect_url}/api", args.flow_run_id))
     experiment_id, experiment_name, parent_id, parent_name, metrics = mlflow_facts(args.mlflow_url, run_id)

@@ -62,7 +62,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.label and len(args.label) != len(args.folders):
         parser.error(f"{len(args.label)} --label for {len(args.folders)} folders: give one per folder or none")
+    if not Path(args.prompts_file).is_file():
+        parser.error(f"{args.prompts_file}: no such file")
     prompts = [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
+    for folder in args.folders:  # all checked before drawing: a missing image ended the figure in a traceback
+        missing = [name for prompt in prompts for seed in range(args.n)
+                   if not (Path(folder) / (name := prompt_file_name(prompt, seed, "png"))).is_file()]
+        if missing:
+            parser.error(f"{folder} lacks {len(missing)} of the {len(prompts) * args.n} images (first: {missing[0]}); "
+                         f"make them with fluxflow-generate --prompts-file {args.prompts_file} --n {args.n} --format "
+                         f"png --output {folder}")
     draw(prompts, args.folders, args.label, args.n, args.output)
 
 

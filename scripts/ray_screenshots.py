@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from browser_check import (REPO, SCROLLER, RunFacts, check_prefect_page, make_driver, prefect_facts, report,
-                           wait_for_texts)
+                           require_server, wait_for_texts)
 
 WINDOW = (1400, 900)  # smaller than browser_check's: the PNGs stay under ~200 KB
 STEP_TASK = "pipeline-step"  # the Ray task name of a step (flows/ray_steps.py)
@@ -96,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each page's texts")
     args = parser.parse_args(argv)
+    require_server("Ray dashboard", args.dashboard_url, "start the cluster (make ray-cluster), or name its dashboard "
+                   "with --dashboard-url")
+    require_server("Prefect server", f"{args.prefect_url}/api/health", "start it (make server), or name it with "
+                   "--prefect-url")
 
     nodes, job_id, tasks = ray_facts(args.dashboard_url, args.job_id)
     step_nodes = {node for name, node in tasks if name == STEP_TASK}

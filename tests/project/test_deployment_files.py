@@ -284,6 +284,22 @@ def test_operations_lists_every_variable_the_scripts_read_and_the_mlflow_link_va
     assert sorted((read | {"FLUXFLOW_MLFLOW_UI_URL"}) - listed) == []
 
 
+@pytest.mark.parametrize(("script", "args", "said"), [
+    ("browser_check.py", ["--prefect-url", "{url}"], "❌ no Prefect server answers at {url}/api/health ("),
+    ("browser_check.py", ["--registered-model", "m", "--mlflow-url", "{url}"],
+     "❌ no MLflow server answers at {url}/health ("),
+    ("ray_screenshots.py", ["--dashboard-url", "{url}"], "❌ no Ray dashboard answers at {url} ("),
+])
+def test_the_browser_scripts_without_their_server_say_so_in_one_line(script, args, said):
+    """Without a server (or cluster) they ended in a traceback from the first request."""
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / script), *(a.format(url=url) for a in args)],
+                          cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and done.stderr.startswith(said.format(url=url)), done.stderr
+    assert done.stderr.count("\n") == 1
+
+
 def test_deploy_leaves_the_checkout_to_each_worker(fake_env):
     """`prefect deploy` fills every {{ $VAR }} set in its environment: with FLUXFLOW_HOME exported (scripts/
     _service.sh does), the pull step's checkout was fixed to the deploying one, and a worker elsewhere (another host,

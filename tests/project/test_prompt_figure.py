@@ -44,3 +44,17 @@ def test_a_label_count_that_does_not_match_the_folders_is_refused(tmp_path, caps
         prompt_figure.main(["p.txt", str(tmp_path / "f.png"), "a", "b", "--label", "only one"])
     assert exit_.value.code == 2
     assert "1 --label for 2 folders" in capsys.readouterr().err
+
+
+def test_a_folder_missing_images_is_one_usage_line_before_anything_is_drawn(tmp_path, capsys):
+    """A folder without an image of a prompt and seed ended in PIL's FileNotFoundError traceback."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    full, short = folder_of(tmp_path / "a", (255, 0, 0), 2), folder_of(tmp_path / "b", (0, 255, 0), 1)
+    out = tmp_path / "figure.png"
+    with pytest.raises(SystemExit) as exit_:
+        prompt_figure.main([str(prompts), str(out), full, short, "--n", "2"])
+    assert exit_.value.code == 2 and not out.exists()
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.split(": error: ", 1)[1].startswith(f"{short} lacks 2 of the 4 images (first: "
+                          f"{prompt_file_name(PROMPTS[0], 1, 'png')}); make them with fluxflow-generate")

@@ -110,9 +110,9 @@ class Trainer:
 def batch_seed(seed: int, global_step: int) -> int:
     """The seed of one batch's noise, timesteps, CFG mask and posterior samples: a function of the run's seed, the
     batch and the torchrun rank, so ranks draw different numbers for their slices and a resume draws the same.
-    Taken modulo 2**63 (torch takes no seed past it): a seed the config accepts (up to 2**63 - 1) trained, where it
-    stopped the step with an overflow; below it (every seed under ~10**13) the value is the same as without."""
-    return ((seed * 1_000_003 + global_step) * distributed.world_size() + distributed.rank()) % 2**63
+    Taken modulo 2**64 (torch takes no seed past 2**64 - 1): a seed the config accepts (up to 2**63 - 1) trained,
+    where one above ~1.8e13 stopped the step with an overflow; every value torch took before is unchanged."""
+    return ((seed * 1_000_003 + global_step) * distributed.world_size() + distributed.rank()) % 2**64
 
 
 def flow_objective(step, img_size: int) -> FlowObjective:
@@ -137,7 +137,7 @@ def build_trainer(config, step, state: dict | None, device: torch.device, *, max
     """
     trained = trained_components(step)
     with GLOBAL_RNG:  # the seed's draws are this step's alone, whatever other branches of the run do meanwhile
-        torch.manual_seed((step.seed + depth(config.resolved_steps(), step.name)) % 2**63)  # as batch_seed
+        torch.manual_seed(step.seed + depth(config.resolved_steps(), step.name))
         models = prepare_models(config, step, state, device)
     if distributed.world_size() > 1:
         distributed.broadcast_modules(models.values())

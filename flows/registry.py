@@ -23,6 +23,7 @@ from flows import env  # noqa: F401  (must precede mlflow)
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 from importlib import metadata
@@ -39,7 +40,7 @@ from flows.mlflow_names import (LINEAGE_TAGS, TAG_CHECKPOINT_SHA256, TAG_CHECKPO
                                  TAG_OUTPUT_DIR, TAG_PIPELINE_RUN, TAG_STEP_NAME, TAG_VERSION_OF_RUN, quoted,
                                  tags_filter)
 from flows.mlflow_runs import resolve_tracking_uri, store_to_read_problem
-from flows.model_uri import PREFIX, models_uri_parts, models_uri_problem
+from flows.model_uri import PREFIX, models_uri_parts
 from flows.pyfunc_model import CHECKPOINT_ARTIFACT, CONFIG_ARTIFACT, PROMPT, SIGNATURE, WEIGHTS_ARTIFACT
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.config.file_checks import pretrained_text_path
@@ -217,16 +218,15 @@ def served_model_problem(model_uri: str, tracking_uri: str,
     asks first: the server's own answer is a traceback in its log, after the script said "started", and a fresh
     checkout has no champion until a pipeline with a flow step has run). A `models:/` URI of any form (alias,
     version, `latest`, a stage, a logged model's id) is resolved in the store; a plain path (or file: URI) must exist;
-    other URIs (runs:/, s3://, ...) are the server's to read. `names`: what names the store, for the hint."""
+    other URIs (runs:/, s3://, mlflow-artifacts:/, dbfs:/, ...) are the server's to read. `names`: what names the
+    store, for the hint."""
     if not model_uri.startswith(PREFIX):
-        if model_uri.startswith("file:") or "://" not in model_uri and not model_uri.startswith("runs:"):
+        scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", model_uri)
+        if scheme is None or scheme.group().lower() == "file:":
             path = Path(model_uri.removeprefix("file://").removeprefix("file:"))
             if not path.exists():
                 return f"{model_uri}: no such file or folder; name a model folder or a models:/NAME@ALIAS URI"
         return None
-    problem = models_uri_problem(model_uri)
-    if problem:
-        return problem
     problem = store_to_read_problem(tracking_uri, names)
     if problem:
         return f"{model_uri}: {problem}"

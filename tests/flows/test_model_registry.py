@@ -245,3 +245,22 @@ def test_the_mlflow_ui_model_page_shows_every_version_and_the_champion(loop, tmp
     assert not group_alive(ui.pid)
     assert problems == []
     assert (tmp_path / "mlflow_model.png").stat().st_size > 10_000
+
+
+def test_serve_models_check_passes_the_uris_the_server_resolves_itself(mlflow_store, tmp_path):
+    """scripts/serve_model.sh's check refused a stage (models:/NAME/Production: "VERSION must be a positive
+    integer") and read any URI without '://' as a local path (mlflow-artifacts:/..., dbfs:/...), though the server
+    serves them; a path that does not exist and a stage no version holds are still one line."""
+    from flows.registry import served_model_problem
+
+    client = MlflowClient(mlflow_store)
+    client.create_registered_model("m")
+    (tmp_path / "model").mkdir()
+    version = client.create_model_version("m", str(tmp_path / "model"))
+    client.transition_model_version_stage("m", version.version, "Production")
+    for uri in ("models:/m/Production", "models:/m/1", "mlflow-artifacts:/0/abc/artifacts/model", "dbfs:/x/model",
+                "runs:/abc/model", str(tmp_path / "model"), f"file://{tmp_path / 'model'}"):
+        assert served_model_problem(uri, mlflow_store) is None, uri
+    assert served_model_problem(str(tmp_path / "nothing"), mlflow_store).startswith(
+        f"{tmp_path / 'nothing'}: no such file or folder")
+    assert served_model_problem("models:/m/Staging", mlflow_store).startswith("models:/m/Staging: ")

@@ -93,8 +93,12 @@ refuse_busy() {
 # start_server NAME HOST PORT PORT_VARIABLE COMMAND...: start_service for a server on HOST:PORT (refuse_busy first).
 # Already running, it answers at once and exits: 0 with its pid and address when that is HOST:PORT, else 2.
 start_server() {
-    local name="$1" host="$2" port="$3" variable="$4"; shift 4
-    if running_as "$name" address "$host:$port" "$variable"; then
+    local name="$1" host="$2" port="$3" variable="$4" recorded setting; shift 4
+    # What asked for another address: the port's variable, or the host's (FLUXFLOW_PREFECT_HOST beside _PORT)
+    recorded="$(cat "$RUN_DIR/$name.address" 2>/dev/null)" || recorded=""
+    setting="$variable"
+    [[ -n "$recorded" && "${recorded%:*}" != "$host" ]] && setting="${variable%_PORT}_HOST"
+    if running_as "$name" address "$host:$port" "$setting"; then
         say_running "$name" address
         exit 0
     fi

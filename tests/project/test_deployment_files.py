@@ -262,6 +262,10 @@ def test_a_server_script_run_again_answers_at_once_with_the_running_servers_own_
     assert refused.returncode == 2 and refused.stderr == (
         f"❌ {name} is already running (pid {pid}) with address 127.0.0.1:{port}, not 127.0.0.1:{other} "
         f"({port_variable}): stop it first (bash scripts/{script} stop)\n")
+    if script != "serve_model.sh":  # another host (serve_model.sh has none to set): its variable is named
+        host_variable = port_variable.replace("_PORT", "_HOST")
+        moved = run_script(script, dict(fake_env, **{host_variable: "localhost"}))
+        assert moved.returncode == 2 and f"not localhost:{port} ({host_variable})" in moved.stderr, moved.stderr
     again = run_script(script, fake_env)
     assert again.returncode == 0 and again.stdout == (
         f"{name} is already running (pid {pid}, address 127.0.0.1:{port}); stop it with: bash scripts/{script} stop\n")

@@ -165,7 +165,7 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
     # wherever it lands.
     running: dict[str, object] = {}
     outcomes: list[StepOutcome] = []
-    failed: list[str] = []  # the steps that failed after their retries (or could not be submitted)
+    failed: list[str] = []  # the steps that failed after their retries
     status, sent, target = "FAILED", True, None
     try:
         target = tracking_target(cfg, pipeline_run, opened)

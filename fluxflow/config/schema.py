@@ -57,7 +57,9 @@ class ModelConfig(OmitsDefaults):
 
 class DataConfig(StrictModel):
     img_size: int = Field(32, ge=8)
-    channels: int = Field(3, ge=1)
+    # The channel counts an image converts to (fluxflow/data/transforms.py _MODES: L, RGB, RGBA); 2 passed here and
+    # failed the first step (a retry, a traceback) instead of naming this field.
+    channels: Literal[1, 3, 4] = 3
 
 
 # The keys every dataset's dump holds, None where its type has none (DatasetBase._dump_as_one_model).

@@ -156,6 +156,7 @@ CASES = {
     "flow width vs heads": (cfg(vae(), model={"feature_maps_dim": 130, "flow_heads": 4}), "model.feature_maps_dim",
                             "divisible by 4 and by model.flow_heads"),
     "downscale values": (cfg(vae(), model={"downscale": 3}), "model.downscale", "2, 4 or 8"),
+    "channels values": (cfg(vae(), data={"channels": 2}), "data.channels", "1, 3 or 4"),
     "device values": (cfg(vae(), training={"device": "gpu"}), "training.device", "'auto', 'cpu' or 'cuda'"),
     "nproc at least one": (cfg(vae(), training={"distributed": {"nproc_per_node": 0}}),
                            "training.distributed.nproc_per_node", "greater than or equal to 1"),

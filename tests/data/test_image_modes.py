@@ -80,3 +80,15 @@ def test_an_image_over_pillows_pixel_limit_loads_without_its_warning_and_twice_o
     assert all(image.shape == (3, 8, 8) for image in images)
     assert not [w for w in said if issubclass(w.category, Image.DecompressionBombWarning)]  # was 2 raw lines each
     assert ds.skipped == 1  # the one beyond twice the limit: skipped and counted, its place taken
+
+
+def test_the_channel_counts_validation_accepts_are_those_an_image_converts_to():
+    import typing
+
+    from fluxflow.config.schema import DataConfig
+    from fluxflow.data.transforms import pil_mode
+    accepted = typing.get_args(DataConfig.model_fields["channels"].annotation)
+    assert all(pil_mode(c) for c in accepted)  # 2 was accepted, then failed the step: "channels must be one of"
+    for refused in set(range(1, 6)) - set(accepted):
+        with pytest.raises(ValueError, match="channels must be one of"):
+            pil_mode(refused)

@@ -7,7 +7,9 @@ What a folder of real photos holds, and what becomes of it:
   so), values beyond 0..65535 clipped. 16-bit RGB(A) PNGs PIL already opens as 8-bit RGB(A);
 - a 32-bit float image (`F`, TIFF) has no range to scale from: it is refused (ValueError), so the dataset skips and
   counts it instead of training on a black square;
-- palette, grey+alpha, RGBA, CMYK and bilevel images are converted, transparent pixels becoming white;
+- palette, grey+alpha, RGBA, CMYK and bilevel images are converted, transparent pixels becoming white; so are the
+  pixels of a colour key (a PNG's tRNS chunk on an RGB or grayscale image, 8 or 16 bits, as optipng/oxipng write
+  them), which kept the colour they hid;
 - an image of more than Pillow's limit (`Image.MAX_IMAGE_PIXELS`, 89.5 M pixels) is read without its warning (two raw
   lines per image, per epoch, for a user's own large scans); beyond twice the limit Pillow refuses it as a possible
   decompression bomb, and the dataset skips and counts it as unreadable, naming why.
@@ -39,9 +41,9 @@ def pil_mode(channels: int) -> str:
         raise ValueError(f"channels must be one of {sorted(_MODES)}, got {channels}") from None
 
 
-# Decoding changed what some files become (EXIF orientation, 16-bit scaling): part of a folder's fingerprint, so a
-# latent cache built by the older decoding is not read (fluxflow/data/folder.py).
-DECODING_VERSION = 2
+# Decoding changed what some files become (2: EXIF orientation, 16-bit scaling; 3: a colour key's pixels white): part
+# of a folder's fingerprint, so a latent cache built by the older decoding is not read (fluxflow/data/folder.py).
+DECODING_VERSION = 3
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
@@ -53,7 +55,12 @@ def to_eight_bits(img: Image.Image) -> Image.Image:
     if img.mode not in SIXTEEN_BIT_MODES:
         return img
     wide = np.asarray(img).astype(np.int64)  # I;16 reads as uint16, I as int32
-    return Image.fromarray(((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8))
+    grey = Image.fromarray(((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8))
+    if "transparency" not in img.info:
+        return grey
+    # A 16-bit colour key is lost by the scaling (another tone can scale to the keyed one's): made an alpha first.
+    alpha = np.where(wide == img.info["transparency"], 0, 255).astype(np.uint8)
+    return Image.merge("LA", (grey, Image.fromarray(alpha)))
 
 
 def convert_channels(img: Image.Image, channels: int) -> Image.Image:
@@ -61,10 +68,12 @@ def convert_channels(img: Image.Image, channels: int) -> Image.Image:
     grayscale is scaled to 8 bits."""
     mode = pil_mode(channels)
     img = to_eight_bits(img)
-    if img.mode == mode:
+    # `transparency`: a palette's transparent entry, or the colour key of an RGB or grayscale PNG (its tRNS chunk):
+    # an image already of the mode asked for may have one too (it kept the colour the key hid).
+    flatten = mode != "RGBA" and (img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info)
+    if img.mode == mode and not flatten:
         return img
-    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
-    if has_alpha and mode != "RGBA":
+    if flatten:
         rgba = img.convert("RGBA")
         flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         flat.alpha_composite(rgba)

@@ -92,3 +92,35 @@ def test_the_channel_counts_validation_accepts_are_those_an_image_converts_to():
     for refused in set(range(1, 6)) - set(accepted):
         with pytest.raises(ValueError, match="channels must be one of"):
             pil_mode(refused)
+
+
+@pytest.mark.parametrize("mode, key, hidden, channels", [
+    ("RGB", (0, 255, 0), (0, 255, 0), 3),  # RGB with a tRNS chunk, as optipng/oxipng write a binary alpha
+    ("RGB", (0, 255, 0), (0, 255, 0), 1),
+    ("L", 0, 0, 1),
+    ("L", 0, 0, 3),
+    ("I;16", 0, 0, 1),  # a 16-bit grayscale key: lost when scaled to 8 bits
+])
+def test_a_colour_keyed_png_turns_its_transparent_pixels_white_as_an_rgba_one_does(tmp_path, mode, key, hidden,
+                                                                                  channels):
+    from fluxflow.data.transforms import read_image
+    img = Image.new(mode, (16, 16), hidden)
+    img.paste((60, 60, 60) if mode == "RGB" else 60, (0, 0, 16, 8))  # top half visible, bottom half transparent
+    img.save(tmp_path / "keyed.png", transparency=key)
+    with Image.open(tmp_path / "keyed.png") as opened:
+        assert opened.mode == mode and "transparency" in opened.info
+    image = read_image(tmp_path / "keyed.png", 16, channels)
+    assert torch.all(image[:, 10:] == 1.0)  # white, as documented; was the hidden colour (green, black)
+    assert torch.all(image[:, :6] < -0.4)  # the visible half kept
+    assert torch.equal(read_image(tmp_path / "keyed.png", 16, 4)[3, 10:], torch.full((6, 16), -1.0))  # alpha 0
+
+
+def test_a_colour_keyed_png_decoded_to_rgba_and_flattened_is_the_same(tmp_path):
+    """The RGBA copy of a keyed image (what the user compared with) decodes to the same pixels."""
+    from fluxflow.data.transforms import read_image
+    img = Image.new("RGB", (16, 16), (0, 255, 0))
+    img.paste((200, 10, 10), (0, 0, 16, 8))
+    img.save(tmp_path / "keyed.png", transparency=(0, 255, 0))
+    with Image.open(tmp_path / "keyed.png") as opened:
+        opened.convert("RGBA").save(tmp_path / "rgba.png")
+    assert torch.equal(read_image(tmp_path / "keyed.png", 16, 3), read_image(tmp_path / "rgba.png", 16, 3))

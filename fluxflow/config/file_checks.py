@@ -135,11 +135,13 @@ def text_lines(raw: bytes) -> list[tuple[str, bool]]:
     return lines
 
 
-def read_captions(captions_path: Path) -> CaptionsFile:
+def read_captions(captions_path: Path, root: Path) -> CaptionsFile:
     """The captions file's {filename: caption} (a later line for the same file, however its path is spelled, wins) and
-    its unusable lines."""
+    its unusable lines. `root`: the image folder the names are relative to."""
     listing = CaptionsFile(captions_path, {}, 0, [], [], [])
-    spelled: dict[str, str] = {}  # normalised name -> the spelling first listed: `./a.png` and `a.png` are one file
+    # Where the dataset opens each name (`root / name`) -> the spelling first listed: `a.png`, `./a.png`, its absolute
+    # path and `../<folder>/a.png` are one file (as two items it trained twice, or was both held out and trained).
+    spelled: dict[str, str] = {}
     for number, (line, was_repaired) in enumerate(text_lines(captions_path.read_bytes()), start=1):
         if was_repaired:
             listing.repaired.append(number)
@@ -151,7 +153,7 @@ def read_captions(captions_path: Path) -> CaptionsFile:
             listing.malformed.append(line)
             continue
         name, caption = name.strip(), caption.strip()
-        name = spelled.setdefault(os.path.normpath(name), name)
+        name = spelled.setdefault(os.path.abspath(root / name), name)
         if listing.captions.get(name, caption) != caption:
             listing.relisted.append(name)
         listing.captions[name] = caption
@@ -260,7 +262,7 @@ def folder_issues(loc: tuple, ds) -> tuple[list[ConfigIssue], tuple[int, int]]:
         field = "path" if problem.startswith("image folder") else "captions_file"
         return [ConfigIssue((*loc, field), problem)], (0, 0)
     try:
-        listing = read_captions(captions_path)
+        listing = read_captions(captions_path, root)
     except OSError as exc:
         return [ConfigIssue((*loc, "captions_file"), f"cannot read {captions_path}: {exc}")], (0, 0)
     listed, matches = len(listing.captions), caption_matcher(ds.holdout_captions)

@@ -102,7 +102,7 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
             raise DataError(problem)
         self.img_size, self.channels, self.split = img_size, channels, split
 
-        listing = read_captions(captions_path)
+        listing = read_captions(captions_path, self.root)
         present = {n: c for n, c in listing.captions.items() if is_listed_file(self.root / n)}
         missing = [n for n in listing.captions if n not in present]
         names = sorted(present)

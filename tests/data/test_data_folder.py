@@ -255,6 +255,24 @@ def test_a_file_listed_under_two_spellings_is_one_file_with_the_last_caption(tmp
     assert any("listed again in captions.txt with another caption" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("spelling", ["absolute", "../<folder>/"])
+def test_a_file_listed_by_a_path_through_another_folder_is_one_item_with_the_last_caption(tmp_path, caplog, spelling):
+    caplog.set_level(logging.WARNING, logger="fluxflow.data")
+    root = tmp_path / "photos"
+    root.mkdir()
+    plain_folder(root, n=4)
+    other = str(root / "p0.png") if spelling == "absolute" else "../photos/p0.png"
+    (root / "captions.txt").write_text(f"p0.png\ta red\np1.png\tb\np2.png\tc\np3.png\td\n{other}\ta blue\n")
+    ds = build_dataset(cfg(root), 8, 3, "train")
+    assert sorted(c for _, c in ds.items) == ["a blue", "b", "c", "d"] and ds.skipped == 1  # was 5 items, 0 skipped
+    assert any("1 file(s) listed again in captions.txt with another caption, the last line kept; first: 'p0.png'"
+               in r.getMessage() for r in caplog.records)
+    for holdout in range(1, 4):  # held out or trained, never both
+        train, held = (build_dataset(cfg(root, holdout=holdout), 8, 3, split, report=False) for split in
+                       ("train", "holdout"))
+        assert len(train) + len(held) == 4 and not {c for _, c in train.items} & {c for _, c in held.items}
+
+
 def test_the_identity_a_resume_checks_changes_with_the_listed_images_and_captions_only(tmp_path):
     plain_folder(tmp_path, n=4)
     (tmp_path / "captions.txt").write_text("".join(f"p{i}.png\tp {i}\n" for i in range(3)))

@@ -34,13 +34,12 @@ from fluxflow.config.caption_patterns import caption_matcher, unseen_problem
 from fluxflow.config.file_checks import (CaptionsFile, entries_problem, folder_problem, found_problem, holdout_problem,
                                         is_listed_file, read_captions, resolve_captions_path)
 from fluxflow.data.skips import CountsSkips, SkipCounter
-from fluxflow.data.transforms import DECODING_VERSION, pil_mode, read_image
-from fluxflow.data.webdataset_sample import IMAGE_EXTENSIONS
+from fluxflow.data.transforms import DECODING_VERSION, IMAGE_EXTENSIONS, pil_mode, read_image
 from fluxflow.errors import DataError
 
 log = logging.getLogger("fluxflow.data")
 # What an image file is called (lower case): how files the captions file does not list are found and reported.
-IMAGE_SUFFIXES = tuple(f".{ext}" for ext in (*IMAGE_EXTENSIONS, "gif", "pgm"))
+IMAGE_SUFFIXES = tuple(f".{ext}" for ext in IMAGE_EXTENSIONS)
 
 
 def holdout_names(names: list[str], holdout: int) -> set[str]:

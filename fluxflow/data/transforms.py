@@ -23,6 +23,9 @@ import torch
 from PIL import Image, ImageOps
 
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+# What an image file is called (lower case, without the dot), for both file-backed types: a folder's image files its
+# captions file does not list, a webdataset sample's image (the first of these its files have). GIF: its first frame.
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff", "gif", "pgm")
 
 
 def read_image(source, img_size: int, channels: int) -> torch.Tensor:

@@ -9,9 +9,8 @@ import torch
 
 from fluxflow.config.file_checks import text_lines
 from fluxflow.data.skips import SkipCounter
-from fluxflow.data.transforms import read_image
+from fluxflow.data.transforms import IMAGE_EXTENSIONS, read_image
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff")
 CAPTION_EXTENSIONS = ("txt", "caption", "text")
 
 
@@ -55,11 +54,15 @@ class _Unusable(ValueError):
 def _without_image(files: dict[str, bytes]) -> str:
     """What a sample without an image has. A caption alone is what `tar cf x.tar *.png *.txt` makes of a folder: a
     sample's files must be adjacent in the tar (webdataset groups consecutive members by key), else every image
-    trains without its caption and every caption is a sample of its own."""
-    if any(ext in files for ext in (*CAPTION_EXTENSIONS, "json")):
+    trains without its caption and every caption is a sample of its own. A sample with another file beside its caption
+    (an image of a type not read, `.avif`) is not that: the extensions read are named."""
+    if set(files) - {*CAPTION_EXTENSIONS, "json"}:
+        return (f"no image among its files ({', '.join(sorted(files))}); an image is read from a file named "
+                f".{', .'.join(IMAGE_EXTENSIONS)}")
+    if files:  # captions only
         return (f"a caption without an image (files {', '.join(sorted(files))}); a sample's files must be adjacent in "
                 "the tar: write it sorted by name (GNU tar: `tar cf x.tar --sort=name -C folder .`), not `*.png *.txt`")
-    return f"no image among its files ({', '.join(sorted(files)) or 'none'})"
+    return "no image among its files (none)"
 
 
 def _caption(files: dict[str, bytes], on_caption: Callable[[str, str], None]) -> str:

@@ -265,3 +265,24 @@ def test_a_caption_without_an_image_is_said_so_with_the_rule_that_a_samples_file
     # was "skipping an unreadable image of ...: ValueError: no image among ['txt']"
     assert len(said) == 1 and ": a caption without an image (files txt); a sample's files must be adjacent in the " \
                               "tar: write it sorted by name" in said[0], said
+
+
+def test_a_gif_sample_is_read_as_a_folder_reads_it_and_an_unread_type_is_named(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="fluxflow.data")
+    gif = io.BytesIO()
+    Image.new("P", (12, 12), 3).save(gif, format="GIF")
+    write_shard(tmp_path / "s.tar", {"a": {"gif": gif.getvalue(), "txt": b"a gif"},  # was "a caption without an
+                                     "b": {"png": png_bytes(2), "txt": b"a png"},    # image ... adjacent in the tar"
+                                     "c": {"avif": b"not read here", "txt": b"an avif"}})
+    train = build_dataset(cfg(str(tmp_path / "s.tar"), holdout=0), 8, 3, "train")
+    seen = captions_of(make_loader(train, 3, workers=0, seed=0))
+    assert "a gif" in seen and "a png" in seen and train.skipped == 1  # the avif sample only
+    said = [r.getMessage() for r in caplog.records if "no image" in r.getMessage()]
+    assert len(said) == 1 and ":c: no image among its files (avif, txt); an image is read from a file named .jpg, " \
+                              in said[0] and ".gif" in said[0] and "adjacent" not in said[0], said
+
+
+def test_a_webdataset_reads_every_image_type_a_folder_lists():
+    from fluxflow.data.folder import IMAGE_SUFFIXES
+    from fluxflow.data.webdataset_sample import IMAGE_EXTENSIONS
+    assert IMAGE_SUFFIXES == tuple(f".{ext}" for ext in IMAGE_EXTENSIONS)  # gif and pgm were the folder's only

@@ -10,6 +10,9 @@ What a folder of real photos holds, and what becomes of it:
 - palette, grey+alpha, RGBA, CMYK and bilevel images are converted, transparent pixels becoming white; so are the
   pixels of a colour key (a PNG's tRNS chunk on an RGB or grayscale image, 8 or 16 bits, as optipng/oxipng write
   them), which kept the colour they hid;
+- a file whose EXIF (or TIFF) tags are broken is read without Pillow's warnings about the tags it skipped (two raw
+  lines per image, each time it was decoded: the warnings filter set for each read reset Python's once-per-place
+  record); its pixels are read as any other's;
 - an image of more than Pillow's limit (`Image.MAX_IMAGE_PIXELS`, 89.5 M pixels) is read without its warning (two raw
   lines per image, per epoch, for a user's own large scans); beyond twice the limit Pillow refuses it as a possible
   decompression bomb, and the dataset skips and counts it as unreadable, naming why.
@@ -29,10 +32,13 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff", "
 
 
 def read_image(source, img_size: int, channels: int) -> torch.Tensor:
-    """The image in `source` (a path or a binary file), as `load_image` makes it; Pillow's warning for a large image
-    is not shown (its error for one twice as large is the caller's to count)."""
+    """The image in `source` (a path or a binary file), as `load_image` makes it; Pillow's warnings for a large image
+    and for broken metadata tags are not shown (its error for an image twice as large is the caller's to count)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # EXIF/TIFF tags skipped ("Possibly corrupt EXIF data", "Tag data larger than file", ...): the image trains.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
+        warnings.filterwarnings("ignore", "(possibly )?corrupt exif", UserWarning)  # the MakerNote's, in PIL.Image
         with Image.open(source) as img:
             return load_image(img, img_size, channels)
 

@@ -29,6 +29,7 @@ from fluxflow.config.caching import LATENT_CACHE_DIR, TEXT_CACHE_DIR, cache_root
 from fluxflow.data.sampler import epoch_permutation
 from fluxflow.models.latents import LATENT_NORM_IMAGES, posterior
 from fluxflow.train.batch_step import encode_text
+from fluxflow.train.step_data import distinct_captions
 
 CHUNK_ROWS = 1024  # rows between progress marks: an interrupted build redoes at most this many
 TEXT_BATCH = 256  # captions per text-encoder call while building (the encoder is small next to the flow model)
@@ -116,9 +117,3 @@ def _ensure(store: CacheStore, rows: np.ndarray | None, what: str, step, say: Ca
     else:  # another holder of the lock (a branch of this run, a run sharing cache_dir, a torchrun rank) computed them
         say(f"{what} cache of step {step.name}: another step or process computed it meanwhile (waited {took:.1f} s); "
             "reusing it")
-
-
-def distinct_captions(dataset) -> list[str]:
-    """The training split's distinct captions, sorted (without loading images where the dataset can say them)."""
-    caption = getattr(dataset, "caption", None) or (lambda i: dataset[i][1])
-    return sorted({caption(i) for i in range(len(dataset))})

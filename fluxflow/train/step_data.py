@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -92,3 +92,46 @@ def captioned_batches(batches: Iterator[tuple[torch.Tensor, list[str]]], step) -
                         "sample's files must be adjacent in its tar) and docs/CONFIG.md")
     yield from head
     yield from batches
+
+
+def distinct_captions(dataset) -> list[str]:
+    """The training split's distinct captions, sorted (without loading images where the dataset can say them)."""
+    caption = getattr(dataset, "caption", None) or (lambda i: dataset[i][1])
+    return sorted({caption(i) for i in range(len(dataset))})
+
+
+@dataclass
+class CutCaptions:
+    """Of `seen` captions, the `cut` ones longer than the text encoder reads (its `max_len` tokens, BOS and EOS
+    included: model.text_max_len), whose ends training never sees; `first`: the first of them."""
+
+    seen: int = 0
+    cut: int = 0
+    first: str = ""
+
+    def count(self, captions: Iterable[str], encoder) -> "CutCaptions":
+        for caption in captions:
+            self.seen += 1
+            if encoder.token_count(caption) > encoder.max_len:
+                self.cut, self.first = self.cut + 1, self.first or caption
+        return self
+
+    def line(self, step, encoder, which: str) -> str | None:
+        """The warning a step logs once (`which`: what captions were counted), or None when none is cut."""
+        if not self.cut:
+            return None
+        return (f"{self.cut} of the {self.seen} {which} captions of dataset {step.dataset!r} are longer than the text "
+                f"encoder reads (model.text_max_len: {encoder.max_len} tokens): training cuts their ends; first: "
+                f"{self.first[:100]!r}")
+
+
+def counting_cut_captions(batches: Iterator[tuple[torch.Tensor, list[str]]], encoder,
+                          on_end: Callable[[CutCaptions], None]) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """`batches`, unchanged, their captions counted (CutCaptions) as they pass, `on_end` called with the count once
+    they are all seen: a stream (webdataset) cannot be asked for its captions before it is read. On the host, from the
+    captions the loader gives: nothing waits on the device."""
+    counted = CutCaptions()
+    for batch in batches:
+        counted.count(batch[1], encoder)
+        yield batch
+    on_end(counted)

@@ -37,7 +37,8 @@ from fluxflow.storage.location import output_root
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
 from fluxflow.models.latents import LATENT_NORM_IMAGES, latent_norm_of_means
 from fluxflow.train.step_cache import attach_caches
-from fluxflow.train.step_data import captioned_batches, leading_inputs, load_step_data
+from fluxflow.train.step_data import (CutCaptions, captioned_batches, counting_cut_captions, distinct_captions,
+                                     leading_inputs, load_step_data)
 from fluxflow.train.step_report import StepReport
 from fluxflow.progress_bar import batch_progress
 from fluxflow.train.tracking import ConsoleJsonlTracker, MultiTracker, runner_line, trim_jsonl
@@ -182,6 +183,16 @@ class StepRun:
         if self.main and not self.resuming:
             for line in counts_beyond_the_step(self.step, self.data.batches_per_epoch, len(epochs)):
                 log.warning("Step %s: %s", self.step.name, line)
+        # Captions longer than the text encoder reads are cut: said once. A dataset that can say its captions (a
+        # folder's are in memory, shapes' are drawn without images) is counted now; a stream's first epoch is counted
+        # as it is read (run_epoch), on rank 0 only (its shards).
+        self.counts_captions = None  # the text encoder, while a stream's captions are still to be counted
+        encoder = self.trainer.models.get("text_encoder")
+        if self.main and has_flow_mode(self.step) and encoder is not None:
+            if hasattr(self.data.train_set, "caption"):
+                self.warn_cut(CutCaptions().count(distinct_captions(self.data.train_set), encoder), "distinct")
+            else:
+                self.counts_captions = encoder
         attach_caches(config, self.step, self.data, self.trainer, epochs, self.say)
         self.trainer.set_latent_norm(self._latent_norm(state))
         global_step = int((state or {}).get("global_step", 0))
@@ -225,6 +236,10 @@ class StepRun:
         self.latent_norm_remeasure = trains_compressor or (inherited_stale and not measured)
         return latent_norm
 
+    def warn_cut(self, counted: CutCaptions, which: str) -> None:
+        if line := counted.line(self.step, self.trainer.models["text_encoder"], which):
+            log.warning("Step %s: %s", self.step.name, line)
+
     def say(self, line: str) -> None:
         if self.main:  # rank 0 speaks for all ranks
             runner_line(self.tracker, line)
@@ -266,6 +281,10 @@ class StepRun:
             batches = itertools.islice(loader, max(0, n_batches - pos.batch))
             if has_flow_mode(step) and pos.epoch == 0 and pos.batch == 0:  # the step's start (a resume passed it)
                 batches = captioned_batches(batches, step)
+            if self.counts_captions is not None:  # a stream's first epoch here: its captions counted once
+                batches = counting_cut_captions(batches, self.counts_captions,
+                                                lambda counted: self.warn_cut(counted, "first epoch's"))
+                self.counts_captions = None
             for inputs, captions in batches:
                 metrics = self.trainer.train_batch(inputs.to(self.device, non_blocking=True), captions,
                                                    pos.global_step, self.updates_done(), self.window())

@@ -40,8 +40,9 @@ class SkipCounter:
     workers meet it, and remembers it so that it is not decoded again; `found` counts and logs what the dataset found
     wrong when it was built."""
 
-    def __init__(self, where: str, n_items: int = 0):
-        self.where = where  # the folder or the shards' urls
+    def __init__(self, where: str, n_items: int = 0, metric: str | None = "skipped_samples"):
+        self.where = where  # the folder or the shards' urls, and which split when it is not the training one
+        self.metric = metric  # the metric that reports the count; None: a split no metric reports
         # Shared memory: workers (forked or spawned by the DataLoader) update the numbers the trainer reads.
         self._count = multiprocessing.Value("q", 0)
         self._flags = multiprocessing.RawArray("b", max(n_items, 1))
@@ -65,14 +66,14 @@ class SkipCounter:
             self._logged[k] = 1
             self._count.value += n
         if first:
-            log.warning("%s: %s (further ones are counted in skipped_samples, not logged)",
-                        KINDS[kind].format(where=self.where), reason)
+            further = f"counted in {self.metric}, not logged" if self.metric else "not logged"
+            log.warning("%s: %s (further ones are %s)", KINDS[kind].format(where=self.where), reason, further)
 
-    def mark(self, index: int, reason: str) -> None:
+    def mark(self, index: int, reason: str, kind: str = "unreadable") -> None:
         with self._count.get_lock():  # a recursive lock: `add` takes it again, flag and count change together
             if not self._flags[index]:
                 self._flags[index] = 1
-                self.add(1, reason)
+                self.add(1, reason, kind)
 
     @contextlib.contextmanager
     def uncounted_pass(self):

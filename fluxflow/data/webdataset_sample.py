@@ -8,10 +8,10 @@ from collections.abc import Callable
 import torch
 
 from fluxflow.config.file_checks import text_lines
-from fluxflow.data.skips import SkipCounter
 from fluxflow.data.transforms import IMAGE_EXTENSIONS, read_image
 
 CAPTION_EXTENSIONS = ("txt", "caption", "text")
+Note = Callable[[str, str], None]  # (kind, reason) of a problem met while decoding
 
 
 def sample_key(member_name: str) -> tuple[str, str] | None:
@@ -23,23 +23,23 @@ def sample_key(member_name: str) -> tuple[str, str] | None:
     return (f"{directory}/{stem}" if directory else stem), ext.lower()
 
 
-def decode_sample(files: dict[str, bytes], img_size: int, channels: int, skips: SkipCounter,
+def decode_sample(files: dict[str, bytes], img_size: int, channels: int, note: Note,
                   where: str) -> tuple[torch.Tensor, str] | None:
-    """(image, caption), or None when the sample does not decode. Counted in `skips`, naming the sample by `where`: a
-    sample that does not decode, one without an image (`imageless`) or whose .json caption is broken (`caption`), a
-    caption that was not UTF-8 (`repaired`: kept, decoded as Latin-1) and a sample without one (`uncaptioned`:
-    trained with "", naming its files)."""
+    """(image, caption), or None when the sample does not decode. Each problem is passed to `note(kind, reason)` (to
+    count it, fluxflow/data/skips.py KINDS), naming the sample by `where`: a sample that does not decode, one without
+    an image (`imageless`) or whose .json caption is broken (`caption`), a caption that was not UTF-8 (`repaired`:
+    kept, decoded as Latin-1) and a sample without one (`uncaptioned`: trained with "", naming its files)."""
     try:
         ext = next((e for e in IMAGE_EXTENSIONS if e in files), None)
         if ext is None:
             raise _Unusable("imageless", _without_image(files))
         image = read_image(io.BytesIO(files[ext]), img_size, channels)
-        return image, _caption(files, lambda kind, detail: skips.add(1, f"{where}: {detail}", kind))
+        return image, _caption(files, lambda kind, detail: note(kind, f"{where}: {detail}"))
     except _Unusable as exc:  # the image is not what is wrong: say what is
-        skips.add(1, f"{where}: {exc}", exc.kind)
+        note(exc.kind, f"{where}: {exc}")
         return None
     except Exception as exc:  # a bad image never stops training (webdataset_source.py)
-        skips.add(1, f"{where}: {type(exc).__name__}: {exc}")
+        note("unreadable", f"{where}: {type(exc).__name__}: {exc}")
         return None
 
 

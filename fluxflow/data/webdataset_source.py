@@ -239,6 +239,10 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
     def _batches(self, worker: int, n_workers: int) -> Iterator[list[tuple[torch.Tensor, str] | None]]:
         """This worker's batches, in order; None for a sample whose image does not decode."""
         outputs, output_of = self._my_outputs(worker, n_workers), self._output_of
+
+        def note(kind: str, reason: str) -> None:
+            self.skips.add(1, reason, kind)
+
         pending: dict[int, tuple[str, str, dict[str, bytes]]] = {}  # read, waiting for their turn
         batch: list[tuple[torch.Tensor, str] | None] = []
         next_out = next(outputs, None)
@@ -247,7 +251,7 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
             pending[int(output_of[position])] = (shard, key, files)
             while next_out is not None and next_out in pending:  # the buffer lets out samples in output order
                 shard_, key_, files_ = pending.pop(next_out)
-                batch.append(decode_sample(files_, self.img_size, self.channels, self.skips, f"{shard_}:{key_}"))
+                batch.append(decode_sample(files_, self.img_size, self.channels, note, f"{shard_}:{key_}"))
                 if (next_out + 1) % self.batch_size == 0 or next_out + 1 == self.rank_length:
                     yield batch
                     batch = []
@@ -267,11 +271,11 @@ class WebDatasetHoldout(CountsSkips, torch.utils.data.Dataset):
 
     def __init__(self, urls: str | list[str], img_size: int, channels: int = 3, holdout: int = 0):
         pil_mode(channels)
-        self.img_size, self.channels = img_size, channels
-        self.skips = SkipCounter(f"the held-out samples of {urls!r}")
+        self.img_size, self.channels, self.urls = img_size, channels, urls
         shards = expand_shards(urls) if holdout > 0 else []
         in_url_order = (files for shard in shards for _, files in iter_shard(shard))
         self.samples: list[dict[str, bytes]] = list(itertools.islice(in_url_order, max(holdout, 0)))
+        self.skips = SkipCounter(f"the held-out samples of {urls!r}", len(self.samples), "skipped_holdout_samples")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -282,7 +286,10 @@ class WebDatasetHoldout(CountsSkips, torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {n} items")
         for k in range(n):  # like the folder dataset: a bad sample is replaced by the next readable one
             i = (index + k) % n
-            sample = decode_sample(self.samples[i], self.img_size, self.channels, self.skips, f"held-out sample {i}")
+            # Each held-out sample is counted once, however many evaluations read it.
+            sample = decode_sample(self.samples[i], self.img_size, self.channels,
+                                   lambda kind, reason, i=i: self.skips.mark(i, reason, kind), f"held-out sample {i}")
             if sample is not None:
                 return sample
-        raise DataError(f"no readable image among the {n} held-out samples")
+        raise DataError(f"webdataset {self.urls!r}: no readable image among its {n} held-out samples (the first "
+                        f"`holdout` in url order); see the warning above")

@@ -81,7 +81,8 @@ class StepReport:
 
     def log_interval(self) -> None:
         """Means of the batches since the last log: the one host sync per log interval. The epoch's last line also
-        carries `skipped_samples`, the training data's count of skipped or repaired items (a CPU counter)."""
+        carries `skipped_samples`, the training data's count of skipped or repaired items (a CPU counter), and
+        `skipped_holdout_samples`, the held-out split's (`skipped_counts`)."""
         self.last_means = mean_metrics(self._sums, self._counts)
         history = self.history[self.step.name]
         for k, v in self.last_means.items():
@@ -92,16 +93,23 @@ class StepReport:
         # the lr of each group's latest update (none yet in a resumed accumulation window's first batches)
         logged.update({f"lr_{group}": lr for group, lr in self.trainer.last_lr.items()})
         if pos.batch == self.data.batches_per_epoch:
-            logged["skipped_samples"] = float(self.skipped_samples())
+            logged.update(self.skipped_counts())
         self.tracker.log_metrics(logged, self.progress(pos.epoch + 1, pos.batch, elapsed / self._count))
         warning = self.flat_d.observe(self.last_means, self._counts.get("d_logit_real", 0))
         if warning:
             self.tracker.warn("flat_discriminator", f"Step {self.step.name}: {warning}")
         self._sums, self._counts, self._count, self._tick = {}, {}, 0, time.perf_counter()
 
-    def skipped_samples(self) -> int:
-        """Items of the step's training data skipped or repaired so far (fluxflow/data/skips.py)."""
-        return int(getattr(self.data.train_set, "skipped", 0))
+    def skipped_counts(self) -> dict[str, float]:
+        """`skipped_samples`: items of the step's training data skipped or repaired so far (fluxflow/data/skips.py);
+        `skipped_holdout_samples`, where the held-out split is read from files: its items that samples and evaluation
+        met unreadable or repaired so far (an unreadable one is replaced by the next readable held-out image, which
+        evaluation then scores twice)."""
+        counts = {"skipped_samples": float(getattr(self.data.train_set, "skipped", 0))}
+        holdout = getattr(self.data, "holdout_set", None)
+        if hasattr(holdout, "skips"):
+            counts["skipped_holdout_samples"] = float(holdout.skipped)
+        return counts
 
     def progress(self, epoch: int, batch: int, sec_per_batch: float) -> Progress:
         return Progress(step_name=self.step.name, step_index=self.step.index + 1, n_steps=self.files.n_steps,
@@ -147,7 +155,7 @@ class StepReport:
         final = {k: values[-1] for k, values in history.items() if k in shown and values}
         final.update(self.evaluate())
         final["skipped_updates"] = float(sum(history.get("skipped_updates", [])))
-        final["skipped_samples"] = float(self.skipped_samples())
+        final.update(self.skipped_counts())
         smoothed = self.monitor.smoothed()
         if smoothed is not None:
             final[f"smoothed_{self.monitor.metric}"] = smoothed

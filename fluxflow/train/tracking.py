@@ -87,7 +87,8 @@ def console_line(metrics: dict[str, float], progress: Progress, now: datetime | 
     """The original tool's console line, showing exactly those of `metrics` that have a console label, in the original
     tool's order: `[HH:MM:SS] Step vae_gan (2/4) | Epoch 5/20 | Batch 127/500 | VAE: 0.0234 | KL: 12.45 | ... |
     3.2s/batch`, then ` | skipped updates: N` when N of the interval's updates were skipped as non-finite, and
-    ` | skipped samples: N` at an epoch's end when the data had unreadable items (fluxflow/data/skips.py)."""
+    ` | skipped samples: N` at an epoch's end when the data had unreadable items (fluxflow/data/skips.py), and
+    ` | skipped held-out samples: N` when its held-out split had."""
     now = now or datetime.now()
     parts = [
         f"[{now:%H:%M:%S}] Step {progress.step_name} ({progress.step_index}/{progress.n_steps})",
@@ -102,6 +103,8 @@ def console_line(metrics: dict[str, float], progress: Progress, now: datetime | 
         parts.append(f"skipped updates: {int(metrics['skipped_updates'])}")
     if metrics.get("skipped_samples"):  # the epoch's last line, when some data was skipped or repaired
         parts.append(f"skipped samples: {int(metrics['skipped_samples'])}")
+    if metrics.get("skipped_holdout_samples"):  # held-out images that samples and evaluation could not read
+        parts.append(f"skipped held-out samples: {int(metrics['skipped_holdout_samples'])}")
     return " | ".join(parts)
 
 

@@ -246,6 +246,26 @@ def test_a_held_out_split_of_unreadable_files_names_the_split_and_why(tmp_path):
         holdout[0]
 
 
+def test_an_unreadable_held_out_image_is_said_to_be_held_out_and_counted_once_apart_from_training(tmp_path, caplog):
+    from fluxflow.data.folder import holdout_names
+    caplog.set_level(logging.WARNING, logger="fluxflow.data")
+    names = [f"i{i}.png" for i in range(6)]
+    broken = sorted(holdout_names(names, 2))[0]
+    for name in names:
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    (tmp_path / broken).write_bytes(b"")  # a zero-byte file
+    (tmp_path / "captions.txt").write_text("".join(f"{n}\t{n}\n" for n in names))
+    holdout = build_dataset(cfg(tmp_path, holdout=2), 8, 3, "holdout")
+    train = build_dataset(cfg(tmp_path, holdout=2), 8, 3, "train")
+    for _ in range(2):  # the step's sample images, then an evaluation: read twice, counted once
+        assert [holdout[i][1] for i in range(2)] == [n for n in sorted(holdout_names(names, 2)) if n != broken] * 2
+    # was 0 anywhere: the warning said "counted in skipped_samples", which stayed 0
+    assert holdout.skipped == 1 and train.skipped == 0
+    said, = [r.getMessage() for r in caplog.records]
+    assert "(held out, scored by evaluation)" in said and broken in said
+    assert said.endswith("(further ones are counted in skipped_holdout_samples, not logged)")
+
+
 def test_a_file_listed_under_two_spellings_is_one_file_with_the_last_caption(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="fluxflow.data")
     plain_folder(tmp_path)

@@ -286,3 +286,21 @@ def test_a_webdataset_reads_every_image_type_a_folder_lists():
     from fluxflow.data.folder import IMAGE_SUFFIXES
     from fluxflow.data.webdataset_sample import IMAGE_EXTENSIONS
     assert IMAGE_SUFFIXES == tuple(f".{ext}" for ext in IMAGE_EXTENSIONS)  # gif and pgm were the folder's only
+
+
+def test_held_out_samples_are_counted_once_apart_and_none_readable_names_the_dataset(tmp_path, caplog):
+    from fluxflow.errors import DataError
+    caplog.set_level(logging.WARNING, logger="fluxflow.data")
+    write_shard(tmp_path / "s.tar", {"a": {"png": b"broken", "txt": b"a"}, "b": {"png": png_bytes(2), "txt": b"b"},
+                                     "c": {"png": png_bytes(3), "txt": b"c"}})
+    holdout = build_dataset(cfg(str(tmp_path / "s.tar"), holdout=2), 8, 3, "holdout")
+    for _ in range(3):  # samples, then two evaluations
+        assert [holdout[i][1] for i in range(2)] == ["b", "b"]
+    assert holdout.skipped == 1  # was 3: counted at every read, in a count no metric reported
+    said, = [r.getMessage() for r in caplog.records]
+    assert "held-out samples of" in said and "counted in skipped_holdout_samples" in said
+    write_shard(tmp_path / "bad.tar", {"a": {"png": b"broken", "txt": b"a"}, "b": {"png": png_bytes(2), "txt": b"b"}})
+    holdout = build_dataset(cfg(str(tmp_path / "bad.tar"), holdout=1), 8, 3, "holdout")
+    # was "no readable image among the 1 held-out samples": of which dataset?
+    with pytest.raises(DataError, match=r"webdataset '.*bad.tar': no readable image among its 1 held-out samples"):
+        holdout[0]

@@ -21,13 +21,14 @@ class Recorder:
         self.logged.append((dict(metrics), progress))
 
 
-def report(position: Position, history: dict | None = None, skipped: int = 0, lr: dict | None = None) -> StepReport:
+def report(position: Position, history: dict | None = None, skipped: int = 0, lr: dict | None = None,
+           holdout_set=None) -> StepReport:
     modes_off = {m: False for m in modes.ALL_MODES}
     step = SimpleNamespace(name="vae", index=1, transition_on=Transition(mode="epoch"), unfreeze=[], freeze=[],
                            **(modes_off | {"train_vae": True}))
     config = SimpleNamespace(output=SimpleNamespace(d_flat_warn_updates=0, no_samples=True))
     files = SimpleNamespace(output=None, key="abc123", n_steps=3)
-    data = SimpleNamespace(batches_per_epoch=4, train_set=SimpleNamespace(skipped=skipped))
+    data = SimpleNamespace(batches_per_epoch=4, train_set=SimpleNamespace(skipped=skipped), holdout_set=holdout_set)
     monitor = TransitionMonitor(step.transition_on, 2, torch.device("cpu"))
     return StepReport(Recorder(), config=config, step=step, files=files, data=data, monitor=monitor,
                       position=position, trainer=SimpleNamespace(last_lr=lr or {}), device=torch.device("cpu"),
@@ -48,6 +49,27 @@ def test_a_log_interval_reports_means_at_the_steps_position_and_keeps_them_in_it
             progress.batch, progress.n_batches, progress.global_step) == ("vae", 2, 3, 1, 2, 4, 4, 6)
     assert r.history == {"warmup": {"vae_loss": [1.0]}, "vae": {"vae_loss": [2.0]}}
     assert earlier == {"warmup": {"vae_loss": [1.0]}}  # the checkpoint's dict it started from is not changed
+
+
+def test_an_epochs_last_line_carries_the_count_of_unreadable_held_out_images(tmp_path):
+    from PIL import Image
+
+    from fluxflow.data import build_dataset
+    for i in range(4):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"i{i}.png")
+    (tmp_path / "captions.txt").write_text("".join(f"i{i}.png\t{i}\n" for i in range(4)))
+    ds_cfg = SimpleNamespace(type="folder", path=str(tmp_path), captions_file="captions.txt", holdout=2)
+    holdout = build_dataset(ds_cfg, 8, 3, "holdout")
+    (tmp_path / holdout.items[0][0]).write_bytes(b"")
+    [holdout[i] for i in range(2)]  # what the step's sample images read
+    position = Position(start_epoch=0, global_step=4)
+    r = report(position, skipped=0, holdout_set=holdout)
+    r.add({"vae_loss": torch.tensor(1.0)})
+    position.batch = 4
+    r.log_interval()
+    # was absent: a held-out image that did not decode was counted nowhere
+    assert r.tracker.logged[0][0]["skipped_holdout_samples"] == 1.0
+    assert report(position).skipped_counts() == {"skipped_samples": 0.0}  # shapes: no held-out files to count
 
 
 def test_a_resumed_report_continues_the_interval_its_checkpoint_carried():

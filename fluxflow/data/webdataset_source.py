@@ -33,12 +33,17 @@ Order, ranks, resume and workers (what the resumable sampler means for a stream)
   that does not exist or is not a tar archive is a DataError (not retried). A run does not start when a shard is
   missing, local or on an object store (fluxflow/config/file_checks.py shards_issues).
 - `length` (config): samples in all shards; without it (or with several ranks) the tar headers are scanned once.
+  A pass reads every shard to its end anyway (headers only past the samples it decodes): there a `length` larger
+  than the shards hold is a DataError, and a smaller one is said in a warning with the real count (each epoch then
+  trains on `length` samples, the first of its shard order).
 """
 from __future__ import annotations
 
 import gzip
 import itertools
+import logging
 import lzma
+import multiprocessing
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -56,6 +61,8 @@ from fluxflow.data.webdataset_sample import decode_sample, sample_key
 from fluxflow.errors import DataError
 from fluxflow.storage.fetch import http_timeouts
 from fluxflow.storage.store_errors import unreachable
+
+log = logging.getLogger("fluxflow.data")
 
 # Samples each rank's stream shuffles among: mixes neighbouring samples of a shard (and across shard boundaries).
 # Each worker holds the encoded bytes of at most about this many samples (its share of them).
@@ -166,6 +173,10 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
             raise DataError(f"webdataset {urls!r}: holdout={holdout} leaves no training samples"
                             + (f" for rank {rank}" if world > 1 else f" ({total} samples in its shards)"))
         self.length = world * self.rank_length
+        # `length` from the config, believed until a pass has read the whole stream (whose end checks it); the flag,
+        # shared with the workers, says a smaller `length` once per run.
+        self.said_length = int(length) if length is not None and world == 1 else None
+        self._length_warned = multiprocessing.Value("b", 0)
         # Public: its state travels in a step's checkpoint (fluxflow/train/step_report.py).
         self.skips = SkipCounter(repr(urls))
         self.set_position(0, 0, 0, 1)
@@ -230,6 +241,19 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
                     position = first + j - reserved + 1
                     if mine(j):
                         yield position - 1, self.shards[k], key, files
+        if position > self.rank_inputs:
+            self._longer_than_said(position + self.holdout)
+
+    def _longer_than_said(self, held: int) -> None:
+        """Say once per run (in whichever process reads the stream's end first) that `length` is smaller than what the
+        shards hold: each epoch trains on `length` of them, the first of its shard order, and reads past the rest."""
+        with self._length_warned.get_lock():
+            first, self._length_warned.value = not self._length_warned.value, 1
+        if first:
+            log.warning("webdataset %r: its shards hold %d samples, more than `length` says (%d); each epoch trains "
+                        "on %d of them (the first of its shard order) and reads past the others: correct `length` "
+                        "or leave it out (the tar headers are then counted)", self.urls, held, self.said_length,
+                        self.rank_length)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, str]]:
         info = torch.utils.data.get_worker_info()
@@ -245,6 +269,7 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
 
         pending: dict[int, tuple[str, str, dict[str, bytes]]] = {}  # read, waiting for their turn
         batch: list[tuple[torch.Tensor, str] | None] = []
+        last: list[tuple[torch.Tensor, str] | None] = []  # held back until the stream's end checked `length`
         next_out = next(outputs, None)
         for position, shard, key, files in self._inputs(
                 lambda p: self._is_mine(int(output_of[p]), worker, n_workers)):
@@ -252,12 +277,20 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
             while next_out is not None and next_out in pending:  # the buffer lets out samples in output order
                 shard_, key_, files_ = pending.pop(next_out)
                 batch.append(decode_sample(files_, self.img_size, self.channels, note, f"{shard_}:{key_}"))
-                if (next_out + 1) % self.batch_size == 0 or next_out + 1 == self.rank_length:
-                    yield batch
-                    batch = []
+                ends_batch = (next_out + 1) % self.batch_size == 0 or next_out + 1 == self.rank_length
                 next_out = next(outputs, None)
+                if ends_batch:
+                    # A `length` from the config is checked where the stream ends, before this worker's last batch
+                    # is let out: a loader that stops after the epoch's last batch never reads past it.
+                    if next_out is None and self.said_length is not None:
+                        last = batch
+                    else:
+                        yield batch
+                    batch = []
         if next_out is not None:  # the order placed samples where the shards hold none: `length` is too large
             raise DataError(self._shorter_than_said())
+        if last:
+            yield last
 
     def _shorter_than_said(self) -> str:
         held = sum(self.index.count(k) for k in range(len(self.shards)))

@@ -1,5 +1,6 @@
 """`webdataset` shards: brace patterns and fsspec URLs, a held-out head, and a stream order that resumes exactly."""
 import io
+import itertools
 import json
 import logging
 import tarfile
@@ -304,3 +305,17 @@ def test_held_out_samples_are_counted_once_apart_and_none_readable_names_the_dat
     # was "no readable image among the 1 held-out samples": of which dataset?
     with pytest.raises(DataError, match=r"webdataset '.*bad.tar': no readable image among its 1 held-out samples"):
         holdout[0]
+
+
+def test_a_length_smaller_than_the_shards_hold_is_said_once_with_the_real_count(shard_dir, caplog):
+    caplog.set_level(logging.WARNING, logger="fluxflow.data")
+    train = build_dataset(cfg(str(shard_dir / "shards-{000..003}.tar"), holdout=0, length=10), 8, 3, "train")
+    for epoch in range(2):
+        loader = make_loader(train, 2, workers=0, seed=0, epoch=epoch)
+        seen = captions_of(itertools.islice(loader, len(loader)))  # as the step's loop stops: after the last batch
+        assert len(seen) == 10 and seen == captions_of(make_loader(train, 2, workers=2, seed=0, epoch=epoch))
+    said = [r.getMessage() for r in caplog.records if "`length`" in r.getMessage()]
+    # was nothing: each epoch trained on about one shard of the four, unsaid
+    assert said == [f"webdataset {str(shard_dir / 'shards-{000..003}.tar')!r}: its shards hold 20 samples, more "
+                    "than `length` says (10); each epoch trains on 10 of them (the first of its shard order) and "
+                    "reads past the others: correct `length` or leave it out (the tar headers are then counted)"]

@@ -37,15 +37,28 @@ def latent_store(directory: Path, key_inputs: dict, rows: int, latent_shape: tup
 def build_latent_cache(store: CacheStore, dataset, rows: np.ndarray | None, encode: Encode, device: torch.device, *,
                        batch_size: int, workers: int, chunk_rows: int, desc: str) -> int:
     """Fill the rows of `store` that `rows` (None: all) names and that hold nothing yet with the posterior of those
-    items of `dataset` (`fill`: under the store's lock); returns how many it computed."""
+    items of `dataset` (`fill`: under the store's lock); returns how many it computed. The items met unreadable
+    (`dataset.unreadable()`, a folder's) are recorded with the rows: a step that reuses them counts them
+    (`mark_unreadable`)."""
     def batches(missing: np.ndarray):
         start = 0
         for images, captions in sequential_loader(dataset, batch_size, workers, missing.tolist()):
             mean, logvar = encode(images.to(device, non_blocking=True))
             yield missing[start:start + len(captions)], {"mean": mean, "logvar": logvar}, captions
             start += len(captions)
+        if hasattr(dataset, "unreadable"):
+            store.record_unreadable(dataset.unreadable())
 
     return fill(store, rows, batches, chunk_rows=chunk_rows, desc=desc)
+
+
+def mark_unreadable(store: CacheStore, dataset) -> None:
+    """Mark in `dataset.skips` the items the cache recorded unreadable: a step that reads its rows instead of the
+    images counts them (and says the first) as the step that computed them did."""
+    skips = getattr(dataset, "skips", None)
+    for item, reason in store.unreadable().items() if skips is not None else ():
+        if item < len(dataset):
+            skips.mark(item, reason)
 
 
 class LatentCacheDataset(torch.utils.data.Dataset):

@@ -7,6 +7,8 @@ One directory per cache key:
     <field>.npy    one numpy .npy file per field, [rows, *shape], written in place through a memory map
     filled.npy     bool [rows], the progress marker: a row is marked only after its values were written and flushed
     captions.jsonl one `[row, caption]` line per written row (the last line of a row wins)
+    unreadable.jsonl one `[item, reason]` line per item that was met unreadable while rows were computed (its row
+                   holds its stand-in's values): a step that reuses the cache counts them as one that built it does
     used_by.jsonl  one line per step that opened the cache (UTC time, output_path, step name): which runs use it
     .lock          held while a process fills the cache: a second one (a sibling branch, a torchrun rank) waits
 
@@ -61,7 +63,8 @@ class CacheStore:
                                  "move it away")
             return
         # New files, not the old ones truncated: a process still reading the old ones keeps its memory maps whole.
-        for path in [meta_path, self.dir / "captions.jsonl", *map(self.path, self.all_fields())]:
+        for path in [meta_path, self.dir / "captions.jsonl", self.dir / "unreadable.jsonl",
+                     *map(self.path, self.all_fields())]:
             path.unlink(missing_ok=True)
         for name, (shape, dtype) in self.all_fields().items():  # sized once, filled later
             np.lib.format.open_memmap(self.path(name), mode="w+", dtype=self.stored_dtype(dtype),
@@ -145,18 +148,31 @@ class CacheStore:
 
     def captions(self) -> dict[int, str]:
         """{row: caption} of the written rows (a line cut short by a killed process is not one of them)."""
-        found: dict[int, str] = {}
-        path = self.dir / "captions.jsonl"
-        for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else ():
-            try:
-                row, caption = json.loads(line)
-            except ValueError:
-                continue
-            found[int(row)] = caption
-        return found
+        return {int(row): caption for row, caption in _jsonl_pairs(self.dir / "captions.jsonl")}
+
+    def unreadable(self) -> dict[int, str]:
+        """{item: reason} of the items recorded unreadable (`record_unreadable`)."""
+        return {int(item): reason for item, reason in _jsonl_pairs(self.dir / "unreadable.jsonl")}
+
+    def record_unreadable(self, found: dict[int, str]) -> None:
+        """Append those of `found` ({item: reason}) not recorded yet (call under `lock()`: while filling)."""
+        new = {i: reason for i, reason in found.items() if i not in self.unreadable()}
+        if new:
+            with open(self.dir / "unreadable.jsonl", "ab") as f:
+                f.write("".join(json.dumps([int(i), r]) + "\n" for i, r in sorted(new.items())).encode("utf-8"))
 
     def __getstate__(self) -> dict:  # a DataLoader worker reopens the memory maps instead of pickling their data
         return {**self.__dict__, "_arrays": {}}
+
+
+def _jsonl_pairs(path: Path) -> Iterator[tuple]:
+    """The `[a, b]` lines of `path` (none when it does not exist; a line cut short by a killed process is left out)."""
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else ():
+        try:
+            a, b = json.loads(line)
+        except ValueError:
+            continue
+        yield a, b
 
 
 class CacheWriter:

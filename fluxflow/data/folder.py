@@ -87,6 +87,10 @@ def report_unlisted(root: Path, listing: CaptionsFile) -> None:
                     listing.path.name, unlisted[0])
 
 
+def unreadable_reason(name: str, exc: Exception) -> str:
+    return f"{name}: {type(exc).__name__}: {exc}"
+
+
 class FolderDataset(CountsSkips, torch.utils.data.Dataset):
     def __init__(self, path: str | os.PathLike, captions_file: str | os.PathLike | None, img_size: int,
                  channels: int = 3, split: str = "train", holdout: int = 0,
@@ -147,6 +151,19 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
         which is another item's)."""
         return self.items[index][1]
 
+    def unreadable(self) -> dict[int, str]:
+        """{item: why its image does not decode} of the items met unreadable so far, read again here (a DataLoader
+        worker met them): what a latent cache records, so that a step that reuses it counts them too."""
+        found = {}
+        for i in self.skips.marked():
+            name = self.items[i][0]
+            try:
+                read_image(self.root / name, self.img_size, self.channels)
+                found[i] = f"{name}: unreadable when first read"  # readable again: it was replaced where it was met
+            except Exception as exc:
+                found[i] = unreadable_reason(name, exc)
+        return found
+
     def fingerprint(self) -> str:
         """sha256 over every item's name, caption, file size and modification time, and the decoding's version: a
         replaced or edited image, or a change of what a file decodes to, changes it (what keys the latent cache
@@ -174,7 +191,7 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
             try:
                 return read_image(self.root / name, self.img_size, self.channels), caption
             except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-                failure = f"{name}: {type(exc).__name__}: {exc}"
+                failure = unreadable_reason(name, exc)
                 self.skips.mark(i, failure)
         which = {"train": "training", "holdout": "held-out", "unseen": "unseen-caption"}[self.split]
         raise DataError(f"none of the {n} {which} images of {self.root} can be read ({failure})")

@@ -91,6 +91,10 @@ class SkipCounter:
     def is_marked(self, index: int) -> bool:
         return bool(self._flags[index])
 
+    def marked(self) -> list[int]:
+        """The items marked so far, ascending."""
+        return [i for i, flag in enumerate(bytes(self._flags)) if flag]
+
     @property
     def count(self) -> int:
         return int(self._count.value)
@@ -99,8 +103,7 @@ class SkipCounter:
         """The count and the marked items, for a step's checkpoint: a resumed step continues the count instead of
         starting again from what its own process meets (fluxflow/train/step_report.py)."""
         with self._count.get_lock():
-            marked = [i for i, flag in enumerate(bytes(self._flags)) if flag]
-            return {"count": int(self._count.value), "marked": marked}
+            return {"count": int(self._count.value), "marked": self.marked()}
 
     def load_state_dict(self, state: dict) -> None:
         """Merge a checkpoint's counts into this counter, which may already hold what this process met before the

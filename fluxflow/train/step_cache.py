@@ -21,7 +21,7 @@ import numpy as np
 
 from fluxflow.cache.fingerprint import dataset_fingerprint, module_sha256
 from fluxflow.cache.health import damage, size_text
-from fluxflow.cache.latent_cache import LatentCacheDataset, build_latent_cache, latent_store
+from fluxflow.cache.latent_cache import LatentCacheDataset, build_latent_cache, latent_store, mark_unreadable
 from fluxflow.cache.store import CacheStore
 from fluxflow.cache.text_cache import TextCache, build_text_cache, text_store
 from fluxflow.checkpoints.step_key import KEY_LENGTH, json_sha256
@@ -42,7 +42,9 @@ def attach_caches(config, step, data, trainer, epochs: range | None = None,
     kind = config.dataset_for(step).type
     if latent_cache_choice(step, kind).on:
         rows = None if epochs is None else rows_read(len(data.train_set), step, data.batches_per_epoch, epochs)
-        data.latent_cache = LatentCacheDataset(latent_cache(config, step, data.train_set, rows, trainer, say))
+        store = latent_cache(config, step, data.train_set, rows, trainer, say)
+        mark_unreadable(store, data.train_set)  # a reused cache's unreadable items count as when it was built
+        data.latent_cache = LatentCacheDataset(store)
         trainer.cached_latents = True
     if text_cache_choice(step, kind).on:
         trainer.text_cache = TextCache(text_cache(config, step, distinct_captions(data.train_set), trainer, say))

@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from cache_fixtures import assert_trains_the_same, flow_setup
-from helpers_tiny import one_torch_thread
+from cache_fixtures import CPU, assert_trains_the_same, flow_setup
+from helpers_tiny import one_torch_thread, tiny_raw
 
 from fluxflow.models.latents import latent_norm_of_means, measure_latent_norm, posterior
 from fluxflow.train.step_data import leading_inputs
@@ -136,3 +136,46 @@ def test_a_step_computes_the_latents_of_the_items_it_reads_and_a_longer_one_adds
 
     flow_setup(tmp_path, step, caches=True, said=said, epochs=range(3, 9), dataset_size=32)
     assert f"({len(read)} of its" in said[-2]  # the rows already there are not computed again
+
+
+def test_a_step_that_reuses_the_latent_cache_counts_the_unreadable_images_the_build_met(tmp_path, caplog):
+    import logging
+
+    from PIL import Image
+
+    from fluxflow.config import load_config
+    from fluxflow.train.step_cache import attach_caches
+    from fluxflow.train.step_data import load_step_data
+    from fluxflow.train.trainer import build_trainer
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(20):
+        Image.new("RGB", (16, 16), (10 * i, 0, 0)).save(photos / f"p{i:02d}.png")
+    from fluxflow.data.folder import holdout_names
+    held = holdout_names([f"p{i:02d}.png" for i in range(20)], 2)
+    bad = [n for n in (f"p{i:02d}.png" for i in (3, 4, 11, 12, 13)) if n not in held][:3]
+    for name in bad:
+        (photos / name).write_bytes(b"")  # zero-byte images
+    (photos / "captions.txt").write_text("".join(f"p{i:02d}.png\tcaption {i}\n" for i in range(20)))
+    raw = tiny_raw(tmp_path / "out", [{"name": "flow", "n_epochs": 1, **FULL}], no_samples=True)
+    raw["training"]["pipeline"]["datasets"] = {"photos": {"type": "folder", "path": str(photos),
+                                                          "captions_file": "captions.txt", "holdout": 2}}
+    raw["training"]["pipeline"]["default_dataset"] = "photos"
+    config = load_config(raw).config
+    step = config.step("flow")
+
+    def attached(said):
+        data = load_step_data(config, step, CPU)
+        attach_caches(config, step, data, build_trainer(config, step, None, CPU, max_epochs=1), None, said.append)
+        return data
+
+    caplog.set_level(logging.WARNING, logger="fluxflow.data")
+    built, reused = [], []
+    assert attached(built).train_set.skipped == 3 and "computing" in built[0]
+    caplog.clear()
+    data = attached(reused)
+    assert "reusing" in reused[0]
+    assert data.train_set.skipped == 3  # was 0: the run that reused the cache counted none of them
+    said, = [r.getMessage() for r in caplog.records]
+    assert "skipping an unreadable image" in said and f"{bad[0]}: UnidentifiedImageError" in said

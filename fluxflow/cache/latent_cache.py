@@ -54,7 +54,7 @@ def build_latent_cache(store: CacheStore, dataset, rows: np.ndarray | None, enco
 
 def mark_unreadable(store: CacheStore, dataset) -> None:
     """Mark in `dataset.skips` the items the cache recorded unreadable: a step that reads its rows instead of the
-    images counts them (and says the first) as the step that computed them did."""
+    images says the first and counts those its batches stood in for, as the step that computed them did."""
     skips = getattr(dataset, "skips", None)
     for item, reason in store.unreadable().items() if skips is not None else ():
         if item < len(dataset):
@@ -63,10 +63,12 @@ def mark_unreadable(store: CacheStore, dataset) -> None:
 
 class LatentCacheDataset(torch.utils.data.Dataset):
     """Item i: (posterior mean [c, h, w] float32, caption) of training item i, read from the memory-mapped cache.
-    Only the rows filled when it was opened can be read (the step's own: fluxflow/train/step_cache.py)."""
+    Only the rows filled when it was opened can be read (the step's own: fluxflow/train/step_cache.py). `skips`: the
+    training split's counter, whose marks (`mark_unreadable`) say which rows hold a stand-in's values: the loader
+    counts them per batch trained, as it does on the images."""
 
-    def __init__(self, store: CacheStore):
-        self.store = store
+    def __init__(self, store: CacheStore, skips=None):
+        self.store, self.skips = store, skips
         self._filled = store.filled()
         self._captions = store.captions()
 

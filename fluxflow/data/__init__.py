@@ -74,9 +74,33 @@ def collate_images_captions(batch: list[tuple[torch.Tensor, str]]) -> tuple[torc
     return torch.stack(images), list(captions)
 
 
+class CountingLoader(torch.utils.data.DataLoader):
+    """A DataLoader that counts the skipped items of each batch (fluxflow/data/skips.py) as it hands the batch out:
+    workers decode batches ahead, and a step that stops (max_steps, an interrupt) never trains those, so counting
+    what a worker decodes made the count depend on the number of workers and grow across a resume. The batches of
+    a map-style dataset are those of its `batch_sampler`, in order; a stream's are its pass's, from `start_batch`.
+    `counts` False: a pass that the epoch reads again (the first flow step's latent-normalisation batches)."""
+
+    counts = True
+
+    def __iter__(self):
+        skips = getattr(self.dataset, "skips", None)
+        batches = super().__iter__()
+        if skips is None or not self.counts:
+            yield from batches
+        elif isinstance(self.dataset, torch.utils.data.IterableDataset):
+            for number, batch in enumerate(batches, self.dataset.start_batch):
+                skips.count_batch(number)
+                yield batch
+        else:
+            for indices, batch in zip(self.batch_sampler, batches):  # the sampler is a function of its position
+                skips.count_items(indices)
+                yield batch
+
+
 def make_loader(dataset, batch_size: int, workers: int | str, seed: int, epoch: int = 0, start_batch: int = 0,
                 pin_memory: bool = False, rank: int = 0, world: int = 1,
-                reuse: torch.utils.data.DataLoader | None = None) -> torch.utils.data.DataLoader:
+                reuse: torch.utils.data.DataLoader | None = None, counts: bool = True) -> CountingLoader:
     """A DataLoader over epoch `epoch` of `dataset`, starting at batch `start_batch`. Full batches only (the last
     partial batch is dropped), so every step sees the same batch shape. `batch_size` is the global batch: under
     torchrun each of the `world` ranks loads its 1/world of it. `workers`: a number or "auto" (`resolve_workers`).
@@ -85,7 +109,8 @@ def make_loader(dataset, batch_size: int, workers: int | str, seed: int, epoch: 
 
     `reuse`: the loader of the previous epoch over the same map-style dataset; it is moved to the new position and
     returned, so its persistent workers live on across epochs (a stream's workers must restart: they take the
-    position with them)."""
+    position with them). `counts`: the loader counts the skipped items of the batches it hands out (`CountingLoader`);
+    False for a pass the epoch reads again."""
     workers = resolve_workers(workers)
     # generator: each new iterator draws its workers' base seed from it, not from torch's global generator, which
     # another branch of the run may be drawing its initial weights from (fluxflow/runtime/global_rng.py).
@@ -97,13 +122,16 @@ def make_loader(dataset, batch_size: int, workers: int | str, seed: int, epoch: 
             raise ValueError(f"this webdataset stream was built for {dataset.world} rank(s), not {world}")
         dataset.set_position(seed, epoch, start_batch, batch_size // world)
         # Not persistent: each pass must hand the workers the dataset's current position.
-        return torch.utils.data.DataLoader(dataset, batch_size=batch_size // world, drop_last=True, **common)
-    if reuse is not None and reuse.dataset is dataset and reuse.num_workers == workers:
+        loader = CountingLoader(dataset, batch_size=batch_size // world, drop_last=True, **common)
+    elif reuse is not None and reuse.dataset is dataset and reuse.num_workers == workers:
         reuse.batch_sampler.set_position(epoch, start_batch)  # sampled in this process: workers need not know
-        return reuse
-    sampler = ResumableBatchSampler(len(dataset), batch_size, seed, rank=rank, world=world)
-    sampler.set_position(epoch, start_batch)
-    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, persistent_workers=workers > 0, **common)
+        loader = reuse
+    else:
+        sampler = ResumableBatchSampler(len(dataset), batch_size, seed, rank=rank, world=world)
+        sampler.set_position(epoch, start_batch)
+        loader = CountingLoader(dataset, batch_sampler=sampler, persistent_workers=workers > 0, **common)
+    loader.counts = counts
+    return loader
 
 
 def sequential_loader(dataset, batch_size: int, workers: int | str,

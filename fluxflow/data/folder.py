@@ -131,13 +131,13 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
 
         # Public: its state travels in a step's checkpoint (fluxflow/train/step_report.py). `skipped` counts
         # malformed caption lines + lines replaced by a later one + repaired lines + listed files that are missing
-        # + files that failed to decode so far.
+        # + files that failed to decode in the batches trained so far (the held-out splits: met so far).
         # A held-out image that does not decode is replaced by the next readable held-out one: evaluation then scores
         # that one twice, so the warning says which split it is and the count is reported apart from training's.
         where = {"train": str(self.root), "holdout": f"{self.root} (held out, scored by evaluation)",
                  "unseen": f"{self.root} (unseen-caption split, scored by evaluation)"}[split]
         metric = {"train": "skipped_samples", "holdout": "skipped_holdout_samples", "unseen": None}[split]
-        self.skips = SkipCounter(where, len(self.items), metric)
+        self.skips = SkipCounter(where, len(self.items), metric, deferred=split == "train")
         if split == "train":  # every split reads the same captions file: the training split reports it, once
             report_captions_file(self.skips, listing, missing, say=report)
             if report:

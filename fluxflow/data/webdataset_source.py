@@ -25,8 +25,9 @@ Order, ranks, resume and workers (what the resumable sampler means for a stream)
   reads its rank's shards, decoding only its own samples, and holds at most about its share of the buffer).
 - Held-out split: the first `holdout` samples in url order. They are read once into memory (a small map-style
   dataset) and every training epoch leaves them out.
-- A sample whose image does not decode is counted in `dataset.skipped` (once per epoch that meets it) and its place
-  is taken by a readable sample of its batch (fluxflow/data/skips.py fill_unreadable), so batch boundaries — and
+- A sample whose image does not decode is counted in `dataset.skipped` (once per epoch that trains it: when the
+  loader hands out its batch, not when a worker decodes it ahead) and its place is taken by a readable sample of its
+  batch (fluxflow/data/skips.py fill_unreadable), so batch boundaries — and
   therefore resume — stay exact, whatever the number of workers. A caption that is not UTF-8 is kept, decoded as
   Latin-1, and counted too, as is a sample without a caption. A shard that cannot be opened is an error: that is
   storage failing, not a bad image (retried, and so is one whose server cannot be reached: one line saying so); one
@@ -185,6 +186,7 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
         """Fix the next pass: epoch `epoch` of `seed`, starting at batch `start_batch` of this rank's batches of
         `batch_size` samples. The pass's order is computed here, before the DataLoader forks its workers."""
         self.seed, self.epoch, self.start_batch, self.batch_size = seed, epoch, start_batch, batch_size
+        self.skips.open_pass(-(-self.rank_length // batch_size))  # the pass's problems, held per batch till trained
         order = buffer_order(self.rank_inputs, self.shuffle_buffer, [seed, epoch, self.rank, self.world])
         self._output_of = np.empty_like(order)
         self._output_of[order] = np.arange(order.size)  # input position -> output position
@@ -264,8 +266,8 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
         """This worker's batches, in order; None for a sample whose image does not decode."""
         outputs, output_of = self._my_outputs(worker, n_workers), self._output_of
 
-        def note(kind: str, reason: str) -> None:
-            self.skips.add(1, reason, kind)
+        def note(kind: str, reason: str) -> None:  # counted when the batch is trained, not when decoded ahead
+            self.skips.hold(next_out // self.batch_size, reason, kind)
 
         pending: dict[int, tuple[str, str, dict[str, bytes]]] = {}  # read, waiting for their turn
         batch: list[tuple[torch.Tensor, str] | None] = []

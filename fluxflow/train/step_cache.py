@@ -44,7 +44,7 @@ def attach_caches(config, step, data, trainer, epochs: range | None = None,
         rows = None if epochs is None else rows_read(len(data.train_set), step, data.batches_per_epoch, epochs)
         store = latent_cache(config, step, data.train_set, rows, trainer, say)
         mark_unreadable(store, data.train_set)  # a reused cache's unreadable items count as when it was built
-        data.latent_cache = LatentCacheDataset(store)
+        data.latent_cache = LatentCacheDataset(store, getattr(data.train_set, "skips", None))
         trainer.cached_latents = True
     if text_cache_choice(step, kind).on:
         trainer.text_cache = TextCache(text_cache(config, step, distinct_captions(data.train_set), trainer, say))

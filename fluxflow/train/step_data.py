@@ -1,7 +1,6 @@
 """The data of one pipeline step: its training split, its held-out split, and how many batches make an epoch."""
 from __future__ import annotations
 
-import contextlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -63,11 +62,11 @@ def leading_inputs(data: StepData, batch_size: int, seed: int, n_items: int,
     more of them, so it covers `n_items` on every rank count (step_run broadcasts rank 0's measurement)."""
     world = getattr(data.batch_source, "world", 1)
     n_batches = max(1, -(-n_items // (batch_size // world)))
-    loader = make_loader(data.batch_source, batch_size, 0, seed, 0, 0, pin_memory=device.type == "cuda", world=world)
-    skips = getattr(data.batch_source, "skips", None)  # none on a latent cache
-    with skips.uncounted_pass() if skips is not None else contextlib.nullcontext():
-        for inputs, _ in itertools.islice(loader, n_batches):  # stops before loading batch n_batches (not cached)
-            yield inputs.to(device)
+    # Not counted: the epoch trains these batches and counts their skipped items then.
+    loader = make_loader(data.batch_source, batch_size, 0, seed, 0, 0, pin_memory=device.type == "cuda", world=world,
+                         counts=False)
+    for inputs, _ in itertools.islice(loader, n_batches):  # stops before loading batch n_batches (not cached)
+        yield inputs.to(device)
 
 
 # Samples a flow step reads before it trains, at its start, to see that its data has captions at all.

@@ -82,7 +82,7 @@ def test_bad_entries_are_skipped_counted_and_each_kind_warned_once(folder, caplo
     for caption in ("not an image", "half a file"):
         image, got = ds[index[caption]]  # never raises: the next readable item takes its place
         assert got != caption and image.shape == (3, 16, 16)
-    assert ds.skipped == 4
+    assert ds.skipped == 2  # read, not trained: counted when a batch holding them is
     for _ in range(2):  # a whole epoch, twice: each bad file is counted once
         for images, captions in make_loader(ds, 4, workers=0, seed=0):
             assert images.shape == (4, 3, 16, 16) and "not an image" not in captions
@@ -95,17 +95,24 @@ def test_bad_entries_are_skipped_counted_and_each_kind_warned_once(folder, caplo
     assert "unreadable image" in warnings[2] and "garbage.jpg" in warnings[2]
 
 
+def trained(ds, caption):
+    """Read the item of `caption` and count it as the loader does when it hands out a batch holding it."""
+    index = by_caption(ds)[caption]
+    ds[index]
+    ds.skips.count_items([index])
+
+
 def test_a_restored_skip_count_continues_and_counts_no_item_twice(folder):
     killed = build_dataset(cfg(folder), 16, 3, "train")
-    killed[by_caption(killed)["not an image"]]  # met before the checkpoint
+    trained(killed, "not an image")  # trained before the checkpoint
     saved = killed.skips.state_dict()
     assert saved["count"] == 3  # the line without a tab, the missing file, the broken jpeg
 
     resumed = build_dataset(cfg(folder), 16, 3, "train")  # counts its build-time skips again: 2
     resumed.skips.load_state_dict(saved)
     assert resumed.skipped == 3  # not 5: build-time skips are not added twice
-    resumed[by_caption(resumed)["not an image"]]  # met again after the resume: already counted
-    resumed[by_caption(resumed)["half a file"]]  # met for the first time
+    trained(resumed, "not an image")  # trained again after the resume (a later epoch): already counted
+    trained(resumed, "half a file")  # trained for the first time
     assert resumed.skipped == 4
 
 
@@ -316,3 +323,27 @@ def test_a_file_the_captions_file_lists_by_its_absolute_path_is_not_said_to_be_u
     assert len(ds) == 3  # p1.png is trained on
     said = [r.getMessage() for r in caplog.records if "not listed" in r.getMessage()]
     assert said == [f"{tmp_path}: 1 image file(s) not listed in captions.txt, not trained on; first: 'p3.png'"]
+
+
+def test_the_skip_count_is_of_the_batches_trained_whatever_the_workers_decode_ahead(tmp_path):
+    import itertools
+    import time
+    for i in range(24):
+        Image.new("RGB", (8, 8), (10 * i, 0, 0)).save(tmp_path / f"p{i:02d}.png")
+    from fluxflow.data import epoch_permutation
+    order = epoch_permutation(24, 0, 0).tolist()  # epoch 0's: batches of 4
+    for position in (0, 5, 10, 14, 18, 22):  # 6 zero-byte images, 2 in the first two batches
+        (tmp_path / f"p{order[position]:02d}.png").write_bytes(b"")
+    (tmp_path / "captions.txt").write_text("".join(f"p{i:02d}.png\tp {i}\n" for i in range(24)))
+
+    def skipped_after_two_batches(workers):  # a step of max_steps 2
+        ds = build_dataset(cfg(tmp_path), 8, 3, "train")
+        batches = iter(make_loader(ds, 4, workers=workers, seed=0))
+        for _ in itertools.islice(batches, 2):
+            pass
+        time.sleep(0.5)  # as long as the step would train: the workers decode the batches after these meanwhile
+        return ds.skipped
+
+    alone = skipped_after_two_batches(0)
+    assert 0 < alone < 6
+    assert skipped_after_two_batches(2) == alone  # was 5 against 2: what the workers decoded ahead was counted

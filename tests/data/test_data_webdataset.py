@@ -319,3 +319,29 @@ def test_a_length_smaller_than_the_shards_hold_is_said_once_with_the_real_count(
     assert said == [f"webdataset {str(shard_dir / 'shards-{000..003}.tar')!r}: its shards hold 20 samples, more "
                     "than `length` says (10); each epoch trains on 10 of them (the first of its shard order) and "
                     "reads past the others: correct `length` or leave it out (the tar headers are then counted)"]
+
+
+def test_the_skip_count_is_of_the_batches_trained_whatever_the_workers_and_across_a_resume(tmp_path):
+    for s in range(4):
+        write_shard(tmp_path / f"b-{s}.tar", {f"s{s}/{i}": {"png": png_bytes(i) if (s * 5 + i) % 3 else b"broken",
+                                                           "txt": f"{s} {i}".encode()} for i in range(5)})
+    urls = str(tmp_path / "b-{0..3}.tar")
+
+    def train_set():
+        return build_dataset(cfg(urls, holdout=0), 8, 3, "train")
+
+    def trained(ds, workers, start=0, stop=None):
+        loader = make_loader(ds, 2, workers=workers, seed=0, start_batch=start)
+        for _ in itertools.islice(loader, (stop or len(loader)) - start):
+            pass
+        return ds.skipped
+
+    uninterrupted = trained(train_set(), 0)
+    assert uninterrupted == 7  # the broken images of the 20 samples
+    first_two = trained(train_set(), 0, stop=2)
+    assert trained(train_set(), 2, stop=2) == first_two < uninterrupted  # was more: what the workers read ahead
+    killed = train_set()
+    trained(killed, 2, stop=3)  # interrupted after batch 3, its checkpoint saved
+    resumed = train_set()
+    resumed.skips.load_state_dict(killed.skips.state_dict())
+    assert trained(resumed, 2, start=3) == uninterrupted  # was more: the read-ahead samples were counted twice

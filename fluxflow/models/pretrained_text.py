@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from fluxflow.config.file_checks import inspect_pretrained, require_transformers
+from fluxflow.runtime.device import host_to_device
 
 
 class PretrainedTextEncoder(nn.Module):
@@ -53,7 +54,7 @@ class PretrainedTextEncoder(nn.Module):
         ids, mask = batch["input_ids"], batch["attention_mask"].bool()
         # An empty caption must still attend to something: cross-attention over no key is NaN (models/layers.py).
         mask[:, 0] = True
-        return ids.to(device), mask.to(device)
+        return host_to_device(ids, device), host_to_device(mask, device)
 
     def token_count(self, text: str) -> int:
         """The tokens of `text` before truncation, special tokens included (as TextEncoder.token_count)."""

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from fluxflow.models.layers import MLP, Attention, pick_heads
+from fluxflow.runtime.device import host_to_device
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 BYTE_OFFSET = 3
@@ -31,7 +32,7 @@ def tokenize(texts: list[str] | tuple[str, ...], max_len: int,
         seq = [BOS_ID, *body, EOS_ID]
         ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
     mask = ids != PAD_ID
-    return ids.to(device), mask.to(device)
+    return host_to_device(ids, device), host_to_device(mask, device)
 
 
 class TextBlock(nn.Module):

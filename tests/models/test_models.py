@@ -82,6 +82,26 @@ def test_discriminator_gives_patch_logits_and_has_no_batchnorm():
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in disc.modules())
 
 
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_captions_reach_a_gpu_pinned_and_without_blocking_the_host(monkeypatch, device):
+    """Tokenized on the host every batch of a flow step, they were copied from pageable memory, which makes the host
+    wait for every kernel queued on the GPU: a sync per batch. (No GPU here: the copy is recorded, not made.)"""
+    moves = []
+
+    def pin_memory(self):
+        moves.append("pinned")
+        return self
+
+    def to(self, target=None, non_blocking=False):
+        moves.append((str(target), non_blocking))
+        return self
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    tokenize(["a red circle"], max_len=8, device=torch.device(device))
+    assert moves == (["pinned", ("cuda", True)] * 2 if device == "cuda" else [("cpu", False)] * 2)
+
+
 def test_tokenize_bytes_with_bos_eos_pad_and_truncation():
     ids, mask = tokenize(["ab", "é", "x" * 50], max_len=6)
     assert ids.shape == mask.shape == (3, 6) and ids.dtype == torch.long and mask.dtype == torch.bool

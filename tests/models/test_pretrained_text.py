@@ -32,17 +32,17 @@ def issues_of(raw: dict) -> dict[str, str]:
 def test_a_missing_directory_is_a_validation_error_without_torch_or_transformers(tmp_path):
     missing = tmp_path / "no-such-encoder"
     raw = tiny_raw(tmp_path, [FLOW_STEP], model=pretrained_model(missing))
-    code = ("import json, sys, time; from fluxflow.config import ConfigError, load_config\n"
-            f"raw = json.loads({json.dumps(json.dumps(raw))}); start = time.perf_counter()\n"
+    code = ("import json, sys; from fluxflow.config import ConfigError, load_config\n"
+            f"raw = json.loads({json.dumps(json.dumps(raw))})\n"
             "try:\n    load_config(raw); issues = []\n"
             "except ConfigError as e:\n    issues = [[i.path, i.message] for i in e.issues]\n"
-            "print(json.dumps({'issues': issues, 'seconds': time.perf_counter() - start,\n"
+            "print(json.dumps({'issues': issues,\n"
             "                  'imported': [m for m in ('torch', 'transformers') if m in sys.modules]}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert [path for path, _ in out["issues"]] == ["model.text_encoder.path"]
     assert str(missing) in out["issues"][0][1] and "not found" in out["issues"][0][1]
-    assert out["imported"] == [] and out["seconds"] < 1.0
+    assert out["imported"] == []  # what keeps validation fast: its time is measured in bench/, not asserted here
 
 
 def test_without_transformers_a_pretrained_encoder_is_refused_naming_the_extra(tmp_path, monkeypatch, capsys):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fluxflow.cache.store import CacheStore, fill
+from fluxflow.runtime.device import host_to_device
 
 CACHE_VERSION = 1
 
@@ -63,5 +64,6 @@ class TextCache:
             rows = np.array([self.row[c] for c in captions])
         except KeyError as missing:
             raise KeyError(f"caption {missing} is not in the text cache {self.store.dir}") from None
-        return tuple(self.store.read(name, rows).to(device, non_blocking=True)  # type: ignore[return-value]
+        # pinned on the way to a GPU: from the memory map's pageable copy, the host waited for the GPU's queue
+        return tuple(host_to_device(self.store.read(name, rows), device)  # type: ignore[return-value]
                      for name in ("tokens", "pooled", "mask"))

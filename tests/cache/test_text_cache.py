@@ -44,3 +44,15 @@ def test_a_changed_text_encoder_builds_a_new_text_cache(tmp_path):
     flow_setup(tmp_path, FROZEN_TEXT, caches=True, said=said, state={"models": {"text_encoder": text_encoder}})
     assert len(list((tmp_path / "text_cache").iterdir())) == 2
     assert sum(line.startswith("Text cache") and "computing" in line for line in said) == 2
+
+
+def test_cached_caption_features_reach_a_gpu_pinned_and_without_blocking_the_host(tmp_path, monkeypatch):
+    """Read from the memory map into pageable memory, their copy made the host wait for the GPU's queue every batch.
+    (No GPU here: the copy is recorded, not made.)"""
+    trainer, data, _, _ = flow_setup(tmp_path, FROZEN_TEXT, caches=True, dataset_size=24)
+    moves = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: moves.append("pinned") or self)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, target=None, non_blocking=False: moves.append(
+        (str(target), non_blocking)) or self)
+    trainer.text_cache.features([data.train_set[0][1]], torch.device("cuda"))
+    assert moves == ["pinned", ("cuda", True)] * 3

@@ -40,14 +40,21 @@ def build_latent_cache(store: CacheStore, dataset, rows: np.ndarray | None, enco
     items of `dataset` (`fill`: under the store's lock); returns how many it computed. The items met unreadable
     (`dataset.unreadable()`, a folder's) are recorded with the rows: a step that reuses them counts them
     (`mark_unreadable`)."""
+    recorded: set[int] = set()
+
     def batches(missing: np.ndarray):
         start = 0
         for images, captions in sequential_loader(dataset, batch_size, workers, missing.tolist()):
             mean, logvar = encode(images.to(device, non_blocking=True))
+            # Recorded before the batch's rows are handed on to be committed: recorded at the build's end, a build
+            # stopped at a commit (or killed) kept rows whose unreadable items no later step counted
+            found = {i: r for i, r in (dataset.unreadable() if hasattr(dataset, "unreadable") else {}).items()
+                     if i not in recorded}
+            if found:
+                store.record_unreadable(found)
+                recorded.update(found)
             yield missing[start:start + len(captions)], {"mean": mean, "logvar": logvar}, captions
             start += len(captions)
-        if hasattr(dataset, "unreadable"):
-            store.record_unreadable(dataset.unreadable())
 
     return fill(store, rows, batches, chunk_rows=chunk_rows, desc=desc)
 

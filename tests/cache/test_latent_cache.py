@@ -189,3 +189,52 @@ def test_a_step_that_reuses_the_latent_cache_counts_the_unreadable_images_the_bu
     assert epoch_count(data, data.batch_source) == expected  # was 0: the run that reused the cache counted none
     said, = [r.getMessage() for r in caplog.records]
     assert "skipping an unreadable image" in said and f"{bad[0]}: UnidentifiedImageError" in said
+
+
+@pytest.mark.parametrize("stop", ["a crash", "a stop request"])
+def test_a_build_stopped_part_way_keeps_the_unreadable_items_of_the_rows_it_committed(tmp_path, monkeypatch, stop):
+    """They were recorded at the build's end only: rows committed before a crash (or at a stop request's commit) are
+    never computed again, so a step reusing the cache never counted their unreadable images."""
+    from PIL import Image
+
+    from fluxflow.cache import store as store_module
+    from fluxflow.cache.latent_cache import build_latent_cache, latent_store
+    from fluxflow.data.folder import FolderDataset
+    from fluxflow.runtime.stop_request import StepInterrupted
+
+    for i in range(16):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"p{i:02d}.png")
+    (tmp_path / "p02.png").write_bytes(b"")  # in the first chunk of 4 rows
+    (tmp_path / "captions.txt").write_text("".join(f"p{i:02d}.png\tcaption {i}\n" for i in range(16)))
+    dataset = FolderDataset(tmp_path, "captions.txt", 8, report=False)
+    store = latent_store(tmp_path / "cache", {"k": 1}, len(dataset), (4, 2, 2))
+    calls = []
+
+    def encode(images):
+        calls.append(len(images))
+        if stop == "a crash" and len(calls) == 3:
+            raise RuntimeError("killed")
+        return torch.zeros(len(images), 4, 2, 2), torch.zeros(len(images), 4, 2, 2)
+
+    if stop == "a stop request":
+        monkeypatch.setattr(store_module, "stop_requested", lambda: True)
+    with pytest.raises(RuntimeError if stop == "a crash" else StepInterrupted):
+        build_latent_cache(store, dataset, None, encode, CPU, batch_size=4, workers=0, chunk_rows=4, desc="x")
+    assert store.filled()[:4].all() and not store.filled()[12:].any()
+    assert list(store.unreadable()) == [dataset.items.index(("p02.png", "caption 2"))]
+
+
+def test_recording_unreadable_items_reads_the_record_once(tmp_path, monkeypatch):
+    """It read and parsed unreadable.jsonl once per item found, under the cache's lock: 38 s to add 8,000 items to
+    4,000 (a scraped dataset's second build)."""
+    from fluxflow.cache import store as store_module
+    from fluxflow.cache.latent_cache import latent_store
+
+    store = latent_store(tmp_path / "cache", {"k": 1}, 300, (4, 2, 2))
+    store.dir.mkdir(parents=True)
+    store.record_unreadable({i: "bad" for i in range(100)})
+    reads = []
+    real = store_module._jsonl_pairs
+    monkeypatch.setattr(store_module, "_jsonl_pairs", lambda path: reads.append(path) or real(path))
+    store.record_unreadable({i: "bad" for i in range(50, 300)})
+    assert len(reads) == 1 and len(store.unreadable()) == 300

@@ -8,8 +8,9 @@ What a folder of real photos holds, and what becomes of it:
 - a 32-bit float image (`F`, TIFF) has no range to scale from: it is refused (ValueError), so the dataset skips and
   counts it instead of training on a black square;
 - palette, grey+alpha, RGBA, CMYK and bilevel images are converted, transparent pixels becoming white; so are the
-  pixels of a colour key (a PNG's tRNS chunk on an RGB or grayscale image, 8 or 16 bits, as optipng/oxipng write
-  them), which kept the colour they hid;
+  pixels of a colour key (a PNG's tRNS chunk on an RGB or grayscale image, as optipng/oxipng write them; 8 or 16
+  bits for grayscale, 8 for RGB: Pillow reads a 16-bit RGB PNG's pixels as 8 bits, where its key cannot be applied),
+  which kept the colour they hid;
 - a file whose EXIF (or TIFF) tags are broken is read without Pillow's warnings about the tags it skipped (two raw
   lines per image, each time it was decoded: the warnings filter set for each read reset Python's once-per-place
   record); its pixels are read as any other's;
@@ -40,6 +41,11 @@ def read_image(source, img_size: int, channels: int) -> torch.Tensor:
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
         warnings.filterwarnings("ignore", "(possibly )?corrupt exif", UserWarning)  # the MakerNote's, in PIL.Image
         with Image.open(source) as img:
+            if img.mode in ("RGB", "RGBA") and any(str(tile.args).endswith(";16B") for tile in img.tile):
+                # A 16-bit RGB PNG's colour key: Pillow reads its pixels as 8 bits (the high byte) but keeps the key
+                # in 16, so the key would white out every pixel whose high byte matches (opaque near-black ones for
+                # a key of black): not applied, as before it was
+                img.info.pop("transparency", None)
             return load_image(img, img_size, channels)
 
 

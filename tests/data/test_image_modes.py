@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from fluxflow.data import build_dataset, make_loader
-from fluxflow.data.transforms import load_image
+from fluxflow.data.transforms import load_image, read_image
 
 
 def decoded(path, channels=3, size=8):
@@ -142,3 +142,21 @@ def test_a_jpeg_with_corrupt_exif_trains_without_pillows_warning_at_each_read(tm
         images = [read_image(tmp_path / "broken_exif.jpg", 8, 3) for _ in range(3)]
     assert not said, [str(w.message) for w in said]  # was 2 raw lines at every read (12 for 10 images in 2 batches)
     assert all(image[0].mean() > 0.4 and image[1].mean() < -0.8 for image in images)  # red: it trains as it is
+
+
+def test_a_16_bit_rgb_png_s_colour_key_whitens_no_opaque_pixel():
+    """Pillow reads a 16-bit RGB PNG's pixels as 8 bits (the high byte) and keeps its tRNS key in 16: applied, a key of
+    black whitened the opaque near-black pixels (100/65535 reads as 0) too. The key is not applied to such a file."""
+    import io
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    pixels = np.array([[[0, 0, 0], [100, 100, 100]]], dtype=">u2")  # keyed black, then an opaque near-black
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 1, 16, 2, 0, 0, 0))
+           + chunk(b"tRNS", struct.pack(">HHH", 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\x00" + pixels.tobytes()))
+           + chunk(b"IEND", b""))
+    image = read_image(io.BytesIO(png), 2, 3)
+    assert torch.equal(image, torch.full_like(image, -1.0))  # both black: neither turned white

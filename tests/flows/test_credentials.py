@@ -20,7 +20,10 @@ CLIENT_VARIABLES = ("PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_USERNAME", "MLFL
 @pytest.fixture
 def clean_env(monkeypatch):
     for name in CLIENT_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+        # set, then deleted: monkeypatch then removes at the end what the test's code set (apply_secret_files writes
+        # os.environ itself); a delenv of a variable not set records nothing, and the secret leaked into later tests
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     return monkeypatch
 
 

@@ -82,7 +82,8 @@ def fake_env(tmp_path):
         FLUXFLOW_MLFLOW_PORT=str(free_port()),
         FAKE_RECORD=str(tmp_path / "calls.jsonl"),
     )
-    env.pop("PREFECT_API_URL", None)
+    for name in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        env.pop(name, None)  # a server or credentials of the caller's would stand in for the test's own
     yield env
     for pidfile in (tmp_path / "run").glob("*.pid"):  # never leave a stand-in running
         try:

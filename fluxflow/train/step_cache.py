@@ -29,7 +29,6 @@ from fluxflow.config.caching import LATENT_CACHE_DIR, TEXT_CACHE_DIR, cache_root
 from fluxflow.data.sampler import epoch_permutation
 from fluxflow.models.latents import LATENT_NORM_IMAGES, posterior
 from fluxflow.train.batch_step import encode_text
-from fluxflow.train.step_data import distinct_captions
 
 CHUNK_ROWS = 1024  # rows between progress marks: an interrupted build redoes at most this many
 TEXT_BATCH = 256  # captions per text-encoder call while building (the encoder is small next to the flow model)
@@ -47,7 +46,7 @@ def attach_caches(config, step, data, trainer, epochs: range | None = None,
         data.latent_cache = LatentCacheDataset(store, getattr(data.train_set, "skips", None))
         trainer.cached_latents = True
     if text_cache_choice(step, kind).on:
-        trainer.text_cache = TextCache(text_cache(config, step, distinct_captions(data.train_set), trainer, say))
+        trainer.text_cache = TextCache(text_cache(config, step, data.captions, trainer, say))
 
 
 def rows_read(n: int, step, batches_per_epoch: int, epochs: range) -> np.ndarray:

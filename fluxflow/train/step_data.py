@@ -1,6 +1,7 @@
 """The data of one pipeline step: its training split, its held-out split, and how many batches make an epoch."""
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,12 @@ class StepData:
         """What the training data is, for a resume to check (fluxflow/data/folder.py: a folder's item count and the
         hash of its listing); None where the config alone fixes it (shapes) or it is not checked (webdataset)."""
         return getattr(self.train_set, "identity", None)
+
+    @functools.cached_property
+    def captions(self) -> list[str]:
+        """The training split's distinct captions (`distinct_captions`), gathered once: a flow step's text cache and
+        its count of cut captions both read them, and a large folder's take a pass over every item."""
+        return distinct_captions(self.train_set)
 
     @property
     def batch_source(self) -> torch.utils.data.Dataset:

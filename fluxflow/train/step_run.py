@@ -37,8 +37,8 @@ from fluxflow.storage.location import output_root
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
 from fluxflow.models.latents import LATENT_NORM_IMAGES, latent_norm_of_means
 from fluxflow.train.step_cache import attach_caches
-from fluxflow.train.step_data import (CutCaptions, captioned_batches, counting_cut_captions, distinct_captions,
-                                     leading_inputs, load_step_data)
+from fluxflow.train.step_data import (CutCaptions, captioned_batches, counting_cut_captions, leading_inputs,
+                                     load_step_data)
 from fluxflow.train.step_report import StepReport
 from fluxflow.progress_bar import batch_progress
 from fluxflow.train.tracking import ConsoleJsonlTracker, MultiTracker, runner_line, trim_jsonl
@@ -190,7 +190,7 @@ class StepRun:
         encoder = self.trainer.models.get("text_encoder")
         if self.main and has_flow_mode(self.step) and encoder is not None:
             if hasattr(self.data.train_set, "caption"):
-                self.warn_cut(CutCaptions().count(distinct_captions(self.data.train_set), encoder), "distinct")
+                self.warn_cut(CutCaptions().count(self.data.captions, encoder), "distinct")
             else:
                 self.counts_captions = encoder
         attach_caches(config, self.step, self.data, self.trainer, epochs, self.say)

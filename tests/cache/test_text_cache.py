@@ -7,7 +7,7 @@ import torch
 from cache_fixtures import assert_trains_the_same, flow_setup
 from helpers_tiny import one_torch_thread
 
-from fluxflow.train.step_cache import distinct_captions
+from fluxflow.train.step_data import distinct_captions
 
 __all__ = ["one_torch_thread"]
 

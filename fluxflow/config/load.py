@@ -23,7 +23,7 @@ from fluxflow.config.legacy import apply_legacy, get_in
 from fluxflow.config.optim import Optimization, number_problem, optimizer_issues, scheduler_issues
 from fluxflow.config.promotion import promotion_issues
 from fluxflow.config.schema import (DATASET_TYPES, SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,
-                                    PipelineConfig, TrainingConfig, implicit_datasets, shapes_batch_issues)
+                                    PipelineConfig, TrainingConfig, implicit_datasets)
 from fluxflow.config.steps import NAME_LIMIT, TRAINING_GLOBALS, ResolvedStep, StepConfig, \
     StepDefaults, Transition, merged_step_fields, replicate_issues, replicated_names, resolution_shift, resolve_step, \
     shift_range_problem
@@ -228,8 +228,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
         issues += replicate_issues(config.written_steps(), config.training.replicates)
     if config is not None and not issues:
         issues += (promotion_issues(config) + resources_issues(config) + process_issues(config)
-                   + shapes_batch_issues(config))
-        issues += _shift_issues(config)
+                   + _shapes_batch_issues(config) + _shift_issues(config))
     if issues:  # a step is named by its index in an issue, by its name in an override
         names = [get_in(step, "name", kind=str) for step in get_in(raw, *STEPS, kind=list) or []]
         raise ConfigError(from_overrides(_dedupe(issues), overrides, names, overrides_name, created), label)
@@ -604,6 +603,21 @@ def _step_issues(i: int, step: StepConfig, p: Pieces) -> tuple[list[ConfigIssue]
         issues.append(ConfigIssue(at("dataset"), _unknown("dataset", s.dataset, p.datasets)
                                   + _inherited(step, "dataset")))
     return issues, bool(s.use_lpips and s.train_vae)
+
+
+def _shapes_batch_issues(config: PipelineConfig) -> list[ConfigIssue]:
+    """A `shapes` dataset has `size` items (its hold-out is a stream of its own) to fill one batch of each step that
+    trains on it: known from the config alone, so said by validation, not when the step starts (after the steps
+    before it had trained, with advice to lower a holdout that does not take from `size`)."""
+    issues, seen = [], set()
+    for step in config.written_steps():
+        ds = config.dataset_for(step)
+        if ds.type == "shapes" and ds.size < step.batch_size and step.dataset not in seen:
+            seen.add(step.dataset)
+            issues.append(ConfigIssue(("training", "pipeline", "datasets", step.dataset, "size"),
+                                      f"{ds.size} items are fewer than one batch of {step.batch_size} (step "
+                                      f"{step.name}); raise size or lower batch_size"))
+    return issues
 
 
 def _shift_issues(config: PipelineConfig) -> list[ConfigIssue]:

@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
-from fluxflow.config.errors import ConfigIssue
 from fluxflow.config.executor import ExecutorConfig
 from fluxflow.config.heldout_pairs import heldout_pairs, max_heldout_pairs, untrained_words
 from fluxflow.config.file_checks import expand_shards
@@ -285,21 +284,6 @@ class TrackingConfig(StrictModel):
     def model_name(self) -> str:
         """The MLflow registered model that the pipeline's final checkpoints become versions of."""
         return self.registered_model or self.experiment_name
-
-
-def shapes_batch_issues(config: PipelineConfig) -> list[ConfigIssue]:
-    """A `shapes` dataset has `size` items (its hold-out is a stream of its own) to fill one batch of each step that
-    trains on it: known from the config alone, so said by validation, not when the step starts (after the steps
-    before it had trained, with advice to lower a holdout that does not take from `size`)."""
-    issues, seen = [], set()
-    for step in config.written_steps():
-        ds = config.dataset_for(step)
-        if ds.type == "shapes" and ds.size < step.batch_size and step.dataset not in seen:
-            seen.add(step.dataset)
-            issues.append(ConfigIssue(("training", "pipeline", "datasets", step.dataset, "size"),
-                                      f"{ds.size} items are fewer than one batch of {step.batch_size} (step "
-                                      f"{step.name}); raise size or lower batch_size"))
-    return issues
 
 
 class PipelineConfig(StrictModel):

@@ -32,27 +32,25 @@ CONSOLE_LABELS: dict[str, str] = {
     "lpips_loss": "LPIPS",
     "flow_loss": "Flow",
 }
+# The counts a console line ends with where they are not 0: non-finite updates not applied (training may be standing
+# still), and at an epoch's end the data's skipped or repaired items and the held-out images that could not be read.
+SKIP_LABELS = {"skipped_updates": "skipped updates", "skipped_samples": "skipped samples",
+               "skipped_holdout_samples": "skipped held-out samples"}
 
 
 @dataclass(frozen=True)
 class Progress:
-    """Where a step is, as the console shows it: step_index, epoch and batch are 1-based.
-
-    step_index: position of the step in the pipeline (ResolvedStep.index + 1) out of n_steps. epoch: epoch within
-    the step out of n_epochs (max_epochs for loss_threshold steps). batch: batches done in this epoch out of
-    n_batches. global_step: batches since the pipeline began (not optimizer updates: fewer with gradient
-    accumulation). sec_per_batch: mean over the log interval.
-    """
+    """Where a step is, as the console shows it: step_index, epoch and batch are 1-based."""
 
     step_name: str
-    step_index: int
+    step_index: int  # the step's place in the pipeline (ResolvedStep.index + 1) out of n_steps
     n_steps: int
-    epoch: int
+    epoch: int  # within the step, out of n_epochs (max_epochs for loss_threshold steps)
     n_epochs: int
-    batch: int
+    batch: int  # batches done in this epoch, out of n_batches
     n_batches: int
-    global_step: int
-    sec_per_batch: float
+    global_step: int  # batches since the pipeline began (not optimizer updates: fewer with gradient accumulation)
+    sec_per_batch: float  # mean over the log interval
 
 
 @runtime_checkable
@@ -72,9 +70,8 @@ class Tracker(Protocol):
         `fluxflow.warning.<key>`."""
 
     def say(self, line: str) -> None:
-        """One of the runner's own lines ("Starting step ...", "Evaluation of ...", "Finished step ...", "Skipping
-        step ...", "Interrupted step ..."), which the runner prints itself: for trackers that show the run's lines
-        elsewhere (the Prefect UI: flows/prefect_log_tracker.py)."""
+        """One of the runner's own lines ("Starting step ...", "Finished step ..."), which it prints itself
+        (`runner_line`): for trackers that show the run's lines elsewhere (the Prefect UI)."""
 
 
 def has_console_line(metrics: dict[str, float]) -> bool:
@@ -95,37 +92,21 @@ def console_line(metrics: dict[str, float], progress: Progress, now: datetime | 
         f"Epoch {progress.epoch}/{progress.n_epochs}",
         f"Batch {progress.batch}/{progress.n_batches}",
     ]
-    shown = [(label, metrics[key]) for key, label in CONSOLE_LABELS.items() if key in metrics]
-    parts += [f"{label}: {console_value(value)}" for label, value in shown]
+    shown = [(label, float(metrics[key])) for key, label in CONSOLE_LABELS.items() if key in metrics]
+    # 4 significant digits (0.0234, 12.45); 0.0 for zero, as the original tool shows GAN-only mode's VAE loss
+    parts += [f"{label}: {'0.0' if value == 0 else f'{value:.4g}'}" for label, value in shown]
     seconds = progress.sec_per_batch
     parts.append(f"{seconds:.1f}s/batch" if seconds >= 1 else f"{seconds:.2g}s/batch")  # 3.2s/batch, 0.041s/batch
-    if metrics.get("skipped_updates"):  # non-finite updates not applied: training may be standing still
-        parts.append(f"skipped updates: {int(metrics['skipped_updates'])}")
-    if metrics.get("skipped_samples"):  # the epoch's last line, when some data was skipped or repaired
-        parts.append(f"skipped samples: {int(metrics['skipped_samples'])}")
-    if metrics.get("skipped_holdout_samples"):  # held-out images that samples and evaluation could not read
-        parts.append(f"skipped held-out samples: {int(metrics['skipped_holdout_samples'])}")
+    parts += [f"{label}: {int(metrics[key])}" for key, label in SKIP_LABELS.items() if metrics.get(key)]
     return " | ".join(parts)
 
 
-def console_value(value: float) -> str:
-    """A loss as the console shows it: 4 significant digits (0.0234, 12.45), and 0.0 for zero, as the original tool
-    shows GAN-only mode's VAE loss (`VAE: 0.0`, not `VAE: 0`)."""
-    value = float(value)
-    return "0.0" if value == 0 else f"{value:.4g}"
-
-
-def seed_order(metrics: dict[str, float]) -> list[str]:
-    """The keys of `metrics` with the original tool's losses first, in its order (vae_loss, kl_loss, g_loss, d_loss,
-    lpips_loss, flow_loss, as the console shows them), then the others as given: the step's means arrive sorted by
-    name, which put d_loss before kl_loss and vae_loss last in every JSONL line."""
-    return [key for key in CONSOLE_LABELS if key in metrics] + [key for key in metrics if key not in CONSOLE_LABELS]
-
-
 def jsonl_record(metrics: dict[str, float], progress: Progress, session_id: str, now: datetime | None = None) -> dict:
-    """One line of the original tool's training_metrics_<step>.jsonl, its metrics in the original tool's order
-    (`seed_order`); non-finite values are null (strict JSON)."""
-    values = {key: v if math.isfinite(v := float(metrics[key])) else None for key in seed_order(metrics)}
+    """One line of the original tool's training_metrics_<step>.jsonl; non-finite values are null (strict JSON).
+    Its metrics come in the original tool's order, the console's losses first: the step's means arrive sorted by
+    name, which put d_loss before kl_loss and vae_loss last in every line."""
+    order = [key for key in CONSOLE_LABELS if key in metrics] + [key for key in metrics if key not in CONSOLE_LABELS]
+    values = {key: v if math.isfinite(v := float(metrics[key])) else None for key in order}
     return {
         "timestamp": (now or datetime.now()).isoformat(),
         "session_id": session_id,
@@ -159,10 +140,9 @@ class ConsoleJsonlTracker(Tracker):
     """Prints the original tool's console line and appends `<output>/graph/training_metrics_<step>.jsonl`.
 
     The JSONL file is opened in append mode for every line and closed again: a resumed step continues its file,
-    each line is on disk as soon as it is logged, and several steps (branches) can share one tracker. `stream`
-    defaults to whatever sys.stdout is at the time of writing. Its other calls are the protocol's no-ops (inherited):
-    the runner prints the original tool's "Starting step" / "Resuming from checkpoint" / "Finished step" lines itself,
-    and images and artifacts are already files under the output directory.
+    each line is on disk as soon as it is logged, and several steps (branches) can share one tracker. Its other calls
+    are the protocol's no-ops (inherited): the runner prints its own lines ("Starting step", "Finished step", ...)
+    itself, and images and artifacts are already files under the output directory.
     """
 
     def __init__(self, output_dir: str | Path, session_id: str | None = None, stream: IO[str] | None = None):
@@ -170,9 +150,6 @@ class ConsoleJsonlTracker(Tracker):
         self.session_id = session_id or datetime.now().strftime("%Y%m%d_%H%M%S")
         self._stream = stream
         self._lock = threading.Lock()  # one line at a time when branches log from threads
-
-    def _print(self, line: str) -> None:
-        console_print(line, self._stream)
 
     def log_metrics(self, metrics: dict[str, float], progress: Progress) -> None:
         now = datetime.now()
@@ -183,11 +160,10 @@ class ConsoleJsonlTracker(Tracker):
             with open(path, "a", encoding="utf-8") as f:
                 f.write(record + "\n")
             if has_console_line(metrics):
-                self._print(console_line(metrics, progress, now))
+                console_print(console_line(metrics, progress, now), self._stream)
 
     def warn(self, key: str, message: str) -> None:
-        with self._lock:
-            self._print(f"⚠️  {message}")
+        console_print(f"⚠️  {message}", self._stream)
 
 
 def _to_each(name: str):

@@ -3,9 +3,8 @@
 `run_step` is what a Prefect task calls (flows/) and what `run_pipeline` (fluxflow/train/pipeline.py) calls without
 any orchestrator. It returns a `StepOutcome(ref, result)`; nothing else crosses between steps.
 
-Files per step, under `<output>/checkpoints/<step>/` (fluxflow/checkpoints/step_files.py): `latest.pt` (every
-`checkpoint_save_interval` batches and at each epoch end), `final.pt` (immutable, written once at the end) and
-`ref.json` (the returned reference, its result and the step's resolved config).
+Files per step (fluxflow/checkpoints/step_files.py): `latest.pt` every `checkpoint_save_interval` batches and at
+each epoch end, then the immutable `final.pt` and `ref.json` (the returned reference) once at the end.
 
 Words: a pipeline *step* is one stage of the YAML; a *batch* is one pass of `Trainer.train_batch`; `global_step`
 counts batches over the whole pipeline.
@@ -114,16 +113,6 @@ def counts_beyond_the_step(step, batches: int, epochs: int) -> list[str]:
     return lines
 
 
-def input_state(config, files: StepFiles, parent: CheckpointRef | None, say) -> tuple[dict | None, bool]:
-    """(state to start from, whether it is this step's own latest.pt (or, when that is torn, latest.prev.pt)). When
-    neither can be read they are set aside (`say` tells) and the step starts from its input
-    (fluxflow/checkpoints/latest.py)."""
-    own = load_latest(files.latest, say=say, set_aside=distributed.is_main())
-    if own is not None:
-        return own, True
-    return start_state(config, parent), False
-
-
 def start_state(config, parent: CheckpointRef | None) -> dict | None:
     """The state a step starts from without its own latest.pt: its parent's final.pt, a root step's
     model_checkpoint, or None (fresh weights)."""
@@ -136,25 +125,26 @@ def start_state(config, parent: CheckpointRef | None) -> dict | None:
 
 @dataclass
 class Position:
-    """Where a step is. `epoch` counts the step's completed epochs (the running epoch's 0-based index), `batch` the
-    completed batches of the running epoch, `global_step` the batches of the whole pipeline."""
+    """Where a step is."""
     start_epoch: int  # the pipeline epoch at which this step began
-    epoch: int = 0
-    batch: int = 0
-    global_step: int = 0
+    epoch: int = 0  # the step's completed epochs (the running epoch's 0-based index)
+    batch: int = 0  # completed batches of the running epoch
+    global_step: int = 0  # batches of the whole pipeline
 
 
 class StepRun:
-    """One pipeline step's training, built once: `StepRun(...).train()` runs it to its transition.
-
-    Set-up (`__init__`) loads the input state, the data and the `Trainer`, and restores a resumed position;
-    `run_epoch` trains one epoch; `save` writes `latest.pt`; `finish` writes `final.pt` and `ref.json`.
-    """
+    """One pipeline step's training, set up once (input state, data, `Trainer`, a resumed position):
+    `StepRun(...).train()` runs it to its transition."""
 
     def __init__(self, config, files: StepFiles, parent: CheckpointRef | None, tracker, device: torch.device):
         self.config, self.files, self.step, self.device = config, files, files.step, device
         self.main, self.world, self.tracker = distributed.is_main(), distributed.world_size(), tracker
-        state, self.resuming = input_state(config, files, parent, self.say)
+        # Its own latest.pt (latest.prev.pt where that is torn; where neither can be read they are set aside, saying
+        # so, and the step starts from its input: fluxflow/checkpoints/latest.py).
+        state = load_latest(files.latest, say=self.say, set_aside=self.main)
+        self.resuming = state is not None
+        if not self.resuming:
+            state = start_state(config, parent)
         meta = StepState.of_checkpoint(state)
         self.data = load_step_data(config, self.step, device)
         # A resume replays the running epoch's shuffle: of other items (images added to a folder since), part of the
@@ -174,9 +164,8 @@ class StepRun:
         self.monitor = TransitionMonitor(self.step.transition_on, self.step.n_epochs, device)
         # The pipeline epoch this step began at: its own latest.pt records it, a parent's checkpoint ends at it.
         start_epoch = meta.step_start_epoch if self.resuming else int((state or {}).get("epoch", 0))
-        # The Trainer ready for its first batch: models, EMAs, optimizers and schedulers from `state`; then the
-        # step's caches (after the models: the latent cache is encoded by the trainer's encoder; it holds the rows of
-        # the pipeline epochs the step may train); then the latent normalisation (measured through that cache).
+        # The Trainer, then its caches (fluxflow/train/step_cache.py: the latent cache holds the rows of the pipeline
+        # epochs the step may train), then the latent normalisation (measured through that cache).
         epochs = range(start_epoch, start_epoch + self.monitor.max_epochs)
         self.trainer = build_trainer(config, self.step, state, device, max_epochs=len(epochs),
                                      updates_per_epoch=self.updates_per_epoch(), resuming=self.resuming)
@@ -195,8 +184,7 @@ class StepRun:
                 self.counts_captions = encoder
         attach_caches(config, self.step, self.data, self.trainer, epochs, self.say)
         self.trainer.set_latent_norm(self._latent_norm(state))
-        global_step = int((state or {}).get("global_step", 0))
-        self.position = Position(start_epoch=start_epoch, global_step=global_step)
+        self.position = Position(start_epoch=start_epoch, global_step=int((state or {}).get("global_step", 0)))
         # A step killed after its last epoch was saved (before final.pt) has nothing left to train.
         self.outcome: str | None = meta.outcome if self.resuming and meta.completed else None
         self.resumed_from = self._resume(state, meta) if self.resuming else None
@@ -331,10 +319,8 @@ class StepRun:
                 self.interrupted()
 
     def end_epoch(self) -> None:
-        """The epoch's end, in this order: the per-epoch lr schedules step (on the smoothed transition metric, or the
-        last log interval's mean), the transition is decided, latest.pt is saved (marked completed when the step is
-        done, so a kill before final.pt finishes without training again), samples are drawn, a stop request is
-        honoured, and the held-out evaluation runs every `eval_interval` epochs (the final one runs in `finish`)."""
+        """The epoch's end. latest.pt is saved marked completed when the step is done, so a kill before final.pt
+        finishes without training again; the final evaluation runs in `finish`."""
         pos = self.position
         smoothed = self.monitor.smoothed()
         metric = smoothed if smoothed is not None else self.report.last_means.get(self.monitor.metric or "")
@@ -402,8 +388,7 @@ class StepRun:
                         self.monitor.smoothed())
         final_metrics = self.report.final_metrics()
         if self.world > 1:
-            trained = sorted(self.trainer.ctx.trained)
-            checksum = distributed.assert_in_sync(self.trainer.models[name] for name in trained)
+            checksum = distributed.assert_in_sync(self.trainer.models[n] for n in sorted(self.trainer.ctx.trained))
             self.say(f"All {self.world} ranks hold the same weights (parameter checksum {checksum:.6f})")
         if self.main:
             sha = self.files.finalize()

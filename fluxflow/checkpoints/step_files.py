@@ -1,11 +1,11 @@
 """Where a step's files live and whether they are still valid for the step's current configuration.
 
-A step's key hashes its resolved config, the model config, its dataset config and its parent's key, so it is known
-before anything runs: a changed step changes its key and every key below it. Files written for another key are
-moved aside to `checkpoints/<step>/superseded/<old key>/` (never deleted), with a line that says what changed, and
-come back when the config does (`reuse_set_aside`). The key names the parent's config, not its bytes: ref.json also
-keeps the sha256 of the checkpoint the step started from, and a step trained from another file than its parent's
-final.pt now is not complete.
+A step's key (fluxflow/checkpoints/step_key.py) is known before anything runs: a changed step changes its key and
+every key below it. Files written for another key are moved aside to `checkpoints/<step>/superseded/<old key>/`
+(never deleted), with a line that says what changed, and come back when the config does (`reuse_set_aside`). The key
+names the parent's config, not its bytes (a parent trained again on a GPU, or on another device, has other weights):
+ref.json also keeps the sha256 of the checkpoint the step started from, and a step trained from another file than
+its parent's final.pt now is not complete.
 
 A kill can land between any two writes of a finishing step: after `final.pt` but before `ref.json`, the step is
 recognised by the key and `completed` flag inside `final.pt` and completed without retraining (not set aside).
@@ -94,14 +94,14 @@ def weights_dataset(dataset: dict) -> dict:
             if not (k == "holdout_pairs_seed" and not drawn or k == "holdout_pairs" and pairs in (0, []))}
 
 
-def weights_keys(parts: dict[str, dict], unused: dict[str, set[str]] | None = None) -> dict[str, str]:
+def weights_keys(parts: dict[str, dict], unused: dict[str, set[str]]) -> dict[str, str]:
     """Every step's key (`parts`: step_key_parts) without WEIGHT_NEUTRAL_FIELDS, the fields its modes never read
     (`unused`: step name -> fields, config/modes.py unused_fields) and its dataset's values that change no item
     (weights_dataset), chained the same way: equal for two configs that train the same weights. Kept in ref.json next
     to the key."""
     keys: dict[str, str] = {}
     for name, inputs in parts.items():  # parents first
-        neutral = {*WEIGHT_NEUTRAL_FIELDS, *(unused or {}).get(name, ())}
+        neutral = {*WEIGHT_NEUTRAL_FIELDS, *unused.get(name, ())}
         step = {k: v for k, v in inputs["step"].items() if k not in neutral}
         parent = inputs["step"].get("parent")
         keys[name] = step_key(step, inputs["model"], weights_dataset(inputs["dataset"]),
@@ -146,31 +146,13 @@ class StepFiles:
     output: Path
     remote: OutputMirror | None = None  # the object store the output lives on; None for a local output
     key_inputs: dict | None = None  # what the key hashes (step_key_parts): kept in ref.json to say what changed
-    # The sha256 of the checkpoint the step starts from (its parent's final.pt), when known: kept in ref.json, and a
-    # finished step trained from another file than its parent's final.pt now is not reused (the key names the
-    # parent's config, not its bytes: a parent trained again on a GPU, or on another device, has other weights).
-    input_sha256: str | None = None
+    input_sha256: str | None = None  # the sha256 of the checkpoint it starts from, when known (input_sha256)
     weights_key: str | None = None  # the key without the values that change no weight (weights_keys)
 
-    @property
-    def latest(self) -> Path:
-        return self.dir / "latest.pt"
-
-    @property
-    def previous(self) -> Path:
-        return previous_of(self.latest)
-
-    @property
-    def final(self) -> Path:
-        return self.dir / "final.pt"
-
-    @property
-    def metrics(self) -> Path:
-        return metrics_file(self.output, self.step.name)
-
-    @property
-    def ref_json(self) -> Path:
-        return self.dir / "ref.json"
+    def __post_init__(self) -> None:
+        self.latest, self.final, self.ref_json = (self.dir / name for name in ("latest.pt", "final.pt", "ref.json"))
+        self.previous = previous_of(self.latest)
+        self.metrics = metrics_file(self.output, self.step.name)
 
     def _recorded(self) -> dict | None:
         try:
@@ -181,11 +163,8 @@ class StepFiles:
     def completed(self) -> tuple[CheckpointRef, StepResult] | None:
         """The finished step's (ref, result) when final.pt exists for this very key."""
         recorded = self._recorded()
-        if recorded is None or not self._same_config(recorded):
-            return None
-        if not (self.final.exists() or self._final_on_store(recorded["ref"]["sha256"])):
-            return None
-        if self._other_input(recorded.get("input_sha256")):
+        if (recorded is None or not self._same_config(recorded) or self._other_input(recorded.get("input_sha256"))
+                or not (self.final.exists() or self._final_on_store(recorded["ref"]["sha256"]))):
             return None
         return self._finished(recorded)
 

@@ -26,9 +26,7 @@ class EMA:
             raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
         self.decay = float(decay)
         self.updates = 0
-        self.shadow = copy.deepcopy(unwrap(module)).eval().requires_grad_(False)
-        for p in self.shadow.parameters():
-            p.grad = None
+        self.shadow = copy.deepcopy(unwrap(module)).eval().requires_grad_(False)  # a Parameter's copy has no grad
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:

@@ -78,10 +78,8 @@ def _linear_warmup(optimizer: torch.optim.Optimizer, steps: int) -> LambdaLR:
 def build_schedulers(sched_cfg: dict, optimizers: dict[str, torch.optim.Optimizer], max_epochs: int,
                      steps_per_epoch: int | None = None) -> dict[str, LrSchedule]:
     """An LrSchedule per optimizer group with a scheduler config (a resolved SchedulerConfig or a mapping).
-
-    `steps_per_epoch`: optimizer steps per epoch (batches per epoch / gradient_accumulation_steps). None means a
-    caller that only calls `after_epoch` (the step runner before it counted optimizer steps): every schedule then steps
-    per epoch, without warm-up."""
+    `steps_per_epoch`: optimizer steps per epoch (batches per epoch / gradient_accumulation_steps); None (a caller
+    that only calls `after_epoch`): every schedule steps per epoch, without warm-up."""
     schedules = {}
     for group, optimizer in optimizers.items():
         opts = given_options(sched_cfg.get(group))
@@ -132,8 +130,7 @@ def counted(n: int, thing: str) -> str:
     return f"{n} {thing}" if n == 1 else f"{n} {thing}{'es' if thing.endswith(('s', 'ch', 'sh', 'x')) else 's'}"
 
 
-def make_scheduler(kind: str, opts: dict[str, Any], optimizer: torch.optim.Optimizer, span: int,
-                   interval: str = "step"):
+def make_scheduler(kind: str, opts: dict[str, Any], optimizer: torch.optim.Optimizer, span: int, interval: str):
     """The torch scheduler; `span` (its steps) is CosineAnnealingLR's T_max and LinearLR's default `total_iters`.
     ConstantLR's default `total_iters` keeps its factor on every update after the start (per update: span + 1; its
     factor would end at the step's last update otherwise)."""

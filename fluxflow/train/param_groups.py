@@ -42,9 +42,4 @@ def split_decay(modules: Iterable[nn.Module]) -> tuple[list[nn.Parameter], list[
 def param_groups(decay: list[nn.Parameter], no_decay: list[nn.Parameter]) -> list[dict[str, Any]]:
     """Optimizer parameter groups: the decay group takes the optimizer's weight_decay, the other 0. Empty groups are
     left out, so the group order is always decay first."""
-    groups: list[dict[str, Any]] = []
-    if decay:
-        groups.append({"params": decay})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+    return [group for group in ({"params": decay}, {"params": no_decay, "weight_decay": 0.0}) if group["params"]]

@@ -22,11 +22,8 @@ def ema_components(step, trained: set[str]) -> set[str]:
     """EMA by the original tool's rule: VAE components when any VAE mode or modifier is on; flow components when they
     train. Only trained ones: a frozen component's EMA, updated towards its live weights, drifted during the step,
     and the step decodes with it (train_spade added the expander even when the step froze it)."""
-    names = set()
-    if touches_vae(step):
-        names |= {"compressor", "expander"} & trained
-    names |= trained & {"flow_processor", "text_encoder"}
-    return names
+    vae = {"compressor", "expander"} if touches_vae(step) else set()
+    return trained & (vae | {"flow_processor", "text_encoder"})
 
 
 def prepare_models(config, step, state: dict | None, device: torch.device) -> dict[str, nn.Module]:

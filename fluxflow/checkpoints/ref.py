@@ -50,20 +50,16 @@ class CheckpointRef(_FlatRecord):
 
 @dataclass
 class StepResult:
-    """How a step ended.
-
-    outcome: "met" (loss_threshold reached), "epochs_done" (epoch transition after n_epochs) or
-    "max_epochs_reached" (loss_threshold never met within max_epochs). trained is False when the step was skipped
-    because its final.pt already existed for the same step key. resumed_from is (epoch, batch) when the step
-    continued an interrupted run from latest.pt, else None.
-    """
+    """How a step ended."""
 
     step_name: str
+    # "met" (loss_threshold reached), "epochs_done" (epoch transition after n_epochs) or "max_epochs_reached"
+    # (loss_threshold never met within max_epochs)
     outcome: Outcome
     epochs_done: int
     final_metrics: dict[str, float] = field(default_factory=dict)
-    trained: bool = True
-    resumed_from: tuple[int, int] | None = None
+    trained: bool = True  # False when the step was skipped: its final.pt already existed for the same step key
+    resumed_from: tuple[int, int] | None = None  # (epoch, batch) of the latest.pt an interrupted step continued from
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:

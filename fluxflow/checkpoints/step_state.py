@@ -71,10 +71,9 @@ def saved_flow_shift(state: dict | None) -> float:
 
 
 def saved_latent_norm_remeasure(state: dict | None) -> bool:
-    """Whether the checkpoint's latent normalisation was measured on a compressor that has changed since: a step that
-    trains the compressor and the flow together measures it at its start, trains and saves with it, and its
-    compressor ends elsewhere; a step that carries such a normalisation carries the mark. The next flow step measures
-    again. Checkpoints written before it was recorded say it through their own step's trained components."""
+    """Whether the checkpoint's latent normalisation was measured on a compressor that has changed since, so that the
+    next flow step measures again (fluxflow/train/step_run.py, StepRun._latent_norm). Checkpoints written before it
+    was recorded say it through their own step's trained components."""
     state = state or {}
     if "latent_norm_remeasure" in state:
         return bool(state["latent_norm_remeasure"])

@@ -65,14 +65,10 @@ WHOLE_BATCH = Window()  # no accumulation: every batch is a window of its own
 
 def backward_and_update(ctx: StepContext, loss: torch.Tensor, key: str, groups: tuple[str, ...],
                         window: Window) -> dict[str, torch.Tensor]:
-    """Backpropagate `loss` (scaled for the window) and, at the window's end, step the optimizers of `groups`.
-
-    A window with a non-finite loss (tracked under `key` across its micro-batches) or a non-finite gradient skips
-    its update on the device. The groups are one update (train_diff_full's flow and text encoder): one global
-    gradient norm clips them all, and they are applied or skipped together. Returns `skipped_updates` (1 for a
-    skipped update, at the window's end) and `grad_norm_<group>` (each group's norm before clipping, at the
-    window's end).
-    """
+    """Backpropagate `loss` (scaled for the window) and, at the window's end, step the optimizers of `groups` as one
+    update (`optimizer_step`). A window with a non-finite loss (tracked under `key` across its micro-batches) or a
+    non-finite gradient skips its update on the device. Returns `skipped_updates` (1 for a skipped update) and, at the
+    window's end, `grad_norm_<group>` (each group's norm before clipping)."""
     finite = torch.isfinite(loss)
     (loss * window.scale).backward()
     earlier = ctx.window_finite.pop(key, None)
@@ -82,7 +78,7 @@ def backward_and_update(ctx: StepContext, loss: torch.Tensor, key: str, groups: 
         return {"skipped_updates": loss.new_zeros(())}
     out: dict[str, torch.Tensor] = {"skipped_updates": (~finite).float()}
     present = [group for group in groups if group in ctx.optimizers]
-    if present:  # one update: one global clip over all its groups, applied or skipped together
+    if present:
         norms, skipped = optimizer_step([ctx.optimizers[g] for g in present], finite, ctx.step.grad_clip,
                                         present[0] in ctx.synced_groups)
         out.update({f"grad_norm_{group}": norm for group, norm in zip(present, norms)})

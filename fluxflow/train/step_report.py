@@ -20,12 +20,10 @@ class StepReport:
     """Everything a step reports, to its tracker (console, JSONL, MLflow) and samples/: log-interval means (the one
     host sync per interval), sample images, held-out evaluation, the final metrics.
 
-    Its inputs are the step's parts it reads and never changes: `position` (StepRun's, advanced by the step), the
-    `trainer` (the weights samples and evaluation use), the step's `data` and transition `monitor`. It owns what it
-    keeps: `history` (the log-interval means of this step and its ancestors, `StepState.step_metrics`), the running
-    interval's sums, the data's skip counter and the flat-discriminator watch, which go into the checkpoint through
-    `state_dict()`, so a resumed step reports what an uninterrupted one would. `say` prints a console line (rank
-    0's)."""
+    It reads the step's `position` (StepRun's, advanced by the step), `trainer`, `data` and `monitor`, and never
+    changes them. What it keeps, `history` (the log-interval means of this step and its ancestors,
+    `StepState.step_metrics`) and the counts of `state_dict()`, goes into the checkpoint, so a resumed step reports
+    what an uninterrupted one would. `say` prints a console line (rank 0's)."""
 
     def __init__(self, tracker, *, config, step, files, data, monitor, position, trainer, device, say,
                  history: dict):
@@ -50,11 +48,10 @@ class StepReport:
         self._count, self._tick = 0, time.perf_counter()
 
     def state_dict(self) -> dict:
-        """What a resumed step needs to report the numbers an uninterrupted one does, for its checkpoint: the running
-        log interval's sums (its means and its `skipped_updates` then cover the batches before the checkpoint too) and
-        the training data's skip counter (`skipped_samples`), the flat-discriminator watch (its count of flat
-        updates, and whether it has warned). Under torchrun this is rank 0's, which every rank
-        takes back. The sums go to the host here: a checkpoint save waits for the device anyway."""
+        """What it keeps, for the checkpoint: the running log interval's sums (its means and its `skipped_updates`
+        then cover the batches before the checkpoint too), the data's skip counter and the flat-discriminator watch.
+        Under torchrun rank 0's, which every rank takes back. The sums go to the host here: a checkpoint save waits
+        for the device anyway."""
         skips = getattr(self.data.train_set, "skips", None)
         return {"sums": {k: v.detach().cpu() for k, v in self._sums.items()}, "counts": dict(self._counts),
                 "skips": skips.state_dict() if skips is not None else None, "flat_d": self.flat_d.state_dict()}
@@ -81,8 +78,7 @@ class StepReport:
 
     def log_interval(self) -> None:
         """Means of the batches since the last log: the one host sync per log interval. The epoch's last line also
-        carries `skipped_samples`, the training data's count of skipped or repaired items (a CPU counter), and
-        `skipped_holdout_samples`, the held-out split's (`skipped_counts`)."""
+        carries `skipped_counts` (CPU counters)."""
         self.last_means = mean_metrics(self._sums, self._counts)
         history = self.history[self.step.name]
         for k, v in self.last_means.items():
@@ -106,9 +102,8 @@ class StepReport:
         met unreadable or repaired so far (an unreadable one is replaced by the next readable held-out image, which
         evaluation then scores twice)."""
         counts = {"skipped_samples": float(getattr(self.data.train_set, "skipped", 0))}
-        holdout = getattr(self.data, "holdout_set", None)
-        if hasattr(holdout, "skips"):
-            counts["skipped_holdout_samples"] = float(holdout.skipped)
+        if hasattr(self.data.holdout_set, "skips"):
+            counts["skipped_holdout_samples"] = float(self.data.holdout_set.skipped)
         return counts
 
     def progress(self, epoch: int, batch: int, sec_per_batch: float) -> Progress:

@@ -8,8 +8,9 @@ StepRun.checkpoint_state writes it). Why the rules below:
   the write and before the rename (fluxflow/checkpoints/verify.py), and `keep_previous` moves the checkpoint it
   replaces aside instead of deleting it, for filesystems where a rename is not atomic
   (fluxflow/checkpoints/latest.py).
-- A full disk is a `DiskFullError` naming the file and what to do, not torch's `[enforce fail at inline_container.cc]`
-  (fluxflow/checkpoints/disk_full.py).
+- A full disk is a `DiskFullError` naming the file and what to do, not torch's opaque RuntimeError (`[enforce fail at
+  inline_container.cc:672] . unexpected pos ...`, with the OSError only as its context): so every atomic write goes
+  through a `Sink` that remembers the OSError itself.
 - Loading never unpickles arbitrary objects (`torch.load(weights_only=True)`): a checkpoint is data, not code. So a
   checkpoint may hold only tensors, dicts, lists, tuples, str, bytes, int, float, bool and None. `save_checkpoint`
   checks that before writing, so an unloadable checkpoint fails at save time, not hours later at resume time.
@@ -30,11 +31,10 @@ from typing import IO, Any, Callable
 
 import torch
 
-from fluxflow.checkpoints.disk_full import Sink, disk_full_cause, disk_full_error
 from fluxflow.checkpoints.load_errors import describe_load_failure
 from fluxflow.checkpoints.verify import verify_torch_zip
 from fluxflow.config.file_checks import not_a_regular_file
-from fluxflow.errors import DiskFullError, NonRetryable
+from fluxflow.errors import FULL_ERRNOS, DiskFullError, NonRetryable
 from fluxflow.storage.location import local_path, remote_uri
 
 PathLike = str | os.PathLike
@@ -68,6 +68,25 @@ def _open_read(path: PathLike) -> IO[bytes]:
 
     fs, inner = fsspec.core.url_to_fs(str(path), **http_timeouts(str(path)))  # the download's timeouts
     return fs.open(inner, "rb")
+
+
+class Sink:
+    """The temp file as `write` sees it: counts the bytes written and remembers the OSError of a failed write."""
+
+    def __init__(self, file: IO[bytes]):
+        self.file, self.written, self.error = file, 0, None
+
+    def write(self, data) -> int:
+        try:
+            n = self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+        self.written += len(data) if n is None else n
+        return n
+
+    def __getattr__(self, name: str):  # flush, tell, seek, fileno...: the real file's
+        return getattr(self.file, name)
 
 
 def _open_temp(fd: int) -> IO[bytes]:
@@ -107,9 +126,13 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None], *, durable:
     except BaseException as e:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
-        full = disk_full_cause(e, sink)
+        # The ENOSPC/EDQUOT behind `e`: raised directly (flush, fsync, close) or remembered by the sink.
+        full = next((cause for cause in (e, getattr(sink, "error", None), e.__context__)
+                     if isinstance(cause, OSError) and cause.errno in FULL_ERRNOS), None)
         if full is not None:
-            raise disk_full_error(local, full) from e
+            raise DiskFullError(f"cannot write {local}: the disk is full ({full.strerror} on the filesystem of "
+                                f"{local.parent}); the previous file is intact: free space there, then run the same "
+                                "command again") from e
         raise
     if durable:  # the directory too, which makes the rename durable
         with suppress(OSError):  # some filesystems refuse O_RDONLY fsync on a directory; durability there is theirs

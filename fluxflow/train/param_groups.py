@@ -18,24 +18,17 @@ from torch import nn
 EMBEDDING_PARAMETERS = frozenset({"pos", "null_tokens", "null_pooled"})
 
 
-def no_decay_names(module: nn.Module) -> set[str]:
-    """Dotted names (as in `module.named_parameters()`) of the parameters that get no weight decay."""
-    return {f"{owner}.{attribute}" if owner else attribute
-            for owner, sub in module.named_modules()
-            for attribute, param in sub.named_parameters(recurse=False)
-            if param.ndim < 2 or isinstance(sub, nn.Embedding) or attribute in EMBEDDING_PARAMETERS}
-
-
 def split_decay(modules: Iterable[nn.Module]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(decay, no_decay): the trainable parameters of `modules`, each in the modules' parameter order."""
+    """(decay, no_decay): the trainable parameters of `modules`, each in the modules' parameter order (the order of
+    `named_parameters()`: each submodule's own parameters, submodules in `modules()` order)."""
     decay, no_decay, seen = [], [], set()
-    for module in modules:
-        exempt = no_decay_names(module)
-        for name, param in module.named_parameters():
+    for sub in (part for module in modules for part in module.modules()):
+        for attribute, param in sub.named_parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            (no_decay if name in exempt else decay).append(param)
+            exempt = param.ndim < 2 or isinstance(sub, nn.Embedding) or attribute in EMBEDDING_PARAMETERS
+            (no_decay if exempt else decay).append(param)
     return decay, no_decay
 
 

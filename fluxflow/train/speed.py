@@ -29,7 +29,6 @@ def runnable_models(models: dict[str, nn.Module], step, training, device: torch.
     `training` (TrainingConfig) says."""
     if "flow_processor" in models:
         models["flow_processor"].activation_checkpointing = training.activation_checkpointing
-    # Never compiled: the discriminator of a step with R1 (double backward).
     eager = {"discriminator"} if step.gan_training and step.r1_gamma > 0 else set()
     compiled = sorted(trained - eager) if training.compile else []
     if device.type == "cuda":

@@ -47,12 +47,10 @@ def prepare_models(config, step, state: dict | None, device: torch.device) -> di
 
 
 def prepare_emas(step, models: dict[str, nn.Module], state: dict | None, trained: set[str],
-                 resuming: bool = False) -> dict[str, EMA]:
-    """EMAs of this step's components plus those the input checkpoint carries for other components.
-
-    Only `ema_components(step, trained)` are updated by the step runner; the others are carried unchanged so that
-    samples and exports of later steps still decode with EMA weights.
-    """
+                 resuming: bool) -> dict[str, EMA]:
+    """EMAs of this step's components (`ema_components`, the ones the step updates) plus those the input checkpoint
+    carries for other components, carried unchanged so that samples and exports of later steps still decode with EMA
+    weights."""
     saved = (state or {}).get("ema", {})
     emas = {}
     for name in sorted((ema_components(step, trained) | set(saved)) & set(models)):

@@ -85,9 +85,8 @@ class StepReport:
             history.setdefault(k, []).append(v)
         elapsed = time.perf_counter() - self._tick
         pos = self.position
-        logged = dict(self.last_means)
         # the lr of each group's latest update (none yet in a resumed accumulation window's first batches)
-        logged.update({f"lr_{group}": lr for group, lr in self.trainer.last_lr.items()})
+        logged = {**self.last_means, **{f"lr_{group}": lr for group, lr in self.trainer.last_lr.items()}}
         if pos.batch == self.data.batches_per_epoch:
             logged.update(self.skipped_counts())
         self.tracker.log_metrics(logged, self.progress(pos.epoch + 1, pos.batch, elapsed / self._count))

@@ -33,7 +33,8 @@ CONSOLE_LABELS: dict[str, str] = {
     "flow_loss": "Flow",
 }
 # The counts a console line ends with where they are not 0: non-finite updates not applied (training may be standing
-# still), and at an epoch's end the data's skipped or repaired items and the held-out images that could not be read.
+# still), and at an epoch's end the data's skipped or repaired items (fluxflow/data/skips.py) and the held-out images
+# that could not be read.
 SKIP_LABELS = {"skipped_updates": "skipped updates", "skipped_samples": "skipped samples",
                "skipped_holdout_samples": "skipped held-out samples"}
 
@@ -83,9 +84,7 @@ def has_console_line(metrics: dict[str, float]) -> bool:
 def console_line(metrics: dict[str, float], progress: Progress, now: datetime | None = None) -> str:
     """The original tool's console line, showing exactly those of `metrics` that have a console label, in the original
     tool's order: `[HH:MM:SS] Step vae_gan (2/4) | Epoch 5/20 | Batch 127/500 | VAE: 0.0234 | KL: 12.45 | ... |
-    3.2s/batch`, then ` | skipped updates: N` when N of the interval's updates were skipped as non-finite, and
-    ` | skipped samples: N` at an epoch's end when the data had unreadable items (fluxflow/data/skips.py), and
-    ` | skipped held-out samples: N` when its held-out split had."""
+    3.2s/batch`, then the counts of SKIP_LABELS that are not 0 (` | skipped updates: N`, ...)."""
     now = now or datetime.now()
     parts = [
         f"[{now:%H:%M:%S}] Step {progress.step_name} ({progress.step_index}/{progress.n_steps})",

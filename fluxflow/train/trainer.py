@@ -59,8 +59,7 @@ class Trainer:
 
         `images` are the batch's images [B, C, H, W], or, with `cached_latents`, their cached posterior means
         [B, c, h, w] (the latent cache's items). `global_step` (batches of the whole pipeline) seeds this batch's
-        random draws, so a resumed run draws the same numbers; each torchrun rank draws its own. `update` counts
-        this step's optimizer updates so far.
+        random draws (`batch_seed`). `update` counts this step's optimizer updates so far.
         """
         ctx, step = self.ctx, self.step
         ctx.generator.manual_seed(batch_seed(step.seed, global_step))

@@ -166,10 +166,8 @@ def _check_loadable(value: Any, where: str) -> None:
     Exact type checks on purpose: numpy.float64 *is* a float subclass but pickles as a numpy object that
     weights_only refuses, and a defaultdict pickles its factory function.
     """
-    if isinstance(value, torch.Tensor):
-        return
     kind = type(value)
-    if kind in _PLAIN:
+    if isinstance(value, torch.Tensor) or kind in _PLAIN:
         return
     if kind in _CONTAINERS:
         for key, item in value.items():

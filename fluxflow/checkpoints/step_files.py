@@ -237,7 +237,7 @@ class StepFiles:
             old_key = "unknown"
         if old_key is None:
             return None
-        return self._move_aside(old_key, self._why(old_config, old_inputs if old_key != "unknown" else None))
+        return self._move_aside(old_key, self._why(old_config, old_inputs))  # "unknown": no ref.json, no inputs
 
     def _input_replaced(self, then: str) -> str:
         """Why files trained from another input than the step's now are set aside."""
@@ -325,9 +325,7 @@ class StepFiles:
         """The folder of `superseded/` with this key's files (`<key>`, `<key>.2`, ...) that were not trained from
         another input than the step's now; a finished one first. None when there is none."""
         found = []
-        for kept in sorted(self.dir.glob(f"superseded/{self.key}*")):
-            if kept.name != self.key and not kept.name.startswith(f"{self.key}."):
-                continue
+        for kept in sorted([*self.dir.glob(f"superseded/{self.key}"), *self.dir.glob(f"superseded/{self.key}.*")]):
             if not any((kept / name).exists() for name in (self.latest.name, self.previous.name, self.final.name)):
                 continue
             try:

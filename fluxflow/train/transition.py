@@ -36,12 +36,12 @@ class TransitionMonitor:
 
     def outcome_after_epoch(self, epochs_done: int) -> str | None:
         """None while the step should go on, else its outcome."""
-        if self.mode == "loss_threshold":
-            value = self.smoothed()
-            if value is not None and value < self.threshold:
-                return "met"
-            return "max_epochs_reached" if epochs_done >= self.max_epochs else None
-        return "epochs_done" if epochs_done >= self.max_epochs else None
+        value = self.smoothed()  # None unless the mode is loss_threshold
+        if value is not None and value < self.threshold:
+            return "met"
+        if epochs_done < self.max_epochs:
+            return None
+        return "max_epochs_reached" if self.mode == "loss_threshold" else "epochs_done"
 
     def state_dict(self) -> dict:
         return {"values": self.values.cpu(), "seen": self.seen}

@@ -38,8 +38,7 @@ def runnable_models(models: dict[str, nn.Module], step, training, device: torch.
         torch.backends.cudnn.benchmark = True
         for name in set(compiled) & set(CONV_COMPONENTS):
             models[name].to(memory_format=torch.channels_last)
-    runnable = dict(models)
-    runnable.update(wrap_for_data_parallel(models, step, trained, device))
+    runnable = {**models, **wrap_for_data_parallel(models, step, trained, device)}
     for name in compiled:
         runnable[name].compile()  # in place: the raw module's state_dict keys stay the same
     return runnable

@@ -86,7 +86,6 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
         if distributed.active():
             dist.barrier()
             return StepRun(config, files, parent, tracker, distributed.local_device(device_)).train()
-        # Host-local GPU locks, unless Ray placed the step: it gave it its GPUs (CUDA_VISIBLE_DEVICES holds them).
         claim_gpu = config.training.executor.kind == "local"
         n_gpus = torch.cuda.device_count() if device_.type == "cuda" and claim_gpu else 0
         with claimed_device(device_, n_gpus) as device_:

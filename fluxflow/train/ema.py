@@ -33,12 +33,11 @@ class EMA:
         live = dict(unwrap(module).named_parameters())
         ema_f, live_f = [], []
         for name, p in self.shadow.named_parameters():
-            src = live[name]
             if p.is_floating_point():
                 ema_f.append(p)
-                live_f.append(src.detach().to(p.dtype))
+                live_f.append(live[name].detach().to(p.dtype))
             else:
-                p.copy_(src)
+                p.copy_(live[name])
         if ema_f:
             torch._foreach_lerp_(ema_f, live_f, 1.0 - self.current_decay())
         self.updates += 1

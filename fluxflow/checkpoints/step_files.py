@@ -424,11 +424,9 @@ class StepFiles:
 
 def _metadata(path: Path) -> StepState | None:
     """The step state of a checkpoint; None when it is missing or unreadable."""
-    from fluxflow.checkpoints.io import CheckpointError, load_checkpoint  # torch only when there is a checkpoint
+    from fluxflow.checkpoints.io import CheckpointError, load_checkpoint  # torch only where a checkpoint is read
 
-    if not path.exists():
-        return None
-    try:
+    try:  # a missing file too: "checkpoint not found"
         return StepState.of_checkpoint(load_checkpoint(path))
     except CheckpointError:
         return None

@@ -20,7 +20,6 @@ def caption_matcher(patterns: list[str] | None) -> Callable[[str], bool] | None:
 
 
 def _pattern_matcher(pattern: str) -> Callable[[str], bool]:
-    """Whether a caption matches this one pattern."""
     if pattern.startswith("re:"):
         regex = re.compile(pattern[3:], re.IGNORECASE)
         return lambda caption: regex.search(caption.strip()) is not None
@@ -33,8 +32,6 @@ def unseen_problem(root, patterns: list[str], matched: int, captions: list[str])
     """Why `holdout_captions` matching `matched` of the folder's `captions` is not what was asked, or None: a pattern
     matched none (a typo would hold nothing out without a word, the unseen-caption evaluation off when it is the only
     one), or all matched together (nothing left to train on)."""
-    if not patterns:
-        return None
     entries = len(captions)
     if 0 < matched == entries:
         return (f"folder {root}: holdout_captions {patterns} match every one of its {entries} captions; nothing "

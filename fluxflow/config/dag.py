@@ -65,7 +65,6 @@ def execution_order(steps: Sequence[StepNode]) -> list:
             place(by_name[step.parent])
         ordered[step.name] = step
 
-    for step in steps:
-        if step.name not in ordered:
-            place(step)
+    for step in steps:  # placing a step again keeps its place
+        place(step)
     return list(ordered.values())

@@ -60,8 +60,7 @@ def dataset_pairs(ds) -> tuple[Pair, ...]:
 
 def seen_pairs(heldout: tuple[Pair, ...]) -> tuple[Pair, ...]:
     """The pairs training draws from: all but `heldout`, in ALL_PAIRS order."""
-    held = set(heldout)
-    return tuple(p for p in ALL_PAIRS if p not in held)
+    return tuple(p for p in ALL_PAIRS if p not in heldout)
 
 
 def untrained_words(heldout: tuple[Pair, ...]) -> list[str]:

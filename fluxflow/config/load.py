@@ -107,9 +107,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
     or the first that is not KEY=VALUE ('training.pipeline.steps.flow.lr=3e-4') or whose value is broken YAML.
     `name`: what the caller calls an override (`--set`; the flow's parameter `overrides`)."""
     raw, issues, created = unshared(raw), [], []
-    for text in overrides:
-        made: list[int] = []  # the depth of the first section this one creates
-        created.append(None)  # every one that cannot be placed is named, not only the first
+    for text in overrides:  # every one that cannot be placed is named, not only the first
+        made: list[int] = []  # the depth of each section this one creates
         key, sep, written = text.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
@@ -123,8 +122,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
             continue
         if problem := _set(raw, parts, value, written.strip(), made):
             issues.append(ConfigIssue(f"{name} {'.'.join(parts)}", problem))
-        elif made:
-            created[-1] = ".".join(parts[:made[0] + 1])
+        created.append(".".join(parts[:made[0] + 1]) if made else None)  # read only when every one was placed
     if issues:
         raise ConfigError(issues, label)
     return raw, created
@@ -145,10 +143,9 @@ def from_overrides(issues: list[ConfigIssue], overrides: list[str] | tuple[str, 
 
     # (the issue paths an override wrote: its KEY's, and that of the section it created (`--set ...shapess.size=8`
     # leaves shapess without its type), its KEY as given), in order
-    written: list[tuple[list[str], str]] = []
-    for text, made in zip(overrides, created or [None] * len(overrides)):
-        key = text.partition("=")[0].strip()
-        written.append(([issue_path(key), *([issue_path(made)] if made else [])], key))
+    keys = [text.partition("=")[0].strip() for text in overrides]
+    written = [([issue_path(key), *([issue_path(made)] if made else [])], key)
+               for key, made in zip(keys, created or [None] * len(keys))]
 
     def source(path: str) -> str | None:  # the last override to write it: they apply in order
         return next((key for paths, key in reversed(written) for at in paths
@@ -223,7 +220,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
         config = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
         issues += issues_from_validation(exc)
-    issues += semantic_issues(_pieces(raw))
+    issues += semantic_issues(raw)
     if config is not None and not issues:  # cross-section rules need the whole config, and valid steps
         issues += replicate_issues(config.written_steps(), config.training.replicates)
     if config is not None and not issues:
@@ -392,7 +389,6 @@ NAME_RULE = f"must be 1-{NAME_LIMIT} letters, digits, '_' or '-' (it is used in 
 class Pieces:
     """The parts of a config that parsed; None where a part did not (its own errors are already reported)."""
 
-    raw_steps: list[Any]
     steps: list[StepConfig | None]
     defaults: StepDefaults | None
     globals_: dict[str, Any]  # what steps inherit (as PipelineConfig.step_globals)
@@ -401,7 +397,6 @@ class Pieces:
     model: ModelConfig | None
     data: DataConfig | None
     output: OutputConfig | None
-    model_checkpoint: str | None = None
 
 
 def _pieces(raw: dict) -> Pieces:
@@ -415,10 +410,9 @@ def _pieces(raw: dict) -> Pieces:
     default_dataset = get_in(raw, "training", "pipeline", "default_dataset", kind=str)
     if datasets is not None:
         datasets, default_dataset = implicit_datasets(datasets, default_dataset)
-    return Pieces(raw_steps, [_parse(StepConfig, s) for s in raw_steps], part(StepDefaults, *STEPS[:2], "defaults"),
+    return Pieces([_parse(StepConfig, s) for s in raw_steps], part(StepDefaults, *STEPS[:2], "defaults"),
                   _lenient_globals(get_in(raw, "training") or {}, default_dataset), datasets, default_dataset,
-                  part(ModelConfig, "model"), part(DataConfig, "data"), part(OutputConfig, "output"),
-                  get_in(raw, "model_checkpoint", kind=str))
+                  part(ModelConfig, "model"), part(DataConfig, "data"), part(OutputConfig, "output"))
 
 
 def _lenient_globals(training: dict, dataset: str | None) -> dict[str, Any]:
@@ -445,11 +439,13 @@ def _parse(model: Any, value: Any) -> Any:
         return None
 
 
-def semantic_issues(p: Pieces) -> list[ConfigIssue]:
-    names, afters = ([get_in(step, key, kind=str) for step in p.raw_steps] for key in ("name", "after"))
+def semantic_issues(raw: dict) -> list[ConfigIssue]:
+    p = _pieces(raw)
+    names, afters = ([get_in(step, key, kind=str) for step in get_in(raw, *STEPS, kind=list) or []]
+                     for key in ("name", "after"))
     issues = _name_issues(names) + _dag_issues(names, afters) + _dataset_issues(p) + _size_issues(p)
     issues += text_encoder_issues(p.model) + defaults_optimization_issues(p.defaults)
-    issues += checkpoint_issues(p.model_checkpoint)
+    issues += checkpoint_issues(get_in(raw, "model_checkpoint", kind=str))
     checked = {i: _step_issues(i, step, p) for i, step in enumerate(p.steps)  # index -> (issues, uses LPIPS)
                if step is not None and p.defaults is not None}
     issues += [issue for step_issues, _ in checked.values() for issue in step_issues]
@@ -629,8 +625,7 @@ def _shift_issues(config: PipelineConfig) -> list[ConfigIssue]:
         if step.t_shift_base_size is None or not modes.has_flow_mode(step):
             continue
         shift = resolution_shift(step.t_shift, step.img_size, step.t_shift_base_size)
-        problem = shift_range_problem(shift)
-        if problem:
+        if problem := shift_range_problem(shift):
             issues.append(ConfigIssue((*STEPS, step.index, "t_shift_base_size"),
                                       f"scales t_shift {step.t_shift:g} to {shift:.3g} at img_size {step.img_size} "
                                       f"(t_shift × img_size / t_shift_base_size); the shift {problem}"

@@ -36,7 +36,6 @@ class LoadedConfig:
     # Those of `warnings` about keys of the original tool (fluxflow/config/legacy.py): the only ones --quiet leaves
     # out; a value of ours that has no effect is said even then.
     legacy_warnings: list[str] = field(default_factory=list)
-    source: Path | None = None  # the file it came from (None for a dict)
     dated: bool = False  # its output directory held `{date}`, filled with the run's day (fluxflow/config/run_config.py)
 
 
@@ -232,7 +231,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
     legacy_warnings = list(warnings)
     warnings += (_unused_lr_warnings(config) + _unused_field_warnings(config) + _overridden_warnings(config)
                  + _unused_dataset_warnings(config))
-    return LoadedConfig(config=config, warnings=warnings, legacy_warnings=legacy_warnings, source=path)
+    return LoadedConfig(config=config, warnings=warnings, legacy_warnings=legacy_warnings)
 
 
 def _unused_dataset_warnings(config: PipelineConfig) -> list[str]:

@@ -111,11 +111,10 @@ def unused_fields(step: Any) -> dict[str, str]:
         mark(["on_missed"], "it applies to a loss_threshold transition; this step runs its n_epochs")
     elif step.transition_on.max_epochs != step.n_epochs:  # its own bound: n_epochs is only max_epochs' default
         mark(["n_epochs"], "its loss_threshold transition ends it by transition_on.max_epochs")
-    used_terms = image_stat_terms(step)
-    for term in IMAGE_STAT_TERMS:  # the weight of a term the step does not add (its switch without train_vae: refused)
-        if term not in used_terms:
-            mark([f"lambda_{term}"], f"train_{term} is off" if step.train_vae else
-                 "the step has no reconstruction loss (train_vae)")
+    # The weight of a term the step does not add (its switch without train_vae: refused).
+    for term in (t for t in IMAGE_STAT_TERMS if t not in image_stat_terms(step)):
+        mark([f"lambda_{term}"], f"train_{term} is off" if step.train_vae else
+             "the step has no reconstruction loss (train_vae)")
     vae = {"compressor", "expander"} if touches_vae(step) else set()
     if not trained_components(step) & (vae | {"flow_processor", "text_encoder"}):
         mark(["ema_decay"], "the step keeps no EMA (it trains no compressor, expander, flow model or text encoder)")

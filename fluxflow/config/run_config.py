@@ -59,12 +59,11 @@ def resolve_run_config(source: str | Path | dict[str, Any], *, output_dir: str |
         issues = [ConfigIssue(given[i.path], i.message) if given.get(i.path) else i
                   for i in issues_from_validation(exc)]
         raise ConfigError(issues, label) from None
-    missing = data_issues(config) if check_data else []
-    if missing:  # a dataset's path may be an override's
+    if check_data and (missing := data_issues(config)):  # a dataset's path may be an override's
         names = [step.name for step in config.training.pipeline.steps]
         raise ConfigError(from_overrides(missing, overrides, names, overrides_name), label)
     return LoadedConfig(config=config, warnings=loaded.warnings, legacy_warnings=loaded.legacy_warnings,
-                        source=loaded.source, dated="{date}" in template)
+                        dated="{date}" in template)
 
 
 def run_dict(config: PipelineConfig) -> dict[str, Any]:

@@ -54,8 +54,7 @@ def shift_range_problem(shift: float) -> str | None:
 
 
 def _shift(value: float) -> float:
-    problem = shift_range_problem(value)
-    if problem:
+    if problem := shift_range_problem(value):
         raise ValueError(problem)
     return value
 
@@ -200,13 +199,9 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any], kind_key: str = "
     """`override` on top of `base`, by the module docstring's deep merge (`kind_key`: the block's type key)."""
     if kind_key in base and kind_key in override and base[kind_key] != override[kind_key]:
         return dict(override)
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value, "mode" if key == "transition_on" else "type")
-        else:
-            merged[key] = value
-    return merged
+    return base | {key: deep_merge(base[key], value, "mode" if key == "transition_on" else "type")
+                   if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+                   for key, value in override.items()}
 
 
 def merged_step_fields(step: StepConfig, defaults: StepDefaults) -> dict[str, Any]:

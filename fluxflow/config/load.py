@@ -398,22 +398,6 @@ class Pieces:
     output: OutputConfig | None
 
 
-def _pieces(raw: dict) -> Pieces:
-    """What semantic checks can use: each part of the file that parses on its own (all of them when the whole config
-    parsed, which then gives the same values)."""
-    raw_steps = get_in(raw, *STEPS, kind=list) or []
-    part = lambda model, *keys: _parse(model, get_in(raw, *keys, kind=object) or {})  # noqa: E731 - None: did not parse
-    datasets = get_in(raw, "training", "pipeline", "datasets", kind=object)
-    datasets = {} if datasets is None else {name: _parse(DatasetConfig, ds) for name, ds in datasets.items()} \
-        if isinstance(datasets, dict) else None
-    default_dataset = get_in(raw, "training", "pipeline", "default_dataset", kind=str)
-    if datasets is not None:
-        datasets, default_dataset = implicit_datasets(datasets, default_dataset)
-    return Pieces([_parse(StepConfig, s) for s in raw_steps], part(StepDefaults, *STEPS[:2], "defaults"),
-                  _lenient_globals(get_in(raw, "training") or {}, default_dataset), datasets, default_dataset,
-                  part(ModelConfig, "model"), part(DataConfig, "data"), part(OutputConfig, "output"))
-
-
 def _lenient_globals(training: dict, dataset: str | None) -> dict[str, Any]:
     """Step globals from the fields of `training` that validate as TrainingConfig's own; where one does not (it is
     already reported), its default stands in."""
@@ -439,9 +423,20 @@ def _parse(model: Any, value: Any) -> Any:
 
 
 def semantic_issues(raw: dict) -> list[ConfigIssue]:
-    p = _pieces(raw)
-    names, afters = ([get_in(step, key, kind=str) for step in get_in(raw, *STEPS, kind=list) or []]
-                     for key in ("name", "after"))
+    """The rules that span fields, on each part of the file that parses on its own (all of them when the whole config
+    parsed, which then gives the same values)."""
+    raw_steps = get_in(raw, *STEPS, kind=list) or []
+    part = lambda model, *keys: _parse(model, get_in(raw, *keys, kind=object) or {})  # noqa: E731 - None: did not parse
+    datasets = get_in(raw, "training", "pipeline", "datasets", kind=object)
+    datasets = {} if datasets is None else {name: _parse(DatasetConfig, ds) for name, ds in datasets.items()} \
+        if isinstance(datasets, dict) else None
+    default_dataset = get_in(raw, "training", "pipeline", "default_dataset", kind=str)
+    if datasets is not None:
+        datasets, default_dataset = implicit_datasets(datasets, default_dataset)
+    p = Pieces([_parse(StepConfig, s) for s in raw_steps], part(StepDefaults, *STEPS[:2], "defaults"),
+               _lenient_globals(get_in(raw, "training") or {}, default_dataset), datasets, default_dataset,
+               part(ModelConfig, "model"), part(DataConfig, "data"), part(OutputConfig, "output"))
+    names, afters = ([get_in(step, key, kind=str) for step in raw_steps] for key in ("name", "after"))
     issues = _name_issues(names) + _dag_issues(names, afters) + _dataset_issues(p) + _size_issues(p)
     issues += text_encoder_issues(p.model) + defaults_optimization_issues(p.defaults)
     issues += checkpoint_issues(get_in(raw, "model_checkpoint", kind=str))

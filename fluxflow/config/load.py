@@ -390,7 +390,7 @@ class Pieces:
 
     steps: list[StepConfig | None]
     defaults: StepDefaults | None
-    globals_: dict[str, Any]  # what steps inherit (as PipelineConfig.step_globals)
+    globals_: dict[str, Any]  # what steps inherit (as in PipelineConfig.written_steps)
     datasets: dict[str, DatasetConfig | None] | None  # a dataset that did not parse: None under its name
     default_dataset: str | None
     model: ModelConfig | None

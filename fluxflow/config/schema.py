@@ -295,14 +295,11 @@ class PipelineConfig(StrictModel):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     model_checkpoint: str | None = None  # starting checkpoint of the first step(s): a path or fsspec URI
 
-    def step_globals(self) -> dict[str, Any]:
-        t = self.training
-        return {**{key: getattr(t, key) for key in TRAINING_GLOBALS}, "dataset": t.pipeline.default_dataset,
-                "img_size": self.data.img_size}
-
     def written_steps(self) -> list[ResolvedStep]:
         """Every step of the file with defaults, globals and parent filled in, in file order."""
-        pipe, globals_ = self.training.pipeline, self.step_globals()
+        pipe = self.training.pipeline
+        globals_ = {**{key: getattr(self.training, key) for key in TRAINING_GLOBALS}, "dataset": pipe.default_dataset,
+                    "img_size": self.data.img_size}
         sizes = {name: dataset.img_size for name, dataset in pipe.datasets.items()}
         return [resolve_step(i, step, pipe.defaults, globals_, pipe.steps[i - 1].name if i else None, sizes)
                 for i, step in enumerate(pipe.steps)]

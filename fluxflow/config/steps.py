@@ -191,7 +191,7 @@ class ResolvedStep(OmitsDefaults, StepSettings):
 
 
 # training.<key> that steps inherit as their <key>; with the pipeline's default dataset and data.img_size they are the
-# step globals (PipelineConfig.step_globals, and load.py's lenient ones where the file did not parse).
+# step globals (PipelineConfig.written_steps, and load.py's lenient ones where the file did not parse).
 TRAINING_GLOBALS = ("batch_size", "workers", "lr", "n_epochs", "max_steps", "seed", "precision")
 
 

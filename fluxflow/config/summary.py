@@ -123,6 +123,5 @@ def format_parameters(counts: dict[str, int | None]) -> str:
     lines = ["Parameters:"] + [f"  {name:<{width}}  {count:>12,}" if count is not None else
                                f"  {name:<{width}}  {'pretrained':>12} (frozen, not counted)"
                                for name, count in counts.items()]
-    known = [count for count in counts.values() if count is not None]
-    lines.append(f"  {'total':<{width}}  {sum(known):>12,}")
+    lines.append(f"  {'total':<{width}}  {sum(count for count in counts.values() if count is not None):>12,}")
     return "\n".join(lines)

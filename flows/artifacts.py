@@ -19,27 +19,18 @@ from prefect.artifacts import (create_link_artifact, create_progress_artifact, c
 
 from fluxflow.checkpoints.ref import StepOutcome
 
-# Where `mlflow ui` (scripts/mlflow_ui.sh) serves a local (sqlite) store by default: port 5000, or the
-# FLUXFLOW_MLFLOW_PORT it was started with; FLUXFLOW_MLFLOW_UI_URL names any other place.
-DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
-
-
 def artifact_key(*parts: str) -> str:
     """'Quickstart', 'vae_gan', 'result' -> 'quickstart-vae-gan-result'."""
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]", "-", "-".join(parts).lower())).strip("-")
 
 
-def mlflow_ui_url() -> str:
-    """Where the MLflow UI of a local store is: `FLUXFLOW_MLFLOW_UI_URL`, else the loopback port of scripts/
-    mlflow_ui.sh (`FLUXFLOW_MLFLOW_PORT`, 5000 unless set: a UI started on another port got links to :5000)."""
-    port = os.environ.get("FLUXFLOW_MLFLOW_PORT")
-    return os.environ.get("FLUXFLOW_MLFLOW_UI_URL") or (f"http://127.0.0.1:{port}" if port else DEFAULT_MLFLOW_UI)
-
-
 def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """The MLflow UI page of a run: the tracking server itself when it is one, else mlflow_ui_url()."""
-    server = tracking_uri.startswith(("http://", "https://"))
-    base = tracking_uri if server else mlflow_ui_url()
+    """The MLflow UI page of a run: the tracking server itself when it is one; for a local (sqlite) store
+    `FLUXFLOW_MLFLOW_UI_URL`, else where `mlflow ui` (scripts/mlflow_ui.sh) serves it, the loopback port
+    `FLUXFLOW_MLFLOW_PORT` (5000 unless set: a UI started on another port got links to :5000)."""
+    port = os.environ.get("FLUXFLOW_MLFLOW_PORT") or 5000
+    local = os.environ.get("FLUXFLOW_MLFLOW_UI_URL") or f"http://127.0.0.1:{port}"
+    base = tracking_uri if tracking_uri.startswith(("http://", "https://")) else local
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 

@@ -132,12 +132,6 @@ def group_by_hypothesis(client: MlflowClient, runs: list,
     return groups, missing
 
 
-def counted_replicates(label: str, group: list, planned: int | None = None) -> tuple[str, list]:
-    """(column label, the runs its statistics use): `left_out` on the runs' MLflow statuses."""
-    label, counted = left_out(label, [run.info.status for run in group], planned)
-    return label, [group[i] for i in counted]
-
-
 def left_out(label: str, statuses: list[str], planned: int | None = None) -> tuple[str, list[int]]:
     """(column label, the indices of the replicates its statistics use), from each started replicate's MLflow status
     (FINISHED, FAILED, KILLED, RUNNING). An interrupted or still running step is shown with its last logged values,
@@ -221,7 +215,8 @@ def compare_runs(client: MlflowClient, runs: list, expected: dict[str, dict[str,
     grouped, missing = group_by_hypothesis(client, runs, expected)
     labelled, planned = {}, {}  # label -> the runs counted; label -> the replicates its config has
     for name, group in grouped.items():
-        label, counted = counted_replicates(name, group, missing.get(name))
+        label, counted = left_out(name, [run.info.status for run in group], missing.get(name))
+        counted = [group[i] for i in counted]
         label = with_missed_thresholds(label, counted)
         labelled[label], planned[label] = counted, max(missing.get(name) or 0, len(group))
     groups = {label: group for label, group in labelled.items() if group}
@@ -256,12 +251,6 @@ def differing(configs: list[dict], ignore=IDENTITY_PARAMS) -> dict[str, list[str
     return found
 
 
-def _cell(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def table_rows(comparison: Comparison) -> list[list[str]]:
     """Header, config differences, (for hypotheses) the replicate counts, then the metrics: a value, or with several
     replicates mean ± standard deviation [95 % interval]."""
@@ -269,7 +258,8 @@ def table_rows(comparison: Comparison) -> list[list[str]]:
     rows += [[f"config: {key}", *values] for key, values in comparison.config.items()]
     if comparison.summary is not None:
         return rows + comparison.summary.metric_rows(comparison.labels)
-    return rows + [[f"metric: {key}", *map(_cell, values)] for key, values in comparison.metrics.items()]
+    return rows + [[f"metric: {key}", *(MISSING if v is None else f"{v:.4g}" for v in values)]
+                   for key, values in comparison.metrics.items()]
 
 
 def write_csv(rows: list[list[str]], path: Path) -> None:

@@ -15,11 +15,10 @@ The difference is "beyond the spread" when that interval excludes 0 (p < 0.05), 
 metric whose better side is known (fluxflow/evaluation/direction.py) the better hypothesis is named. Each pair and
 metric is a test of its own at 5 %: with many of them some verdicts are chance, so the table also gives each p-value
 corrected for all the others of the summary by Holm's step-down method (`holm`; it holds the chance of any false
-"beyond" at 5 % without assuming the tests independent). With one
-replicate no interval can be given, and the summary says so instead of a verdict. Promotion's `beyond_spread` uses
-the same interval (`better_beyond`), so the table and the champion/challenger decision cannot disagree on the same
-numbers; promotion's numbers are those of its own evaluation (promotion.n_images, sampler_steps, seeds), the table's
-the steps' final metrics, so on another evaluation their intervals differ.
+"beyond" at 5 % without assuming the tests independent). With one replicate no interval can be given, and the summary
+says so instead of a verdict. Promotion's `beyond_spread` uses the same interval (`better_beyond`), so the table and
+the champion/challenger decision cannot disagree on the same numbers; promotion's numbers are those of its own
+evaluation (promotion.n_images, sampler_steps, seeds), the table's the steps' final metrics, so their intervals differ.
 """
 from __future__ import annotations
 
@@ -36,16 +35,12 @@ TEST = ("two-sided t-test at 95 %: paired by seed where both hypotheses ran the 
 BEYOND, WITHIN = "beyond the spread", "within the spread"
 
 
-def _student_t():
-    from scipy.stats import t  # imported here: fluxflow-compare's other paths and the flow's start do not need it
-
-    return t
-
-
 def _t_quantile(df: float) -> float:
     """The two-sided 95 % quantile of Student's t: scipy's inverse CDF, exact at any df (checked against the
     printed table for df 1 to 29): the normal's 1.96 in its place is 6.5 times too small at df 1, 24 % at df 5."""
-    return float(_student_t().ppf(0.5 + CONFIDENCE / 2, df))
+    from scipy.stats import t  # imported here: fluxflow-compare's other paths and the flow's start do not need it
+
+    return float(t.ppf(0.5 + CONFIDENCE / 2, df))
 
 
 @dataclass(frozen=True)
@@ -123,8 +118,7 @@ class Difference:
 def _test(a: list[float], b: list[float], metric: str, names: tuple[str, str], test: str) -> Difference:
     """B − A by `test` (WELCH, or PAIRED/FIXED on the per-pair differences b[k] − a[k], n − 1 degrees of freedom):
     the 95 % t interval diff ± t(df)·se, its p-value and verdict; or the Difference that says why no test can be made
-    (a value that is not finite, one replicate). The verdict is read off the interval (it excludes 0), the same
-    reading promotion makes (`better_beyond`)."""
+    (a value that is not finite, one replicate). The verdict is read off the interval (it excludes 0)."""
     sa, sb = spread(a), spread(b)
     # Equal means computed in another order differ in the last bit: that is no difference (not -2.2e-16).
     same = math.isclose(sa.mean, sb.mean, rel_tol=1e-12)
@@ -149,9 +143,11 @@ def _test(a: list[float], b: list[float], metric: str, names: tuple[str, str], t
         low = high = diff
         p = None
     else:
+        from scipy.stats import t
+
         half = _t_quantile(df) * se
         low, high = diff - half, diff + half
-        p = float(2 * _student_t().sf(abs(diff) / se, df))
+        p = float(2 * t.sf(abs(diff) / se, df))
     d = Difference(metric, *names, diff, low, high, p, BEYOND if low > 0 or high < 0 else WITHIN, test)
     direction = better_direction(metric)
     if d.verdict == BEYOND and direction is not None:

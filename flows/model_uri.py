@@ -1,9 +1,6 @@
 """A registered model's version as the commands that read one name it (fluxflow-generate, fluxflow-export,
-fluxflow-compare): the parts of a `models:/` URI (`models_uri_parts`), a `models:/NAME/VERSION` whose VERSION is no
-number, said before MLflow is asked (its answer is its deprecated stages: "Invalid Model Version stage: abc. Value
-must be one of None, Staging, Production, Archived."), and a version whose files are not in the artifact store, said
-as such (MLflow: "No such artifact: ''"). MLflow is imported only by the functions that ask it, so the check of a URI
-costs nothing.
+fluxflow-compare), with what is wrong said in their words before MLflow answers in its own. MLflow is imported only
+by the functions that ask it, so the check of a URI costs nothing.
 """
 from __future__ import annotations
 
@@ -21,8 +18,10 @@ def models_uri_parts(model_uri: str) -> tuple[str, str | None, str | None] | Non
 
 
 def models_uri_problem(model_uri: str) -> str | None:
-    """Why `models:/NAME/VERSION` cannot name a version (VERSION not a positive integer nor `latest`), or None (any
-    other URI, an alias, or `models:/NAME` alone, which MLflow reads as a logged model's id)."""
+    """Why `models:/NAME/VERSION` cannot name a version (VERSION not a positive integer nor `latest`: MLflow answers
+    with its deprecated stages, "Invalid Model Version stage: abc. Value must be one of None, Staging, Production,
+    Archived."), or None (any other URI, an alias, or `models:/NAME` alone, which MLflow reads as a logged model's
+    id)."""
     parts = models_uri_parts(model_uri)
     if parts is None or parts[1] is not None or parts[2] is None:
         return None
@@ -34,8 +33,8 @@ def models_uri_problem(model_uri: str) -> str | None:
 
 def missing_files_problem(client, name: str, version: str) -> str | None:
     """'version V of NAME: its files are missing from the artifact store (WHERE)' when nothing is found where the
-    version's artifacts should be (the store's artifact folder moved away, or deleted), else None. `client` is an
-    MlflowClient of the version's store."""
+    version's artifacts should be (the store's artifact folder moved away, or deleted; MLflow: "No such artifact:
+    ''"), else None. `client` is an MlflowClient of the version's store."""
     from mlflow.exceptions import MlflowException
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 

@@ -55,8 +55,9 @@ def workers_tags(workers: tuple[StepNode, ...]) -> dict[str, str]:
 
 
 def run_step_task(config: dict, step_name: str, parent_ref: dict | None, tracking: dict) -> dict[str, Any]:
-    """The body of `step_task` as a plain function (callable without Prefect): the step's `StepOutcome.to_dict()`,
-    its MLflow run filled in. `config`: the run's resolved config (fluxflow/config/run_config.py, `run_dict`)."""
+    """The body of `step_task` as a plain function (callable without Prefect): the step trained with its MLflow run
+    (KILLED when it stopped on request, FAILED when it failed); returns its `StepOutcome.to_dict()`, its MLflow run
+    filled in. `config`: the run's resolved config (fluxflow/config/run_config.py, `run_dict`)."""
     config = run_config_of(config)
     target = TrackingTarget(**tracking)
     parent = CheckpointRef.from_dict(parent_ref) if parent_ref else None
@@ -69,36 +70,30 @@ def run_step_task(config: dict, step_name: str, parent_ref: dict | None, trackin
         print(f"Step {step_name} runs on {node}", flush=True)
         together.meet(step_name)  # test-only: branches that must be running at the same time
     with on_cancel:
-        return _tracked_step(config, step_name, parent, target, node)
+        from fluxflow.train.pipeline import train_step
 
-
-def _tracked_step(config, step_name: str, parent: CheckpointRef | None, target: TrackingTarget,
-                  node) -> dict[str, Any]:
-    """The step trained with its MLflow run: KILLED when it stopped on request, FAILED when it failed."""
-    from fluxflow.train.pipeline import train_step
-
-    tracker, mlflow_tracker = make_tracker(config, target, node, step_name)
-    try:
-        # A step of several processes (on Ray, its node holds their GPUs for it): MLflow gets rank 0's files once
-        # the step is done, since the ranks cannot reach this process's tracker.
-        done = train_step(config, step_name, parent, tracker, ranks_done=lambda done: (
-            mlflow_tracker.record_from_files(config.step(step_name), done.ref.step_key, done.ref, done.result,
-                                             tags=workers_tags(done.workers))))
-    except KeyboardInterrupt:  # stopped on request (or Ctrl-C): resumable, not a failure of the step
-        mlflow_tracker.step_failed(status="KILLED")
-        raise
-    except BaseException:
-        mlflow_tracker.step_failed()
-        raise
-    ref, result = done
-    if not result.trained:
-        mlflow_tracker.step_skipped(config.step(step_name), ref, result)
-    mlflow_tracker.flush()  # bounded: an unreachable MLflow gets the records later, the step's outcome stands
-    run_id = mlflow_tracker.run_id
-    run_url = mlflow_run_url(target.tracking_uri, mlflow_tracker.experiment_id, run_id) if run_id else None
-    outcome = StepOutcome(ref, result, run_id=run_id, run_url=run_url, node=node, workers=done.workers)
-    publish_step(target.pipeline, outcome)
-    return outcome.to_dict()
+        tracker, mlflow_tracker = make_tracker(config, target, node, step_name)
+        try:
+            # A step of several processes (on Ray, its node holds their GPUs for it): MLflow gets rank 0's files once
+            # the step is done, since the ranks cannot reach this process's tracker.
+            done = train_step(config, step_name, parent, tracker, ranks_done=lambda done: (
+                mlflow_tracker.record_from_files(config.step(step_name), done.ref.step_key, done.ref, done.result,
+                                                 tags=workers_tags(done.workers))))
+        except KeyboardInterrupt:  # stopped on request (or Ctrl-C): resumable, not a failure of the step
+            mlflow_tracker.step_failed(status="KILLED")
+            raise
+        except BaseException:
+            mlflow_tracker.step_failed()
+            raise
+        ref, result = done
+        if not result.trained:
+            mlflow_tracker.step_skipped(config.step(step_name), ref, result)
+        mlflow_tracker.flush()  # bounded: an unreachable MLflow gets the records later, the step's outcome stands
+        run_id = mlflow_tracker.run_id
+        run_url = mlflow_run_url(target.tracking_uri, mlflow_tracker.experiment_id, run_id) if run_id else None
+        outcome = StepOutcome(ref, result, run_id=run_id, run_url=run_url, node=node, workers=done.workers)
+        publish_step(target.pipeline, outcome)
+        return outcome.to_dict()
 
 
 def gpu_tag() -> str:

@@ -1,8 +1,5 @@
-"""What every command-line entry point does alike, importing nothing of torch, Prefect or MLflow (`--help` and
-`--version` stay instant): `--version` from the package's metadata, `parse`, the one line of a refusal (`refuse`, and
-the checks of --output), the quiet end when the output is closed (`quiet_when_output_closed`), and Ctrl-C: its one
-line (`interrupted`) and, once the output is complete, no say in the outcome any more (`put_in_place`,
-`output_complete`)."""
+"""What every command-line entry point does alike (`--version`, parsing, refusals, a closed output, Ctrl-C),
+importing nothing of torch, Prefect or MLflow: `--help` and `--version` stay instant."""
 from __future__ import annotations
 
 import argparse

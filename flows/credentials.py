@@ -85,8 +85,10 @@ def apply_secret_files() -> None:
 
 
 def _answers_401(url: str, user_password: str | None, method: str = "GET") -> bool:
-    """Whether `url` answers 401 to a request with these Basic credentials (None: none). Unreachable: False (an
-    outage is `unreachable_reason`'s to report)."""
+    """Whether `url` answers 401 to a request with these Basic credentials (None: none). No server's URL, or
+    unreachable: False (an outage is `unreachable_reason`'s to report)."""
+    if not url.startswith(("http://", "https://")):
+        return False
     request = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None,
                                      headers={"Content-Type": "application/json"})
     if user_password:
@@ -130,9 +132,7 @@ def prefect_unreachable() -> str | None:
 
 def prefect_refusal(api_url: str | None = None) -> str | None:
     """Why the Prefect server at `api_url` (default PREFECT_API_URL) refuses this process, or None."""
-    api_url = api_url or os.environ.get("PREFECT_API_URL")
-    if not api_url or not api_url.startswith(("http://", "https://")):
-        return None
+    api_url = api_url or os.environ.get("PREFECT_API_URL", "")
     if not _answers_401(f"{api_url.rstrip('/')}/flows/filter", os.environ.get(PREFECT_AUTH), "POST"):
         return None
     given = f"the credentials of {PREFECT_AUTH}" if os.environ.get(PREFECT_AUTH) else "no credentials"
@@ -142,9 +142,7 @@ def prefect_refusal(api_url: str | None = None) -> str | None:
 
 def mlflow_refusal(tracking_uri: str | None = None) -> str | None:
     """Why the MLflow server at `tracking_uri` (default MLFLOW_TRACKING_URI) refuses this process, or None."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri or not uri.startswith(("http://", "https://")):
-        return None
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     password = os.environ.get(MLFLOW_PASSWORD)
     user_password = f"{os.environ.get(MLFLOW_USER, '')}:{password}" if password else None
     if not _answers_401(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1", user_password):

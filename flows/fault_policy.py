@@ -34,7 +34,6 @@ def state_exception(state) -> BaseException | None:
 
 
 def retry_unless_non_retryable(task, task_run, state) -> bool:
-    """Prefect's `retry_condition_fn` for the step task: retry everything but a non-retryable failure."""
     error = state_exception(state)
     return error is None or is_retryable(error)
 
@@ -80,7 +79,6 @@ def quiet_non_retryable_tracebacks() -> None:
 
 
 def failure_exit_code(state) -> int:
-    """2 with the cause's line on stderr when a non-retryable error failed the run, else 1."""
     cause = non_retryable_cause(state_exception(state))
     if cause is None:
         return EXIT_STEP_FAILED

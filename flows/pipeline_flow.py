@@ -212,13 +212,11 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
         schedule.raise_if_failed()
         sent = send_records(pipeline_run)  # the step runs' ids, for registration: every record queued so far sent
         tracked = caught_up(pipeline_run, target, outcomes) if sent else None
-        if tracked is None:
-            if registered_steps(cfg):
-                logger.warning("MLflow has not answered: registering the models and the champion/challenger decision "
-                               "wait for the next run of the same command, which finds the steps complete and does "
-                               "them")
-        else:
+        if tracked is not None:
             release_models(cfg, resolved, tracked[1], tracked[0])  # register, then promote
+        elif registered_steps(cfg):
+            logger.warning("MLflow has not answered: registering the models and the champion/challenger decision wait "
+                           "for the next run of the same command, which finds the steps complete and does them")
     except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C / SIGTERM reach this (main) thread, the steps train in
         request_stop()  # task threads: they save their position at the next batch and stop, instead of finishing
         steps_on.stop()  # Ray tasks are in other processes: they are cancelled, and resume from their latest.pt

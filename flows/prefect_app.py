@@ -25,17 +25,14 @@ TEMPLATE_TABLES = {"alembic_version", "block_type", "block_schema", "block_schem
 
 
 def create_app():
-    """Prefect's server app, its database copied from the template when new; a new database made without one is
-    kept as the template once Prefect has made it, before the app answers."""
+    """Prefect's server app, its new database copied from the template or, without one, kept as the template."""
     database = sqlite_file(PREFECT_API_DATABASE_CONNECTION_URL.value(), SQLITE_PREFIX)
     template = template_path("prefect", prefect.__version__)
-    make_template = False
-    if database is not None and not database.exists():
-        if template.exists():
-            with contextlib.suppress(OSError):
-                copy_database(template, database)
-        else:
-            make_template = True
+    new = database is not None and not database.exists()
+    make_template = new and not template.exists()
+    if new and not make_template:
+        with contextlib.suppress(OSError):
+            copy_database(template, database)
     app = prefect_app()
     if make_template:
         prefect_start = app.router.lifespan_context  # migrations and block types, then Prefect's services

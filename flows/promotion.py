@@ -22,7 +22,8 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import artifact_key
 from flows.hypotheses import better_beyond, difference, spread, versus_value
-from flows.mlflow_names import TAG_CHECKPOINT_SHA256, TAG_DECISION_OF_RUN, TAG_PROMOTION, TAG_STEP_NAME
+from flows.mlflow_names import (TAG_CHECKPOINT_SHA256, TAG_DECISION_OF_RUN, TAG_OUTPUT_DIR, TAG_PROMOTION,
+                                 TAG_STEP_NAME)
 from flows.registry import model_checkpoint, register_step, version_by_alias, versions_of
 from flows.mlflow_runs import TrackingTarget
 from flows.step_task import gpu_tag
@@ -275,7 +276,7 @@ def release_lines(client: MlflowClient, config, output_dir: str) -> list[str]:
     name, alias = config.tracking.model_name, config.promotion.alias
     in_place = {step: done[0].sha256 for step in steps if (done := plan_step(config, step).completed())}
     lines, earlier = [], []
-    for v in versions_of(client, name, output_dir):
+    for v in versions_of(client, name, {TAG_OUTPUT_DIR: output_dir}):
         step = v.tags.get(TAG_STEP_NAME)
         if step in in_place and v.tags.get(TAG_CHECKPOINT_SHA256) == in_place[step]:
             lines.append(f"Model:       {name} version {v.version} (step {step}): "

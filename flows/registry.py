@@ -37,8 +37,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
 from flows.mlflow_names import (LINEAGE_TAGS, TAG_CHECKPOINT_SHA256, TAG_CHECKPOINT_URI, TAG_GLOBAL_STEP,
-                                 TAG_OUTPUT_DIR, TAG_PIPELINE_RUN, TAG_STEP_NAME, TAG_VERSION_OF_RUN, quoted,
-                                 tags_filter)
+                                 TAG_PIPELINE_RUN, TAG_STEP_NAME, TAG_VERSION_OF_RUN, quoted, tags_filter)
 from flows.mlflow_runs import resolve_tracking_uri, store_to_read_problem
 from flows.model_uri import PREFIX, models_uri_parts
 from flows.pyfunc_model import CHECKPOINT_ARTIFACT, CONFIG_ARTIFACT, PROMPT, SIGNATURE, WEIGHTS_ARTIFACT
@@ -79,12 +78,12 @@ def tracking_at(uri: str):
             os.environ[TRACKING_URI_VARIABLE] = saved
 
 
-def versions_of(client: MlflowClient, name: str, output_dir: str | None = None) -> list:
-    """The versions of `name`, oldest first ([] when the model does not exist); with `output_dir`, only those
-    registered from a pipeline that wrote to it."""
+def versions_of(client: MlflowClient, name: str, tags: dict[str, str] | None = None) -> list:
+    """The versions of `name`, oldest first ([] when the model does not exist); with `tags`, only those carrying
+    them."""
     where = f"name = {quoted(name)}"
-    if output_dir is not None:
-        where += f" and {tags_filter({TAG_OUTPUT_DIR: output_dir})}"
+    if tags:
+        where += f" and {tags_filter(tags)}"
     return sorted(client.search_model_versions(where), key=lambda v: int(v.version))
 
 
@@ -137,10 +136,9 @@ def register_step(client: MlflowClient, name: str, outcome: StepOutcome, config,
     from fluxflow.storage.fetch import local_copy
 
     ref, result = outcome
-    same_file = tags_filter({TAG_CHECKPOINT_SHA256: ref.sha256})
-    found = client.search_model_versions(f"name = {quoted(name)} and {same_file}")
+    found = versions_of(client, name, {TAG_CHECKPOINT_SHA256: ref.sha256})
     if found:  # the versions registered from a checkpoint with this content hash: the first is this one
-        return min(found, key=lambda v: int(v.version))
+        return found[0]
     run = client.get_run(outcome.run_id)
     pipeline_tags = client.get_run(pipeline_run_id).data.tags
     tags = {TAG_STEP_NAME: ref.step_name, TAG_CHECKPOINT_URI: ref.uri, TAG_CHECKPOINT_SHA256: ref.sha256,

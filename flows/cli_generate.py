@@ -21,6 +21,7 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlparse
 
 from flows.cli_common import (add_version_argument, interrupted, output_complete, output_file_problem, parse,
                               quiet_when_output_closed, refuse)
@@ -51,9 +52,7 @@ def model_checkpoint_of(model_uri: str, tracking_uri: str | None, into: Path) ->
     """(the local checkpoint of a registered model version, copied into the folder `into`; the URI it was read by,
     an alias resolved to its version: `models:/NAME@champion` -> `models:/NAME/3`). MLflow is imported only for
     --model."""
-    from urllib.parse import urlparse
-
-    from flows.model_uri import models_uri_parts, models_uri_problem
+    from flows.model_uri import missing_files_problem, models_uri_parts, models_uri_problem
 
     problem = models_uri_problem(model_uri)  # MLflow: "Invalid Model Version stage: abc. Value must be one of ..."
     if problem:
@@ -85,8 +84,6 @@ def model_checkpoint_of(model_uri: str, tracking_uri: str | None, into: Path) ->
         name, _, version = models_uri_parts(resolved) or ("", None, None)
         if version and version.isdigit():  # MLflow: "No such artifact: ''", where the version's files are missing
             from mlflow.tracking import MlflowClient
-
-            from flows.model_uri import missing_files_problem
 
             missing = missing_files_problem(MlflowClient(uri), name, version)
             if missing:

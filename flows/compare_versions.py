@@ -17,17 +17,13 @@ from flows.compare import MISSING, Comparison, differing, table_rows
 from flows.mlflow_names import FINAL_PREFIX, TAG_PROMOTION, TAG_STEP_NAME
 from flows.mlflow_runs import flatten_params
 from flows.model_uri import missing_files_problem
-from flows.registry import no_versions_problem, tracking_at, version_by_alias, versions_of
+from flows.registry import RegistryError, no_versions_problem, tracking_at, version_by_alias, versions_of
 
 # The alias promotion moves unless the config names another (promotion.alias, fluxflow/config/promotion.py).
 DEFAULT_ALIAS = "champion"
 CONFIG_FILE = "artifacts/config.json"  # the resolved config, an artifact of every version (flows/registry.py)
 # Differences that every pair of nights has and that say nothing about the model.
 NOT_DIFFERENCES = ("output.output_path",)
-
-
-class VersionUnreadable(Exception):
-    """A version whose config cannot be read: its files missing from the artifact store, or not a fluxflow model."""
 
 
 def unreadable_version(client: MlflowClient, name: str, version: str, exc: MlflowException) -> str:
@@ -63,7 +59,7 @@ def version_config(client: MlflowClient, name: str, version) -> dict[str, str]:
         try:
             config = mlflow.artifacts.load_dict(f"models:/{name}/{version.version}/{CONFIG_FILE}")
         except MlflowException as exc:  # was a traceback (exit 1)
-            raise VersionUnreadable(unreadable_version(client, name, str(version.version), exc)) from None
+            raise RegistryError(unreadable_version(client, name, str(version.version), exc)) from None
     try:
         steps = [step.model_dump(mode="json") for step in run_config_of(config).written_steps()]
     except ValidationError:  # a config this version of the product no longer reads: its steps as written
@@ -114,7 +110,7 @@ def model_comparison(client: MlflowClient, name: str, alias: str) -> tuple[Compa
     versions = versions_of(client, name)
     try:
         configs = [version_config(client, name, v) for v in versions]
-    except VersionUnreadable as exc:
+    except RegistryError as exc:
         return str(exc)
     champion = version_by_alias(client, name, alias)  # search results carry no aliases
     holder = str(champion.version) if champion is not None else ""

@@ -15,6 +15,7 @@ from typing import Any
 
 from flows import env  # must precede mlflow
 
+import mlflow
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
@@ -49,8 +50,6 @@ def output_dir_of(config) -> str:
 
 def resolve_tracking_uri(configured: str | None = None) -> str:
     """MLFLOW_TRACKING_URI, else the config's `tracking.tracking_uri`, else MLflow's default (./mlflow.db, absolute)."""
-    import mlflow
-
     return os.environ.get("MLFLOW_TRACKING_URI") or configured or mlflow.get_tracking_uri()
 
 

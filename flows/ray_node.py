@@ -3,6 +3,7 @@ Ray's cancel does to it."""
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import socket
 import threading
@@ -15,8 +16,6 @@ def use_assigned_cpus() -> None:
     """Inside a Ray task: torch's threads = the CPUs Ray assigned it (at least 1). Ray sets OMP_NUM_THREADS per
     task, but torch fixes its thread count when first used, and the worker may have imported it for another task
     (warm_up's, which holds no CPU)."""
-    import math
-
     import ray
     import torch
 

@@ -33,6 +33,8 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
@@ -184,9 +186,6 @@ def model_checkpoint(model_uri: str, tracking_uri: str, into: Path) -> Path:
     local store is read where it is; one behind a tracking server or on object storage is copied into the existing
     folder `into`, which the caller removes (without a destination MLflow copies it into a new temporary folder
     that nobody deletes, one per call)."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
-
     from fluxflow.checkpoints.io import sha256_file
 
     try:
@@ -237,8 +236,6 @@ def served_model_problem(model_uri: str, tracking_uri: str,
         elif (version or "").isdigit():
             client.get_model_version(name, version)
         else:  # `latest`, a stage, a logged model's id: as the server resolves it
-            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
             with tracking_at(tracking_uri):
                 get_artifact_repository(model_uri)
     except MlflowException as exc:

@@ -30,6 +30,7 @@ from fluxflow.checkpoints.ref import CheckpointRef, StepNode, StepOutcome
 from fluxflow.config import PipelineConfig
 from fluxflow.config.run_config import run_config_of
 from fluxflow.storage.location import output_root
+from fluxflow.train.tracking import ConsoleJsonlTracker, MultiTracker
 
 
 def make_tracker(config: PipelineConfig, target: TrackingTarget, node: StepNode | None = None,
@@ -37,8 +38,6 @@ def make_tracker(config: PipelineConfig, target: TrackingTarget, node: StepNode 
     """The step's trackers: the core's console + JSONL one, the MLflow one (tagged with the step's node, where an
     executor chose one; with the model's and `step_name`'s dataset's values as params of a new run), and, in a
     Prefect task run, the one that puts the console lines in the run's log. Returns (tracker, mlflow_tracker)."""
-    from fluxflow.train.tracking import ConsoleJsonlTracker, MultiTracker
-
     mlflow_tracker = MlflowTracker(
         MlflowClient(target.tracking_uri), target.experiment_id, target.parent_run_id, output_dir_of(config),
         session=target.session, experiment_name=target.experiment_name or config.tracking.experiment_name,

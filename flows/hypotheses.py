@@ -1,24 +1,19 @@
 """Hypotheses with uncertainty: the seed replicates of each hypothesis summarised per metric, and every pair of
-hypotheses compared by a t-test, paired by seed where it can be.
+hypotheses compared by a t-test, paired by seed where it can be (README.md, "Comparing hypotheses", says when each
+test helps and shows both on one run).
 
 A hypothesis is a leaf step as written (its `hypothesis` param; fluxflow/config/steps.py); its replicates are the
 leaf runs of that step, one per seed. Per metric: the mean, the sample standard deviation and the 95 % confidence
 interval of the mean (Student's t with n − 1 degrees of freedom). Per pair (A, B) and metric: the difference of the
-means B − A, its 95 % interval and the two-sided p-value of
-- a paired t-test on the per-seed differences B_k − A_k, when both hypotheses ran the same set of seeds: replicate k
-  of A and of B share the seed's data order, batch noise and fresh weights (seed + depth in the pipeline's tree,
-  fluxflow/train/trainer.py; and, with the whole pipeline replicated, the parent checkpoint), so that the seed's luck
-  can cancel in their difference; the test is then more powerful, though it has n − 1 degrees of freedom where
-  Welch's has up to 2n − 2, so it is less so where the luck does not cancel;
-- else Welch's t-test (unequal variances, Welch–Satterthwaite degrees of freedom).
-The difference is "beyond the spread" when that interval excludes 0 (p < 0.05), "within the spread" otherwise; on a
-metric whose better side is known (fluxflow/evaluation/direction.py) the better hypothesis is named. Each pair and
-metric is a test of its own at 5 %: with many of them some verdicts are chance, so the table also gives each p-value
-corrected for all the others of the summary by Holm's step-down method (`holm`; it holds the chance of any false
-"beyond" at 5 % without assuming the tests independent). With one replicate no interval can be given, and the summary
-says so instead of a verdict. Promotion's `beyond_spread` uses the same interval (`better_beyond`), so the table and
-the champion/challenger decision cannot disagree on the same numbers; promotion's numbers are those of its own
-evaluation (promotion.n_images, sampler_steps, seeds), the table's the steps' final metrics, so their intervals differ.
+means B − A, its 95 % interval and the two-sided p-value of a paired t-test on the per-seed differences B_k − A_k
+when both hypotheses ran the same set of seeds (replicate k of A and of B share the seed's data order, batch noise
+and fresh weights: fluxflow/train/trainer.py), else of Welch's t-test. The difference is "beyond the spread" when
+that interval excludes 0, "within the spread" otherwise; on a metric whose better side is known
+(fluxflow/evaluation/direction.py) the better hypothesis is named. With many pairs and metrics some verdicts are
+chance, so each p-value is also corrected for all the others of the summary (Holm's step-down method, `holm`).
+Promotion's `beyond_spread` uses the same interval (`better_beyond`), so the table and the champion/challenger
+decision cannot disagree on the same numbers; promotion's numbers are those of its own evaluation (promotion.n_images,
+sampler_steps, seeds), the table's the steps' final metrics, so their intervals differ.
 """
 from __future__ import annotations
 

@@ -22,7 +22,8 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from flows.credentials import mlflow_refusal, unreachable_reason
 from flows.mlflow_names import TAG_KIND, TAG_OUTPUT_DIR, TAG_STEP_KEY, TAG_STEP_NAME, tags_filter
-from flows.mlflow_store import SQLITE_PREFIX, foreign_database, is_sqlite_database, sqlite_file
+from flows.database_template import sqlite_file
+from flows.mlflow_store import SQLITE_PREFIX, foreign_database, is_sqlite_database
 from fluxflow.config.file_checks import not_a_regular_file
 from fluxflow.errors import NonRetryable
 from fluxflow.storage.location import local_path, remote_uri
@@ -134,7 +135,7 @@ def store_to_read_problem(uri: str, names: str = "--tracking-uri or MLFLOW_TRACK
     refused = uri.startswith(("http://", "https://")) and (env.CREDENTIALS_PROBLEM or mlflow_refusal(uri))
     if refused:
         return refused
-    path = sqlite_file(uri)
+    path = sqlite_file(uri, SQLITE_PREFIX)
     if path is not None and (not path.exists() or path.is_file() and path.stat().st_size == 0):
         # an empty file: MLflow would make it a store, which a command that only reads must not
         return f"no MLflow store at {uri} ({'the file is empty' if path.exists() else 'no such file'}); name the " \
@@ -146,7 +147,7 @@ def store_to_read_problem(uri: str, names: str = "--tracking-uri or MLFLOW_TRACK
 def unreadable_store(uri: str) -> str | None:
     """Why MLflow fails to open the store at `uri` (a file that is not a database, a folder, a scheme it does not
     read: one line, not its traceback), or None. Neither a server nor a sqlite file not made yet is asked."""
-    path = sqlite_file(uri)
+    path = sqlite_file(uri, SQLITE_PREFIX)
     if uri.startswith(("http://", "https://")) or path is not None and not path.exists():
         return None
     # A folder, a FIFO, a device: asked, MLflow retries "unable to open database file" or "disk I/O error" for 100 s
@@ -166,7 +167,7 @@ def unwritable_store(uri: str) -> str | None:
     """Why a local SQLite store cannot be made or written, for a run (a read-only checkout, a folder not the user's:
     MLflow retried "unable to open database file" for 100 s, then the run failed with its traceback), or None. SQLite
     writes its journal beside the file, so the folder must be writable too."""
-    path = sqlite_file(uri)
+    path = sqlite_file(uri, SQLITE_PREFIX)
     if path is None:
         return None
     folder = path.parent

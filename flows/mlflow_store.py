@@ -10,14 +10,9 @@ import tempfile
 from pathlib import Path
 
 from flows import env  # noqa: F401  (must precede mlflow)
-from flows.database_template import copy_database, sqlite_file as sqlite_file_of, template_path
+from flows.database_template import copy_database, sqlite_file, template_path
 
-SQLITE_PREFIX = "sqlite:///"
-
-
-def sqlite_file(tracking_uri: str) -> Path | None:
-    """The database file of a `sqlite:///` tracking URI (None for anything else, in memory, or with options)."""
-    return sqlite_file_of(tracking_uri, SQLITE_PREFIX)
+SQLITE_PREFIX = "sqlite:///"  # MLflow's SQLite tracking URIs
 
 
 def is_sqlite_database(path: str) -> bool:
@@ -51,7 +46,7 @@ def foreign_database(path: Path) -> str | None:
 def prepare_store(tracking_uri: str) -> None:
     """Before the first use of `tracking_uri`: a new SQLite store is copied from the template (made once, here, when
     missing). Any failure leaves the store for MLflow to create as usual."""
-    target = sqlite_file(tracking_uri)
+    target = sqlite_file(tracking_uri, SQLITE_PREFIX)
     if target is None or target.exists():
         return
     import mlflow

@@ -124,8 +124,8 @@ class MlflowTracker(Tracker):
         self.log_artifact(metrics_file(local_root(self.recorder.output_dir), step.name))
         self.step_finished(ref, result)
 
-    def flush(self, stall_s: float = STEP_FLUSH_STALL_S) -> bool:
-        """Wait until this tracker's calls are sent, or until none has gone out for `stall_s` seconds (the server is
+    def flush(self) -> bool:
+        """Wait until this tracker's calls are sent, or until none has gone out for STEP_FLUSH_STALL_S (the server is
         unreachable: they stay queued). Returns whether all are sent. During a known outage it does not wait: nothing
         goes out until the server answers, and the end of the run waits for the records (flows/pipeline_flow.py)."""
-        return self.queue.wait(self._last, 0.0 if self.queue.unreachable_since is not None else stall_s)
+        return self.queue.wait(self._last, 0.0 if self.queue.unreachable_since is not None else STEP_FLUSH_STALL_S)

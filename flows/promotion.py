@@ -208,11 +208,10 @@ def promote(config, client: MlflowClient, versions: list[str]) -> list[Decision]
                                                                 config.promotion.min_improvement, seeds)
                 else:
                     promoted, reason = decide(value, champion_value, direction, config.promotion.min_improvement)
-        decision = Decision(name, version, step, metric, direction, config.promotion.min_improvement, value,
-                            champion, champion_value, promoted, reason)
+        decisions.append(Decision(name, version, step, metric, direction, config.promotion.min_improvement, value,
+                                  champion, champion_value, promoted, reason))
         if promoted:
             client.set_registered_model_alias(name, alias, version)
-        decisions.append(decision)
     return decisions
 
 

@@ -47,7 +47,7 @@ class TrackingQueue:
 
     def __init__(self, max_points: int = MAX_QUEUED_POINTS):
         self.max_points = max_points
-        self._items: collections.deque = collections.deque()  # (seq, call, points or None)
+        self._items: collections.deque = collections.deque()  # (call, points or None)
         self._cond = threading.Condition()
         self._seq = self._done = self._points = 0
         self._thread: threading.Thread | None = None
@@ -59,7 +59,7 @@ class TrackingQueue:
             if points is not None and self._points + len(points) > self.max_points:
                 return None
             self._seq += 1
-            self._items.append((self._seq, call, points))
+            self._items.append((call, points))
             self._points += len(points or ())
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="mlflow-tracking", daemon=True)
@@ -93,11 +93,11 @@ class TrackingQueue:
 
     def _head(self) -> tuple[Callable, list | None, int]:
         """The oldest call, merged with the metric batches that follow it for the same call: (call, points, count)."""
-        _, call, points = self._items[0]
+        call, points = self._items[0]
         if points is None:
             return call, None, 1
         merged, count = list(points), 1
-        for _, other, more in itertools.islice(self._items, 1, None):  # the lock is held: no copy needed
+        for other, more in itertools.islice(self._items, 1, None):  # the lock is held: no copy needed
             if other != call or more is None or len(merged) + len(more) > MAX_BATCH_POINTS:
                 break
             merged += more
@@ -130,7 +130,7 @@ class TrackingQueue:
                 self.unreachable_since = None
             with self._cond:
                 for _ in range(count):
-                    _, _, sent = self._items.popleft()
+                    _, sent = self._items.popleft()
                     self._points -= len(sent or ())
                     self._done += 1
                 self._cond.notify_all()

@@ -40,11 +40,8 @@ STEP_FLUSH_STALL_S = 10.0
 
 
 class MlflowTracker(Tracker):
-    """`fluxflow.train.tracking.Tracker` that records one pipeline step as a nested MLflow run.
-
-    `session` identifies one execution of the pipeline (the Prefect flow-run id): a retried step of the same session
-    continues its run even when it had to restart from scratch.
-    """
+    """`session` identifies one execution of the pipeline (the Prefect flow-run id): a retried step of the same
+    session continues its run even when it had to restart from scratch."""
 
     def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str, output_dir: str | Path,
                  session: str = "", queue: TrackingQueue | None = None, experiment_name: str = "",

@@ -158,7 +158,7 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
     from fluxflow.train.pipeline import announce_skipped  # torch: only once a flow runs
 
     clear_stop_request()
-    announce_skipped(cfg, PrefectLogTracker.for_current_flow_run())  # in the run's log in the UI too
+    announce_skipped(cfg, PrefectLogTracker(flow_run.id, None))  # the flow run's own lines, in its log in the UI too
     pipeline_run, opened = open_tracking(cfg, steps, overrides)
     # From here on the parent run is RUNNING (a re-run reopens a FINISHED one): everything after, the wait for MLflow,
     # the steps, registration and promotion, is inside the try whose finally closes it, KILLED by an interrupt

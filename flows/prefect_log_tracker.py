@@ -30,7 +30,7 @@ class PrefectLogTracker(Tracker):
     The run ids are taken when the tracker is made (in the task), so lines logged from any thread land in that run.
     """
 
-    def __init__(self, flow_run_id: UUID, task_run_id: UUID | None):
+    def __init__(self, flow_run_id: UUID | str, task_run_id: UUID | None):
         from prefect.logging.handlers import APILogHandler
 
         self.ids = {"flow_run_id": flow_run_id, "task_run_id": task_run_id}
@@ -51,13 +51,6 @@ class PrefectLogTracker(Tracker):
         if context is None or context.task_run.flow_run_id is None:
             return None
         return cls(context.task_run.flow_run_id, context.task_run.id)
-
-    @classmethod
-    def for_current_flow_run(cls) -> PrefectLogTracker:
-        """A tracker for the flow run this is called in (its own lines: "Skipping steps: ...")."""
-        from prefect.context import FlowRunContext
-
-        return cls(FlowRunContext.get().flow_run.id, None)
 
     def log_metrics(self, metrics: dict[str, float], progress: Progress) -> None:
         if has_console_line(metrics):

@@ -132,7 +132,6 @@ def run(args) -> int:
     finally:
         for temporary in staged.values():  # left only when stopped before the renames
             temporary.unlink(missing_ok=True)
-    written = list(staged)
     # Printed once the files are written: `| head` stops reading, and the files are there all the same.
     print(plain_table(rows))
     if differences:
@@ -141,7 +140,7 @@ def run(args) -> int:
         print(f"\n{summary.note()}")
     if note:
         print(f"\nNote: {note}")
-    print(f"\nWrote {', '.join(map(str, written))}")
+    print(f"\nWrote {', '.join(map(str, staged))}")
     return EXIT_OK
 
 

@@ -34,7 +34,7 @@ from flows.promotion import release_models
 from flows.prefect_log_tracker import PrefectLogTracker
 from flows.prefect_server import is_temporary
 from flows.ray_steps import Infeasible, step_submitter
-from flows.step_task import pipeline_step_task
+from flows.step_task import gpu_tag, step_task
 from flows.tracking_queue import TRACKING
 from fluxflow.storage.store_lock import output_lock
 from fluxflow.checkpoints.ref import StepOutcome
@@ -171,9 +171,10 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
         target = tracking_target(cfg, pipeline_run, opened)
         progress = artifacts.start_progress(target.pipeline, len(steps))
         on_ray = cfg.training.executor.kind == "ray"
-        # On Ray, Ray's resource accounting replaces the host's `gpu` tag limit, and the output directory is handed
-        # on as an absolute path (or URI): the tasks run in Ray workers, whose working directory is not this one.
-        task = pipeline_step_task(cfg.training.pipeline.retries, host_limit=not on_ray)
+        # On Ray, Ray's resource accounting replaces the host's `gpu` tag limit (read here, when the flow runs: the
+        # worker's environment may name a per-host tag), and the output directory is handed on as an absolute path (or
+        # URI): the tasks run in Ray workers, whose working directory is not this one.
+        task = step_task.with_options(retries=cfg.training.pipeline.retries, tags=[] if on_ray else [gpu_tag()])
         if on_ray:
             cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"output_path": output_dir_of(cfg)})})
         # Every task trains the config resolved at the flow's start, not the YAML file as it is when the task starts:

@@ -83,19 +83,6 @@ def http2_greeting(connection: socket.socket) -> str | None:
     return head.decode("latin-1").split("\r")[0].strip() or "nothing"
 
 
-def connect(address: str) -> None:
-    """This process joins the cluster as a driver (once); ClusterUnreachable when nothing answers there."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    probe(address)
-    try:
-        ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ClusterUnreachable(f"cannot join the Ray cluster at {address}: {' '.join(str(exc).split())}") from None
-
-
 def step_request(step, nproc: int, on_cuda: bool, across_nodes: bool = False) -> dict[str, float]:
     """The Ray resources a step asks for: its `resources:`, with GPUs defaulting to its processes on CUDA (0 on
     CPU) and CPUs to 1. A step across nodes (`across_nodes`: Ray Train, fluxflow/runtime/ray_train_launch.py) only
@@ -144,10 +131,17 @@ class RaySteps:
         self._runner = None
 
     def join(self) -> None:
-        """Connect (ClusterUnreachable when nothing answers) and list the live nodes."""
+        """Join the cluster as a driver (once; ClusterUnreachable when nothing answers there) and list the live
+        nodes."""
         import ray
 
-        connect(self.address)
+        if not ray.is_initialized():
+            probe(self.address)
+            try:
+                ray.init(address=self.address, namespace=NAMESPACE, logging_level=logging.WARNING)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ClusterUnreachable(f"cannot join the Ray cluster at {self.address}: "
+                                         f"{' '.join(str(exc).split())}") from None
         self.nodes = [node for node in ray.nodes() if node.get("Alive")]
 
     def __enter__(self) -> RaySteps:

@@ -103,14 +103,7 @@ def gpu_tag() -> str:
 
 
 # Results stay in memory (NO_CACHE, not persisted): resuming is the runner's job, keyed by the checkpoint files, and a
-# Prefect cache would return a stale reference after the files change. Tags and retries: `pipeline_step_task`.
-step_task = task(name="pipeline-step", task_run_name="{step_name}", cache_policy=NO_CACHE,
-                 persist_result=False)(run_step_task)
-
-
-def pipeline_step_task(retries: int, host_limit: bool = True):
-    """`step_task` as a pipeline submits it: its retries (none for a failure that would only repeat itself:
-    flows/fault_policy.py), and the GPU tag read when the flow runs (the worker's environment may name a per-host
-    tag). `host_limit=False` (Ray executor): no tag, Ray's resource accounting decides what runs at once."""
-    return step_task.with_options(retries=retries, retry_condition_fn=retry_unless_non_retryable,
-                                  tags=[gpu_tag()] if host_limit else [])
+# Prefect cache would return a stale reference after the files change. No retry for a failure that would only repeat
+# itself (flows/fault_policy.py); how many retries, and the tags, are the flow's (flows/pipeline_flow.py).
+step_task = task(name="pipeline-step", task_run_name="{step_name}", cache_policy=NO_CACHE, persist_result=False,
+                 retry_condition_fn=retry_unless_non_retryable)(run_step_task)

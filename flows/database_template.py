@@ -5,7 +5,7 @@ Prefect's server: 10-11 s to its first answer with a new database against 3.4-4.
 only on the library's version (pinned in pyproject.toml), so the first database made on a machine is kept, empty, as
 a template under the user's cache (`$FLUXFLOW_CACHE_DIR`, else `$XDG_CACHE_HOME/fluxflow`, else `~/.cache/fluxflow`),
 named after the library and its version, and later new databases are copies of it (milliseconds). Existing
-databases are left alone. flows/mlflow_store.py and flows/prefect_app.py use it.
+databases are left alone. flows/mlflow_runs.py (prepare_store) and flows/prefect_app.py use it.
 """
 from __future__ import annotations
 

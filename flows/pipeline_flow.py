@@ -28,8 +28,7 @@ from flows.fault_policy import quiet_non_retryable_tracebacks
 from flows.compare import pipeline_summary
 from flows.mlflow_names import TAG_BRANCHES, TAG_CONFIG_HASH, TAG_LEAVES, TAG_OVERRIDES, TAG_STEPS
 from flows.mlflow_runs import PipelineRun, StoreUnusable, TrackingTarget, find_step_runs, output_dir_of, \
-    pipeline_name, resolve_tracking_uri, unusable_store
-from flows.mlflow_store import prepare_store
+    pipeline_name, prepare_store, resolve_tracking_uri, unusable_store
 from flows.promotion import release_models
 from flows.prefect_log_tracker import PrefectLogTracker
 from flows.prefect_server import is_temporary
@@ -72,7 +71,7 @@ def open_tracking(config: PipelineConfig, steps: list,
     unusable = unusable_store(uri)
     if unusable:
         raise StoreUnusable(unusable)
-    prepare_store(uri)  # a new local store: a copy of an empty one, not MLflow's migrations (flows/mlflow_store.py)
+    prepare_store(uri)  # a new local store: a copy of an empty one, not MLflow's migrations (flows/mlflow_runs.py)
     client = MlflowClient(uri)
     output_dir, leaves = output_dir_of(config), set(leaf_names(steps))
     tags = {TAG_CONFIG_HASH: json_sha256(config.model_dump(mode="json"), 16, compact=False),

@@ -41,7 +41,7 @@ def pytest_configure(config) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def user_cache(tmp_path_factory):
-    """The user's cache (flows/mlflow_store.py's store template) in a temporary folder, for every test and child."""
+    """The user's cache (flows/mlflow_runs.py's store template) in a temporary folder, for every test and child."""
     with pytest.MonkeyPatch.context() as monkeypatch:
         folder = tmp_path_factory.mktemp("user-cache")
         monkeypatch.setenv("FLUXFLOW_CACHE_DIR", str(folder))

@@ -1,6 +1,6 @@
 """What `fluxflow-train` pays to start must not be bought with missing records: the temporary Prefect server started
 before the heavy imports or kept from an earlier run (flows/prefect_server.py), a new MLflow store copied from a
-template (flows/mlflow_store.py), no heartbeats on the temporary server, the exit without the interpreter's teardown.
+template (flows/mlflow_runs.py), no heartbeats on the temporary server, the exit without the interpreter's teardown.
 And `--help` / `--version` answer without importing torch, Prefect or MLflow."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from process_groups import alive, kill_all
 
 from flows.cli_common import package_version
-from flows.mlflow_store import prepare_store
+from flows.mlflow_runs import prepare_store
 from flows.prefect_server import KEPT_SERVER_FILE
 
 REPO = Path(__file__).resolve().parents[2]

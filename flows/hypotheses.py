@@ -229,11 +229,9 @@ class HypothesisSummary:
         did not run among them; default: the summary's): the value, or with several replicates mean ± standard
         deviation [95 % interval]."""
         columns = list(self.replicates) if columns is None else columns
-        rows = [["replicates", *(str(len(self.replicates.get(h, []))) for h in columns)]]
-        for metric, by_hypothesis in self.spreads.items():
-            rows.append([f"metric: {metric}", *(by_hypothesis[h].cell() if h in by_hypothesis else "-"
-                                                for h in columns)])
-        return rows
+        return [["replicates", *(str(len(self.replicates.get(h, []))) for h in columns)],
+                *([f"metric: {metric}", *(by_hypothesis[h].cell() if h in by_hypothesis else "-" for h in columns)]
+                  for metric, by_hypothesis in self.spreads.items())]
 
     def difference_rows(self) -> list[list[str]]:
         header = ["metric", "hypotheses", "difference", "95 % interval", "p", "p (Holm)", "test", "better",

@@ -87,6 +87,3 @@ class LatentCacheDataset(torch.utils.data.Dataset):
             raise IndexError(f"row {index} of the latent cache {self.store.dir} was not computed: this step's rows "
                              "were planned for other epochs or batches")
         return self.store.read("mean", index), self._captions[index]
-
-    def logvar(self, index: int) -> torch.Tensor:
-        return self.store.read("logvar", index)

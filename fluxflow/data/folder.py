@@ -95,8 +95,6 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
     def __init__(self, path: str | os.PathLike, captions_file: str | os.PathLike | None, img_size: int,
                  channels: int = 3, split: str = "train", holdout: int = 0,
                  holdout_captions: list[str] | None = None, report: bool = True):
-        if split not in ("train", "holdout", "unseen"):
-            raise ValueError(f"split must be 'train', 'holdout' or 'unseen', got {split!r}")
         pil_mode(channels)  # fail at build time, not in a worker, on an unsupported channel count
         self.root = Path(path).expanduser()
         captions_path = resolve_captions_path(self.root, captions_file)

@@ -37,7 +37,7 @@ KINDS = {
 
 
 class SkipCounter:
-    """`found` counts and logs what the dataset found wrong when it was built; `add` counts a skip as it is met.
+    """`found` counts and logs what the dataset found wrong when it was built.
 
     A training split counts what the batches the training loop takes hold, not what DataLoader workers decoded: they
     decode batches ahead (fluxflow/data/__init__.py PREFETCH_BATCHES), which a step that stops (`max_steps`, the
@@ -80,13 +80,6 @@ class SkipCounter:
         if first:
             further = f"counted in {self.metric}, not logged" if self.metric else "not logged"
             log.warning("%s: %s (further ones are %s)", KINDS[kind].format(where=self.where), reason, further)
-
-    def add(self, n: int, reason: str, kind: str = "unreadable") -> None:
-        if n <= 0:
-            return
-        self.warn(reason, kind)
-        with self._count.get_lock():
-            self._count.value += n
 
     def mark(self, index: int, reason: str, kind: str = "unreadable") -> None:
         with self._count.get_lock():

@@ -154,11 +154,11 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
     by `set_position`. `len()` is `world` × the samples each rank yields per epoch."""
 
     def __init__(self, urls: str | list[str], img_size: int, channels: int = 3, length: int | None = None,
-                 holdout: int = 0, rank: int = 0, world: int = 1, shuffle_buffer: int = SHUFFLE_BUFFER):
+                 holdout: int = 0, rank: int = 0, world: int = 1):
         pil_mode(channels)
         self.urls, self.shards = urls, expand_shards(urls)
         self.img_size, self.channels, self.holdout = img_size, channels, max(0, int(holdout))
-        self.rank, self.world, self.shuffle_buffer = rank, world, shuffle_buffer
+        self.rank, self.world = rank, world
         self.index = _ShardIndex(self.shards, self.holdout)
         self.index.reserved(len(self.shards) - 1)  # count the head shards the holdout spans once, before any fork
         if world > 1:  # every rank counts every shard (headers only) to split them evenly
@@ -187,7 +187,7 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
         `batch_size` samples. The pass's order is computed here, before the DataLoader forks its workers."""
         self.seed, self.epoch, self.start_batch, self.batch_size = seed, epoch, start_batch, batch_size
         self.skips.open_pass(-(-self.rank_length // batch_size))  # the pass's problems, held per batch till trained
-        order = buffer_order(self.rank_inputs, self.shuffle_buffer, [seed, epoch, self.rank, self.world])
+        order = buffer_order(self.rank_inputs, SHUFFLE_BUFFER, [seed, epoch, self.rank, self.world])
         self._output_of = np.empty_like(order)
         self._output_of[order] = np.arange(order.size)  # input position -> output position
         wanted = order[start_batch * batch_size:self.rank_length]

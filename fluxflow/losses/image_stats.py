@@ -32,10 +32,10 @@ def soft_histogram(x: torch.Tensor, bins: int = HISTOGRAM_BINS) -> torch.Tensor:
     return hist / position.shape[-1]
 
 
-def histogram_loss(x_hat: torch.Tensor, x: torch.Tensor, bins: int = HISTOGRAM_BINS) -> torch.Tensor:
+def histogram_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Distance between the cumulative soft histograms of x̂ and x, per image and channel (mean |CDF difference|,
     a 1-D Wasserstein distance in bin units / bins)."""
-    cdf_hat, cdf = soft_histogram(x_hat, bins).cumsum(-1), soft_histogram(x, bins).cumsum(-1)
+    cdf_hat, cdf = soft_histogram(x_hat).cumsum(-1), soft_histogram(x).cumsum(-1)
     return (cdf_hat - cdf).abs().mean()
 
 
@@ -47,9 +47,9 @@ def contrast_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (torch.log(rms_contrast(x_hat) + _EPS) - torch.log(rms_contrast(x) + _EPS)).abs().mean()
 
 
-def coarseness_loss(x_hat: torch.Tensor, x: torch.Tensor, patch: int = COARSENESS_PATCH) -> torch.Tensor:
-    """Local texture matched: the variance inside each patch × patch window (non-overlapping), per channel, L1."""
-    size = max(1, min(patch, x.shape[-1], x.shape[-2]))
+def coarseness_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Local texture matched: the variance inside each COARSENESS_PATCH² window (non-overlapping), per channel, L1."""
+    size = max(1, min(COARSENESS_PATCH, x.shape[-1], x.shape[-2]))
 
     def patch_variance(images: torch.Tensor) -> torch.Tensor:
         images = images.float()

@@ -17,16 +17,15 @@ def sigma_schedule(steps: int, shift: float = 1.0, device: torch.device | str | 
 @torch.no_grad()
 def sample_flow(model: nn.Module, shape: tuple[int, ...] | torch.Size, tokens: torch.Tensor, mask: torch.Tensor,
                 pooled: torch.Tensor, steps: int = 30, guidance: float = 1.0, shift: float = 1.0,
-                generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None) -> torch.Tensor:
     """Integrate dx/dt = v(x, t) from pure noise at t = 1 down to t = 0 and return the latents x0.
 
     With guidance ≠ 1, each step runs one batched forward over [cond; uncond] rows (uncond = `drop=True`, the
-    learned null text) and uses v = v_uncond + guidance·(v_cond − v_uncond). `noise` (else drawn from
-    `generator` on the text's device) is the starting point, which makes samples reproducible across runs.
+    learned null text) and uses v = v_uncond + guidance·(v_cond − v_uncond). The starting noise is drawn from
+    `generator` on the text's device, which makes samples reproducible across runs.
     """
     device = tokens.device
-    x = noise if noise is not None else torch.randn(tuple(shape), device=device, generator=generator)
-    x = x.float()
+    x = torch.randn(tuple(shape), device=device, generator=generator)
     b = x.shape[0]
     guided = guidance != 1.0
     if guided:

@@ -44,13 +44,13 @@ class Attention(nn.Module):
     (the tokenizer's BOS guarantees it), otherwise softmax over nothing gives NaN.
     """
 
-    def __init__(self, dim: int, heads: int, context_dim: int | None = None):
+    def __init__(self, dim: int, heads: int):
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
         self.heads = heads
         self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(context_dim or dim, 2 * dim)
+        self.kv = nn.Linear(dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,

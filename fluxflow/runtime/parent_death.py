@@ -28,18 +28,18 @@ def _prctl() -> Callable | None:
         return None
 
 
-def die_with_parent(parent: int, sig: signal.Signals = signal.SIGTERM) -> None:
+def die_with_parent(parent: int, sig: signal.Signals) -> None:
     """In the child, as it starts: `sig` when `parent` (its parent's pid, as its starter or the child itself read it
     before) dies. A parent that died before this took effect ends the child at once (exit 1)."""
     _set_death_signal(_prctl(), parent, sig)
 
 
-def dies_with_this_thread(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None]:
-    """A `preexec_fn` for `subprocess.Popen`: the child gets `sig` when the calling thread (or its process) ends.
+def dies_with_this_thread() -> Callable[[], None]:
+    """A `preexec_fn` for `subprocess.Popen`: the child gets SIGTERM when the calling thread (or its process) ends.
     What the child runs before its exec is resolved here, in the parent: a child forked from a process with threads
     must not look up symbols (dlsym may wait on a lock that another thread held at the fork)."""
     parent, prctl = os.getpid(), _prctl()
-    return lambda: _set_death_signal(prctl, parent, sig)
+    return lambda: _set_death_signal(prctl, parent, signal.SIGTERM)
 
 
 def _set_death_signal(prctl: Callable | None, parent: int, sig: signal.Signals) -> None:

@@ -131,13 +131,13 @@ def _read(fs, key: str) -> dict | None:
         return {}
 
 
-def stale_reason(holder: dict | None, now: float | None = None) -> str | None:
+def stale_reason(holder: dict | None) -> str | None:
     """Why the lock `holder` wrote is no longer held; None while it is."""
     if holder is None:
         return "it was released"
     if not holder:
         return "it was unreadable"
-    age = (now or time.time()) - float(holder.get("heartbeat", 0))
+    age = time.time() - float(holder.get("heartbeat", 0))
     if holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", 0))):
         return f"its holder, pid {holder.get('pid')} of this host, is no longer running"
     if age > LEASE_S:

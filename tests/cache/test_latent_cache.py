@@ -31,7 +31,7 @@ def test_cached_rows_are_the_encoders_posterior_and_give_the_same_latent_normali
     images = torch.stack([data.train_set[i][0] for i in range(len(data.train_set))])
     mean, logvar = posterior(encoder, images)  # one batch of 16; the cache was built in batches of 4
     torch.testing.assert_close(torch.stack([cache[i][0] for i in range(len(cache))]), mean, rtol=0, atol=1e-6)
-    torch.testing.assert_close(torch.stack([cache.logvar(i) for i in range(len(cache))]).float(), logvar,
+    torch.testing.assert_close(torch.stack([cache.store.read("logvar", i) for i in range(len(cache))]).float(), logvar,
                                rtol=1e-3, atol=1e-3)  # float16 storage
     assert [cache[i][1] for i in range(len(cache))] == [data.train_set[i][1] for i in range(len(cache))]
 

@@ -139,12 +139,9 @@ class CacheStore:
             fd = os.open(self.dir / "used_by.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError:
             return
-        try:
+        with contextlib.suppress(OSError):  # a full disk: the record is a convenience, the training goes on
             os.write(fd, line)
-        except OSError:  # a full disk: the record is a convenience, the training goes on
-            pass
-        finally:
-            os.close(fd)
+        os.close(fd)
 
     def captions(self) -> dict[int, str]:
         """{row: caption} of the written rows (a line cut short by a killed process is not one of them)."""

@@ -116,8 +116,9 @@ def _jittered(rng: random.Random, color: str, shape: str, background: str, cell:
 
 
 def caption_for(color: str, shape: str, background: str, position: str) -> str:
-    article = "an" if color[0] in "aeiou" else "a"
-    return f"{article} {color} {shape} on a {background} background, {position}"
+    """The canonical caption; `color` "" leaves the colour out (word dropout)."""
+    subject = f"{color} {shape}".lstrip()
+    return f"{'an' if subject[0] in 'aeiou' else 'a'} {subject} on a {background} background, {position}"
 
 
 _CAPTION = re.compile(r"^an? (?P<color>[a-z]+) (?P<shape>[a-z]+) on a (?P<background>[a-z ]+) background, "
@@ -135,38 +136,28 @@ def parse_caption(caption: str) -> dict[str, str] | None:
     return attrs if ok else None
 
 
-def shape_outline(shape: str, cx: float, cy: float, size: float) -> list[tuple[float, float]] | None:
-    """Polygon vertices of `shape` centred at (cx, cy) with extent `size` (any unit); None for the circle."""
-    h = size / 2
-    if shape == "square":
-        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
-    if shape == "triangle":  # upright, filling its size x size box
-        return [(cx, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
-    if shape == "cross":  # plus sign with arms 36 % of the extent thick
-        t = 0.18 * size
-        return [(cx - t, cy - h), (cx + t, cy - h), (cx + t, cy - t), (cx + h, cy - t), (cx + h, cy + t),
-                (cx + t, cy + t), (cx + t, cy + h), (cx - t, cy + h), (cx - t, cy + t), (cx - h, cy + t),
-                (cx - h, cy - t), (cx - t, cy - t)]
-    if shape == "star":  # five points, point up; a fat inner radius keeps the points visible at 32 px
-        pts = []
-        for k in range(10):
-            r = h if k % 2 == 0 else 0.45 * h
-            a = -math.pi / 2 + k * math.pi / 5
-            pts.append((cx + r * math.cos(a), cy + r * math.sin(a)))
-        return pts
-    if shape == "circle":
-        return None
-    raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
-
-
 def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, size: float, fill) -> None:
-    """Draw `shape` in pixel coordinates of `draw`'s image (the supersampled canvas)."""
-    outline = shape_outline(shape, cx, cy, size)
-    if outline is None:
-        h = size / 2
+    """Draw `shape` centred at (cx, cy) with extent `size`, in pixel coordinates of `draw`'s image (the supersampled
+    canvas)."""
+    h = size / 2
+    if shape == "circle":
         draw.ellipse([cx - h, cy - h, cx + h, cy + h], fill=fill)
+        return
+    if shape == "square":
+        outline = [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    elif shape == "triangle":  # upright, filling its size x size box
+        outline = [(cx, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    elif shape == "cross":  # plus sign with arms 36 % of the extent thick
+        t = 0.18 * size
+        outline = [(cx - t, cy - h), (cx + t, cy - h), (cx + t, cy - t), (cx + h, cy - t), (cx + h, cy + t),
+                   (cx + t, cy + t), (cx + t, cy + h), (cx - t, cy + h), (cx - t, cy + t), (cx - h, cy + t),
+                   (cx - h, cy - t), (cx - t, cy - t)]
+    elif shape == "star":  # five points, point up; a fat inner radius keeps the points visible at 32 px
+        angles = [-math.pi / 2 + k * math.pi / 5 for k in range(10)]
+        outline = [(cx + r * math.cos(a), cy + r * math.sin(a)) for r, a in zip([h, 0.45 * h] * 5, angles)]
     else:
-        draw.polygon(outline, fill=fill)
+        raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
+    draw.polygon(outline, fill=fill)
 
 
 def render_scene(s: Scene, img_size: int) -> Image.Image:
@@ -187,8 +178,7 @@ def dropped_words_caption(s: Scene, seed: int, index: int, p: float) -> str:
     if drop_color and drop_shape:
         drop_color, drop_shape = (True, False) if rng.random() < 0.5 else (False, True)
     if drop_color:
-        article = "an" if s.shape[0] in "aeiou" else "a"
-        return f"{article} {s.shape} on a {s.background} background, {s.position}"
+        return caption_for("", s.shape, s.background, s.position)
     if drop_shape:
         return caption_for(s.color, "shape", s.background, s.position)
     return s.caption

@@ -94,16 +94,6 @@ def caption_vocabulary(captions: list[str], size: int = VOCAB_SIZE) -> list[str]
     return [w for _, w in sorted(informative)[:size]]
 
 
-def word_targets(captions: list[str], vocab: list[str]) -> torch.Tensor:
-    index = {w: i for i, w in enumerate(vocab)}
-    targets = torch.zeros(len(captions), len(vocab))
-    for row, caption in enumerate(captions):
-        for w in caption_words(caption):
-            if w in index:
-                targets[row, index[w]] = 1.0
-    return targets
-
-
 def first_items(dataset, n: int) -> tuple[torch.Tensor, list[str]]:
     """The first `n` (image, caption) items of a map-style or iterable dataset, as a stacked batch."""
     if isinstance(dataset, torch.utils.data.IterableDataset):
@@ -116,18 +106,18 @@ def first_items(dataset, n: int) -> tuple[torch.Tensor, list[str]]:
     return torch.stack(images), list(captions)
 
 
-def train_feature_net(images: torch.Tensor, captions: list[str], *, epochs: int = EPOCHS,
-                      seed: int = SEED) -> tuple[FeatureNet, list[str]]:
+def train_feature_net(images: torch.Tensor, captions: list[str], *,
+                      epochs: int = EPOCHS) -> tuple[FeatureNet, list[str]]:
     """A FeatureNet trained on CPU, deterministically, without touching the global RNG. Returns (net, vocabulary)."""
     vocab = caption_vocabulary(captions)
     if not vocab:
         raise ValueError("the training captions have no informative words (every caption is identical)")
-    targets = word_targets(captions, vocab)
+    targets = torch.tensor([[float(w in words) for w in vocab] for words in map(caption_words, captions)])
     images = fit_size(images.float().cpu())
     # One thread: the same float reduction order on any machine (so the same network), and for convs this small
     # it is also the fastest (2 threads took 3-10x longer per batch on a 2-core machine).
     with one_torch_thread():
-        net = _fit(images, targets, epochs, seed)
+        net = _fit(images, targets, epochs, SEED)
     return net, vocab
 
 

@@ -59,12 +59,10 @@ def start_group(cmd: list[str]) -> subprocess.Popen:
     The child gets SIGTERM from the kernel when the calling thread ends (a kill -9 of this process): call it from the
     thread that waits for the child, as `run_step_distributed` does. `LAUNCHER_ENV` names this process to it.
     """
-    while True:
-        try:
+    environment = None
+    while environment is None:
+        with contextlib.suppress(KeyError):  # a variable removed by another thread while it was copied: copy again
             environment = os.environ.copy()
-            break
-        except KeyError:  # a variable removed by another thread while it was copied: copy again
-            continue
     environment[LAUNCHER_ENV] = str(os.getpid())
     return subprocess.Popen(cmd, env=environment, start_new_session=True, preexec_fn=dies_with_this_thread())
 

@@ -98,16 +98,11 @@ def load_text_to_image(checkpoint: str | Path, model_config: Any = None, img_siz
     data = state.get("data") or {}
     img_size = int(data.get("img_size") or img_size or 0)
     channels = int(data.get("channels") or 3)
-    weights = {name: sampling_weights(state, name) for name in GENERATION_COMPONENTS}
+    ema = state.get("ema", {})  # the weights samples use: a component's EMA shadow where the checkpoint keeps one
+    weights = {name: ema[name]["shadow"] if ema.get(name) else state["models"][name] for name in GENERATION_COMPONENTS}
     return build_text_to_image(weights, state["latent_norm"], model_config, img_size, channels,
                                saved_expander_spade(state), device, saved_flow_shift(state),
                                misfit=f"checkpoint {checkpoint} does not fit the model sizes of the config")
-
-
-def sampling_weights(state: dict[str, Any], name: str) -> dict[str, torch.Tensor]:
-    """Component `name`'s weights that samples use: its EMA shadow where the checkpoint keeps one, else the raw."""
-    ema = state.get("ema", {}).get(name)
-    return ema["shadow"] if ema else state["models"][name]
 
 
 def generate(model: TextToImageModel, prompt: str, seed: int, *, steps: int = 25, guidance: float = 3.0,

@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome
 from fluxflow.config.run_config import run_dict
 from fluxflow.errors import NonRetryable
 from fluxflow.runtime.parent_death import dies_with_this_thread
-from fluxflow.runtime.stop_request import POLL_S, StepInterrupted, stop_requested
+from fluxflow.runtime.stop_request import wait_for
 
 log = logging.getLogger("fluxflow.train.step_run")  # the step runner's logger: its warnings reach the same handlers
 # Every rank's code, named, not imported (processes sit under training): `main` under torchrun, `run_rank` under Ray.
@@ -81,21 +80,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
             return
 
 
-def _wait(proc: subprocess.Popen, step_name: str, timeout: float | None) -> int:
-    """The exit code of torchrun; on a stop request (Ctrl-C in the flow) StepInterrupted at once. The ranks do not
-    stop at a batch boundary then (they would have to agree on one): the group is killed, and the step resumes from
-    its last mid-step checkpoint."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while (rc := proc.poll()) is None:
-        if stop_requested():
-            raise StepInterrupted(f"step {step_name} interrupted: its torchrun processes are stopped; it resumes "
-                                  "from its last checkpoint")
-        if deadline is not None and time.monotonic() > deadline:
-            raise subprocess.TimeoutExpired(proc.args, timeout)
-        time.sleep(POLL_S)
-    return rc
-
-
 def run_step_distributed(config, step_name: str, parent: CheckpointRef | None, nproc: int,
                          timeout: float | None = None) -> StepOutcome:
     from fluxflow.checkpoints.step_files import plan_step
@@ -115,9 +99,11 @@ def run_step_distributed(config, step_name: str, parent: CheckpointRef | None, n
                "--error", str(tmp / "error.json")]
         proc = start_group(cmd)
         try:
-            rc = _wait(proc, step_name, timeout)
+            if not wait_for(lambda: proc.poll() is not None, step_name, "torchrun processes", timeout):
+                raise subprocess.TimeoutExpired(proc.args, timeout)
         finally:
             _kill_group(proc)
+        rc = proc.returncode
         result = tmp / "result.json"  # written (atomically) by rank 0 once every rank has finished the step
         if rc != 0 and not result.exists():
             refused = _rank_error(tmp / "error.json")

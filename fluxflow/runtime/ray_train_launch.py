@@ -22,12 +22,11 @@ from __future__ import annotations
 import importlib
 import os
 import socket
-import time
 import uuid
 
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome
 from fluxflow.config.run_config import run_dict
-from fluxflow.runtime.stop_request import POLL_S, StepInterrupted, stop_requested
+from fluxflow.runtime.stop_request import wait_for
 from fluxflow.storage.location import local_path, remote_uri
 
 # Ray Train sends a worker's print() to its logger and, where stdout is redirected (a Ray worker's is), to stdout as
@@ -134,8 +133,9 @@ def run_step_on_ray(config, step_name: str, parent: CheckpointRef | None, nproc:
                              worker_runtime_env={"env_vars": WORKER_ENV}),
     )
     fit = ray.remote(num_cpus=0)(_fit).remote(trainer)
-    try:
-        _wait(ray, fit, step_name, timeout)
+    try:  # until the Train run ends
+        if not wait_for(lambda: bool(ray.wait([fit], timeout=0)[0]), step_name, "Ray Train workers", timeout):
+            raise TimeoutError(f"step {step_name}: Ray Train did not finish within {timeout} s")
     except BaseException:
         # Still running: end it, and with it the controller and workers it owns. Never a finished task: Ray 2.60's
         # driver aborts ("Tried to complete task that was not pending") when a force-cancel meets its completion.
@@ -154,15 +154,3 @@ def run_step_on_ray(config, step_name: str, parent: CheckpointRef | None, nproc:
 def _fit(trainer) -> dict | None:
     """A Ray task's body (num_cpus=0: the workers hold the resources): the Train run, rank 0's outcome."""
     return trainer.fit().return_value
-
-
-def _wait(ray, fit, step_name: str, timeout: float | None) -> None:
-    """Until the Train run ends; on a stop request StepInterrupted at once (the ranks are killed, the step resumes
-    from its last mid-step checkpoint), on a timeout TimeoutError."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while not ray.wait([fit], timeout=POLL_S)[0]:
-        if stop_requested():
-            raise StepInterrupted(f"step {step_name} interrupted: its Ray Train workers are stopped; it resumes "
-                                  "from its last checkpoint")
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"step {step_name}: Ray Train did not finish within {timeout} s")

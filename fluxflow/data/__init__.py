@@ -75,13 +75,10 @@ def collate_images_captions(batch: list[tuple[torch.Tensor, str]]) -> tuple[torc
 
 
 class CountingLoader(torch.utils.data.DataLoader):
-    """A DataLoader that counts the skipped items of each batch (fluxflow/data/skips.py) as it hands the batch out:
-    workers decode batches ahead, and a step that stops (max_steps, an interrupt) never trains those, so counting
-    what a worker decodes made the count depend on the number of workers and grow across a resume. The batches of
-    a map-style dataset are those of its `batch_sampler`, in order; a stream's are its pass's, from `start_batch`.
-    `counts` False: a pass that the epoch reads again (the first flow step's latent-normalisation batches)."""
-
-    counts = True
+    """A DataLoader that counts the skipped items of each batch as it hands the batch out, not as a worker decodes it
+    ahead (why: fluxflow/data/skips.py SkipCounter). The batches of a map-style dataset are those of its
+    `batch_sampler`, in order; a stream's are its pass's, from `start_batch`. `counts` (set by `make_loader`) False: a
+    pass that the epoch reads again (the first flow step's latent-normalisation batches)."""
 
     def __iter__(self):
         skips = getattr(self.dataset, "skips", None)
@@ -109,8 +106,7 @@ def make_loader(dataset, batch_size: int, workers: int | str, seed: int, epoch: 
 
     `reuse`: the loader of the previous epoch over the same map-style dataset; it is moved to the new position and
     returned, so its persistent workers live on across epochs (a stream's workers must restart: they take the
-    position with them). `counts`: the loader counts the skipped items of the batches it hands out (`CountingLoader`);
-    False for a pass the epoch reads again."""
+    position with them). `counts`: see `CountingLoader`."""
     workers = resolve_workers(workers)
     # generator: each new iterator draws its workers' base seed from it, not from torch's global generator, which
     # another branch of the run may be drawing its initial weights from (fluxflow/runtime/global_rng.py).
@@ -163,6 +159,5 @@ def _one_thread_per_worker(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-__all__ = ["FolderDataset", "ResumableBatchSampler", "ShapesDataset", "WebDatasetHoldout", "WebDatasetSource",
-           "build_dataset", "collate_images_captions", "epoch_permutation", "make_loader", "parse_caption",
-           "resolve_workers", "sequential_loader"]
+__all__ = ["ResumableBatchSampler", "ShapesDataset", "build_dataset", "epoch_permutation", "make_loader",
+           "parse_caption", "resolve_workers", "sequential_loader"]

@@ -37,13 +37,10 @@ KINDS = {
 
 
 class SkipCounter:
-    """`found` counts and logs what the dataset found wrong when it was built.
-
-    A training split counts what the batches the training loop takes hold, not what DataLoader workers decoded: they
-    decode batches ahead (fluxflow/data/__init__.py PREFETCH_BATCHES), which a step that stops (`max_steps`, the
-    epoch's end, an interrupt) never trains on. So the count is a function of the batches trained, the same for any
-    number of workers and with or without a resume, and the loader counts each batch as it hands it out
-    (fluxflow/data/__init__.py make_loader):
+    """`found` counts and logs what the dataset found wrong when it was built. A training split counts each batch as
+    the loader hands it out (fluxflow/data/__init__.py CountingLoader), not as workers decode it ahead
+    (PREFETCH_BATCHES), which a step that stops (`max_steps`, the epoch's end, an interrupt) never trains: the count
+    is a function of the batches trained, the same for any number of workers and with or without a resume:
     - an indexed dataset (`deferred`): `mark(i)` remembers item i unreadable (it is not decoded again) and says the
       first; `count_items(indices)` counts, once per run, the unreadable items each of a batch's items stood in for
       (item i and the unreadable ones after it: the stand-in is the next readable item, fluxflow/data/folder.py);

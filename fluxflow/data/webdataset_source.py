@@ -290,15 +290,12 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
                         yield batch
                     batch = []
         if next_out is not None:  # the order placed samples where the shards hold none: `length` is too large
-            raise DataError(self._shorter_than_said())
+            held = sum(self.index.count(k) for k in range(len(self.shards)))
+            raise DataError(f"webdataset {self.urls!r}: its shards hold {held} samples, fewer than `length` says "
+                            f"({self.rank_inputs + self.holdout}); correct `length` or leave it out (the tar headers "
+                            "are then counted)")
         if last:
             yield last
-
-    def _shorter_than_said(self) -> str:
-        held = sum(self.index.count(k) for k in range(len(self.shards)))
-        return (f"webdataset {self.urls!r}: its shards hold {held} samples, fewer than `length` says "
-                f"({self.rank_inputs + self.holdout}); correct `length` or leave it out (the tar headers are then "
-                "counted)")
 
 
 class WebDatasetHoldout(CountsSkips, torch.utils.data.Dataset):

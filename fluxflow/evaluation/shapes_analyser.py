@@ -15,8 +15,8 @@ How it reads an image:
    alpha is drawn with the dataset's own geometry and renderer; the smallest L1 difference wins. Position is the
    matched template's centre, snapped to the dataset's 3x3 grid.
 
-`analyser_accuracy` measures it on fresh dataset images; `prompt_adherence` scores generated images against their
-captions.
+`prompt_adherence` scores generated images against their captions; tests/evaluation/test_shapes_analyser.py measures
+the analyser itself on fresh dataset images (the validation stream).
 """
 from __future__ import annotations
 
@@ -26,10 +26,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from fluxflow.data.shapes import (BACKGROUNDS, COLORS, GRID, POSITIONS, SHAPES, STREAM_VALIDATION, ShapesDataset,
-                                  draw_shape, parse_caption)
+from fluxflow.data.shapes import BACKGROUNDS, COLORS, GRID, POSITIONS, SHAPES, draw_shape, parse_caption
 
-ATTRIBUTES = ("color", "shape", "background", "position")
 MIN_CONTRAST = 0.12  # foreground-background distance (RGB in [0, 1]) below which we say "no shape found"
 _SUPERSAMPLE = 4
 _COLOR_NAMES, _COLOR_RGB = list(COLORS), np.array(list(COLORS.values()), dtype=np.float32) / 255
@@ -135,23 +133,6 @@ def analyse_shape_image(img) -> dict[str, str | None]:
     row, col = _grid_index(cy / h), _grid_index(cx / w)
     result.update(color=_nearest(_COLOR_NAMES, _COLOR_RGB, fg), shape=shape, position=POSITIONS[3 * row + col])
     return result
-
-
-def analyser_accuracy(n: int = 500, img_size: int = 32, seed: int = 20240607) -> dict:
-    """Accuracy of `analyse_shape_image` per attribute on `n` fresh `shapes` images (the validation stream: neither
-    the training nor the held-out images of any seed), plus the first few misreads for inspection."""
-    dataset = ShapesDataset(n, seed, img_size, channels=3, stream=STREAM_VALIDATION)
-    correct = dict.fromkeys(ATTRIBUTES, 0)
-    misreads = []
-    for i in range(n):
-        truth = dataset.attributes(i)
-        read = analyse_shape_image(dataset[i][0])  # the very tensor training would see
-        for a in ATTRIBUTES:
-            correct[a] += read[a] == truth[a]
-        if read != truth and len(misreads) < 10:
-            misreads.append({"index": i, "truth": truth, "read": read})
-    return {"n": n, "img_size": img_size, "seed": seed, **{a: correct[a] / max(n, 1) for a in ATTRIBUTES},
-            "misreads": misreads}
 
 
 def prompt_adherence(images, captions: list[str]) -> dict[str, float]:

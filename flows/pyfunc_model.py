@@ -50,7 +50,7 @@ SIGNATURE = ModelSignature(
 
 def png_base64(image) -> str:
     """An image tensor `[C, H, W]` in [-1, 1] as the base64 text of a PNG file."""
-    from fluxflow.sampling.generate import to_picture
+    from fluxflow.sampling.sample_files import to_picture
 
     buffer = io.BytesIO()
     to_picture(image).save(buffer, format="PNG")

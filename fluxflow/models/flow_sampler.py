@@ -26,14 +26,10 @@ def sample_flow(model: nn.Module, shape: tuple[int, ...] | torch.Size, tokens: t
     """
     device = tokens.device
     x = torch.randn(tuple(shape), device=device, generator=generator)
-    b = x.shape[0]
     guided = guidance != 1.0
+    drop = torch.arange(2 * x.shape[0], device=device) >= x.shape[0] if guided else None  # 2nd half: unconditional
     if guided:
         tokens, mask, pooled = (torch.cat([a, a]) for a in (tokens, mask, pooled))
-        drop = torch.cat([torch.zeros(b, dtype=torch.bool, device=device),
-                          torch.ones(b, dtype=torch.bool, device=device)])
-    else:
-        drop = None
     times = sigma_schedule(steps, shift, device)
     for i in range(steps):
         t, dt = times[i], times[i + 1] - times[i]  # dt < 0: walking towards data

@@ -13,13 +13,13 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from fluxflow.checkpoints.io import CheckpointError, atomic_write, load_checkpoint
+from fluxflow.checkpoints.io import CheckpointError, load_checkpoint
 from fluxflow.checkpoints.verify import damaged_entry
 from fluxflow.config.file_checks import UnusablePretrained
 from fluxflow.runtime.device import resolve_device
 from fluxflow.storage.location import local_path, remote_uri
 from fluxflow.models import build_component
-from fluxflow.sampling.sample_files import prompt_file_name, to_picture
+from fluxflow.sampling.sample_files import prompt_file_name, save_image_grid
 from fluxflow.sampling.text_to_image import text_to_image
 from fluxflow.checkpoints.step_state import saved_expander_spade, saved_flow_shift
 
@@ -150,9 +150,6 @@ def generate_files(model: TextToImageModel, prompts: list[str], output_dir: str 
     while saving leaves no half image), replacing a file of that name."""
     for prompt, image_seed, path in planned_files(prompts, output_dir, n=n, seed=seed, ext=ext):
         image = generate(model, prompt, image_seed, steps=steps, guidance=guidance, size=size)
-        fmt = "PNG" if path.suffix.lower() == ".png" else "WEBP"  # else a lossless WebP
-        picture = to_picture(image)
         # Made only once an image is made (atomic_write creates it): a refused size leaves no empty folder.
-        atomic_write(path, lambda f: picture.save(f, format=fmt, **({"lossless": True} if fmt == "WEBP" else {})),
-                     durable=False)  # an image is cheap to draw again: no fsync
+        save_image_grid(image, path, nrow=1, padding=0)
         yield path

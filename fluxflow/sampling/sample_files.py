@@ -73,11 +73,13 @@ def to_picture(images: torch.Tensor, nrow: int = 1, padding: int = 0):
     return Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid)
 
 
-def save_image_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8) -> None:
-    """Write images in [-1, 1] as one lossless WebP grid, atomically (no half-written sample is ever visible)."""
-    picture = to_picture(images, nrow, padding=2)
-    # Samples are cheap to regenerate: atomic (rename) but without fsync, which is slow on network storage.
-    atomic_write(path, lambda f: picture.save(f, format="WEBP", lossless=True), durable=False)
+def save_image_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8, padding: int = 2) -> None:
+    """Write images in [-1, 1] as one `to_picture` grid, atomically (no half-written image is ever visible): PNG for a
+    `.png` path, else lossless WebP."""
+    picture = to_picture(images, nrow, padding)
+    options = {"format": "PNG"} if str(path).lower().endswith(".png") else {"format": "WEBP", "lossless": True}
+    # Images are cheap to draw again: atomic (rename) but without fsync, which is slow on network storage.
+    atomic_write(path, lambda f: picture.save(f, **options), durable=False)
 
 
 def prompt_file_name(prompt: str, seed: int, ext: str = "webp") -> str:

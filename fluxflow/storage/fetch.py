@@ -43,9 +43,7 @@ def fetch_verified(uri: str, expected_sha256: str | None = None) -> Path:
             bucket = key.split("/", 1)[0]
             raise StorageError(f"{uri}: the bucket {bucket!r} does not exist; create it or correct the URI") from None
         raise
-    except TornObjectError:
-        raise
-    except Exception as exc:
+    except Exception as exc:  # a TornObjectError is none of the failures a user must fix: it stands
         raise_if_users_to_fix(uri, exc)
         raise
     return folder / name

@@ -15,16 +15,11 @@ import numpy as np
 import torch
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A well-mixed 63-bit seed for epoch `epoch` (neighbouring (seed, epoch) pairs give unrelated orders)."""
-    state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
-
-
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The order in which epoch `epoch` visits items 0..n-1."""
-    g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-    return torch.randperm(n, generator=g)
+    """The order in which epoch `epoch` visits items 0..n-1, under a well-mixed 63-bit seed of (seed, epoch)
+    (neighbouring pairs give unrelated orders)."""
+    state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, dtype=np.uint32)
+    return torch.randperm(n, generator=torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1])))
 
 
 class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):

@@ -11,6 +11,7 @@ size are measured on the same footing (or refused, when their model cannot make 
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -56,13 +57,12 @@ def evaluate_checkpoint(checkpoint: str | Path, config, dataset: str, *, seeds: 
     # the steps said what its captions file lacks (built for each version compared, it said it twice more).
     train_set = functools.partial(build_dataset, ds_cfg, size, channels, "train", report=False)
     net = feature_net_for(train_set, ds_cfg, size, channels, cache) if fd_measurable(images, unseen) else None
-    totals: dict[str, float] = {}
+    totals: Counter[str] = Counter()
     for seed in seeds:
         sample = dict(latent_size=size // cfg.downscale, steps=sampler_steps, seed=seed, spade=model.spade,
                       shift=model.flow_shift)
         with GLOBAL_RNG, torch.random.fork_rng(devices=[target] if target.type == "cuda" else []), torch.no_grad():
             found = flow_metrics(model.models, images, captions, model.latent_norm, sample, net,
                                  shapes=ds_cfg.type == "shapes", unseen=unseen, real=real)
-        for key, value in found.items():
-            totals[key] = totals.get(key, 0.0) + value
+        totals.update(found)
     return {f"eval_{key}": value / len(seeds) for key, value in totals.items()}

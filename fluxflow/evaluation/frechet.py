@@ -47,10 +47,7 @@ SEED = 1234
 
 
 class FeatureNet(nn.Module):
-    """Three stride-2 convs (BatchNorm, SiLU), pooled to a 4x4 map, flattened, a FEATURE_DIM layer (the features),
-    and a linear head over the vocabulary.
-
-    Why this shape: the 4x4 map keeps where things are (position is in the captions; global pooling lost it and
+    """Why this shape: the 4x4 map keeps where things are (position is in the captions; global pooling lost it and
     learned half as well), and it trains to >99 % per-word accuracy on held-out `shapes` in seconds. BatchNorm, not
     GroupNorm: GroupNorm's CPU kernels made training 4x slower, and in eval mode (the only mode features are taken
     in) BatchNorm is a fixed affine map, so an image's features do not depend on its batch.

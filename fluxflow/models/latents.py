@@ -30,12 +30,10 @@ def measure_latent_norm(encoder: nn.Module, batches: torch.Tensor | Iterable[tor
 def latent_norm_of_means(means: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
     """`measure_latent_norm` on posterior means already computed (by the encoder or read from the latent cache).
     Sums are taken in float64, so many batches add up without drift."""
-    sums, squares, count = None, None, 0
+    sums, squares, count = 0, 0, 0
     for mean in means:
         mean = mean.double()
-        batch_sums, batch_squares = mean.sum(dim=(0, 2, 3)), mean.square().sum(dim=(0, 2, 3))
-        sums = batch_sums if sums is None else sums + batch_sums
-        squares = batch_squares if squares is None else squares + batch_squares
+        sums, squares = sums + mean.sum(dim=(0, 2, 3)), squares + mean.square().sum(dim=(0, 2, 3))
         count += mean.numel() // mean.shape[1]
     if count < 2:
         raise ValueError("measuring the latent normalisation needs at least two latent positions")

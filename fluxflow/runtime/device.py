@@ -50,7 +50,6 @@ def host_to_device(tensor: torch.Tensor, device: torch.device | str | None) -> t
     memory makes the host wait until every kernel queued before it has run (the last batch's backward, optimizer and
     EMA), so the training loop could never run ahead of the GPU; each flow step's tokenized captions did that every
     batch. Pinned blocks are not reused before their copy completes (torch's caching host allocator)."""
-    device = torch.device(device) if device is not None else None
-    if device is None or device.type != "cuda":
+    if device is None or torch.device(device).type != "cuda":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)

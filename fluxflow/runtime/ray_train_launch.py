@@ -70,13 +70,6 @@ def worker_nodes(ray) -> list[dict]:
     return gathered
 
 
-def _wants_gpu(config, ray) -> bool:
-    """CUDA where the config asks for it; `auto`: where the cluster has GPUs (the driver may have none)."""
-    if config.training.device == "auto":
-        return ray.cluster_resources().get("GPU", 0) >= 1
-    return config.training.device == "cuda"
-
-
 def capacity_problem(offered: dict, nproc: int, use_gpu: bool, step_name: str) -> str | None:
     """The line saying that the whole cluster (`offered`: its resources in total) has fewer GPUs (CPUs) than the step
     has workers, else None. Also asked before a run starts (flows/ray_steps.py), where it can exit 2."""
@@ -111,7 +104,8 @@ def run_step_on_ray(config, step_name: str, parent: CheckpointRef | None, nproc:
     from fluxflow.runtime.distributed import RANK_WAIT  # torch: here, not where flows/ray_steps asks for capacity
 
     _connect(ray, address, step_name)
-    use_gpu = _wants_gpu(config, ray)
+    device = config.training.device  # `auto`: CUDA where the cluster has GPUs (the driver may have none)
+    use_gpu = ray.cluster_resources().get("GPU", 0) >= 1 if device == "auto" else device == "cuda"
     problem = capacity_problem(ray.cluster_resources(), nproc, use_gpu, step_name)
     if problem:  # at once: Ray Train would wait for the workers, time out and try again, for ever
         raise RuntimeError(problem)

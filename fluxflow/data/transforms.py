@@ -89,9 +89,8 @@ def convert_channels(img: Image.Image, channels: int) -> Image.Image:
     if img.mode == mode and not flatten:
         return img
     if flatten:
-        rgba = img.convert("RGBA")
-        flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        flat.alpha_composite(rgba)
+        flat = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        flat.alpha_composite(img.convert("RGBA"))
         img = flat
     return img.convert(mode)
 

@@ -34,18 +34,11 @@ _COLOR_NAMES, _COLOR_RGB = list(COLORS), np.array(list(COLORS.values()), dtype=n
 _BG_NAMES, _BG_RGB = list(BACKGROUNDS), np.array(list(BACKGROUNDS.values()), dtype=np.float32) / 255
 
 
-def image_array(img) -> np.ndarray:
-    """[H, W, 3] float32 in [0, 1] from a [3, H, W] tensor in [-1, 1], a PIL image, or an [H, W, 3] uint8 array."""
-    if isinstance(img, torch.Tensor):
-        if img.ndim != 3 or img.shape[0] != 3:
-            raise ValueError(f"expected a [3, H, W] image tensor, got shape {tuple(img.shape)}")
-        return ((img.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
-    if isinstance(img, Image.Image):
-        return np.asarray(img.convert("RGB"), dtype=np.float32) / 255
-    arr = np.asarray(img)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"expected an [H, W, 3] uint8 array, got {arr.dtype} {arr.shape}")
-    return arr.astype(np.float32) / 255
+def image_array(img: torch.Tensor) -> np.ndarray:
+    """[H, W, 3] float32 in [0, 1] from a [3, H, W] tensor in [-1, 1]."""
+    if img.ndim != 3 or img.shape[0] != 3:
+        raise ValueError(f"expected a [3, H, W] image tensor, got shape {tuple(img.shape)}")
+    return ((img.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
 
 
 def _nearest(names: list[str], palette: np.ndarray, rgb: np.ndarray) -> str:
@@ -110,7 +103,7 @@ def _grid_index(v: float) -> int:
     return int(np.argmin([abs(v - g) for g in GRID]))
 
 
-def analyse_shape_image(img) -> dict[str, str | None]:
+def analyse_shape_image(img: torch.Tensor) -> dict[str, str | None]:
     """{"color", "shape", "background", "position"} read from one image (see the module docstring). Colour, shape
     and position are None when no foreground stands out from the background."""
     rgb = image_array(img)
@@ -137,7 +130,7 @@ def analyse_shape_image(img) -> dict[str, str | None]:
 
 def prompt_adherence(images, captions: list[str]) -> dict[str, float]:
     """Fraction of images whose colour / shape / both match their caption, over the canonical `shapes` captions
-    (free-text captions are left out; `n` says how many counted). `images`: [B, 3, H, W] in [-1, 1] or a list."""
+    (free-text captions are left out; `n` says how many counted). `images`: [B, 3, H, W] in [-1, 1]."""
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
     hits = {"color": 0, "shape": 0, "color_and_shape": 0}

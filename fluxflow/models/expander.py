@@ -45,10 +45,7 @@ class Expander(nn.Module):
         self.ups = nn.ModuleList()
         prev = widths[0]
         for w in widths:
-            self.ups.append(nn.ModuleDict({
-                "up": nn.Conv2d(prev, prev, 3, padding=1),
-                "block": ResBlock(prev, w),
-            }))
+            self.ups.append(nn.ModuleDict({"up": nn.Conv2d(prev, prev, 3, padding=1), "block": ResBlock(prev, w)}))
             prev = w
         # One modulation after the middle block and one after every level's block.
         hidden = max(16, vae_dim)

@@ -33,8 +33,9 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff", "
 
 
 def read_image(source, img_size: int, channels: int) -> torch.Tensor:
-    """The image in `source` (a path or a binary file), as `load_image` makes it; Pillow's warnings for a large image
-    and for broken metadata tags are not shown (its error for an image twice as large is the caller's to count)."""
+    """The image in `source` (a path or a binary file), fit to `img_size` and converted: the one path every
+    file-backed dataset uses. Raises whatever PIL raises for a corrupt file or one twice Pillow's size limit (callers
+    skip and count it); Pillow's warnings for a large image and for broken metadata tags are not shown."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         # EXIF/TIFF tags skipped ("Possibly corrupt EXIF data", "Tag data larger than file", ...): the image trains.
@@ -46,7 +47,15 @@ def read_image(source, img_size: int, channels: int) -> torch.Tensor:
                 # in 16, so the key would white out every pixel whose high byte matches (opaque near-black ones for
                 # a key of black): not applied, as before it was
                 img.info.pop("transparency", None)
-            return load_image(img, img_size, channels)
+            if img.format == "JPEG":
+                # JPEG can decode at 1/2, 1/4, 1/8 scale for free: never decode more pixels than the crop needs.
+                img.draft("RGB" if channels != 1 else "L", (img_size, img_size))
+            img.load()
+            ImageOps.exif_transpose(img, in_place=True)  # a phone photo stored sideways, with its orientation in EXIF
+            img = convert_channels(img, channels)
+            if img.size != (img_size, img_size):  # the shorter side scaled to `img_size` (antialiased), centre cut
+                img = ImageOps.fit(img, (img_size, img_size), method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))
+            return to_tensor(img, channels)
 
 
 def pil_mode(channels: int) -> str:
@@ -102,17 +111,3 @@ def to_tensor(img: Image.Image, channels: int) -> torch.Tensor:
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
-
-
-def load_image(img: Image.Image, img_size: int, channels: int) -> torch.Tensor:
-    """Decode (the file must already be open), fit to `img_size` and convert: the one path every file-backed
-    dataset uses. Raises whatever PIL raises for a corrupt file; callers decide how to skip it."""
-    if img.format == "JPEG":
-        # JPEG can decode at 1/2, 1/4, 1/8 scale for free: never decode more pixels than the crop needs.
-        img.draft("RGB" if channels != 1 else "L", (img_size, img_size))
-    img.load()
-    ImageOps.exif_transpose(img, in_place=True)  # a phone photo stored sideways, with its orientation in EXIF
-    img = convert_channels(img, channels)
-    if img.size != (img_size, img_size):  # the shorter side scaled to `img_size` (antialiased), the centre cut out
-        img = ImageOps.fit(img, (img_size, img_size), method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))
-    return to_tensor(img, channels)

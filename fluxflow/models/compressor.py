@@ -17,7 +17,6 @@ class Compressor(nn.Module):
     def __init__(self, channels: int, vae_dim: int, latent_channels: int, downscale: int):
         super().__init__()
         widths = level_widths(vae_dim, downscale)
-        self.downscale = downscale
         self.conv_in = nn.Conv2d(channels, widths[0], 3, padding=1)
         blocks: list[nn.Module] = []
         prev = widths[0]

@@ -83,7 +83,7 @@ class FlowProcessor(nn.Module):
         self.pooled_text = pooled_text
         if dim % 4 or dim % heads:
             raise ValueError(f"feature_maps_dim {dim} must be divisible by 4 and by flow_heads {heads}")
-        self.latent_channels, self.patch_size = latent_channels, patch_size
+        self.patch_size = patch_size
         self.patch_embed = nn.Conv2d(latent_channels, dim, patch_size, stride=patch_size)
         self.t_embed = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.pooled_proj = nn.Linear(text_dim, dim)

@@ -8,12 +8,11 @@ import torch
 from PIL import Image
 
 from fluxflow.data import build_dataset, make_loader
-from fluxflow.data.transforms import load_image, read_image
+from fluxflow.data.transforms import read_image
 
 
 def decoded(path, channels=3, size=8):
-    with Image.open(path) as img:
-        return load_image(img, size, channels)
+    return read_image(path, size, channels)
 
 
 def test_a_16_bit_grayscale_png_keeps_its_tones(tmp_path):

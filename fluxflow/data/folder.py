@@ -117,10 +117,8 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
         if problem:
             raise DataError(problem)
         held = holdout_names(seen, holdout)
-        if split == "unseen":
-            self.items: list[tuple[str, str]] = [(n, present[n]) for n in names if n in unseen]
-        else:
-            self.items = [(n, present[n]) for n in seen if (n in held) == (split == "holdout")]
+        chosen = {"train": set(seen) - held, "holdout": held, "unseen": unseen}[split]
+        self.items: list[tuple[str, str]] = [(n, present[n]) for n in names if n in chosen]
         # What a step's latest.pt records of its data (StepState.data_identity): a resume replays the epoch's shuffle
         # of these items, and the listing decides the splits, so other entries set it aside. Only what was read
         # already (no file is opened again): an image replaced in place under its name is not seen.

@@ -34,13 +34,6 @@ _COLOR_NAMES, _COLOR_RGB = list(COLORS), np.array(list(COLORS.values()), dtype=n
 _BG_NAMES, _BG_RGB = list(BACKGROUNDS), np.array(list(BACKGROUNDS.values()), dtype=np.float32) / 255
 
 
-def image_array(img: torch.Tensor) -> np.ndarray:
-    """[H, W, 3] float32 in [0, 1] from a [3, H, W] tensor in [-1, 1]."""
-    if img.ndim != 3 or img.shape[0] != 3:
-        raise ValueError(f"expected a [3, H, W] image tensor, got shape {tuple(img.shape)}")
-    return ((img.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
-
-
 def _nearest(names: list[str], palette: np.ndarray, rgb: np.ndarray) -> str:
     return names[int(np.argmin(((palette - rgb) ** 2).sum(axis=1)))]
 
@@ -104,9 +97,11 @@ def _grid_index(v: float) -> int:
 
 
 def analyse_shape_image(img: torch.Tensor) -> dict[str, str | None]:
-    """{"color", "shape", "background", "position"} read from one image (see the module docstring). Colour, shape
-    and position are None when no foreground stands out from the background."""
-    rgb = image_array(img)
+    """{"color", "shape", "background", "position"} read from one image [3, H, W] in [-1, 1] (see the module
+    docstring). Colour, shape and position are None when no foreground stands out from the background."""
+    if img.ndim != 3 or img.shape[0] != 3:
+        raise ValueError(f"expected a [3, H, W] image tensor, got shape {tuple(img.shape)}")
+    rgb = ((img.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()  # [H, W, 3] in [0, 1]
     h, w = rgb.shape[:2]
     border = np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]])
     bg = np.median(border, axis=0)

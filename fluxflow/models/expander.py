@@ -49,9 +49,7 @@ class Expander(nn.Module):
             prev = w
         # One modulation after the middle block and one after every level's block.
         hidden = max(16, vae_dim)
-        self.spade = nn.ModuleList(
-            [SpadeModulation(widths[0], latent_channels, hidden)]
-            + [SpadeModulation(w, latent_channels, hidden) for w in widths])
+        self.spade = nn.ModuleList(SpadeModulation(w, latent_channels, hidden) for w in [widths[0], *widths])
         self.norm_out = group_norm(prev)
         self.conv_out = nn.Conv2d(prev, channels, 3, padding=1)
 

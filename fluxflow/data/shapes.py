@@ -48,10 +48,8 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
 # 3x3 grid of shape centres, in image-side units; the analyser classifies a centre to the nearest of these.
 GRID: tuple[float, float, float] = (0.3, 0.5, 0.7)
-_ROWS, _COLS = ("top", "middle", "bottom"), ("left", "center", "right")
-POSITIONS: tuple[str, ...] = tuple(
-    "center" if (r, c) == ("middle", "center") else f"{r} {c}" for r in _ROWS for c in _COLS
-)  # row-major: index = 3 * row + col
+POSITIONS: tuple[str, ...] = ("top left", "top center", "top right", "middle left", "center", "middle right",
+                              "bottom left", "bottom center", "bottom right")  # row-major: index = 3 * row + col
 SIZE_RANGE = (0.40, 0.50)  # shape extent as a fraction of the image side
 CENTER_JITTER = 0.02  # keeps positions well inside their grid cell (boundaries at 0.4 / 0.6)
 COLOR_JITTER = 10  # per-channel +-, so no two images share exact colours

@@ -50,8 +50,7 @@ class FeatureNet(nn.Module):
     """Why this shape: the 4x4 map keeps where things are (position is in the captions; global pooling lost it and
     learned half as well), and it trains to >99 % per-word accuracy on held-out `shapes` in seconds. BatchNorm, not
     GroupNorm: GroupNorm's CPU kernels made training 4x slower, and in eval mode (the only mode features are taken
-    in) BatchNorm is a fixed affine map, so an image's features do not depend on its batch.
-    """
+    in) BatchNorm is a fixed affine map, so an image's features do not depend on its batch."""
 
     def __init__(self, channels: int, vocab_size: int, dim: int = FEATURE_DIM):
         super().__init__()

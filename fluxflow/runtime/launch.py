@@ -156,10 +156,9 @@ def _remove_abandoned() -> None:
             continue
         try:
             fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # its launcher is running
-            continue
-        else:
             shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # its launcher is running
+            pass
         finally:
             os.close(held)
 

@@ -62,9 +62,7 @@ class StoreLock(HeldLock):
             self._write(mode="create")
         except FileExistsError:
             self._take_over_if_stale()
-        except StorageError:
-            raise
-        except Exception as exc:
+        except Exception as exc:  # the store's own (fsspec's) errors: `_write` raises no StorageError
             line = describe_store_error(self.uri, exc)
             raise StorageError(line or f"cannot lock {self.url}: {type(exc).__name__}: {exc}") from None
         self._stop = threading.Event()

@@ -46,9 +46,10 @@ def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, co
     `spade`: the expander decodes with SPADE (fluxflow.config.modes.expander_spade); `shift`: the flow's timestep
     shift, which its sampler follows."""
     device = torch.device(device)
+    ds_cfg = config.dataset_for(step)
     # The held-out compositions are scored whether or not the held-out split is empty: a folder with `holdout: 0`
     # and `holdout_captions` keeps those images out of training for this alone.
-    unseen = (unseen_items(config.dataset_for(step), step.img_size, config.data.channels, MAX_EVAL_IMAGES, device)
+    unseen = (unseen_items(ds_cfg, step.img_size, config.data.channels, MAX_EVAL_IMAGES, device)
               if has_flow_mode(step) else None)
     if len(holdout_set) == 0 and unseen is None:
         log.warning("Step %s: the held-out split of dataset %r is empty; no evaluation metrics", step.name,
@@ -71,28 +72,21 @@ def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, co
             if images is not None and touches_vae(step) and {"compressor", "expander"} <= set(models):
                 metrics.update(reconstruction_metrics(models["compressor"], models["expander"], images,
                                                       spade=spade, lpips=lpips_if_available(device)))
-            if has_flow_mode(step):
-                metrics.update(_flow_metrics(step, models, holdout_set, images, captions, unseen, train_set, config,
-                                             latent_norm, device, cache_dir, spade, shift))
+            if has_flow_mode(step) and latent_norm is None:
+                log.warning("Step %s: no latent normalisation yet; flow metrics skipped", step.name)
+            elif has_flow_mode(step):
+                sample = dict(latent_size=step.img_size // config.model.downscale, steps=EVAL_SAMPLER_STEPS,
+                              seed=EVAL_SEED, spade=spade, shift=shift)
+                net = (feature_net_for(train_set, ds_cfg, step.img_size, config.data.channels, cache_dir)
+                       if fd_measurable(images, unseen) else None)
+                norm = {k: v.to(device) for k, v in latent_norm.items()}
+                real = real_sets(holdout_set, captions, images) if images is not None else None
+                metrics.update(flow_metrics(models, images, captions, norm, sample, net, shapes=ds_cfg.type == "shapes",
+                                            unseen=unseen, real=real))
             return metrics
     finally:
         for name, m in models.items():
             m.train(was_training[name])
-
-
-def _flow_metrics(step, models, holdout_set, images, captions, unseen, train_set, config, latent_norm, device,
-                  cache_dir, spade, shift):
-    if latent_norm is None:
-        log.warning("Step %s: no latent normalisation yet; flow metrics skipped", step.name)
-        return {}
-    ds_cfg = config.dataset_for(step)
-    sample = dict(latent_size=step.img_size // config.model.downscale, steps=EVAL_SAMPLER_STEPS,
-                  seed=EVAL_SEED, spade=spade, shift=shift)
-    net = (feature_net_for(train_set, ds_cfg, step.img_size, config.data.channels, cache_dir)
-           if fd_measurable(images, unseen) else None)
-    norm = {k: v.to(device) for k, v in latent_norm.items()}
-    return flow_metrics(models, images, captions, norm, sample, net, shapes=ds_cfg.type == "shapes", unseen=unseen,
-                        real=real_sets(holdout_set, captions, images) if images is not None else None)
 
 
 def fd_measurable(images: torch.Tensor | None, unseen: tuple[torch.Tensor, list[str]] | None) -> bool:

@@ -42,16 +42,13 @@ class Expander(nn.Module):
         widths = level_widths(vae_dim, downscale)[::-1]  # coarsest first
         self.conv_in = nn.Conv2d(latent_channels, widths[0], 3, padding=1)
         self.mid = ResBlock(widths[0], widths[0])
-        self.ups = nn.ModuleList()
-        prev = widths[0]
-        for w in widths:
-            self.ups.append(nn.ModuleDict({"up": nn.Conv2d(prev, prev, 3, padding=1), "block": ResBlock(prev, w)}))
-            prev = w
+        self.ups = nn.ModuleList(nn.ModuleDict({"up": nn.Conv2d(prev, prev, 3, padding=1), "block": ResBlock(prev, w)})
+                                 for prev, w in zip([widths[0], *widths], widths))
         # One modulation after the middle block and one after every level's block.
         hidden = max(16, vae_dim)
         self.spade = nn.ModuleList(SpadeModulation(w, latent_channels, hidden) for w in [widths[0], *widths])
-        self.norm_out = group_norm(prev)
-        self.conv_out = nn.Conv2d(prev, channels, 3, padding=1)
+        self.norm_out = group_norm(widths[-1])
+        self.conv_out = nn.Conv2d(widths[-1], channels, 3, padding=1)
 
     @property
     def last_layer_weight(self) -> nn.Parameter:

@@ -128,15 +128,9 @@ def prompt_adherence(images, captions: list[str]) -> dict[str, float]:
     (free-text captions are left out; `n` says how many counted). `images`: [B, 3, H, W] in [-1, 1]."""
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
-    hits = {"color": 0, "shape": 0, "color_and_shape": 0}
-    n = 0
-    for img, caption in zip(images, captions):
-        want = parse_caption(caption)
-        if want is None:
-            continue
-        read = analyse_shape_image(img)
-        n += 1
-        hits["color"] += read["color"] == want["color"]
-        hits["shape"] += read["shape"] == want["shape"]
-        hits["color_and_shape"] += read["color"] == want["color"] and read["shape"] == want["shape"]
+    reads = [(analyse_shape_image(img), want) for img, want in zip(images, map(parse_caption, captions)) if want]
+    color = [read["color"] == want["color"] for read, want in reads]
+    shape = [read["shape"] == want["shape"] for read, want in reads]
+    hits = {"color": sum(color), "shape": sum(shape), "color_and_shape": sum(c and s for c, s in zip(color, shape))}
+    n = len(reads)
     return {"n": n, **{k: v / n if n else float("nan") for k, v in hits.items()}}

@@ -10,6 +10,7 @@ exceed the GPUs).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import tempfile
 import time
@@ -34,8 +35,7 @@ def claimed_device(device: torch.device, n_gpus: int, directory: Path | None = N
     default = os.environ.get("FLUXFLOW_GPU_LOCK_DIR") or Path(tempfile.gettempdir()) / "fluxflow-gpus"
     directory = directory or Path(default)
     directory.mkdir(parents=True, exist_ok=True)
-    waited = False
-    while True:
+    for attempt in itertools.count():
         for index in range(n_gpus):
             lock = FileLock(directory / f"gpu{index}.lock", timeout=0, thread_local=False)
             try:
@@ -47,7 +47,6 @@ def claimed_device(device: torch.device, n_gpus: int, directory: Path | None = N
             finally:
                 lock.release()
             return
-        if not waited:
+        if attempt == 0:
             say(f"All {n_gpus} GPUs are in use by other steps (locks in {directory}); waiting for one")
-            waited = True
         time.sleep(POLL_S)

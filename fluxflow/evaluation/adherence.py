@@ -1,9 +1,9 @@
 """Prompt adherence on `shapes`: generate one image per held-out caption, read it back with the deterministic
 analyser (`shapes_analyser.analyse_shape_image`), and count how often colour, shape, and both match the caption.
 
-The analyser is validated on real `shapes` images before its verdict on generated ones means anything:
-`analyser_ceiling` runs it on the real held-out images of the same captions, so every report carries the
-analyser's own accuracy next to the model's adherence (a model cannot be measured above that ceiling).
+The analyser is validated on real `shapes` images before its verdict on generated ones means anything: evaluation
+runs `adherence_of` on the real held-out images of the same captions too, so every report carries the analyser's own
+accuracy (`analyser_accuracy_*`) next to the model's adherence (a model cannot be measured above that ceiling).
 """
 from __future__ import annotations
 
@@ -34,8 +34,3 @@ def adherence_of(images: torch.Tensor, captions: list[str]) -> dict[str, float]:
     if scores["n"] == 0:
         raise ValueError("no canonical `shapes` caption among the held-out captions: adherence is undefined")
     return {key: float(scores[src]) for key, src in ADHERENCE_KEYS.items()}
-
-
-def analyser_ceiling(real_images: torch.Tensor, captions: list[str]) -> float:
-    """The analyser's colour-and-shape accuracy on the real images of `captions` (its ceiling on this set)."""
-    return adherence_of(real_images, captions)["adherence_both"]

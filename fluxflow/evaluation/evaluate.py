@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from fluxflow.data import build_dataset
-from fluxflow.evaluation.adherence import adherence_of, analyser_ceiling, generate
+from fluxflow.evaluation.adherence import adherence_of, generate
 from fluxflow.evaluation.diversity import prompt_diversity, real_sets
 from fluxflow.evaluation.frechet import fd_ours, feature_net_for, first_items
 from fluxflow.evaluation.reconstruction import lpips_if_available, reconstruction_metrics
@@ -121,7 +121,7 @@ def flow_metrics(models: dict[str, nn.Module], images: torch.Tensor | None, capt
         without_cfg = generate(models, captions, latent_norm, guidance=1.0, **sample)
         if shapes:
             metrics.update(adherence_of(with_cfg, captions))
-            metrics["analyser_accuracy_holdout"] = analyser_ceiling(images.cpu(), captions)
+            metrics["analyser_accuracy_holdout"] = adherence_of(images.cpu(), captions)["adherence_both"]
         if net is not None and images.shape[0] >= 2:
             metrics["fd_ours_cfg"] = fd_ours(net, images, with_cfg)
             metrics["fd_ours_nocfg"] = fd_ours(net, images, without_cfg)
@@ -140,7 +140,7 @@ def _unseen_metrics(models, images, captions, latent_norm, sample, net, shapes) 
     drawn = generate(models, captions, latent_norm, guidance=EVAL_GUIDANCE, **sample)
     if shapes:
         found = {key.replace("adherence_", "adherence_unseen_"): v for key, v in adherence_of(drawn, captions).items()}
-        found["analyser_accuracy_unseen"] = analyser_ceiling(images.cpu(), captions)
+        found["analyser_accuracy_unseen"] = adherence_of(images.cpu(), captions)["adherence_both"]
         return found
     if net is not None and images.shape[0] >= 2:
         return {"fd_ours_unseen_cfg": fd_ours(net, images, drawn)}

@@ -178,11 +178,6 @@ def extract_features(net: FeatureNet, images: torch.Tensor, batch_size: int = 25
     return torch.cat([net.features(chunk).double() for chunk in images.split(batch_size)]).cpu()
 
 
-def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
-    values, vectors = torch.linalg.eigh(matrix)
-    return (vectors * values.clamp_min(0).sqrt()) @ vectors.T
-
-
 def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets `[N, D]` (N ≥ 2 each)."""
     a, b = features_a.double(), features_b.double()
@@ -190,7 +185,8 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
         raise ValueError("the Fréchet distance needs at least 2 feature vectors on each side")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)  # D = 1: [1, 1]
-    root_a = _sqrt_psd(cov_a)
+    values, vectors = torch.linalg.eigh(cov_a)
+    root_a = (vectors * values.clamp_min(0).sqrt()) @ vectors.T  # Σ_a^½
     cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
     fd = (mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross
     return max(float(fd), 0.0)

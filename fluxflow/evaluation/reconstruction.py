@@ -82,6 +82,4 @@ def lpips_if_available(device: torch.device | str) -> nn.Module | None:
     stand-in under the LPIPS name, never a download."""
     from fluxflow.losses import LPIPSLoss, lpips_backbone_path
 
-    if not lpips_backbone_path().exists():
-        return None
-    return LPIPSLoss().to(device)
+    return LPIPSLoss().to(device) if lpips_backbone_path().exists() else None

@@ -76,10 +76,6 @@ class Scene:
     def caption(self) -> str:
         return caption_for(self.color, self.shape, self.background, self.position)
 
-    @property
-    def attributes(self) -> dict[str, str]:
-        return {"color": self.color, "shape": self.shape, "background": self.background, "position": self.position}
-
 
 Pairs = tuple[tuple[str, str], ...]  # (colour, shape) pairs a stream draws from
 
@@ -213,9 +209,6 @@ class ShapesDataset(torch.utils.data.Dataset):
         if self.caption_dropout > 0:
             return dropped_words_caption(s, self.seed, index % self.size, self.caption_dropout)
         return s.caption
-
-    def attributes(self, index: int) -> dict[str, str]:
-        return self.scene(index).attributes
 
     def variant_images(self, index: int, k: int) -> torch.Tensor:
         """`k` real images `[k, C, H, W]` with item `index`'s caption (caption_variant): the data's own spread."""

@@ -192,13 +192,15 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
         self._output_of[order] = np.arange(order.size)  # input position -> output position
         wanted = order[start_batch * batch_size:self.rank_length]
         self._first_input = int(wanted.min()) if wanted.size else self.rank_inputs
-        # Count the shards a resume skips here, once, so that every worker inherits the counts instead of re-reading.
-        skip = self._first_input
-        for k in self._shard_order() if skip > 0 else []:
+        # Whole shards before the first input wanted are skipped by their counts (no data read): found here, once, so
+        # that every worker inherits the counts instead of re-reading them.
+        self._skipped = (0, 0)  # (shards at the head of this rank's epoch order, the inputs they hold)
+        for k in self._shard_order() if self._first_input > 0 else []:
+            shards, inputs = self._skipped
             available = self.index.count(k) - self.index.reserved(k)
-            if skip < available:
+            if inputs >= self._first_input or inputs + available > self._first_input:
                 break
-            skip -= available
+            self._skipped = (shards + 1, inputs + available)
 
     def _shard_order(self) -> list[int]:
         """This rank's shards in the running epoch's order."""
@@ -222,16 +224,11 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
                 and (batch - self.start_batch) % n_workers == worker)
 
     def _inputs(self, is_mine) -> Iterator[tuple[int, str, str, dict[str, bytes]]]:
-        """(input position, shard, key, files) of this rank's stream; only inputs with is_mine(position) have their
-        bytes read, and whole shards before the first needed input are skipped by their counts (no data read)."""
-        position = 0
-        for k in self._shard_order():
+        """(input position, shard, key, files) of this rank's stream, from the first shard `set_position` did not
+        skip; only inputs with is_mine(position) have their bytes read."""
+        skipped, position = self._skipped
+        for k in self._shard_order()[skipped:]:
             reserved = self.index.reserved(k)
-            if position < self._first_input:
-                available = self.index.count(k) - reserved
-                if position + available <= self._first_input:
-                    position += available
-                    continue
             first = position
 
             def mine(j: int, first=first, reserved=reserved) -> bool:

@@ -59,8 +59,7 @@ def real_sets(holdout_set, captions: list[str], images: torch.Tensor,
     distinct = list(dict.fromkeys(captions))
     if hasattr(holdout_set, "variant_images"):
         prompts = distinct[:DIVERSITY_PROMPTS]
-        first = {c: captions.index(c) for c in prompts}
-        return prompts, [holdout_set.variant_images(first[c], k) for c in prompts]
+        return prompts, [holdout_set.variant_images(captions.index(c), k) for c in prompts]
     groups = {c: [i for i, cap in enumerate(captions) if cap == c] for c in distinct}
     repeated = [c for c in distinct if len(groups[c]) >= 2][:DIVERSITY_PROMPTS]
     if repeated:

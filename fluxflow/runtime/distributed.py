@@ -47,10 +47,9 @@ def init_from_env(device: torch.device) -> bool:
     """Join the process group torchrun describes (WORLD_SIZE > 1); returns whether this run is distributed."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return active()
-    backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend, timeout=RANK_WAIT)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=RANK_WAIT)
     return True
 
 

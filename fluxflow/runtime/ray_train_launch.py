@@ -109,12 +109,11 @@ def run_step_on_ray(config, step_name: str, parent: CheckpointRef | None, nproc:
     problem = capacity_problem(ray.cluster_resources(), nproc, use_gpu, step_name)
     if problem:  # at once: Ray Train would wait for the workers, time out and try again, for ever
         raise RuntimeError(problem)
-    store = remote_uri(config.output.output_path)
-    if store is None:  # the workers may run where the driver's relative paths mean nothing: an absolute path
+    # An object store every node reaches (fluxflow/storage): Ray Train's records go there too.
+    output = remote_uri(config.output.output_path)
+    if output is None:  # the workers may run where the driver's relative paths mean nothing: an absolute path
         output = str(local_path(config.output.output_path).resolve())
         config = config.model_copy(update={"output": config.output.model_copy(update={"output_path": output})})
-    else:  # an object store every node reaches (fluxflow/storage): Ray Train's records go there too
-        output = store
     loop_config = {"config": run_dict(config), "step": step_name, "entry": entry,
                    "parent": parent.to_dict() if parent else None, "use_gpu": use_gpu, "cwd": os.getcwd()}
     trainer = TorchTrainer(

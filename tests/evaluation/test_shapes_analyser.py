@@ -1,7 +1,7 @@
 """The classical `shapes` analyser reads colour and shape back from real images, >= 98 % of the time."""
 import torch
 
-from fluxflow.data.shapes import STREAM_VALIDATION, ShapesDataset, scene
+from fluxflow.data.shapes import STREAM_VALIDATION, ShapesDataset, parse_caption, scene
 from fluxflow.evaluation.shapes_analyser import analyse_shape_image, prompt_adherence
 
 
@@ -9,7 +9,8 @@ def accuracy(n: int, img_size: int, seed: int) -> tuple[dict[str, float], list[d
     """The analyser's accuracy per attribute on `n` fresh `shapes` images (the validation stream: neither the training
     nor the held-out images of any seed), and the first few misreads."""
     dataset = ShapesDataset(n, seed, img_size, stream=STREAM_VALIDATION)
-    reads = [(dataset.attributes(i), analyse_shape_image(dataset[i][0])) for i in range(n)]  # the tensor training sees
+    items = (dataset[i] for i in range(n))  # the very tensors training sees, and their (canonical) captions
+    reads = [(parse_caption(caption), analyse_shape_image(image)) for image, caption in items]
     misreads = [{"index": i, "truth": truth, "read": read} for i, (truth, read) in enumerate(reads) if read != truth]
     return {a: sum(read[a] == truth[a] for truth, read in reads) / n for a in reads[0][0]}, misreads[:10]
 

@@ -127,11 +127,10 @@ def flow_metrics(models: dict[str, nn.Module], images: torch.Tensor | None, capt
             metrics["fd_ours_nocfg"] = fd_ours(net, images, without_cfg)
     if unseen is not None:
         metrics.update(_unseen_metrics(models, *unseen, latent_norm, sample, net, shapes))
-    if real is not None:
-        prompts, real_images = real
+    if real is not None:  # (prompts, their real images)
         metrics.update(prompt_diversity(  # prompt_diversity picks the sampler seed
             lambda texts, seed: generate(models, texts, latent_norm, guidance=EVAL_GUIDANCE, **sample | {"seed": seed}),
-            prompts, real_images))
+            *real))
     return metrics
 
 

@@ -113,8 +113,7 @@ def train_feature_net(images: torch.Tensor, captions: list[str], *,
     # One thread: the same float reduction order on any machine (so the same network), and for convs this small
     # it is also the fastest (2 threads took 3-10x longer per batch on a 2-core machine).
     with one_torch_thread():
-        net = _fit(images, targets, epochs, SEED)
-    return net, vocab
+        return _fit(images, targets, epochs, SEED), vocab
 
 
 def _fit(images: torch.Tensor, targets: torch.Tensor, epochs: int, seed: int) -> FeatureNet:

@@ -29,14 +29,6 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
-def pick_heads(dim: int, head_dim: int = 64) -> int:
-    """Heads for a width that has no configured head count: ~64 channels per head, dividing `dim`."""
-    heads = max(1, dim // head_dim)
-    while dim % heads:
-        heads -= 1
-    return heads
-
-
 class Attention(nn.Module):
     """Multi-head attention (self, or cross when `context` is given) with a boolean key mask.
 

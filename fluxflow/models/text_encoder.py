@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fluxflow.models.layers import MLP, Attention, pick_heads
+from fluxflow.models.layers import MLP, Attention
 from fluxflow.runtime.device import host_to_device
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -60,7 +60,9 @@ class TextEncoder(nn.Module):
         self.max_len = max_len
         self.embed = nn.Embedding(VOCAB_SIZE, dim)
         self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.02)
-        heads = pick_heads(dim)
+        heads = max(1, dim // 64)  # no configured head count: ~64 channels per head, dividing `dim`
+        while dim % heads:
+            heads -= 1
         self.blocks = nn.ModuleList([TextBlock(dim, heads) for _ in range(depth)])
         self.norm_out = nn.LayerNorm(dim)
 

@@ -94,14 +94,11 @@ def convert_channels(img: Image.Image, channels: int) -> Image.Image:
     img = to_eight_bits(img)
     # `transparency`: a palette's transparent entry, or the colour key of an RGB or grayscale PNG (its tRNS chunk):
     # an image already of the mode asked for may have one too (it kept the colour the key hid).
-    flatten = mode != "RGBA" and (img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info)
-    if img.mode == mode and not flatten:
-        return img
-    if flatten:
+    if mode != "RGBA" and (img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info):
         flat = Image.new("RGBA", img.size, (255, 255, 255, 255))
         flat.alpha_composite(img.convert("RGBA"))
         img = flat
-    return img.convert(mode)
+    return img if img.mode == mode else img.convert(mode)
 
 
 def to_tensor(img: Image.Image, channels: int) -> torch.Tensor:

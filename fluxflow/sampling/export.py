@@ -91,8 +91,7 @@ def write_export(model: TextToImageModel, out: Path, source: dict[str, Any] | No
     pretrained = pretrained_text_path(model.model_config)
     if pretrained:  # frozen: its weights are its directory's, not the safetensors file's
         shutil.copytree(Path(pretrained).expanduser(), out / TEXT_ENCODER_DIR)
-    sizes = model.model_config.model_dump()
-    sizes.pop("text_encoder", None)
+    sizes = model.model_config.model_dump(exclude={"text_encoder"})
     text_encoder = ({"kind": "pretrained", "family": inspect_pretrained(pretrained).family,
                      "directory": TEXT_ENCODER_DIR} if pretrained else {"kind": "byte"})
     config = {  # config.json: see the module docstring

@@ -273,7 +273,7 @@ def release_lines(client: MlflowClient, config, output_dir: str) -> list[str]:
     if not steps:
         return []
     name, alias = config.tracking.model_name, config.promotion.alias
-    in_place = {step: done[0].sha256 for step in steps if (done := plan_step(config, step).completed())}
+    in_place = {step: done.ref.sha256 for step in steps if (done := plan_step(config, step).completed())}
     lines, earlier = [], []
     for v in versions_of(client, name, {TAG_OUTPUT_DIR: output_dir}):
         step = v.tags.get(TAG_STEP_NAME)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fluxflow.checkpoints.latest import previous_of
-from fluxflow.checkpoints.ref import CheckpointRef, StepResult
+from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome, StepResult
 from fluxflow.checkpoints.step_state import StepState
 from fluxflow.config.caching import CACHE_FIELDS
 from fluxflow.config.dag import execution_order
@@ -144,10 +144,10 @@ class StepFiles:
     n_steps: int
     dir: Path
     output: Path
-    remote: OutputMirror | None = None  # the object store the output lives on; None for a local output
-    key_inputs: dict | None = None  # what the key hashes (step_key_parts): kept in ref.json to say what changed
-    input_sha256: str | None = None  # the sha256 of the checkpoint it starts from, when known (input_sha256)
-    weights_key: str | None = None  # the key without the values that change no weight (weights_keys)
+    remote: OutputMirror | None  # the object store the output lives on; None for a local output
+    key_inputs: dict  # what the key hashes (step_key_parts): kept in ref.json to say what changed
+    input_sha256: str | None  # the sha256 of the checkpoint it starts from, when known (input_sha256)
+    weights_key: str  # the key without the values that change no weight (weights_keys)
 
     def __post_init__(self) -> None:
         self.latest, self.final, self.ref_json = (self.dir / name for name in ("latest.pt", "final.pt", "ref.json"))
@@ -160,22 +160,22 @@ class StepFiles:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
-    def completed(self) -> tuple[CheckpointRef, StepResult] | None:
-        """The finished step's (ref, result) when final.pt exists for this very key."""
+    def completed(self) -> StepOutcome | None:
+        """The finished step's outcome when final.pt exists for this very key."""
         recorded = self._recorded()
         if (recorded is None or not self._same_config(recorded) or self._other_input(recorded.get("input_sha256"))
                 or not (self.final.exists() or self._final_on_store(recorded["ref"]["sha256"]))):
             return None
         return self._finished(recorded)
 
-    def _finished(self, recorded: dict) -> tuple[CheckpointRef, StepResult]:
-        """(ref, result) of a ref.json's finished step, its ref at final.pt where it is now, not where the run that
+    def _finished(self, recorded: dict) -> StepOutcome:
+        """The outcome of a ref.json's finished step, its ref at final.pt where it is now, not where the run that
         wrote it saw it: that path may be relative to another working directory, or to a folder since moved, and the
         next step opens it (its sha256 still vouches for it)."""
-        return (replace(CheckpointRef.from_dict(recorded["ref"]), uri=self.final_uri()),
-                StepResult.from_dict(recorded["result"]))
+        return StepOutcome(replace(CheckpointRef.from_dict(recorded["ref"]), uri=self.final_uri()),
+                           StepResult.from_dict(recorded["result"]))
 
-    def completed_here_or_set_aside(self) -> tuple[CheckpointRef, StepResult] | None:
+    def completed_here_or_set_aside(self) -> StepOutcome | None:
         """`completed()`, or what it will be once `reuse_set_aside` has moved this key's finished files back from
         `superseded/` (a config changed and changed back): for the "Skipping steps" line, said before anything
         moves, which left such steps out and then skipped them."""
@@ -191,8 +191,7 @@ class StepFiles:
     def _same_config(self, recorded: dict) -> bool:
         """Whether ref.json's files are of this key, or of one that differs only in values that change no weight
         (`workers`; such files record their weights_key)."""
-        return recorded["ref"]["step_key"] == self.key or (
-            self.weights_key is not None and recorded.get("weights_key") == self.weights_key)
+        return self.key == recorded["ref"]["step_key"] or self.weights_key == recorded.get("weights_key")
 
     def _other_input(self, trained_from: str | None) -> bool:
         """Whether files trained from the checkpoint of sha256 `trained_from` (their ref.json's or latest.pt's
@@ -286,7 +285,7 @@ class StepFiles:
             own = describe_change(old_config, self.step.model_dump(mode="json"))
             if own:
                 return f"its configuration changed ({own})"
-        if old_inputs and self.key_inputs:
+        if old_inputs:
             reasons = [f"the model changed ({change})" if part == "model" else f"its dataset changed ({change})"
                        for part in ("model", "dataset")
                        if (change := describe_change(old_inputs.get(part) or {}, self.key_inputs[part]))]

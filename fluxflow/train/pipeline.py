@@ -35,7 +35,7 @@ def completed_steps(config) -> list[str]:
         files.pull_ref()  # an output on an object store: its ref.json, which says whether the step is complete
         done = files.completed_here_or_set_aside()
         if done is not None:
-            refs[step.name] = done[0]
+            refs[step.name] = done.ref
     return list(refs)
 
 

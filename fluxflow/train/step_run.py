@@ -76,9 +76,8 @@ def run_step(config, step_name: str, parent: CheckpointRef | None = None, tracke
         if done is not None:
             if main:
                 runner_line(tracker, f"Skipping step {step_name}: already complete ({files.final_uri()})")
-            ref, result = done
-            result.trained = False
-            return StepOutcome(ref, result)
+            done.result.trained = False
+            return done
         if stop_requested():  # a step the interrupted run had queued: nothing loaded, nothing written
             raise StepInterrupted(f"step {step_name} not started: the run was interrupted")
         if main:

@@ -143,14 +143,13 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None], *, durable:
                 os.close(fd)
 
 
-def _still_good(path: Path, verify: Callable[[Path, int], None] | None) -> bool:
-    """Whether `path` exists and is worth keeping as the previous version (a torn one is simply replaced)."""
+def _still_good(path: Path, verify: Callable[[Path, int], None]) -> bool:
+    """Whether `path` exists and `verify` accepts it, to be kept as the previous version (a torn one is replaced)."""
     try:
-        if verify is not None:
-            verify(path, path.stat().st_size)  # a missing file raises here
+        verify(path, path.stat().st_size)  # a missing file raises here
     except Exception:
         return False
-    return path.exists()
+    return True
 
 
 # ------------------------------------------------------------------------------------------------ save and load

@@ -34,9 +34,11 @@ class StepData:
 
     @functools.cached_property
     def captions(self) -> list[str]:
-        """The training split's distinct captions (`distinct_captions`), gathered once: a flow step's text cache and
-        its count of cut captions both read them, and a large folder's take a pass over every item."""
-        return distinct_captions(self.train_set)
+        """The training split's distinct captions, sorted (without loading images where the dataset can say them),
+        gathered once: a flow step's text cache and its count of cut captions both read them, and a large folder's
+        take a pass over every item."""
+        caption = getattr(self.train_set, "caption", None) or (lambda i: self.train_set[i][1])
+        return sorted({caption(i) for i in range(len(self.train_set))})
 
     @property
     def batch_source(self) -> torch.utils.data.Dataset:
@@ -98,12 +100,6 @@ def captioned_batches(batches: Iterator[tuple[torch.Tensor, list[str]]], step) -
                         "sample's files must be adjacent in its tar) and docs/CONFIG.md")
     yield from head
     yield from batches
-
-
-def distinct_captions(dataset) -> list[str]:
-    """The training split's distinct captions, sorted (without loading images where the dataset can say them)."""
-    caption = getattr(dataset, "caption", None) or (lambda i: dataset[i][1])
-    return sorted({caption(i) for i in range(len(dataset))})
 
 
 @dataclass

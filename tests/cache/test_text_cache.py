@@ -7,8 +7,6 @@ import torch
 from cache_fixtures import assert_trains_the_same, flow_setup
 from helpers_tiny import one_torch_thread
 
-from fluxflow.train.step_data import distinct_captions
-
 __all__ = ["one_torch_thread"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -25,7 +23,7 @@ def test_a_flow_step_trains_the_same_from_the_text_cache_as_by_encoding_captions
 
 def test_the_text_cache_holds_each_distinct_caption_once_with_the_encoders_outputs(tmp_path):
     trainer, data, _, _ = flow_setup(tmp_path, FROZEN_TEXT, caches=True, dataset_size=24)
-    captions = distinct_captions(data.train_set)
+    captions = data.captions
     assert trainer.text_cache.store.rows == len(captions) == len(set(captions))
     picked = [data.train_set[i][1] for i in (3, 0, 3)]
     tokens, pooled, mask = trainer.text_cache.features(picked, trainer.ctx.device)

@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 from pathlib import PurePath
-from typing import Any
+from typing import Any, Iterator
 
 # Bump when what goes into the key changes meaning, so that old final.pt files are not mistaken for current ones.
 KEY_VERSION = 1
@@ -83,24 +83,22 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _diff(old: Any, new: Any, path: str, out: list[str]) -> None:
+def _changes(old: Any, new: Any, path: str = "") -> Iterator[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new), key=str):
             child = f"{path}.{key}" if path else str(key)
             if key not in old:
-                out.append(f"{child}: added ({_short(new[key])})")
+                yield f"{child}: added ({_short(new[key])})"
             elif key not in new:
-                out.append(f"{child}: removed (was {_short(old[key])})")
+                yield f"{child}: removed (was {_short(old[key])})"
             else:
-                _diff(old[key], new[key], child, out)
-        return
-    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)) and len(old) == len(new):
+                yield from _changes(old[key], new[key], child)
+    elif isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)) and len(old) == len(new):
         for i, (a, b) in enumerate(zip(old, new)):
-            _diff(a, b, f"{path}[{i}]", out)
-        return
+            yield from _changes(a, b, f"{path}[{i}]")
     # Compare as canonical JSON, as the key does: 1 vs 1.0 or True vs 1 change the key, so they are reported too.
-    if _canonical(old) != _canonical(new):
-        out.append(f"{path or '(value)'}: {_short(old)} -> {_short(new)}")
+    elif _canonical(old) != _canonical(new):
+        yield f"{path or '(value)'}: {_short(old)} -> {_short(new)}"
 
 
 def describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -108,6 +106,4 @@ def describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
 
     Returns "" when they are equal. E.g. "step.optimization.optimizers.vae.lr: 0.0001 -> 0.0002; parent: ...".
     """
-    changes: list[str] = []
-    _diff(old, new, "", changes)
-    return "; ".join(changes)
+    return "; ".join(_changes(old, new))

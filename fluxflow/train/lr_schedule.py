@@ -80,12 +80,8 @@ def build_schedulers(sched_cfg: dict, optimizers: dict[str, torch.optim.Optimize
     """An LrSchedule per optimizer group with a scheduler config (a resolved SchedulerConfig or a mapping).
     `steps_per_epoch`: optimizer steps per epoch (batches per epoch / gradient_accumulation_steps); None (a caller
     that only calls `after_epoch`): every schedule steps per epoch, without warm-up."""
-    schedules = {}
-    for group, optimizer in optimizers.items():
-        opts = given_options(sched_cfg.get(group))
-        if opts:
-            schedules[group] = make_schedule(opts, optimizer, max_epochs, steps_per_epoch)
-    return schedules
+    return {group: make_schedule(opts, optimizer, max_epochs, steps_per_epoch)
+            for group, optimizer in optimizers.items() if (opts := given_options(sched_cfg.get(group)))}
 
 
 def make_schedule(opts: dict[str, Any], optimizer: torch.optim.Optimizer, max_epochs: int,

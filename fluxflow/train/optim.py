@@ -39,15 +39,10 @@ def make_optimizer(cfg: Any, params: list[nn.Parameter] | list[dict[str, Any]],
 
 def build_optimizers(step: Any, models: dict[str, nn.Module], trained: set[str]) -> dict[str, torch.optim.Optimizer]:
     """The optimizers of the step's groups that have trainable components, keyed by group."""
-    configured = step.optimization.optimizers
-    optimizers: dict[str, torch.optim.Optimizer] = {}
-    for group, comps in GROUP_COMPONENTS.items():
-        if not trained.intersection(comps):
-            continue
-        decay, no_decay = split_decay(models[name] for name in comps if name in models)
-        if decay or no_decay:
-            optimizers[group] = make_optimizer(configured.get(group), param_groups(decay, no_decay), step.lr)
-    return optimizers
+    groups = {group: param_groups(*split_decay(models[name] for name in comps if name in models))
+              for group, comps in GROUP_COMPONENTS.items() if trained.intersection(comps)}
+    return {group: make_optimizer(step.optimization.optimizers.get(group), params, step.lr)
+            for group, params in groups.items() if params}
 
 
 def optimizer_step(optimizers: Sequence[torch.optim.Optimizer], finite: torch.Tensor, max_norm: float | None = None,

@@ -1,5 +1,5 @@
-"""What a running step tells the world: metric means per log interval, sample images, held-out evaluation, and the
-step's final metrics. It reads the step's position and models and writes only to the tracker and samples/."""
+"""What a running step tells its tracker (console, JSONL, MLflow) and samples/: metric means per log interval (the one
+host sync per interval), sample images, held-out evaluation, and the step's final metrics."""
 from __future__ import annotations
 
 import time
@@ -17,10 +17,7 @@ from fluxflow.train.tracking import Progress
 
 
 class StepReport:
-    """Everything a step reports, to its tracker (console, JSONL, MLflow) and samples/: log-interval means (the one
-    host sync per interval), sample images, held-out evaluation, the final metrics.
-
-    It reads the step's `position` (StepRun's, advanced by the step), `trainer`, `data` and `monitor`, and never
+    """Reads the step's `position` (StepRun's, advanced by the step), `trainer`, `data` and `monitor`, and never
     changes them. What it keeps, `history` (the log-interval means of this step and its ancestors,
     `StepState.step_metrics`) and the counts of `state_dict()`, goes into the checkpoint, so a resumed step reports
     what an uninterrupted one would. `say` prints a console line (rank 0's)."""

@@ -46,10 +46,9 @@ def step_key_parts(config) -> dict[str, dict]:
     resolved values, the model's, its dataset's and its parent's key, as plain JSON (kept in ref.json, so that a
     later run can say which of them changed)."""
     parts: dict[str, dict] = {}
-    keys: dict[str, str] = {}
-    root = {"model_checkpoint": config.model_checkpoint} if config.model_checkpoint else None
+    root = json.dumps({"model_checkpoint": config.model_checkpoint}) if config.model_checkpoint else None
     for step in execution_order(config.resolved_steps()):
-        parent_key = keys[step.parent] if step.parent else (json.dumps(root) if root else None)
+        parent_key = key_of(parts[step.parent]) if step.parent else root
         # Caches change no number, so switching them neither re-runs a step nor sets its files aside; nor do the
         # hypothesis label, the resources a Ray executor reserves, the precision (as training.precision, which a
         # resume may change: docs/CONFIG.md), nor the image-statistics fields of terms the step does not use
@@ -60,7 +59,6 @@ def step_key_parts(config) -> dict[str, dict]:
         parts[step.name] = step_key_inputs(step.model_dump(mode="json", exclude=ignored),
                                            config.model.model_dump(mode="json"),
                                            config.dataset_for(step).model_dump(mode="json"), parent_key)
-        keys[step.name] = key_of(parts[step.name])
     return parts
 
 

@@ -1,4 +1,4 @@
-"""Exponential moving average of a module's weights, kept on the raw (uncompiled) module.
+"""Exponential moving average of a module's weights, kept on the raw module (speed.py compiles it in place).
 
 shadow ← d·shadow + (1 − d)·live, for every floating-point parameter, in one `_foreach_lerp_` call;
 buffers (e.g. norm statistics) and non-float tensors are copied. The shadow is what samples and exports use.
@@ -15,22 +15,17 @@ import torch
 from torch import nn
 
 
-def unwrap(module: nn.Module) -> nn.Module:
-    """The module under `torch.compile(...)` (its `_orig_mod`), so state-dict keys carry no `_orig_mod.` prefix."""
-    return getattr(module, "_orig_mod", module)
-
-
 class EMA:
     def __init__(self, module: nn.Module, decay: float):
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
         self.decay = float(decay)
         self.updates = 0
-        self.shadow = copy.deepcopy(unwrap(module)).eval().requires_grad_(False)  # a Parameter's copy has no grad
+        self.shadow = copy.deepcopy(module).eval().requires_grad_(False)  # a Parameter's copy has no grad
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
-        live = dict(unwrap(module).named_parameters())
+        live = dict(module.named_parameters())
         ema_f, live_f = [], []
         for name, p in self.shadow.named_parameters():
             if p.is_floating_point():
@@ -41,7 +36,7 @@ class EMA:
         if ema_f:
             torch._foreach_lerp_(ema_f, live_f, 1.0 - self.current_decay())
         self.updates += 1
-        live_buffers = dict(unwrap(module).named_buffers())
+        live_buffers = dict(module.named_buffers())
         for name, b in self.shadow.named_buffers():
             b.copy_(live_buffers[name])
 

@@ -1,7 +1,7 @@
 """Exponential moving average of a module's weights, kept on the raw module (speed.py compiles it in place).
 
-shadow ← d·shadow + (1 − d)·live, for every floating-point parameter, in one `_foreach_lerp_` call;
-buffers (e.g. norm statistics) and non-float tensors are copied. The shadow is what samples and exports use.
+shadow ← d·shadow + (1 − d)·live, for every parameter (the models' are all floating point), in one `_foreach_lerp_`
+call; buffers (e.g. norm statistics and their integer counters) are copied. The shadow is what samples and exports use.
 
 d warms up as min(decay, (1 + n) / (10 + n)) after n updates: with a fixed 0.999 a short stage's shadow would still
 be ~85 % initial weights after 170 updates, and its samples would show noise instead of what the model learned.
@@ -26,15 +26,9 @@ class EMA:
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
         live = dict(module.named_parameters())
-        ema_f, live_f = [], []
-        for name, p in self.shadow.named_parameters():
-            if p.is_floating_point():
-                ema_f.append(p)
-                live_f.append(live[name].detach().to(p.dtype))
-            else:
-                p.copy_(live[name])
-        if ema_f:
-            torch._foreach_lerp_(ema_f, live_f, 1.0 - self.current_decay())
+        shadow = dict(self.shadow.named_parameters())
+        torch._foreach_lerp_(list(shadow.values()), [live[name].detach().to(p.dtype) for name, p in shadow.items()],
+                             1.0 - self.current_decay())
         self.updates += 1
         live_buffers = dict(module.named_buffers())
         for name, b in self.shadow.named_buffers():

@@ -40,7 +40,6 @@ def prepare_models(config, step, state: dict | None, device: torch.device) -> di
             (log.info if name in trained else log.warning)(
                 "Auto-created %s with default parameters from the model config (not in the input checkpoint)%s",
                 name, "" if name in trained else "; this step does not train it, so it is used untrained")
-        # frozen: no gradients, and eval mode, for this step only
         models[name] = module.to(device).requires_grad_(name in trained).train(name in trained)
     return models
 

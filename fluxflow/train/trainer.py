@@ -147,7 +147,6 @@ def build_trainer(config, step, state: dict | None, device: torch.device, *, max
         if schedule.inert and distributed.is_main():
             log.warning("Step %s: optimization.schedulers.%s: %s", step.name, group, schedule.inert)
     lpips = LPIPSLoss().to(device) if step.use_lpips and step.train_vae else None
-    # Speed switches (compile, channels-last, DDP for flow steps): the per-batch steps call these modules.
     runnable = runnable_models(models, step, config.training, device, trained)
     # A frozen component with an EMA is used as its EMA weights, as samples and exports use it: the frozen text
     # encoder a flow step trains on, keys its text cache on and samples with is one network (the latent side does the

@@ -135,13 +135,12 @@ class CacheStore:
         directory is read without it."""
         entry = {"time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "output": output, "step": step}
         line = (json.dumps(entry) + "\n").encode("utf-8")
-        try:
+        with contextlib.suppress(OSError):  # read-only, or a full disk: the record is a convenience, training goes on
             fd = os.open(self.dir / "used_by.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        except OSError:
-            return
-        with contextlib.suppress(OSError):  # a full disk: the record is a convenience, the training goes on
-            os.write(fd, line)
-        os.close(fd)
+            try:
+                os.write(fd, line)
+            finally:  # an interrupt too
+                os.close(fd)
 
     def captions(self) -> dict[int, str]:
         """{row: caption} of the written rows (a line cut short by a killed process is not one of them)."""

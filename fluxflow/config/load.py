@@ -228,10 +228,9 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
     if issues:  # a step is named by its index in an issue, by its name in an override
         names = [get_in(step, "name", kind=str) for step in get_in(raw, *STEPS, kind=list) or []]
         raise ConfigError(from_overrides(_dedupe(issues), overrides, names, overrides_name, created), label)
-    legacy_warnings = list(warnings)
-    warnings += (_unused_lr_warnings(config) + _unused_field_warnings(config) + _overridden_warnings(config)
-                 + _unused_dataset_warnings(config))
-    return LoadedConfig(config=config, warnings=warnings, legacy_warnings=legacy_warnings)
+    ours = (_unused_lr_warnings(config) + _unused_field_warnings(config) + _overridden_warnings(config)
+            + _unused_dataset_warnings(config))
+    return LoadedConfig(config=config, warnings=warnings + ours, legacy_warnings=warnings)
 
 
 def _unused_dataset_warnings(config: PipelineConfig) -> list[str]:
@@ -384,20 +383,6 @@ NAME_RE = re.compile(rf"^[A-Za-z0-9_-]{{1,{NAME_LIMIT}}}$")
 NAME_RULE = f"must be 1-{NAME_LIMIT} letters, digits, '_' or '-' (it is used in file names)"
 
 
-@dataclass
-class Pieces:
-    """The parts of a config that parsed; None where a part did not (its own errors are already reported)."""
-
-    steps: list[StepConfig | None]
-    defaults: StepDefaults | None
-    globals_: dict[str, Any]  # what steps inherit (as in PipelineConfig.written_steps)
-    datasets: dict[str, DatasetConfig | None] | None  # a dataset that did not parse: None under its name
-    default_dataset: str | None
-    model: ModelConfig | None
-    data: DataConfig | None
-    output: OutputConfig | None
-
-
 def _lenient_globals(training: dict, dataset: str | None) -> dict[str, Any]:
     """Step globals from the fields of `training` that validate as TrainingConfig's own; where one does not (it is
     already reported), its default stands in."""
@@ -424,7 +409,8 @@ def _parse(model: Any, value: Any) -> Any:
 
 def semantic_issues(raw: dict) -> list[ConfigIssue]:
     """The rules that span fields, on each part of the file that parses on its own (all of them when the whole config
-    parsed, which then gives the same values)."""
+    parsed, which then gives the same values). A part that does not parse is None (its own errors are already
+    reported); a dataset that does not, None under its name."""
     raw_steps = get_in(raw, *STEPS, kind=list) or []
     part = lambda model, *keys: _parse(model, get_in(raw, *keys, kind=object) or {})  # noqa: E731 - None: did not parse
     datasets = get_in(raw, "training", "pipeline", "datasets", kind=object)
@@ -433,15 +419,16 @@ def semantic_issues(raw: dict) -> list[ConfigIssue]:
     default_dataset = get_in(raw, "training", "pipeline", "default_dataset", kind=str)
     if datasets is not None:
         datasets, default_dataset = implicit_datasets(datasets, default_dataset)
-    p = Pieces([_parse(StepConfig, s) for s in raw_steps], part(StepDefaults, *STEPS[:2], "defaults"),
-               _lenient_globals(get_in(raw, "training") or {}, default_dataset), datasets, default_dataset,
-               part(ModelConfig, "model"), part(DataConfig, "data"), part(OutputConfig, "output"))
+    steps, defaults = [_parse(StepConfig, s) for s in raw_steps], part(StepDefaults, *STEPS[:2], "defaults")
+    model, globals_ = part(ModelConfig, "model"), _lenient_globals(get_in(raw, "training") or {}, default_dataset)
     names, afters = ([get_in(step, key, kind=str) for step in raw_steps] for key in ("name", "after"))
-    issues = _name_issues(names) + _dag_issues(names, afters) + _dataset_issues(p) + _size_issues(p)
-    issues += text_encoder_issues(p.model) + defaults_optimization_issues(p.defaults)
+    issues = _name_issues(names) + _dag_issues(names, afters) + _dataset_issues(datasets, default_dataset)
+    issues += _size_issues(model, part(DataConfig, "data"), part(OutputConfig, "output"), steps, defaults, datasets)
+    issues += text_encoder_issues(model) + defaults_optimization_issues(defaults)
     issues += checkpoint_issues(get_in(raw, "model_checkpoint", kind=str))
-    checked = {i: _step_issues(i, step, p) for i, step in enumerate(p.steps)  # index -> (issues, uses LPIPS)
-               if step is not None and p.defaults is not None}
+    pretrained = model is not None and model.text_encoder.type == "pretrained"
+    checked = {i: _step_issues(i, step, defaults, globals_, datasets, pretrained)  # index -> (issues, uses LPIPS)
+               for i, step in enumerate(steps) if step is not None and defaults is not None}
     issues += [issue for step_issues, _ in checked.values() for issue in step_issues]
     return issues + lpips_issues([i for i, (_, uses_lpips) in checked.items() if uses_lpips])
 
@@ -491,11 +478,11 @@ def _dag_issues(names: list[str | None], afters: list[str | None]) -> list[Confi
     return issues
 
 
-def _dataset_issues(p: Pieces) -> list[ConfigIssue]:
-    if p.datasets is None:
+def _dataset_issues(datasets: dict | None, default: str | None) -> list[ConfigIssue]:
+    if datasets is None:
         return []
     issues = []
-    for name, ds in p.datasets.items():
+    for name, ds in datasets.items():
         loc = ("training", "pipeline", "datasets", name)
         if not NAME_RE.match(name):
             issues.append(ConfigIssue(loc, f"dataset name {name!r} {NAME_RULE}"))
@@ -507,27 +494,27 @@ def _dataset_issues(p: Pieces) -> list[ConfigIssue]:
             issues.append(ConfigIssue((*loc, "holdout"), "is 0, but holdout_pairs are scored on as many images of "
                                                          "the unseen pairs as holdout holds out: hold some out, or "
                                                          "leave holdout_pairs out"))
-    if p.default_dataset is not None and p.default_dataset not in p.datasets:
-        issues.append(ConfigIssue("training.pipeline.default_dataset",
-                                  _unknown("dataset", p.default_dataset, p.datasets)))
+    if default is not None and default not in datasets:
+        issues.append(ConfigIssue("training.pipeline.default_dataset", _unknown("dataset", default, datasets)))
     return issues
 
 
-def _size_issues(p: Pieces) -> list[ConfigIssue]:
-    if p.model is None:
+def _size_issues(model: ModelConfig | None, data: DataConfig | None, output: OutputConfig | None, steps: list,
+                 defaults: StepDefaults | None, datasets: dict | None) -> list[ConfigIssue]:
+    if model is None:
         return []
-    m, issues = p.model, []
+    m, issues = model, []
     if m.feature_maps_dim % 4 or m.feature_maps_dim % m.flow_heads:  # 2-D position embedding: 4 parts
         issues.append(ConfigIssue("model.feature_maps_dim", f"{m.feature_maps_dim} must be divisible by 4 and by "
                                                             f"model.flow_heads ({m.flow_heads})"))
     unit = m.downscale * m.patch_size
     why = f"a multiple of {unit} (model.downscale {m.downscale} x model.patch_size {m.patch_size})"
-    sizes = [(("data", "img_size"), p.data and p.data.img_size)]
-    sizes += [(("output", "sample_sizes", i), size) for i, size in enumerate(p.output and p.output.sample_sizes or [])]
-    sizes += [((*STEPS, i, "img_size"), step and step.img_size) for i, step in enumerate(p.steps)]
-    sizes += [(("training", "pipeline", "defaults", "img_size"), p.defaults and p.defaults.img_size)]
+    sizes = [(("data", "img_size"), data and data.img_size)]
+    sizes += [(("output", "sample_sizes", i), size) for i, size in enumerate(output and output.sample_sizes or [])]
+    sizes += [((*STEPS, i, "img_size"), step and step.img_size) for i, step in enumerate(steps)]
+    sizes += [(("training", "pipeline", "defaults", "img_size"), defaults and defaults.img_size)]
     sizes += [(("training", "pipeline", "datasets", name, "img_size"), ds and ds.img_size)
-              for name, ds in (p.datasets or {}).items()]
+              for name, ds in (datasets or {}).items()]
     return issues + [ConfigIssue(loc, f"{size} must be {why}") for loc, size in sizes
                      if size is not None and size % unit]
 
@@ -542,18 +529,19 @@ def _inherited(step: StepConfig, *keys: str) -> str:
     return ""
 
 
-def _step_issues(i: int, step: StepConfig, p: Pieces) -> tuple[list[ConfigIssue], bool]:
-    """Issues of one step, and whether it uses LPIPS."""
+def _step_issues(i: int, step: StepConfig, defaults: StepDefaults, globals_: dict[str, Any], datasets: dict | None,
+                 pretrained: bool) -> tuple[list[ConfigIssue], bool]:
+    """Issues of one step, and whether it uses LPIPS. `pretrained`: the model's text encoder is a pretrained one."""
     at = lambda *keys: (*STEPS, i, *keys)  # noqa: E731 - a step field's path, which ConfigIssue writes dotted
     issues: list[ConfigIssue] = []
     try:
-        s = resolve_step(i, step, p.defaults, p.globals_, None)
+        s = resolve_step(i, step, defaults, globals_, None)
     except ConfigError as missing:  # n_epochs or the dataset given nowhere
-        if not missing.issues[0].path.endswith(".dataset") or p.datasets is not None:
+        if not missing.issues[0].path.endswith(".dataset") or datasets is not None:
             issues += missing.issues
         # Go on with placeholders so that the step's other problems are reported too.
-        placeholders = {**p.globals_, "n_epochs": p.globals_["n_epochs"] or 1, "dataset": p.globals_["dataset"] or ""}
-        s = resolve_step(i, step, p.defaults, placeholders, None)
+        placeholders = {**globals_, "n_epochs": globals_["n_epochs"] or 1, "dataset": globals_["dataset"] or ""}
+        s = resolve_step(i, step, defaults, placeholders, None)
     if not any(getattr(s, m) for m in modes.PRIMARY_MODES):
         extra = " (train_spade and use_lpips only modify a VAE/GAN step)" if s.train_spade or s.use_lpips else ""
         issues.append(ConfigIssue(at(), f"no training mode: enable at least one of "
@@ -571,8 +559,8 @@ def _step_issues(i: int, step: StepConfig, p: Pieces) -> tuple[list[ConfigIssue]
     if s.use_lpips and not s.train_vae:
         issues.append(ConfigIssue(at("use_lpips"), "needs train_vae (LPIPS is a reconstruction loss)"
                                   + _inherited(step, "use_lpips")))
-    given = merged_step_fields(step, p.defaults)
-    if p.model is not None and p.model.text_encoder.type == "pretrained":
+    given = merged_step_fields(step, defaults)
+    if pretrained:
         frozen = ("a pretrained text encoder (model.text_encoder) stays frozen: its weights are read from its "
                   "directory, never trained or written to checkpoints")
         if s.train_diff_full:
@@ -589,8 +577,8 @@ def _step_issues(i: int, step: StepConfig, p: Pieces) -> tuple[list[ConfigIssue]
             issues.append(ConfigIssue(at("optimization", "schedulers", group, "type"), "ReduceLROnPlateau watches "
                                       "transition_on.metric, so it needs mode: loss_threshold (here it would never "
                                       "change the lr)" + _inherited(step, "optimization")))
-    if p.datasets is not None and s.dataset and s.dataset not in p.datasets and "dataset" in given:
-        issues.append(ConfigIssue(at("dataset"), _unknown("dataset", s.dataset, p.datasets)
+    if datasets is not None and s.dataset and s.dataset not in datasets and "dataset" in given:
+        issues.append(ConfigIssue(at("dataset"), _unknown("dataset", s.dataset, datasets)
                                   + _inherited(step, "dataset")))
     return issues, bool(s.use_lpips and s.train_vae)
 

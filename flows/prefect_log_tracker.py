@@ -42,16 +42,6 @@ class PrefectLogTracker(Tracker):
                 self.logger.setLevel(logging.INFO)
                 self.logger.propagate = False
 
-    @classmethod
-    def for_current_task_run(cls) -> PrefectLogTracker | None:
-        """A tracker for the task run this is called in; None outside one (the step called without Prefect)."""
-        from prefect.context import TaskRunContext
-
-        context = TaskRunContext.get()
-        if context is None or context.task_run.flow_run_id is None:
-            return None
-        return cls(context.task_run.flow_run_id, context.task_run.id)
-
     def log_metrics(self, metrics: dict[str, float], progress: Progress) -> None:
         if has_console_line(metrics):
             self.logger.info(console_line(metrics, progress), extra=self.ids)

@@ -18,6 +18,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 
 from flows import together
 from flows.artifacts import mlflow_run_url, publish_step
@@ -44,8 +45,10 @@ def make_tracker(config: PipelineConfig, target: TrackingTarget, node: StepNode 
         tags={TAG_RAY_NODE: node.node_id, TAG_HOSTNAME: node.hostname} if node else None,
         params=step_context_params(config, config.step(step_name)) if step_name else None)
     console = ConsoleJsonlTracker(output_root(config))  # local: an object store's staging mirror
-    prefect_log = PrefectLogTracker.for_current_task_run()
-    return MultiTracker([console, mlflow_tracker, *([prefect_log] if prefect_log else [])]), mlflow_tracker
+    run = TaskRunContext.get()  # None: the step called without Prefect
+    prefect_log = [PrefectLogTracker(run.task_run.flow_run_id, run.task_run.id)] \
+        if run is not None and run.task_run.flow_run_id is not None else []
+    return MultiTracker([console, mlflow_tracker, *prefect_log]), mlflow_tracker
 
 
 def workers_tags(workers: tuple[StepNode, ...]) -> dict[str, str]:

@@ -168,11 +168,10 @@ def difference(a: list[float], b: list[float], metric: str = "", names: tuple[st
     return _test(a, b, metric, names, WELCH)
 
 
-def versus_value(values: list[float], value: float, metric: str = "", names: tuple[str, str] = ("A", "B"),
-                 ) -> Difference:
+def versus_value(values: list[float], value: float, names: tuple[str, str] = ("A", "B")) -> Difference:
     """values − value, where `value` is a fixed number (a champion evaluated once on fixed images and seeds): the
     one-sample t interval of the mean, which is Welch's with a side that has no spread."""
-    return _test([value] * len(values), values, metric, names, FIXED)
+    return _test([value] * len(values), values, "", names, FIXED)
 
 
 def better_beyond(d: Difference, direction: str, margin: float = 0.0) -> bool:

@@ -12,12 +12,14 @@ from datetime import datetime, timezone
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from pydantic import ValidationError
 
 from flows.compare import MISSING, Comparison, differing, table_rows
 from flows.mlflow_names import FINAL_PREFIX, TAG_PROMOTION, TAG_STEP_NAME
 from flows.mlflow_runs import flatten_params
 from flows.model_uri import missing_files_problem
 from flows.registry import RegistryError, no_versions_problem, tracking_at, version_by_alias, versions_of
+from fluxflow.config.run_config import run_config_of
 
 # The alias promotion moves unless the config names another (promotion.alias, fluxflow/config/promotion.py).
 DEFAULT_ALIAS = "champion"
@@ -51,10 +53,6 @@ def version_config(client: MlflowClient, name: str, version) -> dict[str, str]:
     """The config the version was trained with, flattened like run params, each step under its name
     (`steps.flow.lr`) rather than as one list, with the values it trained at: a step that inherits its lr from
     `training.lr` or the defaults shows that lr (it showed '-', as if the versions differed where they did not)."""
-    from pydantic import ValidationError
-
-    from fluxflow.config.run_config import run_config_of
-
     with tracking_at(client.tracking_uri):  # load_dict: downloaded into a temporary folder that it removes again
         try:
             config = mlflow.artifacts.load_dict(f"models:/{name}/{version.version}/{CONFIG_FILE}")

@@ -21,6 +21,7 @@ import itertools
 import math
 from dataclasses import asdict, dataclass, field, replace
 
+from flows.text_table import plain_table
 from fluxflow.evaluation.direction import better_direction
 
 CONFIDENCE = 0.95
@@ -282,8 +283,6 @@ class HypothesisSummary:
 
     def text(self) -> str:
         """The whole summary as text tables (the pipeline's MLflow run keeps it as hypotheses.txt)."""
-        from flows.text_table import plain_table
-
         config = [[f"config: {key}", *values] for key, values in self.config.items()]
         parts = [plain_table([["", *self.replicates], *config, *self.metric_rows()])]
         if self.differences:

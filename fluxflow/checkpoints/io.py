@@ -143,10 +143,13 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None], *, durable:
                 os.close(fd)
 
 
-def _still_good(path: Path, verify: Callable[[Path, int], None]) -> bool:
-    """Whether `path` exists and `verify` accepts it, to be kept as the previous version (a torn one is replaced)."""
+def _still_good(path: Path, verify: Callable[[Path, int], None] | None) -> bool:
+    """Whether `path` exists and `verify` (if any) accepts it, to be kept as the previous version (a torn one is
+    replaced)."""
     try:
-        verify(path, path.stat().st_size)  # a missing file raises here
+        size = path.stat().st_size  # a missing file raises here
+        if verify is not None:
+            verify(path, size)
     except Exception:
         return False
     return True

@@ -27,8 +27,9 @@ class EMA:
     def update(self, module: nn.Module) -> None:
         live = dict(module.named_parameters())
         shadow = dict(self.shadow.named_parameters())
-        torch._foreach_lerp_(list(shadow.values()), [live[name].detach().to(p.dtype) for name, p in shadow.items()],
-                             1.0 - self.current_decay())
+        if shadow:  # a component of buffers only has nothing to average (foreach refuses an empty list)
+            torch._foreach_lerp_(list(shadow.values()), [live[name].detach().to(p.dtype) for name, p in shadow.items()],
+                                 1.0 - self.current_decay())
         self.updates += 1
         live_buffers = dict(module.named_buffers())
         for name, b in self.shadow.named_buffers():

@@ -245,3 +245,11 @@ def test_a_config_error_is_not_retryable():
     from fluxflow.config import ConfigError, ConfigIssue
 
     assert not is_retryable(ConfigError([ConfigIssue("x", "wrong")]))
+
+
+def test_keep_previous_without_a_verify_keeps_the_file_it_replaces(tmp_path):
+    # atomic_write's contract: with keep_previous the replaced file is moved there; a verify only vets it
+    path, previous = tmp_path / "latest.bin", tmp_path / "latest.prev.bin"
+    path.write_bytes(b"old")
+    ckpt.atomic_write(path, lambda f: f.write(b"new"), keep_previous=previous)
+    assert path.read_bytes() == b"new" and previous.read_bytes() == b"old"

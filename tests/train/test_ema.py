@@ -71,3 +71,14 @@ def test_state_dict_round_trip(tmp_path):
 def test_decay_out_of_range_is_rejected():
     with pytest.raises(ValueError):
         EMA(tiny(), decay=1.5)
+
+
+def test_a_module_without_parameters_updates_its_buffers():
+    # A component of buffers only (a frozen statistic, a norm without affine weights) has nothing to average: the
+    # update copies its buffers and counts, instead of failing in torch's foreach lerp of an empty list.
+    model = torch.nn.BatchNorm1d(2, affine=False)
+    ema = EMA(model, decay=0.9)
+    model(torch.randn(8, 2) + 3)
+    ema.update(model)
+    torch.testing.assert_close(ema.shadow.running_mean, model.running_mean)
+    assert ema.updates == 1

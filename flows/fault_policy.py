@@ -43,15 +43,23 @@ def retry_unless_non_retryable(task, task_run, state) -> bool:
 ENGINE_EXIT = "Engine execution exited with unexpected exception"
 
 
+# Prefect's words for a stop the user asked for (Ctrl-C, SIGTERM), which its engines log at ERROR as a crash ("Crash
+# detected! ...", "Finished in state Crashed(...)"): the steps saved the batch they reached, and the command says how
+# to go on, so these records are INFO; the runs' state stays Crashed, as Prefect sets it.
+REQUESTED_STOPS = ("Execution was aborted by an interrupt signal.", "Execution was aborted by a termination signal.")
+
+
 class QuietNonRetryable(logging.Filter):
     """Drops the traceback from log records about a non-retryable failure, and from the flow's own end when steps
     failed or missed their threshold with `on_missed: fail` (PipelineFailed: its message names each of them, and a
     failed step's traceback was logged by its task run; a missed threshold is an outcome the config asked for, not a
     crash). The record's message stays, with the error written as its text: Prefect writes it with %r, which put a
     ConfigError's problems on one line joined by a literal \\n. The engine's closing repeat (ENGINE_EXIT), which without
-    its traceback says nothing, is dropped."""
+    its traceback says nothing, is dropped. A requested stop (REQUESTED_STOPS) is logged at INFO."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and any(stop in record.getMessage() for stop in REQUESTED_STOPS):
+            record.levelno, record.levelname = logging.INFO, "INFO"
         error = record.exc_info[1] if record.exc_info else None
         if error is None or is_retryable(error) and not isinstance(error, PipelineFailed):
             return True

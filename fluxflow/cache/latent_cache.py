@@ -48,8 +48,7 @@ def build_latent_cache(store: CacheStore, dataset, rows: np.ndarray | None, enco
             mean, logvar = encode(images.to(device, non_blocking=True))
             # Recorded before the batch's rows are handed on to be committed: recorded at the build's end, a build
             # stopped at a commit (or killed) kept rows whose unreadable items no later step counted
-            found = {i: r for i, r in (dataset.unreadable() if hasattr(dataset, "unreadable") else {}).items()
-                     if i not in recorded}
+            found = dataset.unreadable(recorded) if hasattr(dataset, "unreadable") else {}
             if found:
                 store.record_unreadable(found)
                 recorded.update(found)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Container
 from pathlib import Path
 
 import torch
@@ -147,11 +148,12 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
         which is another item's)."""
         return self.items[index][1]
 
-    def unreadable(self) -> dict[int, str]:
-        """{item: why its image does not decode} of the items met unreadable so far, read again here (a DataLoader
-        worker met them): what a latent cache records, so that a step that reuses it counts them too."""
+    def unreadable(self, known: Container[int] = ()) -> dict[int, str]:
+        """{item: why its image does not decode} of the items met unreadable so far, but those `known` (recorded
+        already), read again here (a DataLoader worker met them): what a latent cache records, so that a step that
+        reuses it counts them too."""
         found = {}
-        for i in self.skips.marked():
+        for i in (i for i in self.skips.marked() if i not in known):
             name = self.items[i][0]
             try:
                 read_image(self.root / name, self.img_size, self.channels)

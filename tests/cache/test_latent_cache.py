@@ -238,3 +238,27 @@ def test_recording_unreadable_items_reads_the_record_once(tmp_path, monkeypatch)
     monkeypatch.setattr(store_module, "_jsonl_pairs", lambda path: reads.append(path) or real(path))
     store.record_unreadable({i: "bad" for i in range(50, 300)})
     assert len(reads) == 1 and len(store.unreadable()) == 300
+
+
+def test_a_build_reads_each_unreadable_image_again_once_not_once_per_batch(tmp_path, monkeypatch):
+    """The items met unreadable are read again to record why (FolderDataset.unreadable): once each, where every
+    later batch read all of them again (batches x unreadable decodes on a large, scraped folder)."""
+    from PIL import Image
+
+    from fluxflow.cache.latent_cache import build_latent_cache, latent_store
+    from fluxflow.data import folder as folder_module
+    from fluxflow.data.folder import FolderDataset
+
+    for i in range(16):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"p{i:02d}.png")
+    (tmp_path / "p01.png").write_bytes(b"")  # in the first batch of 4: 3 batches follow it
+    (tmp_path / "captions.txt").write_text("".join(f"p{i:02d}.png\tcaption {i}\n" for i in range(16)))
+    dataset = FolderDataset(tmp_path, "captions.txt", 8, report=False)
+    store = latent_store(tmp_path / "cache", {"k": 1}, len(dataset), (4, 2, 2))
+    reads = []
+    real = folder_module.read_image
+    monkeypatch.setattr(folder_module, "read_image", lambda path, *a: reads.append(path.name) or real(path, *a))
+    build_latent_cache(store, dataset, None, lambda x: (torch.zeros(len(x), 4, 2, 2),) * 2, CPU, batch_size=4,
+                       workers=0, chunk_rows=4, desc="x")
+    assert reads.count("p01.png") == 2  # the loader's read that failed, and the one that says why
+    assert list(store.unreadable()) == [dataset.items.index(("p01.png", "caption 1"))]

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from bench.common import MachineLoad, device_label, int_at_least, machine, print_table, write_result
+from fluxflow.config.schema import ModelConfig
 
 KINDS = ("vae", "vae_gan_r1", "flow")
 STEP_FLAGS = {
@@ -32,8 +33,8 @@ STEP_FLAGS = {
 }
 CPU_CASES = [(64, 8), (64, 32), (256, 8)]  # (img_size, batch): the CPU subset (~1 minute on 2 idle cores)
 GRID_SIZES, GRID_BATCHES = (64, 256), (8, 16, 32, 64)
-# Image sizes are multiples of the default model's downscale x patch_size (4 x 2): load_config refuses others.
-IMAGE_UNIT = 8
+# Image sizes are multiples of the default model's downscale x patch_size: load_config refuses others.
+IMAGE_UNIT = ModelConfig().downscale * ModelConfig().patch_size
 GPU_CASES = [(size, batch) for size in GRID_SIZES for batch in GRID_BATCHES]  # the full grid
 SEED_SIZE_MODEL = {"vae_dim": 114}  # VAE 6.89 M parameters (the original's ≈ 6.8 M); flow 1.74 M (≈ 1.8 M)
 SEED_SIZE_CASE = (64, 4)

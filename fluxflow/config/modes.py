@@ -115,10 +115,17 @@ def unused_fields(step: Any) -> dict[str, str]:
     for term in (t for t in IMAGE_STAT_TERMS if t not in image_stat_terms(step)):
         mark([f"lambda_{term}"], f"train_{term} is off" if step.train_vae else
              "the step has no reconstruction loss (train_vae)")
-    vae = {"compressor", "expander"} if touches_vae(step) else set()
-    if not trained_components(step) & (vae | {"flow_processor", "text_encoder"}):
+    if not ema_components(step, trained_components(step)):
         mark(["ema_decay"], "the step keeps no EMA (it trains no compressor, expander, flow model or text encoder)")
     return unused
+
+
+def ema_components(step, trained: set[str]) -> set[str]:
+    """EMA by the original tool's rule: VAE components when any VAE mode or modifier is on; flow components when they
+    train. Only trained ones: a frozen component's EMA, updated towards its live weights, drifted during the step,
+    and the step decodes with it (train_spade added the expander even when the step froze it)."""
+    vae = {"compressor", "expander"} if touches_vae(step) else set()
+    return trained & (vae | {"flow_processor", "text_encoder"})
 
 
 def mode_trained_components(step: Any) -> set[str]:

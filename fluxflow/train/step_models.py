@@ -14,16 +14,9 @@ from torch import nn
 from fluxflow.runtime import distributed
 from fluxflow.train.ema import EMA
 from fluxflow.models import build_component
-from fluxflow.config.modes import required_components, touches_vae, trained_components
+from fluxflow.config.modes import ema_components, required_components, trained_components
 
 log = logging.getLogger("fluxflow.train.step_run")
-
-def ema_components(step, trained: set[str]) -> set[str]:
-    """EMA by the original tool's rule: VAE components when any VAE mode or modifier is on; flow components when they
-    train. Only trained ones: a frozen component's EMA, updated towards its live weights, drifted during the step,
-    and the step decodes with it (train_spade added the expander even when the step froze it)."""
-    vae = {"compressor", "expander"} if touches_vae(step) else set()
-    return trained & (vae | {"flow_processor", "text_encoder"})
 
 
 def prepare_models(config, step, state: dict | None, device: torch.device) -> dict[str, nn.Module]:

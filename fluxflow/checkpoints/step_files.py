@@ -31,6 +31,7 @@ from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome, StepResult
 from fluxflow.checkpoints.step_state import StepState
 from fluxflow.config.caching import CACHE_FIELDS
 from fluxflow.config.dag import execution_order
+from fluxflow.config.heldout_pairs import draws_pairs
 from fluxflow.config.modes import unused_fields, unused_image_stat_fields
 from fluxflow.config.steps import KEY_NEUTRAL_VALUES
 from fluxflow.checkpoints.step_key import describe_change, step_key, step_key_inputs
@@ -87,7 +88,7 @@ def weights_dataset(dataset: dict) -> dict:
     if dataset.get("type") != "shapes":
         return dataset
     pairs = dataset.get("holdout_pairs")
-    drawn = isinstance(pairs, int) and pairs > 0
+    drawn = draws_pairs(pairs)
     return {k: v for k, v in dataset.items()
             if not (k == "holdout_pairs_seed" and not drawn or k == "holdout_pairs" and pairs in (0, []))}
 

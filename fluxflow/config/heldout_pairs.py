@@ -35,6 +35,11 @@ def max_heldout_pairs() -> int:
     return len(COLORS) * len(SHAPES) - max(len(COLORS), len(SHAPES))
 
 
+def draws_pairs(spec: list[str] | int | None) -> bool:
+    """Whether `holdout_pairs` draws its pairs (a positive count): the one case its `holdout_pairs_seed` acts on."""
+    return isinstance(spec, int) and spec > 0
+
+
 def heldout_pairs(spec: list[str] | int | None, seed: int = 0) -> tuple[Pair, ...]:
     """The held-out pairs that `spec` names (list) or draws (count, with `seed`), in a fixed order; () for None."""
     if spec is None:

@@ -19,6 +19,7 @@ from fluxflow.config.errors import STEPS, ConfigError, ConfigIssue, did_you_mean
 from fluxflow.config.executor import process_issues, resources_issues
 from fluxflow.config.file_checks import checkpoint_issues, lpips_issues, not_a_regular_file, text_encoder_issues, \
     with_pretrained_width
+from fluxflow.config.heldout_pairs import draws_pairs
 from fluxflow.config.legacy import apply_legacy, get_in
 from fluxflow.config.optim import Optimization, number_problem, optimizer_issues, scheduler_issues
 from fluxflow.config.promotion import promotion_issues
@@ -240,8 +241,7 @@ def _unused_dataset_warnings(config: PipelineConfig) -> list[str]:
             + ("and holdout_pairs lists its pairs" if isinstance(ds.holdout_pairs, list) else
                "and holdout_pairs sets none")
             for name, ds in config.training.pipeline.datasets.items()
-            if ds.type == "shapes" and ds.holdout_pairs_seed is not None and not (
-                isinstance(ds.holdout_pairs, int) and ds.holdout_pairs > 0)]
+            if ds.type == "shapes" and ds.holdout_pairs_seed is not None and not draws_pairs(ds.holdout_pairs)]
 
 
 def _unused_field_warnings(config: PipelineConfig) -> list[str]:

@@ -325,7 +325,7 @@ class StepRun:
         for schedule in self.trainer.schedulers.values():
             schedule.after_epoch(metric)
         pos.epoch, pos.batch = pos.epoch + 1, 0
-        self.outcome = self.monitor.outcome_after_epoch(pos.epoch)
+        self.outcome = self.monitor.outcome_after_epoch(pos.epoch, smoothed)
         self.save(completed=self.outcome is not None)
         self.report.samples(batch=None)
         if self.outcome is None and stop_requested():

@@ -34,10 +34,10 @@ class TransitionMonitor:
         # One sync per epoch; under torchrun the ranks average their windows so they all take the same decision.
         return float(distributed.mean_across_ranks(self.values[: min(self.seen, self.window)].mean()))
 
-    def outcome_after_epoch(self, epochs_done: int) -> str | None:
-        """None while the step should go on, else its outcome."""
-        value = self.smoothed()  # None unless the mode is loss_threshold
-        if value is not None and value < self.threshold:
+    def outcome_after_epoch(self, epochs_done: int, smoothed: float | None) -> str | None:
+        """None while the step should go on, else its outcome. `smoothed`: this epoch's `smoothed()`, which the
+        caller has taken already (a host sync, and under torchrun an all-reduce: once per epoch)."""
+        if smoothed is not None and smoothed < self.threshold:
             return "met"
         if epochs_done < self.max_epochs:
             return None

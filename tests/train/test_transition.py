@@ -32,7 +32,7 @@ def test_epoch_mode_ends_after_n_epochs():
     monitor = TransitionMonitor(SimpleNamespace(mode="epoch", metric=None, threshold=None, max_epochs=None,
                                                 window=None), n_epochs=3, device=torch.device("cpu"))
     feed(monitor, "vae_loss", [0.0] * 4)
-    assert [monitor.outcome_after_epoch(e) for e in (1, 2, 3)] == [None, None, "epochs_done"]
+    assert [monitor.outcome_after_epoch(e, monitor.smoothed()) for e in (1, 2, 3)] == [None, None, "epochs_done"]
     assert monitor.smoothed() is None
 
 
@@ -41,12 +41,12 @@ def test_threshold_met_when_the_moving_average_of_any_metric_drops_below(metric)
     monitor = TransitionMonitor(threshold(metric, 0.5, max_epochs=5, window=4), n_epochs=5,
                                 device=torch.device("cpu"))
     feed(monitor, metric, [1.0, 1.0, 1.0, 1.0])  # epoch 1: mean 1.0
-    assert monitor.outcome_after_epoch(1) is None
+    assert monitor.outcome_after_epoch(1, monitor.smoothed()) is None
     feed(monitor, metric, [0.2, 0.2])  # window [1, 1, .2, .2]: mean 0.6, still above
-    assert monitor.outcome_after_epoch(2) is None
+    assert monitor.outcome_after_epoch(2, monitor.smoothed()) is None
     feed(monitor, metric, [0.2, 0.2])  # window [.2, .2, .2, .2]: the old values have left it
     assert monitor.smoothed() == pytest.approx(0.2)
-    assert monitor.outcome_after_epoch(3) == "met"
+    assert monitor.outcome_after_epoch(3, monitor.smoothed()) == "met"
 
 
 def test_smoothing_is_the_mean_of_the_last_window_batches_only():
@@ -60,8 +60,8 @@ def test_smoothing_is_the_mean_of_the_last_window_batches_only():
 def test_threshold_missed_ends_at_max_epochs():
     monitor = TransitionMonitor(threshold(value=0.1, max_epochs=2), n_epochs=7, device=torch.device("cpu"))
     feed(monitor, "vae_loss", [1.0] * 4)
-    assert monitor.outcome_after_epoch(1) is None
-    assert monitor.outcome_after_epoch(2) == "max_epochs_reached"
+    assert monitor.outcome_after_epoch(1, monitor.smoothed()) is None
+    assert monitor.outcome_after_epoch(2, monitor.smoothed()) == "max_epochs_reached"
 
 
 def test_monitor_state_round_trip_continues_the_same_window():

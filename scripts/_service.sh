@@ -40,14 +40,17 @@ PREFECT="$VENV_BIN/prefect"
 
 _DETACH='import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])'
 
+# live_pid NAME: the pid recorded in $RUN_DIR/NAME.pid when it names a live process; fails otherwise.
+live_pid() {
+    local pid
+    pid="$(cat "$RUN_DIR/$1.pid" 2>/dev/null)" && [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
 # service_running NAME: whether the process recorded in $RUN_DIR/NAME.pid is alive (it says so, and how to stop it).
 service_running() {
-    local pidfile="$RUN_DIR/$1.pid"
-    if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-        echo "$1 is already running (pid $(cat "$pidfile")); stop it with: bash scripts/$(basename "$0") stop"
-        return 0
-    fi
-    return 1
+    local pid
+    pid="$(live_pid "$1")" || return 1
+    echo "$1 is already running (pid $pid); stop it with: bash scripts/$(basename "$0") stop"
 }
 
 # running_as NAME RECORD ASKED SETTING: whether NAME is running (its pid file names a live process) with ASKED, what
@@ -56,8 +59,7 @@ service_running() {
 # said "already running" and then waited minutes on the new port, where nothing had been started.
 running_as() {
     local name="$1" record="$2" asked="$3" setting="$4" pid recorded
-    pid="$(cat "$RUN_DIR/$name.pid" 2>/dev/null)" || return 1
-    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+    pid="$(live_pid "$name")" || return 1
     recorded="$(cat "$RUN_DIR/$name.$record" 2>/dev/null)" || recorded=""
     if [[ -n "$recorded" && "$recorded" != "$asked" ]]; then
         echo "❌ $name is already running (pid $pid) with $record $recorded, not $asked ($setting): stop it first" \

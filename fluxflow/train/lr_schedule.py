@@ -121,9 +121,10 @@ def inert_reason(kind: str, opts: dict[str, Any], warmup: int, updates: int, use
     return None
 
 
-def counted(n: int, thing: str) -> str:
-    """'1 optimizer update', '2 optimizer updates', '1 batch', '2 batches': the count lines of the step's warnings."""
-    return f"{n} {thing}" if n == 1 else f"{n} {thing}{'es' if thing.endswith(('s', 'ch', 'sh', 'x')) else 's'}"
+def counted(n: int, thing: str, things: str | None = None) -> str:
+    """'1 optimizer update', '2 optimizer updates', '2 epochs', counted(2, 'batch', 'batches'): the count lines of the
+    step's warnings (no spelling rule guesses a plural: 'epoch' is not 'batch')."""
+    return f"{n} {thing if n == 1 else things or thing + 's'}"
 
 
 def make_scheduler(kind: str, opts: dict[str, Any], optimizer: torch.optim.Optimizer, span: int, interval: str):

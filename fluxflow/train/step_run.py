@@ -98,8 +98,9 @@ def counts_beyond_the_step(step, batches: int, epochs: int) -> list[str]:
     fluxflow/train/lr_schedule.py inert_reason): the config is valid, but the value silently means something else."""
     lines, k = [], step.gradient_accumulation_steps
     if k > batches:
-        lines.append(f"gradient_accumulation_steps {k} is more than the epoch's {counted(batches, 'batch')}: each "
-                     f"update averages {counted(batches, 'batch')}, not {k} (every epoch ends with an update)")
+        n_batches = counted(batches, 'batch', 'batches')
+        lines.append(f"gradient_accumulation_steps {k} is more than the epoch's {n_batches}: each update averages "
+                     f"{n_batches}, not {k} (every epoch ends with an update)")
     updates = -(-batches // k) * epochs
     if has_vae_mode(step) and step.kl_warmup_steps > updates:
         lines.append(f"kl_warmup_steps {step.kl_warmup_steps} is more than the step's "

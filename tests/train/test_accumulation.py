@@ -150,6 +150,9 @@ def test_counts_the_step_cannot_reach_are_warned_at_its_start(tmp_path, caplog, 
         "(every epoch ends with an update)",
         "kl_warmup_steps 100 is more than the step's 1 optimizer update: the KL weight ends at 1/100 of kl_beta",
         "eval_interval 3 is more than the step's 1 epoch: it is evaluated at its end only"]
+    # 'epochs', not 'epoches' (the plural rule read 'epoch' as 'batch')
+    assert counts_beyond_the_step(warm, 8, 2)[-1] == ("eval_interval 3 is more than the step's 2 epochs: it is "
+                                                      "evaluated at its end only")
     assert counts_beyond_the_step(warm.model_copy(update={"kl_warmup_steps": 4, "eval_interval": 1,
                                                           "gradient_accumulation_steps": 2}), 8, 1) == []
     caplog.set_level(logging.WARNING, logger="fluxflow.train.step_run")

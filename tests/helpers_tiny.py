@@ -172,3 +172,10 @@ def register_by_hand(tracking_uri: str, checkpoint: str | Path, name: str, folde
     if alias:
         client.set_registered_model_alias(name, alias, version.version)
     return version
+
+
+def step_keys(config) -> dict[str, str]:
+    """Every step's key, as a run plans its files (fluxflow/checkpoints/step_files.py, plan_step)."""
+    from fluxflow.checkpoints.step_files import plan_step
+
+    return {step.name: plan_step(config, step.name).key for step in config.resolved_steps()}

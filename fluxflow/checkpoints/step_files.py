@@ -129,15 +129,10 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return sha256_file(path)
 
 
-def step_keys(config) -> dict[str, str]:
-    """Every step's key (fluxflow/checkpoints/step_key.py)."""
-    return {name: key_of(inputs) for name, inputs in step_key_parts(config).items()}
-
-
 @dataclass
 class StepFiles:
     """One step's files under `<output>/checkpoints/<step>/` and the rules that decide what a run does with them.
-    `key` is the step's key (`step_keys`): a file belongs to this run only when it carries the same one."""
+    `key` is the step's key (`key_of`): a file belongs to this run only when it carries the same one."""
     step: object  # ResolvedStep
     key: str
     n_steps: int

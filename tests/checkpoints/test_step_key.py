@@ -76,9 +76,7 @@ def test_describe_change_reports_removed_keys_list_items_and_nothing_when_equal(
 
 
 def test_image_statistics_fields_enter_a_steps_key_only_where_the_step_uses_the_term(tmp_path):
-    from helpers_tiny import tiny_config
-
-    from fluxflow.checkpoints.step_files import step_keys
+    from helpers_tiny import step_keys, tiny_config
 
     def key(**fields):
         return step_keys(tiny_config(tmp_path, [{"name": "a", "n_epochs": 1, "train_vae": True, **fields}]))["a"]

@@ -2,7 +2,7 @@
 about them, and that switching them changes no step key."""
 from pathlib import Path
 
-from fluxflow.checkpoints.step_files import step_keys
+from helpers_tiny import step_keys
 from fluxflow.config import load_config
 from fluxflow.config.caching import latent_cache_choice, text_cache_choice
 from fluxflow.config.summary import format_summary

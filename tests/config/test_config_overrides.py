@@ -3,10 +3,9 @@ messages, and the step keys (a changed value retrains, an unchanged one reuses).
 from __future__ import annotations
 
 import pytest
-from helpers_tiny import VAE_STEP, one_torch_thread, tiny_raw  # noqa: F401
+from helpers_tiny import VAE_STEP, one_torch_thread, step_keys, tiny_raw  # noqa: F401
 
 from flows import cli_train
-from fluxflow.checkpoints.step_files import step_keys
 from fluxflow.config import ConfigError, load_config
 
 STEPS = [dict(VAE_STEP), {"name": "flow", "n_epochs": 1, "max_steps": 2, "train_diff_full": True}]

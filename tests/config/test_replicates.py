@@ -3,9 +3,8 @@ its hypothesis, with its own seed, name, parent and step key; the file's other s
 from __future__ import annotations
 
 import pytest
-from helpers_tiny import tiny_raw
+from helpers_tiny import step_keys, tiny_raw
 
-from fluxflow.checkpoints.step_files import step_keys
 from fluxflow.config import ConfigError, load_config
 
 WARM = {"name": "warm", "n_epochs": 1, "train_vae": True}

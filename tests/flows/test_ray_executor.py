@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers_tiny import tiny_raw
+from helpers_tiny import step_keys, tiny_raw
 from ray_cluster import free_port, is_loopback, listening_addresses, ray_env, session_members, two_node_cluster
 
 from fluxflow.checkpoints.ref import StepNode, StepOutcome
-from fluxflow.checkpoints.step_files import step_keys
 from fluxflow.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,9 +8,8 @@ import math
 
 import pytest
 import torch
-from helpers_tiny import one_torch_thread, single_step_config, tiny_config  # noqa: F401
+from helpers_tiny import one_torch_thread, single_step_config, step_keys, tiny_config  # noqa: F401
 
-from fluxflow.checkpoints.step_files import step_keys
 from fluxflow.config import ConfigError
 from fluxflow.config.steps import SHIFT_RANGE
 from fluxflow.losses.flow import FlowObjective, draw_timesteps, min_snr_weight, rectified_flow_loss

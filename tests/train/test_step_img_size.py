@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_tiny import load_weights, one_torch_thread, tiny_config, tiny_raw  # noqa: F401
+from helpers_tiny import load_weights, one_torch_thread, step_keys, tiny_config, tiny_raw  # noqa: F401
 from PIL import Image
 
-from fluxflow.checkpoints.step_files import step_keys
 from fluxflow.config import ConfigError, load_config
 from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request
 from fluxflow.train.pipeline import run_pipeline

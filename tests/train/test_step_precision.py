@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from helpers_tiny import tiny_config
+from helpers_tiny import step_keys, tiny_config
 
-from fluxflow.checkpoints.step_files import step_keys
 from fluxflow.train.trainer import build_trainer
 
 STEPS = [{"name": "warmup", "n_epochs": 1, "train_vae": True, "precision": "bf16"},

@@ -203,10 +203,8 @@ def save_checkpoint(state: dict[str, Any], path: PathLike, keep_previous: Path |
         raise CheckpointError(f"could not write checkpoint {path}: {e}") from e
 
 
-def load_checkpoint(
-    path: PathLike, map_location: str | torch.device = "cpu", expected_sha256: str | None = None
-) -> dict[str, Any]:
-    """Load a checkpoint dict with `torch.load(weights_only=True)`.
+def load_checkpoint(path: PathLike, expected_sha256: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint dict onto the CPU with `torch.load(weights_only=True)`.
 
     Raises CheckpointError naming the file when it is missing, not a regular file, corrupt or truncated, would run
     code when unpickled (refused), is not a dict, or (with `expected_sha256`, e.g. from a CheckpointRef) has
@@ -228,7 +226,7 @@ def load_checkpoint(
             )
     try:
         with _open_read(path) as f:
-            state = torch.load(f, map_location=map_location, weights_only=True)
+            state = torch.load(f, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
     except Exception as e:  # UnpicklingError (refused), zip reader RuntimeError, EOFError on an empty file, ...

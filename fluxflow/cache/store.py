@@ -219,23 +219,18 @@ def fill(store: CacheStore, rows: np.ndarray | None, batches: Callable[[np.ndarr
         if missing.size == 0:
             return 0
         reserve(store)
-        _write(store, missing, batches, chunk_rows, desc)
-    return missing.size
-
-
-def _write(store: CacheStore, missing: np.ndarray, batches: Callable[[np.ndarray], Batches], chunk_rows: int,
-           desc: str) -> None:
-    writer, done, total = CacheWriter(store), 0, missing.size
-    try:
-        with batch_progress(total, 0, desc, unit="item") as bar:
-            for written, values, captions in batches(missing):
-                writer.write(written, values, captions)
-                bar.update(len(written))
-                if len(writer.pending) >= chunk_rows:
-                    done += len(writer.pending)
-                    writer.commit()
-                    if stop_requested() and done < total:
-                        raise StepInterrupted(f"{desc}: stopped after {done}/{total} rows; the next run continues")
-            writer.commit()
-    finally:
-        writer.close()
+        writer, done, total = CacheWriter(store), 0, missing.size
+        try:
+            with batch_progress(total, 0, desc, unit="item") as bar:
+                for written, values, captions in batches(missing):
+                    writer.write(written, values, captions)
+                    bar.update(len(written))
+                    if len(writer.pending) >= chunk_rows:
+                        done += len(writer.pending)
+                        writer.commit()
+                        if stop_requested() and done < total:
+                            raise StepInterrupted(f"{desc}: stopped after {done}/{total} rows; the next run continues")
+                writer.commit()
+        finally:
+            writer.close()
+    return total

@@ -2,7 +2,7 @@
 what an exact resume needs beyond the weights.
 
 The key names are the original tool's checkpoint format (docs/ARCHITECTURE.md, "Checkpoint format"), kept as they
-are; this type is the one place that knows them. `from_dict` reads what any version of this product wrote: a key an
+are; this type is the one place that knows them. `of_checkpoint` reads what any version of this product wrote: a key an
 older checkpoint lacks takes its default, so such a checkpoint still loads as a parent (it is never resumed from: its
 `step_key` differs).
 """
@@ -44,14 +44,10 @@ class StepState:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> StepState:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (data or {}).items() if k in known})
-
-    @classmethod
     def of_checkpoint(cls, state: dict | None) -> StepState:
         """The step state of a loaded checkpoint (empty for none)."""
-        return cls.from_dict((state or {}).get("pipeline_metadata"))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in ((state or {}).get("pipeline_metadata") or {}).items() if k in known})
 
 
 def saved_expander_spade(state: dict | None) -> bool:

@@ -389,7 +389,7 @@ def test_a_latest_pt_resumes_on_the_data_it_was_saved_with_or_one_that_did_not_r
     folder = {"items": 32, "sha256": "a" * 64}
     assert StepFiles.data_changed(folder, dict(folder)) is None
     # An older latest.pt (no data_identity), and shapes or webdataset data (None): not checked, resumed.
-    assert StepState.from_dict({"batch": 4}).data_identity is None
+    assert StepState.of_checkpoint({"pipeline_metadata": {"batch": 4}}).data_identity is None
     assert StepFiles.data_changed(None, folder) is None and StepFiles.data_changed(folder, None) is None
     assert StepFiles.data_changed(folder, {"items": 40, "sha256": "b" * 64}) == (
         "its dataset changed since latest.pt: 32 -> 40 items")

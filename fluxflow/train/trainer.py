@@ -68,7 +68,8 @@ class Trainer:
             metrics.update(train_vae_batch(ctx, images, update, window))
         if has_flow_mode(step):
             with gradient_sync(ctx.models, window.last):  # DDP (flow steps under torchrun): all-reduce at window end
-                flow_metrics = train_flow_batch(ctx, self.flow_latents(images), self.text_features(captions), window)
+                latents = normalise_latents(self.posterior_means(images), ctx.latent_norm)
+                flow_metrics = train_flow_batch(ctx, latents, self.text_features(captions), window)
             if "skipped_updates" in metrics:
                 flow_metrics["skipped_updates"] = flow_metrics["skipped_updates"] + metrics["skipped_updates"]
             metrics.update(flow_metrics)
@@ -83,10 +84,6 @@ class Trainer:
     def posterior_means(self, inputs: torch.Tensor) -> torch.Tensor:
         """The batch's posterior means: cached ones as they come, or the latent encoder's of its images."""
         return inputs if self.cached_latents else posterior(self.ctx.latent_encoder, inputs, self.ctx.amp_dtype)[0]
-
-    def flow_latents(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The normalised flow latents of the batch (fluxflow/models/latents.py), from the cache or encoded now."""
-        return normalise_latents(self.posterior_means(inputs), self.ctx.latent_norm)
 
     def text_features(self, captions: list[str]) -> TextFeatures:
         """The text encoder's outputs for the batch's captions: looked up in the text cache, or encoded now."""

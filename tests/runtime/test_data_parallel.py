@@ -45,7 +45,7 @@ def torchrun(*args: str, timeout: float = 300) -> None:
 def single_process_window(monkeypatch) -> dict[str, torch.nn.Module]:
     """The same window in one process: the 4 half batches, each with the seed of the rank that trained it."""
     from fluxflow.train.batch_step import Window, encode_text, train_flow_batch
-    from fluxflow.models.latents import measure_latent_norm
+    from fluxflow.models.latents import measure_latent_norm, normalise_latents
     from fluxflow.train.trainer import batch_seed, build_trainer
 
     config = tiny_config("unused", [FLOW_STEP])
@@ -59,8 +59,8 @@ def single_process_window(monkeypatch) -> dict[str, torch.nn.Module]:
                 m.setattr(distributed, "rank", lambda rank=rank: rank)
                 trainer.ctx.generator.manual_seed(batch_seed(config.training.seed, i))
             text = encode_text(trainer.ctx, *trainer.tokenize(captions[rank::2]))
-            train_flow_batch(trainer.ctx, trainer.flow_latents(images[rank::2]), text,
-                      Window(scale=0.25, last=(i, rank) == (1, 1)))
+            latents = normalise_latents(trainer.posterior_means(images[rank::2]), trainer.ctx.latent_norm)
+            train_flow_batch(trainer.ctx, latents, text, Window(scale=0.25, last=(i, rank) == (1, 1)))
     return trainer.models
 
 

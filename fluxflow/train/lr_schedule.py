@@ -26,7 +26,7 @@ class LrSchedule:
 
     def __init__(self, optimizer: torch.optim.Optimizer, scheduler: LRScheduler | ReduceLROnPlateau,
                  warmup_steps: int, interval: str, inert: str | None = None):
-        self.optimizer, self.scheduler, self.interval = optimizer, scheduler, interval
+        self.scheduler, self.interval = scheduler, interval
         self.warmup_steps, self.optimizer_steps = warmup_steps, 0
         self.inert = inert  # why part of it never acts in this step, where that is so (make_schedule)
         # Built after the scheduler, which has set the start lr: the warm-up ramps to that lr.

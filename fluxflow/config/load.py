@@ -329,29 +329,27 @@ def issues_from_validation(exc: ValidationError) -> list[ConfigIssue]:
         tag = loc[4] if datasets_loc and loc[4] in DATASET_TYPES else None
         path = format_path(loc[:4] + loc[5:] if tag else loc)  # a dataset's path without its type's tag
         if kind == "extra_forbidden" and loc[-2:-1] == ("defaults",) and loc[-1] in ("name", "after", "description"):
-            issues.append(ConfigIssue(path, "is set per step, not in training.pipeline.defaults"))
+            message = "is set per step, not in training.pipeline.defaults"
         elif kind == "extra_forbidden" and tag and len(loc) == 6:
             takes = [f for f in DATASET_TYPES[tag].model_fields if f != "type"]
-            issues.append(ConfigIssue(path, f"not a field of a {tag} dataset{did_you_mean(str(loc[-1]), takes)} "
-                                            f"(it takes: {', '.join(takes)})"))
+            message = (f"not a field of a {tag} dataset{did_you_mean(str(loc[-1]), takes)} "
+                       f"(it takes: {', '.join(takes)})")
         elif kind in ("union_tag_invalid", "union_tag_not_found"):  # a dataset's type, wrong or missing
-            got = err["ctx"].get("tag")
-            types = ", ".join(repr(t) for t in DATASET_TYPES)
-            issues.append(ConfigIssue(f"{path}.type", f"must be one of {types} (got {got!r})"
-                                      f"{did_you_mean(got, DATASET_TYPES)}" if got else f"required: one of {types}"))
+            got, types = err["ctx"].get("tag"), ", ".join(repr(t) for t in DATASET_TYPES)
+            path += ".type"
+            message = (f"must be one of {types} (got {got!r}){did_you_mean(got, DATASET_TYPES)}" if got else
+                       f"required: one of {types}")
         elif kind == "missing" and tag:
-            issues.append(ConfigIssue(path, f"required for a {tag} dataset"))
+            message = f"required for a {tag} dataset"
         elif kind == "extra_forbidden":
             known = err.get("ctx", {}).get("fields", [])  # the fields of the model with the key (optim.StrictModel)
-            hint = did_you_mean(str(loc[-1]), known) or _other_section(str(loc[-1]), loc)
-            issues.append(ConfigIssue(path, f"unknown key{hint}"))
+            message = f"unknown key{did_you_mean(str(loc[-1]), known) or _other_section(str(loc[-1]), loc)}"
         elif kind == "missing" and loc in (("training",), ("training", "pipeline")):
-            issues.append(ConfigIssue(path, "required: declare the steps under training.pipeline.steps (see "
-                                            "configs/quickstart.yaml)"))
+            message = "required: declare the steps under training.pipeline.steps (see configs/quickstart.yaml)"
         elif kind == "missing":
-            issues.append(ConfigIssue(path, "required"))
+            message = "required"
         elif kind == "too_short" and loc[-1] == "steps":
-            issues.append(ConfigIssue(path, "needs at least one step"))
+            message = "needs at least one step"
         else:
             got = err.get("input")
             shown = "" if isinstance(got, (dict, list)) or kind == SECRET_VALUE else f" (got {got!r})"
@@ -360,7 +358,8 @@ def issues_from_validation(exc: ValidationError) -> list[ConfigIssue]:
             elif kind == "string_type" and isinstance(got, (int, float)):  # a step named 2024, say
                 shown += "; YAML reads an unquoted number as a number: quote the value"
             # a validator's ValueError: its own message, without pydantic's "Value error, " before it
-            issues.append(ConfigIssue(path, f"{err['msg'].removeprefix('Value error, ')}{shown}"))
+            message = f"{err['msg'].removeprefix('Value error, ')}{shown}"
+        issues.append(ConfigIssue(path, message))
     return issues
 
 
@@ -534,6 +533,10 @@ def _step_issues(i: int, step: StepConfig, defaults: StepDefaults, globals_: dic
     """Issues of one step, and whether it uses LPIPS. `pretrained`: the model's text encoder is a pretrained one."""
     at = lambda *keys: (*STEPS, i, *keys)  # noqa: E731 - a step field's path, which ConfigIssue writes dotted
     issues: list[ConfigIssue] = []
+
+    def inherited(message: str, *keys) -> ConfigIssue:  # about step field keys[0], which may come from the defaults
+        return ConfigIssue(at(*keys), message + _inherited(step, keys[0]))
+
     try:
         s = resolve_step(i, step, defaults, globals_, None)
     except ConfigError as missing:  # n_epochs or the dataset given nowhere
@@ -547,39 +550,32 @@ def _step_issues(i: int, step: StepConfig, defaults: StepDefaults, globals_: dic
         issues.append(ConfigIssue(at(), f"no training mode: enable at least one of "
                                         f"{', '.join(modes.PRIMARY_MODES)}{extra}"))
     if s.train_spade and not modes.has_vae_mode(s):
-        issues.append(ConfigIssue(at("train_spade"), "needs train_vae or gan_training (SPADE is part of the "
-                                                     "expander)" + _inherited(step, "train_spade")))
+        issues.append(inherited("needs train_vae or gan_training (SPADE is part of the expander)", "train_spade"))
     elif s.train_spade and "expander" in s.freeze:  # it trained nothing, and the frozen expander's EMA drifted
-        issues.append(ConfigIssue(at("train_spade"), "trains the expander's SPADE, but the step freezes the expander "
-                                                     "(freeze); unfreeze it or leave train_spade out"
-                                  + _inherited(step, "train_spade")))
+        issues.append(inherited("trains the expander's SPADE, but the step freezes the expander (freeze); unfreeze "
+                                "it or leave train_spade out", "train_spade"))
     # Written on this step; inherited from `defaults` by a step without train_vae, a term has no effect there.
     issues += [ConfigIssue(at(f"train_{term}"), f"needs train_vae (the {term} term is a reconstruction loss)")
                for term in modes.IMAGE_STAT_TERMS if not s.train_vae and getattr(step, f"train_{term}")]
     if s.use_lpips and not s.train_vae:
-        issues.append(ConfigIssue(at("use_lpips"), "needs train_vae (LPIPS is a reconstruction loss)"
-                                  + _inherited(step, "use_lpips")))
+        issues.append(inherited("needs train_vae (LPIPS is a reconstruction loss)", "use_lpips"))
     given = merged_step_fields(step, defaults)
     if pretrained:
         frozen = ("a pretrained text encoder (model.text_encoder) stays frozen: its weights are read from its "
                   "directory, never trained or written to checkpoints")
         if s.train_diff_full:
-            issues.append(ConfigIssue(at("train_diff_full"), f"{frozen}; use train_diff"
-                                      + _inherited(step, "train_diff_full")))
+            issues.append(inherited(f"{frozen}; use train_diff", "train_diff_full"))
         if "text_encoder" in s.unfreeze:
-            issues.append(ConfigIssue(at("unfreeze", s.unfreeze.index("text_encoder")),
-                                      frozen + _inherited(step, "unfreeze")))
+            issues.append(inherited(frozen, "unfreeze", s.unfreeze.index("text_encoder")))
     issues += _freeze_issues(step, s, given, at)
     issues += _optimization_issues(step, s, given, at)
     issues += _transition_issues(step, s, given, at)
     for group, scheduler in s.optimization.schedulers.items():
         if scheduler.type == "ReduceLROnPlateau" and s.transition_on.mode != "loss_threshold":
-            issues.append(ConfigIssue(at("optimization", "schedulers", group, "type"), "ReduceLROnPlateau watches "
-                                      "transition_on.metric, so it needs mode: loss_threshold (here it would never "
-                                      "change the lr)" + _inherited(step, "optimization")))
+            issues.append(inherited("ReduceLROnPlateau watches transition_on.metric, so it needs mode: loss_threshold "
+                                    "(here it would never change the lr)", "optimization", "schedulers", group, "type"))
     if datasets is not None and s.dataset and s.dataset not in datasets and "dataset" in given:
-        issues.append(ConfigIssue(at("dataset"), _unknown("dataset", s.dataset, datasets)
-                                  + _inherited(step, "dataset")))
+        issues.append(inherited(_unknown("dataset", s.dataset, datasets), "dataset"))
     return issues, bool(s.use_lpips and s.train_vae)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Collection
+from dataclasses import dataclass, field
 from typing import Any
 
 from fluxflow.config.errors import ConfigIssue
@@ -174,13 +175,13 @@ def _sample_sizes(raw: dict, notes: LegacyNotes) -> None:
     sizes[:] = kept
 
 
+@dataclass
 class LegacyNotes:
     """The keys dropped (one warning line per reason), other warnings, and errors of one mapping."""
 
-    def __init__(self) -> None:
-        self.dropped: dict[tuple[str, str], list[str]] = {}  # (path, reason) -> keys, for one line per reason
-        self.warnings: list[str] = []
-        self.issues: list[ConfigIssue] = []
+    dropped: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (path, reason) -> keys
+    warnings: list[str] = field(default_factory=list)
+    issues: list[ConfigIssue] = field(default_factory=list)
 
     def drop(self, section: dict, reasons: dict[str, str], path: str, report_false: Collection[str] = ()) -> None:
         """Remove the keys of `reasons` (key -> why it has no effect here) from `section` (at `path`); each is reported
@@ -259,12 +260,12 @@ def map_step(step: dict, path: str, notes: LegacyNotes) -> None:
         notes.warnings.append(f"{path}.train_kl: false is kl_beta: 0 here (no KL loss)")
     elif train_kl is not True and train_kl is not None:
         notes.issues.append(ConfigIssue(f"{path}.train_kl", f"must be true or false (got {train_kl!r})"))
-    for field in ("freeze", "unfreeze"):
-        names = get_in(step, field, kind=list) or []
+    for which in ("freeze", "unfreeze"):
+        names = get_in(step, which, kind=list) or []
         for i, name in enumerate(names):
             if isinstance(name, str) and name in COMPONENT_ALIASES:  # a non-text entry: the schema reports it
                 names[i] = COMPONENT_ALIASES[name]
-                notes.warnings.append(f"{path}.{field}[{i}]: '{name}' is called '{names[i]}' here")
+                notes.warnings.append(f"{path}.{which}[{i}]: '{name}' is called '{names[i]}' here")
     for group, optimizer in (get_in(step, "optimization", "optimizers") or {}).items():
         if isinstance(optimizer, dict):
             _optimizer(optimizer, f"{path}.optimization.optimizers.{group}", notes)

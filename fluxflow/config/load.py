@@ -614,8 +614,7 @@ def _shift_issues(config: PipelineConfig) -> list[ConfigIssue]:
 def _freeze_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigIssue]:
     """Names must be components; `unfreeze` only what gets a gradient. Freezing what a mode trains is allowed (the
     step trains the rest), unless it leaves nothing to train."""
-    issues = []
-    trainable = modes.trainable_components(s)
+    issues, trainable = [], modes.trainable_components(s)
     for which in ("freeze", "unfreeze"):
         note = _inherited(step, which)
         for j, name in enumerate(given.get(which, [])):

@@ -49,12 +49,10 @@ def has_vae_mode(step: Any) -> bool:
 
 
 def touches_vae(step: Any) -> bool:
-    """Any VAE mode or VAE modifier is on (train_vae, gan_training, train_spade, use_lpips).
-
-    Wider than `has_vae_mode`: a step that only switches on a modifier still works on the VAE's output, so it gets
-    VAE EMA, reconstruction samples and reconstruction metrics. `has_vae_mode` says which trainer runs and what it
-    trains; this says whether the VAE's reconstructions are worth looking at.
-    """
+    """Any VAE mode or VAE modifier is on (train_vae, gan_training, train_spade, use_lpips): whether the VAE's
+    reconstructions are worth looking at. Wider than `has_vae_mode` (which trainer runs and what it trains): a step
+    that only switches on a modifier still works on the VAE's output, so it gets VAE EMA, reconstruction samples and
+    reconstruction metrics."""
     return bool(step.train_vae or step.gan_training or step.train_spade or step.use_lpips)
 
 

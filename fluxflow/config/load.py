@@ -567,7 +567,7 @@ def _step_issues(i: int, step: StepConfig, defaults: StepDefaults, globals_: dic
             issues.append(inherited(f"{frozen}; use train_diff", "train_diff_full"))
         if "text_encoder" in s.unfreeze:
             issues.append(inherited(frozen, "unfreeze", s.unfreeze.index("text_encoder")))
-    issues += _freeze_issues(step, s, given, at)
+    issues += _freeze_issues(s, given, inherited)
     issues += _optimization_issues(step, s, given, at)
     issues += _transition_issues(step, s, given, at)
     for group, scheduler in s.optimization.schedulers.items():
@@ -611,25 +611,22 @@ def _shift_issues(config: PipelineConfig) -> list[ConfigIssue]:
     return issues
 
 
-def _freeze_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigIssue]:
+def _freeze_issues(s: ResolvedStep, given: dict, inherited) -> list[ConfigIssue]:
     """Names must be components; `unfreeze` only what gets a gradient. Freezing what a mode trains is allowed (the
-    step trains the rest), unless it leaves nothing to train."""
+    step trains the rest), unless it leaves nothing to train. `inherited`: _step_issues' maker of a field's issue."""
     issues, trainable = [], modes.trainable_components(s)
     for which in ("freeze", "unfreeze"):
-        note = _inherited(step, which)
         for j, name in enumerate(given.get(which, [])):
             if name not in modes.COMPONENTS:
-                issues.append(ConfigIssue(at(which, j), _unknown("component", name, modes.COMPONENTS) + note))
+                issues.append(inherited(_unknown("component", name, modes.COMPONENTS), which, j))
             elif which == "unfreeze" and name not in trainable:
-                issues.append(ConfigIssue(at(which, j), f"{name} gets no gradient in this step, so unfreezing it "
-                                          f"trains nothing (it can train: {', '.join(sorted(trainable)) or 'none'})"
-                                          f"{note}"))
+                issues.append(inherited(f"{name} gets no gradient in this step, so unfreezing it trains nothing (it "
+                                        f"can train: {', '.join(sorted(trainable)) or 'none'})", which, j))
     by_modes = modes.mode_trained_components(s)
     if by_modes and not modes.trained_components(s) and not issues:
-        issues.append(ConfigIssue(at("freeze"), f"freezes everything this step's modes "
-                                  f"({', '.join(modes.mode_labels(s))}) train ({', '.join(sorted(by_modes))}), so "
-                                  f"nothing is left to train; unfreeze one of them or turn the mode off"
-                                  f"{_inherited(step, 'freeze')}"))
+        issues.append(inherited(f"freezes everything this step's modes ({', '.join(modes.mode_labels(s))}) train "
+                                f"({', '.join(sorted(by_modes))}), so nothing is left to train; unfreeze one of them "
+                                "or turn the mode off", "freeze"))
     return issues
 
 

@@ -2,7 +2,8 @@
 image folder of a `folder` dataset, the shards of a `webdataset` (local, or listed on their object store).
 
 Nothing is ever downloaded, so a file that is not there is a validation error that says where it should be. No
-torch and no transformers here: `--validate-pipeline` reads at most a small config.json.
+torch and no transformers here: `--validate-pipeline` reads at most the small config.json of a pretrained text encoder,
+a `save_pretrained` directory (fluxflow/models/pretrained_text.py loads it with transformers, the `pretrained` extra).
 
 LPIPS (the `lpips` package) ships only its small linear layers; its AlexNet ImageNet backbone comes from torchvision's
 hub cache, found as `torch.hub.get_dir()` finds it. `fluxflow.losses` re-exports `lpips_backbone_path`.
@@ -11,9 +12,6 @@ The captions file of a `folder` dataset is read here, not in fluxflow/data (whic
 missing, has no captions file, or lists too few images for its hold-out is a config problem named before any step
 starts (data_issues), and the dataset (fluxflow/data/folder.py) applies the same rules to the files it finds. A line
 that is not UTF-8 is decoded as Latin-1, which decodes every byte string: kept (repaired) and counted, never fatal.
-
-A pretrained text encoder is a `save_pretrained` directory; validation reads its `config.json` only, so it stays fast
-(fluxflow/models/pretrained_text.py loads it with transformers, the optional `pretrained` extra).
 """
 from __future__ import annotations
 

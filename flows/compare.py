@@ -132,22 +132,23 @@ def group_by_hypothesis(client: MlflowClient, runs: list,
     return groups, missing
 
 
-def left_out(label: str, statuses: list[str], planned: int | None = None) -> tuple[str, list[int]]:
-    """(column label, the indices of the replicates its statistics use), from each started replicate's MLflow status
-    (FINISHED, FAILED, KILLED, RUNNING). An interrupted or still running step is shown with its last logged values,
-    and says so; but where other replicates of its hypothesis finished, those raw mid-training values are left out
-    (averaged with final smoothed ones, they moved the mean, the interval and every verdict). `planned`: the
-    replicates its config has, where more than started (`group_by_hypothesis`): the others are "not run"."""
+def left_out(label: str, statuses: list[str], planned: int | None = None) -> tuple[str, list[int], int]:
+    """(column label, the indices of the replicates its statistics use, the replicates its config has), from each
+    started replicate's MLflow status (FINISHED, FAILED, KILLED, RUNNING). An interrupted or still running step is
+    shown with its last logged values, and says so; but where other replicates of its hypothesis finished, those raw
+    mid-training values are left out (averaged with final smoothed ones, they moved the mean, the interval and every
+    verdict). `planned`: the replicates its config has, where more than started (`group_by_hypothesis`): the others
+    are "not run"."""
     finished = [i for i, status in enumerate(statuses) if status == "FINISHED"]
     unfinished = [status.lower() for status in statuses if status != "FINISHED"]
     unfinished += ["not run"] * ((planned or 0) - len(statuses))
-    total = max(planned or 0, len(statuses))
+    total = len(finished) + len(unfinished)
     if not unfinished:
-        return label, finished
+        return label, finished, total
     if not finished:
-        return f"{label} ({', '.join(sorted(set(unfinished)))})", list(range(len(statuses)))
+        return f"{label} ({', '.join(sorted(set(unfinished)))})", list(range(len(statuses))), total
     counts = ", ".join(f"{unfinished.count(status)} {status}" for status in sorted(set(unfinished)))
-    return f"{label} (left out: {counts} of {total})", finished
+    return f"{label} (left out: {counts} of {total})", finished, total
 
 
 def with_missed_thresholds(label: str, counted: list) -> str:
@@ -181,20 +182,19 @@ def pipeline_summary(steps: list, finished: dict[str, dict[str, float]],
             replicas.setdefault(step.hypothesis, []).append(step.name)
     if not any(name in finished for names in replicas.values() for name in names):
         return None
+    by_name = {step.name: step for step in steps}
     groups: dict[str, list[str]] = {}  # column label -> its finished replicates
     planned: dict[str, int] = {}
+    configs = []  # per column: its replicates' params (a column without values: of those that did not finish)
     for hypothesis, names in replicas.items():
         started = [name for name in names if name in finished or name in ended]
-        label, _ = left_out(hypothesis, [ended.get(name, "FINISHED") for name in started], len(names))
-        groups[label], planned[label] = [name for name in started if name in finished], len(names)
-    by_name = {step.name: step for step in steps}
+        label, _, total = left_out(hypothesis, [ended.get(name, "FINISHED") for name in started], len(names))
+        groups[label], planned[label] = [name for name in started if name in finished], total
+        configs.append(joined_params([flatten_params(by_name[name].model_dump(mode="json"))
+                                      for name in groups[label] or names]))
     summary = summarize(groups, {h: [finished[name] for name in names] for h, names in groups.items()},
                         {h: [by_name[name].seed for name in names] for h, names in groups.items()})
-    summary.planned = planned
-    # a column without values: the config of its replicates, none of which finished
-    summary.config = differing([joined_params([flatten_params(by_name[name].model_dump(mode="json"))
-                                               for name in (names or replicas[hypothesis])])
-                                for hypothesis, names in zip(replicas, groups.values())])
+    summary.planned, summary.config = planned, differing(configs)
     return summary
 
 
@@ -215,10 +215,10 @@ def compare_runs(client: MlflowClient, runs: list, expected: dict[str, dict[str,
     grouped, missing = group_by_hypothesis(client, runs, expected)
     labelled, planned = {}, {}  # label -> the runs counted; label -> the replicates its config has
     for name, group in grouped.items():
-        label, counted = left_out(name, [run.info.status for run in group], missing.get(name))
+        label, counted, total = left_out(name, [run.info.status for run in group], missing.get(name))
         counted = [group[i] for i in counted]
         label = with_missed_thresholds(label, counted)
-        labelled[label], planned[label] = counted, max(missing.get(name) or 0, len(group))
+        labelled[label], planned[label] = counted, total
     groups = {label: group for label, group in labelled.items() if group}
     names = {label: [run.data.tags.get(TAG_STEP_NAME, run.info.run_name) for run in group]
              for label, group in groups.items()}

@@ -172,8 +172,12 @@ def promote(config, client: MlflowClient, versions: list[str]) -> list[Decision]
     # and deciding again overwrote their decision ("not promoted (already the champion)" on the promoted one).
     versions = [v for v in versions if TAG_PROMOTION + "decision" not in tags[v]]
     steps = {v: tags[v].get(TAG_STEP_NAME, "") for v in versions}
-    replicates = _replicates_of(config, steps)
-    seed_of = {step.name: step.seed for step in config.resolved_steps()}  # pairs replicates by seed
+    resolved = {step.name: step for step in config.resolved_steps()}
+    seed_of = {name: step.seed for name, step in resolved.items()}  # pairs replicates by seed
+    # Each version -> the versions (itself included) whose steps replicate the same hypothesis
+    # (fluxflow/config/steps.py); a step the config no longer has is a hypothesis of its own.
+    hypothesis = {v: resolved[step].hypothesis if step in resolved else step for v, step in steps.items()}
+    replicates = {v: [w for w in steps if hypothesis[w] == hypothesis[v]] for v in steps}
     for version in versions:
         step = steps[version]
         metric, direction = promotion_metric(config, step)
@@ -213,14 +217,6 @@ def promote(config, client: MlflowClient, versions: list[str]) -> list[Decision]
         if promoted:
             client.set_registered_model_alias(name, alias, version)
     return decisions
-
-
-def _replicates_of(config, steps: dict[str, str]) -> dict[str, list[str]]:
-    """Each version -> the versions (itself included) whose steps replicate the same hypothesis
-    (fluxflow/config/steps.py); a step the config no longer has is a hypothesis of its own."""
-    known = {step.name: step.hypothesis for step in config.resolved_steps()}
-    hypothesis = {v: known.get(step, step) for v, step in steps.items()}
-    return {v: [w for w in steps if hypothesis[w] == hypothesis[v]] for v in steps}
 
 
 @task(name="register-model", task_run_name="register {step_name}", cache_policy=NO_CACHE, persist_result=False)

@@ -302,7 +302,6 @@ def summarize(replicates: dict[str, list[str]], finals: dict[str, list[dict[str,
         values = {h: [finals[h][k][metric] for k in ks] for h, ks in kept.items()}
         seeds_of = {h: [seeds[h][k] for k in ks] if seeds and h in seeds else None for h, ks in kept.items()}
         summary.spreads[metric] = {h: spread(vals) for h, vals in values.items() if vals}
-        for a, b in itertools.combinations([h for h in finals if values[h]], 2):
-            pair_seeds = None if seeds_of[a] is None or seeds_of[b] is None else (seeds_of[a], seeds_of[b])
-            summary.differences.append(difference(values[a], values[b], metric, (a, b), pair_seeds))
+        for a, b in itertools.combinations([h for h in finals if values[h]], 2):  # unknown seeds: Welch (by_seed)
+            summary.differences.append(difference(values[a], values[b], metric, (a, b), (seeds_of[a], seeds_of[b])))
     return summary

@@ -76,8 +76,7 @@ class StepRunRecorder:
         self.last_step: dict[str, int] = {}  # per metric key, the last step the run holds
 
     def open(self, step, step_key: str, resumed: bool) -> None:
-        found = self._runs_of_step(step, step_key)
-        newest = found[0] if found else None
+        newest = self._newest_run(step, step_key)
         reopen = newest is not None and (resumed or newest.info.status != "FINISHED"
                                          or (self.session and newest.data.tags.get(TAG_SESSION) == self.session))
         self._use(newest if reopen else None)
@@ -152,9 +151,9 @@ class StepRunRecorder:
         """A step the runner skipped as complete: link the run that trained it, and close it FINISHED with what its
         files hold if a kill left it open (after ref.json was written), or make it from them if it was never opened
         (the step trained while the tracking server was down, and its process ended before it answered)."""
-        found = self._runs_of_step(step, ref.step_key)
-        self._use(found[0] if found else None)
-        if found and found[0].info.status == "FINISHED":
+        newest = self._newest_run(step, ref.step_key)
+        self._use(newest)
+        if newest is not None and newest.info.status == "FINISHED":
             return
         self.sync_from_files()
         self.log_artifact(self.metrics_file())
@@ -179,8 +178,9 @@ class StepRunRecorder:
     def metrics_file(self) -> Path:
         return metrics_file(local_root(self.output_dir), self.step.name)  # an object store's: its staging copy
 
-    def _runs_of_step(self, step, step_key: str) -> list:
-        """The runs of `step` (now this recorder's step), once the experiment and pipeline run are known."""
+    def _newest_run(self, step, step_key: str):
+        """The newest run of `step` (now this recorder's step), or None, once the experiment and pipeline run are
+        known."""
         self.step, self.step_key = step, step_key
         # The experiment and the pipeline's run, where the flow could not tell them (MLflow down at its start): by
         # name and output directory (in the flow's process, the flow's own queued call has opened them by then).
@@ -188,7 +188,8 @@ class StepRunRecorder:
             self.experiment_id = experiment_id_for(self.client, self.experiment_name)
         if not self.parent_run_id:  # found, as the flow opened it; created when this process is not the flow's
             self.parent_run_id = open_pipeline_run(self.client, self.experiment_id, self.output_dir, {})
-        return find_step_runs(self.client, self.experiment_id, self.output_dir, self.step_key, self.step.name)
+        found = find_step_runs(self.client, self.experiment_id, self.output_dir, self.step_key, self.step.name)
+        return found[0] if found else None
 
     def _tags(self) -> dict[str, str]:
         return {PARENT_RUN_ID: self.parent_run_id, TAG_KIND: "step", TAG_OUTPUT_DIR: self.output_dir,

@@ -428,7 +428,7 @@ def inspect_pretrained(path: str | Path) -> PretrainedText:
     except (OSError, ValueError) as exc:
         raise UnusablePretrained(f"cannot read {directory / 'config.json'}: {exc}") from None
     model_type = config.get("model_type") if isinstance(config, dict) else None
-    family = FAMILIES.get(model_type)
+    family = FAMILIES.get(model_type) if isinstance(model_type, str) else None  # a list there: not a name, no crash
     if family is None:
         raise UnusablePretrained(f"{path}: model_type {model_type!r} is not a supported text encoder (supported: "
                                  f"{', '.join(FAMILIES)})")
@@ -438,7 +438,7 @@ def inspect_pretrained(path: str | Path) -> PretrainedText:
         raise UnusablePretrained(f"{path}: no tokenizer ({' or '.join(TOKENIZER_FILES)}); the tokenizer is loaded "
                                  "from the model's directory")
     section = config.get("text_config", config) if model_type == "clip" else config
-    width = section.get("hidden_size" if family == "clip" else "d_model")
+    width = section.get("hidden_size" if family == "clip" else "d_model") if isinstance(section, dict) else None
     if not isinstance(width, int) or width < 1:
         raise UnusablePretrained(f"{directory / 'config.json'}: no embedding width (hidden_size / d_model)")
     positions = section.get("max_position_embeddings") if family == "clip" else None

@@ -86,6 +86,17 @@ def test_unusable_directory_contents_name_the_field_and_the_path(tmp_path, damag
     assert expected in issues["model.text_encoder.path"] and str(directory) in issues["model.text_encoder.path"]
 
 
+@pytest.mark.parametrize("config_json,expected", [
+    ({"model_type": ["clip_text_model"]}, "model_type ['clip_text_model'] is not a supported text encoder"),
+    ({"model_type": "clip", "text_config": [64]}, "no embedding width"), ([1, 2], "model_type None")])
+def test_a_config_json_of_the_wrong_shape_is_an_issue_naming_the_path(tmp_path, config_json, expected):
+    """A config.json with a list where a name or a section belongs: was a TypeError / AttributeError traceback."""
+    directory = write_stub_pretrained(tmp_path / "enc")
+    (directory / "config.json").write_text(json.dumps(config_json))
+    issues = issues_of(tiny_raw(tmp_path, [FLOW_STEP], model=pretrained_model(directory)))
+    assert expected in issues["model.text_encoder.path"] and str(directory) in issues["model.text_encoder.path"]
+
+
 def test_the_text_width_is_derived_from_the_encoder_and_must_fit(tmp_path):
     directory = write_stub_pretrained(tmp_path / "enc", width=48, max_positions=40)
     config = tiny_config(tmp_path, [FLOW_STEP], model=pretrained_model(directory))

@@ -24,6 +24,10 @@ class DiskFullError(NonRetryable, OSError):
     """A file could not be written because its filesystem is full (ENOSPC) or the user's quota is used up."""
 
 
+class CheckpointError(NonRetryable):
+    """A checkpoint could not be written, read, or trusted; the message names the file and says why."""
+
+
 class DataError(NonRetryable, ValueError):
     """The step's data cannot be trained on (e.g. fewer items than one batch)."""
 

@@ -35,7 +35,7 @@ import torch
 from filelock import FileLock
 
 from fluxflow.cache.health import damage, reserve, space_errors, unusable
-from fluxflow.checkpoints.io import atomic_write
+from fluxflow.checkpoints.atomic_file import atomic_write
 from fluxflow.runtime.stop_request import StepInterrupted, stop_requested
 from fluxflow.progress_bar import batch_progress
 

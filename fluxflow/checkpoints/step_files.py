@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fluxflow.checkpoints.atomic_file import atomic_write
 from fluxflow.checkpoints.latest import previous_of
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome, StepResult
 from fluxflow.checkpoints.step_state import StepState
@@ -343,9 +344,7 @@ class StepFiles:
     def write_ref(self, ref: CheckpointRef, result: StepResult) -> None:
         payload = {"ref": ref.to_dict(), "result": result.to_dict(), "step_config": self.step.model_dump(mode="json"),
                    "key_inputs": self.key_inputs, "input_sha256": self.input_sha256, "weights_key": self.weights_key}
-        tmp = self.ref_json.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(payload, indent=2))
-        tmp.replace(self.ref_json)
+        atomic_write(self.ref_json, lambda f: f.write(json.dumps(payload, indent=2).encode()))
         if self.remote is not None:  # last: a reader that finds ref.json finds everything it names
             self.remote.publish(self._rel(self.ref_json))
 

@@ -41,7 +41,8 @@ from typing import Any, Callable
 
 import torch
 
-from fluxflow.checkpoints.io import atomic_write, sha256_file
+from fluxflow.checkpoints.atomic_file import atomic_write
+from fluxflow.checkpoints.io import sha256_file
 from fluxflow.config.file_checks import inspect_pretrained, not_a_regular_file, pretrained_text_path
 from fluxflow.sampling.generate import GENERATION_COMPONENTS, GenerationError, TextToImageModel, build_text_to_image
 

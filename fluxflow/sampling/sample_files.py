@@ -19,7 +19,7 @@ import unicodedata
 import torch
 import torch.nn.functional as F
 
-from fluxflow.checkpoints.io import atomic_write
+from fluxflow.checkpoints.atomic_file import atomic_write
 
 # The original tool's suffixes (fluxflow/sampling/samples.py says what each image is; `_ns_i` is its other name for
 # the inputs, `-original`).

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from fluxflow.runtime import distributed, kill_points
-from fluxflow.checkpoints.io import atomic_write
+from fluxflow.checkpoints.atomic_file import atomic_write
 from fluxflow.checkpoints.ref import CheckpointRef
 from fluxflow.config.run_config import run_config_of
 from fluxflow.errors import NonRetryable

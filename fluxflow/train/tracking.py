@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING, Any, Iterable, Protocol, runtime_checkable
 
 from tqdm import tqdm
 
+from fluxflow.checkpoints.atomic_file import atomic_write
 # tests/test_golden_losses.py (which must stay as it is) also imports metrics_file from this module.
 from fluxflow.output_layout import metrics_file
 
@@ -130,9 +131,7 @@ def trim_jsonl(path: Path, max_global_step: int, keep_evaluation_at_end: bool = 
         return step < max_global_step or (step == max_global_step and (keep_evaluation_at_end or not evaluation))
 
     lines = [line for line in path.read_text().splitlines() if line.strip() and kept(json.loads(line))]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    tmp.replace(path)
+    atomic_write(path, lambda f: f.write("".join(line + "\n" for line in lines).encode()), durable=False)
 
 
 class ConsoleJsonlTracker(Tracker):

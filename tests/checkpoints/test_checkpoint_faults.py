@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from fluxflow.checkpoints import io as ckpt
+from fluxflow.checkpoints import atomic_file
 from fluxflow.checkpoints.io import CheckpointError, load_checkpoint, sha256_file
 from fluxflow.checkpoints.latest import load_latest, previous_of, save_latest
 from fluxflow.errors import DataError, DiskFullError, is_retryable
@@ -121,7 +121,7 @@ def test_a_full_disk_during_a_save_is_one_line_naming_the_file_and_the_previous_
     latest = tmp_path / "latest.pt"
     save_latest(state(1), latest)
     good = sha256_file(latest)
-    monkeypatch.setattr(ckpt, "_open_temp", full_disk_after(1000))
+    monkeypatch.setattr(atomic_file, "_open_temp", full_disk_after(1000))
     with pytest.raises(DiskFullError) as err:
         save_latest(state(2), latest)
     message = str(err.value)
@@ -151,7 +151,7 @@ def test_a_write_that_loses_its_tail_is_caught_before_it_replaces_anything(tmp_p
         file.write = write
         return file
 
-    monkeypatch.setattr(ckpt, "_open_temp", short_file)
+    monkeypatch.setattr(atomic_file, "_open_temp", short_file)
     with pytest.raises(CheckpointError, match="could not write checkpoint .*latest.pt"):
         save_latest(state(2), latest)
     assert sha256_file(latest) == good
@@ -251,5 +251,5 @@ def test_keep_previous_without_a_verify_keeps_the_file_it_replaces(tmp_path):
     # atomic_write's contract: with keep_previous the replaced file is moved there; a verify only vets it
     path, previous = tmp_path / "latest.bin", tmp_path / "latest.prev.bin"
     path.write_bytes(b"old")
-    ckpt.atomic_write(path, lambda f: f.write(b"new"), keep_previous=previous)
+    atomic_file.atomic_write(path, lambda f: f.write(b"new"), keep_previous=previous)
     assert path.read_bytes() == b"new" and previous.read_bytes() == b"old"

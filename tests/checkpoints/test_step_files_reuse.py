@@ -6,6 +6,9 @@ The files are made by hand (a ref.json and a stand-in final.pt): no training, no
 from __future__ import annotations
 
 import json
+import re
+
+import pytest
 
 from helpers_tiny import VAE_STEP, tiny_config, tiny_raw
 
@@ -212,6 +215,30 @@ def test_ref_json_records_the_key_without_the_values_that_change_no_weight(tmp_p
     files.write_ref(CheckpointRef("u", "0" * 64, "gan", files.key, 4, 2), StepResult("gan", "epochs_done", 1))
 
     assert json.loads(files.ref_json.read_text())["weights_key"] == files.weights_key != files.key
+
+
+def test_a_full_disk_while_ref_json_is_written_is_the_disk_full_error_and_the_step_is_not_complete(tmp_path,
+                                                                                                     monkeypatch):
+    """ref.json is written like a checkpoint (fluxflow/checkpoints/atomic_file.py): a full disk is the one-line
+    DiskFullError naming it, no temp file stays, no ref.json says the step is done. Was a raw OSError from a
+    hand-made `ref.json.tmp`, which a kill left behind for good (the clean-up removes `.*.tmp`)."""
+    import errno
+    import os
+
+    from fluxflow.checkpoints import atomic_file
+    from fluxflow.checkpoints.ref import CheckpointRef, StepResult
+    from fluxflow.errors import DiskFullError
+
+    def full_disk(fd):
+        os.close(fd)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    files = plan_step(_two_steps(tmp_path / "out"), "gan")
+    files.dir.mkdir(parents=True)
+    monkeypatch.setattr(atomic_file, "_open_temp", full_disk)
+    with pytest.raises(DiskFullError, match=re.escape(f"cannot write {files.ref_json}: the disk is full")):
+        files.write_ref(CheckpointRef("u", "0" * 64, "gan", files.key, 4, 2), StepResult("gan", "epochs_done", 1))
+    assert list(files.dir.iterdir()) == [] and files.completed() is None
 
 
 def test_a_root_step_is_trained_again_when_its_model_checkpoint_file_is_replaced_in_place(tmp_path, capsys):

@@ -19,13 +19,13 @@ def _prefect(prefect_api):
 
 
 def test_a_full_disk_is_attempted_once_not_retried(tmp_path, mlflow_store, monkeypatch):
-    from fluxflow.checkpoints import io as ckpt
+    from fluxflow.checkpoints import atomic_file
 
     def full_disk(fd):
         os.close(fd)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(ckpt, "_open_temp", full_disk)
+    monkeypatch.setattr(atomic_file, "_open_temp", full_disk)
     state, flow_run_id = run_flow(config(tmp_path, "disk-full", STEPS, retries=2, no_samples=True))
     assert state.is_failed()
     assert "the disk is full" in state.message

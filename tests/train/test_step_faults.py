@@ -13,6 +13,7 @@ import torch
 from helpers_tiny import load_weights, one_torch_thread, tiny_config, tiny_raw
 from PIL import Image
 
+from fluxflow.checkpoints import atomic_file
 from fluxflow.checkpoints import io as ckpt
 from fluxflow.checkpoints.io import sha256_file
 from fluxflow.config import load_config
@@ -66,7 +67,7 @@ def test_a_full_disk_during_a_checkpoint_save_is_one_clear_line_and_the_same_com
         saved.append(sha256_file(path))
 
     monkeypatch.setattr(ckpt, "save_checkpoint", remember)
-    monkeypatch.setattr(ckpt, "_open_temp", disk_full_from_open(3))  # the third save (batch 3) meets a full disk
+    monkeypatch.setattr(atomic_file, "_open_temp", disk_full_from_open(3))  # the third save (batch 3) meets a full disk
     with pytest.raises(PipelineFailed) as err, contextlib.redirect_stdout(io.StringIO()):
         run_pipeline(config())
     cause = err.value.__cause__

@@ -121,16 +121,22 @@ def trim_jsonl(path: Path, max_global_step: int, keep_evaluation_at_end: bool = 
     """Drop lines logged after `max_global_step` (a run killed after its last checkpoint logged them; the resumed
     run logs those batches again). With `keep_evaluation_at_end=False` the evaluation lines at `max_global_step` go
     too: a step resumed from its last epoch's checkpoint evaluates its final weights again. Rewritten atomically; a
-    missing file is fine."""
+    missing file is fine; so is a line a kill (or a full disk) cut short in the middle of an append: it goes too."""
     if not path.exists():
         return
 
-    def kept(record: dict) -> bool:
+    def kept(line: str) -> bool:
+        try:
+            record = json.loads(line)
+        except ValueError:  # cut short: dropped, as the lines past the checkpoint (those batches are logged again)
+            return False
+        if not isinstance(record, dict):
+            return False
         step, metrics = record.get("global_step", 0), record.get("metrics") or {}
         evaluation = bool(metrics) and all(key.startswith("eval_") for key in metrics)
         return step < max_global_step or (step == max_global_step and (keep_evaluation_at_end or not evaluation))
 
-    lines = [line for line in path.read_text().splitlines() if line.strip() and kept(json.loads(line))]
+    lines = [line for line in path.read_text().splitlines() if line.strip() and kept(line)]
     atomic_write(path, lambda f: f.write("".join(line + "\n" for line in lines).encode()), durable=False)
 
 

@@ -224,3 +224,13 @@ def test_lines_of_branches_training_in_threads_come_out_whole(tmp_path, monkeypa
     assert sorted(stream.getvalue().splitlines()) == sorted(
         [f"runner {b} {i}" for b in range(4) for i in range(10)] + [f"⚠️  warning {b} {i}" for b in range(4)
                                                                     for i in range(10)])
+
+
+def test_trimming_for_a_resume_drops_a_line_a_kill_cut_short(tmp_path):
+    """A kill (or a full disk) in the middle of an append leaves a last line that is not JSON; the resume's trim
+    drops it with the lines past the checkpoint. It raised JSONDecodeError, so the step could never resume again."""
+    path = tmp_path / "training_metrics_s.jsonl"
+    kept = [{"global_step": 1, "metrics": {"vae_loss": 0.5}}, {"global_step": 2, "metrics": {"vae_loss": 0.4}}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept) + json.dumps(kept[0])[:20] + "\n[3]\n")
+    tracking.trim_jsonl(path, max_global_step=2)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == kept

@@ -150,10 +150,15 @@ class StepFiles:
         self.metrics = metrics_file(self.output, self.step.name)
 
     def _recorded(self) -> dict | None:
+        """ref.json's record; None without one, or for one that is damaged (cut short, not UTF-8, another shape):
+        not finished. Another OSError (no permission, say) is raised: no reason to set the step's files aside."""
         try:
-            return json.loads(self.ref_json.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            recorded = json.loads(self.ref_json.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
             return None
+        ref = recorded.get("ref") if isinstance(recorded, dict) else None
+        whole = isinstance(ref, dict) and {"step_key", "sha256"} <= ref.keys()
+        return recorded if whole and isinstance(recorded.get("result"), dict) else None
 
     def completed(self) -> StepOutcome | None:
         """The finished step's outcome when final.pt exists for this very key."""

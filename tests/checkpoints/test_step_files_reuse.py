@@ -241,6 +241,19 @@ def test_a_full_disk_while_ref_json_is_written_is_the_disk_full_error_and_the_st
     assert list(files.dir.iterdir()) == [] and files.completed() is None
 
 
+@pytest.mark.parametrize("damage", [b"\xff\xfe not text", b"{}", b"[1, 2]", b'{"ref": {"sha256": "a"}}'])
+def test_a_damaged_ref_json_counts_as_not_finished_as_a_truncated_one_does(tmp_path, capsys, damage):
+    """ref.json of bytes that are not UTF-8, or JSON of another shape: the step is not complete and its files are
+    set aside, as with a ref.json cut short; was a UnicodeDecodeError / KeyError that ended the run before any step."""
+    gan = plan_step(_two_steps(tmp_path / "out"), "gan")
+    _finished_as(gan, gan.key)
+    gan.ref_json.write_bytes(damage)
+    assert gan.completed() is None and gan.completed_here_or_set_aside() is None
+    gan.set_aside_stale()
+    assert not gan.final.exists() and "previous files moved to" in capsys.readouterr().out
+    assert (gan.dir / "superseded" / "unknown" / "final.pt").exists()  # kept, not deleted
+
+
 def test_a_root_step_is_trained_again_when_its_model_checkpoint_file_is_replaced_in_place(tmp_path, capsys):
     # `model_checkpoint: start.pt` keeps its path (and so the step's key) when the file is replaced by another one.
     start = tmp_path / "start.pt"

@@ -18,8 +18,8 @@ import torch
 
 from fluxflow.data import build_dataset
 from fluxflow.evaluation.diversity import real_sets
-from fluxflow.evaluation.evaluate import EVAL_SAMPLER_STEPS, MAX_EVAL_IMAGES, fd_measurable, flow_metrics, unseen_items
-from fluxflow.evaluation.frechet import feature_net_for, first_items
+from fluxflow.evaluation.evaluate import EVAL_SAMPLER_STEPS, MAX_EVAL_IMAGES, eval_items, fd_measurable, flow_metrics
+from fluxflow.evaluation.frechet import feature_net_for
 from fluxflow.output_layout import eval_cache_dir
 from fluxflow.runtime.device import resolve_device
 from fluxflow.runtime.global_rng import GLOBAL_RNG
@@ -44,14 +44,10 @@ def evaluate_checkpoint(checkpoint: str | Path, config, dataset: str, *, seeds: 
     ds_cfg = config.training.pipeline.datasets[dataset]
     channels = config.data.channels
     holdout_set = build_dataset(ds_cfg, size, channels, "holdout")
-    unseen = unseen_items(ds_cfg, size, channels, n_images, target)
-    if len(holdout_set) == 0 and unseen is None:
+    images, captions, unseen = eval_items(holdout_set, ds_cfg, size, channels, n_images, target)
+    if images is None and unseen is None:
         raise ValueError(f"dataset {dataset!r} has no held-out images (holdout: 0): nothing to evaluate on")
-    images, captions, real = None, [], None  # an empty held-out split: the unseen one is scored alone
-    if len(holdout_set):
-        images, captions = first_items(holdout_set, n_images)
-        images = images.to(target)
-        real = real_sets(holdout_set, captions, images)
+    real = real_sets(holdout_set, captions, images) if images is not None else None
     cache = eval_cache_dir(output_root(config))
     # The training split only for a feature network the steps' evaluation did not leave in eval_cache, and quiet:
     # the steps said what its captions file lacks (built for each version compared, it said it twice more).

@@ -47,21 +47,15 @@ def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, co
     shift, which its sampler follows."""
     device = torch.device(device)
     ds_cfg = config.dataset_for(step)
-    # The held-out compositions are scored whether or not the held-out split is empty: a folder with `holdout: 0`
-    # and `holdout_captions` keeps those images out of training for this alone.
-    unseen = (unseen_items(ds_cfg, step.img_size, config.data.channels, MAX_EVAL_IMAGES, device)
-              if has_flow_mode(step) else None)
-    if len(holdout_set) == 0 and unseen is None:
+    images, captions, unseen = eval_items(holdout_set, ds_cfg, step.img_size, config.data.channels, MAX_EVAL_IMAGES,
+                                          device, unseen=has_flow_mode(step))
+    if images is None and unseen is None:
         log.warning("Step %s: the held-out split of dataset %r is empty; no evaluation metrics", step.name,
                     step.dataset)  # it said "holdout: 0" whatever the config held
         return {}
-    if len(holdout_set) == 0:
+    if images is None:
         log.warning("Step %s: the held-out split of dataset %r is empty; only its unseen split is evaluated",
                     step.name, step.dataset)
-        images, captions = None, []
-    else:
-        images, captions = first_items(holdout_set, MAX_EVAL_IMAGES)
-        images = images.to(device)
     was_training = {name: m.training for name, m in models.items()}
     rng_devices = [device] if device.type == "cuda" else []
     try:
@@ -96,13 +90,21 @@ def fd_measurable(images: torch.Tensor | None, unseen: tuple[torch.Tensor, list[
     return any(real is not None and real.shape[0] >= 2 for real in (images, unseen_images))
 
 
-def unseen_items(ds_cfg, img_size: int, channels: int, n: int,
-                 device: torch.device | str) -> tuple[torch.Tensor, list[str]] | None:
-    """The first `n` images (on `device`) and captions of the dataset's held-out compositions; None without any."""
-    unseen = build_dataset(ds_cfg, img_size, channels, "unseen")
-    if len(unseen) == 0:
-        return None
-    images, captions = first_items(unseen, n)
+def eval_items(holdout_set, ds_cfg, img_size: int, channels: int, n: int, device: torch.device | str, *,
+               unseen: bool = True) -> tuple[torch.Tensor | None, list[str], tuple[torch.Tensor, list[str]] | None]:
+    """The first `n` images (on `device`) and captions of `holdout_set` (None and [] when it is empty), and of the
+    dataset's held-out compositions (None without any, or not `unseen`), which are scored even when the held-out
+    split is empty: a folder with `holdout: 0` and `holdout_captions` keeps those images out of training for this."""
+    images, captions = _first_on(holdout_set, n, device)
+    unseen_images, unseen_captions = (_first_on(build_dataset(ds_cfg, img_size, channels, "unseen"), n, device)
+                                      if unseen else (None, []))
+    return images, captions, None if unseen_images is None else (unseen_images, unseen_captions)
+
+
+def _first_on(dataset, n: int, device: torch.device | str) -> tuple[torch.Tensor | None, list[str]]:
+    if len(dataset) == 0:
+        return None, []
+    images, captions = first_items(dataset, n)
     return images.to(device), captions
 
 

@@ -55,18 +55,13 @@ def report_captions_file(skips: SkipCounter, listing: CaptionsFile, missing: lis
     """Count and log (`say` False: count only), one line each, the captions file's lines that were skipped, replaced
     or repaired, and the listed files that are not there."""
     name = listing.path.name
-    if listing.malformed:
-        skips.found(len(listing.malformed), f"{len(listing.malformed)} line(s) of {name} without a tab, skipped; "
-                                            f"first: {listing.malformed[0][:80]!r}", say)
-    if listing.relisted:
-        skips.found(len(listing.relisted), f"{len(listing.relisted)} file(s) listed again in {name} with another "
-                                           f"caption, the last line kept; first: {listing.relisted[0]!r}", say)
-    if listing.repaired:
-        skips.found(len(listing.repaired), f"{len(listing.repaired)} line(s) of {name} not UTF-8, decoded as "
-                                           f"Latin-1 and kept; first: line {listing.repaired[0]}", say)
-    if missing:
-        skips.found(len(missing), f"{len(missing)} file(s) listed in {name} not found (or in a folder that cannot be "
-                                  f"read), skipped; first: {missing[0]!r}", say)
+    for entries, what, first in (
+            (listing.malformed, f"line(s) of {name} without a tab, skipped", lambda line: repr(line[:80])),
+            (listing.relisted, f"file(s) listed again in {name} with another caption, the last line kept", repr),
+            (listing.repaired, f"line(s) of {name} not UTF-8, decoded as Latin-1 and kept", lambda n: f"line {n}"),
+            (missing, f"file(s) listed in {name} not found (or in a folder that cannot be read), skipped", repr)):
+        if entries:
+            skips.found(len(entries), f"{len(entries)} {what}; first: {first(entries[0])}", say)
 
 
 def report_unlisted(root: Path, listing: CaptionsFile) -> None:

@@ -191,16 +191,16 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
         self._output_of = np.empty_like(order)
         self._output_of[order] = np.arange(order.size)  # input position -> output position
         wanted = order[start_batch * batch_size:self.rank_length]
-        self._first_input = int(wanted.min()) if wanted.size else self.rank_inputs
+        first_input = int(wanted.min()) if wanted.size else self.rank_inputs
         # Whole shards before the first input wanted are skipped by their counts (no data read): found here, once, so
         # that every worker inherits the counts instead of re-reading them.
-        self._skipped = (0, 0)  # (shards at the head of this rank's epoch order, the inputs they hold)
-        for k in self._shard_order() if self._first_input > 0 else []:
-            shards, inputs = self._skipped
+        shards = inputs = 0  # shards at the head of this rank's epoch order, and the inputs they hold
+        for k in self._shard_order() if first_input > 0 else []:
             available = self.index.count(k) - self.index.reserved(k)
-            if inputs >= self._first_input or inputs + available > self._first_input:
+            if inputs >= first_input or inputs + available > first_input:
                 break
-            self._skipped = (shards + 1, inputs + available)
+            shards, inputs = shards + 1, inputs + available
+        self._skipped = (shards, inputs)
 
     def _shard_order(self) -> list[int]:
         """This rank's shards in the running epoch's order."""

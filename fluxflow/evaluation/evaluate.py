@@ -57,11 +57,10 @@ def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, co
         log.warning("Step %s: the held-out split of dataset %r is empty; only its unseen split is evaluated",
                     step.name, step.dataset)
     was_training = {name: m.training for name, m in models.items()}
-    rng_devices = [device] if device.type == "cuda" else []
     try:
         for m in models.values():
             m.eval()
-        with GLOBAL_RNG, torch.random.fork_rng(devices=rng_devices), torch.no_grad():
+        with GLOBAL_RNG, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
             metrics: dict[str, float] = {}
             if images is not None and touches_vae(step) and {"compressor", "expander"} <= set(models):
                 metrics.update(reconstruction_metrics(models["compressor"], models["expander"], images,
@@ -127,22 +126,17 @@ def flow_metrics(models: dict[str, nn.Module], images: torch.Tensor | None, capt
         if net is not None and images.shape[0] >= 2:
             metrics["fd_ours_cfg"] = fd_ours(net, images, with_cfg)
             metrics["fd_ours_nocfg"] = fd_ours(net, images, without_cfg)
-    if unseen is not None:
-        metrics.update(_unseen_metrics(models, *unseen, latent_norm, sample, net, shapes))
+    if unseen is not None:  # adherence on `shapes`, else the Fréchet distance; with guidance only
+        unseen_images, unseen_captions = unseen
+        drawn = generate(models, unseen_captions, latent_norm, guidance=EVAL_GUIDANCE, **sample)
+        if shapes:
+            metrics.update({key.replace("adherence_", "adherence_unseen_"): v
+                            for key, v in adherence_of(drawn, unseen_captions).items()})
+            metrics["analyser_accuracy_unseen"] = adherence_of(unseen_images.cpu(), unseen_captions)["adherence_both"]
+        elif net is not None and unseen_images.shape[0] >= 2:
+            metrics["fd_ours_unseen_cfg"] = fd_ours(net, unseen_images, drawn)
     if real is not None:  # (prompts, their real images)
         metrics.update(prompt_diversity(  # prompt_diversity picks the sampler seed
             lambda texts, seed: generate(models, texts, latent_norm, guidance=EVAL_GUIDANCE, **sample | {"seed": seed}),
             *real))
     return metrics
-
-
-def _unseen_metrics(models, images, captions, latent_norm, sample, net, shapes) -> dict[str, float]:
-    """Adherence on the held-out compositions (`shapes`), or the Fréchet distance on them (any other data)."""
-    drawn = generate(models, captions, latent_norm, guidance=EVAL_GUIDANCE, **sample)
-    if shapes:
-        found = {key.replace("adherence_", "adherence_unseen_"): v for key, v in adherence_of(drawn, captions).items()}
-        found["analyser_accuracy_unseen"] = adherence_of(images.cpu(), captions)["adherence_both"]
-        return found
-    if net is not None and images.shape[0] >= 2:
-        return {"fd_ours_unseen_cfg": fd_ours(net, images, drawn)}
-    return {}

@@ -185,7 +185,7 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
     def set_position(self, seed: int, epoch: int, start_batch: int, batch_size: int) -> None:
         """Fix the next pass: epoch `epoch` of `seed`, starting at batch `start_batch` of this rank's batches of
         `batch_size` samples. The pass's order is computed here, before the DataLoader forks its workers."""
-        self.seed, self.epoch, self.start_batch, self.batch_size = seed, epoch, start_batch, batch_size
+        self.start_batch, self.batch_size = start_batch, batch_size
         self.skips.open_pass(-(-self.rank_length // batch_size))  # the pass's problems, held per batch till trained
         order = buffer_order(self.rank_inputs, SHUFFLE_BUFFER, [seed, epoch, self.rank, self.world])
         self._output_of = np.empty_like(order)
@@ -194,17 +194,14 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
         first_input = int(wanted.min()) if wanted.size else self.rank_inputs
         # Whole shards before the first input wanted are skipped by their counts (no data read): found here, once, so
         # that every worker inherits the counts instead of re-reading them.
-        shards = inputs = 0  # shards at the head of this rank's epoch order, and the inputs they hold
-        for k in self._shard_order() if first_input > 0 else []:
+        shard_order = [k for k in epoch_permutation(len(self.shards), seed, epoch).tolist() if k in self.my_shards]
+        skipped = inputs = 0  # shards at the head of this rank's epoch order, and the inputs they hold
+        for k in shard_order if first_input > 0 else []:
             available = self.index.count(k) - self.index.reserved(k)
             if inputs >= first_input or inputs + available > first_input:
                 break
-            shards, inputs = shards + 1, inputs + available
-        self._skipped = (shards, inputs)
-
-    def _shard_order(self) -> list[int]:
-        """This rank's shards in the running epoch's order."""
-        return [k for k in epoch_permutation(len(self.shards), self.seed, self.epoch).tolist() if k in self.my_shards]
+            skipped, inputs = skipped + 1, inputs + available
+        self._shards_to_read, self._first_position = shard_order[skipped:], inputs
 
     def __len__(self) -> int:
         return self.length
@@ -226,8 +223,8 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
     def _inputs(self, is_mine) -> Iterator[tuple[int, str, str, dict[str, bytes]]]:
         """(input position, shard, key, files) of this rank's stream, from the first shard `set_position` did not
         skip; only inputs with is_mine(position) have their bytes read."""
-        skipped, position = self._skipped
-        for k in self._shard_order()[skipped:]:
+        position = self._first_position
+        for k in self._shards_to_read:
             reserved = self.index.reserved(k)
             first = position
 

@@ -241,8 +241,7 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
             self._longer_than_said(position + self.holdout)
 
     def _longer_than_said(self, held: int) -> None:
-        """Say once per run (in whichever process reads the stream's end first) that `length` is smaller than what the
-        shards hold: each epoch trains on `length` of them, the first of its shard order, and reads past the rest."""
+        """Say once per run (in whichever process reads the stream's end first) that the shards outnumber `length`."""
         with self._length_warned.get_lock():
             first, self._length_warned.value = not self._length_warned.value, 1
         if first:

@@ -94,15 +94,15 @@ def eval_items(holdout_set, ds_cfg, img_size: int, channels: int, n: int, device
     """The first `n` images (on `device`) and captions of `holdout_set` (None and [] when it is empty), and of the
     dataset's held-out compositions (None without any, or not `unseen`), which are scored even when the held-out
     split is empty: a folder with `holdout: 0` and `holdout_captions` keeps those images out of training for this."""
-    images, captions = _first_on(holdout_set, n, device)
-    unseen_images, unseen_captions = (_first_on(build_dataset(ds_cfg, img_size, channels, "unseen"), n, device)
-                                      if unseen else (None, []))
-    return images, captions, None if unseen_images is None else (unseen_images, unseen_captions)
+    images, captions = _first_on(holdout_set, n, device) or (None, [])
+    unseen_items = _first_on(build_dataset(ds_cfg, img_size, channels, "unseen"), n, device) if unseen else None
+    return images, captions, unseen_items
 
 
-def _first_on(dataset, n: int, device: torch.device | str) -> tuple[torch.Tensor | None, list[str]]:
+def _first_on(dataset, n: int, device: torch.device | str) -> tuple[torch.Tensor, list[str]] | None:
+    """frechet.first_items, its images on `device`; None for an empty dataset."""
     if len(dataset) == 0:
-        return None, []
+        return None
     images, captions = first_items(dataset, n)
     return images.to(device), captions
 

@@ -109,15 +109,14 @@ class OutputMirror:
                 self.say(f"{self.url(rel)} has no {SIDECAR} record (an upload that did not finish): not used")
             local.unlink(missing_ok=True)
             return False
-        if local.exists() and sha256_of(local) == expected:
-            self._known[rel] = expected
-            return True
-        actual = download(lambda tmp: self._call("downloading", self.fs.get_file, self._key(rel), tmp), local, expected)
-        if actual is not None:
-            self.say(f"{self.url(rel)} has sha256 {actual[:16]}…, its record says {expected[:16]}… (a torn or "
-                     "unfinished upload): not used")
-            local.unlink(missing_ok=True)
-            return False
+        if not (local.exists() and sha256_of(local) == expected):
+            actual = download(lambda tmp: self._call("downloading", self.fs.get_file, self._key(rel), tmp), local,
+                              expected)
+            if actual is not None:
+                self.say(f"{self.url(rel)} has sha256 {actual[:16]}…, its record says {expected[:16]}… (a torn or "
+                         "unfinished upload): not used")
+                local.unlink(missing_ok=True)
+                return False
         self._known[rel] = expected
         return True
 

@@ -121,11 +121,10 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
         listed = "".join(f"{n}\t{present[n]}\n" for n in names).encode("utf-8")
         self.identity = {"items": len(self.items), "sha256": hashlib.sha256(listed).hexdigest()}
 
-        # Public: its state travels in a step's checkpoint (fluxflow/train/step_report.py). `skipped` counts
-        # malformed caption lines + lines replaced by a later one + repaired lines + listed files that are missing
-        # + files that failed to decode in the batches trained so far (the held-out splits: met so far).
-        # A held-out image that does not decode is replaced by the next readable held-out one: evaluation then scores
-        # that one twice, so the warning says which split it is and the count is reported apart from training's.
+        # Public: its state travels in a step's checkpoint (fluxflow/train/step_report.py). Of the files that fail to
+        # decode, `skipped` counts those of the batches trained so far (the held-out splits: met so far). A held-out
+        # image that does not decode is replaced by the next readable held-out one: evaluation then scores that one
+        # twice, so the warning says which split it is and the count is reported apart from training's.
         where = {"train": str(self.root), "holdout": f"{self.root} (held out, scored by evaluation)",
                  "unseen": f"{self.root} (unseen-caption split, scored by evaluation)"}[split]
         metric = {"train": "skipped_samples", "holdout": "skipped_holdout_samples", "unseen": None}[split]

@@ -119,9 +119,8 @@ def generate(model: TextToImageModel, prompt: str, seed: int, *, steps: int = 25
         raise GenerationError(f"image size must be at most {largest} ({MAX_SIZE_FACTOR}× the {model.img_size} px the "
                               "model was trained at: a larger one is far from what it learned, and the cost of "
                               f"its attention grows with the size's 4th power); got {size}")
-    images = text_to_image(model.models, [prompt], model.latent_norm, latent_size=size // cfg.downscale,
-                           steps=steps, guidance=guidance, seed=seed, spade=model.spade, shift=model.flow_shift)
-    return images[0]
+    return text_to_image(model.models, [prompt], model.latent_norm, latent_size=size // cfg.downscale, steps=steps,
+                         guidance=guidance, seed=seed, spade=model.spade, shift=model.flow_shift)[0]
 
 
 def unread_prompt_ends(model: TextToImageModel, prompts: list[str]) -> list[tuple[str, int]]:

@@ -72,13 +72,13 @@ def _clean(alpha: np.ndarray) -> np.ndarray:
     return np.clip((smooth - 0.25) * 2.0, 0.0, 1.0)
 
 
-def match_shape(alpha: np.ndarray) -> tuple[str | None, float, float, dict[str, float]]:
-    """Best shape for a coverage map, its centre (pixels) and every candidate's error (L1 / area)."""
+def match_shape(alpha: np.ndarray) -> tuple[str | None, float, float]:
+    """Best shape for a coverage map (the smallest L1 difference / area) and its centre (pixels)."""
     h, w = alpha.shape
     alpha = _clean(alpha)
     area = float(alpha.sum())
     if area < 1.0:
-        return None, w / 2, h / 2, {}
+        return None, w / 2, h / 2
     ys, xs = np.mgrid[0:h, 0:w] + 0.5
     mx, my = float((xs * alpha).sum() / area), float((ys * alpha).sum() / area)
     errors, centres = {}, {}
@@ -89,7 +89,7 @@ def match_shape(alpha: np.ndarray) -> tuple[str | None, float, float, dict[str, 
         errors[shape] = float(np.abs(_clean(_template(shape, cx, cy, size, h, w)) - alpha).sum() / area)
         centres[shape] = (cx, cy)
     best = min(errors, key=errors.get)
-    return best, *centres[best], errors
+    return best, *centres[best]
 
 
 def _grid_index(v: float) -> int:
@@ -115,7 +115,7 @@ def analyse_shape_image(img: torch.Tensor) -> dict[str, str | None]:
     if inside.any():  # refine on pixels fully inside the shape, so anti-aliased edges do not pull the median
         fg = np.median(rgb[inside], axis=0)
     alpha = _coverage(rgb, bg, fg)
-    shape, cx, cy, _ = match_shape(alpha)
+    shape, cx, cy = match_shape(alpha)
     if shape is None:
         return result
     row, col = _grid_index(cy / h), _grid_index(cx / w)

@@ -51,17 +51,16 @@ def prompt_diversity(generate: Callable[[list[str], int], torch.Tensor], prompts
     return out
 
 
-def real_sets(holdout_set, captions: list[str], images: torch.Tensor,
-              k: int = DIVERSITY_SEEDS) -> tuple[list[str], list[torch.Tensor] | None]:
+def real_sets(holdout_set, captions: list[str], images: torch.Tensor) -> tuple[list[str], list[torch.Tensor] | None]:
     """The prompts to measure and their real images: on `shapes`, the first DIVERSITY_PROMPTS distinct held-out
-    captions with `k` renderings each (shapes.caption_variant); elsewhere the captions that have at least two of
-    `images`, or (none has) the first distinct captions with no real spread."""
+    captions with DIVERSITY_SEEDS renderings each (shapes.caption_variant); elsewhere the captions that have at least
+    two of `images` (at most DIVERSITY_SEEDS each), or (none has) the first distinct captions with no real spread."""
     distinct = list(dict.fromkeys(captions))
     if hasattr(holdout_set, "variant_images"):
         prompts = distinct[:DIVERSITY_PROMPTS]
-        return prompts, [holdout_set.variant_images(captions.index(c), k) for c in prompts]
+        return prompts, [holdout_set.variant_images(captions.index(c), DIVERSITY_SEEDS) for c in prompts]
     groups = {c: [i for i, cap in enumerate(captions) if cap == c] for c in distinct}
     repeated = [c for c in distinct if len(groups[c]) >= 2][:DIVERSITY_PROMPTS]
     if repeated:
-        return repeated, [images[groups[c][:k]].cpu() for c in repeated]
+        return repeated, [images[groups[c][:DIVERSITY_SEEDS]].cpu() for c in repeated]
     return distinct[:DIVERSITY_PROMPTS], None

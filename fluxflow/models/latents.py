@@ -18,13 +18,12 @@ from fluxflow.runtime.device import autocast
 LATENT_NORM_IMAGES = 1024
 
 
-def measure_latent_norm(encoder: nn.Module, batches: torch.Tensor | Iterable[torch.Tensor],
-                        amp_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def measure_latent_norm(encoder: nn.Module, batches: torch.Tensor | Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
     """Per-channel mean (`shift`) and standard deviation (`scale`) of the encoder's posterior means over `batches`
     (image batches; one tensor is one batch)."""
     if isinstance(batches, torch.Tensor):
         batches = [batches]
-    return latent_norm_of_means(posterior(encoder, images, amp_dtype)[0] for images in batches)
+    return latent_norm_of_means(posterior(encoder, images)[0] for images in batches)
 
 
 def latent_norm_of_means(means: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:

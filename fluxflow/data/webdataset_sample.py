@@ -31,24 +31,15 @@ def decode_sample(files: dict[str, bytes], img_size: int, channels: int, note: N
     kept, decoded as Latin-1) and a sample without one (`uncaptioned`: trained with "", naming its files)."""
     try:
         ext = next((e for e in IMAGE_EXTENSIONS if e in files), None)
-        if ext is None:
-            raise _Unusable("imageless", _without_image(files))
+        if ext is None:  # the image is not what is wrong: say what is
+            note("imageless", f"{where}: {_without_image(files)}")
+            return None
         image = read_image(io.BytesIO(files[ext]), img_size, channels)
-        return image, _caption(files, lambda kind, detail: note(kind, f"{where}: {detail}"))
-    except _Unusable as exc:  # the image is not what is wrong: say what is
-        note(exc.kind, f"{where}: {exc}")
-        return None
+        caption = _caption(files, lambda kind, detail: note(kind, f"{where}: {detail}"))
     except Exception as exc:  # a bad image never stops training (webdataset_source.py)
         note("unreadable", f"{where}: {type(exc).__name__}: {exc}")
         return None
-
-
-class _Unusable(ValueError):
-    """A sample skipped for another reason than its image, counted as `kind` (fluxflow/data/skips.py KINDS)."""
-
-    def __init__(self, kind: str, detail: str):
-        super().__init__(detail)
-        self.kind = kind
+    return None if caption is None else (image, caption)
 
 
 def _without_image(files: dict[str, bytes]) -> str:
@@ -65,7 +56,8 @@ def _without_image(files: dict[str, bytes]) -> str:
     return "no image among its files (none)"
 
 
-def _caption(files: dict[str, bytes], on_caption: Callable[[str, str], None]) -> str:
+def _caption(files: dict[str, bytes], on_caption: Callable[[str, str], None]) -> str | None:
+    """The sample's caption ("" when it has none); None, said, when its .json cannot be read."""
     for ext in CAPTION_EXTENSIONS:
         if ext in files:  # decoded as a folder's captions file is: a byte-order mark dropped, UTF-16 read
             lines = text_lines(files[ext])
@@ -75,7 +67,8 @@ def _caption(files: dict[str, bytes], on_caption: Callable[[str, str], None]) ->
     try:
         meta = json.loads(files["json"]) if "json" in files else None
     except ValueError as exc:  # the caption is what is broken, not the image
-        raise _Unusable("caption", f"its .json is not valid JSON ({exc})") from None
+        on_caption("caption", f"its .json is not valid JSON ({exc})")
+        return None
     caption = next((meta[k] for k in ("caption", "text") if k in meta), None) if isinstance(meta, dict) else None
     if isinstance(caption, str):
         return caption.strip()

@@ -62,11 +62,10 @@ class SkipCounter:
     def found(self, n: int, message: str, say: bool = True) -> None:
         """`n` entries dropped or repaired when the dataset was built: counted, and `message` logged (unless `say` is
         False: said already where the dataset was built before)."""
-        if n > 0:
-            with self._count.get_lock():
-                self._count.value += n
-            if say:
-                log.warning("%s: %s", self.where, message)
+        with self._count.get_lock():
+            self._count.value += n
+        if say:
+            log.warning("%s: %s", self.where, message)
 
     def warn(self, reason: str, kind: str = "unreadable") -> None:
         """Log the first problem of each kind (in any process); the others are only counted."""

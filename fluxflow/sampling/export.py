@@ -44,6 +44,7 @@ import torch
 from fluxflow.checkpoints.atomic_file import atomic_write
 from fluxflow.checkpoints.io import sha256_file
 from fluxflow.config.file_checks import inspect_pretrained, not_a_regular_file, pretrained_text_path
+from fluxflow.config.steps import shift_range_problem
 from fluxflow.sampling.generate import GENERATION_COMPONENTS, GenerationError, TextToImageModel, build_text_to_image
 
 FORMAT, FORMAT_VERSION = "fluxflow-text-to-image", 1
@@ -154,6 +155,15 @@ def load_exported(folder: str | Path, device: str | None = None) -> TextToImageM
         spade, weights_file = bool(config["spade"]), folder / config["weights"]
         flow_shift = float(config.get("flow_shift", 1.0))  # an export written before it was recorded: as it sampled
         expected = config.get("weights_sha256")  # None: an export written before it was recorded, loaded unchecked
+        # Values no export writes: a wrong length failed deep in a conv, a NaN or negative shift drew black images
+        for key, value in latent_norm.items():
+            if value.shape != (model_config.latent_channels,) or not value.isfinite().all():
+                raise ValueError(f"latent_norm.{key} must hold {model_config.latent_channels} finite numbers (one per "
+                                 "latent channel)")
+        if not (latent_norm["scale"] > 0).all():
+            raise ValueError("latent_norm.scale must be above 0")
+        if problem := shift_range_problem(flow_shift):
+            raise ValueError(f"flow_shift {problem}")
     except KeyError as exc:  # its message alone is the key: "... invalid: 'model'"
         raise GenerationError(f"{folder / CONFIG_FILE} is incomplete: it has no {exc} (write the folder again with "
                               "fluxflow-export)") from None

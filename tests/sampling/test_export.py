@@ -256,6 +256,25 @@ def test_an_export_config_without_a_key_names_the_key(byte_checkpoint, tmp_path,
                                        "has no 'model' (write the folder again with fluxflow-export)\n")
 
 
+@pytest.mark.parametrize("field,value,said", [
+    ("latent_norm", {"shift": [0.1], "scale": [1.0, 1.0, 1.0, 1.0]}, "latent_norm.shift must hold 4 finite numbers"),
+    ("latent_norm", {"shift": [0.0] * 4, "scale": [1.0, 0.0, 1.0, 1.0]}, "latent_norm.scale must be above 0"),
+    ("flow_shift", float("nan"), "flow_shift must be between 0.001 and 1000"),
+    ("flow_shift", -1.0, "flow_shift must be between 0.001 and 1000")])
+def test_an_export_config_with_values_no_export_writes_is_one_line(byte_checkpoint, tmp_path, capsys, field, value,
+                                                                    said):
+    """A latent_norm of the wrong length was a conv traceback; a flow_shift of NaN or below 0 wrote black images
+    and exited 0."""
+    export(byte_checkpoint, tmp_path / "export")
+    path = tmp_path / "export" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    assert cli_generate.main(["--weights", str(tmp_path / "export"), "--prompt", "x", "--device", "cpu",
+                              "--output", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fluxflow-generate: {path} is incomplete or invalid: {said}") and err.count("\n") == 1
+    assert not (tmp_path / "g").exists()
+
+
 def test_the_command_it_prints_loads_a_folder_whose_name_has_a_space(byte_checkpoint, tmp_path, capsys):
     assert cli_export.main(["--checkpoint", byte_checkpoint, "--output", str(tmp_path / "my export")]) == 0
     command = shlex.split(capsys.readouterr().out.split("load it with ")[1])  # was unquoted: two arguments

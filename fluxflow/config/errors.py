@@ -43,7 +43,9 @@ class ConfigError(NonRetryable):
 
 
 def format_path(loc: Iterable[str | int]) -> str:
-    """('training', 'pipeline', 'steps', 1, 'name') -> 'training.pipeline.steps[1].name'."""
+    """('training', 'pipeline', 'steps', 1, 'name') -> 'training.pipeline.steps[1].name': an int is a list's
+    position; a mapping's key is given as a str, also one YAML read as a number (`datasets: {2024: ...}`:
+    'training.pipeline.datasets.2024', load._keys_as_written)."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)

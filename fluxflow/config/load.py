@@ -219,7 +219,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        issues += issues_from_validation(exc)
+        issues += issues_from_validation(exc, raw)
     issues += semantic_issues(raw)
     if config is not None and not issues:  # cross-section rules need the whole config, and valid steps
         issues += replicate_issues(config.written_steps(), config.training.replicates)
@@ -319,15 +319,18 @@ def _other_section(key: str, loc: tuple) -> str:
     return f" (it is a field of {sections[0]}: {sections[0]}.{key})" if sections else ""
 
 
-def issues_from_validation(exc: ValidationError) -> list[ConfigIssue]:
-    """pydantic's errors as issues: dotted paths, 'did you mean' for unknown keys."""
+def issues_from_validation(exc: ValidationError, raw: Any = None) -> list[ConfigIssue]:
+    """pydantic's errors as issues: dotted paths, 'did you mean' for unknown keys. `raw`: what was validated, which
+    tells a key YAML read as a number (`2024:`) from a list's position (_keys_as_written)."""
     issues = []
     for err in exc.errors():
-        loc, kind = tuple(err["loc"]), err["type"]
+        loc, kind, msg = tuple(err["loc"]), err["type"], err["msg"]
+        if loc[-1:] == ("[key]",) and kind == "string_type":  # a key of a dict[str, ...]: said as of other mappings
+            loc, kind, msg = loc[:-1], "invalid_key", "Keys should be strings"
         # The type of the dataset an error is in: pydantic puts a discriminated union's tag after the dataset's name.
         datasets_loc = loc[:3] == ("training", "pipeline", "datasets") and len(loc) > 4
         tag = loc[4] if datasets_loc and loc[4] in DATASET_TYPES else None
-        path = format_path(loc[:4] + loc[5:] if tag else loc)  # a dataset's path without its type's tag
+        path = format_path(_keys_as_written(loc[:4] + loc[5:] if tag else loc, raw))  # without the dataset's tag
         if kind == "extra_forbidden" and loc[-2:-1] == ("defaults",) and loc[-1] in ("name", "after", "description"):
             message = "is set per step, not in training.pipeline.defaults"
         elif kind == "extra_forbidden" and tag and len(loc) == 6:
@@ -353,14 +356,30 @@ def issues_from_validation(exc: ValidationError) -> list[ConfigIssue]:
         else:
             got = err.get("input")
             shown = "" if isinstance(got, (dict, list)) or kind == SECRET_VALUE else f" (got {got!r})"
-            if kind == "string_type" and isinstance(got, bool):
+            if kind in ("string_type", "invalid_key") and isinstance(got, bool):  # a key `on:`, say
                 shown += "; YAML reads unquoted yes/no/on/off as true/false: quote the value"
-            elif kind == "string_type" and isinstance(got, (int, float)):  # a step named 2024, say
+            elif kind in ("string_type", "invalid_key") and isinstance(got, (int, float)):  # a step named 2024
                 shown += "; YAML reads an unquoted number as a number: quote the value"
             # a validator's ValueError: its own message, without pydantic's "Value error, " before it
-            message = f"{err['msg'].removeprefix('Value error, ')}{shown}"
+            message = f"{msg.removeprefix('Value error, ')}{shown}"
         issues.append(ConfigIssue(path, message))
     return issues
+
+
+def _keys_as_written(loc: tuple, tree: Any) -> tuple:
+    """`loc` with each part that is a key of a mapping of `tree` as a str: format_path writes an int as a list's
+    position (`steps[0]`), and a key YAML read as a number was written as one (`datasets[2024]`). Past a part that
+    `tree` does not hold (pydantic's name of a union's member), an int stays a position."""
+    parts = []
+    for part in loc:
+        if isinstance(tree, dict):  # the key as the file has it: pydantic writes a key `on:` (True) as 1
+            key = part if isinstance(part, str) else next((k for k in tree if k == part), part)
+            parts.append(str(key))
+            tree = tree.get(key)
+        else:
+            parts.append(part)
+            tree = tree[part] if isinstance(tree, list) and isinstance(part, int) and 0 <= part < len(tree) else None
+    return tuple(parts)
 
 
 _SECTION_ORDER = ("(file)", *PipelineConfig.model_fields, "optimization")  # optimization: the original tool's
@@ -413,7 +432,9 @@ def semantic_issues(raw: dict) -> list[ConfigIssue]:
     raw_steps = get_in(raw, *STEPS, kind=list) or []
     part = lambda model, *keys: _parse(model, get_in(raw, *keys, kind=object) or {})  # noqa: E731 - None: did not parse
     datasets = get_in(raw, "training", "pipeline", "datasets", kind=object)
-    datasets = {} if datasets is None else {name: _parse(DatasetConfig, ds) for name, ds in datasets.items()} \
+    # A name YAML read as a number (`2024:`) is the schema's issue; the rules take it as the name it was meant to be
+    # (`default_dataset: "2024"`).
+    datasets = {} if datasets is None else {str(name): _parse(DatasetConfig, ds) for name, ds in datasets.items()} \
         if isinstance(datasets, dict) else None
     default_dataset = get_in(raw, "training", "pipeline", "default_dataset", kind=str)
     if datasets is not None:

@@ -269,3 +269,55 @@ def test_a_step_global_or_default_that_every_step_sets_for_itself_is_said_to_hav
                           "trains with one of training.replicates.seeds)"]
     assert load_config(tiny_raw(tmp_path, steps), ["training.replicates={seeds: [0, 1], from_steps: [b]}"]).warnings \
         == []  # warm trains at training.seed
+
+
+# A key YAML reads as a number (`2024:`) or as true/false (`on:`): one issue at the key's dotted path, with the hint
+# a step name written so gets.
+QUOTE = "YAML reads an unquoted number as a number: quote the value"
+
+
+def test_a_dataset_named_with_a_bare_number_is_one_issue_at_its_name_not_a_traceback(tmp_path):
+    """`datasets: {2024: ...}` crashed validation (a TypeError in the rule on names) and, past it, the schema's
+    issue said `training.pipeline.datasets[2024].[key]`, the path of a list's item."""
+    raw = tiny_raw(tmp_path, STEPS)
+    raw["training"]["pipeline"].update(datasets={2024: {"type": "shapes", "size": 32, "holdout": 4}},
+                                       default_dataset="2024")
+    with pytest.raises(ConfigError) as raised:
+        load_config(raw)
+    assert [str(issue) for issue in raised.value.issues] == [
+        f"training.pipeline.datasets.2024: Keys should be strings (got 2024); {QUOTE}"]
+
+
+def put(raw: dict, *keys):
+    """raw[keys[0]]...[keys[-2]] = keys[-1]."""
+    *where, key, value = keys
+    for part in where:
+        raw = raw[part]
+    raw[key] = value
+
+
+@pytest.mark.parametrize("keys,issues", [
+    ((1, 2), [f"1: Keys should be strings (got 1); {QUOTE}"]),
+    (("model", 1, 2), [f"model.1: Keys should be strings (got 1); {QUOTE}"]),
+    (("training", "pipeline", "steps", 0, 3, 1), [f"training.pipeline.steps[0].3: Keys should be strings (got 3); "
+                                                  f"{QUOTE}"]),
+    (("training", "pipeline", "datasets", "shapes", 5, 1),
+     [f"training.pipeline.datasets.shapes.5: Keys should be strings (got 5); {QUOTE}"]),
+    (("training", "pipeline", "steps", 0, "resources", {"custom": {1: 2}}),
+     [f"training.pipeline.steps[0].resources.custom.1: Keys should be strings (got 1); {QUOTE}"]),
+    (("training", "pipeline", "steps", 1, "optimization", {"optimizers": {2: {"type": "AdamW"}}}),
+     [f"training.pipeline.steps[1].optimization.optimizers.2: Keys should be strings (got 2); {QUOTE}"]),
+    (("training", "pipeline", "steps", 0, "transition_on", {True: 1}),  # `on:` is true in YAML 1.1
+     ["training.pipeline.steps[0].transition_on.True: Keys should be strings (got True); YAML reads unquoted "
+      "yes/no/on/off as true/false: quote the value"]),
+    (("training", "pipeline", "datasets", {"shapes": {"type": "shapes"}, 7: {"type": "shapes", "size": 0}}),
+     [f"training.pipeline.datasets.7: Keys should be strings (got 7); {QUOTE}",  # and its value under that name
+      "training.pipeline.datasets.7.size: Input should be greater than or equal to 1 (got 0)"]),
+])
+def test_a_key_read_as_a_number_is_named_by_its_dotted_path_list_positions_keep_their_index(tmp_path, keys, issues):
+    """An int in a path was always written as a list position: `model[1]: Keys should be strings`."""
+    raw = tiny_raw(tmp_path, STEPS)
+    put(raw, *keys)
+    with pytest.raises(ConfigError) as raised:
+        load_config(raw)
+    assert [str(issue) for issue in raised.value.issues] == issues

@@ -41,7 +41,33 @@ class LoadedConfig:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `1e-4` (no dot) as a string; here it is a number. Duplicate keys are errors, not overwrites."""
+    """YAML 1.1 reads `1e-4` (no dot) as a string; here it is a number. Duplicate keys are errors, not overwrites, and
+    so is an alias inside the value of its own anchor (`seed: &a [*a]`): a value that contains itself, which every
+    reader of the tree (unshared first) followed without end, a RecursionError traceback."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self.open_anchors: list[str | None] = []  # of the sections being read, innermost last
+
+    def compose_node(self, parent: Any, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent) and (alias := self.peek_event()).anchor in self.open_anchors:
+            raise yaml.composer.ComposerError(None, None, f"the alias *{alias.anchor} refers to itself: it is inside "
+                                              f"the value of &{alias.anchor}, which cannot contain itself",
+                                              alias.start_mark)
+        return super().compose_node(parent, index)
+
+    def compose_sequence_node(self, anchor: str | None) -> yaml.SequenceNode:
+        return self._section(anchor, super().compose_sequence_node)
+
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        return self._section(anchor, super().compose_mapping_node)
+
+    def _section(self, anchor: str | None, compose: Any) -> Any:
+        self.open_anchors.append(anchor)
+        try:
+            return compose(anchor)
+        finally:
+            self.open_anchors.pop()
 
 
 _Loader.add_implicit_resolver(

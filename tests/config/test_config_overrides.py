@@ -217,3 +217,11 @@ def test_the_help_examples_of_set_change_the_quickstart_with_no_warning():
     loaded = load_config(Path(__file__).parents[2] / "configs" / "quickstart.yaml", examples)
     assert loaded.warnings == []
     assert loaded.config.step("flow").n_epochs == 20 and loaded.config.training.seed == 1
+
+
+@pytest.mark.parametrize("value", ["&a [*a]", "&a {x: *a}", "&a {<<: *a}", "[&a [1, [*a]]]"])
+def test_a_value_whose_alias_refers_to_itself_names_the_override(tmp_path, value):
+    """Was a RecursionError traceback (`--set "training.seed=&a [*a]"`)."""
+    found = problems(tmp_path, [f"training.seed={value}"])
+    assert len(found) == 1 and found[0].startswith(
+        "--set training.seed: the value is broken YAML: the alias *a refers to itself"), found

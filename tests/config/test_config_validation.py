@@ -425,3 +425,17 @@ def test_a_shapes_dataset_smaller_than_a_batch_is_a_problem_of_its_size(tmp_path
                                                            "size or lower batch_size"}
     shapes["size"] = 4
     assert load_config(yaml.safe_load(cfg(vae(batch_size=4), pipeline={"datasets": {"s": shapes}}))).config
+
+
+@pytest.mark.parametrize("text", ["training:\n  seed: &a [*a]\n", "training: &a {pipeline: *a}\n",
+                                  "model: &a {<<: *a}\n", "output: &a {x: [1, {y: *a}]}\n"],
+                         ids=["list", "mapping", "merge-key", "deeper"])
+def test_a_yaml_alias_inside_its_own_anchor_is_one_issue_naming_the_file(tmp_path, text):
+    """`seed: &a [*a]` was a RecursionError traceback, a mapping 'found unconstructable recursive node' and a merge of
+    itself nothing at all."""
+    path = tmp_path / "self.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert raised.value.source == str(path) and len(raised.value.issues) == 1
+    assert str(raised.value.issues[0]).startswith("(file): broken YAML: the alias *a refers to itself")

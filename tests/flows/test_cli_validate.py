@@ -41,6 +41,7 @@ def test_validate_pipeline_prints_the_summary_with_parameter_counts_and_exits_0(
     ("training:\n  pipeline:\n    - {name: a, n_epochs: 1, train_vae: true}\n", "'steps:'"),
     (VALID.replace("    steps:", "    datasets: {2024: {type: shapes}}\n    default_dataset: '2024'\n    steps:"),
      "training.pipeline.datasets.2024: Keys should be strings (got 2024); YAML reads an unquoted number as a number"),
+    (VALID.replace("training:\n", "training:\n  seed: &a [*a]\n"), "broken YAML: the alias *a refers to itself"),
 ])
 @pytest.mark.parametrize("validate", [True, False], ids=["validate", "train"])
 def test_invalid_missing_or_broken_config_exits_2_with_the_problem_and_no_traceback(tmp_path, content, fragment,

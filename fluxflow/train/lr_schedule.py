@@ -19,6 +19,7 @@ import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler, ReduceLROnPlateau
 
 from fluxflow.config.optim import EPOCH_ONLY, SCHEDULE_PARAMS, SCHEDULER_PARAMS, given_options
+from fluxflow.wording import counted
 
 
 class LrSchedule:
@@ -119,12 +120,6 @@ def inert_reason(kind: str, opts: dict[str, Any], warmup: int, updates: int, use
         return (f"{kind}'s {what} {first} is more than the {steps} after its start that the step trains on "
                 f"(interval: {interval}): the lr never changes")
     return None
-
-
-def counted(n: int, thing: str, things: str | None = None) -> str:
-    """'1 optimizer update', '2 optimizer updates', '2 epochs', counted(2, 'batch', 'batches'): the count lines of the
-    step's warnings (no spelling rule guesses a plural: 'epoch' is not 'batch')."""
-    return f"{n} {thing if n == 1 else things or thing + 's'}"
 
 
 def make_scheduler(kind: str, opts: dict[str, Any], optimizer: torch.optim.Optimizer, span: int, interval: str):

@@ -42,9 +42,9 @@ from fluxflow.train.step_report import StepReport
 from fluxflow.progress_bar import batch_progress
 from fluxflow.train.tracking import ConsoleJsonlTracker, MultiTracker, runner_line, trim_jsonl
 from fluxflow.train.batch_step import Window
-from fluxflow.train.lr_schedule import counted
 from fluxflow.train.trainer import build_trainer
 from fluxflow.train.transition import TransitionMonitor
+from fluxflow.wording import counted
 
 log = logging.getLogger("fluxflow.train.step_run")
 

@@ -29,6 +29,7 @@ from fluxflow.checkpoints.lock import RunLockedError
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.config import PipelineConfig
 from fluxflow.config.run_config import run_dict
+from fluxflow.wording import counted
 
 
 def _command(name: str) -> str:
@@ -98,7 +99,7 @@ def run_pipeline_flow(config: PipelineConfig, overrides: list[str] | None = None
                 result = outcome.result
                 trained = "" if result.trained else " (already complete, skipped)"
                 where = f", on {outcome.placement()}" if outcome.placement() else ""
-                print(f"  {result.step_name}: {result.outcome}{trained}, {result.epochs_done} epochs, "
+                print(f"  {result.step_name}: {result.outcome}{trained}, {counted(result.epochs_done, 'epoch')}, "
                       f"{outcome.ref.uri}{where}")
         elif isinstance(state_exception(state), RunLockedError):
             # Another run took the directory in the seconds between this one's early check and its flow's start:

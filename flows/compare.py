@@ -23,6 +23,7 @@ from flows.mlflow_names import (FINAL_PREFIX, PARENT_RUN_ID, TAG_KIND, TAG_LEAVE
 from flows.mlflow_runs import find_runs, flatten_params
 from flows.hypotheses import Difference, HypothesisSummary, summarize
 from fluxflow.config.dag import leaf_names
+from fluxflow.wording import counted
 
 
 # A step's position, name and hypothesis label are its identity (the column labels), not part of the hypothesis.
@@ -345,4 +346,5 @@ def experiment_comparison(client: MlflowClient, name: str) -> tuple[Comparison, 
     comparison = compare_runs(client, runs, expected_leaves(pipelines))
     n = len(comparison.labels)
     replicated = " (mean, 95 % interval)" if any(len(r) > 1 for r in comparison.summary.replicates.values()) else ""
-    return comparison, table_rows(comparison), f"{name}: final metrics of {n} hypotheses{replicated}"
+    title = f"{name}: final metrics of {counted(n, 'hypothesis', 'hypotheses')}{replicated}"
+    return comparison, table_rows(comparison), title

@@ -20,6 +20,7 @@ from flows.mlflow_runs import flatten_params
 from flows.model_uri import missing_files_problem
 from flows.registry import RegistryError, no_versions_problem, tracking_at, version_by_alias, versions_of
 from fluxflow.config.run_config import run_config_of
+from fluxflow.wording import counted
 
 # The alias promotion moves unless the config names another (promotion.alias, fluxflow/config/promotion.py).
 DEFAULT_ALIAS = "champion"
@@ -117,4 +118,5 @@ def model_comparison(client: MlflowClient, name: str, alias: str) -> tuple[Compa
     comparison = Comparison(labels, differing(configs, NOT_DIFFERENCES),
                             {key: [metrics.get(key) for metrics in finals] for key in sorted(set().union(*finals))})
     rows = table_rows(comparison)
-    return comparison, [rows[0], *info_rows(versions), *rows[1:]], f"{name}: final metrics of {len(versions)} versions"
+    title = f"{name}: final metrics of {counted(len(versions), 'version')}"
+    return comparison, [rows[0], *info_rows(versions), *rows[1:]], title

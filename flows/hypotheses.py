@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from flows.text_table import plain_table
 from fluxflow.evaluation.direction import better_direction
+from fluxflow.wording import counted
 
 CONFIDENCE = 0.95
 PAIRED, WELCH, FIXED = "paired by seed", "Welch", "against a fixed value"
@@ -256,11 +257,11 @@ class HypothesisSummary:
         if tests > 1:  # every pair and metric is a test of its own: some verdicts are chance
             alpha = 1 - CONFIDENCE
             kept = sum(p is not None and p < alpha for p in self.holm())
-            beyond = sum(d.verdict == BEYOND and d.p_value is not None for d in self.differences)
+            beyond = counted(sum(d.verdict == BEYOND and d.p_value is not None for d in self.differences),
+                             "'beyond' verdict")
             note += (f" {tests} tests, each at {round(100 * alpha)} % on its own: where there is no difference, about "
                      f"1 in {round(1 / alpha)} still says 'beyond the spread'. Corrected for all {tests} (Holm's "
-                     f"method: p (Holm)), {kept} of the {beyond} 'beyond' verdicts with a p-value keep "
-                     f"p < {alpha:.2g}.")
+                     f"method: p (Holm)), {kept} of the {beyond} with a p-value keep p < {alpha:.2g}.")
         return note
 
     def chart_note(self) -> str:

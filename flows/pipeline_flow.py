@@ -42,6 +42,7 @@ from fluxflow.config import PipelineConfig
 from fluxflow.config.dag import branch_names, leaf_names
 from fluxflow.config.promotion import registered_steps
 from fluxflow.config.run_config import resolve_run_config, run_dict
+from fluxflow.wording import counted
 from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
 from fluxflow.train.pipeline_schedule import PipelineSchedule, missed_threshold_message
 
@@ -263,7 +264,7 @@ def send_records(run: PipelineRun, status: str | None = None, stall_s: float = T
         return True
     if stall_s:
         get_run_logger().warning(
-            "MLflow (%s) did not answer for %.0f s: %d records not sent. The metrics are in graph/*.jsonl; run the "
+            "MLflow (%s) did not answer for %.0f s: %s not sent. The metrics are in graph/*.jsonl; run the "
             "same command again once it answers to complete the step runs.", run.client.tracking_uri,
-            stall_s, TRACKING.pending())
+            stall_s, counted(TRACKING.pending(), "record"))
     return False

@@ -21,6 +21,8 @@ import threading
 import time
 from typing import Callable
 
+from fluxflow.wording import counted
+
 log = logging.getLogger("flows.tracking_queue")
 
 MAX_QUEUED_POINTS = 100_000  # ~20 MB of metric points: hours of a real run's log intervals
@@ -125,8 +127,8 @@ class TrackingQueue:
                 log.warning("MLflow rejected a tracking call, dropped: %s", _first_line(exc))
             pause = RETRY_PAUSE_S[0]
             if self.unreachable_since is not None:  # the first call through after an outage
-                log.warning("MLflow reachable again after %.0f s: sending %d queued records",
-                            time.monotonic() - self.unreachable_since, self.pending())
+                log.warning("MLflow reachable again after %.0f s: sending %s",
+                            time.monotonic() - self.unreachable_since, counted(self.pending(), "queued record"))
                 self.unreachable_since = None
             with self._cond:
                 for _ in range(count):

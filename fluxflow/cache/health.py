@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fluxflow.errors import FULL_ERRNOS, DiskFullError, NonRetryable
+from fluxflow.wording import counted
 
 # A file larger than the process may write (`ulimit -f`) fails like a full disk, and is fixed the same way.
 NO_SPACE_ERRNOS = (*FULL_ERRNOS, errno.EFBIG)
@@ -69,7 +70,8 @@ def damage(store) -> str | None:
             return f"{name}.npy holds {array.dtype} {array.shape}, not {store.stored_dtype(dtype)} {expected}"
     unnamed = set(np.flatnonzero(np.load(store.path("filled"))).tolist()) - set(store.captions())
     if unnamed:
-        return f"{len(unnamed)} computed rows have no line in captions.jsonl (row {min(unnamed)} first)"
+        return (f"{counted(len(unnamed), 'computed row')} {'has' if len(unnamed) == 1 else 'have'} no line in "
+                f"captions.jsonl (row {min(unnamed)} first)")
     return None
 
 

@@ -38,6 +38,7 @@ from fluxflow.config.steps import KEY_NEUTRAL_VALUES
 from fluxflow.checkpoints.step_key import describe_change, step_key, step_key_inputs
 from fluxflow.output_layout import metrics_file, step_dir
 from fluxflow.storage.location import output_root, remote_uri
+from fluxflow.wording import counted
 
 if TYPE_CHECKING:
     from fluxflow.storage.mirror import OutputMirror
@@ -250,8 +251,8 @@ class StepFiles:
         or either not known: shapes, webdataset, a latest.pt written before it was recorded)."""
         if None in (then, now) or then == now:
             return None
-        count = (f"{then['items']} -> {now['items']} items" if then["items"] != now["items"]
-                 else f"the same {now['items']} items, but other files or captions listed")
+        count = (f"{then['items']} -> {counted(now['items'], 'item')}" if then["items"] != now["items"]
+                 else f"the same {counted(now['items'], 'item')}, but other files or captions listed")
         return f"its dataset changed since latest.pt: {count}"
 
     def set_aside_latest(self, why: str, say: Callable[[str], None] = print) -> None:

@@ -10,6 +10,8 @@ import fnmatch
 import re
 from collections.abc import Callable
 
+from fluxflow.wording import counted
+
 
 def caption_matcher(patterns: list[str] | None) -> Callable[[str], bool] | None:
     """A predicate "this caption is held out" for `holdout_captions`; None when nothing is held out."""
@@ -34,15 +36,15 @@ def unseen_problem(root, patterns: list[str], matched: int, captions: list[str])
     one), or all matched together (nothing left to train on)."""
     entries = len(captions)
     if 0 < matched == entries:
-        return (f"folder {root}: holdout_captions {patterns} match every one of its {entries} captions; nothing "
-                "would be left to train on")
+        return (f"folder {root}: holdout_captions {patterns} match every one of its {counted(entries, 'caption')}; "
+                "nothing would be left to train on")
     # Each pattern alone: one among several that matches nothing was not said (only all of them together were).
     unmatched = [p for p in patterns if not any(map(_pattern_matcher(p), captions))] if matched else patterns
     if not unmatched:
         return None
     hint = "patterns are whole-caption globs, e.g. '*blue*', or 're:<regex>'"
     if matched == 0:
-        return (f"folder {root}: holdout_captions {patterns} match none of its {entries} captions; nothing would be "
-                f"scored as unseen ({hint})")
-    return (f"folder {root}: holdout_captions {unmatched} (of {patterns}) match none of its {entries} captions; fix "
-            f"or remove them ({hint})")
+        return (f"folder {root}: holdout_captions {patterns} match none of its {counted(entries, 'caption')}; nothing "
+                f"would be scored as unseen ({hint})")
+    return (f"folder {root}: holdout_captions {unmatched} (of {patterns}) match none of its "
+            f"{counted(entries, 'caption')}; fix or remove them ({hint})")

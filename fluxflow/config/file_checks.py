@@ -28,6 +28,7 @@ from typing import Any
 
 from fluxflow.config.caption_patterns import caption_matcher, unseen_problem
 from fluxflow.config.errors import STEPS, ConfigIssue, format_path
+from fluxflow.wording import counted
 
 LPIPS_BACKBONE_FILE = "alexnet-owt-7be5be79.pth"
 
@@ -186,9 +187,9 @@ def entries_problem(listing: CaptionsFile) -> str | None:
     if listing.captions:
         return None
     if listing.malformed:
-        return (f"captions file {listing.path}: none of its {listing.lines} lines is 'filename<TAB>caption' (first: "
-                f"{listing.malformed[0][:80]!r}); separate each filename from its caption by a tab (CSV, JSON Lines "
-                "and space-separated files are not read)")
+        return (f"captions file {listing.path}: none of its {counted(listing.lines, 'line')} is "
+                f"'filename<TAB>caption' (first: {listing.malformed[0][:80]!r}); separate each filename from its "
+                "caption by a tab (CSV, JSON Lines and space-separated files are not read)")
     return f"captions file {listing.path} lists no images (one 'filename<TAB>caption' line per image)"
 
 
@@ -198,17 +199,18 @@ def found_problem(root: Path, listing: CaptionsFile, found: int) -> str | None:
     if found or not listing.captions:
         return None
     first = next(iter(listing.captions))
-    return (f"none of the {len(listing.captions)} files listed in {listing.path.name} is in {root} (first: "
+    return (f"none of the {counted(len(listing.captions), 'file')} listed in {listing.path.name} is in {root} (first: "
             f"{first!r}, looked for at {root / first}); filenames are relative to the image folder, one "
             "'filename<TAB>caption' line per image")
 
 
-def holdout_problem(root: Path, entries: int, holdout: int, what: str) -> str | None:
-    """Why `holdout` held-out images leave nothing to train on among `entries` (`what` they are), or None."""
+def holdout_problem(root: Path, entries: int, holdout: int, what: str, whats: str) -> str | None:
+    """Why `holdout` held-out images leave nothing to train on among `entries` (`what` one is, `whats` several are),
+    or None."""
     if holdout <= 0 or holdout < entries:  # no hold-out: an empty folder is "fewer items than one batch" later
         return None
-    return (f"folder {root}: holdout={holdout} leaves no training images ({entries} {what}); lower holdout or add "
-            "images")
+    return (f"folder {root}: holdout={holdout} leaves no training images ({counted(entries, what, whats)}); lower "
+            "holdout or add images")
 
 
 def data_issues(config) -> list[ConfigIssue]:
@@ -243,9 +245,9 @@ def batch_issues(config, listed: dict[str, tuple[int, int]]) -> list[ConfigIssue
         if training < step.batch_size:
             matched = f", {unseen} matched by holdout_captions" if unseen else ""
             issues.append(ConfigIssue(("training", "pipeline", "datasets", step.dataset), (
-                f"{training} training images ({entries} listed in {ds.captions_file}{matched}, holdout "
-                f"{ds.holdout}) are fewer than one batch of {step.batch_size} (step {step.name}); lower batch_size "
-                "or holdout, or add images")))
+                f"{counted(training, 'training image')} ({entries} listed in {ds.captions_file}{matched}, holdout "
+                f"{ds.holdout}) {'is' if training == 1 else 'are'} fewer than one batch of {step.batch_size} (step "
+                f"{step.name}); lower batch_size or holdout, or add images")))
     return issues
 
 
@@ -265,11 +267,11 @@ def folder_issues(loc: tuple, ds) -> tuple[list[ConfigIssue], tuple[int, int]]:
         return [ConfigIssue((*loc, "captions_file"), f"cannot read {captions_path}: {exc}")], (0, 0)
     listed, matches = len(listing.captions), caption_matcher(ds.holdout_captions)
     unseen = sum(map(matches, listing.captions.values())) if matches else 0
+    where = f" in {captions_path.name}" + (" outside holdout_captions" if unseen else "")
     problems = {"captions_file": entries_problem(listing) or found_problem(
                     root, listing, any(is_listed_file(root / name) for name in listing.captions)),
                 "holdout_captions": unseen_problem(root, ds.holdout_captions, unseen, list(listing.captions.values())),
-                "holdout": holdout_problem(root, listed - unseen, ds.holdout, f"entries in {captions_path.name}"
-                                           + (" outside holdout_captions" if unseen else ""))}
+                "holdout": holdout_problem(root, listed - unseen, ds.holdout, f"entry{where}", f"entries{where}")}
     return [ConfigIssue((*loc, field), problem) for field, problem in problems.items() if problem][:1], (listed, unseen)
 
 
@@ -321,8 +323,8 @@ def shards_issues(loc: tuple, ds) -> list[ConfigIssue]:
             return []
         what = f"{missing[0]} does not exist"
     are = "is not a file" if len(missing) == 1 else "are not files"
-    return [ConfigIssue((*loc, "urls"), f"{len(missing)} of the {len(shards)} shards named by {ds.urls!r} {are} "
-                        f"(first: {what})")]
+    return [ConfigIssue((*loc, "urls"), f"{len(missing)} of the {counted(len(shards), 'shard')} named by {ds.urls!r} "
+                        f"{are} (first: {what})")]
 
 
 REMOTE_CHECK_S = 60.0  # a store that does not answer by then is said so: the run's start never hangs on it

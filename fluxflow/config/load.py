@@ -28,6 +28,7 @@ from fluxflow.config.schema import (DATASET_TYPES, SECRET_VALUE, DataConfig, Dat
 from fluxflow.config.steps import NAME_LIMIT, TRAINING_GLOBALS, ResolvedStep, StepConfig, \
     StepDefaults, Transition, merged_step_fields, replicate_issues, replicated_names, resolution_shift, resolve_step, \
     shift_range_problem
+from fluxflow.wording import counted
 
 
 @dataclass
@@ -636,7 +637,8 @@ def _shapes_batch_issues(config: PipelineConfig) -> list[ConfigIssue]:
         if ds.type == "shapes" and ds.size < step.batch_size and step.dataset not in seen:
             seen.add(step.dataset)
             issues.append(ConfigIssue(("training", "pipeline", "datasets", step.dataset, "size"),
-                                      f"{ds.size} items are fewer than one batch of {step.batch_size} (step "
+                                      f"{counted(ds.size, 'item')} {'is' if ds.size == 1 else 'are'} fewer than one "
+                                      f"batch of {step.batch_size} (step "
                                       f"{step.name}); raise size or lower batch_size"))
     return issues
 

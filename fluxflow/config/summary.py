@@ -12,11 +12,12 @@ from fluxflow.config.heldout_pairs import dataset_pairs
 from fluxflow.config.promotion import describe_release
 from fluxflow.config.schema import DatasetConfig, PipelineConfig
 from fluxflow.config.steps import ResolvedStep
+from fluxflow.wording import counted
 
 
 def describe_dataset(ds: DatasetConfig) -> str:
     if ds.type == "shapes":
-        detail = f"{ds.size} procedural images, seed {ds.seed}"
+        detail = f"{counted(ds.size, 'procedural image')}, seed {ds.seed}"
         if held := dataset_pairs(ds):  # a count's draw was said nowhere
             detail += f", unseen pairs: {', '.join(' '.join(pair) for pair in held)}"
     elif ds.type == "folder":
@@ -27,7 +28,7 @@ def describe_dataset(ds: DatasetConfig) -> str:
         if ds.holdout_captions:
             detail += f", unseen: captions matching {', '.join(ds.holdout_captions)}"
     else:
-        detail = f"{ds.urls}" + (f", {ds.length} samples" if ds.length else "")
+        detail = f"{ds.urls}" + (f", {counted(ds.length, 'sample')}" if ds.length else "")
     return f"{ds.type} ({detail}; {ds.holdout} held out)"
 
 
@@ -42,7 +43,7 @@ def format_summary(config: PipelineConfig) -> str:
         "Pipeline Summary:",
         f"  Total steps: {len(steps)}",
         f"  Total epochs: {total}" + (" (at most: loss_threshold steps may end sooner)" if bounded else ""),
-        f"  Image size: {config.data.img_size}x{config.data.img_size}, {config.data.channels} channels",
+        f"  Image size: {config.data.img_size}x{config.data.img_size}, {counted(config.data.channels, 'channel')}",
         f"  Output: {config.output.output_path}",
     ]
     if release := describe_release(config):
@@ -61,8 +62,8 @@ def format_summary(config: PipelineConfig) -> str:
         # Resolved, max_epochs is the step's epochs in either mode (n_epochs for an epoch step); a loss_threshold step
         # may end sooner
         count, threshold = step.transition_on.max_epochs, step.transition_on.mode == "loss_threshold"
-        epochs = f"{'up to ' if threshold else ''}{count} epoch{'s' if count != 1 else ''}"
-        limit = f", max {step.max_steps} batches/epoch" if step.max_steps else ""
+        epochs = f"{'up to ' if threshold else ''}{counted(count, 'epoch')}"
+        limit = f", max {counted(step.max_steps, 'batch', 'batches')}/epoch" if step.max_steps else ""
         lines += ["", f"Step {step.index + 1}: {step.name} ({epochs}{limit})"]
         previous = steps[step.index - 1].name if step.index > 0 else None
         if step.parent is not None and (step.parent != previous or children[step.parent] > 1):
@@ -75,8 +76,9 @@ def format_summary(config: PipelineConfig) -> str:
             lines.append("  Image statistics: " + ", ".join(f"{t} {getattr(step, f'lambda_{t}'):g}" for t in terms))
         t = step.transition_on
         lines.append(f"  Transition: epoch (after {epochs})" if t.mode == "epoch" else
-                     f"  Transition: loss_threshold ({t.metric} < {t.threshold} averaged over {t.window} batches, "
-                     f"max {t.max_epochs} epochs, then {step.on_missed})")
+                     f"  Transition: loss_threshold ({t.metric} < {t.threshold} averaged over "
+                     f"{counted(t.window, 'batch', 'batches')}, max {counted(t.max_epochs, 'epoch')}, then "
+                     f"{step.on_missed})")
         size = f", {step.img_size}x{step.img_size}" if step.img_size != config.data.img_size else ""
         lines.append(f"  Dataset: {step.dataset}, batch {step.batch_size}{size}")
         optimizers = ", ".join(f"{g} {o.type} lr={o.lr:g}" for g, o in step.optimization.optimizers.items())

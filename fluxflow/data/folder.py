@@ -37,6 +37,7 @@ from fluxflow.config.file_checks import (CaptionsFile, entries_problem, folder_p
 from fluxflow.data.skips import CountsSkips, SkipCounter
 from fluxflow.data.transforms import DECODING_VERSION, IMAGE_EXTENSIONS, pil_mode, read_image
 from fluxflow.errors import DataError
+from fluxflow.wording import counted
 
 log = logging.getLogger("fluxflow.data")
 # What an image file is called (lower case): how files the captions file does not list are found and reported.
@@ -106,10 +107,11 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
         matches = caption_matcher(holdout_captions)
         unseen = {n for n in names if matches is not None and matches(present[n])}
         seen = [n for n in names if n not in unseen]  # the hold-out is drawn from these: `holdout` images are held
+        outside = " outside holdout_captions" if unseen else ""
         problem = (entries_problem(listing) or found_problem(self.root, listing, len(names))
                    or unseen_problem(self.root, holdout_captions, len(unseen), [present[n] for n in names])
-                   or holdout_problem(self.root, len(seen), holdout, "listed images found" + (
-                       " outside holdout_captions" if unseen else "")))
+                   or holdout_problem(self.root, len(seen), holdout, f"listed image found{outside}",
+                                      f"listed images found{outside}"))
         if problem:
             raise DataError(problem)
         held = holdout_names(seen, holdout)
@@ -186,4 +188,4 @@ class FolderDataset(CountsSkips, torch.utils.data.Dataset):
                 failure = unreadable_reason(name, exc)
                 self.skips.mark(i, failure)
         which = {"train": "training", "holdout": "held-out", "unseen": "unseen-caption"}[self.split]
-        raise DataError(f"none of the {n} {which} images of {self.root} can be read ({failure})")
+        raise DataError(f"none of the {counted(n, f'{which} image')} of {self.root} can be read ({failure})")

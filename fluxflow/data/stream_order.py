@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from fluxflow.wording import counted
+
 
 def assign_shards(available: list[int], world: int) -> list[list[int]]:
     """Shard indices per rank: the largest shards first, each to the rank with the fewest samples so far (ties:
     the lower rank), each rank's list in shard order. `available[k]`: training samples of shard k."""
     if world > len(available):
-        raise ValueError(f"{len(available)} shards cannot be split over {world} ranks: write at least one shard per "
-                         "rank")
+        raise ValueError(f"{counted(len(available), 'shard')} cannot be split over {world} ranks: write at least one "
+                         "shard per rank")
     ranks: list[list[int]] = [[] for _ in range(world)]
     totals = [0] * world
     for k in sorted(range(len(available)), key=lambda k: (-available[k], k)):

@@ -62,6 +62,7 @@ from fluxflow.data.webdataset_sample import decode_sample, sample_key
 from fluxflow.errors import DataError
 from fluxflow.storage.fetch import http_timeouts
 from fluxflow.storage.store_errors import unreachable
+from fluxflow.wording import counted
 
 log = logging.getLogger("fluxflow.data")
 
@@ -172,7 +173,7 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
             self.rank_inputs = self.rank_length = total - self.holdout
         if self.rank_length <= 0:
             raise DataError(f"webdataset {urls!r}: holdout={holdout} leaves no training samples"
-                            + (f" for rank {rank}" if world > 1 else f" ({total} samples in its shards)"))
+                            + (f" for rank {rank}" if world > 1 else f" ({counted(total, 'sample')} in its shards)"))
         self.length = world * self.rank_length
         # `length` from the config, believed until a pass has read the whole stream (whose end checks it); the flag,
         # shared with the workers, says a smaller `length` once per run.
@@ -284,9 +285,9 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
                     batch = []
         if next_out is not None:  # the order placed samples where the shards hold none: `length` is too large
             held = sum(self.index.count(k) for k in range(len(self.shards)))
-            raise DataError(f"webdataset {self.urls!r}: its shards hold {held} samples, fewer than `length` says "
-                            f"({self.rank_inputs + self.holdout}); correct `length` or leave it out (the tar headers "
-                            "are then counted)")
+            raise DataError(f"webdataset {self.urls!r}: its shards hold {counted(held, 'sample')}, fewer than `length` "
+                            f"says ({self.rank_inputs + self.holdout}); correct `length` or leave it out (the tar "
+                            "headers are then counted)")
         if last:
             yield last
 
@@ -316,5 +317,5 @@ class WebDatasetHoldout(CountsSkips, torch.utils.data.Dataset):
                                    lambda kind, reason, i=i: self.skips.mark(i, reason, kind), f"held-out sample {i}")
             if sample is not None:
                 return sample
-        raise DataError(f"webdataset {self.urls!r}: no readable image among its {n} held-out samples (the first "
-                        f"`holdout` in url order); see the warning above")
+        raise DataError(f"webdataset {self.urls!r}: no readable image among its {counted(n, 'held-out sample')} (the "
+                        "first `holdout` in url order); see the warning above")

@@ -28,6 +28,7 @@ from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome
 from fluxflow.config.run_config import run_dict
 from fluxflow.runtime.stop_request import wait_for
 from fluxflow.storage.location import local_path, remote_uri
+from fluxflow.wording import counted
 
 # Ray Train sends a worker's print() to its logger and, where stdout is redirected (a Ray worker's is), to stdout as
 # well: rank 0's console lines would reach the driver twice. Plain prints, forwarded once.
@@ -76,7 +77,7 @@ def capacity_problem(offered: dict, nproc: int, use_gpu: bool, step_name: str) -
     kind = "GPU" if use_gpu else "CPU"
     if offered.get(kind, 0) < nproc:
         return (f"step {step_name}: training.distributed asks for {nproc} workers with one {kind} each; "
-                f"the Ray cluster has {offered.get(kind, 0):g} {kind}s in all")
+                f"the Ray cluster has {counted(offered.get(kind, 0), kind, spec='g')} in all")
     return None
 
 

@@ -29,6 +29,7 @@ from fluxflow.config.caching import LATENT_CACHE_DIR, TEXT_CACHE_DIR, cache_root
 from fluxflow.data.sampler import epoch_permutation
 from fluxflow.models.latents import LATENT_NORM_IMAGES, posterior
 from fluxflow.train.batch_step import encode_text
+from fluxflow.wording import counted
 
 CHUNK_ROWS = 1024  # rows between progress marks: an interrupted build redoes at most this many
 TEXT_BATCH = 256  # captions per text-encoder call while building (the encoder is small next to the flow model)
@@ -102,14 +103,15 @@ def _ensure(store: CacheStore, rows: np.ndarray | None, what: str, step, say: Ca
     problem = damage(store)
     missing = wanted if problem else store.missing(rows).size
     if missing == 0:
-        say(f"{what} cache of step {step.name}: reusing {store.dir} ({wanted:,} rows; {size_text(store.nbytes())} on "
-            "disk)")
+        say(f"{what} cache of step {step.name}: reusing {store.dir} ({counted(wanted, 'row', spec=',')}; "
+            f"{size_text(store.nbytes())} on disk)")
         return
     if problem:
         say(f"{what} cache of step {step.name}: {store.dir} is damaged ({problem}); computing it again")
-    there = f" ({wanted - missing:,} of its {wanted:,} rows already there)" if missing < wanted else ""
-    say(f"{what} cache of step {step.name}: computing {missing:,} rows in {store.dir}{there}; "
-        f"{size_text(store.nbytes())} on disk for all its {store.rows:,} rows")
+    there = f" ({wanted - missing:,} of its {counted(wanted, 'row', spec=',')} already there)" if missing < wanted \
+        else ""
+    say(f"{what} cache of step {step.name}: computing {counted(missing, 'row', spec=',')} in {store.dir}{there}; "
+        f"{size_text(store.nbytes())} on disk for all its {counted(store.rows, 'row', spec=',')}")
     start = time.perf_counter()
     computed = build()
     took = time.perf_counter() - start

@@ -103,6 +103,28 @@ def test_the_computing_and_reusing_lines_say_how_large_the_cache_is(tmp_path):
                for line in said), said
 
 
+def test_a_count_of_one_row_reads_singular(tmp_path, monkeypatch):
+    """Were "computing 1 rows", "(1 rows; ...)" and "1 computed rows have no line in captions.jsonl"."""
+    from types import SimpleNamespace
+
+    import fluxflow.train.step_cache as step_cache
+    from fluxflow.cache.health import damage
+
+    said: list[str] = []
+    store = SimpleNamespace(rows=1, dir=tmp_path, nbytes=lambda: 10, missing=lambda rows: np.arange(missing))
+    monkeypatch.setattr(step_cache, "damage", lambda store: None)
+    for missing in (1, 0):
+        step_cache._ensure(store, None, "Latent", SimpleNamespace(name="flow"), said.append, build=lambda: 1)
+    assert said[0] == f"Latent cache of step flow: computing 1 row in {tmp_path}; 10 B on disk for all its 1 row"
+    assert said[2] == f"Latent cache of step flow: reusing {tmp_path} (1 row; 10 B on disk)"
+
+    np.save(tmp_path / "filled.npy", np.array([False, True]))  # row 1 computed, and no caption line names it
+    store = SimpleNamespace(dir=tmp_path, meta={}, all_fields=lambda: {}, path=lambda name: tmp_path / f"{name}.npy",
+                            captions=lambda: {})
+    (tmp_path / "meta.json").write_text("{}")
+    assert damage(store) == "1 computed row has no line in captions.jsonl (row 1 first)"
+
+
 def test_a_step_that_waited_while_another_process_built_the_cache_says_so_and_not_that_it_built_it(tmp_path,
                                                                                                    monkeypatch):
     """Two runs sharing cache_dir (or two branches, or torchrun ranks): the second sees rows missing, waits for the

@@ -435,6 +435,10 @@ def test_a_latest_pt_resumes_on_the_data_it_was_saved_with_or_one_that_did_not_r
         "its dataset changed since latest.pt: 32 -> 40 items")
     assert StepFiles.data_changed(folder, {"items": 32, "sha256": "b" * 64}) == (
         "its dataset changed since latest.pt: the same 32 items, but other files or captions listed")
+    one = {"items": 1, "sha256": "c" * 64}  # were "32 -> 1 items", "the same 1 items"
+    assert StepFiles.data_changed(folder, one) == "its dataset changed since latest.pt: 32 -> 1 item"
+    assert StepFiles.data_changed(one, {"items": 1, "sha256": "d" * 64}) == (
+        "its dataset changed since latest.pt: the same 1 item, but other files or captions listed")
 
 
 def test_a_holdout_pairs_seed_that_draws_nothing_retrains_no_step_and_is_said(tmp_path):

@@ -43,6 +43,28 @@ training:
     assert "Step 1: a (up to 50 epochs)" in text  # was "(10 epochs)": n_epochs, which such a step does not run
 
 
+def test_a_count_of_one_reads_singular_in_the_plan(tmp_path):
+    """`make demo` printed "max 1 batches/epoch"; a window, a max_epochs, a dataset size, a length or a channel count
+    of 1 read "1 batches", "1 epochs", "1 procedural images", "1 samples", "1 channels"."""
+    text = summary_of(tmp_path, """
+data: {channels: 1}
+training:
+  pipeline:
+    datasets:
+      one: {type: shapes, size: 1, holdout: 0}
+      stream: {type: webdataset, urls: "s-{0..1}.tar", length: 1, holdout: 0}
+    default_dataset: one
+    steps:
+      - {name: a, n_epochs: 1, max_steps: 1, batch_size: 1, train_vae: true}
+      - {name: b, train_vae: true, batch_size: 1,
+         transition_on: {mode: loss_threshold, metric: vae_loss, threshold: 0.05, max_epochs: 1, window: 1}}
+""")
+    assert "Step 1: a (1 epoch, max 1 batch/epoch)" in text
+    assert "Transition: loss_threshold (vae_loss < 0.05 averaged over 1 batch, max 1 epoch, then " in text
+    assert "one: shapes (1 procedural image, seed " in text and "stream: webdataset (s-{0..1}.tar, 1 sample; " in text
+    assert "Image size: 32x32, 1 channel" in text
+
+
 def test_datasets_and_output_are_listed(tmp_path):
     text = summary_of(tmp_path, """
 output: {output_path: runs/x}

@@ -423,7 +423,11 @@ def test_a_shapes_dataset_smaller_than_a_batch_is_a_problem_of_its_size(tmp_path
     found = problems(tmp_path, cfg(vae(batch_size=4), pipeline={"datasets": {"s": shapes}}))
     assert found == {"training.pipeline.datasets.s.size": "3 items are fewer than one batch of 4 (step a); raise "
                                                            "size or lower batch_size"}
-    shapes["size"] = 4
+    shapes.update(size=1, holdout=0)  # was "1 items are fewer"
+    assert problems(tmp_path, cfg(vae(batch_size=4), pipeline={"datasets": {"s": shapes}})) == {
+        "training.pipeline.datasets.s.size": "1 item is fewer than one batch of 4 (step a); raise size or lower "
+                                             "batch_size"}
+    shapes.update(size=4, holdout=2)
     assert load_config(yaml.safe_load(cfg(vae(batch_size=4), pipeline={"datasets": {"s": shapes}}))).config
 
 

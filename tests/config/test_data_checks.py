@@ -110,7 +110,7 @@ def test_a_captions_file_naming_none_of_the_folders_files_stops_the_run(tmp_path
     found = start_problems(with_dataset(tmp_path, type="folder", path=str(tmp_path / "photos"),
                                         captions_file="captions.txt"))
     assert found[f"{D}.captions_file"].startswith(
-        f"none of the 1 files listed in captions.txt is in {tmp_path / 'photos'} (first: 'photos/a.png', looked for at "
+        f"none of the 1 file listed in captions.txt is in {tmp_path / 'photos'} (first: 'photos/a.png', looked for at "
         f"{tmp_path / 'photos' / 'photos' / 'a.png'})")
 
 
@@ -160,6 +160,28 @@ def test_holdout_captions_that_match_none_or_every_caption_stop_the_run_and_coun
                                       "holdout, or add images"}  # was accepted: 8 - 2 counted
     raw["training"]["batch_size"] = 3
     resolve_run_config(raw)
+
+
+def test_a_count_of_one_reads_singular_in_the_data_checks(tmp_path):
+    """A count of 1 took its noun's plural: "1 training images (...)", "(1 entries in captions.txt)", "none of its 1
+    lines is ...", "match none of its 1 captions", "1 of the 1 shards"."""
+    photos(tmp_path, [f"photo {i}" for i in range(5)])
+    folder = {"type": "folder", "path": str(tmp_path / "photos"), "captions_file": "captions.txt"}
+    assert start_problems(with_dataset(tmp_path, **folder, holdout=4))[D].startswith(
+        "1 training image (5 listed in captions.txt, holdout 4) is fewer than one batch of 4 (step warm)")
+    (tmp_path / "photos" / "captions.txt").write_text("0.png\tphoto 0\n")
+    assert start_problems(with_dataset(tmp_path, **folder, holdout=1))[f"{D}.holdout"].startswith(
+        f"folder {tmp_path / 'photos'}: holdout=1 leaves no training images (1 entry in captions.txt); ")
+    assert start_problems(with_dataset(tmp_path, **folder, holdout_captions=["*red*"]))[f"{D}.holdout_captions"] \
+        .startswith(f"folder {tmp_path / 'photos'}: holdout_captions ['*red*'] match none of its 1 caption; ")
+    assert "match every one of its 1 caption; nothing" in start_problems(
+        with_dataset(tmp_path, **folder, holdout_captions=["*photo*"]))[f"{D}.holdout_captions"]
+    (tmp_path / "photos" / "captions.txt").write_text("0.png,photo 0\n")
+    assert start_problems(with_dataset(tmp_path, **folder))[f"{D}.captions_file"].startswith(
+        f"captions file {tmp_path / 'photos' / 'captions.txt'}: none of its 1 line is 'filename<TAB>caption' (first:")
+    raw = with_dataset(tmp_path, type="webdataset", urls=str(tmp_path / "only.tar"))
+    assert start_problems(raw)[f"{D}.urls"].startswith(
+        f"1 of the 1 shard named by {str(tmp_path / 'only.tar')!r} is not a file (first: ")
 
 
 def test_each_holdout_captions_pattern_that_matches_no_caption_is_named(tmp_path):

@@ -253,6 +253,21 @@ def test_a_held_out_split_of_unreadable_files_names_the_split_and_why(tmp_path):
         holdout[0]
 
 
+def test_a_count_of_one_reads_singular_in_the_folder_s_errors(tmp_path):
+    """Were "(1 listed images found)" and "none of the 1 held-out images of DIR can be read"."""
+    (tmp_path / "a.png").write_bytes(b"not an image")
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
+    (tmp_path / "captions.txt").write_text("a.png\ta\nc.png\tc\n")  # c.png is not there
+    with pytest.raises(DataError, match=r"holdout=1 leaves no training images \(1 listed image found\); "):
+        build_dataset(cfg(tmp_path, holdout=1), 8, 3, "train")
+    (tmp_path / "captions.txt").write_text("a.png\ta\nb.png\tb\n")
+    holdout = build_dataset(cfg(tmp_path, holdout=1), 8, 3, "holdout")
+    if holdout.items[0][0] == "b.png":  # the hold-out draw took the readable one: make it unreadable
+        (tmp_path / "b.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"none of the 1 held-out image of .* can be read \("):
+        holdout[0]
+
+
 def test_an_unreadable_held_out_image_is_said_to_be_held_out_and_counted_once_apart_from_training(tmp_path, caplog):
     from fluxflow.data.folder import holdout_names
     caplog.set_level(logging.WARNING, logger="fluxflow.data")

@@ -142,8 +142,8 @@ def test_the_shuffle_buffer_mixes_within_its_size_and_the_shard_split_balances()
     assert not (order == buffer_order(1000, 100, [0, 2, 0, 1])).all()  # another epoch, another order
     assert buffer_order(5, 0, [0]).tolist() == [0, 1, 2, 3, 4]
     assert assign_shards([5, 5, 5, 3], 2) == [[0, 2], [1, 3]]
-    with pytest.raises(ValueError, match="at least one shard per rank"):
-        assign_shards([5], 2)
+    with pytest.raises(ValueError, match="^1 shard cannot be split over 2 ranks: write at least one shard per rank"):
+        assign_shards([5], 2)  # was "1 shards"
 
 
 def write_shard(path, samples):
@@ -283,6 +283,17 @@ def test_a_gif_sample_is_read_as_a_folder_reads_it_and_an_unread_type_is_named(t
                               in said[0] and ".gif" in said[0] and "adjacent" not in said[0], said
 
 
+def test_a_count_of_one_reads_singular_in_a_webdataset_s_errors(tmp_path):
+    """Were "(1 samples in its shards)" and "its shards hold 1 samples"."""
+    from fluxflow.errors import DataError
+    write_shard(tmp_path / "one.tar", {"a": {"png": png_bytes(1), "txt": b"a"}})
+    with pytest.raises(DataError, match=r"holdout=1 leaves no training samples \(1 sample in its shards\)"):
+        build_dataset(cfg(str(tmp_path / "one.tar"), holdout=1), 8, 3, "train")
+    train = build_dataset(cfg(str(tmp_path / "one.tar"), holdout=0, length=3), 8, 3, "train")
+    with pytest.raises(DataError, match=r"its shards hold 1 sample, fewer than `length` says \(3\)"):
+        captions_of(make_loader(train, 1, workers=0, seed=0))
+
+
 def test_a_webdataset_reads_every_image_type_a_folder_lists():
     from fluxflow.data.folder import IMAGE_SUFFIXES
     from fluxflow.data.webdataset_sample import IMAGE_EXTENSIONS
@@ -302,8 +313,8 @@ def test_held_out_samples_are_counted_once_apart_and_none_readable_names_the_dat
     assert "held-out samples of" in said and "counted in skipped_holdout_samples" in said
     write_shard(tmp_path / "bad.tar", {"a": {"png": b"broken", "txt": b"a"}, "b": {"png": png_bytes(2), "txt": b"b"}})
     holdout = build_dataset(cfg(str(tmp_path / "bad.tar"), holdout=1), 8, 3, "holdout")
-    # was "no readable image among the 1 held-out samples": of which dataset?
-    with pytest.raises(DataError, match=r"webdataset '.*bad.tar': no readable image among its 1 held-out samples"):
+    # was "no readable image among the 1 held-out samples": of which dataset? (and "its 1 held-out samples")
+    with pytest.raises(DataError, match=r"webdataset '.*bad.tar': no readable image among its 1 held-out sample "):
         holdout[0]
 
 

@@ -275,6 +275,17 @@ def test_an_alias_the_model_does_not_have_is_an_error_and_the_default_one_unset_
     assert "has no alias 'nosuch' (its aliases: staging)" in capsys.readouterr().err
 
 
+def test_the_chart_titles_count_one_hypothesis_and_one_version_as_one(experiment, tmp_path):
+    """Were "final metrics of 1 hypotheses" (an experiment of one pipeline, one leaf) and "of 1 versions"."""
+    from flows.compare_versions import model_comparison
+
+    client, exp = experiment
+    record_pipeline(client, exp, f"{tmp_path}/solo", [WARM], {"warm": 0.5})
+    assert compare.experiment_comparison(client, "hypotheses")[2] == "hypotheses: final metrics of 1 hypothesis"
+    register_with_config(client, tmp_path, tiny_raw(str(tmp_path / "v"), [WARM]))
+    assert model_comparison(client, "m", "champion")[2] == "m: final metrics of 1 version"
+
+
 def test_a_model_without_versions_is_one_line_and_writes_nothing(mlflow_store, tmp_path, capsys):
     """Was a table of row names, an empty CSV and an empty chart ("final metrics of 0 versions"), exit 0."""
     MlflowClient(mlflow_store).create_registered_model("m")

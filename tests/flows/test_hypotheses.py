@@ -123,6 +123,14 @@ def test_the_note_says_how_many_tests_were_made_and_how_many_verdicts_survive_th
             in summary.note())
 
 
+def test_the_note_counts_one_beyond_verdict_as_one():
+    """Two tests of which one is beyond the spread: was "of the 1 'beyond' verdicts"."""
+    finals = {"a": [{"loss": v, "same": 1.0 + i} for i, v in enumerate(A)],
+              "b": [{"loss": v, "same": 1.0 + i} for i, v in enumerate(B)]}
+    note = summarize({"a": ["a0", "a1", "a2"], "b": ["b0", "b1", "b2"]}, finals).note()
+    assert "Corrected for all 2 (Holm's method: p (Holm)), 1 of the 1 'beyond' verdict with a p-value keep" in note
+
+
 def test_an_interval_much_narrower_than_its_values_keeps_its_two_ends_apart():
     """Four significant digits printed 20.7 ± 0.0001 [20.7, 20.7]: an interval that looked like none. The digits now
     grow until the ends differ, for the mean too; the usual cells keep four."""

@@ -25,7 +25,7 @@ from fluxflow.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 BRANCHES = ["left", "right"]
-NODE_LINE = re.compile(r"^  (\w+): epochs_done, 1 epochs, .*, on Ray node (\w+) \((.+)\)$", re.M)
+NODE_LINE = re.compile(r"^  (\w+): epochs_done, 1 epoch, .*, on Ray node (\w+) \((.+)\)$", re.M)
 
 
 def pipeline(out: Path, address: str | None, branch_resources: list[dict], **root_resources) -> dict:

@@ -2,6 +2,7 @@
 calls without losing or reordering them, a rejected call does not block the others, memory stays bounded."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -45,6 +46,18 @@ def test_an_unreachable_server_delays_the_calls_in_order_and_never_the_caller():
     server.down.clear()
     assert queue.wait(seqs[-1], stall_s=5)
     assert server.received == list(range(50)) and queue.unreachable_since is None
+
+
+def test_the_line_after_an_outage_says_1_queued_record_of_one(caplog):
+    server, queue = Server(), TrackingQueue()
+    server.down.set()
+    last = queue.put(lambda: server.call("end"))
+    assert not queue.wait(last, stall_s=0.2)
+    caplog.set_level(logging.WARNING, logger="flows.tracking_queue")
+    server.down.clear()
+    assert queue.wait(last, stall_s=5)
+    said = [r.getMessage() for r in caplog.records if "reachable again" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith(": sending 1 queued record"), said  # was "1 queued records"
 
 
 def test_a_server_known_to_be_down_is_asked_until_it_answers_and_sent_nothing_before(monkeypatch, caplog):

@@ -10,7 +10,8 @@ def test_more_gpu_workers_than_the_cluster_has_gpus_fails_naming_both():
 
 
 def test_cpu_workers_count_cpus_and_a_cluster_that_fits_passes():
-    assert "has 1 CPUs in all" in capacity_problem({"CPU": 1.0}, 2, False, "vae")
+    assert capacity_problem({"CPU": 1.0}, 2, False, "vae").endswith("has 1 CPU in all")  # was "1 CPUs"
+    assert capacity_problem({"CPU": 1.5}, 2, False, "vae").endswith("has 1.5 CPUs in all")
     assert capacity_problem({"CPU": 2.0}, 2, False, "vae") is None
     assert capacity_problem({"CPU": 2.0, "GPU": 2.0}, 2, True, "vae") is None
 

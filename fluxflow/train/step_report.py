@@ -2,6 +2,7 @@
 host sync per interval), sample images, held-out evaluation, and the step's final metrics."""
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import datetime
 
@@ -91,6 +92,15 @@ class StepReport:
         if warning:
             self.tracker.warn("flat_discriminator", f"Step {self.step.name}: {warning}")
         self._sums, self._counts, self._count, self._tick = {}, {}, 0, time.perf_counter()
+
+    @contextlib.contextmanager
+    def untimed(self):
+        """Work between batches (a checkpoint, samples, an evaluation) left out of the next line's s/batch."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._tick += time.perf_counter() - start
 
     def skipped_counts(self) -> dict[str, float]:
         """`skipped_samples`: items of the step's training data skipped or repaired so far (fluxflow/data/skips.py);

@@ -312,8 +312,9 @@ class StepRun:
             self.report.log_interval()
         if pos.batch < n_batches and pos.batch % k == 0:  # the epoch's end saves and checks for a stop itself
             if pos.batch // interval != (pos.batch - k) // interval:
-                self.save()
-                self.report.samples(batch=pos.batch)
+                with self.report.untimed():
+                    self.save()
+                    self.report.samples(batch=pos.batch)
             if stop_requested():
                 self.interrupted()
 
@@ -327,12 +328,13 @@ class StepRun:
             schedule.after_epoch(metric)
         pos.epoch, pos.batch = pos.epoch + 1, 0
         self.outcome = self.monitor.outcome_after_epoch(pos.epoch, smoothed)
-        self.save(completed=self.outcome is not None)
-        self.report.samples(batch=None)
-        if self.outcome is None and stop_requested():
-            self.interrupted(saved=True)
-        if self.outcome is None and self.step.eval_interval and pos.epoch % self.step.eval_interval == 0:
-            self.report.evaluate()
+        with self.report.untimed():
+            self.save(completed=self.outcome is not None)
+            self.report.samples(batch=None)
+            if self.outcome is None and stop_requested():
+                self.interrupted(saved=True)
+            if self.outcome is None and self.step.eval_interval and pos.epoch % self.step.eval_interval == 0:
+                self.report.evaluate()
 
     def interrupted(self, saved: bool = False) -> None:
         """Stop here on request (fluxflow/runtime/stop_request.py): save this position, so the next run resumes

@@ -81,3 +81,36 @@ def test_a_resumed_report_continues_the_interval_its_checkpoint_carried():
     resumed.add({"vae_loss": torch.tensor(2.0)})
     resumed.log_interval()
     assert resumed.tracker.logged[0][0] == {"vae_loss": 3.0}
+
+
+def test_the_seconds_a_checkpoint_or_an_evaluation_takes_are_not_in_the_next_lines_s_per_batch(tmp_path, monkeypatch):
+    """A mid-epoch save (with its samples) and an epoch's end (save, samples, evaluation) happen between two log
+    lines; their time was counted as the next line's batches' (0.16 against 0.02 s/batch measured on a tiny model).
+    A clock that stands still except inside a save: every line's s/batch is 0."""
+    from helpers_tiny import VAE_STEP, tiny_config
+
+    from fluxflow.train import step_report, step_run
+    from fluxflow.train.pipeline import run_pipeline
+    from fluxflow.train.tracking import ConsoleJsonlTracker
+
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(step_report, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    real_save = step_run.StepRun.save
+
+    def slow_save(self, *args, **kwargs):
+        clock.now += 100.0
+        real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(step_run.StepRun, "save", slow_save)
+    seen = []
+
+    class Seen(ConsoleJsonlTracker):
+        def log_metrics(self, metrics, progress):
+            seen.append(progress.sec_per_batch)
+            super().log_metrics(metrics, progress)
+
+    out = tmp_path / "out"
+    run_pipeline(tiny_config(out, [dict(VAE_STEP, n_epochs=2, max_steps=4)], log_interval=1,
+                             checkpoint_save_interval=2, no_samples=True), tracker=Seen(out))
+    timed = [s for s in seen if s == s]  # the evaluation's line after the last epoch has no timing (NaN)
+    assert len(timed) == 8 and set(timed) == {0.0}, seen

@@ -12,7 +12,10 @@ def models_uri_parts(model_uri: str) -> tuple[str, str | None, str | None] | Non
     (`models:/NAME` alone is how MLflow names a logged model by its id); None for any other URI."""
     if not model_uri.startswith(PREFIX):
         return None
-    rest, at, alias = model_uri[len(PREFIX):].partition("@")
+    rest = model_uri[len(PREFIX):]
+    if rest.startswith("//"):  # models:///NAME/VERSION: an empty authority, which MLflow reads as models:/NAME/VERSION
+        rest = rest.lstrip("/")
+    rest, at, alias = rest.partition("@")
     name, slash, version = rest.partition("/")
     return name, alias if at else None, version if slash else None
 

@@ -292,6 +292,24 @@ def test_a_model_version_that_is_not_a_number_is_refused_before_the_store_is_ask
                                        "models:/NAME/VERSION or models:/NAME@ALIAS\n")
 
 
+@pytest.mark.parametrize("uri", ["models:///m/1", "models:///m@champion"])
+@pytest.mark.parametrize("command", ["generate", "export"])
+def test_a_model_uri_with_an_empty_authority_names_the_version_as_mlflow_reads_it(trained, mlflow_store, tmp_path,
+                                                                                 capsys, command, uri):
+    """MLflow reads models:///NAME/VERSION as models:/NAME/VERSION; it was refused ("VERSION must be a positive
+    integer"), and models:///NAME@ALIAS was MLflow's "Missing value for required parameter 'name'"."""
+    from helpers_tiny import register_by_hand
+
+    register_by_hand(mlflow_store, trained[1], "m", tmp_path / "first", alias="champion")
+    if command == "generate":
+        assert generate_cli("--model", uri, "--prompt", "x", "--output", str(tmp_path / "o")) == 0
+        assert len(list((tmp_path / "o").iterdir())) == 1
+    else:
+        assert cli_export.main(["--model", uri, "--output", str(tmp_path / "e")]) == 0
+        assert (tmp_path / "e" / "model.safetensors").is_file()
+    assert capsys.readouterr().err == ""
+
+
 def test_a_model_whose_files_are_missing_names_its_version_and_where_they_were(trained, mlflow_store, tmp_path,
                                                                                 capsys):
     """Was "models:/m@champion: No such artifact: '' (tracking URI ...)": the store's ./mlruns moved away."""

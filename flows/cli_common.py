@@ -40,9 +40,14 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
 
 
 def output_file_problem(output: str) -> str | None:
-    """Says so when --output, or a folder above it, is an existing file: the folder could not be made there."""
+    """Says so when --output, or a folder above it, is an existing file, or a link to nothing: the folder could not
+    be made there (for the link, mkdir and rename said only "File exists" or "Not a directory")."""
     path = Path(output)
-    blocking = next((p for p in (path, *path.parents) if p.exists()), path)
+    blocking = next((p for p in (path, *path.parents) if os.path.lexists(p)), path)
+    if blocking.is_symlink() and not blocking.exists():
+        where = "is a link to" if blocking == path else f"is under {blocking}, a link to"
+        return (f"--output {output} {where} {os.readlink(blocking)}, which does not exist: remove the link, or choose "
+                "another --output")
     if blocking.exists() and not blocking.is_dir():
         under = "" if blocking == path else f" is under {blocking}, which"
         return f"--output {output}{under} is a file, not a folder"

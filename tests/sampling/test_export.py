@@ -150,6 +150,10 @@ def test_bad_inputs_exit_2_naming_them_without_a_traceback(byte_checkpoint, tmp_
     (tmp_path / "README.md").write_text("x")
     assert cli_export.main(["--checkpoint", byte_checkpoint, "--output", str(tmp_path / "README.md")]) == 2
     assert capsys.readouterr().err == f"fluxflow-export: --output {tmp_path / 'README.md'} is a file, not a folder\n"
+    (tmp_path / "link").symlink_to("gone")  # was "--output LINK cannot be written (File exists: LINK)"
+    assert cli_export.main(["--checkpoint", byte_checkpoint, "--output", str(tmp_path / "link")]) == 2
+    assert capsys.readouterr().err == (f"fluxflow-export: --output {tmp_path / 'link'} is a link to gone, which does "
+                                       "not exist: remove the link, or choose another --output\n")
     assert cli_export.main(["--checkpoint", str(tmp_path / "nope.pt"), "--output", str(tmp_path / "o")]) == 2
     assert "nope.pt" in capsys.readouterr().err
     assert cli_generate.main(["--weights", str(tmp_path / "full"), "--prompt", "x", "--device", "cpu"]) == 2

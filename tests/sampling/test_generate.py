@@ -248,6 +248,22 @@ def test_an_output_that_is_a_file_is_refused_in_one_line(trained, tmp_path, caps
     assert existing.read_text() == "x"
 
 
+def test_an_output_that_is_a_link_to_nothing_is_said_to_be_one(trained, tmp_path, capsys):
+    """Was "--output LINK cannot be written (File exists: LINK)": the link is there, what it points to is not."""
+    _, checkpoint, _ = trained
+    link = tmp_path / "latest"
+    link.symlink_to(tmp_path / "gone")
+    assert generate_cli("--checkpoint", checkpoint, "--prompt", "x", "--output", str(link)) == 2
+    assert capsys.readouterr().err == (f"fluxflow-generate: --output {link} is a link to {tmp_path / 'gone'}, which "
+                                       "does not exist: remove the link, or choose another --output\n")
+    below = link / "today"
+    assert generate_cli("--checkpoint", checkpoint, "--prompt", "x", "--output", str(below)) == 2
+    assert capsys.readouterr().err == (f"fluxflow-generate: --output {below} is under {link}, a link to "
+                                       f"{tmp_path / 'gone'}, which does not exist: remove the link, or choose "
+                                       "another --output\n")
+    assert link.is_symlink() and not (tmp_path / "gone").exists()
+
+
 @pytest.mark.parametrize("command", ["generate", "export"])
 def test_an_output_folder_that_cannot_be_made_is_one_line_naming_the_flag(trained, capsys, command):
     """Was "[Errno 2] No such file or directory: '/proc/nope'": the path, not the flag (/proc takes no new folder, even

@@ -282,7 +282,7 @@ def generate_into(args: argparse.Namespace, prompts: list[str], done: list[Path]
             print(f"{PROG}: the prompt {shown!r} is {count} tokens; the text encoder reads the first {read} "
                   "(model.text_max_len), the rest changes nothing", file=sys.stderr)
         for path in generate_files(model, prompts, args.output, n=args.n, seed=args.seed, steps=args.steps,
-                                   guidance=args.guidance, size=args.size, ext=args.format):
+                                   guidance=args.guidance, size=args.size, size_name="--size", ext=args.format):
             done.append(path)
             if not output_closed:
                 try:

@@ -57,6 +57,19 @@ def test_a_missing_or_blank_prompt_is_refused_naming_it(prompt, message):
     assert message in json.loads(raised.value.serialize_as_json())["message"]
 
 
+@pytest.mark.parametrize(("size", "message"), [
+    (12, "image size must be a positive multiple of 8 (downscale × patch_size); got 12"),
+    (72, "image size must be at most 64 (4× the 16 px the model was trained at")])
+def test_a_size_the_model_cannot_make_is_refused_without_fluxflow_generates_flag(size, message):
+    """The size rule is fluxflow-generate's, whose message names --size: a request sets params size, not a flag."""
+    model = pyfunc()
+    model._model_impl.python_model.model = SimpleNamespace(  # the sizes that rule reads, no weights
+        model_config=SimpleNamespace(downscale=4, patch_size=2), img_size=16)
+    with pytest.raises(MlflowException) as raised:
+        model.predict(pd.DataFrame({"prompt": ["a red circle"]}), params={"size": size})
+    assert raised.value.message.startswith(message) and raised.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
 def test_over_rest_an_invalid_param_is_a_400_carrying_the_message():
     request = json.dumps({"dataframe_split": {"columns": ["prompt"], "data": [["a red circle"]]},
                           "params": {"steps": 0}})

@@ -387,9 +387,12 @@ def test_a_guidance_scale_that_is_not_a_finite_number_is_a_usage_error(trained, 
 
 
 @pytest.mark.parametrize(("flags", "says"), [
-    (["--size", "0"], "image size must be a positive multiple of 8 (downscale × patch_size); got 0"),  # was 16
-    (["--size", "-16"], "image size must be a positive multiple of 8 (downscale × patch_size); got -16"),
-    (["--size", "100000"], "image size must be at most 64 (4× the 16 px the model was trained at"),  # out of memory
+    # named "image size", where every other number out of range names its flag
+    (["--size", "0"], "--size must be a positive multiple of 8 (downscale × patch_size); got 0"),  # was 16
+    (["--size", "-16"], "--size must be a positive multiple of 8 (downscale × patch_size); got -16"),
+    (["--size", "12"], "--size must be a positive multiple of 8 (downscale × patch_size); got 12"),
+    (["--size", "72"], "--size must be at most 64 (4× the 16 px the model was trained at"),
+    (["--size", "100000"], "--size must be at most 64 (4× the 16 px the model was trained at"),  # out of memory
     (["--seed", str(2**64 - 1), "--n", "2"], "--seed must lie within 0 and 2**63 - n"),  # failed after one image
     (["--seed", str(2**63 - 1), "--n", "2"], "--seed must lie within 0 and 2**63 - n"),  # the served model's range
     (["--seed", "-1"], "--seed must lie within 0 and 2**63 - n"),

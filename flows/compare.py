@@ -10,7 +10,9 @@ from flows import env  # noqa: F401  (must precede mlflow)
 
 import csv
 import json
+import math
 import shlex
+import sys
 import textwrap
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -82,10 +84,17 @@ def leaf_step_runs(client: MlflowClient, experiment_id: str, pipelines: list | N
                                            int(run.data.params.get("index", 0))))
 
 
+def stored_value(value: float) -> float:
+    """A metric as logged: MLflow's SQL store saves inf as the largest float (1.798e+308), which passed as finite, so
+    a diverged replicate overflowed the spread (a traceback) or showed as 1.798e+308; it is inf again."""
+    return math.copysign(math.inf, value) if abs(value) >= sys.float_info.max else value
+
+
 def final_metrics(run) -> dict[str, float]:
     """The step's final smoothed metrics; a run that never finished falls back to its last logged values."""
     finals = {k[len(FINAL_PREFIX):]: v for k, v in run.data.metrics.items() if k.startswith(FINAL_PREFIX)}
-    return finals or {k: v for k, v in run.data.metrics.items() if k not in ("epoch", "sec_per_batch")}
+    metrics = finals or {k: v for k, v in run.data.metrics.items() if k not in ("epoch", "sec_per_batch")}
+    return {k: stored_value(v) for k, v in metrics.items()}
 
 
 def pipeline_labels(client: MlflowClient, pipelines: set[str]) -> dict[str, str]:
@@ -252,13 +261,14 @@ def differing(configs: list[dict], ignore=IDENTITY_PARAMS) -> dict[str, list[str
     return found
 
 
-def table_rows(comparison: Comparison) -> list[list[str]]:
+def table_rows(comparison: Comparison, in_words: bool = True) -> list[list[str]]:
     """Header, config differences, (for hypotheses) the replicate counts, then the metrics: a value, or with several
-    replicates mean ± standard deviation [95 % interval]."""
+    replicates mean ± standard deviation [95 % interval]; `in_words=False` for the CSV (HypothesisSummary.metric_rows).
+    """
     rows = [["", *comparison.labels]]
     rows += [[f"config: {key}", *values] for key, values in comparison.config.items()]
     if comparison.summary is not None:
-        return rows + comparison.summary.metric_rows(comparison.labels)
+        return rows + comparison.summary.metric_rows(comparison.labels, in_words)
     return rows + [[f"metric: {key}", *(MISSING if v is None else f"{v:.4g}" for v in values)]
                    for key, values in comparison.metrics.items()]
 
@@ -295,7 +305,8 @@ def write_chart(comparison: Comparison, path: Path, title: str) -> None:
     for ax in axes.flat[len(names):]:
         ax.set_visible(False)
     for ax, name in zip(axes.flat, names):
-        values = [v if v is not None else float("nan") for v in comparison.metrics.get(name, [])]  # nan: no bar
+        # nan: no bar (none run, or a mean that is not finite: an inf bar was matplotlib's RuntimeWarnings)
+        values = [v if v is not None and math.isfinite(v) else math.nan for v in comparison.metrics.get(name, [])]
         if values:
             by_label = spreads.get(name, {})
             # Error bars: the 95 % interval of the mean where a hypothesis has replicates (none with one).
@@ -341,9 +352,12 @@ def experiment_comparison(client: MlflowClient, name: str) -> tuple[Comparison, 
                 f"{shlex.quote(client.tracking_uri)} mlflow experiments restore -x {experiment.experiment_id}")
     pipelines = pipeline_runs(client, experiment.experiment_id)  # read once: for the leaves and what did not run
     runs = leaf_step_runs(client, experiment.experiment_id, pipelines)
-    if not runs:
+    expected = expected_leaves(pipelines)
+    # A pipeline stopped before its leaf steps (a step before them failed) has leaves, none of which ran: each is a
+    # column "(not run)", as a leaf that did not run is beside others that did (it said there were no step runs).
+    if not runs and not any(expected.values()):
         return f"experiment {name!r} has no pipeline step runs"
-    comparison = compare_runs(client, runs, expected_leaves(pipelines))
+    comparison = compare_runs(client, runs, expected)
     n = len(comparison.labels)
     replicated = " (mean, 95 % interval)" if any(len(r) > 1 for r in comparison.summary.replicates.values()) else ""
     title = f"{name}: final metrics of {counted(n, 'hypothesis', 'hypotheses')}{replicated}"

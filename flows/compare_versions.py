@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
-from flows.compare import MISSING, Comparison, differing, table_rows
+from flows.compare import MISSING, Comparison, differing, stored_value, table_rows
 from flows.mlflow_names import FINAL_PREFIX, TAG_PROMOTION, TAG_STEP_NAME
 from flows.mlflow_runs import flatten_params
 from flows.model_uri import missing_files_problem
@@ -47,7 +47,7 @@ def version_metrics(client: MlflowClient, version) -> dict[str, float]:
     source = version.source or ""
     model_id = version.model_id or (source.split("/", 1)[1] if source.startswith("models:/") else None)
     metrics = client.get_logged_model(model_id).metrics if model_id else []
-    return {m.key[len(FINAL_PREFIX):]: m.value for m in metrics or [] if m.key.startswith(FINAL_PREFIX)}
+    return {m.key[len(FINAL_PREFIX):]: stored_value(m.value) for m in metrics or [] if m.key.startswith(FINAL_PREFIX)}
 
 
 def version_config(client: MlflowClient, name: str, version) -> dict[str, str]:
@@ -96,9 +96,12 @@ def model_problem(client: MlflowClient, name: str, alias: str) -> tuple[str, boo
     aliases = client.get_registered_model(name).aliases  # search results carry no aliases
     if alias in aliases:
         return None
+    held = ", ".join(sorted(aliases)) or "none"
+    if alias == DEFAULT_ALIAS and aliases:  # promoted under the alias its config names (promotion.alias: prod)
+        return f"no version of {name!r} holds the alias {alias!r} (its aliases: {held}; --alias NAME marks the " \
+               "version holding one)", False
     if alias == DEFAULT_ALIAS:
         return f"no version of {name!r} holds the alias {alias!r} yet (none has been promoted)", False
-    held = ", ".join(sorted(aliases)) or "none"
     return f"registered model {name!r} has no alias {alias!r} (its aliases: {held})", True
 
 

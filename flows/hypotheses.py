@@ -30,6 +30,7 @@ PAIRED, WELCH, FIXED = "paired by seed", "Welch", "against a fixed value"
 TEST = ("two-sided t-test at 95 %: paired by seed where both hypotheses ran the same seeds, else Welch's t-test "
         "(unequal variances)")
 BEYOND, WITHIN = "beyond the spread", "within the spread"
+NOT_FINITE_WORDS = {"nan": "not a number", "inf": "inf", "-inf": "-inf"}  # str(value) -> as the tables say it
 
 
 def _t_quantile(df: float) -> float:
@@ -49,10 +50,17 @@ class Spread:
     std: float | None
     low: float | None
     high: float | None
+    # ("nan", "inf" or "-inf", how many replicates have it) for each value that is not finite: the table says so
+    not_finite: tuple[tuple[str, int], ...] = ()
 
-    def cell(self) -> str:
+    def cell(self, in_words: bool = True) -> str:
+        """The value, or mean ± standard deviation [95 % interval]; `in_words`, for a table a person reads: where a
+        replicate is not finite, which and how many (mean, spread and interval read `nan ± nan [nan, nan]`)."""
         if self.low is None:
             return f"{self.mean:.4g}"
+        if in_words and self.not_finite:
+            said = ", ".join(f"{NOT_FINITE_WORDS.get(value, value)} in {n}" for value, n in self.not_finite)
+            return f"{said} of {self.n} replicates"
         return f"{self.mean:{_format(self.low, self.high)}} ± {self.std:.2g} {self.interval()}"
 
     def interval(self) -> str:
@@ -77,7 +85,9 @@ def spread(values: list[float]) -> Spread:
         return Spread(n, mean, None, None, None)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = _t_quantile(n - 1) * std / math.sqrt(n)
-    return Spread(n, mean, std, mean - half, mean + half)
+    odd = [str(v) for v in values if not math.isfinite(v)]
+    not_finite = tuple((value, odd.count(value)) for value in NOT_FINITE_WORDS if value in odd)
+    return Spread(n, mean, std, mean - half, mean + half, not_finite)
 
 
 @dataclass(frozen=True)
@@ -96,12 +106,15 @@ class Difference:
     test: str = ""  # PAIRED, WELCH or FIXED; "" where no test was made
     better: str | None = None
 
-    def row(self) -> list[str]:
+    def row(self, in_words: bool = True) -> list[str]:
+        """The table's cells; `in_words` (a table a person reads): a difference that is not finite is "-", as the
+        interval is (`+nan` said nothing the verdict, "no test: ... non-finite value", does not)."""
         f = "+.4g" if self.low is None else _format(self.low, self.high, "+")
         interval = "-" if self.low is None else f"[{self.low:{f}}, {self.high:{f}}]"
         p = "-" if self.p_value is None else f"{self.p_value:.3g}"
-        return [self.metric, f"{self.b} − {self.a}", f"{self.difference:{f}}", interval, p, self.test or "-",
-                self.better_cell(), self.verdict]
+        value = "-" if in_words and not math.isfinite(self.difference) else f"{self.difference:{f}}"
+        return [self.metric, f"{self.b} − {self.a}", value, interval, p, self.test or "-", self.better_cell(),
+                self.verdict]
 
     def better_cell(self) -> str:
         if self.verdict != BEYOND:
@@ -215,7 +228,8 @@ class HypothesisSummary:
     def to_dict(self) -> dict:
         """For JSON: a value that is not finite is null (a bare NaN is not JSON; jq and JSON.parse refuse it)."""
         return {"test": TEST, "confidence": CONFIDENCE, "replicates": self.replicates,
-                "metrics": {m: {h: _finite_or_null(asdict(s)) for h, s in by_h.items()}
+                "metrics": {m: {h: _finite_or_null({k: v for k, v in asdict(s).items() if k != "not_finite"})
+                                for h, s in by_h.items()}
                             for m, by_h in self.spreads.items()},
                 "differences": [_finite_or_null({**asdict(d), "p_holm": p})
                                 for d, p in zip(self.differences, self.holm())],
@@ -225,19 +239,20 @@ class HypothesisSummary:
         """Each difference's p-value corrected for every other test of this summary (Holm); None where untested."""
         return holm([d.p_value for d in self.differences])
 
-    def metric_rows(self, columns: list[str] | None = None) -> list[list[str]]:
+    def metric_rows(self, columns: list[str] | None = None, in_words: bool = True) -> list[list[str]]:
         """The replicate counts, then per metric a cell per hypothesis (`columns`: these, in this order, those that
         did not run among them; default: the summary's): the value, or with several replicates mean ± standard
-        deviation [95 % interval]."""
+        deviation [95 % interval]. `in_words=False`: the CSV's, a value that is not finite as nan or inf."""
         columns = list(self.replicates) if columns is None else columns
         return [["replicates", *(str(len(self.replicates.get(h, []))) for h in columns)],
-                *([f"metric: {metric}", *(by_hypothesis[h].cell() if h in by_hypothesis else "-" for h in columns)]
+                *([f"metric: {metric}", *(by_hypothesis[h].cell(in_words) if h in by_hypothesis else "-"
+                                          for h in columns)]
                   for metric, by_hypothesis in self.spreads.items())]
 
-    def difference_rows(self) -> list[list[str]]:
+    def difference_rows(self, in_words: bool = True) -> list[list[str]]:
         header = ["metric", "hypotheses", "difference", "95 % interval", "p", "p (Holm)", "test", "better",
                   "verdict (95 %)"]
-        rows = [d.row() for d in self.differences]
+        rows = [d.row(in_words) for d in self.differences]
         return [header, *([*row[:5], "-" if p is None else f"{p:.3g}", *row[5:]] for row, p in zip(rows, self.holm()))]
 
     def note(self) -> str:
@@ -280,6 +295,10 @@ class HypothesisSummary:
                                                                      for test, pairs in used.items()))
         if single := [h for h, runs in self.replicates.items() if len(runs) < 2]:
             notes.append(f"No error bar: {', '.join(single)} (one replicate, so no interval can be given)")
+        missing = [f"{h} on {metric}" for metric, by_hypothesis in self.spreads.items()
+                   for h, s in by_hypothesis.items() if not math.isfinite(s.mean)]
+        if missing:  # a mean of nan or inf draws no bar: the chart showed a gap, unexplained
+            notes.append(f"No bar: {', '.join(missing)} (a value that is not finite)")
         return ". ".join(notes)
 
     def text(self) -> str:

@@ -689,3 +689,70 @@ def test_ctrl_c_once_the_files_are_in_place_changes_nothing(experiment, tmp_path
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # to the end of the process: its exit too
     assert sorted(path.name for path in out.iterdir()) == ["compare_hypotheses.csv", "compare_hypotheses.json",
                                                             "compare_hypotheses.png"]
+
+
+def test_an_infinite_final_metric_is_a_non_finite_value_not_a_traceback_or_the_largest_float(experiment, tmp_path,
+                                                                                              capsys):
+    """MLflow's SQL store keeps inf as the largest float, 1.798e+308, which passed as finite: the spread of b's
+    replicates overflowed (OverflowError, a traceback), and one replicate showed as 1.798e+308."""
+    client, exp = experiment
+    inf = float("inf")
+    losses = {"warm": 0.9, "a-seed0": 0.5, "a-seed1": 0.55, "b-seed0": inf, "b-seed1": 0.45}
+    record_pipeline(client, exp, f"{tmp_path}/reps", [
+        WARM, *({"name": name, "n_epochs": 1, "train_vae": True, "after": "warm"} for name in ("a", "b"))
+    ], losses, replicates={"seeds": [0, 1], "from_steps": ["a", "b"]})
+    assert cli_compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 0
+    printed = capsys.readouterr().out
+    assert "no test: b has a non-finite value (nan or inf)" in printed and "e+308" not in printed
+    assert "inf in 1 of 2 replicates" in printed
+
+    solo = experiment_id_for(client, "solo")
+    record_pipeline(client, solo, f"{tmp_path}/solo", [
+        WARM, *({"name": name, "n_epochs": 1, "train_vae": True, "after": "warm"} for name in ("a", "b"))
+    ], {"warm": 0.9, "a": -inf, "b": 0.5})
+    assert cli_compare.main(["--experiment", "solo", "--output", str(tmp_path / "cmp")]) == 0
+    printed = capsys.readouterr().out
+    assert "e+308" not in printed and "no test: a has a non-finite value (nan or inf)" in printed
+    lines = [line.split() for line in printed.splitlines()]
+    [row] = [line for line in lines if line[:1] == ["vae_loss"]]
+    assert ["metric:", "vae_loss", "-inf", "0.5"] in lines and row[4:6] == ["-", "-"]  # the difference, inf: its
+    # verdict says why there is none; the CSV keeps the number
+    with open(tmp_path / "cmp" / "compare_solo_differences.csv") as f:
+        assert [row[2] for row in csv.reader(f)] == ["difference", "+inf"]
+
+
+def test_an_infinite_final_metric_of_a_version_is_inf_not_the_largest_float(mlflow_store, tmp_path):
+    from flows.compare_versions import version_metrics
+
+    client = MlflowClient(mlflow_store)
+    version = register_with_config(client, tmp_path, tiny_raw(str(tmp_path / "v"), [WARM]))
+    run = client.create_run(client.get_experiment_by_name("versions").experiment_id)
+    model_id = version.source.split("/", 1)[1]  # models:/<id>
+    for key, value in (("final/vae_loss", float("inf")), ("final/eval_psnr", float("-inf")), ("final/x", 2.0)):
+        client.log_metric(run.info.run_id, key, value, model_id=model_id)
+    assert version_metrics(client, version) == {"vae_loss": float("inf"), "eval_psnr": float("-inf"), "x": 2.0}
+
+
+def test_a_pipeline_stopped_before_its_leaf_steps_shows_them_not_run(experiment, tmp_path, capsys):
+    """warm was killed, so neither leaf ran: it said "experiment 'hypotheses' has no pipeline step runs" (exit 2),
+    though warm's run is there; each leaf is a column "(not run)", as a leaf that did not run is elsewhere."""
+    client, exp = experiment
+    record_pipeline(client, exp, f"{tmp_path}/stopped", [
+        WARM, *({"name": name, "n_epochs": 1, "train_vae": True, "after": "warm"} for name in ("a", "b"))
+    ], {"warm": 0.9, "a": 0.5, "b": 0.4}, killed=("warm",), not_run=("a", "b"), leaves=True)
+    assert cli_compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert lines[0] == ["a", "(not", "run)", "b", "(not", "run)"] and ["replicates", "0", "0"] in lines
+    assert (tmp_path / "cmp" / "compare_hypotheses.png").exists()
+
+
+def test_the_default_alias_absent_beside_another_names_the_model_s_aliases(mlflow_store, tmp_path, capsys):
+    """With `promotion.alias: prod` the note said "(none has been promoted)" beside the promoted version."""
+    client = MlflowClient(mlflow_store)
+    version = register_with_config(client, tmp_path, tiny_raw(str(tmp_path / "v"), [WARM]))
+    client.set_registered_model_alias("m", "prod", version.version)
+    assert cli_compare.main(["--registered-model", "m", "--output", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert ("Note: no version of 'm' holds the alias 'champion' (its aliases: prod; --alias NAME marks the version "
+            "holding one)") in printed
+    assert "none has been promoted" not in printed

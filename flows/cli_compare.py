@@ -78,7 +78,7 @@ def run(args) -> int:
     """`fluxflow-compare` once its arguments are parsed: write CSV, JSON and PNG, print the tables."""
     from mlflow.tracking import MlflowClient
 
-    from flows.compare import experiment_comparison, table_rows, write_chart, write_csv
+    from flows.compare import experiment_comparison, write_chart, write_csv
     from flows.compare_versions import model_comparison, model_problem
     from flows.mlflow_runs import resolve_tracking_uri, store_to_read_problem
     from flows.text_table import plain_table
@@ -107,10 +107,6 @@ def run(args) -> int:
     comparison, rows, title = found
     summary = comparison.summary
     differences = summary.difference_rows() if summary is not None and summary.differences else None
-    # The CSVs keep a value that is not finite as nan or inf, which a program reads as a number; the printed tables
-    # say it in words ("not a number in 1 of 2 replicates", "-" for the difference).
-    written = table_rows(comparison, in_words=False) if summary is not None else rows
-    written_differences = differences and summary.difference_rows(in_words=False)
     out = Path(args.output)
     stem = prefix + file_stem(name)
     # Each file is written under a hidden temporary name beside its own, and they are renamed into place one after
@@ -124,10 +120,10 @@ def run(args) -> int:
         return staged[path]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_csv(written, staging(out / f"{stem}.csv"))
+        write_csv(rows, staging(out / f"{stem}.csv"))
         write_chart(comparison, staging(out / f"{stem}.png"), title)
         if differences:
-            write_csv(written_differences, staging(out / f"{stem}_differences.csv"))
+            write_csv(differences, staging(out / f"{stem}_differences.csv"))
         if summary is not None:
             staging(out / f"{stem}.json").write_text(json.dumps(summary.to_dict(), indent=1) + "\n")
         put_in_place(lambda: publish(staged, [out / f"{stem}_differences.csv", out / f"{stem}.json"]))

@@ -261,14 +261,13 @@ def differing(configs: list[dict], ignore=IDENTITY_PARAMS) -> dict[str, list[str
     return found
 
 
-def table_rows(comparison: Comparison, in_words: bool = True) -> list[list[str]]:
+def table_rows(comparison: Comparison) -> list[list[str]]:
     """Header, config differences, (for hypotheses) the replicate counts, then the metrics: a value, or with several
-    replicates mean ± standard deviation [95 % interval]; `in_words=False` for the CSV (HypothesisSummary.metric_rows).
-    """
+    replicates mean ± standard deviation [95 % interval]."""
     rows = [["", *comparison.labels]]
     rows += [[f"config: {key}", *values] for key, values in comparison.config.items()]
     if comparison.summary is not None:
-        return rows + comparison.summary.metric_rows(comparison.labels, in_words)
+        return rows + comparison.summary.metric_rows(comparison.labels)
     return rows + [[f"metric: {key}", *(MISSING if v is None else f"{v:.4g}" for v in values)]
                    for key, values in comparison.metrics.items()]
 

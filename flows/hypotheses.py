@@ -53,12 +53,12 @@ class Spread:
     # ("nan", "inf" or "-inf", how many replicates have it) for each value that is not finite: the table says so
     not_finite: tuple[tuple[str, int], ...] = ()
 
-    def cell(self, in_words: bool = True) -> str:
-        """The value, or mean ± standard deviation [95 % interval]; `in_words`, for a table a person reads: where a
-        replicate is not finite, which and how many (mean, spread and interval read `nan ± nan [nan, nan]`)."""
+    def cell(self) -> str:
+        """The value, or mean ± standard deviation [95 % interval]; where a replicate is not finite, which and how
+        many (mean, spread and interval read `nan ± nan [nan, nan]`)."""
         if self.low is None:
             return f"{self.mean:.4g}"
-        if in_words and self.not_finite:
+        if self.not_finite:
             said = ", ".join(f"{NOT_FINITE_WORDS.get(value, value)} in {n}" for value, n in self.not_finite)
             return f"{said} of {self.n} replicates"
         return f"{self.mean:{_format(self.low, self.high)}} ± {self.std:.2g} {self.interval()}"
@@ -106,13 +106,13 @@ class Difference:
     test: str = ""  # PAIRED, WELCH or FIXED; "" where no test was made
     better: str | None = None
 
-    def row(self, in_words: bool = True) -> list[str]:
-        """The table's cells; `in_words` (a table a person reads): a difference that is not finite is "-", as the
-        interval is (`+nan` said nothing the verdict, "no test: ... non-finite value", does not)."""
+    def row(self) -> list[str]:
+        """The table's cells; a difference that is not finite is "-", as the interval is (`+nan` said nothing the
+        verdict, "no test: ... non-finite value", does not)."""
         f = "+.4g" if self.low is None else _format(self.low, self.high, "+")
         interval = "-" if self.low is None else f"[{self.low:{f}}, {self.high:{f}}]"
         p = "-" if self.p_value is None else f"{self.p_value:.3g}"
-        value = "-" if in_words and not math.isfinite(self.difference) else f"{self.difference:{f}}"
+        value = "-" if not math.isfinite(self.difference) else f"{self.difference:{f}}"
         return [self.metric, f"{self.b} − {self.a}", value, interval, p, self.test or "-", self.better_cell(),
                 self.verdict]
 
@@ -239,20 +239,19 @@ class HypothesisSummary:
         """Each difference's p-value corrected for every other test of this summary (Holm); None where untested."""
         return holm([d.p_value for d in self.differences])
 
-    def metric_rows(self, columns: list[str] | None = None, in_words: bool = True) -> list[list[str]]:
+    def metric_rows(self, columns: list[str] | None = None) -> list[list[str]]:
         """The replicate counts, then per metric a cell per hypothesis (`columns`: these, in this order, those that
         did not run among them; default: the summary's): the value, or with several replicates mean ± standard
-        deviation [95 % interval]. `in_words=False`: the CSV's, a value that is not finite as nan or inf."""
+        deviation [95 % interval]."""
         columns = list(self.replicates) if columns is None else columns
         return [["replicates", *(str(len(self.replicates.get(h, []))) for h in columns)],
-                *([f"metric: {metric}", *(by_hypothesis[h].cell(in_words) if h in by_hypothesis else "-"
-                                          for h in columns)]
+                *([f"metric: {metric}", *(by_hypothesis[h].cell() if h in by_hypothesis else "-" for h in columns)]
                   for metric, by_hypothesis in self.spreads.items())]
 
-    def difference_rows(self, in_words: bool = True) -> list[list[str]]:
+    def difference_rows(self) -> list[list[str]]:
         header = ["metric", "hypotheses", "difference", "95 % interval", "p", "p (Holm)", "test", "better",
                   "verdict (95 %)"]
-        rows = [d.row(in_words) for d in self.differences]
+        rows = [d.row() for d in self.differences]
         return [header, *([*row[:5], "-" if p is None else f"{p:.3g}", *row[5:]] for row, p in zip(rows, self.holm()))]
 
     def note(self) -> str:

@@ -1,7 +1,7 @@
 """Writing a file so that a crash never leaves it torn: a temp file beside it, flushed and fsynced, renamed over it.
 
 The one way the core writes a file it must not lose half of (checkpoints, ref.json, the metrics JSONL when it is
-trimmed, cache metadata, exports, sample images); why each rule is there: fluxflow/checkpoints/__init__.py. No torch
+trimmed, cache metadata, exports, sample images); why each rule is there: fluxflow/checkpoints/io.py. No torch
 here: step_files and the trackers, which stay torch-free, write through it too.
 """
 from __future__ import annotations

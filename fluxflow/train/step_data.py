@@ -11,6 +11,7 @@ import torch
 from fluxflow.data import ResumableBatchSampler, build_dataset, make_loader
 from fluxflow.runtime import distributed
 from fluxflow.errors import DataError
+from fluxflow.wording import counted
 
 # Held-out images that the step's sample grids reconstruct (VAE steps); evaluation uses the whole held-out split.
 N_HOLDOUT_SAMPLES = 8
@@ -58,8 +59,8 @@ def load_step_data(config, step, device: torch.device) -> StepData:
     per_epoch = len(ResumableBatchSampler(len(train_set), step.batch_size, step.seed))
     n_batches = min(per_epoch, step.max_steps or per_epoch)
     if n_batches == 0:
-        raise DataError(f"step {step.name}: dataset {step.dataset!r} has {len(train_set)} items, fewer than one "
-                         f"batch of {step.batch_size}; lower batch_size or holdout, or add images")
+        raise DataError(f"step {step.name}: dataset {step.dataset!r} has {counted(len(train_set), 'item')}, fewer "
+                         f"than one batch of {step.batch_size}; lower batch_size or holdout, or add images")
     return StepData(train_set, holdout_set, holdout, n_batches)
 
 

@@ -114,3 +114,4 @@ def test_the_seconds_a_checkpoint_or_an_evaluation_takes_are_not_in_the_next_lin
                              checkpoint_save_interval=2, no_samples=True), tracker=Seen(out))
     timed = [s for s in seen if s == s]  # the evaluation's line after the last epoch has no timing (NaN)
     assert len(timed) == 8 and set(timed) == {0.0}, seen
+

@@ -56,8 +56,8 @@ class Spread:
     def cell(self) -> str:
         """The value, or mean ± standard deviation [95 % interval]; where a replicate is not finite, which and how
         many (mean, spread and interval read `nan ± nan [nan, nan]`)."""
-        if self.low is None:
-            return f"{self.mean:.4g}"
+        if self.low is None:  # one replicate: its value (a nan in words, as with several)
+            return NOT_FINITE_WORDS.get(str(self.mean), f"{self.mean:.4g}")
         if self.not_finite:
             said = ", ".join(f"{NOT_FINITE_WORDS.get(value, value)} in {n}" for value, n in self.not_finite)
             return f"{said} of {self.n} replicates"

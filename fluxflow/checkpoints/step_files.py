@@ -157,9 +157,11 @@ class StepFiles:
             recorded = json.loads(self.ref_json.read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError):
             return None
-        ref = recorded.get("ref") if isinstance(recorded, dict) else None
-        whole = isinstance(ref, dict) and {"step_key", "sha256"} <= ref.keys()
-        return recorded if whole and isinstance(recorded.get("result"), dict) else None
+        try:  # the record read as completed() and set_aside_stale read it
+            CheckpointRef.from_dict(recorded["ref"]), StepResult.from_dict(recorded["result"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return recorded if isinstance(recorded["ref"]["step_key"], str) else None
 
     def completed(self) -> StepOutcome | None:
         """The finished step's outcome when final.pt exists for this very key."""

@@ -328,13 +328,12 @@ class StepRun:
             schedule.after_epoch(metric)
         pos.epoch, pos.batch = pos.epoch + 1, 0
         self.outcome = self.monitor.outcome_after_epoch(pos.epoch, smoothed)
-        with self.report.untimed():
-            self.save(completed=self.outcome is not None)
-            self.report.samples(batch=None)
-            if self.outcome is None and stop_requested():
-                self.interrupted(saved=True)
-            if self.outcome is None and self.step.eval_interval and pos.epoch % self.step.eval_interval == 0:
-                self.report.evaluate()
+        self.save(completed=self.outcome is not None)  # untimed too: the next epoch's start restarts the clock
+        self.report.samples(batch=None)
+        if self.outcome is None and stop_requested():
+            self.interrupted(saved=True)
+        if self.outcome is None and self.step.eval_interval and pos.epoch % self.step.eval_interval == 0:
+            self.report.evaluate()
 
     def interrupted(self, saved: bool = False) -> None:
         """Stop here on request (fluxflow/runtime/stop_request.py): save this position, so the next run resumes

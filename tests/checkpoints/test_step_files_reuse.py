@@ -241,7 +241,11 @@ def test_a_full_disk_while_ref_json_is_written_is_the_disk_full_error_and_the_st
     assert list(files.dir.iterdir()) == [] and files.completed() is None
 
 
-@pytest.mark.parametrize("damage", [b"\xff\xfe not text", b"{}", b"[1, 2]", b'{"ref": {"sha256": "a"}}'])
+@pytest.mark.parametrize("damage", [b"\xff\xfe not text", b"{}", b"[1, 2]", b'{"ref": {"sha256": "a"}}',
+                                    b'{"ref": {"step_key": "k", "sha256": "a"}, "result": {}}',
+                                    b'{"ref": {"uri": "u", "sha256": "a", "step_name": "gan", "step_key": ["k"], '
+                                    b'"global_step": 4, "epoch": 2}, "result": {"step_name": "gan", '
+                                    b'"outcome": "epochs_done", "epochs_done": 1}}'])
 def test_a_damaged_ref_json_counts_as_not_finished_as_a_truncated_one_does(tmp_path, capsys, damage):
     """ref.json of bytes that are not UTF-8, or JSON of another shape: the step is not complete and its files are
     set aside, as with a ref.json cut short; was a UnicodeDecodeError / KeyError that ended the run before any step."""

@@ -307,4 +307,4 @@ def test_a_value_that_is_not_a_number_is_said_in_words_in_the_tables():
     assert summary.chart_note().endswith("No bar: b on m (a value that is not finite)")
     infinite = spread([1.0, float("inf"), float("-inf"), float("inf")])
     assert infinite.cell() == "inf in 2, -inf in 1 of 4 replicates"
-    assert spread([nan]).cell() == "nan" and spread([float("inf")]).cell() == "inf"  # one replicate: its value
+    assert spread([nan]).cell() == "not a number" and spread([float("inf")]).cell() == "inf"  # one replicate

@@ -252,7 +252,8 @@ def generate_into(args: argparse.Namespace, prompts: list[str], done: list[Path]
     from fluxflow.config import ConfigError
     from fluxflow.runtime.device import DeviceUnavailable, resolve_device
     from fluxflow.sampling.export import load_exported
-    from fluxflow.sampling.generate import GenerationError, generate_files, planned_files, unread_prompt_ends
+    from fluxflow.sampling.generate import (GenerationError, generate_files, planned_files, size_problem,
+                                            unread_prompt_ends)
 
     # Names depend on prompt and seed only, not on the checkpoint, steps, guidance or size: a file already there is
     # another image, and is replaced only when asked (before, silently).
@@ -281,8 +282,10 @@ def generate_into(args: argparse.Namespace, prompts: list[str], done: list[Path]
             read = model.models["text_encoder"].max_len
             print(f"{PROG}: the prompt {shown!r} is {count} tokens; the text encoder reads the first {read} "
                   "(model.text_max_len), the rest changes nothing", file=sys.stderr)
+        if args.size is not None and (problem := size_problem(model, args.size)):  # named as the user gave it
+            raise GenerationError(f"--size {problem}")
         for path in generate_files(model, prompts, args.output, n=args.n, seed=args.seed, steps=args.steps,
-                                   guidance=args.guidance, size=args.size, size_name="--size", ext=args.format):
+                                   guidance=args.guidance, size=args.size, ext=args.format):
             done.append(path)
             if not output_closed:
                 try:

@@ -105,21 +105,27 @@ def load_text_to_image(checkpoint: str | Path, model_config: Any = None, img_siz
                                misfit=f"checkpoint {checkpoint} does not fit the model sizes of the config")
 
 
-def generate(model: TextToImageModel, prompt: str, seed: int, *, steps: int = 25, guidance: float = 3.0,
-             size: int | None = None, size_name: str = "image size") -> torch.Tensor:
-    """One image `[C, H, W]` in [-1, 1] for `prompt`, drawn with `seed`. `size_name` is what a size that does not fit
-    is called in the error: the caller's own name for it (fluxflow-generate's flag `--size`)."""
-    size = model.img_size if size is None else size  # not `or`: a size of 0 is an error, not the default
-    cfg = model.model_config
-    multiple = cfg.downscale * cfg.patch_size
+def size_problem(model: TextToImageModel, size: int) -> str | None:
+    """Why `model` cannot draw images of `size` px ("must be ..."), or None; the caller names the size: "image size"
+    here, fluxflow-generate's flag `--size` there."""
+    multiple = model.model_config.downscale * model.model_config.patch_size
     if size < 1 or size % multiple:
-        raise GenerationError(f"{size_name} must be a positive multiple of {multiple} (downscale × patch_size); "
-                              f"got {size}")
+        return f"must be a positive multiple of {multiple} (downscale × patch_size); got {size}"
     largest = MAX_SIZE_FACTOR * model.img_size
     if model.img_size and size > largest:
-        raise GenerationError(f"{size_name} must be at most {largest} ({MAX_SIZE_FACTOR}× the {model.img_size} px "
-                              "the model was trained at: a larger one is far from what it learned, and the cost of "
-                              f"its attention grows with the size's 4th power); got {size}")
+        return (f"must be at most {largest} ({MAX_SIZE_FACTOR}× the {model.img_size} px the model was trained at: a "
+                "larger one is far from what it learned, and the cost of its attention grows with the size's 4th "
+                f"power); got {size}")
+    return None
+
+
+def generate(model: TextToImageModel, prompt: str, seed: int, *, steps: int = 25, guidance: float = 3.0,
+             size: int | None = None) -> torch.Tensor:
+    """One image `[C, H, W]` in [-1, 1] for `prompt`, drawn with `seed`."""
+    size = model.img_size if size is None else size  # not `or`: a size of 0 is an error, not the default
+    if problem := size_problem(model, size):
+        raise GenerationError(f"image size {problem}")
+    cfg = model.model_config
     return text_to_image(model.models, [prompt], model.latent_norm, latent_size=size // cfg.downscale, steps=steps,
                          guidance=guidance, seed=seed, spade=model.spade, shift=model.flow_shift)[0]
 
@@ -144,12 +150,12 @@ def planned_files(prompts: list[str], output_dir: str | Path, *, n: int = 1, see
 
 def generate_files(model: TextToImageModel, prompts: list[str], output_dir: str | Path, *, n: int = 1,
                    seed: int = 0, steps: int = 25, guidance: float = 3.0, size: int | None = None,
-                   size_name: str = "image size", ext: str = "webp") -> Iterator[Path]:
+                   ext: str = "webp") -> Iterator[Path]:
     """Draws and writes the images of `planned_files`, yielding each file as it is written: a caller shows progress
     and, when interrupted, knows what is done. Each file is written whole or not at all (atomic_write: an interrupt
-    while saving leaves no half image), replacing a file of that name. `size_name`: as `generate`'s."""
+    while saving leaves no half image), replacing a file of that name."""
     for prompt, image_seed, path in planned_files(prompts, output_dir, n=n, seed=seed, ext=ext):
-        image = generate(model, prompt, image_seed, steps=steps, guidance=guidance, size=size, size_name=size_name)
+        image = generate(model, prompt, image_seed, steps=steps, guidance=guidance, size=size)
         # Made only once an image is made (atomic_write creates it): a refused size leaves no empty folder.
         save_image_grid(image, path, nrow=1, padding=0)
         yield path

@@ -42,9 +42,9 @@ from fluxflow.config import PipelineConfig
 from fluxflow.config.dag import branch_names, leaf_names
 from fluxflow.config.promotion import registered_steps
 from fluxflow.config.run_config import resolve_run_config, run_dict
-from fluxflow.wording import counted
 from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
 from fluxflow.train.pipeline_schedule import PipelineSchedule, missed_threshold_message
+from fluxflow.wording import counted
 
 # How long an interrupted run waits for its running steps to save the batch they reached (one batch and a checkpoint
 # write; docker stop allows 10 s by default, a Prefect worker's cancellation more).

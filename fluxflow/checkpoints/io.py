@@ -29,10 +29,10 @@ from typing import IO, Any
 
 import torch
 
+from fluxflow.checkpoints.atomic_file import atomic_write
 from fluxflow.checkpoints.load_errors import describe_load_failure
 from fluxflow.checkpoints.verify import verify_torch_zip
 from fluxflow.config.file_checks import not_a_regular_file
-from fluxflow.checkpoints.atomic_file import atomic_write
 from fluxflow.errors import CheckpointError, DiskFullError, NonRetryable
 from fluxflow.storage.location import local_path, remote_uri
 

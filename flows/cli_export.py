@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export_into(args: argparse.Namespace) -> int:
-    from fluxflow.checkpoints.io import CheckpointError, sha256_file
+    from fluxflow.checkpoints.io import sha256_file
     from fluxflow.config import ConfigError
+    from fluxflow.errors import CheckpointError
     from fluxflow.sampling.export import export_weights
     from fluxflow.sampling.generate import GenerationError
 

@@ -248,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
 def generate_into(args: argparse.Namespace, prompts: list[str], done: list[Path]) -> int:
     """Checks the output files, loads the model and writes the images, appending each file to `done` (and printing
     it) as it is written: the progress of a long list, and what an interrupt kept."""
-    from fluxflow.checkpoints.io import CheckpointError
     from fluxflow.config import ConfigError
+    from fluxflow.errors import CheckpointError
     from fluxflow.runtime.device import DeviceUnavailable, resolve_device
     from fluxflow.sampling.export import load_exported
     from fluxflow.sampling.generate import (GenerationError, generate_files, planned_files, size_problem,

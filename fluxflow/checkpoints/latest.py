@@ -18,6 +18,8 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
+from fluxflow.errors import CheckpointError
+
 # fluxflow.checkpoints.io (torch) is imported where it is used: step_files.py names these files without torch.
 
 CORRUPT_DIR = "corrupt"  # beside latest.pt: unreadable checkpoints, kept as evidence
@@ -38,7 +40,7 @@ def load_latest(latest: Path, say=print, set_aside: bool = True) -> dict | None:
     """The newest readable of `latest.pt` and `latest.prev.pt`; None when neither exists, or when neither can be
     read. Falling back to the previous one prints a line saying why; when neither can be read, the files are moved
     to `corrupt/<time>/` (with `set_aside`: under torchrun only rank 0 moves them) and a line names them."""
-    from fluxflow.checkpoints.io import CheckpointError, load_checkpoint
+    from fluxflow.checkpoints.io import load_checkpoint
 
     previous = previous_of(latest)
     if not latest.exists() and not previous.exists():

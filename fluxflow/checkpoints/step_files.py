@@ -35,6 +35,7 @@ from fluxflow.config.dag import execution_order
 from fluxflow.config.heldout_pairs import draws_pairs
 from fluxflow.config.modes import unused_fields, unused_image_stat_fields
 from fluxflow.config.steps import KEY_NEUTRAL_VALUES
+from fluxflow.errors import CheckpointError
 from fluxflow.checkpoints.step_key import describe_change, step_key, step_key_inputs
 from fluxflow.output_layout import metrics_file, step_dir
 from fluxflow.storage.location import output_root, remote_uri
@@ -424,7 +425,7 @@ class StepFiles:
 
 def _metadata(path: Path) -> StepState | None:
     """The step state of a checkpoint; None when it is missing or unreadable."""
-    from fluxflow.checkpoints.io import CheckpointError, load_checkpoint  # torch only where a checkpoint is read
+    from fluxflow.checkpoints.io import load_checkpoint  # torch only where a checkpoint is read
 
     try:  # a missing file too: "checkpoint not found"
         return StepState.of_checkpoint(load_checkpoint(path))

@@ -13,9 +13,10 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from fluxflow.checkpoints.io import CheckpointError, load_checkpoint
+from fluxflow.checkpoints.io import load_checkpoint
 from fluxflow.checkpoints.verify import damaged_entry
 from fluxflow.config.file_checks import UnusablePretrained
+from fluxflow.errors import CheckpointError
 from fluxflow.runtime.device import resolve_device
 from fluxflow.storage.location import local_path, remote_uri
 from fluxflow.models import build_component

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from fluxflow.checkpoints import io as ckpt
-from fluxflow.checkpoints.io import CheckpointError, finalize, load_checkpoint, save_checkpoint, sha256_file
+from fluxflow.checkpoints.io import finalize, load_checkpoint, save_checkpoint, sha256_file
 from fluxflow.checkpoints.rng_state import capture_rng_state, restore_rng_state
 from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome, StepResult
+from fluxflow.errors import CheckpointError
 
 
 def tiny_state(global_step: int = 7) -> dict:

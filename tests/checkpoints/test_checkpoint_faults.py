@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from fluxflow.checkpoints import atomic_file
-from fluxflow.checkpoints.io import CheckpointError, load_checkpoint, sha256_file
+from fluxflow.checkpoints.io import load_checkpoint, sha256_file
 from fluxflow.checkpoints.latest import load_latest, previous_of, save_latest
-from fluxflow.errors import DataError, DiskFullError, is_retryable
+from fluxflow.errors import CheckpointError, DataError, DiskFullError, is_retryable
 
 
 def state(step: int) -> dict:

@@ -14,9 +14,10 @@ import torch
 from s3_server import fresh_filesystems
 
 from flows import cli_train
-from fluxflow.checkpoints.io import CheckpointError, load_checkpoint, sha256_file
+from fluxflow.checkpoints.io import load_checkpoint, sha256_file
 from fluxflow.checkpoints.latest import load_latest, save_latest
 from fluxflow.checkpoints.lock import RunLockedError
+from fluxflow.errors import CheckpointError
 from fluxflow.storage.location import StorageError
 from fluxflow.storage.mirror import OutputMirror
 from fluxflow.storage.store_lock import StoreLock, output_lock

@@ -20,9 +20,9 @@ import pytest
 import torch
 from helpers_tiny import load_weights, one_thread, one_torch_thread, tiny_config
 
-from fluxflow.checkpoints.io import CheckpointError
 from fluxflow.train.pipeline import run_pipeline
 from fluxflow.train.pipeline_schedule import PipelineFailed
+from fluxflow.errors import CheckpointError
 
 __all__ = ["one_torch_thread"]
 

@@ -28,10 +28,11 @@ import pytest
 import torch
 from helpers_tiny import load_weights, one_thread, one_torch_thread, tiny_config, tiny_raw
 
-from fluxflow.checkpoints.io import CheckpointError, sha256_file
+from fluxflow.checkpoints.io import sha256_file
 from fluxflow.checkpoints.latest import load_latest, previous_of
 from fluxflow.train.pipeline import run_pipeline
 from fluxflow.checkpoints.lock import RunLock, RunLockedError
+from fluxflow.errors import CheckpointError
 from fluxflow.train.step_run import run_step
 from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
 from fluxflow.train.tracking import ConsoleJsonlTracker

@@ -96,10 +96,13 @@ def resources_issues(config) -> list[ConfigIssue]:
 
 def process_issues(config) -> list[ConfigIssue]:
     dist, issues = config.training.distributed, []
-    # find_spec: whether Ray is there, without the second its import costs (`--validate-pipeline` stays light).
-    if dist.uses_ray_train and importlib.util.find_spec("ray") is None:
-        issues.append(ConfigIssue("training.distributed.nodes", f"is {dist.nodes}: a step across nodes trains through "
-                                  "Ray Train, which is not installed (pip install 'fluxflow-pipelines[cluster]')"))
+    # find_spec: whether they are there, without the second Ray's import costs (`--validate-pipeline` stays light).
+    # Checked here, not at the run's start: found there, it was a traceback after the run had begun.
+    missing = [name for name, module in (("Ray", "ray"), ("prefect-ray", "prefect_ray"))
+               if config.training.executor.kind == "ray" and importlib.util.find_spec(module) is None]
+    if missing:
+        issues.append(ConfigIssue("training.executor.kind", f"is ray, which needs {' and '.join(missing)}: not "
+                                  "installed (pip install 'fluxflow-pipelines[cluster]')"))
     if dist.uses_ray_train and config.training.executor.kind != "ray":
         issues.append(ConfigIssue("training.distributed.nodes", f"is {dist.nodes}: a step across nodes trains on a "
                                   "Ray cluster, which needs training.executor.kind: ray"))

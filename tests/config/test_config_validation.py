@@ -345,16 +345,22 @@ def test_an_object_store_output_path_is_accepted_and_a_bad_uri_is_refused_by_nam
     assert "must be a local or mounted directory" in found["output.cache_dir"]
 
 
-def test_a_multi_node_config_without_ray_names_the_field(tmp_path, monkeypatch):
+@pytest.mark.parametrize("absent, named", [("ray", "needs Ray: not installed"),
+                                            ("prefect_ray", "needs prefect-ray: not installed")])
+@pytest.mark.parametrize("distributed", [{}, {"nodes": 2}])
+def test_the_ray_executor_without_ray_installed_names_the_field(tmp_path, monkeypatch, absent, named, distributed):
+    """At validation (exit 2, `--validate-pipeline` too), one or several nodes: found at the run's start instead, it
+    was a ModuleNotFoundError traceback, exit 1."""
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
-    ray_train = {"distributed": {"nodes": 2}, "executor": {"kind": "ray"}}
-    found = problems(tmp_path, cfg(vae(), training=ray_train))
-    assert "Ray Train, which is not installed" in found["training.distributed.nodes"]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == absent else find_spec(name, *a))
+    ray = {"distributed": distributed, "executor": {"kind": "ray"}}
+    found = problems(tmp_path, cfg(vae(), training=ray))
+    assert set(found) == {"training.executor.kind"}
+    assert named in found["training.executor.kind"] and "fluxflow-pipelines[cluster]" in found["training.executor.kind"]
     monkeypatch.undo()
-    load_config(yaml.safe_load(cfg(vae(), training=ray_train)))  # with Ray: valid
+    load_config(yaml.safe_load(cfg(vae(), training=ray)))  # with both: valid
 
 
 def test_a_multi_node_config_needs_the_ray_executor(tmp_path):

@@ -95,11 +95,25 @@ def no_text_to_image_model(steps, name: str) -> str:
 
 def registered_model_name_problem(name: str) -> str | None:
     """What MLflow's registry would refuse in a registered model's name (mlflow/utils/validation.py
-    _validate_model_name): a blank name, '/' or ':'. None when it takes it."""
+    _validate_model_name: a blank name, '/' or ':'), or take and then fail on: '@', '?' and '#' end the name in a
+    `models:/NAME@ALIAS` URI (registration, promotion, fluxflow-generate --model and fluxflow-compare failed after
+    training), and a name the registry cannot be searched for (searchable_problem). None when it takes it."""
     if not name.strip():
         return "must not be blank: MLflow refuses a registered model without a name"
     if "/" in name or ":" in name:
         return "cannot contain '/' or ':' (MLflow refuses them in registered model names)"
+    if odd := [c for c in "@?#" if c in name]:
+        return (f"cannot contain {' or '.join(repr(c) for c in odd)} (a models:/ URI, which names the model's "
+                "versions, would end the name there)")
+    return searchable_problem(name)
+
+
+def searchable_problem(value: str) -> str | None:
+    """Why MLflow could not search for `value`: its filter strings know no escapes (flows/mlflow_names.py quoted), so a
+    value holding both quote characters cannot be written in one, and the run finds its records (by output directory)
+    and its model's versions (by name) by searching. None when it can."""
+    if "'" in value and '"' in value:
+        return "cannot contain both ' and \" (MLflow's search filters, which find the run's records, cannot quote it)"
     return None
 
 

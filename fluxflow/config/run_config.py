@@ -21,8 +21,9 @@ from pydantic import ValidationError
 from fluxflow.config.errors import ConfigError, ConfigIssue
 from fluxflow.config.file_checks import data_issues
 from fluxflow.config.load import LoadedConfig, from_overrides, issues_from_validation, load_config
+from fluxflow.config.promotion import searchable_problem
 from fluxflow.config.schema import PipelineConfig
-from fluxflow.storage.location import remote_uri
+from fluxflow.storage.location import local_path, remote_uri
 
 RESOLVED = "resolved_for_run"  # the mark of a resolved config's dict: it is taken as it is
 
@@ -59,6 +60,9 @@ def resolve_run_config(source: str | Path | dict[str, Any], *, output_dir: str |
         issues = [ConfigIssue(given[i.path], i.message) if given.get(i.path) else i
                   for i in issues_from_validation(exc)]
         raise ConfigError(issues, label) from None
+    # The run's MLflow records are found by this absolute path (flows/mlflow_runs.py output_dir_of): known only here.
+    if problem := searchable_problem(remote_uri(path) or str(local_path(config.output.output_path).resolve())):
+        raise ConfigError([ConfigIssue(output_dir and output_dir_name or "output.output_path", problem)], label)
     if check_data and (missing := data_issues(config)):  # a dataset's path may be an override's
         names = [step.name for step in config.training.pipeline.steps]
         raise ConfigError(from_overrides(missing, overrides, names, overrides_name), label)

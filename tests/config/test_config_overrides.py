@@ -100,6 +100,23 @@ def test_a_problem_an_override_or_parameter_made_names_it_as_the_caller_does(tmp
                                                                           "or 'cuda' (got 'gpu')")
 
 
+def test_an_output_directory_mlflow_cannot_search_for_is_refused_before_the_run(tmp_path, monkeypatch):
+    """The run's MLflow records are found by its absolute output directory, and MLflow's filters cannot quote a value
+    holding both ' and ": every step's record was dropped after training and the run ended in a traceback. Known only
+    where the run resolves (a relative path takes the working directory's quotes)."""
+    from fluxflow.config.run_config import resolve_run_config
+
+    both = tmp_path / "o'b\"c"
+    with pytest.raises(ConfigError, match=r"  - --output-dir: cannot contain both ' and \" \(MLflow's search filters"):
+        resolve_run_config("configs/tiny_test.yaml", output_dir=str(both / "run"), output_dir_name="--output-dir")
+    both.mkdir()
+    monkeypatch.chdir(both)
+    raw = tiny_raw("run")
+    with pytest.raises(ConfigError, match=r"  - output.output_path: cannot contain both ' and \""):
+        resolve_run_config(raw)
+    assert resolve_run_config(raw, output_dir=str(tmp_path / "o'b")).config.output.output_path == str(tmp_path / "o'b")
+
+
 def test_a_problem_in_a_section_an_override_created_names_the_override(tmp_path):
     """An override that made a section whose content is then invalid was not named: the file was blamed for an
     optimizer group, a dataset without its type and replicates without seeds that only the command wrote."""

@@ -23,6 +23,7 @@ files actually found, as a DataError (which no retry repeats).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -33,7 +34,7 @@ import torch
 
 from fluxflow.config.caption_patterns import caption_matcher, unseen_problem
 from fluxflow.config.file_checks import (CaptionsFile, entries_problem, folder_problem, found_problem, holdout_problem,
-                                        is_listed_file, read_captions, resolve_captions_path)
+                                        is_listed_file, opened_file, read_captions, resolve_captions_path)
 from fluxflow.data.skips import CountsSkips, SkipCounter
 from fluxflow.data.transforms import DECODING_VERSION, IMAGE_EXTENSIONS, pil_mode, read_image
 from fluxflow.errors import DataError
@@ -69,16 +70,17 @@ def report_unlisted(root: Path, listing: CaptionsFile) -> None:
     """Log how many image files under `root` the captions file does not list: they are not trained on, and a user who
     added images without adding their lines would not know (not counted: they are not items of the dataset). Hidden
     files and folders (`.DS_Store`, `.git`) are not looked at."""
-    # Each listed name where the dataset opens it (`root / name`): an absolute path inside the folder names one of
-    # its files too (compared as relative names, it was counted as not listed).
-    listed = {os.path.abspath(root / name) for name in listing.captions}
+    # Each listed name as the file the dataset opens (`root / name`): an absolute path inside the folder, or a name
+    # through a symlinked folder, names one of its files too (compared as relative names, it was counted as not listed).
+    real_folder = functools.lru_cache(maxsize=None)(os.path.realpath)
+    listed = {opened_file(root / name, real_folder) for name in listing.captions}
     unlisted = []
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
         unlisted += [os.path.relpath(path, root) for path in (os.path.join(folder, f) for f in sorted(files)
                                                                if not f.startswith(".")
                                                                and f.lower().endswith(IMAGE_SUFFIXES))
-                     if os.path.abspath(path) not in listed]
+                     if opened_file(path, real_folder) not in listed]
     if unlisted:
         log.warning("%s: %d image file(s) not listed in %s, not trained on; first: %r", root, len(unlisted),
                     listing.path.name, unlisted[0])

@@ -297,13 +297,16 @@ def test_a_file_listed_under_two_spellings_is_one_file_with_the_last_caption(tmp
     assert any("listed again in captions.txt with another caption" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("spelling", ["absolute", "../<folder>/"])
+@pytest.mark.parametrize("spelling", ["absolute", "../<folder>/", "symlinked folder"])
 def test_a_file_listed_by_a_path_through_another_folder_is_one_item_with_the_last_caption(tmp_path, caplog, spelling):
+    """Through a symlinked folder too: one file was two items, held out and trained at once."""
     caplog.set_level(logging.WARNING, logger="fluxflow.data")
     root = tmp_path / "photos"
     root.mkdir()
     plain_folder(root, n=4)
-    other = str(root / "p0.png") if spelling == "absolute" else "../photos/p0.png"
+    (root / "also").symlink_to(root)
+    other = {"absolute": str(root / "p0.png"), "../<folder>/": "../photos/p0.png",
+             "symlinked folder": "also/p0.png"}[spelling]
     (root / "captions.txt").write_text(f"p0.png\ta red\np1.png\tb\np2.png\tc\np3.png\td\n{other}\ta blue\n")
     ds = build_dataset(cfg(root), 8, 3, "train")
     assert sorted(c for _, c in ds.items) == ["a blue", "b", "c", "d"] and ds.skipped == 1  # was 5 items, 0 skipped
@@ -331,9 +334,13 @@ def test_the_identity_a_resume_checks_changes_with_the_listed_images_and_caption
 
 
 def test_a_file_the_captions_file_lists_by_its_absolute_path_is_not_said_to_be_unlisted(tmp_path, caplog):
+    """Nor by a path through a symlinked folder (`link/p2.png` for `sub/p2.png`), which was said not to be trained."""
     caplog.set_level(logging.WARNING, logger="fluxflow.data")
     plain_folder(tmp_path, n=4)
-    (tmp_path / "captions.txt").write_text(f"p0.png\tp 0\n{tmp_path / 'p1.png'}\tp 1\n./p2.png\tp 2\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "p2.png").rename(tmp_path / "sub" / "p2.png")
+    (tmp_path / "link").symlink_to(tmp_path / "sub")
+    (tmp_path / "captions.txt").write_text(f"p0.png\tp 0\n{tmp_path / 'p1.png'}\tp 1\n./link/p2.png\tp 2\n")
     ds = build_dataset(cfg(tmp_path), 8, 3, "train")
     assert len(ds) == 3  # p1.png is trained on
     said = [r.getMessage() for r in caplog.records if "not listed" in r.getMessage()]

@@ -308,7 +308,16 @@ def expand_shards(urls: str | list[str]) -> list[str]:
                     from None
     if not shards:
         raise ValueError("names no shard")
-    return [s if "://" in s else os.path.expanduser(s) for s in shards]
+    shards = [s if "://" in s else os.path.expanduser(s) for s in shards]
+    # A shard named twice (two patterns that overlap) was trained twice per epoch, and its samples held out trained.
+    seen: set[str] = set()
+    for shard in shards:
+        file = shard if "://" in shard else os.path.abspath(shard)
+        if file in seen:
+            raise ValueError(f"names the shard {shard} more than once: its samples would be trained twice an epoch, "
+                             "and those held out trained too")
+        seen.add(file)
+    return shards
 
 
 def shards_issues(loc: tuple, ds) -> list[ConfigIssue]:

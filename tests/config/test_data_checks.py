@@ -90,6 +90,16 @@ def test_a_shard_pattern_with_unbalanced_braces_is_a_validation_error(tmp_path):
         assert issue.path == f"{D}.urls" and ("unbalanced braces" in issue.message or "names no shard" in issue.message)
 
 
+@pytest.mark.parametrize("urls", [["s-{000..001}.tar", "s-{000..002}.tar"], "s-{000,001,000}.tar",
+                                  ["s-000.tar", "./s-000.tar"], "s3://b/s-{0,0}.tar"])
+def test_a_shard_named_twice_is_a_validation_error(tmp_path, urls):
+    """Was accepted without a word: the shard trained twice an epoch, and the samples held out from it trained."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(with_dataset(tmp_path, type="webdataset", urls=urls))
+    (issue,) = caught.value.issues
+    assert issue.path == f"{D}.urls" and "s-0" in issue.message and "more than once" in issue.message
+
+
 def test_an_image_folder_that_is_a_file_or_cannot_be_read_is_said_so(tmp_path, monkeypatch):
     (tmp_path / "photos.zip").write_bytes(b"PK")
     found = start_problems(with_dataset(tmp_path, type="folder", path=str(tmp_path / "photos.zip"),

@@ -120,6 +120,7 @@ class CaptionsFile:
     malformed: list[str]  # lines without a tab: skipped
     repaired: list[int]  # numbers of the lines that were not UTF-8: kept, decoded as Latin-1
     relisted: list[str]  # files listed again with another caption: the last line is kept
+    binary: bool = False  # NUL bytes outside UTF-16: not text at all (nothing else read)
 
 
 def text_lines(raw: bytes) -> list[tuple[str, bool]]:
@@ -151,7 +152,13 @@ def read_captions(captions_path: Path, root: Path) -> CaptionsFile:
     # The file the dataset opens for each name (`root / name`) -> the spelling first listed.
     spelled: dict[str, str] = {}
     real_folder = functools.lru_cache(maxsize=None)(os.path.realpath)
-    for number, (line, was_repaired) in enumerate(text_lines(captions_path.read_bytes()), start=1):
+    raw = captions_path.read_bytes()
+    # An image named as the captions file, UTF-16 without its byte-order mark: read as lines, their raw bytes went
+    # into a "none of the files listed is in the folder" message, NULs and terminal controls included.
+    if b"\0" in raw and not raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        listing.binary = True
+        return listing
+    for number, (line, was_repaired) in enumerate(text_lines(raw), start=1):
         if was_repaired:
             listing.repaired.append(number)
         if not line.strip() or line.lstrip().startswith("#"):
@@ -194,6 +201,9 @@ def folder_problem(root: Path, captions_path: Path) -> str | None:
 def entries_problem(listing: CaptionsFile) -> str | None:
     """Why a captions file lists no image, or None: a CSV or space-separated file was read as lines without a tab,
     and reported as a hold-out that leaves nothing, or as a dataset smaller than a batch."""
+    if listing.binary:
+        return (f"captions file {listing.path} is not text (it holds NUL bytes: a binary file, or UTF-16 without a "
+                "byte-order mark); write one 'filename<TAB>caption' line per image in UTF-8")
     if listing.captions:
         return None
     if listing.malformed:

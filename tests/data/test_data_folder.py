@@ -236,6 +236,22 @@ def test_a_captions_file_that_lists_nothing_usable_says_why(tmp_path, captions, 
         build_dataset(cfg(tmp_path, holdout=1), 8, 3, "train")
 
 
+@pytest.mark.parametrize("not_text", ["an image", "UTF-16 without its mark"])
+def test_a_captions_file_that_is_not_text_is_said_to_be_so_without_its_bytes(tmp_path, not_text):
+    """Its lines' raw bytes (NULs, terminal controls) went into 'none of the files listed is in the folder'."""
+    plain_folder(tmp_path)
+    captions = tmp_path / "captions.txt"
+    if not_text == "an image":
+        captions.write_bytes((tmp_path / "p0.png").read_bytes())
+    else:
+        captions.write_bytes("p0.png\tzero\np1.png\tone\n".encode("utf-16-le"))
+    with pytest.raises(DataError) as raised:
+        build_dataset(cfg(tmp_path), 8, 3, "train")
+    message = str(raised.value)
+    assert f"captions file {captions} is not text (it holds NUL bytes" in message
+    assert message.isprintable(), message
+
+
 def test_a_held_out_split_of_unreadable_files_names_the_split_and_why(tmp_path):
     from fluxflow.data.folder import holdout_names
     names = [f"i{i}.png" for i in range(6)]

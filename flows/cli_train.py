@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         # The temporary Prefect server (unless one is configured) starts now, so that its start overlaps the imports
         # of torch, Prefect and MLflow that follow (flows/prefect_server.py).
         server = start_temporary_server(keep=args.keep_server)
-        check_can_run(config)
+        check_can_run(config, device_setting="--device" if args.device else "training.device")
         if ctrl_c():  # its KeyboardInterrupt was raised where Python ignores exceptions (below)
             raise KeyboardInterrupt
     except (Refused, KeyboardInterrupt) as exc:
@@ -149,9 +149,10 @@ def configured(args: argparse.Namespace):
     return loaded
 
 
-def check_can_run(config) -> None:
+def check_can_run(config, device_setting: str = "training.device") -> None:
     """A device this machine lacks, or an output directory another run holds, is the caller's setting, not a
-    training failure: say so before the flow starts (inside it, the step would fail and be retried for nothing). The
+    training failure: say so before the flow starts (inside it, the step would fail and be retried for nothing);
+    `device_setting` names where the device was set (`--device`: the file's training.device is not what is wrong). The
     flow takes the lock itself for the whole run; this is only the early answer. With the Ray executor the device is
     the cluster's (check_cluster). Likewise a secret file that cannot be read, a configured Prefect server that does
     not answer, or a server that answers 401 to this process's credentials, would fail the run later (Prefect) or drop
@@ -167,7 +168,7 @@ def check_can_run(config) -> None:
 
     try:
         if config.training.executor.kind == "local":
-            resolve_device(config.training.device)
+            resolve_device(config.training.device, device_setting)
         # On an object store this also asks for its bucket and credentials, and takes over (saying so) the lock
         # that a killed run left.
         with output_lock(config.output.output_path, say=lambda line: print(line, file=sys.stderr)):

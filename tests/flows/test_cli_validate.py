@@ -172,6 +172,9 @@ def test_a_device_this_machine_lacks_exits_2_before_the_flow_starts(tmp_path, fa
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     (tmp_path / "c.yaml").write_text(VALID)
     assert cli_train.main(["--config", str(tmp_path / "c.yaml"), "--device", "cuda"]) == 2
+    # The flag is named, not the file's training.device (which may say cpu).
+    assert "--device is 'cuda' but no CUDA device is available" in capsys.readouterr().err
+    assert cli_train.main(["--config", str(tmp_path / "c.yaml"), "--set", "training.device=cuda"]) == 2
     assert "training.device is 'cuda' but no CUDA device is available" in capsys.readouterr().err
     assert calls == []
 

@@ -125,13 +125,15 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser):
     """Where a model comes from (fluxflow-generate, fluxflow-export): --checkpoint or --model (the returned group, for
     more sources), --tracking-uri and --config. Read by `checkpoint_model`."""
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a flow step's checkpoint (final.pt), path or fsspec URI")
+    # `~` in a path given as --flag=~/x: bash leaves it after `=`.
+    source.add_argument("--checkpoint", type=os.path.expanduser,
+                        help="a flow step's checkpoint (final.pt), path or fsspec URI")
     source.add_argument("--model", help="a registered model in MLflow: models:/<name>@champion (an alias) or "
                                         "models:/<name>/<version> (or its MLflow model folder, copied out)")
     p.add_argument("--tracking-uri", help="the MLflow store of --model, e.g. sqlite:///PATH (default: "
                                           "MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    p.add_argument("--config", help="the pipeline's config file, for a checkpoint that does not record its model "
-                                    "sizes")
+    p.add_argument("--config", type=os.path.expanduser,
+                   help="the pipeline's config file, for a checkpoint that does not record its model sizes")
     p.set_defaults(prog=p.prog)  # the command's name, for checkpoint_model's note
     return source
 
@@ -179,12 +181,13 @@ def parser() -> argparse.ArgumentParser:
                "--overwrite); 130 interrupted (Ctrl-C: the images listed so far are whole). Each path is printed as "
                "its image is written.")
     source = add_checkpoint_arguments(p)
-    source.add_argument("--weights", help="a folder written by fluxflow-export (config.json, model.safetensors)")
+    source.add_argument("--weights", type=os.path.expanduser,
+                        help="a folder written by fluxflow-export (config.json, model.safetensors)")
     p.add_argument("--prompt", action="append", default=[],
                    help="a text prompt (repeatable); the text encoder reads its first model.text_max_len tokens (bytes "
                         "for the byte-level encoder, BOS and EOS included): a longer one is named on stderr")
-    p.add_argument("--prompts-file", help="a file with one prompt per line (blank lines and lines starting with # "
-                                          "are skipped)")
+    p.add_argument("--prompts-file", type=os.path.expanduser,
+                   help="a file with one prompt per line (blank lines and lines starting with # are skipped)")
     # 10000, 100: fluxflow/sampling/request.py MAX_IMAGES, MAX_STEPS and GUIDANCE_MAX, written out (--help imports
     # nothing of the package).
     p.add_argument("--n", type=int, default=1, help="images per prompt, 1 to 10000, seeds seed..seed+n-1 (default 1)")

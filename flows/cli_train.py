@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                "(Ctrl-C), 143 terminated (SIGTERM), 141 its output's reader stopped (| head). Config reference: "
                "docs/CONFIG.md.",
     )
-    parser.add_argument("--config", required=True, metavar="FILE",
+    parser.add_argument("--config", required=True, metavar="FILE", type=os.path.expanduser,
                         help="pipeline config (YAML); see configs/ for examples")
     parser.add_argument("--validate-pipeline", action="store_true",
                         help="check the config and print the pipeline summary (steps, modes, freezes, transitions, "

@@ -1,5 +1,6 @@
 """`fluxflow-train`: exit codes, messages without tracebacks, --help, and the hand-over to the Prefect flow."""
 import os
+import shutil
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -156,7 +157,9 @@ def test_training_hands_the_resolved_config_to_the_flow_and_returns_its_exit_cod
     day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     assert calls[-1] == dict(output_path=f"nightly/{day}", device="auto", n_epochs=1, overrides=[])
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # `--output-dir=~/runs`: the shell leaves `~` after `=`
-    assert cli_train.main(["--config", "c.yaml", "--output-dir=~/runs"]) == 1
+    (tmp_path / "home").mkdir()
+    shutil.copy("c.yaml", tmp_path / "home" / "c.yaml")  # `--config=~/c.yaml` too: it was "not found: ~/c.yaml"
+    assert cli_train.main(["--config=~/c.yaml", "--output-dir=~/runs"]) == 1
     assert calls[-1]["output_path"] == str(tmp_path / "home" / "runs") and not (tmp_path / "~").exists()
 
 

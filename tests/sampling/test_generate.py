@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -54,12 +55,19 @@ def test_writes_one_image_per_prompt_and_seed_named_after_them(trained, tmp_path
     assert "Wrote 4 image(s)" in capsys.readouterr().out
 
 
-def test_an_output_written_with_a_tilde_is_under_home_not_a_folder_named_tilde(trained, tmp_path, monkeypatch):
-    _, checkpoint, _ = trained
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+def test_paths_written_with_a_tilde_are_under_home_not_a_folder_named_tilde(trained, tmp_path, monkeypatch):
+    """Bash leaves `~` as it is after `=`: the inputs were "not found: ~/..." where the output was expanded."""
+    config_file, checkpoint, _ = trained
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(checkpoint, home / "final.pt")
+    shutil.copy(config_file, home / "c.yaml")
+    (home / "prompts.txt").write_text("y\n")
+    monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(tmp_path)
-    assert generate_cli("--checkpoint", checkpoint, "--prompt", "x", "--output=~/images") == 0  # bash leaves this `~`
-    assert len(list((tmp_path / "home" / "images").iterdir())) == 1 and not (tmp_path / "~").exists()
+    assert generate_cli("--checkpoint=~/final.pt", "--config=~/c.yaml", "--prompt", "x", "--prompts-file=~/prompts.txt",
+                        "--output=~/images") == 0
+    assert len(list((home / "images").iterdir())) == 2 and not (tmp_path / "~").exists()
 
 
 @pytest.mark.slow  # the CLI end to end, in a process of its own

@@ -157,8 +157,9 @@ def check_can_run(config, device_setting: str = "training.device") -> None:
     the cluster's (check_cluster). Likewise a secret file that cannot be read, a configured Prefect server that does
     not answer, or a server that answers 401 to this process's credentials, would fail the run later (Prefect) or drop
     every MLflow record as rejected (flows/credentials.py); so would a local store MLflow cannot open (a file that is
-    not a database) or make or write (a read-only working directory). An MLflow server that does not answer at all
-    is not refused here: the run starts and its records wait (docs/OPERATIONS.md)."""
+    not a database) or make or write (a read-only working directory), and an experiment deleted in the MLflow UI. An
+    MLflow server that does not answer at all is not refused here: the run starts and its records wait
+    (docs/OPERATIONS.md)."""
     from flows.credentials import mlflow_refusal, prefect_refusal, prefect_unreachable
     from flows.mlflow_runs import resolve_tracking_uri, unusable_store  # the run's own store
     from fluxflow.checkpoints.lock import OutputDirUnusable, RunLockedError
@@ -178,7 +179,8 @@ def check_can_run(config, device_setting: str = "training.device") -> None:
     if env.CREDENTIALS_PROBLEM:
         raise Refused(env.CREDENTIALS_PROBLEM)
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
-    problem = prefect_unreachable() or prefect_refusal() or mlflow_refusal(uri) or unusable_store(uri)
+    problem = (prefect_unreachable() or prefect_refusal() or mlflow_refusal(uri)
+               or unusable_store(uri, config.tracking.experiment_name))
     if problem:
         raise Refused(problem)
 

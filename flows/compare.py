@@ -11,7 +11,6 @@ from flows import env  # noqa: F401  (must precede mlflow)
 import csv
 import json
 import math
-import shlex
 import sys
 import textwrap
 from collections import Counter
@@ -22,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.mlflow_names import (FINAL_PREFIX, PARENT_RUN_ID, TAG_KIND, TAG_LEAVES, TAG_OUTCOME, TAG_OUTPUT_DIR,
                                 TAG_PARENT_STEP, TAG_STEP_NAME, TAG_STEPS, TAG_SUPERSEDED_BY)
-from flows.mlflow_runs import find_runs, flatten_params
+from flows.mlflow_runs import deleted_experiment, find_runs, flatten_params
 from flows.hypotheses import Difference, HypothesisSummary, summarize
 from fluxflow.config.dag import leaf_names
 from fluxflow.wording import counted
@@ -346,9 +345,7 @@ def experiment_comparison(client: MlflowClient, name: str) -> tuple[Comparison, 
         listed = ", ".join(names[:EXPERIMENTS_LISTED]) + (", ..." if len(names) > EXPERIMENTS_LISTED else "")
         return f"no experiment named {name!r} at {client.tracking_uri}; --experiment names one of: {listed}"
     if experiment.lifecycle_stage == "deleted":  # its runs are deleted with it: it said "has no pipeline step runs"
-        # the store named in the command: without it, `mlflow` uses (and creates) ./mlflow.db wherever it is run
-        return (f"experiment {name!r} at {client.tracking_uri} is deleted; restore it with: MLFLOW_TRACKING_URI="
-                f"{shlex.quote(client.tracking_uri)} mlflow experiments restore -x {experiment.experiment_id}")
+        return deleted_experiment(client, experiment)
     pipelines = pipeline_runs(client, experiment.experiment_id)  # read once: for the leaves and what did not run
     runs = leaf_step_runs(client, experiment.experiment_id, pipelines)
     expected = expected_leaves(pipelines)

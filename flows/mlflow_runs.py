@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import sqlite3
 import tempfile
 from dataclasses import asdict, dataclass
@@ -21,7 +22,7 @@ from typing import Any
 from flows import env  # must precede mlflow
 
 import mlflow
-from mlflow.entities import RunTag
+from mlflow.entities import LifecycleStage, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
@@ -61,7 +62,11 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
 
 
 def experiment_id_for(client: MlflowClient, name: str) -> str:
+    """The id of experiment `name`, created when there is none. A deleted one (MLflow UI's "Delete") is refused:
+    MLflow rejects every record into it, so a run would train and keep nothing."""
     experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == LifecycleStage.DELETED:
+        raise StoreUnusable(deleted_run_experiment(client, experiment))
     if experiment is not None:
         return experiment.experiment_id
     try:
@@ -71,6 +76,19 @@ def experiment_id_for(client: MlflowClient, name: str) -> str:
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def deleted_experiment(client: MlflowClient, experiment) -> str:
+    """That `experiment` is deleted (its runs are kept, deleted with it), and the command that restores it. The store
+    is named in the command: without it, `mlflow` uses (and creates) ./mlflow.db wherever it is run."""
+    return (f"experiment {experiment.name!r} at {client.tracking_uri} is deleted; restore it with: MLFLOW_TRACKING_URI="
+            f"{shlex.quote(client.tracking_uri)} mlflow experiments restore -x {experiment.experiment_id}")
+
+
+def deleted_run_experiment(client: MlflowClient, experiment) -> str:
+    """`deleted_experiment` for a run's experiment: the field that names it, and the other way out (MLflow refuses to
+    create an experiment under a deleted one's name until it is purged)."""
+    return f"tracking.experiment_name: {deleted_experiment(client, experiment)}; or choose another name"
 
 
 def flatten_params(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -189,10 +207,28 @@ def unwritable_store(uri: str) -> str | None:
             "folder you can write, or name another store (MLFLOW_TRACKING_URI or tracking.tracking_uri)")
 
 
-def unusable_store(uri: str) -> str | None:
-    """Why a run cannot record into the store at `uri` (unwritable_store, then unreadable_store), or None: asked by
-    `fluxflow-train` before the flow starts, and by the flow itself, which a deployment runs without it."""
-    return unwritable_store(uri) or unreadable_store(uri)
+def unusable_store(uri: str, experiment_name: str | None = None) -> str | None:
+    """Why a run cannot record into the store at `uri` (unwritable_store, unreadable_store, then its experiment
+    `experiment_name` deleted), or None: asked by `fluxflow-train` before the flow starts, and by the flow itself,
+    which a deployment runs without it."""
+    problem = unwritable_store(uri) or unreadable_store(uri)
+    if problem or experiment_name is None:
+        return problem
+    return deleted_experiment_problem(uri, experiment_name)
+
+
+def deleted_experiment_problem(uri: str, name: str) -> str | None:
+    """Why a run cannot record into experiment `name` at `uri` (it is deleted: MLflow rejects each record, and the run
+    trained, kept nothing and exited 0), or None. Not asked: a store not made yet, and a server that does not answer
+    (the run starts and its records wait; `experiment_id_for` refuses it when the server answers)."""
+    path = sqlite_file(uri, SQLITE_PREFIX)
+    if path is not None and not path.exists() or unreachable_reason(uri) is not None:
+        return None
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None or experiment.lifecycle_stage != LifecycleStage.DELETED:
+        return None
+    return deleted_run_experiment(client, experiment)
 
 
 def is_sqlite_database(path: str) -> bool:
@@ -250,7 +286,8 @@ def _default_experiment_here(db: str) -> None:
 
 
 class StoreUnusable(NonRetryable):
-    """The run's MLflow store cannot be made, written or read (unusable_store's line): the flow run fails with it."""
+    """The run's MLflow store cannot be made, written or read, or its experiment is deleted (unusable_store's line):
+    the flow run fails with it."""
 
 
 class PipelineRun:

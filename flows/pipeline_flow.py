@@ -69,7 +69,7 @@ def open_tracking(config: PipelineConfig, steps: list,
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
     # Refused as `fluxflow-train` refuses it (a deployment run has no such check before the flow): one line, before
     # prepare_store makes a missing folder or MLflow fails with its traceback.
-    unusable = unusable_store(uri)
+    unusable = unusable_store(uri, config.tracking.experiment_name)
     if unusable:
         raise StoreUnusable(unusable)
     prepare_store(uri)  # a new local store: a copy of an empty one, not MLflow's migrations (flows/mlflow_runs.py)

@@ -249,6 +249,27 @@ def test_a_tracking_store_that_cannot_be_made_or_written_exits_2_before_the_flow
     assert calls == [] and not (read_only / "mlflow.db").exists()
 
 
+def test_a_deleted_experiment_exits_2_before_the_flow_starts_saying_how_to_restore_it(tmp_path, fake_flow, capsys,
+                                                                                       mlflow_store):
+    """Deleted in the MLflow UI, the experiment refused every record: the run trained, exited 0, recorded and
+    registered nothing, and said MLflow "has not answered" and the next run would catch up (it never did)."""
+    from mlflow.tracking import MlflowClient
+
+    _, calls = fake_flow
+    client = MlflowClient(mlflow_store)
+    deleted = client.create_experiment("hunt")
+    client.delete_experiment(deleted)
+    (tmp_path / "c.yaml").write_text(VALID + "tracking: {experiment_name: hunt}\n")
+    args = ["--config", str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path / "out"), "--quiet"]
+    assert cli_train.main(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"❌ tracking.experiment_name: experiment 'hunt' at {mlflow_store} is deleted; restore it with: "
+        f"MLFLOW_TRACKING_URI={mlflow_store} mlflow experiments restore -x {deleted}; or choose another name")
+    assert calls == []
+    client.restore_experiment(deleted)
+    assert cli_train.main(args) == 0 and len(calls) == 1
+
+
 def test_an_interrupted_run_into_a_dated_directory_names_it_to_resume(tmp_path, fake_flow, monkeypatch, capsys):
     # Ctrl-C on one day, the same command the next day: `{date}` would name a new directory and train from scratch.
     module, _ = fake_flow

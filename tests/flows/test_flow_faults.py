@@ -174,6 +174,27 @@ def test_a_config_refused_in_a_deployment_run_is_logged_as_readable_lines_once(t
     assert not [r for r in records if r.exc_info or r.msg.startswith("Engine execution exited")]
 
 
+def test_a_deleted_experiment_fails_the_flow_in_one_line_before_training(tmp_path, mlflow_store):
+    """A deployment run into an experiment deleted in the MLflow UI trained every step, dropped every record as
+    rejected ("The experiment 1 must be in the 'active' state") and finished, saying MLflow "has not answered"."""
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    from flows.pipeline_flow import pipeline_flow
+
+    client = MlflowClient(mlflow_store)
+    deleted = client.create_experiment("deleted")
+    client.delete_experiment(deleted)
+    records, state = flow_run_records(lambda: pipeline_flow(config(tmp_path, "deleted", STEPS), return_state=True))
+    says = (f"tracking.experiment_name: experiment 'deleted' at {mlflow_store} is deleted; restore it with: "
+            f"MLFLOW_TRACKING_URI={mlflow_store} mlflow experiments restore -x {deleted}; or choose another name")
+    assert state.is_failed() and state.message.endswith(says), state.message
+    assert [r.getMessage() for r in records if r.levelno >= logging.ERROR] == [
+        f"Encountered exception during execution: {says}"]
+    assert task_runs(state.state_details.flow_run_id) == {}  # nothing trained
+
+
 @pytest.mark.parametrize("where", ["a file", "no folder"])
 def test_a_store_the_run_cannot_make_fails_the_flow_in_one_line_before_training(tmp_path, mlflow_store, monkeypatch,
                                                                                 where):

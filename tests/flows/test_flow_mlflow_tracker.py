@@ -28,6 +28,21 @@ def setup(mlflow_store, tmp_path):
     return client, experiment, parent, out, steps
 
 
+def test_the_experiment_of_a_run_is_refused_when_deleted(mlflow_store):
+    """A step's recorder, finding the experiment by name (MLflow did not answer at the flow's start), took a deleted
+    one's id: each of its calls was then dropped as rejected, none saying why."""
+    from flows.mlflow_runs import StoreUnusable
+
+    client = MlflowClient(mlflow_store)
+    deleted = client.create_experiment("gone")
+    client.delete_experiment(deleted)
+    with pytest.raises(StoreUnusable, match=f"^tracking.experiment_name: experiment 'gone' at .* is deleted; restore "
+                                            f"it with: .* mlflow experiments restore -x {deleted}; or choose another"):
+        experiment_id_for(client, "gone")
+    client.restore_experiment(deleted)
+    assert experiment_id_for(client, "gone") == deleted
+
+
 def tracker(setup, session="s1"):
     client, experiment, parent, out, _ = setup
     return MlflowTracker(client, experiment, parent, out, session=session)

@@ -4,7 +4,8 @@ holds it, both evaluated now on the same held-out images and seeds (fluxflow/eva
 The pipeline flow calls `release_models` after its leaf steps: one `register-model` task per registered step
 (flows/registry.py), then one `promote-model` task that compares each new version with the champion, moves the alias
 or not, tags both versions with the comparison, tags the pipeline's MLflow run with the decision and publishes it as
-the Prefect artifact `<pipeline>-promotion`. The first version of a model (no champion yet) is promoted.
+the Prefect artifact `<pipeline>-promotion`. The first version of a model (no champion yet) is promoted, and so is
+a new one when the champion's files are missing from the artifact store.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from flows.mlflow_names import (TAG_CHECKPOINT_SHA256, TAG_DECISION_OF_RUN, TAG_
                                  TAG_STEP_NAME)
 from flows.registry import model_checkpoint, register_step, version_by_alias, versions_of
 from flows.mlflow_runs import TrackingTarget
+from flows.model_uri import missing_files_problem
 from flows.step_task import gpu_tag
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.config.promotion import evaluation_dataset, promotion_metric, registered_steps
@@ -187,11 +189,17 @@ def promote(config, client: MlflowClient, versions: list[str]) -> list[Decision]
         if champion == version:
             promoted, reason, champion_value = False, f"already the {alias}", value
         else:
+            unevaluated, gone = None, None
             try:
                 champion_value = metrics(champion, step).get(metric, math.nan) if champion else None
             except Exception as exc:  # its files are gone, or it cannot make this evaluation's images
-                champion_value, promoted = None, False
-                reason = f"the {alias} (version {champion}) could not be evaluated: {exc}"
+                # Files gone: no one can load the alias (fluxflow-generate refuses it), and keeping it refused every
+                # later version for good. It scores no number, so it is replaced as a NaN champion is.
+                gone = missing_files_problem(client, name, champion)
+                champion_value = math.nan if gone else None
+                unevaluated = None if gone else f"the {alias} (version {champion}) could not be evaluated: {exc}"
+            if unevaluated:
+                promoted, reason = False, unevaluated
             else:
                 if config.promotion.beyond_spread:
                     group = {v: metrics(v, steps[v]).get(metric, math.nan) for v in replicates[version]}
@@ -212,6 +220,8 @@ def promote(config, client: MlflowClient, versions: list[str]) -> list[Decision]
                                                                 config.promotion.min_improvement, seeds)
                 else:
                     promoted, reason = decide(value, champion_value, direction, config.promotion.min_improvement)
+                if gone and promoted:  # said instead of "the champion's value nan is not a number"
+                    reason = f"the {alias} cannot be evaluated: {gone}"
         decisions.append(Decision(name, version, step, metric, direction, config.promotion.min_improvement, value,
                                   champion, champion_value, promoted, reason))
         if promoted:

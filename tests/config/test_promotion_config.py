@@ -246,6 +246,50 @@ def test_promotion_beyond_the_spread_and_the_comparison_table_agree_on_the_same_
     assert str(client.get_model_version_by_alias("m", "champion").version) == versions[5]
 
 
+@pytest.mark.parametrize("champion_files", ["missing", "present"])
+def test_a_champion_whose_files_are_missing_is_replaced_and_one_that_fails_otherwise_keeps_the_alias(
+        mlflow_store, monkeypatch, tmp_path, champion_files):
+    """A champion whose files left the artifact store (a moved ./mlruns) could not be evaluated, so every new version
+    was "not promoted", for good: the alias pointed at a model no one could load (fluxflow-generate refuses it). It
+    scores no number now, as a NaN champion, and is replaced; one that fails for another reason still keeps it."""
+    import shutil
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from flows import promotion
+    from flows.mlflow_names import TAG_STEP_NAME
+
+    client = MlflowClient(mlflow_store)
+    client.create_registered_model("m")
+    for folder in ("old", "new"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.json").write_text("{}")
+        client.create_model_version("m", str(tmp_path / folder), tags={TAG_STEP_NAME: "flow"})
+    client.set_registered_model_alias("m", "champion", "1")
+    if champion_files == "missing":
+        shutil.rmtree(tmp_path / "old")
+
+    def metrics(version, step):
+        if version == "1":  # what model_checkpoint raised for files gone; a failure of its own for files present
+            raise MlflowException("No such artifact: ''" if champion_files == "missing" else "CUDA out of memory")
+        return {"eval_adherence_both": 0.6}
+
+    monkeypatch.setattr(promotion, "_evaluator", lambda config, client: metrics)
+    cfg = load_config(config({**FLOW, "after": "warm"}, tracking={"registered_model": "m"})).config
+    [decision] = promotion.promote(cfg, client, ["2"])
+    if champion_files == "missing":
+        assert decision.promoted and decision.reason == (
+            f"the champion cannot be evaluated: version 1 of 'm': its files are missing from the artifact store "
+            f"({tmp_path / 'old'})")
+        assert math.isnan(decision.champion_value)
+        assert str(client.get_model_version_by_alias("m", "champion").version) == "2"
+    else:
+        assert not decision.promoted
+        assert decision.reason == "the champion (version 1) could not be evaluated: CUDA out of memory"
+        assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
+
+
 @pytest.mark.parametrize("champion, challenger, seeds", [
     ([0.60, 0.50, 0.55], [0.64, 0.53, 0.575], ([0, 1, 2], [0, 1, 2])),  # paired: better at every seed
     ([0.60, 0.50, 0.55], [0.64, 0.53, 0.575], ([0, 1, 2], [3, 4, 5])),  # other seeds: Welch's, within

@@ -41,10 +41,12 @@ Order, ranks, resume and workers (what the resumable sampler means for a stream)
 from __future__ import annotations
 
 import gzip
+import hashlib
 import itertools
 import logging
 import lzma
 import multiprocessing
+import os
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -128,6 +130,23 @@ def _tar(url: str, f) -> tarfile.TarFile:
         raise DataError(f"webdataset shard {url} is not a tar archive (plain, gzip, bzip2 or xz)") from None
 
 
+def shards_fingerprint(shards: list[str]) -> str:
+    """sha256 over the shards' URLs, in url order, with each local shard's size and modification time: shards
+    regenerated at the same paths differ in them, and no tar is read. A shard on an object store or a server counts by
+    its URL alone (its size would cost a request per shard), so one replaced there under its name is not seen."""
+    digest = hashlib.sha256()
+    for shard in shards:
+        stat = "remote"
+        if "://" not in shard or shard.startswith("file://"):
+            try:
+                st = os.stat(shard.removeprefix("file://"))
+                stat = f"{st.st_size}\t{st.st_mtime_ns}"
+            except OSError:  # gone: the step stops when it opens it
+                stat = "missing"
+        digest.update(f"{shard}\t{stat}\n".encode("utf-8"))
+    return digest.hexdigest()
+
+
 class _ShardIndex:
     """Sample counts per shard (from headers, cached) and how many leading samples of each the holdout reserves."""
 
@@ -182,6 +201,11 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
         # Public: its state travels in a step's checkpoint (fluxflow/train/step_report.py).
         self.skips = SkipCounter(repr(urls))
         self.set_position(0, 0, 0, 1)
+
+    def fingerprint(self) -> str:
+        """What the shards are beyond the config (shards_fingerprint): keys the fd_ours feature network (as a folder's
+        `fingerprint()` does, fluxflow/evaluation/frechet.py)."""
+        return shards_fingerprint(self.shards)
 
     def set_position(self, seed: int, epoch: int, start_batch: int, batch_size: int) -> None:
         """Fix the next pass: epoch `epoch` of `seed`, starting at batch `start_batch` of this rank's batches of

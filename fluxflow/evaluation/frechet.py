@@ -4,14 +4,15 @@ It is not FID and must never be called that: FID uses ImageNet Inception-v3 feat
 which know nothing of 32-pixel procedural shapes. Here the feature network learns what the training captions say
 about the training images, so its features separate exactly what a caption can ask for (colour, shape, position,
 background, or the words of a folder dataset's captions). Numbers are comparable between runs that share the dataset
-config (the cache key below), not across datasets, and not with published FIDs.
+config and data (the cache key below), not across datasets, and not with published FIDs.
 
 The feature network:
 - input: images resized to at most FEATURE_SIZE pixels; three stride-2 convs, a 4x4 map, a FEATURE_DIM vector;
 - objective: multi-label prediction of the VOCAB_SIZE most frequent caption words that are not in every caption
   (a bag of words; for `shapes` these are its colours, shapes, backgrounds and positions);
 - training: N_TRAIN training images, fixed seed, on the CPU in fp32, in seconds; the global RNG is left untouched;
-- cached on disk, keyed by a hash of the dataset config, image size and this recipe (`feature_net_<hash>.pt`).
+- cached on disk, keyed by a hash of the dataset config, its training split's files (a folder's or a webdataset's
+  `fingerprint()`: names, captions, sizes, modification times), image size and this recipe (`feature_net_<hash>.pt`).
 
 The distance is ‖μ_a − μ_b‖² + tr(Σ_a) + tr(Σ_b) − 2·tr((Σ_a Σ_b)^½), computed in float64 with eigendecompositions
 (no scipy): tr((Σ_a Σ_b)^½) is the sum of the square roots of the eigenvalues of Σ_a^½ Σ_b Σ_a^½. With N images
@@ -136,30 +137,38 @@ def _fit(images: torch.Tensor, targets: torch.Tensor, epochs: int, seed: int) ->
     return net.eval().requires_grad_(False)
 
 
-def cache_key(ds_cfg, img_size: int, channels: int) -> str:
-    """Hash of what the cached network depends on: the dataset config, the image size and this recipe."""
+def cache_key(ds_cfg, img_size: int, channels: int, files: str | None = None) -> str:
+    """Hash of what the cached network depends on: the dataset config, the training split's `files` (its
+    `fingerprint()`; None where the config fixes the data, shapes, whose keys stay those made before files were in
+    them), the image size and this recipe."""
     if hasattr(ds_cfg, "model_dump"):
         ds_cfg = ds_cfg.model_dump(mode="json")
     recipe = {"version": RECIPE_VERSION, "feature_size": FEATURE_SIZE, "dim": FEATURE_DIM, "vocab": VOCAB_SIZE,
               "n_train": N_TRAIN, "epochs": EPOCHS, "batch": BATCH, "lr": LR, "seed": SEED}
-    return json_sha256({"dataset": ds_cfg, "img_size": img_size, "channels": channels, "recipe": recipe}, 16,
-                       compact=False)
+    inputs = {"dataset": ds_cfg, "img_size": img_size, "channels": channels, "recipe": recipe}
+    return json_sha256(inputs if files is None else {**inputs, "files": files}, 16, compact=False)
 
 
 def feature_net_for(train_set, ds_cfg, img_size: int, channels: int, cache_dir: str | Path) -> FeatureNet | None:
-    """The feature network of this dataset config: loaded from `cache_dir` when trained before, else trained on the
-    first N_TRAIN training images and saved there (atomically: a crash never leaves half a file). None, with a
-    warning, when their captions have no word that some of them lack (one caption for every image, as a DreamBooth-
-    style folder has): there is nothing to learn, and fd_ours is left out of the metrics instead of stopping the step
-    (a ValueError there failed every flow step on such a folder, retried, exit 1). `train_set` may be a function that
-    builds the split, called only when the network is not cached."""
-    path = Path(cache_dir) / f"feature_net_{cache_key(ds_cfg, img_size, channels)}.pt"
+    """The feature network of this dataset config and training data: loaded from `cache_dir` when trained before,
+    else trained on the first N_TRAIN training images and saved there (atomically: a crash never leaves half a file).
+    None, with a warning, when their captions have no word that some of them lack (one caption for every image, as a
+    DreamBooth-style folder has): there is nothing to learn, and fd_ours is left out of the metrics instead of
+    stopping the step (a ValueError there failed every flow step on such a folder, retried, exit 1). `train_set` may
+    be a function that builds the split.
+
+    The split's files are in the key, as in the latent cache's (fluxflow/cache/fingerprint.py): keyed on the config
+    alone, a folder whose captions were edited, or shards regenerated at their paths, were scored by a step trained
+    again in the same output directory with the network of the old data."""
+    train_set = train_set() if callable(train_set) else train_set
+    files = train_set.fingerprint() if hasattr(train_set, "fingerprint") else None
+    path = Path(cache_dir) / f"feature_net_{cache_key(ds_cfg, img_size, channels, files)}.pt"
     if path.exists():
         state = load_checkpoint(path)
         net = FeatureNet(int(state["channels"]), len(state["vocab"]))
         net.load_state_dict(state["weights"])
         return net.eval().requires_grad_(False)
-    images, captions = first_items(train_set() if callable(train_set) else train_set, N_TRAIN)
+    images, captions = first_items(train_set, N_TRAIN)
     if not caption_vocabulary(captions):
         log.warning("fd_ours is not computed: the training captions have no word that some of them lack (e.g. one "
                     "caption for every image)")

@@ -119,7 +119,7 @@ def step_context_params(config, step) -> dict[str, str]:
     in a fresh run), so these params never change within a run; without them two pipelines that differ only in
     `--set model.X=...` or their dataset look the same in the MLflow UI and in `fluxflow-compare`."""
     return {**flatten_params(config.model.model_dump(mode="json"), "model."),
-            **flatten_params(config.dataset_for(step).model_dump(mode="json"), "dataset.")}
+            **flatten_params(config.dataset_values(step), "dataset.")}
 
 
 # Runs per request of `find_runs` (MLflow's default and the most a server returns by default): one request answers

@@ -62,7 +62,7 @@ def step_key_parts(config) -> dict[str, dict]:
         ignored |= {k for k, v in KEY_NEUTRAL_VALUES.items() if getattr(step, k) == v}
         parts[step.name] = step_key_inputs(step.model_dump(mode="json", exclude=ignored),
                                            config.model.model_dump(mode="json"),
-                                           config.dataset_for(step).model_dump(mode="json"), parent_key)
+                                           config.dataset_values(step), parent_key)
     return parts
 
 
@@ -251,11 +251,15 @@ class StepFiles:
     @staticmethod
     def data_changed(then: dict | None, now: dict | None) -> str | None:
         """Why a latest.pt saved on the data `then` (its `data_identity`) does not resume on `now`, or None (the same,
-        or either not known: shapes, webdataset, a latest.pt written before it was recorded)."""
+        or either not known: shapes, a latest.pt written before it was recorded). A folder's identity counts its
+        items, a webdataset's its shards."""
         if None in (then, now) or then == now:
             return None
-        count = (f"{then['items']} -> {counted(now['items'], 'item')}" if then["items"] != now["items"]
-                 else f"the same {counted(now['items'], 'item')}, but other files or captions listed")
+        unit, other = (("shard", "shard files at their paths (sizes or modification times)") if "shards" in now
+                       else ("item", "files or captions listed"))
+        before, after = then.get(f"{unit}s"), now[f"{unit}s"]
+        count = (f"{before} -> {counted(after, unit)}" if before != after
+                 else f"the same {counted(after, unit)}, but other {other}")
         return f"its dataset changed since latest.pt: {count}"
 
     def set_aside_latest(self, why: str, say: Callable[[str], None] = print) -> None:

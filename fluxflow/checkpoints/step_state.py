@@ -35,8 +35,9 @@ class StepState:
     # from (a replaced input sets its latest.pt aside, as its final.pt), and its key inputs (to say what changed).
     input_sha256: str | None = None
     key_inputs: dict | None = None
-    # What the step's training data is (StepData.identity: a folder's item count and listing hash; None where the
-    # config alone fixes it, or it is not checked): a latest.pt saved on other data is set aside, as on another input.
+    # What the step's training data is (StepData.identity: a folder's item count and listing hash, a webdataset's
+    # shard count and the hash of their files; None where the config alone fixes it): a latest.pt saved on other data
+    # is set aside, as on another input.
     data_identity: dict | None = None
 
     def to_dict(self) -> dict[str, Any]:

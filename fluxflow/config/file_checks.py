@@ -295,6 +295,21 @@ def folder_issues(loc: tuple, ds) -> tuple[list[ConfigIssue], tuple[int, int]]:
     return [ConfigIssue((*loc, field), problem) for field, problem in problems.items() if problem][:1], (listed, unseen)
 
 
+WDS_VARIABLE = re.compile(r"\$\{(\w+)\}")  # `${NAME}` in a webdataset url, which webdataset reads from $WDS_NAME
+
+
+def substitute_wds_variables(url: str, *, keep_unset: bool = False) -> str:
+    """`url` with each `${NAME}` replaced by $WDS_NAME, as webdataset does. ValueError naming one that is not set;
+    with `keep_unset`, that one is left as written."""
+    def value(match: re.Match) -> str:
+        name = f"WDS_{match.group(1)}"
+        if name not in os.environ and not keep_unset:
+            raise ValueError(f"{url!r}: environment variable {name} is not set")
+        return os.environ.get(name, match.group(0))
+
+    return WDS_VARIABLE.sub(value, url)
+
+
 def expand_shards(urls: str | list[str]) -> list[str]:
     """The shards a webdataset's `urls` name, expanded as the webdataset package expands them (each string split at
     `::`, `${NAME}` replaced by $WDS_NAME, brace patterns `{000..009}` / `{a,b}` expanded; `~` in local paths too),
@@ -302,16 +317,11 @@ def expand_shards(urls: str | list[str]) -> list[str]:
     braces do not balance, a variable is not set, or nothing is named."""
     from braceexpand import UnbalancedBracesError, braceexpand  # webdataset's own dependency: always there with it
 
-    def variable(match: re.Match) -> str:
-        if f"WDS_{match.group(1)}" not in os.environ:
-            raise ValueError(f"{url!r}: environment variable WDS_{match.group(1)} is not set")
-        return os.environ[f"WDS_{match.group(1)}"]
-
     shards: list[str] = []
     for url in [urls] if isinstance(urls, str) else list(urls):
         for part in url.split("::"):
             try:
-                shards.extend(braceexpand(re.sub(r"\$\{(\w+)\}", variable, part)))
+                shards.extend(braceexpand(substitute_wds_variables(part)))
             except UnbalancedBracesError:
                 where = f" in {part!r}" if part != urls else ""  # a string is shown by the error already
                 raise ValueError(f"unbalanced braces{where} (a pattern is written like shards-{{000..009}}.tar)") \

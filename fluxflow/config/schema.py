@@ -14,7 +14,7 @@ from pydantic_core import PydanticCustomError
 
 from fluxflow.config.executor import ExecutorConfig
 from fluxflow.config.heldout_pairs import heldout_pairs, max_heldout_pairs, untrained_words
-from fluxflow.config.file_checks import expand_shards
+from fluxflow.config.file_checks import expand_shards, substitute_wds_variables
 from fluxflow.config.optim import OmitsDefaults, StrictModel
 from fluxflow.storage.location import check_output_uri, remote_uri
 from fluxflow.config.promotion import PromotionConfig, registered_model_name_problem
@@ -316,3 +316,16 @@ class PipelineConfig(StrictModel):
 
     def dataset_for(self, step: ResolvedStep) -> DatasetConfig:
         return self.training.pipeline.datasets[step.dataset]
+
+    def dataset_values(self, step: ResolvedStep) -> dict[str, Any]:
+        """The step's dataset config as JSON, with a webdataset's `${NAME}` in urls replaced by $WDS_NAME: what its
+        step key and MLflow params hold. Keyed on the variable's name, a run with another value skipped finished
+        steps for shards they never saw and resumed an interrupted one on them. Urls without a variable are the
+        config's own (keys made before stay the same); an unset variable is kept as written (the run does not start:
+        file_checks.shards_issues)."""
+        values = self.dataset_for(step).model_dump(mode="json")
+        if values["type"] == "webdataset":
+            urls = values["urls"]
+            values["urls"] = (substitute_wds_variables(urls, keep_unset=True) if isinstance(urls, str)
+                              else [substitute_wds_variables(url, keep_unset=True) for url in urls])
+        return values

@@ -198,14 +198,19 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
         # shared with the workers, says a smaller `length` once per run.
         self.said_length = int(length) if length is not None and world == 1 else None
         self._length_warned = multiprocessing.Value("b", 0)
+        # What a step's latest.pt records of its data (StepState.data_identity), as a folder's listing: the held-out
+        # head and each epoch's order follow from the shards, so a resume over shards regenerated at their paths (or
+        # other files there) replayed another stream without a word; it is set aside instead. The expanded list:
+        # a `${NAME}` in urls stands for whatever $WDS_NAME says now.
+        self.identity = {"shards": len(self.shards), "sha256": shards_fingerprint(self.shards)}
         # Public: its state travels in a step's checkpoint (fluxflow/train/step_report.py).
         self.skips = SkipCounter(repr(urls))
         self.set_position(0, 0, 0, 1)
 
     def fingerprint(self) -> str:
-        """What the shards are beyond the config (shards_fingerprint): keys the fd_ours feature network (as a folder's
-        `fingerprint()` does, fluxflow/evaluation/frechet.py)."""
-        return shards_fingerprint(self.shards)
+        """What the shards are beyond the config (shards_fingerprint, as this split was built): keys the fd_ours
+        feature network (as a folder's `fingerprint()` does, fluxflow/evaluation/frechet.py)."""
+        return self.identity["sha256"]
 
     def set_position(self, seed: int, epoch: int, start_batch: int, batch_size: int) -> None:
         """Fix the next pass: epoch `epoch` of `seed`, starting at batch `start_batch` of this rank's batches of

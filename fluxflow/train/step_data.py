@@ -30,7 +30,8 @@ class StepData:
     @property
     def identity(self) -> dict | None:
         """What the training data is, for a resume to check (fluxflow/data/folder.py: a folder's item count and the
-        hash of its listing); None where the config alone fixes it (shapes) or it is not checked (webdataset)."""
+        hash of its listing; webdataset_source.py: a webdataset's shard count and the hash of their paths, sizes and
+        modification times); None where the config alone fixes it (shapes)."""
         return getattr(self.train_set, "identity", None)
 
     @functools.cached_property

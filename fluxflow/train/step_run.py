@@ -146,10 +146,10 @@ class StepRun:
             state = start_state(config, parent)
         meta = StepState.of_checkpoint(state)
         self.data = load_step_data(config, self.step, device)
-        # A resume replays the running epoch's shuffle: of other items (images added to a folder since), part of the
-        # epoch would be trained twice and part not at all, and the held-out split would move. So the step starts
-        # again, as on a replaced input. A latest.pt that holds the last epoch is the finished step: kept, as a
-        # final.pt is (a folder's contents are not in the key).
+        # A resume replays the running epoch's shuffle: of other items (images added to a folder since, shards
+        # regenerated), part of the epoch would be trained twice and part not at all, and the held-out split would
+        # move. So the step starts again, as on a replaced input. A latest.pt that holds the last epoch is the
+        # finished step: kept, as a final.pt is (a folder's or shards' contents are not in the key).
         changed = self.resuming and not meta.completed and files.data_changed(meta.data_identity, self.data.identity)
         if changed:
             if self.main:

@@ -432,7 +432,7 @@ def test_a_latest_pt_resumes_on_the_data_it_was_saved_with_or_one_that_did_not_r
 
     folder = {"items": 32, "sha256": "a" * 64}
     assert StepFiles.data_changed(folder, dict(folder)) is None
-    # An older latest.pt (no data_identity), and shapes or webdataset data (None): not checked, resumed.
+    # An older latest.pt (no data_identity), and shapes data (None): not checked, resumed.
     assert StepState.of_checkpoint({"pipeline_metadata": {"batch": 4}}).data_identity is None
     assert StepFiles.data_changed(None, folder) is None and StepFiles.data_changed(folder, None) is None
     assert StepFiles.data_changed(folder, {"items": 40, "sha256": "b" * 64}) == (
@@ -443,6 +443,12 @@ def test_a_latest_pt_resumes_on_the_data_it_was_saved_with_or_one_that_did_not_r
     assert StepFiles.data_changed(folder, one) == "its dataset changed since latest.pt: 32 -> 1 item"
     assert StepFiles.data_changed(one, {"items": 1, "sha256": "d" * 64}) == (
         "its dataset changed since latest.pt: the same 1 item, but other files or captions listed")
+    shards = {"shards": 3, "sha256": "e" * 64}  # a webdataset's: its shards, regenerated or others
+    assert StepFiles.data_changed(shards, {"shards": 2, "sha256": "f" * 64}) == (
+        "its dataset changed since latest.pt: 3 -> 2 shards")
+    assert StepFiles.data_changed(shards, {"shards": 3, "sha256": "f" * 64}) == (
+        "its dataset changed since latest.pt: the same 3 shards, but other shard files at their paths (sizes or "
+        "modification times)")
 
 
 def test_a_holdout_pairs_seed_that_draws_nothing_retrains_no_step_and_is_said(tmp_path):

@@ -85,3 +85,30 @@ def test_image_statistics_fields_enter_a_steps_key_only_where_the_step_uses_the_
     assert key(lambda_histogram=0.5) == plain  # a weight of a term that is off changes nothing trained
     assert key(train_histogram=True) != plain
     assert key(train_histogram=True, lambda_histogram=0.5) != key(train_histogram=True)
+
+
+def webdataset_keys(tmp_path, urls) -> dict[str, str]:
+    from helpers_tiny import step_keys, tiny_raw
+
+    from fluxflow.config import load_config
+
+    raw = tiny_raw(tmp_path, [{"name": "a", "n_epochs": 1, "train_vae": True},
+                              {"name": "b", "n_epochs": 1, "train_vae": True}])
+    raw["training"]["pipeline"]["datasets"] = {"w": {"type": "webdataset", "urls": urls, "holdout": 2}}
+    raw["training"]["pipeline"]["default_dataset"] = "w"
+    return step_keys(load_config(raw).config)
+
+
+def test_a_webdataset_variable_enters_the_step_key_as_the_shards_it_names(tmp_path, monkeypatch):
+    """`${N}` in urls is $WDS_N: keyed on its name, a run with another value skipped the finished steps for shards
+    they never saw, and resumed an interrupted one on them."""
+    written = webdataset_keys(tmp_path, "/data/shard-{000..002}.tar")
+    # Pinned: the keys of urls without a variable stay those made before (their finished steps are not trained again).
+    assert written == {"a": "091a0fc198129b90", "b": "a8cae4fa39b49f84"}
+    assert webdataset_keys(tmp_path, ["/data/shard-{000..002}.tar"])["a"] == "d41571c9cd47d578"
+    monkeypatch.setenv("WDS_N", "{000..002}")
+    assert webdataset_keys(tmp_path, "/data/shard-${N}.tar") == written  # the same shards: the same keys
+    assert webdataset_keys(tmp_path, ["/data/shard-${N}.tar"])["a"] == "d41571c9cd47d578"
+    monkeypatch.setenv("WDS_N", "{001..002}")
+    other = webdataset_keys(tmp_path, "/data/shard-${N}.tar")
+    assert other["a"] != written["a"] and other["b"] != written["b"]

@@ -3,6 +3,7 @@ import io
 import itertools
 import json
 import logging
+import os
 import tarfile
 from types import SimpleNamespace
 
@@ -356,3 +357,25 @@ def test_the_skip_count_is_of_the_batches_trained_whatever_the_workers_and_acros
     resumed = train_set()
     resumed.skips.load_state_dict(killed.skips.state_dict())
     assert trained(resumed, 2, start=3) == uninterrupted  # was more: the read-ahead samples were counted twice
+
+
+def test_the_identity_a_resume_checks_is_the_expanded_shards_files_and_changes_when_they_are_regenerated(
+        shard_dir, monkeypatch):
+    """A step's latest.pt records it (as a folder's listing): a resume over shards regenerated at their paths, or
+    over the other shards a changed $WDS_ variable names, went on without a word, on another stream."""
+    monkeypatch.setenv("WDS_PART", "{000..003}")
+    urls = str(shard_dir / "shards-${PART}.tar")
+    first = build_dataset(cfg(urls), 8, 3, "train").identity
+    assert first["shards"] == SHARDS
+    assert build_dataset(cfg(urls), 8, 3, "train").identity == first  # the same files: it resumes
+    assert build_dataset(cfg(str(shard_dir / "shards-{000..003}.tar")), 8, 3, "train").identity == first
+    monkeypatch.setenv("WDS_PART", "{001..003}")
+    assert build_dataset(cfg(urls), 8, 3, "train").identity["shards"] == SHARDS - 1
+    monkeypatch.setenv("WDS_PART", "{000..003}")
+    shard = shard_dir / "shards-001.tar"
+    with open(shard, "wb") as f:
+        make_shard(f, 9)  # regenerated at its path, with other samples
+    later = shard.stat().st_mtime_ns + 10**9
+    os.utime(shard, ns=(later, later))
+    regenerated = build_dataset(cfg(urls), 8, 3, "train").identity
+    assert regenerated["shards"] == SHARDS and regenerated != first

@@ -140,6 +140,19 @@ def test_a_step_run_from_the_task_has_the_model_and_dataset_values_as_params(set
     assert params["gan_training"] == "True" and params["dataset"] == "shapes"  # the step's own fields stay
 
 
+def test_a_webdataset_variable_is_recorded_as_the_shards_it_names(tmp_path, monkeypatch):
+    """`${N}` in urls is $WDS_N: the run recorded the variable's name, never which shards it trained on."""
+    from flows.mlflow_runs import step_context_params
+
+    raw = tiny_raw(tmp_path, STEPS)
+    raw["training"]["pipeline"]["datasets"] = {"w": {"type": "webdataset", "urls": "/data/shard-${N}.tar"}}
+    raw["training"]["pipeline"]["default_dataset"] = "w"
+    config = load_config(raw).config
+    monkeypatch.setenv("WDS_N", "{001..002}")
+    assert step_context_params(config, config.step("warm"))["dataset.urls"] == "/data/shard-{001..002}.tar"
+    assert config.training.pipeline.datasets["w"].urls == "/data/shard-${N}.tar"  # the config keeps what was written
+
+
 def test_the_older_runs_of_a_step_whose_config_changed_say_which_run_replaced_them(setup):
     """Two FINISHED `warm` runs under one pipeline run, one per config: the UI must tell which one is current."""
     from flows.mlflow_names import TAG_SUPERSEDED_BY

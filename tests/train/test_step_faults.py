@@ -318,3 +318,55 @@ def test_images_added_while_a_step_is_interrupted_set_its_latest_pt_aside_and_it
     a, b = load_weights(again.ref.uri), load_weights(fresh.ref.uri)
     assert a["models"].keys() == b["models"].keys() and "compressor" in a["models"]
     assert all(torch.equal(a["models"][m][k], v) for m in b["models"] for k, v in b["models"][m].items())
+
+
+def test_shards_regenerated_or_named_otherwise_by_a_wds_variable_train_the_step_again(tmp_path, monkeypatch):
+    """A resume over regenerated shards replayed another stream without a word (the folder's listing was checked,
+    shards were not); and keyed on `${N}` rather than on what $WDS_N names, a run over other shards resumed the
+    interrupted step on them, or skipped the finished one."""
+    from test_data_webdataset import png_bytes, write_shard
+
+    def shards(first: int, n: int, words: str) -> None:
+        for s in range(first, first + n):
+            write_shard(tmp_path / f"w-{s}.tar", {f"{s}/{i}": {"png": png_bytes(20 * s + i),
+                                                               "txt": f"{words} {s} {i}".encode()} for i in range(9)})
+
+    def config(out):
+        raw = tiny_raw(out, [{"name": "vae", "n_epochs": 2, "train_vae": True}], no_samples=True,
+                       checkpoint_save_interval=2)
+        raw["training"]["pipeline"]["datasets"] = {"wds": {"type": "webdataset", "urls": str(tmp_path / "w-${N}.tar"),
+                                                           "holdout": 2}}
+        raw["training"]["pipeline"]["default_dataset"] = "wds"
+        return load_config(raw).config
+
+    shards(0, 3, "a red square")
+    monkeypatch.setenv("WDS_N", "{0..1}")  # 16 training samples: 4 batches of 4
+    out = tmp_path / "out"
+    clear_stop_request()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), pytest.raises(StepInterrupted, match="epoch 1, batch 2"):
+            run_pipeline(config(out), tracker=StopAt(out, 1, 2))
+    finally:
+        clear_stop_request()
+
+    shards(0, 2, "a blue circle")
+    for s in range(2):  # written a second later, as a regeneration is
+        later = (tmp_path / f"w-{s}.tar").stat().st_mtime_ns + 10**9
+        os.utime(tmp_path / f"w-{s}.tar", ns=(later, later))
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        [done] = run_pipeline(config(out))
+    printed = buffer.getvalue()
+    assert "Resuming from checkpoint" not in printed
+    assert ("Re-running step vae: its dataset changed since latest.pt: the same 2 shards, but other shard files at "
+            f"their paths (sizes or modification times); previous files moved to {out / 'checkpoints' / 'vae'}"
+            ) in printed, printed
+    assert done.ref.global_step == 2 * 4
+
+    monkeypatch.setenv("WDS_N", "{1..2}")
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        [again] = run_pipeline(config(out))
+    printed = buffer.getvalue()
+    assert "Skipping step vae" not in printed and again.ref.step_key != done.ref.step_key
+    assert "Re-running step vae: its dataset changed (urls: " in printed, printed

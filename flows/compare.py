@@ -241,9 +241,11 @@ def compare_runs(client: MlflowClient, runs: list, expected: dict[str, dict[str,
     # seed a difference between hypotheses whose first counted replicates had different seeds (one left out). Its
     # metrics are the means of the summary's spreads.
     configs = {label: joined_params([run.data.params for run in group]) for label, group in labelled.items()}
-    # The JSON file's too, one value per hypothesis that ran (the summary's columns): it was {}
-    summary.config = differing([configs[label] for label in groups])
-    return Comparison(labels=list(labelled), config=differing(list(configs.values())), summary=summary,
+    config = differing(list(configs.values()))
+    # The JSON file's too, the same keys with one value per hypothesis that ran (the summary's columns): it was {}
+    summary.config = {key: [value for label, value in zip(labelled, values) if label in groups]
+                      for key, values in config.items()}
+    return Comparison(labels=list(labelled), config=config, summary=summary,
                       metrics={metric: [by_label[label].mean if label in by_label else None for label in labelled]
                                for metric, by_label in summary.spreads.items()})
 
@@ -251,11 +253,12 @@ def compare_runs(client: MlflowClient, runs: list, expected: dict[str, dict[str,
 def differing(configs: list[dict], ignore=IDENTITY_PARAMS) -> dict[str, list[str]]:
     """The config keys (but `ignore`) whose values differ between the columns, one value per column. An unset option
     ("None") of one column and an option another column's optimizer type does not have are the same thing, not a
-    difference."""
+    difference. A column without params (a hypothesis none of whose replicates ran) shows MISSING and differs from
+    none: it made every key a difference."""
     found = {}
     for key in sorted({key for config in configs for key in config} - set(ignore)):
         values = [MISSING if (value := config.get(key, MISSING)) in ("None", "") else value for config in configs]
-        if len(set(values)) > 1:
+        if len({value for value, config in zip(values, configs) if config}) > 1:
             found[key] = values
     return found
 

@@ -429,9 +429,19 @@ def test_replicates_and_hypotheses_that_never_ran_are_said_and_a_step_whose_chil
     assert comparison.metrics["vae_loss"][2] is None
     assert [len(r) for r in comparison.summary.replicates.values()] == [3, 2]
     assert ["replicates", "3", "2", "0"] in compare.table_rows(comparison)  # a cell per column
+    # c has no params: the table's differences are those of the JSON (a and tail), c's cells "-"
+    assert comparison.config == {key: [*values, "-"] for key, values in comparison.summary.config.items()}
     assert cli_compare.main(["--experiment", "hypotheses", "--output", str(tmp_path / "cmp")]) == 0  # table, files
     assert "c (not run)" in capsys.readouterr().out
     assert (tmp_path / "cmp" / "compare_hypotheses.png").exists()
+
+
+def test_a_column_without_params_makes_no_difference_and_shows_a_dash_where_others_differ():
+    """A hypothesis none of whose replicates ran has no params: each key read "-" in its column, so every key was a
+    difference (79 config rows in the table, CSV and chart, where the runs differed in one)."""
+    ran_a, ran_b, not_run = {"cfg_dropout": "0.1", "batch_size": "4"}, {"cfg_dropout": "0.3", "batch_size": "4"}, {}
+    assert compare.differing([ran_a, not_run, ran_b]) == {"cfg_dropout": ["0.1", "-", "0.3"]}
+    assert compare.differing([ran_a, not_run]) == {}
 
 
 def test_a_comparison_reads_the_experiments_pipeline_runs_once(experiment, tmp_path, monkeypatch):

@@ -30,13 +30,32 @@ def add_version_argument(parser: argparse.ArgumentParser) -> None:
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """`parser.parse_args`, refusing an empty value (`--output-dir ""`): taken as unset or as ".", it would train,
-    write or read somewhere else than asked."""
+    write or read somewhere else than asked; and a value that is not UTF-8 text (`not_utf8`), in one line and exit 2,
+    as the epilogs promise."""
     args = parser.parse_args(argv)
     for action in parser._actions:
         value = getattr(args, action.dest, None)
-        if value == "" or isinstance(value, list) and "" in value:
-            parser.error(f"argument {'/'.join(action.option_strings)}: expected a value, got an empty one")
+        values = value if isinstance(value, list) else [value]
+        flag = "/".join(action.option_strings)
+        if "" in values:
+            parser.error(f"argument {flag}: expected a value, got an empty one")
+        if shown := next(filter(None, (not_utf8(v) for v in values if isinstance(v, str))), None):
+            parser.exit(refuse(parser.prog, f"{flag} is not valid UTF-8 text: {shown}"))
     return args
+
+
+def not_utf8(value: str) -> str | None:
+    """None for UTF-8 text; else `value` up to its first byte that is not UTF-8, that byte written \\xNN. Such a
+    byte in an argument (a prompt from a Latin-1 file through `$(cat ...)`) reaches Python as a lone surrogate, which
+    every later encode refuses: a traceback from the prompt encoder, MLflow's SQL store or Prefect's client (a path
+    too: the flow's parameters are JSON)."""
+    try:
+        value.encode("utf-8")
+        return None
+    except UnicodeEncodeError as exc:
+        start = max(0, exc.start - 40)  # enough of the text before it to find it
+        shown = os.fsencode(value[start:exc.start + 1]).decode("utf-8", "backslashreplace")
+        return ("..." if start else "") + shown
 
 
 def output_file_problem(output: str) -> str | None:

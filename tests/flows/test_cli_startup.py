@@ -149,6 +149,41 @@ def test_an_empty_value_is_a_usage_error_naming_the_flag(module, argv, capsys):
     assert f"error: argument {flag}: expected a value, got an empty one" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("module", "argv", "says"), [
+    # was refused as broken YAML, naming the key: now before the config is read, naming the flag
+    ("flows.cli_train", ["--config", str(REPO / "configs/tiny_test.yaml"), "--validate-pipeline",
+                         "--set", "tracking.experiment_name=caf\udce9"],
+     "fluxflow-train: --set is not valid UTF-8 text: tracking.experiment_name=caf\\xe9"),
+    ("flows.cli_generate", ["--checkpoint", "final.pt", "--prompt", "a red circle", "--prompt", "caf\udce9 au lait"],
+     "fluxflow-generate: --prompt is not valid UTF-8 text: caf\\xe9"),  # the prompt encoder's traceback, exit 1
+    ("flows.cli_export", ["--checkpoint", "final.pt", "--output", "caf\udce9"],
+     "fluxflow-export: --output is not valid UTF-8 text: caf\\xe9"),
+    ("flows.cli_compare", ["--experiment", "x" * 50 + "caf\udce9"],  # 71 lines of MLflow's traceback, exit 1
+     "fluxflow-compare: --experiment is not valid UTF-8 text: ..." + "x" * 37 + "caf\\xe9")],
+    ids=["train", "generate", "export", "compare"])
+def test_an_argument_that_is_not_utf8_is_one_line_naming_the_flag(module, argv, says, mlflow_store, tmp_path,
+                                                                   monkeypatch, capsys):
+    """A byte that is not UTF-8 in an argument (a prompt read from a Latin-1 file with `$(cat ...)`) reaches Python
+    as a lone surrogate, which every later encode refuses: a traceback from the prompt encoder, MLflow's store or
+    Prefect's client. Now refused before anything is read, with the text up to that byte shown as \\xNN."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with pytest.raises(SystemExit) as exited:
+        importlib.import_module(module).main(argv)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == says + "\n"
+    assert os.listdir(work) == []  # nothing made
+
+
+def test_a_command_line_byte_that_is_not_utf8_is_refused_by_the_command(tmp_path):
+    """As the shell passes it: bytes, decoded by Python with surrogateescape (the hunt's repro)."""
+    done = subprocess.run([sys.executable, "-m", "flows.cli_generate", "--checkpoint", "final.pt", "--prompt",
+                           b"caf\xe9"], capture_output=True, cwd=tmp_path, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert (done.returncode, done.stderr) == (2, b"fluxflow-generate: --prompt is not valid UTF-8 text: caf\\xe9\n")
+
+
 @pytest.mark.slow  # the CLI end to end, in a process of its own
 def test_a_refused_run_with_keep_server_leaves_its_server_findable(tmp_path):
     """--keep-server starts the server before the run's last checks: a run refused after it (here: the output

@@ -82,6 +82,15 @@ record_start() {
     printf '%s\n' "$3" >"$RUN_DIR/$1.$2"
 }
 
+# refuse_non_port PORT_VARIABLE PORT: exit 2 unless PORT (PORT_VARIABLE's value, or its default) is a port, 1-65535,
+# written without leading zeros. Its bind failed, which refuse_busy read as "in use by another process".
+refuse_non_port() {
+    if [[ ! "$2" =~ ^[1-9][0-9]{0,4}$ ]] || (($2 > 65535)); then
+        echo "❌ $1=$2 is not a port (1-65535)" >&2
+        exit 2
+    fi
+}
+
 # refuse_busy NAME HOST PORT PORT_VARIABLE: exit 2 when another process holds HOST:PORT: whatever answers there would
 # pass for the new server (which exits at once), and the script said "started" and printed the other one's address.
 refuse_busy() {
@@ -96,6 +105,7 @@ refuse_busy() {
 # Already running, it answers at once and exits: 0 with its pid and address when that is HOST:PORT, else 2.
 start_server() {
     local name="$1" host="$2" port="$3" variable="$4" recorded setting; shift 4
+    refuse_non_port "$variable" "$port"
     # What asked for another address: the port's variable, or the host's (FLUXFLOW_PREFECT_HOST beside _PORT)
     recorded="$(cat "$RUN_DIR/$name.address" 2>/dev/null)" || recorded=""
     setting="$variable"
@@ -165,6 +175,27 @@ stop_service() {
     fi
     rm -f "$pidfile" "$RUN_DIR/$name".{model,address,tag}
     echo "stopped $name (process group $pid)"
+}
+
+# take_arguments KNOWN "$@": a script's arguments, before it does anything: none, or one of the words KNOWN lists
+# ("stop", "--foreground stop"), which the script handles; -h or --help prints its usage and header comment, exit 0;
+# anything else is refused with the usage, exit 2. Only `stop` was read: --help or a mistyped stop started the service.
+take_arguments() {
+    local known="$1" usage="usage: bash scripts/$(basename "$0")" word; shift
+    [[ -n "$known" ]] && usage+=" [${known// / | }]"
+    if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
+        echo "$usage"
+        sed -n '2,/^[^#]/s/^# \{0,1\}\(.*\)/\1/p' "$0"  # the header comment, to the first line that is not one
+        echo "The variables every script reads (ports, hosts, FLUXFLOW_RUN_DIR, secret files): scripts/_service.sh."
+        exit 0
+    fi
+    for word in $known; do
+        [[ "${1:-}" == "$word" ]] && shift && break
+    done
+    if (($#)); then  # the first unless it is known, else a second: one too many
+        echo "❌ unknown argument '$1'; $usage (--help says more)" >&2
+        exit 2
+    fi
 }
 
 # stop_if_asked NAME ARG [SECONDS]: with ARG `stop`, stop_service NAME SECONDS and exit.

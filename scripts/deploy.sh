@@ -5,6 +5,7 @@
 # A server that asks for credentials: FLUXFLOW_PREFECT_AUTH_FILE, as for scripts/worker.sh.
 set -euo pipefail
 source "$(dirname "$0")/_service.sh"
+take_arguments "" "$@"
 # Entrypoints in prefect.yaml are relative to the repository root.
 cd "$REPO_ROOT"
 

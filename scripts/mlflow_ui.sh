@@ -8,6 +8,7 @@
 # open. Without the file the script refuses any host but loopback.
 set -euo pipefail
 source "$(dirname "$0")/_service.sh"
+take_arguments stop "$@"
 stop_if_asked mlflow-ui "${1:-}"  # `bash scripts/mlflow_ui.sh stop`: stopped, and gone when it returns
 cd "$REPO_ROOT"
 

@@ -19,14 +19,20 @@
 #   FLUXFLOW_RAY_OBJECT_STORE    bytes of object store per node (steps pass only references)   (default: 200 MB)
 set -euo pipefail
 source "$(dirname "$0")/_service.sh"
+take_arguments stop "$@"
 cd "$REPO_ROOT"
 
 RAY_PORT="${FLUXFLOW_RAY_PORT:-6379}"
-if [[ "${1:-}" != stop ]] && (( RAY_PORT >= 10002 && RAY_PORT <= 19999 )); then  # Ray refused it with a traceback
-    echo "❌ FLUXFLOW_RAY_PORT=$RAY_PORT lies within 10002-19999, the ports Ray gives its workers: choose another" >&2
-    exit 2
-fi
 DASHBOARD_PORT="${FLUXFLOW_RAY_DASHBOARD_PORT:-8265}"
+if [[ "${1:-}" != stop ]]; then
+    refuse_non_port FLUXFLOW_RAY_PORT "$RAY_PORT"  # `abc` was read as a variable below: "abc: unbound variable"
+    refuse_non_port FLUXFLOW_RAY_DASHBOARD_PORT "$DASHBOARD_PORT"
+    if (( RAY_PORT >= 10002 && RAY_PORT <= 19999 )); then  # Ray refused it with a traceback
+        echo "❌ FLUXFLOW_RAY_PORT=$RAY_PORT lies within 10002-19999, the ports Ray gives its workers: choose" \
+             "another" >&2
+        exit 2
+    fi
+fi
 CPUS="${FLUXFLOW_RAY_CPUS:-1}"
 GPUS="${FLUXFLOW_RAY_GPUS:-0}"
 OBJECT_STORE="${FLUXFLOW_RAY_OBJECT_STORE:-200000000}"

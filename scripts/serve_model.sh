@@ -11,6 +11,7 @@
 #   FLUXFLOW_MLFLOW_AUTH_FILE   the credentials of that store when it is a server that asks for them
 set -euo pipefail
 source "$(dirname "$0")/_service.sh"
+take_arguments stop "$@"
 stop_if_asked model-server "${1:-}"  # `bash scripts/serve_model.sh stop`: stopped, and gone when it returns
 cd "$REPO_ROOT"
 use_credentials  # the model is read through the tracking server: its credentials, from the secret file

@@ -9,6 +9,7 @@
 # /api/health stays open. Without the file the script refuses any host but loopback.
 set -euo pipefail
 source "$(dirname "$0")/_service.sh"
+take_arguments stop "$@"
 stop_if_asked prefect-server "${1:-}"  # `bash scripts/server.sh stop`: stopped, and gone when it returns
 
 HOST="${FLUXFLOW_PREFECT_HOST:-127.0.0.1}"

@@ -15,6 +15,7 @@
 # when a server answers 401 to them.
 set -euo pipefail
 source "$(dirname "$0")/_service.sh"
+take_arguments "--foreground stop" "$@"
 # `bash scripts/worker.sh stop`: stopped, and gone when it returns. 45 s before KILL: the worker gives the flow runs it
 # started (each in a session of its own) 30 s to save their step and stop, then ends them, then itself.
 stop_if_asked prefect-worker "${1:-}" 45

@@ -245,6 +245,49 @@ def test_a_server_script_refuses_a_port_another_process_holds(fake_env, script, 
     assert not Path(fake_env["FAKE_RECORD"]).exists()  # nothing was started
 
 
+@pytest.mark.parametrize(("script", "port_variable", "port"), [
+    ("server.sh", "FLUXFLOW_PREFECT_PORT", "abc"), ("server.sh", "FLUXFLOW_PREFECT_PORT", "0"),
+    ("mlflow_ui.sh", "FLUXFLOW_MLFLOW_PORT", "65536"), ("serve_model.sh", "FLUXFLOW_SERVE_PORT", "70000"),
+    ("ray_cluster.sh", "FLUXFLOW_RAY_PORT", "abc"), ("ray_cluster.sh", "FLUXFLOW_RAY_DASHBOARD_PORT", "80x")])
+def test_a_server_script_refuses_a_value_that_is_not_a_port_naming_its_variable(fake_env, script, port_variable, port,
+                                                                                tmp_path):
+    """Its bind failed (a ValueError, an OverflowError), which was read as a busy port: "port abc on 127.0.0.1 is in
+    use by another process", and a user went looking for a process that did not exist."""
+    fake_env.update(FLUXFLOW_MODEL_URI=str(tmp_path), **{port_variable: port})  # serve_model.sh: a model folder
+    done = run_script(script, fake_env)
+    assert (done.returncode, done.stderr) == (2, f"❌ {port_variable}={port} is not a port (1-65535)\n")
+    assert not Path(fake_env["FAKE_RECORD"]).exists() and not Path(fake_env["FLUXFLOW_RUN_DIR"]).exists()
+
+
+SCRIPT_USAGES = {"server.sh": "[stop]", "mlflow_ui.sh": "[stop]", "serve_model.sh": "[stop]",
+                 "worker.sh": "[--foreground | stop]", "deploy.sh": "", "ray_cluster.sh": "[stop]"}
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+@pytest.mark.parametrize("script", SCRIPT_USAGES)
+def test_a_script_asked_for_help_prints_its_usage_and_starts_nothing(fake_env, script, flag):
+    """Only `stop` was read (and worker.sh's --foreground): `bash scripts/server.sh --help` started the server and
+    left it running. Its header comment is its help."""
+    done = run_script(script, fake_env, flag)
+    assert done.returncode == 0, done.stderr
+    usage, header = done.stdout.split("\n", 1)
+    assert usage == f"usage: bash scripts/{script} {SCRIPT_USAGES[script]}".rstrip()
+    assert header.startswith((REPO / "scripts" / script).read_text().splitlines()[1].removeprefix("# "))
+    assert not Path(fake_env["FAKE_RECORD"]).exists() and not Path(fake_env["FLUXFLOW_RUN_DIR"]).exists()
+
+
+@pytest.mark.parametrize("args", [["stpo"], ["stop", "now"]], ids=["typo", "two"])
+@pytest.mark.parametrize("script", SCRIPT_USAGES)
+def test_a_script_refuses_an_argument_it_does_not_know_and_starts_nothing(fake_env, script, args):
+    """A mistyped `stop` started the service; `stop now` stopped it and ignored the rest."""
+    done = run_script(script, fake_env, *args)
+    usage = f"usage: bash scripts/{script} {SCRIPT_USAGES[script]}".rstrip()
+    unknown = args[1] if args[0] in SCRIPT_USAGES[script].strip("[]").split(" | ") else args[0]  # deploy.sh: stop
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"❌ unknown argument '{unknown}'; {usage} (--help says more)\n"
+    assert not Path(fake_env["FAKE_RECORD"]).exists() and not Path(fake_env["FLUXFLOW_RUN_DIR"]).exists()
+
+
 @pytest.mark.slow  # starts a stand-in server and asks it again twice: about 3 s (serve_model.sh: 6 s, MLflow's import)
 @pytest.mark.parametrize(("script", "name", "port_variable"), [
     ("server.sh", "prefect-server", "FLUXFLOW_PREFECT_PORT"), ("mlflow_ui.sh", "mlflow-ui", "FLUXFLOW_MLFLOW_PORT"),

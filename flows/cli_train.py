@@ -30,9 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a text-to-image model in the stages declared by a YAML config: each step runs as a task "
                     "of the Prefect flow 'fluxflow-pipeline' and is recorded as a nested MLflow run.",
         epilog="Exit codes: 0 done (or the config is valid), 1 a step failed, 2 invalid config, missing file, "
-               "broken YAML, bad arguments, a device this machine lacks or an output directory in use, 130 interrupted "
-               "(Ctrl-C), 143 terminated (SIGTERM), 141 its output's reader stopped (| head). Config reference: "
-               "docs/CONFIG.md.",
+               "broken YAML, bad arguments, a device this machine lacks, an output directory in use, an MLflow store "
+               "that cannot be written or a deleted experiment, or a step failure a rerun cannot fix (a full disk, "
+               "unusable data), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 141 its output's reader stopped "
+               "(| head). Config reference: docs/CONFIG.md.",
     )
     parser.add_argument("--config", required=True, metavar="FILE", type=os.path.expanduser,
                         help="pipeline config (YAML); see configs/ for examples")

@@ -20,7 +20,8 @@ ARCH = "there is one model architecture here, sized by the model section"
 WDS = "declare shards as a dataset instead: training.pipeline.datasets.<name>: {type: webdataset, urls: ...}"
 
 MODEL_NO_EFFECT = {
-    "pretrained_bert_model": "the text encoder is a small byte-level transformer trained here; nothing is downloaded",
+    "pretrained_bert_model": "the text encoder is model.text_encoder: the byte-level one trained here (the default), "
+                             "or type: pretrained with a local path; nothing is downloaded",
     "use_gradient_checkpointing": "the models are small enough to train without it",
     "model_type": ARCH, "model_version": ARCH, "baseline_activation": ARCH, "baseline_vae_width_mult": ARCH,
     "baseline_vae_depth_mult": ARCH, "baseline_flow_blocks": ARCH, "baseline_flow_ffn_expansion": ARCH,
@@ -38,7 +39,7 @@ DATA_NO_EFFECT = {
 TRAINING_NO_EFFECT = {
     "lr_min": "give a step a scheduler instead: optimization.schedulers.<group>.eta_min_factor",
     "preserve_lr": "optimizer and scheduler state are always restored on resume",
-    "training_steps": "each batch is one optimizer step per optimizer group",
+    "training_steps": "a step's optimizer steps are its batches / gradient_accumulation_steps (a step field)",
     "spade_training_mode": "SPADE is on for the whole step when train_spade is true",
 }
 OUTPUT_NO_EFFECT = {

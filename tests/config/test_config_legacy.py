@@ -187,6 +187,8 @@ def test_model_keys_of_the_original_warn_and_its_sizes_are_used(tmp_path):
     assert (loaded.config.model.vae_dim, loaded.config.model.text_embedding_dim) == (64, 128)
     text = "\n".join(loaded.warnings)
     assert "model.pretrained_bert_model: has no effect here" in text
+    # It points to the pretrained encoder that exists (it said the encoder could only be the byte-level one).
+    assert "type: pretrained with a local path" in text
     assert "model.use_gradient_checkpointing: has no effect here" in text
 
 

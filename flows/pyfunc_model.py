@@ -91,7 +91,7 @@ class TextToImageModel(PythonModel):
             self.model = load_text_to_image(context.artifacts[CHECKPOINT_ARTIFACT], device=device)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from fluxflow.sampling.generate import GenerationError, generate
+        from fluxflow.sampling.generate import generate, size_problem
 
         p = {spec.name: spec.default for spec in PARAMS.params} | (params or {})
         # fluxflow-generate's rules (fluxflow/sampling/request.py). Before, steps 0 answered with an image, n 0 with no
@@ -103,14 +103,15 @@ class TextToImageModel(PythonModel):
             # An MlflowException keeps its message over REST: the scoring server answers it with HTTP 400 and the
             # message, where any other exception becomes a 400 saying only "unexpected error".
             raise MlflowException(problem, error_code=INVALID_PARAMETER_VALUE)
+        prompts = prompts_of(model_input)
+        size = int(p["size"]) or self.model.img_size  # 0: the size it was trained at
+        if wrong := size_problem(self.model, size):  # named as the request sets it, as its other params are
+            raise MlflowException(f"params size {wrong}", error_code=INVALID_PARAMETER_VALUE)
         rows = []
-        for prompt in prompts_of(model_input):
+        for prompt in prompts:
             for seed in range(int(p["seed"]), int(p["seed"]) + int(p["n"])):
-                try:
-                    image = generate(self.model, prompt, seed, steps=int(p["steps"]), guidance=float(p["guidance"]),
-                                     size=int(p["size"]) or None)
-                except GenerationError as exc:  # a size the model cannot make: its message too
-                    raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
+                image = generate(self.model, prompt, seed, steps=int(p["steps"]), guidance=float(p["guidance"]),
+                                 size=size)
                 rows.append({PROMPT: prompt, "seed": seed, "image": png_base64(image)})
         return pd.DataFrame(rows, columns=[PROMPT, "seed", "image"])
 

@@ -23,7 +23,7 @@ def resolve_device(requested: str | None, setting: str = "training.device") -> t
     except RuntimeError:  # torch's own words list every device type it knows of
         raise DeviceUnavailable(f"{setting} is {requested!r}, not a device (use 'auto', 'cpu' or 'cuda')") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailable(f"{setting} is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+        raise DeviceUnavailable(f"{setting} is {requested!r} but no CUDA device is available (use 'auto' or 'cpu')")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise DeviceUnavailable(f"{setting} is 'mps' but no Apple GPU is available (use 'auto' or 'cpu')")
     return device

@@ -58,10 +58,11 @@ def test_a_missing_or_blank_prompt_is_refused_naming_it(prompt, message):
 
 
 @pytest.mark.parametrize(("size", "message"), [
-    (12, "image size must be a positive multiple of 8 (downscale × patch_size); got 12"),
-    (72, "image size must be at most 64 (4× the 16 px the model was trained at")])
+    (12, "params size must be a positive multiple of 8 (downscale × patch_size); got 12"),
+    (72, "params size must be at most 64 (4× the 16 px the model was trained at")])
 def test_a_size_the_model_cannot_make_is_refused_without_fluxflow_generates_flag(size, message):
-    """The size rule is fluxflow-generate's, whose message names --size: a request sets params size, not a flag."""
+    """The size rule is fluxflow-generate's, whose message names --size: a request sets params size, not a flag, and
+    is told so as of its other params ('params steps ...'; it said 'image size')."""
     model = pyfunc()
     model._model_impl.python_model.model = SimpleNamespace(  # the sizes that rule reads, no weights
         model_config=SimpleNamespace(downscale=4, patch_size=2), img_size=16)
@@ -89,6 +90,7 @@ def test_a_seed_that_is_not_an_integer_is_refused_even_without_the_signature(see
 
 @pytest.mark.parametrize(("device", "said"), [
     ("cuda", "model_config[\"device\"] is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')"),
+    ("cuda:1", "model_config[\"device\"] is 'cuda:1' but no CUDA device is available (use 'auto' or 'cpu')"),
     ("bogus", "model_config[\"device\"] is 'bogus', not a device (use 'auto', 'cpu' or 'cuda')")])
 def test_a_device_the_machine_lacks_is_named_as_model_config_set_it(device, said, monkeypatch):
     """It said ".../weights/model.safetensors does not fit .../config.json: training.device is 'cuda' ...": the

@@ -77,11 +77,13 @@ def key_of(inputs: dict) -> str:
 # `on_missed` says what follows a missed threshold, read from the config in force when the step's outcome is known
 # (fluxflow/train/pipeline_schedule.py), so accepting a miss (fail -> continue) runs the children, not the step again;
 # `n_epochs` acts only through the resolved `transition_on.max_epochs` (n_epochs, or a loss_threshold transition's own
-# bound), which stays, so a change of it for other steps retrains no step with its own max_epochs.
+# bound), which stays, so a change of it for other steps retrains no step with its own max_epochs; `eval_interval`
+# adds held-out evaluations at epoch ends, which read the weights and change none (asking a finished step for them
+# trained it and every step below it again).
 # They stay in the key (keys of finished steps must not change), and a finished step whose key differs only in them
 # is reused (`weights_keys`; files written before a field joined this list recorded a weights_key with it, and are
 # reused when their key is the same).
-WEIGHT_NEUTRAL_FIELDS = ("workers", "index", "on_missed", "n_epochs")
+WEIGHT_NEUTRAL_FIELDS = ("workers", "index", "on_missed", "n_epochs", "eval_interval")
 
 
 def weights_dataset(dataset: dict) -> dict:

@@ -310,21 +310,12 @@ def _overridden_warnings(config: PipelineConfig) -> list[str]:
 
 
 def _unused_lr_warnings(config: PipelineConfig) -> list[str]:
-    """A step's `lr` is the lr of its optimizers that set none (steps.py _resolve_optimization): a step that sets it
-    while every optimizer it trains sets its own (on the step or in the defaults) would not train at it."""
+    """The defaults' `lr`, which no step may take: each sets its own, or every optimizer it trains does (a step's own
+    is said by _unused_field_warnings: config/modes.py unused_fields). Not training.lr: the global default that the
+    shipped configs write, and a step key's value since keys exist."""
     pipe, warnings = config.training.pipeline, []
-    takes_lr = []  # the steps that would train at an lr inherited from the defaults or from training.lr
-    for step, written in zip(pipe.steps, config.written_steps()):
-        own = merged_step_fields(step, pipe.defaults).get("optimization", {}).get("optimizers", {})
-        groups = list(written.optimization.optimizers)
-        every_own = all(own.get(group, {}).get("lr") is not None for group in groups)
-        if step.lr is not None and every_own:
-            warnings.append(f"{format_path((*STEPS, written.index, 'lr'))}: has no effect: every optimizer of the "
-                            f"step sets its own lr ({', '.join(groups)})")
-        elif step.lr is None and not every_own:
-            takes_lr.append(step.name)
-    # The same for the defaults' lr, which no step may take (it was said nowhere). Not training.lr: the global
-    # default that the shipped configs write, and a step key's value since keys exist.
+    takes_lr = [step.name for step, written in zip(pipe.steps, config.written_steps())
+                if step.lr is None and written.lr_read]
     if pipe.defaults.lr is not None and not takes_lr:
         warnings.append("training.pipeline.defaults.lr: has no effect: every step sets its own lr or every optimizer "
                         "of it does")

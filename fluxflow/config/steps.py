@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import AfterValidator, BeforeValidator, Field, create_model, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, PrivateAttr, create_model, field_validator
 
 from fluxflow.config import modes
 from fluxflow.config.dag import descendants
@@ -188,6 +188,13 @@ class ResolvedStep(OmitsDefaults, StepSettings):
     # The written step this one trains: its own name, or for a seed replicate the step it replicates
     # (replicate_steps below). A label: not part of the step key.
     hypothesis: str
+    # Whether an optimizer of the step trains at its `lr` (one that sets no lr of its own): known only where the
+    # optimizers are resolved, which fills in their lr. Not a config field (not dumped, not in the key).
+    _lr_read: bool = PrivateAttr(True)
+
+    @property
+    def lr_read(self) -> bool:
+        return self._lr_read
 
 
 # training.<key> that steps inherit as their <key>; with the pipeline's default dataset and data.img_size they are the
@@ -242,7 +249,11 @@ def resolve_step(index: int, step: StepConfig, defaults: StepDefaults, globals_:
                                          window=transition.get("window") or TRANSITION_WINDOW)
     resolved = ResolvedStep(index=index, name=step.name, parent=step.after if step.after is not None else previous,
                             hypothesis=step.name, **values)
-    return resolved.model_copy(update={"optimization": _resolve_optimization(resolved)})
+    written = resolved.optimization
+    resolved = resolved.model_copy(update={"optimization": _resolve_optimization(resolved)})
+    resolved._lr_read = any(written.optimizers.get(g, OptimizerConfig()).lr is None
+                            for g in modes.optimizer_groups(resolved))
+    return resolved
 
 
 def _resolve_optimization(step: ResolvedStep) -> Optimization:

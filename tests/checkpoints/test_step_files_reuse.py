@@ -327,6 +327,34 @@ def test_a_changed_field_the_step_never_reads_retrains_nothing(tmp_path):
     assert plan_step(used, "warm").completed() is not None and plan_step(used, "gan").completed() is None
 
 
+@pytest.mark.parametrize("change", ["eval_interval", "the step's lr", "training.lr"])
+def test_a_value_that_changes_no_weight_retrains_no_finished_step(tmp_path, change):
+    """Asking a finished step for epoch-end evaluations (eval_interval), or changing an lr that no optimizer of the
+    step takes (each sets its own; the step's lr was even warned about as having no effect), said "Re-running step
+    warm: its configuration changed" and trained it and its child again, to weights equal to the last bit. An lr an
+    optimizer does take still retrains."""
+    out = tmp_path / "out"
+    own = {"optimization": {"optimizers": {"vae": {"lr": 1e-3}}}}
+    gan = {"name": "gan", "n_epochs": 1, "max_steps": 2, "train_vae": True, "gan_training": True}
+    before = tiny_config(out, [dict(VAE_STEP, **own), gan])
+    for name in ("warm", "gan"):
+        files = plan_step(before, name)
+        _finished_as(files, files.key)
+        payload = json.loads(files.ref_json.read_text())
+        files.ref_json.write_text(json.dumps(dict(payload, weights_key=files.weights_key)))
+    if change == "eval_interval":
+        after = tiny_config(out, [dict(VAE_STEP, **own, eval_interval=1), gan])
+    elif change == "the step's lr":
+        after = tiny_config(out, [dict(VAE_STEP, **own, lr=5e-4), gan])
+    else:  # the gan step's optimizers take training.lr: it trains again
+        raw = tiny_raw(out, [dict(VAE_STEP, **own), gan])
+        raw["training"]["lr"] = 5e-4
+        after = load_config(raw).config
+    assert plan_step(after, "warm").key != plan_step(before, "warm").key  # keys of finished steps stay as they were
+    reused = [plan_step(after, n).completed() is not None for n in ("warm", "gan")]
+    assert reused == ([True, False] if change == "training.lr" else [True, True])
+
+
 def _in_progress(files, step_key: str, input_sha256: str | None, key_inputs: dict | None = None) -> None:
     """A latest.pt of a step interrupted mid-way (no final.pt, no ref.json)."""
     from fluxflow.checkpoints.io import save_checkpoint

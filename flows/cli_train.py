@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         # of torch, Prefect and MLflow that follow (flows/prefect_server.py).
         server = start_temporary_server(keep=args.keep_server)
         check_can_run(config, device_setting="--device" if args.device else "training.device")
+        # Prefect, MLflow and torch, a second or more: imported here, a Ctrl-C meanwhile is the one line below (in
+        # train() it escaped as a 40-line traceback, the process killed by SIGINT).
+        from flows.cli_flow_run import run_pipeline_flow
         if ctrl_c():  # its KeyboardInterrupt was raised where Python ignores exceptions (below)
             raise KeyboardInterrupt
     except (Refused, KeyboardInterrupt) as exc:
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED if interrupted else EXIT_FIX_INPUT
     finally:
         ctrl_c(restore=True)
-    return train(config, args.overrides, dated=loaded.dated)
+    return train(run_pipeline_flow, config, args.overrides, dated=loaded.dated)
 
 
 def remember_ctrl_c():
@@ -200,11 +203,10 @@ def check_cluster(config) -> None:
         raise Refused(str(exc)) from None
 
 
-def train(config, overrides: list[str], dated: bool = False) -> int:
-    """Run the flow; Ctrl-C and SIGTERM end it with 130 / 143 once the running steps have saved their batch.
-    `dated`: the output directory came from `{date}`, so the same command on another day would not resume it."""
-    from flows.cli_flow_run import run_pipeline_flow
-
+def train(run_pipeline_flow, config, overrides: list[str], dated: bool = False) -> int:
+    """Run the flow (flows/cli_flow_run.py run_pipeline_flow); Ctrl-C and SIGTERM end it with 130 / 143 once the
+    running steps have saved their batch. `dated`: the output directory came from `{date}`, so the same command on
+    another day would not resume it."""
     # SIGTERM ends the process through Python's exit path, as Ctrl-C does: Prefect hands the signal back to this
     # handler once the flow has stopped its steps, and the exit stops Prefect's temporary API server
     # (flows/prefect_server.py), which the default action (die at once) would leave for its parent-death signal.

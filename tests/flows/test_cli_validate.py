@@ -182,6 +182,25 @@ def test_a_device_this_machine_lacks_exits_2_before_the_flow_starts(tmp_path, fa
     assert calls == []
 
 
+def test_ctrl_c_while_the_flow_s_libraries_import_is_one_line_and_130(tmp_path, fake_flow, capsys, monkeypatch):
+    """The import of Prefect, MLflow and torch (a second or more) ran outside the checks' handling: a Ctrl-C then
+    escaped as a 40-line traceback and the process died by SIGINT."""
+    class Importing(types.ModuleType):
+        def __getattr__(self, name):
+            if name == "run_pipeline_flow":  # Ctrl-C while `from flows.cli_flow_run import run_pipeline_flow` runs
+                raise KeyboardInterrupt
+            raise AttributeError(name)  # what inspect asks of every module (`__file__`)
+
+    monkeypatch.setitem(sys.modules, "flows.cli_flow_run", Importing("flows.cli_flow_run"))
+    (tmp_path / "c.yaml").write_text(VALID)
+    try:
+        code = cli_train.main(["--config", str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path / "out")])
+    except KeyboardInterrupt:
+        code = "escaped"
+    assert code == 130
+    assert capsys.readouterr().err.endswith("Interrupted before training started: nothing was trained or changed.\n")
+
+
 def test_an_output_directory_another_run_holds_exits_2_before_the_flow_starts(tmp_path, fake_flow, capsys):
     from fluxflow.checkpoints.lock import RunLock
 

@@ -29,6 +29,10 @@ class StepState:
     rng: dict | None = None  # fluxflow/checkpoints/rng_state.py
     monitor: dict | None = None  # TransitionMonitor.state_dict()
     report: dict | None = None  # StepReport.state_dict(): the counts a step reports continue after a resume
+    # Trainer.last_lr: the lr of each group's latest update, which every log line reports until the next update (a
+    # resume inside an accumulation window logs it too); {} before the step's first update, or written before it was
+    # saved (such a resume logs no lr_<group> until its first update).
+    last_lr: dict = field(default_factory=dict)
     completed: bool = False  # the step's last epoch is saved: only final.pt is left to write
     outcome: str | None = None  # the transition outcome, once completed
     # What ref.json records for a finished step, here for one in progress: the sha256 of the checkpoint it started

@@ -83,7 +83,7 @@ class StepReport:
             history.setdefault(k, []).append(v)
         elapsed = time.perf_counter() - self._tick
         pos = self.position
-        # the lr of each group's latest update (none yet in a resumed accumulation window's first batches)
+        # the lr of each group's latest update (none before the step's first)
         logged = {**self.last_means, **{f"lr_{group}": lr for group, lr in self.trainer.last_lr.items()}}
         if pos.batch == self.data.batches_per_epoch:
             logged.update(self.skipped_counts())

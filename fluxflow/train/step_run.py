@@ -232,13 +232,15 @@ class StepRun:
             runner_line(self.tracker, line)
 
     def _resume(self, state: dict, meta: StepState) -> tuple[int, int]:
-        """Put back what latest.pt saved beyond the weights: position, optimizers, schedulers, monitor, RNG."""
+        """Put back what latest.pt saved beyond the weights: position, optimizers, schedulers, the lr of the latest
+        update, monitor, RNG."""
         pos = self.position
         pos.epoch, pos.batch = meta.current_step_epoch, meta.batch
         for group, opt in self.trainer.optimizers.items():
             opt.load_state_dict(state["optimizers"][group])
         for group, sched in self.trainer.schedulers.items():
             sched.load_state_dict(state["schedulers"][group])
+        self.trainer.last_lr = dict(meta.last_lr)
         self.monitor.load_state_dict(meta.monitor)
         restore_rng_state(meta.rng)
         # Counted from 1, as the plan's "Step N:" and the progress line's "(N/M)" count steps, and epochs here
@@ -373,6 +375,7 @@ class StepRun:
                 step_config=step.model_dump(mode="json"), seed=step.seed, step_start_epoch=pos.start_epoch,
                 current_step_epoch=pos.epoch, batch=pos.batch, step_metrics=self.report.history,
                 rng=capture_rng_state(), monitor=self.monitor.state_dict(), report=self.report.state_dict(),
+                last_lr=dict(t.last_lr),
                 completed=completed, outcome=self.outcome, input_sha256=self.files.input_sha256,
                 key_inputs=self.files.key_inputs, data_identity=self.data.identity,
             ).to_dict(),

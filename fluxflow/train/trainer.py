@@ -49,7 +49,8 @@ class Trainer:
     cached_latents: bool = False
     text_cache: TextCache | None = None
     # The lr each group's latest update used (its first parameter group's; the no-decay group has the same lr), for
-    # the log's `lr_<group>`: python floats, read before the schedules step, so logging them costs no host sync.
+    # the log's `lr_<group>`: python floats, read before the schedules step, so logging them costs no host sync. Saved
+    # in latest.pt (StepState.last_lr), so a resumed run logs them where an uninterrupted one does.
     last_lr: dict[str, float] = field(default_factory=dict)
 
     def train_batch(self, images: torch.Tensor, captions: list[str], global_step: int, update: int,

@@ -33,6 +33,9 @@ class StepState:
     # resume inside an accumulation window logs it too); {} before the step's first update, or written before it was
     # saved (such a resume logs no lr_<group> until its first update).
     last_lr: dict = field(default_factory=dict)
+    # Saved at an epoch's end before that end's samples and evaluation were made (fluxflow/train/step_run.py,
+    # end_epoch): a resume makes them before it trains on. False once a later save passed them; read on resume only.
+    epoch_end_due: bool = False
     completed: bool = False  # the step's last epoch is saved: only final.pt is left to write
     outcome: str | None = None  # the transition outcome, once completed
     # What ref.json records for a finished step, here for one in progress: the sha256 of the checkpoint it started

@@ -186,10 +186,13 @@ class StepRun:
         self.position = Position(start_epoch=start_epoch, global_step=int((state or {}).get("global_step", 0)))
         # A step killed after its last epoch was saved (before final.pt) has nothing left to train.
         self.outcome: str | None = meta.outcome if self.resuming and meta.completed else None
+        # A run killed during an epoch end's samples or evaluation (its latest.pt was saved first): `train` makes them.
+        self.epoch_end_due = self.resuming and meta.epoch_end_due
         self.resumed_from = self._resume(state, meta) if self.resuming else None
-        if self.main:  # lines a killed run logged after the position this one starts from will be logged again
+        if self.main:  # lines a killed run logged after the position this one starts from will be logged again; so
+            # will the evaluation at that position of a completed step (`finish`) or of an epoch end that is due
             trim_jsonl(files.metrics, self.position.global_step,
-                       keep_evaluation_at_end=not (self.resuming and meta.completed))
+                       keep_evaluation_at_end=not (self.resuming and (meta.completed or meta.epoch_end_due)))
         self.report = StepReport(tracker, config=config, step=self.step, files=files, data=self.data,
                                  monitor=self.monitor, position=self.position, trainer=self.trainer, device=device,
                                  say=self.say, history=meta.step_metrics)
@@ -250,6 +253,8 @@ class StepRun:
 
     def train(self) -> StepOutcome:
         self.report.started(self.resuming)
+        if self.epoch_end_due:
+            self.epoch_end_outputs()
         while self.outcome is None:
             self.run_epoch()
         return self.finish()
@@ -321,8 +326,10 @@ class StepRun:
                 self.interrupted()
 
     def end_epoch(self) -> None:
-        """The epoch's end. latest.pt is saved marked completed when the step is done, so a kill before final.pt
-        finishes without training again; the final evaluation runs in `finish`."""
+        """The epoch's end. latest.pt is saved first, as the next epoch's start: marked completed when the step is
+        done, so a kill before final.pt finishes without training again (the final evaluation runs in `finish`), and
+        marked `epoch_end_due`, so a kill before the epoch end's samples and evaluation are made has the resume make
+        them (the next save clears the mark: no second save per epoch)."""
         pos = self.position
         smoothed = self.monitor.smoothed()
         metric = smoothed if smoothed is not None else self.report.last_means.get(self.monitor.metric or "")
@@ -330,10 +337,17 @@ class StepRun:
             schedule.after_epoch(metric)
         pos.epoch, pos.batch = pos.epoch + 1, 0
         self.outcome = self.monitor.outcome_after_epoch(pos.epoch, smoothed)
-        self.save(completed=self.outcome is not None)  # untimed too: the next epoch's start restarts the clock
-        self.report.samples(batch=None)
+        # untimed too: the next epoch's start restarts the clock
+        self.save(completed=self.outcome is not None, epoch_end_due=True)
+        self.epoch_end_outputs()
+
+    def epoch_end_outputs(self) -> None:
+        """The samples and evaluation of the epoch just completed, whose latest.pt is saved. A stop request comes
+        first: it leaves them to the resume, as that latest.pt says."""
+        pos = self.position
         if self.outcome is None and stop_requested():
             self.interrupted(saved=True)
+        self.report.samples(batch=None)
         if self.outcome is None and self.step.eval_interval and pos.epoch % self.step.eval_interval == 0:
             self.report.evaluate()
 
@@ -347,12 +361,12 @@ class StepRun:
                  f"{pos.batch}: saved {self.files.latest}")
         raise StepInterrupted(f"step {self.step.name} interrupted at epoch {pos.epoch + 1}, batch {pos.batch}")
 
-    def save(self, completed: bool = False) -> None:
+    def save(self, completed: bool = False, epoch_end_due: bool = False) -> None:
         if self.main:  # only rank 0 writes checkpoints (all ranks hold the same weights)
-            save_latest(self.checkpoint_state(completed), self.files.latest)
+            save_latest(self.checkpoint_state(completed, epoch_end_due), self.files.latest)
             self.files.publish_latest(self.say)  # an output on an object store: uploaded, the previous one kept
 
-    def checkpoint_state(self, completed: bool = False) -> dict:
+    def checkpoint_state(self, completed: bool = False, epoch_end_due: bool = False) -> dict:
         """latest.pt at this position: the original tool's checkpoint layout, plus what an exact resume needs, and
         enough for fluxflow-generate on its own (the model sizes travel with the weights)."""
         t, pos, step = self.trainer, self.position, self.step
@@ -375,7 +389,7 @@ class StepRun:
                 step_config=step.model_dump(mode="json"), seed=step.seed, step_start_epoch=pos.start_epoch,
                 current_step_epoch=pos.epoch, batch=pos.batch, step_metrics=self.report.history,
                 rng=capture_rng_state(), monitor=self.monitor.state_dict(), report=self.report.state_dict(),
-                last_lr=dict(t.last_lr),
+                last_lr=dict(t.last_lr), epoch_end_due=epoch_end_due,
                 completed=completed, outcome=self.outcome, input_sha256=self.files.input_sha256,
                 key_inputs=self.files.key_inputs, data_identity=self.data.identity,
             ).to_dict(),

@@ -83,7 +83,11 @@ def key_of(inputs: dict) -> str:
 # They stay in the key (keys of finished steps must not change), and a finished step whose key differs only in them
 # is reused (`weights_keys`; files written before a field joined this list recorded a weights_key with it, and are
 # reused when their key is the same).
-WEIGHT_NEUTRAL_FIELDS = ("workers", "index", "on_missed", "n_epochs", "eval_interval")
+WEIGHT_NEUTRAL_FIELDS = ("workers", "index", "on_missed", "n_epochs")
+# Weight-neutral fields that joined after weights keys were recorded, with the value every step had then: set to it
+# rather than left out, so that the weights key of a step that never changed them stays the one its ref.json holds
+# (left out, every step's changed, and a step finished before lost the reuse of the fields above once).
+WEIGHT_NEUTRAL_AS = {"eval_interval": None}
 
 
 def weights_dataset(dataset: dict) -> dict:
@@ -99,14 +103,15 @@ def weights_dataset(dataset: dict) -> dict:
 
 
 def weights_keys(parts: dict[str, dict], unused: dict[str, set[str]]) -> dict[str, str]:
-    """Every step's key (`parts`: step_key_parts) without WEIGHT_NEUTRAL_FIELDS, the fields its modes never read
+    """Every step's key (`parts`: step_key_parts) without WEIGHT_NEUTRAL_FIELDS (WEIGHT_NEUTRAL_AS at their value then),
+    the fields its modes never read
     (`unused`: step name -> fields, config/modes.py unused_fields) and its dataset's values that change no item
     (weights_dataset), chained the same way: equal for two configs that train the same weights. Kept in ref.json next
     to the key."""
     keys: dict[str, str] = {}
     for name, inputs in parts.items():  # parents first
         neutral = {*WEIGHT_NEUTRAL_FIELDS, *unused.get(name, ())}
-        step = {k: v for k, v in inputs["step"].items() if k not in neutral}
+        step = {k: WEIGHT_NEUTRAL_AS.get(k, v) for k, v in inputs["step"].items() if k not in neutral}
         parent = inputs["step"].get("parent")
         keys[name] = step_key(step, inputs["model"], weights_dataset(inputs["dataset"]),
                               keys[parent] if parent else inputs["parent"])

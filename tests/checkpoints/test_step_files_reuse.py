@@ -207,6 +207,16 @@ def test_steps_finished_with_other_dataloader_workers_are_reused(tmp_path):
     assert [plan_step(lr_changed, n).completed() is None for n in ("warm", "gan")] == [True, True]
 
 
+def test_the_weights_key_of_a_step_that_changed_nothing_is_the_one_earlier_releases_recorded(tmp_path):
+    """Pinned (the values at 31e8637): a field that joins the weight-neutral ones must not change the weights key of
+    steps that never set it (eval_interval, left out of it, changed every step's, and a step finished before lost the
+    reuse of a changed `workers` or `index` once). A change here is one every user pays."""
+    gan = {"name": "gan", "n_epochs": 1, "max_steps": 2, "train_vae": True, "gan_training": True}
+    config = tiny_config(tmp_path / "out", [dict(VAE_STEP), gan])
+    assert {n: plan_step(config, n).weights_key for n in ("warm", "gan")} == {"warm": "7c1680b0e53fc7e1",
+                                                                             "gan": "361d2943de8c9667"}
+
+
 def test_ref_json_records_the_key_without_the_values_that_change_no_weight(tmp_path):
     from fluxflow.checkpoints.ref import CheckpointRef, StepResult
 

@@ -264,3 +264,17 @@ def test_serve_models_check_passes_the_uris_the_server_resolves_itself(mlflow_st
     assert served_model_problem(str(tmp_path / "nothing"), mlflow_store).startswith(
         f"{tmp_path / 'nothing'}: no such file or folder")
     assert served_model_problem("models:/m/Staging", mlflow_store).startswith("models:/m/Staging: ")
+
+
+def test_an_artifact_store_that_cannot_answer_does_not_make_a_version_s_files_missing():
+    """Promotion asks where the champion's evaluation failed: an S3 outage (botocore's errors are no OSError)
+    escaped from it and failed the promotion, where the champion had kept the alias."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from flows.model_uri import missing_files_problem
+
+    class Unreachable:
+        def get_model_version_download_uri(self, name, version):
+            raise EndpointConnectionError(endpoint_url="https://s3.example")
+
+    assert missing_files_problem(Unreachable(), "m", "1") is None

@@ -113,7 +113,7 @@ def unused_fields(step: Any) -> dict[str, str]:
     for term in (t for t in IMAGE_STAT_TERMS if t not in image_stat_terms(step)):
         mark([f"lambda_{term}"], f"train_{term} is off" if step.train_vae else
              "the step has no reconstruction loss (train_vae)")
-    if not getattr(step, "lr_read", True):  # a changed lr changed the key: the step trained again, to the same weights
+    if not step.lr_read:  # a changed lr changed the key: the step trained again, to the same weights
         mark(["lr"], f"every optimizer of the step sets its own lr ({', '.join(step.optimization.optimizers)})")
     if not ema_components(step, trained_components(step)):
         mark(["ema_decay"], "the step keeps no EMA (it trains no compressor, expander, flow model or text encoder)")

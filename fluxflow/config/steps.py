@@ -190,10 +190,14 @@ class ResolvedStep(OmitsDefaults, StepSettings):
     hypothesis: str
     # Whether an optimizer of the step trains at its `lr` (one that sets no lr of its own): known only where the
     # optimizers are resolved, which fills in their lr. Not a config field (not dumped, not in the key).
-    _lr_read: bool = PrivateAttr(True)
+    _lr_read: bool | None = PrivateAttr(None)
 
     @property
     def lr_read(self) -> bool:
+        # Unknown for a step made otherwise than by resolve_step (a dump validated again): a guess would change the
+        # step's weights key between processes, so it fails loudly instead.
+        if self._lr_read is None:
+            raise RuntimeError(f"step {self.name!r} was not made by resolve_step: whether it reads its lr is unknown")
         return self._lr_read
 
 

@@ -321,3 +321,15 @@ def test_a_key_read_as_a_number_is_named_by_its_dotted_path_list_positions_keep_
     with pytest.raises(ConfigError) as raised:
         load_config(raw)
     assert [str(issue) for issue in raised.value.issues] == issues
+
+
+def test_whether_a_step_reads_its_lr_is_known_only_from_its_resolution():
+    """It keeps a finished step's weights key (an unread lr is left out of it): a step validated again from its dump
+    would have guessed, and two processes could disagree on reusing the step."""
+    from fluxflow.config import ResolvedStep
+
+    raw = tiny_raw("out", [dict(VAE_STEP, optimization={"optimizers": {"vae": {"lr": 1e-3}}})])
+    step = load_config(raw).config.resolved_steps()[0]
+    assert step.lr_read is False and step.model_copy(update={"index": 3}).lr_read is False
+    with pytest.raises(RuntimeError, match="was not made by resolve_step"):
+        ResolvedStep.model_validate(step.model_dump()).lr_read

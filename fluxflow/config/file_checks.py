@@ -330,9 +330,12 @@ def expand_shards(urls: str | list[str]) -> list[str]:
         raise ValueError("names no shard")
     shards = [s if "://" in s else os.path.expanduser(s) for s in shards]
     # A shard named twice (two patterns that overlap) was trained twice per epoch, and its samples held out trained.
+    # A local one by the file it opens (`file://`, `./`, a symlinked folder); a remote one by its URL.
     seen: set[str] = set()
+    real_folder = functools.lru_cache(maxsize=None)(os.path.realpath)
     for shard in shards:
-        file = shard if "://" in shard else os.path.abspath(shard)
+        local = shard[len("file://"):] if shard.lower().startswith("file://") else shard
+        file = shard if "://" in local else opened_file(local, real_folder)
         if file in seen:
             raise ValueError(f"names the shard {shard} more than once: its samples would be trained twice an epoch, "
                              "and those held out trained too")

@@ -91,9 +91,13 @@ def test_a_shard_pattern_with_unbalanced_braces_is_a_validation_error(tmp_path):
 
 
 @pytest.mark.parametrize("urls", [["s-{000..001}.tar", "s-{000..002}.tar"], "s-{000,001,000}.tar",
-                                  ["s-000.tar", "./s-000.tar"], "s3://b/s-{0,0}.tar"])
+                                  ["s-000.tar", "./s-000.tar"], "s3://b/s-{0,0}.tar",
+                                  ["TMP/s-000.tar", "file://TMP/s-000.tar"], ["TMP/s-000.tar", "TMP/link/s-000.tar"]])
 def test_a_shard_named_twice_is_a_validation_error(tmp_path, urls):
-    """Was accepted without a word: the shard trained twice an epoch, and the samples held out from it trained."""
+    """Was accepted without a word: the shard trained twice an epoch, and the samples held out from it trained. Also
+    a local one written as file:// or through a symlinked folder."""
+    (tmp_path / "link").symlink_to(tmp_path)
+    urls = [url.replace("TMP", str(tmp_path)) for url in urls] if isinstance(urls, list) else urls
     with pytest.raises(ConfigError) as caught:
         load_config(with_dataset(tmp_path, type="webdataset", urls=urls))
     (issue,) = caught.value.issues

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import os
 import sys
 import urllib.error
@@ -84,18 +85,29 @@ def apply_secret_files() -> None:
             os.environ.update(variables(*found))
 
 
-def _answers_401(url: str, user_password: str | None, method: str = "GET") -> bool:
-    """Whether `url` answers 401 to a request with these Basic credentials (None: none). No server's URL, or
-    unreachable: False (an outage is `unreachable_reason`'s to report)."""
-    if not url.startswith(("http://", "https://")):
-        return False
+def _request(url: str, user_password: str | None, method: str = "GET") -> urllib.request.Request:
+    """A JSON API request to `url` with these Basic credentials (None: none)."""
     request = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None,
                                      headers={"Content-Type": "application/json"})
     if user_password:
         token = base64.b64encode(user_password.encode("utf-8")).decode("ascii")
         request.add_header("Authorization", f"Basic {token}")
+    return request
+
+
+def _mlflow_user_password() -> str | None:
+    """`user:password` for the MLflow server from MLFLOW_TRACKING_USERNAME/PASSWORD, or None when no password is set."""
+    password = os.environ.get(MLFLOW_PASSWORD)
+    return f"{os.environ.get(MLFLOW_USER, '')}:{password}" if password else None
+
+
+def _answers_401(url: str, user_password: str | None, method: str = "GET") -> bool:
+    """Whether `url` answers 401 to a request with these Basic credentials (None: none). No server's URL, or
+    unreachable: False (an outage is `unreachable_reason`'s to report)."""
+    if not url.startswith(("http://", "https://")):
+        return False
     try:
-        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S):
+        with urllib.request.urlopen(_request(url, user_password, method), timeout=PROBE_TIMEOUT_S):
             return False
     except urllib.error.HTTPError as exc:
         return exc.code == 401
@@ -143,13 +155,25 @@ def prefect_refusal(api_url: str | None = None) -> str | None:
 def mlflow_refusal(tracking_uri: str | None = None) -> str | None:
     """Why the MLflow server at `tracking_uri` (default MLFLOW_TRACKING_URI) refuses this process, or None."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-    password = os.environ.get(MLFLOW_PASSWORD)
-    user_password = f"{os.environ.get(MLFLOW_USER, '')}:{password}" if password else None
+    user_password = _mlflow_user_password()
     if not _answers_401(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1", user_password):
         return None
-    given = f"the credentials of {MLFLOW_USER}/{MLFLOW_PASSWORD}" if password else "no credentials"
+    given = f"the credentials of {MLFLOW_USER}/{MLFLOW_PASSWORD}" if user_password else "no credentials"
     return (f"the MLflow server at {uri} refused {given} (401 Unauthorized): set {MLFLOW_FILE} to the file holding "
             f"its USER:PASSWORD, or {MLFLOW_USER} and {MLFLOW_PASSWORD}")
+
+
+def mlflow_answer(tracking_uri: str, path: str) -> dict | None:
+    """The JSON object the MLflow server at `tracking_uri` answers to GET `path` (e.g. "/api/2.0/mlflow/..."), with
+    this process's credentials, or None for any failure (no answer, an error status, a timeout, not a JSON object).
+    One request, no retries, PROBE_TIMEOUT_S: for a best-effort check, where MLflow's client retries for minutes."""
+    try:
+        with urllib.request.urlopen(_request(f"{tracking_uri.rstrip('/')}{path}", _mlflow_user_password()),
+                                    timeout=PROBE_TIMEOUT_S) as response:
+            answer = json.loads(response.read())
+    except (OSError, ValueError, http.client.HTTPException):  # HTTPError and timeouts are OSErrors; bad JSON a Value
+        return None
+    return answer if isinstance(answer, dict) else None
 
 
 def main(argv: list[str]) -> int:

@@ -18,15 +18,16 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from flows import env  # must precede mlflow
 
 import mlflow
-from mlflow.entities import LifecycleStage, RunTag
+from mlflow.entities import Experiment, LifecycleStage, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-from flows.credentials import mlflow_refusal, unreachable_reason
+from flows.credentials import mlflow_answer, mlflow_refusal, unreachable_reason
 from flows.mlflow_names import TAG_KIND, TAG_OUTPUT_DIR, TAG_STEP_KEY, TAG_STEP_NAME, tags_filter
 from flows.database_template import copy_database, sqlite_file, template_path
 from fluxflow.config.file_checks import not_a_regular_file
@@ -219,13 +220,26 @@ def unusable_store(uri: str, experiment_name: str | None = None) -> str | None:
 
 def deleted_experiment_problem(uri: str, name: str) -> str | None:
     """Why a run cannot record into experiment `name` at `uri` (it is deleted: MLflow rejects each record, and the run
-    trained, kept nothing and exited 0), or None. Not asked: a store not made yet, and a server that does not answer
-    (the run starts and its records wait; `experiment_id_for` refuses it when the server answers)."""
-    path = sqlite_file(uri, SQLITE_PREFIX)
-    if path is not None and not path.exists() or unreachable_reason(uri) is not None:
-        return None
+    trained, kept nothing and exited 0), or None, also when it is not known: a best-effort check, before the run
+    starts (`experiment_id_for` refuses it when the server answers). Not asked: a store not made yet. A server is
+    asked once, without MLflow's retries (minutes); a server that does not answer, or errs (its database down, a
+    proxy's 503 or 403), is not known: the run starts and its records wait, as they do for an outage."""
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(name)
+    if uri.startswith(("http://", "https://")):
+        answer = mlflow_answer(uri, "/api/2.0/mlflow/experiments/get-by-name?" + urlencode({"experiment_name": name}))
+        found = (answer or {}).get("experiment")
+        if not isinstance(found, dict) or found.get("lifecycle_stage") != LifecycleStage.DELETED:
+            return None
+        experiment = Experiment(str(found.get("experiment_id", "")), str(found.get("name", name)), "",
+                                LifecycleStage.DELETED)
+        return deleted_run_experiment(client, experiment)
+    path = sqlite_file(uri, SQLITE_PREFIX)
+    if path is not None and not path.exists():
+        return None
+    try:
+        experiment = client.get_experiment_by_name(name)
+    except Exception:  # not known: the run's own calls say what is wrong with the store
+        return None
     if experiment is None or experiment.lifecycle_stage != LifecycleStage.DELETED:
         return None
     return deleted_run_experiment(client, experiment)

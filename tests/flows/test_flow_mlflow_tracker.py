@@ -1,5 +1,7 @@
 """The MLflow tracker on its own (no Prefect, no training): which run a step writes to, and how it writes."""
+import http.server
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +43,80 @@ def test_the_experiment_of_a_run_is_refused_when_deleted(mlflow_store):
         experiment_id_for(client, "gone")
     client.restore_experiment(deleted)
     assert experiment_id_for(client, "gone") == deleted
+
+
+class FakeMlflowServer(http.server.BaseHTTPRequestHandler):
+    """Answers /health 200 and every API request with `status` and `body`; records each API request."""
+
+    status, body, seen = 503, b"<html>upstream down</html>", []
+
+    def do_GET(self):  # noqa: N802  (http.server's naming)
+        health = self.path == "/health"
+        body = b"OK" if health else self.body
+        if not health:
+            self.seen.append((self.path, self.headers.get("Authorization")))
+        self.send_response(200 if health else self.status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_server(monkeypatch):
+    """(start(status, body) -> url, the requests it saw); no MLflow credentials in the environment."""
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    seen, servers = [], []
+
+    def start(status, body):
+        handler = type("Handler", (FakeMlflowServer,), {"status": status, "body": body, "seen": seen})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start, seen
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("status, body", [(503, b'{"error_code": "INTERNAL_ERROR", "message": "backend down"}'),
+                                          (403, b"<html>forbidden</html>"), (200, b"<html>a proxy's page</html>")])
+def test_a_server_whose_api_fails_is_not_known_to_hold_a_deleted_experiment_and_is_asked_once(fake_server, status,
+                                                                                               body):
+    """A server answering /health but failing its API (its database down, a proxy's 503 or 403): the check went
+    through MLflow's retrying client (about 4 minutes), then fluxflow-train exited 1 with a traceback; before it,
+    such a run started and its records waited."""
+    from flows.mlflow_runs import deleted_experiment_problem
+
+    start, seen = fake_server
+    url = start(status, body)
+    began = time.monotonic()
+    assert deleted_experiment_problem(url, "hunt") is None
+    assert time.monotonic() - began < 2
+    assert seen == [("/api/2.0/mlflow/experiments/get-by-name?experiment_name=hunt", None)]
+
+
+def test_a_deleted_experiment_on_a_server_is_said_with_how_to_restore_it(fake_server, monkeypatch):
+    from flows.mlflow_runs import deleted_experiment_problem
+
+    start, seen = fake_server
+    experiment = {"experiment_id": "7", "name": "a hunt", "artifact_location": "mlflow-artifacts:/7"}
+    deleted = start(200, json.dumps({"experiment": dict(experiment, lifecycle_stage="deleted")}).encode())
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "tracker")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pass")
+    assert deleted_experiment_problem(deleted, "a hunt") == (
+        f"tracking.experiment_name: experiment 'a hunt' at {deleted} is deleted; restore it with: "
+        f"MLFLOW_TRACKING_URI={deleted} mlflow experiments restore -x 7; or choose another name")
+    assert seen == [("/api/2.0/mlflow/experiments/get-by-name?experiment_name=a+hunt", "Basic dHJhY2tlcjpwYXNz")]
+    active = start(200, json.dumps({"experiment": dict(experiment, lifecycle_stage="active")}).encode())
+    assert deleted_experiment_problem(active, "a hunt") is None
 
 
 def tracker(setup, session="s1"):

@@ -18,16 +18,17 @@ costs, and how it is split across torchrun ranks).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import SimpleNamespace
 
 import torch
 
 from fluxflow.data.folder import FolderDataset
+from fluxflow.config.file_checks import expand_shards
 from fluxflow.config.heldout_pairs import dataset_pairs, seen_pairs
 from fluxflow.data.sampler import ResumableBatchSampler, epoch_permutation
 from fluxflow.data.shapes import STREAM_HOLDOUT, STREAM_TRAIN, STREAM_UNSEEN, ShapesDataset, parse_caption
-from fluxflow.data.webdataset_source import WebDatasetHoldout, WebDatasetSource
+from fluxflow.data.webdataset_source import WebDatasetHoldout, WebDatasetSource, shards_fingerprint
 
 SPLITS = ("train", "holdout", "unseen")
 MAX_AUTO_WORKERS = 8  # enough to decode 256-512 px JPEGs ahead of one GPU's flow step
@@ -66,6 +67,18 @@ def build_dataset(ds_cfg, img_size: int, channels: int, split: str = "train", ra
             return WebDatasetHoldout(cfg.urls, img_size, channels, holdout)
         return WebDatasetSource(cfg.urls, img_size, channels, getattr(cfg, "length", None), holdout, rank, world)
     raise ValueError(f"unknown dataset type {kind!r}; expected 'shapes', 'folder' or 'webdataset'")
+
+
+def train_fingerprint(ds_cfg, build: Callable[[], torch.utils.data.Dataset]) -> str | None:
+    """The training split's `fingerprint()` (what its config does not pin down; None where it has none: shapes), from
+    the config where that is cheap: a webdataset's from its expanded shard list (a stat per local shard; building the
+    split reads every shard's headers where `length` is not set). Other datasets' from the split `build()` makes (a
+    folder's needs its listing)."""
+    cfg = SimpleNamespace(**ds_cfg) if isinstance(ds_cfg, Mapping) else ds_cfg
+    if getattr(cfg, "type", None) == "webdataset":
+        return shards_fingerprint(expand_shards(cfg.urls))  # as WebDatasetSource.fingerprint()
+    train_set = build()
+    return train_set.fingerprint() if hasattr(train_set, "fingerprint") else None
 
 
 def collate_images_captions(batch: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:
@@ -160,4 +173,4 @@ def _one_thread_per_worker(_worker_id: int) -> None:
 
 
 __all__ = ["ResumableBatchSampler", "ShapesDataset", "build_dataset", "epoch_permutation", "make_loader",
-           "parse_caption", "resolve_workers", "sequential_loader"]
+           "parse_caption", "resolve_workers", "sequential_loader", "train_fingerprint"]

@@ -50,8 +50,8 @@ def evaluate_checkpoint(checkpoint: str | Path, config, dataset: str, *, seeds: 
     real = real_sets(holdout_set, captions, images) if images is not None else None
     cache = eval_cache_dir(output_root(config))
     # The training split (its files key the feature network: frechet.feature_net_for), built only when a Fréchet
-    # distance is measured, and quiet: the steps said what its captions file lacks (built for each version compared,
-    # it said it twice more).
+    # distance is measured, and then only to train the network or list a folder, and quiet: the steps said what its
+    # captions file lacks (built for each version compared, it said it twice more).
     train_set = functools.partial(build_dataset, ds_cfg, size, channels, "train", report=False)
     net = feature_net_for(train_set, ds_cfg, size, channels, cache) if fd_measurable(images, unseen) else None
     totals: Counter[str] = Counter()

@@ -20,6 +20,7 @@ of D = FEATURE_DIM features the estimate is biased upwards for small N; compare 
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import re
@@ -32,6 +33,7 @@ from torch import nn
 
 from fluxflow.checkpoints.io import load_checkpoint, save_checkpoint
 from fluxflow.checkpoints.step_key import json_sha256
+from fluxflow.data import train_fingerprint
 from fluxflow.runtime.global_rng import GLOBAL_RNG
 from fluxflow.runtime.torch_threads import one_torch_thread
 
@@ -159,16 +161,16 @@ def feature_net_for(train_set, ds_cfg, img_size: int, channels: int, cache_dir: 
 
     The split's files are in the key, as in the latent cache's (fluxflow/cache/fingerprint.py): keyed on the config
     alone, a folder whose captions were edited, or shards regenerated at their paths, were scored by a step trained
-    again in the same output directory with the network of the old data."""
-    train_set = train_set() if callable(train_set) else train_set
-    files = train_set.fingerprint() if hasattr(train_set, "fingerprint") else None
-    path = Path(cache_dir) / f"feature_net_{cache_key(ds_cfg, img_size, channels, files)}.pt"
+    again in the same output directory with the network of the old data. A webdataset's are had from its shard list:
+    a cached network is found without building its split (which reads every shard)."""
+    build = functools.cache(train_set) if callable(train_set) else lambda: train_set
+    path = Path(cache_dir) / f"feature_net_{cache_key(ds_cfg, img_size, channels, train_fingerprint(ds_cfg, build))}.pt"
     if path.exists():
         state = load_checkpoint(path)
         net = FeatureNet(int(state["channels"]), len(state["vocab"]))
         net.load_state_dict(state["weights"])
         return net.eval().requires_grad_(False)
-    images, captions = first_items(train_set, N_TRAIN)
+    images, captions = first_items(build(), N_TRAIN)
     if not caption_vocabulary(captions):
         log.warning("fd_ours is not computed: the training captions have no word that some of them lack (e.g. one "
                     "caption for every image)")

@@ -152,3 +152,25 @@ def test_a_webdataset_regenerated_at_the_same_paths_gets_its_own_feature_net(tmp
     write(["a dog sleeping indoors", "a cat jumping outside"], 10**18 + 10**9)  # a second later
     feature_net_for(build_dataset(ds_cfg, 16, 3, "train"), ds_cfg, 16, 3, tmp_path / "cache")  # was: the first one
     assert [v for v in cached_vocabularies(tmp_path / "cache") if "dog" in v]
+
+
+def test_a_cached_feature_net_of_a_webdataset_is_found_without_building_its_training_split(tmp_path, monkeypatch):
+    """Each evaluation (promotion: twice per version) built the split to fingerprint it: without `length`, that reads
+    every shard's headers, over the network for remote shards. The key comes from the expanded shard list now."""
+    for s in range(2):
+        write_shard(tmp_path / f"w-{s}.tar", {f"{s}/{i}": {"png": png_bytes(20 * i + s),
+                                                           "txt": ["a red circle", "a blue square"][i % 2].encode()}
+                                              for i in range(6)})
+    ds_cfg = {"type": "webdataset", "urls": str(tmp_path / "w-{0..1}.tar"), "holdout": 2}
+    built = build_dataset(ds_cfg, 16, 3, "train")
+    trained = feature_net_for(built, ds_cfg, 16, 3, tmp_path / "cache")
+    [cached] = (tmp_path / "cache").glob("feature_net_*.pt")
+    assert cached.name == f"feature_net_{cache_key(ds_cfg, 16, 3, built.fingerprint())}.pt"  # the key as before
+
+    def not_built():
+        raise AssertionError("the training split was built")
+
+    monkeypatch.setattr(frechet, "train_feature_net", lambda *a: pytest.fail("retrained although cached"))
+    again = feature_net_for(not_built, ds_cfg, 16, 3, tmp_path / "cache")
+    assert list((tmp_path / "cache").glob("feature_net_*.pt")) == [cached]
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), trained.state_dict().values()))

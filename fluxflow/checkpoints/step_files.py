@@ -262,7 +262,7 @@ class StepFiles:
         items, a webdataset's its shards."""
         if None in (then, now) or then == now:
             return None
-        unit, other = (("shard", "shard files at their paths (sizes)") if "shards" in now
+        unit, other = (("shard", "shard files at their paths (sizes or modification times)") if "shards" in now
                        else ("item", "files or captions listed"))
         before, after = then.get(f"{unit}s"), now[f"{unit}s"]
         count = (f"{before} -> {counted(after, unit)}" if before != after

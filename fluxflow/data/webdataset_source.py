@@ -130,18 +130,17 @@ def _tar(url: str, f) -> tarfile.TarFile:
         raise DataError(f"webdataset shard {url} is not a tar archive (plain, gzip, bzip2 or xz)") from None
 
 
-def shards_fingerprint(shards: list[str], mtimes: bool = True) -> str:
-    """sha256 over the shards' URLs, in url order, with each local shard's size and (`mtimes`) modification time:
-    shards regenerated at the same paths differ in them, and no tar is read. A shard on an object store or a server
-    counts by its URL alone (its size would cost a request per shard), so one replaced there under its name is not
-    seen. Without `mtimes`, copies of the same shards (each node's own, made at other times) are the same."""
+def shards_fingerprint(shards: list[str]) -> str:
+    """sha256 over the shards' URLs, in url order, with each local shard's size and modification time: shards
+    regenerated at the same paths differ in them, and no tar is read. A shard on an object store or a server counts by
+    its URL alone (its size would cost a request per shard), so one replaced there under its name is not seen."""
     digest = hashlib.sha256()
     for shard in shards:
         stat = "remote"
         if "://" not in shard or shard.startswith("file://"):
             try:
                 st = os.stat(shard.removeprefix("file://"))
-                stat = f"{st.st_size}\t{st.st_mtime_ns}" if mtimes else str(st.st_size)
+                stat = f"{st.st_size}\t{st.st_mtime_ns}"
             except OSError:  # gone: the step stops when it opens it
                 stat = "missing"
         digest.update(f"{shard}\t{stat}\n".encode("utf-8"))
@@ -202,19 +201,16 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
         # What a step's latest.pt records of its data (StepState.data_identity), as a folder's listing: the held-out
         # head and each epoch's order follow from the shards, so a resume over shards regenerated at their paths (or
         # other files there) replayed another stream without a word; it is set aside instead. The expanded list:
-        # a `${NAME}` in urls stands for whatever $WDS_NAME says now. Paths and sizes, no mtimes: every rank decides
-        # from its own stat, and node-local copies of the same shards have other mtimes (ranks that disagree on
-        # resuming hang or desync); so a shard regenerated at its path in the same size is not seen.
-        self.identity = {"shards": len(self.shards), "sha256": shards_fingerprint(self.shards, mtimes=False)}
+        # a `${NAME}` in urls stands for whatever $WDS_NAME says now.
+        self.identity = {"shards": len(self.shards), "sha256": shards_fingerprint(self.shards)}
         # Public: its state travels in a step's checkpoint (fluxflow/train/step_report.py).
         self.skips = SkipCounter(repr(urls))
         self.set_position(0, 0, 0, 1)
 
     def fingerprint(self) -> str:
-        """What the shards are beyond the config (shards_fingerprint): keys the fd_ours feature network (as a
-        folder's `fingerprint()` does, fluxflow/evaluation/frechet.py). With mtimes, unlike `identity`: decided on
-        one process, it only costs a retrained network where the copies differ, and sees more regenerations."""
-        return shards_fingerprint(self.shards)
+        """What the shards are beyond the config (shards_fingerprint, as this split was built): keys the fd_ours
+        feature network (as a folder's `fingerprint()` does, fluxflow/evaluation/frechet.py)."""
+        return self.identity["sha256"]
 
     def set_position(self, seed: int, epoch: int, start_batch: int, batch_size: int) -> None:
         """Fix the next pass: epoch `epoch` of `seed`, starting at batch `start_batch` of this rank's batches of

@@ -485,7 +485,8 @@ def test_a_latest_pt_resumes_on_the_data_it_was_saved_with_or_one_that_did_not_r
     assert StepFiles.data_changed(shards, {"shards": 2, "sha256": "f" * 64}) == (
         "its dataset changed since latest.pt: 3 -> 2 shards")
     assert StepFiles.data_changed(shards, {"shards": 3, "sha256": "f" * 64}) == (
-        "its dataset changed since latest.pt: the same 3 shards, but other shard files at their paths (sizes)")
+        "its dataset changed since latest.pt: the same 3 shards, but other shard files at their paths (sizes or "
+        "modification times)")
 
 
 def test_a_holdout_pairs_seed_that_draws_nothing_retrains_no_step_and_is_said(tmp_path):

@@ -349,14 +349,17 @@ def test_shards_regenerated_or_named_otherwise_by_a_wds_variable_train_the_step_
     finally:
         clear_stop_request()
 
-    shards(0, 2, "a blue circle, " * 99)  # of another size: the same size is not seen (mtimes differ between nodes)
+    shards(0, 2, "a blue circle")
+    for s in range(2):  # written a second later, as a regeneration is
+        later = (tmp_path / f"w-{s}.tar").stat().st_mtime_ns + 10**9
+        os.utime(tmp_path / f"w-{s}.tar", ns=(later, later))
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         [done] = run_pipeline(config(out))
     printed = buffer.getvalue()
     assert "Resuming from checkpoint" not in printed
     assert ("Re-running step vae: its dataset changed since latest.pt: the same 2 shards, but other shard files at "
-            f"their paths (sizes); previous files moved to {out / 'checkpoints' / 'vae'}"
+            f"their paths (sizes or modification times); previous files moved to {out / 'checkpoints' / 'vae'}"
             ) in printed, printed
     assert done.ref.global_step == 2 * 4
 

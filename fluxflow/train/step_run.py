@@ -151,6 +151,8 @@ class StepRun:
         # move. So the step starts again, as on a replaced input. A latest.pt that holds the last epoch is the
         # finished step: kept, as a final.pt is (a folder's or shards' contents are not in the key).
         changed = self.resuming and not meta.completed and files.data_changed(meta.data_identity, self.data.identity)
+        if self.world > 1:  # each rank looks at its own copy of the data (a node's copy of the shards has other
+            changed = distributed.broadcast_object(changed)  # mtimes): rank 0 decides for all, or they fall apart
         if changed:
             if self.main:
                 files.set_aside_latest(changed, self.say)

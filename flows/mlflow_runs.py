@@ -224,7 +224,6 @@ def deleted_experiment_problem(uri: str, name: str) -> str | None:
     starts (`experiment_id_for` refuses it when the server answers). Not asked: a store not made yet. A server is
     asked once, without MLflow's retries (minutes); a server that does not answer, or errs (its database down, a
     proxy's 503 or 403), is not known: the run starts and its records wait, as they do for an outage."""
-    client = MlflowClient(uri)
     if uri.startswith(("http://", "https://")):
         answer = mlflow_answer(uri, "/api/2.0/mlflow/experiments/get-by-name?" + urlencode({"experiment_name": name}))
         found = (answer or {}).get("experiment")
@@ -232,10 +231,11 @@ def deleted_experiment_problem(uri: str, name: str) -> str | None:
             return None
         experiment = Experiment(str(found.get("experiment_id", "")), str(found.get("name", name)), "",
                                 LifecycleStage.DELETED)
-        return deleted_run_experiment(client, experiment)
+        return deleted_run_experiment(MlflowClient(uri), experiment)
     path = sqlite_file(uri, SQLITE_PREFIX)
-    if path is not None and not path.exists():
+    if path is not None and not path.exists():  # checked before the client, whose store would make it
         return None
+    client = MlflowClient(uri)
     try:
         experiment = client.get_experiment_by_name(name)
     except Exception:  # not known: the run's own calls say what is wrong with the store

@@ -502,3 +502,12 @@ def test_the_end_of_a_step_does_not_wait_on_a_server_known_to_be_down(setup):
     assert not t.flush()  # the records stay queued: the end of the run waits for them, not the end of each step
     assert time.monotonic() - started < 2  # the stall limit of a step's flush is 10 s
     assert queue.pending() == 2
+
+
+def test_the_deleted_experiment_check_makes_no_store(tmp_path):
+    """Asked before the run of a store not made yet, it made it (MLflow's client creates its SQLite file): the run's
+    own ./mlflow.db before the run, in whatever folder it was asked from."""
+    from flows.mlflow_runs import deleted_experiment_problem
+
+    assert deleted_experiment_problem(f"sqlite:///{tmp_path / 'new.db'}", "fluxflow") is None
+    assert not (tmp_path / "new.db").exists()

@@ -33,7 +33,7 @@ from flows.promotion import release_models
 from flows.prefect_log_tracker import PrefectLogTracker
 from flows.prefect_server import is_temporary
 from flows.ray_steps import Infeasible, step_submitter
-from flows.step_task import gpu_tag, step_task
+from flows.step_task import step_task
 from flows.tracking_queue import TRACKING
 from fluxflow.storage.store_lock import output_lock
 from fluxflow.checkpoints.ref import StepOutcome
@@ -170,12 +170,11 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
     try:
         target = tracking_target(cfg, pipeline_run, opened)
         progress = artifacts.start_progress(target.pipeline, len(steps))
-        on_ray = cfg.training.executor.kind == "ray"
-        # On Ray, Ray's resource accounting replaces the host's `gpu` tag limit (read here, when the flow runs: the
-        # worker's environment may name a per-host tag), and the output directory is handed on as an absolute path (or
-        # URI): the tasks run in Ray workers, whose working directory is not this one.
-        task = step_task.with_options(retries=cfg.training.pipeline.retries, tags=[] if on_ray else [gpu_tag()])
-        if on_ray:
+        # A local step task takes the host's `gpu` slot itself (flows/gpu_slot.py; on Ray, Ray's resource accounting
+        # replaces it). On Ray the output directory is handed on as an absolute path (or URI): the tasks run in Ray
+        # workers, whose working directory is not this one.
+        task = step_task.with_options(retries=cfg.training.pipeline.retries)
+        if cfg.training.executor.kind == "ray":
             cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"output_path": output_dir_of(cfg)})})
         # Every task trains the config resolved at the flow's start, not the YAML file as it is when the task starts:
         # an edit of the file during the run changes nothing the flow planned and logged.
@@ -222,12 +221,22 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
         request_stop()  # task threads: they save their position at the next batch and stop, instead of finishing
         steps_on.stop()  # Ray tasks are in other processes: they are cancelled, and resume from their latest.pt
         status = "KILLED"
-        if running:  # said at once: an evaluation or samples under way kept the run silent for up to 20 s
+        # Said at once: an evaluation or samples under way kept the run silent for up to 20 s. Only the steps that
+        # started have a batch to save; the others (waiting for the `gpu` slot, or not yet there) do not start.
+        started = [name for name, future in running.items() if steps_on.started(future)]
+        waiting = [name for name in running if name not in started]
+        if started:
             logger.warning("Stopping: the running steps (%s) save the batch they reached and stop; an evaluation or "
-                           "samples under way finish first", ", ".join(running))
+                           "samples under way finish first", ", ".join(started))
+        if waiting:
+            logger.warning("Stopping: %s %s had not started: %s not start (nothing to save)",
+                           "step" if len(waiting) == 1 else "steps", ", ".join(waiting),
+                           "it does" if len(waiting) == 1 else "they do")
         for future in running.values():  # after SIGTERM Prefect ends the process as soon as this returns
             with contextlib.suppress(StepInterrupted, Exception):  # how the step ended; a 2nd Ctrl-C still goes
                 future.wait(timeout=STOP_GRACE_S)
+        for name in waiting:  # no MLflow run of theirs to end KILLED
+            del running[name]
         raise
     finally:  # after registration and promotion: an interrupted one leaves the run KILLED, not FINISHED. Here, not in
         # a finally of the steps' loop, which ran before the interrupt's handler: the steps trained on meanwhile, and

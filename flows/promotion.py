@@ -20,15 +20,16 @@ from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 
 from flows.artifacts import artifact_key
+from flows.gpu_slot import gpu_slot
 from flows.hypotheses import better_beyond, difference, spread, versus_value
 from flows.mlflow_names import (TAG_CHECKPOINT_SHA256, TAG_DECISION_OF_RUN, TAG_OUTPUT_DIR, TAG_PROMOTION,
                                  TAG_STEP_NAME)
 from flows.registry import model_checkpoint, register_step, version_by_alias, versions_of
 from flows.mlflow_runs import TrackingTarget
 from flows.model_uri import missing_files_problem
-from flows.step_task import gpu_tag
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.config.promotion import evaluation_dataset, promotion_metric, registered_steps
 from fluxflow.config.run_config import run_config_of
@@ -243,10 +244,12 @@ def register_task(resolved: dict, outcome: dict, tracking: dict, step_name: str)
 
 @task(name="promote-model", task_run_name="promote {model_name}", cache_policy=NO_CACHE, persist_result=False)
 def promote_task(resolved: dict, versions: list[str], tracking: dict, model_name: str) -> list[dict]:
-    """Evaluate, decide, move the alias, tag and publish; returns each decision as a dict."""
+    """Evaluate (holding the host's GPU slot, like a step: flows/gpu_slot.py), decide, move the alias, tag and
+    publish; returns each decision as a dict."""
     config, target = run_config_of(resolved), TrackingTarget(**tracking)
     client = MlflowClient(target.tracking_uri)
-    decisions = promote(config, client, versions)
+    with gpu_slot(f"The promotion of {model_name}", TaskRunContext.get().task_run.id):
+        decisions = promote(config, client, versions)
     for version in sorted(set(versions) - {d.version for d in decisions}, key=int):  # decided by an earlier run
         get_run_logger().info("%s version %s: decided by an earlier run (%s), not again", model_name, version,
                               client.get_model_version(model_name, version).tags[TAG_PROMOTION + "decision"])
@@ -266,8 +269,7 @@ def release_models(config, resolved: dict, outcomes: list[StepOutcome], target: 
                 for o in finished]
     if not versions or not config.promotion.enabled:
         return []
-    promote_with = promote_task.with_options(tags=[gpu_tag()])  # evaluation uses the GPU like a step
-    return promote_with(resolved, versions, target.to_dict(), model_name=config.tracking.model_name)
+    return promote_task(resolved, versions, target.to_dict(), model_name=config.tracking.model_name)
 
 
 def release_lines(client: MlflowClient, config, output_dir: str) -> list[str]:

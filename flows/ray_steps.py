@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 
+from flows import gpu_slot
 from fluxflow.errors import NonRetryable
 from fluxflow.storage.location import remote_uri
 
@@ -196,6 +197,10 @@ class RaySteps:
         self.submitted.append(future)
         return future
 
+    def started(self, future) -> bool:
+        """Every step Ray was given counts as started: where it is, the flow cannot see, and Ray cancels it."""
+        return True
+
     def stop(self) -> None:
         """Interrupted: KeyboardInterrupt in every running step task (it ends its MLflow run KILLED; the next run
         resumes it from its latest.pt)."""
@@ -281,8 +286,12 @@ class LocalSteps:
     def submit(self, task, step, parameters: dict):
         return task.submit(**parameters)
 
+    def started(self, future) -> bool:
+        """Whether the step's task has its `gpu` slot and trains (not still waiting for it: flows/gpu_slot.py)."""
+        return gpu_slot.started(future.task_run_id)
+
     def stop(self) -> None:
-        pass  # the task threads see the stop request (fluxflow/runtime/stop_request.py)
+        pass  # the task threads see the stop request (fluxflow/runtime/stop_request.py), a wait for the slot too
 
 
 def step_submitter(config):

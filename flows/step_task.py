@@ -12,7 +12,6 @@ from flows import env  # noqa: F401  (must precede prefect and mlflow)
 
 import contextlib
 import json
-import os
 from typing import Any
 
 from mlflow.tracking import MlflowClient
@@ -23,6 +22,7 @@ from prefect.context import TaskRunContext
 from flows import together
 from flows.artifacts import mlflow_run_url, publish_step
 from flows.fault_policy import retry_unless_non_retryable
+from flows.gpu_slot import gpu_slot
 from flows.mlflow_tracker import MlflowTracker
 from flows.prefect_log_tracker import PrefectLogTracker
 from flows.mlflow_names import TAG_HOSTNAME, TAG_RAY_NODE, TAG_WORKERS
@@ -63,7 +63,8 @@ def run_step_task(config: dict, step_name: str, parent_ref: dict | None, trackin
     config = run_config_of(config)
     target = TrackingTarget(**tracking)
     parent = CheckpointRef.from_dict(parent_ref) if parent_ref else None
-    node, on_cancel = None, contextlib.nullcontext()
+    node, on_cancel, slot = None, contextlib.nullcontext(), contextlib.nullcontext()
+    run = TaskRunContext.get()  # None: the step called without Prefect
     if config.training.executor.kind == "ray":  # this is a Ray task: say where Ray placed it
         from flows.ray_node import cancel_stops_at_a_batch, current_node, use_assigned_cpus
 
@@ -71,7 +72,9 @@ def run_step_task(config: dict, step_name: str, parent_ref: dict | None, trackin
         use_assigned_cpus()
         print(f"Step {step_name} runs on {node}", flush=True)
         together.meet(step_name)  # test-only: branches that must be running at the same time
-    with on_cancel:
+    elif run is not None:  # one step at a time on this host's GPU(s), where a `gpu` limit says so (on Ray: Ray's)
+        slot = gpu_slot(f"Step {step_name}", run.task_run.id)
+    with on_cancel, slot:
         from fluxflow.train.pipeline import train_step
 
         tracker, mlflow_tracker = make_tracker(config, target, node, step_name)
@@ -98,15 +101,9 @@ def run_step_task(config: dict, step_name: str, parent_ref: dict | None, trackin
         return outcome.to_dict()
 
 
-def gpu_tag() -> str:
-    """The tag on every step task, whose task concurrency limit lets one step at a time use this host's GPU(s): `gpu`,
-    or FLUXFLOW_GPU_TAG from the worker's environment where several GPU hosts share one Prefect server, so that each
-    host has a limit of its own (scripts/worker.sh creates it; docs/DISTRIBUTED.md)."""
-    return os.environ.get("FLUXFLOW_GPU_TAG") or "gpu"
-
-
 # Results stay in memory (NO_CACHE, not persisted): resuming is the runner's job, keyed by the checkpoint files, and a
 # Prefect cache would return a stale reference after the files change. No retry for a failure that would only repeat
-# itself (flows/fault_policy.py); how many retries, and the tags, are the flow's (flows/pipeline_flow.py).
+# itself (flows/fault_policy.py); how many retries is the flow's (flows/pipeline_flow.py). No `gpu` tag: the task takes
+# the host's GPU slot itself, so that a stop ends its wait (flows/gpu_slot.py).
 step_task = task(name="pipeline-step", task_run_name="{step_name}", cache_policy=NO_CACHE, persist_result=False,
                  retry_condition_fn=retry_unless_non_retryable)(run_step_task)

@@ -10,7 +10,7 @@
 #   FLUXFLOW_VENV_BIN      the virtualenv's bin directory         (default: <repo>/.venv/bin)
 #   FLUXFLOW_PREFECT_PORT  Prefect server port on 127.0.0.1       (default: 4200)
 #   FLUXFLOW_MLFLOW_PORT   MLflow UI port on 127.0.0.1            (default: 5000)
-#   FLUXFLOW_GPU_TAG       the task tag (and limit) of this GPU host's steps (default: gpu; one per host when several
+#   FLUXFLOW_GPU_TAG       the tag limit whose slot this GPU host's steps take (default: gpu; one per host when several
 #                          hosts share a server, e.g. gpu-$(hostname): docs/DISTRIBUTED.md)
 #   FLUXFLOW_GPU_SLOTS     that limit's value, steps at a time   (default: 1)
 #   PREFECT_API_URL        the server the worker/deploy talk to   (default: http://127.0.0.1:$FLUXFLOW_PREFECT_PORT/api)

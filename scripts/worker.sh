@@ -2,7 +2,7 @@
 # `make worker`: a Prefect process worker on the `gpu` work pool, in the background. Creates the pool and the `gpu`
 # task-tag concurrency limit (1 step at a time) first when they are missing. Needs a server (`make server`, or
 # PREFECT_API_URL). Where several GPU hosts share one server, give each host its own limit:
-#   FLUXFLOW_GPU_TAG=gpu-$(hostname) make worker     # creates the limit gpu-<host> = 1; this host's steps carry that tag
+#   FLUXFLOW_GPU_TAG=gpu-$(hostname) make worker     # creates the limit gpu-<host> = 1; this host's steps take its slot
 #
 #   bash scripts/worker.sh               # background, pid in .run/prefect-worker.pid (what `make worker` does)
 #   bash scripts/worker.sh --foreground  # in this terminal, Ctrl-C stops it (the Docker image's command)
@@ -54,6 +54,6 @@ for ((i = 0; ; i++)); do
     fi
     sleep 0.25
 done
-echo "worker polling pool '$POOL_NAME' on $PREFECT_API_URL (flow runs start in $FLUXFLOW_HOME; their steps are"
-echo "tasks tagged '$FLUXFLOW_GPU_TAG': see the limit with $PREFECT concurrency-limit inspect $FLUXFLOW_GPU_TAG)"
+echo "worker polling pool '$POOL_NAME' on $PREFECT_API_URL (flow runs start in $FLUXFLOW_HOME; their steps take"
+echo "slots of the limit '$FLUXFLOW_GPU_TAG': see it with $PREFECT concurrency-limit inspect $FLUXFLOW_GPU_TAG)"
 stop_hint prefect-worker

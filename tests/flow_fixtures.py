@@ -6,8 +6,11 @@ servers.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -77,3 +80,45 @@ def run_step_calls(monkeypatch) -> tuple[dict, dict]:
 
     monkeypatch.setattr(fluxflow.train.pipeline, "run_step", recording_run_step)
     return received, ran
+
+
+@contextlib.contextmanager
+def gpu_concurrency_limit(limit: int):
+    """A `gpu` tag concurrency limit on the test API for the duration of the block (flows/gpu_slot.py)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag="gpu", concurrency_limit=limit)
+    try:
+        yield
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_concurrency_limit_by_tag("gpu")
+
+
+@contextlib.contextmanager
+def gpu_slot_held_elsewhere(release_after_s: float):
+    """The `gpu` slot taken, as another run's step task holds it, for the block or `release_after_s` seconds, whichever
+    ends first (a run that cannot stop while it waits for the slot ends after that, not never)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+
+    with get_client(sync_client=True) as client:
+        response = client.increment_concurrency_slots_with_lease(
+            names=["tag:gpu"], slots=1, mode="concurrency", lease_duration=600,
+            holder=ConcurrencyLeaseHolder(type="task_run", id=uuid.uuid4()))
+    lease_id = response.json()["lease_id"]
+    once = threading.Lock()
+
+    def release() -> None:
+        if once.acquire(blocking=False):  # by the timer or at the block's end, not both
+            with get_client(sync_client=True) as client:
+                client.release_concurrency_slots_with_lease(lease_id)
+
+    timer = threading.Timer(release_after_s, release)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        release()

@@ -187,7 +187,7 @@ def test_manual_deployment_runs_each_step_as_a_task_and_records_nested_mlflow_ru
     run_dir = tmp_path / "run"
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = dict(os.environ)
-    env.pop("FLUXFLOW_GPU_TAG", None)  # the single-host default: steps tagged `gpu`
+    env.pop("FLUXFLOW_GPU_TAG", None)  # the single-host default: steps take slots of the limit `gpu`
     env.update(
         PREFECT_HOME=str(tmp_path / "prefect-home"),
         PREFECT_API_URL=api_url,
@@ -228,7 +228,7 @@ def test_manual_deployment_runs_each_step_as_a_task_and_records_nested_mlflow_ru
         assert flow_run.state.is_completed(), flow_run.state
         assert sorted(t.name for t in task_runs) == sorted(steps)  # one task run per step, named after it
         assert all(t.state.is_completed() for t in task_runs)
-        assert all("gpu" in t.tags for t in task_runs)  # what the `gpu` concurrency limit counts
+        assert limit.active_slots == []  # every slot of the `gpu` limit the steps took was given back
         # The UI's log of the run shows each step train: its console lines, as the worker's terminal printed them.
         log = asyncio.run(flow_run_log(api_url, flow_run.id))
         for index, name in enumerate(steps, start=1):

@@ -7,10 +7,13 @@ The interrupts here are a KeyboardInterrupt raised at that point of the flow, in
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from pathlib import Path
 
 import pytest
+from flow_fixtures import gpu_concurrency_limit, gpu_slot_held_elsewhere
 from helpers_tiny import tiny_raw
 from mlflow.tracking import MlflowClient
 
@@ -42,6 +45,21 @@ def pipeline_runs(experiment: str) -> list:
     found = client.get_experiment_by_name(experiment)
     return [] if found is None else client.search_runs(
         [found.experiment_id], filter_string="tags.`fluxflow.kind` = 'pipeline'")
+
+
+@contextlib.contextmanager
+def flow_lines():
+    """The messages of the flow run's logger (get_run_logger's, whatever its console handler writes to), in the list
+    it yields."""
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    flow_logger = logging.getLogger("prefect.flow_runs")
+    flow_logger.addHandler(handler)
+    try:
+        yield said
+    finally:
+        flow_logger.removeHandler(handler)
 
 
 def finished_pipeline_run(raw: dict) -> tuple[str, int]:
@@ -157,25 +175,22 @@ def test_ctrl_c_during_promotion_kills_the_pipeline_run(tmp_path, mlflow_store, 
     assert [str(v.version) for v in MlflowClient().search_model_versions("name = 'ctrl-c-promotion'")] == ["1"]
 
 
-def test_ctrl_c_while_steps_run_says_at_once_that_they_stop_at_their_next_batch(tmp_path, mlflow_store, monkeypatch):
+def test_ctrl_c_while_steps_run_says_at_once_that_they_stop_at_their_next_batch(tmp_path, mlflow_store, monkeypatch,
+                                                                                run_step_calls):
     """Nothing was said until the running steps had stopped: up to 20 s when an evaluation was under way."""
-    import logging
-
     from flows import pipeline_flow
 
-    def ctrl_c(futures):  # the flow's wait for its running steps
+    received, _ = run_step_calls
+
+    def ctrl_c_once_it_trains(futures):  # the flow's wait for its running steps
+        deadline = time.monotonic() + 60
+        while "warm" not in received and time.monotonic() < deadline:
+            time.sleep(0.05)
         raise KeyboardInterrupt
 
-    said: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: said.append(record.getMessage())
-    flow_logger = logging.getLogger("prefect.flow_runs")  # get_run_logger's, whatever its console handler writes to
-    flow_logger.addHandler(handler)
-    monkeypatch.setattr(pipeline_flow, "as_completed", ctrl_c)
-    try:
+    monkeypatch.setattr(pipeline_flow, "as_completed", ctrl_c_once_it_trains)
+    with flow_lines() as said:
         interrupted_flow(config(tmp_path, "ctrl-c-while-steps-run"))
-    finally:
-        flow_logger.removeHandler(handler)
     assert "Stopping: the running steps (warm) save the batch they reached and stop; an evaluation or samples under " \
            "way finish first" in said, said
 
@@ -202,4 +217,32 @@ def test_ctrl_c_stops_the_steps_before_the_runs_summary_is_published_and_a_faili
     raw = config(tmp_path, "ctrl-c-summary-fails")
     interrupted_flow(raw)  # the KeyboardInterrupt, not the Prefect API's error
     assert asked_to_stop == [True]
+    assert [r.info.status for r in pipeline_runs(raw["tracking"]["experiment_name"])] == ["KILLED"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_step_waits_for_the_gpu_slot_ends_the_run_at_once(tmp_path, mlflow_store, monkeypatch):
+    """Another run's step held the `gpu` slot (a shared server's `gpu` limit of 1): Ctrl-C or SIGTERM of a run whose
+    step waited for it did not end the run until that other step had ended (minutes here, hours on real training),
+    and said that its step, which had not started, "saves the batch it reached". The stop now ends the wait: the
+    run ends within seconds, says the step had not started, and the step wrote nothing."""
+    from flows import pipeline_flow
+
+    interrupted_at: list[float] = []
+
+    def ctrl_c_while_waiting(futures):
+        time.sleep(4)  # the step task asks for the slot, and is refused
+        interrupted_at.append(time.monotonic())
+        raise KeyboardInterrupt
+
+    raw = config(tmp_path, "ctrl-c-waiting-for-the-gpu")
+    monkeypatch.setattr(pipeline_flow, "as_completed", ctrl_c_while_waiting)
+    with gpu_concurrency_limit(1), gpu_slot_held_elsewhere(release_after_s=60), flow_lines() as said:
+        interrupted_flow(raw)
+        ended_s = time.monotonic() - interrupted_at[0]
+
+    assert ended_s < 20, f"the run ended {ended_s:.0f} s after Ctrl-C"
+    assert not any("running steps (warm)" in line for line in said), said
+    assert any("warm had not started" in line for line in said), said
+    assert not list((tmp_path / "out").rglob("*.pt"))
     assert [r.info.status for r in pipeline_runs(raw["tracking"]["experiment_name"])] == ["KILLED"]

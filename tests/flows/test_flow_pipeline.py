@@ -5,7 +5,6 @@ sqlite store. Each flow run takes a few seconds, most of it Prefect and MLflow b
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
@@ -16,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from flow_fixtures import gpu_concurrency_limit
 from helpers_tiny import tiny_raw
 from mlflow.tracking import MlflowClient
 
@@ -63,33 +63,6 @@ def artifact_keys(flow_run_id) -> set[str]:
     return {artifact.key for artifact in found}
 
 
-@contextlib.contextmanager
-def gpu_concurrency_limit(limit: int):
-    """A `gpu` tag concurrency limit on the test API for the duration of the block.
-
-    Prefect 3.9 remembers for 5 s, per process, that a set of tags had no limit (prefect/concurrency/services.py,
-    `_no_limits_cache`): tasks of an earlier test in this process would make a limit created right after them
-    ineffective. Forget that before the block (or wait the 5 s out where the cache is not there to clear).
-    """
-    import time
-
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        client.create_concurrency_limit(tag="gpu", concurrency_limit=limit)
-    try:
-        from prefect.concurrency.services import _no_limits_cache
-
-        _no_limits_cache.clear()
-    except ImportError:
-        time.sleep(5.5)
-    try:
-        yield
-    finally:
-        with get_client(sync_client=True) as client:
-            client.delete_concurrency_limit_by_tag("gpu")
-
-
 def mlflow_runs(experiment: str) -> tuple[list, list]:
     """(pipeline runs, step runs) of an experiment."""
     client = MlflowClient()
@@ -119,7 +92,6 @@ def test_three_steps_are_three_tasks_named_after_them_and_three_nested_mlflow_ru
     # The leaf flow step's checkpoint is registered and promoted after the steps (flows/promotion.py).
     assert sorted(tasks) == ["flow", "promote chain", "register flow", "vae_gan", "vae_warmup"]
     assert all(t.state.is_completed() for t in tasks.values())
-    assert all("gpu" in tasks[name].tags for name in ("flow", "promote chain", "vae_gan", "vae_warmup"))
     assert [o["result"]["step_name"] for o in outcomes] == ["vae_warmup", "vae_gan", "flow"]
     assert [o["ref"]["global_step"] for o in outcomes] == [2, 4, 6]  # each step starts where its parent ended
 

@@ -1,0 +1,85 @@
+"""The host's GPU slot: the task concurrency limit `gpu` (`prefect concurrency-limit create gpu 1`, scripts/worker.sh)
+that lets one step at a time use this host's GPU(s), whatever the number of flow runs.
+
+A local step task (and the promotion, which evaluates on the GPU) takes the slot itself, around its work, instead of
+carrying the tag for Prefect's task engine to take: the engine waits for a slot in a call that nothing in the process
+can interrupt (Prefect 3.9: a blocking wait on its acquisition service, which the interpreter's exit waits on too), so
+a Ctrl-C or SIGTERM of a run whose step waited for another run's slot did not end the run until that step had ended,
+hours on real training. Here each request for the slot is answered at once (granted, or 423 with a time to ask
+again), and the wait between requests looks at the stop request (fluxflow/runtime/stop_request.py). The slot is the
+one the engine took: a lease on the limit `tag:gpu`, held by the task run, so `prefect concurrency-limit inspect gpu`
+lists its holders, and a killed process's slot frees itself when the lease runs out (LEASE_S).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from uuid import UUID
+
+import httpx
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
+# What Prefect's own `concurrency()` renews its leases with (a thread renewing every 3/4 of the lease).
+from prefect.concurrency._leases import maintain_concurrency_lease
+
+from fluxflow.runtime.stop_request import POLL_S, StepInterrupted, stop_requested
+
+LEASE_S = 60.0  # Prefect's task engine's (the shortest the API takes): how long a killed holder keeps the slot
+LOCKED = 423  # the API's answer while the limit is full
+
+_STARTED: set[UUID] = set()  # the task runs past their wait for the slot (LocalSteps.started)
+
+
+def gpu_tag() -> str:
+    """The tag whose limit lets one step at a time use this host's GPU(s): `gpu`, or FLUXFLOW_GPU_TAG from the
+    worker's environment where several GPU hosts share one Prefect server, so that each host has a limit of its own
+    (scripts/worker.sh creates it; docs/DISTRIBUTED.md)."""
+    return os.environ.get("FLUXFLOW_GPU_TAG") or "gpu"
+
+
+def started(task_run_id: UUID) -> bool:
+    """Whether the task run has its slot (or there is no limit) and does its work."""
+    return task_run_id in _STARTED
+
+
+@contextlib.contextmanager
+def gpu_slot(who: str, task_run_id: UUID):
+    """Hold the slot of `gpu_tag()`'s limit for the block, on behalf of the task run `task_run_id` (`who`, e.g.
+    `Step b`, names it in messages); without such a limit the block runs at once. A stop request while waiting raises
+    StepInterrupted: nothing has started, nothing is lost."""
+    tag = gpu_tag()
+    with get_client(sync_client=True) as client:
+        lease_id = wait_for_slot(client, tag, who, task_run_id)
+    _STARTED.add(task_run_id)
+    try:
+        with maintain_concurrency_lease(lease_id, LEASE_S) if lease_id is not None else contextlib.nullcontext():
+            yield
+    finally:
+        _STARTED.discard(task_run_id)
+        if lease_id is not None:  # a failed release leaves the slot to the lease's end, not the outcome to an error
+            with contextlib.suppress(Exception), get_client(sync_client=True) as client:
+                client.release_concurrency_slots_with_lease(lease_id)
+
+
+def wait_for_slot(client, tag: str, who: str, task_run_id: UUID) -> UUID | None:
+    """The lease of the slot once granted (None: the tag has no limit). Asks again when the API says to (its
+    Retry-After, up to 30 s), looking for a stop request every POLL_S meanwhile."""
+    holder = ConcurrencyLeaseHolder(type="task_run", id=task_run_id)
+    ask_at = time.monotonic()
+    while True:
+        if stop_requested():
+            raise StepInterrupted(f"{who} stopped before it started: it waited for the `{tag}` slot")
+        if time.monotonic() >= ask_at:
+            try:
+                response = client.increment_concurrency_slots_with_lease(
+                    names=[f"tag:{tag}"], slots=1, mode="concurrency", lease_duration=LEASE_S, holder=holder)
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != LOCKED:
+                    raise
+                ask_at = time.monotonic() + float(exc.response.headers.get("Retry-After", 1))
+            else:
+                granted = ConcurrencyLimitWithLeaseResponse.model_validate(response.json())
+                return granted.lease_id if granted.limits else None
+        time.sleep(POLL_S)

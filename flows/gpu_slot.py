@@ -13,12 +13,15 @@ lists its holders, and a killed process's slot frees itself when the lease runs 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from uuid import UUID
 
 import httpx
+from prefect import get_run_logger
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
 # What Prefect's own `concurrency()` renews its leases with (a thread renewing every 3/4 of the lease).
@@ -28,6 +31,7 @@ from fluxflow.runtime.stop_request import POLL_S, StepInterrupted, stop_requeste
 
 LEASE_S = 60.0  # Prefect's task engine's (the shortest the API takes): how long a killed holder keeps the slot
 LOCKED = 423  # the API's answer while the limit is full
+SAY_AFTER_S = 5.0  # a wait longer than this is said, once, in the task run's log: after a kill -9 it lasts a minute
 
 _STARTED: set[UUID] = set()  # the task runs past their wait for the slot (LocalSteps.started)
 
@@ -65,9 +69,11 @@ def gpu_slot(who: str, task_run_id: UUID):
 
 def wait_for_slot(client, tag: str, who: str, task_run_id: UUID) -> UUID | None:
     """The lease of the slot once granted (None: the tag has no limit). Asks again when the API says to (its
-    Retry-After, up to 30 s), looking for a stop request every POLL_S meanwhile."""
+    Retry-After, up to 30 s), looking for a stop request every POLL_S meanwhile; a wait past SAY_AFTER_S is said
+    once, with who holds the slot."""
     holder = ConcurrencyLeaseHolder(type="task_run", id=task_run_id)
     ask_at = time.monotonic()
+    say_at = ask_at + SAY_AFTER_S
     while True:
         if stop_requested():
             raise StepInterrupted(f"{who} stopped before it started: it waited for the `{tag}` slot")
@@ -82,4 +88,24 @@ def wait_for_slot(client, tag: str, who: str, task_run_id: UUID) -> UUID | None:
             else:
                 granted = ConcurrencyLimitWithLeaseResponse.model_validate(response.json())
                 return granted.lease_id if granted.limits else None
+        if time.monotonic() >= say_at:
+            held_by = holders(client, tag)
+            if held_by:
+                get_run_logger().info("%s waits for the `%s` concurrency slot, held by %s. A holder whose process "
+                                      "was killed (kill -9) keeps it until its lease runs out, within %.0f s.",
+                                      who, tag, held_by, LEASE_S)
+                say_at = math.inf
+            else:  # freed since the refusal: the next request takes it, or looks again at who took it
+                say_at = ask_at + SAY_AFTER_S
         time.sleep(POLL_S)
+
+
+def holders(client, tag: str) -> str:
+    """The task runs holding the limit's slots, by name and id, as the API lists them; empty when none does."""
+    try:
+        ids = client.read_concurrency_limit_by_tag(tag).active_slots
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=ids))) if ids else []
+    except Exception:  # noqa: BLE001 - only words of a line: the wait goes on without them
+        return "a task run (the API did not say which)"
+    names = {run.id: run.name for run in runs}
+    return ", ".join(f"task run {names[i]!r} ({i})" if i in names else f"task run {i}" for i in ids)

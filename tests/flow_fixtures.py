@@ -7,6 +7,7 @@ servers.
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import threading
 import time
@@ -99,14 +100,16 @@ def gpu_concurrency_limit(limit: int):
 @contextlib.contextmanager
 def gpu_slot_held_elsewhere(release_after_s: float):
     """The `gpu` slot taken, as another run's step task holds it, for the block or `release_after_s` seconds, whichever
-    ends first (a run that cannot stop while it waits for the slot ends after that, not never)."""
+    ends first (a run that cannot stop while it waits for the slot ends after that, not never). Yields the holder's
+    task run id."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 
+    holder_id = uuid.uuid4()
     with get_client(sync_client=True) as client:
         response = client.increment_concurrency_slots_with_lease(
             names=["tag:gpu"], slots=1, mode="concurrency", lease_duration=600,
-            holder=ConcurrencyLeaseHolder(type="task_run", id=uuid.uuid4()))
+            holder=ConcurrencyLeaseHolder(type="task_run", id=holder_id))
     lease_id = response.json()["lease_id"]
     once = threading.Lock()
 
@@ -118,7 +121,25 @@ def gpu_slot_held_elsewhere(release_after_s: float):
     timer = threading.Timer(release_after_s, release)
     timer.start()
     try:
-        yield
+        yield holder_id
     finally:
         timer.cancel()
         release()
+
+
+@contextlib.contextmanager
+def run_log_lines(logger_name: str = "prefect.flow_runs"):
+    """The messages of the flow runs' logger (get_run_logger's in a flow; `prefect.task_runs` in a task), whatever
+    its console handler writes to, in the list it yields."""
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()  # Prefect's first setup, on its first flow, would replace this logger's handlers
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield said
+    finally:
+        logger.removeHandler(handler)

@@ -7,13 +7,11 @@ The interrupts here are a KeyboardInterrupt raised at that point of the flow, in
 """
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
 from pathlib import Path
 
 import pytest
-from flow_fixtures import gpu_concurrency_limit, gpu_slot_held_elsewhere
+from flow_fixtures import gpu_concurrency_limit, gpu_slot_held_elsewhere, run_log_lines
 from helpers_tiny import tiny_raw
 from mlflow.tracking import MlflowClient
 
@@ -45,21 +43,6 @@ def pipeline_runs(experiment: str) -> list:
     found = client.get_experiment_by_name(experiment)
     return [] if found is None else client.search_runs(
         [found.experiment_id], filter_string="tags.`fluxflow.kind` = 'pipeline'")
-
-
-@contextlib.contextmanager
-def flow_lines():
-    """The messages of the flow run's logger (get_run_logger's, whatever its console handler writes to), in the list
-    it yields."""
-    said: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: said.append(record.getMessage())
-    flow_logger = logging.getLogger("prefect.flow_runs")
-    flow_logger.addHandler(handler)
-    try:
-        yield said
-    finally:
-        flow_logger.removeHandler(handler)
 
 
 def finished_pipeline_run(raw: dict) -> tuple[str, int]:
@@ -189,7 +172,7 @@ def test_ctrl_c_while_steps_run_says_at_once_that_they_stop_at_their_next_batch(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline_flow, "as_completed", ctrl_c_once_it_trains)
-    with flow_lines() as said:
+    with run_log_lines() as said:
         interrupted_flow(config(tmp_path, "ctrl-c-while-steps-run"))
     assert "Stopping: the running steps (warm) save the batch they reached and stop; an evaluation or samples under " \
            "way finish first" in said, said
@@ -237,7 +220,7 @@ def test_ctrl_c_while_the_step_waits_for_the_gpu_slot_ends_the_run_at_once(tmp_p
 
     raw = config(tmp_path, "ctrl-c-waiting-for-the-gpu")
     monkeypatch.setattr(pipeline_flow, "as_completed", ctrl_c_while_waiting)
-    with gpu_concurrency_limit(1), gpu_slot_held_elsewhere(release_after_s=60), flow_lines() as said:
+    with gpu_concurrency_limit(1), gpu_slot_held_elsewhere(release_after_s=60), run_log_lines() as said:
         interrupted_flow(raw)
         ended_s = time.monotonic() - interrupted_at[0]
 

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from flow_fixtures import gpu_concurrency_limit
+from flow_fixtures import gpu_concurrency_limit, gpu_slot_held_elsewhere, run_log_lines
 from helpers_tiny import tiny_raw
 from mlflow.tracking import MlflowClient
 
@@ -185,6 +185,20 @@ def test_branches_start_from_the_same_parent_checkpoint_and_compare_reports_both
     from PIL import Image
 
     assert Image.open(tmp_path / "cmp" / "compare_branches.png").size[0] > 100
+
+
+def test_a_step_waiting_for_the_gpu_slot_says_once_who_holds_it(tmp_path, mlflow_store_module):
+    """After a `kill -9`, the killed run's `gpu` slot stays taken until its lease runs out (about a minute): the next
+    run's step waited that long with nothing said. Now its task run's log says, once, what it waits for and who holds
+    it; the step trains once the slot is free."""
+    raw = config(tmp_path, "waits-for-the-gpu", [{"name": "warm", **VAE}], no_samples=True)
+    with gpu_concurrency_limit(1), gpu_slot_held_elsewhere(release_after_s=8) as holder, \
+            run_log_lines("prefect.task_runs") as said:
+        state, _ = run_flow(raw)
+    assert state.is_completed(), state.message
+    waits = [line for line in said if "waits for the `gpu` concurrency slot" in line]
+    assert len(waits) == 1, said
+    assert waits[0].startswith("Step warm waits") and str(holder) in waits[0] and "kill -9" in waits[0], waits
 
 
 class FailOnce:

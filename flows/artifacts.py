@@ -55,7 +55,8 @@ def publish_step(pipeline: str, outcome: StepOutcome) -> None:
 
 
 def publish_summary(pipeline: str, outcomes: list[StepOutcome], skipped: dict[str, str]) -> None:
-    """The pipeline's table, one row per step: the flow's outcomes, then the steps that did not run."""
+    """The pipeline's table, one row per step: the flow's outcomes, then how each other step ended (`skipped`:
+    `failed: ERROR`, `not run: a failed`, ...)."""
     columns = ("step", "outcome", "epochs", "final metrics", "checkpoint", "mlflow run")
     rows = []
     for outcome in outcomes:

@@ -29,6 +29,7 @@ from fluxflow.checkpoints.lock import RunLockedError
 from fluxflow.checkpoints.ref import StepOutcome
 from fluxflow.config import PipelineConfig
 from fluxflow.config.run_config import run_dict
+from fluxflow.train.pipeline_schedule import PipelineFailed
 from fluxflow.wording import counted
 
 
@@ -76,6 +77,19 @@ def print_where_to_look(config: PipelineConfig, flow_run_id, api_url: str | None
     print(f"Prefect UI:  {start}{flow_run_url}")
 
 
+def print_steps(finished: list[dict], not_finished: dict[str, str] | None = None) -> None:
+    """One line per step: each finished one's outcome, epochs and checkpoint (`StepOutcome.to_dict()`s), then how
+    each other one ended (`failed: ERROR`, `not run: a failed`)."""
+    for outcome in map(StepOutcome.from_dict, finished):
+        result = outcome.result
+        trained = "" if result.trained else " (already complete, skipped)"
+        where = f", on {outcome.placement()}" if outcome.placement() else ""
+        print(f"  {result.step_name}: {result.outcome}{trained}, {counted(result.epochs_done, 'epoch')}, "
+              f"{outcome.ref.uri}{where}")
+    for name, how in (not_finished or {}).items():
+        print(f"  {name}: {how}")
+
+
 def run_pipeline_flow(config: PipelineConfig, overrides: list[str] | None = None) -> int:
     """Run the flow on the current Prefect API (the embedded one by default) with the config `fluxflow-train`
     resolved (`overrides`: the `--set` changes it applied, recorded on the MLflow run). Exit code: 0 done, 1 failed,
@@ -93,19 +107,17 @@ def run_pipeline_flow(config: PipelineConfig, overrides: list[str] | None = None
                  PREFECT_UI_URL: PREFECT_UI_URL.value() or ""}
     with temporary_settings(temporary) if api_url else contextlib.nullcontext():
         state = pipeline_flow(run_dict(config), overrides=overrides or None, return_state=True)
+        failure = None if state.is_completed() else state_exception(state)
         if state.is_completed():
             print("Pipeline finished:")
-            for outcome in map(StepOutcome.from_dict, state.result()):  # one line per step
-                result = outcome.result
-                trained = "" if result.trained else " (already complete, skipped)"
-                where = f", on {outcome.placement()}" if outcome.placement() else ""
-                print(f"  {result.step_name}: {result.outcome}{trained}, {counted(result.epochs_done, 'epoch')}, "
-                      f"{outcome.ref.uri}{where}")
-        elif isinstance(state_exception(state), RunLockedError):
+            print_steps(state.result())
+        elif isinstance(failure, RunLockedError):
             # Another run took the directory in the seconds between this one's early check and its flow's start:
             # nothing of this run exists to look at, and the lines of "where to look" would show the other's.
             return failure_exit_code(state)
         else:
             print(f"Pipeline {state.name.lower()}: {state.message}")
+            if isinstance(failure, PipelineFailed):  # the steps that finished, failed and did not run, as above
+                print_steps(failure.finished, failure.not_finished)
     print_where_to_look(config, state.state_details.flow_run_id, api_url)
     return EXIT_OK if state.is_completed() else failure_exit_code(state)  # 2 when the user must fix something first

@@ -187,7 +187,7 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
                     running[name] = steps_on.submit(task, schedule.by_name[name], parameters)
                 except Infeasible as exc:  # Ray would hold it pending forever: it fails now, its subtree is not run
                     logger.error(str(exc))
-                    schedule.step_failed(name, exc)  # not in `failed`: it opened no MLflow run, and
+                    schedule.step_failed(name, exc, started=False)  # not in `failed`: it opened no MLflow run, and
                     # fluxflow-compare, which reads those, calls it "not run"; the summary says the same
 
         submit(schedule.roots(), None)
@@ -209,7 +209,7 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
                 logger.warning(missed_threshold_message(schedule.by_name[name]))
             submit(schedule.step_finished(name, outcome.result.outcome), outcome.ref.to_dict())
         status = "FAILED" if schedule.problems else "FINISHED"  # an error in registration does not change it
-        schedule.raise_if_failed()
+        schedule.raise_if_failed([outcome.to_dict() for outcome in outcomes])  # with them: fluxflow-train lists them
         sent = send_records(pipeline_run)  # the step runs' ids, for registration: every record queued so far sent
         tracked = caught_up(pipeline_run, target, outcomes) if sent else None
         if tracked is not None:
@@ -247,10 +247,19 @@ def run_steps(cfg: PipelineConfig, overrides: list[str] | None, steps_on) -> lis
         send_records(pipeline_run, status, TRACKING_STALL_S if sent else 0)
         if target is not None:  # last: the Prefect API failing here loses the summary, not the MLflow run's end
             try:
-                artifacts.publish_summary(target.pipeline, outcomes, schedule.not_run)
+                rest = without_outcome(steps, outcomes, schedule, running)
+                artifacts.publish_summary(target.pipeline, outcomes, rest)
             except Exception as exc:  # noqa: BLE001 - the record of what ran; the run's own outcome stands
                 logger.warning("the run's summary could not be published to Prefect: %s", exc)
     return [outcome.to_dict() for outcome in outcomes]
+
+
+def without_outcome(steps: list, outcomes: list[StepOutcome], schedule: PipelineSchedule, stopped) -> dict[str, str]:
+    """Every step without an outcome -> how it ended, for the summary: `failed: ERROR`, `not run: a failed`,
+    `interrupted` (`stopped`: the steps an interrupt stopped), else `not run` (an interrupt came first)."""
+    ended = {**schedule.not_finished(), **dict.fromkeys(stopped, "interrupted")}
+    done = {outcome.result.step_name for outcome in outcomes}
+    return {**ended, **{step.name: "not run" for step in steps if step.name not in done and step.name not in ended}}
 
 
 def log_hypotheses(run: PipelineRun, steps: list, outcomes: list[StepOutcome], ended: dict[str, str]) -> None:

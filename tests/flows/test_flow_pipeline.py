@@ -254,6 +254,47 @@ def test_a_failed_task_is_retried_and_resumes_mid_step_in_the_same_mlflow_run(tm
     assert sorted(m.step for m in history) == [4, 5, 6, 7, 8, 9]  # continues at 8: no restart, no batch twice
 
 
+def test_a_failed_step_is_in_the_summary_and_the_printed_lines_with_the_steps_that_finished_and_did_not_run(
+        tmp_path, mlflow_store_module, monkeypatch, capsys):
+    """The Prefect summary listed the failed step's children as "not run: a failed" and had no row for `a` itself
+    (with two branches it looked like a pipeline without that step), and `fluxflow-train` printed only
+    `Pipeline failed: ...`, none of the per-step lines of a run that finished."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows import step_task
+    from flows.cli_flow_run import run_pipeline_flow
+    from fluxflow.config.run_config import resolve_run_config
+
+    real_make_tracker = step_task.make_tracker
+
+    def failing_make_tracker(cfg, target, node=None, step_name=None):
+        tracker, mlflow_tracker = real_make_tracker(cfg, target, node, step_name)
+        return FailOnce(tracker, "a", at_call=1), mlflow_tracker
+
+    monkeypatch.setattr(step_task, "make_tracker", failing_make_tracker)
+    FailOnce.raised = False
+    raw = config(tmp_path, "failed-tree", [
+        {"name": "warm", **VAE}, {"name": "a", **VAE}, {"name": "b", **VAE, "after": "warm"},
+        {"name": "a2", **VAE, "after": "a"},
+    ], retries=0, no_samples=True)
+    raw["output"]["output_path"] = str(tmp_path / "failed-tree")  # its own summary's key in the session's API
+    assert run_pipeline_flow(resolve_run_config(raw).config) == 1
+    printed = capsys.readouterr().out.splitlines()
+
+    with get_client(sync_client=True) as client:
+        [table] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["failed-tree-summary"])), limit=1)
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert {row["step"]: row["outcome"] for row in rows} == {
+        "warm": "epochs_done", "b": "epochs_done", "a": "failed: injected failure", "a2": "not run: a failed"}
+    end = next(i for i, line in enumerate(printed) if line.startswith("Pipeline failed: "))
+    steps = {line.split(":")[0].strip(): line for line in printed[end + 1:end + 5]}
+    assert sorted(steps) == ["a", "a2", "b", "warm"], printed
+    assert steps["b"].startswith("  b: epochs_done, 1 epoch, ") and steps["b"].endswith("checkpoints/b/final.pt")
+    assert steps["a"] == "  a: failed: injected failure" and steps["a2"] == "  a2: not run: a failed"
+
+
 def test_a_missed_threshold_with_on_missed_fail_fails_the_flow_and_stops_its_subtree(tmp_path, mlflow_store_module,
                                                                                      capsys):
     from flows.cli_flow_run import run_pipeline_flow

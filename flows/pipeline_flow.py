@@ -141,6 +141,13 @@ def pipeline_flow(config: str | dict, output_dir: str | None = None, device: str
     quiet_non_retryable_tracebacks()
     cfg = resolve_run_config(config, output_dir=output_dir, device=device, overrides=overrides or (),
                              day=run_day()).config
+    if cfg.training.executor.kind == "local":  # on Ray the device is the cluster's (flows/ray_steps.py)
+        from fluxflow.runtime.device import resolve_device  # torch: only once a flow runs
+
+        # A device this machine lacks fails here, once, named where it was set (the `device` parameter of a
+        # deployment run, else the file's field), as fluxflow-train's check does: not in the first step, after the
+        # output directory was taken and the MLflow run opened, as the file's `training.device`.
+        resolve_device(cfg.training.device, "device" if device else "training.device")
     # One run per output directory (a local flock, or a lock object on the object store: fluxflow/storage): a second
     # one fails at once, as with run_pipeline. The executor (local, or Ray: flows/ray_steps.py) is joined before
     # anything is tracked, so an unreachable cluster leaves no run behind.

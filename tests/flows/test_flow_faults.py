@@ -116,17 +116,29 @@ def test_an_output_another_run_holds_fails_the_run_in_one_line(tmp_path, mlflow_
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
-def test_a_device_the_machine_lacks_fails_the_step_once_in_one_line(tmp_path, mlflow_store):
-    """`--param device=cuda` on a worker without a GPU (docs/OPERATIONS.md, "Running a deployment"): a retry in the
-    same process finds no GPU either, so the step is attempted once, and the run says why without a traceback, as
-    `fluxflow-train` does (exit 2)."""
+@pytest.mark.parametrize("given, named", [("parameter", "device"), ("file", "training.device")])
+def test_a_device_the_machine_lacks_fails_the_run_before_any_step_naming_where_it_was_set(given, named, tmp_path,
+                                                                                          mlflow_store):
+    """`--param device=cuda` on a worker without a GPU (docs/OPERATIONS.md, "Running a deployment") failed inside the
+    first step as `training.device is 'cuda' ...`, although the file said cpu, after the flow had taken the output
+    directory and opened its MLflow run. Now the flow refuses it at its start, in one line without a traceback,
+    naming the parameter when it was one (as `fluxflow-train --device` is named), the file's field otherwise: no
+    step, no MLflow run, no output directory."""
+    from mlflow.tracking import MlflowClient
+
     from flows.pipeline_flow import pipeline_flow
 
-    records, state = flow_run_records(lambda: pipeline_flow(
-        config(tmp_path, "no-gpu", STEPS, retries=2, no_samples=True), device="cuda", return_state=True))
+    raw = config(tmp_path, f"no-gpu-{given}", STEPS, retries=2, no_samples=True)
+    if given == "file":
+        raw["training"]["device"] = "cuda"
+    records, state = flow_run_records(lambda: pipeline_flow(raw, device="cuda" if given == "parameter" else None,
+                                                            return_state=True))
     assert state.is_failed()
-    assert "no CUDA device is available" in state.message
-    assert task_runs(state.state_details.flow_run_id)["warm"].run_count == 1
+    assert f"{named} is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')" in state.message
+    assert not state.message.split(f"{named} is")[0].endswith("training.")  # `device`, not `training.device`
+    assert task_runs(state.state_details.flow_run_id) == {}
+    assert MlflowClient().get_experiment_by_name(f"no-gpu-{given}") is None
+    assert not (tmp_path / "out").exists()
     assert [r.getMessage() for r in records if r.exc_info] == []
 
 

@@ -71,10 +71,10 @@ def run_step_task(config: dict, step_name: str, parent_ref: dict | None, trackin
         node, on_cancel = current_node(), cancel_stops_at_a_batch()
         use_assigned_cpus()
         print(f"Step {step_name} runs on {node}", flush=True)
-        together.meet(step_name)  # test-only: branches that must be running at the same time
     elif run is not None:  # one step at a time on this host's GPU(s), where a `gpu` limit says so (on Ray: Ray's)
         slot = gpu_slot(f"Step {step_name}", run.task_run.id)
     with on_cancel, slot:
+        together.meet(step_name)  # test-only: branches that must be running at the same time
         from fluxflow.train.pipeline import train_step
 
         tracker, mlflow_tracker = make_tracker(config, target, node, step_name)

@@ -11,6 +11,8 @@ import pytest
 import torch
 from helpers_tiny import tiny_raw
 
+from flows import together as together_env
+
 pytestmark = pytest.mark.slow
 
 WARM = {"name": "warm", "n_epochs": 1, "max_steps": 2, "train_vae": True}
@@ -71,11 +73,16 @@ def records(output: Path, step: str) -> list[dict]:
 
 @pytest.mark.parametrize("checked,beside", [("flow_a", "flow_b"), ("flow_b", "flow_a")])
 def test_a_branch_run_beside_another_ends_with_the_weights_and_losses_it_gets_alone(
-        checked, beside, tmp_path, mlflow_store_module, run_step_calls):
+        checked, beside, tmp_path, mlflow_store_module, run_step_calls, monkeypatch):
     """`checked` is the step after the parent in both configs: a fresh component's weights are seeded with the step's
-    seed + its depth in the pipeline's tree (fluxflow/train/trainer.py), the same in both configs."""
+    seed + its depth in the pipeline's tree (fluxflow/train/trainer.py), the same in both configs. The branches meet
+    at their start (flows/together.py): left to their timing, one could end before the other began on a busy machine,
+    and the test proved nothing."""
     _, ran = run_step_calls
+    (tmp_path / "met").mkdir()
+    monkeypatch.setenv(together_env.ENV, f"{tmp_path / 'met'}:{checked},{beside}")
     together = run(tmp_path, "together", [WARM, BRANCHES[checked], BRANCHES[beside]])
+    monkeypatch.delenv(together_env.ENV)
     (a_start, a_end), (b_start, b_end) = ran[checked], ran[beside]
     assert a_start < b_end and b_start < a_end, "the branches did not overlap: the test proves nothing"
     alone = run(tmp_path, "alone", [WARM, BRANCHES[checked]])

@@ -221,18 +221,23 @@ class FailOnce:
         self.inner.log_metrics(metrics, progress)
 
 
-def test_a_failed_task_is_retried_and_resumes_mid_step_in_the_same_mlflow_run(tmp_path, mlflow_store_module,
-                                                                                 monkeypatch):
+def fail_once(monkeypatch, step: str, at_call: int) -> None:
+    """Every step's tracker wrapped in FailOnce: `step` fails once, at its `at_call`-th metrics call."""
     from flows import step_task
 
     real_make_tracker = step_task.make_tracker
 
     def failing_make_tracker(cfg, target, node=None, step_name=None):
         tracker, mlflow_tracker = real_make_tracker(cfg, target, node, step_name)
-        return FailOnce(tracker, "gan", at_call=5), mlflow_tracker
+        return FailOnce(tracker, step, at_call), mlflow_tracker
 
     monkeypatch.setattr(step_task, "make_tracker", failing_make_tracker)
     FailOnce.raised = False
+
+
+def test_a_failed_task_is_retried_and_resumes_mid_step_in_the_same_mlflow_run(tmp_path, mlflow_store_module,
+                                                                                 monkeypatch):
+    fail_once(monkeypatch, "gan", at_call=5)
     # gan: 2 epochs x 3 batches, a checkpoint after every batch; the 5th batch's log raises, after the checkpoint
     # of batch 4 (epoch 2, batch 1).
     raw = config(tmp_path, "retry", [
@@ -262,18 +267,10 @@ def test_a_failed_step_is_in_the_summary_and_the_printed_lines_with_the_steps_th
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows import step_task
     from flows.cli_flow_run import run_pipeline_flow
     from fluxflow.config.run_config import resolve_run_config
 
-    real_make_tracker = step_task.make_tracker
-
-    def failing_make_tracker(cfg, target, node=None, step_name=None):
-        tracker, mlflow_tracker = real_make_tracker(cfg, target, node, step_name)
-        return FailOnce(tracker, "a", at_call=1), mlflow_tracker
-
-    monkeypatch.setattr(step_task, "make_tracker", failing_make_tracker)
-    FailOnce.raised = False
+    fail_once(monkeypatch, "a", at_call=1)
     raw = config(tmp_path, "failed-tree", [
         {"name": "warm", **VAE}, {"name": "a", **VAE}, {"name": "b", **VAE, "after": "warm"},
         {"name": "a2", **VAE, "after": "a"},

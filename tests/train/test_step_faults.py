@@ -273,6 +273,17 @@ def add_images(root, first: int, n: int) -> None:
             captions.write(f"img_{i:02d}.png\ta red square, number {i}\n")
 
 
+def stopped_at(config, out, epoch: int, batch: int) -> None:
+    """Run `config` until the stop requested at `epoch`, `batch` (StopAt) interrupts its step."""
+    clear_stop_request()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), \
+                pytest.raises(StepInterrupted, match=f"epoch {epoch}, batch {batch}"):
+            run_pipeline(config, tracker=StopAt(out, epoch, batch))
+    finally:
+        clear_stop_request()
+
+
 def test_images_added_while_a_step_is_interrupted_set_its_latest_pt_aside_and_it_trains_again_from_its_start(
         tmp_path):
     """A resume replays the epoch's shuffle of the items it was saved with: of 40 items instead of 32, part of the
@@ -291,12 +302,7 @@ def test_images_added_while_a_step_is_interrupted_set_its_latest_pt_aside_and_it
         return load_config(raw).config
 
     out = tmp_path / "out"
-    clear_stop_request()
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), pytest.raises(StepInterrupted, match="epoch 2, batch 4"):
-            run_pipeline(config(out), tracker=StopAt(out, 2, 4))
-    finally:
-        clear_stop_request()
+    stopped_at(config(out), out, 2, 4)
 
     add_images(photos, 36, 8)
     buffer = io.StringIO()
@@ -342,12 +348,7 @@ def test_shards_regenerated_or_named_otherwise_by_a_wds_variable_train_the_step_
     shards(0, 3, "a red square")
     monkeypatch.setenv("WDS_N", "{0..1}")  # 16 training samples: 4 batches of 4
     out = tmp_path / "out"
-    clear_stop_request()
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), pytest.raises(StepInterrupted, match="epoch 1, batch 2"):
-            run_pipeline(config(out), tracker=StopAt(out, 1, 2))
-    finally:
-        clear_stop_request()
+    stopped_at(config(out), out, 1, 2)
 
     shards(0, 2, "a blue circle")
     for s in range(2):  # written a second later, as a regeneration is

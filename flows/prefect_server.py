@@ -227,6 +227,12 @@ def is_temporary(api_url: str | None) -> bool:
     return _started is not None and api_url == _started.api_url
 
 
+def is_own_temporary(api_url: str | None) -> bool:
+    """Whether `api_url` is the temporary server this process started for its run alone (not a kept one, which a
+    user may have given a `gpu` limit)."""
+    return is_temporary(api_url) and kept_server_of(api_url) is None
+
+
 def kept_server_of(api_url: str | None) -> TemporaryServer | None:
     """The temporary server of this process at `api_url` when it is kept (--keep-server, or an earlier run's): it
     outlives the run, on a port of its own, and serves the API only (no UI)."""

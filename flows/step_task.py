@@ -24,7 +24,7 @@ from flows import together
 from flows.artifacts import mlflow_run_url, publish_step
 from flows.fault_policy import retry_unless_non_retryable
 from flows.gpu_slot import gpu_slot
-from flows.prefect_server import is_temporary, kept_server_of
+from flows.prefect_server import is_own_temporary
 from flows.mlflow_tracker import MlflowTracker
 from flows.prefect_log_tracker import PrefectLogTracker
 from flows.mlflow_names import TAG_HOSTNAME, TAG_RAY_NODE, TAG_WORKERS
@@ -109,11 +109,5 @@ def run_step_task(config: dict, step_name: str, parent_ref: dict | None, trackin
 # Prefect cache would return a stale reference after the files change. No retry for a failure that would only repeat
 # itself (flows/fault_policy.py); how many retries is the flow's (flows/pipeline_flow.py). No `gpu` tag: the task takes
 # the host's GPU slot itself, so that a stop ends its wait (flows/gpu_slot.py).
-def is_own_temporary(api_url: str | None) -> bool:
-    """Whether `api_url` is the temporary server this process started for its run alone (not a kept one, which a
-    user may have given a `gpu` limit)."""
-    return is_temporary(api_url) and kept_server_of(api_url) is None
-
-
 step_task = task(name="pipeline-step", task_run_name="{step_name}", cache_policy=NO_CACHE, persist_result=False,
                  retry_condition_fn=retry_unless_non_retryable)(run_step_task)

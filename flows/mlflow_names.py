@@ -29,6 +29,7 @@ TAG_HOSTNAME = "fluxflow.hostname"  # may train on another node than it started 
 TAG_WORKERS = "fluxflow.ray_train_workers"  # a step across nodes: each rank's node (StepOutcome.workers, as JSON)
 TAG_DECISION_OF_RUN = "fluxflow.promotion"  # on the pipeline's run: one line per promotion decision
 TAG_VERSION_OF_RUN = "fluxflow.registered_model_version"  # on the step's run: "<name>/<version>"
+TAG_CREATED_BY = "fluxflow.created_by"  # a nonce per create_run call: its twins (a resent request) share it
 TAG_WARNING = "fluxflow.warning."  # + a warning's key (the flat discriminator): its message, on the step's run
 PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own: a nested run's parent
 FINAL_PREFIX = "final/"  # a step's final metrics, as metrics of its run and of its logged model

@@ -15,6 +15,7 @@ import os
 import shlex
 import sqlite3
 import tempfile
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from flows.credentials import mlflow_answer, mlflow_refusal, unreachable_reason
-from flows.mlflow_names import TAG_KIND, TAG_OUTPUT_DIR, TAG_STEP_KEY, TAG_STEP_NAME, tags_filter
+from flows.mlflow_names import TAG_CREATED_BY, TAG_KIND, TAG_OUTPUT_DIR, TAG_STEP_KEY, TAG_STEP_NAME, tags_filter
 from flows.database_template import copy_database, sqlite_file, template_path
 from fluxflow.config.file_checks import not_a_regular_file
 from fluxflow.errors import NonRetryable
@@ -139,6 +140,19 @@ def find_runs(client: MlflowClient, experiment_id: str, tags: dict[str, str]) ->
         token = page.token
         if not token:
             return runs
+
+
+def create_run_once(client: MlflowClient, experiment_id: str, tags: dict[str, str], run_name: str) -> str:
+    """`create_run`, without a twin. MLflow's client sends a request again when its answer was lost (a server killed
+    after it committed the run, then started again): the server then holds two runs, and a search finds a step run
+    twice. Each call tags its run with a nonce; the twins that share it, other than the run the answer named, are
+    deleted."""
+    nonce = uuid.uuid4().hex
+    run_id = client.create_run(experiment_id, tags={**tags, TAG_CREATED_BY: nonce}, run_name=run_name).info.run_id
+    for twin in find_runs(client, experiment_id, {TAG_CREATED_BY: nonce}):
+        if twin.info.run_id != run_id:
+            client.delete_run(twin.info.run_id)
+    return run_id
 
 
 def find_step_runs(client: MlflowClient, experiment_id: str, output_dir: str, step_key: str | None,
@@ -346,4 +360,4 @@ def open_pipeline_run(client: MlflowClient, experiment_id: str, output_dir: str,
         client.update_run(run_id, status="RUNNING")
         client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
         return run_id
-    return client.create_run(experiment_id, tags=all_tags, run_name=pipeline_name(output_dir)).info.run_id
+    return create_run_once(client, experiment_id, all_tags, pipeline_name(output_dir))

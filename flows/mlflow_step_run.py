@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 from flows.mlflow_names import (FINAL_PREFIX, PARENT_RUN_ID, TAG_CHECKPOINT_SHA256, TAG_CHECKPOINT_URI, TAG_EPOCHS_DONE,
                                  TAG_GLOBAL_STEP, TAG_KIND, TAG_OUTCOME, TAG_OUTPUT_DIR, TAG_PARENT_STEP,
                                  TAG_RESUMED_FROM, TAG_SESSION, TAG_STEP_KEY, TAG_STEP_NAME, TAG_SUPERSEDED_BY)
-from flows.mlflow_runs import experiment_id_for, find_step_runs, flatten_params, open_pipeline_run
+from flows.mlflow_runs import create_run_once, experiment_id_for, find_step_runs, flatten_params, open_pipeline_run
 from fluxflow.output_layout import metrics_file, samples_dir
 from fluxflow.storage.location import local_root
 
@@ -94,8 +94,7 @@ class StepRunRecorder:
         if run is not None:
             self.run_id = run.info.run_id
         else:
-            self.run_id = self.client.create_run(self.experiment_id, tags=self._tags(),
-                                                 run_name=self.step.name).info.run_id
+            self.run_id = create_run_once(self.client, self.experiment_id, self._tags(), self.step.name)
             self.last_step = {}
             params = {**self.extra_params, **flatten_params(self.step.model_dump(mode="json"))}
             self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])

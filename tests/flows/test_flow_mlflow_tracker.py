@@ -9,7 +9,8 @@ import pytest
 from helpers_tiny import tiny_raw
 from mlflow.tracking import MlflowClient
 
-from flows.mlflow_runs import experiment_id_for, flatten_params, open_pipeline_run, resolve_tracking_uri
+from flows.mlflow_runs import (experiment_id_for, find_runs, flatten_params, open_pipeline_run, pipeline_run_tags,
+                               resolve_tracking_uri)
 from flows.mlflow_tracker import MlflowTracker
 from fluxflow.checkpoints.ref import CheckpointRef, StepResult
 from fluxflow.config import load_config
@@ -362,6 +363,29 @@ def test_the_pipeline_run_of_an_output_directory_is_reused(setup):
     assert client.get_run(parent).data.tags["fluxflow.config_hash"] == "def"
     other = open_pipeline_run(client, experiment, str(Path(out).parent / "elsewhere"), {})
     assert other != parent
+
+
+class ResendingClient(MlflowClient):
+    """A client whose create_run reaches the server twice, the answer of the first lost: what MLflow's client does
+    when a server is killed after committing a run and started again before the retry."""
+
+    def create_run(self, *args, **kwargs):
+        super().create_run(*args, **kwargs)
+        return super().create_run(*args, **kwargs)
+
+
+def test_a_run_created_twice_by_a_resent_request_leaves_one_run(setup):
+    client, experiment, _, out, steps = setup
+    resending = ResendingClient(client.tracking_uri)
+    other = str(Path(out).parent / "other")
+    parent = open_pipeline_run(resending, experiment, other, {})
+    t = MlflowTracker(resending, experiment, parent, other, session="s1")
+    t.step_started(steps[0], "k0", 1, resumed=False)
+    assert t.flush()
+    [pipeline] = find_runs(client, experiment, pipeline_run_tags(other))
+    [step] = step_runs(client, experiment)
+    assert (pipeline.info.run_id, step.info.run_id) == (parent, t.run_id)
+    assert step.data.params  # the run that was kept is the one the step wrote to
 
 
 def test_a_step_run_on_torchrun_ranks_is_recorded_from_the_files_rank_0_wrote(setup):

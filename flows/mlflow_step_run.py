@@ -83,6 +83,7 @@ class StepRunRecorder:
         if reopen:
             self.client.update_run(self.run_id, status="RUNNING")
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self._tags().items()])
+        if reopen or resumed:  # resumed with no run: killed before the tracking thread made it; the file has its points
             self.sync_from_files()
 
     def _use(self, run) -> None:
@@ -96,6 +97,7 @@ class StepRunRecorder:
         else:
             self.run_id = create_run_once(self.client, self.experiment_id, self._tags(), self.step.name)
             self.last_step = {}
+        if run is None or not run.data.params:  # a kill between the run's creation and its params leaves none
             params = {**self.extra_params, **flatten_params(self.step.model_dump(mode="json"))}
             self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
         for other in find_step_runs(self.client, self.experiment_id, self.output_dir, None, self.step.name):

@@ -9,8 +9,8 @@ import pytest
 from helpers_tiny import tiny_raw
 from mlflow.tracking import MlflowClient
 
-from flows.mlflow_runs import (experiment_id_for, find_runs, flatten_params, open_pipeline_run, pipeline_run_tags,
-                               resolve_tracking_uri)
+from flows.mlflow_runs import (create_run_once, experiment_id_for, find_runs, flatten_params, open_pipeline_run,
+                               pipeline_run_tags, resolve_tracking_uri)
 from flows.mlflow_tracker import MlflowTracker
 from fluxflow.checkpoints.ref import CheckpointRef, StepResult
 from fluxflow.config import load_config
@@ -312,6 +312,32 @@ def test_a_skipped_step_that_no_run_recorded_gets_one_from_its_files(setup):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "vae_loss")] == [1, 2, 3]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch")] == [1, 2, 3]  # not 3 twice
     assert run.data.metrics["final/vae_loss"] == 1 / 3
+
+
+def test_a_step_resumed_after_a_kill_that_came_before_its_run_was_made_gets_the_points_of_its_file(setup):
+    """Killed before the tracking thread had made the step's run (a loaded machine: its first requests take seconds),
+    the step resumes in a new process: the run it makes holds the points the killed one logged to its file."""
+    client, experiment, _, out, steps = setup
+    lines = [jsonl_record({"vae_loss": 1.0 / s}, progress("warm", s), "killed-session") for s in (1, 2, 3)]
+    metrics_file(out, "warm").parent.mkdir(parents=True)
+    metrics_file(out, "warm").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    later = tracker(setup, session="s2")
+    later.step_started(steps[0], "key-warm", 3, resumed=True)
+    later.log_metrics({"vae_loss": 0.2}, progress("warm", 4))
+    assert later.flush()
+    [run] = step_runs(client, experiment)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "vae_loss")] == [1, 2, 3, 4]
+
+
+def test_a_run_whose_params_a_kill_cut_off_gets_them_when_the_step_resumes(setup):
+    client, experiment, _, out, steps = setup
+    first = tracker(setup, session="s1")
+    first.recorder.step, first.recorder.step_key = steps[0], "key-warm"
+    bare = create_run_once(client, experiment, first.recorder._tags(), "warm")  # killed before its params were sent
+    later = tracker(setup, session="s2")
+    later.step_started(steps[0], "key-warm", 3, resumed=True)
+    assert later.flush()
+    assert later.run_id == bare and client.get_run(bare).data.params["name"] == "warm"
 
 
 def test_a_run_recorded_from_files_gets_only_the_samples_of_its_own_step_key(setup):

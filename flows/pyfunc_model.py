@@ -3,11 +3,12 @@
     model = mlflow.pyfunc.load_model("models:/fluxflow-quickstart@champion", model_config={"device": "cpu"})
     frame = model.predict(pd.DataFrame({"prompt": ["a red circle on a black background, center"]}),
                           params={"seed": 0, "n": 2, "steps": 25, "guidance": 3.0, "size": 0})
+    # or model.predict(["a red circle", "a blue square"]), or model.predict("a red circle")
     # columns prompt, seed, image (a base64 PNG: decode_image(frame.image[0]) gives the picture)
 
 Over REST (`mlflow models serve -m models:/<name>@champion --env-manager local`), POST /invocations with
 `{"dataframe_split": {"columns": ["prompt"], "data": [["a red circle"]]}, "params": {"seed": 0}}` answers
-`{"predictions": [{"prompt": ..., "seed": 0, "image": "<base64 PNG>"}]}`.
+`{"predictions": [{"prompt": ..., "seed": 0, "image": "<base64 PNG>"}]}`; `{"inputs": ["a red circle"]}` is the same.
 
 Each image is `fluxflow-generate`'s for the same checkpoint, prompt and seed (fluxflow.sampling.generate: EMA weights,
 the trained text encoder), so a served image equals the file `fluxflow-generate --format png` writes, pixel for pixel
@@ -41,8 +42,10 @@ PROMPT = "prompt"
 # The parameters of one request, with fluxflow-generate's defaults; size 0 means the checkpoint's training size.
 PARAMS = ParamSchema([ParamSpec("seed", "long", 0), ParamSpec("n", "long", 1), ParamSpec("steps", "long", 25),
                       ParamSpec("guidance", "double", 3.0), ParamSpec("size", "long", 0)])
+# The input is one unnamed string column: MLflow then makes a frame of a list of prompts or of one prompt (column 0)
+# as of a DataFrame (its first column), where a column named `prompt` refused both ("Model is missing inputs").
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", PROMPT)]),
+    inputs=Schema([ColSpec("string")]),
     outputs=Schema([ColSpec("string", PROMPT), ColSpec("long", "seed"), ColSpec("string", "image")]),
     params=PARAMS,
 )
@@ -65,9 +68,17 @@ def decode_image(text: str):
 
 
 def prompts_of(model_input) -> list[str]:
-    """The request's prompts: the `prompt` column of a DataFrame, or a list of strings. A missing or blank one is
-    refused, as fluxflow-generate refuses it (a JSON null was drawn as the text 'None')."""
-    prompts = list(model_input[PROMPT] if isinstance(model_input, pd.DataFrame) else model_input)
+    """The request's prompts: the `prompt` column of a DataFrame, a list of strings or one string (which MLflow's
+    schema enforcement hands over as a frame whose only column is 0). A missing or blank one is refused, as
+    fluxflow-generate refuses it (a JSON null was drawn as the text 'None')."""
+    if isinstance(model_input, pd.DataFrame):
+        if PROMPT not in model_input.columns and list(model_input.columns) != [0]:
+            first = model_input.columns[0] if len(model_input.columns) else None
+            raise MlflowException(f"the prompts are a DataFrame whose first column is {PROMPT!r}, a list of strings "
+                                  f"or one string; got a DataFrame whose first column is {first!r}",
+                                  error_code=INVALID_PARAMETER_VALUE)
+        model_input = model_input[PROMPT if PROMPT in model_input.columns else 0]
+    prompts = [model_input] if isinstance(model_input, str) else list(model_input)
     for i, prompt in enumerate(prompts):
         problem = prompt_problem(f"prompt {i + 1} of {len(prompts)}", prompt)
         if problem:

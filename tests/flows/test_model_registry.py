@@ -160,6 +160,9 @@ def test_generate_by_name_the_pyfunc_and_the_checkpoint_make_the_same_image(loop
     frame = model.predict(pd.DataFrame({"prompt": ["a red circle"]}), params={"seed": 3, "steps": 3})
     assert frame.seed.tolist() == [3]
     assert np.array_equal(np.asarray(decode_image(frame.image[0])), by_file)
+    # A list of prompts, or one prompt, is the frame's request (MLflow refused both: "Model is missing inputs").
+    assert model.predict(["a red circle"], params={"seed": 3, "steps": 3}).equals(frame)
+    assert model.predict("a red circle", params={"seed": 3, "steps": 3}).equals(frame)
     # A version by number is the checkpoint of that version.
     assert np.array_equal(generated("--model", f"models:/{MODEL}/3"),
                           generated("--checkpoint", flow_outcome(loop, "diverged")["ref"]["uri"]))

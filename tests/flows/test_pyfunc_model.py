@@ -104,3 +104,47 @@ def test_a_device_the_machine_lacks_is_named_as_model_config_set_it(device, said
     with pytest.raises(DeviceUnavailable) as raised:
         TextToImageModel().load_context(context)
     assert str(raised.value) == said
+
+
+def drawing_pyfunc(monkeypatch) -> PyFuncModel:
+    """pyfunc() with a model that 'draws' its prompt: generation stubbed, so the inputs' path through MLflow's schema
+    enforcement and `predict` is what is tested."""
+    import fluxflow.sampling.generate as generate
+    from flows import pyfunc_model
+
+    monkeypatch.setattr(generate, "generate", lambda model, prompt, seed, **_: prompt)
+    monkeypatch.setattr(generate, "size_problem", lambda model, size: None)
+    monkeypatch.setattr(pyfunc_model, "png_base64", lambda image: f"png of {image}")
+    model = pyfunc()
+    model._model_impl.python_model.model = SimpleNamespace(img_size=16)
+    return model
+
+
+@pytest.mark.parametrize("model_input", [
+    pd.DataFrame({"prompt": ["a red circle", "a blue square"]}),
+    ["a red circle", "a blue square"],  # was refused by MLflow: "Model is missing inputs ['prompt']"
+    pd.Series(["a red circle", "a blue square"])])
+def test_prompts_may_be_a_dataframe_a_list_or_a_series(model_input, monkeypatch):
+    frame = drawing_pyfunc(monkeypatch).predict(model_input, params={"seed": 5})
+    assert frame.to_dict("records") == [{"prompt": "a red circle", "seed": 5, "image": "png of a red circle"},
+                                        {"prompt": "a blue square", "seed": 5, "image": "png of a blue square"}]
+
+
+def test_one_prompt_may_be_a_plain_string(monkeypatch):
+    frame = drawing_pyfunc(monkeypatch).predict("a red circle", params={"n": 2})
+    assert frame.to_dict("records") == [{"prompt": "a red circle", "seed": 0, "image": "png of a red circle"},
+                                        {"prompt": "a red circle", "seed": 1, "image": "png of a red circle"}]
+
+
+def test_over_rest_a_list_of_prompts_as_inputs_is_answered(monkeypatch):
+    answer = scoring_server.invocations(json.dumps({"inputs": ["a red circle"]}), "application/json",
+                                        drawing_pyfunc(monkeypatch), None)
+    assert json.loads(answer.response)["predictions"] == [
+        {"prompt": "a red circle", "seed": 0, "image": "png of a red circle"}]
+
+
+def test_a_frame_without_a_prompt_column_is_refused_naming_the_accepted_inputs(monkeypatch):
+    with pytest.raises(MlflowException) as raised:
+        drawing_pyfunc(monkeypatch).predict(pd.DataFrame({"text": ["a red circle"]}))
+    assert raised.value.message == ("the prompts are a DataFrame whose first column is 'prompt', a list of strings or "
+                                    "one string; got a DataFrame whose first column is 'text'")

@@ -15,6 +15,7 @@ import importlib.util
 import math
 import os
 import re
+from decimal import Decimal
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -30,13 +31,20 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
 def parse_bytes(value: int | str) -> int:
-    """`4GB`, `512MiB`, `1e9` or a number of bytes, as bytes."""
+    """`4GB`, `512MiB`, `1e9` or a number of bytes, as bytes. A bare number must be a whole number of bytes: 0.5 was
+    truncated to 0, which reserves nothing; a fraction of a unit (`0.0001KB`) is rounded up, to reserve what it says
+    (in decimal, so that rounding up leaves 1.1GB 1100000000 bytes where float arithmetic made it one more)."""
     if isinstance(value, (int, float)) and math.isfinite(value):  # int(.inf) is an OverflowError, not a ValueError
-        return int(value)
-    match = _SIZE.match(str(value))
-    if not match or match.group(2).lower() not in _UNITS:
-        raise ValueError(f"{value!r} is not a size: write e.g. 4GB, 512MiB or a number of bytes")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+        number, scale = Decimal(value if isinstance(value, int) else repr(value)), 1  # 0.1, not its binary expansion
+    else:
+        match = _SIZE.match(str(value))
+        if not match or match.group(2).lower() not in _UNITS:
+            raise ValueError(f"{value!r} is not a size: write e.g. 4GB, 512MiB or a number of bytes")
+        number, scale = Decimal(match.group(1)), _UNITS[match.group(2).lower()]
+    if scale == 1 and number != int(number):
+        raise ValueError(f"{number} is not a whole number of bytes (memory is in bytes): write e.g. {number}GB or "
+                         "512MiB")
+    return math.ceil(number * scale)
 
 
 class StepResources(StrictModel):

@@ -333,3 +333,26 @@ def test_whether_a_step_reads_its_lr_is_known_only_from_its_resolution():
     assert step.lr_read is False and step.model_copy(update={"index": 3}).lr_read is False
     with pytest.raises(RuntimeError, match="was not made by resolve_step"):
         ResolvedStep.model_validate(step.model_dump()).lr_read
+
+
+@pytest.mark.parametrize("key,path", [
+    (f"{WARM}.resources.memory", "training.pipeline.steps[0].resources.memory"),
+    ("training.pipeline.defaults.resources.memory", "training.pipeline.defaults.resources.memory")])
+@pytest.mark.parametrize("value", ["0.5", "2.5"])
+def test_a_memory_size_that_is_not_a_whole_number_of_bytes_is_refused_naming_the_field(tmp_path, key, path, value):
+    """Memory is in bytes (docs/CONFIG.md): 0.5 was truncated to 0 bytes, and the step ran with no memory reserved."""
+    assert problems(tmp_path, [f"{key}={value}"]) == [
+        f"{path}: {value} is not a whole number of bytes (memory is in bytes): write e.g. {value}GB or 512MiB "
+        f"(got {value}) (from --set {key})"]
+
+
+def test_a_fraction_of_a_unit_reserves_at_least_what_it_says():
+    from flows.ray_steps import step_request
+
+    def reserved(memory) -> float:
+        step = {"name": "a", "n_epochs": 1, "train_vae": True, "resources": {"memory": memory}}
+        config = load_config({"training": {"executor": {"kind": "local"}, "pipeline": {"steps": [step]}}}).config
+        return step_request(config.resolved_steps()[0], 1, False)["memory"]
+
+    assert reserved("0.5GB") == 5e8 and reserved("0.5GiB") == 2**29 and reserved(2048.0) == 2048
+    assert reserved("0.0001KB") == 1  # a tenth of a byte: rounded up, not down to no reservation

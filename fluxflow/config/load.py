@@ -122,9 +122,11 @@ def unshared(tree: Any) -> Any:
 
 # `--set KEY=VALUE`: change a value of the config file without editing it (CLI flag and deployment parameter).
 # KEY is a dotted path into the file (`training.seed`, `model.flow_depth`); a step is addressed by its name:
-# `training.pipeline.steps.flow.lr` is the `lr` of the step named `flow`. VALUE is YAML, read as the file is read
-# (`3e-4` is a number, `[0, 1]` a list, `{type: AdamW}` a mapping). Missing sections on the way are created; the result
-# is validated like the file, so an unknown key gets the file's message ("unknown key (did you mean 'lr'?)").
+# `training.pipeline.steps.flow.lr` is the `lr` of the step named `flow` (a name may be a number: `steps.1.lr`,
+# `datasets.2024.size`; elsewhere a number is a list index, refused: lists are set whole). VALUE is YAML, read as the
+# file is read (`3e-4` is a number, `[0, 1]` a list, `{type: AdamW}` a mapping). Missing sections on the way are
+# created; the result is validated like the file, so an unknown key gets the file's message ("unknown key (did you
+# mean 'lr'?)").
 # Overrides apply in order, before the keys of the original tool are mapped (fluxflow/config/legacy.py).
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], label: str | None,
@@ -182,6 +184,16 @@ def from_overrides(issues: list[ConfigIssue], overrides: list[str] | tuple[str, 
             for issue in issues]
 
 
+# Mappings whose keys are names the user chose: `datasets.2024` names a dataset (it was read as a list index, "an
+# item of a list cannot be set"), as `resources.custom.2` names a Ray resource.
+_NAME_MAPPINGS = ("datasets", "custom")
+
+
+def _is_name(key: Any) -> bool:
+    """A step's or a mapping's name as YAML may have read it: text, or a number written unquoted (not true/false)."""
+    return isinstance(key, (str, int)) and not isinstance(key, bool)
+
+
 _KINDS = {bool: "true or false", int: "a number", float: "a number", str: "a string", list: "a list"}  # YAML's words
 
 
@@ -200,14 +212,21 @@ def _set(raw: dict[str, Any], parts: list[str], value: Any, written: str, made: 
             return (f"a step is addressed by its name, not its index: {'.'.join(STEPS)}."
                     f"{name if isinstance(name, str) else 'NAME'}.{rest}=...")
         if isinstance(node, list) and tuple(parts[:depth]) == STEPS:
-            names = [s["name"] for s in node if isinstance(s, dict) and isinstance(s.get("name"), str)]
+            # A name YAML read as a number (`name: 1`) is matched as written: the file's validation then says to
+            # quote it, where this said "no step named '1' (steps: none)".
+            named = [s for s in node if isinstance(s, dict) and _is_name(s.get("name"))]
+            names = [str(s["name"]) for s in named]
             if last:
                 return f"a whole step cannot be set; set its keys, e.g. {'.'.join(parts)}.lr=3e-4"
             if part not in names:
                 return f"no step named {part!r}{did_you_mean(part, names)} (steps: {', '.join(names) or 'none'})"
-            node = next(s for s in node if isinstance(s, dict) and s.get("name") == part)
+            node = named[names.index(part)]
             continue
-        if part.isdigit() and (isinstance(node, list) or isinstance(node, dict) and part not in node):
+        if isinstance(node, dict) and part not in node:
+            # A key YAML read as a number (`2024:` in datasets): set there, and the file's validation says to quote it.
+            part = next((key for key in node if _is_name(key) and str(key) == part), part)
+        if isinstance(part, str) and part.isdigit() and (isinstance(node, list) or isinstance(node, dict) and (
+                part not in node and (depth == 0 or parts[depth - 1] not in _NAME_MAPPINGS))):
             # A list index: `betas.0=0.5` would otherwise make the mapping {'0': 0.5} ("not a valid tuple").
             index = int(part)
             if isinstance(node, list) and index < len(node):

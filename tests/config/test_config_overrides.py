@@ -242,3 +242,38 @@ def test_a_value_whose_alias_refers_to_itself_names_the_override(tmp_path, value
     found = problems(tmp_path, [f"training.seed={value}"])
     assert len(found) == 1 and found[0].startswith(
         "--set training.seed: the value is broken YAML: the alias *a refers to itself"), found
+
+
+def test_a_step_and_a_dataset_with_a_numeric_name_are_addressed_by_it(tmp_path):
+    raw = tiny_raw(tmp_path, [dict(VAE_STEP, name="1"), dict(STEPS[1], name="2")])
+    raw["training"]["pipeline"]["datasets"] = {"2024": dict(raw["training"]["pipeline"]["datasets"]["shapes"])}
+    raw["training"]["pipeline"]["default_dataset"] = "2024"
+    config = load_config(raw, ["training.pipeline.steps.1.lr=3e-4", "training.pipeline.datasets.2024.size=8"]).config
+    assert [(s.name, s.lr) for s in config.resolved_steps()] == [("1", 3e-4), ("2", 1e-4)]
+    assert config.training.pipeline.datasets["2024"].size == 8
+
+
+def test_a_dataset_with_a_numeric_name_can_be_added_by_an_override(tmp_path):
+    """It was refused as "an item of a list cannot be set; set the whole list, e.g. training.pipeline.datasets=[...":
+    the name read as a list index in a mapping of names."""
+    config = loaded(tmp_path, ["training.pipeline.datasets.2024={type: shapes, size: 16, holdout: 4}",
+                               "training.pipeline.datasets.2025.type=shapes", "training.pipeline.datasets.2025.size=20",
+                               "training.pipeline.steps.flow.dataset='2024'"])
+    assert (config.training.pipeline.datasets["2024"].size, config.training.pipeline.datasets["2025"].type) == (
+        16, "shapes")
+    assert config.resolved_steps()[1].dataset == "2024"
+
+
+def test_a_numeric_name_the_file_left_unquoted_gets_the_files_message_not_a_list_one(tmp_path):
+    """YAML reads `2024:` and `name: 1` as numbers. The override said "an item of a list cannot be set" for the
+    dataset and "no step named '1' (steps: none)" for the step, hiding the file's problem: quote the name."""
+    raw = tiny_raw(tmp_path, [dict(VAE_STEP, name=1)])
+    raw["training"]["pipeline"]["datasets"] = {2024: dict(raw["training"]["pipeline"]["datasets"]["shapes"])}
+    raw["training"]["pipeline"]["default_dataset"] = "2024"
+    with pytest.raises(ConfigError) as raised:
+        load_config(raw, ["training.pipeline.steps.1.lr=3e-4", "training.pipeline.datasets.2024.size=8"])
+    assert [str(issue) for issue in raised.value.issues] == [
+        "training.pipeline.datasets.2024: Keys should be strings (got 2024); YAML reads an unquoted number as a "
+        "number: quote the value",
+        "training.pipeline.steps[0].name: Input should be a valid string (got 1); YAML reads an unquoted number as a "
+        "number: quote the value"]

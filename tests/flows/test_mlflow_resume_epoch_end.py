@@ -71,6 +71,10 @@ def step_run_record(experiment: str) -> tuple[str, dict, list]:
     return run.info.status, points, samples
 
 
+def without_timing(points: dict) -> dict:
+    return {key: value for key, value in points.items() if key != "sec_per_batch"}
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, mlflow_store_module) -> tuple[str, dict, list]:
     out = tmp_path_factory.mktemp("uninterrupted") / "out"
@@ -91,4 +95,8 @@ def test_a_step_killed_at_an_epoch_end_then_resumed_has_the_mlflow_record_of_an_
     status, points, samples = step_run_record(experiment)
     assert status == "FINISHED"
     assert [step for step, _ in points["eval_psnr"]] == [3, 6, 9]  # every epoch's evaluation, once
-    assert (status, points, samples) == uninterrupted
+    # Timing is not in the metrics file: the points the killed process had not sent yet (its tracking thread lags on
+    # a loaded machine) come back from the file without their sec_per_batch. Those that are there are there once.
+    timed, uninterrupted_timed = points.pop("sec_per_batch"), uninterrupted[1]["sec_per_batch"]
+    assert timed == sorted(set(timed)) and set(timed) <= set(uninterrupted_timed) and timed[-6:] == [4, 5, 6, 7, 8, 9]
+    assert (status, points, samples) == (uninterrupted[0], without_timing(uninterrupted[1]), uninterrupted[2])

@@ -193,6 +193,10 @@ class ShapesDataset(torch.utils.data.Dataset):
         self.pairs, self.caption_dropout = pairs, float(caption_dropout)
         self.skipped = 0  # the dataset protocol's count of unreadable items; procedural items never fail
 
+    # Item i is an independent random draw of (seed, stream, i): its first n items are a fair sample already, which
+    # evaluation takes as they are (fluxflow/evaluation/frechet.py spread_items), keeping every shapes figure.
+    items_drawn_at_random = True
+
     def __len__(self) -> int:
         return self.size
 

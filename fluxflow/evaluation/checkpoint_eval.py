@@ -30,9 +30,10 @@ from fluxflow.storage.location import output_root
 def evaluate_checkpoint(checkpoint: str | Path, config, dataset: str, *, seeds: list[int] = (0,),
                         n_images: int = MAX_EVAL_IMAGES, sampler_steps: int = EVAL_SAMPLER_STEPS,
                         size: int | None = None) -> dict[str, float]:
-    """`eval_*` metrics of `checkpoint` on the first `n_images` of the held-out split of `config`'s `dataset`, each
-    the mean over `seeds`, its images made at `size` (None: the size its step trained at, recorded in the
-    checkpoint; two checkpoints compared are measured at one size), on the config's device. The fd_ours feature
+    """`eval_*` metrics of `checkpoint` on `n_images` of the held-out split of `config`'s `dataset`
+    (evaluate.eval_items: the same ones for every checkpoint), each the mean over `seeds`, its images made at `size`
+    (None: the size its step trained at, recorded in the checkpoint; two checkpoints compared are measured at one
+    size), on the config's device. The fd_ours feature
     network is the pipeline's eval_cache/ one, which the flow step's own evaluation already trained."""
     target = resolve_device(config.training.device)
     model = load_text_to_image(checkpoint, config.model, config.data.img_size, str(target))

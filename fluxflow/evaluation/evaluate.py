@@ -27,7 +27,7 @@ from torch import nn
 from fluxflow.data import build_dataset
 from fluxflow.evaluation.adherence import adherence_of, generate
 from fluxflow.evaluation.diversity import prompt_diversity, real_sets
-from fluxflow.evaluation.frechet import fd_ours, feature_net_for, first_items
+from fluxflow.evaluation.frechet import fd_ours, feature_net_for, spread_items
 from fluxflow.evaluation.reconstruction import lpips_if_available, reconstruction_metrics
 from fluxflow.config.modes import has_flow_mode, touches_vae
 from fluxflow.runtime.global_rng import GLOBAL_RNG
@@ -91,19 +91,20 @@ def fd_measurable(images: torch.Tensor | None, unseen: tuple[torch.Tensor, list[
 
 def eval_items(holdout_set, ds_cfg, img_size: int, channels: int, n: int, device: torch.device | str, *,
                unseen: bool = True) -> tuple[torch.Tensor | None, list[str], tuple[torch.Tensor, list[str]] | None]:
-    """The first `n` images (on `device`) and captions of `holdout_set` (None and [] when it is empty), and of the
-    dataset's held-out compositions (None without any, or not `unseen`), which are scored even when the held-out
-    split is empty: a folder with `holdout: 0` and `holdout_captions` keeps those images out of training for this."""
-    images, captions = _first_on(holdout_set, n, device) or (None, [])
-    unseen_items = _first_on(build_dataset(ds_cfg, img_size, channels, "unseen"), n, device) if unseen else None
+    """`n` images (on `device`) and captions of `holdout_set` (None and [] when it is empty), and of the dataset's
+    held-out compositions (None without any, or not `unseen`), which are scored even when the held-out split is
+    empty: a folder with `holdout: 0` and `holdout_captions` keeps those images out of training for this. Each set is
+    spread over its split (frechet.spread_items: the same items every time), not its first `n` by file name."""
+    images, captions = _spread_on(holdout_set, n, device) or (None, [])
+    unseen_items = _spread_on(build_dataset(ds_cfg, img_size, channels, "unseen"), n, device) if unseen else None
     return images, captions, unseen_items
 
 
-def _first_on(dataset, n: int, device: torch.device | str) -> tuple[torch.Tensor, list[str]] | None:
-    """frechet.first_items, its images on `device`; None for an empty dataset."""
+def _spread_on(dataset, n: int, device: torch.device | str) -> tuple[torch.Tensor, list[str]] | None:
+    """frechet.spread_items, its images on `device`; None for an empty dataset."""
     if len(dataset) == 0:
         return None
-    images, captions = first_items(dataset, n)
+    images, captions = spread_items(dataset, n)
     return images.to(device), captions
 
 

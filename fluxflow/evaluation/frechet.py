@@ -10,7 +10,8 @@ The feature network:
 - input: images resized to at most FEATURE_SIZE pixels; three stride-2 convs, a 4x4 map, a FEATURE_DIM vector;
 - objective: multi-label prediction of the VOCAB_SIZE most frequent caption words that are not in every caption
   (a bag of words; for `shapes` these are its colours, shapes, backgrounds and positions);
-- training: N_TRAIN training images, fixed seed, on the CPU in fp32, in seconds; the global RNG is left untouched;
+- training: N_TRAIN training images spread over the whole split (`spread_items`), fixed seed, on the CPU in fp32, in
+  seconds; the global RNG is left untouched;
 - cached on disk, keyed by a hash of the dataset config, its training split's files (a folder's or a webdataset's
   `fingerprint()`: names, captions, sizes, modification times), image size and this recipe (`feature_net_<hash>.pt`).
 
@@ -33,7 +34,7 @@ from torch import nn
 
 from fluxflow.checkpoints.io import load_checkpoint, save_checkpoint
 from fluxflow.checkpoints.step_key import json_sha256
-from fluxflow.data import train_fingerprint
+from fluxflow.data import epoch_permutation, train_fingerprint
 from fluxflow.runtime.global_rng import GLOBAL_RNG
 from fluxflow.runtime.torch_threads import one_torch_thread
 
@@ -47,6 +48,7 @@ EPOCHS = 5
 BATCH = 64
 LR = 3e-3
 SEED = 1234
+SPREAD_SEED = 0  # of the permutation `spread_items` takes items at: fixed, so the sets are too
 
 
 class FeatureNet(nn.Module):
@@ -96,9 +98,27 @@ def caption_vocabulary(captions: list[str], size: int = VOCAB_SIZE) -> list[str]
 def first_items(dataset, n: int) -> tuple[torch.Tensor, list[str]]:
     """The first `n` (image, caption) items of a map-style or iterable dataset, as a stacked batch."""
     if isinstance(dataset, torch.utils.data.IterableDataset):
-        items = list(itertools.islice(dataset, n))
-    else:
-        items = [dataset[i] for i in range(min(n, len(dataset)))]
+        return _stacked(list(itertools.islice(dataset, n)))
+    return _stacked([dataset[i] for i in range(min(n, len(dataset)))])
+
+
+def spread_items(dataset, n: int) -> tuple[torch.Tensor, list[str]]:
+    """`n` (image, caption) items spread over all of `dataset`, as a stacked batch, in index order: what the feature
+    network learns from and what evaluation scores. A map-style dataset with more than `n` items gives those at the
+    first `n` places of a fixed permutation (seed SPREAD_SEED: the same items at every evaluation, step and
+    hypothesis, and the items for a smaller `n` among those for a larger one). Why: a folder's index order is its
+    sorted file names, so its first items left whole classes out when names are grouped (`cat_0001.jpg` ...
+    `zebra_0999.jpg`: 2048 of 3 x 1100 had no zebra, so "zebra" was no feature, and 256 of its held-out images none
+    either, so drawing zebras badly cost nothing). Datasets whose items are independent random draws already
+    (`items_drawn_at_random`: shapes) and streams give their first `n`, as before."""
+    if isinstance(dataset, torch.utils.data.IterableDataset) or getattr(dataset, "items_drawn_at_random", False) \
+            or len(dataset) <= n:
+        return first_items(dataset, n)
+    picked = sorted(epoch_permutation(len(dataset), SPREAD_SEED, 0)[:n].tolist())
+    return _stacked([dataset[i] for i in picked])
+
+
+def _stacked(items: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:
     if not items:
         raise ValueError("the dataset is empty: no images to take")
     images, captions = zip(*items)
@@ -142,22 +162,27 @@ def _fit(images: torch.Tensor, targets: torch.Tensor, epochs: int, seed: int) ->
 def cache_key(ds_cfg, img_size: int, channels: int, files: str | None = None) -> str:
     """Hash of what the cached network depends on: the dataset config, the training split's `files` (its
     `fingerprint()`; None where the config fixes the data, shapes, whose keys stay those made before files were in
-    them), the image size and this recipe."""
+    them), the image size and this recipe. With `files`, also how its N_TRAIN items are chosen (`spread_items`'s
+    permutation): a network cached when a folder gave its first items by name is not found, and is trained again
+    (a webdataset's once too, on the items its stream gave before). Shapes gives the items it always gave, so its
+    keys (and networks) are those of before."""
     if hasattr(ds_cfg, "model_dump"):
         ds_cfg = ds_cfg.model_dump(mode="json")
     recipe = {"version": RECIPE_VERSION, "feature_size": FEATURE_SIZE, "dim": FEATURE_DIM, "vocab": VOCAB_SIZE,
               "n_train": N_TRAIN, "epochs": EPOCHS, "batch": BATCH, "lr": LR, "seed": SEED}
     inputs = {"dataset": ds_cfg, "img_size": img_size, "channels": channels, "recipe": recipe}
-    return json_sha256(inputs if files is None else {**inputs, "files": files}, 16, compact=False)
+    if files is None:
+        return json_sha256(inputs, 16, compact=False)
+    return json_sha256({**inputs, "files": files, "items": f"spread:{SPREAD_SEED}"}, 16, compact=False)
 
 
 def feature_net_for(train_set, ds_cfg, img_size: int, channels: int, cache_dir: str | Path) -> FeatureNet | None:
     """The feature network of this dataset config and training data: loaded from `cache_dir` when trained before,
-    else trained on the first N_TRAIN training images and saved there (atomically: a crash never leaves half a file).
-    None, with a warning, when their captions have no word that some of them lack (one caption for every image, as a
-    DreamBooth-style folder has): there is nothing to learn, and fd_ours is left out of the metrics instead of
-    stopping the step (a ValueError there failed every flow step on such a folder, retried, exit 1). `train_set` may
-    be a function that builds the split.
+    else trained on N_TRAIN training images spread over the split (`spread_items`) and saved there (atomically: a
+    crash never leaves half a file). None, with a warning, when their captions have no word that some of them lack
+    (one caption for every image, as a DreamBooth-style folder has): there is nothing to learn, and fd_ours is left
+    out of the metrics instead of stopping the step (a ValueError there failed every flow step on such a folder,
+    retried, exit 1). `train_set` may be a function that builds the split.
 
     The split's files are in the key, as in the latent cache's (fluxflow/cache/fingerprint.py): keyed on the config
     alone, a folder whose captions were edited, or shards regenerated at their paths, were scored by a step trained
@@ -170,7 +195,7 @@ def feature_net_for(train_set, ds_cfg, img_size: int, channels: int, cache_dir: 
         net = FeatureNet(int(state["channels"]), len(state["vocab"]))
         net.load_state_dict(state["weights"])
         return net.eval().requires_grad_(False)
-    images, captions = first_items(build(), N_TRAIN)
+    images, captions = spread_items(build(), N_TRAIN)
     if not caption_vocabulary(captions):
         log.warning("fd_ours is not computed: the training captions have no word that some of them lack (e.g. one "
                     "caption for every image)")

@@ -4,10 +4,11 @@ import math
 import pytest
 import torch
 from PIL import Image
+from test_evaluation_frechet import class_named_folder
 
 from fluxflow.config import ConfigError, load_config
 from fluxflow.data import build_dataset
-from fluxflow.evaluation.evaluate import evaluate_step
+from fluxflow.evaluation.evaluate import eval_items, evaluate_step
 from fluxflow.models.latents import measure_latent_norm
 from fluxflow.models import build_component
 
@@ -124,3 +125,16 @@ def test_empty_holdout_gives_no_metrics(tmp_path, caplog):
     config, models, train, holdout, norm = setup({**SHAPES, "holdout": 0})
     assert evaluate_step(config.step("vae"), models, holdout, train, config, norm, "cpu", tmp_path, spade=False) == {}
     assert f"Step vae: the held-out split of dataset {config.step('vae').dataset!r} is empty" in caplog.text
+
+
+def test_the_held_out_images_scored_of_a_folder_named_by_class_are_of_every_class(tmp_path):
+    """Evaluation (and promotion, its `n_images`) scored the first held-out images by file name: 256 of a 600-image
+    hold-out of 3 x 1100 files named by class had no zebra, so a model that drew zebras badly lost nothing. Here 8 of
+    15 held out (the first 8 by name: cats and dogs only; the fixed random 8 happen to hold every class)."""
+    ds_cfg = class_named_folder(tmp_path / "photos", holdout=15)
+    holdout = build_dataset(ds_cfg, 16, 3, "holdout")
+    assert {caption.split()[-1] for _, caption in holdout.items} == {"cat", "dog", "zebra"}
+    images, captions, unseen = eval_items(holdout, ds_cfg, 16, 3, 8, "cpu")
+    assert images.shape == (8, 3, 16, 16) and unseen is None
+    assert {caption.split()[-1] for caption in captions} == {"cat", "dog", "zebra"}
+    assert eval_items(holdout, ds_cfg, 16, 3, 8, "cpu")[1] == captions  # the same images at every evaluation

@@ -174,3 +174,46 @@ def test_a_cached_feature_net_of_a_webdataset_is_found_without_building_its_trai
     again = feature_net_for(not_built, ds_cfg, 16, 3, tmp_path / "cache")
     assert list((tmp_path / "cache").glob("feature_net_*.pt")) == [cached]
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), trained.state_dict().values()))
+
+
+def class_named_folder(root, per_class: int = 10, holdout: int = 3) -> dict:
+    """A folder whose files are named by class, as many are (`cat_000.png` ... `zebra_009.png`): sorted by name, the
+    classes come one after another. Each class has its own colour; the config of the folder is returned."""
+    root.mkdir()
+    lines = []
+    for k, word in enumerate(("cat", "dog", "zebra")):
+        for i in range(per_class):
+            Image.new("RGB", (8, 8), (90 * k, 8 * i, 200 - 90 * k)).save(root / f"{word}_{i:03d}.png")
+            lines.append(f"{word}_{i:03d}.png\ta photo of a {word}\n")
+    (root / "captions.txt").write_text("".join(lines))
+    return {"type": "folder", "path": str(root), "captions_file": "captions.txt", "holdout": holdout}
+
+
+def test_the_feature_net_of_a_folder_named_by_class_learns_every_class(tmp_path, monkeypatch):
+    """It learned from the first N_TRAIN training images by file name: with 3 x 1100 images named by class, 0 zebras
+    among 2048, so "zebra" was no feature and drawing zebras badly cost nothing in fd_ours. Here N_TRAIN is 12 of 27
+    (the first 12 by name: 9 cats or so, some dogs, no zebra)."""
+    ds_cfg = class_named_folder(tmp_path / "photos")
+    monkeypatch.setattr(frechet, "N_TRAIN", 12)
+    trained_on = []
+    train = frechet.train_feature_net
+    monkeypatch.setattr(frechet, "train_feature_net",
+                        lambda images, captions: trained_on.extend(captions) or train(images, captions, epochs=1))
+    assert feature_net_for(build_dataset(ds_cfg, 16, 3, "train"), ds_cfg, 16, 3, tmp_path / "cache") is not None
+    assert len(trained_on) == 12
+    assert {caption.split()[-1] for caption in trained_on} == {"cat", "dog", "zebra"}
+    assert set(cached_vocabularies(tmp_path / "cache")[0]) == {"cat", "dog", "zebra"}
+
+
+def test_shapes_items_are_taken_as_they_come_and_a_folder_s_the_same_every_time(tmp_path):
+    """Shapes items are independent draws: the first ones, so every shapes figure (and cached network) is as before."""
+    from fluxflow.evaluation.frechet import spread_items
+
+    shapes = build_dataset(SHAPES, 16, 3, "train")
+    assert spread_items(shapes, 8)[1] == first_items(shapes, 8)[1]
+    folder = build_dataset(class_named_folder(tmp_path / "photos"), 16, 3, "train")
+    once, again = spread_items(folder, 12), spread_items(folder, 12)
+    assert once[1] == again[1] and torch.equal(once[0], again[0])
+    fewer = spread_items(folder, 6)[0]  # some of the same images
+    assert all(any(torch.equal(image, kept) for kept in once[0]) for image in fewer)
+    assert spread_items(folder, 100)[1] == first_items(folder, 100)[1]  # all of them: all in order

@@ -2,7 +2,8 @@
 
 A flow step whose text encoder does not train (train_diff; fluxflow/config/caching.py) looks its captions up here
 instead of running the encoder every batch. Classifier-free-guidance dropout replaces rows by the flow model's
-learned null text after the encoder, so cached outputs train the same.
+learned null text after the encoder, so cached outputs train the same; so are the rows of blank captions, whose
+outputs the cache holds too (the Trainer marks them from the batch's captions, not from the features).
 
 Storage: tokens and pooled in float32 when the step trains in float32 (bit-identical), in bfloat16 when it trains
 under bf16 autocast: the flow model feeds both only into linear layers (text_proj, pooled_proj, and a row-wise swap

@@ -11,7 +11,7 @@ from fluxflow.config.file_checks import pretrained_text_path
 from fluxflow.models.compressor import Compressor, sample_latent
 from fluxflow.models.discriminator import Discriminator
 from fluxflow.models.expander import Expander
-from fluxflow.models.flow_processor import FlowProcessor, cfg_drop_mask
+from fluxflow.models.flow_processor import FlowProcessor, blank_caption_mask, cfg_drop_mask
 from fluxflow.models.flow_sampler import sample_flow, sigma_schedule
 from fluxflow.models.pretrained_text import PretrainedTextEncoder
 from fluxflow.models.text_encoder import TextEncoder, tokenize
@@ -36,6 +36,6 @@ def count_parameters(module: nn.Module) -> int:
 
 __all__ = [
     "COMPONENTS", "Compressor", "Discriminator", "Expander", "FlowProcessor", "PretrainedTextEncoder", "TextEncoder",
-    "build_component",
+    "blank_caption_mask", "build_component",
     "cfg_drop_mask", "count_parameters", "sample_flow", "sample_latent", "sigma_schedule", "tokenize",
 ]

@@ -8,7 +8,8 @@ Latents are cut into patch_size × patch_size patches (tokens) with a fixed 2-D 
 is adaLN-Zero conditioned on (embedding of t + projected pooled text) and cross-attends to the text tokens under
 their mask (`pooled_text=False`: cross-attention only; the pooled projection is kept, unused, so that the weights
 have the same names and sizes either way). Rows with `drop=True` see a learned null text (tokens + pooled)
-instead: classifier-free-guidance dropout in training, the unconditional branch in sampling.
+instead: classifier-free-guidance dropout in training, the unconditional branch in sampling, and, in both, the rows
+whose caption is blank (`blank_caption_mask`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fluxflow.models.layers import MLP, Attention
+from fluxflow.runtime.device import host_to_device
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -49,6 +51,17 @@ def cfg_drop_mask(batch: int, p: float, device: torch.device | str,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Bool[batch]: True for the rows whose text is replaced by the null embedding. Drawn on `device`."""
     return torch.rand(batch, device=device, generator=generator) < p
+
+
+def blank_caption_mask(captions: list[str], device: torch.device | str) -> torch.Tensor | None:
+    """Bool[B]: True for the captions that are empty or whitespace only, whose rows see the null text (`drop`) in
+    training and in sampling; None when none is (nothing is copied to the device). Why: a caption left empty in the
+    data (`photo.jpg<TAB>`, a webdataset sample without one, captions dropped ahead as kohya or diffusers datasets
+    do) is a dropped caption, but encoded it trained as an ordinary prompt, a second "unconditional" that guided
+    sampling never used (its unconditional branch is the null text), while the null text learned only from the
+    `cfg_dropout` share."""
+    blank = [not caption.strip() for caption in captions]
+    return host_to_device(torch.tensor(blank), device) if any(blank) else None
 
 
 class FlowBlock(nn.Module):

@@ -17,17 +17,20 @@ def sigma_schedule(steps: int, shift: float = 1.0, device: torch.device | str | 
 @torch.no_grad()
 def sample_flow(model: nn.Module, shape: tuple[int, ...] | torch.Size, tokens: torch.Tensor, mask: torch.Tensor,
                 pooled: torch.Tensor, steps: int = 30, guidance: float = 1.0, shift: float = 1.0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, blank: torch.Tensor | None = None) -> torch.Tensor:
     """Integrate dx/dt = v(x, t) from pure noise at t = 1 down to t = 0 and return the latents x0.
 
     With guidance ≠ 1, each step runs one batched forward over [cond; uncond] rows (uncond = `drop=True`, the
     learned null text) and uses v = v_uncond + guidance·(v_cond − v_uncond). The starting noise is drawn from
-    `generator` on the text's device, which makes samples reproducible across runs.
+    `generator` on the text's device, which makes samples reproducible across runs. `blank`: Bool[B], the rows whose
+    caption is blank (flow_processor.blank_caption_mask), conditioned on the null text as training conditions them.
     """
     device = tokens.device
     x = torch.randn(tuple(shape), device=device, generator=generator)
     guided = guidance != 1.0
-    drop = torch.arange(2 * x.shape[0], device=device) >= x.shape[0] if guided else None  # 2nd half: unconditional
+    drop = torch.arange(2 * x.shape[0], device=device) >= x.shape[0] if guided else blank  # 2nd half: unconditional
+    if guided and blank is not None:
+        drop = drop | torch.cat([blank, torch.zeros_like(blank)])
     if guided:
         tokens, mask, pooled = (torch.cat([a, a]) for a in (tokens, mask, pooled))
     times = sigma_schedule(steps, shift, device)

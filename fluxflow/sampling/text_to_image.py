@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fluxflow.models.latents import decode_latents
-from fluxflow.models import sample_flow
+from fluxflow.models import blank_caption_mask, sample_flow
 
 
 @torch.no_grad()
@@ -22,5 +22,6 @@ def text_to_image(models: dict[str, nn.Module], captions: list[str], latent_norm
     channels = latent_norm["shift"].numel()
     generator = torch.Generator(device=device).manual_seed(seed)
     latents = sample_flow(flow, (len(captions), channels, latent_size, latent_size), tokens, mask, pooled,
-                          steps=steps, guidance=guidance, shift=shift, generator=generator)
+                          steps=steps, guidance=guidance, shift=shift, generator=generator,
+                          blank=blank_caption_mask(captions, device))  # as training conditions them
     return decode_latents(models["expander"], latents, {k: v.to(device) for k, v in latent_norm.items()}, spade)

@@ -191,11 +191,14 @@ def encode_text(ctx: StepContext, ids: torch.Tensor, mask: torch.Tensor) -> Text
 
 
 def train_flow_batch(ctx: StepContext, latents: torch.Tensor, text: TextFeatures,
-                     window: Window = WHOLE_BATCH) -> dict[str, torch.Tensor]:
+                     window: Window = WHOLE_BATCH, blank: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Rectified flow (t = 1 is noise) on normalised latents of the frozen VAE, conditioned on `text`; the text
     encoder learns through `text` where it was encoded with a graph. The Trainer supplies both, encoded now or read
-    from the caches (fluxflow/train/trainer.py)."""
+    from the caches (fluxflow/train/trainer.py). `blank`: the rows whose caption is blank (blank_caption_mask),
+    trained unconditionally like the `cfg_dropout` rows (whose draw they leave as it was)."""
     drop = cfg_drop_mask(latents.shape[0], ctx.step.cfg_dropout, latents.device, ctx.generator)
+    if blank is not None:
+        drop = drop | blank
     with autocast(ctx.device, ctx.amp_dtype):
         loss = rectified_flow_loss(ctx.models["flow_processor"], latents, text.tokens, text.mask, text.pooled, drop,
                                    ctx.generator, ctx.flow_objective).float()

@@ -24,6 +24,7 @@ from fluxflow.train.batch_step import (WHOLE_BATCH, StepContext, TextFeatures, W
                                        train_vae_batch)
 from fluxflow.train.data_parallel import gradient_sync, synced_groups
 from fluxflow.train.ema import EMA
+from fluxflow.models import blank_caption_mask
 from fluxflow.models.latents import normalise_latents, posterior
 from fluxflow.train.lr_schedule import LrSchedule, build_schedulers
 from fluxflow.train.optim import build_optimizers
@@ -70,7 +71,9 @@ class Trainer:
         if has_flow_mode(step):
             with gradient_sync(ctx.models, window.last):  # DDP (flow steps under torchrun): all-reduce at window end
                 latents = normalise_latents(self.posterior_means(images), ctx.latent_norm)
-                flow_metrics = train_flow_batch(ctx, latents, self.text_features(captions), window)
+                # a blank caption trains as a dropped one, from the text cache too (looked up by caption)
+                flow_metrics = train_flow_batch(ctx, latents, self.text_features(captions), window,
+                                                blank_caption_mask(captions, ctx.device))
             if "skipped_updates" in metrics:
                 flow_metrics["skipped_updates"] = flow_metrics["skipped_updates"] + metrics["skipped_updates"]
             metrics.update(flow_metrics)

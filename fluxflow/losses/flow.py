@@ -45,11 +45,16 @@ def draw_timesteps(n: int, device: torch.device, generator: torch.Generator | No
 
 
 def min_snr_weight(t: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-γ (Hang et al. 2023) in its velocity-target form, min(SNR, γ) / (SNR + 1), with SNR(t) = ((1 − t)/t)²
-    for x_t = (1 − t)·x0 + t·noise. At most 1; low where the target is nearly x0's own image (SNR > γ, t small:
-    easy samples whose gradients conflict with the rest) and low near pure noise (SNR → 0)."""
-    snr = ((1.0 - t) / t).square()  # t = 0 gives inf, and a weight of γ / inf = 0
-    return snr.clamp(max=gamma) / (snr + 1.0)
+    """Min-SNR-γ (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy") as a weight on
+    this path's velocity error: min(SNR, γ)·t², with SNR(t) = ((1 − t)/t)² for x_t = (1 − t)·x0 + t·noise (t = 1 is
+    noise). Min-SNR-γ weights the x0 error ‖x̂0 − x0‖² by min(SNR, γ) (the ε error by min(SNR, γ)/SNR); here
+    x̂0 = x_t − t·v̂, so x̂0 − x0 = −t·(v̂ − v) and the x0 loss is t² times the velocity loss (and ε̂ − ε = (1 − t)·(v̂ − v),
+    which gives the same weight). The form min(SNR, γ)/(SNR + 1) used before is the v-prediction weight of a
+    variance-preserving diffusion (σ² = 1/(SNR + 1)), not of this path: it over-weighted mid t by up to 2x (t = 0.5).
+    At most γ/(1 + √γ)², at SNR = γ (0.48 at γ = 5, t = 0.31); low where the target is nearly x0's own image (SNR > γ,
+    t small: easy samples whose gradients conflict with the rest) and near pure noise (SNR → 0: weight (1 − t)²)."""
+    snr = ((1.0 - t) / t).square()  # t = 0 gives inf, clamped to γ, times t² = 0: a weight of 0
+    return snr.clamp(max=gamma) * t.square()
 
 
 def rectified_flow_loss(model: nn.Module, x0: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,

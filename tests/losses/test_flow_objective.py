@@ -63,11 +63,28 @@ def test_the_uniform_share_is_drawn_before_the_shift():
     assert float((t <= 0.5).double().mean()) == pytest.approx(0.25, abs=0.005)
 
 
-def test_min_snr_weight_is_the_velocity_form_of_min_snr_gamma():
-    t = torch.tensor([0.5, 0.05, 0.9, 0.0], dtype=torch.float64)
-    # SNR = ((1 − t)/t)²: 1, 361 (clamped to γ = 5), 1/81, inf.
-    assert min_snr_weight(t, 5.0).tolist() == pytest.approx([0.5, 5 / 362, 1 / 82, 0.0])
-    assert min_snr_weight(t, 0.5)[0] == pytest.approx(0.25)  # SNR 1 above γ = 0.5: clamped
+def test_min_snr_weight_is_min_snr_gamma_on_this_paths_velocity_error():
+    t = torch.tensor([0.5, 0.05, 0.9, 0.0, 1.0], dtype=torch.float64)
+    # SNR = ((1 − t)/t)²: 1, 361 (clamped to γ = 5), 1/81, inf (clamped), 0; times t².
+    # Was the VP-diffusion v form min(SNR, γ)/(SNR + 1): 0.5 at t = 0.5, twice this path's weight.
+    assert min_snr_weight(t, 5.0).tolist() == pytest.approx([0.25, 5 * 0.05**2, 0.01, 0.0, 0.0])
+    assert min_snr_weight(t, 0.5)[0] == pytest.approx(0.125)  # SNR 1 above γ = 0.5: clamped
+
+
+@pytest.mark.parametrize("t", [0.05, 0.2, 0.31, 0.5, 0.7, 0.95])
+def test_the_min_snr_weighted_velocity_loss_is_min_snr_gamma_s_x0_and_eps_losses(t):
+    """Hang et al. 2023: min(SNR, γ)·‖x̂0 − x0‖², or min(SNR, γ)/SNR·‖ε̂ − ε‖²; for x_t = (1 − t)·x0 + t·ε and a
+    velocity prediction v̂ of v = ε − x0, x̂0 = x_t − t·v̂ and ε̂ = x_t + (1 − t)·v̂."""
+    gen = torch.Generator().manual_seed(0)
+    x0, eps, v_hat = (torch.randn(3, 8, 8, generator=gen, dtype=torch.float64) for _ in range(3))
+    x_t = (1 - t) * x0 + t * eps
+    snr, gamma = ((1 - t) / t) ** 2, 5.0
+    weight = min_snr_weight(torch.tensor(t, dtype=torch.float64), gamma)
+    weighted_v = float(weight * (v_hat - (eps - x0)).square().sum())
+    x0_loss = float((x_t - t * v_hat - x0).square().sum())
+    eps_loss = float((x_t + (1 - t) * v_hat - eps).square().sum())
+    assert weighted_v == pytest.approx(min(snr, gamma) * x0_loss, rel=1e-9)
+    assert weighted_v == pytest.approx(min(snr, gamma) / snr * eps_loss, rel=1e-9)
 
 
 def test_min_snr_weighting_weights_each_sample_error():

@@ -166,26 +166,35 @@ def _evaluator(config, client: MlflowClient):
 
 def promote(config, client: MlflowClient, versions: list[str]) -> list[Decision]:
     """Compare each new version (in order) with the version holding the alias, moving it when the new one wins.
-    With `promotion.beyond_spread`, the replicates of one hypothesis are decided together: only the best of them can
-    take the alias, and only when the hypothesis beats the champion beyond its replicate spread."""
+    With `promotion.beyond_spread`, the replicates of one hypothesis are decided together, over all of this run's
+    versions of it (`versions`: the checkpoints in place, those an earlier run decided included): only the best of
+    them can take the alias, and only when the hypothesis beats the champion beyond its replicate spread."""
     name, alias = config.tracking.model_name, config.promotion.alias
     metrics, decisions = _evaluator(config, client), []
     tags = {v: client.get_model_version(name, v).tags for v in versions}
-    # Decided once: a run of a finished pipeline registers the same versions again (the registration finds them),
-    # and deciding again overwrote their decision ("not promoted (already the champion)" on the promoted one).
-    versions = [v for v in versions if TAG_PROMOTION + "decision" not in tags[v]]
     steps = {v: tags[v].get(TAG_STEP_NAME, "") for v in versions}
     resolved = {step.name: step for step in config.resolved_steps()}
     seed_of = {name: step.seed for name, step in resolved.items()}  # pairs replicates by seed
     # Each version -> the versions (itself included) whose steps replicate the same hypothesis
-    # (fluxflow/config/steps.py); a step the config no longer has is a hypothesis of its own.
+    # (fluxflow/config/steps.py); a step the config no longer has is a hypothesis of its own. All of them, decided or
+    # not: a hypothesis grown from seeds [0, 1] to [0, 1, 2] was judged on its new replicate alone ("one replicate: no
+    # interval can be given"), and its best replicate, decided before, was never looked at again.
     hypothesis = {v: resolved[step].hypothesis if step in resolved else step for v, step in steps.items()}
     replicates = {v: [w for w in steps if hypothesis[w] == hypothesis[v]] for v in steps}
-    for version in versions:
+    # Decided once: a run of a finished pipeline registers the same versions again (the registration finds them),
+    # and deciding again overwrote their decision ("not promoted (already the champion)" on the promoted one).
+    undecided = {v for v in versions if TAG_PROMOTION + "decision" not in tags[v]}
+    beyond = config.promotion.beyond_spread
+    # ... except the best replicate of a hypothesis with new replicates, which decides for all of them again.
+    again = {v for v in versions if beyond and v not in undecided and undecided & set(replicates[v])}
+    for version in [v for v in versions if v in undecided or v in again]:
         step = steps[version]
         metric, direction = promotion_metric(config, step)
         holder = version_by_alias(client, name, alias)
         champion = str(holder.version) if holder else None
+        if version in again and (champion in replicates[version] or version != _best(
+                {v: metrics(v, steps[v]).get(metric, math.nan) for v in replicates[version]}, direction)):
+            continue  # its hypothesis holds the alias already (not promoted twice), or another replicate decides
         value = metrics(version, step).get(metric, math.nan)
         if champion == version:
             promoted, reason, champion_value = False, f"already the {alias}", value
@@ -202,23 +211,13 @@ def promote(config, client: MlflowClient, versions: list[str]) -> list[Decision]
             if unevaluated:
                 promoted, reason = False, unevaluated
             else:
-                if config.promotion.beyond_spread:
+                if beyond:
                     group = {v: metrics(v, steps[v]).get(metric, math.nan) for v in replicates[version]}
-                    # A nan is never the best (max() kept a nan it started with, and the others named it).
-                    sign = 1 if direction == "maximize" else -1
-                    best = max(group, key=lambda v: (math.isfinite(group[v]), sign * group[v]))
-                    if best != version:
-                        promoted, reason = False, f"a replicate of its hypothesis: version {best}, the best, decides"
-                    else:
-                        # A champion trained in this run with replicates of its own (e.g. hypothesis `a`'s best,
-                        # promoted a moment ago) is measured by all of them, as the comparison table measures `a`;
-                        # its single value was `a`'s luckiest seed, and the two disagreed on the same numbers.
-                        rivals = [v for v in replicates.get(champion, []) if v not in group]
-                        against = ([metrics(v, step).get(metric, math.nan) for v in rivals] if len(rivals) > 1
-                                   else champion_value)
-                        seeds = ([seed_of.get(steps[v]) for v in group], [seed_of.get(steps[v]) for v in rivals])
-                        promoted, reason = decide_beyond_spread(list(group.values()), against, direction,
-                                                                config.promotion.min_improvement, seeds)
+                    rivals = {v: metrics(v, step).get(metric, math.nan) for v in replicates.get(champion, [])
+                              if v not in group}
+                    seeds = ([seed_of.get(steps[v]) for v in group], [seed_of.get(steps[v]) for v in rivals])
+                    promoted, reason = _decide_hypothesis(version, group, champion, champion_value, rivals, seeds,
+                                                          direction, config.promotion.min_improvement, alias)
                 else:
                     promoted, reason = decide(value, champion_value, direction, config.promotion.min_improvement)
                 if gone and promoted:  # said instead of "the champion's value nan is not a number"
@@ -228,6 +227,30 @@ def promote(config, client: MlflowClient, versions: list[str]) -> list[Decision]
         if promoted:
             client.set_registered_model_alias(name, alias, version)
     return decisions
+
+
+def _decide_hypothesis(version: str, group: dict[str, float], champion: str | None, champion_value: float | None,
+                       rivals: dict[str, float], seeds: tuple[list, list], direction: str, min_improvement: float,
+                       alias: str) -> tuple[bool, str]:
+    """(promote?, why) for `version`, one of the replicates of a hypothesis (`group`: version -> value) under
+    `beyond_spread`: only its best decides, and a hypothesis that holds the alias is not challenged by its own."""
+    best = _best(group, direction)
+    if best != version:
+        return False, f"a replicate of its hypothesis: version {best}, the best, decides"
+    if champion in group:
+        return False, f"its hypothesis holds the {alias} already (version {champion})"
+    # A champion trained in this run with replicates of its own (`rivals`, e.g. hypothesis `a`'s best, promoted a
+    # moment ago) is measured by all of them, as the comparison table measures `a`; its single value was `a`'s
+    # luckiest seed, and the two disagreed on the same numbers.
+    against = list(rivals.values()) if len(rivals) > 1 else champion_value
+    return decide_beyond_spread(list(group.values()), against, direction, min_improvement, seeds)
+
+
+def _best(values: dict[str, float], direction: str) -> str:
+    """The version with the best value (`values`: one hypothesis' replicates). A nan is never the best (max() kept a
+    nan it started with, and the others named it)."""
+    sign = 1 if direction == "maximize" else -1
+    return max(values, key=lambda v: (math.isfinite(values[v]), sign * values[v]))
 
 
 @task(name="register-model", task_run_name="register {step_name}", cache_policy=NO_CACHE, persist_result=False)

@@ -354,6 +354,55 @@ def test_beyond_the_spread_a_replicate_that_is_not_a_number_is_not_called_the_be
     assert not any(d.promoted for d in decisions.values())
 
 
+def test_beyond_the_spread_a_hypothesis_grown_by_new_seeds_is_decided_over_all_its_replicates(mlflow_store,
+                                                                                              monkeypatch, tmp_path):
+    """Seeds [0, 1], then a re-run with seeds [0, 1, 2] (to narrow a wide interval): the re-run registered seed0 and
+    seed1 again (found, decided), left them out, and judged the hypothesis on seed2 alone ("one replicate: no interval
+    can be given"), where fluxflow-compare shows all 3 beyond the spread. Now the hypothesis is decided over its 3
+    replicates and its best (seed1, decided by the first run) takes the alias; a version is never promoted twice."""
+    from mlflow.tracking import MlflowClient
+
+    from flows import promotion
+    from flows.mlflow_names import TAG_PROMOTION, TAG_STEP_NAME
+
+    client = MlflowClient(mlflow_store)
+    raw = config({**FLOW, "name": "a", "after": "warm"}, promotion={"beyond_spread": True,
+                                                                   "metric": "eval_adherence_both"},
+                 tracking={"registered_model": "m"})
+    raw["training"]["replicates"] = {"seeds": [0, 1], "from_steps": ["a"]}
+    client.create_registered_model("m")
+    steps, scores = ["old", "a-seed0", "a-seed1", "a-seed2", "a-seed3"], [0.50, 0.60, 0.66, 0.64, 0.70]
+    old, *a = [str(client.create_model_version("m", str(tmp_path), tags={TAG_STEP_NAME: s}).version) for s in steps]
+    client.set_registered_model_alias("m", "champion", old)
+    by_version = dict(zip([old, *a], scores))
+    monkeypatch.setattr(promotion, "_evaluator", lambda config, client: (
+        lambda version, step: {"eval_adherence_both": by_version[str(version)]}))
+
+    def run(seeds: list[int]) -> dict[str, promotion.Decision]:
+        raw["training"]["replicates"]["seeds"] = seeds
+        decisions = promotion.promote(load_config(raw).config, client, a[:len(seeds)])
+        for decision in decisions:
+            promotion.tag_versions(client, decision)
+        return {d.step: d for d in decisions}
+
+    first = run([0, 1])  # [0.60, 0.66]: t(1) makes the interval too wide
+    assert not first["a-seed1"].promoted and "interval over 2 replicates" in first["a-seed1"].reason
+    second = run([0, 1, 2])
+    assert list(second) == ["a-seed1", "a-seed2"]  # the best decides again; seed0, not the best, is left as it was
+    assert second["a-seed1"].promoted, second["a-seed1"].reason
+    assert "95 % interval over 3 replicates [0.5574, 0.7092]" in second["a-seed1"].reason
+    assert second["a-seed2"].reason == f"a replicate of its hypothesis: version {a[1]}, the best, decides"
+    assert str(client.get_model_version_by_alias("m", "champion").version) == a[1]
+    assert client.get_model_version("m", a[0]).tags[TAG_PROMOTION + "decision"] == "not promoted"
+
+    assert run([0, 1, 2]) == {}  # nothing new: nothing decided again
+    fourth = run([0, 1, 2, 3])  # a better replicate of the champion's own hypothesis does not challenge it
+    assert list(fourth) == ["a-seed3"] and not fourth["a-seed3"].promoted
+    assert fourth["a-seed3"].reason == f"its hypothesis holds the champion already (version {a[1]})"
+    assert str(client.get_model_version_by_alias("m", "champion").version) == a[1]
+    assert client.get_model_version("m", a[1]).tags[TAG_PROMOTION + "decision"] == "promoted"
+
+
 def test_promotion_beyond_the_spread_without_replicates_is_refused():
     """Accepted, it promoted the first version and then none ever again ("one replicate: no interval can be given"),
     whatever the scores, without a word at the start."""

@@ -250,9 +250,10 @@ def test_a_replicate_missing_a_metric_leaves_its_pair_unpaired_on_that_metric_on
 
 @pytest.mark.parametrize("metric, better", [("flow_loss", "b (lower)"), ("eval_fd_ours_cfg", "b (lower)"),
                                             ("eval_adherence_both", "a (higher)"), ("eval_psnr", "a (higher)"),
-                                            ("d_loss", "direction unknown")])
+                                            ("d_loss", "direction unknown"), ("kl_loss", "direction unknown")])
 def test_the_verdict_names_the_better_hypothesis_the_way_the_metric_is_better(metric, better):
-    """B − A < 0 beyond the spread: b is better on a loss or a distance, a on adherence or PSNR."""
+    """B − A < 0 beyond the spread: b is better on a loss or a distance, a on adherence or PSNR. The KL term is a
+    regulariser traded against reconstruction (a larger kl_beta lowers it): it was "b (lower)", called better."""
     d = difference(A, B, metric, ("a", "b"))
     assert d.verdict == BEYOND and d.row()[6] == better
     assert d.better == (None if better == "direction unknown" else better[0])

@@ -224,11 +224,16 @@ class HypothesisSummary:
     config: dict[str, list[str]] = field(default_factory=dict)  # a differing value -> one cell per hypothesis
     # hypothesis -> the replicates its config has, where known (more than `replicates` when some did not finish)
     planned: dict[str, int] = field(default_factory=dict)
+    # (metric, a, b) -> why a pair whose replicates ran the same seeds is compared by Welch's test on that metric:
+    # "fd: b − a (b has no value for seed 4)"
+    unpaired: dict[tuple[str, str, str], str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """For JSON: a value that is not finite is null (a bare NaN is not JSON; jq and JSON.parse refuse it)."""
         return {"test": TEST, "confidence": CONFIDENCE, "replicates": self.replicates,
-                "metrics": {m: {h: _finite_or_null({k: v for k, v in asdict(s).items() if k != "not_finite"})
+                # n: the replicates that have the metric; n_replicates: the hypothesis' (the table's "(2 of 3)")
+                "metrics": {m: {h: _finite_or_null({**{k: v for k, v in asdict(s).items() if k != "not_finite"},
+                                                    "n_replicates": len(self.replicates[h])})
                                 for h, s in by_h.items()}
                             for m, by_h in self.spreads.items()},
                 "differences": [_finite_or_null({**asdict(d), "p_holm": p})
@@ -242,11 +247,17 @@ class HypothesisSummary:
     def metric_rows(self, columns: list[str] | None = None) -> list[list[str]]:
         """The replicate counts, then per metric a cell per hypothesis (`columns`: these, in this order, those that
         did not run among them; default: the summary's): the value, or with several replicates mean ± standard
-        deviation [95 % interval]."""
+        deviation [95 % interval], and "(2 of 3 replicates)" where fewer replicates than the hypothesis counts have
+        the metric (the interval is over those: the replicates row alone said 3)."""
         columns = list(self.replicates) if columns is None else columns
         return [["replicates", *(str(len(self.replicates.get(h, []))) for h in columns)],
-                *([f"metric: {metric}", *(by_hypothesis[h].cell() if h in by_hypothesis else "-" for h in columns)]
+                *([f"metric: {metric}", *(self._cell(by_hypothesis[h], h) if h in by_hypothesis else "-"
+                                          for h in columns)]
                   for metric, by_hypothesis in self.spreads.items())]
+
+    def _cell(self, s: Spread, hypothesis: str) -> str:
+        total = len(self.replicates.get(hypothesis, []))
+        return s.cell() if s.n >= total else f"{s.cell()} ({s.n} of {total} replicates)"
 
     def difference_rows(self) -> list[list[str]]:
         header = ["metric", "hypotheses", "difference", "95 % interval", "p", "p (Holm)", "test", "better",
@@ -267,6 +278,12 @@ class HypothesisSummary:
         short = [f"{h}: 1 of its {self.planned[h]} replicates counted" for h in single if h not in alone]
         if short:
             note += f" {'; '.join(short)}, so no interval can be given."
+        # The seeds say paired, and the test column says Welch: why (a pair left untested since: nothing to say)
+        unpaired = [self.unpaired[key] for d in self.differences if d.test and (key := (d.metric, d.a, d.b))
+                    in self.unpaired]
+        if unpaired:
+            note += (" Welch's test, not paired by seed, where a replicate has no value of the metric: "
+                     f"{'; '.join(unpaired)}.")
         tests = sum(d.p_value is not None for d in self.differences)
         if tests > 1:  # every pair and metric is a test of its own: some verdicts are chance
             alpha = 1 - CONFIDENCE
@@ -322,5 +339,20 @@ def summarize(replicates: dict[str, list[str]], finals: dict[str, list[dict[str,
         seeds_of = {h: [seeds[h][k] for k in ks] if seeds and h in seeds else None for h, ks in kept.items()}
         summary.spreads[metric] = {h: spread(vals) for h, vals in values.items() if vals}
         for a, b in itertools.combinations([h for h in finals if values[h]], 2):  # unknown seeds: Welch (by_seed)
-            summary.differences.append(difference(values[a], values[b], metric, (a, b), (seeds_of[a], seeds_of[b])))
+            d = difference(values[a], values[b], metric, (a, b), (seeds_of[a], seeds_of[b]))
+            summary.differences.append(d)
+            if d.test == WELCH and _pairs(seeds, a, b):
+                lacking = [f"{h} has no value for seed {', '.join(map(str, _left_out(seeds[h], seeds_of[h])))}"
+                           for h in (a, b) if len(seeds_of[h]) < len(seeds[h])]
+                summary.unpaired[metric, a, b] = f"{metric}: {b} − {a} ({'; '.join(lacking)})"
     return summary
+
+
+def _pairs(seeds: dict[str, list] | None, a: str, b: str) -> bool:
+    """Whether hypotheses `a` and `b`'s replicates, all of them, pair by seed (known, distinct and the same set)."""
+    pa, pb = (by_seed([0] * len(seeds[h]), seeds[h]) if seeds and h in seeds else None for h in (a, b))
+    return pa is not None and pb is not None and set(pa) == set(pb)
+
+
+def _left_out(seeds: list, kept: list) -> list:
+    return [seed for seed in seeds if seed not in kept]

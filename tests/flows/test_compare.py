@@ -488,6 +488,21 @@ def test_a_replicate_left_out_on_one_side_leaves_welch_s_test(experiment, tmp_pa
     assert summary.chart_note() == "Differences (95 % t-test): Welch"
 
 
+def test_a_metric_some_replicates_lack_says_of_how_many_in_the_table_the_csv_and_the_json(tmp_path):
+    """The replicates row said 3 where the metric's interval was over 2 values (the JSON alone had n = 2)."""
+    from flows.hypotheses import summarize
+
+    finals = {"a": [{"fd": v} for v in (0.5, 0.52, 0.51)], "b": [{"fd": 0.4}, {}, {"fd": 0.42}]}
+    summary = summarize({"a": ["a0", "a1", "a2"], "b": ["b0", "b1", "b2"]}, finals, {"a": [0, 1, 2], "b": [0, 1, 2]})
+    rows = compare.table_rows(compare.Comparison(labels=["a", "b"], summary=summary))
+    compare.write_csv(rows, tmp_path / "c.csv")
+    with open(tmp_path / "c.csv", newline="") as f:
+        written = {row[0]: row[1:] for row in csv.reader(f)}
+    assert written["replicates"] == ["3", "3"]
+    assert not written["metric: fd"][0].endswith(")") and written["metric: fd"][1].endswith(" (2 of 3 replicates)")
+    assert {k: summary.to_dict()["metrics"]["fd"]["b"][k] for k in ("n", "n_replicates")} == {"n": 2, "n_replicates": 3}
+
+
 def test_config_differences_under_the_chart_are_wrapped_to_its_width():
     """With eight hypotheses a difference was one line of 190 characters that ran off the chart's right edge, hiding
     the values of the last hypotheses; now it wraps within the width, nothing lost."""

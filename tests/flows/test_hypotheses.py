@@ -4,6 +4,7 @@ R's `t.test` on Student's sleep data); which hypothesis is better; and what is s
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from scipy import stats
@@ -246,6 +247,28 @@ def test_a_replicate_missing_a_metric_leaves_its_pair_unpaired_on_that_metric_on
     summary = summarize({"a": ["a"] * 10, "b": ["b"] * 10}, finals, {"a": PATIENTS, "b": PATIENTS})
     assert {d.metric: d.test for d in summary.differences} == {"fd": WELCH, "loss": PAIRED}
     assert summary.chart_note() == "Differences (95 % t-test): Welch: b − a; paired by seed: b − a"
+
+
+def test_a_metric_some_replicates_lack_says_of_how_many_and_why_its_pair_is_not_paired():
+    """b has 3 replicates, one without `x`: the replicates row said 3 and x's cell an interval by t(1) over 2 values,
+    without a word, and the pair on x was Welch's where the seeds say paired, without a word either."""
+    finals = {"a": [{"x": v, "y": v} for v in A], "b": [{"x": v, "y": v} for v in B]}
+    del finals["b"][1]["x"]
+    summary = summarize({"a": ["a0", "a1", "a2"], "b": ["b0", "b1", "b2"]}, finals, {"a": [0, 1, 2], "b": [0, 1, 2]})
+    rows = {row[0]: row[1:] for row in summary.metric_rows()}
+    assert rows["replicates"] == ["3", "3"]
+    x = summary.spreads["x"]
+    assert rows["metric: x"] == [x["a"].cell(), f"{x['b'].cell()} (2 of 3 replicates)"]
+    assert not any("of 3" in cell for cell in rows["metric: y"])
+    metrics = json.loads(json.dumps(summary.to_dict()))["metrics"]
+    assert (metrics["x"]["b"]["n"], metrics["x"]["b"]["n_replicates"], metrics["y"]["b"]["n"]) == (2, 3, 3)
+    assert {d.metric: d.test for d in summary.differences} == {"x": WELCH, "y": PAIRED}
+    said = ("Welch's test, not paired by seed, where a replicate has no value of the metric: x: b − a (b has no value "
+            "for seed 1).")
+    assert said in summary.note() and "(2 of 3 replicates)" in summary.text()
+    assert "Welch's test, not paired" not in summarize({"a": ["a0"] * 3, "b": ["b0"] * 3}, finals).note()  # no seeds
+    summary.differences = [replace(d, test="") for d in summary.differences]  # untested since (a side unfinished)
+    assert "Welch's test, not paired" not in summary.note()
 
 
 @pytest.mark.parametrize("metric, better", [("flow_loss", "b (lower)"), ("eval_fd_ours_cfg", "b (lower)"),

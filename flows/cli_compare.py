@@ -78,7 +78,8 @@ def run(args) -> int:
     """`fluxflow-compare` once its arguments are parsed: write CSV, JSON and PNG, print the tables."""
     from mlflow.tracking import MlflowClient
 
-    from flows.compare import experiment_comparison, write_chart, write_csv
+    from flows.compare import experiment_comparison, write_csv
+    from flows.compare_chart import write_chart
     from flows.compare_versions import model_comparison, model_problem
     from flows.mlflow_runs import resolve_tracking_uri, store_to_read_problem
     from flows.text_table import plain_table

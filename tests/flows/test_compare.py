@@ -9,7 +9,7 @@ from closed_pipe import run_into_closed_pipe
 from helpers_tiny import tiny_raw
 from mlflow.tracking import MlflowClient
 
-from flows import cli_compare, compare
+from flows import cli_compare, compare, compare_chart
 from flows.mlflow_names import TAG_LEAVES, TAG_STEPS
 from flows.mlflow_runs import experiment_id_for, open_pipeline_run
 from flows.mlflow_tracker import MlflowTracker
@@ -508,12 +508,12 @@ def test_config_differences_under_the_chart_are_wrapped_to_its_width():
     the values of the last hypotheses; now it wraps within the width, nothing lost."""
     labels = [f"pipeline{i}/spade_{'on' if i % 2 else 'off'}" for i in range(8)]
     comparison = compare.Comparison(labels=labels, config={"train_spade": ["False", "True"] * 4})
-    lines = compare.difference_lines(comparison, 80)
+    lines = compare_chart.difference_lines(comparison, 80)
     assert len(lines) > 1 and all(len(line) <= 80 for line in lines)
     assert " ".join(line.strip() for line in lines) == "train_spade: " + ", ".join(
         f"{label} = {value}" for label, value in zip(labels, comparison.config["train_spade"]))
     many = compare.Comparison(labels=["a", "b"], config={f"k{i}": ["1", "2"] for i in range(14)})
-    assert compare.difference_lines(many, 80)[-1] == "... and 2 more in the CSV"
+    assert compare_chart.difference_lines(many, 80)[-1] == "... and 2 more in the CSV"
 
 
 def test_a_hypothesis_none_of_whose_replicates_finished_gets_no_verdict(experiment, tmp_path):
@@ -663,7 +663,7 @@ def test_ctrl_c_while_drawing_is_one_line_and_leaves_an_earlier_comparison_whole
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(compare, "write_chart", interrupted)
+    monkeypatch.setattr(compare_chart, "write_chart", interrupted)
     assert compare_exit(["--experiment", "hypotheses", "--output", str(out)]) == 130
     assert capsys.readouterr().err == (f"fluxflow-compare: interrupted: nothing written to {out} (the files of an "
                                        "earlier comparison there, if any, are left as they were)\n")

@@ -503,6 +503,36 @@ def test_a_metric_some_replicates_lack_says_of_how_many_in_the_table_the_csv_and
     assert {k: summary.to_dict()["metrics"]["fd"]["b"][k] for k in ("n", "n_replicates")} == {"n": 2, "n_replicates": 3}
 
 
+def test_the_chart_draws_each_pair_s_difference_with_its_interval_and_the_table_s_verdict(tmp_path):
+    """The bars' error bars are each hypothesis' own interval, and on a real store vae_loss's two overlapped almost
+    wholly (a [0.43, 1.27], b [0.46, 1.31]) where the table said "b − a +0.0345 [+0.0319, +0.0370] paired by seed,
+    beyond the spread": the PNG alone read "no difference". Under each panel it now draws B − A, its interval and
+    the verdict, the table's numbers."""
+    from flows.hypotheses import BEYOND, summarize
+
+    a, b = [0.81, 0.85, 0.90], [0.845, 0.884, 0.935]  # b higher by about 0.035 at every seed
+    finals = {"a": [{"vae_loss": v} for v in a], "b": [{"vae_loss": v} for v in b], "solo": [{"vae_loss": 0.7}]}
+    summary = summarize({h: [h] * len(runs) for h, runs in finals.items()}, finals,
+                        {"a": [0, 1, 2], "b": [0, 1, 2], "solo": [0]})
+    comparison = compare.Comparison(labels=["a", "b", "solo"], summary=summary,
+                                    metrics={"vae_loss": [sum(a) / 3, sum(b) / 3, 0.7]})
+    [panel] = compare_chart.chart_panels(comparison)
+    spreads = summary.spreads["vae_loss"]
+    assert spreads["a"].high > spreads["b"].low  # the bars overlap ...
+    marks = {mark.pair: mark for mark in panel.pairs}
+    assert list(marks) == [f"{d.b} − {d.a}" for d in summary.differences]
+    paired = marks["b − a"]  # ... and the difference is beyond the spread, drawn with the table's numbers
+    (table,) = [d for d in summary.differences if (d.a, d.b) == ("a", "b")]
+    assert (paired.difference, paired.low, paired.high, paired.verdict) == (table.difference, table.low, table.high,
+                                                                           BEYOND)
+    assert paired.said == "b − a: beyond the spread, better: a (lower)"
+    assert (marks["solo − a"].low, marks["solo − a"].said) == (None, "solo − a: no interval can be given")
+    compare_chart.write_chart(comparison, tmp_path / "c.png", "t")
+    assert (tmp_path / "c.png").stat().st_size > 0
+    versions = compare.Comparison(labels=["1", "2"], metrics={"eval_fd_ours_cfg": [0.1, 0.2]})  # no summary
+    assert [p.pairs for p in compare_chart.chart_panels(versions)] == [[]]
+
+
 def test_config_differences_under_the_chart_are_wrapped_to_its_width():
     """With eight hypotheses a difference was one line of 190 characters that ran off the chart's right edge, hiding
     the values of the last hypotheses; now it wraps within the width, nothing lost."""

@@ -106,6 +106,18 @@ def checkout_left_without_mlflow_records():
 
 
 @pytest.fixture(autouse=True)
+def no_stop_request_carried_over():
+    """A stop request is process-wide (fluxflow/runtime/stop_request.py): one left by a test (an interrupted flow's)
+    stopped the next training of its worker with StepInterrupted, a KeyboardInterrupt, which ended the whole xdist
+    worker ("node down: keyboard-interrupt") and the run with it."""
+    from fluxflow.runtime.stop_request import clear_stop_request
+
+    clear_stop_request()
+    yield
+    clear_stop_request()
+
+
+@pytest.fixture(autouse=True)
 def prefect_console_on_this_tests_stderr():
     """Prefect's console handlers keep the stream they were made with: made while a test captured stderr, they wrote
     to that closed stream in a later test of the process, which then found "--- Logging error --- Traceback" in its

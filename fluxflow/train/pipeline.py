@@ -13,6 +13,7 @@ from fluxflow.config.dag import execution_order
 from fluxflow.output_layout import checkpoints_dir
 from fluxflow.errors import is_retryable
 from fluxflow.runtime.launch import run_step_on_processes
+from fluxflow.runtime.stop_request import clear_stop_request
 from fluxflow.runtime.torch_threads import settle_threads
 from fluxflow.storage.location import output_root
 from fluxflow.storage.store_lock import output_lock
@@ -57,6 +58,9 @@ def run_pipeline(config, tracker=None) -> list[StepOutcome]:
     (fluxflow/train/pipeline_schedule.py, the flow's rule): the other branches run, then PipelineFailed names every
     problem. An interrupt stops everything at once."""
     with output_lock(config.output.output_path):  # a local flock, or a lock object on the store
+        # A request belongs to the run it interrupted (an interrupted flow in this process leaves it set), not to
+        # this one, which stopped at its first batch with nothing said: as the flow does at its start.
+        clear_stop_request()
         announce_skipped(config, tracker)
         steps = config.resolved_steps()
         schedule = PipelineSchedule(steps)

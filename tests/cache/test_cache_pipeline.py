@@ -11,12 +11,12 @@ import math
 import pytest
 import torch
 from helpers_tiny import load_weights, one_torch_thread, tiny_config
-from test_runner_resume import PROCESS_SEED, StopAt, assert_same_tensors, run_captured, stop_request_cleared
+from test_runner_resume import PROCESS_SEED, StopAt, assert_same_tensors, run_captured
 
 from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request
 from fluxflow.train.pipeline import run_pipeline
 
-__all__ = ["one_torch_thread", "stop_request_cleared"]
+__all__ = ["one_torch_thread"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -38,7 +38,7 @@ def test_vae_then_two_flow_branches_build_the_caches_once_and_train_from_them(tm
     assert "Text cache of step flow: computing" in out and "Text cache of step flow_full" not in out
 
 
-def test_a_flow_step_stopped_mid_epoch_resumes_from_its_cache_exactly(tmp_path, stop_request_cleared):
+def test_a_flow_step_stopped_mid_epoch_resumes_from_its_cache_exactly(tmp_path):
     steps = [{"name": "vae", "n_epochs": 1, "max_steps": 2, "train_vae": True},
              {"name": "flow", "n_epochs": 2, "max_steps": 5, "train_diff": True}]
     config = functools.partial(tiny_config, steps=steps, log_interval=1, checkpoint_save_interval=2, no_samples=True)

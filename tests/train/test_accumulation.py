@@ -14,13 +14,13 @@ import pytest
 import torch
 from helpers_tiny import (VAE_STEP, changed_components, load_weights, one_torch_thread, shapes_batches, snapshot,
                           tiny_config)
-from test_runner_resume import StopAt, assert_same_tensors, stop_request_cleared
+from test_runner_resume import StopAt, assert_same_tensors
 
 from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request
 from fluxflow.train.batch_step import Window
 from fluxflow.train.pipeline import run_pipeline
 
-__all__ = ["one_torch_thread", "stop_request_cleared"]
+__all__ = ["one_torch_thread"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -113,7 +113,7 @@ STEPS = [{"name": "warm", "n_epochs": 2, "max_steps": 5, "train_vae": True, "gra
 
 
 def test_a_stop_inside_an_accumulation_window_saves_at_its_end_and_resumes_bit_identically(
-        tmp_path, stop_request_cleared):
+        tmp_path):
     config = functools.partial(tiny_config, steps=STEPS, log_interval=1, checkpoint_save_interval=100,
                                no_samples=True)
     [reference] = run_pipeline(config(tmp_path / "reference"))

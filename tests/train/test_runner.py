@@ -92,6 +92,15 @@ def test_two_step_pipeline_runs_to_completion(two_step):
     assert {"vae_loss", "kl_loss", "g_loss", "d_loss"} <= set(gan.result.final_metrics)
 
 
+def test_a_stop_request_left_by_an_earlier_run_of_the_process_does_not_stop_the_next(tmp_path):
+    from fluxflow.runtime.stop_request import request_stop, stop_requested
+
+    request_stop()  # what an interrupted flow in this process (a notebook's, a test's) leaves behind
+    [outcome] = run_pipeline(tiny_config(tmp_path / "out", [{"name": "s", "n_epochs": 1, "max_steps": 2,
+                                                             "train_vae": True}], no_samples=True))
+    assert outcome.result.outcome == "epochs_done" and not stop_requested()
+
+
 def test_checkpoints_follow_the_seed_format_and_match_their_reference(two_step):
     _, outcomes, _, out = two_step
     for index, outcome in enumerate(outcomes):

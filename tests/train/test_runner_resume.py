@@ -275,14 +275,7 @@ def stop_at_gan_epoch_2_batch_5(out: Path) -> str:
     return buffer.getvalue()
 
 
-@pytest.fixture
-def stop_request_cleared():
-    clear_stop_request()
-    yield
-    clear_stop_request()
-
-
-def test_a_stop_request_saves_the_batch_reached_and_the_next_run_resumes_there_exactly(tmp_path, stop_request_cleared,
+def test_a_stop_request_saves_the_batch_reached_and_the_next_run_resumes_there_exactly(tmp_path,
                                                                                         uninterrupted):
     reference, _ = uninterrupted
     stopped_out = tmp_path / "stopped"
@@ -305,7 +298,7 @@ def test_a_stop_request_saves_the_batch_reached_and_the_next_run_resumes_there_e
     assert all(isinstance(json.loads(line), dict) for line in jsonl.read_text().splitlines())
 
 
-def test_a_step_queued_when_the_stop_was_requested_does_not_start(tmp_path, stop_request_cleared):
+def test_a_step_queued_when_the_stop_was_requested_does_not_start(tmp_path):
     request_stop()
     with pytest.raises(StepInterrupted, match="step warm not started"):
         run_step(tiny_config(tmp_path / "out", STEPS, no_samples=True), "warm")
@@ -399,8 +392,7 @@ def test_sigkill_at_random_moments_then_the_same_command_completes_bit_identical
         assert_same_final_weights(outcome.ref.uri, out / "checkpoints" / outcome.result.step_name / "final.pt")
 
 
-def test_a_torn_latest_pt_falls_back_to_the_previous_checkpoint_and_ends_bit_identical(tmp_path, uninterrupted,
-                                                                                       stop_request_cleared):
+def test_a_torn_latest_pt_falls_back_to_the_previous_checkpoint_and_ends_bit_identical(tmp_path, uninterrupted):
     reference, _ = uninterrupted
     out = tmp_path / "torn"
     config = functools.partial(tiny_config, steps=STEPS, log_interval=1, checkpoint_save_interval=2, no_samples=True)
@@ -419,7 +411,7 @@ def test_a_torn_latest_pt_falls_back_to_the_previous_checkpoint_and_ends_bit_ide
 
 
 def test_when_both_checkpoints_are_torn_the_step_trains_again_from_its_parent_and_ends_bit_identical(
-        tmp_path, uninterrupted, stop_request_cleared):
+        tmp_path, uninterrupted):
     reference, _ = uninterrupted
     out = tmp_path / "torn"
     config = functools.partial(tiny_config, steps=STEPS, log_interval=1, checkpoint_save_interval=2, no_samples=True)

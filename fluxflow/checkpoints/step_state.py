@@ -36,6 +36,9 @@ class StepState:
     # Saved at an epoch's end before that end's samples and evaluation were made (fluxflow/train/step_run.py,
     # end_epoch): a resume makes them before it trains on. False once a later save passed them; read on resume only.
     epoch_end_due: bool = False
+    # Saved at a mid-epoch checkpoint before that batch's samples were made (fluxflow/train/step_run.py, after_batch):
+    # a resume makes them before it trains on. False once a later save passed them; read on resume only.
+    batch_samples_due: bool = False
     completed: bool = False  # the step's last epoch is saved: only final.pt is left to write
     outcome: str | None = None  # the transition outcome, once completed
     # What ref.json records for a finished step, here for one in progress: the sha256 of the checkpoint it started

@@ -190,6 +190,8 @@ class StepRun:
         self.outcome: str | None = meta.outcome if self.resuming and meta.completed else None
         # A run killed during an epoch end's samples or evaluation (its latest.pt was saved first): `train` makes them.
         self.epoch_end_due = self.resuming and meta.epoch_end_due
+        # One killed after a mid-epoch checkpoint, before (or while) that batch's samples were made: `train` makes them.
+        self.batch_samples_due = self.resuming and meta.batch_samples_due
         self.resumed_from = self._resume(state, meta) if self.resuming else None
         if self.main:  # lines a killed run logged after the position this one starts from will be logged again; so
             # will the evaluation at that position of a completed step (`finish`) or of an epoch end that is due
@@ -257,6 +259,8 @@ class StepRun:
         self.report.started(self.resuming)
         if self.epoch_end_due:
             self.epoch_end_outputs()
+        elif self.batch_samples_due:
+            self.batch_samples()
         while self.outcome is None:
             self.run_epoch()
         return self.finish()
@@ -311,7 +315,9 @@ class StepRun:
         """Log, checkpoint and honour a stop request at the intervals the config sets.
 
         Checkpoints and stops happen only between accumulation windows, where no gradient is pending, so a resume is
-        exact: the first window end at or after each multiple of `checkpoint_save_interval` saves.
+        exact: the first window end at or after each multiple of `checkpoint_save_interval` saves, then makes that
+        batch's samples. The save is marked `batch_samples_due`, so a kill before the samples are made has the resume
+        make them (as `end_epoch`'s mark does for an epoch's end).
         """
         pos, n_batches = self.position, self.data.batches_per_epoch
         k, interval = self.step.gradient_accumulation_steps, self.config.output.checkpoint_save_interval
@@ -322,8 +328,8 @@ class StepRun:
         if pos.batch < n_batches and pos.batch % k == 0:  # the epoch's end saves and checks for a stop itself
             if pos.batch // interval != (pos.batch - k) // interval:
                 with self.report.untimed():
-                    self.save()
-                    self.report.samples(batch=pos.batch)
+                    self.save(batch_samples_due=True)
+                    self.batch_samples()
             if stop_requested():
                 self.interrupted()
 
@@ -353,6 +359,13 @@ class StepRun:
         if self.outcome is None and self.step.eval_interval and pos.epoch % self.step.eval_interval == 0:
             self.report.evaluate()
 
+    def batch_samples(self) -> None:
+        """The samples of the batch just completed mid-epoch, whose latest.pt is saved. A stop request comes first: it
+        leaves them to the resume, as that latest.pt says."""
+        if stop_requested():
+            self.interrupted(saved=True)
+        self.report.samples(batch=self.position.batch)
+
     def interrupted(self, saved: bool = False) -> None:
         """Stop here on request (fluxflow/runtime/stop_request.py): save this position, so the next run resumes
         at it."""
@@ -363,12 +376,13 @@ class StepRun:
                  f"{pos.batch}: saved {self.files.latest}")
         raise StepInterrupted(f"step {self.step.name} interrupted at epoch {pos.epoch + 1}, batch {pos.batch}")
 
-    def save(self, completed: bool = False, epoch_end_due: bool = False) -> None:
+    def save(self, completed: bool = False, epoch_end_due: bool = False, batch_samples_due: bool = False) -> None:
         if self.main:  # only rank 0 writes checkpoints (all ranks hold the same weights)
-            save_latest(self.checkpoint_state(completed, epoch_end_due), self.files.latest)
+            save_latest(self.checkpoint_state(completed, epoch_end_due, batch_samples_due), self.files.latest)
             self.files.publish_latest(self.say)  # an output on an object store: uploaded, the previous one kept
 
-    def checkpoint_state(self, completed: bool = False, epoch_end_due: bool = False) -> dict:
+    def checkpoint_state(self, completed: bool = False, epoch_end_due: bool = False,
+                         batch_samples_due: bool = False) -> dict:
         """latest.pt at this position: the original tool's checkpoint layout, plus what an exact resume needs, and
         enough for fluxflow-generate on its own (the model sizes travel with the weights)."""
         t, pos, step = self.trainer, self.position, self.step
@@ -391,7 +405,7 @@ class StepRun:
                 step_config=step.model_dump(mode="json"), seed=step.seed, step_start_epoch=pos.start_epoch,
                 current_step_epoch=pos.epoch, batch=pos.batch, step_metrics=self.report.history,
                 rng=capture_rng_state(), monitor=self.monitor.state_dict(), report=self.report.state_dict(),
-                last_lr=dict(t.last_lr), epoch_end_due=epoch_end_due,
+                last_lr=dict(t.last_lr), epoch_end_due=epoch_end_due, batch_samples_due=batch_samples_due,
                 completed=completed, outcome=self.outcome, input_sha256=self.files.input_sha256,
                 key_inputs=self.files.key_inputs, data_identity=self.data.identity,
             ).to_dict(),

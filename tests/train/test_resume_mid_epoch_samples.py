@@ -1,0 +1,160 @@
+"""A hard kill after a mid-epoch checkpoint and before (or during) the samples of that batch: the same command again
+resumes after that batch, makes those samples first, and ends with the sample files and lines of an uninterrupted
+run: no sample lost, none twice.
+
+The epoch end's analog is tests/train/test_resume_epoch_end.py. The run is killed in a child process (SIGKILL, as an
+OOM kill or a lost node ends it: slow), or dies at the same call in this process (fast), the resume runs here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers_tiny import load_weights, one_thread, one_torch_thread, tiny_config, tiny_raw
+
+import fluxflow.train.step_report as step_report
+from fluxflow.output_layout import metrics_file, samples_dir
+from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
+from fluxflow.train.pipeline import run_pipeline
+from fluxflow.train.tracking import ConsoleJsonlTracker
+
+__all__ = ["one_torch_thread"]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+REPO = Path(__file__).resolve().parents[2]
+# One epoch of 4 batches (global steps 1-4), a checkpoint every 2: latest.pt at batch 2, then batch 2's samples; the
+# epoch's end saves and samples again.
+STEPS = [{"name": "s", "n_epochs": 1, "max_steps": 4, "train_vae": True}]
+SETTINGS = {"checkpoint_save_interval": 2}
+
+# The pipeline, killed where argv[2] says: "write_samples:N" (step_report.py's call) dies on its N-th call (1: batch
+# 2's samples, right after batch 2's latest.pt); "-" runs on (the test's FLUXFLOW_TEST_KILL_AT kills it).
+CHILD = """
+import json, os, signal, sys
+import torch
+torch.set_num_threads(1)
+import fluxflow.train.step_report as step_report
+from fluxflow.config import load_config
+from fluxflow.train.pipeline import run_pipeline
+
+where, _, nth = sys.argv[2].partition(":")
+if where != "-":
+    made, calls = getattr(step_report, where), []
+
+    def killed_at_nth_call(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == int(nth):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return made(*args, **kwargs)
+
+    setattr(step_report, where, killed_at_nth_call)
+run_pipeline(load_config(json.load(open(sys.argv[1]))).config)
+"""
+
+
+def killed_run(tmp_path: Path, out: Path, where: str, env: dict | None = None) -> None:
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(tiny_raw(out, STEPS, **SETTINGS)))
+    child = subprocess.run([sys.executable, "-c", CHILD, str(config_file), where], cwd=REPO, capture_output=True,
+                           text=True, timeout=300,
+                           env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **(env or {})))
+    assert child.returncode == -signal.SIGKILL, child.stdout + child.stderr
+
+
+def logged_lines(out: Path) -> list[tuple]:
+    """The metrics file as (epoch, batch, global_step, metrics): what a user reads, without the timestamps."""
+    records = map(json.loads, metrics_file(out, "s").read_text().splitlines())
+    return [(r["epoch"], r["batch"], r["global_step"], r["metrics"]) for r in records]
+
+
+def sample_files(out: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(samples_dir(out).iterdir())}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted") / "out"
+    with one_thread():  # as the child: other thread counts round some sums otherwise
+        run_pipeline(tiny_config(out, STEPS, **SETTINGS))
+    return out
+
+
+def batch_2_samples(out: Path) -> list[str]:
+    return [name for name in sample_files(out) if name.startswith("s_001_001_00002_")]
+
+
+class Died(BaseException):
+    """A death at a chosen call, in this process: the files it leaves are those a kill -9 there leaves."""
+
+
+def die(*args, **kwargs):
+    raise Died
+
+
+def test_a_run_dead_after_a_mid_epoch_checkpoint_before_its_samples_ends_with_the_samples_of_an_uninterrupted_run(
+        tmp_path, uninterrupted, monkeypatch):
+    out = tmp_path / "out"
+    with monkeypatch.context() as patched:
+        patched.setattr(step_report, "write_samples", die)
+        with pytest.raises(Died):
+            run_pipeline(tiny_config(out, STEPS, **SETTINGS))
+    meta = load_weights(out / "checkpoints" / "s" / "latest.pt")["pipeline_metadata"]
+    assert (meta["current_step_epoch"], meta["batch"]) == (0, 2), "not dead after batch 2's checkpoint"
+
+    run_pipeline(tiny_config(out, STEPS, **SETTINGS))
+
+    assert batch_2_samples(uninterrupted), sorted(sample_files(uninterrupted))
+    assert sample_files(out) == sample_files(uninterrupted)
+    assert logged_lines(out) == logged_lines(uninterrupted)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where, env", [
+    ("write_samples:1", {}),  # batch 2's latest.pt saved, its samples not made
+    ("-", {"FLUXFLOW_TEST_KILL_AT": "batch3_rank0"}),  # after batch 2's samples were made, with no checkpoint since
+])
+def test_a_kill_after_a_mid_epoch_checkpoint_then_the_same_command_ends_with_the_samples_of_an_uninterrupted_run(
+        tmp_path, uninterrupted, capsys, where, env):
+    out = tmp_path / "out"
+    killed_run(tmp_path, out, where, env)
+    meta = load_weights(out / "checkpoints" / "s" / "latest.pt")["pipeline_metadata"]
+    assert (meta["current_step_epoch"], meta["batch"]) == (0, 2), "not killed after batch 2's checkpoint"
+
+    run_pipeline(tiny_config(out, STEPS, **SETTINGS))
+
+    assert "Resuming from checkpoint: step=1 (s), epoch=1, batch=2" in capsys.readouterr().out
+    assert batch_2_samples(uninterrupted), sorted(sample_files(uninterrupted))
+    assert sample_files(out) == sample_files(uninterrupted)
+    assert logged_lines(out) == logged_lines(uninterrupted)
+
+
+class StopAtBatch2(ConsoleJsonlTracker):
+    """Requests a stop, as the flow does on Ctrl-C, once batch 2 has been logged (before its checkpoint)."""
+
+    def log_metrics(self, metrics, progress):
+        super().log_metrics(metrics, progress)
+        if (progress.epoch, progress.batch) == (1, 2):
+            request_stop()
+
+
+def test_a_stop_request_at_a_mid_epoch_checkpoint_leaves_its_samples_to_the_resume(tmp_path, uninterrupted):
+    out = tmp_path / "out"
+    clear_stop_request()
+    try:
+        with pytest.raises(StepInterrupted, match="s interrupted at epoch 1, batch 2"):
+            run_pipeline(tiny_config(out, STEPS, **SETTINGS), tracker=StopAtBatch2(out))
+    finally:
+        clear_stop_request()
+    sampled_before_the_resume = sorted(p.name for p in samples_dir(out).glob("*"))
+
+    run_pipeline(tiny_config(out, STEPS, **SETTINGS))
+
+    assert sample_files(out) == sample_files(uninterrupted)
+    assert logged_lines(out) == logged_lines(uninterrupted)
+    assert sampled_before_the_resume == [], "the stop waited for samples the resume makes again"

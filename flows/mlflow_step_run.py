@@ -97,9 +97,12 @@ class StepRunRecorder:
         else:
             self.run_id = create_run_once(self.client, self.experiment_id, self._tags(), self.step.name)
             self.last_step = {}
-        if run is None or not run.data.params:  # a kill between the run's creation and its params leaves none
-            params = {**self.extra_params, **flatten_params(self.step.model_dump(mode="json"))}
-            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
+        # A kill between the run's creation and its params (sent in chunks of 100) leaves some or all missing.
+        had = run.data.params if run is not None else {}
+        params = {**self.extra_params, **flatten_params(self.step.model_dump(mode="json"))}
+        missing = [Param(k, v) for k, v in params.items() if k not in had]
+        if missing:
+            self.client.log_batch(self.run_id, params=missing)
         for other in find_step_runs(self.client, self.experiment_id, self.output_dir, None, self.step.name):
             if other.info.run_id == self.run_id:
                 if TAG_SUPERSEDED_BY in other.data.tags:

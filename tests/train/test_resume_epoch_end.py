@@ -6,17 +6,13 @@ The run is killed in a child process (SIGKILL, as an OOM kill or a lost node end
 """
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers_tiny import load_weights, one_thread, one_torch_thread, tiny_config, tiny_raw
+from helpers_tiny import load_weights, one_thread, one_torch_thread, tiny_config
+from killed_pipeline import killed_run, logged_lines, sample_files
 
-from fluxflow.output_layout import metrics_file, samples_dir
+from fluxflow.output_layout import samples_dir
 from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
 from fluxflow.train.pipeline import run_pipeline
 from fluxflow.train.tracking import ConsoleJsonlTracker
@@ -25,54 +21,10 @@ __all__ = ["one_torch_thread"]
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 # 3 batches per epoch (global steps 1-3, 4-6, 7-9), evaluated at every epoch's end. Checkpoints at epoch ends only:
 # a run killed in epoch 2 resumes from epoch 1's end.
 STEPS = [{"name": "s", "n_epochs": 3, "max_steps": 3, "train_vae": True, "eval_interval": 1}]
 SETTINGS = {"checkpoint_save_interval": 100}
-
-# The pipeline, killed where argv[2] says: "write_samples:N" / "evaluate_step:N" (as step_report.py calls them) die on
-# their N-th call (1: epoch 1's end); "-" runs on (the test's FLUXFLOW_TEST_KILL_AT kills it).
-CHILD = """
-import json, os, signal, sys
-import torch
-torch.set_num_threads(1)
-import fluxflow.train.step_report as step_report
-from fluxflow.config import load_config
-from fluxflow.train.pipeline import run_pipeline
-
-where, _, nth = sys.argv[2].partition(":")
-if where != "-":
-    made, calls = getattr(step_report, where), []
-
-    def killed_at_nth_call(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == int(nth):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return made(*args, **kwargs)
-
-    setattr(step_report, where, killed_at_nth_call)
-run_pipeline(load_config(json.load(open(sys.argv[1]))).config)
-"""
-
-
-def killed_run(tmp_path: Path, out: Path, where: str, env: dict | None = None) -> None:
-    config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps(tiny_raw(out, STEPS, **SETTINGS)))
-    child = subprocess.run([sys.executable, "-c", CHILD, str(config_file), where], cwd=REPO, capture_output=True,
-                           text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})))
-    assert child.returncode == -signal.SIGKILL, child.stdout + child.stderr
-
-
-def logged_lines(out: Path) -> list[tuple]:
-    """The metrics file as (epoch, batch, global_step, metrics): what a user reads, without the timestamps."""
-    records = map(json.loads, metrics_file(out, "s").read_text().splitlines())
-    return [(r["epoch"], r["batch"], r["global_step"], r["metrics"]) for r in records]
-
-
-def sample_files(out: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted(samples_dir(out).iterdir())}
-
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
@@ -91,7 +43,7 @@ def uninterrupted(tmp_path_factory) -> Path:
 def test_a_kill_at_an_epoch_end_then_the_same_command_ends_with_the_lines_and_samples_of_an_uninterrupted_run(
         tmp_path, uninterrupted, capsys, where, env, saved_epoch):
     out = tmp_path / "out"
-    killed_run(tmp_path, out, where, env)
+    killed_run(tmp_path, out, where, STEPS, SETTINGS, env)
     meta = load_weights(out / "checkpoints" / "s" / "latest.pt")["pipeline_metadata"]
     assert (meta["current_step_epoch"], meta["batch"]) == (saved_epoch, 0), "not killed after that epoch's end"
 

@@ -7,18 +7,14 @@ OOM kill or a lost node ends it: slow), or dies at the same call in this process
 """
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers_tiny import load_weights, one_thread, one_torch_thread, tiny_config, tiny_raw
+from helpers_tiny import load_weights, one_thread, one_torch_thread, tiny_config
+from killed_pipeline import killed_run, logged_lines, sample_files
 
 import fluxflow.train.step_report as step_report
-from fluxflow.output_layout import metrics_file, samples_dir
+from fluxflow.output_layout import samples_dir
 from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
 from fluxflow.train.pipeline import run_pipeline
 from fluxflow.train.tracking import ConsoleJsonlTracker
@@ -27,55 +23,10 @@ __all__ = ["one_torch_thread"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-REPO = Path(__file__).resolve().parents[2]
 # One epoch of 4 batches (global steps 1-4), a checkpoint every 2: latest.pt at batch 2, then batch 2's samples; the
 # epoch's end saves and samples again.
 STEPS = [{"name": "s", "n_epochs": 1, "max_steps": 4, "train_vae": True}]
 SETTINGS = {"checkpoint_save_interval": 2}
-
-# The pipeline, killed where argv[2] says: "write_samples:N" (step_report.py's call) dies on its N-th call (1: batch
-# 2's samples, right after batch 2's latest.pt); "-" runs on (the test's FLUXFLOW_TEST_KILL_AT kills it).
-CHILD = """
-import json, os, signal, sys
-import torch
-torch.set_num_threads(1)
-import fluxflow.train.step_report as step_report
-from fluxflow.config import load_config
-from fluxflow.train.pipeline import run_pipeline
-
-where, _, nth = sys.argv[2].partition(":")
-if where != "-":
-    made, calls = getattr(step_report, where), []
-
-    def killed_at_nth_call(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == int(nth):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return made(*args, **kwargs)
-
-    setattr(step_report, where, killed_at_nth_call)
-run_pipeline(load_config(json.load(open(sys.argv[1]))).config)
-"""
-
-
-def killed_run(tmp_path: Path, out: Path, where: str, env: dict | None = None) -> None:
-    config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps(tiny_raw(out, STEPS, **SETTINGS)))
-    child = subprocess.run([sys.executable, "-c", CHILD, str(config_file), where], cwd=REPO, capture_output=True,
-                           text=True, timeout=300,
-                           env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **(env or {})))
-    assert child.returncode == -signal.SIGKILL, child.stdout + child.stderr
-
-
-def logged_lines(out: Path) -> list[tuple]:
-    """The metrics file as (epoch, batch, global_step, metrics): what a user reads, without the timestamps."""
-    records = map(json.loads, metrics_file(out, "s").read_text().splitlines())
-    return [(r["epoch"], r["batch"], r["global_step"], r["metrics"]) for r in records]
-
-
-def sample_files(out: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted(samples_dir(out).iterdir())}
-
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
@@ -122,7 +73,7 @@ def test_a_run_dead_after_a_mid_epoch_checkpoint_before_its_samples_ends_with_th
 def test_a_kill_after_a_mid_epoch_checkpoint_then_the_same_command_ends_with_the_samples_of_an_uninterrupted_run(
         tmp_path, uninterrupted, capsys, where, env):
     out = tmp_path / "out"
-    killed_run(tmp_path, out, where, env)
+    killed_run(tmp_path, out, where, STEPS, SETTINGS, env)
     meta = load_weights(out / "checkpoints" / "s" / "latest.pt")["pipeline_metadata"]
     assert (meta["current_step_epoch"], meta["batch"]) == (0, 2), "not killed after batch 2's checkpoint"
 

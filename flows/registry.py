@@ -26,6 +26,7 @@ import os
 import re
 import sys
 import tempfile
+import uuid
 from importlib import metadata
 from pathlib import Path
 
@@ -38,8 +39,9 @@ from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-from flows.mlflow_names import (LINEAGE_TAGS, TAG_CHECKPOINT_SHA256, TAG_CHECKPOINT_URI, TAG_GLOBAL_STEP,
-                                 TAG_PIPELINE_RUN, TAG_STEP_NAME, TAG_VERSION_OF_RUN, quoted, tags_filter)
+from flows.mlflow_names import (LINEAGE_TAGS, TAG_CHECKPOINT_SHA256, TAG_CHECKPOINT_URI, TAG_CREATED_BY,
+                                 TAG_GLOBAL_STEP, TAG_PIPELINE_RUN, TAG_STEP_NAME, TAG_VERSION_OF_RUN, quoted,
+                                 tags_filter)
 from flows.mlflow_runs import resolve_tracking_uri, store_to_read_problem
 from flows.model_uri import PREFIX, models_uri_parts
 from flows.pyfunc_model import CHECKPOINT_ARTIFACT, CONFIG_ARTIFACT, PROMPT, SIGNATURE, WEIGHTS_ARTIFACT
@@ -173,10 +175,22 @@ def register_step(client: MlflowClient, name: str, outcome: StepOutcome, config,
             )
             # in the block too: a model logged but not made a version is the same orphan (the re-run logs another)
             ensure_registered_model(client, name)
-            version = client.create_model_version(
-                name, source=info.model_uri, run_id=outcome.run_id, tags=tags, model_id=info.model_id,
+            version = create_version_once(
+                client, name, tags, source=info.model_uri, run_id=outcome.run_id, model_id=info.model_id,
                 description=f"Step {ref.step_name}, {ref.uri} (sha256 {ref.sha256[:12]})")
     client.set_tag(outcome.run_id, TAG_VERSION_OF_RUN, f"{name}/{version.version}")
+    return version
+
+
+def create_version_once(client: MlflowClient, name: str, tags: dict[str, str], **kwargs):
+    """`create_model_version`, without a twin: as `create_run_once` (flows/mlflow_runs.py), a request resent after its
+    answer was lost makes a second version of the same checkpoint; the twins sharing this call's nonce, other than
+    the version the answer named, are deleted."""
+    nonce = uuid.uuid4().hex
+    version = client.create_model_version(name, tags={**tags, TAG_CREATED_BY: nonce}, **kwargs)
+    for twin in versions_of(client, name, {TAG_CREATED_BY: nonce}):
+        if twin.version != version.version:
+            client.delete_model_version(name, twin.version)
     return version
 
 

@@ -6,7 +6,7 @@
 set -euo pipefail
 source "$(dirname "$0")/_service.sh"
 take_arguments "" "$@"
-# Entrypoints in prefect.yaml are relative to the repository root.
+# Entrypoints in prefect.yaml are module paths (flows.pipeline_flow:...), imported from the repository root.
 cd "$REPO_ROOT"
 
 use_local_server

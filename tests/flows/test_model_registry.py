@@ -49,8 +49,8 @@ def nightly_flow():
     """The nightly deployment's flow function and parameters, from deployments/prefect.yaml."""
     spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
     nightly = next(d for d in spec["deployments"] if d["name"] == "nightly-retrain")
-    file, function = nightly["entrypoint"].split(":")
-    module = importlib.import_module(file.removesuffix(".py").replace("/", "."))
+    module, function = nightly["entrypoint"].split(":")
+    module = importlib.import_module(module)
     return getattr(module, function), nightly["parameters"]
 
 

@@ -440,14 +440,26 @@ def deployments() -> dict[str, dict]:
 def test_deployments_run_the_pipeline_flow_on_the_gpu_process_pool(deployments):
     assert set(deployments) == {"manual", "nightly-retrain"}
     for d in deployments.values():
-        file, function = d["entrypoint"].split(":")
-        flow = flow_function(REPO / file, "fluxflow-pipeline")
+        module, function = d["entrypoint"].split(":")
+        flow = flow_function(REPO / (module.replace(".", "/") + ".py"), "fluxflow-pipeline")
         assert flow.name == function
         flow_params = [a.arg for a in flow.args.args]
         assert set(d["parameters"]) <= set(flow_params), f"{d['name']}: parameters the flow does not take"
         assert "config" in d["parameters"]
         assert d["work_pool"]["name"] == "gpu"
         assert "concurrency_limit" not in d  # the limit is on the `gpu` task tag, see the file's header
+
+
+def test_entrypoints_load_the_flow_as_the_module_ray_workers_import(deployments, monkeypatch):
+    # As the worker's flow-run process does, in the checkout. A file-path entrypoint (flows/pipeline_flow.py:...) loads
+    # as a top-level module `pipeline_flow`; Ray workers, unpickling the flow-run context, cannot import that name.
+    from prefect.flows import load_flow_from_entrypoint
+
+    monkeypatch.chdir(REPO)
+    for d in deployments.values():
+        flow = load_flow_from_entrypoint(d["entrypoint"], use_placeholder_flow=False)
+        assert flow.name == "fluxflow-pipeline"
+        assert flow.fn.__module__ == "flows.pipeline_flow", d["name"]
 
 
 def test_manual_is_unscheduled_and_nightly_retrain_runs_once_a_day(deployments):

@@ -149,7 +149,9 @@ class RaySteps:
         from prefect_ray import RayTaskRunner
 
         self.join()  # before the runner: it would start a local Ray for `auto` instead of failing
-        check_store_on_nodes(self.config.output.output_path, self.nodes)  # a deployment's run: no preflight before
+        # A deployment's run has no fluxflow-train preflight before it: without this, a step no node can run was
+        # refused only when submitted, after its parent had trained (hours into a nightly run).
+        self.check_steps()
         self._runner = RayTaskRunner(init_kwargs={"address": self.address, "namespace": NAMESPACE}).__enter__()
         from flows.mlflow_runs import resolve_tracking_uri
 
@@ -161,6 +163,13 @@ class RaySteps:
 
         self._runner.__exit__(*exc_info)
         ray.shutdown()  # this driver only; the cluster stays
+
+    def check_steps(self) -> None:
+        """Every step of the config fits one of the joined nodes (Infeasible) and every node reaches an object-store
+        output (StoreUnreachable): fluxflow-train's preflight and the flow's start, before any step is submitted."""
+        for step in self.config.resolved_steps():
+            self.request_for(step)
+        check_store_on_nodes(self.config.output.output_path, self.nodes)
 
     def on_cuda(self) -> bool:
         """`cuda`, or `auto` on a cluster with a GPU somewhere."""
@@ -211,14 +220,12 @@ class RaySteps:
 
 
 def preflight(config) -> None:
-    """Before a run starts (fluxflow-train): the cluster answers, every step fits one of its nodes, and every node
-    reaches an object-store output; raises ClusterUnreachable, Infeasible or StoreUnreachable with the line to print.
-    The connection stays for the flow's RaySteps."""
+    """Before a run starts (fluxflow-train; a flow run checks the same in RaySteps.__enter__): the cluster answers,
+    every step fits one of its nodes, and every node reaches an object-store output; raises ClusterUnreachable,
+    Infeasible or StoreUnreachable with the line to print. The connection stays for the flow's RaySteps."""
     steps = RaySteps(config)
     steps.join()
-    for step in config.resolved_steps():
-        steps.request_for(step)
-    check_store_on_nodes(config.output.output_path, steps.nodes)
+    steps.check_steps()
 
 
 _STORES_REACHED: set[tuple[str, frozenset]] = set()  # (uri, node ids) checked by this process: once per run

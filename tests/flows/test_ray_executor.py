@@ -159,6 +159,33 @@ def test_a_step_needing_more_of_one_resource_than_any_node_has_says_which(tmp_pa
         steps.request_for(steps.config.step("left"))
 
 
+def test_a_flow_run_refuses_a_child_step_no_node_can_run_before_any_step_is_submitted(tmp_path, monkeypatch):
+    """A deployment's flow run has no fluxflow-train preflight before it: entering the flow's RaySteps checks every
+    step (not only the one being submitted), so the parent does not train first."""
+    import prefect_ray
+
+    from flows.ray_steps import Infeasible, RaySteps
+
+    runners = []
+
+    class Runner:  # the RayTaskRunner the step tasks would be submitted through
+        def __init__(self, **kwargs):
+            runners.append(self)
+
+        def __enter__(self):
+            raise AssertionError("the task runner started before every step was checked")
+
+    def join(self):
+        self.nodes = TWO_NODES
+
+    monkeypatch.setattr(RaySteps, "join", join)
+    monkeypatch.setattr(prefect_ray, "RayTaskRunner", Runner)
+    config = load_config(pipeline(tmp_path, None, [{}, {"gpus": 1}])).config  # warm and left fit, right does not
+    with pytest.raises(Infeasible, match=r"^step right asks Ray for 1 GPU, 1 CPU: no node offers GPU "):
+        RaySteps(config).__enter__()
+    assert runners == []
+
+
 def test_a_step_across_more_nodes_than_the_cluster_has_is_refused_before_the_run(tmp_path):
     """`nodes` × `nproc_per_node` Train workers, one CPU each here, on a cluster of 2 CPUs: refused where
     fluxflow-train checks every step (exit 2), not when Ray Train is started (exit 1, after the run began)."""
@@ -342,7 +369,8 @@ def test_the_test_cluster_listens_on_loopback_only(cluster):
 
 @pytest.mark.slow
 def test_in_the_flow_a_request_no_node_meets_fails_before_submission(cluster, tmp_path, monkeypatch):
-    """What a deployment's flow run (no fluxflow-train to check first) does: the submitter refuses the step."""
+    """What a deployment's flow run (no fluxflow-train to check first) does: the submitter refuses the step, at its
+    start (every step) and again at submission (the nodes may have changed since)."""
     from flows.ray_steps import Infeasible, RaySteps
 
     from ray._private import ray_constants
@@ -351,7 +379,13 @@ def test_in_the_flow_a_request_no_node_meets_fails_before_submission(cluster, tm
     monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)  # at 127.0.0.1 like its nodes (LOOPBACK)
 
     config = load_config(pipeline(tmp_path, cluster.address, [{"gpus": 2}])).config
-    with RaySteps(config) as steps:
+    with pytest.raises(Infeasible, match="step left asks Ray for 2 GPU, 1 CPU: no node offers GPU"):
+        RaySteps(config).__enter__()
+    import ray
+
+    ray.shutdown()
+    feasible = load_config(pipeline(tmp_path, cluster.address, [{}])).config
+    with RaySteps(feasible) as steps:
         assert len(steps.nodes) == 2
         with pytest.raises(Infeasible, match="step left asks Ray for 2 GPU, 1 CPU: no node offers GPU"):
             steps.submit(None, config.step("left"), {})

@@ -134,12 +134,31 @@ def unreachable_reason(url: str) -> str | None:
 
 
 def prefect_unreachable() -> str | None:
-    """Why the Prefect server at PREFECT_API_URL does not answer at all, or None. A run cannot start without its
-    orchestrator, unlike without MLflow (whose records can wait)."""
+    """Why the Prefect server at PREFECT_API_URL does not answer at all, or answers as no Prefect API, or None. A run
+    cannot start without its orchestrator, unlike without MLflow (whose records can wait)."""
     api_url = os.environ.get("PREFECT_API_URL", "")
     reason = unreachable_reason(api_url)
-    return reason and (f"the Prefect server at {api_url} (PREFECT_API_URL) does not answer ({reason}): start it "
-                       "(make server), or unset PREFECT_API_URL to run on a temporary server")
+    if reason:
+        return (f"the Prefect server at {api_url} (PREFECT_API_URL) does not answer ({reason}): start it "
+                "(make server), or unset PREFECT_API_URL to run on a temporary server")
+    if api_url and _health_status(api_url) == 404:
+        # The UI's address, copied without /api: every Prefect API answers its /health (the client's own check),
+        # and the client's first call (/admin/version) failed with a 40-line traceback.
+        ending = "" if api_url.rstrip("/").endswith("/api") else f", e.g. {api_url.rstrip('/')}/api"
+        return (f"no Prefect API at {api_url} (PREFECT_API_URL): its /health answers 404 Not Found; PREFECT_API_URL "
+                f"should be the server's API address, which ends in /api{ending}")
+    return None
+
+
+def _health_status(url: str) -> int | None:
+    """The HTTP status `url`/health answers with; None without one."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
 
 
 def prefect_refusal(api_url: str | None = None) -> str | None:

@@ -137,6 +137,38 @@ def test_train_on_a_prefect_server_that_does_not_answer_exits_2_at_start(tmp_pat
     assert "Flow run" not in output  # refused before the flow started
 
 
+def test_train_with_a_prefect_api_url_without_api_exits_2_in_one_line_saying_so(tmp_path):
+    """The UI's address copied as PREFECT_API_URL: the server answers, but not as an API (404 at /health); before,
+    Prefect's client failed on /admin/version with a 40-line traceback and exit 1."""
+    import http.server
+    import threading
+
+    class PrefectUnderApi(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802  (http.server's naming)
+            self.send_response(200 if self.path == "/api/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PrefectUnderApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    root = f"http://127.0.0.1:{server.server_port}"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(tiny_raw(tmp_path / "out", STEPS, no_samples=True)))
+    try:
+        code, output = run_cli("flows.cli_train", "--config", str(tmp_path / "config.yaml"), "--quiet", cwd=tmp_path,
+                               prefect_api_url=root)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 2, output
+    assert the_one_line(output) == (f"❌ no Prefect API at {root} (PREFECT_API_URL): its /health answers 404 Not "
+                                    "Found; PREFECT_API_URL should be the server's API address, which ends in /api, "
+                                    f"e.g. {root}/api")
+    assert_no_traceback_and_no_retry(output)
+    assert "Flow run" not in output  # refused before the flow started
+
+
 def test_generate_refuses_a_checkpoint_that_would_run_code(tmp_path):
     evil, marker = payload_checkpoint(tmp_path)
     code, output = run_cli("flows.cli_generate", "--checkpoint", str(evil), "--prompt", "a red circle",

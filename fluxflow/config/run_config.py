@@ -38,6 +38,12 @@ def resolve_run_config(source: str | Path | dict[str, Any], *, output_dir: str |
     line): the file is not what is wrong. `check_data` False: `--validate-pipeline`, which accepts a config written
     before its data is in place. A dict made by `run_dict` is only re-validated: its `overrides` were applied where
     the run entered."""
+    # Taken as unset, an empty value silently trained into the config's own output folder (where another run's steps
+    # are "already complete") or on the automatic device: refused, as fluxflow-train refuses `--output-dir ""`.
+    empty = [name for name, value in ((output_dir_name, output_dir), (device_name, device)) if value == ""]
+    if empty:
+        raise ConfigError([ConfigIssue(name, "expected a value, got an empty one") for name in empty],
+                          None if isinstance(source, dict) else str(source))
     if isinstance(source, dict) and source.get(RESOLVED):
         if output_dir or device:
             raise ValueError("a resolved config takes no output_dir or device: resolve it from its source")

@@ -100,6 +100,21 @@ def test_a_problem_an_override_or_parameter_made_names_it_as_the_caller_does(tmp
                                                                           "or 'cuda' (got 'gpu')")
 
 
+def test_an_empty_output_dir_or_device_is_refused_not_taken_as_unset():
+    """A deployment run with `output_dir=""` trained into the config's own output folder, where another run's steps
+    are "already complete"; `fluxflow-train --output-dir ""` is refused the same way."""
+    from fluxflow.config.run_config import resolve_run_config
+
+    with pytest.raises(ConfigError) as raised:
+        resolve_run_config("configs/tiny_test.yaml", output_dir="")
+    assert str(raised.value) == ("1 problem in configs/tiny_test.yaml:\n  - output_dir: expected a value, got an "
+                                 "empty one")
+    with pytest.raises(ConfigError) as raised:
+        resolve_run_config("configs/tiny_test.yaml", output_dir="", device="", output_dir_name="--output-dir")
+    assert [str(issue) for issue in raised.value.issues] == ["--output-dir: expected a value, got an empty one",
+                                                             "device: expected a value, got an empty one"]
+
+
 def test_an_output_directory_mlflow_cannot_search_for_is_refused_before_the_run(tmp_path, monkeypatch):
     """The run's MLflow records are found by its absolute output directory, and MLflow's filters cannot quote a value
     holding both ' and ": every step's record was dropped after training and the run ended in a traceback. Known only

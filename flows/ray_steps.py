@@ -51,6 +51,9 @@ def probe(address: str) -> str:
                                  "host:port, ray://host:port (Ray Client) or auto" + (
                                      "; an http:// address is the dashboard's (Ray Jobs)"
                                      if where.startswith(("http://", "https://")) else "")) from None
+    if where != "auto" and not 1 <= int(port) <= 65535:  # the socket would connect to port % 65536 (99999: 34463)
+        raise ClusterUnreachable(f"{address} is not a Ray cluster's address ({ADDRESS_SETTING}): its port {port} is "
+                                 "out of range (1-65535)") from None
     try:
         where = canonicalize_bootstrap_address_or_die(where) if where == "auto" else where
         host, _, port = where.rpartition(":")

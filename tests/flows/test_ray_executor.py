@@ -220,6 +220,21 @@ def test_an_address_that_is_no_host_and_port_says_what_is_expected(address, says
         probe(address)
 
 
+@pytest.mark.parametrize("address, port", [("127.0.0.1:99999", "99999"), ("ray://127.0.0.1:0", "0")])
+def test_an_address_whose_port_is_out_of_range_is_refused_without_a_connection(address, port, monkeypatch):
+    """99999 was probed as 34463 (99999 % 65536): whatever listened there answered for the cluster."""
+    from flows.ray_steps import ClusterUnreachable, probe
+
+    def connect(*args, **kwargs):
+        raise AssertionError(f"connected to {args}")
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    line = (f"{address} is not a Ray cluster's address (training.executor.address, else RAY_ADDRESS, else auto): its "
+            f"port {port} is out of range (1-65535)")
+    with pytest.raises(ClusterUnreachable, match=f"^{re.escape(line)}$"):
+        probe(address)
+
+
 def serve_once(answer: bytes):
     """A server on a free port of 127.0.0.1 that reads what a client sends and answers `answer` (in a thread, for
     one connection); returns its address."""

@@ -3,7 +3,8 @@
     model = mlflow.pyfunc.load_model("models:/fluxflow-quickstart@champion", model_config={"device": "cpu"})
     frame = model.predict(pd.DataFrame({"prompt": ["a red circle on a black background, center"]}),
                           params={"seed": 0, "n": 2, "steps": 25, "guidance": 3.0, "size": 0})
-    # or model.predict(["a red circle", "a blue square"]), or model.predict("a red circle")
+    # or model.predict(["a red circle", "a blue square"]), model.predict("a red circle"),
+    # or model.predict({"prompt": ["a red circle", "a blue square"]})
     # columns prompt, seed, image (a base64 PNG: decode_image(frame.image[0]) gives the picture)
 
 Over REST (`mlflow models serve -m models:/<name>@champion --env-manager local`), POST /invocations with
@@ -25,6 +26,7 @@ from __future__ import annotations
 import base64
 import io
 
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
@@ -67,15 +69,36 @@ def decode_image(text: str):
     return Image.open(io.BytesIO(base64.b64decode(text)))
 
 
+def column_dict_prompts(model_input) -> list | None:
+    """The prompts of MLflow's column-dict input (`{"prompt": [...]}` in Python, `{"inputs": {"prompt": [...]}}` over
+    REST), or None for any other input. The schema's one unnamed column turns such a dict into a frame of one row
+    whose only cell is the whole list (it was then refused as "prompt 1 of 1 must be text, got [...]"); unwrapped
+    (python_model.predict called directly) it is the dict itself. A dict of one key is read whatever the key."""
+    if isinstance(model_input, dict):
+        if PROMPT not in model_input and len(model_input) != 1:
+            raise MlflowException(f"a dict of prompts has the key {PROMPT!r} or a single key; got the keys "
+                                  f"{list(model_input)!r}", error_code=INVALID_PARAMETER_VALUE)
+        values = model_input[PROMPT] if PROMPT in model_input else next(iter(model_input.values()))
+        return [values] if isinstance(values, str) else list(values)
+    if isinstance(model_input, pd.DataFrame) and model_input.shape == (1, 1):
+        cell = model_input.iat[0, 0]
+        if isinstance(cell, (list, tuple, np.ndarray, pd.Series)):
+            return list(cell)
+    return None
+
+
 def prompts_of(model_input) -> list[str]:
-    """The request's prompts: the `prompt` column of a DataFrame, a list of strings or one string (which MLflow's
-    schema enforcement hands over as a frame whose only column is 0). A missing or blank one is refused, as
-    fluxflow-generate refuses it (a JSON null was drawn as the text 'None')."""
-    if isinstance(model_input, pd.DataFrame):
+    """The request's prompts: a DataFrame's `prompt` column, a list of strings or one string (which MLflow's schema
+    enforcement hands over as a frame whose only column is 0), or a column dict (column_dict_prompts). A missing or
+    blank one is refused, as fluxflow-generate refuses it (a JSON null was drawn as the text 'None')."""
+    if (from_dict := column_dict_prompts(model_input)) is not None:
+        model_input = from_dict
+    elif isinstance(model_input, pd.DataFrame):
         if PROMPT not in model_input.columns and list(model_input.columns) != [0]:
             first = model_input.columns[0] if len(model_input.columns) else None
-            raise MlflowException(f"the prompts are a DataFrame whose first column is {PROMPT!r}, a list of strings "
-                                  f"or one string; got a DataFrame whose first column is {first!r}",
+            raise MlflowException(f"the prompts are a DataFrame whose first column is {PROMPT!r}, a list of strings, "
+                                  f"one string or a dict {{{PROMPT!r}: [...]}}; got a DataFrame whose first column "
+                                  f"is {first!r}",
                                   error_code=INVALID_PARAMETER_VALUE)
         model_input = model_input[PROMPT if PROMPT in model_input.columns else 0]
     prompts = [model_input] if isinstance(model_input, str) else list(model_input)

@@ -146,5 +146,33 @@ def test_over_rest_a_list_of_prompts_as_inputs_is_answered(monkeypatch):
 def test_a_frame_without_a_prompt_column_is_refused_naming_the_accepted_inputs(monkeypatch):
     with pytest.raises(MlflowException) as raised:
         drawing_pyfunc(monkeypatch).predict(pd.DataFrame({"text": ["a red circle"]}))
-    assert raised.value.message == ("the prompts are a DataFrame whose first column is 'prompt', a list of strings or "
-                                    "one string; got a DataFrame whose first column is 'text'")
+    assert raised.value.message == ("the prompts are a DataFrame whose first column is 'prompt', a list of strings, "
+                                    "one string or a dict {'prompt': [...]}; got a DataFrame whose first column is "
+                                    "'text'")
+
+
+# MLflow's column-dict input: its schema enforcement made a frame of one row whose cell was the whole list, refused as
+# "prompt 1 of 1 must be text, got ['a red circle', 'a blue square']".
+@pytest.mark.parametrize("model_input", [{"prompt": ["a red circle", "a blue square"]},
+                                         {"text": ["a red circle", "a blue square"]}])
+def test_prompts_may_be_a_column_dict(model_input, monkeypatch):
+    frame = drawing_pyfunc(monkeypatch).predict(model_input, params={"seed": 5})
+    assert frame.to_dict("records") == [{"prompt": "a red circle", "seed": 5, "image": "png of a red circle"},
+                                        {"prompt": "a blue square", "seed": 5, "image": "png of a blue square"}]
+
+
+def test_over_rest_a_column_dict_as_inputs_is_answered(monkeypatch):
+    answer = scoring_server.invocations(json.dumps({"inputs": {"prompt": ["a red circle", "a blue square"]}}),
+                                        "application/json", drawing_pyfunc(monkeypatch), None)
+    assert [row["prompt"] for row in json.loads(answer.response)["predictions"]] == ["a red circle", "a blue square"]
+
+
+def test_a_column_dict_is_read_unwrapped_too(monkeypatch):
+    drawing_pyfunc(monkeypatch)  # stubs generation
+    model = TextToImageModel()
+    model.model = SimpleNamespace(img_size=16)
+    frame = model.predict(None, {"prompt": ["a red circle"]})
+    assert frame.prompt.tolist() == ["a red circle"]
+    with pytest.raises(MlflowException) as raised:
+        model.predict(None, {"a": ["x"], "b": ["y"]})
+    assert raised.value.message == "a dict of prompts has the key 'prompt' or a single key; got the keys ['a', 'b']"

@@ -248,30 +248,34 @@ def main(argv: list[str] | None = None) -> int:
         return interrupted(PROG, kept)
 
 
+def output_collision_problem(args: argparse.Namespace, prompts: list[str]) -> str | None:
+    """Why the request's images cannot be written to --output as it is, or None. Names depend on prompt and seed
+    only, not on the checkpoint, steps, guidance or size: a file already there is another image, and is replaced only
+    when asked (before, silently). A link to nowhere counts as a file (os.path.lexists): Path.exists follows it, and
+    such a link was replaced without --overwrite."""
+    from fluxflow.sampling.generate import planned_files
+
+    plan = planned_files(prompts, args.output, n=args.n, seed=args.seed, ext=args.format)
+    existing = [path for _, _, path in plan if os.path.lexists(path)]
+    if folders := [path for path in existing if path.is_dir()]:  # --overwrite failed on it part way, naming a temp
+        return (f"--output {args.output} has a folder named {folders[0].name}, where an image of this request goes: "
+                "move it away, or choose another --output")
+    if existing and not args.overwrite:
+        more = f" and {len(existing) - 1} more of the {len(plan)} images to write" if len(existing) > 1 else ""
+        return (f"--output {args.output} already has {existing[0].name}{more}: pass --overwrite to replace "
+                f"{'them' if more else 'it'}, or choose another --output")
+    return None
+
+
 def generate_into(args: argparse.Namespace, prompts: list[str], done: list[Path]) -> int:
-    """Checks the output files, loads the model and writes the images, appending each file to `done` (and printing
-    it) as it is written: the progress of a long list, and what an interrupt kept."""
+    """Loads the model, checks the request and the output files, and writes the images, appending each file to
+    `done` (and printing it) as it is written: the progress of a long list, and what an interrupt kept."""
     from fluxflow.config import ConfigError
     from fluxflow.errors import CheckpointError
     from fluxflow.runtime.device import DeviceUnavailable, resolve_device
     from fluxflow.sampling.export import load_exported
-    from fluxflow.sampling.generate import (GenerationError, generate_files, planned_files, size_problem,
-                                            unread_prompt_ends)
+    from fluxflow.sampling.generate import GenerationError, generate_files, size_problem, unread_prompt_ends
 
-    # Names depend on prompt and seed only, not on the checkpoint, steps, guidance or size: a file already there is
-    # another image, and is replaced only when asked (before, silently).
-    plan = planned_files(prompts, args.output, n=args.n, seed=args.seed, ext=args.format)
-    existing = [path for _, _, path in plan if path.exists()]
-    if folders := [path for path in existing if path.is_dir()]:  # --overwrite failed on it part way, naming a temp
-        return refuse(PROG, f"--output {args.output} has a folder named {folders[0].name}, where an image of this "
-                            "request goes: move it away, or choose another --output")
-    if existing and not args.overwrite:
-        more = f" and {len(existing) - 1} more of the {len(plan)} images to write" if len(existing) > 1 else ""
-        return refuse(PROG, f"--output {args.output} already has {existing[0].name}{more}: pass --overwrite to "
-                            f"replace {'them' if more else 'it'}, or choose another --output")
-    for prompt, count in Counter(prompts).items():
-        if count > 1:  # one set of files per prompt: the same prompt and seed give the same image
-            print(f"{PROG}: the prompt {prompt!r} is given {count} times: its images are made once", file=sys.stderr)
     output_closed = False
     try:
         resolve_device(args.device, setting="--device")  # before loading: the error names this CLI's own flag
@@ -287,6 +291,15 @@ def generate_into(args: argparse.Namespace, prompts: list[str], done: list[Path]
                   "(model.text_max_len), the rest changes nothing", file=sys.stderr)
         if args.size is not None and (problem := size_problem(model, args.size)):  # named as the user gave it
             raise GenerationError(f"--size {problem}")
+        # After every check of the request (device, model, --config, --weights, --size): "pass --overwrite" came
+        # first, for a request that could not run at all, and the second try met the real error. Still before
+        # anything is drawn.
+        if problem := output_collision_problem(args, prompts):
+            return refuse(PROG, problem)
+        for prompt, count in Counter(prompts).items():
+            if count > 1:  # one set of files per prompt: the same prompt and seed give the same image
+                print(f"{PROG}: the prompt {prompt!r} is given {count} times: its images are made once",
+                      file=sys.stderr)
         for path in generate_files(model, prompts, args.output, n=args.n, seed=args.seed, steps=args.steps,
                                    guidance=args.guidance, size=args.size, ext=args.format):
             done.append(path)

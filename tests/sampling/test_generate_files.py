@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from fluxflow.sampling import generate as generate_module
@@ -95,3 +96,40 @@ def test_ctrl_c_while_an_image_is_saved_leaves_no_part_of_it(trained, tmp_path, 
     assert generate_cli("--checkpoint", checkpoint, "--prompt", "x", "--output", str(tmp_path / "g")) == 130
     assert capsys.readouterr().err == "fluxflow-generate: interrupted: no image written\n"
     assert list((tmp_path / "g").iterdir()) == []  # neither the image's name nor a temp file
+
+
+def test_a_link_to_nowhere_at_an_images_name_is_not_replaced_without_overwrite(trained, tmp_path,  # noqa: F811
+                                                                                capsys):
+    """Path.exists follows the link: the link was replaced by the image, without --overwrite."""
+    _, checkpoint, _ = trained
+    out = tmp_path / "g"
+    out.mkdir()
+    link = out / prompt_file_name("x", 0)
+    link.symlink_to(tmp_path / "gone")
+    assert generate_cli("--checkpoint", checkpoint, "--prompt", "x", "--output", str(out)) == 2
+    assert capsys.readouterr().err == (f"fluxflow-generate: --output {out} already has {link.name}: pass --overwrite "
+                                       "to replace it, or choose another --output\n")
+    assert link.is_symlink() and not (tmp_path / "gone").exists()
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--size", "17"], "fluxflow-generate: --size "),
+    (["--device", "cuda"], "fluxflow-generate: --device is 'cuda' but no CUDA device"),
+    (["--config", "nope.yaml"], "fluxflow-generate: 1 problem in nope.yaml:\n  - (file): not found: nope.yaml"),
+    (["--model", "nope"], "fluxflow-generate: --model nope is not a model URI")])
+def test_a_request_that_cannot_run_is_refused_for_that_not_for_an_image_already_there(trained, tmp_path, capsys,  # noqa
+                                                                                      monkeypatch, flags, says):
+    """'already has ...: pass --overwrite' came first: the user passed --overwrite and then met the real error."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _, checkpoint, _ = trained
+    out = tmp_path / "g"
+    out.mkdir()
+    (out / prompt_file_name("x", 0)).write_bytes(b"the user's own file")
+    source = [] if "--model" in flags else ["--checkpoint", checkpoint]
+    monkeypatch.chdir(tmp_path)
+    assert generate_cli(*source, *flags, "--prompt", "x", "--output", str(out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(says) and "already has" not in err
+    assert (out / prompt_file_name("x", 0)).read_bytes() == b"the user's own file"

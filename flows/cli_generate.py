@@ -17,6 +17,7 @@ from flows import env  # noqa: F401  (every flows entry point: quiet and offline
 import argparse
 import math
 import os
+import stat
 import sys
 import tempfile
 from collections import Counter
@@ -31,15 +32,22 @@ PROG = "fluxflow-generate"
 
 
 def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
-    """--prompt values, then the file's lines (blank lines and lines starting with # are skipped)."""
+    """--prompt values, then the file's lines (blank lines and lines starting with # are skipped). `-` is stdin, and
+    a pipe is read to its end (/dev/stdin, bash's <(...), a FIFO): a list of prompts is small and read once. They were
+    refused as FIFOs, as a checkpoint is (read more than once, it cannot be a pipe), so piped prompts needed a file."""
     found = list(prompts)
     if prompts_file:
         from fluxflow.config.file_checks import not_a_regular_file, text_lines
 
-        if odd := not_a_regular_file(prompts_file):  # a FIFO would never end
-            raise OSError(odd)
+        if prompts_file == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            odd = not_a_regular_file(prompts_file)
+            if odd and not stat.S_ISFIFO(os.stat(prompts_file).st_mode):  # a folder; a device may never end
+                raise OSError(odd)
+            data = Path(prompts_file).read_bytes()
         # read as a captions file is (UTF-8 or UTF-16 with a byte-order mark, Latin-1 lines, any line end)
-        lines = [line for line, _ in text_lines(Path(prompts_file).read_bytes())]
+        lines = [line for line, _ in text_lines(data)]
         found += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     return found
 
@@ -187,7 +195,8 @@ def parser() -> argparse.ArgumentParser:
                    help="a text prompt (repeatable); the text encoder reads its first model.text_max_len tokens (bytes "
                         "for the byte-level encoder, BOS and EOS included): a longer one is named on stderr")
     p.add_argument("--prompts-file", type=os.path.expanduser,
-                   help="a file with one prompt per line (blank lines and lines starting with # are skipped)")
+                   help="a file with one prompt per line (blank lines and lines starting with # are skipped); - reads "
+                        "stdin")
     # 10000, 100: fluxflow/sampling/request.py MAX_IMAGES, MAX_STEPS and GUIDANCE_MAX, written out (--help imports
     # nothing of the package).
     p.add_argument("--n", type=int, default=1, help="images per prompt, 1 to 10000, seeds seed..seed+n-1 (default 1)")
@@ -220,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         prompts = read_prompts(args.prompt, args.prompts_file)
     except (OSError, UnicodeDecodeError) as exc:
         return refuse(PROG, f"cannot read --prompts-file {args.prompts_file}: {exc}")
+    except KeyboardInterrupt:  # Ctrl-C while a pipe (or `-` at a terminal) waits for its writer
+        return interrupted(PROG, "no image written")
     if not prompts and args.prompts_file:  # a file was given: asking for one would not say what is wrong
         return refuse(PROG, f"--prompts-file {args.prompts_file} holds no prompt (only blank lines and # comments)")
     if not prompts:

@@ -120,45 +120,40 @@ def unreachable_reason(url: str) -> str | None:
     no route, DNS, a timeout), or None when it gets any (an error status included: a proxy without /health, a server
     asking for credentials); None too for what is no server (a sqlite store, a path). One request, no retries: the
     clients of MLflow and Prefect retry a refused connection for minutes."""
+    return _health(url)[1]
+
+
+def _health(url: str) -> tuple[int | None, str | None]:
+    """(the HTTP status the server at `url` answers its /health with, None) or (None, why it gets no answer); (None,
+    None) for what is no server's URL. One request."""
     if not url.startswith(("http://", "https://")):
-        return None
+        return None, None
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S):
-            return None
-    except urllib.error.HTTPError:
-        return None
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S) as response:
+            return response.status, None
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
     except (OSError, ValueError) as exc:  # URLError is an OSError; a timeout too
-        return str(getattr(exc, "reason", exc))
+        return None, str(getattr(exc, "reason", exc))
     except http.client.HTTPException as exc:  # another service on that port: a traceback before
-        return f"what answers there is not an HTTP server ({type(exc).__name__})"
+        return None, f"what answers there is not an HTTP server ({type(exc).__name__})"
 
 
 def prefect_unreachable() -> str | None:
     """Why the Prefect server at PREFECT_API_URL does not answer at all, or answers as no Prefect API, or None. A run
     cannot start without its orchestrator, unlike without MLflow (whose records can wait)."""
     api_url = os.environ.get("PREFECT_API_URL", "")
-    reason = unreachable_reason(api_url)
+    status, reason = _health(api_url)  # one request answers both questions
     if reason:
         return (f"the Prefect server at {api_url} (PREFECT_API_URL) does not answer ({reason}): start it "
                 "(make server), or unset PREFECT_API_URL to run on a temporary server")
-    if api_url and _health_status(api_url) == 404:
+    if status == 404:
         # The UI's address, copied without /api: every Prefect API answers its /health (the client's own check),
         # and the client's first call (/admin/version) failed with a 40-line traceback.
         ending = "" if api_url.rstrip("/").endswith("/api") else f", e.g. {api_url.rstrip('/')}/api"
         return (f"no Prefect API at {api_url} (PREFECT_API_URL): its /health answers 404 Not Found; PREFECT_API_URL "
                 f"should be the server's API address, which ends in /api{ending}")
     return None
-
-
-def _health_status(url: str) -> int | None:
-    """The HTTP status `url`/health answers with; None without one."""
-    try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (OSError, ValueError, http.client.HTTPException):
-        return None
 
 
 def prefect_refusal(api_url: str | None = None) -> str | None:

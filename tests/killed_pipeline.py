@@ -9,9 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers_tiny import tiny_raw
+from helpers_tiny import one_thread, tiny_config, tiny_raw
 
 from fluxflow.output_layout import metrics_file, samples_dir
+from fluxflow.train.pipeline import run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,6 +50,13 @@ def killed_run(tmp_path: Path, out: Path, where: str, steps: list[dict], setting
                            text=True, timeout=300,
                            env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **(env or {})))
     assert child.returncode == -signal.SIGKILL, child.stdout + child.stderr
+
+
+def uninterrupted_run(out: Path, steps: list[dict], settings: dict) -> Path:
+    """`out`, where the same pipeline ran here without a kill: what a killed one must end as once run again."""
+    with one_thread():  # as the child: other thread counts round some sums otherwise
+        run_pipeline(tiny_config(out, steps, **settings))
+    return out
 
 
 def logged_lines(out: Path, step: str = "s") -> list[tuple]:

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from helpers_tiny import tiny_raw
+from prefect_ui_server import prefect_under_api
 from train_cli import child_env, kill_group_when, output_of_success, running_train, start_train
 
 from fluxflow.checkpoints.latest import previous_of
@@ -140,27 +141,10 @@ def test_train_on_a_prefect_server_that_does_not_answer_exits_2_at_start(tmp_pat
 def test_train_with_a_prefect_api_url_without_api_exits_2_in_one_line_saying_so(tmp_path):
     """The UI's address copied as PREFECT_API_URL: the server answers, but not as an API (404 at /health); before,
     Prefect's client failed on /admin/version with a 40-line traceback and exit 1."""
-    import http.server
-    import threading
-
-    class PrefectUnderApi(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802  (http.server's naming)
-            self.send_response(200 if self.path == "/api/health" else 404)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PrefectUnderApi)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    root = f"http://127.0.0.1:{server.server_port}"
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(tiny_raw(tmp_path / "out", STEPS, no_samples=True)))
-    try:
+    with prefect_under_api() as root:
         code, output = run_cli("flows.cli_train", "--config", str(tmp_path / "config.yaml"), "--quiet", cwd=tmp_path,
                                prefect_api_url=root)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert code == 2, output
     assert the_one_line(output) == (f"❌ no Prefect API at {root} (PREFECT_API_URL): its /health answers 404 Not "
                                     "Found; PREFECT_API_URL should be the server's API address, which ends in /api, "

@@ -9,6 +9,7 @@ import threading
 import pytest
 from binary_server import binary_protocol_server
 from helpers_tiny import tiny_raw
+from prefect_ui_server import prefect_under_api
 
 from flows import credentials
 from flows.credentials import CredentialsError, apply_secret_files
@@ -98,31 +99,14 @@ def test_a_password_in_the_configs_tracking_uri_is_refused_without_echoing_it(tm
     assert load_config(raw).config.tracking.tracking_uri == "http://mlflow.example:5000"
 
 
-class PrefectUnderApi(http.server.BaseHTTPRequestHandler):
-    """A Prefect server: its API (and its /health) under /api, the UI's pages at the root."""
-
-    def do_GET(self):  # noqa: N802  (http.server's naming)
-        self.send_response(200 if self.path == "/api/health" else 404)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 def test_a_prefect_api_url_without_api_is_refused_in_one_line_saying_it_should_end_in_api(clean_env):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PrefectUnderApi)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        root = f"http://127.0.0.1:{server.server_port}"
+    with prefect_under_api() as root:
         clean_env.setenv("PREFECT_API_URL", root)
         assert credentials.prefect_unreachable() == (
             f"no Prefect API at {root} (PREFECT_API_URL): its /health answers 404 Not Found; PREFECT_API_URL should "
             f"be the server's API address, which ends in /api, e.g. {root}/api")
         clean_env.setenv("PREFECT_API_URL", f"{root}/api")
         assert credentials.prefect_unreachable() is None
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 class AsksForCredentials(http.server.BaseHTTPRequestHandler):

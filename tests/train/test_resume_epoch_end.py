@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers_tiny import load_weights, one_thread, one_torch_thread, tiny_config
-from killed_pipeline import killed_run, logged_lines, sample_files
+from helpers_tiny import load_weights, one_torch_thread, tiny_config
+from killed_pipeline import killed_run, logged_lines, sample_files, uninterrupted_run
+from test_runner_resume import StopAt
 
 from fluxflow.output_layout import samples_dir
-from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
+from fluxflow.runtime.stop_request import StepInterrupted
 from fluxflow.train.pipeline import run_pipeline
-from fluxflow.train.tracking import ConsoleJsonlTracker
 
 __all__ = ["one_torch_thread"]
 
@@ -26,12 +26,10 @@ pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 STEPS = [{"name": "s", "n_epochs": 3, "max_steps": 3, "train_vae": True, "eval_interval": 1}]
 SETTINGS = {"checkpoint_save_interval": 100}
 
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("uninterrupted") / "out"
-    with one_thread():  # as the child: other thread counts round some sums otherwise
-        run_pipeline(tiny_config(out, STEPS, **SETTINGS))
-    return out
+    return uninterrupted_run(tmp_path_factory.mktemp("uninterrupted") / "out", STEPS, SETTINGS)
 
 
 @pytest.mark.parametrize("where, env, saved_epoch", [
@@ -54,23 +52,10 @@ def test_a_kill_at_an_epoch_end_then_the_same_command_ends_with_the_lines_and_sa
     assert sample_files(out) == sample_files(uninterrupted)
 
 
-class StopAtEpochEnd(ConsoleJsonlTracker):
-    """Requests a stop, as the flow does on Ctrl-C, once epoch 1's last batch has been logged."""
-
-    def log_metrics(self, metrics, progress):
-        super().log_metrics(metrics, progress)
-        if (progress.epoch, progress.batch) == (1, progress.n_batches):
-            request_stop()
-
-
 def test_a_stop_request_at_an_epoch_end_leaves_its_samples_and_evaluation_to_the_resume(tmp_path, uninterrupted):
     out = tmp_path / "out"
-    clear_stop_request()
-    try:
-        with pytest.raises(StepInterrupted, match="s interrupted at epoch 2, batch 0"):
-            run_pipeline(tiny_config(out, STEPS, **SETTINGS), tracker=StopAtEpochEnd(out))
-    finally:
-        clear_stop_request()
+    with pytest.raises(StepInterrupted, match="s interrupted at epoch 2, batch 0"):
+        run_pipeline(tiny_config(out, STEPS, **SETTINGS), tracker=StopAt(out, "s", 1, 3))
     sampled_before_the_resume = list(samples_dir(out).glob("*"))
 
     run_pipeline(tiny_config(out, STEPS, **SETTINGS))

@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers_tiny import load_weights, one_thread, one_torch_thread, tiny_config
-from killed_pipeline import killed_run, logged_lines, sample_files
+from helpers_tiny import load_weights, one_torch_thread, tiny_config
+from killed_pipeline import killed_run, logged_lines, sample_files, uninterrupted_run
+from test_runner_resume import StopAt
 
 import fluxflow.train.step_report as step_report
 from fluxflow.output_layout import samples_dir
-from fluxflow.runtime.stop_request import StepInterrupted, clear_stop_request, request_stop
+from fluxflow.runtime.stop_request import StepInterrupted
 from fluxflow.train.pipeline import run_pipeline
-from fluxflow.train.tracking import ConsoleJsonlTracker
 
 __all__ = ["one_torch_thread"]
 
@@ -28,12 +28,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 STEPS = [{"name": "s", "n_epochs": 1, "max_steps": 4, "train_vae": True}]
 SETTINGS = {"checkpoint_save_interval": 2}
 
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("uninterrupted") / "out"
-    with one_thread():  # as the child: other thread counts round some sums otherwise
-        run_pipeline(tiny_config(out, STEPS, **SETTINGS))
-    return out
+    return uninterrupted_run(tmp_path_factory.mktemp("uninterrupted") / "out", STEPS, SETTINGS)
 
 
 def batch_2_samples(out: Path) -> list[str]:
@@ -85,23 +83,10 @@ def test_a_kill_after_a_mid_epoch_checkpoint_then_the_same_command_ends_with_the
     assert logged_lines(out) == logged_lines(uninterrupted)
 
 
-class StopAtBatch2(ConsoleJsonlTracker):
-    """Requests a stop, as the flow does on Ctrl-C, once batch 2 has been logged (before its checkpoint)."""
-
-    def log_metrics(self, metrics, progress):
-        super().log_metrics(metrics, progress)
-        if (progress.epoch, progress.batch) == (1, 2):
-            request_stop()
-
-
 def test_a_stop_request_at_a_mid_epoch_checkpoint_leaves_its_samples_to_the_resume(tmp_path, uninterrupted):
     out = tmp_path / "out"
-    clear_stop_request()
-    try:
-        with pytest.raises(StepInterrupted, match="s interrupted at epoch 1, batch 2"):
-            run_pipeline(tiny_config(out, STEPS, **SETTINGS), tracker=StopAtBatch2(out))
-    finally:
-        clear_stop_request()
+    with pytest.raises(StepInterrupted, match="s interrupted at epoch 1, batch 2"):
+        run_pipeline(tiny_config(out, STEPS, **SETTINGS), tracker=StopAt(out, "s", 1, 2))
     sampled_before_the_resume = sorted(p.name for p in samples_dir(out).glob("*"))
 
     run_pipeline(tiny_config(out, STEPS, **SETTINGS))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from flows.cli_common import (add_version_argument, interrupted, output_file_problem, parse, put_in_place,
                               quiet_when_output_closed, refuse)
-from flows.cli_generate import ModelNotFound, add_checkpoint_arguments, checkpoint_model
+from flows.cli_generate import ModelNotFound, add_checkpoint_arguments, checkpoint_model, unused_tracking_uri_problem
 from flows.exit_codes import EXIT_OK
 
 
@@ -30,8 +30,9 @@ def parser() -> argparse.ArgumentParser:
         description="Write a checkpoint's sampling weights (EMA where kept) as model.safetensors plus a config.json "
                     "that says how to build the models; fluxflow-generate --weights loads the folder.",
         epilog="Exit codes: 0 written; 2 bad input (a checkpoint that is missing, corrupt or has no text-to-image "
-               "model, a --model that names no registered version, an invalid --config, an output folder that is "
-               "not empty or is a file); 130 interrupted (Ctrl-C: nothing is left in --output).")
+               "model, a --model that names no registered version, a --tracking-uri without --model, an invalid "
+               "--config, an output folder that is not empty or is a file); 130 interrupted (Ctrl-C: nothing is left "
+               "in --output).")
     add_checkpoint_arguments(p)
     p.add_argument("--output", required=True, type=os.path.expanduser, help="the folder to write (new or empty)")
     add_version_argument(p)
@@ -41,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
 @quiet_when_output_closed
 def main(argv: list[str] | None = None) -> int:
     args = parse(parser(), argv)
-    problem = output_file_problem(args.output)
+    problem = unused_tracking_uri_problem(args) or output_file_problem(args.output)
     if problem:  # before loading the model
         return refuse("fluxflow-export", problem)
     try:

@@ -146,6 +146,14 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser):
     return source
 
 
+def unused_tracking_uri_problem(args: argparse.Namespace) -> str | None:
+    """--tracking-uri beside --checkpoint or --weights: it names where --model is read from, and was ignored without
+    a word (a user who meant to read a registered model got a local file's images)."""
+    if args.tracking_uri and not args.model:
+        return "--tracking-uri is used only with --model (the MLflow store a registered model is read from)"
+    return None
+
+
 def checkpoint_model(args: argparse.Namespace, device: str | None, scratch: Path):
     """(the text-to-image model, its local checkpoint file, the --model URI it was read by: an alias resolved to
     its version, None for --checkpoint) of --checkpoint or --model, sized by --config where the checkpoint does not
@@ -182,12 +190,12 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description="Generate images from a trained checkpoint or a registered model.",
         epilog="Exit codes: 0 images written; 2 bad input (no prompt, a missing prompts file, a checkpoint that is "
-               "missing, corrupt, not a regular file, cannot be fetched or has no text-to-image model, a --model that "
-               "names no registered version, a --weights folder that is missing or not an export, an invalid "
-               "--config, a blank --prompt, a --size, --n, --steps, --seed or --guidance out of range, a device this "
-               "machine lacks, an --output that is a file or already has an image of the same name without "
-               "--overwrite); 130 interrupted (Ctrl-C: the images listed so far are whole). Each path is printed as "
-               "its image is written.")
+               "missing, corrupt, not a regular file, cannot be fetched or has no text-to-image model, a --model that"
+               " names no registered version, a --tracking-uri without --model, a --weights folder that is missing or"
+               " not an export, an invalid --config, a blank --prompt, a --size, --n, --steps, --seed or --guidance "
+               "out of range, a device this machine lacks, an --output that is a file or already has an image of the "
+               "same name without --overwrite); 130 interrupted (Ctrl-C: the images listed so far are whole). Each "
+               "path is printed as its image is written.")
     source = add_checkpoint_arguments(p)
     source.add_argument("--weights", type=os.path.expanduser,
                         help="a folder written by fluxflow-export (config.json, model.safetensors)")
@@ -235,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         return refuse(PROG, f"--prompts-file {args.prompts_file} holds no prompt (only blank lines and # comments)")
     if not prompts:
         return refuse(PROG, "give at least one --prompt or a --prompts-file")
+    if problem := unused_tracking_uri_problem(args):
+        return refuse(PROG, problem)
     if args.weights and args.config:  # was ignored without a word
         return refuse(PROG, "--config is not used with --weights: the folder's config.json says how to build the "
                             "model")

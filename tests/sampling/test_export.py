@@ -250,6 +250,25 @@ def test_a_config_beside_weights_is_refused_not_ignored(byte_checkpoint, tmp_pat
     assert not (tmp_path / "g").exists()
 
 
+@pytest.mark.parametrize("source", ["--checkpoint", "--weights", "export"])
+def test_a_tracking_uri_without_a_model_is_refused_not_ignored(source, tmp_path, capsys):
+    """--tracking-uri names the store --model is read from: beside a checkpoint or an export folder it was ignored
+    without a word. Refused before anything is read (the files named here do not exist)."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    if source == "export":
+        code = cli_export.main(["--checkpoint", str(tmp_path / "final.pt"), "--tracking-uri", store,
+                                "--output", str(tmp_path / "out")])
+        prog = "fluxflow-export"
+    else:
+        code = cli_generate.main([source, str(tmp_path / "model"), "--tracking-uri", store, "--prompt", "x",
+                                  "--output", str(tmp_path / "out")])
+        prog = "fluxflow-generate"
+    assert code == 2
+    assert capsys.readouterr().err == (f"{prog}: --tracking-uri is used only with --model (the MLflow store a "
+                                       "registered model is read from)\n")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+
+
 def test_an_export_config_without_a_key_names_the_key(byte_checkpoint, tmp_path, capsys):
     export(byte_checkpoint, tmp_path / "export")
     config = json.loads((tmp_path / "export" / "config.json").read_text())

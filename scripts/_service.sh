@@ -243,7 +243,13 @@ wait_http() {
 use_local_server() {
     export PREFECT_API_URL="${PREFECT_API_URL:-http://127.0.0.1:$PREFECT_PORT/api}"
     if ! http_ok "$PREFECT_API_URL/health"; then
-        echo "no Prefect server answers at $PREFECT_API_URL; start one with: make server" >&2
+        # The UI's address, copied without /api, is a server: "no server answers" sent the user to start another.
+        if http_ok "${PREFECT_API_URL%/}/api/health"; then
+            echo "no Prefect API at $PREFECT_API_URL (PREFECT_API_URL): it should be the server's API address," \
+                 "which ends in /api, e.g. ${PREFECT_API_URL%/}/api" >&2
+        else
+            echo "no Prefect server answers at $PREFECT_API_URL; start one with: make server" >&2
+        fi
         return 1
     fi
     use_credentials

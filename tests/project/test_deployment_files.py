@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prefect_ui_server import prefect_under_api
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT_YAML = REPO / "deployments" / "prefect.yaml"
@@ -415,6 +416,18 @@ def test_worker_and_deploy_refuse_to_run_without_a_server(fake_env, script):
     assert done.returncode != 0
     assert "make server" in done.stderr
     assert not Path(fake_env["FAKE_RECORD"]).exists()  # no pool, limit or worker was attempted
+
+
+@pytest.mark.parametrize("script", ["worker.sh", "deploy.sh"])
+def test_worker_and_deploy_at_the_uis_address_say_it_lacks_api(fake_env, script):
+    """PREFECT_API_URL copied from the browser, without /api: the scripts said "no Prefect server answers ... start
+    one with: make server" about a server that was running."""
+    with prefect_under_api() as root:
+        done = run_script(script, dict(fake_env, PREFECT_API_URL=root))
+    assert done.returncode != 0
+    assert done.stderr == (f"no Prefect API at {root} (PREFECT_API_URL): it should be the server's API address, "
+                           f"which ends in /api, e.g. {root}/api\n")
+    assert not Path(fake_env["FAKE_RECORD"]).exists()
 
 
 # --- deployments/prefect.yaml ----------------------------------------------------------------------------------------

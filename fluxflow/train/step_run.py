@@ -28,7 +28,9 @@ from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome, StepResult
 from fluxflow.checkpoints.step_files import StepFiles, plan_step
 from fluxflow.checkpoints.step_state import StepState, saved_latent_norm_remeasure
 from fluxflow.config.modes import has_flow_mode, has_vae_mode
+from fluxflow.config.schema import DataConfig, ModelConfig
 from fluxflow.data import make_loader
+from fluxflow.errors import CheckpointError
 from fluxflow.runtime import distributed, kill_points
 from fluxflow.runtime.device import resolve_device
 from fluxflow.runtime.gpu_claim import claimed_device
@@ -118,8 +120,36 @@ def start_state(config, parent: CheckpointRef | None) -> dict | None:
     if parent is not None:
         return load_checkpoint(parent.uri, expected_sha256=parent.sha256)
     if config.model_checkpoint:
-        return load_checkpoint(config.model_checkpoint)
+        state = load_checkpoint(config.model_checkpoint)
+        if differences := model_differences(state, config):
+            # Loading went on to a state_dict "size mismatch" of some 5,000 characters, a retry and exit 1.
+            raise CheckpointError(f"model_checkpoint {config.model_checkpoint} holds a model of other sizes than "
+                                  f"this config's: {'; '.join(differences)}; set the config's to the checkpoint's, or "
+                                  "start from another checkpoint")
+        return state
     return None
+
+
+def model_differences(state: dict, config) -> list[str]:
+    """'model.vae_dim: 8 in the checkpoint, 16 in the config' for each size the checkpoint records otherwise than
+    `config` (a checkpoint that records none has none). A pretrained text encoder's directory may move: its type counts,
+    not its path."""
+    if not isinstance(state.get("model_config"), dict):
+        return []
+    sizes = {"model": (ModelConfig.model_validate(state["model_config"]), config.model),
+             "data": (DataConfig.model_validate({**(state.get("data") or {}), "img_size": config.data.img_size}),
+                      config.data)}
+    differences = []
+    for section, (recorded, wanted) in sizes.items():
+        for field in type(wanted).model_fields:
+            if section == "data" and field == "img_size":  # a step may train at another size: not a weight shape
+                continue
+            saved, given = getattr(recorded, field), getattr(wanted, field)
+            if field == "text_encoder":
+                field, saved, given = "text_encoder.type", saved.type, given.type
+            if saved != given:
+                differences.append(f"{section}.{field}: {saved} in the checkpoint, {given} in the config")
+    return differences
 
 
 @dataclass

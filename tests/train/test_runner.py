@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_tiny import load_weights, one_thread, one_torch_thread, tiny_config
+from helpers_tiny import TINY_MODEL, load_weights, one_thread, one_torch_thread, tiny_config
 
 from fluxflow.train.pipeline import run_pipeline
 from fluxflow.train.pipeline_schedule import PipelineFailed
@@ -270,6 +270,23 @@ def test_pickle_bearing_model_checkpoint_is_refused(tmp_path):
     assert str(evil) in str(info.value)
     assert not marker.exists(), "loading the checkpoint ran code from it"
     assert not (tmp_path / "out" / "checkpoints" / "warm" / "final.pt").exists()
+
+
+def test_a_model_checkpoint_of_other_sizes_is_refused_naming_them(tmp_path):
+    """A model_checkpoint trained with vae_dim 8 under a config of 16 (and 1 channel under 3): loading it ended in a
+    state_dict "size mismatch" of some 5,000 characters, retried as if it could pass."""
+    first = run_pipeline(tiny_config(tmp_path / "first", [WARM], no_samples=True, data={"img_size": 16, "channels": 1}))
+    wider = dict(TINY_MODEL, vae_dim=TINY_MODEL["vae_dim"] * 2)
+    config = tiny_config(tmp_path / "out", [WARM], model_checkpoint=first[0].ref.uri, model=wider, no_samples=True)
+
+    with pytest.raises(PipelineFailed) as info:
+        run_pipeline(config)
+    assert isinstance(info.value.__cause__, CheckpointError)  # not retried; one line at the CLI, exit 2
+    assert str(info.value.__cause__) == (
+        f"model_checkpoint {first[0].ref.uri} holds a model of other sizes than this config's: model.vae_dim: "
+        f"{TINY_MODEL['vae_dim']} in the checkpoint, {wider['vae_dim']} in the config; data.channels: 1 in the "
+        "checkpoint, 3 in the config; set the config's to the checkpoint's, or start from another checkpoint")
+    assert not (tmp_path / "out" / "checkpoints" / "warm" / "latest.pt").exists()
 
 
 def test_a_corrupt_latest_checkpoint_with_none_before_it_is_kept_aside_named_and_the_step_trains_again(tmp_path):

@@ -271,7 +271,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
         issues += replicate_issues(config.written_steps(), config.training.replicates)
     if config is not None and not issues:
         issues += (promotion_issues(config) + resources_issues(config) + process_issues(config)
-                   + _shapes_batch_issues(config) + _shift_issues(config))
+                   + _shapes_batch_issues(config) + _shapes_channel_issues(config) + _shift_issues(config))
     if issues:  # a step is named by its index in an issue, by its name in an override
         names = [get_in(step, "name", kind=str) for step in get_in(raw, *STEPS, kind=list) or []]
         raise ConfigError(from_overrides(_dedupe(issues), overrides, names, overrides_name, created), label)
@@ -651,6 +651,20 @@ def _shapes_batch_issues(config: PipelineConfig) -> list[ConfigIssue]:
                                       f"batch of {step.batch_size} (step "
                                       f"{step.name}); raise size or lower batch_size"))
     return issues
+
+
+def _shapes_channel_issues(config: PipelineConfig) -> list[ConfigIssue]:
+    """A flow step on a `shapes` dataset is scored by reading each drawn image's colour (evaluation/shapes_analyser.py,
+    RGB only): with data.channels 1 or 4 the step trained, then failed its evaluation, and every rerun the same way."""
+    if config.data.channels == 3:
+        return []
+    flows = [step.name for step in config.written_steps()
+             if modes.has_flow_mode(step) and config.dataset_for(step).type == "shapes"]
+    if not flows:
+        return []
+    return [ConfigIssue("data.channels", f"is {config.data.channels}, but the shapes dataset's evaluation reads the "
+                                         f"colours of RGB images, and flow step {flows[0]} is evaluated on it: set 3, "
+                                         "or train that step on a folder dataset")]
 
 
 def _shift_issues(config: PipelineConfig) -> list[ConfigIssue]:

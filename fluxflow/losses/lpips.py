@@ -59,4 +59,11 @@ class LPIPSLoss(nn.Module):
 
     def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return self.net(x_hat.float(), x.float()).mean()
+            return self.net(_rgb(x_hat).float(), _rgb(x).float()).mean()
+
+
+def _rgb(images: torch.Tensor) -> torch.Tensor:
+    """What the AlexNet backbone reads: three channels. Grey is repeated (as lpips' own scaling would broadcast it);
+    an alpha channel (data.channels 4) is left out, for the L1/MSE terms to see: it failed every batch and every
+    evaluation of an RGBA model with a shape error."""
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]

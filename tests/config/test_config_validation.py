@@ -446,6 +446,17 @@ def test_a_shapes_dataset_smaller_than_a_batch_is_a_problem_of_its_size(tmp_path
     assert load_config(yaml.safe_load(cfg(vae(batch_size=4), pipeline={"datasets": {"s": shapes}}))).config
 
 
+@pytest.mark.parametrize("channels", [1, 4])
+def test_a_flow_step_on_shapes_needs_rgb_images(tmp_path, channels):
+    """The shapes evaluation reads colours from RGB images: with 1 or 4 channels the flow step trained, then failed its
+    evaluation (a traceback, a retry, no final.pt), and every rerun the same way. A VAE step on shapes is fine."""
+    flow = {"name": "f", "n_epochs": 1, "train_diff_full": True, "after": "a"}
+    assert problems(tmp_path, cfg(vae(), flow, data={"channels": channels})) == {
+        "data.channels": f"is {channels}, but the shapes dataset's evaluation reads the colours of RGB images, and "
+                         "flow step f is evaluated on it: set 3, or train that step on a folder dataset"}
+    assert load_config(yaml.safe_load(cfg(vae(), data={"channels": channels}))).config
+
+
 @pytest.mark.parametrize("text", ["training:\n  seed: &a [*a]\n", "training: &a {pipeline: *a}\n",
                                   "model: &a {<<: *a}\n", "output: &a {x: [1, {y: *a}]}\n"],
                          ids=["list", "mapping", "merge-key", "deeper"])

@@ -200,6 +200,23 @@ def test_lpips_loads_backbone_from_disk_frozen_and_pinned_to_eval(torch_home, no
     torch.testing.assert_close(loss(b, a), d)  # deterministic: no dropout
 
 
+def test_lpips_reads_the_rgb_of_grey_and_rgba_images(torch_home, no_network):
+    """data.channels 4 failed every batch of a use_lpips step and every VAE evaluation (which scores LPIPS whenever
+    the backbone is on disk) with a shape error: the alpha channel is left to the pixel losses."""
+    import torchvision
+    from fluxflow.losses import LPIPSLoss
+    torch.manual_seed(0)
+    path = torch_home / "hub/checkpoints/alexnet-owt-7be5be79.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
+    loss = LPIPSLoss()
+    rgba = torch.rand(2, 4, 32, 32) * 2 - 1
+    other = torch.cat([(rgba[:, :3] + 0.3 * torch.randn(2, 3, 32, 32)).clamp(-1, 1), -rgba[:, 3:]], dim=1)
+    torch.testing.assert_close(loss(other, rgba), loss(other[:, :3], rgba[:, :3]))
+    grey, grey_other = rgba[:, :1], other[:, :1]
+    torch.testing.assert_close(loss(grey_other, grey), loss(grey_other.repeat(1, 3, 1, 1), grey.repeat(1, 3, 1, 1)))
+
+
 @pytest.mark.parametrize("name", sorted(IMAGE_STAT_LOSSES))
 def test_each_image_statistics_term_is_zero_on_the_image_itself_and_pulls_a_changed_one_back(name):
     torch.manual_seed(0)

@@ -276,7 +276,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
         names = [get_in(step, "name", kind=str) for step in get_in(raw, *STEPS, kind=list) or []]
         raise ConfigError(from_overrides(_dedupe(issues), overrides, names, overrides_name, created), label)
     ours = (_unused_lr_warnings(config) + _unused_field_warnings(config) + _overridden_warnings(config)
-            + _unused_dataset_warnings(config))
+            + _unused_dataset_warnings(config) + _weightless_vae_warnings(config))
     return LoadedConfig(config=config, warnings=warnings + ours, legacy_warnings=warnings)
 
 
@@ -300,6 +300,21 @@ def _unused_field_warnings(config: PipelineConfig) -> list[str]:
         for name in step.model_dump(exclude_none=True):
             if name in unused and not (name == "adaptive_adv_weight" and not written.adaptive_adv_weight):
                 warnings.append(f"{format_path((*STEPS, written.index, name))}: has no effect: {unused[name]}")
+    return warnings
+
+
+def _weightless_vae_warnings(config: PipelineConfig) -> list[str]:
+    """A step that trains the compressor or expander while every loss term reaching them is weighted 0: it ran,
+    showed a VAE loss of 0.0 and a gradient norm of 0.0 on every batch, and its plan said "Trains: compressor,
+    expander"."""
+    warnings = []
+    for step in config.written_steps():
+        weights = modes.vae_loss_weights(step)
+        trained = sorted(modes.trained_components(step) & {"compressor", "expander"})
+        if weights and trained and not any(weights.values()):
+            them, they = ("it", "it") if len(trained) == 1 else ("them", "they")
+            warnings.append(f"{format_path((*STEPS, step.index))}: trains {' and '.join(trained)} with every loss "
+                            f"term that reaches {them} weighted 0 ({', '.join(weights)}): {they} will not change")
     return warnings
 
 

@@ -120,6 +120,21 @@ def unused_fields(step: Any) -> dict[str, str]:
     return unused
 
 
+def vae_loss_weights(step: Any) -> dict[str, float]:
+    """{field: weight} of each loss term that reaches the step's compressor and expander: KL (any VAE mode), the
+    reconstruction terms (train_vae: L1, MSE, LPIPS and image statistics where switched on), the adversarial term
+    (gan_training). All 0: the VAE is updated by nothing (batch_step.py adds exactly these)."""
+    weights = {"kl_beta": step.kl_beta} if has_vae_mode(step) else {}
+    if step.train_vae:
+        weights.update(recon_l1_weight=step.recon_l1_weight, recon_mse_weight=step.recon_mse_weight)
+        if step.use_lpips:
+            weights["lambda_lpips"] = step.lambda_lpips
+        weights.update({f"lambda_{term}": getattr(step, f"lambda_{term}") for term in image_stat_terms(step)})
+    if step.gan_training:
+        weights["lambda_adv"] = step.lambda_adv
+    return weights
+
+
 def ema_components(step, trained: set[str]) -> set[str]:
     """EMA by the original tool's rule: VAE components when any VAE mode or modifier is on; flow components when they
     train. Only trained ones: a frozen component's EMA, updated towards its live weights, drifted during the step,

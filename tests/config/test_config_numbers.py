@@ -197,6 +197,20 @@ def test_image_statistics_weights_and_switches_that_do_nothing_are_said(tmp_path
         "training.pipeline.steps[1].lambda_histogram: has no effect: the step has no reconstruction loss (train_vae)"]
 
 
+def test_a_step_whose_vae_loss_terms_are_all_weighted_0_is_said(tmp_path):
+    """It ran with a VAE loss and a gradient norm of 0.0 on every batch, its plan saying it trained the VAE."""
+    silent = dict(VAE_STEP, recon_l1_weight=0, recon_mse_weight=0, kl_beta=0)
+    gan_only = {"name": "gan", "n_epochs": 1, "gan_training": True, "lambda_adv": 0, "kl_beta": 0,
+                "freeze": ["compressor"]}
+    contrast_left = dict(VAE_STEP, name="c", recon_l1_weight=0, recon_mse_weight=0, kl_beta=0, train_contrast=True)
+    assert load_config(tiny_raw(tmp_path, [silent, gan_only, contrast_left])).warnings == [
+        "training.pipeline.steps[0]: trains compressor and expander with every loss term that reaches them weighted 0 "
+        "(kl_beta, recon_l1_weight, recon_mse_weight): they will not change",
+        "training.pipeline.steps[1]: trains expander with every loss term that reaches it weighted 0 (kl_beta, "
+        "lambda_adv): it will not change"]  # steps[2] has its contrast term (0.05)
+    assert load_config(tiny_raw(tmp_path, [dict(VAE_STEP, recon_l1_weight=0, kl_beta=0)])).warnings == []
+
+
 def test_n_epochs_on_a_loss_threshold_step_with_its_own_max_epochs_is_said_to_have_no_effect(tmp_path):
     watched = {"mode": "loss_threshold", "metric": "vae_loss", "threshold": 0.1}
     bounded = dict(VAE_STEP, n_epochs=5, transition_on=dict(watched, max_epochs=2))

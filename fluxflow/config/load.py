@@ -587,8 +587,13 @@ def _size_issues(model: ModelConfig | None, data: DataConfig | None, output: Out
     sizes += [(("training", "pipeline", "defaults", "img_size"), defaults and defaults.img_size)]
     sizes += [(("training", "pipeline", "datasets", name, "img_size"), ds and ds.img_size)
               for name, ds in (datasets or {}).items()]
-    return issues + [ConfigIssue(loc, f"{size} must be {why}") for loc, size in sizes
-                     if size is not None and size % unit]
+    # A latent side of 1 (img_size 8 at downscale 8): GroupNorm then normalises one value per group, the compressor's
+    # output no longer depends on its image, the VAE step learns nothing and the flow step's cache fails. A sample size
+    # of 0 or less was taken as a multiple and failed the first sample.
+    least = 2 * m.downscale  # a multiple of unit (patch_size is 1 or 2)
+    small = f"must be at least {least}: a latent side of 2 or more at model.downscale {m.downscale}"
+    return issues + [ConfigIssue(loc, f"{size} {small}" if size < least else f"{size} must be {why}")
+                     for loc, size in sizes if size is not None and (size % unit or size < least)]
 
 
 def _inherited(step: StepConfig, *keys: str) -> str:

@@ -446,6 +446,18 @@ def test_a_shapes_dataset_smaller_than_a_batch_is_a_problem_of_its_size(tmp_path
     assert load_config(yaml.safe_load(cfg(vae(batch_size=4), pipeline={"datasets": {"s": shapes}}))).config
 
 
+def test_sizes_below_a_latent_of_two_are_refused(tmp_path):
+    """img_size 8 at downscale 8 (a 1x1 latent) trained a VAE whose output ignored its image, then failed the flow
+    step's cache; sample_sizes 0 or -16 passed as multiples of 8 and failed the first sample."""
+    model = {"downscale": 8, "patch_size": 1}
+    found = problems(tmp_path, cfg(vae(), model=model, data={"img_size": 8},
+                                   output={"sample_sizes": [0, -16, 16, 24]}))
+    least = "must be at least 16: a latent side of 2 or more at model.downscale 8"
+    assert found == {"data.img_size": f"8 {least}", "output.sample_sizes[0]": f"0 {least}",
+                     "output.sample_sizes[1]": f"-16 {least}"}
+    assert load_config(yaml.safe_load(cfg(vae(), model=model, data={"img_size": 16}))).config
+
+
 @pytest.mark.parametrize("channels", [1, 4])
 def test_a_flow_step_on_shapes_needs_rgb_images(tmp_path, channels):
     """The shapes evaluation reads colours from RGB images: with 1 or 4 channels the flow step trained, then failed its

@@ -45,6 +45,8 @@ def local_path(path: str | os.PathLike) -> Path:
 def check_output_uri(value: str) -> str:
     """`value` when it can be an output directory; ValueError with one line otherwise. No network: the protocol is
     known to fsspec, its package is installed, and the URI names a bucket."""
+    if not value.strip():  # as `--output-dir ""` is: the run's folders landed in the working directory
+        raise ValueError("is empty: name the run's folder (e.g. outputs/run; . for the working directory)")
     uri = remote_uri(value)
     if uri is None:
         return value

@@ -446,6 +446,14 @@ def test_a_shapes_dataset_smaller_than_a_batch_is_a_problem_of_its_size(tmp_path
     assert load_config(yaml.safe_load(cfg(vae(batch_size=4), pipeline={"datasets": {"s": shapes}}))).config
 
 
+@pytest.mark.parametrize("path", ["", "  "])
+def test_an_empty_output_path_is_refused(tmp_path, path):
+    """It trained into the working directory (checkpoints/, samples/, caches), where `--output-dir ""` is refused."""
+    assert problems(tmp_path, cfg(vae(), output={"output_path": path})) == {
+        "output.output_path": f"is empty: name the run's folder (e.g. outputs/run; . for the working directory) "
+                              f"(got {path!r})"}
+
+
 def test_sizes_below_a_latent_of_two_are_refused(tmp_path):
     """img_size 8 at downscale 8 (a 1x1 latent) trained a VAE whose output ignored its image, then failed the flow
     step's cache; sample_sizes 0 or -16 passed as multiples of 8 and failed the first sample."""

@@ -198,6 +198,10 @@ def unreadable_store(uri: str) -> str | None:
     except Exception as exc:
         if "://" not in uri and is_sqlite_database(uri):  # MLflow read the path as its (refused) file store
             return f"cannot read the MLflow store at {uri}: a SQLite file is named as a URI, {SQLITE_PREFIX}{uri}"
+        if "MLFLOW_ALLOW_FILE_STORE" in str(exc):  # its first sentence ("... is in maintenance mode") said no remedy
+            return (f"cannot read the MLflow store at {uri}: MLflow reads a folder or file: URI as a file store, "
+                    f"which it no longer opens (unless MLFLOW_ALLOW_FILE_STORE=true); name a database, e.g. "
+                    f"{SQLITE_PREFIX}mlflow.db")
         return f"cannot read the MLflow store at {uri}: {str(exc).strip().splitlines()[0].split('. ')[0]}"
     return None
 

@@ -33,10 +33,11 @@ def stores(tmp_path) -> dict[str, tuple[str, str]]:
                                             f"{fifo} is a FIFO (named pipe), not a regular file"),
             # These three ended in MLflow's or SQLAlchemy's traceback.
             "not a database": (f"sqlite:///{tmp_path / 'notes.txt'}", "file is not a database"),
-            "a plain path": (str(tmp_path), f"cannot read the MLflow store at {tmp_path}: "),
+            # A path, as --help's default ./mlflow.db: was MLflow's "... is in maintenance mode", no remedy said.
+            "a plain path": (str(tmp_path), f"cannot read the MLflow store at {tmp_path}: MLflow reads a folder or "
+                                            "file: URI as a file store, which it no longer opens (unless "
+                                            "MLFLOW_ALLOW_FILE_STORE=true); name a database, e.g. sqlite:///mlflow.db"),
             "unknown scheme": ("mlfow://typo", "cannot read the MLflow store at mlfow://typo: "),
-            # --help says the default is ./mlflow.db; given as a path it was "The filesystem tracking backend (e.g.,
-            # './mlruns') is in maintenance mode", which does not say what to write instead.
             # MLflow made these two stores: its 60-odd tables beside another program's, or in a file the user made.
             "another program's database": (f"sqlite:///{other}", f"cannot read the MLflow store at sqlite:///{other}: "
                                                                  f"{other} is a SQLite database of another program "

@@ -94,18 +94,33 @@ def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode, deep: b
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
 
+# A placeholder at the start of a value (`output_path: {date}-run`): YAML reads `{` there as a mapping's start.
+_BRACE_AT_VALUE_START = re.compile(r"(?:^|[:-]\s)\s*\{\w+\}")
+BRACE_HINT = "YAML reads a value that starts with { as a mapping: quote it, e.g. \"{date}/run\""
+
+
+def broken_yaml(exc: yaml.YAMLError, text: str) -> str:
+    """The YAML error in one line, with BRACE_HINT when the line it stopped at has a value that starts with a
+    {placeholder}. The file is named by the issue, not as PyYAML's "<unicode string>"."""
+    mark = getattr(exc, "problem_mark", None)
+    line = text.splitlines()[mark.line] if mark is not None and mark.line < len(text.splitlines()) else ""
+    said = " ".join(str(exc).replace(' in "<unicode string>",', "").split())
+    return f"{said}; {BRACE_HINT}" if _BRACE_AT_VALUE_START.search(line) else said
+
+
 def read_yaml(path: Path) -> Any:
     """The parsed file; ConfigError for a missing/unreadable file, one that is not a regular file, or broken YAML."""
     try:
         problem = not_a_regular_file(path)
         if problem is None:
-            return unshared(yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader))  # noqa: S506 - SafeLoader's
+            text = path.read_text(encoding="utf-8")
+            return unshared(yaml.load(text, Loader=_Loader))  # noqa: S506 - SafeLoader's subclass
     except FileNotFoundError:
         problem = f"not found: {path}"
     except (OSError, UnicodeDecodeError) as exc:
         problem = f"cannot read {path}: {exc}"
     except yaml.YAMLError as exc:
-        problem = f"broken YAML: {' '.join(str(exc).split())}"
+        problem = f"broken YAML: {broken_yaml(exc, text)}"
     raise ConfigError([ConfigIssue("(file)", problem)], str(path))
 
 
@@ -147,7 +162,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
         try:
             value = yaml.load(written, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as exc:
-            issues.append(ConfigIssue(f"{name} {key}", f"the value is broken YAML: {' '.join(str(exc).split())}"))
+            issues.append(ConfigIssue(f"{name} {key}", f"the value is broken YAML: {broken_yaml(exc, written)}"))
             continue
         if problem := _set(raw, parts, value, written.strip(), made):
             issues.append(ConfigIssue(f"{name} {'.'.join(parts)}", problem))
@@ -412,6 +427,8 @@ def issues_from_validation(exc: ValidationError, raw: Any = None) -> list[Config
                 shown += "; YAML reads unquoted yes/no/on/off as true/false: quote the value"
             elif kind in ("string_type", "invalid_key") and isinstance(got, (int, float)):  # a step named 2024
                 shown += "; YAML reads an unquoted number as a number: quote the value"
+            elif kind == "string_type" and isinstance(got, dict) and len(got) == 1 and None in got.values():
+                shown += f"; {BRACE_HINT}"  # `output_path: {date}` read as {"date": None}
             # a validator's ValueError: its own message, without pydantic's "Value error, " before it
             message = f"{msg.removeprefix('Value error, ')}{shown}"
         issues.append(ConfigIssue(path, message))

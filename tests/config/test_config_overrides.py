@@ -163,6 +163,9 @@ def test_a_problem_in_a_section_an_override_created_names_the_override(tmp_path)
     ("training..seed=1", "--set training..seed=1: expected KEY=VALUE with a dotted KEY, e.g. training.seed=1 or "
                          "training.pipeline.steps.flow.lr=3e-4"),
     ("training.seed=[1", "--set training.seed: the value is broken YAML"),
+    ("output.output_path={date}/x", "--set output.output_path: the value is broken YAML: expected '<document start>', "
+                                    "but found '<scalar>' line 1, column 7: {date}/x ^; YAML reads a value that starts "
+                                    'with { as a mapping: quote it, e.g. "{date}/run"'),
     # validation messages write a step's path with its index, and users copy it: was "unknown key (did you mean
     # 'steps'?)"
     ("training.pipeline.steps[1].lr=1e-3", "--set training.pipeline.steps[1].lr: a step is addressed by its name, "

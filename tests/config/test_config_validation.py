@@ -454,6 +454,21 @@ def test_an_empty_output_path_is_refused(tmp_path, path):
                               f"(got {path!r})"}
 
 
+HINT = 'YAML reads a value that starts with { as a mapping: quote it, e.g. "{date}/run"'
+
+
+@pytest.mark.parametrize("value", ["{date}", "{date}-run"])
+def test_an_unquoted_placeholder_at_a_values_start_says_to_quote_it(tmp_path, value):
+    """docs/CONFIG.md recommends {date} in output_path; unquoted at the start of a value, YAML reads a mapping: the
+    errors were "Input should be a valid string" or "expected <block end>, but found '<scalar>'" in
+    "<unicode string>", neither saying what to do."""
+    text = cfg(vae()) + f"output:\n  output_path: {value}\n"
+    [(path, message)] = problems(tmp_path, text).items()
+    assert message.endswith(f"; {HINT}") and "<unicode string>" not in message, message
+    assert path == ("output.output_path" if value == "{date}" else "(file)")
+    assert load_config(yaml.safe_load(text.replace(value, f'"{value}"'))).config
+
+
 def test_sizes_below_a_latent_of_two_are_refused(tmp_path):
     """img_size 8 at downscale 8 (a 1x1 latent) trained a VAE whose output ignored its image, then failed the flow
     step's cache; sample_sizes 0 or -16 passed as multiples of 8 and failed the first sample."""

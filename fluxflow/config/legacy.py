@@ -131,7 +131,8 @@ def _pipeline(training: dict, notes: LegacyNotes) -> None:
         training["pipeline"] = pipeline = {"steps": pipeline}
     implicit = pipeline is None or (isinstance(pipeline, dict) and "steps" not in pipeline)
     modes = {k: training.pop(k) for k in ALL_MODES if k in training}
-    losses = {new: training.pop(old) for old, new in STEP_DEFAULT_KEYS.items() if old in training}
+    olds = {new: old for old, new in STEP_DEFAULT_KEYS.items() if old in training}
+    losses = {new: training.pop(old) for new, old in olds.items()}
     if implicit and any(modes.values()):
         # A single-mode config of the original tool: its modes and loss weights become one step (of n_epochs 1 unless
         # training sets it: the original's default).
@@ -147,6 +148,7 @@ def _pipeline(training: dict, notes: LegacyNotes) -> None:
         if losses:  # the original's global loss weights: defaults for every step that sets none
             defaults = pipeline.setdefault("defaults", {})
             if isinstance(defaults, dict):  # a value the defaults give, under either name, wins over the global one
+                notes.warnings += _shadowed_globals(olds, pipeline)
                 given = {STEP_ALIASES.get(key, key) for key in defaults}
                 defaults.update({key: value for key, value in losses.items() if key not in given})
         notes.drop(pipeline, {"mode": "steps run in file order, or after the step named by their `after:`"},
@@ -157,6 +159,23 @@ def _pipeline(training: dict, notes: LegacyNotes) -> None:
         for name, dataset in (get_in(pipeline, "datasets") or {}).items():
             if isinstance(dataset, dict):
                 map_dataset(dataset, f"training.pipeline.datasets.{name}", notes)
+
+
+def _shadowed_globals(olds: dict[str, str], pipeline: dict) -> list[str]:
+    """The original's global loss keys ({step field: its global name}) that no step trains with, because
+    training.pipeline.defaults or every step sets the field (under either name): they were dropped without a word,
+    where the same clash on a step is said."""
+    def sets(block: Any, key: str) -> bool:
+        return isinstance(block, dict) and key in {STEP_ALIASES.get(k, k) for k in block}
+
+    steps = get_in(pipeline, "steps", kind=list) or []
+    warnings = []
+    for new, old in olds.items():
+        if sets(pipeline.get("defaults"), new):
+            warnings.append(f"training.{old}: has no effect: training.pipeline.defaults sets {new}")
+        elif steps and all(sets(step, new) for step in steps):
+            warnings.append(f"training.{old}: has no effect: every step sets its own {new}")
+    return warnings
 
 
 def _sample_sizes(raw: dict, notes: LegacyNotes) -> None:

@@ -406,4 +406,18 @@ def test_a_clipping_norm_of_the_defaults_wins_over_the_global_one_under_its_orig
     loaded = load_config(raw)
     (step,) = loaded.config.resolved_steps()
     assert (step.grad_clip, step.kl_beta) == (0.5, 0.001)
-    assert not any("grad_clip" in w for w in loaded.warnings)
+    # The global ones are said to be shadowed (they were dropped without a word); nothing of the defaults' own.
+    assert loaded.warnings == [
+        "training.kl_beta: has no effect: training.pipeline.defaults sets kl_beta",
+        "training.initial_clipping_norm: has no effect: training.pipeline.defaults sets grad_clip"]
+
+
+def test_original_global_loss_keys_every_step_sets_for_itself_are_said_to_have_no_effect():
+    """The same clash on a step (mse_weight beside recon_mse_weight) was said; the global's was not."""
+    raw = {"training": {"lambda_adv": 0.9, "kl_beta": 0.5,
+                        "pipeline": {"steps": [{"name": "a", "n_epochs": 1, "gan_training": True, "lambda_adv": 0.2},
+                                               {"name": "b", "n_epochs": 1, "train_vae": True}]}}}
+    assert load_config(raw).warnings == []  # b takes lambda_adv (no GAN: unused there, and not written on it)
+    raw["training"]["pipeline"]["steps"][1]["lambda_adv"] = 0.3
+    raw["training"]["pipeline"]["steps"][1]["gan_training"] = True
+    assert load_config(raw).warnings == ["training.lambda_adv: has no effect: every step sets its own lambda_adv"]

@@ -71,6 +71,15 @@ class ExecutorConfig(StrictModel):
         return self.address or os.environ.get("RAY_ADDRESS") or "auto"
 
 
+def executor_warnings(config) -> list[str]:
+    """A Ray cluster's address under the local executor: accepted, it looked like a setting of where the steps run."""
+    executor = config.training.executor
+    if executor.kind == "local" and executor.address is not None:
+        return ["training.executor.address: has no effect: training.executor.kind is local (the steps run in this "
+                "process); set kind: ray to run them on that cluster"]
+    return []
+
+
 # Ray counts resources in units of 1/10,000 (ray._raylet.RESOURCE_UNIT_SCALING): a smaller amount above 0 is a
 # ValueError at submission, which ended the whole flow after the steps before it had trained.
 RESOURCE_UNIT = 1e-4

@@ -16,7 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from fluxflow.config import modes
 from fluxflow.config.errors import STEPS, ConfigError, ConfigIssue, did_you_mean, format_path
-from fluxflow.config.executor import process_issues, resources_issues
+from fluxflow.config.executor import executor_warnings, process_issues, resources_issues
 from fluxflow.config.file_checks import checkpoint_issues, lpips_issues, not_a_regular_file, text_encoder_issues, \
     with_pretrained_width
 from fluxflow.config.heldout_pairs import draws_pairs
@@ -291,7 +291,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
         names = [get_in(step, "name", kind=str) for step in get_in(raw, *STEPS, kind=list) or []]
         raise ConfigError(from_overrides(_dedupe(issues), overrides, names, overrides_name, created), label)
     ours = (_unused_lr_warnings(config) + _unused_field_warnings(config) + _overridden_warnings(config)
-            + _unused_dataset_warnings(config) + _weightless_vae_warnings(config))
+            + _unused_dataset_warnings(config) + _weightless_vae_warnings(config) + executor_warnings(config))
     return LoadedConfig(config=config, warnings=warnings + ours, legacy_warnings=warnings)
 
 

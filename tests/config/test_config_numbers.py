@@ -211,6 +211,14 @@ def test_a_step_whose_vae_loss_terms_are_all_weighted_0_is_said(tmp_path):
     assert load_config(tiny_raw(tmp_path, [dict(VAE_STEP, recon_l1_weight=0, kl_beta=0)])).warnings == []
 
 
+def test_a_ray_address_under_the_local_executor_is_said_to_have_no_effect(tmp_path):
+    raw = tiny_raw(tmp_path)
+    raw["training"]["executor"] = {"address": "10.0.0.5:6379"}
+    assert load_config(raw).warnings == [
+        "training.executor.address: has no effect: training.executor.kind is local (the steps run in this process); "
+        "set kind: ray to run them on that cluster"]
+
+
 def test_n_epochs_on_a_loss_threshold_step_with_its_own_max_epochs_is_said_to_have_no_effect(tmp_path):
     watched = {"mode": "loss_threshold", "metric": "vae_loss", "threshold": 0.1}
     bounded = dict(VAE_STEP, n_epochs=5, transition_on=dict(watched, max_epochs=2))

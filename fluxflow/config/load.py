@@ -781,11 +781,13 @@ def _transition_issues(step, s: ResolvedStep, given: dict, at) -> list[ConfigIss
                 for key in ("metric", "threshold", "max_epochs", "window") if key in written]
     issues = [ConfigIssue(at("transition_on", key), "required for mode: loss_threshold")
               for key in ("metric", "threshold") if written.get(key) is None]
-    metric = written.get("metric")
+    metric, from_defaults = written.get("metric"), _inherited(step, "transition_on", "metric")
     if metric is not None and metric not in modes.ALL_METRICS:
-        issues.append(ConfigIssue(at("transition_on", "metric"), _unknown("metric", metric, modes.ALL_METRICS)))
+        issues.append(ConfigIssue(at("transition_on", "metric"),
+                                  _unknown("metric", metric, modes.ALL_METRICS) + from_defaults))
     elif metric is not None and metric not in modes.threshold_metrics(s):
         why = " (vae_loss is always 0 in GAN-only mode)" if metric == "vae_loss" and s.gan_training else ""
         issues.append(ConfigIssue(at("transition_on", "metric"), f"{metric!r} is not produced by this step{why}; "
-                                  f"it can watch: {', '.join(modes.threshold_metrics(s)) or 'nothing'}"))
+                                  f"it can watch: {', '.join(modes.threshold_metrics(s)) or 'nothing'}"
+                                  + from_defaults))
     return issues

@@ -249,6 +249,18 @@ def test_problems_inherited_from_defaults_say_so(tmp_path):
     assert "inherited from training.pipeline.defaults" in found[f"{S}[0].freeze[0]"]
 
 
+def test_a_transition_metric_inherited_from_defaults_says_so(tmp_path):
+    """The step was blamed for a metric it does not set (freeze and train_spade messages said where it came from)."""
+    found = problems(tmp_path, """
+        training:
+          pipeline:
+            defaults: {transition_on: {mode: loss_threshold, metric: flow_loss, threshold: 0.1}}
+            steps: [{name: a, n_epochs: 1, train_vae: true}]
+    """)
+    assert found == {f"{S}[0].transition_on.metric": "'flow_loss' is not produced by this step; it can watch: "
+                                                     "vae_loss, kl_loss (inherited from training.pipeline.defaults)"}
+
+
 def test_pipeline_given_as_a_list_says_steps_is_missing(tmp_path):
     found = problems(tmp_path, """
         training:

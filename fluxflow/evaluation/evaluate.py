@@ -56,6 +56,9 @@ def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, co
     if images is None:
         log.warning("Step %s: the held-out split of dataset %r is empty; only its unseen split is evaluated",
                     step.name, step.dataset)
+    if has_flow_mode(step) and not fd_measurable(images, unseen):  # fd_ours_* were left out without a word
+        log.warning("Step %s: dataset %r holds out one image to score; the Fréchet distance (fd_ours_*) needs two "
+                    "or more and is left out (raise its holdout)", step.name, step.dataset)
     was_training = {name: m.training for name, m in models.items()}
     try:
         for m in models.values():

@@ -113,6 +113,17 @@ def test_an_empty_held_out_split_still_scores_the_unseen_one(tmp_path, caplog):
     assert "is empty; only its unseen split is evaluated" in caplog.text
 
 
+def test_one_held_out_image_says_the_frechet_distance_is_left_out(tmp_path, caplog):
+    """holdout 1: fd_ours_* were missing from the step's metrics without a word (holdout 0 is said)."""
+    (tmp_path / "imgs").mkdir()
+    config, models, train, holdout, norm = setup({**folder_dataset(tmp_path / "imgs"), "holdout": 1})
+    out = evaluate_step(config.step("flow"), models, holdout, train, config, norm, "cpu", tmp_path / "eval",
+                        spade=False)
+    assert not any(key.startswith("fd_ours") for key in out)
+    assert ("Step flow: dataset 'd' holds out one image to score; the Fréchet distance (fd_ours_*) needs two or more "
+            "and is left out (raise its holdout)") in caplog.text
+
+
 def test_held_out_pairs_of_shapes_need_held_out_images(tmp_path):
     # The shapes' unseen split draws `holdout` images: with 0 the pairs were dropped from training and never scored.
     with pytest.raises(ConfigError) as raised:

@@ -420,6 +420,13 @@ def issues_from_validation(exc: ValidationError, raw: Any = None) -> list[Config
             message = "required"
         elif kind == "too_short" and loc[-1] == "steps":
             message = "needs at least one step"
+        elif kind == "model_type" and err.get("input") is None and loc in (("training",), ("training", "pipeline")):
+            message = "is empty: declare the steps under training.pipeline.steps (see configs/quickstart.yaml)"
+        elif kind == "model_type":  # pydantic named its class: "a valid dictionary or instance of TrainingConfig"
+            empty = "; an empty section: leave the key out, or give it keys" if err.get("input") is None else ""
+            message = f"must be a section of keys (got {err.get('input')!r}){empty}"
+        elif kind == "list_type" and loc[-1] == "steps" and isinstance(err.get("input"), dict):
+            message = "must be a list of steps, each starting with `- name: ...`, not a mapping by name"
         else:
             got = err.get("input")
             shown = "" if isinstance(got, (dict, list)) or kind == SECRET_VALUE else f" (got {got!r})"

@@ -249,6 +249,21 @@ def test_problems_inherited_from_defaults_say_so(tmp_path):
     assert "inherited from training.pipeline.defaults" in found[f"{S}[0].freeze[0]"]
 
 
+@pytest.mark.parametrize(("text", "path", "message"), [
+    ("training:\n", "training", "is empty: declare the steps under training.pipeline.steps (see "
+                                 "configs/quickstart.yaml)"),
+    ("model:\ntraining: {pipeline: {steps: [{name: a, n_epochs: 1, train_vae: true}]}}\n", "model",
+     "must be a section of keys (got None); an empty section: leave the key out, or give it keys"),
+    ("training: {pipeline: {steps: [flow]}}\n", f"{S}[0]", "must be a section of keys (got 'flow')"),
+    ("training: {pipeline: {steps: {vae: {n_epochs: 1, train_vae: true}}}}\n", S,
+     "must be a list of steps, each starting with `- name: ...`, not a mapping by name"),
+])
+def test_a_section_of_the_wrong_kind_is_said_without_class_names(tmp_path, text, path, message):
+    """Was pydantic's "Input should be a valid dictionary or instance of TrainingConfig" (StepConfig, ModelConfig),
+    and steps written as a mapping by name only "Input should be a valid list"."""
+    assert problems(tmp_path, text) == {path: message}
+
+
 def test_a_transition_metric_inherited_from_defaults_says_so(tmp_path):
     """The step was blamed for a metric it does not set (freeze and train_spade messages said where it came from)."""
     found = problems(tmp_path, """

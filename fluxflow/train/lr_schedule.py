@@ -109,7 +109,8 @@ def make_schedule(opts: dict[str, Any], optimizer: torch.optim.Optimizer, max_ep
 def inert_reason(kind: str, opts: dict[str, Any], warmup: int, updates: int, used: int, interval: str) -> str | None:
     """Why part of a schedule never acts within the step's `updates` optimizer updates (a warm-up longer than the
     step, a StepLR / MultiStepLR that never reaches its first drop: often an epoch count written for per-update
-    stepping), or None. The config is valid; the runner warns, since the lr silently stays where it is."""
+    stepping; or a per-update decay that leaves under VANISHED of the lr, the same mistake the other way), or None.
+    The config is valid; the runner warns, since the lr silently stays where it is, or vanishes."""
     if warmup > updates:
         return (f"warmup_steps {warmup} is more than the step's {counted(updates, 'optimizer update')}: the lr never "
                 f"reaches its start value (the last update trains at {updates}/{warmup} of it)")
@@ -119,7 +120,26 @@ def inert_reason(kind: str, opts: dict[str, Any], warmup: int, updates: int, use
         steps = counted(used, "optimizer update" if interval == "step" else "epoch end")
         return (f"{kind}'s {what} {first} is more than the {steps} after its start that the step trains on "
                 f"(interval: {interval}): the lr never changes")
+    factor = end_factor(kind, opts, used)
+    if interval == "step" and factor is not None and factor < VANISHED:
+        # The original tool's StepLR(step_size=10) pasted into a new config: the lr halves every 10 updates.
+        return (f"{kind} takes the lr to {factor:.1e} of its start by the step's last update "
+                f"({counted(used, 'update')} after its start, interval: step): the step stops learning long before its "
+                "end; if its numbers count epochs, set interval: epoch")
     return None
+
+
+VANISHED = 1e-3  # an lr below this fraction of its start trains nothing worth its updates
+
+
+def end_factor(kind: str, opts: dict[str, Any], steps: int) -> float | None:
+    """The lr's factor after `steps` scheduler steps of the decays by `gamma` (StepLR, MultiStepLR, ExponentialLR);
+    None for other schedules."""
+    given = opts.get("gamma")
+    gamma = float(given if given is not None else SCHEDULER_PARAMS.get(kind, {}).get("gamma", 1.0))
+    drops = {"StepLR": steps // int(opts.get("step_size") or steps + 1),
+             "MultiStepLR": sum(1 for m in opts.get("milestones") or [] if m <= steps), "ExponentialLR": steps}
+    return gamma ** drops[kind] if kind in drops else None
 
 
 def make_scheduler(kind: str, opts: dict[str, Any], optimizer: torch.optim.Optimizer, span: int, interval: str):

@@ -194,6 +194,21 @@ def test_a_schedule_that_never_acts_in_the_step_says_why(cfg, inert):
     assert (schedule.inert is None) if inert is None else inert in schedule.inert
 
 
+def test_a_per_update_decay_that_leaves_no_lr_says_so():
+    """The original tool's StepLR(step_size=10, gamma=0.5), pasted into a new config, halves the lr every 10 updates:
+    ~1e-6 of it after 200, with no word (only a schedule that never acts was said)."""
+    opt = optimizer()
+    vanishing = schedule_for(opt, 2, 100, type="StepLR", step_size=10, gamma=0.5)
+    assert train(opt, vanishing, 100, range(2))[-1] == pytest.approx(LR * 0.5 ** 19)  # the factor it names
+    assert vanishing.inert == ("StepLR takes the lr to 1.9e-06 of its start by the step's last update (199 updates "
+                               "after its start, interval: step): the step stops learning long before its end; if "
+                               "its numbers count epochs, set interval: epoch")
+    assert "ExponentialLR takes the lr to 3.0e-05" in schedule_for(optimizer(), 1, 100, type="ExponentialLR").inert
+    assert schedule_for(optimizer(), 20, 100, type="StepLR", step_size=10, gamma=0.5, interval="epoch").inert is None
+    assert schedule_for(optimizer(), 2, 100, type="StepLR", step_size=100, gamma=0.5).inert is None
+    assert schedule_for(optimizer(), 2, 100, type="MultiStepLR", milestones=[10, 20, 30, 40]).inert is not None
+
+
 def test_a_count_of_one_reads_in_the_singular():
     assert "the step's 1 optimizer update: the lr" in inert_reason("CosineAnnealingLR", {}, 2, 1, 1, "step")
     assert "the 1 epoch end after its start" in inert_reason("StepLR", {"step_size": 2}, 0, 4, 1, "epoch")

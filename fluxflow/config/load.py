@@ -272,6 +272,8 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | tupl
         raise ConfigError([ConfigIssue("(file)", "is empty; a config needs at least training.pipeline.steps")], label)
     if not isinstance(raw, dict):
         raise ConfigError([ConfigIssue("(file)", f"must be a mapping of sections, not {type(raw).__name__}")], label)
+    # Top-level keys starting with x- hold blocks that anchors repeat (as Docker Compose's extension fields): not read.
+    raw = {key: value for key, value in raw.items() if not (isinstance(key, str) and key.startswith("x-"))}
     raw, created = apply_overrides(raw, overrides, label, overrides_name)
 
     raw, warnings, issues = apply_legacy(raw)
@@ -376,6 +378,8 @@ def _other_section(key: str, loc: tuple) -> str:
     that is another section's (`training.checkpoint_save_interval`, a step's `log_interval`), or of the step's
     transition (a step's `metric`), '' otherwise. Promotion's fields (metric, enabled, alias) are not a step's."""
     in_step = loc[:3] in (STEPS, ("training", "pipeline", "defaults")) and len(loc) == (5 if loc[:3] == STEPS else 4)
+    if len(loc) == 1:  # `base: &b {...}` kept only for its anchor was refused with no way out
+        return " (a block kept only to be repeated by an anchor goes under a key starting with x-: x-base: &b {...})"
     if not (len(loc) == 2 or in_step):
         return ""
     if in_step and key in Transition.model_fields:

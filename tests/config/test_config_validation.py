@@ -264,6 +264,23 @@ def test_a_section_of_the_wrong_kind_is_said_without_class_names(tmp_path, text,
     assert problems(tmp_path, text) == {path: message}
 
 
+def test_a_top_level_x_key_holds_an_anchored_block_and_is_not_read(tmp_path):
+    """A block kept only for its anchor had nowhere to go: every top-level key is a section ("base: unknown key")."""
+    text = """
+        x-vae: &vae {n_epochs: 1, train_vae: true}
+        training:
+          pipeline:
+            steps: [{<<: *vae, name: a}, {<<: *vae, name: b, kl_beta: 0.5}]
+    """
+    path = tmp_path / "anchors.yaml"
+    path.write_text(textwrap.dedent(text))
+    a, b = load_config(path).config.resolved_steps()
+    assert (a.name, a.train_vae, b.name, b.kl_beta) == ("a", True, "b", 0.5)
+    assert problems(tmp_path, text.replace("x-vae", "base")) == {
+        "base": "unknown key (a block kept only to be repeated by an anchor goes under a key starting with x-: "
+                "x-base: &b {...})"}
+
+
 def test_a_transition_metric_inherited_from_defaults_says_so(tmp_path):
     """The step was blamed for a metric it does not set (freeze and train_spade messages said where it came from)."""
     found = problems(tmp_path, """

@@ -144,6 +144,9 @@ def unshared(tree: Any) -> Any:
 # mean 'lr'?)").
 # Overrides apply in order, before the keys of the original tool are mapped (fluxflow/config/legacy.py).
 
+IMPLICIT_SHAPES = ("training", "pipeline", "datasets", "shapes")
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], label: str | None,
                     name: str = "--set") -> tuple[dict[str, Any], list[str | None]]:
     """A copy of the parsed file with every override set, and per override the KEY of the first section on its way
@@ -164,6 +167,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
         except yaml.YAMLError as exc:
             issues.append(ConfigIssue(f"{name} {key}", f"the value is broken YAML: {broken_yaml(exc, written)}"))
             continue
+        if parts[:4] == list(IMPLICIT_SHAPES) and len(parts) > 4 and not get_in(raw, *IMPLICIT_SHAPES[:3]):
+            # A field of the built-in dataset a file without datasets trains on (schema.implicit_datasets): it made a
+            # new dataset of that one field ("type: required").
+            _set(raw, [*IMPLICIT_SHAPES, "type"], "shapes", "shapes", made)
         if problem := _set(raw, parts, value, written.strip(), made):
             issues.append(ConfigIssue(f"{name} {'.'.join(parts)}", problem))
         created.append(".".join(parts[:made[0] + 1]) if made else None)  # read only when every one was placed

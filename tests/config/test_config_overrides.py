@@ -33,6 +33,15 @@ def test_a_list_value_is_read_as_yaml(tmp_path):
     assert config.output.sample_sizes == [16, 32]
 
 
+def test_a_field_of_the_built_in_dataset_is_set_on_it(tmp_path):
+    """A file without datasets trains on the built-in `shapes`; setting its size made a new dataset of that one field
+    ("training.pipeline.datasets.shapes.type: required")."""
+    raw = {"training": {"pipeline": {"steps": [dict(VAE_STEP)]}}}
+    config = load_config(raw, ["training.pipeline.datasets.shapes.size=64"]).config
+    shapes = config.training.pipeline.datasets["shapes"]
+    assert (shapes.type, shapes.size, config.training.pipeline.default_dataset) == ("shapes", 64, "shapes")
+
+
 def test_a_step_is_addressed_by_its_name_and_only_that_step_changes(tmp_path):
     config = loaded(tmp_path, ["training.pipeline.steps.flow.lr=3e-4",
                                "training.pipeline.steps.flow.optimization={optimizers: {flow: {type: AdamW, "

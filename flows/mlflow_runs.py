@@ -202,8 +202,15 @@ def unreadable_store(uri: str) -> str | None:
             return (f"cannot read the MLflow store at {uri}: MLflow reads a folder or file: URI as a file store, "
                     f"which it no longer opens (unless MLFLOW_ALLOW_FILE_STORE=true); name a database, e.g. "
                     f"{SQLITE_PREFIX}mlflow.db")
-        return f"cannot read the MLflow store at {uri}: {str(exc).strip().splitlines()[0].split('. ')[0]}"
+        return f"cannot read the MLflow store at {uri}: {mlflow_said(exc)}"
     return None
+
+
+def mlflow_said(exc: Exception) -> str:
+    """MLflow's refusal in one line: its first two sentences. The second is where MLflow gives its advice (the schemes
+    it reads, after "got unsupported URI 'mlfow://x'"; what to configure for Databricks), which the first sentence
+    alone left out; the rest (links, details) is long."""
+    return ". ".join(str(exc).strip().splitlines()[0].split(". ")[:2])
 
 
 def unwritable_store(uri: str) -> str | None:

@@ -37,7 +37,9 @@ def stores(tmp_path) -> dict[str, tuple[str, str]]:
             "a plain path": (str(tmp_path), f"cannot read the MLflow store at {tmp_path}: MLflow reads a folder or "
                                             "file: URI as a file store, which it no longer opens (unless "
                                             "MLFLOW_ALLOW_FILE_STORE=true); name a database, e.g. sqlite:///mlflow.db"),
-            "unknown scheme": ("mlfow://typo", "cannot read the MLflow store at mlfow://typo: "),
+            # MLflow's first sentence only ("got unsupported URI ..."): the schemes it reads were cut off.
+            "unknown scheme": ("mlfow://typo", "got unsupported URI 'mlfow://typo' for model registry data storage. "
+                                               "Supported URI schemes are: ["),
             # MLflow made these two stores: its 60-odd tables beside another program's, or in a file the user made.
             "another program's database": (f"sqlite:///{other}", f"cannot read the MLflow store at sqlite:///{other}: "
                                                                  f"{other} is a SQLite database of another program "

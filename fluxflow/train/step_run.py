@@ -280,10 +280,15 @@ class StepRun:
         self.trainer.last_lr = dict(meta.last_lr)
         self.monitor.load_state_dict(meta.monitor)
         restore_rng_state(meta.rng)
+        # Where it resumes, as (0-based epoch, batches done in it). At the step's end that is its last epoch, all
+        # batches done: "epoch=2, batch=0" of a 1-epoch step named an epoch it does not have (console, MLflow tag).
+        epoch, batch = pos.epoch, pos.batch
+        if batch == 0 and epoch >= self.monitor.max_epochs:
+            epoch, batch = epoch - 1, self.data.batches_per_epoch
         # Counted from 1, as the plan's "Step N:" and the progress line's "(N/M)" count steps, and epochs here
-        self.say(f"Resuming from checkpoint: step={self.step.index + 1} ({self.step.name}), epoch={pos.epoch + 1}, "
-                 f"batch={pos.batch}")
-        return pos.epoch, pos.batch
+        self.say(f"Resuming from checkpoint: step={self.step.index + 1} ({self.step.name}), epoch={epoch + 1}, "
+                 f"batch={batch}")
+        return epoch, batch
 
     def train(self) -> StepOutcome:
         self.report.started(self.resuming)

@@ -6,6 +6,7 @@ accepts exactly what `to_dict()` wrote and names any missing or unknown key.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Iterator, Literal, Self, get_args
 
@@ -70,7 +71,9 @@ class StepResult:
             "step_name": self.step_name,
             "outcome": self.outcome,
             "epochs_done": int(self.epochs_done),
-            "final_metrics": {str(k): float(v) for k, v in self.final_metrics.items()},
+            # nan/inf as null, as the metrics file writes them: ref.json holds JSON that every reader parses (Python's
+            # NaN is not JSON; JavaScript's JSON.parse refused a diverged step's ref.json)
+            "final_metrics": {str(k): float(v) if math.isfinite(v) else None for k, v in self.final_metrics.items()},
             "trained": bool(self.trained),
             # JSON has no tuples: a two-element list on the wire, a tuple again after from_dict.
             "resumed_from": list(self.resumed_from) if self.resumed_from is not None else None,
@@ -84,7 +87,8 @@ class StepResult:
             step_name=str(data["step_name"]),
             outcome=data["outcome"],
             epochs_done=int(data["epochs_done"]),
-            final_metrics={str(k): float(v) for k, v in (data.get("final_metrics") or {}).items()},
+            final_metrics={str(k): math.nan if v is None else float(v)
+                           for k, v in (data.get("final_metrics") or {}).items()},
             trained=bool(data.get("trained", True)),
             resumed_from=(int(resumed[0]), int(resumed[1])) if resumed is not None else None,
         )

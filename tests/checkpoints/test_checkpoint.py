@@ -1,5 +1,6 @@
 """Checkpoint files: atomic saves, safe loads, clear errors, immutable final.pt, exact RNG resume."""
 import json
+import math
 import random
 
 import fsspec
@@ -237,6 +238,15 @@ def test_checkpoint_ref_and_step_result_survive_json():
     assert result_back.resumed_from == (2, 17)
     tracked = StepOutcome(ref, result, run_id="abc", run_url="http://mlflow/#/runs/abc")  # what the task returns
     assert StepOutcome.from_dict(json.loads(json.dumps(tracked.to_dict()))) == tracked
+
+
+def test_a_non_finite_final_metric_is_null_in_json_and_nan_again_after():
+    """A diverged step's ref.json held `"kl_loss": NaN`, which is not JSON (JavaScript's JSON.parse refuses it)."""
+    result = StepResult("vae", "epochs_done", 1, {"kl_loss": math.nan, "vae_loss": math.inf, "psnr": 9.5})
+    text = json.dumps(result.to_dict(), allow_nan=False)  # strict JSON: raised before
+    assert json.loads(text)["final_metrics"] == {"kl_loss": None, "vae_loss": None, "psnr": 9.5}
+    back = StepResult.from_dict(json.loads(text))
+    assert math.isnan(back.final_metrics["kl_loss"]) and back.final_metrics["psnr"] == 9.5
 
 
 def test_checkpoint_ref_from_dict_names_missing_and_unknown_keys():

@@ -56,15 +56,26 @@ def gpu_slot(who: str, task_run_id: UUID):
     tag = gpu_tag()
     with get_client(sync_client=True) as client:
         lease_id = wait_for_slot(client, tag, who, task_run_id)
-    _STARTED.add(task_run_id)
     try:
-        with maintain_concurrency_lease(lease_id, LEASE_S) if lease_id is not None else contextlib.nullcontext():
+        with maintain_concurrency_lease(lease_id, LEASE_S) if lease_id is not None else contextlib.nullcontext(), \
+                working(task_run_id):
             yield
     finally:
-        _STARTED.discard(task_run_id)
         if lease_id is not None:  # a failed release leaves the slot to the lease's end, not the outcome to an error
             with contextlib.suppress(Exception), get_client(sync_client=True) as client:
                 client.release_concurrency_slots_with_lease(lease_id)
+
+
+@contextlib.contextmanager
+def working(task_run_id: UUID):
+    """The block is the task run's work, for `started`: inside gpu_slot, or alone where no slot is asked (the run's
+    own temporary server). Without it there, a Ctrl-C said the training step "had not started" and the run's summary
+    recorded it "not run"."""
+    _STARTED.add(task_run_id)
+    try:
+        yield
+    finally:
+        _STARTED.discard(task_run_id)
 
 
 def wait_for_slot(client, tag: str, who: str, task_run_id: UUID) -> UUID | None:

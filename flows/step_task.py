@@ -23,7 +23,7 @@ from prefect.settings import PREFECT_API_URL
 from flows import together
 from flows.artifacts import mlflow_run_url, publish_step
 from flows.fault_policy import retry_unless_non_retryable
-from flows.gpu_slot import gpu_slot
+from flows.gpu_slot import gpu_slot, working
 from flows.prefect_server import is_own_temporary
 from flows.mlflow_tracker import MlflowTracker
 from flows.prefect_log_tracker import PrefectLogTracker
@@ -75,8 +75,9 @@ def run_step_task(config: dict, step_name: str, parent_ref: dict | None, trackin
         print(f"Step {step_name} runs on {node}", flush=True)
     # One step at a time on this host's GPU(s), where a `gpu` limit says so (on Ray: Ray's). Not asked of this
     # process's own temporary server, which has no limit: its requests cost each step about a second at the start.
-    elif run is not None and not is_own_temporary(PREFECT_API_URL.value()):
-        slot = gpu_slot(f"Step {step_name}", run.task_run.id)
+    elif run is not None:
+        slot = working(run.task_run.id) if is_own_temporary(PREFECT_API_URL.value()) else \
+            gpu_slot(f"Step {step_name}", run.task_run.id)
     with on_cancel, slot:
         together.meet(step_name)  # test-only: branches that must be running at the same time
         from fluxflow.train.pipeline import train_step

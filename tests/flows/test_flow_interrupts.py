@@ -158,12 +158,17 @@ def test_ctrl_c_during_promotion_kills_the_pipeline_run(tmp_path, mlflow_store, 
     assert [str(v.version) for v in MlflowClient().search_model_versions("name = 'ctrl-c-promotion'")] == ["1"]
 
 
+@pytest.mark.parametrize("own_server", [False, True])
 def test_ctrl_c_while_steps_run_says_at_once_that_they_stop_at_their_next_batch(tmp_path, mlflow_store, monkeypatch,
-                                                                                run_step_calls):
-    """Nothing was said until the running steps had stopped: up to 20 s when an evaluation was under way."""
-    from flows import pipeline_flow
+                                                                                run_step_calls, own_server):
+    """Nothing was said until the running steps had stopped: up to 20 s when an evaluation was under way. On the
+    run's own temporary server (fluxflow-train's default, where no GPU slot is asked) the training step was said to
+    have "not started" and the run's summary recorded it "not run"."""
+    from flows import pipeline_flow, step_task
 
     received, _ = run_step_calls
+    if own_server:
+        monkeypatch.setattr(step_task, "is_own_temporary", lambda url: True)
 
     def ctrl_c_once_it_trains(futures):  # the flow's wait for its running steps
         deadline = time.monotonic() + 60
@@ -176,6 +181,7 @@ def test_ctrl_c_while_steps_run_says_at_once_that_they_stop_at_their_next_batch(
         interrupted_flow(config(tmp_path, "ctrl-c-while-steps-run"))
     assert "Stopping: the running steps (warm) save the batch they reached and stop; an evaluation or samples under " \
            "way finish first" in said, said
+    assert not any("had not started" in line for line in said), said
 
 
 def test_ctrl_c_stops_the_steps_before_the_runs_summary_is_published_and_a_failing_prefect_api_changes_nothing(

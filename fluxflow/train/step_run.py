@@ -30,7 +30,7 @@ from fluxflow.checkpoints.step_state import StepState, saved_latent_norm_remeasu
 from fluxflow.config.modes import has_flow_mode, has_vae_mode
 from fluxflow.config.schema import DataConfig, ModelConfig
 from fluxflow.data import make_loader
-from fluxflow.errors import CheckpointError
+from fluxflow.errors import CheckpointError, DataError
 from fluxflow.runtime import distributed, kill_points
 from fluxflow.runtime.device import resolve_device
 from fluxflow.runtime.gpu_claim import claimed_device
@@ -327,6 +327,12 @@ class StepRun:
                 pos.batch, pos.global_step = pos.batch + 1, pos.global_step + 1
                 bar.update(1)
                 self.after_batch(metrics)
+        if pos.batch == 0 and n_batches > 0:
+            # A stream of which no sample decodes (webdataset: each unreadable one is replaced by a readable one, and
+            # there was none) gave no batch: the step "finished" untrained, exit 0, and later steps started from it.
+            raise DataError(f"step {step.name}: no sample of dataset {step.dataset!r} could be read in epoch "
+                            f"{pos.epoch + 1}, so nothing was trained (the warnings above name the first unreadable "
+                            "one)")
         self.end_epoch()
 
     def window(self) -> Window:

@@ -371,3 +371,28 @@ def test_shards_regenerated_or_named_otherwise_by_a_wds_variable_train_the_step_
     printed = buffer.getvalue()
     assert "Skipping step vae" not in printed and again.ref.step_key != done.ref.step_key
     assert "Re-running step vae: its dataset changed (urls: " in printed, printed
+
+
+def test_a_webdataset_of_which_no_sample_decodes_stops_the_step_instead_of_finishing_it_untrained(tmp_path):
+    """Every unreadable sample is replaced by a readable one of its batch; with none readable the epoch had no batch,
+    and the step "finished" after 0 batches (global_step 0, exit 0), its untrained checkpoint handed to later steps."""
+    import tarfile
+
+    shard = tmp_path / "bad.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i in range(6):
+            for ext, data in (("png", b"junk"), ("txt", f"caption {i}".encode())):
+                info = tarfile.TarInfo(f"s{i}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    raw = tiny_raw(tmp_path / "out", [{"name": "warm", "n_epochs": 1, "train_vae": True, "batch_size": 2}],
+                   no_samples=True)
+    raw["training"]["pipeline"]["datasets"] = {"mine": {"type": "webdataset", "urls": str(shard), "holdout": 0}}
+    raw["training"]["pipeline"]["default_dataset"] = "mine"
+
+    with pytest.raises(PipelineFailed) as failed:
+        run_pipeline(load_config(raw).config)
+    assert str(failed.value.__cause__) == (
+        "step warm: no sample of dataset 'mine' could be read in epoch 1, so nothing was trained (the warnings above "
+        "name the first unreadable one)")
+    assert not (tmp_path / "out" / "checkpoints" / "warm" / "final.pt").exists()

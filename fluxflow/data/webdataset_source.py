@@ -115,11 +115,25 @@ def _samples(url: str, tar: tarfile.TarFile, want: Callable[[int], bool]) -> Ite
             if wanted:
                 files[parsed[1]] = tar.extractfile(member).read()
             tar.members = []  # headers are not needed again: memory stays flat on big shards
+        if not _ends_as_archives_end(tar):
+            raise tarfile.ReadError("it ends without the end-of-archive block, after a whole file")
     except (tarfile.ReadError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as exc:
         raise DataError(f"webdataset shard {url} is truncated or corrupt ({exc or type(exc).__name__}); download or "
                         "copy it again") from None
     if key is not None:
         yield key, files
+
+
+def _ends_as_archives_end(tar: tarfile.TarFile) -> bool:
+    """Whether the archive ends with a block of zeros, as every tar writer ends one. tarfile stops without a word at
+    a missing or cut header: a shard cut there was read as a shorter one (its later samples gone, the last one's
+    caption perhaps lost). A stream read once (no seeking back) is not checked."""
+    try:
+        tar.fileobj.seek(tar.offset)
+        block = tar.fileobj.read(tarfile.BLOCKSIZE)
+    except tarfile.StreamError:
+        return True
+    return len(block) == tarfile.BLOCKSIZE and not block.strip(b"\0")
 
 
 def _tar(url: str, f) -> tarfile.TarFile:

@@ -200,6 +200,26 @@ def test_a_truncated_shard_and_a_length_beyond_the_shards_are_data_errors_naming
         captions_of(make_loader(train, 2, workers=0, seed=0))
 
 
+@pytest.mark.parametrize("cut_in_header", [False, True])
+def test_a_shard_cut_at_or_inside_a_header_is_a_data_error_not_a_shorter_shard(shard_dir, cut_in_header):
+    """tarfile stops without a word at a missing or cut header: half of the cuts of a shard were read as a shorter
+    one, its later samples gone and the last one's caption perhaps lost, with no word."""
+    from fluxflow.errors import DataError
+    whole = (shard_dir / "shards-001.tar").read_bytes()
+    cut = 4 * 1024 + (100 if cut_in_header else 0)  # after the 2nd sample's two files (a header and a data block each)
+    (shard_dir / "cut.tar").write_bytes(whole[:cut])
+    with pytest.raises(DataError, match=r"shard .*cut.tar is truncated or corrupt \(it ends without the end-of-archive "
+                                        r"block, after a whole file\)"):  # when its samples are counted
+        build_dataset(cfg(str(shard_dir / "cut.tar"), holdout=0), 8, 3, "train")
+    train = build_dataset(cfg(str(shard_dir / "cut.tar"), holdout=0, length=PER_SHARD), 8, 3, "train")  # not counted
+    with pytest.raises(DataError, match=r"shard .*cut.tar is truncated or corrupt \(it ends without the end-of-archive "
+                                        r"block, after a whole file\)"):
+        captions_of(make_loader(train, 2, workers=0, seed=0))
+    (shard_dir / "whole.tar").write_bytes(whole)  # the same shard whole: every sample, no error
+    assert len(captions_of(make_loader(build_dataset(cfg(str(shard_dir / "whole.tar"), holdout=0), 8, 3, "train"), 1,
+                                       workers=0, seed=0))) == PER_SHARD
+
+
 def test_the_latent_normalisations_pass_over_the_data_counts_no_skip_the_epoch_counts_again(shard_dir):
     from fluxflow.train.step_data import leading_inputs
     train = build_dataset(cfg(str(shard_dir / "shards-{000..003}.tar"), holdout=0), 8, 3, "train")

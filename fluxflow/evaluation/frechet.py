@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import logging
 import re
 from collections import Counter
@@ -218,6 +219,8 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
     a, b = features_a.double(), features_b.double()
     if a.shape[0] < 2 or b.shape[0] < 2:
         raise ValueError("the Fréchet distance needs at least 2 feature vectors on each side")
+    if not (a.isfinite().all() and b.isfinite().all()):  # a diverged model's nan images: eigh raised, and the step
+        return math.nan  # failed its evaluation (retried, a traceback) instead of reporting nan, as psnr does
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)  # D = 1: [1, 1]
     values, vectors = torch.linalg.eigh(cov_a)

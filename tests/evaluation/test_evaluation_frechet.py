@@ -1,4 +1,5 @@
 """fd_ours: the Fréchet distance itself, the caption-supervised feature network, and its on-disk cache."""
+import math
 import os
 
 import pytest
@@ -37,6 +38,17 @@ def test_frechet_distance_is_zero_for_identical_sets_and_symmetric():
     assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-6)
     with pytest.raises(ValueError):
         frechet_distance(a[:1], b)
+
+
+def test_frechet_distance_of_non_finite_features_is_nan_not_an_error():
+    """A diverged model draws nan images: torch.linalg.eigh raised, the flow step failed its evaluation on every retry
+    (no final.pt), where the VAE step of the same model reported eval_psnr nan."""
+    real = torch.randn(8, 4, dtype=torch.float64)
+    drawn = real.clone()
+    drawn[3, 1] = float("nan")
+    assert math.isnan(frechet_distance(real, drawn)) and math.isnan(frechet_distance(drawn, real))
+    drawn[3, 1] = float("inf")
+    assert math.isnan(frechet_distance(real, drawn))
 
 
 def test_vocabulary_keeps_informative_words_in_a_fixed_order():

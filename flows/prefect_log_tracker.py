@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from flows import env  # noqa: F401  (must precede prefect)
 
+import contextlib
 import logging
 import threading
 from uuid import UUID
@@ -51,3 +52,28 @@ class PrefectLogTracker(Tracker):
 
     def say(self, line: str) -> None:
         self.logger.info(line, extra=self.ids)
+
+    @contextlib.contextmanager
+    def core_warnings(self):
+        """For the block, the training core's warnings (logger `fluxflow`: an unused component, captions cut short, a
+        schedule that never acts, a missed threshold) logged in this thread are also in the task run's log: they
+        reached the terminal only. Other threads' records are other steps' (branches train in threads)."""
+        handler = _ThreadRecords(self, threading.get_ident())
+        core = logging.getLogger("fluxflow")
+        core.addHandler(handler)
+        try:
+            yield
+        finally:
+            core.removeHandler(handler)
+
+
+class _ThreadRecords(logging.Handler):
+    """Records of WARNING and above logged in one thread, passed to a PrefectLogTracker's run."""
+
+    def __init__(self, tracker: PrefectLogTracker, thread: int):
+        super().__init__(logging.WARNING)
+        self.tracker, self.thread = tracker, thread
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.tracker.logger.log(record.levelno, record.getMessage(), extra=self.tracker.ids)

@@ -83,12 +83,14 @@ def run_step_task(config: dict, step_name: str, parent_ref: dict | None, trackin
         from fluxflow.train.pipeline import train_step
 
         tracker, mlflow_tracker = make_tracker(config, target, node, step_name)
+        prefect_log = next((t for t in tracker.trackers if isinstance(t, PrefectLogTracker)), None)
         try:
             # A step of several processes (on Ray, its node holds their GPUs for it): MLflow gets rank 0's files once
             # the step is done, since the ranks cannot reach this process's tracker.
-            done = train_step(config, step_name, parent, tracker, ranks_done=lambda done: (
-                mlflow_tracker.record_from_files(config.step(step_name), done.ref.step_key, done.ref, done.result,
-                                                 tags=workers_tags(done.workers))))
+            with prefect_log.core_warnings() if prefect_log else contextlib.nullcontext():
+                done = train_step(config, step_name, parent, tracker, ranks_done=lambda done: (
+                    mlflow_tracker.record_from_files(config.step(step_name), done.ref.step_key, done.ref, done.result,
+                                                     tags=workers_tags(done.workers))))
         except KeyboardInterrupt:  # stopped on request (or Ctrl-C): resumable, not a failure of the step
             mlflow_tracker.step_failed(status="KILLED")
             raise

@@ -80,6 +80,23 @@ def test_a_training_health_warning_reaches_the_prefect_run_log_and_the_step_fini
     assert warnings[0].message.startswith("⚠️  Step gan: ")
 
 
+def test_the_training_cores_warnings_reach_the_prefect_run_log_of_their_step(tmp_path, mlflow_store):
+    """A schedule that never acts, a component used untrained, captions cut short: the core's warnings (logger
+    `fluxflow`) reached the terminal only, not the UI's log of the run."""
+    from flows.pipeline_flow import pipeline_flow
+
+    never_acts = {"optimization": {"schedulers": {"vae": {"type": "StepLR", "step_size": 50}}}}
+    raw = tiny_raw(tmp_path / "out", [{"name": "warm", "n_epochs": 1, "max_steps": 2, "train_vae": True,
+                                       **never_acts}], dataset_size=16, no_samples=True)
+    raw["tracking"] = {"experiment_name": "prefect-core-warnings"}
+    state = pipeline_flow(raw, return_state=True)
+    assert state.is_completed(), state.message
+
+    [warning] = [log for log in run_logs(state.state_details.flow_run_id) if "StepLR's step_size 50" in log.message]
+    assert warning.level == logging.WARNING and warning.task_run_id is not None
+    assert warning.message.startswith("Step warm: optimization.schedulers.vae: StepLR's step_size 50 is more than")
+
+
 def test_the_runner_s_own_lines_reach_the_prefect_run_log_too(tmp_path, mlflow_store, capfd):
     """"Starting step", "Evaluation of", "Finished step" went to the worker's stdout only: in the UI a run that
     trained nothing (every step already complete) looked like one that trained."""

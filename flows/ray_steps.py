@@ -19,6 +19,7 @@ import socket
 from flows import gpu_slot
 from fluxflow.errors import NonRetryable
 from fluxflow.storage.location import remote_uri
+from fluxflow.wording import counted
 
 NAMESPACE = "fluxflow"
 PROBE_TIMEOUT_S = 5.0  # ray.init on an address nobody listens at retries for minutes; a TCP probe answers first
@@ -120,8 +121,15 @@ def infeasible(step_name: str, request: dict[str, float], nodes: list[dict]) -> 
     why = (f"no node offers {', '.join(unknown)}" if unknown else f"no node has {describe(too_much)}" if too_much
            else "no single node has all of it")
     listed = "; ".join(f"node {node['NodeID'][:12]}: {describe(node.get('Resources', {}))}" for node in nodes)
-    return (f"step {step_name} asks Ray for {describe(request)}: {why} (the cluster's {len(nodes)} nodes: "
+    return (f"step {step_name} asks Ray for {describe(request)}: {why} (the cluster's {counted(len(nodes), 'node')}: "
             f"{listed or 'none'}). Change its resources, or add such a node.")
+
+
+def alive_nodes() -> list[dict]:
+    """The cluster's live nodes, as `ray.nodes()` describes them (this driver has joined it)."""
+    import ray
+
+    return [node for node in ray.nodes() if node.get("Alive")]
 
 
 class RaySteps:
@@ -146,7 +154,7 @@ class RaySteps:
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ClusterUnreachable(f"cannot join the Ray cluster at {self.address}: "
                                          f"{' '.join(str(exc).split())}") from None
-        self.nodes = [node for node in ray.nodes() if node.get("Alive")]
+        self.nodes = alive_nodes()
 
     def __enter__(self) -> RaySteps:
         from prefect_ray import RayTaskRunner
@@ -200,6 +208,9 @@ class RaySteps:
         """The step's task, placed by Ray on a node with its resources; Infeasible when no node has them."""
         from prefect_ray.context import remote_options
 
+        # The nodes as they are now: one that died since the run joined (a lost host hours into a run) was still
+        # counted, and a step only it could run waited for it, with no word, for ever.
+        self.nodes = alive_nodes()
         request = self.request_for(step)
         custom = {k: v for k, v in request.items() if k not in ("CPU", "GPU", "memory")}
         with remote_options(num_cpus=request.get("CPU", 0), num_gpus=request.get("GPU", 0),  # `ray.remote`'s keywords

@@ -159,6 +159,21 @@ def test_a_step_needing_more_of_one_resource_than_any_node_has_says_which(tmp_pa
         steps.request_for(steps.config.step("left"))
 
 
+def test_a_step_only_a_node_that_died_since_the_run_joined_could_run_is_refused_when_submitted(tmp_path, monkeypatch):
+    """The node list was read once, when the run joined the cluster: a step needing a node lost since (right, on
+    node_b) was submitted, and waited for it with no word until Ctrl-C."""
+    import ray
+
+    from flows.ray_steps import Infeasible, RaySteps
+
+    steps = RaySteps(load_config(pipeline(tmp_path, None, [{"custom": {"node_b": 1}}])).config)
+    steps.nodes = TWO_NODES  # as joined
+    monkeypatch.setattr(ray, "nodes", lambda: [TWO_NODES[0], dict(TWO_NODES[1], Alive=False)])  # node_b died
+    with pytest.raises(Infeasible, match=r"^step left asks Ray for 1 CPU, node_b: 1: no node offers node_b \(the "
+                                         r"cluster's 1 node: node node_a000000: "):
+        steps.submit(None, steps.config.step("left"), {})
+
+
 def test_a_flow_run_refuses_a_child_step_no_node_can_run_before_any_step_is_submitted(tmp_path, monkeypatch):
     """A deployment's flow run has no fluxflow-train preflight before it: entering the flow's RaySteps checks every
     step (not only the one being submitted), so the parent does not train first."""

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 
 from flows import gpu_slot
 from fluxflow.errors import NonRetryable
@@ -125,6 +126,14 @@ def infeasible(step_name: str, request: dict[str, float], nodes: list[dict]) -> 
             f"{listed or 'none'}). Change its resources, or add such a node.")
 
 
+def plain_worker_lines(stream=None) -> None:
+    """The step tasks' lines, which Ray prints in this driver behind `(pipeline-step pid=...)`, without colour codes
+    when its stdout is not a terminal: a log file or the Prefect worker's capture got `^[[36m` on every line. A
+    RAY_COLOR_PREFIX the user set is kept."""
+    if not (stream or sys.stdout).isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+
+
 def alive_nodes() -> list[dict]:
     """The cluster's live nodes, as `ray.nodes()` describes them (this driver has joined it)."""
     import ray
@@ -148,6 +157,7 @@ class RaySteps:
         import ray
 
         if not ray.is_initialized():
+            plain_worker_lines()
             probe(self.address)
             try:
                 ray.init(address=self.address, namespace=NAMESPACE, logging_level=logging.WARNING)

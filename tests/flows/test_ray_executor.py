@@ -174,6 +174,20 @@ def test_a_step_only_a_node_that_died_since_the_run_joined_could_run_is_refused_
         steps.submit(None, steps.config.step("left"), {})
 
 
+def test_the_steps_lines_ray_prints_have_no_colour_codes_in_a_file(monkeypatch, tmp_path):
+    """`fluxflow-train ... > run.log` had `^[[36m(pipeline-step pid=...)^[[0m` on every line a step printed."""
+    from flows.ray_steps import plain_worker_lines
+
+    monkeypatch.delenv("RAY_COLOR_PREFIX", raising=False)
+    with open(tmp_path / "run.log", "w") as log_file:
+        plain_worker_lines(log_file)
+    assert os.environ["RAY_COLOR_PREFIX"] == "0"  # read by Ray's printer in this process, line by line
+    monkeypatch.setenv("RAY_COLOR_PREFIX", "1")  # the user's choice stays
+    with open(tmp_path / "run.log", "w") as log_file:
+        plain_worker_lines(log_file)
+    assert os.environ["RAY_COLOR_PREFIX"] == "1"
+
+
 def test_a_flow_run_refuses_a_child_step_no_node_can_run_before_any_step_is_submitted(tmp_path, monkeypatch):
     """A deployment's flow run has no fluxflow-train preflight before it: entering the flow's RaySteps checks every
     step (not only the one being submitted), so the parent does not train first."""

@@ -24,11 +24,10 @@ from types import SimpleNamespace
 import torch
 
 from fluxflow.data.folder import FolderDataset
-from fluxflow.config.file_checks import expand_shards
 from fluxflow.config.heldout_pairs import dataset_pairs, seen_pairs
 from fluxflow.data.sampler import ResumableBatchSampler, epoch_permutation
 from fluxflow.data.shapes import STREAM_HOLDOUT, STREAM_TRAIN, STREAM_UNSEEN, ShapesDataset, parse_caption
-from fluxflow.data.webdataset_source import WebDatasetHoldout, WebDatasetSource, shards_fingerprint
+from fluxflow.data.webdataset_source import WebDatasetHoldout, WebDatasetSource, shards_fingerprint, shards_of
 
 SPLITS = ("train", "holdout", "unseen")
 MAX_AUTO_WORKERS = 8  # enough to decode 256-512 px JPEGs ahead of one GPU's flow step
@@ -76,7 +75,7 @@ def train_fingerprint(ds_cfg, build: Callable[[], torch.utils.data.Dataset]) -> 
     folder's needs its listing)."""
     cfg = SimpleNamespace(**ds_cfg) if isinstance(ds_cfg, Mapping) else ds_cfg
     if getattr(cfg, "type", None) == "webdataset":
-        return shards_fingerprint(expand_shards(cfg.urls))  # as WebDatasetSource.fingerprint()
+        return shards_fingerprint(shards_of(cfg.urls))  # as WebDatasetSource.fingerprint()
     train_set = build()
     return train_set.fingerprint() if hasattr(train_set, "fingerprint") else None
 

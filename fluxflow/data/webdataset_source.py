@@ -98,6 +98,16 @@ def _opened(url: str):
         raise
 
 
+def shards_of(urls: str | list[str]) -> list[str]:
+    """The shards `urls` names (fluxflow/config/file_checks.py expand_shards), where a step reads them; a DataError
+    (not retried) where they cannot be: a `${NAME}` whose WDS_NAME is not set where the step runs (a Ray node, a
+    worker) was a ValueError, retried, with a 40-line traceback and exit 1."""
+    try:
+        return expand_shards(urls)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+
+
 def _samples(url: str, tar: tarfile.TarFile, want: Callable[[int], bool]) -> Iterator[tuple[str, dict[str, bytes]]]:
     """iter_shard's samples of an open archive. An archive cut short (a download or copy that stopped, a disk that
     filled) is a DataError naming the shard: reading it again ends at the same byte (not retried)."""
@@ -190,7 +200,7 @@ class WebDatasetSource(CountsSkips, torch.utils.data.IterableDataset):
     def __init__(self, urls: str | list[str], img_size: int, channels: int = 3, length: int | None = None,
                  holdout: int = 0, rank: int = 0, world: int = 1):
         pil_mode(channels)
-        self.urls, self.shards = urls, expand_shards(urls)
+        self.urls, self.shards = urls, shards_of(urls)
         self.img_size, self.channels, self.holdout = img_size, channels, max(0, int(holdout))
         self.rank, self.world = rank, world
         self.index = _ShardIndex(self.shards, self.holdout)
@@ -341,7 +351,7 @@ class WebDatasetHoldout(CountsSkips, torch.utils.data.Dataset):
     def __init__(self, urls: str | list[str], img_size: int, channels: int = 3, holdout: int = 0):
         pil_mode(channels)
         self.img_size, self.channels, self.urls = img_size, channels, urls
-        shards = expand_shards(urls) if holdout > 0 else []
+        shards = shards_of(urls) if holdout > 0 else []
         in_url_order = (files for shard in shards for _, files in iter_shard(shard))
         self.samples: list[dict[str, bytes]] = list(itertools.islice(in_url_order, max(holdout, 0)))
         self.skips = SkipCounter(f"the held-out samples of {urls!r}", len(self.samples), "skipped_holdout_samples")

@@ -220,6 +220,19 @@ def test_a_shard_cut_at_or_inside_a_header_is_a_data_error_not_a_shorter_shard(s
                                        workers=0, seed=0))) == PER_SHARD
 
 
+def test_a_shard_variable_unset_where_the_step_runs_is_a_data_error(shard_dir, monkeypatch):
+    """`${ROOT}` with WDS_ROOT set for the driver but not on the Ray node: the run's start checked the driver's, and
+    the step raised a ValueError there: retried, a 40-line traceback, exit 1 ("running again may help")."""
+    from fluxflow.errors import DataError
+    monkeypatch.delenv("WDS_ROOT", raising=False)
+    urls = "${ROOT}/shards-{000..001}.tar"
+    for split in ("train", "holdout"):
+        with pytest.raises(DataError, match=r"environment variable WDS_ROOT is not set"):
+            build_dataset(cfg(urls, holdout=1), 8, 3, split)
+    monkeypatch.setenv("WDS_ROOT", str(shard_dir))
+    assert len(build_dataset(cfg(urls, holdout=1), 8, 3, "train")) == 2 * PER_SHARD - 1
+
+
 def test_the_latent_normalisations_pass_over_the_data_counts_no_skip_the_epoch_counts_again(shard_dir):
     from fluxflow.train.step_data import leading_inputs
     train = build_dataset(cfg(str(shard_dir / "shards-{000..003}.tar"), holdout=0), 8, 3, "train")

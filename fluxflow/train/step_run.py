@@ -478,6 +478,6 @@ class StepRun:
         if self.main:
             self.files.write_ref(ref, result)
         self.report.finished(ref, result)
-        self.say(f"[{datetime.now():%H:%M:%S}] Finished step {step.name}: {self.outcome} after {pos.epoch} "
-                 f"epoch(s), global_step={pos.global_step}, checkpoint {ref.uri}")
+        self.say(f"[{datetime.now():%H:%M:%S}] Finished step {step.name}: {self.outcome} after "
+                 f"{counted(pos.epoch, 'epoch')}, global_step={pos.global_step}, checkpoint {ref.uri}")
         return StepOutcome(ref, result)

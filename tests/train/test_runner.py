@@ -409,6 +409,7 @@ def test_a_step_killed_after_its_last_epoch_was_saved_finishes_without_training_
     # its last epoch with its 3 batches done: "epoch=2, batch=0" named an epoch a 1-epoch step does not have
     assert again.result.trained and again.result.resumed_from == (0, 3)
     assert "Resuming from checkpoint: step=1 (warm), epoch=1, batch=3" in printed
+    assert "Finished step warm: epochs_done after 1 epoch, global_step=3" in printed  # was "1 epoch(s)"
     assert "Finishing step warm: its latest.pt holds its last epoch, nothing is trained again" in printed
     assert "Starting step" not in printed  # 'Starting step: warm, epoch 2, batch 0' of a 1-epoch step
     assert "Batch" not in printed  # no batch was trained again

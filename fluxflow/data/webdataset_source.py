@@ -114,6 +114,12 @@ def _samples(url: str, tar: tarfile.TarFile, want: Callable[[int], bool]) -> Ite
     try:
         j, key, files, wanted = -1, None, {}, False
         for member in tar:
+            if member.issym() and sample_key(member.name) is not None:
+                # the link, not the file: the sample lost its image, and "a caption without an image ... write it
+                # sorted" blamed the order of a tar written as the docs say
+                raise DataError(f"webdataset shard {url}: {member.name} is a symbolic link (to {member.linkname}), "
+                                "which a tar stores as the link, not the file: write the shard with the files the "
+                                "links point to (GNU tar: -h, --dereference)")
             parsed = sample_key(member.name) if member.isfile() else None
             if parsed is None or parsed[0].rpartition("/")[2].startswith("__"):
                 continue  # directories, metadata files

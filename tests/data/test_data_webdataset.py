@@ -233,6 +233,24 @@ def test_a_shard_variable_unset_where_the_step_runs_is_a_data_error(shard_dir, m
     assert len(build_dataset(cfg(urls, holdout=1), 8, 3, "train")) == 2 * PER_SHARD - 1
 
 
+def test_a_shard_of_symbolic_links_says_so(tmp_path):
+    """`tar cf links.tar --sort=name -C links .` of a folder of symlinked images stores the links: every sample lost
+    its image, and the warning blamed the order of a tar written as the docs say."""
+    from fluxflow.errors import DataError
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(png_bytes(1))
+    with tarfile.open(tmp_path / "links.tar", "w") as tar:
+        link = tarfile.TarInfo("s0.png")
+        link.type, link.linkname = tarfile.SYMTYPE, str(tmp_path / "images" / "a.png")
+        tar.addfile(link)
+        caption = tarfile.TarInfo("s0.txt")
+        caption.size = 3
+        tar.addfile(caption, io.BytesIO(b"a s"))
+    with pytest.raises(DataError, match=r"links.tar: s0.png is a symbolic link \(to .*a.png\), which a tar stores as "
+                                        r"the link, not the file: .*-h, --dereference"):
+        build_dataset(cfg(str(tmp_path / "links.tar"), holdout=0), 8, 3, "train")
+
+
 def test_the_latent_normalisations_pass_over_the_data_counts_no_skip_the_epoch_counts_again(shard_dir):
     from fluxflow.train.step_data import leading_inputs
     train = build_dataset(cfg(str(shard_dir / "shards-{000..003}.tar"), holdout=0), 8, 3, "train")

@@ -159,8 +159,6 @@ def read_captions(captions_path: Path, root: Path) -> CaptionsFile:
         listing.binary = True
         return listing
     for number, (line, was_repaired) in enumerate(text_lines(raw), start=1):
-        if was_repaired:
-            listing.repaired.append(number)
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         listing.lines += 1
@@ -168,6 +166,8 @@ def read_captions(captions_path: Path, root: Path) -> CaptionsFile:
         if not sep or not name.strip():
             listing.malformed.append(line)
             continue
+        if was_repaired:  # an entry's: a comment is no item, and a line without a tab is counted as that, once
+            listing.repaired.append(number)
         name, caption = name.strip(), caption.strip()
         name = spelled.setdefault(opened_file(root / name, real_folder), name)
         if listing.captions.get(name, caption) != caption:

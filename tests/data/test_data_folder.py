@@ -163,6 +163,18 @@ def test_a_caption_line_that_is_not_utf8_is_kept_as_latin1_and_counted(tmp_path)
     assert ds.skipped == 1  # the repaired line
 
 
+def test_a_latin1_comment_is_not_counted_and_a_latin1_line_without_a_tab_is_counted_once(tmp_path):
+    """A comment in Latin-1 was counted as a skipped sample (it is no sample), and a Latin-1 line without a tab twice
+    (repaired, and without a tab)."""
+    plain_folder(tmp_path)
+    (tmp_path / "captions.txt").write_bytes(
+        "# photos by Renée, © 2024\n".encode("latin-1")
+        + "".join(f"p{i}.png\tcaption {i}\n" for i in range(3)).encode()
+        + "notab café\n".encode("latin-1"))
+    ds = build_dataset(cfg(tmp_path), 16, 3, "train")
+    assert len(ds) == 3 and ds.skipped == 1  # the line without a tab
+
+
 def plain_folder(path, n=3):
     for i in range(n):
         Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(path / f"p{i}.png")

@@ -48,8 +48,12 @@ def _without_image(files: dict[str, bytes]) -> str:
     trains without its caption and every caption is a sample of its own. A sample with another file beside its caption
     (an image of a type not read, `.avif`) is not that: the extensions read are named."""
     if set(files) - {*CAPTION_EXTENSIONS, "json"}:
+        # `cat.000.jpg`, `cat.001.jpg`: the key ends at the first dot, so they were one sample of files `000.jpg`, ...
+        dotted = any("." in ext for ext in files)
         return (f"no image among its files ({', '.join(sorted(files))}); an image is read from a file named "
-                f".{', .'.join(IMAGE_EXTENSIONS)}")
+                f".{', .'.join(IMAGE_EXTENSIONS)}" + ("; a sample's key is its file name up to the first dot, so "
+                                                      "`cat.000.jpg` is a file `000.jpg` of sample `cat`: rename such "
+                                                      "files (`cat_000.jpg`)" if dotted else ""))
     if files:  # captions only
         return (f"a caption without an image (files {', '.join(sorted(files))}); a sample's files must be adjacent in "
                 "the tar: write it sorted by name (GNU tar: `tar cf x.tar --sort=name -C folder .`), not `*.png *.txt`")

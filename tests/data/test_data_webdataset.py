@@ -335,6 +335,19 @@ def test_a_gif_sample_is_read_as_a_folder_reads_it_and_an_unread_type_is_named(t
                               in said[0] and ".gif" in said[0] and "adjacent" not in said[0], said
 
 
+def test_files_named_with_more_than_one_dot_are_told_the_key_rule(tmp_path, caplog):
+    """`cat.000.jpg` ... `cat.003.jpg` are one sample `cat` of files `000.jpg`, ... (WebDataset's key rule): it was
+    "no image among its files", and the step found 1 item where the user had 4 images."""
+    caplog.set_level(logging.WARNING, logger="fluxflow.data")
+    write_shard(tmp_path / "dotted.tar", {f"cat.{i:03d}": {"png": png_bytes(i), "txt": b"a cat"} for i in range(3)}
+                | {"dog": {"png": png_bytes(9), "txt": b"a dog"}})
+    captions_of(make_loader(build_dataset(cfg(str(tmp_path / "dotted.tar"), holdout=0), 8, 3, "train"), 1,
+                            workers=0, seed=0))
+    [said] = [r.getMessage() for r in caplog.records if "no image" in r.getMessage()]
+    assert ("; a sample's key is its file name up to the first dot, so `cat.000.jpg` is a file `000.jpg` of sample "
+            "`cat`: rename such files (`cat_000.jpg`)") in said, said
+
+
 def test_a_count_of_one_reads_singular_in_a_webdataset_s_errors(tmp_path):
     """Were "(1 samples in its shards)" and "its shards hold 1 samples"."""
     from fluxflow.errors import DataError

@@ -141,15 +141,11 @@ def _samples(url: str, tar: tarfile.TarFile, want: Callable[[int], bool]) -> Ite
 
 
 def _ends_as_archives_end(tar: tarfile.TarFile) -> bool:
-    """Whether the archive ends with a block of zeros, as every tar writer ends one. tarfile stops without a word at
-    a missing or cut header: a shard cut there was read as a shorter one (its later samples gone, the last one's
-    caption perhaps lost). A stream read once (no seeking back) is not checked."""
-    try:
-        tar.fileobj.seek(tar.offset)
-        block = tar.fileobj.read(tarfile.BLOCKSIZE)
-    except tarfile.StreamError:
-        return True
-    return len(block) == tarfile.BLOCKSIZE and not block.strip(b"\0")
+    """Whether the archive ended as tar archives end, with a whole block (of zeros) where tarfile looked for the next
+    header. At a missing or cut header it stops without a word, having read less than a block: a shard cut there was
+    read as a shorter one (its later samples gone, the last one's caption perhaps lost). Read from where tarfile left
+    off, without seeking back (a gzip shard would be decompressed again from its start)."""
+    return tar.fileobj.tell() - tar.offset == tarfile.BLOCKSIZE
 
 
 def _tar(url: str, f) -> tarfile.TarFile:

@@ -56,9 +56,6 @@ def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, co
     if images is None:
         log.warning("Step %s: the held-out split of dataset %r is empty; only its unseen split is evaluated",
                     step.name, step.dataset)
-    if has_flow_mode(step) and not fd_measurable(images, unseen):  # fd_ours_* were left out without a word
-        log.warning("Step %s: dataset %r holds out one image to score; the Fréchet distance (fd_ours_*) needs two "
-                    "or more and is left out (raise its holdout)", step.name, step.dataset)
     was_training = {name: m.training for name, m in models.items()}
     try:
         for m in models.values():
@@ -73,8 +70,12 @@ def evaluate_step(step, models: dict[str, nn.Module], holdout_set, train_set, co
             elif has_flow_mode(step):
                 sample = dict(latent_size=step.img_size // config.model.downscale, steps=EVAL_SAMPLER_STEPS,
                               seed=EVAL_SEED, spade=spade, shift=shift)
+                measurable = fd_measurable(images, unseen)
+                if not measurable:  # fd_ours_* were left out without a word
+                    log.warning("Step %s: dataset %r holds out one image to score; the Fréchet distance (fd_ours_*) "
+                                "needs two or more and is left out (raise its holdout)", step.name, step.dataset)
                 net = (feature_net_for(train_set, ds_cfg, step.img_size, config.data.channels, cache_dir)
-                       if fd_measurable(images, unseen) else None)
+                       if measurable else None)
                 norm = {k: v.to(device) for k, v in latent_norm.items()}
                 real = real_sets(holdout_set, captions, images) if images is not None else None
                 metrics.update(flow_metrics(models, images, captions, norm, sample, net, shapes=ds_cfg.type == "shapes",

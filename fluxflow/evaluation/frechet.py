@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 import logging
+import math
 import re
 from collections import Counter
 from pathlib import Path

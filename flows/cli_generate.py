@@ -233,6 +233,12 @@ def parser() -> argparse.ArgumentParser:
 @quiet_when_output_closed
 def main(argv: list[str] | None = None) -> int:
     args = parse(parser(), argv)
+    # The flags' own conflicts first: before a --prompts-file (stdin, a pipe) is read for nothing.
+    if problem := unused_tracking_uri_problem(args):
+        return refuse(PROG, problem)
+    if args.weights and args.config:  # was ignored without a word
+        return refuse(PROG, "--config is not used with --weights: the folder's config.json says how to build the "
+                            "model")
     try:
         prompts = read_prompts(args.prompt, args.prompts_file)
     except (OSError, UnicodeDecodeError) as exc:
@@ -243,11 +249,6 @@ def main(argv: list[str] | None = None) -> int:
         return refuse(PROG, f"--prompts-file {args.prompts_file} holds no prompt (only blank lines and # comments)")
     if not prompts:
         return refuse(PROG, "give at least one --prompt or a --prompts-file")
-    if problem := unused_tracking_uri_problem(args):
-        return refuse(PROG, problem)
-    if args.weights and args.config:  # was ignored without a word
-        return refuse(PROG, "--config is not used with --weights: the folder's config.json says how to build the "
-                            "model")
     if args.weights and not os.path.lexists(args.weights):  # was "... is not an exported model: no config.json"
         return refuse(PROG, f"--weights {args.weights} does not exist")
     from fluxflow.sampling.request import prompt_problem, request_problem

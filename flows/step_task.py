@@ -74,7 +74,8 @@ def run_step_task(config: dict, step_name: str, parent_ref: dict | None, trackin
         use_assigned_cpus()
         print(f"Step {step_name} runs on {node}", flush=True)
     # One step at a time on this host's GPU(s), where a `gpu` limit says so (on Ray: Ray's). Not asked of this
-    # process's own temporary server, which has no limit: its requests cost each step about a second at the start.
+    # process's own temporary server, which has no limit: its requests cost each step about a second at the start;
+    # there the step is only marked as working, for a stop to say it saves its batch.
     elif run is not None:
         slot = working(run.task_run.id) if is_own_temporary(PREFECT_API_URL.value()) else \
             gpu_slot(f"Step {step_name}", run.task_run.id)

@@ -23,8 +23,8 @@ from fluxflow.config.heldout_pairs import draws_pairs
 from fluxflow.config.legacy import apply_legacy, get_in
 from fluxflow.config.optim import Optimization, number_problem, optimizer_issues, scheduler_issues
 from fluxflow.config.promotion import promotion_issues
-from fluxflow.config.schema import (DATASET_TYPES, SECRET_VALUE, DataConfig, DatasetConfig, ModelConfig, OutputConfig,
-                                    PipelineConfig, TrainingConfig, implicit_datasets)
+from fluxflow.config.schema import (DATASET_TYPES, IMPLICIT_DATASET, SECRET_VALUE, DataConfig, DatasetConfig,
+                                    ModelConfig, OutputConfig, PipelineConfig, TrainingConfig, implicit_datasets)
 from fluxflow.config.steps import NAME_LIMIT, TRAINING_GLOBALS, ResolvedStep, StepConfig, \
     StepDefaults, Transition, merged_step_fields, replicate_issues, replicated_names, resolution_shift, resolve_step, \
     shift_range_problem
@@ -103,7 +103,8 @@ def broken_yaml(exc: yaml.YAMLError, text: str) -> str:
     """The YAML error in one line, with BRACE_HINT when the line it stopped at has a value that starts with a
     {placeholder}. The file is named by the issue, not as PyYAML's "<unicode string>"."""
     mark = getattr(exc, "problem_mark", None)
-    line = text.splitlines()[mark.line] if mark is not None and mark.line < len(text.splitlines()) else ""
+    lines = text.splitlines()
+    line = lines[mark.line] if mark is not None and mark.line < len(lines) else ""
     said = " ".join(str(exc).replace(' in "<unicode string>",', "").split())
     return f"{said}; {BRACE_HINT}" if _BRACE_AT_VALUE_START.search(line) else said
 
@@ -144,7 +145,7 @@ def unshared(tree: Any) -> Any:
 # mean 'lr'?)").
 # Overrides apply in order, before the keys of the original tool are mapped (fluxflow/config/legacy.py).
 
-IMPLICIT_SHAPES = ("training", "pipeline", "datasets", "shapes")
+IMPLICIT_SHAPES = ("training", "pipeline", "datasets", IMPLICIT_DATASET)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], label: str | None,
@@ -170,7 +171,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
         if parts[:4] == list(IMPLICIT_SHAPES) and len(parts) > 4 and not get_in(raw, *IMPLICIT_SHAPES[:3]):
             # A field of the built-in dataset a file without datasets trains on (schema.implicit_datasets): it made a
             # new dataset of that one field ("type: required").
-            _set(raw, [*IMPLICIT_SHAPES, "type"], "shapes", "shapes", made)
+            _set(raw, [*IMPLICIT_SHAPES, "type"], "shapes", "shapes", made)  # its type, as implicit_datasets makes it
         if problem := _set(raw, parts, value, written.strip(), made):
             issues.append(ConfigIssue(f"{name} {'.'.join(parts)}", problem))
         created.append(".".join(parts[:made[0] + 1]) if made else None)  # read only when every one was placed

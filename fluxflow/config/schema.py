@@ -172,11 +172,14 @@ class PipelineSection(StrictModel):
         return self
 
 
+IMPLICIT_DATASET = "shapes"  # the name of the built-in dataset a config without datasets trains on
+
+
 def implicit_datasets(datasets: dict[str, DatasetConfig],
                       default: str | None) -> tuple[dict[str, DatasetConfig], str | None]:
     """No dataset declared: the built-in procedural one, so that nothing needs a download. One dataset: the default."""
     if not datasets:
-        datasets = {"shapes": ShapesDataset()}
+        datasets = {IMPLICIT_DATASET: ShapesDataset()}
     if default is None and len(datasets) == 1:
         default = next(iter(datasets))
     return datasets, default

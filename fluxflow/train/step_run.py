@@ -28,7 +28,7 @@ from fluxflow.checkpoints.ref import CheckpointRef, StepOutcome, StepResult
 from fluxflow.checkpoints.step_files import StepFiles, plan_step
 from fluxflow.checkpoints.step_state import StepState, saved_latent_norm_remeasure
 from fluxflow.config.modes import has_flow_mode, has_vae_mode
-from fluxflow.config.schema import DataConfig, ModelConfig
+from fluxflow.config.schema import ModelConfig
 from fluxflow.data import make_loader
 from fluxflow.errors import CheckpointError, DataError
 from fluxflow.runtime import distributed, kill_points
@@ -132,23 +132,20 @@ def start_state(config, parent: CheckpointRef | None) -> dict | None:
 
 def model_differences(state: dict, config) -> list[str]:
     """'model.vae_dim: 8 in the checkpoint, 16 in the config' for each size the checkpoint records otherwise than
-    `config` (a checkpoint that records none has none). A pretrained text encoder's directory may move: its type counts,
-    not its path."""
+    `config`, data.channels included (a checkpoint that records none has none). A pretrained text encoder's directory
+    may move: its type counts, not its path."""
     if not isinstance(state.get("model_config"), dict):
         return []
-    sizes = {"model": (ModelConfig.model_validate(state["model_config"]), config.model),
-             "data": (DataConfig.model_validate({**(state.get("data") or {}), "img_size": config.data.img_size}),
-                      config.data)}
-    differences = []
-    for section, (recorded, wanted) in sizes.items():
-        for field in type(wanted).model_fields:
-            if section == "data" and field == "img_size":  # a step may train at another size: not a weight shape
-                continue
-            saved, given = getattr(recorded, field), getattr(wanted, field)
-            if field == "text_encoder":
-                field, saved, given = "text_encoder.type", saved.type, given.type
-            if saved != given:
-                differences.append(f"{section}.{field}: {saved} in the checkpoint, {given} in the config")
+    recorded, differences = ModelConfig.model_validate(state["model_config"]), []
+    for field in ModelConfig.model_fields:
+        saved, given = getattr(recorded, field), getattr(config.model, field)
+        if field == "text_encoder":
+            field, saved, given = "text_encoder.type", saved.type, given.type
+        if saved != given:
+            differences.append(f"model.{field}: {saved} in the checkpoint, {given} in the config")
+    channels = (state.get("data") or {}).get("channels")
+    if channels is not None and channels != config.data.channels:
+        differences.append(f"data.channels: {channels} in the checkpoint, {config.data.channels} in the config")
     return differences
 
 
